@@ -1,0 +1,121 @@
+#include "daemon/log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static enum log_level log_level = LOG_LEVEL_INFO;
+static int log_timestamps;
+
+static const char *const log_level_names[] = {
+    [LOG_LEVEL_ERROR] = "error", [LOG_LEVEL_WARN] = "warning", [LOG_LEVEL_INFO] = "info",
+    [LOG_LEVEL_DEBUG] = "debug", [LOG_LEVEL_TRACE] = "trace",
+};
+
+void log_set_level(enum log_level level)
+{
+    log_level = level;
+}
+
+enum log_level log_get_level(void)
+{
+    return log_level;
+}
+
+void log_set_timestamps(int on)
+{
+    log_timestamps = on;
+}
+
+static void log_line(enum log_level level, const char *fmt, va_list ap, const char *suffix)
+{
+    if (level > log_level) {
+        return;
+    }
+    /* Build the whole line first so that concurrent writers (threadpool jobs)
+     * never interleave within a line. */
+    char buf[4096];
+    size_t off = 0;
+    if (log_timestamps) {
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        localtime_r(&ts.tv_sec, &tm);
+        off += strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S ", &tm);
+    }
+    if (level != LOG_LEVEL_INFO) {
+        off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s: ", log_level_names[level]);
+    }
+    int n = vsnprintf(buf + off, sizeof(buf) - off, fmt, ap);
+    if (n > 0) {
+        off += (size_t)n;
+    }
+    if (off >= sizeof(buf)) {
+        off = sizeof(buf) - 1;
+    }
+    if (suffix != NULL) {
+        n = snprintf(buf + off, sizeof(buf) - off, ": %s", suffix);
+        if (n > 0) {
+            off += (size_t)n;
+        }
+        if (off >= sizeof(buf)) {
+            off = sizeof(buf) - 1;
+        }
+    }
+    if (off >= sizeof(buf) - 1) {
+        off = sizeof(buf) - 2;
+    }
+    buf[off++] = '\n';
+    fwrite(buf, 1, off, stderr);
+}
+
+void log_vmsg(enum log_level level, const char *fmt, va_list ap)
+{
+    log_line(level, fmt, ap, NULL);
+}
+
+#define LOG_FN(name, level)                                                                        \
+    void name(const char *fmt, ...)                                                                \
+    {                                                                                              \
+        va_list ap;                                                                                \
+        va_start(ap, fmt);                                                                         \
+        log_line(level, fmt, ap, NULL);                                                            \
+        va_end(ap);                                                                                \
+    }
+
+LOG_FN(log_error, LOG_LEVEL_ERROR)
+LOG_FN(log_warnx, LOG_LEVEL_WARN)
+LOG_FN(log_info, LOG_LEVEL_INFO)
+LOG_FN(log_debug, LOG_LEVEL_DEBUG)
+LOG_FN(log_trace, LOG_LEVEL_TRACE)
+
+void log_warn(const char *fmt, ...)
+{
+    int saved = errno;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(LOG_LEVEL_WARN, fmt, ap, strerror(saved));
+    va_end(ap);
+    errno = saved;
+}
+
+void fatal(const char *fmt, ...)
+{
+    int saved = errno;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(LOG_LEVEL_ERROR, fmt, ap, strerror(saved));
+    va_end(ap);
+    exit(1);
+}
+
+void fatalx(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(LOG_LEVEL_ERROR, fmt, ap, NULL);
+    va_end(ap);
+    exit(1);
+}

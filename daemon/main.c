@@ -1,0 +1,184 @@
+/* mailsync command line: global options, then a subcommand. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/config.h"
+#include "daemon/log.h"
+#include "daemon/util.h"
+
+struct globals {
+    const char *config_path;
+    int verbosity; /* -1 quiet, 0 normal, 1.. verbose */
+};
+
+static void usage(FILE *fp)
+{
+    fputs("usage: mailsync [--config FILE] [-v|-q] COMMAND [ARGS]\n"
+          "\n"
+          "Keeps local Maildir folders in sync with IMAP accounts and downloads\n"
+          "POP3 accounts.\n"
+          "\n"
+          "Commands:\n"
+          "  sync [--dry-run] [--force] [ACCOUNT...]  synchronise once and exit\n"
+          "  daemon                         stay running and push changes both ways\n"
+          "  status [--json]                show the state of every account\n"
+          "  check [--connect] [ACCOUNT...] validate the configuration (and connect)\n"
+          "  version                        print the version\n"
+          "\n"
+          "Options:\n"
+          "  -c, --config FILE  configuration file (default\n"
+          "                     $XDG_CONFIG_HOME/mailsync/config.yaml)\n"
+          "  -v, --verbose      more output (repeat for protocol traces)\n"
+          "  -q, --quiet        only errors\n"
+          "  -h, --help         this text\n",
+          fp);
+}
+
+/* Loads the configuration named by --config or the default path, printing
+ * every problem found. Returns NULL after printing on failure. */
+static struct cfg *load_config(const struct globals *g)
+{
+    char *path = g->config_path != NULL ? xstrdup(g->config_path) : cfg_default_path();
+    if (path == NULL) {
+        log_error("cannot find the configuration: neither $XDG_CONFIG_HOME nor $HOME is set; "
+                  "use --config FILE");
+        return NULL;
+    }
+    struct cfg *cfg = NULL;
+    char *err = NULL;
+    if (cfg_load(path, &cfg, &err) != 0) {
+        fprintf(stderr, "%s", err);
+        if (err[0] != '\0' && err[strlen(err) - 1] != '\n') {
+            fputc('\n', stderr);
+        }
+        free(err);
+        free(path);
+        return NULL;
+    }
+    free(path);
+    return cfg;
+}
+
+/* Checks that every account named on the command line exists. */
+static int check_account_names(const struct cfg *cfg, int argc, char **argv)
+{
+    int bad = 0;
+    for (int i = 0; i < argc; i++) {
+        if (cfg_find_account(cfg, argv[i]) == NULL) {
+            log_error("%s: no account named '%s'", cfg->path, argv[i]);
+            bad = 1;
+        }
+    }
+    return bad;
+}
+
+static int cmd_check(const struct globals *g, int argc, char **argv)
+{
+    int connect = 0;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--connect") == 0) {
+            connect = 1;
+        } else if (strcmp(argv[i], "--") == 0) {
+            i++;
+            break;
+        } else {
+            log_error("check: unknown option '%s'", argv[i]);
+            return 2;
+        }
+    }
+    struct cfg *cfg = load_config(g);
+    if (cfg == NULL) {
+        return 1;
+    }
+    if (check_account_names(cfg, argc - i, argv + i) != 0) {
+        cfg_free(cfg);
+        return 1;
+    }
+    cfg_print(stdout, cfg);
+    int ret = 0;
+    if (connect) {
+        log_error("check --connect: connecting to servers is not available in this build yet");
+        ret = 1;
+    }
+    if (g->verbosity >= 0 && ret == 0) {
+        fprintf(stderr, "%s: configuration OK (%zu account%s)\n", cfg->path, cfg->naccounts,
+                cfg->naccounts == 1 ? "" : "s");
+    }
+    cfg_free(cfg);
+    return ret;
+}
+
+static int cmd_unavailable(const char *name)
+{
+    log_error("'%s' is not available in this build yet; see README.md for what works today",
+              name);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    struct globals g = {0};
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"verbose", no_argument, NULL, 'v'},
+        {"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+    };
+    int ch;
+    /* '+' stops at the first non-option: the subcommand owns the rest. */
+    while ((ch = getopt_long(argc, argv, "+c:vqh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            g.config_path = optarg;
+            break;
+        case 'v':
+            g.verbosity++;
+            break;
+        case 'q':
+            g.verbosity = -1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("mailsync %s\n", MAILSYNC_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (g.verbosity < 0) {
+        log_set_level(LOG_LEVEL_ERROR);
+    } else if (g.verbosity == 1) {
+        log_set_level(LOG_LEVEL_DEBUG);
+    } else if (g.verbosity >= 2) {
+        log_set_level(LOG_LEVEL_TRACE);
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[optind];
+    int cargc = argc - optind;
+    char **cargv = argv + optind;
+    if (strcmp(cmd, "version") == 0) {
+        printf("mailsync %s\n", MAILSYNC_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "check") == 0) {
+        return cmd_check(&g, cargc, cargv);
+    }
+    if (strcmp(cmd, "sync") == 0 || strcmp(cmd, "daemon") == 0 || strcmp(cmd, "status") == 0) {
+        return cmd_unavailable(cmd);
+    }
+    log_error("unknown command '%s' (try 'mailsync --help')", cmd);
+    return 2;
+}

@@ -1,0 +1,269 @@
+#include "daemon/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static void oom(void)
+{
+    static const char msg[] = "mailsync: out of memory\n";
+    ssize_t n = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)n;
+    abort();
+}
+
+void *xmalloc(size_t size)
+{
+    void *p = malloc(size ? size : 1);
+    if (p == NULL) {
+        oom();
+    }
+    return p;
+}
+
+void *xcalloc(size_t nmemb, size_t size)
+{
+    void *p = calloc(nmemb ? nmemb : 1, size ? size : 1);
+    if (p == NULL) {
+        oom();
+    }
+    return p;
+}
+
+void *xrealloc(void *ptr, size_t size)
+{
+    void *p = realloc(ptr, size ? size : 1);
+    if (p == NULL) {
+        oom();
+    }
+    return p;
+}
+
+void xgrow(void *ptr_p, size_t *cap, size_t need, size_t elem)
+{
+    void **pp = ptr_p;
+    if (need <= *cap) {
+        return;
+    }
+    size_t ncap = *cap ? *cap : 8;
+    while (ncap < need) {
+        if (ncap > ((size_t)-1) / 2 / elem) {
+            oom();
+        }
+        ncap *= 2;
+    }
+    *pp = xrealloc(*pp, ncap * elem);
+    *cap = ncap;
+}
+
+char *xstrdup(const char *s)
+{
+    return xstrndup(s, strlen(s));
+}
+
+char *xstrndup(const char *s, size_t n)
+{
+    char *p = xmalloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+char *xvasprintf(const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0) {
+        oom();
+    }
+    char *p = xmalloc((size_t)n + 1);
+    vsnprintf(p, (size_t)n + 1, fmt, ap);
+    return p;
+}
+
+char *xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *p = xvasprintf(fmt, ap);
+    va_end(ap);
+    return p;
+}
+
+void sbuf_add(struct sbuf *sb, const void *data, size_t len)
+{
+    xgrow(&sb->buf, &sb->cap, sb->len + len + 1, 1);
+    if (len > 0) {
+        memcpy(sb->buf + sb->len, data, len);
+    }
+    sb->len += len;
+    sb->buf[sb->len] = '\0';
+}
+
+void sbuf_adds(struct sbuf *sb, const char *s)
+{
+    sbuf_add(sb, s, strlen(s));
+}
+
+void sbuf_addc(struct sbuf *sb, char c)
+{
+    sbuf_add(sb, &c, 1);
+}
+
+void sbuf_addf(struct sbuf *sb, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = xvasprintf(fmt, ap);
+    va_end(ap);
+    sbuf_adds(sb, s);
+    free(s);
+}
+
+void sbuf_reset(struct sbuf *sb)
+{
+    sb->len = 0;
+    if (sb->buf != NULL) {
+        sb->buf[0] = '\0';
+    }
+}
+
+char *sbuf_detach(struct sbuf *sb)
+{
+    char *p = sb->buf != NULL ? sb->buf : xstrdup("");
+    sb->buf = NULL;
+    sb->len = sb->cap = 0;
+    return p;
+}
+
+void sbuf_free(struct sbuf *sb)
+{
+    free(sb->buf);
+    sb->buf = NULL;
+    sb->len = sb->cap = 0;
+}
+
+static bool var_char(char c, bool first)
+{
+    return c == '_' || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+           (!first && c >= '0' && c <= '9');
+}
+
+int path_expand(const char *path, char **out_r, char **err_r)
+{
+    struct sbuf sb = {0};
+    const char *p = path;
+    *err_r = NULL;
+    if (p[0] == '~' && (p[1] == '/' || p[1] == '\0')) {
+        const char *home = getenv("HOME");
+        if (home == NULL || *home == '\0') {
+            *err_r = xstrdup("'~' used but $HOME is not set");
+            return -1;
+        }
+        sbuf_adds(&sb, home);
+        p++;
+    }
+    while (*p != '\0') {
+        if (*p != '$') {
+            sbuf_addc(&sb, *p++);
+            continue;
+        }
+        const char *start = p + 1;
+        bool braced = *start == '{';
+        if (braced) {
+            start++;
+        }
+        const char *end = start;
+        while (var_char(*end, end == start)) {
+            end++;
+        }
+        if (end == start || (braced && *end != '}')) {
+            /* A lone '$' is kept literally. */
+            sbuf_addc(&sb, *p++);
+            continue;
+        }
+        char *name = xstrndup(start, (size_t)(end - start));
+        const char *val = getenv(name);
+        if (val == NULL) {
+            *err_r = xasprintf("environment variable $%s is not set", name);
+            free(name);
+            sbuf_free(&sb);
+            return -1;
+        }
+        free(name);
+        sbuf_adds(&sb, val);
+        p = braced ? end + 1 : end;
+    }
+    *out_r = sbuf_detach(&sb);
+    return 0;
+}
+
+int mkdir_p(const char *dir, mode_t mode)
+{
+    char *tmp = xstrdup(dir);
+    int ret = 0;
+    for (char *p = tmp + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(tmp, mode) != 0 && errno != EEXIST) {
+                ret = -errno;
+                break;
+            }
+            *p = saved;
+            if (saved == '\0') {
+                break;
+            }
+        }
+    }
+    if (ret == 0) {
+        struct stat st;
+        if (stat(dir, &st) != 0) {
+            ret = -errno;
+        } else if (!S_ISDIR(st.st_mode)) {
+            ret = -ENOTDIR;
+        }
+    }
+    free(tmp);
+    return ret;
+}
+
+int fsync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return -errno;
+    }
+    int ret = 0;
+    if (fsync(fd) != 0) {
+        ret = -errno;
+    }
+    close(fd);
+    return ret;
+}
+
+char *path_join(const char *a, const char *b)
+{
+    size_t la = strlen(a);
+    while (la > 1 && a[la - 1] == '/') {
+        la--;
+    }
+    while (*b == '/') {
+        b++;
+    }
+    return xasprintf("%.*s/%s", (int)la, a, b);
+}
+
+unsigned long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000ULL + (unsigned long long)ts.tv_nsec / 1000000ULL;
+}

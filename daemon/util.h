@@ -1,0 +1,60 @@
+/* Small helpers shared by every module: allocation that cannot fail (an
+ * allocation failure aborts the process, as it would be unrecoverable in a
+ * sync engine anyway), a growable string buffer, and path utilities. */
+#ifndef MAILSYNC_UTIL_H
+#define MAILSYNC_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+void *xmalloc(size_t size);
+void *xcalloc(size_t nmemb, size_t size);
+void *xrealloc(void *ptr, size_t size);
+/* Grows *ptr so that it holds at least need elements of elem bytes,
+ * doubling *cap as needed. */
+void xgrow(void *ptr_p, size_t *cap, size_t need, size_t elem);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+char *xvasprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+
+/* A growable byte buffer, always NUL-terminated. Zero-initialise to use;
+ * sbuf_free releases it. */
+struct sbuf {
+    char *buf;
+    size_t len;
+    size_t cap;
+};
+
+void sbuf_add(struct sbuf *sb, const void *data, size_t len);
+void sbuf_adds(struct sbuf *sb, const char *s);
+void sbuf_addc(struct sbuf *sb, char c);
+void sbuf_addf(struct sbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sbuf_reset(struct sbuf *sb);
+/* Returns the buffer (caller frees) and leaves sb empty. */
+char *sbuf_detach(struct sbuf *sb);
+void sbuf_free(struct sbuf *sb);
+
+/* Expands a leading "~" or "~/" (from $HOME) and $VAR / ${VAR} anywhere in
+ * path. Returns 0 and a new string in *out_r, or -1 with a message in *err_r
+ * (caller frees) naming the undefined variable. */
+int path_expand(const char *path, char **out_r, char **err_r);
+
+/* Creates dir and any missing parents with mode (existing ones are left as
+ * they are). Returns 0 or a negative errno. */
+int mkdir_p(const char *dir, mode_t mode);
+
+/* fsyncs the directory at path. Returns 0 or a negative errno. */
+int fsync_dir(const char *path);
+
+/* Joins two path parts with exactly one '/'. */
+char *path_join(const char *a, const char *b);
+
+/* Monotonic time in milliseconds, for timeouts and rates. */
+unsigned long long now_ms(void);
+
+#endif

@@ -1,0 +1,138 @@
+/* The sync index: an LMDB environment per account holding what both sides
+ * last agreed on (the merge base of DESIGN.md invariant 3).
+ *
+ * Layout: STATE_DIR/<account>/ (mode 0700) holds index.mdb (data.mdb,
+ * lock.mdb, mode 0600) and a lock file "lock" that one process holds with
+ * flock while it writes the account.
+ *
+ * Ownership: idx_open returns a struct idx closed by idx_close. A struct
+ * idx_txn belongs to one thread (LMDB write transactions stay on the thread
+ * that began them) and ends with idx_commit or idx_abort, which free it.
+ * Records returned by the getters are copied into caller storage.
+ *
+ * Errors: negative errno values. IDX_ERETRY (-EAGAIN) from a put or commit
+ * means the map was full: the transaction has been aborted and freed, the
+ * map has been grown, and the caller must redo the whole transaction;
+ * idx_write does that loop for you. idx_error() returns the text of the last
+ * failure on that index (file names and LMDB's message). */
+#ifndef MAILSYNC_INDEX_H
+#define MAILSYNC_INDEX_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define IDX_ERETRY (-EAGAIN)
+#define IDX_SCHEMA_VERSION 1u
+#define IDX_LID_MAX 255      /* longest local identity stored */
+#define IDX_KEYWORDS_MAX 1024 /* space-separated keyword names */
+#define IDX_UIDL_MAX 70      /* RFC 1939 */
+
+struct idx;
+struct idx_txn;
+
+/* Opens (creating when needed) the index for one account in
+ * STATE_DIR/<account>. Takes the account's exclusive lock: when another
+ * process holds it, returns -EWOULDBLOCK and *err_r says "account 'NAME' is
+ * already being synced by another mailsync process (pid N)". A database
+ * written by a newer schema version is refused with -EPROTO and a message
+ * naming both versions. *err_r (caller frees) is set on every failure. */
+int idx_open(const char *state_dir, const char *account, struct idx **idx_r, char **err_r);
+void idx_close(struct idx *idx);
+const char *idx_error(const struct idx *idx);
+/* Current LMDB map size in bytes (it grows on demand). */
+size_t idx_map_size(const struct idx *idx);
+
+int idx_begin(struct idx *idx, bool write, struct idx_txn **txn_r);
+int idx_commit(struct idx_txn *txn);
+void idx_abort(struct idx_txn *txn);
+/* Runs fn in a write transaction and commits it, redoing it from the start
+ * after growing the map when it hits IDX_ERETRY. fn returns 0 or a negative
+ * errno (which aborts). fn must only touch the index, since it may run more
+ * than once. */
+int idx_write(struct idx *idx, int (*fn)(struct idx_txn *txn, void *arg), void *arg);
+
+/* Per folder state. Folder names are the server-style UTF-8 names. */
+struct idx_folder {
+    uint32_t uidvalidity;   /* 0 = never synced */
+    uint32_t uidnext;
+    uint64_t highestmodseq; /* 0 = unknown / NOMODSEQ */
+    int64_t last_full_sync; /* unix time of the last complete sync, 0 = never */
+    uint32_t messages;      /* message count at last sync */
+};
+
+int idx_folder_get(struct idx_txn *txn, const char *folder, struct idx_folder *st_r);
+/* Creates or replaces the folder's state. */
+int idx_folder_put(struct idx_txn *txn, const char *folder, const struct idx_folder *st);
+/* Removes the folder's state and all of its message records. */
+int idx_folder_delete(struct idx_txn *txn, const char *folder);
+/* Calls fn for each known folder in name order; a non-zero return stops the
+ * walk and is returned. */
+int idx_folder_foreach(struct idx_txn *txn,
+                       int (*fn)(const char *folder, const struct idx_folder *st, void *arg),
+                       void *arg);
+
+/* Per message state: what both sides agreed on at the last sync. */
+enum idx_msg_state {
+    IDX_MSG_SYNCED = 0,    /* on both sides with this UID and these flags */
+    IDX_MSG_APPENDING = 1, /* local message being appended: uid is 0 until
+                              APPENDUID (or a search) gives it */
+};
+
+struct idx_msg {
+    uint32_t uid; /* 0 while APPENDING */
+    uint8_t state;
+    uint8_t flags;       /* MD_FLAG_* bits, as last synced */
+    uint64_t size;       /* size on the wire (CRLF), 0 if unknown */
+    char lid[IDX_LID_MAX + 1];           /* local identity (Maildir unique name) */
+    char keywords[IDX_KEYWORDS_MAX + 1]; /* sorted, space-separated, "" for none */
+    uint8_t msgid_hash[16]; /* truncated SHA-256 of Message-ID (or header block); zero if unknown */
+};
+
+/* Stores or replaces a message record, keyed both by UID (when non-zero) and
+ * by local identity. Replacing a record whose lid or uid changed removes the
+ * old keys. */
+int idx_msg_put(struct idx_txn *txn, const char *folder, const struct idx_msg *m);
+int idx_msg_get_uid(struct idx_txn *txn, const char *folder, uint32_t uid, struct idx_msg *m_r);
+int idx_msg_get_lid(struct idx_txn *txn, const char *folder, const char *lid,
+                    struct idx_msg *m_r);
+/* Removes the record (both keys) with that local identity / UID. Absent is
+ * -ENOENT. */
+int idx_msg_delete_lid(struct idx_txn *txn, const char *folder, const char *lid);
+int idx_msg_delete_uid(struct idx_txn *txn, const char *folder, uint32_t uid);
+/* Every message of the folder: UID order for synced ones, then APPENDING
+ * ones in lid order. */
+int idx_msg_foreach(struct idx_txn *txn, const char *folder,
+                    int (*fn)(const struct idx_msg *m, void *arg), void *arg);
+size_t idx_msg_count(struct idx_txn *txn, const char *folder);
+
+/* POP3 keep-on-server state, per account. */
+enum {
+    IDX_POP_DELIVERED = 1 << 0,         /* stored in the Maildir */
+    IDX_POP_SKIPPED = 1 << 1,           /* deliberately not downloaded (since, max_size) */
+    IDX_POP_DELETED_ON_SERVER = 1 << 2, /* DELE sent and QUIT succeeded */
+    IDX_POP_DELETED_LOCALLY = 1 << 3,   /* user removed the local copy */
+};
+
+struct idx_pop {
+    char uidl[IDX_UIDL_MAX + 1];
+    char lid[IDX_LID_MAX + 1]; /* "" when not delivered */
+    int64_t first_seen;        /* unix time */
+    uint64_t size;             /* LIST size */
+    uint8_t header_hash[16];   /* truncated SHA-256 of the TOP n 0 header block, zero if unknown */
+    uint32_t flags;            /* IDX_POP_* */
+};
+
+int idx_pop_put(struct idx_txn *txn, const struct idx_pop *p);
+int idx_pop_get(struct idx_txn *txn, const char *uidl, struct idx_pop *p_r);
+int idx_pop_delete(struct idx_txn *txn, const char *uidl);
+int idx_pop_foreach(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void *arg), void *arg);
+
+/* Small free-form values (e.g. "pop:last_run"). */
+int idx_meta_put(struct idx_txn *txn, const char *key, const void *val, size_t len);
+/* Copies up to cap bytes into buf and sets *len_r to the stored length. */
+int idx_meta_get(struct idx_txn *txn, const char *key, void *buf, size_t cap, size_t *len_r);
+
+#endif

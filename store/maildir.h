@@ -1,0 +1,159 @@
+/* Maildir folders: scan, streaming delivery, flag changes, removal, keywords,
+ * and the mapping between server folder names and local directories.
+ *
+ * Ownership: md_folder_open returns a struct md_folder that the caller
+ * closes with md_folder_close. A struct md_scan (from md_scan) is
+ * independent of its folder and freed with md_scan_free. A struct md_writer
+ * belongs to its folder: commit or abort it before closing the folder.
+ *
+ * Errors: functions return 0 or a negative errno. Where the failure needs a
+ * fuller explanation, md_folder_error(f) returns the last message for that
+ * folder (valid until the next call on it); it always names the path.
+ *
+ * Threads: a struct md_folder is used by one thread at a time. Nothing here
+ * touches the event loop, so the sync engine runs these calls in threadpool
+ * jobs. */
+#ifndef MAILSYNC_MAILDIR_H
+#define MAILSYNC_MAILDIR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "daemon/config.h"
+
+/* Standard flags, one bit each; the letters in ASCII order as Maildir
+ * requires. */
+enum {
+    MD_FLAG_DRAFT = 1 << 0,   /* D  \Draft */
+    MD_FLAG_FLAGGED = 1 << 1, /* F  \Flagged */
+    MD_FLAG_PASSED = 1 << 2,  /* P  $Forwarded */
+    MD_FLAG_REPLIED = 1 << 3, /* R  \Answered */
+    MD_FLAG_SEEN = 1 << 4,    /* S  \Seen */
+    MD_FLAG_TRASHED = 1 << 5, /* T  \Deleted */
+};
+#define MD_FLAGS_ALL 0x3fu
+
+/* Keywords are letters a-z in the file name; bit i is letter 'a' + i. What
+ * each letter means is per folder, from its dovecot-keywords file. */
+typedef uint32_t md_keywords;
+
+struct md_folder;
+
+struct md_msg {
+    char *id;      /* identity: the file name up to ":2," (or the whole name) */
+    char *name;    /* current file name, in new/ or cur/ */
+    bool in_new;   /* true when in new/ */
+    unsigned flags;       /* MD_FLAG_* */
+    md_keywords keywords; /* a-z letters present */
+    char *unknown_flags;  /* NULL or letters we do not interpret (kept on rename) */
+};
+
+struct md_scan {
+    struct md_msg *msgs; /* sorted by id */
+    size_t count;
+};
+
+/* Opens the Maildir folder at path. With create, creates path (and parents)
+ * with cur/ new/ tmp/ mode 0700 when missing; with maildirpp_sub also writes
+ * the empty "maildirfolder" marker. Without create a missing folder or one
+ * lacking cur/new/tmp is -ENOENT with an explanation in *err_r when err_r is
+ * not NULL (caller frees). */
+int md_folder_open(const char *path, bool create, bool maildirpp_sub, struct md_folder **f_r,
+                   char **err_r);
+void md_folder_close(struct md_folder *f);
+const char *md_folder_path(const struct md_folder *f);
+const char *md_folder_error(const struct md_folder *f);
+
+/* Lists every message in new/ and cur/ with one readdir each and no stat per
+ * file. Dotfiles and names that cannot be Maildir messages are skipped. A
+ * message renamed by a client while the scan runs is reported once (if it
+ * appears in both directories it is reported with its cur/ name). */
+int md_scan(struct md_folder *f, struct md_scan **scan_r);
+void md_scan_free(struct md_scan *scan);
+/* Binary search of a scan by identity; NULL when absent. */
+struct md_msg *md_scan_find(const struct md_scan *scan, const char *id);
+
+/* Parses a file name into identity, flags and keywords. Returns false for
+ * names that are not Maildir messages (dotfiles, empty, containing '/').
+ * On success the strings in *msg_r are malloc'd; free with md_msg_clear. */
+bool md_parse_name(const char *name, bool in_new, struct md_msg *msg_r);
+void md_msg_clear(struct md_msg *msg);
+/* Formats the ":2,<letters>" suffix for flags and keywords (plus unknown
+ * letters, kept in ASCII order). Caller frees. */
+char *md_info_suffix(unsigned flags, md_keywords kw, const char *unknown);
+
+/* Streaming delivery. md_writer_open creates tmp/<new unique name> with
+ * O_EXCL and mode 0600. With crlf_to_lf, CRLF line endings in the data are
+ * written as LF (a CR split from its LF across two chunks is handled). */
+struct md_writer;
+int md_writer_open(struct md_folder *f, bool crlf_to_lf, struct md_writer **w_r);
+int md_writer_write(struct md_writer *w, const void *data, size_t len);
+/* Bytes written to the file so far (after conversion). */
+uint64_t md_writer_size(const struct md_writer *w);
+/* fsyncs and closes the file, then renames it into new/ (when flags and
+ * keywords are both zero and to_cur is false) or cur/ with the info suffix.
+ * With mtime non-zero the file's modification time is set to it (Dovecot
+ * and mutt use it as the received date). The directory is fsynced unless
+ * defer_dir_sync, in which case the caller must call md_folder_sync before
+ * recording the message anywhere. On success the writer is freed and
+ * *msg_r (when not NULL) describes the new message. On failure the temp file
+ * is removed and the writer freed. */
+int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywords kw,
+                     time_t mtime, bool defer_dir_sync, struct md_msg *msg_r);
+/* Removes the temp file and frees the writer. */
+void md_writer_abort(struct md_writer *w);
+/* fsyncs new/ and cur/ (after deferred commits). */
+int md_folder_sync(struct md_folder *f);
+
+/* Renames msg to carry flags and kw (unknown letters are kept). When the file
+ * is no longer at msg->name (a client renamed it meanwhile) the folder is
+ * searched for the same identity and the rename retried; -ENOENT means the
+ * message is gone. msg is updated to the new name on success. Moving a
+ * message from new/ to cur/ happens only when move_to_cur is set. */
+int md_set_flags(struct md_folder *f, struct md_msg *msg, unsigned flags, md_keywords kw,
+                 bool move_to_cur);
+/* Removes the message (found again by identity if renamed). Already gone is
+ * success. */
+int md_remove(struct md_folder *f, struct md_msg *msg);
+/* Opens the message file read-only (found again by identity if renamed).
+ * Returns a file descriptor or a negative errno; updates msg. */
+int md_open_msg(struct md_folder *f, struct md_msg *msg);
+
+/* Keywords (dovecot-keywords file: lines "N name", N 0..25). md_keyword_letter
+ * returns the index 0..25 for name, assigning a free one and rewriting the
+ * file atomically when create is set; -ENOENT when absent, -ENOSPC when all
+ * 26 are used. md_keyword_name returns NULL for an unassigned index. The
+ * file is read lazily and re-read when it changes on disk. */
+int md_keyword_index(struct md_folder *f, const char *name, bool create);
+const char *md_keyword_name(struct md_folder *f, int index);
+
+/* Removes tmp/ files older than 36 hours (debris of interrupted deliveries).
+ * Returns the number removed or a negative errno. */
+int md_clean_tmp(struct md_folder *f, time_t now);
+
+/* Folder names <-> local paths.
+ *
+ * Server names are UTF-8 with '/' as the hierarchy separator (the IMAP layer
+ * converts from modified UTF-7 and the server's delimiter). Each component
+ * is mapped to a safe directory name: '%' and anything unsafe (control
+ * characters, '/', a leading '.', the names "cur" "new" "tmp", and '.' itself
+ * under maildir++) become %XX, so no name can escape the root and the
+ * mapping reverses exactly. Empty components, and names longer than a
+ * directory entry allows, are refused with -EINVAL.
+ *
+ * verbatim: INBOX -> ROOT/INBOX, "Lists/dev" -> ROOT/Lists/dev
+ * maildir++: INBOX -> ROOT, "Lists/dev" -> ROOT/.Lists.dev
+ * "INBOX" matches case-insensitively. */
+int md_folder_local_path(const char *root, enum cfg_layout layout, const char *name,
+                         char **path_r);
+/* Lists the folders that exist under root (directories with cur/ new/ tmp/),
+ * as server-style names, sorted. */
+int md_list_folders(const char *root, enum cfg_layout layout, char ***names_r, size_t *count_r);
+void md_free_names(char **names, size_t count);
+/* Removes a folder's directory when it holds no messages (cur/ new/ empty);
+ * -ENOTEMPTY otherwise. Subfolders (verbatim layout) are left alone. */
+int md_folder_remove(const char *path);
+
+#endif
