@@ -102,6 +102,12 @@ struct cfg {
     char *state_dir; /* expanded; default $XDG_STATE_HOME/mailsync or ~/.local/state/mailsync */
     struct cfg_account *accounts;
     size_t naccounts;
+    /* NULL, or the problems found that do not stop loading (for example a
+     * password in a file that group or others can read), one per line
+     * without a trailing newline, each "FILE:LINE:COL: warning: message".
+     * Callers show them to the user (`check`, daemon start); cfg_free frees
+     * them. Only a successful load returns them. */
+    char *warnings;
 };
 
 /* Reads and validates the file at path. Returns 0 and *cfg_r on success; on
