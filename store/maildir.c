@@ -1,0 +1,1355 @@
+/* Maildir folders: scan, streaming delivery, flag renames, removal, keywords
+ * and tmp/ cleanup. The folder-name mapping lives in store/mdname.c.
+ *
+ * The write order follows the Maildir rules of DESIGN.md invariant 4: a
+ * message is written to tmp/ under a name no other process can choose,
+ * fsynced, renamed into new/ or cur/, and the directory is fsynced before
+ * anyone records the message. Clients (mutt, notmuch, Dovecot) rename files
+ * at any moment, so every operation on an existing message finds the file
+ * again by its identity when its last known name has gone. */
+#include "store/maildir.h"
+
+#include "daemon/util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The size of a writer's buffer: big enough that a multi-megabyte message
+ * costs few write() calls, small enough that many concurrent deliveries stay
+ * cheap. The message itself is never held whole in memory. */
+#define MD_WBUF_SIZE (64 * 1024)
+/* tmp/ files older than this are debris of interrupted deliveries. */
+#define MD_TMP_MAX_AGE (36 * 60 * 60)
+#define MD_KW_COUNT 26
+#define MD_KW_FILE "dovecot-keywords"
+/* A keywords file is 26 short lines; anything far bigger is not one. */
+#define MD_KW_FILE_MAX (1024 * 1024)
+#define MD_KW_MASK ((md_keywords)((1u << MD_KW_COUNT) - 1))
+
+struct md_folder {
+    char *path;
+    char *path_new;
+    char *path_cur;
+    char *path_tmp;
+    char *err;
+
+    /* The dovecot-keywords table, valid while the file on disk still has
+     * the identity recorded here (checked by stat before every use). */
+    char *kw_names[MD_KW_COUNT];
+    bool kw_loaded;
+    bool kw_exists;
+    dev_t kw_dev;
+    ino_t kw_ino;
+    off_t kw_size;
+    struct timespec kw_mtim;
+    struct timespec kw_ctim;
+};
+
+struct md_writer {
+    struct md_folder *f;
+    int fd;
+    char *uname;    /* the unique name, which becomes the identity */
+    char *tmp_path; /* NULL once the temp file has been removed */
+    bool crlf_to_lf;
+    bool held_cr; /* a CR ended the last chunk; the next one decides */
+    int err;      /* sticky negative errno after a failed write */
+    uint64_t size;
+    size_t blen;
+    char buf[MD_WBUF_SIZE];
+};
+
+/* Process-wide delivery counter: with the pid and the microseconds it keeps
+ * names apart inside one process, even between threads in the same
+ * microsecond. */
+static atomic_ulong md_delivery_counter;
+
+static void set_err(struct md_folder *f, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void set_err(struct md_folder *f, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = xvasprintf(fmt, ap);
+    va_end(ap);
+    free(f->err);
+    f->err = msg;
+}
+
+/* Records "PATH: WHAT: strerror" and returns the negative errno. */
+static int fail(struct md_folder *f, int err, const char *path, const char *what)
+{
+    set_err(f, "%s: %s: %s", path, what, strerror(err));
+    return -err;
+}
+
+static bool is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* ---- Folders ---------------------------------------------------------- */
+
+static int mkdir_sub(const char *path, char **err_r)
+{
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+        int e = errno;
+        if (err_r != NULL) {
+            *err_r = xasprintf("%s: cannot create directory: %s", path, strerror(e));
+        }
+        return -e;
+    }
+    return 0;
+}
+
+int md_folder_open(const char *path, bool create, bool maildirpp_sub, struct md_folder **f_r,
+                   char **err_r)
+{
+    if (err_r != NULL) {
+        *err_r = NULL;
+    }
+    *f_r = NULL;
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/') {
+        len--;
+    }
+    if (len == 0) {
+        if (err_r != NULL) {
+            *err_r = xstrdup("empty Maildir path");
+        }
+        return -EINVAL;
+    }
+    struct md_folder *f = xcalloc(1, sizeof(*f));
+    f->path = xstrndup(path, len);
+    f->path_new = path_join(f->path, "new");
+    f->path_cur = path_join(f->path, "cur");
+    f->path_tmp = path_join(f->path, "tmp");
+    int ret = 0;
+
+    if (create) {
+        ret = mkdir_p(f->path, 0700);
+        if (ret < 0) {
+            if (err_r != NULL) {
+                *err_r = xasprintf("%s: cannot create directory: %s", f->path, strerror(-ret));
+            }
+            goto out;
+        }
+        bool made = false;
+        const char *subs[] = {f->path_cur, f->path_new, f->path_tmp};
+        for (size_t i = 0; i < ARRAY_SIZE(subs); i++) {
+            if (is_dir(subs[i])) {
+                continue;
+            }
+            if ((ret = mkdir_sub(subs[i], err_r)) < 0) {
+                goto out;
+            }
+            made = true;
+        }
+        if (maildirpp_sub) {
+            char *marker = path_join(f->path, "maildirfolder");
+            int fd = open(marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+            if (fd < 0) {
+                ret = -errno;
+                if (err_r != NULL) {
+                    *err_r = xasprintf("%s: cannot create: %s", marker, strerror(errno));
+                }
+                free(marker);
+                goto out;
+            }
+            close(fd);
+            free(marker);
+        }
+        /* A folder created here must survive a crash before the first
+         * delivery into it is recorded anywhere. */
+        if (made && (ret = fsync_dir(f->path)) < 0) {
+            if (err_r != NULL) {
+                *err_r = xasprintf("%s: fsync failed: %s", f->path, strerror(-ret));
+            }
+            goto out;
+        }
+    }
+    const char *subs[] = {f->path_cur, f->path_new, f->path_tmp};
+    for (size_t i = 0; i < ARRAY_SIZE(subs); i++) {
+        if (!is_dir(subs[i])) {
+            ret = -ENOENT;
+            if (err_r != NULL) {
+                *err_r = xasprintf("%s: not a Maildir folder (%s is missing)", f->path, subs[i]);
+            }
+            goto out;
+        }
+    }
+    *f_r = f;
+    return 0;
+out:
+    md_folder_close(f);
+    return ret;
+}
+
+static void kw_clear(struct md_folder *f)
+{
+    for (int i = 0; i < MD_KW_COUNT; i++) {
+        free(f->kw_names[i]);
+        f->kw_names[i] = NULL;
+    }
+}
+
+void md_folder_close(struct md_folder *f)
+{
+    if (f == NULL) {
+        return;
+    }
+    kw_clear(f);
+    free(f->path);
+    free(f->path_new);
+    free(f->path_cur);
+    free(f->path_tmp);
+    free(f->err);
+    free(f);
+}
+
+const char *md_folder_path(const struct md_folder *f)
+{
+    return f->path;
+}
+
+const char *md_folder_error(const struct md_folder *f)
+{
+    return f->err != NULL ? f->err : "";
+}
+
+int md_folder_sync(struct md_folder *f)
+{
+    int ret = fsync_dir(f->path_new);
+    if (ret < 0) {
+        return fail(f, -ret, f->path_new, "fsync failed");
+    }
+    ret = fsync_dir(f->path_cur);
+    if (ret < 0) {
+        return fail(f, -ret, f->path_cur, "fsync failed");
+    }
+    return 0;
+}
+
+/* ---- Names ------------------------------------------------------------ */
+
+static const char md_flag_letters[] = "DFPRST";
+
+static int flag_bit(unsigned char c)
+{
+    switch (c) {
+    case 'D':
+        return MD_FLAG_DRAFT;
+    case 'F':
+        return MD_FLAG_FLAGGED;
+    case 'P':
+        return MD_FLAG_PASSED;
+    case 'R':
+        return MD_FLAG_REPLIED;
+    case 'S':
+        return MD_FLAG_SEEN;
+    case 'T':
+        return MD_FLAG_TRASHED;
+    default:
+        return 0;
+    }
+}
+
+/* Letters with a meaning of their own: they are never carried as unknown. */
+static bool known_letter(unsigned char c)
+{
+    return flag_bit(c) != 0 || (c >= 'a' && c <= 'z');
+}
+
+/* Finds where the info part starts: the first ":2,". A name with ':' but no
+ * ":2," (an experimental ":1," info, or a foreign tool) is all identity. */
+static size_t id_len(const char *name)
+{
+    const char *info = strstr(name, ":2,");
+    return info != NULL ? (size_t)(info - name) : strlen(name);
+}
+
+bool md_parse_name(const char *name, bool in_new, struct md_msg *msg_r)
+{
+    memset(msg_r, 0, sizeof(*msg_r));
+    if (name == NULL || name[0] == '\0' || name[0] == '.' || strchr(name, '/') != NULL) {
+        return false;
+    }
+    size_t idlen = id_len(name);
+    if (idlen == 0) {
+        return false;
+    }
+    unsigned flags = 0;
+    md_keywords kw = 0;
+    /* Unknown letters are collected as a set so that they come out in ASCII
+     * order without duplicates, which is how they are written back. */
+    uint8_t unknown[256] = {0};
+    size_t nunknown = 0;
+    if (name[idlen] != '\0') {
+        for (const unsigned char *p = (const unsigned char *)name + idlen + 3; *p != '\0'; p++) {
+            int bit = flag_bit(*p);
+            if (bit != 0) {
+                flags |= (unsigned)bit;
+            } else if (*p >= 'a' && *p <= 'z') {
+                kw |= (md_keywords)1 << (*p - 'a');
+            } else if (!unknown[*p]) {
+                unknown[*p] = 1;
+                nunknown++;
+            }
+        }
+    }
+    msg_r->id = xstrndup(name, idlen);
+    msg_r->name = xstrdup(name);
+    msg_r->in_new = in_new;
+    msg_r->flags = flags;
+    msg_r->keywords = kw;
+    if (nunknown > 0) {
+        char *u = xmalloc(nunknown + 1);
+        size_t n = 0;
+        for (int c = 1; c < 256; c++) {
+            if (unknown[c]) {
+                u[n++] = (char)c;
+            }
+        }
+        u[n] = '\0';
+        msg_r->unknown_flags = u;
+    }
+    return true;
+}
+
+void md_msg_clear(struct md_msg *msg)
+{
+    if (msg == NULL) {
+        return;
+    }
+    free(msg->id);
+    free(msg->name);
+    free(msg->unknown_flags);
+    memset(msg, 0, sizeof(*msg));
+}
+
+char *md_info_suffix(unsigned flags, md_keywords kw, const char *unknown)
+{
+    /* Every letter goes into one set and comes out in ASCII order: that is
+     * the order Maildir requires (uppercase flags, then keywords), and
+     * unknown letters fall into their places. */
+    uint8_t set[256] = {0};
+    for (int i = 0; md_flag_letters[i] != '\0'; i++) {
+        if (flags & (unsigned)flag_bit((unsigned char)md_flag_letters[i])) {
+            set[(unsigned char)md_flag_letters[i]] = 1;
+        }
+    }
+    for (int i = 0; i < MD_KW_COUNT; i++) {
+        if (kw & ((md_keywords)1 << i)) {
+            set['a' + i] = 1;
+        }
+    }
+    if (unknown != NULL) {
+        for (const unsigned char *p = (const unsigned char *)unknown; *p != '\0'; p++) {
+            /* A known letter here would turn on a flag the caller did not
+             * ask for, and '/' would leave the directory. */
+            if (!known_letter(*p) && *p != '/') {
+                set[*p] = 1;
+            }
+        }
+    }
+    char buf[3 + 256];
+    size_t n = 0;
+    buf[n++] = ':';
+    buf[n++] = '2';
+    buf[n++] = ',';
+    for (int c = 1; c < 256; c++) {
+        if (set[c]) {
+            buf[n++] = (char)c;
+        }
+    }
+    return xstrndup(buf, n);
+}
+
+/* ---- Scan ------------------------------------------------------------- */
+
+struct msgvec {
+    struct md_msg *v;
+    size_t n;
+    size_t cap;
+};
+
+static int scan_dir(struct md_folder *f, const char *dir, bool in_new, struct msgvec *mv)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        return fail(f, errno, dir, "cannot open directory");
+    }
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(d);
+        if (de == NULL) {
+            if (errno != 0) {
+                int e = errno;
+                closedir(d);
+                return fail(f, e, dir, "cannot read directory");
+            }
+            break;
+        }
+        if (de->d_name[0] == '.') {
+            continue;
+        }
+        /* No stat per file: d_type is trusted when the file system fills it
+         * in, and DT_UNKNOWN (some network file systems) counts as a file. */
+        if (de->d_type != DT_UNKNOWN && de->d_type != DT_REG) {
+            continue;
+        }
+        xgrow(&mv->v, &mv->cap, mv->n + 1, sizeof(*mv->v));
+        if (md_parse_name(de->d_name, in_new, &mv->v[mv->n])) {
+            mv->n++;
+        }
+    }
+    closedir(d);
+    return 0;
+}
+
+static int msg_cmp(const void *a, const void *b)
+{
+    const struct md_msg *x = a;
+    const struct md_msg *y = b;
+    int c = strcmp(x->id, y->id);
+    if (c != 0) {
+        return c;
+    }
+    /* cur/ before new/: for the same identity the cur/ copy is preferred. */
+    if (x->in_new != y->in_new) {
+        return x->in_new ? 1 : -1;
+    }
+    return strcmp(x->name, y->name);
+}
+
+static bool msg_exists(struct md_folder *f, const struct md_msg *m)
+{
+    char *path = path_join(m->in_new ? f->path_new : f->path_cur, m->name);
+    struct stat st;
+    bool ok = lstat(path, &st) == 0;
+    free(path);
+    return ok;
+}
+
+int md_scan(struct md_folder *f, struct md_scan **scan_r)
+{
+    struct msgvec mv = {0};
+    /* new/ is read before cur/: a client moving a message from new/ to cur/
+     * while we read can then only make us see it twice, never miss it. */
+    int ret = scan_dir(f, f->path_new, true, &mv);
+    if (ret == 0) {
+        ret = scan_dir(f, f->path_cur, false, &mv);
+    }
+    if (ret < 0) {
+        for (size_t i = 0; i < mv.n; i++) {
+            md_msg_clear(&mv.v[i]);
+        }
+        free(mv.v);
+        return ret;
+    }
+    if (mv.n > 1) {
+        qsort(mv.v, mv.n, sizeof(*mv.v), msg_cmp);
+    }
+    /* Collapse entries that share an identity. They come from renames that
+     * happened during the scan (readdir may show a renamed entry under both
+     * names), so the one that still exists wins, preferring cur/; the stat
+     * here is paid only for these rare duplicates. */
+    size_t out = 0;
+    for (size_t i = 0; i < mv.n;) {
+        size_t j = i + 1;
+        while (j < mv.n && strcmp(mv.v[j].id, mv.v[i].id) == 0) {
+            j++;
+        }
+        size_t keep = i;
+        if (j - i > 1) {
+            for (size_t k = i; k < j; k++) {
+                if (msg_exists(f, &mv.v[k])) {
+                    keep = k;
+                    break;
+                }
+            }
+        }
+        for (size_t k = i; k < j; k++) {
+            if (k != keep) {
+                md_msg_clear(&mv.v[k]);
+            }
+        }
+        mv.v[out++] = mv.v[keep];
+        i = j;
+    }
+    struct md_scan *scan = xmalloc(sizeof(*scan));
+    scan->msgs = mv.v;
+    scan->count = out;
+    *scan_r = scan;
+    return 0;
+}
+
+void md_scan_free(struct md_scan *scan)
+{
+    if (scan == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < scan->count; i++) {
+        md_msg_clear(&scan->msgs[i]);
+    }
+    free(scan->msgs);
+    free(scan);
+}
+
+static int msg_id_cmp(const void *key, const void *elem)
+{
+    const struct md_msg *m = elem;
+    return strcmp(key, m->id);
+}
+
+struct md_msg *md_scan_find(const struct md_scan *scan, const char *id)
+{
+    if (scan == NULL || scan->count == 0) {
+        return NULL;
+    }
+    return bsearch(id, scan->msgs, scan->count, sizeof(*scan->msgs), msg_id_cmp);
+}
+
+/* ---- Finding a renamed message again ---------------------------------- */
+
+static bool name_has_id(const char *name, const char *id, size_t idlen)
+{
+    return strncmp(name, id, idlen) == 0 &&
+           (name[idlen] == '\0' || strncmp(name + idlen, ":2,", 3) == 0);
+}
+
+static int refind_in(struct md_folder *f, const char *dir, bool in_new, struct md_msg *msg,
+                     bool *found_r)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        return fail(f, errno, dir, "cannot open directory");
+    }
+    size_t idlen = strlen(msg->id);
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(d);
+        if (de == NULL) {
+            if (errno != 0) {
+                int e = errno;
+                closedir(d);
+                return fail(f, e, dir, "cannot read directory");
+            }
+            break;
+        }
+        if (de->d_name[0] == '.' || !name_has_id(de->d_name, msg->id, idlen)) {
+            continue;
+        }
+        if (de->d_type != DT_UNKNOWN && de->d_type != DT_REG) {
+            continue;
+        }
+        struct md_msg found;
+        if (!md_parse_name(de->d_name, in_new, &found)) {
+            continue;
+        }
+        /* The identity stays the caller's string; everything that the
+         * client may have changed is taken from the name found on disk. */
+        free(msg->name);
+        free(msg->unknown_flags);
+        msg->name = found.name;
+        msg->unknown_flags = found.unknown_flags;
+        msg->in_new = in_new;
+        msg->flags = found.flags;
+        msg->keywords = found.keywords;
+        free(found.id);
+        *found_r = true;
+        break;
+    }
+    closedir(d);
+    return 0;
+}
+
+/* Looks the identity up in new/ and then cur/, updating msg. The order is
+ * the scan's: a message moving from new/ to cur/ meanwhile cannot slip
+ * between the two reads. A rename inside cur/ during its readdir can hide
+ * the entry, so an unsuccessful search is repeated once before the message
+ * is declared gone. Returns 0, -ENOENT when gone, or another error. */
+static int refind(struct md_folder *f, struct md_msg *msg)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        bool found = false;
+        int ret = refind_in(f, f->path_new, true, msg, &found);
+        if (ret == 0 && !found) {
+            ret = refind_in(f, f->path_cur, false, msg, &found);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        if (found) {
+            return 0;
+        }
+    }
+    set_err(f, "%s: message %s is gone", f->path, msg->id);
+    return -ENOENT;
+}
+
+static char *msg_path(const struct md_folder *f, const struct md_msg *msg)
+{
+    return path_join(msg->in_new ? f->path_new : f->path_cur, msg->name);
+}
+
+/* How many times an operation is retried after finding the file again. */
+#define MD_REFIND_TRIES 2
+
+/* Applies flags to msg once at its current name. Returns 0, or a positive
+ * errno (ENOENT when the file is not there) without touching the folder
+ * error. */
+static int set_flags_once(struct md_folder *f, struct md_msg *msg, unsigned flags, md_keywords kw,
+                          bool move_to_cur)
+{
+    /* A file in new/ must not carry an info part (Maildir rules), so any
+     * flag or keyword moves it to cur/ whatever move_to_cur says;
+     * move_to_cur forces the move even with no flags. A file in new/ that
+     * already has an info part (a foreign tool put it there) moves to cur/
+     * too, where such names belong. */
+    bool stay_in_new =
+        msg->in_new && !move_to_cur && flags == 0 && kw == 0 && strcmp(msg->name, msg->id) == 0;
+    char *src = msg_path(f, msg);
+    char *dst_name = NULL;
+    char *dst = NULL;
+    char *unknown = NULL;
+    int e = 0;
+    /* The unknown letters are taken from the name itself, which is what is
+     * on disk, so that a message built by hand from an index record (an
+     * identity and a name, no parsed letters) keeps them too. */
+    struct md_msg parsed;
+    if (md_parse_name(msg->name, msg->in_new, &parsed)) {
+        unknown = parsed.unknown_flags;
+        parsed.unknown_flags = NULL;
+        md_msg_clear(&parsed);
+    }
+    if (!stay_in_new) {
+        char *suffix = md_info_suffix(flags, kw, unknown);
+        dst_name = xasprintf("%s%s", msg->id, suffix);
+        free(suffix);
+        dst = path_join(f->path_cur, dst_name);
+    }
+    if (dst != NULL && strcmp(src, dst) != 0) {
+        if (rename(src, dst) != 0) {
+            e = errno;
+            if (e != ENOENT) {
+                set_err(f, "%s: cannot rename to %s: %s", src, dst, strerror(e));
+            }
+        }
+    } else {
+        /* Nothing to rename, but the caller still learns whether the
+         * message exists. */
+        struct stat st;
+        if (lstat(src, &st) != 0) {
+            e = errno;
+            if (e != ENOENT) {
+                set_err(f, "%s: cannot stat: %s", src, strerror(e));
+            }
+        }
+    }
+    if (e == 0) {
+        if (dst_name != NULL) {
+            free(msg->name);
+            msg->name = dst_name;
+            dst_name = NULL;
+            msg->in_new = false;
+        }
+        msg->flags = flags;
+        msg->keywords = kw;
+        free(msg->unknown_flags);
+        msg->unknown_flags = unknown;
+        unknown = NULL;
+    }
+    free(unknown);
+    free(src);
+    free(dst_name);
+    free(dst);
+    return e;
+}
+
+int md_set_flags(struct md_folder *f, struct md_msg *msg, unsigned flags, md_keywords kw,
+                 bool move_to_cur)
+{
+    flags &= MD_FLAGS_ALL;
+    kw &= MD_KW_MASK;
+    for (int attempt = 0;; attempt++) {
+        int e = set_flags_once(f, msg, flags, kw, move_to_cur);
+        if (e == 0) {
+            return 0;
+        }
+        if (e != ENOENT) {
+            return -e;
+        }
+        if (attempt == MD_REFIND_TRIES) {
+            /* Found under a new name every time and gone again before we
+             * got to it: it exists, so this is not "gone". */
+            set_err(f, "%s: message %s keeps moving away", f->path, msg->id);
+            return -EAGAIN;
+        }
+        int ret = refind(f, msg);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+}
+
+int md_remove(struct md_folder *f, struct md_msg *msg)
+{
+    for (int attempt = 0;; attempt++) {
+        char *path = msg_path(f, msg);
+        int e = unlink(path) == 0 ? 0 : errno;
+        if (e != 0 && e != ENOENT) {
+            fail(f, e, path, "cannot remove");
+        }
+        free(path);
+        if (e != ENOENT) {
+            return -e;
+        }
+        if (attempt == MD_REFIND_TRIES) {
+            /* Found under a new name every time and gone again before the
+             * unlink: it exists, so it was not removed. */
+            set_err(f, "%s: message %s keeps moving away", f->path, msg->id);
+            return -EAGAIN;
+        }
+        int ret = refind(f, msg);
+        if (ret == -ENOENT) {
+            return 0;
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+}
+
+int md_open_msg(struct md_folder *f, struct md_msg *msg)
+{
+    for (int attempt = 0;; attempt++) {
+        char *path = msg_path(f, msg);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        int e = fd >= 0 ? 0 : errno;
+        if (e != 0 && e != ENOENT) {
+            fail(f, e, path, "cannot open");
+        }
+        free(path);
+        if (e != ENOENT) {
+            return e == 0 ? fd : -e;
+        }
+        if (attempt == MD_REFIND_TRIES) {
+            /* Found under a new name every time and gone again before we
+             * got to it: it exists, so this is not "gone". */
+            set_err(f, "%s: message %s keeps moving away", f->path, msg->id);
+            return -EAGAIN;
+        }
+        int ret = refind(f, msg);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+}
+
+/* ---- Delivery --------------------------------------------------------- */
+
+/* Escapes the host name as Maildir names require: '/' and ':' cannot appear
+ * in a file name or before the info part. */
+static void append_host(struct sbuf *sb)
+{
+    char host[256];
+    if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0') {
+        strcpy(host, "localhost");
+    }
+    host[sizeof(host) - 1] = '\0';
+    for (const char *p = host; *p != '\0'; p++) {
+        if (*p == '/') {
+            sbuf_adds(sb, "\\057");
+        } else if (*p == ':') {
+            sbuf_adds(sb, "\\072");
+        } else {
+            sbuf_addc(sb, *p);
+        }
+    }
+}
+
+static uint64_t random64(void)
+{
+    uint64_t r = 0;
+    size_t got = 0;
+    unsigned char *p = (unsigned char *)&r;
+    while (got < sizeof(r)) {
+        ssize_t n = getrandom(p + got, sizeof(r) - got, 0);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            /* Without getrandom the counter, pid and time still make the
+             * name unique; the random part only guards against pid reuse
+             * across machines sharing a folder. */
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            return (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_sec;
+        }
+        got += (size_t)n;
+    }
+    return r;
+}
+
+/* "<secs>.M<usecs>P<pid>Q<counter>R<random>.<host>", the Dovecot/qmail
+ * style: the pid and counter separate deliveries of this host, the random
+ * part separates hosts that share a name or pids that get reused. */
+static char *unique_name(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    unsigned long q = atomic_fetch_add(&md_delivery_counter, 1);
+    struct sbuf sb = {0};
+    sbuf_addf(&sb, "%lld.M%ldP%ldQ%luR%016llx.", (long long)ts.tv_sec, ts.tv_nsec / 1000,
+              (long)getpid(), q, (unsigned long long)random64());
+    append_host(&sb);
+    return sbuf_detach(&sb);
+}
+
+int md_writer_open(struct md_folder *f, bool crlf_to_lf, struct md_writer **w_r)
+{
+    *w_r = NULL;
+    /* The name cannot collide; the retry only guards against a clock that
+     * jumped back together with a reused pid and an unlucky random part. */
+    for (int tries = 0;; tries++) {
+        char *uname = unique_name();
+        char *path = path_join(f->path_tmp, uname);
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0600);
+        if (fd < 0) {
+            int e = errno;
+            if (e == EEXIST && tries < 3) {
+                free(uname);
+                free(path);
+                continue;
+            }
+            int ret = fail(f, e, path, "cannot create");
+            free(uname);
+            free(path);
+            return ret;
+        }
+        struct md_writer *w = xmalloc(sizeof(*w));
+        w->f = f;
+        w->fd = fd;
+        w->uname = uname;
+        w->tmp_path = path;
+        w->crlf_to_lf = crlf_to_lf;
+        w->held_cr = false;
+        w->err = 0;
+        w->size = 0;
+        w->blen = 0;
+        *w_r = w;
+        return 0;
+    }
+}
+
+/* Removes the temp file after a failure: a half-written message must never
+ * be mistaken for a delivery. */
+static void writer_discard(struct md_writer *w)
+{
+    if (w->fd >= 0) {
+        close(w->fd);
+        w->fd = -1;
+    }
+    if (w->tmp_path != NULL) {
+        unlink(w->tmp_path);
+        free(w->tmp_path);
+        w->tmp_path = NULL;
+    }
+}
+
+static int writer_fail(struct md_writer *w, int e, const char *what)
+{
+    fail(w->f, e, w->tmp_path, what);
+    w->err = -e;
+    writer_discard(w);
+    return -e;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (k == 0) {
+            return -EIO;
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int writer_flush(struct md_writer *w)
+{
+    if (w->blen == 0) {
+        return 0;
+    }
+    int ret = write_all(w->fd, w->buf, w->blen);
+    w->blen = 0;
+    if (ret < 0) {
+        return writer_fail(w, -ret, "write failed");
+    }
+    return 0;
+}
+
+static int writer_put(struct md_writer *w, const char *p, size_t n)
+{
+    w->size += n;
+    /* Large pieces bypass the buffer once it is empty. */
+    if (w->blen == 0 && n >= MD_WBUF_SIZE) {
+        int ret = write_all(w->fd, p, n);
+        return ret < 0 ? writer_fail(w, -ret, "write failed") : 0;
+    }
+    while (n > 0) {
+        if (w->blen == MD_WBUF_SIZE) {
+            int ret = writer_flush(w);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        size_t k = MD_WBUF_SIZE - w->blen;
+        if (k > n) {
+            k = n;
+        }
+        memcpy(w->buf + w->blen, p, k);
+        w->blen += k;
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+int md_writer_write(struct md_writer *w, const void *data, size_t len)
+{
+    if (w->err != 0) {
+        return w->err;
+    }
+    const char *p = data;
+    const char *end = p + len;
+    int ret;
+    if (!w->crlf_to_lf) {
+        return len > 0 ? writer_put(w, p, len) : 0;
+    }
+    if (w->held_cr && p < end) {
+        /* The CR that ended the previous chunk: dropped when this chunk
+         * starts with its LF, kept when it was a lone CR. */
+        w->held_cr = false;
+        if (*p != '\n' && (ret = writer_put(w, "\r", 1)) < 0) {
+            return ret;
+        }
+    }
+    while (p < end) {
+        const char *cr = memchr(p, '\r', (size_t)(end - p));
+        if (cr == NULL) {
+            return writer_put(w, p, (size_t)(end - p));
+        }
+        if (cr + 1 == end) {
+            w->held_cr = true;
+            return writer_put(w, p, (size_t)(cr - p));
+        }
+        /* Keep everything up to the CR, and the CR itself unless an LF
+         * follows; the LF is written with the next run. */
+        size_t run = (size_t)(cr - p) + (cr[1] == '\n' ? 0 : 1);
+        if ((ret = writer_put(w, p, run)) < 0) {
+            return ret;
+        }
+        p = cr + 1;
+    }
+    return 0;
+}
+
+uint64_t md_writer_size(const struct md_writer *w)
+{
+    return w->size;
+}
+
+void md_writer_abort(struct md_writer *w)
+{
+    if (w == NULL) {
+        return;
+    }
+    writer_discard(w);
+    free(w->uname);
+    free(w);
+}
+
+int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywords kw, time_t mtime,
+                     bool defer_dir_sync, struct md_msg *msg_r)
+{
+    struct md_folder *f = w->f;
+    int ret = w->err;
+    flags &= MD_FLAGS_ALL;
+    kw &= MD_KW_MASK;
+    if (ret < 0) {
+        goto out;
+    }
+    if (w->held_cr) {
+        /* A CR at the very end has no LF after it: it stays. */
+        w->held_cr = false;
+        if ((ret = writer_put(w, "\r", 1)) < 0) {
+            goto out;
+        }
+    }
+    if ((ret = writer_flush(w)) < 0) {
+        goto out;
+    }
+    if (mtime != 0) {
+        /* Set before the fsync so that the received date is as durable as
+         * the bytes. */
+        struct timespec ts[2] = {{.tv_sec = mtime, .tv_nsec = 0}, {.tv_sec = mtime, .tv_nsec = 0}};
+        if (futimens(w->fd, ts) != 0) {
+            ret = writer_fail(w, errno, "cannot set the modification time");
+            goto out;
+        }
+    }
+    if (fsync(w->fd) != 0) {
+        ret = writer_fail(w, errno, "fsync failed");
+        goto out;
+    }
+    int fd = w->fd;
+    w->fd = -1;
+    if (close(fd) != 0 && errno != EINTR) {
+        ret = writer_fail(w, errno, "close failed");
+        goto out;
+    }
+
+    bool in_new = !to_cur && flags == 0 && kw == 0;
+    char *name;
+    if (in_new) {
+        name = xstrdup(w->uname);
+    } else {
+        char *suffix = md_info_suffix(flags, kw, NULL);
+        name = xasprintf("%s%s", w->uname, suffix);
+        free(suffix);
+    }
+    char *dst = path_join(in_new ? f->path_new : f->path_cur, name);
+    /* rename() is enough: the unique name cannot exist in new/ or cur/. */
+    if (rename(w->tmp_path, dst) != 0) {
+        int e = errno;
+        set_err(f, "%s: cannot rename to %s: %s", w->tmp_path, dst, strerror(e));
+        w->err = -e;
+        writer_discard(w);
+        ret = -e;
+        free(name);
+        free(dst);
+        goto out;
+    }
+    free(w->tmp_path);
+    w->tmp_path = NULL;
+    if (!defer_dir_sync) {
+        ret = fsync_dir(in_new ? f->path_new : f->path_cur);
+        if (ret < 0) {
+            /* The message is not known to be durable, so it must not count
+             * as delivered: remove it, and the caller delivers it again
+             * later. Leaving it would risk a duplicate on that retry. */
+            set_err(f, "%s: fsync failed: %s", in_new ? f->path_new : f->path_cur, strerror(-ret));
+            unlink(dst);
+            free(name);
+            free(dst);
+            goto out;
+        }
+    }
+    free(dst);
+    if (msg_r != NULL) {
+        msg_r->id = w->uname;
+        w->uname = NULL;
+        msg_r->name = name;
+        msg_r->in_new = in_new;
+        msg_r->flags = flags;
+        msg_r->keywords = kw;
+        msg_r->unknown_flags = NULL;
+    } else {
+        free(name);
+    }
+    ret = 0;
+out:
+    md_writer_abort(w);
+    return ret;
+}
+
+/* ---- Keywords --------------------------------------------------------- */
+
+static bool same_time(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
+
+static void kw_remember(struct md_folder *f, const struct stat *st)
+{
+    f->kw_loaded = true;
+    f->kw_exists = true;
+    f->kw_dev = st->st_dev;
+    f->kw_ino = st->st_ino;
+    f->kw_size = st->st_size;
+    f->kw_mtim = st->st_mtim;
+    f->kw_ctim = st->st_ctim;
+}
+
+static void kw_parse(struct md_folder *f, const char *data, size_t len)
+{
+    kw_clear(f);
+    const char *p = data;
+    const char *end = data + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *eol = nl != NULL ? nl : end;
+        const char *q = p;
+        int idx = 0;
+        int digits = 0;
+        while (q < eol && *q >= '0' && *q <= '9' && digits < 3) {
+            idx = idx * 10 + (*q - '0');
+            q++;
+            digits++;
+        }
+        const char *name_end = eol;
+        if (name_end > q && name_end[-1] == '\r') {
+            name_end--;
+        }
+        if (digits > 0 && idx < MD_KW_COUNT && q < name_end && *q == ' ' && q + 1 < name_end &&
+            f->kw_names[idx] == NULL) {
+            f->kw_names[idx] = xstrndup(q + 1, (size_t)(name_end - q - 1));
+        }
+        p = nl != NULL ? nl + 1 : end;
+    }
+}
+
+/* Brings the table up to date with the file, re-reading it only when its
+ * inode, size or times changed (Dovecot rewrites it by rename). */
+static int kw_refresh(struct md_folder *f)
+{
+    char *path = path_join(f->path, MD_KW_FILE);
+    struct stat st;
+    int ret = 0;
+    int fd = -1;
+    char *data = NULL;
+    if (stat(path, &st) != 0) {
+        if (errno != ENOENT) {
+            ret = fail(f, errno, path, "cannot stat");
+            goto out;
+        }
+        kw_clear(f);
+        f->kw_loaded = true;
+        f->kw_exists = false;
+        goto out;
+    }
+    if (f->kw_loaded && f->kw_exists && f->kw_dev == st.st_dev && f->kw_ino == st.st_ino &&
+        f->kw_size == st.st_size && same_time(&f->kw_mtim, &st.st_mtim) &&
+        same_time(&f->kw_ctim, &st.st_ctim)) {
+        goto out;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        ret = fail(f, errno, path, "cannot open");
+        goto out;
+    }
+    if (fstat(fd, &st) != 0) {
+        ret = fail(f, errno, path, "cannot stat");
+        goto out;
+    }
+    if (st.st_size > MD_KW_FILE_MAX) {
+        set_err(f, "%s: too large for a keywords file", path);
+        ret = -EFBIG;
+        goto out;
+    }
+    size_t want = (size_t)st.st_size;
+    data = xmalloc(want + 1);
+    size_t got = 0;
+    while (got < want) {
+        ssize_t n = read(fd, data + got, want - got);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            ret = fail(f, errno, path, "read failed");
+            goto out;
+        }
+        if (n == 0) {
+            break;
+        }
+        got += (size_t)n;
+    }
+    kw_parse(f, data, got);
+    kw_remember(f, &st);
+out:
+    if (fd >= 0) {
+        close(fd);
+    }
+    free(data);
+    free(path);
+    return ret;
+}
+
+/* Writes the table to a temp file beside dovecot-keywords, fsyncs it and
+ * renames it over the old one, so a reader sees either file whole. */
+static int kw_write(struct md_folder *f)
+{
+    char *path = path_join(f->path, MD_KW_FILE);
+    char *uname = unique_name();
+    char *tmp = xasprintf("%s/%s.%s.tmp", f->path, MD_KW_FILE, uname);
+    struct sbuf sb = {0};
+    int ret = 0;
+    for (int i = 0; i < MD_KW_COUNT; i++) {
+        if (f->kw_names[i] != NULL) {
+            sbuf_addf(&sb, "%d %s\n", i, f->kw_names[i]);
+        }
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        ret = fail(f, errno, tmp, "cannot create");
+        goto out;
+    }
+    struct stat st;
+    if ((ret = write_all(fd, sb.buf != NULL ? sb.buf : "", sb.len)) < 0) {
+        fail(f, -ret, tmp, "write failed");
+    } else if (fsync(fd) != 0 || fstat(fd, &st) != 0) {
+        ret = fail(f, errno, tmp, "fsync failed");
+    }
+    if (close(fd) != 0 && ret == 0 && errno != EINTR) {
+        ret = fail(f, errno, tmp, "close failed");
+    }
+    if (ret == 0 && rename(tmp, path) != 0) {
+        ret = -errno;
+        set_err(f, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
+    }
+    if (ret < 0) {
+        unlink(tmp);
+        goto out;
+    }
+    /* Messages will carry the new letter only after this returns: the
+     * assignment must be durable first. */
+    if ((ret = fsync_dir(f->path)) < 0) {
+        fail(f, -ret, f->path, "fsync failed");
+        goto out;
+    }
+    kw_remember(f, &st);
+out:
+    sbuf_free(&sb);
+    free(uname);
+    free(tmp);
+    free(path);
+    return ret;
+}
+
+static bool kw_valid_name(const char *name)
+{
+    if (name[0] == '\0') {
+        return false;
+    }
+    for (const unsigned char *p = (const unsigned char *)name; *p != '\0'; p++) {
+        /* IMAP keywords are atoms; spaces and controls would also break the
+         * line format of the file. */
+        if (*p <= 0x20 || *p == 0x7f) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int md_keyword_index(struct md_folder *f, const char *name, bool create)
+{
+    int ret = kw_refresh(f);
+    if (ret < 0) {
+        return ret;
+    }
+    for (int i = 0; i < MD_KW_COUNT; i++) {
+        if (f->kw_names[i] != NULL && strcmp(f->kw_names[i], name) == 0) {
+            return i;
+        }
+    }
+    if (!create) {
+        return -ENOENT;
+    }
+    if (!kw_valid_name(name)) {
+        set_err(f, "%s: invalid keyword name", f->path);
+        return -EINVAL;
+    }
+    int idx = -1;
+    for (int i = 0; i < MD_KW_COUNT; i++) {
+        if (f->kw_names[i] == NULL) {
+            idx = i;
+            break;
+        }
+    }
+    if (idx < 0) {
+        set_err(f, "%s/%s: all %d keyword letters are in use", f->path, MD_KW_FILE, MD_KW_COUNT);
+        return -ENOSPC;
+    }
+    f->kw_names[idx] = xstrdup(name);
+    ret = kw_write(f);
+    if (ret < 0) {
+        /* Forget the table so the next call reads what is really on disk. */
+        kw_clear(f);
+        f->kw_loaded = false;
+        return ret;
+    }
+    return idx;
+}
+
+const char *md_keyword_name(struct md_folder *f, int index)
+{
+    if (index < 0 || index >= MD_KW_COUNT) {
+        return NULL;
+    }
+    if (kw_refresh(f) < 0) {
+        return NULL;
+    }
+    return f->kw_names[index];
+}
+
+/* ---- tmp/ cleanup ----------------------------------------------------- */
+
+int md_clean_tmp(struct md_folder *f, time_t now)
+{
+    DIR *d = opendir(f->path_tmp);
+    if (d == NULL) {
+        return fail(f, errno, f->path_tmp, "cannot open directory");
+    }
+    int removed = 0;
+    int ret = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(d);
+        if (de == NULL) {
+            if (errno != 0) {
+                ret = fail(f, errno, f->path_tmp, "cannot read directory");
+            }
+            break;
+        }
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) {
+            continue;
+        }
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            continue; /* removed meanwhile */
+        }
+        if (S_ISDIR(st.st_mode) || now - st.st_mtime <= MD_TMP_MAX_AGE) {
+            continue;
+        }
+        if (unlinkat(dirfd(d), de->d_name, 0) == 0) {
+            removed++;
+        } else if (errno != ENOENT) {
+            char *path = path_join(f->path_tmp, de->d_name);
+            ret = fail(f, errno, path, "cannot remove");
+            free(path);
+            break;
+        }
+    }
+    closedir(d);
+    return ret < 0 ? ret : removed;
+}
