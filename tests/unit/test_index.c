@@ -1,0 +1,1507 @@
+/* LINK: ms_store ms_core */
+/* Tests for the LMDB sync index: record round trips and replacement rules,
+ * walks and counts, folder deletion, POP3 and meta records, persistence,
+ * file modes, the per-account lock (also across fork), schema version
+ * refusal, map growth and corrupt records. Raw LMDB is used only while the
+ * index is closed, to look at or damage what it wrote. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemon/util.h"
+#include "store/index.h"
+
+#define INITIAL_MAP ((size_t)8 << 20)
+
+struct fx {
+    char dir[256];
+};
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int setup(void **state)
+{
+    struct fx *fx = xcalloc(1, sizeof(*fx));
+    const char *tmp = getenv("TMPDIR");
+    snprintf(fx->dir, sizeof(fx->dir), "%s/test_index.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (mkdtemp(fx->dir) == NULL) {
+        free(fx);
+        return -1;
+    }
+    umask(022);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *fx = *state;
+    nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(fx);
+    return 0;
+}
+
+static struct idx *open_ok(struct fx *fx, const char *account)
+{
+    struct idx *idx = NULL;
+    char *err = NULL;
+    int rc = idx_open(fx->dir, account, &idx, &err);
+    if (rc != 0) {
+        fail_msg("idx_open(%s): %d %s", account, rc, err ? err : "(no message)");
+    }
+    assert_null(err);
+    assert_non_null(idx);
+    return idx;
+}
+
+static struct idx_txn *begin(struct idx *idx, bool write)
+{
+    struct idx_txn *t = NULL;
+    int rc = idx_begin(idx, write, &t);
+    if (rc != 0) {
+        fail_msg("idx_begin: %d %s", rc, idx_error(idx));
+    }
+    return t;
+}
+
+static void commit(struct idx *idx, struct idx_txn *t)
+{
+    int rc = idx_commit(t);
+    if (rc != 0) {
+        fail_msg("idx_commit: %d %s", rc, idx_error(idx));
+    }
+}
+
+static void make_msg(struct idx_msg *m, uint32_t uid, const char *lid, uint8_t state,
+                     const char *keywords)
+{
+    memset(m, 0, sizeof(*m));
+    m->uid = uid;
+    m->state = state;
+    m->flags = (uint8_t)(uid & 0x3f);
+    m->size = 1000ull * uid + 7;
+    snprintf(m->lid, sizeof(m->lid), "%s", lid);
+    snprintf(m->keywords, sizeof(m->keywords), "%s", keywords);
+    for (int i = 0; i < 16; i++) {
+        m->msgid_hash[i] = (uint8_t)(uid * 31 + (uint32_t)i);
+    }
+}
+
+static void assert_msg_equal(const struct idx_msg *a, const struct idx_msg *b)
+{
+    assert_int_equal(a->uid, b->uid);
+    assert_int_equal(a->state, b->state);
+    assert_int_equal(a->flags, b->flags);
+    assert_int_equal(a->size, b->size);
+    assert_string_equal(a->lid, b->lid);
+    assert_string_equal(a->keywords, b->keywords);
+    assert_memory_equal(a->msgid_hash, b->msgid_hash, 16);
+}
+
+static void put_msg(struct idx *idx, struct idx_txn *t, const char *folder, const struct idx_msg *m)
+{
+    int rc = idx_msg_put(t, folder, m);
+    if (rc != 0) {
+        fail_msg("idx_msg_put(%s, %u, %s): %d %s", folder, m->uid, m->lid, rc, idx_error(idx));
+    }
+}
+
+/* Raw LMDB access to a closed index. */
+struct raw {
+    MDB_env *env;
+    MDB_txn *txn;
+};
+
+static void raw_open(struct fx *fx, const char *account, struct raw *r)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s/index.mdb", fx->dir, account);
+    assert_int_equal(mdb_env_create(&r->env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(r->env, 8), 0);
+    assert_int_equal(mdb_env_open(r->env, path, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(r->env, NULL, 0, &r->txn), 0);
+}
+
+static MDB_dbi raw_dbi(struct raw *r, const char *name)
+{
+    MDB_dbi dbi;
+    assert_int_equal(mdb_dbi_open(r->txn, name, 0, &dbi), 0);
+    return dbi;
+}
+
+static void raw_put(struct raw *r, const char *db, const void *key, size_t klen, const void *val,
+                    size_t vlen)
+{
+    MDB_val k = {.mv_size = klen, .mv_data = (void *)key};
+    MDB_val v = {.mv_size = vlen, .mv_data = (void *)val};
+    assert_int_equal(mdb_put(r->txn, raw_dbi(r, db), &k, &v, 0), 0);
+}
+
+static int raw_get(struct raw *r, const char *db, const void *key, size_t klen, MDB_val *v)
+{
+    MDB_val k = {.mv_size = klen, .mv_data = (void *)key};
+    return mdb_get(r->txn, raw_dbi(r, db), &k, v);
+}
+
+static size_t raw_entries(struct raw *r, const char *db)
+{
+    MDB_stat st;
+    assert_int_equal(mdb_stat(r->txn, raw_dbi(r, db), &st), 0);
+    return st.ms_entries;
+}
+
+static void raw_close(struct raw *r)
+{
+    assert_int_equal(mdb_txn_commit(r->txn), 0);
+    mdb_env_close(r->env);
+}
+
+static void uid_key(uint8_t key[8], uint32_t fid, uint32_t uid)
+{
+    key[0] = (uint8_t)(fid >> 24);
+    key[1] = (uint8_t)(fid >> 16);
+    key[2] = (uint8_t)(fid >> 8);
+    key[3] = (uint8_t)fid;
+    key[4] = (uint8_t)(uid >> 24);
+    key[5] = (uint8_t)(uid >> 16);
+    key[6] = (uint8_t)(uid >> 8);
+    key[7] = (uint8_t)uid;
+}
+
+/* Folders */
+
+static void test_folder_roundtrip(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_folder st = {.uidvalidity = 1700000001u,
+                            .uidnext = 4242,
+                            .highestmodseq = (1ull << 62) + 5,
+                            .last_full_sync = -12345678901ll,
+                            .messages = 4000000000u};
+    assert_int_equal(idx_folder_put(t, "INBOX", &st), 0);
+    struct idx_folder got;
+    memset(&got, 0xaa, sizeof(got));
+    assert_int_equal(idx_folder_get(t, "INBOX", &got), 0);
+    assert_int_equal(got.uidvalidity, st.uidvalidity);
+    assert_int_equal(got.uidnext, st.uidnext);
+    assert_true(got.highestmodseq == st.highestmodseq);
+    assert_true(got.last_full_sync == st.last_full_sync);
+    assert_int_equal(got.messages, st.messages);
+
+    /* Replacing keeps one entry with the new values. */
+    st.uidnext = 5000;
+    st.highestmodseq = 77;
+    assert_int_equal(idx_folder_put(t, "INBOX", &st), 0);
+    assert_int_equal(idx_folder_get(t, "INBOX", &got), 0);
+    assert_int_equal(got.uidnext, 5000);
+    assert_true(got.highestmodseq == 77);
+
+    assert_int_equal(idx_folder_get(t, "Nope", &got), -ENOENT);
+    assert_non_null(strstr(idx_error(idx), "Nope"));
+    commit(idx, t);
+    idx_close(idx);
+}
+
+struct name_list {
+    char *names[16];
+    struct idx_folder st[16];
+    size_t n;
+    size_t stop_after;
+};
+
+static int collect_folder(const char *folder, const struct idx_folder *st, void *arg)
+{
+    struct name_list *l = arg;
+    l->names[l->n] = xstrdup(folder);
+    l->st[l->n] = *st;
+    l->n++;
+    return l->n == l->stop_after ? 99 : 0;
+}
+
+static void free_names(struct name_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->names[i]);
+    }
+}
+
+static void test_folder_long_names_and_order(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    /* Two names longer than the 400-byte plain-key limit sharing their
+     * first 400 bytes, so only the hash tells them apart, and one of 1000
+     * bytes. */
+    char *long_a = xmalloc(1001), *long_b = xmalloc(1001), *long_c = xmalloc(1001);
+    memset(long_a, 'M', 1000);
+    long_a[1000] = '\0';
+    memset(long_b, 'M', 450);
+    long_b[450] = '\0';
+    memset(long_c, 'M', 450);
+    memcpy(long_c + 440, "0000000000", 10);
+    long_c[450] = '\0';
+    const char *order[] = {
+        "Archive", "INBOX", long_c, long_b, long_a, "Sent", "Z/\xc3\xa9t\xc3\xa9"};
+    const char *insert[] = {"Sent", long_a,    "INBOX", "Z/\xc3\xa9t\xc3\xa9",
+                            long_b, "Archive", long_c};
+
+    struct idx_txn *t = begin(idx, true);
+    for (size_t i = 0; i < ARRAY_SIZE(insert); i++) {
+        struct idx_folder st = {.uidvalidity = (uint32_t)(100 + i), .uidnext = (uint32_t)i};
+        assert_int_equal(idx_folder_put(t, insert[i], &st), 0);
+    }
+    commit(idx, t);
+
+    t = begin(idx, false);
+    struct idx_folder got;
+    assert_int_equal(idx_folder_get(t, long_a, &got), 0);
+    assert_int_equal(got.uidvalidity, 101);
+    assert_int_equal(idx_folder_get(t, long_b, &got), 0);
+    assert_int_equal(got.uidvalidity, 104);
+    assert_int_equal(idx_folder_get(t, long_c, &got), 0);
+    assert_int_equal(got.uidvalidity, 106);
+
+    struct name_list l = {.n = 0};
+    assert_int_equal(idx_folder_foreach(t, collect_folder, &l), 0);
+    assert_int_equal(l.n, ARRAY_SIZE(order));
+    for (size_t i = 0; i < l.n; i++) {
+        assert_string_equal(l.names[i], order[i]);
+    }
+    assert_int_equal(l.st[4].uidvalidity, 101); /* long_a */
+    free_names(&l);
+
+    /* A non-zero return stops the walk and is returned. */
+    struct name_list l2 = {.stop_after = 2};
+    assert_int_equal(idx_folder_foreach(t, collect_folder, &l2), 99);
+    assert_int_equal(l2.n, 2);
+    free_names(&l2);
+    idx_abort(t);
+
+    /* Too long a name is refused. */
+    char *huge = xmalloc(5000);
+    memset(huge, 'x', 4999);
+    huge[4999] = '\0';
+    t = begin(idx, true);
+    struct idx_folder st = {0};
+    assert_int_equal(idx_folder_put(t, huge, &st), -EINVAL);
+    assert_int_equal(idx_folder_put(t, "", &st), -EINVAL);
+    idx_abort(t);
+    free(huge);
+    free(long_a);
+    free(long_b);
+    free(long_c);
+    idx_close(idx);
+}
+
+/* Messages */
+
+static void test_msg_synced_roundtrip(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m, got;
+    make_msg(&m, 17, "1700000000.M1P2.host", IDX_MSG_SYNCED, "$Junk $label1 work");
+    m.size = 0xfedcba9876543210ull;
+    put_msg(idx, t, "INBOX", &m);
+    commit(idx, t);
+
+    t = begin(idx, false);
+    memset(&got, 0x55, sizeof(got));
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 17, &got), 0);
+    assert_msg_equal(&got, &m);
+    memset(&got, 0x55, sizeof(got));
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "1700000000.M1P2.host", &got), 0);
+    assert_msg_equal(&got, &m);
+    assert_int_equal(idx_msg_count(t, "INBOX"), 1);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 18, &got), -ENOENT);
+    assert_non_null(strstr(idx_error(idx), "UID 18"));
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "other", &got), -ENOENT);
+    assert_int_equal(idx_msg_get_uid(t, "Other", 17, &got), -ENOENT);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 0, &got), -EINVAL);
+    assert_int_equal(idx_msg_count(t, "Other"), 0);
+
+    /* The first message put created the folder, never synced. */
+    struct idx_folder fst;
+    assert_int_equal(idx_folder_get(t, "INBOX", &fst), 0);
+    assert_int_equal(fst.uidvalidity, 0);
+    idx_abort(t);
+
+    /* Maximum sizes round trip. */
+    t = begin(idx, true);
+    char kw[IDX_KEYWORDS_MAX + 1], lid[IDX_LID_MAX + 1];
+    memset(kw, 'k', IDX_KEYWORDS_MAX);
+    kw[IDX_KEYWORDS_MAX] = '\0';
+    memset(lid, 'l', IDX_LID_MAX);
+    lid[IDX_LID_MAX] = '\0';
+    make_msg(&m, UINT32_MAX, lid, IDX_MSG_SYNCED, kw);
+    put_msg(idx, t, "INBOX", &m);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", UINT32_MAX, &got), 0);
+    assert_msg_equal(&got, &m);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", lid, &got), 0);
+    assert_msg_equal(&got, &m);
+    commit(idx, t);
+    idx_close(idx);
+}
+
+static void test_msg_appending_to_synced(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m, got;
+    make_msg(&m, 0, "local.1", IDX_MSG_APPENDING, "");
+    put_msg(idx, t, "INBOX", &m);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "local.1", &got), 0);
+    assert_msg_equal(&got, &m);
+    assert_int_equal(got.state, IDX_MSG_APPENDING);
+    assert_int_equal(idx_msg_count(t, "INBOX"), 1);
+    commit(idx, t);
+    idx_close(idx);
+
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    assert_int_equal(raw_entries(&r, "msg_pending"), 1);
+    assert_int_equal(raw_entries(&r, "msg_uid"), 0);
+    raw_close(&r);
+
+    /* APPENDUID arrived: same lid, now with a UID. */
+    idx = open_ok(fx, "acct");
+    t = begin(idx, true);
+    make_msg(&m, 321, "local.1", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "local.1", &got), 0);
+    assert_msg_equal(&got, &m);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 321, &got), 0);
+    assert_int_equal(got.state, IDX_MSG_SYNCED);
+    assert_int_equal(idx_msg_count(t, "INBOX"), 1);
+    commit(idx, t);
+    idx_close(idx);
+
+    raw_open(fx, "acct", &r);
+    assert_int_equal(raw_entries(&r, "msg_pending"), 0);
+    assert_int_equal(raw_entries(&r, "msg_uid"), 1);
+    assert_int_equal(raw_entries(&r, "msg_lid"), 1);
+    raw_close(&r);
+
+    /* And back (a message that must be appended again): the UID keys go. */
+    idx = open_ok(fx, "acct");
+    t = begin(idx, true);
+    make_msg(&m, 0, "local.1", IDX_MSG_APPENDING, "x");
+    put_msg(idx, t, "INBOX", &m);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 321, &got), -ENOENT);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "local.1", &got), 0);
+    assert_msg_equal(&got, &m);
+    assert_int_equal(idx_msg_count(t, "INBOX"), 1);
+    commit(idx, t);
+    idx_close(idx);
+
+    raw_open(fx, "acct", &r);
+    assert_int_equal(raw_entries(&r, "msg_pending"), 1);
+    assert_int_equal(raw_entries(&r, "msg_uid"), 0);
+    assert_int_equal(raw_entries(&r, "msg_lid"), 0);
+    raw_close(&r);
+}
+
+static void test_msg_lid_change(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m, got;
+    make_msg(&m, 5, "old.lid", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    make_msg(&m, 5, "new.lid", IDX_MSG_SYNCED, "a");
+    put_msg(idx, t, "INBOX", &m);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "old.lid", &got), -ENOENT);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "new.lid", &got), 0);
+    assert_msg_equal(&got, &m);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 5, &got), 0);
+    assert_string_equal(got.lid, "new.lid");
+    assert_int_equal(idx_msg_count(t, "INBOX"), 1);
+    commit(idx, t);
+    idx_close(idx);
+
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    assert_int_equal(raw_entries(&r, "msg_lid"), 1);
+    assert_int_equal(raw_entries(&r, "msg_uid"), 1);
+    raw_close(&r);
+}
+
+static void test_msg_uid_change(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m, got;
+    make_msg(&m, 5, "the.lid", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    make_msg(&m, 9, "the.lid", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 5, &got), -ENOENT);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 9, &got), 0);
+    assert_msg_equal(&got, &m);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "the.lid", &got), 0);
+    assert_int_equal(got.uid, 9);
+    assert_int_equal(idx_msg_count(t, "INBOX"), 1);
+
+    /* A UID taken over by another lid while that lid's record lives on
+     * elsewhere: uid 9 moves to "second"; "the.lid" loses its record. */
+    make_msg(&m, 9, "second", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "the.lid", &got), -ENOENT);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "second", &got), 0);
+    assert_int_equal(idx_msg_count(t, "INBOX"), 1);
+    commit(idx, t);
+    idx_close(idx);
+
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    assert_int_equal(raw_entries(&r, "msg_lid"), 1);
+    assert_int_equal(raw_entries(&r, "msg_uid"), 1);
+    raw_close(&r);
+}
+
+static void test_msg_delete(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m, got;
+    make_msg(&m, 1, "one", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    make_msg(&m, 2, "two", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    make_msg(&m, 0, "three", IDX_MSG_APPENDING, "");
+    put_msg(idx, t, "INBOX", &m);
+
+    assert_int_equal(idx_msg_delete_lid(t, "INBOX", "one"), 0);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 1, &got), -ENOENT);
+    assert_int_equal(idx_msg_delete_uid(t, "INBOX", 2), 0);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "two", &got), -ENOENT);
+    assert_int_equal(idx_msg_delete_lid(t, "INBOX", "three"), 0);
+    assert_int_equal(idx_msg_count(t, "INBOX"), 0);
+
+    assert_int_equal(idx_msg_delete_lid(t, "INBOX", "one"), -ENOENT);
+    assert_int_equal(idx_msg_delete_uid(t, "INBOX", 2), -ENOENT);
+    assert_int_equal(idx_msg_delete_uid(t, "Nope", 2), -ENOENT);
+    commit(idx, t);
+    idx_close(idx);
+
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    assert_int_equal(raw_entries(&r, "msg_lid"), 0);
+    assert_int_equal(raw_entries(&r, "msg_uid"), 0);
+    assert_int_equal(raw_entries(&r, "msg_pending"), 0);
+    raw_close(&r);
+}
+
+struct msg_list {
+    uint32_t uids[64];
+    char lids[64][IDX_LID_MAX + 1];
+    uint8_t states[64];
+    size_t n;
+    size_t stop_after;
+};
+
+static int collect_msg(const struct idx_msg *m, void *arg)
+{
+    struct msg_list *l = arg;
+    l->uids[l->n] = m->uid;
+    snprintf(l->lids[l->n], sizeof(l->lids[0]), "%s", m->lid);
+    l->states[l->n] = m->state;
+    l->n++;
+    return l->n == l->stop_after ? 7 : 0;
+}
+
+static void test_msg_foreach_order_and_count(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    struct idx_txn *t = begin(idx, true);
+    /* UIDs that sort differently as little-endian bytes or text. */
+    static const uint32_t uids[] = {256, 3, 70000, 1, 65536, 255, 4000000000u, 10};
+    static const uint32_t sorted[] = {1, 3, 10, 255, 256, 65536, 70000, 4000000000u};
+    static const char *const pending[] = {"p.b", "p.a", "p.c"};
+    struct idx_msg m;
+    char lid[32];
+    for (size_t i = 0; i < ARRAY_SIZE(uids); i++) {
+        snprintf(lid, sizeof(lid), "lid.%u", uids[i]);
+        make_msg(&m, uids[i], lid, IDX_MSG_SYNCED, "");
+        put_msg(idx, t, "INBOX", &m);
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(pending); i++) {
+        make_msg(&m, 0, pending[i], IDX_MSG_APPENDING, "");
+        put_msg(idx, t, "INBOX", &m);
+    }
+    /* Another folder's records must not show up. */
+    make_msg(&m, 2, "other", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "Other", &m);
+    commit(idx, t);
+
+    t = begin(idx, false);
+    assert_int_equal(idx_msg_count(t, "INBOX"), ARRAY_SIZE(uids) + ARRAY_SIZE(pending));
+    assert_int_equal(idx_msg_count(t, "Other"), 1);
+    struct msg_list l = {.n = 0};
+    assert_int_equal(idx_msg_foreach(t, "INBOX", collect_msg, &l), 0);
+    assert_int_equal(l.n, 11);
+    for (size_t i = 0; i < ARRAY_SIZE(sorted); i++) {
+        assert_int_equal(l.uids[i], sorted[i]);
+        assert_int_equal(l.states[i], IDX_MSG_SYNCED);
+    }
+    assert_string_equal(l.lids[8], "p.a");
+    assert_string_equal(l.lids[9], "p.b");
+    assert_string_equal(l.lids[10], "p.c");
+    assert_int_equal(l.uids[10], 0);
+    assert_int_equal(l.states[10], IDX_MSG_APPENDING);
+
+    struct msg_list l2 = {.stop_after = 3};
+    assert_int_equal(idx_msg_foreach(t, "INBOX", collect_msg, &l2), 7);
+    assert_int_equal(l2.n, 3);
+    assert_int_equal(idx_msg_foreach(t, "Nope", collect_msg, &l2), -ENOENT);
+    idx_abort(t);
+    idx_close(idx);
+}
+
+struct deleter {
+    struct idx_txn *txn;
+    size_t seen;
+};
+
+static int delete_each(const struct idx_msg *m, void *arg)
+{
+    struct deleter *d = arg;
+    d->seen++;
+    return m->uid != 0 ? idx_msg_delete_uid(d->txn, "INBOX", m->uid)
+                       : idx_msg_delete_lid(d->txn, "INBOX", m->lid);
+}
+
+/* The walk tolerates its callback writing to the same folder. */
+static void test_msg_foreach_while_deleting(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m;
+    char lid[32];
+    for (uint32_t uid = 1; uid <= 3000; uid++) {
+        snprintf(lid, sizeof(lid), "lid.%u", uid);
+        make_msg(&m, uid % 3 == 0 ? 0 : uid, lid, uid % 3 == 0 ? IDX_MSG_APPENDING : 0, "");
+        put_msg(idx, t, "INBOX", &m);
+    }
+    struct deleter d = {.txn = t};
+    assert_int_equal(idx_msg_foreach(t, "INBOX", delete_each, &d), 0);
+    assert_int_equal(d.seen, 3000);
+    assert_int_equal(idx_msg_count(t, "INBOX"), 0);
+    commit(idx, t);
+    idx_close(idx);
+}
+
+static void test_folder_delete_only_that_folder(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m, got;
+    char lid[32];
+    static const char *const folders[] = {"A", "B", "C"};
+    for (size_t f = 0; f < 3; f++) {
+        struct idx_folder st = {.uidvalidity = 7};
+        assert_int_equal(idx_folder_put(t, folders[f], &st), 0);
+        for (uint32_t uid = 1; uid <= 2500; uid++) {
+            snprintf(lid, sizeof(lid), "%s.%u", folders[f], uid);
+            make_msg(&m, uid, lid, IDX_MSG_SYNCED, "");
+            put_msg(idx, t, folders[f], &m);
+        }
+        snprintf(lid, sizeof(lid), "%s.pending", folders[f]);
+        make_msg(&m, 0, lid, IDX_MSG_APPENDING, "");
+        put_msg(idx, t, folders[f], &m);
+    }
+    commit(idx, t);
+
+    t = begin(idx, true);
+    assert_int_equal(idx_folder_delete(t, "B"), 0);
+    assert_int_equal(idx_folder_delete(t, "B"), -ENOENT);
+    commit(idx, t);
+
+    t = begin(idx, false);
+    struct idx_folder st;
+    assert_int_equal(idx_folder_get(t, "B", &st), -ENOENT);
+    assert_int_equal(idx_msg_count(t, "B"), 0);
+    assert_int_equal(idx_msg_count(t, "A"), 2501);
+    assert_int_equal(idx_msg_count(t, "C"), 2501);
+    assert_int_equal(idx_msg_get_uid(t, "A", 1234, &got), 0);
+    assert_string_equal(got.lid, "A.1234");
+    assert_int_equal(idx_msg_get_uid(t, "C", 1234, &got), 0);
+    assert_string_equal(got.lid, "C.1234");
+    assert_int_equal(idx_msg_get_lid(t, "C", "C.pending", &got), 0);
+    idx_abort(t);
+
+    /* A folder re-created under the old name starts empty. */
+    t = begin(idx, true);
+    st = (struct idx_folder){.uidvalidity = 8};
+    assert_int_equal(idx_folder_put(t, "B", &st), 0);
+    assert_int_equal(idx_msg_count(t, "B"), 0);
+    assert_int_equal(idx_msg_get_uid(t, "B", 1234, &got), -ENOENT);
+    commit(idx, t);
+
+    /* Within one transaction: use a folder, delete it, use it again. The
+     * message lands in the new folder, not under the deleted one's id. */
+    t = begin(idx, true);
+    make_msg(&m, 1, "B.x", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "B", &m);
+    assert_int_equal(idx_folder_delete(t, "B"), 0);
+    make_msg(&m, 2, "B.y", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "B", &m);
+    assert_int_equal(idx_msg_count(t, "B"), 1);
+    assert_int_equal(idx_msg_get_uid(t, "B", 1, &got), -ENOENT);
+    assert_int_equal(idx_msg_get_uid(t, "B", 2, &got), 0);
+    assert_int_equal(idx_folder_delete(t, "B"), 0);
+    commit(idx, t);
+    idx_close(idx);
+
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    assert_int_equal(raw_entries(&r, "msg_uid"), 5000);
+    assert_int_equal(raw_entries(&r, "msg_lid"), 5000);
+    assert_int_equal(raw_entries(&r, "msg_pending"), 2);
+    raw_close(&r);
+}
+
+/* POP3 */
+
+struct pop_list {
+    char uidls[8][IDX_UIDL_MAX + 1];
+    size_t n;
+};
+
+static int collect_pop(const struct idx_pop *p, void *arg)
+{
+    struct pop_list *l = arg;
+    snprintf(l->uidls[l->n++], sizeof(l->uidls[0]), "%s", p->uidl);
+    return 0;
+}
+
+static void make_pop(struct idx_pop *p, const char *uidl, const char *lid, uint32_t flags)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->uidl, sizeof(p->uidl), "%s", uidl);
+    snprintf(p->lid, sizeof(p->lid), "%s", lid);
+    p->first_seen = 1700000000 + (int64_t)strlen(uidl);
+    p->size = 123456789012ull;
+    p->flags = flags;
+    for (int i = 0; i < 16; i++) {
+        p->header_hash[i] = (uint8_t)(0xf0 ^ i);
+    }
+}
+
+static void test_pop_roundtrip_and_foreach(void **state)
+{
+    struct idx *idx = open_ok(*state, "pop");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_pop p, got;
+    char uidl70[IDX_UIDL_MAX + 1];
+    memset(uidl70, '~', IDX_UIDL_MAX);
+    uidl70[IDX_UIDL_MAX] = '\0';
+    make_pop(&p, "000000c1.4f3e", "1700000000.M1P1.host", IDX_POP_DELIVERED);
+    assert_int_equal(idx_pop_put(t, &p), 0);
+    make_pop(&p, uidl70, "", IDX_POP_SKIPPED);
+    p.first_seen = -1;
+    assert_int_equal(idx_pop_put(t, &p), 0);
+    make_pop(&p, "!", "x", IDX_POP_DELIVERED | IDX_POP_DELETED_ON_SERVER);
+    assert_int_equal(idx_pop_put(t, &p), 0);
+    commit(idx, t);
+
+    t = begin(idx, false);
+    memset(&got, 0x77, sizeof(got));
+    assert_int_equal(idx_pop_get(t, uidl70, &got), 0);
+    assert_string_equal(got.uidl, uidl70);
+    assert_string_equal(got.lid, "");
+    assert_true(got.first_seen == -1);
+    assert_true(got.size == 123456789012ull);
+    assert_int_equal(got.flags, IDX_POP_SKIPPED);
+    assert_memory_equal(got.header_hash, p.header_hash, 16);
+    assert_int_equal(idx_pop_get(t, "000000c1.4f3e", &got), 0);
+    assert_string_equal(got.lid, "1700000000.M1P1.host");
+    assert_int_equal(got.flags, IDX_POP_DELIVERED);
+    assert_int_equal(idx_pop_get(t, "missing", &got), -ENOENT);
+
+    struct pop_list l = {.n = 0};
+    assert_int_equal(idx_pop_foreach(t, collect_pop, &l), 0);
+    assert_int_equal(l.n, 3);
+    assert_string_equal(l.uidls[0], "!");
+    assert_string_equal(l.uidls[1], "000000c1.4f3e");
+    assert_string_equal(l.uidls[2], uidl70);
+    idx_abort(t);
+
+    t = begin(idx, true);
+    assert_int_equal(idx_pop_delete(t, "!"), 0);
+    assert_int_equal(idx_pop_delete(t, "!"), -ENOENT);
+    /* Invalid UIDLs. */
+    make_pop(&p, "has space", "", 0);
+    assert_int_equal(idx_pop_put(t, &p), -EINVAL);
+    make_pop(&p, "", "", 0);
+    assert_int_equal(idx_pop_put(t, &p), -EINVAL);
+    make_pop(&p, "del\x7f", "", 0);
+    assert_int_equal(idx_pop_put(t, &p), -EINVAL);
+    memset(&p, 'a', sizeof(p.uidl)); /* 71 chars, no NUL */
+    p.lid[0] = '\0';
+    assert_int_equal(idx_pop_put(t, &p), -EINVAL);
+    assert_int_equal(idx_pop_get(t, "a b", &got), -EINVAL);
+    commit(idx, t);
+
+    t = begin(idx, false);
+    l.n = 0;
+    assert_int_equal(idx_pop_foreach(t, collect_pop, &l), 0);
+    assert_int_equal(l.n, 2);
+    idx_abort(t);
+    idx_close(idx);
+}
+
+/* Meta */
+
+static void test_meta(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    struct idx_txn *t = begin(idx, true);
+    assert_int_equal(idx_meta_put(t, "pop:last_run", "1700000000", 10), 0);
+    assert_int_equal(idx_meta_put(t, "empty", NULL, 0), 0);
+    uint8_t bin[5] = {0, 1, 2, 0, 255};
+    assert_int_equal(idx_meta_put(t, "bin", bin, sizeof(bin)), 0);
+    assert_int_equal(idx_meta_put(t, "schema_version", "x", 1), -EINVAL);
+    assert_non_null(strstr(idx_error(idx), "reserved"));
+    assert_int_equal(idx_meta_put(t, "", "x", 1), -EINVAL);
+    commit(idx, t);
+
+    t = begin(idx, false);
+    char buf[32];
+    size_t len = 0;
+    assert_int_equal(idx_meta_get(t, "pop:last_run", buf, sizeof(buf), &len), 0);
+    assert_int_equal(len, 10);
+    assert_memory_equal(buf, "1700000000", 10);
+    /* A short buffer gets a prefix and the full length. */
+    memset(buf, 0, sizeof(buf));
+    assert_int_equal(idx_meta_get(t, "pop:last_run", buf, 4, &len), 0);
+    assert_int_equal(len, 10);
+    assert_memory_equal(buf, "1700\0", 5);
+    assert_int_equal(idx_meta_get(t, "empty", buf, sizeof(buf), &len), 0);
+    assert_int_equal(len, 0);
+    assert_int_equal(idx_meta_get(t, "bin", buf, sizeof(buf), &len), 0);
+    assert_int_equal(len, 5);
+    assert_memory_equal(buf, bin, 5);
+    assert_int_equal(idx_meta_get(t, "missing", buf, sizeof(buf), &len), -ENOENT);
+    /* The schema version can be read, as 4 little-endian bytes. */
+    assert_int_equal(idx_meta_get(t, "schema_version", buf, sizeof(buf), &len), 0);
+    assert_int_equal(len, 4);
+    assert_memory_equal(buf, "\x01\0\0\0", 4);
+    idx_abort(t);
+    idx_close(idx);
+}
+
+/* Persistence, modes, lock */
+
+static void test_persistence(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_folder st = {.uidvalidity = 99, .uidnext = 3, .highestmodseq = 12};
+    assert_int_equal(idx_folder_put(t, "INBOX", &st), 0);
+    struct idx_msg m, got;
+    make_msg(&m, 2, "persist", IDX_MSG_SYNCED, "kw");
+    put_msg(idx, t, "INBOX", &m);
+    struct idx_pop p, pgot;
+    make_pop(&p, "U1", "persist", IDX_POP_DELIVERED);
+    assert_int_equal(idx_pop_put(t, &p), 0);
+    assert_int_equal(idx_meta_put(t, "k", "v", 1), 0);
+    commit(idx, t);
+
+    /* An aborted transaction leaves nothing behind. */
+    t = begin(idx, true);
+    make_msg(&m, 3, "aborted", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    idx_abort(t);
+    idx_close(idx);
+
+    idx = open_ok(fx, "acct");
+    t = begin(idx, false);
+    struct idx_folder fgot;
+    assert_int_equal(idx_folder_get(t, "INBOX", &fgot), 0);
+    assert_int_equal(fgot.uidvalidity, 99);
+    assert_true(fgot.highestmodseq == 12);
+    make_msg(&m, 2, "persist", IDX_MSG_SYNCED, "kw");
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "persist", &got), 0);
+    assert_msg_equal(&got, &m);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 3, &got), -ENOENT);
+    assert_int_equal(idx_pop_get(t, "U1", &pgot), 0);
+    assert_string_equal(pgot.lid, "persist");
+    char v[4];
+    size_t len;
+    assert_int_equal(idx_meta_get(t, "k", v, sizeof(v), &len), 0);
+    assert_int_equal(len, 1);
+    assert_int_equal(v[0], 'v');
+    idx_abort(t);
+    assert_true(idx_map_size(idx) >= INITIAL_MAP);
+    idx_close(idx);
+}
+
+static mode_t mode_of(const char *dir, const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, rel);
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        fail_msg("stat %s: %s", path, strerror(errno));
+    }
+    return st.st_mode & 07777;
+}
+
+static void test_modes(void **state)
+{
+    struct fx *fx = *state;
+    /* A pre-existing account directory and lock file with loose modes are
+     * tightened. */
+    char path[512];
+    snprintf(path, sizeof(path), "%s/loose", fx->dir);
+    assert_int_equal(mkdir(path, 0755), 0);
+    assert_int_equal(chmod(path, 0755), 0);
+    snprintf(path, sizeof(path), "%s/loose/lock", fx->dir);
+    int fd = open(path, O_CREAT | O_WRONLY, 0644);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(chmod(path, 0644), 0);
+
+    umask(0);
+    struct idx *a = open_ok(fx, "loose");
+    struct idx *b = open_ok(fx, "fresh");
+    umask(022);
+    assert_int_equal(mode_of(fx->dir, "loose"), 0700);
+    assert_int_equal(mode_of(fx->dir, "loose/lock"), 0600);
+    assert_int_equal(mode_of(fx->dir, "loose/index.mdb"), 0700);
+    assert_int_equal(mode_of(fx->dir, "loose/index.mdb/data.mdb"), 0600);
+    assert_int_equal(mode_of(fx->dir, "loose/index.mdb/lock.mdb"), 0600);
+    assert_int_equal(mode_of(fx->dir, "fresh"), 0700);
+    assert_int_equal(mode_of(fx->dir, "fresh/lock"), 0600);
+    assert_int_equal(mode_of(fx->dir, "fresh/index.mdb"), 0700);
+    assert_int_equal(mode_of(fx->dir, "fresh/index.mdb/data.mdb"), 0600);
+    assert_int_equal(mode_of(fx->dir, "fresh/index.mdb/lock.mdb"), 0600);
+    idx_close(a);
+    idx_close(b);
+
+    /* A state directory that does not exist yet is created (mkdir -p). */
+    struct idx *idx = NULL;
+    char *err = NULL;
+    snprintf(path, sizeof(path), "%s/deep/er", fx->dir);
+    assert_int_equal(idx_open(path, "acct", &idx, &err), 0);
+    idx_close(idx);
+    assert_int_equal(mode_of(fx->dir, "deep/er/acct"), 0700);
+}
+
+static void test_account_names(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = (struct idx *)1;
+    char *err = NULL;
+    assert_int_equal(idx_open(fx->dir, "a/b", &idx, &err), -EINVAL);
+    assert_null(idx);
+    assert_string_equal(err, "invalid account name 'a/b': must not contain '/'");
+    free(err);
+    assert_int_equal(idx_open(fx->dir, ".hidden", &idx, &err), -EINVAL);
+    assert_string_equal(err, "invalid account name '.hidden': must not start with '.'");
+    free(err);
+    assert_int_equal(idx_open(fx->dir, "..", &idx, &err), -EINVAL);
+    free(err);
+    assert_int_equal(idx_open(fx->dir, "", &idx, &err), -EINVAL);
+    assert_non_null(err);
+    free(err);
+}
+
+static char *lock_message(const char *account, long pid)
+{
+    return xasprintf("account '%s' is already being synced by another mailsync process (pid %ld)",
+                     account, pid);
+}
+
+static void test_lock_same_process(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *a = open_ok(fx, "work");
+
+    /* The lock file names us. */
+    char path[512], buf[32] = {0};
+    snprintf(path, sizeof(path), "%s/work/lock", fx->dir);
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_true(read(fd, buf, sizeof(buf) - 1) > 0);
+    close(fd);
+    char want[32];
+    snprintf(want, sizeof(want), "%ld\n", (long)getpid());
+    assert_string_equal(buf, want);
+
+    struct idx *again = (struct idx *)1;
+    char *err = NULL;
+    assert_int_equal(idx_open(fx->dir, "work", &again, &err), -EWOULDBLOCK);
+    assert_null(again);
+    char *msg = lock_message("work", (long)getpid());
+    assert_string_equal(err, msg);
+    free(msg);
+    free(err);
+
+    /* Another account is independent. */
+    struct idx *b = open_ok(fx, "home");
+    idx_close(b);
+
+    /* The first handle still works after the failed attempt. */
+    struct idx_txn *t = begin(a, true);
+    assert_int_equal(idx_meta_put(t, "k", "v", 1), 0);
+    commit(a, t);
+
+    /* Closing releases the lock. */
+    idx_close(a);
+    a = open_ok(fx, "work");
+    idx_close(a);
+}
+
+static int child_status(pid_t pid)
+{
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+static void test_lock_forked_child(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *a = open_ok(fx, "work");
+    long parent = (long)getpid();
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct idx *idx = NULL;
+        char *err = NULL;
+        int rc = idx_open(fx->dir, "work", &idx, &err);
+        char *msg = lock_message("work", parent);
+        int code = rc == -EWOULDBLOCK && idx == NULL && err != NULL && strcmp(err, msg) == 0 ? 0
+                   : rc == 0                                                                 ? 2
+                                                                                             : 3;
+        _exit(code);
+    }
+    assert_int_equal(child_status(pid), 0);
+
+    /* Once the parent lets go, the child gets the account. */
+    idx_close(a);
+    fflush(NULL);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct idx *idx = NULL;
+        char *err = NULL;
+        int rc = idx_open(fx->dir, "work", &idx, &err);
+        if (rc != 0) {
+            _exit(3);
+        }
+        struct idx_txn *t = NULL;
+        if (idx_begin(idx, true, &t) != 0 || idx_meta_put(t, "child", "1", 1) != 0 ||
+            idx_commit(t) != 0) {
+            _exit(4);
+        }
+        idx_close(idx);
+        _exit(0);
+    }
+    assert_int_equal(child_status(pid), 0);
+
+    a = open_ok(fx, "work");
+    struct idx_txn *t = begin(a, false);
+    char v;
+    size_t len;
+    assert_int_equal(idx_meta_get(t, "child", &v, 1, &len), 0);
+    assert_int_equal(v, '1');
+    idx_abort(t);
+    idx_close(a);
+}
+
+/* Schema */
+
+static void set_schema(struct fx *fx, const char *account, uint32_t version)
+{
+    struct raw r;
+    raw_open(fx, account, &r);
+    uint8_t v[4] = {(uint8_t)version, (uint8_t)(version >> 8), (uint8_t)(version >> 16),
+                    (uint8_t)(version >> 24)};
+    raw_put(&r, "meta", "schema_version", 14, v, 4);
+    raw_close(&r);
+}
+
+static void test_schema_newer_refused(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    idx_close(idx);
+    set_schema(fx, "acct", IDX_SCHEMA_VERSION + 1);
+
+    for (int i = 0; i < 2; i++) {
+        idx = (struct idx *)1;
+        char *err = NULL;
+        assert_int_equal(idx_open(fx->dir, "acct", &idx, &err), -EPROTO);
+        assert_null(idx);
+        char *want = xasprintf("index %s/acct/index.mdb was written by a newer mailsync (schema "
+                               "%u, this build understands up to %u); upgrade mailsync or move "
+                               "the index away",
+                               fx->dir, IDX_SCHEMA_VERSION + 1, IDX_SCHEMA_VERSION);
+        assert_string_equal(err, want);
+        free(want);
+        free(err);
+    }
+
+    /* Refusing wrote nothing: the newer version is still there. */
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    MDB_val v;
+    assert_int_equal(raw_get(&r, "meta", "schema_version", 14, &v), 0);
+    assert_int_equal(v.mv_size, 4);
+    assert_int_equal(((uint8_t *)v.mv_data)[0], IDX_SCHEMA_VERSION + 1);
+    raw_close(&r);
+
+    /* A malformed version is corruption, not a version. */
+    raw_open(fx, "acct", &r);
+    raw_put(&r, "meta", "schema_version", 14, "\x01\x00", 2);
+    raw_close(&r);
+    char *err = NULL;
+    assert_int_equal(idx_open(fx->dir, "acct", &idx, &err), -EBADMSG);
+    assert_non_null(strstr(err, "schema"));
+    free(err);
+
+    set_schema(fx, "acct", IDX_SCHEMA_VERSION);
+    idx = open_ok(fx, "acct");
+    idx_close(idx);
+}
+
+/* Map growth */
+
+#define BULK_COUNT 200000
+#define BULK_BATCH 20000
+
+static void bulk_keywords(char *kw, size_t cap, uint32_t i)
+{
+    snprintf(kw, cap,
+             "$Forwarded $Junk $MDNSent $label-%07u-project-alpha $label-%07u-project-beta "
+             "$label-%07u-project-gamma $label-%07u-travel $label-%07u-receipts NonJunk",
+             i, i + 1, i + 2, i + 3, i + 4);
+}
+
+static void bulk_lid(char *lid, size_t cap, uint32_t i)
+{
+    snprintf(lid, cap, "1700%06u.M%uP4242Q%u.mailhost.example.org", i, i * 7, i % 13);
+}
+
+struct bulk {
+    struct idx *idx;
+    uint32_t start, end;
+    unsigned calls;
+};
+
+static int bulk_fn(struct idx_txn *t, void *arg)
+{
+    struct bulk *b = arg;
+    b->calls++;
+    struct idx_msg m;
+    char lid[80], kw[400];
+    for (uint32_t i = b->start; i < b->end; i++) {
+        bulk_lid(lid, sizeof(lid), i);
+        bulk_keywords(kw, sizeof(kw), i);
+        make_msg(&m, i + 1, lid, IDX_MSG_SYNCED, kw);
+        int rc = idx_msg_put(t, "INBOX", &m);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static void bulk_check(struct idx *idx, uint32_t start, uint32_t end, uint32_t step)
+{
+    struct idx_txn *t = begin(idx, false);
+    struct idx_msg got, want;
+    char lid[80], kw[400];
+    for (uint32_t i = start; i < end; i += step) {
+        bulk_lid(lid, sizeof(lid), i);
+        bulk_keywords(kw, sizeof(kw), i);
+        make_msg(&want, i + 1, lid, IDX_MSG_SYNCED, kw);
+        int rc = idx_msg_get_uid(t, "INBOX", i + 1, &got);
+        if (rc != 0) {
+            fail_msg("UID %u: %d %s", i + 1, rc, idx_error(idx));
+        }
+        assert_msg_equal(&got, &want);
+        assert_int_equal(idx_msg_get_lid(t, "INBOX", lid, &got), 0);
+        assert_int_equal(got.uid, i + 1);
+    }
+    idx_abort(t);
+}
+
+static void test_growth_many_records(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "big");
+    assert_int_equal(idx_map_size(idx), INITIAL_MAP);
+    unsigned calls = 0;
+    for (uint32_t start = 0; start < BULK_COUNT; start += BULK_BATCH) {
+        struct bulk b = {.idx = idx, .start = start, .end = start + BULK_BATCH};
+        int rc = idx_write(idx, bulk_fn, &b);
+        if (rc != 0) {
+            fail_msg("idx_write: %d %s", rc, idx_error(idx));
+        }
+        calls += b.calls;
+    }
+    size_t grown = idx_map_size(idx);
+    assert_true(grown > INITIAL_MAP);
+    print_message("map grew to %zu MiB; %u calls for %d batches\n", grown >> 20, calls,
+                  BULK_COUNT / BULK_BATCH);
+
+    struct idx_txn *t = begin(idx, false);
+    assert_int_equal(idx_msg_count(t, "INBOX"), BULK_COUNT);
+    idx_abort(t);
+    bulk_check(idx, 0, BULK_COUNT, 1);
+    idx_close(idx);
+
+    /* The grown map size is kept across a reopen. */
+    idx = open_ok(fx, "big");
+    assert_true(idx_map_size(idx) >= grown);
+    bulk_check(idx, 0, BULK_COUNT, 997);
+    idx_close(idx);
+}
+
+static void test_map_full_midway(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "full");
+    assert_int_equal(idx_map_size(idx), INITIAL_MAP);
+
+    /* One transaction that outgrows the 8 MiB map part way through. */
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m;
+    char lid[80], kw[400];
+    uint32_t i;
+    int rc = 0;
+    for (i = 0; i < 100000; i++) {
+        bulk_lid(lid, sizeof(lid), i);
+        bulk_keywords(kw, sizeof(kw), i);
+        make_msg(&m, i + 1, lid, IDX_MSG_SYNCED, kw);
+        rc = idx_msg_put(t, "INBOX", &m);
+        if (rc != 0) {
+            break;
+        }
+    }
+    assert_int_equal(rc, IDX_ERETRY);
+    assert_true(i > 1000);
+    assert_int_equal(idx_map_size(idx), 2 * INITIAL_MAP);
+    assert_non_null(strstr(idx_error(idx), "map full"));
+    /* The handle is dead: further use says so, and a stray abort or commit
+     * is harmless. */
+    assert_int_equal(idx_msg_put(t, "INBOX", &m), IDX_ERETRY);
+    idx_abort(t);
+    assert_int_equal(idx_commit(t), IDX_ERETRY);
+
+    /* Nothing of it was committed. */
+    t = begin(idx, false);
+    struct idx_msg got;
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 1, &got), -ENOENT);
+    idx_abort(t);
+
+    /* Redone through idx_write, a larger transaction needs several rounds of
+     * growth and succeeds. */
+    struct bulk b = {.idx = idx, .start = 0, .end = 3 * i};
+    rc = idx_write(idx, bulk_fn, &b);
+    if (rc != 0) {
+        fail_msg("idx_write: %d %s", rc, idx_error(idx));
+    }
+    assert_true(b.calls > 1);
+    assert_true(idx_map_size(idx) >= 4 * INITIAL_MAP);
+    bulk_check(idx, 0, 3 * i, 1);
+    idx_close(idx);
+}
+
+/* A read transaction open in this process pins the map: growth waits for
+ * it, and the writer is told why instead of looping. */
+static void test_map_full_with_reader_open(void **state)
+{
+    struct idx *idx = open_ok(*state, "pinned");
+    struct idx_txn *reader = begin(idx, false);
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m;
+    char lid[80], kw[400];
+    int rc = 0;
+    for (uint32_t i = 0; i < 100000 && rc == 0; i++) {
+        bulk_lid(lid, sizeof(lid), i);
+        bulk_keywords(kw, sizeof(kw), i);
+        make_msg(&m, i + 1, lid, IDX_MSG_SYNCED, kw);
+        rc = idx_msg_put(t, "INBOX", &m);
+    }
+    assert_int_equal(rc, IDX_ERETRY);
+    assert_int_equal(idx_map_size(idx), INITIAL_MAP);
+    assert_non_null(strstr(idx_error(idx), "read transaction"));
+    struct idx_txn *t2 = NULL;
+    assert_int_equal(idx_begin(idx, true, &t2), -EBUSY);
+    assert_non_null(strstr(idx_error(idx), "cannot grow"));
+    /* The reader still sees its snapshot. */
+    struct idx_msg got;
+    assert_int_equal(idx_msg_get_uid(reader, "INBOX", 1, &got), -ENOENT);
+    idx_abort(reader);
+
+    t2 = begin(idx, true);
+    assert_int_equal(idx_map_size(idx), 2 * INITIAL_MAP);
+    idx_abort(t2);
+    idx_close(idx);
+}
+
+/* Small batches never overflow: idx_begin grows the map ahead of need. */
+static void test_map_grows_ahead(void **state)
+{
+    struct idx *idx = open_ok(*state, "ahead");
+    unsigned batches = 0, calls = 0;
+    uint32_t start = 0;
+    while (idx_map_size(idx) == INITIAL_MAP && batches < 200) {
+        struct bulk b = {.idx = idx, .start = start, .end = start + 500};
+        assert_int_equal(idx_write(idx, bulk_fn, &b), 0);
+        start += 500;
+        batches++;
+        calls += b.calls;
+    }
+    assert_int_equal(idx_map_size(idx), 2 * INITIAL_MAP);
+    assert_int_equal(calls, batches);
+    idx_close(idx);
+}
+
+/* Corruption */
+
+static void test_corrupt_records(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_folder st = {.uidvalidity = 1};
+    assert_int_equal(idx_folder_put(t, "INBOX", &st), 0); /* folder id 1 */
+    assert_int_equal(idx_folder_put(t, "Bad", &st), 0);
+    struct idx_msg m;
+    make_msg(&m, 5, "five", IDX_MSG_SYNCED, "kw");
+    put_msg(idx, t, "INBOX", &m);
+    make_msg(&m, 6, "six", IDX_MSG_SYNCED, "some keywords");
+    put_msg(idx, t, "INBOX", &m);
+    make_msg(&m, 7, "seven", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    struct idx_pop p;
+    make_pop(&p, "U2", "", 0);
+    assert_int_equal(idx_pop_put(t, &p), 0);
+    commit(idx, t);
+    idx_close(idx);
+
+    /* Damage the records with raw LMDB: garbage, every truncation of a
+     * valid record, an unknown version, trailing bytes, a bad state, a NUL
+     * inside the lid. */
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    uint8_t key[8], good[2048];
+    MDB_val v;
+    uid_key(key, 1, 6);
+    assert_int_equal(raw_get(&r, "msg_uid", key, 8, &v), 0);
+    size_t good_len = v.mv_size;
+    assert_true(good_len < sizeof(good));
+    memcpy(good, v.mv_data, good_len);
+
+    uid_key(key, 1, 5);
+    raw_put(&r, "msg_uid", key, 8, "\x01garbage\xff", 9);
+    for (size_t len = 0; len < good_len; len++) {
+        uid_key(key, 1, (uint32_t)(1000 + len));
+        raw_put(&r, "msg_uid", key, 8, good, len);
+    }
+    uint8_t bad[2048];
+    memcpy(bad, good, good_len);
+    bad[0] = 2; /* version */
+    uid_key(key, 1, 6);
+    raw_put(&r, "msg_uid", key, 8, bad, good_len);
+    memcpy(bad, good, good_len);
+    bad[good_len] = 0;
+    uid_key(key, 1, 2000);
+    raw_put(&r, "msg_uid", key, 8, bad, good_len + 1); /* trailing byte */
+    memcpy(bad, good, good_len);
+    bad[5] = 9; /* state */
+    uid_key(key, 1, 2001);
+    raw_put(&r, "msg_uid", key, 8, bad, good_len);
+    memcpy(bad, good, good_len);
+    bad[1 + 4 + 1 + 1 + 8 + 16 + 1 + 1] = '\0'; /* NUL inside "six" */
+    uid_key(key, 1, 2002);
+    raw_put(&r, "msg_uid", key, 8, bad, good_len);
+    /* A lid record of the wrong size. */
+    uint8_t lkey[4 + 5] = {0, 0, 0, 1, 's', 'e', 'v', 'e', 'n'};
+    raw_put(&r, "msg_lid", lkey, sizeof(lkey), "\x01\x07", 2);
+    raw_put(&r, "folders", "Bad", 3, "\x01\x02\x03", 3);
+    raw_put(&r, "pop", "U2", 2, "", 0);
+    raw_close(&r);
+
+    idx = open_ok(fx, "acct");
+    t = begin(idx, true);
+    struct idx_msg got;
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 5, &got), -EBADMSG);
+    assert_non_null(strstr(idx_error(idx), "corrupt message record for UID 5 in folder 'INBOX'"));
+    assert_non_null(strstr(idx_error(idx), "index.mdb"));
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), -EBADMSG);
+    for (size_t len = 0; len < good_len; len++) {
+        assert_int_equal(idx_msg_get_uid(t, "INBOX", (uint32_t)(1000 + len), &got), -EBADMSG);
+    }
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 6, &got), -EBADMSG);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 2000, &got), -EBADMSG);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 2001, &got), -EBADMSG);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 2002, &got), -EBADMSG);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "seven", &got), -EBADMSG);
+    struct msg_list l = {.n = 0};
+    assert_int_equal(idx_msg_foreach(t, "INBOX", collect_msg, &l), -EBADMSG);
+    assert_int_equal(l.n, 0);
+    struct idx_folder fst;
+    assert_int_equal(idx_folder_get(t, "Bad", &fst), -EBADMSG);
+    struct name_list nl = {.n = 0};
+    assert_int_equal(idx_folder_foreach(t, collect_folder, &nl), -EBADMSG);
+    free_names(&nl);
+    struct idx_pop pgot;
+    assert_int_equal(idx_pop_get(t, "U2", &pgot), -EBADMSG);
+    struct pop_list pl = {.n = 0};
+    assert_int_equal(idx_pop_foreach(t, collect_pop, &pl), -EBADMSG);
+    /* Replacing over a corrupt record is refused rather than guessed at. */
+    make_msg(&m, 5, "five", IDX_MSG_SYNCED, "");
+    assert_int_equal(idx_msg_put(t, "INBOX", &m), -EBADMSG);
+
+    /* Deleting is the way out: the corrupt UID record goes, then its now
+     * dangling identity key. */
+    assert_int_equal(idx_msg_delete_uid(t, "INBOX", 5), 0);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), -EBADMSG);
+    assert_int_equal(idx_msg_delete_lid(t, "INBOX", "five"), 0);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), -ENOENT);
+    put_msg(idx, t, "INBOX", &m);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), 0);
+    assert_msg_equal(&got, &m);
+    commit(idx, t);
+    idx_close(idx);
+}
+
+/* Validation and transaction rules */
+
+static void test_validation(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m, got;
+
+    make_msg(&m, 1, "x", IDX_MSG_SYNCED, "");
+    memset(m.lid, 'l', sizeof(m.lid)); /* 256 bytes, no terminator */
+    assert_int_equal(idx_msg_put(t, "INBOX", &m), -EINVAL);
+    assert_non_null(strstr(idx_error(idx), "longer than 255"));
+    make_msg(&m, 1, "", IDX_MSG_SYNCED, "");
+    assert_int_equal(idx_msg_put(t, "INBOX", &m), -EINVAL);
+    make_msg(&m, 1, "x", IDX_MSG_SYNCED, "");
+    memset(m.keywords, 'k', sizeof(m.keywords));
+    assert_int_equal(idx_msg_put(t, "INBOX", &m), -EINVAL);
+    make_msg(&m, 1, "x", 2, "");
+    assert_int_equal(idx_msg_put(t, "INBOX", &m), -EINVAL);
+    make_msg(&m, 0, "x", IDX_MSG_SYNCED, "");
+    assert_int_equal(idx_msg_put(t, "INBOX", &m), -EINVAL);
+    make_msg(&m, 1, "x", IDX_MSG_SYNCED, "");
+    assert_int_equal(idx_msg_put(t, "", &m), -EINVAL);
+    char lid[IDX_LID_MAX + 2];
+    memset(lid, 'l', IDX_LID_MAX + 1);
+    lid[IDX_LID_MAX + 1] = '\0';
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", lid, &got), -EINVAL);
+    assert_int_equal(idx_msg_delete_lid(t, "INBOX", lid), -EINVAL);
+    assert_int_equal(idx_msg_delete_uid(t, "INBOX", 0), -EINVAL);
+
+    /* Only one write transaction at a time. */
+    struct idx_txn *t2 = (struct idx_txn *)1;
+    assert_int_equal(idx_begin(idx, true, &t2), -EBUSY);
+    assert_null(t2);
+    idx_abort(t);
+
+    /* Read transactions refuse writes. */
+    t = begin(idx, false);
+    make_msg(&m, 1, "x", IDX_MSG_SYNCED, "");
+    assert_int_equal(idx_msg_put(t, "INBOX", &m), -EROFS);
+    struct idx_folder st = {0};
+    assert_int_equal(idx_folder_put(t, "INBOX", &st), -EROFS);
+    assert_int_equal(idx_meta_put(t, "k", "v", 1), -EROFS);
+    /* A read and a write transaction may be open together. */
+    t2 = begin(idx, true);
+    put_msg(idx, t2, "INBOX", &m);
+    commit(idx, t2);
+    idx_abort(t);
+    idx_close(idx);
+}
+
+/* idx_write passes fn's errors through and aborts. */
+static int failing_fn(struct idx_txn *t, void *arg)
+{
+    struct idx_msg m;
+    make_msg(&m, 1, "x", IDX_MSG_SYNCED, "");
+    int rc = idx_msg_put(t, "INBOX", &m);
+    (*(int *)arg)++;
+    return rc != 0 ? rc : -ECANCELED;
+}
+
+static void test_write_error(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    int calls = 0;
+    assert_int_equal(idx_write(idx, failing_fn, &calls), -ECANCELED);
+    assert_int_equal(calls, 1);
+    struct idx_txn *t = begin(idx, false);
+    struct idx_msg got;
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 1, &got), -ENOENT);
+    idx_abort(t);
+    idx_close(idx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_folder_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_folder_long_names_and_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_synced_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_appending_to_synced, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_lid_change, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_uid_change, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_foreach_order_and_count, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_foreach_while_deleting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_folder_delete_only_that_folder, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pop_roundtrip_and_foreach, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_modes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_account_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_same_process, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_forked_child, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_schema_newer_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_growth_many_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_full_midway, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_full_with_reader_open, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_grows_ahead, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_validation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
