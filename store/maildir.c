@@ -603,6 +603,19 @@ static char *msg_path(const struct md_folder *f, const struct md_msg *msg)
     return path_join(msg->in_new ? f->path_new : f->path_cur, msg->name);
 }
 
+/* The identity and name come from our own scans or from the index; still,
+ * a '/' or a leading '.' in them must never turn a rename or unlink into
+ * one outside the folder. */
+static int check_msg(struct md_folder *f, const struct md_msg *msg)
+{
+    if (msg->id == NULL || msg->name == NULL || msg->id[0] == '\0' || msg->id[0] == '.' ||
+        msg->name[0] == '.' || strchr(msg->id, '/') != NULL || strchr(msg->name, '/') != NULL) {
+        set_err(f, "%s: invalid message name", f->path);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* How many times an operation is retried after finding the file again. */
 #define MD_REFIND_TRIES 2
 
@@ -680,6 +693,10 @@ static int set_flags_once(struct md_folder *f, struct md_msg *msg, unsigned flag
 int md_set_flags(struct md_folder *f, struct md_msg *msg, unsigned flags, md_keywords kw,
                  bool move_to_cur)
 {
+    int checked = check_msg(f, msg);
+    if (checked < 0) {
+        return checked;
+    }
     flags &= MD_FLAGS_ALL;
     kw &= MD_KW_MASK;
     for (int attempt = 0;; attempt++) {
@@ -705,6 +722,10 @@ int md_set_flags(struct md_folder *f, struct md_msg *msg, unsigned flags, md_key
 
 int md_remove(struct md_folder *f, struct md_msg *msg)
 {
+    int checked = check_msg(f, msg);
+    if (checked < 0) {
+        return checked;
+    }
     for (int attempt = 0;; attempt++) {
         char *path = msg_path(f, msg);
         int e = unlink(path) == 0 ? 0 : errno;
@@ -733,6 +754,10 @@ int md_remove(struct md_folder *f, struct md_msg *msg)
 
 int md_open_msg(struct md_folder *f, struct md_msg *msg)
 {
+    int checked = check_msg(f, msg);
+    if (checked < 0) {
+        return checked;
+    }
     for (int attempt = 0;; attempt++) {
         char *path = msg_path(f, msg);
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);

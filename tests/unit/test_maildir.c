@@ -860,6 +860,15 @@ static void test_hand_built_msg(void **state)
     assert_string_equal(m.unknown_flags, "9");
     assert_true(exists(fx, "cur", "901.z.host:2,9F"));
 
+    md_msg_clear(&m);
+
+    /* Names that would leave the folder are refused. */
+    m.id = xstrdup("../../x");
+    m.name = xstrdup("../../x");
+    assert_int_equal(md_set_flags(fx->f, &m, MD_FLAG_SEEN, 0, false), -EINVAL);
+    assert_int_equal(md_remove(fx->f, &m), -EINVAL);
+    assert_int_equal(md_open_msg(fx->f, &m), -EINVAL);
+
     /* An identity that is a prefix of another is not confused with it. */
     md_msg_clear(&m);
     m.id = xstrdup("900.z");
