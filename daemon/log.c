@@ -30,6 +30,9 @@ void log_set_timestamps(int on)
 }
 
 static void log_line(enum log_level level, const char *fmt, va_list ap, const char *suffix)
+    __attribute__((format(printf, 2, 0)));
+
+static void log_line(enum log_level level, const char *fmt, va_list ap, const char *suffix)
 {
     if (level > log_level) {
         return;

@@ -59,6 +59,12 @@ static struct cfg *load_config(const struct globals *g)
         return NULL;
     }
     free(path);
+    if (cfg->warnings != NULL && g->verbosity >= 0) {
+        fputs(cfg->warnings, stderr);
+        if (cfg->warnings[0] != '\0' && cfg->warnings[strlen(cfg->warnings) - 1] != '\n') {
+            fputc('\n', stderr);
+        }
+    }
     return cfg;
 }
 
@@ -114,8 +120,7 @@ static int cmd_check(const struct globals *g, int argc, char **argv)
 
 static int cmd_unavailable(const char *name)
 {
-    log_error("'%s' is not available in this build yet; see README.md for what works today",
-              name);
+    log_error("'%s' is not available in this build yet; see README.md for what works today", name);
     return 1;
 }
 

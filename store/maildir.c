@@ -999,6 +999,11 @@ int md_writer_write(struct md_writer *w, const void *data, size_t len)
     return 0;
 }
 
+const char *md_writer_id(const struct md_writer *w)
+{
+    return w->uname;
+}
+
 uint64_t md_writer_size(const struct md_writer *w)
 {
     return w->size;

@@ -42,9 +42,9 @@ typedef uint32_t md_keywords;
 struct md_folder;
 
 struct md_msg {
-    char *id;      /* identity: the file name up to ":2," (or the whole name) */
-    char *name;    /* current file name, in new/ or cur/ */
-    bool in_new;   /* true when in new/ */
+    char *id;             /* identity: the file name up to ":2," (or the whole name) */
+    char *name;           /* current file name, in new/ or cur/ */
+    bool in_new;          /* true when in new/ */
     unsigned flags;       /* MD_FLAG_* */
     md_keywords keywords; /* a-z letters present */
     char *unknown_flags;  /* NULL or letters we do not interpret (kept on rename) */
@@ -92,6 +92,11 @@ int md_writer_open(struct md_folder *f, bool crlf_to_lf, struct md_writer **w_r)
 int md_writer_write(struct md_writer *w, const void *data, size_t len);
 /* Bytes written to the file so far (after conversion). */
 uint64_t md_writer_size(const struct md_writer *w);
+/* The identity the message will have once committed: the unique name of
+ * the temp file, which commit keeps (only the ":2," suffix is added). Known
+ * before commit so that an owner can record its intent durably first and
+ * adopt the file after a crash. Valid until commit or abort. */
+const char *md_writer_id(const struct md_writer *w);
 /* fsyncs and closes the file, then renames it into new/ (when flags and
  * keywords are both zero and to_cur is false) or cur/ with the info suffix.
  * With mtime non-zero the file's modification time is set to it (Dovecot
@@ -100,14 +105,18 @@ uint64_t md_writer_size(const struct md_writer *w);
  * recording the message anywhere. On success the writer is freed and
  * *msg_r (when not NULL) describes the new message. On failure the temp file
  * is removed and the writer freed. */
-int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywords kw,
-                     time_t mtime, bool defer_dir_sync, struct md_msg *msg_r);
+int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywords kw, time_t mtime,
+                     bool defer_dir_sync, struct md_msg *msg_r);
 /* Removes the temp file and frees the writer. */
 void md_writer_abort(struct md_writer *w);
 /* fsyncs new/ and cur/ (after deferred commits). */
 int md_folder_sync(struct md_folder *f);
 
-/* Renames msg to carry flags and kw (unknown letters are kept). When the file
+/* Neither md_set_flags nor md_remove fsyncs the directory: call
+ * md_folder_sync before recording their effect in the index, or a crash can
+ * bring a removed file back and it would be uploaded again as new mail.
+ *
+ * Renames msg to carry flags and kw (unknown letters are kept). When the file
  * is no longer at msg->name (a client renamed it meanwhile) the folder is
  * searched for the same identity and the rename retried; -ENOENT means the
  * message is gone. msg is updated to the new name on success. Moving a
@@ -127,6 +136,8 @@ int md_open_msg(struct md_folder *f, struct md_msg *msg);
  * 26 are used. md_keyword_name returns NULL for an unassigned index. The
  * file is read lazily and re-read when it changes on disk. */
 int md_keyword_index(struct md_folder *f, const char *name, bool create);
+/* The returned pointer is valid until the next keyword call on f (which may
+ * re-read the file). */
 const char *md_keyword_name(struct md_folder *f, int index);
 
 /* Removes tmp/ files older than 36 hours (debris of interrupted deliveries).
@@ -146,8 +157,7 @@ int md_clean_tmp(struct md_folder *f, time_t now);
  * verbatim: INBOX -> ROOT/INBOX, "Lists/dev" -> ROOT/Lists/dev
  * maildir++: INBOX -> ROOT, "Lists/dev" -> ROOT/.Lists.dev
  * "INBOX" matches case-insensitively. */
-int md_folder_local_path(const char *root, enum cfg_layout layout, const char *name,
-                         char **path_r);
+int md_folder_local_path(const char *root, enum cfg_layout layout, const char *name, char **path_r);
 /* Lists the folders that exist under root (directories with cur/ new/ tmp/),
  * as server-style names, sorted. */
 int md_list_folders(const char *root, enum cfg_layout layout, char ***names_r, size_t *count_r);
