@@ -1,0 +1,175 @@
+/* LINK: ms_sync ms_core */
+/* secret_get: a configured password, and password_command run without a
+ * shell: first line of stdout, CR/LF stripped, failures with clear text. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "sync/secret.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+struct outcome {
+    int calls;
+    int err;
+    char *secret;
+    char *msg;
+    bool returned; /* secret_get had returned when the callback ran */
+};
+
+static void on_secret(int err, const char *secret, const char *msg, void *arg)
+{
+    struct outcome *o = arg;
+    o->calls++;
+    o->err = err;
+    o->secret = secret ? strdup(secret) : NULL;
+    o->msg = msg ? strdup(msg) : NULL;
+}
+
+static void run(const char *password, char *const *argv, unsigned timeout_ms, struct outcome *o)
+{
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    struct secret_req *req = NULL;
+    memset(o, 0, sizeof(*o));
+    assert_int_equal(secret_get(&loop, password, argv, timeout_ms, on_secret, o, &req), 0);
+    /* Never called back from inside secret_get. */
+    assert_int_equal(o->calls, 0);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(o->calls, 1);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void clear(struct outcome *o)
+{
+    free(o->secret);
+    free(o->msg);
+}
+
+static void test_password(void **state)
+{
+    struct outcome o;
+    run("hunter2", NULL, 0, &o);
+    assert_int_equal(o.err, 0);
+    assert_string_equal(o.secret, "hunter2");
+    clear(&o);
+}
+
+static void test_echo_first_line(void **state)
+{
+    char *argv[] = {"/bin/echo", "s3cret token", NULL};
+    struct outcome o;
+    run(NULL, argv, 0, &o);
+    assert_int_equal(o.err, 0);
+    assert_string_equal(o.secret, "s3cret token");
+    clear(&o);
+}
+
+static void test_printf_crlf(void **state)
+{
+    char *argv[] = {"/usr/bin/printf", "pw-with-crlf\\r\\nsecond line\\n", NULL};
+    struct outcome o;
+    run(NULL, argv, 0, &o);
+    assert_int_equal(o.err, 0);
+    assert_string_equal(o.secret, "pw-with-crlf");
+    clear(&o);
+}
+
+static void test_false(void **state)
+{
+    char *argv[] = {"/bin/false", NULL};
+    struct outcome o;
+    run(NULL, argv, 0, &o);
+    assert_true(o.err < 0);
+    assert_null(o.secret);
+    assert_string_equal(o.msg, "password_command '/bin/false' exited with status 1");
+    clear(&o);
+}
+
+static void test_stderr_reported(void **state)
+{
+    char *argv[] = {"/bin/sh", "-c", "echo 'gpg: decryption failed' >&2; exit 2", NULL};
+    struct outcome o;
+    run(NULL, argv, 0, &o);
+    assert_true(o.err < 0);
+    assert_string_equal(o.msg,
+                        "password_command '/bin/sh' exited with status 2: gpg: decryption failed");
+    clear(&o);
+}
+
+static void test_timeout(void **state)
+{
+    char *argv[] = {"/bin/sleep", "10", NULL};
+    struct outcome o;
+    uint64_t t0 = uv_hrtime();
+    run(NULL, argv, 300, &o);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_int_equal(o.err, -ETIMEDOUT);
+    assert_string_equal(o.msg, "password_command '/bin/sleep' timed out after 0.3 s");
+    assert_true(ms < 5000);
+    clear(&o);
+}
+
+static void test_empty_output(void **state)
+{
+    char *argv[] = {"/bin/true", NULL};
+    struct outcome o;
+    run(NULL, argv, 0, &o);
+    assert_true(o.err < 0);
+    assert_string_equal(o.msg, "password_command '/bin/true' printed nothing on standard output");
+    clear(&o);
+}
+
+static void test_missing_command(void **state)
+{
+    char *argv[] = {"/nonexistent/pass-helper", NULL};
+    struct outcome o;
+    run(NULL, argv, 0, &o);
+    assert_true(o.err < 0);
+    assert_string_equal(o.msg, "password_command '/nonexistent/pass-helper' could not be "
+                               "started: no such file or directory");
+    clear(&o);
+}
+
+static void test_cancel(void **state)
+{
+    char *argv[] = {"/bin/sleep", "10", NULL};
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    struct outcome o = {0};
+    struct secret_req *req;
+    assert_int_equal(secret_get(&loop, NULL, argv, 0, on_secret, &o, &req), 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    secret_cancel(req);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(o.calls, 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_nothing_given(void **state)
+{
+    uv_loop_t loop;
+    struct secret_req *req;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(secret_get(&loop, NULL, NULL, 0, on_secret, NULL, &req), -EINVAL);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_password),        cmocka_unit_test(test_echo_first_line),
+        cmocka_unit_test(test_printf_crlf),     cmocka_unit_test(test_false),
+        cmocka_unit_test(test_stderr_reported), cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_empty_output),    cmocka_unit_test(test_missing_command),
+        cmocka_unit_test(test_cancel),          cmocka_unit_test(test_nothing_given),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
