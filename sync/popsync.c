@@ -1,0 +1,1878 @@
+/* Keep-on-server POP3 download engine: see popsync.h. */
+#include "sync/popsync.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "daemon/log.h"
+#include "daemon/util.h"
+#include "store/index.h"
+#include "store/maildir.h"
+#include "sync/pop3.h"
+#include "sync/secret.h"
+
+/* A batch is committed (intents, fsync + rename, directory fsync, rows)
+ * when it reaches any of these. */
+#define BATCH_MAX_MSGS 50
+#define BATCH_MAX_BYTES (16u * 1024 * 1024)
+#define BATCH_MAX_MS 1000
+/* RETRs kept in flight with PIPELINING (answers stream one after another,
+ * so only one message is being written at a time). */
+#define RETR_WINDOW 16
+/* Header bytes kept from TOP for the Date header. */
+#define MAX_HEADER_KEEP (256u * 1024)
+/* Header bytes hashed at most (the same limit for RETR and TOP). */
+#define MAX_HEADER_HASH (1024u * 1024)
+
+enum ps_phase {
+    PS_START = 0,
+    PS_CONNECT,  /* secret, connection, login (and the prepare job) */
+    PS_LIST,     /* UIDL + LIST */
+    PS_TOP,      /* TOP n 0 where needed */
+    PS_DOWNLOAD, /* RETR, batches */
+    PS_DELETE,   /* DELE */
+    PS_QUIT,     /* QUIT */
+    PS_FINISH,   /* final index transaction */
+    PS_DONE,
+};
+
+static const char *const phase_names[] = {
+    [PS_START] = "START", [PS_CONNECT] = "CONNECT",   [PS_LIST] = "LIST",
+    [PS_TOP] = "TOP",     [PS_DOWNLOAD] = "DOWNLOAD", [PS_DELETE] = "DELETE",
+    [PS_QUIT] = "QUIT",   [PS_FINISH] = "FINISH",     [PS_DONE] = "DONE",
+};
+
+/* Streaming SHA-256 of a header block (up to, not including, the empty
+ * line), truncated to 16 bytes; the same for RETR bodies and TOP n 0. */
+struct hdrhash {
+    EVP_MD_CTX *ctx;
+    bool bol; /* at the beginning of a line */
+    bool done;
+    size_t n;
+    uint8_t out[16];
+};
+
+/* One message of the server listing. */
+struct smsg {
+    struct popsync *ps;
+    struct topctx *top; /* TOP in flight */
+    struct dl *dl;      /* RETR in flight or in the batch */
+    unsigned msgno;
+    char uidl[IDX_UIDL_MAX + 1];
+    uint64_t size;
+    bool has_size;
+    int rec; /* index into ps->recs, or -1 */
+
+    bool need_top;
+    bool top_ok;
+    uint8_t hh[16];
+    bool hh_valid;
+    bool date_ok;
+    time_t date;
+
+    bool download;
+    bool stored; /* durably in the Maildir (before or during this run) */
+    int64_t first_seen;
+    bool deleted_locally;
+    bool dele;    /* DELE sent and answered +OK */
+    bool replace; /* a reused UIDL: the new message replaces the record */
+};
+
+/* A record loaded from the index. */
+struct rec {
+    struct idx_pop p;
+    bool listed;
+};
+
+/* A message being downloaded or waiting in the batch. */
+struct dl {
+    struct popsync *ps;
+    struct smsg *m;
+    struct md_writer *w;
+    struct hdrhash hh;
+    int err; /* local write error */
+    uint64_t bytes;
+    char lid[IDX_LID_MAX + 1];
+    bool committed;
+};
+
+struct popsync {
+    uv_loop_t *loop;
+    const struct cfg *cfg;
+    const struct cfg_account *acct;
+    struct popsync_opts opts;
+    popsync_done_cb done;
+    void *done_arg;
+    char *name; /* "pop3 ACCOUNT" for logs */
+    time_t now;
+    enum ps_phase phase;
+
+    struct idx *idx;
+    struct md_folder *folder;
+    struct md_scan *scan;
+    struct secret_req *secret_req;
+    struct pop3 *pop;
+
+    struct rec *recs; /* sorted by uidl */
+    size_t nrecs, recs_cap;
+    struct smsg *msgs; /* listing, by message number order */
+    size_t nmsgs, msgs_cap;
+    bool prep_done;
+    bool uidl_done, list_done;
+    bool no_uidl;
+    bool listing_complete;
+    unsigned tops_pending;
+
+    /* Downloads. */
+    struct smsg **todo;
+    size_t ntodo, todo_cap, todo_next;
+    unsigned retr_inflight;
+    struct dl *cur; /* the RETR whose body is streaming (answers are in order) */
+    struct dl **batch;
+    size_t nbatch, batch_cap;
+    uint64_t batch_bytes;
+    unsigned long long batch_started;
+    bool committing;
+    unsigned dl_done;
+
+    /* DELE / QUIT. */
+    unsigned deles_pending;
+    bool quit_ok;
+
+    /* Changes for the final transaction. */
+    struct idx_pop *puts;
+    size_t nputs, puts_cap;
+
+    /* One threadpool job at a time. */
+    uv_work_t work;
+    bool job_running;
+    void (*job_fn)(struct popsync *ps);
+    void (*job_after)(struct popsync *ps);
+    int job_err;
+    char *job_errmsg;
+
+    bool cancelled;
+    bool failed;
+    enum popsync_kind kind;
+    char *error;
+    struct popsync_result res;
+};
+
+static void advance(struct popsync *ps);
+static void finish(struct popsync *ps);
+
+static void set_phase(struct popsync *ps, enum ps_phase ph)
+{
+    if (ps->phase == ph) {
+        return;
+    }
+    log_debug("%s: phase %s -> %s", ps->name, phase_names[ps->phase], phase_names[ph]);
+    ps->phase = ph;
+}
+
+const char *popsync_kind_name(enum popsync_kind k)
+{
+    switch (k) {
+    case POPSYNC_OK:
+        return "ok";
+    case POPSYNC_TRANSIENT:
+        return "transient";
+    case POPSYNC_AUTH:
+        return "auth";
+    case POPSYNC_PERMANENT:
+        return "permanent";
+    }
+    return "?";
+}
+
+/* Records the first fatal error; the run then winds down through finish. */
+__attribute__((format(printf, 3, 4))) static void
+set_error(struct popsync *ps, enum popsync_kind kind, const char *fmt, ...)
+{
+    if (ps->failed) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    ps->error = xvasprintf(fmt, ap);
+    va_end(ap);
+    ps->failed = true;
+    ps->kind = kind;
+    log_debug("%s: error (%s): %s", ps->name, popsync_kind_name(kind), ps->error);
+}
+
+/* ---- header hash and dates ------------------------------------------- */
+
+static void hh_init(struct hdrhash *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->ctx = EVP_MD_CTX_new();
+    if (h->ctx == NULL || EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1) {
+        fatalx("cannot initialise SHA-256");
+    }
+    h->bol = true;
+}
+
+static void hh_final(struct hdrhash *h)
+{
+    if (h->ctx == NULL) {
+        return;
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    EVP_DigestFinal_ex(h->ctx, md, &n);
+    memcpy(h->out, md, sizeof(h->out));
+    EVP_MD_CTX_free(h->ctx);
+    h->ctx = NULL;
+    h->done = true;
+}
+
+static void hh_free(struct hdrhash *h)
+{
+    if (h->ctx != NULL) {
+        EVP_MD_CTX_free(h->ctx);
+        h->ctx = NULL;
+    }
+}
+
+static void hh_feed(struct hdrhash *h, const char *data, size_t len)
+{
+    if (h->done || h->ctx == NULL) {
+        return;
+    }
+    size_t i = 0;
+    for (; i < len; i++) {
+        if (data[i] == '\n' && h->bol) {
+            /* The empty line: the header block ends before it. */
+            EVP_DigestUpdate(h->ctx, data, i);
+            hh_final(h);
+            return;
+        }
+        h->bol = data[i] == '\n';
+        if (++h->n >= MAX_HEADER_HASH) {
+            EVP_DigestUpdate(h->ctx, data, i + 1);
+            hh_final(h);
+            return;
+        }
+    }
+    EVP_DigestUpdate(h->ctx, data, len);
+}
+
+char *popsync_find_header(const char *headers, size_t len, const char *name)
+{
+    size_t nlen = strlen(name);
+    const char *s = headers, *end = headers + len;
+    while (s < end) {
+        const char *eol = memchr(s, '\n', (size_t)(end - s));
+        size_t ll = eol != NULL ? (size_t)(eol - s) : (size_t)(end - s);
+        if (ll == 0) {
+            break; /* end of the header block */
+        }
+        if (ll > nlen && strncasecmp(s, name, nlen) == 0 && s[nlen] == ':') {
+            struct sbuf v = {0};
+            sbuf_add(&v, s + nlen + 1, ll - nlen - 1);
+            /* Unfold continuation lines. */
+            const char *q = eol != NULL ? eol + 1 : end;
+            while (q < end && (*q == ' ' || *q == '\t')) {
+                const char *e2 = memchr(q, '\n', (size_t)(end - q));
+                size_t l2 = e2 != NULL ? (size_t)(e2 - q) : (size_t)(end - q);
+                sbuf_add(&v, q, l2);
+                q = e2 != NULL ? e2 + 1 : end;
+            }
+            for (size_t i = 0; i < v.len; i++) {
+                if (v.buf[i] == '\r' || v.buf[i] == '\0') {
+                    v.buf[i] = ' ';
+                }
+            }
+            return sbuf_detach(&v);
+        }
+        s = eol != NULL ? eol + 1 : end;
+    }
+    return NULL;
+}
+
+/* Copies s without RFC 5322 comments, commas and extra spaces, as
+ * space-separated tokens; ':' is kept inside tokens. */
+static char *date_tokens(const char *s)
+{
+    struct sbuf out = {0};
+    int depth = 0;
+    bool space = true;
+    for (; *s != '\0'; s++) {
+        char c = *s;
+        if (c == '\\' && depth > 0 && s[1] != '\0') {
+            s++;
+            continue;
+        }
+        if (c == '(') {
+            depth++;
+            continue;
+        }
+        if (c == ')' && depth > 0) {
+            depth--;
+            continue;
+        }
+        if (depth > 0) {
+            continue;
+        }
+        if (c == ',' || isspace((unsigned char)c)) {
+            if (!space) {
+                sbuf_addc(&out, ' ');
+                space = true;
+            }
+            continue;
+        }
+        if (c == ':' && out.len > 0 && out.buf[out.len - 1] == ' ') {
+            /* obs-time allows spaces around ':' */
+            out.len--;
+            out.buf[out.len] = '\0';
+        }
+        sbuf_addc(&out, c);
+        space = c == ':';
+    }
+    if (out.buf == NULL) {
+        sbuf_adds(&out, "");
+    }
+    return sbuf_detach(&out);
+}
+
+static int month_index(const char *t)
+{
+    static const char *const months[] = {"jan", "feb", "mar", "apr", "may", "jun",
+                                         "jul", "aug", "sep", "oct", "nov", "dec"};
+    if (strlen(t) < 3) {
+        return -1;
+    }
+    for (int i = 0; i < 12; i++) {
+        if (strncasecmp(t, months[i], 3) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static bool is_weekday(const char *t)
+{
+    static const char *const days[] = {"mon", "tue", "wed", "thu", "fri", "sat", "sun"};
+    for (int i = 0; i < 7; i++) {
+        if (strncasecmp(t, days[i], 3) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool all_digits(const char *t)
+{
+    if (*t == '\0') {
+        return false;
+    }
+    for (; *t != '\0'; t++) {
+        if (!isdigit((unsigned char)*t)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool parse_time(const char *t, int *h, int *mi, int *sec)
+{
+    int n = 0;
+    *sec = 0;
+    if (sscanf(t, "%2d:%2d:%2d%n", h, mi, sec, &n) == 3 && t[n] == '\0') {
+        return *h < 24 && *mi < 60 && *sec <= 60;
+    }
+    n = 0;
+    if (sscanf(t, "%2d:%2d%n", h, mi, &n) == 2 && t[n] == '\0') {
+        return *h < 24 && *mi < 60;
+    }
+    return false;
+}
+
+/* Zone to seconds east of UTC; unknown zones count as UTC (RFC 5322
+ * section 4.3: military zones and unknown names are "-0000"). */
+static bool parse_zone(const char *t, long *off_r)
+{
+    if ((t[0] == '+' || t[0] == '-') && strlen(t) == 5 && all_digits(t + 1)) {
+        long v = strtol(t + 1, NULL, 10);
+        long hh = v / 100, mm = v % 100;
+        if (hh > 23 || mm > 59) {
+            return false;
+        }
+        *off_r = (t[0] == '-' ? -1 : 1) * (hh * 3600 + mm * 60);
+        return true;
+    }
+    static const struct {
+        const char *name;
+        int hours;
+    } zones[] = {{"UT", 0},   {"UTC", 0},  {"GMT", 0},  {"Z", 0},    {"EST", -5}, {"EDT", -4},
+                 {"CST", -6}, {"CDT", -5}, {"MST", -7}, {"MDT", -6}, {"PST", -8}, {"PDT", -7}};
+    for (size_t i = 0; i < ARRAY_SIZE(zones); i++) {
+        if (strcasecmp(t, zones[i].name) == 0) {
+            *off_r = zones[i].hours * 3600L;
+            return true;
+        }
+    }
+    *off_r = 0;
+    return isalpha((unsigned char)t[0]);
+}
+
+bool popsync_parse_date(const char *s, time_t *t_r)
+{
+    char *toks = date_tokens(s);
+    char *tok[12];
+    size_t nt = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(toks, " ", &save); t != NULL && nt < ARRAY_SIZE(tok);
+         t = strtok_r(NULL, " ", &save)) {
+        tok[nt++] = t;
+    }
+    size_t i = 0;
+    bool ok = false;
+    int day = 0, mon = -1, year = -1, h = 0, mi = 0, sec = 0;
+    long off = 0;
+    if (i < nt && is_weekday(tok[i]) && !all_digits(tok[i])) {
+        i++;
+    }
+    if (i < nt && all_digits(tok[i])) {
+        /* RFC 5322: day month year time [zone] */
+        if (i + 3 >= nt) {
+            goto out;
+        }
+        day = atoi(tok[i]);
+        mon = month_index(tok[i + 1]);
+        if (!all_digits(tok[i + 2]) || !parse_time(tok[i + 3], &h, &mi, &sec)) {
+            goto out;
+        }
+        year = atoi(tok[i + 2]);
+        size_t ylen = strlen(tok[i + 2]);
+        i += 4;
+        /* obs-year: two digits are 19xx/20xx, three digits add 1900. */
+        if (ylen == 2) {
+            year += year < 50 ? 2000 : 1900;
+        } else if (ylen == 3) {
+            year += 1900;
+        }
+        if (i < nt && !parse_zone(tok[i], &off)) {
+            goto out;
+        }
+    } else if (i + 2 < nt && month_index(tok[i]) >= 0) {
+        /* asctime: month day time year (common in old or broken mail) */
+        mon = month_index(tok[i]);
+        if (!all_digits(tok[i + 1]) || !parse_time(tok[i + 2], &h, &mi, &sec)) {
+            goto out;
+        }
+        day = atoi(tok[i + 1]);
+        i += 3;
+        if (i < nt && !all_digits(tok[i])) {
+            parse_zone(tok[i], &off);
+            i++;
+        }
+        if (i >= nt || !all_digits(tok[i])) {
+            goto out;
+        }
+        year = atoi(tok[i]);
+    } else {
+        goto out;
+    }
+    if (mon < 0 || day < 1 || day > 31 || year < 1900 || year > 9999) {
+        goto out;
+    }
+    struct tm tm = {0};
+    tm.tm_year = year - 1900;
+    tm.tm_mon = mon;
+    tm.tm_mday = day;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = sec > 59 ? 59 : sec;
+    time_t t = timegm(&tm);
+    if (t == (time_t)-1 && year != 1969) {
+        goto out;
+    }
+    *t_r = t - off;
+    ok = true;
+out:
+    free(toks);
+    return ok;
+}
+
+/* ---- records ------------------------------------------------------------- */
+
+static int rec_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct rec *)a)->p.uidl, ((const struct rec *)b)->p.uidl);
+}
+
+static int find_rec(const struct popsync *ps, const char *uidl)
+{
+    size_t lo = 0, hi = ps->nrecs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(ps->recs[mid].p.uidl, uidl);
+        if (c == 0) {
+            return (int)mid;
+        }
+        if (c < 0) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return -1;
+}
+
+static void add_put(struct popsync *ps, const struct idx_pop *p)
+{
+    xgrow(&ps->puts, &ps->puts_cap, ps->nputs + 1, sizeof(*ps->puts));
+    ps->puts[ps->nputs++] = *p;
+}
+
+/* An intent row: recorded before the file is renamed into new/. */
+static bool rec_is_intent(const struct idx_pop *p)
+{
+    return p->lid[0] != '\0' &&
+           !(p->flags & (IDX_POP_DELIVERED | IDX_POP_SKIPPED | IDX_POP_DELETED_LOCALLY));
+}
+
+/* ---- threadpool jobs ------------------------------------------------------ */
+
+static void job_work(uv_work_t *w)
+{
+    struct popsync *ps = w->data;
+    ps->job_fn(ps);
+}
+
+static void job_after(uv_work_t *w, int status)
+{
+    struct popsync *ps = w->data;
+    ps->job_running = false;
+    ps->job_after(ps);
+}
+
+static void run_job(struct popsync *ps, void (*fn)(struct popsync *),
+                    void (*after)(struct popsync *))
+{
+    ps->job_fn = fn;
+    ps->job_after = after;
+    ps->job_err = 0;
+    free(ps->job_errmsg);
+    ps->job_errmsg = NULL;
+    ps->job_running = true;
+    ps->work.data = ps;
+    int r = uv_queue_work(ps->loop, &ps->work, job_work, job_after);
+    if (r < 0) {
+        /* Cannot happen with a valid loop; run inline rather than stall. */
+        fn(ps);
+        ps->job_running = false;
+        after(ps);
+    }
+}
+
+__attribute__((format(printf, 3, 4))) static void job_fail(struct popsync *ps, int err,
+                                                           const char *fmt, ...)
+{
+    if (ps->job_errmsg != NULL) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    ps->job_errmsg = xvasprintf(fmt, ap);
+    va_end(ap);
+    ps->job_err = err;
+}
+
+static enum popsync_kind local_kind(int err)
+{
+    /* A full disk may clear up; anything else needs the user. */
+    return err == -ENOSPC || err == -EDQUOT || err == IDX_ERETRY ? POPSYNC_TRANSIENT
+                                                                 : POPSYNC_PERMANENT;
+}
+
+/* Prepare: load the index rows and scan the Maildir (pool thread). */
+static int load_rec(const struct idx_pop *p, void *arg)
+{
+    struct popsync *ps = arg;
+    xgrow(&ps->recs, &ps->recs_cap, ps->nrecs + 1, sizeof(*ps->recs));
+    memset(&ps->recs[ps->nrecs], 0, sizeof(ps->recs[0]));
+    ps->recs[ps->nrecs].p = *p;
+    ps->nrecs++;
+    return 0;
+}
+
+static void prep_work(struct popsync *ps)
+{
+    struct idx_txn *txn;
+    int r = idx_begin(ps->idx, false, &txn);
+    if (r < 0) {
+        job_fail(ps, r, "%s", idx_error(ps->idx));
+        return;
+    }
+    r = idx_pop_foreach(txn, load_rec, ps);
+    idx_abort(txn);
+    if (r < 0) {
+        job_fail(ps, r, "%s", idx_error(ps->idx));
+        return;
+    }
+    if (ps->nrecs > 1) {
+        qsort(ps->recs, ps->nrecs, sizeof(*ps->recs), rec_cmp);
+    }
+    r = md_scan(ps->folder, &ps->scan);
+    if (r < 0) {
+        job_fail(ps, r, "%s", md_folder_error(ps->folder));
+        return;
+    }
+    if (!ps->opts.dry_run) {
+        md_clean_tmp(ps->folder, ps->now);
+    }
+}
+
+static void prep_after(struct popsync *ps)
+{
+    if (ps->job_errmsg != NULL) {
+        set_error(ps, local_kind(ps->job_err), "%s", ps->job_errmsg);
+    }
+    ps->prep_done = true;
+    advance(ps);
+}
+
+/* ---- connection --------------------------------------------------------- */
+
+static void on_pop_error(struct pop3 *p, int err, enum pop3_errkind kind, const char *msg,
+                         void *arg)
+{
+    struct popsync *ps = arg;
+    if (ps->phase == PS_QUIT && ps->quit_ok) {
+        return;
+    }
+    enum popsync_kind k = kind == POP3_ERRKIND_AUTH        ? POPSYNC_AUTH
+                          : kind == POP3_ERRKIND_PERMANENT ? POPSYNC_PERMANENT
+                                                           : POPSYNC_TRANSIENT;
+    set_error(ps, k, "%s", msg);
+    pop3_free(ps->pop);
+    ps->pop = NULL;
+    advance(ps);
+}
+
+static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg);
+static void on_uidl_done(struct pop3 *p, const struct pop3_status *st, void *arg);
+static void on_list_line(struct pop3 *p, const char *line, size_t len, void *arg);
+static void on_list_done(struct pop3 *p, const struct pop3_status *st, void *arg);
+
+static void on_pop_ready(struct pop3 *p, void *arg)
+{
+    struct popsync *ps = arg;
+    set_phase(ps, PS_LIST);
+    /* Both go out together under PIPELINING: one round trip. */
+    pop3_uidl(p, on_uidl_line, on_uidl_done, ps);
+    pop3_list(p, on_list_line, on_list_done, ps);
+}
+
+static void on_secret(int err, const char *secret, const char *msg, void *arg)
+{
+    struct popsync *ps = arg;
+    ps->secret_req = NULL;
+    if (err < 0) {
+        set_error(ps, POPSYNC_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
+        advance(ps);
+        return;
+    }
+    if (ps->cancelled || ps->failed) {
+        advance(ps);
+        return;
+    }
+    const struct cfg_account *a = ps->acct;
+    struct pop3_opts po = {0};
+    po.net.host = a->host;
+    po.net.port = a->port;
+    po.net.tls = a->tls == CFG_TLS_IMPLICIT   ? NET_TLS_IMPLICIT
+                 : a->tls == CFG_TLS_STARTTLS ? NET_TLS_LATER
+                                              : NET_TLS_NONE;
+    po.net.ca_file = a->ca_file;
+    po.net.fingerprint = a->tls_fingerprint;
+    po.net.insecure_skip_verify = ps->opts.insecure_skip_verify;
+    po.net.idle_timeout_ms = a->timeout_seconds * 1000u;
+    po.user = a->user;
+    po.secret = secret;
+    switch (a->auth) {
+    case CFG_AUTH_AUTO:
+        po.auth = POP3_AUTH_AUTO;
+        break;
+    case CFG_AUTH_PLAIN:
+        po.auth = POP3_AUTH_PLAIN;
+        break;
+    case CFG_AUTH_LOGIN:
+        po.auth = POP3_AUTH_USER;
+        break;
+    case CFG_AUTH_XOAUTH2:
+        po.auth = POP3_AUTH_XOAUTH2;
+        break;
+    case CFG_AUTH_OAUTHBEARER:
+        po.auth = POP3_AUTH_OAUTHBEARER;
+        break;
+    case CFG_AUTH_APOP:
+        po.auth = POP3_AUTH_APOP;
+        break;
+    }
+    po.allow_plaintext = a->allow_plaintext;
+    po.log_name = a->name;
+    static const struct pop3_cb cb = {.on_ready = on_pop_ready, .on_error = on_pop_error};
+    int r = pop3_connect(ps->loop, &po, &cb, ps, &ps->pop);
+    if (r < 0) {
+        ps->pop = NULL;
+        set_error(ps, POPSYNC_PERMANENT, "%s:%u: cannot connect: %s", a->host, a->port,
+                  uv_strerror(r));
+        advance(ps);
+    }
+}
+
+/* ---- listing --------------------------------------------------------------- */
+
+static struct smsg *msg_at(struct popsync *ps, unsigned msgno)
+{
+    /* Listings are in message number order; the array is indexed by
+     * msgno - 1 when dense, which it is for every server seen, else search. */
+    if (msgno >= 1 && msgno <= ps->nmsgs && ps->msgs[msgno - 1].msgno == msgno) {
+        return &ps->msgs[msgno - 1];
+    }
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        if (ps->msgs[i].msgno == msgno) {
+            return &ps->msgs[i];
+        }
+    }
+    return NULL;
+}
+
+static struct smsg *add_msg(struct popsync *ps, unsigned msgno)
+{
+    struct smsg *m = msg_at(ps, msgno);
+    if (m != NULL) {
+        return m;
+    }
+    xgrow(&ps->msgs, &ps->msgs_cap, ps->nmsgs + 1, sizeof(*ps->msgs));
+    m = &ps->msgs[ps->nmsgs++];
+    memset(m, 0, sizeof(*m));
+    m->msgno = msgno;
+    m->rec = -1;
+    m->ps = ps;
+    return m;
+}
+
+static bool uidl_valid(const char *u)
+{
+    size_t n = strlen(u);
+    if (n == 0 || n > IDX_UIDL_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (u[i] < 0x21 || u[i] > 0x7e) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void hex16(const uint8_t *h, char *out)
+{
+    for (int i = 0; i < 16; i++) {
+        snprintf(out + 2 * i, 3, "%02x", h[i]);
+    }
+}
+
+static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg)
+{
+    struct popsync *ps = arg;
+    unsigned n;
+    const char *rest;
+    if (!pop3_parse_listing(line, &n, &rest)) {
+        set_error(ps, POPSYNC_TRANSIENT, "%s: malformed UIDL line from the server", ps->name);
+        return;
+    }
+    char u[128];
+    size_t ul = strcspn(rest, " \t");
+    snprintf(u, sizeof(u), "%.*s", (int)(ul < sizeof(u) - 1 ? ul : sizeof(u) - 1), rest);
+    struct smsg *m = add_msg(ps, n);
+    if (uidl_valid(u) && ul < sizeof(u)) {
+        memcpy(m->uidl, u, ul + 1);
+    } else {
+        /* RFC 1939 allows 1-70 characters 0x21-0x7E; anything else is kept
+         * usable as a hash of what the server sent. */
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned mdlen;
+        EVP_Digest(rest, ul, md, &mdlen, EVP_sha256(), NULL);
+        m->uidl[0] = 'X';
+        hex16(md, m->uidl + 1);
+    }
+}
+
+static void on_uidl_done(struct pop3 *p, const struct pop3_status *st, void *arg)
+{
+    struct popsync *ps = arg;
+    if (st->err < 0) {
+        return;
+    }
+    if (!st->ok) {
+        ps->no_uidl = true;
+        log_warnx("%s: the server has no UIDL; identifying messages by a hash of their headers "
+                  "(TOP), which is slower and cannot tell identical messages apart",
+                  ps->name);
+        for (size_t i = 0; i < ps->nmsgs; i++) {
+            ps->msgs[i].uidl[0] = '\0';
+        }
+    }
+    ps->uidl_done = true;
+    advance(ps);
+}
+
+static void on_list_line(struct pop3 *p, const char *line, size_t len, void *arg)
+{
+    struct popsync *ps = arg;
+    unsigned n;
+    const char *rest;
+    char *end;
+    if (!pop3_parse_listing(line, &n, &rest)) {
+        set_error(ps, POPSYNC_TRANSIENT, "%s: malformed LIST line from the server", ps->name);
+        return;
+    }
+    unsigned long long sz = strtoull(rest, &end, 10);
+    struct smsg *m = add_msg(ps, n);
+    if (end != rest) {
+        m->size = sz;
+        m->has_size = true;
+    }
+}
+
+static void on_list_done(struct pop3 *p, const struct pop3_status *st, void *arg)
+{
+    struct popsync *ps = arg;
+    if (st->err < 0) {
+        return;
+    }
+    if (!st->ok) {
+        char *t = xstrdup(st->text);
+        set_error(ps, POPSYNC_TRANSIENT, "%s: LIST failed: %s", ps->name, t);
+        free(t);
+    }
+    ps->list_done = true;
+    advance(ps);
+}
+
+/* ---- TOP ------------------------------------------------------------------ */
+
+struct topctx {
+    struct popsync *ps;
+    struct smsg *m;
+    struct hdrhash hh;
+    struct sbuf hdr;
+};
+
+static void on_top_data(struct pop3 *p, const char *data, size_t len, void *arg)
+{
+    struct topctx *t = arg;
+    hh_feed(&t->hh, data, len);
+    if (t->ps->acct->pop.has_since && t->hdr.len < MAX_HEADER_KEEP) {
+        size_t n = MAX_HEADER_KEEP - t->hdr.len;
+        sbuf_add(&t->hdr, data, len < n ? len : n);
+    }
+}
+
+static void on_top_done(struct pop3 *p, const struct pop3_status *st, void *arg)
+{
+    struct topctx *t = arg;
+    struct popsync *ps = t->ps;
+    struct smsg *m = t->m;
+    if (st->err >= 0 && st->ok) {
+        hh_final(&t->hh);
+        memcpy(m->hh, t->hh.out, sizeof(m->hh));
+        m->hh_valid = true;
+        m->top_ok = true;
+        if (ps->acct->pop.has_since) {
+            char *d = popsync_find_header(t->hdr.buf != NULL ? t->hdr.buf : "", t->hdr.len, "Date");
+            if (d != NULL && popsync_parse_date(d, &m->date)) {
+                m->date_ok = true;
+            } else if (d != NULL) {
+                log_debug("%s: message %u: unparseable Date \"%.80s\": downloading it", ps->name,
+                          m->msgno, d);
+            }
+            free(d);
+        }
+    } else if (st->err >= 0) {
+        log_warnx("%s: TOP %u 0 failed: %s", ps->name, m->msgno, st->text);
+    }
+    hh_free(&t->hh);
+    sbuf_free(&t->hdr);
+    free(t);
+    m->top = NULL;
+    ps->tops_pending--;
+    if (st->err >= 0) {
+        advance(ps);
+    }
+}
+
+static void send_top(struct popsync *ps, struct smsg *m)
+{
+    struct topctx *t = xcalloc(1, sizeof(*t));
+    t->ps = ps;
+    t->m = m;
+    hh_init(&t->hh);
+    if (pop3_top(ps->pop, m->msgno, 0, on_top_data, on_top_done, t) < 0) {
+        hh_free(&t->hh);
+        free(t);
+        return;
+    }
+    m->top = t;
+    ps->tops_pending++;
+}
+
+/* ---- planning -------------------------------------------------------------- */
+
+static bool scan_has(const struct popsync *ps, const char *lid)
+{
+    return lid[0] != '\0' && ps->scan != NULL && md_scan_find(ps->scan, lid) != NULL;
+}
+
+/* First pass after the listing: match UIDLs to records and decide which
+ * messages need TOP. */
+static void plan_tops(struct popsync *ps)
+{
+    bool any_vanished_sizes = false;
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        struct smsg *m = &ps->msgs[i];
+        if (ps->no_uidl || m->uidl[0] == '\0') {
+            m->need_top = true;
+            continue;
+        }
+        m->rec = find_rec(ps, m->uidl);
+        if (m->rec >= 0) {
+            ps->recs[m->rec].listed = true;
+        }
+    }
+    for (size_t r = 0; r < ps->nrecs; r++) {
+        if (!ps->recs[r].listed && ps->recs[r].p.flags != 0) {
+            any_vanished_sizes = true;
+        }
+    }
+    for (size_t i = 0; i < ps->nmsgs && !ps->no_uidl; i++) {
+        struct smsg *m = &ps->msgs[i];
+        if (m->rec >= 0) {
+            const struct idx_pop *p = &ps->recs[m->rec].p;
+            /* A known UIDL with another size: maybe a reused UIDL. */
+            if (!rec_is_intent(p) && m->has_size && p->size != 0 && p->size != m->size) {
+                m->need_top = true;
+            }
+            continue;
+        }
+        if (ps->acct->max_size > 0 && m->has_size && m->size > ps->acct->max_size) {
+            continue;
+        }
+        if (ps->acct->pop.has_since) {
+            m->need_top = true;
+        } else if (any_vanished_sizes) {
+            /* Same size as a record that vanished from the listing: maybe
+             * the same message under a new UIDL. */
+            for (size_t r = 0; r < ps->nrecs; r++) {
+                if (!ps->recs[r].listed && ps->recs[r].p.size == m->size &&
+                    ps->recs[r].p.flags != 0) {
+                    m->need_top = true;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/* No UIDL: the key is the header hash. */
+static void key_from_hash(struct popsync *ps)
+{
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        struct smsg *m = &ps->msgs[i];
+        if (m->uidl[0] != '\0') {
+            continue;
+        }
+        if (!m->hh_valid) {
+            continue; /* TOP failed: cannot identify it, leave it alone */
+        }
+        m->uidl[0] = 'H';
+        hex16(m->hh, m->uidl + 1);
+        /* Identical headers: only the first is handled this run. */
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(ps->msgs[j].uidl, m->uidl) == 0) {
+                m->uidl[0] = '\0';
+                break;
+            }
+        }
+        if (m->uidl[0] != '\0') {
+            m->rec = find_rec(ps, m->uidl);
+            if (m->rec >= 0) {
+                ps->recs[m->rec].listed = true;
+            }
+        }
+    }
+}
+
+/* Second pass: decide per message. */
+static void plan(struct popsync *ps)
+{
+    const struct cfg_pop *pc = &ps->acct->pop;
+    if (ps->no_uidl) {
+        key_from_hash(ps);
+    }
+    ps->res.listed = (unsigned)ps->nmsgs;
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        struct smsg *m = &ps->msgs[i];
+        if (m->uidl[0] == '\0') {
+            ps->res.errors++;
+            continue;
+        }
+        if (m->rec >= 0) {
+            struct idx_pop *p = &ps->recs[m->rec].p;
+            if (rec_is_intent(p)) {
+                if (scan_has(ps, p->lid)) {
+                    /* Delivered before a crash, not yet recorded: adopt. */
+                    struct idx_pop np = *p;
+                    np.flags |= IDX_POP_DELIVERED;
+                    add_put(ps, &np);
+                    m->stored = true;
+                    m->first_seen = p->first_seen;
+                    ps->res.adopted++;
+                    log_info("%s: message %s was stored before an interruption; recorded it now",
+                             ps->name, m->uidl);
+                    continue;
+                }
+                m->download = true;
+                continue;
+            }
+            if (m->need_top && m->hh_valid && !ps->no_uidl) {
+                bool zero = true;
+                for (int k = 0; k < 16; k++) {
+                    zero = zero && p->header_hash[k] == 0;
+                }
+                if (!zero && memcmp(p->header_hash, m->hh, 16) != 0) {
+                    /* The server reused the UIDL for a different message. */
+                    log_info("%s: UIDL %s now names a different message (size %llu, was %llu): "
+                             "downloading it",
+                             ps->name, m->uidl, (unsigned long long)m->size,
+                             (unsigned long long)p->size);
+                    m->download = true;
+                    m->replace = true;
+                    continue;
+                }
+                struct idx_pop np = *p;
+                np.size = m->size;
+                add_put(ps, &np);
+            }
+            ps->res.known++;
+            if (p->flags & IDX_POP_DELIVERED) {
+                m->stored = true;
+                m->first_seen = p->first_seen;
+                m->deleted_locally = (p->flags & IDX_POP_DELETED_LOCALLY) != 0;
+                if (!m->deleted_locally && !scan_has(ps, p->lid)) {
+                    struct idx_pop np = *p;
+                    np.flags |= IDX_POP_DELETED_LOCALLY;
+                    add_put(ps, &np);
+                    m->deleted_locally = true;
+                    ps->res.deleted_locally++;
+                    log_info("%s: message %s was deleted locally; it will not be downloaded again",
+                             ps->name, m->uidl);
+                }
+            }
+            continue;
+        }
+        /* New to us. */
+        if (ps->acct->max_size > 0 && m->has_size && m->size > ps->acct->max_size) {
+            ps->res.skipped_size++;
+            log_info("%s: skipping message %u (%s): %llu bytes is over max_size %llu", ps->name,
+                     m->msgno, m->uidl, (unsigned long long)m->size,
+                     (unsigned long long)ps->acct->max_size);
+            continue;
+        }
+        /* The same message under a new UIDL (all UIDLs renumbered)? */
+        if (m->hh_valid && !ps->no_uidl) {
+            int found = -1;
+            for (size_t r = 0; r < ps->nrecs && found < 0; r++) {
+                struct rec *rc = &ps->recs[r];
+                if (!rc->listed && rc->p.flags != 0 && rc->p.size == m->size &&
+                    memcmp(rc->p.header_hash, m->hh, 16) == 0) {
+                    found = (int)r;
+                }
+            }
+            if (found >= 0) {
+                struct rec *rc = &ps->recs[found];
+                struct idx_pop np = rc->p;
+                snprintf(np.uidl, sizeof(np.uidl), "%s", m->uidl);
+                add_put(ps, &np);
+                /* The old key is forgotten as no longer listed. */
+                rc->listed = false;
+                rc->p.flags = 0; /* matched once only */
+                ps->res.known++;
+                m->stored = (np.flags & IDX_POP_DELIVERED) != 0;
+                m->first_seen = np.first_seen;
+                m->deleted_locally = (np.flags & IDX_POP_DELETED_LOCALLY) != 0;
+                log_info("%s: message %s is %s under a new UIDL", ps->name, m->uidl, np.uidl);
+                continue;
+            }
+        }
+        if (pc->has_since && m->date_ok && m->date < pc->since) {
+            struct idx_pop np = {0};
+            snprintf(np.uidl, sizeof(np.uidl), "%s", m->uidl);
+            np.first_seen = ps->now;
+            np.size = m->size;
+            if (m->hh_valid) {
+                memcpy(np.header_hash, m->hh, 16);
+            }
+            np.flags = IDX_POP_SKIPPED;
+            add_put(ps, &np);
+            ps->res.skipped_since++;
+            continue;
+        }
+        m->download = true;
+    }
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        if (ps->msgs[i].download) {
+            xgrow(&ps->todo, &ps->todo_cap, ps->ntodo + 1, sizeof(*ps->todo));
+            ps->todo[ps->ntodo++] = &ps->msgs[i];
+        }
+    }
+    ps->listing_complete = true;
+}
+
+/* ---- downloads ------------------------------------------------------------- */
+
+static void commit_batch(struct popsync *ps);
+static void issue_retrs(struct popsync *ps);
+
+static void dl_free(struct dl *d)
+{
+    if (d->m->dl == d) {
+        d->m->dl = NULL;
+    }
+    if (d->w != NULL) {
+        md_writer_abort(d->w);
+        d->w = NULL;
+    }
+    hh_free(&d->hh);
+    free(d);
+}
+
+static void on_retr_data(struct pop3 *p, const char *data, size_t len, void *arg)
+{
+    struct dl *d = arg;
+    struct popsync *ps = d->ps;
+    ps->cur = d;
+    if (d->err < 0) {
+        return;
+    }
+    if (d->w == NULL) {
+        int r = md_writer_open(ps->folder, false, &d->w);
+        if (r < 0) {
+            d->w = NULL;
+            d->err = r;
+            set_error(ps, local_kind(r), "%s", md_folder_error(ps->folder));
+            return;
+        }
+    }
+    hh_feed(&d->hh, data, len);
+    int r = md_writer_write(d->w, data, len);
+    if (r < 0) {
+        d->err = r;
+        set_error(ps, local_kind(r), "%s", md_folder_error(ps->folder));
+    }
+}
+
+static void on_retr_done(struct pop3 *p, const struct pop3_status *st, void *arg)
+{
+    struct dl *d = arg;
+    struct popsync *ps = d->ps;
+    ps->cur = NULL;
+    ps->retr_inflight--;
+    if (st->err < 0 || d->err < 0 || ps->cancelled) {
+        dl_free(d);
+        return; /* the failure is reported by on_pop_error / set_error */
+    }
+    if (!st->ok) {
+        log_warnx("%s: RETR %u (%s) failed: %s", ps->name, d->m->msgno, d->m->uidl, st->text);
+        ps->res.errors++;
+        dl_free(d);
+        advance(ps);
+        return;
+    }
+    if (d->w == NULL) {
+        /* An empty message: still a message. */
+        int r = md_writer_open(ps->folder, false, &d->w);
+        if (r < 0) {
+            d->w = NULL;
+            set_error(ps, local_kind(r), "%s", md_folder_error(ps->folder));
+            dl_free(d);
+            advance(ps);
+            return;
+        }
+    }
+    hh_final(&d->hh);
+    snprintf(d->lid, sizeof(d->lid), "%s", md_writer_id(d->w));
+    xgrow(&ps->batch, &ps->batch_cap, ps->nbatch + 1, sizeof(*ps->batch));
+    if (ps->nbatch == 0) {
+        ps->batch_started = now_ms();
+    }
+    ps->batch[ps->nbatch++] = d;
+    ps->batch_bytes += md_writer_size(d->w);
+    advance(ps);
+}
+
+static void issue_retrs(struct popsync *ps)
+{
+    unsigned window = (pop3_caps(ps->pop) & POP3_CAP_PIPELINING) ? RETR_WINDOW : 1;
+    while (ps->todo_next < ps->ntodo && ps->retr_inflight < window && !ps->committing &&
+           !ps->failed && !ps->cancelled) {
+        struct smsg *m = ps->todo[ps->todo_next++];
+        struct dl *d = xcalloc(1, sizeof(*d));
+        d->ps = ps;
+        d->m = m;
+        hh_init(&d->hh);
+        if (pop3_retr(ps->pop, m->msgno, on_retr_data, on_retr_done, d) < 0) {
+            dl_free(d);
+            break;
+        }
+        m->dl = d;
+        ps->retr_inflight++;
+    }
+}
+
+static int put_intents(struct idx_txn *txn, void *arg)
+{
+    struct popsync *ps = arg;
+    for (size_t i = 0; i < ps->nbatch; i++) {
+        struct dl *d = ps->batch[i];
+        struct idx_pop p = {0};
+        snprintf(p.uidl, sizeof(p.uidl), "%s", d->m->uidl);
+        snprintf(p.lid, sizeof(p.lid), "%s", d->lid);
+        p.first_seen = ps->now;
+        p.size = d->m->size;
+        memcpy(p.header_hash, d->hh.out, 16);
+        p.flags = 0;
+        int r = idx_pop_put(txn, &p);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+static int put_delivered(struct idx_txn *txn, void *arg)
+{
+    struct popsync *ps = arg;
+    for (size_t i = 0; i < ps->nbatch; i++) {
+        struct dl *d = ps->batch[i];
+        if (!d->committed) {
+            continue;
+        }
+        struct idx_pop p = {0};
+        snprintf(p.uidl, sizeof(p.uidl), "%s", d->m->uidl);
+        snprintf(p.lid, sizeof(p.lid), "%s", d->lid);
+        p.first_seen = ps->now;
+        p.size = d->m->size;
+        memcpy(p.header_hash, d->hh.out, 16);
+        p.flags = IDX_POP_DELIVERED;
+        int r = idx_pop_put(txn, &p);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* Pool thread: intents, files, directory, rows, in that order. */
+static void commit_work(struct popsync *ps)
+{
+    int r = idx_write(ps->idx, put_intents, ps);
+    if (r < 0) {
+        job_fail(ps, r, "%s", idx_error(ps->idx));
+        return; /* the writers are aborted in commit_after */
+    }
+    bool any = false;
+    for (size_t i = 0; i < ps->nbatch; i++) {
+        struct dl *d = ps->batch[i];
+        struct md_msg msg = {0};
+        r = md_writer_commit(d->w, false, 0, 0, 0, true, &msg);
+        d->w = NULL; /* freed by commit either way */
+        if (r < 0) {
+            job_fail(ps, r, "%s", md_folder_error(ps->folder));
+            continue;
+        }
+        if (strcmp(msg.id, d->lid) != 0) {
+            /* md_writer_id promised the identity; record what is there. */
+            snprintf(d->lid, sizeof(d->lid), "%s", msg.id);
+        }
+        md_msg_clear(&msg);
+        d->committed = true;
+        any = true;
+    }
+    if (!any) {
+        return;
+    }
+    r = md_folder_sync(ps->folder);
+    if (r < 0) {
+        /* Not durable: do not record; the intent rows make the next run
+         * check for the files. */
+        job_fail(ps, r, "%s", md_folder_error(ps->folder));
+        for (size_t i = 0; i < ps->nbatch; i++) {
+            ps->batch[i]->committed = false;
+        }
+        return;
+    }
+    r = idx_write(ps->idx, put_delivered, ps);
+    if (r < 0) {
+        job_fail(ps, r, "%s", idx_error(ps->idx));
+    }
+}
+
+static void commit_after(struct popsync *ps)
+{
+    ps->committing = false;
+    if (ps->job_errmsg != NULL) {
+        set_error(ps, local_kind(ps->job_err), "%s", ps->job_errmsg);
+    }
+    for (size_t i = 0; i < ps->nbatch; i++) {
+        struct dl *d = ps->batch[i];
+        if (d->committed) {
+            d->m->stored = true;
+            d->m->first_seen = ps->now;
+            ps->res.downloaded++;
+            ps->res.bytes += d->bytes;
+        }
+        ps->dl_done++;
+        dl_free(d);
+    }
+    ps->nbatch = 0;
+    ps->batch_bytes = 0;
+    if (ps->opts.progress != NULL) {
+        ps->opts.progress(ps->dl_done, (unsigned)ps->ntodo, ps->res.bytes, ps->opts.progress_arg);
+    }
+    if (ps->pop != NULL) {
+        pop3_resume(ps->pop);
+    }
+    advance(ps);
+}
+
+static void commit_batch(struct popsync *ps)
+{
+    ps->committing = true;
+    /* No Maildir or index work on the loop while the job runs: the
+     * connection is paused, so no RETR data arrives meanwhile. */
+    if (ps->pop != NULL) {
+        pop3_pause(ps->pop);
+    }
+    for (size_t i = 0; i < ps->nbatch; i++) {
+        /* The real size of what was stored, for the summary. */
+        ps->batch[i]->bytes = md_writer_size(ps->batch[i]->w);
+    }
+    run_job(ps, commit_work, commit_after);
+}
+
+/* ---- deletion and QUIT ------------------------------------------------------- */
+
+static void on_dele(struct pop3 *p, const struct pop3_status *st, void *arg)
+{
+    struct smsg *m = arg;
+    struct popsync *ps = m->ps;
+    if (st->err >= 0 && st->ok) {
+        m->dele = true;
+    } else if (st->err >= 0) {
+        log_warnx("%s: DELE %u failed: %s", ps->name, m->msgno, st->text);
+        ps->res.errors++;
+    }
+    ps->deles_pending--;
+    if (st->err >= 0) {
+        advance(ps);
+    }
+}
+
+static bool wants_dele(struct popsync *ps, const struct smsg *m)
+{
+    const struct cfg_pop *pc = &ps->acct->pop;
+    if (!m->stored) {
+        return false;
+    }
+    if (!pc->keep_on_server) {
+        return true;
+    }
+    if (pc->delete_after_days >= 0 &&
+        m->first_seen + (int64_t)pc->delete_after_days * 86400 <= (int64_t)ps->now) {
+        return true;
+    }
+    return m->deleted_locally && pc->delete_when_deleted_locally;
+}
+
+static void send_deles(struct popsync *ps)
+{
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        struct smsg *m = &ps->msgs[i];
+        if (!wants_dele(ps, m)) {
+            continue;
+        }
+        if (ps->opts.dry_run) {
+            ps->res.deleted_on_server++;
+            continue;
+        }
+        if (pop3_dele(ps->pop, m->msgno, on_dele, m) < 0) {
+            continue;
+        }
+        ps->deles_pending++;
+    }
+}
+
+static void on_quit(struct pop3 *p, const struct pop3_status *st, void *arg)
+{
+    struct popsync *ps = arg;
+    if (st->err >= 0 && st->ok) {
+        ps->quit_ok = true;
+    } else if (st->err >= 0) {
+        /* RFC 1939 section 6: -ERR to QUIT means some deletions failed;
+         * none is marked as done. */
+        set_error(ps, POPSYNC_TRANSIENT, "%s: QUIT failed, deletions not committed: %s", ps->name,
+                  st->text);
+    }
+    if (st->err >= 0) {
+        pop3_free(ps->pop);
+        ps->pop = NULL;
+        advance(ps);
+    }
+}
+
+/* ---- final transaction --------------------------------------------------- */
+
+static int final_fn(struct idx_txn *txn, void *arg)
+{
+    struct popsync *ps = arg;
+    int r;
+    if (ps->listing_complete) {
+        for (size_t i = 0; i < ps->nrecs; i++) {
+            if (!ps->recs[i].listed) {
+                r = idx_pop_delete(txn, ps->recs[i].p.uidl);
+                if (r < 0 && r != -ENOENT) {
+                    return r;
+                }
+            }
+        }
+    }
+    for (size_t i = 0; i < ps->nputs; i++) {
+        r = idx_pop_put(txn, &ps->puts[i]);
+        if (r < 0) {
+            return r;
+        }
+    }
+    if (ps->quit_ok) {
+        for (size_t i = 0; i < ps->nmsgs; i++) {
+            struct smsg *m = &ps->msgs[i];
+            if (!m->dele) {
+                continue;
+            }
+            struct idx_pop p;
+            if (idx_pop_get(txn, m->uidl, &p) == 0) {
+                p.flags |= IDX_POP_DELETED_ON_SERVER;
+                r = idx_pop_put(txn, &p);
+                if (r < 0) {
+                    return r;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+static void final_work(struct popsync *ps)
+{
+    if (ps->res.adopted > 0) {
+        int r = md_folder_sync(ps->folder);
+        if (r < 0) {
+            job_fail(ps, r, "%s", md_folder_error(ps->folder));
+            return;
+        }
+    }
+    int r = idx_write(ps->idx, final_fn, ps);
+    if (r < 0) {
+        job_fail(ps, r, "%s", idx_error(ps->idx));
+    }
+}
+
+static void final_after(struct popsync *ps)
+{
+    if (ps->job_errmsg != NULL) {
+        set_error(ps, local_kind(ps->job_err), "%s", ps->job_errmsg);
+    }
+    if (ps->quit_ok) {
+        for (size_t i = 0; i < ps->nmsgs; i++) {
+            if (ps->msgs[i].dele) {
+                ps->res.deleted_on_server++;
+            }
+        }
+    }
+    set_phase(ps, PS_DONE);
+    finish(ps);
+}
+
+/* ---- the driver ------------------------------------------------------------ */
+
+/* After pop3_free no callback comes: release what the in-flight commands
+ * owned. Downloads in the batch are complete and stay. */
+static void drop_inflight(struct popsync *ps)
+{
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        struct smsg *m = &ps->msgs[i];
+        if (m->top != NULL) {
+            hh_free(&m->top->hh);
+            sbuf_free(&m->top->hdr);
+            free(m->top);
+            m->top = NULL;
+        }
+        if (m->dl != NULL) {
+            bool in_batch = false;
+            for (size_t j = 0; j < ps->nbatch; j++) {
+                in_batch = in_batch || ps->batch[j] == m->dl;
+            }
+            if (!in_batch) {
+                dl_free(m->dl);
+            }
+        }
+    }
+    ps->cur = NULL;
+    ps->retr_inflight = 0;
+    ps->tops_pending = 0;
+    ps->deles_pending = 0;
+}
+
+/* Moves the run forward from wherever it is; called after every event. */
+static void advance(struct popsync *ps)
+{
+    if (ps->job_running || ps->phase == PS_DONE || ps->phase == PS_FINISH) {
+        return;
+    }
+    bool stop = ps->failed || ps->cancelled;
+    if (stop) {
+        /* Wind down: commit what is complete, drop the connection (no
+         * QUIT, so the server deletes nothing), final bookkeeping. */
+        if (ps->pop != NULL && ps->phase != PS_QUIT) {
+            pop3_free(ps->pop);
+            ps->pop = NULL;
+            drop_inflight(ps);
+        }
+        if (ps->secret_req != NULL) {
+            secret_cancel(ps->secret_req);
+            ps->secret_req = NULL;
+        }
+        if (ps->pop != NULL) {
+            return; /* waiting for QUIT's answer */
+        }
+        if (ps->nbatch > 0 && !ps->opts.dry_run) {
+            commit_batch(ps);
+            return;
+        }
+        if (!ps->prep_done) {
+            return; /* the prepare job is still running */
+        }
+        if (ps->idx != NULL && !ps->opts.dry_run &&
+            (ps->listing_complete || ps->nputs > 0 || ps->quit_ok)) {
+            set_phase(ps, PS_FINISH);
+            run_job(ps, final_work, final_after);
+            return;
+        }
+        set_phase(ps, PS_DONE);
+        finish(ps);
+        return;
+    }
+    switch (ps->phase) {
+    case PS_START:
+    case PS_CONNECT:
+        return;
+    case PS_LIST:
+        if (!ps->uidl_done || !ps->list_done || !ps->prep_done) {
+            return;
+        }
+        plan_tops(ps);
+        set_phase(ps, PS_TOP);
+        for (size_t i = 0; i < ps->nmsgs; i++) {
+            if (ps->msgs[i].need_top) {
+                send_top(ps, &ps->msgs[i]);
+            }
+        }
+        /* fall through */
+    case PS_TOP:
+        if (ps->tops_pending > 0) {
+            return;
+        }
+        plan(ps);
+        set_phase(ps, PS_DOWNLOAD);
+        if (ps->opts.dry_run) {
+            ps->res.downloaded = (unsigned)ps->ntodo;
+            ps->todo_next = ps->ntodo;
+        }
+        /* fall through */
+    case PS_DOWNLOAD:
+        if (ps->committing) {
+            return;
+        }
+        if (ps->nbatch > 0 && (ps->nbatch >= BATCH_MAX_MSGS || ps->batch_bytes >= BATCH_MAX_BYTES ||
+                               now_ms() - ps->batch_started >= BATCH_MAX_MS ||
+                               (ps->todo_next >= ps->ntodo && ps->retr_inflight == 0))) {
+            commit_batch(ps);
+            return;
+        }
+        issue_retrs(ps);
+        if (ps->todo_next < ps->ntodo || ps->retr_inflight > 0 || ps->nbatch > 0) {
+            return;
+        }
+        set_phase(ps, PS_DELETE);
+        send_deles(ps);
+        /* fall through */
+    case PS_DELETE:
+        if (ps->deles_pending > 0) {
+            return;
+        }
+        set_phase(ps, PS_QUIT);
+        if (pop3_quit(ps->pop, on_quit, ps) < 0) {
+            set_error(ps, POPSYNC_TRANSIENT, "%s: cannot send QUIT", ps->name);
+            advance(ps);
+        }
+        return;
+    case PS_QUIT:
+        if (ps->pop != NULL) {
+            return;
+        }
+        if (ps->opts.dry_run) {
+            set_phase(ps, PS_DONE);
+            finish(ps);
+            return;
+        }
+        set_phase(ps, PS_FINISH);
+        run_job(ps, final_work, final_after);
+        return;
+    case PS_FINISH:
+    case PS_DONE:
+        return;
+    }
+}
+
+static void free_ps(struct popsync *ps)
+{
+    for (size_t i = 0; i < ps->nbatch; i++) {
+        dl_free(ps->batch[i]);
+    }
+    ps->nbatch = 0;
+    drop_inflight(ps);
+    free(ps->batch);
+    if (ps->scan != NULL) {
+        md_scan_free(ps->scan);
+    }
+    if (ps->folder != NULL) {
+        md_folder_close(ps->folder);
+    }
+    if (ps->idx != NULL) {
+        idx_close(ps->idx);
+    }
+    free(ps->recs);
+    free(ps->msgs);
+    free(ps->todo);
+    free(ps->puts);
+    free(ps->job_errmsg);
+    free(ps->error);
+    free(ps->name);
+    free(ps);
+}
+
+static void on_finish_timer_closed(uv_handle_t *h)
+{
+    struct popsync *ps = h->data;
+    free(h);
+    ps->res.kind = ps->failed ? ps->kind : POPSYNC_OK;
+    ps->res.error = ps->failed ? ps->error : NULL;
+    ps->res.account = ps->acct->name;
+    ps->res.dry_run = ps->opts.dry_run;
+    /* Release the account lock before telling the owner, who may start the
+     * next run at once. */
+    if (ps->idx != NULL) {
+        idx_close(ps->idx);
+        ps->idx = NULL;
+    }
+    ps->done(&ps->res, ps->done_arg);
+    free_ps(ps);
+}
+
+/* Calls the owner from a fresh loop iteration (never from inside
+ * popsync_start or a caller's call), then frees the run. */
+static void finish(struct popsync *ps)
+{
+    if (ps->pop != NULL) {
+        pop3_free(ps->pop);
+        ps->pop = NULL;
+    }
+    uv_idle_t *h = xcalloc(1, sizeof(*h));
+    h->data = ps;
+    uv_idle_init(ps->loop, h);
+    uv_close((uv_handle_t *)h, on_finish_timer_closed);
+}
+
+int popsync_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_account *acct,
+                  const struct popsync_opts *opts, popsync_done_cb done, void *arg,
+                  struct popsync **ps_r)
+{
+    if (acct->protocol != CFG_PROTO_POP3) {
+        return -EINVAL;
+    }
+    struct popsync *ps = xcalloc(1, sizeof(*ps));
+    ps->loop = loop;
+    ps->cfg = cfg;
+    ps->acct = acct;
+    if (opts != NULL) {
+        ps->opts = *opts;
+    }
+    ps->done = done;
+    ps->done_arg = arg;
+    ps->name = xasprintf("pop3 %s", acct->name);
+    ps->now = ps->opts.now != 0 ? ps->opts.now : time(NULL);
+    ps->phase = PS_START;
+    *ps_r = ps;
+
+    char *err = NULL;
+    int r = idx_open(cfg->state_dir, acct->name, &ps->idx, &err);
+    if (r < 0) {
+        ps->idx = NULL;
+        set_error(ps, r == -EWOULDBLOCK ? POPSYNC_TRANSIENT : POPSYNC_PERMANENT, "%s",
+                  err != NULL ? err : "cannot open the index");
+        free(err);
+        ps->prep_done = true;
+        advance(ps);
+        return 0;
+    }
+    char *path = NULL;
+    r = md_folder_local_path(acct->maildir, acct->layout, "INBOX", &path);
+    if (r == 0) {
+        r = md_folder_open(path, true, false, &ps->folder, &err);
+    }
+    if (r < 0) {
+        ps->folder = NULL;
+        set_error(ps, POPSYNC_PERMANENT, "%s", err != NULL ? err : "cannot open the Maildir INBOX");
+        free(err);
+        free(path);
+        ps->prep_done = true;
+        advance(ps);
+        return 0;
+    }
+    free(path);
+    run_job(ps, prep_work, prep_after);
+    set_phase(ps, PS_CONNECT);
+    r = secret_get_account(loop, acct, 0, on_secret, ps, &ps->secret_req);
+    if (r < 0) {
+        ps->secret_req = NULL;
+        set_error(ps, POPSYNC_PERMANENT, "account '%s': no password or password_command",
+                  acct->name);
+    }
+    return 0;
+}
+
+void popsync_cancel(struct popsync *ps)
+{
+    if (ps->cancelled || ps->phase == PS_DONE) {
+        return;
+    }
+    ps->cancelled = true;
+    set_error(ps, POPSYNC_TRANSIENT, "cancelled");
+    /* From the loop, like every other step. */
+    advance(ps);
+}
+
+struct run_ctx {
+    struct popsync_result *res;
+    bool done;
+};
+
+static void on_run_done(const struct popsync_result *res, void *arg)
+{
+    struct run_ctx *c = arg;
+    *c->res = *res;
+    c->res->error = res->error != NULL ? xstrdup(res->error) : NULL;
+    c->res->account = res->account != NULL ? xstrdup(res->account) : NULL;
+    c->done = true;
+}
+
+int popsync_run(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_account *acct,
+                const struct popsync_opts *opts, struct popsync_result *res_r)
+{
+    memset(res_r, 0, sizeof(*res_r));
+    struct run_ctx c = {.res = res_r};
+    struct popsync *ps;
+    int r = popsync_start(loop, cfg, acct, opts, on_run_done, &c, &ps);
+    if (r < 0) {
+        res_r->kind = POPSYNC_PERMANENT;
+        res_r->error = xasprintf("account '%s' is not a POP3 account", acct->name);
+        return -1;
+    }
+    while (!c.done) {
+        uv_run(loop, UV_RUN_ONCE);
+    }
+    return res_r->kind == POPSYNC_OK ? 0 : -1;
+}
+
+void popsync_result_clear(struct popsync_result *res)
+{
+    free((char *)res->error);
+    free((char *)res->account);
+    memset(res, 0, sizeof(*res));
+}
+
+static void human_size(uint64_t n, char *buf, size_t cap)
+{
+    if (n >= 1024ull * 1024 * 1024) {
+        snprintf(buf, cap, "%.1f GB", (double)n / (1024.0 * 1024 * 1024));
+    } else if (n >= 1024 * 1024) {
+        snprintf(buf, cap, "%.1f MB", (double)n / (1024.0 * 1024));
+    } else if (n >= 1024) {
+        snprintf(buf, cap, "%.1f kB", (double)n / 1024.0);
+    } else {
+        snprintf(buf, cap, "%llu bytes", (unsigned long long)n);
+    }
+}
+
+char *popsync_summary(const struct popsync_result *res)
+{
+    struct sbuf s = {0};
+    char sz[32];
+    human_size(res->bytes, sz, sizeof(sz));
+    sbuf_addf(&s, "%s: %u new", res->account != NULL ? res->account : "?", res->downloaded);
+    if (res->dry_run) {
+        sbuf_adds(&s, " (dry run)");
+    } else if (res->downloaded > 0) {
+        sbuf_addf(&s, " (%s)", sz);
+    }
+    unsigned skipped = res->skipped_size + res->skipped_since;
+    if (skipped > 0) {
+        sbuf_addf(&s, ", %u skipped (", skipped);
+        if (res->skipped_size > 0) {
+            sbuf_addf(&s, "over max_size: %u%s", res->skipped_size,
+                      res->skipped_since > 0 ? ", " : "");
+        }
+        if (res->skipped_since > 0) {
+            sbuf_addf(&s, "before since: %u", res->skipped_since);
+        }
+        sbuf_adds(&s, ")");
+    }
+    sbuf_addf(&s, ", %u deleted on the server", res->deleted_on_server);
+    if (res->deleted_locally > 0) {
+        sbuf_addf(&s, ", %u deleted locally", res->deleted_locally);
+    }
+    if (res->adopted > 0) {
+        sbuf_addf(&s, ", %u recovered after an interruption", res->adopted);
+    }
+    sbuf_addf(&s, ", %u already here", res->known);
+    if (res->errors > 0) {
+        sbuf_addf(&s, ", %u failed", res->errors);
+    }
+    if (res->kind != POPSYNC_OK) {
+        sbuf_addf(&s, "; error (%s): %s", popsync_kind_name(res->kind),
+                  res->error != NULL ? res->error : "?");
+    }
+    return sbuf_detach(&s);
+}
