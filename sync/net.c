@@ -1,0 +1,1065 @@
+/* Client connections on the libuv loop; see net.h for the contract.
+ *
+ * Byte path, inbound:  uv_tcp read -> [TLS decrypt] -> [inflate] -> on_data
+ *            outbound: net_write -> [deflate] -> [TLS encrypt] -> uv_write
+ *
+ * The bytes between compression and TLS ("stage 2") are what is held in
+ * pending_out while the connection cannot send yet (still connecting, or a
+ * TLS handshake in progress), so that compression state and record order
+ * never depend on when the handshake finishes.
+ *
+ * Lifetime: every libuv handle (timers, the defer idle handle, the current
+ * TCP handle and any earlier one still closing) and an outstanding
+ * getaddrinfo request each hold a reference on the connection. net_close
+ * closes the handles and cancels the request; the memory goes with the last
+ * reference. Write requests finish (with UV_ECANCELED at worst) before their
+ * TCP handle's close callback, so the TCP reference covers them.
+ *
+ * Re-entrancy: the owner may call any net_* function, net_close included,
+ * from inside any callback. Every loop that calls the owner re-checks the
+ * state afterwards and stops as soon as the connection failed or closed. */
+#include "sync/net.h"
+
+#include "daemon/util.h"
+#include "sync/tls.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#define NET_DEFAULT_CONNECT_MS 30000u
+#define NET_DEFAULT_IDLE_MS 60000u
+#define NET_DEFAULT_MAX_WQ ((size_t)8 << 20)
+#define NET_KEEPALIVE_S 60u
+#define NET_READ_BUF 65536
+#define NET_PLAIN_BUF 16384
+#define NET_Z_BUF 16384
+
+enum net_state {
+    NS_RESOLVING = 0,
+    NS_CONNECTING, /* TCP connect to one of the addresses */
+    NS_HANDSHAKE,  /* TLS handshake, implicit or after net_start_tls */
+    NS_OPEN,       /* plaintext flows (possibly over TLS) */
+    NS_FAILED,     /* error recorded; on_error delivered or pending */
+};
+
+struct net_write_req {
+    uv_write_t req;
+    struct net_conn *c;
+    size_t len;
+    char data[];
+};
+
+struct net_conn {
+    uv_loop_t *loop;
+    struct net_cb cb;
+    void *arg;
+
+    /* Options, copied. */
+    char *host;     /* as given, for messages */
+    char *hostport; /* "host:port" or "[v6]:port", prefix of every message */
+    char *resolve_host;
+    uint16_t port;
+    enum net_tls_mode tls_mode;
+    char *fingerprint;
+    bool insecure;
+    unsigned connect_ms;
+    unsigned idle_ms;
+    size_t max_wq;
+
+    enum net_state state;
+    bool closing; /* net_close was called */
+    bool error_reported;
+    int err;
+    char *errmsg;
+    bool paused;
+    bool expecting;
+    bool reading;
+    bool want_drain;
+    bool need_pump;   /* resume: deliver what is buffered, from the loop */
+    bool starttls;    /* the TLS handshake was started by net_start_tls */
+    uint64_t last_rx; /* loop time of the last byte, or of net_expect(true) */
+
+    unsigned refs;
+    uv_timer_t connect_timer;
+    uv_timer_t idle_timer;
+    uv_idle_t defer;
+    uv_getaddrinfo_t gai;
+    bool gai_active;
+    struct addrinfo *addrs;
+    struct addrinfo *next_addr;
+    unsigned attempts;
+    struct sbuf attempt_log; /* "addr: reason; ..." for the final message */
+    int last_connect_err;
+    char *last_connect_text;
+    uv_tcp_t *tcp; /* current handle; NULL before connect and after close */
+    uv_connect_t connect_req;
+    char peer[INET6_ADDRSTRLEN + 8];
+
+    struct tls_ctx *tls_ctx;
+    struct tls_conn *tls;
+
+    bool compress;
+    z_stream zin;
+    z_stream zout;
+    struct sbuf zpend; /* compressed input not yet inflated (paused) */
+    size_t zpend_off;
+    bool zin_more; /* inflate may hold output that did not fit last time */
+
+    struct sbuf pending_out; /* stage-2 bytes waiting until the link is up */
+    size_t inflight;         /* bytes inside uv_write requests */
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+
+    char *rbuf;  /* ciphertext or plaintext from the socket */
+    char *pbuf;  /* plaintext out of TLS */
+    char *zibuf; /* inflate output */
+    char *zobuf; /* deflate output */
+};
+
+static void pump_input(struct net_conn *c);
+static void flush_pending(struct net_conn *c);
+static void on_defer(uv_idle_t *h);
+
+static void format_seconds(char *buf, size_t len, unsigned ms)
+{
+    snprintf(buf, len, "%g s", ms / 1000.0);
+}
+
+static void conn_free(struct net_conn *c)
+{
+    if (c->addrs != NULL) {
+        uv_freeaddrinfo(c->addrs);
+    }
+    tls_conn_free(c->tls);
+    tls_ctx_free(c->tls_ctx);
+    if (c->compress) {
+        inflateEnd(&c->zin);
+        deflateEnd(&c->zout);
+    }
+    sbuf_free(&c->zpend);
+    sbuf_free(&c->pending_out);
+    sbuf_free(&c->attempt_log);
+    free(c->last_connect_text);
+    free(c->errmsg);
+    free(c->host);
+    free(c->hostport);
+    free(c->resolve_host);
+    free(c->fingerprint);
+    free(c->rbuf);
+    free(c->pbuf);
+    free(c->zibuf);
+    free(c->zobuf);
+    free(c);
+}
+
+static void unref(struct net_conn *c)
+{
+    if (--c->refs == 0) {
+        conn_free(c);
+    }
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    unref(h->data);
+}
+
+static void on_tcp_closed(uv_handle_t *h)
+{
+    struct net_conn *c = h->data;
+    free(h);
+    unref(c);
+}
+
+static void close_tcp(struct net_conn *c)
+{
+    if (c->tcp != NULL) {
+        uv_close((uv_handle_t *)c->tcp, on_tcp_closed);
+        c->tcp = NULL;
+        c->reading = false;
+    }
+}
+
+static void schedule(struct net_conn *c)
+{
+    if (!c->closing) {
+        uv_idle_start(&c->defer, on_defer);
+    }
+}
+
+static size_t queued(const struct net_conn *c)
+{
+    return c->pending_out.len + c->inflight;
+}
+
+/* Records a fatal error, stops all I/O and timers, and arranges for
+ * on_error to be called from the loop. The handles stay open until the
+ * owner calls net_close. Only the first error counts. */
+static void fail(struct net_conn *c, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void fail(struct net_conn *c, int err, const char *fmt, ...)
+{
+    if (c->closing || c->state == NS_FAILED) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    char *text = xvasprintf(fmt, ap);
+    va_end(ap);
+    c->errmsg = xasprintf("%s: %s", c->hostport, text);
+    free(text);
+    c->err = err;
+    c->state = NS_FAILED;
+    if (c->tcp != NULL && c->reading) {
+        uv_read_stop((uv_stream_t *)c->tcp);
+        c->reading = false;
+    }
+    uv_timer_stop(&c->connect_timer);
+    uv_timer_stop(&c->idle_timer);
+    if (c->gai_active) {
+        uv_cancel((uv_req_t *)&c->gai);
+    }
+    schedule(c);
+}
+
+static void fail_tls(struct net_conn *c, int r)
+{
+    int err;
+    switch (r) {
+    case TLS_EVERIFY:
+        err = NET_EVERIFY;
+        break;
+    case TLS_EPIN:
+        err = NET_EPIN;
+        break;
+    case TLS_ECLOSED:
+        fail(c, NET_ECLOSED, "connection closed by the server");
+        return;
+    default:
+        err = NET_ETLS;
+        break;
+    }
+    const char *text = tls_conn_error(c->tls);
+    fail(c, err, "%s", text != NULL ? text : "TLS error");
+}
+
+static void on_defer(uv_idle_t *h)
+{
+    struct net_conn *c = h->data;
+    uv_idle_stop(h);
+    if (c->closing) {
+        return;
+    }
+    if (c->state == NS_FAILED) {
+        if (!c->error_reported) {
+            c->error_reported = true;
+            c->cb.on_error(c, c->err, c->errmsg, c->arg);
+        }
+        return;
+    }
+    if (c->need_pump) {
+        c->need_pump = false;
+        pump_input(c);
+    }
+}
+
+/* ---- timers ------------------------------------------------------------ */
+
+static void on_connect_timeout(uv_timer_t *h)
+{
+    struct net_conn *c = h->data;
+    char secs[32];
+    format_seconds(secs, sizeof(secs), c->connect_ms);
+    if (c->starttls) {
+        fail(c, NET_ETIMEOUT, "timed out after %s in the TLS handshake", secs);
+    } else {
+        fail(c, NET_ETIMEOUT, "timed out after %s connecting", secs);
+    }
+}
+
+/* The idle timer is armed only while the owner expects an answer and the
+ * link is open. Rather than restarting a timer for every read, reads only
+ * note the time; the timer re-arms itself for the remainder when it fires
+ * early. */
+static void on_idle_timeout(uv_timer_t *h)
+{
+    struct net_conn *c = h->data;
+    uint64_t now = uv_now(c->loop);
+    uint64_t elapsed = now - c->last_rx;
+    if (elapsed < c->idle_ms) {
+        uv_timer_start(&c->idle_timer, on_idle_timeout, c->idle_ms - elapsed, 0);
+        return;
+    }
+    char secs[32];
+    format_seconds(secs, sizeof(secs), c->idle_ms);
+    fail(c, NET_ETIMEOUT, "timed out after %s waiting for the server", secs);
+}
+
+static void update_idle_timer(struct net_conn *c)
+{
+    if (c->expecting && c->state == NS_OPEN && !c->closing) {
+        if (!uv_is_active((uv_handle_t *)&c->idle_timer)) {
+            uint64_t elapsed = uv_now(c->loop) - c->last_rx;
+            uint64_t left = elapsed < c->idle_ms ? c->idle_ms - elapsed : 0;
+            uv_timer_start(&c->idle_timer, on_idle_timeout, left, 0);
+        }
+    } else {
+        uv_timer_stop(&c->idle_timer);
+    }
+}
+
+/* ---- writing ----------------------------------------------------------- */
+
+static void on_written(uv_write_t *req, int status)
+{
+    struct net_write_req *w = (struct net_write_req *)req;
+    struct net_conn *c = w->c;
+    c->inflight -= w->len;
+    if (status == 0) {
+        c->bytes_out += w->len;
+    }
+    free(w);
+    if (c->closing || c->state == NS_FAILED) {
+        return;
+    }
+    if (status < 0) {
+        fail(c, status, "%s", uv_strerror(status));
+        return;
+    }
+    if (c->want_drain && queued(c) <= c->max_wq / 2) {
+        c->want_drain = false;
+        if (c->cb.on_drain != NULL) {
+            c->cb.on_drain(c, c->arg);
+        }
+    }
+}
+
+/* Hands a filled request to libuv, which keeps it (and its bytes) until
+ * on_written. */
+static void write_req(struct net_conn *c, struct net_write_req *w)
+{
+    if (c->tcp == NULL) {
+        free(w);
+        return;
+    }
+    w->c = c;
+    uv_buf_t buf = uv_buf_init(w->data, (unsigned)w->len);
+    c->inflight += w->len;
+    int r = uv_write(&w->req, (uv_stream_t *)c->tcp, &buf, 1, on_written);
+    if (r < 0) {
+        c->inflight -= w->len;
+        free(w);
+        fail(c, r, "%s", uv_strerror(r));
+    }
+}
+
+static void write_wire(struct net_conn *c, const void *data, size_t len)
+{
+    while (len > 0 && c->state != NS_FAILED) {
+        /* uv_buf_t lengths are unsigned int. */
+        size_t n = len > (1u << 30) ? (1u << 30) : len;
+        struct net_write_req *w = xmalloc(sizeof(*w) + n);
+        w->len = n;
+        memcpy(w->data, data, n);
+        write_req(c, w);
+        data = (const char *)data + n;
+        len -= n;
+    }
+}
+
+/* Moves whatever TLS produced onto the wire. Called after every SSL
+ * operation: a read can produce output too (TLS 1.3 key updates, alerts). */
+static void flush_tls(struct net_conn *c)
+{
+    size_t n;
+    while (c->tcp != NULL && (n = tls_conn_out_pending(c->tls)) > 0) {
+        struct net_write_req *w = xmalloc(sizeof(*w) + n);
+        w->len = tls_conn_take_out(c->tls, w->data, n);
+        if (w->len == 0) {
+            free(w);
+            break;
+        }
+        write_req(c, w);
+    }
+}
+
+/* Sends stage-2 bytes now if the link is up and nothing older is waiting;
+ * otherwise queues them behind what is waiting. */
+static void send_stage2(struct net_conn *c, const void *data, size_t len)
+{
+    if (c->state != NS_OPEN || c->pending_out.len > 0) {
+        sbuf_add(&c->pending_out, data, len);
+        return;
+    }
+    if (c->tls == NULL) {
+        write_wire(c, data, len);
+        return;
+    }
+    ssize_t n = tls_conn_write(c->tls, data, len);
+    flush_tls(c);
+    if (n < 0) {
+        fail_tls(c, (int)n);
+    } else if (n == 0) {
+        /* The TLS layer wants input first; keep the bytes for later. */
+        sbuf_add(&c->pending_out, data, len);
+    }
+}
+
+static void flush_pending(struct net_conn *c)
+{
+    if (c->state != NS_OPEN || c->pending_out.len == 0) {
+        return;
+    }
+    if (c->tls == NULL) {
+        write_wire(c, c->pending_out.buf, c->pending_out.len);
+        sbuf_reset(&c->pending_out);
+        return;
+    }
+    ssize_t n = tls_conn_write(c->tls, c->pending_out.buf, c->pending_out.len);
+    flush_tls(c);
+    if (n < 0) {
+        fail_tls(c, (int)n);
+    } else if (n > 0) {
+        sbuf_reset(&c->pending_out);
+    }
+}
+
+int net_write(struct net_conn *c, const void *data, size_t len)
+{
+    if (c == NULL || c->closing) {
+        return -EINVAL;
+    }
+    if (c->state == NS_FAILED) {
+        return -EPIPE;
+    }
+    if (len == 0) {
+        return 0;
+    }
+    /* A single write larger than the whole limit is accepted on an empty
+     * queue, or it could never be sent at all. */
+    size_t q = queued(c);
+    if (q > 0 && q + len > c->max_wq) {
+        c->want_drain = true;
+        return -ENOBUFS;
+    }
+    if (!c->compress) {
+        send_stage2(c, data, len);
+        return 0;
+    }
+    c->zout.next_in = (Bytef *)data;
+    size_t left = len;
+    do {
+        /* zlib counts in uInt; feed very large writes in slices. */
+        uInt slice = left > (1u << 30) ? (1u << 30) : (uInt)left;
+        c->zout.avail_in = slice;
+        do {
+            c->zout.next_out = (Bytef *)c->zobuf;
+            c->zout.avail_out = NET_Z_BUF;
+            int r = deflate(&c->zout, Z_SYNC_FLUSH);
+            if (r != Z_OK && r != Z_BUF_ERROR) {
+                fail(c, NET_ECOMPRESS, "compression failed: %s",
+                     c->zout.msg != NULL ? c->zout.msg : "zlib error");
+                return 0;
+            }
+            size_t n = NET_Z_BUF - c->zout.avail_out;
+            if (n > 0) {
+                send_stage2(c, c->zobuf, n);
+            }
+        } while (c->zout.avail_out == 0);
+        left -= slice;
+    } while (left > 0);
+    return 0;
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+static void inflate_pending(struct net_conn *c)
+{
+    while (c->state == NS_OPEN && !c->closing && !c->paused &&
+           (c->zpend_off < c->zpend.len || c->zin_more)) {
+        size_t avail = c->zpend.len - c->zpend_off;
+        uInt in = avail > (1u << 30) ? (1u << 30) : (uInt)avail;
+        c->zin.next_in = (Bytef *)c->zpend.buf + c->zpend_off;
+        c->zin.avail_in = in;
+        c->zin.next_out = (Bytef *)c->zibuf;
+        c->zin.avail_out = NET_Z_BUF;
+        int r = inflate(&c->zin, Z_SYNC_FLUSH);
+        size_t used = in - c->zin.avail_in;
+        size_t produced = NET_Z_BUF - c->zin.avail_out;
+        c->zpend_off += used;
+        c->zin_more = c->zin.avail_out == 0;
+        if (r == Z_STREAM_END) {
+            fail(c, NET_ECOMPRESS, "the server ended the compressed stream");
+            return;
+        }
+        if (r != Z_OK && r != Z_BUF_ERROR) {
+            fail(c, NET_ECOMPRESS, "bad compressed data from the server: %s",
+                 c->zin.msg != NULL ? c->zin.msg : "zlib error");
+            return;
+        }
+        if (produced > 0) {
+            c->cb.on_data(c, c->zibuf, produced, c->arg);
+        } else if (used == 0) {
+            c->zin_more = false;
+            break;
+        }
+    }
+    if (c->closing) {
+        return;
+    }
+    if (c->zpend_off == c->zpend.len) {
+        sbuf_reset(&c->zpend);
+        c->zpend_off = 0;
+    } else if (c->zpend_off > NET_READ_BUF) {
+        memmove(c->zpend.buf, c->zpend.buf + c->zpend_off, c->zpend.len - c->zpend_off);
+        c->zpend.len -= c->zpend_off;
+        c->zpend_off = 0;
+    }
+}
+
+/* Plaintext from the peer (out of TLS when TLS is on). */
+static void deliver(struct net_conn *c, const char *data, size_t len)
+{
+    if (!c->compress) {
+        c->cb.on_data(c, data, len, c->arg);
+        return;
+    }
+    sbuf_add(&c->zpend, data, len);
+    inflate_pending(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct net_conn *c = h->data;
+    (void)suggested;
+    /* Every read is consumed before the next one starts, so one buffer per
+     * connection suffices. */
+    *buf = uv_buf_init(c->rbuf, NET_READ_BUF);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* Reads only while the link needs input: always during a handshake, and
+ * otherwise unless the owner paused delivery. */
+static void update_reading(struct net_conn *c)
+{
+    bool want = c->tcp != NULL && !c->closing &&
+                (c->state == NS_HANDSHAKE || (c->state == NS_OPEN && !c->paused));
+    if (want && !c->reading) {
+        int r = uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
+        if (r < 0) {
+            fail(c, r, "%s", uv_strerror(r));
+            return;
+        }
+        c->reading = true;
+    } else if (!want && c->reading) {
+        uv_read_stop((uv_stream_t *)c->tcp);
+        c->reading = false;
+    }
+}
+
+static void handshake_done(struct net_conn *c)
+{
+    uv_timer_stop(&c->connect_timer);
+    c->state = NS_OPEN;
+    /* The inactivity clock starts when the link is up, not when the owner
+     * first said it expects an answer (that may have been before connecting). */
+    c->last_rx = uv_now(c->loop);
+    update_reading(c);
+    flush_pending(c);
+    if (c->state != NS_OPEN) {
+        return;
+    }
+    update_idle_timer(c);
+    if (c->starttls) {
+        if (c->cb.on_tls != NULL) {
+            c->cb.on_tls(c, c->arg);
+        }
+    } else if (c->cb.on_connect != NULL) {
+        c->cb.on_connect(c, c->arg);
+    }
+}
+
+/* Runs the TLS engine over whatever ciphertext has been fed: finishes the
+ * handshake, then decrypts and delivers records until it needs more input
+ * or the owner paused, closed, or the link failed. */
+static void pump_tls(struct net_conn *c)
+{
+    if (c->state == NS_HANDSHAKE) {
+        int r = tls_conn_handshake(c->tls);
+        flush_tls(c);
+        if (r < 0) {
+            fail_tls(c, r);
+            return;
+        }
+        if (r == 0) {
+            return;
+        }
+        handshake_done(c);
+    }
+    while (c->state == NS_OPEN && !c->closing && !c->paused) {
+        if (c->compress && (c->zpend_off < c->zpend.len || c->zin_more)) {
+            inflate_pending(c);
+            if (c->state != NS_OPEN || c->closing || c->paused) {
+                break;
+            }
+        }
+        ssize_t n = tls_conn_read(c->tls, c->pbuf, NET_PLAIN_BUF);
+        flush_tls(c);
+        if (n < 0) {
+            fail_tls(c, (int)n);
+            return;
+        }
+        if (n == 0) {
+            break;
+        }
+        deliver(c, c->pbuf, (size_t)n);
+    }
+    /* A write that had to wait for the peer can go now. */
+    if (!c->closing) {
+        flush_pending(c);
+    }
+}
+
+static void pump_input(struct net_conn *c)
+{
+    if (c->closing || c->state == NS_FAILED) {
+        return;
+    }
+    if (c->tls != NULL) {
+        pump_tls(c);
+    } else if (c->compress && c->state == NS_OPEN) {
+        inflate_pending(c);
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct net_conn *c = s->data;
+    if (c->closing || c->state == NS_FAILED || nread == 0) {
+        return;
+    }
+    if (nread < 0) {
+        if (nread == UV_EOF) {
+            if (c->state == NS_HANDSHAKE) {
+                fail(c, NET_ECLOSED, "connection closed by the server during the TLS handshake");
+            } else {
+                fail(c, NET_ECLOSED, "connection closed by the server");
+            }
+        } else {
+            fail(c, (int)nread, "%s", uv_strerror((int)nread));
+        }
+        return;
+    }
+    c->bytes_in += (uint64_t)nread;
+    c->last_rx = uv_now(c->loop);
+    if (c->tls != NULL) {
+        int r = tls_conn_feed(c->tls, buf->base, (size_t)nread);
+        if (r < 0) {
+            fail_tls(c, r);
+            return;
+        }
+        pump_tls(c);
+    } else {
+        deliver(c, buf->base, (size_t)nread);
+    }
+}
+
+/* ---- connecting -------------------------------------------------------- */
+
+static int start_tls_engine(struct net_conn *c)
+{
+    struct tls_conn_opts o = {
+        .host = c->host,
+        .fingerprint = c->fingerprint,
+        .insecure_skip_verify = c->insecure,
+    };
+    char *err = NULL;
+    int r = tls_conn_new(c->tls_ctx, &o, &c->tls, &err);
+    if (r < 0) {
+        fail(c, NET_ETLS, "%s", err != NULL ? err : "cannot start TLS");
+        free(err);
+        return r;
+    }
+    c->state = NS_HANDSHAKE;
+    update_reading(c);
+    /* Sends the ClientHello; the answer arrives through on_read. */
+    pump_tls(c);
+    return 0;
+}
+
+static void try_next_address(struct net_conn *c);
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    uv_tcp_t *tcp = (uv_tcp_t *)req->handle;
+    struct net_conn *c = tcp->data;
+    if (status == UV_ECANCELED || c->closing || c->state == NS_FAILED) {
+        return;
+    }
+    if (status < 0) {
+        c->last_connect_err = status;
+        free(c->last_connect_text);
+        c->last_connect_text = xstrdup(uv_strerror(status));
+        sbuf_addf(&c->attempt_log, "%s%s: %s", c->attempts > 1 ? "; " : "", c->peer,
+                  uv_strerror(status));
+        close_tcp(c);
+        try_next_address(c);
+        return;
+    }
+    /* Keepalive finds a dead peer during long IDLEs behind NATs; nodelay
+     * because every write here is a whole command that waits for an
+     * answer. Neither failing is a reason to give up the connection. */
+    uv_tcp_nodelay(tcp, 1);
+    uv_tcp_keepalive(tcp, 1, NET_KEEPALIVE_S);
+    if (c->tls_mode == NET_TLS_IMPLICIT) {
+        start_tls_engine(c);
+        return;
+    }
+    uv_timer_stop(&c->connect_timer);
+    c->state = NS_OPEN;
+    /* The inactivity clock starts when the link is up, not when the owner
+     * first said it expects an answer (that may have been before connecting). */
+    c->last_rx = uv_now(c->loop);
+    update_reading(c);
+    flush_pending(c);
+    if (c->state != NS_OPEN) {
+        return;
+    }
+    update_idle_timer(c);
+    if (c->cb.on_connect != NULL) {
+        c->cb.on_connect(c, c->arg);
+    }
+}
+
+static void format_peer(const struct sockaddr *sa, char *buf, size_t len)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+        uv_ip6_name(a, ip, sizeof(ip));
+        snprintf(buf, len, "[%s]:%u", ip, ntohs(a->sin6_port));
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        uv_ip4_name(a, ip, sizeof(ip));
+        snprintf(buf, len, "%s:%u", ip, ntohs(a->sin_port));
+    }
+}
+
+/* Tries the addresses in resolver order (which follows RFC 6724, so IPv6
+ * first where it works) until one connects. Each failure is noted; when
+ * none is left, the error carries the last reason and the list. */
+static void try_next_address(struct net_conn *c)
+{
+    while (c->next_addr != NULL) {
+        struct addrinfo *ai = c->next_addr;
+        c->next_addr = ai->ai_next;
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) {
+            continue;
+        }
+        c->attempts++;
+        format_peer(ai->ai_addr, c->peer, sizeof(c->peer));
+        uv_tcp_t *tcp = xmalloc(sizeof(*tcp));
+        int r = uv_tcp_init(c->loop, tcp);
+        if (r < 0) {
+            free(tcp);
+            fail(c, r, "%s", uv_strerror(r));
+            return;
+        }
+        tcp->data = c;
+        c->refs++;
+        c->tcp = tcp;
+        r = uv_tcp_connect(&c->connect_req, tcp, ai->ai_addr, on_connected);
+        if (r == 0) {
+            c->state = NS_CONNECTING;
+            return;
+        }
+        c->last_connect_err = r;
+        free(c->last_connect_text);
+        c->last_connect_text = xstrdup(uv_strerror(r));
+        sbuf_addf(&c->attempt_log, "%s%s: %s", c->attempts > 1 ? "; " : "", c->peer,
+                  uv_strerror(r));
+        close_tcp(c);
+    }
+    c->peer[0] = '\0';
+    if (c->attempts == 0) {
+        fail(c, UV_EAI_NONAME, "could not resolve host: no usable address");
+    } else if (c->attempts == 1) {
+        fail(c, c->last_connect_err, "%s", c->last_connect_text);
+    } else {
+        fail(c, c->last_connect_err, "%s (tried %u addresses: %s)", c->last_connect_text,
+             c->attempts, c->attempt_log.buf);
+    }
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct net_conn *c = req->data;
+    c->gai_active = false;
+    if (c->closing || c->state == NS_FAILED) {
+        if (res != NULL) {
+            uv_freeaddrinfo(res);
+        }
+        unref(c);
+        return;
+    }
+    if (status < 0) {
+        fail(c, status, "could not resolve host: %s", uv_strerror(status));
+    } else {
+        c->addrs = res;
+        c->next_addr = res;
+        try_next_address(c);
+    }
+    unref(c);
+}
+
+static char *make_hostport(const char *host, uint16_t port)
+{
+    if (strchr(host, ':') != NULL && host[0] != '[') {
+        return xasprintf("[%s]:%u", host, port);
+    }
+    return xasprintf("%s:%u", host, port);
+}
+
+int net_connect(uv_loop_t *loop, const struct net_opts *opts, const struct net_cb *cb, void *arg,
+                struct net_conn **c_r)
+{
+    if (c_r != NULL) {
+        *c_r = NULL;
+    }
+    if (loop == NULL || opts == NULL || cb == NULL || c_r == NULL || opts->host == NULL ||
+        opts->host[0] == '\0' || opts->port == 0 || cb->on_data == NULL || cb->on_error == NULL) {
+        return -EINVAL;
+    }
+    if (opts->tls != NET_TLS_NONE && opts->tls != NET_TLS_IMPLICIT && opts->tls != NET_TLS_LATER) {
+        return -EINVAL;
+    }
+    struct net_conn *c = xcalloc(1, sizeof(*c));
+    c->loop = loop;
+    c->cb = *cb;
+    c->arg = arg;
+    c->host = xstrdup(opts->host);
+    c->port = opts->port;
+    c->hostport = make_hostport(opts->host, opts->port);
+    size_t hl = strlen(opts->host);
+    if (hl >= 2 && opts->host[0] == '[' && opts->host[hl - 1] == ']') {
+        c->resolve_host = xstrndup(opts->host + 1, hl - 2);
+    } else {
+        c->resolve_host = xstrdup(opts->host);
+    }
+    c->tls_mode = opts->tls;
+    c->fingerprint = opts->fingerprint != NULL ? xstrdup(opts->fingerprint) : NULL;
+    c->insecure = opts->insecure_skip_verify;
+    c->connect_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : NET_DEFAULT_CONNECT_MS;
+    c->idle_ms = opts->idle_timeout_ms ? opts->idle_timeout_ms : NET_DEFAULT_IDLE_MS;
+    c->max_wq = opts->max_write_queue ? opts->max_write_queue : NET_DEFAULT_MAX_WQ;
+    c->rbuf = xmalloc(NET_READ_BUF);
+    c->pbuf = xmalloc(NET_PLAIN_BUF);
+    c->state = NS_RESOLVING;
+    c->last_rx = uv_now(loop);
+
+    uv_timer_init(loop, &c->connect_timer);
+    uv_timer_init(loop, &c->idle_timer);
+    uv_idle_init(loop, &c->defer);
+    c->connect_timer.data = c;
+    c->idle_timer.data = c;
+    c->defer.data = c;
+    c->refs = 3;
+    *c_r = c;
+
+    if (c->tls_mode != NET_TLS_NONE) {
+        char *err = NULL;
+        if (tls_ctx_new_client(opts->ca_file, &c->tls_ctx, &err) < 0) {
+            fail(c, NET_ETLS, "%s", err != NULL ? err : "cannot set up TLS");
+            free(err);
+            return 0;
+        }
+        /* Refuse a malformed pin before any traffic, with a clear text. */
+        unsigned char pin[32];
+        if (c->fingerprint != NULL && tls_fingerprint_parse(c->fingerprint, pin) < 0) {
+            fail(c, NET_ETLS, "invalid tls_fingerprint: expected sha256: and 64 hex digits");
+            return 0;
+        }
+    }
+
+    /* Loading the trust store takes a while; the timeout counts from now,
+     * not from whenever the loop last looked at the clock. */
+    uv_update_time(loop);
+    c->last_rx = uv_now(loop);
+    uv_timer_start(&c->connect_timer, on_connect_timeout, c->connect_ms, 0);
+
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM,
+        .ai_protocol = IPPROTO_TCP,
+        .ai_flags = AI_NUMERICSERV,
+    };
+    char service[8];
+    snprintf(service, sizeof(service), "%u", opts->port);
+    c->gai.data = c;
+    int r = uv_getaddrinfo(loop, &c->gai, on_resolved, c->resolve_host, service, &hints);
+    if (r < 0) {
+        fail(c, r, "could not resolve host: %s", uv_strerror(r));
+        return 0;
+    }
+    c->gai_active = true;
+    c->refs++;
+    return 0;
+}
+
+/* ---- owner controls ---------------------------------------------------- */
+
+int net_start_tls(struct net_conn *c, bool buffered_plaintext)
+{
+    if (c == NULL || c->closing || c->tls_mode != NET_TLS_LATER || c->tls != NULL || c->compress) {
+        return -EINVAL;
+    }
+    if (c->state != NS_OPEN) {
+        return c->state == NS_FAILED ? -EPIPE : -ENOTCONN;
+    }
+    if (buffered_plaintext) {
+        /* Whatever followed the server's OK in the same packet was sent
+         * before TLS and could have been injected by anyone on the path
+         * (CVE-2011-0411 and its many relatives): never trust it. The error
+         * is returned and reported through on_error as well, so an owner
+         * may rely on either. */
+        fail(c, NET_EINJECT,
+             "the server sent data right after its answer to STARTTLS, before TLS "
+             "started (possible injection attack)");
+        return NET_EINJECT;
+    }
+    c->starttls = true;
+    uv_timer_start(&c->connect_timer, on_connect_timeout, c->connect_ms, 0);
+    uv_timer_stop(&c->idle_timer);
+    start_tls_engine(c);
+    return 0;
+}
+
+int net_start_compress(struct net_conn *c)
+{
+    if (c == NULL || c->closing) {
+        return -EINVAL;
+    }
+    if (c->compress) {
+        return -EALREADY;
+    }
+    if (c->state != NS_OPEN) {
+        return c->state == NS_FAILED ? -EPIPE : -ENOTCONN;
+    }
+    /* Raw DEFLATE (negative window bits), as RFC 4978 requires; memLevel 8
+     * and the full 32 KiB window keep the ratio good on mail text. */
+    memset(&c->zin, 0, sizeof(c->zin));
+    memset(&c->zout, 0, sizeof(c->zout));
+    if (inflateInit2(&c->zin, -15) != Z_OK) {
+        return -ENOMEM;
+    }
+    if (deflateInit2(&c->zout, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) !=
+        Z_OK) {
+        inflateEnd(&c->zin);
+        return -ENOMEM;
+    }
+    c->zibuf = xmalloc(NET_Z_BUF);
+    c->zobuf = xmalloc(NET_Z_BUF);
+    c->compress = true;
+    return 0;
+}
+
+void net_pause(struct net_conn *c)
+{
+    if (c == NULL || c->closing) {
+        return;
+    }
+    c->paused = true;
+    update_reading(c);
+}
+
+void net_resume(struct net_conn *c)
+{
+    if (c == NULL || c->closing || !c->paused) {
+        return;
+    }
+    c->paused = false;
+    if (c->state == NS_FAILED) {
+        return;
+    }
+    update_reading(c);
+    /* TLS or inflate may hold plaintext that arrived before the pause;
+     * deliver it from the loop, never from inside this call. */
+    if (c->tls != NULL || c->compress) {
+        c->need_pump = true;
+        schedule(c);
+    }
+}
+
+void net_expect(struct net_conn *c, bool expecting)
+{
+    if (c == NULL || c->closing) {
+        return;
+    }
+    if (expecting && !c->expecting) {
+        c->last_rx = uv_now(c->loop);
+    }
+    c->expecting = expecting;
+    update_idle_timer(c);
+}
+
+void net_close(struct net_conn *c)
+{
+    if (c == NULL || c->closing) {
+        return;
+    }
+    c->closing = true;
+    if (c->gai_active) {
+        /* If the lookup already runs on a pool thread it cannot be
+         * cancelled; its callback then comes later and drops the last
+         * reference itself. */
+        uv_cancel((uv_req_t *)&c->gai);
+    }
+    close_tcp(c);
+    uv_close((uv_handle_t *)&c->connect_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->idle_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->defer, on_handle_closed);
+}
+
+/* ---- facts ------------------------------------------------------------- */
+
+const char *net_peer_address(const struct net_conn *c)
+{
+    return c->peer[0] != '\0' ? c->peer : NULL;
+}
+
+const char *net_tls_version(const struct net_conn *c)
+{
+    return c->tls != NULL ? tls_conn_version(c->tls) : NULL;
+}
+
+const char *net_tls_cipher(const struct net_conn *c)
+{
+    return c->tls != NULL ? tls_conn_cipher(c->tls) : NULL;
+}
+
+const char *net_tls_fingerprint(const struct net_conn *c)
+{
+    return c->tls != NULL ? tls_conn_fingerprint(c->tls) : NULL;
+}
+
+bool net_compressed(const struct net_conn *c)
+{
+    return c->compress;
+}
+
+uint64_t net_bytes_in(const struct net_conn *c)
+{
+    return c->bytes_in;
+}
+
+uint64_t net_bytes_out(const struct net_conn *c)
+{
+    return c->bytes_out;
+}
