@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "daemon/check.h"
 #include "daemon/config.h"
 #include "daemon/log.h"
 #include "daemon/util.h"
@@ -104,11 +105,11 @@ static int cmd_check(const struct globals *g, int argc, char **argv)
         cfg_free(cfg);
         return 1;
     }
-    cfg_print(stdout, cfg);
     int ret = 0;
     if (connect) {
-        log_error("check --connect: connecting to servers is not available in this build yet");
-        ret = 1;
+        ret = check_connect(cfg, argv + i, argc - i, stdout);
+    } else {
+        cfg_print(stdout, cfg);
     }
     if (g->verbosity >= 0 && ret == 0) {
         fprintf(stderr, "%s: configuration OK (%zu account%s)\n", cfg->path, cfg->naccounts,

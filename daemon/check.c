@@ -1,0 +1,213 @@
+#include "daemon/check.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "daemon/account.h"
+#include "daemon/log.h"
+#include "daemon/util.h"
+#include "store/maildir.h"
+#include "sync/imap.h"
+#include "sync/secret.h"
+
+/* One account being checked. Accounts are checked one after another so that
+ * the report reads in order. */
+struct check {
+    uv_loop_t *loop;
+    FILE *out;
+    const struct cfg_account *acct;
+    struct secret_req *sreq;
+    struct imap *im;
+    unsigned folders;
+    unsigned selected;
+    bool failed;
+    bool done;
+};
+
+static void check_finish(struct check *ck, bool failed)
+{
+    ck->failed = failed;
+    ck->done = true;
+    if (ck->im != NULL) {
+        imap_free(ck->im);
+        ck->im = NULL;
+    }
+}
+
+static void on_logout(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct check *ck = arg;
+    check_finish(ck, false);
+}
+
+static void print_attrs(FILE *out, unsigned attrs)
+{
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } names[] = {
+        {IMAP_LIST_NOSELECT, "\\Noselect"},
+        {IMAP_LIST_NONEXISTENT, "\\NonExistent"},
+        {IMAP_LIST_SUBSCRIBED, "\\Subscribed"},
+        {IMAP_LIST_ALL, "\\All"},
+        {IMAP_LIST_ARCHIVE, "\\Archive"},
+        {IMAP_LIST_DRAFTS, "\\Drafts"},
+        {IMAP_LIST_FLAGGED, "\\Flagged"},
+        {IMAP_LIST_JUNK, "\\Junk"},
+        {IMAP_LIST_SENT, "\\Sent"},
+        {IMAP_LIST_TRASH, "\\Trash"},
+        {IMAP_LIST_IMPORTANT, "\\Important"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        if (attrs & names[i].bit) {
+            fprintf(out, " %s", names[i].name);
+        }
+    }
+}
+
+static void on_folder(struct imap *im, const struct imap_folder *f, void *arg)
+{
+    struct check *ck = arg;
+    ck->folders++;
+    if (f->name == NULL) {
+        fprintf(ck->out, "    %-30s  cannot be synced: %s\n", f->raw_name,
+                f->unsyncable != NULL ? f->unsyncable : "unusable name");
+        return;
+    }
+    bool sel = cfg_folder_selected(ck->acct, f->name) && !(f->attrs & IMAP_LIST_NOSELECT) &&
+               !(f->attrs & IMAP_LIST_NONEXISTENT);
+    if (sel) {
+        ck->selected++;
+    }
+    fprintf(ck->out, "    %c %-28s", sel ? '*' : ' ', f->name);
+    if (f->has_status && (f->status.have & IMAP_STATUS_MESSAGES)) {
+        fprintf(ck->out, " %6u messages", f->status.messages);
+    }
+    print_attrs(ck->out, f->attrs);
+    if (sel) {
+        char *path = NULL;
+        int r = md_folder_local_path(ck->acct->maildir, ck->acct->layout, f->name, &path);
+        if (r == 0) {
+            fprintf(ck->out, " -> %s", path);
+            free(path);
+        } else {
+            fprintf(ck->out, " -> (no safe local name: %s)", strerror(-r));
+        }
+    }
+    fputc('\n', ck->out);
+}
+
+static void on_list(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct check *ck = arg;
+    if (res->err < 0 || res->status != IMAP_STATUS_OK) {
+        fprintf(ck->out, "  LIST failed: %s\n", res->text);
+        check_finish(ck, true);
+        return;
+    }
+    fprintf(ck->out, "  %u folders, %u selected for sync (marked *)\n", ck->folders, ck->selected);
+    if (imap_logout(im, on_logout, ck) != 0) {
+        check_finish(ck, false);
+    }
+}
+
+static void on_ready(struct imap *im, void *arg)
+{
+    struct check *ck = arg;
+    struct net_conn *c = imap_net(im);
+    fprintf(ck->out, "  connected to %s", net_peer_address(c));
+    if (net_tls_version(c) != NULL) {
+        fprintf(ck->out, " with %s (%s), certificate verified\n", net_tls_version(c),
+                net_tls_cipher(c));
+        fprintf(ck->out, "  certificate fingerprint: %s\n", net_tls_fingerprint(c));
+    } else {
+        fprintf(ck->out, " WITHOUT TLS (allow_plaintext is set)\n");
+    }
+    fprintf(ck->out, "  logged in as %s\n", ck->acct->user);
+    fprintf(ck->out, "  capabilities: %s\n", imap_capability_string(im));
+    fprintf(ck->out, "  in use: CONDSTORE %s, QRESYNC %s, COMPRESS %s\n",
+            imap_condstore_enabled(im) ? "yes" : "no", imap_qresync_enabled(im) ? "yes" : "no",
+            net_compressed(c) ? "yes" : "no");
+    fprintf(ck->out, "  folders:\n");
+    if (imap_list(im, on_folder, on_list, ck) != 0) {
+        check_finish(ck, true);
+    }
+}
+
+static void on_error(struct imap *im, int err, const char *msg, void *arg)
+{
+    struct check *ck = arg;
+    fprintf(ck->out, "  FAILED: %s\n", msg);
+    check_finish(ck, true);
+}
+
+static void on_secret(int err, const char *secret, const char *msg, void *arg)
+{
+    struct check *ck = arg;
+    ck->sreq = NULL;
+    if (err < 0) {
+        fprintf(ck->out, "  FAILED: %s\n", msg);
+        check_finish(ck, true);
+        return;
+    }
+    struct imap_opts opts;
+    account_imap_opts(ck->acct, secret, &opts);
+    static const struct imap_cb cb = {.on_ready = on_ready, .on_error = on_error};
+    int r = imap_connect(ck->loop, &opts, &cb, ck, &ck->im);
+    if (r < 0) {
+        fprintf(ck->out, "  FAILED: cannot start the connection: %s\n", strerror(-r));
+        check_finish(ck, true);
+    }
+}
+
+static bool check_one(uv_loop_t *loop, const struct cfg_account *acct, FILE *out)
+{
+    struct check ck = {.loop = loop, .out = out, .acct = acct};
+    fprintf(out, "account '%s': %s %s:%u (tls: %s)\n", acct->name,
+            cfg_protocol_name(acct->protocol), acct->host, acct->port, cfg_tls_name(acct->tls));
+    if (acct->protocol != CFG_PROTO_IMAP) {
+        fprintf(out,
+                "  FAILED: connection checks for POP3 accounts are not available in "
+                "this build; use 'mailsync sync %s'\n",
+                acct->name);
+        return false;
+    }
+    int r = secret_get_account(loop, acct, 0, on_secret, &ck, &ck.sreq);
+    if (r < 0) {
+        fprintf(out, "  FAILED: no password or password_command\n");
+        return false;
+    }
+    while (!ck.done) {
+        uv_run(loop, UV_RUN_ONCE);
+    }
+    /* Let the closed handles finish before the next account. */
+    uv_run(loop, UV_RUN_NOWAIT);
+    fflush(out);
+    return !ck.failed;
+}
+
+int check_connect(const struct cfg *cfg, char *const *accounts, int count, FILE *out)
+{
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0) {
+        log_error("cannot initialise the event loop");
+        return 1;
+    }
+    bool ok = true;
+    for (size_t i = 0; i < cfg->naccounts; i++) {
+        const struct cfg_account *acct = &cfg->accounts[i];
+        bool wanted = count == 0;
+        for (int j = 0; j < count && !wanted; j++) {
+            wanted = strcmp(accounts[j], acct->name) == 0;
+        }
+        if (wanted && !check_one(&loop, acct, out)) {
+            ok = false;
+        }
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop) != 0) {
+        log_warnx("event loop did not close cleanly");
+    }
+    return ok ? 0 : 1;
+}
