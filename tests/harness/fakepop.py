@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""A scripted fake POP3 server for mailsync's tests of what real servers
+rarely do: no UIDL, reused UIDLs, a connection dropped in the middle of a
+RETR, and hostile replies (an endless line, a body without its "."
+terminator).
+
+    with FakePop(msgs, uidls=["a", "b"]) as srv:   # plaintext on 127.0.0.1
+        srv.port                                   # its port
+        srv.commands                               # every command received
+        srv.messages = [...]                       # change the mailbox
+
+Options (attributes, changeable between sessions):
+    messages      list of bytes, CRLF line endings, each ending with CRLF
+    uidls         list of UIDL strings (default "u1", "u2", ...), or None for
+                  a server without UIDL ("-ERR" to UIDL, not in CAPA)
+    pipelining    advertise PIPELINING (default True)
+    drop_in_retr  message number: send half of its body, then close
+    endless_in_retr  message number: answer "+OK" and then an endless line
+                  (endless_bytes bytes without a line ending, then hang)
+    no_terminator_in_retr  message number: send its body without the final
+                  ".", then close
+    password      accepted password for USER/PASS ("pw")
+
+Deletions (DELE) take effect at QUIT, as RFC 1939 says; a dropped connection
+deletes nothing.
+"""
+
+import socket
+import socketserver
+import threading
+
+
+def dot_stuff(msg):
+    out = []
+    for line in msg.split(b"\r\n")[:-1] if msg.endswith(b"\r\n") else msg.split(b"\r\n"):
+        out.append(b"." + line if line.startswith(b".") else line)
+    return b"\r\n".join(out) + b"\r\n"
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def send(self, data):
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def handle(self):
+        srv = self.server.fake
+        msgs = list(srv.messages)
+        uidls = None if srv.uidls is None else list(srv.uidls or ["u%d" % (i + 1) for i in range(len(msgs))])
+        deleted = set()
+        authed = False
+        self.send(b"+OK fakepop ready\r\n")
+        while True:
+            line = self.rfile.readline(4096)
+            if not line:
+                return
+            cmd = line.rstrip(b"\r\n").decode("latin-1")
+            with srv.lock:
+                srv.commands.append(cmd if not cmd.upper().startswith("PASS ") else "PASS <redacted>")
+            word = cmd.split(" ", 1)[0].upper()
+            args = cmd.split()[1:]
+            if word == "CAPA":
+                caps = ["TOP", "USER", "RESP-CODES"]
+                if uidls is not None:
+                    caps.append("UIDL")
+                if srv.pipelining:
+                    caps.append("PIPELINING")
+                self.send(b"+OK\r\n" + b"".join(c.encode() + b"\r\n" for c in caps) + b".\r\n")
+            elif word == "USER":
+                self.send(b"+OK\r\n")
+            elif word == "PASS":
+                if args and args[0] == srv.password:
+                    authed = True
+                    self.send(b"+OK logged in\r\n")
+                else:
+                    self.send(b"-ERR [AUTH] bad password\r\n")
+            elif word == "QUIT":
+                if authed:
+                    with srv.lock:
+                        srv.messages = [m for i, m in enumerate(msgs) if i + 1 not in deleted]
+                        if srv.uidls:
+                            srv.uidls = [u for i, u in enumerate(uidls) if i + 1 not in deleted]
+                self.send(b"+OK bye\r\n")
+                return
+            elif not authed:
+                self.send(b"-ERR not logged in\r\n")
+            elif word == "STAT":
+                self.send(b"+OK %d %d\r\n" % (len(msgs), sum(len(m) for m in msgs)))
+            elif word == "UIDL" and not args:
+                if uidls is None:
+                    self.send(b"-ERR no UIDL here\r\n")
+                else:
+                    body = b"".join(b"%d %s\r\n" % (i + 1, u.encode()) for i, u in enumerate(uidls)
+                                    if i + 1 not in deleted)
+                    self.send(b"+OK\r\n" + body + b".\r\n")
+            elif word == "LIST" and not args:
+                body = b"".join(b"%d %d\r\n" % (i + 1, len(m)) for i, m in enumerate(msgs) if i + 1 not in deleted)
+                self.send(b"+OK\r\n" + body + b".\r\n")
+            elif word in ("RETR", "TOP") and args:
+                n = int(args[0])
+                if n < 1 or n > len(msgs) or n in deleted:
+                    self.send(b"-ERR no such message\r\n")
+                    continue
+                msg = msgs[n - 1]
+                if word == "TOP":
+                    head = msg.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+                    self.send(b"+OK\r\n" + dot_stuff(head) + b".\r\n")
+                    continue
+                if n == srv.drop_in_retr:
+                    body = dot_stuff(msg)
+                    self.send(b"+OK %d octets\r\n" % len(msg) + body[: len(body) // 2])
+                    self._close()
+                    return
+                if n == srv.endless_in_retr:
+                    self.send(b"+OK\r\nSubject: endless\r\n\r\n")
+                    chunk = b"x" * 65536
+                    sent = 0
+                    try:
+                        while sent < srv.endless_bytes:
+                            self.send(chunk)
+                            sent += len(chunk)
+                    except OSError:
+                        return
+                    # Hang until the client gives up.
+                    try:
+                        self.rfile.read()
+                    except OSError:
+                        pass
+                    return
+                if n == srv.no_terminator_in_retr:
+                    self.send(b"+OK\r\n" + dot_stuff(msg))
+                    self._close()
+                    return
+                self.send(b"+OK %d octets\r\n" % len(msg) + dot_stuff(msg) + b".\r\n")
+            elif word == "DELE" and args:
+                deleted.add(int(args[0]))
+                self.send(b"+OK deleted\r\n")
+            elif word == "NOOP":
+                self.send(b"+OK\r\n")
+            elif word == "RSET":
+                deleted.clear()
+                self.send(b"+OK\r\n")
+            else:
+                self.send(b"-ERR unknown command\r\n")
+
+    def _close(self):
+        try:
+            self.wfile.flush()
+            self.request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class FakePop:
+    def __init__(self, messages=(), uidls=(), pipelining=True, password="pw"):
+        self.messages = list(messages)
+        # () means "u1", "u2", ... per message; None means no UIDL at all.
+        self.uidls = None if uidls is None else list(uidls)
+        self.pipelining = pipelining
+        self.password = password
+        self.drop_in_retr = None
+        self.endless_in_retr = None
+        self.endless_bytes = 4 * 1024 * 1024
+        self.no_terminator_in_retr = None
+        self.commands = []
+        self.lock = threading.Lock()
+        self._srv = _Server(("127.0.0.1", 0), _Handler)
+        self._srv.fake = self
+        self.port = self._srv.server_address[1]
+        self._thread = None
+
+    def start(self):
+        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._srv.shutdown()
+        self._srv.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
