@@ -874,8 +874,10 @@ static void start_tls_now(struct imap *im, bool buffered)
     imap_set_state(im, IMAP_STATE_TLS_HANDSHAKE);
     int r = net_start_tls(im->net, buffered);
     if (r < 0) {
+        /* Same words as the transport's own report of it. */
         imap_fail(im, r,
-                  "%s: plaintext was injected after the STARTTLS answer; refusing to continue",
+                  "%s: the server sent data right after its answer to STARTTLS, before TLS "
+                  "started (possible injection attack)",
                   im->hostport);
     }
 }

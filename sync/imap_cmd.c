@@ -1543,7 +1543,9 @@ static void complete_user(struct imap *im, struct imap_cmd *c, const struct imap
         res.move_not_expunged = c->move_not_expunged;
         break;
     case IMAP_CMD_SEARCH:
-        qsort(c->uids, c->nuids, sizeof(*c->uids), cmp_u32);
+        if (c->nuids > 1) {
+            qsort(c->uids, c->nuids, sizeof(*c->uids), cmp_u32);
+        }
         res.uids = c->uids;
         res.nuids = c->nuids;
         break;

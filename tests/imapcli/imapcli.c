@@ -245,7 +245,11 @@ static void on_cmd_done(struct imap *im, const struct imap_result *res, void *ar
 {
     struct cli *cli = arg;
     print_done(cli, res);
-    next_command(cli);
+    /* After a fatal error every pending command completes first; on_error
+     * follows and ends the run. */
+    if (imap_get_state(im) != IMAP_STATE_FAILED) {
+        next_command(cli);
+    }
 }
 
 static void on_folder(struct imap *im, const struct imap_folder *f, void *arg)
@@ -400,7 +404,7 @@ static void on_many_done(struct imap *im, const struct imap_result *res, void *a
     } else {
         cli->exit_code = 3;
     }
-    if (--cli->fetch_pending == 0) {
+    if (--cli->fetch_pending == 0 && imap_get_state(im) != IMAP_STATE_FAILED) {
         out("FETCHMANY ok=%u msgs=%u", cli->fetch_ok, cli->msgs);
         out("DONE fetchmany OK");
         next_command(cli);
@@ -980,6 +984,10 @@ int main(int argc, char **argv)
     }
     free(cli.cmd);
     free(cli.dir);
+#if defined(__SANITIZE_ADDRESS__)
+    /* Tests judge memory use differently under AddressSanitizer. */
+    out("SANITIZER");
+#endif
     out("VMHWM %ld", vmhwm_kb());
     return cli.exit_code;
 }
