@@ -782,6 +782,11 @@ static int code_fallback(struct imap_parser *p, const char *ce)
     if (close == NULL) {
         return -EPROTO;
     }
+    for (const char *q = start; q < close; q++) {
+        if (is_ctl((unsigned char)*q)) {
+            return fail_char(p, q);
+        }
+    }
     p->work_len = 0;
     p->items_len = 0;
     p->depth = 0;

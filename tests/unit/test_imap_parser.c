@@ -407,6 +407,10 @@ static const struct sample samples[] = {
       "R * 5 FETCH (BODY[]<0> {5}\"Hello\" UID 7)\n"),
     S("* 1 FETCH (UID 5 BODY[HEADER] {0}\r\n)\r\n", "R * 1 FETCH (UID 5 BODY[HEADER] {0}\"\")\n"),
     S("* 1 FETCH (BINARY[1] ~{3}\r\na\0b)\r\n", "R * 1 FETCH (BINARY[1] {3}\"a\\x00b\")\n"),
+    /* LITERAL+ syntax is not sent by servers, but is accepted. */
+    S("* 1 FETCH (BODY[] {3+}\r\nabc)\r\n", "R * 1 FETCH (BODY[] {3}\"abc\")\n"),
+    /* UTF8=ACCEPT: 8-bit bytes in atoms. */
+    S("* LIST () \"/\" Entw\xc3\xbcrfe\r\n", "R * LIST () \"/\" Entw\xc3\xbcrfe\n"),
     S("* 49 FETCH (UID 49 MODSEQ (12111230047) FLAGS (\\Seen \\Deleted))\r\n",
       "R * 49 FETCH (UID 49 MODSEQ (12111230047) FLAGS (\\Seen \\Deleted))\n"),
     S("* 1 FETCH (X-GM-LABELS (\\Inbox \"\\\\Important\" Foo) UID 3)\r\n",
@@ -847,6 +851,9 @@ static const struct hostile hostiles[] = {
     H("* OK hi\0there\r\n", "NUL byte at offset 7", 0),
     H("* 1 FETCH (UID\0 5)\r\n", "NUL byte at offset 14", 0),
     H("* LIST () \"/\" \"a\0b\"\r\n", "NUL byte at offset 16", 0),
+    /* Free text in a code (the fallback) is checked for NUL and controls. */
+    H("* NO [X ) \0] y\r\n", "NUL byte at offset 10", 0),
+    H("* NO [X ) \x7f] y\r\n", "control character 0x7f at offset 10", 0),
     H("* 5 EXI\rSTS\r\n", "bare CR at offset 7", 0),
     H("* OK hello\rworld\r\n", "bare CR at offset 10", 0),
     H("* OK hello\r\r\n", "bare CR at offset 10", 0),
