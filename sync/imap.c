@@ -153,6 +153,27 @@ void imap_fail(struct imap *im, int err, const char *fmt, ...)
     }
 }
 
+/* Reports a fatal error from the loop rather than from inside the current
+ * call: errors found while writing can happen inside an imap_* call, and
+ * the owner's callbacks must never run from there. Nothing more is
+ * written meanwhile. */
+static void fail_later(struct imap *im, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void fail_later(struct imap *im, int err, const char *fmt, ...)
+{
+    if (im->deferred_msg != NULL || imap_dead(im)) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    im->deferred_msg = xvasprintf(fmt, ap);
+    va_end(ap);
+    im->deferred_err = err;
+    im->wblocked = true;
+    imap_defer(im);
+}
+
 /* ---- Writer ---- */
 
 static bool flush_out(struct imap *im)
@@ -169,7 +190,7 @@ static bool flush_out(struct imap *im)
         return false;
     }
     if (r < 0) {
-        imap_fail(im, r, "%s: write failed: %s", im->hostport, uv_strerror(r));
+        fail_later(im, r, "%s: write failed: %s", im->hostport, uv_strerror(r));
         return false;
     }
     /* The bytes may hold a password: wipe before the buffer is reused. */
@@ -217,15 +238,15 @@ static int write_source(struct imap *im, struct imap_cmd *c, struct imap_part *p
         n = c->app.read(c->app.read_arg, raw, want);
     }
     if (n < 0) {
-        imap_fail(im, (int)n, "%s: reading the message to append failed: %s", im->hostport,
-                  strerror((int)-n));
+        fail_later(im, (int)n, "%s: reading the message to append failed: %s", im->hostport,
+                   strerror((int)-n));
         return -1;
     }
     if (n == 0) {
-        imap_fail(im, -EIO,
-                  "%s: the message to append ended after %llu of %llu bytes; the connection "
-                  "cannot continue",
-                  im->hostport, (unsigned long long)c->src_sent, (unsigned long long)p->size);
+        fail_later(im, -EIO,
+                   "%s: the message to append ended after %llu of %llu bytes; the connection "
+                   "cannot continue",
+                   im->hostport, (unsigned long long)c->src_sent, (unsigned long long)p->size);
         return -1;
     }
     if (c->app.fd >= 0 && c->app.lf_to_crlf) {
@@ -239,10 +260,10 @@ static int write_source(struct imap *im, struct imap_cmd *c, struct imap_part *p
             c->src_prev_cr = raw[i] == '\r';
         }
         if (m > left) {
-            imap_fail(im, -EIO,
-                      "%s: the message to append is longer than the %llu bytes announced; the "
-                      "connection cannot continue",
-                      im->hostport, (unsigned long long)p->size);
+            fail_later(im, -EIO,
+                       "%s: the message to append is longer than the %llu bytes announced; the "
+                       "connection cannot continue",
+                       im->hostport, (unsigned long long)p->size);
             return -1;
         }
         sbuf_add(&im->out, conv, m);
@@ -327,16 +348,11 @@ static void update_expect(struct imap *im)
     if (im->net == NULL) {
         return;
     }
-    bool expecting;
-    if (im->state < IMAP_STATE_READY) {
-        expecting = im->state != IMAP_STATE_TLS_HANDSHAKE || true;
-    } else {
-        expecting = im->inflight != NULL && !im->idling && !im->paused;
-    }
-    if (im->paused) {
-        expecting = false;
-    }
-    net_expect(im->net, expecting);
+    /* The login sequence always waits for the server; later only while a
+     * command is outstanding, and never during IDLE or while the owner
+     * holds reading paused. */
+    bool expecting = im->state < IMAP_STATE_READY || (im->inflight != NULL && !im->idling);
+    net_expect(im->net, expecting && !im->paused);
 }
 
 /* Sends queued commands while the pipeline has room. */
@@ -510,7 +526,8 @@ static void post_auth(struct imap *im)
             return;
         }
     }
-    if (im->opts.compress && (im->caps & IMAP_CAP_COMPRESS) && !im->compressed) {
+    if (im->opts.compress && (im->caps & IMAP_CAP_COMPRESS) && !im->compressed &&
+        !im->compress_refused) {
         imap_set_state(im, IMAP_STATE_COMPRESS);
         imap_cmd_internal(im, IMAP_CMD_COMPRESS);
         return;
@@ -522,6 +539,11 @@ static void become_ready(struct imap *im)
 {
     if (im->delim_unknown) {
         im->delim = '/';
+    }
+    /* Without ENABLE, CONDSTORE is switched on by its first use (RFC 7162
+     * §3.1): SELECT ... (CONDSTORE) or a MODSEQ item. */
+    if (im->caps & IMAP_CAP_CONDSTORE) {
+        im->condstore = true;
     }
     imap_set_state(im, IMAP_STATE_READY);
     log_debug("imap %s: ready (condstore %d, qresync %d, utf8 %d, compress %d, delimiter '%c')",
@@ -575,7 +597,7 @@ void imap_internal_done(struct imap *im, struct imap_cmd *c, const struct imap_r
         post_auth(im);
         return;
     case IMAP_CMD_COMPRESS:
-        if (ok && im->net != NULL) {
+        if (ok) {
             int r = net_start_compress(im->net);
             if (r < 0) {
                 imap_fail(im, r, "%s: could not start compression: %s", im->hostport,
@@ -584,12 +606,9 @@ void imap_internal_done(struct imap *im, struct imap_cmd *c, const struct imap_r
             }
             im->compressed = true;
         } else {
+            /* Not fatal: go on uncompressed, and do not ask again. */
             log_debug("imap %s: COMPRESS refused: %s", im->name, resp->text);
-            im->compressed = true; /* do not try again */
             im->compress_refused = true;
-        }
-        if (im->compress_refused) {
-            im->compressed = false;
         }
         enable_stage(im);
         return;
@@ -984,8 +1003,10 @@ static void on_net_drain(struct net_conn *c, void *arg)
 {
     struct imap *im = arg;
     enter(im);
-    im->wblocked = false;
-    if (flush_out(im)) {
+    if (im->deferred_msg == NULL) {
+        im->wblocked = false;
+    }
+    if (!im->wblocked && flush_out(im)) {
         imap_pump(im);
     }
     leave(im);
@@ -1024,6 +1045,14 @@ static void on_defer(uv_timer_t *t)
 {
     struct imap *im = t->data;
     enter(im);
+    if (im->deferred_msg != NULL) {
+        char *msg = im->deferred_msg;
+        im->deferred_msg = NULL;
+        imap_fail(im, im->deferred_err, "%s", msg);
+        free(msg);
+        leave(im);
+        return;
+    }
     imap_cmd_run_local(im);
     if (!imap_dead(im) && im->resume_pending) {
         im->resume_pending = false;
@@ -1125,6 +1154,7 @@ static void on_defer_closed(uv_handle_t *h)
     sbuf_free(&im->out);
     sbuf_free(&im->backlog);
     free(im->caps_str);
+    free(im->deferred_msg);
     free(im->error);
     free(im->name);
     free(im->hostport);

@@ -142,6 +142,8 @@ struct imap {
     bool got_bye;
     char *error;
     int error_code;
+    char *deferred_msg; /* a fatal error waiting to be reported from the loop */
+    int deferred_err;
 
     /* Selected mailbox. */
     bool selected;
