@@ -999,20 +999,46 @@ static void key_from_hash(struct popsync *ps)
         }
         m->uidl[0] = 'H';
         hex16(m->hh, m->uidl + 1);
-        /* Identical headers: only the first is handled this run. */
-        for (size_t j = 0; j < i; j++) {
-            if (strcmp(ps->msgs[j].uidl, m->uidl) == 0) {
-                m->uidl[0] = '\0';
-                break;
-            }
-        }
-        if (m->uidl[0] != '\0') {
-            m->rec = find_rec(ps, m->uidl);
-            if (m->rec >= 0) {
-                ps->recs[m->rec].listed = true;
-            }
+        /* Identical headers give the same key: mark_duplicates keeps the
+         * first. */
+        m->rec = find_rec(ps, m->uidl);
+        if (m->rec >= 0) {
+            ps->recs[m->rec].listed = true;
         }
     }
+}
+
+static int smsg_ptr_cmp(const void *a, const void *b)
+{
+    const struct smsg *x = *(const struct smsg *const *)a, *y = *(const struct smsg *const *)b;
+    int c = strcmp(x->uidl, y->uidl);
+    return c != 0 ? c : (x->msgno > y->msgno) - (x->msgno < y->msgno);
+}
+
+/* A UIDL listed twice (a server bug, or identical headers without UIDL)
+ * cannot key two messages: only the first is handled, the others are
+ * reported as failed. */
+static void mark_duplicates(struct popsync *ps)
+{
+    if (ps->nmsgs < 2) {
+        return;
+    }
+    struct smsg **v = xmalloc(ps->nmsgs * sizeof(*v));
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        v[i] = &ps->msgs[i];
+    }
+    qsort(v, ps->nmsgs, sizeof(*v), smsg_ptr_cmp);
+    for (size_t i = 1; i < ps->nmsgs; i++) {
+        if (v[i]->uidl[0] != '\0' && strcmp(v[i]->uidl, v[i - 1]->uidl) == 0) {
+            log_warnx("%s: message %u has the same UIDL as message %u (%s); skipping it", ps->name,
+                      v[i]->msgno, v[i - 1]->msgno, v[i]->uidl);
+            v[i]->uidl[0] = '\0';
+            v[i]->rec = -1;
+            /* Keep comparing against the first of the run. */
+            v[i] = v[i - 1];
+        }
+    }
+    free(v);
 }
 
 /* Second pass: decide per message. */
@@ -1023,6 +1049,7 @@ static void plan(struct popsync *ps)
         key_from_hash(ps);
     }
     ps->res.listed = (unsigned)ps->nmsgs;
+    mark_duplicates(ps);
     for (size_t i = 0; i < ps->nmsgs; i++) {
         struct smsg *m = &ps->msgs[i];
         if (m->uidl[0] == '\0') {
@@ -1040,8 +1067,8 @@ static void plan(struct popsync *ps)
                     m->stored = true;
                     m->first_seen = p->first_seen;
                     ps->res.adopted++;
-                    log_info("%s: message %s was stored before an interruption; recorded it now",
-                             ps->name, m->uidl);
+                    log_debug("%s: message %s was stored before an interruption", ps->name,
+                              m->uidl);
                     continue;
                 }
                 m->download = true;
@@ -1139,6 +1166,11 @@ static void plan(struct popsync *ps)
         }
     }
     ps->listing_complete = true;
+    if (ps->res.adopted > 0) {
+        log_info("%s: %u message%s stored before an interruption %s recorded now", ps->name,
+                 ps->res.adopted, ps->res.adopted == 1 ? "" : "s",
+                 ps->res.adopted == 1 ? "is" : "are");
+    }
 }
 
 /* ---- downloads ------------------------------------------------------------- */

@@ -19,15 +19,25 @@ Options (attributes, changeable between sessions):
                   (endless_bytes bytes without a line ending, then hang)
     no_terminator_in_retr  message number: send its body without the final
                   ".", then close
-    password      accepted password for USER/PASS ("pw")
+    password      accepted password / OAuth token ("pw")
+    sasl          SASL mechanisms to offer: PLAIN, XOAUTH2, OAUTHBEARER
+    apop          put an APOP timestamp in the greeting and accept APOP
+    stls          offer STLS (there is no TLS here: only for refusal tests)
+    stls_inject   answer STLS with "+OK" and a second, injected reply in the
+                  same packet
+    auth_log      what each login carried, decoded (for assertions)
 
 Deletions (DELE) take effect at QUIT, as RFC 1939 says; a dropped connection
 deletes nothing.
 """
 
+import base64
+import hashlib
 import socket
 import socketserver
 import threading
+
+APOP_STAMP = b"<1896.697170952@fakepop.example>"
 
 
 def dot_stuff(msg):
@@ -48,7 +58,7 @@ class _Handler(socketserver.StreamRequestHandler):
         uidls = None if srv.uidls is None else list(srv.uidls or ["u%d" % (i + 1) for i in range(len(msgs))])
         deleted = set()
         authed = False
-        self.send(b"+OK fakepop ready\r\n")
+        self.send(b"+OK fakepop ready" + (b" " + APOP_STAMP if srv.apop else b"") + b"\r\n")
         while True:
             line = self.rfile.readline(4096)
             if not line:
@@ -64,9 +74,53 @@ class _Handler(socketserver.StreamRequestHandler):
                     caps.append("UIDL")
                 if srv.pipelining:
                     caps.append("PIPELINING")
+                if srv.sasl:
+                    caps.append("SASL " + " ".join(srv.sasl))
+                if srv.stls:
+                    caps.append("STLS")
                 self.send(b"+OK\r\n" + b"".join(c.encode() + b"\r\n" for c in caps) + b".\r\n")
+            elif word == "STLS" and srv.stls:
+                if srv.stls_inject:
+                    self.send(b"+OK begin TLS\r\n+OK injected\r\n")
+                else:
+                    self.send(b"-ERR no TLS in this fake\r\n")
             elif word == "USER":
                 self.send(b"+OK\r\n")
+            elif word == "APOP" and srv.apop and len(args) == 2:
+                want = hashlib.md5(APOP_STAMP + srv.password.encode()).hexdigest()
+                self._log(srv, ("APOP", args[0], args[1] == want))
+                if args[1] == want:
+                    authed = True
+                    self.send(b"+OK logged in\r\n")
+                else:
+                    self.send(b"-ERR [AUTH] bad digest\r\n")
+            elif word == "AUTH" and args and args[0].upper() in srv.sasl:
+                mech = args[0].upper()
+                if len(args) > 1:
+                    resp = args[1]
+                    two_step = False
+                else:
+                    self.send(b"+ \r\n")
+                    resp = self.rfile.readline(65536).rstrip(b"\r\n").decode("latin-1")
+                    two_step = True
+                try:
+                    raw = base64.b64decode(resp)
+                except ValueError:
+                    raw = b""
+                ok, user = self._check_sasl(srv, mech, raw)
+                self._log(srv, (mech, user, ok, two_step))
+                if ok:
+                    authed = True
+                    self.send(b"+OK logged in\r\n")
+                elif mech in ("XOAUTH2", "OAUTHBEARER"):
+                    # RFC 7628 / Google: an error challenge, then the
+                    # client's dummy answer, then -ERR.
+                    self.send(b"+ eyJzdGF0dXMiOiI0MDEifQ==\r\n")
+                    answer = self.rfile.readline(4096).rstrip(b"\r\n")
+                    self._log(srv, ("answer", answer))
+                    self.send(b"-ERR [AUTH] bad token\r\n")
+                else:
+                    self.send(b"-ERR [AUTH] bad password\r\n")
             elif word == "PASS":
                 if args and args[0] == srv.password:
                     authed = True
@@ -142,6 +196,28 @@ class _Handler(socketserver.StreamRequestHandler):
             else:
                 self.send(b"-ERR unknown command\r\n")
 
+    @staticmethod
+    def _log(srv, entry):
+        with srv.lock:
+            srv.auth_log.append(entry)
+
+    @staticmethod
+    def _check_sasl(srv, mech, raw):
+        pw = srv.password.encode()
+        if mech == "PLAIN":
+            parts = raw.split(b"\0")
+            return len(parts) == 3 and parts[2] == pw, parts[1].decode() if len(parts) == 3 else None
+        fields = raw.split(b"\x01")
+        if mech == "XOAUTH2":
+            user = fields[0][5:].decode() if fields[0].startswith(b"user=") else None
+            return b"auth=Bearer " + pw in fields and raw.endswith(b"\x01\x01"), user
+        if mech == "OAUTHBEARER":
+            gs2 = fields[0].split(b",")
+            user = gs2[1][2:].decode() if len(gs2) > 1 and gs2[1].startswith(b"a=") else None
+            return (gs2[0] == b"n" and b"auth=Bearer " + pw in fields and any(f.startswith(b"host=") for f in fields)
+                    and raw.endswith(b"\x01\x01")), user
+        return False, None
+
     def _close(self):
         try:
             self.wfile.flush()
@@ -162,6 +238,11 @@ class FakePop:
         self.uidls = None if uidls is None else list(uidls)
         self.pipelining = pipelining
         self.password = password
+        self.sasl = []
+        self.apop = False
+        self.stls = False
+        self.stls_inject = False
+        self.auth_log = []
         self.drop_in_retr = None
         self.endless_in_retr = None
         self.endless_bytes = 4 * 1024 * 1024

@@ -456,6 +456,73 @@ class FakePopTests(unittest.TestCase):
             self.assertEqual(sum(local_bodies(self.maildir).values()), 0)
             self.assertEqual(tmp_files(self.maildir), [])
 
+    def test_auth_mechanisms(self):
+        msgs = self.msgs(1, 10)
+        long_token = "tok-" + "x" * 400  # forces the two-step SASL exchange
+        cases = [
+            ("plain", "pw", ("PLAIN", "u", True, False)),
+            ("xoauth2", long_token, ("XOAUTH2", "u", True, True)),
+            ("oauthbearer", long_token, ("OAUTHBEARER", "u", True, True)),
+            ("apop", "pw", ("APOP", "u", True)),
+        ]
+        for auth, secret, want in cases:
+            with self.subTest(auth=auth), FakePop(msgs, password=secret) as srv:
+                srv.sasl = ["PLAIN", "XOAUTH2", "OAUTHBEARER"]
+                srv.apop = True
+                shutil.rmtree(self.tmp, True)
+                os.makedirs(self.tmp)
+                p = popcli(self.config(srv, auth=auth, password=secret), "p", "-vv")
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertEqual(p.stats["downloaded"], 1)
+                self.assertEqual(srv.auth_log, [want])
+                self.assertNotIn(secret, p.stderr)
+                self.assertIn("<redacted>", p.stderr)
+        # auth: login is USER/PASS.
+        with FakePop(msgs) as srv:
+            srv.sasl = ["PLAIN"]
+            shutil.rmtree(self.tmp, True)
+            os.makedirs(self.tmp)
+            p = popcli(self.config(srv, auth="login"), "p", "-vv")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("USER u", srv.commands)
+            self.assertIn("C: PASS <redacted>", p.stderr)
+
+    def test_oauth_token_refused(self):
+        with FakePop(self.msgs(1, 11), password="good") as srv:
+            srv.sasl = ["XOAUTH2"]
+            p = popcli(self.config(srv, auth="xoauth2", password="bad-token"))
+            self.assertEqual(p.returncode, 77, p.stderr)
+            self.assertIn("popcli: auth: 127.0.0.1:%d: authentication failed: [AUTH] bad token" % srv.port,
+                          p.stderr)
+            # The client answered the error challenge with an empty line.
+            self.assertEqual(srv.auth_log[-1], ("answer", b""))
+
+    def test_stls_injection_refused(self):
+        with FakePop(self.msgs(1, 12)) as srv:
+            srv.stls = True
+            srv.stls_inject = True
+            p = popcli(self.config(srv, tls="starttls", allow_plaintext=False))
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn("possible injection attack", p.stderr)
+            self.assertNotIn("USER u", srv.commands)
+            self.assertFalse(any(c.startswith("AUTH") for c in srv.commands))
+
+    def test_stls_not_offered_refused(self):
+        with FakePop(self.msgs(1, 13)) as srv:
+            p = popcli(self.config(srv, tls="starttls", allow_plaintext=False))
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn("does not offer STLS; refusing to continue without TLS", p.stderr)
+            self.assertEqual(srv.commands, ["CAPA"])
+
+    def test_duplicate_uidl_in_listing(self):
+        msgs = self.msgs(3, 14)
+        with FakePop(msgs, uidls=["same", "same", "other"]) as srv:
+            p = popcli(self.config(srv))
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stats["downloaded"], 2)
+            self.assertEqual(p.stats["errors"], 1)
+            self.assertIn("has the same UIDL as message 1", p.stderr)
+
     def test_no_pipelining(self):
         msgs = self.msgs(5, 9)
         with FakePop(msgs, pipelining=False) as srv:
