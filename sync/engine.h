@@ -1,0 +1,88 @@
+/* The two-way IMAP <-> Maildir sync engine for one account (issue 4).
+ *
+ * One run: open the account's index (taking the account lock), get the
+ * secret, connect (up to max_connections connections), LIST with STATUS,
+ * decide which folders to sync and create missing ones on either side, then
+ * for every selected folder compute a plan from three states (server, read
+ * fresh; local Maildir, read fresh; index = the merge base) and apply it both
+ * ways: downloads streamed to disk, APPENDs, flag changes (three-way merge
+ * per flag), deletions (only for messages the index knows), and record the
+ * new agreed state in the index. The invariants of shared/DESIGN.md hold at
+ * every instant: a kill -9 anywhere leaves a state that the next run
+ * finishes without loss or duplicates.
+ *
+ * The pure planning step is in sync/plan.h; this module executes plans.
+ *
+ * Ownership: engine_start returns a struct engine that frees itself after
+ * the done callback returns (always called exactly once, from the loop).
+ * engine_cancel stops at the next safe point; done still follows. Strings in
+ * the result are valid during the callback only. */
+#ifndef MAILSYNC_ENGINE_H
+#define MAILSYNC_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+#include <uv.h>
+
+#include "daemon/config.h"
+
+enum engine_kind {
+    ENGINE_OK = 0,
+    ENGINE_TRANSIENT, /* try again later: network, server busy, account locked */
+    ENGINE_AUTH,      /* credentials refused */
+    ENGINE_PERMANENT, /* needs the user: configuration, certificates, disk, guard tripped */
+};
+
+struct engine_counts {
+    unsigned new_down, new_up;       /* messages copied server->local, local->server */
+    unsigned flags_down, flags_up;   /* messages whose flags changed on that side */
+    unsigned deleted_down, deleted_up; /* removed locally / on the server */
+    unsigned skipped;                /* over max_size / older than max_age_days */
+    unsigned adopted;                /* found already present after a crash, not copied again */
+    uint64_t bytes_down, bytes_up;
+};
+
+struct engine_folder_result {
+    const char *name;
+    const char *error; /* NULL when the folder synced */
+    struct engine_counts counts;
+};
+
+struct engine_result {
+    const char *account;
+    enum engine_kind kind;
+    const char *error; /* first account-level error, NULL when OK */
+    struct engine_counts total;
+    const struct engine_folder_result *folders;
+    size_t nfolders;
+    unsigned folder_errors;
+    bool dry_run;
+};
+
+struct engine_opts {
+    bool dry_run; /* compute and print the plans; change nothing anywhere */
+    bool force;   /* override the mass-deletion and vanished-folder guards */
+    time_t now;   /* clock for max_age_days; 0 = time(NULL) */
+    /* Progress for a terminal display; may be NULL. */
+    void (*progress)(const char *folder, unsigned done, unsigned total, uint64_t bytes,
+                     void *arg);
+    void *progress_arg;
+    /* Where --dry-run prints its plan; NULL = stdout. */
+    FILE *plan_out;
+};
+
+typedef void (*engine_done_cb)(const struct engine_result *res, void *arg);
+
+struct engine;
+
+int engine_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_account *acct,
+                 const struct engine_opts *opts, engine_done_cb done, void *arg,
+                 struct engine **e_r);
+void engine_cancel(struct engine *e);
+
+/* One summary line: "work: ↓ 12 new, 3 flags, 1 deleted; ↑ 2 new ...". Caller frees. */
+char *engine_summary(const struct engine_result *res);
+
+#endif
