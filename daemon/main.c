@@ -8,6 +8,7 @@
 #include "daemon/check.h"
 #include "daemon/config.h"
 #include "daemon/log.h"
+#include "daemon/syncrun.h"
 #include "daemon/util.h"
 
 struct globals {
@@ -119,6 +120,38 @@ static int cmd_check(const struct globals *g, int argc, char **argv)
     return ret;
 }
 
+static int cmd_sync(const struct globals *g, int argc, char **argv)
+{
+    struct syncrun_opts opts = {0};
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--dry-run") == 0 || strcmp(argv[i], "-n") == 0) {
+            opts.dry_run = true;
+        } else if (strcmp(argv[i], "--force") == 0) {
+            opts.force = true;
+        } else if (strcmp(argv[i], "--") == 0) {
+            i++;
+            break;
+        } else {
+            log_error("sync: unknown option '%s' (options: --dry-run, --force)", argv[i]);
+            return 2;
+        }
+    }
+    struct cfg *cfg = load_config(g);
+    if (cfg == NULL) {
+        return 1;
+    }
+    if (check_account_names(cfg, argc - i, argv + i) != 0) {
+        cfg_free(cfg);
+        return 1;
+    }
+    opts.quiet = g->verbosity < 0;
+    opts.progress = !opts.quiet && isatty(STDERR_FILENO);
+    int ret = syncrun(cfg, argv + i, argc - i, &opts);
+    cfg_free(cfg);
+    return ret;
+}
+
 static int cmd_unavailable(const char *name)
 {
     log_error("'%s' is not available in this build yet; see README.md for what works today", name);
@@ -182,7 +215,10 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "check") == 0) {
         return cmd_check(&g, cargc, cargv);
     }
-    if (strcmp(cmd, "sync") == 0 || strcmp(cmd, "daemon") == 0 || strcmp(cmd, "status") == 0) {
+    if (strcmp(cmd, "sync") == 0) {
+        return cmd_sync(&g, cargc, cargv);
+    }
+    if (strcmp(cmd, "daemon") == 0 || strcmp(cmd, "status") == 0) {
         return cmd_unavailable(cmd);
     }
     log_error("unknown command '%s' (try 'mailsync --help')", cmd);

@@ -1,0 +1,193 @@
+#include "daemon/syncrun.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "daemon/log.h"
+#include "daemon/util.h"
+#include "sync/popsync.h"
+
+enum run_state {
+    RUN_PENDING = 0,
+    RUN_RUNNING,
+    RUN_DONE,
+};
+
+struct run {
+    struct syncrun *sr;
+    const struct cfg_account *acct;
+    enum run_state state;
+    bool failed;
+    bool transient;
+    /* Progress, for the terminal display. */
+    unsigned done, total;
+    uint64_t bytes;
+};
+
+struct syncrun {
+    uv_loop_t loop;
+    const struct cfg *cfg;
+    const struct syncrun_opts *opts;
+    struct run *runs;
+    size_t nruns;
+    size_t running;
+    bool progress_shown;
+    unsigned long long last_draw;
+};
+
+/* The clock the engines use; MAILSYNC_NOW (unix seconds) overrides it so
+ * that tests can move time forward (delete_after_days). */
+static time_t run_clock(void)
+{
+    const char *now = getenv("MAILSYNC_NOW");
+    if (now != NULL && *now != '\0') {
+        return (time_t)strtoll(now, NULL, 10);
+    }
+    return 0;
+}
+
+static void progress_clear(struct syncrun *sr)
+{
+    if (sr->progress_shown) {
+        fputs("\r\033[K", stderr);
+        sr->progress_shown = false;
+    }
+}
+
+static void progress_draw(struct syncrun *sr, bool force)
+{
+    if (!sr->opts->progress) {
+        return;
+    }
+    unsigned long long now = now_ms();
+    if (!force && now - sr->last_draw < 100) {
+        return;
+    }
+    sr->last_draw = now;
+    struct sbuf sb = {0};
+    for (size_t i = 0; i < sr->nruns; i++) {
+        struct run *r = &sr->runs[i];
+        if (r->state != RUN_RUNNING) {
+            continue;
+        }
+        sbuf_addf(&sb, "%s%s: %u/%u (%.1f MB)", sb.len ? "  " : "", r->acct->name, r->done,
+                  r->total, (double)r->bytes / 1e6);
+    }
+    if (sb.len > 0) {
+        fprintf(stderr, "\r\033[K%s", sb.buf);
+        sr->progress_shown = true;
+    }
+    sbuf_free(&sb);
+}
+
+static void on_pop_progress(unsigned done, unsigned total, uint64_t bytes, void *arg)
+{
+    struct run *r = arg;
+    r->done = done;
+    r->total = total;
+    r->bytes = bytes;
+    progress_draw(r->sr, false);
+}
+
+static void run_finished(struct run *r, bool failed, bool transient)
+{
+    r->state = RUN_DONE;
+    r->failed = failed;
+    r->transient = transient;
+    r->sr->running--;
+}
+
+static void on_pop_done(const struct popsync_result *res, void *arg)
+{
+    struct run *r = arg;
+    struct syncrun *sr = r->sr;
+    progress_clear(sr);
+    if (res->kind != POPSYNC_OK) {
+        log_error("%s: %s", r->acct->name, res->error != NULL ? res->error : "failed");
+    }
+    if (!sr->opts->quiet || res->kind != POPSYNC_OK) {
+        char *line = popsync_summary(res);
+        printf("%s\n", line);
+        fflush(stdout);
+        free(line);
+    }
+    run_finished(r, res->kind != POPSYNC_OK, res->kind == POPSYNC_TRANSIENT);
+    progress_draw(sr, true);
+}
+
+static void run_start(struct run *r)
+{
+    struct syncrun *sr = r->sr;
+    r->state = RUN_RUNNING;
+    sr->running++;
+    if (r->acct->protocol == CFG_PROTO_POP3) {
+        struct popsync_opts po = {
+            .dry_run = sr->opts->dry_run,
+            .now = run_clock(),
+            .progress = on_pop_progress,
+            .progress_arg = r,
+        };
+        struct popsync *ps;
+        int rc = popsync_start(&sr->loop, sr->cfg, r->acct, &po, on_pop_done, r, &ps);
+        if (rc < 0) {
+            log_error("%s: cannot start: %s", r->acct->name, strerror(-rc));
+            run_finished(r, true, false);
+        }
+        return;
+    }
+    log_error("%s: two-way IMAP sync is not available in this build yet "
+              "('mailsync check --connect %s' tests the connection)",
+              r->acct->name, r->acct->name);
+    run_finished(r, true, false);
+}
+
+int syncrun(const struct cfg *cfg, char *const *accounts, int count,
+            const struct syncrun_opts *opts)
+{
+    struct syncrun sr = {.cfg = cfg, .opts = opts};
+    if (uv_loop_init(&sr.loop) != 0) {
+        log_error("cannot initialise the event loop");
+        return 1;
+    }
+    sr.runs = xcalloc(cfg->naccounts, sizeof(*sr.runs));
+    for (size_t i = 0; i < cfg->naccounts; i++) {
+        const struct cfg_account *acct = &cfg->accounts[i];
+        bool wanted = count == 0;
+        for (int j = 0; j < count && !wanted; j++) {
+            wanted = strcmp(accounts[j], acct->name) == 0;
+        }
+        if (wanted) {
+            sr.runs[sr.nruns++] = (struct run){.sr = &sr, .acct = acct};
+        }
+    }
+    /* Every account runs at once: each has its own connections and index,
+     * and the loop interleaves them. */
+    for (size_t i = 0; i < sr.nruns; i++) {
+        run_start(&sr.runs[i]);
+    }
+    uv_run(&sr.loop, UV_RUN_DEFAULT);
+    progress_clear(&sr);
+    if (uv_loop_close(&sr.loop) != 0) {
+        log_warnx("event loop did not close cleanly");
+    }
+    int ret = 0;
+    bool all_transient = true;
+    for (size_t i = 0; i < sr.nruns; i++) {
+        if (sr.runs[i].state != RUN_DONE) {
+            log_error("%s: the run ended without a result", sr.runs[i].acct->name);
+            sr.runs[i].failed = true;
+        }
+        if (sr.runs[i].failed) {
+            ret = 1;
+            all_transient = all_transient && sr.runs[i].transient;
+        }
+    }
+    free(sr.runs);
+    if (ret != 0 && all_transient) {
+        ret = 75;
+    }
+    return ret;
+}
