@@ -404,7 +404,9 @@ struct imap_append {
 };
 int imap_append(struct imap *im, const struct imap_append *a, imap_done_cb done, void *arg);
 
-/* UID EXPUNGE uidset; -ENOTSUP (IMAP_ENOTSUP) without UIDPLUS. */
+/* UID EXPUNGE uidset. Without UIDPLUS: returns IMAP_ENOTSUP when the
+ * session is ready, else the done callback gets err IMAP_ENOTSUP (a plain
+ * EXPUNGE would also remove other clients' \Deleted messages). */
 int imap_uid_expunge(struct imap *im, const char *uidset, imap_done_cb done, void *arg);
 /* UID MOVE uidset folder; without MOVE: UID COPY + UID STORE +FLAGS.SILENT
  * (\Deleted) + UID EXPUNGE (UIDPLUS) as one logical command. */
@@ -416,9 +418,10 @@ int imap_create(struct imap *im, const char *folder, imap_done_cb done, void *ar
 int imap_delete(struct imap *im, const char *folder, imap_done_cb done, void *arg);
 
 /* IDLE: done is called when the IDLE command ends (after imap_idle_stop,
- * or when the server ends it). Events arrive meanwhile. Queuing any other
- * command while idling ends IDLE first automatically. -ENOTSUP without
- * IDLE. */
+ * or when the server ends it). Events arrive meanwhile; the state is
+ * IMAP_STATE_IDLE once the server accepted it. Queuing any other command
+ * while idling ends IDLE first automatically. Without IDLE: IMAP_ENOTSUP
+ * as for imap_uid_expunge. The owner re-issues IDLE before 29 minutes. */
 int imap_idle_start(struct imap *im, imap_done_cb done, void *arg);
 void imap_idle_stop(struct imap *im);
 
@@ -433,8 +436,9 @@ int imap_logout(struct imap *im, imap_done_cb done, void *arg);
  * max_len bytes (0 = 8000). Returns the number of sets; *sets_r is an
  * array of that many malloc'd strings (free each, then the array). */
 size_t imap_uidset_format(const uint32_t *uids, size_t n, size_t max_len, char ***sets_r);
-/* Parses a UID set without '*' into ascending, merged ranges. Returns 0,
- * or -EINVAL for a malformed set. *ranges_r is malloc'd. */
+/* Parses a UID set into ascending, merged ranges ('*' is taken as
+ * 4294967295). Returns 0, or -EINVAL for a malformed set. *ranges_r is
+ * malloc'd. */
 int imap_uidset_parse(const char *s, struct imap_uid_range **ranges_r, size_t *n_r);
 /* True when uid is inside one of the ranges. */
 bool imap_uidset_contains(const struct imap_uid_range *ranges, size_t n, uint32_t uid);
