@@ -52,3 +52,33 @@ void account_imap_opts(const struct cfg_account *acct, const char *secret, struc
     o_r->compress = acct->compress;
     o_r->log_name = acct->name;
 }
+
+void account_pop3_opts(const struct cfg_account *acct, const char *secret, struct pop3_opts *o_r)
+{
+    memset(o_r, 0, sizeof(*o_r));
+    account_net_opts(acct, &o_r->net);
+    o_r->user = acct->user;
+    o_r->secret = secret;
+    switch (acct->auth) {
+    case CFG_AUTH_PLAIN:
+        o_r->auth = POP3_AUTH_PLAIN;
+        break;
+    case CFG_AUTH_LOGIN:
+        o_r->auth = POP3_AUTH_USER;
+        break;
+    case CFG_AUTH_XOAUTH2:
+        o_r->auth = POP3_AUTH_XOAUTH2;
+        break;
+    case CFG_AUTH_OAUTHBEARER:
+        o_r->auth = POP3_AUTH_OAUTHBEARER;
+        break;
+    case CFG_AUTH_APOP:
+        o_r->auth = POP3_AUTH_APOP;
+        break;
+    case CFG_AUTH_AUTO:
+        o_r->auth = POP3_AUTH_AUTO;
+        break;
+    }
+    o_r->allow_plaintext = acct->allow_plaintext;
+    o_r->log_name = acct->name;
+}

@@ -8,8 +8,10 @@
 #include "daemon/config.h"
 #include "sync/imap.h"
 #include "sync/net.h"
+#include "sync/pop3.h"
 
 void account_net_opts(const struct cfg_account *acct, struct net_opts *o_r);
 void account_imap_opts(const struct cfg_account *acct, const char *secret, struct imap_opts *o_r);
+void account_pop3_opts(const struct cfg_account *acct, const char *secret, struct pop3_opts *o_r);
 
 #endif

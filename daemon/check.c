@@ -9,6 +9,7 @@
 #include "daemon/util.h"
 #include "store/maildir.h"
 #include "sync/imap.h"
+#include "sync/pop3.h"
 #include "sync/secret.h"
 
 /* One account being checked. Accounts are checked one after another so that
@@ -19,6 +20,7 @@ struct check {
     const struct cfg_account *acct;
     struct secret_req *sreq;
     struct imap *im;
+    struct pop3 *pop;
     unsigned folders;
     unsigned selected;
     bool failed;
@@ -33,6 +35,88 @@ static void check_finish(struct check *ck, bool failed)
         imap_free(ck->im);
         ck->im = NULL;
     }
+    if (ck->pop != NULL) {
+        pop3_free(ck->pop);
+        ck->pop = NULL;
+    }
+}
+
+/* Prints how the connection is protected; shared by IMAP and POP3. */
+static void print_connection(struct check *ck, struct net_conn *c)
+{
+    fprintf(ck->out, "  connected to %s", net_peer_address(c));
+    if (net_tls_version(c) != NULL) {
+        fprintf(ck->out, " with %s (%s), certificate verified\n", net_tls_version(c),
+                net_tls_cipher(c));
+        fprintf(ck->out, "  certificate fingerprint: %s\n", net_tls_fingerprint(c));
+    } else {
+        fprintf(ck->out, " WITHOUT TLS (allow_plaintext is set)\n");
+    }
+    fprintf(ck->out, "  logged in as %s\n", ck->acct->user);
+}
+
+static void on_pop_quit(struct pop3 *p, const struct pop3_status *st, void *arg)
+{
+    check_finish(arg, false);
+}
+
+static void on_pop_stat(struct pop3 *p, const struct pop3_status *st, void *arg)
+{
+    struct check *ck = arg;
+    unsigned count;
+    uint64_t size;
+    if (st->err < 0 || !st->ok || !pop3_parse_stat(st->text, &count, &size)) {
+        fprintf(ck->out, "  STAT failed: %s\n", st->text);
+        check_finish(ck, true);
+        return;
+    }
+    fprintf(ck->out, "  mailbox: %u messages, %.1f MB\n", count, (double)size / 1e6);
+    if (!(pop3_caps(p) & POP3_CAP_UIDL)) {
+        fprintf(ck->out, "  note: the server does not list UIDL; messages will be recognised by "
+                         "a hash of their headers\n");
+    }
+    if (pop3_quit(p, on_pop_quit, ck) != 0) {
+        check_finish(ck, false);
+    }
+}
+
+static void on_pop_ready(struct pop3 *p, void *arg)
+{
+    struct check *ck = arg;
+    print_connection(ck, pop3_conn(p));
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } caps[] = {
+        {POP3_CAP_TOP, "TOP"},
+        {POP3_CAP_UIDL, "UIDL"},
+        {POP3_CAP_USER, "USER"},
+        {POP3_CAP_STLS, "STLS"},
+        {POP3_CAP_PIPELINING, "PIPELINING"},
+        {POP3_CAP_RESP_CODES, "RESP-CODES"},
+        {POP3_CAP_AUTH_RESP_CODE, "AUTH-RESP-CODE"},
+        {POP3_CAP_SASL_PLAIN, "SASL PLAIN"},
+        {POP3_CAP_SASL_XOAUTH2, "SASL XOAUTH2"},
+        {POP3_CAP_SASL_OAUTHBEARER, "SASL OAUTHBEARER"},
+    };
+    fprintf(ck->out, "  capabilities:");
+    for (size_t i = 0; i < ARRAY_SIZE(caps); i++) {
+        if (pop3_caps(p) & caps[i].bit) {
+            fprintf(ck->out, " %s", caps[i].name);
+        }
+    }
+    fprintf(ck->out, "%s\n", pop3_capa_known(p) ? "" : " (the server refused CAPA)");
+    if (pop3_stat(p, on_pop_stat, ck) != 0) {
+        check_finish(ck, true);
+    }
+}
+
+static void on_pop_error(struct pop3 *p, int err, enum pop3_errkind kind, const char *msg,
+                         void *arg)
+{
+    struct check *ck = arg;
+    fprintf(ck->out, "  FAILED: %s\n", msg);
+    check_finish(ck, true);
 }
 
 static void on_logout(struct imap *im, const struct imap_result *res, void *arg)
@@ -116,15 +200,7 @@ static void on_ready(struct imap *im, void *arg)
 {
     struct check *ck = arg;
     struct net_conn *c = imap_net(im);
-    fprintf(ck->out, "  connected to %s", net_peer_address(c));
-    if (net_tls_version(c) != NULL) {
-        fprintf(ck->out, " with %s (%s), certificate verified\n", net_tls_version(c),
-                net_tls_cipher(c));
-        fprintf(ck->out, "  certificate fingerprint: %s\n", net_tls_fingerprint(c));
-    } else {
-        fprintf(ck->out, " WITHOUT TLS (allow_plaintext is set)\n");
-    }
-    fprintf(ck->out, "  logged in as %s\n", ck->acct->user);
+    print_connection(ck, c);
     fprintf(ck->out, "  capabilities: %s\n", imap_capability_string(im));
     fprintf(ck->out, "  in use: CONDSTORE %s, QRESYNC %s, COMPRESS %s\n",
             imap_condstore_enabled(im) ? "yes" : "no", imap_qresync_enabled(im) ? "yes" : "no",
@@ -151,10 +227,18 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
         check_finish(ck, true);
         return;
     }
-    struct imap_opts opts;
-    account_imap_opts(ck->acct, secret, &opts);
-    static const struct imap_cb cb = {.on_ready = on_ready, .on_error = on_error};
-    int r = imap_connect(ck->loop, &opts, &cb, ck, &ck->im);
+    int r;
+    if (ck->acct->protocol == CFG_PROTO_POP3) {
+        struct pop3_opts opts;
+        account_pop3_opts(ck->acct, secret, &opts);
+        static const struct pop3_cb cb = {.on_ready = on_pop_ready, .on_error = on_pop_error};
+        r = pop3_connect(ck->loop, &opts, &cb, ck, &ck->pop);
+    } else {
+        struct imap_opts opts;
+        account_imap_opts(ck->acct, secret, &opts);
+        static const struct imap_cb cb = {.on_ready = on_ready, .on_error = on_error};
+        r = imap_connect(ck->loop, &opts, &cb, ck, &ck->im);
+    }
     if (r < 0) {
         fprintf(ck->out, "  FAILED: cannot start the connection: %s\n", strerror(-r));
         check_finish(ck, true);
@@ -166,13 +250,6 @@ static bool check_one(uv_loop_t *loop, const struct cfg_account *acct, FILE *out
     struct check ck = {.loop = loop, .out = out, .acct = acct};
     fprintf(out, "account '%s': %s %s:%u (tls: %s)\n", acct->name,
             cfg_protocol_name(acct->protocol), acct->host, acct->port, cfg_tls_name(acct->tls));
-    if (acct->protocol != CFG_PROTO_IMAP) {
-        fprintf(out,
-                "  FAILED: connection checks for POP3 accounts are not available in "
-                "this build; use 'mailsync sync %s'\n",
-                acct->name);
-        return false;
-    }
     int r = secret_get_account(loop, acct, 0, on_secret, &ck, &ck.sreq);
     if (r < 0) {
         fprintf(out, "  FAILED: no password or password_command\n");

@@ -147,6 +147,30 @@ class CheckConnect(mstest.DovecotTestCase):
         self.assertNotIn(self.dovecot.password("alice"), r.stdout + r.stderr)
 
 
+class CheckConnectPop3(mstest.DovecotTestCase):
+    def test_pop3s(self):
+        self.dovecot.save("alice", "INBOX", b"Subject: one\r\n\r\nbody\r\n")
+        cfg = self.write_config({"p": self.pop3_account()})
+        r = self.mailsync(cfg, "check", "--connect")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"connected to 127\.0\.0\.1:\d+ with TLSv1\.[23]")
+        self.assertIn("UIDL", r.stdout)
+        self.assertRegex(r.stdout, r"mailbox: [1-9]\d* messages")
+
+    def test_stls(self):
+        cfg = self.write_config({"p": self.pop3_account(tls="starttls")})
+        r = self.mailsync(cfg, "check", "--connect")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"with TLSv1\.[23]")
+
+    def test_wrong_password(self):
+        cfg = self.write_config({"p": self.pop3_account(password="wrong")})
+        r = self.mailsync(cfg, "check", "--connect")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("FAILED", r.stdout)
+        self.assertIn("authentication failed", r.stdout)
+
+
 class CheckConnectExpired(mstest.DovecotTestCase):
     dovecot_options = {"cert": "expired"}
 
