@@ -110,9 +110,13 @@ static void set_caps(struct imap *im, const struct imap_arg *args, size_t n)
             }
         }
     }
-    /* QRESYNC implies CONDSTORE (RFC 7162 §3.2.3). */
+    /* QRESYNC implies CONDSTORE (RFC 7162 §3.2.3); IMAP4rev2 includes
+     * LIST-EXTENDED and has no LSUB (RFC 9051 §7.2.2). */
     if (caps & IMAP_CAP_QRESYNC) {
         caps |= IMAP_CAP_CONDSTORE;
+    }
+    if (caps & IMAP_CAP_IMAP4REV2) {
+        caps |= IMAP_CAP_LIST_EXTENDED;
     }
     free(im->caps_str);
     im->caps_str = sbuf_detach(&sb);

@@ -407,10 +407,12 @@ class ClientTest(unittest.TestCase):
                             return line
                 return None
 
+            conn = self.d.imap()
             self.assertIsNotNone(read_until("IDLING", 20), lines)
             t0 = time.monotonic()
-            self.d.save("alice", "Idle", msg(2))
+            conn.append("Idle", None, None, msg(2))
             ev = read_until("EVENT EXISTS", 5)
+            conn.logout()
             elapsed = time.monotonic() - t0
             self.assertEqual(ev, "EVENT EXISTS 2", lines)
             self.assertLess(elapsed, 1.0)

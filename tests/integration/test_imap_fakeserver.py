@@ -442,6 +442,71 @@ class FakeServerTest(unittest.TestCase):
         self.assertIn("DONE logout OK done", lines)
         self.assertEqual(p.returncode, 3)
 
+    def test_utf8_accept(self):
+        seen = {}
+
+        def on_enable(c, tag, rest, raw):
+            seen["enable"] = rest
+            c.send("* ENABLED UTF8=ACCEPT\r\n")
+            c.ok(tag)
+
+        def on_list(c, tag, rest, raw):
+            if rest == '"" ""':
+                c.send('* LIST (\\Noselect) "/" ""\r\n')
+            else:
+                c.send('* LIST () "/" "Entw\u00fcrfe/\u00c4lter"\r\n')
+            c.ok(tag)
+
+        def on_create(c, tag, rest, raw):
+            seen["create"] = raw
+            c.ok(tag)
+
+        def script(c):
+            c.caps = "IMAP4rev1 ENABLE UTF8=ACCEPT LITERAL+"
+            c.greet()
+            c.serve({"ENABLE": on_enable, "LIST": on_list, "CREATE": on_create,
+                     "LSUB": lambda c, tag, rest, raw: c.ok(tag)})
+
+        p, lines = self.run_script(script, "caps", "list", "create Ünïcödé/Straße")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        self.assertEqual(seen["enable"], "UTF8=ACCEPT")
+        self.assertIn("utf8=1", [x for x in lines if x.startswith("ENABLED")][0])
+        self.assertIn("FOLDER\tEntwürfe/Älter\t\t", lines)
+        # UTF-8 as it is (quoted), not modified UTF-7.
+        self.assertTrue(seen["create"].endswith(' CREATE "Ünïcödé/Straße"'.encode()),
+                        seen["create"])
+
+    def test_literal_minus(self):
+        seen = []
+
+        def on_append(c, tag, rest, raw):
+            seen.append(raw)
+            c.send("%s OK [APPENDUID 7 %d] done\r\n" % (tag, len(seen)))
+
+        def script(c):
+            c.caps = "IMAP4rev1 LITERAL- UIDPLUS"
+            c.greet()
+            c.serve({"APPEND": on_append})
+
+        tmp = os.environ.get("TMPDIR", "/tmp")
+        small = os.path.join(tmp, "imapcli-small-%d" % os.getpid())
+        big = os.path.join(tmp, "imapcli-big-%d" % os.getpid())
+        with open(small, "wb") as f:
+            f.write(b"Subject: s\r\n\r\nsmall\r\n")
+        with open(big, "wb") as f:
+            f.write(b"Subject: b\r\n\r\n" + b"y" * 5000 + b"\r\n")
+        try:
+            p, lines = self.run_script(script, "append INBOX " + small, "append INBOX " + big)
+        finally:
+            os.unlink(small)
+            os.unlink(big)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        self.assertEqual(lines.count("APPENDED uidvalidity=7 uid=1"), 1)
+        self.assertEqual(lines.count("APPENDED uidvalidity=7 uid=2"), 1)
+        # LITERAL-: {n+} up to 4096 bytes, a synchronizing literal above.
+        self.assertIn(b"APPEND INBOX {21+}\r\nSubject: s", seen[0])
+        self.assertIn(b"APPEND INBOX {5016}\r\nSubject: b", seen[1])
+
     def test_folder_names(self):
         def on_list(c, tag, rest, raw):
             c.send('* LIST (\\HasNoChildren) "." INBOX\r\n'
