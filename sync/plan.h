@@ -1,0 +1,205 @@
+/* The sync planner: a pure function from three views of one folder to the
+ * list of changes that make both sides agree (DESIGN.md invariants 3 and 6).
+ *
+ *   server: what the server has now, either complete (every UID with its
+ *           flags) or a delta from CONDSTORE/QRESYNC (changed and new UIDs
+ *           with their flags, plus vanished UIDs; known UIDs not mentioned
+ *           are unchanged since the base);
+ *   local:  what the Maildir holds now (identity, flags, keyword names);
+ *   base:   the index records (what both sides last agreed on).
+ *
+ * Flags are MD_FLAG_* bits on every side (the engine maps \Seen <-> S,
+ * \Answered <-> R, \Flagged <-> F, \Deleted <-> T, \Draft <-> D and
+ * $Forwarded <-> P before calling); keywords are names. Each flag and each
+ * keyword merges three-way: changed locally since the base -> the local
+ * value; else changed on the server -> the server value; else the base.
+ *
+ * A message gone from one side is deleted on the other only when the side
+ * that still has it did not change its flags since the base; otherwise it is
+ * copied back to the side that lost it (nothing is lost to a race between a
+ * deletion and an edit). Deletions beyond max_delete_ratio of a folder with
+ * more than PLAN_GUARD_MIN messages, on either side, trip the guard unless
+ * force is set: the plan then carries an error and no deletion.
+ *
+ * No I/O, no clock, no allocation failure paths (xmalloc aborts): the unit
+ * tests drive it with tables. Ownership: plan_build returns a struct plan
+ * that owns all of its arrays and strings (copies of the input); free it
+ * with plan_free. */
+#ifndef MAILSYNC_PLAN_H
+#define MAILSYNC_PLAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "daemon/config.h"
+#include "store/index.h"
+
+/* The guard applies only to folders with more messages than this. */
+#define PLAN_GUARD_MIN 20
+
+/* A set of keyword names, sorted with strcmp, no duplicates. */
+struct plan_kw {
+    char **names;
+    size_t n;
+};
+
+struct plan_server_msg {
+    uint32_t uid;
+    unsigned flags;        /* MD_FLAG_* */
+    const char *const *kw; /* keyword names (any order, duplicates allowed) */
+    size_t nkw;
+    uint64_t size;       /* RFC822.SIZE; 0 if unknown */
+    time_t internaldate; /* 0 if unknown */
+};
+
+struct plan_server {
+    /* true: msgs lists every message of the folder; false: a delta. */
+    bool complete;
+    const struct plan_server_msg *msgs; /* any order */
+    size_t nmsgs;
+    const uint32_t *vanished; /* delta only: expunged since the base */
+    size_t nvanished;
+};
+
+struct plan_local_msg {
+    const char *lid; /* identity (unique name) */
+    unsigned flags;  /* MD_FLAG_* */
+    const char *const *kw;
+    size_t nkw;
+};
+
+struct plan_local {
+    const struct plan_local_msg *msgs; /* any order */
+    size_t nmsgs;
+    /* Whether the local side can carry a keyword (a dovecot-keywords letter
+     * exists or can be assigned). A keyword it cannot carry is taken as
+     * unchanged locally, so it is never dropped from the server. NULL = all
+     * can. */
+    bool (*kw_ok)(const char *name, void *arg);
+    void *kw_arg;
+};
+
+struct plan_input {
+    struct plan_server server;
+    struct plan_local local;
+    const struct idx_msg *base; /* SYNCED records (APPENDING ones are ignored) */
+    size_t nbase;
+    enum cfg_local_delete on_local_delete;
+    double max_delete_ratio;
+    uint64_t max_size;     /* 0 = no limit */
+    unsigned max_age_days; /* 0 = no limit; applies to downloads with a known date */
+    time_t now;            /* for max_age_days */
+    bool force;            /* ignore the deletion guard */
+    const char *folder;    /* for messages */
+    const char *account;   /* for the guard's message */
+};
+
+/* New on the server (or to be copied back): download uid, give it flags. */
+struct plan_download {
+    uint32_t uid;
+    unsigned flags;
+    struct plan_kw kw;
+    uint64_t size;
+    time_t internaldate;
+    bool recopy; /* deleted locally but changed on the server */
+};
+
+/* New locally (or to be copied back): append lid with flags. */
+struct plan_upload {
+    char *lid;
+    unsigned flags;
+    struct plan_kw kw;
+    uint32_t old_uid; /* recopy: the UID the server expunged, else 0 */
+};
+
+/* Flags to set on a local file. */
+struct plan_local_flags {
+    char *lid;
+    uint32_t uid;
+    unsigned flags; /* the complete new set */
+    struct plan_kw kw;
+};
+
+/* One UID STORE: op '+' or '-' with these flags and keywords, on uids. */
+struct plan_store {
+    char op;
+    unsigned flags;
+    struct plan_kw kw;
+    uint32_t *uids; /* ascending */
+    size_t nuids;
+};
+
+/* A message to delete on one side: lid locally, uid on the server. With
+ * on_local_delete flag, a server message already carrying \Deleted is not
+ * listed again (its record stays, so it is not downloaded again). */
+struct plan_delete {
+    char *lid;
+    uint32_t uid;
+};
+
+struct plan_skip {
+    uint32_t uid;
+    uint64_t size;
+    bool too_old; /* else too large */
+};
+
+struct plan {
+    struct plan_download *downloads;
+    size_t ndownloads;
+    struct plan_upload *uploads;
+    size_t nuploads;
+    struct plan_local_flags *local_flags;
+    size_t nlocal_flags;
+    struct plan_store *stores;
+    size_t nstores;
+    struct plan_delete *local_deletes; /* gone from the server */
+    size_t nlocal_deletes;
+    struct plan_delete *server_deletes; /* gone locally, per on_local_delete */
+    size_t nserver_deletes;
+    /* Records to drop now: gone from both sides. The records of deletions
+     * are the executor's to change once each deletion is done (dropped;
+     * with on_local_delete flag, kept with MD_FLAG_TRASHED so the message
+     * is not fetched again). */
+    uint32_t *drops;
+    size_t ndrops;
+    /* New base for messages on both sides whose merged flags differ from
+     * the base; record only after the flag changes on both sides are done. */
+    struct idx_msg *updates;
+    size_t nupdates;
+    struct plan_skip *skips;
+    size_t nskips;
+    /* Set when the guard tripped: no deletion is planned on either side. */
+    char *error;
+    unsigned guard_local, guard_server; /* deletions that tripped it */
+};
+
+/* Builds the plan. Never fails (inputs are trusted to be well formed:
+ * unique UIDs and identities). */
+struct plan *plan_build(const struct plan_input *in);
+void plan_free(struct plan *p);
+
+/* True when the plan changes nothing anywhere (no index writes either). */
+bool plan_empty(const struct plan *p);
+
+/* Prints the plan for --dry-run, one change per line, prefixed with the
+ * folder name. */
+void plan_print(const struct plan *p, const char *folder, FILE *fp);
+
+/* Helpers shared with the engine. */
+
+/* Parses "a b c" (the index's keyword form) into a sorted set. */
+void plan_kw_parse(const char *s, struct plan_kw *kw_r);
+/* Builds a sorted set from names (copied; duplicates dropped). */
+void plan_kw_from(const char *const *names, size_t n, struct plan_kw *kw_r);
+/* Formats a set as "a b c" into buf (cap bytes); false when it does not fit. */
+bool plan_kw_format(const struct plan_kw *kw, char *buf, size_t cap);
+bool plan_kw_has(const struct plan_kw *kw, const char *name);
+void plan_kw_free(struct plan_kw *kw);
+
+/* Letters for flags: "DFPRST" subset in ASCII order, into buf (>= 7 bytes). */
+void plan_flag_letters(unsigned flags, char *buf);
+
+#endif

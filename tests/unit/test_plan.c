@@ -1,0 +1,679 @@
+/* LINK: ms_sync ms_store ms_core */
+/* Tests for the pure sync planner: the three-way flag and keyword merge as a
+ * table, new mail both ways, deletions both ways (complete and delta server
+ * views, each on_local_delete mode), deletion/edit races that copy a message
+ * back, the mass-deletion guard and --force, max_size/max_age skips, UID
+ * STORE grouping, keywords the local side cannot hold, and the dry-run
+ * printout. Views are written as short strings: "uid:FLAGS:kw,kw" for the
+ * server, "lid:FLAGS:kw" for the local side, "uid:lid:FLAGS:kw" for the base. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/util.h"
+#include "store/maildir.h"
+#include "sync/plan.h"
+
+static unsigned letters(const char *s)
+{
+    unsigned f = 0;
+    for (; *s != '\0'; s++) {
+        switch (*s) {
+        case 'D':
+            f |= MD_FLAG_DRAFT;
+            break;
+        case 'F':
+            f |= MD_FLAG_FLAGGED;
+            break;
+        case 'P':
+            f |= MD_FLAG_PASSED;
+            break;
+        case 'R':
+            f |= MD_FLAG_REPLIED;
+            break;
+        case 'S':
+            f |= MD_FLAG_SEEN;
+            break;
+        case 'T':
+            f |= MD_FLAG_TRASHED;
+            break;
+        default:
+            fail_msg("bad flag letter %c", *s);
+        }
+    }
+    return f;
+}
+
+/* Splits "a:b:c" into at most 4 fields (missing ones are ""). */
+static void fields(const char *spec, char out[4][64])
+{
+    memset(out, 0, 4 * 64);
+    size_t k = 0, j = 0;
+    for (const char *p = spec; *p != '\0'; p++) {
+        if (*p == ':' && k < 3) {
+            k++;
+            j = 0;
+            continue;
+        }
+        if (j < 63) {
+            out[k][j++] = *p;
+        }
+    }
+}
+
+/* Keyword list "a,b" -> array of pointers into storage. */
+struct kwlist {
+    char buf[64];
+    const char *v[8];
+    size_t n;
+};
+
+static void kwsplit(const char *s, struct kwlist *k)
+{
+    snprintf(k->buf, sizeof(k->buf), "%s", s);
+    k->n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(k->buf, ",", &save); t != NULL && k->n < 8;
+         t = strtok_r(NULL, ",", &save)) {
+        k->v[k->n++] = t;
+    }
+}
+
+#define MAXM 64
+
+struct fx {
+    struct plan_server_msg srv[MAXM];
+    struct kwlist srvkw[MAXM];
+    size_t nsrv;
+    uint32_t van[MAXM];
+    size_t nvan;
+    struct plan_local_msg loc[MAXM];
+    struct kwlist lockw[MAXM];
+    char lids[MAXM][64];
+    size_t nloc;
+    struct idx_msg base[MAXM];
+    size_t nbase;
+    struct plan_input in;
+};
+
+static void fx_init(struct fx *f)
+{
+    memset(f, 0, sizeof(*f));
+    f->in.server.complete = true;
+    f->in.on_local_delete = CFG_LOCAL_DELETE_EXPUNGE;
+    f->in.max_delete_ratio = 0.5;
+    f->in.folder = "INBOX";
+    f->in.account = "work";
+}
+
+static void srv(struct fx *f, const char *spec)
+{
+    char fl[4][64];
+    fields(spec, fl);
+    struct plan_server_msg *m = &f->srv[f->nsrv];
+    kwsplit(fl[2], &f->srvkw[f->nsrv]);
+    m->uid = (uint32_t)strtoul(fl[0], NULL, 10);
+    m->flags = letters(fl[1]);
+    m->kw = f->srvkw[f->nsrv].v;
+    m->nkw = f->srvkw[f->nsrv].n;
+    m->size = 1000;
+    f->nsrv++;
+}
+
+static void loc(struct fx *f, const char *spec)
+{
+    char fl[4][64];
+    fields(spec, fl);
+    struct plan_local_msg *m = &f->loc[f->nloc];
+    snprintf(f->lids[f->nloc], sizeof(f->lids[0]), "%s", fl[0]);
+    kwsplit(fl[2], &f->lockw[f->nloc]);
+    m->lid = f->lids[f->nloc];
+    m->flags = letters(fl[1]);
+    m->kw = f->lockw[f->nloc].v;
+    m->nkw = f->lockw[f->nloc].n;
+    f->nloc++;
+}
+
+static void base(struct fx *f, const char *spec)
+{
+    char fl[4][64];
+    fields(spec, fl);
+    struct idx_msg *m = &f->base[f->nbase++];
+    memset(m, 0, sizeof(*m));
+    m->uid = (uint32_t)strtoul(fl[0], NULL, 10);
+    m->state = IDX_MSG_SYNCED;
+    snprintf(m->lid, sizeof(m->lid), "%s", fl[1]);
+    m->flags = (uint8_t)letters(fl[2]);
+    for (char *p = fl[3]; *p != '\0'; p++) {
+        if (*p == ',') {
+            *p = ' ';
+        }
+    }
+    snprintf(m->keywords, sizeof(m->keywords), "%s", fl[3]);
+}
+
+/* A message on all three sides with the same flags. */
+static void synced(struct fx *f, uint32_t uid, const char *flags)
+{
+    char s[64];
+    snprintf(s, sizeof(s), "%u:%s", (unsigned)uid, flags);
+    srv(f, s);
+    snprintf(s, sizeof(s), "l%u:%s", (unsigned)uid, flags);
+    loc(f, s);
+    snprintf(s, sizeof(s), "%u:l%u:%s", (unsigned)uid, (unsigned)uid, flags);
+    base(f, s);
+}
+
+static struct plan *build(struct fx *f)
+{
+    f->in.server.msgs = f->srv;
+    f->in.server.nmsgs = f->nsrv;
+    f->in.server.vanished = f->van;
+    f->in.server.nvanished = f->nvan;
+    f->in.local.msgs = f->loc;
+    f->in.local.nmsgs = f->nloc;
+    f->in.base = f->base;
+    f->in.nbase = f->nbase;
+    return plan_build(&f->in);
+}
+
+static const char *kwstr(const struct plan_kw *kw)
+{
+    static char buf[256];
+    assert_true(plan_kw_format(kw, buf, sizeof(buf)));
+    return buf;
+}
+
+static void test_initial_download(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    srv(&f, "3:S:");
+    srv(&f, "1::");
+    srv(&f, "2:FR:$label1,Work");
+    struct plan *p = build(&f);
+    assert_int_equal(p->ndownloads, 3);
+    /* Downloads follow the server listing's order after sorting by UID. */
+    assert_int_equal(p->downloads[0].uid, 1);
+    assert_int_equal(p->downloads[0].flags, 0);
+    assert_int_equal(p->downloads[1].uid, 2);
+    assert_int_equal(p->downloads[1].flags, MD_FLAG_FLAGGED | MD_FLAG_REPLIED);
+    assert_string_equal(kwstr(&p->downloads[1].kw), "$label1 Work");
+    assert_int_equal(p->downloads[2].flags, MD_FLAG_SEEN);
+    assert_false(p->downloads[2].recopy);
+    assert_int_equal(p->nuploads, 0);
+    assert_false(plan_empty(p));
+    plan_free(p);
+}
+
+static void test_new_local_upload(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    synced(&f, 1, "S");
+    loc(&f, "new1:FS:todo");
+    loc(&f, "new2::");
+    struct plan *p = build(&f);
+    assert_int_equal(p->ndownloads, 0);
+    assert_int_equal(p->nuploads, 2);
+    assert_string_equal(p->uploads[0].lid, "new1");
+    assert_int_equal(p->uploads[0].flags, MD_FLAG_FLAGGED | MD_FLAG_SEEN);
+    assert_string_equal(kwstr(&p->uploads[0].kw), "todo");
+    assert_int_equal(p->uploads[0].old_uid, 0);
+    assert_string_equal(p->uploads[1].lid, "new2");
+    assert_int_equal(p->nstores + p->nlocal_flags + p->nupdates + p->ndrops, 0);
+    plan_free(p);
+}
+
+static void test_unchanged_is_empty(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    for (uint32_t u = 1; u <= 30; u++) {
+        synced(&f, u, u % 2 ? "S" : "FRS");
+    }
+    struct plan *p = build(&f);
+    assert_true(plan_empty(p));
+    assert_null(p->error);
+    plan_free(p);
+
+    /* The same as a delta that mentions nothing. */
+    fx_init(&f);
+    for (uint32_t u = 1; u <= 5; u++) {
+        char s[64];
+        snprintf(s, sizeof(s), "%u:l%u:S", (unsigned)u, (unsigned)u);
+        base(&f, s);
+        snprintf(s, sizeof(s), "l%u:S", (unsigned)u);
+        loc(&f, s);
+    }
+    f.in.server.complete = false;
+    p = build(&f);
+    assert_true(plan_empty(p));
+    plan_free(p);
+}
+
+/* The merge table: base, local, server -> result, and which sides change. */
+static void test_merge_table(void **state)
+{
+    static const struct {
+        const char *b, *l, *s, *want;
+        bool local_change, server_change;
+    } t[] = {
+        {"", "", "", "", false, false},
+        {"", "S", "", "S", false, true},      /* read locally */
+        {"", "", "S", "S", true, false},      /* read elsewhere */
+        {"S", "", "S", "", false, true},      /* marked unread locally */
+        {"S", "S", "", "", true, false},      /* marked unread on the server */
+        {"S", "", "FS", "F", true, true},     /* different flags on each side */
+        {"", "S", "S", "S", false, false},    /* the same change on both sides */
+        {"F", "S", "", "S", false, true},     /* F removed on both, S added locally */
+        {"S", "FS", "RS", "FRS", true, true}, /* different flags added on each side */
+        {"", "DFPRST", "", "DFPRST", false, true},
+        {"DFPRST", "DFPRST", "", "", true, false},
+        {"R", "", "RS", "S", true, true}, /* per flag: R removed here, S added there */
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(t); i++) {
+        struct fx f;
+        fx_init(&f);
+        char s[64];
+        snprintf(s, sizeof(s), "7:m7:%s", t[i].b);
+        base(&f, s);
+        snprintf(s, sizeof(s), "m7:%s", t[i].l);
+        loc(&f, s);
+        snprintf(s, sizeof(s), "7:%s", t[i].s);
+        srv(&f, s);
+        struct plan *p = build(&f);
+        unsigned want = letters(t[i].want);
+        if (t[i].local_change) {
+            assert_int_equal(p->nlocal_flags, 1);
+            assert_int_equal(p->local_flags[0].flags, want);
+            assert_string_equal(p->local_flags[0].lid, "m7");
+            assert_int_equal(p->local_flags[0].uid, 7);
+        } else {
+            assert_int_equal(p->nlocal_flags, 0);
+        }
+        if (t[i].server_change) {
+            unsigned srvf = letters(t[i].s);
+            assert_true(p->nstores >= 1);
+            for (size_t j = 0; j < p->nstores; j++) {
+                assert_int_equal(p->stores[j].nuids, 1);
+                assert_int_equal(p->stores[j].uids[0], 7);
+                if (p->stores[j].op == '+') {
+                    srvf |= p->stores[j].flags;
+                } else {
+                    srvf &= ~p->stores[j].flags;
+                }
+            }
+            assert_int_equal(srvf, want);
+        } else {
+            assert_int_equal(p->nstores, 0);
+        }
+        if (want != letters(t[i].b)) {
+            assert_int_equal(p->nupdates, 1);
+            assert_int_equal(p->updates[0].flags, want);
+            assert_int_equal(p->updates[0].uid, 7);
+            assert_string_equal(p->updates[0].lid, "m7");
+        } else {
+            assert_int_equal(p->nupdates, 0);
+        }
+        plan_free(p);
+    }
+}
+
+static void test_keyword_merge(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    base(&f, "1:a:S:old,both");
+    loc(&f, "a:S:both,mine");       /* removed old, added mine */
+    srv(&f, "1:S:both,old,theirs"); /* added theirs */
+    struct plan *p = build(&f);
+    assert_int_equal(p->nlocal_flags, 1);
+    assert_string_equal(kwstr(&p->local_flags[0].kw), "both mine theirs");
+    assert_int_equal(p->nstores, 2);
+    for (size_t i = 0; i < p->nstores; i++) {
+        assert_int_equal(p->stores[i].flags, 0);
+        if (p->stores[i].op == '+') {
+            assert_string_equal(kwstr(&p->stores[i].kw), "mine");
+        } else {
+            assert_int_equal(p->stores[i].op, '-');
+            assert_string_equal(kwstr(&p->stores[i].kw), "old");
+        }
+    }
+    assert_int_equal(p->nupdates, 1);
+    assert_string_equal(p->updates[0].keywords, "both mine theirs");
+    plan_free(p);
+}
+
+static bool only_short(const char *name, void *arg)
+{
+    (void)arg;
+    return strlen(name) <= 3;
+}
+
+/* A keyword the local side cannot hold is never taken as removed locally. */
+static void test_keyword_not_representable(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    f.in.local.kw_ok = only_short;
+    base(&f, "1:a::longname");
+    loc(&f, "a:S:");
+    srv(&f, "1::longname,new");
+    struct plan *p = build(&f);
+    assert_int_equal(p->nstores, 1);
+    assert_int_equal(p->stores[0].op, '+');
+    assert_int_equal(p->stores[0].flags, MD_FLAG_SEEN);
+    assert_int_equal(p->stores[0].kw.n, 0);
+    assert_int_equal(p->nupdates, 1);
+    assert_string_equal(p->updates[0].keywords, "longname new");
+    plan_free(p);
+
+    /* Deleted on the server while the local copy only "lacks" such a
+     * keyword: not a local change, so the local copy goes. */
+    fx_init(&f);
+    f.in.local.kw_ok = only_short;
+    base(&f, "1:a:S:longname");
+    loc(&f, "a:S:");
+    p = build(&f);
+    assert_int_equal(p->nlocal_deletes, 1);
+    assert_int_equal(p->nuploads, 0);
+    plan_free(p);
+}
+
+static void test_server_deletion(void **state)
+{
+    /* Complete view: gone from the listing. */
+    struct fx f;
+    fx_init(&f);
+    synced(&f, 1, "S");
+    base(&f, "2:l2:S");
+    loc(&f, "l2:S");
+    struct plan *p = build(&f);
+    assert_int_equal(p->nlocal_deletes, 1);
+    assert_string_equal(p->local_deletes[0].lid, "l2");
+    assert_int_equal(p->local_deletes[0].uid, 2);
+    assert_int_equal(p->nserver_deletes, 0);
+    assert_int_equal(p->ndrops, 0);
+    plan_free(p);
+
+    /* Delta view: only what VANISHED names is gone. */
+    fx_init(&f);
+    f.in.server.complete = false;
+    base(&f, "1:l1:S");
+    loc(&f, "l1:S");
+    base(&f, "2:l2:");
+    loc(&f, "l2:");
+    f.van[f.nvan++] = 2;
+    f.van[f.nvan++] = 99; /* never known: ignored */
+    p = build(&f);
+    assert_int_equal(p->nlocal_deletes, 1);
+    assert_int_equal(p->local_deletes[0].uid, 2);
+    assert_int_equal(p->ndownloads + p->nuploads + p->nstores + p->nlocal_flags, 0);
+    plan_free(p);
+}
+
+static void test_local_deletion_modes(void **state)
+{
+    static const enum cfg_local_delete modes[] = {CFG_LOCAL_DELETE_EXPUNGE, CFG_LOCAL_DELETE_TRASH,
+                                                  CFG_LOCAL_DELETE_FLAG};
+    for (size_t i = 0; i < ARRAY_SIZE(modes); i++) {
+        struct fx f;
+        fx_init(&f);
+        f.in.on_local_delete = modes[i];
+        synced(&f, 1, "S");
+        base(&f, "2:l2:S");
+        srv(&f, "2:S");
+        struct plan *p = build(&f);
+        assert_int_equal(p->nserver_deletes, 1);
+        assert_int_equal(p->server_deletes[0].uid, 2);
+        assert_string_equal(p->server_deletes[0].lid, "l2");
+        assert_int_equal(p->nlocal_deletes + p->ndownloads + p->ndrops, 0);
+        plan_free(p);
+    }
+    /* Flag mode, already \Deleted on the server: nothing more to do, and
+     * the message is not downloaded again. */
+    struct fx f;
+    fx_init(&f);
+    f.in.on_local_delete = CFG_LOCAL_DELETE_FLAG;
+    base(&f, "2:l2:ST");
+    srv(&f, "2:ST");
+    struct plan *p = build(&f);
+    assert_true(plan_empty(p));
+    plan_free(p);
+}
+
+static void test_deleted_both_sides(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    base(&f, "5:l5:S");
+    struct plan *p = build(&f);
+    assert_int_equal(p->ndrops, 1);
+    assert_int_equal(p->drops[0], 5);
+    assert_int_equal(p->nlocal_deletes + p->nserver_deletes, 0);
+    plan_free(p);
+}
+
+/* A deletion on one side races an edit on the other: the edit wins and the
+ * message is copied back (no loss). */
+static void test_delete_edit_race(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    base(&f, "3:l3:");
+    loc(&f, "l3:F"); /* flagged here, expunged there */
+    struct plan *p = build(&f);
+    assert_int_equal(p->nlocal_deletes, 0);
+    assert_int_equal(p->nuploads, 1);
+    assert_string_equal(p->uploads[0].lid, "l3");
+    assert_int_equal(p->uploads[0].flags, MD_FLAG_FLAGGED);
+    assert_int_equal(p->uploads[0].old_uid, 3);
+    plan_free(p);
+
+    fx_init(&f);
+    base(&f, "3:l3:");
+    srv(&f, "3:S"); /* read there, deleted here */
+    p = build(&f);
+    assert_int_equal(p->nserver_deletes, 0);
+    assert_int_equal(p->ndownloads, 1);
+    assert_int_equal(p->downloads[0].uid, 3);
+    assert_int_equal(p->downloads[0].flags, MD_FLAG_SEEN);
+    assert_true(p->downloads[0].recopy);
+    plan_free(p);
+}
+
+static void test_guard(void **state)
+{
+    /* 30 messages, 16 gone from the server: over 50%. */
+    struct fx f;
+    fx_init(&f);
+    for (uint32_t u = 1; u <= 30; u++) {
+        char s[64];
+        snprintf(s, sizeof(s), "%u:l%u:S", (unsigned)u, (unsigned)u);
+        base(&f, s);
+        snprintf(s, sizeof(s), "l%u:S", (unsigned)u);
+        loc(&f, s);
+        if (u > 16) {
+            snprintf(s, sizeof(s), "%u:S", (unsigned)u);
+            srv(&f, s);
+        }
+    }
+    loc(&f, "fresh:"); /* other work still planned */
+    struct plan *p = build(&f);
+    assert_non_null(p->error);
+    assert_non_null(strstr(p->error, "folder 'INBOX'"));
+    assert_non_null(strstr(p->error, "mailsync sync --force work"));
+    assert_int_equal(p->guard_local, 16);
+    assert_int_equal(p->nlocal_deletes + p->nserver_deletes, 0);
+    assert_int_equal(p->nuploads, 1);
+    plan_free(p);
+
+    f.in.force = true;
+    p = build(&f);
+    assert_null(p->error);
+    assert_int_equal(p->nlocal_deletes, 16);
+    plan_free(p);
+
+    /* Exactly half is allowed; the other side is guarded too. */
+    fx_init(&f);
+    for (uint32_t u = 1; u <= 30; u++) {
+        char s[64];
+        snprintf(s, sizeof(s), "%u:l%u:", (unsigned)u, (unsigned)u);
+        base(&f, s);
+        snprintf(s, sizeof(s), "%u:", (unsigned)u);
+        srv(&f, s);
+        if (u > 15) {
+            snprintf(s, sizeof(s), "l%u:", (unsigned)u);
+            loc(&f, s);
+        }
+    }
+    p = build(&f);
+    assert_null(p->error);
+    assert_int_equal(p->nserver_deletes, 15);
+    plan_free(p);
+    f.in.max_delete_ratio = 0.4;
+    p = build(&f);
+    assert_non_null(p->error);
+    assert_int_equal(p->guard_server, 15);
+    plan_free(p);
+
+    /* Small folders are never guarded. */
+    fx_init(&f);
+    for (uint32_t u = 1; u <= PLAN_GUARD_MIN; u++) {
+        char s[64];
+        snprintf(s, sizeof(s), "%u:l%u:", (unsigned)u, (unsigned)u);
+        base(&f, s);
+        snprintf(s, sizeof(s), "l%u:", (unsigned)u);
+        loc(&f, s);
+    }
+    p = build(&f);
+    assert_null(p->error);
+    assert_int_equal(p->nlocal_deletes, PLAN_GUARD_MIN);
+    plan_free(p);
+}
+
+static void test_skips(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    srv(&f, "1:");
+    srv(&f, "2:");
+    srv(&f, "3:");
+    f.srv[0].size = 5000;                          /* too big */
+    f.srv[1].internaldate = 10000000 - 40 * 86400; /* too old */
+    f.srv[2].internaldate = 10000000 - 2 * 86400;
+    f.in.max_size = 4096;
+    f.in.max_age_days = 30;
+    f.in.now = 10000000;
+    struct plan *p = build(&f);
+    assert_int_equal(p->ndownloads, 1);
+    assert_int_equal(p->downloads[0].uid, 3);
+    assert_int_equal(p->nskips, 2);
+    assert_int_equal(p->skips[0].uid, 1);
+    assert_false(p->skips[0].too_old);
+    assert_int_equal(p->skips[1].uid, 2);
+    assert_true(p->skips[1].too_old);
+    plan_free(p);
+}
+
+static void test_store_grouping(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    for (uint32_t u = 10; u >= 1; u--) {
+        char s[64];
+        snprintf(s, sizeof(s), "%u:l%u:", (unsigned)u, (unsigned)u);
+        base(&f, s);
+        snprintf(s, sizeof(s), "%u:", (unsigned)u);
+        srv(&f, s);
+        /* Odd ones read locally, even ones flagged. */
+        snprintf(s, sizeof(s), "l%u:%s", (unsigned)u, u % 2 ? "S" : "F");
+        loc(&f, s);
+    }
+    struct plan *p = build(&f);
+    assert_int_equal(p->nstores, 2);
+    for (size_t i = 0; i < 2; i++) {
+        const struct plan_store *st = &p->stores[i];
+        assert_int_equal(st->op, '+');
+        assert_int_equal(st->nuids, 5);
+        uint32_t first = st->flags == MD_FLAG_SEEN ? 1 : 2;
+        for (size_t j = 0; j < 5; j++) {
+            assert_int_equal(st->uids[j], first + 2 * j);
+        }
+    }
+    assert_int_equal(p->nupdates, 10);
+    plan_free(p);
+}
+
+static void test_kw_helpers(void **state)
+{
+    struct plan_kw kw;
+    plan_kw_parse("zeta  alpha beta alpha", &kw);
+    assert_int_equal(kw.n, 3);
+    assert_true(plan_kw_has(&kw, "beta"));
+    assert_false(plan_kw_has(&kw, "gamma"));
+    char buf[32];
+    assert_true(plan_kw_format(&kw, buf, sizeof(buf)));
+    assert_string_equal(buf, "alpha beta zeta");
+    assert_false(plan_kw_format(&kw, buf, 10));
+    plan_kw_free(&kw);
+    plan_kw_parse("", &kw);
+    assert_int_equal(kw.n, 0);
+    assert_true(plan_kw_format(&kw, buf, sizeof(buf)));
+    assert_string_equal(buf, "");
+    char fl[8];
+    plan_flag_letters(MD_FLAGS_ALL, fl);
+    assert_string_equal(fl, "DFPRST");
+    plan_flag_letters(MD_FLAG_SEEN | MD_FLAG_DRAFT, fl);
+    assert_string_equal(fl, "DS");
+}
+
+static void test_print(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    srv(&f, "4:S:");
+    loc(&f, "up1:F:");
+    base(&f, "2:l2:");
+    loc(&f, "l2:");
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *fp = open_memstream(&buf, &len);
+    struct plan *p = build(&f);
+    plan_print(p, "Lists/dev", fp);
+    fclose(fp);
+    assert_non_null(strstr(buf, "Lists/dev: download uid 4 (1000 bytes) flags 'S'\n"));
+    assert_non_null(strstr(buf, "Lists/dev: upload up1 flags 'F'\n"));
+    assert_non_null(strstr(buf, "Lists/dev: delete local l2 (uid 2 gone from the server)\n"));
+    free(buf);
+    plan_free(p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_initial_download),
+        cmocka_unit_test(test_new_local_upload),
+        cmocka_unit_test(test_unchanged_is_empty),
+        cmocka_unit_test(test_merge_table),
+        cmocka_unit_test(test_keyword_merge),
+        cmocka_unit_test(test_keyword_not_representable),
+        cmocka_unit_test(test_server_deletion),
+        cmocka_unit_test(test_local_deletion_modes),
+        cmocka_unit_test(test_deleted_both_sides),
+        cmocka_unit_test(test_delete_edit_race),
+        cmocka_unit_test(test_guard),
+        cmocka_unit_test(test_skips),
+        cmocka_unit_test(test_store_grouping),
+        cmocka_unit_test(test_kw_helpers),
+        cmocka_unit_test(test_print),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
