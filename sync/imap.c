@@ -749,7 +749,9 @@ static void handle_continuation(struct imap *im, const struct imap_response *r)
     if (c != NULL && !im->idling) {
         im->idling = true;
         imap_set_state(im, IMAP_STATE_IDLE);
-        if (im->idle_stop_requested) {
+        /* Commands queued behind the IDLE end it at once. */
+        if (im->idle_stop_requested || im->uq != NULL) {
+            im->idle_stop_requested = true;
             imap_send_raw(im, "DONE\r\n", "DONE");
         }
         update_expect(im);

@@ -793,6 +793,9 @@ static int parse_fetch(struct imap *im, uint32_t seq, const struct imap_arg *lis
             if (v->type != IMAP_ARG_LIST) {
                 return -1;
             }
+            free(fp->kw);
+            fp->msg.nkeywords = 0;
+            fp->msg.flags = 0;
             fp->kw = xcalloc(nf + 1, sizeof(*fp->kw));
             for (size_t j = 0; j < nf; j++) {
                 const char *s = imap_arg_str(&f[j]);
@@ -1096,6 +1099,7 @@ static void handle_status(struct imap *im, const struct imap_response *r)
             if (f != NULL) {
                 f->f.has_status = true;
                 f->f.status = st;
+                free(f->status_folder);
                 f->status_folder = name;
                 return;
             }

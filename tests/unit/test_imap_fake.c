@@ -386,6 +386,22 @@ static void test_idle_ends_when_a_command_is_queued(void **state)
     fake_close_all(&f);
 }
 
+static void test_command_queued_behind_idle(void **state)
+{
+    struct fake f;
+    int port = fake_start(&f);
+    connect_client(&f, port, 0);
+    /* Both queued before the session is ready: the IDLE starts and ends
+     * as soon as the server accepts it, because a command waits. */
+    assert_int_equal(imap_idle_start(f.im, on_done, &f), 0);
+    assert_int_equal(imap_noop(f.im, on_done, &f), 0);
+    run_until(&f, NULL, &f.done_count, 2);
+    assert_int_equal(f.ok_count, 2);
+    assert_string_equal(f.log.buf, "LIST \"\" \"\"\nIDLE\nDONE\nNOOP\n");
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
 static void test_free_inside_callback(void **state)
 {
     struct fake f;
@@ -439,6 +455,7 @@ int main(void)
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_pipeline_depth_and_held_commands),
         cmocka_unit_test(test_idle_ends_when_a_command_is_queued),
+        cmocka_unit_test(test_command_queued_behind_idle),
         cmocka_unit_test(test_free_inside_callback),
         cmocka_unit_test(test_connection_refused),
     };
