@@ -15,7 +15,7 @@
 #include <string.h>
 
 /* A server that expands a search result beyond this is hostile. */
-#define MAX_SEARCH_UIDS 20000000u
+#define MAX_SEARCH_UIDS 10000000u
 
 static const char *const kind_names[] = {
     [IMAP_CMD_CAPABILITY] = "CAPABILITY",

@@ -185,6 +185,9 @@ class Conn:
         elif verb == "LIST" and rest.startswith('"" ""'):
             self.send('* LIST (\\Noselect) "/" ""\r\n')
             self.ok(tag)
+        elif verb in ("LIST", "LSUB"):
+            self.send('* %s () "/" INBOX\r\n' % verb)
+            self.ok(tag)
         elif verb in ("SELECT", "EXAMINE"):
             self.send("* 1 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 2] ok\r\n")
             self.send("%s OK [READ-WRITE] selected\r\n" % tag)

@@ -280,6 +280,68 @@ class FakeServerTest(unittest.TestCase):
         p, lines = self.run_script(script, "noop")
         self.assertFatal(p, lines, "%s: tagged response for unknown command 'Z99'" % self.host)
 
+    def test_hostile_but_parseable_responses(self):
+        """Responses that parse but make no sense must end in a clean error
+        or be ignored: never a crash, a sanitizer report or a hang."""
+        cases = [
+            ("* 4294967296 EXISTS\r\n", None),
+            ("* 1 FETCH (UID 1 FLAGS \\Seen)\r\n", "malformed FETCH response for message 1"),
+            ("* 1 FETCH (UID)\r\n", "malformed FETCH response for message 1"),
+            ("* 1 FETCH\r\n", "malformed FETCH response"),
+            ("* 1 FETCH (MODSEQ (x) UID 1)\r\n", "malformed FETCH response for message 1"),
+            ("* 1 FETCH (INTERNALDATE \"yesterday\" UID 1)\r\n",
+             "malformed FETCH response for message 1"),
+            ("* 0 FETCH (UID 0 FLAGS ())\r\n", None),
+            ("* OK [PERMANENTFLAGS]\r\n* OK [COPYUID 1 2]\r\n* OK [UIDNEXT x]\r\n", None),
+            ("* VANISHED (EARLIER)\r\n", "malformed VANISHED response"),
+            ("* VANISHED 5:x\r\n", "malformed VANISHED response"),
+            ('* LIST () "ab" x\r\n', "malformed LIST delimiter"),
+            ("* STATUS x y\r\n", "malformed STATUS response"),
+            ("* SEARCH 1 2 x\r\n", None),
+            ('* ESEARCH (TAG "A99") UID ALL 1:4294967295\r\n', None),
+            ("* ENABLED\r\n* CAPABILITY\r\n* FLAGS\r\n* 3 RECENT\r\n", None),
+            ("+ unexpected\r\n", "unexpected continuation request from the server: unexpected"),
+            ("* BYE\r\n", "server closed the connection: BYE"),
+            ("* NO [ALERT] disk on fire\r\n", None),
+        ]
+        for resp, err in cases:
+            with self.subTest(resp=resp):
+                def on_noop(c, tag, rest, raw, resp=resp):
+                    c.send(resp)
+                    c.ok(tag)
+
+                def script(c):
+                    c.greet()
+                    c.serve({"NOOP": on_noop})
+
+                p, lines = self.run_script(script, "noop", "list", "noop", "logout")
+                self.assertNotIn("Sanitizer", p.stderr)
+                self.assertNotIn("runtime error", p.stderr)
+                self.assertTrue(lines[-1].startswith("VMHWM"), lines)
+                if err is None:
+                    self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-2000:])
+                else:
+                    self.assertIn("ERROR %s: %s" % (self.host, err), lines)
+                    self.assertEqual(p.returncode, 1)
+
+        # The alert reached the owner as an event.
+        self.assertIn("EVENT ALERT disk on fire", lines)
+
+    def test_search_result_too_large(self):
+        def on_search(c, tag, rest, raw):
+            c.send('* ESEARCH (TAG "%s") UID ALL 1:4294967295\r\n' % tag)
+            c.ok(tag)
+
+        def script(c):
+            c.caps = "IMAP4rev1 ESEARCH"
+            c.greet()
+            c.serve({"UID SEARCH": on_search})
+
+        p, lines = self.run_script(script, "select INBOX", "search ALL")
+        msg = "%s: search result too large" % self.host
+        self.assertIn("DONE search ERR " + msg, lines)
+        self.assertFatal(p, lines, msg)
+
     # -- authentication -----------------------------------------------------------
 
     def test_login_with_literal_password_waits_for_continuation(self):
