@@ -218,6 +218,24 @@ class FakeServerTest(unittest.TestCase):
         p, lines = self.run_script(script, "noop")
         self.assertFatal(p, lines, "%s: the server's greeting is not an IMAP greeting" % self.host)
 
+    def test_bye_greeting(self):
+        def script(c):
+            c.send("* BYE Too many connections\r\n")
+            time.sleep(0.3)
+
+        p, lines = self.run_script(script, "noop")
+        self.assertFatal(p, lines, "%s: server refused the connection: Too many connections"
+                         % self.host)
+
+    def test_preauth_refused_when_starttls_required(self):
+        def script(c):
+            c.send("* PREAUTH [CAPABILITY IMAP4rev1 STARTTLS] welcome\r\n")
+            time.sleep(0.3)
+
+        p, lines = self.run_script(script, "noop", tls="starttls", server_tls=None)
+        self.assertFatal(p, lines, "%s: server sent PREAUTH, so STARTTLS is impossible; refusing "
+                         "to continue without TLS (tls: starttls)" % self.host)
+
     def test_malformed_response(self):
         def on_select(c, tag, rest, raw):
             c.send("* 1 FETCH (UID 1 FLAGS (\\Seen)))\r\n")
