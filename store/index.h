@@ -26,9 +26,9 @@
 
 #define IDX_ERETRY (-EAGAIN)
 #define IDX_SCHEMA_VERSION 1u
-#define IDX_LID_MAX 255      /* longest local identity stored */
+#define IDX_LID_MAX 255       /* longest local identity stored */
 #define IDX_KEYWORDS_MAX 1024 /* space-separated keyword names */
-#define IDX_UIDL_MAX 70      /* RFC 1939 */
+#define IDX_UIDL_MAX 70       /* RFC 1939 */
 
 struct idx;
 struct idx_txn;
@@ -56,7 +56,7 @@ int idx_write(struct idx *idx, int (*fn)(struct idx_txn *txn, void *arg), void *
 
 /* Per folder state. Folder names are the server-style UTF-8 names. */
 struct idx_folder {
-    uint32_t uidvalidity;   /* 0 = never synced */
+    uint32_t uidvalidity; /* 0 = never synced */
     uint32_t uidnext;
     uint64_t highestmodseq; /* 0 = unknown / NOMODSEQ */
     int64_t last_full_sync; /* unix time of the last complete sync, 0 = never */
@@ -84,8 +84,8 @@ enum idx_msg_state {
 struct idx_msg {
     uint32_t uid; /* 0 while APPENDING */
     uint8_t state;
-    uint8_t flags;       /* MD_FLAG_* bits, as last synced */
-    uint64_t size;       /* size on the wire (CRLF), 0 if unknown */
+    uint8_t flags;                       /* MD_FLAG_* bits, as last synced */
+    uint64_t size;                       /* size on the wire (CRLF), 0 if unknown */
     char lid[IDX_LID_MAX + 1];           /* local identity (Maildir unique name) */
     char keywords[IDX_KEYWORDS_MAX + 1]; /* sorted, space-separated, "" for none */
     uint8_t msgid_hash[16]; /* truncated SHA-256 of Message-ID (or header block); zero if unknown */
@@ -96,8 +96,7 @@ struct idx_msg {
  * old keys. */
 int idx_msg_put(struct idx_txn *txn, const char *folder, const struct idx_msg *m);
 int idx_msg_get_uid(struct idx_txn *txn, const char *folder, uint32_t uid, struct idx_msg *m_r);
-int idx_msg_get_lid(struct idx_txn *txn, const char *folder, const char *lid,
-                    struct idx_msg *m_r);
+int idx_msg_get_lid(struct idx_txn *txn, const char *folder, const char *lid, struct idx_msg *m_r);
 /* Removes the record (both keys) with that local identity / UID. Absent is
  * -ENOENT. */
 int idx_msg_delete_lid(struct idx_txn *txn, const char *folder, const char *lid);

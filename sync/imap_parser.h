@@ -59,14 +59,16 @@ struct imap_parser_limits {
     size_t inline_literal_max; /* literals up to this are kept inline; default 64 KiB */
     unsigned max_depth;        /* list nesting; default 32 */
     size_t max_args;           /* total arguments in one response; default 1,000,000 */
-    size_t max_response;       /* total inline bytes of one response (line + inline literals); default 16 MiB */
+    size_t max_response; /* total inline bytes of one response (line + inline literals); default 16
+                            MiB */
 };
 
 enum imap_arg_type {
-    IMAP_ARG_ATOM = 0,          /* includes numbers, flags like \Seen, BODY[HEADER.FIELDS (..)] kept as one atom up to ']' */
-    IMAP_ARG_STRING,            /* quoted string (unescaped) */
-    IMAP_ARG_LITERAL,           /* inline literal */
-    IMAP_ARG_LITERAL_STREAMED,  /* literal delivered through LITERAL_* results */
+    IMAP_ARG_ATOM = 0, /* includes numbers, flags like \Seen, BODY[HEADER.FIELDS (..)] kept as one
+                          atom up to ']' */
+    IMAP_ARG_STRING,   /* quoted string (unescaped) */
+    IMAP_ARG_LITERAL,  /* inline literal */
+    IMAP_ARG_LITERAL_STREAMED, /* literal delivered through LITERAL_* results */
     IMAP_ARG_NIL,
     IMAP_ARG_LIST,
 };
@@ -118,11 +120,11 @@ struct imap_response {
 
 /* During LITERAL_BEGIN / DATA / END. */
 struct imap_literal {
-    uint64_t size;                         /* announced size */
-    uint64_t offset;                       /* bytes delivered before this chunk */
-    const char *data;                      /* DATA: chunk, points into the fed buffer */
-    size_t len;                            /* DATA: chunk length */
-    const struct imap_response *partial;   /* BEGIN: the response parsed so far */
+    uint64_t size;                       /* announced size */
+    uint64_t offset;                     /* bytes delivered before this chunk */
+    const char *data;                    /* DATA: chunk, points into the fed buffer */
+    size_t len;                          /* DATA: chunk length */
+    const struct imap_response *partial; /* BEGIN: the response parsed so far */
     /* BEGIN: the argument just before the literal inside the innermost open
      * list (e.g. ATOM "BODY[]"), or NULL. */
     const struct imap_arg *preceding;

@@ -44,9 +44,9 @@ struct net_opts {
     const char *host; /* name or address; used for SNI and verification */
     uint16_t port;
     enum net_tls_mode tls;
-    const char *ca_file;     /* NULL: system trust store only; else added to it */
-    const char *fingerprint; /* NULL or "sha256:<64 lowercase hex>": pin the leaf certificate */
-    bool insecure_skip_verify; /* tests only; never set from configuration */
+    const char *ca_file;         /* NULL: system trust store only; else added to it */
+    const char *fingerprint;     /* NULL or "sha256:<64 lowercase hex>": pin the leaf certificate */
+    bool insecure_skip_verify;   /* tests only; never set from configuration */
     unsigned connect_timeout_ms; /* whole resolve+connect+handshake; 0 = 30 s */
     unsigned idle_timeout_ms;    /* no bytes received for this long while the owner
                                     expects an answer (see net_expect); 0 = 60 s */
@@ -97,7 +97,7 @@ const char *net_tls_cipher(const struct net_conn *c);
 /* "sha256:..." of the leaf certificate, or NULL without TLS. */
 const char *net_tls_fingerprint(const struct net_conn *c);
 bool net_compressed(const struct net_conn *c);
-uint64_t net_bytes_in(const struct net_conn *c);  /* on the wire */
+uint64_t net_bytes_in(const struct net_conn *c); /* on the wire */
 uint64_t net_bytes_out(const struct net_conn *c);
 
 #endif
