@@ -29,6 +29,10 @@
 #define MAX_HEADER_KEEP (256u * 1024)
 /* Header bytes hashed at most (the same limit for RETR and TOP). */
 #define MAX_HEADER_HASH (1024u * 1024)
+/* Files of a batch are fsynced and renamed by this many threadpool jobs at
+ * once: ext4 and xfs fold concurrent fsyncs into fewer journal commits, so
+ * this is several times faster than one fsync after another. */
+#define NSHARD 4
 
 enum ps_phase {
     PS_START = 0,
@@ -90,6 +94,23 @@ struct rec {
     bool listed;
 };
 
+/* One of the parallel jobs that commit a batch's files. */
+struct shard_job {
+    uv_work_t work;
+    struct popsync *ps;
+    int k;
+    int err;
+    char *errmsg;
+};
+
+/* Complete, uncommitted downloads. */
+struct batch {
+    struct dl **v;
+    size_t n, cap;
+    uint64_t bytes;
+    unsigned long long started;
+};
+
 /* A message being downloaded or waiting in the batch. */
 struct dl {
     struct popsync *ps;
@@ -98,6 +119,8 @@ struct dl {
     struct hdrhash hh;
     int err; /* local write error */
     uint64_t bytes;
+    bool in_batch;
+    int shard; /* which handle of its set the writer belongs to */
     char lid[IDX_LID_MAX + 1];
     bool committed;
 };
@@ -114,7 +137,15 @@ struct popsync {
     enum ps_phase phase;
 
     struct idx *idx;
-    struct md_folder *folder;
+    /* Two handles on the INBOX folder: see "downloads" below. */
+    struct md_folder *folders[2][NSHARD];
+    int wf;         /* the set of handles new writers use */
+    int commit_set; /* the set of the batch being committed */
+    int next_shard; /* round robin over the handles of a set */
+    struct shard_job shards[NSHARD];
+    unsigned shards_pending;
+    int commit_err;
+    char *commit_errmsg;
     struct md_scan *scan;
     struct secret_req *secret_req;
     struct pop3 *pop;
@@ -133,12 +164,11 @@ struct popsync {
     struct smsg **todo;
     size_t ntodo, todo_cap, todo_next;
     unsigned retr_inflight;
-    struct dl *cur; /* the RETR whose body is streaming (answers are in order) */
-    struct dl **batch;
-    size_t nbatch, batch_cap;
-    uint64_t batch_bytes;
-    unsigned long long batch_started;
+    struct dl *streaming; /* the RETR whose writer is open (answers are in order) */
+    struct batch fill;    /* complete messages waiting for a commit */
+    struct batch commit;  /* the batch the running job commits */
     bool committing;
+    bool paused; /* the connection is paused until the commit finishes */
     unsigned dl_done;
 
     /* DELE / QUIT. */
@@ -622,13 +652,13 @@ static void prep_work(struct popsync *ps)
     if (ps->nrecs > 1) {
         qsort(ps->recs, ps->nrecs, sizeof(*ps->recs), rec_cmp);
     }
-    r = md_scan(ps->folder, &ps->scan);
+    r = md_scan(ps->folders[0][0], &ps->scan);
     if (r < 0) {
-        job_fail(ps, r, "%s", md_folder_error(ps->folder));
+        job_fail(ps, r, "%s", md_folder_error(ps->folders[0][0]));
         return;
     }
     if (!ps->opts.dry_run) {
-        md_clean_tmp(ps->folder, ps->now);
+        md_clean_tmp(ps->folders[0][0], ps->now);
     }
 }
 
@@ -1041,6 +1071,42 @@ static void mark_duplicates(struct popsync *ps)
     free(v);
 }
 
+/* DESIGN.md invariant 6: a Maildir that vanished (a moved disk, a changed
+ * path, which md_folder_open then recreates empty) must not read as the
+ * user deleting everything, least of all with delete_when_deleted_locally.
+ * More local deletions at once than max_delete_ratio of the delivered
+ * messages stops the run instead. */
+static bool local_deletions_plausible(struct popsync *ps)
+{
+    unsigned present = 0, missing = 0;
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        const struct smsg *m = &ps->msgs[i];
+        if (m->rec < 0 || m->uidl[0] == '\0') {
+            continue;
+        }
+        const struct idx_pop *p = &ps->recs[m->rec].p;
+        if (!(p->flags & IDX_POP_DELIVERED) || (p->flags & IDX_POP_DELETED_LOCALLY)) {
+            continue;
+        }
+        if (scan_has(ps, p->lid)) {
+            present++;
+        } else {
+            missing++;
+        }
+    }
+    unsigned total = present + missing;
+    if (!ps->opts.force && total >= 4 && (double)missing > ps->acct->max_delete_ratio * total) {
+        set_error(ps, POPSYNC_PERMANENT,
+                  "%s: %u of the %u downloaded messages are gone from %s; refusing to treat that "
+                  "many as deleted locally (more than %.0f%%). If they were deleted on purpose, "
+                  "sync this account once with --force",
+                  ps->name, missing, total, md_folder_path(ps->folders[0][0]),
+                  ps->acct->max_delete_ratio * 100);
+        return false;
+    }
+    return true;
+}
+
 /* Second pass: decide per message. */
 static void plan(struct popsync *ps)
 {
@@ -1050,6 +1116,9 @@ static void plan(struct popsync *ps)
     }
     ps->res.listed = (unsigned)ps->nmsgs;
     mark_duplicates(ps);
+    if (!local_deletions_plausible(ps)) {
+        return;
+    }
     for (size_t i = 0; i < ps->nmsgs; i++) {
         struct smsg *m = &ps->msgs[i];
         if (m->uidl[0] == '\0') {
@@ -1104,8 +1173,7 @@ static void plan(struct popsync *ps)
                     add_put(ps, &np);
                     m->deleted_locally = true;
                     ps->res.deleted_locally++;
-                    log_info("%s: message %s was deleted locally; it will not be downloaded again",
-                             ps->name, m->uidl);
+                    log_debug("%s: message %s was deleted locally", ps->name, m->uidl);
                 }
             }
             continue;
@@ -1166,6 +1234,11 @@ static void plan(struct popsync *ps)
         }
     }
     ps->listing_complete = true;
+    if (ps->res.deleted_locally > 0) {
+        log_info("%s: %u message%s deleted locally will not be downloaded again%s", ps->name,
+                 ps->res.deleted_locally, ps->res.deleted_locally == 1 ? "" : "s",
+                 ps->acct->pop.delete_when_deleted_locally ? " and are deleted on the server" : "");
+    }
     if (ps->res.adopted > 0) {
         log_info("%s: %u message%s stored before an interruption %s recorded now", ps->name,
                  ps->res.adopted, ps->res.adopted == 1 ? "" : "s",
@@ -1175,6 +1248,12 @@ static void plan(struct popsync *ps)
 
 /* ---- downloads ------------------------------------------------------------- */
 
+/* Downloading and committing overlap: while a threadpool job commits one
+ * batch (fsync, rename, index), the loop goes on receiving the next one.
+ * Each batch's writers belong to one of two handles on the same folder,
+ * so that no struct md_folder is ever used by two threads at once; a batch
+ * is handed over only between two messages (no writer open outside it). */
+
 static void commit_batch(struct popsync *ps);
 static void issue_retrs(struct popsync *ps);
 
@@ -1182,6 +1261,9 @@ static void dl_free(struct dl *d)
 {
     if (d->m->dl == d) {
         d->m->dl = NULL;
+    }
+    if (d->ps->streaming == d) {
+        d->ps->streaming = NULL;
     }
     if (d->w != NULL) {
         md_writer_abort(d->w);
@@ -1191,36 +1273,60 @@ static void dl_free(struct dl *d)
     free(d);
 }
 
+static int dl_open(struct popsync *ps, struct dl *d)
+{
+    d->shard = ps->next_shard;
+    ps->next_shard = (ps->next_shard + 1) % NSHARD;
+    struct md_folder *f = ps->folders[ps->wf][d->shard];
+    int r = md_writer_open(f, false, &d->w);
+    if (r < 0) {
+        d->w = NULL;
+        d->err = r;
+        set_error(ps, local_kind(r), "%s", md_folder_error(f));
+        return r;
+    }
+    ps->streaming = d;
+    return 0;
+}
+
 static void on_retr_data(struct pop3 *p, const char *data, size_t len, void *arg)
 {
     struct dl *d = arg;
     struct popsync *ps = d->ps;
-    ps->cur = d;
     if (d->err < 0) {
         return;
     }
-    if (d->w == NULL) {
-        int r = md_writer_open(ps->folder, false, &d->w);
-        if (r < 0) {
-            d->w = NULL;
-            d->err = r;
-            set_error(ps, local_kind(r), "%s", md_folder_error(ps->folder));
-            return;
-        }
+    if (d->w == NULL && dl_open(ps, d) < 0) {
+        return;
     }
     hh_feed(&d->hh, data, len);
     int r = md_writer_write(d->w, data, len);
     if (r < 0) {
         d->err = r;
-        set_error(ps, local_kind(r), "%s", md_folder_error(ps->folder));
+        set_error(ps, local_kind(r), "%s", md_folder_error(ps->folders[ps->wf][d->shard]));
     }
+}
+
+static void batch_add(struct batch *b, struct dl *d)
+{
+    xgrow(&b->v, &b->cap, b->n + 1, sizeof(*b->v));
+    if (b->n == 0) {
+        b->started = now_ms();
+    }
+    b->v[b->n++] = d;
+    b->bytes += md_writer_size(d->w);
+    d->in_batch = true;
+}
+
+static bool batch_full(const struct batch *b)
+{
+    return b->n >= BATCH_MAX_MSGS || b->bytes >= BATCH_MAX_BYTES;
 }
 
 static void on_retr_done(struct pop3 *p, const struct pop3_status *st, void *arg)
 {
     struct dl *d = arg;
     struct popsync *ps = d->ps;
-    ps->cur = NULL;
     ps->retr_inflight--;
     if (st->err < 0 || d->err < 0 || ps->cancelled) {
         dl_free(d);
@@ -1233,33 +1339,24 @@ static void on_retr_done(struct pop3 *p, const struct pop3_status *st, void *arg
         advance(ps);
         return;
     }
-    if (d->w == NULL) {
-        /* An empty message: still a message. */
-        int r = md_writer_open(ps->folder, false, &d->w);
-        if (r < 0) {
-            d->w = NULL;
-            set_error(ps, local_kind(r), "%s", md_folder_error(ps->folder));
-            dl_free(d);
-            advance(ps);
-            return;
-        }
+    /* An empty message is still a message. */
+    if (d->w == NULL && dl_open(ps, d) < 0) {
+        dl_free(d);
+        advance(ps);
+        return;
     }
+    ps->streaming = NULL;
     hh_final(&d->hh);
     snprintf(d->lid, sizeof(d->lid), "%s", md_writer_id(d->w));
-    xgrow(&ps->batch, &ps->batch_cap, ps->nbatch + 1, sizeof(*ps->batch));
-    if (ps->nbatch == 0) {
-        ps->batch_started = now_ms();
-    }
-    ps->batch[ps->nbatch++] = d;
-    ps->batch_bytes += md_writer_size(d->w);
+    batch_add(&ps->fill, d);
     advance(ps);
 }
 
 static void issue_retrs(struct popsync *ps)
 {
     unsigned window = (pop3_caps(ps->pop) & POP3_CAP_PIPELINING) ? RETR_WINDOW : 1;
-    while (ps->todo_next < ps->ntodo && ps->retr_inflight < window && !ps->committing &&
-           !ps->failed && !ps->cancelled) {
+    while (ps->todo_next < ps->ntodo && ps->retr_inflight < window && !ps->failed &&
+           !ps->cancelled) {
         struct smsg *m = ps->todo[ps->todo_next++];
         struct dl *d = xcalloc(1, sizeof(*d));
         d->ps = ps;
@@ -1274,32 +1371,11 @@ static void issue_retrs(struct popsync *ps)
     }
 }
 
-static int put_intents(struct idx_txn *txn, void *arg)
+static int put_rows(struct idx_txn *txn, struct popsync *ps, bool delivered)
 {
-    struct popsync *ps = arg;
-    for (size_t i = 0; i < ps->nbatch; i++) {
-        struct dl *d = ps->batch[i];
-        struct idx_pop p = {0};
-        snprintf(p.uidl, sizeof(p.uidl), "%s", d->m->uidl);
-        snprintf(p.lid, sizeof(p.lid), "%s", d->lid);
-        p.first_seen = ps->now;
-        p.size = d->m->size;
-        memcpy(p.header_hash, d->hh.out, 16);
-        p.flags = 0;
-        int r = idx_pop_put(txn, &p);
-        if (r < 0) {
-            return r;
-        }
-    }
-    return 0;
-}
-
-static int put_delivered(struct idx_txn *txn, void *arg)
-{
-    struct popsync *ps = arg;
-    for (size_t i = 0; i < ps->nbatch; i++) {
-        struct dl *d = ps->batch[i];
-        if (!d->committed) {
+    for (size_t i = 0; i < ps->commit.n; i++) {
+        struct dl *d = ps->commit.v[i];
+        if (delivered && !d->committed) {
             continue;
         }
         struct idx_pop p = {0};
@@ -1308,7 +1384,8 @@ static int put_delivered(struct idx_txn *txn, void *arg)
         p.first_seen = ps->now;
         p.size = d->m->size;
         memcpy(p.header_hash, d->hh.out, 16);
-        p.flags = IDX_POP_DELIVERED;
+        /* Without DELIVERED the row is an intent: see rec_is_intent. */
+        p.flags = delivered ? IDX_POP_DELIVERED : 0;
         int r = idx_pop_put(txn, &p);
         if (r < 0) {
             return r;
@@ -1317,22 +1394,47 @@ static int put_delivered(struct idx_txn *txn, void *arg)
     return 0;
 }
 
-/* Pool thread: intents, files, directory, rows, in that order. */
-static void commit_work(struct popsync *ps)
+static int put_intents(struct idx_txn *txn, void *arg)
+{
+    return put_rows(txn, arg, false);
+}
+
+static int put_delivered(struct idx_txn *txn, void *arg)
+{
+    return put_rows(txn, arg, true);
+}
+
+/* A batch is committed in three steps, each on the threadpool: the intent
+ * rows; the files (fsync, rename into new/), NSHARD jobs in parallel, each
+ * with its own folder handle; then new/ is fsynced and the rows say
+ * delivered. */
+
+static void commit_intents_work(struct popsync *ps)
 {
     int r = idx_write(ps->idx, put_intents, ps);
     if (r < 0) {
         job_fail(ps, r, "%s", idx_error(ps->idx));
-        return; /* the writers are aborted in commit_after */
     }
-    bool any = false;
-    for (size_t i = 0; i < ps->nbatch; i++) {
-        struct dl *d = ps->batch[i];
+}
+
+static void shard_work(uv_work_t *w)
+{
+    struct shard_job *sj = w->data;
+    struct popsync *ps = sj->ps;
+    struct md_folder *f = ps->folders[ps->commit_set][sj->k];
+    for (size_t i = 0; i < ps->commit.n; i++) {
+        struct dl *d = ps->commit.v[i];
+        if (d->shard != sj->k) {
+            continue;
+        }
         struct md_msg msg = {0};
-        r = md_writer_commit(d->w, false, 0, 0, 0, true, &msg);
+        int r = md_writer_commit(d->w, false, 0, 0, 0, true, &msg);
         d->w = NULL; /* freed by commit either way */
         if (r < 0) {
-            job_fail(ps, r, "%s", md_folder_error(ps->folder));
+            if (sj->errmsg == NULL) {
+                sj->err = r;
+                sj->errmsg = xstrdup(md_folder_error(f));
+            }
             continue;
         }
         if (strcmp(msg.id, d->lid) != 0) {
@@ -1341,18 +1443,27 @@ static void commit_work(struct popsync *ps)
         }
         md_msg_clear(&msg);
         d->committed = true;
-        any = true;
+    }
+}
+
+static void commit_rows_work(struct popsync *ps)
+{
+    bool any = false;
+    for (size_t i = 0; i < ps->commit.n; i++) {
+        any = any || ps->commit.v[i]->committed;
     }
     if (!any) {
         return;
     }
-    r = md_folder_sync(ps->folder);
+    /* Every handle names the same directories. */
+    struct md_folder *f = ps->folders[ps->commit_set][0];
+    int r = md_folder_sync(f);
     if (r < 0) {
         /* Not durable: do not record; the intent rows make the next run
          * check for the files. */
-        job_fail(ps, r, "%s", md_folder_error(ps->folder));
-        for (size_t i = 0; i < ps->nbatch; i++) {
-            ps->batch[i]->committed = false;
+        job_fail(ps, r, "%s", md_folder_error(f));
+        for (size_t i = 0; i < ps->commit.n; i++) {
+            ps->commit.v[i]->committed = false;
         }
         return;
     }
@@ -1362,14 +1473,62 @@ static void commit_work(struct popsync *ps)
     }
 }
 
+static void commit_after(struct popsync *ps);
+
+static void shard_after(uv_work_t *w, int status)
+{
+    struct shard_job *sj = w->data;
+    struct popsync *ps = sj->ps;
+    if (sj->errmsg != NULL && ps->commit_errmsg == NULL) {
+        ps->commit_err = sj->err;
+        ps->commit_errmsg = sj->errmsg;
+        sj->errmsg = NULL;
+    }
+    free(sj->errmsg);
+    sj->errmsg = NULL;
+    if (--ps->shards_pending > 0) {
+        return;
+    }
+    ps->job_running = false;
+    run_job(ps, commit_rows_work, commit_after);
+}
+
+static void commit_intents_after(struct popsync *ps)
+{
+    if (ps->job_errmsg != NULL) {
+        /* No intent, no rename: commit_after aborts the writers. */
+        commit_after(ps);
+        return;
+    }
+    ps->job_running = true;
+    ps->shards_pending = NSHARD;
+    for (int k = 0; k < NSHARD; k++) {
+        struct shard_job *sj = &ps->shards[k];
+        sj->ps = ps;
+        sj->k = k;
+        sj->err = 0;
+        sj->errmsg = NULL;
+        sj->work.data = sj;
+        if (uv_queue_work(ps->loop, &sj->work, shard_work, shard_after) < 0) {
+            shard_work(&sj->work);
+            shard_after(&sj->work, 0);
+        }
+    }
+}
+
 static void commit_after(struct popsync *ps)
 {
     ps->committing = false;
+    if (ps->commit_errmsg != NULL) {
+        set_error(ps, local_kind(ps->commit_err), "%s", ps->commit_errmsg);
+        free(ps->commit_errmsg);
+        ps->commit_errmsg = NULL;
+    }
     if (ps->job_errmsg != NULL) {
         set_error(ps, local_kind(ps->job_err), "%s", ps->job_errmsg);
     }
-    for (size_t i = 0; i < ps->nbatch; i++) {
-        struct dl *d = ps->batch[i];
+    for (size_t i = 0; i < ps->commit.n; i++) {
+        struct dl *d = ps->commit.v[i];
         if (d->committed) {
             d->m->stored = true;
             d->m->first_seen = ps->now;
@@ -1379,30 +1538,37 @@ static void commit_after(struct popsync *ps)
         ps->dl_done++;
         dl_free(d);
     }
-    ps->nbatch = 0;
-    ps->batch_bytes = 0;
+    ps->commit.n = 0;
+    ps->commit.bytes = 0;
     if (ps->opts.progress != NULL) {
         ps->opts.progress(ps->dl_done, (unsigned)ps->ntodo, ps->res.bytes, ps->opts.progress_arg);
     }
-    if (ps->pop != NULL) {
-        pop3_resume(ps->pop);
+    if (ps->paused) {
+        ps->paused = false;
+        if (ps->pop != NULL) {
+            pop3_resume(ps->pop);
+        }
     }
     advance(ps);
 }
 
+/* Hands the filled batch to a job and switches the loop to the other
+ * folder handle. Only between messages (ps->streaming is NULL). */
 static void commit_batch(struct popsync *ps)
 {
+    struct batch tmp = ps->commit;
+    ps->commit = ps->fill;
+    ps->fill = tmp;
+    ps->fill.n = 0;
+    ps->fill.bytes = 0;
+    ps->commit_set = ps->wf;
+    ps->wf ^= 1;
     ps->committing = true;
-    /* No Maildir or index work on the loop while the job runs: the
-     * connection is paused, so no RETR data arrives meanwhile. */
-    if (ps->pop != NULL) {
-        pop3_pause(ps->pop);
-    }
-    for (size_t i = 0; i < ps->nbatch; i++) {
+    for (size_t i = 0; i < ps->commit.n; i++) {
         /* The real size of what was stored, for the summary. */
-        ps->batch[i]->bytes = md_writer_size(ps->batch[i]->w);
+        ps->commit.v[i]->bytes = md_writer_size(ps->commit.v[i]->w);
     }
-    run_job(ps, commit_work, commit_after);
+    run_job(ps, commit_intents_work, commit_intents_after);
 }
 
 /* ---- deletion and QUIT ------------------------------------------------------- */
@@ -1519,9 +1685,9 @@ static int final_fn(struct idx_txn *txn, void *arg)
 static void final_work(struct popsync *ps)
 {
     if (ps->res.adopted > 0) {
-        int r = md_folder_sync(ps->folder);
+        int r = md_folder_sync(ps->folders[0][0]);
         if (r < 0) {
-            job_fail(ps, r, "%s", md_folder_error(ps->folder));
+            job_fail(ps, r, "%s", md_folder_error(ps->folders[0][0]));
             return;
         }
     }
@@ -1561,17 +1727,11 @@ static void drop_inflight(struct popsync *ps)
             free(m->top);
             m->top = NULL;
         }
-        if (m->dl != NULL) {
-            bool in_batch = false;
-            for (size_t j = 0; j < ps->nbatch; j++) {
-                in_batch = in_batch || ps->batch[j] == m->dl;
-            }
-            if (!in_batch) {
-                dl_free(m->dl);
-            }
+        if (m->dl != NULL && !m->dl->in_batch) {
+            dl_free(m->dl);
         }
     }
-    ps->cur = NULL;
+    ps->streaming = NULL;
     ps->retr_inflight = 0;
     ps->tops_pending = 0;
     ps->deles_pending = 0;
@@ -1599,7 +1759,7 @@ static void advance(struct popsync *ps)
         if (ps->pop != NULL) {
             return; /* waiting for QUIT's answer */
         }
-        if (ps->nbatch > 0 && !ps->opts.dry_run) {
+        if (ps->fill.n > 0 && !ps->opts.dry_run) {
             commit_batch(ps);
             return;
         }
@@ -1644,17 +1804,22 @@ static void advance(struct popsync *ps)
         }
         /* fall through */
     case PS_DOWNLOAD:
-        if (ps->committing) {
-            return;
-        }
-        if (ps->nbatch > 0 && (ps->nbatch >= BATCH_MAX_MSGS || ps->batch_bytes >= BATCH_MAX_BYTES ||
-                               now_ms() - ps->batch_started >= BATCH_MAX_MS ||
-                               (ps->todo_next >= ps->ntodo && ps->retr_inflight == 0))) {
+        if (ps->fill.n > 0 && !ps->committing && ps->streaming == NULL &&
+            (batch_full(&ps->fill) || now_ms() - ps->fill.started >= BATCH_MAX_MS ||
+             (ps->todo_next >= ps->ntodo && ps->retr_inflight == 0))) {
             commit_batch(ps);
+        }
+        if (ps->committing && batch_full(&ps->fill)) {
+            /* Bound memory and open files: wait for the commit. */
+            if (!ps->paused && ps->pop != NULL) {
+                ps->paused = true;
+                pop3_pause(ps->pop);
+            }
             return;
         }
         issue_retrs(ps);
-        if (ps->todo_next < ps->ntodo || ps->retr_inflight > 0 || ps->nbatch > 0) {
+        if (ps->todo_next < ps->ntodo || ps->retr_inflight > 0 || ps->fill.n > 0 ||
+            ps->committing) {
             return;
         }
         set_phase(ps, PS_DELETE);
@@ -1690,18 +1855,26 @@ static void advance(struct popsync *ps)
 
 static void free_ps(struct popsync *ps)
 {
-    for (size_t i = 0; i < ps->nbatch; i++) {
-        dl_free(ps->batch[i]);
+    struct batch *bs[2] = {&ps->fill, &ps->commit};
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < bs[k]->n; i++) {
+            dl_free(bs[k]->v[i]);
+        }
+        bs[k]->n = 0;
+        free(bs[k]->v);
     }
-    ps->nbatch = 0;
     drop_inflight(ps);
-    free(ps->batch);
     if (ps->scan != NULL) {
         md_scan_free(ps->scan);
     }
-    if (ps->folder != NULL) {
-        md_folder_close(ps->folder);
+    for (int set = 0; set < 2; set++) {
+        for (int k = 0; k < NSHARD; k++) {
+            if (ps->folders[set][k] != NULL) {
+                md_folder_close(ps->folders[set][k]);
+            }
+        }
     }
+    free(ps->commit_errmsg);
     if (ps->idx != NULL) {
         idx_close(ps->idx);
     }
@@ -1782,10 +1955,12 @@ int popsync_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_accou
     char *path = NULL;
     r = md_folder_local_path(acct->maildir, acct->layout, "INBOX", &path);
     if (r == 0) {
-        r = md_folder_open(path, true, false, &ps->folder, &err);
+        r = md_folder_open(path, true, false, &ps->folders[0][0], &err);
+    }
+    for (int i = 1; i < 2 * NSHARD && r == 0; i++) {
+        r = md_folder_open(path, false, false, &ps->folders[i / NSHARD][i % NSHARD], &err);
     }
     if (r < 0) {
-        ps->folder = NULL;
         set_error(ps, POPSYNC_PERMANENT, "%s", err != NULL ? err : "cannot open the Maildir INBOX");
         free(err);
         free(path);

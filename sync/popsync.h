@@ -32,6 +32,11 @@
  *   - A delivered message whose file is gone from the Maildir (identity not
  *     found by md_scan) is marked deleted locally and never downloaded
  *     again.
+ *   - Safety (DESIGN.md invariant 6): when more delivered messages are gone
+ *     from the Maildir at once than max_delete_ratio (0.5) of them (at least
+ *     4 delivered), the run stops with a permanent error instead of marking
+ *     them deleted locally (a vanished or moved Maildir); opts.force
+ *     accepts it.
  *   - Deletion on the server (DELE, committed by QUIT) only for messages
  *     durably stored: keep_on_server false (all of them), delete_after_days
  *     N (first seen N days before opts.now), delete_when_deleted_locally
@@ -91,6 +96,9 @@ struct popsync_opts {
      * NULL. total is the number to download in this run. */
     void (*progress)(unsigned done, unsigned total, uint64_t bytes, void *arg);
     void *progress_arg;
+    /* Accept more local deletions at once than max_delete_ratio (the user
+     * says they were on purpose); see "Safety" above. */
+    bool force;
     /* Tests only: skip certificate verification. Never from configuration. */
     bool insecure_skip_verify;
 };

@@ -282,6 +282,27 @@ class DovecotPop(mstest.DovecotTestCase):
         self.assertEqual(len(self.server()), 4)
         self.assertNotIn(mstest.lf_to_crlf(victim[2]), [b for _u, b in self.server()])
 
+    def test_vanished_maildir_is_not_a_mass_deletion(self):
+        self.dovecot.save_many("alice", "INBOX", mailgen.generate(6, seed=83))
+        self.run_ok(self.config())
+        # The Maildir disappears (moved disk, changed path): it must not
+        # count as six local deletions, above all not on the server.
+        shutil.rmtree(self.maildir)
+        p = popcli(self.config(pop={"delete_when_deleted_locally": True}))
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("6 of the 6 downloaded messages are gone from", p.stderr)
+        self.assertIn("refusing to treat that many as deleted locally (more than 50%)", p.stderr)
+        self.assertEqual(len(self.server()), 6)
+        self.assertEqual(sum(local_bodies(self.maildir).values()), 0)
+        # With --force the user confirms: deleted locally, and (as asked)
+        # on the server too; nothing is downloaded again.
+        p = popcli(self.config(pop={"delete_when_deleted_locally": True}), "p", "-f")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stats["deleted_locally"], 6)
+        self.assertEqual(p.stats["deleted_on_server"], 6)
+        self.assertEqual(p.stats["downloaded"], 0)
+        self.assertEqual(self.server(), [])
+
     def test_mpop_same_messages(self):
         mpop = shutil.which("mpop")
         if mpop is None:

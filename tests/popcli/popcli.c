@@ -1,8 +1,9 @@
 /* popcli: runs one POP3 account of a configuration file to completion and
  * prints the summary, the way `mailsync sync ACCOUNT` will.
  *
- * Usage: popcli [-n] [-v|-vv] [-k] CONFIG ACCOUNT
+ * Usage: popcli [-n] [-f] [-v|-vv] [-k] CONFIG ACCOUNT
  *   -n  dry run          -v  debug log, -vv protocol trace
+ *   -f  force (accept a mass local deletion)
  *   -k  skip certificate verification (tests only)
  * MAILSYNC_NOW=unix-seconds overrides the clock (delete_after_days tests).
  *
@@ -34,10 +35,13 @@ int main(int argc, char **argv)
     struct popsync_opts opts = {0};
     int verbose = 0;
     int c;
-    while ((c = getopt(argc, argv, "nvk")) != -1) {
+    while ((c = getopt(argc, argv, "nfvk")) != -1) {
         switch (c) {
         case 'n':
             opts.dry_run = true;
+            break;
+        case 'f':
+            opts.force = true;
             break;
         case 'v':
             verbose++;
