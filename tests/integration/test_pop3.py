@@ -259,6 +259,37 @@ class DovecotPop(mstest.DovecotTestCase):
         self.assertEqual(p.stats["downloaded"], 0)
         self.assertEqual(local_bodies(self.maildir), want)
 
+    def test_cancel_keeps_what_is_complete(self):
+        msgs = mailgen.generate(120, seed=73, max_size=400000)
+        self.dovecot.save_many("alice", "INBOX", msgs)
+        want = collections.Counter(wire_to_local(b) for _u, b in self.server())
+        cfg = self.config()
+        if not os.access(POPCLI, os.X_OK):
+            self.skipTest("popcli is not built")
+        new_dir = os.path.join(inbox(self.maildir), "new")
+        proc = subprocess.Popen([POPCLI, cfg, "p"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.isdir(new_dir) and len(os.listdir(new_dir)) >= 10:
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        have = local_bodies(self.maildir)
+        if proc.returncode == 75:
+            self.assertIn(b"popcli: transient: cancelled", err)
+            self.assertLess(sum(have.values()), len(msgs))
+        else:
+            self.assertEqual(proc.returncode, 0, err)  # finished before the signal
+        self.assertEqual(tmp_files(self.maildir), [])
+        self.assertTrue(all(n == 1 and b in want for b, n in have.items()))
+        # What a cancelled run stored is recorded: the rerun fetches the rest.
+        m = re.search(rb"downloaded=(\d+)", out)
+        p = self.run_ok(cfg)
+        self.assertEqual(p.stats["adopted"], 0)
+        self.assertEqual(p.stats["downloaded"], len(msgs) - int(m.group(1)))
+        self.assertEqual(local_bodies(self.maildir), want)
+
     def test_deleted_locally(self):
         self.dovecot.save_many("alice", "INBOX", mailgen.generate(5, seed=81))
         cfg = self.config()

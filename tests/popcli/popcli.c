@@ -10,6 +10,7 @@
  * Exit status: 0 ok, 75 transient (try later), 77 credentials refused, 1
  * other errors; the summary goes to standard output, the error to standard
  * error as "popcli: <kind>: <message>". */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,30 @@ static void on_progress(unsigned done, unsigned total, uint64_t bytes, void *arg
         if (done == total) {
             fputc('\n', stderr);
         }
+    }
+}
+
+struct run {
+    struct popsync *ps;
+    bool done;
+    struct popsync_result res; /* strings copied */
+};
+
+static void on_done(const struct popsync_result *res, void *arg)
+{
+    struct run *r = arg;
+    r->res = *res;
+    r->res.error = res->error != NULL ? xstrdup(res->error) : NULL;
+    r->res.account = res->account != NULL ? xstrdup(res->account) : NULL;
+    r->done = true;
+    r->ps = NULL;
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct run *r = h->data;
+    if (r->ps != NULL && !r->done) {
+        popsync_cancel(r->ps);
     }
 }
 
@@ -80,8 +105,26 @@ int main(int argc, char **argv)
     }
     uv_loop_t loop;
     uv_loop_init(&loop);
-    struct popsync_result res;
-    popsync_run(&loop, cfg, acct, &opts, &res);
+    struct run r = {0};
+    struct popsync *ps;
+    if (popsync_start(&loop, cfg, acct, &opts, on_done, &r, &ps) < 0) {
+        fprintf(stderr, "popcli: account '%s' is not a POP3 account\n", acct->name);
+        return 1;
+    }
+    r.ps = ps;
+    /* SIGINT / SIGTERM cancel the run the way the daemon stops it. */
+    uv_signal_t sigint, sigterm;
+    uv_signal_init(&loop, &sigint);
+    uv_signal_init(&loop, &sigterm);
+    sigint.data = sigterm.data = &r;
+    uv_signal_start(&sigint, on_signal, SIGINT);
+    uv_signal_start(&sigterm, on_signal, SIGTERM);
+    while (!r.done) {
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&sigint, NULL);
+    uv_close((uv_handle_t *)&sigterm, NULL);
+    struct popsync_result res = r.res;
     char *sum = popsync_summary(&res);
     printf("%s\n", sum);
     printf("stats listed=%u known=%u downloaded=%u adopted=%u skipped_size=%u skipped_since=%u "
