@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Two-way IMAP <-> Maildir sync (issue 4) against a real Dovecot, through
+`mailsync --config CFG sync [--dry-run] [--force] ACCOUNT`.
+
+Every scenario runs twice: against a Dovecot with QRESYNC/CONDSTORE and
+LIST-STATUS (SyncQresync), and against one that hides them (SyncFallback),
+so both the delta path and the full-listing path are covered."""
+
+import collections
+import os
+import re
+import shutil
+import time
+import unittest
+
+import dovecot
+import mailgen
+import mstest
+from dovecot import Dovecot
+
+FALLBACK_CAPS = "IMAP4rev1 ID ENABLE IDLE UIDPLUS LITERAL+ MOVE SPECIAL-USE"
+FOLDERS = ["INBOX", "Lists/dev", "Archive/2023", "Entwürfe"]
+
+LETTER = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted": "T",
+          "\\Draft": "D", "$Forwarded": "P"}
+
+
+def letters(flags):
+    return "".join(sorted(LETTER[f] for f in flags if f in LETTER))
+
+
+class SyncScenarios:
+    """Scenarios shared by both server flavours. Each test gets its own
+    Dovecot user so that tests do not see each other's mail."""
+
+    layout = "verbatim"
+
+    def setUp(self):
+        super().setUp()
+        self.user = "u%d" % (abs(hash(self.id())) % 10**8)
+        self.dovecot.add_user(self.user, "pw-" + self.user)
+        self.maildir = os.path.join(self.tmp, "Mail")
+
+    def config(self, **extra):
+        extra.setdefault("layout", self.layout)
+        acct = self.imap_account(user=self.user, **extra)
+        return self.write_config({"a": acct})
+
+    def sync(self, cfg, *flags, ok=True):
+        p = self.mailsync(cfg, "sync", *flags, "a")
+        if "not available in this build yet" in p.stderr:
+            raise unittest.SkipTest("`mailsync sync` does not drive the IMAP engine yet")
+        if ok and p.returncode != 0:
+            self.fail("mailsync sync %s exited %d\nstdout:\n%s\nstderr:\n%s"
+                      % (" ".join(flags), p.returncode, p.stdout, p.stderr))
+        return p
+
+    def folder_dir(self, name):
+        if self.layout == "verbatim":
+            return os.path.join(self.maildir, *name.split("/"))
+        if name.upper() == "INBOX":
+            return self.maildir
+        return os.path.join(self.maildir, "." + name.replace("/", "."))
+
+    def local(self, name="INBOX"):
+        return mstest.maildir_messages(self.folder_dir(name))
+
+    def server(self, name="INBOX"):
+        return self.dovecot.fetch_all(self.user, name)
+
+    def assert_same(self, name="INBOX"):
+        """Both sides hold the same messages with the same flags."""
+        srv = sorted((mstest.crlf_to_lf(b), letters(f)) for _u, f, b in self.server(name))
+        loc = sorted((b, fl) for _u, fl, b in self.local(name))
+        self.assertEqual(len(srv), len(loc), "message count differs in %s" % name)
+        self.assertEqual(srv, loc, "messages or flags differ in %s" % name)
+
+    def imap(self):
+        return self.dovecot.imap(self.user)
+
+    def store(self, folder, uid, op, flags):
+        c = self.imap()
+        try:
+            c.select(dovecot.imap_mailbox(folder))
+            typ, data = c.uid("STORE", str(uid), op, "(%s)" % flags)
+            self.assertEqual(typ, "OK", data)
+        finally:
+            c.logout()
+
+    def expunge(self, folder, uids):
+        c = self.imap()
+        try:
+            c.select(dovecot.imap_mailbox(folder))
+            c.uid("STORE", ",".join(map(str, uids)), "+FLAGS.SILENT", "(\\Deleted)")
+            c.expunge()
+        finally:
+            c.logout()
+
+    def local_file(self, name, unique):
+        d = self.folder_dir(name)
+        for sub in ("cur", "new"):
+            for fn in os.listdir(os.path.join(d, sub)):
+                if fn.split(":2,")[0] == unique:
+                    return os.path.join(d, sub, fn)
+        raise AssertionError("no local file %s" % unique)
+
+    def set_local_flags(self, name, unique, flags):
+        """Renames like mutt: into cur/ with :2,FLAGS."""
+        path = self.local_file(name, unique)
+        new = os.path.join(self.folder_dir(name), "cur", unique + ":2," + flags)
+        os.rename(path, new)
+
+    def deliver_local(self, name, data, unique):
+        d = self.folder_dir(name)
+        tmp = os.path.join(d, "tmp", unique)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, os.path.join(d, "new", unique))
+
+    def seed(self, n=12, seed=1, folders=FOLDERS):
+        corpus = mailgen.corpus(n, seed=seed, folders=folders, max_size=60000)
+        for folder, msgs in corpus.items():
+            flags = [["", "\\Seen", "\\Seen \\Flagged", "\\Answered $Forwarded", "\\Draft"][i % 5]
+                     for i in range(len(msgs))]
+            self.dovecot.save_many(self.user, folder, msgs, flags)
+        return corpus
+
+    # ---- scenarios ----------------------------------------------------------
+
+    def test_initial_download_and_rerun(self):
+        corpus = self.seed(16)
+        cfg = self.config()
+        p = self.sync(cfg)
+        self.assertIn("16 new", p.stdout)
+        for folder, msgs in corpus.items():
+            self.assert_same(folder)
+            bodies = sorted(b for _u, _f, b in self.local(folder))
+            self.assertEqual(bodies, sorted(mstest.crlf_to_lf(m) for m in msgs))
+        self.assertTrue(os.path.isdir(os.path.join(self.folder_dir("Entwürfe"), "cur")))
+        before = {f: self.local(f) for f in corpus}
+        p = self.sync(cfg)
+        self.assertIn("0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted", p.stdout)
+        for f in corpus:
+            self.assertEqual(self.local(f), before[f])
+            self.assert_same(f)
+
+    def test_new_on_server(self):
+        self.seed(4, folders=["INBOX"])
+        cfg = self.config()
+        self.sync(cfg)
+        msg = mailgen.message(seed=9, index=1, size=3000)
+        self.dovecot.save(self.user, "INBOX", msg, "\\Flagged")
+        p = self.sync(cfg)
+        self.assertIn("1 new", p.stdout)
+        self.assert_same()
+        self.assertEqual(len(self.local()), 5)
+
+    def test_new_locally_appended_once(self):
+        self.seed(3, folders=["INBOX"])
+        cfg = self.config()
+        self.sync(cfg)
+        msg = mstest.crlf_to_lf(mailgen.message(seed=5, index=2, size=5000))
+        self.deliver_local("INBOX", msg, "1700000000.M1P1.mutt")
+        p = self.sync(cfg)
+        self.assertIn("\u2191 1 new", p.stdout)
+        srv = self.server()
+        self.assertEqual(len(srv), 4)
+        self.assertEqual(sum(1 for _u, _f, b in srv if mstest.crlf_to_lf(b) == msg), 1)
+        self.sync(cfg)
+        self.sync(cfg)
+        self.assertEqual(len(self.server()), 4)
+        self.assertEqual(len(self.local()), 4)
+        self.assert_same()
+
+    def test_flags_both_ways_and_merge(self):
+        self.seed(6, folders=["INBOX"])  # flags: "", S, SF, RP, D, ""
+        cfg = self.config()
+        self.sync(cfg)
+        srv = self.server()
+        by_uid = {u: b for u, _f, b in srv}
+        loc = {mstest.crlf_to_lf(b): u for u, _f, b in self.local()}
+        uniq = {uid: loc[mstest.crlf_to_lf(b)] for uid, b in by_uid.items()}
+        uids = sorted(by_uid)
+        # Server side: uid0 read; local side: uid1 flagged (keeps S) ;
+        # both on uid2: server removes \Flagged, local adds R.
+        self.store("INBOX", uids[0], "+FLAGS", "\\Seen")
+        self.set_local_flags("INBOX", uniq[uids[1]], "FS")
+        self.store("INBOX", uids[2], "-FLAGS", "\\Flagged")
+        self.set_local_flags("INBOX", uniq[uids[2]], "FRS")
+        self.sync(cfg)
+        flags = {u: letters(f) for u, f, _b in self.server()}
+        self.assertEqual(flags[uids[0]], "S")
+        self.assertEqual(flags[uids[1]], "FS")
+        self.assertEqual(flags[uids[2]], "RS")  # F removed there, R added here
+        self.assert_same()
+        p = self.sync(cfg)
+        self.assertIn("0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags", p.stdout)
+
+    def test_delete_on_server(self):
+        self.seed(5, folders=["INBOX"])
+        cfg = self.config()
+        self.sync(cfg)
+        uids = [u for u, _f, _b in self.server()]
+        self.expunge("INBOX", uids[:2])
+        p = self.sync(cfg)
+        self.assertIn("2 deleted", p.stdout)
+        self.assertEqual(len(self.local()), 3)
+        self.assert_same()
+
+    def _delete_locally(self, mode):
+        self.seed(5, folders=["INBOX"])
+        if mode == "trash":
+            self.dovecot.create_folder(self.user, "Trash")
+        cfg = self.config(on_local_delete=mode, **({"trash": "Trash"} if mode == "trash" else {}))
+        self.sync(cfg)
+        victim = self.local()[0]
+        os.unlink(self.local_file("INBOX", victim[0]))
+        p = self.sync(cfg)
+        self.assertIn("\u2191 0 new, 0 flags, 1 deleted", p.stdout)
+        return victim
+
+    def test_delete_locally_expunge(self):
+        victim = self._delete_locally("expunge")
+        self.assertEqual(len(self.server()), 4)
+        self.assert_same()
+        self.sync(self.config(on_local_delete="expunge"))
+        self.assertEqual(len(self.server()), 4)
+
+    def test_delete_locally_trash(self):
+        victim = self._delete_locally("trash")
+        self.assertEqual(len(self.server()), 4)
+        trash = self.server("Trash")
+        self.assertEqual([mstest.crlf_to_lf(b) for _u, _f, b in trash], [victim[2]])
+
+    def test_delete_locally_flag(self):
+        self._delete_locally("flag")
+        srv = self.server()
+        self.assertEqual(len(srv), 5)
+        self.assertEqual(sum(1 for _u, f, _b in srv if "\\Deleted" in f), 1)
+        # Not downloaded again.
+        cfg = self.config(on_local_delete="flag")
+        self.sync(cfg)
+        self.assertEqual(len(self.local()), 4)
+
+    def test_mass_delete_guard_and_force(self):
+        msgs = mailgen.generate(24, seed=3, max_size=4000)
+        self.dovecot.save_many(self.user, "INBOX", msgs)
+        cfg = self.config()
+        self.sync(cfg)
+        uids = [u for u, _f, _b in self.server()]
+        self.expunge("INBOX", uids[:15])
+        p = self.sync(cfg, ok=False)
+        self.assertNotEqual(p.returncode, 0)
+        out = p.stdout + p.stderr
+        self.assertIn("INBOX", out)
+        self.assertIn("mailsync sync --force a", out)
+        self.assertEqual(len(self.local()), 24)
+        p = self.sync(cfg, "--force")
+        self.assertEqual(len(self.local()), 9)
+        self.assert_same()
+
+    def test_dry_run_changes_nothing(self):
+        self.seed(5, folders=["INBOX"])
+        cfg = self.config()
+        p = self.sync(cfg, "--dry-run")
+        self.assertIn("download uid", p.stdout)
+        self.assertEqual(mstest.maildir_folders(self.maildir) if os.path.isdir(self.maildir)
+                         else [], [])
+        self.sync(cfg)
+        self.deliver_local("INBOX", b"Subject: x\nMessage-ID: <dry@x>\n\nbody\n", "1.dry.host")
+        before = self.server()
+        p = self.sync(cfg, "--dry-run")
+        self.assertIn("upload 1.dry.host", p.stdout)
+        self.assertEqual(self.server(), before)
+
+    def test_folder_created_locally(self):
+        self.seed(2, folders=["INBOX"])
+        cfg = self.config()
+        self.sync(cfg)
+        d = self.folder_dir("Projects/alpha")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(d, sub))
+        if self.layout == "maildir++":
+            open(os.path.join(d, "maildirfolder"), "w").close()
+        self.deliver_local("Projects/alpha", b"Subject: p\nMessage-ID: <p@x>\n\nproject\n", "2.p.h")
+        self.sync(cfg)
+        self.assertIn("Projects/alpha", self.dovecot.folders(self.user))
+        self.assertEqual(len(self.server("Projects/alpha")), 1)
+        self.assert_same("Projects/alpha")
+
+
+class SyncQresync(SyncScenarios, mstest.DovecotTestCase):
+    pass
+
+
+class SyncFallback(SyncScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": FALLBACK_CAPS}
+
+
+class SyncMaildirpp(SyncScenarios, mstest.DovecotTestCase):
+    layout = "maildir++"
+
+
+if __name__ == "__main__":
+    mstest.main()
