@@ -196,6 +196,26 @@ class SyncScenarios:
         p = self.sync(cfg)
         self.assertIn("0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags", p.stdout)
 
+    def test_keywords_both_ways(self):
+        self.seed(2, folders=["INBOX"])
+        cfg = self.config()
+        self.sync(cfg)
+        uids = [u for u, _f, _b in self.server()]
+        self.store("INBOX", uids[0], "+FLAGS", "work")
+        self.sync(cfg)
+        with open(os.path.join(self.folder_dir("INBOX"), "dovecot-keywords")) as f:
+            kw = {name: int(n) for n, name in (ln.split(None, 1) for ln in f.read().splitlines())}
+        letter = chr(ord("a") + kw["work"])
+        flagged = [fl for _u, fl, _b in self.local() if letter in fl]
+        self.assertEqual(len(flagged), 1)
+        # Locally: take the keyword away again (rename, keeping other letters).
+        unique = [u for u, fl, _b in self.local() if letter in fl][0]
+        path = self.local_file("INBOX", unique)
+        info = path.split(":2,")[1].replace(letter, "")
+        self.set_local_flags("INBOX", unique, info)
+        self.sync(cfg)
+        self.assertFalse(any("work" in f for _u, f, _b in self.server()))
+
     def test_delete_on_server(self):
         self.seed(5, folders=["INBOX"])
         cfg = self.config()
