@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The size of a writer's buffer: big enough that a multi-megabyte message
@@ -441,14 +442,99 @@ static bool msg_exists(struct md_folder *f, const struct md_msg *m)
     return ok;
 }
 
+/* The change stamps of new/ and cur/: any entry added, removed or renamed
+ * in a directory moves its mtime/ctime. */
+struct dir_stamp {
+    struct timespec mtime[2], ctime[2];
+    bool ok;
+};
+
+static struct dir_stamp dir_stamps(const struct md_folder *f)
+{
+    struct dir_stamp ds = {.ok = true};
+    const char *dirs[2] = {f->path_new, f->path_cur};
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        if (stat(dirs[i], &st) != 0) {
+            ds.ok = false;
+            continue;
+        }
+        ds.mtime[i] = st.st_mtim;
+        ds.ctime[i] = st.st_ctim;
+    }
+    return ds;
+}
+
+static bool ts_eq(struct timespec a, struct timespec b)
+{
+    return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+
+static bool dir_stamps_eq(const struct dir_stamp *a, const struct dir_stamp *b)
+{
+    if (!a->ok || !b->ok) {
+        return false;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (!ts_eq(a->mtime[i], b->mtime[i]) || !ts_eq(a->ctime[i], b->ctime[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* True when a directory changed within the last 50 ms. File system
+ * timestamps come from a coarse clock (a few milliseconds), so a second
+ * change in the same tick would not move them: a folder that was touched
+ * just now is treated as still changing. */
+static bool dir_stamps_recent(const struct dir_stamp *ds)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    long long now_ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    for (int i = 0; i < 2; i++) {
+        const struct timespec *t[2] = {&ds->mtime[i], &ds->ctime[i]};
+        for (int j = 0; j < 2; j++) {
+            long long ms = (long long)t[j]->tv_sec * 1000 + t[j]->tv_nsec / 1000000;
+            if (now_ms - ms < 50) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+/* How many passes a scan makes at most while clients keep changing the
+ * folder under it. */
+#define MD_SCAN_MAX_PASSES 4
+
 int md_scan(struct md_folder *f, struct md_scan **scan_r)
 {
     struct msgvec mv = {0};
-    /* new/ is read before cur/: a client moving a message from new/ to cur/
-     * while we read can then only make us see it twice, never miss it. */
-    int ret = scan_dir(f, f->path_new, true, &mv);
-    if (ret == 0) {
-        ret = scan_dir(f, f->path_cur, false, &mv);
+    int ret = 0;
+    /* A rename inside one directory while readdir runs can hide the message
+     * under both names (hashed directory order puts the new name behind the
+     * read position after the old one was passed). Missing a message would
+     * read as a deletion, so when the directories changed during a pass we
+     * read them again and keep the union of every pass: a message seen in
+     * any pass is reported (the duplicates are collapsed below). A message
+     * really deleted during the scan is then reported once more, which is
+     * harmless: the operations on it find it gone. */
+    for (int pass = 0; pass < MD_SCAN_MAX_PASSES; pass++) {
+        struct dir_stamp before = dir_stamps(f);
+        /* new/ is read before cur/: a client moving a message from new/ to
+         * cur/ while we read can then only make us see it twice. */
+        ret = scan_dir(f, f->path_new, true, &mv);
+        if (ret == 0) {
+            ret = scan_dir(f, f->path_cur, false, &mv);
+        }
+        if (ret < 0) {
+            break;
+        }
+        struct dir_stamp after = dir_stamps(f);
+        if (dir_stamps_eq(&before, &after) && !dir_stamps_recent(&after)) {
+            break;
+        }
     }
     if (ret < 0) {
         for (size_t i = 0; i < mv.n; i++) {
@@ -653,9 +739,14 @@ static int set_flags_once(struct md_folder *f, struct md_msg *msg, unsigned flag
         dst = path_join(f->path_cur, dst_name);
     }
     if (dst != NULL && strcmp(src, dst) != 0) {
-        if (rename(src, dst) != 0) {
+        /* Never replace an existing file: a copy with the same identity is
+         * a different message (PROTOCOLS.md) and must survive. */
+        if (renameat2(AT_FDCWD, src, AT_FDCWD, dst, RENAME_NOREPLACE) != 0) {
             e = errno;
-            if (e != ENOENT) {
+            if (e == EEXIST) {
+                set_err(f, "%s: cannot rename to %s: another message already has that name", src,
+                        dst);
+            } else if (e != ENOENT) {
                 set_err(f, "%s: cannot rename to %s: %s", src, dst, strerror(e));
             }
         }
@@ -699,6 +790,11 @@ int md_set_flags(struct md_folder *f, struct md_msg *msg, unsigned flags, md_key
     }
     flags &= MD_FLAGS_ALL;
     kw &= MD_KW_MASK;
+    /* The change the caller means, relative to the flags it saw. If a client
+     * renamed the file meanwhile, its own changes are kept and only this
+     * difference is applied on top. */
+    unsigned add = flags & ~msg->flags, del = msg->flags & ~flags;
+    md_keywords kw_add = kw & ~msg->keywords, kw_del = msg->keywords & ~kw;
     for (int attempt = 0;; attempt++) {
         int e = set_flags_once(f, msg, flags, kw, move_to_cur);
         if (e == 0) {
@@ -717,6 +813,8 @@ int md_set_flags(struct md_folder *f, struct md_msg *msg, unsigned flags, md_key
         if (ret < 0) {
             return ret;
         }
+        flags = (msg->flags | add) & ~del;
+        kw = (msg->keywords | kw_add) & ~kw_del;
     }
 }
 
@@ -726,6 +824,8 @@ int md_remove(struct md_folder *f, struct md_msg *msg)
     if (checked < 0) {
         return checked;
     }
+    unsigned seen_flags = msg->flags;
+    md_keywords seen_kw = msg->keywords;
     for (int attempt = 0;; attempt++) {
         char *path = msg_path(f, msg);
         int e = unlink(path) == 0 ? 0 : errno;
@@ -748,6 +848,13 @@ int md_remove(struct md_folder *f, struct md_msg *msg)
         }
         if (ret < 0) {
             return ret;
+        }
+        if (msg->flags != seen_flags || msg->keywords != seen_kw) {
+            /* The user changed the message after the caller looked at it:
+             * that decision was made on stale facts. */
+            set_err(f, "%s: message %s was changed by another program meanwhile; not removed",
+                    f->path, msg->id);
+            return -ESTALE;
         }
     }
 }
@@ -1368,7 +1475,11 @@ int md_clean_tmp(struct md_folder *f, time_t now)
         if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
             continue; /* removed meanwhile */
         }
-        if (S_ISDIR(st.st_mode) || now - st.st_mtime <= MD_TMP_MAX_AGE) {
+        /* The newer of mtime and ctime: a delivery in progress sets the
+         * file's mtime to the (old) received date before its rename, which
+         * moves ctime to now. */
+        time_t touched = st.st_mtime > st.st_ctime ? st.st_mtime : st.st_ctime;
+        if (S_ISDIR(st.st_mode) || now - touched <= MD_TMP_MAX_AGE) {
             continue;
         }
         if (unlinkat(dirfd(d), de->d_name, 0) == 0) {

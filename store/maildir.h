@@ -120,11 +120,20 @@ int md_folder_sync(struct md_folder *f);
  * is no longer at msg->name (a client renamed it meanwhile) the folder is
  * searched for the same identity and the rename retried; -ENOENT means the
  * message is gone. msg is updated to the new name on success. Moving a
- * message from new/ to cur/ happens only when move_to_cur is set. */
+ * message from new/ to cur/ happens only when move_to_cur is set (or when
+ * it gets flags, which new/ cannot carry).
+ *
+ * The change applied is relative to msg->flags / msg->keywords as the
+ * caller saw them: when a client renamed the file meanwhile, its changes are
+ * kept and only what the caller added or removed is applied on top. A
+ * rename never replaces another file: -EEXIST when a different message
+ * already has the target name. */
 int md_set_flags(struct md_folder *f, struct md_msg *msg, unsigned flags, md_keywords kw,
                  bool move_to_cur);
 /* Removes the message (found again by identity if renamed). Already gone is
- * success. */
+ * success. When the file was renamed meanwhile to different flags (the user
+ * touched it after the caller decided), nothing is removed and -ESTALE is
+ * returned: decide again on fresh facts. */
 int md_remove(struct md_folder *f, struct md_msg *msg);
 /* Opens the message file read-only (found again by identity if renamed).
  * Returns a file descriptor or a negative errno; updates msg. */

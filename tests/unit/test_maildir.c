@@ -16,7 +16,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -775,8 +777,9 @@ static void test_rename_race(void **state)
     /* A client moves A new -> cur with S, behind our back. */
     char *an = xasprintf("%s:2,S", a.id);
     rename_behind(fx, "new", a.name, "cur", an);
+    /* The caller adds F to what it saw (nothing); the client's S stays. */
     assert_int_equal(md_set_flags(fx->f, ma, MD_FLAG_FLAGGED, 0, false), 0);
-    char *want = xasprintf("%s:2,F", a.id);
+    char *want = xasprintf("%s:2,FS", a.id);
     assert_string_equal(ma->name, want);
     assert_false(ma->in_new);
     assert_true(exists(fx, "cur", want));
@@ -803,8 +806,9 @@ static void test_rename_race(void **state)
     cn = xasprintf("%s:2,DRS", c.id);
     rename_behind(fx, "cur", mc->name, "cur", cn);
     free(cn);
+    /* The caller saw RS and removes R; the client's D stays. */
     assert_int_equal(md_set_flags(fx->f, mc, MD_FLAG_SEEN, 0, false), 0);
-    cn = xasprintf("%s:2,S", c.id);
+    cn = xasprintf("%s:2,DS", c.id);
     assert_string_equal(mc->name, cn);
     assert_true(exists(fx, "cur", cn));
     free(cn);
@@ -817,6 +821,15 @@ static void test_rename_race(void **state)
     free(bn);
     /* Removing it again: already gone is success. */
     assert_int_equal(md_remove(fx->f, mb), 0);
+
+    /* The user flags C after the caller decided to remove it: nothing is
+     * removed, and the caller is told its facts are stale. */
+    cn = xasprintf("%s:2,DFS", c.id);
+    rename_behind(fx, "cur", mc->name, "cur", cn);
+    assert_int_equal(md_remove(fx->f, mc), -ESTALE);
+    assert_true(exists(fx, "cur", cn));
+    assert_non_null(strstr(md_folder_error(fx->f), "changed by another program"));
+    free(cn);
 
     /* A deleted behind our back: -ENOENT for flags and open. */
     char *p = sub(fx, "cur", ma->name);
@@ -845,9 +858,12 @@ static void test_hand_built_msg(void **state)
     m.id = xstrdup("900.z.host");
     m.name = xstrdup("900.z.host");
     m.in_new = true;
+    /* The caller believed the message had no flags and asks for F and S;
+     * the file found again has R and S, and R is kept: only the caller's
+     * change is applied on top of what is on disk. */
     assert_int_equal(md_set_flags(fx->f, &m, MD_FLAG_SEEN | MD_FLAG_FLAGGED, 0, false), 0);
-    assert_string_equal(m.name, "900.z.host:2,FS");
-    assert_true(exists(fx, "cur", "900.z.host:2,FS"));
+    assert_string_equal(m.name, "900.z.host:2,FRS");
+    assert_true(exists(fx, "cur", "900.z.host:2,FRS"));
     md_msg_clear(&m);
 
     /* Unknown letters in the name are kept even when the caller did not
@@ -955,21 +971,99 @@ static void test_clean_tmp(void **state)
     struct fixture *fx = *state;
     touch(fx, "tmp", "old", "o");
     touch(fx, "tmp", "fresh", "f");
-    touch(fx, "tmp", "oldish", "f");
     time_t now = time(NULL);
+    /* A delivery in progress gives its temp file the (old) received date as
+     * mtime before the rename; its ctime is now, so it must survive. */
     char *p = sub(fx, "tmp", "old");
     struct timespec ts[2] = {{.tv_sec = now - 37 * 3600}, {.tv_sec = now - 37 * 3600}};
     assert_int_equal(utimensat(AT_FDCWD, p, ts, 0), 0);
     free(p);
-    p = sub(fx, "tmp", "oldish");
-    ts[0].tv_sec = ts[1].tv_sec = now - 35 * 3600;
-    assert_int_equal(utimensat(AT_FDCWD, p, ts, 0), 0);
-    free(p);
-    assert_int_equal(md_clean_tmp(fx->f, now), 1);
-    assert_false(exists(fx, "tmp", "old"));
-    assert_true(exists(fx, "tmp", "fresh"));
-    assert_true(exists(fx, "tmp", "oldish"));
     assert_int_equal(md_clean_tmp(fx->f, now), 0);
+    assert_true(exists(fx, "tmp", "old"));
+    assert_true(exists(fx, "tmp", "fresh"));
+    /* 35 hours later both are still young enough. */
+    assert_int_equal(md_clean_tmp(fx->f, now + 35 * 3600), 0);
+    /* 37 hours after both were last touched they are debris. */
+    assert_int_equal(md_clean_tmp(fx->f, now + 37 * 3600), 2);
+    assert_false(exists(fx, "tmp", "old"));
+    assert_false(exists(fx, "tmp", "fresh"));
+    assert_int_equal(md_clean_tmp(fx->f, now + 37 * 3600), 0);
+}
+
+/* ---- Clients renaming inside cur/ while we scan ------------------------- */
+
+struct flipper {
+    char *a, *b;
+    atomic_bool stop;
+    unsigned flips;
+};
+
+static void *flip_thread(void *arg)
+{
+    struct flipper *fl = arg;
+    while (!atomic_load(&fl->stop)) {
+        if (rename(fl->a, fl->b) == 0) {
+            fl->flips++;
+        }
+        if (rename(fl->b, fl->a) == 0) {
+            fl->flips++;
+        }
+    }
+    return NULL;
+}
+
+static void test_scan_while_client_renames(void **state)
+{
+    struct fixture *fx = *state;
+    enum {
+        N = 3000,
+        SCANS = 150
+    };
+    for (int i = 0; i < N; i++) {
+        char name[64];
+        snprintf(name, sizeof(name), "1700000000.M%dP1.host:2,S", i);
+        touch(fx, "cur", name, "x");
+    }
+    /* A mail client toggling one message's flags as fast as it can. */
+    struct flipper fl = {
+        .a = sub(fx, "cur", "1700000000.M1234P1.host:2,S"),
+        .b = sub(fx, "cur", "1700000000.M1234P1.host:2,RS"),
+    };
+    atomic_init(&fl.stop, false);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, flip_thread, &fl), 0);
+    int missing = 0;
+    for (int i = 0; i < SCANS; i++) {
+        struct md_scan *scan = NULL;
+        assert_int_equal(md_scan(fx->f, &scan), 0);
+        if (scan->count != N || md_scan_find(scan, "1700000000.M1234P1.host") == NULL) {
+            missing++;
+        }
+        md_scan_free(scan);
+    }
+    atomic_store(&fl.stop, true);
+    pthread_join(th, NULL);
+    assert_true(fl.flips > 0);
+    /* Never missing: a missing message would be taken for a deletion. */
+    assert_int_equal(missing, 0);
+    free(fl.a);
+    free(fl.b);
+}
+
+/* A copy with the same identity is a different message: a flag change must
+ * never rename one onto the other. */
+static void test_rename_never_replaces(void **state)
+{
+    struct fixture *fx = *state;
+    touch(fx, "cur", "1700000001.M1P1.host:2,S", "original");
+    touch(fx, "cur", "1700000001.M1P1.host:2,FS", "a copy");
+    struct md_msg m;
+    assert_true(md_parse_name("1700000001.M1P1.host:2,S", false, &m));
+    assert_int_equal(md_set_flags(fx->f, &m, MD_FLAG_FLAGGED | MD_FLAG_SEEN, 0, false), -EEXIST);
+    assert_true(exists(fx, "cur", "1700000001.M1P1.host:2,S"));
+    assert_true(exists(fx, "cur", "1700000001.M1P1.host:2,FS"));
+    assert_non_null(strstr(md_folder_error(fx->f), "another message already has that name"));
+    md_msg_clear(&m);
 }
 
 int main(void)
@@ -990,6 +1084,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scan_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_set_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rename_race, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan_while_client_renames, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rename_never_replaces, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hand_built_msg, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keywords, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clean_tmp, setup, teardown),
