@@ -1,0 +1,901 @@
+#!/usr/bin/env python3
+"""mailsync against its peers (mpop for POP3, mbsync for IMAP) on one
+generated corpus, one throwaway Dovecot and one machine, in one run.
+
+It reports ratios of wall time and peak RSS, never pass/fail: the machine
+is shared and a timed test would be flaky. tests/bench/run builds mailsync
+(Release) and calls this; see tests/bench/README.md for what is measured
+and why the peers are configured the way they are.
+
+    bench.py --bin BUILD/mailsync [--messages N] [--quick] [--runs R]
+             [--only pop3|imap] [--seed S] [--keep]
+"""
+
+import argparse
+import collections
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "harness"))
+
+import dovecot  # noqa: E402
+import mailgen  # noqa: E402
+
+IMAP_USER, IMAP_PASSWORD = "alice", "secret-alice"
+POP_USER, POP_PASSWORD = "pop", "secret-pop"
+FOLDERS = mailgen.DEFAULT_FOLDERS  # INBOX, Lists/dev, Archive/2023, Entwürfe
+RUN_TIMEOUT = 900  # seconds; a run that takes longer is killed and recorded as failed
+
+# The text mailsync prints for an IMAP account while the engine is missing
+# (daemon/syncrun.c).
+IMAP_UNAVAILABLE = "two-way IMAP sync is not available in this build yet"
+
+# Targets from the issues: (kind, value). "ratio" is mailsync / peer wall
+# time; "rss" is mailsync's peak RSS in MiB over every run of that part.
+TARGETS = {
+    "pop3_first": ("ratio", 0.8),
+    "pop3_nothing": ("ratio", 1.0),
+    "pop3_rss": ("rss", 16),
+    "imap_initial": ("ratio", 0.7),
+    "imap_nochange": ("ratio", 0.3),
+    "imap_changed": ("ratio", 0.3),
+    "imap_rss": ("rss", 32),
+}
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Measuring one process
+
+
+class Measurement:
+    """Wall time, peak RSS and CPU time of one child process."""
+
+    def __init__(self, wall, maxrss_kib, cpu, rc, stdout, stderr, timed_out):
+        self.wall = wall
+        self.maxrss_kib = maxrss_kib
+        self.cpu = cpu
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+        self.timed_out = timed_out
+        self.problem = None  # set by the sanity checks
+
+    @property
+    def ok(self):
+        return self.rc == 0 and self.problem is None
+
+    def first_error_line(self):
+        for text in (self.stderr, self.stdout):
+            for line in text.splitlines():
+                if line.strip():
+                    return line.strip()
+        return "exit status %d" % self.rc
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+def measure(argv, cwd, env=None):
+    """Runs argv and returns a Measurement.
+
+    Wall time is time.monotonic() around the run. Peak RSS comes from GNU
+    time (-f %M), which reads ru_maxrss from wait4() of its own child: a
+    wait4() here would report at least this Python process's RSS, because
+    Linux carries the larger of the pre-exec and post-exec high-water marks
+    into ru_maxrss, and a fork of Python holds the whole corpus. GNU time is
+    a 1 MB process, so what it reports is the tool's own peak. CPU time
+    (user + system) is wait4()'s, which includes time's reaped child.
+    Without /usr/bin/time, the child's VmHWM is sampled from /proc instead
+    (it may miss a peak in the last milliseconds)."""
+    use_time = os.access(GNU_TIME, os.X_OK)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(prefix="bench-time-") as tf:
+        full = [GNU_TIME, "-o", tf.name, "-f", "%M"] + argv if use_time else argv
+        state = {"done": False, "killed": False, "hwm": 0}
+        lock = threading.Lock()
+        t0 = time.monotonic()
+        p = subprocess.Popen(full, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+
+        def on_timeout():
+            # Only kill while the child is known not to be reaped, so that a
+            # recycled pid is never signalled.
+            with lock:
+                if not state["done"]:
+                    state["killed"] = True
+                    os.kill(p.pid, signal.SIGKILL)
+
+        def sample_hwm():
+            while True:
+                with lock:
+                    if state["done"]:
+                        return
+                    try:
+                        with open("/proc/%d/status" % p.pid) as f:
+                            m = re.search(r"^VmHWM:\s+(\d+)", f.read(), re.M)
+                        if m:
+                            state["hwm"] = max(state["hwm"], int(m.group(1)))
+                    except OSError:
+                        pass
+                time.sleep(0.002)
+
+        timer = threading.Timer(RUN_TIMEOUT, on_timeout)
+        timer.daemon = True
+        timer.start()
+        sampler = None
+        if not use_time:
+            sampler = threading.Thread(target=sample_hwm, daemon=True)
+            sampler.start()
+        _pid, status, ru = os.wait4(p.pid, 0)
+        t1 = time.monotonic()
+        with lock:
+            state["done"] = True
+        timer.cancel()
+        rc = os.waitstatus_to_exitcode(status)
+        p.returncode = rc  # so that Popen does not try to reap it again
+        maxrss = state["hwm"]
+        if use_time:
+            tf.seek(0)
+            # GNU time writes "Command exited with non-zero status N" first
+            # when the command fails; the figure is the last line.
+            lines = tf.read().decode("utf-8", "replace").split()
+            maxrss = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+        out.seek(0)
+        err.seek(0)
+        return Measurement(t1 - t0, maxrss, ru.ru_utime + ru.ru_stime, rc,
+                           out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"),
+                           state["killed"])
+
+
+def flush_disk():
+    """Writes back dirty pages of earlier runs (and of deleting their
+    Maildirs) so that one run does not pay for the previous one's I/O."""
+    os.sync()
+
+
+# ---------------------------------------------------------------------------
+# Maildir and server statistics for the sanity checks
+
+
+def maildir_stats(root):
+    """(messages, seen, flagged) over every Maildir folder below root."""
+    total = seen = flagged = 0
+    for dirpath, dirnames, _files in os.walk(root):
+        for sub in ("new", "cur"):
+            if sub not in dirnames:
+                continue
+            for name in os.listdir(os.path.join(dirpath, sub)):
+                if name.startswith("."):
+                    continue
+                total += 1
+                # Flags count wherever they are: mbsync keeps unseen
+                # flagged mail in new/ as "...:2,F".
+                info = name.partition(":2,")[2]
+                seen += "S" in info
+                flagged += "F" in info
+        dirnames[:] = [d for d in dirnames if d not in ("cur", "new", "tmp")]
+    return total, seen, flagged
+
+
+def server_stats(d, user):
+    """(messages, seen, flagged) over every folder of user on Dovecot d."""
+    total = seen = flagged = 0
+    conn = d.imap(user)
+    try:
+        for _attrs, name in dovecot.list_mailboxes(conn):
+            typ, data = conn.select(dovecot.imap_mailbox(name), readonly=True)
+            if typ != "OK":
+                raise dovecot.DovecotError("EXAMINE %s: %s" % (name, data))
+            n = int(data[0])
+            if n == 0:
+                continue
+            total += n
+            typ, data = conn.uid("SEARCH", "SEEN")
+            seen += len(data[0].split())
+            typ, data = conn.uid("SEARCH", "FLAGGED")
+            flagged += len(data[0].split())
+            conn.close()
+    finally:
+        conn.logout()
+    return total, seen, flagged
+
+
+# ---------------------------------------------------------------------------
+# The tools. Each keeps its local state (Maildir and sync state) in its own
+# directory under the work directory; reset() starts it afresh.
+
+
+class Tool:
+    name = "?"
+    available = True
+    unavailable_reason = None
+
+    def __init__(self, bench):
+        self.bench = bench
+        self.dir = os.path.join(bench.work, self.slug)
+        self.last_end = None
+
+    def reset(self):
+        if os.path.exists(self.dir):
+            shutil.rmtree(self.dir)
+        os.makedirs(self.dir)
+        self.last_end = None
+        self.prepare()
+
+    def prepare(self):
+        pass
+
+    def run(self):
+        # mbsync sleeps a whole second when it finds a Maildir directory
+        # modified in the current second (so that it cannot miss a change
+        # made in that same second). Real syncs are minutes apart and never
+        # pay that, so every tool starts a run only once the clock's second
+        # has moved past the end of its previous run.
+        if self.last_end is not None:
+            wait = math.floor(self.last_end) + 1.02 - time.time()
+            if wait > 0:
+                time.sleep(wait)
+        flush_disk()
+        m = measure(self.argv(), cwd=self.dir)
+        self.last_end = time.time()
+        return m
+
+
+class MailsyncTool(Tool):
+    name = "mailsync"
+
+    def prepare(self):
+        self.maildir = os.path.join(self.dir, "Mail")
+        self.config = os.path.join(self.dir, "config.yaml")
+        dovecot.write_mailsync_config(self.config, {"bench": self.account()},
+                                      state_dir=os.path.join(self.dir, "state"))
+
+    def argv(self):
+        return [self.bench.args.bin, "--config", self.config, "sync"]
+
+
+class MailsyncPop(MailsyncTool):
+    slug = "mailsync-pop3"
+
+    def account(self):
+        return dovecot.pop3_account(self.bench.dovecot, self.maildir, user=POP_USER,
+                                    pop={"keep_on_server": True})
+
+    def local_count(self):
+        return maildir_stats(self.maildir)[0]
+
+
+class Mpop(Tool):
+    name = "mpop"
+    slug = "mpop"
+
+    def prepare(self):
+        self.maildir = os.path.join(self.dir, "Maildir")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(self.maildir, sub))
+        self.rc = os.path.join(self.dir, "mpoprc")
+        d = self.bench.dovecot
+        # mpop 1.4 keys (man mpop): implicit TLS is "tls on" with
+        # "tls_starttls off"; "auth user" is USER/PASS, the fastest login
+        # Dovecot offers (mailsync's "auto" picks SASL PLAIN, one round trip
+        # less or more does not show at this scale).
+        text = ("defaults\n"
+                "account bench\n"
+                "host localhost\n"
+                "port %d\n"
+                "tls on\n"
+                "tls_starttls off\n"
+                "tls_trust_file %s\n"
+                "auth user\n"
+                "user %s\n"
+                "password %s\n"
+                "keep on\n"
+                "only_new on\n"
+                "delivery maildir %s\n"
+                "uidls_file %s\n"
+                % (d.port_pop3s, d.ca_cert, POP_USER, POP_PASSWORD, self.maildir,
+                   os.path.join(self.dir, "uidls")))
+        fd = os.open(self.rc, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+    def argv(self):
+        return ["mpop", "-C", self.rc, "-q", "bench"]
+
+    def local_count(self):
+        return maildir_stats(self.maildir)[0]
+
+
+class MailsyncImap(MailsyncTool):
+    slug = "mailsync-imap"
+
+    def account(self):
+        return dovecot.imap_account(self.bench.dovecot, self.maildir, user=IMAP_USER)
+
+    def local_stats(self):
+        return maildir_stats(self.maildir)
+
+
+class Mbsync(Tool):
+    name = "mbsync"
+    slug = "mbsync"
+
+    def prepare(self):
+        self.maildir = os.path.join(self.dir, "Mail")
+        os.makedirs(self.maildir)
+        self.rc = os.path.join(self.dir, "mbsyncrc")
+        d = self.bench.dovecot
+        # isync 1.4 spelling (SSLType, Far/Near); see the README for why
+        # each Channel setting is what it is.
+        text = ("IMAPAccount bench\n"
+                "Host localhost\n"
+                "Port %d\n"
+                "User %s\n"
+                "Pass %s\n"
+                "SSLType IMAPS\n"
+                "SystemCertificates no\n"
+                "CertificateFile %s\n"
+                "\n"
+                "IMAPStore bench-far\n"
+                "Account bench\n"
+                "\n"
+                "MaildirStore bench-near\n"
+                "Path %s/\n"
+                "Inbox %s/INBOX\n"
+                "SubFolders Verbatim\n"
+                "\n"
+                "Channel bench\n"
+                "Far :bench-far:\n"
+                "Near :bench-near:\n"
+                "Patterns *\n"
+                "Sync All\n"
+                "Create Both\n"
+                "Expunge None\n"
+                "SyncState *\n"
+                % (d.port_imaps, IMAP_USER, IMAP_PASSWORD, d.ca_cert, self.maildir, self.maildir))
+        fd = os.open(self.rc, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+    def argv(self):
+        return ["mbsync", "-c", self.rc, "-q", "-a"]
+
+    def local_stats(self):
+        return maildir_stats(self.maildir)
+
+
+# ---------------------------------------------------------------------------
+# Scenarios and the report
+
+
+class Scenario:
+    def __init__(self, key, title, peer):
+        self.key = key
+        self.title = title
+        self.peer = peer
+        self.runs = collections.OrderedDict()  # tool name -> [Measurement]
+        self.notes = []
+
+    def add(self, tool, m):
+        self.runs.setdefault(tool, []).append(m)
+
+    def ok_runs(self, tool):
+        return [m for m in self.runs.get(tool, []) if m.ok]
+
+    def failed(self, tool):
+        return [m for m in self.runs.get(tool, []) if not m.ok]
+
+    def median_wall(self, tool):
+        ok = self.ok_runs(tool)
+        return statistics.median(m.wall for m in ok) if ok else None
+
+    def median_cpu(self, tool):
+        ok = self.ok_runs(tool)
+        return statistics.median(m.cpu for m in ok) if ok else None
+
+    def peak_rss(self, tool):
+        ok = self.ok_runs(tool)
+        return max(m.maxrss_kib for m in ok) / 1024.0 if ok else None
+
+
+def fmt_s(v):
+    if v is None:
+        return "—"
+    if v < 1:
+        return "%.3f s" % v
+    if v < 100:
+        return "%.2f s" % v
+    return "%.0f s" % v
+
+
+def fmt_mib(v):
+    return "—" if v is None else "%.1f MiB" % v
+
+
+def fmt_ratio(a, b, target=None):
+    if a is None or b is None or b <= 0:
+        return "—", None
+    r = a / b
+    text = "%.2f×" % r
+    if target is not None and text == "%.2f×" % target and r != target:
+        # Show the third decimal where two would hide which side of the
+        # target the ratio is on.
+        text = "%.3f×" % r
+    return text, r
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="mailsync-bench-", dir="/tmp")
+        os.chmod(self.work, 0o755)
+        self.dovecot = None
+        self.scenarios = []
+        self.notes = []
+        self.rss_parts = {}  # part -> (target key, [scenarios])
+        self.facts = collections.OrderedDict()
+
+    # -- setup ----------------------------------------------------------
+
+    def machine_facts(self):
+        f = self.facts
+        f["date"] = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        f["nproc"] = str(len(os.sched_getaffinity(0)))
+        model = "?"
+        try:
+            with open("/proc/cpuinfo") as fp:
+                for line in fp:
+                    if line.startswith("model name"):
+                        model = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        f["CPU"] = model
+        try:
+            with open("/proc/meminfo") as fp:
+                kib = int(fp.readline().split()[1])
+            f["memory"] = "%.1f GiB" % (kib / 1024 / 1024)
+        except (OSError, ValueError, IndexError):
+            pass
+        f["kernel"] = platform.release()
+        f["load average at start"] = "%.2f %.2f %.2f" % os.getloadavg()
+        f["work directory filesystem"] = fs_type(self.work)
+        f["mailsync"] = self.mailsync_version()
+        f["dovecot"] = first_line(["dovecot", "--version"])
+        f["mbsync"] = first_line(["mbsync", "-v"]) if shutil.which("mbsync") else "not installed"
+        f["mpop"] = first_line(["mpop", "--version"]) if shutil.which("mpop") else "not installed"
+
+    def mailsync_version(self):
+        v = first_line([self.args.bin, "--version"])
+        try:
+            head = subprocess.run(["git", "-C", SOURCE_DIR, "rev-parse", "--short", "HEAD"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+            dirty = subprocess.run(["git", "-C", SOURCE_DIR, "status", "--porcelain", "--", "daemon", "sync",
+                                    "store", "CMakeLists.txt"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
+            if head:
+                v += " (commit %s%s)" % (head, ", working tree has uncommitted changes" if dirty else "")
+        except OSError:
+            pass
+        return v + ", Release build"
+
+    def start(self):
+        log("Starting Dovecot ...")
+        self.dovecot = dovecot.Dovecot(users={IMAP_USER: IMAP_PASSWORD, POP_USER: POP_PASSWORD}).start()
+        n = self.args.messages
+        log("Generating %d messages (seed %d) ..." % (n, self.args.seed))
+        t = time.monotonic()
+        corpus = mailgen.corpus(n, seed=self.args.seed, folders=FOLDERS)
+        self.total_bytes = sum(len(m) for msgs in corpus.values() for m in msgs)
+        self.folder_counts = {f: len(m) for f, m in corpus.items()}
+        sizes = sorted(len(m) for msgs in corpus.values() for m in msgs)
+        self.size_facts = "median %.1f KB, largest %.2f MB" % (statistics.median(sizes) / 1e3, sizes[-1] / 1e6)
+        log("  %.1f MB in %.1f s; seeding %s over IMAP APPEND ..."
+            % (self.total_bytes / 1e6, time.monotonic() - t, IMAP_USER))
+        t = time.monotonic()
+        conn = self.dovecot.imap(IMAP_USER)
+        try:
+            for i, (folder, msgs) in enumerate(corpus.items()):
+                self.dovecot.save_many(IMAP_USER, folder, msgs, realistic_flags(len(msgs), i), conn=conn)
+        finally:
+            conn.logout()
+        del corpus
+        # The POP3 user gets the same messages, all in INBOX: a server-side
+        # copy (Dovecot hard-links Maildir files), far faster than a second
+        # APPEND of everything.
+        self.dovecot.doveadm("copy", "-u", POP_USER, "INBOX", "user", IMAP_USER, "mailbox", "*")
+        counts = self.dovecot.counts(POP_USER)
+        if counts.get("INBOX") != n:
+            raise SystemExit("seeding %s failed: INBOX holds %s messages, not %d" % (POP_USER, counts.get("INBOX"), n))
+        log("  seeded in %.1f s" % (time.monotonic() - t))
+        f = self.facts
+        f["messages"] = "%d (%s)" % (n, ", ".join("%s %d" % kv for kv in self.folder_counts.items()))
+        f["corpus size"] = "%.1f MB (10^6 bytes, CRLF as on the wire); %s" % (self.total_bytes / 1e6,
+                                                                              self.size_facts)
+        f["runs per figure"] = "%d (median wall time; peak RSS is the largest of the runs)" % self.args.runs
+
+    def stop(self):
+        if self.dovecot is not None:
+            self.dovecot.stop()
+        if self.args.keep:
+            log("keeping %s" % self.work)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- running --------------------------------------------------------
+
+    def record(self, sc, tool, m, rep):
+        sc.add(tool.name, m)
+        status = "ok" if m.ok else "PROBLEM: " + (m.problem or m.first_error_line())
+        log("  %-24s %-8s run %d: %8s  peak RSS %8s  CPU %7s  %s"
+            % (sc.title, tool.name, rep + 1, fmt_s(m.wall), fmt_mib(m.maxrss_kib / 1024.0), fmt_s(m.cpu), status))
+
+    def warm_up(self, tool):
+        """One unmeasured run of a peer, so that Dovecot's indexes and
+        caches and the page cache are warm before the first measured run
+        (page caches cannot be dropped here; every figure is warm-cache)."""
+        tool.reset()
+        m = tool.run()
+        log("  warm-up: %s %s (%s)" % (tool.name, fmt_s(m.wall), "ok" if m.rc == 0 else m.first_error_line()))
+
+    def part_pop3(self):
+        n = self.args.messages
+        ms, peer = MailsyncPop(self), Mpop(self)
+        tools = [ms, peer]
+        if not shutil.which("mpop"):
+            self.notes.append("mpop is not installed: POP3 measured for mailsync only.")
+            tools = [ms]
+        first = Scenario("pop3_first", "POP3 first download", "mpop")
+        nothing = Scenario("pop3_nothing", "POP3 nothing new", "mpop")
+        self.scenarios += [first, nothing]
+        self.rss_parts["POP3"] = ("pop3_rss", [first, nothing], "mpop")
+        log("\nPart A: POP3, %d messages, mailsync vs mpop" % n)
+        if peer in tools:
+            self.warm_up(peer)
+        subprocess.run([self.args.bin, "--version"], stdout=subprocess.DEVNULL)
+        for rep in range(self.args.runs):
+            for tool in order(tools, rep):
+                tool.reset()
+                m = tool.run()
+                check_pop(m, tool, n, n)
+                self.record(first, tool, m, rep)
+        for rep in range(self.args.runs):
+            for tool in order(tools, rep):
+                m = tool.run()
+                check_pop(m, tool, n, 0)
+                self.record(nothing, tool, m, rep)
+
+    def part_imap(self):
+        n = self.args.messages
+        ms, peer = MailsyncImap(self), Mbsync(self)
+        tools = [ms, peer]
+        if not shutil.which("mbsync"):
+            self.notes.append("mbsync is not installed: IMAP measured for mailsync only.")
+            tools = [ms]
+        initial = Scenario("imap_initial", "IMAP initial download", "mbsync")
+        nochange = Scenario("imap_nochange", "IMAP resync, no change", "mbsync")
+        changed = Scenario("imap_changed", "IMAP resync, 1% changed", "mbsync")
+        self.scenarios += [initial, nochange, changed]
+        self.rss_parts["IMAP"] = ("imap_rss", [initial, nochange, changed], "mbsync")
+        log("\nPart B: IMAP, %d messages in %d folders, mailsync vs mbsync" % (n, len(FOLDERS)))
+        if peer in tools:
+            self.warm_up(peer)
+
+        def run_one(sc, tool, rep, expect):
+            if not tool.available:
+                return
+            m = tool.run()
+            if tool is ms and m.rc != 0 and IMAP_UNAVAILABLE in m.stderr:
+                tool.available = False
+                tool.unavailable_reason = "mailsync IMAP sync not available yet — mbsync figures only"
+                log("  " + tool.unavailable_reason)
+                self.notes.append(tool.unavailable_reason + ".")
+                return
+            check_imap(m, tool, expect)
+            self.record(sc, tool, m, rep)
+
+        for rep in range(self.args.runs):
+            expect = server_stats(self.dovecot, IMAP_USER)
+            for tool in order(tools, rep):
+                if tool.available:
+                    tool.reset()
+                run_one(initial, tool, rep, expect)
+        for rep in range(self.args.runs):
+            expect = server_stats(self.dovecot, IMAP_USER)
+            for tool in order(tools, rep):
+                run_one(nochange, tool, rep, expect)
+        rng = random.Random(self.args.seed * 7919 + 1)
+        for rep in range(self.args.runs):
+            desc = change_server(self.dovecot, rng, n, rep)
+            expect = server_stats(self.dovecot, IMAP_USER)
+            if rep == 0:
+                changed.notes.append(desc)
+            for tool in order(tools, rep):
+                run_one(changed, tool, rep, expect)
+        if not ms.available:
+            for sc in (initial, nochange, changed):
+                sc.notes.append("mailsync IMAP sync not available yet")
+
+    # -- the report -----------------------------------------------------
+
+    def report(self):
+        lines = ["# mailsync benchmark", ""]
+        lines.append("Ratios are mailsync ÷ peer (lower is better for mailsync). Wall time is the median of "
+                     "%d runs; every run is warm-cache (page caches cannot be dropped on this shared "
+                     "machine) and Dovecot runs on the same cores as the client." % self.args.runs)
+        lines.append("")
+        lines.append("## Wall time")
+        lines.append("")
+        lines.append("| Scenario | mailsync | peer | peer median | ratio | target | met |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for sc in self.scenarios:
+            a, b = sc.median_wall("mailsync"), sc.median_wall(sc.peer)
+            target = TARGETS[sc.key][1]
+            text, r = fmt_ratio(a, b, target)
+            lines.append("| %s | %s | %s | %s | %s | ≤ %.1f× | %s |"
+                         % (sc.title, cell(sc, "mailsync", fmt_s(a)), sc.peer, cell(sc, sc.peer, fmt_s(b)), text,
+                            target, verdict(r, target, sc)))
+        lines.append("")
+        lines.append("## Peak RSS")
+        lines.append("")
+        lines.append("| Scenario | mailsync | peer | peer peak | ratio |")
+        lines.append("|---|---|---|---|---|")
+        for sc in self.scenarios:
+            a, b = sc.peak_rss("mailsync"), sc.peak_rss(sc.peer)
+            text, _r = fmt_ratio(a, b)
+            lines.append("| %s | %s | %s | %s | %s |" % (sc.title, fmt_mib(a), sc.peer, fmt_mib(b), text))
+        lines.append("")
+        lines.append("| Target | mailsync peak (all runs) | target | met |")
+        lines.append("|---|---|---|---|")
+        for part, (key, scs, _peer) in self.rss_parts.items():
+            peaks = [sc.peak_rss("mailsync") for sc in scs if sc.peak_rss("mailsync") is not None]
+            peak = max(peaks) if peaks else None
+            target = TARGETS[key][1]
+            met = "—" if peak is None else ("yes" if peak <= target else "**no**")
+            lines.append("| %s peak RSS | %s | ≤ %d MiB | %s |" % (part, fmt_mib(peak), target, met))
+        lines.append("")
+        lines.append("## CPU time (user + system of the client process, median)")
+        lines.append("")
+        lines.append("| Scenario | mailsync | peer | peer CPU | ratio |")
+        lines.append("|---|---|---|---|---|")
+        for sc in self.scenarios:
+            a, b = sc.median_cpu("mailsync"), sc.median_cpu(sc.peer)
+            text, _r = fmt_ratio(a, b)
+            lines.append("| %s | %s | %s | %s | %s |" % (sc.title, fmt_s(a), sc.peer, fmt_s(b), text))
+        notes = list(self.notes)
+        cores = len(os.sched_getaffinity(0))
+        busy = [v for v in (self.facts.get("load average at start", ""), "%.2f" % os.getloadavg()[0])
+                if v and float(v.split()[0]) > cores]
+        if busy:
+            notes.append("The 1-minute load average was above the %d cores during the run (other work on "
+                         "the machine): absolute times are noisy; the alternating order and medians "
+                         "keep the ratios comparable, but repeat the run before reading much into a "
+                         "ratio near its target." % cores)
+        for sc in self.scenarios:
+            for tool, runs in sc.runs.items():
+                for m in runs:
+                    if not m.ok:
+                        notes.append("%s, %s: %s" % (sc.title, tool, m.problem or m.first_error_line()))
+            for note in sc.notes:
+                if note not in notes and "not available" not in note:
+                    notes.append("%s: %s" % (sc.title, note))
+        if notes:
+            lines.append("")
+            lines.append("## Notes")
+            lines.append("")
+            lines += ["- " + n for n in notes]
+        lines.append("")
+        lines.append("## Machine")
+        lines.append("")
+        self.facts["load average at end"] = "%.2f %.2f %.2f" % os.getloadavg()
+        for k, v in self.facts.items():
+            lines.append("- %s: %s" % (k, v))
+        lines.append("")
+        return "\n".join(lines)
+
+    def raw(self):
+        return {
+            "facts": self.facts,
+            "scenarios": {
+                sc.key: {
+                    tool: [{"wall": m.wall, "maxrss_kib": m.maxrss_kib, "cpu": m.cpu, "rc": m.rc,
+                            "problem": m.problem} for m in runs]
+                    for tool, runs in sc.runs.items()
+                }
+                for sc in self.scenarios
+            },
+        }
+
+
+def cell(sc, tool, text):
+    """A median cell, or why there is none."""
+    if sc.ok_runs(tool):
+        failed = len(sc.failed(tool))
+        return text + (" (%d failed)" % failed if failed else "")
+    if sc.failed(tool):
+        return "failed"
+    if tool == "mailsync" and any("not available" in n for n in sc.notes):
+        return "not available yet"
+    return "not measured"
+
+
+def verdict(r, target, sc):
+    if r is None:
+        return "—"
+    if sc.failed("mailsync") or sc.failed(sc.peer):
+        return ("yes" if r <= target else "**no**") + " (some runs failed)"
+    return "yes" if r <= target else "**no**"
+
+
+def order(tools, rep):
+    """Alternates which tool goes first, so that neither always runs right
+    after the other's I/O."""
+    return list(tools) if rep % 2 == 0 else list(reversed(tools))
+
+
+def realistic_flags(n, shift):
+    """Most old mail read, some flagged or answered (as in the demo)."""
+    out = []
+    for j in range(n):
+        f = []
+        if (j + shift) % 4 != 0:
+            f.append("\\Seen")
+        if j % 11 == 3:
+            f.append("\\Flagged")
+        if j % 7 == 2:
+            f.append("\\Answered")
+        out.append(" ".join(f))
+    return out
+
+
+def check_pop(m, tool, expect_total, expect_new):
+    """The sanity check of a POP3 run: the Maildir holds every message, and
+    mailsync says how many it fetched."""
+    if m.rc != 0:
+        m.problem = "exit status %d: %s" % (m.rc, m.first_error_line())
+        return
+    have = tool.local_count()
+    if have != expect_total:
+        m.problem = "Maildir holds %d messages, expected %d" % (have, expect_total)
+        return
+    if isinstance(tool, MailsyncPop):
+        got = re.search(r"(\d+) new", m.stdout)
+        if got is None or int(got.group(1)) != expect_new:
+            m.problem = "expected '%d new' in the summary, got %r" % (expect_new, m.stdout.strip())
+
+
+def check_imap(m, tool, expect):
+    """The sanity check of an IMAP run: the local side holds as many
+    messages as the server, with as many \\Seen and \\Flagged."""
+    if m.rc != 0:
+        m.problem = "exit status %d: %s" % (m.rc, m.first_error_line())
+        return
+    have = tool.local_stats()
+    if have != expect:
+        m.problem = ("local (messages, seen, flagged) %s differ from the server's %s"
+                     % (have, expect))
+
+
+def change_server(d, rng, n, rep):
+    """Changes flags of 1% of the messages (half toggle \\Seen, half
+    \\Flagged) spread over every folder, and delivers a few new ones.
+    Returns a description."""
+    conn = d.imap(IMAP_USER)
+    try:
+        everything = []
+        for folder in FOLDERS:
+            typ, data = conn.select(dovecot.imap_mailbox(folder))
+            if typ != "OK" or int(data[0]) == 0:
+                continue
+            typ, data = conn.uid("FETCH", "1:*", "(FLAGS)")
+            for item in dovecot.parse_fetch(data):
+                everything.append((folder, item["uid"], item["flags"] or ()))
+            conn.close()
+        k = max(1, round(n * 0.01))
+        picks = rng.sample(everything, min(k, len(everything)))
+        by_folder = collections.defaultdict(lambda: collections.defaultdict(list))
+        for i, (folder, uid, flags) in enumerate(picks):
+            flag = "\\Seen" if i % 2 == 0 else "\\Flagged"
+            op = "-FLAGS" if flag in flags else "+FLAGS"
+            by_folder[folder][(op, flag)].append(uid)
+        for folder, ops in by_folder.items():
+            conn.select(dovecot.imap_mailbox(folder))
+            for (op, flag), uids in ops.items():
+                typ, data = conn.uid("STORE", ",".join(map(str, uids)), op, "(%s)" % flag)
+                if typ != "OK":
+                    raise dovecot.DovecotError("STORE: %s" % data)
+            conn.close()
+        new = max(2, n // 500)
+        for i in range(new):
+            msg = mailgen.message(seed=9000 + rep, index=i)
+            folder = FOLDERS[i % 2]  # INBOX and Lists/dev
+            d.save_many(IMAP_USER, folder, [msg], conn=conn)
+    finally:
+        conn.logout()
+    return "each round: flags changed on %d messages (%.0f%%) in %d folders, %d new messages" % (
+        len(picks), 100.0 * len(picks) / n, len(by_folder), new)
+
+
+def first_line(argv):
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+        return (p.stdout.strip().splitlines() or ["?"])[0]
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def fs_type(path):
+    best, fstype = "", "?"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and path.startswith(parts[1]) and len(parts[1]) >= len(best):
+                    best, fstype = parts[1], parts[2]
+    except OSError:
+        pass
+    return "%s (%s)" % (fstype, best or "?")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="mailsync vs mpop and mbsync: ratios of wall time and peak RSS.")
+    ap.add_argument("--bin", required=True, help="the mailsync binary (a Release build)")
+    ap.add_argument("--messages", type=int, default=None, help="corpus size (default 3000, --quick 500)")
+    ap.add_argument("--quick", action="store_true", help="500 messages")
+    ap.add_argument("--runs", type=int, default=3, help="measured runs per tool and scenario (default 3)")
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--only", choices=("pop3", "imap"), help="run one part only")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.md"))
+    args = ap.parse_args(argv)
+    if args.messages is None:
+        args.messages = 500 if args.quick else 3000
+    if args.messages < 10 or args.runs < 1:
+        ap.error("--messages must be at least 10 and --runs at least 1")
+    args.bin = os.path.abspath(args.bin)
+    if not os.access(args.bin, os.X_OK):
+        ap.error("%s is not an executable" % args.bin)
+
+    t0 = time.monotonic()
+    b = Bench(args)
+    try:
+        b.machine_facts()
+        b.start()
+        if args.only in (None, "pop3"):
+            b.part_pop3()
+        if args.only in (None, "imap"):
+            b.part_imap()
+    finally:
+        b.stop()
+    b.facts["benchmark duration"] = "%.0f s" % (time.monotonic() - t0)
+    text = b.report()
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump(b.raw(), f, indent=1)
+    print("\n" + text)
+    print("(written to %s)" % args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
