@@ -1008,7 +1008,9 @@ int idx_folder_foreach(struct idx_txn *txn,
         rc = lmdb_fail(txn->idx, mrc, db_names[DB_FOLDERS]);
     }
     if (rc == 0) {
-        qsort(items, count, sizeof(*items), folder_item_cmp);
+        if (count > 1) {
+            qsort(items, count, sizeof(*items), folder_item_cmp);
+        }
         for (size_t i = 0; i < count && rc == 0; i++) {
             rc = fn(items[i].name, &items[i].st, arg);
         }
@@ -2027,7 +2029,9 @@ static int open_env(struct idx *idx, char **err_r)
         rc = mdb_env_set_mapsize(idx->env, IDX_INITIAL_MAP);
     }
     if (rc == 0) {
-        rc = mdb_env_open(idx->env, idx->env_path, 0, 0600);
+        /* MDB_NOTLS: read transactions belong to their txn object, not to
+         * the thread, so threadpool jobs and nested reads work. */
+        rc = mdb_env_open(idx->env, idx->env_path, MDB_NOTLS, 0600);
     }
     if (rc != 0) {
         *err_r = xasprintf("cannot open index %s: %s", idx->env_path, mdb_strerror(rc));

@@ -189,6 +189,31 @@ static void uid_key(uint8_t key[8], uint32_t fid, uint32_t uid)
 
 /* Folders */
 
+static int count_folder(const char *folder, const struct idx_folder *st, void *arg)
+{
+    (*(int *)arg)++;
+    return 0;
+}
+
+/* An empty index walks nothing (and must not hand qsort a NULL array), and
+ * two read transactions can be open at once on one thread (MDB_NOTLS), as
+ * happens when a walk callback reads again or a threadpool job reuses a
+ * thread. */
+static void test_empty_walk_and_two_readers(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    struct idx_txn *r1 = begin(idx, false);
+    int n = 0;
+    assert_int_equal(idx_folder_foreach(r1, count_folder, &n), 0);
+    assert_int_equal(n, 0);
+    struct idx_txn *r2 = begin(idx, false);
+    struct idx_folder st;
+    assert_int_equal(idx_folder_get(r2, "INBOX", &st), -ENOENT);
+    idx_abort(r2);
+    idx_abort(r1);
+    idx_close(idx);
+}
+
 static void test_folder_roundtrip(void **state)
 {
     struct idx *idx = open_ok(*state, "acct");
@@ -1477,6 +1502,7 @@ static void test_write_error(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_empty_walk_and_two_readers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_folder_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_folder_long_names_and_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_msg_synced_roundtrip, setup, teardown),
