@@ -4,10 +4,10 @@
 #include <string.h>
 #include <uv.h>
 
-#include "daemon/account.h"
 #include "daemon/log.h"
 #include "daemon/util.h"
 #include "store/maildir.h"
+#include "sync/account.h"
 #include "sync/imap.h"
 #include "sync/pop3.h"
 #include "sync/secret.h"

@@ -8,6 +8,7 @@
 
 #include "daemon/log.h"
 #include "daemon/util.h"
+#include "sync/engine.h"
 #include "sync/popsync.h"
 
 enum run_state {
@@ -118,6 +119,40 @@ static void on_pop_done(const struct popsync_result *res, void *arg)
     progress_draw(sr, true);
 }
 
+static void on_engine_progress(const char *folder, unsigned done, unsigned total, uint64_t bytes,
+                               void *arg)
+{
+    struct run *r = arg;
+    r->done = done;
+    r->total = total;
+    r->bytes = bytes;
+    progress_draw(r->sr, false);
+}
+
+static void on_engine_done(const struct engine_result *res, void *arg)
+{
+    struct run *r = arg;
+    struct syncrun *sr = r->sr;
+    progress_clear(sr);
+    for (size_t i = 0; i < res->nfolders; i++) {
+        if (res->folders[i].error != NULL) {
+            log_error("%s: %s: %s", r->acct->name, res->folders[i].name, res->folders[i].error);
+        }
+    }
+    if (res->kind != ENGINE_OK) {
+        log_error("%s: %s", r->acct->name, res->error != NULL ? res->error : "failed");
+    }
+    bool failed = res->kind != ENGINE_OK || res->folder_errors > 0;
+    if (!sr->opts->quiet || failed) {
+        char *line = engine_summary(res);
+        printf("%s\n", line);
+        fflush(stdout);
+        free(line);
+    }
+    run_finished(r, failed, res->kind == ENGINE_TRANSIENT && res->folder_errors == 0);
+    progress_draw(sr, true);
+}
+
 static void run_start(struct run *r)
 {
     struct syncrun *sr = r->sr;
@@ -138,10 +173,19 @@ static void run_start(struct run *r)
         }
         return;
     }
-    log_error("%s: two-way IMAP sync is not available in this build yet "
-              "('mailsync check --connect %s' tests the connection)",
-              r->acct->name, r->acct->name);
-    run_finished(r, true, false);
+    struct engine_opts eo = {
+        .dry_run = sr->opts->dry_run,
+        .force = sr->opts->force,
+        .now = run_clock(),
+        .progress = on_engine_progress,
+        .progress_arg = r,
+    };
+    struct engine *e;
+    int rc = engine_start(&sr->loop, sr->cfg, r->acct, &eo, on_engine_done, r, &e);
+    if (rc < 0) {
+        log_error("%s: cannot start: %s", r->acct->name, strerror(-rc));
+        run_finished(r, true, false);
+    }
 }
 
 int syncrun(const struct cfg *cfg, char *const *accounts, int count,

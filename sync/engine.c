@@ -29,6 +29,7 @@
 #include "daemon/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
+#include "sync/account.h"
 #include "sync/imap.h"
 #include "sync/plan.h"
 #include "sync/secret.h"
@@ -2180,46 +2181,6 @@ static void on_imap_ready(struct imap *im, void *arg)
     }
 }
 
-/* The same mapping as daemon/account.c's account_imap_opts, repeated here
- * because ms_sync sits below ms_daemon in the link order (a static library
- * cannot call up into the one that links it). */
-static void engine_imap_opts(const struct cfg_account *a, const char *secret, struct imap_opts *o)
-{
-    memset(o, 0, sizeof(*o));
-    o->net.host = a->host;
-    o->net.port = a->port;
-    o->net.tls = a->tls == CFG_TLS_IMPLICIT   ? NET_TLS_IMPLICIT
-                 : a->tls == CFG_TLS_STARTTLS ? NET_TLS_LATER
-                                              : NET_TLS_NONE;
-    o->net.ca_file = a->ca_file;
-    o->net.fingerprint = a->tls_fingerprint;
-    o->net.connect_timeout_ms = a->timeout_seconds * 1000u;
-    o->net.idle_timeout_ms = a->timeout_seconds * 1000u;
-    o->user = a->user;
-    o->secret = secret;
-    switch (a->auth) {
-    case CFG_AUTH_PLAIN:
-        o->auth = IMAP_AUTH_PLAIN;
-        break;
-    case CFG_AUTH_LOGIN:
-        o->auth = IMAP_AUTH_LOGIN;
-        break;
-    case CFG_AUTH_XOAUTH2:
-        o->auth = IMAP_AUTH_XOAUTH2;
-        break;
-    case CFG_AUTH_OAUTHBEARER:
-        o->auth = IMAP_AUTH_OAUTHBEARER;
-        break;
-    case CFG_AUTH_AUTO:
-    case CFG_AUTH_APOP:
-        o->auth = IMAP_AUTH_AUTO;
-        break;
-    }
-    o->allow_plaintext = a->allow_plaintext;
-    o->compress = a->compress;
-    o->log_name = a->name;
-}
-
 static void on_secret(int err, const char *secret, const char *msg, void *arg)
 {
     struct engine *e = arg;
@@ -2235,7 +2196,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
         return;
     }
     struct imap_opts io;
-    engine_imap_opts(e->acct, secret, &io);
+    account_imap_opts(e->acct, secret, &io);
     static const struct imap_cb cb = {
         .on_ready = on_imap_ready,
         .on_error = on_imap_error,

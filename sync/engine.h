@@ -36,11 +36,11 @@ enum engine_kind {
 };
 
 struct engine_counts {
-    unsigned new_down, new_up;       /* messages copied server->local, local->server */
-    unsigned flags_down, flags_up;   /* messages whose flags changed on that side */
+    unsigned new_down, new_up;         /* messages copied server->local, local->server */
+    unsigned flags_down, flags_up;     /* messages whose flags changed on that side */
     unsigned deleted_down, deleted_up; /* removed locally / on the server */
-    unsigned skipped;                /* over max_size / older than max_age_days */
-    unsigned adopted;                /* found already present after a crash, not copied again */
+    unsigned skipped;                  /* over max_size / older than max_age_days */
+    unsigned adopted;                  /* found already present after a crash, not copied again */
     uint64_t bytes_down, bytes_up;
 };
 
@@ -66,8 +66,7 @@ struct engine_opts {
     bool force;   /* override the mass-deletion and vanished-folder guards */
     time_t now;   /* clock for max_age_days; 0 = time(NULL) */
     /* Progress for a terminal display; may be NULL. */
-    void (*progress)(const char *folder, unsigned done, unsigned total, uint64_t bytes,
-                     void *arg);
+    void (*progress)(const char *folder, unsigned done, unsigned total, uint64_t bytes, void *arg);
     void *progress_arg;
     /* Where --dry-run prints its plan; NULL = stdout. */
     FILE *plan_out;

@@ -2,8 +2,8 @@
  * clients, so that `check --connect`, `sync` and the daemon connect the same
  * way. The structs point into acct (and into secret for the IMAP options):
  * they are valid as long as those are. */
-#ifndef MAILSYNC_ACCOUNT_H
-#define MAILSYNC_ACCOUNT_H
+#ifndef MAILSYNC_SYNC_ACCOUNT_H
+#define MAILSYNC_SYNC_ACCOUNT_H
 
 #include "daemon/config.h"
 #include "sync/imap.h"

@@ -1,4 +1,4 @@
-#include "daemon/account.h"
+#include "sync/account.h"
 
 #include <string.h>
 
