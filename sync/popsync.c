@@ -1328,9 +1328,15 @@ static void on_retr_done(struct pop3 *p, const struct pop3_status *st, void *arg
     struct dl *d = arg;
     struct popsync *ps = d->ps;
     ps->retr_inflight--;
-    if (st->err < 0 || d->err < 0 || ps->cancelled) {
+    if (st->err < 0) {
         dl_free(d);
-        return; /* the failure is reported by on_pop_error / set_error */
+        return; /* on_pop_error follows and moves the run on */
+    }
+    if (d->err < 0 || ps->cancelled) {
+        /* A local failure (set_error was called): wind down. */
+        dl_free(d);
+        advance(ps);
+        return;
     }
     if (!st->ok) {
         log_warnx("%s: RETR %u (%s) failed: %s", ps->name, d->m->msgno, d->m->uidl, st->text);
@@ -1797,6 +1803,10 @@ static void advance(struct popsync *ps)
             return;
         }
         plan(ps);
+        if (ps->failed) {
+            advance(ps); /* to the stop path */
+            return;
+        }
         set_phase(ps, PS_DOWNLOAD);
         if (ps->opts.dry_run) {
             ps->res.downloaded = (unsigned)ps->ntodo;

@@ -575,6 +575,45 @@ class FakePopTests(unittest.TestCase):
             self.assertEqual(p.stats["errors"], 1)
             self.assertIn("has the same UIDL as message 1", p.stderr)
 
+    def small_disk(self, size):
+        """A tmpfs of the given size for the Maildir (skips where mounting
+        is not allowed)."""
+        mnt = os.path.join(self.tmp, "small")
+        os.makedirs(mnt)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", mnt],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a tmpfs here: %s" % r.stderr.decode().strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", mnt], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+        return mnt
+
+    def test_disk_full_then_room(self):
+        msgs = [mailgen.message(seed=15, index=i, size=100000) for i in range(12)]
+        want = collections.Counter(wire_to_local(m) for m in msgs)
+        for pipelining in (False, True):
+            with self.subTest(pipelining=pipelining), FakePop(msgs, pipelining=pipelining) as srv:
+                mnt = self.small_disk("600k")
+                self.maildir = os.path.join(mnt, "Mail")
+                cfg = self.config(srv)
+                os.makedirs(os.path.join(self.tmp, "state"), exist_ok=True)
+                p = popcli(cfg, timeout=120)
+                self.assertEqual(p.returncode, 75, p.stdout + p.stderr)
+                self.assertIn("No space left on device", p.stderr)
+                have = local_bodies(self.maildir)
+                self.assertTrue(0 < sum(have.values()) < len(msgs))
+                self.assertTrue(all(n == 1 and b in want for b, n in have.items()))
+                self.assertEqual(tmp_files(self.maildir), [])
+                # Room again: the next run finishes the job, no duplicate.
+                subprocess.run(["mount", "-o", "remount,size=8m", mnt], check=True)
+                p = popcli(cfg, timeout=120)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertEqual(p.stats["adopted"], 0)
+                self.assertEqual(local_bodies(self.maildir), want)
+                subprocess.run(["umount", mnt])
+                shutil.rmtree(os.path.join(self.tmp, "state"))
+                os.rmdir(mnt)
+
     def test_no_pipelining(self):
         msgs = self.msgs(5, 9)
         with FakePop(msgs, pipelining=False) as srv:

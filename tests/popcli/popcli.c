@@ -57,6 +57,9 @@ static void on_signal(uv_signal_t *h, int signum)
 
 int main(int argc, char **argv)
 {
+    /* A peer that closes while we write must be an error return, not a
+     * signal: libuv writes to sockets with plain write(). */
+    signal(SIGPIPE, SIG_IGN);
     struct popsync_opts opts = {0};
     int verbose = 0;
     int c;
