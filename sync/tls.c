@@ -4,6 +4,8 @@
 #include "daemon/util.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -129,6 +131,52 @@ static SSL_CTX *new_ssl_ctx(bool server, char **err_r)
     return ctx;
 }
 
+/* True when dir holds OpenSSL hash links ("1a2b3c4d.0"), i.e. can serve
+ * lazy lookups. */
+static bool has_hash_links(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        return false;
+    }
+    bool found = false;
+    struct dirent *de;
+    while (!found && (de = readdir(d)) != NULL) {
+        const char *n = de->d_name;
+        size_t i = 0;
+        while (i < 8 && isxdigit((unsigned char)n[i])) {
+            i++;
+        }
+        found = i == 8 && n[8] == '.' && isdigit((unsigned char)n[9]);
+    }
+    closedir(d);
+    return found;
+}
+
+/* The system trust store. The hashed directory (/etc/ssl/certs on Debian)
+ * is searched lazily, reading only the issuers a verification needs; the
+ * bundle file would be parsed whole (some 140 certificates, tens of
+ * milliseconds at every start of a one-shot sync). So the bundle is loaded
+ * only when there is no usable directory or SSL_CERT_FILE names one. */
+static void load_system_trust(SSL_CTX *ctx)
+{
+    const char *dir = getenv(X509_get_default_cert_dir_env());
+    bool dir_ok = dir != NULL && *dir != '\0';
+    if (!dir_ok) {
+        dir = X509_get_default_cert_dir();
+        dir_ok = has_hash_links(dir);
+    }
+    if (dir_ok) {
+        SSL_CTX_load_verify_dir(ctx, dir);
+    }
+    const char *file = getenv(X509_get_default_cert_file_env());
+    if (file != NULL && *file != '\0') {
+        SSL_CTX_load_verify_file(ctx, file);
+    } else if (!dir_ok) {
+        SSL_CTX_load_verify_file(ctx, X509_get_default_cert_file());
+    }
+}
+
 int tls_ctx_new_client(const char *ca_file, struct tls_ctx **ctx_r, char **err_r)
 {
     *ctx_r = NULL;
@@ -139,15 +187,10 @@ int tls_ctx_new_client(const char *ca_file, struct tls_ctx **ctx_r, char **err_r
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     ERR_clear_error();
-    if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
-        char *e = ossl_error_text("unknown error");
-        *err_r = xasprintf("cannot load the system trust store: %s", e);
-        free(e);
-        SSL_CTX_free(ctx);
-        return TLS_ETLS;
-    }
-    /* A missing system bundle is not an error by itself: OpenSSL loads the
-     * default locations lazily and leaves harmless entries in the queue. */
+    load_system_trust(ctx);
+    /* A missing system bundle is not an error by itself (a configured
+     * ca_file or pin may be all the trust there is); verification then says
+     * precisely what is missing. */
     ERR_clear_error();
     if (ca_file != NULL && SSL_CTX_load_verify_file(ctx, ca_file) != 1) {
         char *e = ossl_error_text("unknown error");

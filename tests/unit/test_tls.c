@@ -251,6 +251,30 @@ static void test_wrong_host(void **state)
     pair_close(&p);
 }
 
+/* The system trust store is found through SSL_CERT_FILE / SSL_CERT_DIR as
+ * OpenSSL documents: a CA named there (and not as ca_file) is trusted. */
+static void test_system_trust_from_environment(void **state)
+{
+    (void)state;
+    setenv("SSL_CERT_FILE", tc.ca, 1);
+    struct pair p = {0};
+    struct tls_conn_opts o = {.host = "localhost"};
+    pair_open(&p, NULL, tc.server_cert, tc.server_key, &o);
+    int rs;
+    assert_int_equal(handshake(p.cl, p.sv, &rs), 1);
+    assert_null(tls_conn_error(p.cl));
+    pair_close(&p);
+    unsetenv("SSL_CERT_FILE");
+
+    /* Without it, the test CA is unknown to the system store. */
+    p = (struct pair){0};
+    pair_open(&p, NULL, tc.server_cert, tc.server_key, &o);
+    assert_true(handshake(p.cl, p.sv, &rs) < 0);
+    assert_string_equal(tls_conn_error(p.cl),
+                        "certificate verification failed: unable to get local issuer certificate");
+    pair_close(&p);
+}
+
 static void test_untrusted_ca(void **state)
 {
     (void)state;
@@ -458,6 +482,7 @@ int main(void)
         cmocka_unit_test(test_tls13_ok),
         cmocka_unit_test(test_tls12_ok),
         cmocka_unit_test(test_wrong_host),
+        cmocka_unit_test(test_system_trust_from_environment),
         cmocka_unit_test(test_untrusted_ca),
         cmocka_unit_test(test_expired),
         cmocka_unit_test(test_pin_mismatch),
