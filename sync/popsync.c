@@ -1688,8 +1688,31 @@ static int final_fn(struct idx_txn *txn, void *arg)
     return 0;
 }
 
+/* True when the final transaction would change something: a run that
+ * found nothing new then costs no fsync at all. */
+static bool final_needed(const struct popsync *ps)
+{
+    if (ps->nputs > 0) {
+        return true;
+    }
+    for (size_t i = 0; ps->listing_complete && i < ps->nrecs; i++) {
+        if (!ps->recs[i].listed) {
+            return true;
+        }
+    }
+    for (size_t i = 0; ps->quit_ok && i < ps->nmsgs; i++) {
+        if (ps->msgs[i].dele) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void final_work(struct popsync *ps)
 {
+    if (!final_needed(ps)) {
+        return;
+    }
     if (ps->res.adopted > 0) {
         int r = md_folder_sync(ps->folders[0][0]);
         if (r < 0) {
