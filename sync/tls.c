@@ -8,10 +8,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
@@ -153,27 +155,103 @@ static bool has_hash_links(const char *dir)
     return found;
 }
 
-/* The system trust store. The hashed directory (/etc/ssl/certs on Debian)
- * is searched lazily, reading only the issuers a verification needs; the
- * bundle file would be parsed whole (some 140 certificates, tens of
- * milliseconds at every start of a one-shot sync). So the bundle is loaded
- * only when there is no usable directory or SSL_CERT_FILE names one. */
+/* A lookup method that reads a CA bundle file into the store only when a
+ * verification first asks for an issuer nothing else provided. Parsing the
+ * system bundle (some 140 certificates) costs tens of milliseconds, paid at
+ * every start of a one-shot sync although a private CA (ca_file) or the
+ * hashed directory usually answers first. */
+struct lazy_bundle {
+    char *path;
+    bool loaded;
+};
+
+static int lazy_bundle_by_subject(X509_LOOKUP *lu, X509_LOOKUP_TYPE type, const X509_NAME *name,
+                                  X509_OBJECT *ret)
+{
+    struct lazy_bundle *lb = X509_LOOKUP_get_method_data(lu);
+    if (lb == NULL || lb->loaded || type != X509_LU_X509) {
+        return 0;
+    }
+    lb->loaded = true;
+    X509_STORE *store = X509_LOOKUP_get_store(lu);
+    if (X509_load_cert_crl_file(lu, lb->path, X509_FILETYPE_PEM) <= 0) {
+        ERR_clear_error();
+        return 0;
+    }
+    if (!X509_STORE_lock(store)) {
+        return 0;
+    }
+    X509_OBJECT *found =
+        X509_OBJECT_retrieve_by_subject(X509_STORE_get0_objects(store), type, (X509_NAME *)name);
+    X509 *cert = found != NULL ? X509_OBJECT_get0_X509(found) : NULL;
+    X509_STORE_unlock(store);
+    if (cert == NULL || !X509_OBJECT_set1_X509(ret, cert)) {
+        return 0;
+    }
+    /* The caller takes its own reference from ret (as with the directory
+     * lookup); the store keeps the certificate alive. */
+    X509_free(cert);
+    return 1;
+}
+
+static void lazy_bundle_free(X509_LOOKUP *lu)
+{
+    struct lazy_bundle *lb = X509_LOOKUP_get_method_data(lu);
+    if (lb != NULL) {
+        free(lb->path);
+        free(lb);
+    }
+}
+
+static X509_LOOKUP_METHOD *lazy_bundle_method;
+
+static void lazy_bundle_method_init(void)
+{
+    X509_LOOKUP_METHOD *m = X509_LOOKUP_meth_new("mailsync lazy CA bundle");
+    if (m != NULL) {
+        X509_LOOKUP_meth_set_get_by_subject(m, lazy_bundle_by_subject);
+        X509_LOOKUP_meth_set_free(m, lazy_bundle_free);
+    }
+    lazy_bundle_method = m;
+}
+
+/* Adds path as a bundle read on first need; false when that cannot be set
+ * up (the caller then loads it eagerly). */
+static bool add_lazy_bundle(SSL_CTX *ctx, const char *path)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, lazy_bundle_method_init);
+    if (lazy_bundle_method == NULL) {
+        return false;
+    }
+    X509_LOOKUP *lu = X509_STORE_add_lookup(SSL_CTX_get_cert_store(ctx), lazy_bundle_method);
+    if (lu == NULL) {
+        return false;
+    }
+    struct lazy_bundle *lb = xcalloc(1, sizeof(*lb));
+    lb->path = xstrdup(path);
+    X509_LOOKUP_set_method_data(lu, lb);
+    return true;
+}
+
+/* The system trust store: the hashed directory (/etc/ssl/certs on Debian,
+ * or SSL_CERT_DIR), searched per issuer, then the bundle file
+ * (SSL_CERT_FILE or OpenSSL's default), read only if still needed. */
 static void load_system_trust(SSL_CTX *ctx)
 {
     const char *dir = getenv(X509_get_default_cert_dir_env());
-    bool dir_ok = dir != NULL && *dir != '\0';
-    if (!dir_ok) {
+    if (dir == NULL || *dir == '\0') {
         dir = X509_get_default_cert_dir();
-        dir_ok = has_hash_links(dir);
     }
-    if (dir_ok) {
+    if (has_hash_links(dir)) {
         SSL_CTX_load_verify_dir(ctx, dir);
     }
     const char *file = getenv(X509_get_default_cert_file_env());
-    if (file != NULL && *file != '\0') {
+    if (file == NULL || *file == '\0') {
+        file = X509_get_default_cert_file();
+    }
+    if (access(file, R_OK) == 0 && !add_lazy_bundle(ctx, file)) {
         SSL_CTX_load_verify_file(ctx, file);
-    } else if (!dir_ok) {
-        SSL_CTX_load_verify_file(ctx, X509_get_default_cert_file());
     }
 }
 
