@@ -1125,6 +1125,12 @@ static void plan(struct popsync *ps)
             ps->res.errors++;
             continue;
         }
+        /* Skipped by a "since" that is no longer configured: the user now
+         * wants it, so it counts as new. */
+        if (m->rec >= 0 && !pc->has_since &&
+            (ps->recs[m->rec].p.flags & (IDX_POP_SKIPPED | IDX_POP_DELIVERED)) == IDX_POP_SKIPPED) {
+            m->rec = -1;
+        }
         if (m->rec >= 0) {
             struct idx_pop *p = &ps->recs[m->rec].p;
             if (rec_is_intent(p)) {

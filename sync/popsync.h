@@ -23,8 +23,9 @@
  *     Dovecot UIDVALIDITY change) takes that entry over instead of being
  *     downloaded again.
  *   - pop.since: TOP n 0, Date header (RFC 5322, obsolete forms accepted);
- *     older messages are recorded as skipped and not read again; an
- *     unparseable date downloads the message.
+ *     older messages are recorded as skipped and not read again (until
+ *     "since" is removed from the configuration: then they are downloaded);
+ *     an unparseable date downloads the message.
  *   - max_size: messages larger by LIST size are skipped and reported on
  *     every run (not recorded, so raising the limit fetches them).
  *   - No UIDL on the server: messages are identified by "H" + the hex

@@ -190,6 +190,10 @@ class DovecotPop(mstest.DovecotTestCase):
         self.assertEqual(p.stats["downloaded"], 0)
         self.assertEqual(p.stats["skipped_since"], 0)
         self.assertEqual(p.stats["known"], len(msgs))
+        # Without "since" any more, what it skipped is downloaded.
+        p = self.run_ok(self.config())
+        self.assertEqual(p.stats["downloaded"], len(msgs) - len(want))
+        self.assertEqual(local_bodies(self.maildir), collections.Counter(wire_to_local(m) for m in msgs))
 
     def test_max_size(self):
         msgs = mailgen.generate(30, seed=41, max_size=200000)
