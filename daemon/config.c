@@ -1722,14 +1722,12 @@ static void yaml_error(struct loader *ld, const yaml_parser_t *parser, const cha
     default: {
         yaml_mark_t m = parser->problem_mark;
         const char *hint = "";
-        char *alias = NULL;
         if (m.index < len && text[m.index] == '\t') {
             hint = " (tabs are not allowed for indentation: use spaces)";
         } else if (parser->error == YAML_COMPOSER_ERROR && m.index < len && text[m.index] == '*') {
-            /* Name the alias: libyaml only says that one is undefined. */
-            size_t n = strcspn(text + m.index, " \t\r\n,]}");
-            alias = xasprintf(" '%.*s'", (int)(n < 64 ? n : 64), text + m.index);
-            hint = alias;
+            /* The alias is not quoted back: an unquoted password that
+             * starts with '*' lands here, and messages never echo secrets. */
+            hint = " (a value that starts with '*' must be quoted)";
         }
         if (parser->context != NULL) {
             err_at(ld, m, "YAML syntax error: %s (%s that starts at line %zu, column %zu)%s",
@@ -1738,7 +1736,6 @@ static void yaml_error(struct loader *ld, const yaml_parser_t *parser, const cha
         } else {
             err_at(ld, m, "YAML syntax error: %s%s", problem, hint);
         }
-        free(alias);
         break;
     }
     }

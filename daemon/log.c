@@ -48,6 +48,9 @@ static void log_line(enum log_level level, const char *fmt, va_list ap, const ch
         localtime_r(&ts.tv_sec, &tm);
         off += strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S ", &tm);
     }
+    if (level > LOG_LEVEL_TRACE) {
+        level = LOG_LEVEL_TRACE;
+    }
     if (level != LOG_LEVEL_INFO) {
         off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s: ", log_level_names[level]);
     }
@@ -69,6 +72,14 @@ static void log_line(enum log_level level, const char *fmt, va_list ap, const ch
     }
     if (off >= sizeof(buf) - 1) {
         off = sizeof(buf) - 2;
+    }
+    /* Text from servers ends up here: control characters could forge log
+     * lines or drive the terminal, so they are shown as '?'. */
+    for (size_t i = 0; i < off; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            buf[i] = '?';
+        }
     }
     buf[off++] = '\n';
     fwrite(buf, 1, off, stderr);

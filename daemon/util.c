@@ -205,15 +205,25 @@ int path_expand(const char *path, char **out_r, char **err_r)
     return 0;
 }
 
-int mkdir_p(const char *dir, mode_t mode)
+int mkdir_p_durable(const char *dir, mode_t mode, bool durable)
 {
+    if (dir[0] == '\0') {
+        return -EINVAL;
+    }
     char *tmp = xstrdup(dir);
     int ret = 0;
+    /* Where the first directory this call creates is: its parent and every
+     * directory below it need an fsync to make the new entries durable. */
+    char *first_made = NULL;
     for (char *p = tmp + 1;; p++) {
         if (*p == '/' || *p == '\0') {
             char saved = *p;
             *p = '\0';
-            if (mkdir(tmp, mode) != 0 && errno != EEXIST) {
+            if (mkdir(tmp, mode) == 0) {
+                if (first_made == NULL) {
+                    first_made = xstrdup(tmp);
+                }
+            } else if (errno != EEXIST) {
                 ret = -errno;
                 break;
             }
@@ -231,8 +241,35 @@ int mkdir_p(const char *dir, mode_t mode)
             ret = -ENOTDIR;
         }
     }
+    if (ret == 0 && durable && first_made != NULL) {
+        /* Each new directory's entry lives in its parent: fsync the parents
+         * of dir, of its parent, ... up to and including the parent of the
+         * first directory made here. */
+        size_t made_len = strlen(first_made);
+        char *p = xstrdup(dir);
+        size_t len = strlen(p);
+        while (ret == 0 && len >= made_len) {
+            while (len > 0 && p[len - 1] != '/') {
+                len--;
+            }
+            /* p[0..len) is now the parent with its trailing '/'. */
+            p[len > 1 ? len - 1 : len] = '\0';
+            ret = fsync_dir(p[0] != '\0' ? p : ".");
+            len = strlen(p);
+            if (len <= 1) {
+                break;
+            }
+        }
+        free(p);
+    }
+    free(first_made);
     free(tmp);
     return ret;
+}
+
+int mkdir_p(const char *dir, mode_t mode)
+{
+    return mkdir_p_durable(dir, mode, false);
 }
 
 int fsync_dir(const char *path)

@@ -47,6 +47,9 @@ int path_expand(const char *path, char **out_r, char **err_r);
 /* Creates dir and any missing parents with mode (existing ones are left as
  * they are). Returns 0 or a negative errno. */
 int mkdir_p(const char *dir, mode_t mode);
+/* The same; with durable, every directory it created and the parent of the
+ * first one are fsynced, so the new path survives a crash. */
+int mkdir_p_durable(const char *dir, mode_t mode, bool durable);
 
 /* fsyncs the directory at path. Returns 0 or a negative errno. */
 int fsync_dir(const char *path);

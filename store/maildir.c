@@ -138,7 +138,9 @@ int md_folder_open(const char *path, bool create, bool maildirpp_sub, struct md_
     int ret = 0;
 
     if (create) {
-        ret = mkdir_p(f->path, 0700);
+        /* Durable: a folder whose messages the index records must not
+         * vanish in a crash because its own directory entry was lost. */
+        ret = mkdir_p_durable(f->path, 0700, true);
         if (ret < 0) {
             if (err_r != NULL) {
                 *err_r = xasprintf("%s: cannot create directory: %s", f->path, strerror(-ret));

@@ -927,7 +927,13 @@ static void test_syntax_errors(void **state)
                "(while scanning for the next token that starts at line 2, column 1) (tabs are "
                "not allowed for indentation: use spaces)");
     expect_err("accounts:\n  a: *nope\n",
-               "config.yaml:2:6: YAML syntax error: found undefined alias '*nope'");
+               "config.yaml:2:6: YAML syntax error: found undefined alias (a value that starts "
+               "with '*' must be quoted)");
+    /* An unquoted password that starts with '*' is an alias to YAML: the
+     * message must not repeat it. */
+    expect_err("accounts:\n  a:\n    password: *Sup3rS3cret\n",
+               "config.yaml:3:15: YAML syntax error: found undefined alias (a value that starts "
+               "with '*' must be quoted)");
     expect_err(MINIMAL "---\nmore: 1\n",
                "config.yaml:8:1: a second YAML document starts here; the file must hold only "
                "one");
