@@ -411,6 +411,16 @@ static bool all_digits(const char *t)
     return true;
 }
 
+/* A decimal token of up to 9 digits (atoi could overflow on hostile
+ * input); -1 when longer. */
+static int small_num(const char *t)
+{
+    if (strlen(t) > 9) {
+        return -1;
+    }
+    return (int)strtol(t, NULL, 10);
+}
+
 static bool parse_time(const char *t, int *h, int *mi, int *sec)
 {
     int n = 0;
@@ -475,12 +485,12 @@ bool popsync_parse_date(const char *s, time_t *t_r)
         if (i + 3 >= nt) {
             goto out;
         }
-        day = atoi(tok[i]);
+        day = small_num(tok[i]);
         mon = month_index(tok[i + 1]);
         if (!all_digits(tok[i + 2]) || !parse_time(tok[i + 3], &h, &mi, &sec)) {
             goto out;
         }
-        year = atoi(tok[i + 2]);
+        year = small_num(tok[i + 2]);
         size_t ylen = strlen(tok[i + 2]);
         i += 4;
         /* obs-year: two digits are 19xx/20xx, three digits add 1900. */
@@ -498,7 +508,7 @@ bool popsync_parse_date(const char *s, time_t *t_r)
         if (!all_digits(tok[i + 1]) || !parse_time(tok[i + 2], &h, &mi, &sec)) {
             goto out;
         }
-        day = atoi(tok[i + 1]);
+        day = small_num(tok[i + 1]);
         i += 3;
         if (i < nt && !all_digits(tok[i])) {
             parse_zone(tok[i], &off);
@@ -507,7 +517,7 @@ bool popsync_parse_date(const char *s, time_t *t_r)
         if (i >= nt || !all_digits(tok[i])) {
             goto out;
         }
-        year = atoi(tok[i]);
+        year = small_num(tok[i]);
     } else {
         goto out;
     }

@@ -7,9 +7,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "daemon/util.h"
 #include "sync/pop3_parser.h"
+#include "sync/popsync.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -107,6 +109,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         lim.chunk_size = 16 + (mode >> 4);
     }
     size_t step = 1 + ((mode >> 1) & 7);
+    /* The same bytes as a header block: the Date lookup and parser behind
+     * pop.since read headers from the server too. */
+    char *hdr = xstrndup(in, len);
+    char *date = popsync_find_header(hdr, strlen(hdr), "Date");
+    time_t t;
+    popsync_parse_date(date != NULL ? date : hdr, &t);
+    free(date);
+    free(hdr);
     uint64_t a = feed_all(exp, nexp, in, len, 0, &lim);
     uint64_t b = feed_all(exp, nexp, in, len, step, &lim);
     if (a != b) {

@@ -448,6 +448,8 @@ static void test_dates(void **state)
     check_date("Tue, 1 Jul 2003 10:52:37 +9999", -1);
     check_date("Tue, 1 Jul 2003", -1);
     check_date("((((((((((", -1);
+    check_date("Tue, 99999999999999999999 Jul 2003 10:52:37 +0000", -1);
+    check_date("Tue, 1 Jul 99999999999999999999 10:52:37 +0000", -1);
 }
 
 static void test_find_header(void **state)
