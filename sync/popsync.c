@@ -1122,6 +1122,17 @@ static void plan(struct popsync *ps)
 {
     const struct cfg_pop *pc = &ps->acct->pop;
     if (ps->no_uidl) {
+        bool any = false;
+        for (size_t i = 0; i < ps->nmsgs && !any; i++) {
+            any = ps->msgs[i].hh_valid;
+        }
+        if (ps->nmsgs > 0 && !any) {
+            set_error(ps, POPSYNC_PERMANENT,
+                      "%s: the server has neither UIDL nor TOP; there is no way to tell which "
+                      "messages were downloaded already, so none is",
+                      ps->name);
+            return;
+        }
         key_from_hash(ps);
     }
     ps->res.listed = (unsigned)ps->nmsgs;

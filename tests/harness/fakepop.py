@@ -14,6 +14,7 @@ Options (attributes, changeable between sessions):
     uidls         list of UIDL strings (default "u1", "u2", ...), or None for
                   a server without UIDL ("-ERR" to UIDL, not in CAPA)
     pipelining    advertise PIPELINING (default True)
+    top           support TOP (default True)
     drop_in_retr  message number: send half of its body, then close
     endless_in_retr  message number: answer "+OK" and then an endless line
                   (endless_bytes bytes without a line ending, then hang)
@@ -75,7 +76,7 @@ class _Handler(socketserver.StreamRequestHandler):
             word = cmd.split(" ", 1)[0].upper()
             args = cmd.split()[1:]
             if word == "CAPA":
-                caps = ["TOP", "USER", "RESP-CODES"]
+                caps = ["USER", "RESP-CODES"] + (["TOP"] if srv.top else [])
                 if uidls is not None:
                     caps.append("UIDL")
                 if srv.pipelining:
@@ -155,6 +156,8 @@ class _Handler(socketserver.StreamRequestHandler):
             elif word == "LIST" and not args:
                 body = b"".join(b"%d %d\r\n" % (i + 1, len(m)) for i, m in enumerate(msgs) if i + 1 not in deleted)
                 self.send(b"+OK\r\n" + body + b".\r\n")
+            elif word == "TOP" and not srv.top:
+                self.send(b"-ERR no TOP here\r\n")
             elif word in ("RETR", "TOP") and args:
                 n = int(args[0])
                 if n < 1 or n > len(msgs) or n in deleted:
@@ -252,6 +255,7 @@ class FakePop:
         self.pipelining = pipelining
         self.password = password
         self.sasl = []
+        self.top = True
         self.apop = False
         self.stls = False
         self.stls_inject = False

@@ -438,6 +438,15 @@ class FakePopTests(unittest.TestCase):
             self.assertEqual(p.stats["downloaded"], 1)
             self.assertEqual(sum(local_bodies(self.maildir).values()), 7)
 
+    def test_neither_uidl_nor_top(self):
+        with FakePop(self.msgs(3, 16), uidls=None) as srv:
+            srv.top = False
+            p = popcli(self.config(srv))
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn("the server has neither UIDL nor TOP", p.stderr)
+            self.assertFalse(any(c.startswith("RETR") for c in srv.commands))
+            self.assertEqual(sum(local_bodies(self.maildir).values()), 0)
+
     def test_reused_uidl_downloads_the_new_message(self):
         a, b = self.msgs(2, 3)
         c = self.msgs(1, 4)[0]
