@@ -1,5 +1,6 @@
 /* mailsync command line: global options, then a subcommand. */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +162,9 @@ static int cmd_unavailable(const char *name)
 int main(int argc, char **argv)
 {
     struct globals g = {0};
+    /* A server that drops the connection while we write must become an
+     * error on that connection (EPIPE), not a silent death of the process. */
+    signal(SIGPIPE, SIG_IGN);
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},

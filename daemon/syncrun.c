@@ -161,6 +161,7 @@ static void run_start(struct run *r)
     if (r->acct->protocol == CFG_PROTO_POP3) {
         struct popsync_opts po = {
             .dry_run = sr->opts->dry_run,
+            .force = sr->opts->force,
             .now = run_clock(),
             .progress = on_pop_progress,
             .progress_arg = r,

@@ -350,7 +350,11 @@ static void txn_forget_folder(struct idx_txn *t)
     t->cached_folder = NULL;
 }
 
-/* Ends the bookkeeping of a transaction whose MDB_txn is already gone. */
+/* Ends the bookkeeping of a transaction whose MDB_txn is already gone.
+ * Only read transactions are heap objects; the write transaction lives in
+ * struct idx (gcc cannot see that the free below is guarded and warns). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wfree-nonheap-object"
 static void txn_release(struct idx_txn *t)
 {
     struct idx *idx = t->idx;
@@ -366,6 +370,7 @@ static void txn_release(struct idx_txn *t)
         free(t);
     }
 }
+#pragma GCC diagnostic pop
 
 /* The write transaction hit MDB_MAP_FULL (its MDB_txn already aborted or to
  * be aborted here): grow the map now when no reader is in the way, or note
@@ -772,7 +777,7 @@ static size_t folder_key(uint8_t *key, const char *name, size_t len)
 /* Looks the folder up; -ENOENT (with a message) when it is not known. */
 static int folder_lookup(struct idx_txn *t, const char *folder, struct folder_rec *f)
 {
-    size_t len;
+    size_t len = 0;
     int rc = check_folder_name(t->idx, folder, &len);
     if (rc != 0) {
         return rc;
@@ -1179,7 +1184,7 @@ int idx_msg_put(struct idx_txn *txn, const char *folder, const struct idx_msg *m
     if (rc != 0) {
         return rc;
     }
-    size_t lid_len, kw_len;
+    size_t lid_len = 0, kw_len = 0;
     rc = check_msg(txn->idx, m, &lid_len, &kw_len);
     if (rc != 0) {
         return rc;
@@ -1320,7 +1325,7 @@ int idx_msg_get_lid(struct idx_txn *txn, const char *folder, const char *lid, st
     if (rc != 0) {
         return rc;
     }
-    size_t len;
+    size_t len = 0;
     rc = check_lid(txn->idx, lid, &len);
     if (rc != 0) {
         return rc;
@@ -1364,7 +1369,7 @@ int idx_msg_delete_lid(struct idx_txn *txn, const char *folder, const char *lid)
     if (rc != 0) {
         return rc;
     }
-    size_t len;
+    size_t len = 0;
     rc = check_lid(txn->idx, lid, &len);
     if (rc != 0) {
         return rc;
@@ -1658,7 +1663,7 @@ int idx_pop_put(struct idx_txn *txn, const struct idx_pop *p)
     if (p == NULL) {
         return fail(txn->idx, -EINVAL, "index %s: no POP record given", txn->idx->env_path);
     }
-    size_t ulen;
+    size_t ulen = 0;
     rc = check_uidl(txn->idx, p->uidl, &ulen);
     if (rc != 0) {
         return rc;
@@ -1686,7 +1691,7 @@ int idx_pop_get(struct idx_txn *txn, const char *uidl, struct idx_pop *p_r)
     if (rc != 0) {
         return rc;
     }
-    size_t len;
+    size_t len = 0;
     rc = check_uidl(txn->idx, uidl, &len);
     if (rc != 0) {
         return rc;
@@ -1714,7 +1719,7 @@ int idx_pop_delete(struct idx_txn *txn, const char *uidl)
     if (rc != 0) {
         return rc;
     }
-    size_t len;
+    size_t len = 0;
     rc = check_uidl(txn->idx, uidl, &len);
     if (rc != 0) {
         return rc;
@@ -1791,7 +1796,7 @@ int idx_meta_put(struct idx_txn *txn, const char *key, const void *val, size_t l
     if (rc != 0) {
         return rc;
     }
-    size_t klen;
+    size_t klen = 0;
     rc = check_meta_key(txn->idx, key, &klen);
     if (rc != 0) {
         return rc;
@@ -1813,7 +1818,7 @@ int idx_meta_get(struct idx_txn *txn, const char *key, void *buf, size_t cap, si
     if (rc != 0) {
         return rc;
     }
-    size_t klen;
+    size_t klen = 0;
     rc = check_meta_key(txn->idx, key, &klen);
     if (rc != 0) {
         return rc;
