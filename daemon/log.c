@@ -46,7 +46,8 @@ static void log_line(enum log_level level, const char *fmt, va_list ap, const ch
         struct tm tm;
         clock_gettime(CLOCK_REALTIME, &ts);
         localtime_r(&ts.tv_sec, &tm);
-        off += strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S ", &tm);
+        off += strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S", &tm);
+        off += (size_t)snprintf(buf + off, sizeof(buf) - off, ".%03ld ", ts.tv_nsec / 1000000);
     }
     if (level > LOG_LEVEL_TRACE) {
         level = LOG_LEVEL_TRACE;

@@ -194,6 +194,10 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    /* Timestamps (with milliseconds) help to read traces; the journal adds
+     * its own, so they are off unless asked for. */
+    const char *ts = getenv("MAILSYNC_LOG_TIMESTAMPS");
+    log_set_timestamps(ts != NULL && *ts != '\0' && strcmp(ts, "0") != 0);
     if (g.verbosity < 0) {
         log_set_level(LOG_LEVEL_ERROR);
     } else if (g.verbosity == 1) {
