@@ -42,12 +42,14 @@
 #define DL_BATCH_BYTES (16u * 1024 * 1024)
 /* APPENDs in flight at once (each holds an open file). */
 #define UL_WINDOW 8
-/* Bytes of a local file read to find its Message-ID. */
-#define HEADER_SCAN_MAX (64u * 1024)
+/* Bytes of a local file's header block read at most (for its Message-ID
+ * and header hash); a longer header is not hashed. */
+#define HEADER_SCAN_MAX (1024u * 1024)
 
 enum fphase {
     FP_SELECT = 0,
     FP_FETCH,
+    FP_HEADERS, /* BODY.PEEK[HEADER] of messages a Message-ID cannot tell apart */
     FP_RECOVER,
     FP_APPLY_SERVER,
     FP_DOWNLOAD,
@@ -65,6 +67,18 @@ struct smsg {
     size_t nkw;
     uint64_t size;
     time_t internaldate;
+    char *msgid;    /* IMAP_FETCH_MESSAGE_ID (re-match only), NULL when absent */
+    uint8_t hh[16]; /* hash of the header block, when have_hh */
+    bool have_hh;
+};
+
+/* What the re-match knows of a local file (parallel to the scan). */
+struct lfact {
+    char *msgid;
+    uint8_t hh[16];
+    bool have_hh;
+    uint64_t wire; /* size on the wire, when have_wire */
+    bool have_wire;
 };
 
 /* A download in flight or waiting in the batch. */
@@ -81,6 +95,7 @@ struct dl {
 /* One folder to sync. */
 struct fjob {
     char *name;
+    char *notice; /* engine_folder_result.notice */
     bool on_server, on_local, in_index;
     bool reset; /* --force on a vanished local folder: forget the base */
     unsigned attrs;
@@ -121,6 +136,13 @@ struct fstate {
     size_t nsearch;
     bool have_search;
     struct plan *plan;
+    /* UIDVALIDITY changed: the server listing is matched to local files. */
+    bool rematch;
+    bool rm_done; /* the matches are the new base */
+    unsigned rm_matched;
+    struct lfact *lf;
+    struct plan_match *rm_s, *rm_l;
+    size_t rm_ns, rm_nl;
     /* Apply. */
     struct imap_uid_range *modified; /* [MODIFIED] UIDs: base not advanced */
     size_t nmodified, modified_cap;
@@ -176,6 +198,8 @@ struct engine {
 static void next_folder(struct engine *e);
 static void folder_advance(struct engine *e);
 static void finish(struct engine *e);
+static void dedupe_server(struct fstate *f);
+static int wire_size(int fd, uint64_t *size_r);
 
 /* ---- errors and counts ---------------------------------------------------- */
 
@@ -357,45 +381,117 @@ static int idx_apply(struct engine *e, const struct idx_ops *o)
 
 /* ---- Message-ID ----------------------------------------------------------------- */
 
-/* Reads the Message-ID of a local file (first HEADER_SCAN_MAX bytes), or
- * NULL. Caller frees. */
+/* SHA-256 (first 16 bytes) of a header block with CRLF taken as LF, so
+ * that a Maildir file (LF) and the server's copy (CRLF) hash alike. */
+static void header_hash(const char *h, size_t len, uint8_t out[16])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    memset(out, 0, 16);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL) {
+        return;
+    }
+    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1) {
+        size_t start = 0;
+        for (size_t i = 0; i + 1 < len; i++) {
+            if (h[i] == '\r' && h[i + 1] == '\n') {
+                EVP_DigestUpdate(ctx, h + start, i - start);
+                start = i + 1;
+            }
+        }
+        EVP_DigestUpdate(ctx, h + start, len - start);
+        if (EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen >= 16) {
+            memcpy(out, md, 16);
+        }
+    }
+    EVP_MD_CTX_free(ctx);
+}
+
+/* The end of the header block in buf (just past its empty line), or 0 when
+ * it is not complete yet; the search starts at from (bytes before it were
+ * searched already). A file that starts with an empty line has an empty
+ * header. */
+static size_t header_end(const char *buf, size_t len, size_t from)
+{
+    if (from == 0 && len >= 1 && buf[0] == '\n') {
+        return 1;
+    }
+    if (from == 0 && len >= 2 && buf[0] == '\r' && buf[1] == '\n') {
+        return 2;
+    }
+    for (size_t i = from; i + 1 < len; i++) {
+        if (buf[i] != '\n') {
+            continue;
+        }
+        if (buf[i + 1] == '\n') {
+            return i + 2;
+        }
+        if (buf[i + 1] == '\r' && i + 2 < len && buf[i + 2] == '\n') {
+            return i + 3;
+        }
+    }
+    return 0;
+}
+
+/* Reads the header block of a local file (up to and including the first
+ * empty line, or the whole file when it has none): its Message-ID (or
+ * NULL) and its hash. A header longer than HEADER_SCAN_MAX gives only what
+ * its first part holds and no hash. Returns 0 or a negative errno. */
+static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
+{
+    struct sbuf sb = {0};
+    size_t end = 0;
+    off_t off = 0;
+    bool eof = false;
+    *msgid_r = NULL;
+    *have_hh_r = false;
+    while (end == 0 && !eof && sb.len < HEADER_SCAN_MAX) {
+        char buf[16384];
+        ssize_t n = pread(fd, buf, sizeof(buf), off);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            int r = -errno;
+            sbuf_free(&sb);
+            return r;
+        }
+        if (n == 0) {
+            eof = true;
+            break;
+        }
+        /* An empty line split over two reads is found by looking again at
+         * the last two bytes of the previous one. */
+        size_t from = sb.len > 2 ? sb.len - 2 : 0;
+        sbuf_add(&sb, buf, (size_t)n);
+        off += n;
+        end = header_end(sb.buf, sb.len, from);
+    }
+    if (end == 0 && eof) {
+        end = sb.len;
+    }
+    if (end > 0 || sb.len == 0) {
+        header_hash(sb.buf != NULL ? sb.buf : "", end, hh);
+        *have_hh_r = true;
+    } else {
+        end = sb.len;
+    }
+    *msgid_r = imap_header_message_id(sb.buf != NULL ? sb.buf : "", end);
+    sbuf_free(&sb);
+    return 0;
+}
+
+/* The Message-ID of a local file, or NULL. Caller frees. */
 static char *file_message_id(int fd)
 {
-    char *buf = xmalloc(HEADER_SCAN_MAX + 1);
-    ssize_t n = pread(fd, buf, HEADER_SCAN_MAX, 0);
-    char *out = NULL;
-    if (n <= 0) {
-        free(buf);
+    char *id;
+    uint8_t hh[16];
+    bool have;
+    if (file_header(fd, &id, hh, &have) < 0) {
         return NULL;
     }
-    buf[n] = '\0';
-    const char *p = buf;
-    while (*p != '\0') {
-        if (*p == '\n' || (*p == '\r' && p[1] == '\n')) {
-            break; /* end of the header block */
-        }
-        if (strncasecmp(p, "Message-ID:", 11) == 0) {
-            const char *v = p + 11;
-            while (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n') {
-                v++;
-            }
-            const char *end = v;
-            while (*end != '\0' && *end != '\r' && *end != '\n' && *end != ' ') {
-                end++;
-            }
-            if (end > v) {
-                out = xstrndup(v, (size_t)(end - v));
-            }
-            break;
-        }
-        const char *nl = strchr(p, '\n');
-        if (nl == NULL) {
-            break;
-        }
-        p = nl + 1;
-    }
-    free(buf);
-    return out;
+    return id;
 }
 
 static void msgid_hash(const char *id, uint8_t out[16])
@@ -431,6 +527,12 @@ static void fstate_free(struct fstate *f)
         free(f->batch[i]);
     }
     free(f->batch);
+    if (f->lf != NULL) {
+        for (size_t i = 0; i < f->scan->count; i++) {
+            free(f->lf[i].msgid);
+        }
+        free(f->lf);
+    }
     if (f->scan != NULL) {
         for (size_t i = 0; i < f->scan->count; i++) {
             if (f->lkw != NULL && f->lkw[i] != NULL) {
@@ -449,8 +551,11 @@ static void fstate_free(struct fstate *f)
             free(f->smsgs[i].kw[j]);
         }
         free(f->smsgs[i].kw);
+        free(f->smsgs[i].msgid);
     }
     free(f->smsgs);
+    free(f->rm_s);
+    free(f->rm_l);
     free(f->vanished);
     free(f->search);
     free(f->base);
@@ -471,7 +576,11 @@ static void on_timer_closed(uv_handle_t *h)
     struct engine *e = h->data;
     for (size_t i = 0; i < e->njobs; i++) {
         free(e->jobs[i].name);
-        free((char *)e->jobs[i].res->error);
+        free(e->jobs[i].notice);
+        if (e->jobs[i].res != NULL) {
+            /* res is NULL when LIST failed before the folders were set up. */
+            free((char *)e->jobs[i].res->error);
+        }
     }
     free(e->jobs);
     free(e->fres);
@@ -857,6 +966,7 @@ static void on_fetch_msg(struct imap *im, const struct imap_msg *m, void *sink, 
     s->flags = imap_to_md(m->flags);
     s->size = m->size;
     s->internaldate = m->internaldate;
+    s->msgid = m->message_id != NULL ? xstrdup(m->message_id) : NULL;
     s->kw = xcalloc(m->nkeywords + 1, sizeof(char *));
     for (size_t i = 0; i < m->nkeywords; i++) {
         if (is_forwarded(m->keywords[i])) {
@@ -927,6 +1037,9 @@ static void issue_fetch(struct engine *e)
     f->delta = known && f->condstore && f->st.highestmodseq > 0 && f->st.uidnext > 0;
     f->pending = 1; /* held until all are queued */
     unsigned items = IMAP_FETCH_FLAGS | IMAP_FETCH_SIZE | IMAP_FETCH_INTERNALDATE;
+    if (f->rematch) {
+        items |= IMAP_FETCH_MESSAGE_ID;
+    }
     if (mb->exists == 0) {
         /* Nothing there: every known message is gone. */
         f->delta = false;
@@ -983,13 +1096,14 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
     }
     f->mb = *res->mailbox;
     f->selected = true;
-    if (f->st.uidvalidity != 0 && f->mb.uidvalidity != f->st.uidvalidity && f->nbase > 0) {
-        folder_fail(e,
-                    "UIDVALIDITY changed on the server (%u -> %u); re-matching messages is not "
-                    "implemented yet, the folder is left alone to avoid duplicates",
-                    (unsigned)f->st.uidvalidity, (unsigned)f->mb.uidvalidity);
-        folder_advance(e);
-        return;
+    if (f->st.uidvalidity != 0 && f->mb.uidvalidity != f->st.uidvalidity &&
+        (f->nbase > 0 || f->nintents > 0)) {
+        /* The server renumbered the folder (RFC 7162 section 6: forget its
+         * UIDs and HIGHESTMODSEQ). The messages are matched to the local
+         * files by Message-ID and size instead of being downloaded again. */
+        f->rematch = true;
+        log_info("%s: UIDVALIDITY of %s changed (%u -> %u): matching messages again", e->acct->name,
+                 f->job->name, (unsigned)f->st.uidvalidity, (unsigned)f->mb.uidvalidity);
     }
     if (f->st.uidvalidity != f->mb.uidvalidity) {
         /* A new folder, or a changed UIDVALIDITY with nothing known:
@@ -1143,6 +1257,244 @@ static int settle_intents(struct engine *e)
     free(drops);
     f->nintents = 0;
     return r;
+}
+
+/* ---- folder: header hashes and the UIDVALIDITY re-match ------------------------------------ */
+
+static struct smsg *find_smsg(struct fstate *f, uint32_t uid)
+{
+    size_t lo = 0, hi = f->nsmsgs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (f->smsgs[mid].uid == uid) {
+            return &f->smsgs[mid];
+        }
+        if (f->smsgs[mid].uid < uid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return NULL;
+}
+
+static void on_header_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
+{
+    struct engine *e = arg;
+    struct fstate *f = e->f;
+    if (f == NULL || m->uid == 0 || m->header == NULL) {
+        return;
+    }
+    struct smsg *s = find_smsg(f, m->uid);
+    if (s != NULL) {
+        header_hash(m->header, m->header_len, s->hh);
+        s->have_hh = true;
+    }
+}
+
+static const struct imap_fetch_cb header_cb = {.on_message = on_header_msg, .done = on_fetch_done};
+
+static int strp_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Reads the header of every local file (its wire size only where a server
+ * message could match it) and pairs what the Message-ID and size decide. */
+static void rematch_prepare(struct engine *e)
+{
+    struct fstate *f = e->f;
+    size_t n = f->scan->count;
+    f->lf = xcalloc(n + 1, sizeof(*f->lf));
+    const char **ids = xcalloc(f->nsmsgs + 1, sizeof(*ids));
+    size_t nids = 0;
+    bool srv_noid = false;
+    for (size_t i = 0; i < f->nsmsgs; i++) {
+        if (f->smsgs[i].msgid != NULL) {
+            ids[nids++] = f->smsgs[i].msgid;
+        } else {
+            srv_noid = true;
+        }
+    }
+    qsort(ids, nids, sizeof(*ids), strp_cmp);
+    for (size_t i = 0; i < n && f->md != NULL; i++) {
+        struct lfact *lf = &f->lf[i];
+        int fd = md_open_msg(f->md, &f->scan->msgs[i]);
+        if (fd < 0) {
+            continue; /* gone meanwhile: it cannot match */
+        }
+        if (file_header(fd, &lf->msgid, lf->hh, &lf->have_hh) == 0) {
+            bool maybe = lf->msgid != NULL
+                             ? bsearch(&lf->msgid, ids, nids, sizeof(*ids), strp_cmp) != NULL
+                             : srv_noid;
+            if (maybe && wire_size(fd, &lf->wire) == 0) {
+                lf->have_wire = true;
+            }
+        }
+        close(fd);
+    }
+    free(ids);
+    f->rm_s = xcalloc(f->nsmsgs + 1, sizeof(*f->rm_s));
+    for (size_t i = 0; i < f->nsmsgs; i++) {
+        f->rm_s[i] = (struct plan_match){
+            .msgid = f->smsgs[i].msgid, .size = f->smsgs[i].size, .ix = i, .pair = -1};
+    }
+    f->rm_ns = f->nsmsgs;
+    f->rm_l = xcalloc(n + 1, sizeof(*f->rm_l));
+    f->rm_nl = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct lfact *lf = &f->lf[i];
+        if (lf->have_wire) {
+            f->rm_l[f->rm_nl++] = (struct plan_match){.msgid = lf->msgid,
+                                                      .size = lf->wire,
+                                                      .hh = lf->have_hh ? lf->hh : NULL,
+                                                      .ix = i,
+                                                      .pair = -1};
+        }
+    }
+    plan_match_ids(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
+}
+
+static int idx_lid_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct idx_msg *)a)->lid, ((const struct idx_msg *)b)->lid);
+}
+
+struct rematch_write {
+    const char *folder;
+    const struct idx_msg *recs;
+    size_t n;
+    const struct idx_folder *st;
+};
+
+/* Replaces every record of the folder (old UIDs, intents) with the matches
+ * and the new UIDVALIDITY, in one transaction: a crash leaves either the old
+ * state (and the next run matches again) or the new one. */
+static int rematch_fn(struct idx_txn *txn, void *arg)
+{
+    const struct rematch_write *w = arg;
+    int r = idx_folder_delete(txn, w->folder);
+    if (r < 0 && r != -ENOENT) {
+        return r;
+    }
+    for (size_t i = 0; i < w->n; i++) {
+        r = idx_msg_put(txn, w->folder, &w->recs[i]);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return idx_folder_put(txn, w->folder, w->st);
+}
+
+/* Pairs what the header hashes decide, then makes the matches the new base.
+ * A match keeps the flags of its old record when the local file had one
+ * (what both sides last agreed on), else the local flags: either way the
+ * three-way merge keeps local changes and applies the server's. Messages
+ * left unmatched are downloaded or uploaded by the plan as new ones, so
+ * nothing is lost and nothing already here is fetched twice. */
+static int rematch_finish(struct engine *e)
+{
+    struct fstate *f = e->f;
+    for (size_t i = 0; i < f->rm_ns; i++) {
+        struct smsg *sm = &f->smsgs[f->rm_s[i].ix];
+        f->rm_s[i].hh = sm->have_hh ? sm->hh : NULL;
+    }
+    plan_match_headers(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
+
+    if (f->nbase > 1) {
+        qsort(f->base, f->nbase, sizeof(*f->base), idx_lid_cmp);
+    }
+    struct idx_msg *recs = xcalloc(f->rm_ns + 1, sizeof(*recs));
+    size_t n = 0;
+    for (size_t i = 0; i < f->rm_ns; i++) {
+        if (f->rm_s[i].pair < 0) {
+            continue;
+        }
+        const struct smsg *sm = &f->smsgs[f->rm_s[i].ix];
+        size_t li = (size_t)f->rm_s[i].pair;
+        struct idx_msg *r = &recs[n++];
+        r->uid = sm->uid;
+        r->state = IDX_MSG_SYNCED;
+        r->size = sm->size;
+        snprintf(r->lid, sizeof(r->lid), "%s", f->scan->msgs[li].id);
+        const struct idx_msg *old =
+            f->nbase > 0 ? bsearch(r, f->base, f->nbase, sizeof(*f->base), idx_lid_cmp) : NULL;
+        if (old != NULL) {
+            r->flags = old->flags;
+            memcpy(r->keywords, old->keywords, sizeof(r->keywords));
+        } else {
+            struct plan_kw kw;
+            r->flags = (uint8_t)(f->lmsgs[li].flags & MD_FLAGS_ALL);
+            plan_kw_from(f->lmsgs[li].kw, f->lmsgs[li].nkw, &kw);
+            plan_kw_format(&kw, r->keywords, sizeof(r->keywords));
+            plan_kw_free(&kw);
+        }
+        if (sm->msgid != NULL) {
+            msgid_hash(sm->msgid, r->msgid_hash);
+        } else if (f->lf[li].have_hh) {
+            memcpy(r->msgid_hash, f->lf[li].hh, sizeof(r->msgid_hash));
+        }
+    }
+    struct idx_folder st = f->st;
+    st.uidvalidity = f->mb.uidvalidity;
+    st.uidnext = 0;
+    st.highestmodseq = 0;
+    st.messages = 0;
+    int r = 0;
+    if (!e->opts.dry_run) {
+        struct rematch_write w = {.folder = f->job->name, .recs = recs, .n = n, .st = &st};
+        r = idx_write(e->idx, rematch_fn, &w);
+        if (r < 0) {
+            folder_fail(e, "index: %s", idx_error(e->idx));
+            free(recs);
+            return r;
+        }
+    }
+    free(f->base);
+    f->base = recs;
+    f->nbase = n;
+    f->base_cap = f->rm_ns + 1;
+    f->nintents = 0; /* their records are gone; their files took part */
+    f->st = st;
+    f->rm_matched = (unsigned)n;
+    f->rm_done = true;
+    return 0;
+}
+
+/* Fetches the header block of the server messages that only a header hash
+ * can tell apart, then goes on. */
+static void fetch_headers(struct engine *e)
+{
+    struct fstate *f = e->f;
+    f->phase = FP_HEADERS;
+    f->pending = 1;
+    dedupe_server(f);
+    uint32_t *uids = NULL;
+    size_t n = 0, cap = 0;
+    if (f->rematch) {
+        rematch_prepare(e);
+        for (size_t i = 0; i < f->rm_ns; i++) {
+            if (f->rm_s[i].need_hh) {
+                xgrow(&uids, &cap, n + 1, sizeof(*uids));
+                uids[n++] = f->smsgs[f->rm_s[i].ix].uid;
+            }
+        }
+    }
+    if (n > 0) {
+        char **sets;
+        size_t nsets = imap_uidset_format(uids, n, 0, &sets);
+        for (size_t k = 0; k < nsets; k++) {
+            f->pending++;
+            if (imap_uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &header_cb, e) < 0) {
+                f->pending--;
+                folder_fail(e, "cannot queue UID FETCH");
+            }
+            free(sets[k]);
+        }
+        free(sets);
+    }
+    free(uids);
+    phase_cmd_done(e);
 }
 
 /* ---- folder: apply locally and on the server -------------------------------------------- */
@@ -1809,6 +2161,7 @@ static void smsg_clear(struct smsg *s)
         free(s->kw[j]);
     }
     free(s->kw);
+    free(s->msgid);
 }
 
 /* QRESYNC/CHANGEDSINCE report new messages too, and the new-mail FETCH
@@ -1882,6 +2235,21 @@ static void folder_end(struct engine *e)
     if (f->plan != NULL && !e->opts.dry_run && f->md != NULL) {
         folder_final(e);
     }
+    if (f->rm_done) {
+        struct fjob *j = f->job;
+        free(j->notice);
+        if (e->opts.dry_run) {
+            j->notice = xasprintf("UIDVALIDITY of %s changed: %u matched, %zu to download, %zu to "
+                                  "upload",
+                                  j->name, f->rm_matched, f->plan != NULL ? f->plan->ndownloads : 0,
+                                  f->plan != NULL ? f->plan->nuploads : 0);
+        } else {
+            j->notice = xasprintf("UIDVALIDITY of %s changed: %u matched, %u downloaded, %u "
+                                  "uploaded",
+                                  j->name, f->rm_matched, fcounts(e)->new_down, fcounts(e)->new_up);
+        }
+        j->res->notice = j->notice;
+    }
     fstate_free(f);
     e->f = NULL;
     next_folder(e);
@@ -1907,6 +2275,13 @@ static void folder_advance(struct engine *e)
         folder_end(e);
         return;
     case FP_FETCH:
+        fetch_headers(e);
+        return;
+    case FP_HEADERS:
+        if (f->rematch && rematch_finish(e) < 0) {
+            folder_end(e);
+            return;
+        }
         recover_intents(e);
         return;
     case FP_RECOVER:
@@ -2279,6 +2654,11 @@ char *engine_summary(const struct engine_result *res)
     }
     if (c->adopted > 0) {
         sbuf_addf(&sb, "; %u adopted after an interruption", c->adopted);
+    }
+    for (size_t i = 0; i < res->nfolders; i++) {
+        if (res->folders[i].notice != NULL) {
+            sbuf_addf(&sb, "; %s", res->folders[i].notice);
+        }
     }
     if (res->folder_errors > 0) {
         sbuf_addf(&sb, "; %u folder error%s", res->folder_errors,

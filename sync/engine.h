@@ -48,6 +48,10 @@ struct engine_folder_result {
     const char *name;
     const char *error; /* NULL when the folder synced */
     struct engine_counts counts;
+    /* Something the user should know although the folder synced, e.g.
+     * "UIDVALIDITY of INBOX changed: 95 matched, 3 downloaded, 2 uploaded";
+     * NULL when nothing happened worth telling. */
+    const char *notice;
 };
 
 struct engine_result {

@@ -214,6 +214,13 @@ enum {
     IMAP_FETCH_INTERNALDATE = 1u << 2,
     IMAP_FETCH_MODSEQ = 1u << 3,
     IMAP_FETCH_BODY = 1u << 4, /* BODY.PEEK[], streamed to the sink */
+    /* BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]: the Message-ID, unfolded and
+     * trimmed, in imap_msg.message_id (NULL when the message has none). */
+    IMAP_FETCH_MESSAGE_ID = 1u << 5,
+    /* BODY.PEEK[HEADER]: the header block (CRLF line ends, with the empty
+     * line that ends it) in imap_msg.header. Only blocks up to the parser's
+     * inline_literal_max are delivered; a larger one leaves header NULL. */
+    IMAP_FETCH_HEADER = 1u << 6,
 };
 
 /* One message from FETCH; have says which items were present. */
@@ -227,7 +234,10 @@ struct imap_msg {
     uint64_t size;
     time_t internaldate;
     uint64_t modseq;
-    uint64_t body_size; /* bytes delivered to the sink (IMAP_FETCH_BODY) */
+    uint64_t body_size;     /* bytes delivered to the sink (IMAP_FETCH_BODY) */
+    const char *message_id; /* IMAP_FETCH_MESSAGE_ID; NULL when absent */
+    const char *header;     /* IMAP_FETCH_HEADER; NULL when absent or too large */
+    size_t header_len;
 };
 
 enum imap_event_type {
@@ -442,5 +452,13 @@ size_t imap_uidset_format(const uint32_t *uids, size_t n, size_t max_len, char *
 int imap_uidset_parse(const char *s, struct imap_uid_range **ranges_r, size_t *n_r);
 /* True when uid is inside one of the ranges. */
 bool imap_uidset_contains(const struct imap_uid_range *ranges, size_t n, uint32_t uid);
+
+/* The Message-ID of a header block (CRLF or LF line ends; only the lines
+ * before the first empty line count): the first Message-ID field, unfolded
+ * (a line break followed by a space or tab is removed) with white space
+ * trimmed from both ends. Returns a malloc'd string, or NULL when there is
+ * no such field or it is empty. The engine applies the same function to
+ * local files and to the server's answer, so both sides compare equal. */
+char *imap_header_message_id(const char *hdr, size_t len);
 
 #endif

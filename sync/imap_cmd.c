@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* A server that expands a search result beyond this is hostile. */
 #define MAX_SEARCH_UIDS 10000000u
@@ -580,6 +581,12 @@ static int cmd_build(struct imap *im, struct imap_cmd *c)
         if ((c->items & IMAP_FETCH_MODSEQ) && im->condstore) {
             b_text(c, " MODSEQ");
         }
+        if (c->items & IMAP_FETCH_MESSAGE_ID) {
+            b_text(c, " BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]");
+        }
+        if (c->items & IMAP_FETCH_HEADER) {
+            b_text(c, " BODY.PEEK[HEADER]");
+        }
         if (c->items & IMAP_FETCH_BODY) {
             b_text(c, " BODY.PEEK[]");
         }
@@ -769,7 +776,28 @@ struct fetch_parse {
     struct imap_msg msg;
     const char **kw;
     const struct imap_arg *body; /* BODY[] value, inline */
+    char *message_id;            /* msg.message_id, owned */
 };
+
+static void fetch_parse_clear(struct fetch_parse *fp)
+{
+    free(fp->kw);
+    free(fp->message_id);
+    fp->kw = NULL;
+    fp->message_id = NULL;
+}
+
+/* A header section's value: the bytes of an inline string or literal, or
+ * NULL for NIL or a literal too large to be kept inline (streamed past). */
+static const char *section_bytes(const struct imap_arg *v, size_t *len_r)
+{
+    if (v->type != IMAP_ARG_STRING && v->type != IMAP_ARG_LITERAL && v->type != IMAP_ARG_ATOM) {
+        *len_r = 0;
+        return NULL;
+    }
+    *len_r = v->u.str.len;
+    return v->u.str.s;
+}
 
 static int parse_fetch(struct imap *im, uint32_t seq, const struct imap_arg *list,
                        struct fetch_parse *fp)
@@ -831,6 +859,18 @@ static int parse_fetch(struct imap *im, uint32_t seq, const struct imap_arg *lis
             fp->msg.have |= IMAP_FETCH_MODSEQ;
         } else if (imap_arg_is_atom(k, "BODY[]") || imap_arg_is_atom(k, "RFC822")) {
             fp->body = v;
+        } else if (k->type == IMAP_ARG_ATOM &&
+                   strncasecmp(k->u.str.s, "BODY[HEADER.FIELDS", 18) == 0) {
+            /* Only MESSAGE-ID is ever asked for this way. */
+            size_t len;
+            const char *h = section_bytes(v, &len);
+            free(fp->message_id);
+            fp->message_id = h != NULL ? imap_header_message_id(h, len) : NULL;
+            fp->msg.message_id = fp->message_id;
+            fp->msg.have |= IMAP_FETCH_MESSAGE_ID;
+        } else if (imap_arg_is_atom(k, "BODY[HEADER]") || imap_arg_is_atom(k, "RFC822.HEADER")) {
+            fp->msg.header = section_bytes(v, &fp->msg.header_len);
+            fp->msg.have |= IMAP_FETCH_HEADER;
         }
     }
     (void)im;
@@ -854,7 +894,7 @@ static void handle_fetch(struct imap *im, uint32_t seq, const struct imap_arg *l
 {
     struct fetch_parse fp;
     if (parse_fetch(im, seq, list, &fp) < 0) {
-        free(fp.kw);
+        fetch_parse_clear(&fp);
         imap_fail(im, IMAP_EPROTO, "%s: malformed FETCH response for message %u", im->hostport,
                   seq);
         return;
@@ -885,7 +925,7 @@ static void handle_fetch(struct imap *im, uint32_t seq, const struct imap_arg *l
                 if (r == IMAP_SINK_PAUSE) {
                     pause = true;
                 } else if (r < 0) {
-                    free(fp.kw);
+                    fetch_parse_clear(&fp);
                     imap_fail(im, r, "%s: storing a message body failed: %s", im->hostport,
                               strerror(-r));
                     return;
@@ -899,7 +939,7 @@ static void handle_fetch(struct imap *im, uint32_t seq, const struct imap_arg *l
         }
     }
     if (imap_dead(im)) {
-        free(fp.kw);
+        fetch_parse_clear(&fp);
         return;
     }
     if (c != NULL) {
@@ -914,7 +954,7 @@ static void handle_fetch(struct imap *im, uint32_t seq, const struct imap_arg *l
             im->cb.on_event(im, &ev, im->arg);
         }
     }
-    free(fp.kw);
+    fetch_parse_clear(&fp);
     if (pause && !imap_dead(im)) {
         imap_pause_input(im);
     }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static int cmp_u32(const void *a, const void *b)
 {
@@ -174,6 +175,61 @@ bool imap_uidset_contains(const struct imap_uid_range *ranges, size_t n, uint32_
         }
     }
     return false;
+}
+
+/* The end of the line starting at p: its '\n', or end. */
+static const char *line_end(const char *p, const char *end)
+{
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    return nl != NULL ? nl : end;
+}
+
+char *imap_header_message_id(const char *hdr, size_t len)
+{
+    const char *p = hdr, *end = hdr + len;
+    while (p < end) {
+        const char *eol = line_end(p, end);
+        const char *le = eol > p && eol[-1] == '\r' ? eol - 1 : eol;
+        if (le == p) {
+            break; /* the empty line that ends the header block */
+        }
+        const char *q = p + 10;
+        bool named = (size_t)(le - p) > 10 && strncasecmp(p, "Message-ID", 10) == 0;
+        while (named && q < le && (*q == ' ' || *q == '\t')) {
+            q++; /* obsolete syntax allows white space before the colon */
+        }
+        if (named && q < le && *q == ':') {
+            /* The value runs over continuation lines (starting with a space
+             * or tab); unfolding drops the line breaks and keeps the rest. */
+            struct sbuf v = {0};
+            const char *s = q + 1;
+            for (;;) {
+                sbuf_add(&v, s, (size_t)(le - s));
+                p = eol < end ? eol + 1 : end;
+                if (p >= end || (*p != ' ' && *p != '\t')) {
+                    break;
+                }
+                eol = line_end(p, end);
+                le = eol > p && eol[-1] == '\r' ? eol - 1 : eol;
+                s = p;
+            }
+            /* A NUL ends the value: nothing after it can be compared as a
+             * string. */
+            size_t n = strnlen(v.buf != NULL ? v.buf : "", v.len);
+            size_t a = 0;
+            while (a < n && (v.buf[a] == ' ' || v.buf[a] == '\t')) {
+                a++;
+            }
+            while (n > a && (v.buf[n - 1] == ' ' || v.buf[n - 1] == '\t')) {
+                n--;
+            }
+            char *out = n > a ? xstrndup(v.buf + a, n - a) : NULL;
+            sbuf_free(&v);
+            return out;
+        }
+        p = eol < end ? eol + 1 : end;
+    }
+    return NULL;
 }
 
 static const char *const month_names[12] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",

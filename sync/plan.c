@@ -587,6 +587,131 @@ struct plan *plan_build(const struct plan_input *in)
     return p;
 }
 
+/* ---- matching without UIDs ----------------------------------------------- */
+
+static int match_id_cmp(const void *a, const void *b)
+{
+    const struct plan_match *x = a, *y = b;
+    if ((x->msgid == NULL) != (y->msgid == NULL)) {
+        return x->msgid == NULL ? -1 : 1;
+    }
+    if (x->msgid != NULL) {
+        int c = strcmp(x->msgid, y->msgid);
+        if (c != 0) {
+            return c;
+        }
+    }
+    if (x->size != y->size) {
+        return x->size < y->size ? -1 : 1;
+    }
+    return x->ix < y->ix ? -1 : x->ix > y->ix;
+}
+
+static bool same_id(const struct plan_match *x, const struct plan_match *y)
+{
+    if ((x->msgid == NULL) != (y->msgid == NULL) || x->size != y->size) {
+        return false;
+    }
+    return x->msgid == NULL || strcmp(x->msgid, y->msgid) == 0;
+}
+
+void plan_match_ids(struct plan_match *srv, size_t nsrv, struct plan_match *loc, size_t nloc)
+{
+    if (nsrv > 1) {
+        qsort(srv, nsrv, sizeof(*srv), match_id_cmp);
+    }
+    if (nloc > 1) {
+        qsort(loc, nloc, sizeof(*loc), match_id_cmp);
+    }
+    size_t i = 0, k = 0;
+    while (i < nsrv && k < nloc) {
+        if (!same_id(&srv[i], &loc[k])) {
+            /* Different keys: the comparison is decided before ix. */
+            if (match_id_cmp(&srv[i], &loc[k]) < 0) {
+                i++;
+            } else {
+                k++;
+            }
+            continue;
+        }
+        size_t i2 = i, k2 = k;
+        while (i2 < nsrv && same_id(&srv[i2], &srv[i])) {
+            i2++;
+        }
+        while (k2 < nloc && same_id(&loc[k2], &loc[k])) {
+            k2++;
+        }
+        if (i2 - i == 1 && k2 - k == 1 && srv[i].msgid != NULL) {
+            srv[i].pair = (long)loc[k].ix;
+            loc[k].pair = (long)srv[i].ix;
+        } else {
+            for (size_t x = i; x < i2; x++) {
+                srv[x].need_hh = true;
+            }
+            for (size_t x = k; x < k2; x++) {
+                loc[x].need_hh = true;
+            }
+        }
+        i = i2;
+        k = k2;
+    }
+}
+
+static int match_hh_cmp(const void *a, const void *b)
+{
+    const struct plan_match *x = *(const struct plan_match *const *)a;
+    const struct plan_match *y = *(const struct plan_match *const *)b;
+    int c = memcmp(x->hh, y->hh, 16);
+    if (c != 0) {
+        return c;
+    }
+    if (x->size != y->size) {
+        return x->size < y->size ? -1 : 1;
+    }
+    return x->ix < y->ix ? -1 : x->ix > y->ix;
+}
+
+static struct plan_match **hh_list(struct plan_match *v, size_t n, size_t *m_r)
+{
+    struct plan_match **out = xcalloc(n + 1, sizeof(*out));
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].need_hh && v[i].pair < 0 && v[i].hh != NULL) {
+            out[m++] = &v[i];
+        }
+    }
+    if (m > 1) {
+        qsort(out, m, sizeof(*out), match_hh_cmp);
+    }
+    *m_r = m;
+    return out;
+}
+
+void plan_match_headers(struct plan_match *srv, size_t nsrv, struct plan_match *loc, size_t nloc)
+{
+    size_t ms, ml;
+    struct plan_match **a = hh_list(srv, nsrv, &ms), **b = hh_list(loc, nloc, &ml);
+    size_t i = 0, k = 0;
+    while (i < ms && k < ml) {
+        int c = memcmp(a[i]->hh, b[k]->hh, 16);
+        if (c == 0 && a[i]->size != b[k]->size) {
+            c = a[i]->size < b[k]->size ? -1 : 1;
+        }
+        if (c < 0) {
+            i++;
+        } else if (c > 0) {
+            k++;
+        } else {
+            a[i]->pair = (long)b[k]->ix;
+            b[k]->pair = (long)a[i]->ix;
+            i++;
+            k++;
+        }
+    }
+    free(a);
+    free(b);
+}
+
 void plan_free(struct plan *p)
 {
     if (p == NULL) {

@@ -188,6 +188,30 @@ bool plan_empty(const struct plan *p);
  * folder name. */
 void plan_print(const struct plan *p, const char *folder, FILE *fp);
 
+/* Matching messages that have no UID in common (a changed UIDVALIDITY, an
+ * APPEND without APPENDUID): a server message and a local file are the same
+ * message when their Message-ID and wire size agree and that pair is unique
+ * on both sides; where the Message-ID is missing or repeated, when their
+ * header hash (the header block with CRLF taken as LF) and size agree. */
+struct plan_match {
+    const char *msgid; /* NULL when the message has none */
+    uint64_t size;     /* size on the wire (CRLF) */
+    const uint8_t *hh; /* 16-byte header hash; NULL when unknown */
+    size_t ix;         /* the caller's index of this message */
+    bool need_hh;      /* set by plan_match_ids: only a header hash can decide */
+    long pair;         /* the partner's ix; the caller sets -1 before matching */
+};
+
+/* Pairs server and local candidates whose (Message-ID, size) is unique on
+ * both sides, and marks need_hh on the members of every group that has
+ * candidates on both sides but no Message-ID or more than one member on a
+ * side. Sorts both arrays (use ix to find your data again). */
+void plan_match_ids(struct plan_match *srv, size_t nsrv, struct plan_match *loc, size_t nloc);
+/* Pairs the need_hh candidates still unpaired that have a header hash, by
+ * (header hash, size). Equal copies pair in ix order, so n copies on each
+ * side make n pairs and a surplus stays unpaired. */
+void plan_match_headers(struct plan_match *srv, size_t nsrv, struct plan_match *loc, size_t nloc);
+
 /* Helpers shared with the engine. */
 
 /* Parses "a b c" (the index's keyword form) into a sorted set. */

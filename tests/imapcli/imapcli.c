@@ -153,6 +153,12 @@ static void print_msg(const char *prefix, const struct imap_msg *m)
     if (m->have & IMAP_FETCH_BODY) {
         sbuf_addf(&sb, " body=%" PRIu64, m->body_size);
     }
+    if (m->have & IMAP_FETCH_MESSAGE_ID) {
+        sbuf_addf(&sb, " msgid=%s", m->message_id != NULL ? m->message_id : "NIL");
+    }
+    if (m->have & IMAP_FETCH_HEADER) {
+        sbuf_addf(&sb, " header=%zu", m->header != NULL ? m->header_len : (size_t)0);
+    }
     out("%s", sb.buf);
     sbuf_free(&sb);
 }
@@ -579,6 +585,12 @@ static unsigned parse_items(const char *s)
     }
     if (strstr(s, "body")) {
         items |= IMAP_FETCH_BODY;
+    }
+    if (strstr(s, "msgid")) {
+        items |= IMAP_FETCH_MESSAGE_ID;
+    }
+    if (strstr(s, "header")) {
+        items |= IMAP_FETCH_HEADER;
     }
     return items;
 }

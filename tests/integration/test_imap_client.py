@@ -238,6 +238,22 @@ class ClientTest(unittest.TestCase):
             self.assertEqual(int(m["date"]), int(time.mktime(dates[uid])))
             self.assertGreater(int(m["modseq"]), 0)
 
+    def test_fetch_message_id_and_header(self):
+        folded = (b"From: a@example.org\r\nSubject: folded\r\nMessage-ID:\r\n"
+                  b"  <folded.1@t>\r\n\r\nbody\r\n")
+        none = b"From: a@example.org\r\nSubject: no id\r\n\r\nbody\r\n"
+        uids = self.folder("Ids", [msg(1), folded, none])
+        p, lines = run_cli(self.d, "examine Ids", "fetch 1:* size,msgid,header")
+        self.ok(p, lines)
+        got = {int(kv(x)["uid"]): kv(x) for x in lines if x.startswith("MSG ")}
+        self.assertEqual(got[uids[0]]["msgid"], "<1@t>")
+        self.assertEqual(got[uids[1]]["msgid"], "<folded.1@t>")
+        self.assertEqual(got[uids[2]]["msgid"], "NIL")
+        for uid, m in ((uids[0], msg(1)), (uids[1], folded), (uids[2], none)):
+            # The header block with the empty line that ends it.
+            self.assertEqual(int(got[uid]["header"]), m.index(b"\r\n\r\n") + 4)
+            self.assertEqual(int(got[uid]["size"]), len(m))
+
     def test_fetch_with_paused_sink(self):
         body = b"".join(b"line %06d of a slowly stored message\r\n" % i for i in range(20000))
         uids = self.folder("Slow", [msg(1, body)])

@@ -132,6 +132,46 @@ static void test_names(void **state)
     assert_int_equal(imap_name_to_server("../x", '/', false, &raw, &why), -EINVAL);
 }
 
+static void test_header_message_id(void **state)
+{
+    static const struct {
+        const char *hdr;
+        const char *want;
+    } cases[] = {
+        {"Subject: x\r\nMessage-ID: <a@b>\r\n\r\n", "<a@b>"},
+        {"Subject: x\nmessage-id:   <a@b>  \t\nTo: y\n\n", "<a@b>"},
+        /* Folded over two lines, CRLF and LF. */
+        {"Message-ID:\r\n <folded@x>\r\n\r\n", "<folded@x>"},
+        {"Message-Id: <one\n\ttwo@x>\nX: y\n", "<one\ttwo@x>"},
+        /* Obsolete white space before the colon. */
+        {"Message-ID : <ws@x>\n\n", "<ws@x>"},
+        /* Only the header block counts, and only the first field. */
+        {"Subject: x\n\nMessage-ID: <body@x>\n", NULL},
+        {"Message-ID: <first@x>\nMessage-ID: <second@x>\n\n", "<first@x>"},
+        /* Look-alike names and empty values. */
+        {"Message-IDs: <no@x>\nX-Message-ID: <no@x>\n\n", NULL},
+        {"Message-ID:   \r\n\r\n", NULL},
+        {"", NULL},
+        /* No final line break. */
+        {"Message-ID: <end@x>", "<end@x>"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char *id = imap_header_message_id(cases[i].hdr, strlen(cases[i].hdr));
+        if (cases[i].want == NULL) {
+            assert_null(id);
+        } else {
+            assert_non_null(id);
+            assert_string_equal(id, cases[i].want);
+        }
+        free(id);
+    }
+    /* A NUL inside the value ends it. */
+    static const char nul[] = "Message-ID: <a@b>\0junk\n\n";
+    char *id = imap_header_message_id(nul, sizeof(nul) - 1);
+    assert_string_equal(id, "<a@b>");
+    free(id);
+}
+
 /* ---- In-process fake server ---- */
 
 struct fake {
@@ -209,6 +249,21 @@ static void fake_line(struct fake *f, char *line)
         f->idle_seen = true;
         snprintf(f->idle_tag, sizeof(f->idle_tag), "%s", tag);
         fake_send(f, "+ idling\r\n* 3 EXISTS\r\n");
+    } else if (strncmp(cmd, "UID FETCH ", 10) == 0) {
+        /* Message-ID and header sections: one folded Message-ID, one
+         * message without any, and a header that the server sends as NIL. */
+        static const char hf1[] = "Message-ID:\r\n <folded@fake>\r\n\r\n";
+        static const char hd1[] = "Subject: one\r\nMessage-ID:\r\n <folded@fake>\r\n\r\n";
+        struct sbuf r = {0};
+        sbuf_addf(&r,
+                  "* 1 FETCH (UID 7 RFC822.SIZE 99 BODY[HEADER.FIELDS (MESSAGE-ID)] {%zu}\r\n%s "
+                  "BODY[HEADER] {%zu}\r\n%s)\r\n",
+                  strlen(hf1), hf1, strlen(hd1), hd1);
+        sbuf_adds(&r, "* 2 FETCH (UID 8 BODY[HEADER.FIELDS (MESSAGE-ID)] {2}\r\n\r\n "
+                      "BODY[HEADER] NIL)\r\n");
+        sbuf_addf(&r, "%s OK fetched\r\n", tag);
+        fake_send(f, r.buf);
+        sbuf_free(&r);
     } else if (strcmp(cmd, "LOGOUT") == 0) {
         snprintf(resp, sizeof(resp), "* BYE bye\r\n%s OK bye\r\n", tag);
         fake_send(f, resp);
@@ -422,6 +477,60 @@ static void test_free_inside_callback(void **state)
     fake_close_all(&f);
 }
 
+struct hdr_seen {
+    struct fake *f;
+    int n;
+    char *msgid[2];
+    char *header[2];
+    unsigned have[2];
+};
+
+static void on_hdr_message(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
+{
+    struct hdr_seen *h = arg;
+    assert_true(h->n < 2);
+    h->have[h->n] = m->have;
+    h->msgid[h->n] = m->message_id != NULL ? xstrdup(m->message_id) : NULL;
+    h->header[h->n] = m->header != NULL ? xstrndup(m->header, m->header_len) : NULL;
+    h->n++;
+}
+
+static void on_hdr_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct hdr_seen *h = arg;
+    on_done(im, res, h->f);
+}
+
+static void test_fetch_message_id_and_header(void **state)
+{
+    struct fake f;
+    int port = fake_start(&f);
+    connect_client(&f, port, 0);
+    struct hdr_seen h = {.f = &f};
+    struct imap_fetch_cb cb = {.on_message = on_hdr_message, .done = on_hdr_done};
+    assert_int_equal(
+        imap_uid_fetch(f.im, "7:8", IMAP_FETCH_MESSAGE_ID | IMAP_FETCH_HEADER, 0, false, &cb, &h),
+        0);
+    run_until(&f, NULL, &f.done_count, 1);
+    assert_int_equal(f.ok_count, 1);
+    assert_string_equal(f.log.buf, "LIST \"\" \"\"\nUID FETCH 7:8 (UID "
+                                   "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)] BODY.PEEK[HEADER])\n");
+    assert_int_equal(h.n, 2);
+    unsigned both = IMAP_FETCH_MESSAGE_ID | IMAP_FETCH_HEADER;
+    assert_int_equal(h.have[0] & both, both);
+    assert_string_equal(h.msgid[0], "<folded@fake>");
+    assert_string_equal(h.header[0], "Subject: one\r\nMessage-ID:\r\n <folded@fake>\r\n\r\n");
+    assert_int_equal(h.have[1] & both, both);
+    assert_null(h.msgid[1]);
+    assert_null(h.header[1]);
+    for (int i = 0; i < 2; i++) {
+        free(h.msgid[i]);
+        free(h.header[i]);
+    }
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
 static void test_connection_refused(void **state)
 {
     struct fake f;
@@ -453,10 +562,12 @@ int main(void)
         cmocka_unit_test(test_uidset_parse),
         cmocka_unit_test(test_datetime),
         cmocka_unit_test(test_names),
+        cmocka_unit_test(test_header_message_id),
         cmocka_unit_test(test_pipeline_depth_and_held_commands),
         cmocka_unit_test(test_idle_ends_when_a_command_is_queued),
         cmocka_unit_test(test_command_queued_behind_idle),
         cmocka_unit_test(test_free_inside_callback),
+        cmocka_unit_test(test_fetch_message_id_and_header),
         cmocka_unit_test(test_connection_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -3,8 +3,9 @@
  * table, new mail both ways, deletions both ways (complete and delta server
  * views, each on_local_delete mode), deletion/edit races that copy a message
  * back, the mass-deletion guard and --force, max_size/max_age skips, UID
- * STORE grouping, keywords the local side cannot hold, and the dry-run
- * printout. Views are written as short strings: "uid:FLAGS:kw,kw" for the
+ * STORE grouping, keywords the local side cannot hold, the dry-run
+ * printout, and matching messages without UIDs (Message-ID + size, then
+ * header hash). Views are written as short strings: "uid:FLAGS:kw,kw" for the
  * server, "lid:FLAGS:kw" for the local side, "uid:lid:FLAGS:kw" for the base. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -656,6 +657,128 @@ static void test_print(void **state)
     plan_free(p);
 }
 
+/* ---- matching without UIDs ---- */
+
+static void mset(struct plan_match *m, size_t ix, const char *msgid, uint64_t size,
+                 const uint8_t *hh)
+{
+    memset(m, 0, sizeof(*m));
+    m->msgid = msgid;
+    m->size = size;
+    m->hh = hh;
+    m->ix = ix;
+    m->pair = -1;
+}
+
+/* The partner of the candidate with this ix, or -2 when ix is absent. */
+static long partner(const struct plan_match *v, size_t n, size_t ix)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].ix == ix) {
+            return v[i].pair;
+        }
+    }
+    return -2;
+}
+
+static bool needs_hh(const struct plan_match *v, size_t n, size_t ix)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].ix == ix) {
+            return v[i].need_hh;
+        }
+    }
+    return false;
+}
+
+static void test_match_by_message_id(void **state)
+{
+    static const uint8_t h1[16] = {1}, h2[16] = {2}, h3[16] = {3};
+    struct plan_match s[7], l[7];
+    /* Server: unique ids <a> <b>; <c> twice with one size; one without id;
+     * <d> whose size differs locally; <e> only on the server. */
+    mset(&s[0], 10, "<a>", 100, NULL);
+    mset(&s[1], 11, "<b>", 200, NULL);
+    mset(&s[2], 12, "<c>", 300, NULL);
+    mset(&s[3], 13, "<c>", 300, NULL);
+    mset(&s[4], 14, NULL, 400, NULL);
+    mset(&s[5], 15, "<d>", 500, NULL);
+    mset(&s[6], 16, "<e>", 600, NULL);
+    /* Local: the same, listed in another order; <c> once; two without id
+     * of the same size; <d> one byte longer. */
+    mset(&l[0], 0, "<b>", 200, h1);
+    mset(&l[1], 1, "<a>", 100, h2);
+    mset(&l[2], 2, "<c>", 300, h3);
+    mset(&l[3], 3, NULL, 400, h1);
+    mset(&l[4], 4, NULL, 400, h2);
+    mset(&l[5], 5, "<d>", 501, h3);
+    mset(&l[6], 6, "<f>", 700, h3);
+    plan_match_ids(s, 7, l, 7);
+    assert_int_equal(partner(s, 7, 10), 1);
+    assert_int_equal(partner(s, 7, 11), 0);
+    assert_int_equal(partner(l, 7, 0), 11);
+    assert_int_equal(partner(l, 7, 1), 10);
+    /* A repeated id and missing ids are left to the header hash. */
+    assert_int_equal(partner(s, 7, 12), -1);
+    assert_true(needs_hh(s, 7, 12));
+    assert_true(needs_hh(s, 7, 13));
+    assert_true(needs_hh(l, 7, 2));
+    assert_true(needs_hh(s, 7, 14));
+    assert_true(needs_hh(l, 7, 3));
+    assert_true(needs_hh(l, 7, 4));
+    /* Sizes differ or one side only: no match and no header needed. */
+    assert_int_equal(partner(s, 7, 15), -1);
+    assert_false(needs_hh(s, 7, 15));
+    assert_false(needs_hh(l, 7, 5));
+    assert_false(needs_hh(s, 7, 16));
+    assert_false(needs_hh(l, 7, 6));
+}
+
+static void test_match_by_header_hash(void **state)
+{
+    static const uint8_t ha[16] = {0xa}, hb[16] = {0xb}, hc[16] = {0xc};
+    struct plan_match s[5], l[4];
+    /* Two copies of A on the server and one locally; B on both sides; a
+     * server message whose header could not be fetched; C only locally. */
+    mset(&s[0], 20, NULL, 50, ha);
+    mset(&s[1], 21, NULL, 50, hb);
+    mset(&s[2], 22, NULL, 50, ha);
+    mset(&s[3], 23, NULL, 50, NULL);
+    mset(&s[4], 24, "<x>", 70, hb); /* same hash but a different size */
+    mset(&l[0], 0, NULL, 50, hb);
+    mset(&l[1], 1, NULL, 50, ha);
+    mset(&l[2], 2, NULL, 50, hc);
+    mset(&l[3], 3, "<x>", 71, hb);
+    plan_match_ids(s, 5, l, 4);
+    for (size_t i = 0; i < 4; i++) {
+        assert_true(needs_hh(s, 5, 20 + i));
+    }
+    plan_match_headers(s, 5, l, 4);
+    assert_int_equal(partner(s, 5, 20), 1); /* the first copy of A, by UID order */
+    assert_int_equal(partner(s, 5, 22), -1);
+    assert_int_equal(partner(s, 5, 21), 0);
+    assert_int_equal(partner(s, 5, 23), -1);
+    assert_int_equal(partner(s, 5, 24), -1);
+    assert_int_equal(partner(l, 4, 2), -1);
+    assert_int_equal(partner(l, 4, 3), -1);
+
+    /* Equal copies pair one to one in order. */
+    struct plan_match s2[3], l2[2];
+    for (size_t i = 0; i < 3; i++) {
+        mset(&s2[i], 30 + i, "<same>", 80, ha);
+    }
+    mset(&l2[0], 1, "<same>", 80, ha);
+    mset(&l2[1], 0, "<same>", 80, ha);
+    plan_match_ids(s2, 3, l2, 2);
+    plan_match_headers(s2, 3, l2, 2);
+    assert_int_equal(partner(s2, 3, 30), 0);
+    assert_int_equal(partner(s2, 3, 31), 1);
+    assert_int_equal(partner(s2, 3, 32), -1);
+    /* Nothing on one side. */
+    plan_match_ids(NULL, 0, l2, 2);
+    plan_match_headers(NULL, 0, l2, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -674,6 +797,8 @@ int main(void)
         cmocka_unit_test(test_store_grouping),
         cmocka_unit_test(test_kw_helpers),
         cmocka_unit_test(test_print),
+        cmocka_unit_test(test_match_by_message_id),
+        cmocka_unit_test(test_match_by_header_hash),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

