@@ -927,7 +927,8 @@ int pop3_connect(uv_loop_t *loop, const struct pop3_opts *opts, const struct pop
     uv_timer_init(loop, &p->replay);
     p->replay.data = p;
 
-    /* The greeting is the answer to no command: a placeholder in flight. */
+    /* The greeting is the answer to no command: it is queued as a pseudo-command so its answer is
+     * matched like any other. */
     struct cmd *g = xcalloc(1, sizeof(*g));
     g->trace = xstrdup("(greeting)");
     g->expect = POP3_EXPECT_SINGLE;
