@@ -54,6 +54,8 @@ enum fphase {
     FP_APPLY_SERVER,
     FP_DOWNLOAD,
     FP_UPLOAD,
+    FP_UL_FETCH,   /* without APPENDUID: the new UIDs with their Message-ID and size */
+    FP_UL_HEADERS, /* ... and header blocks where the Message-ID cannot decide */
     FP_DONE,
 };
 
@@ -161,7 +163,26 @@ struct fstate {
     unsigned ul_inflight;
     struct idx_msg *ul_done; /* SYNCED rows from APPENDUID */
     size_t nul_done, ul_done_cap;
-    bool ul_no_uid; /* some APPEND without APPENDUID */
+    struct lfact *ulf; /* per upload: Message-ID, header hash, wire size */
+    size_t nulf;
+    /* APPENDs answered without APPENDUID, found again by a FETCH of the new
+     * UIDs before the run ends. */
+    struct idx_msg *ul_pend;
+    size_t *ul_pend_ix; /* index into plan->uploads */
+    size_t nul_pend, ul_pend_cap, ul_pend_ix_cap;
+    uint32_t ul_first; /* the lowest UID an APPEND of this run can have */
+    struct smsg *ul_srv;
+    size_t nul_srv, ul_srv_cap;
+    struct plan_match *ul_ms, *ul_ml;
+    size_t ul_nms, ul_nml;
+    unsigned ul_unresolved; /* still without a UID: the folder state waits */
+    bool sdel_flag_mode;    /* server deletions only set \Deleted */
+    /* Upload intents left by an interrupted run: header facts per intent,
+     * used to find those without a Message-ID by size and header hash. */
+    struct lfact *itf;
+    size_t nitf;
+    struct plan_match *it_s, *it_l;
+    size_t it_ns, it_nl;
 };
 
 struct engine {
@@ -482,16 +503,10 @@ static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
     return 0;
 }
 
-/* The Message-ID of a local file, or NULL. Caller frees. */
-static char *file_message_id(int fd)
+static int u32_cmp(const void *a, const void *b)
 {
-    char *id;
-    uint8_t hh[16];
-    bool have;
-    if (file_header(fd, &id, hh, &have) < 0) {
-        return NULL;
-    }
-    return id;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
 }
 
 static void msgid_hash(const char *id, uint8_t out[16])
@@ -556,6 +571,28 @@ static void fstate_free(struct fstate *f)
     free(f->smsgs);
     free(f->rm_s);
     free(f->rm_l);
+    if (f->ulf != NULL) {
+        for (size_t i = 0; i < f->nulf; i++) {
+            free(f->ulf[i].msgid);
+        }
+        free(f->ulf);
+    }
+    free(f->ul_pend);
+    free(f->ul_pend_ix);
+    for (size_t i = 0; i < f->nul_srv; i++) {
+        free(f->ul_srv[i].msgid);
+    }
+    free(f->ul_srv);
+    free(f->ul_ms);
+    free(f->ul_ml);
+    if (f->itf != NULL) {
+        for (size_t i = 0; i < f->nitf; i++) {
+            free(f->itf[i].msgid);
+        }
+        free(f->itf);
+    }
+    free(f->it_s);
+    free(f->it_l);
     free(f->vanished);
     free(f->search);
     free(f->base);
@@ -1165,11 +1202,14 @@ static void on_recover_search(struct imap *im, const struct imap_result *res, vo
     if (cmd_ok(e, res, "UID SEARCH")) {
         struct idx_msg *m = &f->intents[ix];
         /* The newest match nobody else claims is the one we appended. */
-        for (size_t i = res->nuids; i > 0; i--) {
+        for (size_t i = res->nuids; i > 0 && m->uid == 0; i--) {
             uint32_t uid = res->uids[i - 1];
-            if (!base_has_uid(f, uid)) {
+            bool taken = base_has_uid(f, uid);
+            for (size_t k = 0; k < f->nintents && !taken; k++) {
+                taken = f->intents[k].uid == uid;
+            }
+            if (!taken) {
                 m->uid = uid;
-                break;
             }
         }
     }
@@ -1188,9 +1228,10 @@ static void quote_into(struct sbuf *sb, const char *s)
     sbuf_addc(sb, '"');
 }
 
-/* For each APPENDING row whose file is still here: search the server by
- * Message-ID. A match becomes the record; no match means the APPEND never
- * happened and the message is uploaded as new. */
+/* For each APPENDING row whose file is still here and that the header hash
+ * did not resolve: search the server by Message-ID. A match becomes the
+ * record; no match means the APPEND never happened and the message is
+ * uploaded as new. */
 static void recover_intents(struct engine *e)
 {
     struct fstate *f = e->f;
@@ -1198,23 +1239,12 @@ static void recover_intents(struct engine *e)
     f->pending = 1;
     for (size_t i = 0; i < f->nintents && f->selected && f->md != NULL; i++) {
         struct idx_msg *m = &f->intents[i];
-        struct md_msg *lm = md_scan_find(f->scan, m->lid);
-        if (lm == NULL) {
-            continue;
-        }
-        int fd = md_open_msg(f->md, lm);
-        if (fd < 0) {
-            continue;
-        }
-        char *id = file_message_id(fd);
-        close(fd);
-        if (id == NULL) {
+        if (m->uid != 0 || i >= f->nitf || f->itf[i].msgid == NULL) {
             continue;
         }
         struct sbuf sb = {0};
         sbuf_adds(&sb, "HEADER Message-ID ");
-        quote_into(&sb, id);
-        free(id);
+        quote_into(&sb, f->itf[i].msgid);
         struct rec_ctx *rc = xmalloc(sizeof(*rc));
         rc->e = e;
         rc->index = i;
@@ -1461,6 +1491,71 @@ static int rematch_finish(struct engine *e)
     return 0;
 }
 
+/* Upload intents left by an interrupted run: reads each file's header (and
+ * the wire size of those without a Message-ID), and lines those up with
+ * the server messages of the same size that no record claims. Their header
+ * hash decides (intents_finish); the others are searched by Message-ID. */
+static void intents_prepare(struct engine *e)
+{
+    struct fstate *f = e->f;
+    f->itf = xcalloc(f->nintents + 1, sizeof(*f->itf));
+    f->nitf = f->nintents;
+    f->it_l = xcalloc(f->nintents + 1, sizeof(*f->it_l));
+    f->it_nl = 0;
+    for (size_t i = 0; i < f->nintents; i++) {
+        struct lfact *lf = &f->itf[i];
+        struct md_msg *lm = md_scan_find(f->scan, f->intents[i].lid);
+        int fd = lm != NULL ? md_open_msg(f->md, lm) : -ENOENT;
+        if (fd < 0) {
+            continue;
+        }
+        if (file_header(fd, &lf->msgid, lf->hh, &lf->have_hh) == 0 && lf->msgid == NULL &&
+            lf->have_hh && wire_size(fd, &lf->wire) == 0) {
+            lf->have_wire = true;
+            f->it_l[f->it_nl++] =
+                (struct plan_match){.size = lf->wire, .hh = lf->hh, .ix = i, .pair = -1};
+        }
+        close(fd);
+    }
+    if (f->it_nl == 0) {
+        return;
+    }
+    uint32_t *known = xcalloc(f->nbase + 1, sizeof(*known));
+    for (size_t i = 0; i < f->nbase; i++) {
+        known[i] = f->base[i].uid;
+    }
+    qsort(known, f->nbase, sizeof(*known), u32_cmp);
+    f->it_s = xcalloc(f->nsmsgs + 1, sizeof(*f->it_s));
+    f->it_ns = 0;
+    for (size_t i = 0; i < f->nsmsgs; i++) {
+        const struct smsg *sm = &f->smsgs[i];
+        if (sm->size == 0 || bsearch(&sm->uid, known, f->nbase, sizeof(*known), u32_cmp) != NULL) {
+            continue;
+        }
+        f->it_s[f->it_ns++] = (struct plan_match){.size = sm->size, .ix = i, .pair = -1};
+    }
+    free(known);
+    plan_match_ids(f->it_s, f->it_ns, f->it_l, f->it_nl);
+}
+
+static void intents_finish(struct engine *e)
+{
+    struct fstate *f = e->f;
+    if (f->it_nl == 0) {
+        return;
+    }
+    for (size_t i = 0; i < f->it_ns; i++) {
+        const struct smsg *sm = &f->smsgs[f->it_s[i].ix];
+        f->it_s[i].hh = sm->have_hh ? sm->hh : NULL;
+    }
+    plan_match_headers(f->it_s, f->it_ns, f->it_l, f->it_nl);
+    for (size_t k = 0; k < f->it_nl; k++) {
+        if (f->it_l[k].pair >= 0) {
+            f->intents[f->it_l[k].ix].uid = f->smsgs[f->it_l[k].pair].uid;
+        }
+    }
+}
+
 /* Fetches the header block of the server messages that only a header hash
  * can tell apart, then goes on. */
 static void fetch_headers(struct engine *e)
@@ -1477,6 +1572,14 @@ static void fetch_headers(struct engine *e)
             if (f->rm_s[i].need_hh) {
                 xgrow(&uids, &cap, n + 1, sizeof(*uids));
                 uids[n++] = f->smsgs[f->rm_s[i].ix].uid;
+            }
+        }
+    } else if (f->nintents > 0 && f->md != NULL) {
+        intents_prepare(e);
+        for (size_t i = 0; i < f->it_ns; i++) {
+            if (f->it_s[i].need_hh) {
+                xgrow(&uids, &cap, n + 1, sizeof(*uids));
+                uids[n++] = f->smsgs[f->it_s[i].ix].uid;
             }
         }
     }
@@ -1657,6 +1760,7 @@ static void apply_server(struct engine *e)
                            "\\Deleted (expunge them with your mail client)");
             mode = CFG_LOCAL_DELETE_FLAG;
         }
+        f->sdel_flag_mode = mode == CFG_LOCAL_DELETE_FLAG;
         for (size_t k = 0; k < nsets; k++) {
             bool last = k + 1 == nsets;
             struct del_ctx *dc;
@@ -1924,15 +2028,22 @@ static void on_append_done(struct imap *im, const struct imap_result *res, void 
     if (cmd_ok(e, res, "APPEND")) {
         fcounts(e)->new_up++;
         fcounts(e)->bytes_up += u->rec.size;
-        if (res->append_uid != 0 && res->append_uidvalidity == f->mb.uidvalidity) {
+        /* APPENDUID counts only where UIDPLUS is announced (decide from
+         * CAPABILITY, as for CONDSTORE: a server that hides it, like the
+         * test Dovecot, may still send the code). */
+        if (res->append_uid != 0 && res->append_uidvalidity == f->mb.uidvalidity &&
+            (imap_caps(e->im) & IMAP_CAP_UIDPLUS)) {
             u->rec.uid = res->append_uid;
             u->rec.state = IDX_MSG_SYNCED;
             xgrow(&f->ul_done, &f->ul_done_cap, f->nul_done + 1, sizeof(*f->ul_done));
             f->ul_done[f->nul_done++] = u->rec;
         } else {
-            /* No APPENDUID: the intent row stays, and the next run finds
-             * the UID by Message-ID. */
-            f->ul_no_uid = true;
+            /* No APPENDUID (no UIDPLUS): the intent row stays until the
+             * UID is found among the new ones after the last APPEND. */
+            xgrow(&f->ul_pend, &f->ul_pend_cap, f->nul_pend + 1, sizeof(*f->ul_pend));
+            xgrow(&f->ul_pend_ix, &f->ul_pend_ix_cap, f->nul_pend + 1, sizeof(*f->ul_pend_ix));
+            f->ul_pend[f->nul_pend] = u->rec;
+            f->ul_pend_ix[f->nul_pend++] = u->index;
         }
     }
     free(u);
@@ -1984,6 +2095,10 @@ static void issue_uploads(struct engine *e)
         if (m == NULL) {
             continue;
         }
+        const struct lfact *lf = &f->ulf[i];
+        if (!lf->have_wire) {
+            continue; /* unreadable when the intents were written */
+        }
         int fd = md_open_msg(f->md, m);
         if (fd < 0) {
             continue; /* gone meanwhile: the next run sees it deleted */
@@ -1993,8 +2108,8 @@ static void issue_uploads(struct engine *e)
         u->index = i;
         u->fd = fd;
         struct stat stbuf;
-        uint64_t size = 0;
-        if (fstat(fd, &stbuf) < 0 || wire_size(fd, &size) < 0) {
+        uint64_t size = lf->wire;
+        if (fstat(fd, &stbuf) < 0) {
             close(fd);
             free(u);
             continue;
@@ -2003,6 +2118,11 @@ static void issue_uploads(struct engine *e)
         u->rec.flags = (uint8_t)pu->flags;
         u->rec.size = size;
         plan_kw_format(&pu->kw, u->rec.keywords, sizeof(u->rec.keywords));
+        if (lf->msgid != NULL) {
+            msgid_hash(lf->msgid, u->rec.msgid_hash);
+        } else if (lf->have_hh) {
+            memcpy(u->rec.msgid_hash, lf->hh, sizeof(u->rec.msgid_hash));
+        }
         size_t nkw;
         const char **kw = imap_keywords(pu->flags, &pu->kw, &nkw);
         struct imap_append a = {
@@ -2036,6 +2156,8 @@ static void start_uploads(struct engine *e)
     f->phase = FP_UPLOAD;
     f->pending = 1;
     if (p->nuploads > 0 && f->md != NULL) {
+        f->ulf = xcalloc(p->nuploads, sizeof(*f->ulf));
+        f->nulf = p->nuploads;
         struct idx_msg *rows = xcalloc(p->nuploads, sizeof(*rows));
         for (size_t i = 0; i < p->nuploads; i++) {
             const struct plan_upload *pu = &p->uploads[i];
@@ -2044,15 +2166,23 @@ static void start_uploads(struct engine *e)
             m->flags = (uint8_t)pu->flags;
             snprintf(m->lid, sizeof(m->lid), "%s", pu->lid);
             plan_kw_format(&pu->kw, m->keywords, sizeof(m->keywords));
+            /* What finds the message on the server again without APPENDUID
+             * or after a crash: Message-ID, header hash and wire size. */
+            struct lfact *lf = &f->ulf[i];
             struct md_msg *lm = md_scan_find(f->scan, pu->lid);
-            if (lm != NULL) {
-                int fd = md_open_msg(f->md, lm);
-                if (fd >= 0) {
-                    char *id = file_message_id(fd);
-                    msgid_hash(id, m->msgid_hash);
-                    free(id);
-                    close(fd);
+            int fd = lm != NULL ? md_open_msg(f->md, lm) : -ENOENT;
+            if (fd >= 0) {
+                if (file_header(fd, &lf->msgid, lf->hh, &lf->have_hh) == 0 &&
+                    wire_size(fd, &lf->wire) == 0) {
+                    lf->have_wire = true;
                 }
+                close(fd);
+            }
+            m->size = lf->wire;
+            if (lf->msgid != NULL) {
+                msgid_hash(lf->msgid, m->msgid_hash);
+            } else if (lf->have_hh) {
+                memcpy(m->msgid_hash, lf->hh, sizeof(m->msgid_hash));
             }
         }
         struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = p->nuploads};
@@ -2063,6 +2193,169 @@ static void start_uploads(struct engine *e)
         }
     }
     phase_cmd_done(e);
+}
+
+/* ---- uploads without APPENDUID ----------------------------------------------------------------
+ */
+
+static bool claimed_uid(const struct fstate *f, uint32_t uid)
+{
+    for (size_t i = 0; i < f->nul_done; i++) {
+        if (f->ul_done[i].uid == uid) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void on_ulres_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
+{
+    struct engine *e = arg;
+    struct fstate *f = e->f;
+    /* "UID n:*" also answers the last message below n: not ours. */
+    if (f == NULL || m->uid < f->ul_first || !(m->have & IMAP_FETCH_SIZE) ||
+        claimed_uid(f, m->uid)) {
+        return;
+    }
+    xgrow(&f->ul_srv, &f->ul_srv_cap, f->nul_srv + 1, sizeof(*f->ul_srv));
+    struct smsg *s = &f->ul_srv[f->nul_srv++];
+    memset(s, 0, sizeof(*s));
+    s->uid = m->uid;
+    s->size = m->size;
+    s->msgid = m->message_id != NULL ? xstrdup(m->message_id) : NULL;
+}
+
+static const struct imap_fetch_cb ulres_cb = {.on_message = on_ulres_msg, .done = on_fetch_done};
+
+static int smsg_uid_cmp(const void *a, const void *b)
+{
+    uint32_t x = ((const struct smsg *)a)->uid, y = ((const struct smsg *)b)->uid;
+    return x < y ? -1 : x > y;
+}
+
+static void on_ulhdr_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
+{
+    struct engine *e = arg;
+    struct fstate *f = e->f;
+    if (f == NULL || m->uid == 0 || m->header == NULL) {
+        return;
+    }
+    struct smsg key = {.uid = m->uid};
+    struct smsg *s = bsearch(&key, f->ul_srv, f->nul_srv, sizeof(*f->ul_srv), smsg_uid_cmp);
+    if (s != NULL) {
+        header_hash(m->header, m->header_len, s->hh);
+        s->have_hh = true;
+    }
+}
+
+static const struct imap_fetch_cb ulhdr_cb = {.on_message = on_ulhdr_msg, .done = on_fetch_done};
+
+/* Some APPENDs came back without APPENDUID (the server lacks UIDPLUS):
+ * list the UIDs the APPENDs can have (from the UIDNEXT seen at SELECT on)
+ * with Message-ID and size, in one command, to record them in this run. */
+static void ul_resolve_fetch(struct engine *e)
+{
+    struct fstate *f = e->f;
+    f->phase = FP_UL_FETCH;
+    f->pending = 1;
+    uint32_t first = f->mb.uidnext;
+    if (first == 0) {
+        /* No UIDNEXT from SELECT: everything after the UIDs known here. */
+        first = 1;
+        for (size_t i = 0; i < f->nbase; i++) {
+            first = f->base[i].uid >= first ? f->base[i].uid + 1 : first;
+        }
+        for (size_t i = 0; i < f->nsmsgs; i++) {
+            first = f->smsgs[i].uid >= first ? f->smsgs[i].uid + 1 : first;
+        }
+    }
+    f->ul_first = first;
+    char set[32];
+    snprintf(set, sizeof(set), "%u:*", (unsigned)first);
+    f->pending++;
+    if (imap_uid_fetch(e->im, set, IMAP_FETCH_SIZE | IMAP_FETCH_MESSAGE_ID, 0, false, &ulres_cb,
+                       e) < 0) {
+        f->pending--;
+    }
+    phase_cmd_done(e);
+}
+
+/* Pairs the answered APPENDs with the new UIDs by Message-ID and size, and
+ * fetches the header blocks that must decide the rest. */
+static void ul_resolve_headers(struct engine *e)
+{
+    struct fstate *f = e->f;
+    f->phase = FP_UL_HEADERS;
+    f->pending = 1;
+    if (f->nul_srv > 1) {
+        qsort(f->ul_srv, f->nul_srv, sizeof(*f->ul_srv), smsg_uid_cmp);
+    }
+    f->ul_ms = xcalloc(f->nul_srv + 1, sizeof(*f->ul_ms));
+    for (size_t i = 0; i < f->nul_srv; i++) {
+        f->ul_ms[i] = (struct plan_match){
+            .msgid = f->ul_srv[i].msgid, .size = f->ul_srv[i].size, .ix = i, .pair = -1};
+    }
+    f->ul_nms = f->nul_srv;
+    f->ul_ml = xcalloc(f->nul_pend + 1, sizeof(*f->ul_ml));
+    for (size_t k = 0; k < f->nul_pend; k++) {
+        const struct lfact *lf = &f->ulf[f->ul_pend_ix[k]];
+        f->ul_ml[k] = (struct plan_match){.msgid = lf->msgid,
+                                          .size = f->ul_pend[k].size,
+                                          .hh = lf->have_hh ? lf->hh : NULL,
+                                          .ix = k,
+                                          .pair = -1};
+    }
+    f->ul_nml = f->nul_pend;
+    plan_match_ids(f->ul_ms, f->ul_nms, f->ul_ml, f->ul_nml);
+    uint32_t *uids = xcalloc(f->ul_nms + 1, sizeof(*uids));
+    size_t n = 0;
+    for (size_t i = 0; i < f->ul_nms; i++) {
+        if (f->ul_ms[i].need_hh) {
+            uids[n++] = f->ul_srv[f->ul_ms[i].ix].uid;
+        }
+    }
+    char **sets = NULL;
+    size_t nsets = n > 0 ? imap_uidset_format(uids, n, 0, &sets) : 0;
+    for (size_t k = 0; k < nsets; k++) {
+        f->pending++;
+        if (imap_uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &ulhdr_cb, e) < 0) {
+            f->pending--;
+        }
+        free(sets[k]);
+    }
+    free(sets);
+    free(uids);
+    phase_cmd_done(e);
+}
+
+/* Records the APPENDs whose UID was found; the others keep their intent row
+ * (the next run finds them) and hold the folder state back, so that the
+ * next run lists their UIDs again. */
+static void ul_resolve_finish(struct engine *e)
+{
+    struct fstate *f = e->f;
+    for (size_t i = 0; i < f->ul_nms; i++) {
+        const struct smsg *s = &f->ul_srv[f->ul_ms[i].ix];
+        f->ul_ms[i].hh = s->have_hh ? s->hh : NULL;
+    }
+    plan_match_headers(f->ul_ms, f->ul_nms, f->ul_ml, f->ul_nml);
+    for (size_t k = 0; k < f->ul_nml; k++) {
+        const struct plan_match *m = &f->ul_ml[k];
+        if (m->pair < 0) {
+            f->ul_unresolved++;
+            continue;
+        }
+        struct idx_msg rec = f->ul_pend[m->ix];
+        rec.uid = f->ul_srv[m->pair].uid;
+        rec.state = IDX_MSG_SYNCED;
+        xgrow(&f->ul_done, &f->ul_done_cap, f->nul_done + 1, sizeof(*f->ul_done));
+        f->ul_done[f->nul_done++] = rec;
+    }
+    if (f->ul_unresolved > 0) {
+        log_info("%s: %s: %u uploaded message(s) not found among the new UIDs (the server sends "
+                 "no APPENDUID); the next run looks for them again",
+                 e->acct->name, f->job->name, f->ul_unresolved);
+    }
 }
 
 /* ---- folder: final record ------------------------------------------------------------------ */
@@ -2097,7 +2390,7 @@ static void folder_final(struct engine *e)
             continue;
         }
         uint32_t uid = p->server_deletes[i].uid;
-        if (e->acct->on_local_delete == CFG_LOCAL_DELETE_FLAG || f->ul_no_uid) {
+        if (f->sdel_flag_mode) {
             /* Flag mode: keep the record, marked \Deleted, so the message
              * left on the server is not fetched again. */
             for (size_t k = 0; k < f->nbase; k++) {
@@ -2124,7 +2417,7 @@ static void folder_final(struct engine *e)
      * failed step is retried from the same HIGHESTMODSEQ. */
     struct idx_folder st = f->st;
     bool complete = !f->failed && p->error == NULL && f->ul_next >= p->nuploads &&
-                    fcounts(e)->new_down == p->ndownloads;
+                    f->ul_unresolved == 0 && fcounts(e)->new_down == p->ndownloads;
     struct idx_folder *stp = NULL;
     if (complete && f->selected) {
         st.uidvalidity = f->mb.uidvalidity;
@@ -2282,6 +2575,7 @@ static void folder_advance(struct engine *e)
             folder_end(e);
             return;
         }
+        intents_finish(e);
         recover_intents(e);
         return;
     case FP_RECOVER:
@@ -2309,6 +2603,19 @@ static void folder_advance(struct engine *e)
         start_uploads(e);
         return;
     case FP_UPLOAD:
+        if (f->nul_pend > 0) {
+            ul_resolve_fetch(e);
+            return;
+        }
+        folder_end(e);
+        return;
+    case FP_UL_FETCH:
+        ul_resolve_headers(e);
+        return;
+    case FP_UL_HEADERS:
+        ul_resolve_finish(e);
+        folder_end(e);
+        return;
     case FP_DONE:
         folder_end(e);
         return;

@@ -1165,10 +1165,24 @@ static int add_uid(struct imap *im, struct imap_cmd *c, uint32_t uid)
 
 static void handle_search(struct imap *im, const struct imap_response *r)
 {
-    struct imap_cmd *c = imap_cmd_inflight_kind(im, IMAP_CMD_SEARCH);
+    /* A plain SEARCH answer carries no tag. Every SEARCH gets exactly one,
+     * and a server runs such commands in order (RFC 3501 section 5.5), but
+     * it may send several answers before the first tagged OK: each belongs
+     * to the oldest SEARCH in flight that has none yet. */
+    struct imap_cmd *c = NULL;
+    for (struct imap_cmd *x = im->inflight; x != NULL; x = x->next) {
+        if (x->kind == IMAP_CMD_SEARCH && !x->search_seen) {
+            c = x;
+            break;
+        }
+    }
+    if (c == NULL) {
+        c = imap_cmd_inflight_kind(im, IMAP_CMD_SEARCH);
+    }
     if (c == NULL) {
         return;
     }
+    c->search_seen = true;
     for (size_t i = 1; i < r->nargs; i++) {
         uint32_t uid;
         if (r->args[i].type == IMAP_ARG_LIST) {

@@ -104,6 +104,7 @@ struct imap_cmd {
     size_t nfolders, cap_folders;
     uint32_t *uids;
     size_t nuids, cap_uids;
+    bool search_seen; /* its untagged SEARCH arrived (pipelined SEARCHes) */
     uint32_t copy_uidvalidity;
     struct sbuf copy_src, copy_dst;
     bool move_not_expunged;

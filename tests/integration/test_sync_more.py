@@ -256,5 +256,64 @@ class UidvalidityFallback(UidvalidityScenarios, mstest.DovecotTestCase):
     dovecot_options = {"imap_capability": FALLBACK_CAPS}
 
 
+# ---- APPEND without UIDPLUS -------------------------------------------------------
+
+
+class NoUidplus(SyncHelpers, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": NO_UIDPLUS_CAPS}
+
+    def test_appended_messages_recorded_in_the_same_run(self):
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(3, seed=31, max_size=5000))
+        cfg = self.config()
+        self.sync(cfg)
+        with_id = mstest.crlf_to_lf(simple(b"with id", b"one\r\n", msgid=b"<one@example.org>"))
+        local = [
+            (with_id, "1700000010.M1P1.h", ""),
+            (with_id, "1700000011.M1P1.h", ""),  # a copy: a second message
+            (mstest.crlf_to_lf(simple(b"no id A", b"same\r\n")), "1700000012.M1P1.h", "S"),
+            (mstest.crlf_to_lf(simple(b"no id B", b"same\r\n")), "1700000013.M1P1.h", "F"),
+            (mstest.crlf_to_lf(simple(b"dup A", b"same\r\n", msgid=b"<dup@x>")),
+             "1700000014.M1P1.h", "R"),
+            (mstest.crlf_to_lf(simple(b"dup B", b"same\r\n", msgid=b"<dup@x>")),
+             "1700000015.M1P1.h", ""),
+        ]
+        for data, unique, fl in local:
+            self.deliver_local("INBOX", data, unique)
+            if fl:
+                self.set_local_flags("INBOX", unique, fl)
+        p = self.sync(cfg, trace=True)
+        self.assertIn("\u2191 6 new", p.stdout)
+        self.assertNotIn("UID SEARCH", p.stderr)
+        # One listing of the new UIDs, then header blocks only for the
+        # messages a Message-ID cannot tell apart (all but none: the copies
+        # share one, two have none, two share one).
+        self.assertEqual(len(re.findall(r"C: \S+ UID FETCH 4:\* \(UID RFC822\.SIZE "
+                                        r"BODY\.PEEK\[HEADER\.FIELDS \(MESSAGE-ID\)\]\)",
+                                        p.stderr)), 1, p.stderr[-3000:])
+        self.assertEqual(re.findall(r"C: \S+ UID FETCH (\S+) \(UID BODY\.PEEK\[HEADER\]\)",
+                                    p.stderr), ["4:9"])
+        self.assert_same()
+        self.assert_no_duplicates_except(with_id, 2)
+        # Everything was recorded: later runs neither append, nor search,
+        # nor adopt anything.
+        for _ in range(2):
+            p = self.sync(cfg, trace=True)
+            self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                          p.stdout)
+            self.assertNotIn("adopted", p.stdout)
+            self.assertNotIn("APPEND", p.stderr)
+            self.assertNotIn("UID SEARCH", p.stderr)
+        self.assertEqual(len(self.server()), 9)
+        self.assertEqual(len(self.local()), 9)
+        self.assert_same()
+
+    def assert_no_duplicates_except(self, data, count):
+        srv = collections.Counter(mstest.crlf_to_lf(b) for _u, _f, b in self.server())
+        loc = collections.Counter(b for _u, _f, b in self.local())
+        self.assertEqual(srv, loc)
+        for b, n in srv.items():
+            self.assertEqual(n, count if b == data else 1, b[:60])
+
+
 if __name__ == "__main__":
     mstest.main()

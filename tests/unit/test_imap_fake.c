@@ -249,6 +249,16 @@ static void fake_line(struct fake *f, char *line)
         f->idle_seen = true;
         snprintf(f->idle_tag, sizeof(f->idle_tag), "%s", tag);
         fake_send(f, "+ idling\r\n* 3 EXISTS\r\n");
+    } else if (strncmp(cmd, "UID SEARCH ", 11) == 0) {
+        /* Hold the first answer: both untagged results then come before
+         * both tagged OKs, as Dovecot sends them for pipelined searches. */
+        snprintf(f->pending[f->npending++], sizeof(f->pending[0]), "%s", tag);
+        if (f->npending == 2) {
+            snprintf(resp, sizeof(resp), "* SEARCH 1\r\n* SEARCH 2 3\r\n%s OK s\r\n%s OK s\r\n",
+                     f->pending[0], f->pending[1]);
+            f->npending = 0;
+            fake_send(f, resp);
+        }
     } else if (strncmp(cmd, "UID FETCH ", 10) == 0) {
         /* Message-ID and header sections: one folded Message-ID, one
          * message without any, and a header that the server sends as NIL. */
@@ -531,6 +541,41 @@ static void test_fetch_message_id_and_header(void **state)
     fake_close_all(&f);
 }
 
+struct search_seen {
+    struct fake *f;
+    size_t n;
+    uint32_t uids[4];
+};
+
+static void on_search(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct search_seen *ss = arg;
+    ss->n = res->nuids;
+    for (size_t i = 0; i < res->nuids && i < 4; i++) {
+        ss->uids[i] = res->uids[i];
+    }
+    on_done(im, res, ss->f);
+}
+
+static void test_pipelined_searches_keep_their_results(void **state)
+{
+    struct fake f;
+    int port = fake_start(&f);
+    connect_client(&f, port, 0);
+    struct search_seen a = {.f = &f}, b = {.f = &f};
+    assert_int_equal(imap_uid_search(f.im, "HEADER Message-ID \"<a@x>\"", on_search, &a), 0);
+    assert_int_equal(imap_uid_search(f.im, "HEADER Message-ID \"<b@x>\"", on_search, &b), 0);
+    run_until(&f, NULL, &f.done_count, 2);
+    assert_int_equal(f.ok_count, 2);
+    assert_int_equal(a.n, 1);
+    assert_int_equal(a.uids[0], 1);
+    assert_int_equal(b.n, 2);
+    assert_int_equal(b.uids[0], 2);
+    assert_int_equal(b.uids[1], 3);
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
 static void test_connection_refused(void **state)
 {
     struct fake f;
@@ -568,6 +613,7 @@ int main(void)
         cmocka_unit_test(test_command_queued_behind_idle),
         cmocka_unit_test(test_free_inside_callback),
         cmocka_unit_test(test_fetch_message_id_and_header),
+        cmocka_unit_test(test_pipelined_searches_keep_their_results),
         cmocka_unit_test(test_connection_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
