@@ -73,11 +73,13 @@ static void close_handle(struct secret_req *req, uv_handle_t *h)
 static void secret_release(struct secret_req *req)
 {
     req->finished = true;
-    if (req->spawned && !req->exited) {
-        uv_process_kill(&req->proc, SIGKILL);
-    }
     close_handle(req, (uv_handle_t *)&req->timer);
-    if (req->spawned || req->spawn_err != 0) {
+    if (req->spawned && !req->exited) {
+        /* libuv reaps a child only while its handle is open: closing it now
+         * would leave a zombie. The handle is closed from on_exit_cb once
+         * the killed command has been reaped. */
+        uv_process_kill(&req->proc, SIGKILL);
+    } else if (req->spawned || req->spawn_err != 0) {
         close_handle(req, (uv_handle_t *)&req->proc);
     }
     if (req->out_open) {
@@ -261,6 +263,12 @@ static void on_exit_cb(uv_process_t *p, int64_t exit_status, int term_signal)
 {
     struct secret_req *req = p->data;
     req->exited = true;
+    if (req->finished) {
+        /* Killed after the request ended (cancelled or decided without
+         * waiting): now reaped, the handle can go. */
+        close_handle(req, (uv_handle_t *)&req->proc);
+        return;
+    }
     req->exit_status = exit_status;
     req->term_signal = req->timed_out ? 0 : term_signal;
     if (req->timed_out) {

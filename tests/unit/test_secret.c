@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <uv.h>
 
 struct outcome {
@@ -151,6 +152,11 @@ static void test_cancel(void **state)
     assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(o.calls, 0);
     assert_int_equal(uv_loop_close(&loop), 0);
+    /* The killed command was reaped: no zombie (nor any other child) is
+     * left behind. */
+    errno = 0;
+    assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
+    assert_int_equal(errno, ECHILD);
 }
 
 static void test_nothing_given(void **state)
