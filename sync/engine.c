@@ -40,6 +40,8 @@
 #define DL_UIDS_PER_CMD 50
 #define DL_BATCH_MSGS 64
 #define DL_BATCH_BYTES (16u * 1024 * 1024)
+/* How long the end of a run waits for the server's answer to LOGOUT. */
+#define LOGOUT_TIMEOUT_MS 5000
 /* APPENDs in flight at once (each holds an open file). */
 #define UL_WINDOW 8
 /* Bytes of a local file's header block read at most (for its Message-ID
@@ -2705,6 +2707,22 @@ static void on_list_folder(struct imap *im, const struct imap_folder *fo, void *
 
 static void on_create_done(struct imap *im, const struct imap_result *res, void *arg);
 
+static void on_logout_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct engine *e = arg;
+    if (res->err < 0 && res->err != IMAP_EBYE) {
+        log_debug("%s: LOGOUT: %s", e->acct->name, res->text != NULL ? res->text : "failed");
+    }
+    finish(e);
+}
+
+static void on_logout_timeout(uv_timer_t *t)
+{
+    struct engine *e = t->data;
+    log_debug("%s: no answer to LOGOUT; closing the connection", e->acct->name);
+    finish(e);
+}
+
 static void next_folder(struct engine *e)
 {
     if (e->finished) {
@@ -2765,11 +2783,14 @@ static void next_folder(struct engine *e)
             }
         }
     }
-    /* All folders done. */
-    if (e->im != NULL && !e->conn_dead) {
+    /* All folders done: log out cleanly (the server sees a LOGOUT, not a
+     * dropped connection), but do not wait long for its BYE. */
+    if (e->im != NULL && !e->conn_dead && !e->logged_out) {
         e->logged_out = true;
-        finish(e);
-        return;
+        if (imap_logout(e->im, on_logout_done, e) == 0) {
+            uv_timer_start(&e->timer, on_logout_timeout, LOGOUT_TIMEOUT_MS, 0);
+            return;
+        }
     }
     finish(e);
 }

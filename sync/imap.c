@@ -1022,8 +1022,12 @@ static void on_net_error(struct net_conn *c, int err, const char *msg, void *arg
 {
     struct imap *im = arg;
     enter(im);
-    if (im->state == IMAP_STATE_LOGOUT && (im->got_bye || err == NET_ECLOSED)) {
-        /* The server closed after LOGOUT: that is the expected end. */
+    if (im->state == IMAP_STATE_LOGOUT &&
+        (im->got_bye || err == NET_ECLOSED || err == NET_ECOMPRESS)) {
+        /* The server closed after LOGOUT: that is the expected end. Under
+         * COMPRESS it ends its deflate stream first, and the transport
+         * reports that as an error (possibly before handing over the BYE
+         * that came in the same final block). */
         net_close(im->net);
         im->net = NULL;
         imap_cmd_logout_closed(im);

@@ -315,5 +315,101 @@ class NoUidplus(SyncHelpers, mstest.DovecotTestCase):
             self.assertEqual(n, count if b == data else 1, b[:60])
 
 
+# ---- LOGOUT and 50 MB messages ----------------------------------------------------
+
+BIG = 50 * 1024 * 1024
+RSS_LIMIT_KB = 40 * 1024
+
+
+def big_message(seed, subject):
+    """About 50 MB: a text part and a base64 attachment of random bytes."""
+    import base64
+    import random
+    raw = random.Random(seed).randbytes(BIG * 3 // 4 - 4096)
+    b64 = base64.b64encode(raw)
+    lines = b"\r\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
+    return (b"From: big@example.org\r\nTo: b@example.org\r\nSubject: " + subject + b"\r\n"
+            b"Date: Mon, 2 Jan 2023 10:00:00 +0000\r\nMessage-ID: <" + subject + b"@big>\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+            b"--b\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n"
+            b"--b\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + lines + b"\r\n--b--\r\n")
+
+
+def under_asan(binary):
+    """AddressSanitizer multiplies memory use: peak RSS means nothing then."""
+    with open(binary, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+class SessionEnd(SyncHelpers, mstest.DovecotTestCase):
+
+    def run_measured(self, cfg, *args):
+        """Runs mailsync under /usr/bin/time, returning (returncode, stdout,
+        stderr, peak RSS in kB or None). Not os.wait4: a child forked from
+        this test (which holds 50 MB messages) inherits its high-water mark
+        across exec, so only a small parent such as time(1) measures right."""
+        binary = mstest.mailsync_bin()
+        rss_path = os.path.join(self.tmp, "rss.txt")
+        timer = ["/usr/bin/time", "-f", "%M", "-o", rss_path] if os.access(
+            "/usr/bin/time", os.X_OK) else []
+        p = subprocess.run(timer + [binary, "--config", cfg] + list(args), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=600)
+        rss = None
+        if timer:
+            with open(rss_path) as f:
+                rss = int(f.read().split()[-1])
+        return p.returncode, p.stdout, p.stderr, rss
+
+    def test_logout_at_the_end(self):
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(3, seed=41, max_size=4000))
+        cfg = self.config()
+        p = self.sync(cfg, trace=True)
+        self.assertRegex(p.stderr, r"C: \S+ LOGOUT")
+        self.assertIn("logout -> closed", p.stderr)
+        self.assertNotIn("logout -> failed", p.stderr)
+        log = [ln for ln in self.dovecot.log().splitlines() if "imap(%s)" % self.user in ln]
+        self.assertTrue(any("Logged out" in ln for ln in log), log)
+        self.assertFalse(any("Connection closed" in ln for ln in log), log)
+
+    def test_50mb_messages_both_ways(self):
+        binary = mstest.mailsync_bin()
+        if binary is None:
+            raise unittest.SkipTest("no mailsync binary")
+        check_rss = not under_asan(binary)
+        down = big_message(51, b"down")
+        self.assertGreaterEqual(len(down), BIG - 8192)
+        self.dovecot.save(self.user, "INBOX", down, "\\Seen")
+        cfg = self.config()
+        rc, out, err, rss = self.run_measured(cfg, "sync", "a")
+        self.assertEqual(rc, 0, out + err[-3000:])
+        self.assertIn("\u2193 1 new", out)
+        loc = self.local()
+        self.assertEqual(len(loc), 1)
+        self.assertEqual(loc[0][1], "S")
+        self.assertTrue(loc[0][2] == mstest.crlf_to_lf(down), "downloaded bytes differ")
+        if check_rss and rss is not None:
+            self.assertLess(rss, RSS_LIMIT_KB, "peak RSS %d kB downloading 50 MB" % rss)
+            print("(peak RSS downloading 50 MB: %d kB)" % rss)
+        del loc
+
+        up = mstest.crlf_to_lf(big_message(52, b"up"))
+        self.deliver_local("INBOX", up, "1700000100.M1P1.big")
+        rc, out, err, rss = self.run_measured(cfg, "sync", "a")
+        self.assertEqual(rc, 0, out + err[-3000:])
+        self.assertIn("\u2191 1 new", out)
+        srv = {mstest.crlf_to_lf(b) for _u, _f, b in self.server()}
+        self.assertEqual(len(srv), 2)
+        self.assertIn(up, srv, "uploaded bytes differ")
+        if check_rss and rss is not None:
+            self.assertLess(rss, RSS_LIMIT_KB, "peak RSS %d kB uploading 50 MB" % rss)
+            print("(peak RSS uploading 50 MB: %d kB)" % rss)
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+        if not check_rss:
+            print("(peak RSS not checked: this mailsync is built with AddressSanitizer)")
+
+
 if __name__ == "__main__":
     mstest.main()
