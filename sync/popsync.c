@@ -86,6 +86,11 @@ struct smsg {
     bool deleted_locally;
     bool dele;    /* DELE sent and answered +OK */
     bool replace; /* a reused UIDL: the new message replaces the record */
+    bool fetched; /* downloaded and stored in this run */
+    /* A DELE policy applies to a message not downloaded in this run whose
+     * record has a header hash: TOP must confirm it is that message. */
+    bool verify;
+    bool verified; /* TOP's header hash matched the record's */
 };
 
 /* A record loaded from the index. */
@@ -976,6 +981,37 @@ static bool scan_has(const struct popsync *ps, const char *lid)
     return lid[0] != '\0' && ps->scan != NULL && md_scan_find(ps->scan, lid) != NULL;
 }
 
+static bool hash_is_zero(const uint8_t *h)
+{
+    for (int k = 0; k < 16; k++) {
+        if (h[k] != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Whether a DELE policy could delete the message of this record in this
+ * run without downloading it (wants_dele decides for good). */
+static bool policy_may_dele(const struct popsync *ps, const struct idx_pop *p)
+{
+    const struct cfg_pop *pc = &ps->acct->pop;
+    bool delivered =
+        (p->flags & IDX_POP_DELIVERED) != 0 || (rec_is_intent(p) && scan_has(ps, p->lid));
+    if (!delivered || (p->flags & IDX_POP_DELETED_ON_SERVER)) {
+        return false;
+    }
+    if (!pc->keep_on_server) {
+        return true;
+    }
+    if (pc->delete_after_days >= 0 &&
+        p->first_seen + (int64_t)pc->delete_after_days * 86400 <= (int64_t)ps->now) {
+        return true;
+    }
+    return pc->delete_when_deleted_locally &&
+           ((p->flags & IDX_POP_DELETED_LOCALLY) || !scan_has(ps, p->lid));
+}
+
 /* First pass after the listing: match UIDLs to records and decide which
  * messages need TOP. */
 static void plan_tops(struct popsync *ps)
@@ -1004,6 +1040,13 @@ static void plan_tops(struct popsync *ps)
             /* A known UIDL with another size: maybe a reused UIDL. */
             if (!rec_is_intent(p) && m->has_size && p->size != 0 && p->size != m->size) {
                 m->need_top = true;
+            }
+            /* A UIDL reused with the same size is only caught by its
+             * headers: a message is never deleted on the strength of its
+             * UIDL alone when the record says what its headers were. */
+            if (!hash_is_zero(p->header_hash) && policy_may_dele(ps, p)) {
+                m->need_top = true;
+                m->verify = true;
             }
             continue;
         }
@@ -1152,8 +1195,32 @@ static void plan(struct popsync *ps)
             (ps->recs[m->rec].p.flags & (IDX_POP_SKIPPED | IDX_POP_DELIVERED)) == IDX_POP_SKIPPED) {
             m->rec = -1;
         }
+        if (m->rec >= 0 && (ps->recs[m->rec].p.flags & IDX_POP_DELETED_ON_SERVER)) {
+            /* Deleted on the server by an earlier run (QUIT said +OK), yet
+             * listed again: the server reused the UIDL for a new message. */
+            log_info("%s: UIDL %s was deleted on the server and is listed again: downloading the "
+                     "new message",
+                     ps->name, m->uidl);
+            m->download = true;
+            m->replace = true;
+            continue;
+        }
         if (m->rec >= 0) {
             struct idx_pop *p = &ps->recs[m->rec].p;
+            bool hash_known =
+                m->need_top && m->hh_valid && !ps->no_uidl && !hash_is_zero(p->header_hash);
+            if (hash_known && memcmp(p->header_hash, m->hh, 16) != 0) {
+                /* The server reused the UIDL for a different message. An
+                 * intent's file, if any, is the old message: it stays. */
+                log_info("%s: UIDL %s now names a different message (size %llu, was %llu): "
+                         "downloading it",
+                         ps->name, m->uidl, (unsigned long long)m->size,
+                         (unsigned long long)p->size);
+                m->download = true;
+                m->replace = true;
+                continue;
+            }
+            m->verified = hash_known;
             if (rec_is_intent(p)) {
                 if (scan_has(ps, p->lid)) {
                     /* Delivered before a crash, not yet recorded: adopt. */
@@ -1171,20 +1238,6 @@ static void plan(struct popsync *ps)
                 continue;
             }
             if (m->need_top && m->hh_valid && !ps->no_uidl) {
-                bool zero = true;
-                for (int k = 0; k < 16; k++) {
-                    zero = zero && p->header_hash[k] == 0;
-                }
-                if (!zero && memcmp(p->header_hash, m->hh, 16) != 0) {
-                    /* The server reused the UIDL for a different message. */
-                    log_info("%s: UIDL %s now names a different message (size %llu, was %llu): "
-                             "downloading it",
-                             ps->name, m->uidl, (unsigned long long)m->size,
-                             (unsigned long long)p->size);
-                    m->download = true;
-                    m->replace = true;
-                    continue;
-                }
                 struct idx_pop np = *p;
                 np.size = m->size;
                 add_put(ps, &np);
@@ -1564,6 +1617,7 @@ static void commit_after(struct popsync *ps)
         struct dl *d = ps->commit.v[i];
         if (d->committed) {
             d->m->stored = true;
+            d->m->fetched = true;
             d->m->first_seen = ps->now;
             ps->res.downloaded++;
             ps->res.bytes += d->bytes;
@@ -1622,7 +1676,7 @@ static void on_dele(struct pop3 *p, const struct pop3_status *st, void *arg)
     }
 }
 
-static bool wants_dele(struct popsync *ps, const struct smsg *m)
+static bool policy_wants_dele(struct popsync *ps, const struct smsg *m)
 {
     const struct cfg_pop *pc = &ps->acct->pop;
     if (!m->stored) {
@@ -1636,6 +1690,21 @@ static bool wants_dele(struct popsync *ps, const struct smsg *m)
         return true;
     }
     return m->deleted_locally && pc->delete_when_deleted_locally;
+}
+
+static bool wants_dele(struct popsync *ps, const struct smsg *m)
+{
+    if (!policy_wants_dele(ps, m)) {
+        return false;
+    }
+    if (!m->fetched && m->verify && !m->verified) {
+        /* TOP failed: it cannot be told from a new message under a reused
+         * UIDL, and deleting a message that was never downloaded loses it. */
+        log_warnx("%s: not deleting message %u (%s): its headers could not be checked", ps->name,
+                  m->msgno, m->uidl);
+        return false;
+    }
+    return true;
 }
 
 static void send_deles(struct popsync *ps)

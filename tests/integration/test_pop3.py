@@ -468,6 +468,67 @@ class FakePopTests(unittest.TestCase):
             p = popcli(cfg)
             self.assertEqual(p.stats["downloaded"], 0)
 
+    def test_reused_uidl_same_size_is_downloaded_before_dele(self):
+        def msg(subj):
+            return (b"From: a@example.com\r\nTo: b@example.com\r\nSubject: " + subj +
+                    b"\r\nMessage-ID: <" + subj + b"@x>\r\n\r\nbody body\r\n")
+        a, c = msg(b"AAAA"), msg(b"CCCC")
+        self.assertEqual(len(a), len(c))
+        for policy in ({"keep_on_server": False},):
+            with self.subTest(policy=policy), FakePop([a], uidls=["one"]) as srv:
+                shutil.rmtree(self.tmp, True)
+                os.makedirs(self.tmp)
+                cfg = self.config(srv, pop=policy)
+                p = popcli(cfg)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertEqual(p.stats["downloaded"], 1)
+                self.assertEqual(srv.messages, [])
+                # The server hands "one" to a new message of the same size.
+                srv.messages = [c]
+                srv.uidls = ["one"]
+                del srv.commands[:]
+                p = popcli(cfg)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                self.assertEqual(p.stats["downloaded"], 1)
+                self.assertEqual(local_bodies(self.maildir),
+                                 collections.Counter(wire_to_local(m) for m in (a, c)))
+                acts = [x for x in srv.commands if x.startswith(("RETR", "DELE"))]
+                self.assertEqual(acts, ["RETR 1", "DELE 1"])
+                self.assertEqual(srv.messages, [])
+
+    def test_policy_dele_checks_headers_of_known_message(self):
+        # A delivered message still listed under its UIDL, but the server
+        # now serves other headers (same size) under it: a DELE policy must
+        # not delete what was never downloaded.
+        def msg(subj):
+            return (b"From: a@example.com\r\nTo: b@example.com\r\nSubject: " + subj +
+                    b"\r\nMessage-ID: <" + subj + b"@x>\r\n\r\nbody body\r\n")
+        a, c = msg(b"AAAA"), msg(b"CCCC")
+        with FakePop([a], uidls=["one"]) as srv:
+            now = int(time.time())
+            cfg = self.config(srv, pop={"delete_after_days": 3})
+            p = popcli(cfg, env={"MAILSYNC_NOW": str(now)})
+            self.assertEqual(p.stats["downloaded"], 1, p.stderr)
+            self.assertEqual(len(srv.messages), 1)
+            srv.messages = [c]
+            del srv.commands[:]
+            p = popcli(cfg, env={"MAILSYNC_NOW": str(now + 4 * 86400)})
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stats["downloaded"], 1)
+            self.assertIn("TOP 1 0", srv.commands)
+            self.assertEqual(local_bodies(self.maildir),
+                             collections.Counter(wire_to_local(m) for m in (a, c)))
+            # C was downloaded in this run (first seen now): kept for 3 days.
+            self.assertEqual(srv.messages, [c])
+            # The same message, verified by TOP, is deleted when due.
+            del srv.commands[:]
+            p = popcli(cfg, env={"MAILSYNC_NOW": str(now + 8 * 86400)})
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stats["downloaded"], 0)
+            self.assertEqual(p.stats["deleted_on_server"], 1)
+            self.assertIn("TOP 1 0", srv.commands)
+            self.assertEqual(srv.messages, [])
+
     def test_renumbered_uidls_are_not_downloaded_again(self):
         msgs = self.msgs(4, 5)
         with FakePop(msgs, uidls=["a1", "a2", "a3", "a4"]) as srv:
