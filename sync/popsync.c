@@ -177,6 +177,7 @@ struct popsync {
     unsigned dl_done;
 
     /* DELE / QUIT. */
+    bool early_commit_done; /* see early_work */
     unsigned deles_pending;
     bool quit_ok;
 
@@ -1745,6 +1746,18 @@ static void on_quit(struct pop3 *p, const struct pop3_status *st, void *arg)
 
 /* ---- final transaction --------------------------------------------------- */
 
+static int put_puts(struct idx_txn *txn, void *arg)
+{
+    struct popsync *ps = arg;
+    for (size_t i = 0; i < ps->nputs; i++) {
+        int r = idx_pop_put(txn, &ps->puts[i]);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return 0;
+}
+
 static int final_fn(struct idx_txn *txn, void *arg)
 {
     struct popsync *ps = arg;
@@ -1820,6 +1833,42 @@ static void final_work(struct popsync *ps)
     if (r < 0) {
         job_fail(ps, r, "%s", idx_error(ps->idx));
     }
+}
+
+/* Before the first DELE: the rows decided so far, adoptions above all,
+ * are made durable (new/ fsynced, then the index), as commit_rows_work does
+ * for downloads. A message adopted after a crash is otherwise deleted on
+ * the server while its DELIVERED row exists only in memory, and a power
+ * loss after QUIT would leave only the intent row, and perhaps no file. */
+static void early_work(struct popsync *ps)
+{
+    if (ps->nputs == 0) {
+        return;
+    }
+    if (ps->res.adopted > 0) {
+        int r = md_folder_sync(ps->folders[0][0]);
+        if (r < 0) {
+            job_fail(ps, r, "%s", md_folder_error(ps->folders[0][0]));
+            return;
+        }
+    }
+    int r = idx_write(ps->idx, put_puts, ps);
+    if (r < 0) {
+        job_fail(ps, r, "%s", idx_error(ps->idx));
+        return;
+    }
+    log_debug("%s: %u adopted message%s recorded before deleting on the server", ps->name,
+              ps->res.adopted, ps->res.adopted == 1 ? "" : "s");
+    /* Durable now; the final transaction need not write them again. */
+    ps->nputs = 0;
+}
+
+static void early_after(struct popsync *ps)
+{
+    if (ps->job_errmsg != NULL) {
+        set_error(ps, local_kind(ps->job_err), "%s", ps->job_errmsg);
+    }
+    advance(ps);
 }
 
 static void final_after(struct popsync *ps)
@@ -1949,6 +1998,11 @@ static void advance(struct popsync *ps)
         issue_retrs(ps);
         if (ps->todo_next < ps->ntodo || ps->retr_inflight > 0 || ps->fill.n > 0 ||
             ps->committing) {
+            return;
+        }
+        if (!ps->early_commit_done && !ps->opts.dry_run && ps->res.adopted > 0) {
+            ps->early_commit_done = true;
+            run_job(ps, early_work, early_after);
             return;
         }
         set_phase(ps, PS_DELETE);

@@ -102,7 +102,13 @@ struct popsync_opts {
     bool force;
     /* Tests only: skip certificate verification. Never from configuration. */
     bool insecure_skip_verify;
+    /* The most messages a UIDL or LIST listing may have; 0 means
+     * POPSYNC_MAX_LISTING. A longer listing fails the run. */
+    unsigned max_listing;
 };
+
+/* The default bound on a listing: what a peer can make the client hold. */
+#define POPSYNC_MAX_LISTING 1000000u
 
 typedef void (*popsync_done_cb)(const struct popsync_result *res, void *arg);
 

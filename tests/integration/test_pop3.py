@@ -529,6 +529,36 @@ class FakePopTests(unittest.TestCase):
             self.assertIn("TOP 1 0", srv.commands)
             self.assertEqual(srv.messages, [])
 
+    def test_adoption_is_durable_before_dele(self):
+        a = (b"From: a@example.com\r\nTo: b@example.com\r\nSubject: AAAA\r\n"
+             b"Message-ID: <AAAA@x>\r\n\r\nbody body\r\n")
+        with FakePop([], uidls=[]) as srv:
+            cfg = self.config(srv, pop={"keep_on_server": False})
+            self.assertEqual(popcli(cfg).returncode, 0)
+            # A crash left the file in new/ and only the intent row.
+            lid = "1700000000.P1Q1.host"
+            with open(os.path.join(inbox(self.maildir), "new", lid), "wb") as f:
+                f.write(wire_to_local(a))
+            srv.messages = [a]
+            srv.uidls = ["one"]
+            p = popcli(cfg, "p", "-vv", "-I", "one=" + lid)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stats["adopted"], 1)
+            self.assertEqual(p.stats["downloaded"], 0)
+            self.assertEqual(p.stats["deleted_on_server"], 1)
+            self.assertEqual(srv.messages, [])
+            self.assertEqual(local_bodies(self.maildir), collections.Counter([wire_to_local(a)]))
+            # The adopted row was fsynced and committed before DELE went out.
+            committed = p.stderr.find("adopted message recorded before deleting")
+            dele = p.stderr.find("C: DELE 1")
+            self.assertGreaterEqual(committed, 0, p.stderr)
+            self.assertGreater(dele, committed, p.stderr)
+            # And it stays recorded: nothing comes back.
+            p = popcli(cfg)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stats["adopted"], 0)
+            self.assertEqual(sum(local_bodies(self.maildir).values()), 1)
+
     def test_renumbered_uidls_are_not_downloaded_again(self):
         msgs = self.msgs(4, 5)
         with FakePop(msgs, uidls=["a1", "a2", "a3", "a4"]) as srv:

@@ -1,10 +1,14 @@
 /* popcli: runs one POP3 account of a configuration file to completion and
  * prints the summary, the way `mailsync sync ACCOUNT` will.
  *
- * Usage: popcli [-n] [-f] [-v|-vv] [-k] CONFIG ACCOUNT
+ * Usage: popcli [-n] [-f] [-v|-vv] [-k] [-I UIDL=LID] CONFIG ACCOUNT
  *   -n  dry run          -v  debug log, -vv protocol trace
  *   -f  force (accept a mass local deletion)
  *   -k  skip certificate verification (tests only)
+ *   -I  before the run, record an intent row (UIDL, Maildir id, no header
+ *       hash), as a crash between an intent and its delivered row leaves
+ *       it: the recovery tests need one without racing a kill -9
+ * POPCLI_MAX_LISTING=N sets popsync_opts.max_listing.
  * MAILSYNC_NOW=unix-seconds overrides the clock (delete_after_days tests).
  *
  * Exit status: 0 ok, 75 transient (try later), 77 credentials refused, 1
@@ -19,7 +23,41 @@
 #include "daemon/config.h"
 #include "daemon/log.h"
 #include "daemon/util.h"
+#include "store/index.h"
 #include "sync/popsync.h"
+
+static const char *intent_arg;
+
+static int put_intent(struct idx_txn *txn, void *arg)
+{
+    struct idx_pop p = {0};
+    const char *eq = strchr(intent_arg, '=');
+    snprintf(p.uidl, sizeof(p.uidl), "%.*s", (int)(eq - intent_arg), intent_arg);
+    snprintf(p.lid, sizeof(p.lid), "%s", eq + 1);
+    p.first_seen = *(const time_t *)arg;
+    return idx_pop_put(txn, &p);
+}
+
+static int make_intent(const struct cfg *cfg, const char *account, time_t now)
+{
+    struct idx *idx;
+    char *err = NULL;
+    if (strchr(intent_arg, '=') == NULL) {
+        fprintf(stderr, "popcli: -I wants UIDL=LID\n");
+        return -1;
+    }
+    if (idx_open(cfg->state_dir, account, &idx, &err) < 0) {
+        fprintf(stderr, "popcli: %s\n", err != NULL ? err : "cannot open the index");
+        free(err);
+        return -1;
+    }
+    int r = idx_write(idx, put_intent, &now);
+    if (r < 0) {
+        fprintf(stderr, "popcli: %s\n", idx_error(idx));
+    }
+    idx_close(idx);
+    return r;
+}
 
 static void on_progress(unsigned done, unsigned total, uint64_t bytes, void *arg)
 {
@@ -63,7 +101,7 @@ int main(int argc, char **argv)
     struct popsync_opts opts = {0};
     int verbose = 0;
     int c;
-    while ((c = getopt(argc, argv, "nfvk")) != -1) {
+    while ((c = getopt(argc, argv, "nfvkI:")) != -1) {
         switch (c) {
         case 'n':
             opts.dry_run = true;
@@ -76,6 +114,9 @@ int main(int argc, char **argv)
             break;
         case 'k':
             opts.insecure_skip_verify = true;
+            break;
+        case 'I':
+            intent_arg = optarg;
             break;
         default:
             fprintf(stderr, "usage: popcli [-n] [-v] [-k] CONFIG ACCOUNT\n");
@@ -92,6 +133,10 @@ int main(int argc, char **argv)
         opts.now = (time_t)strtoll(now, NULL, 10);
     }
     opts.progress = on_progress;
+    const char *maxl = getenv("POPCLI_MAX_LISTING");
+    if (maxl != NULL && *maxl != '\0') {
+        opts.max_listing = (unsigned)strtoul(maxl, NULL, 10);
+    }
 
     struct cfg *cfg;
     char *err = NULL;
@@ -103,6 +148,11 @@ int main(int argc, char **argv)
     const struct cfg_account *acct = cfg_find_account(cfg, argv[optind + 1]);
     if (acct == NULL) {
         fprintf(stderr, "popcli: no account '%s'\n", argv[optind + 1]);
+        cfg_free(cfg);
+        return 1;
+    }
+    if (intent_arg != NULL &&
+        make_intent(cfg, acct->name, opts.now != 0 ? opts.now : time(NULL)) < 0) {
         cfg_free(cfg);
         return 1;
     }
