@@ -163,6 +163,10 @@ struct popsync {
     bool uidl_done, list_done;
     bool no_uidl;
     bool listing_complete;
+    /* A listed message could not be keyed (TOP failed without UIDL, or no
+     * UIDL line for it): its row would look unlisted, so no row is
+     * forgotten in this run. */
+    bool unkeyed;
     unsigned tops_pending;
 
     /* Downloads. */
@@ -1180,6 +1184,12 @@ static void plan(struct popsync *ps)
         key_from_hash(ps);
     }
     ps->res.listed = (unsigned)ps->nmsgs;
+    for (size_t i = 0; i < ps->nmsgs && !ps->unkeyed; i++) {
+        ps->unkeyed = ps->msgs[i].uidl[0] == '\0';
+    }
+    if (ps->unkeyed) {
+        log_debug("%s: a listed message has no key in this run: forgetting no record", ps->name);
+    }
     mark_duplicates(ps);
     if (!local_deletions_plausible(ps)) {
         return;
@@ -1762,7 +1772,7 @@ static int final_fn(struct idx_txn *txn, void *arg)
 {
     struct popsync *ps = arg;
     int r;
-    if (ps->listing_complete) {
+    if (ps->listing_complete && !ps->unkeyed) {
         for (size_t i = 0; i < ps->nrecs; i++) {
             if (!ps->recs[i].listed) {
                 r = idx_pop_delete(txn, ps->recs[i].p.uidl);
@@ -1804,7 +1814,7 @@ static bool final_needed(const struct popsync *ps)
     if (ps->nputs > 0) {
         return true;
     }
-    for (size_t i = 0; ps->listing_complete && i < ps->nrecs; i++) {
+    for (size_t i = 0; ps->listing_complete && !ps->unkeyed && i < ps->nrecs; i++) {
         if (!ps->recs[i].listed) {
             return true;
         }

@@ -15,6 +15,7 @@ Options (attributes, changeable between sessions):
                   a server without UIDL ("-ERR" to UIDL, not in CAPA)
     pipelining    advertise PIPELINING (default True)
     top           support TOP (default True)
+    top_fail      set of message numbers whose TOP answers "-ERR [SYS/TEMP]"
     drop_in_retr  message number: send half of its body, then close
     endless_in_retr  message number: answer "+OK" and then an endless line
                   (endless_bytes bytes without a line ending, then hang)
@@ -164,6 +165,9 @@ class _Handler(socketserver.StreamRequestHandler):
                     self.send(b"-ERR no such message\r\n")
                     continue
                 msg = msgs[n - 1]
+                if word == "TOP" and n in srv.top_fail:
+                    self.send(b"-ERR [SYS/TEMP] try later\r\n")
+                    continue
                 if word == "TOP":
                     head = msg.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
                     self.send(b"+OK\r\n" + dot_stuff(head) + b".\r\n")
@@ -256,6 +260,7 @@ class FakePop:
         self.password = password
         self.sasl = []
         self.top = True
+        self.top_fail = set()
         self.apop = False
         self.stls = False
         self.stls_inject = False

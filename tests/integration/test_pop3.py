@@ -438,6 +438,24 @@ class FakePopTests(unittest.TestCase):
             self.assertEqual(p.stats["downloaded"], 1)
             self.assertEqual(sum(local_bodies(self.maildir).values()), 7)
 
+    def test_no_uidl_failed_top_forgets_nothing(self):
+        msgs = self.msgs(3, 7)
+        with FakePop(msgs, uidls=None) as srv:
+            cfg = self.config(srv)
+            p = popcli(cfg)
+            self.assertEqual(p.stats["downloaded"], 3, p.stderr)
+            # Message 2 cannot be keyed in this run: its row must survive.
+            srv.top_fail = {2}
+            p = popcli(cfg)
+            self.assertEqual(p.stats["downloaded"], 0, p.stderr)
+            self.assertEqual(p.stats["errors"], 1)
+            srv.top_fail = set()
+            p = popcli(cfg)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stats["downloaded"], 0)
+            self.assertEqual(p.stats["known"], 3)
+            self.assertEqual(local_bodies(self.maildir), collections.Counter(wire_to_local(m) for m in msgs))
+
     def test_neither_uidl_nor_top(self):
         with FakePop(self.msgs(3, 16), uidls=None) as srv:
             srv.top = False
