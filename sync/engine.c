@@ -846,7 +846,7 @@ static int folder_prepare(struct engine *e)
      * Maildir -> adopt it; else forget the intent and download again. */
     struct idx_msg *adopt = NULL;
     size_t nadopt = 0, adopt_cap = 0;
-    const char **forget = NULL;
+    char **fl = NULL;
     size_t nforget = 0, forget_cap = 0;
     size_t out = 0;
     for (size_t i = 0; i < f->nbase; i++) {
@@ -858,18 +858,15 @@ static int folder_prepare(struct engine *e)
                 adopt[nadopt++] = *m;
                 f->job->res->counts.adopted++;
             } else {
-                xgrow(&forget, &forget_cap, nforget + 1, sizeof(*forget));
-                forget[nforget++] = m->lid;
+                /* A copy of the name, taken now: the compaction below
+                 * overwrites this entry with the next record's, and
+                 * dropping that name would forget a synced message. */
+                xgrow(&fl, &forget_cap, nforget + 1, sizeof(*fl));
+                fl[nforget++] = xstrdup(m->lid);
                 continue;
             }
         }
         f->base[out++] = *m;
-    }
-    /* forget[] points into base entries that may be overwritten by the
-     * compaction above; copy the names first. */
-    char **fl = xcalloc(nforget + 1, sizeof(*fl));
-    for (size_t i = 0; i < nforget; i++) {
-        fl[i] = xstrdup(forget[i]);
     }
     f->nbase = out;
     if (nadopt > 0 || nforget > 0) {
@@ -884,7 +881,6 @@ static int folder_prepare(struct engine *e)
         free(fl[i]);
     }
     free(fl);
-    free(forget);
     free(adopt);
     if (r < 0) {
         return r;
