@@ -73,6 +73,8 @@ struct smsg {
     bool has_size;
     int rec; /* index into ps->recs, or -1 */
 
+    bool in_uidl; /* seen in the UIDL listing */
+    bool in_list; /* seen in the LIST listing */
     bool need_top;
     bool top_ok;
     uint8_t hh[16];
@@ -157,8 +159,14 @@ struct popsync {
 
     struct rec *recs; /* sorted by uidl */
     size_t nrecs, recs_cap;
-    struct smsg *msgs; /* listing, by message number order */
+    struct smsg *msgs; /* listing, in the order the server sent it */
     size_t nmsgs, msgs_cap;
+    /* Message number -> 1 + index into msgs (0: empty slot), open
+     * addressing, a power of two at most half full: a hostile or odd
+     * numbering costs no more than a dense one. */
+    uint32_t *byno;
+    size_t byno_cap;
+    unsigned max_listing;
     bool prep_done;
     bool uidl_done, list_done;
     bool no_uidl;
@@ -783,26 +791,52 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
 
 /* ---- listing --------------------------------------------------------------- */
 
-static struct smsg *msg_at(struct popsync *ps, unsigned msgno)
+static size_t byno_slot(const struct popsync *ps, unsigned msgno)
 {
-    /* Listings are in message number order; the array is indexed by
-     * msgno - 1 when dense, which it is for every server seen, else search. */
-    if (msgno >= 1 && msgno <= ps->nmsgs && ps->msgs[msgno - 1].msgno == msgno) {
-        return &ps->msgs[msgno - 1];
+    size_t mask = ps->byno_cap - 1;
+    size_t h = ((size_t)msgno * 2654435761u) & mask;
+    while (ps->byno[h] != 0 && ps->msgs[ps->byno[h] - 1].msgno != msgno) {
+        h = (h + 1) & mask;
     }
-    for (size_t i = 0; i < ps->nmsgs; i++) {
-        if (ps->msgs[i].msgno == msgno) {
-            return &ps->msgs[i];
-        }
-    }
-    return NULL;
+    return h;
 }
 
+static struct smsg *msg_at(struct popsync *ps, unsigned msgno)
+{
+    if (ps->byno_cap == 0) {
+        return NULL;
+    }
+    uint32_t e = ps->byno[byno_slot(ps, msgno)];
+    return e != 0 ? &ps->msgs[e - 1] : NULL;
+}
+
+static void byno_grow(struct popsync *ps)
+{
+    free(ps->byno);
+    ps->byno_cap = ps->byno_cap == 0 ? 64 : ps->byno_cap * 2;
+    ps->byno = xcalloc(ps->byno_cap, sizeof(*ps->byno));
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        ps->byno[byno_slot(ps, ps->msgs[i].msgno)] = (uint32_t)(i + 1);
+    }
+}
+
+/* The entry for msgno, new or from the other listing; NULL (and the run
+ * fails) when the listing is longer than the limit. */
 static struct smsg *add_msg(struct popsync *ps, unsigned msgno)
 {
     struct smsg *m = msg_at(ps, msgno);
     if (m != NULL) {
         return m;
+    }
+    if (ps->nmsgs >= ps->max_listing) {
+        set_error(ps, POPSYNC_PERMANENT,
+                  "%s: the server lists more than %u messages, more than mailsync handles in one "
+                  "account; delete some on the server (or with another client) and sync again",
+                  ps->name, ps->max_listing);
+        return NULL;
+    }
+    if ((ps->nmsgs + 1) * 2 > ps->byno_cap) {
+        byno_grow(ps);
     }
     xgrow(&ps->msgs, &ps->msgs_cap, ps->nmsgs + 1, sizeof(*ps->msgs));
     m = &ps->msgs[ps->nmsgs++];
@@ -810,6 +844,30 @@ static struct smsg *add_msg(struct popsync *ps, unsigned msgno)
     m->msgno = msgno;
     m->rec = -1;
     m->ps = ps;
+    ps->byno[byno_slot(ps, msgno)] = (uint32_t)ps->nmsgs;
+    return m;
+}
+
+/* A listing line's message: NULL when the run must stop (over the limit,
+ * or the number listed twice in this listing). A failed run drops the
+ * connection at once, so the rest of a hostile listing is not read. */
+static struct smsg *listed_msg(struct popsync *ps, unsigned msgno, bool uidl)
+{
+    struct smsg *m = add_msg(ps, msgno);
+    if (m != NULL && (uidl ? m->in_uidl : m->in_list)) {
+        set_error(ps, POPSYNC_TRANSIENT, "%s: message %u is listed twice in the %s listing",
+                  ps->name, msgno, uidl ? "UIDL" : "LIST");
+        m = NULL;
+    }
+    if (m == NULL) {
+        advance(ps);
+        return NULL;
+    }
+    if (uidl) {
+        m->in_uidl = true;
+    } else {
+        m->in_list = true;
+    }
     return m;
 }
 
@@ -839,6 +897,9 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
     struct popsync *ps = arg;
     unsigned n;
     const char *rest;
+    if (ps->failed) {
+        return;
+    }
     if (!pop3_parse_listing(line, &n, &rest)) {
         set_error(ps, POPSYNC_TRANSIENT, "%s: malformed UIDL line from the server", ps->name);
         return;
@@ -846,7 +907,10 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
     char u[128];
     size_t ul = strcspn(rest, " \t");
     snprintf(u, sizeof(u), "%.*s", (int)(ul < sizeof(u) - 1 ? ul : sizeof(u) - 1), rest);
-    struct smsg *m = add_msg(ps, n);
+    struct smsg *m = listed_msg(ps, n, true);
+    if (m == NULL) {
+        return;
+    }
     if (uidl_valid(u) && ul < sizeof(u)) {
         memcpy(m->uidl, u, ul + 1);
     } else {
@@ -885,12 +949,18 @@ static void on_list_line(struct pop3 *p, const char *line, size_t len, void *arg
     unsigned n;
     const char *rest;
     char *end;
+    if (ps->failed) {
+        return;
+    }
     if (!pop3_parse_listing(line, &n, &rest)) {
         set_error(ps, POPSYNC_TRANSIENT, "%s: malformed LIST line from the server", ps->name);
         return;
     }
     unsigned long long sz = strtoull(rest, &end, 10);
-    struct smsg *m = add_msg(ps, n);
+    struct smsg *m = listed_msg(ps, n, false);
+    if (m == NULL) {
+        return;
+    }
     if (end != rest) {
         m->size = sz;
         m->has_size = true;
@@ -2073,6 +2143,7 @@ static void free_ps(struct popsync *ps)
     }
     free(ps->recs);
     free(ps->msgs);
+    free(ps->byno);
     free(ps->todo);
     free(ps->puts);
     free(ps->job_errmsg);
@@ -2131,6 +2202,7 @@ int popsync_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_accou
     ps->done_arg = arg;
     ps->name = xasprintf("pop3 %s", acct->name);
     ps->now = ps->opts.now != 0 ? ps->opts.now : time(NULL);
+    ps->max_listing = ps->opts.max_listing != 0 ? ps->opts.max_listing : POPSYNC_MAX_LISTING;
     ps->phase = PS_START;
     *ps_r = ps;
 

@@ -16,6 +16,10 @@ Options (attributes, changeable between sessions):
     pipelining    advertise PIPELINING (default True)
     top           support TOP (default True)
     top_fail      set of message numbers whose TOP answers "-ERR [SYS/TEMP]"
+    synthetic     (count, first, size): UIDL and LIST list count messages
+                  numbered from first, UIDLs "s<number>", each of LIST size
+                  size, instead of the mailbox; there is nothing to RETR
+    dup_list      a message number LIST names a second time
     drop_in_retr  message number: send half of its body, then close
     endless_in_retr  message number: answer "+OK" and then an endless line
                   (endless_bytes bytes without a line ending, then hang)
@@ -147,6 +151,14 @@ class _Handler(socketserver.StreamRequestHandler):
                 self.send(b"-ERR not logged in\r\n")
             elif word == "STAT":
                 self.send(b"+OK %d %d\r\n" % (len(msgs), sum(len(m) for m in msgs)))
+            elif word in ("UIDL", "LIST") and not args and srv.synthetic:
+                count, first, size = srv.synthetic
+                fmt = b"%d s%d\r\n" if word == "UIDL" else b"%d %d\r\n"
+                if word == "UIDL":
+                    body = b"".join(fmt % (n, n) for n in range(first, first + count))
+                else:
+                    body = b"".join(fmt % (n, size) for n in range(first, first + count))
+                self.send(b"+OK\r\n" + body + b".\r\n")
             elif word == "UIDL" and not args:
                 if uidls is None:
                     self.send(b"-ERR no UIDL here\r\n")
@@ -156,6 +168,8 @@ class _Handler(socketserver.StreamRequestHandler):
                     self.send(b"+OK\r\n" + body + b".\r\n")
             elif word == "LIST" and not args:
                 body = b"".join(b"%d %d\r\n" % (i + 1, len(m)) for i, m in enumerate(msgs) if i + 1 not in deleted)
+                if srv.dup_list:
+                    body += b"%d 10\r\n" % srv.dup_list
                 self.send(b"+OK\r\n" + body + b".\r\n")
             elif word == "TOP" and not srv.top:
                 self.send(b"-ERR no TOP here\r\n")
@@ -261,6 +275,8 @@ class FakePop:
         self.sasl = []
         self.top = True
         self.top_fail = set()
+        self.synthetic = None
+        self.dup_list = None
         self.apop = False
         self.stls = False
         self.stls_inject = False

@@ -697,6 +697,32 @@ class FakePopTests(unittest.TestCase):
             self.assertEqual(p.stats["errors"], 1)
             self.assertIn("has the same UIDL as message 1", p.stderr)
 
+    def test_large_sparse_listing_and_limit(self):
+        with FakePop([]) as srv:
+            # 100,000 messages numbered from 2, all over max_size: the
+            # listing is indexed by number, not searched for each line.
+            srv.synthetic = (100000, 2, 5000)
+            p = popcli(self.config(srv, max_size=1000), timeout=240)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stats["listed"], 100000)
+            self.assertEqual(p.stats["skipped_size"], 100000)
+            self.assertFalse(any(c.startswith("RETR") for c in srv.commands))
+            # Over the limit: the run fails with a clear error.
+            srv.synthetic = (1001, 1, 5000)
+            p = popcli(self.config(srv, max_size=1000), env={"POPCLI_MAX_LISTING": "1000"})
+            self.assertEqual(p.returncode, 1, p.stderr)
+            self.assertIn("the server lists more than 1000 messages", p.stderr)
+            srv.synthetic = (1000, 1, 5000)
+            p = popcli(self.config(srv, max_size=1000), env={"POPCLI_MAX_LISTING": "1000"})
+            self.assertEqual(p.returncode, 0, p.stderr)
+        # A message number listed twice is a broken listing, not two messages.
+        with FakePop(self.msgs(2, 17)) as srv:
+            srv.dup_list = 1
+            p = popcli(self.config(srv))
+            self.assertEqual(p.returncode, 75, p.stderr)
+            self.assertIn("message 1 is listed twice in the LIST listing", p.stderr)
+            self.assertFalse(any(c.startswith("RETR") for c in srv.commands))
+
     def small_disk(self, size):
         """A tmpfs of the given size for the Maildir (skips where mounting
         is not allowed)."""
