@@ -203,6 +203,10 @@ struct engine {
     bool conn_dead;
     bool logged_out;
     char *trash; /* trash folder name, NULL when unknown */
+    /* Every selectable folder the server listed, synced or not (filtered
+     * out by subscribed_only, or virtual): such a folder was not deleted. */
+    char **listed;
+    size_t nlisted, listed_cap;
 
     struct fjob *jobs;
     size_t njobs, jobs_cap;
@@ -624,6 +628,10 @@ static void on_timer_closed(uv_handle_t *h)
     free(e->jobs);
     free(e->fres);
     free(e->trash);
+    for (size_t i = 0; i < e->nlisted; i++) {
+        free(e->listed[i]);
+    }
+    free(e->listed);
     free(e->error);
     free(e);
 }
@@ -2682,6 +2690,10 @@ static void on_list_folder(struct imap *im, const struct imap_folder *fo, void *
     if ((fo->attrs & IMAP_LIST_TRASH) && e->acct->trash == NULL && e->trash == NULL) {
         e->trash = xstrdup(fo->name);
     }
+    if (!(fo->attrs & (IMAP_LIST_NOSELECT | IMAP_LIST_NONEXISTENT))) {
+        xgrow(&e->listed, &e->listed_cap, e->nlisted + 1, sizeof(*e->listed));
+        e->listed[e->nlisted++] = xstrdup(fo->name);
+    }
     if (fo->attrs &
         (IMAP_LIST_NOSELECT | IMAP_LIST_NONEXISTENT | IMAP_LIST_ALL | IMAP_LIST_FLAGGED)) {
         return;
@@ -2702,6 +2714,335 @@ static void on_list_folder(struct imap *im, const struct imap_folder *fo, void *
 }
 
 static void on_create_done(struct imap *im, const struct imap_result *res, void *arg);
+
+/* ---- folders deleted on one side (delete_folders) ------------------------------------------- */
+
+static bool server_listed(const struct engine *e, const char *name)
+{
+    bool inbox = strcasecmp(name, "INBOX") == 0;
+    for (size_t i = 0; i < e->nlisted; i++) {
+        if (strcmp(e->listed[i], name) == 0 || (inbox && strcasecmp(e->listed[i], "INBOX") == 0)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+struct uid_list {
+    uint32_t *v;
+    size_t n, cap;
+};
+
+static int collect_synced(const struct idx_msg *m, void *arg)
+{
+    struct uid_list *l = arg;
+    if (m->state == IDX_MSG_SYNCED && m->uid != 0) {
+        xgrow(&l->v, &l->cap, l->n + 1, sizeof(*l->v));
+        l->v[l->n++] = m->uid;
+    }
+    return 0;
+}
+
+struct lid_list {
+    char **v;
+    size_t n, cap;
+};
+
+static int collect_synced_lids(const struct idx_msg *m, void *arg)
+{
+    struct lid_list *l = arg;
+    if (m->state == IDX_MSG_SYNCED) {
+        xgrow(&l->v, &l->cap, l->n + 1, sizeof(*l->v));
+        l->v[l->n++] = xstrdup(m->lid);
+    }
+    return 0;
+}
+
+static int forget_folder(struct engine *e, const char *name)
+{
+    struct idx_txn *txn;
+    int r = idx_begin(e->idx, true, &txn);
+    if (r == 0) {
+        r = idx_folder_delete(txn, name);
+        if (r < 0 && r != -ENOENT) {
+            idx_abort(txn);
+        } else {
+            r = idx_commit(txn);
+        }
+    }
+    return r;
+}
+
+/* The server deleted a folder that is still here: remove the local copy,
+ * but only when every message in it is known to the index as synced (what
+ * the server had, the user saw deleted with the folder). A message the
+ * server never had keeps the folder, with a message saying why. */
+static void local_folder_delete(struct engine *e, struct fjob *j)
+{
+    char *path = NULL, *err = NULL;
+    struct md_folder *md = NULL;
+    struct md_scan *scan = NULL;
+    struct lid_list known = {0};
+    struct idx_txn *txn = NULL;
+    int r = md_folder_local_path(e->acct->maildir, e->acct->layout, j->name, &path);
+    if (r == 0) {
+        r = md_folder_open(path, false, false, &md, &err);
+    }
+    if (r == 0) {
+        r = md_scan(md, &scan);
+        if (r < 0) {
+            err = xstrdup(md_folder_error(md));
+        }
+    }
+    if (r == 0 && (r = idx_begin(e->idx, false, &txn)) == 0) {
+        r = idx_msg_foreach(txn, j->name, collect_synced_lids, &known);
+        idx_abort(txn);
+    }
+    if (r < 0) {
+        j->res->error = xasprintf("folder '%s' was deleted on the server; cannot read the local "
+                                  "copy: %s",
+                                  j->name, err != NULL ? err : strerror(-r));
+        goto out;
+    }
+    qsort(known.v, known.n, sizeof(*known.v), strp_cmp);
+    size_t unknown = 0;
+    for (size_t i = 0; i < scan->count; i++) {
+        const char *id = scan->msgs[i].id;
+        if (known.n == 0 || bsearch(&id, known.v, known.n, sizeof(*known.v), strp_cmp) == NULL) {
+            unknown++;
+        }
+    }
+    if (unknown > 0) {
+        j->res->error = xasprintf("folder '%s' was deleted on the server; the local copy holds %zu "
+                                  "message(s) that were never synced, so it is kept (move them to "
+                                  "another folder to upload them)",
+                                  j->name, unknown);
+        goto out;
+    }
+    if (e->opts.dry_run) {
+        fprintf(e->plan_out,
+                "%s: delete the local folder and its %zu message(s) (deleted on the "
+                "server)\n",
+                j->name, scan->count);
+        goto out;
+    }
+    for (size_t i = 0; i < scan->count; i++) {
+        r = md_remove(md, &scan->msgs[i]);
+        if (r < 0) {
+            /* -ESTALE: the user changed it meanwhile; decide again next run. */
+            j->res->error = xasprintf("folder '%s' was deleted on the server; removing the local "
+                                      "copy stopped: %s",
+                                      j->name, md_folder_error(md));
+            md_folder_sync(md);
+            goto out;
+        }
+        j->res->counts.deleted_down++;
+    }
+    r = md_folder_sync(md);
+    md_folder_close(md);
+    md = NULL;
+    if (r == 0) {
+        r = md_folder_remove(path);
+    }
+    if (r < 0) {
+        /* New mail arrived meanwhile, or the directory cannot go: the
+         * records stay and the next run decides again. */
+        j->res->error = xasprintf("folder '%s' was deleted on the server; the local copy could not "
+                                  "be removed: %s",
+                                  j->name, strerror(-r));
+        goto out;
+    }
+    if (forget_folder(e, j->name) < 0) {
+        j->res->error = xasprintf("folder '%s': index: %s", j->name, idx_error(e->idx));
+        goto out;
+    }
+    j->notice = xasprintf("folder %s was deleted on the server: deleted here too (%u messages)",
+                          j->name, j->res->counts.deleted_down);
+    j->res->notice = j->notice;
+out:
+    for (size_t i = 0; i < known.n; i++) {
+        free(known.v[i]);
+    }
+    free(known.v);
+    if (scan != NULL) {
+        md_scan_free(scan);
+    }
+    if (md != NULL) {
+        md_folder_close(md);
+    }
+    free(err);
+    free(path);
+}
+
+/* The local copy of a synced folder is gone: delete the folder on the
+ * server, but only when it holds nothing the index does not know (same
+ * UIDVALIDITY, every UID recorded as synced). EXAMINE + UID SEARCH ALL
+ * check that; the folder is then left for INBOX (a server may drop the
+ * connection when the selected folder is deleted) and deleted. */
+struct sfdel {
+    struct engine *e;
+    struct fjob *j;
+    struct idx_folder st;
+    struct uid_list known;
+    size_t nsrv;
+};
+
+static void sfdel_end(struct sfdel *d)
+{
+    struct engine *e = d->e;
+    free(d->known.v);
+    free(d);
+    next_folder(e);
+}
+
+static void on_sfdel_delete(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct sfdel *d = arg;
+    struct engine *e = d->e;
+    struct fjob *j = d->j;
+    if (e->finished || res->err < 0) {
+        free(d->known.v);
+        free(d);
+        return;
+    }
+    if (res->status != IMAP_STATUS_OK) {
+        j->res->error = xasprintf("folder '%s': DELETE on the server failed: %s", j->name,
+                                  res->text != NULL ? res->text : "");
+    } else if (forget_folder(e, j->name) < 0) {
+        j->res->error = xasprintf("folder '%s': index: %s", j->name, idx_error(e->idx));
+    } else {
+        j->res->counts.deleted_up += (unsigned)d->nsrv;
+        j->notice = xasprintf("folder %s was deleted locally: deleted on the server too (%zu "
+                              "messages)",
+                              j->name, d->nsrv);
+        j->res->notice = j->notice;
+    }
+    sfdel_end(d);
+}
+
+static void on_sfdel_leave(struct imap *im, const struct imap_result *res, void *arg)
+{
+    /* EXAMINE INBOX only moves away from the folder; its result does not
+     * matter (the DELETE after it reports). */
+}
+
+static void sfdel_refuse(struct sfdel *d, const char *why)
+{
+    d->j->res->error = xasprintf("folder '%s' was deleted locally; %s, so it is not deleted on the "
+                                 "server (run 'mailsync sync --force %s' to download it again)",
+                                 d->j->name, why, d->e->acct->name);
+    sfdel_end(d);
+}
+
+static void sfdel_check_done(struct sfdel *d)
+{
+    struct engine *e = d->e;
+    if (e->opts.dry_run) {
+        fprintf(e->plan_out,
+                "%s: delete the folder and its %zu message(s) on the server (deleted "
+                "locally)\n",
+                d->j->name, d->nsrv);
+        sfdel_end(d);
+        return;
+    }
+    struct imap_select_opts so = {.readonly = true};
+    if (imap_select(e->im, "INBOX", &so, on_sfdel_leave, d) < 0 ||
+        imap_delete(e->im, d->j->name, on_sfdel_delete, d) < 0) {
+        sfdel_refuse(d, "the DELETE command could not be queued");
+    }
+}
+
+static void on_sfdel_search(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct sfdel *d = arg;
+    if (d->e->finished || res->err < 0) {
+        free(d->known.v);
+        free(d);
+        return;
+    }
+    if (res->status != IMAP_STATUS_OK) {
+        sfdel_refuse(d, "its messages could not be listed");
+        return;
+    }
+    size_t unknown = 0;
+    for (size_t i = 0; i < res->nuids; i++) {
+        if (d->known.n == 0 ||
+            bsearch(&res->uids[i], d->known.v, d->known.n, sizeof(uint32_t), u32_cmp) == NULL) {
+            unknown++;
+        }
+    }
+    d->nsrv = res->nuids;
+    if (unknown > 0) {
+        char why[128];
+        snprintf(why, sizeof(why), "the server copy holds %zu message(s) that were never synced",
+                 unknown);
+        sfdel_refuse(d, why);
+        return;
+    }
+    sfdel_check_done(d);
+}
+
+static void on_sfdel_examine(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct sfdel *d = arg;
+    if (d->e->finished || res->err < 0) {
+        free(d->known.v);
+        free(d);
+        return;
+    }
+    if (res->status != IMAP_STATUS_OK || res->mailbox == NULL) {
+        sfdel_refuse(d, "the server copy could not be examined");
+        return;
+    }
+    if (res->mailbox->uidvalidity != d->st.uidvalidity) {
+        sfdel_refuse(d, "the server renumbered the folder since the last sync (UIDVALIDITY "
+                        "changed)");
+        return;
+    }
+    if (res->mailbox->exists == 0) {
+        d->nsrv = 0;
+        sfdel_check_done(d);
+        return;
+    }
+    if (imap_uid_search(d->e->im, "ALL", on_sfdel_search, d) < 0) {
+        sfdel_refuse(d, "the search could not be queued");
+    }
+}
+
+/* Starts the checks; returns 0 when the callbacks go on with next_folder,
+ * or -1 when the folder is done (its error set). */
+static int server_folder_delete(struct engine *e, struct fjob *j)
+{
+    struct sfdel *d = xcalloc(1, sizeof(*d));
+    d->e = e;
+    d->j = j;
+    struct idx_txn *txn;
+    int r = idx_begin(e->idx, false, &txn);
+    if (r == 0) {
+        r = idx_folder_get(txn, j->name, &d->st);
+        if (r == 0) {
+            r = idx_msg_foreach(txn, j->name, collect_synced, &d->known);
+        }
+        idx_abort(txn);
+    }
+    if (r < 0) {
+        j->res->error = xasprintf("folder '%s': index: %s", j->name, idx_error(e->idx));
+        free(d->known.v);
+        free(d);
+        return -1;
+    }
+    if (d->known.n > 1) {
+        qsort(d->known.v, d->known.n, sizeof(uint32_t), u32_cmp);
+    }
+    struct imap_select_opts so = {.readonly = true};
+    if (imap_select(e->im, j->name, &so, on_sfdel_examine, d) < 0) {
+        j->res->error = xasprintf("folder '%s': cannot queue EXAMINE", j->name);
+        free(d->known.v);
+        free(d);
+        return -1;
+    }
+    return 0;
+}
 
 static void on_logout_done(struct imap *im, const struct imap_result *res, void *arg)
 {
@@ -2741,9 +3082,16 @@ static void next_folder(struct engine *e)
                 start_folder(e, j);
                 return;
             }
+            if (e->acct->delete_folders && strcasecmp(j->name, "INBOX") != 0) {
+                if (server_folder_delete(e, j) == 0) {
+                    return; /* goes on from the callbacks */
+                }
+                continue;
+            }
             j->res->error = xasprintf(
                 "folder '%s': the local folder vanished; not deleting the messages on the "
-                "server. To download it again, run 'mailsync sync --force %s'",
+                "server. To download it again, run 'mailsync sync --force %s' (or set "
+                "delete_folders: true to delete it on the server too)",
                 j->name, e->acct->name);
             continue;
         }
@@ -2763,9 +3111,19 @@ static void next_folder(struct engine *e)
             return;
         }
         if (!j->on_server && j->on_local && j->in_index) {
+            if (server_listed(e, j->name)) {
+                /* Still there, only not selected now (subscribed_only, a
+                 * virtual folder): not a deletion. */
+                continue;
+            }
+            if (e->acct->delete_folders && strcasecmp(j->name, "INBOX") != 0) {
+                local_folder_delete(e, j);
+                continue;
+            }
             j->res->error = xasprintf(
                 "folder '%s' was deleted on the server; the local copy is kept (delete it "
-                "yourself, or move its messages to another folder to upload them)",
+                "yourself, move its messages to another folder to upload them, or set "
+                "delete_folders: true to delete it here too)",
                 j->name);
             continue;
         }

@@ -12,6 +12,7 @@ import collections
 import glob
 import os
 import re
+import shutil
 import subprocess
 import time
 import unittest
@@ -313,6 +314,128 @@ class NoUidplus(SyncHelpers, mstest.DovecotTestCase):
         self.assertEqual(srv, loc)
         for b, n in srv.items():
             self.assertEqual(n, count if b == data else 1, b[:60])
+
+
+# ---- delete_folders ---------------------------------------------------------------
+
+
+class DeleteFolders(SyncHelpers, mstest.DovecotTestCase):
+
+    def setup_folder(self, **extra):
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(2, seed=61, max_size=3000))
+        self.dovecot.save_many(self.user, "Old/Stuff", mailgen.generate(4, seed=62, max_size=3000),
+                               "\\Seen")
+        cfg = self.config(**extra)
+        self.sync(cfg)
+        self.assertEqual(len(self.local("Old/Stuff")), 4)
+        return cfg
+
+    def delete_on_server(self, folder):
+        self.dovecot.doveadm("mailbox", "delete", "-u", self.user, folder)
+        self.assertNotIn(folder, self.dovecot.folders(self.user))
+
+    # Deleted on the server.
+
+    def test_server_deletion_kept_without_option(self):
+        cfg = self.setup_folder()
+        self.delete_on_server("Old/Stuff")
+        p = self.sync(cfg, ok=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("folder 'Old/Stuff' was deleted on the server; the local copy is kept",
+                      p.stdout + p.stderr)
+        self.assertIn("delete_folders: true", p.stdout + p.stderr)
+        self.assertEqual(len(self.local("Old/Stuff")), 4)
+        self.assertNotIn("Old/Stuff", self.dovecot.folders(self.user))
+
+    def test_server_deletion_removes_synced_local_copy(self):
+        cfg = self.setup_folder(delete_folders=True)
+        # A flag changed here is no unsynced mail.
+        unique = self.local("Old/Stuff")[0][0]
+        self.set_local_flags("Old/Stuff", unique, "FS")
+        self.delete_on_server("Old/Stuff")
+        p = self.sync(cfg, "--dry-run")
+        self.assertIn("Old/Stuff: delete the local folder and its 4 message(s)", p.stdout)
+        self.assertEqual(len(self.local("Old/Stuff")), 4)
+        p = self.sync(cfg)
+        self.assertIn("folder Old/Stuff was deleted on the server: deleted here too (4 messages)",
+                      p.stdout)
+        self.assertIn("\u2193 0 new, 0 flags, 4 deleted", p.stdout)
+        self.assertFalse(os.path.exists(os.path.join(self.folder_dir("Old/Stuff"), "cur")))
+        self.assertEqual(len(self.local("INBOX")), 2)
+        # Forgotten: not created again on either side.
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+        self.assertNotIn("Old/Stuff", self.dovecot.folders(self.user))
+
+    def test_server_deletion_keeps_unsynced_local_mail(self):
+        cfg = self.setup_folder(delete_folders=True)
+        new = mstest.crlf_to_lf(simple(b"written here", b"keep me\r\n", msgid=b"<keep@x>"))
+        self.deliver_local("Old/Stuff", new, "1700000200.M1P1.h")
+        self.delete_on_server("Old/Stuff")
+        p = self.sync(cfg, ok=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("folder 'Old/Stuff' was deleted on the server; the local copy holds 1 "
+                      "message(s) that were never synced, so it is kept", p.stdout + p.stderr)
+        self.assertEqual(len(self.local("Old/Stuff")), 5)
+        self.assertIn(new, [b for _u, _f, b in self.local("Old/Stuff")])
+
+    def test_unsubscribed_folder_is_not_a_deletion(self):
+        self.setup_folder(delete_folders=True)
+        c = self.imap()
+        try:
+            typ, data = c.unsubscribe(dovecot.imap_mailbox("Old/Stuff"))
+            self.assertEqual(typ, "OK", data)
+        finally:
+            c.logout()
+        cfg = self.config(delete_folders=True, subscribed_only=True)
+        p = self.sync(cfg)
+        self.assertNotIn("Old/Stuff", p.stdout + p.stderr)
+        self.assertEqual(len(self.local("Old/Stuff")), 4)
+        self.assertEqual(len(self.server("Old/Stuff")), 4)
+
+    # Deleted locally.
+
+    def test_local_deletion_kept_without_option(self):
+        cfg = self.setup_folder()
+        shutil.rmtree(self.folder_dir("Old/Stuff"))
+        p = self.sync(cfg, ok=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("folder 'Old/Stuff': the local folder vanished; not deleting the messages "
+                      "on the server", p.stdout + p.stderr)
+        self.assertEqual(len(self.server("Old/Stuff")), 4)
+
+    def test_local_deletion_deletes_known_server_folder(self):
+        cfg = self.setup_folder(delete_folders=True)
+        shutil.rmtree(self.folder_dir("Old/Stuff"))
+        p = self.sync(cfg, "--dry-run")
+        self.assertIn("Old/Stuff: delete the folder and its 4 message(s) on the server", p.stdout)
+        self.assertIn("Old/Stuff", self.dovecot.folders(self.user))
+        p = self.sync(cfg, trace=True)
+        self.assertIn("folder Old/Stuff was deleted locally: deleted on the server too "
+                      "(4 messages)", p.stdout)
+        self.assertIn("\u2191 0 new, 0 flags, 4 deleted", p.stdout)
+        self.assertNotIn("Old/Stuff", self.dovecot.folders(self.user))
+        self.assertIn("logout -> closed", p.stderr)  # the session survived the DELETE
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+        self.assertFalse(os.path.exists(self.folder_dir("Old/Stuff")))
+
+    def test_local_deletion_keeps_server_folder_with_new_mail(self):
+        cfg = self.setup_folder(delete_folders=True)
+        shutil.rmtree(self.folder_dir("Old/Stuff"))
+        self.dovecot.save(self.user, "Old/Stuff", simple(b"arrived", b"new\r\n", msgid=b"<n@x>"))
+        p = self.sync(cfg, ok=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("folder 'Old/Stuff' was deleted locally; the server copy holds 1 message(s) "
+                      "that were never synced, so it is not deleted on the server",
+                      p.stdout + p.stderr)
+        self.assertEqual(len(self.server("Old/Stuff")), 5)
+        # --force brings it back instead.
+        self.sync(cfg, "--force")
+        self.assertEqual(len(self.local("Old/Stuff")), 5)
+        self.assert_same("Old/Stuff")
 
 
 # ---- LOGOUT and 50 MB messages ----------------------------------------------------
