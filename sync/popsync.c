@@ -2092,11 +2092,15 @@ static void advance(struct popsync *ps)
         if (ps->deles_pending > 0) {
             return;
         }
-        set_phase(ps, PS_QUIT);
-        if (pop3_quit(ps->pop, on_quit, ps) < 0) {
+        if (ps->pop == NULL || pop3_quit(ps->pop, on_quit, ps) < 0) {
+            /* No QUIT, so nothing is deleted. The phase stays before
+             * PS_QUIT, so that the stop path drops the connection instead
+             * of waiting for an answer that never comes. */
             set_error(ps, POPSYNC_TRANSIENT, "%s: cannot send QUIT", ps->name);
             advance(ps);
+            return;
         }
+        set_phase(ps, PS_QUIT);
         return;
     case PS_QUIT:
         if (ps->pop != NULL) {
