@@ -99,6 +99,7 @@ struct smsg {
 struct rec {
     struct idx_pop p;
     bool listed;
+    bool matched; /* taken over by a message under a new UIDL */
 };
 
 /* One of the parallel jobs that commit a batch's files. */
@@ -1087,6 +1088,17 @@ static bool policy_may_dele(const struct popsync *ps, const struct idx_pop *p)
            ((p->flags & IDX_POP_DELETED_LOCALLY) || !scan_has(ps, p->lid));
 }
 
+/* Whether an unlisted record may be the same message as a new UIDL (all
+ * UIDLs renumbered): one that says something, or an intent whose file is
+ * in the Maildir (stored just before a crash, then renumbered). */
+static bool rec_matchable(const struct popsync *ps, const struct rec *rc)
+{
+    if (rc->listed || rc->matched) {
+        return false;
+    }
+    return rc->p.flags != 0 || (rec_is_intent(&rc->p) && scan_has(ps, rc->p.lid));
+}
+
 /* First pass after the listing: match UIDLs to records and decide which
  * messages need TOP. */
 static void plan_tops(struct popsync *ps)
@@ -1104,7 +1116,7 @@ static void plan_tops(struct popsync *ps)
         }
     }
     for (size_t r = 0; r < ps->nrecs; r++) {
-        if (!ps->recs[r].listed && ps->recs[r].p.flags != 0) {
+        if (rec_matchable(ps, &ps->recs[r])) {
             any_vanished_sizes = true;
         }
     }
@@ -1134,8 +1146,7 @@ static void plan_tops(struct popsync *ps)
             /* Same size as a record that vanished from the listing: maybe
              * the same message under a new UIDL. */
             for (size_t r = 0; r < ps->nrecs; r++) {
-                if (!ps->recs[r].listed && ps->recs[r].p.size == m->size &&
-                    ps->recs[r].p.flags != 0) {
+                if (ps->recs[r].p.size == m->size && rec_matchable(ps, &ps->recs[r])) {
                     m->need_top = true;
                     break;
                 }
@@ -1352,8 +1363,8 @@ static void plan(struct popsync *ps)
             int found = -1;
             for (size_t r = 0; r < ps->nrecs && found < 0; r++) {
                 struct rec *rc = &ps->recs[r];
-                if (!rc->listed && rc->p.flags != 0 && rc->p.size == m->size &&
-                    memcmp(rc->p.header_hash, m->hh, 16) == 0) {
+                if (rc->p.size == m->size && memcmp(rc->p.header_hash, m->hh, 16) == 0 &&
+                    rec_matchable(ps, rc)) {
                     found = (int)r;
                 }
             }
@@ -1361,15 +1372,22 @@ static void plan(struct popsync *ps)
                 struct rec *rc = &ps->recs[found];
                 struct idx_pop np = rc->p;
                 snprintf(np.uidl, sizeof(np.uidl), "%s", m->uidl);
+                if (rec_is_intent(&rc->p)) {
+                    /* Its file is here (rec_matchable): adopt it. */
+                    np.flags |= IDX_POP_DELIVERED;
+                    ps->res.adopted++;
+                } else {
+                    ps->res.known++;
+                }
                 add_put(ps, &np);
                 /* The old key is forgotten as no longer listed. */
                 rc->listed = false;
-                rc->p.flags = 0; /* matched once only */
-                ps->res.known++;
+                rc->matched = true;
                 m->stored = (np.flags & IDX_POP_DELIVERED) != 0;
+                m->verified = true; /* by size and header hash */
                 m->first_seen = np.first_seen;
                 m->deleted_locally = (np.flags & IDX_POP_DELETED_LOCALLY) != 0;
-                log_info("%s: message %s is %s under a new UIDL", ps->name, m->uidl, np.uidl);
+                log_info("%s: message %s is %s under a new UIDL", ps->name, rc->p.uidl, np.uidl);
                 continue;
             }
         }

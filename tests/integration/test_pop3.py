@@ -9,6 +9,7 @@ credentials) until `mailsync sync` drives it."""
 import collections
 import datetime
 import email.utils
+import hashlib
 import os
 import re
 import shutil
@@ -575,6 +576,31 @@ class FakePopTests(unittest.TestCase):
             p = popcli(cfg)
             self.assertEqual(p.returncode, 0, p.stderr)
             self.assertEqual(p.stats["adopted"], 0)
+            self.assertEqual(sum(local_bodies(self.maildir).values()), 1)
+
+    def test_intent_matched_after_renumbering(self):
+        a = (b"From: a@example.com\r\nTo: b@example.com\r\nSubject: AAAA\r\n"
+             b"Message-ID: <AAAA@x>\r\n\r\nbody body\r\n")
+        with FakePop([], uidls=[]) as srv:
+            cfg = self.config(srv)
+            self.assertEqual(popcli(cfg).returncode, 0)
+            # Stored just before a crash under "old"; then every UIDL changed.
+            local = wire_to_local(a)
+            lid = "1700000000.P2Q2.host"
+            with open(os.path.join(inbox(self.maildir), "new", lid), "wb") as f:
+                f.write(local)
+            hh = hashlib.sha256(local[:local.index(b"\n\n") + 1]).hexdigest()[:32]
+            srv.messages = [a]
+            srv.uidls = ["new1"]
+            p = popcli(cfg, "p", "-I", "old=%s:%d:%s" % (lid, len(a), hh))
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stats["downloaded"], 0, p.stderr)
+            self.assertEqual(p.stats["adopted"], 1)
+            self.assertIn("message old is new1 under a new UIDL", p.stderr)
+            self.assertEqual(local_bodies(self.maildir), collections.Counter([local]))
+            p = popcli(cfg)
+            self.assertEqual(p.stats["downloaded"], 0)
+            self.assertEqual(p.stats["known"], 1)
             self.assertEqual(sum(local_bodies(self.maildir).values()), 1)
 
     def test_renumbered_uidls_are_not_downloaded_again(self):

@@ -5,15 +5,17 @@
  *   -n  dry run          -v  debug log, -vv protocol trace
  *   -f  force (accept a mass local deletion)
  *   -k  skip certificate verification (tests only)
- *   -I  before the run, record an intent row (UIDL, Maildir id, no header
- *       hash), as a crash between an intent and its delivered row leaves
- *       it: the recovery tests need one without racing a kill -9
+ *   -I  UIDL=LID[:SIZE:HASH] before the run, records an intent row (UIDL,
+ *       Maildir id, LIST size, 32 hex digits of header hash; by default 0
+ *       and none), as a crash between an intent and its delivered row
+ *       leaves it: the recovery tests need one without racing a kill -9
  * POPCLI_MAX_LISTING=N sets popsync_opts.max_listing.
  * MAILSYNC_NOW=unix-seconds overrides the clock (delete_after_days tests).
  *
  * Exit status: 0 ok, 75 transient (try later), 77 credentials refused, 1
  * other errors; the summary goes to standard output, the error to standard
  * error as "popcli: <kind>: <message>". */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +35,22 @@ static int put_intent(struct idx_txn *txn, void *arg)
     struct idx_pop p = {0};
     const char *eq = strchr(intent_arg, '=');
     snprintf(p.uidl, sizeof(p.uidl), "%.*s", (int)(eq - intent_arg), intent_arg);
-    snprintf(p.lid, sizeof(p.lid), "%s", eq + 1);
+    const char *colon = strchr(eq + 1, ':');
+    size_t lidlen = colon != NULL ? (size_t)(colon - eq - 1) : strlen(eq + 1);
+    snprintf(p.lid, sizeof(p.lid), "%.*s", (int)lidlen, eq + 1);
+    if (colon != NULL) {
+        char *end;
+        p.size = strtoull(colon + 1, &end, 10);
+        if (*end == ':' && strlen(end + 1) == 32) {
+            for (int i = 0; i < 16; i++) {
+                unsigned v;
+                if (sscanf(end + 1 + 2 * i, "%2x", &v) != 1) {
+                    return -EINVAL;
+                }
+                p.header_hash[i] = (uint8_t)v;
+            }
+        }
+    }
     p.first_seen = *(const time_t *)arg;
     return idx_pop_put(txn, &p);
 }
