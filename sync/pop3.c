@@ -872,11 +872,11 @@ static void on_net_tls(struct net_conn *c, void *arg)
     log_debug("%s: TLS started (%s)", p->name,
               net_tls_version(c) != NULL ? net_tls_version(c) : "?");
     /* RFC 2595 section 4: forget what was learnt in plaintext and ask
-     * again. */
+     * again. The greeting's APOP timestamp is kept: there is no second
+     * greeting, APOP after STLS is legitimate, and a timestamp altered in
+     * plaintext can only make the login fail (the digest goes over TLS). */
     pop3_parser_reset(p->parser);
     p->caps = 0;
-    free(p->timestamp);
-    p->timestamp = NULL;
     set_state(p, POP3_STATE_CAPA);
     send_capa(p);
     leave(p);

@@ -28,7 +28,8 @@ Options (attributes, changeable between sessions):
     password      accepted password / OAuth token ("pw")
     sasl          SASL mechanisms to offer: PLAIN, XOAUTH2, OAUTHBEARER
     apop          put an APOP timestamp in the greeting and accept APOP
-    stls          offer STLS (there is no TLS here: only for refusal tests)
+    stls          offer STLS (refused with "-ERR" unless tls_cert is set)
+    tls_cert      (certificate file, key file): STLS then starts TLS for real
     stls_inject   answer STLS with "+OK" and a second, injected reply in the
                   same packet
     auth_log      what each login carried, decoded (for assertions)
@@ -41,6 +42,7 @@ import base64
 import hashlib
 import socket
 import socketserver
+import ssl
 import threading
 
 APOP_STAMP = b"<1896.697170952@fakepop.example>"
@@ -94,6 +96,13 @@ class _Handler(socketserver.StreamRequestHandler):
             elif word == "STLS" and srv.stls:
                 if srv.stls_inject:
                     self.send(b"+OK begin TLS\r\n+OK injected\r\n")
+                elif srv.tls_cert:
+                    self.send(b"+OK begin TLS\r\n")
+                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    ctx.load_cert_chain(*srv.tls_cert)
+                    self.request = ctx.wrap_socket(self.request, server_side=True)
+                    self.rfile = self.request.makefile("rb")
+                    self.wfile = self.request.makefile("wb")
                 else:
                     self.send(b"-ERR no TLS in this fake\r\n")
             elif word == "USER":
@@ -280,6 +289,7 @@ class FakePop:
         self.apop = False
         self.stls = False
         self.stls_inject = False
+        self.tls_cert = None
         self.auth_log = []
         self.drop_in_retr = None
         self.endless_in_retr = None

@@ -687,6 +687,24 @@ class FakePopTests(unittest.TestCase):
             self.assertIn("USER u", srv.commands)
             self.assertIn("C: PASS <redacted>", p.stderr)
 
+    def test_apop_after_stls(self):
+        # RFC 2595: the greeting's APOP timestamp stays valid after STLS.
+        cert, key = os.path.join(self.tmp, "cert.pem"), os.path.join(self.tmp, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                        "-keyout", key, "-out", cert, "-days", "2"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        msgs = self.msgs(1, 18)
+        with FakePop(msgs) as srv:
+            srv.stls = True
+            srv.apop = True
+            srv.tls_cert = (cert, key)
+            p = popcli(self.config(srv, tls="starttls", allow_plaintext=False, auth="apop"), "p", "-k")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stats["downloaded"], 1)
+            self.assertEqual(srv.commands[:3], ["CAPA", "STLS", "CAPA"])
+            self.assertEqual(srv.auth_log, [("APOP", "u", True)])
+            self.assertEqual(local_bodies(self.maildir), collections.Counter([wire_to_local(msgs[0])]))
+
     def test_oauth_token_refused(self):
         with FakePop(self.msgs(1, 11), password="good") as srv:
             srv.sasl = ["XOAUTH2"]
