@@ -85,6 +85,14 @@ struct lfact {
     bool have_wire;
 };
 
+/* A message left on the server for max_size / max_age_days. */
+struct skip_ent {
+    uint32_t uid;
+    bool too_old; /* else too large */
+    uint64_t size;
+    int64_t date;
+};
+
 /* A download in flight or waiting in the batch. */
 struct dl {
     struct engine *e;
@@ -140,6 +148,13 @@ struct fstate {
     size_t nsearch;
     bool have_search;
     struct plan *plan;
+    /* Messages skipped for max_size / max_age_days (what the index holds
+     * for them under "skip:FOLDER"; see skip_key), sorted by UID. */
+    struct skip_ent *skips;
+    size_t nskips, skips_cap;
+    uint32_t skip_uv;
+    uint32_t *unskip; /* skipped before, but not under today's limits */
+    size_t nunskip, unskip_cap;
     /* UIDVALIDITY changed: the server listing is matched to local files. */
     bool rematch;
     bool rm_done; /* the matches are the new base */
@@ -361,6 +376,9 @@ struct idx_ops {
     const char *const *drop_lids;
     size_t ndrop_lids;
     const struct idx_folder *st;
+    const char *meta_key; /* with meta_val/meta_len: one meta value to store */
+    const void *meta_val;
+    size_t meta_len;
 };
 
 static int ops_fn(struct idx_txn *txn, void *arg)
@@ -387,6 +405,12 @@ static int ops_fn(struct idx_txn *txn, void *arg)
     }
     if (o->st != NULL) {
         r = idx_folder_put(txn, o->folder, o->st);
+        if (r < 0) {
+            return r;
+        }
+    }
+    if (o->meta_key != NULL) {
+        r = idx_meta_put(txn, o->meta_key, o->meta_val, o->meta_len);
         if (r < 0) {
             return r;
         }
@@ -515,6 +539,17 @@ static int u32_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Membership in a short unsorted list. */
+static bool u32_in(const uint32_t *v, size_t n, uint32_t x)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == x) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void msgid_hash(const char *id, uint8_t out[16])
 {
     memset(out, 0, 16);
@@ -577,6 +612,8 @@ static void fstate_free(struct fstate *f)
     free(f->smsgs);
     free(f->rm_s);
     free(f->rm_l);
+    free(f->skips);
+    free(f->unskip);
     if (f->ulf != NULL) {
         for (size_t i = 0; i < f->nulf; i++) {
             free(f->ulf[i].msgid);
@@ -658,6 +695,8 @@ static void on_timer(uv_timer_t *t)
         t2->deleted_down += c->deleted_down;
         t2->deleted_up += c->deleted_up;
         t2->skipped += c->skipped;
+        t2->skipped_size += c->skipped_size;
+        t2->skipped_age += c->skipped_age;
         t2->adopted += c->adopted;
         t2->bytes_down += c->bytes_down;
         t2->bytes_up += c->bytes_up;
@@ -755,6 +794,145 @@ static void on_imap_event(struct imap *im, const struct imap_event *ev, void *ar
     }
 }
 
+/* ---- skipped messages ------------------------------------------------------------------ */
+
+/* The skip list of a folder lives in the index as the meta value
+ * "skip:FOLDER" ("skip#" and a hash for very long names): the UIDVALIDITY
+ * it belongs to, a count, then per message UID, reason, size and date.
+ * It is what lets a CONDSTORE/QRESYNC resync, which only hears about
+ * changed messages, keep skipping them (a flag change on one must not
+ * download it) and report them on every run. */
+#define SKIP_HDR 8
+#define SKIP_ENT 21
+
+static void skip_key(const char *folder, char *buf, size_t cap)
+{
+    if (strlen(folder) < 400) {
+        snprintf(buf, cap, "skip:%s", folder);
+        return;
+    }
+    uint8_t h[16];
+    msgid_hash(folder, h);
+    size_t n = (size_t)snprintf(buf, cap, "skip#");
+    for (size_t i = 0; i < sizeof(h) && n + 2 < cap; i++) {
+        n += (size_t)snprintf(buf + n, cap - n, "%02x", h[i]);
+    }
+}
+
+static int skip_cmp(const void *a, const void *b)
+{
+    uint32_t x = ((const struct skip_ent *)a)->uid, y = ((const struct skip_ent *)b)->uid;
+    return x < y ? -1 : x > y;
+}
+
+static struct skip_ent *find_skip(const struct fstate *f, uint32_t uid)
+{
+    struct skip_ent key = {.uid = uid};
+    return f->nskips > 0 ? bsearch(&key, f->skips, f->nskips, sizeof(*f->skips), skip_cmp) : NULL;
+}
+
+/* Reads the folder's skip list; a missing or malformed value is none. */
+static void skips_load(struct engine *e, struct idx_txn *txn)
+{
+    struct fstate *f = e->f;
+    char key[512];
+    skip_key(f->job->name, key, sizeof(key));
+    unsigned char small[4096];
+    unsigned char *buf = small;
+    size_t len = 0;
+    if (idx_meta_get(txn, key, small, sizeof(small), &len) < 0) {
+        return;
+    }
+    if (len > sizeof(small)) {
+        buf = xmalloc(len);
+        if (idx_meta_get(txn, key, buf, len, &len) < 0) {
+            free(buf);
+            return;
+        }
+    }
+    uint32_t count = 0;
+    if (len >= SKIP_HDR) {
+        memcpy(&f->skip_uv, buf, 4);
+        memcpy(&count, buf + 4, 4);
+    }
+    if (len >= SKIP_HDR && (size_t)count == (len - SKIP_HDR) / SKIP_ENT &&
+        len == SKIP_HDR + (size_t)count * SKIP_ENT) {
+        f->skips = xcalloc(count + 1, sizeof(*f->skips));
+        f->skips_cap = count + 1;
+        for (uint32_t i = 0; i < count; i++) {
+            const unsigned char *p = buf + SKIP_HDR + (size_t)i * SKIP_ENT;
+            struct skip_ent *s = &f->skips[f->nskips++];
+            memcpy(&s->uid, p, 4);
+            s->too_old = p[4] != 0;
+            memcpy(&s->size, p + 5, 8);
+            memcpy(&s->date, p + 13, 8);
+        }
+        qsort(f->skips, f->nskips, sizeof(*f->skips), skip_cmp);
+    }
+    if (buf != small) {
+        free(buf);
+    }
+}
+
+/* The serialised list (caller frees), at most what one meta value holds. */
+static unsigned char *skips_pack(const struct skip_ent *v, size_t n, uint32_t uv, size_t *len_r)
+{
+    size_t max = ((size_t)1 << 20) / SKIP_ENT - 1;
+    if (n > max) {
+        n = max; /* the rest is listed again by the next full listing */
+    }
+    unsigned char *buf = xmalloc(SKIP_HDR + n * SKIP_ENT);
+    uint32_t count = (uint32_t)n;
+    memcpy(buf, &uv, 4);
+    memcpy(buf + 4, &count, 4);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char *p = buf + SKIP_HDR + i * SKIP_ENT;
+        memcpy(p, &v[i].uid, 4);
+        p[4] = v[i].too_old ? 1 : 0;
+        memcpy(p + 5, &v[i].size, 8);
+        memcpy(p + 13, &v[i].date, 8);
+    }
+    *len_r = SKIP_HDR + n * SKIP_ENT;
+    return buf;
+}
+
+/* Whether today's limits still skip this message. */
+static bool still_skipped(const struct engine *e, const struct skip_ent *s)
+{
+    const struct cfg_account *a = e->acct;
+    if (a->max_size > 0 && s->size > a->max_size) {
+        return true;
+    }
+    return s->too_old && a->max_age_days > 0 && s->date > 0 &&
+           s->date < (int64_t)e->now - (int64_t)a->max_age_days * 86400;
+}
+
+/* Whether a skipped message is no longer kept away by today's limits (the
+ * folder must then be selected even when nothing else changed). */
+static bool skips_released(const struct engine *e)
+{
+    for (size_t i = 0; i < e->f->nskips; i++) {
+        if (!still_skipped(e, &e->f->skips[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void count_skips(struct engine *e, const struct skip_ent *v, size_t n)
+{
+    struct engine_counts *c = &e->f->job->res->counts;
+    c->skipped_size = c->skipped_age = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].too_old) {
+            c->skipped_age++;
+        } else {
+            c->skipped_size++;
+        }
+    }
+    c->skipped = c->skipped_size + c->skipped_age;
+}
+
 /* ---- folder: prepare ---------------------------------------------------------------- */
 
 static int load_base(const struct idx_msg *m, void *arg)
@@ -825,6 +1003,7 @@ static int folder_prepare(struct engine *e)
         r = 0;
     } else if (r == 0) {
         r = idx_msg_foreach(txn, j->name, load_base, f);
+        skips_load(e, txn);
     }
     idx_abort(txn);
     if (r < 0) {
@@ -837,6 +1016,7 @@ static int folder_prepare(struct engine *e)
          * locally and be deleted on the server. */
         f->nbase = 0;
         f->nintents = 0;
+        f->nskips = 0;
         memset(&f->st, 0, sizeof(f->st));
         if (!e->opts.dry_run) {
             struct idx_txn *w;
@@ -893,6 +1073,9 @@ static int folder_prepare(struct engine *e)
     if (r < 0) {
         return r;
     }
+
+    /* Reported on every run, also when the folder turns out unchanged. */
+    count_skips(e, f->skips, f->nskips);
 
     /* The local view, keyword letters turned into names. */
     size_t n = f->scan->count;
@@ -998,8 +1181,10 @@ static void on_fetch_msg(struct imap *im, const struct imap_msg *m, void *sink, 
         return;
     }
     /* UID n:* returns the last message even below n: keep only what the
-     * command asked for (the new range starts at the old UIDNEXT). */
-    if ((m->have & IMAP_FETCH_SIZE) && f->delta && m->uid < f->st.uidnext) {
+     * command asked for (the new range starts at the old UIDNEXT, and
+     * skipped messages listed again lie below it). */
+    if ((m->have & IMAP_FETCH_SIZE) && f->delta && m->uid < f->st.uidnext &&
+        !u32_in(f->unskip, f->nunskip, m->uid)) {
         return;
     }
     xgrow(&f->smsgs, &f->smsgs_cap, f->nsmsgs + 1, sizeof(*f->smsgs));
@@ -1118,6 +1303,24 @@ static void issue_fetch(struct engine *e)
                 f->pending--;
             }
         }
+        /* Skipped before but not under today's limits (max_size raised,
+         * max_age_days changed): list them again so they are downloaded. */
+        for (size_t i = 0; i < f->nskips; i++) {
+            if (!still_skipped(e, &f->skips[i])) {
+                xgrow(&f->unskip, &f->unskip_cap, f->nunskip + 1, sizeof(*f->unskip));
+                f->unskip[f->nunskip++] = f->skips[i].uid;
+            }
+        }
+        char **sets = NULL;
+        size_t nsets = f->nunskip > 0 ? imap_uidset_format(f->unskip, f->nunskip, 0, &sets) : 0;
+        for (size_t k = 0; k < nsets; k++) {
+            f->pending++;
+            if (imap_uid_fetch(e->im, sets[k], items, 0, false, &flags_cb, e) < 0) {
+                f->pending--;
+            }
+            free(sets[k]);
+        }
+        free(sets);
     }
     phase_cmd_done(e);
 }
@@ -1147,6 +1350,9 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
         f->rematch = true;
         log_info("%s: UIDVALIDITY of %s changed (%u -> %u): matching messages again", e->acct->name,
                  f->job->name, (unsigned)f->st.uidvalidity, (unsigned)f->mb.uidvalidity);
+    }
+    if (f->skip_uv != f->mb.uidvalidity) {
+        f->nskips = 0; /* UIDs of another numbering */
     }
     if (f->st.uidvalidity != f->mb.uidvalidity) {
         /* A new folder, or a changed UIDVALIDITY with nothing known:
@@ -1727,23 +1933,50 @@ static void apply_server(struct engine *e)
     f->phase = FP_APPLY_SERVER;
     f->pending = 1;
     uint64_t unchanged = f->condstore ? f->mb.highestmodseq : 0;
+    /* UIDs already in an earlier STORE of this run: our own first STORE
+     * raised their MODSEQ, so UNCHANGEDSINCE would refuse the second one
+     * ([MODIFIED]) although nobody else touched them. The first STORE
+     * carries the conflict check for them. */
+    uint32_t *touched = xcalloc(1, sizeof(*touched));
+    size_t ntouched = 0;
     for (size_t i = 0; i < p->nstores; i++) {
         const struct plan_store *st = &p->stores[i];
         size_t nkw;
         const char **kw = imap_keywords(st->flags, &st->kw, &nkw);
-        char **sets;
-        size_t nsets = imap_uidset_format(st->uids, st->nuids, 0, &sets);
-        for (size_t k = 0; k < nsets; k++) {
-            f->pending++;
-            if (imap_uid_store(e->im, sets[k], st->op, md_to_imap(st->flags), kw, nkw, unchanged,
-                               on_store_done, e) < 0) {
-                f->pending--;
+        uint32_t *first = xcalloc(st->nuids + 1, sizeof(*first));
+        uint32_t *again = xcalloc(st->nuids + 1, sizeof(*again));
+        size_t nfirst = 0, nagain = 0;
+        for (size_t k = 0; k < st->nuids; k++) {
+            if (ntouched > 0 &&
+                bsearch(&st->uids[k], touched, ntouched, sizeof(*touched), u32_cmp) != NULL) {
+                again[nagain++] = st->uids[k];
+            } else {
+                first[nfirst++] = st->uids[k];
             }
-            free(sets[k]);
         }
-        free(sets);
+        for (int pass = 0; pass < 2; pass++) {
+            char **sets;
+            size_t nsets = imap_uidset_format(pass == 0 ? first : again,
+                                              pass == 0 ? nfirst : nagain, 0, &sets);
+            for (size_t k = 0; k < nsets; k++) {
+                f->pending++;
+                if (imap_uid_store(e->im, sets[k], st->op, md_to_imap(st->flags), kw, nkw,
+                                   pass == 0 ? unchanged : 0, on_store_done, e) < 0) {
+                    f->pending--;
+                }
+                free(sets[k]);
+            }
+            free(sets);
+        }
+        touched = xrealloc(touched, (ntouched + nfirst + 1) * sizeof(*touched));
+        memcpy(touched + ntouched, first, nfirst * sizeof(*first));
+        ntouched += nfirst;
+        qsort(touched, ntouched, sizeof(*touched), u32_cmp);
+        free(first);
+        free(again);
         free(kw);
     }
+    free(touched);
     f->sdel_ok = xcalloc(p->nserver_deletes + 1, sizeof(bool));
     if (p->nserver_deletes > 0) {
         uint32_t *uids = xcalloc(p->nserver_deletes, sizeof(*uids));
@@ -2413,11 +2646,49 @@ static void folder_final(struct engine *e)
         }
         fcounts(e)->deleted_up++;
     }
-    fcounts(e)->flags_up = 0;
+    /* Messages, not commands: one that gained one flag and lost another
+     * is in two stores but counts once; one left alone by UNCHANGEDSINCE
+     * ([MODIFIED]) does not count. */
+    size_t nsu = 0;
     for (size_t i = 0; i < p->nstores; i++) {
-        fcounts(e)->flags_up += (unsigned)p->stores[i].nuids;
+        nsu += p->stores[i].nuids;
     }
-    fcounts(e)->skipped += (unsigned)p->nskips;
+    uint32_t *su = xcalloc(nsu + 1, sizeof(*su));
+    nsu = 0;
+    for (size_t i = 0; i < p->nstores; i++) {
+        for (size_t k = 0; k < p->stores[i].nuids; k++) {
+            su[nsu++] = p->stores[i].uids[k];
+        }
+    }
+    qsort(su, nsu, sizeof(*su), u32_cmp);
+    fcounts(e)->flags_up = 0;
+    for (size_t i = 0; i < nsu; i++) {
+        if ((i == 0 || su[i] != su[i - 1]) && !is_modified(f, su[i])) {
+            fcounts(e)->flags_up++;
+        }
+    }
+    free(su);
+    /* The new skip list: the plan's, plus (for a delta) the old entries
+     * the delta did not mention and that were not expunged. */
+    struct skip_ent *sk = xcalloc(f->nskips + p->nskips + 1, sizeof(*sk));
+    size_t nsk = 0;
+    for (size_t i = 0; i < f->nskips && f->delta; i++) {
+        uint32_t uid = f->skips[i].uid;
+        bool gone = u32_in(f->vanished, f->nvanished, uid) || find_smsg(f, uid) != NULL ||
+                    (f->have_search &&
+                     bsearch(&uid, f->search, f->nsearch, sizeof(uint32_t), u32_cmp) == NULL);
+        if (!gone) {
+            sk[nsk++] = f->skips[i];
+        }
+    }
+    for (size_t i = 0; i < p->nskips; i++) {
+        const struct smsg *sm = find_smsg(f, p->skips[i].uid);
+        sk[nsk++] = (struct skip_ent){.uid = p->skips[i].uid,
+                                      .too_old = p->skips[i].too_old,
+                                      .size = p->skips[i].size,
+                                      .date = sm != NULL ? (int64_t)sm->internaldate : 0};
+    }
+    count_skips(e, sk, nsk);
 
     /* The folder's state: only when everything it covers is done, so a
      * failed step is retried from the same HIGHESTMODSEQ. */
@@ -2435,9 +2706,20 @@ static void folder_final(struct engine *e)
     }
     struct idx_ops o = {
         .folder = f->job->name, .puts = puts, .nputs = np, .drops = drops, .ndrops = nd, .st = stp};
+    char key[512];
+    unsigned char *packed = NULL;
+    if (stp != NULL && (nsk > 0 || f->nskips > 0)) {
+        /* Stored with the folder state it belongs to. */
+        skip_key(f->job->name, key, sizeof(key));
+        packed = skips_pack(sk, nsk, st.uidvalidity, &o.meta_len);
+        o.meta_key = key;
+        o.meta_val = packed;
+    }
     if (np > 0 || nd > 0 || stp != NULL) {
         idx_apply(e, &o);
     }
+    free(packed);
+    free(sk);
     free(puts);
     free(drops);
 }
@@ -2516,6 +2798,17 @@ static void plan_folder(struct engine *e)
         }
     }
     dedupe_server(f);
+    /* A skipped message reported by a delta (a flag change) comes without
+     * size and date: give it the ones it was skipped for, so the planner
+     * skips it again instead of downloading it. */
+    for (size_t i = 0; i < f->nsmsgs && f->nskips > 0; i++) {
+        struct smsg *s = &f->smsgs[i];
+        const struct skip_ent *sk = s->size == 0 ? find_skip(f, s->uid) : NULL;
+        if (sk != NULL) {
+            s->size = sk->size;
+            s->internaldate = (time_t)sk->date;
+        }
+    }
     fill_input(e, &in, &sm);
     f->plan = plan_build(&in);
     free(sm);
@@ -2645,7 +2938,8 @@ static void start_folder(struct engine *e, struct fjob *j)
         s->uidvalidity == f->st.uidvalidity && (s->have & IMAP_STATUS_UIDNEXT) &&
         s->uidnext == f->st.uidnext && (s->have & IMAP_STATUS_MESSAGES) &&
         s->messages == f->st.messages && (s->have & IMAP_STATUS_HIGHESTMODSEQ) &&
-        f->st.highestmodseq != 0 && s->highestmodseq == f->st.highestmodseq && local_unchanged(e)) {
+        f->st.highestmodseq != 0 && s->highestmodseq == f->st.highestmodseq && local_unchanged(e) &&
+        !skips_released(e)) {
         fstate_free(f);
         e->f = NULL;
         next_folder(e);
@@ -3331,8 +3625,11 @@ char *engine_summary(const struct engine_result *res)
     sbuf_addf(&sb, "%s: %s%u new, %u flags, %u deleted; \xe2\x86\x91 %u new, %u flags, %u deleted",
               res->account, "\xe2\x86\x93 ", c->new_down, c->flags_down, c->deleted_down, c->new_up,
               c->flags_up, c->deleted_up);
-    if (c->skipped > 0) {
-        sbuf_addf(&sb, "; %u skipped", c->skipped);
+    if (c->skipped_size > 0) {
+        sbuf_addf(&sb, "; %u skipped over max_size", c->skipped_size);
+    }
+    if (c->skipped_age > 0) {
+        sbuf_addf(&sb, "; %u skipped older than max_age_days", c->skipped_age);
     }
     if (c->adopted > 0) {
         sbuf_addf(&sb, "; %u adopted after an interruption", c->adopted);

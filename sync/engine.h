@@ -36,11 +36,14 @@ enum engine_kind {
 };
 
 struct engine_counts {
-    unsigned new_down, new_up;         /* messages copied server->local, local->server */
-    unsigned flags_down, flags_up;     /* messages whose flags changed on that side */
-    unsigned deleted_down, deleted_up; /* removed locally / on the server */
-    unsigned skipped;                  /* over max_size / older than max_age_days */
-    unsigned adopted;                  /* found already present after a crash, not copied again */
+    unsigned new_down, new_up;          /* messages copied server->local, local->server */
+    unsigned flags_down, flags_up;      /* messages whose flags changed on that side */
+    unsigned deleted_down, deleted_up;  /* removed locally / on the server */
+    unsigned skipped;                   /* over max_size / older than max_age_days */
+    unsigned skipped_size, skipped_age; /* the same, by reason (skipped is their sum): every
+                                           message the server holds and the limits keep
+                                           away, counted on every run */
+    unsigned adopted;                   /* found already present after a crash, not copied again */
     uint64_t bytes_down, bytes_up;
 };
 

@@ -438,6 +438,112 @@ class DeleteFolders(SyncHelpers, mstest.DovecotTestCase):
         self.assert_same("Old/Stuff")
 
 
+# ---- counts ---------------------------------------------------------------------------
+
+
+class CountScenarios(SyncHelpers):
+
+    def test_flag_added_and_removed_counts_one_message(self):
+        """A message that gains one flag and loses another is in two UID
+        STOREs: both must apply, and it counts as one."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(3, seed=71, max_size=3000),
+                               "\\Seen")
+        cfg = self.config()
+        self.sync(cfg)
+        unique = self.local()[0][0]
+        self.set_local_flags("INBOX", unique, "F")  # +\Flagged, -\Seen
+        p = self.sync(cfg, trace=True)
+        # Both STOREs apply: the second one touches a message the first one
+        # changed, so it cannot be conditional on the MODSEQ seen before.
+        self.assertEqual(len(re.findall(r"C: \S+ UID STORE", p.stderr)), 2)
+        self.assertNotIn("[MODIFIED", p.stderr)
+        self.assertIn("\u2191 0 new, 1 flags, 0 deleted", p.stdout)
+        self.assert_same()
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+
+
+class CountsQresync(CountScenarios, mstest.DovecotTestCase):
+    pass
+
+
+class CountsFallback(CountScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": FALLBACK_CAPS}
+
+
+# ---- max_size / max_age_days -------------------------------------------------------
+
+NOW_2023 = "1685620800"  # 2023-06-01: messages dated January 2023 are recent
+
+
+def dated(subject, date, body):
+    return (b"From: a@example.org\r\nSubject: " + subject + b"\r\nDate: " + date +
+            b"\r\nMessage-ID: <" + subject.replace(b" ", b".") + b"@skip>\r\n\r\n" + body)
+
+
+class SkipScenarios(SyncHelpers):
+
+    def test_skipped_messages_reported_and_kept_skipped(self):
+        recent = b"Mon, 2 Jan 2023 10:00:00 +0000"
+        small = [dated(b"small %d" % i, recent, b"short\r\n") for i in range(3)]
+        big = [dated(b"big %d" % i, recent, b"x" * 76 + b"\r\n") for i in range(2)]
+        big = [m.replace(b"\r\n\r\n", b"\r\n\r\n" + (b"y" * 76 + b"\r\n") * 1000, 1)
+               for m in big]
+        old = dated(b"old one", b"Tue, 2 Jan 2001 10:00:00 +0000", b"ancient\r\n")
+        uids = self.dovecot.save_many(self.user, "INBOX", small + big + [old])
+        env = {"MAILSYNC_NOW": NOW_2023}
+        cfg = self.config(max_size=50000, max_age_days=365)
+        skipped = "; 2 skipped over max_size; 1 skipped older than max_age_days"
+        p = self.sync(cfg, env=env)
+        self.assertIn("\u2193 3 new", p.stdout)
+        self.assertIn(skipped, p.stdout)
+        self.assertEqual(len(self.local()), 3)
+        # Nothing changed: still reported.
+        p = self.sync(cfg, env=env)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted", p.stdout)
+        self.assertIn(skipped, p.stdout)
+        # Flags change on skipped messages (an incremental resync hears of
+        # them) and a new message arrives: only the new one comes down.
+        self.store("INBOX", uids[3], "+FLAGS", "\\Flagged")
+        self.store("INBOX", uids[5], "+FLAGS", "\\Seen")
+        self.dovecot.save(self.user, "INBOX", dated(b"small new", recent, b"new\r\n"))
+        p = self.sync(cfg, env=env)
+        self.assertIn("\u2193 1 new", p.stdout)
+        self.assertIn(skipped, p.stdout)
+        bodies = [b for _u, _f, b in self.local()]
+        self.assertEqual(len(bodies), 4)
+        self.assertFalse(any(b"big" in b or b"old one" in b for b in bodies))
+        # The folder state advanced past the skipped messages.
+        p = self.sync(cfg, env=env, trace=True)
+        self.assertIn(skipped, p.stdout)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted", p.stdout)
+        if self.incremental:
+            self.assertNotRegex(p.stderr, r"C: \S+ SELECT INBOX")
+        # A higher max_size lets the large ones come down (with their flags).
+        cfg = self.config(max_size=500000, max_age_days=365)
+        p = self.sync(cfg, env=env)
+        self.assertIn("\u2193 2 new", p.stdout)
+        self.assertIn("; 1 skipped older than max_age_days", p.stdout)
+        self.assertNotIn("over max_size", p.stdout)
+        loc = {b: fl for _u, fl, b in self.local()}
+        self.assertEqual(loc[mstest.crlf_to_lf(big[0])], "F")
+        self.assertEqual(len(loc), 6)
+        p = self.sync(cfg, env=env)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+        self.assertIn("; 1 skipped older than max_age_days", p.stdout)
+
+
+class SkipQresync(SkipScenarios, mstest.DovecotTestCase):
+    incremental = True
+
+
+class SkipFallback(SkipScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": FALLBACK_CAPS}
+    incremental = False
+
+
 # ---- LOGOUT and 50 MB messages ----------------------------------------------------
 
 BIG = 50 * 1024 * 1024
