@@ -1,12 +1,17 @@
 /* The two-way IMAP <-> Maildir sync engine: see engine.h and plan.h.
  *
  * One account, one connection, one folder at a time. Per folder the phases
- * are: prepare (Maildir scan, index base, adopt download intents), SELECT,
- * server state (QRESYNC delta, CONDSTORE delta, or a full FLAGS listing),
- * resolve upload intents left by a crash, plan, then apply: local flag
- * changes and deletions, server flag changes and deletions, downloads
- * (batched: intent rows, commit + rename, one directory fsync, records),
- * uploads (intent rows, APPEND, records), and the folder's new state.
+ * are: prepare (Maildir scan, index base, skip list, adopt download
+ * intents), SELECT, server state (QRESYNC delta, CONDSTORE delta, or a full
+ * FLAGS listing; with Message-IDs when UIDVALIDITY changed), header blocks
+ * where only a header hash can match a message (UIDVALIDITY re-match,
+ * upload intents without a Message-ID), resolve upload intents left by a
+ * crash, plan, then apply: local flag changes and deletions, server flag
+ * changes and deletions, downloads (batched: intent rows, commit + rename,
+ * one directory fsync, records), uploads (intent rows, APPEND, records;
+ * without APPENDUID one FETCH of the new UIDs finds them), and the
+ * folder's new state. Folders deleted on one side are handled between
+ * folders (delete_folders), and the run ends with LOGOUT.
  *
  * Store calls (scan, fsync, LMDB commits) run on the loop thread for now;
  * they are grouped so that a batch of 50 downloads costs two index commits

@@ -15,6 +15,9 @@
  *   append F FILE [flags=F,..] [date=EPOCH] [reader] | expunge SET |
  *   move SET F | copy SET F | create F | delete F | noop | idle SECONDS |
  *   sleep MS | logout
+ * ITEMS is a comma list of flags, size, date, modseq, body, msgid (the
+ * Message-ID header, printed as msgid=) and header (the header block,
+ * printed as its length header=).
  *
  * Output: "DONE <command> OK|NO|BAD [CODE] text" or "DONE <command> ERR
  * text" per command, data lines (FOLDER, STATUS, SELECTED, MSG, SEARCH,
