@@ -1,5 +1,6 @@
 /* Keep-on-server POP3 download engine: see popsync.h. */
 #include "sync/popsync.h"
+#include "sync/account.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -746,40 +747,9 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
         return;
     }
     const struct cfg_account *a = ps->acct;
-    struct pop3_opts po = {0};
-    po.net.host = a->host;
-    po.net.port = a->port;
-    po.net.tls = a->tls == CFG_TLS_IMPLICIT   ? NET_TLS_IMPLICIT
-                 : a->tls == CFG_TLS_STARTTLS ? NET_TLS_LATER
-                                              : NET_TLS_NONE;
-    po.net.ca_file = a->ca_file;
-    po.net.fingerprint = a->tls_fingerprint;
+    struct pop3_opts po;
+    account_pop3_opts(a, secret, &po);
     po.net.insecure_skip_verify = ps->opts.insecure_skip_verify;
-    po.net.idle_timeout_ms = a->timeout_seconds * 1000u;
-    po.user = a->user;
-    po.secret = secret;
-    switch (a->auth) {
-    case CFG_AUTH_AUTO:
-        po.auth = POP3_AUTH_AUTO;
-        break;
-    case CFG_AUTH_PLAIN:
-        po.auth = POP3_AUTH_PLAIN;
-        break;
-    case CFG_AUTH_LOGIN:
-        po.auth = POP3_AUTH_USER;
-        break;
-    case CFG_AUTH_XOAUTH2:
-        po.auth = POP3_AUTH_XOAUTH2;
-        break;
-    case CFG_AUTH_OAUTHBEARER:
-        po.auth = POP3_AUTH_OAUTHBEARER;
-        break;
-    case CFG_AUTH_APOP:
-        po.auth = POP3_AUTH_APOP;
-        break;
-    }
-    po.allow_plaintext = a->allow_plaintext;
-    po.log_name = a->name;
     static const struct pop3_cb cb = {.on_ready = on_pop_ready, .on_error = on_pop_error};
     int r = pop3_connect(ps->loop, &po, &cb, ps, &ps->pop);
     if (r < 0) {
