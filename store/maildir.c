@@ -386,38 +386,113 @@ struct msgvec {
     size_t cap;
 };
 
+/* The kernel's dirent64 record, as getdents64 returns it. */
+struct md_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/* Where a one-call read of a directory gives up and reads in pieces. */
+#define MD_SCAN_BUF_MAX (64u << 20)
+
+static void scan_entry(const struct md_dirent64 *de, bool in_new, struct msgvec *mv)
+{
+    if (de->d_name[0] == '.') {
+        return;
+    }
+    /* No stat per file: d_type is trusted when the file system fills it in,
+     * and DT_UNKNOWN (some network file systems) counts as a file. */
+    if (de->d_type != DT_UNKNOWN && de->d_type != DT_REG) {
+        return;
+    }
+    xgrow(&mv->v, &mv->cap, mv->n + 1, sizeof(*mv->v));
+    if (md_parse_name(de->d_name, in_new, &mv->v[mv->n])) {
+        mv->n++;
+    }
+}
+
+static void msgvec_truncate(struct msgvec *mv, size_t n)
+{
+    while (mv->n > n) {
+        md_msg_clear(&mv->v[--mv->n]);
+    }
+}
+
+/* Reads a directory with getdents64 into a buffer big enough for all of it
+ * in one call. Linux holds the directory's lock for the length of one call,
+ * so a client renaming a message inside the directory is seen under the old
+ * name or the new one, never under neither (which plain readdir in pieces
+ * allows, and which would read as a deletion). A directory that does not fit
+ * in one call is read again with a larger buffer, up to MD_SCAN_BUF_MAX;
+ * beyond that it is read in pieces and md_scan's repeated passes cover it. */
 static int scan_dir(struct md_folder *f, const char *dir, bool in_new, struct msgvec *mv)
 {
-    DIR *d = opendir(dir);
-    if (d == NULL) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
         return fail(f, errno, dir, "cannot open directory");
     }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return fail(f, e, dir, "cannot read directory");
+    }
+    /* A directory's size bounds its entries on the common file systems; the
+     * records returned are a little larger than the ones on disk. */
+    size_t cap = 65536;
+    if (st.st_size > 0 && (uint64_t)st.st_size < MD_SCAN_BUF_MAX / 2) {
+        cap += (size_t)st.st_size * 2;
+    }
+    if (cap > MD_SCAN_BUF_MAX) {
+        cap = MD_SCAN_BUF_MAX;
+    }
+    size_t start = mv->n;
+    char *buf = xmalloc(cap);
+    int ret = 0;
     for (;;) {
-        errno = 0;
-        struct dirent *de = readdir(d);
-        if (de == NULL) {
-            if (errno != 0) {
-                int e = errno;
-                closedir(d);
-                return fail(f, e, dir, "cannot read directory");
+        unsigned calls = 0;
+        bool restart = false;
+        for (;;) {
+            ssize_t got = getdents64(fd, buf, cap);
+            if (got < 0) {
+                ret = fail(f, errno, dir, "cannot read directory");
+                break;
             }
+            if (got == 0) {
+                break;
+            }
+            if (++calls > 1 && cap < MD_SCAN_BUF_MAX) {
+                restart = true;
+                break;
+            }
+            for (ssize_t off = 0; off < got;) {
+                const struct md_dirent64 *de = (const struct md_dirent64 *)(buf + off);
+                scan_entry(de, in_new, mv);
+                off += de->d_reclen;
+            }
+        }
+        if (ret < 0 || !restart) {
             break;
         }
-        if (de->d_name[0] == '.') {
-            continue;
-        }
-        /* No stat per file: d_type is trusted when the file system fills it
-         * in, and DT_UNKNOWN (some network file systems) counts as a file. */
-        if (de->d_type != DT_UNKNOWN && de->d_type != DT_REG) {
-            continue;
-        }
-        xgrow(&mv->v, &mv->cap, mv->n + 1, sizeof(*mv->v));
-        if (md_parse_name(de->d_name, in_new, &mv->v[mv->n])) {
-            mv->n++;
+        /* It did not fit: read it all again, in one call this time. */
+        msgvec_truncate(mv, start);
+        cap = cap * 4 < MD_SCAN_BUF_MAX ? cap * 4 : MD_SCAN_BUF_MAX;
+        free(buf);
+        buf = xmalloc(cap);
+        if (lseek(fd, 0, SEEK_SET) != 0) {
+            ret = fail(f, errno, dir, "cannot read directory");
+            break;
         }
     }
-    closedir(d);
-    return 0;
+    free(buf);
+    close(fd);
+    if (ret < 0) {
+        msgvec_truncate(mv, start);
+    }
+    return ret;
 }
 
 static int msg_cmp(const void *a, const void *b)
@@ -516,8 +591,11 @@ int md_scan(struct md_folder *f, struct md_scan **scan_r)
     int ret = 0;
     /* A rename inside one directory while readdir runs can hide the message
      * under both names (hashed directory order puts the new name behind the
-     * read position after the old one was passed). Missing a message would
-     * read as a deletion, so when the directories changed during a pass we
+     * read position after the old one was passed). scan_dir reads each
+     * directory in one call, which Linux makes atomic against renames on its
+     * local file systems; for the others (and directories too big for one
+     * call) missing a message would read as a deletion, so when the
+     * directories changed during a pass we
      * read them again and keep the union of every pass: a message seen in
      * any pass is reported (the duplicates are collapsed below). A message
      * really deleted during the scan is then reported once more, which is

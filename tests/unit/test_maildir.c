@@ -1043,11 +1043,11 @@ static void test_scan_while_client_renames(void **state)
     }
     atomic_store(&fl.stop, true);
     pthread_join(th, NULL);
+    free(fl.a);
+    free(fl.b);
     assert_true(fl.flips > 0);
     /* Never missing: a missing message would be taken for a deletion. */
     assert_int_equal(missing, 0);
-    free(fl.a);
-    free(fl.b);
 }
 
 /* A copy with the same identity is a different message: a flag change must
