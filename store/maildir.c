@@ -53,6 +53,11 @@ struct md_folder {
     off_t kw_size;
     struct timespec kw_mtim;
     struct timespec kw_ctim;
+
+    /* tmp/, opened before the first delivery: syncfs on it reports every
+     * write-back error on the file system since it was opened (Linux 5.8),
+     * so md_writers_sync can make a batch durable with one call. */
+    int sync_fd;
 };
 
 struct md_writer {
@@ -61,8 +66,10 @@ struct md_writer {
     char *uname;    /* the unique name, which becomes the identity */
     char *tmp_path; /* NULL once the temp file has been removed */
     bool crlf_to_lf;
-    bool held_cr; /* a CR ended the last chunk; the next one decides */
-    int err;      /* sticky negative errno after a failed write */
+    bool held_cr;  /* a CR ended the last chunk; the next one decides */
+    bool finished; /* md_writer_finish: no more data */
+    bool synced;   /* md_writers_sync: the bytes are durable */
+    int err;       /* sticky negative errno after a failed write */
     uint64_t size;
     size_t blen;
     char buf[MD_WBUF_SIZE];
@@ -131,6 +138,7 @@ int md_folder_open(const char *path, bool create, bool maildirpp_sub, struct md_
         return -EINVAL;
     }
     struct md_folder *f = xcalloc(1, sizeof(*f));
+    f->sync_fd = -1;
     f->path = xstrndup(path, len);
     f->path_new = path_join(f->path, "new");
     f->path_cur = path_join(f->path, "cur");
@@ -212,6 +220,9 @@ void md_folder_close(struct md_folder *f)
         return;
     }
     kw_clear(f);
+    if (f->sync_fd >= 0) {
+        close(f->sync_fd);
+    }
     free(f->path);
     free(f->path_new);
     free(f->path_cur);
@@ -1032,6 +1043,10 @@ static char *unique_name(void)
 int md_writer_open(struct md_folder *f, bool crlf_to_lf, struct md_writer **w_r)
 {
     *w_r = NULL;
+    if (f->sync_fd < 0) {
+        /* Without it md_writers_sync falls back to one fsync per file. */
+        f->sync_fd = open(f->path_tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    }
     /* The name cannot collide; the retry only guards against a clock that
      * jumped back together with a reused pid and an unlucky random part. */
     for (int tries = 0;; tries++) {
@@ -1057,6 +1072,8 @@ int md_writer_open(struct md_folder *f, bool crlf_to_lf, struct md_writer **w_r)
         w->tmp_path = path;
         w->crlf_to_lf = crlf_to_lf;
         w->held_cr = false;
+        w->finished = false;
+        w->synced = false;
         w->err = 0;
         w->size = 0;
         w->blen = 0;
@@ -1152,6 +1169,9 @@ int md_writer_write(struct md_writer *w, const void *data, size_t len)
     if (w->err != 0) {
         return w->err;
     }
+    if (w->finished) {
+        return writer_fail(w, EINVAL, "write after the message was finished");
+    }
     const char *p = data;
     const char *end = p + len;
     int ret;
@@ -1206,6 +1226,86 @@ void md_writer_abort(struct md_writer *w)
     free(w);
 }
 
+int md_writer_finish(struct md_writer *w, time_t mtime)
+{
+    if (w->err < 0) {
+        return w->err;
+    }
+    if (w->finished) {
+        return 0;
+    }
+    int ret;
+    if (w->held_cr) {
+        /* A CR at the very end has no LF after it: it stays. */
+        w->held_cr = false;
+        if ((ret = writer_put(w, "\r", 1)) < 0) {
+            return ret;
+        }
+    }
+    if ((ret = writer_flush(w)) < 0) {
+        return ret;
+    }
+    if (mtime != 0) {
+        /* Set before the data is made durable so that the received date is
+         * as durable as the bytes. */
+        struct timespec ts[2] = {{.tv_sec = mtime, .tv_nsec = 0}, {.tv_sec = mtime, .tv_nsec = 0}};
+        if (futimens(w->fd, ts) != 0) {
+            return writer_fail(w, errno, "cannot set the modification time");
+        }
+    }
+    w->finished = true;
+    return 0;
+}
+
+/* Below this many files a batch is made durable file by file: syncfs writes
+ * back everything dirty on the file system, which a single fsync does not
+ * wait for. */
+#define MD_SYNCFS_MIN 3
+
+int md_writers_sync(struct md_folder *f, struct md_writer *const *ws, size_t n)
+{
+    size_t todo = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct md_writer *w = ws[i];
+        if (w == NULL || w->synced || w->err < 0 || md_writer_finish(w, 0) < 0) {
+            continue;
+        }
+        todo++;
+    }
+    if (todo == 0) {
+        return 0;
+    }
+    if (todo >= MD_SYNCFS_MIN && f->sync_fd >= 0) {
+        /* One write-back and one journal commit for the whole batch instead
+         * of one per file: on ext4 this is several times faster for a batch
+         * of mail. The error, if any, cannot be pinned to one file, so the
+         * whole batch fails. */
+        if (syncfs(f->sync_fd) != 0) {
+            return fail(f, errno, f->path_tmp, "syncfs failed");
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            struct md_writer *w = ws[i];
+            if (w == NULL || w->synced || w->err < 0) {
+                continue;
+            }
+            if (fsync(w->fd) != 0) {
+                int e = errno;
+                fail(f, e, w->tmp_path, "fsync failed");
+                return -e;
+            }
+            w->synced = true;
+        }
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ws[i] != NULL && ws[i]->err == 0) {
+            ws[i]->synced = true;
+        }
+    }
+    return 0;
+}
+
 int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywords kw, time_t mtime,
                      bool defer_dir_sync, struct md_msg *msg_r)
 {
@@ -1216,26 +1316,10 @@ int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywor
     if (ret < 0) {
         goto out;
     }
-    if (w->held_cr) {
-        /* A CR at the very end has no LF after it: it stays. */
-        w->held_cr = false;
-        if ((ret = writer_put(w, "\r", 1)) < 0) {
-            goto out;
-        }
-    }
-    if ((ret = writer_flush(w)) < 0) {
+    if ((ret = md_writer_finish(w, mtime)) < 0) {
         goto out;
     }
-    if (mtime != 0) {
-        /* Set before the fsync so that the received date is as durable as
-         * the bytes. */
-        struct timespec ts[2] = {{.tv_sec = mtime, .tv_nsec = 0}, {.tv_sec = mtime, .tv_nsec = 0}};
-        if (futimens(w->fd, ts) != 0) {
-            ret = writer_fail(w, errno, "cannot set the modification time");
-            goto out;
-        }
-    }
-    if (fsync(w->fd) != 0) {
+    if (!w->synced && fsync(w->fd) != 0) {
         ret = writer_fail(w, errno, "fsync failed");
         goto out;
     }

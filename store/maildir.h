@@ -97,10 +97,23 @@ uint64_t md_writer_size(const struct md_writer *w);
  * before commit so that an owner can record its intent durably first and
  * adopt the file after a crash. Valid until commit or abort. */
 const char *md_writer_id(const struct md_writer *w);
-/* fsyncs and closes the file, then renames it into new/ (when flags and
- * keywords are both zero and to_cur is false) or cur/ with the info suffix.
- * With mtime non-zero the file's modification time is set to it (Dovecot
- * and mutt use it as the received date). The directory is fsynced unless
+/* Ends the data: writes what is buffered and, with mtime non-zero, sets the
+ * file's modification time (Dovecot and mutt use it as the received date).
+ * Later writes fail. commit calls it when the owner did not. */
+int md_writer_finish(struct md_writer *w, time_t mtime);
+/* Makes the bytes of n finished writers durable at once (unfinished ones are
+ * finished with mtime 0; NULL entries are skipped): one syncfs of the file
+ * system for a batch, else one fsync per file; writers that failed are
+ * skipped, their commit reports the error. f is the folder the writers
+ * were opened on (or another handle on the same file system that had a
+ * writer opened before these writers wrote). On failure none of them is
+ * known durable: abort them all. md_writer_commit then skips its fsync. */
+int md_writers_sync(struct md_folder *f, struct md_writer *const *ws, size_t n);
+/* Finishes the writer (mtime as in md_writer_finish, ignored when it was
+ * finished already), fsyncs it unless md_writers_sync made it durable,
+ * closes it, then renames it into new/ (when flags and keywords are both
+ * zero and to_cur is false) or cur/ with the info suffix. The directory is
+ * fsynced unless
  * defer_dir_sync, in which case the caller must call md_folder_sync before
  * recording the message anywhere. On success the writer is freed and
  * *msg_r (when not NULL) describes the new message. On failure the temp file

@@ -38,6 +38,7 @@
 #include "sync/imap.h"
 #include "sync/plan.h"
 #include "sync/secret.h"
+#include "sync/skiplist.h"
 
 /* Downloads: UIDs per UID FETCH command, and a batch is committed (intent
  * rows, fsync + rename, directory fsync, records) at this many messages or
@@ -88,14 +89,6 @@ struct lfact {
     bool have_hh;
     uint64_t wire; /* size on the wire, when have_wire */
     bool have_wire;
-};
-
-/* A message left on the server for max_size / max_age_days. */
-struct skip_ent {
-    uint32_t uid;
-    bool too_old; /* else too large */
-    uint64_t size;
-    int64_t date;
 };
 
 /* A download in flight or waiting in the batch. */
@@ -154,7 +147,7 @@ struct fstate {
     bool have_search;
     struct plan *plan;
     /* Messages skipped for max_size / max_age_days (what the index holds
-     * for them under "skip:FOLDER"; see skip_key), sorted by UID. */
+     * for them under "skip:FOLDER"; see sync/skiplist.h), sorted by UID. */
     struct skip_ent *skips;
     size_t nskips, skips_cap;
     uint32_t skip_uv;
@@ -807,98 +800,19 @@ static void on_imap_event(struct imap *im, const struct imap_event *ev, void *ar
  * It is what lets a CONDSTORE/QRESYNC resync, which only hears about
  * changed messages, keep skipping them (a flag change on one must not
  * download it) and report them on every run. */
-#define SKIP_HDR 8
-#define SKIP_ENT 21
-
-static void skip_key(const char *folder, char *buf, size_t cap)
+/* Reads the folder's skip list; a missing or malformed value is none. */
+static void skips_load(struct engine *e, struct idx_txn *txn)
 {
-    if (strlen(folder) < 400) {
-        snprintf(buf, cap, "skip:%s", folder);
-        return;
-    }
-    uint8_t h[16];
-    msgid_hash(folder, h);
-    size_t n = (size_t)snprintf(buf, cap, "skip#");
-    for (size_t i = 0; i < sizeof(h) && n + 2 < cap; i++) {
-        n += (size_t)snprintf(buf + n, cap - n, "%02x", h[i]);
-    }
-}
-
-static int skip_cmp(const void *a, const void *b)
-{
-    uint32_t x = ((const struct skip_ent *)a)->uid, y = ((const struct skip_ent *)b)->uid;
-    return x < y ? -1 : x > y;
+    struct fstate *f = e->f;
+    f->nskips = skiplist_load(txn, f->job->name, &f->skips, &f->skip_uv);
+    f->skips_cap = f->nskips;
 }
 
 static struct skip_ent *find_skip(const struct fstate *f, uint32_t uid)
 {
     struct skip_ent key = {.uid = uid};
-    return f->nskips > 0 ? bsearch(&key, f->skips, f->nskips, sizeof(*f->skips), skip_cmp) : NULL;
-}
-
-/* Reads the folder's skip list; a missing or malformed value is none. */
-static void skips_load(struct engine *e, struct idx_txn *txn)
-{
-    struct fstate *f = e->f;
-    char key[512];
-    skip_key(f->job->name, key, sizeof(key));
-    unsigned char small[4096];
-    unsigned char *buf = small;
-    size_t len = 0;
-    if (idx_meta_get(txn, key, small, sizeof(small), &len) < 0) {
-        return;
-    }
-    if (len > sizeof(small)) {
-        buf = xmalloc(len);
-        if (idx_meta_get(txn, key, buf, len, &len) < 0) {
-            free(buf);
-            return;
-        }
-    }
-    uint32_t count = 0;
-    if (len >= SKIP_HDR) {
-        memcpy(&f->skip_uv, buf, 4);
-        memcpy(&count, buf + 4, 4);
-    }
-    if (len >= SKIP_HDR && (size_t)count == (len - SKIP_HDR) / SKIP_ENT &&
-        len == SKIP_HDR + (size_t)count * SKIP_ENT) {
-        f->skips = xcalloc(count + 1, sizeof(*f->skips));
-        f->skips_cap = count + 1;
-        for (uint32_t i = 0; i < count; i++) {
-            const unsigned char *p = buf + SKIP_HDR + (size_t)i * SKIP_ENT;
-            struct skip_ent *s = &f->skips[f->nskips++];
-            memcpy(&s->uid, p, 4);
-            s->too_old = p[4] != 0;
-            memcpy(&s->size, p + 5, 8);
-            memcpy(&s->date, p + 13, 8);
-        }
-        qsort(f->skips, f->nskips, sizeof(*f->skips), skip_cmp);
-    }
-    if (buf != small) {
-        free(buf);
-    }
-}
-
-/* The serialised list (caller frees), at most what one meta value holds. */
-static unsigned char *skips_pack(const struct skip_ent *v, size_t n, uint32_t uv, size_t *len_r)
-{
-    size_t max = ((size_t)1 << 20) / SKIP_ENT - 1;
-    if (n > max) {
-        n = max; /* the rest is listed again by the next full listing */
-    }
-    unsigned char *buf = xmalloc(SKIP_HDR + n * SKIP_ENT);
-    uint32_t count = (uint32_t)n;
-    memcpy(buf, &uv, 4);
-    memcpy(buf + 4, &count, 4);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char *p = buf + SKIP_HDR + i * SKIP_ENT;
-        memcpy(p, &v[i].uid, 4);
-        p[4] = v[i].too_old ? 1 : 0;
-        memcpy(p + 5, &v[i].size, 8);
-        memcpy(p + 13, &v[i].date, 8);
-    }
-    *len_r = SKIP_HDR + n * SKIP_ENT;
-    return buf;
+    return f->nskips > 0 ? bsearch(&key, f->skips, f->nskips, sizeof(*f->skips), skiplist_cmp)
+                         : NULL;
 }
 
 /* Whether today's limits still skip this message. */
@@ -2059,6 +1973,21 @@ static int flush_batch(struct engine *e)
     }
     struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = f->nbatch};
     int r = idx_apply(e, &o);
+    if (r >= 0) {
+        /* The bytes of the whole batch become durable at once. */
+        struct md_writer **ws = xcalloc(f->nbatch, sizeof(*ws));
+        for (size_t i = 0; i < f->nbatch; i++) {
+            ws[i] = f->batch[i]->w;
+            /* The received date goes with the bytes; a failure stays on the
+             * writer and its commit reports it. */
+            md_writer_finish(ws[i], f->batch[i]->pd->internaldate);
+        }
+        r = md_writers_sync(f->md, ws, f->nbatch);
+        free(ws);
+        if (r < 0) {
+            folder_fail(e, "%s", md_folder_error(f->md));
+        }
+    }
     size_t ok = 0;
     for (size_t i = 0; i < f->nbatch; i++) {
         struct dl *d = f->batch[i];
@@ -2715,8 +2644,8 @@ static void folder_final(struct engine *e)
     unsigned char *packed = NULL;
     if (stp != NULL && (nsk > 0 || f->nskips > 0)) {
         /* Stored with the folder state it belongs to. */
-        skip_key(f->job->name, key, sizeof(key));
-        packed = skips_pack(sk, nsk, st.uidvalidity, &o.meta_len);
+        skiplist_key(f->job->name, key, sizeof(key));
+        packed = skiplist_pack(sk, nsk, st.uidvalidity, &o.meta_len);
         o.meta_key = key;
         o.meta_val = packed;
     }

@@ -1560,7 +1560,8 @@ static int put_delivered(struct idx_txn *txn, void *arg)
 }
 
 /* A batch is committed in three steps, each on the threadpool: the intent
- * rows; the files (fsync, rename into new/), NSHARD jobs in parallel, each
+ * rows and the files' bytes made durable; the files renamed into new/
+ * (fsynced one by one only when the batch is small), NSHARD jobs in parallel, each
  * with its own folder handle; then new/ is fsynced and the rows say
  * delivered. */
 
@@ -1569,6 +1570,19 @@ static void commit_intents_work(struct popsync *ps)
     int r = idx_write(ps->idx, put_intents, ps);
     if (r < 0) {
         job_fail(ps, r, "%s", idx_error(ps->idx));
+        return;
+    }
+    /* The bytes of the whole batch are made durable at once (one syncfs),
+     * so the shards only rename. */
+    struct md_writer **ws = xcalloc(ps->commit.n, sizeof(*ws));
+    for (size_t i = 0; i < ps->commit.n; i++) {
+        ws[i] = ps->commit.v[i]->w;
+    }
+    struct md_folder *f = ps->folders[ps->commit_set][0];
+    r = md_writers_sync(f, ws, ps->commit.n);
+    free(ws);
+    if (r < 0) {
+        job_fail(ps, r, "%s", md_folder_error(f));
     }
 }
 

@@ -247,6 +247,69 @@ static void test_deliver_small_new(void **state)
     md_msg_clear(&m);
 }
 
+/* A batch made durable at once: md_writer_finish sets the date,
+ * md_writers_sync covers every writer (one syncfs for three or more), a
+ * failed writer is skipped, and commit then renames without an fsync. */
+static void test_writers_sync_batch(void **state)
+{
+    struct fixture *fx = *state;
+    enum {
+        N = 5
+    };
+    struct md_writer *ws[N + 1] = {0};
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(md_writer_open(fx->f, true, &ws[i]), 0);
+        char body[32];
+        int n = snprintf(body, sizeof(body), "message %d\r\nline\r", i);
+        assert_int_equal(md_writer_write(ws[i], body, (size_t)n), 0);
+    }
+    /* Writer 1 is finished with a date; a later write is refused and makes
+     * it fail, so the batch skips it. */
+    assert_int_equal(md_writer_finish(ws[0], 1000000000), 0);
+    assert_int_equal(md_writer_finish(ws[1], 0), 0);
+    assert_int_equal(md_writer_write(ws[1], "more", 4), -EINVAL);
+    /* NULL entries are allowed. */
+    assert_int_equal(md_writers_sync(fx->f, ws, N + 1), 0);
+    assert_int_equal(md_writer_commit(ws[1], false, 0, 0, 0, true, NULL), -EINVAL);
+    for (int i = 0; i < N; i++) {
+        if (i == 1) {
+            continue;
+        }
+        struct md_msg m;
+        assert_int_equal(md_writer_commit(ws[i], false, 0, 0, 0, true, &m), 0);
+        assert_true(m.in_new);
+        char *p = sub(fx, "new", m.name);
+        size_t len;
+        char *data = read_all(p, &len);
+        char want[32];
+        int n = snprintf(want, sizeof(want), "message %d\nline\r", i);
+        assert_int_equal(len, (size_t)n);
+        assert_memory_equal(data, want, len);
+        if (i == 0) {
+            struct stat st;
+            assert_int_equal(stat(p, &st), 0);
+            assert_int_equal(st.st_mtime, 1000000000);
+        }
+        free(data);
+        free(p);
+        md_msg_clear(&m);
+    }
+    assert_int_equal(md_folder_sync(fx->f), 0);
+    assert_int_equal(count_entries(fx, "new"), N - 1);
+    assert_int_equal(count_entries(fx, "tmp"), 0);
+
+    /* Two writers: one fsync each, same outcome. */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(md_writer_open(fx->f, false, &ws[i]), 0);
+        assert_int_equal(md_writer_write(ws[i], "x\n", 2), 0);
+    }
+    assert_int_equal(md_writers_sync(fx->f, ws, 2), 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(md_writer_commit(ws[i], true, MD_FLAG_SEEN, 0, 0, false, NULL), 0);
+    }
+    assert_int_equal(count_entries(fx, "cur"), 2);
+}
+
 static void test_deliver_cur_flags_keywords(void **state)
 {
     struct fixture *fx = *state;
@@ -1071,6 +1134,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_folder_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deliver_small_new, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writers_sync_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deliver_cur_flags_keywords, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deliver_large_streamed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crlf_edges, setup, teardown),
