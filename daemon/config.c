@@ -575,6 +575,26 @@ static bool get_bool(struct loader *ld, const struct kv *kv, bool *out)
     return false;
 }
 
+/* "auto", or a boolean (true = also towards local addresses). */
+static bool get_compress(struct loader *ld, const struct kv *kv, enum cfg_compress *out)
+{
+    const char *s = node_str(kv->v);
+    if (s != NULL && strcasecmp(s, "auto") == 0) {
+        *out = CFG_COMPRESS_AUTO;
+        return true;
+    }
+    static const char *const yes[] = {"true", "yes", "on"};
+    static const char *const no[] = {"false", "no", "off"};
+    for (size_t i = 0; s != NULL && i < ARRAY_SIZE(yes); i++) {
+        if (strcasecmp(s, yes[i]) == 0 || strcasecmp(s, no[i]) == 0) {
+            *out = strcasecmp(s, yes[i]) == 0 ? CFG_COMPRESS_ALWAYS : CFG_COMPRESS_NEVER;
+            return true;
+        }
+    }
+    key_err_got(ld, kv, "auto or a boolean: true, false, yes, no, on or off");
+    return false;
+}
+
 /* Parses plain decimal digits with an optional '-' (so that "-1" is reported
  * as out of range rather than as not a number). Saturates on overflow. */
 static bool parse_decimal(const char *s, long long *out)
@@ -1289,7 +1309,7 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
     a->line = (int)knode->start_mark.line + 1;
     a->max_connections = 2;
     a->max_delete_ratio = 0.5;
-    a->compress = true;
+    a->compress = CFG_COMPRESS_AUTO;
     a->timeout_seconds = 60;
     a->pop.keep_on_server = true;
     a->pop.delete_after_days = -1;
@@ -1499,7 +1519,7 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
         a->max_age_days = (unsigned)v;
     }
     if ((kv = kv_get(&m, "compress")) != NULL) {
-        get_bool(ld, kv, &a->compress);
+        get_compress(ld, kv, &a->compress);
     }
     if ((kv = kv_get(&m, "timeout")) != NULL && get_int(ld, kv, 5, 3600, &v)) {
         a->timeout_seconds = (unsigned)v;
@@ -2032,7 +2052,10 @@ static void print_account(FILE *fp, const struct cfg_account *a)
     fprintf(fp, "    max_age_days: %u%s\n", a->max_age_days,
             a->max_age_days == 0 ? "  # no limit" : "");
     if (!pop) {
-        fprintf(fp, "    compress: %s\n", yn(a->compress));
+        fprintf(fp, "    compress: %s\n",
+                a->compress == CFG_COMPRESS_AUTO
+                    ? "auto  # not towards loopback or private addresses"
+                    : yn(a->compress == CFG_COMPRESS_ALWAYS));
     }
     fprintf(fp, "    timeout: %u\n", a->timeout_seconds);
     if (pop) {

@@ -65,6 +65,15 @@ struct cfg_pop {
     bool delete_when_deleted_locally; /* default false */
 };
 
+/* COMPRESS=DEFLATE when the server offers it: auto uses it except towards
+ * loopback and private (LAN) addresses, where compressing costs both ends
+ * CPU and saves nothing. */
+enum cfg_compress {
+    CFG_COMPRESS_AUTO = 0,
+    CFG_COMPRESS_ALWAYS,
+    CFG_COMPRESS_NEVER,
+};
+
 struct cfg_account {
     char *name;
     int line; /* where the account is defined, for messages */
@@ -92,7 +101,7 @@ struct cfg_account {
     double max_delete_ratio;               /* 0..1, default 0.5 */
     uint64_t max_size;                     /* bytes, 0 = no limit; "10M", "512k" accepted */
     unsigned max_age_days;                 /* 0 = no limit */
-    bool compress;                         /* use COMPRESS=DEFLATE when offered, default true */
+    enum cfg_compress compress;            /* default CFG_COMPRESS_AUTO */
     unsigned timeout_seconds;              /* network inactivity timeout, default 60 */
     struct cfg_pop pop;
 };

@@ -49,7 +49,8 @@ void account_imap_opts(const struct cfg_account *acct, const char *secret, struc
         break;
     }
     o_r->allow_plaintext = acct->allow_plaintext;
-    o_r->compress = acct->compress;
+    o_r->compress = acct->compress != CFG_COMPRESS_NEVER;
+    o_r->compress_local = acct->compress == CFG_COMPRESS_ALWAYS;
     o_r->log_name = acct->name;
 }
 

@@ -531,7 +531,7 @@ static void post_auth(struct imap *im)
         }
     }
     if (im->opts.compress && (im->caps & IMAP_CAP_COMPRESS) && !im->compressed &&
-        !im->compress_refused) {
+        !im->compress_refused && (im->opts.compress_local || !net_peer_is_local(im->net))) {
         imap_set_state(im, IMAP_STATE_COMPRESS);
         imap_cmd_internal(im, IMAP_CMD_COMPRESS);
         return;

@@ -91,6 +91,7 @@ struct imap_opts {
      * refuses to authenticate in the clear. */
     bool allow_plaintext;
     bool compress;                           /* use COMPRESS=DEFLATE when offered */
+    bool compress_local;                     /* ... also towards loopback and private addresses */
     bool no_id;                              /* do not send ID */
     unsigned pipeline_depth;                 /* commands in flight at once; 0 = 64 */
     const struct imap_parser_limits *limits; /* NULL = parser defaults */

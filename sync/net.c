@@ -99,6 +99,7 @@ struct net_conn {
     uv_tcp_t *tcp; /* current handle; NULL before connect and after close */
     uv_connect_t connect_req;
     char peer[INET6_ADDRSTRLEN + 8];
+    bool peer_local; /* see net_peer_is_local */
 
     struct tls_ctx *tls_ctx;
     struct tls_conn *tls;
@@ -752,6 +753,34 @@ static void format_peer(const struct sockaddr *sa, char *buf, size_t len)
     }
 }
 
+static bool ip4_is_local(const uint8_t a[4])
+{
+    return a[0] == 127 || a[0] == 10 || (a[0] == 172 && (a[1] & 0xf0) == 16) ||
+           (a[0] == 192 && a[1] == 168) || (a[0] == 169 && a[1] == 254);
+}
+
+bool net_addr_is_local(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+        return ip4_is_local((const uint8_t *)&a->sin_addr.s_addr);
+    }
+    if (sa->sa_family != AF_INET6) {
+        return false;
+    }
+    const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    static const uint8_t loop6[16] = {[15] = 1};
+    static const uint8_t mapped[12] = {[10] = 0xff, [11] = 0xff};
+    if (memcmp(b, loop6, 16) == 0) {
+        return true;
+    }
+    if (memcmp(b, mapped, 12) == 0) {
+        return ip4_is_local(b + 12);
+    }
+    /* fc00::/7 unique local, fe80::/10 link-local. */
+    return (b[0] & 0xfe) == 0xfc || (b[0] == 0xfe && (b[1] & 0xc0) == 0x80);
+}
+
 /* Tries the addresses in resolver order (which follows RFC 6724, so IPv6
  * first where it works) until one connects. Each failure is noted; when
  * none is left, the error carries the last reason and the list. */
@@ -765,6 +794,7 @@ static void try_next_address(struct net_conn *c)
         }
         c->attempts++;
         format_peer(ai->ai_addr, c->peer, sizeof(c->peer));
+        c->peer_local = net_addr_is_local(ai->ai_addr);
         uv_tcp_t *tcp = xmalloc(sizeof(*tcp));
         int r = uv_tcp_init(c->loop, tcp);
         if (r < 0) {
@@ -1032,6 +1062,11 @@ void net_close(struct net_conn *c)
 const char *net_peer_address(const struct net_conn *c)
 {
     return c->peer[0] != '\0' ? c->peer : NULL;
+}
+
+bool net_peer_is_local(const struct net_conn *c)
+{
+    return c->peer[0] != '\0' && c->peer_local;
 }
 
 const char *net_tls_version(const struct net_conn *c)

@@ -97,6 +97,10 @@ const char *net_tls_cipher(const struct net_conn *c);
 /* "sha256:..." of the leaf certificate, or NULL without TLS. */
 const char *net_tls_fingerprint(const struct net_conn *c);
 bool net_compressed(const struct net_conn *c);
+/* The peer is on this machine or a private network: loopback, RFC 1918,
+ * link-local, IPv6 unique local (and IPv4-mapped forms of these). */
+bool net_peer_is_local(const struct net_conn *c);
+bool net_addr_is_local(const struct sockaddr *sa);
 uint64_t net_bytes_in(const struct net_conn *c); /* on the wire */
 uint64_t net_bytes_out(const struct net_conn *c);
 

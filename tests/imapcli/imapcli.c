@@ -951,6 +951,7 @@ int main(int argc, char **argv)
                 cli.opts.allow_plaintext = true;
             } else if (strcmp(o, "--compress") == 0) {
                 cli.opts.compress = true;
+                cli.opts.compress_local = true;
             } else if (strcmp(o, "--no-id") == 0) {
                 cli.opts.no_id = true;
             } else if (strcmp(o, "--trace") == 0) {

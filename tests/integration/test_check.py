@@ -76,6 +76,20 @@ class CheckConnect(mstest.DovecotTestCase):
         self.assertRegex(r.stdout, r"\* INBOX +\d+ messages")
         self.assertIn("Trash", r.stdout)
 
+    def test_compress_auto_skips_loopback(self):
+        # The test server offers COMPRESS=DEFLATE; towards 127.0.0.1 the
+        # default (auto) does not use it, compress: true does.
+        r = self.connect()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("COMPRESS=DEFLATE", r.stdout)
+        self.assertIn("COMPRESS no", r.stdout)
+        r = self.connect(compress=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("COMPRESS yes", r.stdout)
+        r = self.connect(compress=False)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("COMPRESS no", r.stdout)
+
     def test_starttls(self):
         r = self.connect(tls="starttls")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)

@@ -213,7 +213,7 @@ static void test_full_round_trip(void **state)
     assert_true(a->max_delete_ratio == 0.25);
     assert_int_equal(a->max_size, 25ULL * 1024 * 1024);
     assert_int_equal(a->max_age_days, 365);
-    assert_false(a->compress);
+    assert_int_equal(a->compress, CFG_COMPRESS_NEVER);
     assert_int_equal(a->timeout_seconds, 120);
 
     const struct cfg_account *p = &cfg->accounts[1];
@@ -284,7 +284,7 @@ static void test_defaults(void **state)
     assert_true(a->max_delete_ratio == 0.5);
     assert_int_equal(a->max_size, 0);
     assert_int_equal(a->max_age_days, 0);
-    assert_true(a->compress);
+    assert_int_equal(a->compress, CFG_COMPRESS_AUTO);
     assert_int_equal(a->timeout_seconds, 60);
     assert_true(a->pop.keep_on_server);
     assert_int_equal(a->pop.delete_after_days, -1);
@@ -594,8 +594,8 @@ static void test_wrong_type(void **state)
                "config.yaml:5:15: account 'a': key 'password' must be a string (got a "
                "mapping)");
     expect_err(MINIMAL "    compress: maybe\n",
-               "config.yaml:7:15: account 'work': key 'compress' must be a boolean: true, false, "
-               "yes, no, on or off (got 'maybe')");
+               "config.yaml:7:15: account 'work': key 'compress' must be auto or a boolean: true, "
+               "false, yes, no, on or off (got 'maybe')");
     expect_err(MINIMAL "    subscribed_only: 1\n",
                "config.yaml:7:22: account 'work': key 'subscribed_only' must be a boolean: true, "
                "false, yes, no, on or off (got '1')");
@@ -1101,7 +1101,7 @@ static void test_print(void **state)
                            "    max_delete_ratio: 0.5\n"
                            "    max_size: 0  # no limit\n"
                            "    max_age_days: 0  # no limit\n"
-                           "    compress: true\n"
+                           "    compress: auto  # not towards loopback or private addresses\n"
                            "    timeout: 60\n"
                            "  cmd:\n"
                            "    protocol: imap\n"
@@ -1127,7 +1127,7 @@ static void test_print(void **state)
                            "    max_delete_ratio: 0.5\n"
                            "    max_size: 0  # no limit\n"
                            "    max_age_days: 0  # no limit\n"
-                           "    compress: true\n"
+                           "    compress: auto  # not towards loopback or private addresses\n"
                            "    timeout: 60\n"
                            "  p:\n"
                            "    protocol: pop3\n"

@@ -575,7 +575,37 @@ static void peer_check_connect(void)
     assert_null(net_tls_version(H.c));
     assert_null(net_tls_fingerprint(H.c));
     assert_false(net_compressed(H.c));
+    assert_true(net_peer_is_local(H.c));
     echo_connect();
+}
+
+static void test_addr_is_local(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *ip;
+        bool local;
+    } cases[] = {
+        {"127.0.0.1", true},    {"127.8.9.10", true},      {"10.1.2.3", true},
+        {"172.16.0.1", true},   {"172.31.255.254", true},  {"172.32.0.1", false},
+        {"172.15.0.1", false},  {"192.168.1.1", true},     {"192.169.1.1", false},
+        {"169.254.3.4", true},  {"8.8.8.8", false},        {"::1", true},
+        {"::2", false},         {"fd12:3456::1", true},    {"fc00::1", true},
+        {"fe80::1", true},      {"febf::1", true},         {"fec0::1", false},
+        {"2001:db8::1", false}, {"::ffff:10.0.0.1", true}, {"::ffff:1.2.3.4", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof(ss));
+        if (strchr(cases[i].ip, ':') != NULL) {
+            assert_int_equal(uv_ip6_addr(cases[i].ip, 993, (struct sockaddr_in6 *)&ss), 0);
+        } else {
+            assert_int_equal(uv_ip4_addr(cases[i].ip, 993, (struct sockaddr_in *)&ss), 0);
+        }
+        if (net_addr_is_local((const struct sockaddr *)&ss) != cases[i].local) {
+            fail_msg("%s: expected %s", cases[i].ip, cases[i].local ? "local" : "remote");
+        }
+    }
 }
 
 static void peer_check_data(const char *data, size_t len)
@@ -1273,6 +1303,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain_echo),
+        cmocka_unit_test(test_addr_is_local),
         cmocka_unit_test(test_localhost_every_address),
         cmocka_unit_test(test_tls_echo),
         cmocka_unit_test(test_tls_verify_failures),
