@@ -26,6 +26,8 @@ struct run {
     /* Progress, for the terminal display. */
     unsigned done, total;
     uint64_t bytes;
+    unsigned long long start_ms;
+    char folder[48]; /* the folder that moved last (IMAP) */
 };
 
 struct syncrun {
@@ -74,8 +76,15 @@ static void progress_draw(struct syncrun *sr, bool force)
         if (r->state != RUN_RUNNING) {
             continue;
         }
-        sbuf_addf(&sb, "%s%s: %u/%u (%.1f MB)", sb.len ? "  " : "", r->acct->name, r->done,
-                  r->total, (double)r->bytes / 1e6);
+        double secs = (double)(now - r->start_ms) / 1000.0;
+        sbuf_addf(&sb, "%s%s: %u/%u, %.1f MB", sb.len ? "  " : "", r->acct->name, r->done, r->total,
+                  (double)r->bytes / 1e6);
+        if (secs >= 1.0) {
+            sbuf_addf(&sb, ", %.1f MB/s", (double)r->bytes / 1e6 / secs);
+        }
+        if (r->folder[0] != '\0') {
+            sbuf_addf(&sb, " (%s)", r->folder);
+        }
     }
     if (sb.len > 0) {
         fprintf(stderr, "\r\033[K%s", sb.buf);
@@ -126,6 +135,20 @@ static void on_engine_progress(const char *folder, unsigned done, unsigned total
     r->done = done;
     r->total = total;
     r->bytes = bytes;
+    /* Cut at a character boundary: names are UTF-8. */
+    size_t n = strlen(folder);
+    if (n >= sizeof(r->folder)) {
+        n = sizeof(r->folder) - 1;
+        while (n > 0 && ((unsigned char)folder[n] & 0xc0) == 0x80) {
+            n--;
+        }
+    }
+    /* A server's folder name must not drive the terminal. */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)folder[i];
+        r->folder[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+    }
+    r->folder[n] = '\0';
     progress_draw(r->sr, false);
 }
 
@@ -157,6 +180,7 @@ static void run_start(struct run *r)
 {
     struct syncrun *sr = r->sr;
     r->state = RUN_RUNNING;
+    r->start_ms = now_ms();
     sr->running++;
     if (r->acct->protocol == CFG_PROTO_POP3) {
         struct popsync_opts po = {

@@ -13,9 +13,19 @@
  * folder's new state. Folders deleted on one side are handled between
  * folders (delete_folders), and the run ends with LOGOUT.
  *
- * Store calls (scan, fsync, LMDB commits) run on the loop thread for now;
- * they are grouped so that a batch of 50 downloads costs two index commits
- * and one directory fsync. */
+ * An account uses up to max_connections connections ("lanes"). The first
+ * lane logs in, lists the folders and builds the folder jobs; when two or
+ * more folders changed on the server it opens more lanes, and every lane
+ * takes the next job from the shared list, so several folders are synced
+ * at once. Each folder is synced by exactly one lane from start to end, so
+ * the per-folder steps and their crash safety are the same as with one
+ * connection. The lanes share the index handle (one thread: writes never
+ * overlap) and the folder results; the run ends when the last lane has
+ * logged out.
+ *
+ * Store calls (scan, LMDB commits) run on the loop thread; they are grouped
+ * so that a batch of 64 downloads costs two index commits, one syncfs and
+ * one directory fsync. */
 #include "sync/engine.h"
 
 #include <ctype.h>
@@ -28,6 +38,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "daemon/log.h"
@@ -110,6 +121,7 @@ struct fjob {
     bool reset; /* --force on a vanished local folder: forget the base */
     unsigned attrs;
     bool has_status;
+    bool server_moved; /* STATUS differs from the index: it will be selected */
     struct imap_status_info status;
     struct engine_folder_result *res;
 };
@@ -210,11 +222,28 @@ struct engine {
     time_t now;
     FILE *plan_out;
 
-    struct idx *idx;
+    struct idx *idx; /* the first lane's; shared */
     struct secret_req *secret_req;
     struct imap *im;
     bool conn_dead;
     bool logged_out;
+    bool ready; /* logged in */
+    /* The first lane (itself for the first lane). Jobs, folder results,
+     * trash and the listed names belong to it; other lanes point at them. */
+    struct engine *root;
+    /* First lane only: the other lanes, and whether its own end waits for
+     * them. The secret is kept (and then wiped) until they are started. */
+    struct engine **lanes;
+    size_t nlanes;
+    unsigned lanes_running;
+    bool done_pending;
+    char *secret;
+    struct fjob *creating; /* CREATE in flight for this job */
+    char *log_name;        /* extra lanes: "ACCOUNT#N" in log lines */
+    /* First lane only: account-wide progress over every lane (messages
+     * transferred either way, of those planned so far; bytes). */
+    unsigned prog_done, prog_total;
+    uint64_t prog_bytes;
     char *trash; /* trash folder name, NULL when unknown */
     /* Every selectable folder the server listed, synced or not (filtered
      * out by subscribed_only, or virtual): such a folder was not deleted. */
@@ -254,6 +283,12 @@ __attribute__((format(printf, 3, 4))) static void set_error(struct engine *e, en
     e->error = xvasprintf(fmt, ap);
     va_end(ap);
     e->kind = k;
+    if (e->root != e) {
+        /* An extra lane's own trouble (it could not connect, say) is not
+         * the account's: its folder carries any error, and the other lanes
+         * do the remaining folders. */
+        log_debug("%s: extra connection: %s", e->acct->name, e->error);
+    }
 }
 
 static void folder_vmsg(struct engine *e, bool fatal_for_folder, const char *fmt, va_list ap)
@@ -649,9 +684,25 @@ static void fstate_free(struct fstate *f)
     free(f);
 }
 
+static void secret_wipe(struct engine *e)
+{
+    if (e->secret != NULL) {
+        OPENSSL_cleanse(e->secret, strlen(e->secret));
+        free(e->secret);
+        e->secret = NULL;
+    }
+}
+
 static void on_timer_closed(uv_handle_t *h)
 {
     struct engine *e = h->data;
+    if (e->root != e) {
+        free(e->error);
+        free(e->log_name);
+        free(e);
+        return;
+    }
+    free(e->lanes);
     for (size_t i = 0; i < e->njobs; i++) {
         free(e->jobs[i].name);
         free(e->jobs[i].notice);
@@ -674,6 +725,25 @@ static void on_timer_closed(uv_handle_t *h)
 static void on_timer(uv_timer_t *t)
 {
     struct engine *e = t->data;
+    if (e->root != e) {
+        /* A lane ended: the first lane's end may have waited for it. */
+        struct engine *r = e->root;
+        for (size_t i = 0; i < r->nlanes; i++) {
+            if (r->lanes[i] == e) {
+                r->lanes[i] = NULL;
+            }
+        }
+        if (--r->lanes_running == 0 && r->done_pending) {
+            r->done_pending = false;
+            uv_timer_start(&r->timer, on_timer, 0, 0);
+        }
+        uv_close((uv_handle_t *)&e->timer, on_timer_closed);
+        return;
+    }
+    if (e->idx != NULL) {
+        idx_close(e->idx);
+        e->idx = NULL;
+    }
     struct engine_result *res = &e->res;
     res->account = e->acct->name;
     res->kind = e->error != NULL ? e->kind : ENGINE_OK;
@@ -727,9 +797,12 @@ static void finish(struct engine *e)
         imap_free(e->im);
         e->im = NULL;
     }
-    if (e->idx != NULL) {
-        idx_close(e->idx);
-        e->idx = NULL;
+    secret_wipe(e);
+    uv_timer_stop(&e->timer);
+    if (e->root == e && e->lanes_running > 0) {
+        /* The index and the folder results stay until the last lane ends. */
+        e->done_pending = true;
+        return;
     }
     uv_timer_start(&e->timer, on_timer, 0, 0);
 }
@@ -745,6 +818,11 @@ static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
     }
     set_error(e, err == IMAP_EAUTH ? ENGINE_AUTH : ENGINE_TRANSIENT, "%s",
               msg != NULL ? msg : "connection failed");
+    if (e->root != e && e->f != NULL) {
+        /* An extra lane lost a folder half-way: the run is incomplete for
+         * a transient reason, like a first lane's dropped connection. */
+        set_error(e->root, ENGINE_TRANSIENT, "%s", msg != NULL ? msg : "connection failed");
+    }
     if (e->f != NULL) {
         folder_fail(e, "%s", msg != NULL ? msg : "connection failed");
     }
@@ -1954,6 +2032,18 @@ static void issue_downloads(struct engine *e);
 
 /* Commits the batch: intent rows, fsync + rename of every file, one fsync
  * of the directories, then the records. */
+/* Account-wide progress: every lane adds to the first lane's counters. */
+static void progress_add(struct engine *e, unsigned msgs, uint64_t bytes)
+{
+    struct engine *r = e->root;
+    r->prog_done += msgs;
+    r->prog_bytes += bytes;
+    if (e->opts.progress != NULL && e->f != NULL) {
+        e->opts.progress(e->f->job->name, r->prog_done, r->prog_total, r->prog_bytes,
+                         e->opts.progress_arg);
+    }
+}
+
 static int flush_batch(struct engine *e)
 {
     struct fstate *f = e->f;
@@ -1972,6 +2062,7 @@ static int flush_batch(struct engine *e)
         plan_kw_format(&d->pd->kw, m->keywords, sizeof(m->keywords));
     }
     struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = f->nbatch};
+    uint64_t ok_bytes = 0;
     int r = idx_apply(e, &o);
     if (r >= 0) {
         /* The bytes of the whole batch become durable at once. */
@@ -2006,6 +2097,7 @@ static int flush_batch(struct engine *e)
                 rows[ok++] = rows[i];
                 fcounts(e)->new_down++;
                 fcounts(e)->bytes_down += d->wire_size;
+                ok_bytes += d->wire_size;
             }
         }
         d->w = NULL;
@@ -2023,10 +2115,7 @@ static int flush_batch(struct engine *e)
         }
     }
     free(rows);
-    if (e->opts.progress != NULL) {
-        e->opts.progress(f->job->name, fcounts(e)->new_down, (unsigned)f->plan->ndownloads,
-                         fcounts(e)->bytes_down, e->opts.progress_arg);
-    }
+    progress_add(e, (unsigned)ok, ok_bytes);
     return r;
 }
 
@@ -2201,6 +2290,7 @@ static void on_append_done(struct imap *im, const struct imap_result *res, void 
     if (cmd_ok(e, res, "APPEND")) {
         fcounts(e)->new_up++;
         fcounts(e)->bytes_up += u->rec.size;
+        progress_add(e, 1, u->rec.size);
         /* APPENDUID counts only where UIDPLUS is announced (decide from
          * CAPABILITY, as for CONDSTORE: a server that hides it, like the
          * test Dovecot, may still send the code). */
@@ -2746,6 +2836,9 @@ static void plan_folder(struct engine *e)
     fill_input(e, &in, &sm);
     f->plan = plan_build(&in);
     free(sm);
+    if (!e->opts.dry_run) {
+        e->root->prog_total += (unsigned)(f->plan->ndownloads + f->plan->nuploads);
+    }
     if (f->plan->error != NULL) {
         folder_note(e, "%s", f->plan->error); /* the rest (no deletions) still runs */
     }
@@ -3298,8 +3391,9 @@ static void next_folder(struct engine *e)
         finish(e);
         return;
     }
-    while (e->next_job < e->njobs) {
-        struct fjob *j = &e->jobs[e->next_job++];
+    struct engine *r = e->root;
+    while (r->next_job < r->njobs) {
+        struct fjob *j = &r->jobs[r->next_job++];
         if (j->on_server && (j->on_local || !j->in_index)) {
             start_folder(e, j);
             return;
@@ -3329,11 +3423,11 @@ static void next_folder(struct engine *e)
                 continue;
             }
             /* Created locally: create it on the server, then sync. */
-            e->next_job--;
             j->on_server = true;
+            e->creating = j;
             if (imap_create(e->im, j->name, on_create_done, e) < 0) {
                 j->res->error = xasprintf("folder '%s': cannot create it on the server", j->name);
-                e->next_job++;
+                e->creating = NULL;
                 continue;
             }
             return;
@@ -3380,12 +3474,9 @@ static void next_folder(struct engine *e)
 static void on_create_done(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct engine *e = arg;
-    if (e->finished) {
-        return;
-    }
-    struct fjob *j = &e->jobs[e->next_job];
-    e->next_job++;
-    if (res->err < 0) {
+    struct fjob *j = e->creating;
+    e->creating = NULL;
+    if (e->finished || j == NULL || res->err < 0) {
         return;
     }
     if (res->status != IMAP_STATUS_OK) {
@@ -3406,6 +3497,67 @@ static int job_cmp(const void *a, const void *b)
         return xi ? -1 : 1;
     }
     return strcmp(x->name, y->name);
+}
+
+static void on_imap_ready(struct imap *im, void *arg);
+
+static const struct imap_cb lane_cb = {
+    .on_ready = on_imap_ready,
+    .on_error = on_imap_error,
+    .on_event = on_imap_event,
+};
+
+/* Opens up to max_connections - 1 more connections when at least two
+ * folders changed on the server (a connection costs a TLS handshake and a
+ * login, which only pays off when there is more than one folder to fetch
+ * from). Not for --dry-run, whose plans print in folder order. */
+static void start_lanes(struct engine *e)
+{
+    unsigned busy = 0;
+    for (size_t i = 0; i < e->njobs; i++) {
+        const struct fjob *j = &e->jobs[i];
+        if (j->on_server && (j->on_local || !j->in_index) && j->server_moved) {
+            busy++;
+        }
+    }
+    unsigned want = e->acct->max_connections > 1 ? e->acct->max_connections - 1 : 0;
+    if (busy < 2 || e->opts.dry_run || e->secret == NULL) {
+        want = 0;
+    } else if (want > busy - 1) {
+        want = busy - 1;
+    }
+    if (want > 0) {
+        e->lanes = xcalloc(want, sizeof(*e->lanes));
+    }
+    for (unsigned i = 0; i < want; i++) {
+        struct engine *l = xcalloc(1, sizeof(*l));
+        l->loop = e->loop;
+        l->cfg = e->cfg;
+        l->acct = e->acct;
+        l->opts = e->opts;
+        l->done = e->done;
+        l->done_arg = e->done_arg;
+        l->now = e->now;
+        l->plan_out = e->plan_out;
+        l->idx = e->idx;
+        l->trash = e->trash;
+        l->listed = e->listed;
+        l->nlisted = e->nlisted;
+        l->root = e;
+        uv_timer_init(e->loop, &l->timer);
+        l->timer.data = l;
+        struct imap_opts io;
+        account_imap_opts(e->acct, e->secret, &io);
+        l->log_name = xasprintf("%s#%zu", e->acct->name, e->nlanes + 2);
+        io.log_name = l->log_name;
+        e->lanes[e->nlanes++] = l;
+        e->lanes_running++;
+        if (imap_connect(e->loop, &io, &lane_cb, l, &l->im) < 0) {
+            l->im = NULL;
+            finish(l);
+        }
+    }
+    secret_wipe(e);
 }
 
 static void on_list_done(struct imap *im, const struct imap_result *res, void *arg)
@@ -3439,9 +3591,16 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     struct idx_txn *txn;
     if (idx_begin(e->idx, false, &txn) == 0) {
         for (size_t i = 0; i < e->njobs; i++) {
+            struct fjob *j = &e->jobs[i];
             struct idx_folder st;
-            if (idx_folder_get(txn, e->jobs[i].name, &st) == 0) {
-                e->jobs[i].in_index = true;
+            if (idx_folder_get(txn, j->name, &st) == 0) {
+                j->in_index = true;
+                const struct imap_status_info *si = &j->status;
+                j->server_moved = !j->has_status || si->uidvalidity != st.uidvalidity ||
+                                  si->uidnext != st.uidnext || si->messages != st.messages ||
+                                  si->highestmodseq != st.highestmodseq;
+            } else {
+                j->server_moved = true;
             }
         }
         idx_abort(txn);
@@ -3454,12 +3613,19 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         e->jobs[i].res = &e->fres[i];
         e->fres[i].name = e->jobs[i].name;
     }
+    start_lanes(e);
     next_folder(e);
 }
 
 static void on_imap_ready(struct imap *im, void *arg)
 {
     struct engine *e = arg;
+    e->ready = true;
+    if (e->root != e) {
+        /* An extra lane: the folders are listed already. */
+        next_folder(e);
+        return;
+    }
     if (imap_list(im, on_list_folder, on_list_done, e) < 0) {
         set_error(e, ENGINE_TRANSIENT, "cannot queue LIST");
         finish(e);
@@ -3480,14 +3646,12 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
         finish(e);
         return;
     }
+    if (e->acct->max_connections > 1 && !e->opts.dry_run) {
+        e->secret = xstrdup(secret); /* for the extra lanes, wiped once they are started */
+    }
     struct imap_opts io;
     account_imap_opts(e->acct, secret, &io);
-    static const struct imap_cb cb = {
-        .on_ready = on_imap_ready,
-        .on_error = on_imap_error,
-        .on_event = on_imap_event,
-    };
-    int r = imap_connect(e->loop, &io, &cb, e, &e->im);
+    int r = imap_connect(e->loop, &io, &lane_cb, e, &e->im);
     if (r < 0) {
         e->im = NULL;
         set_error(e, ENGINE_PERMANENT, "%s:%u: cannot connect: %s", e->acct->host,
@@ -3507,6 +3671,7 @@ int engine_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_accoun
         return -EINVAL;
     }
     struct engine *e = xcalloc(1, sizeof(*e));
+    e->root = e;
     e->loop = loop;
     e->cfg = cfg;
     e->acct = acct;
@@ -3542,6 +3707,17 @@ void engine_cancel(struct engine *e)
 {
     if (e == NULL || e->finished) {
         return;
+    }
+    for (size_t i = 0; i < e->nlanes; i++) {
+        struct engine *l = e->lanes[i];
+        if (l == NULL || l->finished) {
+            continue;
+        }
+        l->cancelled = true;
+        if (!l->ready) {
+            /* Still connecting: nothing of its own to finish. */
+            finish(l);
+        }
     }
     e->cancelled = true;
     if (e->secret_req != NULL) {

@@ -72,7 +72,10 @@ struct engine_opts {
     bool dry_run; /* compute and print the plans; change nothing anywhere */
     bool force;   /* override the mass-deletion and vanished-folder guards */
     time_t now;   /* clock for max_age_days; 0 = time(NULL) */
-    /* Progress for a terminal display; may be NULL. */
+    /* Progress for a terminal display, account-wide over every connection:
+     * messages transferred either way of those planned so far (folders are
+     * planned as they start, so total grows), bytes, and the folder that
+     * moved. May be NULL. */
     void (*progress)(const char *folder, unsigned done, unsigned total, uint64_t bytes, void *arg);
     void *progress_arg;
     /* Where --dry-run prints its plan; NULL = stdout. */

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Several connections per account (issue 4: "several folders in flight
+over up to max_connections connections per account"): the first
+connection lists the folders; when two or more changed on the server, more
+connections take folders from the same list. Every test checks the
+outcome on disk and on the server, and counts the connections from the
+-vv log (each connection logs "imap NAME: connecting to", extra ones are
+named NAME#2, NAME#3)."""
+
+import os
+import re
+import unittest
+
+import mailgen
+import mstest
+
+FOLDERS = ["INBOX", "Lists/dev", "Archive/2023", "Entwürfe", "Work"]
+
+
+def connections(stderr, account="a"):
+    """Names of the connections mailsync opened, in log order."""
+    return re.findall(r"imap (%s(?:#\d+)?): connecting to" % re.escape(account), stderr)
+
+
+class Lanes(mstest.DovecotTestCase):
+    def seed(self, user, n=150, seed=5):
+        self.dovecot.add_user(user, "pw-" + user)
+        corpus = mailgen.corpus(n, seed=seed, folders=FOLDERS, max_size=30000)
+        for folder, msgs in corpus.items():
+            self.dovecot.save_many(user, folder, msgs,
+                                   ["\\Seen" if i % 2 else "" for i in range(len(msgs))])
+        return corpus
+
+    def account(self, user, **extra):
+        acct = self.imap_account(user=user, **extra)
+        acct["password"] = "pw-" + user
+        return acct
+
+    def check_local(self, user):
+        """Every server folder's messages are on disk, byte for byte (LF),
+        once, with the server's \\Seen as S."""
+        root = os.path.join(self.tmp, "Mail")
+        for folder in FOLDERS:
+            server = self.dovecot.fetch_all(user, folder)
+            local = mstest.maildir_messages(os.path.join(root, folder))
+            self.assertEqual(sorted(mstest.crlf_to_lf(b) for _, _, b in server),
+                             sorted(b for _, _, b in local), folder)
+            self.assertEqual(sorted("\\Seen" in f for _, f, _ in server),
+                             sorted("S" in f for _, f, _ in local), folder)
+
+    def test_three_connections_share_the_folders(self):
+        self.seed("lanes3")
+        cfg = self.write_config({"a": self.account("lanes3", max_connections=3)})
+        r = self.mailsync(cfg, "-vv", "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertEqual(connections(r.stderr), ["a", "a#2", "a#3"])
+        # The extra connections did sync folders (SELECTs from each).
+        for lane in ("a#2", "a#3"):
+            self.assertRegex(r.stderr, r"imap %s: C: \S+ SELECT " % re.escape(lane))
+        # Every connection logged out.
+        self.assertEqual(len(re.findall(r"imap a(?:#\d)?: C: \S+ LOGOUT", r.stderr)), 3)
+        self.assertIn("a: \u2193 150 new", r.stdout)
+        self.check_local("lanes3")
+        # Nothing moved: one connection, nothing to do.
+        r = self.mailsync(cfg, "-vv", "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertEqual(connections(r.stderr), ["a"])
+        self.assertIn("a: \u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      r.stdout)
+
+    def test_one_connection_when_asked(self):
+        self.seed("lanes1")
+        cfg = self.write_config({"a": self.account("lanes1", max_connections=1)})
+        r = self.mailsync(cfg, "-vv", "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertEqual(connections(r.stderr), ["a"])
+        self.check_local("lanes1")
+
+    def test_one_changed_folder_uses_one_connection(self):
+        self.seed("lanesone", n=60)
+        cfg = self.write_config({"a": self.account("lanesone", max_connections=4)})
+        r = self.mailsync(cfg, "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.dovecot.save("lanesone", "Work", mailgen.message(seed=77, index=1))
+        r = self.mailsync(cfg, "-vv", "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertEqual(connections(r.stderr), ["a"])
+        self.assertIn("a: \u2193 1 new", r.stdout)
+        self.check_local("lanesone")
+
+    def test_two_changed_folders_both_ways(self):
+        # Changes on the server in two folders and local mail in a third:
+        # two connections, and everything lands once on each side.
+        self.seed("lanesboth", n=60)
+        cfg = self.write_config({"a": self.account("lanesboth", max_connections=2)})
+        r = self.mailsync(cfg, "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        for i, folder in enumerate(["INBOX", "Lists/dev"]):
+            self.dovecot.save_many("lanesboth", folder,
+                                   [mailgen.message(seed=90 + i, index=k) for k in range(5)])
+        local = mailgen.generate(4, seed=99, max_size=5000)
+        cur = os.path.join(self.tmp, "Mail", "Archive/2023", "cur")
+        for k, body in enumerate(local):
+            with open(os.path.join(cur, "1700000000.M%dP9.client:2,S" % k), "wb") as f:
+                f.write(mstest.crlf_to_lf(body))
+        r = self.mailsync(cfg, "-vv", "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertEqual(connections(r.stderr), ["a", "a#2"])
+        self.assertIn("a: \u2193 10 new", r.stdout)
+        self.assertIn("\u2191 4 new", r.stdout)
+        self.check_local("lanesboth")
+        server = [b for _, _, b in self.dovecot.fetch_all("lanesboth", "Archive/2023")]
+        for body in local:
+            self.assertEqual(server.count(mstest.lf_to_crlf(mstest.crlf_to_lf(body))), 1)
+
+
+class RefusedExtraConnection(mstest.DovecotTestCase):
+    # One connection per user and address: the second login is refused, and
+    # the first connection must do every folder alone.
+    dovecot_options = {"extra_conf": "protocol imap {\n  mail_max_userip_connections = 1\n}\n"}
+
+    def test_first_connection_does_the_rest(self):
+        user = "lonely"
+        self.dovecot.add_user(user, "pw-" + user)
+        corpus = mailgen.corpus(80, seed=8, folders=FOLDERS, max_size=20000)
+        for folder, msgs in corpus.items():
+            self.dovecot.save_many(user, folder, msgs)
+        acct = self.imap_account(user=user, max_connections=3)
+        acct["password"] = "pw-" + user
+        cfg = self.write_config({"a": acct})
+        r = self.mailsync(cfg, "-vv", "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertIn("a: \u2193 80 new", r.stdout)
+        self.assertIn("extra connection:", r.stderr)
+        root = os.path.join(self.tmp, "Mail")
+        for folder, msgs in corpus.items():
+            local = mstest.maildir_messages(os.path.join(root, folder))
+            self.assertEqual(sorted(mstest.crlf_to_lf(m) for m in msgs),
+                             sorted(b for _, _, b in local), folder)
+
+
+if __name__ == "__main__":
+    mstest.main()
