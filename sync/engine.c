@@ -999,6 +999,11 @@ static int folder_prepare(struct engine *e)
         memset(&f->st, 0, sizeof(f->st));
         r = 0;
     } else if (r == 0) {
+        /* One allocation for the whole base instead of repeated growth. */
+        size_t n = idx_msg_count(txn, j->name);
+        if (n > 0) {
+            xgrow(&f->base, &f->base_cap, n, sizeof(*f->base));
+        }
         r = idx_msg_foreach(txn, j->name, load_base, f);
         skips_load(e, txn);
     }
@@ -1143,11 +1148,35 @@ static void fill_input(struct engine *e, struct plan_input *in, struct plan_serv
 
 /* Whether the local side changed since the base (a plan against a server
  * delta that reports nothing is empty). */
+/* The common case of local_unchanged, without building a plan: the folder
+ * holds exactly the messages of the base, each with the flags last synced
+ * and no keywords on either side. */
+static bool local_same_as_base(const struct fstate *f)
+{
+    if (f->scan == NULL || f->scan->count != f->nbase) {
+        return false;
+    }
+    for (size_t i = 0; i < f->nbase; i++) {
+        const struct idx_msg *m = &f->base[i];
+        if (m->state != IDX_MSG_SYNCED || m->lid[0] == '\0' || m->keywords[0] != '\0') {
+            return false;
+        }
+        const struct md_msg *l = md_scan_find(f->scan, m->lid);
+        if (l == NULL || l->keywords != 0 || l->flags != m->flags) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool local_unchanged(struct engine *e)
 {
     struct fstate *f = e->f;
     if (f->nintents > 0) {
         return false;
+    }
+    if (local_same_as_base(f)) {
+        return true;
     }
     struct plan_input in;
     struct plan_server_msg *sm;
