@@ -102,6 +102,7 @@ struct net_conn {
     bool peer_local; /* see net_peer_is_local */
 
     struct tls_ctx *tls_ctx;
+    char *ca_file; /* for the context, built once the first connect is on its way */
     struct tls_conn *tls;
 
     bool compress;
@@ -138,6 +139,7 @@ static void conn_free(struct net_conn *c)
     }
     tls_conn_free(c->tls);
     tls_ctx_free(c->tls_ctx);
+    free(c->ca_file);
     if (c->compress) {
         inflateEnd(&c->zin);
         deflateEnd(&c->zout);
@@ -808,6 +810,17 @@ static void try_next_address(struct net_conn *c)
         r = uv_tcp_connect(&c->connect_req, tcp, ai->ai_addr, on_connected);
         if (r == 0) {
             c->state = NS_CONNECTING;
+            if (c->tls_mode != NET_TLS_NONE && c->tls_ctx == NULL) {
+                /* Built while the TCP handshake and the server's accept
+                 * (a local Dovecot forks its login process then) run:
+                 * OpenSSL 3 takes milliseconds to set up a context, which
+                 * this overlaps instead of adding. */
+                char *err = NULL;
+                if (tls_ctx_new_client(c->ca_file, &c->tls_ctx, &err) < 0) {
+                    fail(c, NET_ETLS, "%s", err != NULL ? err : "cannot set up TLS");
+                }
+                free(err);
+            }
             return;
         }
         c->last_connect_err = r;
@@ -904,12 +917,7 @@ int net_connect(uv_loop_t *loop, const struct net_opts *opts, const struct net_c
     *c_r = c;
 
     if (c->tls_mode != NET_TLS_NONE) {
-        char *err = NULL;
-        if (tls_ctx_new_client(opts->ca_file, &c->tls_ctx, &err) < 0) {
-            fail(c, NET_ETLS, "%s", err != NULL ? err : "cannot set up TLS");
-            free(err);
-            return 0;
-        }
+        c->ca_file = opts->ca_file != NULL ? xstrdup(opts->ca_file) : NULL;
         /* Refuse a malformed pin before any traffic, with a clear text. */
         unsigned char pin[32];
         if (c->fingerprint != NULL && tls_fingerprint_parse(c->fingerprint, pin) < 0) {
@@ -918,8 +926,8 @@ int net_connect(uv_loop_t *loop, const struct net_opts *opts, const struct net_c
         }
     }
 
-    /* Loading the trust store takes a while; the timeout counts from now,
-     * not from whenever the loop last looked at the clock. */
+    /* The timeout counts from now, not from whenever the loop last looked
+     * at the clock. */
     uv_update_time(loop);
     c->last_rx = uv_now(loop);
     uv_timer_start(&c->connect_timer, on_connect_timeout, c->connect_ms, 0);
