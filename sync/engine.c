@@ -59,6 +59,9 @@
 #define DL_BATCH_BYTES (16u * 1024 * 1024)
 /* How long the end of a run waits for the server's answer to LOGOUT. */
 #define LOGOUT_TIMEOUT_MS 5000
+/* New messages on the server (over the folders that have some) below which
+ * a run keeps to one connection. */
+#define LANE_MIN_MSGS 64
 /* APPENDs in flight at once (each holds an open file). */
 #define UL_WINDOW 8
 /* Bytes of a local file's header block read at most (for its Message-ID
@@ -122,6 +125,7 @@ struct fjob {
     unsigned attrs;
     bool has_status;
     bool server_moved; /* STATUS differs from the index: it will be selected */
+    uint32_t est_new;  /* messages the server has that the index does not, as STATUS tells */
     struct imap_status_info status;
     struct engine_folder_result *res;
 };
@@ -3488,6 +3492,14 @@ static void next_folder(struct engine *e)
             }
         }
     }
+    /* All folders are taken: a lane still logging in has nothing left to
+     * do, so it is dropped rather than waited for. */
+    for (size_t i = 0; i < r->nlanes; i++) {
+        struct engine *l = r->lanes[i];
+        if (l != NULL && l != e && !l->ready && !l->finished) {
+            finish(l);
+        }
+    }
     /* All folders done: log out cleanly (the server sees a LOGOUT, not a
      * dropped connection), but do not wait long for its BYE. */
     if (e->im != NULL && !e->conn_dead && !e->logged_out) {
@@ -3537,20 +3549,23 @@ static const struct imap_cb lane_cb = {
 };
 
 /* Opens up to max_connections - 1 more connections when at least two
- * folders changed on the server (a connection costs a TLS handshake and a
- * login, which only pays off when there is more than one folder to fetch
- * from). Not for --dry-run, whose plans print in folder order. */
+ * folders have new mail on the server and there is enough of it: a
+ * connection costs a TLS handshake and a login (tens of milliseconds), which
+ * pays off for downloads, not for a few flag changes. Not for --dry-run,
+ * whose plans print in folder order. */
 static void start_lanes(struct engine *e)
 {
     unsigned busy = 0;
+    uint64_t est = 0;
     for (size_t i = 0; i < e->njobs; i++) {
         const struct fjob *j = &e->jobs[i];
-        if (j->on_server && (j->on_local || !j->in_index) && j->server_moved) {
+        if (j->on_server && (j->on_local || !j->in_index) && j->server_moved && j->est_new > 0) {
             busy++;
+            est += j->est_new;
         }
     }
     unsigned want = e->acct->max_connections > 1 ? e->acct->max_connections - 1 : 0;
-    if (busy < 2 || e->opts.dry_run || e->secret == NULL) {
+    if (busy < 2 || est < LANE_MIN_MSGS || e->opts.dry_run || e->secret == NULL) {
         want = 0;
     } else if (want > busy - 1) {
         want = busy - 1;
@@ -3622,14 +3637,22 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         for (size_t i = 0; i < e->njobs; i++) {
             struct fjob *j = &e->jobs[i];
             struct idx_folder st;
+            const struct imap_status_info *si = &j->status;
             if (idx_folder_get(txn, j->name, &st) == 0) {
                 j->in_index = true;
-                const struct imap_status_info *si = &j->status;
                 j->server_moved = !j->has_status || si->uidvalidity != st.uidvalidity ||
                                   si->uidnext != st.uidnext || si->messages != st.messages ||
                                   si->highestmodseq != st.highestmodseq;
+                if (!j->has_status) {
+                    j->est_new = LANE_MIN_MSGS; /* unknown: assume worth a connection */
+                } else if (si->uidvalidity == st.uidvalidity && si->uidnext >= st.uidnext) {
+                    j->est_new = si->uidnext - st.uidnext;
+                } else {
+                    j->est_new = si->messages;
+                }
             } else {
                 j->server_moved = true;
+                j->est_new = j->has_status ? si->messages : LANE_MIN_MSGS;
             }
         }
         idx_abort(txn);

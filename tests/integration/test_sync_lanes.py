@@ -88,6 +88,22 @@ class Lanes(mstest.DovecotTestCase):
         self.assertIn("a: \u2193 1 new", r.stdout)
         self.check_local("lanesone")
 
+    def test_few_new_messages_use_one_connection(self):
+        # A second connection costs a handshake and a login: not worth it
+        # for a handful of new messages, even in two folders.
+        self.seed("lanesfew", n=60)
+        cfg = self.write_config({"a": self.account("lanesfew", max_connections=3)})
+        r = self.mailsync(cfg, "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        for i, folder in enumerate(["INBOX", "Lists/dev"]):
+            self.dovecot.save_many("lanesfew", folder,
+                                   [mailgen.message(seed=70 + i, index=k) for k in range(3)])
+        r = self.mailsync(cfg, "-vv", "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertEqual(connections(r.stderr), ["a"])
+        self.assertIn("a: \u2193 6 new", r.stdout)
+        self.check_local("lanesfew")
+
     def test_two_changed_folders_both_ways(self):
         # Changes on the server in two folders and local mail in a third:
         # two connections, and everything lands once on each side.
@@ -97,7 +113,7 @@ class Lanes(mstest.DovecotTestCase):
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
         for i, folder in enumerate(["INBOX", "Lists/dev"]):
             self.dovecot.save_many("lanesboth", folder,
-                                   [mailgen.message(seed=90 + i, index=k) for k in range(5)])
+                                   [mailgen.message(seed=90 + i, index=k) for k in range(40)])
         local = mailgen.generate(4, seed=99, max_size=5000)
         cur = os.path.join(self.tmp, "Mail", "Archive/2023", "cur")
         for k, body in enumerate(local):
@@ -106,7 +122,7 @@ class Lanes(mstest.DovecotTestCase):
         r = self.mailsync(cfg, "-vv", "sync")
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
         self.assertEqual(connections(r.stderr), ["a", "a#2"])
-        self.assertIn("a: \u2193 10 new", r.stdout)
+        self.assertIn("a: \u2193 80 new", r.stdout)
         self.assertIn("\u2191 4 new", r.stdout)
         self.check_local("lanesboth")
         server = [b for _, _, b in self.dovecot.fetch_all("lanesboth", "Archive/2023")]
