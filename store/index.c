@@ -120,6 +120,8 @@ struct idx {
     char *dir;      /* STATE_DIR/<account> */
     char *env_path; /* STATE_DIR/<account>/index.mdb */
     int lock_fd;
+    /* Opened by idx_open_readonly: no lock, no write transactions. */
+    bool readonly;
     MDB_env *env;
     MDB_dbi dbi[DB_COUNT];
     unsigned psize;
@@ -274,6 +276,9 @@ static int txn_begin_raw(struct idx *idx, unsigned flags, MDB_txn **txn_r, bool 
 int idx_begin(struct idx *idx, bool write, struct idx_txn **txn_r)
 {
     *txn_r = NULL;
+    if (write && idx->readonly) {
+        return fail(idx, -EROFS, "index %s: opened read-only, cannot write", idx->env_path);
+    }
     pthread_mutex_lock(&idx->mu);
     if (write) {
         if (idx->wtxn.active) {
@@ -1959,6 +1964,25 @@ out:
     return rc;
 }
 
+/* Reads a stored schema version record: refuses a malformed one and one
+ * written by a newer build (idx_open and idx_open_readonly say the same). */
+static int schema_check(struct idx *idx, const MDB_val *v, uint32_t *version_r)
+{
+    uint32_t version = v->mv_size == 4 ? le32(v->mv_data) : 0;
+    if (version == 0) {
+        return fail(idx, -EBADMSG, "index %s: corrupt schema version record", idx->env_path);
+    }
+    if (version > IDX_SCHEMA_VERSION) {
+        return fail(idx, -EPROTO,
+                    "index %s was written by a newer mailsync (schema %" PRIu32
+                    ", this build understands up to %u); upgrade mailsync or move the "
+                    "index away",
+                    idx->env_path, version, IDX_SCHEMA_VERSION);
+    }
+    *version_r = version;
+    return 0;
+}
+
 /* Opens the named databases and checks or stamps the schema version; run
  * through idx_write so a full map is grown like anywhere else. */
 static int open_schema(struct idx_txn *t, void *arg)
@@ -1977,16 +2001,10 @@ static int open_schema(struct idx_txn *t, void *arg)
         return rc;
     }
     if (!fresh) {
-        uint32_t version = v.mv_size == 4 ? le32(v.mv_data) : 0;
-        if (version == 0) {
-            return fail(idx, -EBADMSG, "index %s: corrupt schema version record", idx->env_path);
-        }
-        if (version > IDX_SCHEMA_VERSION) {
-            return fail(idx, -EPROTO,
-                        "index %s was written by a newer mailsync (schema %" PRIu32
-                        ", this build understands up to %u); upgrade mailsync or move the "
-                        "index away",
-                        idx->env_path, version, IDX_SCHEMA_VERSION);
+        uint32_t version = 0;
+        rc = schema_check(idx, &v, &version);
+        if (rc != 0) {
+            return rc;
         }
         /* Migrations go here: when IDX_SCHEMA_VERSION becomes 2, a version 1
          * index is converted in this transaction (so that a crash leaves
@@ -2078,10 +2096,9 @@ out:
     return rc;
 }
 
-int idx_open(const char *state_dir, const char *account, struct idx **idx_r, char **err_r)
+/* Checks the arguments of both open calls. */
+static int open_args(const char *state_dir, const char *account, char **err_r)
 {
-    *idx_r = NULL;
-    *err_r = NULL;
     int rc = check_account(account, err_r);
     if (rc != 0) {
         return rc;
@@ -2090,6 +2107,11 @@ int idx_open(const char *state_dir, const char *account, struct idx **idx_r, cha
         *err_r = xstrdup("no state directory given");
         return -EINVAL;
     }
+    return 0;
+}
+
+static struct idx *idx_new(const char *state_dir, const char *account)
+{
     struct idx *idx = xcalloc(1, sizeof(*idx));
     pthread_mutex_init(&idx->mu, NULL);
     idx->lock_fd = -1;
@@ -2098,7 +2120,18 @@ int idx_open(const char *state_dir, const char *account, struct idx **idx_r, cha
     idx->env_path = path_join(idx->dir, "index.mdb");
     idx->wtxn.idx = idx;
     idx->wtxn.write = true;
+    return idx;
+}
 
+int idx_open(const char *state_dir, const char *account, struct idx **idx_r, char **err_r)
+{
+    *idx_r = NULL;
+    *err_r = NULL;
+    int rc = open_args(state_dir, account, err_r);
+    if (rc != 0) {
+        return rc;
+    }
+    struct idx *idx = idx_new(state_dir, account);
     rc = make_dir(idx->dir, err_r);
     if (rc == 0) {
         /* Lock before touching the environment: the lock, not LMDB's own
@@ -2114,6 +2147,167 @@ int idx_open(const char *state_dir, const char *account, struct idx **idx_r, cha
     }
     *idx_r = idx;
     return 0;
+}
+
+/* Opens the databases of an existing environment in one read transaction,
+ * creating nothing: an environment that has no "meta" database yet was
+ * never completely opened by idx_open (a first sync that is starting right
+ * now, or one that died before its first commit), which is the same as no
+ * index. */
+static int ro_open_dbs(struct idx *idx, char **err_r)
+{
+    MDB_txn *txn = NULL;
+    int rc = mdb_txn_begin(idx->env, NULL, MDB_RDONLY, &txn);
+    if (rc == MDB_MAP_RESIZED) {
+        /* The writer grew the map since mdb_env_open read its size. */
+        rc = mdb_env_set_mapsize(idx->env, 0);
+        if (rc == 0) {
+            MDB_envinfo info;
+            mdb_env_info(idx->env, &info);
+            idx->map_size = info.me_mapsize;
+            rc = mdb_txn_begin(idx->env, NULL, MDB_RDONLY, &txn);
+        }
+    }
+    if (rc != 0) {
+        *err_r = xasprintf("index %s: cannot begin a read transaction: %s", idx->env_path,
+                           mdb_strerror(rc));
+        return mdb_to_errno(rc);
+    }
+    rc = mdb_dbi_open(txn, db_names[DB_META], 0, &idx->dbi[DB_META]);
+    if (rc == MDB_NOTFOUND) {
+        *err_r = xasprintf("index %s holds no data yet", idx->env_path);
+        rc = -ENOENT;
+        goto out;
+    }
+    if (rc != 0) {
+        *err_r = xasprintf("index %s: cannot open the meta database: %s", idx->env_path,
+                           mdb_strerror(rc));
+        rc = mdb_to_errno(rc);
+        goto out;
+    }
+    MDB_val k = {.mv_size = strlen(META_SCHEMA_VERSION), .mv_data = META_SCHEMA_VERSION}, v;
+    rc = mdb_get(txn, idx->dbi[DB_META], &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        *err_r = xasprintf("index %s holds no data yet", idx->env_path);
+        rc = -ENOENT;
+        goto out;
+    }
+    if (rc != 0) {
+        *err_r = xasprintf("index %s: meta: %s", idx->env_path, mdb_strerror(rc));
+        rc = mdb_to_errno(rc);
+        goto out;
+    }
+    uint32_t version = 0;
+    rc = schema_check(idx, &v, &version);
+    if (rc != 0) {
+        *err_r = xstrdup(idx->err);
+        goto out;
+    }
+    if (version < IDX_SCHEMA_VERSION) {
+        /* Converting is idx_open's job, done under the account lock. */
+        *err_r = xasprintf("index %s was written by an older mailsync (schema %" PRIu32
+                           ", this build uses %u); run 'mailsync sync' once to convert it",
+                           idx->env_path, version, IDX_SCHEMA_VERSION);
+        rc = -EPROTO;
+        goto out;
+    }
+    for (int i = 0; i < DB_COUNT; i++) {
+        if (i == DB_META) {
+            continue;
+        }
+        rc = mdb_dbi_open(txn, db_names[i], 0, &idx->dbi[i]);
+        if (rc != 0) {
+            *err_r = xasprintf("index %s: cannot open the %s database: %s", idx->env_path,
+                               db_names[i], mdb_strerror(rc));
+            rc = rc == MDB_NOTFOUND ? -EBADMSG : mdb_to_errno(rc);
+            goto out;
+        }
+    }
+    /* Handles opened in a transaction only outlive it once it commits. */
+    rc = mdb_txn_commit(txn);
+    txn = NULL;
+    if (rc != 0) {
+        *err_r = xasprintf("index %s: %s", idx->env_path, mdb_strerror(rc));
+        rc = mdb_to_errno(rc);
+    }
+out:
+    if (txn != NULL) {
+        mdb_txn_abort(txn);
+    }
+    return rc;
+}
+
+int idx_open_readonly(const char *state_dir, const char *account, struct idx **idx_r, char **err_r)
+{
+    *idx_r = NULL;
+    *err_r = NULL;
+    int rc = open_args(state_dir, account, err_r);
+    if (rc != 0) {
+        return rc;
+    }
+    struct idx *idx = idx_new(state_dir, account);
+    idx->readonly = true;
+    /* Without a data file LMDB would still create lock.mdb before failing,
+     * and the data file is what says whether there is an index at all:
+     * look first, so that a never synced account is left as it is. */
+    char *data = path_join(idx->env_path, "data.mdb");
+    struct stat st;
+    if (stat(data, &st) != 0) {
+        rc = -errno;
+        if (rc == -ENOENT || rc == -ENOTDIR) {
+            *err_r = xasprintf("no index at %s", idx->env_path);
+            rc = -ENOENT;
+        } else {
+            *err_r = xasprintf("cannot read index %s: %s", data, strerror(-rc));
+        }
+        goto out;
+    }
+    if (st.st_size == 0) {
+        /* A first idx_open is creating it at this very moment: LMDB would
+         * try to write its first pages through our read-only descriptor. */
+        *err_r = xasprintf("index %s holds no data yet", idx->env_path);
+        rc = -ENOENT;
+        goto out;
+    }
+    rc = mdb_env_create(&idx->env);
+    if (rc == 0) {
+        rc = mdb_env_set_maxdbs(idx->env, IDX_MAXDBS);
+    }
+    if (rc == 0) {
+        /* No map size is set: LMDB takes the one stored in the file, and
+         * idx_begin adopts a larger one when the writer grows it. MDB_RDONLY
+         * still registers our readers in lock.mdb, which is what keeps the
+         * writer from reusing the pages they read. */
+        rc = mdb_env_open(idx->env, idx->env_path, MDB_RDONLY | MDB_NOTLS, 0600);
+    }
+    if (rc != 0) {
+        *err_r = xasprintf("cannot open index %s: %s", idx->env_path, mdb_strerror(rc));
+        rc = mdb_to_errno(rc);
+        goto out;
+    }
+    MDB_stat ms;
+    MDB_envinfo info;
+    mdb_env_stat(idx->env, &ms);
+    mdb_env_info(idx->env, &info);
+    idx->psize = ms.ms_psize;
+    idx->map_size = info.me_mapsize;
+    rc = ro_open_dbs(idx, err_r);
+out:
+    free(data);
+    if (rc != 0) {
+        idx_close(idx);
+        return rc;
+    }
+    *idx_r = idx;
+    return 0;
+}
+
+char *idx_path(const char *state_dir, const char *account)
+{
+    char *dir = path_join(state_dir, account);
+    char *path = path_join(dir, "index.mdb");
+    free(dir);
+    return path;
 }
 
 void idx_close(struct idx *idx)

@@ -40,6 +40,21 @@ struct idx_txn;
  * written by a newer schema version is refused with -EPROTO and a message
  * naming both versions. *err_r (caller frees) is set on every failure. */
 int idx_open(const char *state_dir, const char *account, struct idx **idx_r, char **err_r);
+/* Opens an existing index for reading only, for `mailsync status` while a
+ * sync of the account may be running in another process: it takes no
+ * account lock, creates and changes no file or directory (LMDB's reader
+ * table, index.mdb/lock.mdb, excepted when it is missing), and never
+ * blocks the writer (LMDB readers do not). No index yet (no state
+ * directory, no data file, or one that no idx_open ever finished setting
+ * up) is -ENOENT with *err_r "no index at PATH" or "index PATH holds no
+ * data yet". The schema version is checked as idx_open does, with the
+ * same message; an older one is -EPROTO too, since only idx_open converts.
+ * idx_begin(write) on it fails with -EROFS. *err_r (caller frees) is set
+ * on every failure. */
+int idx_open_readonly(const char *state_dir, const char *account, struct idx **idx_r, char **err_r);
+/* STATE_DIR/<account>/index.mdb, the environment idx_open uses (caller
+ * frees). Computes the name only: it does not check the account name. */
+char *idx_path(const char *state_dir, const char *account);
 void idx_close(struct idx *idx);
 const char *idx_error(const struct idx *idx);
 /* Current LMDB map size in bytes (it grows on demand). */

@@ -2,8 +2,9 @@
 /* Tests for the LMDB sync index: record round trips and replacement rules,
  * walks and counts, folder deletion, POP3 and meta records, persistence,
  * file modes, the per-account lock (also across fork), schema version
- * refusal, map growth and corrupt records. Raw LMDB is used only while the
- * index is closed, to look at or damage what it wrote. */
+ * refusal, map growth and corrupt records, and read-only opening beside a
+ * writer. Raw LMDB is used only while the index is closed, to look at or
+ * damage what it wrote. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1499,6 +1500,252 @@ static void test_write_error(void **state)
     idx_close(idx);
 }
 
+/* Read-only opening (`mailsync status` beside a running sync) */
+
+static struct idx *open_ro_ok(struct fx *fx, const char *account)
+{
+    struct idx *idx = NULL;
+    char *err = NULL;
+    int rc = idx_open_readonly(fx->dir, account, &idx, &err);
+    if (rc != 0) {
+        fail_msg("idx_open_readonly(%s): %d %s", account, rc, err ? err : "(no message)");
+    }
+    assert_null(err);
+    assert_non_null(idx);
+    return idx;
+}
+
+static bool exists(const char *dir, const char *rel)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, rel);
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static void test_readonly_no_index(void **state)
+{
+    struct fx *fx = *state;
+    char *path = idx_path(fx->dir, "acct");
+    char *want = xasprintf("%s/acct/index.mdb", fx->dir);
+    assert_string_equal(path, want);
+    free(path);
+
+    /* No state directory at all: nothing is created, not even it. */
+    char *state_dir = xasprintf("%s/nostate", fx->dir);
+    struct idx *idx = (struct idx *)1;
+    char *err = NULL;
+    assert_int_equal(idx_open_readonly(state_dir, "acct", &idx, &err), -ENOENT);
+    assert_null(idx);
+    char *msg = xasprintf("no index at %s/nostate/acct/index.mdb", fx->dir);
+    assert_string_equal(err, msg);
+    free(msg);
+    free(err);
+    assert_false(exists(fx->dir, "nostate"));
+    free(state_dir);
+
+    /* An account directory without an index stays as it is. */
+    char *acct_dir = xasprintf("%s/acct", fx->dir);
+    assert_int_equal(mkdir(acct_dir, 0755), 0);
+    assert_int_equal(idx_open_readonly(fx->dir, "acct", &idx, &err), -ENOENT);
+    msg = xasprintf("no index at %s", want);
+    assert_string_equal(err, msg);
+    free(msg);
+    free(err);
+    assert_false(exists(fx->dir, "acct/index.mdb"));
+    assert_false(exists(fx->dir, "acct/lock"));
+    free(acct_dir);
+
+    /* An environment that idx_open never set up (no meta database) is no
+     * index either. */
+    char *env_dir = xasprintf("%s/bare/index.mdb", fx->dir);
+    assert_int_equal(mkdir_p(env_dir, 0700), 0);
+    MDB_env *env;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_open(env, env_dir, 0, 0600), 0);
+    mdb_env_close(env);
+    assert_int_equal(idx_open_readonly(fx->dir, "bare", &idx, &err), -ENOENT);
+    msg = xasprintf("index %s holds no data yet", env_dir);
+    assert_string_equal(err, msg);
+    free(msg);
+    free(err);
+    free(env_dir);
+
+    /* An empty data file is one that a first idx_open is creating. */
+    env_dir = xasprintf("%s/empty/index.mdb", fx->dir);
+    assert_int_equal(mkdir_p(env_dir, 0700), 0);
+    char *data = xasprintf("%s/data.mdb", env_dir);
+    int fd = open(data, O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(idx_open_readonly(fx->dir, "empty", &idx, &err), -ENOENT);
+    msg = xasprintf("index %s holds no data yet", env_dir);
+    assert_string_equal(err, msg);
+    free(msg);
+    free(err);
+    assert_false(exists(fx->dir, "empty/index.mdb/lock.mdb"));
+    free(data);
+    free(env_dir);
+
+    /* Account names are checked as idx_open checks them. */
+    assert_int_equal(idx_open_readonly(fx->dir, "../x", &idx, &err), -EINVAL);
+    assert_string_equal(err, "invalid account name '../x': must not contain '/'");
+    free(err);
+    free(want);
+}
+
+static void test_readonly_beside_writer(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *w = open_ok(fx, "acct");
+    struct idx_txn *t = begin(w, true);
+    struct idx_folder st = {.uidvalidity = 77,
+                            .uidnext = 9,
+                            .highestmodseq = 1ull << 40,
+                            .last_full_sync = 1700000000,
+                            .messages = 3};
+    assert_int_equal(idx_folder_put(t, "INBOX", &st), 0);
+    struct idx_msg m;
+    make_msg(&m, 5, "1.lid.host", IDX_MSG_SYNCED, "");
+    put_msg(w, t, "INBOX", &m);
+    struct idx_pop p = {.first_seen = 1600000000, .size = 12, .flags = IDX_POP_DELIVERED};
+    snprintf(p.uidl, sizeof(p.uidl), "u1");
+    snprintf(p.lid, sizeof(p.lid), "2.lid.host");
+    assert_int_equal(idx_pop_put(t, &p), 0);
+    assert_int_equal(idx_meta_put(t, "k", "v1", 2), 0);
+    commit(w, t);
+
+    /* The writer holds the account lock; a reader opens all the same. */
+    struct idx *ro = open_ro_ok(fx, "acct");
+    struct idx_txn *r1 = begin(ro, false);
+    struct idx_folder got;
+    assert_int_equal(idx_folder_get(r1, "INBOX", &got), 0);
+    assert_int_equal(got.uidvalidity, 77);
+    assert_true(got.highestmodseq == 1ull << 40);
+    assert_true(got.last_full_sync == 1700000000);
+    assert_int_equal(idx_msg_count(r1, "INBOX"), 1);
+    struct idx_pop gp;
+    assert_int_equal(idx_pop_get(r1, "u1", &gp), 0);
+    assert_string_equal(gp.lid, "2.lid.host");
+
+    /* It cannot write. */
+    struct idx_txn *wt = (struct idx_txn *)1;
+    assert_int_equal(idx_begin(ro, true, &wt), -EROFS);
+    assert_null(wt);
+    char *msg = xasprintf("index %s/acct/index.mdb: opened read-only, cannot write", fx->dir);
+    assert_string_equal(idx_error(ro), msg);
+    free(msg);
+
+    /* The writer commits while the reader's transaction is open: the reader
+     * keeps its snapshot, a new read transaction sees the change. */
+    t = begin(w, true);
+    assert_int_equal(idx_folder_put(t, "Archive", &st), 0);
+    assert_int_equal(idx_meta_put(t, "k", "v2", 2), 0);
+    commit(w, t);
+    char v[2];
+    size_t len = 0;
+    assert_int_equal(idx_meta_get(r1, "k", v, sizeof(v), &len), 0);
+    assert_memory_equal(v, "v1", 2);
+    assert_int_equal(idx_folder_get(r1, "Archive", &got), -ENOENT);
+    struct idx_txn *r2 = begin(ro, false);
+    assert_int_equal(idx_meta_get(r2, "k", v, sizeof(v), &len), 0);
+    assert_memory_equal(v, "v2", 2);
+    assert_int_equal(idx_folder_get(r2, "Archive", &got), 0);
+    idx_abort(r1);
+    idx_abort(r2);
+
+    /* The reader holds no lock: once the writer is gone, another writer
+     * gets the account while the reader is still open. */
+    idx_close(w);
+    w = open_ok(fx, "acct");
+
+    /* The writer grows the map well past its initial size; the reader
+     * adopts the new size on its next transaction. */
+    size_t big = (size_t)900 << 10;
+    char *val = xmalloc(big);
+    for (int i = 0; i < 12; i++) {
+        memset(val, 'a' + i, big);
+        char key[16];
+        snprintf(key, sizeof(key), "big%d", i);
+        t = begin(w, true);
+        int rc = idx_meta_put(t, key, val, big);
+        if (rc == IDX_ERETRY) {
+            t = begin(w, true);
+            rc = idx_meta_put(t, key, val, big);
+        }
+        assert_int_equal(rc, 0);
+        commit(w, t);
+    }
+    assert_true(idx_map_size(w) > INITIAL_MAP);
+    r1 = begin(ro, false);
+    len = 0;
+    assert_int_equal(idx_meta_get(r1, "big11", val, big, &len), 0);
+    assert_int_equal(len, big);
+    assert_int_equal(val[0], 'a' + 11);
+    assert_int_equal(val[big - 1], 'a' + 11);
+    idx_abort(r1);
+    assert_int_equal(idx_map_size(ro), idx_map_size(w));
+    free(val);
+    idx_close(ro);
+    idx_close(w);
+}
+
+static void test_readonly_creates_nothing(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *w = open_ok(fx, "acct");
+    idx_close(w);
+    /* Loose modes and a missing lock file are left exactly as they are:
+     * fixing them is idx_open's business, under the lock. */
+    char path[512];
+    snprintf(path, sizeof(path), "%s/acct/lock", fx->dir);
+    assert_int_equal(unlink(path), 0);
+    snprintf(path, sizeof(path), "%s/acct", fx->dir);
+    assert_int_equal(chmod(path, 0750), 0);
+    struct idx *ro = open_ro_ok(fx, "acct");
+    struct idx_txn *t = begin(ro, false);
+    struct idx_folder got;
+    assert_int_equal(idx_folder_get(t, "INBOX", &got), -ENOENT);
+    assert_int_equal(idx_msg_count(t, "INBOX"), 0);
+    idx_abort(t);
+    idx_close(ro);
+    assert_false(exists(fx->dir, "acct/lock"));
+    assert_int_equal(mode_of(fx->dir, "acct"), 0750);
+}
+
+static void test_readonly_schema(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *w = open_ok(fx, "acct");
+    idx_close(w);
+    set_schema(fx, "acct", IDX_SCHEMA_VERSION + 1);
+    struct idx *idx = (struct idx *)1;
+    char *err = NULL;
+    assert_int_equal(idx_open_readonly(fx->dir, "acct", &idx, &err), -EPROTO);
+    assert_null(idx);
+    /* The same words as idx_open. */
+    char *rw_err = NULL;
+    assert_int_equal(idx_open(fx->dir, "acct", &idx, &rw_err), -EPROTO);
+    assert_string_equal(err, rw_err);
+    assert_non_null(strstr(err, "was written by a newer mailsync"));
+    free(err);
+    free(rw_err);
+
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    raw_put(&r, "meta", "schema_version", 14, "\x01\x00", 2);
+    raw_close(&r);
+    assert_int_equal(idx_open_readonly(fx->dir, "acct", &idx, &err), -EBADMSG);
+    char *msg = xasprintf("index %s/acct/index.mdb: corrupt schema version record", fx->dir);
+    assert_string_equal(err, msg);
+    free(msg);
+    free(err);
+
+    set_schema(fx, "acct", IDX_SCHEMA_VERSION);
+    idx = open_ro_ok(fx, "acct");
+    idx_close(idx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1528,6 +1775,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_corrupt_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_readonly_no_index, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_readonly_beside_writer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_readonly_creates_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_readonly_schema, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
