@@ -9,6 +9,7 @@
 #include "daemon/check.h"
 #include "daemon/config.h"
 #include "daemon/log.h"
+#include "daemon/status.h"
 #include "daemon/syncrun.h"
 #include "daemon/util.h"
 
@@ -27,7 +28,8 @@ static void usage(FILE *fp)
           "Commands:\n"
           "  sync [--dry-run] [--force] [ACCOUNT...]  synchronise once and exit\n"
           "  daemon                         stay running and push changes both ways\n"
-          "  status [--json]                show the state of every account\n"
+          "  status [--json] [ACCOUNT...]   show what the index knows of each account\n"
+          "                                 (offline; safe while a sync runs)\n"
           "  check [--connect] [ACCOUNT...] validate the configuration (and connect)\n"
           "  version                        print the version\n"
           "\n"
@@ -153,6 +155,35 @@ static int cmd_sync(const struct globals *g, int argc, char **argv)
     return ret;
 }
 
+static int cmd_status(const struct globals *g, int argc, char **argv)
+{
+    bool json = false;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            json = true;
+        } else if (strcmp(argv[i], "--") == 0) {
+            i++;
+            break;
+        } else {
+            log_error("status: unknown option '%s' (options: --json)", argv[i]);
+            return 2;
+        }
+    }
+    struct cfg *cfg = load_config(g);
+    if (cfg == NULL) {
+        return 1;
+    }
+    /* As for sync and check: an unknown account is reported by name. */
+    if (check_account_names(cfg, argc - i, argv + i) != 0) {
+        cfg_free(cfg);
+        return 1;
+    }
+    int ret = status_run(cfg, argv + i, argc - i, json, stdout);
+    cfg_free(cfg);
+    return ret;
+}
+
 static int cmd_unavailable(const char *name)
 {
     log_error("'%s' is not available in this build yet; see README.md for what works today", name);
@@ -226,7 +257,10 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "sync") == 0) {
         return cmd_sync(&g, cargc, cargv);
     }
-    if (strcmp(cmd, "daemon") == 0 || strcmp(cmd, "status") == 0) {
+    if (strcmp(cmd, "status") == 0) {
+        return cmd_status(&g, cargc, cargv);
+    }
+    if (strcmp(cmd, "daemon") == 0) {
         return cmd_unavailable(cmd);
     }
     log_error("unknown command '%s' (try 'mailsync --help')", cmd);
