@@ -1235,10 +1235,26 @@ static void on_fetch_msg(struct imap *im, const struct imap_msg *m, void *sink, 
     }
 }
 
+/* A command the client refused before sending it (a folder name that
+ * cannot be given to the server, a capability the server lacks) ends with
+ * err < 0 while the connection stays up: that command failed, and nothing
+ * else will report it. After a connection failure on_imap_error does. */
+static bool refused_locally(const struct engine *e, const struct imap_result *res)
+{
+    if (res->err >= 0 || e->im == NULL || e->conn_dead) {
+        return false;
+    }
+    enum imap_state s = imap_get_state(e->im);
+    return s != IMAP_STATE_FAILED && s != IMAP_STATE_CLOSED;
+}
+
 static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *what)
 {
     if (res->err < 0) {
-        return false; /* on_imap_error follows */
+        if (refused_locally(e, res)) {
+            folder_fail(e, "%s: %s", what, res->text != NULL ? res->text : "refused");
+        }
+        return false; /* else on_imap_error follows */
     }
     if (res->status != IMAP_STATUS_OK) {
         folder_fail(e, "%s: %s", what, res->text != NULL ? res->text : "failed");
@@ -1362,10 +1378,10 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
         return;
     }
     struct fstate *f = e->f;
-    if (res->err < 0) {
+    if (res->err < 0 && !refused_locally(e, res)) {
         return;
     }
-    if (res->status != IMAP_STATUS_OK || res->mailbox == NULL) {
+    if (res->err < 0 || res->status != IMAP_STATUS_OK || res->mailbox == NULL) {
         folder_fail(e, "SELECT: %s", res->text != NULL ? res->text : "failed");
         folder_advance(e);
         return;
@@ -1941,7 +1957,7 @@ static void on_delete_done(struct imap *im, const struct imap_result *res, void 
                 f->sdel_ok[i] = true;
             }
         }
-    } else if (res->err >= 0) {
+    } else if (res->err >= 0 || refused_locally(e, res)) {
         /* Retried next run (the records stay); the rest goes on. */
         f->sdel_failed = true;
         folder_note(e, "deleting on the server: %s", res->text != NULL ? res->text : "failed");
@@ -3039,6 +3055,9 @@ static void on_list_folder(struct imap *im, const struct imap_folder *fo, void *
 {
     struct engine *e = arg;
     if (fo->name == NULL) {
+        /* Said on every run, so the user knows why it never appears. */
+        log_warnx("%s: folder %s is not synced: %s", e->acct->name, fo->raw_name,
+                  fo->unsyncable != NULL ? fo->unsyncable : "unusable name");
         return;
     }
     if ((fo->attrs & IMAP_LIST_TRASH) && e->acct->trash == NULL && e->trash == NULL) {
@@ -3254,12 +3273,12 @@ static void on_sfdel_delete(struct imap *im, const struct imap_result *res, void
     struct sfdel *d = arg;
     struct engine *e = d->e;
     struct fjob *j = d->j;
-    if (e->finished || res->err < 0) {
+    if (e->finished || (res->err < 0 && !refused_locally(e, res))) {
         free(d->known.v);
         free(d);
         return;
     }
-    if (res->status != IMAP_STATUS_OK) {
+    if (res->err < 0 || res->status != IMAP_STATUS_OK) {
         j->res->error = xasprintf("folder '%s': DELETE on the server failed: %s", j->name,
                                   res->text != NULL ? res->text : "");
     } else if (forget_folder(e, j->name) < 0) {
@@ -3309,12 +3328,12 @@ static void sfdel_check_done(struct sfdel *d)
 static void on_sfdel_search(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct sfdel *d = arg;
-    if (d->e->finished || res->err < 0) {
+    if (d->e->finished || (res->err < 0 && !refused_locally(d->e, res))) {
         free(d->known.v);
         free(d);
         return;
     }
-    if (res->status != IMAP_STATUS_OK) {
+    if (res->err < 0 || res->status != IMAP_STATUS_OK) {
         sfdel_refuse(d, "its messages could not be listed");
         return;
     }
@@ -3339,12 +3358,12 @@ static void on_sfdel_search(struct imap *im, const struct imap_result *res, void
 static void on_sfdel_examine(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct sfdel *d = arg;
-    if (d->e->finished || res->err < 0) {
+    if (d->e->finished || (res->err < 0 && !refused_locally(d->e, res))) {
         free(d->known.v);
         free(d);
         return;
     }
-    if (res->status != IMAP_STATUS_OK || res->mailbox == NULL) {
+    if (res->err < 0 || res->status != IMAP_STATUS_OK || res->mailbox == NULL) {
         sfdel_refuse(d, "the server copy could not be examined");
         return;
     }
@@ -3517,10 +3536,10 @@ static void on_create_done(struct imap *im, const struct imap_result *res, void 
     struct engine *e = arg;
     struct fjob *j = e->creating;
     e->creating = NULL;
-    if (e->finished || j == NULL || res->err < 0) {
+    if (e->finished || j == NULL || (res->err < 0 && !refused_locally(e, res))) {
         return;
     }
-    if (res->status != IMAP_STATUS_OK) {
+    if (res->err < 0 || res->status != IMAP_STATUS_OK) {
         j->res->error = xasprintf("folder '%s': CREATE on the server failed: %s", j->name,
                                   res->text != NULL ? res->text : "");
         next_folder(e);

@@ -347,13 +347,15 @@ static void clear_response(struct imap_parser *p)
 }
 
 /* Free text after a status keyword or response code, or after "+": never
- * parsed, but it must not hide NUL or control bytes (it ends up in logs and
- * error messages). Surrounding spaces are dropped. */
+ * parsed. It ends up in logs and error messages, so NUL and bare CR are
+ * errors and other control bytes become '?' (a server may quote a folder
+ * name holding one in "Mailbox doesn't exist: ..."; that must not make the
+ * connection unusable). Surrounding spaces are dropped. */
 static int parse_text(struct imap_parser *p, const char *pos, const char *ce)
 {
     for (const char *q = pos; q < ce; q++) {
         unsigned char c = (unsigned char)*q;
-        if (is_ctl(c) && c != '\t') {
+        if (c == '\0' || c == '\r') {
             return fail_char(p, q);
         }
     }
@@ -363,7 +365,14 @@ static int parse_text(struct imap_parser *p, const char *pos, const char *ce)
     while (ce > pos && (ce[-1] == ' ' || ce[-1] == '\t')) {
         ce--;
     }
-    p->text_off = str_add(p, pos, (size_t)(ce - pos));
+    size_t len = (size_t)(ce - pos);
+    p->text_off = str_add(p, pos, len);
+    char *t = p->strs + p->text_off;
+    for (size_t i = 0; i < len; i++) {
+        if (is_ctl((unsigned char)t[i]) && t[i] != '\t') {
+            t[i] = '?';
+        }
+    }
     return SEG_RESPONSE;
 }
 
@@ -441,7 +450,11 @@ static int parse_quoted(struct imap_parser *p, const char **pos_p, const char *c
             pos++;
             break;
         }
-        if (is_ctl(c)) {
+        /* RFC 3501 allows every CHAR but CR and LF in a quoted string
+         * (TEXT-CHAR): a folder name with a control character must not
+         * make the whole response, and so the account, unreadable. Users
+         * of the string sanitise it for logs and terminals. */
+        if (c == '\0' || c == '\r' || c == '\n') {
             return fail_char(p, pos);
         }
         if (c == '\\' && pos + 1 < ce) {

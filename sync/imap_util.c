@@ -408,6 +408,15 @@ int imap_name_from_server(const char *raw, size_t len, char delim, bool utf8, ch
         *why_r = "folder name is not valid modified UTF-7";
         return -EINVAL;
     }
+    /* Encoded control characters ("&AAk-" is a TAB) are refused like raw
+     * ones: no local name or command could carry them back unchanged. */
+    for (const char *p = dec; *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+            free(dec);
+            *why_r = "folder name contains a control character";
+            return -EINVAL;
+        }
+    }
     /* A '/' can only come out of decoding when it was encoded, which a
      * server with another delimiter uses for a literal slash. */
     if (delim != '/' && strchr(dec, '/') != NULL) {

@@ -118,6 +118,11 @@ static void test_names(void **state)
     assert_int_equal(imap_name_from_server("/abs", 4, '/', false, &name, &why), -EINVAL);
     assert_int_equal(imap_name_from_server("x\ny", 3, '/', false, &name, &why), -EINVAL);
     assert_int_equal(imap_name_from_server("a\0b", 3, '/', false, &name, &why), -EINVAL);
+    /* A control character is refused encoded as well as raw ("&AAk-" is a TAB). */
+    assert_int_equal(imap_name_from_server("Tab&AAk-here", 12, '/', false, &name, &why), -EINVAL);
+    assert_string_equal(why, "folder name contains a control character");
+    assert_int_equal(imap_name_from_server("Bell\x07x", 6, '/', false, &name, &why), -EINVAL);
+    assert_string_equal(why, "folder name contains a control character");
     assert_int_equal(imap_name_from_server("Entwürfe", 9, '/', true, &name, &why), 0);
     assert_string_equal(name, "Entwürfe");
     free(name);
