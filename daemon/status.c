@@ -136,15 +136,6 @@ static int collect_folder(const char *folder, const struct idx_folder *st, void 
     return 0;
 }
 
-/* The same test as rec_is_intent in sync/popsync.c (static there): a row
- * with a Maildir name that says neither delivered nor skipped is written
- * before the file is renamed into place, and confirmed afterwards. */
-static bool pop_is_intent(const struct idx_pop *p)
-{
-    return p->lid[0] != '\0' &&
-           !(p->flags & (IDX_POP_DELIVERED | IDX_POP_SKIPPED | IDX_POP_DELETED_LOCALLY));
-}
-
 static int collect_pop(const struct idx_pop *p, void *arg)
 {
     struct st_pop *s = &((struct collect *)arg)->a->pop;
@@ -155,7 +146,7 @@ static int collect_pop(const struct idx_pop *p, void *arg)
     if ((p->flags & IDX_POP_DELIVERED) && (p->flags & IDX_POP_DELETED_LOCALLY)) {
         s->deleted_locally++;
     }
-    if (pop_is_intent(p)) {
+    if (idx_pop_is_intent(p)) {
         s->intents++;
     }
     if ((p->flags & IDX_POP_SKIPPED) && !(p->flags & IDX_POP_DELIVERED)) {

@@ -2342,3 +2342,9 @@ size_t idx_map_size(const struct idx *idx)
     pthread_mutex_unlock((pthread_mutex_t *)&idx->mu);
     return n;
 }
+
+bool idx_pop_is_intent(const struct idx_pop *p)
+{
+    return p->lid[0] != '\0' &&
+           !(p->flags & (IDX_POP_DELIVERED | IDX_POP_SKIPPED | IDX_POP_DELETED_LOCALLY));
+}

@@ -143,6 +143,10 @@ int idx_pop_put(struct idx_txn *txn, const struct idx_pop *p);
 int idx_pop_get(struct idx_txn *txn, const char *uidl, struct idx_pop *p_r);
 int idx_pop_delete(struct idx_txn *txn, const char *uidl);
 int idx_pop_foreach(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void *arg), void *arg);
+/* A download intent: the row names a Maildir file but says neither
+ * delivered nor skipped nor deleted locally; it is written before the file
+ * is renamed into place and confirmed afterwards. */
+bool idx_pop_is_intent(const struct idx_pop *p);
 
 /* Small free-form values (e.g. "pop:last_run"). */
 int idx_meta_put(struct idx_txn *txn, const char *key, const void *val, size_t len);

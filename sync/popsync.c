@@ -596,8 +596,7 @@ static void add_put(struct popsync *ps, const struct idx_pop *p)
 /* An intent row: recorded before the file is renamed into new/. */
 static bool rec_is_intent(const struct idx_pop *p)
 {
-    return p->lid[0] != '\0' &&
-           !(p->flags & (IDX_POP_DELIVERED | IDX_POP_SKIPPED | IDX_POP_DELETED_LOCALLY));
+    return idx_pop_is_intent(p);
 }
 
 /* ---- threadpool jobs ------------------------------------------------------ */
