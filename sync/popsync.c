@@ -594,11 +594,6 @@ static void add_put(struct popsync *ps, const struct idx_pop *p)
 }
 
 /* An intent row: recorded before the file is renamed into new/. */
-static bool rec_is_intent(const struct idx_pop *p)
-{
-    return idx_pop_is_intent(p);
-}
-
 /* ---- threadpool jobs ------------------------------------------------------ */
 
 static void job_work(uv_work_t *w)
@@ -1042,7 +1037,7 @@ static bool policy_may_dele(const struct popsync *ps, const struct idx_pop *p)
 {
     const struct cfg_pop *pc = &ps->acct->pop;
     bool delivered =
-        (p->flags & IDX_POP_DELIVERED) != 0 || (rec_is_intent(p) && scan_has(ps, p->lid));
+        (p->flags & IDX_POP_DELIVERED) != 0 || (idx_pop_is_intent(p) && scan_has(ps, p->lid));
     if (!delivered || (p->flags & IDX_POP_DELETED_ON_SERVER)) {
         return false;
     }
@@ -1065,7 +1060,7 @@ static bool rec_matchable(const struct popsync *ps, const struct rec *rc)
     if (rc->listed || rc->matched) {
         return false;
     }
-    return rc->p.flags != 0 || (rec_is_intent(&rc->p) && scan_has(ps, rc->p.lid));
+    return rc->p.flags != 0 || (idx_pop_is_intent(&rc->p) && scan_has(ps, rc->p.lid));
 }
 
 /* First pass after the listing: match UIDLs to records and decide which
@@ -1094,7 +1089,7 @@ static void plan_tops(struct popsync *ps)
         if (m->rec >= 0) {
             const struct idx_pop *p = &ps->recs[m->rec].p;
             /* A known UIDL with another size: maybe a reused UIDL. */
-            if (!rec_is_intent(p) && m->has_size && p->size != 0 && p->size != m->size) {
+            if (!idx_pop_is_intent(p) && m->has_size && p->size != 0 && p->size != m->size) {
                 m->need_top = true;
             }
             /* A UIDL reused with the same size is only caught by its
@@ -1282,7 +1277,7 @@ static void plan(struct popsync *ps)
                 continue;
             }
             m->verified = hash_known;
-            if (rec_is_intent(p)) {
+            if (idx_pop_is_intent(p)) {
                 if (scan_has(ps, p->lid)) {
                     /* Delivered before a crash, not yet recorded: adopt. */
                     struct idx_pop np = *p;
@@ -1341,7 +1336,7 @@ static void plan(struct popsync *ps)
                 struct rec *rc = &ps->recs[found];
                 struct idx_pop np = rc->p;
                 snprintf(np.uidl, sizeof(np.uidl), "%s", m->uidl);
-                if (rec_is_intent(&rc->p)) {
+                if (idx_pop_is_intent(&rc->p)) {
                     /* Its file is here (rec_matchable): adopt it. */
                     np.flags |= IDX_POP_DELIVERED;
                     ps->res.adopted++;
