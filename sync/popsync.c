@@ -1533,7 +1533,7 @@ static int put_rows(struct idx_txn *txn, struct popsync *ps, bool delivered)
         p.first_seen = ps->now;
         p.size = d->m->size;
         memcpy(p.header_hash, d->hh.out, 16);
-        /* Without DELIVERED the row is an intent: see rec_is_intent. */
+        /* Without DELIVERED the row is an intent: see idx_pop_is_intent. */
         p.flags = delivered ? IDX_POP_DELIVERED : 0;
         int r = idx_pop_put(txn, &p);
         if (r < 0) {
