@@ -96,6 +96,12 @@ enum idx_msg_state {
                               APPENDUID (or a search) gives it */
 };
 
+/* In idx_msg.flags, beside the MD_FLAG_* bits: a flag change was being
+ * sent to the server for this message when the record was written, and
+ * may or may not have landed; the sync engine takes the server's flags as
+ * the base the next time it lists the message. */
+#define IDX_FLAGS_UNSETTLED 0x80
+
 struct idx_msg {
     uint32_t uid; /* 0 while APPENDING */
     uint8_t state;

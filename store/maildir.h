@@ -183,6 +183,12 @@ int md_folder_local_path(const char *root, enum cfg_layout layout, const char *n
 /* Lists the folders that exist under root (directories with cur/ new/ tmp/),
  * as server-style names, sorted. */
 int md_list_folders(const char *root, enum cfg_layout layout, char ***names_r, size_t *count_r);
+/* The same, and also the paths of Maildir folders (with cur/ new/ tmp/)
+ * whose directory names map to no folder name (control characters, bad
+ * %XX escapes, empty maildir++ levels): they are never synced, and the
+ * caller tells the user. Free both lists with md_free_names. */
+int md_list_folders_unusable(const char *root, enum cfg_layout layout, char ***names_r,
+                             size_t *count_r, char ***bad_r, size_t *nbad_r);
 void md_free_names(char **names, size_t count);
 /* Removes a folder's directory when it holds no messages (cur/ new/ empty);
  * -ENOTEMPTY otherwise. Subfolders (verbatim layout) are left alone. */

@@ -257,7 +257,21 @@ struct namevec {
     char **v;
     size_t n;
     size_t cap;
+    /* Maildir folders whose directory name is not one the encoder writes
+     * (so no folder name maps to them): their paths, when asked for. */
+    char **bad;
+    size_t nbad, bad_cap;
+    bool want_bad;
 };
+
+static void bad_add(struct namevec *nv, const char *path)
+{
+    if (!nv->want_bad) {
+        return;
+    }
+    xgrow(&nv->bad, &nv->bad_cap, nv->nbad + 1, sizeof(*nv->bad));
+    nv->bad[nv->nbad++] = xstrdup(path);
+}
 
 static void names_add(struct namevec *nv, char *name)
 {
@@ -299,12 +313,19 @@ static int walk_verbatim(const char *root, const char *dir, const char *prefix, 
             sbuf_adds(&name, prefix);
             sbuf_addc(&name, '/');
         }
+        char *child = path_join(dir, de->d_name);
         if (!decode_component(&name, de->d_name, strlen(de->d_name))) {
+            if (has_maildir(child)) {
+                bad_add(nv, child);
+            }
+            free(child);
             continue;
         }
-        char *child = path_join(dir, de->d_name);
         /* A directory whose name the encoder would not write holds nothing
          * we could name either, so its whole subtree is skipped. */
+        if (!canonical(root, CFG_LAYOUT_VERBATIM, name.buf, child) && has_maildir(child)) {
+            bad_add(nv, child);
+        }
         if (canonical(root, CFG_LAYOUT_VERBATIM, name.buf, child)) {
             if (has_maildir(child)) {
                 names_add(nv, xstrdup(name.buf));
@@ -364,12 +385,17 @@ static int list_maildirpp(const char *root, struct namevec *nv)
             }
             p = dot + 1;
         }
-        if (!ok) {
-            continue; /* "." and "..", empty levels, bad escapes */
+        if (!ok && (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)) {
+            continue;
         }
         char *child = path_join(root, de->d_name);
-        if (canonical(root, CFG_LAYOUT_MAILDIRPP, name.buf, child) && has_maildir(child)) {
-            names_add(nv, xstrdup(name.buf));
+        if (ok && canonical(root, CFG_LAYOUT_MAILDIRPP, name.buf, child)) {
+            if (has_maildir(child)) {
+                names_add(nv, xstrdup(name.buf));
+            }
+        } else if (has_maildir(child)) {
+            /* Empty levels, bad escapes, names the encoder would not write. */
+            bad_add(nv, child);
         }
         free(child);
     }
@@ -385,14 +411,32 @@ static int name_cmp(const void *a, const void *b)
 
 int md_list_folders(const char *root, enum cfg_layout layout, char ***names_r, size_t *count_r)
 {
-    struct namevec nv = {0};
+    return md_list_folders_unusable(root, layout, names_r, count_r, NULL, NULL);
+}
+
+int md_list_folders_unusable(const char *root, enum cfg_layout layout, char ***names_r,
+                             size_t *count_r, char ***bad_r, size_t *nbad_r)
+{
+    struct namevec nv = {.want_bad = bad_r != NULL};
     *names_r = NULL;
     *count_r = 0;
+    if (bad_r != NULL) {
+        *bad_r = NULL;
+        *nbad_r = 0;
+    }
     int ret = layout == CFG_LAYOUT_MAILDIRPP ? list_maildirpp(root, &nv)
                                              : walk_verbatim(root, root, NULL, 0, &nv);
     if (ret < 0) {
         md_free_names(nv.v, nv.n);
+        md_free_names(nv.bad, nv.nbad);
         return ret;
+    }
+    if (bad_r != NULL) {
+        if (nv.nbad > 1) {
+            qsort(nv.bad, nv.nbad, sizeof(*nv.bad), name_cmp);
+        }
+        *bad_r = nv.bad;
+        *nbad_r = nv.nbad;
     }
     if (nv.n > 1) {
         qsort(nv.v, nv.n, sizeof(*nv.v), name_cmp);

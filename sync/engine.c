@@ -181,6 +181,7 @@ struct fstate {
     size_t nmodified, modified_cap;
     bool *sdel_ok; /* per server delete: done */
     bool sdel_failed;
+    bool updates_recorded; /* record_updates(e, true) ran */
     /* Downloads. */
     size_t dl_next;
     struct dl **batch;
@@ -1708,7 +1709,7 @@ static int rematch_finish(struct engine *e)
         const struct idx_msg *old =
             f->nbase > 0 ? bsearch(r, f->base, f->nbase, sizeof(*f->base), idx_lid_cmp) : NULL;
         if (old != NULL) {
-            r->flags = old->flags;
+            r->flags = old->flags & (uint8_t)~IDX_FLAGS_UNSETTLED;
             memcpy(r->keywords, old->keywords, sizeof(r->keywords));
         } else {
             struct plan_kw kw;
@@ -1866,6 +1867,56 @@ static bool is_modified(const struct fstate *f, uint32_t uid)
 }
 
 /* Local flag changes and deletions, then one directory fsync. */
+/* Records the new base of messages whose merged flags are now on both
+ * sides as soon as that is so, not at the end of the folder: after a kill
+ * later in the folder the old base would make the next run take this run's
+ * own renames and STOREs for changes made on the other side, and undo a
+ * change made in between. stored false: the messages that needed no STORE
+ * (once the local renames are durable); true: the rest (once the STOREs
+ * answered, except [MODIFIED] ones). */
+static void record_updates(struct engine *e, bool stored)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    if (p->nupdates == 0 || e->opts.dry_run) {
+        return;
+    }
+    size_t nsu = 0;
+    for (size_t i = 0; i < p->nstores; i++) {
+        nsu += p->stores[i].nuids;
+    }
+    uint32_t *su = xcalloc(nsu + 1, sizeof(*su));
+    nsu = 0;
+    for (size_t i = 0; i < p->nstores; i++) {
+        for (size_t k = 0; k < p->stores[i].nuids; k++) {
+            su[nsu++] = p->stores[i].uids[k];
+        }
+    }
+    qsort(su, nsu, sizeof(*su), u32_cmp);
+    struct idx_msg *puts = xcalloc(p->nupdates, sizeof(*puts));
+    size_t np = 0;
+    for (size_t i = 0; i < p->nupdates; i++) {
+        uint32_t uid = p->updates[i].uid;
+        bool in_store = nsu > 0 && bsearch(&uid, su, nsu, sizeof(*su), u32_cmp) != NULL;
+        if (in_store != stored) {
+            continue;
+        }
+        if (stored && (f->failed || is_modified(f, uid))) {
+            continue;
+        }
+        puts[np++] = p->updates[i];
+    }
+    if (np > 0) {
+        struct idx_ops o = {.folder = f->job->name, .puts = puts, .nputs = np};
+        idx_apply(e, &o);
+    }
+    if (stored) {
+        f->updates_recorded = true;
+    }
+    free(puts);
+    free(su);
+}
+
 static void apply_local(struct engine *e)
 {
     struct fstate *f = e->f;
@@ -1916,6 +1967,8 @@ static void apply_local(struct engine *e)
         idx_apply(e, &o);
         free(d);
     }
+    /* Local renames are durable: their new base goes in now. */
+    record_updates(e, false);
 }
 
 static void on_store_done(struct imap *im, const struct imap_result *res, void *arg)
@@ -1972,12 +2025,82 @@ static void queue_del(struct engine *e, int r)
     }
 }
 
+/* Before the STOREs go out, their messages' base rows are marked unsettled:
+ * a STORE can reach the server and the run die before its answer is read.
+ * The next run then takes the server's flags as the base for them (see
+ * settle_base), so neither a change this run made nor one the user makes
+ * afterwards on either side is mistaken for the other and undone. */
+static void mark_unsettled(struct engine *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    if (p->nstores == 0 || e->opts.dry_run) {
+        return;
+    }
+    struct idx_msg *puts = xcalloc(f->nbase + 1, sizeof(*puts));
+    size_t np = 0;
+    for (size_t i = 0; i < f->nbase; i++) {
+        const struct idx_msg *m = &f->base[i];
+        bool stored = false;
+        for (size_t k = 0; k < p->nstores && !stored; k++) {
+            const struct plan_store *st = &p->stores[k];
+            stored = st->nuids > 0 &&
+                     bsearch(&m->uid, st->uids, st->nuids, sizeof(uint32_t), u32_cmp) != NULL;
+        }
+        if (stored && m->state == IDX_MSG_SYNCED) {
+            puts[np] = *m;
+            puts[np++].flags |= IDX_FLAGS_UNSETTLED;
+        }
+    }
+    if (np > 0) {
+        struct idx_ops o = {.folder = f->job->name, .puts = puts, .nputs = np};
+        idx_apply(e, &o);
+    }
+    free(puts);
+}
+
+/* The other half of mark_unsettled: a base row whose STORE may or may not
+ * have landed takes the server's flags when the server listed the message
+ * (a full listing, or a delta since the state before that STORE, which
+ * reports it when it landed), else its recorded flags. The settled rows
+ * are written at once: the folder state may move past that STORE in this
+ * run, after which no delta would list the message again. */
+static void settle_base(struct engine *e)
+{
+    struct fstate *f = e->f;
+    struct idx_msg *puts = NULL;
+    size_t np = 0, cap = 0;
+    for (size_t i = 0; i < f->nbase; i++) {
+        struct idx_msg *m = &f->base[i];
+        if (!(m->flags & IDX_FLAGS_UNSETTLED)) {
+            continue;
+        }
+        m->flags &= (uint8_t)~IDX_FLAGS_UNSETTLED;
+        const struct smsg *sm = find_smsg(f, m->uid);
+        if (sm != NULL) {
+            m->flags = (uint8_t)(sm->flags & MD_FLAGS_ALL);
+            struct plan_kw kw;
+            plan_kw_from((const char *const *)sm->kw, sm->nkw, &kw);
+            plan_kw_format(&kw, m->keywords, sizeof(m->keywords));
+            plan_kw_free(&kw);
+        }
+        xgrow(&puts, &cap, np + 1, sizeof(*puts));
+        puts[np++] = *m;
+    }
+    if (np > 0 && !e->opts.dry_run) {
+        struct idx_ops o = {.folder = f->job->name, .puts = puts, .nputs = np};
+        idx_apply(e, &o);
+    }
+    free(puts);
+}
+
 static void apply_server(struct engine *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
     f->phase = FP_APPLY_SERVER;
     f->pending = 1;
+    mark_unsettled(e);
     uint64_t unchanged = f->condstore ? f->mb.highestmodseq : 0;
     /* UIDs already in an earlier STORE of this run: our own first STORE
      * raised their MODSEQ, so UNCHANGEDSINCE would refuse the second one
@@ -2680,7 +2803,7 @@ static void folder_final(struct engine *e)
     size_t np = 0, cap = 0;
     uint32_t *drops = NULL;
     size_t nd = 0, dcap = 0;
-    bool stores_ok = !f->failed;
+    bool stores_ok = !f->failed && !f->updates_recorded;
     for (size_t i = 0; i < p->nupdates; i++) {
         /* Base advances only where both sides now hold the merged state. */
         if (!stores_ok || is_modified(f, p->updates[i].uid)) {
@@ -2882,6 +3005,7 @@ static void plan_folder(struct engine *e)
             s->internaldate = (time_t)sk->date;
         }
     }
+    settle_base(e);
     fill_input(e, &in, &sm);
     f->plan = plan_build(&in);
     free(sm);
@@ -2971,6 +3095,8 @@ static void folder_advance(struct engine *e)
         apply_server(e);
         return;
     case FP_APPLY_SERVER:
+        /* The STOREs answered: their new base goes in before the downloads. */
+        record_updates(e, true);
         issue_downloads(e);
         return;
     case FP_DOWNLOAD:
@@ -3637,15 +3763,22 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     if (e->acct->trash != NULL) {
         e->trash = xstrdup(e->acct->trash);
     }
-    char **names = NULL;
-    size_t n = 0;
-    if (md_list_folders(e->acct->maildir, e->acct->layout, &names, &n) == 0) {
+    char **names = NULL, **bad = NULL;
+    size_t n = 0, nbad = 0;
+    if (md_list_folders_unusable(e->acct->maildir, e->acct->layout, &names, &n, &bad, &nbad) == 0) {
         for (size_t i = 0; i < n; i++) {
             if (cfg_folder_selected(e->acct, names[i])) {
                 add_job(e, names[i])->on_local = true;
             }
         }
+        for (size_t i = 0; i < nbad; i++) {
+            /* Said on every run: its mail goes nowhere until it is renamed. */
+            log_warnx("%s: local directory %s is not synced: its name maps to no folder name "
+                      "(rename it to sync its messages)",
+                      e->acct->name, bad[i]);
+        }
         md_free_names(names, n);
+        md_free_names(bad, nbad);
     }
     /* Which of them the index knows (a lookup per folder rather than
      * idx_folder_foreach, which trips UBSan on an empty index: qsort of

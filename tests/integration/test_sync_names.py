@@ -53,7 +53,8 @@ class Names(mstest.DovecotTestCase):
     def test_local_folder_with_a_control_character(self):
         # A local directory whose name holds a control character is not a
         # folder name mailsync writes, so it is left alone (never created
-        # on the server, its files untouched) and the rest syncs.
+        # on the server, its files untouched, the user told) and the rest
+        # syncs.
         user = "localbad"
         self.dovecot.add_user(user, "pw-localbad")
         self.dovecot.save(user, "INBOX", b"Subject: one\r\n\r\nbody\r\n")
@@ -80,6 +81,9 @@ class Names(mstest.DovecotTestCase):
         self.assertTrue(os.path.exists(os.path.join(bad, "cur", "1700000000.M1P1.host:2,S")))
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("\u2191 1 new", r.stdout)
+        # Said, with the control character shown as '?'.
+        self.assertIn("local directory %s is not synced: its name maps to no folder name"
+                      % os.path.join(self.tmp, "Mail", "Bad?dir"), r.stderr)
 
 
 if __name__ == "__main__":

@@ -363,6 +363,24 @@ static void test_roundtrip_random(void **state)
     }
 }
 
+/* The unusable Maildir folders md_list_folders_unusable reports, as paths
+ * relative to root, compared with want (sorted). */
+static void expect_unusable(const char *root, enum cfg_layout layout, const char *const *want,
+                            size_t nwant)
+{
+    char **names = NULL, **bad = NULL;
+    size_t n = 0, nbad = 0;
+    assert_int_equal(md_list_folders_unusable(root, layout, &names, &n, &bad, &nbad), 0);
+    size_t rl = strlen(root);
+    assert_int_equal(nbad, nwant);
+    for (size_t i = 0; i < nbad; i++) {
+        assert_memory_equal(bad[i], root, rl);
+        assert_string_equal(bad[i] + rl + 1, want[i]);
+    }
+    md_free_names(names, n);
+    md_free_names(bad, nbad);
+}
+
 static void test_list_skips_foreign_verbatim(void **state)
 {
     (void)state;
@@ -392,6 +410,10 @@ static void test_list_skips_foreign_verbatim(void **state)
     close(fd);
     const char *want[] = {"INBOX", "Lists/dev", "a.b", "plain/sub"};
     expect_list(root, CFG_LAYOUT_VERBATIM, want, ARRAY_SIZE(want));
+    /* Those with cur/ new/ tmp/ are reported (dot directories are never
+     * ours, and what is inside cur/ is a folder's own business). */
+    const char *unusable[] = {"%2E%2E", "100%", "a%41", "bad%00", "inbox", "x%2Fy"};
+    expect_unusable(root, CFG_LAYOUT_VERBATIM, unusable, ARRAY_SIZE(unusable));
     free(target);
     free(link);
     free(file);
@@ -427,6 +449,9 @@ static void test_list_skips_foreign_maildirpp(void **state)
     make_maildir(root, ".x%2Fy");
     const char *want2[] = {"INBOX", "Lists/dev", "a.b"};
     expect_list(root, CFG_LAYOUT_MAILDIRPP, want2, ARRAY_SIZE(want2));
+    const char *unusable[] = {"...",      ".INBOX",     ".a..b", ".bad%zz",
+                              ".inbox.x", ".trailing.", ".x%2Fy"};
+    expect_unusable(root, CFG_LAYOUT_MAILDIRPP, unusable, ARRAY_SIZE(unusable));
     free_root(root);
 }
 
