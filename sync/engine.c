@@ -3909,9 +3909,11 @@ int engine_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_accoun
 
 void engine_cancel(struct engine *e)
 {
-    if (e == NULL || e->finished) {
+    if (e == NULL) {
         return;
     }
+    /* The lanes first: the first lane may be done already and only be
+     * waiting for them. */
     for (size_t i = 0; i < e->nlanes; i++) {
         struct engine *l = e->lanes[i];
         if (l == NULL || l->finished) {
@@ -3922,6 +3924,9 @@ void engine_cancel(struct engine *e)
             /* Still connecting: nothing of its own to finish. */
             finish(l);
         }
+    }
+    if (e->finished) {
+        return;
     }
     e->cancelled = true;
     if (e->secret_req != NULL) {
