@@ -2025,11 +2025,33 @@ static void queue_del(struct engine *e, int r)
     }
 }
 
+/* Which flags a STORE of this run changes on a message (MD_FLAG_* bits, and
+ * UNSETTLED_KW for keywords) is kept per folder in the meta value
+ * "unsettled:FOLDER" as (UID, mask) pairs beside the marked rows: settle_base
+ * takes the server's value only for what the STORE touched and keeps the
+ * base for the rest, so a flag another client set meanwhile stays a change
+ * on the server. */
+#define UNSETTLED_KW 0x40
+
 /* Before the STOREs go out, their messages' base rows are marked unsettled:
  * a STORE can reach the server and the run die before its answer is read.
  * The next run then takes the server's flags as the base for them (see
  * settle_base), so neither a change this run made nor one the user makes
  * afterwards on either side is mistaken for the other and undone. */
+static void unsettled_key(const char *folder, char *buf, size_t cap)
+{
+    if (strlen(folder) < 400) {
+        snprintf(buf, cap, "unsettled:%s", folder);
+        return;
+    }
+    uint8_t h[16];
+    msgid_hash(folder, h);
+    size_t n = (size_t)snprintf(buf, cap, "unsettled#");
+    for (size_t i = 0; i < sizeof(h) && n + 2 < cap; i++) {
+        n += (size_t)snprintf(buf + n, cap - n, "%02x", h[i]);
+    }
+}
+
 static void mark_unsettled(struct engine *e)
 {
     struct fstate *f = e->f;
@@ -2038,24 +2060,40 @@ static void mark_unsettled(struct engine *e)
         return;
     }
     struct idx_msg *puts = xcalloc(f->nbase + 1, sizeof(*puts));
+    unsigned char *masks = xcalloc(f->nbase + 1, 5);
     size_t np = 0;
     for (size_t i = 0; i < f->nbase; i++) {
         const struct idx_msg *m = &f->base[i];
-        bool stored = false;
-        for (size_t k = 0; k < p->nstores && !stored; k++) {
+        uint8_t mask = 0;
+        for (size_t k = 0; k < p->nstores; k++) {
             const struct plan_store *st = &p->stores[k];
-            stored = st->nuids > 0 &&
-                     bsearch(&m->uid, st->uids, st->nuids, sizeof(uint32_t), u32_cmp) != NULL;
+            if (st->nuids > 0 &&
+                bsearch(&m->uid, st->uids, st->nuids, sizeof(uint32_t), u32_cmp) != NULL) {
+                mask |= (uint8_t)(st->flags & MD_FLAGS_ALL);
+                if (st->kw.n > 0) {
+                    mask |= UNSETTLED_KW;
+                }
+            }
         }
-        if (stored && m->state == IDX_MSG_SYNCED) {
+        if (mask != 0 && m->state == IDX_MSG_SYNCED) {
+            memcpy(masks + np * 5, &m->uid, 4);
+            masks[np * 5 + 4] = mask;
             puts[np] = *m;
             puts[np++].flags |= IDX_FLAGS_UNSETTLED;
         }
     }
     if (np > 0) {
-        struct idx_ops o = {.folder = f->job->name, .puts = puts, .nputs = np};
+        char key[512];
+        unsettled_key(f->job->name, key, sizeof(key));
+        struct idx_ops o = {.folder = f->job->name,
+                            .puts = puts,
+                            .nputs = np,
+                            .meta_key = key,
+                            .meta_val = masks,
+                            .meta_len = np * 5};
         idx_apply(e, &o);
     }
+    free(masks);
     free(puts);
 }
 
@@ -2070,23 +2108,61 @@ static void settle_base(struct engine *e)
     struct fstate *f = e->f;
     struct idx_msg *puts = NULL;
     size_t np = 0, cap = 0;
+    unsigned char *masks = NULL;
+    size_t nmasks = 0;
     for (size_t i = 0; i < f->nbase; i++) {
         struct idx_msg *m = &f->base[i];
         if (!(m->flags & IDX_FLAGS_UNSETTLED)) {
             continue;
         }
+        if (masks == NULL) {
+            /* Read once, on the first unsettled row. */
+            char key[512];
+            unsettled_key(f->job->name, key, sizeof(key));
+            struct idx_txn *txn;
+            size_t len = 0;
+            if (idx_begin(e->idx, false, &txn) == 0) {
+                unsigned char probe[1];
+                if (idx_meta_get(txn, key, probe, sizeof(probe), &len) == 0 && len >= 5) {
+                    masks = xmalloc(len);
+                    if (idx_meta_get(txn, key, masks, len, &len) < 0) {
+                        len = 0;
+                    }
+                }
+                idx_abort(txn);
+            }
+            if (masks == NULL) {
+                masks = xmalloc(1);
+                len = 0;
+            }
+            nmasks = len / 5;
+        }
+        uint8_t mask = 0;
+        for (size_t k = 0; k < nmasks; k++) {
+            uint32_t uid;
+            memcpy(&uid, masks + k * 5, 4);
+            if (uid == m->uid) {
+                mask = masks[k * 5 + 4];
+                break;
+            }
+        }
         m->flags &= (uint8_t)~IDX_FLAGS_UNSETTLED;
         const struct smsg *sm = find_smsg(f, m->uid);
         if (sm != NULL) {
-            m->flags = (uint8_t)(sm->flags & MD_FLAGS_ALL);
-            struct plan_kw kw;
-            plan_kw_from((const char *const *)sm->kw, sm->nkw, &kw);
-            plan_kw_format(&kw, m->keywords, sizeof(m->keywords));
-            plan_kw_free(&kw);
+            /* Only what the STORE touched takes the server's value. */
+            unsigned fm = mask & MD_FLAGS_ALL;
+            m->flags = (uint8_t)((m->flags & ~fm) | (sm->flags & fm));
+            if (mask & UNSETTLED_KW) {
+                struct plan_kw kw;
+                plan_kw_from((const char *const *)sm->kw, sm->nkw, &kw);
+                plan_kw_format(&kw, m->keywords, sizeof(m->keywords));
+                plan_kw_free(&kw);
+            }
         }
         xgrow(&puts, &cap, np + 1, sizeof(*puts));
         puts[np++] = *m;
     }
+    free(masks);
     if (np > 0 && !e->opts.dry_run) {
         struct idx_ops o = {.folder = f->job->name, .puts = puts, .nputs = np};
         idx_apply(e, &o);
