@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,10 +55,12 @@ struct md_folder {
     struct timespec kw_mtim;
     struct timespec kw_ctim;
 
-    /* tmp/, opened before the first delivery: syncfs on it reports every
-     * write-back error on the file system since it was opened (Linux 5.8),
-     * so md_writers_sync can make a batch durable with one call. */
+    /* tmp/, opened with the folder (before any delivery): syncfs on it
+     * reports every write-back error on the file system since it was opened
+     * (Linux 5.8), so md_writers_sync can make a batch durable with one
+     * call, on the file systems where syncfs writes everything back. */
     int sync_fd;
+    bool syncfs_ok;
 };
 
 struct md_writer {
@@ -118,6 +121,33 @@ static int mkdir_sub(const char *path, char **err_r)
         return -e;
     }
     return 0;
+}
+
+/* Local file systems whose syncfs writes back every dirty file. FUSE ones
+ * (gocryptfs, sshfs, ...) and stacked ones such as eCryptfs do not pass it
+ * on, so files there are made durable one fsync at a time. */
+static bool syncfs_trusted(int fd)
+{
+    struct statfs sf;
+    if (fstatfs(fd, &sf) != 0) {
+        return false;
+    }
+    switch ((unsigned long)sf.f_type) {
+    case 0xEF53UL:     /* ext2/3/4 */
+    case 0x58465342UL: /* xfs */
+    case 0x9123683EUL: /* btrfs */
+    case 0xF2F52010UL: /* f2fs */
+    case 0x01021994UL: /* tmpfs */
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void open_sync_fd(struct md_folder *f)
+{
+    f->sync_fd = open(f->path_tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    f->syncfs_ok = f->sync_fd >= 0 && syncfs_trusted(f->sync_fd);
 }
 
 int md_folder_open(const char *path, bool create, bool maildirpp_sub, struct md_folder **f_r,
@@ -199,6 +229,7 @@ int md_folder_open(const char *path, bool create, bool maildirpp_sub, struct md_
             goto out;
         }
     }
+    open_sync_fd(f);
     *f_r = f;
     return 0;
 out:
@@ -1043,10 +1074,6 @@ static char *unique_name(void)
 int md_writer_open(struct md_folder *f, bool crlf_to_lf, struct md_writer **w_r)
 {
     *w_r = NULL;
-    if (f->sync_fd < 0) {
-        /* Without it md_writers_sync falls back to one fsync per file. */
-        f->sync_fd = open(f->path_tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    }
     /* The name cannot collide; the retry only guards against a clock that
      * jumped back together with a reused pid and an unlucky random part. */
     for (int tries = 0;; tries++) {
@@ -1275,7 +1302,7 @@ int md_writers_sync(struct md_folder *f, struct md_writer *const *ws, size_t n)
     if (todo == 0) {
         return 0;
     }
-    if (todo >= MD_SYNCFS_MIN && f->sync_fd >= 0) {
+    if (todo >= MD_SYNCFS_MIN && f->syncfs_ok) {
         /* One write-back and one journal commit for the whole batch instead
          * of one per file: on ext4 this is several times faster for a batch
          * of mail. The error, if any, cannot be pinned to one file, so the

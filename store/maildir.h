@@ -103,10 +103,12 @@ const char *md_writer_id(const struct md_writer *w);
 int md_writer_finish(struct md_writer *w, time_t mtime);
 /* Makes the bytes of n finished writers durable at once (unfinished ones are
  * finished with mtime 0; NULL entries are skipped): one syncfs of the file
- * system for a batch, else one fsync per file; writers that failed are
- * skipped, their commit reports the error. f is the folder the writers
- * were opened on (or another handle on the same file system that had a
- * writer opened before these writers wrote). On failure none of them is
+ * system for a batch of three or more on ext4, xfs, btrfs, f2fs and tmpfs,
+ * else one fsync per file; writers that failed are skipped, their commit
+ * reports the error. f is the folder the writers were opened on, or another
+ * handle on the same file system opened before they wrote (its tmp/ fd,
+ * opened with the folder, is what syncfs reports errors through). On
+ * failure none of them is
  * known durable: abort them all. md_writer_commit then skips its fsync. */
 int md_writers_sync(struct md_folder *f, struct md_writer *const *ws, size_t n);
 /* Finishes the writer (mtime as in md_writer_finish, ignored when it was

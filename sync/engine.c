@@ -3786,7 +3786,7 @@ static void start_lanes(struct engine *e)
         }
     }
     unsigned want = e->acct->max_connections > 1 ? e->acct->max_connections - 1 : 0;
-    if (busy < 2 || est < LANE_MIN_MSGS || e->opts.dry_run || e->secret == NULL) {
+    if (busy < 2 || est < LANE_MIN_MSGS || e->opts.dry_run || e->secret == NULL || e->cancelled) {
         want = 0;
     } else if (want > busy - 1) {
         want = busy - 1;
