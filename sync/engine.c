@@ -1867,6 +1867,25 @@ static bool is_modified(const struct fstate *f, uint32_t uid)
 }
 
 /* Local flag changes and deletions, then one directory fsync. */
+/* Every UID the plan's STOREs name, sorted, duplicates kept (caller frees). */
+static uint32_t *store_uids(const struct plan *p, size_t *n_r)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < p->nstores; i++) {
+        n += p->stores[i].nuids;
+    }
+    uint32_t *su = xcalloc(n + 1, sizeof(*su));
+    n = 0;
+    for (size_t i = 0; i < p->nstores; i++) {
+        for (size_t k = 0; k < p->stores[i].nuids; k++) {
+            su[n++] = p->stores[i].uids[k];
+        }
+    }
+    qsort(su, n, sizeof(*su), u32_cmp);
+    *n_r = n;
+    return su;
+}
+
 /* Records the new base of messages whose merged flags are now on both
  * sides as soon as that is so, not at the end of the folder: after a kill
  * later in the folder the old base would make the next run take this run's
@@ -1881,18 +1900,8 @@ static void record_updates(struct engine *e, bool stored)
     if (p->nupdates == 0 || e->opts.dry_run) {
         return;
     }
-    size_t nsu = 0;
-    for (size_t i = 0; i < p->nstores; i++) {
-        nsu += p->stores[i].nuids;
-    }
-    uint32_t *su = xcalloc(nsu + 1, sizeof(*su));
-    nsu = 0;
-    for (size_t i = 0; i < p->nstores; i++) {
-        for (size_t k = 0; k < p->stores[i].nuids; k++) {
-            su[nsu++] = p->stores[i].uids[k];
-        }
-    }
-    qsort(su, nsu, sizeof(*su), u32_cmp);
+    size_t nsu;
+    uint32_t *su = store_uids(p, &nsu);
     struct idx_msg *puts = xcalloc(p->nupdates, sizeof(*puts));
     size_t np = 0;
     for (size_t i = 0; i < p->nupdates; i++) {
@@ -2921,18 +2930,8 @@ static void folder_final(struct engine *e)
     /* Messages, not commands: one that gained one flag and lost another
      * is in two stores but counts once; one left alone by UNCHANGEDSINCE
      * ([MODIFIED]) does not count. */
-    size_t nsu = 0;
-    for (size_t i = 0; i < p->nstores; i++) {
-        nsu += p->stores[i].nuids;
-    }
-    uint32_t *su = xcalloc(nsu + 1, sizeof(*su));
-    nsu = 0;
-    for (size_t i = 0; i < p->nstores; i++) {
-        for (size_t k = 0; k < p->stores[i].nuids; k++) {
-            su[nsu++] = p->stores[i].uids[k];
-        }
-    }
-    qsort(su, nsu, sizeof(*su), u32_cmp);
+    size_t nsu;
+    uint32_t *su = store_uids(p, &nsu);
     fcounts(e)->flags_up = 0;
     for (size_t i = 0; i < nsu; i++) {
         if ((i == 0 || su[i] != su[i - 1]) && !is_modified(f, su[i])) {
