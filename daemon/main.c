@@ -73,9 +73,15 @@ static struct cfg *load_config(const struct globals *g)
     return cfg;
 }
 
-/* Checks that every account named on the command line exists. */
-static int check_account_names(const struct cfg *cfg, int argc, char **argv)
+/* Loads the configuration and checks that every account named on the
+ * command line exists (each unknown one is reported by name). NULL when
+ * either fails. */
+static struct cfg *load_config_accounts(const struct globals *g, int argc, char **argv)
 {
+    struct cfg *cfg = load_config(g);
+    if (cfg == NULL) {
+        return NULL;
+    }
     int bad = 0;
     for (int i = 0; i < argc; i++) {
         if (cfg_find_account(cfg, argv[i]) == NULL) {
@@ -83,7 +89,11 @@ static int check_account_names(const struct cfg *cfg, int argc, char **argv)
             bad = 1;
         }
     }
-    return bad;
+    if (bad) {
+        cfg_free(cfg);
+        return NULL;
+    }
+    return cfg;
 }
 
 static int cmd_check(const struct globals *g, int argc, char **argv)
@@ -101,12 +111,8 @@ static int cmd_check(const struct globals *g, int argc, char **argv)
             return 2;
         }
     }
-    struct cfg *cfg = load_config(g);
+    struct cfg *cfg = load_config_accounts(g, argc - i, argv + i);
     if (cfg == NULL) {
-        return 1;
-    }
-    if (check_account_names(cfg, argc - i, argv + i) != 0) {
-        cfg_free(cfg);
         return 1;
     }
     int ret = 0;
@@ -140,12 +146,8 @@ static int cmd_sync(const struct globals *g, int argc, char **argv)
             return 2;
         }
     }
-    struct cfg *cfg = load_config(g);
+    struct cfg *cfg = load_config_accounts(g, argc - i, argv + i);
     if (cfg == NULL) {
-        return 1;
-    }
-    if (check_account_names(cfg, argc - i, argv + i) != 0) {
-        cfg_free(cfg);
         return 1;
     }
     opts.quiet = g->verbosity < 0;
@@ -170,13 +172,8 @@ static int cmd_status(const struct globals *g, int argc, char **argv)
             return 2;
         }
     }
-    struct cfg *cfg = load_config(g);
+    struct cfg *cfg = load_config_accounts(g, argc - i, argv + i);
     if (cfg == NULL) {
-        return 1;
-    }
-    /* As for sync and check: an unknown account is reported by name. */
-    if (check_account_names(cfg, argc - i, argv + i) != 0) {
-        cfg_free(cfg);
         return 1;
     }
     int ret = status_run(cfg, argv + i, argc - i, json, stdout);
