@@ -1893,22 +1893,31 @@ static bool final_needed(const struct popsync *ps)
     return false;
 }
 
+/* Adopted files are made durable (new/ fsynced) before the index says
+ * they are delivered; then fn writes the rows. False after a failure. */
+static bool write_after_adoptions(struct popsync *ps, int (*fn)(struct idx_txn *, void *))
+{
+    if (ps->res.adopted > 0) {
+        int r = md_folder_sync(ps->folders[0][0]);
+        if (r < 0) {
+            job_fail(ps, r, "%s", md_folder_error(ps->folders[0][0]));
+            return false;
+        }
+    }
+    int r = idx_write(ps->idx, fn, ps);
+    if (r < 0) {
+        job_fail(ps, r, "%s", idx_error(ps->idx));
+        return false;
+    }
+    return true;
+}
+
 static void final_work(struct popsync *ps)
 {
     if (!final_needed(ps)) {
         return;
     }
-    if (ps->res.adopted > 0) {
-        int r = md_folder_sync(ps->folders[0][0]);
-        if (r < 0) {
-            job_fail(ps, r, "%s", md_folder_error(ps->folders[0][0]));
-            return;
-        }
-    }
-    int r = idx_write(ps->idx, final_fn, ps);
-    if (r < 0) {
-        job_fail(ps, r, "%s", idx_error(ps->idx));
-    }
+    write_after_adoptions(ps, final_fn);
 }
 
 /* Before the first DELE: the rows decided so far, adoptions above all,
@@ -1921,16 +1930,7 @@ static void early_work(struct popsync *ps)
     if (ps->nputs == 0) {
         return;
     }
-    if (ps->res.adopted > 0) {
-        int r = md_folder_sync(ps->folders[0][0]);
-        if (r < 0) {
-            job_fail(ps, r, "%s", md_folder_error(ps->folders[0][0]));
-            return;
-        }
-    }
-    int r = idx_write(ps->idx, put_puts, ps);
-    if (r < 0) {
-        job_fail(ps, r, "%s", idx_error(ps->idx));
+    if (!write_after_adoptions(ps, put_puts)) {
         return;
     }
     log_debug("%s: %u adopted message%s recorded before deleting on the server", ps->name,
