@@ -14,8 +14,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1574,6 +1576,165 @@ out:
     return ret;
 }
 
+/* Dovecot changes dovecot-keywords only while it holds dovecot-uidlist.lock,
+ * a dotlock: created with O_EXCL, "pid:host" inside, overridden when its
+ * local pid is gone or when neither it nor dovecot-uidlist changed for two
+ * minutes. Taking the same lock means a letter assigned here and one that a
+ * Dovecot serving the same Maildir assigns at the same moment cannot clash. */
+#define MD_LOCK_FILE "dovecot-uidlist.lock"
+#define MD_LOCK_PROTECTED "dovecot-uidlist"
+#define MD_LOCK_STALE_SECS 120
+/* A lock younger than this is not checked for a dead pid: its owner most
+ * likely still runs (as in Dovecot). */
+#define MD_LOCK_FRESH_SECS 2
+
+static unsigned md_lock_wait_ms = 10000;
+
+void md_set_lock_wait(unsigned ms)
+{
+    md_lock_wait_ms = ms;
+}
+
+static char *host_name(void)
+{
+    char host[256];
+    if (gethostname(host, sizeof(host) - 1) != 0) {
+        return xstrdup("localhost");
+    }
+    host[sizeof(host) - 1] = '\0';
+    return xstrdup(host);
+}
+
+/* The pid a lock file names when it was made on this host, else 0. */
+static pid_t lock_local_pid(const char *lock)
+{
+    char buf[300];
+    int fd = open(lock, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    buf[strcspn(buf, "\r\n")] = '\0';
+    char *colon = strchr(buf, ':');
+    if (colon == NULL) {
+        return 0;
+    }
+    *colon = '\0';
+    char *host = host_name();
+    bool ours = strcmp(colon + 1, host) == 0;
+    free(host);
+    char *end = NULL;
+    long pid = strtol(buf, &end, 10);
+    if (!ours || end == buf || *end != '\0' || pid <= 0 || pid > INT32_MAX) {
+        return 0;
+    }
+    return (pid_t)pid;
+}
+
+/* Whether the existing lock may be taken over; *holder_r gets its pid when
+ * it names a live local process. */
+static bool lock_is_stale(struct md_folder *f, const char *lock, time_t now, pid_t *holder_r)
+{
+    struct stat st;
+    *holder_r = 0;
+    if (lstat(lock, &st) != 0) {
+        return false; /* gone meanwhile: simply try again */
+    }
+    if (st.st_mtime < now - MD_LOCK_FRESH_SECS) {
+        pid_t pid = lock_local_pid(lock);
+        if (pid > 0) {
+            if (pid != getpid() && (kill(pid, 0) == 0 || errno != ESRCH)) {
+                *holder_r = pid;
+                return false;
+            }
+            return true;
+        }
+    }
+    if (st.st_mtime >= now - MD_LOCK_STALE_SECS) {
+        return false;
+    }
+    char *prot = path_join(f->path, MD_LOCK_PROTECTED);
+    struct stat pst;
+    bool quiet = stat(prot, &pst) != 0 || pst.st_mtime < now - MD_LOCK_STALE_SECS;
+    free(prot);
+    return quiet;
+}
+
+/* Takes the folder's dovecot-uidlist.lock, waiting up to md_lock_wait_ms.
+ * Returns 0 with *lock_r (the path, for kw_unlock) or a negative errno with
+ * the folder's error set; -EAGAIN when another program kept it. */
+static int kw_lock(struct md_folder *f, char **lock_r)
+{
+    char *lock = path_join(f->path, MD_LOCK_FILE);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long sleep_ms = 5;
+    for (;;) {
+        int fd = open(lock, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            char *host = host_name();
+            char *who = xasprintf("%ld:%s", (long)getpid(), host);
+            /* Without the pid the lock is still a lock; it only goes stale
+             * by time instead of by a dead pid. */
+            (void)write_all(fd, who, strlen(who));
+            free(who);
+            free(host);
+            close(fd);
+            *lock_r = lock;
+            return 0;
+        }
+        if (errno != EEXIST) {
+            int r = fail(f, errno, lock, "cannot create");
+            free(lock);
+            return r;
+        }
+        pid_t holder = 0;
+        if (lock_is_stale(f, lock, time(NULL), &holder)) {
+            if (unlink(lock) != 0 && errno != ENOENT) {
+                int r = fail(f, errno, lock, "cannot remove the stale lock");
+                free(lock);
+                return r;
+            }
+            continue;
+        }
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long waited = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+        if (waited >= (long)md_lock_wait_ms) {
+            if (holder > 0) {
+                set_err(f,
+                        "%s: held by process %ld (Dovecot or another mail program) for more than "
+                        "%u ms; a new keyword cannot be assigned now, the next sync tries again",
+                        lock, (long)holder, md_lock_wait_ms);
+            } else {
+                set_err(f,
+                        "%s: held by another program for more than %u ms; a new keyword cannot "
+                        "be assigned now, the next sync tries again (remove the file if no "
+                        "program holds it)",
+                        lock, md_lock_wait_ms);
+            }
+            free(lock);
+            return -EAGAIN;
+        }
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = sleep_ms * 1000000};
+        nanosleep(&ts, NULL);
+        if (sleep_ms < 100) {
+            sleep_ms *= 2;
+        }
+    }
+}
+
+static void kw_unlock(char *lock)
+{
+    unlink(lock);
+    free(lock);
+}
+
 static bool kw_valid_name(const char *name)
 {
     if (name[0] == '\0') {
@@ -1607,26 +1768,44 @@ int md_keyword_index(struct md_folder *f, const char *name, bool create)
         set_err(f, "%s: invalid keyword name", f->path);
         return -EINVAL;
     }
-    int idx = -1;
+    char *lock = NULL;
+    if ((ret = kw_lock(f, &lock)) < 0) {
+        return ret;
+    }
+    /* Read the file again under the lock: another program may have assigned
+     * this name, or the free letter, since the table was loaded. */
+    f->kw_loaded = false;
+    if ((ret = kw_refresh(f)) < 0) {
+        goto out;
+    }
+    ret = -ENOSPC;
     for (int i = 0; i < MD_KW_COUNT; i++) {
-        if (f->kw_names[i] == NULL) {
-            idx = i;
-            break;
+        if (f->kw_names[i] != NULL && strcmp(f->kw_names[i], name) == 0) {
+            ret = i;
+            goto out;
         }
     }
-    if (idx < 0) {
-        set_err(f, "%s/%s: all %d keyword letters are in use", f->path, MD_KW_FILE, MD_KW_COUNT);
-        return -ENOSPC;
+    for (int i = 0; i < MD_KW_COUNT && ret < 0; i++) {
+        if (f->kw_names[i] == NULL) {
+            ret = i;
+        }
     }
-    f->kw_names[idx] = xstrdup(name);
-    ret = kw_write(f);
     if (ret < 0) {
+        set_err(f, "%s/%s: all %d keyword letters are in use", f->path, MD_KW_FILE, MD_KW_COUNT);
+        goto out;
+    }
+    int idx = ret;
+    f->kw_names[idx] = xstrdup(name);
+    if ((ret = kw_write(f)) < 0) {
         /* Forget the table so the next call reads what is really on disk. */
         kw_clear(f);
         f->kw_loaded = false;
-        return ret;
+        goto out;
     }
-    return idx;
+    ret = idx;
+out:
+    kw_unlock(lock);
+    return ret;
 }
 
 const char *md_keyword_name(struct md_folder *f, int index)

@@ -154,12 +154,21 @@ int md_remove(struct md_folder *f, struct md_msg *msg);
  * Returns a file descriptor or a negative errno; updates msg. */
 int md_open_msg(struct md_folder *f, struct md_msg *msg);
 
-/* Keywords (dovecot-keywords file: lines "N name", N 0..25). md_keyword_letter
+/* Keywords (dovecot-keywords file: lines "N name", N 0..25). md_keyword_index
  * returns the index 0..25 for name, assigning a free one and rewriting the
  * file atomically when create is set; -ENOENT when absent, -ENOSPC when all
  * 26 are used. md_keyword_name returns NULL for an unassigned index. The
- * file is read lazily and re-read when it changes on disk. */
+ * file is read lazily and re-read when it changes on disk.
+ *
+ * A new assignment is made under the folder's dovecot-uidlist.lock, the
+ * dotlock under which Dovecot changes the file, so that a Dovecot serving
+ * the same Maildir cannot give the same letter to another name meanwhile.
+ * A lock that a live process keeps longer than the wait (10 s) gives
+ * -EAGAIN with the folder's error naming the lock file; a stale one (dead
+ * local pid, or unchanged for two minutes) is taken over. */
 int md_keyword_index(struct md_folder *f, const char *name, bool create);
+/* How long md_keyword_index waits for the lock (tests shorten it). */
+void md_set_lock_wait(unsigned ms);
 /* The returned pointer is valid until the next keyword call on f (which may
  * re-read the file). */
 const char *md_keyword_name(struct md_folder *f, int index);

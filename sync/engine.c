@@ -384,17 +384,26 @@ static const char **imap_keywords(unsigned flags, const struct plan_kw *kw, size
 }
 
 /* Local keyword letters for names, assigning letters as needed (not in a
- * dry run). Names without a letter are left out. */
-static md_keywords local_letters(struct engine *e, const struct plan_kw *kw)
+ * dry run). Names without a letter are left out when all letters are taken
+ * (the plan treats such names as ones the local side cannot hold). Any
+ * other failure (dovecot-keywords locked or not writable) returns false with
+ * the folder's error set: the base would otherwise record a keyword that
+ * the file does not carry, and the next run would take its absence for a
+ * local removal. */
+static bool local_letters(struct engine *e, const struct plan_kw *kw, md_keywords *bits_r)
 {
     md_keywords bits = 0;
     for (size_t i = 0; i < kw->n; i++) {
         int ix = md_keyword_index(e->f->md, kw->names[i], !e->opts.dry_run);
         if (ix >= 0 && ix < 26) {
             bits |= (md_keywords)1u << ix;
+        } else if (ix != -ENOSPC && ix != -ENOENT && ix != -EINVAL) {
+            *bits_r = 0;
+            return false;
         }
     }
-    return bits;
+    *bits_r = bits;
+    return true;
 }
 
 static bool kw_ok(const char *name, void *arg)
@@ -1937,7 +1946,11 @@ static void apply_local(struct engine *e)
         if (m == NULL) {
             continue;
         }
-        md_keywords kw = local_letters(e, &lf->kw);
+        md_keywords kw;
+        if (!local_letters(e, &lf->kw, &kw)) {
+            folder_fail(e, "%s", md_folder_error(f->md));
+            return;
+        }
         int r = md_set_flags(f->md, m, lf->flags, kw, lf->flags != 0 || kw != 0 || !m->in_new);
         if (r < 0) {
             folder_fail(e, "%s", md_folder_error(f->md));
@@ -2287,8 +2300,6 @@ static void apply_server(struct engine *e)
 
 static void issue_downloads(struct engine *e);
 
-/* Commits the batch: intent rows, fsync + rename of every file, one fsync
- * of the directories, then the records. */
 /* Account-wide progress: every lane adds to the first lane's counters. */
 static void progress_add(struct engine *e, unsigned msgs, uint64_t bytes)
 {
@@ -2301,6 +2312,8 @@ static void progress_add(struct engine *e, unsigned msgs, uint64_t bytes)
     }
 }
 
+/* Commits the batch: intent rows, fsync + rename of every file, one fsync
+ * of the directories, then the records. */
 static int flush_batch(struct engine *e)
 {
     struct fstate *f = e->f;
@@ -2339,10 +2352,15 @@ static int flush_batch(struct engine *e)
     size_t ok = 0;
     for (size_t i = 0; i < f->nbatch; i++) {
         struct dl *d = f->batch[i];
-        if (r < 0) {
+        md_keywords kw = 0;
+        if (r >= 0 && !local_letters(e, &d->pd->kw, &kw)) {
+            /* Nothing recorded: the next run downloads it again. */
+            folder_fail(e, "%s", md_folder_error(f->md));
+            rows[i].uid = 0;
+            md_writer_abort(d->w);
+        } else if (r < 0) {
             md_writer_abort(d->w);
         } else {
-            md_keywords kw = local_letters(e, &d->pd->kw);
             bool to_cur = d->pd->flags != 0 || kw != 0;
             int cr =
                 md_writer_commit(d->w, to_cur, d->pd->flags, kw, d->pd->internaldate, true, NULL);

@@ -464,6 +464,55 @@ class CountScenarios(SyncHelpers):
                       p.stdout)
 
 
+class KeywordLockScenarios(SyncHelpers):
+
+    def test_keyword_lock_held_fails_folder_and_keeps_keyword(self):
+        """A new keyword needs a letter in dovecot-keywords, which is only
+        assigned under dovecot-uidlist.lock. While a live process holds that
+        lock the folder fails with an error naming the lock, and nothing is
+        recorded: the next run must neither lose the keyword on the server
+        nor download a second copy."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(2, seed=73, max_size=3000),
+                               "\\Seen")
+        cfg = self.config()
+        self.sync(cfg)
+        uids = [u for u, _f, _b in self.server()]
+        self.store("INBOX", uids[0], "+FLAGS", "work")
+        self.dovecot.save_many(self.user, "INBOX",
+                               [simple(b"new with keyword", b"body\r\n", b"<kw-new@x>")],
+                               "\\Seen home")
+        lock = os.path.join(self.folder_dir("INBOX"), "dovecot-uidlist.lock")
+        with open(lock, "w") as f:
+            f.write("%d:%s" % (os.getpid(), os.uname().nodename))
+        old = time.time() - 30
+        os.utime(lock, (old, old))
+        p = self.sync(cfg, ok=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("dovecot-uidlist.lock: held by process %d" % os.getpid(), p.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.folder_dir("INBOX"),
+                                                     "dovecot-keywords")))
+        self.assertEqual(len(self.local()), 2)
+        os.unlink(lock)
+        p = self.sync(cfg)
+        flags = {u: f for u, f, _b in self.server()}
+        self.assertIn("work", flags[uids[0]])
+        self.assertEqual(len(self.local()), 3)
+        self.assert_no_duplicates()
+        with open(os.path.join(self.folder_dir("INBOX"), "dovecot-keywords")) as f:
+            kw = {name: int(n) for n, name in (ln.split(None, 1) for ln in f.read().splitlines())}
+        self.assertEqual(sorted(kw), ["home", "work"])
+        have = sorted(fl for _u, fl, _b in self.local())
+        self.assertEqual(have, sorted(["S", "S" + chr(ord("a") + kw["work"]),
+                                       "S" + chr(ord("a") + kw["home"])]))
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+
+
+class KeywordLockQresync(KeywordLockScenarios, mstest.DovecotTestCase):
+    pass
+
+
 class CountsQresync(CountScenarios, mstest.DovecotTestCase):
     pass
 

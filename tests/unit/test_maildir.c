@@ -1027,6 +1027,91 @@ static void test_keywords(void **state)
     free(kwpath);
 }
 
+static void set_mtime_ago(const char *path, time_t secs)
+{
+    struct timespec ts[2];
+    clock_gettime(CLOCK_REALTIME, &ts[0]);
+    ts[0].tv_sec -= secs;
+    ts[1] = ts[0];
+    assert_int_equal(utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW), 0);
+}
+
+static char *this_host(void)
+{
+    char host[256] = {0};
+    assert_int_equal(gethostname(host, sizeof(host) - 1), 0);
+    return xstrdup(host);
+}
+
+/* A new keyword is assigned only under dovecot-uidlist.lock, the lock
+ * Dovecot holds when it changes dovecot-keywords. */
+static void test_keywords_lock(void **state)
+{
+    struct fixture *fx = *state;
+    char *kwpath = path_join(fx->path, "dovecot-keywords");
+    char *lock = path_join(fx->path, "dovecot-uidlist.lock");
+    char *host = this_host();
+    md_set_lock_wait(300);
+
+    /* Held by a live local process (our parent): wait, then give up with
+     * an error that names the lock, and write nothing. */
+    char *who = xasprintf("%ld:%s", (long)getppid(), host);
+    write_file(lock, who);
+    free(who);
+    set_mtime_ago(lock, 30);
+    assert_int_equal(md_keyword_index(fx->f, "$Junk", true), -EAGAIN);
+    assert_non_null(strstr(md_folder_error(fx->f), "dovecot-uidlist.lock"));
+    assert_non_null(strstr(md_folder_error(fx->f), "held by process"));
+    struct stat st;
+    assert_int_equal(stat(kwpath, &st), -1);
+    assert_int_equal(stat(lock, &st), 0);
+
+    /* Made by another host, and fresh: no pid to check, so it is kept. */
+    write_file(lock, "12345:some-other-host.example");
+    assert_int_equal(md_keyword_index(fx->f, "$Junk", true), -EAGAIN);
+    assert_non_null(strstr(md_folder_error(fx->f), "held by another program"));
+    assert_int_equal(stat(kwpath, &st), -1);
+
+    /* The same lock unchanged for three minutes (and no dovecot-uidlist
+     * changed meanwhile) is stale: taken over, then released. */
+    set_mtime_ago(lock, 180);
+    assert_int_equal(md_keyword_index(fx->f, "$Junk", true), 0);
+    assert_int_equal(stat(lock, &st), -1);
+    size_t len;
+    char *data = read_all(kwpath, &len);
+    assert_string_equal(data, "0 $Junk\n");
+    free(data);
+
+    /* But not while dovecot-uidlist itself changed recently. */
+    char *uidlist = path_join(fx->path, "dovecot-uidlist");
+    write_file(uidlist, "3 V1 N1\n");
+    write_file(lock, "12345:some-other-host.example");
+    set_mtime_ago(lock, 180);
+    assert_int_equal(md_keyword_index(fx->f, "work", true), -EAGAIN);
+    set_mtime_ago(uidlist, 180);
+    assert_int_equal(md_keyword_index(fx->f, "work", true), 1);
+    free(uidlist);
+
+    /* A local pid that no longer runs: taken over at once. */
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        _exit(0);
+    }
+    assert_int_equal(waitpid(child, NULL, 0), child);
+    who = xasprintf("%ld:%s", (long)child, host);
+    write_file(lock, who);
+    free(who);
+    set_mtime_ago(lock, 10);
+    assert_int_equal(md_keyword_index(fx->f, "home", true), 2);
+    assert_int_equal(stat(lock, &st), -1);
+
+    md_set_lock_wait(10000);
+    free(host);
+    free(lock);
+    free(kwpath);
+}
+
 /* ---- tmp/ cleanup ----------------------------------------------------- */
 
 static void test_clean_tmp(void **state)
@@ -1152,6 +1237,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rename_never_replaces, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hand_built_msg, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keywords, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keywords_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clean_tmp, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
