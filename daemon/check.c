@@ -1,5 +1,7 @@
 #include "daemon/check.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -14,6 +16,43 @@
 
 /* One account being checked. Accounts are checked one after another so that
  * the report reads in order. */
+/* Everything printed here may carry server text (capabilities, folder
+ * names, error messages): each line is made terminal-safe on the way out. */
+static void outf(FILE *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void outf(FILE *out, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *text = xvasprintf(fmt, ap);
+    va_end(ap);
+    for (char *line = text; *line != '\0';) {
+        size_t n = strcspn(line, "\n");
+        bool nl = line[n] == '\n';
+        fwrite(line, 1, term_safe(line, n), out);
+        if (nl) {
+            fputc('\n', out);
+            n++;
+        }
+        line += n;
+    }
+    free(text);
+}
+
+/* Pads s to width terminal columns, counting code points instead of bytes
+ * so that non-ASCII folder names line up. */
+static void out_padded(FILE *out, const char *s, size_t width)
+{
+    outf(out, "%s", s);
+    size_t cols = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+        cols += (*p & 0xc0) != 0x80;
+    }
+    for (; cols < width; cols++) {
+        fputc(' ', out);
+    }
+}
+
 struct check {
     uv_loop_t *loop;
     FILE *out;
@@ -44,15 +83,15 @@ static void check_finish(struct check *ck, bool failed)
 /* Prints how the connection is protected; shared by IMAP and POP3. */
 static void print_connection(struct check *ck, struct net_conn *c)
 {
-    fprintf(ck->out, "  connected to %s", net_peer_address(c));
+    outf(ck->out, "  connected to %s", net_peer_address(c));
     if (net_tls_version(c) != NULL) {
-        fprintf(ck->out, " with %s (%s), certificate verified\n", net_tls_version(c),
-                net_tls_cipher(c));
-        fprintf(ck->out, "  certificate fingerprint: %s\n", net_tls_fingerprint(c));
+        outf(ck->out, " with %s (%s), certificate verified\n", net_tls_version(c),
+             net_tls_cipher(c));
+        outf(ck->out, "  certificate fingerprint: %s\n", net_tls_fingerprint(c));
     } else {
-        fprintf(ck->out, " WITHOUT TLS (allow_plaintext is set)\n");
+        outf(ck->out, " WITHOUT TLS (allow_plaintext is set)\n");
     }
-    fprintf(ck->out, "  logged in as %s\n", ck->acct->user);
+    outf(ck->out, "  logged in as %s\n", ck->acct->user);
 }
 
 static void on_pop_quit(struct pop3 *p, const struct pop3_status *st, void *arg)
@@ -66,14 +105,14 @@ static void on_pop_stat(struct pop3 *p, const struct pop3_status *st, void *arg)
     unsigned count;
     uint64_t size;
     if (st->err < 0 || !st->ok || !pop3_parse_stat(st->text, &count, &size)) {
-        fprintf(ck->out, "  STAT failed: %s\n", st->text);
+        outf(ck->out, "  STAT failed: %s\n", st->text);
         check_finish(ck, true);
         return;
     }
-    fprintf(ck->out, "  mailbox: %u messages, %.1f MB\n", count, (double)size / 1e6);
+    outf(ck->out, "  mailbox: %u messages, %.1f MB\n", count, (double)size / 1e6);
     if (!(pop3_caps(p) & POP3_CAP_UIDL)) {
-        fprintf(ck->out, "  note: the server does not list UIDL; messages will be recognised by "
-                         "a hash of their headers\n");
+        outf(ck->out, "  note: the server does not list UIDL; messages will be recognised by "
+                      "a hash of their headers\n");
     }
     if (pop3_quit(p, on_pop_quit, ck) != 0) {
         check_finish(ck, false);
@@ -99,13 +138,13 @@ static void on_pop_ready(struct pop3 *p, void *arg)
         {POP3_CAP_SASL_XOAUTH2, "SASL XOAUTH2"},
         {POP3_CAP_SASL_OAUTHBEARER, "SASL OAUTHBEARER"},
     };
-    fprintf(ck->out, "  capabilities:");
+    outf(ck->out, "  capabilities:");
     for (size_t i = 0; i < ARRAY_SIZE(caps); i++) {
         if (pop3_caps(p) & caps[i].bit) {
-            fprintf(ck->out, " %s", caps[i].name);
+            outf(ck->out, " %s", caps[i].name);
         }
     }
-    fprintf(ck->out, "%s\n", pop3_capa_known(p) ? "" : " (the server refused CAPA)");
+    outf(ck->out, "%s\n", pop3_capa_known(p) ? "" : " (the server refused CAPA)");
     if (pop3_stat(p, on_pop_stat, ck) != 0) {
         check_finish(ck, true);
     }
@@ -115,7 +154,7 @@ static void on_pop_error(struct pop3 *p, int err, enum pop3_errkind kind, const 
                          void *arg)
 {
     struct check *ck = arg;
-    fprintf(ck->out, "  FAILED: %s\n", msg);
+    outf(ck->out, "  FAILED: %s\n", msg);
     check_finish(ck, true);
 }
 
@@ -145,7 +184,7 @@ static void print_attrs(FILE *out, unsigned attrs)
     };
     for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
         if (attrs & names[i].bit) {
-            fprintf(out, " %s", names[i].name);
+            outf(out, " %s", names[i].name);
         }
     }
 }
@@ -155,8 +194,10 @@ static void on_folder(struct imap *im, const struct imap_folder *f, void *arg)
     struct check *ck = arg;
     ck->folders++;
     if (f->name == NULL) {
-        fprintf(ck->out, "    %-30s  cannot be synced: %s\n", f->raw_name,
-                f->unsyncable != NULL ? f->unsyncable : "unusable name");
+        outf(ck->out, "    ");
+        out_padded(ck->out, f->raw_name, 30);
+        outf(ck->out, "  cannot be synced: %s\n",
+             f->unsyncable != NULL ? f->unsyncable : "unusable name");
         return;
     }
     bool sel = cfg_folder_selected(ck->acct, f->name) && !(f->attrs & IMAP_LIST_NOSELECT) &&
@@ -164,19 +205,20 @@ static void on_folder(struct imap *im, const struct imap_folder *f, void *arg)
     if (sel) {
         ck->selected++;
     }
-    fprintf(ck->out, "    %c %-28s", sel ? '*' : ' ', f->name);
+    outf(ck->out, "    %c ", sel ? '*' : ' ');
+    out_padded(ck->out, f->name, 28);
     if (f->has_status && (f->status.have & IMAP_STATUS_MESSAGES)) {
-        fprintf(ck->out, " %6u messages", f->status.messages);
+        outf(ck->out, " %6u messages", f->status.messages);
     }
     print_attrs(ck->out, f->attrs);
     if (sel) {
         char *path = NULL;
         int r = md_folder_local_path(ck->acct->maildir, ck->acct->layout, f->name, &path);
         if (r == 0) {
-            fprintf(ck->out, " -> %s", path);
+            outf(ck->out, " -> %s", path);
             free(path);
         } else {
-            fprintf(ck->out, " -> (no safe local name: %s)", strerror(-r));
+            outf(ck->out, " -> (no safe local name: %s)", strerror(-r));
         }
     }
     fputc('\n', ck->out);
@@ -186,11 +228,11 @@ static void on_list(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct check *ck = arg;
     if (res->err < 0 || res->status != IMAP_STATUS_OK) {
-        fprintf(ck->out, "  LIST failed: %s\n", res->text);
+        outf(ck->out, "  LIST failed: %s\n", res->text);
         check_finish(ck, true);
         return;
     }
-    fprintf(ck->out, "  %u folders, %u selected for sync (marked *)\n", ck->folders, ck->selected);
+    outf(ck->out, "  %u folders, %u selected for sync (marked *)\n", ck->folders, ck->selected);
     if (imap_logout(im, on_logout, ck) != 0) {
         check_finish(ck, false);
     }
@@ -201,11 +243,11 @@ static void on_ready(struct imap *im, void *arg)
     struct check *ck = arg;
     struct net_conn *c = imap_net(im);
     print_connection(ck, c);
-    fprintf(ck->out, "  capabilities: %s\n", imap_capability_string(im));
-    fprintf(ck->out, "  in use: CONDSTORE %s, QRESYNC %s, COMPRESS %s\n",
-            imap_condstore_enabled(im) ? "yes" : "no", imap_qresync_enabled(im) ? "yes" : "no",
-            net_compressed(c) ? "yes" : "no");
-    fprintf(ck->out, "  folders:\n");
+    outf(ck->out, "  capabilities: %s\n", imap_capability_string(im));
+    outf(ck->out, "  in use: CONDSTORE %s, QRESYNC %s, COMPRESS %s\n",
+         imap_condstore_enabled(im) ? "yes" : "no", imap_qresync_enabled(im) ? "yes" : "no",
+         net_compressed(c) ? "yes" : "no");
+    outf(ck->out, "  folders:\n");
     if (imap_list(im, on_folder, on_list, ck) != 0) {
         check_finish(ck, true);
     }
@@ -214,7 +256,7 @@ static void on_ready(struct imap *im, void *arg)
 static void on_error(struct imap *im, int err, const char *msg, void *arg)
 {
     struct check *ck = arg;
-    fprintf(ck->out, "  FAILED: %s\n", msg);
+    outf(ck->out, "  FAILED: %s\n", msg);
     check_finish(ck, true);
 }
 
@@ -223,7 +265,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     struct check *ck = arg;
     ck->sreq = NULL;
     if (err < 0) {
-        fprintf(ck->out, "  FAILED: %s\n", msg);
+        outf(ck->out, "  FAILED: %s\n", msg);
         check_finish(ck, true);
         return;
     }
@@ -240,7 +282,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
         r = imap_connect(ck->loop, &opts, &cb, ck, &ck->im);
     }
     if (r < 0) {
-        fprintf(ck->out, "  FAILED: cannot start the connection: %s\n", strerror(-r));
+        outf(ck->out, "  FAILED: cannot start the connection: %s\n", strerror(-r));
         check_finish(ck, true);
     }
 }
@@ -248,11 +290,11 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
 static bool check_one(uv_loop_t *loop, const struct cfg_account *acct, FILE *out)
 {
     struct check ck = {.loop = loop, .out = out, .acct = acct};
-    fprintf(out, "account '%s': %s %s:%u (tls: %s)\n", acct->name,
-            cfg_protocol_name(acct->protocol), acct->host, acct->port, cfg_tls_name(acct->tls));
+    outf(out, "account '%s': %s %s:%u (tls: %s)\n", acct->name, cfg_protocol_name(acct->protocol),
+         acct->host, acct->port, cfg_tls_name(acct->tls));
     int r = secret_get_account(loop, acct, 0, on_secret, &ck, &ck.sreq);
     if (r < 0) {
-        fprintf(out, "  FAILED: no password or password_command\n");
+        outf(out, "  FAILED: no password or password_command\n");
         return false;
     }
     while (!ck.done) {

@@ -1,5 +1,7 @@
 #include "daemon/log.h"
 
+#include "daemon/util.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,13 +77,9 @@ static void log_line(enum log_level level, const char *fmt, va_list ap, const ch
         off = sizeof(buf) - 2;
     }
     /* Text from servers ends up here: control characters could forge log
-     * lines or drive the terminal, so they are shown as '?'. */
-    for (size_t i = 0; i < off; i++) {
-        unsigned char c = (unsigned char)buf[i];
-        if ((c < 0x20 && c != '\t') || c == 0x7f) {
-            buf[i] = '?';
-        }
-    }
+     * lines or drive the terminal, and bidi controls could disguise a name,
+     * so they are shown as '?'. */
+    off = term_safe(buf, off);
     buf[off++] = '\n';
     fwrite(buf, 1, off, stderr);
 }

@@ -221,47 +221,6 @@ static void account_free(struct st_account *a)
 
 /* ---- text --------------------------------------------------------------- */
 
-/* Length of the well-formed UTF-8 sequence at s (at most n bytes), with its
- * code point in *cp_r; 0 when the bytes are not UTF-8 (overlong forms,
- * surrogates and values above U+10FFFF included). */
-static size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp_r)
-{
-    unsigned char c = s[0];
-    size_t len;
-    uint32_t cp;
-    unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
-    if (c < 0x80) {
-        *cp_r = c;
-        return 1;
-    } else if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-        lo = c == 0xe0 ? 0xa0 : 0x80;
-        hi = c == 0xed ? 0x9f : 0xbf;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-        lo = c == 0xf0 ? 0x90 : 0x80;
-        hi = c == 0xf4 ? 0x8f : 0xbf;
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi) {
-        return 0;
-    }
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80) {
-            return 0;
-        }
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    *cp_r = cp;
-    return len;
-}
-
 /* A JSON string (RFC 8259 section 7), or null for NULL. */
 static void json_str(struct sbuf *sb, const char *s)
 {

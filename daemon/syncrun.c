@@ -144,11 +144,8 @@ static void on_engine_progress(const char *folder, unsigned done, unsigned total
         }
     }
     /* A server's folder name must not drive the terminal. */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)folder[i];
-        r->folder[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
-    }
-    r->folder[n] = '\0';
+    memcpy(r->folder, folder, n);
+    r->folder[term_safe(r->folder, n)] = '\0';
     progress_draw(r->sr, false);
 }
 

@@ -304,3 +304,74 @@ unsigned long long now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (unsigned long long)ts.tv_sec * 1000ULL + (unsigned long long)ts.tv_nsec / 1000000ULL;
 }
+
+size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp_r)
+{
+    unsigned char c = s[0];
+    size_t len;
+    uint32_t cp;
+    unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
+    if (c < 0x80) {
+        *cp_r = c;
+        return 1;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        cp = c & 0x0f;
+        lo = c == 0xe0 ? 0xa0 : 0x80;
+        hi = c == 0xed ? 0x9f : 0xbf;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07;
+        lo = c == 0xf0 ? 0x90 : 0x80;
+        hi = c == 0xf4 ? 0x8f : 0xbf;
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi) {
+        return 0;
+    }
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) {
+            return 0;
+        }
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    *cp_r = cp;
+    return len;
+}
+
+/* Code points that reorder or hide the text around them (Unicode bidi
+ * controls): in a log line they could make one folder name look like
+ * another, or hide the rest of the line. */
+static bool is_bidi_control(uint32_t cp)
+{
+    return cp == 0x061c || cp == 0x200e || cp == 0x200f || (cp >= 0x202a && cp <= 0x202e) ||
+           (cp >= 0x2066 && cp <= 0x2069);
+}
+
+size_t term_safe(char *buf, size_t len)
+{
+    unsigned char *p = (unsigned char *)buf;
+    size_t out = 0;
+    for (size_t i = 0; i < len;) {
+        uint32_t cp;
+        size_t n = utf8_seq(p + i, len - i, &cp);
+        if (n == 0) {
+            p[out++] = '?';
+            i++;
+            continue;
+        }
+        if ((cp < 0x20 && cp != '\t') || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f) ||
+            is_bidi_control(cp)) {
+            p[out++] = '?';
+        } else {
+            memmove(p + out, p + i, n);
+            out += n;
+        }
+        i += n;
+    }
+    return out;
+}

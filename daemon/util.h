@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -59,5 +60,13 @@ char *path_join(const char *a, const char *b);
 
 /* Monotonic time in milliseconds, for timeouts and rates. */
 unsigned long long now_ms(void);
+/* Decodes one UTF-8 sequence at s (n bytes available): returns its length
+ * with the code point in *cp_r, or 0 when the bytes there are not UTF-8
+ * (overlong forms, surrogates and code points above U+10FFFF included). */
+size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp_r);
+/* Makes text safe to print on a terminal, in place: C0 controls except TAB,
+ * DEL, C1 controls, Unicode bidi controls and bytes that are not UTF-8 each
+ * become '?'. Returns the new length (never more than len). */
+size_t term_safe(char *buf, size_t len);
 
 #endif

@@ -108,13 +108,48 @@ static void test_log_sanitizes(void **state)
                              "warning: tab\tkept\n");
 }
 
+/* C1 controls (U+009B is CSI on some terminals), bidi controls and bytes
+ * that are not UTF-8 are replaced; other UTF-8 text is kept as it is. */
+static void test_term_safe(void **state)
+{
+    (void)state;
+    struct {
+        const char *in, *out;
+    } cases[] = {
+        {"Entw\xc3\xbcrfe \xe2\x82\xac \xf0\x9f\x93\xa7",
+         "Entw\xc3\xbcrfe \xe2\x82\xac \xf0\x9f\x93\xa7"},
+        {"a\xc2\x9b"
+         "31mred",
+         "a?31mred"},                                     /* C1 CSI */
+        {"x\xc2\x85y\xc2\x9fz\xc2\xa0", "x?y?z\xc2\xa0"}, /* NEL, APC; NBSP kept */
+        {"inbox\xe2\x80\xae"
+         "gpj.exe",
+         "inbox?gpj.exe"}, /* RIGHT-TO-LEFT OVERRIDE */
+        {"\xe2\x81\xa6"
+         "a\xe2\x81\xa9\xe2\x80\x8f\xd8\x9c",
+         "?a???"}, /* isolates, RLM, ALM */
+        {"raw \x9b"
+         "2J \xff \xc3",
+         "raw ?2J ? ?"},                     /* not UTF-8 */
+        {"\xed\xa0\x80 \xc0\xaf", "??? ??"}, /* surrogate, overlong */
+        {"tab\tkept\x1b\x7f", "tab\tkept??"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char *buf = xstrdup(cases[i].in);
+        size_t n = term_safe(buf, strlen(buf));
+        assert_true(n <= strlen(cases[i].in));
+        buf[n] = '\0';
+        assert_string_equal(buf, cases[i].out);
+        free(buf);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_path_expand),
-        cmocka_unit_test(test_mkdir_p),
-        cmocka_unit_test(test_sbuf),
-        cmocka_unit_test(test_log_sanitizes),
+        cmocka_unit_test(test_path_expand), cmocka_unit_test(test_mkdir_p),
+        cmocka_unit_test(test_sbuf),        cmocka_unit_test(test_log_sanitizes),
+        cmocka_unit_test(test_term_safe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
