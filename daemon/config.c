@@ -98,8 +98,9 @@ static const char *const account_keys[] = {"protocol",
 static const char *const pop_keys[] = {"keep_on_server", "delete_after_days", "since",
                                        "delete_when_deleted_locally"};
 /* Keys that only make sense with IMAP's folders and two-way sync. */
-static const char *const imap_only_keys[] = {"folders", "subscribed_only", "on_local_delete",
-                                             "trash",   "delete_folders",  "max_delete_ratio"};
+static const char *const imap_only_keys[] = {
+    "folders",          "subscribed_only", "on_local_delete", "trash",       "delete_folders",
+    "max_delete_ratio", "max_connections", "compress",        "max_age_days"};
 
 /* Provider presets. Every preset uses implicit TLS on the standard port. */
 struct preset {
@@ -1476,10 +1477,14 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
 
     for (size_t i = 0; i < ARRAY_SIZE(imap_only_keys); i++) {
         if (is_pop && (kv = kv_get(&m, imap_only_keys[i])) != NULL) {
+            /* POP3 has one session per mailbox and no compression; its
+             * age limit is the absolute pop: since date. */
             err_at(ld, kv->k->start_mark,
                    "account '%s': key '%s' applies only to IMAP accounts (this one has "
-                   "protocol: pop3)",
-                   a->name, kv->key);
+                   "protocol: pop3)%s",
+                   a->name, kv->key,
+                   strcmp(kv->key, "max_age_days") == 0 ? "; for POP3 use 'pop: since: YYYY-MM-DD'"
+                                                        : "");
         }
     }
     if (!is_pop) {

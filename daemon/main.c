@@ -1,6 +1,8 @@
 /* mailsync command line: global options, then a subcommand. */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +60,14 @@ static struct cfg *load_config(const struct globals *g)
         fprintf(stderr, "%s", err);
         if (err[0] != '\0' && err[strlen(err) - 1] != '\n') {
             fputc('\n', stderr);
+        }
+        if (g->config_path == NULL && access(path, F_OK) != 0 && errno == ENOENT) {
+            /* The first run: say where the file goes and where to start. */
+            fprintf(stderr,
+                    "mailsync reads its accounts from %s; create it (a commented example is "
+                    "contrib/config.example.yaml in the source, see README.md, "
+                    "\"Configuration\"), or name another file with --config FILE\n",
+                    path);
         }
         free(err);
         free(path);
@@ -199,6 +209,8 @@ int main(int argc, char **argv)
         {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
     int ch;
+    int verbose = 0;
+    bool quiet = false;
     /* '+' stops at the first non-option: the subcommand owns the rest. */
     while ((ch = getopt_long(argc, argv, "+c:vqh", opts, NULL)) != -1) {
         switch (ch) {
@@ -206,10 +218,10 @@ int main(int argc, char **argv)
             g.config_path = optarg;
             break;
         case 'v':
-            g.verbosity++;
+            verbose++;
             break;
         case 'q':
-            g.verbosity = -1;
+            quiet = true;
             break;
         case 'h':
             usage(stdout);
@@ -222,6 +234,11 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (quiet && verbose > 0) {
+        log_error("-q and -v contradict each other: use one of them");
+        return 2;
+    }
+    g.verbosity = quiet ? -1 : verbose;
     /* Timestamps (with milliseconds) help to read traces; the journal adds
      * its own, so they are off unless asked for. */
     const char *ts = getenv("MAILSYNC_LOG_TIMESTAMPS");

@@ -4,6 +4,7 @@ precise reason for every way it can fail."""
 
 import os
 import stat
+import subprocess
 
 import mstest
 from dovecot import Dovecot
@@ -39,6 +40,29 @@ class CheckOffline(mstest.DovecotTestCase):
         r = self.mailsync(os.path.join(self.tmp, "nope.yaml"), "check")
         self.assertEqual(r.returncode, 1)
         self.assertIn("nope.yaml: cannot read: No such file or directory", r.stderr)
+
+    def test_missing_default_file_says_where_it_goes(self):
+        """The first run, with no --config: the path it looked at, and where
+        to start."""
+        binary = mstest.mailsync_bin()
+        home = os.path.join(self.tmp, "home")
+        os.makedirs(home)
+        env = dict(os.environ, HOME=home)
+        env.pop("XDG_CONFIG_HOME", None)
+        r = subprocess.run([binary, "check"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1)
+        want = os.path.join(home, ".config", "mailsync", "config.yaml")
+        self.assertIn(want + ": cannot read: No such file or directory", r.stderr)
+        self.assertIn("mailsync reads its accounts from " + want, r.stderr)
+        self.assertIn("contrib/config.example.yaml", r.stderr)
+        self.assertIn("--config FILE", r.stderr)
+
+    def test_quiet_and_verbose_refused(self):
+        cfg = self.write_config({"a": self.imap_account()})
+        r = self.mailsync(cfg, "-q", "-v", "check")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("-q and -v contradict each other", r.stderr)
 
     def test_unknown_account_named(self):
         cfg = self.write_config({"a": self.imap_account()})

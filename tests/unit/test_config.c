@@ -819,8 +819,8 @@ static void test_protocol_specific_keys(void **state)
                "config.yaml:7:5: account 'work': key 'pop' applies only to POP3 accounts (set "
                "'protocol: pop3' or remove it)");
     static const char *const imap_only[] = {
-        "folders: [INBOX]", "subscribed_only: true", "on_local_delete: trash",
-        "trash: Trash",     "delete_folders: true",  "max_delete_ratio: 0.1",
+        "folders: [INBOX]",     "subscribed_only: true", "on_local_delete: trash", "trash: Trash",
+        "delete_folders: true", "max_delete_ratio: 0.1", "max_connections: 4",     "compress: true",
     };
     for (size_t i = 0; i < ARRAY_SIZE(imap_only); i++) {
         char *yaml = xasprintf(MINIMAL_POP "    %s\n", imap_only[i]);
@@ -833,6 +833,9 @@ static void test_protocol_specific_keys(void **state)
         free(key);
         free(yaml);
     }
+    expect_err(MINIMAL_POP "    max_age_days: 30\n",
+               "config.yaml:8:5: account 'p': key 'max_age_days' applies only to IMAP accounts "
+               "(this one has protocol: pop3); for POP3 use 'pop: since: YYYY-MM-DD'");
     /* max_size applies to both. */
     struct cfg *cfg = load_ok(MINIMAL_POP "    max_size: 1M\n");
     assert_int_equal(cfg->accounts[0].max_size, 1 << 20);
