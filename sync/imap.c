@@ -539,6 +539,37 @@ static void post_auth(struct imap *im)
     enable_stage(im);
 }
 
+/* A refused login, told apart by its response code (RFC 5530): a server
+ * that is down for maintenance or busy with another session has not judged
+ * the credentials, so that must not read as a wrong password. */
+static void login_failed(struct imap *im, const struct imap_response *resp)
+{
+    const char *code = resp->code;
+    const char *text = resp->text[0] ? resp->text : "no reason given";
+    if (code != NULL && (strcmp(code, "UNAVAILABLE") == 0 || strcmp(code, "INUSE") == 0)) {
+        imap_fail(im, IMAP_EUNAVAIL,
+                  "%s refused the login for now ([%s] %s); the password was not checked, "
+                  "try again later",
+                  im->opts.net.host, code, text);
+        return;
+    }
+    const char *hint = "";
+    if (code != NULL && strcmp(code, "EXPIRED") == 0) {
+        hint = "; the password has expired: renew it with the provider";
+    } else if (code != NULL && strcmp(code, "PRIVACYREQUIRED") == 0) {
+        hint = "; the server wants TLS for this login: set tls: implicit or starttls";
+    } else if (code != NULL && strcmp(code, "AUTHORIZATIONFAILED") == 0) {
+        hint = "; the credentials are valid but may not use this mailbox";
+    }
+    if (code != NULL && strcmp(code, "AUTHENTICATIONFAILED") != 0) {
+        imap_fail(im, IMAP_EAUTH, "login failed for %s at %s: [%s] %s%s", im->opts.user,
+                  im->opts.net.host, code, text, hint);
+    } else {
+        imap_fail(im, IMAP_EAUTH, "login failed for %s at %s: %s", im->opts.user, im->opts.net.host,
+                  text);
+    }
+}
+
 static void become_ready(struct imap *im)
 {
     if (im->delim_unknown) {
@@ -592,8 +623,7 @@ void imap_internal_done(struct imap *im, struct imap_cmd *c, const struct imap_r
     case IMAP_CMD_AUTH_XOAUTH2:
     case IMAP_CMD_AUTH_OAUTHBEARER:
         if (!ok) {
-            imap_fail(im, IMAP_EAUTH, "login failed for %s at %s: %s", im->opts.user,
-                      im->opts.net.host, resp->text[0] ? resp->text : "no reason given");
+            login_failed(im, resp);
             return;
         }
         im->authenticated = true;

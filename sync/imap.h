@@ -283,6 +283,9 @@ enum {
     IMAP_ENOTLS = -21004,  /* STARTTLS required but not offered / plaintext refused */
     IMAP_ENOTSUP = -21005, /* command needs an extension the server lacks */
     IMAP_ECMD = -21006,    /* command failed (NO/BAD) in the login sequence */
+    /* Login refused for now ([UNAVAILABLE], [INUSE]; RFC 5530): the
+     * credentials were not judged, try again later. */
+    IMAP_EUNAVAIL = -21007,
 };
 
 /* Completion of one command. Pointers are valid only during the callback. */
