@@ -32,6 +32,7 @@
 #include <zlib.h>
 
 #define NET_DEFAULT_CONNECT_MS 30000u
+#define NET_DEFAULT_ATTEMPT_MS 10000u
 #define NET_DEFAULT_IDLE_MS 60000u
 #define NET_DEFAULT_MAX_WQ ((size_t)8 << 20)
 #define NET_KEEPALIVE_S 60u
@@ -90,14 +91,18 @@ struct net_conn {
     uv_idle_t defer;
     uv_getaddrinfo_t gai;
     bool gai_active;
-    struct addrinfo *addrs;
-    struct addrinfo *next_addr;
+    /* The addresses to try, in order (resolver order, or net_opts.addrs). */
+    struct sockaddr_storage *alist;
+    size_t nalist;
+    size_t anext;
+    unsigned attempt_ms;
+    uv_timer_t attempt_timer;
     unsigned attempts;
     struct sbuf attempt_log; /* "addr: reason; ..." for the final message */
     int last_connect_err;
     char *last_connect_text;
-    uv_tcp_t *tcp; /* current handle; NULL before connect and after close */
-    uv_connect_t connect_req;
+    uv_tcp_t
+        *tcp; /* current handle (in a struct tcp_attempt); NULL before connect and after close */
     char peer[INET6_ADDRSTRLEN + 8];
     bool peer_local; /* see net_peer_is_local */
 
@@ -134,9 +139,7 @@ static void format_seconds(char *buf, size_t len, unsigned ms)
 
 static void conn_free(struct net_conn *c)
 {
-    if (c->addrs != NULL) {
-        uv_freeaddrinfo(c->addrs);
-    }
+    free(c->alist);
     tls_conn_free(c->tls);
     tls_ctx_free(c->tls_ctx);
     free(c->ca_file);
@@ -171,6 +174,15 @@ static void on_handle_closed(uv_handle_t *h)
 {
     unref(h->data);
 }
+
+/* One connection attempt: the handle and its connect request live and die
+ * together. When the handle is closed while connecting, libuv calls the
+ * connect callback (UV_ECANCELED) before the close callback, so the request
+ * is done with by the time on_tcp_closed frees both. */
+struct tcp_attempt {
+    uv_tcp_t tcp; /* first: the handle pointer is the attempt pointer */
+    uv_connect_t req;
+};
 
 static void on_tcp_closed(uv_handle_t *h)
 {
@@ -224,6 +236,7 @@ static void fail(struct net_conn *c, int err, const char *fmt, ...)
         c->reading = false;
     }
     uv_timer_stop(&c->connect_timer);
+    uv_timer_stop(&c->attempt_timer);
     uv_timer_stop(&c->idle_timer);
     if (c->gai_active) {
         uv_cancel((uv_req_t *)&c->gai);
@@ -281,6 +294,11 @@ static void on_connect_timeout(uv_timer_t *h)
     format_seconds(secs, sizeof(secs), c->connect_ms);
     if (c->starttls) {
         fail(c, NET_ETIMEOUT, "timed out after %s in the TLS handshake", secs);
+    } else if (c->attempts > 1 && c->state == NS_CONNECTING && c->tcp != NULL) {
+        /* Say what became of every address, the last one included. */
+        sbuf_addf(&c->attempt_log, "; %s: no answer", c->peer);
+        fail(c, NET_ETIMEOUT, "timed out after %s connecting (tried %u addresses: %s)", secs,
+             c->attempts, c->attempt_log.buf);
     } else {
         fail(c, NET_ETIMEOUT, "timed out after %s connecting", secs);
     }
@@ -699,6 +717,31 @@ static int start_tls_engine(struct net_conn *c)
 
 static void try_next_address(struct net_conn *c);
 
+static void note_attempt_failed(struct net_conn *c, int err, const char *why)
+{
+    c->last_connect_err = err;
+    free(c->last_connect_text);
+    c->last_connect_text = xstrdup(why);
+    sbuf_addf(&c->attempt_log, "%s%s: %s", c->attempts > 1 ? "; " : "", c->peer, why);
+}
+
+/* This address did not accept the connection in its share of the time:
+ * give it up for the next one (the connect timer still bounds the whole). */
+static void on_attempt_timeout(uv_timer_t *h)
+{
+    struct net_conn *c = h->data;
+    if (c->closing || c->state != NS_CONNECTING || c->tcp == NULL) {
+        return;
+    }
+    char secs[32];
+    format_seconds(secs, sizeof(secs), c->attempt_ms);
+    char *why = xasprintf("no answer within %s", secs);
+    note_attempt_failed(c, NET_ETIMEOUT, why);
+    free(why);
+    close_tcp(c);
+    try_next_address(c);
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     uv_tcp_t *tcp = (uv_tcp_t *)req->handle;
@@ -706,12 +749,9 @@ static void on_connected(uv_connect_t *req, int status)
     if (status == UV_ECANCELED || c->closing || c->state == NS_FAILED) {
         return;
     }
+    uv_timer_stop(&c->attempt_timer);
     if (status < 0) {
-        c->last_connect_err = status;
-        free(c->last_connect_text);
-        c->last_connect_text = xstrdup(uv_strerror(status));
-        sbuf_addf(&c->attempt_log, "%s%s: %s", c->attempts > 1 ? "; " : "", c->peer,
-                  uv_strerror(status));
+        note_attempt_failed(c, status, uv_strerror(status));
         close_tcp(c);
         try_next_address(c);
         return;
@@ -788,28 +828,28 @@ bool net_addr_is_local(const struct sockaddr *sa)
  * none is left, the error carries the last reason and the list. */
 static void try_next_address(struct net_conn *c)
 {
-    while (c->next_addr != NULL) {
-        struct addrinfo *ai = c->next_addr;
-        c->next_addr = ai->ai_next;
-        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) {
-            continue;
-        }
+    while (c->anext < c->nalist) {
+        const struct sockaddr *sa = (const struct sockaddr *)&c->alist[c->anext++];
         c->attempts++;
-        format_peer(ai->ai_addr, c->peer, sizeof(c->peer));
-        c->peer_local = net_addr_is_local(ai->ai_addr);
-        uv_tcp_t *tcp = xmalloc(sizeof(*tcp));
+        format_peer(sa, c->peer, sizeof(c->peer));
+        c->peer_local = net_addr_is_local(sa);
+        struct tcp_attempt *at = xmalloc(sizeof(*at));
+        uv_tcp_t *tcp = &at->tcp;
         int r = uv_tcp_init(c->loop, tcp);
         if (r < 0) {
-            free(tcp);
+            free(at);
             fail(c, r, "%s", uv_strerror(r));
             return;
         }
         tcp->data = c;
         c->refs++;
         c->tcp = tcp;
-        r = uv_tcp_connect(&c->connect_req, tcp, ai->ai_addr, on_connected);
+        r = uv_tcp_connect(&at->req, tcp, sa, on_connected);
         if (r == 0) {
             c->state = NS_CONNECTING;
+            if (c->anext < c->nalist) {
+                uv_timer_start(&c->attempt_timer, on_attempt_timeout, c->attempt_ms, 0);
+            }
             if (c->tls_mode != NET_TLS_NONE && c->tls_ctx == NULL) {
                 /* Built while the TCP handshake and the server's accept
                  * (a local Dovecot forks its login process then) run:
@@ -823,11 +863,7 @@ static void try_next_address(struct net_conn *c)
             }
             return;
         }
-        c->last_connect_err = r;
-        free(c->last_connect_text);
-        c->last_connect_text = xstrdup(uv_strerror(r));
-        sbuf_addf(&c->attempt_log, "%s%s: %s", c->attempts > 1 ? "; " : "", c->peer,
-                  uv_strerror(r));
+        note_attempt_failed(c, r, uv_strerror(r));
         close_tcp(c);
     }
     c->peer[0] = '\0';
@@ -838,6 +874,22 @@ static void try_next_address(struct net_conn *c)
     } else {
         fail(c, c->last_connect_err, "%s (tried %u addresses: %s)", c->last_connect_text,
              c->attempts, c->attempt_log.buf);
+    }
+}
+
+/* Keeps the IPv4 and IPv6 addresses of a resolver answer, in its order. */
+static void take_addresses(struct net_conn *c, const struct addrinfo *res)
+{
+    size_t n = 0;
+    for (const struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        n++;
+    }
+    c->alist = xcalloc(n + 1, sizeof(*c->alist));
+    for (const struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        if ((ai->ai_family == AF_INET || ai->ai_family == AF_INET6) &&
+            ai->ai_addrlen <= sizeof(*c->alist)) {
+            memcpy(&c->alist[c->nalist++], ai->ai_addr, ai->ai_addrlen);
+        }
     }
 }
 
@@ -855,8 +907,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     if (status < 0) {
         fail(c, status, "could not resolve host: %s", uv_strerror(status));
     } else {
-        c->addrs = res;
-        c->next_addr = res;
+        take_addresses(c, res);
+        uv_freeaddrinfo(res);
         try_next_address(c);
     }
     unref(c);
@@ -907,13 +959,16 @@ int net_connect(uv_loop_t *loop, const struct net_opts *opts, const struct net_c
     c->state = NS_RESOLVING;
     c->last_rx = uv_now(loop);
 
+    c->attempt_ms = opts->attempt_timeout_ms ? opts->attempt_timeout_ms : NET_DEFAULT_ATTEMPT_MS;
     uv_timer_init(loop, &c->connect_timer);
+    uv_timer_init(loop, &c->attempt_timer);
     uv_timer_init(loop, &c->idle_timer);
     uv_idle_init(loop, &c->defer);
     c->connect_timer.data = c;
+    c->attempt_timer.data = c;
     c->idle_timer.data = c;
     c->defer.data = c;
-    c->refs = 3;
+    c->refs = 4;
     *c_r = c;
 
     if (c->tls_mode != NET_TLS_NONE) {
@@ -931,6 +986,18 @@ int net_connect(uv_loop_t *loop, const struct net_opts *opts, const struct net_c
     uv_update_time(loop);
     c->last_rx = uv_now(loop);
     uv_timer_start(&c->connect_timer, on_connect_timeout, c->connect_ms, 0);
+
+    if (opts->naddrs > 0 && opts->addrs != NULL) {
+        c->alist = xcalloc(opts->naddrs, sizeof(*c->alist));
+        for (size_t i = 0; i < opts->naddrs; i++) {
+            int fam = opts->addrs[i].ss_family;
+            if (fam == AF_INET || fam == AF_INET6) {
+                c->alist[c->nalist++] = opts->addrs[i];
+            }
+        }
+        try_next_address(c);
+        return 0;
+    }
 
     struct addrinfo hints = {
         .ai_family = AF_UNSPEC,
@@ -1061,6 +1128,7 @@ void net_close(struct net_conn *c)
     }
     close_tcp(c);
     uv_close((uv_handle_t *)&c->connect_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->attempt_timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->idle_timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->defer, on_handle_closed);
 }

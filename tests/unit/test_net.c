@@ -16,10 +16,14 @@
 #include "sync/tls.h"
 #include "testcerts.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <uv.h>
 #include <zlib.h>
 
@@ -633,6 +637,106 @@ static void test_localhost_every_address(void **state)
     assert_int_equal(H.errors, 0);
     assert_true(got_is("a1 NOOP\r\n"));
     harness_done();
+}
+
+/* A listener whose accept queue is full: connecting to it hangs (SYNs are
+ * dropped), as an unreachable address does. Returns the listening fd; the
+ * fillers go to fill_r[0..2]. */
+static int hanging_listener(uint16_t *port_r, int fill_r[3])
+{
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(l >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(l, 0), 0);
+    socklen_t len = sizeof(a);
+    assert_int_equal(getsockname(l, (struct sockaddr *)&a, &len), 0);
+    for (int i = 0; i < 3; i++) {
+        fill_r[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        assert_true(fill_r[i] >= 0);
+        (void)connect(fill_r[i], (struct sockaddr *)&a, sizeof(a));
+    }
+    usleep(100 * 1000);
+    *port_r = ntohs(a.sin_port);
+    return l;
+}
+
+static void loopback_addr(struct sockaddr_storage *ss, uint16_t port)
+{
+    memset(ss, 0, sizeof(*ss));
+    assert_int_equal(uv_ip4_addr("127.0.0.1", port, (struct sockaddr_in *)ss), 0);
+}
+
+/* The first address never answers: after its share of the time the next
+ * one is tried, long before the whole connect timeout. */
+static void test_hanging_address_skipped(void **state)
+{
+    (void)state;
+    int fill[3];
+    uint16_t hang_port;
+    int l = hanging_listener(&hang_port, fill);
+    harness_init(SF_ECHO, NULL, NULL);
+    H.on_connect = peer_check_connect;
+    H.on_data = peer_check_data;
+    struct sockaddr_storage addrs[2];
+    loopback_addr(&addrs[0], hang_port);
+    loopback_addr(&addrs[1], H.srv.port);
+    struct net_opts o = {.host = "imap.example.test",
+                         .connect_timeout_ms = 8000,
+                         .attempt_timeout_ms = 300,
+                         .addrs = addrs,
+                         .naddrs = 2};
+    uint64_t t0 = uv_hrtime();
+    harness_connect(&o);
+    harness_run();
+    assert_int_equal(H.errors, 0);
+    assert_int_equal(H.connects, 1);
+    assert_true(got_is("a1 NOOP\r\n"));
+    /* Well inside the guard (10 s) and the connect timeout (8 s). */
+    assert_true(uv_hrtime() - t0 < 5000ull * 1000 * 1000);
+    harness_done();
+    for (int i = 0; i < 3; i++) {
+        close(fill[i]);
+    }
+    close(l);
+}
+
+/* No address answers: the error names every one of them. */
+static void test_every_address_hangs(void **state)
+{
+    (void)state;
+    int fill_a[3], fill_b[3];
+    uint16_t pa, pb;
+    int la = hanging_listener(&pa, fill_a);
+    int lb = hanging_listener(&pb, fill_b);
+    harness_init(0, NULL, NULL);
+    struct sockaddr_storage addrs[2];
+    loopback_addr(&addrs[0], pa);
+    loopback_addr(&addrs[1], pb);
+    struct net_opts o = {.host = "imap.example.test",
+                         .port = 993,
+                         .connect_timeout_ms = 1200,
+                         .attempt_timeout_ms = 300,
+                         .addrs = addrs,
+                         .naddrs = 2};
+    harness_connect(&o);
+    harness_run();
+    assert_int_equal(H.connects, 0);
+    assert_int_equal(H.errors, 1);
+    assert_int_equal(H.err, NET_ETIMEOUT);
+    char want[256];
+    snprintf(want, sizeof(want),
+             "imap.example.test:993: timed out after 1.2 s connecting (tried 2 addresses: "
+             "127.0.0.1:%u: no answer within 0.3 s; 127.0.0.1:%u: no answer)",
+             pa, pb);
+    assert_string_equal(H.msg, want);
+    harness_done();
+    for (int i = 0; i < 3; i++) {
+        close(fill_a[i]);
+        close(fill_b[i]);
+    }
+    close(la);
+    close(lb);
 }
 
 /* ---- implicit TLS ------------------------------------------------------ */
@@ -1305,6 +1409,8 @@ int main(void)
         cmocka_unit_test(test_plain_echo),
         cmocka_unit_test(test_addr_is_local),
         cmocka_unit_test(test_localhost_every_address),
+        cmocka_unit_test(test_hanging_address_skipped),
+        cmocka_unit_test(test_every_address_hangs),
         cmocka_unit_test(test_tls_echo),
         cmocka_unit_test(test_tls_verify_failures),
         cmocka_unit_test(test_tls_pin_mismatch),
