@@ -2,8 +2,10 @@
 /* The IMAP client's pure helpers (UID sets, dates, folder names) and its
  * queue behaviour against an in-process fake server on the same libuv
  * loop: pipelining depth, commands held until ready, callbacks never from
- * inside an API call, IDLE ended automatically by a new command, and
- * imap_free from inside a callback. */
+ * inside an API call (every command, held, pipelined, refused locally, after
+ * a failure and after LOGOUT), IDLE ended automatically by a new command,
+ * imap_free from inside a callback, backpressure from a paused body sink
+ * down to the socket, and TCP keepalive on the client's socket. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,10 +18,14 @@
 #include "sync/imap_int.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <uv.h>
 
 /* ---- Pure helpers ---- */
@@ -184,19 +190,35 @@ struct fake {
     uv_tcp_t server, client;
     bool have_client;
     struct sbuf in;
+    size_t acked_at; /* 1 + offset of the synchronizing literal answered with "+" */
     uv_timer_t timer;
     /* Script state. */
+    const char *caps;     /* in the PREAUTH greeting; NULL = "IMAP4rev1 IDLE" */
+    int sndbuf;           /* SO_SNDBUF of the server's socket, 0 = default */
     char pending[64][16]; /* NOOP tags not answered yet */
     int npending, max_pending;
-    struct sbuf log; /* command lines received, one per line, tags removed */
+    struct sbuf log;      /* command lines received, one per line, tags removed */
+    struct sbuf appended; /* the last APPEND's literal */
     bool idle_seen;
     char idle_tag[16];
+    /* UID FETCH ... BODY.PEEK[]: a body of big_body bytes (body_byte()),
+     * written with uv_try_write so that the server sees when the client's
+     * socket stops taking data. */
+    size_t big_body, push_off;
+    bool push_blocked; /* the last uv_try_write found the socket full */
+    unsigned push_eagain;
+    char push_tag[16];
+    uv_timer_t push;
     /* Client side. */
     struct imap *im;
     bool in_api;
     int done_count, ok_count;
     bool ready, errored, free_in_callback;
     char *error;
+    int error_code;
+    int events;
+    struct sbuf evlog; /* events, one per line */
+    void (*ready_hook)(struct fake *f);
 };
 
 static void on_write_done(uv_write_t *w, int status)
@@ -225,7 +247,46 @@ static void answer_pending(uv_timer_t *t)
     f->npending = 0;
 }
 
-static void fake_line(struct fake *f, char *line)
+/* Byte i of the big body: text lines with CRLF, varied enough that a
+ * chunk delivered twice, dropped or out of order changes the result. */
+static char body_byte(size_t i)
+{
+    static const char pat[] =
+        "abcdefghijklmnopqrstuvwxyz0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ!\r\n";
+    return pat[(i + i / 4093) % (sizeof(pat) - 1)];
+}
+
+/* Writes the big body as fast as the client's socket takes it. */
+static void push_body(uv_timer_t *t)
+{
+    struct fake *f = t->data;
+    char chunk[65536];
+    while (f->push_off < f->big_body) {
+        size_t n = f->big_body - f->push_off;
+        if (n > sizeof(chunk)) {
+            n = sizeof(chunk);
+        }
+        for (size_t i = 0; i < n; i++) {
+            chunk[i] = body_byte(f->push_off + i);
+        }
+        uv_buf_t b = uv_buf_init(chunk, (unsigned)n);
+        int r = uv_try_write((uv_stream_t *)&f->client, &b, 1);
+        if (r == UV_EAGAIN) {
+            f->push_blocked = true;
+            f->push_eagain++;
+            return;
+        }
+        assert_true(r > 0);
+        f->push_off += (size_t)r;
+        f->push_blocked = false;
+    }
+    uv_timer_stop(t);
+    char resp[64];
+    snprintf(resp, sizeof(resp), ")\r\n%s OK fetched\r\n", f->push_tag);
+    fake_send(f, resp);
+}
+
+static void fake_line(struct fake *f, char *line, const char *lit, size_t litlen)
 {
     char *sp = strchr(line, ' ');
     if (strcmp(line, "DONE") == 0) {
@@ -264,6 +325,12 @@ static void fake_line(struct fake *f, char *line)
             f->npending = 0;
             fake_send(f, resp);
         }
+    } else if (strncmp(cmd, "UID FETCH ", 10) == 0 && f->big_body > 0) {
+        snprintf(resp, sizeof(resp), "* 1 FETCH (UID 1 BODY[] {%zu}\r\n", f->big_body);
+        fake_send(f, resp);
+        snprintf(f->push_tag, sizeof(f->push_tag), "%s", tag);
+        f->push_off = 0;
+        uv_timer_start(&f->push, push_body, 0, 1);
     } else if (strncmp(cmd, "UID FETCH ", 10) == 0) {
         /* Message-ID and header sections: one folded Message-ID, one
          * message without any, and a header that the server sends as NIL. */
@@ -282,6 +349,45 @@ static void fake_line(struct fake *f, char *line)
     } else if (strcmp(cmd, "LOGOUT") == 0) {
         snprintf(resp, sizeof(resp), "* BYE bye\r\n%s OK bye\r\n", tag);
         fake_send(f, resp);
+    } else if (strncmp(cmd, "LIST ", 5) == 0) {
+        snprintf(resp, sizeof(resp),
+                 "* LIST () \"/\" INBOX\r\n* LIST (\\HasNoChildren) \"/\" Sub\r\n%s OK listed\r\n",
+                 tag);
+        fake_send(f, resp);
+    } else if (strncmp(cmd, "LSUB ", 5) == 0) {
+        snprintf(resp, sizeof(resp), "* LSUB () \"/\" Sub\r\n%s OK lsub\r\n", tag);
+        fake_send(f, resp);
+    } else if (strncmp(cmd, "STATUS ", 7) == 0) {
+        snprintf(resp, sizeof(resp), "* STATUS Sub (MESSAGES 3 UIDNEXT 4)\r\n%s OK status\r\n",
+                 tag);
+        fake_send(f, resp);
+    } else if (strncmp(cmd, "SELECT ", 7) == 0 || strncmp(cmd, "EXAMINE ", 8) == 0) {
+        snprintf(resp, sizeof(resp),
+                 "* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n* OK [UIDNEXT 4] n\r\n%s OK "
+                 "[READ-WRITE] selected\r\n",
+                 tag);
+        fake_send(f, resp);
+    } else if (strncmp(cmd, "UID STORE ", 10) == 0) {
+        snprintf(resp, sizeof(resp), "%s OK stored\r\n", tag);
+        fake_send(f, resp);
+    } else if (strncmp(cmd, "APPEND ", 7) == 0) {
+        sbuf_reset(&f->appended);
+        sbuf_add(&f->appended, lit, litlen);
+        snprintf(resp, sizeof(resp), "%s OK [APPENDUID 7 9] appended\r\n", tag);
+        fake_send(f, resp);
+    } else if (strncmp(cmd, "UID EXPUNGE ", 12) == 0) {
+        snprintf(resp, sizeof(resp), "* 2 EXPUNGE\r\n%s OK expunged\r\n", tag);
+        fake_send(f, resp);
+    } else if (strncmp(cmd, "UID MOVE ", 9) == 0) {
+        snprintf(resp, sizeof(resp), "* OK [COPYUID 7 1 5] moved\r\n* 1 EXPUNGE\r\n%s OK done\r\n",
+                 tag);
+        fake_send(f, resp);
+    } else if (strncmp(cmd, "UID COPY ", 9) == 0) {
+        snprintf(resp, sizeof(resp), "%s OK [COPYUID 7 2 6] copied\r\n", tag);
+        fake_send(f, resp);
+    } else if (strncmp(cmd, "CREATE ", 7) == 0 || strncmp(cmd, "DELETE ", 7) == 0) {
+        snprintf(resp, sizeof(resp), "%s OK done\r\n", tag);
+        fake_send(f, resp);
     } else {
         snprintf(resp, sizeof(resp), "%s BAD unexpected\r\n", tag);
         fake_send(f, resp);
@@ -294,20 +400,84 @@ static void fake_alloc(uv_handle_t *h, size_t sugg, uv_buf_t *buf)
     buf->len = 4096;
 }
 
+/* If the line s[0..len) ends with a literal announcement {N} or {N+},
+ * returns true with its size and kind. */
+static bool literal_marker(const char *s, size_t len, size_t *n_r, bool *plus_r)
+{
+    if (len < 3 || s[len - 1] != '}') {
+        return false;
+    }
+    size_t i = len - 1;
+    *plus_r = s[i - 1] == '+';
+    if (*plus_r) {
+        i--;
+    }
+    size_t end = i, n = 0;
+    while (i > 0 && s[i - 1] >= '0' && s[i - 1] <= '9') {
+        i--;
+    }
+    if (i == end || i == 0 || s[i - 1] != '{') {
+        return false;
+    }
+    for (size_t k = i; k < end; k++) {
+        n = n * 10 + (size_t)(s[k] - '0');
+    }
+    *n_r = n;
+    return true;
+}
+
+/* The length of the first complete command in f->in, literals included, or
+ * 0 while more bytes are needed. A synchronizing literal is answered with
+ * "+" as soon as its announcement is in. */
+static size_t command_length(struct fake *f)
+{
+    size_t off = 0;
+    for (;;) {
+        const char *eol = memmem(f->in.buf + off, f->in.len - off, "\r\n", 2);
+        if (eol == NULL) {
+            return 0;
+        }
+        size_t end = (size_t)(eol - f->in.buf);
+        size_t n;
+        bool plus;
+        if (!literal_marker(f->in.buf + off, end - off, &n, &plus)) {
+            return end + 2;
+        }
+        if (!plus && f->acked_at < end + 1) {
+            f->acked_at = end + 1;
+            fake_send(f, "+ go ahead\r\n");
+        }
+        if (f->in.len < end + 2 + n) {
+            return 0;
+        }
+        off = end + 2 + n;
+    }
+}
+
 static void fake_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     struct fake *f = s->data;
     if (n > 0) {
         sbuf_add(&f->in, buf->base, (size_t)n);
-        char *eol;
-        while ((eol = strstr(f->in.buf, "\r\n")) != NULL) {
+        size_t len;
+        while (f->in.len > 0 && (len = command_length(f)) > 0) {
+            char *cmd = xmalloc(len + 1);
+            memcpy(cmd, f->in.buf, len);
+            cmd[len] = '\0';
+            memmove(f->in.buf, f->in.buf + len, f->in.len - len);
+            f->in.len -= len;
+            f->acked_at = 0;
+            /* The first line, and the literal that ends it if any. */
+            char *eol = memmem(cmd, len, "\r\n", 2);
             *eol = '\0';
-            char *line = xstrdup(f->in.buf);
-            size_t used = (size_t)(eol - f->in.buf) + 2;
-            memmove(f->in.buf, f->in.buf + used, f->in.len - used + 1);
-            f->in.len -= used;
-            fake_line(f, line);
-            free(line);
+            size_t first = (size_t)(eol - cmd), litlen = 0;
+            bool plus;
+            const char *lit = NULL;
+            if (literal_marker(cmd, first, &litlen, &plus)) {
+                lit = eol + 2;
+            }
+            fake_line(f, cmd, lit, litlen);
+            free(cmd);
         }
     } else if (n < 0) {
         uv_read_stop(s);
@@ -323,8 +493,16 @@ static void on_fake_conn(uv_stream_t *srv, int status)
     f->client.data = f;
     assert_int_equal(uv_accept(srv, (uv_stream_t *)&f->client), 0);
     f->have_client = true;
+    if (f->sndbuf > 0) {
+        uv_os_fd_t fd;
+        assert_int_equal(uv_fileno((uv_handle_t *)&f->client, &fd), 0);
+        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &f->sndbuf, sizeof(f->sndbuf)), 0);
+    }
     uv_read_start((uv_stream_t *)&f->client, fake_alloc, fake_read);
-    fake_send(f, "* PREAUTH [CAPABILITY IMAP4rev1 IDLE] fake ready\r\n");
+    char greeting[256];
+    snprintf(greeting, sizeof(greeting), "* PREAUTH [CAPABILITY %s] fake ready\r\n",
+             f->caps != NULL ? f->caps : "IMAP4rev1 IDLE");
+    fake_send(f, greeting);
 }
 
 static int fake_start(struct fake *f)
@@ -335,6 +513,8 @@ static int fake_start(struct fake *f)
     f->server.data = f;
     uv_timer_init(&f->loop, &f->timer);
     f->timer.data = f;
+    uv_timer_init(&f->loop, &f->push);
+    f->push.data = f;
     struct sockaddr_in addr;
     uv_ip4_addr("127.0.0.1", 0, &addr);
     assert_int_equal(uv_tcp_bind(&f->server, (const struct sockaddr *)&addr, 0), 0);
@@ -347,8 +527,11 @@ static int fake_start(struct fake *f)
 
 static void fake_close_all(struct fake *f)
 {
-    uv_close((uv_handle_t *)&f->server, NULL);
+    if (!uv_is_closing((uv_handle_t *)&f->server)) {
+        uv_close((uv_handle_t *)&f->server, NULL);
+    }
     uv_close((uv_handle_t *)&f->timer, NULL);
+    uv_close((uv_handle_t *)&f->push, NULL);
     if (f->have_client) {
         uv_close((uv_handle_t *)&f->client, NULL);
     }
@@ -356,6 +539,8 @@ static void fake_close_all(struct fake *f)
     assert_int_equal(uv_loop_close(&f->loop), 0);
     sbuf_free(&f->in);
     sbuf_free(&f->log);
+    sbuf_free(&f->appended);
+    sbuf_free(&f->evlog);
     free(f->error);
 }
 
@@ -364,14 +549,27 @@ static void on_ready(struct imap *im, void *arg)
     struct fake *f = arg;
     assert_false(f->in_api);
     f->ready = true;
+    if (f->ready_hook != NULL) {
+        f->ready_hook(f);
+    }
 }
 
 static void on_error(struct imap *im, int err, const char *msg, void *arg)
 {
     struct fake *f = arg;
     assert_false(f->in_api);
+    assert_false(f->errored); /* once */
     f->errored = true;
     f->error = xstrdup(msg);
+    f->error_code = err;
+}
+
+static void on_event(struct imap *im, const struct imap_event *ev, void *arg)
+{
+    struct fake *f = arg;
+    assert_false(f->in_api);
+    f->events++;
+    sbuf_addf(&f->evlog, "%d %u\n", (int)ev->type, ev->n);
 }
 
 static void on_done(struct imap *im, const struct imap_result *res, void *arg)
@@ -388,7 +586,8 @@ static void on_done(struct imap *im, const struct imap_result *res, void *arg)
     }
 }
 
-static const struct imap_cb fake_cb = {.on_ready = on_ready, .on_error = on_error};
+static const struct imap_cb fake_cb = {
+    .on_ready = on_ready, .on_error = on_error, .on_event = on_event};
 
 static void connect_client(struct fake *f, int port, unsigned depth)
 {
@@ -599,10 +798,672 @@ static void test_connection_refused(void **state)
     assert_int_equal(imap_get_state(f.im), IMAP_STATE_FAILED);
     assert_string_equal(imap_error(f.im), want);
     imap_free(f.im);
-    uv_close((uv_handle_t *)&f.timer, NULL);
-    assert_int_equal(uv_run(&f.loop, UV_RUN_DEFAULT), 0);
-    assert_int_equal(uv_loop_close(&f.loop), 0);
-    free(f.error);
+    fake_close_all(&f);
+}
+
+/* ---- No callback from inside any API call ---- */
+
+/* Sets in_api around one API call: every callback asserts it is clear, so a
+ * callback made synchronously from inside the call fails the test. */
+#define API(f, expr)                                                                               \
+    ({                                                                                             \
+        (f)->in_api = true;                                                                        \
+        int r_ = (expr);                                                                           \
+        (f)->in_api = false;                                                                       \
+        r_;                                                                                        \
+    })
+
+struct call {
+    struct fake *f;
+    const char *name;
+    int ndone;
+    int err;
+    enum imap_status status;
+    char *text;
+    uint32_t append_uid;
+    char *copy_src;
+    size_t nuids;
+    int items; /* on_folder / on_status / on_message calls */
+};
+
+static void on_call_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct call *c = arg;
+    assert_false(c->f->in_api);
+    c->ndone++;
+    c->err = res->err;
+    c->status = res->status;
+    free(c->text);
+    c->text = xstrdup(res->text != NULL ? res->text : "");
+    c->append_uid = res->append_uid;
+    free(c->copy_src);
+    c->copy_src = res->copy_src != NULL ? xstrdup(res->copy_src) : NULL;
+    c->nuids = res->nuids;
+    c->f->done_count++;
+}
+
+static void on_call_folder(struct imap *im, const struct imap_folder *fo, void *arg)
+{
+    struct call *c = arg;
+    assert_false(c->f->in_api);
+    c->items++;
+}
+
+static void on_call_status(struct imap *im, const struct imap_status_info *st, void *arg)
+{
+    struct call *c = arg;
+    assert_false(c->f->in_api);
+    assert_int_equal(st->messages, 3);
+    c->items++;
+}
+
+static void on_call_message(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
+{
+    struct call *c = arg;
+    assert_false(c->f->in_api);
+    c->items++;
+}
+
+static void free_calls(struct call *calls, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(calls[i].text);
+        free(calls[i].copy_src);
+    }
+}
+
+static const char append_msg[] = "Subject: held\r\n\r\nbody\r\n";
+
+/* An fd positioned at the start of append_msg. */
+static int append_fd(void)
+{
+    FILE *fp = tmpfile();
+    assert_non_null(fp);
+    int fd = dup(fileno(fp));
+    fclose(fp);
+    assert_int_equal(write(fd, append_msg, sizeof(append_msg) - 1), sizeof(append_msg) - 1);
+    assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+    return fd;
+}
+
+enum {
+    NCALLS = 16
+};
+
+/* Issues every command once (search twice: the fake answers searches in
+ * pairs), each wrapped in in_api; all must be accepted. The fd is for
+ * APPEND (closed by the caller). */
+static void issue_all(struct fake *f, struct call *calls, int fd)
+{
+    static const char *const names[NCALLS] = {
+        "noop",   "list",    "status", "select", "fetch", "search", "search", "store",
+        "append", "expunge", "move",   "copy",   "idle",  "create", "delete", "noop2"};
+    memset(calls, 0, NCALLS * sizeof(*calls));
+    for (size_t i = 0; i < NCALLS; i++) {
+        calls[i].f = f;
+        calls[i].name = names[i];
+    }
+    struct imap *im = f->im;
+    struct imap_select_opts so = {0};
+    struct imap_fetch_cb fcb = {.on_message = on_call_message, .done = on_call_done};
+    struct imap_append a = {
+        .folder = "INBOX", .flags = IMAP_FLAG_SEEN, .size = sizeof(append_msg) - 1, .fd = fd};
+    assert_int_equal(API(f, imap_noop(im, on_call_done, &calls[0])), 0);
+    assert_int_equal(API(f, imap_list(im, on_call_folder, on_call_done, &calls[1])), 0);
+    assert_int_equal(API(f, imap_status(im, "Sub", IMAP_STATUS_MESSAGES, on_call_status,
+                                        on_call_done, &calls[2])),
+                     0);
+    assert_int_equal(API(f, imap_select(im, "INBOX", &so, on_call_done, &calls[3])), 0);
+    assert_int_equal(
+        API(f, imap_uid_fetch(im, "7:8", IMAP_FETCH_MESSAGE_ID, 0, false, &fcb, &calls[4])), 0);
+    assert_int_equal(API(f, imap_uid_search(im, "ALL", on_call_done, &calls[5])), 0);
+    assert_int_equal(API(f, imap_uid_search(im, "SEEN", on_call_done, &calls[6])), 0);
+    assert_int_equal(
+        API(f, imap_uid_store(im, "1", '+', IMAP_FLAG_SEEN, NULL, 0, 0, on_call_done, &calls[7])),
+        0);
+    assert_int_equal(API(f, imap_append(im, &a, on_call_done, &calls[8])), 0);
+    assert_int_equal(API(f, imap_uid_expunge(im, "2", on_call_done, &calls[9])), 0);
+    assert_int_equal(API(f, imap_uid_move(im, "1", "Sub", on_call_done, &calls[10])), 0);
+    assert_int_equal(API(f, imap_uid_copy(im, "2", "Sub", on_call_done, &calls[11])), 0);
+    assert_int_equal(API(f, imap_idle_start(im, on_call_done, &calls[12])), 0);
+    /* Queued behind the IDLE: ends it (from the loop). */
+    assert_int_equal(API(f, imap_create(im, "New", on_call_done, &calls[13])), 0);
+    assert_int_equal(API(f, imap_delete(im, "New", on_call_done, &calls[14])), 0);
+    assert_int_equal(API(f, imap_noop(im, on_call_done, &calls[15])), 0);
+}
+
+/* Every command completed exactly once with its real result. */
+static void check_all(struct fake *f, struct call *calls)
+{
+    for (size_t i = 0; i < NCALLS; i++) {
+        if (calls[i].ndone != 1 || calls[i].err != 0 || calls[i].status != IMAP_STATUS_OK) {
+            fail_msg("%s: ndone %d err %d status %d text '%s'", calls[i].name, calls[i].ndone,
+                     calls[i].err, (int)calls[i].status, calls[i].text ? calls[i].text : "");
+        }
+    }
+    assert_int_equal(calls[1].items, 2); /* INBOX, Sub */
+    assert_int_equal(calls[2].items, 1);
+    assert_int_equal(calls[4].items, 2); /* UIDs 7 and 8 */
+    assert_int_equal(calls[5].nuids, 1);
+    assert_int_equal(calls[6].nuids, 2);
+    assert_int_equal(calls[8].append_uid, 9);
+    assert_string_equal(calls[10].copy_src, "1");
+    assert_string_equal(calls[11].copy_src, "2");
+    assert_int_equal(f->appended.len, sizeof(append_msg) - 1);
+    assert_memory_equal(f->appended.buf, append_msg, sizeof(append_msg) - 1);
+    assert_false(f->errored);
+}
+
+#define FULL_CAPS "IMAP4rev1 IDLE UIDPLUS MOVE LITERAL+"
+
+static void logout_and_refuse_everything(struct fake *f);
+
+/* Commands queued before the session is ready (held, sent later), then
+ * the same set once it is ready (sent at once, from inside the calls). */
+static void test_no_callback_inside_any_api_call(void **state)
+{
+    struct fake f;
+    int port = fake_start(&f);
+    f.caps = FULL_CAPS;
+    connect_client(&f, port, 0);
+    struct call held[NCALLS], ready[NCALLS];
+    int fd1 = append_fd(), fd2 = append_fd();
+    issue_all(&f, held, fd1);
+    assert_int_equal(f.done_count, 0);
+    run_until(&f, NULL, &f.done_count, NCALLS);
+    assert_true(f.ready);
+    check_all(&f, held);
+
+    sbuf_reset(&f.appended);
+    issue_all(&f, ready, fd2);
+    run_until(&f, NULL, &f.done_count, 2 * NCALLS);
+    check_all(&f, ready);
+    /* EXPUNGE and MOVE answers carried "* n EXPUNGE": events, from the loop. */
+    assert_true(f.events >= 4);
+    close(fd1);
+    close(fd2);
+    free_calls(held, NCALLS);
+    free_calls(ready, NCALLS);
+    logout_and_refuse_everything(&f);
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
+/* The same from inside a callback (on_ready): the nested calls must not
+ * call back either. */
+static struct call nested_calls[NCALLS];
+static int nested_fd = -1;
+
+static void issue_in_ready(struct fake *f)
+{
+    issue_all(f, nested_calls, nested_fd);
+}
+
+static void test_no_callback_inside_api_calls_made_from_a_callback(void **state)
+{
+    struct fake f;
+    int port = fake_start(&f);
+    f.caps = FULL_CAPS;
+    f.ready_hook = issue_in_ready;
+    nested_fd = append_fd();
+    connect_client(&f, port, 0);
+    run_until(&f, NULL, &f.done_count, NCALLS);
+    check_all(&f, nested_calls);
+    close(nested_fd);
+    free_calls(nested_calls, NCALLS);
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
+/* After LOGOUT (and, in the refused-connection test, after a failure)
+ * every command is refused with -ENOTCONN and nothing is called back,
+ * then or later. */
+static void refuse_everything(struct fake *f)
+{
+    struct imap *im = f->im;
+    struct call c = {.f = f, .name = "refused"};
+    struct imap_select_opts so = {0};
+    struct imap_fetch_cb fcb = {.on_message = on_call_message, .done = on_call_done};
+    struct imap_append a = {.folder = "INBOX", .size = 5, .fd = 0};
+    int before = f->done_count;
+    assert_int_equal(API(f, imap_noop(im, on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(API(f, imap_list(im, on_call_folder, on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(API(f, imap_status(im, "Sub", 0, on_call_status, on_call_done, &c)),
+                     -ENOTCONN);
+    assert_int_equal(API(f, imap_select(im, "INBOX", &so, on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(API(f, imap_uid_fetch(im, "1", IMAP_FETCH_FLAGS, 0, false, &fcb, &c)),
+                     -ENOTCONN);
+    assert_int_equal(API(f, imap_uid_search(im, "ALL", on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(
+        API(f, imap_uid_store(im, "1", '+', IMAP_FLAG_SEEN, NULL, 0, 0, on_call_done, &c)),
+        -ENOTCONN);
+    assert_int_equal(API(f, imap_append(im, &a, on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(API(f, imap_uid_expunge(im, "1", on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(API(f, imap_uid_move(im, "1", "Sub", on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(API(f, imap_uid_copy(im, "1", "Sub", on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(API(f, imap_create(im, "X", on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(API(f, imap_delete(im, "X", on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(API(f, imap_idle_start(im, on_call_done, &c)), -ENOTCONN);
+    assert_int_equal(API(f, imap_logout(im, on_call_done, &c)), -ENOTCONN);
+    f->in_api = true;
+    imap_idle_stop(im);
+    imap_resume(im);
+    f->in_api = false;
+    uint64_t until = uv_hrtime() + 100000000ull;
+    while (uv_hrtime() < until) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    }
+    assert_int_equal(c.ndone, 0);
+    assert_int_equal(f->done_count, before);
+    free_calls(&c, 1);
+}
+
+static void logout_and_refuse_everything(struct fake *f)
+{
+    struct call c = {.f = f, .name = "logout"};
+    assert_int_equal(API(f, imap_logout(f->im, on_call_done, &c)), 0);
+    int want = f->done_count + 1;
+    run_until(f, NULL, &f->done_count, want);
+    assert_int_equal(c.ndone, 1);
+    assert_int_equal(c.status, IMAP_STATUS_OK);
+    assert_int_equal(imap_get_state(f->im), IMAP_STATE_CLOSED);
+    free_calls(&c, 1);
+    refuse_everything(f);
+    assert_false(f->errored);
+}
+
+/* Commands the client refuses by itself still complete from the loop:
+ * folder names it cannot send, UID EXPUNGE without UIDPLUS and an IDLE
+ * stopped before it started (both queued before the capabilities were
+ * known). Invalid arguments are refused with -EINVAL and no callback. */
+static void test_local_refusals_complete_from_the_loop(void **state)
+{
+    struct fake f;
+    int port = fake_start(&f); /* IMAP4rev1 IDLE: no UIDPLUS */
+    connect_client(&f, port, 0);
+    struct call expunge = {.f = &f, .name = "expunge"}, idle = {.f = &f, .name = "idle"};
+    assert_int_equal(API(&f, imap_uid_expunge(f.im, "1", on_call_done, &expunge)), 0);
+    assert_int_equal(API(&f, imap_idle_start(f.im, on_call_done, &idle)), 0);
+    f.in_api = true;
+    imap_idle_stop(f.im);
+    f.in_api = false;
+    run_until(&f, NULL, &f.done_count, 2);
+    assert_int_equal(expunge.ndone, 1);
+    assert_int_equal(expunge.err, IMAP_ENOTSUP);
+    char want[200];
+    snprintf(want, sizeof(want),
+             "127.0.0.1:%d: UID EXPUNGE needs UIDPLUS, which the server does not offer", port);
+    assert_string_equal(expunge.text, want);
+    assert_int_equal(idle.ndone, 1);
+    assert_int_equal(idle.err, 0);
+    assert_int_equal(idle.status, IMAP_STATUS_OK);
+    assert_string_equal(idle.text, "IDLE stopped before it started");
+    run_until(&f, &f.ready, NULL, 0);
+
+    /* Ready now: expunge is refused at once, without a callback. */
+    assert_int_equal(API(&f, imap_uid_expunge(f.im, "1", on_call_done, &expunge)), IMAP_ENOTSUP);
+
+    /* A name with a ".." component cannot be sent. */
+    const char *bad = "a/../b";
+    struct call c[7];
+    memset(c, 0, sizeof(c));
+    for (size_t i = 0; i < ARRAY_SIZE(c); i++) {
+        c[i].f = &f;
+        c[i].name = "badname";
+    }
+    struct imap_select_opts so = {0};
+    struct imap_append a = {.folder = bad, .size = 5, .fd = 0};
+    assert_int_equal(API(&f, imap_status(f.im, bad, 0, on_call_status, on_call_done, &c[0])), 0);
+    assert_int_equal(API(&f, imap_select(f.im, bad, &so, on_call_done, &c[1])), 0);
+    assert_int_equal(API(&f, imap_append(f.im, &a, on_call_done, &c[2])), 0);
+    assert_int_equal(API(&f, imap_create(f.im, bad, on_call_done, &c[3])), 0);
+    assert_int_equal(API(&f, imap_delete(f.im, bad, on_call_done, &c[4])), 0);
+    assert_int_equal(API(&f, imap_uid_move(f.im, "1", bad, on_call_done, &c[5])), 0);
+    assert_int_equal(API(&f, imap_uid_copy(f.im, "1", bad, on_call_done, &c[6])), 0);
+    for (size_t i = 0; i < ARRAY_SIZE(c); i++) {
+        assert_int_equal(c[i].ndone, 0);
+    }
+
+    /* Invalid arguments: -EINVAL, no callback ever. */
+    struct call inval = {.f = &f, .name = "inval"};
+    struct imap_fetch_cb fcb = {.done = on_call_done};
+    assert_int_equal(API(&f, imap_uid_fetch(f.im, "1:x", IMAP_FETCH_FLAGS, 0, false, &fcb, &inval)),
+                     -EINVAL);
+    assert_int_equal(
+        API(&f, imap_uid_store(f.im, "1", '*', IMAP_FLAG_SEEN, NULL, 0, 0, on_call_done, &inval)),
+        -EINVAL);
+    assert_int_equal(API(&f, imap_uid_search(f.im, "ALL\r\nX", on_call_done, &inval)), -EINVAL);
+    struct imap_select_opts badknown = {.qresync_uidvalidity = 1, .qresync_known_uids = "1 2"};
+    assert_int_equal(API(&f, imap_select(f.im, "INBOX", &badknown, on_call_done, &inval)), -EINVAL);
+
+    struct call noop = {.f = &f, .name = "noop"};
+    assert_int_equal(API(&f, imap_noop(f.im, on_call_done, &noop)), 0);
+    run_until(&f, NULL, &noop.ndone, 1);
+    snprintf(want, sizeof(want), "127.0.0.1:%d: cannot use folder 'a/../b': ", port);
+    for (size_t i = 0; i < ARRAY_SIZE(c); i++) {
+        assert_int_equal(c[i].ndone, 1);
+        assert_int_equal(c[i].err, -EINVAL);
+        assert_int_equal(c[i].status, IMAP_STATUS_NONE);
+        assert_true(strncmp(c[i].text, want, strlen(want)) == 0);
+    }
+    assert_int_equal(noop.status, IMAP_STATUS_OK);
+    assert_int_equal(inval.ndone, 0);
+    assert_int_equal(expunge.ndone, 1);
+    /* None of the refused commands reached the server. */
+    assert_string_equal(f.log.buf, "LIST \"\" \"\"\nNOOP\n");
+    assert_false(f.errored);
+    free_calls(c, ARRAY_SIZE(c));
+    free_calls(&expunge, 1);
+    free_calls(&idle, 1);
+    free_calls(&noop, 1);
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
+/* APPEND's body source fails while the command is written, which happens
+ * inside imap_append: the failure is reported from the loop. */
+struct src {
+    const char *data;
+    size_t len, pos;
+    int err;
+};
+
+static ssize_t src_read(void *arg, char *buf, size_t len)
+{
+    struct src *s = arg;
+    if (s->err != 0) {
+        return s->err;
+    }
+    size_t n = s->len - s->pos < len ? s->len - s->pos : len;
+    memcpy(buf, s->data + s->pos, n);
+    s->pos += n;
+    return (ssize_t)n;
+}
+
+static void append_source_failure(struct src *src, uint64_t size, int want_err, const char *what)
+{
+    struct fake f;
+    int port = fake_start(&f);
+    f.caps = FULL_CAPS; /* LITERAL+: the body goes out inside imap_append */
+    connect_client(&f, port, 0);
+    run_until(&f, &f.ready, NULL, 0);
+    struct call c = {.f = &f, .name = "append"};
+    struct imap_append a = {
+        .folder = "INBOX", .size = size, .fd = -1, .read = src_read, .read_arg = src};
+    assert_int_equal(API(&f, imap_append(f.im, &a, on_call_done, &c)), 0);
+    assert_true(src->pos > 0 || src->err != 0); /* the source was read inside the call */
+    assert_int_equal(c.ndone, 0);
+    assert_false(f.errored);
+    run_until(&f, &f.errored, NULL, 0);
+    char want[256];
+    snprintf(want, sizeof(want), "127.0.0.1:%d: %s", port, what);
+    assert_int_equal(c.ndone, 1);
+    assert_int_equal(c.err, want_err);
+    assert_string_equal(c.text, want);
+    assert_string_equal(f.error, want);
+    assert_int_equal(f.error_code, want_err);
+    assert_int_equal(imap_get_state(f.im), IMAP_STATE_FAILED);
+    refuse_everything(&f);
+    free_calls(&c, 1);
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
+static void test_append_source_failure_reported_from_the_loop(void **state)
+{
+    struct src broken = {.err = -EIO};
+    append_source_failure(&broken, 100, -EIO,
+                          "reading the message to append failed: Input/output error");
+    struct src shorter = {.data = "12345", .len = 5};
+    append_source_failure(&shorter, 100, -EIO,
+                          "the message to append ended after 5 of 100 bytes; the "
+                          "connection cannot continue");
+}
+
+/* Every command queued while the connection is refused completes with the
+ * error from the loop, then on_error; afterwards everything is refused. */
+static void test_connection_refused_completes_every_command(void **state)
+{
+    struct fake f;
+    int port = fake_start(&f);
+    uv_close((uv_handle_t *)&f.server, NULL);
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    connect_client(&f, port, 0);
+    struct call calls[NCALLS];
+    int fd = append_fd();
+    issue_all(&f, calls, fd);
+    run_until(&f, &f.errored, NULL, 0);
+    char want[64];
+    snprintf(want, sizeof(want), "127.0.0.1:%d: connection refused", port);
+    for (size_t i = 0; i < NCALLS; i++) {
+        assert_int_equal(calls[i].ndone, 1);
+        assert_int_equal(calls[i].err, UV_ECONNREFUSED);
+        assert_string_equal(calls[i].text, want);
+    }
+    assert_string_equal(f.error, want);
+    refuse_everything(&f);
+    close(fd);
+    free_calls(calls, NCALLS);
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
+/* ---- Backpressure: a paused sink stops the socket ---- */
+
+struct bp {
+    struct fake *f;
+    struct sbuf body;
+    bool paused; /* IMAP_SINK_PAUSE returned, imap_resume not called yet */
+    unsigned calls, pauses, violations;
+    int begins, ends;
+    bool complete;
+    uint64_t msg_body_size;
+    int done;
+    enum imap_status status;
+    uv_timer_t resume;
+};
+
+static void *bp_begin(struct imap *im, uint32_t seq, uint32_t uid, uint64_t size, void *arg)
+{
+    struct bp *b = arg;
+    assert_false(b->f->in_api);
+    assert_int_equal(uid, 1);
+    assert_int_equal(size, b->f->big_body);
+    b->begins++;
+    return b;
+}
+
+static void bp_resume(uv_timer_t *t)
+{
+    struct bp *b = t->data;
+    b->paused = false;
+    b->f->in_api = true;
+    imap_resume(b->f->im);
+    b->f->in_api = false;
+}
+
+static int bp_data(struct imap *im, void *sink, const char *data, size_t len, void *arg)
+{
+    struct bp *b = arg;
+    assert_ptr_equal(sink, b);
+    assert_false(b->f->in_api);
+    if (b->paused) {
+        b->violations++;
+    }
+    sbuf_add(&b->body, data, len);
+    b->calls++;
+    if (b->calls == 1) {
+        /* The test resumes this one by hand. */
+        b->paused = true;
+        b->pauses++;
+        return IMAP_SINK_PAUSE;
+    }
+    if (b->calls % 4 == 0) {
+        b->paused = true;
+        b->pauses++;
+        uv_timer_start(&b->resume, bp_resume, 1, 0);
+        return IMAP_SINK_PAUSE;
+    }
+    return 0;
+}
+
+static void bp_end(struct imap *im, void *sink, bool complete, void *arg)
+{
+    struct bp *b = arg;
+    assert_false(b->f->in_api);
+    b->ends++;
+    b->complete = complete;
+}
+
+static void bp_message(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
+{
+    struct bp *b = arg;
+    assert_false(b->f->in_api);
+    assert_true(m->have & IMAP_FETCH_BODY);
+    b->msg_body_size = m->body_size;
+}
+
+static void bp_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct bp *b = arg;
+    assert_false(b->f->in_api);
+    b->done++;
+    b->status = res->status;
+}
+
+static void run_for(struct fake *f, unsigned ms)
+{
+    uint64_t until = uv_hrtime() + (uint64_t)ms * 1000000ull;
+    while (uv_hrtime() < until) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(200);
+    }
+}
+
+static void test_paused_sink_stops_reading_the_socket(void **state)
+{
+    struct fake f;
+    int port = fake_start(&f);
+    f.big_body = 4u << 20;
+    f.sndbuf = 16384;
+    connect_client(&f, port, 0);
+    run_until(&f, &f.ready, NULL, 0);
+    struct bp b = {.f = &f};
+    uv_timer_init(&f.loop, &b.resume);
+    b.resume.data = &b;
+    struct imap_fetch_cb cb = {.body_begin = bp_begin,
+                               .body_data = bp_data,
+                               .body_end = bp_end,
+                               .on_message = bp_message,
+                               .done = bp_done};
+    assert_int_equal(API(&f, imap_uid_fetch(f.im, "1", IMAP_FETCH_BODY, 0, false, &cb, &b)), 0);
+    run_until(&f, &b.paused, NULL, 0);
+    assert_int_equal(b.calls, 1);
+
+    /* Paused: the client reads nothing more, so the server's writes soon
+     * block for good (uv_try_write: EAGAIN), long before the body is out. */
+    uint64_t in0 = net_bytes_in(imap_net(f.im));
+    run_for(&f, 300);
+    assert_true(f.push_blocked);
+    size_t sent1 = f.push_off;
+    unsigned eagain1 = f.push_eagain;
+    run_for(&f, 300);
+    assert_true(f.push_blocked);
+    /* Hardly anything more went out (the kernel may still find a little
+     * room in the client's receive queue), though the server kept trying. */
+    assert_true(f.push_off - sent1 <= 65536);
+    assert_true(f.push_eagain > eagain1 + 10);
+    assert_true(sent1 < f.big_body / 2);
+    assert_int_equal(net_bytes_in(imap_net(f.im)), in0); /* the socket was not read */
+    assert_int_equal(b.calls, 1);                        /* and nothing was delivered */
+    assert_int_equal(b.done, 0);
+
+    /* Resume: nothing is delivered inside the call; the body then
+     * completes, byte-identical, with many more pauses on the way. */
+    b.paused = false;
+    f.in_api = true;
+    imap_resume(f.im);
+    f.in_api = false;
+    assert_int_equal(b.calls, 1);
+    run_until(&f, NULL, &b.done, 1);
+    assert_int_equal(b.status, IMAP_STATUS_OK);
+    assert_int_equal(b.violations, 0);
+    assert_true(b.pauses > 10);
+    assert_int_equal(b.begins, 1);
+    assert_int_equal(b.ends, 1);
+    assert_true(b.complete);
+    assert_int_equal(b.msg_body_size, f.big_body);
+    assert_int_equal(b.body.len, f.big_body);
+    for (size_t i = 0; i < f.big_body; i++) {
+        if (b.body.buf[i] != body_byte(i)) {
+            fail_msg("body differs at byte %zu", i);
+        }
+    }
+    assert_false(f.errored);
+    sbuf_free(&b.body);
+    uv_close((uv_handle_t *)&b.resume, NULL);
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
+/* ---- TCP keepalive ---- */
+
+struct tcp_walk {
+    struct fake *f;
+    uv_os_fd_t fds[8];
+    int n;
+};
+
+static void find_client_tcp(uv_handle_t *h, void *arg)
+{
+    struct tcp_walk *w = arg;
+    if (h->type != UV_TCP || uv_is_closing(h) || h == (uv_handle_t *)&w->f->server ||
+        h == (uv_handle_t *)&w->f->client) {
+        return;
+    }
+    uv_os_fd_t fd;
+    if (uv_fileno(h, &fd) == 0 && w->n < 8) {
+        w->fds[w->n++] = fd;
+    }
+}
+
+static int sockopt(int fd, int level, int name)
+{
+    int v = -1;
+    socklen_t len = sizeof(v);
+    assert_int_equal(getsockopt(fd, level, name, &v, &len), 0);
+    return v;
+}
+
+/* The client's socket (the only TCP handle on the loop that is not the
+ * fake server's) has SO_KEEPALIVE on with a 60 s idle time. There is no
+ * accessor for it in the API; the client shares the test's loop. */
+static void test_tcp_keepalive_on_client_socket(void **state)
+{
+    struct fake f;
+    int port = fake_start(&f);
+    connect_client(&f, port, 0);
+    run_until(&f, &f.ready, NULL, 0);
+    struct tcp_walk w = {.f = &f};
+    uv_walk(&f.loop, find_client_tcp, &w);
+    assert_int_equal(w.n, 1);
+    int fd = w.fds[0];
+    /* It really is the client end of the fake server's connection. */
+    struct sockaddr_in mine, peer;
+    socklen_t len = sizeof(mine);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&mine, &len), 0);
+    int plen = sizeof(peer);
+    assert_int_equal(uv_tcp_getpeername(&f.client, (struct sockaddr *)&peer, &plen), 0);
+    assert_int_equal(mine.sin_port, peer.sin_port);
+    assert_int_equal(sockopt(fd, SOL_SOCKET, SO_KEEPALIVE), 1);
+    assert_int_equal(sockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE), 60);
+    assert_int_equal(sockopt(fd, IPPROTO_TCP, TCP_NODELAY), 1);
+    /* The check can tell: the server's end has no keepalive. */
+    uv_os_fd_t sfd;
+    assert_int_equal(uv_fileno((uv_handle_t *)&f.client, &sfd), 0);
+    assert_int_equal(sockopt(sfd, SOL_SOCKET, SO_KEEPALIVE), 0);
+    imap_free(f.im);
+    fake_close_all(&f);
 }
 
 int main(void)
@@ -620,6 +1481,13 @@ int main(void)
         cmocka_unit_test(test_fetch_message_id_and_header),
         cmocka_unit_test(test_pipelined_searches_keep_their_results),
         cmocka_unit_test(test_connection_refused),
+        cmocka_unit_test(test_no_callback_inside_any_api_call),
+        cmocka_unit_test(test_no_callback_inside_api_calls_made_from_a_callback),
+        cmocka_unit_test(test_local_refusals_complete_from_the_loop),
+        cmocka_unit_test(test_append_source_failure_reported_from_the_loop),
+        cmocka_unit_test(test_connection_refused_completes_every_command),
+        cmocka_unit_test(test_paused_sink_stops_reading_the_socket),
+        cmocka_unit_test(test_tcp_keepalive_on_client_socket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
