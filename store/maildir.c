@@ -1808,6 +1808,17 @@ out:
     return ret;
 }
 
+int md_keyword_table(struct md_folder *f, const char *names_r[26])
+{
+    int ret = kw_refresh(f);
+    int n = 0;
+    for (int i = 0; i < MD_KW_COUNT; i++) {
+        names_r[i] = ret < 0 ? NULL : f->kw_names[i];
+        n += ret < 0 || f->kw_names[i] == NULL ? 0 : 1;
+    }
+    return ret < 0 ? 0 : MD_KW_COUNT - n;
+}
+
 const char *md_keyword_name(struct md_folder *f, int index)
 {
     if (index < 0 || index >= MD_KW_COUNT) {

@@ -167,6 +167,11 @@ int md_open_msg(struct md_folder *f, struct md_msg *msg);
  * -EAGAIN with the folder's error naming the lock file; a stale one (dead
  * local pid, or unchanged for two minutes) is taken over. */
 int md_keyword_index(struct md_folder *f, const char *name, bool create);
+/* The whole table at once (one look at the file): names_r[i] is the name
+ * of letter 'a' + i or NULL, valid until the next keyword call on f.
+ * Returns the number of unassigned letters; when the file cannot be read,
+ * every name is NULL and 0 letters count as free. */
+int md_keyword_table(struct md_folder *f, const char *names_r[26]);
 /* How long md_keyword_index waits for the lock (tests shorten it). */
 void md_set_lock_wait(unsigned ms);
 /* The returned pointer is valid until the next keyword call on f (which may

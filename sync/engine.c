@@ -1097,26 +1097,17 @@ static int folder_prepare(struct engine *e)
     size_t n = f->scan->count;
     f->lmsgs = xcalloc(n + 1, sizeof(*f->lmsgs));
     f->lkw = xcalloc(n + 1, sizeof(*f->lkw));
-    f->free_letters = 0;
-    if (f->md != NULL) {
-        for (int i = 0; i < 26; i++) {
-            if (md_keyword_name(f->md, i) == NULL) {
-                f->free_letters++;
-            }
-        }
-    }
+    const char *letters[26] = {0};
+    f->free_letters = f->md != NULL ? md_keyword_table(f->md, letters) : 0;
     for (size_t i = 0; i < n; i++) {
         const struct md_msg *m = &f->scan->msgs[i];
         f->lmsgs[i].lid = m->id;
         f->lmsgs[i].flags = m->flags;
         f->lkw[i] = xcalloc(27, sizeof(char *));
         size_t k = 0;
-        for (int b = 0; b < 26 && f->md != NULL; b++) {
-            if (m->keywords & ((md_keywords)1u << b)) {
-                const char *name = md_keyword_name(f->md, b);
-                if (name != NULL) {
-                    f->lkw[i][k++] = xstrdup(name);
-                }
+        for (int b = 0; b < 26 && m->keywords != 0; b++) {
+            if ((m->keywords & ((md_keywords)1u << b)) && letters[b] != NULL) {
+                f->lkw[i][k++] = xstrdup(letters[b]);
             }
         }
         f->lmsgs[i].kw = (const char *const *)f->lkw[i];

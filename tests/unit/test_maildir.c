@@ -996,6 +996,12 @@ static void test_keywords(void **state)
     assert_null(md_keyword_name(fx->f, 2));
     assert_int_equal(md_keyword_index(fx->f, "work", false), 5);
     assert_string_equal(md_keyword_name(fx->f, 7), "bogus line");
+    const char *table[26];
+    assert_int_equal(md_keyword_table(fx->f, table), 26 - 4);
+    assert_string_equal(table[0], "$Junk");
+    assert_string_equal(table[5], "work");
+    assert_string_equal(table[7], "bogus line");
+    assert_null(table[2]);
     /* A new name takes the lowest free index and keeps the others. */
     assert_int_equal(md_keyword_index(fx->f, "home", true), 2);
     data = read_all(kwpath, &len);
