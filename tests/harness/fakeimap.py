@@ -181,6 +181,11 @@ class Conn:
             self.send('* ID ("name" "fake")\r\n')
             self.ok(tag)
         elif verb == "ENABLE":
+            # Enables what was asked for and is offered, as a server does.
+            offered = self.caps.upper().split()
+            on = [x for x in rest.split() if x.upper() in offered]
+            if on:
+                self.send("* ENABLED %s\r\n" % " ".join(on))
             self.ok(tag)
         elif verb == "LIST" and rest.startswith('"" ""'):
             self.send('* LIST (\\Noselect) "/" ""\r\n')

@@ -5,7 +5,7 @@
  *           --user U (--pass-env VAR | --pass-cmd "CMD ARGS" | --pass PW)
  *           [--auth auto|plain|login|xoauth2|oauthbearer] [--allow-plaintext]
  *           [--compress] [--no-id] [--depth N] [--timeout SEC] [--trace]
- *           [--slow-sink] [--max-literal N] [--max-line N]
+ *           [--slow-sink] [--pause-sink MS] [--max-literal N] [--max-line N]
  *           COMMAND [ARGS] [; COMMAND [ARGS]]...
  *
  * Commands (run one after the other):
@@ -14,7 +14,9 @@
  *   fetchmany N | search CRITERIA... | store SET +|- FLAGS [unchangedsince M] |
  *   append F FILE [flags=F,..] [date=EPOCH] [reader] | expunge SET |
  *   move SET F | copy SET F | create F | delete F | noop | idle SECONDS |
- *   sleep MS | logout
+ *   sleep MS | selected | logout
+ * selected prints the client's current view of the selected folder
+ * (imap_selected, kept current from events) as "SELECTEDNOW ...".
  * ITEMS is a comma list of flags, size, date, modseq, body, msgid (the
  * Message-ID header, printed as msgid=) and header (the header block,
  * printed as its length header=).
@@ -23,7 +25,16 @@
  * text" per command, data lines (FOLDER, STATUS, SELECTED, MSG, SEARCH,
  * APPENDED, COPYUID, MODIFIED, EVENT ...), "ERROR text" on a fatal error,
  * and "VMHWM <kB>" (peak resident memory) at exit. Exit status: 0, 1 after
- * a fatal error, 2 for usage errors, 3 when a command got NO/BAD/ERR. */
+ * a fatal error, 2 for usage errors, 3 when a command got NO/BAD/ERR.
+ *
+ * Backpressure checks: --slow-sink pauses the body sink (IMAP_SINK_PAUSE)
+ * every 4th chunk for 2 ms. --pause-sink MS pauses at the first body chunk
+ * for MS milliseconds ("PAUSED body=<bytes so far> in=<wire bytes>", then
+ * "RESUME in_during=<wire bytes read while paused> in_second_half=<...
+ * during the second half> calls_during=<body chunks delivered while
+ * paused>") and then every 8th chunk for 1 ms. Both print "SINK pauses=N
+ * violations=V" at the end, V counting body chunks delivered while the
+ * sink was paused (always 0 unless the client is broken). */
 #include "daemon/log.h"
 #include "daemon/util.h"
 #include "sync/imap.h"
@@ -51,6 +62,13 @@ struct cli {
     int ncmd;
     int exit_code;
     bool slow_sink;
+    unsigned pause_sink_ms; /* --pause-sink */
+    bool sink_paused;       /* IMAP_SINK_PAUSE returned, imap_resume not yet called */
+    unsigned sink_pauses, sink_violations;
+    bool long_pause_done;
+    unsigned calls_during_pause;
+    uint64_t in_at_pause, in_at_half;
+    uv_timer_t pause_half; /* --pause-sink: samples the wire counter mid-pause */
     bool finished;
     uv_timer_t timer; /* sleep, idle duration */
     uv_timer_t poll;  /* IDLE state polling, slow sink resume */
@@ -327,12 +345,38 @@ static void *body_begin(struct imap *im, uint32_t seq, uint32_t uid, uint64_t si
     return s;
 }
 
+static uint64_t wire_in(const struct cli *cli)
+{
+    struct net_conn *c = cli->im != NULL ? imap_net(cli->im) : NULL;
+    return c != NULL ? net_bytes_in(c) : 0;
+}
+
 static void on_slow_resume(uv_timer_t *t)
 {
     struct cli *cli = t->data;
     if (cli->im != NULL) {
+        cli->sink_paused = false;
         imap_resume(cli->im);
     }
+}
+
+static void on_pause_half(uv_timer_t *t)
+{
+    struct cli *cli = t->data;
+    cli->in_at_half = wire_in(cli);
+}
+
+static void on_long_resume(uv_timer_t *t)
+{
+    struct cli *cli = t->data;
+    if (cli->im == NULL) {
+        return;
+    }
+    uint64_t now = wire_in(cli);
+    out("RESUME in_during=%" PRIu64 " in_second_half=%" PRIu64 " calls_during=%u",
+        now - cli->in_at_pause, now - cli->in_at_half, cli->calls_during_pause);
+    cli->sink_paused = false;
+    imap_resume(cli->im);
 }
 
 static int body_data(struct imap *im, void *sinkp, const char *data, size_t len, void *arg)
@@ -350,9 +394,31 @@ static int body_data(struct imap *im, void *sinkp, const char *data, size_t len,
         }
     }
     s->bytes += len;
-    if (cli->slow_sink && ++cli->sink_calls % 4 == 0) {
+    if (cli->sink_paused) {
+        /* The client must not deliver anything between IMAP_SINK_PAUSE
+         * and imap_resume. */
+        cli->sink_violations++;
+        cli->calls_during_pause++;
+        return 0;
+    }
+    cli->sink_calls++;
+    if (cli->pause_sink_ms > 0 && !cli->long_pause_done) {
+        cli->long_pause_done = true;
+        cli->sink_paused = true;
+        cli->sink_pauses++;
+        cli->in_at_pause = wire_in(cli);
+        cli->in_at_half = cli->in_at_pause;
+        out("PAUSED body=%" PRIu64 " in=%" PRIu64, s->bytes, cli->in_at_pause);
+        uv_timer_start(&cli->pause_half, on_pause_half, cli->pause_sink_ms / 2, 0);
+        uv_timer_start(&cli->poll, on_long_resume, cli->pause_sink_ms, 0);
+        return IMAP_SINK_PAUSE;
+    }
+    if ((cli->slow_sink && cli->sink_calls % 4 == 0) ||
+        (cli->pause_sink_ms > 0 && cli->sink_calls % 8 == 0)) {
         /* Pretend the disk is behind: resume a little later. */
-        uv_timer_start(&cli->poll, on_slow_resume, 2, 0);
+        cli->sink_paused = true;
+        cli->sink_pauses++;
+        uv_timer_start(&cli->poll, on_slow_resume, cli->slow_sink ? 2 : 1, 0);
         return IMAP_SINK_PAUSE;
     }
     return 0;
@@ -771,6 +837,17 @@ static int run_command(struct cli *cli)
     if (strcmp(c, "logout") == 0) {
         return imap_logout(im, on_cmd_done, cli);
     }
+    if (strcmp(c, "selected") == 0) {
+        const struct imap_mailbox *mb = imap_selected(im);
+        if (mb == NULL) {
+            out("SELECTEDNOW none");
+        } else {
+            out("SELECTEDNOW uidvalidity=%u uidnext=%u exists=%u highestmodseq=%" PRIu64,
+                mb->uidvalidity, mb->uidnext, mb->exists, mb->highestmodseq);
+        }
+        out("DONE selected OK");
+        return 1;
+    }
     return -EINVAL;
 }
 
@@ -829,8 +906,10 @@ static void finish(struct cli *cli)
     }
     uv_timer_stop(&cli->timer);
     uv_timer_stop(&cli->poll);
+    uv_timer_stop(&cli->pause_half);
     uv_close((uv_handle_t *)&cli->timer, NULL);
     uv_close((uv_handle_t *)&cli->poll, NULL);
+    uv_close((uv_handle_t *)&cli->pause_half, NULL);
 }
 
 static void on_secret(int err, const char *secret, const char *msg, void *arg)
@@ -942,6 +1021,8 @@ int main(int argc, char **argv)
         } else if (strcmp(o, "--max-literal") == 0 && v) {
             cli.limits.max_literal = strtoull(v, NULL, 10);
             cli.opts.limits = &cli.limits;
+        } else if (strcmp(o, "--pause-sink") == 0 && v) {
+            cli.pause_sink_ms = (unsigned)atoi(v);
         } else if (strcmp(o, "--max-line") == 0 && v) {
             cli.limits.max_line = strtoull(v, NULL, 10);
             cli.opts.limits = &cli.limits;
@@ -978,8 +1059,10 @@ int main(int argc, char **argv)
     cli.argc = argc - i;
     uv_timer_init(cli.loop, &cli.timer);
     uv_timer_init(cli.loop, &cli.poll);
+    uv_timer_init(cli.loop, &cli.pause_half);
     cli.timer.data = &cli;
     cli.poll.data = &cli;
+    cli.pause_half.data = &cli;
     int r = secret_get(cli.loop, password, command, 0, on_secret, &cli, &cli.sreq);
     if (r < 0) {
         fprintf(stderr, "imapcli: secret_get: %s\n", strerror(-r));
@@ -1000,6 +1083,9 @@ int main(int argc, char **argv)
     }
     free(cli.cmd);
     free(cli.dir);
+    if (cli.slow_sink || cli.pause_sink_ms > 0) {
+        out("SINK pauses=%u violations=%u", cli.sink_pauses, cli.sink_violations);
+    }
 #if defined(__SANITIZE_ADDRESS__)
     /* Tests judge memory use differently under AddressSanitizer. */
     out("SANITIZER");

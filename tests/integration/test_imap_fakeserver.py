@@ -9,8 +9,12 @@ otherwise)."""
 
 import base64
 import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -37,12 +41,15 @@ def run_cli(srv, *commands, tls="implicit", extra=(), password=PASSWORD, timeout
     """Runs imapcli against srv with commands (each a string of words);
     returns (CompletedProcess, stdout lines)."""
     args = [imapcli_path(), "--host", "127.0.0.1", "--port", str(srv.port), "--tls", tls,
-            "--ca", srv.ca_cert, "--user", "alice", "--pass-env", "IMAPCLI_PW"] + list(extra)
+            "--ca", srv.ca_cert, "--user", "alice"]
+    if password is not None:
+        args += ["--pass-env", "IMAPCLI_PW"]
+    args += list(extra)
     for i, c in enumerate(commands):
         if i:
             args.append(";")
         args += c.split(" ")
-    env = dict(os.environ, IMAPCLI_PW=password)
+    env = dict(os.environ, IMAPCLI_PW=password or "")
     p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        timeout=timeout, env=env)
     return p, p.stdout.splitlines()
@@ -618,6 +625,407 @@ class FakeServerTest(unittest.TestCase):
                       lines)
         self.assertIn("delim=.", " ".join(lines))
 
+
+    # -- events -----------------------------------------------------------------
+
+    @staticmethod
+    def selected_with(exists=5, uidvalidity=7, uidnext=9, extra=""):
+        def on_select(c, tag, rest, raw):
+            c.send("* %d EXISTS\r\n* OK [UIDVALIDITY %d] ok\r\n* OK [UIDNEXT %d] ok\r\n%s"
+                   % (exists, uidvalidity, uidnext, extra))
+            c.send("%s OK [READ-WRITE] selected\r\n" % tag)
+        return on_select
+
+    def between(self, lines, first, last):
+        """The lines after the one starting with first, up to the one
+        starting with last."""
+        i = next(n for n, x in enumerate(lines) if x.startswith(first))
+        j = next(n for n, x in enumerate(lines) if n > i and x.startswith(last))
+        return lines[i + 1:j]
+
+    def test_untagged_expunge_reaches_the_owner(self):
+        """`* n EXPUNGE` while a folder is selected: one event per response,
+        with its sequence number (repeated numbers are the usual case when
+        consecutive messages go), and the count the client keeps drops."""
+        def on_noop(c, tag, rest, raw):
+            c.send("* 3 EXPUNGE\r\n* 3 EXPUNGE\r\n* 1 EXPUNGE\r\n")
+            c.ok(tag)
+
+        def on_idle(c, tag, rest, raw):
+            c.send("+ idling\r\n")
+            time.sleep(0.2)
+            c.send("* 2 EXPUNGE\r\n")
+            self.assertEqual(c.line(), b"DONE")
+            c.ok(tag, "IDLE terminated")
+
+        def script(c):
+            c.greet()
+            c.serve({"SELECT": self.selected_with(exists=5), "NOOP": on_noop, "IDLE": on_idle})
+
+        p, lines = self.run_script(script, "select INBOX", "noop", "selected", "idle 1",
+                                   "selected", "logout")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        self.assertIn("SELECTED uidvalidity=7 uidnext=9 exists=5 highestmodseq=0 nomodseq=0 "
+                      "readonly=0 permflags= permkw=0", lines)
+        self.assertEqual(self.between(lines, "DONE select", "DONE noop"),
+                         ["EVENT EXPUNGE 3", "EVENT EXPUNGE 3", "EVENT EXPUNGE 1"])
+        now = [x for x in lines if x.startswith("SELECTEDNOW")]
+        self.assertEqual(now[0], "SELECTEDNOW uidvalidity=7 uidnext=9 exists=2 highestmodseq=0")
+        self.assertEqual(self.between(lines, "DONE selected", "DONE idle"),
+                         ["IDLING", "EVENT EXPUNGE 2"])
+        self.assertEqual(now[1], "SELECTEDNOW uidvalidity=7 uidnext=9 exists=1 highestmodseq=0")
+
+    def test_untagged_no_and_bad_are_notices(self):
+        """Untagged NO and BAD are server warnings: surfaced as NOTICE events
+        with their text (without the response code), and the session goes
+        on. An [ALERT] is an ALERT only, not a NOTICE as well."""
+        def on_noop(c, tag, rest, raw):
+            c.send("* NO Mailbox is 95% full\r\n"
+                   "* BAD [PARSE] Ignoring a header that cannot be parsed\r\n"
+                   "* NO [ALERT] Maintenance at 22:00\r\n")
+            c.ok(tag)
+
+        def script(c):
+            c.greet()
+            c.serve({"NOOP": on_noop})
+
+        p, lines = self.run_script(script, "noop", "noop", "logout")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        first = self.between(lines, "READY", "DONE noop")
+        self.assertEqual(first, ["EVENT NOTICE Mailbox is 95% full",
+                                 "EVENT NOTICE Ignoring a header that cannot be parsed",
+                                 "EVENT ALERT Maintenance at 22:00"])
+        self.assertEqual(lines.count("DONE noop OK done"), 2)
+        self.assertEqual(lines.count("EVENT NOTICE Mailbox is 95% full"), 2)
+        self.assertIn("DONE logout OK done", lines)
+
+    def test_uidvalidity_change_while_selected(self):
+        """`* OK [UIDVALIDITY n]` with a new value while a folder is selected
+        is an event (the owner must resynchronise); the same value, one
+        during SELECT and one with nothing selected are not."""
+        n = {"noop": 0}
+
+        def on_noop(c, tag, rest, raw):
+            n["noop"] += 1
+            c.send({1: "* OK [UIDVALIDITY 5] not selected yet\r\n",
+                    2: "* OK [UIDVALIDITY 7] same as before\r\n",
+                    3: "* OK [UIDVALIDITY 4000000000] folder recreated\r\n"}[n["noop"]])
+            c.ok(tag)
+
+        def script(c):
+            c.greet()
+            c.serve({"SELECT": self.selected_with(uidvalidity=7), "NOOP": on_noop})
+
+        p, lines = self.run_script(script, "noop", "select INBOX", "noop", "noop", "selected")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        events = [x for x in lines if x.startswith("EVENT")]
+        # (EXISTS from the SELECT itself.)
+        self.assertEqual(events, ["EVENT EXISTS 5", "EVENT UIDVALIDITY 4000000000"])
+        self.assertEqual(lines[lines.index("EVENT UIDVALIDITY 4000000000") + 1], "DONE noop OK done")
+        self.assertIn("SELECTED uidvalidity=7 ", " ".join(lines))
+        self.assertIn("SELECTEDNOW uidvalidity=4000000000 uidnext=9 exists=5 highestmodseq=0",
+                      lines)
+
+    def test_unsolicited_fetch_delivers_flags_and_modseq(self):
+        """FETCH responses nobody asked for (flag changes by another client)
+        reach the owner with their flags, keywords and 63-bit MODSEQ; one
+        that arrives during a UID FETCH for other UIDs is an event too,
+        while the one for the fetched UID goes to that command."""
+        def on_noop(c, tag, rest, raw):
+            c.send("* 2 FETCH (UID 5 FLAGS (\\Seen $Label1) MODSEQ (12345678901))\r\n"
+                   "* 3 FETCH (FLAGS () UID 6 MODSEQ (9223372036854775807))\r\n")
+            c.ok(tag)
+
+        def on_fetch(c, tag, rest, raw):
+            self.assertTrue(rest.startswith("1 (UID FLAGS"), rest)
+            c.send("* 4 FETCH (UID 7 FLAGS (\\Flagged) MODSEQ (20))\r\n"
+                   "* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n")
+            c.ok(tag)
+
+        def script(c):
+            c.caps = "IMAP4rev1 ENABLE CONDSTORE"
+            c.greet()
+            c.serve({"SELECT": self.selected_with(extra="* OK [HIGHESTMODSEQ 10] ok\r\n"),
+                     "NOOP": on_noop, "UID FETCH": on_fetch})
+
+        p, lines = self.run_script(script, "select INBOX", "noop", "fetch 1 flags")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        self.assertEqual(self.between(lines, "DONE select", "DONE noop"), [
+            "EVENT FETCH seq=2 uid=5 flags=\\Seen,$Label1 modseq=12345678901",
+            "EVENT FETCH seq=3 uid=6 flags= modseq=9223372036854775807"])
+        self.assertEqual(self.between(lines, "DONE noop", "DONE fetch"), [
+            "EVENT FETCH seq=4 uid=7 flags=\\Flagged modseq=20",
+            "MSG seq=1 uid=1 flags=\\Seen",
+            "FETCHED msgs=1"])
+
+    # -- backpressure -------------------------------------------------------------
+
+    def test_paused_sink_stops_the_socket(self):
+        """While the body sink is paused (IMAP_SINK_PAUSE) the client takes
+        nothing off the socket: imapcli sees no body data and no wire bytes
+        between the pause and the resume, and the server's writes block for
+        the length of the pause, far from the end of the body. After the
+        resume the body completes byte-identical."""
+        size = 8 * 1024 * 1024
+        body = bytes((b"0123456789abcdefghijklmnopqrstuvwxyz\r\n"[(i + i // 4093) % 38]
+                      for i in range(65536))) * (size // 65536)
+        progress = []
+
+        def on_fetch(c, tag, rest, raw):
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+            c.send(b"* 1 FETCH (UID 1 BODY[] {%d}\r\n" % size)
+            progress.append((time.monotonic(), 0))
+            for off in range(0, size, 65536):
+                c.send(body[off:off + 65536])
+                progress.append((time.monotonic(), off + 65536))
+            c.send(b")\r\n")
+            c.ok(tag, "fetched")
+
+        def script(c):
+            c.greet()
+            c.serve({"UID FETCH": on_fetch})
+
+        out = tempfile.mkdtemp(prefix="imapcli-pause-")
+        try:
+            p, lines = self.run_script(script, "select INBOX", "fetch 1 body dir " + out,
+                                       extra=["--pause-sink", "1500"])
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+            with open(os.path.join(out, "1.eml"), "rb") as f:
+                self.assertTrue(f.read() == body, "body differs")
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        self.assertIn("MSG seq=1 uid=1 body=%d" % size, lines)
+        resume = [x for x in lines if x.startswith("RESUME ")]
+        self.assertEqual(resume, ["RESUME in_during=0 in_second_half=0 calls_during=0"], lines)
+        sink = [x for x in lines if x.startswith("SINK ")][0]
+        self.assertTrue(sink.endswith(" violations=0"), sink)
+        self.assertGreater(int(sink.split()[1].split("=")[1]), 10)
+        # The server: its longest wait for the socket spans the pause.
+        gaps = [(b[0] - a[0], a[1]) for a, b in zip(progress, progress[1:])]
+        longest, sent_before = max(gaps)
+        self.assertGreater(longest, 1.2, gaps[:5])
+        self.assertLess(sent_before, size // 4)
+
+    # -- session ------------------------------------------------------------------
+
+    @staticmethod
+    def project_version():
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "..", "CMakeLists.txt")) as f:
+            return re.search(r"project\(mailsync VERSION ([0-9.]+)", f.read()).group(1)
+
+    def test_id_sent_after_login(self):
+        """ID goes out only after login, even when offered before (it
+        names the client), with the client's name and version, before the
+        session is ready; --no-id and a server without ID mean no ID."""
+        def script(c):
+            c.caps = "IMAP4rev1 ID UIDPLUS"
+            c.greet(caps="IMAP4rev1 SASL-IR AUTH=PLAIN ID")
+            c.serve()
+
+        p, lines = self.run_script(script, "noop")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        cmds = [x.split(" ", 1)[1] for x in self.srv.conns[0].commands]
+        self.assertTrue(cmds[0].startswith("AUTHENTICATE PLAIN "), cmds)
+        self.assertEqual(cmds[1:], ['ID ("name" "mailsync" "version" "%s")'
+                                    % self.project_version(), 'LIST "" ""', "NOOP"])
+
+        p, lines = self.run_script(script, "noop", extra=["--no-id"])
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        self.assertEqual([x.split(" ")[1] for x in self.srv.conns[0].commands],
+                         ["AUTHENTICATE", "LIST", "NOOP"])
+
+        def no_id(c):
+            c.caps = "IMAP4rev1 UIDPLUS"
+            c.greet(caps="IMAP4rev1 SASL-IR AUTH=PLAIN ID")
+            c.serve()
+
+        p, lines = self.run_script(no_id, "noop")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        self.assertEqual([x.split(" ")[1] for x in self.srv.conns[0].commands],
+                         ["AUTHENTICATE", "LIST", "NOOP"])
+
+    def test_qresync_select_parameters(self):
+        """SELECT ... (QRESYNC (uidvalidity modseq [known-uids])) exactly as
+        the options say once QRESYNC is enabled; the VANISHED (EARLIER) and
+        FETCH it causes arrive before the SELECT completes. Sequence match
+        data is not part of the API. Without QRESYNC enabled the same call
+        asks for CONDSTORE only."""
+        def on_select(c, tag, rest, raw):
+            extra = "* OK [HIGHESTMODSEQ 12345678990] ok\r\n"
+            if "QRESYNC" in rest:
+                extra += ("* VANISHED (EARLIER) 3:4,11\r\n"
+                          "* 2 FETCH (UID 2 FLAGS (\\Seen) MODSEQ (12345678950))\r\n")
+            self.selected_with(extra=extra)(c, tag, rest, raw)
+
+        def script(c):
+            c.caps = "IMAP4rev1 ENABLE CONDSTORE QRESYNC UIDPLUS"
+            c.greet()
+            c.serve({"SELECT": on_select})
+
+        p, lines = self.run_script(script, "select INBOX qresync 7 12345678901 1:10,15",
+                                   "select INBOX qresync 7 99", "select INBOX condstore",
+                                   "select INBOX qresync 7 99 1:x", "caps")
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr[-3000:])
+        self.assertIn("qresync=1", [x for x in lines if x.startswith("ENABLED")][0])
+        sel = [x.split(" ", 1)[1] for x in self.srv.conns[0].commands if " SELECT " in x]
+        self.assertEqual(sel, ["SELECT INBOX (QRESYNC (7 12345678901 1:10,15))",
+                               "SELECT INBOX (QRESYNC (7 99))",
+                               "SELECT INBOX (CONDSTORE)"])
+        # An invalid known-UID set is refused before anything is sent.
+        self.assertIn("DONE select ERR invalid arguments", lines)
+        first = self.between(lines, "READY", "SELECTED ")
+        self.assertEqual(first, ["EVENT EXISTS 5", "EVENT VANISHED earlier=1 3:4,11",
+                                 "EVENT FETCH seq=2 uid=2 flags=\\Seen modseq=12345678950"])
+        self.assertIn("SELECTED uidvalidity=7 uidnext=9 exists=5 highestmodseq=12345678990 "
+                      "nomodseq=0 readonly=0 permflags= permkw=0", lines)
+
+        def no_enable(c):
+            # QRESYNC offered, but ENABLE is not: the client cannot use it.
+            c.caps = "IMAP4rev1 CONDSTORE QRESYNC UIDPLUS"
+            c.greet()
+            c.serve({"SELECT": on_select})
+
+        p, lines = self.run_script(no_enable, "select INBOX qresync 7 99 1:10", "caps")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        self.assertIn("qresync=0", [x for x in lines if x.startswith("ENABLED")][0])
+        sel = [x.split(" ", 1)[1] for x in self.srv.conns[0].commands if " SELECT " in x]
+        self.assertEqual(sel, ["SELECT INBOX (CONDSTORE)"])
+
+    def test_literal_minus_boundary(self):
+        """LITERAL-: non-synchronizing up to exactly 4096 bytes, and a
+        synchronizing literal (waiting for "+") from 4097 on. With LITERAL+
+        as well, every size is non-synchronizing."""
+        seen = []
+
+        def on_append(c, tag, rest, raw):
+            seen.append(raw)
+            c.send("%s OK [APPENDUID 7 %d] done\r\n" % (tag, len(seen)))
+
+        def script(c, caps):
+            c.caps = caps
+            c.greet()
+            c.serve({"APPEND": on_append})
+
+        tmp = tempfile.mkdtemp(prefix="imapcli-litminus-")
+        try:
+            paths = []
+            for size in (4096, 4097):
+                path = os.path.join(tmp, "m%d" % size)
+                head = b"Subject: x\r\n\r\n"
+                with open(path, "wb") as f:
+                    f.write(head + b"y" * (size - len(head) - 2) + b"\r\n")
+                paths.append(path)
+            cmds = ["append INBOX " + x for x in paths]
+            p, lines = self.run_script(lambda c: script(c, "IMAP4rev1 LITERAL- UIDPLUS"), *cmds,
+                                       extra=["--trace"])
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+            self.assertTrue(seen[0].startswith(b"A3 APPEND INBOX {4096+}\r\nSubject: x"), seen[0])
+            self.assertTrue(seen[1].startswith(b"A4 APPEND INBOX {4097}\r\nSubject: x"), seen[1])
+            # Only the second waited for the server's "+".
+            self.assertEqual(p.stderr.count("S: + go ahead"), 1)
+            del seen[:]
+            p, lines = self.run_script(
+                lambda c: script(c, "IMAP4rev1 LITERAL+ LITERAL- UIDPLUS"), *cmds,
+                extra=["--trace"])
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+            self.assertIn(b"APPEND INBOX {4096+}\r\n", seen[0])
+            self.assertIn(b"APPEND INBOX {4097+}\r\n", seen[1])
+            self.assertNotIn("S: + ", p.stderr)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- OAuth2 -------------------------------------------------------------------
+
+    def oauth_script(self, mech, seen, sasl_ir=True):
+        def on_auth(c, tag, rest, raw):
+            m, _, ir = rest.partition(" ")
+            seen["mech"] = m
+            if not ir:
+                c.send("+ \r\n")
+                ir = c.line().decode()
+            seen["b64"] = ir
+            seen["payload"] = base64.b64decode(ir)
+            c.send("%s OK [CAPABILITY %s] Logged in\r\n" % (tag, c.caps))
+
+        def script(c):
+            c.greet(caps="IMAP4rev1 %sAUTH=%s" % ("SASL-IR " if sasl_ir else "", mech))
+            c.serve({"AUTHENTICATE": on_auth})
+        return script
+
+    def test_oauth_trace_redacted(self):
+        """At trace level the AUTHENTICATE line of XOAUTH2 and OAUTHBEARER
+        shows <redacted>: neither the token nor its base64 form appears,
+        with SASL-IR and with the payload sent after "+"."""
+        token = "ya29.SECRET-token_0123456789"
+        for mech, sasl_ir in (("XOAUTH2", True), ("XOAUTH2", False), ("OAUTHBEARER", True),
+                              ("OAUTHBEARER", False)):
+            with self.subTest(mech=mech, sasl_ir=sasl_ir):
+                seen = {}
+                p, lines = self.run_script(self.oauth_script(mech, seen, sasl_ir), "noop",
+                                           password=token,
+                                           extra=["--auth", mech.lower(), "--trace"])
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+                self.assertEqual(seen["mech"], mech)
+                self.assertIn(b"auth=Bearer " + token.encode() + b"\x01\x01", seen["payload"])
+                if sasl_ir:
+                    self.assertIn("C: A1 AUTHENTICATE %s <redacted>" % mech, p.stderr)
+                else:
+                    self.assertIn("C: A1 AUTHENTICATE %s\n" % mech, p.stderr)
+                    self.assertIn("C: <redacted>", p.stderr)
+                self.assertNotIn("SECRET", p.stderr + p.stdout)
+                self.assertNotIn(seen["b64"], p.stderr + p.stdout)
+                self.assertNotIn(seen["b64"][8:40], p.stderr)
+
+    def test_oauth_token_from_password_command(self):
+        """The token comes from password_command (first line only) all the
+        way into the SASL payload: through imapcli, and through mailsync
+        check --connect -vv with a configuration file, whose trace never
+        shows it."""
+        token = "ya29.from-command_SECRET"
+        tmp = tempfile.mkdtemp(prefix="imapcli-oauth-")
+        try:
+            cmd = os.path.join(tmp, "token.sh")
+            with open(cmd, "w") as f:
+                f.write("#!/bin/sh\necho '%s'\necho 'second line, ignored'\n" % token)
+            os.chmod(cmd, 0o700)
+
+            seen = {}
+            p, lines = self.run_script(self.oauth_script("XOAUTH2", seen), "noop", password=None,
+                                       extra=["--auth", "xoauth2", "--pass-cmd", cmd, "--trace"])
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+            self.assertEqual(seen["payload"], b"user=alice\x01auth=Bearer %s\x01\x01"
+                             % token.encode())
+            self.assertNotIn("SECRET", p.stderr)
+
+            import mstest
+            from dovecot import write_mailsync_config
+            for mech in ("xoauth2", "oauthbearer"):
+                with self.subTest(mech=mech):
+                    seen = {}
+                    with FakeIMAP(self.oauth_script(mech.upper(), seen)) as srv:
+                        cfg = os.path.join(tmp, "config.yaml")
+                        write_mailsync_config(cfg, {"acc": {
+                            "protocol": "imap", "host": "127.0.0.1", "port": srv.port,
+                            "tls": "implicit", "ca_file": srv.ca_cert, "user": "alice",
+                            "password_command": [cmd], "auth": mech,
+                            "maildir": os.path.join(tmp, "Mail")}},
+                            state_dir=os.path.join(tmp, "state"))
+                        r = mstest.run_mailsync(cfg, "-vv", "check", "--connect", timeout=120)
+                    self.assertEqual(srv.errors, [])
+                    self.assertEqual(r.returncode, 0, r.stdout + r.stderr[-3000:])
+                    self.assertIn("logged in as alice", r.stdout)
+                    self.assertIn("C: A1 AUTHENTICATE %s <redacted>" % mech.upper(), r.stderr)
+                    if mech == "xoauth2":
+                        want = b"user=alice\x01auth=Bearer %s\x01\x01" % token.encode()
+                    else:
+                        want = (b"n,a=alice,\x01host=127.0.0.1\x01port=%d\x01auth=Bearer %s"
+                                b"\x01\x01" % (srv.port, token.encode()))
+                    self.assertEqual(seen["payload"], want)
+                    self.assertNotIn("SECRET", r.stdout + r.stderr)
+                    self.assertNotIn(seen["b64"][8:40], r.stderr)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 if __name__ == "__main__":
     try:
