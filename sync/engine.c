@@ -3237,11 +3237,26 @@ static void start_folder(struct engine *e, struct fjob *j)
 /* ---- folder list ------------------------------------------------------------------------------
  */
 
+static bool inbox_prefixed(const char *name)
+{
+    return strncasecmp(name, "INBOX", 5) == 0 && (name[5] == '\0' || name[5] == '/');
+}
+
+/* Whether two folder names share one local directory: the mapping writes
+ * the INBOX level in one spelling (IMAP's INBOX is case-insensitive) and is
+ * exact for everything else. */
+static bool same_local_folder(const char *a, const char *b)
+{
+    if (inbox_prefixed(a) && inbox_prefixed(b)) {
+        return strcmp(a + 5, b + 5) == 0;
+    }
+    return strcmp(a, b) == 0;
+}
+
 static struct fjob *find_job(struct engine *e, const char *name)
 {
     for (size_t i = 0; i < e->njobs; i++) {
-        bool inbox = strcasecmp(name, "INBOX") == 0 && strcasecmp(e->jobs[i].name, "INBOX") == 0;
-        if (inbox || strcmp(e->jobs[i].name, name) == 0) {
+        if (same_local_folder(e->jobs[i].name, name)) {
             return &e->jobs[i];
         }
     }
@@ -3288,6 +3303,16 @@ static void on_list_folder(struct imap *im, const struct imap_folder *fo, void *
         strcasecmp(fo->name, "INBOX") != 0) {
         return;
     }
+    struct fjob *prev = find_job(e, fo->name);
+    if (prev != NULL && prev->on_server && strcmp(prev->name, fo->name) != 0 &&
+        strcasecmp(fo->name, "INBOX") != 0) {
+        /* A server that keeps "inbox/x" apart from "INBOX/x" (Dovecot
+         * does not): both would land in one directory and mix. */
+        log_warnx("%s: folder %s is not synced: its local directory is the one of folder %s "
+                  "(INBOX is case-insensitive on disk); rename one of them on the server",
+                  e->acct->name, fo->name, prev->name);
+        return;
+    }
     struct fjob *j = add_job(e, fo->name);
     j->on_server = true;
     j->attrs = fo->attrs;
@@ -3302,9 +3327,8 @@ static void on_create_done(struct imap *im, const struct imap_result *res, void 
 
 static bool server_listed(const struct engine *e, const char *name)
 {
-    bool inbox = strcasecmp(name, "INBOX") == 0;
     for (size_t i = 0; i < e->nlisted; i++) {
-        if (strcmp(e->listed[i], name) == 0 || (inbox && strcasecmp(e->listed[i], "INBOX") == 0)) {
+        if (same_local_folder(e->listed[i], name)) {
             return true;
         }
     }
