@@ -3739,8 +3739,12 @@ static void next_folder(struct engine *e)
         if (!e->opts.dry_run && j->in_index) {
             struct idx_txn *txn;
             if (idx_begin(e->idx, true, &txn) == 0) {
-                if (idx_folder_delete(txn, j->name) < 0 || idx_commit(txn) < 0) {
-                    /* idx_commit frees txn on failure as well */
+                /* A write transaction left open would block every later
+                 * write of this process; the next run retries. */
+                if (idx_folder_delete(txn, j->name) < 0) {
+                    idx_abort(txn);
+                } else {
+                    (void)idx_commit(txn); /* frees txn on failure as well */
                 }
             }
         }
