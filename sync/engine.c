@@ -2065,13 +2065,14 @@ static void unsettled_key(const char *folder, char *buf, size_t cap)
     }
 }
 
-static void mark_unsettled(struct engine *e)
+static bool mark_unsettled(struct engine *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
     if (p->nstores == 0 || e->opts.dry_run) {
-        return;
+        return true;
     }
+    bool ok = true;
     struct idx_msg *puts = xcalloc(f->nbase + 1, sizeof(*puts));
     unsigned char *masks = xcalloc(f->nbase + 1, 5);
     size_t np = 0;
@@ -2104,10 +2105,11 @@ static void mark_unsettled(struct engine *e)
                             .meta_key = key,
                             .meta_val = masks,
                             .meta_len = np * 5};
-        idx_apply(e, &o);
+        ok = idx_apply(e, &o) >= 0;
     }
     free(masks);
     free(puts);
+    return ok;
 }
 
 /* The other half of mark_unsettled: a base row whose STORE may or may not
@@ -2189,7 +2191,10 @@ static void apply_server(struct engine *e)
     const struct plan *p = f->plan;
     f->phase = FP_APPLY_SERVER;
     f->pending = 1;
-    mark_unsettled(e);
+    /* Without the marks a STORE whose answer a crash loses could be taken
+     * for the user's change next time: no STORE then (the folder failed;
+     * the next run plans them again). */
+    bool stores = mark_unsettled(e);
     uint64_t unchanged = f->condstore ? f->mb.highestmodseq : 0;
     /* UIDs already in an earlier STORE of this run: our own first STORE
      * raised their MODSEQ, so UNCHANGEDSINCE would refuse the second one
@@ -2197,7 +2202,7 @@ static void apply_server(struct engine *e)
      * carries the conflict check for them. */
     uint32_t *touched = xcalloc(1, sizeof(*touched));
     size_t ntouched = 0;
-    for (size_t i = 0; i < p->nstores; i++) {
+    for (size_t i = 0; stores && i < p->nstores; i++) {
         const struct plan_store *st = &p->stores[i];
         size_t nkw;
         const char **kw = imap_keywords(st->flags, &st->kw, &nkw);
@@ -3167,7 +3172,9 @@ static void folder_advance(struct engine *e)
             return;
         }
         plan_folder(e);
-        if (e->opts.dry_run || f->md == NULL) {
+        /* An index that cannot take the settled rows (settle_base) cannot
+         * take this run's changes either. */
+        if (e->opts.dry_run || f->md == NULL || f->failed) {
             folder_end(e);
             return;
         }
