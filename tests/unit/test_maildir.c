@@ -369,6 +369,63 @@ static char *crlf_reference(const char *in, size_t len, size_t *len_r)
     return out;
 }
 
+/* Resident memory of this process in KiB (Linux: VmRSS). */
+static long rss_kib(void)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    assert_non_null(fp);
+    char line[256];
+    long kib = -1;
+    while (fgets(line, sizeof(line), fp) != NULL) {
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) {
+            break;
+        }
+    }
+    fclose(fp);
+    assert_true(kib > 0);
+    return kib;
+}
+
+/* A 100 MB message goes to disk through the writer's buffer: the resident
+ * size grows by far less than the message. */
+static void test_deliver_100mb_bounded_memory(void **state)
+{
+    struct fixture *fx = *state;
+    enum {
+        CHUNK = 256 * 1024,
+        CHUNKS = 400
+    };
+    char *chunk = xmalloc(CHUNK);
+    for (size_t i = 0; i < CHUNK; i++) {
+        chunk[i] = (i % 78 == 76) ? '\r' : (i % 78 == 77) ? '\n' : (char)('a' + i % 26);
+    }
+    long before = rss_kib();
+    struct md_writer *w = NULL;
+    assert_int_equal(md_writer_open(fx->f, true, &w), 0);
+    for (int i = 0; i < CHUNKS; i++) {
+        assert_int_equal(md_writer_write(w, chunk, CHUNK), 0);
+    }
+    /* Measured while the writer is still open: whatever it kept of the
+     * message would be resident now. */
+    long growth = rss_kib() - before;
+    struct md_msg m;
+    memset(&m, 0, sizeof(m));
+    assert_int_equal(md_writer_commit(w, false, 0, 0, 0, false, &m), 0);
+    free(chunk);
+    /* 100 MiB went through; allow 16 MiB for allocator and sanitizer noise. */
+    assert_true(growth < 16 * 1024);
+    char *path = path_join(fx->path, "new");
+    char *file = path_join(path, m.name);
+    struct stat st;
+    assert_int_equal(stat(file, &st), 0);
+    /* CRLF became LF: each chunk's CHUNK / 78 whole lines lost a byte. */
+    assert_int_equal(st.st_size, (off_t)CHUNKS * (CHUNK - CHUNK / 78));
+    free(file);
+    free(path);
+    free((char *)m.id);
+    free((char *)m.name);
+}
+
 static void test_deliver_large_streamed(void **state)
 {
     struct fixture *fx = *state;
@@ -1228,6 +1285,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_writers_sync_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deliver_cur_flags_keywords, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deliver_large_streamed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deliver_100mb_bounded_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crlf_edges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_removes_temp, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
