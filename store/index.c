@@ -42,6 +42,7 @@
 #include <lmdb.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1933,7 +1934,12 @@ static int take_lock(struct idx *idx, char **err_r)
                 usleep(20000);
             }
         }
-        if (pid > 0) {
+        if (pid > 0 && pid <= INT32_MAX && kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+            /* The pid is an earlier holder's: some other program holds the
+             * lock now (e.g. flock(1) around a backup). */
+            *err_r = xasprintf("account '%s' is locked by another process (%s is held)",
+                               idx->account, path);
+        } else if (pid > 0) {
             *err_r = xasprintf("account '%s' is already being synced by another mailsync "
                                "process (pid %ld)",
                                idx->account, pid);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1005,6 +1006,40 @@ static void test_lock_same_process(void **state)
     idx_close(a);
 }
 
+/* A lock held by a program that is not mailsync (flock(1) around a backup)
+ * while the file still names an earlier holder that has exited: the
+ * message must not blame that pid. */
+static void test_lock_held_by_other_program(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *a = open_ok(fx, "work");
+    idx_close(a);
+    pid_t gone = fork();
+    assert_true(gone >= 0);
+    if (gone == 0) {
+        _exit(0);
+    }
+    assert_int_equal(waitpid(gone, NULL, 0), gone);
+    char path[512], buf[32];
+    snprintf(path, sizeof(path), "%s/work/lock", fx->dir);
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    int len = snprintf(buf, sizeof(buf), "%ld\n", (long)gone);
+    assert_int_equal(ftruncate(fd, 0), 0);
+    assert_int_equal(pwrite(fd, buf, (size_t)len, 0), len);
+    assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0);
+    struct idx *again = NULL;
+    char *err = NULL;
+    assert_int_equal(idx_open(fx->dir, "work", &again, &err), -EWOULDBLOCK);
+    char *want = xasprintf("account 'work' is locked by another process (%s is held)", path);
+    assert_string_equal(err, want);
+    free(want);
+    free(err);
+    close(fd);
+    a = open_ok(fx, "work");
+    idx_close(a);
+}
+
 static int child_status(pid_t pid)
 {
     int status = 0;
@@ -1766,6 +1801,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_account_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock_same_process, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_held_by_other_program, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock_forked_child, setup, teardown),
         cmocka_unit_test_setup_teardown(test_schema_newer_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_growth_many_records, setup, teardown),
