@@ -82,6 +82,7 @@ struct cli {
     int fd;
     FILE *rfp;
     bool reader_prev_cr;
+    bool reader_held_lf;
     struct imap_parser_limits limits;
 };
 
@@ -562,18 +563,32 @@ static void on_sleep_end(uv_timer_t *t)
     next_command(t->data);
 }
 
-/* Reader for "append ... reader": converts LF to CRLF like lf_to_crlf. */
+/* Reader for "append ... reader": converts LF to CRLF like lf_to_crlf. It
+ * fills exactly what the client asks for (the client asks for no more
+ * than is left): an LF whose CR takes the last byte of buf is kept for the
+ * next call. */
 static ssize_t append_reader(void *arg, char *buf, size_t len)
 {
     struct cli *cli = arg;
     size_t n = 0;
-    while (n + 2 <= len) {
-        int ch = getc(cli->rfp);
-        if (ch == EOF) {
-            break;
-        }
-        if (ch == '\n' && !cli->reader_prev_cr) {
-            buf[n++] = '\r';
+    while (n < len) {
+        int ch;
+        if (cli->reader_held_lf) {
+            cli->reader_held_lf = false;
+            ch = '\n';
+        } else {
+            ch = getc(cli->rfp);
+            if (ch == EOF) {
+                break;
+            }
+            if (ch == '\n' && !cli->reader_prev_cr) {
+                buf[n++] = '\r';
+                if (n == len) {
+                    cli->reader_held_lf = true;
+                    cli->reader_prev_cr = true;
+                    break;
+                }
+            }
         }
         buf[n++] = (char)ch;
         cli->reader_prev_cr = ch == '\r';
@@ -791,6 +806,7 @@ static int run_command(struct cli *cli)
         if (reader) {
             cli->rfp = fopen(w[2], "rb");
             cli->reader_prev_cr = false;
+            cli->reader_held_lf = false;
             a.read = append_reader;
             a.read_arg = cli;
         } else {

@@ -11,9 +11,11 @@ import os
 import re
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -34,8 +36,9 @@ def imapcli_path():
     return p
 
 
-def cli_args(d, commands, tls="implicit", user="alice", extra=()):
-    port = d.port_imaps if tls == "implicit" else d.port_imap
+def cli_args(d, commands, tls="implicit", user="alice", extra=(), port=None):
+    if port is None:
+        port = d.port_imaps if tls == "implicit" else d.port_imap
     args = [imapcli_path(), "--host", "localhost", "--port", str(port), "--tls", tls,
             "--ca", d.ca_cert, "--user", user, "--pass-env", "IMAPCLI_PW"] + list(extra)
     for i, c in enumerate(commands):
@@ -45,12 +48,62 @@ def cli_args(d, commands, tls="implicit", user="alice", extra=()):
     return args
 
 
-def run_cli(d, *commands, tls="implicit", password=None, extra=(), env=None, timeout=300):
+def run_cli(d, *commands, tls="implicit", password=None, extra=(), env=None, timeout=300,
+            port=None):
     env_all = dict(os.environ, IMAPCLI_PW=password if password is not None else d.password("alice"))
     env_all.update(env or {})
-    p = subprocess.run(cli_args(d, commands, tls=tls, extra=extra), stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True, timeout=timeout, env=env_all)
+    p = subprocess.run(cli_args(d, commands, tls=tls, extra=extra, port=port),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=timeout, env=env_all)
     return p, p.stdout.splitlines()
+
+
+class RecordingProxy:
+    """A TCP relay on 127.0.0.1 to target_port that records the bytes of
+    one connection in each direction (c2s, s2c): what the client really
+    sent, for a plaintext session."""
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.c2s = bytearray()
+        self.s2c = bytearray()
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(1)
+        self.port = self.lsock.getsockname()[1]
+        self.threads = [threading.Thread(target=self._run, daemon=True)]
+        self.threads[0].start()
+
+    def _pump(self, src, dst, record):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                record += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _run(self):
+        client, _ = self.lsock.accept()
+        server = socket.create_connection(("127.0.0.1", self.target_port))
+        t = threading.Thread(target=self._pump, args=(server, client, self.s2c), daemon=True)
+        t.start()
+        self._pump(client, server, self.c2s)
+        t.join(timeout=30)
+        client.close()
+        server.close()
+
+    def close(self):
+        for t in self.threads:
+            t.join(timeout=30)
+        self.lsock.close()
 
 
 def msg(i, body=b"hello\r\n"):
@@ -66,7 +119,9 @@ def kv(line):
 class ClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.d = Dovecot().start()
+        # imap_id_log: Dovecot logs the ID it receives, and which process
+        # got it (imap-login before login, imap(user) after).
+        cls.d = Dovecot(extra_conf="imap_id_log = *\n").start()
         cls.tmp = tempfile.mkdtemp(prefix="imapcli-test-")
 
     @classmethod
@@ -109,6 +164,29 @@ class ClientTest(unittest.TestCase):
         self.ok(p, lines)
         self.assertIn("C: A1 LOGIN alice <redacted>", p.stderr)
         self.assertNotIn(self.d.password("alice"), p.stderr)
+
+    def test_id_sent_after_login(self):
+        """ID goes to the server after login, with the client's name and
+        version: Dovecot's own log shows what it received, in the
+        logged-in imap process (not imap-login)."""
+        p, lines = run_cli(self.d, "noop", extra=["--trace"])
+        self.ok(p, lines)
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "..", "CMakeLists.txt")) as f:
+            version = re.search(r"project\(mailsync VERSION ([0-9.]+)", f.read()).group(1)
+        self.assertIn('C: A2 ID ("name" "mailsync" "version" "%s")' % version, p.stderr)
+        self.assertIn("C: A1 AUTHENTICATE PLAIN <redacted>", p.stderr)
+        self.assertRegex(p.stderr, r'S: \* ID \("name" "Dovecot"')
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            got = [x for x in self.d.log().splitlines()
+                   if "ID sent: name=mailsync, version=%s" % version in x]
+            if got:
+                break
+            time.sleep(0.05)
+        self.assertTrue(got, self.d.log()[-2000:])
+        self.assertIn("imap(alice)", got[-1])
+        self.assertNotIn("imap-login", got[-1])
 
     def test_wrong_password(self):
         p, lines = run_cli(self.d, "noop", password="wrong-password")
@@ -207,6 +285,33 @@ class ClientTest(unittest.TestCase):
         self.assertIn("EVENT VANISHED earlier=1 %d" % uids[2], lines)
         self.assertEqual([kv(x)["uid"] for x in lines if x.startswith("MSG ")], [str(uids[1])])
 
+    def test_select_qresync_known_uids(self):
+        """SELECT ... (QRESYNC (v m known-uids)): Dovecot reports as
+        vanished only the expunged UIDs inside the known set, so the
+        parameters really reached it."""
+        uids = self.folder("Known", [msg(i) for i in range(6)])
+        p, lines = run_cli(self.d, "select Known condstore")
+        self.ok(p, lines)
+        sel = kv([x for x in lines if x.startswith("SELECTED ")][0])
+        conn = self.d.imap()
+        conn.select("Known")
+        conn.uid("STORE", "%d,%d" % (uids[1], uids[4]), "+FLAGS", "(\\Deleted)")
+        conn.expunge()
+        conn.logout()
+        base = int(sel["highestmodseq"])
+        p, lines = run_cli(self.d, "select Known qresync %s %d %d:%d"
+                           % (sel["uidvalidity"], base, uids[0], uids[2]), extra=["--trace"])
+        self.ok(p, lines)
+        self.assertRegex(p.stderr, r"C: A\d+ SELECT Known \(QRESYNC \(%s %d %d:%d\)\)"
+                         % (sel["uidvalidity"], base, uids[0], uids[2]))
+        self.assertEqual([x for x in lines if x.startswith("EVENT VANISHED")],
+                         ["EVENT VANISHED earlier=1 %d" % uids[1]])
+        p, lines = run_cli(self.d, "select Known qresync %s %d" % (sel["uidvalidity"], base))
+        self.ok(p, lines)
+        self.assertEqual([x for x in lines if x.startswith("EVENT VANISHED")],
+                         ["EVENT VANISHED earlier=1 %d,%d" % (uids[1], uids[4])])
+        self.assertIn("exists=4", [x for x in lines if x.startswith("SELECTED ")][0])
+
     # -- fetch ----------------------------------------------------------------
 
     def test_fetch_flags_and_bodies_byte_identical(self):
@@ -262,6 +367,24 @@ class ClientTest(unittest.TestCase):
         p, lines = run_cli(self.d, "select Slow", "fetch 1:* body dir " + out, "noop",
                            extra=["--slow-sink"])
         self.ok(p, lines)
+        with open(os.path.join(out, "%d.eml" % uids[0]), "rb") as f:
+            self.assertEqual(f.read(), msg(1, body))
+        # No body data between a pause and its resume.
+        sink = [x for x in lines if x.startswith("SINK ")][0]
+        self.assertTrue(sink.endswith(" violations=0"), sink)
+        self.assertGreater(int(sink.split()[1].split("=")[1]), 10)
+        os.unlink(os.path.join(out, "%d.eml" % uids[0]))
+        # One long pause at the first chunk: not a byte is read off the
+        # socket (imap_net's counter) and no chunk delivered until the
+        # resume; then the body completes.
+        p, lines = run_cli(self.d, "select Slow", "fetch 1:* body dir " + out, "noop",
+                           extra=["--pause-sink", "600"])
+        self.ok(p, lines)
+        self.assertIn("RESUME in_during=0 in_second_half=0 calls_during=0", lines)
+        paused = kv([x for x in lines if x.startswith("PAUSED ")][0])
+        self.assertLess(int(paused["body"]), len(body) // 2)
+        sink = [x for x in lines if x.startswith("SINK ")][0]
+        self.assertTrue(sink.endswith(" violations=0"), sink)
         with open(os.path.join(out, "%d.eml" % uids[0]), "rb") as f:
             self.assertEqual(f.read(), msg(1, body))
 
@@ -379,6 +502,33 @@ class ClientTest(unittest.TestCase):
         self.assertTrue(any(x.startswith("DONE append NO [TRYCREATE]") for x in lines), lines)
         self.assertIn("DONE noop OK", " ".join(lines))
 
+    def test_append_uses_literal_plus(self):
+        """Dovecot offers LITERAL+: APPEND announces {N+} and sends the body
+        at once, never waiting for a continuation. Checked on the wire
+        through a recording relay (plaintext, so the bytes are visible)."""
+        self.folder("Plus")
+        path = os.path.join(self.tmp, "plus.eml")
+        body = msg(1, b"x" * 6000 + b"\r\n")
+        with open(path, "wb") as f:
+            f.write(body)
+        proxy = RecordingProxy(self.d.port_imap)
+        try:
+            p, lines = run_cli(self.d, "caps", "append Plus %s" % path,
+                               "append Plus %s reader" % path, "logout", tls="none",
+                               port=proxy.port, extra=["--allow-plaintext", "--trace"])
+        finally:
+            proxy.close()
+        self.ok(p, lines)
+        self.assertIn("LITERAL+", [x for x in lines if x.startswith("CAPS ")][0].split())
+        c2s, s2c = bytes(proxy.c2s), bytes(proxy.s2c)
+        announce = b" APPEND Plus {%d+}\r\n" % len(body)
+        self.assertEqual(c2s.count(announce + body + b"\r\n"), 2, c2s[:300])
+        self.assertNotIn(b"{%d}" % len(body), c2s)
+        # No continuation request ever came from the server.
+        self.assertFalse([x for x in s2c.split(b"\r\n") if x.startswith(b"+")], s2c[:500])
+        self.assertNotIn("S: + ", p.stderr)
+        self.assertEqual([b for _, _, b in self.d.fetch_all("alice", "Plus")], [body, body])
+
     def test_uid_expunge(self):
         uids = self.folder("Exp", [msg(i) for i in range(3)], flags="\\Deleted")
         p, lines = run_cli(self.d, "select Exp", "expunge %d" % uids[1])
@@ -482,6 +632,30 @@ class FallbackTest(unittest.TestCase):
         self.assertEqual([u for u, _, _ in self.d.fetch_all("alice", "INBOX")], uids[1:])
         dst = self.d.fetch_all("alice", "Dst")
         self.assertEqual([b for _, _, b in dst], [msg(0), msg(7)])
+
+    def test_untagged_expunge_event(self):
+        """Without QRESYNC Dovecot reports a removal as `* n EXPUNGE`: the
+        owner gets it with the message's sequence number, and the count
+        the client keeps for the folder drops."""
+        uids = self.d.save_many("alice", "ExpEv", [msg(i) for i in range(4)], flags="\\Deleted")
+        p, lines = run_cli(self.d, "caps", "select ExpEv", "expunge %d" % uids[2], "selected",
+                           "expunge %d" % uids[0], "selected")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-4000:])
+        self.assertIn("ENABLED condstore=0 qresync=0", " ".join(lines))
+        self.assertEqual([x for x in lines if x.startswith(("EVENT EXPUNGE", "EVENT VANISHED",
+                                                            "SELECTEDNOW"))],
+                         ["EVENT EXPUNGE 3", "SELECTEDNOW uidvalidity=%s uidnext=5 exists=3 "
+                          "highestmodseq=0" % self.uidvalidity("ExpEv"),
+                          "EVENT EXPUNGE 1", "SELECTEDNOW uidvalidity=%s uidnext=5 exists=2 "
+                          "highestmodseq=0" % self.uidvalidity("ExpEv")])
+        self.assertEqual([u for u, _, _ in self.d.fetch_all("alice", "ExpEv")],
+                         [uids[1], uids[3]])
+
+    def uidvalidity(self, folder):
+        conn = self.d.imap()
+        typ, data = conn.status(folder, "(UIDVALIDITY)")
+        conn.logout()
+        return re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1).decode()
 
     def test_expunge_needs_uidplus(self):
         d = Dovecot(imap_capability="IMAP4rev1 ID ENABLE IDLE").start()
