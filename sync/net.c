@@ -516,7 +516,14 @@ static void inflate_pending(struct net_conn *c)
         c->zpend_off += used;
         c->zin_more = c->zin.avail_out == 0;
         if (r == Z_STREAM_END) {
-            fail(c, NET_ECOMPRESS, "the server ended the compressed stream");
+            /* What came before the end (a BYE, say) still reaches the
+             * owner; nothing may follow it. */
+            if (produced > 0) {
+                c->cb.on_data(c, c->zibuf, produced, c->arg);
+            }
+            if (c->state != NS_FAILED && !c->closing) {
+                fail(c, NET_ECOMPRESS, "the server ended the compressed stream");
+            }
             return;
         }
         if (r != Z_OK && r != Z_BUF_ERROR) {

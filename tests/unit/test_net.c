@@ -62,6 +62,7 @@ struct server {
     uint16_t port;
     unsigned flags;
     const char *greeting;
+    size_t greeting_len; /* 0: strlen(greeting) */
     struct tls_ctx *ctx;
     struct sconn *conns[MAX_SCONN];
     uint64_t raw_in;
@@ -287,7 +288,8 @@ static void s_on_connection(uv_stream_t *l, int status)
     assert_true(slot >= 0);
     srv->conns[slot] = s;
     if (srv->greeting != NULL) {
-        s_write_raw(s, srv->greeting, strlen(srv->greeting));
+        s_write_raw(s, srv->greeting,
+                    srv->greeting_len ? srv->greeting_len : strlen(srv->greeting));
     }
     if (srv->flags & (SF_TLS | SF_STARTTLS)) {
         char *err = NULL;
@@ -1196,6 +1198,51 @@ static void test_deflate_garbage(void **state)
     sbuf_free(&text);
 }
 
+static void bye_data(const char *data, size_t len)
+{
+    (void)data;
+    (void)len;
+}
+
+/* A server that ends its DEFLATE stream: what came before the end reaches
+ * the owner, then the connection fails. */
+static void test_deflate_stream_end(void **state)
+{
+    (void)state;
+    static unsigned char z[256];
+    z_stream zs;
+    memset(&zs, 0, sizeof(zs));
+    assert_int_equal(
+        deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    static const char bye[] = "* BYE shutting down\r\n";
+    zs.next_in = (Bytef *)bye;
+    zs.avail_in = sizeof(bye) - 1;
+    zs.next_out = z;
+    zs.avail_out = sizeof(z);
+    assert_int_equal(deflate(&zs, Z_FINISH), Z_STREAM_END);
+    size_t zlen = sizeof(z) - zs.avail_out;
+    deflateEnd(&zs);
+
+    harness_init(SF_ECHO, NULL, NULL);
+    H.srv.greeting = (const char *)z;
+    H.srv.greeting_len = zlen;
+    H.on_connect = deflate_connect;
+    H.on_data = bye_data;
+    make_text();
+    struct net_opts o = {0};
+    harness_connect(&o);
+    harness_run();
+    assert_true(got_is(bye));
+    assert_int_equal(H.errors, 1);
+    assert_int_equal(H.err, NET_ECOMPRESS);
+    char want[128];
+    snprintf(want, sizeof(want), "127.0.0.1:%u: the server ended the compressed stream",
+             H.srv.port);
+    assert_string_equal(H.msg, want);
+    harness_done();
+    sbuf_free(&text);
+}
+
 /* ---- backpressure ------------------------------------------------------ */
 
 static size_t bp_sent;
@@ -1427,6 +1474,7 @@ int main(void)
         cmocka_unit_test(test_peer_close),
         cmocka_unit_test(test_deflate),
         cmocka_unit_test(test_deflate_garbage),
+        cmocka_unit_test(test_deflate_stream_end),
         cmocka_unit_test(test_backpressure),
         cmocka_unit_test(test_big_tls_transfer),
         cmocka_unit_test(test_close_inside_on_data),
