@@ -275,6 +275,8 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(len(ev), 1, lines)
         self.assertEqual(kv(ev[0])["uid"], str(uids[1]))
         self.assertIn("\\Flagged", kv(ev[0])["flags"])
+        # The flag change's MODSEQ came with it: newer than the old state.
+        self.assertGreater(int(kv(ev[0])["modseq"]), base)
         sel2 = kv([x for x in lines if x.startswith("SELECTED ")][0])
         self.assertGreater(int(sel2["highestmodseq"]), base)
         self.assertEqual(sel2["exists"], "3")
