@@ -531,6 +531,24 @@ class ClientTest(unittest.TestCase):
         self.assertNotIn("S: + ", p.stderr)
         self.assertEqual([b for _, _, b in self.d.fetch_all("alice", "Plus")], [body, body])
 
+    def test_trace_shows_literal_plus(self):
+        # CLIENT BUG (reported to the owner of sync/, not fixed here; this
+        # test fails until it is): the protocol trace writes a
+        # non-synchronizing literal as "{N}" although "{N+}" goes on the wire
+        # (imap_cmd.c records "{%llu}" in the trace when the command is built;
+        # whether the literal is synchronizing is only decided in imap.c
+        # write_parts), so a trace cannot tell LITERAL+ from a synchronizing
+        # literal. test_append_uses_literal_plus proves the wire is right.
+        self.folder("PlusTrace")
+        path = os.path.join(self.tmp, "plustrace.eml")
+        body = msg(1)
+        with open(path, "wb") as f:
+            f.write(body)
+        p, lines = run_cli(self.d, "append PlusTrace %s" % path, extra=["--trace"])
+        self.ok(p, lines)
+        # Today the trace says "C: A5 APPEND PlusTrace {N}".
+        self.assertRegex(p.stderr, r"C: A\d+ APPEND PlusTrace \{%d\+\}" % len(body))
+
     def test_uid_expunge(self):
         uids = self.folder("Exp", [msg(i) for i in range(3)], flags="\\Deleted")
         p, lines = run_cli(self.d, "select Exp", "expunge %d" % uids[1])
