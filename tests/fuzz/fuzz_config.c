@@ -1,4 +1,5 @@
 /* LINK: ms_config ms_core */
+/* RUNS: 180000 (inputs fuzz/run_config tries: about 15 s on two cores) */
 /* Fuzz target for the configuration loader: any bytes must give either a
  * configuration or error text, never a crash or a leak; cfg_print must not
  * crash on whatever loads. (That error texts never echo a password is

@@ -1,4 +1,5 @@
 /* LINK: ms_sync ms_core */
+/* RUNS: 200000 (inputs fuzz/run_imap_parser tries: about 15 s on two cores) */
 /* Fuzz target for the IMAP response parser (and, on the strings it yields,
  * modified UTF-7).
  *

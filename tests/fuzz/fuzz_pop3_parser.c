@@ -1,4 +1,5 @@
 /* LINK: ms_sync ms_core */
+/* RUNS: 450000 (inputs fuzz/run_pop3_parser tries: about 15 s on two cores) */
 /* Fuzz target for the POP3 reply parser. The first byte picks the limits
  * and the chunking; the next ones pick the expectation set after each
  * completed reply (cycling), the rest is server input. The same input is
