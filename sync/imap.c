@@ -214,6 +214,33 @@ static bool nonsync_literal(const struct imap *im, uint64_t size)
     return (im->caps & IMAP_CAP_LITERALMINUS) && size <= 4096;
 }
 
+/* Logs a command as it goes out, each literal announced in the form the
+ * writer will use ({N} or {N+}). */
+static void trace_command(struct imap *im, const struct imap_cmd *c)
+{
+    struct sbuf t = {0};
+    const char *p = c->trace.buf != NULL ? c->trace.buf : "";
+    for (;;) {
+        const char *mark = strchr(p, IMAP_TRACE_LITERAL[0]);
+        if (mark == NULL) {
+            sbuf_adds(&t, p);
+            break;
+        }
+        sbuf_add(&t, p, (size_t)(mark - p));
+        const char *brace = mark;
+        while (brace > c->trace.buf && brace[-1] >= '0' && brace[-1] <= '9') {
+            brace--;
+        }
+        uint64_t size = strtoull(brace, NULL, 10);
+        if (nonsync_literal(im, size)) {
+            sbuf_addc(&t, '+');
+        }
+        p = mark + 1;
+    }
+    log_trace("imap %s: C: %s %s", im->name, c->tag, t.buf != NULL ? t.buf : "");
+    sbuf_free(&t);
+}
+
 /* Reads the next piece of an APPEND body into out. Returns 1 when more is
  * to come, 0 when the body is complete, -1 after a fatal error. */
 static int write_source(struct imap *im, struct imap_cmd *c, struct imap_part *p)
@@ -381,7 +408,7 @@ void imap_pump(struct imap *im)
             im->wcmd = c;
             sbuf_addf(&im->out, "%s ", c->tag);
             if (log_enabled(LOG_LEVEL_TRACE)) {
-                log_trace("imap %s: C: %s %s", im->name, c->tag, c->trace.buf);
+                trace_command(im, c);
             }
         }
         if (!write_parts(im)) {

@@ -14,8 +14,10 @@
  * once. Each command ends with exactly one call of its completion callback
  * (imap_done_cb) carrying the tagged status, the response code and the text,
  * or a negative err when no tagged answer can come (connection lost, command
- * refused locally). Callbacks are never called synchronously from an imap_*
- * call: they always come from the loop.
+ * refused locally). Completion, folder, message and event callbacks are
+ * never called synchronously from an imap_* call: they always come from the
+ * loop. (An APPEND body's read() source is the exception: it is pulled
+ * whenever the client writes, which may be inside any imap_* call.)
  *
  * Folder names in this API are UTF-8 with '/' as the hierarchy separator.
  * The client converts them to the server's form (modified UTF-7 unless
@@ -403,7 +405,10 @@ int imap_uid_store(struct imap *im, const char *uidset, char op, unsigned flags,
  * position; with lf_to_crlf the file has LF line ends and is converted on
  * the fly) or, when fd < 0, from read(), which fills buf and returns the
  * number of bytes, 0 at the end, or a negative errno. A body that ends
- * early or runs long fails the connection (the literal framing is lost). */
+ * early or runs long fails the connection (the literal framing is lost).
+ * read() is called whenever the client writes (from the loop, or inside
+ * imap_append or any other imap_* call that sends queued commands): it must
+ * not call back into the client. */
 struct imap_append {
     const char *folder;
     unsigned flags; /* IMAP_FLAG_* (RECENT ignored) */

@@ -299,7 +299,9 @@ static void b_astring(struct imap *im, struct imap_cmd *c, const char *s, size_t
     p->len = len;
     p->size = len;
     p->secret = secret;
-    sbuf_addf(&c->trace, "{%zu}", len);
+    /* IMAP_TRACE_LITERAL stands where "+" goes if the literal is sent
+     * non-synchronizing, decided only when it is written. */
+    sbuf_addf(&c->trace, "{%zu" IMAP_TRACE_LITERAL "}", len);
     if (secret) {
         sbuf_adds(&c->trace, "<redacted>");
     }
@@ -629,7 +631,7 @@ static int cmd_build(struct imap *im, struct imap_cmd *c)
         struct imap_part *p = new_part(c, IMAP_PART_LITERAL);
         p->size = c->app.size;
         p->source = true;
-        sbuf_addf(&c->trace, "{%llu}", (unsigned long long)c->app.size);
+        sbuf_addf(&c->trace, "{%llu" IMAP_TRACE_LITERAL "}", (unsigned long long)c->app.size);
         b_add(c, "\r\n", 2, false);
         c->src_sent = 0;
         c->src_prev_cr = false;

@@ -3,6 +3,11 @@
 #ifndef MAILSYNC_IMAP_INT_H
 #define MAILSYNC_IMAP_INT_H
 
+/* In a command's trace text, the mark after a literal's size where the
+ * writer puts "+" when it sends the literal non-synchronizing (LITERAL+,
+ * LITERAL-): which form goes out is known only then. */
+#define IMAP_TRACE_LITERAL "\x01"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
