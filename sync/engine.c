@@ -296,7 +296,8 @@ __attribute__((format(printf, 3, 4))) static void set_error(struct engine *e, en
     }
 }
 
-static void folder_vmsg(struct engine *e, bool fatal_for_folder, const char *fmt, va_list ap)
+__attribute__((format(printf, 3, 0))) static void
+folder_vmsg(struct engine *e, bool fatal_for_folder, const char *fmt, va_list ap)
 {
     struct fstate *f = e->f;
     if (f == NULL) {
