@@ -254,6 +254,10 @@ struct engine {
      * out by subscribed_only, or virtual): such a folder was not deleted. */
     char **listed;
     size_t nlisted, listed_cap;
+    /* Server folders that share a local directory with a job (INBOX/x and
+     * inbox/x): settled in on_list_done, see resolve_collisions. */
+    struct fjob *collide;
+    size_t ncollide, collide_cap;
 
     struct fjob *jobs;
     size_t njobs, jobs_cap;
@@ -733,6 +737,10 @@ static void on_timer_closed(uv_handle_t *h)
         free(e->listed[i]);
     }
     free(e->listed);
+    for (size_t i = 0; i < e->ncollide; i++) {
+        free(e->collide[i].name);
+    }
+    free(e->collide);
     free(e->error);
     free(e);
 }
@@ -3315,10 +3323,16 @@ static void on_list_folder(struct imap *im, const struct imap_folder *fo, void *
     if (prev != NULL && prev->on_server && strcmp(prev->name, fo->name) != 0 &&
         strcasecmp(fo->name, "INBOX") != 0) {
         /* A server that keeps "inbox/x" apart from "INBOX/x" (Dovecot
-         * does not): both would land in one directory and mix. */
-        log_warnx("%s: folder %s is not synced: its local directory is the one of folder %s "
-                  "(INBOX is case-insensitive on disk); rename one of them on the server",
-                  e->acct->name, fo->name, prev->name);
+         * does not): both would land in one directory and mix. Which one
+         * keeps it is decided once the whole list is in. */
+        xgrow(&e->collide, &e->collide_cap, e->ncollide + 1, sizeof(*e->collide));
+        struct fjob *c = &e->collide[e->ncollide++];
+        memset(c, 0, sizeof(*c));
+        c->name = xstrdup(fo->name);
+        c->attrs = fo->attrs;
+        c->has_status = fo->has_status;
+        c->status = fo->status;
+        c->status.folder = NULL;
         return;
     }
     struct fjob *j = add_job(e, fo->name);
@@ -3869,6 +3883,50 @@ static void start_lanes(struct engine *e)
     secret_wipe(e);
 }
 
+/* Of server folders that would share one local directory, the one the
+ * index already syncs there keeps it, else the one first in byte order: a
+ * rule that does not depend on the order of the LIST answer, so the same
+ * folder keeps the directory on every run. The others are reported. */
+static void resolve_collisions(struct engine *e)
+{
+    if (e->ncollide == 0) {
+        return;
+    }
+    struct idx_txn *txn = NULL;
+    if (idx_begin(e->idx, false, &txn) != 0) {
+        txn = NULL;
+    }
+    for (size_t i = 0; i < e->ncollide; i++) {
+        struct fjob *c = &e->collide[i];
+        struct fjob *j = find_job(e, c->name);
+        struct idx_folder st;
+        bool j_known = txn != NULL && idx_folder_get(txn, j->name, &st) == 0;
+        bool c_known = txn != NULL && idx_folder_get(txn, c->name, &st) == 0;
+        if ((c_known && !j_known) || (c_known == j_known && strcmp(c->name, j->name) < 0)) {
+            /* The newcomer wins: it takes the job, the old holder loses. */
+            char *name = j->name;
+            unsigned attrs = j->attrs;
+            bool has_status = j->has_status;
+            struct imap_status_info status = j->status;
+            j->name = c->name;
+            j->attrs = c->attrs;
+            j->has_status = c->has_status;
+            j->status = c->status;
+            c->name = name;
+            c->attrs = attrs;
+            c->has_status = has_status;
+            c->status = status;
+        }
+    }
+    idx_abort(txn);
+    for (size_t i = 0; i < e->ncollide; i++) {
+        struct fjob *c = &e->collide[i];
+        log_warnx("%s: folder %s is not synced: its local directory is the one of folder %s "
+                  "(INBOX is case-insensitive on disk); rename one of them on the server",
+                  e->acct->name, c->name, find_job(e, c->name)->name);
+    }
+}
+
 static void on_list_done(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct engine *e = arg;
@@ -3883,6 +3941,7 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     if (e->acct->trash != NULL) {
         e->trash = xstrdup(e->acct->trash);
     }
+    resolve_collisions(e);
     char **names = NULL, **bad = NULL;
     size_t n = 0, nbad = 0;
     if (md_list_folders_unusable(e->acct->maildir, e->acct->layout, &names, &n, &bad, &nbad) == 0) {

@@ -59,36 +59,54 @@ class InboxCase(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="mailsync-fake-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
 
-    def test_inbox_spellings_never_share_a_directory(self):
-        log = []
-        with FakeIMAP(empty_folder_server(["INBOX", "INBOX/x", "inbox/x", "Inbox/y"], log)) as srv:
-            maildir = os.path.join(self.tmp, "Mail")
-            acct = {"host": "127.0.0.1", "port": srv.port, "tls": "implicit",
-                    "ca_file": srv.ca_cert, "user": "alice", "password": "pw",
-                    "maildir": maildir}
-            cfg = os.path.join(self.tmp, "config.yaml")
-            dovecot.write_mailsync_config(cfg, {"a": acct},
-                                          state_dir=os.path.join(self.tmp, "state"))
-            # The second run finds the local directories and must take them
-            # for the server's folders, not for new local ones.
-            runs = [mstest.run_mailsync(cfg, "-v", "sync", "a", timeout=60) for _ in range(2)]
-            self.assertEqual(srv.errors, [])
-        for p in runs:
-            self.check_run(p, log, maildir)
+    def sync_runs(self, lists):
+        """One sync per entry of lists (the server's folders for that run);
+        returns [(CompletedProcess, commands the server saw)]."""
+        maildir = os.path.join(self.tmp, "Mail")
+        out = []
+        for names in lists:
+            log = []
+            with FakeIMAP(empty_folder_server(names, log)) as srv:
+                acct = {"host": "127.0.0.1", "port": srv.port, "tls": "implicit",
+                        "ca_file": srv.ca_cert, "user": "alice", "password": "pw",
+                        "maildir": maildir}
+                cfg = os.path.join(self.tmp, "config.yaml")
+                dovecot.write_mailsync_config(cfg, {"a": acct},
+                                              state_dir=os.path.join(self.tmp, "state"))
+                p = mstest.run_mailsync(cfg, "-v", "sync", "a", timeout=60)
+                self.assertEqual(srv.errors, [])
+            out.append((p, log))
+        return out
 
-    def check_run(self, p, log, maildir):
+    def check_run(self, p, log, kept, refused):
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertIn("a: folder inbox/x is not synced: its local directory is the one of "
-                      "folder INBOX/x (INBOX is case-insensitive on disk); rename one of them "
-                      "on the server", p.stderr)
+        self.assertIn("a: folder %s is not synced: its local directory is the one of "
+                      "folder %s (INBOX is case-insensitive on disk); rename one of them "
+                      "on the server" % (refused, kept), p.stderr)
         self.assertNotIn("Inbox/y is not synced", p.stderr)
-        selected = [re.sub(r"^\S+ ", "", cmd) for cmd in log
-                    if re.match(r"^\S+ (SELECT|EXAMINE) ", cmd)]
-        self.assertFalse(any("inbox/x" in s for s in selected), selected)
-        self.assertTrue(any('INBOX/x' in s for s in selected), selected)
+        selected = [m.group(1) for m in
+                    (re.match(r'^\S+ (?:SELECT|EXAMINE) "?([^" ]+)"?', cmd) for cmd in log) if m]
+        self.assertNotIn(refused, selected)
+        self.assertIn(kept, selected)
         # No CREATE for the local spelling of a folder the server has.
         self.assertFalse([cmd for cmd in log if " CREATE " in cmd], log)
-        self.assertEqual(mstest.maildir_folders(maildir), ["INBOX", "INBOX/x", "INBOX/y"])
+        self.assertEqual(mstest.maildir_folders(os.path.join(self.tmp, "Mail")),
+                         ["INBOX", "INBOX/x", "INBOX/y"])
+
+    def test_inbox_spellings_never_share_a_directory(self):
+        # The second run finds the local directories and must take them
+        # for the server's folders, not for new local ones; the LIST order
+        # changes between the runs and must not change which folder wins.
+        runs = self.sync_runs([["INBOX", "INBOX/x", "inbox/x", "Inbox/y"],
+                               ["INBOX", "inbox/x", "Inbox/y", "INBOX/x"]])
+        for p, log in runs:
+            self.check_run(p, log, "INBOX/x", "inbox/x")
+
+    def test_the_folder_already_synced_keeps_the_directory(self):
+        runs = self.sync_runs([["INBOX", "inbox/x", "Inbox/y"],
+                               ["INBOX", "INBOX/x", "inbox/x", "Inbox/y"]])
+        self.assertNotIn("is not synced", runs[0][0].stderr)
+        self.check_run(runs[1][0], runs[1][1], "inbox/x", "INBOX/x")
 
 
 if __name__ == "__main__":
