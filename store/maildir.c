@@ -9,6 +9,7 @@
  * again by its identity when its last known name has gone. */
 #include "store/maildir.h"
 
+#include "daemon/log.h"
 #include "daemon/util.h"
 
 #include <dirent.h>
@@ -1588,7 +1589,7 @@ out:
  * likely still runs (as in Dovecot). */
 #define MD_LOCK_FRESH_SECS 2
 
-static unsigned md_lock_wait_ms = 10000;
+static unsigned md_lock_wait_ms = 3000;
 
 void md_set_lock_wait(unsigned ms)
 {
@@ -1638,13 +1639,15 @@ static pid_t lock_local_pid(const char *lock)
 
 /* Whether the existing lock may be taken over; *holder_r gets its pid when
  * it names a live local process. */
-static bool lock_is_stale(struct md_folder *f, const char *lock, time_t now, pid_t *holder_r)
+static bool lock_is_stale(struct md_folder *f, const char *lock, time_t now, pid_t *holder_r,
+                          struct stat *st_r)
 {
     struct stat st;
     *holder_r = 0;
     if (lstat(lock, &st) != 0) {
         return false; /* gone meanwhile: simply try again */
     }
+    *st_r = st;
     if (st.st_mtime < now - MD_LOCK_FRESH_SECS) {
         pid_t pid = lock_local_pid(lock);
         if (pid > 0) {
@@ -1694,11 +1697,23 @@ static int kw_lock(struct md_folder *f, char **lock_r)
             return r;
         }
         pid_t holder = 0;
-        if (lock_is_stale(f, lock, time(NULL), &holder)) {
-            if (unlink(lock) != 0 && errno != ENOENT) {
-                int r = fail(f, errno, lock, "cannot remove the stale lock");
-                free(lock);
-                return r;
+        struct stat seen;
+        if (lock_is_stale(f, lock, time(NULL), &holder, &seen)) {
+            /* Only the very file judged stale goes: another program may
+             * have replaced it meanwhile (as Dovecot checks again too). */
+            struct stat again;
+            if (lstat(lock, &again) == 0 && again.st_dev == seen.st_dev &&
+                again.st_ino == seen.st_ino && same_time(&again.st_mtim, &seen.st_mtim)) {
+                if (unlink(lock) != 0 && errno != ENOENT) {
+                    int r = fail(f, errno, lock, "cannot remove the stale lock");
+                    free(lock);
+                    return r;
+                }
+                /* A random pause, so that two programs overriding the same
+                 * stale lock do not take turns removing each other's. */
+                struct timespec ts = {.tv_sec = 0,
+                                      .tv_nsec = (long)(50 + random64() % 100) * 1000000};
+                nanosleep(&ts, NULL);
             }
             continue;
         }
@@ -1709,14 +1724,14 @@ static int kw_lock(struct md_folder *f, char **lock_r)
             if (holder > 0) {
                 set_err(f,
                         "%s: held by process %ld (Dovecot or another mail program) for more than "
-                        "%u ms; a new keyword cannot be assigned now, the next sync tries again",
-                        lock, (long)holder, md_lock_wait_ms);
+                        "%g s; a new keyword cannot be assigned now, the next sync tries again",
+                        lock, (long)holder, md_lock_wait_ms / 1000.0);
             } else {
                 set_err(f,
-                        "%s: held by another program for more than %u ms; a new keyword cannot "
+                        "%s: held by another program for more than %g s; a new keyword cannot "
                         "be assigned now, the next sync tries again (remove the file if no "
                         "program holds it)",
-                        lock, md_lock_wait_ms);
+                        lock, md_lock_wait_ms / 1000.0);
             }
             free(lock);
             return -EAGAIN;
@@ -1729,9 +1744,13 @@ static int kw_lock(struct md_folder *f, char **lock_r)
     }
 }
 
-static void kw_unlock(char *lock)
+static void kw_unlock(struct md_folder *f, char *lock)
 {
-    unlink(lock);
+    if (unlink(lock) != 0 && errno != ENOENT) {
+        /* Left behind it would hold off Dovecot until it goes stale. */
+        log_warnx("%s: cannot remove the lock: %s", lock, strerror(errno));
+    }
+    (void)f;
     free(lock);
 }
 
@@ -1750,16 +1769,75 @@ static bool kw_valid_name(const char *name)
     return true;
 }
 
+static int kw_find(const struct md_folder *f, const char *name)
+{
+    for (int i = 0; i < MD_KW_COUNT; i++) {
+        if (f->kw_names[i] != NULL && strcmp(f->kw_names[i], name) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+int md_keywords_assign(struct md_folder *f, const char *const *names, size_t n)
+{
+    int ret = kw_refresh(f);
+    if (ret < 0) {
+        return ret;
+    }
+    bool missing = false;
+    for (size_t i = 0; i < n && !missing; i++) {
+        missing = kw_valid_name(names[i]) && kw_find(f, names[i]) < 0;
+    }
+    if (!missing) {
+        return 0;
+    }
+    char *lock = NULL;
+    if ((ret = kw_lock(f, &lock)) < 0) {
+        return ret;
+    }
+    /* Read the file again under the lock: another program may have assigned
+     * these names, or the free letters, since the table was loaded. */
+    f->kw_loaded = false;
+    if ((ret = kw_refresh(f)) < 0) {
+        goto out;
+    }
+    bool changed = false;
+    for (size_t i = 0; i < n; i++) {
+        if (!kw_valid_name(names[i]) || kw_find(f, names[i]) >= 0) {
+            continue;
+        }
+        int free_ix = -1;
+        for (int k = 0; k < MD_KW_COUNT && free_ix < 0; k++) {
+            if (f->kw_names[k] == NULL) {
+                free_ix = k;
+            }
+        }
+        if (free_ix < 0) {
+            break; /* the rest stay without a letter */
+        }
+        f->kw_names[free_ix] = xstrdup(names[i]);
+        changed = true;
+    }
+    if (changed && (ret = kw_write(f)) < 0) {
+        /* Forget the table so the next call reads what is really on disk. */
+        kw_clear(f);
+        f->kw_loaded = false;
+    }
+out:
+    kw_unlock(f, lock);
+    return ret;
+}
+
 int md_keyword_index(struct md_folder *f, const char *name, bool create)
 {
     int ret = kw_refresh(f);
     if (ret < 0) {
         return ret;
     }
-    for (int i = 0; i < MD_KW_COUNT; i++) {
-        if (f->kw_names[i] != NULL && strcmp(f->kw_names[i], name) == 0) {
-            return i;
-        }
+    int ix = kw_find(f, name);
+    if (ix >= 0) {
+        return ix;
     }
     if (!create) {
         return -ENOENT;
@@ -1768,44 +1846,15 @@ int md_keyword_index(struct md_folder *f, const char *name, bool create)
         set_err(f, "%s: invalid keyword name", f->path);
         return -EINVAL;
     }
-    char *lock = NULL;
-    if ((ret = kw_lock(f, &lock)) < 0) {
+    if ((ret = md_keywords_assign(f, &name, 1)) < 0) {
         return ret;
     }
-    /* Read the file again under the lock: another program may have assigned
-     * this name, or the free letter, since the table was loaded. */
-    f->kw_loaded = false;
-    if ((ret = kw_refresh(f)) < 0) {
-        goto out;
-    }
-    ret = -ENOSPC;
-    for (int i = 0; i < MD_KW_COUNT; i++) {
-        if (f->kw_names[i] != NULL && strcmp(f->kw_names[i], name) == 0) {
-            ret = i;
-            goto out;
-        }
-    }
-    for (int i = 0; i < MD_KW_COUNT && ret < 0; i++) {
-        if (f->kw_names[i] == NULL) {
-            ret = i;
-        }
-    }
-    if (ret < 0) {
+    ix = kw_find(f, name);
+    if (ix < 0) {
         set_err(f, "%s/%s: all %d keyword letters are in use", f->path, MD_KW_FILE, MD_KW_COUNT);
-        goto out;
+        return MD_EKWFULL;
     }
-    int idx = ret;
-    f->kw_names[idx] = xstrdup(name);
-    if ((ret = kw_write(f)) < 0) {
-        /* Forget the table so the next call reads what is really on disk. */
-        kw_clear(f);
-        f->kw_loaded = false;
-        goto out;
-    }
-    ret = idx;
-out:
-    kw_unlock(lock);
-    return ret;
+    return ix;
 }
 
 int md_keyword_table(struct md_folder *f, const char *names_r[26])

@@ -156,17 +156,25 @@ int md_open_msg(struct md_folder *f, struct md_msg *msg);
 
 /* Keywords (dovecot-keywords file: lines "N name", N 0..25). md_keyword_index
  * returns the index 0..25 for name, assigning a free one and rewriting the
- * file atomically when create is set; -ENOENT when absent, -ENOSPC when all
- * 26 are used. md_keyword_name returns NULL for an unassigned index. The
- * file is read lazily and re-read when it changes on disk.
+ * file atomically when create is set; -ENOENT when absent, MD_EKWFULL when
+ * all 26 are used, another negative errno (-ENOSPC: disk full, -EAGAIN:
+ * locked) when the file cannot be written. md_keyword_name returns NULL for
+ * an unassigned index. The file is read lazily and re-read when it changes
+ * on disk.
  *
- * A new assignment is made under the folder's dovecot-uidlist.lock, the
+ * New assignments are made under the folder's dovecot-uidlist.lock, the
  * dotlock under which Dovecot changes the file, so that a Dovecot serving
  * the same Maildir cannot give the same letter to another name meanwhile.
- * A lock that a live process keeps longer than the wait (10 s) gives
- * -EAGAIN with the folder's error naming the lock file; a stale one (dead
- * local pid, or unchanged for two minutes) is taken over. */
+ * Taking it blocks the caller: a lock that a live process keeps longer than
+ * the wait (3 s) gives -EAGAIN with the folder's error naming the lock file;
+ * a stale one (dead local pid, or unchanged for two minutes) is taken over. */
+#define MD_EKWFULL (-100001)
 int md_keyword_index(struct md_folder *f, const char *name, bool create);
+/* Assigns letters to every valid name of names[0..n) that has none, in one
+ * look at the lock and one rewrite of the file. Names that find no free
+ * letter stay without one (not an error). Returns 0 or a negative errno as
+ * md_keyword_index does for a failed write. */
+int md_keywords_assign(struct md_folder *f, const char *const *names, size_t n);
 /* The whole table at once (one look at the file): names_r[i] is the name
  * of letter 'a' + i or NULL, valid until the next keyword call on f.
  * Returns the number of unassigned letters; when the file cannot be read,

@@ -1070,13 +1070,13 @@ static void test_keywords(void **state)
         char name[16];
         snprintf(name, sizeof(name), "kw%d", i);
         int idx = md_keyword_index(fx->f, name, true);
-        if (idx == -ENOSPC) {
+        if (idx == MD_EKWFULL) {
             assert_int_equal(i, 26 - 5);
             break;
         }
         assert_true(idx >= 0 && idx < 26);
     }
-    assert_int_equal(md_keyword_index(fx->f, "one-too-many", true), -ENOSPC);
+    assert_int_equal(md_keyword_index(fx->f, "one-too-many", true), MD_EKWFULL);
     assert_non_null(strstr(md_folder_error(fx->f), "dovecot-keywords"));
     assert_string_equal(md_keyword_name(fx->f, 25), "kw20");
     assert_int_equal(md_keyword_index(fx->f, "kw20", false), 25);
@@ -1169,10 +1169,49 @@ static void test_keywords_lock(void **state)
     assert_int_equal(md_keyword_index(fx->f, "home", true), 2);
     assert_int_equal(stat(lock, &st), -1);
 
-    md_set_lock_wait(10000);
+    /* Several names in one take of the lock; known and invalid names are
+     * left alone. */
+    const char *names[] = {"home", "a", "bad name", "b", "a"};
+    assert_int_equal(md_keywords_assign(fx->f, names, 5), 0);
+    assert_int_equal(stat(lock, &st), -1);
+    data = read_all(kwpath, &len);
+    assert_string_equal(data, "0 $Junk\n1 work\n2 home\n3 a\n4 b\n");
+    free(data);
+    /* Nothing to assign: the lock is not even looked at. */
+    write_file(lock, "12345:some-other-host.example");
+    const char *known[] = {"a", "work"};
+    assert_int_equal(md_keywords_assign(fx->f, known, 2), 0);
+    assert_int_equal(unlink(lock), 0);
+
+    md_set_lock_wait(3000);
     free(host);
     free(lock);
     free(kwpath);
+}
+
+/* A keywords file that cannot be written (here: a file size limit of 0,
+ * as a full disk would do) is an error of its own, never "all letters in
+ * use": the engine must not take it for a keyword the Maildir cannot hold. */
+static void test_keywords_write_failure(void **state)
+{
+    struct fixture *fx = *state;
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit zero = {.rlim_cur = 0, .rlim_max = old.rlim_max};
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &zero), 0);
+    int r = md_keyword_index(fx->f, "$Label1", true);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, prev);
+    assert_int_equal(r, -EFBIG);
+    assert_non_null(strstr(md_folder_error(fx->f), "dovecot-keywords"));
+    /* Nothing was assigned, and the lock is gone. */
+    assert_int_equal(md_keyword_index(fx->f, "$Label1", false), -ENOENT);
+    char *lock = path_join(fx->path, "dovecot-uidlist.lock");
+    struct stat st;
+    assert_int_equal(stat(lock, &st), -1);
+    free(lock);
+    assert_int_equal(md_keyword_index(fx->f, "$Label1", true), 0);
 }
 
 /* ---- tmp/ cleanup ----------------------------------------------------- */
@@ -1302,6 +1341,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hand_built_msg, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keywords, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keywords_lock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keywords_write_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clean_tmp, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
