@@ -179,7 +179,10 @@ struct fstate {
     /* Apply. */
     struct imap_uid_range *modified; /* [MODIFIED] UIDs: base not advanced */
     size_t nmodified, modified_cap;
-    bool *sdel_ok; /* per server delete: done */
+    bool *sdel_ok;      /* per server delete: done (NULL until apply_server) */
+    bool kw_failed;     /* a keyword letter could not be assigned */
+    bool stores_sent;   /* the plan's STOREs went out */
+    bool stores_failed; /* one of them was not answered OK */
     bool sdel_failed;
     bool updates_recorded; /* record_updates(e, true) ran */
     /* Downloads. */
@@ -274,6 +277,7 @@ struct engine {
 };
 
 static void next_folder(struct engine *e);
+static void folder_end(struct engine *e);
 static void folder_advance(struct engine *e);
 static void finish(struct engine *e);
 static void dedupe_server(struct fstate *f);
@@ -398,12 +402,16 @@ static const char **imap_keywords(unsigned flags, const struct plan_kw *kw, size
 static bool local_letters(struct engine *e, const struct plan_kw *kw, md_keywords *bits_r)
 {
     md_keywords bits = 0;
+    *bits_r = 0;
     for (size_t i = 0; i < kw->n; i++) {
-        int ix = md_keyword_index(e->f->md, kw->names[i], !e->opts.dry_run);
+        /* assign_letters gave the folder's names their letters already;
+         * after one failure here the lock is not waited for again. */
+        int ix =
+            e->f->kw_failed ? -EAGAIN : md_keyword_index(e->f->md, kw->names[i], !e->opts.dry_run);
         if (ix >= 0 && ix < 26) {
             bits |= (md_keywords)1u << ix;
-        } else if (ix != -ENOSPC && ix != -ENOENT && ix != -EINVAL) {
-            *bits_r = 0;
+        } else if (ix != MD_EKWFULL && ix != -ENOENT && ix != -EINVAL) {
+            e->f->kw_failed = true;
             return false;
         }
     }
@@ -2000,7 +2008,11 @@ static void on_store_done(struct imap *im, const struct imap_result *res, void *
         return;
     }
     struct fstate *f = e->f;
-    if (cmd_ok(e, res, "UID STORE") && res->nmodified > 0) {
+    bool ok = cmd_ok(e, res, "UID STORE");
+    if (!ok) {
+        f->stores_failed = true;
+    }
+    if (ok && res->nmodified > 0) {
         /* Changed meanwhile by someone else: leave the base alone so the
          * next run merges again. */
         for (size_t i = 0; i < res->nmodified; i++) {
@@ -2203,7 +2215,14 @@ static void apply_server(struct engine *e)
     /* Without the marks a STORE whose answer a crash loses could be taken
      * for the user's change next time: no STORE then (the folder failed;
      * the next run plans them again). */
-    bool stores = mark_unsettled(e);
+    if (!mark_unsettled(e)) {
+        /* Nothing has gone out yet: end the folder here rather than
+         * send deletions and fetch bodies the index could not record. */
+        f->pending = 0;
+        folder_end(e);
+        return;
+    }
+    f->stores_sent = p->nstores > 0;
     uint64_t unchanged = f->condstore ? f->mb.highestmodseq : 0;
     /* UIDs already in an earlier STORE of this run: our own first STORE
      * raised their MODSEQ, so UNCHANGEDSINCE would refuse the second one
@@ -2211,7 +2230,7 @@ static void apply_server(struct engine *e)
      * carries the conflict check for them. */
     uint32_t *touched = xcalloc(1, sizeof(*touched));
     size_t ntouched = 0;
-    for (size_t i = 0; stores && i < p->nstores; i++) {
+    for (size_t i = 0; i < p->nstores; i++) {
         const struct plan_store *st = &p->stores[i];
         size_t nkw;
         const char **kw = imap_keywords(st->flags, &st->kw, &nkw);
@@ -2929,7 +2948,8 @@ static void folder_final(struct engine *e)
         drops[nd++] = p->drops[i];
     }
     for (size_t i = 0; i < p->nserver_deletes; i++) {
-        if (!f->sdel_ok[i]) {
+        /* A folder that ended before apply_server sent no deletion. */
+        if (f->sdel_ok == NULL || !f->sdel_ok[i]) {
             continue;
         }
         uint32_t uid = p->server_deletes[i].uid;
@@ -2956,7 +2976,8 @@ static void folder_final(struct engine *e)
     size_t nsu;
     uint32_t *su = store_uids(p, &nsu);
     fcounts(e)->flags_up = 0;
-    for (size_t i = 0; i < nsu; i++) {
+    /* STOREs that never went out, or were refused, changed nothing. */
+    for (size_t i = 0; f->stores_sent && !f->stores_failed && i < nsu; i++) {
         if ((i == 0 || su[i] != su[i - 1]) && !is_modified(f, su[i])) {
             fcounts(e)->flags_up++;
         }
@@ -3058,6 +3079,41 @@ static void dedupe_server(struct fstate *f)
     f->nsmsgs = out;
 }
 
+/* Gives every keyword the server has in this folder a letter before the
+ * plan is made, in one take of dovecot-uidlist.lock (which may have to be
+ * waited for) instead of one per message. Names that find no free letter
+ * stay without one, and the plan then treats them as keywords the local
+ * side cannot hold. */
+static int assign_letters(struct engine *e)
+{
+    struct fstate *f = e->f;
+    const char **names = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < f->nsmsgs; i++) {
+        for (size_t k = 0; k < f->smsgs[i].nkw; k++) {
+            xgrow(&names, &cap, n + 1, sizeof(*names));
+            names[n++] = f->smsgs[i].kw[k];
+        }
+    }
+    int r = 0;
+    if (n > 0) {
+        qsort(names, n, sizeof(*names), strp_cmp);
+        size_t u = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (u == 0 || strcmp(names[u - 1], names[i]) != 0) {
+                names[u++] = names[i];
+            }
+        }
+        r = md_keywords_assign(f->md, names, u);
+        if (r >= 0) {
+            const char *table[26];
+            f->free_letters = md_keyword_table(f->md, table);
+        }
+    }
+    free(names);
+    return r;
+}
+
 static void plan_folder(struct engine *e)
 {
     struct fstate *f = e->f;
@@ -3104,6 +3160,11 @@ static void plan_folder(struct engine *e)
         }
     }
     settle_base(e);
+    if (!e->opts.dry_run && f->md != NULL && assign_letters(e) < 0) {
+        /* Nothing planned, nothing changed: the next run tries again. */
+        folder_fail(e, "%s", md_folder_error(f->md));
+        return;
+    }
     fill_input(e, &in, &sm);
     f->plan = plan_build(&in);
     free(sm);
