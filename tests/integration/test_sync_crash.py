@@ -656,7 +656,10 @@ class CrashScenario:
         transfers, timed from the commands of those phases."""
         rng = self.rng
         start = ("start", None, 1)
-        rounds = [start + (rng.uniform(0, cal["connect"]), None) for _ in range(2)]
+        # Within the first half of the calibrated connect time: a run that
+        # connects a little faster than the calibration run must still be
+        # killed before its first SELECT.
+        rounds = [start + (rng.uniform(0, 0.5 * cal["connect"]), None) for _ in range(2)]
         # A transfer round's delay is a fraction (drawn now) of a window
         # computed just before the round from the work left (see
         # transfer_window), so the walk neither stops short nor runs out
