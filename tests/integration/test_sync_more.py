@@ -472,12 +472,16 @@ class KeywordLockScenarios(SyncHelpers):
         lock the folder fails with an error naming the lock, and nothing is
         recorded: the next run must neither lose the keyword on the server
         nor download a second copy."""
-        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(2, seed=73, max_size=3000),
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(3, seed=73, max_size=3000),
                                "\\Seen")
         cfg = self.config()
         self.sync(cfg)
         uids = [u for u, _f, _b in self.server()]
         self.store("INBOX", uids[0], "+FLAGS", "work")
+        # A local deletion waits with the rest (and must not trip the run).
+        gone = [(u, b) for u, _f, b in self.server() if u == uids[2]][0][1]
+        victim = [un for un, _f, b in self.local() if b == mstest.crlf_to_lf(gone)][0]
+        os.unlink(self.local_file("INBOX", victim))
         self.dovecot.save_many(self.user, "INBOX",
                                [simple(b"new with keyword", b"body\r\n", b"<kw-new@x>")],
                                "\\Seen home")
@@ -492,10 +496,12 @@ class KeywordLockScenarios(SyncHelpers):
         self.assertFalse(os.path.exists(os.path.join(self.folder_dir("INBOX"),
                                                      "dovecot-keywords")))
         self.assertEqual(len(self.local()), 2)
+        self.assertEqual(len(self.server()), 4, "nothing deleted on the server yet")
         os.unlink(lock)
         p = self.sync(cfg)
         flags = {u: f for u, f, _b in self.server()}
         self.assertIn("work", flags[uids[0]])
+        self.assertNotIn(uids[2], flags)
         self.assertEqual(len(self.local()), 3)
         self.assert_no_duplicates()
         with open(os.path.join(self.folder_dir("INBOX"), "dovecot-keywords")) as f:
