@@ -69,6 +69,7 @@ struct net_conn {
     char *fingerprint;
     bool insecure;
     unsigned connect_ms;
+    uint64_t connect_start; /* loop time net_connect started the clock */
     unsigned idle_ms;
     size_t max_wq;
 
@@ -95,7 +96,8 @@ struct net_conn {
     struct sockaddr_storage *alist;
     size_t nalist;
     size_t anext;
-    unsigned attempt_ms;
+    unsigned attempt_ms;     /* the most one address may take */
+    unsigned cur_attempt_ms; /* what the current address was given */
     uv_timer_t attempt_timer;
     unsigned attempts;
     struct sbuf attempt_log; /* "addr: reason; ..." for the final message */
@@ -741,7 +743,7 @@ static void on_attempt_timeout(uv_timer_t *h)
         return;
     }
     char secs[32];
-    format_seconds(secs, sizeof(secs), c->attempt_ms);
+    format_seconds(secs, sizeof(secs), c->cur_attempt_ms);
     char *why = xasprintf("no answer within %s", secs);
     note_attempt_failed(c, NET_ETIMEOUT, why);
     free(why);
@@ -855,7 +857,15 @@ static void try_next_address(struct net_conn *c)
         if (r == 0) {
             c->state = NS_CONNECTING;
             if (c->anext < c->nalist) {
-                uv_timer_start(&c->attempt_timer, on_attempt_timeout, c->attempt_ms, 0);
+                /* An equal share of the time left for each address still to
+                 * try, at most attempt_ms: unreachable addresses at the head
+                 * of the list cannot use up the time of a working one. */
+                uint64_t spent = uv_now(c->loop) - c->connect_start;
+                uint64_t left = spent < c->connect_ms ? c->connect_ms - spent : 0;
+                uint64_t share = left / (c->nalist - c->anext + 1);
+                uint64_t ms = share < c->attempt_ms ? share : c->attempt_ms;
+                c->cur_attempt_ms = (unsigned)(ms > 0 ? ms : 1);
+                uv_timer_start(&c->attempt_timer, on_attempt_timeout, c->cur_attempt_ms, 0);
             }
             if (c->tls_mode != NET_TLS_NONE && c->tls_ctx == NULL) {
                 /* Built while the TCP handshake and the server's accept
@@ -992,6 +1002,7 @@ int net_connect(uv_loop_t *loop, const struct net_opts *opts, const struct net_c
      * at the clock. */
     uv_update_time(loop);
     c->last_rx = uv_now(loop);
+    c->connect_start = uv_now(loop);
     uv_timer_start(&c->connect_timer, on_connect_timeout, c->connect_ms, 0);
 
     if (opts->naddrs > 0 && opts->addrs != NULL) {

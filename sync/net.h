@@ -53,12 +53,14 @@ struct net_opts {
     size_t max_write_queue;      /* bytes queued before net_write refuses; 0 = 8 MiB */
     /* How long one address may take to accept the TCP connection before the
      * next address is tried (a host with an unreachable IPv6 address and a
-     * working IPv4 one must not wait for the whole timeout); 0 = 10 s. The
-     * last address gets what is left of connect_timeout_ms. */
+     * working IPv4 one must not wait for the whole timeout); 0 = 10 s. Each
+     * address gets at most an equal share of the connect time left for the
+     * addresses still to try; the last one gets all that is left. */
     unsigned attempt_timeout_ms;
     /* Connect to these addresses, in order, instead of resolving host (host
-     * still names the server for TLS verification and messages); naddrs = 0
-     * resolves as usual. Copied by net_connect. */
+     * still names the server for TLS verification and messages; port must
+     * still be set, for messages, while each address carries its own port);
+     * naddrs = 0 resolves as usual. Copied by net_connect. */
     const struct sockaddr_storage *addrs;
     size_t naddrs;
 };

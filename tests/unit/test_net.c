@@ -703,6 +703,45 @@ static void test_hanging_address_skipped(void **state)
     close(l);
 }
 
+/* Three unreachable addresses before a working one, with a per-address
+ * limit longer than the whole connect timeout: each gets an equal share of
+ * the time left, so the fourth is still reached. */
+static void test_unreachable_addresses_share_the_time(void **state)
+{
+    (void)state;
+    int fill[3][3];
+    uint16_t ports[3];
+    int ls[3];
+    for (int i = 0; i < 3; i++) {
+        ls[i] = hanging_listener(&ports[i], fill[i]);
+    }
+    harness_init(SF_ECHO, NULL, NULL);
+    H.on_connect = peer_check_connect;
+    H.on_data = peer_check_data;
+    struct sockaddr_storage addrs[4];
+    for (int i = 0; i < 3; i++) {
+        loopback_addr(&addrs[i], ports[i]);
+    }
+    loopback_addr(&addrs[3], H.srv.port);
+    struct net_opts o = {.host = "imap.example.test",
+                         .connect_timeout_ms = 2400,
+                         .attempt_timeout_ms = 10000,
+                         .addrs = addrs,
+                         .naddrs = 4};
+    harness_connect(&o);
+    harness_run();
+    assert_int_equal(H.errors, 0);
+    assert_int_equal(H.connects, 1);
+    assert_true(got_is("a1 NOOP\r\n"));
+    harness_done();
+    for (int i = 0; i < 3; i++) {
+        for (int k = 0; k < 3; k++) {
+            close(fill[i][k]);
+        }
+        close(ls[i]);
+    }
+}
+
 /* No address answers: the error names every one of them. */
 static void test_every_address_hangs(void **state)
 {
@@ -1458,6 +1497,7 @@ int main(void)
         cmocka_unit_test(test_localhost_every_address),
         cmocka_unit_test(test_hanging_address_skipped),
         cmocka_unit_test(test_every_address_hangs),
+        cmocka_unit_test(test_unreachable_addresses_share_the_time),
         cmocka_unit_test(test_tls_echo),
         cmocka_unit_test(test_tls_verify_failures),
         cmocka_unit_test(test_tls_pin_mismatch),
