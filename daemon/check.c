@@ -43,11 +43,14 @@ static void outf(FILE *out, const char *fmt, ...)
  * so that non-ASCII folder names line up. */
 static void out_padded(FILE *out, const char *s, size_t width)
 {
-    outf(out, "%s", s);
+    char *safe = xstrdup(s);
+    safe[term_safe(safe, strlen(safe))] = '\0';
+    fputs(safe, out);
     size_t cols = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+    for (const unsigned char *p = (const unsigned char *)safe; *p != '\0'; p++) {
         cols += (*p & 0xc0) != 0x80;
     }
+    free(safe);
     for (; cols < width; cols++) {
         fputc(' ', out);
     }

@@ -1944,9 +1944,9 @@ static int take_lock(struct idx *idx, char **err_r)
                                "process (pid %ld)",
                                idx->account, pid);
         } else {
-            *err_r = xasprintf("account '%s' is already being synced by another mailsync "
-                               "process (pid unknown)",
-                               idx->account);
+            *err_r = xasprintf("account '%s' is locked by another process (pid unknown; %s "
+                               "is held)",
+                               idx->account, path);
         }
         goto out;
     }
