@@ -159,7 +159,8 @@ static void on_engine_done(const struct engine_result *res, void *arg)
             log_error("%s: %s: %s", r->acct->name, res->folders[i].name, res->folders[i].error);
         }
     }
-    if (res->kind != ENGINE_OK) {
+    if (res->kind != ENGINE_OK && (res->error != NULL || res->folder_errors == 0)) {
+        /* Without an account-wide error the folder lines above say it all. */
         log_error("%s: %s", r->acct->name, res->error != NULL ? res->error : "failed");
     }
     bool failed = res->kind != ENGINE_OK || res->folder_errors > 0;

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""`mailsync sync` (IMAP) into a Maildir on a file system that fills up
+half-way through the download: the run fails with the reason and the
+folder, nothing on the server is touched (a message that could not be
+stored is not a local deletion), no half-written file is left in new/ or
+cur/, and once there is room again the next run finishes the job without
+a duplicate. Needs a tmpfs (mounting as root); skipped where that is not
+allowed."""
+
+import collections
+import os
+import shutil
+import subprocess
+
+import mailgen
+import mstest
+
+
+class DiskFull(mstest.DovecotTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.user = "diskfull"
+        self.dovecot.add_user(self.user, "pw-" + self.user)
+
+    def small_disk(self, size):
+        mnt = os.path.join(self.tmp, "small")
+        os.makedirs(mnt)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", mnt],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a tmpfs here: %s" % r.stderr.decode().strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", mnt], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+        return mnt
+
+    def local_bodies(self, maildir):
+        out = collections.Counter()
+        for d in mstest.maildir_folders(maildir):
+            for _u, _f, body in mstest.maildir_messages(os.path.join(maildir, d)):
+                out[body] += 1
+        return out
+
+    def in_flight_files(self, maildir):
+        """Files in tmp/ (debris) anywhere under the Maildir."""
+        found = []
+        for dirpath, _dirs, files in os.walk(maildir):
+            if os.path.basename(dirpath) == "tmp":
+                found += files
+        return found
+
+    def test_disk_full_then_room(self):
+        msgs = {"INBOX": [mailgen.message(seed=31, index=i, size=100000) for i in range(8)],
+                "Lists/dev": [mailgen.message(seed=32, index=i, size=100000) for i in range(6)]}
+        for folder, m in msgs.items():
+            self.dovecot.save_many(self.user, folder, m, "\\Seen")
+        want = collections.Counter(mstest.crlf_to_lf(b) for m in msgs.values() for b in m)
+        server_before = {f: len(self.dovecot.fetch_all(self.user, f)) for f in msgs}
+
+        mnt = self.small_disk("700k")
+        maildir = os.path.join(mnt, "Mail")
+        cfg = self.write_config({"a": self.imap_account(maildir=maildir, user=self.user)})
+        p = mstest.run_mailsync(cfg, "sync", "a", timeout=120)
+        self.assertNotEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("No space left on device", p.stderr)
+        self.assertRegex(p.stderr, r"a: (INBOX|Lists/dev): ")
+        have = self.local_bodies(maildir)
+        self.assertLess(sum(have.values()), len(want))
+        self.assertTrue(all(n == 1 and b in want for b, n in have.items()))
+        self.assertEqual(self.in_flight_files(maildir), [], "half-written files left in tmp/")
+        self.assertNotIn("a: failed", p.stderr)
+        # Nothing was deleted or changed on the server.
+        self.assertEqual({f: len(self.dovecot.fetch_all(self.user, f)) for f in msgs},
+                         server_before)
+
+        # A second run on the still full disk changes nothing either.
+        p = mstest.run_mailsync(cfg, "sync", "a", timeout=120)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertEqual({f: len(self.dovecot.fetch_all(self.user, f)) for f in msgs},
+                         server_before)
+
+        # Room again: the next run finishes the job, without a duplicate.
+        subprocess.run(["mount", "-o", "remount,size=16m", mnt], check=True)
+        p = mstest.run_mailsync(cfg, "sync", "a", timeout=120)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(self.local_bodies(maildir), want)
+        self.assertEqual(self.in_flight_files(maildir), [])
+        self.assertEqual({f: len(self.dovecot.fetch_all(self.user, f)) for f in msgs},
+                         server_before)
+        p = mstest.run_mailsync(cfg, "sync", "a", timeout=120)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+
+
+if __name__ == "__main__":
+    mstest.main()
