@@ -1275,7 +1275,14 @@ static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *
         return false; /* else on_imap_error follows */
     }
     if (res->status != IMAP_STATUS_OK) {
-        folder_fail(e, "%s: %s", what, res->text != NULL ? res->text : "failed");
+        /* The response code says why in a word ([OVERQUOTA], [TOOBIG],
+         * [NOPERM], [LIMIT]...): keep it with the text. */
+        if (res->code != NULL) {
+            folder_fail(e, "%s: [%s] %s", what, res->code,
+                        res->text != NULL ? res->text : "failed");
+        } else {
+            folder_fail(e, "%s: %s", what, res->text != NULL ? res->text : "failed");
+        }
         return false;
     }
     return true;

@@ -16,9 +16,10 @@ import mstest
 from fakeimap import FakeIMAP
 
 
-def empty_folder_server(names, log):
+def empty_folder_server(names, log, on_append=None):
     """A script for a server whose folders (names, in LIST order) are all
-    empty. Every command line is appended to log."""
+    empty. Every command line is appended to log; on_append(c, tag, rest)
+    answers APPEND (after its literal has been read)."""
 
     def on_list(c, tag, rest, raw):
         if rest.startswith('"" ""'):
@@ -45,6 +46,10 @@ def empty_folder_server(names, log):
         c.greet(caps="IMAP4rev1 LITERAL+ UIDPLUS")
         handlers = {"LIST": on_list, "STATUS": on_status, "SELECT": on_select,
                     "EXAMINE": on_select, "UID": on_uid, "CLOSE": on_uid, "UNSELECT": on_uid}
+        for verb in ("UID FETCH", "UID SEARCH", "UID STORE", "UID EXPUNGE"):
+            handlers[verb] = on_uid
+        if on_append is not None:
+            handlers["APPEND"] = lambda c, tag, rest, raw: on_append(c, tag, rest)
         try:
             c.serve(handlers)
         finally:
@@ -53,20 +58,20 @@ def empty_folder_server(names, log):
     return script
 
 
-class InboxCase(unittest.TestCase):
+class Fixture(unittest.TestCase):
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="mailsync-fake-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
 
-    def sync_runs(self, lists):
+    def sync_runs(self, lists, on_append=None):
         """One sync per entry of lists (the server's folders for that run);
         returns [(CompletedProcess, commands the server saw)]."""
         maildir = os.path.join(self.tmp, "Mail")
         out = []
         for names in lists:
             log = []
-            with FakeIMAP(empty_folder_server(names, log)) as srv:
+            with FakeIMAP(empty_folder_server(names, log, on_append)) as srv:
                 acct = {"host": "127.0.0.1", "port": srv.port, "tls": "implicit",
                         "ca_file": srv.ca_cert, "user": "alice", "password": "pw",
                         "maildir": maildir}
@@ -77,6 +82,9 @@ class InboxCase(unittest.TestCase):
                 self.assertEqual(srv.errors, [])
             out.append((p, log))
         return out
+
+
+class InboxCase(Fixture):
 
     def check_run(self, p, log, kept, refused):
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -107,6 +115,44 @@ class InboxCase(unittest.TestCase):
                                ["INBOX", "INBOX/x", "inbox/x", "Inbox/y"]])
         self.assertNotIn("is not synced", runs[0][0].stderr)
         self.check_run(runs[1][0], runs[1][1], "inbox/x", "INBOX/x")
+
+
+
+class AppendRefused(Fixture):
+    """A server that refuses an upload ([OVERQUOTA]): the folder fails with
+    the server's words, the local message stays as it is, and the next run
+    uploads it once the server takes it, exactly once."""
+
+    def test_overquota_then_accepted(self):
+        maildir = os.path.join(self.tmp, "Mail")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(maildir, "INBOX", sub))
+        body = (b"From: a@example.org\nTo: b@example.org\nSubject: local draft\n"
+                b"Message-ID: <quota-1@example.org>\nDate: Mon, 2 Jan 2023 10:00:00 +0000\n"
+                b"\nwritten offline\n")
+        path = os.path.join(maildir, "INBOX", "cur", "1700000000.M1P1.host:2,S")
+        with open(path, "wb") as f:
+            f.write(body)
+        answers = ["NO [OVERQUOTA] Quota exceeded (mailbox for user is full)",
+                   "OK [APPENDUID 7 1] Append completed"]
+        runs = []
+        for answer in answers:
+            def on_append(c, tag, rest, answer=answer):
+                c.send("%s %s\r\n" % (tag, answer))
+            runs += self.sync_runs([["INBOX"]], on_append)
+        (p1, log1), (p2, log2) = runs
+        self.assertNotEqual(p1.returncode, 0, p1.stderr)
+        self.assertIn("a: INBOX: ", p1.stderr)
+        self.assertIn("[OVERQUOTA] Quota exceeded (mailbox for user is full)", p1.stderr)
+        self.assertEqual(len([c for c in log1 if " APPEND " in c]), 1)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), body)
+        self.assertEqual(p2.returncode, 0, p2.stderr)
+        appends = [c for c in log2 if " APPEND " in c]
+        self.assertEqual(len(appends), 1)
+        self.assertIn("(\\Seen)", appends[0])
+        self.assertIn("written offline\r\n", appends[0])
+        self.assertIn("\u2191 1 new", p2.stdout)
 
 
 if __name__ == "__main__":
