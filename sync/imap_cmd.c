@@ -240,9 +240,13 @@ static void b_add(struct imap_cmd *c, const char *s, size_t len, bool secret)
     if (secret) {
         sbuf_adds(&c->trace, "<redacted>");
     } else {
-        /* The trace is one line: stop at the line end. */
+        /* The trace is one line: stop at the line end. The byte that marks
+         * a literal's "+" (IMAP_TRACE_LITERAL) never comes from the data. */
         size_t n = strcspn(s, "\r\n");
-        sbuf_add(&c->trace, s, n < len ? n : len);
+        n = n < len ? n : len;
+        for (size_t i = 0; i < n; i++) {
+            sbuf_addc(&c->trace, s[i] == IMAP_TRACE_LITERAL[0] ? '?' : s[i]);
+        }
     }
 }
 
