@@ -13,107 +13,17 @@ import shutil
 import time
 import unittest
 
-import dovecot
 import mailgen
 import mstest
 from dovecot import Dovecot
+from synctest import FALLBACK_CAPS, SyncFixture, letters
 
-FALLBACK_CAPS = "IMAP4rev1 ID ENABLE IDLE UIDPLUS LITERAL+ MOVE SPECIAL-USE"
 FOLDERS = ["INBOX", "Lists/dev", "Archive/2023", "Entwürfe"]
 
-LETTER = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted": "T",
-          "\\Draft": "D", "$Forwarded": "P"}
 
-
-def letters(flags):
-    return "".join(sorted(LETTER[f] for f in flags if f in LETTER))
-
-
-class SyncScenarios:
-    """Scenarios shared by both server flavours. Each test gets its own
-    Dovecot user so that tests do not see each other's mail."""
-
-    layout = "verbatim"
-
-    def setUp(self):
-        super().setUp()
-        self.user = "u%d" % (abs(hash(self.id())) % 10**8)
-        self.dovecot.add_user(self.user, "pw-" + self.user)
-        self.maildir = os.path.join(self.tmp, "Mail")
-
-    def config(self, **extra):
-        extra.setdefault("layout", self.layout)
-        acct = self.imap_account(user=self.user, **extra)
-        return self.write_config({"a": acct})
-
-    def sync(self, cfg, *flags, ok=True):
-        p = self.mailsync(cfg, "sync", *flags, "a")
-        if ok and p.returncode != 0:
-            self.fail("mailsync sync %s exited %d\nstdout:\n%s\nstderr:\n%s"
-                      % (" ".join(flags), p.returncode, p.stdout, p.stderr))
-        return p
-
-    def folder_dir(self, name):
-        if self.layout == "verbatim":
-            return os.path.join(self.maildir, *name.split("/"))
-        if name.upper() == "INBOX":
-            return self.maildir
-        return os.path.join(self.maildir, "." + name.replace("/", "."))
-
-    def local(self, name="INBOX"):
-        return mstest.maildir_messages(self.folder_dir(name))
-
-    def server(self, name="INBOX"):
-        return self.dovecot.fetch_all(self.user, name)
-
-    def assert_same(self, name="INBOX"):
-        """Both sides hold the same messages with the same flags."""
-        srv = sorted((mstest.crlf_to_lf(b), letters(f)) for _u, f, b in self.server(name))
-        loc = sorted((b, fl) for _u, fl, b in self.local(name))
-        self.assertEqual(len(srv), len(loc), "message count differs in %s" % name)
-        self.assertEqual(srv, loc, "messages or flags differ in %s" % name)
-
-    def imap(self):
-        return self.dovecot.imap(self.user)
-
-    def store(self, folder, uid, op, flags):
-        c = self.imap()
-        try:
-            c.select(dovecot.imap_mailbox(folder))
-            typ, data = c.uid("STORE", str(uid), op, "(%s)" % flags)
-            self.assertEqual(typ, "OK", data)
-        finally:
-            c.logout()
-
-    def expunge(self, folder, uids):
-        c = self.imap()
-        try:
-            c.select(dovecot.imap_mailbox(folder))
-            c.uid("STORE", ",".join(map(str, uids)), "+FLAGS.SILENT", "(\\Deleted)")
-            c.expunge()
-        finally:
-            c.logout()
-
-    def local_file(self, name, unique):
-        d = self.folder_dir(name)
-        for sub in ("cur", "new"):
-            for fn in os.listdir(os.path.join(d, sub)):
-                if fn.split(":2,")[0] == unique:
-                    return os.path.join(d, sub, fn)
-        raise AssertionError("no local file %s" % unique)
-
-    def set_local_flags(self, name, unique, flags):
-        """Renames like mutt: into cur/ with :2,FLAGS."""
-        path = self.local_file(name, unique)
-        new = os.path.join(self.folder_dir(name), "cur", unique + ":2," + flags)
-        os.rename(path, new)
-
-    def deliver_local(self, name, data, unique):
-        d = self.folder_dir(name)
-        tmp = os.path.join(d, "tmp", unique)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.rename(tmp, os.path.join(d, "new", unique))
+class SyncScenarios(SyncFixture):
+    """Scenarios shared by both server flavours (each test with its own
+    Dovecot user, see SyncFixture)."""
 
     def seed(self, n=12, seed=1, folders=FOLDERS):
         corpus = mailgen.corpus(n, seed=seed, folders=folders, max_size=60000)

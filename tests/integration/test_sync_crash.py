@@ -58,6 +58,7 @@ import unittest
 import dovecot
 import mailgen
 import mstest
+from synctest import LETTER
 
 SERVER_FOLDERS = ["INBOX", "Archive/2023", "Lists/dev"]
 # A folder the user makes locally half-way through (before the first flag
@@ -87,8 +88,6 @@ LARGE_SIZE = 120000
 NEW_PER_ROUND = 6  # new messages per side before a round with changes
 FLAG_CHANGES = 25  # flag changes per side before a round with changes
 
-LETTER = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted": "T",
-          "\\Draft": "D", "$Forwarded": "P"}
 IMAP_FLAG = {v: k for k, v in LETTER.items()}
 CHANGE_LETTERS = "FPRS"
 

@@ -20,16 +20,9 @@ import unittest
 import dovecot
 import mailgen
 import mstest
+from synctest import FALLBACK_CAPS, SyncFixture, letters
 
-FALLBACK_CAPS = "IMAP4rev1 ID ENABLE IDLE UIDPLUS LITERAL+ MOVE SPECIAL-USE"
 NO_UIDPLUS_CAPS = "IMAP4rev1 ID ENABLE IDLE LITERAL+ SPECIAL-USE"
-
-LETTER = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted": "T",
-          "\\Draft": "D", "$Forwarded": "P"}
-
-
-def letters(flags):
-    return "".join(sorted(LETTER[f] for f in flags if f in LETTER))
 
 
 def simple(subject, body, msgid=None, extra=b""):
@@ -41,109 +34,10 @@ def simple(subject, body, msgid=None, extra=b""):
     return h + extra + b"\r\n" + body
 
 
-class SyncHelpers:
-    """Per-test Dovecot user, config and the two views of a folder."""
-
-    layout = "verbatim"
-
-    def setUp(self):
-        super().setUp()
-        self.user = "u%d" % (abs(hash(self.id())) % 10**8)
-        self.dovecot.add_user(self.user, "pw-" + self.user)
-        self.maildir = os.path.join(self.tmp, "Mail")
-
-    def config(self, **extra):
-        extra.setdefault("layout", self.layout)
-        acct = self.imap_account(user=self.user, **extra)
-        return self.write_config({"a": acct})
-
-    def sync(self, cfg, *flags, ok=True, env=None, trace=False):
-        """Runs one sync; with trace the protocol trace is in p.stderr."""
-        pre = ("-vv",) if trace else ()
-        p = self.mailsync(cfg, *pre, "sync", *flags, "a", env=env)
-        if ok and p.returncode != 0:
-            self.fail("mailsync sync %s exited %d\nstdout:\n%s\nstderr:\n%s"
-                      % (" ".join(flags), p.returncode, p.stdout, p.stderr))
-        return p
-
-    def folder_dir(self, name):
-        if self.layout == "verbatim":
-            return os.path.join(self.maildir, *name.split("/"))
-        if name.upper() == "INBOX":
-            return self.maildir
-        return os.path.join(self.maildir, "." + name.replace("/", "."))
-
-    def local(self, name="INBOX"):
-        return mstest.maildir_messages(self.folder_dir(name))
-
-    def server(self, name="INBOX"):
-        return self.dovecot.fetch_all(self.user, name)
-
-    def assert_same(self, name="INBOX"):
-        srv = sorted((mstest.crlf_to_lf(b), letters(f)) for _u, f, b in self.server(name))
-        loc = sorted((b, fl) for _u, fl, b in self.local(name))
-        self.assertEqual(len(srv), len(loc), "message count differs in %s" % name)
-        self.assertEqual(srv, loc, "messages or flags differ in %s" % name)
-
-    def assert_no_duplicates(self, name="INBOX"):
-        srv = collections.Counter(mstest.crlf_to_lf(b) for _u, _f, b in self.server(name))
-        loc = collections.Counter(b for _u, _f, b in self.local(name))
-        self.assertEqual([b[:80] for b, n in srv.items() if n > 1], [], "server duplicates")
-        self.assertEqual([b[:80] for b, n in loc.items() if n > 1], [], "local duplicates")
-
-    def imap(self):
-        return self.dovecot.imap(self.user)
-
-    def status(self, folder, items="UIDVALIDITY"):
-        c = self.imap()
-        try:
-            typ, data = c.status(dovecot.imap_mailbox(folder), "(%s)" % items)
-            self.assertEqual(typ, "OK", data)
-            return {k.decode(): int(v) for k, v in re.findall(rb"([A-Z]+) (\d+)", data[0])}
-        finally:
-            c.logout()
-
-    def store(self, folder, uid, op, flags):
-        c = self.imap()
-        try:
-            c.select(dovecot.imap_mailbox(folder))
-            typ, data = c.uid("STORE", str(uid), op, "(%s)" % flags)
-            self.assertEqual(typ, "OK", data)
-        finally:
-            c.logout()
-
-    def local_file(self, name, unique):
-        d = self.folder_dir(name)
-        for sub in ("cur", "new"):
-            for fn in os.listdir(os.path.join(d, sub)):
-                if fn.split(":2,")[0] == unique:
-                    return os.path.join(d, sub, fn)
-        raise AssertionError("no local file %s" % unique)
-
-    def set_local_flags(self, name, unique, flags):
-        path = self.local_file(name, unique)
-        os.rename(path, os.path.join(self.folder_dir(name), "cur", unique + ":2," + flags))
-
-    def deliver_local(self, name, data, unique):
-        d = self.folder_dir(name)
-        for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(d, sub), exist_ok=True)
-        tmp = os.path.join(d, "tmp", unique)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.rename(tmp, os.path.join(d, "new", unique))
-
-    def unique_of(self, name, body_lf):
-        for u, _fl, b in self.local(name):
-            if b == body_lf:
-                return u
-        raise AssertionError("message not found locally")
-
-
 # ---- UIDVALIDITY ---------------------------------------------------------------
 
 
-class UidvalidityScenarios(SyncHelpers):
+class UidvalidityScenarios(SyncFixture):
 
     def corpus(self):
         """Messages that only the header hash can tell apart, next to
@@ -260,7 +154,7 @@ class UidvalidityFallback(UidvalidityScenarios, mstest.DovecotTestCase):
 # ---- APPEND without UIDPLUS -------------------------------------------------------
 
 
-class NoUidplus(SyncHelpers, mstest.DovecotTestCase):
+class NoUidplus(SyncFixture, mstest.DovecotTestCase):
     dovecot_options = {"imap_capability": NO_UIDPLUS_CAPS}
 
     def test_appended_messages_recorded_in_the_same_run(self):
@@ -319,7 +213,7 @@ class NoUidplus(SyncHelpers, mstest.DovecotTestCase):
 # ---- delete_folders ---------------------------------------------------------------
 
 
-class DeleteFolders(SyncHelpers, mstest.DovecotTestCase):
+class DeleteFolders(SyncFixture, mstest.DovecotTestCase):
 
     def setup_folder(self, **extra):
         self.dovecot.save_many(self.user, "INBOX", mailgen.generate(2, seed=61, max_size=3000))
@@ -441,7 +335,7 @@ class DeleteFolders(SyncHelpers, mstest.DovecotTestCase):
 # ---- counts ---------------------------------------------------------------------------
 
 
-class CountScenarios(SyncHelpers):
+class CountScenarios(SyncFixture):
 
     def test_flag_added_and_removed_counts_one_message(self):
         """A message that gains one flag and loses another is in two UID
@@ -464,7 +358,7 @@ class CountScenarios(SyncHelpers):
                       p.stdout)
 
 
-class KeywordLockScenarios(SyncHelpers):
+class KeywordLockScenarios(SyncFixture):
 
     def test_keyword_lock_held_fails_folder_and_keeps_keyword(self):
         """A new keyword needs a letter in dovecot-keywords, which is only
@@ -537,7 +431,7 @@ def dated(subject, date, body):
             b"\r\nMessage-ID: <" + subject.replace(b" ", b".") + b"@skip>\r\n\r\n" + body)
 
 
-class SkipScenarios(SyncHelpers):
+class SkipScenarios(SyncFixture):
 
     def test_skipped_messages_reported_and_kept_skipped(self):
         recent = b"Mon, 2 Jan 2023 10:00:00 +0000"
@@ -626,7 +520,7 @@ def under_asan(binary):
         return b"__asan_init" in f.read()
 
 
-class SessionEnd(SyncHelpers, mstest.DovecotTestCase):
+class SessionEnd(SyncFixture, mstest.DovecotTestCase):
 
     def run_measured(self, cfg, *args):
         """Runs mailsync under /usr/bin/time, returning (returncode, stdout,
