@@ -97,6 +97,21 @@ def maildir_folders(root):
     return sorted(found)
 
 
+def small_disk(test, size):
+    """Mounts a tmpfs of the given size (e.g. "600k") in test.tmp and returns
+    its path; unmounted when the test ends. Skips the test where mounting is
+    not allowed (it needs root)."""
+    mnt = os.path.join(test.tmp, "small")
+    os.makedirs(mnt)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", mnt],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        test.skipTest("cannot mount a tmpfs here: %s" % r.stderr.decode().strip())
+    test.addCleanup(subprocess.run, ["umount", "-l", mnt], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+    return mnt
+
+
 class DovecotTestCase(unittest.TestCase):
     """One Dovecot for the class (options from dovecot_options), a fresh
     temporary directory per test in self.tmp."""

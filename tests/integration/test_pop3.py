@@ -767,25 +767,12 @@ class FakePopTests(unittest.TestCase):
             self.assertIn("message 1 is listed twice in the LIST listing", p.stderr)
             self.assertFalse(any(c.startswith("RETR") for c in srv.commands))
 
-    def small_disk(self, size):
-        """A tmpfs of the given size for the Maildir (skips where mounting
-        is not allowed)."""
-        mnt = os.path.join(self.tmp, "small")
-        os.makedirs(mnt)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", mnt],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if r.returncode != 0:
-            self.skipTest("cannot mount a tmpfs here: %s" % r.stderr.decode().strip())
-        self.addCleanup(subprocess.run, ["umount", "-l", mnt], stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
-        return mnt
-
     def test_disk_full_then_room(self):
         msgs = [mailgen.message(seed=15, index=i, size=100000) for i in range(12)]
         want = collections.Counter(wire_to_local(m) for m in msgs)
         for pipelining in (False, True):
             with self.subTest(pipelining=pipelining), FakePop(msgs, pipelining=pipelining) as srv:
-                mnt = self.small_disk("600k")
+                mnt = mstest.small_disk(self, "600k")
                 self.maildir = os.path.join(mnt, "Mail")
                 cfg = self.config(srv)
                 os.makedirs(os.path.join(self.tmp, "state"), exist_ok=True)

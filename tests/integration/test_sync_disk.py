@@ -23,17 +23,6 @@ class DiskFull(mstest.DovecotTestCase):
         self.user = "diskfull"
         self.dovecot.add_user(self.user, "pw-" + self.user)
 
-    def small_disk(self, size):
-        mnt = os.path.join(self.tmp, "small")
-        os.makedirs(mnt)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", mnt],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if r.returncode != 0:
-            self.skipTest("cannot mount a tmpfs here: %s" % r.stderr.decode().strip())
-        self.addCleanup(subprocess.run, ["umount", "-l", mnt], stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
-        return mnt
-
     def local_bodies(self, maildir):
         out = collections.Counter()
         for d in mstest.maildir_folders(maildir):
@@ -57,7 +46,7 @@ class DiskFull(mstest.DovecotTestCase):
         want = collections.Counter(mstest.crlf_to_lf(b) for m in msgs.values() for b in m)
         server_before = {f: len(self.dovecot.fetch_all(self.user, f)) for f in msgs}
 
-        mnt = self.small_disk("700k")
+        mnt = mstest.small_disk(self, "700k")
         maildir = os.path.join(mnt, "Mail")
         cfg = self.write_config({"a": self.imap_account(maildir=maildir, user=self.user)})
         p = mstest.run_mailsync(cfg, "sync", "a", timeout=120)
