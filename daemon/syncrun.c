@@ -170,7 +170,7 @@ static void on_engine_done(const struct engine_result *res, void *arg)
         fflush(stdout);
         free(line);
     }
-    run_finished(r, failed, res->kind == ENGINE_TRANSIENT && res->folder_errors == 0);
+    run_finished(r, failed, res->kind == ENGINE_TRANSIENT && res->folders_transient);
     progress_draw(sr, true);
 }
 

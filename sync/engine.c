@@ -342,6 +342,34 @@ __attribute__((format(printf, 2, 3))) static void folder_note(struct engine *e, 
     }
 }
 
+/* folder_fail for an error that clears up by itself when trying again
+ * later (see engine_folder_result.transient). Only the first error of a
+ * folder decides. */
+__attribute__((format(printf, 2, 3))) static void folder_fail_transient(struct engine *e,
+                                                                        const char *fmt, ...)
+{
+    struct fstate *f = e->f;
+    bool first = f != NULL && f->job->res->error == NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    folder_vmsg(e, true, fmt, ap);
+    va_end(ap);
+    if (first) {
+        f->job->res->transient = true;
+    }
+}
+
+/* A Maildir operation failed with r: a full disk or quota clears up by
+ * itself, anything else needs the user. */
+static void folder_fail_md(struct engine *e, int r)
+{
+    if (r == -ENOSPC || r == -EDQUOT) {
+        folder_fail_transient(e, "%s", md_folder_error(e->f->md));
+    } else {
+        folder_fail(e, "%s", md_folder_error(e->f->md));
+    }
+}
+
 static struct engine_counts *fcounts(struct engine *e)
 {
     return &e->f->job->res->counts;
@@ -803,10 +831,17 @@ static void on_timer(uv_timer_t *t)
             res->folder_errors++;
         }
     }
+    res->folders_transient = true;
+    for (size_t i = 0; i < e->njobs; i++) {
+        if (e->fres[i].error != NULL && !e->fres[i].transient) {
+            res->folders_transient = false;
+        }
+    }
     if (res->kind == ENGINE_OK && res->folder_errors > 0) {
         /* A folder that needs the user (guard, vanished folder) makes the
-         * run fail without hiding the folders that did sync. */
-        res->kind = ENGINE_PERMANENT;
+         * run fail without hiding the folders that did sync; a full disk
+         * alone is a reason to try again later. */
+        res->kind = res->folders_transient ? ENGINE_TRANSIENT : ENGINE_PERMANENT;
     }
     e->done(res, e->done_arg);
     uv_close((uv_handle_t *)&e->timer, on_timer_closed);
@@ -855,7 +890,7 @@ static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
         set_error(e->root, ENGINE_TRANSIENT, "%s", msg != NULL ? msg : "connection failed");
     }
     if (e->f != NULL) {
-        folder_fail(e, "%s", msg != NULL ? msg : "connection failed");
+        folder_fail_transient(e, "%s", msg != NULL ? msg : "connection failed");
     }
     finish(e);
 }
@@ -1968,7 +2003,7 @@ static void apply_local(struct engine *e)
         }
         int r = md_set_flags(f->md, m, lf->flags, kw, lf->flags != 0 || kw != 0 || !m->in_new);
         if (r < 0) {
-            folder_fail(e, "%s", md_folder_error(f->md));
+            folder_fail_md(e, r);
             return;
         }
         touched = true;
@@ -1981,7 +2016,7 @@ static void apply_local(struct engine *e)
         }
         int r = md_remove(f->md, m);
         if (r < 0) {
-            folder_fail(e, "%s", md_folder_error(f->md));
+            folder_fail_md(e, r);
             return;
         }
         touched = true;
@@ -2377,7 +2412,7 @@ static int flush_batch(struct engine *e)
         r = md_writers_sync(f->md, ws, f->nbatch);
         free(ws);
         if (r < 0) {
-            folder_fail(e, "%s", md_folder_error(f->md));
+            folder_fail_md(e, r);
         }
     }
     size_t ok = 0;
@@ -2396,7 +2431,7 @@ static int flush_batch(struct engine *e)
             int cr =
                 md_writer_commit(d->w, to_cur, d->pd->flags, kw, d->pd->internaldate, true, NULL);
             if (cr < 0) {
-                folder_fail(e, "%s", md_folder_error(f->md));
+                folder_fail_md(e, cr);
                 rows[i].uid = 0; /* leave the intent: the next run forgets it */
             } else {
                 rows[i].state = IDX_MSG_SYNCED;
@@ -2414,7 +2449,7 @@ static int flush_batch(struct engine *e)
     if (r >= 0 && ok > 0) {
         r = md_folder_sync(f->md);
         if (r < 0) {
-            folder_fail(e, "%s", md_folder_error(f->md));
+            folder_fail_md(e, r);
         } else {
             struct idx_ops o2 = {.folder = f->job->name, .puts = rows, .nputs = ok};
             r = idx_apply(e, &o2);
@@ -2505,7 +2540,9 @@ static void dl_message(struct imap *im, const struct imap_msg *m, void *sink, vo
     }
     d->pd = m->uid != 0 ? find_download(f, m->uid) : NULL;
     if (d->pd == NULL || !d->complete || d->err < 0 || d->w == NULL) {
-        if (d->err < 0) {
+        if (d->err == -ENOSPC || d->err == -EDQUOT) {
+            folder_fail_transient(e, "writing a message: %s", strerror(-d->err));
+        } else if (d->err < 0) {
             folder_fail(e, "writing a message: %s", strerror(-d->err));
         }
         if (d->w != NULL) {

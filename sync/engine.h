@@ -55,6 +55,9 @@ struct engine_folder_result {
      * "UIDVALIDITY of INBOX changed: 95 matched, 3 downloaded, 2 uploaded";
      * NULL when nothing happened worth telling. */
     const char *notice;
+    /* The error clears up by itself (connection lost, disk full): trying
+     * again later is all it takes. */
+    bool transient;
 };
 
 struct engine_result {
@@ -65,6 +68,7 @@ struct engine_result {
     const struct engine_folder_result *folders;
     size_t nfolders;
     unsigned folder_errors;
+    bool folders_transient; /* every folder error is transient (or there is none) */
     bool dry_run;
 };
 

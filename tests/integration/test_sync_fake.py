@@ -155,5 +155,42 @@ class AppendRefused(Fixture):
         self.assertIn("\u2191 1 new", p2.stdout)
 
 
+
+class DroppedConnection(Fixture):
+    """A connection the server drops in the middle of a folder is a reason
+    to try again later (exit status 75), with the folder named."""
+
+    def test_drop_during_select_is_temporary(self):
+        maildir = os.path.join(self.tmp, "Mail")
+
+        def script(c):
+            c.greet(caps="IMAP4rev1 LITERAL+ UIDPLUS")
+
+            def on_list(c, tag, rest, raw):
+                if rest.startswith('"" ""'):
+                    c.send('* LIST (\\Noselect) "/" ""\r\n')
+                else:
+                    c.send('* LIST (\\HasNoChildren) "/" INBOX\r\n')
+                c.ok(tag)
+
+            def on_select(c, tag, rest, raw):
+                c.reset()
+                return True
+
+            c.serve({"LIST": on_list, "SELECT": on_select, "EXAMINE": on_select})
+
+        with FakeIMAP(script) as srv:
+            acct = {"host": "127.0.0.1", "port": srv.port, "tls": "implicit",
+                    "ca_file": srv.ca_cert, "user": "alice", "password": "pw",
+                    "maildir": maildir}
+            cfg = os.path.join(self.tmp, "config.yaml")
+            dovecot.write_mailsync_config(cfg, {"a": acct},
+                                          state_dir=os.path.join(self.tmp, "state"))
+            p = mstest.run_mailsync(cfg, "sync", "a", timeout=60)
+        self.assertEqual(p.returncode, 75, p.stdout + p.stderr)
+        self.assertIn("a: INBOX: ", p.stderr)
+        self.assertIn("1 folder error", p.stdout)
+
+
 if __name__ == "__main__":
     mstest.main()
