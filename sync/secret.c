@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Output beyond this is not needed: only the first line counts, and a
  * command that prints more than this before a newline is not a password
@@ -30,6 +31,7 @@ struct secret_req {
     uv_timer_t timer;
     unsigned open_handles;
     bool spawned, out_open, err_open;
+    bool own_group; /* the command leads a process group of its own */
     bool exited, timed_out, finished;
     int spawn_err;
     int64_t exit_status;
@@ -61,6 +63,17 @@ static void on_handle_closed(uv_handle_t *h)
     free(req);
 }
 
+/* Kills the command and, when it has a process group of its own, whatever
+ * it started (a password manager's helpers would otherwise be left behind,
+ * holding the pipes open). */
+static void kill_command(struct secret_req *req)
+{
+    if (req->own_group && req->proc.pid > 0) {
+        kill(-req->proc.pid, SIGKILL);
+    }
+    uv_process_kill(&req->proc, SIGKILL);
+}
+
 static void close_handle(struct secret_req *req, uv_handle_t *h)
 {
     if (!uv_is_closing(h)) {
@@ -78,7 +91,7 @@ static void secret_release(struct secret_req *req)
         /* libuv reaps a child only while its handle is open: closing it now
          * would leave a zombie. The handle is closed from on_exit_cb once
          * the killed command has been reaped. */
-        uv_process_kill(&req->proc, SIGKILL);
+        kill_command(req);
     } else if (req->spawned || req->spawn_err != 0) {
         close_handle(req, (uv_handle_t *)&req->proc);
     }
@@ -256,7 +269,7 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     req->timed_out = true;
-    uv_process_kill(&req->proc, SIGKILL);
+    kill_command(req);
 }
 
 static void on_exit_cb(uv_process_t *p, int64_t exit_status, int term_signal)
@@ -333,6 +346,14 @@ int secret_get(uv_loop_t *loop, const char *password, char *const *command, unsi
     po.args = (char **)command;
     po.stdio_count = 3;
     po.stdio = stdio;
+    /* Away from a terminal (systemd, cron) the command gets a session and
+     * process group of its own, so that a timeout kills what it started
+     * too. On a terminal it stays in ours: it may need the terminal to ask
+     * for a passphrase, and Ctrl-C reaches it anyway. */
+    if (!isatty(STDIN_FILENO) && !isatty(STDERR_FILENO)) {
+        po.flags |= UV_PROCESS_DETACHED;
+        req->own_group = true;
+    }
 
     req->proc.data = req;
     req->open_handles++;

@@ -11,10 +11,13 @@
 #include "sync/secret.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <uv.h>
 
 struct outcome {
@@ -118,6 +121,56 @@ static void test_timeout(void **state)
     clear(&o);
 }
 
+/* Gone, or a zombie waiting for a parent that is not us. */
+static bool process_gone(long pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *fp = fopen(path, "r");
+    if (fp == NULL) {
+        return true;
+    }
+    size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')');
+    return rp != NULL && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X');
+}
+
+/* Away from a terminal (as under ctest), a command that times out takes
+ * what it started with it: a helper left behind would keep running. */
+static void test_timeout_kills_what_the_command_started(void **state)
+{
+    char dir[] = "/tmp/test_secret.XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char pidfile[128], script[512];
+    snprintf(pidfile, sizeof(pidfile), "%s/pid", dir);
+    snprintf(script, sizeof(script), "sleep 30 & echo $! > %s; sleep 30", pidfile);
+    char *argv[] = {"/bin/sh", "-c", script, NULL};
+    struct outcome o;
+    run(NULL, argv, 300, &o);
+    assert_int_equal(o.err, -ETIMEDOUT);
+    clear(&o);
+    FILE *fp = fopen(pidfile, "r");
+    assert_non_null(fp);
+    long pid = 0;
+    assert_int_equal(fscanf(fp, "%ld", &pid), 1);
+    fclose(fp);
+    bool gone = false;
+    for (int i = 0; i < 100 && !gone; i++) {
+        gone = process_gone(pid);
+        if (!gone) {
+            usleep(20 * 1000);
+        }
+    }
+    if (!gone) {
+        kill((pid_t)pid, SIGKILL);
+    }
+    assert_true(gone);
+    unlink(pidfile);
+    rmdir(dir);
+}
+
 static void test_empty_output(void **state)
 {
     char *argv[] = {"/bin/true", NULL};
@@ -171,11 +224,17 @@ static void test_nothing_given(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_password),        cmocka_unit_test(test_echo_first_line),
-        cmocka_unit_test(test_printf_crlf),     cmocka_unit_test(test_false),
-        cmocka_unit_test(test_stderr_reported), cmocka_unit_test(test_timeout),
-        cmocka_unit_test(test_empty_output),    cmocka_unit_test(test_missing_command),
-        cmocka_unit_test(test_cancel),          cmocka_unit_test(test_nothing_given),
+        cmocka_unit_test(test_password),
+        cmocka_unit_test(test_echo_first_line),
+        cmocka_unit_test(test_printf_crlf),
+        cmocka_unit_test(test_false),
+        cmocka_unit_test(test_stderr_reported),
+        cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_timeout_kills_what_the_command_started),
+        cmocka_unit_test(test_empty_output),
+        cmocka_unit_test(test_missing_command),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_nothing_given),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
