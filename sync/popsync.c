@@ -161,6 +161,11 @@ struct popsync {
 
     struct rec *recs; /* sorted by uidl */
     size_t nrecs, recs_cap;
+    /* Records that vanished from the listing, by size (built only then):
+     * new UIDLs are matched against them without a pass over every record
+     * per message. */
+    struct size_ix *by_size;
+    size_t nby_size;
     struct smsg *msgs; /* listing, in the order the server sent it */
     size_t nmsgs, msgs_cap;
     /* Message number -> 1 + index into msgs (0: empty slot), open
@@ -1063,6 +1068,48 @@ static bool rec_matchable(const struct popsync *ps, const struct rec *rc)
     return rc->p.flags != 0 || (idx_pop_is_intent(&rc->p) && scan_has(ps, rc->p.lid));
 }
 
+struct size_ix {
+    uint64_t size;
+    size_t rec;
+};
+
+static int size_ix_cmp(const void *a, const void *b)
+{
+    const struct size_ix *x = a, *y = b;
+    if (x->size != y->size) {
+        return x->size < y->size ? -1 : 1;
+    }
+    return x->rec < y->rec ? -1 : x->rec > y->rec;
+}
+
+/* The first entry of by_size with this size, or nby_size. */
+static size_t size_ix_first(const struct popsync *ps, uint64_t size)
+{
+    size_t lo = 0, hi = ps->nby_size;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ps->by_size[mid].size < size) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+/* A record that may be the message of a new UIDL with this size (and, when
+ * hh is given, this header hash), or -1. */
+static int find_vanished(const struct popsync *ps, uint64_t size, const uint8_t *hh)
+{
+    for (size_t k = size_ix_first(ps, size); k < ps->nby_size && ps->by_size[k].size == size; k++) {
+        const struct rec *rc = &ps->recs[ps->by_size[k].rec];
+        if ((hh == NULL || memcmp(rc->p.header_hash, hh, 16) == 0) && rec_matchable(ps, rc)) {
+            return (int)ps->by_size[k].rec;
+        }
+    }
+    return -1;
+}
+
 /* First pass after the listing: match UIDLs to records and decide which
  * messages need TOP. */
 static void plan_tops(struct popsync *ps)
@@ -1079,10 +1126,20 @@ static void plan_tops(struct popsync *ps)
             ps->recs[m->rec].listed = true;
         }
     }
+    free(ps->by_size);
+    ps->by_size = NULL;
+    ps->nby_size = 0;
     for (size_t r = 0; r < ps->nrecs; r++) {
         if (rec_matchable(ps, &ps->recs[r])) {
+            if (ps->by_size == NULL) {
+                ps->by_size = xcalloc(ps->nrecs, sizeof(*ps->by_size));
+            }
+            ps->by_size[ps->nby_size++] = (struct size_ix){ps->recs[r].p.size, r};
             any_vanished_sizes = true;
         }
+    }
+    if (ps->nby_size > 1) {
+        qsort(ps->by_size, ps->nby_size, sizeof(*ps->by_size), size_ix_cmp);
     }
     for (size_t i = 0; i < ps->nmsgs && !ps->no_uidl; i++) {
         struct smsg *m = &ps->msgs[i];
@@ -1109,11 +1166,8 @@ static void plan_tops(struct popsync *ps)
         } else if (any_vanished_sizes) {
             /* Same size as a record that vanished from the listing: maybe
              * the same message under a new UIDL. */
-            for (size_t r = 0; r < ps->nrecs; r++) {
-                if (ps->recs[r].p.size == m->size && rec_matchable(ps, &ps->recs[r])) {
-                    m->need_top = true;
-                    break;
-                }
+            if (find_vanished(ps, m->size, NULL) >= 0) {
+                m->need_top = true;
             }
         }
     }
@@ -1324,14 +1378,7 @@ static void plan(struct popsync *ps)
         }
         /* The same message under a new UIDL (all UIDLs renumbered)? */
         if (m->hh_valid && !ps->no_uidl) {
-            int found = -1;
-            for (size_t r = 0; r < ps->nrecs && found < 0; r++) {
-                struct rec *rc = &ps->recs[r];
-                if (rc->p.size == m->size && memcmp(rc->p.header_hash, m->hh, 16) == 0 &&
-                    rec_matchable(ps, rc)) {
-                    found = (int)r;
-                }
-            }
+            int found = find_vanished(ps, m->size, m->hh);
             if (found >= 0) {
                 struct rec *rc = &ps->recs[found];
                 struct idx_pop np = rc->p;
@@ -2142,6 +2189,7 @@ static void free_ps(struct popsync *ps)
         idx_close(ps->idx);
     }
     free(ps->recs);
+    free(ps->by_size);
     free(ps->msgs);
     free(ps->byno);
     free(ps->todo);
