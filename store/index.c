@@ -1818,6 +1818,24 @@ int idx_meta_put(struct idx_txn *txn, const char *key, const void *val, size_t l
     return db_put(txn, DB_META, key, klen, val, len);
 }
 
+int idx_meta_delete(struct idx_txn *txn, const char *key)
+{
+    int rc = txn_check(txn, true);
+    if (rc != 0) {
+        return rc;
+    }
+    size_t klen = 0;
+    rc = check_meta_key(txn->idx, key, &klen);
+    if (rc != 0) {
+        return rc;
+    }
+    if (strcmp(key, META_SCHEMA_VERSION) == 0 || strcmp(key, META_NEXT_FOLDER_ID) == 0) {
+        return fail(txn->idx, -EINVAL, "index %s: meta key '%s' is reserved for the index itself",
+                    txn->idx->env_path, key);
+    }
+    return db_del(txn, DB_META, key, klen);
+}
+
 int idx_meta_get(struct idx_txn *txn, const char *key, void *buf, size_t cap, size_t *len_r)
 {
     int rc = txn_check(txn, false);

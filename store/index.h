@@ -158,5 +158,7 @@ bool idx_pop_is_intent(const struct idx_pop *p);
 int idx_meta_put(struct idx_txn *txn, const char *key, const void *val, size_t len);
 /* Copies up to cap bytes into buf and sets *len_r to the stored length. */
 int idx_meta_get(struct idx_txn *txn, const char *key, void *buf, size_t cap, size_t *len_r);
+/* Removes a meta value (write transaction); absent is not an error. */
+int idx_meta_delete(struct idx_txn *txn, const char *key);
 
 #endif

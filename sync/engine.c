@@ -455,6 +455,27 @@ static bool kw_ok(const char *name, void *arg)
 
 /* ---- index helpers ------------------------------------------------------------ */
 
+static void unsettled_key(const char *folder, char *buf, size_t cap);
+
+/* Forgets a folder in the index: its state, its message rows and the meta
+ * values kept beside them (skip list, unsettled masks). Returns what
+ * idx_folder_delete returns (-ENOENT for a folder it does not know). */
+static int forget_folder_records(struct idx_txn *txn, const char *folder)
+{
+    int r = idx_folder_delete(txn, folder);
+    if (r < 0 && r != -ENOENT) {
+        return r;
+    }
+    char key[512];
+    skiplist_key(folder, key, sizeof(key));
+    int m = idx_meta_delete(txn, key);
+    if (m == 0) {
+        unsettled_key(folder, key, sizeof(key));
+        m = idx_meta_delete(txn, key);
+    }
+    return m < 0 ? m : r;
+}
+
 struct idx_ops {
     const char *folder;
     const struct idx_msg *puts;
@@ -1089,7 +1110,8 @@ static int folder_prepare(struct engine *e)
         if (!e->opts.dry_run) {
             struct idx_txn *w;
             if (idx_begin(e->idx, true, &w) == 0) {
-                if (idx_folder_delete(w, j->name) < 0) {
+                int fr = forget_folder_records(w, j->name);
+                if (fr < 0 && fr != -ENOENT) {
                     idx_abort(w);
                 } else {
                     idx_commit(w);
@@ -3497,7 +3519,7 @@ static int forget_folder(struct engine *e, const char *name)
     struct idx_txn *txn;
     int r = idx_begin(e->idx, true, &txn);
     if (r == 0) {
-        r = idx_folder_delete(txn, name);
+        r = forget_folder_records(txn, name);
         if (r < 0 && r != -ENOENT) {
             idx_abort(txn);
         } else {
@@ -3868,7 +3890,8 @@ static void next_folder(struct engine *e)
             if (idx_begin(e->idx, true, &txn) == 0) {
                 /* A write transaction left open would block every later
                  * write of this process; the next run retries. */
-                if (idx_folder_delete(txn, j->name) < 0) {
+                int fr = forget_folder_records(txn, j->name);
+                if (fr < 0 && fr != -ENOENT) {
                     idx_abort(txn);
                 } else {
                     (void)idx_commit(txn); /* frees txn on failure as well */

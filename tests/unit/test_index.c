@@ -838,6 +838,21 @@ static void test_meta(void **state)
     assert_int_equal(idx_meta_get(t, "schema_version", buf, sizeof(buf), &len), 0);
     assert_int_equal(len, 4);
     assert_memory_equal(buf, "\x01\0\0\0", 4);
+    /* Meta values are read-only in a read transaction. */
+    assert_int_equal(idx_meta_delete(t, "bin"), -EROFS);
+    idx_abort(t);
+
+    /* Deleting: gone afterwards, absent is fine, reserved keys are not. */
+    t = begin(idx, true);
+    assert_int_equal(idx_meta_delete(t, "bin"), 0);
+    assert_int_equal(idx_meta_delete(t, "bin"), 0);
+    assert_int_equal(idx_meta_delete(t, "never-there"), 0);
+    assert_int_equal(idx_meta_delete(t, "schema_version"), -EINVAL);
+    commit(idx, t);
+    t = begin(idx, false);
+    assert_int_equal(idx_meta_get(t, "bin", buf, sizeof(buf), &len), -ENOENT);
+    assert_int_equal(idx_meta_get(t, "pop:last_run", buf, sizeof(buf), &len), 0);
+    assert_int_equal(idx_meta_get(t, "schema_version", buf, sizeof(buf), &len), 0);
     idx_abort(t);
     idx_close(idx);
 }
