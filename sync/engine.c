@@ -363,10 +363,22 @@ __attribute__((format(printf, 2, 3))) static void folder_fail_transient(struct e
  * itself, anything else needs the user. */
 static void folder_fail_md(struct engine *e, int r)
 {
-    if (r == -ENOSPC || r == -EDQUOT) {
+    if (r == -ENOSPC || r == -EDQUOT || r == -EAGAIN) {
+        /* -EAGAIN: dovecot-keywords locked by another program. */
         folder_fail_transient(e, "%s", md_folder_error(e->f->md));
     } else {
         folder_fail(e, "%s", md_folder_error(e->f->md));
+    }
+}
+
+/* An index operation failed with r: a full disk, quota or a map that
+ * could not grow clears up by itself. */
+static void folder_fail_idx(struct engine *e, int r)
+{
+    if (r == -ENOSPC || r == -EDQUOT || r == IDX_ERETRY) {
+        folder_fail_transient(e, "index: %s", idx_error(e->idx));
+    } else {
+        folder_fail(e, "index: %s", idx_error(e->idx));
     }
 }
 
@@ -534,7 +546,7 @@ static int idx_apply(struct engine *e, const struct idx_ops *o)
     }
     int r = idx_write(e->idx, ops_fn, (void *)o);
     if (r < 0) {
-        folder_fail(e, "index: %s", idx_error(e->idx));
+        folder_fail_idx(e, r);
     }
     return r;
 }
@@ -1077,7 +1089,7 @@ static int folder_prepare(struct engine *e)
     struct idx_txn *txn;
     r = idx_begin(e->idx, false, &txn);
     if (r < 0) {
-        folder_fail(e, "index: %s", idx_error(e->idx));
+        folder_fail_idx(e, r);
         return r;
     }
     r = idx_folder_get(txn, j->name, &f->st);
@@ -1096,7 +1108,7 @@ static int folder_prepare(struct engine *e)
     }
     idx_abort(txn);
     if (r < 0) {
-        folder_fail(e, "index: %s", idx_error(e->idx));
+        folder_fail_idx(e, r);
         return r;
     }
     if (j->reset) {
@@ -1180,7 +1192,11 @@ static int folder_prepare(struct engine *e)
         f->lkw[i] = xcalloc(27, sizeof(char *));
         size_t k = 0;
         for (int b = 0; b < 26 && m->keywords != 0; b++) {
-            if ((m->keywords & ((md_keywords)1u << b)) && letters[b] != NULL) {
+            /* A name in dovecot-keywords that is no IMAP keyword (another
+             * program wrote "bogus line") cannot go to the server: it is
+             * left out, as a letter without a name is. */
+            if ((m->keywords & ((md_keywords)1u << b)) && letters[b] != NULL &&
+                imap_is_atom(letters[b], strlen(letters[b])) && letters[b][0] != '\\') {
                 f->lkw[i][k++] = xstrdup(letters[b]);
             }
         }
@@ -1815,7 +1831,7 @@ static int rematch_finish(struct engine *e)
         struct rematch_write w = {.folder = f->job->name, .recs = recs, .n = n, .st = &st};
         r = idx_write(e->idx, rematch_fn, &w);
         if (r < 0) {
-            folder_fail(e, "index: %s", idx_error(e->idx));
+            folder_fail_idx(e, r);
             free(recs);
             return r;
         }
@@ -1991,7 +2007,7 @@ static void record_updates(struct engine *e, bool stored)
         if (in_store != stored) {
             continue;
         }
-        if (stored && (f->failed || is_modified(f, uid))) {
+        if (stored && (f->failed || f->stores_failed || is_modified(f, uid))) {
             continue;
         }
         puts[np++] = p->updates[i];
@@ -2315,9 +2331,16 @@ static void apply_server(struct engine *e)
                                               pass == 0 ? nfirst : nagain, 0, &sets);
             for (size_t k = 0; k < nsets; k++) {
                 f->pending++;
-                if (imap_uid_store(e->im, sets[k], st->op, md_to_imap(st->flags), kw, nkw,
-                                   pass == 0 ? unchanged : 0, on_store_done, e) < 0) {
+                int sr = imap_uid_store(e->im, sets[k], st->op, md_to_imap(st->flags), kw, nkw,
+                                        pass == 0 ? unchanged : 0, on_store_done, e);
+                if (sr < 0) {
+                    /* Refused before it was sent: its flags did not go up,
+                     * so the base must not advance as if they had. */
                     f->pending--;
+                    f->stores_failed = true;
+                    if (sr != -ENOTCONN) {
+                        folder_fail(e, "UID STORE %s: cannot be sent (%s)", sets[k], strerror(-sr));
+                    }
                 }
                 free(sets[k]);
             }
@@ -3226,9 +3249,10 @@ static void plan_folder(struct engine *e)
         }
     }
     settle_base(e);
-    if (!e->opts.dry_run && f->md != NULL && assign_letters(e) < 0) {
+    int ar;
+    if (!e->opts.dry_run && f->md != NULL && (ar = assign_letters(e)) < 0) {
         /* Nothing planned, nothing changed: the next run tries again. */
-        folder_fail(e, "%s", md_folder_error(f->md));
+        folder_fail_md(e, ar);
         return;
     }
     fill_input(e, &in, &sm);

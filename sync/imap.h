@@ -461,6 +461,9 @@ size_t imap_uidset_format(const uint32_t *uids, size_t n, size_t max_len, char *
 int imap_uidset_parse(const char *s, struct imap_uid_range **ranges_r, size_t *n_r);
 /* True when uid is inside one of the ranges. */
 bool imap_uidset_contains(const struct imap_uid_range *ranges, size_t n, uint32_t uid);
+/* Whether s (len bytes) is an IMAP atom (RFC 3501 section 9), as a keyword
+ * must be. */
+bool imap_is_atom(const char *s, size_t len);
 
 /* The Message-ID of a header block (CRLF or LF line ends; only the lines
  * before the first empty line count): the first Message-ID field, unfolded

@@ -29,7 +29,4 @@ int imap_name_from_server(const char *raw, size_t len, char delim, bool utf8, ch
  * and *raw_r, or -EINVAL with *why_r. */
 int imap_name_to_server(const char *name, char delim, bool utf8, char **raw_r, const char **why_r);
 
-/* True when every byte of s[0..len) may appear in an IMAP atom. */
-bool imap_is_atom(const char *s, size_t len);
-
 #endif
