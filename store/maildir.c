@@ -1789,7 +1789,13 @@ int md_keywords_assign(struct md_folder *f, const char *const *names, size_t n)
     for (size_t i = 0; i < n && !missing; i++) {
         missing = kw_valid_name(names[i]) && kw_find(f, names[i]) < 0;
     }
-    if (!missing) {
+    bool room = false;
+    for (int k = 0; k < MD_KW_COUNT && !room; k++) {
+        room = f->kw_names[k] == NULL;
+    }
+    if (!missing || !room) {
+        /* Nothing to assign, or no letter to assign it: no lock needed
+         * (the next look at the file sees letters another program frees). */
         return 0;
     }
     char *lock = NULL;

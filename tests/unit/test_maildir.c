@@ -1078,6 +1078,20 @@ static void test_keywords(void **state)
     }
     assert_int_equal(md_keyword_index(fx->f, "one-too-many", true), MD_EKWFULL);
     assert_non_null(strstr(md_folder_error(fx->f), "dovecot-keywords"));
+    /* With no letter free, the lock is not even waited for. */
+    char *lock = path_join(fx->path, "dovecot-uidlist.lock");
+    char host[256] = {0};
+    assert_int_equal(gethostname(host, sizeof(host) - 1), 0);
+    char *who = xasprintf("%ld:%s", (long)getppid(), host);
+    write_file(lock, who);
+    free(who);
+    uint64_t t0 = now_ms();
+    assert_int_equal(md_keyword_index(fx->f, "still-too-many", true), MD_EKWFULL);
+    const char *more[] = {"x1", "x2"};
+    assert_int_equal(md_keywords_assign(fx->f, more, 2), 0);
+    assert_true(now_ms() - t0 < 1000);
+    assert_int_equal(unlink(lock), 0);
+    free(lock);
     assert_string_equal(md_keyword_name(fx->f, 25), "kw20");
     assert_int_equal(md_keyword_index(fx->f, "kw20", false), 25);
     assert_null(md_keyword_name(fx->f, 26));
