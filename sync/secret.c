@@ -4,6 +4,7 @@
 #include "daemon/util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -72,6 +73,18 @@ static void kill_command(struct secret_req *req)
         kill(-req->proc.pid, SIGKILL);
     }
     uv_process_kill(&req->proc, SIGKILL);
+}
+
+/* Whether this process has a controlling terminal (one a command could ask
+ * a passphrase on through /dev/tty), whatever its standard streams are. */
+static bool has_terminal(void)
+{
+    int fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        return false;
+    }
+    close(fd);
+    return true;
 }
 
 static void close_handle(struct secret_req *req, uv_handle_t *h)
@@ -350,7 +363,7 @@ int secret_get(uv_loop_t *loop, const char *password, char *const *command, unsi
      * process group of its own, so that a timeout kills what it started
      * too. On a terminal it stays in ours: it may need the terminal to ask
      * for a passphrase, and Ctrl-C reaches it anyway. */
-    if (!isatty(STDIN_FILENO) && !isatty(STDERR_FILENO)) {
+    if (!has_terminal()) {
         po.flags |= UV_PROCESS_DETACHED;
         req->own_group = true;
     }

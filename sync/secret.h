@@ -5,8 +5,8 @@
  * uv_spawn on the loop; its standard output is piped and its first line,
  * without CR/LF, is the secret. Standard error is collected to explain
  * failures. A command that does not exit within the timeout is killed;
- * away from a terminal it runs in a process group of its own, and what it
- * started is killed with it.
+ * when mailsync has no controlling terminal (systemd, cron) the command
+ * runs in a process group of its own, and what it started is killed too.
  *
  * Errors (err < 0 in the callback) come with a message such as
  *   "password_command 'pass' timed out after 30 s"
