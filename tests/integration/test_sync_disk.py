@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 
+import dovecot
 import mailgen
 import mstest
 
@@ -20,7 +21,7 @@ class DiskFull(mstest.DovecotTestCase):
 
     def setUp(self):
         super().setUp()
-        self.user = "diskfull"
+        self.user = "diskfull-" + self._testMethodName[-12:]
         self.dovecot.add_user(self.user, "pw-" + self.user)
 
     def local_bodies(self, maildir):
@@ -39,6 +40,15 @@ class DiskFull(mstest.DovecotTestCase):
         return found
 
     def test_disk_full_then_room(self):
+        self.run_disk_full(state_on_small_disk=False)
+
+    def test_disk_full_with_the_index_on_it(self):
+        """The index shares the full file system (the default layout puts
+        both under the home directory): whichever write fails first, the
+        Maildir's or the index's, the run is one to try again later."""
+        self.run_disk_full(state_on_small_disk=True)
+
+    def run_disk_full(self, state_on_small_disk):
         msgs = {"INBOX": [mailgen.message(seed=31, index=i, size=100000) for i in range(8)],
                 "Lists/dev": [mailgen.message(seed=32, index=i, size=100000) for i in range(6)]}
         for folder, m in msgs.items():
@@ -48,7 +58,10 @@ class DiskFull(mstest.DovecotTestCase):
 
         mnt = mstest.small_disk(self, "700k")
         maildir = os.path.join(mnt, "Mail")
-        cfg = self.write_config({"a": self.imap_account(maildir=maildir, user=self.user)})
+        cfg = os.path.join(self.tmp, "config.yaml")
+        state = os.path.join(mnt if state_on_small_disk else self.tmp, "state")
+        dovecot.write_mailsync_config(
+            cfg, {"a": self.imap_account(maildir=maildir, user=self.user)}, state_dir=state)
         p = mstest.run_mailsync(cfg, "sync", "a", timeout=120)
         # A full disk clears up: "try again later", as for POP3.
         self.assertEqual(p.returncode, 75, p.stdout + p.stderr)
