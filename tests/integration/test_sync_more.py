@@ -360,6 +360,28 @@ class CountScenarios(SyncFixture):
 
 class KeywordLockScenarios(SyncFixture):
 
+    def test_local_keyword_name_that_is_no_atom_stays_local(self):
+        """dovecot-keywords written by another program may name a letter
+        with something no IMAP keyword can be ("bogus line"). A message
+        carrying that letter syncs its other flags; the name never goes to
+        the server, and nothing flips back on the next run."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=74, max_size=3000))
+        cfg = self.config()
+        self.sync(cfg)
+        with open(os.path.join(self.folder_dir("INBOX"), "dovecot-keywords"), "w") as f:
+            f.write("0 bogus line\n")
+        unique = self.local()[0][0]
+        self.set_local_flags("INBOX", unique, "Sa")
+        p = self.sync(cfg)
+        self.assertIn("\u2191 0 new, 1 flags", p.stdout)
+        flags = [f for _u, f, _b in self.server()][0]
+        self.assertEqual(sorted(flags), ["\\Seen"])
+        self.assertEqual([fl for _u, fl, _b in self.local()], ["Sa"])
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+        self.assertEqual([fl for _u, fl, _b in self.local()], ["Sa"])
+
     def test_keyword_lock_held_fails_folder_and_keeps_keyword(self):
         """A new keyword needs a letter in dovecot-keywords, which is only
         assigned under dovecot-uidlist.lock. While a live process holds that
