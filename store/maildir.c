@@ -1677,7 +1677,9 @@ static int kw_lock(struct md_folder *f, char **lock_r)
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     long sleep_ms = 5;
-    for (;;) {
+    /* Bounds the take-overs of stale locks too (each is followed by a
+     * pause); a lock that keeps going stale is not fought over forever. */
+    for (int round = 0;; round++) {
         int fd = open(lock, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (fd >= 0) {
             char *host = host_name();
@@ -1715,7 +1717,9 @@ static int kw_lock(struct md_folder *f, char **lock_r)
                                       .tv_nsec = (long)(50 + random64() % 100) * 1000000};
                 nanosleep(&ts, NULL);
             }
-            continue;
+            if (round < 100) {
+                continue;
+            }
         }
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);

@@ -2063,7 +2063,7 @@ static void apply_local(struct engine *e)
     if (touched) {
         int r = md_folder_sync(f->md);
         if (r < 0) {
-            folder_fail(e, "%s", md_folder_error(f->md));
+            folder_fail_md(e, r);
             return;
         }
     }
