@@ -1796,20 +1796,31 @@ static int check_meta_key(struct idx *idx, const char *key, size_t *len_r)
     return 0;
 }
 
-int idx_meta_put(struct idx_txn *txn, const char *key, const void *val, size_t len)
+/* The checks of a meta write: a write transaction, a valid key, and not
+ * one of the keys the index keeps for itself. */
+static int meta_writable(struct idx_txn *txn, const char *key, size_t *klen_r)
 {
     int rc = txn_check(txn, true);
     if (rc != 0) {
         return rc;
     }
-    size_t klen = 0;
-    rc = check_meta_key(txn->idx, key, &klen);
+    rc = check_meta_key(txn->idx, key, klen_r);
     if (rc != 0) {
         return rc;
     }
     if (strcmp(key, META_SCHEMA_VERSION) == 0 || strcmp(key, META_NEXT_FOLDER_ID) == 0) {
         return fail(txn->idx, -EINVAL, "index %s: meta key '%s' is reserved for the index itself",
                     txn->idx->env_path, key);
+    }
+    return 0;
+}
+
+int idx_meta_put(struct idx_txn *txn, const char *key, const void *val, size_t len)
+{
+    size_t klen = 0;
+    int rc = meta_writable(txn, key, &klen);
+    if (rc != 0) {
+        return rc;
     }
     if (len > META_VAL_MAX || (val == NULL && len > 0)) {
         return fail(txn->idx, -EINVAL, "index %s: meta value for '%s' too large (%zu bytes)",
@@ -1820,20 +1831,9 @@ int idx_meta_put(struct idx_txn *txn, const char *key, const void *val, size_t l
 
 int idx_meta_delete(struct idx_txn *txn, const char *key)
 {
-    int rc = txn_check(txn, true);
-    if (rc != 0) {
-        return rc;
-    }
     size_t klen = 0;
-    rc = check_meta_key(txn->idx, key, &klen);
-    if (rc != 0) {
-        return rc;
-    }
-    if (strcmp(key, META_SCHEMA_VERSION) == 0 || strcmp(key, META_NEXT_FOLDER_ID) == 0) {
-        return fail(txn->idx, -EINVAL, "index %s: meta key '%s' is reserved for the index itself",
-                    txn->idx->env_path, key);
-    }
-    return db_del(txn, DB_META, key, klen);
+    int rc = meta_writable(txn, key, &klen);
+    return rc != 0 ? rc : db_del(txn, DB_META, key, klen);
 }
 
 int idx_meta_get(struct idx_txn *txn, const char *key, void *buf, size_t cap, size_t *len_r)
