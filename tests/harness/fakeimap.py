@@ -287,3 +287,20 @@ def wait_for(pred, timeout=10):
             return True
         time.sleep(0.02)
     return False
+
+
+def mailsync_sync(tmp, script, *flags, password="pw"):
+    """Runs `mailsync [flags] sync a` once against a fake server running
+    script: account a with its Maildir (tmp/Mail) and state (tmp/state)
+    kept from run to run. Returns (CompletedProcess, server), the server
+    stopped, with its connections (commands seen) and errors."""
+    import mstest  # the harness module that runs the binary
+
+    with FakeIMAP(script) as srv:
+        acct = {"host": "127.0.0.1", "port": srv.port, "tls": "implicit",
+                "ca_file": srv.ca_cert, "user": "alice", "password": password,
+                "maildir": os.path.join(tmp, "Mail")}
+        cfg = os.path.join(tmp, "config.yaml")
+        dovecot.write_mailsync_config(cfg, {"a": acct}, state_dir=os.path.join(tmp, "state"))
+        p = mstest.run_mailsync(cfg, *flags, "sync", "a", timeout=60)
+    return p, srv

@@ -11,9 +11,8 @@ import shutil
 import tempfile
 import unittest
 
-import dovecot
 import mstest
-from fakeimap import FakeIMAP
+from fakeimap import mailsync_sync
 
 
 class LoginCodes(unittest.TestCase):
@@ -33,17 +32,10 @@ class LoginCodes(unittest.TestCase):
             c.greet(caps="IMAP4rev1 LITERAL+")
             c.serve({"LOGIN": on_login})
 
-        with FakeIMAP(script) as srv:
-            acct = {"host": "127.0.0.1", "port": srv.port, "tls": "implicit",
-                    "ca_file": srv.ca_cert, "user": "alice", "password": "s3cret-pw",
-                    "maildir": os.path.join(self.tmp, "Mail")}
-            cfg = os.path.join(self.tmp, "config.yaml")
-            dovecot.write_mailsync_config(cfg, {"a": acct},
-                                          state_dir=os.path.join(self.tmp, "state"))
-            p = mstest.run_mailsync(cfg, "sync", "a", timeout=60)
-            self.assertEqual(srv.errors, [])
-            logins = [cmd for conn in srv.conns for cmd in conn.commands if " LOGIN " in cmd]
-            self.assertEqual(len(logins), 1, "one LOGIN, no retry loop inside one run")
+        p, srv = mailsync_sync(self.tmp, script, password="s3cret-pw")
+        self.assertEqual(srv.errors, [])
+        logins = [cmd for conn in srv.conns for cmd in conn.commands if " LOGIN " in cmd]
+        self.assertEqual(len(logins), 1, "one LOGIN, no retry loop inside one run")
         self.assertNotIn("s3cret-pw", p.stdout + p.stderr)
         self.assertEqual(mstest.maildir_messages(os.path.join(self.tmp, "Mail", "INBOX")), [])
         return p

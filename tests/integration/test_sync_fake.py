@@ -11,9 +11,8 @@ import shutil
 import tempfile
 import unittest
 
-import dovecot
 import mstest
-from fakeimap import FakeIMAP
+from fakeimap import mailsync_sync
 
 
 def empty_folder_server(names, log, on_append=None):
@@ -64,22 +63,20 @@ class Fixture(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="mailsync-fake-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
 
+    def sync_with(self, script, *flags):
+        """One `mailsync sync` of account a (Maildir and state in self.tmp,
+        kept from run to run) against a fake server running script."""
+        p, srv = mailsync_sync(self.tmp, script, *flags)
+        self.assertEqual(srv.errors, [])
+        return p
+
     def sync_runs(self, lists, on_append=None):
         """One sync per entry of lists (the server's folders for that run);
         returns [(CompletedProcess, commands the server saw)]."""
-        maildir = os.path.join(self.tmp, "Mail")
         out = []
         for names in lists:
             log = []
-            with FakeIMAP(empty_folder_server(names, log, on_append)) as srv:
-                acct = {"host": "127.0.0.1", "port": srv.port, "tls": "implicit",
-                        "ca_file": srv.ca_cert, "user": "alice", "password": "pw",
-                        "maildir": maildir}
-                cfg = os.path.join(self.tmp, "config.yaml")
-                dovecot.write_mailsync_config(cfg, {"a": acct},
-                                              state_dir=os.path.join(self.tmp, "state"))
-                p = mstest.run_mailsync(cfg, "-v", "sync", "a", timeout=60)
-                self.assertEqual(srv.errors, [])
+            p = self.sync_with(empty_folder_server(names, log, on_append), "-v")
             out.append((p, log))
         return out
 
@@ -155,14 +152,11 @@ class AppendRefused(Fixture):
         self.assertIn("\u2191 1 new", p2.stdout)
 
 
-
 class DroppedConnection(Fixture):
     """A connection the server drops in the middle of a folder is a reason
     to try again later (exit status 75), with the folder named."""
 
     def test_drop_during_select_is_temporary(self):
-        maildir = os.path.join(self.tmp, "Mail")
-
         def script(c):
             c.greet(caps="IMAP4rev1 LITERAL+ UIDPLUS")
 
@@ -179,14 +173,7 @@ class DroppedConnection(Fixture):
 
             c.serve({"LIST": on_list, "SELECT": on_select, "EXAMINE": on_select})
 
-        with FakeIMAP(script) as srv:
-            acct = {"host": "127.0.0.1", "port": srv.port, "tls": "implicit",
-                    "ca_file": srv.ca_cert, "user": "alice", "password": "pw",
-                    "maildir": maildir}
-            cfg = os.path.join(self.tmp, "config.yaml")
-            dovecot.write_mailsync_config(cfg, {"a": acct},
-                                          state_dir=os.path.join(self.tmp, "state"))
-            p = mstest.run_mailsync(cfg, "sync", "a", timeout=60)
+        p = self.sync_with(script)
         self.assertEqual(p.returncode, 75, p.stdout + p.stderr)
         self.assertIn("a: INBOX: ", p.stderr)
         self.assertIn("1 folder error", p.stdout)
