@@ -642,9 +642,22 @@ static void test_localhost_every_address(void **state)
 }
 
 /* A listener whose accept queue is full: connecting to it hangs (SYNs are
- * dropped), as an unreachable address does. Returns the listening fd; the
- * fillers go to fill_r[0..2]. */
-static int hanging_listener(uint16_t *port_r, int fill_r[3])
+ * dropped), as an unreachable address does. */
+struct hanging {
+    int listener;
+    int fill[3];
+    uint16_t port;
+};
+
+static void hanging_close(struct hanging *h)
+{
+    for (int i = 0; i < 3; i++) {
+        close(h->fill[i]);
+    }
+    close(h->listener);
+}
+
+static void hanging_open(struct hanging *h)
 {
     int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(l >= 0);
@@ -654,13 +667,13 @@ static int hanging_listener(uint16_t *port_r, int fill_r[3])
     socklen_t len = sizeof(a);
     assert_int_equal(getsockname(l, (struct sockaddr *)&a, &len), 0);
     for (int i = 0; i < 3; i++) {
-        fill_r[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        assert_true(fill_r[i] >= 0);
-        (void)connect(fill_r[i], (struct sockaddr *)&a, sizeof(a));
+        h->fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        assert_true(h->fill[i] >= 0);
+        (void)connect(h->fill[i], (struct sockaddr *)&a, sizeof(a));
     }
     usleep(100 * 1000);
-    *port_r = ntohs(a.sin_port);
-    return l;
+    h->port = ntohs(a.sin_port);
+    h->listener = l;
 }
 
 static void loopback_addr(struct sockaddr_storage *ss, uint16_t port)
@@ -674,14 +687,13 @@ static void loopback_addr(struct sockaddr_storage *ss, uint16_t port)
 static void test_hanging_address_skipped(void **state)
 {
     (void)state;
-    int fill[3];
-    uint16_t hang_port;
-    int l = hanging_listener(&hang_port, fill);
+    struct hanging hang;
+    hanging_open(&hang);
     harness_init(SF_ECHO, NULL, NULL);
     H.on_connect = peer_check_connect;
     H.on_data = peer_check_data;
     struct sockaddr_storage addrs[2];
-    loopback_addr(&addrs[0], hang_port);
+    loopback_addr(&addrs[0], hang.port);
     loopback_addr(&addrs[1], H.srv.port);
     struct net_opts o = {.host = "imap.example.test",
                          .connect_timeout_ms = 8000,
@@ -697,10 +709,7 @@ static void test_hanging_address_skipped(void **state)
     /* Well inside the guard (10 s) and the connect timeout (8 s). */
     assert_true(uv_hrtime() - t0 < 5000ull * 1000 * 1000);
     harness_done();
-    for (int i = 0; i < 3; i++) {
-        close(fill[i]);
-    }
-    close(l);
+    hanging_close(&hang);
 }
 
 /* Three unreachable addresses before a working one, with a per-address
@@ -709,18 +718,16 @@ static void test_hanging_address_skipped(void **state)
 static void test_unreachable_addresses_share_the_time(void **state)
 {
     (void)state;
-    int fill[3][3];
-    uint16_t ports[3];
-    int ls[3];
+    struct hanging hang[3];
     for (int i = 0; i < 3; i++) {
-        ls[i] = hanging_listener(&ports[i], fill[i]);
+        hanging_open(&hang[i]);
     }
     harness_init(SF_ECHO, NULL, NULL);
     H.on_connect = peer_check_connect;
     H.on_data = peer_check_data;
     struct sockaddr_storage addrs[4];
     for (int i = 0; i < 3; i++) {
-        loopback_addr(&addrs[i], ports[i]);
+        loopback_addr(&addrs[i], hang[i].port);
     }
     loopback_addr(&addrs[3], H.srv.port);
     struct net_opts o = {.host = "imap.example.test",
@@ -735,10 +742,7 @@ static void test_unreachable_addresses_share_the_time(void **state)
     assert_true(got_is("a1 NOOP\r\n"));
     harness_done();
     for (int i = 0; i < 3; i++) {
-        for (int k = 0; k < 3; k++) {
-            close(fill[i][k]);
-        }
-        close(ls[i]);
+        hanging_close(&hang[i]);
     }
 }
 
@@ -746,10 +750,10 @@ static void test_unreachable_addresses_share_the_time(void **state)
 static void test_every_address_hangs(void **state)
 {
     (void)state;
-    int fill_a[3], fill_b[3];
-    uint16_t pa, pb;
-    int la = hanging_listener(&pa, fill_a);
-    int lb = hanging_listener(&pb, fill_b);
+    struct hanging ha, hb;
+    hanging_open(&ha);
+    hanging_open(&hb);
+    uint16_t pa = ha.port, pb = hb.port;
     harness_init(0, NULL, NULL);
     struct sockaddr_storage addrs[2];
     loopback_addr(&addrs[0], pa);
@@ -772,12 +776,8 @@ static void test_every_address_hangs(void **state)
              pa, pb);
     assert_string_equal(H.msg, want);
     harness_done();
-    for (int i = 0; i < 3; i++) {
-        close(fill_a[i]);
-        close(fill_b[i]);
-    }
-    close(la);
-    close(lb);
+    hanging_close(&ha);
+    hanging_close(&hb);
 }
 
 /* ---- implicit TLS ------------------------------------------------------ */
