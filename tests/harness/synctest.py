@@ -13,6 +13,9 @@ the two views of a folder (the local Maildir and the server).
     class Qresync(Scenarios, mstest.DovecotTestCase):
         pass
 
+    class Condstore(Scenarios, mstest.DovecotTestCase):
+        dovecot_options = {"imap_capability": CONDSTORE_CAPS}
+
     class Fallback(Scenarios, mstest.DovecotTestCase):
         dovecot_options = {"imap_capability": FALLBACK_CAPS}
 """
@@ -27,6 +30,12 @@ import mstest
 # Dovecot's capabilities without QRESYNC/CONDSTORE and LIST-STATUS: the
 # engine takes the full-listing path instead of the delta path.
 FALLBACK_CAPS = "IMAP4rev1 ID ENABLE IDLE UIDPLUS LITERAL+ MOVE SPECIAL-USE"
+# CONDSTORE without QRESYNC, as Gmail offers: flag changes by CHANGEDSINCE,
+# expunges by UID SEARCH of the known range.
+CONDSTORE_CAPS = FALLBACK_CAPS + " CONDSTORE"
+# The three capability profiles every scenario table runs under.
+PROFILES = {"Qresync": {}, "Condstore": {"imap_capability": CONDSTORE_CAPS},
+            "Fallback": {"imap_capability": FALLBACK_CAPS}}
 
 LETTER = {"\\Seen": "S", "\\Answered": "R", "\\Flagged": "F", "\\Deleted": "T",
           "\\Draft": "D", "$Forwarded": "P"}
