@@ -94,6 +94,7 @@ struct smsg {
     char *msgid;    /* IMAP_FETCH_MESSAGE_ID (re-match only), NULL when absent */
     uint8_t hh[16]; /* hash of the header block, when have_hh */
     bool have_hh;
+    uint64_t hstrip; /* wire bytes of the header lines the hash leaves out */
 };
 
 /* What the re-match knows of a local file (parallel to the scan). */
@@ -101,7 +102,8 @@ struct lfact {
     char *msgid;
     uint8_t hh[16];
     bool have_hh;
-    uint64_t wire; /* size on the wire, when have_wire */
+    uint64_t strip; /* wire bytes of the header lines the hash leaves out */
+    uint64_t wire;  /* size on the wire, when have_wire */
     bool have_wire;
 };
 
@@ -169,8 +171,11 @@ struct fstate {
     uint32_t skip_uv;
     uint32_t *unskip; /* skipped before, but not under today's limits */
     size_t nunskip, unskip_cap;
-    /* UIDVALIDITY changed: the server listing is matched to local files. */
+    /* UIDVALIDITY changed, or the index knows nothing of a folder that
+     * holds mail locally (adopt): the server listing is matched to local
+     * files. */
     bool rematch;
+    bool adopt;
     bool rm_done; /* the matches are the new base */
     unsigned rm_matched;
     struct lfact *lf;
@@ -553,31 +558,28 @@ static int idx_apply(struct engine *e, const struct idx_ops *o)
 
 /* ---- Message-ID ----------------------------------------------------------------- */
 
-/* SHA-256 (first 16 bytes) of a header block with CRLF taken as LF, so
- * that a Maildir file (LF) and the server's copy (CRLF) hash alike. */
-static void header_hash(const char *h, size_t len, uint8_t out[16])
+/* SHA-256 (first 16 bytes) of a header block as plan_header_clean gives
+ * it: CRLF taken as LF, so that a Maildir file (LF) and the server's copy
+ * (CRLF) hash alike, and without the lines other sync tools and mail
+ * readers add (mbsync's X-TUID, Status), so that a Maildir they wrote
+ * still matches. *strip_r (may be NULL) gets the wire size of those
+ * lines. */
+static void header_hash_strip(const char *h, size_t len, uint8_t out[16], uint64_t *strip_r)
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
+    size_t clen;
+    char *clean = plan_header_clean(h, len, &clen, strip_r);
     memset(out, 0, 16);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (ctx == NULL) {
-        return;
+    if (EVP_Digest(clean, clen, md, &mdlen, EVP_sha256(), NULL) == 1 && mdlen >= 16) {
+        memcpy(out, md, 16);
     }
-    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1) {
-        size_t start = 0;
-        for (size_t i = 0; i + 1 < len; i++) {
-            if (h[i] == '\r' && h[i + 1] == '\n') {
-                EVP_DigestUpdate(ctx, h + start, i - start);
-                start = i + 1;
-            }
-        }
-        EVP_DigestUpdate(ctx, h + start, len - start);
-        if (EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen >= 16) {
-            memcpy(out, md, 16);
-        }
-    }
-    EVP_MD_CTX_free(ctx);
+    free(clean);
+}
+
+static void header_hash(const char *h, size_t len, uint8_t out[16])
+{
+    header_hash_strip(h, len, out, NULL);
 }
 
 /* The end of the header block in buf (just past its empty line), or 0 when
@@ -608,9 +610,12 @@ static size_t header_end(const char *buf, size_t len, size_t from)
 
 /* Reads the header block of a local file (up to and including the first
  * empty line, or the whole file when it has none): its Message-ID (or
- * NULL) and its hash. A header longer than HEADER_SCAN_MAX gives only what
- * its first part holds and no hash. Returns 0 or a negative errno. */
-static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
+ * NULL), its hash and (strip_r, may be NULL) the wire size of the lines
+ * the hash leaves out. A header longer than HEADER_SCAN_MAX gives only what
+ * its first part holds, no hash and no such lines. Returns 0 or a negative
+ * errno. */
+static int file_header_strip(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r,
+                             uint64_t *strip_r)
 {
     struct sbuf sb = {0};
     size_t end = 0;
@@ -618,6 +623,9 @@ static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
     bool eof = false;
     *msgid_r = NULL;
     *have_hh_r = false;
+    if (strip_r != NULL) {
+        *strip_r = 0;
+    }
     while (end == 0 && !eof && sb.len < HEADER_SCAN_MAX) {
         char buf[16384];
         ssize_t n = pread(fd, buf, sizeof(buf), off);
@@ -644,7 +652,7 @@ static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
         end = sb.len;
     }
     if (end > 0 || sb.len == 0) {
-        header_hash(sb.buf != NULL ? sb.buf : "", end, hh);
+        header_hash_strip(sb.buf != NULL ? sb.buf : "", end, hh, strip_r);
         *have_hh_r = true;
     } else {
         end = sb.len;
@@ -652,6 +660,11 @@ static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
     *msgid_r = imap_header_message_id(sb.buf != NULL ? sb.buf : "", end);
     sbuf_free(&sb);
     return 0;
+}
+
+static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
+{
+    return file_header_strip(fd, msgid_r, hh, have_hh_r, NULL);
 }
 
 static int u32_cmp(const void *a, const void *b)
@@ -1494,6 +1507,20 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
         f->rematch = true;
         log_info("%s: UIDVALIDITY of %s changed (%u -> %u): matching messages again", e->acct->name,
                  f->job->name, (unsigned)f->st.uidvalidity, (unsigned)f->mb.uidvalidity);
+    } else if (f->nbase == 0 && f->nintents == 0 && f->scan->count > 0 && f->mb.exists > 0) {
+        /* The index knows nothing of a folder that holds mail on both
+         * sides: a lost index, or a Maildir that mbsync or OfflineIMAP
+         * kept. The local files are matched to the server's messages
+         * first, over a full listing, so that only what one side alone
+         * holds is copied. */
+        f->rematch = true;
+        f->adopt = true;
+        f->st.highestmodseq = 0;
+        f->st.uidnext = 0;
+        f->nvanished = 0;
+        log_info("%s: %s: %zu local messages the index does not know: matching them with the "
+                 "server",
+                 e->acct->name, f->job->name, f->scan->count);
     }
     if (f->skip_uv != f->mb.uidvalidity) {
         f->nskips = 0; /* UIDs of another numbering */
@@ -1673,7 +1700,7 @@ static void on_header_msg(struct imap *im, const struct imap_msg *m, void *sink,
     }
     struct smsg *s = find_smsg(f, m->uid);
     if (s != NULL) {
-        header_hash(m->header, m->header_len, s->hh);
+        header_hash_strip(m->header, m->header_len, s->hh, &s->hstrip);
         s->have_hh = true;
     }
 }
@@ -1709,7 +1736,7 @@ static void rematch_prepare(struct engine *e)
         if (fd < 0) {
             continue; /* gone meanwhile: it cannot match */
         }
-        if (file_header(fd, &lf->msgid, lf->hh, &lf->have_hh) == 0) {
+        if (file_header_strip(fd, &lf->msgid, lf->hh, &lf->have_hh, &lf->strip) == 0) {
             bool maybe = lf->msgid != NULL
                              ? bsearch(&lf->msgid, ids, nids, sizeof(*ids), strp_cmp) != NULL
                              : srv_noid;
@@ -1730,15 +1757,19 @@ static void rematch_prepare(struct engine *e)
     f->rm_nl = 0;
     for (size_t i = 0; i < n; i++) {
         const struct lfact *lf = &f->lf[i];
-        if (lf->have_wire) {
+        /* Compared without the lines another tool added (mbsync's X-TUID):
+         * the server's copy usually lacks them. When it has them too, the
+         * sizes differ and the header blocks decide (plan_match_loose). */
+        if (lf->have_wire && lf->strip <= lf->wire) {
             f->rm_l[f->rm_nl++] = (struct plan_match){.msgid = lf->msgid,
-                                                      .size = lf->wire,
+                                                      .size = lf->wire - lf->strip,
                                                       .hh = lf->have_hh ? lf->hh : NULL,
                                                       .ix = i,
                                                       .pair = -1};
         }
     }
     plan_match_ids(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
+    plan_match_loose(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
 }
 
 static int idx_lid_cmp(const void *a, const void *b)
@@ -1784,6 +1815,9 @@ static int rematch_finish(struct engine *e)
     for (size_t i = 0; i < f->rm_ns; i++) {
         struct smsg *sm = &f->smsgs[f->rm_s[i].ix];
         f->rm_s[i].hh = sm->have_hh ? sm->hh : NULL;
+        if (sm->have_hh && sm->hstrip <= sm->size) {
+            f->rm_s[i].size = sm->size - sm->hstrip; /* as the local side counts it */
+        }
     }
     plan_match_headers(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
 
@@ -1809,11 +1843,26 @@ static int rematch_finish(struct engine *e)
             r->flags = old->flags & (uint8_t)~IDX_FLAGS_UNSETTLED;
             memcpy(r->keywords, old->keywords, sizeof(r->keywords));
         } else {
+            /* Nothing tells which side changed what since they last
+             * agreed: the base is what both sides hold, so the merge keeps
+             * every flag and keyword either side has set and takes none
+             * away. */
+            r->flags = (uint8_t)(f->lmsgs[li].flags & sm->flags & MD_FLAGS_ALL);
+            const char **both = xcalloc(f->lmsgs[li].nkw + 1, sizeof(*both));
+            size_t nboth = 0;
+            for (size_t k = 0; k < f->lmsgs[li].nkw; k++) {
+                for (size_t q = 0; q < sm->nkw; q++) {
+                    if (strcmp(f->lmsgs[li].kw[k], sm->kw[q]) == 0) {
+                        both[nboth++] = f->lmsgs[li].kw[k];
+                        break;
+                    }
+                }
+            }
             struct plan_kw kw;
-            r->flags = (uint8_t)(f->lmsgs[li].flags & MD_FLAGS_ALL);
-            plan_kw_from(f->lmsgs[li].kw, f->lmsgs[li].nkw, &kw);
+            plan_kw_from(both, nboth, &kw);
             plan_kw_format(&kw, r->keywords, sizeof(r->keywords));
             plan_kw_free(&kw);
+            free(both);
         }
         if (sm->msgid != NULL) {
             msgid_hash(sm->msgid, r->msgid_hash);
@@ -3278,17 +3327,19 @@ static void folder_end(struct engine *e)
     }
     if (f->rm_done) {
         struct fjob *j = f->job;
+        char *what =
+            f->adopt ? xasprintf("%s: %u matched with the server", j->name, f->rm_matched)
+                     : xasprintf("UIDVALIDITY of %s changed: %u matched", j->name, f->rm_matched);
         free(j->notice);
         if (e->opts.dry_run) {
-            j->notice = xasprintf("UIDVALIDITY of %s changed: %u matched, %zu to download, %zu to "
-                                  "upload",
-                                  j->name, f->rm_matched, f->plan != NULL ? f->plan->ndownloads : 0,
+            j->notice = xasprintf("%s, %zu to download, %zu to upload", what,
+                                  f->plan != NULL ? f->plan->ndownloads : 0,
                                   f->plan != NULL ? f->plan->nuploads : 0);
         } else {
-            j->notice = xasprintf("UIDVALIDITY of %s changed: %u matched, %u downloaded, %u "
-                                  "uploaded",
-                                  j->name, f->rm_matched, fcounts(e)->new_down, fcounts(e)->new_up);
+            j->notice = xasprintf("%s, %u downloaded, %u uploaded", what, fcounts(e)->new_down,
+                                  fcounts(e)->new_up);
         }
+        free(what);
         j->res->notice = j->notice;
     }
     fstate_free(f);
