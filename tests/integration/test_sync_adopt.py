@@ -16,25 +16,16 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import mailgen
 import mstest
 from synctest import PROFILES, SyncFixture, letters
+from test_sync_more import simple
 
 FLAG_LETTERS = set("DFPRST")
 # Header fields that other programs add to the mail they store (mbsync's
 # X-TUID; mutt's mbox past) and that mailsync leaves in the file.
 ADDED = re.compile(rb"^(X-TUID|Status|X-Status)[ \t]*:.*\n([ \t].*\n)*", re.I | re.M)
-
-
-def simple(subject, body, msgid=None, extra=b""):
-    """A small CRLF message; msgid None leaves the Message-ID out."""
-    h = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: " + subject + b"\r\n"
-    h += b"Date: Mon, 2 Jan 2023 10:00:00 +0000\r\n"
-    if msgid is not None:
-        h += b"Message-ID: " + msgid + b"\r\n"
-    return h + extra + b"\r\n" + body
 
 
 def without_added_lines(lf_bytes):
@@ -212,6 +203,11 @@ class AdoptScenarios(SyncFixture):
                                ["", "\\Seen", "\\Flagged", "\\Answered \\Seen"] * 3)
         self.dovecot.save_many(self.user, "Archive", archive, "\\Seen")
 
+    def run_tool(self, *args):
+        r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=120)
+        self.assertEqual(r.returncode, 0, "%s failed:\n%s" % (args[0], r.stdout))
+
     def first_mailsync_run(self, state_files, names_must_stay):
         """Runs mailsync on the Maildir another tool wrote and checks the
         outcome the issue asks for."""
@@ -254,9 +250,7 @@ class AdoptScenarios(SyncFixture):
                     "SyncState *\n"
                     % (self.dovecot.port_imaps, self.user, self.dovecot.users[self.user],
                        self.dovecot.ca_cert, self.maildir, self.maildir))
-        r = subprocess.run(["mbsync", "-c", rc, "-a"], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=120)
-        self.assertEqual(r.returncode, 0, r.stdout)
+        self.run_tool("mbsync", "-c", rc, "-a")
         view = local_view(self.folder_dir("INBOX"))
         self.assertEqual(len(view), 12)
         self.assertTrue(all(b"\nX-TUID: " in b for _fl, b in view.values()),
@@ -286,9 +280,7 @@ class AdoptScenarios(SyncFixture):
                     "sslcacertfile = %s\n"
                     % (meta, self.maildir, self.dovecot.port_imaps, self.user,
                        self.dovecot.users[self.user], self.dovecot.ca_cert))
-        r = subprocess.run(["offlineimap", "-c", rc, "-o", "-u", "basic"], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=120)
-        self.assertEqual(r.returncode, 0, r.stdout)
+        self.run_tool("offlineimap", "-c", rc, "-o", "-u", "basic")
         view = local_view(self.folder_dir("INBOX"))
         self.assertEqual(len(view), 12)
         self.assertTrue(all(",U=" in u and ",FMD5=" in u for u in view))
