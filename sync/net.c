@@ -367,6 +367,18 @@ static void on_idle_timeout(uv_timer_t *h)
     }
     char secs[32];
     format_seconds(secs, sizeof(secs), c->idle_ms);
+    if (c->tls == NULL && c->bytes_in == 0) {
+        /* IMAP and POP3 servers greet first, in plain text unless the port
+         * speaks TLS from the start; such a port waits for a ClientHello
+         * and is silent. Still a timeout (a hung server is silent too), but
+         * the likely mistake is named. */
+        fail(c, NET_ETIMEOUT,
+             "timed out after %s waiting for the server; the server sent nothing at all, not "
+             "even a greeting: if this port speaks TLS from the start (usually 993 for IMAP, "
+             "995 for POP3), use tls: implicit",
+             secs);
+        return;
+    }
     fail(c, NET_ETIMEOUT, "timed out after %s waiting for the server", secs);
 }
 

@@ -1151,6 +1151,36 @@ static void test_idle_timeout(void **state)
     harness_done();
 }
 
+/* A server that accepts and never sends a byte (a TLS-only port reached
+ * with tls: starttls or none waits for a ClientHello): still a temporary
+ * timeout, but the message names the likely mistake. A server that sent
+ * something and then went quiet gets no such hint (test_idle_timeout). */
+static void test_silent_server_hint(void **state)
+{
+    (void)state;
+    for (int mode = 0; mode < 2; mode++) {
+        harness_init(SF_SILENT, NULL, NULL);
+        H.on_connect = idle_connect;
+        struct net_opts o = {.tls = mode == 0 ? NET_TLS_LATER : NET_TLS_NONE,
+                             .ca_file = tc.ca,
+                             .idle_timeout_ms = 200};
+        harness_connect(&o);
+        harness_run();
+        assert_int_equal(H.connects, 1);
+        assert_int_equal(H.errors, 1);
+        assert_int_equal(H.err, NET_ETIMEOUT);
+        assert_false(net_err_permanent(H.err));
+        char want[512];
+        snprintf(want, sizeof(want),
+                 "127.0.0.1:%u: timed out after 0.2 s waiting for the server; the server sent "
+                 "nothing at all, not even a greeting: if this port speaks TLS from the start "
+                 "(usually 993 for IMAP, 995 for POP3), use tls: implicit",
+                 H.srv.port);
+        assert_string_equal(H.msg, want);
+        harness_done();
+    }
+}
+
 static void disarm_connect(void)
 {
     net_expect(H.c, true);
@@ -1612,6 +1642,7 @@ int main(void)
         cmocka_unit_test(test_tls_plaintext_port),
         cmocka_unit_test(test_tls_hangup_is_not_plaintext),
         cmocka_unit_test(test_err_permanent),
+        cmocka_unit_test(test_silent_server_hint),
     };
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
 }
