@@ -178,6 +178,7 @@ def partial_search(action):
 
 NO_TEXT = "NO listing refused by the fake server"
 BAD_TEXT = "BAD listing rejected by the fake server"
+UNAVAILABLE_TEXT = "NO [UNAVAILABLE] backend down, try again later"
 
 # action name -> (function, exit status)
 BREAKS = {
@@ -318,6 +319,11 @@ for _target in ("listing", "changedsince", "search"):
         if _target == "search":
             _fn = partial_search(_fn)
         add_test(_target, _status.lower(), _fn, 1, _REFUSED_DOC % (_status, _target))
+
+add_test("listing", "no_unavailable", refused(UNAVAILABLE_TEXT), 75,
+         "A tagged NO [UNAVAILABLE] for the flag listing: RFC 5530 says the failure is "
+         "temporary (a subsystem is down), as the login's [UNAVAILABLE] already is "
+         "(README: exit 75, try later), so the run exits 75 with the server's words.")
 
 
 if __name__ == "__main__":
