@@ -34,10 +34,12 @@ Bounded: threads are daemon threads, every socket is closed by close()
 (registered with addCleanup by for_test), and the listener stops by itself
 after `lifetime` seconds in any case."""
 
+import os
 import re
 import selectors
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -99,6 +101,19 @@ class Run:
                 break
             at = s_off
         return at
+
+    def landing(self):
+        """The client's last command line before the cut (or before the
+        end), password-free, e.g. 'A7 UID FETCH 1:* (UID FLAGS)'."""
+        if not self.c2s:
+            return ""
+        i = self.cut_conn if self.cut_conn is not None else len(self.c2s) - 1
+        lines = [ln for ln in bytes(self.c2s[i]).split(b"\r\n") if ln.strip()]
+        if not lines:
+            return "(before the client's first command)"
+        last = lines[-1].decode("utf-8", "replace")[:70]
+        return re.sub(r"(?i)^(\S+ AUTHENTICATE \S+|\S+ LOGIN|PASS|AUTH PLAIN)\b.*", r"\1 ...",
+                      last)
 
     def __repr__(self):
         return ("Run(cut_at=%s, cut=%s, farewell_before_cut=%s, connections=%d, bytes=%d)"
@@ -298,6 +313,15 @@ class CutProxy:
 REASON = re.compile(r"(?i)connection|reset|closed|broken|dropped|unexpected end|timed out")
 
 
+def report(run, p, what=""):
+    """With MAILSYNC_CUT_VERBOSE=1 in the environment, one line per run on
+    stderr: where the cut landed and how the run ended."""
+    if os.environ.get("MAILSYNC_CUT_VERBOSE"):
+        print("  %-40s cut_at=%-6s %-7s bytes=%-6d exit=%d  last: %s"
+              % (what[:40], run.cut_at, "CUT" if run.cut else "clean", run.bytes_seen,
+                 p.returncode, run.landing()), file=sys.stderr)
+
+
 def assert_outcome(test, p, run, what=""):
     """The exit status a run must have given what the proxy did to it:
 
@@ -307,6 +331,7 @@ def assert_outcome(test, p, run, what=""):
     - cut after the farewell: 0 or 75 (the work may have been complete);
     - not cut: 0.
     p is a CompletedProcess (text) of mailsync; what labels the run."""
+    report(run, p, what)
     ctx = "\n%s: %r, exit %d\nstdout:\n%s\nstderr:\n%s\n%s" % (
         what, run, p.returncode, p.stdout, p.stderr, run.trace())
     if run.cut and not run.farewell_before_cut:
