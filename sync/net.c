@@ -810,6 +810,11 @@ static bool ip4_is_local(const uint8_t a[4])
            (a[0] == 192 && a[1] == 168) || (a[0] == 169 && a[1] == 254);
 }
 
+bool net_err_permanent(int err)
+{
+    return err == NET_EVERIFY || err == NET_EPIN;
+}
+
 bool net_addr_is_local(const struct sockaddr *sa)
 {
     if (sa->sa_family == AF_INET) {

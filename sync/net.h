@@ -34,6 +34,12 @@ enum {
     NET_ECOMPRESS = -20007, /* bad DEFLATE stream */
 };
 
+/* Whether err (a NET_E* code, or any other negative code, which is not
+ * one) is a failure that waiting will not mend: a certificate that fails
+ * verification or its pin. The caller reports it as needing the user
+ * rather than "try again later". */
+bool net_err_permanent(int err);
+
 enum net_tls_mode {
     NET_TLS_NONE = 0,
     NET_TLS_IMPLICIT,
