@@ -175,6 +175,27 @@ class PopCut(mstest.DovecotTestCase):
         self.assertEqual(srv, collections.Counter())
         self.assertEqual(sorted(loc), sorted(self.known))
 
+    def test_unfinished_sync_never_exits_zero(self):
+        """Keeping mail on the server (the default), a first download cut
+        at the greeting, inside the UIDL listing, inside the LIST listing's
+        terminating line and across the RETRs never exits 0 (unless cut
+        after QUIT), stores nothing twice and deletes nothing; the clean
+        run then fetches the rest."""
+        self.deliver(12)
+        cfg = self.config()
+        now = int(time.time())
+        dry, _srv, _loc = self.run_sync(cfg, None, "dry run", now, "--dry-run")
+        c2s = bytes(dry.c2s[0])
+        uidl = dry.server_offset(0, c2s.index(b"UIDL\r\n"))
+        quit_at = dry.server_offset(0, c2s.index(b"QUIT\r\n"))
+        points = [0, 30, uidl + 5, (uidl + quit_at) // 2, quit_at - 2, quit_at - 1,
+                  quit_at + 100, quit_at + 2500, quit_at + 9000]
+        runs = [self.run_sync(cfg, off, "first download", now)[0] for off in points]
+        self.assertGreaterEqual(sum(r.cut for r in runs), len(points) - 1, runs)
+        run, srv, loc = self.run_sync(cfg, None, "clean run", now)
+        self.assertEqual(sorted(loc), sorted(self.known))
+        self.assertEqual(sorted(srv), sorted(self.known))
+
     def test_delete_after_days(self):
         """With delete_after_days: 3 and the clock 4 days on, cut runs
         delete nothing; the clean run deletes just the messages first seen

@@ -108,14 +108,15 @@ def points_in(spans, folder=None):
     return out
 
 
-def after_listings(run):
+def after_listings(run, steps=(1, 40, 120, 300)):
     """Cut offsets just after the point where a dry run said LOGOUT: where
-    the real run sends its STOREs (and APPENDs, EXPUNGEs) instead."""
+    the real run sends its STOREs (and APPENDs, EXPUNGEs) or downloads
+    bodies instead."""
     m = IMAP_FAREWELL.search(bytes(run.c2s[0])) if run.c2s else None
     if not m:
         return set()
     at = run.server_offset(0, m.start())
-    return {at + d for d in (1, 40, 120, 300)}
+    return {at + d for d in steps}
 
 
 class CutScenario(SyncFixture):
@@ -204,7 +205,25 @@ class CutScenario(SyncFixture):
                 settled = run.bytes_seen
         return runs
 
-    # ---- the scenario ------------------------------------------------------------
+    # ---- the scenarios ------------------------------------------------------------
+
+    def test_first_sync_cut_never_exits_zero(self):
+        """A first sync (full listings, then downloads) cut inside every
+        INBOX listing and across the downloads: never exit 0, no partial or
+        doubled local copy; the clean run then completes it."""
+        self.deliver("INBOX", [message(i, "first") for i in range(30)])
+        self.deliver("Lists/dev", [message(i, "firstdev") for i in range(3)])
+        cfg = self.config()
+        dry = self.run_sync(cfg, None, "dry run", "--dry-run")
+        points = points_in(listing_spans(dry), "INBOX")
+        points |= after_listings(dry, (1, 40, 300, 2500, 6000, 12000))
+        runs = self.cut_series(cfg, "first sync", points)
+        self.assertGreaterEqual(sum(r.cut for r in runs), 6, runs)
+        self.run_sync(cfg, None, "final clean run")
+        for f in self.folders:
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(len(self.local("INBOX")), 30)
 
     def test_cut_connection_never_loses_or_undoes(self):
         """Cuts at every 2.5 KB of the first 40 KB, inside every listing,
