@@ -30,6 +30,9 @@ test Dovecot permits on its port_imap and port_pop3) the offsets count
 protocol bytes and Run keeps both streams as a trace of the run
 (Run.trace()).
 
+MAILSYNC_CUT_VERBOSE=1 makes assert_outcome print one line per run: the
+offset, whether it was cut, and the client's last command before the cut.
+
 Bounded: threads are daemon threads, every socket is closed by close()
 (registered with addCleanup by for_test), and the listener stops by itself
 after `lifetime` seconds in any case."""
