@@ -6,8 +6,8 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 #include "sync/engine.h"
 #include "sync/popsync.h"
 

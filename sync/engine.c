@@ -41,8 +41,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
 #include "sync/account.h"

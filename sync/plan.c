@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "store/maildir.h"
 
 /* ---- keyword sets --------------------------------------------------------- */
