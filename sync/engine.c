@@ -41,8 +41,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
 #include "sync/account.h"
@@ -1398,7 +1398,7 @@ static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *
              * command listed so far is not the whole answer. The folder
              * fails at once, so nothing is planned from it; on_imap_error
              * follows for the account. */
-            folder_fail_transient(e, "connection lost during %s: %s", what,
+            folder_fail_transient(e, "%s cut short: %s", what,
                                   res->text != NULL ? res->text : "connection failed");
         }
         return false;
@@ -1406,7 +1406,12 @@ static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *
     if (res->status != IMAP_STATUS_OK) {
         /* The response code says why in a word ([OVERQUOTA], [TOOBIG],
          * [NOPERM], [LIMIT]...): keep it with the text. */
-        if (res->code != NULL) {
+        if (res->code != NULL &&
+            (strcasecmp(res->code, "UNAVAILABLE") == 0 || strcasecmp(res->code, "INUSE") == 0)) {
+            /* RFC 5530: the server cannot do it now, but will later. */
+            folder_fail_transient(e, "%s: [%s] %s", what, res->code,
+                                  res->text != NULL ? res->text : "failed");
+        } else if (res->code != NULL) {
             folder_fail(e, "%s: [%s] %s", what, res->code,
                         res->text != NULL ? res->text : "failed");
         } else {
@@ -1424,7 +1429,7 @@ static void queue_failed(struct engine *e, int r, const char *what)
 {
     if (r == -ENOTCONN || conn_lost(e)) {
         const char *why = e->im != NULL ? imap_error(e->im) : NULL;
-        folder_fail_transient(e, "connection lost before %s: %s", what,
+        folder_fail_transient(e, "%s not sent, the connection failed: %s", what,
                               why != NULL ? why : "not connected");
     } else {
         folder_fail(e, "cannot queue %s: %s", what, strerror(-r));

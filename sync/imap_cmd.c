@@ -4,8 +4,8 @@
 #include "sync/imap.h"
 #include "sync/imap_int.h"
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <openssl/evp.h>

@@ -6,7 +6,7 @@
 
 #include "sync/imap.h"
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 enum imap_cmd_kind {
     /* Login sequence (internal, no owner callback). */

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "store/maildir.h"
 
 /* ---- keyword sets --------------------------------------------------------- */

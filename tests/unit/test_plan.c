@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "store/maildir.h"
 #include "sync/plan.h"
 
