@@ -217,6 +217,7 @@ struct fstate {
     struct plan_match *ul_ms, *ul_ml;
     size_t ul_nms, ul_nml;
     unsigned ul_unresolved; /* still without a UID: the folder state waits */
+    bool ul_lookup_failed;  /* a FETCH that finds them did not end OK */
     bool sdel_flag_mode;    /* server deletions only set \Deleted */
     /* Upload intents left by an interrupted run: header facts per intent,
      * used to find those without a Message-ID by size and header hash. */
@@ -253,6 +254,7 @@ struct engine {
     bool done_pending;
     char *secret;
     struct fjob *creating; /* CREATE in flight for this job */
+    struct fjob *deleting; /* the checks and DELETE of a folder deleted locally, in flight */
     char *log_name;        /* extra lanes: "ACCOUNT#N" in log lines */
     /* First lane only: account-wide progress over every lane (messages
      * transferred either way, of those planned so far; bytes). */
@@ -965,14 +967,21 @@ static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
          * recorded), so that a flaky connection still makes progress. */
         flush_batch(e);
     }
-    set_error(e, conn_error_kind(err), "%s", msg != NULL ? msg : "connection failed");
-    if (e->root != e && e->f != NULL) {
+    const char *why = msg != NULL ? msg : "connection failed";
+    set_error(e, conn_error_kind(err), "%s", why);
+    /* A folder job this connection had taken (synced, created on the
+     * server, or deleted there) is unfinished. */
+    struct fjob *held = e->f != NULL ? e->f->job : e->creating != NULL ? e->creating : e->deleting;
+    if (e->root != e && held != NULL) {
         /* An extra lane lost a folder half-way: the run is incomplete for
          * a transient reason, like a first lane's dropped connection. */
-        set_error(e->root, ENGINE_TRANSIENT, "%s", msg != NULL ? msg : "connection failed");
+        set_error(e->root, ENGINE_TRANSIENT, "%s", why);
     }
     if (e->f != NULL) {
-        folder_fail_transient(e, "%s", msg != NULL ? msg : "connection failed");
+        folder_fail_transient(e, "%s", why);
+    } else if (held != NULL && held->res != NULL && held->res->error == NULL) {
+        held->res->error = xasprintf("folder '%s': %s", held->name, why);
+        held->res->transient = true;
     }
     finish(e);
 }
@@ -984,6 +993,11 @@ static void on_imap_event(struct imap *im, const struct imap_event *ev, void *ar
     struct engine *e = arg;
     struct fstate *f = e->f;
     if (f == NULL || f->phase > FP_FETCH) {
+        return;
+    }
+    if (f->phase == FP_SELECT && !f->qresync) {
+        /* Only a QRESYNC SELECT reports changes with its answer; anything
+         * else before the SELECT ends may be the previous folder's. */
         return;
     }
     if (ev->type == IMAP_EV_VANISHED) {
@@ -1568,6 +1582,15 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
     }
     f->mb = *res->mailbox;
     f->selected = true;
+    if (f->qresync && f->mb.closed_unsure) {
+        /* The server sent no [CLOSED]: what it reported with the SELECT
+         * cannot be told from the previous folder's and was dropped. The
+         * changes are listed the CONDSTORE way instead (CHANGEDSINCE and a
+         * search for expunges), which needs nothing from the SELECT. */
+        log_debug("%s: %s: no [CLOSED] from the server; listing changes without QRESYNC",
+                  e->acct->name, f->job->name);
+        f->qresync = false;
+    }
     if (f->st.uidvalidity != 0 && f->mb.uidvalidity != f->st.uidvalidity &&
         (f->nbase > 0 || f->nintents > 0)) {
         /* The server renumbered the folder (RFC 7162 section 6: forget its
@@ -2254,9 +2277,10 @@ static void on_delete_done(struct imap *im, const struct imap_result *res, void 
     phase_cmd_done(e);
 }
 
-static void queue_del(struct engine *e, int r)
+static void queue_del(struct engine *e, int r, struct del_ctx *dc)
 {
     if (r < 0) {
+        free(dc);
         e->f->pending--;
         e->f->sdel_failed = true;
         if (r == -ENOTCONN || conn_lost(e)) {
@@ -2515,18 +2539,20 @@ static void apply_server(struct engine *e)
                 dc = xmalloc(sizeof(*dc));
                 *dc = (struct del_ctx){e, last};
                 f->pending++;
-                queue_del(e, imap_uid_move(e->im, sets[k], e->trash, on_delete_done, dc));
+                queue_del(e, imap_uid_move(e->im, sets[k], e->trash, on_delete_done, dc), dc);
             } else {
                 dc = xmalloc(sizeof(*dc));
                 *dc = (struct del_ctx){e, last && mode == CFG_LOCAL_DELETE_FLAG};
                 f->pending++;
-                queue_del(e, imap_uid_store(e->im, sets[k], '+', IMAP_FLAG_DELETED, NULL, 0, 0,
-                                            on_delete_done, dc));
+                queue_del(e,
+                          imap_uid_store(e->im, sets[k], '+', IMAP_FLAG_DELETED, NULL, 0, 0,
+                                         on_delete_done, dc),
+                          dc);
                 if (mode == CFG_LOCAL_DELETE_EXPUNGE) {
                     dc = xmalloc(sizeof(*dc));
                     *dc = (struct del_ctx){e, last};
                     f->pending++;
-                    queue_del(e, imap_uid_expunge(e->im, sets[k], on_delete_done, dc));
+                    queue_del(e, imap_uid_expunge(e->im, sets[k], on_delete_done, dc), dc);
                 }
             }
             free(sets[k]);
@@ -3012,7 +3038,22 @@ static void on_ulres_msg(struct imap *im, const struct imap_msg *m, void *sink, 
     s->msgid = m->message_id != NULL ? xstrdup(m->message_id) : NULL;
 }
 
-static const struct imap_fetch_cb ulres_cb = {.on_message = on_ulres_msg, .done = on_fetch_done};
+/* The FETCHes that find the uploads' UIDs: one that did not end OK gave a
+ * partial answer, and matching on it could pair an upload with the wrong
+ * message, so then none is resolved in this run. */
+static void on_ul_fetch_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct engine *e = arg;
+    if (e->finished) {
+        return;
+    }
+    if (!cmd_ok(e, res, "UID FETCH") && e->f != NULL) {
+        e->f->ul_lookup_failed = true;
+    }
+    phase_cmd_done(e);
+}
+
+static const struct imap_fetch_cb ulres_cb = {.on_message = on_ulres_msg, .done = on_ul_fetch_done};
 
 static int smsg_uid_cmp(const void *a, const void *b)
 {
@@ -3035,7 +3076,7 @@ static void on_ulhdr_msg(struct imap *im, const struct imap_msg *m, void *sink, 
     }
 }
 
-static const struct imap_fetch_cb ulhdr_cb = {.on_message = on_ulhdr_msg, .done = on_fetch_done};
+static const struct imap_fetch_cb ulhdr_cb = {.on_message = on_ulhdr_msg, .done = on_ul_fetch_done};
 
 /* Some APPENDs came back without APPENDUID (the server lacks UIDPLUS):
  * list the UIDs the APPENDs can have (from the UIDNEXT seen at SELECT on)
@@ -3451,7 +3492,7 @@ static void folder_advance(struct engine *e)
         return;
     }
     if (e->cancelled) {
-        folder_fail(e, "cancelled");
+        folder_fail_transient(e, "cancelled");
     }
     if (f->failed && f->phase < FP_APPLY_SERVER) {
         folder_end(e);
@@ -3508,9 +3549,17 @@ static void folder_advance(struct engine *e)
         folder_end(e);
         return;
     case FP_UL_FETCH:
-        ul_resolve_headers(e);
-        return;
     case FP_UL_HEADERS:
+        if (f->ul_lookup_failed) {
+            /* Their intent rows stay; the next run finds them. */
+            f->ul_unresolved = (unsigned)f->nul_pend;
+            folder_end(e);
+            return;
+        }
+        if (f->phase == FP_UL_FETCH) {
+            ul_resolve_headers(e);
+            return;
+        }
         ul_resolve_finish(e);
         folder_end(e);
         return;
@@ -3843,6 +3892,7 @@ struct sfdel {
 static void sfdel_end(struct sfdel *d)
 {
     struct engine *e = d->e;
+    e->deleting = NULL;
     free(d->known.v);
     free(d);
     next_folder(e);
@@ -3854,6 +3904,7 @@ static void on_sfdel_delete(struct imap *im, const struct imap_result *res, void
     struct engine *e = d->e;
     struct fjob *j = d->j;
     if (e->finished || (res->err < 0 && !refused_locally(e, res))) {
+        /* on_imap_error reports the folder (e->deleting). */
         free(d->known.v);
         free(d);
         return;
@@ -3994,6 +4045,7 @@ static int server_folder_delete(struct engine *e, struct fjob *j)
         free(d);
         return -1;
     }
+    e->deleting = j;
     return 0;
 }
 
@@ -4065,7 +4117,7 @@ static void next_folder(struct engine *e)
             return;
         }
         if (!j->on_server && j->on_local && j->in_index) {
-            if (server_listed(e, j->name)) {
+            if (server_listed(e->root, j->name)) {
                 /* Still there, only not selected now (subscribed_only, a
                  * virtual folder): not a deletion. */
                 continue;
@@ -4120,10 +4172,12 @@ static void on_create_done(struct imap *im, const struct imap_result *res, void 
 {
     struct engine *e = arg;
     struct fjob *j = e->creating;
-    e->creating = NULL;
     if (e->finished || j == NULL || (res->err < 0 && !refused_locally(e, res))) {
+        /* After a drop e->creating stays, so that on_imap_error reports
+         * the folder. */
         return;
     }
+    e->creating = NULL;
     if (res->err < 0 || res->status != IMAP_STATUS_OK) {
         j->res->error = xasprintf("folder '%s': CREATE on the server failed: %s", j->name,
                                   res->text != NULL ? res->text : "");
@@ -4189,8 +4243,6 @@ static void start_lanes(struct engine *e)
         l->plan_out = e->plan_out;
         l->idx = e->idx;
         l->trash = e->trash;
-        l->listed = e->listed;
-        l->nlisted = e->nlisted;
         l->root = e;
         uv_timer_init(e->loop, &l->timer);
         l->timer.data = l;
