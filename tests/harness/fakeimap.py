@@ -304,6 +304,148 @@ class FakeIMAP:
         return False
 
 
+# -- a proxy that acts on the client's commands --------------------------------
+
+
+class CommandProxy:
+    """A proxy on 127.0.0.1 in front of a real server (the test Dovecot's
+    plaintext port; the account needs tls: none and allow_plaintext), for
+    what a byte-offset cut (cutproxy.py) cannot aim at: a given command of
+    a given connection, or an order between connections.
+
+        proxy = CommandProxy.for_test(self, self.dovecot.port_imap)
+        proxy.on_command = lambda proxy, n, line: ...
+        ... account with host 127.0.0.1, port proxy.port ...
+
+    on_command(proxy, n, line) sees every line the client sends (str, CRLF
+    stripped; n counts the connections from 1 since the last arm()) before
+    it is forwarded, and returns "reset" to reset that connection instead
+    (both sides get a RST; the line never reaches the server) or None.
+    hold(n) stops forwarding what the server sends on connection n until
+    release(n) (or HOLD_LIMIT seconds, so that a test fails rather than
+    hangs): a test makes one connection wait for another. resets lists the
+    (n, line) of each reset."""
+
+    HOLD_LIMIT = 30
+
+    def __init__(self, target_port):
+        self.target = ("127.0.0.1", target_port)
+        self.lock = threading.Lock()
+        self.on_command = None
+        self.resets = []
+        self.conns = 0
+        self.gates = {}  # n -> threading.Event, set when it may forward
+        self.socks = []
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @classmethod
+    def for_test(cls, test, target_port):
+        proxy = cls(target_port)
+        test.addCleanup(proxy.close)
+        return proxy
+
+    def arm(self, on_command=None):
+        """Starts counting connections anew with on_command (None: forward
+        everything)."""
+        with self.lock:
+            self.on_command = on_command
+            self.resets = []
+            self.conns = 0
+            for g in self.gates.values():
+                g.set()
+            self.gates = {}
+
+    def gate(self, n):
+        with self.lock:
+            return self.gates.setdefault(n, threading.Event())
+
+    def hold(self, n):
+        self.gate(n).clear()
+
+    def release(self, n):
+        self.gate(n).set()
+
+    def close(self):
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self.lock:
+            for g in self.gates.values():
+                g.set()
+            socks, self.socks = self.socks, []
+        for sk in socks:
+            try:
+                sk.close()
+            except OSError:
+                pass
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self.lock:
+                self.conns += 1
+                n = self.conns
+                self.socks += [client, server]
+            gate = self.gate(n)
+            gate.set()
+            threading.Thread(target=self._client_side, args=(n, client, server),
+                             daemon=True).start()
+            threading.Thread(target=self._server_side, args=(gate, client, server),
+                             daemon=True).start()
+
+    def _client_side(self, n, client, server):
+        buf = b""
+        try:
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    server.shutdown(socket.SHUT_WR)
+                    return
+                buf += data
+                *lines, buf = buf.split(b"\r\n")
+                hook = self.on_command
+                for line in lines:
+                    text = line.decode("utf-8", "replace")
+                    if hook is not None and hook(self, n, text) == "reset":
+                        with self.lock:
+                            self.resets.append((n, text))
+                        for sk in (client, server):
+                            sk.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))
+                            sk.close()
+                        return
+                server.sendall(data)
+        except OSError:
+            pass
+
+    def _server_side(self, gate, client, server):
+        try:
+            while True:
+                data = server.recv(65536)
+                if not data:
+                    client.shutdown(socket.SHUT_WR)
+                    return
+                gate.wait(self.HOLD_LIMIT)
+                client.sendall(data)
+        except OSError:
+            pass
+
+
 # -- a folder with state ------------------------------------------------------
 
 # Capabilities after login of the three profiles the sync tests use.
@@ -429,9 +571,39 @@ def fetch_kind(rest):
     return "fetch"
 
 
+def _atom_or_quoted(name):
+    """A folder name as a server writes it in LIST and STATUS: an atom when
+    it is one, else a quoted mUTF-7 string."""
+    return name if re.fullmatch(r"[A-Za-z0-9_./-]+", name) else dovecot.imap_mailbox(name)
+
+
+def _mailbox_arg(rest):
+    """(folder name, rest of the line) of a command whose first argument
+    is a mailbox (an atom or a quoted string, mUTF-7)."""
+    m = re.match(r'"((?:[^"\\]|\\.)*)"|(\S+)', rest)
+    if m.group(1) is not None:
+        name = dovecot.mutf7_decode(re.sub(r"\\(.)", r"\1", m.group(1)))
+    else:
+        name = m.group(2)
+    if name.upper() == "INBOX":
+        name = "INBOX"
+    return name, rest[m.end():].lstrip(" ")
+
+
 def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
     """A script serving box as the account's only folder, INBOX, with caps
     after login (FALLBACK_CAPS, CONDSTORE_CAPS or QRESYNC_CAPS).
+
+    box may also be a dict {folder name: Mailbox} (INBOX spelt "INBOX"):
+    then every one of them is listed and served, and a SELECT on a
+    connection that has a folder selected and QRESYNC enabled first
+    announces the end of the old one with "* OK [CLOSED]" (RFC 7162
+    section 3.2.11), offered to the hook as kind "closed" (responses: that
+    one line; a hook that answers returns False to go on with the SELECT,
+    after sending what it likes of the old folder's data, with or without
+    the [CLOSED]; c.folder is still the old folder's name, the SELECT is
+    c.commands[-1]). UID SEARCH also understands HEADER Message-ID "<id>"
+    (the lookup of uploads an interrupted run left unresolved).
 
     hook(c, tag, kind, responses) is offered every command that lists or
     downloads before it is answered: kind is "select" (responses: the
@@ -443,6 +615,8 @@ def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
     end the session there (the socket is closed) or False to go on serving
     the next commands; None lets the server answer normally. Commands the script does not know are errors of the
     script (srv.errors), so a test never passes on a half-served run."""
+
+    boxes = box if isinstance(box, dict) else {"INBOX": box}
 
     def verb_of(raw):
         return raw.split(b" ", 2)[1].decode().upper()
@@ -469,22 +643,36 @@ def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
         if rest.startswith('"" ""'):
             c.send('* LIST (\\Noselect) "/" ""\r\n')
         else:
-            c.send('* %s (\\HasNoChildren) "/" INBOX\r\n' % verb_of(raw))
+            for name in boxes:
+                c.send('* %s (\\HasNoChildren) "/" %s\r\n' % (verb_of(raw), _atom_or_quoted(name)))
         c.ok(tag)
 
     def on_status(c, tag, rest, raw):
+        name, rest = _mailbox_arg(rest)
+        box = boxes[name]
         values = {"MESSAGES": len(box.messages), "UIDNEXT": box.uidnext,
                   "UIDVALIDITY": box.uidvalidity, "HIGHESTMODSEQ": box.modseq,
                   "RECENT": 0, "UNSEEN": len([m for m in box.messages if "\\Seen" not in m.flags])}
         asked = re.search(r"\(([^)]*)\)", rest).group(1).upper().split()
-        c.send("* STATUS INBOX (%s)\r\n" % " ".join("%s %d" % (k, values[k]) for k in asked))
+        c.send("* STATUS %s (%s)\r\n"
+               % (_atom_or_quoted(name), " ".join("%s %d" % (k, values[k]) for k in asked)))
         c.ok(tag)
 
     def on_select(c, tag, rest, raw):
-        if not rest.upper().startswith("INBOX"):
+        name, params = _mailbox_arg(rest)
+        if name not in boxes:
             c.send("%s NO [NONEXISTENT] no such folder\r\n" % tag)
             return None
-        upper = rest.upper()
+        box = boxes[name]
+        if c.selected and c.qresync and len(boxes) > 1:
+            took = (hook(c, tag, "closed", [b"* OK [CLOSED] previous mailbox closed\r\n"])
+                    if hook is not None else None)
+            if took:
+                return True
+            if took is None:
+                c.send("* OK [CLOSED] previous mailbox closed\r\n")
+        c.box, c.folder, c.selected = box, name, True
+        upper = params.upper()
         c.condstore = c.condstore or "CONDSTORE" in upper or "QRESYNC" in upper
         c.send("* FLAGS (%s)\r\n* OK [PERMANENTFLAGS (%s \\*)] ok\r\n"
                % (" ".join(SYSTEM_FLAGS), " ".join(SYSTEM_FLAGS)))
@@ -506,6 +694,7 @@ def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
         return offer(c, tag, "select", responses, "[READ-%s] selected" % ("ONLY" if ro else "WRITE"))
 
     def on_fetch(c, tag, rest, raw):
+        box = c.box
         uidset, _, items = rest.partition(" ")
         msgs = box.uids(uidset)
         cs = re.search(r"\(CHANGEDSINCE (\d+)( VANISHED)?\)\s*$", items, re.I)
@@ -517,11 +706,18 @@ def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
         return offer(c, tag, fetch_kind(rest), responses, "fetched")
 
     def on_search(c, tag, rest, raw):
+        box = c.box
         crit = re.sub(r"^RETURN \(ALL\) ", "", rest, flags=re.I)
         m = re.fullmatch(r"UID (\S+)", crit, re.I)
-        if not m:
+        h = re.fullmatch(r'HEADER Message-ID "([^"\\]*)"', crit, re.I)
+        if h:
+            field = ("message-id: " + h.group(1)).lower().encode()
+            uids = [x.uid for x in box.messages
+                    if field in x.body.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")]
+        elif not m:
             return fail(c, tag, "fake server cannot search for %r" % rest)
-        uids = [x.uid for x in box.uids(m.group(1))]
+        else:
+            uids = [x.uid for x in box.uids(m.group(1))]
         if rest.upper().startswith("RETURN"):
             return fail(c, tag, "ESEARCH is not offered")
         return offer(c, tag, "search", [("* SEARCH%s\r\n" % "".join(" %d" % u for u in uids))
@@ -534,6 +730,7 @@ def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
             return fail(c, tag, "fake server cannot store %r" % rest)
         flags = m.group(4).split()
         modified = []
+        box = c.box
         for msg in box.uids(m.group(1)):
             if m.group(2) and msg.modseq > int(m.group(2)):
                 modified.append(msg.uid)
@@ -550,10 +747,12 @@ def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
         c.ok(tag, code + "stored")
 
     def on_append(c, tag, rest, raw):
-        m = re.match(rb'[^ ]+ [^ ]+ ("?INBOX"?) (?:\(([^)]*)\) )?(?:"([^"]*)" )?\{(\d+)\+?\}\r\n',
-                     raw, re.I)
-        if not m:
+        m = re.match(rb'[^ ]+ [^ ]+ ("[^"]*"|[^ "]+) (?:\(([^)]*)\) )?(?:"([^"]*)" )?'
+                     rb'\{(\d+)\+?\}\r\n', raw, re.I)
+        name = _mailbox_arg(m.group(1).decode())[0] if m else None
+        if name not in boxes:
             return fail(c, tag, "fake server cannot parse APPEND %r" % raw[:200])
+        box = boxes[name]
         body = raw[m.end():m.end() + int(m.group(4))]
         kw = {}
         if m.group(3):
@@ -562,6 +761,7 @@ def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
         c.ok(tag, "[APPENDUID %d %d] appended" % (box.uidvalidity, uid))
 
     def expunge(c, msgs, silent=False):
+        box = c.box
         seqs = box.expunge([m for m in msgs if "\\Deleted" in m.flags])
         if silent:
             return
@@ -571,26 +771,36 @@ def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
             c.send("".join("* %d EXPUNGE\r\n" % s for s in seqs))
 
     def on_uid_expunge(c, tag, rest, raw):
-        expunge(c, box.uids(rest))
+        expunge(c, c.box.uids(rest))
         c.ok(tag)
 
     def on_expunge(c, tag, rest, raw):
-        expunge(c, list(box.messages))
+        expunge(c, list(c.box.messages))
         c.ok(tag)
 
     def on_close(c, tag, rest, raw):
-        expunge(c, list(box.messages), silent=True)
+        expunge(c, list(c.box.messages), silent=True)
+        c.selected = False
+        c.ok(tag)
+
+    def on_unselect(c, tag, rest, raw):
+        c.selected = False
         c.ok(tag)
 
     def script(c):
         c.caps = caps
         c.condstore = c.qresync = False
+        # The folder of the last SELECT (c.folder its name) and whether it
+        # is still selected (CLOSE and UNSELECT end that).
+        c.box = None if len(boxes) > 1 else boxes["INBOX"]
+        c.folder = None
+        c.selected = False
         c.greet(caps="IMAP4rev1 SASL-IR AUTH=PLAIN LITERAL+")
         handlers = {"ENABLE": on_enable, "LIST": on_list, "LSUB": on_list, "STATUS": on_status,
                     "SELECT": on_select, "EXAMINE": on_select, "UID FETCH": on_fetch,
                     "UID SEARCH": on_search, "UID STORE": on_store, "APPEND": on_append,
                     "UID EXPUNGE": on_uid_expunge, "EXPUNGE": on_expunge, "CLOSE": on_close,
-                    "UNSELECT": lambda c, tag, rest, raw: c.ok(tag)}
+                    "UNSELECT": on_unselect}
         c.serve(handlers)
 
     return script
@@ -605,17 +815,19 @@ def wait_for(pred, timeout=10):
     return False
 
 
-def mailsync_sync(tmp, script, *flags, password="pw"):
+def mailsync_sync(tmp, script, *flags, password="pw", **account):
     """Runs `mailsync [flags] sync a` once against a fake server running
     script: account a with its Maildir (tmp/Mail) and state (tmp/state)
-    kept from run to run. Returns (CompletedProcess, server), the server
-    stopped, with its connections (commands seen) and errors."""
+    kept from run to run; account holds further settings of the account
+    (e.g. max_connections=1). Returns (CompletedProcess, server), the
+    server stopped, with its connections (commands seen) and errors."""
     import mstest  # the harness module that runs the binary
 
     with FakeIMAP(script) as srv:
         acct = {"host": "127.0.0.1", "port": srv.port, "tls": "implicit",
                 "ca_file": srv.ca_cert, "user": "alice", "password": password,
                 "maildir": os.path.join(tmp, "Mail")}
+        acct.update(account)
         cfg = os.path.join(tmp, "config.yaml")
         dovecot.write_mailsync_config(cfg, {"a": acct}, state_dir=os.path.join(tmp, "state"))
         p = mstest.run_mailsync(cfg, *flags, "sync", "a", timeout=60)

@@ -7,10 +7,13 @@ outcome on disk and on the server, and counts the connections from the
 -vv log (each connection logs "imap NAME: connecting to", extra ones are
 named NAME#2, NAME#3)."""
 
+import json
 import os
 import re
 import unittest
 
+import dovecot
+import fakeimap
 import mailgen
 import mstest
 
@@ -129,6 +132,124 @@ class Lanes(mstest.DovecotTestCase):
         for body in local:
             self.assertEqual(server.count(mstest.lf_to_crlf(mstest.crlf_to_lf(body))), 1)
 
+    # ---- an unsubscribed folder met by the extra connection (bug 1 of the
+    # review of issue 9, fixed in e1d7584): the folder list is the first
+    # connection's, and an extra one must look names up in it too.
+
+    UNSUBSCRIBED = "Archive/2023"  # between INBOX and Work in folder order
+
+    def unsubscribed_setup(self, user):
+        """Syncs INBOX, Work and Archive/2023 (4 messages) through a
+        CommandProxy, unsubscribes Archive/2023 and puts new mail into
+        INBOX and Work, enough for a second connection. Returns the proxy
+        and Archive/2023's messages on the server."""
+        self.dovecot.add_user(user, "pw-" + user)
+        self.dovecot.save_many(user, "INBOX", mailgen.generate(2, seed=61, max_size=3000))
+        self.dovecot.save_many(user, "Work", mailgen.generate(2, seed=63, max_size=3000))
+        self.dovecot.save_many(user, self.UNSUBSCRIBED, mailgen.generate(4, seed=62, max_size=3000),
+                               "\\Seen")
+        proxy = fakeimap.CommandProxy.for_test(self, self.dovecot.port_imap)
+        cfg = self.write_config({"a": self.proxied(user, proxy, delete_folders=True)})
+        r = self.mailsync(cfg, "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        before = self.dovecot.fetch_all(user, self.UNSUBSCRIBED)
+        self.assertEqual(len(self.local_messages(self.UNSUBSCRIBED)), 4)
+        c = self.dovecot.imap(user)
+        try:
+            typ, data = c.unsubscribe(dovecot.imap_mailbox(self.UNSUBSCRIBED))
+            self.assertEqual(typ, "OK", data)
+        finally:
+            c.logout()
+        self.dovecot.save_many(user, "INBOX", mailgen.generate(70, seed=71, max_size=3000))
+        self.dovecot.save_many(user, "Work", mailgen.generate(10, seed=72, max_size=3000))
+        return proxy, before
+
+    def proxied(self, user, proxy, **extra):
+        acct = self.account(user, host="127.0.0.1", port=proxy.port, tls="none",
+                            allow_plaintext=True, max_connections=2, **extra)
+        del acct["ca_file"]  # plaintext to the proxy
+        return acct
+
+    def local_messages(self, folder):
+        return mstest.maildir_messages(os.path.join(self.tmp, "Mail", folder))
+
+    def sync_second_takes_next(self, proxy, cfg):
+        """Runs `mailsync -vv sync` with the first connection's answer to
+        SELECT INBOX held back until the second connection SELECTs: the
+        second one then takes the jobs after INBOX, whatever the timing.
+        Returns the CompletedProcess and each connection's commands."""
+        seen = []
+
+        def on_command(proxy, n, line):
+            seen.append((n, line))
+            if n == 1 and re.match(r"\S+ SELECT INBOX", line):
+                proxy.hold(1)
+            elif n == 2 and re.match(r"\S+ SELECT ", line):
+                proxy.release(1)
+            return None
+
+        proxy.arm(on_command)
+        r = self.mailsync(cfg, "-vv", "sync")
+        return r, seen
+
+    def check_unsubscribed_kept(self, user, cfg, r, seen, before):
+        """The run went well; the unsubscribed folder is untouched on both
+        sides and in the index; the second connection met it."""
+        out = "stdout:\n%s\nstderr:\n%s" % (r.stdout, r.stderr[-3000:])
+        self.assertEqual(r.returncode, 0, out)
+        self.assertEqual(connections(r.stderr), ["a", "a#2"])
+        # a#2's first folder is Work, the job after Archive/2023's: a
+        # connection passes folders it does not sync on its way to the next
+        # one, so a#2 is the one that met Archive/2023.
+        self.assertEqual([line.split(" ", 2)[2] for n, line in seen
+                          if n == 2 and re.match(r"\S+ SELECT ", line)][:1],
+                         ["Work (QRESYNC (%d 3))" % self.uidvalidity(user, "Work")], out)
+        self.assertNotIn("SELECT " + self.UNSUBSCRIBED, " ".join(line for _n, line in seen))
+        self.assertNotIn("deleted on the server", r.stdout + r.stderr)
+        self.assertEqual(self.dovecot.fetch_all(user, self.UNSUBSCRIBED), before)
+        self.assertEqual(sorted(b for _, _, b in self.local_messages(self.UNSUBSCRIBED)),
+                         sorted(mstest.crlf_to_lf(b) for _, _, b in before))
+        st = self.mailsync(cfg, "status", "--json", "a")
+        self.assertEqual(st.returncode, 0, st.stderr)
+        folders = {f["name"]: f for f in json.loads(st.stdout)["accounts"][0]["folders"]}
+        self.assertIn(self.UNSUBSCRIBED, folders, st.stdout)
+        self.assertEqual(folders[self.UNSUBSCRIBED]["messages"], 4, st.stdout)
+        self.assertEqual(len(self.local_messages("INBOX")), 72)
+        self.assertEqual(len(self.local_messages("Work")), 12)
+
+    def uidvalidity(self, user, folder):
+        c = self.dovecot.imap(user)
+        try:
+            typ, data = c.status(dovecot.imap_mailbox(folder), "(UIDVALIDITY)")
+            return int(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))
+        finally:
+            c.logout()
+
+    def test_extra_connection_keeps_unsubscribed_folder(self):
+        """delete_folders with subscribed_only: a folder that was synced and
+        is now only unsubscribed is still on the server (LIST names it), so
+        it is not deleted locally, also when the second connection is the
+        one that meets it: messages still on disk, still in the index,
+        still on the server, exit 0. Before e1d7584 an extra connection
+        had the first one's folder names but not their lookup table, took
+        the folder for deleted on the server and removed the local copy
+        and its index records (exit 0)."""
+        user = "lanesunsub"
+        proxy, before = self.unsubscribed_setup(user)
+        cfg = self.write_config({"a": self.proxied(user, proxy, delete_folders=True,
+                                                   subscribed_only=True)})
+        r, seen = self.sync_second_takes_next(proxy, cfg)
+        self.check_unsubscribed_kept(user, cfg, r, seen, before)
+
+    def test_extra_connection_reports_no_false_deletion(self):
+        """Without delete_folders the same folder is no error either:
+        before e1d7584 the extra connection reported "folder
+        'Archive/2023' was deleted on the server" and the run exited 1."""
+        user = "lanesunsub2"
+        proxy, before = self.unsubscribed_setup(user)
+        cfg = self.write_config({"a": self.proxied(user, proxy, subscribed_only=True)})
+        r, seen = self.sync_second_takes_next(proxy, cfg)
+        self.check_unsubscribed_kept(user, cfg, r, seen, before)
 
 class RefusedExtraConnection(mstest.DovecotTestCase):
     # One connection per user and address: the second login is refused, and
