@@ -210,6 +210,12 @@ int mkdir_p_durable(const char *dir, mode_t mode, bool durable)
     if (dir[0] == '\0') {
         return -EINVAL;
     }
+    /* Most calls find it there already: one stat instead of a failing
+     * mkdir per path component. */
+    struct stat st0;
+    if (stat(dir, &st0) == 0 && S_ISDIR(st0.st_mode)) {
+        return 0;
+    }
     char *tmp = xstrdup(dir);
     int ret = 0;
     /* Where the first directory this call creates is: its parent and every
