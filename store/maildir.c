@@ -46,6 +46,10 @@ struct md_folder {
     char *path_cur;
     char *path_tmp;
     char *err;
+    /* new/ or cur/ had an entry renamed in or out, or removed, through
+     * this handle since the last md_folder_sync: only those need the
+     * directory fsync. */
+    bool dirty_new, dirty_cur;
 
     /* The dovecot-keywords table, valid while the file on disk still has
      * the identity recorded here (checked by stat before every use). */
@@ -277,13 +281,19 @@ const char *md_folder_error(const struct md_folder *f)
 
 int md_folder_sync(struct md_folder *f)
 {
-    int ret = fsync_dir(f->path_new);
-    if (ret < 0) {
-        return fail(f, -ret, f->path_new, "fsync failed");
+    if (f->dirty_new) {
+        int ret = fsync_dir(f->path_new);
+        if (ret < 0) {
+            return fail(f, -ret, f->path_new, "fsync failed");
+        }
+        f->dirty_new = false;
     }
-    ret = fsync_dir(f->path_cur);
-    if (ret < 0) {
-        return fail(f, -ret, f->path_cur, "fsync failed");
+    if (f->dirty_cur) {
+        int ret = fsync_dir(f->path_cur);
+        if (ret < 0) {
+            return fail(f, -ret, f->path_cur, "fsync failed");
+        }
+        f->dirty_cur = false;
     }
     return 0;
 }
@@ -864,6 +874,8 @@ static int set_flags_once(struct md_folder *f, struct md_msg *msg, unsigned flag
         dst = path_join(f->path_cur, dst_name);
     }
     if (dst != NULL && strcmp(src, dst) != 0) {
+        f->dirty_cur = true;
+        f->dirty_new = f->dirty_new || msg->in_new;
         /* Never replace an existing file: a copy with the same identity is
          * a different message (PROTOCOLS.md) and must survive. */
         if (renameat2(AT_FDCWD, src, AT_FDCWD, dst, RENAME_NOREPLACE) != 0) {
@@ -953,6 +965,9 @@ int md_remove(struct md_folder *f, struct md_msg *msg)
     md_keywords seen_kw = msg->keywords;
     for (int attempt = 0;; attempt++) {
         char *path = msg_path(f, msg);
+        /* Wherever it is found again, its directory changes. */
+        f->dirty_new = f->dirty_new || msg->in_new;
+        f->dirty_cur = f->dirty_cur || !msg->in_new;
         int e = unlink(path) == 0 ? 0 : errno;
         if (e != 0 && e != ENOENT) {
             fail(f, e, path, "cannot remove");
@@ -1383,7 +1398,13 @@ int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywor
     }
     free(w->tmp_path);
     w->tmp_path = NULL;
-    if (!defer_dir_sync) {
+    if (defer_dir_sync) {
+        if (in_new) {
+            f->dirty_new = true;
+        } else {
+            f->dirty_cur = true;
+        }
+    } else {
         ret = fsync_dir(in_new ? f->path_new : f->path_cur);
         if (ret < 0) {
             /* The message is not known to be durable, so it must not count

@@ -124,7 +124,9 @@ int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywor
                      bool defer_dir_sync, struct md_msg *msg_r);
 /* Removes the temp file and frees the writer. */
 void md_writer_abort(struct md_writer *w);
-/* fsyncs new/ and cur/ (after deferred commits). */
+/* fsyncs new/ and cur/ where entries were renamed or removed through this
+ * handle since the last call (after deferred commits, md_set_flags and
+ * md_remove). */
 int md_folder_sync(struct md_folder *f);
 
 /* Neither md_set_flags nor md_remove fsyncs the directory: call
