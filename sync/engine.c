@@ -270,6 +270,11 @@ struct engine {
     struct fjob *collide;
     size_t ncollide, collide_cap;
 
+    /* First lane only: index writes that need not be durable at once,
+     * written with the next one that must be (see defer_apply). */
+    struct deferred_ops *defer;
+    size_t ndefer, defer_cap, defer_rows;
+
     struct fjob *jobs;
     size_t njobs, jobs_cap;
     struct strindex job_ix;    /* local folder of a job -> position in jobs */
@@ -550,16 +555,141 @@ static int ops_fn(struct idx_txn *txn, void *arg)
     return 0;
 }
 
+/* Index writes that may wait: the records of a batch of downloads (their
+ * intent rows are durable already, so a record lost in a crash is adopted
+ * from its intent by the next run) and a folder's final state and updates
+ * (lost, they only make the next run compare again, and both sides already
+ * agree). They are copied here and written in the same transaction as the
+ * next write that must be durable (an intent, an unsettled mark), at most
+ * DEFER_MAX_ROWS rows later, or at the end of the run: a first sync of
+ * many small folders then commits once per folder instead of three times,
+ * and a run where nothing changed hardly at all. */
+#define DEFER_MAX_ROWS 4096
+#define DEFER_MAX_FOLDERS 256
+
+struct deferred_ops {
+    char *folder;
+    struct idx_msg *puts;
+    size_t nputs;
+    uint32_t *drops;
+    size_t ndrops;
+    bool has_st;
+    struct idx_folder st;
+    char *meta_key;
+    void *meta_val;
+    size_t meta_len;
+};
+
+static void deferred_free(struct engine *r)
+{
+    for (size_t i = 0; i < r->ndefer; i++) {
+        struct deferred_ops *d = &r->defer[i];
+        free(d->folder);
+        free(d->puts);
+        free(d->drops);
+        free(d->meta_key);
+        free(d->meta_val);
+    }
+    r->ndefer = 0;
+    r->defer_rows = 0;
+}
+
+struct apply_ctx {
+    const struct engine *root;
+    const struct idx_ops *o; /* NULL: the deferred writes alone */
+};
+
+/* The deferred writes first (they are older), then the new one. */
+static int apply_fn(struct idx_txn *txn, void *arg)
+{
+    const struct apply_ctx *c = arg;
+    for (size_t i = 0; i < c->root->ndefer; i++) {
+        const struct deferred_ops *d = &c->root->defer[i];
+        struct idx_ops o = {.folder = d->folder,
+                            .puts = d->puts,
+                            .nputs = d->nputs,
+                            .drops = d->drops,
+                            .ndrops = d->ndrops,
+                            .st = d->has_st ? &d->st : NULL,
+                            .meta_key = d->meta_key,
+                            .meta_val = d->meta_val,
+                            .meta_len = d->meta_len};
+        int r = ops_fn(txn, &o);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return c->o != NULL ? ops_fn(txn, (void *)c->o) : 0;
+}
+
 static int idx_apply(struct engine *e, const struct idx_ops *o)
 {
     if (e->opts.dry_run) {
         return 0;
     }
-    int r = idx_write(e->idx, ops_fn, (void *)o);
+    struct apply_ctx c = {.root = e->root, .o = o};
+    int r = idx_write(e->idx, apply_fn, &c);
     if (r < 0) {
         folder_fail_idx(e, r);
+    } else {
+        deferred_free(e->root);
     }
     return r;
+}
+
+/* Writes what was deferred. Returns 0 or the index error. */
+static int deferred_flush(struct engine *e)
+{
+    struct engine *root = e->root;
+    if (root->ndefer == 0 || e->idx == NULL) {
+        return 0;
+    }
+    struct apply_ctx c = {.root = root, .o = NULL};
+    int r = idx_write(e->idx, apply_fn, &c);
+    if (r == 0) {
+        deferred_free(root);
+    }
+    return r;
+}
+
+/* idx_apply for a write that may wait (see above); o has no drop_lids. */
+static void idx_apply_later(struct engine *e, const struct idx_ops *o)
+{
+    if (e->opts.dry_run) {
+        return;
+    }
+    struct engine *root = e->root;
+    xgrow(&root->defer, &root->defer_cap, root->ndefer + 1, sizeof(*root->defer));
+    struct deferred_ops *d = &root->defer[root->ndefer++];
+    memset(d, 0, sizeof(*d));
+    d->folder = xstrdup(o->folder);
+    if (o->nputs > 0) {
+        d->puts = xmalloc(o->nputs * sizeof(*d->puts));
+        memcpy(d->puts, o->puts, o->nputs * sizeof(*d->puts));
+        d->nputs = o->nputs;
+    }
+    if (o->ndrops > 0) {
+        d->drops = xmalloc(o->ndrops * sizeof(*d->drops));
+        memcpy(d->drops, o->drops, o->ndrops * sizeof(*d->drops));
+        d->ndrops = o->ndrops;
+    }
+    if (o->st != NULL) {
+        d->has_st = true;
+        d->st = *o->st;
+    }
+    if (o->meta_key != NULL) {
+        d->meta_key = xstrdup(o->meta_key);
+        d->meta_val = xmalloc(o->meta_len + 1);
+        memcpy(d->meta_val, o->meta_val, o->meta_len);
+        d->meta_len = o->meta_len;
+    }
+    root->defer_rows += o->nputs + o->ndrops + 1;
+    if (root->defer_rows >= DEFER_MAX_ROWS || root->ndefer >= DEFER_MAX_FOLDERS) {
+        int r = deferred_flush(e);
+        if (r < 0) {
+            folder_fail_idx(e, r);
+        }
+    }
 }
 
 /* ---- Message-ID ----------------------------------------------------------------- */
@@ -854,9 +984,22 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     if (e->idx != NULL) {
+        int fr = deferred_flush(e);
+        if (fr < 0) {
+            /* The folders' last records are lost; the next run compares
+             * them again (nothing is lost or copied twice), but this run
+             * did not finish. */
+            set_error(e,
+                      fr == -ENOSPC || fr == -EDQUOT || fr == IDX_ERETRY ? ENGINE_TRANSIENT
+                                                                         : ENGINE_PERMANENT,
+                      "index: %s", idx_error(e->idx));
+        }
         idx_close(e->idx);
         e->idx = NULL;
     }
+    deferred_free(e);
+    free(e->defer);
+    e->defer = NULL;
     struct engine_result *res = &e->res;
     res->account = e->acct->name;
     res->kind = e->error != NULL ? e->kind : ENGINE_OK;
@@ -2653,7 +2796,7 @@ static int flush_batch(struct engine *e)
             folder_fail_md(e, r);
         } else {
             struct idx_ops o2 = {.folder = f->job->name, .puts = rows, .nputs = ok};
-            r = idx_apply(e, &o2);
+            idx_apply_later(e, &o2);
         }
     }
     free(rows);
@@ -3305,7 +3448,7 @@ static void folder_final(struct engine *e)
         o.meta_val = packed;
     }
     if (np > 0 || nd > 0 || stp != NULL) {
-        idx_apply(e, &o);
+        idx_apply_later(e, &o);
     }
     free(packed);
     free(sk);
