@@ -375,3 +375,91 @@ size_t term_safe(char *buf, size_t len)
     }
     return out;
 }
+
+/* ---- strindex ---- */
+
+uint64_t str_hash(const void *data, size_t len)
+{
+    /* FNV-1a, then a final mix so that the low bits used as the slot
+     * depend on every byte. */
+    const unsigned char *p = data;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h;
+}
+
+/* Open addressing with linear probing; pos is stored as pos + 1 so that 0
+ * marks a free slot. Kept at most half full. */
+static void strindex_put(uint64_t *hash, size_t *pos, size_t cap, uint64_t h, size_t p1)
+{
+    size_t i = (size_t)h & (cap - 1);
+    while (pos[i] != 0) {
+        i = (i + 1) & (cap - 1);
+    }
+    hash[i] = h;
+    pos[i] = p1;
+}
+
+void strindex_add(struct strindex *x, uint64_t hash, size_t pos)
+{
+    if (2 * (x->n + 1) > x->cap) {
+        size_t cap = x->cap == 0 ? 64 : 2 * x->cap;
+        uint64_t *nh = xcalloc(cap, sizeof(*nh));
+        size_t *np = xcalloc(cap, sizeof(*np));
+        for (size_t i = 0; i < x->cap; i++) {
+            if (x->pos[i] != 0) {
+                strindex_put(nh, np, cap, x->hash[i], x->pos[i]);
+            }
+        }
+        free(x->hash);
+        free(x->pos);
+        x->hash = nh;
+        x->pos = np;
+        x->cap = cap;
+    }
+    strindex_put(x->hash, x->pos, x->cap, hash, pos + 1);
+    x->n++;
+}
+
+bool strindex_next(const struct strindex *x, uint64_t hash, size_t *iter_r, size_t *pos_r)
+{
+    if (x->cap == 0) {
+        return false;
+    }
+    /* *iter_r counts the slots probed so far from the hash's home slot. */
+    for (size_t k = *iter_r; k < x->cap; k++) {
+        size_t i = ((size_t)hash + k) & (x->cap - 1);
+        if (x->pos[i] == 0) {
+            *iter_r = x->cap;
+            return false;
+        }
+        if (x->hash[i] == hash) {
+            *iter_r = k + 1;
+            *pos_r = x->pos[i] - 1;
+            return true;
+        }
+    }
+    *iter_r = x->cap;
+    return false;
+}
+
+void strindex_reset(struct strindex *x)
+{
+    if (x->cap > 0) {
+        memset(x->pos, 0, x->cap * sizeof(*x->pos));
+    }
+    x->n = 0;
+}
+
+void strindex_free(struct strindex *x)
+{
+    free(x->hash);
+    free(x->pos);
+    memset(x, 0, sizeof(*x));
+}

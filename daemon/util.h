@@ -40,6 +40,27 @@ void sbuf_reset(struct sbuf *sb);
 char *sbuf_detach(struct sbuf *sb);
 void sbuf_free(struct sbuf *sb);
 
+/* An index over strings kept elsewhere (usually in the caller's array),
+ * for lookups in constant time where a linear search would make a long
+ * listing quadratic. It holds each entry's hash and position only: the
+ * caller hashes its key (normalised as its equality needs, e.g. the INBOX
+ * level in one case), and checks each candidate strindex_next yields with
+ * its own comparison. Zero-initialise to use; strindex_free releases it. */
+struct strindex {
+    uint64_t *hash;
+    size_t *pos;
+    size_t cap; /* slots, a power of two, or 0 */
+    size_t n;
+};
+
+uint64_t str_hash(const void *data, size_t len);
+void strindex_add(struct strindex *x, uint64_t hash, size_t pos);
+/* Yields the positions added with this hash, one per call: start with
+ * *iter_r = 0, stop when it returns false. */
+bool strindex_next(const struct strindex *x, uint64_t hash, size_t *iter_r, size_t *pos_r);
+void strindex_reset(struct strindex *x);
+void strindex_free(struct strindex *x);
+
 /* Expands a leading "~" or "~/" (from $HOME) and $VAR / ${VAR} anywhere in
  * path. Returns 0 and a new string in *out_r, or -1 with a message in *err_r
  * (caller frees) naming the undefined variable. */

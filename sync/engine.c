@@ -47,6 +47,7 @@
 #include "store/maildir.h"
 #include "sync/account.h"
 #include "sync/imap.h"
+#include "sync/net.h"
 #include "sync/plan.h"
 #include "sync/secret.h"
 #include "sync/skiplist.h"
@@ -264,6 +265,8 @@ struct engine {
 
     struct fjob *jobs;
     size_t njobs, jobs_cap;
+    struct strindex job_ix;    /* local folder of a job -> position in jobs */
+    struct strindex listed_ix; /* the same for listed */
     size_t next_job;
     struct fstate *f; /* current folder, NULL between folders */
     struct engine_folder_result *fres;
@@ -280,6 +283,7 @@ static void next_folder(struct engine *e);
 static void folder_end(struct engine *e);
 static void folder_advance(struct engine *e);
 static void finish(struct engine *e);
+static int flush_batch(struct engine *e);
 static void dedupe_server(struct fstate *f);
 static int wire_size(int fd, uint64_t *size_r);
 
@@ -806,6 +810,8 @@ static void on_timer_closed(uv_handle_t *h)
         free(e->listed[i]);
     }
     free(e->listed);
+    strindex_free(&e->listed_ix);
+    strindex_free(&e->job_ix);
     for (size_t i = 0; i < e->ncollide; i++) {
         free(e->collide[i].name);
     }
@@ -908,15 +914,45 @@ static void finish(struct engine *e)
 
 /* ---- connection ------------------------------------------------------------------- */
 
+/* Whether the connection is gone. imap_fail completes every command still
+ * queued or in flight with an error before it calls on_imap_error, so
+ * inside those completions conn_dead is not set yet: the connection's own
+ * state says it. Nothing may advance a folder then: a listing cut short
+ * would look complete (invariant 9). */
+static bool conn_lost(const struct engine *e)
+{
+    return e->conn_dead || (e->im != NULL && imap_get_state(e->im) == IMAP_STATE_FAILED);
+}
+
+/* How a connection failure is reported: a refused login needs the user, and
+ * so does a certificate that fails verification or a port that does not
+ * speak TLS (nothing changes by waiting); the rest (drops, resets,
+ * timeouts, malformed replies, a BYE) clears up by trying again. */
+static enum engine_kind conn_error_kind(int err)
+{
+    if (err == IMAP_EAUTH) {
+        return ENGINE_AUTH;
+    }
+    if (err == IMAP_ENOTLS || net_err_permanent(err)) {
+        return ENGINE_PERMANENT;
+    }
+    return ENGINE_TRANSIENT;
+}
+
 static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
 {
     struct engine *e = arg;
     e->conn_dead = true;
     if (e->logged_out) {
+        /* Every folder had finished and LOGOUT was on its way. */
         return;
     }
-    set_error(e, err == IMAP_EAUTH ? ENGINE_AUTH : ENGINE_TRANSIENT, "%s",
-              msg != NULL ? msg : "connection failed");
+    if (e->f != NULL && e->f->nbatch > 0 && !e->opts.dry_run) {
+        /* Messages received whole before the drop are kept (durable, then
+         * recorded), so that a flaky connection still makes progress. */
+        flush_batch(e);
+    }
+    set_error(e, conn_error_kind(err), "%s", msg != NULL ? msg : "connection failed");
     if (e->root != e && e->f != NULL) {
         /* An extra lane lost a folder half-way: the run is incomplete for
          * a transient reason, like a first lane's dropped connection. */
@@ -1332,7 +1368,7 @@ static void on_fetch_msg(struct imap *im, const struct imap_msg *m, void *sink, 
  * else will report it. After a connection failure on_imap_error does. */
 static bool refused_locally(const struct engine *e, const struct imap_result *res)
 {
-    if (res->err >= 0 || e->im == NULL || e->conn_dead) {
+    if (res->err >= 0 || e->im == NULL || conn_lost(e)) {
         return false;
     }
     enum imap_state s = imap_get_state(e->im);
@@ -1344,8 +1380,15 @@ static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *
     if (res->err < 0) {
         if (refused_locally(e, res)) {
             folder_fail(e, "%s: %s", what, res->text != NULL ? res->text : "refused");
+        } else {
+            /* The connection broke before the tagged answer: whatever the
+             * command listed so far is not the whole answer. The folder
+             * fails at once, so nothing is planned from it; on_imap_error
+             * follows for the account. */
+            folder_fail_transient(e, "connection lost during %s: %s", what,
+                                  res->text != NULL ? res->text : "connection failed");
         }
-        return false; /* else on_imap_error follows */
+        return false;
     }
     if (res->status != IMAP_STATUS_OK) {
         /* The response code says why in a word ([OVERQUOTA], [TOOBIG],
@@ -1361,12 +1404,26 @@ static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *
     return true;
 }
 
+/* A command of the current folder could not be queued (r < 0): its answer
+ * will never come, so the folder fails instead of planning without it.
+ * After a drop that is the connection's doing, and temporary. */
+static void queue_failed(struct engine *e, int r, const char *what)
+{
+    if (r == -ENOTCONN || conn_lost(e)) {
+        const char *why = e->im != NULL ? imap_error(e->im) : NULL;
+        folder_fail_transient(e, "connection lost before %s: %s", what,
+                              why != NULL ? why : "not connected");
+    } else {
+        folder_fail(e, "cannot queue %s: %s", what, strerror(-r));
+    }
+}
+
 static void phase_cmd_done(struct engine *e)
 {
     if (e->f != NULL && e->f->pending > 0) {
         e->f->pending--;
     }
-    if (e->f != NULL && e->f->pending == 0 && !e->conn_dead) {
+    if (e->f != NULL && e->f->pending == 0 && !conn_lost(e)) {
         folder_advance(e);
     }
 }
@@ -1399,6 +1456,18 @@ static void on_search_done(struct imap *im, const struct imap_result *res, void 
 
 static const struct imap_fetch_cb flags_cb = {.on_message = on_fetch_msg, .done = on_fetch_done};
 
+/* Queues one listing command of the FETCH phase; a command that cannot be
+ * queued fails the folder (its part of the listing would be missing). */
+static void listing_fetch(struct engine *e, const char *set, unsigned items, uint64_t changedsince)
+{
+    e->f->pending++;
+    int r = imap_uid_fetch(e->im, set, items, changedsince, false, &flags_cb, e);
+    if (r < 0) {
+        e->f->pending--;
+        queue_failed(e, r, "UID FETCH");
+    }
+}
+
 static void issue_fetch(struct engine *e)
 {
     struct fstate *f = e->f;
@@ -1416,36 +1485,34 @@ static void issue_fetch(struct engine *e)
         /* Nothing there: every known message is gone. */
         f->delta = false;
     } else if (!f->delta) {
-        f->pending++;
-        if (imap_uid_fetch(e->im, "1:*", items, 0, false, &flags_cb, e) < 0) {
-            f->pending--;
-            folder_fail(e, "cannot queue UID FETCH");
-        }
+        listing_fetch(e, "1:*", items, 0);
     } else {
         if (!f->qresync) {
             /* Flags changed since the stored HIGHESTMODSEQ. */
             if (mb->highestmodseq != f->st.highestmodseq) {
-                f->pending++;
-                if (imap_uid_fetch(e->im, "1:*", IMAP_FETCH_FLAGS, f->st.highestmodseq, false,
-                                   &flags_cb, e) < 0) {
-                    f->pending--;
-                }
+                listing_fetch(e, "1:*", IMAP_FETCH_FLAGS, f->st.highestmodseq);
             }
-            /* Expunges: what is still there of the known range. */
+            /* Expunges: what is still there of the known range. A folder
+             * that never held a message (UIDNEXT 1 when last synced) has
+             * no known range, and "UID 1:0" is no valid set. */
             char crit[64];
-            snprintf(crit, sizeof(crit), "UID 1:%u", (unsigned)(f->st.uidnext - 1));
-            f->pending++;
-            if (imap_uid_search(e->im, crit, on_search_done, e) < 0) {
-                f->pending--;
+            if (imap_uid_range_format(1, f->st.uidnext - 1, crit + 4, sizeof(crit) - 4) == 0) {
+                memcpy(crit, "UID ", 4);
+                f->pending++;
+                int r = imap_uid_search(e->im, crit, on_search_done, e);
+                if (r < 0) {
+                    f->pending--;
+                    queue_failed(e, r, "UID SEARCH");
+                }
+            } else {
+                f->have_search = true;
+                f->nsearch = 0;
             }
         }
-        if (mb->uidnext == 0 || mb->uidnext > f->st.uidnext) {
-            char set[32];
-            snprintf(set, sizeof(set), "%u:*", (unsigned)f->st.uidnext);
-            f->pending++;
-            if (imap_uid_fetch(e->im, set, items, 0, false, &flags_cb, e) < 0) {
-                f->pending--;
-            }
+        char set[32];
+        if ((mb->uidnext == 0 || mb->uidnext > f->st.uidnext) &&
+            imap_uid_range_format(f->st.uidnext, IMAP_UID_STAR, set, sizeof(set)) == 0) {
+            listing_fetch(e, set, items, 0);
         }
         /* Skipped before but not under today's limits (max_size raised,
          * max_age_days changed): list them again so they are downloaded. */
@@ -1458,10 +1525,7 @@ static void issue_fetch(struct engine *e)
         char **sets = NULL;
         size_t nsets = f->nunskip > 0 ? imap_uidset_format(f->unskip, f->nunskip, 0, &sets) : 0;
         for (size_t k = 0; k < nsets; k++) {
-            f->pending++;
-            if (imap_uid_fetch(e->im, sets[k], items, 0, false, &flags_cb, e) < 0) {
-                f->pending--;
-            }
+            listing_fetch(e, sets[k], items, 0);
             free(sets[k]);
         }
         free(sets);
@@ -1522,8 +1586,9 @@ static void do_select(struct engine *e)
         so.condstore = true;
     }
     f->phase = FP_SELECT;
-    if (imap_select(e->im, f->job->name, &so, on_select, e) < 0) {
-        folder_fail(e, "cannot queue SELECT");
+    int r = imap_select(e->im, f->job->name, &so, on_select, e);
+    if (r < 0) {
+        queue_failed(e, r, "SELECT");
         folder_advance(e);
     }
 }
@@ -1605,9 +1670,11 @@ static void recover_intents(struct engine *e)
         rc->e = e;
         rc->index = i;
         f->pending++;
-        if (imap_uid_search(e->im, sb.buf, on_recover_search, rc) < 0) {
+        int r = imap_uid_search(e->im, sb.buf, on_recover_search, rc);
+        if (r < 0) {
             f->pending--;
             free(rc);
+            queue_failed(e, r, "UID SEARCH");
         }
         sbuf_free(&sb);
     }
@@ -1944,9 +2011,10 @@ static void fetch_headers(struct engine *e)
         size_t nsets = imap_uidset_format(uids, n, 0, &sets);
         for (size_t k = 0; k < nsets; k++) {
             f->pending++;
-            if (imap_uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &header_cb, e) < 0) {
+            int r = imap_uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &header_cb, e);
+            if (r < 0) {
                 f->pending--;
-                folder_fail(e, "cannot queue UID FETCH");
+                queue_failed(e, r, "UID FETCH");
             }
             free(sets[k]);
         }
@@ -2136,6 +2204,12 @@ static void queue_del(struct engine *e, int r)
 {
     if (r < 0) {
         e->f->pending--;
+        e->f->sdel_failed = true;
+        if (r == -ENOTCONN || conn_lost(e)) {
+            queue_failed(e, r, "deleting on the server");
+        } else {
+            folder_note(e, "deleting on the server: cannot be sent (%s)", strerror(-r));
+        }
     }
 }
 
@@ -2340,6 +2414,8 @@ static void apply_server(struct engine *e)
                     f->stores_failed = true;
                     if (sr != -ENOTCONN) {
                         folder_fail(e, "UID STORE %s: cannot be sent (%s)", sets[k], strerror(-sr));
+                    } else {
+                        queue_failed(e, sr, "UID STORE");
                     }
                 }
                 free(sets[k]);
@@ -2639,8 +2715,10 @@ static void issue_downloads(struct engine *e)
             size_t nsets = imap_uidset_format(uids, n, 0, &sets);
             for (size_t k = 0; k < nsets; k++) {
                 f->pending++;
-                if (imap_uid_fetch(e->im, sets[k], IMAP_FETCH_BODY, 0, false, &body_cb, e) < 0) {
+                int r = imap_uid_fetch(e->im, sets[k], IMAP_FETCH_BODY, 0, false, &body_cb, e);
+                if (r < 0) {
                     f->pending--;
+                    queue_failed(e, r, "UID FETCH BODY");
                 }
                 free(sets[k]);
             }
@@ -2698,7 +2776,7 @@ static void on_append_done(struct imap *im, const struct imap_result *res, void 
         }
     }
     free(u);
-    if (!e->conn_dead) {
+    if (!conn_lost(e)) {
         issue_uploads(e);
     }
     phase_cmd_done(e);
@@ -2795,6 +2873,10 @@ static void issue_uploads(struct engine *e)
             f->pending--;
             close(fd);
             free(u);
+            queue_failed(e, r, "APPEND");
+            if (conn_lost(e)) {
+                break;
+            }
         }
     }
 }
@@ -2922,11 +3004,17 @@ static void ul_resolve_fetch(struct engine *e)
     }
     f->ul_first = first;
     char set[32];
-    snprintf(set, sizeof(set), "%u:*", (unsigned)first);
-    f->pending++;
-    if (imap_uid_fetch(e->im, set, IMAP_FETCH_SIZE | IMAP_FETCH_MESSAGE_ID, 0, false, &ulres_cb,
-                       e) < 0) {
-        f->pending--;
+    int r = imap_uid_range_format(first, IMAP_UID_STAR, set, sizeof(set));
+    if (r == 0) {
+        f->pending++;
+        r = imap_uid_fetch(e->im, set, IMAP_FETCH_SIZE | IMAP_FETCH_MESSAGE_ID, 0, false, &ulres_cb,
+                           e);
+        if (r < 0) {
+            f->pending--;
+        }
+    }
+    if (r < 0) {
+        queue_failed(e, r, "UID FETCH");
     }
     phase_cmd_done(e);
 }
@@ -2969,8 +3057,10 @@ static void ul_resolve_headers(struct engine *e)
     size_t nsets = n > 0 ? imap_uidset_format(uids, n, 0, &sets) : 0;
     for (size_t k = 0; k < nsets; k++) {
         f->pending++;
-        if (imap_uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &ulhdr_cb, e) < 0) {
+        int r = imap_uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &ulhdr_cb, e);
+        if (r < 0) {
             f->pending--;
+            queue_failed(e, r, "UID FETCH");
         }
         free(sets[k]);
     }
@@ -3301,7 +3391,7 @@ static void folder_end(struct engine *e)
 static void folder_advance(struct engine *e)
 {
     struct fstate *f = e->f;
-    if (e->finished || e->conn_dead || f == NULL) {
+    if (e->finished || conn_lost(e) || f == NULL) {
         return;
     }
     if (e->cancelled) {
@@ -3420,14 +3510,37 @@ static bool same_local_folder(const char *a, const char *b)
     return strcmp(a, b) == 0;
 }
 
+/* The hash of a name as same_local_folder compares them. */
+static uint64_t local_folder_hash(const char *name)
+{
+    if (inbox_prefixed(name)) {
+        uint64_t h = str_hash(name + 5, strlen(name + 5));
+        return h ^ 0x9e3779b97f4a7c15ull; /* apart from a name without the INBOX level */
+    }
+    return str_hash(name, strlen(name));
+}
+
+/* Lookups by hash: a server with 50,000 folders names each of them in
+ * LIST, and a linear search per name made the listing quadratic. */
 static struct fjob *find_job(struct engine *e, const char *name)
 {
-    for (size_t i = 0; i < e->njobs; i++) {
+    uint64_t h = local_folder_hash(name);
+    size_t it = 0, i;
+    while (strindex_next(&e->job_ix, h, &it, &i)) {
         if (same_local_folder(e->jobs[i].name, name)) {
             return &e->jobs[i];
         }
     }
     return NULL;
+}
+
+/* After the jobs array was reordered. */
+static void jobs_reindex(struct engine *e)
+{
+    strindex_reset(&e->job_ix);
+    for (size_t i = 0; i < e->njobs; i++) {
+        strindex_add(&e->job_ix, local_folder_hash(e->jobs[i].name), i);
+    }
 }
 
 static struct fjob *add_job(struct engine *e, const char *name)
@@ -3440,6 +3553,7 @@ static struct fjob *add_job(struct engine *e, const char *name)
     j = &e->jobs[e->njobs++];
     memset(j, 0, sizeof(*j));
     j->name = xstrdup(strcasecmp(name, "INBOX") == 0 ? "INBOX" : name);
+    strindex_add(&e->job_ix, local_folder_hash(j->name), e->njobs - 1);
     return j;
 }
 
@@ -3457,7 +3571,8 @@ static void on_list_folder(struct imap *im, const struct imap_folder *fo, void *
     }
     if (!(fo->attrs & (IMAP_LIST_NOSELECT | IMAP_LIST_NONEXISTENT))) {
         xgrow(&e->listed, &e->listed_cap, e->nlisted + 1, sizeof(*e->listed));
-        e->listed[e->nlisted++] = xstrdup(fo->name);
+        e->listed[e->nlisted] = xstrdup(fo->name);
+        strindex_add(&e->listed_ix, local_folder_hash(fo->name), e->nlisted++);
     }
     if (fo->attrs &
         (IMAP_LIST_NOSELECT | IMAP_LIST_NONEXISTENT | IMAP_LIST_ALL | IMAP_LIST_FLAGGED)) {
@@ -3500,7 +3615,9 @@ static void on_create_done(struct imap *im, const struct imap_result *res, void 
 
 static bool server_listed(const struct engine *e, const char *name)
 {
-    for (size_t i = 0; i < e->nlisted; i++) {
+    uint64_t h = local_folder_hash(name);
+    size_t it = 0, i;
+    while (strindex_next(&e->listed_ix, h, &it, &i)) {
         if (same_local_folder(e->listed[i], name)) {
             return true;
         }
@@ -3933,7 +4050,7 @@ static void next_folder(struct engine *e)
     }
     /* All folders done: log out cleanly (the server sees a LOGOUT, not a
      * dropped connection), but do not wait long for its BYE. */
-    if (e->im != NULL && !e->conn_dead && !e->logged_out) {
+    if (e->im != NULL && !conn_lost(e) && !e->logged_out) {
         e->logged_out = true;
         if (imap_logout(e->im, on_logout_done, e) == 0) {
             uv_timer_start(&e->timer, on_logout_timeout, LOGOUT_TIMEOUT_MS, 0);
@@ -4142,6 +4259,7 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     }
     if (e->njobs > 1) {
         qsort(e->jobs, e->njobs, sizeof(*e->jobs), job_cmp);
+        jobs_reindex(e);
     }
     e->fres = xcalloc(e->njobs + 1, sizeof(*e->fres));
     for (size_t i = 0; i < e->njobs; i++) {

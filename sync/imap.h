@@ -455,6 +455,13 @@ int imap_logout(struct imap *im, imap_done_cb done, void *arg);
  * max_len bytes (0 = 8000). Returns the number of sets; *sets_r is an
  * array of that many malloc'd strings (free each, then the array). */
 size_t imap_uidset_format(const uint32_t *uids, size_t n, size_t max_len, char ***sets_r);
+/* "*" as the upper end of a range for imap_uid_range_format. */
+#define IMAP_UID_STAR UINT32_MAX
+/* Formats the one range lo:hi into buf ("7", "1:9", "7:*" for hi
+ * IMAP_UID_STAR). Returns 0, or -EINVAL when the range is empty or invalid
+ * (lo 0, or hi below lo): then no command must be sent for it, as "1:0" is
+ * no valid set and servers answer BAD. -ENOSPC when buf is too small. */
+int imap_uid_range_format(uint32_t lo, uint32_t hi, char *buf, size_t cap);
 /* Parses a UID set into ascending, merged ranges ('*' is taken as
  * 4294967295). Returns 0, or -EINVAL for a malformed set. *ranges_r is
  * malloc'd. */

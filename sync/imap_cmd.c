@@ -97,6 +97,7 @@ static void cmd_free(struct imap_cmd *c)
         free(c->folders[i].status_folder);
     }
     free(c->folders);
+    strindex_free(&c->folder_ix);
     free(c->uids);
     sbuf_free(&c->copy_src);
     sbuf_free(&c->copy_dst);
@@ -966,9 +967,20 @@ static void handle_fetch(struct imap *im, uint32_t seq, const struct imap_arg *l
     }
 }
 
+/* The hash of a raw folder name as find_folder compares them: INBOX in any
+ * case is one name. */
+static uint64_t folder_hash(const char *raw)
+{
+    return strcasecmp(raw, "INBOX") == 0 ? str_hash("INBOX", 5) : str_hash(raw, strlen(raw));
+}
+
+/* A lookup by hash: LIST, LSUB and LIST-STATUS replies name every folder,
+ * and a linear search per reply line made 50,000 folders take seconds. */
 static struct imap_folder_item *find_folder(struct imap_cmd *c, const char *raw)
 {
-    for (size_t i = 0; i < c->nfolders; i++) {
+    uint64_t h = folder_hash(raw);
+    size_t it = 0, i;
+    while (strindex_next(&c->folder_ix, h, &it, &i)) {
         if (strcmp(c->folders[i].raw, raw) == 0 ||
             (strcasecmp(raw, "INBOX") == 0 && strcasecmp(c->folders[i].raw, "INBOX") == 0)) {
             return &c->folders[i];
@@ -1068,6 +1080,7 @@ static void handle_list(struct imap *im, const struct imap_response *r, bool lsu
     struct imap_folder_item *f = &c->folders[c->nfolders++];
     memset(f, 0, sizeof(*f));
     f->raw = xstrndup(raw, rawlen);
+    strindex_add(&c->folder_ix, folder_hash(f->raw), c->nfolders - 1);
     f->f.delim = delim;
     f->f.attrs = parse_list_attrs(&r->args[1]);
     if (imap_name_from_server(raw, rawlen, delim, im->utf8, &f->name, &f->why) < 0) {

@@ -102,6 +102,7 @@ struct imap_cmd {
     struct imap_mailbox mb;
     struct imap_folder_item *folders;
     size_t nfolders, cap_folders;
+    struct strindex folder_ix; /* raw name -> position in folders */
     uint32_t *uids;
     size_t nuids, cap_uids;
     bool search_seen; /* its untagged SEARCH arrived (pipelined SEARCHes) */

@@ -17,6 +17,22 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+int imap_uid_range_format(uint32_t lo, uint32_t hi, char *buf, size_t cap)
+{
+    if (lo == 0 || hi < lo) {
+        return -EINVAL;
+    }
+    int n;
+    if (hi == IMAP_UID_STAR) {
+        n = snprintf(buf, cap, "%u:*", (unsigned)lo);
+    } else if (hi == lo) {
+        n = snprintf(buf, cap, "%u", (unsigned)lo);
+    } else {
+        n = snprintf(buf, cap, "%u:%u", (unsigned)lo, (unsigned)hi);
+    }
+    return n < 0 || (size_t)n >= cap ? -ENOSPC : 0;
+}
+
 size_t imap_uidset_format(const uint32_t *uids, size_t n, size_t max_len, char ***sets_r)
 {
     if (max_len == 0) {

@@ -246,10 +246,56 @@ static void fail(struct net_conn *c, int err, const char *fmt, ...)
     schedule(c);
 }
 
+bool net_err_permanent(int err)
+{
+    return err == NET_EVERIFY || err == NET_EPIN || err == NET_ENOTTLS || err == NET_EINJECT;
+}
+
+/* The server spoke plain text where the TLS handshake was due: the port
+ * or the tls setting is wrong, so the message says which of them to change.
+ * The greeting tells an IMAP server ("* OK") from a POP3 one ("+OK"). */
+static void fail_not_tls(struct net_conn *c)
+{
+    const char *sample = tls_conn_plaintext(c->tls);
+    char *said = xasprintf("the server answered in plain text, not TLS (\"%s\")",
+                           sample != NULL ? sample : "");
+    if (c->starttls) {
+        fail(c, NET_ENOTTLS, "%s, after agreeing to start TLS", said);
+        free(said);
+        return;
+    }
+    const char *proto = NULL;
+    unsigned tls_port = 0;
+    if (sample != NULL && strncmp(sample, "* ", 2) == 0) {
+        proto = "IMAP";
+        tls_port = 993;
+    } else if (sample != NULL && strncmp(sample, "+OK", 3) == 0) {
+        proto = "POP3";
+        tls_port = 995;
+    }
+    if (proto == NULL) {
+        fail(c, NET_ENOTTLS, "%s: this port does not speak TLS; check port and tls", said);
+    } else if (c->port == tls_port) {
+        fail(c, NET_ENOTTLS,
+             "%s: this server speaks %s in plain text on port %u, where TLS is usual; "
+             "use tls: starttls",
+             said, proto, tls_port);
+    } else {
+        fail(c, NET_ENOTTLS,
+             "%s: this looks like a plaintext %s port, which starts TLS with STARTTLS; use "
+             "tls: starttls, or the port where %s speaks TLS from the start (usually %u)",
+             said, proto, proto, tls_port);
+    }
+    free(said);
+}
+
 static void fail_tls(struct net_conn *c, int r)
 {
     int err;
     switch (r) {
+    case TLS_ENOTTLS:
+        fail_not_tls(c);
+        return;
     case TLS_EVERIFY:
         err = NET_EVERIFY;
         break;
@@ -321,6 +367,18 @@ static void on_idle_timeout(uv_timer_t *h)
     }
     char secs[32];
     format_seconds(secs, sizeof(secs), c->idle_ms);
+    if (c->tls == NULL && c->bytes_in == 0) {
+        /* IMAP and POP3 servers greet first, in plain text unless the port
+         * speaks TLS from the start; such a port waits for a ClientHello
+         * and is silent. Still a timeout (a hung server is silent too), but
+         * the likely mistake is named. */
+        fail(c, NET_ETIMEOUT,
+             "timed out after %s waiting for the server; the server sent nothing at all, not "
+             "even a greeting: if this port speaks TLS from the start (usually 993 for IMAP, "
+             "995 for POP3), use tls: implicit",
+             secs);
+        return;
+    }
     fail(c, NET_ETIMEOUT, "timed out after %s waiting for the server", secs);
 }
 
@@ -677,7 +735,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread < 0) {
         if (nread == UV_EOF) {
-            if (c->state == NS_HANDSHAKE) {
+            if (c->state == NS_HANDSHAKE && tls_conn_plaintext(c->tls) != NULL) {
+                /* Too few bytes for OpenSSL to fail on, but plain text. */
+                fail_not_tls(c);
+            } else if (c->state == NS_HANDSHAKE) {
                 fail(c, NET_ECLOSED, "connection closed by the server during the TLS handshake");
             } else {
                 fail(c, NET_ECLOSED, "connection closed by the server");

@@ -32,7 +32,20 @@ enum {
     NET_EINJECT = -20005,   /* plaintext arrived together with the STARTTLS answer */
     NET_ECLOSED = -20006,   /* peer closed the connection */
     NET_ECOMPRESS = -20007, /* bad DEFLATE stream */
+    NET_ENOTTLS = -20008,   /* the server answered in plain text where TLS was due */
 };
+
+/* Whether err (anything an on_error callback of this module or of the IMAP
+ * and POP3 clients above it may pass: NET_E*, negative errno / UV_*, or
+ * another module's code) is a failure that will not clear up by itself, so
+ * that trying again later without a change to the configuration or the
+ * server is pointless: the certificate fails verification (NET_EVERIFY),
+ * does not match tls_fingerprint (NET_EPIN), the port does not speak TLS
+ * (NET_ENOTTLS), or STARTTLS was attacked (NET_EINJECT). False for
+ * everything else, the codes of other modules included: timeouts, refused
+ * or dropped connections, DNS failures and TLS failures of other kinds may
+ * all go away by themselves. */
+bool net_err_permanent(int err);
 
 enum net_tls_mode {
     NET_TLS_NONE = 0,

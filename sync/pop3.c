@@ -889,10 +889,11 @@ static void on_net_error(struct net_conn *c, int err, const char *msg, void *arg
         /* The server closes the connection after QUIT. */
         return;
     }
-    enum pop3_errkind kind = POP3_ERRKIND_TRANSIENT;
-    if (err == NET_EVERIFY || err == NET_EPIN || err == NET_EINJECT) {
-        kind = POP3_ERRKIND_PERMANENT;
-    }
+    /* A certificate that fails verification or the pin, or a port that
+     * does not speak TLS, stays so until the user acts: trying later is no
+     * answer. */
+    enum pop3_errkind kind =
+        net_err_permanent(err) ? POP3_ERRKIND_PERMANENT : POP3_ERRKIND_TRANSIENT;
     const char *what = "";
     if (err == NET_ECLOSED && pop3_parser_busy(p->parser)) {
         what = " in the middle of a reply";

@@ -24,6 +24,9 @@
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
 
+/* The most of the peer's plain text quoted in a message. */
+#define TLS_SAMPLE_LEN 48
+
 struct tls_ctx {
     SSL_CTX *ssl_ctx;
     bool server;
@@ -41,6 +44,12 @@ struct tls_conn {
     int err; /* sticky TLS_E* or 0 */
     char *errmsg;
     char fingerprint[TLS_FINGERPRINT_LEN];
+    /* The first bytes the peer sent before the handshake completed, and
+     * what they show (see tls_conn_plaintext). */
+    unsigned char head[64];
+    size_t nhead;
+    bool plaintext;
+    char sample[TLS_SAMPLE_LEN + 4];
 };
 
 /* Takes the oldest entry of this thread's OpenSSL error queue as text (it
@@ -473,6 +482,13 @@ static int fail_ssl(struct tls_conn *t, int ssl_err)
                              X509_verify_cert_error_string(vr));
         }
     }
+    if (!t->established && t->plaintext) {
+        /* OpenSSL only says "wrong version number" or "packet length too
+         * long" about a greeting; that it is a greeting is what helps. */
+        ERR_clear_error();
+        return set_error(t, TLS_ENOTTLS, "the server answered in plain text, not TLS (\"%s\")",
+                         t->sample);
+    }
     char buf[256];
     const char *what = t->established ? "TLS error" : "TLS handshake failed";
     if (take_ossl_error(buf, sizeof(buf))) {
@@ -518,8 +534,50 @@ static int check_peer(struct tls_conn *t)
     return 0;
 }
 
+/* Looks at the first bytes from the peer: text (a greeting such as "* OK"
+ * or "+OK") where a TLS record was due? A record starts with its content
+ * type (20 to 24), so a printable first byte is never TLS; control bytes
+ * later on (other than line ends and tabs) mean binary, not a greeting. */
+static void note_head(struct tls_conn *t, const void *data, size_t len)
+{
+    size_t room = sizeof(t->head) - t->nhead;
+    size_t n = len < room ? len : room;
+    if (n == 0) {
+        return;
+    }
+    memcpy(t->head + t->nhead, data, n);
+    t->nhead += n;
+    bool text = t->head[0] > 0x20 && t->head[0] < 0x7f;
+    for (size_t i = 1; i < t->nhead && text; i++) {
+        unsigned char ch = t->head[i];
+        text = ch >= 0x20 || ch == '\r' || ch == '\n' || ch == '\t';
+    }
+    t->plaintext = text;
+    if (!text) {
+        return;
+    }
+    /* The first line, as a message can show it. */
+    size_t k = 0;
+    for (size_t i = 0; i < t->nhead && k < TLS_SAMPLE_LEN; i++) {
+        unsigned char ch = t->head[i];
+        if (ch == '\r' || ch == '\n') {
+            break;
+        }
+        t->sample[k++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+    }
+    bool cut = k == TLS_SAMPLE_LEN && k < t->nhead && t->head[k] != '\r' && t->head[k] != '\n';
+    if (cut) {
+        memcpy(t->sample + k, "...", 3);
+        k += 3;
+    }
+    t->sample[k] = '\0';
+}
+
 int tls_conn_feed(struct tls_conn *t, const void *data, size_t len)
 {
+    if (!t->established && !t->server) {
+        note_head(t, data, len);
+    }
     const char *p = data;
     while (len > 0) {
         int chunk = len > INT_MAX ? INT_MAX : (int)len;
@@ -653,6 +711,11 @@ size_t tls_conn_take_out(struct tls_conn *t, void *buf, size_t len)
 bool tls_conn_established(const struct tls_conn *t)
 {
     return t->established;
+}
+
+const char *tls_conn_plaintext(const struct tls_conn *t)
+{
+    return !t->established && t->plaintext ? t->sample : NULL;
 }
 
 const char *tls_conn_error(const struct tls_conn *t)

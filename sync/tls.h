@@ -27,6 +27,7 @@
  *   "certificate fingerprint sha256:... does not match the configured
  *    tls_fingerprint sha256:..."
  *   "TLS handshake failed: error:0A000102:SSL routines::unsupported protocol"
+ *   "the server answered in plain text, not TLS ("* OK [CAPABILITY IMAP4...")"
  * Nothing here logs; no secret passes through this module except the
  * session keys that OpenSSL keeps to itself.
  *
@@ -48,6 +49,7 @@ enum {
     TLS_EVERIFY = -20102, /* certificate chain or host name verification failed */
     TLS_EPIN = -20103,    /* leaf fingerprint did not match the pin */
     TLS_ECLOSED = -20104, /* the peer sent close_notify */
+    TLS_ENOTTLS = -20105, /* the peer answered in plain text (see tls_conn_plaintext) */
 };
 
 /* Length of "sha256:" plus 64 hex digits plus NUL. */
@@ -112,6 +114,16 @@ size_t tls_conn_out_pending(const struct tls_conn *t);
 size_t tls_conn_take_out(struct tls_conn *t, void *buf, size_t len);
 
 bool tls_conn_established(const struct tls_conn *t);
+/* Whether the peer spoke plain text where a TLS handshake was due: the
+ * first bytes received before the handshake completed start with a
+ * printable character and hold no control characters but CR, LF and TAB
+ * (every TLS record starts with a content type byte below 0x20). Returns
+ * the start of what it sent, its first line cut to 48 characters with
+ * anything unprintable as '?', or NULL when the peer sent nothing yet or
+ * sent something that may be TLS. Lets the owner tell "wrong port or tls
+ * mode" from a broken TLS peer, also when the peer closed before OpenSSL
+ * had enough bytes to fail. */
+const char *tls_conn_plaintext(const struct tls_conn *t);
 /* The text of the sticky error, or NULL when none occurred. */
 const char *tls_conn_error(const struct tls_conn *t);
 /* After the handshake (NULL before): "TLSv1.3", the cipher suite name, and

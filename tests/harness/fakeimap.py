@@ -145,6 +145,30 @@ class Conn:
     def ok(self, tag, text="done"):
         self.send("%s OK %s\r\n" % (tag, text))
 
+    def finish(self, timeout=5):
+        """Closes the connection with a FIN however many pipelined commands
+        the client sent that were never read (closing a socket with unread
+        data sends a RST, and the client would see a reset instead):
+        writing is shut down first, then the client's bytes are read until
+        it closes."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.wait_closed(timeout)
+
+    def wait_closed(self, timeout=5):
+        """Reads and drops whatever the client sends until it closes the
+        connection (or timeout seconds pass), so that the client meets an
+        error of its own before the server's close could explain it."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                self._fill()
+                self.buf = b""
+        except (Closed, OSError):
+            pass
+
     def serve(self, handlers=None, stop_after=None):
         """Answers commands until a handler returns True, the client logs
         out or closes. Handlers: VERB -> fn(conn, tag, rest, raw)."""
@@ -278,6 +302,298 @@ class FakeIMAP:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+
+# -- a folder with state ------------------------------------------------------
+
+# Capabilities after login of the three profiles the sync tests use.
+FALLBACK_CAPS = DEFAULT_CAPS
+CONDSTORE_CAPS = DEFAULT_CAPS + " CONDSTORE"
+QRESYNC_CAPS = DEFAULT_CAPS + " CONDSTORE QRESYNC"
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+class Message:
+    def __init__(self, uid, body, flags, modseq, date):
+        self.uid = uid
+        self.body = body  # CRLF bytes, as on the wire
+        self.flags = list(flags)
+        self.modseq = modseq
+        self.date = date  # INTERNALDATE text
+
+
+class Mailbox:
+    """The server side of one folder, INBOX, kept from run to run so that
+    a test can sync it cleanly, change it, then serve a broken run and a
+    clean one (mailbox_script). Every change raises HIGHESTMODSEQ, as
+    CONDSTORE requires."""
+
+    def __init__(self, uidvalidity=7):
+        self.uidvalidity = uidvalidity
+        self.messages = []  # in UID order
+        self.uidnext = 1
+        self.modseq = 1
+        self.expunged = []  # (uid, modseq), for VANISHED (EARLIER)
+
+    def bump(self):
+        self.modseq += 1
+        return self.modseq
+
+    def add(self, body, flags=(), date="02-Jan-2023 10:00:00 +0000"):
+        """Adds body (LF or CRLF bytes) as a new message; returns its UID."""
+        body = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        m = Message(self.uidnext, body, flags, self.bump(), date)
+        self.messages.append(m)
+        self.uidnext += 1
+        return m.uid
+
+    def set_flags(self, uid, flags):
+        m = self.get(uid)
+        m.flags = list(flags)
+        m.modseq = self.bump()
+
+    def get(self, uid):
+        for m in self.messages:
+            if m.uid == uid:
+                return m
+        raise KeyError(uid)
+
+    def seq(self, m):
+        return self.messages.index(m) + 1
+
+    def uids(self, uidset):
+        """The messages a UID set names (RFC 3501: "n:*" holds the last
+        message even when its UID is below n)."""
+        top = self.messages[-1].uid if self.messages else 0
+        out = []
+        for part in uidset.split(","):
+            lo, _, hi = part.partition(":")
+            lo = top if lo == "*" else int(lo)
+            hi = lo if not hi else (top if hi == "*" else int(hi))
+            lo, hi = min(lo, hi), max(lo, hi)
+            out += [m for m in self.messages if lo <= m.uid <= hi and m not in out]
+        return sorted(out, key=lambda m: m.uid)
+
+    def expunge(self, msgs):
+        """Removes msgs; returns their sequence numbers as they were
+        reported one after the other (highest first keeps them valid)."""
+        seqs = []
+        for m in sorted(msgs, key=lambda m: -m.uid):
+            seqs.append(self.seq(m))
+            self.messages.remove(m)
+            self.expunged.append((m.uid, self.bump()))
+        return seqs
+
+
+def _flag_list(flags):
+    return "(%s)" % " ".join(flags)
+
+
+def fetch_response(box, m, items, modseq=False):
+    """One untagged FETCH response (bytes, CRLF-terminated) for message m
+    and the items of a UID FETCH command line."""
+    head = "* %d FETCH (UID %d" % (box.seq(m), m.uid)
+    if "FLAGS" in items.upper():
+        head += " FLAGS %s" % _flag_list(m.flags)
+    if "RFC822.SIZE" in items.upper():
+        head += " RFC822.SIZE %d" % len(m.body)
+    if "INTERNALDATE" in items.upper():
+        head += ' INTERNALDATE "%s"' % m.date
+    if modseq or "MODSEQ" in items.upper():
+        head += " MODSEQ (%d)" % m.modseq
+    out = head.encode()
+    header = m.body.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    if "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]" in items.upper():
+        field = b"".join(line + b"\r\n" for line in header.split(b"\r\n")
+                         if line.lower().startswith(b"message-id:")) + b"\r\n"
+        out += b" BODY[HEADER.FIELDS (MESSAGE-ID)] {%d}\r\n%s" % (len(field), field)
+    if "BODY.PEEK[HEADER]" in items.upper():
+        out += b" BODY[HEADER] {%d}\r\n%s" % (len(header), header)
+    if "BODY.PEEK[]" in items.upper():
+        out += b" BODY[] {%d}\r\n%s" % (len(m.body), m.body)
+    return out + b")\r\n"
+
+
+def fetch_kind(rest):
+    """What a UID FETCH (rest: the line after "UID FETCH") is for:
+    "body" (BODY.PEEK[]), "changedsince" (a CONDSTORE flag listing),
+    "listing" (the full 1:* flag scan), "fetch" (anything else)."""
+    r = rest.upper()
+    if "BODY.PEEK[]" in r:
+        return "body"
+    if "CHANGEDSINCE" in r:
+        return "changedsince"
+    if r.startswith("1:* ") and "FLAGS" in r:
+        return "listing"
+    return "fetch"
+
+
+def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
+    """A script serving box as the account's only folder, INBOX, with caps
+    after login (FALLBACK_CAPS, CONDSTORE_CAPS or QRESYNC_CAPS).
+
+    hook(c, tag, kind, responses) is offered every command that lists or
+    downloads before it is answered: kind is "select" (responses: the
+    QRESYNC resync part, VANISHED and FETCH, of a SELECT answer; the rest
+    was sent already), "listing", "changedsince", "fetch", "body" (a UID
+    FETCH, see fetch_kind) or "search"; responses are the untagged
+    responses (bytes, each ending in CRLF) the server would send before
+    its tagged OK. A hook that answers the command itself returns True to
+    end the session there (the socket is closed) or False to go on serving
+    the next commands; None lets the server answer normally. Commands the script does not know are errors of the
+    script (srv.errors), so a test never passes on a half-served run."""
+
+    def verb_of(raw):
+        return raw.split(b" ", 2)[1].decode().upper()
+
+    def fail(c, tag, why):
+        c.server.errors.append(why)
+        c.send("%s BAD %s\r\n" % (tag, why))
+
+    def offer(c, tag, kind, responses, ok):
+        took = hook(c, tag, kind, responses) if hook is not None else None
+        if took is not None:
+            return took
+        c.send(b"".join(responses))
+        c.send("%s OK %s\r\n" % (tag, ok))
+        return False
+
+    def on_enable(c, tag, rest, raw):
+        words = rest.upper().split()
+        c.condstore = c.condstore or "CONDSTORE" in words or "QRESYNC" in words
+        c.qresync = c.qresync or "QRESYNC" in words
+        c.default(tag, "ENABLE", rest, raw)
+
+    def on_list(c, tag, rest, raw):
+        if rest.startswith('"" ""'):
+            c.send('* LIST (\\Noselect) "/" ""\r\n')
+        else:
+            c.send('* %s (\\HasNoChildren) "/" INBOX\r\n' % verb_of(raw))
+        c.ok(tag)
+
+    def on_status(c, tag, rest, raw):
+        values = {"MESSAGES": len(box.messages), "UIDNEXT": box.uidnext,
+                  "UIDVALIDITY": box.uidvalidity, "HIGHESTMODSEQ": box.modseq,
+                  "RECENT": 0, "UNSEEN": len([m for m in box.messages if "\\Seen" not in m.flags])}
+        asked = re.search(r"\(([^)]*)\)", rest).group(1).upper().split()
+        c.send("* STATUS INBOX (%s)\r\n" % " ".join("%s %d" % (k, values[k]) for k in asked))
+        c.ok(tag)
+
+    def on_select(c, tag, rest, raw):
+        if not rest.upper().startswith("INBOX"):
+            c.send("%s NO [NONEXISTENT] no such folder\r\n" % tag)
+            return None
+        upper = rest.upper()
+        c.condstore = c.condstore or "CONDSTORE" in upper or "QRESYNC" in upper
+        c.send("* FLAGS (%s)\r\n* OK [PERMANENTFLAGS (%s \\*)] ok\r\n"
+               % (" ".join(SYSTEM_FLAGS), " ".join(SYSTEM_FLAGS)))
+        c.send("* %d EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY %d] ok\r\n* OK [UIDNEXT %d] ok\r\n"
+               % (len(box.messages), box.uidvalidity, box.uidnext))
+        if c.condstore:
+            c.send("* OK [HIGHESTMODSEQ %d] ok\r\n" % box.modseq)
+        responses = []
+        q = re.search(r"\(QRESYNC \((\d+) (\d+)", upper)
+        if q and c.qresync and int(q.group(1)) == box.uidvalidity:
+            since = int(q.group(2))
+            gone = [u for u, ms in box.expunged if ms > since]
+            if gone:
+                responses.append(("* VANISHED (EARLIER) %s\r\n"
+                                  % ",".join(map(str, sorted(gone)))).encode())
+            responses += [fetch_response(box, m, "FLAGS", modseq=True)
+                          for m in box.messages if m.modseq > since]
+        ro = verb_of(raw) == "EXAMINE"
+        return offer(c, tag, "select", responses, "[READ-%s] selected" % ("ONLY" if ro else "WRITE"))
+
+    def on_fetch(c, tag, rest, raw):
+        uidset, _, items = rest.partition(" ")
+        msgs = box.uids(uidset)
+        cs = re.search(r"\(CHANGEDSINCE (\d+)( VANISHED)?\)\s*$", items, re.I)
+        if cs:
+            c.condstore = True
+            msgs = [m for m in msgs if m.modseq > int(cs.group(1))]
+            items = items[:cs.start()]
+        responses = [fetch_response(box, m, items, modseq=c.condstore) for m in msgs]
+        return offer(c, tag, fetch_kind(rest), responses, "fetched")
+
+    def on_search(c, tag, rest, raw):
+        crit = re.sub(r"^RETURN \(ALL\) ", "", rest, flags=re.I)
+        m = re.fullmatch(r"UID (\S+)", crit, re.I)
+        if not m:
+            return fail(c, tag, "fake server cannot search for %r" % rest)
+        uids = [x.uid for x in box.uids(m.group(1))]
+        if rest.upper().startswith("RETURN"):
+            return fail(c, tag, "ESEARCH is not offered")
+        return offer(c, tag, "search", [("* SEARCH%s\r\n" % "".join(" %d" % u for u in uids))
+                                        .encode()], "searched")
+
+    def on_store(c, tag, rest, raw):
+        m = re.fullmatch(r"(\S+) (?:\(UNCHANGEDSINCE (\d+)\) )?([+-]?)FLAGS(?:\.SILENT)? \((.*)\)",
+                         rest, re.I)
+        if not m:
+            return fail(c, tag, "fake server cannot store %r" % rest)
+        flags = m.group(4).split()
+        modified = []
+        for msg in box.uids(m.group(1)):
+            if m.group(2) and msg.modseq > int(m.group(2)):
+                modified.append(msg.uid)
+                continue
+            if m.group(3) == "+":
+                new = msg.flags + [f for f in flags if f not in msg.flags]
+            elif m.group(3) == "-":
+                new = [f for f in msg.flags if f not in flags]
+            else:
+                new = flags
+            if new != msg.flags:
+                box.set_flags(msg.uid, new)
+        code = "[MODIFIED %s] " % ",".join(map(str, modified)) if modified else ""
+        c.ok(tag, code + "stored")
+
+    def on_append(c, tag, rest, raw):
+        m = re.match(rb'[^ ]+ [^ ]+ ("?INBOX"?) (?:\(([^)]*)\) )?(?:"([^"]*)" )?\{(\d+)\+?\}\r\n',
+                     raw, re.I)
+        if not m:
+            return fail(c, tag, "fake server cannot parse APPEND %r" % raw[:200])
+        body = raw[m.end():m.end() + int(m.group(4))]
+        kw = {}
+        if m.group(3):
+            kw["date"] = m.group(3).decode()
+        uid = box.add(body, (m.group(2) or b"").decode().split(), **kw)
+        c.ok(tag, "[APPENDUID %d %d] appended" % (box.uidvalidity, uid))
+
+    def expunge(c, msgs, silent=False):
+        seqs = box.expunge([m for m in msgs if "\\Deleted" in m.flags])
+        if silent:
+            return
+        if c.qresync and seqs:
+            c.send("* VANISHED %s\r\n" % ",".join(str(u) for u, _ms in box.expunged[-len(seqs):]))
+        else:
+            c.send("".join("* %d EXPUNGE\r\n" % s for s in seqs))
+
+    def on_uid_expunge(c, tag, rest, raw):
+        expunge(c, box.uids(rest))
+        c.ok(tag)
+
+    def on_expunge(c, tag, rest, raw):
+        expunge(c, list(box.messages))
+        c.ok(tag)
+
+    def on_close(c, tag, rest, raw):
+        expunge(c, list(box.messages), silent=True)
+        c.ok(tag)
+
+    def script(c):
+        c.caps = caps
+        c.condstore = c.qresync = False
+        c.greet(caps="IMAP4rev1 SASL-IR AUTH=PLAIN LITERAL+")
+        handlers = {"ENABLE": on_enable, "LIST": on_list, "LSUB": on_list, "STATUS": on_status,
+                    "SELECT": on_select, "EXAMINE": on_select, "UID FETCH": on_fetch,
+                    "UID SEARCH": on_search, "UID STORE": on_store, "APPEND": on_append,
+                    "UID EXPUNGE": on_uid_expunge, "EXPUNGE": on_expunge, "CLOSE": on_close,
+                    "UNSELECT": lambda c, tag, rest, raw: c.ok(tag)}
+        c.serve(handlers)
+
+    return script
 
 
 def wait_for(pred, timeout=10):

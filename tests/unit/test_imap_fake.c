@@ -67,6 +67,139 @@ static void test_uidset_format(void **state)
     free(sets);
 }
 
+/* A tiny deterministic generator (xorshift32), so that a failure names a
+ * round that can be replayed. */
+static uint32_t prop_next(uint32_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 17;
+    *x ^= *x << 5;
+    return *x;
+}
+
+static int prop_u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Property (issue 9, item 3): whatever UIDs the engine hands over, every
+ * set that comes out is valid and non-empty (no "1:0", no inverted or zero
+ * range, within max_len), the sets together hold exactly the non-zero UIDs
+ * given, and nothing at all comes out when there are none, so that no
+ * command is ever sent for an empty set. */
+static void test_uidset_format_property(void **state)
+{
+    uint32_t seed = 0x9e3779b9u;
+    for (int round = 0; round < 2000; round++) {
+        size_t n = prop_next(&seed) % 300;
+        uint32_t *uids = xcalloc(n + 1, sizeof(*uids));
+        uint32_t base = prop_next(&seed) % 4 == 0 ? UINT32_MAX - 400 : prop_next(&seed) % 5000;
+        for (size_t i = 0; i < n; i++) {
+            switch (prop_next(&seed) % 6) {
+            case 0:
+                uids[i] = 0; /* must be ignored */
+                break;
+            case 1:
+                uids[i] = UINT32_MAX - prop_next(&seed) % 3;
+                break;
+            default:
+                uids[i] = base + prop_next(&seed) % 400;
+                break;
+            }
+        }
+        size_t max_len = prop_next(&seed) % 3 == 0 ? 0 : 1 + prop_next(&seed) % 120;
+        /* What the sets must hold: the distinct non-zero UIDs. */
+        uint32_t *want = xcalloc(n + 1, sizeof(*want));
+        size_t nwant = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (uids[i] != 0) {
+                want[nwant++] = uids[i];
+            }
+        }
+        qsort(want, nwant, sizeof(*want), prop_u32_cmp);
+        size_t d = 0;
+        for (size_t i = 0; i < nwant; i++) {
+            if (d == 0 || want[d - 1] != want[i]) {
+                want[d++] = want[i];
+            }
+        }
+        nwant = d;
+
+        char **sets = NULL;
+        size_t nsets = imap_uidset_format(uids, n, max_len, &sets);
+        if (nwant == 0) {
+            assert_int_equal(nsets, 0);
+        }
+        size_t got = 0;
+        for (size_t k = 0; k < nsets; k++) {
+            assert_true(sets[k][0] != '\0');
+            assert_true(strlen(sets[k]) <= (max_len == 0 ? 8000 : (max_len < 24 ? 24 : max_len)));
+            struct imap_uid_range *r;
+            size_t nr;
+            assert_int_equal(imap_uidset_parse(sets[k], &r, &nr), 0);
+            assert_true(nr > 0);
+            for (size_t i = 0; i < nr; i++) {
+                assert_true(r[i].lo >= 1);
+                assert_true(r[i].lo <= r[i].hi);
+                for (uint64_t u = r[i].lo; u <= r[i].hi; u++) {
+                    assert_true(got < nwant);
+                    assert_int_equal(u, want[got]);
+                    got++;
+                }
+            }
+            free(r);
+            free(sets[k]);
+        }
+        assert_int_equal(got, nwant);
+        free(sets);
+        free(want);
+        free(uids);
+    }
+}
+
+/* One range: valid ones are formatted, empty or inverted ones refused. */
+static void test_uid_range_format(void **state)
+{
+    char buf[32];
+    assert_int_equal(imap_uid_range_format(1, 9, buf, sizeof(buf)), 0);
+    assert_string_equal(buf, "1:9");
+    assert_int_equal(imap_uid_range_format(7, 7, buf, sizeof(buf)), 0);
+    assert_string_equal(buf, "7");
+    assert_int_equal(imap_uid_range_format(7, IMAP_UID_STAR, buf, sizeof(buf)), 0);
+    assert_string_equal(buf, "7:*");
+    /* The CONDSTORE expunge check of a folder that never held mail
+     * (UIDNEXT 1, so the known range is 1:UIDNEXT-1): "UID 1:0" must not
+     * be sent. */
+    uint32_t uidnext = 1;
+    assert_int_equal(imap_uid_range_format(1, uidnext - 1, buf, sizeof(buf)), -EINVAL);
+    assert_int_equal(imap_uid_range_format(0, 5, buf, sizeof(buf)), -EINVAL);
+    assert_int_equal(imap_uid_range_format(0, 0, buf, sizeof(buf)), -EINVAL);
+    assert_int_equal(imap_uid_range_format(9, 3, buf, sizeof(buf)), -EINVAL);
+    assert_int_equal(imap_uid_range_format(100000, 200000, buf, 5), -ENOSPC);
+    /* Every formatted range parses back to itself. */
+    uint32_t seed = 12345;
+    for (int i = 0; i < 5000; i++) {
+        uint32_t lo = prop_next(&seed) % 1000, hi = prop_next(&seed) % 1000;
+        if (hi == 999) {
+            hi = IMAP_UID_STAR;
+        }
+        int r = imap_uid_range_format(lo, hi, buf, sizeof(buf));
+        if (lo == 0 || hi < lo) {
+            assert_int_equal(r, -EINVAL);
+            continue;
+        }
+        assert_int_equal(r, 0);
+        struct imap_uid_range *rg;
+        size_t nr;
+        assert_int_equal(imap_uidset_parse(buf, &rg, &nr), 0);
+        assert_int_equal(nr, 1);
+        assert_int_equal(rg[0].lo, lo);
+        assert_int_equal(rg[0].hi, hi);
+        free(rg);
+    }
+}
+
 static void test_uidset_parse(void **state)
 {
     struct imap_uid_range *r;
@@ -1470,6 +1603,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_uidset_format),
+        cmocka_unit_test(test_uidset_format_property),
+        cmocka_unit_test(test_uid_range_format),
         cmocka_unit_test(test_uidset_parse),
         cmocka_unit_test(test_datetime),
         cmocka_unit_test(test_names),

@@ -39,6 +39,7 @@ enum {
     SF_TICK = 1 << 4,     /* send "x" every 100 ms, 4 times */
     SF_BYE = 1 << 5,      /* send "BYE\r\n" once ready, then shut down */
     SF_ECHO = 1 << 6,     /* echo plaintext */
+    SF_HANGUP = 1 << 7,   /* shut down right after the (plaintext) greeting */
 };
 
 #define MAX_SCONN 4
@@ -307,6 +308,9 @@ static void s_on_connection(uv_stream_t *l, int status)
     }
     if ((srv->flags & SF_BYE) && s->tls == NULL) {
         s_bye(s);
+    }
+    if (srv->flags & SF_HANGUP) {
+        uv_shutdown(&s->shutdown_req, (uv_stream_t *)&s->tcp, s_on_shutdown);
     }
     uv_read_start((uv_stream_t *)&s->tcp, s_alloc, s_on_read);
 }
@@ -1017,6 +1021,92 @@ static void test_bad_ca_file(void **state)
     harness_done();
 }
 
+/* Implicit TLS against a server that greets in plain text (a plaintext or
+ * STARTTLS port): NET_ENOTTLS, with what the server said and which setting
+ * to change, the port named after the protocol its greeting shows. */
+static void run_plaintext_port(unsigned flags, const char *greeting, const char *text)
+{
+    harness_init(flags, NULL, NULL);
+    H.srv.greeting = greeting;
+    struct net_opts o = {.host = "localhost", .tls = NET_TLS_IMPLICIT, .ca_file = tc.ca};
+    harness_connect(&o);
+    harness_run();
+    assert_int_equal(H.connects, 0);
+    assert_int_equal(H.datas, 0); /* the greeting never reaches the owner */
+    assert_int_equal(H.errors, 1);
+    assert_int_equal(H.err, NET_ENOTTLS);
+    assert_true(net_err_permanent(H.err));
+    char want[512];
+    snprintf(want, sizeof(want), "localhost:%u: %s", H.srv.port, text);
+    assert_string_equal(H.msg, want);
+    harness_done();
+}
+
+static void test_tls_plaintext_port(void **state)
+{
+    (void)state;
+    run_plaintext_port(SF_SILENT, "* OK [CAPABILITY IMAP4rev1 STARTTLS] ready\r\n",
+                       "the server answered in plain text, not TLS (\"* OK [CAPABILITY "
+                       "IMAP4rev1 STARTTLS] ready\"): this looks like a plaintext IMAP port, "
+                       "which starts TLS with STARTTLS; use tls: starttls, or the port where IMAP "
+                       "speaks TLS from the start (usually 993)");
+    run_plaintext_port(SF_SILENT, "+OK POP3 ready\r\n",
+                       "the server answered in plain text, not TLS (\"+OK POP3 ready\"): this "
+                       "looks like a plaintext POP3 port, which starts TLS with STARTTLS; use "
+                       "tls: starttls, or the port where POP3 speaks TLS from the start (usually "
+                       "995)");
+    run_plaintext_port(SF_SILENT, "SSH-2.0-OpenSSH_9.2\r\n",
+                       "the server answered in plain text, not TLS (\"SSH-2.0-OpenSSH_9.2\"): "
+                       "this port does not speak TLS; check port and tls");
+    /* Three bytes and the end of the stream: too little for OpenSSL to
+     * fail on, still recognised as a plaintext server rather than a
+     * connection closed during the handshake. */
+    run_plaintext_port(SF_SILENT | SF_HANGUP, "+OK",
+                       "the server answered in plain text, not TLS (\"+OK\"): this looks like a "
+                       "plaintext POP3 port, which starts TLS with STARTTLS; use tls: starttls, "
+                       "or the port where POP3 speaks TLS from the start (usually 995)");
+}
+
+/* A TLS server that hangs up in the handshake without a byte is still a
+ * closed connection (temporary), not a plaintext port. */
+static void test_tls_hangup_is_not_plaintext(void **state)
+{
+    (void)state;
+    harness_init(SF_SILENT | SF_HANGUP, NULL, NULL);
+    struct net_opts o = {.host = "localhost", .tls = NET_TLS_IMPLICIT, .ca_file = tc.ca};
+    harness_connect(&o);
+    harness_run();
+    assert_int_equal(H.err, NET_ECLOSED);
+    assert_false(net_err_permanent(H.err));
+    char want[256];
+    snprintf(want, sizeof(want),
+             "localhost:%u: connection closed by the server during the TLS handshake", H.srv.port);
+    assert_string_equal(H.msg, want);
+    harness_done();
+}
+
+/* Which failures trying again later cannot mend: those that need the user
+ * (a certificate, a pin, a port or tls setting, an attack on STARTTLS). */
+static void test_err_permanent(void **state)
+{
+    (void)state;
+    assert_true(net_err_permanent(NET_EVERIFY));
+    assert_true(net_err_permanent(NET_EPIN));
+    assert_true(net_err_permanent(NET_ENOTTLS));
+    assert_true(net_err_permanent(NET_EINJECT));
+    assert_false(net_err_permanent(NET_ETLS));
+    assert_false(net_err_permanent(NET_ETIMEOUT));
+    assert_false(net_err_permanent(NET_ECLOSED));
+    assert_false(net_err_permanent(NET_ECOMPRESS));
+    assert_false(net_err_permanent(UV_ECONNREFUSED));
+    assert_false(net_err_permanent(UV_ECONNRESET));
+    assert_false(net_err_permanent(UV_EAI_NONAME));
+    assert_false(net_err_permanent(-ENOSPC));
+    assert_false(net_err_permanent(0));
+    /* The TLS layer's own codes never reach an owner: net translates them. */
+    assert_false(net_err_permanent(TLS_EVERIFY));
+}
+
 static void test_close_right_away(void **state)
 {
     (void)state;
@@ -1059,6 +1149,36 @@ static void test_idle_timeout(void **state)
     assert_true(after >= 600);
     assert_true(after < 400 + 1000);
     harness_done();
+}
+
+/* A server that accepts and never sends a byte (a TLS-only port reached
+ * with tls: starttls or none waits for a ClientHello): still a temporary
+ * timeout, but the message names the likely mistake. A server that sent
+ * something and then went quiet gets no such hint (test_idle_timeout). */
+static void test_silent_server_hint(void **state)
+{
+    (void)state;
+    for (int mode = 0; mode < 2; mode++) {
+        harness_init(SF_SILENT, NULL, NULL);
+        H.on_connect = idle_connect;
+        struct net_opts o = {.tls = mode == 0 ? NET_TLS_LATER : NET_TLS_NONE,
+                             .ca_file = tc.ca,
+                             .idle_timeout_ms = 200};
+        harness_connect(&o);
+        harness_run();
+        assert_int_equal(H.connects, 1);
+        assert_int_equal(H.errors, 1);
+        assert_int_equal(H.err, NET_ETIMEOUT);
+        assert_false(net_err_permanent(H.err));
+        char want[512];
+        snprintf(want, sizeof(want),
+                 "127.0.0.1:%u: timed out after 0.2 s waiting for the server; the server sent "
+                 "nothing at all, not even a greeting: if this port speaks TLS from the start "
+                 "(usually 993 for IMAP, 995 for POP3), use tls: implicit",
+                 H.srv.port);
+        assert_string_equal(H.msg, want);
+        harness_done();
+    }
 }
 
 static void disarm_connect(void)
@@ -1519,6 +1639,10 @@ int main(void)
         cmocka_unit_test(test_big_tls_transfer),
         cmocka_unit_test(test_close_inside_on_data),
         cmocka_unit_test(test_close_inside_on_error),
+        cmocka_unit_test(test_tls_plaintext_port),
+        cmocka_unit_test(test_tls_hangup_is_not_plaintext),
+        cmocka_unit_test(test_err_permanent),
+        cmocka_unit_test(test_silent_server_hint),
     };
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
 }

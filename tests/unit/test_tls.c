@@ -229,6 +229,7 @@ static void expect_failure(const char *cert, const char *key, const struct tls_c
     assert_false(tls_conn_established(p.cl));
     assert_non_null(tls_conn_error(p.cl));
     assert_string_equal(tls_conn_error(p.cl), text);
+    assert_null(tls_conn_plaintext(p.cl)); /* a real TLS peer is never taken for text */
     /* Errors are sticky. */
     char buf[16];
     assert_int_equal(tls_conn_read(p.cl, buf, sizeof(buf)), code);
@@ -416,6 +417,32 @@ static void test_tls11_server_refused(void **state)
     tls_ctx_free(sctx);
 }
 
+static struct tls_ctx *fed_ctx;
+
+/* A client whose ClientHello went out and that then got these bytes. */
+static struct tls_conn *client_fed(const struct tls_conn_opts *o, const char *bytes, size_t len)
+{
+    fed_ctx = client_ctx(tc.ca);
+    struct tls_conn *cl = NULL;
+    char *err = NULL;
+    assert_int_equal(tls_conn_new(fed_ctx, o, &cl, &err), 0);
+    assert_int_equal(tls_conn_handshake(cl), 0);
+    assert_true(tls_conn_out_pending(cl) > 0); /* the ClientHello */
+    char hello[4096];
+    while (tls_conn_take_out(cl, hello, sizeof(hello)) > 0) {
+    }
+    assert_null(tls_conn_plaintext(cl)); /* nothing received yet */
+    assert_int_equal(tls_conn_feed(cl, bytes, len), 0);
+    return cl;
+}
+
+static void client_fed_free(struct tls_conn *cl)
+{
+    tls_conn_free(cl);
+    tls_ctx_free(fed_ctx);
+    fed_ctx = NULL;
+}
+
 static void test_close_notify_and_garbage(void **state)
 {
     (void)state;
@@ -429,20 +456,66 @@ static void test_close_notify_and_garbage(void **state)
     assert_int_equal(tls_conn_read(p.cl, buf, sizeof(buf)), TLS_ECLOSED);
     pair_close(&p);
 
-    /* A plaintext server on a TLS port. */
-    struct tls_ctx *cctx = client_ctx(tc.ca);
-    struct tls_conn *cl = NULL;
-    char *err = NULL;
-    assert_int_equal(tls_conn_new(cctx, &o, &cl, &err), 0);
-    assert_int_equal(tls_conn_handshake(cl), 0);
-    assert_true(tls_conn_out_pending(cl) > 0); /* the ClientHello */
-    const char *greeting = "* OK IMAP4rev1 ready\r\n";
-    assert_int_equal(tls_conn_feed(cl, greeting, strlen(greeting)), 0);
+    /* Binary that is not TLS either stays a TLS failure with OpenSSL's
+     * reason: only text is taken for a plaintext server. */
+    static const char junk[] = {0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07};
+    struct tls_conn *cl = client_fed(&o, junk, sizeof(junk));
     assert_int_equal(tls_conn_handshake(cl), TLS_ETLS);
     assert_true(strncmp(tls_conn_error(cl), "TLS handshake failed: error:", 28) == 0);
-    assert_non_null(strstr(tls_conn_error(cl), "wrong version number"));
-    tls_conn_free(cl);
-    tls_ctx_free(cctx);
+    assert_null(tls_conn_plaintext(cl));
+    client_fed_free(cl);
+}
+
+/* Feeds a server's plaintext greeting to a client handshake: a port that
+ * does not speak TLS is named as such (TLS_ENOTTLS) with the start of what
+ * it said, rather than OpenSSL's "wrong version number". */
+static void expect_plaintext(const char *greeting, const char *text)
+{
+    struct tls_conn_opts o = {.host = "localhost"};
+    struct tls_conn *cl = client_fed(&o, greeting, strlen(greeting));
+    assert_int_equal(tls_conn_handshake(cl), TLS_ENOTTLS);
+    assert_false(tls_conn_established(cl));
+    assert_string_equal(tls_conn_error(cl), text);
+    /* Sticky, like every error. */
+    char buf[16];
+    assert_int_equal(tls_conn_read(cl, buf, sizeof(buf)), TLS_ENOTTLS);
+    assert_int_equal(tls_conn_write(cl, "x", 1), TLS_ENOTTLS);
+    client_fed_free(cl);
+}
+
+static void test_plaintext_server(void **state)
+{
+    (void)state;
+    expect_plaintext("* OK IMAP4rev1 ready\r\n",
+                     "the server answered in plain text, not TLS (\"* OK IMAP4rev1 ready\")");
+    expect_plaintext("+OK Dovecot ready.\r\n",
+                     "the server answered in plain text, not TLS (\"+OK Dovecot ready.\")");
+    /* Only the first line, cut at 48 characters, control bytes and 8-bit
+     * ones shown as '?'. */
+    expect_plaintext("* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE] ok\r\n",
+                     "the server answered in plain text, not TLS "
+                     "(\"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRA...\")");
+    expect_plaintext("* OK caf\xc3\xa9\tready\r\n* second line\r\n",
+                     "the server answered in plain text, not TLS (\"* OK caf???ready\")");
+    expect_plaintext("HTTP/1.1 400 Bad Request\r\n\r\n",
+                     "the server answered in plain text, not TLS (\"HTTP/1.1 400 Bad Request\")");
+
+    /* Fewer bytes than a TLS record header: OpenSSL waits for more, but the
+     * owner (on end of stream) can already tell it was text. */
+    struct tls_conn_opts o = {.host = "localhost"};
+    struct tls_conn *cl = client_fed(&o, "+OK", 3);
+    assert_int_equal(tls_conn_handshake(cl), 0);
+    assert_string_equal(tls_conn_plaintext(cl), "+OK");
+    assert_null(tls_conn_error(cl));
+    client_fed_free(cl);
+
+    /* A TLS alert record (content type 21) is not text. */
+    static const char alert[] = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46};
+    cl = client_fed(&o, alert, sizeof(alert));
+    assert_true(tls_conn_handshake(cl) < 0);
+    assert_null(tls_conn_plaintext(cl));
+    assert_int_not_equal(tls_conn_handshake(cl), TLS_ENOTTLS);
+    client_fed_free(cl);
 }
 
 static void test_bad_arguments(void **state)
@@ -492,6 +565,7 @@ int main(void)
         cmocka_unit_test(test_ip_literal),
         cmocka_unit_test(test_tls11_server_refused),
         cmocka_unit_test(test_close_notify_and_garbage),
+        cmocka_unit_test(test_plaintext_server),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, setup_group, teardown_group);

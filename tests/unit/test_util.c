@@ -144,12 +144,52 @@ static void test_term_safe(void **state)
     }
 }
 
+/* strindex: every added position is found under its hash, positions that
+ * share a hash are all yielded (the caller tells them apart), unknown
+ * hashes yield nothing, and reset empties it for reuse. */
+static void test_strindex(void **state)
+{
+    struct strindex x = {0};
+    char key[32];
+    for (size_t i = 0; i < 5000; i++) {
+        snprintf(key, sizeof(key), "f/%05zu", i);
+        strindex_add(&x, str_hash(key, strlen(key)), i);
+    }
+    /* Three more under one hash, as colliding names would be. */
+    uint64_t same = str_hash("f/00007", 7);
+    strindex_add(&x, same, 9001);
+    strindex_add(&x, same, 9002);
+    for (size_t i = 0; i < 5000; i++) {
+        snprintf(key, sizeof(key), "f/%05zu", i);
+        size_t it = 0, pos, seen = 0;
+        bool found = false;
+        while (strindex_next(&x, str_hash(key, strlen(key)), &it, &pos)) {
+            found = found || pos == i;
+            seen++;
+        }
+        assert_true(found);
+        assert_int_equal(seen, i == 7 ? 3 : 1);
+    }
+    size_t it = 0, pos;
+    assert_false(strindex_next(&x, str_hash("absent", 6), &it, &pos));
+    strindex_reset(&x);
+    it = 0;
+    assert_false(strindex_next(&x, same, &it, &pos));
+    strindex_add(&x, same, 4);
+    it = 0;
+    assert_true(strindex_next(&x, same, &it, &pos));
+    assert_int_equal(pos, 4);
+    strindex_free(&x);
+    it = 0;
+    assert_false(strindex_next(&x, same, &it, &pos));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_path_expand), cmocka_unit_test(test_mkdir_p),
         cmocka_unit_test(test_sbuf),        cmocka_unit_test(test_log_sanitizes),
-        cmocka_unit_test(test_term_safe),
+        cmocka_unit_test(test_term_safe),   cmocka_unit_test(test_strindex),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
