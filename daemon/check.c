@@ -6,8 +6,8 @@
 #include <string.h>
 #include <uv.h>
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 #include "store/maildir.h"
 #include "sync/account.h"
 #include "sync/imap.h"

@@ -17,7 +17,7 @@
 #include <unistd.h>
 #include <yaml.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 /* A configuration file is a few kilobytes; the limit only stops a wrong
  * --config (a mailbox, a disk image) from being read whole into memory. */

@@ -8,12 +8,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/log.h"
+#include "core/util.h"
 #include "daemon/check.h"
 #include "daemon/config.h"
-#include "daemon/log.h"
 #include "daemon/status.h"
 #include "daemon/syncrun.h"
-#include "daemon/util.h"
 
 struct globals {
     const char *config_path;

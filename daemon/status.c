@@ -62,8 +62,8 @@
 #include <time.h>
 #include <wchar.h>
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 #include "store/index.h"
 #include "sync/skiplist.h"
 

@@ -6,8 +6,8 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 #include "sync/engine.h"
 #include "sync/popsync.h"
 
@@ -30,8 +30,22 @@ struct run {
     char folder[48]; /* the folder that moved last (IMAP) */
 };
 
+/* The loop-stall probe: the longest time one loop iteration spent working
+ * (callbacks, store work on the loop thread) rather than waiting in the
+ * kernel for I/O. Every account shares the loop, so this is how long the
+ * slowest piece of work held up every other connection's reads, writes and
+ * timers. Measured at each uv_prepare (once per iteration) from the loop's
+ * idle-time metric. */
+struct stall_probe {
+    uv_prepare_t prepare;
+    uint64_t last_ns, last_idle_ns;
+    uint64_t max_ns;
+    bool started;
+};
+
 struct syncrun {
     uv_loop_t loop;
+    struct stall_probe stall;
     const struct cfg *cfg;
     const struct syncrun_opts *opts;
     struct run *runs;
@@ -211,6 +225,24 @@ static void run_start(struct run *r)
     }
 }
 
+static void on_stall_prepare(uv_prepare_t *h)
+{
+    struct stall_probe *p = h->data;
+    uint64_t now = uv_hrtime();
+    uint64_t idle = uv_metrics_idle_time(h->loop);
+    if (p->started) {
+        uint64_t elapsed = now - p->last_ns;
+        uint64_t waited = idle - p->last_idle_ns;
+        uint64_t busy = elapsed > waited ? elapsed - waited : 0;
+        if (busy > p->max_ns) {
+            p->max_ns = busy;
+        }
+    }
+    p->started = true;
+    p->last_ns = now;
+    p->last_idle_ns = idle;
+}
+
 int syncrun(const struct cfg *cfg, char *const *accounts, int count,
             const struct syncrun_opts *opts)
 {
@@ -218,6 +250,15 @@ int syncrun(const struct cfg *cfg, char *const *accounts, int count,
     if (uv_loop_init(&sr.loop) != 0) {
         log_error("cannot initialise the event loop");
         return 1;
+    }
+    /* Idle time is only counted when asked for before the loop runs. */
+    bool probe = uv_loop_configure(&sr.loop, UV_METRICS_IDLE_TIME) == 0;
+    if (probe) {
+        uv_prepare_init(&sr.loop, &sr.stall.prepare);
+        sr.stall.prepare.data = &sr.stall;
+        uv_prepare_start(&sr.stall.prepare, on_stall_prepare);
+        /* The probe alone must not keep the loop running. */
+        uv_unref((uv_handle_t *)&sr.stall.prepare);
     }
     sr.runs = xcalloc(cfg->naccounts, sizeof(*sr.runs));
     for (size_t i = 0; i < cfg->naccounts; i++) {
@@ -237,6 +278,11 @@ int syncrun(const struct cfg *cfg, char *const *accounts, int count,
     }
     uv_run(&sr.loop, UV_RUN_DEFAULT);
     progress_clear(&sr);
+    if (probe) {
+        log_debug("loop: longest stall %.1f ms", (double)sr.stall.max_ns / 1e6);
+        uv_close((uv_handle_t *)&sr.stall.prepare, NULL);
+        uv_run(&sr.loop, UV_RUN_NOWAIT);
+    }
     if (uv_loop_close(&sr.loop) != 0) {
         log_warnx("event loop did not close cleanly");
     }

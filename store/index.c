@@ -51,7 +51,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 #define IDX_INITIAL_MAP ((size_t)8 << 20)
 /* idx_begin(write) doubles the map ahead of time once this share of it is

@@ -9,8 +9,8 @@
  * again by its identity when its last known name has gone. */
 #include "store/maildir.h"
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 
 #include <dirent.h>
 #include <errno.h>

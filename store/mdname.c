@@ -10,7 +10,7 @@
  * user's own odd directories from turning into folders with other names. */
 #include "store/maildir.h"
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 #include <dirent.h>
 #include <errno.h>

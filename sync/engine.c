@@ -41,8 +41,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
 #include "sync/account.h"
@@ -95,6 +95,7 @@ struct smsg {
     char *msgid;    /* IMAP_FETCH_MESSAGE_ID (re-match only), NULL when absent */
     uint8_t hh[16]; /* hash of the header block, when have_hh */
     bool have_hh;
+    uint64_t hstrip; /* wire bytes of the header lines the hash leaves out */
 };
 
 /* What the re-match knows of a local file (parallel to the scan). */
@@ -102,7 +103,8 @@ struct lfact {
     char *msgid;
     uint8_t hh[16];
     bool have_hh;
-    uint64_t wire; /* size on the wire, when have_wire */
+    uint64_t strip; /* wire bytes of the header lines the hash leaves out */
+    uint64_t wire;  /* size on the wire, when have_wire */
     bool have_wire;
 };
 
@@ -170,8 +172,11 @@ struct fstate {
     uint32_t skip_uv;
     uint32_t *unskip; /* skipped before, but not under today's limits */
     size_t nunskip, unskip_cap;
-    /* UIDVALIDITY changed: the server listing is matched to local files. */
+    /* UIDVALIDITY changed, or the index knows nothing of a folder that
+     * holds mail locally (adopt): the server listing is matched to local
+     * files. */
     bool rematch;
+    bool adopt;
     bool rm_done; /* the matches are the new base */
     unsigned rm_matched;
     struct lfact *lf;
@@ -212,6 +217,7 @@ struct fstate {
     struct plan_match *ul_ms, *ul_ml;
     size_t ul_nms, ul_nml;
     unsigned ul_unresolved; /* still without a UID: the folder state waits */
+    bool ul_lookup_failed;  /* a FETCH that finds them did not end OK */
     bool sdel_flag_mode;    /* server deletions only set \Deleted */
     /* Upload intents left by an interrupted run: header facts per intent,
      * used to find those without a Message-ID by size and header hash. */
@@ -248,6 +254,7 @@ struct engine {
     bool done_pending;
     char *secret;
     struct fjob *creating; /* CREATE in flight for this job */
+    struct fjob *deleting; /* the checks and DELETE of a folder deleted locally, in flight */
     char *log_name;        /* extra lanes: "ACCOUNT#N" in log lines */
     /* First lane only: account-wide progress over every lane (messages
      * transferred either way, of those planned so far; bytes). */
@@ -557,31 +564,28 @@ static int idx_apply(struct engine *e, const struct idx_ops *o)
 
 /* ---- Message-ID ----------------------------------------------------------------- */
 
-/* SHA-256 (first 16 bytes) of a header block with CRLF taken as LF, so
- * that a Maildir file (LF) and the server's copy (CRLF) hash alike. */
-static void header_hash(const char *h, size_t len, uint8_t out[16])
+/* SHA-256 (first 16 bytes) of a header block as plan_header_clean gives
+ * it: CRLF taken as LF, so that a Maildir file (LF) and the server's copy
+ * (CRLF) hash alike, and without the lines other sync tools and mail
+ * readers add (mbsync's X-TUID, Status), so that a Maildir they wrote
+ * still matches. *strip_r (may be NULL) gets the wire size of those
+ * lines. */
+static void header_hash_strip(const char *h, size_t len, uint8_t out[16], uint64_t *strip_r)
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
+    size_t clen;
+    char *clean = plan_header_clean(h, len, &clen, strip_r);
     memset(out, 0, 16);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (ctx == NULL) {
-        return;
+    if (EVP_Digest(clean, clen, md, &mdlen, EVP_sha256(), NULL) == 1 && mdlen >= 16) {
+        memcpy(out, md, 16);
     }
-    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1) {
-        size_t start = 0;
-        for (size_t i = 0; i + 1 < len; i++) {
-            if (h[i] == '\r' && h[i + 1] == '\n') {
-                EVP_DigestUpdate(ctx, h + start, i - start);
-                start = i + 1;
-            }
-        }
-        EVP_DigestUpdate(ctx, h + start, len - start);
-        if (EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen >= 16) {
-            memcpy(out, md, 16);
-        }
-    }
-    EVP_MD_CTX_free(ctx);
+    free(clean);
+}
+
+static void header_hash(const char *h, size_t len, uint8_t out[16])
+{
+    header_hash_strip(h, len, out, NULL);
 }
 
 /* The end of the header block in buf (just past its empty line), or 0 when
@@ -612,9 +616,12 @@ static size_t header_end(const char *buf, size_t len, size_t from)
 
 /* Reads the header block of a local file (up to and including the first
  * empty line, or the whole file when it has none): its Message-ID (or
- * NULL) and its hash. A header longer than HEADER_SCAN_MAX gives only what
- * its first part holds and no hash. Returns 0 or a negative errno. */
-static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
+ * NULL), its hash and (strip_r, may be NULL) the wire size of the lines
+ * the hash leaves out. A header longer than HEADER_SCAN_MAX gives only what
+ * its first part holds, no hash and no such lines. Returns 0 or a negative
+ * errno. */
+static int file_header_strip(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r,
+                             uint64_t *strip_r)
 {
     struct sbuf sb = {0};
     size_t end = 0;
@@ -622,6 +629,9 @@ static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
     bool eof = false;
     *msgid_r = NULL;
     *have_hh_r = false;
+    if (strip_r != NULL) {
+        *strip_r = 0;
+    }
     while (end == 0 && !eof && sb.len < HEADER_SCAN_MAX) {
         char buf[16384];
         ssize_t n = pread(fd, buf, sizeof(buf), off);
@@ -648,7 +658,7 @@ static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
         end = sb.len;
     }
     if (end > 0 || sb.len == 0) {
-        header_hash(sb.buf != NULL ? sb.buf : "", end, hh);
+        header_hash_strip(sb.buf != NULL ? sb.buf : "", end, hh, strip_r);
         *have_hh_r = true;
     } else {
         end = sb.len;
@@ -656,6 +666,11 @@ static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
     *msgid_r = imap_header_message_id(sb.buf != NULL ? sb.buf : "", end);
     sbuf_free(&sb);
     return 0;
+}
+
+static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
+{
+    return file_header_strip(fd, msgid_r, hh, have_hh_r, NULL);
 }
 
 static int u32_cmp(const void *a, const void *b)
@@ -952,14 +967,21 @@ static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
          * recorded), so that a flaky connection still makes progress. */
         flush_batch(e);
     }
-    set_error(e, conn_error_kind(err), "%s", msg != NULL ? msg : "connection failed");
-    if (e->root != e && e->f != NULL) {
+    const char *why = msg != NULL ? msg : "connection failed";
+    set_error(e, conn_error_kind(err), "%s", why);
+    /* A folder job this connection had taken (synced, created on the
+     * server, or deleted there) is unfinished. */
+    struct fjob *held = e->f != NULL ? e->f->job : e->creating != NULL ? e->creating : e->deleting;
+    if (e->root != e && held != NULL) {
         /* An extra lane lost a folder half-way: the run is incomplete for
          * a transient reason, like a first lane's dropped connection. */
-        set_error(e->root, ENGINE_TRANSIENT, "%s", msg != NULL ? msg : "connection failed");
+        set_error(e->root, ENGINE_TRANSIENT, "%s", why);
     }
     if (e->f != NULL) {
-        folder_fail_transient(e, "%s", msg != NULL ? msg : "connection failed");
+        folder_fail_transient(e, "%s", why);
+    } else if (held != NULL && held->res != NULL && held->res->error == NULL) {
+        held->res->error = xasprintf("folder '%s': %s", held->name, why);
+        held->res->transient = true;
     }
     finish(e);
 }
@@ -971,6 +993,11 @@ static void on_imap_event(struct imap *im, const struct imap_event *ev, void *ar
     struct engine *e = arg;
     struct fstate *f = e->f;
     if (f == NULL || f->phase > FP_FETCH) {
+        return;
+    }
+    if (f->phase == FP_SELECT && !f->qresync) {
+        /* Only a QRESYNC SELECT reports changes with its answer; anything
+         * else before the SELECT ends may be the previous folder's. */
         return;
     }
     if (ev->type == IMAP_EV_VANISHED) {
@@ -1385,7 +1412,7 @@ static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *
              * command listed so far is not the whole answer. The folder
              * fails at once, so nothing is planned from it; on_imap_error
              * follows for the account. */
-            folder_fail_transient(e, "connection lost during %s: %s", what,
+            folder_fail_transient(e, "%s cut short: %s", what,
                                   res->text != NULL ? res->text : "connection failed");
         }
         return false;
@@ -1393,7 +1420,12 @@ static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *
     if (res->status != IMAP_STATUS_OK) {
         /* The response code says why in a word ([OVERQUOTA], [TOOBIG],
          * [NOPERM], [LIMIT]...): keep it with the text. */
-        if (res->code != NULL) {
+        if (res->code != NULL &&
+            (strcasecmp(res->code, "UNAVAILABLE") == 0 || strcasecmp(res->code, "INUSE") == 0)) {
+            /* RFC 5530: the server cannot do it now, but will later. */
+            folder_fail_transient(e, "%s: [%s] %s", what, res->code,
+                                  res->text != NULL ? res->text : "failed");
+        } else if (res->code != NULL) {
             folder_fail(e, "%s: [%s] %s", what, res->code,
                         res->text != NULL ? res->text : "failed");
         } else {
@@ -1411,7 +1443,7 @@ static void queue_failed(struct engine *e, int r, const char *what)
 {
     if (r == -ENOTCONN || conn_lost(e)) {
         const char *why = e->im != NULL ? imap_error(e->im) : NULL;
-        folder_fail_transient(e, "connection lost before %s: %s", what,
+        folder_fail_transient(e, "%s not sent, the connection failed: %s", what,
                               why != NULL ? why : "not connected");
     } else {
         folder_fail(e, "cannot queue %s: %s", what, strerror(-r));
@@ -1550,6 +1582,15 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
     }
     f->mb = *res->mailbox;
     f->selected = true;
+    if (f->qresync && f->mb.closed_unsure) {
+        /* The server sent no [CLOSED]: what it reported with the SELECT
+         * cannot be told from the previous folder's and was dropped. The
+         * changes are listed the CONDSTORE way instead (CHANGEDSINCE and a
+         * search for expunges), which needs nothing from the SELECT. */
+        log_debug("%s: %s: no [CLOSED] from the server; listing changes without QRESYNC",
+                  e->acct->name, f->job->name);
+        f->qresync = false;
+    }
     if (f->st.uidvalidity != 0 && f->mb.uidvalidity != f->st.uidvalidity &&
         (f->nbase > 0 || f->nintents > 0)) {
         /* The server renumbered the folder (RFC 7162 section 6: forget its
@@ -1558,6 +1599,20 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
         f->rematch = true;
         log_info("%s: UIDVALIDITY of %s changed (%u -> %u): matching messages again", e->acct->name,
                  f->job->name, (unsigned)f->st.uidvalidity, (unsigned)f->mb.uidvalidity);
+    } else if (f->nbase == 0 && f->nintents == 0 && f->scan->count > 0 && f->mb.exists > 0) {
+        /* The index knows nothing of a folder that holds mail on both
+         * sides: a lost index, or a Maildir that mbsync or OfflineIMAP
+         * kept. The local files are matched to the server's messages
+         * first, over a full listing, so that only what one side alone
+         * holds is copied. */
+        f->rematch = true;
+        f->adopt = true;
+        f->st.highestmodseq = 0;
+        f->st.uidnext = 0;
+        f->nvanished = 0;
+        log_info("%s: %s: %zu local messages the index does not know: matching them with the "
+                 "server",
+                 e->acct->name, f->job->name, f->scan->count);
     }
     if (f->skip_uv != f->mb.uidvalidity) {
         f->nskips = 0; /* UIDs of another numbering */
@@ -1740,7 +1795,7 @@ static void on_header_msg(struct imap *im, const struct imap_msg *m, void *sink,
     }
     struct smsg *s = find_smsg(f, m->uid);
     if (s != NULL) {
-        header_hash(m->header, m->header_len, s->hh);
+        header_hash_strip(m->header, m->header_len, s->hh, &s->hstrip);
         s->have_hh = true;
     }
 }
@@ -1776,7 +1831,7 @@ static void rematch_prepare(struct engine *e)
         if (fd < 0) {
             continue; /* gone meanwhile: it cannot match */
         }
-        if (file_header(fd, &lf->msgid, lf->hh, &lf->have_hh) == 0) {
+        if (file_header_strip(fd, &lf->msgid, lf->hh, &lf->have_hh, &lf->strip) == 0) {
             bool maybe = lf->msgid != NULL
                              ? bsearch(&lf->msgid, ids, nids, sizeof(*ids), strp_cmp) != NULL
                              : srv_noid;
@@ -1797,15 +1852,19 @@ static void rematch_prepare(struct engine *e)
     f->rm_nl = 0;
     for (size_t i = 0; i < n; i++) {
         const struct lfact *lf = &f->lf[i];
-        if (lf->have_wire) {
+        /* Compared without the lines another tool added (mbsync's X-TUID):
+         * the server's copy usually lacks them. When it has them too, the
+         * sizes differ and the header blocks decide (plan_match_loose). */
+        if (lf->have_wire && lf->strip <= lf->wire) {
             f->rm_l[f->rm_nl++] = (struct plan_match){.msgid = lf->msgid,
-                                                      .size = lf->wire,
+                                                      .size = lf->wire - lf->strip,
                                                       .hh = lf->have_hh ? lf->hh : NULL,
                                                       .ix = i,
                                                       .pair = -1};
         }
     }
     plan_match_ids(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
+    plan_match_loose(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
 }
 
 static int idx_lid_cmp(const void *a, const void *b)
@@ -1851,6 +1910,9 @@ static int rematch_finish(struct engine *e)
     for (size_t i = 0; i < f->rm_ns; i++) {
         struct smsg *sm = &f->smsgs[f->rm_s[i].ix];
         f->rm_s[i].hh = sm->have_hh ? sm->hh : NULL;
+        if (sm->have_hh && sm->hstrip <= sm->size) {
+            f->rm_s[i].size = sm->size - sm->hstrip; /* as the local side counts it */
+        }
     }
     plan_match_headers(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
 
@@ -1876,11 +1938,26 @@ static int rematch_finish(struct engine *e)
             r->flags = old->flags & (uint8_t)~IDX_FLAGS_UNSETTLED;
             memcpy(r->keywords, old->keywords, sizeof(r->keywords));
         } else {
+            /* Nothing tells which side changed what since they last
+             * agreed: the base is what both sides hold, so the merge keeps
+             * every flag and keyword either side has set and takes none
+             * away. */
+            r->flags = (uint8_t)(f->lmsgs[li].flags & sm->flags & MD_FLAGS_ALL);
+            const char **both = xcalloc(f->lmsgs[li].nkw + 1, sizeof(*both));
+            size_t nboth = 0;
+            for (size_t k = 0; k < f->lmsgs[li].nkw; k++) {
+                for (size_t q = 0; q < sm->nkw; q++) {
+                    if (strcmp(f->lmsgs[li].kw[k], sm->kw[q]) == 0) {
+                        both[nboth++] = f->lmsgs[li].kw[k];
+                        break;
+                    }
+                }
+            }
             struct plan_kw kw;
-            r->flags = (uint8_t)(f->lmsgs[li].flags & MD_FLAGS_ALL);
-            plan_kw_from(f->lmsgs[li].kw, f->lmsgs[li].nkw, &kw);
+            plan_kw_from(both, nboth, &kw);
             plan_kw_format(&kw, r->keywords, sizeof(r->keywords));
             plan_kw_free(&kw);
+            free(both);
         }
         if (sm->msgid != NULL) {
             msgid_hash(sm->msgid, r->msgid_hash);
@@ -2200,9 +2277,10 @@ static void on_delete_done(struct imap *im, const struct imap_result *res, void 
     phase_cmd_done(e);
 }
 
-static void queue_del(struct engine *e, int r)
+static void queue_del(struct engine *e, int r, struct del_ctx *dc)
 {
     if (r < 0) {
+        free(dc);
         e->f->pending--;
         e->f->sdel_failed = true;
         if (r == -ENOTCONN || conn_lost(e)) {
@@ -2461,18 +2539,20 @@ static void apply_server(struct engine *e)
                 dc = xmalloc(sizeof(*dc));
                 *dc = (struct del_ctx){e, last};
                 f->pending++;
-                queue_del(e, imap_uid_move(e->im, sets[k], e->trash, on_delete_done, dc));
+                queue_del(e, imap_uid_move(e->im, sets[k], e->trash, on_delete_done, dc), dc);
             } else {
                 dc = xmalloc(sizeof(*dc));
                 *dc = (struct del_ctx){e, last && mode == CFG_LOCAL_DELETE_FLAG};
                 f->pending++;
-                queue_del(e, imap_uid_store(e->im, sets[k], '+', IMAP_FLAG_DELETED, NULL, 0, 0,
-                                            on_delete_done, dc));
+                queue_del(e,
+                          imap_uid_store(e->im, sets[k], '+', IMAP_FLAG_DELETED, NULL, 0, 0,
+                                         on_delete_done, dc),
+                          dc);
                 if (mode == CFG_LOCAL_DELETE_EXPUNGE) {
                     dc = xmalloc(sizeof(*dc));
                     *dc = (struct del_ctx){e, last};
                     f->pending++;
-                    queue_del(e, imap_uid_expunge(e->im, sets[k], on_delete_done, dc));
+                    queue_del(e, imap_uid_expunge(e->im, sets[k], on_delete_done, dc), dc);
                 }
             }
             free(sets[k]);
@@ -2958,7 +3038,22 @@ static void on_ulres_msg(struct imap *im, const struct imap_msg *m, void *sink, 
     s->msgid = m->message_id != NULL ? xstrdup(m->message_id) : NULL;
 }
 
-static const struct imap_fetch_cb ulres_cb = {.on_message = on_ulres_msg, .done = on_fetch_done};
+/* The FETCHes that find the uploads' UIDs: one that did not end OK gave a
+ * partial answer, and matching on it could pair an upload with the wrong
+ * message, so then none is resolved in this run. */
+static void on_ul_fetch_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct engine *e = arg;
+    if (e->finished) {
+        return;
+    }
+    if (!cmd_ok(e, res, "UID FETCH") && e->f != NULL) {
+        e->f->ul_lookup_failed = true;
+    }
+    phase_cmd_done(e);
+}
+
+static const struct imap_fetch_cb ulres_cb = {.on_message = on_ulres_msg, .done = on_ul_fetch_done};
 
 static int smsg_uid_cmp(const void *a, const void *b)
 {
@@ -2981,7 +3076,7 @@ static void on_ulhdr_msg(struct imap *im, const struct imap_msg *m, void *sink, 
     }
 }
 
-static const struct imap_fetch_cb ulhdr_cb = {.on_message = on_ulhdr_msg, .done = on_fetch_done};
+static const struct imap_fetch_cb ulhdr_cb = {.on_message = on_ulhdr_msg, .done = on_ul_fetch_done};
 
 /* Some APPENDs came back without APPENDUID (the server lacks UIDPLUS):
  * list the UIDs the APPENDs can have (from the UIDNEXT seen at SELECT on)
@@ -3368,17 +3463,19 @@ static void folder_end(struct engine *e)
     }
     if (f->rm_done) {
         struct fjob *j = f->job;
+        char *what =
+            f->adopt ? xasprintf("%s: %u matched with the server", j->name, f->rm_matched)
+                     : xasprintf("UIDVALIDITY of %s changed: %u matched", j->name, f->rm_matched);
         free(j->notice);
         if (e->opts.dry_run) {
-            j->notice = xasprintf("UIDVALIDITY of %s changed: %u matched, %zu to download, %zu to "
-                                  "upload",
-                                  j->name, f->rm_matched, f->plan != NULL ? f->plan->ndownloads : 0,
+            j->notice = xasprintf("%s, %zu to download, %zu to upload", what,
+                                  f->plan != NULL ? f->plan->ndownloads : 0,
                                   f->plan != NULL ? f->plan->nuploads : 0);
         } else {
-            j->notice = xasprintf("UIDVALIDITY of %s changed: %u matched, %u downloaded, %u "
-                                  "uploaded",
-                                  j->name, f->rm_matched, fcounts(e)->new_down, fcounts(e)->new_up);
+            j->notice = xasprintf("%s, %u downloaded, %u uploaded", what, fcounts(e)->new_down,
+                                  fcounts(e)->new_up);
         }
+        free(what);
         j->res->notice = j->notice;
     }
     fstate_free(f);
@@ -3395,7 +3492,7 @@ static void folder_advance(struct engine *e)
         return;
     }
     if (e->cancelled) {
-        folder_fail(e, "cancelled");
+        folder_fail_transient(e, "cancelled");
     }
     if (f->failed && f->phase < FP_APPLY_SERVER) {
         folder_end(e);
@@ -3452,9 +3549,17 @@ static void folder_advance(struct engine *e)
         folder_end(e);
         return;
     case FP_UL_FETCH:
-        ul_resolve_headers(e);
-        return;
     case FP_UL_HEADERS:
+        if (f->ul_lookup_failed) {
+            /* Their intent rows stay; the next run finds them. */
+            f->ul_unresolved = (unsigned)f->nul_pend;
+            folder_end(e);
+            return;
+        }
+        if (f->phase == FP_UL_FETCH) {
+            ul_resolve_headers(e);
+            return;
+        }
         ul_resolve_finish(e);
         folder_end(e);
         return;
@@ -3787,6 +3892,7 @@ struct sfdel {
 static void sfdel_end(struct sfdel *d)
 {
     struct engine *e = d->e;
+    e->deleting = NULL;
     free(d->known.v);
     free(d);
     next_folder(e);
@@ -3798,6 +3904,7 @@ static void on_sfdel_delete(struct imap *im, const struct imap_result *res, void
     struct engine *e = d->e;
     struct fjob *j = d->j;
     if (e->finished || (res->err < 0 && !refused_locally(e, res))) {
+        /* on_imap_error reports the folder (e->deleting). */
         free(d->known.v);
         free(d);
         return;
@@ -3938,6 +4045,7 @@ static int server_folder_delete(struct engine *e, struct fjob *j)
         free(d);
         return -1;
     }
+    e->deleting = j;
     return 0;
 }
 
@@ -4009,7 +4117,7 @@ static void next_folder(struct engine *e)
             return;
         }
         if (!j->on_server && j->on_local && j->in_index) {
-            if (server_listed(e, j->name)) {
+            if (server_listed(e->root, j->name)) {
                 /* Still there, only not selected now (subscribed_only, a
                  * virtual folder): not a deletion. */
                 continue;
@@ -4064,10 +4172,12 @@ static void on_create_done(struct imap *im, const struct imap_result *res, void 
 {
     struct engine *e = arg;
     struct fjob *j = e->creating;
-    e->creating = NULL;
     if (e->finished || j == NULL || (res->err < 0 && !refused_locally(e, res))) {
+        /* After a drop e->creating stays, so that on_imap_error reports
+         * the folder. */
         return;
     }
+    e->creating = NULL;
     if (res->err < 0 || res->status != IMAP_STATUS_OK) {
         j->res->error = xasprintf("folder '%s': CREATE on the server failed: %s", j->name,
                                   res->text != NULL ? res->text : "");
@@ -4133,8 +4243,6 @@ static void start_lanes(struct engine *e)
         l->plan_out = e->plan_out;
         l->idx = e->idx;
         l->trash = e->trash;
-        l->listed = e->listed;
-        l->nlisted = e->nlisted;
         l->root = e;
         uv_timer_init(e->loop, &l->timer);
         l->timer.data = l;

@@ -5,8 +5,8 @@
 #include "sync/imap_cmd.h"
 #include "sync/imap_int.h"
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <stdarg.h>

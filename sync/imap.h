@@ -155,6 +155,11 @@ struct imap_mailbox {
     bool readonly;            /* [READ-ONLY] */
     unsigned permanent_flags; /* IMAP_FLAG_* from PERMANENTFLAGS */
     bool permanent_keywords;  /* PERMANENTFLAGS contains \* */
+    /* Under QRESYNC, untagged data arrived during this SELECT with no
+     * [CLOSED] to tell the previous mailbox's from this one's: it was
+     * dropped, so the changes the SELECT reported may be incomplete and
+     * the owner lists them another way. */
+    bool closed_unsure;
 };
 
 enum {

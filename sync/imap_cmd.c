@@ -4,8 +4,8 @@
 #include "sync/imap.h"
 #include "sync/imap_int.h"
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <openssl/evp.h>
@@ -560,6 +560,7 @@ static int cmd_build(struct imap *im, struct imap_cmd *c)
         if (cmd_server_name(im, c, c->folder) < 0) {
             return -1;
         }
+        c->await_closed = im->selected && im->qresync;
         b_text(c, c->sel.readonly ? "EXAMINE " : "SELECT ");
         b_mailbox(im, c, c->folder2);
         if (c->sel.qresync_uidvalidity != 0 && im->qresync) {
@@ -768,6 +769,20 @@ static unsigned parse_flag(const char *s)
     return 0;
 }
 
+/* Whether untagged data naming UIDs (FETCH, VANISHED) arriving now may be
+ * about the mailbox a SELECT in flight is leaving: then it is dropped (and
+ * counted) rather than taken for the new mailbox's. EXISTS is not: the new
+ * mailbox's own EXISTS always follows and sets the count. */
+static bool old_mailbox_data(struct imap *im)
+{
+    struct imap_cmd *c = imap_cmd_inflight_kind(im, IMAP_CMD_SELECT);
+    if (c == NULL || !c->await_closed) {
+        return false;
+    }
+    c->dropped++;
+    return true;
+}
+
 static struct imap_mailbox *select_target(struct imap *im)
 {
     struct imap_cmd *c = imap_cmd_inflight_kind(im, IMAP_CMD_SELECT);
@@ -953,9 +968,7 @@ static void handle_fetch(struct imap *im, uint32_t seq, const struct imap_arg *l
         if (c->fcb.on_message != NULL) {
             c->fcb.on_message(im, &fp.msg, sink, c->arg);
         }
-    } else {
-        struct imap_mailbox *mb = select_target(im);
-        (void)mb;
+    } else if (!old_mailbox_data(im)) {
         struct imap_event ev = {.type = IMAP_EV_FETCH, .n = seq, .msg = &fp.msg};
         if (im->cb.on_event != NULL) {
             im->cb.on_event(im, &ev, im->arg);
@@ -1276,6 +1289,10 @@ static void handle_vanished(struct imap *im, const struct imap_response *r)
         imap_fail(im, IMAP_EPROTO, "%s: malformed VANISHED response", im->hostport);
         return;
     }
+    if (old_mailbox_data(im)) {
+        free(rg);
+        return;
+    }
     if (!earlier) {
         struct imap_mailbox *mb = select_target(im);
         uint64_t count = 0;
@@ -1412,6 +1429,12 @@ void imap_cmd_untagged_ok(struct imap *im, const struct imap_response *r)
         return;
     }
     struct imap_cmd *sc = imap_cmd_inflight_kind(im, IMAP_CMD_SELECT);
+    if (sc != NULL && strcmp(r->code, "CLOSED") == 0) {
+        /* What follows is the new mailbox's. */
+        sc->await_closed = false;
+        sc->dropped = 0;
+        return;
+    }
     if (sc != NULL) {
         select_code(&sc->mb, r);
         return;
@@ -1577,6 +1600,7 @@ static void complete_user(struct imap *im, struct imap_cmd *c, const struct imap
             if (!im->condstore || c->mb.nomodseq) {
                 c->mb.highestmodseq = c->mb.nomodseq ? 0 : c->mb.highestmodseq;
             }
+            c->mb.closed_unsure = c->await_closed && c->dropped > 0;
             im->sel = c->mb;
             im->selected = true;
             res.mailbox = &im->sel;

@@ -6,7 +6,7 @@
 
 #include "sync/imap.h"
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 enum imap_cmd_kind {
     /* Login sequence (internal, no owner callback). */
@@ -100,6 +100,11 @@ struct imap_cmd {
     bool src_prev_cr;
     /* Results collected before the tagged answer. */
     struct imap_mailbox mb;
+    /* SELECT while another mailbox is selected, under QRESYNC: untagged
+     * data before the server's [CLOSED] is the old mailbox's (RFC 7162
+     * section 3.2.11) and is dropped; dropped counts it. */
+    bool await_closed;
+    unsigned dropped;
     struct imap_folder_item *folders;
     size_t nfolders, cap_folders;
     struct strindex folder_ix; /* raw name -> position in folders */

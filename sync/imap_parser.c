@@ -18,7 +18,7 @@
  * response to the next, so a steady stream of responses allocates nothing. */
 #include "sync/imap_parser.h"
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <inttypes.h>

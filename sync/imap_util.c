@@ -3,7 +3,7 @@
 #include "sync/imap_int.h"
 #include "sync/utf7.h"
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -20,7 +20,7 @@
  * state afterwards and stops as soon as the connection failed or closed. */
 #include "sync/net.h"
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "sync/tls.h"
 
 #include <errno.h>

@@ -3,8 +3,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "store/maildir.h"
 
 /* ---- keyword sets --------------------------------------------------------- */
@@ -710,6 +711,118 @@ void plan_match_headers(struct plan_match *srv, size_t nsrv, struct plan_match *
     }
     free(a);
     free(b);
+}
+
+/* Groups the candidates by Message-ID alone (all those without one form one
+ * group): where a group has unpaired members on both sides, they are
+ * marked need_hh, so that header blocks decide whether the sizes differ
+ * only by lines another tool added. */
+void plan_match_loose(struct plan_match *srv, size_t nsrv, struct plan_match *loc, size_t nloc)
+{
+    /* Both arrays are sorted by (Message-ID, size, ix) by plan_match_ids,
+     * so equal Message-IDs are adjacent. */
+    size_t i = 0, k = 0;
+    while (i < nsrv && k < nloc) {
+        const char *a = srv[i].msgid, *b = loc[k].msgid;
+        int c = (a == NULL) != (b == NULL) ? (a == NULL ? -1 : 1) : a == NULL ? 0 : strcmp(a, b);
+        if (c < 0) {
+            i++;
+            continue;
+        }
+        if (c > 0) {
+            k++;
+            continue;
+        }
+        size_t i2 = i, k2 = k;
+        bool s_open = false, l_open = false;
+        while (i2 < nsrv && (srv[i2].msgid == NULL) == (a == NULL) &&
+               (a == NULL || strcmp(srv[i2].msgid, a) == 0)) {
+            s_open |= srv[i2].pair < 0;
+            i2++;
+        }
+        while (k2 < nloc && (loc[k2].msgid == NULL) == (b == NULL) &&
+               (b == NULL || strcmp(loc[k2].msgid, b) == 0)) {
+            l_open |= loc[k2].pair < 0;
+            k2++;
+        }
+        if (s_open && l_open) {
+            for (size_t x = i; x < i2; x++) {
+                srv[x].need_hh |= srv[x].pair < 0;
+            }
+            for (size_t x = k; x < k2; x++) {
+                loc[x].need_hh |= loc[x].pair < 0;
+            }
+        }
+        i = i2;
+        k = k2;
+    }
+}
+
+/* A field that other programs add to a message they store, and that says
+ * nothing about which message it is: mbsync's X-TUID (how it finds an
+ * appended message again), and the Status / X-Status lines of mbox-era
+ * mail readers. */
+static bool ignored_field(const char *line, size_t len)
+{
+    static const char *const names[] = {"X-TUID", "Status", "X-Status"};
+    for (size_t n = 0; n < sizeof(names) / sizeof(names[0]); n++) {
+        size_t nl = strlen(names[n]);
+        if (len <= nl || strncasecmp(line, names[n], nl) != 0) {
+            continue;
+        }
+        size_t p = nl;
+        while (p < len && (line[p] == ' ' || line[p] == '\t')) {
+            p++;
+        }
+        if (p < len && line[p] == ':') {
+            return true;
+        }
+    }
+    return false;
+}
+
+char *plan_header_clean(const char *h, size_t len, size_t *len_r, uint64_t *strip_r)
+{
+    char *out = xmalloc(len + 1);
+    size_t n = 0;
+    uint64_t strip = 0;
+    bool dropping = false;
+    size_t p = 0;
+    while (p < len) {
+        const char *nl = memchr(h + p, '\n', len - p);
+        size_t end = nl != NULL ? (size_t)(nl - h) + 1 : len; /* past the line's LF */
+        size_t body = end;                                    /* the line without its ending */
+        if (nl != NULL) {
+            body--;
+            if (body > p && h[body - 1] == '\r') {
+                body--;
+            }
+        }
+        bool cont = body > p && (h[p] == ' ' || h[p] == '\t');
+        if (!cont) {
+            dropping = body > p && ignored_field(h + p, body - p);
+        }
+        if (dropping) {
+            /* Its size on the wire: as it is, plus the CR a bare LF gets. */
+            strip += end - p;
+            if (nl != NULL && (end - p < 2 || h[end - 2] != '\r')) {
+                strip++;
+            }
+        } else {
+            memcpy(out + n, h + p, body - p);
+            n += body - p;
+            if (nl != NULL) {
+                out[n++] = '\n';
+            }
+        }
+        p = end;
+    }
+    out[n] = '\0';
+    *len_r = n;
+    if (strip_r != NULL) {
+        *strip_r = strip;
+    }
+    return out;
 }
 
 void plan_free(struct plan *p)

@@ -212,6 +212,23 @@ void plan_match_ids(struct plan_match *srv, size_t nsrv, struct plan_match *loc,
  * side make n pairs and a surplus stays unpaired. */
 void plan_match_headers(struct plan_match *srv, size_t nsrv, struct plan_match *loc, size_t nloc);
 
+/* For the first sync of a folder that already holds mail locally (a lost
+ * index, a Maildir another tool wrote): after plan_match_ids, marks need_hh
+ * on every unpaired candidate whose Message-ID (or lack of one) is shared
+ * by an unpaired candidate on the other side, whatever the sizes, so that
+ * plan_match_headers can pair copies whose sizes differ only by lines
+ * plan_header_clean leaves out. Keeps the order plan_match_ids left. */
+void plan_match_loose(struct plan_match *srv, size_t nsrv, struct plan_match *loc, size_t nloc);
+
+/* The header block as matching compares it: CRLF taken as LF, and the lines
+ * that other programs add to stored mail left out (a field named X-TUID,
+ * mbsync's, or Status / X-Status, mbox-era readers', with its continuation
+ * lines), wherever they are. Returns a malloc'd copy of *len_r bytes (NUL
+ * terminated); *strip_r (may be NULL) gets the wire size (CRLF) of the
+ * lines left out, which taken from the message's wire size gives the size
+ * of the message without them. */
+char *plan_header_clean(const char *h, size_t len, size_t *len_r, uint64_t *strip_r);
+
 /* Helpers shared with the engine. */
 
 /* Parses "a b c" (the index's keyword form) into a sorted set. */

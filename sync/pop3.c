@@ -10,8 +10,8 @@
 
 #include <openssl/evp.h>
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 
 /* RFC 2449 section 4: command lines may be up to 255 octets. A SASL initial
  * response that does not fit is sent after the "+ " continuation instead

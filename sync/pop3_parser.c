@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 #define DEFAULT_MAX_LINE (8u * 1024)
 #define DEFAULT_MAX_DATA_LINE (1024u * 1024)

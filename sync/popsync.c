@@ -11,8 +11,8 @@
 
 #include <openssl/evp.h>
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
 #include "sync/pop3.h"

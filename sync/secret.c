@@ -1,7 +1,7 @@
 #include "sync/secret.h"
 
+#include "core/util.h"
 #include "daemon/config.h"
-#include "daemon/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -7,7 +7,7 @@
 
 #include <openssl/evp.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 #define SKIP_HDR 8
 #define SKIP_ENT 21

@@ -1,7 +1,7 @@
 /* TLS engine over OpenSSL memory BIOs; see tls.h for the contract. */
 #include "sync/tls.h"
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

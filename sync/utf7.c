@@ -1,7 +1,7 @@
 /* Modified UTF-7 <-> UTF-8; see utf7.h. */
 #include "sync/utf7.h"
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <stdbool.h>

@@ -10,7 +10,7 @@
  * bytes (as a hash), and the error text. Along the way the feed contract is
  * checked (used <= len, NEED_MORE consumes everything, DATA points into the
  * fed buffer, offsets add up). Any violation aborts. */
-#include "daemon/util.h"
+#include "core/util.h"
 #include "sync/imap_parser.h"
 #include "sync/utf7.h"
 

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "sync/pop3_parser.h"
 #include "sync/popsync.h"
 

@@ -35,8 +35,8 @@
  * paused>") and then every 8th chunk for 1 ms. Both print "SINK pauses=N
  * violations=V" at the end, V counting body chunks delivered while the
  * sink was paused (always 0 unless the client is broken). */
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 #include "sync/imap.h"
 #include "sync/secret.h"
 

@@ -22,9 +22,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/log.h"
+#include "core/util.h"
 #include "daemon/config.h"
-#include "daemon/log.h"
-#include "daemon/util.h"
 #include "store/index.h"
 #include "sync/popsync.h"
 

@@ -17,8 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/util.h"
 #include "daemon/config.h"
-#include "daemon/util.h"
 
 /* A private $HOME for the whole run, so that "~" and the default state
  * directory are predictable. */

@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "sync/imap.h"
 #include "sync/imap_int.h"
 

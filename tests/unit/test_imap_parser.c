@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "sync/imap_parser.h"
 
 #include <stdio.h>

@@ -23,7 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "store/index.h"
 
 #define INITIAL_MAP ((size_t)8 << 20)

@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "store/maildir.h"
 
 #include <errno.h>

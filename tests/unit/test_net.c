@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "sync/net.h"
 #include "sync/tls.h"
 #include "testcerts.h"

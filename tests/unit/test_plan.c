@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "store/maildir.h"
 #include "sync/plan.h"
 
@@ -779,6 +779,99 @@ static void test_match_by_header_hash(void **state)
     plan_match_headers(NULL, 0, l2, 2);
 }
 
+/* After the exact pass, a Message-ID (or its absence) shared by unpaired
+ * candidates on both sides leaves the decision to the header blocks, so a
+ * copy whose size differs only by lines another tool added can still pair;
+ * pairs already made and one-sided ids are left alone. */
+static void test_match_loose(void **state)
+{
+    static const uint8_t ha[16] = {0xa}, hb[16] = {0xb};
+    struct plan_match s[5], l[5];
+    mset(&s[0], 10, "<a>", 100, NULL); /* pairs exactly */
+    mset(&s[1], 11, "<t>", 200, NULL); /* the server copy carries an X-TUID line */
+    mset(&s[2], 12, NULL, 300, NULL);  /* no id, sizes differ */
+    mset(&s[3], 13, "<s>", 400, NULL); /* only the server has this id */
+    mset(&s[4], 14, "<u>", 500, NULL); /* ... and a local copy of another size */
+    mset(&l[0], 0, "<a>", 100, ha);
+    mset(&l[1], 1, "<t>", 178, ha);
+    mset(&l[2], 2, NULL, 290, hb);
+    mset(&l[3], 3, "<l>", 400, hb); /* only local */
+    mset(&l[4], 4, "<u>", 510, hb);
+    plan_match_ids(s, 5, l, 5);
+    assert_false(needs_hh(s, 5, 11));
+    plan_match_loose(s, 5, l, 5);
+    assert_int_equal(partner(s, 5, 10), 0);
+    assert_false(needs_hh(s, 5, 10));
+    assert_false(needs_hh(l, 5, 0));
+    assert_true(needs_hh(s, 5, 11));
+    assert_true(needs_hh(l, 5, 1));
+    assert_true(needs_hh(s, 5, 12));
+    assert_true(needs_hh(l, 5, 2));
+    assert_false(needs_hh(s, 5, 13));
+    assert_false(needs_hh(l, 5, 3));
+    assert_true(needs_hh(s, 5, 14));
+    assert_true(needs_hh(l, 5, 4));
+    /* The header blocks then decide, on the sizes without the added lines:
+     * the engine gives the server's clean size once its header is known.
+     * Different headers never pair, whatever the sizes. */
+    for (size_t i = 0; i < 5; i++) {
+        if (s[i].ix == 11) {
+            s[i].hh = ha;
+            s[i].size = 178;
+        } else if (s[i].ix == 12) {
+            s[i].hh = ha;
+            s[i].size = 290;
+        } else if (s[i].ix == 14) {
+            s[i].hh = hb;
+        }
+    }
+    plan_match_headers(s, 5, l, 5);
+    assert_int_equal(partner(s, 5, 11), 1);
+    assert_int_equal(partner(l, 5, 1), 11);
+    assert_int_equal(partner(s, 5, 12), -1); /* same size, other header */
+    assert_int_equal(partner(s, 5, 14), -1); /* same header, other size */
+    assert_int_equal(partner(l, 5, 2), -1);
+    /* Nothing on one side. */
+    plan_match_loose(NULL, 0, l, 5);
+    plan_match_loose(s, 5, NULL, 0);
+}
+
+static void check_clean(const char *in, const char *want, uint64_t want_strip)
+{
+    size_t n;
+    uint64_t strip = 12345;
+    char *out = plan_header_clean(in, strlen(in), &n, &strip);
+    assert_string_equal(out, want);
+    assert_int_equal(n, strlen(want));
+    assert_int_equal(strip, want_strip);
+    free(out);
+}
+
+/* The header block compared by matching: CRLF as LF, and X-TUID, Status
+ * and X-Status fields (with continuation lines, in any case, anywhere)
+ * left out; strip is their size on the wire, CRLF counted for a bare LF. */
+static void test_header_clean(void **state)
+{
+    check_clean("From: a\r\nSubject: x\r\n\r\n", "From: a\nSubject: x\n\n", 0);
+    /* mbsync puts X-TUID at the top or the bottom of the header. */
+    check_clean("X-TUID: abcdefghijkl\nFrom: a\n\n", "From: a\n\n", 22);
+    check_clean("From: a\nX-TUID: abcdefghijkl\n\n", "From: a\n\n", 22);
+    check_clean("From: a\r\nx-tuid : abcdefghijkl\r\n\r\n", "From: a\n\n", 23);
+    /* mutt's mbox past, with a continuation line. */
+    check_clean("Status: RO\nX-Status: A\n\tmore\nSubject: s\n\n", "Subject: s\n\n", 12 + 13 + 7);
+    /* Look-alikes stay: other names, a name without a colon, a body-like
+     * continuation of a kept field. */
+    check_clean("X-Status-Foo: 1\nStatusbar: 2\nStatus\nSubject: s\n Status: RO\n\n",
+                "X-Status-Foo: 1\nStatusbar: 2\nStatus\nSubject: s\n Status: RO\n\n", 0);
+    /* A header block that ends without a newline, and an empty one. */
+    check_clean("Subject: s\nStatus: O", "Subject: s\n", 9);
+    check_clean("", "", 0);
+    size_t n;
+    char *out = plan_header_clean("Status: O\n", 10, &n, NULL);
+    assert_int_equal(n, 0);
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -799,6 +892,8 @@ int main(void)
         cmocka_unit_test(test_print),
         cmocka_unit_test(test_match_by_message_id),
         cmocka_unit_test(test_match_by_header_hash),
+        cmocka_unit_test(test_match_loose),
+        cmocka_unit_test(test_header_clean),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

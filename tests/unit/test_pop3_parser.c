@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "sync/pop3.h"
 #include "sync/pop3_parser.h"
 #include "sync/popsync.h"

@@ -7,7 +7,7 @@
 
 #include <cmocka.h>
 
-#include "daemon/util.h"
+#include "core/util.h"
 #include "sync/utf7.h"
 
 #include <errno.h>

@@ -8,8 +8,8 @@
 
 #include <cmocka.h>
 
-#include "daemon/log.h"
-#include "daemon/util.h"
+#include "core/log.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
-#include "daemon/log.h"
+#include "core/log.h"
 
-#include "daemon/util.h"
+#include "core/util.h"
 
 #include <errno.h>
 #include <stdio.h>
