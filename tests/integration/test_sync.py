@@ -2,9 +2,12 @@
 """Two-way IMAP <-> Maildir sync (issue 4) against a real Dovecot, through
 `mailsync --config CFG sync [--dry-run] [--force] ACCOUNT`.
 
-Every scenario runs twice: against a Dovecot with QRESYNC/CONDSTORE and
-LIST-STATUS (SyncQresync), and against one that hides them (SyncFallback),
-so both the delta path and the full-listing path are covered."""
+Every scenario runs under the three capability profiles of synctest.PROFILES:
+a Dovecot with QRESYNC/CONDSTORE and LIST-STATUS (SyncQresync), one with
+CONDSTORE only, as Gmail offers (SyncCondstore: flag changes by CHANGEDSINCE,
+expunges by UID SEARCH), and one that hides them all (SyncFallback), so the
+QRESYNC delta path, the CONDSTORE delta path and the full-listing path are
+all covered. SyncMaildirpp runs them once more with the Maildir++ layout."""
 
 import collections
 import os
@@ -16,13 +19,14 @@ import unittest
 import mailgen
 import mstest
 from dovecot import Dovecot
-from synctest import FALLBACK_CAPS, SyncFixture, letters
+from synctest import CONDSTORE_CAPS, FALLBACK_CAPS, SyncFixture, letters
 
 FOLDERS = ["INBOX", "Lists/dev", "Archive/2023", "Entwürfe"]
+NOTHING = "\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted"
 
 
 class SyncScenarios(SyncFixture):
-    """Scenarios shared by both server flavours (each test with its own
+    """Scenarios shared by every server profile (each test with its own
     Dovecot user, see SyncFixture)."""
 
     def seed(self, n=12, seed=1, folders=FOLDERS):
@@ -201,24 +205,98 @@ class SyncScenarios(SyncFixture):
         self.assertIn("upload 1.dry.host", p.stdout)
         self.assertEqual(self.server(), before)
 
-    def test_folder_created_locally(self):
-        self.seed(2, folders=["INBOX"])
-        cfg = self.config()
-        self.sync(cfg)
-        d = self.folder_dir("Projects/alpha")
+    def make_local_folder(self, name):
+        """A new local folder as a mail client makes it (cur/ new/ tmp/, and
+        maildirfolder in a Maildir++ subfolder)."""
+        d = self.folder_dir(name)
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(d, sub))
         if self.layout == "maildir++":
             open(os.path.join(d, "maildirfolder"), "w").close()
+
+    def assert_quiet_rerun(self, cfg, folders):
+        """One more run: exit 0 (self.sync checks it), nothing moved either
+        way, no folder appeared or vanished on either side, and both sides
+        of each folder in folders are equal."""
+        srv_folders = sorted(self.dovecot.folders(self.user))
+        loc_folders = mstest.maildir_folders(self.maildir)
+        before = {f: self.local(f) for f in folders}
+        p = self.sync(cfg)
+        self.assertIn(NOTHING, p.stdout)
+        self.assertEqual(p.stderr, "")
+        self.assertEqual(sorted(self.dovecot.folders(self.user)), srv_folders)
+        self.assertEqual(mstest.maildir_folders(self.maildir), loc_folders)
+        for f in folders:
+            self.assertEqual(self.local(f), before[f], "local files changed in %s" % f)
+            self.assert_same(f)
+
+    def test_folder_created_locally(self):
+        self.seed(2, folders=["INBOX"])
+        cfg = self.config()
+        self.sync(cfg)
+        self.make_local_folder("Projects/alpha")
         self.deliver_local("Projects/alpha", b"Subject: p\nMessage-ID: <p@x>\n\nproject\n", "2.p.h")
         self.sync(cfg)
         self.assertIn("Projects/alpha", self.dovecot.folders(self.user))
         self.assertEqual(len(self.server("Projects/alpha")), 1)
         self.assert_same("Projects/alpha")
+        self.assert_quiet_rerun(cfg, ["INBOX", "Projects/alpha"])
+
+    def test_non_ascii_nested_folder_created_locally_then_resynced(self):
+        """Issue 9, item 3: a folder made here with a non-ASCII nested name
+        and two messages is created on the server and uploaded, and every
+        later run leaves it alone with exit 0. Under CONDSTORE without
+        QRESYNC the later runs used to send `UID SEARCH RETURN (ALL) UID
+        1:0` (an inverted range the server answers BAD), exit 1."""
+        self.seed(2, folders=["INBOX"])
+        cfg = self.config()
+        self.sync(cfg)
+        name = "草稿/测试"
+        msgs = [b"Subject: draft %d\nMessage-ID: <draft%d@x>\n\nentwurf %d\n" % (i, i, i)
+                for i in range(2)]
+        self.make_local_folder(name)
+        for i, data in enumerate(msgs):
+            self.deliver_local(name, data, "17000000%02d.M1P1.mutt" % i)
+        p = self.sync(cfg)
+        self.assertIn("\u2191 2 new", p.stdout)
+        self.assertIn(name, self.dovecot.folders(self.user))
+        self.assertEqual(sorted(mstest.crlf_to_lf(b) for _u, _f, b in self.server(name)), msgs)
+        self.assert_same(name)
+        for _ in range(2):
+            self.assert_quiet_rerun(cfg, ["INBOX", name])
+
+    def test_folder_created_empty_on_server_then_first_message(self):
+        """A folder created on the server with nothing in it comes down as
+        an empty Maildir folder, stays quiet on the next run, and its first
+        message (UID 1, after a folder state recorded with UIDNEXT 1) comes
+        down like any other."""
+        self.seed(2, folders=["INBOX"])
+        cfg = self.config()
+        self.sync(cfg)
+        name = "Projekte/Übersicht"
+        self.dovecot.create_folder(self.user, name)
+        p = self.sync(cfg)
+        self.assertIn(NOTHING, p.stdout)
+        self.assertTrue(os.path.isdir(os.path.join(self.folder_dir(name), "cur")))
+        self.assertEqual(self.local(name), [])
+        self.assert_quiet_rerun(cfg, ["INBOX", name])
+        msg = mailgen.message(seed=11, index=1, size=2000)
+        self.assertEqual(self.dovecot.save(self.user, name, msg, "\\Seen"), 1)
+        p = self.sync(cfg)
+        self.assertIn("\u2193 1 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+        self.assertEqual([(f, b) for _u, f, b in self.local(name)],
+                         [("S", mstest.crlf_to_lf(msg))])
+        self.assert_same(name)
+        self.assert_quiet_rerun(cfg, ["INBOX", name])
 
 
 class SyncQresync(SyncScenarios, mstest.DovecotTestCase):
     pass
+
+
+class SyncCondstore(SyncScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": CONDSTORE_CAPS}
 
 
 class SyncFallback(SyncScenarios, mstest.DovecotTestCase):

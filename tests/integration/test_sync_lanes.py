@@ -5,7 +5,15 @@ connection lists the folders; when two or more changed on the server, more
 connections take folders from the same list. Every test checks the
 outcome on disk and on the server, and counts the connections from the
 -vv log (each connection logs "imap NAME: connecting to", extra ones are
-named NAME#2, NAME#3)."""
+named NAME#2, NAME#3).
+
+The lane scenarios run under the three capability profiles of
+synctest.PROFILES. Only the first (QRESYNC) has LIST-STATUS, which tells
+which folders moved and by how many messages; without it the engine asks
+no per-folder STATUS and takes every folder as moved with enough new mail
+for a connection of its own, so it opens max_connections connections on
+every run with two or more folders. The expected connections say so per
+profile (list_status)."""
 
 import json
 import os
@@ -16,6 +24,7 @@ import dovecot
 import fakeimap
 import mailgen
 import mstest
+from synctest import CONDSTORE_CAPS, FALLBACK_CAPS
 
 FOLDERS = ["INBOX", "Lists/dev", "Archive/2023", "Entwürfe", "Work"]
 
@@ -25,7 +34,19 @@ def connections(stderr, account="a"):
     return re.findall(r"imap (%s(?:#\d+)?): connecting to" % re.escape(account), stderr)
 
 
-class Lanes(mstest.DovecotTestCase):
+def lanes(n):
+    """The names of n connections of account a, in the order they log."""
+    return ["a"] + ["a#%d" % i for i in range(2, n + 1)]
+
+
+class LaneScenarios:
+    list_status = True
+
+    def quiet(self, n):
+        """The connections of a run that has at most a few new messages:
+        one with LIST-STATUS, n (max_connections) without."""
+        return ["a"] if self.list_status else lanes(n)
+
     def seed(self, user, n=150, seed=5):
         self.dovecot.add_user(user, "pw-" + user)
         corpus = mailgen.corpus(n, seed=seed, folders=FOLDERS, max_size=30000)
@@ -56,7 +77,7 @@ class Lanes(mstest.DovecotTestCase):
         cfg = self.write_config({"a": self.account("lanes3", max_connections=3)})
         r = self.mailsync(cfg, "-vv", "sync")
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
-        self.assertEqual(connections(r.stderr), ["a", "a#2", "a#3"])
+        self.assertEqual(connections(r.stderr), lanes(3))
         # The extra connections did sync folders (SELECTs from each).
         for lane in ("a#2", "a#3"):
             self.assertRegex(r.stderr, r"imap %s: C: \S+ SELECT " % re.escape(lane))
@@ -64,10 +85,11 @@ class Lanes(mstest.DovecotTestCase):
         self.assertEqual(len(re.findall(r"imap a(?:#\d)?: C: \S+ LOGOUT", r.stderr)), 3)
         self.assertIn("a: \u2193 150 new", r.stdout)
         self.check_local("lanes3")
-        # Nothing moved: one connection, nothing to do.
+        # Nothing moved: nothing to do, and one connection where LIST-STATUS
+        # says so.
         r = self.mailsync(cfg, "-vv", "sync")
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
-        self.assertEqual(connections(r.stderr), ["a"])
+        self.assertEqual(connections(r.stderr), self.quiet(3))
         self.assertIn("a: \u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
                       r.stdout)
 
@@ -87,13 +109,14 @@ class Lanes(mstest.DovecotTestCase):
         self.dovecot.save("lanesone", "Work", mailgen.message(seed=77, index=1))
         r = self.mailsync(cfg, "-vv", "sync")
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
-        self.assertEqual(connections(r.stderr), ["a"])
+        self.assertEqual(connections(r.stderr), self.quiet(4))
         self.assertIn("a: \u2193 1 new", r.stdout)
         self.check_local("lanesone")
 
     def test_few_new_messages_use_one_connection(self):
         # A second connection costs a handshake and a login: not worth it
-        # for a handful of new messages, even in two folders.
+        # for a handful of new messages, even in two folders (where
+        # LIST-STATUS tells how many there are).
         self.seed("lanesfew", n=60)
         cfg = self.write_config({"a": self.account("lanesfew", max_connections=3)})
         r = self.mailsync(cfg, "sync")
@@ -103,7 +126,7 @@ class Lanes(mstest.DovecotTestCase):
                                    [mailgen.message(seed=70 + i, index=k) for k in range(3)])
         r = self.mailsync(cfg, "-vv", "sync")
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
-        self.assertEqual(connections(r.stderr), ["a"])
+        self.assertEqual(connections(r.stderr), self.quiet(3))
         self.assertIn("a: \u2193 6 new", r.stdout)
         self.check_local("lanesfew")
 
@@ -250,6 +273,20 @@ class Lanes(mstest.DovecotTestCase):
         cfg = self.write_config({"a": self.proxied(user, proxy, subscribed_only=True)})
         r, seen = self.sync_second_takes_next(proxy, cfg)
         self.check_unsubscribed_kept(user, cfg, r, seen, before)
+
+class LanesQresync(LaneScenarios, mstest.DovecotTestCase):
+    pass
+
+
+class LanesCondstore(LaneScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": CONDSTORE_CAPS}
+    list_status = False
+
+
+class LanesFallback(LaneScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": FALLBACK_CAPS}
+    list_status = False
+
 
 class RefusedExtraConnection(mstest.DovecotTestCase):
     # One connection per user and address: the second login is refused, and

@@ -5,8 +5,12 @@ without a second download, APPEND without UIDPLUS, a clean LOGOUT, 50 MB
 messages both ways with bounded memory, delete_folders both ways, and
 max_size / max_age_days skips on every run.
 
-Scenarios that depend on the server path run against a Dovecot with
-QRESYNC/CONDSTORE (…Qresync) and one that hides them (…Fallback)."""
+Scenarios that depend on the server path run under the three capability
+profiles of synctest.PROFILES: a Dovecot with QRESYNC/CONDSTORE and
+LIST-STATUS (…Qresync), one with CONDSTORE only, as Gmail offers
+(…Condstore), and one that hides them all (…Fallback). NoUidplus and
+SessionEnd run once: the first is its own capability set (no UIDPLUS), and
+LOGOUT and streaming 50 MB messages do not depend on the sync path."""
 
 import collections
 import glob
@@ -20,7 +24,7 @@ import unittest
 import dovecot
 import mailgen
 import mstest
-from synctest import FALLBACK_CAPS, SyncFixture, letters
+from synctest import CONDSTORE_CAPS, FALLBACK_CAPS, SyncFixture, letters
 
 NO_UIDPLUS_CAPS = "IMAP4rev1 ID ENABLE IDLE LITERAL+ SPECIAL-USE"
 
@@ -147,6 +151,10 @@ class UidvalidityQresync(UidvalidityScenarios, mstest.DovecotTestCase):
     pass
 
 
+class UidvalidityCondstore(UidvalidityScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": CONDSTORE_CAPS}
+
+
 class UidvalidityFallback(UidvalidityScenarios, mstest.DovecotTestCase):
     dovecot_options = {"imap_capability": FALLBACK_CAPS}
 
@@ -213,7 +221,7 @@ class NoUidplus(SyncFixture, mstest.DovecotTestCase):
 # ---- delete_folders ---------------------------------------------------------------
 
 
-class DeleteFolders(SyncFixture, mstest.DovecotTestCase):
+class DeleteFolderScenarios(SyncFixture):
 
     def setup_folder(self, **extra):
         self.dovecot.save_many(self.user, "INBOX", mailgen.generate(2, seed=61, max_size=3000))
@@ -431,12 +439,36 @@ class KeywordLockScenarios(SyncFixture):
                       p.stdout)
 
 
+class DeleteFoldersQresync(DeleteFolderScenarios, mstest.DovecotTestCase):
+    pass
+
+
+class DeleteFoldersCondstore(DeleteFolderScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": CONDSTORE_CAPS}
+
+
+class DeleteFoldersFallback(DeleteFolderScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": FALLBACK_CAPS}
+
+
 class KeywordLockQresync(KeywordLockScenarios, mstest.DovecotTestCase):
     pass
 
 
+class KeywordLockCondstore(KeywordLockScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": CONDSTORE_CAPS}
+
+
+class KeywordLockFallback(KeywordLockScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": FALLBACK_CAPS}
+
+
 class CountsQresync(CountScenarios, mstest.DovecotTestCase):
     pass
+
+
+class CountsCondstore(CountScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": CONDSTORE_CAPS}
 
 
 class CountsFallback(CountScenarios, mstest.DovecotTestCase):
@@ -506,8 +538,16 @@ class SkipScenarios(SyncFixture):
         self.assertIn("; 1 skipped older than max_age_days", p.stdout)
 
 
+# incremental: LIST-STATUS tells that the folder did not move, so it is not
+# selected at all. Without LIST-STATUS (the other two profiles) every folder
+# is selected on every run: the engine asks no per-folder STATUS.
 class SkipQresync(SkipScenarios, mstest.DovecotTestCase):
     incremental = True
+
+
+class SkipCondstore(SkipScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": CONDSTORE_CAPS}
+    incremental = False
 
 
 class SkipFallback(SkipScenarios, mstest.DovecotTestCase):

@@ -3,15 +3,17 @@
 or leave it half done: server folders whose names hold control characters
 (raw in a quoted string, or encoded in modified UTF-7 as "&AAk-") and a
 local folder whose name cannot be created on the server. Each is reported
-by name; every other folder syncs."""
+by name; every other folder syncs. Each runs under the three capability
+profiles of synctest.PROFILES (QRESYNC, CONDSTORE only, neither)."""
 
 import os
 import subprocess
 
 import mstest
+from synctest import CONDSTORE_CAPS, FALLBACK_CAPS
 
 
-class Names(mstest.DovecotTestCase):
+class NameScenarios:
     def make_server_folder(self, user, dirname):
         """A Maildir++ folder made by hand in the user's Dovecot Maildir,
         as another client or an admin might leave it."""
@@ -82,8 +84,30 @@ class Names(mstest.DovecotTestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("\u2191 1 new", r.stdout)
         # Said, with the control character shown as '?'.
-        self.assertIn("local directory %s is not synced: its name maps to no folder name"
-                      % os.path.join(self.tmp, "Mail", "Bad?dir"), r.stderr)
+        said = ("local directory %s is not synced: its name maps to no folder name"
+                % os.path.join(self.tmp, "Mail", "Bad?dir"))
+        self.assertIn(said, r.stderr)
+        # The run after the folder was created: nothing to do, exit 0, and
+        # the bad directory is named again.
+        r = self.mailsync(cfg, "sync", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("a: \u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      r.stdout)
+        self.assertIn(said, r.stderr)
+        self.assertEqual(len(self.dovecot.fetch_all(user, "Good")), 1)
+        self.assertTrue(os.path.exists(os.path.join(bad, "cur", "1700000000.M1P1.host:2,S")))
+
+
+class NamesQresync(NameScenarios, mstest.DovecotTestCase):
+    pass
+
+
+class NamesCondstore(NameScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": CONDSTORE_CAPS}
+
+
+class NamesFallback(NameScenarios, mstest.DovecotTestCase):
+    dovecot_options = {"imap_capability": FALLBACK_CAPS}
 
 
 if __name__ == "__main__":
