@@ -78,11 +78,20 @@ class LaneScenarios:
         r = self.mailsync(cfg, "-vv", "sync")
         self.assertEqual(r.returncode, 0, r.stderr[-3000:])
         self.assertEqual(connections(r.stderr), lanes(3))
-        # The extra connections did sync folders (SELECTs from each).
-        for lane in ("a#2", "a#3"):
-            self.assertRegex(r.stderr, r"imap %s: C: \S+ SELECT " % re.escape(lane))
-        # Every connection logged out.
-        self.assertEqual(len(re.findall(r"imap a(?:#\d)?: C: \S+ LOGOUT", r.stderr)), 3)
+        # The extra connections synced folders. One still logging in when
+        # the others have taken every folder is dropped instead (on a busy
+        # machine the third can be that late), but at least one of them
+        # works beside the first.
+        selected = {c for c in lanes(3)
+                    if re.search(r"imap %s: C: \S+ SELECT " % re.escape(c), r.stderr)}
+        self.assertIn("a", selected)
+        self.assertTrue(selected & {"a#2", "a#3"}, "no extra connection synced a folder")
+        # Every connection that logged in logged out.
+        ready = {c for c in lanes(3)
+                 if re.search(r"imap %s: \w+ -> ready" % re.escape(c), r.stderr)}
+        self.assertTrue(selected <= ready)
+        for c in ready:
+            self.assertRegex(r.stderr, r"imap %s: C: \S+ LOGOUT" % re.escape(c))
         self.assertIn("a: \u2193 150 new", r.stdout)
         self.check_local("lanes3")
         # Nothing moved: nothing to do, and one connection where LIST-STATUS
@@ -257,6 +266,11 @@ class LaneScenarios:
         had the first one's folder names but not their lookup table, took
         the folder for deleted on the server and removed the local copy
         and its index records (exit 0)."""
+        if not self.list_status:
+            # The test steers which connection meets the folder through the
+            # job order, which LIST-STATUS decides; the lanes' lookup of the
+            # listing it checks is the same under every profile.
+            self.skipTest("the job order it relies on comes from LIST-STATUS")
         user = "lanesunsub"
         proxy, before = self.unsubscribed_setup(user)
         cfg = self.write_config({"a": self.proxied(user, proxy, delete_folders=True,
@@ -268,6 +282,11 @@ class LaneScenarios:
         """Without delete_folders the same folder is no error either:
         before e1d7584 the extra connection reported "folder
         'Archive/2023' was deleted on the server" and the run exited 1."""
+        if not self.list_status:
+            # The test steers which connection meets the folder through the
+            # job order, which LIST-STATUS decides; the lanes' lookup of the
+            # listing it checks is the same under every profile.
+            self.skipTest("the job order it relies on comes from LIST-STATUS")
         user = "lanesunsub2"
         proxy, before = self.unsubscribed_setup(user)
         cfg = self.write_config({"a": self.proxied(user, proxy, subscribed_only=True)})
