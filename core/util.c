@@ -205,7 +205,18 @@ int path_expand(const char *path, char **out_r, char **err_r)
     return 0;
 }
 
+static int sync_now(const char *path, void *arg)
+{
+    return fsync_dir(path);
+}
+
 int mkdir_p_durable(const char *dir, mode_t mode, bool durable)
+{
+    return mkdir_p_each(dir, mode, durable ? sync_now : NULL, NULL);
+}
+
+int mkdir_p_each(const char *dir, mode_t mode, int (*need_sync)(const char *path, void *arg),
+                 void *arg)
 {
     if (dir[0] == '\0') {
         return -EINVAL;
@@ -221,7 +232,13 @@ int mkdir_p_durable(const char *dir, mode_t mode, bool durable)
     /* Where the first directory this call creates is: its parent and every
      * directory below it need an fsync to make the new entries durable. */
     char *first_made = NULL;
-    for (char *p = tmp + 1;; p++) {
+    /* Usually only the last level is missing: one mkdir, not one per
+     * component (the walk below then finds everything there). */
+    bool direct = mkdir(dir, mode) == 0;
+    if (direct) {
+        first_made = xstrdup(dir);
+    }
+    for (char *p = tmp + 1; !direct; p++) {
         if (*p == '/' || *p == '\0') {
             char saved = *p;
             *p = '\0';
@@ -247,7 +264,7 @@ int mkdir_p_durable(const char *dir, mode_t mode, bool durable)
             ret = -ENOTDIR;
         }
     }
-    if (ret == 0 && durable && first_made != NULL) {
+    if (ret == 0 && need_sync != NULL && first_made != NULL) {
         /* Each new directory's entry lives in its parent: fsync the parents
          * of dir, of its parent, ... up to and including the parent of the
          * first directory made here. */
@@ -260,7 +277,7 @@ int mkdir_p_durable(const char *dir, mode_t mode, bool durable)
             }
             /* p[0..len) is now the parent with its trailing '/'. */
             p[len > 1 ? len - 1 : len] = '\0';
-            ret = fsync_dir(p[0] != '\0' ? p : ".");
+            ret = need_sync(p[0] != '\0' ? p : ".", arg);
             len = strlen(p);
             if (len <= 1) {
                 break;

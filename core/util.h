@@ -72,6 +72,12 @@ int mkdir_p(const char *dir, mode_t mode);
 /* The same; with durable, every directory it created and the parent of the
  * first one are fsynced, so the new path survives a crash. */
 int mkdir_p_durable(const char *dir, mode_t mode, bool durable);
+/* The same, but each directory whose fsync would make the new entries
+ * durable is handed to need_sync (which returns 0 or a negative errno that
+ * stops the walk) instead of being fsynced here: a caller making many
+ * folders at once can fsync each directory once, later. */
+int mkdir_p_each(const char *dir, mode_t mode, int (*need_sync)(const char *path, void *arg),
+                 void *arg);
 
 /* fsyncs the directory at path. Returns 0 or a negative errno. */
 int fsync_dir(const char *path);

@@ -37,6 +37,12 @@ static void test_path_expand(void **state)
     free(err);
 }
 
+static int collect_path(const char *path, void *arg)
+{
+    sbuf_addf(arg, "%s;", path);
+    return 0;
+}
+
 static void test_mkdir_p(void **state)
 {
     (void)state;
@@ -56,6 +62,29 @@ static void test_mkdir_p(void **state)
     close(fd);
     assert_int_equal(mkdir_p(file, 0700), -ENOTDIR);
     assert_int_equal(mkdir_p("", 0700), -EINVAL);
+
+    /* mkdir_p_each names exactly the directories whose fsync makes the new
+     * entries durable: the parent of the one level made, or every parent
+     * from the new leaf up to the parent of the first level made. */
+    struct sbuf got = {0};
+    char *leaf = xasprintf("%s/a/b/c/d", base);
+    assert_int_equal(mkdir_p_each(leaf, 0700, collect_path, &got), 0);
+    char *want = xasprintf("%s/a/b/c;", base);
+    assert_string_equal(got.buf, want);
+    free(want);
+    sbuf_reset(&got);
+    assert_int_equal(mkdir_p_each(leaf, 0700, collect_path, &got), 0);
+    assert_int_equal(got.len, 0); /* there already: nothing to make durable */
+    char *two = xasprintf("%s/x/y", base);
+    assert_int_equal(mkdir_p_each(two, 0700, collect_path, &got), 0);
+    want = xasprintf("%s/x;%s;", base, base);
+    assert_string_equal(got.buf, want);
+    assert_int_equal(stat(two, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    free(want);
+    free(two);
+    free(leaf);
+    sbuf_free(&got);
     char *cmd = xasprintf("rm -rf %s", base);
     assert_int_equal(system(cmd), 0);
     free(cmd);
