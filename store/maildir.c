@@ -157,8 +157,76 @@ static void open_sync_fd(struct md_folder *f)
     f->syncfs_ok = f->sync_fd >= 0 && syncfs_trusted(f->sync_fd);
 }
 
+static int add_to_dirsync(const char *path, void *arg)
+{
+    md_dirsync_add(arg, path);
+    return 0;
+}
+
+void md_dirsync_add(struct md_dirsync *ds, const char *path)
+{
+    uint64_t h = str_hash(path, strlen(path));
+    size_t it = 0, i;
+    while (strindex_next(&ds->ix, h, &it, &i)) {
+        if (strcmp(ds->paths[i], path) == 0) {
+            return;
+        }
+    }
+    xgrow(&ds->paths, &ds->cap, ds->n + 1, sizeof(*ds->paths));
+    ds->paths[ds->n] = xstrdup(path);
+    strindex_add(&ds->ix, h, ds->n++);
+}
+
+int md_dirsync_run(struct md_dirsync *ds, char **err_r)
+{
+    *err_r = NULL;
+    for (size_t i = 0; i < ds->n; i++) {
+        /* Once the file system committed its journal for the first, the
+         * others have little or nothing left to write. */
+        int r = fsync_dir(ds->paths[i]);
+        if (r < 0 && r != -ENOENT) {
+            *err_r = xasprintf("%s: fsync failed: %s", ds->paths[i], strerror(-r));
+            return r;
+        }
+    }
+    for (size_t i = 0; i < ds->n; i++) {
+        free(ds->paths[i]);
+    }
+    ds->n = 0;
+    strindex_reset(&ds->ix);
+    return 0;
+}
+
+void md_dirsync_free(struct md_dirsync *ds)
+{
+    for (size_t i = 0; i < ds->n; i++) {
+        free(ds->paths[i]);
+    }
+    free(ds->paths);
+    strindex_free(&ds->ix);
+    memset(ds, 0, sizeof(*ds));
+}
+
+void md_folder_sync_later(struct md_folder *f, struct md_dirsync *ds)
+{
+    if (f->dirty_new) {
+        md_dirsync_add(ds, f->path_new);
+        f->dirty_new = false;
+    }
+    if (f->dirty_cur) {
+        md_dirsync_add(ds, f->path_cur);
+        f->dirty_cur = false;
+    }
+}
+
 int md_folder_open(const char *path, bool create, bool maildirpp_sub, struct md_folder **f_r,
                    char **err_r)
+{
+    return md_folder_open_ds(path, create, maildirpp_sub, NULL, f_r, err_r);
+}
+
+int md_folder_open_ds(const char *path, bool create, bool maildirpp_sub, struct md_dirsync *ds,
+                      struct md_folder **f_r, char **err_r)
 {
     if (err_r != NULL) {
         *err_r = NULL;
@@ -185,7 +253,8 @@ int md_folder_open(const char *path, bool create, bool maildirpp_sub, struct md_
     if (create) {
         /* Durable: a folder whose messages the index records must not
          * vanish in a crash because its own directory entry was lost. */
-        ret = mkdir_p_durable(f->path, 0700, true);
+        ret = ds != NULL ? mkdir_p_each(f->path, 0700, add_to_dirsync, ds)
+                         : mkdir_p_durable(f->path, 0700, true);
         if (ret < 0) {
             if (err_r != NULL) {
                 *err_r = xasprintf("%s: cannot create directory: %s", f->path, strerror(-ret));
@@ -219,7 +288,9 @@ int md_folder_open(const char *path, bool create, bool maildirpp_sub, struct md_
         }
         /* A folder created here must survive a crash before the first
          * delivery into it is recorded anywhere. */
-        if (made && (ret = fsync_dir(f->path)) < 0) {
+        if (made && ds != NULL) {
+            md_dirsync_add(ds, f->path);
+        } else if (made && (ret = fsync_dir(f->path)) < 0) {
             if (err_r != NULL) {
                 *err_r = xasprintf("%s: fsync failed: %s", f->path, strerror(-ret));
             }

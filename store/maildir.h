@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "core/util.h"
 #include "daemon/config.h"
 
 /* Standard flags, one bit each; the letters in ASCII order as Maildir
@@ -60,6 +61,27 @@ struct md_scan {
  * the empty "maildirfolder" marker. Without create a missing folder or one
  * lacking cur/new/tmp is -ENOENT with an explanation in *err_r when err_r is
  * not NULL (caller frees). */
+/* Directories whose fsync a caller postpones, to make them durable in one
+ * go before the index records anything that depends on them (a sync of
+ * many small folders then pays one journal commit for a whole batch
+ * instead of several per folder). A path is kept once. Zero-initialise. */
+struct md_dirsync {
+    char **paths;
+    size_t n, cap;
+    struct strindex ix;
+};
+void md_dirsync_add(struct md_dirsync *ds, const char *path);
+/* fsyncs every directory added (one that is gone meanwhile needs nothing)
+ * and empties the set. Returns 0, or a negative errno with *err_r (caller
+ * frees) naming the directory; the set is kept then. */
+int md_dirsync_run(struct md_dirsync *ds, char **err_r);
+void md_dirsync_free(struct md_dirsync *ds);
+/* md_folder_open; with create and ds not NULL, the directories the
+ * creation must make durable are added to ds instead of fsynced. */
+int md_folder_open_ds(const char *path, bool create, bool maildirpp_sub, struct md_dirsync *ds,
+                      struct md_folder **f_r, char **err_r);
+/* md_folder_sync, postponed: adds the directories it would fsync to ds. */
+void md_folder_sync_later(struct md_folder *f, struct md_dirsync *ds);
 int md_folder_open(const char *path, bool create, bool maildirpp_sub, struct md_folder **f_r,
                    char **err_r);
 void md_folder_close(struct md_folder *f);

@@ -274,6 +274,9 @@ struct engine {
      * written with the next one that must be (see defer_apply). */
     struct deferred_ops *defer;
     size_t ndefer, defer_cap, defer_rows;
+    /* Directories to fsync before the deferred writes go in: new folders'
+     * entries and their new/ and cur/ after downloads. */
+    struct md_dirsync dirsync;
 
     struct fjob *jobs;
     size_t njobs, jobs_cap;
@@ -622,10 +625,36 @@ static int apply_fn(struct idx_txn *txn, void *arg)
     return c->o != NULL ? ops_fn(txn, (void *)c->o) : 0;
 }
 
+/* The directories the deferred writes depend on, made durable first
+ * (invariant 4: the directory before the index records it). */
+static int dirsync_run(struct engine *e)
+{
+    char *err = NULL;
+    int r = md_dirsync_run(&e->root->dirsync, &err);
+    if (r < 0) {
+        if (r == -ENOSPC || r == -EDQUOT) {
+            folder_fail_transient(e, "%s", err);
+        } else {
+            folder_fail(e, "%s", err);
+        }
+        if (e->f == NULL) {
+            set_error(e->root, ENGINE_PERMANENT, "%s", err);
+        }
+    }
+    free(err);
+    return r;
+}
+
 static int idx_apply(struct engine *e, const struct idx_ops *o)
 {
     if (e->opts.dry_run) {
         return 0;
+    }
+    if (e->root->ndefer > 0) {
+        int dr = dirsync_run(e);
+        if (dr < 0) {
+            return dr;
+        }
     }
     struct apply_ctx c = {.root = e->root, .o = o};
     int r = idx_write(e->idx, apply_fn, &c);
@@ -643,6 +672,13 @@ static int deferred_flush(struct engine *e)
     struct engine *root = e->root;
     if (root->ndefer == 0 || e->idx == NULL) {
         return 0;
+    }
+    char *err = NULL;
+    int dr = md_dirsync_run(&root->dirsync, &err);
+    if (dr < 0) {
+        log_error("%s: %s", e->acct->name, err);
+        free(err);
+        return dr;
     }
     struct apply_ctx c = {.root = root, .o = NULL};
     int r = idx_write(e->idx, apply_fn, &c);
@@ -1000,6 +1036,7 @@ static void on_timer(uv_timer_t *t)
     deferred_free(e);
     free(e->defer);
     e->defer = NULL;
+    md_dirsync_free(&e->dirsync);
     struct engine_result *res = &e->res;
     res->account = e->acct->name;
     res->kind = e->error != NULL ? e->kind : ENGINE_OK;
@@ -1269,7 +1306,8 @@ static int folder_prepare(struct engine *e)
     }
     bool sub = e->acct->layout == CFG_LAYOUT_MAILDIRPP && strcasecmp(j->name, "INBOX") != 0;
     char *err = NULL;
-    r = md_folder_open(path, !e->opts.dry_run, sub, &f->md, &err);
+    r = md_folder_open_ds(path, !e->opts.dry_run, sub, e->opts.dry_run ? NULL : &e->root->dirsync,
+                          &f->md, &err);
     free(path);
     if (r == -ENOENT && e->opts.dry_run) {
         free(err);
@@ -2791,13 +2829,11 @@ static int flush_batch(struct engine *e)
     f->nbatch = 0;
     f->batch_bytes = 0;
     if (r >= 0 && ok > 0) {
-        r = md_folder_sync(f->md);
-        if (r < 0) {
-            folder_fail_md(e, r);
-        } else {
-            struct idx_ops o2 = {.folder = f->job->name, .puts = rows, .nputs = ok};
-            idx_apply_later(e, &o2);
-        }
+        /* new/ and cur/ are fsynced (with other folders' directories)
+         * before these records are written. */
+        md_folder_sync_later(f->md, &e->root->dirsync);
+        struct idx_ops o2 = {.folder = f->job->name, .puts = rows, .nputs = ok};
+        idx_apply_later(e, &o2);
     }
     free(rows);
     progress_add(e, (unsigned)ok, ok_bytes);
