@@ -260,7 +260,8 @@ struct engine {
      * transferred either way, of those planned so far; bytes). */
     unsigned prog_done, prog_total;
     uint64_t prog_bytes;
-    char *trash; /* trash folder name, NULL when unknown */
+    char *trash;       /* trash folder name, NULL when unknown */
+    bool trash_warned; /* first lane: the missing trash folder was reported */
     /* Every selectable folder the server listed, synced or not (filtered
      * out by subscribed_only, or virtual): such a folder was not deleted. */
     char **listed;
@@ -292,6 +293,7 @@ struct engine {
 };
 
 static void next_folder(struct engine *e);
+static struct fjob *find_job(struct engine *e, const char *name);
 static void folder_end(struct engine *e);
 static void folder_advance(struct engine *e);
 static void finish(struct engine *e);
@@ -1412,6 +1414,29 @@ static int folder_prepare(struct engine *e)
     return 0;
 }
 
+/* What a local deletion does on the server in this run: on_local_delete,
+ * unless the server cannot do that here (no trash folder known, or no UID
+ * EXPUNGE without UIDPLUS), in which case the message is only flagged
+ * \Deleted. The planner is given this mode rather than the configured one:
+ * a message left flagged keeps its record, marked \Deleted, and only the
+ * flag mode knows such a record as handled. Planned as 'trash', it was
+ * listed for deletion (and counted) again on every later run. */
+static enum cfg_local_delete local_delete_mode(const struct engine *e)
+{
+    enum cfg_local_delete mode = e->acct->on_local_delete;
+    if (mode == CFG_LOCAL_DELETE_TRASH && e->trash == NULL) {
+        return CFG_LOCAL_DELETE_FLAG;
+    }
+    if (mode == CFG_LOCAL_DELETE_TRASH && e->f != NULL && strcmp(e->trash, e->f->job->name) == 0) {
+        mode = CFG_LOCAL_DELETE_EXPUNGE; /* deleted in the trash itself */
+    }
+    if (mode == CFG_LOCAL_DELETE_EXPUNGE && e->im != NULL &&
+        !(imap_caps(e->im) & IMAP_CAP_UIDPLUS)) {
+        mode = CFG_LOCAL_DELETE_FLAG;
+    }
+    return mode;
+}
+
 static void fill_input(struct engine *e, struct plan_input *in, struct plan_server_msg **sm_r)
 {
     struct fstate *f = e->f;
@@ -1437,7 +1462,7 @@ static void fill_input(struct engine *e, struct plan_input *in, struct plan_serv
     in->local.kw_arg = e;
     in->base = f->base;
     in->nbase = f->nbase;
-    in->on_local_delete = e->acct->on_local_delete;
+    in->on_local_delete = local_delete_mode(e);
     in->max_delete_ratio = e->acct->max_delete_ratio;
     in->max_size = e->acct->max_size;
     in->max_age_days = e->acct->max_age_days;
@@ -2660,21 +2685,33 @@ static void apply_server(struct engine *e)
         }
         char **sets;
         size_t nsets = imap_uidset_format(uids, p->nserver_deletes, 0, &sets);
-        enum cfg_local_delete mode = e->acct->on_local_delete;
-        if (mode == CFG_LOCAL_DELETE_TRASH && e->trash == NULL) {
-            folder_note(e, "on_local_delete is 'trash' but the server has no \\Trash folder and "
-                           "'trash' is not set; the messages are only flagged \\Deleted");
-            mode = CFG_LOCAL_DELETE_FLAG;
-        }
-        if (mode == CFG_LOCAL_DELETE_TRASH && strcmp(e->trash, f->job->name) == 0) {
-            mode = CFG_LOCAL_DELETE_EXPUNGE;
-        }
-        if (mode == CFG_LOCAL_DELETE_EXPUNGE && !(imap_caps(e->im) & IMAP_CAP_UIDPLUS)) {
+        enum cfg_local_delete mode = local_delete_mode(e);
+        if (e->acct->on_local_delete == CFG_LOCAL_DELETE_TRASH && e->trash == NULL) {
+            /* Said once per run, as a warning: the deletions are done (as
+             * \Deleted flags, which the plan then knows as done), and only
+             * the configuration can change this, so failing every run
+             * would mend nothing. */
+            if (!e->root->trash_warned) {
+                e->root->trash_warned = true;
+                log_warnx("%s: on_local_delete is 'trash', but the server marks no folder as "
+                          "\\Trash (SPECIAL-USE) and has no folder named Trash: messages "
+                          "deleted locally are only flagged \\Deleted on the server. Set "
+                          "'trash: FOLDER' in account '%s' to move them to that folder",
+                          e->acct->name, e->acct->name);
+            }
+        } else if (mode == CFG_LOCAL_DELETE_FLAG &&
+                   e->acct->on_local_delete != CFG_LOCAL_DELETE_FLAG) {
             folder_note(e, "the server lacks UIDPLUS: deleted messages were only flagged "
                            "\\Deleted (expunge them with your mail client)");
-            mode = CFG_LOCAL_DELETE_FLAG;
         }
         f->sdel_flag_mode = mode == CFG_LOCAL_DELETE_FLAG;
+        struct fjob *tj = mode == CFG_LOCAL_DELETE_TRASH ? find_job(e->root, e->trash) : NULL;
+        if (tj != NULL) {
+            /* Its LIST-STATUS counters predate the moves: were the trash
+             * still to be synced in this run, they would say it did not
+             * change, and the moved messages would wait for the next run. */
+            tj->has_status = false;
+        }
         for (size_t k = 0; k < nsets; k++) {
             bool last = k + 1 == nsets;
             struct del_ctx *dc;
@@ -3339,6 +3376,77 @@ static void ul_resolve_finish(struct engine *e)
 
 /* ---- folder: final record ------------------------------------------------------------------ */
 
+/* Messages whose flags the plan's STOREs change on the server. Messages,
+ * not commands: one that gained one flag and lost another is in two stores
+ * but counts once; one left alone by UNCHANGEDSINCE ([MODIFIED]) does not
+ * count. */
+static unsigned flags_up_count(const struct fstate *f)
+{
+    size_t nsu;
+    uint32_t *su = store_uids(f->plan, &nsu);
+    unsigned n = 0;
+    for (size_t i = 0; i < nsu; i++) {
+        if ((i == 0 || su[i] != su[i - 1]) && !is_modified(f, su[i])) {
+            n++;
+        }
+    }
+    free(su);
+    return n;
+}
+
+/* The folder's skip list after its plan: the plan's, plus (for a delta)
+ * the old entries the delta did not mention and that were not expunged.
+ * Caller frees. */
+static struct skip_ent *next_skips(struct fstate *f, size_t *n_r)
+{
+    const struct plan *p = f->plan;
+    struct skip_ent *sk = xcalloc(f->nskips + p->nskips + 1, sizeof(*sk));
+    size_t nsk = 0;
+    for (size_t i = 0; i < f->nskips && f->delta; i++) {
+        uint32_t uid = f->skips[i].uid;
+        bool gone = u32_in(f->vanished, f->nvanished, uid) || find_smsg(f, uid) != NULL ||
+                    (f->have_search &&
+                     bsearch(&uid, f->search, f->nsearch, sizeof(uint32_t), u32_cmp) == NULL);
+        if (!gone) {
+            sk[nsk++] = f->skips[i];
+        }
+    }
+    for (size_t i = 0; i < p->nskips; i++) {
+        const struct smsg *sm = find_smsg(f, p->skips[i].uid);
+        sk[nsk++] = (struct skip_ent){.uid = p->skips[i].uid,
+                                      .too_old = p->skips[i].too_old,
+                                      .size = p->skips[i].size,
+                                      .date = sm != NULL ? (int64_t)sm->internaldate : 0};
+    }
+    *n_r = nsk;
+    return sk;
+}
+
+/* --dry-run: the folder's counts are what the plan would do, counted as
+ * the real run counts what it did (apply_local, folder_final, the
+ * transfers), so that the summary of a dry run is the one the real run
+ * then prints. */
+static void count_planned(struct engine *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    struct engine_counts *c = fcounts(e);
+    c->new_down = (unsigned)p->ndownloads;
+    c->bytes_down = 0;
+    for (size_t i = 0; i < p->ndownloads; i++) {
+        c->bytes_down += p->downloads[i].size;
+    }
+    c->new_up = (unsigned)p->nuploads;
+    c->flags_down = (unsigned)p->nlocal_flags;
+    c->flags_up = flags_up_count(f);
+    c->deleted_down = (unsigned)p->nlocal_deletes;
+    c->deleted_up = (unsigned)p->nserver_deletes;
+    size_t nsk;
+    struct skip_ent *sk = next_skips(f, &nsk);
+    count_skips(e, sk, nsk);
+    free(sk);
+}
+
 static void folder_final(struct engine *e)
 {
     struct fstate *f = e->f;
@@ -3387,39 +3495,10 @@ static void folder_final(struct engine *e)
         }
         fcounts(e)->deleted_up++;
     }
-    /* Messages, not commands: one that gained one flag and lost another
-     * is in two stores but counts once; one left alone by UNCHANGEDSINCE
-     * ([MODIFIED]) does not count. */
-    size_t nsu;
-    uint32_t *su = store_uids(p, &nsu);
-    fcounts(e)->flags_up = 0;
     /* STOREs that never went out, or were refused, changed nothing. */
-    for (size_t i = 0; f->stores_sent && !f->stores_failed && i < nsu; i++) {
-        if ((i == 0 || su[i] != su[i - 1]) && !is_modified(f, su[i])) {
-            fcounts(e)->flags_up++;
-        }
-    }
-    free(su);
-    /* The new skip list: the plan's, plus (for a delta) the old entries
-     * the delta did not mention and that were not expunged. */
-    struct skip_ent *sk = xcalloc(f->nskips + p->nskips + 1, sizeof(*sk));
-    size_t nsk = 0;
-    for (size_t i = 0; i < f->nskips && f->delta; i++) {
-        uint32_t uid = f->skips[i].uid;
-        bool gone = u32_in(f->vanished, f->nvanished, uid) || find_smsg(f, uid) != NULL ||
-                    (f->have_search &&
-                     bsearch(&uid, f->search, f->nsearch, sizeof(uint32_t), u32_cmp) == NULL);
-        if (!gone) {
-            sk[nsk++] = f->skips[i];
-        }
-    }
-    for (size_t i = 0; i < p->nskips; i++) {
-        const struct smsg *sm = find_smsg(f, p->skips[i].uid);
-        sk[nsk++] = (struct skip_ent){.uid = p->skips[i].uid,
-                                      .too_old = p->skips[i].too_old,
-                                      .size = p->skips[i].size,
-                                      .date = sm != NULL ? (int64_t)sm->internaldate : 0};
-    }
+    fcounts(e)->flags_up = f->stores_sent && !f->stores_failed ? flags_up_count(f) : 0;
+    size_t nsk;
+    struct skip_ent *sk = next_skips(f, &nsk);
     count_skips(e, sk, nsk);
 
     /* The folder's state: only when everything it covers is done, so a
@@ -3594,6 +3673,7 @@ static void plan_folder(struct engine *e)
     }
     if (e->opts.dry_run) {
         plan_print(f->plan, f->job->name, e->plan_out);
+        count_planned(e);
     }
 }
 
@@ -3721,6 +3801,18 @@ static void start_folder(struct engine *e, struct fjob *j)
         fstate_free(f);
         e->f = NULL;
         next_folder(e);
+        return;
+    }
+    if (e->opts.dry_run && f->md == NULL) {
+        fprintf(e->plan_out, "%s: create the folder locally\n", j->name);
+    }
+    if (!j->on_server) {
+        /* --dry-run of a folder created locally (a real run creates it on
+         * the server first): there is nothing to SELECT, and the folder
+         * the real run creates is empty, so the plan is made against an
+         * empty server listing. */
+        plan_folder(e);
+        folder_end(e);
         return;
     }
     /* Skip the SELECT when nothing moved on either side. */
@@ -3969,6 +4061,7 @@ static void local_folder_delete(struct engine *e, struct fjob *j)
                 "%s: delete the local folder and its %zu message(s) (deleted on the "
                 "server)\n",
                 j->name, scan->count);
+        j->res->counts.deleted_down += (unsigned)scan->count;
         goto out;
     }
     for (size_t i = 0; i < scan->count; i++) {
@@ -4089,6 +4182,7 @@ static void sfdel_check_done(struct sfdel *d)
                 "%s: delete the folder and its %zu message(s) on the server (deleted "
                 "locally)\n",
                 d->j->name, d->nsrv);
+        d->j->res->counts.deleted_up += (unsigned)d->nsrv;
         sfdel_end(d);
         return;
     }
@@ -4246,8 +4340,11 @@ static void next_folder(struct engine *e)
         }
         if (!j->on_server && j->on_local && !j->in_index) {
             if (e->opts.dry_run) {
+                /* The real run creates it (empty) and then uploads what it
+                 * holds: the plan says both. */
                 fprintf(e->plan_out, "%s: create the folder on the server\n", j->name);
-                continue;
+                start_folder(e, j);
+                return;
             }
             /* Created locally: create it on the server, then sync. */
             j->on_server = true;
@@ -4460,6 +4557,16 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     }
     if (e->acct->trash != NULL) {
         e->trash = xstrdup(e->acct->trash);
+    } else if (e->trash == NULL) {
+        /* No SPECIAL-USE \Trash (a server without the extension, or one
+         * that marks nothing): a top-level folder named Trash, in any case,
+         * is where mail clients put deleted mail. */
+        for (size_t i = 0; i < e->nlisted; i++) {
+            if (strcasecmp(e->listed[i], "Trash") == 0) {
+                e->trash = xstrdup(e->listed[i]);
+                break;
+            }
+        }
     }
     resolve_collisions(e);
     char **names = NULL, **bad = NULL;
