@@ -172,6 +172,15 @@ struct fstate {
     uint32_t skip_uv;
     uint32_t *unskip; /* skipped before, but not under today's limits */
     size_t nunskip, unskip_cap;
+    /* Local files left out of uploads (empty files; "lskip:FOLDER", see
+     * sync/skiplist.h), and whether the list changed in this run. */
+    struct skip_local *lskips;
+    size_t nlskips, lskips_cap;
+    bool lskips_dirty;
+    /* The local view the planner gets: lmsgs without the files of lskips
+     * (lmsgs itself stays parallel to the scan). */
+    struct plan_local_msg *lview;
+    size_t nlview;
     /* UIDVALIDITY changed, or the index knows nothing of a folder that
      * holds mail locally (adopt): the server listing is matched to local
      * files. */
@@ -501,6 +510,10 @@ static int forget_folder_records(struct idx_txn *txn, const char *folder)
     int m = idx_meta_delete(txn, key);
     if (m == 0) {
         unsettled_key(folder, key, sizeof(key));
+        m = idx_meta_delete(txn, key);
+    }
+    if (m == 0) {
+        skiplist_local_key(folder, key, sizeof(key));
         m = idx_meta_delete(txn, key);
     }
     return m < 0 ? m : r;
@@ -886,6 +899,10 @@ static void fstate_free(struct fstate *f)
     free(f->rm_l);
     free(f->skips);
     free(f->unskip);
+    skiplist_local_free(f->lskips, f->nlskips);
+    if (f->lview != f->lmsgs) {
+        free(f->lview);
+    }
     if (f->ulf != NULL) {
         for (size_t i = 0; i < f->nulf; i++) {
             free(f->ulf[i].msgid);
@@ -1257,6 +1274,144 @@ static bool scan_has(const struct fstate *f, const char *lid)
     return md_scan_find(f->scan, lid) != NULL;
 }
 
+/* ---- local files no server can store (empty files) -------------------------------- */
+
+/* Whether a local file is empty (zero bytes). A file that cannot be opened
+ * is not: it is left to the upload, which reports it. */
+static bool local_file_empty(struct fstate *f, struct md_msg *m)
+{
+    int fd = md_open_msg(f->md, m);
+    if (fd < 0) {
+        return false;
+    }
+    struct stat sb;
+    bool empty = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0;
+    close(fd);
+    return empty;
+}
+
+/* The list of files left out, as the folder holds them now: a file
+ * deleted since, or given content, leaves the list (the second is
+ * uploaded by this run). The planner gets the folder without the others:
+ * a file left out once is neither tried nor reported as an error again,
+ * only mentioned in the summary. */
+static void lskips_prune(struct engine *e)
+{
+    struct fstate *f = e->f;
+    size_t out = 0;
+    for (size_t i = 0; i < f->nlskips; i++) {
+        struct skip_local *s = &f->lskips[i];
+        struct md_msg *m = f->md != NULL ? md_scan_find(f->scan, s->lid) : NULL;
+        bool in_base = false;
+        for (size_t k = 0; k < f->nbase && m != NULL; k++) {
+            in_base = in_base || strcmp(f->base[k].lid, s->lid) == 0;
+        }
+        if (m == NULL || in_base || !local_file_empty(f, m)) {
+            free(s->lid);
+            free(s->path);
+            f->lskips_dirty = true;
+            continue;
+        }
+        f->lskips[out++] = *s;
+    }
+    f->nlskips = out;
+    f->lview = f->lmsgs;
+    f->nlview = f->scan->count;
+    if (f->nlskips == 0) {
+        return;
+    }
+    f->lview = xcalloc(f->scan->count + 1, sizeof(*f->lview));
+    f->nlview = 0;
+    for (size_t i = 0; i < f->scan->count; i++) {
+        bool left_out = false;
+        for (size_t k = 0; k < f->nlskips && !left_out; k++) {
+            left_out = strcmp(f->lskips[k].lid, f->lmsgs[i].lid) == 0;
+        }
+        if (!left_out) {
+            f->lview[f->nlview++] = f->lmsgs[i];
+        }
+    }
+    struct fjob *j = f->job;
+    free(j->notice);
+    j->notice = xasprintf("%s: %zu empty file%s not uploaded (see 'mailsync status')", j->name,
+                          f->nlskips, f->nlskips == 1 ? "" : "s");
+    j->res->notice = j->notice;
+}
+
+/* Writes the list when it changed (with the next index write that must be
+ * durable: lost in a crash, it is only made again). */
+static void lskips_save(struct engine *e)
+{
+    struct fstate *f = e->f;
+    if (!f->lskips_dirty || e->opts.dry_run) {
+        return;
+    }
+    char key[512];
+    skiplist_local_key(f->job->name, key, sizeof(key));
+    struct idx_ops o = {.folder = f->job->name, .meta_key = key};
+    unsigned char *packed = skiplist_local_pack(f->lskips, f->nlskips, &o.meta_len);
+    o.meta_val = packed;
+    idx_apply_later(e, &o);
+    free(packed);
+    f->lskips_dirty = false;
+}
+
+/* Takes the planned uploads of empty files out of the plan: an IMAP
+ * server refuses to store an empty message (Dovecot answers NO), which
+ * failed the folder on every run without saying which file it was. Each is
+ * named once, as the folder's error, and left out of later runs (see
+ * lskips_prune). A --dry-run says the same, so its plan stays the real
+ * run's. */
+static void drop_empty_uploads(struct engine *e)
+{
+    struct fstate *f = e->f;
+    struct plan *p = f->plan;
+    if (f->md == NULL || p->nuploads == 0) {
+        return;
+    }
+    bool *empty = xcalloc(p->nuploads, sizeof(*empty));
+    size_t nempty = 0;
+    char *first = NULL;
+    for (size_t i = 0; i < p->nuploads; i++) {
+        struct md_msg *m = md_scan_find(f->scan, p->uploads[i].lid);
+        if (m == NULL || !local_file_empty(f, m)) {
+            continue;
+        }
+        empty[i] = true;
+        nempty++;
+        char *path =
+            xasprintf("%s/%s/%s", md_folder_path(f->md), m->in_new ? "new" : "cur", m->name);
+        if (e->opts.dry_run) {
+            fprintf(e->plan_out, "%s: leave out %s: an empty file (0 bytes)\n", f->job->name, path);
+        }
+        xgrow(&f->lskips, &f->lskips_cap, f->nlskips + 1, sizeof(*f->lskips));
+        f->lskips[f->nlskips++] =
+            (struct skip_local){.lid = xstrdup(m->id), .path = path, .reason = SKIP_LOCAL_EMPTY};
+        f->lskips_dirty = true;
+        if (first == NULL) {
+            first = path;
+        }
+    }
+    if (nempty > 0) {
+        /* Not temporary: waiting mends nothing, the user must act. */
+        char more[64] = "";
+        if (nempty > 1) {
+            snprintf(more, sizeof(more), " (and %zu more empty files)", nempty - 1);
+        }
+        folder_note(e,
+                    "%s%s: an empty file (0 bytes), which an IMAP server cannot store, so it is "
+                    "not uploaded, in this run or later ones ('mailsync status' lists it); "
+                    "delete it, or it is uploaded once it has content",
+                    first, more);
+        for (size_t i = p->nuploads; i-- > 0;) {
+            if (empty[i]) {
+                plan_drop_upload(p, i);
+            }
+        }
+    }
+    free(empty);
+}
+
 /* Opens the Maildir, scans it, reads the base and adopts downloads that
  * were renamed into place before a crash recorded them. */
 static int folder_prepare(struct engine *e)
@@ -1314,6 +1469,10 @@ static int folder_prepare(struct engine *e)
         r = idx_msg_foreach(txn, j->name, load_base, f);
         skips_load(e, txn);
     }
+    /* Kept apart from the folder state: a first run that failed still
+     * remembers the files it left out. */
+    f->nlskips = skiplist_local_load(txn, j->name, &f->lskips);
+    f->lskips_cap = f->nlskips;
     idx_abort(txn);
     if (r < 0) {
         folder_fail_idx(e, r);
@@ -1326,6 +1485,9 @@ static int folder_prepare(struct engine *e)
         f->nbase = 0;
         f->nintents = 0;
         f->nskips = 0;
+        skiplist_local_free(f->lskips, f->nlskips);
+        f->lskips = NULL;
+        f->nlskips = f->lskips_cap = 0;
         memset(&f->st, 0, sizeof(f->st));
         if (!e->opts.dry_run) {
             struct idx_txn *w;
@@ -1411,6 +1573,7 @@ static int folder_prepare(struct engine *e)
         f->lmsgs[i].kw = (const char *const *)f->lkw[i];
         f->lmsgs[i].nkw = k;
     }
+    lskips_prune(e);
     return 0;
 }
 
@@ -1456,8 +1619,8 @@ static void fill_input(struct engine *e, struct plan_input *in, struct plan_serv
     in->server.nmsgs = f->nsmsgs;
     in->server.vanished = f->vanished;
     in->server.nvanished = f->nvanished;
-    in->local.msgs = f->lmsgs;
-    in->local.nmsgs = f->scan->count;
+    in->local.msgs = f->lview;
+    in->local.nmsgs = f->nlview;
     in->local.kw_ok = f->md != NULL ? kw_ok : NULL;
     in->local.kw_arg = e;
     in->base = f->base;
@@ -3665,6 +3828,7 @@ static void plan_folder(struct engine *e)
     fill_input(e, &in, &sm);
     f->plan = plan_build(&in);
     free(sm);
+    drop_empty_uploads(e);
     if (!e->opts.dry_run) {
         e->root->prog_total += (unsigned)(f->plan->ndownloads + f->plan->nuploads);
     }
@@ -3681,6 +3845,7 @@ static void folder_end(struct engine *e)
 {
     struct fstate *f = e->f;
     f->phase = FP_DONE;
+    lskips_save(e);
     if (f->plan != NULL && !e->opts.dry_run && f->md != NULL) {
         folder_final(e);
     }
@@ -3689,7 +3854,7 @@ static void folder_end(struct engine *e)
         char *what =
             f->adopt ? xasprintf("%s: %u matched with the server", j->name, f->rm_matched)
                      : xasprintf("UIDVALIDITY of %s changed: %u matched", j->name, f->rm_matched);
-        free(j->notice);
+        char *old = j->notice; /* the empty files left out, if any */
         if (e->opts.dry_run) {
             j->notice = xasprintf("%s, %zu to download, %zu to upload", what,
                                   f->plan != NULL ? f->plan->ndownloads : 0,
@@ -3697,6 +3862,12 @@ static void folder_end(struct engine *e)
         } else {
             j->notice = xasprintf("%s, %u downloaded, %u uploaded", what, fcounts(e)->new_down,
                                   fcounts(e)->new_up);
+        }
+        if (old != NULL) {
+            char *both = xasprintf("%s; %s", j->notice, old);
+            free(j->notice);
+            j->notice = both;
+            free(old);
         }
         free(what);
         j->res->notice = j->notice;
@@ -3823,6 +3994,7 @@ static void start_folder(struct engine *e, struct fjob *j)
         s->messages == f->st.messages && (s->have & IMAP_STATUS_HIGHESTMODSEQ) &&
         f->st.highestmodseq != 0 && s->highestmodseq == f->st.highestmodseq && local_unchanged(e) &&
         !skips_released(e)) {
+        lskips_save(e);
         fstate_free(f);
         e->f = NULL;
         next_folder(e);

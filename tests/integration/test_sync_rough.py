@@ -137,6 +137,65 @@ class RoughScenarios(SyncFixture):
         dry = self.sync(cfg, "--dry-run")
         self.assertEqual(summary(dry), dict.fromkeys(KEYS, 0), dry.stdout)
 
+    def test_empty_file_named_once_then_left_out(self):
+        """A zero-byte file in cur/ (no IMAP server stores an empty
+        message; Dovecot answers NO): the first run names the file by its
+        path and exits 1, since the file needs the user (delete it, or give
+        it content) and waiting mends nothing, so it is no temporary failure
+        (75); the folder's other messages sync both ways in that run. Later
+        runs do not try the file again (no APPEND of it in the protocol
+        trace), do not fail (exit 0), mention it in the summary, and
+        `mailsync status` lists it. Once the file has content it is uploaded
+        and leaves the list."""
+        self.seed_inbox(2)
+        cfg = self.config()
+        self.sync(cfg)
+        cur = os.path.join(self.folder_dir("INBOX"), "cur")
+        empty = os.path.join(cur, "1700000010.M1P1.host:2,S")
+        open(empty, "wb").close()
+        self.deliver_local("INBOX", mstest.crlf_to_lf(msg(11, 0)), "1700000011.M1P1.mutt")
+        self.dovecot.save(self.user, "INBOX", msg(12, 0))
+
+        p = self.sync(cfg, ok=False)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn(empty + ": an empty file (0 bytes)", p.stdout + p.stderr)
+        self.assertEqual(summary(p), {"new_down": 1, "flags_down": 0, "deleted_down": 0,
+                                      "new_up": 1, "flags_up": 0, "deleted_up": 0}, p.stdout)
+        srv = sorted(mstest.crlf_to_lf(b) for _u, _f, b in self.server())
+        self.assertEqual(len(srv), 4)
+        self.assertEqual(sorted(b for _u, _f, b in self.local() if b), srv)
+
+        self.deliver_local("INBOX", mstest.crlf_to_lf(msg(13, 0)), "1700000013.M1P1.mutt")
+        for n in range(2):
+            p = self.sync(cfg, trace=True)
+            self.assertIn("INBOX: 1 empty file not uploaded (see 'mailsync status')", p.stdout)
+            self.assertNotIn("an empty file (0 bytes)", p.stdout + p.stderr)
+            self.assertEqual(len(re.findall(r"C: A\d+ APPEND ", p.stderr)), 1 - n, p.stderr)
+            self.assertEqual(summary(p)["new_up"], 1 - n, p.stdout)
+        self.assertEqual(len(self.server()), 5)
+        self.assertTrue(os.path.exists(empty))
+
+        st = self.mailsync(cfg, "status", "a")
+        self.assertEqual(st.returncode, 0, st.stderr)
+        self.assertIn("Not uploaded from INBOX:", st.stdout)
+        self.assertIn(empty, st.stdout)
+        self.assertIn("1 local file not uploaded", st.stdout)
+        data = json.loads(self.mailsync(cfg, "status", "--json", "a").stdout)
+        inbox = next(f for f in data["accounts"][0]["folders"] if f["name"] == "INBOX")
+        self.assertEqual(inbox["local_skipped"], [{"file": empty, "reason": "empty"}])
+
+        # Given content, it is an ordinary new message.
+        body = mstest.crlf_to_lf(msg(14, 0))
+        with open(empty, "wb") as f:
+            f.write(body)
+        p = self.sync(cfg)
+        self.assertEqual(summary(p)["new_up"], 1, p.stdout)
+        self.assertNotIn("empty file", p.stdout)
+        self.assert_same()
+        data = json.loads(self.mailsync(cfg, "status", "--json", "a").stdout)
+        inbox = next(f for f in data["accounts"][0]["folders"] if f["name"] == "INBOX")
+        self.assertEqual(inbox["local_skipped"], [])
+
 
 class TrashScenarios(SyncFixture):
     """on_local_delete: trash on a Dovecot whose Trash is no \\Trash
