@@ -179,33 +179,40 @@ size_t skiplist_local_load(struct idx_txn *txn, const char *folder, struct skip_
     return n;
 }
 
+/* The bytes entry s takes in a value that holds total bytes so far; 0 when
+ * it cannot be stored (what does not fit is found again by the next run). */
+static size_t local_entry_len(const struct skip_local *s, size_t total)
+{
+    size_t ll = strlen(s->lid), pl = strlen(s->path);
+    if (ll == 0 || ll > UINT16_MAX || pl > UINT16_MAX || total + 5 + ll + pl > SKIP_MAX_BYTES) {
+        return 0;
+    }
+    return 5 + ll + pl;
+}
+
 unsigned char *skiplist_local_pack(const struct skip_local *v, size_t n, size_t *len_r)
 {
-    size_t len = 4, kept = 0;
+    size_t len = 4;
+    uint32_t count = 0;
     for (size_t i = 0; i < n; i++) {
-        size_t ll = strlen(v[i].lid), pl = strlen(v[i].path);
-        if (ll > 0 && ll <= UINT16_MAX && pl <= UINT16_MAX && len + 5 + ll + pl <= SKIP_MAX_BYTES) {
-            len += 5 + ll + pl;
-            kept++;
-        }
+        size_t el = local_entry_len(&v[i], len);
+        len += el;
+        count += el > 0;
     }
     unsigned char *buf = xmalloc(len);
-    uint32_t count = (uint32_t)kept;
     memcpy(buf, &count, 4);
-    size_t off = 4, total = 4;
+    size_t off = 4;
     for (size_t i = 0; i < n; i++) {
-        size_t ll = strlen(v[i].lid), pl = strlen(v[i].path);
-        if (ll == 0 || ll > UINT16_MAX || pl > UINT16_MAX || total + 5 + ll + pl > SKIP_MAX_BYTES) {
-            continue; /* what does not fit is found again by the next run */
+        if (local_entry_len(&v[i], off) == 0) {
+            continue;
         }
-        total += 5 + ll + pl;
-        uint16_t l16 = (uint16_t)ll, p16 = (uint16_t)pl;
+        uint16_t ll = (uint16_t)strlen(v[i].lid), pl = (uint16_t)strlen(v[i].path);
         buf[off] = (unsigned char)v[i].reason;
-        memcpy(buf + off + 1, &l16, 2);
+        memcpy(buf + off + 1, &ll, 2);
         memcpy(buf + off + 3, v[i].lid, ll);
-        memcpy(buf + off + 3 + ll, &p16, 2);
+        memcpy(buf + off + 3 + ll, &pl, 2);
         memcpy(buf + off + 5 + ll, v[i].path, pl);
-        off += 5 + ll + pl;
+        off += 5 + (size_t)ll + pl;
     }
     *len_r = off;
     return buf;
