@@ -33,7 +33,10 @@
  *            "uid": int,
  *            "reason": "max_size" | "max_age_days",
  *            "size": int,            bytes (RFC822.SIZE)
- *            "date": int | null}]}], INTERNALDATE; null when unknown
+ *            "date": int | null}],   INTERNALDATE; null when unknown
+ *         "local_skipped": [{        local files not uploaded
+ *            "file": string,         its path when it was left out
+ *            "reason": "empty"}]}],  zero bytes: no server stores it
  *      "totals": {"folders": int, "messages": int, "skipped": int,
  *                 "skipped_max_size": int, "skipped_max_age_days": int},
  *      POP3 accounts:
@@ -75,6 +78,8 @@ struct st_folder {
     size_t recorded;
     struct skip_ent *skips;
     size_t nskips;
+    struct skip_local *lskips;
+    size_t nlskips;
 };
 
 struct st_pop {
@@ -98,7 +103,7 @@ struct st_account {
     struct st_folder *folders;
     size_t nfolders, folders_cap;
     struct st_pop pop;
-    size_t messages, skipped_size, skipped_age;
+    size_t messages, skipped_size, skipped_age, local_skipped;
 };
 
 struct collect {
@@ -125,6 +130,8 @@ static int collect_folder(const char *folder, const struct idx_folder *st, void 
         f->skips = NULL;
         f->nskips = 0;
     }
+    f->nlskips = skiplist_local_load(c->txn, folder, &f->lskips);
+    a->local_skipped += f->nlskips;
     a->messages += f->recorded;
     for (size_t i = 0; i < f->nskips; i++) {
         if (f->skips[i].too_old) {
@@ -166,12 +173,13 @@ static void account_clear_data(struct st_account *a)
     for (size_t i = 0; i < a->nfolders; i++) {
         free(a->folders[i].name);
         free(a->folders[i].skips);
+        skiplist_local_free(a->folders[i].lskips, a->folders[i].nlskips);
     }
     free(a->folders);
     a->folders = NULL;
     a->nfolders = a->folders_cap = 0;
     a->pop = (struct st_pop){0};
-    a->messages = a->skipped_size = a->skipped_age = 0;
+    a->messages = a->skipped_size = a->skipped_age = a->local_skipped = 0;
 }
 
 static void collect_account(const struct cfg *cfg, struct st_account *a)
@@ -470,6 +478,21 @@ static void print_imap(const struct st_account *a, FILE *out)
         }
         table_print(&t, out, "    ");
     }
+    for (size_t i = 0; i < a->nfolders; i++) {
+        const struct st_folder *f = &a->folders[i];
+        if (f->nlskips == 0) {
+            continue;
+        }
+        char *name = text_dup(f->name);
+        fprintf(out, "\n  Not uploaded from %s:\n", name);
+        free(name);
+        struct table t = {.ncols = 2, .align = "ll"};
+        table_row(&t, "FILE", "REASON");
+        for (size_t j = 0; j < f->nlskips; j++) {
+            table_row(&t, f->lskips[j].path, "empty file (0 bytes): delete it, or give it content");
+        }
+        table_print(&t, out, "    ");
+    }
     size_t skipped = a->skipped_size + a->skipped_age;
     fprintf(out, "\n  Total: %zu %s, %zu %s, %zu skipped", a->nfolders,
             plural(a->nfolders, "folder", "folders"), a->messages,
@@ -477,6 +500,10 @@ static void print_imap(const struct st_account *a, FILE *out)
     if (skipped > 0) {
         fprintf(out, " (%zu larger than max_size, %zu older than max_age_days)", a->skipped_size,
                 a->skipped_age);
+    }
+    if (a->local_skipped > 0) {
+        fprintf(out, ", %zu local %s not uploaded", a->local_skipped,
+                plural(a->local_skipped, "file", "files"));
     }
     fputc('\n', out);
 }
@@ -609,6 +636,12 @@ static void json_account(struct sbuf *sb, const struct st_account *a)
                       j > 0 ? "," : "", s->uid, s->too_old ? "max_age_days" : "max_size", s->size);
             json_time(sb, s->date, s->date != 0);
             sbuf_addc(sb, '}');
+        }
+        sbuf_adds(sb, "],\"local_skipped\":[");
+        for (size_t j = 0; j < f->nlskips; j++) {
+            sbuf_adds(sb, j > 0 ? ",{\"file\":" : "{\"file\":");
+            json_str(sb, f->lskips[j].path);
+            sbuf_adds(sb, ",\"reason\":\"empty\"}");
         }
         sbuf_adds(sb, "]}");
     }

@@ -172,6 +172,15 @@ struct fstate {
     uint32_t skip_uv;
     uint32_t *unskip; /* skipped before, but not under today's limits */
     size_t nunskip, unskip_cap;
+    /* Local files left out of uploads (empty files; "lskip:FOLDER", see
+     * sync/skiplist.h), and whether the list changed in this run. */
+    struct skip_local *lskips;
+    size_t nlskips, lskips_cap;
+    bool lskips_dirty;
+    /* The local view the planner gets: lmsgs without the files of lskips
+     * (lmsgs itself stays parallel to the scan). */
+    struct plan_local_msg *lview;
+    size_t nlview;
     /* UIDVALIDITY changed, or the index knows nothing of a folder that
      * holds mail locally (adopt): the server listing is matched to local
      * files. */
@@ -260,7 +269,8 @@ struct engine {
      * transferred either way, of those planned so far; bytes). */
     unsigned prog_done, prog_total;
     uint64_t prog_bytes;
-    char *trash; /* trash folder name, NULL when unknown */
+    char *trash;       /* trash folder name, NULL when unknown */
+    bool trash_warned; /* first lane: the missing trash folder was reported */
     /* Every selectable folder the server listed, synced or not (filtered
      * out by subscribed_only, or virtual): such a folder was not deleted. */
     char **listed;
@@ -295,6 +305,7 @@ struct engine {
 };
 
 static void next_folder(struct engine *e);
+static struct fjob *find_job(struct engine *e, const char *name);
 static void folder_end(struct engine *e);
 static void folder_advance(struct engine *e);
 static void finish(struct engine *e);
@@ -502,6 +513,10 @@ static int forget_folder_records(struct idx_txn *txn, const char *folder)
     int m = idx_meta_delete(txn, key);
     if (m == 0) {
         unsettled_key(folder, key, sizeof(key));
+        m = idx_meta_delete(txn, key);
+    }
+    if (m == 0) {
+        skiplist_local_key(folder, key, sizeof(key));
         m = idx_meta_delete(txn, key);
     }
     return m < 0 ? m : r;
@@ -920,6 +935,10 @@ static void fstate_free(struct fstate *f)
     free(f->rm_l);
     free(f->skips);
     free(f->unskip);
+    skiplist_local_free(f->lskips, f->nlskips);
+    if (f->lview != f->lmsgs) {
+        free(f->lview);
+    }
     if (f->ulf != NULL) {
         for (size_t i = 0; i < f->nulf; i++) {
             free(f->ulf[i].msgid);
@@ -1292,6 +1311,144 @@ static bool scan_has(const struct fstate *f, const char *lid)
     return md_scan_find(f->scan, lid) != NULL;
 }
 
+/* ---- local files no server can store (empty files) -------------------------------- */
+
+/* Whether a local file is empty (zero bytes). A file that cannot be opened
+ * is not: it is left to the upload, which reports it. */
+static bool local_file_empty(struct fstate *f, struct md_msg *m)
+{
+    int fd = md_open_msg(f->md, m);
+    if (fd < 0) {
+        return false;
+    }
+    struct stat sb;
+    bool empty = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0;
+    close(fd);
+    return empty;
+}
+
+/* The list of files left out, as the folder holds them now: a file
+ * deleted since, or given content, leaves the list (the second is
+ * uploaded by this run). The planner gets the folder without the others:
+ * a file left out once is neither tried nor reported as an error again,
+ * only mentioned in the summary. */
+static void lskips_prune(struct engine *e)
+{
+    struct fstate *f = e->f;
+    size_t out = 0;
+    for (size_t i = 0; i < f->nlskips; i++) {
+        struct skip_local *s = &f->lskips[i];
+        struct md_msg *m = f->md != NULL ? md_scan_find(f->scan, s->lid) : NULL;
+        bool in_base = false;
+        for (size_t k = 0; k < f->nbase && m != NULL; k++) {
+            in_base = in_base || strcmp(f->base[k].lid, s->lid) == 0;
+        }
+        if (m == NULL || in_base || !local_file_empty(f, m)) {
+            free(s->lid);
+            free(s->path);
+            f->lskips_dirty = true;
+            continue;
+        }
+        f->lskips[out++] = *s;
+    }
+    f->nlskips = out;
+    f->lview = f->lmsgs;
+    f->nlview = f->scan->count;
+    if (f->nlskips == 0) {
+        return;
+    }
+    f->lview = xcalloc(f->scan->count + 1, sizeof(*f->lview));
+    f->nlview = 0;
+    for (size_t i = 0; i < f->scan->count; i++) {
+        bool left_out = false;
+        for (size_t k = 0; k < f->nlskips && !left_out; k++) {
+            left_out = strcmp(f->lskips[k].lid, f->lmsgs[i].lid) == 0;
+        }
+        if (!left_out) {
+            f->lview[f->nlview++] = f->lmsgs[i];
+        }
+    }
+    struct fjob *j = f->job;
+    free(j->notice);
+    j->notice = xasprintf("%s: %zu empty file%s not uploaded (see 'mailsync status')", j->name,
+                          f->nlskips, f->nlskips == 1 ? "" : "s");
+    j->res->notice = j->notice;
+}
+
+/* Writes the list when it changed (with the next index write that must be
+ * durable: lost in a crash, it is only made again). */
+static void lskips_save(struct engine *e)
+{
+    struct fstate *f = e->f;
+    if (!f->lskips_dirty || e->opts.dry_run) {
+        return;
+    }
+    char key[512];
+    skiplist_local_key(f->job->name, key, sizeof(key));
+    struct idx_ops o = {.folder = f->job->name, .meta_key = key};
+    unsigned char *packed = skiplist_local_pack(f->lskips, f->nlskips, &o.meta_len);
+    o.meta_val = packed;
+    idx_apply_later(e, &o);
+    free(packed);
+    f->lskips_dirty = false;
+}
+
+/* Takes the planned uploads of empty files out of the plan: an IMAP
+ * server refuses to store an empty message (Dovecot answers NO), which
+ * failed the folder on every run without saying which file it was. Each is
+ * named once, as the folder's error, and left out of later runs (see
+ * lskips_prune). A --dry-run says the same, so its plan stays the real
+ * run's. */
+static void drop_empty_uploads(struct engine *e)
+{
+    struct fstate *f = e->f;
+    struct plan *p = f->plan;
+    if (f->md == NULL || p->nuploads == 0) {
+        return;
+    }
+    bool *empty = xcalloc(p->nuploads, sizeof(*empty));
+    size_t nempty = 0;
+    char *first = NULL;
+    for (size_t i = 0; i < p->nuploads; i++) {
+        struct md_msg *m = md_scan_find(f->scan, p->uploads[i].lid);
+        if (m == NULL || !local_file_empty(f, m)) {
+            continue;
+        }
+        empty[i] = true;
+        nempty++;
+        char *path =
+            xasprintf("%s/%s/%s", md_folder_path(f->md), m->in_new ? "new" : "cur", m->name);
+        if (e->opts.dry_run) {
+            fprintf(e->plan_out, "%s: leave out %s: an empty file (0 bytes)\n", f->job->name, path);
+        }
+        xgrow(&f->lskips, &f->lskips_cap, f->nlskips + 1, sizeof(*f->lskips));
+        f->lskips[f->nlskips++] =
+            (struct skip_local){.lid = xstrdup(m->id), .path = path, .reason = SKIP_LOCAL_EMPTY};
+        f->lskips_dirty = true;
+        if (first == NULL) {
+            first = path;
+        }
+    }
+    if (nempty > 0) {
+        /* Not temporary: waiting mends nothing, the user must act. */
+        char more[64] = "";
+        if (nempty > 1) {
+            snprintf(more, sizeof(more), " (and %zu more empty files)", nempty - 1);
+        }
+        folder_note(e,
+                    "%s%s: an empty file (0 bytes), which an IMAP server cannot store, so it is "
+                    "not uploaded, in this run or later ones ('mailsync status' lists it); "
+                    "delete it, or it is uploaded once it has content",
+                    first, more);
+        for (size_t i = p->nuploads; i-- > 0;) {
+            if (empty[i]) {
+                plan_drop_upload(p, i);
+            }
+        }
+    }
+    free(empty);
+}
+
 /* Opens the Maildir, scans it, reads the base and adopts downloads that
  * were renamed into place before a crash recorded them. */
 static int folder_prepare(struct engine *e)
@@ -1350,6 +1507,10 @@ static int folder_prepare(struct engine *e)
         r = idx_msg_foreach(txn, j->name, load_base, f);
         skips_load(e, txn);
     }
+    /* Kept apart from the folder state: a first run that failed still
+     * remembers the files it left out. */
+    f->nlskips = skiplist_local_load(txn, j->name, &f->lskips);
+    f->lskips_cap = f->nlskips;
     idx_abort(txn);
     if (r < 0) {
         folder_fail_idx(e, r);
@@ -1362,6 +1523,9 @@ static int folder_prepare(struct engine *e)
         f->nbase = 0;
         f->nintents = 0;
         f->nskips = 0;
+        skiplist_local_free(f->lskips, f->nlskips);
+        f->lskips = NULL;
+        f->nlskips = f->lskips_cap = 0;
         memset(&f->st, 0, sizeof(f->st));
         if (!e->opts.dry_run) {
             struct idx_txn *w;
@@ -1447,7 +1611,31 @@ static int folder_prepare(struct engine *e)
         f->lmsgs[i].kw = (const char *const *)f->lkw[i];
         f->lmsgs[i].nkw = k;
     }
+    lskips_prune(e);
     return 0;
+}
+
+/* What a local deletion does on the server in this run: on_local_delete,
+ * unless the server cannot do that here (no trash folder known, or no UID
+ * EXPUNGE without UIDPLUS), in which case the message is only flagged
+ * \Deleted. The planner is given this mode rather than the configured one:
+ * a message left flagged keeps its record, marked \Deleted, and only the
+ * flag mode knows such a record as handled. Planned as 'trash', it was
+ * listed for deletion (and counted) again on every later run. */
+static enum cfg_local_delete local_delete_mode(const struct engine *e)
+{
+    enum cfg_local_delete mode = e->acct->on_local_delete;
+    if (mode == CFG_LOCAL_DELETE_TRASH && e->trash == NULL) {
+        return CFG_LOCAL_DELETE_FLAG;
+    }
+    if (mode == CFG_LOCAL_DELETE_TRASH && e->f != NULL && strcmp(e->trash, e->f->job->name) == 0) {
+        mode = CFG_LOCAL_DELETE_EXPUNGE; /* deleted in the trash itself */
+    }
+    if (mode == CFG_LOCAL_DELETE_EXPUNGE && e->im != NULL &&
+        !(imap_caps(e->im) & IMAP_CAP_UIDPLUS)) {
+        mode = CFG_LOCAL_DELETE_FLAG;
+    }
+    return mode;
 }
 
 static void fill_input(struct engine *e, struct plan_input *in, struct plan_server_msg **sm_r)
@@ -1469,13 +1657,13 @@ static void fill_input(struct engine *e, struct plan_input *in, struct plan_serv
     in->server.nmsgs = f->nsmsgs;
     in->server.vanished = f->vanished;
     in->server.nvanished = f->nvanished;
-    in->local.msgs = f->lmsgs;
-    in->local.nmsgs = f->scan->count;
+    in->local.msgs = f->lview;
+    in->local.nmsgs = f->nlview;
     in->local.kw_ok = f->md != NULL ? kw_ok : NULL;
     in->local.kw_arg = e;
     in->base = f->base;
     in->nbase = f->nbase;
-    in->on_local_delete = e->acct->on_local_delete;
+    in->on_local_delete = local_delete_mode(e);
     in->max_delete_ratio = e->acct->max_delete_ratio;
     in->max_size = e->acct->max_size;
     in->max_age_days = e->acct->max_age_days;
@@ -2698,21 +2886,33 @@ static void apply_server(struct engine *e)
         }
         char **sets;
         size_t nsets = imap_uidset_format(uids, p->nserver_deletes, 0, &sets);
-        enum cfg_local_delete mode = e->acct->on_local_delete;
-        if (mode == CFG_LOCAL_DELETE_TRASH && e->trash == NULL) {
-            folder_note(e, "on_local_delete is 'trash' but the server has no \\Trash folder and "
-                           "'trash' is not set; the messages are only flagged \\Deleted");
-            mode = CFG_LOCAL_DELETE_FLAG;
-        }
-        if (mode == CFG_LOCAL_DELETE_TRASH && strcmp(e->trash, f->job->name) == 0) {
-            mode = CFG_LOCAL_DELETE_EXPUNGE;
-        }
-        if (mode == CFG_LOCAL_DELETE_EXPUNGE && !(imap_caps(e->im) & IMAP_CAP_UIDPLUS)) {
+        enum cfg_local_delete mode = local_delete_mode(e);
+        if (e->acct->on_local_delete == CFG_LOCAL_DELETE_TRASH && e->trash == NULL) {
+            /* Said once per run, as a warning: the deletions are done (as
+             * \Deleted flags, which the plan then knows as done), and only
+             * the configuration can change this, so failing every run
+             * would mend nothing. */
+            if (!e->root->trash_warned) {
+                e->root->trash_warned = true;
+                log_warnx("%s: on_local_delete is 'trash', but the server marks no folder as "
+                          "\\Trash (SPECIAL-USE) and has no folder named Trash: messages "
+                          "deleted locally are only flagged \\Deleted on the server. Set "
+                          "'trash: FOLDER' in account '%s' to move them to that folder",
+                          e->acct->name, e->acct->name);
+            }
+        } else if (mode == CFG_LOCAL_DELETE_FLAG &&
+                   e->acct->on_local_delete != CFG_LOCAL_DELETE_FLAG) {
             folder_note(e, "the server lacks UIDPLUS: deleted messages were only flagged "
                            "\\Deleted (expunge them with your mail client)");
-            mode = CFG_LOCAL_DELETE_FLAG;
         }
         f->sdel_flag_mode = mode == CFG_LOCAL_DELETE_FLAG;
+        struct fjob *tj = mode == CFG_LOCAL_DELETE_TRASH ? find_job(e->root, e->trash) : NULL;
+        if (tj != NULL) {
+            /* Its LIST-STATUS counters predate the moves: were the trash
+             * still to be synced in this run, they would say it did not
+             * change, and the moved messages would wait for the next run. */
+            tj->has_status = false;
+        }
         for (size_t k = 0; k < nsets; k++) {
             bool last = k + 1 == nsets;
             struct del_ctx *dc;
@@ -3375,6 +3575,77 @@ static void ul_resolve_finish(struct engine *e)
 
 /* ---- folder: final record ------------------------------------------------------------------ */
 
+/* Messages whose flags the plan's STOREs change on the server. Messages,
+ * not commands: one that gained one flag and lost another is in two stores
+ * but counts once; one left alone by UNCHANGEDSINCE ([MODIFIED]) does not
+ * count. */
+static unsigned flags_up_count(const struct fstate *f)
+{
+    size_t nsu;
+    uint32_t *su = store_uids(f->plan, &nsu);
+    unsigned n = 0;
+    for (size_t i = 0; i < nsu; i++) {
+        if ((i == 0 || su[i] != su[i - 1]) && !is_modified(f, su[i])) {
+            n++;
+        }
+    }
+    free(su);
+    return n;
+}
+
+/* The folder's skip list after its plan: the plan's, plus (for a delta)
+ * the old entries the delta did not mention and that were not expunged.
+ * Caller frees. */
+static struct skip_ent *next_skips(struct fstate *f, size_t *n_r)
+{
+    const struct plan *p = f->plan;
+    struct skip_ent *sk = xcalloc(f->nskips + p->nskips + 1, sizeof(*sk));
+    size_t nsk = 0;
+    for (size_t i = 0; i < f->nskips && f->delta; i++) {
+        uint32_t uid = f->skips[i].uid;
+        bool gone = u32_in(f->vanished, f->nvanished, uid) || find_smsg(f, uid) != NULL ||
+                    (f->have_search &&
+                     bsearch(&uid, f->search, f->nsearch, sizeof(uint32_t), u32_cmp) == NULL);
+        if (!gone) {
+            sk[nsk++] = f->skips[i];
+        }
+    }
+    for (size_t i = 0; i < p->nskips; i++) {
+        const struct smsg *sm = find_smsg(f, p->skips[i].uid);
+        sk[nsk++] = (struct skip_ent){.uid = p->skips[i].uid,
+                                      .too_old = p->skips[i].too_old,
+                                      .size = p->skips[i].size,
+                                      .date = sm != NULL ? (int64_t)sm->internaldate : 0};
+    }
+    *n_r = nsk;
+    return sk;
+}
+
+/* --dry-run: the folder's counts are what the plan would do, counted as
+ * the real run counts what it did (apply_local, folder_final, the
+ * transfers), so that the summary of a dry run is the one the real run
+ * then prints. */
+static void count_planned(struct engine *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    struct engine_counts *c = fcounts(e);
+    c->new_down = (unsigned)p->ndownloads;
+    c->bytes_down = 0;
+    for (size_t i = 0; i < p->ndownloads; i++) {
+        c->bytes_down += p->downloads[i].size;
+    }
+    c->new_up = (unsigned)p->nuploads;
+    c->flags_down = (unsigned)p->nlocal_flags;
+    c->flags_up = flags_up_count(f);
+    c->deleted_down = (unsigned)p->nlocal_deletes;
+    c->deleted_up = (unsigned)p->nserver_deletes;
+    size_t nsk;
+    struct skip_ent *sk = next_skips(f, &nsk);
+    count_skips(e, sk, nsk);
+    free(sk);
+}
+
 static void folder_final(struct engine *e)
 {
     struct fstate *f = e->f;
@@ -3423,39 +3694,10 @@ static void folder_final(struct engine *e)
         }
         fcounts(e)->deleted_up++;
     }
-    /* Messages, not commands: one that gained one flag and lost another
-     * is in two stores but counts once; one left alone by UNCHANGEDSINCE
-     * ([MODIFIED]) does not count. */
-    size_t nsu;
-    uint32_t *su = store_uids(p, &nsu);
-    fcounts(e)->flags_up = 0;
     /* STOREs that never went out, or were refused, changed nothing. */
-    for (size_t i = 0; f->stores_sent && !f->stores_failed && i < nsu; i++) {
-        if ((i == 0 || su[i] != su[i - 1]) && !is_modified(f, su[i])) {
-            fcounts(e)->flags_up++;
-        }
-    }
-    free(su);
-    /* The new skip list: the plan's, plus (for a delta) the old entries
-     * the delta did not mention and that were not expunged. */
-    struct skip_ent *sk = xcalloc(f->nskips + p->nskips + 1, sizeof(*sk));
-    size_t nsk = 0;
-    for (size_t i = 0; i < f->nskips && f->delta; i++) {
-        uint32_t uid = f->skips[i].uid;
-        bool gone = u32_in(f->vanished, f->nvanished, uid) || find_smsg(f, uid) != NULL ||
-                    (f->have_search &&
-                     bsearch(&uid, f->search, f->nsearch, sizeof(uint32_t), u32_cmp) == NULL);
-        if (!gone) {
-            sk[nsk++] = f->skips[i];
-        }
-    }
-    for (size_t i = 0; i < p->nskips; i++) {
-        const struct smsg *sm = find_smsg(f, p->skips[i].uid);
-        sk[nsk++] = (struct skip_ent){.uid = p->skips[i].uid,
-                                      .too_old = p->skips[i].too_old,
-                                      .size = p->skips[i].size,
-                                      .date = sm != NULL ? (int64_t)sm->internaldate : 0};
-    }
+    fcounts(e)->flags_up = f->stores_sent && !f->stores_failed ? flags_up_count(f) : 0;
+    size_t nsk;
+    struct skip_ent *sk = next_skips(f, &nsk);
     count_skips(e, sk, nsk);
 
     /* The folder's state: only when everything it covers is done, so a
@@ -3622,6 +3864,7 @@ static void plan_folder(struct engine *e)
     fill_input(e, &in, &sm);
     f->plan = plan_build(&in);
     free(sm);
+    drop_empty_uploads(e);
     if (!e->opts.dry_run) {
         e->root->prog_total += (unsigned)(f->plan->ndownloads + f->plan->nuploads);
     }
@@ -3630,6 +3873,7 @@ static void plan_folder(struct engine *e)
     }
     if (e->opts.dry_run) {
         plan_print(f->plan, f->job->name, e->plan_out);
+        count_planned(e);
     }
 }
 
@@ -3637,6 +3881,7 @@ static void folder_end(struct engine *e)
 {
     struct fstate *f = e->f;
     f->phase = FP_DONE;
+    lskips_save(e);
     if (f->plan != NULL && !e->opts.dry_run && f->md != NULL) {
         folder_final(e);
     }
@@ -3645,7 +3890,7 @@ static void folder_end(struct engine *e)
         char *what =
             f->adopt ? xasprintf("%s: %u matched with the server", j->name, f->rm_matched)
                      : xasprintf("UIDVALIDITY of %s changed: %u matched", j->name, f->rm_matched);
-        free(j->notice);
+        char *old = j->notice; /* the empty files left out, if any */
         if (e->opts.dry_run) {
             j->notice = xasprintf("%s, %zu to download, %zu to upload", what,
                                   f->plan != NULL ? f->plan->ndownloads : 0,
@@ -3653,6 +3898,12 @@ static void folder_end(struct engine *e)
         } else {
             j->notice = xasprintf("%s, %u downloaded, %u uploaded", what, fcounts(e)->new_down,
                                   fcounts(e)->new_up);
+        }
+        if (old != NULL) {
+            char *both = xasprintf("%s; %s", j->notice, old);
+            free(j->notice);
+            j->notice = both;
+            free(old);
         }
         free(what);
         j->res->notice = j->notice;
@@ -3759,6 +4010,18 @@ static void start_folder(struct engine *e, struct fjob *j)
         next_folder(e);
         return;
     }
+    if (e->opts.dry_run && f->md == NULL) {
+        fprintf(e->plan_out, "%s: create the folder locally\n", j->name);
+    }
+    if (!j->on_server) {
+        /* --dry-run of a folder created locally (a real run creates it on
+         * the server first): there is nothing to SELECT, and the folder
+         * the real run creates is empty, so the plan is made against an
+         * empty server listing. */
+        plan_folder(e);
+        folder_end(e);
+        return;
+    }
     /* Skip the SELECT when nothing moved on either side. */
     const struct imap_status_info *s = &j->status;
     if (j->has_status && f->st.uidvalidity != 0 && (s->have & IMAP_STATUS_UIDVALIDITY) &&
@@ -3767,6 +4030,7 @@ static void start_folder(struct engine *e, struct fjob *j)
         s->messages == f->st.messages && (s->have & IMAP_STATUS_HIGHESTMODSEQ) &&
         f->st.highestmodseq != 0 && s->highestmodseq == f->st.highestmodseq && local_unchanged(e) &&
         !skips_released(e)) {
+        lskips_save(e);
         fstate_free(f);
         e->f = NULL;
         next_folder(e);
@@ -4005,6 +4269,7 @@ static void local_folder_delete(struct engine *e, struct fjob *j)
                 "%s: delete the local folder and its %zu message(s) (deleted on the "
                 "server)\n",
                 j->name, scan->count);
+        j->res->counts.deleted_down += (unsigned)scan->count;
         goto out;
     }
     for (size_t i = 0; i < scan->count; i++) {
@@ -4125,6 +4390,7 @@ static void sfdel_check_done(struct sfdel *d)
                 "%s: delete the folder and its %zu message(s) on the server (deleted "
                 "locally)\n",
                 d->j->name, d->nsrv);
+        d->j->res->counts.deleted_up += (unsigned)d->nsrv;
         sfdel_end(d);
         return;
     }
@@ -4282,8 +4548,11 @@ static void next_folder(struct engine *e)
         }
         if (!j->on_server && j->on_local && !j->in_index) {
             if (e->opts.dry_run) {
+                /* The real run creates it (empty) and then uploads what it
+                 * holds: the plan says both. */
                 fprintf(e->plan_out, "%s: create the folder on the server\n", j->name);
-                continue;
+                start_folder(e, j);
+                return;
             }
             /* Created locally: create it on the server, then sync. */
             j->on_server = true;
@@ -4496,6 +4765,16 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     }
     if (e->acct->trash != NULL) {
         e->trash = xstrdup(e->acct->trash);
+    } else if (e->trash == NULL) {
+        /* No SPECIAL-USE \Trash (a server without the extension, or one
+         * that marks nothing): a top-level folder named Trash, in any case,
+         * is where mail clients put deleted mail. */
+        for (size_t i = 0; i < e->nlisted; i++) {
+            if (strcasecmp(e->listed[i], "Trash") == 0) {
+                e->trash = xstrdup(e->listed[i]);
+                break;
+            }
+        }
     }
     resolve_collisions(e);
     char **names = NULL, **bad = NULL;

@@ -864,6 +864,17 @@ void plan_free(struct plan *p)
     free(p);
 }
 
+void plan_drop_upload(struct plan *p, size_t i)
+{
+    if (i >= p->nuploads) {
+        return;
+    }
+    free(p->uploads[i].lid);
+    plan_kw_free(&p->uploads[i].kw);
+    memmove(&p->uploads[i], &p->uploads[i + 1], (p->nuploads - i - 1) * sizeof(*p->uploads));
+    p->nuploads--;
+}
+
 bool plan_empty(const struct plan *p)
 {
     return p->ndownloads == 0 && p->nuploads == 0 && p->nlocal_flags == 0 && p->nstores == 0 &&

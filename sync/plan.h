@@ -181,6 +181,10 @@ struct plan {
 struct plan *plan_build(const struct plan_input *in);
 void plan_free(struct plan *p);
 
+/* Takes upload i out of the plan (a file the executor finds it cannot
+ * upload), keeping the order of the others. */
+void plan_drop_upload(struct plan *p, size_t i);
+
 /* True when the plan changes nothing anywhere (no index writes either). */
 bool plan_empty(const struct plan *p);
 

@@ -4,9 +4,10 @@
  * views, each on_local_delete mode), deletion/edit races that copy a message
  * back, the mass-deletion guard and --force, max_size/max_age skips, UID
  * STORE grouping, keywords the local side cannot hold, the dry-run
- * printout, and matching messages without UIDs (Message-ID + size, then
- * header hash). Views are written as short strings: "uid:FLAGS:kw,kw" for the
- * server, "lid:FLAGS:kw" for the local side, "uid:lid:FLAGS:kw" for the base. */
+ * printout, taking an upload out of a plan, and matching messages without
+ * UIDs (Message-ID + size, then header hash). Views are written as short
+ * strings: "uid:FLAGS:kw,kw" for the server, "lid:FLAGS:kw" for the local
+ * side, "uid:lid:FLAGS:kw" for the base. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -450,6 +451,62 @@ static void test_local_deletion_modes(void **state)
     plan_free(p);
 }
 
+/* What the engine relies on when a trash folder is missing (it then plans
+ * with on_local_delete flag): a message it flagged \Deleted keeps its
+ * record marked T. Planned as 'trash', that record is a deletion to make
+ * (the move into a trash folder, once there is one); planned as 'flag', it
+ * is done, so it is neither deleted nor counted again on later runs. */
+static void test_flagged_deletion_is_done_in_flag_mode_only(void **state)
+{
+    static const struct {
+        enum cfg_local_delete mode;
+        size_t deletes;
+    } rows[] = {
+        {CFG_LOCAL_DELETE_TRASH, 1},
+        {CFG_LOCAL_DELETE_EXPUNGE, 1},
+        {CFG_LOCAL_DELETE_FLAG, 0},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
+        struct fx f;
+        fx_init(&f);
+        f.in.on_local_delete = rows[i].mode;
+        synced(&f, 1, "S");
+        base(&f, "2:l2:ST");
+        srv(&f, "2:ST");
+        struct plan *p = build(&f);
+        assert_int_equal(p->nserver_deletes, rows[i].deletes);
+        assert_int_equal(p->nuploads + p->ndownloads + p->nstores + p->nlocal_flags, 0);
+        plan_free(p);
+    }
+}
+
+/* plan_drop_upload takes one upload out (an empty file the engine cannot
+ * upload) and keeps the others in order; an index past the end changes
+ * nothing. */
+static void test_drop_upload(void **state)
+{
+    struct fx f;
+    fx_init(&f);
+    loc(&f, "a:S:todo");
+    loc(&f, "b::");
+    loc(&f, "c:F:");
+    struct plan *p = build(&f);
+    assert_int_equal(p->nuploads, 3);
+    plan_drop_upload(p, 1);
+    assert_int_equal(p->nuploads, 2);
+    assert_string_equal(p->uploads[0].lid, "a");
+    assert_string_equal(kwstr(&p->uploads[0].kw), "todo");
+    assert_string_equal(p->uploads[1].lid, "c");
+    assert_int_equal(p->uploads[1].flags, MD_FLAG_FLAGGED);
+    plan_drop_upload(p, 2);
+    assert_int_equal(p->nuploads, 2);
+    plan_drop_upload(p, 1);
+    plan_drop_upload(p, 0);
+    assert_int_equal(p->nuploads, 0);
+    assert_true(plan_empty(p));
+    plan_free(p);
+}
+
 static void test_deleted_both_sides(void **state)
 {
     struct fx f;
@@ -883,6 +940,8 @@ int main(void)
         cmocka_unit_test(test_keyword_not_representable),
         cmocka_unit_test(test_server_deletion),
         cmocka_unit_test(test_local_deletion_modes),
+        cmocka_unit_test(test_flagged_deletion_is_done_in_flag_mode_only),
+        cmocka_unit_test(test_drop_upload),
         cmocka_unit_test(test_deleted_both_sides),
         cmocka_unit_test(test_delete_edit_race),
         cmocka_unit_test(test_guard),
