@@ -613,15 +613,15 @@ static void deferred_free(struct engine *r)
 }
 
 struct apply_ctx {
-    const struct engine *root; /* NULL: o alone */
-    const struct idx_ops *o;   /* NULL: the deferred writes alone */
+    const struct engine *root;
+    const struct idx_ops *o; /* NULL: the deferred writes alone */
 };
 
 /* The deferred writes first (they are older), then the new one. */
 static int apply_fn(struct idx_txn *txn, void *arg)
 {
     const struct apply_ctx *c = arg;
-    for (size_t i = 0; c->root != NULL && i < c->root->ndefer; i++) {
+    for (size_t i = 0; i < c->root->ndefer; i++) {
         const struct deferred_ops *d = &c->root->defer[i];
         struct idx_ops o = {.folder = d->folder,
                             .puts = d->puts,
@@ -640,39 +640,43 @@ static int apply_fn(struct idx_txn *txn, void *arg)
     return c->o != NULL ? ops_fn(txn, (void *)c->o) : 0;
 }
 
-static int deferred_flush(struct engine *e);
+/* The directories the deferred writes depend on, made durable first
+ * (invariant 4: the directory before the index records it). */
+static int dirsync_run(struct engine *e)
+{
+    char *err = NULL;
+    int r = md_dirsync_run(&e->root->dirsync, &err);
+    if (r < 0) {
+        if (r == -ENOSPC || r == -EDQUOT) {
+            folder_fail_transient(e, "%s", err);
+        } else {
+            folder_fail(e, "%s", err);
+        }
+        if (e->f == NULL) {
+            set_error(e->root, ENGINE_PERMANENT, "%s", err);
+        }
+    }
+    free(err);
+    return r;
+}
 
 static int idx_apply(struct engine *e, const struct idx_ops *o)
 {
     if (e->opts.dry_run) {
         return 0;
     }
-    /* The deferred writes ride along when nothing they depend on waits
-     * for an fsync; otherwise they wait for the next flush, where the
-     * directories of many folders are made durable together (a parent
-     * shared by a thousand new folders is fsynced once, not a thousand
-     * times). */
-    struct engine *root = e->root;
-    for (size_t i = 0; i < root->ndefer && root->dirsync.n > 0; i++) {
-        if (strcmp(root->defer[i].folder, o->folder) == 0) {
-            /* Older writes of this folder must not land after this one. */
-            int fr = deferred_flush(e);
-            if (fr < 0) {
-                if (root->dirsync.n == 0) {
-                    folder_fail_idx(e, fr);
-                }
-                return fr;
-            }
-            break;
+    if (e->root->ndefer > 0) {
+        int dr = dirsync_run(e);
+        if (dr < 0) {
+            return dr;
         }
     }
-    bool along = root->ndefer > 0 && root->dirsync.n == 0;
-    struct apply_ctx c = {.root = along ? root : NULL, .o = o};
+    struct apply_ctx c = {.root = e->root, .o = o};
     int r = idx_write(e->idx, apply_fn, &c);
     if (r < 0) {
         folder_fail_idx(e, r);
-    } else if (along) {
-        deferred_free(root);
+    } else {
+        deferred_free(e->root);
     }
     return r;
 }
@@ -684,20 +688,10 @@ static int deferred_flush(struct engine *e)
     if (root->ndefer == 0 || e->idx == NULL) {
         return 0;
     }
-    /* The directories the deferred writes depend on are made durable
-     * first (invariant 4: the directory before the index records it). */
     char *err = NULL;
     int dr = md_dirsync_run(&root->dirsync, &err);
     if (dr < 0) {
-        bool temp = dr == -ENOSPC || dr == -EDQUOT;
-        if (e->f != NULL) {
-            if (temp) {
-                folder_fail_transient(e, "%s", err);
-            } else {
-                folder_fail(e, "%s", err);
-            }
-        }
-        set_error(root, temp ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "%s", err);
+        log_error("%s: %s", e->acct->name, err);
         free(err);
         return dr;
     }
@@ -743,8 +737,8 @@ static void idx_apply_later(struct engine *e, const struct idx_ops *o)
     root->defer_rows += o->nputs + o->ndrops + 1;
     if (root->defer_rows >= DEFER_MAX_ROWS || root->ndefer >= DEFER_MAX_FOLDERS) {
         int r = deferred_flush(e);
-        if (r < 0 && root->dirsync.n == 0) {
-            folder_fail_idx(e, r); /* the directories went, the index write did not */
+        if (r < 0) {
+            folder_fail_idx(e, r);
         }
     }
 }
@@ -1046,7 +1040,7 @@ static void on_timer(uv_timer_t *t)
     }
     if (e->idx != NULL) {
         int fr = deferred_flush(e);
-        if (fr < 0 && e->dirsync.n == 0) {
+        if (fr < 0) {
             /* The folders' last records are lost; the next run compares
              * them again (nothing is lost or copied twice), but this run
              * did not finish. */
