@@ -652,9 +652,8 @@ static int dirsync_run(struct engine *e)
         } else {
             folder_fail(e, "%s", err);
         }
-        if (e->f == NULL) {
-            set_error(e->root, ENGINE_PERMANENT, "%s", err);
-        }
+        set_error(e->root, r == -ENOSPC || r == -EDQUOT ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "%s",
+                  err);
     }
     free(err);
     return r;
@@ -688,11 +687,8 @@ static int deferred_flush(struct engine *e)
     if (root->ndefer == 0 || e->idx == NULL) {
         return 0;
     }
-    char *err = NULL;
-    int dr = md_dirsync_run(&root->dirsync, &err);
+    int dr = dirsync_run(e);
     if (dr < 0) {
-        log_error("%s: %s", e->acct->name, err);
-        free(err);
         return dr;
     }
     struct apply_ctx c = {.root = root, .o = NULL};
@@ -737,8 +733,8 @@ static void idx_apply_later(struct engine *e, const struct idx_ops *o)
     root->defer_rows += o->nputs + o->ndrops + 1;
     if (root->defer_rows >= DEFER_MAX_ROWS || root->ndefer >= DEFER_MAX_FOLDERS) {
         int r = deferred_flush(e);
-        if (r < 0) {
-            folder_fail_idx(e, r);
+        if (r < 0 && root->dirsync.n == 0) {
+            folder_fail_idx(e, r); /* the directories went, the index write did not */
         }
     }
 }
@@ -1040,7 +1036,7 @@ static void on_timer(uv_timer_t *t)
     }
     if (e->idx != NULL) {
         int fr = deferred_flush(e);
-        if (fr < 0) {
+        if (fr < 0 && e->dirsync.n == 0) {
             /* The folders' last records are lost; the next run compares
              * them again (nothing is lost or copied twice), but this run
              * did not finish. */
