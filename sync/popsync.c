@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <openssl/evp.h>
 
@@ -30,6 +31,12 @@
 /* Messages per chunk of the listing, and bytes per chunk of its keys. */
 #define MSG_CHUNK 1024
 #define STR_CHUNK 65536
+/* The index meta key of the Maildir's cur/ and new/ as last scanned, and
+ * how old (seconds) their change times must be to be recorded: a change
+ * within the same clock tick as an earlier one cannot be told from it. */
+#define STAMP_KEY "pop:maildir_stamp"
+#define STAMP_SETTLE_SECS 2
+#define STAMP_MAX 160
 /* Header bytes kept from TOP for the Date header. */
 #define MAX_HEADER_KEEP (256u * 1024)
 /* Header bytes hashed at most (the same limit for RETR and TOP). */
@@ -207,6 +214,13 @@ struct popsync {
         uint32_t *tab; /* 1 + offset into buf, open addressing, at most half full */
         size_t cap;
     } ids;
+    /* cur/ and new/ (device, inode, change time) before the scan, and
+     * whether this run skipped the scan because they are as recorded after
+     * an earlier one, or must record them (see prep_work). */
+    char stamp[STAMP_MAX];
+    bool scan_skipped;
+    bool stamp_record;
+    bool need_scan; /* the scan was skipped, yet an intent row needs it */
     struct secret_req *secret_req;
     struct pop3 *pop;
 
@@ -753,13 +767,14 @@ static size_t ids_slot(const struct popsync *ps, const char *id)
 
 /* Prepare: scan the Maildir (pool thread), while the connection is set
  * up. The index is read once the listing is known (match_work). */
-static void prep_work(struct popsync *ps)
+/* Reads the Maildir into ps->ids (pool thread). */
+static int scan_ids(struct popsync *ps)
 {
     struct md_scan *scan;
     int r = md_scan(ps->folders[0][0], &scan);
     if (r < 0) {
         job_fail(ps, r, "%s", md_folder_error(ps->folders[0][0]));
-        return;
+        return r;
     }
     /* The scan holds two strings and more per file; only the identities
      * are needed, packed in one block with a hash table over them. */
@@ -790,6 +805,79 @@ static void prep_work(struct popsync *ps)
      * of a pool thread's arena otherwise stays resident next to it. */
     malloc_trim(0);
 #endif
+    return 0;
+}
+
+/* The stamp of cur/ and new/ into buf: device, inode and change time
+ * (which no program can set back, unlike the modification time) of each.
+ * False when it cannot be read, or says nothing: a change time under
+ * STAMP_SETTLE_SECS old (a later change in the same tick would leave it
+ * as it is), or a file system without sub-second times. */
+static bool take_stamp(const struct popsync *ps, char *buf, size_t cap)
+{
+    static const char *const sub[2] = {"cur", "new"};
+    struct stat st[2];
+    for (int i = 0; i < 2; i++) {
+        char *path = xasprintf("%s/%s", md_folder_path(ps->folders[0][0]), sub[i]);
+        int r = stat(path, &st[i]);
+        free(path);
+        if (r != 0) {
+            return false;
+        }
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    for (int i = 0; i < 2; i++) {
+        if (st[i].st_ctim.tv_sec > now.tv_sec - STAMP_SETTLE_SECS) {
+            return false;
+        }
+    }
+    if (st[0].st_ctim.tv_nsec == 0 && st[1].st_ctim.tv_nsec == 0) {
+        return false;
+    }
+    snprintf(buf, cap, "1 %llu %llu %lld.%09ld %llu %llu %lld.%09ld",
+             (unsigned long long)st[0].st_dev, (unsigned long long)st[0].st_ino,
+             (long long)st[0].st_ctim.tv_sec, st[0].st_ctim.tv_nsec,
+             (unsigned long long)st[1].st_dev, (unsigned long long)st[1].st_ino,
+             (long long)st[1].st_ctim.tv_sec, st[1].st_ctim.tv_nsec);
+    return true;
+}
+
+/* Prepare (pool thread, while the connection is set up): read the
+ * Maildir, unless cur/ and new/ are as an earlier run recorded them after
+ * its scan. Then every delivered row's file is where that run saw it
+ * (rows whose file was gone were marked deleted locally in the same
+ * transaction that recorded the stamp), and a deletion, a rename or a new
+ * file since would have changed a change time. The stamp is taken before
+ * the scan, so a change during it shows next time. The index is read once
+ * the listing is known (match_work). */
+static void prep_work(struct popsync *ps)
+{
+    char old[STAMP_MAX];
+    size_t len = 0;
+    bool have_stamp = take_stamp(ps, ps->stamp, sizeof(ps->stamp));
+    if (have_stamp) {
+        struct idx_txn *txn;
+        int r = idx_begin(ps->idx, false, &txn);
+        if (r < 0) {
+            job_fail(ps, r, "%s", idx_error(ps->idx));
+            return;
+        }
+        r = idx_meta_get(txn, STAMP_KEY, old, sizeof(old) - 1, &len);
+        idx_abort(txn);
+        if (r < 0 && r != -ENOENT) {
+            job_fail(ps, r, "%s", idx_error(ps->idx));
+            return;
+        }
+        old[r == 0 && len < sizeof(old) ? len : 0] = '\0';
+        ps->scan_skipped = strcmp(old, ps->stamp) == 0;
+        ps->stamp_record = !ps->scan_skipped;
+    }
+    if (ps->scan_skipped) {
+        log_debug("%s: the Maildir is as the last scan left it: not reading it", ps->name);
+    } else if (scan_ids(ps) < 0) {
+        return;
+    }
     if (!ps->opts.dry_run) {
         md_clean_tmp(ps->folders[0][0], ps->now);
     }
@@ -1173,7 +1261,10 @@ static void crec_from(const struct popsync *ps, const struct idx_pop *p, struct 
     memcpy(c->header_hash, p->header_hash, sizeof(c->header_hash));
     c->flags = p->flags;
     c->intent = idx_pop_is_intent(p);
-    c->file_here = scan_has(ps, p->lid);
+    /* Without a scan, a row's file is there unless the row says it was
+     * deleted locally (see prep_work); an intent may have been left by a
+     * crash, so it needs the scan. */
+    c->file_here = ps->scan_skipped ? p->lid[0] != '\0' : scan_has(ps, p->lid);
 }
 
 /* One index row against the keyed listing; both come in key order, so
@@ -1181,6 +1272,10 @@ static void crec_from(const struct popsync *ps, const struct idx_pop *p, struct 
 static int match_row(const struct idx_pop *p, void *arg)
 {
     struct popsync *ps = arg;
+    if (ps->scan_skipped && idx_pop_is_intent(p)) {
+        ps->need_scan = true;
+        return 1;
+    }
     while (ps->mpos < ps->norder && strcmp(ps->order[ps->mpos]->uidl, p->uidl) < 0) {
         ps->mpos++;
     }
@@ -1228,17 +1323,35 @@ static void match_work(struct popsync *ps)
     if (!sorted) {
         qsort(ps->order, ps->norder, sizeof(*ps->order), smsg_ptr_cmp);
     }
-    struct idx_txn *txn;
-    int r = idx_begin(ps->idx, false, &txn);
-    if (r < 0) {
-        job_fail(ps, r, "%s", idx_error(ps->idx));
-        return;
-    }
-    r = idx_pop_walk(txn, match_row, ps);
-    idx_abort(txn);
-    if (r < 0) {
-        job_fail(ps, r, "%s", idx_error(ps->idx));
-        return;
+    for (;;) {
+        struct idx_txn *txn;
+        int r = idx_begin(ps->idx, false, &txn);
+        if (r < 0) {
+            job_fail(ps, r, "%s", idx_error(ps->idx));
+            return;
+        }
+        r = idx_pop_walk(txn, match_row, ps);
+        idx_abort(txn);
+        if (r < 0) {
+            job_fail(ps, r, "%s", idx_error(ps->idx));
+            return;
+        }
+        if (!ps->need_scan) {
+            break;
+        }
+        /* An intent row (a crash during a download): read the Maildir
+         * after all and match again from the start. */
+        log_debug("%s: an interrupted download is recorded: reading the Maildir", ps->name);
+        ps->need_scan = false;
+        ps->scan_skipped = false;
+        if (scan_ids(ps) < 0) {
+            return;
+        }
+        for (size_t i = 0; i < ps->norder; i++) {
+            ps->order[i]->has_rec = false;
+        }
+        ps->mpos = 0;
+        ps->nvrecs = 0;
     }
     free(ps->ids.buf);
     free(ps->ids.tab);
@@ -2102,6 +2215,14 @@ static int final_fn(struct idx_txn *txn, void *arg)
                 return r;
             }
         }
+        /* Every row is now either listed and checked against the scan (its
+         * local deletion recorded above) or forgotten. */
+        if (ps->stamp_record) {
+            r = idx_meta_put(txn, STAMP_KEY, ps->stamp, strlen(ps->stamp));
+            if (r < 0) {
+                return r;
+            }
+        }
     }
     if (ps->quit_ok) {
         for (size_t i = 0; i < ps->nmsgs; i++) {
@@ -2129,7 +2250,7 @@ static bool final_needed(const struct popsync *ps)
     if (ps->nputs > 0) {
         return true;
     }
-    if (ps->listing_complete && !ps->unkeyed && ps->nvrecs > 0) {
+    if (ps->listing_complete && !ps->unkeyed && (ps->nvrecs > 0 || ps->stamp_record)) {
         return true;
     }
     for (size_t i = 0; ps->quit_ok && i < ps->nmsgs; i++) {
