@@ -1780,6 +1780,43 @@ int idx_pop_foreach(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void
     }
 }
 
+int idx_pop_walk(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void *arg), void *arg)
+{
+    int rc = txn_check(txn, false);
+    if (rc != 0) {
+        return rc;
+    }
+    /* One cursor for the whole walk: a step is a move to the next node,
+     * where idx_pop_foreach pays a cursor and a descent from the root per
+     * record. That is only safe because fn does not write. */
+    MDB_cursor *c;
+    rc = mdb_cursor_open(txn->txn, txn->idx->dbi[DB_POP], &c);
+    if (rc != 0) {
+        return lmdb_fail(txn->idx, rc, db_names[DB_POP]);
+    }
+    struct idx_pop p;
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (!pop_decode(&k, &v, &p)) {
+            mdb_cursor_close(c);
+            return fail(txn->idx, -EBADMSG, "index %s: corrupt POP record under key '%.*s'",
+                        txn->idx->env_path, (int)(k.mv_size > 70 ? 70 : k.mv_size),
+                        (const char *)k.mv_data);
+        }
+        int r = fn(&p, arg);
+        if (r != 0) {
+            mdb_cursor_close(c);
+            return r;
+        }
+    }
+    mdb_cursor_close(c);
+    if (rc != MDB_NOTFOUND) {
+        return lmdb_fail(txn->idx, rc, db_names[DB_POP]);
+    }
+    return 0;
+}
+
 /* Meta */
 
 static int check_meta_key(struct idx *idx, const char *key, size_t *len_r)

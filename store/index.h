@@ -149,6 +149,11 @@ int idx_pop_put(struct idx_txn *txn, const struct idx_pop *p);
 int idx_pop_get(struct idx_txn *txn, const char *uidl, struct idx_pop *p_r);
 int idx_pop_delete(struct idx_txn *txn, const char *uidl);
 int idx_pop_foreach(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void *arg), void *arg);
+/* Every record in key order (bytewise, which is strcmp's order of UIDLs)
+ * with one cursor, several times faster than idx_pop_foreach over a large
+ * account; fn must not write to the index (use it in a read transaction).
+ * A non-zero return of fn stops the walk and is returned. */
+int idx_pop_walk(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void *arg), void *arg);
 /* A download intent: the row names a Maildir file but says neither
  * delivered nor skipped nor deleted locally; it is written before the file
  * is renamed into place and confirmed afterwards. */

@@ -4,10 +4,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <openssl/evp.h>
 
@@ -26,6 +28,15 @@
 /* RETRs kept in flight with PIPELINING (answers stream one after another,
  * so only one message is being written at a time). */
 #define RETR_WINDOW 16
+/* Messages per chunk of the listing, and bytes per chunk of its keys. */
+#define MSG_CHUNK 1024
+#define STR_CHUNK 65536
+/* The index meta key of the Maildir's cur/ and new/ as last scanned, and
+ * how old (seconds) their change times must be to be recorded: a change
+ * within the same clock tick as an earlier one cannot be told from it. */
+#define STAMP_KEY "pop:maildir_stamp"
+#define STAMP_SETTLE_SECS 2
+#define STAMP_MAX 160
 /* Header bytes kept from TOP for the Date header. */
 #define MAX_HEADER_KEEP (256u * 1024)
 /* Header bytes hashed at most (the same limit for RETR and TOP). */
@@ -63,44 +74,85 @@ struct hdrhash {
     uint8_t out[16];
 };
 
-/* One message of the server listing. */
+/* What planning needs of an index record: all of it but the local
+ * identity, whose one use (is the file still in the Maildir?) is answered
+ * while the listing is matched against the index. Rows are changed by
+ * reading them again in the write transaction (struct put). */
+struct crec {
+    int64_t first_seen;
+    uint64_t size;
+    uint8_t header_hash[16];
+    uint8_t flags;      /* IDX_POP_* */
+    bool intent : 1;    /* idx_pop_is_intent */
+    bool file_here : 1; /* its local identity is in the Maildir scan */
+};
+
+/* One message of the server listing; one per listed message, so it is
+ * kept small: the key lives in ps->strs, the flags are bits. */
 struct smsg {
     struct popsync *ps;
     struct topctx *top; /* TOP in flight */
     struct dl *dl;      /* RETR in flight or in the batch */
-    unsigned msgno;
-    char uidl[IDX_UIDL_MAX + 1];
+    const char *uidl;   /* the key: "" when none, else in ps->strs */
     uint64_t size;
-    bool has_size;
-    int rec; /* index into ps->recs, or -1 */
-
-    bool in_uidl; /* seen in the UIDL listing */
-    bool in_list; /* seen in the LIST listing */
-    bool need_top;
-    bool top_ok;
+    struct crec rec; /* when has_rec */
     uint8_t hh[16];
-    bool hh_valid;
-    bool date_ok;
     time_t date;
-
-    bool download;
-    bool stored; /* durably in the Maildir (before or during this run) */
     int64_t first_seen;
-    bool deleted_locally;
-    bool dele;    /* DELE sent and answered +OK */
-    bool replace; /* a reused UIDL: the new message replaces the record */
-    bool fetched; /* downloaded and stored in this run */
+    unsigned msgno;
+
+    bool has_size : 1;
+    bool has_rec : 1; /* the index has a row under uidl: rec */
+    bool in_uidl : 1; /* seen in the UIDL listing */
+    bool in_list : 1; /* seen in the LIST listing */
+    bool need_top : 1;
+    bool top_ok : 1;
+    bool hh_valid : 1;
+    bool date_ok : 1;
+
+    bool download : 1;
+    bool stored : 1; /* durably in the Maildir (before or during this run) */
+    bool deleted_locally : 1;
+    bool dele : 1;    /* DELE sent and answered +OK */
+    bool replace : 1; /* a reused UIDL: the new message replaces the record */
+    bool fetched : 1; /* downloaded and stored in this run */
     /* A DELE policy applies to a message not downloaded in this run whose
      * record has a header hash: TOP must confirm it is that message. */
-    bool verify;
-    bool verified; /* TOP's header hash matched the record's */
+    bool verify : 1;
+    bool verified : 1; /* TOP's header hash matched the record's */
 };
 
-/* A record loaded from the index. */
-struct rec {
-    struct idx_pop p;
-    bool listed;
+/* Strings that live as long as the run (the listing's keys), packed into
+ * chunks that never move. */
+struct strpool {
+    char **chunks;
+    size_t nchunks, chunks_cap;
+    size_t used; /* in the last chunk */
+};
+
+/* An index row whose key is not in the listing: forgotten at the end of a
+ * complete run, or taken over by a listed message under a new UIDL. */
+struct vrec {
+    char uidl[IDX_UIDL_MAX + 1];
+    struct crec c;
     bool matched; /* taken over by a message under a new UIDL */
+};
+
+/* A change to one index row, applied in a write transaction. Rows that
+ * exist are read there, changed and written back, so that the run never
+ * holds whole rows (local identities included) for its messages. */
+enum put_kind {
+    PUT_UPDATE,  /* the row of m->uidl: flags |= or_flags, and the size when set_size */
+    PUT_RENAME,  /* the row of vrecs[vrec] becomes m->uidl's, flags |= or_flags */
+    PUT_SKIPPED, /* a new SKIPPED row for m (since) */
+};
+
+struct put {
+    struct smsg *m;
+    uint32_t vrec; /* PUT_RENAME: index into ps->vrecs */
+    uint32_t or_flags;
+    uint8_t kind; /* enum put_kind */
+    bool set_size;
 };
 
 /* One of the parallel jobs that commit a batch's files. */
@@ -155,19 +207,41 @@ struct popsync {
     unsigned shards_pending;
     int commit_err;
     char *commit_errmsg;
-    struct md_scan *scan;
+    /* The identities of the messages in the Maildir (all that is kept of
+     * the scan, until the match has used them). */
+    struct {
+        char *buf;
+        uint32_t *tab; /* 1 + offset into buf, open addressing, at most half full */
+        size_t cap;
+    } ids;
+    /* cur/ and new/ (device, inode, change time) before the scan, and
+     * whether this run skipped the scan because they are as recorded after
+     * an earlier one, or must record them (see prep_work). */
+    char stamp[STAMP_MAX];
+    bool scan_skipped;
+    bool stamp_record;
+    bool need_scan; /* the scan was skipped, yet an intent row needs it */
     struct secret_req *secret_req;
     struct pop3 *pop;
 
-    struct rec *recs; /* sorted by uidl */
-    size_t nrecs, recs_cap;
-    /* Records that vanished from the listing, by size (built only then):
-     * new UIDLs are matched against them without a pass over every record
-     * per message. */
+    /* The listed messages that have a key, in key order (then by number):
+     * the index is walked against it in one pass. */
+    struct smsg **order;
+    size_t norder, mpos;
+    bool match_done;
+    /* Rows whose key is not listed (none when nothing changed). */
+    struct vrec *vrecs;
+    size_t nvrecs, vrecs_cap;
+    /* Matchable vrecs by size (built only when there are some): new UIDLs
+     * are matched against them without a pass over every row per
+     * message. */
     struct size_ix *by_size;
     size_t nby_size;
-    struct smsg *msgs; /* listing, in the order the server sent it */
-    size_t nmsgs, msgs_cap;
+    /* The listing, in the order the server sent it (msg_i), in chunks
+     * of MSG_CHUNK: growing it never copies or moves a message. */
+    struct smsg **mchunks;
+    size_t nmsgs, mchunks_cap;
+    struct strpool strs;
     /* Message number -> 1 + index into msgs (0: empty slot), open
      * addressing, a power of two at most half full: a hostile or odd
      * numbering costs no more than a dense one. */
@@ -201,7 +275,7 @@ struct popsync {
     bool quit_ok;
 
     /* Changes for the final transaction. */
-    struct idx_pop *puts;
+    struct put *puts;
     size_t nputs, puts_cap;
 
     /* One threadpool job at a time. */
@@ -569,36 +643,46 @@ out:
 
 /* ---- records ------------------------------------------------------------- */
 
-static int rec_cmp(const void *a, const void *b)
-{
-    return strcmp(((const struct rec *)a)->p.uidl, ((const struct rec *)b)->p.uidl);
-}
-
-static int find_rec(const struct popsync *ps, const char *uidl)
-{
-    size_t lo = 0, hi = ps->nrecs;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(ps->recs[mid].p.uidl, uidl);
-        if (c == 0) {
-            return (int)mid;
-        }
-        if (c < 0) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    return -1;
-}
-
-static void add_put(struct popsync *ps, const struct idx_pop *p)
+static void add_put(struct popsync *ps, enum put_kind kind, struct smsg *m, size_t vrec,
+                    uint32_t or_flags, bool set_size)
 {
     xgrow(&ps->puts, &ps->puts_cap, ps->nputs + 1, sizeof(*ps->puts));
-    ps->puts[ps->nputs++] = *p;
+    ps->puts[ps->nputs++] = (struct put){
+        .m = m,
+        .vrec = (uint32_t)vrec,
+        .or_flags = or_flags,
+        .kind = (uint8_t)kind,
+        .set_size = set_size,
+    };
 }
 
-/* An intent row: recorded before the file is renamed into new/. */
+static struct smsg *msg_i(const struct popsync *ps, size_t i)
+{
+    return &ps->mchunks[i / MSG_CHUNK][i % MSG_CHUNK];
+}
+
+/* n bytes from the pool (n <= STR_CHUNK). */
+static char *strpool_alloc(struct strpool *sp, size_t n)
+{
+    if (sp->nchunks == 0 || sp->used + n > STR_CHUNK) {
+        xgrow(&sp->chunks, &sp->chunks_cap, sp->nchunks + 1, sizeof(*sp->chunks));
+        sp->chunks[sp->nchunks++] = xmalloc(STR_CHUNK);
+        sp->used = 0;
+    }
+    char *p = sp->chunks[sp->nchunks - 1] + sp->used;
+    sp->used += n;
+    return p;
+}
+
+static void strpool_free(struct strpool *sp)
+{
+    for (size_t i = 0; i < sp->nchunks; i++) {
+        free(sp->chunks[i]);
+    }
+    free(sp->chunks);
+    memset(sp, 0, sizeof(*sp));
+}
+
 /* ---- threadpool jobs ------------------------------------------------------ */
 
 static void job_work(uv_work_t *w)
@@ -653,37 +737,145 @@ static enum popsync_kind local_kind(int err)
                                                                  : POPSYNC_PERMANENT;
 }
 
-/* Prepare: load the index rows and scan the Maildir (pool thread). */
-static int load_rec(const struct idx_pop *p, void *arg)
+/* The slot of id in the table of Maildir identities: where it is, or the
+ * empty slot where it would go. */
+static size_t ids_slot(const struct popsync *ps, const char *id)
 {
-    struct popsync *ps = arg;
-    xgrow(&ps->recs, &ps->recs_cap, ps->nrecs + 1, sizeof(*ps->recs));
-    memset(&ps->recs[ps->nrecs], 0, sizeof(ps->recs[0]));
-    ps->recs[ps->nrecs].p = *p;
-    ps->nrecs++;
+    /* Eight bytes a step: a byte-wise hash of every identity cost as much
+     * as the rest of matching a row. */
+    const char *c = id;
+    size_t len = strlen(c);
+    uint64_t h = 14695981039346656037ull ^ len;
+    for (; len >= 8; len -= 8, c += 8) {
+        uint64_t w;
+        memcpy(&w, c, 8);
+        h = (h ^ w) * 0x9e3779b97f4a7c15ull;
+        h ^= h >> 29;
+    }
+    uint64_t w = 0;
+    memcpy(&w, c, len);
+    h = (h ^ w) * 0x9e3779b97f4a7c15ull;
+    h ^= h >> 32;
+    size_t mask = ps->ids.cap - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        uint32_t e = ps->ids.tab[i];
+        if (e == 0 || strcmp(ps->ids.buf + e - 1, id) == 0) {
+            return i;
+        }
+    }
+}
+
+/* Prepare: scan the Maildir (pool thread), while the connection is set
+ * up. The index is read once the listing is known (match_work). */
+/* Reads the Maildir into ps->ids (pool thread). */
+static int scan_ids(struct popsync *ps)
+{
+    struct md_scan *scan;
+    int r = md_scan(ps->folders[0][0], &scan);
+    if (r < 0) {
+        job_fail(ps, r, "%s", md_folder_error(ps->folders[0][0]));
+        return r;
+    }
+    /* The scan holds two strings and more per file; only the identities
+     * are needed, packed in one block with a hash table over them. */
+    size_t total = 0;
+    for (size_t i = 0; i < scan->count; i++) {
+        total += strlen(scan->msgs[i].id) + 1;
+    }
+    ps->ids.cap = 16;
+    while (ps->ids.cap < 2 * scan->count) {
+        ps->ids.cap *= 2;
+    }
+    ps->ids.buf = xmalloc(total > 0 ? total : 1);
+    ps->ids.tab = xcalloc(ps->ids.cap, sizeof(*ps->ids.tab));
+    size_t at = 0;
+    for (size_t i = 0; i < scan->count && at < UINT32_MAX; i++) {
+        const char *id = scan->msgs[i].id;
+        size_t n = strlen(id) + 1;
+        memcpy(ps->ids.buf + at, id, n);
+        size_t h = ids_slot(ps, id);
+        if (ps->ids.tab[h] == 0) {
+            ps->ids.tab[h] = (uint32_t)(at + 1);
+        }
+        at += n;
+    }
+    md_scan_free(scan);
+#ifdef __GLIBC__
+    /* Give the scan's pages back before the listing arrives: freed memory
+     * of a pool thread's arena otherwise stays resident next to it. */
+    malloc_trim(0);
+#endif
     return 0;
 }
 
+/* The stamp of cur/ and new/ into buf: device, inode and change time
+ * (which no program can set back, unlike the modification time) of each.
+ * False when it cannot be read, or says nothing: a change time under
+ * STAMP_SETTLE_SECS old (a later change in the same tick would leave it
+ * as it is), or a file system without sub-second times. */
+static bool take_stamp(const struct popsync *ps, char *buf, size_t cap)
+{
+    static const char *const sub[2] = {"cur", "new"};
+    struct stat st[2];
+    for (int i = 0; i < 2; i++) {
+        char *path = xasprintf("%s/%s", md_folder_path(ps->folders[0][0]), sub[i]);
+        int r = stat(path, &st[i]);
+        free(path);
+        if (r != 0) {
+            return false;
+        }
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    for (int i = 0; i < 2; i++) {
+        if (st[i].st_ctim.tv_sec > now.tv_sec - STAMP_SETTLE_SECS) {
+            return false;
+        }
+    }
+    if (st[0].st_ctim.tv_nsec == 0 && st[1].st_ctim.tv_nsec == 0) {
+        return false;
+    }
+    snprintf(buf, cap, "1 %llu %llu %lld.%09ld %llu %llu %lld.%09ld",
+             (unsigned long long)st[0].st_dev, (unsigned long long)st[0].st_ino,
+             (long long)st[0].st_ctim.tv_sec, st[0].st_ctim.tv_nsec,
+             (unsigned long long)st[1].st_dev, (unsigned long long)st[1].st_ino,
+             (long long)st[1].st_ctim.tv_sec, st[1].st_ctim.tv_nsec);
+    return true;
+}
+
+/* Prepare (pool thread, while the connection is set up): read the
+ * Maildir, unless cur/ and new/ are as an earlier run recorded them after
+ * its scan. Then every delivered row's file is where that run saw it
+ * (rows whose file was gone were marked deleted locally in the same
+ * transaction that recorded the stamp), and a deletion, a rename or a new
+ * file since would have changed a change time. The stamp is taken before
+ * the scan, so a change during it shows next time. The index is read once
+ * the listing is known (match_work). */
 static void prep_work(struct popsync *ps)
 {
-    struct idx_txn *txn;
-    int r = idx_begin(ps->idx, false, &txn);
-    if (r < 0) {
-        job_fail(ps, r, "%s", idx_error(ps->idx));
-        return;
+    char old[STAMP_MAX];
+    size_t len = 0;
+    bool have_stamp = take_stamp(ps, ps->stamp, sizeof(ps->stamp));
+    if (have_stamp) {
+        struct idx_txn *txn;
+        int r = idx_begin(ps->idx, false, &txn);
+        if (r < 0) {
+            job_fail(ps, r, "%s", idx_error(ps->idx));
+            return;
+        }
+        r = idx_meta_get(txn, STAMP_KEY, old, sizeof(old) - 1, &len);
+        idx_abort(txn);
+        if (r < 0 && r != -ENOENT) {
+            job_fail(ps, r, "%s", idx_error(ps->idx));
+            return;
+        }
+        old[r == 0 && len < sizeof(old) ? len : 0] = '\0';
+        ps->scan_skipped = strcmp(old, ps->stamp) == 0;
+        ps->stamp_record = !ps->scan_skipped;
     }
-    r = idx_pop_foreach(txn, load_rec, ps);
-    idx_abort(txn);
-    if (r < 0) {
-        job_fail(ps, r, "%s", idx_error(ps->idx));
-        return;
-    }
-    if (ps->nrecs > 1) {
-        qsort(ps->recs, ps->nrecs, sizeof(*ps->recs), rec_cmp);
-    }
-    r = md_scan(ps->folders[0][0], &ps->scan);
-    if (r < 0) {
-        job_fail(ps, r, "%s", md_folder_error(ps->folders[0][0]));
+    if (ps->scan_skipped) {
+        log_debug("%s: the Maildir is as the last scan left it: not reading it", ps->name);
+    } else if (scan_ids(ps) < 0) {
         return;
     }
     if (!ps->opts.dry_run) {
@@ -765,7 +957,7 @@ static size_t byno_slot(const struct popsync *ps, unsigned msgno)
 {
     size_t mask = ps->byno_cap - 1;
     size_t h = ((size_t)msgno * 2654435761u) & mask;
-    while (ps->byno[h] != 0 && ps->msgs[ps->byno[h] - 1].msgno != msgno) {
+    while (ps->byno[h] != 0 && msg_i(ps, ps->byno[h] - 1)->msgno != msgno) {
         h = (h + 1) & mask;
     }
     return h;
@@ -777,7 +969,7 @@ static struct smsg *msg_at(struct popsync *ps, unsigned msgno)
         return NULL;
     }
     uint32_t e = ps->byno[byno_slot(ps, msgno)];
-    return e != 0 ? &ps->msgs[e - 1] : NULL;
+    return e != 0 ? msg_i(ps, e - 1) : NULL;
 }
 
 static void byno_grow(struct popsync *ps)
@@ -786,7 +978,7 @@ static void byno_grow(struct popsync *ps)
     ps->byno_cap = ps->byno_cap == 0 ? 64 : ps->byno_cap * 2;
     ps->byno = xcalloc(ps->byno_cap, sizeof(*ps->byno));
     for (size_t i = 0; i < ps->nmsgs; i++) {
-        ps->byno[byno_slot(ps, ps->msgs[i].msgno)] = (uint32_t)(i + 1);
+        ps->byno[byno_slot(ps, msg_i(ps, i)->msgno)] = (uint32_t)(i + 1);
     }
 }
 
@@ -808,11 +1000,15 @@ static struct smsg *add_msg(struct popsync *ps, unsigned msgno)
     if ((ps->nmsgs + 1) * 2 > ps->byno_cap) {
         byno_grow(ps);
     }
-    xgrow(&ps->msgs, &ps->msgs_cap, ps->nmsgs + 1, sizeof(*ps->msgs));
-    m = &ps->msgs[ps->nmsgs++];
+    if (ps->nmsgs % MSG_CHUNK == 0) {
+        size_t k = ps->nmsgs / MSG_CHUNK;
+        xgrow(&ps->mchunks, &ps->mchunks_cap, k + 1, sizeof(*ps->mchunks));
+        ps->mchunks[k] = xmalloc(MSG_CHUNK * sizeof(**ps->mchunks));
+    }
+    m = msg_i(ps, ps->nmsgs++);
     memset(m, 0, sizeof(*m));
     m->msgno = msgno;
-    m->rec = -1;
+    m->uidl = "";
     m->ps = ps;
     ps->byno[byno_slot(ps, msgno)] = (uint32_t)ps->nmsgs;
     return m;
@@ -841,9 +1037,8 @@ static struct smsg *listed_msg(struct popsync *ps, unsigned msgno, bool uidl)
     return m;
 }
 
-static bool uidl_valid(const char *u)
+static bool uidl_valid(const char *u, size_t n)
 {
-    size_t n = strlen(u);
     if (n == 0 || n > IDX_UIDL_MAX) {
         return false;
     }
@@ -874,23 +1069,26 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
         set_error(ps, POPSYNC_TRANSIENT, "%s: malformed UIDL line from the server", ps->name);
         return;
     }
-    char u[128];
     size_t ul = strcspn(rest, " \t");
-    snprintf(u, sizeof(u), "%.*s", (int)(ul < sizeof(u) - 1 ? ul : sizeof(u) - 1), rest);
     struct smsg *m = listed_msg(ps, n, true);
     if (m == NULL) {
         return;
     }
-    if (uidl_valid(u) && ul < sizeof(u)) {
-        memcpy(m->uidl, u, ul + 1);
+    if (uidl_valid(rest, ul)) {
+        char *k = strpool_alloc(&ps->strs, ul + 1);
+        memcpy(k, rest, ul);
+        k[ul] = '\0';
+        m->uidl = k;
     } else {
         /* RFC 1939 allows 1-70 characters 0x21-0x7E; anything else is kept
          * usable as a hash of what the server sent. */
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned mdlen;
         EVP_Digest(rest, ul, md, &mdlen, EVP_sha256(), NULL);
-        m->uidl[0] = 'X';
-        hex16(md, m->uidl + 1);
+        char *k = strpool_alloc(&ps->strs, 34);
+        k[0] = 'X';
+        hex16(md, k + 1);
+        m->uidl = k;
     }
 }
 
@@ -906,7 +1104,7 @@ static void on_uidl_done(struct pop3 *p, const struct pop3_status *st, void *arg
                   "(TOP), which is slower and cannot tell identical messages apart",
                   ps->name);
         for (size_t i = 0; i < ps->nmsgs; i++) {
-            ps->msgs[i].uidl[0] = '\0';
+            msg_i(ps, i)->uidl = "";
         }
     }
     ps->uidl_done = true;
@@ -926,7 +1124,20 @@ static void on_list_line(struct pop3 *p, const char *line, size_t len, void *arg
         set_error(ps, POPSYNC_TRANSIENT, "%s: malformed LIST line from the server", ps->name);
         return;
     }
-    unsigned long long sz = strtoull(rest, &end, 10);
+    /* Plain digits, as servers send them, without strtoull's locale
+     * machinery (it cost more than the rest of the line); anything else
+     * as before. */
+    unsigned long long sz = 0;
+    end = (char *)rest;
+    while (*end >= '0' && *end <= '9' && end - rest < 19) {
+        sz = sz * 10 + (unsigned)(*end - '0');
+        end++;
+    }
+    if (*end >= '0' && *end <= '9') {
+        sz = strtoull(rest, &end, 10);
+    } else if (end == rest) {
+        sz = strtoull(rest, &end, 10);
+    }
     struct smsg *m = listed_msg(ps, n, false);
     if (m == NULL) {
         return;
@@ -1023,7 +1234,7 @@ static void send_top(struct popsync *ps, struct smsg *m)
 
 static bool scan_has(const struct popsync *ps, const char *lid)
 {
-    return lid[0] != '\0' && ps->scan != NULL && md_scan_find(ps->scan, lid) != NULL;
+    return lid[0] != '\0' && ps->ids.cap > 0 && ps->ids.tab[ids_slot(ps, lid)] != 0;
 }
 
 static bool hash_is_zero(const uint8_t *h)
@@ -1036,13 +1247,132 @@ static bool hash_is_zero(const uint8_t *h)
     return true;
 }
 
+static int smsg_ptr_cmp(const void *a, const void *b)
+{
+    const struct smsg *x = *(const struct smsg *const *)a, *y = *(const struct smsg *const *)b;
+    int c = strcmp(x->uidl, y->uidl);
+    return c != 0 ? c : (x->msgno > y->msgno) - (x->msgno < y->msgno);
+}
+
+static void crec_from(const struct popsync *ps, const struct idx_pop *p, struct crec *c)
+{
+    c->first_seen = p->first_seen;
+    c->size = p->size;
+    memcpy(c->header_hash, p->header_hash, sizeof(c->header_hash));
+    c->flags = p->flags;
+    c->intent = idx_pop_is_intent(p);
+    /* Without a scan, a row's file is there unless the row says it was
+     * deleted locally (see prep_work); an intent may have been left by a
+     * crash, so it needs the scan. */
+    c->file_here = ps->scan_skipped ? p->lid[0] != '\0' : scan_has(ps, p->lid);
+}
+
+/* One index row against the keyed listing; both come in key order, so
+ * this is one step of a merge. */
+static int match_row(const struct idx_pop *p, void *arg)
+{
+    struct popsync *ps = arg;
+    if (ps->scan_skipped && idx_pop_is_intent(p)) {
+        ps->need_scan = true;
+        return 1;
+    }
+    while (ps->mpos < ps->norder && strcmp(ps->order[ps->mpos]->uidl, p->uidl) < 0) {
+        ps->mpos++;
+    }
+    struct crec c;
+    crec_from(ps, p, &c);
+    bool listed = false;
+    /* A key listed twice matches both; mark_duplicates keeps the first. */
+    for (size_t k = ps->mpos; k < ps->norder && strcmp(ps->order[k]->uidl, p->uidl) == 0; k++) {
+        ps->order[k]->has_rec = true;
+        ps->order[k]->rec = c;
+        listed = true;
+    }
+    if (!listed) {
+        xgrow(&ps->vrecs, &ps->vrecs_cap, ps->nvrecs + 1, sizeof(*ps->vrecs));
+        struct vrec *v = &ps->vrecs[ps->nvrecs++];
+        memset(v, 0, sizeof(*v));
+        snprintf(v->uidl, sizeof(v->uidl), "%s", p->uidl);
+        v->c = c;
+    }
+    return 0;
+}
+
+/* Matches the keyed listing against the index (pool thread): one sorted
+ * merge over the rows, keeping per listed message only what planning
+ * needs, and the rows that are not listed (none when nothing changed).
+ * Runs once the keys are known: after the listing, or without UIDL after
+ * TOP. The scan's identities answer their questions here and are then
+ * released. */
+static void match_work(struct popsync *ps)
+{
+    ps->order = xcalloc(ps->nmsgs > 0 ? ps->nmsgs : 1, sizeof(*ps->order));
+    bool sorted = true;
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        struct smsg *m = msg_i(ps, i);
+        if (m->uidl[0] == '\0') {
+            continue;
+        }
+        if (ps->norder > 0 && smsg_ptr_cmp(&ps->order[ps->norder - 1], &m) > 0) {
+            sorted = false;
+        }
+        ps->order[ps->norder++] = m;
+    }
+    /* Servers that number their UIDLs (Dovecot's default) list them in
+     * key order already. */
+    if (!sorted) {
+        qsort(ps->order, ps->norder, sizeof(*ps->order), smsg_ptr_cmp);
+    }
+    for (;;) {
+        struct idx_txn *txn;
+        int r = idx_begin(ps->idx, false, &txn);
+        if (r < 0) {
+            job_fail(ps, r, "%s", idx_error(ps->idx));
+            return;
+        }
+        r = idx_pop_walk(txn, match_row, ps);
+        idx_abort(txn);
+        if (r < 0) {
+            job_fail(ps, r, "%s", idx_error(ps->idx));
+            return;
+        }
+        if (!ps->need_scan) {
+            break;
+        }
+        /* An intent row (a crash during a download): read the Maildir
+         * after all and match again from the start. */
+        log_debug("%s: an interrupted download is recorded: reading the Maildir", ps->name);
+        ps->need_scan = false;
+        ps->scan_skipped = false;
+        if (scan_ids(ps) < 0) {
+            return;
+        }
+        for (size_t i = 0; i < ps->norder; i++) {
+            ps->order[i]->has_rec = false;
+        }
+        ps->mpos = 0;
+        ps->nvrecs = 0;
+    }
+    free(ps->ids.buf);
+    free(ps->ids.tab);
+    memset(&ps->ids, 0, sizeof(ps->ids));
+}
+
+static void match_after(struct popsync *ps)
+{
+    if (ps->job_errmsg != NULL) {
+        set_error(ps, local_kind(ps->job_err), "%s", ps->job_errmsg);
+    }
+    ps->match_done = true;
+    advance(ps);
+}
+
 /* Whether a DELE policy could delete the message of this record in this
  * run without downloading it (wants_dele decides for good). */
-static bool policy_may_dele(const struct popsync *ps, const struct idx_pop *p)
+static bool policy_may_dele(const struct popsync *ps, const struct crec *p)
 {
     const struct cfg_pop *pc = &ps->acct->pop;
-    bool delivered =
-        (p->flags & IDX_POP_DELIVERED) != 0 || (idx_pop_is_intent(p) && scan_has(ps, p->lid));
+    bool delivered = (p->flags & IDX_POP_DELIVERED) != 0 || (p->intent && p->file_here);
     if (!delivered || (p->flags & IDX_POP_DELETED_ON_SERVER)) {
         return false;
     }
@@ -1054,18 +1384,18 @@ static bool policy_may_dele(const struct popsync *ps, const struct idx_pop *p)
         return true;
     }
     return pc->delete_when_deleted_locally &&
-           ((p->flags & IDX_POP_DELETED_LOCALLY) || !scan_has(ps, p->lid));
+           ((p->flags & IDX_POP_DELETED_LOCALLY) || !p->file_here);
 }
 
 /* Whether an unlisted record may be the same message as a new UIDL (all
  * UIDLs renumbered): one that says something, or an intent whose file is
  * in the Maildir (stored just before a crash, then renumbered). */
-static bool rec_matchable(const struct popsync *ps, const struct rec *rc)
+static bool vrec_matchable(const struct vrec *rc)
 {
-    if (rc->listed || rc->matched) {
+    if (rc->matched) {
         return false;
     }
-    return rc->p.flags != 0 || (idx_pop_is_intent(&rc->p) && scan_has(ps, rc->p.lid));
+    return rc->c.flags != 0 || (rc->c.intent && rc->c.file_here);
 }
 
 struct size_ix {
@@ -1097,56 +1427,47 @@ static size_t size_ix_first(const struct popsync *ps, uint64_t size)
     return lo;
 }
 
-/* A record that may be the message of a new UIDL with this size (and, when
- * hh is given, this header hash), or -1. */
+/* An unlisted record that may be the message of a new UIDL with this size
+ * (and, when hh is given, this header hash): its index in vrecs, or -1. */
 static int find_vanished(const struct popsync *ps, uint64_t size, const uint8_t *hh)
 {
     for (size_t k = size_ix_first(ps, size); k < ps->nby_size && ps->by_size[k].size == size; k++) {
-        const struct rec *rc = &ps->recs[ps->by_size[k].rec];
-        if ((hh == NULL || memcmp(rc->p.header_hash, hh, 16) == 0) && rec_matchable(ps, rc)) {
+        const struct vrec *rc = &ps->vrecs[ps->by_size[k].rec];
+        if ((hh == NULL || memcmp(rc->c.header_hash, hh, 16) == 0) && vrec_matchable(rc)) {
             return (int)ps->by_size[k].rec;
         }
     }
     return -1;
 }
 
-/* First pass after the listing: match UIDLs to records and decide which
- * messages need TOP. */
+/* First pass after the listing and the match: decide which messages need
+ * TOP. */
 static void plan_tops(struct popsync *ps)
 {
-    bool any_vanished_sizes = false;
-    for (size_t i = 0; i < ps->nmsgs; i++) {
-        struct smsg *m = &ps->msgs[i];
-        if (ps->no_uidl || m->uidl[0] == '\0') {
-            m->need_top = true;
-            continue;
-        }
-        m->rec = find_rec(ps, m->uidl);
-        if (m->rec >= 0) {
-            ps->recs[m->rec].listed = true;
-        }
-    }
     free(ps->by_size);
     ps->by_size = NULL;
     ps->nby_size = 0;
-    for (size_t r = 0; r < ps->nrecs; r++) {
-        if (rec_matchable(ps, &ps->recs[r])) {
+    for (size_t r = 0; r < ps->nvrecs; r++) {
+        if (vrec_matchable(&ps->vrecs[r])) {
             if (ps->by_size == NULL) {
-                ps->by_size = xcalloc(ps->nrecs, sizeof(*ps->by_size));
+                ps->by_size = xcalloc(ps->nvrecs, sizeof(*ps->by_size));
             }
-            ps->by_size[ps->nby_size++] = (struct size_ix){ps->recs[r].p.size, r};
-            any_vanished_sizes = true;
+            ps->by_size[ps->nby_size++] = (struct size_ix){ps->vrecs[r].c.size, r};
         }
     }
     if (ps->nby_size > 1) {
         qsort(ps->by_size, ps->nby_size, sizeof(*ps->by_size), size_ix_cmp);
     }
-    for (size_t i = 0; i < ps->nmsgs && !ps->no_uidl; i++) {
-        struct smsg *m = &ps->msgs[i];
-        if (m->rec >= 0) {
-            const struct idx_pop *p = &ps->recs[m->rec].p;
+    for (size_t i = 0; i < ps->nmsgs; i++) {
+        struct smsg *m = msg_i(ps, i);
+        if (ps->no_uidl || m->uidl[0] == '\0') {
+            m->need_top = true;
+            continue;
+        }
+        if (m->has_rec) {
+            const struct crec *p = &m->rec;
             /* A known UIDL with another size: maybe a reused UIDL. */
-            if (!idx_pop_is_intent(p) && m->has_size && p->size != 0 && p->size != m->size) {
+            if (!p->intent && m->has_size && p->size != 0 && p->size != m->size) {
                 m->need_top = true;
             }
             /* A UIDL reused with the same size is only caught by its
@@ -1163,7 +1484,7 @@ static void plan_tops(struct popsync *ps)
         }
         if (ps->acct->pop.has_since) {
             m->need_top = true;
-        } else if (any_vanished_sizes) {
+        } else if (ps->nby_size > 0) {
             /* Same size as a record that vanished from the listing: maybe
              * the same message under a new UIDL. */
             if (find_vanished(ps, m->size, NULL) >= 0) {
@@ -1173,59 +1494,56 @@ static void plan_tops(struct popsync *ps)
     }
 }
 
-/* No UIDL: the key is the header hash. */
-static void key_from_hash(struct popsync *ps)
+/* No UIDL: the key is the header hash. The index is matched against the
+ * keys afterwards. False (and the run fails) when no message has one. */
+static bool key_from_hash(struct popsync *ps)
 {
+    bool any = false;
+    for (size_t i = 0; i < ps->nmsgs && !any; i++) {
+        any = msg_i(ps, i)->hh_valid;
+    }
+    if (ps->nmsgs > 0 && !any) {
+        set_error(ps, POPSYNC_PERMANENT,
+                  "%s: the server has neither UIDL nor TOP; there is no way to tell which "
+                  "messages were downloaded already, so none is",
+                  ps->name);
+        return false;
+    }
     for (size_t i = 0; i < ps->nmsgs; i++) {
-        struct smsg *m = &ps->msgs[i];
+        struct smsg *m = msg_i(ps, i);
         if (m->uidl[0] != '\0') {
             continue;
         }
         if (!m->hh_valid) {
             continue; /* TOP failed: cannot identify it, leave it alone */
         }
-        m->uidl[0] = 'H';
-        hex16(m->hh, m->uidl + 1);
         /* Identical headers give the same key: mark_duplicates keeps the
          * first. */
-        m->rec = find_rec(ps, m->uidl);
-        if (m->rec >= 0) {
-            ps->recs[m->rec].listed = true;
-        }
+        char *k = strpool_alloc(&ps->strs, 34);
+        k[0] = 'H';
+        hex16(m->hh, k + 1);
+        m->uidl = k;
     }
-}
-
-static int smsg_ptr_cmp(const void *a, const void *b)
-{
-    const struct smsg *x = *(const struct smsg *const *)a, *y = *(const struct smsg *const *)b;
-    int c = strcmp(x->uidl, y->uidl);
-    return c != 0 ? c : (x->msgno > y->msgno) - (x->msgno < y->msgno);
+    return true;
 }
 
 /* A UIDL listed twice (a server bug, or identical headers without UIDL)
  * cannot key two messages: only the first is handled, the others are
- * reported as failed. */
+ * reported as failed. ps->order has them next to each other. */
 static void mark_duplicates(struct popsync *ps)
 {
-    if (ps->nmsgs < 2) {
-        return;
-    }
-    struct smsg **v = xmalloc(ps->nmsgs * sizeof(*v));
-    for (size_t i = 0; i < ps->nmsgs; i++) {
-        v[i] = &ps->msgs[i];
-    }
-    qsort(v, ps->nmsgs, sizeof(*v), smsg_ptr_cmp);
-    for (size_t i = 1; i < ps->nmsgs; i++) {
-        if (v[i]->uidl[0] != '\0' && strcmp(v[i]->uidl, v[i - 1]->uidl) == 0) {
+    const struct smsg *first = NULL;
+    for (size_t i = 0; i < ps->norder; i++) {
+        struct smsg *m = ps->order[i];
+        if (first != NULL && strcmp(m->uidl, first->uidl) == 0) {
             log_warnx("%s: message %u has the same UIDL as message %u (%s); skipping it", ps->name,
-                      v[i]->msgno, v[i - 1]->msgno, v[i]->uidl);
-            v[i]->uidl[0] = '\0';
-            v[i]->rec = -1;
-            /* Keep comparing against the first of the run. */
-            v[i] = v[i - 1];
+                      m->msgno, first->msgno, m->uidl);
+            m->uidl = "";
+            m->has_rec = false;
+            continue;
         }
+        first = m;
     }
-    free(v);
 }
 
 /* DESIGN.md invariant 6: a Maildir that vanished (a moved disk, a changed
@@ -1237,15 +1555,15 @@ static bool local_deletions_plausible(struct popsync *ps)
 {
     unsigned present = 0, missing = 0;
     for (size_t i = 0; i < ps->nmsgs; i++) {
-        const struct smsg *m = &ps->msgs[i];
-        if (m->rec < 0 || m->uidl[0] == '\0') {
+        const struct smsg *m = msg_i(ps, i);
+        if (!m->has_rec || m->uidl[0] == '\0') {
             continue;
         }
-        const struct idx_pop *p = &ps->recs[m->rec].p;
+        const struct crec *p = &m->rec;
         if (!(p->flags & IDX_POP_DELIVERED) || (p->flags & IDX_POP_DELETED_LOCALLY)) {
             continue;
         }
-        if (scan_has(ps, p->lid)) {
+        if (p->file_here) {
             present++;
         } else {
             missing++;
@@ -1268,23 +1586,9 @@ static bool local_deletions_plausible(struct popsync *ps)
 static void plan(struct popsync *ps)
 {
     const struct cfg_pop *pc = &ps->acct->pop;
-    if (ps->no_uidl) {
-        bool any = false;
-        for (size_t i = 0; i < ps->nmsgs && !any; i++) {
-            any = ps->msgs[i].hh_valid;
-        }
-        if (ps->nmsgs > 0 && !any) {
-            set_error(ps, POPSYNC_PERMANENT,
-                      "%s: the server has neither UIDL nor TOP; there is no way to tell which "
-                      "messages were downloaded already, so none is",
-                      ps->name);
-            return;
-        }
-        key_from_hash(ps);
-    }
     ps->res.listed = (unsigned)ps->nmsgs;
     for (size_t i = 0; i < ps->nmsgs && !ps->unkeyed; i++) {
-        ps->unkeyed = ps->msgs[i].uidl[0] == '\0';
+        ps->unkeyed = msg_i(ps, i)->uidl[0] == '\0';
     }
     if (ps->unkeyed) {
         log_debug("%s: a listed message has no key in this run: forgetting no record", ps->name);
@@ -1294,18 +1598,18 @@ static void plan(struct popsync *ps)
         return;
     }
     for (size_t i = 0; i < ps->nmsgs; i++) {
-        struct smsg *m = &ps->msgs[i];
+        struct smsg *m = msg_i(ps, i);
         if (m->uidl[0] == '\0') {
             ps->res.errors++;
             continue;
         }
         /* Skipped by a "since" that is no longer configured: the user now
          * wants it, so it counts as new. */
-        if (m->rec >= 0 && !pc->has_since &&
-            (ps->recs[m->rec].p.flags & (IDX_POP_SKIPPED | IDX_POP_DELIVERED)) == IDX_POP_SKIPPED) {
-            m->rec = -1;
+        if (m->has_rec && !pc->has_since &&
+            (m->rec.flags & (IDX_POP_SKIPPED | IDX_POP_DELIVERED)) == IDX_POP_SKIPPED) {
+            m->has_rec = false;
         }
-        if (m->rec >= 0 && (ps->recs[m->rec].p.flags & IDX_POP_DELETED_ON_SERVER)) {
+        if (m->has_rec && (m->rec.flags & IDX_POP_DELETED_ON_SERVER)) {
             /* Deleted on the server by an earlier run (QUIT said +OK), yet
              * listed again: the server reused the UIDL for a new message. */
             log_info("%s: UIDL %s was deleted on the server and is listed again: downloading the "
@@ -1315,8 +1619,8 @@ static void plan(struct popsync *ps)
             m->replace = true;
             continue;
         }
-        if (m->rec >= 0) {
-            struct idx_pop *p = &ps->recs[m->rec].p;
+        if (m->has_rec) {
+            const struct crec *p = &m->rec;
             bool hash_known =
                 m->need_top && m->hh_valid && !ps->no_uidl && !hash_is_zero(p->header_hash);
             if (hash_known && memcmp(p->header_hash, m->hh, 16) != 0) {
@@ -1331,12 +1635,10 @@ static void plan(struct popsync *ps)
                 continue;
             }
             m->verified = hash_known;
-            if (idx_pop_is_intent(p)) {
-                if (scan_has(ps, p->lid)) {
+            if (p->intent) {
+                if (p->file_here) {
                     /* Delivered before a crash, not yet recorded: adopt. */
-                    struct idx_pop np = *p;
-                    np.flags |= IDX_POP_DELIVERED;
-                    add_put(ps, &np);
+                    add_put(ps, PUT_UPDATE, m, 0, IDX_POP_DELIVERED, false);
                     m->stored = true;
                     m->first_seen = p->first_seen;
                     ps->res.adopted++;
@@ -1348,19 +1650,15 @@ static void plan(struct popsync *ps)
                 continue;
             }
             if (m->need_top && m->hh_valid && !ps->no_uidl) {
-                struct idx_pop np = *p;
-                np.size = m->size;
-                add_put(ps, &np);
+                add_put(ps, PUT_UPDATE, m, 0, 0, true);
             }
             ps->res.known++;
             if (p->flags & IDX_POP_DELIVERED) {
                 m->stored = true;
                 m->first_seen = p->first_seen;
                 m->deleted_locally = (p->flags & IDX_POP_DELETED_LOCALLY) != 0;
-                if (!m->deleted_locally && !scan_has(ps, p->lid)) {
-                    struct idx_pop np = *p;
-                    np.flags |= IDX_POP_DELETED_LOCALLY;
-                    add_put(ps, &np);
+                if (!m->deleted_locally && !p->file_here) {
+                    add_put(ps, PUT_UPDATE, m, 0, IDX_POP_DELETED_LOCALLY, false);
                     m->deleted_locally = true;
                     ps->res.deleted_locally++;
                     log_debug("%s: message %s was deleted locally", ps->name, m->uidl);
@@ -1380,47 +1678,37 @@ static void plan(struct popsync *ps)
         if (m->hh_valid && !ps->no_uidl) {
             int found = find_vanished(ps, m->size, m->hh);
             if (found >= 0) {
-                struct rec *rc = &ps->recs[found];
-                struct idx_pop np = rc->p;
-                snprintf(np.uidl, sizeof(np.uidl), "%s", m->uidl);
-                if (idx_pop_is_intent(&rc->p)) {
-                    /* Its file is here (rec_matchable): adopt it. */
-                    np.flags |= IDX_POP_DELIVERED;
+                struct vrec *rc = &ps->vrecs[found];
+                uint32_t flags = rc->c.flags;
+                if (rc->c.intent) {
+                    /* Its file is here (vrec_matchable): adopt it. */
+                    flags |= IDX_POP_DELIVERED;
                     ps->res.adopted++;
                 } else {
                     ps->res.known++;
                 }
-                add_put(ps, &np);
+                add_put(ps, PUT_RENAME, m, (size_t)found, flags & ~rc->c.flags, false);
                 /* The old key is forgotten as no longer listed. */
-                rc->listed = false;
                 rc->matched = true;
-                m->stored = (np.flags & IDX_POP_DELIVERED) != 0;
+                m->stored = (flags & IDX_POP_DELIVERED) != 0;
                 m->verified = true; /* by size and header hash */
-                m->first_seen = np.first_seen;
-                m->deleted_locally = (np.flags & IDX_POP_DELETED_LOCALLY) != 0;
-                log_info("%s: message %s is %s under a new UIDL", ps->name, rc->p.uidl, np.uidl);
+                m->first_seen = rc->c.first_seen;
+                m->deleted_locally = (flags & IDX_POP_DELETED_LOCALLY) != 0;
+                log_info("%s: message %s is %s under a new UIDL", ps->name, rc->uidl, m->uidl);
                 continue;
             }
         }
         if (pc->has_since && m->date_ok && m->date < pc->since) {
-            struct idx_pop np = {0};
-            snprintf(np.uidl, sizeof(np.uidl), "%s", m->uidl);
-            np.first_seen = ps->now;
-            np.size = m->size;
-            if (m->hh_valid) {
-                memcpy(np.header_hash, m->hh, 16);
-            }
-            np.flags = IDX_POP_SKIPPED;
-            add_put(ps, &np);
+            add_put(ps, PUT_SKIPPED, m, 0, IDX_POP_SKIPPED, false);
             ps->res.skipped_since++;
             continue;
         }
         m->download = true;
     }
     for (size_t i = 0; i < ps->nmsgs; i++) {
-        if (ps->msgs[i].download) {
+        if (msg_i(ps, i)->download) {
             xgrow(&ps->todo, &ps->todo_cap, ps->ntodo + 1, sizeof(*ps->todo));
-            ps->todo[ps->ntodo++] = &ps->msgs[i];
+            ps->todo[ps->ntodo++] = msg_i(ps, i);
         }
     }
     ps->listing_complete = true;
@@ -1834,7 +2122,7 @@ static bool wants_dele(struct popsync *ps, const struct smsg *m)
 static void send_deles(struct popsync *ps)
 {
     for (size_t i = 0; i < ps->nmsgs; i++) {
-        struct smsg *m = &ps->msgs[i];
+        struct smsg *m = msg_i(ps, i);
         if (!wants_dele(ps, m)) {
             continue;
         }
@@ -1869,11 +2157,40 @@ static void on_quit(struct pop3 *p, const struct pop3_status *st, void *arg)
 
 /* ---- final transaction --------------------------------------------------- */
 
+/* Writes one change: a new row from the message, or the row it starts
+ * from read again and changed (the index is ours alone while the account
+ * lock is held, so the row is the one planning saw). */
+static int apply_put(struct idx_txn *txn, struct popsync *ps, const struct put *pt)
+{
+    const struct smsg *m = pt->m;
+    struct idx_pop p;
+    int r;
+    if (pt->kind == PUT_SKIPPED) {
+        memset(&p, 0, sizeof(p));
+        p.first_seen = ps->now;
+        p.size = m->size;
+        if (m->hh_valid) {
+            memcpy(p.header_hash, m->hh, 16);
+        }
+    } else {
+        r = idx_pop_get(txn, pt->kind == PUT_RENAME ? ps->vrecs[pt->vrec].uidl : m->uidl, &p);
+        if (r < 0) {
+            return r;
+        }
+        if (pt->set_size) {
+            p.size = m->size;
+        }
+    }
+    snprintf(p.uidl, sizeof(p.uidl), "%s", m->uidl);
+    p.flags |= pt->or_flags;
+    return idx_pop_put(txn, &p);
+}
+
 static int put_puts(struct idx_txn *txn, void *arg)
 {
     struct popsync *ps = arg;
     for (size_t i = 0; i < ps->nputs; i++) {
-        int r = idx_pop_put(txn, &ps->puts[i]);
+        int r = apply_put(txn, ps, &ps->puts[i]);
         if (r < 0) {
             return r;
         }
@@ -1884,26 +2201,32 @@ static int put_puts(struct idx_txn *txn, void *arg)
 static int final_fn(struct idx_txn *txn, void *arg)
 {
     struct popsync *ps = arg;
-    int r;
+    /* The changes first: a renamed row is read under its old key, which
+     * is then forgotten with the other unlisted ones. No change writes an
+     * unlisted key. */
+    int r = put_puts(txn, ps);
+    if (r < 0) {
+        return r;
+    }
     if (ps->listing_complete && !ps->unkeyed) {
-        for (size_t i = 0; i < ps->nrecs; i++) {
-            if (!ps->recs[i].listed) {
-                r = idx_pop_delete(txn, ps->recs[i].p.uidl);
-                if (r < 0 && r != -ENOENT) {
-                    return r;
-                }
+        for (size_t i = 0; i < ps->nvrecs; i++) {
+            r = idx_pop_delete(txn, ps->vrecs[i].uidl);
+            if (r < 0 && r != -ENOENT) {
+                return r;
             }
         }
-    }
-    for (size_t i = 0; i < ps->nputs; i++) {
-        r = idx_pop_put(txn, &ps->puts[i]);
-        if (r < 0) {
-            return r;
+        /* Every row is now either listed and checked against the scan (its
+         * local deletion recorded above) or forgotten. */
+        if (ps->stamp_record) {
+            r = idx_meta_put(txn, STAMP_KEY, ps->stamp, strlen(ps->stamp));
+            if (r < 0) {
+                return r;
+            }
         }
     }
     if (ps->quit_ok) {
         for (size_t i = 0; i < ps->nmsgs; i++) {
-            struct smsg *m = &ps->msgs[i];
+            struct smsg *m = msg_i(ps, i);
             if (!m->dele) {
                 continue;
             }
@@ -1927,13 +2250,11 @@ static bool final_needed(const struct popsync *ps)
     if (ps->nputs > 0) {
         return true;
     }
-    for (size_t i = 0; ps->listing_complete && !ps->unkeyed && i < ps->nrecs; i++) {
-        if (!ps->recs[i].listed) {
-            return true;
-        }
+    if (ps->listing_complete && !ps->unkeyed && (ps->nvrecs > 0 || ps->stamp_record)) {
+        return true;
     }
     for (size_t i = 0; ps->quit_ok && i < ps->nmsgs; i++) {
-        if (ps->msgs[i].dele) {
+        if (msg_i(ps, i)->dele) {
             return true;
         }
     }
@@ -2001,7 +2322,7 @@ static void final_after(struct popsync *ps)
     }
     if (ps->quit_ok) {
         for (size_t i = 0; i < ps->nmsgs; i++) {
-            if (ps->msgs[i].dele) {
+            if (msg_i(ps, i)->dele) {
                 ps->res.deleted_on_server++;
             }
         }
@@ -2017,7 +2338,7 @@ static void final_after(struct popsync *ps)
 static void drop_inflight(struct popsync *ps)
 {
     for (size_t i = 0; i < ps->nmsgs; i++) {
-        struct smsg *m = &ps->msgs[i];
+        struct smsg *m = msg_i(ps, i);
         if (m->top != NULL) {
             hh_free(&m->top->hh);
             sbuf_free(&m->top->hdr);
@@ -2081,16 +2402,29 @@ static void advance(struct popsync *ps)
         if (!ps->uidl_done || !ps->list_done || !ps->prep_done) {
             return;
         }
+        if (!ps->no_uidl && !ps->match_done) {
+            run_job(ps, match_work, match_after);
+            return;
+        }
         plan_tops(ps);
         set_phase(ps, PS_TOP);
         for (size_t i = 0; i < ps->nmsgs; i++) {
-            if (ps->msgs[i].need_top) {
-                send_top(ps, &ps->msgs[i]);
+            if (msg_i(ps, i)->need_top) {
+                send_top(ps, msg_i(ps, i));
             }
         }
         /* fall through */
     case PS_TOP:
         if (ps->tops_pending > 0) {
+            return;
+        }
+        if (!ps->match_done) {
+            /* Without UIDL the keys are known only now. */
+            if (key_from_hash(ps)) {
+                run_job(ps, match_work, match_after);
+            } else {
+                advance(ps); /* to the stop path */
+            }
             return;
         }
         plan(ps);
@@ -2174,9 +2508,8 @@ static void free_ps(struct popsync *ps)
         free(bs[k]->v);
     }
     drop_inflight(ps);
-    if (ps->scan != NULL) {
-        md_scan_free(ps->scan);
-    }
+    free(ps->ids.buf);
+    free(ps->ids.tab);
     for (int set = 0; set < 2; set++) {
         for (int k = 0; k < NSHARD; k++) {
             if (ps->folders[set][k] != NULL) {
@@ -2188,9 +2521,14 @@ static void free_ps(struct popsync *ps)
     if (ps->idx != NULL) {
         idx_close(ps->idx);
     }
-    free(ps->recs);
+    free(ps->order);
+    free(ps->vrecs);
     free(ps->by_size);
-    free(ps->msgs);
+    for (size_t k = 0; k * MSG_CHUNK < ps->nmsgs; k++) {
+        free(ps->mchunks[k]);
+    }
+    free(ps->mchunks);
+    strpool_free(&ps->strs);
     free(ps->byno);
     free(ps->todo);
     free(ps->puts);

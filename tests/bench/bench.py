@@ -741,7 +741,7 @@ class Bench:
         n = self.args.messages
         log("Generating %d messages (seed %d) ..." % (n, self.args.seed))
         t = time.monotonic()
-        corpus = mailgen.corpus(n, seed=self.args.seed, folders=FOLDERS)
+        corpus = mailgen.corpus(n, seed=self.args.seed, folders=FOLDERS, max_size=self.args.max_size)
         self.total_bytes = sum(len(m) for msgs in corpus.values() for m in msgs)
         self.folder_counts = {f: len(m) for f, m in corpus.items()}
         sizes = sorted(len(m) for msgs in corpus.values() for m in msgs)
@@ -1369,6 +1369,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="500 messages")
     ap.add_argument("--runs", type=int, default=3, help="measured runs per tool and scenario (default 3)")
     ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--max-size", type=int, default=None,
+                    help="cap on a message's size in bytes (e.g. 2048 for issue 13's 20,000 small messages)")
     ap.add_argument("--only", choices=("pop3", "imap"), help="run one part only")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.md"))

@@ -802,6 +802,88 @@ static void test_pop_roundtrip_and_foreach(void **state)
     idx_close(idx);
 }
 
+/* idx_pop_walk: what popsync merges the listing against. */
+struct pop_walk {
+    char last[IDX_UIDL_MAX + 1];
+    size_t n;
+    size_t stop_at; /* return 7 after this many records (0: never) */
+    bool in_order;
+    bool fields_ok;
+};
+
+static int walk_pop(const struct idx_pop *p, void *arg)
+{
+    struct pop_walk *w = arg;
+    if (w->n > 0 && strcmp(w->last, p->uidl) >= 0) {
+        w->in_order = false;
+    }
+    snprintf(w->last, sizeof(w->last), "%s", p->uidl);
+    /* make_pop below: lid "L" + uidl, flags from the number. */
+    char lid[IDX_UIDL_MAX + 2];
+    snprintf(lid, sizeof(lid), "L%s", p->uidl);
+    unsigned num = (unsigned)strtoul(p->uidl + 1, NULL, 10);
+    if (strcmp(p->lid, lid) != 0 || p->flags != (num % 2 != 0 ? IDX_POP_DELIVERED : 0) ||
+        p->size != 123456789012ull || p->header_hash[15] != (uint8_t)(0xf0 ^ 15)) {
+        w->fields_ok = false;
+    }
+    w->n++;
+    return w->stop_at != 0 && w->n == w->stop_at ? 7 : 0;
+}
+
+static void test_pop_walk(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, false);
+    struct pop_walk w = {.in_order = true, .fields_ok = true};
+    assert_int_equal(idx_pop_walk(t, walk_pop, &w), 0);
+    assert_int_equal(w.n, 0);
+    idx_abort(t);
+
+    /* Keys of different lengths ("u7" sorts after "u10"), put in an order
+     * of their own: the walk gives every row once, in strcmp order, with
+     * its fields. */
+    t = begin(idx, true);
+    for (unsigned i = 0; i < 3000; i++) {
+        unsigned num = (i * 7919u) % 3000u;
+        char uidl[16], lid[20];
+        snprintf(uidl, sizeof(uidl), "u%u", num);
+        snprintf(lid, sizeof(lid), "L%s", uidl);
+        struct idx_pop p;
+        make_pop(&p, uidl, lid, num % 2 != 0 ? IDX_POP_DELIVERED : 0);
+        assert_int_equal(idx_pop_put(t, &p), 0);
+    }
+    commit(idx, t);
+    t = begin(idx, false);
+    w = (struct pop_walk){.in_order = true, .fields_ok = true};
+    assert_int_equal(idx_pop_walk(t, walk_pop, &w), 0);
+    assert_int_equal(w.n, 3000);
+    assert_true(w.in_order);
+    assert_true(w.fields_ok);
+    assert_string_equal(w.last, "u999");
+    /* A non-zero return stops the walk and is returned. */
+    w = (struct pop_walk){.in_order = true, .fields_ok = true, .stop_at = 10};
+    assert_int_equal(idx_pop_walk(t, walk_pop, &w), 7);
+    assert_int_equal(w.n, 10);
+    assert_string_equal(w.last, "u1005");
+    idx_abort(t);
+    idx_close(idx);
+
+    /* A corrupt row stops the walk with -EBADMSG naming its key. */
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    raw_put(&r, "pop", "u1000", 5, "\x01short", 6);
+    raw_close(&r);
+    idx = open_ok(fx, "acct");
+    t = begin(idx, false);
+    w = (struct pop_walk){.in_order = true, .fields_ok = true};
+    assert_int_equal(idx_pop_walk(t, walk_pop, &w), -EBADMSG);
+    assert_int_equal(w.n, 4); /* u0, u1, u10, u100 */
+    assert_non_null(strstr(idx_error(idx), "corrupt POP record under key 'u1000'"));
+    idx_abort(t);
+    idx_close(idx);
+}
+
 /* Meta */
 
 static void test_meta(void **state)
@@ -1811,6 +1893,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_msg_foreach_while_deleting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_folder_delete_only_that_folder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pop_roundtrip_and_foreach, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pop_walk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_modes, setup, teardown),
