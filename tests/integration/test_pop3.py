@@ -403,7 +403,10 @@ class DovecotPopLocked(mstest.DovecotTestCase):
         self.assertEqual(p.stats["downloaded"], 2)
 
 
-class FakePopTests(unittest.TestCase):
+class FakePopFixture:
+    """A temporary Maildir and state for a POP3 account against a FakePop
+    server (mixin for a unittest.TestCase)."""
+
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="mailsync-fakepop-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
@@ -421,6 +424,8 @@ class FakePopTests(unittest.TestCase):
     def msgs(self, n, seed):
         return mailgen.generate(n, seed=seed, max_size=100000)
 
+
+class FakePopTests(FakePopFixture, unittest.TestCase):
     def test_no_uidl_falls_back_to_header_hash(self):
         msgs = self.msgs(6, 1)
         with FakePop(msgs, uidls=None) as srv:

@@ -4,38 +4,18 @@ read again, and every change to it is still seen (issue 13)."""
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 import unittest
 
-import dovecot
-import mailgen
 import mstest
 from fakepop import FakePop
-from test_pop3 import inbox, local_bodies, popcli, wire_to_local
+from test_pop3 import FakePopFixture, inbox, local_bodies, popcli, wire_to_local
 
 SKIPPED = "the Maildir is as the last scan left it: not reading it"
 SETTLE = 2.2  # STAMP_SETTLE_SECS and a little
 
 
-class Pop3Stamp(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="mailsync-fakepop-")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.maildir = os.path.join(self.tmp, "Mail")
-
-    def config(self, srv, **extra):
-        acct = {"protocol": "pop3", "host": "127.0.0.1", "port": srv.port, "tls": "none",
-                "allow_plaintext": True, "user": "u", "password": "pw", "maildir": self.maildir,
-                "timeout": 5}
-        acct.update(extra)
-        path = os.path.join(self.tmp, "config.yaml")
-        dovecot.write_mailsync_config(path, {"p": acct}, state_dir=os.path.join(self.tmp, "state"))
-        return path
-
-    def msgs(self, n, seed):
-        return mailgen.generate(n, seed=seed, max_size=100000)
-
+class Pop3Stamp(FakePopFixture, unittest.TestCase):
     def settled(self, cfg):
         """Waits until cur/ and new/ are old enough to be recorded, runs
         once (which scans and records them) and checks the next run skips
