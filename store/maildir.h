@@ -76,6 +76,10 @@ void md_dirsync_add(struct md_dirsync *ds, const char *path);
  * frees) naming the directory; the set is kept then. */
 int md_dirsync_run(struct md_dirsync *ds, char **err_r);
 void md_dirsync_free(struct md_dirsync *ds);
+/* True when this open created the folder's new/, cur/ and tmp/ (all three
+ * were missing): the folder was empty an instant ago, so a caller about to
+ * scan it may take it as empty. */
+bool md_folder_created(const struct md_folder *f);
 /* md_folder_open; with create and ds not NULL, the directories the
  * creation must make durable are added to ds instead of fsynced. */
 int md_folder_open_ds(const char *path, bool create, bool maildirpp_sub, struct md_dirsync *ds,

@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -201,6 +202,7 @@ struct fstate {
     bool sdel_failed;
     bool updates_recorded; /* record_updates(e, true) ran */
     /* Downloads. */
+    bool dl_flushed; /* a batch of this folder was committed */
     size_t dl_next;
     struct dl **batch;
     size_t nbatch, batch_cap;
@@ -401,12 +403,30 @@ static void folder_fail_md(struct engine *e, int r)
     }
 }
 
-/* An index operation failed with r: a full disk, quota or a map that
- * could not grow clears up by itself. */
-static void folder_fail_idx(struct engine *e, int r)
+/* An index write failed with r: a full disk, quota or a map that could
+ * not grow clears up by itself. LMDB reports a short write (what a full
+ * disk gives it part-way through a commit) as EIO, so EIO counts as a
+ * full disk when the state directory's file system has no room left. */
+static bool idx_err_transient(const struct engine *e, int r)
 {
     if (r == -ENOSPC || r == -EDQUOT || r == IDX_ERETRY) {
-        folder_fail_transient(e, "index: %s", idx_error(e->idx));
+        return true;
+    }
+    struct statvfs sv;
+    if (r == -EIO && statvfs(e->cfg->state_dir, &sv) == 0) {
+        /* Less than a megabyte free, or no inodes left, is full. */
+        return (uint64_t)sv.f_bavail * sv.f_frsize < ((uint64_t)1 << 20) ||
+               (sv.f_files > 0 && sv.f_favail == 0);
+    }
+    return false;
+}
+
+/* An index operation failed with r: see idx_err_transient. */
+static void folder_fail_idx(struct engine *e, int r)
+{
+    if (idx_err_transient(e, r)) {
+        folder_fail_transient(e, "index: %s%s", idx_error(e->idx),
+                              r == -EIO ? " (the file system holding it is full)" : "");
     } else {
         folder_fail(e, "index: %s", idx_error(e->idx));
     }
@@ -1040,10 +1060,9 @@ static void on_timer(uv_timer_t *t)
             /* The folders' last records are lost; the next run compares
              * them again (nothing is lost or copied twice), but this run
              * did not finish. */
-            set_error(e,
-                      fr == -ENOSPC || fr == -EDQUOT || fr == IDX_ERETRY ? ENGINE_TRANSIENT
-                                                                         : ENGINE_PERMANENT,
-                      "index: %s", idx_error(e->idx));
+            bool tr = idx_err_transient(e, fr);
+            set_error(e, tr ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "index: %s%s", idx_error(e->idx),
+                      tr && fr == -EIO ? " (the file system holding it is full)" : "");
         }
         idx_close(e->idx);
         e->idx = NULL;
@@ -1470,7 +1489,12 @@ static int folder_prepare(struct engine *e)
         free(err);
         return r;
     }
-    if (f->md != NULL) {
+    if (f->md != NULL && md_folder_created(f->md)) {
+        /* Created an instant ago by this open: three empty directories,
+         * nothing to read (a delivery racing in is seen by the next sync,
+         * as if the scan had run a moment earlier). */
+        f->scan = xcalloc(1, sizeof(*f->scan));
+    } else if (f->md != NULL) {
         r = md_scan(f->md, &f->scan);
         if (r < 0) {
             folder_fail(e, "%s", md_folder_error(f->md));
@@ -2977,7 +3001,19 @@ static int flush_batch(struct engine *e)
     }
     struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = f->nbatch};
     uint64_t ok_bytes = 0;
-    int r = idx_apply(e, &o);
+    /* The intents keep a crash between the renames below and the records
+     * from leaving files the index does not know beside records it does
+     * (which the next run would upload as new). The first batch of a
+     * folder the index knows nothing of needs none: its records are
+     * written in one transaction, and until then a crash leaves a folder
+     * the index has no trace of, with mail on both sides, which the next
+     * run matches file to message (the adopt path of on_select), copying
+     * nothing. That saves a durable index commit per folder on a first
+     * sync of many small folders. */
+    bool intents = f->dl_flushed || f->st.uidvalidity != 0 || f->nbase != 0 || f->nintents != 0 ||
+                   f->adopt || f->rematch;
+    f->dl_flushed = true;
+    int r = intents ? idx_apply(e, &o) : 0;
     if (r >= 0) {
         /* The bytes of the whole batch become durable at once. */
         struct md_writer **ws = xcalloc(f->nbatch, sizeof(*ws));
