@@ -8,8 +8,8 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "daemon/syncopts.h"
 #include "store/maildir.h"
-#include "sync/account.h"
 #include "sync/imap.h"
 #include "sync/pop3.h"
 #include "sync/secret.h"
@@ -60,6 +60,7 @@ struct check {
     uv_loop_t *loop;
     FILE *out;
     const struct cfg_account *acct;
+    struct sync_account *sa; /* the sync layer's copy of acct */
     struct secret_req *sreq;
     struct imap *im;
     struct pop3 *pop;
@@ -216,7 +217,7 @@ static void on_folder(struct imap *im, const struct imap_folder *f, void *arg)
     print_attrs(ck->out, f->attrs);
     if (sel) {
         char *path = NULL;
-        int r = md_folder_local_path(ck->acct->maildir, ck->acct->layout, f->name, &path);
+        int r = md_folder_local_path(ck->sa->maildir, ck->sa->layout, f->name, &path);
         if (r == 0) {
             outf(ck->out, " -> %s", path);
             free(path);
@@ -275,12 +276,12 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     int r;
     if (ck->acct->protocol == CFG_PROTO_POP3) {
         struct pop3_opts opts;
-        account_pop3_opts(ck->acct, secret, &opts);
+        sync_pop3_opts(ck->sa, secret, &opts);
         static const struct pop3_cb cb = {.on_ready = on_pop_ready, .on_error = on_pop_error};
         r = pop3_connect(ck->loop, &opts, &cb, ck, &ck->pop);
     } else {
         struct imap_opts opts;
-        account_imap_opts(ck->acct, secret, &opts);
+        sync_imap_opts(ck->sa, secret, &opts);
         static const struct imap_cb cb = {.on_ready = on_ready, .on_error = on_error};
         r = imap_connect(ck->loop, &opts, &cb, ck, &ck->im);
     }
@@ -290,14 +291,16 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     }
 }
 
-static bool check_one(uv_loop_t *loop, const struct cfg_account *acct, FILE *out)
+static bool check_one(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_account *acct,
+                      FILE *out)
 {
-    struct check ck = {.loop = loop, .out = out, .acct = acct};
+    struct check ck = {.loop = loop, .out = out, .acct = acct, .sa = syncopts_account(cfg, acct)};
     outf(out, "account '%s': %s %s:%u (tls: %s)\n", acct->name, cfg_protocol_name(acct->protocol),
          acct->host, acct->port, cfg_tls_name(acct->tls));
-    int r = secret_get_account(loop, acct, 0, on_secret, &ck, &ck.sreq);
+    int r = secret_get_account(loop, ck.sa, 0, on_secret, &ck, &ck.sreq);
     if (r < 0) {
         outf(out, "  FAILED: no password or password_command\n");
+        sync_account_free(ck.sa);
         return false;
     }
     while (!ck.done) {
@@ -306,6 +309,7 @@ static bool check_one(uv_loop_t *loop, const struct cfg_account *acct, FILE *out
     /* Let the closed handles finish before the next account. */
     uv_run(loop, UV_RUN_NOWAIT);
     fflush(out);
+    sync_account_free(ck.sa);
     return !ck.failed;
 }
 
@@ -323,7 +327,7 @@ int check_connect(const struct cfg *cfg, char *const *accounts, int count, FILE 
         for (int j = 0; j < count && !wanted; j++) {
             wanted = strcmp(accounts[j], acct->name) == 0;
         }
-        if (wanted && !check_one(&loop, acct, out)) {
+        if (wanted && !check_one(&loop, cfg, acct, out)) {
             ok = false;
         }
     }

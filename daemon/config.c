@@ -18,6 +18,7 @@
 #include <yaml.h>
 
 #include "core/util.h"
+#include "sync/options.h"
 
 /* A configuration file is a few kilobytes; the limit only stops a wrong
  * --config (a mailbox, a disk image) from being read whole into memory. */
@@ -1087,21 +1088,6 @@ static bool get_command(struct loader *ld, const struct kv *kv, char ***out)
 
 /* True when s starts with a first hierarchy level spelled "inbox" in any
  * case: IMAP treats that name case-insensitively. */
-static bool inbox_prefix(const char *s)
-{
-    return strncasecmp(s, "inbox", 5) == 0 && (s[5] == '\0' || s[5] == '/');
-}
-
-/* A copy with a leading "inbox" in any case spelled "INBOX". */
-static char *inbox_canon(const char *s)
-{
-    char *c = xstrdup(s);
-    if (inbox_prefix(c)) {
-        memcpy(c, "INBOX", 5);
-    }
-    return c;
-}
-
 static bool get_folders(struct loader *ld, const struct kv *kv, struct cfg_pattern **out,
                         size_t *nout)
 {
@@ -1141,7 +1127,7 @@ static bool get_folders(struct loader *ld, const struct kv *kv, struct cfg_patte
             continue;
         }
         pats[i].exclude = exclude;
-        pats[i].glob = inbox_canon(glob);
+        pats[i].glob = sync_inbox_canon(glob);
     }
     if (!ok) {
         for (size_t i = 0; i < n; i++) {
@@ -1155,77 +1141,15 @@ static bool get_folders(struct loader *ld, const struct kv *kv, struct cfg_patte
     return true;
 }
 
-/* Length of the UTF-8 character starting at s (1 for stray bytes), so that
- * '?' matches one character of a non-ASCII folder name. */
-static size_t utf8_len(const char *s)
-{
-    unsigned char c = (unsigned char)s[0];
-    size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-    for (size_t i = 1; i < len; i++) {
-        if (((unsigned char)s[i] & 0xC0) != 0x80) {
-            return 1;
-        }
-    }
-    return len;
-}
-
-/* Glob match by tracking the set of name positions each pattern prefix can
- * reach, so that time stays O(pattern x name) whatever the wildcards. */
-static bool glob_match(const char *pat, const char *name)
-{
-    size_t n = strlen(name);
-    bool *cur = xcalloc(n + 1, sizeof(bool));
-    bool *next = xcalloc(n + 1, sizeof(bool));
-    cur[0] = true;
-    for (const char *p = pat; *p != '\0'; p++) {
-        memset(next, 0, n + 1);
-        if (*p == '*') {
-            bool on = false;
-            for (size_t j = 0; j <= n; j++) {
-                on = on || cur[j];
-                next[j] = on;
-            }
-        } else if (*p == '%') {
-            bool on = false;
-            for (size_t j = 0; j <= n; j++) {
-                if (j > 0 && name[j - 1] == '/') {
-                    on = false;
-                }
-                on = on || cur[j];
-                next[j] = on;
-            }
-        } else if (*p == '?') {
-            for (size_t j = 0; j < n; j++) {
-                if (cur[j]) {
-                    next[j + utf8_len(name + j)] = true;
-                }
-            }
-        } else {
-            for (size_t j = 0; j < n; j++) {
-                if (cur[j] && name[j] == *p) {
-                    next[j + 1] = true;
-                }
-            }
-        }
-        bool *t = cur;
-        cur = next;
-        next = t;
-    }
-    bool match = cur[n];
-    free(cur);
-    free(next);
-    return match;
-}
-
 bool cfg_folder_selected(const struct cfg_account *acct, const char *folder)
 {
     if (acct->nfolders == 0) {
         return true; /* the default, ["*"] */
     }
-    char *name = inbox_canon(folder);
+    char *name = sync_inbox_canon(folder);
     bool selected = false;
     for (size_t i = 0; i < acct->nfolders; i++) {
-        if (glob_match(acct->folders[i].glob, name)) {
+        if (sync_glob_match(acct->folders[i].glob, name)) {
             selected = !acct->folders[i].exclude;
         }
     }
