@@ -68,20 +68,21 @@ struct provider {
     /* The data centre's region names ("eu"; "au" and "com.au"), the
      * first canonical; NULL-terminated, empty for a provider without. */
     const char *const *regions;
-    bool region_default;           /* the entry the family name alone picks */
-    const char *const *aliases;    /* other names for `provider:`, NULL-terminated */
-    const char *title;             /* "Zoho Mail (EU data centre)" */
-    const char *const *docs;       /* the provider's help pages, NULL-terminated */
+    bool region_default;        /* the entry the family name alone picks */
+    const char *const *aliases; /* other names for `provider:`, NULL-terminated */
+    const char *title;          /* "Zoho Mail (EU data centre)" */
+    const char *const *docs;    /* the provider's help pages, NULL-terminated */
+    const char *web;            /* webmail address, or NULL */
     struct provider_server imap;
     struct provider_server pop3;
     enum provider_login login;
-    unsigned auth_methods;         /* bit (1u << enum cfg_auth) per supported method */
-    enum cfg_auth auth_default;    /* `auth` when the account sets none */
-    bool app_password;             /* a mail client needs an app-specific password (or token) */
-    unsigned max_connections;      /* default max_connections; 0: mailsync's own default */
-    unsigned connection_limit;     /* the server's own limit per account; 0: not known */
-    unsigned login_interval;       /* seconds the provider asks between new logins; 0: none */
-    const char *const *exclude;    /* folder globs excluded unless `folders` is set */
+    unsigned auth_methods;      /* bit (1u << enum cfg_auth) per supported method */
+    enum cfg_auth auth_default; /* `auth` when the account sets none */
+    bool app_password;          /* a mail client needs an app-specific password (or token) */
+    unsigned max_connections;   /* default max_connections; 0: mailsync's own default */
+    unsigned connection_limit;  /* the server's own limit per account; 0: not known */
+    unsigned login_interval;    /* seconds the provider asks between new logins; 0: none */
+    const char *const *exclude; /* folder globs excluded unless `folders` is set */
     struct provider_folders folders;
     struct provider_hints hints;
 };
@@ -115,6 +116,13 @@ const struct provider_server *provider_server(const struct provider *p, enum cfg
 /* True when the provider supports the login method. CFG_AUTH_AUTO is always
  * supported. */
 bool provider_supports_auth(const struct provider *p, enum cfg_auth auth);
+
+/* A hint (struct provider_hints) or other text of the table with its
+ * placeholders filled in: {user} the account's user name, {host} its server,
+ * {web} the provider's webmail, {org_host} the organisation server of the
+ * protocol (each NULL or missing value reads as "?"). Caller frees. */
+char *provider_expand(const struct provider *p, enum cfg_protocol proto, const char *text,
+                      const char *user, const char *host);
 
 /* "address", "local_part", "app". */
 const char *provider_login_name(enum provider_login l);
