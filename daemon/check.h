@@ -36,7 +36,6 @@ int check_connect(const struct cfg *cfg, char *const *accounts, int count, FILE 
 /* One account, for callers that just wrote it (`mailsync init`): the same
  * report as check_run gives for it (json: the account's object alone).
  * Returns 0 when it connected and logged in, 1 otherwise. */
-int check_account_connect(const struct cfg *cfg, const struct cfg_account *a, bool json,
-                          FILE *out);
+int check_account_connect(const struct cfg *cfg, const struct cfg_account *a, bool json, FILE *out);
 
 #endif
