@@ -655,14 +655,19 @@ static bool contains(const char *hay, const char *needle)
     return hay != NULL && strcasestr(hay, needle) != NULL;
 }
 
-/* The response code in a client message "...: [CODE] text", or NULL. */
+/* The response code in a client message ("...: [CODE] text" or "... ([CODE]
+ * text)"), or NULL. */
 static char *response_code(const char *msg)
 {
     const char *b = strstr(msg, ": [");
+    const char *paren = strstr(msg, "([");
+    if (b == NULL || (paren != NULL && paren < b)) {
+        b = paren;
+    }
     if (b == NULL) {
         return NULL;
     }
-    b += 3;
+    b += b == paren ? 2 : 3;
     size_t n = strcspn(b, "] ");
     return b[n] == ']' ? xstrndup(b, n) : NULL;
 }
@@ -720,8 +725,8 @@ static void fix_regions(struct check *ck, struct problem *pb)
         }
     }
     add_fix(pb,
-            "each %s data centre has its own servers; an account lives in one: set region: "
-            "to yours: %s",
+            "each data centre of %s has its own servers, and an account lives in one: set "
+            "region: to yours: %s",
             ck->prov->family, sb.buf);
     sbuf_free(&sb);
 }
@@ -729,8 +734,8 @@ static void fix_regions(struct check *ck, struct problem *pb)
 static void diagnose_dns(struct check *ck, const char *msg)
 {
     const struct cfg_account *a = ck->acct;
-    struct problem *pb = add_problem(
-        ck, "dns", true, msg, "the name %s could not be turned into an address (%s)", a->host, msg);
+    struct problem *pb = add_problem(ck, "dns", true, msg,
+                                     "the name %s could not be turned into an address", a->host);
     fix_provider_server(ck, pb);
     fix_regions(ck, pb);
     add_fix(pb, "check the spelling of host: (%s)", a->host);
@@ -819,21 +824,36 @@ static void diagnose_not_tls(struct check *ck, const char *msg)
     }
 }
 
-/* How to save, check and use a certificate that no trusted authority
- * signed: the user decides to trust it, mailsync never does by itself. */
-static void fix_trust(struct check *ck, struct problem *pb, const char *fp)
+/* How to trust a certificate that no trusted authority signed: the user
+ * decides, mailsync never does by itself. A self-signed certificate can be
+ * its own ca_file; one from a private authority needs that authority's. */
+static void fix_trust(struct check *ck, struct problem *pb, const char *fp, bool self_signed)
 {
     const struct cfg_account *a = ck->acct;
     const char *starttls = a->tls != CFG_TLS_STARTTLS      ? ""
                            : a->protocol == CFG_PROTO_POP3 ? " -starttls pop3"
                                                            : " -starttls imap";
-    add_fix(pb, "if the server uses a private certificate authority, set ca_file: to that "
-                "authority's certificate (PEM)");
+    if (!self_signed) {
+        add_fix(pb,
+                "the server's certificate comes from an authority this computer does not "
+                "know: get that authority's certificate (PEM) from the server's "
+                "administrator, or as the last one listed by: openssl s_client -connect "
+                "%s:%u%s -showcerts </dev/null; then set ca_file: to it",
+                a->host, a->port, starttls);
+        if (fp != NULL) {
+            add_fix(pb,
+                    "and, to notice if the certificate is ever replaced, pin it: "
+                    "tls_fingerprint: %s (after checking it with the administrator)",
+                    fp);
+        }
+        return;
+    }
     add_fix(pb,
-            "to trust this certificate itself, save it:\n"
-            "    openssl s_client -connect %s:%u%s -showcerts </dev/null | openssl x509 > "
+            "the certificate is self-signed: to trust it, save it with\n"
+            "    openssl s_client -connect %s:%u%s </dev/null | openssl x509 > "
             "~/.config/mailsync/%s.pem\n"
-            "check that its fingerprint is %s (ask the server's administrator), then set\n"
+            "check that its fingerprint is %s (with the server's administrator, or on the "
+            "server: openssl x509 -noout -fingerprint -sha256 -in CERT), then set\n"
             "    ca_file: ~/.config/mailsync/%s.pem\n"
             "    tls_fingerprint: %s\n"
             "(the pin makes a later change of certificate an error instead of a silent switch)",
@@ -867,12 +887,15 @@ static void diagnose_verify(struct check *ck, const char *msg)
         free(fp);
         return;
     }
-    struct problem *pb = add_problem(ck, "certificate_untrusted", true, msg,
-                                     "the certificate of %s (%s) is not signed by an authority "
-                                     "this computer trusts (%s)",
-                                     a->host, fp != NULL ? fp : "fingerprint unknown", msg);
+    bool self_signed = contains(msg, "self-signed") || contains(msg, "self signed");
+    struct problem *pb =
+        add_problem(ck, "certificate_untrusted", true, msg, "the certificate of %s (%s) is %s",
+                    a->host, fp != NULL ? fp : "fingerprint unknown",
+                    self_signed ? "self-signed: no authority vouches for it"
+                                : "not signed by an authority this computer "
+                                  "trusts");
     add_hint(ck, pb, ck->prov != NULL ? ck->prov->hints.certificate : NULL);
-    fix_trust(ck, pb, fp);
+    fix_trust(ck, pb, fp, self_signed);
     free(fp);
 }
 
