@@ -217,37 +217,43 @@ static bool server_pair(struct ploader *ld, struct provider *p, const char *key,
     return fail_at(ld, k, "provider '%s': unknown server key '%s'", p->name, key);
 }
 
-static bool folders_pair(struct ploader *ld, struct provider *p, const char *key,
-                         const yaml_node_t *k, const yaml_node_t *v, void *arg)
-{
-    struct provider_folders *f = &p->folders;
-    const char **slot = strcmp(key, "sent") == 0      ? &f->sent
-                        : strcmp(key, "drafts") == 0  ? &f->drafts
-                        : strcmp(key, "trash") == 0   ? &f->trash
-                        : strcmp(key, "junk") == 0    ? &f->junk
-                        : strcmp(key, "archive") == 0 ? &f->archive
-                                                      : NULL;
-    if (slot == NULL) {
-        return fail_at(ld, k, "provider '%s': unknown folder role '%s'", p->name, key);
-    }
-    return get_string(ld, key, v, slot);
-}
+/* The string keys of a sub-mapping (folders, hints), each with where its
+ * value goes in struct provider. */
+struct slot {
+    const char *key;
+    size_t offset;
+};
 
-static bool hints_pair(struct ploader *ld, struct provider *p, const char *key,
-                       const yaml_node_t *k, const yaml_node_t *v, void *arg)
+static const struct slot folder_slots[] = {
+    {"sent", offsetof(struct provider, folders.sent)},
+    {"drafts", offsetof(struct provider, folders.drafts)},
+    {"trash", offsetof(struct provider, folders.trash)},
+    {"junk", offsetof(struct provider, folders.junk)},
+    {"archive", offsetof(struct provider, folders.archive)},
+    {NULL, 0},
+};
+
+static const struct slot hint_slots[] = {
+    {"enable_imap", offsetof(struct provider, hints.enable_imap)},
+    {"enable_pop3", offsetof(struct provider, hints.enable_pop3)},
+    {"password", offsetof(struct provider, hints.password)},
+    {"login", offsetof(struct provider, hints.login)},
+    {"connect", offsetof(struct provider, hints.connect)},
+    {"certificate", offsetof(struct provider, hints.certificate)},
+    {NULL, 0},
+};
+
+static bool slot_pair(struct ploader *ld, struct provider *p, const char *key, const yaml_node_t *k,
+                      const yaml_node_t *v, void *arg)
 {
-    struct provider_hints *h = &p->hints;
-    const char **slot = strcmp(key, "enable_imap") == 0   ? &h->enable_imap
-                        : strcmp(key, "enable_pop3") == 0 ? &h->enable_pop3
-                        : strcmp(key, "password") == 0    ? &h->password
-                        : strcmp(key, "login") == 0       ? &h->login
-                        : strcmp(key, "connect") == 0     ? &h->connect
-                        : strcmp(key, "certificate") == 0 ? &h->certificate
-                                                          : NULL;
-    if (slot == NULL) {
-        return fail_at(ld, k, "provider '%s': unknown hint '%s'", p->name, key);
+    const struct slot *slots = arg;
+    for (size_t i = 0; slots[i].key != NULL; i++) {
+        if (strcmp(key, slots[i].key) == 0) {
+            return get_string(ld, key, v, (const char **)((char *)p + slots[i].offset));
+        }
     }
-    return get_string(ld, key, v, slot);
+    return fail_at(ld, k, "provider '%s': unknown %s '%s'", p->name,
+                   slots == hint_slots ? "hint" : "folder role", key);
 }
 
 /* The login methods a provider may list: every cfg_auth but auto and
@@ -340,9 +346,9 @@ static bool entry_pair(struct ploader *ld, struct provider *p, const char *key,
     } else if (strcmp(key, "exclude") == 0) {
         return get_list(ld, key, v, &p->exclude);
     } else if (strcmp(key, "folders") == 0) {
-        return each_pair(ld, p, key, v, folders_pair, NULL);
+        return each_pair(ld, p, key, v, slot_pair, (void *)folder_slots);
     } else if (strcmp(key, "hints") == 0) {
-        return each_pair(ld, p, key, v, hints_pair, NULL);
+        return each_pair(ld, p, key, v, slot_pair, (void *)hint_slots);
     }
     return fail_at(ld, k, "provider '%s': unknown key '%s'", p->name, key);
 }

@@ -326,6 +326,10 @@ static void test_parse_errors(void **state)
                        "2:5: provider 'x' needs a title and the provider's help pages (docs)");
     expect_parse_error("providers:\n" ENTRY "    hints: {password: \"use {pasword}\"}\n",
                        "2:5: provider 'x': unknown placeholder in '{pasword}'");
+    expect_parse_error("providers:\n" ENTRY "    hints: {pasword: x}\n",
+                       "7:13: provider 'x': unknown hint 'pasword'");
+    expect_parse_error("providers:\n" ENTRY "    folders: {spam: Spam}\n",
+                       "7:15: provider 'x': unknown folder role 'spam'");
     expect_parse_error("providers:\n" ENTRY "    auth_default: xoauth2\n",
                        "2:5: provider 'x': auth_default is not among its auth methods");
 }
