@@ -378,15 +378,17 @@ static int preset_lookup(const char *name, bool pop3, char **canon_r, char **hos
     int rc = cfg_load_string("provider", yaml, &cfg, &err);
     free(yaml);
     if (rc != 0) {
-        /* "provider:5:15: account 'probe': key 'provider' must be ...":
-         * only the part after the account is about the user's value. */
-        const char *why = strstr(err, "'probe': ");
-        why = why != NULL ? why + strlen("'probe': ") : err;
-        *err_r = xstrdup(why);
-        size_t n = strlen(*err_r);
-        while (n > 0 && (*err_r)[n - 1] == '\n') {
-            (*err_r)[--n] = '\0';
+        /* "provider:5:15: account 'probe': key 'provider' must be ...",
+         * among others a missing host causes: only the part of that line
+         * after the account is about the user's value. */
+        const char *line = strstr(err, "key 'provider'");
+        while (line != NULL && line > err && line[-1] != '\n') {
+            line--;
         }
+        line = line != NULL ? line : err;
+        const char *why = strstr(line, "'probe': ");
+        why = why != NULL ? why + strlen("'probe': ") : line;
+        *err_r = xstrndup(why, strcspn(why, "\n"));
         free(err);
         return -ENOENT;
     }
