@@ -505,6 +505,10 @@ int main(int argc, char **argv)
         log_error("unknown command '%s' (try 'mailsync --help')", cmd);
         return 2;
     }
+    if (wants_help(cargc, cargv)) {
+        command_help(c, stdout);
+        return 0;
+    }
     if (c->run == NULL) {
         /* help [COMMAND] */
         if (cargc < 2) {
@@ -517,10 +521,6 @@ int main(int argc, char **argv)
             return 2;
         }
         command_help(about, stdout);
-        return 0;
-    }
-    if (wants_help(cargc, cargv)) {
-        command_help(c, stdout);
         return 0;
     }
     return c->run(&g, cargc, cargv);
