@@ -42,7 +42,8 @@ static struct cfg *load_config(const struct globals *g)
         if (g->config_path == NULL && access(path, F_OK) != 0 && errno == ENOENT) {
             /* The first run: say where the file goes and where to start. */
             fprintf(stderr,
-                    "mailsync reads its accounts from %s; create it (a commented example is "
+                    "mailsync reads its accounts from %s; create it with 'mailsync init "
+                    "ACCOUNT --user ADDRESS', or by hand (a commented example is "
                     "contrib/config.example.yaml in the source, see README.md, "
                     "\"Configuration\"), or name another file with --config FILE\n",
                     path);
