@@ -16,6 +16,7 @@
 #include "core/util.h"
 #include "daemon/check.h"
 #include "daemon/config.h"
+#include "daemon/providers.h"
 #include "daemon/srv.h"
 
 /* What a new configuration file starts with. */
@@ -353,49 +354,30 @@ static bool account_name_ok(const char *s)
     return true;
 }
 
-/* The provider presets, as the configuration module resolves them: an
- * account naming only the provider is loaded and its host read back. This
- * is the one place to change when daemon/providers.h lands: call
- * provider_find(name, region) there instead. Returns 0 with the preset's
- * canonical name and host, or -ENOENT with *err_r saying which providers
- * exist. */
+/* A provider preset by name or alias (daemon/providers.h). Returns 0 with
+ * the preset's canonical name and its host for the protocol, or -ENOENT
+ * with *err_r saying which providers exist (or that this one has no server
+ * for the protocol). */
 static int preset_lookup(const char *name, bool pop3, char **canon_r, char **host_r, char **err_r)
 {
     *canon_r = *host_r = *err_r = NULL;
-    char *q = yaml_quote(name);
-    char *yaml = xasprintf("state_dir: /nonexistent\n"
-                           "accounts:\n"
-                           "  probe:\n"
-                           "    protocol: %s\n"
-                           "    provider: %s\n"
-                           "    user: probe\n"
-                           "    password: probe\n"
-                           "    maildir: /nonexistent/probe\n",
-                           pop3 ? "pop3" : "imap", q);
-    free(q);
-    struct cfg *cfg = NULL;
-    char *err = NULL;
-    int rc = cfg_load_string("provider", yaml, &cfg, &err);
-    free(yaml);
-    if (rc != 0) {
-        /* "provider:5:15: account 'probe': key 'provider' must be ...",
-         * among others a missing host causes: only the part of that line
-         * after the account is about the user's value. */
-        const char *line = strstr(err, "key 'provider'");
-        while (line != NULL && line > err && line[-1] != '\n') {
-            line--;
+    const struct provider *p = provider_find(name, NULL);
+    if (p == NULL) {
+        struct sbuf sb = {0};
+        sbuf_addf(&sb, "no provider preset named '%s'; the presets are:", name);
+        for (size_t i = 0; i < provider_count(); i++) {
+            sbuf_addf(&sb, "%s %s", i > 0 ? "," : "", provider_at(i)->name);
         }
-        line = line != NULL ? line : err;
-        const char *why = strstr(line, "'probe': ");
-        why = why != NULL ? why + strlen("'probe': ") : line;
-        *err_r = xstrndup(why, strcspn(why, "\n"));
-        free(err);
+        *err_r = sbuf_detach(&sb);
         return -ENOENT;
     }
-    const struct cfg_account *a = &cfg->accounts[0];
-    *canon_r = xstrdup(a->provider != NULL ? a->provider : name);
-    *host_r = xstrdup(a->host);
-    cfg_free(cfg);
+    const struct provider_server *srv = provider_server(p, pop3 ? CFG_PROTO_POP3 : CFG_PROTO_IMAP);
+    if (srv->host == NULL) {
+        *err_r = xasprintf("%s (%s) has no %s server", p->name, p->title, pop3 ? "POP3" : "IMAP");
+        return -ENOENT;
+    }
+    *canon_r = xstrdup(p->name);
+    *host_r = xstrdup(srv->host);
     return 0;
 }
 
@@ -580,26 +562,32 @@ static int choose_server(const struct init_opts *o, const char *user, struct ser
     const char *at = strrchr(user, '@');
     const char *domain = at != NULL && at[1] != '\0' ? at + 1 : NULL;
     if (domain != NULL) {
-        /* The label before the top-level domain: gmail.com, fastmail.fm,
-         * zoho.eu. */
+        /* The domain itself (web.de, zoho.eu, outlook.com are names or
+         * aliases of presets), then the label before the top-level
+         * domain (gmail.com, fastmail.fm, qq.com). */
+        char *label = xstrdup(domain);
         const char *end = strrchr(domain, '.');
-        if (end != NULL && end > domain) {
+        int found = preset_lookup(label, o->pop3, &s->provider, &s->host, &err);
+        if (found != 0 && end != NULL && end > domain) {
             const char *startp = end;
             while (startp > domain && startp[-1] != '.') {
                 startp--;
             }
-            char *label = xstrndup(startp, (size_t)(end - startp));
-            if (preset_lookup(label, o->pop3, &s->provider, &s->host, &err) == 0) {
-                if (!o->quiet) {
-                    fprintf(stderr, "using the '%s' provider preset for %s (%s)\n", s->provider,
-                            domain, s->host);
-                }
-                free(label);
-                return 0;
-            }
-            free(err);
             free(label);
+            free(err);
+            label = xstrndup(startp, (size_t)(end - startp));
+            found = preset_lookup(label, o->pop3, &s->provider, &s->host, &err);
         }
+        free(label);
+        if (found == 0) {
+            if (!o->quiet) {
+                fprintf(stderr, "using the '%s' provider preset for %s (%s)\n", s->provider, domain,
+                        s->host);
+            }
+            return 0;
+        }
+        free(err);
+        err = NULL;
         int rc = server_from_srv(o, domain, s);
         if (rc == 1) {
             return 0;
@@ -930,8 +918,7 @@ int init_run(const struct init_opts *o)
     if (!o->quiet) {
         fprintf(stderr, "checking it (mailsync check --connect %s):\n", o->account);
     }
-    char *names[] = {(char *)o->account};
-    ret = check_connect(cfg, names, 1, stdout);
+    ret = check_account_connect(cfg, cfg_find_account(cfg, o->account), false, stdout);
     fflush(stdout);
     if (ret != 0) {
         log_error("init: account '%s' is written to %s, but the check failed (above): correct it "

@@ -63,7 +63,7 @@ _mailsync()
         return 0
         ;;
     --provider)
-        COMPREPLY=($(compgen -W "zoho gmail fastmail outlook" -- "$cur"))
+        COMPREPLY=($(compgen -W "zoho zoho.eu zoho.in zoho.com.au zoho.jp zohocloud.ca zoho.sa zoho.com.cn gmail outlook microsoft365 fastmail icloud yahoo aol gmx gmx.com web.de mailbox.org posteo proton-bridge yandex qq 163 126" -- "$cur"))
         return 0
         ;;
     --user | --password-command | --host | --port)

@@ -170,6 +170,25 @@ class Init(mstest.DovecotTestCase):
         with open(path) as f:
             self.assertEqual(f.read(), before)
 
+    def test_preset_from_the_domain(self):
+        """Without --provider the address's domain picks the preset: the
+        domain itself when it names one (zoho.eu, the EU data centre), else
+        the label before the top-level domain (gmail.com)."""
+        path = os.path.join(self.tmp, "c.yaml")
+        r = self.run_init(path, "eu", "--user", "me@zoho.eu", "--password-command", "p",
+                          "--no-check")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("using the 'zoho.eu' provider preset for zoho.eu (imap.zoho.eu)", r.stderr)
+        r = self.run_init(path, "g", "--user", "me@gmail.com", "--password-command", "p",
+                          "--no-check")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("using the 'gmail' provider preset for gmail.com (imap.gmail.com)", r.stderr)
+        with open(path) as f:
+            text = f.read()
+        self.assertIn("  eu:\n    provider: zoho.eu\n    user: me@zoho.eu\n", text)
+        self.assertIn("  g:\n    provider: gmail\n    user: me@gmail.com\n", text)
+        self.assertIn("host: imap.zoho.eu", self.check(path, "eu"))
+
     def test_symlink_followed(self):
         """A configuration kept elsewhere behind a symbolic link: the file it
         points to is edited and the link stays a link."""
@@ -195,7 +214,8 @@ class Init(mstest.DovecotTestCase):
         self.assertIn("--password-command CMD is required", r.stderr)
         r = self.run_init(path, "a", "--provider", "nosuch", "--user", "u", "--password-command", "p")
         self.assertEqual(r.returncode, 2)
-        self.assertIn("--provider: key 'provider' must be one of", r.stderr)
+        self.assertIn("--provider: no provider preset named 'nosuch'; the presets are: zoho, ",
+                      r.stderr)
         r = self.run_init(path, "bad name", "--provider", "gmail", "--user", "u",
                           "--password-command", "p")
         self.assertEqual(r.returncode, 2)
