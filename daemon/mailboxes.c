@@ -9,6 +9,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "daemon/syncopts.h"
 #include "store/maildir.h"
 
 char *mailboxes_quote(const char *s)
@@ -91,7 +92,7 @@ static int list_account(const struct cfg_account *a, bool named, bool warn_missi
         names = xcalloc(1, sizeof(*names));
         names[n++] = xstrdup("INBOX");
     } else {
-        int rc = md_list_folders(a->maildir, a->layout, &names, &n);
+        int rc = md_list_folders(a->maildir, syncopts_layout(a->layout), &names, &n);
         if (rc != 0) {
             log_error("%s: cannot list the folders in %s: %s", a->name, a->maildir, strerror(-rc));
             return 1;
@@ -105,7 +106,8 @@ static int list_account(const struct cfg_account *a, bool named, bool warn_missi
                 continue;
             }
             char *path = NULL;
-            if (md_folder_local_path(a->maildir, a->layout, names[i], &path) != 0) {
+            if (md_folder_local_path(a->maildir, syncopts_layout(a->layout), names[i], &path) !=
+                0) {
                 continue;
             }
             char *cur = path_join(path, "cur");

@@ -88,10 +88,13 @@ static struct cfg *load_config_accounts(const struct globals *g, int argc, char 
 static int cmd_check(const struct globals *g, int argc, char **argv)
 {
     int connect = 0;
+    bool json = false;
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "--connect") == 0) {
             connect = 1;
+        } else if (strcmp(argv[i], "--json") == 0) {
+            json = true;
         } else if (strcmp(argv[i], "--") == 0) {
             i++;
             break;
@@ -100,13 +103,17 @@ static int cmd_check(const struct globals *g, int argc, char **argv)
             return 2;
         }
     }
+    if (json && !connect) {
+        log_error("check: --json goes with --connect (mailsync check --connect --json)");
+        return 2;
+    }
     struct cfg *cfg = load_config_accounts(g, argc - i, argv + i);
     if (cfg == NULL) {
         return 1;
     }
     int ret = 0;
     if (connect) {
-        ret = check_connect(cfg, argv + i, argc - i, stdout);
+        ret = check_run(cfg, argv + i, argc - i, json, stdout);
     } else {
         cfg_print(stdout, cfg);
     }
@@ -355,15 +362,18 @@ static const struct command commands[] = {
      "\n"
      "Exit status: 0, or 1 when an index cannot be read or an account is unknown.\n",
      cmd_status},
-    {"check", "[--connect] [ACCOUNT...]", "validate the configuration (and connect)",
+    {"check", "[--connect [--json]] [ACCOUNT...]", "validate the configuration (and connect)",
      "Reads the configuration, reports every problem with its file, line and\n"
      "column, and prints every account fully resolved (passwords redacted).\n"
      "\n"
      "Options:\n"
      "  --connect  also connect, verify TLS, log in, and show what the server\n"
-     "             offers and which folders would be synced where\n"
+     "             offers and which folders would be synced where; every\n"
+     "             failure comes with its cause and how to fix it\n"
+     "  --json     with --connect: the same findings as one JSON object\n"
      "\n"
-     "Exit status: 0 valid (and connected), 1 otherwise.\n",
+     "Exit status: 0 valid (and every account connected and logged in),\n"
+     "1 otherwise, 2 usage error.\n",
      cmd_check},
     {"mailboxes", "[--named] [ACCOUNT...]", "print neomutt 'mailboxes' lines for the folders",
      "Prints a neomutt/mutt 'mailboxes' line for every folder of the accounts'\n"

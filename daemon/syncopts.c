@@ -67,6 +67,11 @@ static enum plan_local_delete map_local_delete(enum cfg_local_delete d)
     return PLAN_LOCAL_DELETE_EXPUNGE;
 }
 
+enum md_layout syncopts_layout(enum cfg_layout l)
+{
+    return l == CFG_LAYOUT_MAILDIRPP ? MD_LAYOUT_MAILDIRPP : MD_LAYOUT_VERBATIM;
+}
+
 struct sync_account *syncopts_account(const struct cfg *cfg, const struct cfg_account *a)
 {
     struct sync_account *s = xcalloc(1, sizeof(*s));
@@ -95,7 +100,7 @@ struct sync_account *syncopts_account(const struct cfg *cfg, const struct cfg_ac
     s->compress = map_compress(a->compress);
     s->timeout_seconds = a->timeout_seconds;
     s->maildir = dup_or_null(a->maildir);
-    s->layout = a->layout == CFG_LAYOUT_MAILDIRPP ? MD_LAYOUT_MAILDIRPP : MD_LAYOUT_VERBATIM;
+    s->layout = syncopts_layout(a->layout);
     if (a->nfolders > 0) {
         s->folders = xcalloc(a->nfolders, sizeof(*s->folders));
         for (size_t i = 0; i < a->nfolders; i++) {

@@ -88,7 +88,7 @@ _mailsync()
         ;;
     sync) opts="--dry-run --force --help" ;;
     status) opts="--json --help" ;;
-    check) opts="--connect --help" ;;
+    check) opts="--connect --json --help" ;;
     mailboxes) opts="--named --help" ;;
     help)
         COMPREPLY=($(compgen -W "$commands" -- "$cur"))
