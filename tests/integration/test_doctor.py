@@ -80,9 +80,11 @@ class DoctorDovecot(DoctorMixin, mstest.DovecotTestCase):
         r = self.check(cfg, code=1)
         self.assertIn("account 'z': imap localhost:%d (tls: implicit, provider: zoho)"
                       % self.dovecot.port_imaps, r.stdout)
-        self.assertIn("  FAILED: login failed for alice at localhost: Authentication failed.",
+        self.assertIn("  FAILED: login failed for alice at localhost: [AUTHENTICATIONFAILED] "
+                      "Authentication failed.",
                       r.stdout)
-        self.assertIn("  cause: localhost refused the user name or the password\n", r.stdout)
+        self.assertIn("  cause: localhost refused the user name or the password "
+                      "([AUTHENTICATIONFAILED])\n", r.stdout)
         self.assertFix(r.stdout, "the user name must be the full address (like "
                                  "alice@example.com), not 'alice'")
         self.assertFix(r.stdout, "IMAP access must be switched on in Zoho Mail: log in at "
@@ -348,7 +350,8 @@ class DoctorFake(DoctorMixin, unittest.TestCase):
         r, _ = self.fake_check(self.refusing("NO [AUTHENTICATIONFAILED] Invalid credentials "
                                              "(Failure)"),
                                provider="gmail", code=1)
-        self.assertIn("  cause: 127.0.0.1 refused the user name or the password\n", r.stdout)
+        self.assertIn("  cause: 127.0.0.1 refused the user name or the password "
+                      "([AUTHENTICATIONFAILED])\n", r.stdout)
         self.assertFix(r.stdout, "Google does not accept your Google password from mail clients")
         self.assertFix(r.stdout, "auth: xoauth2")
 
