@@ -195,7 +195,7 @@ static bool server_pair(struct ploader *ld, struct provider *p, const char *key,
                         const yaml_node_t *k, const yaml_node_t *v, void *arg)
 {
     struct provider_server *s = arg;
-    unsigned port;
+    unsigned port = 0;
     int e;
     if (strcmp(key, "host") == 0) {
         return get_string(ld, "host", v, &s->host);
