@@ -71,37 +71,6 @@ static void out_padded(FILE *out, const char *s, size_t width)
     }
 }
 
-/* A JSON string (RFC 8259 section 7), or null for NULL. Bytes that are not
- * UTF-8 (server text) become U+FFFD: JSON text is UTF-8. */
-static void json_string(struct sbuf *sb, const char *s)
-{
-    if (s == NULL) {
-        sbuf_adds(sb, "null");
-        return;
-    }
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s);
-    sbuf_addc(sb, '"');
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        size_t len = utf8_seq(p + i, n - i, &cp);
-        if (p[i] == '"' || p[i] == '\\') {
-            sbuf_addf(sb, "\\%c", p[i]);
-        } else if (p[i] == '\n') {
-            sbuf_adds(sb, "\\n");
-        } else if (p[i] < 0x20 || p[i] == 0x7f) {
-            sbuf_addf(sb, "\\u%04x", p[i]);
-        } else if (len == 0) {
-            sbuf_adds(sb, "\\ufffd");
-            len = 1;
-        } else {
-            sbuf_add(sb, p + i, len);
-        }
-        i += len > 0 ? len : 1;
-    }
-    sbuf_addc(sb, '"');
-}
-
 /* ---- Findings ---- */
 
 /* One problem found: what kind (a stable name for scripts), the message the
@@ -1147,21 +1116,21 @@ static void json_report(struct sbuf *sb, const struct check *ck)
 {
     const struct cfg_account *a = ck->acct;
     sbuf_adds(sb, "{\"account\":");
-    json_string(sb, a->name);
+    sbuf_add_json(sb, a->name);
     sbuf_adds(sb, ",\"protocol\":");
-    json_string(sb, cfg_protocol_name(a->protocol));
+    sbuf_add_json(sb, cfg_protocol_name(a->protocol));
     sbuf_adds(sb, ",\"provider\":");
-    json_string(sb, a->provider);
+    sbuf_add_json(sb, a->provider);
     sbuf_adds(sb, ",\"host\":");
-    json_string(sb, a->host);
+    sbuf_add_json(sb, a->host);
     sbuf_addf(sb, ",\"port\":%u,\"tls\":", a->port);
-    json_string(sb, cfg_tls_name(a->tls));
+    sbuf_add_json(sb, cfg_tls_name(a->tls));
     sbuf_addf(sb, ",\"ok\":%s,\"connected\":%s,\"logged_in\":%s,\"tls_version\":",
               check_ok(ck) ? "true" : "false", ck->connected ? "true" : "false",
               ck->logged_in ? "true" : "false");
-    json_string(sb, ck->tls_version);
+    sbuf_add_json(sb, ck->tls_version);
     sbuf_adds(sb, ",\"fingerprint\":");
-    json_string(sb, ck->fingerprint);
+    sbuf_add_json(sb, ck->fingerprint);
     sbuf_adds(sb, ",\"capabilities\":[");
     for (const char *c = ck->caps; c != NULL && *c != '\0';) {
         size_t n = strcspn(c, " ");
@@ -1173,7 +1142,7 @@ static void json_report(struct sbuf *sb, const struct check *ck)
         if (c != ck->caps) {
             sbuf_addc(sb, ',');
         }
-        json_string(sb, one);
+        sbuf_add_json(sb, one);
         free(one);
         c += n + (c[n] == ' ');
     }
@@ -1192,17 +1161,17 @@ static void json_report(struct sbuf *sb, const struct check *ck)
     for (size_t i = 0; i < ck->nproblems; i++) {
         const struct problem *pb = &ck->problems[i];
         sbuf_adds(sb, i > 0 ? ",{\"kind\":" : "{\"kind\":");
-        json_string(sb, pb->kind);
+        sbuf_add_json(sb, pb->kind);
         sbuf_addf(sb, ",\"severity\":\"%s\",\"message\":", pb->error ? "error" : "warning");
-        json_string(sb, pb->message);
+        sbuf_add_json(sb, pb->message);
         sbuf_adds(sb, ",\"cause\":");
-        json_string(sb, pb->cause);
+        sbuf_add_json(sb, pb->cause);
         sbuf_adds(sb, ",\"fix\":[");
         for (size_t j = 0; j < pb->nfixes; j++) {
             if (j > 0) {
                 sbuf_addc(sb, ',');
             }
-            json_string(sb, pb->fixes[j]);
+            sbuf_add_json(sb, pb->fixes[j]);
         }
         sbuf_adds(sb, "]}");
     }
