@@ -45,7 +45,7 @@ struct md_folder {
     char *path_new;
     char *path_cur;
     char *path_tmp;
-    char *err;
+    _Atomic(char *) err; /* see set_err */
     /* new/ or cur/ had an entry renamed in or out, or removed, through
      * this handle since the last md_folder_sync: only those need the
      * directory fsync. */
@@ -101,8 +101,9 @@ static void set_err(struct md_folder *f, const char *fmt, ...)
     va_start(ap, fmt);
     char *msg = xvasprintf(fmt, ap);
     va_end(ap);
-    free(f->err);
-    f->err = msg;
+    /* Swapped atomically: a batch made durable on the thread pool can
+     * fail while the loop thread opens the next writer of the folder. */
+    free(atomic_exchange(&f->err, msg));
 }
 
 /* Records "PATH: WHAT: strerror" and returns the negative errno. */
@@ -405,7 +406,8 @@ const char *md_folder_path(const struct md_folder *f)
 
 const char *md_folder_error(const struct md_folder *f)
 {
-    return f->err != NULL ? f->err : "";
+    const char *e = atomic_load(&f->err);
+    return e != NULL ? e : "";
 }
 
 int md_folder_sync(struct md_folder *f)

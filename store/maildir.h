@@ -10,9 +10,13 @@
  * fuller explanation, md_folder_error(f) returns the last message for that
  * folder (valid until the next call on it); it always names the path.
  *
- * Threads: a struct md_folder is used by one thread at a time. Nothing here
- * touches the event loop, so the sync engine runs these calls in threadpool
- * jobs. */
+ * Threads: a struct md_folder is used by one thread at a time, with one
+ * exception: while one thread makes a batch of writers durable and commits
+ * them (md_writer_finish, md_writers_sync, md_keyword_index,
+ * md_writer_commit), another may open and fill new writers of the same
+ * folder (md_writer_open, md_writer_write). md_folder_error is read only
+ * when no other thread works on the folder. Nothing here touches the
+ * event loop, so the sync engine runs these calls in threadpool jobs. */
 #ifndef MAILSYNC_MAILDIR_H
 #define MAILSYNC_MAILDIR_H
 

@@ -202,7 +202,9 @@ struct fstate {
     bool sdel_failed;
     bool updates_recorded; /* record_updates(e, true) ran */
     /* Downloads. */
-    bool dl_flushed; /* a batch of this folder was committed */
+    bool dl_flushed;            /* a batch of this folder was committed */
+    struct flush_job *flushing; /* a batch on the thread pool (flush_work) */
+    bool advance_after_flush;   /* folder_advance waits for it */
     size_t dl_next;
     struct dl **batch;
     size_t nbatch, batch_cap;
@@ -299,6 +301,7 @@ struct engine {
 
     bool cancelled;
     bool finished;
+    bool teardown_pending; /* finish waits for the folder's batch on the thread pool */
     enum engine_kind kind;
     char *error;
     struct engine_result res;
@@ -310,6 +313,7 @@ static struct fjob *find_job(struct engine *e, const char *name);
 static void folder_end(struct engine *e);
 static void folder_advance(struct engine *e);
 static void finish(struct engine *e);
+static void finish_teardown(struct engine *e);
 static int flush_batch(struct engine *e);
 static void dedupe_server(struct fstate *f);
 static int wire_size(int fd, uint64_t *size_r);
@@ -1124,12 +1128,24 @@ static void finish(struct engine *e)
         secret_cancel(e->secret_req);
         e->secret_req = NULL;
     }
-    fstate_free(e->f);
-    e->f = NULL;
     if (e->im != NULL) {
         imap_free(e->im);
         e->im = NULL;
     }
+    if (e->f != NULL && e->f->flushing != NULL) {
+        /* The thread pool still writes the folder's batch: flush_done
+         * records it and then ends the run. */
+        e->teardown_pending = true;
+        return;
+    }
+    finish_teardown(e);
+}
+
+static void finish_teardown(struct engine *e)
+{
+    e->teardown_pending = false;
+    fstate_free(e->f);
+    e->f = NULL;
     secret_wipe(e);
     uv_timer_stop(&e->timer);
     if (e->root == e && e->lanes_running > 0) {
@@ -2979,12 +2995,147 @@ static void progress_add(struct engine *e, unsigned msgs, uint64_t bytes)
     }
 }
 
-/* Commits the batch: intent rows, fsync + rename of every file, one fsync
- * of the directories, then the records. */
+/* A batch of downloads made durable and renamed into place on the thread
+ * pool (fsync or syncfs, keyword letters with dovecot-keywords' lock,
+ * renames), so that the loop goes on serving the connections meanwhile.
+ * The loop thread keeps filling the next batch's writers of the same
+ * folder (see store/maildir.h, Threads). */
+struct flush_job {
+    uv_work_t req;
+    struct engine *e;
+    struct md_folder *md;
+    struct dl **batch;
+    size_t n;
+    struct idx_msg *rows; /* per message: the record, SYNCED once done */
+    int *res;             /* per message: 0 done, FLUSH_NO_LETTERS, or -errno */
+    int sync_r;           /* md_writers_sync */
+    bool dry_run;
+    bool kw_failed; /* in: a letter could not be had before; out: now */
+};
+
+#define FLUSH_NO_LETTERS 1
+
+static bool batch_full(const struct fstate *f)
+{
+    return f->nbatch >= DL_BATCH_MSGS || f->batch_bytes >= DL_BATCH_BYTES;
+}
+
+static void flush_work(uv_work_t *req)
+{
+    struct flush_job *j = req->data;
+    struct md_writer **ws = xcalloc(j->n, sizeof(*ws));
+    for (size_t i = 0; i < j->n; i++) {
+        ws[i] = j->batch[i]->w;
+        /* The received date goes with the bytes; a failure stays on the
+         * writer and its commit reports it. */
+        md_writer_finish(ws[i], j->batch[i]->pd->internaldate);
+    }
+    j->sync_r = md_writers_sync(j->md, ws, j->n);
+    free(ws);
+    for (size_t i = 0; i < j->n; i++) {
+        struct dl *d = j->batch[i];
+        if (j->sync_r < 0) {
+            md_writer_abort(d->w);
+            j->res[i] = j->sync_r;
+            d->w = NULL;
+            continue;
+        }
+        md_keywords kw = 0;
+        bool letters = true;
+        for (size_t k = 0; k < d->pd->kw.n && letters; k++) {
+            /* assign_letters gave the folder's names their letters already;
+             * after one failure here the lock is not waited for again. */
+            int ix =
+                j->kw_failed ? -EAGAIN : md_keyword_index(j->md, d->pd->kw.names[k], !j->dry_run);
+            if (ix >= 0 && ix < 26) {
+                kw |= (md_keywords)1u << ix;
+            } else if (ix != MD_EKWFULL && ix != -ENOENT && ix != -EINVAL) {
+                j->kw_failed = true;
+                letters = false;
+            }
+        }
+        if (!letters) {
+            /* Nothing recorded: the next run downloads it again. */
+            md_writer_abort(d->w);
+            j->res[i] = FLUSH_NO_LETTERS;
+        } else {
+            bool to_cur = d->pd->flags != 0 || kw != 0;
+            j->res[i] =
+                md_writer_commit(d->w, to_cur, d->pd->flags, kw, d->pd->internaldate, true, NULL);
+        }
+        d->w = NULL;
+    }
+}
+
+static void flush_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct flush_job *j = req->data;
+    struct engine *e = j->e;
+    struct fstate *f = e->f;
+    f->flushing = NULL;
+    f->kw_failed = f->kw_failed || j->kw_failed;
+    if (j->sync_r < 0) {
+        folder_fail_md(e, j->sync_r);
+    }
+    size_t ok = 0;
+    uint64_t ok_bytes = 0;
+    for (size_t i = 0; i < j->n; i++) {
+        struct dl *d = j->batch[i];
+        if (j->res[i] == FLUSH_NO_LETTERS) {
+            folder_fail(e, "%s", md_folder_error(f->md));
+        } else if (j->res[i] < 0 && j->sync_r >= 0) {
+            folder_fail_md(e, j->res[i]); /* the intent stays: the next run forgets it */
+        } else if (j->res[i] == 0) {
+            j->rows[i].state = IDX_MSG_SYNCED;
+            j->rows[ok++] = j->rows[i];
+            fcounts(e)->new_down++;
+            fcounts(e)->bytes_down += d->wire_size;
+            ok_bytes += d->wire_size;
+        }
+        free(d);
+    }
+    if (ok > 0) {
+        /* new/ and cur/ are fsynced (with other folders' directories)
+         * before these records are written. */
+        md_folder_sync_later(f->md, &e->root->dirsync);
+        struct idx_ops o = {.folder = f->job->name, .puts = j->rows, .nputs = ok};
+        idx_apply_later(e, &o);
+    }
+    progress_add(e, (unsigned)ok, ok_bytes);
+    free(j->batch);
+    free(j->rows);
+    free(j->res);
+    free(j);
+    /* What came in meanwhile: the next batch when it is full, or all of it
+     * when the folder's downloads ended (or the connection did). */
+    if (f->nbatch > 0 && (e->finished || f->advance_after_flush || batch_full(f))) {
+        flush_batch(e);
+        if (f->flushing != NULL) {
+            return;
+        }
+    }
+    if (e->finished) {
+        if (e->teardown_pending) {
+            finish_teardown(e);
+        }
+        return;
+    }
+    if (f->advance_after_flush) {
+        f->advance_after_flush = false;
+        folder_advance(e);
+    }
+}
+
+/* Commits the batch: intent rows (see below), then on the thread pool the
+ * fsync + rename of every file (flush_work), then the records with the
+ * next index write, after the directories' fsync. One batch at a time per
+ * folder: a call while one is in flight leaves the messages for the next
+ * (flush_done starts it). */
 static int flush_batch(struct engine *e)
 {
     struct fstate *f = e->f;
-    if (f->nbatch == 0) {
+    if (f->nbatch == 0 || f->flushing != NULL) {
         return 0;
     }
     struct idx_msg *rows = xcalloc(f->nbatch, sizeof(*rows));
@@ -2999,7 +3150,6 @@ static int flush_batch(struct engine *e)
         plan_kw_format(&d->pd->kw, m->keywords, sizeof(m->keywords));
     }
     struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = f->nbatch};
-    uint64_t ok_bytes = 0;
     /* The intents keep a crash between the renames below and the records
      * from leaving files the index does not know beside records it does
      * (which the next run would upload as new). The first batch of a
@@ -3013,62 +3163,36 @@ static int flush_batch(struct engine *e)
                    f->adopt || f->rematch;
     f->dl_flushed = true;
     int r = intents ? idx_apply(e, &o) : 0;
-    if (r >= 0) {
-        /* The bytes of the whole batch become durable at once. */
-        struct md_writer **ws = xcalloc(f->nbatch, sizeof(*ws));
+    if (r < 0) {
         for (size_t i = 0; i < f->nbatch; i++) {
-            ws[i] = f->batch[i]->w;
-            /* The received date goes with the bytes; a failure stays on the
-             * writer and its commit reports it. */
-            md_writer_finish(ws[i], f->batch[i]->pd->internaldate);
+            md_writer_abort(f->batch[i]->w);
+            free(f->batch[i]);
         }
-        r = md_writers_sync(f->md, ws, f->nbatch);
-        free(ws);
-        if (r < 0) {
-            folder_fail_md(e, r);
-        }
+        f->nbatch = 0;
+        f->batch_bytes = 0;
+        free(rows);
+        return r;
     }
-    size_t ok = 0;
-    for (size_t i = 0; i < f->nbatch; i++) {
-        struct dl *d = f->batch[i];
-        md_keywords kw = 0;
-        if (r >= 0 && !local_letters(e, &d->pd->kw, &kw)) {
-            /* Nothing recorded: the next run downloads it again. */
-            folder_fail(e, "%s", md_folder_error(f->md));
-            rows[i].uid = 0;
-            md_writer_abort(d->w);
-        } else if (r < 0) {
-            md_writer_abort(d->w);
-        } else {
-            bool to_cur = d->pd->flags != 0 || kw != 0;
-            int cr =
-                md_writer_commit(d->w, to_cur, d->pd->flags, kw, d->pd->internaldate, true, NULL);
-            if (cr < 0) {
-                folder_fail_md(e, cr);
-                rows[i].uid = 0; /* leave the intent: the next run forgets it */
-            } else {
-                rows[i].state = IDX_MSG_SYNCED;
-                rows[ok++] = rows[i];
-                fcounts(e)->new_down++;
-                fcounts(e)->bytes_down += d->wire_size;
-                ok_bytes += d->wire_size;
-            }
-        }
-        d->w = NULL;
-        free(d);
-    }
-    f->nbatch = 0;
+    struct flush_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->md = f->md;
+    j->batch = f->batch;
+    j->n = f->nbatch;
+    j->rows = rows;
+    j->res = xcalloc(j->n, sizeof(*j->res));
+    j->dry_run = e->opts.dry_run;
+    j->kw_failed = f->kw_failed;
+    f->batch = NULL;
+    f->nbatch = f->batch_cap = 0;
     f->batch_bytes = 0;
-    if (r >= 0 && ok > 0) {
-        /* new/ and cur/ are fsynced (with other folders' directories)
-         * before these records are written. */
-        md_folder_sync_later(f->md, &e->root->dirsync);
-        struct idx_ops o2 = {.folder = f->job->name, .puts = rows, .nputs = ok};
-        idx_apply_later(e, &o2);
+    f->flushing = j;
+    if (uv_queue_work(e->loop, &j->req, flush_work, flush_done) != 0) {
+        /* Cannot happen with a valid loop; do it here then. */
+        flush_work(&j->req);
+        flush_done(&j->req, 0);
     }
-    free(rows);
-    progress_add(e, (unsigned)ok, ok_bytes);
-    return r;
+    return 0;
 }
 
 static const struct plan_download *find_download(struct fstate *f, uint32_t uid)
@@ -3165,7 +3289,7 @@ static void dl_message(struct imap *im, const struct imap_msg *m, void *sink, vo
     xgrow(&f->batch, &f->batch_cap, f->nbatch + 1, sizeof(*f->batch));
     f->batch[f->nbatch++] = d;
     f->batch_bytes += d->wire_size;
-    if (f->nbatch >= DL_BATCH_MSGS || f->batch_bytes >= DL_BATCH_BYTES) {
+    if (batch_full(f)) {
         flush_batch(e);
     }
 }
@@ -4000,6 +4124,11 @@ static void folder_advance(struct engine *e)
         return;
     case FP_DOWNLOAD:
         flush_batch(e);
+        if (f->flushing != NULL) {
+            /* Uploads start once every download is in place. */
+            f->advance_after_flush = true;
+            return;
+        }
         start_uploads(e);
         return;
     case FP_UPLOAD:
