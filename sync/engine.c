@@ -299,7 +299,7 @@ struct engine {
 
     bool cancelled;
     bool finished;
-    enum engine_kind kind;
+    enum sync_kind kind;
     char *error;
     struct engine_result res;
     uv_timer_t timer;
@@ -316,7 +316,7 @@ static int wire_size(int fd, uint64_t *size_r);
 
 /* ---- errors and counts ---------------------------------------------------- */
 
-__attribute__((format(printf, 3, 4))) static void set_error(struct engine *e, enum engine_kind k,
+__attribute__((format(printf, 3, 4))) static void set_error(struct engine *e, enum sync_kind k,
                                                             const char *fmt, ...)
 {
     if (e->error != NULL) {
@@ -671,7 +671,7 @@ static int dirsync_run(struct engine *e)
         } else {
             folder_fail(e, "%s", err);
         }
-        set_error(e->root, r == -ENOSPC || r == -EDQUOT ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "%s",
+        set_error(e->root, r == -ENOSPC || r == -EDQUOT ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s",
                   err);
     }
     free(err);
@@ -1060,7 +1060,7 @@ static void on_timer(uv_timer_t *t)
              * them again (nothing is lost or copied twice), but this run
              * did not finish. */
             bool tr = idx_err_transient(e, fr);
-            set_error(e, tr ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "index: %s%s", idx_error(e->idx),
+            set_error(e, tr ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s%s", idx_error(e->idx),
                       tr && fr == -EIO ? " (the file system holding it is full)" : "");
         }
         idx_close(e->idx);
@@ -1072,7 +1072,7 @@ static void on_timer(uv_timer_t *t)
     md_dirsync_free(&e->dirsync);
     struct engine_result *res = &e->res;
     res->account = e->acct->name;
-    res->kind = e->error != NULL ? e->kind : ENGINE_OK;
+    res->kind = e->error != NULL ? e->kind : SYNC_OK;
     res->error = e->error;
     res->dry_run = e->opts.dry_run;
     res->folders = e->fres;
@@ -1104,11 +1104,11 @@ static void on_timer(uv_timer_t *t)
             res->folders_transient = false;
         }
     }
-    if (res->kind == ENGINE_OK && res->folder_errors > 0) {
+    if (res->kind == SYNC_OK && res->folder_errors > 0) {
         /* A folder that needs the user (guard, vanished folder) makes the
          * run fail without hiding the folders that did sync; a full disk
          * alone is a reason to try again later. */
-        res->kind = res->folders_transient ? ENGINE_TRANSIENT : ENGINE_PERMANENT;
+        res->kind = res->folders_transient ? SYNC_TRANSIENT : SYNC_PERMANENT;
     }
     e->done(res, e->done_arg);
     uv_close((uv_handle_t *)&e->timer, on_timer_closed);
@@ -1156,15 +1156,15 @@ static bool conn_lost(const struct engine *e)
  * so does a certificate that fails verification or a port that does not
  * speak TLS (nothing changes by waiting); the rest (drops, resets,
  * timeouts, malformed replies, a BYE) clears up by trying again. */
-static enum engine_kind conn_error_kind(int err)
+static enum sync_kind conn_error_kind(int err)
 {
     if (err == IMAP_EAUTH) {
-        return ENGINE_AUTH;
+        return SYNC_AUTH;
     }
     if (err == IMAP_ENOTLS || net_err_permanent(err)) {
-        return ENGINE_PERMANENT;
+        return SYNC_PERMANENT;
     }
-    return ENGINE_TRANSIENT;
+    return SYNC_TRANSIENT;
 }
 
 static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
@@ -1188,7 +1188,7 @@ static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
     if (e->root != e && held != NULL) {
         /* An extra lane lost a folder half-way: the run is incomplete for
          * a transient reason, like a first lane's dropped connection. */
-        set_error(e->root, ENGINE_TRANSIENT, "%s", why);
+        set_error(e->root, SYNC_TRANSIENT, "%s", why);
     }
     if (e->f != NULL) {
         folder_fail_transient(e, "%s", why);
@@ -4547,7 +4547,7 @@ static void next_folder(struct engine *e)
         return;
     }
     if (e->cancelled) {
-        set_error(e, ENGINE_TRANSIENT, "cancelled");
+        set_error(e, SYNC_TRANSIENT, "cancelled");
         finish(e);
         return;
     }
@@ -4789,7 +4789,7 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         return;
     }
     if (res->status != IMAP_STATUS_OK) {
-        set_error(e, ENGINE_TRANSIENT, "LIST failed: %s", res->text != NULL ? res->text : "");
+        set_error(e, SYNC_TRANSIENT, "LIST failed: %s", res->text != NULL ? res->text : "");
         finish(e);
         return;
     }
@@ -4876,7 +4876,7 @@ static void on_imap_ready(struct imap *im, void *arg)
         return;
     }
     if (imap_list(im, on_list_folder, on_list_done, e) < 0) {
-        set_error(e, ENGINE_TRANSIENT, "cannot queue LIST");
+        set_error(e, SYNC_TRANSIENT, "cannot queue LIST");
         finish(e);
     }
 }
@@ -4886,12 +4886,12 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     struct engine *e = arg;
     e->secret_req = NULL;
     if (err < 0) {
-        set_error(e, ENGINE_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
+        set_error(e, SYNC_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
         finish(e);
         return;
     }
     if (e->cancelled) {
-        set_error(e, ENGINE_TRANSIENT, "cancelled");
+        set_error(e, SYNC_TRANSIENT, "cancelled");
         finish(e);
         return;
     }
@@ -4903,7 +4903,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     int r = imap_connect(e->loop, &io, &lane_cb, e, &e->im);
     if (r < 0) {
         e->im = NULL;
-        set_error(e, ENGINE_PERMANENT, "%s:%u: cannot connect: %s", e->acct->host,
+        set_error(e, SYNC_PERMANENT, "%s:%u: cannot connect: %s", e->acct->host,
                   (unsigned)e->acct->port, strerror(-r));
         finish(e);
     }
@@ -4935,7 +4935,7 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
     int r = idx_open(acct->state_dir, acct->name, &e->idx, &err);
     if (r < 0) {
         e->idx = NULL;
-        set_error(e, r == -EWOULDBLOCK ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "%s",
+        set_error(e, r == -EWOULDBLOCK ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s",
                   err != NULL ? err : "cannot open the index");
         free(err);
         finish(e);
@@ -4944,7 +4944,7 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
     r = secret_get_account(loop, acct, 0, on_secret, e, &e->secret_req);
     if (r < 0) {
         e->secret_req = NULL;
-        set_error(e, ENGINE_PERMANENT, "account '%s': no password or password_command", acct->name);
+        set_error(e, SYNC_PERMANENT, "account '%s': no password or password_command", acct->name);
         finish(e);
     }
     return 0;
@@ -4975,7 +4975,7 @@ void engine_cancel(struct engine *e)
     if (e->secret_req != NULL) {
         secret_cancel(e->secret_req);
         e->secret_req = NULL;
-        set_error(e, ENGINE_TRANSIENT, "cancelled");
+        set_error(e, SYNC_TRANSIENT, "cancelled");
         finish(e);
     }
 }

@@ -287,7 +287,7 @@ struct popsync {
 
     bool cancelled;
     bool failed;
-    enum popsync_kind kind;
+    enum sync_kind kind;
     char *error;
     struct popsync_result res;
 };
@@ -304,24 +304,9 @@ static void set_phase(struct popsync *ps, enum ps_phase ph)
     ps->phase = ph;
 }
 
-const char *popsync_kind_name(enum popsync_kind k)
-{
-    switch (k) {
-    case POPSYNC_OK:
-        return "ok";
-    case POPSYNC_TRANSIENT:
-        return "transient";
-    case POPSYNC_AUTH:
-        return "auth";
-    case POPSYNC_PERMANENT:
-        return "permanent";
-    }
-    return "?";
-}
-
 /* Records the first fatal error; the run then winds down through finish. */
-__attribute__((format(printf, 3, 4))) static void
-set_error(struct popsync *ps, enum popsync_kind kind, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void set_error(struct popsync *ps, enum sync_kind kind,
+                                                            const char *fmt, ...)
 {
     if (ps->failed) {
         return;
@@ -332,7 +317,7 @@ set_error(struct popsync *ps, enum popsync_kind kind, const char *fmt, ...)
     va_end(ap);
     ps->failed = true;
     ps->kind = kind;
-    log_debug("%s: error (%s): %s", ps->name, popsync_kind_name(kind), ps->error);
+    log_debug("%s: error (%s): %s", ps->name, sync_kind_name(kind), ps->error);
 }
 
 /* ---- header hash and dates ------------------------------------------- */
@@ -729,11 +714,10 @@ __attribute__((format(printf, 3, 4))) static void job_fail(struct popsync *ps, i
     ps->job_err = err;
 }
 
-static enum popsync_kind local_kind(int err)
+static enum sync_kind local_kind(int err)
 {
     /* A full disk may clear up; anything else needs the user. */
-    return err == -ENOSPC || err == -EDQUOT || err == IDX_ERETRY ? POPSYNC_TRANSIENT
-                                                                 : POPSYNC_PERMANENT;
+    return err == -ENOSPC || err == -EDQUOT || err == IDX_ERETRY ? SYNC_TRANSIENT : SYNC_PERMANENT;
 }
 
 /* The slot of id in the table of Maildir identities: where it is, or the
@@ -900,9 +884,9 @@ static void on_pop_error(struct pop3 *p, int err, enum pop3_errkind kind, const 
     if (ps->phase == PS_QUIT && ps->quit_ok) {
         return;
     }
-    enum popsync_kind k = kind == POP3_ERRKIND_AUTH        ? POPSYNC_AUTH
-                          : kind == POP3_ERRKIND_PERMANENT ? POPSYNC_PERMANENT
-                                                           : POPSYNC_TRANSIENT;
+    enum sync_kind k = kind == POP3_ERRKIND_AUTH        ? SYNC_AUTH
+                       : kind == POP3_ERRKIND_PERMANENT ? SYNC_PERMANENT
+                                                        : SYNC_TRANSIENT;
     set_error(ps, k, "%s", msg);
     pop3_free(ps->pop);
     ps->pop = NULL;
@@ -928,7 +912,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     struct popsync *ps = arg;
     ps->secret_req = NULL;
     if (err < 0) {
-        set_error(ps, POPSYNC_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
+        set_error(ps, SYNC_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
         advance(ps);
         return;
     }
@@ -944,7 +928,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     int r = pop3_connect(ps->loop, &po, &cb, ps, &ps->pop);
     if (r < 0) {
         ps->pop = NULL;
-        set_error(ps, POPSYNC_PERMANENT, "%s:%u: cannot connect: %s", a->host, a->port,
+        set_error(ps, SYNC_PERMANENT, "%s:%u: cannot connect: %s", a->host, a->port,
                   uv_strerror(r));
         advance(ps);
     }
@@ -990,7 +974,7 @@ static struct smsg *add_msg(struct popsync *ps, unsigned msgno)
         return m;
     }
     if (ps->nmsgs >= ps->max_listing) {
-        set_error(ps, POPSYNC_PERMANENT,
+        set_error(ps, SYNC_PERMANENT,
                   "%s: the server lists more than %u messages, more than mailsync handles in one "
                   "account; delete some on the server (or with another client) and sync again",
                   ps->name, ps->max_listing);
@@ -1020,8 +1004,8 @@ static struct smsg *listed_msg(struct popsync *ps, unsigned msgno, bool uidl)
 {
     struct smsg *m = add_msg(ps, msgno);
     if (m != NULL && (uidl ? m->in_uidl : m->in_list)) {
-        set_error(ps, POPSYNC_TRANSIENT, "%s: message %u is listed twice in the %s listing",
-                  ps->name, msgno, uidl ? "UIDL" : "LIST");
+        set_error(ps, SYNC_TRANSIENT, "%s: message %u is listed twice in the %s listing", ps->name,
+                  msgno, uidl ? "UIDL" : "LIST");
         m = NULL;
     }
     if (m == NULL) {
@@ -1065,7 +1049,7 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
         return;
     }
     if (!pop3_parse_listing(line, &n, &rest)) {
-        set_error(ps, POPSYNC_TRANSIENT, "%s: malformed UIDL line from the server", ps->name);
+        set_error(ps, SYNC_TRANSIENT, "%s: malformed UIDL line from the server", ps->name);
         return;
     }
     size_t ul = strcspn(rest, " \t");
@@ -1120,7 +1104,7 @@ static void on_list_line(struct pop3 *p, const char *line, size_t len, void *arg
         return;
     }
     if (!pop3_parse_listing(line, &n, &rest)) {
-        set_error(ps, POPSYNC_TRANSIENT, "%s: malformed LIST line from the server", ps->name);
+        set_error(ps, SYNC_TRANSIENT, "%s: malformed LIST line from the server", ps->name);
         return;
     }
     /* Plain digits, as servers send them, without strtoull's locale
@@ -1155,7 +1139,7 @@ static void on_list_done(struct pop3 *p, const struct pop3_status *st, void *arg
     }
     if (!st->ok) {
         char *t = xstrdup(st->text);
-        set_error(ps, POPSYNC_TRANSIENT, "%s: LIST failed: %s", ps->name, t);
+        set_error(ps, SYNC_TRANSIENT, "%s: LIST failed: %s", ps->name, t);
         free(t);
     }
     ps->list_done = true;
@@ -1502,7 +1486,7 @@ static bool key_from_hash(struct popsync *ps)
         any = msg_i(ps, i)->hh_valid;
     }
     if (ps->nmsgs > 0 && !any) {
-        set_error(ps, POPSYNC_PERMANENT,
+        set_error(ps, SYNC_PERMANENT,
                   "%s: the server has neither UIDL nor TOP; there is no way to tell which "
                   "messages were downloaded already, so none is",
                   ps->name);
@@ -1570,7 +1554,7 @@ static bool local_deletions_plausible(struct popsync *ps)
     }
     unsigned total = present + missing;
     if (!ps->opts.force && total >= 4 && (double)missing > ps->acct->max_delete_ratio * total) {
-        set_error(ps, POPSYNC_PERMANENT,
+        set_error(ps, SYNC_PERMANENT,
                   "%s: %u of the %u downloaded messages are gone from %s; refusing to treat that "
                   "many as deleted locally (more than %.0f%%). If they were deleted on purpose, "
                   "sync this account once with --force",
@@ -2144,7 +2128,7 @@ static void on_quit(struct pop3 *p, const struct pop3_status *st, void *arg)
     } else if (st->err >= 0) {
         /* RFC 1939 section 6: -ERR to QUIT means some deletions failed;
          * none is marked as done. */
-        set_error(ps, POPSYNC_TRANSIENT, "%s: QUIT failed, deletions not committed: %s", ps->name,
+        set_error(ps, SYNC_TRANSIENT, "%s: QUIT failed, deletions not committed: %s", ps->name,
                   st->text);
     }
     if (st->err >= 0) {
@@ -2472,7 +2456,7 @@ static void advance(struct popsync *ps)
             /* No QUIT, so nothing is deleted. The phase stays before
              * PS_QUIT, so that the stop path drops the connection instead
              * of waiting for an answer that never comes. */
-            set_error(ps, POPSYNC_TRANSIENT, "%s: cannot send QUIT", ps->name);
+            set_error(ps, SYNC_TRANSIENT, "%s: cannot send QUIT", ps->name);
             advance(ps);
             return;
         }
@@ -2541,7 +2525,7 @@ static void on_finish_timer_closed(uv_handle_t *h)
 {
     struct popsync *ps = h->data;
     free(h);
-    ps->res.kind = ps->failed ? ps->kind : POPSYNC_OK;
+    ps->res.kind = ps->failed ? ps->kind : SYNC_OK;
     ps->res.error = ps->failed ? ps->error : NULL;
     ps->res.account = ps->acct->name;
     ps->res.dry_run = ps->opts.dry_run;
@@ -2593,7 +2577,7 @@ int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct
     int r = idx_open(acct->state_dir, acct->name, &ps->idx, &err);
     if (r < 0) {
         ps->idx = NULL;
-        set_error(ps, r == -EWOULDBLOCK ? POPSYNC_TRANSIENT : POPSYNC_PERMANENT, "%s",
+        set_error(ps, r == -EWOULDBLOCK ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s",
                   err != NULL ? err : "cannot open the index");
         free(err);
         ps->prep_done = true;
@@ -2609,7 +2593,7 @@ int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct
         r = md_folder_open(path, false, false, &ps->folders[i / NSHARD][i % NSHARD], &err);
     }
     if (r < 0) {
-        set_error(ps, POPSYNC_PERMANENT, "%s", err != NULL ? err : "cannot open the Maildir INBOX");
+        set_error(ps, SYNC_PERMANENT, "%s", err != NULL ? err : "cannot open the Maildir INBOX");
         free(err);
         free(path);
         ps->prep_done = true;
@@ -2622,8 +2606,7 @@ int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct
     r = secret_get_account(loop, acct, 0, on_secret, ps, &ps->secret_req);
     if (r < 0) {
         ps->secret_req = NULL;
-        set_error(ps, POPSYNC_PERMANENT, "account '%s': no password or password_command",
-                  acct->name);
+        set_error(ps, SYNC_PERMANENT, "account '%s': no password or password_command", acct->name);
     }
     return 0;
 }
@@ -2634,7 +2617,7 @@ void popsync_cancel(struct popsync *ps)
         return;
     }
     ps->cancelled = true;
-    set_error(ps, POPSYNC_TRANSIENT, "cancelled");
+    set_error(ps, SYNC_TRANSIENT, "cancelled");
     /* From the loop, like every other step. */
     advance(ps);
 }
@@ -2661,14 +2644,14 @@ int popsync_run(uv_loop_t *loop, const struct sync_account *acct, const struct p
     struct popsync *ps;
     int r = popsync_start(loop, acct, opts, on_run_done, &c, &ps);
     if (r < 0) {
-        res_r->kind = POPSYNC_PERMANENT;
+        res_r->kind = SYNC_PERMANENT;
         res_r->error = xasprintf("account '%s' is not a POP3 account", acct->name);
         return -1;
     }
     while (!c.done) {
         uv_run(loop, UV_RUN_ONCE);
     }
-    return res_r->kind == POPSYNC_OK ? 0 : -1;
+    return res_r->kind == SYNC_OK ? 0 : -1;
 }
 
 void popsync_result_clear(struct popsync_result *res)
@@ -2725,8 +2708,8 @@ char *popsync_summary(const struct popsync_result *res)
     if (res->errors > 0) {
         sbuf_addf(&s, ", %u failed", res->errors);
     }
-    if (res->kind != POPSYNC_OK) {
-        sbuf_addf(&s, "; error (%s): %s", popsync_kind_name(res->kind),
+    if (res->kind != SYNC_OK) {
+        sbuf_addf(&s, "; error (%s): %s", sync_kind_name(res->kind),
                   res->error != NULL ? res->error : "?");
     }
     return sbuf_detach(&s);

@@ -509,7 +509,7 @@ static void test_summary(void **state)
     assert_string_equal(s, "work: 12 new (3.4 MB), 2 skipped (over max_size: 1, before since: "
                            "1), 1 deleted on the server, 40 already here");
     free(s);
-    r = (struct popsync_result){.account = "p", .kind = POPSYNC_AUTH, .error = "x: refused"};
+    r = (struct popsync_result){.account = "p", .kind = SYNC_AUTH, .error = "x: refused"};
     s = popsync_summary(&r);
     assert_string_equal(s, "p: 0 new, 0 deleted on the server, 0 already here; error (auth): "
                            "x: refused");
