@@ -40,13 +40,13 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "core/log.h"
 #include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
 #include "sync/imap.h"
+#include "sync/msgfacts.h"
 #include "sync/net.h"
 #include "sync/options.h"
 #include "sync/plan.h"
@@ -66,9 +66,6 @@
 #define LANE_MIN_MSGS 64
 /* APPENDs in flight at once (each holds an open file). */
 #define UL_WINDOW 8
-/* Bytes of a local file's header block read at most (for its Message-ID
- * and header hash); a longer header is not hashed. */
-#define HEADER_SCAN_MAX (1024u * 1024)
 
 enum fphase {
     FP_SELECT = 0,
@@ -758,117 +755,6 @@ static void idx_apply_later(struct engine *e, const struct idx_ops *o)
     }
 }
 
-/* ---- Message-ID ----------------------------------------------------------------- */
-
-/* SHA-256 (first 16 bytes) of a header block as plan_header_clean gives
- * it: CRLF taken as LF, so that a Maildir file (LF) and the server's copy
- * (CRLF) hash alike, and without the lines other sync tools and mail
- * readers add (mbsync's X-TUID, Status), so that a Maildir they wrote
- * still matches. *strip_r (may be NULL) gets the wire size of those
- * lines. */
-static void header_hash_strip(const char *h, size_t len, uint8_t out[16], uint64_t *strip_r)
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    size_t clen;
-    char *clean = plan_header_clean(h, len, &clen, strip_r);
-    memset(out, 0, 16);
-    if (EVP_Digest(clean, clen, md, &mdlen, EVP_sha256(), NULL) == 1 && mdlen >= 16) {
-        memcpy(out, md, 16);
-    }
-    free(clean);
-}
-
-static void header_hash(const char *h, size_t len, uint8_t out[16])
-{
-    header_hash_strip(h, len, out, NULL);
-}
-
-/* The end of the header block in buf (just past its empty line), or 0 when
- * it is not complete yet; the search starts at from (bytes before it were
- * searched already). A file that starts with an empty line has an empty
- * header. */
-static size_t header_end(const char *buf, size_t len, size_t from)
-{
-    if (from == 0 && len >= 1 && buf[0] == '\n') {
-        return 1;
-    }
-    if (from == 0 && len >= 2 && buf[0] == '\r' && buf[1] == '\n') {
-        return 2;
-    }
-    for (size_t i = from; i + 1 < len; i++) {
-        if (buf[i] != '\n') {
-            continue;
-        }
-        if (buf[i + 1] == '\n') {
-            return i + 2;
-        }
-        if (buf[i + 1] == '\r' && i + 2 < len && buf[i + 2] == '\n') {
-            return i + 3;
-        }
-    }
-    return 0;
-}
-
-/* Reads the header block of a local file (up to and including the first
- * empty line, or the whole file when it has none): its Message-ID (or
- * NULL), its hash and (strip_r, may be NULL) the wire size of the lines
- * the hash leaves out. A header longer than HEADER_SCAN_MAX gives only what
- * its first part holds, no hash and no such lines. Returns 0 or a negative
- * errno. */
-static int file_header_strip(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r,
-                             uint64_t *strip_r)
-{
-    struct sbuf sb = {0};
-    size_t end = 0;
-    off_t off = 0;
-    bool eof = false;
-    *msgid_r = NULL;
-    *have_hh_r = false;
-    if (strip_r != NULL) {
-        *strip_r = 0;
-    }
-    while (end == 0 && !eof && sb.len < HEADER_SCAN_MAX) {
-        char buf[16384];
-        ssize_t n = pread(fd, buf, sizeof(buf), off);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            int r = -errno;
-            sbuf_free(&sb);
-            return r;
-        }
-        if (n == 0) {
-            eof = true;
-            break;
-        }
-        /* An empty line split over two reads is found by looking again at
-         * the last two bytes of the previous one. */
-        size_t from = sb.len > 2 ? sb.len - 2 : 0;
-        sbuf_add(&sb, buf, (size_t)n);
-        off += n;
-        end = header_end(sb.buf, sb.len, from);
-    }
-    if (end == 0 && eof) {
-        end = sb.len;
-    }
-    if (end > 0 || sb.len == 0) {
-        header_hash_strip(sb.buf != NULL ? sb.buf : "", end, hh, strip_r);
-        *have_hh_r = true;
-    } else {
-        end = sb.len;
-    }
-    *msgid_r = imap_header_message_id(sb.buf != NULL ? sb.buf : "", end);
-    sbuf_free(&sb);
-    return 0;
-}
-
-static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
-{
-    return file_header_strip(fd, msgid_r, hh, have_hh_r, NULL);
-}
-
 static int u32_cmp(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -884,19 +770,6 @@ static bool u32_in(const uint32_t *v, size_t n, uint32_t x)
         }
     }
     return false;
-}
-
-static void msgid_hash(const char *id, uint8_t out[16])
-{
-    memset(out, 0, 16);
-    if (id == NULL) {
-        return;
-    }
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    if (EVP_Digest(id, strlen(id), md, &len, EVP_sha256(), NULL) == 1 && len >= 16) {
-        memcpy(out, md, 16);
-    }
 }
 
 /* ---- finishing -------------------------------------------------------------------- */
@@ -2183,7 +2056,7 @@ static void on_header_msg(struct imap *im, const struct imap_msg *m, void *sink,
     }
     struct smsg *s = find_smsg(f, m->uid);
     if (s != NULL) {
-        header_hash_strip(m->header, m->header_len, s->hh, &s->hstrip);
+        msgfacts_header_hash(m->header, m->header_len, s->hh, &s->hstrip);
         s->have_hh = true;
     }
 }
@@ -2219,7 +2092,7 @@ static void rematch_prepare(struct engine *e)
         if (fd < 0) {
             continue; /* gone meanwhile: it cannot match */
         }
-        if (file_header_strip(fd, &lf->msgid, lf->hh, &lf->have_hh, &lf->strip) == 0) {
+        if (msgfacts_read_file(fd, &lf->msgid, lf->hh, &lf->have_hh, &lf->strip) == 0) {
             bool maybe = lf->msgid != NULL
                              ? bsearch(&lf->msgid, ids, nids, sizeof(*ids), strp_cmp) != NULL
                              : srv_noid;
@@ -2348,7 +2221,7 @@ static int rematch_finish(struct engine *e)
             free(both);
         }
         if (sm->msgid != NULL) {
-            msgid_hash(sm->msgid, r->msgid_hash);
+            msgfacts_msgid_hash(sm->msgid, r->msgid_hash);
         } else if (f->lf[li].have_hh) {
             memcpy(r->msgid_hash, f->lf[li].hh, sizeof(r->msgid_hash));
         }
@@ -2397,8 +2270,8 @@ static void intents_prepare(struct engine *e)
         if (fd < 0) {
             continue;
         }
-        if (file_header(fd, &lf->msgid, lf->hh, &lf->have_hh) == 0 && lf->msgid == NULL &&
-            lf->have_hh && wire_size(fd, &lf->wire) == 0) {
+        if (msgfacts_read_file(fd, &lf->msgid, lf->hh, &lf->have_hh, NULL) == 0 &&
+            lf->msgid == NULL && lf->have_hh && wire_size(fd, &lf->wire) == 0) {
             lf->have_wire = true;
             f->it_l[f->it_nl++] =
                 (struct plan_match){.size = lf->wire, .hh = lf->hh, .ix = i, .pair = -1};
@@ -2699,7 +2572,7 @@ static void unsettled_key(const char *folder, char *buf, size_t cap)
         return;
     }
     uint8_t h[16];
-    msgid_hash(folder, h);
+    msgfacts_msgid_hash(folder, h);
     size_t n = (size_t)snprintf(buf, cap, "unsettled#");
     for (size_t i = 0; i < sizeof(h) && n + 2 < cap; i++) {
         n += (size_t)snprintf(buf + n, cap - n, "%02x", h[i]);
@@ -3338,7 +3211,7 @@ static void issue_uploads(struct engine *e)
         u->rec.size = size;
         plan_kw_format(&pu->kw, u->rec.keywords, sizeof(u->rec.keywords));
         if (lf->msgid != NULL) {
-            msgid_hash(lf->msgid, u->rec.msgid_hash);
+            msgfacts_msgid_hash(lf->msgid, u->rec.msgid_hash);
         } else if (lf->have_hh) {
             memcpy(u->rec.msgid_hash, lf->hh, sizeof(u->rec.msgid_hash));
         }
@@ -3395,7 +3268,7 @@ static void start_uploads(struct engine *e)
             struct md_msg *lm = md_scan_find(f->scan, pu->lid);
             int fd = lm != NULL ? md_open_msg(f->md, lm) : -ENOENT;
             if (fd >= 0) {
-                if (file_header(fd, &lf->msgid, lf->hh, &lf->have_hh) == 0 &&
+                if (msgfacts_read_file(fd, &lf->msgid, lf->hh, &lf->have_hh, NULL) == 0 &&
                     wire_size(fd, &lf->wire) == 0) {
                     lf->have_wire = true;
                 }
@@ -3403,7 +3276,7 @@ static void start_uploads(struct engine *e)
             }
             m->size = lf->wire;
             if (lf->msgid != NULL) {
-                msgid_hash(lf->msgid, m->msgid_hash);
+                msgfacts_msgid_hash(lf->msgid, m->msgid_hash);
             } else if (lf->have_hh) {
                 memcpy(m->msgid_hash, lf->hh, sizeof(m->msgid_hash));
             }
@@ -3481,7 +3354,7 @@ static void on_ulhdr_msg(struct imap *im, const struct imap_msg *m, void *sink, 
     struct smsg key = {.uid = m->uid};
     struct smsg *s = bsearch(&key, f->ul_srv, f->nul_srv, sizeof(*f->ul_srv), smsg_uid_cmp);
     if (s != NULL) {
-        header_hash(m->header, m->header_len, s->hh);
+        msgfacts_header_hash(m->header, m->header_len, s->hh, NULL);
         s->have_hh = true;
     }
 }
