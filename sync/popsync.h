@@ -128,13 +128,4 @@ void popsync_result_clear(struct popsync_result *res);
  * Caller frees. */
 char *popsync_summary(const struct popsync_result *res);
 
-/* Exposed for tests. */
-
-/* Parses an RFC 5322 date (obsolete forms and asctime accepted). Returns
- * false when it cannot. */
-bool popsync_parse_date(const char *s, time_t *t_r);
-/* Finds the Date header's value in a header block (LF endings, folded
- * lines unfolded); malloc'd, NULL when absent. */
-char *popsync_find_header(const char *headers, size_t len, const char *name);
-
 #endif
