@@ -11,6 +11,7 @@
 #include "daemon/syncopts.h"
 #include "sync/engine.h"
 #include "sync/popsync.h"
+#include "sync/result.h"
 
 enum run_state {
     RUN_PENDING = 0,
@@ -130,16 +131,16 @@ static void on_pop_done(const struct popsync_result *res, void *arg)
     struct run *r = arg;
     struct syncrun *sr = r->sr;
     progress_clear(sr);
-    if (res->kind != POPSYNC_OK) {
+    if (res->kind != SYNC_OK) {
         log_error("%s: %s", r->acct->name, res->error != NULL ? res->error : "failed");
     }
-    if (!sr->opts->quiet || res->kind != POPSYNC_OK) {
+    if (!sr->opts->quiet || res->kind != SYNC_OK) {
         char *line = popsync_summary(res);
         printf("%s\n", line);
         fflush(stdout);
         free(line);
     }
-    run_finished(r, res->kind != POPSYNC_OK, res->kind == POPSYNC_TRANSIENT);
+    run_finished(r, res->kind != SYNC_OK, res->kind == SYNC_TRANSIENT);
     progress_draw(sr, true);
 }
 
@@ -174,18 +175,18 @@ static void on_engine_done(const struct engine_result *res, void *arg)
             log_error("%s: %s: %s", r->acct->name, res->folders[i].name, res->folders[i].error);
         }
     }
-    if (res->kind != ENGINE_OK && (res->error != NULL || res->folder_errors == 0)) {
+    if (res->kind != SYNC_OK && (res->error != NULL || res->folder_errors == 0)) {
         /* Without an account-wide error the folder lines above say it all. */
         log_error("%s: %s", r->acct->name, res->error != NULL ? res->error : "failed");
     }
-    bool failed = res->kind != ENGINE_OK || res->folder_errors > 0;
+    bool failed = res->kind != SYNC_OK || res->folder_errors > 0;
     if (!sr->opts->quiet || failed) {
         char *line = engine_summary(res);
         printf("%s\n", line);
         fflush(stdout);
         free(line);
     }
-    run_finished(r, failed, res->kind == ENGINE_TRANSIENT && res->folders_transient);
+    run_finished(r, failed, res->kind == SYNC_TRANSIENT && res->folders_transient);
     progress_draw(sr, true);
 }
 
@@ -304,7 +305,7 @@ int syncrun(const struct cfg *cfg, char *const *accounts, int count,
     }
     free(sr.runs);
     if (ret != 0 && all_transient) {
-        ret = 75;
+        ret = SYNC_EXIT_TEMPFAIL;
     }
     return ret;
 }

@@ -40,13 +40,13 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "core/log.h"
 #include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
 #include "sync/imap.h"
+#include "sync/msgfacts.h"
 #include "sync/net.h"
 #include "sync/options.h"
 #include "sync/plan.h"
@@ -66,9 +66,6 @@
 #define LANE_MIN_MSGS 64
 /* APPENDs in flight at once (each holds an open file). */
 #define UL_WINDOW 8
-/* Bytes of a local file's header block read at most (for its Message-ID
- * and header hash); a longer header is not hashed. */
-#define HEADER_SCAN_MAX (1024u * 1024)
 
 enum fphase {
     FP_SELECT = 0,
@@ -302,7 +299,7 @@ struct engine {
     bool cancelled;
     bool finished;
     bool teardown_pending; /* finish waits for the folder's batch on the thread pool */
-    enum engine_kind kind;
+    enum sync_kind kind;
     char *error;
     struct engine_result res;
     uv_timer_t timer;
@@ -320,7 +317,7 @@ static int wire_size(int fd, uint64_t *size_r);
 
 /* ---- errors and counts ---------------------------------------------------- */
 
-__attribute__((format(printf, 3, 4))) static void set_error(struct engine *e, enum engine_kind k,
+__attribute__((format(printf, 3, 4))) static void set_error(struct engine *e, enum sync_kind k,
                                                             const char *fmt, ...)
 {
     if (e->error != NULL) {
@@ -675,7 +672,7 @@ static int dirsync_run(struct engine *e)
         } else {
             folder_fail(e, "%s", err);
         }
-        set_error(e->root, r == -ENOSPC || r == -EDQUOT ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "%s",
+        set_error(e->root, r == -ENOSPC || r == -EDQUOT ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s",
                   err);
     }
     free(err);
@@ -762,117 +759,6 @@ static void idx_apply_later(struct engine *e, const struct idx_ops *o)
     }
 }
 
-/* ---- Message-ID ----------------------------------------------------------------- */
-
-/* SHA-256 (first 16 bytes) of a header block as plan_header_clean gives
- * it: CRLF taken as LF, so that a Maildir file (LF) and the server's copy
- * (CRLF) hash alike, and without the lines other sync tools and mail
- * readers add (mbsync's X-TUID, Status), so that a Maildir they wrote
- * still matches. *strip_r (may be NULL) gets the wire size of those
- * lines. */
-static void header_hash_strip(const char *h, size_t len, uint8_t out[16], uint64_t *strip_r)
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    size_t clen;
-    char *clean = plan_header_clean(h, len, &clen, strip_r);
-    memset(out, 0, 16);
-    if (EVP_Digest(clean, clen, md, &mdlen, EVP_sha256(), NULL) == 1 && mdlen >= 16) {
-        memcpy(out, md, 16);
-    }
-    free(clean);
-}
-
-static void header_hash(const char *h, size_t len, uint8_t out[16])
-{
-    header_hash_strip(h, len, out, NULL);
-}
-
-/* The end of the header block in buf (just past its empty line), or 0 when
- * it is not complete yet; the search starts at from (bytes before it were
- * searched already). A file that starts with an empty line has an empty
- * header. */
-static size_t header_end(const char *buf, size_t len, size_t from)
-{
-    if (from == 0 && len >= 1 && buf[0] == '\n') {
-        return 1;
-    }
-    if (from == 0 && len >= 2 && buf[0] == '\r' && buf[1] == '\n') {
-        return 2;
-    }
-    for (size_t i = from; i + 1 < len; i++) {
-        if (buf[i] != '\n') {
-            continue;
-        }
-        if (buf[i + 1] == '\n') {
-            return i + 2;
-        }
-        if (buf[i + 1] == '\r' && i + 2 < len && buf[i + 2] == '\n') {
-            return i + 3;
-        }
-    }
-    return 0;
-}
-
-/* Reads the header block of a local file (up to and including the first
- * empty line, or the whole file when it has none): its Message-ID (or
- * NULL), its hash and (strip_r, may be NULL) the wire size of the lines
- * the hash leaves out. A header longer than HEADER_SCAN_MAX gives only what
- * its first part holds, no hash and no such lines. Returns 0 or a negative
- * errno. */
-static int file_header_strip(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r,
-                             uint64_t *strip_r)
-{
-    struct sbuf sb = {0};
-    size_t end = 0;
-    off_t off = 0;
-    bool eof = false;
-    *msgid_r = NULL;
-    *have_hh_r = false;
-    if (strip_r != NULL) {
-        *strip_r = 0;
-    }
-    while (end == 0 && !eof && sb.len < HEADER_SCAN_MAX) {
-        char buf[16384];
-        ssize_t n = pread(fd, buf, sizeof(buf), off);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            int r = -errno;
-            sbuf_free(&sb);
-            return r;
-        }
-        if (n == 0) {
-            eof = true;
-            break;
-        }
-        /* An empty line split over two reads is found by looking again at
-         * the last two bytes of the previous one. */
-        size_t from = sb.len > 2 ? sb.len - 2 : 0;
-        sbuf_add(&sb, buf, (size_t)n);
-        off += n;
-        end = header_end(sb.buf, sb.len, from);
-    }
-    if (end == 0 && eof) {
-        end = sb.len;
-    }
-    if (end > 0 || sb.len == 0) {
-        header_hash_strip(sb.buf != NULL ? sb.buf : "", end, hh, strip_r);
-        *have_hh_r = true;
-    } else {
-        end = sb.len;
-    }
-    *msgid_r = imap_header_message_id(sb.buf != NULL ? sb.buf : "", end);
-    sbuf_free(&sb);
-    return 0;
-}
-
-static int file_header(int fd, char **msgid_r, uint8_t hh[16], bool *have_hh_r)
-{
-    return file_header_strip(fd, msgid_r, hh, have_hh_r, NULL);
-}
-
 static int u32_cmp(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -888,19 +774,6 @@ static bool u32_in(const uint32_t *v, size_t n, uint32_t x)
         }
     }
     return false;
-}
-
-static void msgid_hash(const char *id, uint8_t out[16])
-{
-    memset(out, 0, 16);
-    if (id == NULL) {
-        return;
-    }
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    if (EVP_Digest(id, strlen(id), md, &len, EVP_sha256(), NULL) == 1 && len >= 16) {
-        memcpy(out, md, 16);
-    }
 }
 
 /* ---- finishing -------------------------------------------------------------------- */
@@ -1064,7 +937,7 @@ static void on_timer(uv_timer_t *t)
              * them again (nothing is lost or copied twice), but this run
              * did not finish. */
             bool tr = idx_err_transient(e, fr);
-            set_error(e, tr ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "index: %s%s", idx_error(e->idx),
+            set_error(e, tr ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s%s", idx_error(e->idx),
                       tr && fr == -EIO ? " (the file system holding it is full)" : "");
         }
         idx_close(e->idx);
@@ -1076,7 +949,7 @@ static void on_timer(uv_timer_t *t)
     md_dirsync_free(&e->dirsync);
     struct engine_result *res = &e->res;
     res->account = e->acct->name;
-    res->kind = e->error != NULL ? e->kind : ENGINE_OK;
+    res->kind = e->error != NULL ? e->kind : SYNC_OK;
     res->error = e->error;
     res->dry_run = e->opts.dry_run;
     res->folders = e->fres;
@@ -1108,11 +981,11 @@ static void on_timer(uv_timer_t *t)
             res->folders_transient = false;
         }
     }
-    if (res->kind == ENGINE_OK && res->folder_errors > 0) {
+    if (res->kind == SYNC_OK && res->folder_errors > 0) {
         /* A folder that needs the user (guard, vanished folder) makes the
          * run fail without hiding the folders that did sync; a full disk
          * alone is a reason to try again later. */
-        res->kind = res->folders_transient ? ENGINE_TRANSIENT : ENGINE_PERMANENT;
+        res->kind = res->folders_transient ? SYNC_TRANSIENT : SYNC_PERMANENT;
     }
     e->done(res, e->done_arg);
     uv_close((uv_handle_t *)&e->timer, on_timer_closed);
@@ -1172,15 +1045,15 @@ static bool conn_lost(const struct engine *e)
  * so does a certificate that fails verification or a port that does not
  * speak TLS (nothing changes by waiting); the rest (drops, resets,
  * timeouts, malformed replies, a BYE) clears up by trying again. */
-static enum engine_kind conn_error_kind(int err)
+static enum sync_kind conn_error_kind(int err)
 {
     if (err == IMAP_EAUTH) {
-        return ENGINE_AUTH;
+        return SYNC_AUTH;
     }
     if (err == IMAP_ENOTLS || net_err_permanent(err)) {
-        return ENGINE_PERMANENT;
+        return SYNC_PERMANENT;
     }
-    return ENGINE_TRANSIENT;
+    return SYNC_TRANSIENT;
 }
 
 static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
@@ -1204,7 +1077,7 @@ static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
     if (e->root != e && held != NULL) {
         /* An extra lane lost a folder half-way: the run is incomplete for
          * a transient reason, like a first lane's dropped connection. */
-        set_error(e->root, ENGINE_TRANSIENT, "%s", why);
+        set_error(e->root, SYNC_TRANSIENT, "%s", why);
     }
     if (e->f != NULL) {
         folder_fail_transient(e, "%s", why);
@@ -2199,7 +2072,7 @@ static void on_header_msg(struct imap *im, const struct imap_msg *m, void *sink,
     }
     struct smsg *s = find_smsg(f, m->uid);
     if (s != NULL) {
-        header_hash_strip(m->header, m->header_len, s->hh, &s->hstrip);
+        msgfacts_header_hash(m->header, m->header_len, s->hh, &s->hstrip);
         s->have_hh = true;
     }
 }
@@ -2235,7 +2108,7 @@ static void rematch_prepare(struct engine *e)
         if (fd < 0) {
             continue; /* gone meanwhile: it cannot match */
         }
-        if (file_header_strip(fd, &lf->msgid, lf->hh, &lf->have_hh, &lf->strip) == 0) {
+        if (msgfacts_read_file(fd, &lf->msgid, lf->hh, &lf->have_hh, &lf->strip) == 0) {
             bool maybe = lf->msgid != NULL
                              ? bsearch(&lf->msgid, ids, nids, sizeof(*ids), strp_cmp) != NULL
                              : srv_noid;
@@ -2364,7 +2237,7 @@ static int rematch_finish(struct engine *e)
             free(both);
         }
         if (sm->msgid != NULL) {
-            msgid_hash(sm->msgid, r->msgid_hash);
+            msgfacts_msgid_hash(sm->msgid, r->msgid_hash);
         } else if (f->lf[li].have_hh) {
             memcpy(r->msgid_hash, f->lf[li].hh, sizeof(r->msgid_hash));
         }
@@ -2413,8 +2286,8 @@ static void intents_prepare(struct engine *e)
         if (fd < 0) {
             continue;
         }
-        if (file_header(fd, &lf->msgid, lf->hh, &lf->have_hh) == 0 && lf->msgid == NULL &&
-            lf->have_hh && wire_size(fd, &lf->wire) == 0) {
+        if (msgfacts_read_file(fd, &lf->msgid, lf->hh, &lf->have_hh, NULL) == 0 &&
+            lf->msgid == NULL && lf->have_hh && wire_size(fd, &lf->wire) == 0) {
             lf->have_wire = true;
             f->it_l[f->it_nl++] =
                 (struct plan_match){.size = lf->wire, .hh = lf->hh, .ix = i, .pair = -1};
@@ -2715,7 +2588,7 @@ static void unsettled_key(const char *folder, char *buf, size_t cap)
         return;
     }
     uint8_t h[16];
-    msgid_hash(folder, h);
+    msgfacts_msgid_hash(folder, h);
     size_t n = (size_t)snprintf(buf, cap, "unsettled#");
     for (size_t i = 0; i < sizeof(h) && n + 2 < cap; i++) {
         n += (size_t)snprintf(buf + n, cap - n, "%02x", h[i]);
@@ -3462,7 +3335,7 @@ static void issue_uploads(struct engine *e)
         u->rec.size = size;
         plan_kw_format(&pu->kw, u->rec.keywords, sizeof(u->rec.keywords));
         if (lf->msgid != NULL) {
-            msgid_hash(lf->msgid, u->rec.msgid_hash);
+            msgfacts_msgid_hash(lf->msgid, u->rec.msgid_hash);
         } else if (lf->have_hh) {
             memcpy(u->rec.msgid_hash, lf->hh, sizeof(u->rec.msgid_hash));
         }
@@ -3519,7 +3392,7 @@ static void start_uploads(struct engine *e)
             struct md_msg *lm = md_scan_find(f->scan, pu->lid);
             int fd = lm != NULL ? md_open_msg(f->md, lm) : -ENOENT;
             if (fd >= 0) {
-                if (file_header(fd, &lf->msgid, lf->hh, &lf->have_hh) == 0 &&
+                if (msgfacts_read_file(fd, &lf->msgid, lf->hh, &lf->have_hh, NULL) == 0 &&
                     wire_size(fd, &lf->wire) == 0) {
                     lf->have_wire = true;
                 }
@@ -3527,7 +3400,7 @@ static void start_uploads(struct engine *e)
             }
             m->size = lf->wire;
             if (lf->msgid != NULL) {
-                msgid_hash(lf->msgid, m->msgid_hash);
+                msgfacts_msgid_hash(lf->msgid, m->msgid_hash);
             } else if (lf->have_hh) {
                 memcpy(m->msgid_hash, lf->hh, sizeof(m->msgid_hash));
             }
@@ -3605,7 +3478,7 @@ static void on_ulhdr_msg(struct imap *im, const struct imap_msg *m, void *sink, 
     struct smsg key = {.uid = m->uid};
     struct smsg *s = bsearch(&key, f->ul_srv, f->nul_srv, sizeof(*f->ul_srv), smsg_uid_cmp);
     if (s != NULL) {
-        header_hash(m->header, m->header_len, s->hh);
+        msgfacts_header_hash(m->header, m->header_len, s->hh, NULL);
         s->have_hh = true;
     }
 }
@@ -4676,7 +4549,7 @@ static void next_folder(struct engine *e)
         return;
     }
     if (e->cancelled) {
-        set_error(e, ENGINE_TRANSIENT, "cancelled");
+        set_error(e, SYNC_TRANSIENT, "cancelled");
         finish(e);
         return;
     }
@@ -4918,7 +4791,7 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         return;
     }
     if (res->status != IMAP_STATUS_OK) {
-        set_error(e, ENGINE_TRANSIENT, "LIST failed: %s", res->text != NULL ? res->text : "");
+        set_error(e, SYNC_TRANSIENT, "LIST failed: %s", res->text != NULL ? res->text : "");
         finish(e);
         return;
     }
@@ -5005,7 +4878,7 @@ static void on_imap_ready(struct imap *im, void *arg)
         return;
     }
     if (imap_list(im, on_list_folder, on_list_done, e) < 0) {
-        set_error(e, ENGINE_TRANSIENT, "cannot queue LIST");
+        set_error(e, SYNC_TRANSIENT, "cannot queue LIST");
         finish(e);
     }
 }
@@ -5015,12 +4888,12 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     struct engine *e = arg;
     e->secret_req = NULL;
     if (err < 0) {
-        set_error(e, ENGINE_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
+        set_error(e, SYNC_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
         finish(e);
         return;
     }
     if (e->cancelled) {
-        set_error(e, ENGINE_TRANSIENT, "cancelled");
+        set_error(e, SYNC_TRANSIENT, "cancelled");
         finish(e);
         return;
     }
@@ -5032,7 +4905,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     int r = imap_connect(e->loop, &io, &lane_cb, e, &e->im);
     if (r < 0) {
         e->im = NULL;
-        set_error(e, ENGINE_PERMANENT, "%s:%u: cannot connect: %s", e->acct->host,
+        set_error(e, SYNC_PERMANENT, "%s:%u: cannot connect: %s", e->acct->host,
                   (unsigned)e->acct->port, strerror(-r));
         finish(e);
     }
@@ -5064,7 +4937,7 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
     int r = idx_open(acct->state_dir, acct->name, &e->idx, &err);
     if (r < 0) {
         e->idx = NULL;
-        set_error(e, r == -EWOULDBLOCK ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "%s",
+        set_error(e, r == -EWOULDBLOCK ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s",
                   err != NULL ? err : "cannot open the index");
         free(err);
         finish(e);
@@ -5073,7 +4946,7 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
     r = secret_get_account(loop, acct, 0, on_secret, e, &e->secret_req);
     if (r < 0) {
         e->secret_req = NULL;
-        set_error(e, ENGINE_PERMANENT, "account '%s': no password or password_command", acct->name);
+        set_error(e, SYNC_PERMANENT, "account '%s': no password or password_command", acct->name);
         finish(e);
     }
     return 0;
@@ -5104,7 +4977,7 @@ void engine_cancel(struct engine *e)
     if (e->secret_req != NULL) {
         secret_cancel(e->secret_req);
         e->secret_req = NULL;
-        set_error(e, ENGINE_TRANSIENT, "cancelled");
+        set_error(e, SYNC_TRANSIENT, "cancelled");
         finish(e);
     }
 }

@@ -27,13 +27,7 @@
 #include <uv.h>
 
 #include "sync/options.h"
-
-enum engine_kind {
-    ENGINE_OK = 0,
-    ENGINE_TRANSIENT, /* try again later: network, server busy, account locked */
-    ENGINE_AUTH,      /* credentials refused */
-    ENGINE_PERMANENT, /* needs the user: configuration, certificates, disk, guard tripped */
-};
+#include "sync/result.h"
 
 struct engine_counts {
     unsigned new_down, new_up;          /* messages copied server->local, local->server */
@@ -62,7 +56,7 @@ struct engine_folder_result {
 
 struct engine_result {
     const char *account;
-    enum engine_kind kind;
+    enum sync_kind kind;
     const char *error; /* first account-level error, NULL when OK */
     struct engine_counts total;
     const struct engine_folder_result *folders;

@@ -11,13 +11,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <openssl/evp.h>
-
 #include "core/log.h"
 #include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
+#include "sync/msgfacts.h"
 #include "sync/pop3.h"
+#include "sync/rfc5322.h"
 #include "sync/secret.h"
 
 /* A batch is committed (intents, fsync + rename, directory fsync, rows)
@@ -39,8 +39,6 @@
 #define STAMP_MAX 160
 /* Header bytes kept from TOP for the Date header. */
 #define MAX_HEADER_KEEP (256u * 1024)
-/* Header bytes hashed at most (the same limit for RETR and TOP). */
-#define MAX_HEADER_HASH (1024u * 1024)
 /* Files of a batch are fsynced and renamed by this many threadpool jobs at
  * once: ext4 and xfs fold concurrent fsyncs into fewer journal commits, so
  * this is several times faster than one fsync after another. */
@@ -62,16 +60,6 @@ static const char *const phase_names[] = {
     [PS_START] = "START", [PS_CONNECT] = "CONNECT",   [PS_LIST] = "LIST",
     [PS_TOP] = "TOP",     [PS_DOWNLOAD] = "DOWNLOAD", [PS_DELETE] = "DELETE",
     [PS_QUIT] = "QUIT",   [PS_FINISH] = "FINISH",     [PS_DONE] = "DONE",
-};
-
-/* Streaming SHA-256 of a header block (up to, not including, the empty
- * line), truncated to 16 bytes; the same for RETR bodies and TOP n 0. */
-struct hdrhash {
-    EVP_MD_CTX *ctx;
-    bool bol; /* at the beginning of a line */
-    bool done;
-    size_t n;
-    uint8_t out[16];
 };
 
 /* What planning needs of an index record: all of it but the local
@@ -177,7 +165,7 @@ struct dl {
     struct popsync *ps;
     struct smsg *m;
     struct md_writer *w;
-    struct hdrhash hh;
+    struct msgfacts_rawhash hh;
     int err; /* local write error */
     uint64_t bytes;
     bool in_batch;
@@ -287,7 +275,7 @@ struct popsync {
 
     bool cancelled;
     bool failed;
-    enum popsync_kind kind;
+    enum sync_kind kind;
     char *error;
     struct popsync_result res;
 };
@@ -304,24 +292,9 @@ static void set_phase(struct popsync *ps, enum ps_phase ph)
     ps->phase = ph;
 }
 
-const char *popsync_kind_name(enum popsync_kind k)
-{
-    switch (k) {
-    case POPSYNC_OK:
-        return "ok";
-    case POPSYNC_TRANSIENT:
-        return "transient";
-    case POPSYNC_AUTH:
-        return "auth";
-    case POPSYNC_PERMANENT:
-        return "permanent";
-    }
-    return "?";
-}
-
 /* Records the first fatal error; the run then winds down through finish. */
-__attribute__((format(printf, 3, 4))) static void
-set_error(struct popsync *ps, enum popsync_kind kind, const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void set_error(struct popsync *ps, enum sync_kind kind,
+                                                            const char *fmt, ...)
 {
     if (ps->failed) {
         return;
@@ -332,312 +305,7 @@ set_error(struct popsync *ps, enum popsync_kind kind, const char *fmt, ...)
     va_end(ap);
     ps->failed = true;
     ps->kind = kind;
-    log_debug("%s: error (%s): %s", ps->name, popsync_kind_name(kind), ps->error);
-}
-
-/* ---- header hash and dates ------------------------------------------- */
-
-static void hh_init(struct hdrhash *h)
-{
-    memset(h, 0, sizeof(*h));
-    h->ctx = EVP_MD_CTX_new();
-    if (h->ctx == NULL || EVP_DigestInit_ex(h->ctx, EVP_sha256(), NULL) != 1) {
-        fatalx("cannot initialise SHA-256");
-    }
-    h->bol = true;
-}
-
-static void hh_final(struct hdrhash *h)
-{
-    if (h->ctx == NULL) {
-        return;
-    }
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned n = 0;
-    EVP_DigestFinal_ex(h->ctx, md, &n);
-    memcpy(h->out, md, sizeof(h->out));
-    EVP_MD_CTX_free(h->ctx);
-    h->ctx = NULL;
-    h->done = true;
-}
-
-static void hh_free(struct hdrhash *h)
-{
-    if (h->ctx != NULL) {
-        EVP_MD_CTX_free(h->ctx);
-        h->ctx = NULL;
-    }
-}
-
-static void hh_feed(struct hdrhash *h, const char *data, size_t len)
-{
-    if (h->done || h->ctx == NULL) {
-        return;
-    }
-    size_t i = 0;
-    for (; i < len; i++) {
-        if (data[i] == '\n' && h->bol) {
-            /* The empty line: the header block ends before it. */
-            EVP_DigestUpdate(h->ctx, data, i);
-            hh_final(h);
-            return;
-        }
-        h->bol = data[i] == '\n';
-        if (++h->n >= MAX_HEADER_HASH) {
-            EVP_DigestUpdate(h->ctx, data, i + 1);
-            hh_final(h);
-            return;
-        }
-    }
-    EVP_DigestUpdate(h->ctx, data, len);
-}
-
-char *popsync_find_header(const char *headers, size_t len, const char *name)
-{
-    size_t nlen = strlen(name);
-    const char *s = headers, *end = headers + len;
-    while (s < end) {
-        const char *eol = memchr(s, '\n', (size_t)(end - s));
-        size_t ll = eol != NULL ? (size_t)(eol - s) : (size_t)(end - s);
-        if (ll == 0) {
-            break; /* end of the header block */
-        }
-        if (ll > nlen && strncasecmp(s, name, nlen) == 0 && s[nlen] == ':') {
-            struct sbuf v = {0};
-            sbuf_add(&v, s + nlen + 1, ll - nlen - 1);
-            /* Unfold continuation lines. */
-            const char *q = eol != NULL ? eol + 1 : end;
-            while (q < end && (*q == ' ' || *q == '\t')) {
-                const char *e2 = memchr(q, '\n', (size_t)(end - q));
-                size_t l2 = e2 != NULL ? (size_t)(e2 - q) : (size_t)(end - q);
-                sbuf_add(&v, q, l2);
-                q = e2 != NULL ? e2 + 1 : end;
-            }
-            for (size_t i = 0; i < v.len; i++) {
-                if (v.buf[i] == '\r' || v.buf[i] == '\0') {
-                    v.buf[i] = ' ';
-                }
-            }
-            return sbuf_detach(&v);
-        }
-        s = eol != NULL ? eol + 1 : end;
-    }
-    return NULL;
-}
-
-/* Copies s without RFC 5322 comments, commas and extra spaces, as
- * space-separated tokens; ':' is kept inside tokens. */
-static char *date_tokens(const char *s)
-{
-    struct sbuf out = {0};
-    int depth = 0;
-    bool space = true;
-    for (; *s != '\0'; s++) {
-        char c = *s;
-        if (c == '\\' && depth > 0 && s[1] != '\0') {
-            s++;
-            continue;
-        }
-        if (c == '(') {
-            depth++;
-            continue;
-        }
-        if (c == ')' && depth > 0) {
-            depth--;
-            continue;
-        }
-        if (depth > 0) {
-            continue;
-        }
-        if (c == ',' || isspace((unsigned char)c)) {
-            if (!space) {
-                sbuf_addc(&out, ' ');
-                space = true;
-            }
-            continue;
-        }
-        if (c == ':' && out.len > 0 && out.buf[out.len - 1] == ' ') {
-            /* obs-time allows spaces around ':' */
-            out.len--;
-            out.buf[out.len] = '\0';
-        }
-        sbuf_addc(&out, c);
-        space = c == ':';
-    }
-    if (out.buf == NULL) {
-        sbuf_adds(&out, "");
-    }
-    return sbuf_detach(&out);
-}
-
-static int month_index(const char *t)
-{
-    static const char *const months[] = {"jan", "feb", "mar", "apr", "may", "jun",
-                                         "jul", "aug", "sep", "oct", "nov", "dec"};
-    if (strlen(t) < 3) {
-        return -1;
-    }
-    for (int i = 0; i < 12; i++) {
-        if (strncasecmp(t, months[i], 3) == 0) {
-            return i;
-        }
-    }
-    return -1;
-}
-
-static bool is_weekday(const char *t)
-{
-    static const char *const days[] = {"mon", "tue", "wed", "thu", "fri", "sat", "sun"};
-    for (int i = 0; i < 7; i++) {
-        if (strncasecmp(t, days[i], 3) == 0) {
-            return true;
-        }
-    }
-    return false;
-}
-
-static bool all_digits(const char *t)
-{
-    if (*t == '\0') {
-        return false;
-    }
-    for (; *t != '\0'; t++) {
-        if (!isdigit((unsigned char)*t)) {
-            return false;
-        }
-    }
-    return true;
-}
-
-/* A decimal token of up to 9 digits (atoi could overflow on hostile
- * input); -1 when longer. */
-static int small_num(const char *t)
-{
-    if (strlen(t) > 9) {
-        return -1;
-    }
-    return (int)strtol(t, NULL, 10);
-}
-
-static bool parse_time(const char *t, int *h, int *mi, int *sec)
-{
-    int n = 0;
-    *sec = 0;
-    if (sscanf(t, "%2d:%2d:%2d%n", h, mi, sec, &n) == 3 && t[n] == '\0') {
-        return *h < 24 && *mi < 60 && *sec <= 60;
-    }
-    n = 0;
-    if (sscanf(t, "%2d:%2d%n", h, mi, &n) == 2 && t[n] == '\0') {
-        return *h < 24 && *mi < 60;
-    }
-    return false;
-}
-
-/* Zone to seconds east of UTC; unknown zones count as UTC (RFC 5322
- * section 4.3: military zones and unknown names are "-0000"). */
-static bool parse_zone(const char *t, long *off_r)
-{
-    if ((t[0] == '+' || t[0] == '-') && strlen(t) == 5 && all_digits(t + 1)) {
-        long v = strtol(t + 1, NULL, 10);
-        long hh = v / 100, mm = v % 100;
-        if (hh > 23 || mm > 59) {
-            return false;
-        }
-        *off_r = (t[0] == '-' ? -1 : 1) * (hh * 3600 + mm * 60);
-        return true;
-    }
-    static const struct {
-        const char *name;
-        int hours;
-    } zones[] = {{"UT", 0},   {"UTC", 0},  {"GMT", 0},  {"Z", 0},    {"EST", -5}, {"EDT", -4},
-                 {"CST", -6}, {"CDT", -5}, {"MST", -7}, {"MDT", -6}, {"PST", -8}, {"PDT", -7}};
-    for (size_t i = 0; i < ARRAY_SIZE(zones); i++) {
-        if (strcasecmp(t, zones[i].name) == 0) {
-            *off_r = zones[i].hours * 3600L;
-            return true;
-        }
-    }
-    *off_r = 0;
-    return isalpha((unsigned char)t[0]);
-}
-
-bool popsync_parse_date(const char *s, time_t *t_r)
-{
-    char *toks = date_tokens(s);
-    char *tok[12];
-    size_t nt = 0;
-    char *save = NULL;
-    for (char *t = strtok_r(toks, " ", &save); t != NULL && nt < ARRAY_SIZE(tok);
-         t = strtok_r(NULL, " ", &save)) {
-        tok[nt++] = t;
-    }
-    size_t i = 0;
-    bool ok = false;
-    int day = 0, mon = -1, year = -1, h = 0, mi = 0, sec = 0;
-    long off = 0;
-    if (i < nt && is_weekday(tok[i]) && !all_digits(tok[i])) {
-        i++;
-    }
-    if (i < nt && all_digits(tok[i])) {
-        /* RFC 5322: day month year time [zone] */
-        if (i + 3 >= nt) {
-            goto out;
-        }
-        day = small_num(tok[i]);
-        mon = month_index(tok[i + 1]);
-        if (!all_digits(tok[i + 2]) || !parse_time(tok[i + 3], &h, &mi, &sec)) {
-            goto out;
-        }
-        year = small_num(tok[i + 2]);
-        size_t ylen = strlen(tok[i + 2]);
-        i += 4;
-        /* obs-year: two digits are 19xx/20xx, three digits add 1900. */
-        if (ylen == 2) {
-            year += year < 50 ? 2000 : 1900;
-        } else if (ylen == 3) {
-            year += 1900;
-        }
-        if (i < nt && !parse_zone(tok[i], &off)) {
-            goto out;
-        }
-    } else if (i + 2 < nt && month_index(tok[i]) >= 0) {
-        /* asctime: month day time year (common in old or broken mail) */
-        mon = month_index(tok[i]);
-        if (!all_digits(tok[i + 1]) || !parse_time(tok[i + 2], &h, &mi, &sec)) {
-            goto out;
-        }
-        day = small_num(tok[i + 1]);
-        i += 3;
-        if (i < nt && !all_digits(tok[i])) {
-            parse_zone(tok[i], &off);
-            i++;
-        }
-        if (i >= nt || !all_digits(tok[i])) {
-            goto out;
-        }
-        year = small_num(tok[i]);
-    } else {
-        goto out;
-    }
-    if (mon < 0 || day < 1 || day > 31 || year < 1900 || year > 9999) {
-        goto out;
-    }
-    struct tm tm = {0};
-    tm.tm_year = year - 1900;
-    tm.tm_mon = mon;
-    tm.tm_mday = day;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = sec > 59 ? 59 : sec;
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1 && year != 1969) {
-        goto out;
-    }
-    *t_r = t - off;
-    ok = true;
-out:
-    free(toks);
-    return ok;
+    log_debug("%s: error (%s): %s", ps->name, sync_kind_name(kind), ps->error);
 }
 
 /* ---- records ------------------------------------------------------------- */
@@ -729,11 +397,10 @@ __attribute__((format(printf, 3, 4))) static void job_fail(struct popsync *ps, i
     ps->job_err = err;
 }
 
-static enum popsync_kind local_kind(int err)
+static enum sync_kind local_kind(int err)
 {
     /* A full disk may clear up; anything else needs the user. */
-    return err == -ENOSPC || err == -EDQUOT || err == IDX_ERETRY ? POPSYNC_TRANSIENT
-                                                                 : POPSYNC_PERMANENT;
+    return err == -ENOSPC || err == -EDQUOT || err == IDX_ERETRY ? SYNC_TRANSIENT : SYNC_PERMANENT;
 }
 
 /* The slot of id in the table of Maildir identities: where it is, or the
@@ -900,9 +567,9 @@ static void on_pop_error(struct pop3 *p, int err, enum pop3_errkind kind, const 
     if (ps->phase == PS_QUIT && ps->quit_ok) {
         return;
     }
-    enum popsync_kind k = kind == POP3_ERRKIND_AUTH        ? POPSYNC_AUTH
-                          : kind == POP3_ERRKIND_PERMANENT ? POPSYNC_PERMANENT
-                                                           : POPSYNC_TRANSIENT;
+    enum sync_kind k = kind == POP3_ERRKIND_AUTH        ? SYNC_AUTH
+                       : kind == POP3_ERRKIND_PERMANENT ? SYNC_PERMANENT
+                                                        : SYNC_TRANSIENT;
     set_error(ps, k, "%s", msg);
     pop3_free(ps->pop);
     ps->pop = NULL;
@@ -928,7 +595,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     struct popsync *ps = arg;
     ps->secret_req = NULL;
     if (err < 0) {
-        set_error(ps, POPSYNC_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
+        set_error(ps, SYNC_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
         advance(ps);
         return;
     }
@@ -944,7 +611,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     int r = pop3_connect(ps->loop, &po, &cb, ps, &ps->pop);
     if (r < 0) {
         ps->pop = NULL;
-        set_error(ps, POPSYNC_PERMANENT, "%s:%u: cannot connect: %s", a->host, a->port,
+        set_error(ps, SYNC_PERMANENT, "%s:%u: cannot connect: %s", a->host, a->port,
                   uv_strerror(r));
         advance(ps);
     }
@@ -990,7 +657,7 @@ static struct smsg *add_msg(struct popsync *ps, unsigned msgno)
         return m;
     }
     if (ps->nmsgs >= ps->max_listing) {
-        set_error(ps, POPSYNC_PERMANENT,
+        set_error(ps, SYNC_PERMANENT,
                   "%s: the server lists more than %u messages, more than mailsync handles in one "
                   "account; delete some on the server (or with another client) and sync again",
                   ps->name, ps->max_listing);
@@ -1020,8 +687,8 @@ static struct smsg *listed_msg(struct popsync *ps, unsigned msgno, bool uidl)
 {
     struct smsg *m = add_msg(ps, msgno);
     if (m != NULL && (uidl ? m->in_uidl : m->in_list)) {
-        set_error(ps, POPSYNC_TRANSIENT, "%s: message %u is listed twice in the %s listing",
-                  ps->name, msgno, uidl ? "UIDL" : "LIST");
+        set_error(ps, SYNC_TRANSIENT, "%s: message %u is listed twice in the %s listing", ps->name,
+                  msgno, uidl ? "UIDL" : "LIST");
         m = NULL;
     }
     if (m == NULL) {
@@ -1065,7 +732,7 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
         return;
     }
     if (!pop3_parse_listing(line, &n, &rest)) {
-        set_error(ps, POPSYNC_TRANSIENT, "%s: malformed UIDL line from the server", ps->name);
+        set_error(ps, SYNC_TRANSIENT, "%s: malformed UIDL line from the server", ps->name);
         return;
     }
     size_t ul = strcspn(rest, " \t");
@@ -1081,9 +748,8 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
     } else {
         /* RFC 1939 allows 1-70 characters 0x21-0x7E; anything else is kept
          * usable as a hash of what the server sent. */
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned mdlen;
-        EVP_Digest(rest, ul, md, &mdlen, EVP_sha256(), NULL);
+        uint8_t md[MSGFACTS_HASH_LEN];
+        msgfacts_digest(rest, ul, md);
         char *k = strpool_alloc(&ps->strs, 34);
         k[0] = 'X';
         hex16(md, k + 1);
@@ -1120,7 +786,7 @@ static void on_list_line(struct pop3 *p, const char *line, size_t len, void *arg
         return;
     }
     if (!pop3_parse_listing(line, &n, &rest)) {
-        set_error(ps, POPSYNC_TRANSIENT, "%s: malformed LIST line from the server", ps->name);
+        set_error(ps, SYNC_TRANSIENT, "%s: malformed LIST line from the server", ps->name);
         return;
     }
     /* Plain digits, as servers send them, without strtoull's locale
@@ -1155,7 +821,7 @@ static void on_list_done(struct pop3 *p, const struct pop3_status *st, void *arg
     }
     if (!st->ok) {
         char *t = xstrdup(st->text);
-        set_error(ps, POPSYNC_TRANSIENT, "%s: LIST failed: %s", ps->name, t);
+        set_error(ps, SYNC_TRANSIENT, "%s: LIST failed: %s", ps->name, t);
         free(t);
     }
     ps->list_done = true;
@@ -1167,14 +833,14 @@ static void on_list_done(struct pop3 *p, const struct pop3_status *st, void *arg
 struct topctx {
     struct popsync *ps;
     struct smsg *m;
-    struct hdrhash hh;
+    struct msgfacts_rawhash hh;
     struct sbuf hdr;
 };
 
 static void on_top_data(struct pop3 *p, const char *data, size_t len, void *arg)
 {
     struct topctx *t = arg;
-    hh_feed(&t->hh, data, len);
+    msgfacts_rawhash_feed(&t->hh, data, len);
     if (t->ps->acct->pop.has_since && t->hdr.len < MAX_HEADER_KEEP) {
         size_t n = MAX_HEADER_KEEP - t->hdr.len;
         sbuf_add(&t->hdr, data, len < n ? len : n);
@@ -1187,13 +853,13 @@ static void on_top_done(struct pop3 *p, const struct pop3_status *st, void *arg)
     struct popsync *ps = t->ps;
     struct smsg *m = t->m;
     if (st->err >= 0 && st->ok) {
-        hh_final(&t->hh);
+        msgfacts_rawhash_final(&t->hh);
         memcpy(m->hh, t->hh.out, sizeof(m->hh));
         m->hh_valid = true;
         m->top_ok = true;
         if (ps->acct->pop.has_since) {
-            char *d = popsync_find_header(t->hdr.buf != NULL ? t->hdr.buf : "", t->hdr.len, "Date");
-            if (d != NULL && popsync_parse_date(d, &m->date)) {
+            char *d = rfc5322_find_header(t->hdr.buf != NULL ? t->hdr.buf : "", t->hdr.len, "Date");
+            if (d != NULL && rfc5322_parse_date(d, &m->date)) {
                 m->date_ok = true;
             } else if (d != NULL) {
                 log_debug("%s: message %u: unparseable Date \"%.80s\": downloading it", ps->name,
@@ -1204,7 +870,7 @@ static void on_top_done(struct pop3 *p, const struct pop3_status *st, void *arg)
     } else if (st->err >= 0) {
         log_warnx("%s: TOP %u 0 failed: %s", ps->name, m->msgno, st->text);
     }
-    hh_free(&t->hh);
+    msgfacts_rawhash_free(&t->hh);
     sbuf_free(&t->hdr);
     free(t);
     m->top = NULL;
@@ -1219,9 +885,9 @@ static void send_top(struct popsync *ps, struct smsg *m)
     struct topctx *t = xcalloc(1, sizeof(*t));
     t->ps = ps;
     t->m = m;
-    hh_init(&t->hh);
+    msgfacts_rawhash_init(&t->hh);
     if (pop3_top(ps->pop, m->msgno, 0, on_top_data, on_top_done, t) < 0) {
-        hh_free(&t->hh);
+        msgfacts_rawhash_free(&t->hh);
         free(t);
         return;
     }
@@ -1502,7 +1168,7 @@ static bool key_from_hash(struct popsync *ps)
         any = msg_i(ps, i)->hh_valid;
     }
     if (ps->nmsgs > 0 && !any) {
-        set_error(ps, POPSYNC_PERMANENT,
+        set_error(ps, SYNC_PERMANENT,
                   "%s: the server has neither UIDL nor TOP; there is no way to tell which "
                   "messages were downloaded already, so none is",
                   ps->name);
@@ -1570,7 +1236,7 @@ static bool local_deletions_plausible(struct popsync *ps)
     }
     unsigned total = present + missing;
     if (!ps->opts.force && total >= 4 && (double)missing > ps->acct->max_delete_ratio * total) {
-        set_error(ps, POPSYNC_PERMANENT,
+        set_error(ps, SYNC_PERMANENT,
                   "%s: %u of the %u downloaded messages are gone from %s; refusing to treat that "
                   "many as deleted locally (more than %.0f%%). If they were deleted on purpose, "
                   "sync this account once with --force",
@@ -1746,7 +1412,7 @@ static void dl_free(struct dl *d)
         md_writer_abort(d->w);
         d->w = NULL;
     }
-    hh_free(&d->hh);
+    msgfacts_rawhash_free(&d->hh);
     free(d);
 }
 
@@ -1776,7 +1442,7 @@ static void on_retr_data(struct pop3 *p, const char *data, size_t len, void *arg
     if (d->w == NULL && dl_open(ps, d) < 0) {
         return;
     }
-    hh_feed(&d->hh, data, len);
+    msgfacts_rawhash_feed(&d->hh, data, len);
     int r = md_writer_write(d->w, data, len);
     if (r < 0) {
         d->err = r;
@@ -1829,7 +1495,7 @@ static void on_retr_done(struct pop3 *p, const struct pop3_status *st, void *arg
         return;
     }
     ps->streaming = NULL;
-    hh_final(&d->hh);
+    msgfacts_rawhash_final(&d->hh);
     snprintf(d->lid, sizeof(d->lid), "%s", md_writer_id(d->w));
     batch_add(&ps->fill, d);
     advance(ps);
@@ -1844,7 +1510,7 @@ static void issue_retrs(struct popsync *ps)
         struct dl *d = xcalloc(1, sizeof(*d));
         d->ps = ps;
         d->m = m;
-        hh_init(&d->hh);
+        msgfacts_rawhash_init(&d->hh);
         if (pop3_retr(ps->pop, m->msgno, on_retr_data, on_retr_done, d) < 0) {
             dl_free(d);
             break;
@@ -2144,7 +1810,7 @@ static void on_quit(struct pop3 *p, const struct pop3_status *st, void *arg)
     } else if (st->err >= 0) {
         /* RFC 1939 section 6: -ERR to QUIT means some deletions failed;
          * none is marked as done. */
-        set_error(ps, POPSYNC_TRANSIENT, "%s: QUIT failed, deletions not committed: %s", ps->name,
+        set_error(ps, SYNC_TRANSIENT, "%s: QUIT failed, deletions not committed: %s", ps->name,
                   st->text);
     }
     if (st->err >= 0) {
@@ -2339,7 +2005,7 @@ static void drop_inflight(struct popsync *ps)
     for (size_t i = 0; i < ps->nmsgs; i++) {
         struct smsg *m = msg_i(ps, i);
         if (m->top != NULL) {
-            hh_free(&m->top->hh);
+            msgfacts_rawhash_free(&m->top->hh);
             sbuf_free(&m->top->hdr);
             free(m->top);
             m->top = NULL;
@@ -2472,7 +2138,7 @@ static void advance(struct popsync *ps)
             /* No QUIT, so nothing is deleted. The phase stays before
              * PS_QUIT, so that the stop path drops the connection instead
              * of waiting for an answer that never comes. */
-            set_error(ps, POPSYNC_TRANSIENT, "%s: cannot send QUIT", ps->name);
+            set_error(ps, SYNC_TRANSIENT, "%s: cannot send QUIT", ps->name);
             advance(ps);
             return;
         }
@@ -2541,7 +2207,7 @@ static void on_finish_timer_closed(uv_handle_t *h)
 {
     struct popsync *ps = h->data;
     free(h);
-    ps->res.kind = ps->failed ? ps->kind : POPSYNC_OK;
+    ps->res.kind = ps->failed ? ps->kind : SYNC_OK;
     ps->res.error = ps->failed ? ps->error : NULL;
     ps->res.account = ps->acct->name;
     ps->res.dry_run = ps->opts.dry_run;
@@ -2593,7 +2259,7 @@ int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct
     int r = idx_open(acct->state_dir, acct->name, &ps->idx, &err);
     if (r < 0) {
         ps->idx = NULL;
-        set_error(ps, r == -EWOULDBLOCK ? POPSYNC_TRANSIENT : POPSYNC_PERMANENT, "%s",
+        set_error(ps, r == -EWOULDBLOCK ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s",
                   err != NULL ? err : "cannot open the index");
         free(err);
         ps->prep_done = true;
@@ -2609,7 +2275,7 @@ int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct
         r = md_folder_open(path, false, false, &ps->folders[i / NSHARD][i % NSHARD], &err);
     }
     if (r < 0) {
-        set_error(ps, POPSYNC_PERMANENT, "%s", err != NULL ? err : "cannot open the Maildir INBOX");
+        set_error(ps, SYNC_PERMANENT, "%s", err != NULL ? err : "cannot open the Maildir INBOX");
         free(err);
         free(path);
         ps->prep_done = true;
@@ -2622,8 +2288,7 @@ int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct
     r = secret_get_account(loop, acct, 0, on_secret, ps, &ps->secret_req);
     if (r < 0) {
         ps->secret_req = NULL;
-        set_error(ps, POPSYNC_PERMANENT, "account '%s': no password or password_command",
-                  acct->name);
+        set_error(ps, SYNC_PERMANENT, "account '%s': no password or password_command", acct->name);
     }
     return 0;
 }
@@ -2634,7 +2299,7 @@ void popsync_cancel(struct popsync *ps)
         return;
     }
     ps->cancelled = true;
-    set_error(ps, POPSYNC_TRANSIENT, "cancelled");
+    set_error(ps, SYNC_TRANSIENT, "cancelled");
     /* From the loop, like every other step. */
     advance(ps);
 }
@@ -2661,14 +2326,14 @@ int popsync_run(uv_loop_t *loop, const struct sync_account *acct, const struct p
     struct popsync *ps;
     int r = popsync_start(loop, acct, opts, on_run_done, &c, &ps);
     if (r < 0) {
-        res_r->kind = POPSYNC_PERMANENT;
+        res_r->kind = SYNC_PERMANENT;
         res_r->error = xasprintf("account '%s' is not a POP3 account", acct->name);
         return -1;
     }
     while (!c.done) {
         uv_run(loop, UV_RUN_ONCE);
     }
-    return res_r->kind == POPSYNC_OK ? 0 : -1;
+    return res_r->kind == SYNC_OK ? 0 : -1;
 }
 
 void popsync_result_clear(struct popsync_result *res)
@@ -2725,8 +2390,8 @@ char *popsync_summary(const struct popsync_result *res)
     if (res->errors > 0) {
         sbuf_addf(&s, ", %u failed", res->errors);
     }
-    if (res->kind != POPSYNC_OK) {
-        sbuf_addf(&s, "; error (%s): %s", popsync_kind_name(res->kind),
+    if (res->kind != SYNC_OK) {
+        sbuf_addf(&s, "; error (%s): %s", sync_kind_name(res->kind),
                   res->error != NULL ? res->error : "?");
     }
     return sbuf_detach(&s);

@@ -50,7 +50,7 @@
  * Ownership: popsync_start returns a struct popsync that is freed by the
  * engine itself after the done callback returns (the callback is always
  * called exactly once, from the loop). popsync_cancel stops a run early;
- * the done callback still follows, with kind POPSYNC_TRANSIENT and error
+ * the done callback still follows, with kind SYNC_TRANSIENT and error
  * "cancelled". Strings in the result are valid during the callback only. */
 #ifndef MAILSYNC_POPSYNC_H
 #define MAILSYNC_POPSYNC_H
@@ -61,19 +61,11 @@
 #include <uv.h>
 
 #include "sync/options.h"
-
-enum popsync_kind {
-    POPSYNC_OK = 0,
-    POPSYNC_TRANSIENT, /* try again later (network, [IN-USE], [LOGIN-DELAY], [SYS/TEMP], lock) */
-    POPSYNC_AUTH,      /* credentials refused */
-    POPSYNC_PERMANENT, /* needs the user: configuration, certificates, [SYS/PERM], disk */
-};
-
-const char *popsync_kind_name(enum popsync_kind k);
+#include "sync/result.h"
 
 struct popsync_result {
-    enum popsync_kind kind;
-    const char *error; /* NULL when kind is POPSYNC_OK */
+    enum sync_kind kind;
+    const char *error; /* NULL when kind is SYNC_OK */
     const char *account;
     unsigned listed;            /* messages on the server */
     unsigned known;             /* already here (or deliberately not wanted) */
@@ -135,14 +127,5 @@ void popsync_result_clear(struct popsync_result *res);
  * max_size: 1, before since: 1), 1 deleted on the server, 40 already here".
  * Caller frees. */
 char *popsync_summary(const struct popsync_result *res);
-
-/* Exposed for tests. */
-
-/* Parses an RFC 5322 date (obsolete forms and asctime accepted). Returns
- * false when it cannot. */
-bool popsync_parse_date(const char *s, time_t *t_r);
-/* Finds the Date header's value in a header block (LF endings, folded
- * lines unfolded); malloc'd, NULL when absent. */
-char *popsync_find_header(const char *headers, size_t len, const char *name);
 
 #endif

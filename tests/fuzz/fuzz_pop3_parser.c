@@ -12,7 +12,7 @@
 
 #include "core/util.h"
 #include "sync/pop3_parser.h"
-#include "sync/popsync.h"
+#include "sync/rfc5322.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -113,9 +113,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The same bytes as a header block: the Date lookup and parser behind
      * pop.since read headers from the server too. */
     char *hdr = xstrndup(in, len);
-    char *date = popsync_find_header(hdr, strlen(hdr), "Date");
+    char *date = rfc5322_find_header(hdr, strlen(hdr), "Date");
     time_t t;
-    popsync_parse_date(date != NULL ? date : hdr, &t);
+    rfc5322_parse_date(date != NULL ? date : hdr, &t);
     free(date);
     free(hdr);
     uint64_t a = feed_all(exp, nexp, in, len, 0, &lim);

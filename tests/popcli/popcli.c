@@ -28,6 +28,7 @@
 #include "daemon/syncopts.h"
 #include "store/index.h"
 #include "sync/popsync.h"
+#include "sync/result.h"
 
 static const char *intent_arg;
 
@@ -207,9 +208,9 @@ int main(int argc, char **argv)
            res.deleted_on_server, res.deleted_locally, res.errors, (unsigned long long)res.bytes);
     free(sum);
     int rc = 0;
-    if (res.kind != POPSYNC_OK) {
-        fprintf(stderr, "popcli: %s: %s\n", popsync_kind_name(res.kind), res.error);
-        rc = res.kind == POPSYNC_TRANSIENT ? 75 : res.kind == POPSYNC_AUTH ? 77 : 1;
+    if (res.kind != SYNC_OK) {
+        fprintf(stderr, "popcli: %s: %s\n", sync_kind_name(res.kind), res.error);
+        rc = sync_kind_exit(res.kind);
     }
     popsync_result_clear(&res);
     /* The loop must close clean: every handle was closed by the engine. */
