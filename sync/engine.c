@@ -125,8 +125,10 @@ struct dl {
 struct fjob {
     char *name;
     char *notice; /* engine_folder_result.notice */
-    const struct folderplan_folder *plan; /* what sync/folderplan.c decided (e->fplan's) */
-    bool on_server;                       /* listed, or created there by this run */
+    /* What sync/folderplan.c decided (one of e->fplan's folders), and
+     * whether the folder is on the server (listed, or created by this run). */
+    const struct folderplan_folder *plan;
+    bool on_server;
     bool reset; /* --force on a vanished local folder: forget the base */
     unsigned attrs;
     bool has_status;
@@ -4578,7 +4580,8 @@ static void start_lanes(struct engine *e)
     uint64_t est = 0;
     for (size_t i = 0; i < e->njobs; i++) {
         const struct fjob *j = &e->jobs[i];
-        bool syncs = j->plan->action == FOLDERPLAN_SYNC || j->plan->action == FOLDERPLAN_CREATE_LOCAL;
+        bool syncs =
+            j->plan->action == FOLDERPLAN_SYNC || j->plan->action == FOLDERPLAN_CREATE_LOCAL;
         if (syncs && j->server_moved && j->est_new > 0) {
             busy++;
             est += j->est_new;

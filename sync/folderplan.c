@@ -169,8 +169,7 @@ static void take_server(struct build *b, size_t i)
         return;
     }
     struct folderplan_folder *prev = find_folder(b, s->name);
-    if (prev != NULL && prev->on_server && strcmp(prev->name, s->name) != 0 &&
-        !is_inbox(s->name)) {
+    if (prev != NULL && prev->on_server && strcmp(prev->name, s->name) != 0 && !is_inbox(s->name)) {
         /* A server that keeps "inbox/x" apart from "INBOX/x" (Dovecot does
          * not): both would land in one directory and mix. */
         xgrow(&b->collide, &b->collide_cap, b->ncollide + 1, sizeof(*b->collide));
@@ -267,8 +266,8 @@ static void decide(const struct build *b, struct folderplan_folder *f)
         f->reason = "gone from both sides";
     } else {
         f->action = FOLDERPLAN_NONE;
-        f->reason = f->in_index ? "gone from both sides (a dry run keeps its records)"
-                                : "on neither side";
+        f->reason =
+            f->in_index ? "gone from both sides (a dry run keeps its records)" : "on neither side";
     }
 }
 

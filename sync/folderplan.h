@@ -95,8 +95,8 @@ struct folderplan_input {
 
 /* A folder the run handles, in sync order (INBOX first, then byte order). */
 struct folderplan_folder {
-    char *name;    /* the server's spelling when listed ("INBOX" for INBOX) */
-    long server;   /* index into input server, -1 when not listed */
+    char *name;     /* the server's spelling when listed ("INBOX" for INBOX) */
+    long server;    /* index into input server, -1 when not listed */
     bool on_server; /* listed and a candidate */
     bool on_local;  /* here and selected */
     bool in_index;
@@ -112,8 +112,8 @@ struct folderplan_folder {
 /* A listed folder or a local folder that is not synced. */
 struct folderplan_skip {
     char *name;
-    long server; /* index into input server, -1 for a local folder */
-    long local;  /* index into input local, -1 for a listed folder */
+    long server;        /* index into input server, -1 for a local folder */
+    long local;         /* index into input local, -1 for a listed folder */
     const char *reason; /* static */
     char *warning;      /* to log on every run (without the account), or NULL */
 };
