@@ -1,0 +1,348 @@
+/* The folder planner: see folderplan.h. */
+#include "sync/folderplan.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/util.h"
+#include "sync/imap.h"
+
+static bool inbox_prefixed(const char *name)
+{
+    return strncasecmp(name, "INBOX", 5) == 0 && (name[5] == '\0' || name[5] == '/');
+}
+
+static bool is_inbox(const char *name)
+{
+    return strcasecmp(name, "INBOX") == 0;
+}
+
+/* The mapping to a local path writes the INBOX level in one spelling
+ * (IMAP's INBOX is case-insensitive) and is exact for everything else. */
+bool folderplan_same_local(const char *a, const char *b)
+{
+    if (inbox_prefixed(a) && inbox_prefixed(b)) {
+        return strcmp(a + 5, b + 5) == 0;
+    }
+    return strcmp(a, b) == 0;
+}
+
+uint64_t folderplan_local_hash(const char *name)
+{
+    if (inbox_prefixed(name)) {
+        uint64_t h = str_hash(name + 5, strlen(name + 5));
+        return h ^ 0x9e3779b97f4a7c15ull; /* apart from a name without the INBOX level */
+    }
+    return str_hash(name, strlen(name));
+}
+
+const char *folderplan_action_name(enum folderplan_action a)
+{
+    switch (a) {
+    case FOLDERPLAN_NONE:
+        return "none";
+    case FOLDERPLAN_SYNC:
+        return "sync";
+    case FOLDERPLAN_CREATE_LOCAL:
+        return "create-local";
+    case FOLDERPLAN_CREATE_SERVER:
+        return "create-server";
+    case FOLDERPLAN_RESYNC:
+        return "resync";
+    case FOLDERPLAN_DELETE_SERVER:
+        return "delete-server";
+    case FOLDERPLAN_DELETE_LOCAL:
+        return "delete-local";
+    case FOLDERPLAN_FORGET:
+        return "forget";
+    case FOLDERPLAN_REFUSE:
+        return "refuse";
+    }
+    return "?";
+}
+
+/* The plan under construction. Lookups go by local directory through
+ * hashes: a server with 50,000 folders names each of them in LIST, and a
+ * linear search per name made the listing quadratic. */
+struct build {
+    const struct folderplan_input *in;
+    struct folderplan *p;
+    size_t folders_cap, skips_cap;
+    struct strindex folder_ix; /* local directory of a folder -> position */
+    /* Selectable listed folders, as positions in in->server. */
+    size_t *listed;
+    size_t nlisted, listed_cap;
+    struct strindex listed_ix;
+    /* Listed folders whose local directory was taken by an earlier listed
+     * spelling: positions in in->server, settled once the list is in. */
+    size_t *collide;
+    size_t ncollide, collide_cap;
+};
+
+static struct folderplan_folder *find_folder(struct build *b, const char *name)
+{
+    uint64_t h = folderplan_local_hash(name);
+    size_t it = 0, i;
+    while (strindex_next(&b->folder_ix, h, &it, &i)) {
+        if (folderplan_same_local(b->p->folders[i].name, name)) {
+            return &b->p->folders[i];
+        }
+    }
+    return NULL;
+}
+
+static struct folderplan_folder *add_folder(struct build *b, const char *name)
+{
+    struct folderplan_folder *f = find_folder(b, name);
+    if (f != NULL) {
+        return f;
+    }
+    struct folderplan *p = b->p;
+    xgrow(&p->folders, &b->folders_cap, p->nfolders + 1, sizeof(*p->folders));
+    f = &p->folders[p->nfolders++];
+    memset(f, 0, sizeof(*f));
+    f->name = xstrdup(is_inbox(name) ? "INBOX" : name);
+    f->server = -1;
+    strindex_add(&b->folder_ix, folderplan_local_hash(f->name), p->nfolders - 1);
+    return f;
+}
+
+static struct folderplan_skip *add_skip(struct build *b, const char *name, long server, long local,
+                                        const char *reason)
+{
+    struct folderplan *p = b->p;
+    xgrow(&p->skips, &b->skips_cap, p->nskips + 1, sizeof(*p->skips));
+    struct folderplan_skip *s = &p->skips[p->nskips++];
+    s->name = xstrdup(name);
+    s->server = server;
+    s->local = local;
+    s->reason = reason;
+    s->warning = NULL;
+    return s;
+}
+
+static bool listed(const struct build *b, const char *name)
+{
+    uint64_t h = folderplan_local_hash(name);
+    size_t it = 0, i;
+    while (strindex_next(&b->listed_ix, h, &it, &i)) {
+        if (folderplan_same_local(b->in->server[b->listed[i]].name, name)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool known(const struct build *b, const char *name)
+{
+    return b->in->known != NULL && b->in->known(name, b->in->known_arg);
+}
+
+/* One listed folder: a candidate, a collision to settle later, or a skip. */
+static void take_server(struct build *b, size_t i)
+{
+    const struct folderplan_input *in = b->in;
+    const struct folderplan_server *s = &in->server[i];
+    if ((s->attrs & IMAP_LIST_TRASH) && in->trash == NULL && b->p->trash == NULL) {
+        b->p->trash = xstrdup(s->name);
+    }
+    if (!(s->attrs & (IMAP_LIST_NOSELECT | IMAP_LIST_NONEXISTENT))) {
+        xgrow(&b->listed, &b->listed_cap, b->nlisted + 1, sizeof(*b->listed));
+        b->listed[b->nlisted] = i;
+        strindex_add(&b->listed_ix, folderplan_local_hash(s->name), b->nlisted++);
+    }
+    if (s->attrs & (IMAP_LIST_NOSELECT | IMAP_LIST_NONEXISTENT)) {
+        add_skip(b, s->name, (long)i, -1, "not selectable (\\Noselect or \\NonExistent)");
+        return;
+    }
+    if (s->attrs & (IMAP_LIST_ALL | IMAP_LIST_FLAGGED)) {
+        add_skip(b, s->name, (long)i, -1, "a virtual folder (\\All or \\Flagged)");
+        return;
+    }
+    if (!s->selected) {
+        add_skip(b, s->name, (long)i, -1, "not selected by the folder patterns");
+        return;
+    }
+    if (in->subscribed_only && !(s->attrs & IMAP_LIST_SUBSCRIBED) && !is_inbox(s->name)) {
+        add_skip(b, s->name, (long)i, -1, "not subscribed (subscribed_only)");
+        return;
+    }
+    struct folderplan_folder *prev = find_folder(b, s->name);
+    if (prev != NULL && prev->on_server && strcmp(prev->name, s->name) != 0 && !is_inbox(s->name)) {
+        /* A server that keeps "inbox/x" apart from "INBOX/x" (Dovecot does
+         * not): both would land in one directory and mix. */
+        xgrow(&b->collide, &b->collide_cap, b->ncollide + 1, sizeof(*b->collide));
+        b->collide[b->ncollide++] = i;
+        return;
+    }
+    struct folderplan_folder *f = add_folder(b, s->name);
+    f->on_server = true;
+    f->server = (long)i;
+}
+
+/* Of listed folders that would share one local directory, the one the index
+ * already syncs there keeps it, else the one first in byte order: a rule
+ * that does not depend on the order of the LIST answer, so the same folder
+ * keeps the directory on every run. Settled one newcomer at a time against
+ * the current holder, which picks the same winner in any order. */
+static void resolve_collisions(struct build *b)
+{
+    const struct folderplan_server *srv = b->in->server;
+    for (size_t i = 0; i < b->ncollide; i++) {
+        size_t c = b->collide[i];
+        struct folderplan_folder *f = find_folder(b, srv[c].name);
+        bool f_known = known(b, f->name);
+        bool c_known = known(b, srv[c].name);
+        if ((c_known && !f_known) || (c_known == f_known && strcmp(srv[c].name, f->name) < 0)) {
+            /* The newcomer takes the folder; the old holder is the loser. */
+            size_t old = (size_t)f->server;
+            free(f->name);
+            f->name = xstrdup(srv[c].name);
+            f->server = (long)c;
+            b->collide[i] = old;
+        }
+    }
+    for (size_t i = 0; i < b->ncollide; i++) {
+        const char *name = srv[b->collide[i]].name;
+        struct folderplan_skip *s =
+            add_skip(b, name, (long)b->collide[i], -1, "its local directory is another folder's");
+        s->warning = xasprintf("folder %s is not synced: its local directory is the one of "
+                               "folder %s (INBOX is case-insensitive on disk); rename one of "
+                               "them on the server",
+                               name, find_folder(b, name)->name);
+    }
+}
+
+static void decide(const struct build *b, struct folderplan_folder *f)
+{
+    const struct folderplan_input *in = b->in;
+    bool may_delete = in->delete_folders && !is_inbox(f->name);
+    if (f->on_server && f->on_local) {
+        f->action = FOLDERPLAN_SYNC;
+        f->reason = "on the server and here";
+    } else if (f->on_server && !f->in_index) {
+        f->action = FOLDERPLAN_CREATE_LOCAL;
+        f->reason = "new on the server";
+    } else if (f->on_server) {
+        if (in->force) {
+            f->action = FOLDERPLAN_RESYNC;
+            f->reason = "the local folder vanished; --force downloads it again";
+        } else if (may_delete) {
+            f->action = FOLDERPLAN_DELETE_SERVER;
+            f->reason = "deleted here, and delete_folders is set";
+        } else {
+            f->action = FOLDERPLAN_REFUSE;
+            f->reason = "the local folder vanished";
+            f->error = xasprintf("folder '%s': the local folder vanished; not deleting the "
+                                 "messages on the server. To download it again, run 'mailsync "
+                                 "sync --force %s' (or set delete_folders: true to delete it on "
+                                 "the server too)",
+                                 f->name, in->account);
+            f->user_fix = true;
+        }
+    } else if (f->on_local && !f->in_index) {
+        f->action = FOLDERPLAN_CREATE_SERVER;
+        f->reason = "new here";
+    } else if (f->on_local) {
+        if (listed(b, f->name)) {
+            f->action = FOLDERPLAN_NONE;
+            f->reason = "still on the server, only not selected now (subscribed_only, the "
+                        "patterns, a virtual folder)";
+        } else if (may_delete) {
+            f->action = FOLDERPLAN_DELETE_LOCAL;
+            f->reason = "deleted on the server, and delete_folders is set";
+        } else {
+            f->action = FOLDERPLAN_REFUSE;
+            f->reason = "deleted on the server";
+            f->error = xasprintf("folder '%s' was deleted on the server; the local copy is kept "
+                                 "(delete it yourself, move its messages to another folder to "
+                                 "upload them, or set delete_folders: true to delete it here too)",
+                                 f->name);
+            f->user_fix = true;
+        }
+    } else if (f->in_index && !in->dry_run) {
+        f->action = FOLDERPLAN_FORGET;
+        f->reason = "gone from both sides";
+    } else {
+        f->action = FOLDERPLAN_NONE;
+        f->reason =
+            f->in_index ? "gone from both sides (a dry run keeps its records)" : "on neither side";
+    }
+}
+
+static int folder_cmp(const void *a, const void *b)
+{
+    const struct folderplan_folder *x = a, *y = b;
+    /* INBOX first, then by name. */
+    bool xi = is_inbox(x->name), yi = is_inbox(y->name);
+    if (xi != yi) {
+        return xi ? -1 : 1;
+    }
+    return strcmp(x->name, y->name);
+}
+
+struct folderplan *folderplan_build(const struct folderplan_input *in)
+{
+    struct build b = {.in = in, .p = xcalloc(1, sizeof(struct folderplan))};
+    for (size_t i = 0; i < in->nserver; i++) {
+        take_server(&b, i);
+    }
+    if (in->trash != NULL) {
+        free(b.p->trash);
+        b.p->trash = xstrdup(in->trash);
+    } else if (b.p->trash == NULL) {
+        /* No SPECIAL-USE \Trash (a server without the extension, or one
+         * that marks nothing): a top-level folder named Trash, in any case,
+         * is where mail clients put deleted mail. */
+        for (size_t i = 0; i < b.nlisted; i++) {
+            if (strcasecmp(in->server[b.listed[i]].name, "Trash") == 0) {
+                b.p->trash = xstrdup(in->server[b.listed[i]].name);
+                break;
+            }
+        }
+    }
+    resolve_collisions(&b);
+    for (size_t i = 0; i < in->nlocal; i++) {
+        if (in->local[i].selected) {
+            add_folder(&b, in->local[i].name)->on_local = true;
+        } else {
+            add_skip(&b, in->local[i].name, -1, (long)i, "not selected by the folder patterns");
+        }
+    }
+    for (size_t i = 0; i < in->nindexed; i++) {
+        add_folder(&b, in->indexed[i]);
+    }
+    struct folderplan *p = b.p;
+    for (size_t i = 0; i < p->nfolders; i++) {
+        p->folders[i].in_index = known(&b, p->folders[i].name);
+        decide(&b, &p->folders[i]);
+    }
+    if (p->nfolders > 1) {
+        qsort(p->folders, p->nfolders, sizeof(*p->folders), folder_cmp);
+    }
+    strindex_free(&b.folder_ix);
+    strindex_free(&b.listed_ix);
+    free(b.listed);
+    free(b.collide);
+    return p;
+}
+
+void folderplan_free(struct folderplan *p)
+{
+    if (p == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < p->nfolders; i++) {
+        free(p->folders[i].name);
+        free(p->folders[i].error);
+    }
+    free(p->folders);
+    for (size_t i = 0; i < p->nskips; i++) {
+        free(p->skips[i].name);
+        free(p->skips[i].warning);
+    }
+    free(p->skips);
+    free(p->trash);
+    free(p);
+}
