@@ -4635,6 +4635,14 @@ static bool index_knows(const char *name, void *arg)
     return idx_folder_get(arg, name, &st) == 0;
 }
 
+static int any_folder(const char *folder, const struct idx_folder *st, void *arg)
+{
+    (void)folder;
+    (void)st;
+    *(bool *)arg = true;
+    return 1; /* one is enough */
+}
+
 static void on_list_done(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct engine *e = arg;
@@ -4648,12 +4656,44 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     }
     char **names = NULL, **bad = NULL;
     size_t n = 0, nbad = 0;
-    /* A Maildir that cannot be listed leaves both lists empty: every
-     * folder then looks absent here, as it always has. */
-    (void)md_list_folders_unusable(e->acct->maildir, e->acct->layout, &names, &n, &bad, &nbad);
+    int lr = md_list_folders_unusable(e->acct->maildir, e->acct->layout, &names, &n, &bad, &nbad);
     struct idx_txn *txn;
-    if (idx_begin(e->idx, false, &txn) != 0) {
-        txn = NULL;
+    int ir = idx_begin(e->idx, false, &txn);
+    if (ir != 0) {
+        /* Without the index every folder would look new: nothing is
+         * planned from that. */
+        set_error(e, idx_err_transient(e, ir) ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s",
+                  idx_error(e->idx));
+        md_free_names(names, n);
+        md_free_names(bad, nbad);
+        finish(e);
+        return;
+    }
+    bool known_any = false;
+    if (lr == -ENOENT || (lr == 0 && n == 0)) {
+        idx_folder_foreach(txn, any_folder, &known_any);
+    }
+    bool gone = lr == -ENOENT || (lr == 0 && n == 0);
+    if ((lr < 0 && lr != -ENOENT) || (gone && known_any && !e->opts.force)) {
+        /* A Maildir that is unmounted (an empty mount point), moved or
+         * unreadable would read as every folder deleted locally: with
+         * delete_folders, a DELETE of each on the server. A missing or
+         * empty one the index never synced into is only a first run. */
+        if (lr == 0 || lr == -ENOENT) {
+            set_error(e, SYNC_PERMANENT,
+                      "the Maildir %s %s, but the index knows folders synced into it: if it "
+                      "is unmounted or was moved, mount it or set maildir: to its new place; "
+                      "to download everything into a new one, run 'mailsync sync --force %s'",
+                      e->acct->maildir, lr == 0 ? "holds no folder" : "is missing", e->acct->name);
+        } else {
+            set_error(e, SYNC_PERMANENT, "cannot list the Maildir %s: %s", e->acct->maildir,
+                      strerror(-lr));
+        }
+        idx_abort(txn);
+        md_free_names(names, n);
+        md_free_names(bad, nbad);
+        finish(e);
+        return;
     }
     struct folderplan_server *srv = xcalloc(e->nlisted + 1, sizeof(*srv));
     for (size_t i = 0; i < e->nlisted; i++) {
@@ -4671,7 +4711,7 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         .nserver = e->nlisted,
         .local = loc,
         .nlocal = n,
-        .known = txn != NULL ? index_knows : NULL,
+        .known = index_knows,
         .known_arg = txn,
         .delete_folders = e->acct->delete_folders,
         .force = e->opts.force,
@@ -4717,7 +4757,7 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     listed_free(e);
     /* Whether the server moved since the last sync, and how much new mail
      * it holds, as LIST-STATUS tells: for the lanes. */
-    for (size_t i = 0; txn != NULL && i < e->njobs; i++) {
+    for (size_t i = 0; i < e->njobs; i++) {
         struct fjob *j = &e->jobs[i];
         struct idx_folder st;
         const struct imap_status_info *si = &j->status;

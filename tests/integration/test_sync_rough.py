@@ -137,6 +137,47 @@ class RoughScenarios(SyncFixture):
         dry = self.sync(cfg, "--dry-run")
         self.assertEqual(summary(dry), dict.fromkeys(KEYS, 0), dry.stdout)
 
+    def test_missing_or_empty_maildir_is_not_taken_as_deleted_folders(self):
+        """With delete_folders on, a Maildir that is moved away, or an empty
+        directory where it was (an unmounted mount point), stops the run
+        with an error naming it: no folder is deleted on the server. Put
+        back, nothing is copied; with --force a missing one is downloaded
+        again, and still nothing is deleted on the server."""
+        self.seed_inbox(3)
+        self.seed_inbox(4, seed=2, folder="Archive")
+        self.seed_inbox(2, seed=3, folder="Lists/dev")
+        cfg = self.config(delete_folders=True)
+        self.sync(cfg)
+        folders = ["INBOX", "Archive", "Lists/dev"]
+        before = self.snapshot(folders)
+        server_folders = sorted(self.dovecot.folders(self.user))
+        moved = self.maildir + ".moved"
+        os.rename(self.maildir, moved)
+        for state, what in (("missing", "is missing"), ("empty", "holds no folder")):
+            if state == "empty":
+                os.mkdir(self.maildir)
+            p = self.sync(cfg, ok=False)
+            self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+            self.assertIn("the Maildir %s %s, but the index knows folders synced into it"
+                          % (self.maildir, what), p.stderr)
+            self.assertIn("mailsync sync --force a", p.stderr)
+            self.assertEqual(sorted(self.dovecot.folders(self.user)), server_folders,
+                             "a server folder went (%s)" % state)
+            for f in folders:
+                self.assertEqual(sorted((fl, b) for _u, fl, b in self.server(f)), before[1][f])
+        os.rmdir(self.maildir)
+        os.rename(moved, self.maildir)
+        self.assertEqual(summary(self.sync(cfg)), dict.fromkeys(KEYS, 0))
+        self.assertEqual(self.snapshot(folders), before)
+        # --force on a missing Maildir: everything downloaded again.
+        os.rename(self.maildir, moved)
+        c = summary(self.sync(cfg, "--force"))
+        self.assertEqual((c["new_down"], c["deleted_up"], c["new_up"]), (9, 0, 0))
+        self.assertEqual(sorted(self.dovecot.folders(self.user)), server_folders)
+        for f in folders:
+            self.assertEqual(sorted(b for _u, _fl, b in self.local(f)),
+                             sorted(b for _u, _fl, b in before[0][f]))
+
     def test_empty_file_named_once_then_left_out(self):
         """A zero-byte file in cur/ (no IMAP server stores an empty
         message; Dovecot answers NO): the first run names the file by its
