@@ -133,6 +133,8 @@ struct fjob {
     uint32_t est_new;  /* messages the server has that the index does not, as STATUS tells */
     struct imap_status_info status;
     struct engine_folder_result *res;
+    bool on_demand; /* queued by engine_sync_folder: on_folder_done follows */
+    bool queued;    /* in demand[] */
 };
 
 /* One folder of the LIST answer, until the folder planner has it. */
@@ -307,6 +309,13 @@ struct engine {
     bool cancelled;
     bool finished;
     bool teardown_pending; /* finish waits for the folder's batch on the thread pool */
+    /* stay_open sessions: folder jobs asked for (indexes into jobs), the
+     * session waiting for them, and its end asked for. */
+    size_t *demand;
+    size_t ndemand, demand_cap;
+    bool idle;
+    bool closing;
+    char *selected; /* the folder this connection selected last */
     enum sync_kind kind;
     char *error;
     struct engine_result res;
@@ -889,12 +898,14 @@ static void secret_wipe(struct engine *e)
 static void on_timer_closed(uv_handle_t *h)
 {
     struct engine *e = h->data;
+    free(e->selected);
     if (e->root != e) {
         free(e->error);
         free(e->log_name);
         free(e);
         return;
     }
+    free(e->demand);
     free(e->lanes);
     for (size_t i = 0; i < e->njobs; i++) {
         free(e->jobs[i].name);
@@ -1092,16 +1103,51 @@ static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
 
 static void on_select(struct imap *im, const struct imap_result *res, void *arg);
 
+/* Server data that the folder being listed does not take: the owner of a
+ * session hears which folder it concerns, to sync it again. */
+static void note_dirty(struct engine *e, const struct imap_event *ev, const char *current)
+{
+    if (e->opts.on_dirty == NULL || e->finished) {
+        return;
+    }
+    const char *name = NULL;
+    if (ev->type == IMAP_EV_STATUS && ev->status != NULL) {
+        name = ev->status->folder;
+    } else if (ev->type == IMAP_EV_EXISTS || ev->type == IMAP_EV_EXPUNGE ||
+               ev->type == IMAP_EV_VANISHED || ev->type == IMAP_EV_FETCH) {
+        name = current;
+    }
+    if (name != NULL) {
+        e->opts.on_dirty(name, e->opts.session_arg);
+    }
+}
+
 static void on_imap_event(struct imap *im, const struct imap_event *ev, void *arg)
 {
     struct engine *e = arg;
     struct fstate *f = e->f;
-    if (f == NULL || f->phase > FP_FETCH) {
+    if (f == NULL) {
+        /* Between folder jobs: the last selected folder's. */
+        note_dirty(e, ev, e->selected);
+        return;
+    }
+    if (f->phase > FP_FETCH) {
+        /* After the folder's listing: new mail or an expunge this sync
+         * does not see. (A FETCH may be the echo of this sync's own
+         * STORE.) */
+        if (ev->type != IMAP_EV_FETCH) {
+            note_dirty(e, ev, f->job->name);
+        }
+        return;
+    }
+    if (ev->type == IMAP_EV_STATUS) {
+        note_dirty(e, ev, NULL);
         return;
     }
     if (f->phase == FP_SELECT && !f->qresync) {
         /* Only a QRESYNC SELECT reports changes with its answer; anything
-         * else before the SELECT ends may be the previous folder's. */
+         * else before the SELECT ends may be the previous folder's, or the
+         * SELECT's own counts. */
         return;
     }
     if (ev->type == IMAP_EV_VANISHED) {
@@ -1909,6 +1955,8 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
 static void do_select(struct engine *e)
 {
     struct fstate *f = e->f;
+    free(e->selected);
+    e->selected = xstrdup(f->job->name);
     struct imap_select_opts so = {0};
     so.readonly = e->opts.dry_run;
     if (imap_qresync_enabled(e->im) && f->st.uidvalidity != 0 && f->st.highestmodseq > 0 &&
@@ -3938,8 +3986,15 @@ static void folder_end(struct engine *e)
         free(what);
         j->res->notice = j->notice;
     }
+    struct fjob *j = f->job;
     fstate_free(f);
     e->f = NULL;
+    if (j->on_demand) {
+        j->on_demand = false;
+        if (e->opts.on_folder_done != NULL) {
+            e->opts.on_folder_done(j->res, e->opts.session_arg);
+        }
+    }
     next_folder(e);
 }
 
@@ -4034,6 +4089,18 @@ static void folder_advance(struct engine *e)
     }
 }
 
+/* A folder job ended without folder_end (it failed to start, or had
+ * nothing to do): an on-demand job's owner hears of it all the same. */
+static void job_ended_early(struct engine *e, struct fjob *j)
+{
+    if (j->on_demand) {
+        j->on_demand = false;
+        if (e->opts.on_folder_done != NULL) {
+            e->opts.on_folder_done(j->res, e->opts.session_arg);
+        }
+    }
+}
+
 static void start_folder(struct engine *e, struct fjob *j)
 {
     struct fstate *f = xcalloc(1, sizeof(*f));
@@ -4042,6 +4109,7 @@ static void start_folder(struct engine *e, struct fjob *j)
     if (folder_prepare(e) < 0) {
         fstate_free(f);
         e->f = NULL;
+        job_ended_early(e, j);
         next_folder(e);
         return;
     }
@@ -4068,6 +4136,7 @@ static void start_folder(struct engine *e, struct fjob *j)
         lskips_save(e);
         fstate_free(f);
         e->f = NULL;
+        job_ended_early(e, j);
         next_folder(e);
         return;
     }
@@ -4462,6 +4531,74 @@ static void on_logout_timeout(uv_timer_t *t)
     finish(e);
 }
 
+/* A folder synced again on demand starts from a clean result, and always
+ * SELECTs: the LIST-STATUS figures the run started with are old now. */
+static void demand_reset(struct fjob *j)
+{
+    struct engine_folder_result *res = j->res;
+    free((char *)res->error);
+    res->error = NULL;
+    res->notice = NULL;
+    free(j->notice);
+    j->notice = NULL;
+    res->transient = false;
+    memset(&res->counts, 0, sizeof(res->counts));
+    j->has_status = false;
+    j->on_demand = true;
+}
+
+int engine_sync_folder(struct engine *e, const char *folder)
+{
+    if (!e->opts.stay_open) {
+        return -EINVAL;
+    }
+    if (e->finished || e->closing || conn_lost(e)) {
+        return -ESHUTDOWN;
+    }
+    struct fjob *j = find_job(e, folder);
+    if (j == NULL || j->res == NULL) {
+        return -ENOENT;
+    }
+    switch (j->plan->action) {
+    case FOLDERPLAN_SYNC:
+    case FOLDERPLAN_CREATE_LOCAL:
+    case FOLDERPLAN_CREATE_SERVER:
+    case FOLDERPLAN_RESYNC:
+        break;
+    default:
+        return -ENOENT; /* not a folder this account syncs */
+    }
+    if (!j->on_server) {
+        return -ENOENT; /* its CREATE failed */
+    }
+    if (!j->queued) {
+        j->queued = true;
+        xgrow(&e->demand, &e->demand_cap, e->ndemand + 1, sizeof(*e->demand));
+        e->demand[e->ndemand++] = (size_t)(j - e->jobs);
+    }
+    if (e->idle) {
+        e->idle = false;
+        next_folder(e);
+    }
+    return 0;
+}
+
+void engine_close(struct engine *e)
+{
+    if (e == NULL || e->finished || e->closing) {
+        return;
+    }
+    e->closing = true;
+    for (size_t i = 0; i < e->ndemand; i++) {
+        e->jobs[e->demand[i]].queued = false;
+    }
+    e->ndemand = 0;
+    if (e->idle) {
+        e->idle = false;
+        next_folder(e);
+    }
+}
+
 static void next_folder(struct engine *e)
 {
     if (e->finished) {
@@ -4523,6 +4660,22 @@ static void next_folder(struct engine *e)
         case FOLDERPLAN_NONE:
             continue;
         }
+    }
+    if (e == r && e->opts.stay_open && !e->closing && !conn_lost(e)) {
+        if (e->ndemand > 0) {
+            struct fjob *j = &e->jobs[e->demand[0]];
+            memmove(e->demand, e->demand + 1, --e->ndemand * sizeof(*e->demand));
+            j->queued = false;
+            demand_reset(j);
+            start_folder(e, j);
+            return;
+        }
+        /* A session stays logged in for the next folder job. */
+        e->idle = true;
+        if (e->opts.on_idle != NULL) {
+            e->opts.on_idle(e->opts.session_arg);
+        }
+        return;
     }
     /* All folders are taken: a lane still logging in has nothing left to
      * do, so it is dropped rather than waited for. */

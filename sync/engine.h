@@ -78,6 +78,21 @@ struct engine_opts {
     void *progress_arg;
     /* Where --dry-run prints its plan; NULL = stdout. */
     FILE *plan_out;
+    /* A session that stays logged in (the daemon's): when every folder of
+     * the run is done, on_idle is called instead of logging out;
+     * engine_sync_folder then syncs one folder again on the same
+     * connection, and engine_close ends the session (done follows). The
+     * run's extra connections still end after the first pass. */
+    bool stay_open;
+    void (*on_idle)(void *arg);
+    /* A folder job queued by engine_sync_folder ended; res is valid during
+     * the call. */
+    void (*on_folder_done)(const struct engine_folder_result *res, void *arg);
+    /* Server data outside a folder's listing said that folder changed
+     * (EXISTS, EXPUNGE, FETCH, VANISHED after its sync, or an unasked
+     * STATUS): the owner syncs it again when it likes. */
+    void (*on_dirty)(const char *folder, void *arg);
+    void *session_arg;
 };
 
 typedef void (*engine_done_cb)(const struct engine_result *res, void *arg);
@@ -87,6 +102,14 @@ struct engine;
 int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct engine_opts *opts,
                  engine_done_cb done, void *arg, struct engine **e_r);
 void engine_cancel(struct engine *e);
+/* stay_open sessions: queue one folder (a name the run listed) to be
+ * synced again on the session's connection, after the folder in progress.
+ * Returns 0, -ENOENT for a folder the run does not know, -ESHUTDOWN when
+ * the session is ending or ended, -EINVAL without stay_open. */
+int engine_sync_folder(struct engine *e, const char *folder);
+/* stay_open sessions: log out once the folder in progress (if any) is
+ * done; queued folders are dropped; done follows. */
+void engine_close(struct engine *e);
 
 /* One summary line: "work: ↓ 12 new, 3 flags, 1 deleted; ↑ 2 new ...". Caller frees. */
 char *engine_summary(const struct engine_result *res);
