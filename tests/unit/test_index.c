@@ -138,7 +138,7 @@ static void raw_open(struct fx *fx, const char *account, struct raw *r)
     char path[512];
     snprintf(path, sizeof(path), "%s/%s/index.mdb", fx->dir, account);
     assert_int_equal(mdb_env_create(&r->env), 0);
-    assert_int_equal(mdb_env_set_maxdbs(r->env, 8), 0);
+    assert_int_equal(mdb_env_set_maxdbs(r->env, 16), 0);
     assert_int_equal(mdb_env_open(r->env, path, 0, 0600), 0);
     assert_int_equal(mdb_txn_begin(r->env, NULL, 0, &r->txn), 0);
 }
@@ -406,8 +406,8 @@ static void test_msg_appending_to_synced(void **state)
 
     struct raw r;
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_pending"), 1);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 0);
+    assert_int_equal(raw_entries(&r, "messages_appending"), 1);
+    assert_int_equal(raw_entries(&r, "messages"), 0);
     raw_close(&r);
 
     /* APPENDUID arrived: same lid, now with a UID. */
@@ -424,9 +424,9 @@ static void test_msg_appending_to_synced(void **state)
     idx_close(idx);
 
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_pending"), 0);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 1);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 1);
+    assert_int_equal(raw_entries(&r, "messages_appending"), 0);
+    assert_int_equal(raw_entries(&r, "messages"), 1);
+    assert_int_equal(raw_entries(&r, "message_lids"), 1);
     raw_close(&r);
 
     /* And back (a message that must be appended again): the UID keys go. */
@@ -442,9 +442,9 @@ static void test_msg_appending_to_synced(void **state)
     idx_close(idx);
 
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_pending"), 1);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 0);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 0);
+    assert_int_equal(raw_entries(&r, "messages_appending"), 1);
+    assert_int_equal(raw_entries(&r, "messages"), 0);
+    assert_int_equal(raw_entries(&r, "message_lids"), 0);
     raw_close(&r);
 }
 
@@ -469,8 +469,8 @@ static void test_msg_lid_change(void **state)
 
     struct raw r;
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 1);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 1);
+    assert_int_equal(raw_entries(&r, "message_lids"), 1);
+    assert_int_equal(raw_entries(&r, "messages"), 1);
     raw_close(&r);
 }
 
@@ -503,8 +503,8 @@ static void test_msg_uid_change(void **state)
 
     struct raw r;
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 1);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 1);
+    assert_int_equal(raw_entries(&r, "message_lids"), 1);
+    assert_int_equal(raw_entries(&r, "messages"), 1);
     raw_close(&r);
 }
 
@@ -536,9 +536,9 @@ static void test_msg_delete(void **state)
 
     struct raw r;
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 0);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 0);
-    assert_int_equal(raw_entries(&r, "msg_pending"), 0);
+    assert_int_equal(raw_entries(&r, "message_lids"), 0);
+    assert_int_equal(raw_entries(&r, "messages"), 0);
+    assert_int_equal(raw_entries(&r, "messages_appending"), 0);
     raw_close(&r);
 }
 
@@ -706,9 +706,9 @@ static void test_folder_delete_only_that_folder(void **state)
 
     struct raw r;
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 5000);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 5000);
-    assert_int_equal(raw_entries(&r, "msg_pending"), 2);
+    assert_int_equal(raw_entries(&r, "messages"), 5000);
+    assert_int_equal(raw_entries(&r, "message_lids"), 5000);
+    assert_int_equal(raw_entries(&r, "messages_appending"), 2);
     raw_close(&r);
 }
 
@@ -919,7 +919,7 @@ static void test_meta(void **state)
     /* The schema version can be read, as 4 little-endian bytes. */
     assert_int_equal(idx_meta_get(t, "schema_version", buf, sizeof(buf), &len), 0);
     assert_int_equal(len, 4);
-    assert_memory_equal(buf, "\x01\0\0\0", 4);
+    assert_memory_equal(buf, "\x02\0\0\0", 4);
     /* Meta values are read-only in a read transaction. */
     assert_int_equal(idx_meta_delete(t, "bin"), -EROFS);
     idx_abort(t);
@@ -1472,45 +1472,51 @@ static void test_corrupt_records(void **state)
     idx_close(idx);
 
     /* Damage the records with raw LMDB: garbage, every truncation of a
-     * valid record, an unknown version, trailing bytes, a bad state, a NUL
-     * inside the lid. */
+     * valid record, an unknown version, trailing bytes, an unknown header
+     * bit, a NUL inside the lid, a keyword set that does not exist. */
     struct raw r;
     raw_open(fx, "acct", &r);
     uint8_t key[8], good[2048];
     MDB_val v;
     uid_key(key, 1, 6);
-    assert_int_equal(raw_get(&r, "msg_uid", key, 8, &v), 0);
+    assert_int_equal(raw_get(&r, "messages", key, 8, &v), 0);
     size_t good_len = v.mv_size;
     assert_true(good_len < sizeof(good));
     memcpy(good, v.mv_data, good_len);
+    /* header (version 2, has hash, has keywords), flags, size 6007 in two
+     * varint bytes, keyword set 2, the hash, lid length 3, "six". */
+    assert_int_equal(good_len, 1 + 1 + 2 + 1 + 16 + 1 + 3);
+    assert_int_equal(good[0], 0x26);
+    assert_int_equal(good[4], 2);
 
     uid_key(key, 1, 5);
-    raw_put(&r, "msg_uid", key, 8, "\x01garbage\xff", 9);
+    raw_put(&r, "messages", key, 8, "\x01garbage\xff", 9);
     for (size_t len = 0; len < good_len; len++) {
         uid_key(key, 1, (uint32_t)(1000 + len));
-        raw_put(&r, "msg_uid", key, 8, good, len);
+        raw_put(&r, "messages", key, 8, good, len);
     }
     uint8_t bad[2048];
     memcpy(bad, good, good_len);
-    bad[0] = 2; /* version */
+    bad[0] = 0x36; /* version 3 */
     uid_key(key, 1, 6);
-    raw_put(&r, "msg_uid", key, 8, bad, good_len);
+    raw_put(&r, "messages", key, 8, bad, good_len);
     memcpy(bad, good, good_len);
     bad[good_len] = 0;
     uid_key(key, 1, 2000);
-    raw_put(&r, "msg_uid", key, 8, bad, good_len + 1); /* trailing byte */
+    raw_put(&r, "messages", key, 8, bad, good_len + 1); /* trailing byte */
     memcpy(bad, good, good_len);
-    bad[5] = 9; /* state */
+    bad[0] |= 0x08; /* a header bit no version 2 record has */
     uid_key(key, 1, 2001);
-    raw_put(&r, "msg_uid", key, 8, bad, good_len);
+    raw_put(&r, "messages", key, 8, bad, good_len);
     memcpy(bad, good, good_len);
-    bad[1 + 4 + 1 + 1 + 8 + 16 + 1 + 1] = '\0'; /* NUL inside "six" */
+    bad[good_len - 2] = '\0'; /* NUL inside "six" */
     uid_key(key, 1, 2002);
-    raw_put(&r, "msg_uid", key, 8, bad, good_len);
-    /* A lid record of the wrong size. */
-    uint8_t lkey[4 + 5] = {0, 0, 0, 1, 's', 'e', 'v', 'e', 'n'};
-    raw_put(&r, "msg_lid", lkey, sizeof(lkey), "\x01\x07", 2);
-    raw_put(&r, "folders", "Bad", 3, "\x01\x02\x03", 3);
+    raw_put(&r, "messages", key, 8, bad, good_len);
+    memcpy(bad, good, good_len);
+    bad[4] = 99; /* keyword set 99 does not exist */
+    uid_key(key, 1, 2003);
+    raw_put(&r, "messages", key, 8, bad, good_len);
+    raw_put(&r, "folders", "Bad", 3, "\x02\x02\x03", 3);
     raw_put(&r, "pop", "U2", 2, "", 0);
     raw_close(&r);
 
@@ -1520,6 +1526,8 @@ static void test_corrupt_records(void **state)
     assert_int_equal(idx_msg_get_uid(t, "INBOX", 5, &got), -EBADMSG);
     assert_non_null(strstr(idx_error(idx), "corrupt message record for UID 5 in folder 'INBOX'"));
     assert_non_null(strstr(idx_error(idx), "index.mdb"));
+    /* The identity entry of "five" leads to the corrupt record, which may
+     * be its own: that is not "no such message". */
     assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), -EBADMSG);
     for (size_t len = 0; len < good_len; len++) {
         assert_int_equal(idx_msg_get_uid(t, "INBOX", (uint32_t)(1000 + len), &got), -EBADMSG);
@@ -1528,9 +1536,15 @@ static void test_corrupt_records(void **state)
     assert_int_equal(idx_msg_get_uid(t, "INBOX", 2000, &got), -EBADMSG);
     assert_int_equal(idx_msg_get_uid(t, "INBOX", 2001, &got), -EBADMSG);
     assert_int_equal(idx_msg_get_uid(t, "INBOX", 2002, &got), -EBADMSG);
-    assert_int_equal(idx_msg_get_lid(t, "INBOX", "seven", &got), -EBADMSG);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 2003, &got), -EBADMSG);
+    assert_non_null(strstr(idx_error(idx), "keyword set 99 of 'six' in folder 'INBOX' is missing"));
+    /* A record that is fine is still found. */
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "seven", &got), 0);
+    assert_int_equal(got.uid, 7);
     struct msg_list l = {.n = 0};
     assert_int_equal(idx_msg_foreach(t, "INBOX", collect_msg, &l), -EBADMSG);
+    assert_int_equal(l.n, 0);
+    assert_int_equal(idx_msg_walk(t, "INBOX", collect_msg, &l), -EBADMSG);
     assert_int_equal(l.n, 0);
     struct idx_folder fst;
     assert_int_equal(idx_folder_get(t, "Bad", &fst), -EBADMSG);
@@ -1545,17 +1559,31 @@ static void test_corrupt_records(void **state)
     make_msg(&m, 5, "five", IDX_MSG_SYNCED, "");
     assert_int_equal(idx_msg_put(t, "INBOX", &m), -EBADMSG);
 
-    /* Deleting is the way out: the corrupt UID record goes, then its now
-     * dangling identity key. */
+    /* Deleting is the way out: the corrupt UID record goes; its identity
+     * entry then leads nowhere and "five" is simply unknown, and a new
+     * record for it can be written (which drops the stale entry). */
     assert_int_equal(idx_msg_delete_uid(t, "INBOX", 5), 0);
-    assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), -EBADMSG);
-    assert_int_equal(idx_msg_delete_lid(t, "INBOX", "five"), 0);
     assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), -ENOENT);
+    assert_int_equal(idx_msg_delete_lid(t, "INBOX", "five"), -ENOENT);
     put_msg(idx, t, "INBOX", &m);
     assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), 0);
     assert_msg_equal(&got, &m);
+    /* Deleting by lid removes a corrupt record its entry leads to. */
+    assert_int_equal(idx_msg_delete_uid(t, "INBOX", 5), 0);
+    make_msg(&m, 6, "six", IDX_MSG_SYNCED, "");
+    assert_int_equal(idx_msg_delete_lid(t, "INBOX", "six"), 0);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 6, &got), -ENOENT);
+    put_msg(idx, t, "INBOX", &m);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "six", &got), 0);
+    assert_msg_equal(&got, &m);
     commit(idx, t);
     idx_close(idx);
+
+    /* Of the identity entries only those of live records are left: five's
+     * stale one went with the put, six's with the delete. */
+    raw_open(fx, "acct", &r);
+    assert_int_equal(raw_entries(&r, "message_lids"), 2); /* seven and six */
+    raw_close(&r);
 }
 
 /* Validation and transaction rules */
