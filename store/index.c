@@ -163,9 +163,9 @@ static const unsigned db_flags[DB_ALL] = {
 };
 
 /* A test seam: tests/unit/test_index.c defines this function to kill the
- * process at a chosen point of a conversion (done: folders converted and
- * committed so far; committed false: folder done + 1 is written but not yet
- * committed). mailsync itself does not define it, so the weak reference is
+ * process at a chosen point of a conversion (done: folders this idx_open
+ * converted and committed so far; committed false: its folder done + 1 is
+ * written but not yet committed). mailsync itself does not define it, so the weak reference is
  * NULL and nothing is called. */
 void idx_convert_test_point(unsigned done, bool committed) __attribute__((weak));
 
@@ -2032,7 +2032,8 @@ int idx_msg_delete_lid(struct idx_txn *txn, const char *folder, const char *lid)
         return rc;
     }
     struct idx_msg *m = xmalloc(sizeof(*m));
-    uint32_t uid = 0, kw = 0, tag = lid_tag(lid, len);
+    uint32_t uid = 0, kw = 0;
+    uint64_t tag = lid_tag(lid, len);
     rc = lid_find(txn, folder, f->id, lid, len, true, &uid, m, &kw);
     if (rc == 0 || rc == -EBADMSG) {
         /* A corrupt record that this lid's entry leads to goes too, so that
