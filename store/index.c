@@ -3275,6 +3275,9 @@ void idx_close(struct idx *idx)
         return;
     }
     idx_abort(&idx->wtxn);
+    /* A write transaction that ended on a full map keeps its folder cache
+     * for the next one; nothing else frees it then. */
+    free(idx->wtxn.cf);
     if (idx->env != NULL) {
         mdb_env_close(idx->env);
     }
