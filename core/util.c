@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -485,4 +486,47 @@ void strindex_free(struct strindex *x)
     free(x->hash);
     free(x->pos);
     memset(x, 0, sizeof(*x));
+}
+
+void sbuf_add_json(struct sbuf *sb, const char *s)
+{
+    if (s == NULL) {
+        sbuf_adds(sb, "null");
+        return;
+    }
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s);
+    sbuf_addc(sb, '"');
+    for (size_t i = 0; i < n;) {
+        unsigned char c = p[i];
+        uint32_t cp;
+        size_t len = utf8_seq(p + i, n - i, &cp);
+        if (c == '"' || c == '\\') {
+            sbuf_addc(sb, '\\');
+            sbuf_addc(sb, (char)c);
+        } else if (c == '\b') {
+            sbuf_adds(sb, "\\b");
+        } else if (c == '\f') {
+            sbuf_adds(sb, "\\f");
+        } else if (c == '\n') {
+            sbuf_adds(sb, "\\n");
+        } else if (c == '\r') {
+            sbuf_adds(sb, "\\r");
+        } else if (c == '\t') {
+            sbuf_adds(sb, "\\t");
+        } else if (c < 0x20 || c == 0x7f) {
+            sbuf_addf(sb, "\\u%04x", c);
+        } else if (len == 0) {
+            /* JSON text is UTF-8: a stray byte cannot be carried over. */
+            sbuf_adds(sb, "\\ufffd");
+            len = 1;
+        } else if (cp == 0x2028 || cp == 0x2029) {
+            /* Legal in JSON, but line breaks to JavaScript. */
+            sbuf_addf(sb, "\\u%04" PRIx32, cp);
+        } else {
+            sbuf_add(sb, p + i, len);
+        }
+        i += len > 0 ? len : 1;
+    }
+    sbuf_addc(sb, '"');
 }

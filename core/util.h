@@ -91,6 +91,10 @@ unsigned long long now_ms(void);
  * with the code point in *cp_r, or 0 when the bytes there are not UTF-8
  * (overlong forms, surrogates and code points above U+10FFFF included). */
 size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp_r);
+/* Appends s as a JSON string (RFC 8259 section 7), or null for NULL:
+ * control characters escaped, bytes that are not UTF-8 as U+FFFD (JSON
+ * text is UTF-8), U+2028/U+2029 escaped (line breaks to JavaScript). */
+void sbuf_add_json(struct sbuf *sb, const char *s);
 /* Makes text safe to print on a terminal, in place: C0 controls except TAB,
  * DEL, C1 controls, Unicode bidi controls and bytes that are not UTF-8 each
  * become '?'. Returns the new length (never more than len). */

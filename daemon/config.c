@@ -18,6 +18,8 @@
 #include <yaml.h>
 
 #include "core/util.h"
+#include "daemon/providers.h"
+#include "sync/options.h"
 
 /* A configuration file is a few kilobytes; the limit only stops a wrong
  * --config (a mailbox, a disk image) from being read whole into memory. */
@@ -71,6 +73,7 @@ const char *cfg_local_delete_name(enum cfg_local_delete d)
 static const char *const top_keys[] = {"state_dir", "accounts"};
 static const char *const account_keys[] = {"protocol",
                                            "provider",
+                                           "region",
                                            "host",
                                            "port",
                                            "tls",
@@ -101,20 +104,6 @@ static const char *const pop_keys[] = {"keep_on_server", "delete_after_days", "s
 static const char *const imap_only_keys[] = {
     "folders",          "subscribed_only", "on_local_delete", "trash",       "delete_folders",
     "max_delete_ratio", "max_connections", "compress",        "max_age_days"};
-
-/* Provider presets. Every preset uses implicit TLS on the standard port. */
-struct preset {
-    const char *name;
-    const char *imap_host;
-    const char *pop_host;
-};
-
-static const struct preset presets[] = {
-    {"zoho", "imap.zoho.com", "pop.zoho.com"},
-    {"gmail", "imap.gmail.com", "pop.gmail.com"},
-    {"fastmail", "imap.fastmail.com", "pop.fastmail.com"},
-    {"outlook", "outlook.office365.com", "outlook.office365.com"},
-};
 
 static uint16_t default_port(enum cfg_protocol proto, enum cfg_tls tls)
 {
@@ -1087,21 +1076,6 @@ static bool get_command(struct loader *ld, const struct kv *kv, char ***out)
 
 /* True when s starts with a first hierarchy level spelled "inbox" in any
  * case: IMAP treats that name case-insensitively. */
-static bool inbox_prefix(const char *s)
-{
-    return strncasecmp(s, "inbox", 5) == 0 && (s[5] == '\0' || s[5] == '/');
-}
-
-/* A copy with a leading "inbox" in any case spelled "INBOX". */
-static char *inbox_canon(const char *s)
-{
-    char *c = xstrdup(s);
-    if (inbox_prefix(c)) {
-        memcpy(c, "INBOX", 5);
-    }
-    return c;
-}
-
 static bool get_folders(struct loader *ld, const struct kv *kv, struct cfg_pattern **out,
                         size_t *nout)
 {
@@ -1141,7 +1115,7 @@ static bool get_folders(struct loader *ld, const struct kv *kv, struct cfg_patte
             continue;
         }
         pats[i].exclude = exclude;
-        pats[i].glob = inbox_canon(glob);
+        pats[i].glob = sync_inbox_canon(glob);
     }
     if (!ok) {
         for (size_t i = 0; i < n; i++) {
@@ -1155,77 +1129,15 @@ static bool get_folders(struct loader *ld, const struct kv *kv, struct cfg_patte
     return true;
 }
 
-/* Length of the UTF-8 character starting at s (1 for stray bytes), so that
- * '?' matches one character of a non-ASCII folder name. */
-static size_t utf8_len(const char *s)
-{
-    unsigned char c = (unsigned char)s[0];
-    size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-    for (size_t i = 1; i < len; i++) {
-        if (((unsigned char)s[i] & 0xC0) != 0x80) {
-            return 1;
-        }
-    }
-    return len;
-}
-
-/* Glob match by tracking the set of name positions each pattern prefix can
- * reach, so that time stays O(pattern x name) whatever the wildcards. */
-static bool glob_match(const char *pat, const char *name)
-{
-    size_t n = strlen(name);
-    bool *cur = xcalloc(n + 1, sizeof(bool));
-    bool *next = xcalloc(n + 1, sizeof(bool));
-    cur[0] = true;
-    for (const char *p = pat; *p != '\0'; p++) {
-        memset(next, 0, n + 1);
-        if (*p == '*') {
-            bool on = false;
-            for (size_t j = 0; j <= n; j++) {
-                on = on || cur[j];
-                next[j] = on;
-            }
-        } else if (*p == '%') {
-            bool on = false;
-            for (size_t j = 0; j <= n; j++) {
-                if (j > 0 && name[j - 1] == '/') {
-                    on = false;
-                }
-                on = on || cur[j];
-                next[j] = on;
-            }
-        } else if (*p == '?') {
-            for (size_t j = 0; j < n; j++) {
-                if (cur[j]) {
-                    next[j + utf8_len(name + j)] = true;
-                }
-            }
-        } else {
-            for (size_t j = 0; j < n; j++) {
-                if (cur[j] && name[j] == *p) {
-                    next[j + 1] = true;
-                }
-            }
-        }
-        bool *t = cur;
-        cur = next;
-        next = t;
-    }
-    bool match = cur[n];
-    free(cur);
-    free(next);
-    return match;
-}
-
 bool cfg_folder_selected(const struct cfg_account *acct, const char *folder)
 {
     if (acct->nfolders == 0) {
         return true; /* the default, ["*"] */
     }
-    char *name = inbox_canon(folder);
+    char *name = sync_inbox_canon(folder);
     bool selected = false;
     for (size_t i = 0; i < acct->nfolders; i++) {
-        if (glob_match(acct->folders[i].glob, name)) {
+        if (sync_glob_match(acct->folders[i].glob, name)) {
             selected = !acct->folders[i].exclude;
         }
     }
@@ -1301,6 +1213,80 @@ static void load_pop(struct loader *ld, const struct kv *popkv, struct cfg_accou
     ld->scope = SCOPE_ACCOUNT;
 }
 
+/* The provider preset named by 'provider' (and 'region'), or NULL (none,
+ * or a mistake, which is reported). */
+static const struct provider *load_provider(struct loader *ld, const struct kvmap *m,
+                                            struct cfg_account *a)
+{
+    const struct kv *pkv = kv_get(m, "provider");
+    const struct kv *rkv = kv_get(m, "region");
+    const char *name = NULL;
+    const char *region = NULL;
+    if (rkv != NULL && !get_str(ld, rkv, &region)) {
+        return NULL;
+    }
+    if (pkv == NULL) {
+        if (rkv != NULL) {
+            key_err(ld, rkv,
+                    "picks a provider's data centre, so it needs 'provider' (e.g. "
+                    "provider: zoho, region: %s)",
+                    region);
+        }
+        return NULL;
+    }
+    if (!get_str(ld, pkv, &name)) {
+        return NULL;
+    }
+    const struct provider *p = NULL;
+    enum provider_lookup_result r = provider_lookup(name, region, &p);
+    if (r == PROVIDER_FOUND) {
+        a->provider = xstrdup(p->name);
+        return p;
+    }
+    if (r == PROVIDER_UNKNOWN) {
+        size_t n = provider_count();
+        const char **names = xcalloc(n, sizeof(*names));
+        struct sbuf sb = {0};
+        sbuf_adds(&sb, "one of the known providers: ");
+        for (size_t i = 0; i < n; i++) {
+            names[i] = provider_at(i)->name;
+            sbuf_addf(&sb, "%s%s", i > 0 ? ", " : "", names[i]);
+        }
+        const char *close = suggest(name, names, n);
+        char *d = node_desc(pkv->v);
+        key_err(ld, pkv, "must be %s (got %s)%s%s%s", sb.buf, d,
+                close != NULL ? "; did you mean '" : "", close != NULL ? close : "",
+                close != NULL ? "'?" : "");
+        free(d);
+        sbuf_free(&sb);
+        free(names);
+        return NULL;
+    }
+    const struct provider *named = provider_find(name, NULL);
+    if (r == PROVIDER_NO_REGIONS) {
+        key_err(ld, rkv, "picks a data centre, and %s has only one; remove 'region'", named->title);
+        return NULL;
+    }
+    if (r == PROVIDER_REGION_CONFLICT) {
+        key_err(ld, rkv,
+                "is '%s', but provider '%s' is another data centre; use provider: %s with "
+                "region: %s, or provider: %s",
+                region, name, named->family, region, provider_find(named->family, region)->name);
+        return NULL;
+    }
+    /* Name the family's regions, each with the provider name it picks. */
+    struct sbuf sb = {0};
+    for (size_t i = 0; i < provider_count(); i++) {
+        const struct provider *q = provider_at(i);
+        if (strcmp(q->family, named->family) == 0 && q->regions[0] != NULL) {
+            sbuf_addf(&sb, "%s%s (%s)", sb.len > 0 ? ", " : "", q->regions[0], q->name);
+        }
+    }
+    key_err(ld, rkv, "must be a data centre of %s: %s (got '%s')", named->family, sb.buf, region);
+    sbuf_free(&sb);
+    return NULL;
+}
+
 static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vnode,
                          struct cfg_account *a, struct acct_extra *x)
 {
@@ -1349,27 +1335,22 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
     bool is_pop = proto_known && a->protocol == CFG_PROTO_POP3;
     bool is_imap = proto_known && a->protocol == CFG_PROTO_IMAP;
 
-    const struct preset *preset = NULL;
-    if ((kv = kv_get(&m, "provider")) != NULL && get_str(ld, kv, &s)) {
-        for (size_t i = 0; i < ARRAY_SIZE(presets); i++) {
-            if (strcasecmp(s, presets[i].name) == 0) {
-                preset = &presets[i];
-            }
+    const struct provider *preset = load_provider(ld, &m, a);
+    const struct provider_server *psrv =
+        preset != NULL && proto_known ? provider_server(preset, a->protocol) : NULL;
+    if (preset != NULL) {
+        /* Limits and the login method the provider wants, unless set below. */
+        if (preset->max_connections > 0) {
+            a->max_connections = preset->max_connections;
         }
-        if (preset == NULL) {
-            struct sbuf sb = {0};
-            sbuf_adds(&sb, "one of the known providers: ");
-            for (size_t i = 0; i < ARRAY_SIZE(presets); i++) {
-                sbuf_addf(&sb, "%s%s", i > 0 ? ", " : "", presets[i].name);
-            }
-            key_err_got(ld, kv, sb.buf);
-            sbuf_free(&sb);
-        } else {
-            a->provider = xstrdup(preset->name);
-        }
+        a->auth = preset->auth_default;
     }
 
-    a->tls = CFG_TLS_IMPLICIT;
+    /* A preset's server applies where the account does not say otherwise:
+     * its TLS mode unless tls is set, and its port unless port is set or the
+     * account chose another TLS mode than the preset's (then the standard
+     * port of that mode). */
+    a->tls = psrv != NULL && psrv->host != NULL ? psrv->tls : CFG_TLS_IMPLICIT;
     const struct kv *tlskv = kv_get(&m, "tls");
     if (tlskv != NULL && get_enum(ld, tlskv, tls_names, ARRAY_SIZE(tls_names), &e)) {
         a->tls = (enum cfg_tls)e;
@@ -1383,14 +1364,23 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
                 a->host = xstrdup(s);
             }
         }
+    } else if (psrv != NULL && psrv->host != NULL) {
+        a->host = xstrdup(psrv->host);
     } else if (preset != NULL) {
-        a->host = xstrdup(a->protocol == CFG_PROTO_POP3 ? preset->pop_host : preset->imap_host);
+        if (psrv != NULL) {
+            err_at(ld, kv_get(&m, "provider")->v->start_mark,
+                   "account '%s': %s offers no %s access; use protocol: %s, or set 'host'", a->name,
+                   preset->title, a->protocol == CFG_PROTO_POP3 ? "POP3" : "IMAP",
+                   a->protocol == CFG_PROTO_POP3 ? "imap" : "pop3");
+        }
     } else {
         err_at(ld, knode->start_mark,
                "account '%s': missing required key 'host' (or a 'provider' that sets it)", a->name);
     }
 
-    a->port = default_port(a->protocol, a->tls);
+    a->port = psrv != NULL && psrv->host != NULL && a->tls == psrv->tls
+                  ? psrv->port
+                  : default_port(a->protocol, a->tls);
     if ((kv = kv_get(&m, "port")) != NULL && get_int(ld, kv, 1, 65535, &v)) {
         a->port = (uint16_t)v;
     }
@@ -1429,6 +1419,13 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
         }
     } else {
         err_at(ld, knode->start_mark, "account '%s': missing required key 'user'", a->name);
+    }
+    if (preset != NULL && preset->login == PROVIDER_LOGIN_ADDRESS && a->user != NULL &&
+        strchr(a->user, '@') == NULL) {
+        warn_at(ld, kv_get(&m, "user")->v->start_mark,
+                "account '%s': %s expects the full address as the user name (like "
+                "%s@example.com), not '%s'",
+                a->name, preset->title, a->user, a->user);
     }
 
     const struct kv *pwkv = kv_get(&m, "password");
@@ -1509,9 +1506,19 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
         }
     }
     if (a->folders == NULL) {
-        a->folders = xcalloc(1, sizeof(*a->folders));
+        /* Everything, less what the provider shows twice (Gmail's All Mail):
+         * an account that lists its folders decides alone. */
+        size_t nex = 0;
+        while (preset != NULL && !is_pop && preset->exclude[nex] != NULL) {
+            nex++;
+        }
+        a->folders = xcalloc(1 + nex, sizeof(*a->folders));
         a->folders[0].glob = xstrdup("*");
-        a->nfolders = 1;
+        for (size_t i = 0; i < nex; i++) {
+            a->folders[1 + i].glob = xstrdup(preset->exclude[i]);
+            a->folders[1 + i].exclude = true;
+        }
+        a->nfolders = 1 + nex;
     }
 
     if ((kv = kv_get(&m, "max_connections")) != NULL && get_int(ld, kv, 1, 16, &v)) {
@@ -1995,7 +2002,14 @@ static void print_account(FILE *fp, const struct cfg_account *a)
     print_str(fp, a->name);
     fprintf(fp, ":\n");
     fprintf(fp, "    protocol: %s\n", cfg_protocol_name(a->protocol));
-    print_opt(fp, "provider", a->provider, "none");
+    if (a->provider != NULL && provider_find(a->provider, NULL) != NULL) {
+        /* The title says which data centre a name like zoho.eu is. */
+        fprintf(fp, "    provider: ");
+        print_str(fp, a->provider);
+        fprintf(fp, "  # %s\n", provider_find(a->provider, NULL)->title);
+    } else {
+        print_opt(fp, "provider", a->provider, "none");
+    }
     print_opt(fp, "host", a->host, "not set");
     fprintf(fp, "    port: %u\n", (unsigned)a->port);
     fprintf(fp, "    tls: %s\n", cfg_tls_name(a->tls));

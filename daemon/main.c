@@ -12,6 +12,8 @@
 #include "core/util.h"
 #include "daemon/check.h"
 #include "daemon/config.h"
+#include "daemon/init.h"
+#include "daemon/mailboxes.h"
 #include "daemon/status.h"
 #include "daemon/syncrun.h"
 
@@ -19,30 +21,6 @@ struct globals {
     const char *config_path;
     int verbosity; /* -1 quiet, 0 normal, 1.. verbose */
 };
-
-static void usage(FILE *fp)
-{
-    fputs("usage: mailsync [--config FILE] [-v|-q] COMMAND [ARGS]\n"
-          "\n"
-          "Keeps local Maildir folders in sync with IMAP accounts and downloads\n"
-          "POP3 accounts.\n"
-          "\n"
-          "Commands:\n"
-          "  sync [--dry-run] [--force] [ACCOUNT...]  synchronise once and exit\n"
-          "  daemon                         stay running and push changes both ways\n"
-          "  status [--json] [ACCOUNT...]   show what the index knows of each account\n"
-          "                                 (offline; safe while a sync runs)\n"
-          "  check [--connect] [ACCOUNT...] validate the configuration (and connect)\n"
-          "  version                        print the version\n"
-          "\n"
-          "Options:\n"
-          "  -c, --config FILE  configuration file (default\n"
-          "                     $XDG_CONFIG_HOME/mailsync/config.yaml)\n"
-          "  -v, --verbose      more output (repeat for protocol traces)\n"
-          "  -q, --quiet        only errors\n"
-          "  -h, --help         this text\n",
-          fp);
-}
 
 /* Loads the configuration named by --config or the default path, printing
  * every problem found. Returns NULL after printing on failure. */
@@ -64,7 +42,8 @@ static struct cfg *load_config(const struct globals *g)
         if (g->config_path == NULL && access(path, F_OK) != 0 && errno == ENOENT) {
             /* The first run: say where the file goes and where to start. */
             fprintf(stderr,
-                    "mailsync reads its accounts from %s; create it (a commented example is "
+                    "mailsync reads its accounts from %s; create it with 'mailsync init "
+                    "ACCOUNT --user ADDRESS', or by hand (a commented example is "
                     "contrib/config.example.yaml in the source, see README.md, "
                     "\"Configuration\"), or name another file with --config FILE\n",
                     path);
@@ -109,10 +88,13 @@ static struct cfg *load_config_accounts(const struct globals *g, int argc, char 
 static int cmd_check(const struct globals *g, int argc, char **argv)
 {
     int connect = 0;
+    bool json = false;
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "--connect") == 0) {
             connect = 1;
+        } else if (strcmp(argv[i], "--json") == 0) {
+            json = true;
         } else if (strcmp(argv[i], "--") == 0) {
             i++;
             break;
@@ -121,13 +103,17 @@ static int cmd_check(const struct globals *g, int argc, char **argv)
             return 2;
         }
     }
+    if (json && !connect) {
+        log_error("check: --json goes with --connect (mailsync check --connect --json)");
+        return 2;
+    }
     struct cfg *cfg = load_config_accounts(g, argc - i, argv + i);
     if (cfg == NULL) {
         return 1;
     }
     int ret = 0;
     if (connect) {
-        ret = check_connect(cfg, argv + i, argc - i, stdout);
+        ret = check_run(cfg, argv + i, argc - i, json, stdout);
     } else {
         cfg_print(stdout, cfg);
     }
@@ -191,10 +177,278 @@ static int cmd_status(const struct globals *g, int argc, char **argv)
     return ret;
 }
 
-static int cmd_unavailable(const char *name)
+static int cmd_daemon(const struct globals *g, int argc, char **argv)
 {
-    log_error("'%s' is not available in this build yet; see README.md for what works today", name);
+    log_error("'daemon' is not available in this build yet; see README.md for what works today");
     return 1;
+}
+
+static int cmd_version(const struct globals *g, int argc, char **argv)
+{
+    printf("mailsync %s\n", MAILSYNC_VERSION);
+    return 0;
+}
+
+static int cmd_mailboxes(const struct globals *g, int argc, char **argv)
+{
+    bool named = false;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--named") == 0) {
+            named = true;
+        } else if (strcmp(argv[i], "--") == 0) {
+            i++;
+            break;
+        } else {
+            log_error("mailboxes: unknown option '%s' (options: --named)", argv[i]);
+            return 2;
+        }
+    }
+    struct cfg *cfg = load_config_accounts(g, argc - i, argv + i);
+    if (cfg == NULL) {
+        return 1;
+    }
+    int ret = mailboxes_run(cfg, argv + i, argc - i, named, g->verbosity >= 0, stdout);
+    cfg_free(cfg);
+    return ret;
+}
+
+static int cmd_init(const struct globals *g, int argc, char **argv)
+{
+    enum {
+        OPT_PROVIDER = 1,
+        OPT_USER,
+        OPT_MAILDIR,
+        OPT_PASSWORD_COMMAND,
+        OPT_POP3,
+        OPT_HOST,
+        OPT_PORT,
+        OPT_TLS,
+        OPT_NO_CHECK,
+    };
+    static const struct option opts[] = {
+        {"provider", required_argument, NULL, OPT_PROVIDER},
+        {"user", required_argument, NULL, OPT_USER},
+        {"maildir", required_argument, NULL, OPT_MAILDIR},
+        {"password-command", required_argument, NULL, OPT_PASSWORD_COMMAND},
+        {"pop3", no_argument, NULL, OPT_POP3},
+        {"host", required_argument, NULL, OPT_HOST},
+        {"port", required_argument, NULL, OPT_PORT},
+        {"tls", required_argument, NULL, OPT_TLS},
+        {"no-check", no_argument, NULL, OPT_NO_CHECK},
+        {NULL, 0, NULL, 0},
+    };
+    struct init_opts o = {.config_path = g->config_path, .quiet = g->verbosity < 0};
+    /* Start a fresh scan of the subcommand's arguments (GNU getopt resets
+     * fully for optind 0); ":" makes a missing value its own error. */
+    optind = 0;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        switch (ch) {
+        case OPT_PROVIDER:
+            o.provider = optarg;
+            break;
+        case OPT_USER:
+            o.user = optarg;
+            break;
+        case OPT_MAILDIR:
+            o.maildir = optarg;
+            break;
+        case OPT_PASSWORD_COMMAND:
+            o.password_command = optarg;
+            break;
+        case OPT_POP3:
+            o.pop3 = true;
+            break;
+        case OPT_HOST:
+            o.host = optarg;
+            break;
+        case OPT_PORT: {
+            char *end;
+            long port = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || port < 1 || port > 65535) {
+                log_error("init: --port must be a number from 1 to 65535 (got '%s')", optarg);
+                return 2;
+            }
+            o.port = (unsigned)port;
+            break;
+        }
+        case OPT_TLS:
+            o.tls = optarg;
+            break;
+        case OPT_NO_CHECK:
+            o.no_check = true;
+            break;
+        case ':':
+            log_error("init: option '%s' needs a value", argv[optind - 1]);
+            return 2;
+        default:
+            log_error("init: unknown option '%s' (try 'mailsync init --help')", argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        log_error("init: name the account: mailsync init ACCOUNT --user ADDRESS ...");
+        return 2;
+    }
+    if (optind + 1 < argc) {
+        log_error("init: one account at a time (got '%s' after '%s')", argv[optind + 1],
+                  argv[optind]);
+        return 2;
+    }
+    o.account = argv[optind];
+    o.interactive = isatty(STDIN_FILENO) && isatty(STDERR_FILENO);
+    return init_run(&o);
+}
+
+/* One subcommand: its synopsis and one line for `mailsync --help`, and the
+ * text of `mailsync COMMAND --help`. run is NULL for "help" itself. */
+struct command {
+    const char *name;
+    const char *args;
+    const char *summary;
+    const char *help;
+    int (*run)(const struct globals *g, int argc, char **argv);
+};
+
+static const struct command commands[] = {
+    {"init", "ACCOUNT [--provider P] [--user ADDRESS] [OPTIONS]",
+     "add an account to the configuration and check it",
+     "Writes the account into the configuration file (created 0600 with a\n"
+     "commented header when missing; comments and other accounts stay as they\n"
+     "are), refuses a name that exists, then runs 'check --connect' for it.\n"
+     "Without --provider or --host, a preset named like the address's domain\n"
+     "is used (gmail.com: gmail), else the domain's RFC 6186 SRV records\n"
+     "(_imaps._tcp, _imap._tcp, _pop3s._tcp, _pop3._tcp). On a terminal\n"
+     "missing values are asked for; every value can be given as an option.\n"
+     "\n"
+     "Options:\n"
+     "  --provider NAME           a provider preset (mailsync.yaml(5) lists them)\n"
+     "  --user ADDRESS            login name, usually the email address\n"
+     "  --password-command CMD    command that prints the password (never stored)\n"
+     "  --maildir DIR             local Maildir root (default ~/Mail/ACCOUNT)\n"
+     "  --pop3                    a POP3 account (download, keep on server)\n"
+     "  --host HOST               server host name instead of a preset\n"
+     "  --port PORT               server port (default 993/995, 143/110 with STARTTLS)\n"
+     "  --tls implicit|starttls|none  how TLS starts (default implicit)\n"
+     "  --no-check                do not connect to check the account afterwards\n"
+     "\n"
+     "Exit status: 0 written and checked, 1 not written or the check failed,\n"
+     "2 usage error.\n",
+     cmd_init},
+    {"sync", "[--dry-run] [--force] [ACCOUNT...]", "synchronise once and exit",
+     "Synchronises every account (or the ones named) once: new mail, flags and\n"
+     "deletions both ways for IMAP, downloads for POP3.\n"
+     "\n"
+     "Options:\n"
+     "  -n, --dry-run  print what would be done; change nothing anywhere\n"
+     "  --force        override the safety guards (vanished folder, mass deletion)\n"
+     "\n"
+     "Exit status: 0 every account synced, 75 every failure was temporary\n"
+     "(try again later), 1 otherwise, 2 usage error.\n",
+     cmd_sync},
+    {"daemon", "", "stay running, push changes both ways (not built yet)",
+     "Stays running and keeps every account in sync as changes happen.\n"
+     "Not available in this build yet: it says so and exits 1.\n",
+     cmd_daemon},
+    {"status", "[--json] [ACCOUNT...]", "show what the index knows (offline)",
+     "Shows what mailsync knows of each account from its index alone: folders,\n"
+     "messages, last complete sync, messages skipped. Never connects, and is\n"
+     "safe to run while a sync runs.\n"
+     "\n"
+     "Options:\n"
+     "  --json  one JSON object (schema at the top of daemon/status.c)\n"
+     "\n"
+     "Exit status: 0, or 1 when an index cannot be read or an account is unknown.\n",
+     cmd_status},
+    {"check", "[--connect [--json]] [ACCOUNT...]", "validate the configuration (and connect)",
+     "Reads the configuration, reports every problem with its file, line and\n"
+     "column, and prints every account fully resolved (passwords redacted).\n"
+     "\n"
+     "Options:\n"
+     "  --connect  also connect, verify TLS, log in, and show what the server\n"
+     "             offers and which folders would be synced where; every\n"
+     "             failure comes with its cause and how to fix it\n"
+     "  --json     with --connect: the same findings as one JSON object\n"
+     "\n"
+     "Exit status: 0 valid (and every account connected and logged in),\n"
+     "1 otherwise, 2 usage error.\n",
+     cmd_check},
+    {"mailboxes", "[--named] [ACCOUNT...]", "print neomutt 'mailboxes' lines for the folders",
+     "Prints a neomutt/mutt 'mailboxes' line for every folder of the accounts'\n"
+     "Maildirs that the 'folders' patterns select (INBOX first), quoted for\n"
+     "names with spaces, quotes and non-ASCII characters. In a muttrc:\n"
+     "\n"
+     "    source \"mailsync mailboxes|\"\n"
+     "\n"
+     "Options:\n"
+     "  --named  'named-mailboxes \"ACCOUNT/FOLDER\" PATH' lines instead\n"
+     "\n"
+     "Exit status: 0, or 1 when a Maildir cannot be read or an account is unknown.\n",
+     cmd_mailboxes},
+    {"version", "", "print the version", "Prints \"mailsync VERSION\".\n", cmd_version},
+    {"help", "[COMMAND]", "describe mailsync or a command",
+     "Prints the help of mailsync or of COMMAND.\n", NULL},
+};
+static const size_t ncommands = ARRAY_SIZE(commands);
+
+static const struct command *find_command(const char *name)
+{
+    for (size_t i = 0; i < ncommands; i++) {
+        if (strcmp(commands[i].name, name) == 0) {
+            return &commands[i];
+        }
+    }
+    return NULL;
+}
+
+static void usage(FILE *fp)
+{
+    fputs("usage: mailsync [--config FILE] [-v|-q] COMMAND [ARGS]\n"
+          "\n"
+          "Keeps local Maildir folders in sync with IMAP accounts and downloads\n"
+          "POP3 accounts.\n"
+          "\n"
+          "Commands:\n",
+          fp);
+    for (size_t i = 0; i < ncommands; i++) {
+        const struct command *c = &commands[i];
+        fprintf(fp, "  %-10s %s\n", c->name, c->summary);
+    }
+    fputs("\n"
+          "Options:\n"
+          "  -c, --config FILE  configuration file (default\n"
+          "                     $XDG_CONFIG_HOME/mailsync/config.yaml)\n"
+          "  -v, --verbose      more output (repeat for protocol traces)\n"
+          "  -q, --quiet        only errors\n"
+          "  -h, --help         this text\n"
+          "  --version          print the version\n"
+          "\n"
+          "'mailsync COMMAND --help' describes a command; mailsync(1) and\n"
+          "mailsync.yaml(5) describe everything.\n",
+          fp);
+}
+
+static void command_help(const struct command *c, FILE *fp)
+{
+    fprintf(fp, "usage: mailsync [--config FILE] [-v|-q] %s%s%s\n\n%s", c->name,
+            c->args[0] != '\0' ? " " : "", c->args, c->help);
+}
+
+/* True when the command's arguments ask for its help text (before a
+ * "--"). */
+static bool wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) {
+            return false;
+        }
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            return true;
+        }
+    }
+    return false;
 }
 
 int main(int argc, char **argv)
@@ -257,26 +511,28 @@ int main(int argc, char **argv)
     const char *cmd = argv[optind];
     int cargc = argc - optind;
     char **cargv = argv + optind;
-    if (strcmp(cmd, "version") == 0) {
-        printf("mailsync %s\n", MAILSYNC_VERSION);
+    const struct command *c = find_command(cmd);
+    if (c == NULL) {
+        log_error("unknown command '%s' (try 'mailsync --help')", cmd);
+        return 2;
+    }
+    if (wants_help(cargc, cargv)) {
+        command_help(c, stdout);
         return 0;
     }
-    if (strcmp(cmd, "help") == 0) {
-        usage(stdout);
+    if (c->run == NULL) {
+        /* help [COMMAND] */
+        if (cargc < 2) {
+            usage(stdout);
+            return 0;
+        }
+        const struct command *about = find_command(cargv[1]);
+        if (about == NULL) {
+            log_error("help: unknown command '%s' (try 'mailsync --help')", cargv[1]);
+            return 2;
+        }
+        command_help(about, stdout);
         return 0;
     }
-    if (strcmp(cmd, "check") == 0) {
-        return cmd_check(&g, cargc, cargv);
-    }
-    if (strcmp(cmd, "sync") == 0) {
-        return cmd_sync(&g, cargc, cargv);
-    }
-    if (strcmp(cmd, "status") == 0) {
-        return cmd_status(&g, cargc, cargv);
-    }
-    if (strcmp(cmd, "daemon") == 0) {
-        return cmd_unavailable(cmd);
-    }
-    log_error("unknown command '%s' (try 'mailsync --help')", cmd);
-    return 2;
+    return c->run(&g, cargc, cargv);
 }

@@ -229,50 +229,6 @@ static void account_free(struct st_account *a)
 
 /* ---- text --------------------------------------------------------------- */
 
-/* A JSON string (RFC 8259 section 7), or null for NULL. */
-static void json_str(struct sbuf *sb, const char *s)
-{
-    if (s == NULL) {
-        sbuf_adds(sb, "null");
-        return;
-    }
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s);
-    sbuf_addc(sb, '"');
-    for (size_t i = 0; i < n;) {
-        unsigned char c = p[i];
-        uint32_t cp;
-        size_t len = utf8_seq(p + i, n - i, &cp);
-        if (c == '"' || c == '\\') {
-            sbuf_addc(sb, '\\');
-            sbuf_addc(sb, (char)c);
-        } else if (c == '\b') {
-            sbuf_adds(sb, "\\b");
-        } else if (c == '\f') {
-            sbuf_adds(sb, "\\f");
-        } else if (c == '\n') {
-            sbuf_adds(sb, "\\n");
-        } else if (c == '\r') {
-            sbuf_adds(sb, "\\r");
-        } else if (c == '\t') {
-            sbuf_adds(sb, "\\t");
-        } else if (c < 0x20 || c == 0x7f) {
-            sbuf_addf(sb, "\\u%04x", c);
-        } else if (len == 0) {
-            /* JSON text is UTF-8: a stray byte cannot be carried over. */
-            sbuf_adds(sb, "\\ufffd");
-            len = 1;
-        } else if (cp == 0x2028 || cp == 0x2029) {
-            /* Legal in JSON, but line breaks to JavaScript. */
-            sbuf_addf(sb, "\\u%04" PRIx32, cp);
-        } else {
-            sbuf_add(sb, p + i, len);
-        }
-        i += len > 0 ? len : 1;
-    }
-    sbuf_addc(sb, '"');
-}
-
 /* Text for the terminal: control characters (C0, DEL and C1, which could
  * drive the terminal) and bytes that are not UTF-8 are shown as escapes. */
 static void text_add(struct sbuf *sb, const char *s)
@@ -588,19 +544,19 @@ static void json_account(struct sbuf *sb, const struct st_account *a)
     const struct cfg_account *acct = a->acct;
     bool pop = acct->protocol == CFG_PROTO_POP3;
     sbuf_adds(sb, "{\"name\":");
-    json_str(sb, acct->name);
+    sbuf_add_json(sb, acct->name);
     sbuf_adds(sb, ",\"protocol\":");
-    json_str(sb, pop ? "pop3" : "imap");
+    sbuf_add_json(sb, pop ? "pop3" : "imap");
     sbuf_adds(sb, ",\"maildir\":");
-    json_str(sb, acct->maildir);
+    sbuf_add_json(sb, acct->maildir);
     sbuf_adds(sb, ",\"state_dir\":");
-    json_str(sb, a->state_dir);
+    sbuf_add_json(sb, a->state_dir);
     sbuf_adds(sb, ",\"index\":");
-    json_str(sb, a->index);
+    sbuf_add_json(sb, a->index);
     sbuf_addf(sb, ",\"max_size\":%" PRIu64 ",\"max_age_days\":%u", acct->max_size,
               acct->max_age_days);
     sbuf_addf(sb, ",\"synced\":%s,\"error\":", a->state == ST_NEVER ? "false" : "true");
-    json_str(sb, a->error);
+    sbuf_add_json(sb, a->error);
     if (pop) {
         const struct st_pop *s = &a->pop;
         sbuf_addf(sb,
@@ -617,7 +573,7 @@ static void json_account(struct sbuf *sb, const struct st_account *a)
     for (size_t i = 0; i < a->nfolders; i++) {
         const struct st_folder *f = &a->folders[i];
         sbuf_adds(sb, i > 0 ? ",{\"name\":" : "{\"name\":");
-        json_str(sb, f->name);
+        sbuf_add_json(sb, f->name);
         sbuf_addf(sb,
                   ",\"messages\":%zu,\"server_messages\":%" PRIu32 ",\"uidvalidity\":%" PRIu32
                   ",\"uidnext\":%" PRIu32 ",\"highestmodseq\":",
@@ -640,7 +596,7 @@ static void json_account(struct sbuf *sb, const struct st_account *a)
         sbuf_adds(sb, "],\"local_skipped\":[");
         for (size_t j = 0; j < f->nlskips; j++) {
             sbuf_adds(sb, j > 0 ? ",{\"file\":" : "{\"file\":");
-            json_str(sb, f->lskips[j].path);
+            sbuf_add_json(sb, f->lskips[j].path);
             sbuf_adds(sb, ",\"reason\":\"empty\"}");
         }
         sbuf_adds(sb, "]}");

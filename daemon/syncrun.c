@@ -8,6 +8,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "daemon/syncopts.h"
 #include "sync/engine.h"
 #include "sync/popsync.h"
 
@@ -19,7 +20,7 @@ enum run_state {
 
 struct run {
     struct syncrun *sr;
-    const struct cfg_account *acct;
+    struct sync_account *acct; /* the sync layer's copy of the account */
     enum run_state state;
     bool failed;
     bool transient;
@@ -194,7 +195,7 @@ static void run_start(struct run *r)
     r->state = RUN_RUNNING;
     r->start_ms = now_ms();
     sr->running++;
-    if (r->acct->protocol == CFG_PROTO_POP3) {
+    if (r->acct->protocol == SYNC_PROTO_POP3) {
         struct popsync_opts po = {
             .dry_run = sr->opts->dry_run,
             .force = sr->opts->force,
@@ -203,7 +204,7 @@ static void run_start(struct run *r)
             .progress_arg = r,
         };
         struct popsync *ps;
-        int rc = popsync_start(&sr->loop, sr->cfg, r->acct, &po, on_pop_done, r, &ps);
+        int rc = popsync_start(&sr->loop, r->acct, &po, on_pop_done, r, &ps);
         if (rc < 0) {
             log_error("%s: cannot start: %s", r->acct->name, strerror(-rc));
             run_finished(r, true, false);
@@ -218,7 +219,7 @@ static void run_start(struct run *r)
         .progress_arg = r,
     };
     struct engine *e;
-    int rc = engine_start(&sr->loop, sr->cfg, r->acct, &eo, on_engine_done, r, &e);
+    int rc = engine_start(&sr->loop, r->acct, &eo, on_engine_done, r, &e);
     if (rc < 0) {
         log_error("%s: cannot start: %s", r->acct->name, strerror(-rc));
         run_finished(r, true, false);
@@ -268,7 +269,7 @@ int syncrun(const struct cfg *cfg, char *const *accounts, int count,
             wanted = strcmp(accounts[j], acct->name) == 0;
         }
         if (wanted) {
-            sr.runs[sr.nruns++] = (struct run){.sr = &sr, .acct = acct};
+            sr.runs[sr.nruns++] = (struct run){.sr = &sr, .acct = syncopts_account(cfg, acct)};
         }
     }
     /* Every account runs at once: each has its own connections and index,
@@ -297,6 +298,9 @@ int syncrun(const struct cfg *cfg, char *const *accounts, int count,
             ret = 1;
             all_transient = all_transient && sr.runs[i].transient;
         }
+    }
+    for (size_t i = 0; i < sr.nruns; i++) {
+        sync_account_free(sr.runs[i].acct);
     }
     free(sr.runs);
     if (ret != 0 && all_transient) {

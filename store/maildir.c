@@ -68,6 +68,8 @@ struct md_folder {
      * call, on the file systems where syncfs writes everything back. */
     int sync_fd;
     bool syncfs_ok;
+    /* This open created new/, cur/ and tmp/ (md_folder_created). */
+    bool created;
 };
 
 struct md_writer {
@@ -177,10 +179,52 @@ void md_dirsync_add(struct md_dirsync *ds, const char *path)
     strindex_add(&ds->ix, h, ds->n++);
 }
 
+/* Directories in a set from which one syncfs is cheaper than an fsync of
+ * each (many new folders of a first sync). */
+#define MD_DIRSYNC_SYNCFS_MIN 16
+
+/* One syncfs for the whole set when every directory in it lives on one
+ * local file system where syncfs writes everything back: the first
+ * directory's file system is synced and the others are checked to share
+ * its device. Returns 1 when done that way, 0 to fall back to fsyncs, or
+ * a negative errno with *err_r. */
+static int dirsync_syncfs(struct md_dirsync *ds, char **err_r)
+{
+    if (ds->n < MD_DIRSYNC_SYNCFS_MIN) {
+        return 0;
+    }
+    int fd = open(ds->paths[0], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    struct stat st0;
+    if (fstat(fd, &st0) != 0 || !syncfs_trusted(fd)) {
+        close(fd);
+        return 0;
+    }
+    for (size_t i = 1; i < ds->n; i++) {
+        struct stat st;
+        if (stat(ds->paths[i], &st) == 0 && st.st_dev != st0.st_dev) {
+            close(fd);
+            return 0; /* another file system (a mount inside the Maildir) */
+        }
+    }
+    int r = syncfs(fd) == 0 ? 1 : -errno;
+    close(fd);
+    if (r < 0) {
+        *err_r = xasprintf("%s: syncfs failed: %s", ds->paths[0], strerror(-r));
+    }
+    return r;
+}
+
 int md_dirsync_run(struct md_dirsync *ds, char **err_r)
 {
     *err_r = NULL;
-    for (size_t i = 0; i < ds->n; i++) {
+    int sr = dirsync_syncfs(ds, err_r);
+    if (sr < 0) {
+        return sr;
+    }
+    for (size_t i = 0; sr == 0 && i < ds->n; i++) {
         /* Once the file system committed its journal for the first, the
          * others have little or nothing left to write. */
         int r = fsync_dir(ds->paths[i]);
@@ -249,6 +293,7 @@ int md_folder_open_ds(const char *path, bool create, bool maildirpp_sub, struct 
     f->path_cur = path_join(f->path, "cur");
     f->path_tmp = path_join(f->path, "tmp");
     int ret = 0;
+    bool created[3] = {false, false, false};
 
     if (create) {
         /* Durable: a folder whose messages the index records must not
@@ -264,14 +309,22 @@ int md_folder_open_ds(const char *path, bool create, bool maildirpp_sub, struct 
         bool made = false;
         const char *subs[] = {f->path_cur, f->path_new, f->path_tmp};
         for (size_t i = 0; i < ARRAY_SIZE(subs); i++) {
-            if (is_dir(subs[i])) {
+            /* mkdir first: in a folder this run creates, all three are
+             * missing, and an EEXIST costs no more than a stat. */
+            if (mkdir(subs[i], 0700) == 0) {
+                created[i] = true;
+                made = true;
                 continue;
             }
-            if ((ret = mkdir_sub(subs[i], err_r)) < 0) {
-                goto out;
+            if (errno != EEXIST) {
+                if ((ret = mkdir_sub(subs[i], err_r)) < 0) {
+                    goto out;
+                }
+                created[i] = true;
+                made = true;
             }
-            made = true;
         }
+        f->created = created[0] && created[1] && created[2];
         if (maildirpp_sub) {
             char *marker = path_join(f->path, "maildirfolder");
             int fd = open(marker, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
@@ -299,7 +352,7 @@ int md_folder_open_ds(const char *path, bool create, bool maildirpp_sub, struct 
     }
     const char *subs[] = {f->path_cur, f->path_new, f->path_tmp};
     for (size_t i = 0; i < ARRAY_SIZE(subs); i++) {
-        if (!is_dir(subs[i])) {
+        if (!created[i] && !is_dir(subs[i])) {
             ret = -ENOENT;
             if (err_r != NULL) {
                 *err_r = xasprintf("%s: not a Maildir folder (%s is missing)", f->path, subs[i]);
@@ -313,6 +366,11 @@ int md_folder_open_ds(const char *path, bool create, bool maildirpp_sub, struct 
 out:
     md_folder_close(f);
     return ret;
+}
+
+bool md_folder_created(const struct md_folder *f)
+{
+    return f->created;
 }
 
 static void kw_clear(struct md_folder *f)
@@ -554,8 +612,10 @@ static void msgvec_truncate(struct msgvec *mv, size_t n)
  * allows, and which would read as a deletion). A directory that does not fit
  * in one call is read again with a larger buffer, up to MD_SCAN_BUF_MAX;
  * beyond that it is read in pieces and md_scan's repeated passes cover it. */
-static int scan_dir(struct md_folder *f, const char *dir, bool in_new, struct msgvec *mv)
+static int scan_dir(struct md_folder *f, const char *dir, bool in_new, struct msgvec *mv,
+                    bool *whole_r)
 {
+    *whole_r = false;
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
         return fail(f, errno, dir, "cannot open directory");
@@ -601,6 +661,7 @@ static int scan_dir(struct md_folder *f, const char *dir, bool in_new, struct ms
             }
         }
         if (ret < 0 || !restart) {
+            *whole_r = ret == 0 && calls <= 1;
             break;
         }
         /* It did not fit: read it all again, in one call this time. */
@@ -727,15 +788,31 @@ int md_scan(struct md_folder *f, struct md_scan **scan_r)
      * really deleted during the scan is then reported once more, which is
      * harmless: the operations on it find it gone. */
     for (int pass = 0; pass < MD_SCAN_MAX_PASSES; pass++) {
-        struct dir_stamp before = dir_stamps(f);
+        /* On the local file systems syncfs_ok names (the ones that make a
+         * one-call getdents64 atomic), a pass that read both directories in
+         * one call each is the whole truth and needs no stamps; that is
+         * what keeps a scan of a small folder at two opens. */
+        bool stamped = !f->syncfs_ok || pass > 0;
+        struct dir_stamp before = {0};
+        if (stamped) {
+            before = dir_stamps(f);
+        }
+        bool whole_new = false;
+        bool whole_cur = false;
         /* new/ is read before cur/: a client moving a message from new/ to
          * cur/ while we read can then only make us see it twice. */
-        ret = scan_dir(f, f->path_new, true, &mv);
+        ret = scan_dir(f, f->path_new, true, &mv, &whole_new);
         if (ret == 0) {
-            ret = scan_dir(f, f->path_cur, false, &mv);
+            ret = scan_dir(f, f->path_cur, false, &mv, &whole_cur);
         }
         if (ret < 0) {
             break;
+        }
+        if (f->syncfs_ok && whole_new && whole_cur) {
+            break;
+        }
+        if (!stamped) {
+            continue; /* a directory too big for one call: compare stamps from now on */
         }
         struct dir_stamp after = dir_stamps(f);
         if (dir_stamps_eq(&before, &after) && !dir_stamps_recent(&after)) {

@@ -22,7 +22,13 @@
 #include <time.h>
 
 #include "core/util.h"
-#include "daemon/config.h"
+
+/* How folder names map to directories under the Maildir root (see
+ * md_folder_local_path). */
+enum md_layout {
+    MD_LAYOUT_VERBATIM = 0,
+    MD_LAYOUT_MAILDIRPP,
+};
 
 /* Standard flags, one bit each; the letters in ASCII order as Maildir
  * requires. */
@@ -76,6 +82,10 @@ void md_dirsync_add(struct md_dirsync *ds, const char *path);
  * frees) naming the directory; the set is kept then. */
 int md_dirsync_run(struct md_dirsync *ds, char **err_r);
 void md_dirsync_free(struct md_dirsync *ds);
+/* True when this open created the folder's new/, cur/ and tmp/ (all three
+ * were missing): the folder was empty an instant ago, so a caller about to
+ * scan it may take it as empty. */
+bool md_folder_created(const struct md_folder *f);
 /* md_folder_open; with create and ds not NULL, the directories the
  * creation must make durable are added to ds instead of fsynced. */
 int md_folder_open_ds(const char *path, bool create, bool maildirpp_sub, struct md_dirsync *ds,
@@ -227,15 +237,15 @@ int md_clean_tmp(struct md_folder *f, time_t now);
  * verbatim: INBOX -> ROOT/INBOX, "Lists/dev" -> ROOT/Lists/dev
  * maildir++: INBOX -> ROOT, "Lists/dev" -> ROOT/.Lists.dev
  * "INBOX" matches case-insensitively. */
-int md_folder_local_path(const char *root, enum cfg_layout layout, const char *name, char **path_r);
+int md_folder_local_path(const char *root, enum md_layout layout, const char *name, char **path_r);
 /* Lists the folders that exist under root (directories with cur/ new/ tmp/),
  * as server-style names, sorted. */
-int md_list_folders(const char *root, enum cfg_layout layout, char ***names_r, size_t *count_r);
+int md_list_folders(const char *root, enum md_layout layout, char ***names_r, size_t *count_r);
 /* The same, and also the paths of Maildir folders (with cur/ new/ tmp/)
  * whose directory names map to no folder name (control characters, bad
  * %XX escapes, empty maildir++ levels): they are never synced, and the
  * caller tells the user. Free both lists with md_free_names. */
-int md_list_folders_unusable(const char *root, enum cfg_layout layout, char ***names_r,
+int md_list_folders_unusable(const char *root, enum md_layout layout, char ***names_r,
                              size_t *count_r, char ***bad_r, size_t *nbad_r);
 void md_free_names(char **names, size_t count);
 /* Removes a folder's directory when it holds no messages (cur/ new/ empty);

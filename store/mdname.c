@@ -103,7 +103,7 @@ static void encode_component(struct sbuf *sb, const char *comp, size_t len, bool
     }
 }
 
-int md_folder_local_path(const char *root, enum cfg_layout layout, const char *name, char **path_r)
+int md_folder_local_path(const char *root, enum md_layout layout, const char *name, char **path_r)
 {
     *path_r = NULL;
     if (name == NULL || name[0] == '\0') {
@@ -113,7 +113,7 @@ int md_folder_local_path(const char *root, enum cfg_layout layout, const char *n
     if (!utf8_valid((const unsigned char *)name, nlen)) {
         return -EILSEQ;
     }
-    bool maildirpp = layout == CFG_LAYOUT_MAILDIRPP;
+    bool maildirpp = layout == MD_LAYOUT_MAILDIRPP;
     struct sbuf rel = {0};
     int ret = 0;
     if (maildirpp) {
@@ -245,7 +245,7 @@ static bool entry_is_dir(DIR *d, const struct dirent *de)
 
 /* True when name maps back to exactly path: only then is the directory one
  * that the encoder produced for that name. */
-static bool canonical(const char *root, enum cfg_layout layout, const char *name, const char *path)
+static bool canonical(const char *root, enum md_layout layout, const char *name, const char *path)
 {
     char *p = NULL;
     bool ok = md_folder_local_path(root, layout, name, &p) == 0 && strcmp(p, path) == 0;
@@ -323,10 +323,10 @@ static int walk_verbatim(const char *root, const char *dir, const char *prefix, 
         }
         /* A directory whose name the encoder would not write holds nothing
          * we could name either, so its whole subtree is skipped. */
-        if (!canonical(root, CFG_LAYOUT_VERBATIM, name.buf, child) && has_maildir(child)) {
+        if (!canonical(root, MD_LAYOUT_VERBATIM, name.buf, child) && has_maildir(child)) {
             bad_add(nv, child);
         }
-        if (canonical(root, CFG_LAYOUT_VERBATIM, name.buf, child)) {
+        if (canonical(root, MD_LAYOUT_VERBATIM, name.buf, child)) {
             if (has_maildir(child)) {
                 names_add(nv, xstrdup(name.buf));
             }
@@ -389,7 +389,7 @@ static int list_maildirpp(const char *root, struct namevec *nv)
             continue;
         }
         char *child = path_join(root, de->d_name);
-        if (ok && canonical(root, CFG_LAYOUT_MAILDIRPP, name.buf, child)) {
+        if (ok && canonical(root, MD_LAYOUT_MAILDIRPP, name.buf, child)) {
             if (has_maildir(child)) {
                 names_add(nv, xstrdup(name.buf));
             }
@@ -409,12 +409,12 @@ static int name_cmp(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int md_list_folders(const char *root, enum cfg_layout layout, char ***names_r, size_t *count_r)
+int md_list_folders(const char *root, enum md_layout layout, char ***names_r, size_t *count_r)
 {
     return md_list_folders_unusable(root, layout, names_r, count_r, NULL, NULL);
 }
 
-int md_list_folders_unusable(const char *root, enum cfg_layout layout, char ***names_r,
+int md_list_folders_unusable(const char *root, enum md_layout layout, char ***names_r,
                              size_t *count_r, char ***bad_r, size_t *nbad_r)
 {
     struct namevec nv = {.want_bad = bad_r != NULL};
@@ -424,8 +424,8 @@ int md_list_folders_unusable(const char *root, enum cfg_layout layout, char ***n
         *bad_r = NULL;
         *nbad_r = 0;
     }
-    int ret = layout == CFG_LAYOUT_MAILDIRPP ? list_maildirpp(root, &nv)
-                                             : walk_verbatim(root, root, NULL, 0, &nv);
+    int ret = layout == MD_LAYOUT_MAILDIRPP ? list_maildirpp(root, &nv)
+                                            : walk_verbatim(root, root, NULL, 0, &nv);
     if (ret < 0) {
         md_free_names(nv.v, nv.n);
         md_free_names(nv.bad, nv.nbad);

@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -45,9 +46,9 @@
 #include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
-#include "sync/account.h"
 #include "sync/imap.h"
 #include "sync/net.h"
+#include "sync/options.h"
 #include "sync/plan.h"
 #include "sync/secret.h"
 #include "sync/skiplist.h"
@@ -201,6 +202,7 @@ struct fstate {
     bool sdel_failed;
     bool updates_recorded; /* record_updates(e, true) ran */
     /* Downloads. */
+    bool dl_flushed; /* a batch of this folder was committed */
     size_t dl_next;
     struct dl **batch;
     size_t nbatch, batch_cap;
@@ -238,8 +240,7 @@ struct fstate {
 
 struct engine {
     uv_loop_t *loop;
-    const struct cfg *cfg;
-    const struct cfg_account *acct;
+    const struct sync_account *acct;
     struct engine_opts opts;
     engine_done_cb done;
     void *done_arg;
@@ -401,12 +402,30 @@ static void folder_fail_md(struct engine *e, int r)
     }
 }
 
-/* An index operation failed with r: a full disk, quota or a map that
- * could not grow clears up by itself. */
-static void folder_fail_idx(struct engine *e, int r)
+/* An index write failed with r: a full disk, quota or a map that could
+ * not grow clears up by itself. LMDB reports a short write (what a full
+ * disk gives it part-way through a commit) as EIO, so EIO counts as a
+ * full disk when the state directory's file system has no room left. */
+static bool idx_err_transient(const struct engine *e, int r)
 {
     if (r == -ENOSPC || r == -EDQUOT || r == IDX_ERETRY) {
-        folder_fail_transient(e, "index: %s", idx_error(e->idx));
+        return true;
+    }
+    struct statvfs sv;
+    if (r == -EIO && statvfs(e->acct->state_dir, &sv) == 0) {
+        /* Less than a megabyte free, or no inodes left, is full. */
+        return (uint64_t)sv.f_bavail * sv.f_frsize < ((uint64_t)1 << 20) ||
+               (sv.f_files > 0 && sv.f_favail == 0);
+    }
+    return false;
+}
+
+/* An index operation failed with r: see idx_err_transient. */
+static void folder_fail_idx(struct engine *e, int r)
+{
+    if (idx_err_transient(e, r)) {
+        folder_fail_transient(e, "index: %s%s", idx_error(e->idx),
+                              r == -EIO ? " (the file system holding it is full)" : "");
     } else {
         folder_fail(e, "index: %s", idx_error(e->idx));
     }
@@ -1040,10 +1059,9 @@ static void on_timer(uv_timer_t *t)
             /* The folders' last records are lost; the next run compares
              * them again (nothing is lost or copied twice), but this run
              * did not finish. */
-            set_error(e,
-                      fr == -ENOSPC || fr == -EDQUOT || fr == IDX_ERETRY ? ENGINE_TRANSIENT
-                                                                         : ENGINE_PERMANENT,
-                      "index: %s", idx_error(e->idx));
+            bool tr = idx_err_transient(e, fr);
+            set_error(e, tr ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "index: %s%s", idx_error(e->idx),
+                      tr && fr == -EIO ? " (the file system holding it is full)" : "");
         }
         idx_close(e->idx);
         e->idx = NULL;
@@ -1253,7 +1271,7 @@ static struct skip_ent *find_skip(const struct fstate *f, uint32_t uid)
 /* Whether today's limits still skip this message. */
 static bool still_skipped(const struct engine *e, const struct skip_ent *s)
 {
-    const struct cfg_account *a = e->acct;
+    const struct sync_account *a = e->acct;
     if (a->max_size > 0 && s->size > a->max_size) {
         return true;
     }
@@ -1457,7 +1475,7 @@ static int folder_prepare(struct engine *e)
         folder_fail(e, "cannot map the folder name to a directory: %s", strerror(-r));
         return r;
     }
-    bool sub = e->acct->layout == CFG_LAYOUT_MAILDIRPP && strcasecmp(j->name, "INBOX") != 0;
+    bool sub = e->acct->layout == MD_LAYOUT_MAILDIRPP && strcasecmp(j->name, "INBOX") != 0;
     char *err = NULL;
     r = md_folder_open_ds(path, !e->opts.dry_run, sub, e->opts.dry_run ? NULL : &e->root->dirsync,
                           &f->md, &err);
@@ -1470,7 +1488,12 @@ static int folder_prepare(struct engine *e)
         free(err);
         return r;
     }
-    if (f->md != NULL) {
+    if (f->md != NULL && md_folder_created(f->md)) {
+        /* Created an instant ago by this open: three empty directories,
+         * nothing to read (a delivery racing in is seen by the next sync,
+         * as if the scan had run a moment earlier). */
+        f->scan = xcalloc(1, sizeof(*f->scan));
+    } else if (f->md != NULL) {
         r = md_scan(f->md, &f->scan);
         if (r < 0) {
             folder_fail(e, "%s", md_folder_error(f->md));
@@ -1618,18 +1641,18 @@ static int folder_prepare(struct engine *e)
  * a message left flagged keeps its record, marked \Deleted, and only the
  * flag mode knows such a record as handled. Planned as 'trash', it was
  * listed for deletion (and counted) again on every later run. */
-static enum cfg_local_delete local_delete_mode(const struct engine *e)
+static enum plan_local_delete local_delete_mode(const struct engine *e)
 {
-    enum cfg_local_delete mode = e->acct->on_local_delete;
-    if (mode == CFG_LOCAL_DELETE_TRASH && e->trash == NULL) {
-        return CFG_LOCAL_DELETE_FLAG;
+    enum plan_local_delete mode = e->acct->on_local_delete;
+    if (mode == PLAN_LOCAL_DELETE_TRASH && e->trash == NULL) {
+        return PLAN_LOCAL_DELETE_FLAG;
     }
-    if (mode == CFG_LOCAL_DELETE_TRASH && e->f != NULL && strcmp(e->trash, e->f->job->name) == 0) {
-        mode = CFG_LOCAL_DELETE_EXPUNGE; /* deleted in the trash itself */
+    if (mode == PLAN_LOCAL_DELETE_TRASH && e->f != NULL && strcmp(e->trash, e->f->job->name) == 0) {
+        mode = PLAN_LOCAL_DELETE_EXPUNGE; /* deleted in the trash itself */
     }
-    if (mode == CFG_LOCAL_DELETE_EXPUNGE && e->im != NULL &&
+    if (mode == PLAN_LOCAL_DELETE_EXPUNGE && e->im != NULL &&
         !(imap_caps(e->im) & IMAP_CAP_UIDPLUS)) {
-        mode = CFG_LOCAL_DELETE_FLAG;
+        mode = PLAN_LOCAL_DELETE_FLAG;
     }
     return mode;
 }
@@ -2882,8 +2905,8 @@ static void apply_server(struct engine *e)
         }
         char **sets;
         size_t nsets = imap_uidset_format(uids, p->nserver_deletes, 0, &sets);
-        enum cfg_local_delete mode = local_delete_mode(e);
-        if (e->acct->on_local_delete == CFG_LOCAL_DELETE_TRASH && e->trash == NULL) {
+        enum plan_local_delete mode = local_delete_mode(e);
+        if (e->acct->on_local_delete == PLAN_LOCAL_DELETE_TRASH && e->trash == NULL) {
             /* Said once per run, as a warning: the deletions are done (as
              * \Deleted flags, which the plan then knows as done), and only
              * the configuration can change this, so failing every run
@@ -2896,13 +2919,13 @@ static void apply_server(struct engine *e)
                           "'trash: FOLDER' in account '%s' to move them to that folder",
                           e->acct->name, e->acct->name);
             }
-        } else if (mode == CFG_LOCAL_DELETE_FLAG &&
-                   e->acct->on_local_delete != CFG_LOCAL_DELETE_FLAG) {
+        } else if (mode == PLAN_LOCAL_DELETE_FLAG &&
+                   e->acct->on_local_delete != PLAN_LOCAL_DELETE_FLAG) {
             folder_note(e, "the server lacks UIDPLUS: deleted messages were only flagged "
                            "\\Deleted (expunge them with your mail client)");
         }
-        f->sdel_flag_mode = mode == CFG_LOCAL_DELETE_FLAG;
-        struct fjob *tj = mode == CFG_LOCAL_DELETE_TRASH ? find_job(e->root, e->trash) : NULL;
+        f->sdel_flag_mode = mode == PLAN_LOCAL_DELETE_FLAG;
+        struct fjob *tj = mode == PLAN_LOCAL_DELETE_TRASH ? find_job(e->root, e->trash) : NULL;
         if (tj != NULL) {
             /* Its LIST-STATUS counters predate the moves: were the trash
              * still to be synced in this run, they would say it did not
@@ -2912,20 +2935,20 @@ static void apply_server(struct engine *e)
         for (size_t k = 0; k < nsets; k++) {
             bool last = k + 1 == nsets;
             struct del_ctx *dc;
-            if (mode == CFG_LOCAL_DELETE_TRASH) {
+            if (mode == PLAN_LOCAL_DELETE_TRASH) {
                 dc = xmalloc(sizeof(*dc));
                 *dc = (struct del_ctx){e, last};
                 f->pending++;
                 queue_del(e, imap_uid_move(e->im, sets[k], e->trash, on_delete_done, dc), dc);
             } else {
                 dc = xmalloc(sizeof(*dc));
-                *dc = (struct del_ctx){e, last && mode == CFG_LOCAL_DELETE_FLAG};
+                *dc = (struct del_ctx){e, last && mode == PLAN_LOCAL_DELETE_FLAG};
                 f->pending++;
                 queue_del(e,
                           imap_uid_store(e->im, sets[k], '+', IMAP_FLAG_DELETED, NULL, 0, 0,
                                          on_delete_done, dc),
                           dc);
-                if (mode == CFG_LOCAL_DELETE_EXPUNGE) {
+                if (mode == PLAN_LOCAL_DELETE_EXPUNGE) {
                     dc = xmalloc(sizeof(*dc));
                     *dc = (struct del_ctx){e, last};
                     f->pending++;
@@ -2977,7 +3000,19 @@ static int flush_batch(struct engine *e)
     }
     struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = f->nbatch};
     uint64_t ok_bytes = 0;
-    int r = idx_apply(e, &o);
+    /* The intents keep a crash between the renames below and the records
+     * from leaving files the index does not know beside records it does
+     * (which the next run would upload as new). The first batch of a
+     * folder the index knows nothing of needs none: its records are
+     * written in one transaction, and until then a crash leaves a folder
+     * the index has no trace of, with mail on both sides, which the next
+     * run matches file to message (the adopt path of on_select), copying
+     * nothing. That saves a durable index commit per folder on a first
+     * sync of many small folders. */
+    bool intents = f->dl_flushed || f->st.uidvalidity != 0 || f->nbase != 0 || f->nintents != 0 ||
+                   f->adopt || f->rematch;
+    f->dl_flushed = true;
+    int r = intents ? idx_apply(e, &o) : 0;
     if (r >= 0) {
         /* The bytes of the whole batch become durable at once. */
         struct md_writer **ws = xcalloc(f->nbatch, sizeof(*ws));
@@ -4122,7 +4157,7 @@ static void on_list_folder(struct imap *im, const struct imap_folder *fo, void *
         (IMAP_LIST_NOSELECT | IMAP_LIST_NONEXISTENT | IMAP_LIST_ALL | IMAP_LIST_FLAGGED)) {
         return;
     }
-    if (!cfg_folder_selected(e->acct, fo->name)) {
+    if (!sync_folder_selected(e->acct, fo->name)) {
         return;
     }
     if (e->acct->subscribed_only && !(fo->attrs & IMAP_LIST_SUBSCRIBED) &&
@@ -4678,7 +4713,6 @@ static void start_lanes(struct engine *e)
     for (unsigned i = 0; i < want; i++) {
         struct engine *l = xcalloc(1, sizeof(*l));
         l->loop = e->loop;
-        l->cfg = e->cfg;
         l->acct = e->acct;
         l->opts = e->opts;
         l->done = e->done;
@@ -4691,7 +4725,7 @@ static void start_lanes(struct engine *e)
         uv_timer_init(e->loop, &l->timer);
         l->timer.data = l;
         struct imap_opts io;
-        account_imap_opts(e->acct, e->secret, &io);
+        sync_imap_opts(e->acct, e->secret, &io);
         l->log_name = xasprintf("%s#%zu", e->acct->name, e->nlanes + 2);
         io.log_name = l->log_name;
         e->lanes[e->nlanes++] = l;
@@ -4777,7 +4811,7 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     size_t n = 0, nbad = 0;
     if (md_list_folders_unusable(e->acct->maildir, e->acct->layout, &names, &n, &bad, &nbad) == 0) {
         for (size_t i = 0; i < n; i++) {
-            if (cfg_folder_selected(e->acct, names[i])) {
+            if (sync_folder_selected(e->acct, names[i])) {
                 add_job(e, names[i])->on_local = true;
             }
         }
@@ -4865,7 +4899,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
         e->secret = xstrdup(secret); /* for the extra lanes, wiped once they are started */
     }
     struct imap_opts io;
-    account_imap_opts(e->acct, secret, &io);
+    sync_imap_opts(e->acct, secret, &io);
     int r = imap_connect(e->loop, &io, &lane_cb, e, &e->im);
     if (r < 0) {
         e->im = NULL;
@@ -4878,17 +4912,15 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
 /* ---- public ------------------------------------------------------------------------------------
  */
 
-int engine_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_account *acct,
-                 const struct engine_opts *opts, engine_done_cb done, void *arg,
-                 struct engine **e_r)
+int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct engine_opts *opts,
+                 engine_done_cb done, void *arg, struct engine **e_r)
 {
-    if (acct->protocol != CFG_PROTO_IMAP) {
+    if (acct->protocol != SYNC_PROTO_IMAP) {
         return -EINVAL;
     }
     struct engine *e = xcalloc(1, sizeof(*e));
     e->root = e;
     e->loop = loop;
-    e->cfg = cfg;
     e->acct = acct;
     e->opts = *opts;
     e->done = done;
@@ -4900,7 +4932,7 @@ int engine_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_accoun
     *e_r = e;
 
     char *err = NULL;
-    int r = idx_open(cfg->state_dir, acct->name, &e->idx, &err);
+    int r = idx_open(acct->state_dir, acct->name, &e->idx, &err);
     if (r < 0) {
         e->idx = NULL;
         set_error(e, r == -EWOULDBLOCK ? ENGINE_TRANSIENT : ENGINE_PERMANENT, "%s",

@@ -26,7 +26,7 @@
 #include <time.h>
 #include <uv.h>
 
-#include "daemon/config.h"
+#include "sync/options.h"
 
 enum engine_kind {
     ENGINE_OK = 0,
@@ -90,9 +90,8 @@ typedef void (*engine_done_cb)(const struct engine_result *res, void *arg);
 
 struct engine;
 
-int engine_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_account *acct,
-                 const struct engine_opts *opts, engine_done_cb done, void *arg,
-                 struct engine **e_r);
+int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct engine_opts *opts,
+                 engine_done_cb done, void *arg, struct engine **e_r);
 void engine_cancel(struct engine *e);
 
 /* One summary line: "work: ↓ 12 new, 3 flags, 1 deleted; ↑ 2 new ...". Caller frees. */

@@ -588,7 +588,9 @@ static void login_failed(struct imap *im, const struct imap_response *resp)
     } else if (code != NULL && strcmp(code, "AUTHORIZATIONFAILED") == 0) {
         hint = "; the credentials are valid but may not use this mailbox";
     }
-    if (code != NULL && strcmp(code, "AUTHENTICATIONFAILED") != 0) {
+    /* The code stays in the message (also AUTHENTICATIONFAILED): the
+     * doctor tells a judged refusal from an unexplained one by it. */
+    if (code != NULL) {
         imap_fail(im, IMAP_EAUTH, "login failed for %s at %s: [%s] %s%s", im->opts.user,
                   im->opts.net.host, code, text, hint);
     } else {

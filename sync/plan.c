@@ -508,7 +508,7 @@ struct plan *plan_build(const struct plan_input *in)
                     /* Cannot happen: an unlisted delta UID is unchanged. */
                     add_delete(&sdel, &nsdel, &cap_sdel, base->lid, base->uid);
                 }
-            } else if (in->on_local_delete == CFG_LOCAL_DELETE_FLAG) {
+            } else if (in->on_local_delete == PLAN_LOCAL_DELETE_FLAG) {
                 if (!(ss.flags & MD_FLAG_TRASHED)) {
                     add_delete(&sdel, &nsdel, &cap_sdel, base->lid, base->uid);
                 }

@@ -34,8 +34,14 @@
 #include <stdio.h>
 #include <time.h>
 
-#include "daemon/config.h"
 #include "store/index.h"
+
+/* What a message deleted locally becomes on the server. */
+enum plan_local_delete {
+    PLAN_LOCAL_DELETE_EXPUNGE = 0, /* \Deleted and expunged */
+    PLAN_LOCAL_DELETE_TRASH,       /* moved to the trash folder */
+    PLAN_LOCAL_DELETE_FLAG,        /* \Deleted set, left for the user to expunge */
+};
 
 /* The guard applies only to folders with more messages than this. */
 #define PLAN_GUARD_MIN 20
@@ -87,7 +93,7 @@ struct plan_input {
     struct plan_local local;
     const struct idx_msg *base; /* SYNCED records (APPENDING ones are ignored) */
     size_t nbase;
-    enum cfg_local_delete on_local_delete;
+    enum plan_local_delete on_local_delete;
     double max_delete_ratio;
     uint64_t max_size;     /* 0 = no limit */
     unsigned max_age_days; /* 0 = no limit; applies to downloads with a known date */

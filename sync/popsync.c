@@ -1,6 +1,6 @@
 /* Keep-on-server POP3 download engine: see popsync.h. */
 #include "sync/popsync.h"
-#include "sync/account.h"
+#include "sync/options.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -188,8 +188,7 @@ struct dl {
 
 struct popsync {
     uv_loop_t *loop;
-    const struct cfg *cfg;
-    const struct cfg_account *acct;
+    const struct sync_account *acct;
     struct popsync_opts opts;
     popsync_done_cb done;
     void *done_arg;
@@ -937,9 +936,9 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
         advance(ps);
         return;
     }
-    const struct cfg_account *a = ps->acct;
+    const struct sync_account *a = ps->acct;
     struct pop3_opts po;
-    account_pop3_opts(a, secret, &po);
+    sync_pop3_opts(a, secret, &po);
     po.net.insecure_skip_verify = ps->opts.insecure_skip_verify;
     static const struct pop3_cb cb = {.on_ready = on_pop_ready, .on_error = on_pop_error};
     int r = pop3_connect(ps->loop, &po, &cb, ps, &ps->pop);
@@ -1371,7 +1370,7 @@ static void match_after(struct popsync *ps)
  * run without downloading it (wants_dele decides for good). */
 static bool policy_may_dele(const struct popsync *ps, const struct crec *p)
 {
-    const struct cfg_pop *pc = &ps->acct->pop;
+    const struct sync_pop *pc = &ps->acct->pop;
     bool delivered = (p->flags & IDX_POP_DELIVERED) != 0 || (p->intent && p->file_here);
     if (!delivered || (p->flags & IDX_POP_DELETED_ON_SERVER)) {
         return false;
@@ -1585,7 +1584,7 @@ static bool local_deletions_plausible(struct popsync *ps)
 /* Second pass: decide per message. */
 static void plan(struct popsync *ps)
 {
-    const struct cfg_pop *pc = &ps->acct->pop;
+    const struct sync_pop *pc = &ps->acct->pop;
     ps->res.listed = (unsigned)ps->nmsgs;
     for (size_t i = 0; i < ps->nmsgs && !ps->unkeyed; i++) {
         ps->unkeyed = msg_i(ps, i)->uidl[0] == '\0';
@@ -2090,7 +2089,7 @@ static void on_dele(struct pop3 *p, const struct pop3_status *st, void *arg)
 
 static bool policy_wants_dele(struct popsync *ps, const struct smsg *m)
 {
-    const struct cfg_pop *pc = &ps->acct->pop;
+    const struct sync_pop *pc = &ps->acct->pop;
     if (!m->stored) {
         return false;
     }
@@ -2570,16 +2569,14 @@ static void finish(struct popsync *ps)
     uv_close((uv_handle_t *)h, on_finish_timer_closed);
 }
 
-int popsync_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_account *acct,
-                  const struct popsync_opts *opts, popsync_done_cb done, void *arg,
-                  struct popsync **ps_r)
+int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct popsync_opts *opts,
+                  popsync_done_cb done, void *arg, struct popsync **ps_r)
 {
-    if (acct->protocol != CFG_PROTO_POP3) {
+    if (acct->protocol != SYNC_PROTO_POP3) {
         return -EINVAL;
     }
     struct popsync *ps = xcalloc(1, sizeof(*ps));
     ps->loop = loop;
-    ps->cfg = cfg;
     ps->acct = acct;
     if (opts != NULL) {
         ps->opts = *opts;
@@ -2593,7 +2590,7 @@ int popsync_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_accou
     *ps_r = ps;
 
     char *err = NULL;
-    int r = idx_open(cfg->state_dir, acct->name, &ps->idx, &err);
+    int r = idx_open(acct->state_dir, acct->name, &ps->idx, &err);
     if (r < 0) {
         ps->idx = NULL;
         set_error(ps, r == -EWOULDBLOCK ? POPSYNC_TRANSIENT : POPSYNC_PERMANENT, "%s",
@@ -2656,13 +2653,13 @@ static void on_run_done(const struct popsync_result *res, void *arg)
     c->done = true;
 }
 
-int popsync_run(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_account *acct,
-                const struct popsync_opts *opts, struct popsync_result *res_r)
+int popsync_run(uv_loop_t *loop, const struct sync_account *acct, const struct popsync_opts *opts,
+                struct popsync_result *res_r)
 {
     memset(res_r, 0, sizeof(*res_r));
     struct run_ctx c = {.res = res_r};
     struct popsync *ps;
-    int r = popsync_start(loop, cfg, acct, opts, on_run_done, &c, &ps);
+    int r = popsync_start(loop, acct, opts, on_run_done, &c, &ps);
     if (r < 0) {
         res_r->kind = POPSYNC_PERMANENT;
         res_r->error = xasprintf("account '%s' is not a POP3 account", acct->name);

@@ -60,7 +60,7 @@
 #include <time.h>
 #include <uv.h>
 
-#include "daemon/config.h"
+#include "sync/options.h"
 
 enum popsync_kind {
     POPSYNC_OK = 0,
@@ -117,9 +117,8 @@ struct popsync;
 /* Starts a run. Returns 0 (the callback follows from the loop) or a
  * negative errno for arguments that cannot work (account not POP3), with
  * no callback. */
-int popsync_start(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_account *acct,
-                  const struct popsync_opts *opts, popsync_done_cb done, void *arg,
-                  struct popsync **ps_r);
+int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct popsync_opts *opts,
+                  popsync_done_cb done, void *arg, struct popsync **ps_r);
 /* Stops the run at the next safe point: what is fully downloaded is still
  * committed. The done callback follows. */
 void popsync_cancel(struct popsync *ps);
@@ -128,8 +127,8 @@ void popsync_cancel(struct popsync *ps);
  * and copies the result into *res_r (strings malloc'd: free with
  * popsync_result_clear). Returns 0 when the run succeeded, else -1 (the
  * reason is in res_r). For `mailsync sync`. */
-int popsync_run(uv_loop_t *loop, const struct cfg *cfg, const struct cfg_account *acct,
-                const struct popsync_opts *opts, struct popsync_result *res_r);
+int popsync_run(uv_loop_t *loop, const struct sync_account *acct, const struct popsync_opts *opts,
+                struct popsync_result *res_r);
 void popsync_result_clear(struct popsync_result *res);
 
 /* The one-line summary, e.g. "work: 12 new (3.4 MB), 2 skipped (over

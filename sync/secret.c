@@ -1,7 +1,7 @@
 #include "sync/secret.h"
 
 #include "core/util.h"
-#include "daemon/config.h"
+#include "sync/options.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -387,7 +387,7 @@ int secret_get(uv_loop_t *loop, const char *password, char *const *command, unsi
     return 0;
 }
 
-int secret_get_account(uv_loop_t *loop, const struct cfg_account *acct, unsigned timeout_ms,
+int secret_get_account(uv_loop_t *loop, const struct sync_account *acct, unsigned timeout_ms,
                        secret_cb cb, void *arg, struct secret_req **req_r)
 {
     return secret_get(loop, acct->password, acct->password_command, timeout_ms, cb, arg, req_r);

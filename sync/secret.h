@@ -22,7 +22,7 @@
 
 #include <uv.h>
 
-struct cfg_account;
+struct sync_account;
 struct secret_req;
 
 /* err is 0 and secret non-NULL on success; else err < 0 and msg says why. */
@@ -35,7 +35,7 @@ typedef void (*secret_cb)(int err, const char *secret, const char *msg, void *ar
 int secret_get(uv_loop_t *loop, const char *password, char *const *command, unsigned timeout_ms,
                secret_cb cb, void *arg, struct secret_req **req_r);
 /* Same, from an account's password / password_command. */
-int secret_get_account(uv_loop_t *loop, const struct cfg_account *acct, unsigned timeout_ms,
+int secret_get_account(uv_loop_t *loop, const struct sync_account *acct, unsigned timeout_ms,
                        secret_cb cb, void *arg, struct secret_req **req_r);
 /* Stops the request (kills the command if running); no callback follows. */
 void secret_cancel(struct secret_req *req);

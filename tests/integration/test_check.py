@@ -19,6 +19,30 @@ class CheckOffline(mstest.DovecotTestCase):
         self.assertIn("host: imap.zoho.com", r.stdout)
         self.assertIn("port: 993", r.stdout)
 
+    def test_provider_presets_shown_resolved(self):
+        """`check` prints what a preset filled in: the data centre picked by
+        region, Gmail's excluded views and connection default, Microsoft's
+        OAuth2; keys the account sets win."""
+        path = os.path.join(self.tmp, "p.yaml")
+        with open(path, "w") as f:
+            f.write("accounts:\n"
+                    "  z:\n    provider: zoho\n    region: eu\n    user: me@example.com\n"
+                    "    password_command: pass x\n    maildir: /tmp/z\n"
+                    "  g:\n    provider: gmail\n    user: me@gmail.com\n"
+                    "    password_command: pass x\n    maildir: /tmp/g\n"
+                    "  m:\n    provider: office365\n    user: me@corp.example\n"
+                    "    password_command: pass x\n    maildir: /tmp/m\n    max_connections: 4\n")
+        r = self.mailsync(path, "check")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("    provider: zoho.eu  # Zoho Mail (EU data centre)\n"
+                      "    host: imap.zoho.eu\n    port: 993\n    tls: implicit\n", r.stdout)
+        self.assertIn('    folders: ["*", "![Gmail]/All Mail", "![Gmail]/Important", '
+                      '"![Gmail]/Starred"', r.stdout)
+        self.assertIn("    provider: microsoft365  # Microsoft 365 (Exchange Online)\n"
+                      "    host: outlook.office365.com\n", r.stdout)
+        self.assertIn("    auth: xoauth2\n", r.stdout)
+        self.assertIn("    max_connections: 4\n", r.stdout)
+
     def test_broken_config_rejected_with_location(self):
         path = os.path.join(self.tmp, "bad.yaml")
         with open(path, "w") as f:

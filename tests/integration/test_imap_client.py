@@ -191,7 +191,7 @@ class ClientTest(unittest.TestCase):
     def test_wrong_password(self):
         p, lines = run_cli(self.d, "noop", password="wrong-password")
         self.assertEqual(p.returncode, 1)
-        self.assertIn("ERROR login failed for alice at localhost: Authentication failed.", lines)
+        self.assertIn("ERROR login failed for alice at localhost: [AUTHENTICATIONFAILED] Authentication failed.", lines)
 
     def test_compress(self):
         self.folder("Zip", [msg(i, b"compressible " * 2000 + b"\r\n") for i in range(3)])

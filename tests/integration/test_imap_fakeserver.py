@@ -445,7 +445,8 @@ class FakeServerTest(unittest.TestCase):
         self.assertEqual(seen["ir"], b"user=alice\x01auth=Bearer tok123\x01\x01")
         self.assertEqual(seen["empty"], b"")
         self.assertFatal(p, lines,
-                         "login failed for alice at 127.0.0.1: Invalid credentials (Failure)")
+                         "login failed for alice at 127.0.0.1: [AUTHENTICATIONFAILED] Invalid "
+                         "credentials (Failure)")
 
     def test_oauthbearer_payload(self):
         seen = {}

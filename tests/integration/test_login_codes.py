@@ -55,7 +55,7 @@ class LoginCodes(unittest.TestCase):
     def test_authenticationfailed_is_a_credential_failure(self):
         p = self.run_sync("NO [AUTHENTICATIONFAILED] Authentication failed.")
         self.assertEqual(p.returncode, 1, p.stderr)
-        self.assertIn("login failed for alice at 127.0.0.1: Authentication failed.", p.stderr)
+        self.assertIn("login failed for alice at 127.0.0.1: [AUTHENTICATIONFAILED] Authentication failed.", p.stderr)
 
     def test_expired_names_the_cause(self):
         p = self.run_sync("NO [EXPIRED] Password expired")

@@ -156,6 +156,10 @@ def delivery_order_problems(calls, maildir, state_dir, cwd):
     """Checks invariant 4 for every delivery in the trace; returns the
     deliveries and a list of the violations found (empty when it holds)."""
     data_mdb = re.compile(r"^%s/.*/data\.mdb$" % re.escape(state_dir))
+
+    def in_maildir(path):
+        return path is not None and (path == maildir or path.startswith(maildir + "/"))
+
     index_io = [c for c in calls if c.ok() and (
         c.name == "msync" or (c.name in INDEX_WRITES and data_mdb.match(c.fd_path() or "")))]
     problems = []
@@ -183,7 +187,7 @@ def delivery_order_problems(calls, maildir, state_dir, cwd):
         last = mods[-1]
         syncs = [c for c in before if c.pos > last.pos and c.ok() and (
             (c.name in ("fsync", "fdatasync") and c.fd_path() == src)
-            or (c.name == "syncfs" and (c.fd_path() or "").startswith(maildir + "/")))]
+            or (c.name == "syncfs" and in_maildir(c.fd_path())))]
         if not syncs:
             problems.append("%s: no fsync/fdatasync of the file nor syncfs between its last "
                             "write %r and the rename %r" % (ctx, last, r))
@@ -195,8 +199,11 @@ def delivery_order_problems(calls, maildir, state_dir, cwd):
             problems.append("%s: the index was not written after the rename %r" % (ctx, r))
             continue
         first = after[0]
-        dsync = [c for c in calls if r.pos < c.pos < first.pos and c.ok()
-                 and c.name in ("fsync", "fdatasync") and c.fd_path() == ddir]
+        # (an fsync of it, or a syncfs of the Maildir's file system, which
+        # many new folders' directories share)
+        dsync = [c for c in calls if r.pos < c.pos < first.pos and c.ok() and (
+            (c.name in ("fsync", "fdatasync") and c.fd_path() == ddir)
+            or (c.name == "syncfs" and in_maildir(c.fd_path())))]
         if not dsync:
             problems.append("%s: the index was written (%r) after the rename %r before any "
                             "fsync of %s" % (ctx, first, r, ddir))
@@ -310,6 +317,32 @@ class StoreSyscalls(mstest.DovecotTestCase):
             self.assertEqual(sorted(b for _u, _f, b in local),
                              sorted(mstest.crlf_to_lf(m) for m in msgs))
         self.assertEqual(problems, [], "invariant 4 broken:\n" + "\n".join(problems))
+
+    def test_many_new_folders_write_order(self):
+        """A first sync of many one-message folders: the new folders'
+        directories are made durable together (one syncfs instead of an
+        fsync each, on file systems where syncfs writes everything back),
+        and still before the index records their messages."""
+        n = 24
+        for i in range(n):
+            self.dovecot.save_many(self.user, "many/f%02d" % i,
+                                   mailgen.generate(1, seed=40 + i, max_size=2000), [""])
+        cfg = self.config()
+        trace = os.path.join(self.tmp, "many.strace")
+        p = self.sync(cfg, trace, WRITE_TRACE)
+        self.assertIn("%d new" % n, p.stdout)
+        calls = parse_strace(trace)
+        found, problems = delivery_order_problems(calls, self.maildir, self.state, self.tmp)
+        self.assertEqual(len(found), n, "renames: %s" % [r for r, _s, _d in found])
+        self.assertEqual(problems, [], "invariant 4 broken:\n" + "\n".join(problems))
+        for i in range(n):
+            self.assertEqual(len(mstest.maildir_messages(self.folder_dir("many/f%02d" % i))), 1)
+        fs = subprocess.run(["stat", "-f", "-c", "%T", self.maildir], stdout=subprocess.PIPE,
+                            text=True).stdout.strip()
+        if fs in ("ext2/ext3", "xfs", "btrfs", "tmpfs", "f2fs"):
+            dir_syncfs = [c for c in calls if c.name == "syncfs" and c.ok()
+                          and os.path.isdir(c.fd_path() or "")]
+            self.assertTrue(dir_syncfs, "no syncfs of the new folders' directories on %s" % fs)
 
 
 if __name__ == "__main__":

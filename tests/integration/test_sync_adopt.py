@@ -395,6 +395,48 @@ class AdoptScenarios(SyncFixture):
         self.assertEqual(set(local_view(self.folder_dir("INBOX"))), names)
         self.assert_quiet_rerun(cfg)
 
+    def test_kill9_before_first_records_of_new_folders(self):
+        """A first sync of several folders writes no download intents (the
+        index knows nothing of them): a run killed after the files are in
+        place but before any record is written (at each of the first index
+        commits, by strace's fault injection), followed by a clean run,
+        leaves every message once on each side, nothing uploaded, and the
+        flags as on the server."""
+        strace = shutil.which("strace")
+        if strace is None:
+            self.skipTest("strace is not installed (tests/run installs it)")
+        folders = ["F%d" % i for i in range(6)]
+        for n, name in enumerate(folders):
+            self.dovecot.create_folder(self.user, name)
+            msgs = mailgen.generate(4, seed=300 + n, max_size=2000)
+            self.dovecot.save_many(self.user, name, msgs, ["\\Seen", "", "\\Flagged", "\\Seen"])
+        cfg = self.config(folders=folders)
+        uids = {name: self.server_uids(name) for name in folders}
+        want = {name: {mstest.crlf_to_lf(b): letters(f) for _u, f, b in self.server(name)}
+                for name in folders}
+        killed_with_files = 0
+        for when in range(1, 5):
+            shutil.rmtree(self.maildir, ignore_errors=True)
+            shutil.rmtree(os.path.join(self.tmp, "state"), ignore_errors=True)
+            p = subprocess.run([strace, "-f", "-o", "/dev/null", "-e", "trace=fdatasync",
+                                "-e", "inject=fdatasync:signal=KILL:when=%d" % when,
+                                mstest.mailsync_bin(), "--config", cfg, "sync", "a"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               errors="replace", timeout=120)
+            if p.returncode == 0:
+                continue  # the run had fewer commits than that: it finished
+            files = sum(len(local_view(self.folder_dir(n))) for n in folders
+                        if os.path.isdir(self.folder_dir(n)))
+            if files > 0:
+                killed_with_files += 1
+            r = self.sync(cfg)
+            self.assertIn("\u2191 0 new", r.stdout, "uploaded after kill at commit %d" % when)
+            for name in folders:
+                self.assert_sides(name, want[name])
+                self.assertEqual(self.server_uids(name), uids[name])
+            self.assert_quiet_rerun(cfg)
+        self.assertGreater(killed_with_files, 0, "no kill came after files were in place")
+
 
 for _name, _opts in PROFILES.items():
     globals()["Adopt" + _name] = type("Adopt" + _name, (AdoptScenarios, mstest.DovecotTestCase),

@@ -25,6 +25,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "daemon/config.h"
+#include "daemon/syncopts.h"
 #include "store/index.h"
 #include "sync/popsync.h"
 
@@ -177,8 +178,11 @@ int main(int argc, char **argv)
     uv_loop_init(&loop);
     struct run r = {0};
     struct popsync *ps;
-    if (popsync_start(&loop, cfg, acct, &opts, on_done, &r, &ps) < 0) {
+    struct sync_account *sa = syncopts_account(cfg, acct);
+    if (popsync_start(&loop, sa, &opts, on_done, &r, &ps) < 0) {
         fprintf(stderr, "popcli: account '%s' is not a POP3 account\n", acct->name);
+        sync_account_free(sa);
+        cfg_free(cfg);
         return 1;
     }
     r.ps = ps;
@@ -214,6 +218,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "popcli: loop did not close clean\n");
         rc = rc != 0 ? rc : 1;
     }
+    sync_account_free(sa);
     cfg_free(cfg);
     return rc;
 }

@@ -382,12 +382,160 @@ static void test_provider_presets(void **state)
     assert_int_equal(cfg->accounts[0].port, 1993);
     cfg_free(cfg);
 
-    expect_err("accounts:\n  a:\n    provider: yahoo\n    user: u\n    password: p\n"
-               "    maildir: /m\n",
+    /* An unknown name lists the known ones and suggests the nearest. */
+    struct cfg *bad = (struct cfg *)1;
+    char *err = NULL;
+    assert_int_equal(cfg_load_string("config.yaml",
+                                     "accounts:\n  a:\n    provider: yahooo\n    user: u\n"
+                                     "    password: p\n    maildir: /m\n",
+                                     &bad, &err),
+                     -1);
+    assert_null(bad);
+    assert_non_null(strstr(err, "config.yaml:2:3: account 'a': missing required key 'host' (or "
+                                "a 'provider' that sets it)\n"
+                                "config.yaml:3:15: account 'a': key 'provider' must be one of "
+                                "the known providers: zoho, zoho.eu, "));
+    assert_non_null(strstr(err, ", yahoo, aol, "));
+    assert_non_null(strstr(err, " (got 'yahooo'); did you mean 'yahoo'?"));
+    free(err);
+}
+
+/* Loads one account "a" (after "accounts:\n  a:\n") that must be valid. */
+static struct cfg *load_account_ok(const char *body)
+{
+    char *yaml = xasprintf("accounts:\n  a:\n%s    password: p\n    maildir: /m\n", body);
+    struct cfg *cfg = load_ok(yaml);
+    free(yaml);
+    return cfg;
+}
+
+static void test_provider_regions(void **state)
+{
+    static const struct {
+        const char *body;
+        const char *provider;
+        const char *host;
+    } cases[] = {
+        {"    provider: zoho\n", "zoho", "imap.zoho.com"},
+        {"    provider: zoho\n    region: eu\n", "zoho.eu", "imap.zoho.eu"},
+        {"    provider: ZOHO.EU\n", "zoho.eu", "imap.zoho.eu"},
+        {"    provider: zoho.eu\n    region: EU\n", "zoho.eu", "imap.zoho.eu"},
+        {"    provider: zoho\n    region: com.au\n", "zoho.com.au", "imap.zoho.com.au"},
+        {"    provider: zoho\n    region: au\n    protocol: pop3\n", "zoho.com.au",
+         "pop.zoho.com.au"},
+        {"    provider: zoho\n    region: ca\n", "zohocloud.ca", "imap.zohocloud.ca"},
+        {"    provider: zoho\n    region: us\n", "zoho", "imap.zoho.com"},
+        {"    provider: office365\n", "microsoft365", "outlook.office365.com"},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char *body = xasprintf("%s    user: me@example.com\n", cases[i].body);
+        struct cfg *cfg = load_account_ok(body);
+        assert_string_equal(cfg->accounts[0].provider, cases[i].provider);
+        assert_string_equal(cfg->accounts[0].host, cases[i].host);
+        cfg_free(cfg);
+        free(body);
+    }
+    expect_err("accounts:\n  a:\n    provider: zoho\n    region: mars\n    user: u@x\n"
+               "    password: p\n    maildir: /m\n",
                "config.yaml:2:3: account 'a': missing required key 'host' (or a 'provider' "
                "that sets it)\n"
-               "config.yaml:3:15: account 'a': key 'provider' must be one of the known "
-               "providers: zoho, gmail, fastmail, outlook (got 'yahoo')");
+               "config.yaml:4:13: account 'a': key 'region' must be a data centre of zoho: com "
+               "(zoho), eu (zoho.eu), in (zoho.in), au (zoho.com.au), jp (zoho.jp), ca "
+               "(zohocloud.ca), sa (zoho.sa), cn (zoho.com.cn) (got 'mars')");
+    expect_err("accounts:\n  a:\n    provider: zoho.eu\n    region: in\n    host: h\n"
+               "    user: u@x\n    password: p\n    maildir: /m\n",
+               "config.yaml:4:13: account 'a': key 'region' is 'in', but provider 'zoho.eu' is "
+               "another data centre; use provider: zoho with region: in, or provider: zoho.in");
+    expect_err("accounts:\n  a:\n    provider: gmail\n    region: eu\n    user: u@x\n"
+               "    password: p\n    maildir: /m\n",
+               "config.yaml:2:3: account 'a': missing required key 'host' (or a 'provider' "
+               "that sets it)\n"
+               "config.yaml:4:13: account 'a': key 'region' picks a data centre, and Gmail has "
+               "only one; remove 'region'");
+    expect_err("accounts:\n  a:\n    region: eu\n    host: h\n    user: u@x\n"
+               "    password: p\n    maildir: /m\n",
+               "config.yaml:3:13: account 'a': key 'region' picks a provider's data centre, so "
+               "it needs 'provider' (e.g. provider: zoho, region: eu)");
+    /* A provider without POP3 says so instead of inventing a server. */
+    expect_err("accounts:\n  a:\n    provider: icloud\n    protocol: pop3\n    user: u\n"
+               "    password: p\n    maildir: /m\n",
+               "config.yaml:3:15: account 'a': iCloud Mail offers no POP3 access; use protocol: "
+               "imap, or set 'host'");
+}
+
+/* Provider defaults fill only the keys the account leaves out. */
+static void test_provider_defaults(void **state)
+{
+    struct cfg *cfg = load_account_ok("    provider: gmail\n    user: me@gmail.com\n");
+    const struct cfg_account *a = &cfg->accounts[0];
+    assert_int_equal(a->max_connections, 2);
+    assert_int_equal(a->auth, CFG_AUTH_AUTO);
+    assert_true(a->nfolders >= 4);
+    assert_string_equal(a->folders[0].glob, "*");
+    assert_false(a->folders[0].exclude);
+    static const char *const views[] = {"[Gmail]/All Mail", "[Gmail]/Important", "[Gmail]/Starred"};
+    for (size_t i = 0; i < ARRAY_SIZE(views); i++) {
+        assert_string_equal(a->folders[1 + i].glob, views[i]);
+        assert_true(a->folders[1 + i].exclude);
+    }
+    assert_true(cfg_folder_selected(a, "INBOX"));
+    assert_true(cfg_folder_selected(a, "[Gmail]/Sent Mail"));
+    assert_false(cfg_folder_selected(a, "[Gmail]/All Mail"));
+    assert_false(cfg_folder_selected(a, "[Gmail]/Starred"));
+    assert_null(cfg->warnings);
+    /* `mailsync check` shows the preset's values as the effective ones. */
+    char *out = print_to_string(cfg);
+    assert_non_null(strstr(out, "    provider: gmail  # Gmail\n    host: imap.gmail.com\n"));
+    assert_non_null(strstr(out, "    folders: [\"*\", \"![Gmail]/All Mail\", "
+                                "\"![Gmail]/Important\", \"![Gmail]/Starred\""));
+    free(out);
+    cfg_free(cfg);
+
+    /* Listed folders and an explicit max_connections win. */
+    cfg = load_account_ok("    provider: gmail\n    user: me@gmail.com\n"
+                          "    folders: [\"*\"]\n    max_connections: 5\n");
+    a = &cfg->accounts[0];
+    assert_int_equal(a->nfolders, 1);
+    assert_true(cfg_folder_selected(a, "[Gmail]/All Mail"));
+    assert_int_equal(a->max_connections, 5);
+    cfg_free(cfg);
+
+    /* Microsoft accepts only OAuth2: xoauth2 unless auth is set. */
+    cfg = load_account_ok("    provider: microsoft365\n    user: me@corp.example\n");
+    assert_int_equal(cfg->accounts[0].auth, CFG_AUTH_XOAUTH2);
+    cfg_free(cfg);
+    cfg = load_account_ok("    provider: outlook\n    user: me@outlook.com\n    auth: plain\n");
+    assert_int_equal(cfg->accounts[0].auth, CFG_AUTH_PLAIN);
+    cfg_free(cfg);
+
+    /* Proton Mail Bridge: STARTTLS on 1143 on this machine; another TLS
+     * mode takes that mode's standard port unless port is set. */
+    cfg = load_account_ok("    provider: proton-bridge\n    user: me@proton.me\n");
+    a = &cfg->accounts[0];
+    assert_string_equal(a->host, "127.0.0.1");
+    assert_int_equal(a->port, 1143);
+    assert_int_equal(a->tls, CFG_TLS_STARTTLS);
+    assert_false(cfg_folder_selected(a, "All Mail"));
+    cfg_free(cfg);
+    cfg = load_account_ok("    provider: proton-bridge\n    user: me@proton.me\n"
+                          "    tls: implicit\n    port: 1993\n");
+    assert_int_equal(cfg->accounts[0].port, 1993);
+    assert_int_equal(cfg->accounts[0].tls, CFG_TLS_IMPLICIT);
+    cfg_free(cfg);
+
+    /* The login form: a bare name where the full address is expected is
+     * worth a warning (not an error: some accept both). */
+    cfg = load_account_ok("    provider: zoho\n    user: me\n");
+    assert_non_null(cfg->warnings);
+    assert_string_equal(cfg->warnings,
+                        "config.yaml:4:11: warning: account 'a': Zoho Mail (US data centre) "
+                        "expects the full address as the user name (like me@example.com), not "
+                        "'me'");
+    cfg_free(cfg);
+    /* iCloud wants the name part: no warning. */
+    cfg = load_account_ok("    provider: icloud\n    user: emilyparker\n");
+    assert_null(cfg->warnings);
+    cfg_free(cfg);
 }
 
 static void test_path_expansion(void **state)
@@ -542,12 +690,13 @@ static void test_unknown_keys(void **state)
     expect_err(MINIMAL_POP "    pop:\n      frobnicate: 1\n",
                "config.yaml:9:7: unknown key 'frobnicate' under 'pop' in account 'p' (known keys: "
                "keep_on_server, delete_after_days, since, delete_when_deleted_locally)");
-    expect_err(MINIMAL "    frobnicate: 1\n",
-               "config.yaml:7:5: unknown key 'frobnicate' in account 'work' (known keys: "
-               "protocol, provider, host, port, tls, ca_file, tls_fingerprint, allow_plaintext, "
-               "user, password, password_command, auth, maildir, layout, folders, "
-               "subscribed_only, max_connections, on_local_delete, trash, delete_folders, "
-               "max_delete_ratio, max_size, max_age_days, compress, timeout, pop)");
+    expect_err(
+        MINIMAL "    frobnicate: 1\n",
+        "config.yaml:7:5: unknown key 'frobnicate' in account 'work' (known keys: "
+        "protocol, provider, region, host, port, tls, ca_file, tls_fingerprint, allow_plaintext, "
+        "user, password, password_command, auth, maildir, layout, folders, "
+        "subscribed_only, max_connections, on_local_delete, trash, delete_folders, "
+        "max_delete_ratio, max_size, max_age_days, compress, timeout, pop)");
     /* Keys at the wrong level say where they belong. */
     expect_err(MINIMAL_POP "    since: 2020-01-01\n    pop:\n      timeout: 30\n",
                "config.yaml:8:5: unknown key 'since' in account 'p' (it belongs under 'pop:')\n"
@@ -1082,7 +1231,7 @@ static void test_print(void **state)
                            "accounts:\n"
                            "  work:\n"
                            "    protocol: imap\n"
-                           "    provider: zoho\n"
+                           "    provider: zoho  # Zoho Mail (US data centre)\n"
                            "    host: imap.zoho.com\n"
                            "    port: 993\n"
                            "    tls: implicit\n"
@@ -1134,7 +1283,7 @@ static void test_print(void **state)
                            "    timeout: 60\n"
                            "  p:\n"
                            "    protocol: pop3\n"
-                           "    provider: gmail\n"
+                           "    provider: gmail  # Gmail\n"
                            "    host: pop.gmail.com\n"
                            "    port: 995\n"
                            "    tls: implicit\n"
@@ -1374,20 +1523,36 @@ static void test_example_config(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_round_trip), cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_default_ports),   cmocka_unit_test(test_provider_presets),
-        cmocka_unit_test(test_path_expansion),  cmocka_unit_test(test_password_command),
-        cmocka_unit_test(test_unknown_keys),    cmocka_unit_test(test_wrong_enum),
-        cmocka_unit_test(test_wrong_type),      cmocka_unit_test(test_ranges),
-        cmocka_unit_test(test_dates),           cmocka_unit_test(test_fingerprints),
-        cmocka_unit_test(test_plaintext),       cmocka_unit_test(test_protocol_specific_keys),
-        cmocka_unit_test(test_duplicates),      cmocka_unit_test(test_missing_required),
-        cmocka_unit_test(test_account_names),   cmocka_unit_test(test_syntax_errors),
-        cmocka_unit_test(test_empty),           cmocka_unit_test(test_same_maildir),
-        cmocka_unit_test(test_multiple_errors), cmocka_unit_test(test_folder_patterns),
-        cmocka_unit_test(test_print),           cmocka_unit_test(test_files),
-        cmocka_unit_test(test_ca_file),         cmocka_unit_test(test_aliases),
-        cmocka_unit_test(test_default_path),    cmocka_unit_test(test_example_config),
+        cmocka_unit_test(test_full_round_trip),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_default_ports),
+        cmocka_unit_test(test_provider_presets),
+        cmocka_unit_test(test_provider_regions),
+        cmocka_unit_test(test_provider_defaults),
+        cmocka_unit_test(test_path_expansion),
+        cmocka_unit_test(test_password_command),
+        cmocka_unit_test(test_unknown_keys),
+        cmocka_unit_test(test_wrong_enum),
+        cmocka_unit_test(test_wrong_type),
+        cmocka_unit_test(test_ranges),
+        cmocka_unit_test(test_dates),
+        cmocka_unit_test(test_fingerprints),
+        cmocka_unit_test(test_plaintext),
+        cmocka_unit_test(test_protocol_specific_keys),
+        cmocka_unit_test(test_duplicates),
+        cmocka_unit_test(test_missing_required),
+        cmocka_unit_test(test_account_names),
+        cmocka_unit_test(test_syntax_errors),
+        cmocka_unit_test(test_empty),
+        cmocka_unit_test(test_same_maildir),
+        cmocka_unit_test(test_multiple_errors),
+        cmocka_unit_test(test_folder_patterns),
+        cmocka_unit_test(test_print),
+        cmocka_unit_test(test_files),
+        cmocka_unit_test(test_ca_file),
+        cmocka_unit_test(test_aliases),
+        cmocka_unit_test(test_default_path),
+        cmocka_unit_test(test_example_config),
     };
     return cmocka_run_group_tests(tests, setup_home, teardown_home);
 }

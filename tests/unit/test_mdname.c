@@ -79,14 +79,14 @@ static const struct name_case cases[] = {
     {"Entw\xfcrfe", -EILSEQ, NULL, NULL, NULL},      /* Latin-1, not UTF-8 */
 };
 
-static void check_under_root(const char *root, enum cfg_layout layout, const char *name,
+static void check_under_root(const char *root, enum md_layout layout, const char *name,
                              const char *path)
 {
     size_t rl = strlen(root);
     assert_memory_equal(path, root, rl);
     if (path[rl] == '\0') {
         /* Only maildir++ INBOX maps to the root itself. */
-        assert_int_equal(layout, CFG_LAYOUT_MAILDIRPP);
+        assert_int_equal(layout, MD_LAYOUT_MAILDIRPP);
         assert_int_equal(strncasecmp(name, "INBOX", 5), 0);
         assert_int_equal(strlen(name), 5);
         return;
@@ -94,7 +94,7 @@ static void check_under_root(const char *root, enum cfg_layout layout, const cha
     assert_int_equal(path[rl], '/');
     const char *rel = path + rl + 1;
     assert_true(rel[0] != '\0');
-    if (layout == CFG_LAYOUT_MAILDIRPP) {
+    if (layout == MD_LAYOUT_MAILDIRPP) {
         /* One directory entry: a leading '.', then levels that are never
          * empty and never start with '.'. */
         assert_null(strchr(rel, '/'));
@@ -126,7 +126,7 @@ static void test_table(void **state)
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         const struct name_case *c = &cases[i];
         for (int l = 0; l < 2; l++) {
-            enum cfg_layout layout = l == 0 ? CFG_LAYOUT_VERBATIM : CFG_LAYOUT_MAILDIRPP;
+            enum md_layout layout = l == 0 ? MD_LAYOUT_VERBATIM : MD_LAYOUT_MAILDIRPP;
             char *path = (char *)1;
             int ret = md_folder_local_path(ROOT, layout, c->name, &path);
             if (ret != c->ret) {
@@ -148,10 +148,10 @@ static void test_table(void **state)
     }
     /* A trailing '/' on the root changes nothing. */
     char *path = NULL;
-    assert_int_equal(md_folder_local_path(ROOT "/", CFG_LAYOUT_MAILDIRPP, "INBOX", &path), 0);
+    assert_int_equal(md_folder_local_path(ROOT "/", MD_LAYOUT_MAILDIRPP, "INBOX", &path), 0);
     assert_string_equal(path, ROOT);
     free(path);
-    assert_int_equal(md_folder_local_path(ROOT "/", CFG_LAYOUT_VERBATIM, "a/b", &path), 0);
+    assert_int_equal(md_folder_local_path(ROOT "/", MD_LAYOUT_VERBATIM, "a/b", &path), 0);
     assert_string_equal(path, ROOT "/a/b");
     free(path);
 }
@@ -164,34 +164,34 @@ static void test_lengths(void **state)
     /* Verbatim: each component at most 255 bytes after encoding. */
     memset(name, 'a', 255);
     name[255] = '\0';
-    assert_int_equal(md_folder_local_path(ROOT, CFG_LAYOUT_VERBATIM, name, &path), 0);
+    assert_int_equal(md_folder_local_path(ROOT, MD_LAYOUT_VERBATIM, name, &path), 0);
     free(path);
     name[255] = 'a';
     name[256] = '\0';
-    assert_int_equal(md_folder_local_path(ROOT, CFG_LAYOUT_VERBATIM, name, &path), -EINVAL);
+    assert_int_equal(md_folder_local_path(ROOT, MD_LAYOUT_VERBATIM, name, &path), -EINVAL);
     memset(name, '%', 85); /* 255 bytes encoded */
     name[85] = '\0';
-    assert_int_equal(md_folder_local_path(ROOT, CFG_LAYOUT_VERBATIM, name, &path), 0);
+    assert_int_equal(md_folder_local_path(ROOT, MD_LAYOUT_VERBATIM, name, &path), 0);
     free(path);
     name[85] = '%';
     name[86] = '\0';
-    assert_int_equal(md_folder_local_path(ROOT, CFG_LAYOUT_VERBATIM, name, &path), -EINVAL);
+    assert_int_equal(md_folder_local_path(ROOT, MD_LAYOUT_VERBATIM, name, &path), -EINVAL);
     /* Three 100-byte levels: fine as directories, too long as one
      * maildir++ entry. */
     memset(name, 'b', 302);
     name[100] = name[201] = '/';
     name[302] = '\0';
-    assert_int_equal(md_folder_local_path(ROOT, CFG_LAYOUT_VERBATIM, name, &path), 0);
+    assert_int_equal(md_folder_local_path(ROOT, MD_LAYOUT_VERBATIM, name, &path), 0);
     free(path);
-    assert_int_equal(md_folder_local_path(ROOT, CFG_LAYOUT_MAILDIRPP, name, &path), -EINVAL);
+    assert_int_equal(md_folder_local_path(ROOT, MD_LAYOUT_MAILDIRPP, name, &path), -EINVAL);
     memset(name, 'c', 254);
     name[254] = '\0';
-    assert_int_equal(md_folder_local_path(ROOT, CFG_LAYOUT_MAILDIRPP, name, &path), 0);
+    assert_int_equal(md_folder_local_path(ROOT, MD_LAYOUT_MAILDIRPP, name, &path), 0);
     assert_int_equal(strlen(strrchr(path, '/') + 1), 255);
     free(path);
     name[254] = 'c';
     name[255] = '\0';
-    assert_int_equal(md_folder_local_path(ROOT, CFG_LAYOUT_MAILDIRPP, name, &path), -EINVAL);
+    assert_int_equal(md_folder_local_path(ROOT, MD_LAYOUT_MAILDIRPP, name, &path), -EINVAL);
 }
 
 /* ---- Real trees ------------------------------------------------------- */
@@ -220,12 +220,12 @@ static void free_root(char *root)
     free(root);
 }
 
-static void create_folder(const char *root, enum cfg_layout layout, const char *name)
+static void create_folder(const char *root, enum md_layout layout, const char *name)
 {
     char *path = NULL;
     assert_int_equal(md_folder_local_path(root, layout, name, &path), 0);
     struct md_folder *f = NULL;
-    bool sub = layout == CFG_LAYOUT_MAILDIRPP && strcmp(path, root) != 0;
+    bool sub = layout == MD_LAYOUT_MAILDIRPP && strcmp(path, root) != 0;
     assert_int_equal(md_folder_open(path, true, sub, &f, NULL), 0);
     md_folder_close(f);
     free(path);
@@ -259,7 +259,7 @@ static size_t sort_unique(const char **v, size_t n)
     return out;
 }
 
-static void expect_list(const char *root, enum cfg_layout layout, const char **want, size_t n)
+static void expect_list(const char *root, enum md_layout layout, const char **want, size_t n)
 {
     char **names = NULL;
     size_t count = 0;
@@ -279,7 +279,7 @@ static void expect_list(const char *root, enum cfg_layout layout, const char **w
     md_free_names(names, count);
 }
 
-static void roundtrip_table(enum cfg_layout layout)
+static void roundtrip_table(enum md_layout layout)
 {
     char *root = make_root();
     const char *want[ARRAY_SIZE(cases)];
@@ -297,13 +297,13 @@ static void roundtrip_table(enum cfg_layout layout)
 static void test_roundtrip_verbatim(void **state)
 {
     (void)state;
-    roundtrip_table(CFG_LAYOUT_VERBATIM);
+    roundtrip_table(MD_LAYOUT_VERBATIM);
 }
 
 static void test_roundtrip_maildirpp(void **state)
 {
     (void)state;
-    roundtrip_table(CFG_LAYOUT_MAILDIRPP);
+    roundtrip_table(MD_LAYOUT_MAILDIRPP);
 }
 
 /* Random names made of the troublesome pieces: every one either is refused
@@ -314,7 +314,7 @@ static void test_roundtrip_random(void **state)
     static const char *const pieces[] = {".", "%",  "/",   "cur",   "new", "a",    "Z",  "\x01",
                                          "ü", "..", "%2E", "INBOX", " ",   "\x7f", "tmp"};
     for (int l = 0; l < 2; l++) {
-        enum cfg_layout layout = l == 0 ? CFG_LAYOUT_VERBATIM : CFG_LAYOUT_MAILDIRPP;
+        enum md_layout layout = l == 0 ? MD_LAYOUT_VERBATIM : MD_LAYOUT_MAILDIRPP;
         char *root = make_root();
         enum {
             N = 300
@@ -365,7 +365,7 @@ static void test_roundtrip_random(void **state)
 
 /* The unusable Maildir folders md_list_folders_unusable reports, as paths
  * relative to root, compared with want (sorted). */
-static void expect_unusable(const char *root, enum cfg_layout layout, const char *const *want,
+static void expect_unusable(const char *root, enum md_layout layout, const char *const *want,
                             size_t nwant)
 {
     char **names = NULL, **bad = NULL;
@@ -385,9 +385,9 @@ static void test_list_skips_foreign_verbatim(void **state)
 {
     (void)state;
     char *root = make_root();
-    create_folder(root, CFG_LAYOUT_VERBATIM, "INBOX");
-    create_folder(root, CFG_LAYOUT_VERBATIM, "Lists/dev");
-    create_folder(root, CFG_LAYOUT_VERBATIM, "a.b");
+    create_folder(root, MD_LAYOUT_VERBATIM, "INBOX");
+    create_folder(root, MD_LAYOUT_VERBATIM, "Lists/dev");
+    create_folder(root, MD_LAYOUT_VERBATIM, "a.b");
     /* Directories the encoder never writes: not folders of ours. */
     make_maildir(root, ".notmuch");
     make_maildir(root, "inbox");
@@ -409,11 +409,11 @@ static void test_list_skips_foreign_verbatim(void **state)
     assert_true(fd >= 0);
     close(fd);
     const char *want[] = {"INBOX", "Lists/dev", "a.b", "plain/sub"};
-    expect_list(root, CFG_LAYOUT_VERBATIM, want, ARRAY_SIZE(want));
+    expect_list(root, MD_LAYOUT_VERBATIM, want, ARRAY_SIZE(want));
     /* Those with cur/ new/ tmp/ are reported (dot directories are never
      * ours, and what is inside cur/ is a folder's own business). */
     const char *unusable[] = {"%2E%2E", "100%", "a%41", "bad%00", "inbox", "x%2Fy"};
-    expect_unusable(root, CFG_LAYOUT_VERBATIM, unusable, ARRAY_SIZE(unusable));
+    expect_unusable(root, MD_LAYOUT_VERBATIM, unusable, ARRAY_SIZE(unusable));
     free(target);
     free(link);
     free(file);
@@ -422,7 +422,7 @@ static void test_list_skips_foreign_verbatim(void **state)
     /* A missing root is an error, not an empty list. */
     char **names = NULL;
     size_t count = 5;
-    assert_int_equal(md_list_folders("/nonexistent/mail/root", CFG_LAYOUT_VERBATIM, &names, &count),
+    assert_int_equal(md_list_folders("/nonexistent/mail/root", MD_LAYOUT_VERBATIM, &names, &count),
                      -ENOENT);
     assert_int_equal(count, 0);
     assert_null(names);
@@ -433,12 +433,12 @@ static void test_list_skips_foreign_maildirpp(void **state)
     (void)state;
     char *root = make_root();
     /* Without cur/new/tmp in the root there is no INBOX. */
-    create_folder(root, CFG_LAYOUT_MAILDIRPP, "Lists/dev");
+    create_folder(root, MD_LAYOUT_MAILDIRPP, "Lists/dev");
     const char *want1[] = {"Lists/dev"};
-    expect_list(root, CFG_LAYOUT_MAILDIRPP, want1, 1);
+    expect_list(root, MD_LAYOUT_MAILDIRPP, want1, 1);
 
-    create_folder(root, CFG_LAYOUT_MAILDIRPP, "INBOX");
-    create_folder(root, CFG_LAYOUT_MAILDIRPP, "a.b");
+    create_folder(root, MD_LAYOUT_MAILDIRPP, "INBOX");
+    create_folder(root, MD_LAYOUT_MAILDIRPP, "a.b");
     make_maildir(root, ".a..b");
     make_maildir(root, ".inbox.x");
     make_maildir(root, ".INBOX");
@@ -448,10 +448,10 @@ static void test_list_skips_foreign_maildirpp(void **state)
     make_maildir(root, ".bad%zz");
     make_maildir(root, ".x%2Fy");
     const char *want2[] = {"INBOX", "Lists/dev", "a.b"};
-    expect_list(root, CFG_LAYOUT_MAILDIRPP, want2, ARRAY_SIZE(want2));
+    expect_list(root, MD_LAYOUT_MAILDIRPP, want2, ARRAY_SIZE(want2));
     const char *unusable[] = {"...",      ".INBOX",     ".a..b", ".bad%zz",
                               ".inbox.x", ".trailing.", ".x%2Fy"};
-    expect_unusable(root, CFG_LAYOUT_MAILDIRPP, unusable, ARRAY_SIZE(unusable));
+    expect_unusable(root, MD_LAYOUT_MAILDIRPP, unusable, ARRAY_SIZE(unusable));
     free_root(root);
 }
 
@@ -479,11 +479,11 @@ static void test_folder_remove(void **state)
 {
     (void)state;
     char *root = make_root();
-    create_folder(root, CFG_LAYOUT_VERBATIM, "Full");
-    create_folder(root, CFG_LAYOUT_VERBATIM, "NewOnly");
-    create_folder(root, CFG_LAYOUT_VERBATIM, "Empty");
-    create_folder(root, CFG_LAYOUT_VERBATIM, "Parent");
-    create_folder(root, CFG_LAYOUT_VERBATIM, "Parent/Child");
+    create_folder(root, MD_LAYOUT_VERBATIM, "Full");
+    create_folder(root, MD_LAYOUT_VERBATIM, "NewOnly");
+    create_folder(root, MD_LAYOUT_VERBATIM, "Empty");
+    create_folder(root, MD_LAYOUT_VERBATIM, "Parent");
+    create_folder(root, MD_LAYOUT_VERBATIM, "Parent/Child");
     char *full = path_join(root, "Full");
     char *newonly = path_join(root, "NewOnly");
     char *empty = path_join(root, "Empty");
@@ -513,7 +513,7 @@ static void test_folder_remove(void **state)
     assert_true(dir_exists(parent, "Child/cur"));
     assert_false(dir_exists(parent, "cur"));
     const char *want[] = {"Full", "NewOnly", "Parent/Child"};
-    expect_list(root, CFG_LAYOUT_VERBATIM, want, ARRAY_SIZE(want));
+    expect_list(root, MD_LAYOUT_VERBATIM, want, ARRAY_SIZE(want));
 
     /* Not a folder at all. */
     char *missing = path_join(root, "Missing");

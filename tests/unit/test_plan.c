@@ -108,7 +108,7 @@ static void fx_init(struct fx *f)
 {
     memset(f, 0, sizeof(*f));
     f->in.server.complete = true;
-    f->in.on_local_delete = CFG_LOCAL_DELETE_EXPUNGE;
+    f->in.on_local_delete = PLAN_LOCAL_DELETE_EXPUNGE;
     f->in.max_delete_ratio = 0.5;
     f->in.folder = "INBOX";
     f->in.account = "work";
@@ -423,8 +423,8 @@ static void test_server_deletion(void **state)
 
 static void test_local_deletion_modes(void **state)
 {
-    static const enum cfg_local_delete modes[] = {CFG_LOCAL_DELETE_EXPUNGE, CFG_LOCAL_DELETE_TRASH,
-                                                  CFG_LOCAL_DELETE_FLAG};
+    static const enum plan_local_delete modes[] = {PLAN_LOCAL_DELETE_EXPUNGE,
+                                                   PLAN_LOCAL_DELETE_TRASH, PLAN_LOCAL_DELETE_FLAG};
     for (size_t i = 0; i < ARRAY_SIZE(modes); i++) {
         struct fx f;
         fx_init(&f);
@@ -443,7 +443,7 @@ static void test_local_deletion_modes(void **state)
      * the message is not downloaded again. */
     struct fx f;
     fx_init(&f);
-    f.in.on_local_delete = CFG_LOCAL_DELETE_FLAG;
+    f.in.on_local_delete = PLAN_LOCAL_DELETE_FLAG;
     base(&f, "2:l2:ST");
     srv(&f, "2:ST");
     struct plan *p = build(&f);
@@ -459,12 +459,12 @@ static void test_local_deletion_modes(void **state)
 static void test_flagged_deletion_is_done_in_flag_mode_only(void **state)
 {
     static const struct {
-        enum cfg_local_delete mode;
+        enum plan_local_delete mode;
         size_t deletes;
     } rows[] = {
-        {CFG_LOCAL_DELETE_TRASH, 1},
-        {CFG_LOCAL_DELETE_EXPUNGE, 1},
-        {CFG_LOCAL_DELETE_FLAG, 0},
+        {PLAN_LOCAL_DELETE_TRASH, 1},
+        {PLAN_LOCAL_DELETE_EXPUNGE, 1},
+        {PLAN_LOCAL_DELETE_FLAG, 0},
     };
     for (size_t i = 0; i < ARRAY_SIZE(rows); i++) {
         struct fx f;

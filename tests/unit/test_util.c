@@ -213,12 +213,39 @@ static void test_strindex(void **state)
     assert_false(strindex_next(&x, same, &it, &pos));
 }
 
+/* JSON strings: quotes, backslashes and controls escaped, stray bytes as
+ * U+FFFD, U+2028 escaped, valid UTF-8 kept, NULL as null. */
+static void test_sbuf_add_json(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        const char *out;
+    } cases[] = {
+        {"plain", "\"plain\""},
+        {"a\"b\\c", "\"a\\\"b\\\\c\""},
+        {"t\tn\nr\r\x01\x7f", "\"t\\tn\\nr\\r\\u0001\\u007f\""},
+        {"caf\xc3\xa9 \xe8\x8d\x89\xe7\xa8\xbf", "\"caf\xc3\xa9 \xe8\x8d\x89\xe7\xa8\xbf\""},
+        {"bad\xff\xc3", "\"bad\\ufffd\\ufffd\""},
+        {"ls\xe2\x80\xa8", "\"ls\\u2028\""},
+        {NULL, "null"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct sbuf sb = {0};
+        sbuf_add_json(&sb, cases[i].in);
+        sbuf_addc(&sb, '\0');
+        assert_string_equal(sb.buf, cases[i].out);
+        sbuf_free(&sb);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_path_expand), cmocka_unit_test(test_mkdir_p),
         cmocka_unit_test(test_sbuf),        cmocka_unit_test(test_log_sanitizes),
-        cmocka_unit_test(test_term_safe),   cmocka_unit_test(test_strindex),
+        cmocka_unit_test(test_term_safe),   cmocka_unit_test(test_sbuf_add_json),
+        cmocka_unit_test(test_strindex),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
