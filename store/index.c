@@ -2982,9 +2982,9 @@ static int convert_v1(struct idx *idx, char **err_r)
     memset(idx->has_v1, 0, sizeof(idx->has_v1));
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    log_info("index %s converted from schema 1 to %u (%u folders, %" PRIu64
-             " message records, %.1f s)",
-             idx->env_path, IDX_SCHEMA_VERSION, c.folders, c.messages, secs);
+    log_info(
+        "index %s converted from schema 1 to %u (%u folder%s, %" PRIu64 " message records, %.1f s)",
+        idx->env_path, IDX_SCHEMA_VERSION, c.folders, c.folders == 1 ? "" : "s", c.messages, secs);
     return 0;
 }
 
