@@ -9,32 +9,61 @@
  *   index.mdb/data.mdb   the data file (mode 0600),
  *   index.mdb/lock.mdb   LMDB's reader table (mode 0600).
  *
- * Named databases (every integer in a value is little-endian; integers in
- * keys are big-endian so that LMDB's byte order is numeric order):
- *   meta         "schema_version" -> u32; "next_folder_id" -> u32; plus the
- *                caller's free-form keys from idx_meta_put.
- *   folders      folder key -> folder record. The key is the folder name when
- *                it is at most 400 bytes; a longer name (keys are limited to
- *                511 bytes) is keyed by its first 400 bytes, a NUL (which no
- *                real name contains, so the two forms cannot collide) and
- *                the SHA-256 of the whole name. The record always holds the
- *                full name, so foreach can report it.
- *   msg_uid      folder id (u32 BE) + uid (u32 BE) -> message record.
- *   msg_lid      folder id (u32 BE) + lid bytes -> {version, uid u32}, for
- *                every record that has a UID.
- *   msg_pending  folder id (u32 BE) + lid bytes -> message record, for records
- *                without a UID yet (APPENDING). Keeping them apart makes the
- *                "then APPENDING ones in lid order" walk a plain range scan.
- *   pop          uidl bytes -> pop record.
+ * Named databases (schema 2). Integers in keys are big-endian, so that
+ * LMDB's byte order is numeric order; in values they are little-endian
+ * fixed-size fields or LEB128 varints (zigzag for signed ones):
+ *   meta           "schema_version" -> u32; "next_folder_id" -> u32; plus the
+ *                  caller's free-form keys from idx_meta_put.
+ *   folders        folder key -> folder record. The key is the folder name
+ *                  when it is at most 400 bytes; a longer name (keys are
+ *                  limited to 511 bytes) is keyed by its first 400 bytes, a
+ *                  NUL (which no real name contains, so the two forms cannot
+ *                  collide) and the SHA-256 of the whole name. The record:
+ *                  version 2, then varints id, uidvalidity, uidnext,
+ *                  highestmodseq, last_full_sync, messages, the number of
+ *                  message records, the next keyword-set id, cur_ctime_ns,
+ *                  new_ctime_ns, scan_time_ns, and the full name (varint
+ *                  length, bytes).
+ *   messages       folder id + uid (8 bytes) -> message record: a header byte
+ *                  (version 2 in the high nibble; APPENDING, has-hash and
+ *                  has-keywords bits), the flags byte, varint size, [varint
+ *                  keyword-set id], [16-byte msgid_hash] (left out when
+ *                  zero), the lid's length (u8) and the lid. Nothing is
+ *                  stored twice: UID and folder are the key.
+ *   message_lids   folder id (4 bytes) -> sorted duplicates
+ *                  (MDB_DUPSORT | MDB_DUPFIXED) of 12 bytes each: the lid's
+ *                  tag (see lid_tag: its leading time and a hash) and the
+ *                  UID. Fixed-size duplicates are packed without LMDB's
+ *                  per-node header, so finding a record by lid costs about
+ *                  12 bytes a message instead of a second copy of the name;
+ *                  every candidate's record is compared, so tag collisions
+ *                  only cost a read.
+ *   messages_appending  folder id + lid -> message record with an empty
+ *                  lid (it is in the key), for records without a UID yet
+ *                  (APPENDING). Keeping them apart makes the "then APPENDING
+ *                  ones in lid order" walk a plain range scan.
+ *   keyword_sets   folder id + 0x00 + set id (u32) -> varint reference count
+ *                  and the keyword string (varint length, bytes); folder id
+ *                  + 0x01 + 64-bit hash of the string -> the ids (u32 each)
+ *                  of the sets with that hash. A message stores only the
+ *                  id; a set goes when its last message does. Ids are never
+ *                  reused within a folder, so an id names one string for as
+ *                  long as it lives.
+ *   pop            uidl bytes -> pop record (version 1, unchanged since
+ *                  schema 1).
  *
  * Folders get a numeric id from the "next_folder_id" counter so that message
  * keys stay short; ids are never reused, so a deleted and re-created folder
  * can never see a leftover record of its predecessor.
  *
- * Every record starts with a version byte (REC_VERSION) followed by fixed
- * little-endian fields and length-prefixed strings; nothing is a raw struct
- * image. A record that is short, long, of an unknown version or otherwise
- * impossible is reported as -EBADMSG with a message naming the key. */
+ * Schema 1 kept the messages in msg_uid (folder id + uid -> version 1 record
+ * with lid and keywords inline), msg_lid (folder id + lid -> uid) and
+ * msg_pending; idx_open converts such an index folder by folder (see
+ * convert_v1 below).
+ *
+ * Nothing is a raw struct image. A record that is short, long, of an unknown
+ * version or otherwise impossible is reported as -EBADMSG with a message
+ * naming the key. */
 #include "store/index.h"
 
 #include <fcntl.h>
@@ -51,6 +80,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/log.h"
 #include "core/util.h"
 
 #define IDX_INITIAL_MAP ((size_t)8 << 20)
@@ -58,7 +88,7 @@
  * used, so that MDB_MAP_FULL (and redoing a transaction) stays rare. */
 #define IDX_GROW_PERCENT 70
 #define IDX_WRITE_ATTEMPTS 20
-#define IDX_MAXDBS 8
+#define IDX_MAXDBS 12
 
 #define FOLDER_NAME_MAX 4096
 #define FOLDER_KEY_PLAIN_MAX 400
@@ -69,16 +99,29 @@
 #define META_VAL_MAX ((size_t)1 << 20)
 #define ACCOUNT_NAME_MAX 255
 
-#define REC_VERSION 1
-/* version + id + uidvalidity + uidnext + highestmodseq + last_full_sync +
- * messages + name length */
-#define FOLDER_REC_FIXED (1 + 4 + 4 + 4 + 8 + 8 + 4 + 2)
-#define FOLDER_REC_MAX (FOLDER_REC_FIXED + FOLDER_NAME_MAX)
-/* version + uid + state + flags + size + msgid_hash + lid length + keywords
- * length */
-#define MSG_REC_FIXED (1 + 4 + 1 + 1 + 8 + 16 + 1 + 2)
-#define MSG_REC_MAX (MSG_REC_FIXED + IDX_LID_MAX + IDX_KEYWORDS_MAX)
-#define LID_REC_LEN (1 + 4)
+/* Record versions: folder and message records changed with schema 2, POP
+ * records did not. */
+#define V1_REC_VERSION 1
+#define POP_REC_VERSION 1
+#define FOLDER_REC_VERSION 2
+#define MSG_REC_VERSION 2
+/* A varint takes at most 10 bytes. */
+#define VARINT_MAX 10
+/* version, 4 u32 and 1 u64 varints, 4 signed ones, the count: then the name */
+#define FOLDER_REC_MAX (1 + 4 * 5 + 11 * VARINT_MAX + FOLDER_NAME_MAX)
+/* Message record header bits (low nibble; the version is the high one). */
+#define MSG_APPENDING 0x01
+#define MSG_HAS_HASH 0x02
+#define MSG_HAS_KW 0x04
+#define MSG_BITS_KNOWN (MSG_APPENDING | MSG_HAS_HASH | MSG_HAS_KW)
+#define MSG_REC_MAX (2 + VARINT_MAX + 5 + 16 + 1 + IDX_LID_MAX)
+#define LIDX_ITEM_LEN 12
+#define KW_ID_KEY_LEN 9
+#define KW_HASH_KEY_LEN 13
+#define KW_REC_MAX (2 * VARINT_MAX + IDX_KEYWORDS_MAX)
+/* Schema 1 records, read only while converting. */
+#define V1_FOLDER_REC_FIXED (1 + 4 + 4 + 4 + 8 + 8 + 4 + 2)
+#define V1_MSG_REC_FIXED (1 + 4 + 1 + 1 + 8 + 16 + 1 + 2)
 /* version + flags + first_seen + size + header_hash + lid length */
 #define POP_REC_FIXED (1 + 4 + 8 + 8 + 16 + 1)
 #define POP_REC_MAX (POP_REC_FIXED + IDX_LID_MAX)
@@ -89,17 +132,42 @@
 enum idx_db {
     DB_META,
     DB_FOLDERS,
-    DB_MSG_UID,
-    DB_MSG_LID,
-    DB_MSG_PENDING,
+    DB_MESSAGES,
+    DB_LIDS,
+    DB_APPENDING,
+    DB_KWSETS,
     DB_POP,
     DB_COUNT,
+    /* Schema 1's message databases: opened only to convert them. */
+    DB_V1_UID = DB_COUNT,
+    DB_V1_LID,
+    DB_V1_PENDING,
+    DB_ALL,
 };
 
-static const char *const db_names[DB_COUNT] = {
-    [DB_META] = "meta",       [DB_FOLDERS] = "folders",         [DB_MSG_UID] = "msg_uid",
-    [DB_MSG_LID] = "msg_lid", [DB_MSG_PENDING] = "msg_pending", [DB_POP] = "pop",
+static const char *const db_names[DB_ALL] = {
+    [DB_META] = "meta",
+    [DB_FOLDERS] = "folders",
+    [DB_MESSAGES] = "messages",
+    [DB_LIDS] = "message_lids",
+    [DB_APPENDING] = "messages_appending",
+    [DB_KWSETS] = "keyword_sets",
+    [DB_POP] = "pop",
+    [DB_V1_UID] = "msg_uid",
+    [DB_V1_LID] = "msg_lid",
+    [DB_V1_PENDING] = "msg_pending",
 };
+
+static const unsigned db_flags[DB_ALL] = {
+    [DB_LIDS] = MDB_DUPSORT | MDB_DUPFIXED,
+};
+
+/* A test seam: tests/unit/test_index.c defines this function to kill the
+ * process at a chosen point of a conversion (done: folders this idx_open
+ * converted and committed so far; committed false: its folder done + 1 is
+ * written but not yet committed). mailsync itself does not define it, so the weak reference is
+ * NULL and nothing is called. */
+void idx_convert_test_point(unsigned done, bool committed) __attribute__((weak));
 
 struct idx_txn {
     struct idx *idx;
@@ -109,11 +177,13 @@ struct idx_txn {
      * struct idx (there is only ever one), so a caller that still calls
      * idx_abort after IDX_ERETRY has aborted the transaction does no harm. */
     bool active;
-    /* The last folder a message call resolved, and its id: a sync touches
-     * one folder at a time, so this saves a folder lookup per message.
-     * Only idx_folder_delete can invalidate it within a transaction. */
-    char *cached_folder;
-    uint32_t cached_fid;
+    /* The record of the last folder a call resolved: a sync touches one
+     * folder at a time, so this saves a folder lookup per message, and the
+     * message calls keep its record count (written through) here. Every
+     * change to the folder's record goes through it; a failed write forgets
+     * it. cf is allocated on first use and kept until the transaction ends. */
+    struct folder_rec *cf;
+    bool cf_valid;
 };
 
 struct idx {
@@ -124,7 +194,8 @@ struct idx {
     /* Opened by idx_open_readonly: no lock, no write transactions. */
     bool readonly;
     MDB_env *env;
-    MDB_dbi dbi[DB_COUNT];
+    MDB_dbi dbi[DB_ALL];
+    bool has_v1[3]; /* which of schema 1's message databases exist */
     unsigned psize;
 
     /* mu guards the transaction bookkeeping, the map size and err. Remapping
@@ -352,8 +423,7 @@ int idx_begin(struct idx *idx, bool write, struct idx_txn **txn_r)
 
 static void txn_forget_folder(struct idx_txn *t)
 {
-    free(t->cached_folder);
-    t->cached_folder = NULL;
+    t->cf_valid = false;
 }
 
 /* Ends the bookkeeping of a transaction whose MDB_txn is already gone.
@@ -365,6 +435,8 @@ static void txn_release(struct idx_txn *t)
 {
     struct idx *idx = t->idx;
     txn_forget_folder(t);
+    free(t->cf);
+    t->cf = NULL;
     pthread_mutex_lock(&idx->mu);
     t->txn = NULL;
     t->active = false;
@@ -581,12 +653,6 @@ static void put_u8(struct wr *w, uint8_t v)
     w->p[w->len++] = v;
 }
 
-static void put_u16(struct wr *w, uint16_t v)
-{
-    put_u8(w, (uint8_t)v);
-    put_u8(w, (uint8_t)(v >> 8));
-}
-
 static void put_u32(struct wr *w, uint32_t v)
 {
     for (int i = 0; i < 4; i++) {
@@ -680,6 +746,62 @@ static void get_str(struct rd *r, char *out, size_t n, size_t cap)
     r->pos += n;
 }
 
+/* LEB128: seven bits a byte, low bits first. */
+static void put_varint(struct wr *w, uint64_t v)
+{
+    while (v >= 0x80) {
+        put_u8(w, (uint8_t)(v | 0x80));
+        v >>= 7;
+    }
+    put_u8(w, (uint8_t)v);
+}
+
+/* Zigzag, so that small negative numbers stay short too. */
+static void put_svarint(struct wr *w, int64_t v)
+{
+    uint64_t u = (uint64_t)v << 1;
+    put_varint(w, v < 0 ? ~u : u);
+}
+
+/* Reads a varint; only the shortest form of a value is accepted, so that a
+ * record has one encoding and damage is more likely to show. */
+static uint64_t get_varint(struct rd *r)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        uint8_t b = get_u8(r);
+        if (r->bad || (shift == 63 && b > 1)) {
+            r->bad = true;
+            return 0;
+        }
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            if (b == 0 && shift > 0) {
+                r->bad = true;
+            }
+            return v;
+        }
+    }
+    r->bad = true;
+    return 0;
+}
+
+static uint32_t get_varint32(struct rd *r)
+{
+    uint64_t v = get_varint(r);
+    if (v > UINT32_MAX) {
+        r->bad = true;
+        return 0;
+    }
+    return (uint32_t)v;
+}
+
+static int64_t get_svarint(struct rd *r)
+{
+    uint64_t u = get_varint(r);
+    return (int64_t)(u & 1 ? ~(u >> 1) : u >> 1);
+}
+
 /* True when the whole record was consumed without a short read. */
 static bool rd_done(const struct rd *r)
 {
@@ -692,6 +814,12 @@ static void be32(uint8_t *out, uint32_t v)
     out[1] = (uint8_t)(v >> 16);
     out[2] = (uint8_t)(v >> 8);
     out[3] = (uint8_t)v;
+}
+
+static void be64(uint8_t *out, uint64_t v)
+{
+    be32(out, (uint32_t)(v >> 32));
+    be32(out + 4, (uint32_t)v);
 }
 
 static uint32_t rd_be32(const uint8_t *p)
@@ -708,45 +836,63 @@ static uint32_t le32(const uint8_t *p)
 
 struct folder_rec {
     uint32_t id;
+    uint64_t count;   /* message records: synced and APPENDING */
+    uint32_t next_kw; /* the id the folder's next new keyword set gets */
     struct idx_folder st;
+    size_t name_len;
     char name[FOLDER_NAME_MAX + 1];
 };
 
-static size_t folder_encode(uint8_t *buf, uint32_t id, const char *name, size_t name_len,
-                            const struct idx_folder *st)
+static size_t folder_encode(uint8_t *buf, const struct folder_rec *f)
 {
     struct wr w = {.p = buf};
-    put_u8(&w, REC_VERSION);
-    put_u32(&w, id);
-    put_u32(&w, st->uidvalidity);
-    put_u32(&w, st->uidnext);
-    put_u64(&w, st->highestmodseq);
-    put_u64(&w, (uint64_t)st->last_full_sync);
-    put_u32(&w, st->messages);
-    put_u16(&w, (uint16_t)name_len);
-    put_bytes(&w, name, name_len);
+    put_u8(&w, FOLDER_REC_VERSION);
+    put_varint(&w, f->id);
+    put_varint(&w, f->st.uidvalidity);
+    put_varint(&w, f->st.uidnext);
+    put_varint(&w, f->st.highestmodseq);
+    put_svarint(&w, f->st.last_full_sync);
+    put_varint(&w, f->st.messages);
+    put_varint(&w, f->count);
+    put_varint(&w, f->next_kw);
+    put_svarint(&w, f->st.cur_ctime_ns);
+    put_svarint(&w, f->st.new_ctime_ns);
+    put_svarint(&w, f->st.scan_time_ns);
+    put_varint(&w, f->name_len);
+    put_bytes(&w, f->name, f->name_len);
     return w.len;
 }
 
 static bool folder_decode(const MDB_val *v, struct folder_rec *f)
 {
     struct rd r = {.p = v->mv_data, .len = v->mv_size};
-    memset(f, 0, sizeof(*f));
-    if (get_u8(&r) != REC_VERSION) {
+    memset(&f->st, 0, sizeof(f->st));
+    f->name[0] = '\0';
+    f->name_len = 0;
+    if (get_u8(&r) != FOLDER_REC_VERSION) {
         return false;
     }
-    f->id = get_u32(&r);
-    f->st.uidvalidity = get_u32(&r);
-    f->st.uidnext = get_u32(&r);
-    f->st.highestmodseq = get_u64(&r);
-    f->st.last_full_sync = (int64_t)get_u64(&r);
-    f->st.messages = get_u32(&r);
-    size_t n = get_u16(&r);
-    if (n == 0) {
+    f->id = get_varint32(&r);
+    f->st.uidvalidity = get_varint32(&r);
+    f->st.uidnext = get_varint32(&r);
+    f->st.highestmodseq = get_varint(&r);
+    f->st.last_full_sync = get_svarint(&r);
+    f->st.messages = get_varint32(&r);
+    f->count = get_varint(&r);
+    f->next_kw = get_varint32(&r);
+    f->st.cur_ctime_ns = get_svarint(&r);
+    f->st.new_ctime_ns = get_svarint(&r);
+    f->st.scan_time_ns = get_svarint(&r);
+    uint64_t n = get_varint(&r);
+    if (n == 0 || n > FOLDER_NAME_MAX) {
         return false;
     }
-    get_str(&r, f->name, n, sizeof(f->name));
-    return rd_done(&r) && f->id != 0;
+    get_str(&r, f->name, (size_t)n, sizeof(f->name));
+    if (!rd_done(&r) || f->id == 0 || f->next_kw == 0) {
+        return false;
+    }
+    f->name_len = (size_t)n;
+    return true;
 }
 
 static int check_folder_name(struct idx *idx, const char *folder, size_t *len_r)
@@ -805,6 +951,42 @@ static int folder_lookup(struct idx_txn *t, const char *folder, struct folder_re
     return 0;
 }
 
+/* The transaction's cached record of folder, read when another one is
+ * cached; -ENOENT (with a message) when the folder is not known. The
+ * pointer stays valid until the next folder call in this transaction. */
+static int folder_cached(struct idx_txn *t, const char *folder, struct folder_rec **f_r)
+{
+    if (t->cf_valid && folder != NULL && strcmp(t->cf->name, folder) == 0) {
+        *f_r = t->cf;
+        return 0;
+    }
+    if (t->cf == NULL) {
+        t->cf = xmalloc(sizeof(*t->cf));
+    }
+    t->cf_valid = false;
+    int rc = folder_lookup(t, folder, t->cf);
+    if (rc == 0) {
+        t->cf_valid = true;
+        *f_r = t->cf;
+    }
+    return rc;
+}
+
+/* Writes f (the cached record) under its key; a failure forgets the cache,
+ * whose contents then no longer match the database. */
+static int folder_save(struct idx_txn *t, const struct folder_rec *f)
+{
+    uint8_t key[FOLDER_KEY_MAX];
+    size_t klen = folder_key(key, f->name, f->name_len);
+    uint8_t *buf = xmalloc(FOLDER_REC_MAX);
+    int rc = db_put(t, DB_FOLDERS, key, klen, buf, folder_encode(buf, f));
+    free(buf);
+    if (rc != 0) {
+        txn_forget_folder(t);
+    }
+    return rc;
+}
+
 static int next_folder_id(struct idx_txn *t, uint32_t *id_r)
 {
     MDB_val v;
@@ -833,48 +1015,30 @@ static int next_folder_id(struct idx_txn *t, uint32_t *id_r)
     return 0;
 }
 
-/* Writes the folder record, allocating an id for a new folder. With
- * only_if_new, an existing folder is left alone (the message functions use
- * that to create a folder on first use). */
-static int folder_store(struct idx_txn *t, const char *folder, const struct idx_folder *st,
-                        bool only_if_new, uint32_t *id_r)
+/* The folder's cached record, created (never synced, no messages) when the
+ * folder is not known yet: the message calls create a folder on first use. */
+static int folder_use(struct idx_txn *t, const char *folder, struct folder_rec **f_r)
 {
-    if (only_if_new && t->cached_folder != NULL && strcmp(t->cached_folder, folder) == 0) {
-        *id_r = t->cached_fid;
-        return 0;
+    int rc = folder_cached(t, folder, f_r);
+    if (rc != -ENOENT) {
+        return rc;
     }
-    struct folder_rec *f = xmalloc(sizeof(*f));
-    int rc = folder_lookup(t, folder, f);
     uint32_t id = 0;
+    rc = next_folder_id(t, &id);
+    if (rc != 0) {
+        return rc;
+    }
+    struct folder_rec *f = t->cf;
+    memset(&f->st, 0, sizeof(f->st));
+    f->id = id;
+    f->count = 0;
+    f->next_kw = 1;
+    f->name_len = strlen(folder);
+    memcpy(f->name, folder, f->name_len + 1);
+    rc = folder_save(t, f);
     if (rc == 0) {
-        id = f->id;
-        if (only_if_new) {
-            goto out;
-        }
-    } else if (rc == -ENOENT) {
-        rc = next_folder_id(t, &id);
-        if (rc != 0) {
-            goto out;
-        }
-    } else {
-        goto out;
-    }
-    size_t len = strlen(folder);
-    uint8_t key[FOLDER_KEY_MAX];
-    size_t klen = folder_key(key, folder, len);
-    uint8_t *buf = xmalloc(FOLDER_REC_MAX);
-    size_t blen = folder_encode(buf, id, folder, len, st);
-    rc = db_put(t, DB_FOLDERS, key, klen, buf, blen);
-    free(buf);
-out:
-    free(f);
-    if (rc == 0 && id_r != NULL) {
-        *id_r = id;
-    }
-    if (rc == 0 && only_if_new) {
-        txn_forget_folder(t);
-        t->cached_folder = xstrdup(folder);
-        t->cached_fid = id;
+        t->cf_valid = true;
+        *f_r = f;
     }
     return rc;
 }
@@ -885,12 +1049,11 @@ int idx_folder_get(struct idx_txn *txn, const char *folder, struct idx_folder *s
     if (rc != 0) {
         return rc;
     }
-    struct folder_rec *f = xmalloc(sizeof(*f));
-    rc = folder_lookup(txn, folder, f);
+    struct folder_rec *f;
+    rc = folder_cached(txn, folder, &f);
     if (rc == 0) {
         *st_r = f->st;
     }
-    free(f);
     return rc;
 }
 
@@ -903,7 +1066,15 @@ int idx_folder_put(struct idx_txn *txn, const char *folder, const struct idx_fol
     if (st == NULL) {
         return fail(txn->idx, -EINVAL, "index %s: no folder state given", txn->idx->env_path);
     }
-    return folder_store(txn, folder, st, false, NULL);
+    struct folder_rec *f;
+    rc = folder_use(txn, folder, &f);
+    if (rc != 0) {
+        return rc;
+    }
+    /* The id, the record count and the keyword-set counter are the index's
+     * own and stay. */
+    f->st = *st;
+    return folder_save(txn, f);
 }
 
 /* Deletes every key of db that starts with the 4-byte folder prefix. Each
@@ -941,25 +1112,27 @@ int idx_folder_delete(struct idx_txn *txn, const char *folder)
     if (rc != 0) {
         return rc;
     }
-    txn_forget_folder(txn);
-    struct folder_rec *f = xmalloc(sizeof(*f));
-    rc = folder_lookup(txn, folder, f);
+    struct folder_rec *f;
+    rc = folder_cached(txn, folder, &f);
     if (rc != 0) {
-        goto out;
+        return rc;
     }
+    txn_forget_folder(txn);
     uint8_t prefix[4];
     be32(prefix, f->id);
-    static const enum idx_db dbs[] = {DB_MSG_UID, DB_MSG_LID, DB_MSG_PENDING};
+    static const enum idx_db dbs[] = {DB_MESSAGES, DB_APPENDING, DB_KWSETS};
     for (size_t i = 0; i < ARRAY_SIZE(dbs) && rc == 0; i++) {
         rc = delete_prefix(txn, dbs[i], prefix);
+    }
+    if (rc == 0) {
+        /* One key holds all of the folder's identity entries. */
+        rc = db_del(txn, DB_LIDS, prefix, sizeof(prefix));
     }
     if (rc == 0) {
         uint8_t key[FOLDER_KEY_MAX];
         size_t klen = folder_key(key, folder, strlen(folder));
         rc = db_del(txn, DB_FOLDERS, key, klen);
     }
-out:
-    free(f);
     return rc;
 }
 
@@ -1000,7 +1173,7 @@ int idx_folder_foreach(struct idx_txn *txn,
         size_t klen = 0;
         bool ok = folder_decode(&v, f);
         if (ok) {
-            klen = folder_key(key, f->name, strlen(f->name));
+            klen = folder_key(key, f->name, f->name_len);
         }
         if (!ok || klen != k.mv_size || memcmp(key, k.mv_data, klen) != 0) {
             rc = fail(txn->idx, -EBADMSG, "index %s: corrupt folder record under key '%.*s'",
@@ -1033,6 +1206,233 @@ int idx_folder_foreach(struct idx_txn *txn,
     return rc;
 }
 
+/* Keyword sets */
+
+/* FNV-1a. Both hashes below only narrow a search whose candidates are all
+ * compared in full, so they need to spread real names well, not to resist
+ * anyone: a collision costs a read, never a wrong answer. */
+static uint64_t fnv1a64(const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+/* What a lid is filed under in the identity index. Maildir names start with
+ * their delivery time in seconds, and most writers (Dovecot, Courier,
+ * notmuch, mailsync itself) go on with ".M" and the microseconds: the tag
+ * puts the seconds in its high half and the microseconds above a 12-bit
+ * hash of the whole name in the low one, so that new mail sorts after old
+ * and is appended to full pages. A name without microseconds gets a 32-bit
+ * hash there instead, one without leading seconds 0 as its high half. */
+static uint64_t lid_tag(const char *lid, size_t len)
+{
+    uint64_t secs = 0, usecs = 0;
+    size_t i = 0;
+    for (; i < len && i < 10 && lid[i] >= '0' && lid[i] <= '9'; i++) {
+        secs = secs * 10 + (uint64_t)(lid[i] - '0');
+    }
+    bool have_usecs = i > 0 && i + 2 < len && lid[i] == '.' && lid[i + 1] == 'M';
+    size_t j = i + 2;
+    for (; have_usecs && j < len && j < i + 8 && lid[j] >= '0' && lid[j] <= '9'; j++) {
+        usecs = usecs * 10 + (uint64_t)(lid[j] - '0');
+    }
+    have_usecs = have_usecs && j > i + 2 && usecs < 1000000;
+    uint64_t h = fnv1a64(lid, len);
+    uint32_t low = (uint32_t)(h ^ (h >> 32));
+    if (have_usecs) {
+        low = (uint32_t)(usecs << 12) | (low & 0xfff);
+    }
+    return (secs > UINT32_MAX ? UINT32_MAX : secs) << 32 | low;
+}
+
+static void kw_id_key(uint8_t key[KW_ID_KEY_LEN], uint32_t fid, uint32_t id)
+{
+    be32(key, fid);
+    key[4] = 0;
+    be32(key + 5, id);
+}
+
+static void kw_hash_key(uint8_t key[KW_HASH_KEY_LEN], uint32_t fid, const char *names, size_t len)
+{
+    be32(key, fid);
+    key[4] = 1;
+    be64(key + 5, fnv1a64(names, len));
+}
+
+/* Reads keyword set id: its reference count and its string (into names of
+ * IDX_KEYWORDS_MAX + 1 bytes). -ENOENT or -EBADMSG without a message: the
+ * callers say what it means for them. */
+static int kw_read(struct idx_txn *t, uint32_t fid, uint32_t id, uint64_t *refs_r, char *names)
+{
+    uint8_t key[KW_ID_KEY_LEN];
+    kw_id_key(key, fid, id);
+    MDB_val v;
+    int rc = db_get(t, DB_KWSETS, key, sizeof(key), &v);
+    if (rc != 0) {
+        return rc;
+    }
+    struct rd r = {.p = v.mv_data, .len = v.mv_size};
+    *refs_r = get_varint(&r);
+    uint64_t n = get_varint(&r);
+    if (n == 0 || n > IDX_KEYWORDS_MAX) {
+        return -EBADMSG;
+    }
+    get_str(&r, names, (size_t)n, IDX_KEYWORDS_MAX + 1);
+    return rd_done(&r) && *refs_r > 0 ? 0 : -EBADMSG;
+}
+
+static int kw_write(struct idx_txn *t, uint32_t fid, uint32_t id, uint64_t refs, const char *names,
+                    size_t len)
+{
+    uint8_t key[KW_ID_KEY_LEN], buf[KW_REC_MAX];
+    kw_id_key(key, fid, id);
+    struct wr w = {.p = buf};
+    put_varint(&w, refs);
+    put_varint(&w, len);
+    put_bytes(&w, names, len);
+    return db_put(t, DB_KWSETS, key, sizeof(key), buf, w.len);
+}
+
+/* The ids stored under names' hash (a list of u32), into a fresh array. A
+ * malformed list counts as empty: it is rewritten by the next kw_link. */
+static int kw_ids(struct idx_txn *t, const uint8_t hkey[KW_HASH_KEY_LEN], uint32_t **ids_r,
+                  size_t *n_r)
+{
+    *ids_r = NULL;
+    *n_r = 0;
+    MDB_val v;
+    int rc = db_get(t, DB_KWSETS, hkey, KW_HASH_KEY_LEN, &v);
+    if (rc == -ENOENT) {
+        return 0;
+    }
+    if (rc != 0 || v.mv_size == 0 || v.mv_size % 4 != 0) {
+        return rc;
+    }
+    size_t n = v.mv_size / 4;
+    uint32_t *ids = xmalloc(n * sizeof(*ids));
+    for (size_t i = 0; i < n; i++) {
+        ids[i] = le32((const uint8_t *)v.mv_data + 4 * i);
+    }
+    *ids_r = ids;
+    *n_r = n;
+    return 0;
+}
+
+static int kw_ids_put(struct idx_txn *t, const uint8_t hkey[KW_HASH_KEY_LEN], const uint32_t *ids,
+                      size_t n)
+{
+    if (n == 0) {
+        return db_del(t, DB_KWSETS, hkey, KW_HASH_KEY_LEN);
+    }
+    uint8_t *buf = xmalloc(4 * n);
+    struct wr w = {.p = buf};
+    for (size_t i = 0; i < n; i++) {
+        put_u32(&w, ids[i]);
+    }
+    int rc = db_put(t, DB_KWSETS, hkey, KW_HASH_KEY_LEN, buf, w.len);
+    free(buf);
+    return rc;
+}
+
+/* Adds one reference to the folder's set with exactly these keywords,
+ * creating it (with the folder's next id, which the caller saves) when
+ * there is none. */
+static int kw_ref(struct idx_txn *t, struct folder_rec *f, const char *names, size_t len,
+                  uint32_t *id_r)
+{
+    uint8_t hkey[KW_HASH_KEY_LEN];
+    kw_hash_key(hkey, f->id, names, len);
+    uint32_t *ids;
+    size_t n;
+    int rc = kw_ids(t, hkey, &ids, &n);
+    if (rc != 0) {
+        return rc;
+    }
+    char *have = xmalloc(IDX_KEYWORDS_MAX + 1);
+    size_t live = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t refs;
+        rc = kw_read(t, f->id, ids[i], &refs, have);
+        if (rc == 0 && strcmp(have, names) == 0) {
+            *id_r = ids[i];
+            rc = kw_write(t, f->id, ids[i], refs + 1, names, len);
+            goto out;
+        }
+        if (rc == 0) {
+            ids[live++] = ids[i];
+        } else if (rc != -ENOENT && rc != -EBADMSG) {
+            goto out;
+        }
+        /* A missing or damaged set is dropped from the list below. */
+    }
+    if (f->next_kw == UINT32_MAX) {
+        rc = fail(t->idx, -EOVERFLOW, "index %s: keyword-set ids of folder '%s' exhausted",
+                  t->idx->env_path, f->name);
+        goto out;
+    }
+    uint32_t id = f->next_kw++;
+    rc = kw_write(t, f->id, id, 1, names, len);
+    if (rc == 0) {
+        xgrow(&ids, &n, live + 1, sizeof(*ids));
+        ids[live++] = id;
+        rc = kw_ids_put(t, hkey, ids, live);
+    }
+    if (rc == 0) {
+        *id_r = id;
+    }
+out:
+    free(have);
+    free(ids);
+    return rc;
+}
+
+/* Drops one reference to set id; the set goes with its last one. A set that
+ * is missing or damaged is removed as far as it can be found: deleting a
+ * message must stay a way out of corruption. */
+static int kw_unref(struct idx_txn *t, uint32_t fid, uint32_t id)
+{
+    if (id == 0) {
+        return 0;
+    }
+    char *names = xmalloc(IDX_KEYWORDS_MAX + 1);
+    uint64_t refs = 0;
+    uint8_t key[KW_ID_KEY_LEN];
+    kw_id_key(key, fid, id);
+    int rc = kw_read(t, fid, id, &refs, names);
+    if (rc == -ENOENT) {
+        rc = 0;
+    } else if (rc == -EBADMSG) {
+        rc = db_del(t, DB_KWSETS, key, sizeof(key));
+    } else if (rc == 0 && refs > 1) {
+        rc = kw_write(t, fid, id, refs - 1, names, strlen(names));
+    } else if (rc == 0) {
+        rc = db_del(t, DB_KWSETS, key, sizeof(key));
+        uint8_t hkey[KW_HASH_KEY_LEN];
+        kw_hash_key(hkey, fid, names, strlen(names));
+        uint32_t *ids = NULL;
+        size_t n = 0, live = 0;
+        if (rc == 0) {
+            rc = kw_ids(t, hkey, &ids, &n);
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (ids[i] != id) {
+                ids[live++] = ids[i];
+            }
+        }
+        if (rc == 0 && live != n) {
+            rc = kw_ids_put(t, hkey, ids, live);
+        }
+        free(ids);
+    }
+    free(names);
+    return rc;
+}
+
 /* Message records */
 
 static int check_lid(struct idx *idx, const char *lid, size_t *len_r)
@@ -1049,45 +1449,104 @@ static int check_lid(struct idx *idx, const char *lid, size_t *len_r)
     return 0;
 }
 
-static size_t msg_encode(uint8_t *buf, const struct idx_msg *m, size_t lid_len, size_t kw_len)
+/* Encodes m with keyword set kw; lid_len 0 leaves the lid out (it is the
+ * key of an APPENDING record). */
+static size_t msg_encode(uint8_t *buf, const struct idx_msg *m, uint32_t kw, size_t lid_len)
 {
+    static const uint8_t zero[sizeof(m->msgid_hash)];
+    bool hash = memcmp(m->msgid_hash, zero, sizeof(zero)) != 0;
     struct wr w = {.p = buf};
-    put_u8(&w, REC_VERSION);
-    put_u32(&w, m->uid);
-    put_u8(&w, m->state);
+    put_u8(&w,
+           (uint8_t)(MSG_REC_VERSION << 4 | (m->state == IDX_MSG_APPENDING ? MSG_APPENDING : 0) |
+                     (hash ? MSG_HAS_HASH : 0) | (kw != 0 ? MSG_HAS_KW : 0)));
     put_u8(&w, m->flags);
-    put_u64(&w, m->size);
-    put_bytes(&w, m->msgid_hash, sizeof(m->msgid_hash));
+    put_varint(&w, m->size);
+    if (kw != 0) {
+        put_varint(&w, kw);
+    }
+    if (hash) {
+        put_bytes(&w, m->msgid_hash, sizeof(m->msgid_hash));
+    }
     put_u8(&w, (uint8_t)lid_len);
     put_bytes(&w, m->lid, lid_len);
-    put_u16(&w, (uint16_t)kw_len);
-    put_bytes(&w, m->keywords, kw_len);
     return w.len;
 }
 
-static bool msg_decode(const MDB_val *v, struct idx_msg *m)
+/* Decodes a record stored under uid. The lid is the rest of the record, or,
+ * when key_lid is given, the lid from an APPENDING record's key. The
+ * keywords are not filled in: *kw_r is the set's id (0 for none). */
+static bool msg_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size_t key_lid_len,
+                       struct idx_msg *m, uint32_t *kw_r)
 {
     struct rd r = {.p = v->mv_data, .len = v->mv_size};
-    memset(m, 0, sizeof(*m));
-    if (get_u8(&r) != REC_VERSION) {
+    uint8_t hdr = get_u8(&r);
+    if (r.bad || hdr >> 4 != MSG_REC_VERSION || (hdr & 0x0f & ~MSG_BITS_KNOWN) != 0) {
         return false;
     }
-    m->uid = get_u32(&r);
-    m->state = get_u8(&r);
+    m->uid = uid;
+    m->state = hdr & MSG_APPENDING ? IDX_MSG_APPENDING : IDX_MSG_SYNCED;
     m->flags = get_u8(&r);
-    m->size = get_u64(&r);
-    get_bytes(&r, m->msgid_hash, sizeof(m->msgid_hash));
-    size_t n = get_u8(&r);
-    if (n == 0) {
-        return false;
+    m->size = get_varint(&r);
+    *kw_r = 0;
+    if (hdr & MSG_HAS_KW) {
+        *kw_r = get_varint32(&r);
+        if (*kw_r == 0) {
+            return false;
+        }
     }
-    get_str(&r, m->lid, n, sizeof(m->lid));
-    n = get_u16(&r);
-    get_str(&r, m->keywords, n, sizeof(m->keywords));
-    if (!rd_done(&r) || m->state > IDX_MSG_APPENDING) {
+    if (hdr & MSG_HAS_HASH) {
+        get_bytes(&r, m->msgid_hash, sizeof(m->msgid_hash));
+    } else {
+        memset(m->msgid_hash, 0, sizeof(m->msgid_hash));
+    }
+    size_t n = get_u8(&r);
+    if (key_lid == NULL) {
+        if (n == 0) {
+            return false;
+        }
+        get_str(&r, m->lid, n, sizeof(m->lid));
+    } else if (n != 0) {
+        return false;
+    } else if (key_lid_len == 0 || key_lid_len > IDX_LID_MAX ||
+               memchr(key_lid, '\0', key_lid_len) != NULL) {
+        return false;
+    } else {
+        memcpy(m->lid, key_lid, key_lid_len);
+        m->lid[key_lid_len] = '\0';
+    }
+    if (!rd_done(&r)) {
         return false;
     }
     return !(m->state == IDX_MSG_SYNCED && m->uid == 0);
+}
+
+/* Fills in m->keywords from set kw. *last is the set whose string
+ * m->keywords already holds (0: none), so a walk over messages that share
+ * a set reads it once. */
+static int msg_keywords(struct idx_txn *t, const char *folder, uint32_t fid, uint32_t kw,
+                        uint32_t *last, struct idx_msg *m)
+{
+    if (kw == 0) {
+        m->keywords[0] = '\0';
+        *last = 0;
+        return 0;
+    }
+    if (kw == *last) {
+        return 0;
+    }
+    uint64_t refs;
+    *last = 0;
+    int rc = kw_read(t, fid, kw, &refs, m->keywords);
+    if (rc == -ENOENT || rc == -EBADMSG) {
+        m->keywords[0] = '\0';
+        return fail(t->idx, -EBADMSG,
+                    "index %s: keyword set %" PRIu32 " of '%s' in folder '%s' is %s",
+                    t->idx->env_path, kw, m->lid, folder, rc == -ENOENT ? "missing" : "corrupt");
+    }
+    if (rc == 0) {
+        *last = kw;
+    }
+    return rc;
 }
 
 static void uid_key(uint8_t key[8], uint32_t fid, uint32_t uid)
@@ -1103,19 +1562,19 @@ static size_t lid_key(uint8_t *key, uint32_t fid, const char *lid, size_t len)
     return 4 + len;
 }
 
-/* Reads the message stored under uid; -ENOENT without a message when
- * absent, -EBADMSG (with one) when corrupt. */
+/* Reads the message stored under uid, keywords not filled in; -ENOENT
+ * without a message when absent, -EBADMSG (with one) when corrupt. */
 static int msg_read_uid(struct idx_txn *t, const char *folder, uint32_t fid, uint32_t uid,
-                        struct idx_msg *m)
+                        struct idx_msg *m, uint32_t *kw_r)
 {
     uint8_t key[8];
     uid_key(key, fid, uid);
     MDB_val v;
-    int rc = db_get(t, DB_MSG_UID, key, sizeof(key), &v);
+    int rc = db_get(t, DB_MESSAGES, key, sizeof(key), &v);
     if (rc != 0) {
         return rc;
     }
-    if (!msg_decode(&v, m) || m->uid != uid) {
+    if (!msg_decode(&v, uid, NULL, 0, m, kw_r)) {
         return fail(t->idx, -EBADMSG,
                     "index %s: corrupt message record for UID %" PRIu32 " in folder '%s'",
                     t->idx->env_path, uid, folder);
@@ -1123,40 +1582,156 @@ static int msg_read_uid(struct idx_txn *t, const char *folder, uint32_t fid, uin
     return 0;
 }
 
-/* Reads the uid that the lid key of a synced record points to; -ENOENT
- * without a message when absent. */
-static int lid_read(struct idx_txn *t, const char *folder, const uint8_t *key, size_t klen,
-                    uint32_t *uid_r)
-{
-    MDB_val v;
-    int rc = db_get(t, DB_MSG_LID, key, klen, &v);
-    if (rc != 0) {
-        return rc;
-    }
-    const uint8_t *p = v.mv_data;
-    if (v.mv_size != LID_REC_LEN || p[0] != REC_VERSION || le32(p + 1) == 0) {
-        return fail(t->idx, -EBADMSG, "index %s: corrupt identity record for '%.*s' in folder '%s'",
-                    t->idx->env_path, (int)(klen - 4), (const char *)key + 4, folder);
-    }
-    *uid_r = le32(p + 1);
-    return 0;
-}
-
+/* Reads the APPENDING record under key; as msg_read_uid. */
 static int pending_read(struct idx_txn *t, const char *folder, const uint8_t *key, size_t klen,
-                        struct idx_msg *m)
+                        struct idx_msg *m, uint32_t *kw_r)
 {
     MDB_val v;
-    int rc = db_get(t, DB_MSG_PENDING, key, klen, &v);
+    int rc = db_get(t, DB_APPENDING, key, klen, &v);
     if (rc != 0) {
         return rc;
     }
-    if (!msg_decode(&v, m) || m->uid != 0 || strlen(m->lid) != klen - 4 ||
-        memcmp(m->lid, key + 4, klen - 4) != 0) {
+    if (!msg_decode(&v, 0, (const char *)key + 4, klen - 4, m, kw_r)) {
         return fail(t->idx, -EBADMSG, "index %s: corrupt pending record for '%.*s' in folder '%s'",
                     t->idx->env_path, (int)(klen - 4), (const char *)key + 4, folder);
     }
     return 0;
 }
+
+/* The identity index */
+
+static void lidx_item(uint8_t item[LIDX_ITEM_LEN], uint64_t tag, uint32_t uid)
+{
+    be64(item, tag);
+    be32(item + 8, uid);
+}
+
+/* Files uid under tag. An entry that sorts after all of the folder's
+ * others (a new message: its name starts with the current time) goes in
+ * with MDB_APPENDDUP, which fills pages completely where LMDB would
+ * otherwise split them in half. */
+static int lidx_add(struct idx_txn *t, uint32_t fid, uint64_t tag, uint32_t uid)
+{
+    uint8_t key[4], item[LIDX_ITEM_LEN];
+    be32(key, fid);
+    lidx_item(item, tag, uid);
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t->txn, t->idx->dbi[DB_LIDS], &c);
+    if (rc != 0) {
+        return lmdb_fail(t->idx, rc, db_names[DB_LIDS]);
+    }
+    MDB_val k = {.mv_size = sizeof(key), .mv_data = key}, v;
+    unsigned flags = MDB_NODUPDATA;
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY);
+    if (rc == 0) {
+        rc = mdb_cursor_get(c, &k, &v, MDB_LAST_DUP);
+    }
+    if (rc == 0 && v.mv_size == LIDX_ITEM_LEN && memcmp(v.mv_data, item, LIDX_ITEM_LEN) < 0) {
+        flags = MDB_APPENDDUP;
+    }
+    k.mv_size = sizeof(key);
+    k.mv_data = key;
+    v.mv_size = sizeof(item);
+    v.mv_data = item;
+    rc = mdb_cursor_put(c, &k, &v, flags);
+    /* Close before wr_result: aborting a write transaction frees its
+     * cursors. */
+    mdb_cursor_close(c);
+    return rc == MDB_KEYEXIST ? 0 : wr_result(t, rc, db_names[DB_LIDS]);
+}
+
+static int lidx_del(struct idx_txn *t, uint32_t fid, uint64_t tag, uint32_t uid)
+{
+    uint8_t key[4], item[LIDX_ITEM_LEN];
+    be32(key, fid);
+    lidx_item(item, tag, uid);
+    MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+    MDB_val v = {.mv_size = sizeof(item), .mv_data = item};
+    int rc = mdb_del(t->txn, t->idx->dbi[DB_LIDS], &k, &v);
+    return rc == MDB_NOTFOUND ? 0 : wr_result(t, rc, db_names[DB_LIDS]);
+}
+
+/* The UIDs filed under tag, into a fresh array. */
+static int lidx_candidates(struct idx_txn *t, uint32_t fid, uint64_t tag, uint32_t **uids_r,
+                           size_t *n_r)
+{
+    *uids_r = NULL;
+    *n_r = 0;
+    MDB_cursor *c;
+    int rc = mdb_cursor_open(t->txn, t->idx->dbi[DB_LIDS], &c);
+    if (rc != 0) {
+        return lmdb_fail(t->idx, rc, db_names[DB_LIDS]);
+    }
+    uint8_t key[4], item[LIDX_ITEM_LEN];
+    be32(key, fid);
+    lidx_item(item, tag, 0);
+    MDB_val k = {.mv_size = sizeof(key), .mv_data = key};
+    MDB_val v = {.mv_size = sizeof(item), .mv_data = item};
+    size_t n = 0, cap = 0;
+    uint32_t *uids = NULL;
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_GET_BOTH_RANGE); rc == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT_DUP)) {
+        if (v.mv_size != LIDX_ITEM_LEN) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        if (memcmp(v.mv_data, item, 8) != 0) {
+            break;
+        }
+        xgrow(&uids, &cap, n + 1, sizeof(*uids));
+        uids[n++] = rd_be32((const uint8_t *)v.mv_data + 8);
+    }
+    mdb_cursor_close(c);
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        free(uids);
+        return lmdb_fail(t->idx, rc, db_names[DB_LIDS]);
+    }
+    *uids_r = uids;
+    *n_r = n;
+    return 0;
+}
+
+/* Finds the synced record of lid: its UID, the record (keywords not filled
+ * in) and its keyword set. -ENOENT (no message) when it has none;
+ * -EBADMSG when it has none that is readable but an entry of its tag
+ * points at a corrupt record, which may be its own (*uid_r names it). With
+ * clean, entries that no longer lead to a record of their tag are
+ * removed on the way. */
+static int lid_find(struct idx_txn *t, const char *folder, uint32_t fid, const char *lid,
+                    size_t len, bool clean, uint32_t *uid_r, struct idx_msg *m, uint32_t *kw_r)
+{
+    uint64_t tag = lid_tag(lid, len);
+    uint32_t *uids;
+    size_t n;
+    int rc = lidx_candidates(t, fid, tag, &uids, &n);
+    if (rc != 0) {
+        return rc;
+    }
+    uint32_t bad = 0;
+    rc = -ENOENT;
+    for (size_t i = 0; i < n && rc == -ENOENT; i++) {
+        int r = msg_read_uid(t, folder, fid, uids[i], m, kw_r);
+        if (r == 0 && strcmp(m->lid, lid) == 0) {
+            *uid_r = uids[i];
+            rc = 0;
+        } else if (r == -EBADMSG) {
+            bad = bad != 0 ? bad : uids[i];
+        } else if (r != 0 && r != -ENOENT) {
+            rc = r;
+        } else if (clean && (r == -ENOENT || lid_tag(m->lid, strlen(m->lid)) != tag)) {
+            rc = lidx_del(t, fid, tag, uids[i]);
+            rc = rc == 0 ? -ENOENT : rc;
+        }
+    }
+    free(uids);
+    if (rc == -ENOENT && bad != 0) {
+        *uid_r = bad;
+        return -EBADMSG;
+    }
+    return rc;
+}
+
+/* Messages */
 
 static int check_msg(struct idx *idx, const struct idx_msg *m, size_t *lid_len_r, size_t *kw_len_r)
 {
@@ -1184,6 +1759,84 @@ static int check_msg(struct idx *idx, const struct idx_msg *m, size_t *lid_len_r
     return 0;
 }
 
+/* What a put replaces, found before anything is written. */
+struct put_old {
+    uint32_t lid_uid; /* the synced record of this lid: its UID, 0 for none */
+    uint32_t lid_kw;
+    bool lid_indexed; /* lid_uid was found through the identity index */
+    bool pending;     /* this lid has an APPENDING record */
+    uint32_t pending_kw;
+    bool displaced; /* another lid's record holds the new UID */
+    uint64_t displaced_tag;
+    uint32_t displaced_kw;
+};
+
+static int put_find_old(struct idx_txn *t, const char *folder, uint32_t fid,
+                        const struct idx_msg *m, size_t lid_len, const uint8_t *lkey, size_t lklen,
+                        struct put_old *o)
+{
+    struct idx_msg *scratch = xmalloc(sizeof(*scratch));
+    memset(o, 0, sizeof(*o));
+    int rc = lid_find(t, folder, fid, m->lid, lid_len, true, &o->lid_uid, scratch, &o->lid_kw);
+    if (rc == 0) {
+        o->lid_indexed = true;
+    } else if (rc == -ENOENT) {
+        o->lid_uid = 0;
+        rc = 0;
+    } else {
+        /* Replacing over a corrupt record is refused rather than guessed
+         * at (idx_msg_delete_lid removes it). */
+        goto out;
+    }
+    rc = pending_read(t, folder, lkey, lklen, scratch, &o->pending_kw);
+    o->pending = rc == 0;
+    if (rc == -ENOENT) {
+        rc = 0;
+    }
+    if (rc != 0 || m->uid == 0 || o->lid_uid == m->uid) {
+        goto out;
+    }
+    uint32_t kw;
+    rc = msg_read_uid(t, folder, fid, m->uid, scratch, &kw);
+    if (rc == -ENOENT) {
+        rc = 0;
+    } else if (rc == 0 && strcmp(scratch->lid, m->lid) == 0) {
+        /* This lid's own record, missing from the identity index (which
+         * the put below mends); any other one found by the index loses. */
+        if (o->lid_uid != 0) {
+            o->displaced = true;
+            o->displaced_tag = lid_tag(m->lid, lid_len);
+            o->displaced_kw = kw;
+        } else {
+            o->lid_uid = m->uid;
+            o->lid_kw = kw;
+        }
+    } else if (rc == 0) {
+        o->displaced = true;
+        o->displaced_tag = lid_tag(scratch->lid, strlen(scratch->lid));
+        o->displaced_kw = kw;
+    }
+out:
+    free(scratch);
+    return rc;
+}
+
+/* Whether keyword set id holds exactly names. */
+static int kw_is(struct idx_txn *t, uint32_t fid, uint32_t id, const char *names, bool *same_r)
+{
+    char *have = xmalloc(IDX_KEYWORDS_MAX + 1);
+    uint64_t refs;
+    int rc = kw_read(t, fid, id, &refs, have);
+    *same_r = rc == 0 && strcmp(have, names) == 0;
+    free(have);
+    return rc == -ENOENT || rc == -EBADMSG ? 0 : rc;
+}
+
+static uint64_t count_less(uint64_t n)
+{
+    return n > 0 ? n - 1 : 0;
+}
+
 int idx_msg_put(struct idx_txn *txn, const char *folder, const struct idx_msg *m)
 {
     int rc = txn_check(txn, true);
@@ -1195,112 +1848,97 @@ int idx_msg_put(struct idx_txn *txn, const char *folder, const struct idx_msg *m
     if (rc != 0) {
         return rc;
     }
-    static const struct idx_folder empty;
-    uint32_t fid;
-    rc = folder_store(txn, folder, &empty, true, &fid);
+    struct folder_rec *f;
+    rc = folder_use(txn, folder, &f);
+    if (rc != 0) {
+        return rc;
+    }
+    uint32_t fid = f->id, next_kw = f->next_kw;
+    uint8_t lkey[4 + IDX_LID_MAX], ukey[8], buf[MSG_REC_MAX];
+    size_t lklen = lid_key(lkey, fid, m->lid, lid_len);
+    uint64_t tag = lid_tag(m->lid, lid_len);
+    struct put_old o;
+    rc = put_find_old(txn, folder, fid, m, lid_len, lkey, lklen, &o);
     if (rc != 0) {
         return rc;
     }
 
-    struct idx_msg oldbuf, *old = &oldbuf;
-    uint8_t buf[MSG_REC_MAX];
-    uint8_t lkey[4 + IDX_LID_MAX], okey[4 + IDX_LID_MAX], ukey[8];
-    size_t lklen = lid_key(lkey, fid, m->lid, lid_len);
-
-    /* Where does this lid live now? */
-    uint32_t old_uid = 0;
-    rc = lid_read(txn, folder, lkey, lklen, &old_uid);
-    if (rc != 0 && rc != -ENOENT) {
-        goto out;
+    /* The record replaced in place (same lid, same UID or still without
+     * one) keeps its keyword set when the keywords did not change, which is
+     * the common case of a flag change. */
+    bool in_place = m->uid != 0 ? o.lid_uid == m->uid : o.pending;
+    uint32_t in_place_kw = m->uid != 0 ? o.lid_kw : o.pending_kw;
+    uint32_t kw = 0;
+    bool keep_kw = false;
+    if (in_place && in_place_kw != 0 && kw_len > 0) {
+        rc = kw_is(txn, fid, in_place_kw, m->keywords, &keep_kw);
+        kw = keep_kw ? in_place_kw : 0;
     }
-    MDB_val pv;
-    rc = db_get(txn, DB_MSG_PENDING, lkey, lklen, &pv);
-    bool had_pending = rc == 0;
-    if (rc != 0 && rc != -ENOENT) {
-        goto out;
-    }
-
-    /* The lid moves off its old UID (or off UIDs altogether): drop that
-     * record, but only if it really is this lid's (a stale pointer must not
-     * take another message with it). */
-    if (old_uid != 0 && old_uid != m->uid) {
-        rc = msg_read_uid(txn, folder, fid, old_uid, old);
-        if (rc == 0 && strcmp(old->lid, m->lid) == 0) {
-            uid_key(ukey, fid, old_uid);
-            rc = db_del(txn, DB_MSG_UID, ukey, sizeof(ukey));
-        } else if (rc == -ENOENT) {
-            rc = 0;
-        }
-        if (rc != 0) {
-            goto out;
-        }
+    /* A reference to the new set before any old one goes, so that a set
+     * that stays is never deleted and made again. */
+    if (rc == 0 && kw_len > 0 && !keep_kw) {
+        rc = kw_ref(txn, f, m->keywords, kw_len, &kw);
     }
 
-    if (m->uid != 0) {
-        /* The UID may be held by another lid: that lid no longer has a
-         * record. */
-        rc = msg_read_uid(txn, folder, fid, m->uid, old);
-        if (rc == 0 && strcmp(old->lid, m->lid) != 0) {
-            size_t oklen = lid_key(okey, fid, old->lid, strlen(old->lid));
-            uint32_t ouid = 0;
-            rc = lid_read(txn, folder, okey, oklen, &ouid);
-            if (rc == 0 && ouid == m->uid) {
-                rc = db_del(txn, DB_MSG_LID, okey, oklen);
-            } else if (rc == 0 || rc == -ENOENT) {
-                rc = 0;
-            }
-        } else if (rc == -ENOENT) {
-            rc = 0;
+    uint64_t count = f->count;
+    if (rc == 0 && o.lid_uid != 0 && o.lid_uid != m->uid) {
+        /* The lid moves off its old UID (or off UIDs altogether). */
+        uid_key(ukey, fid, o.lid_uid);
+        rc = db_del(txn, DB_MESSAGES, ukey, sizeof(ukey));
+        if (rc == 0) {
+            rc = lidx_del(txn, fid, tag, o.lid_uid);
         }
-        if (rc != 0) {
-            goto out;
+        if (rc == 0) {
+            rc = kw_unref(txn, fid, o.lid_kw);
         }
-        if (had_pending) {
-            rc = db_del(txn, DB_MSG_PENDING, lkey, lklen);
-            if (rc != 0) {
-                goto out;
-            }
+        count = count_less(count);
+    }
+    if (rc == 0 && o.pending && m->uid != 0) {
+        rc = db_del(txn, DB_APPENDING, lkey, lklen);
+        if (rc == 0) {
+            rc = kw_unref(txn, fid, o.pending_kw);
         }
+        count = count_less(count);
+    }
+    if (rc == 0 && o.displaced) {
+        /* Another lid held this UID: that lid no longer has a record. */
+        rc = lidx_del(txn, fid, o.displaced_tag, m->uid);
+        if (rc == 0) {
+            rc = kw_unref(txn, fid, o.displaced_kw);
+        }
+        count = count_less(count);
+    }
+    if (rc == 0 && in_place) {
+        if (!keep_kw) {
+            rc = kw_unref(txn, fid, in_place_kw);
+        }
+        count = count_less(count);
+    }
+    if (rc == 0 && m->uid != 0) {
         uid_key(ukey, fid, m->uid);
-        size_t blen = msg_encode(buf, m, lid_len, kw_len);
-        rc = db_put(txn, DB_MSG_UID, ukey, sizeof(ukey), buf, blen);
-        if (rc == 0 && old_uid != m->uid) {
-            struct wr w = {.p = buf};
-            put_u8(&w, REC_VERSION);
-            put_u32(&w, m->uid);
-            rc = db_put(txn, DB_MSG_LID, lkey, lklen, buf, w.len);
+        rc = db_put(txn, DB_MESSAGES, ukey, sizeof(ukey), buf, msg_encode(buf, m, kw, lid_len));
+        if (rc == 0 && !(in_place && o.lid_indexed)) {
+            rc = lidx_add(txn, fid, tag, m->uid);
         }
-    } else {
-        if (old_uid != 0) {
-            rc = db_del(txn, DB_MSG_LID, lkey, lklen);
-            if (rc != 0) {
-                goto out;
-            }
-        }
-        size_t blen = msg_encode(buf, m, lid_len, kw_len);
-        rc = db_put(txn, DB_MSG_PENDING, lkey, lklen, buf, blen);
+    } else if (rc == 0) {
+        rc = db_put(txn, DB_APPENDING, lkey, lklen, buf, msg_encode(buf, m, kw, 0));
     }
-out:
+    count++;
+    if (rc == 0 && (count != f->count || f->next_kw != next_kw)) {
+        f->count = count;
+        rc = folder_save(txn, f);
+    }
+    if (rc != 0) {
+        txn_forget_folder(txn);
+    }
     return rc;
 }
 
-/* Finds the folder for a message call; -ENOENT with a message when absent. */
-static int msg_folder(struct idx_txn *t, const char *folder, uint32_t *fid_r)
+/* Finds the folder for a message call that does not create it; -ENOENT
+ * with a message when absent. */
+static int msg_folder(struct idx_txn *t, const char *folder, struct folder_rec **f_r)
 {
-    if (t->cached_folder != NULL && folder != NULL && strcmp(t->cached_folder, folder) == 0) {
-        *fid_r = t->cached_fid;
-        return 0;
-    }
-    struct folder_rec *f = xmalloc(sizeof(*f));
-    int rc = folder_lookup(t, folder, f);
-    if (rc == 0) {
-        *fid_r = f->id;
-        txn_forget_folder(t);
-        t->cached_folder = xstrdup(folder);
-        t->cached_fid = f->id;
-    }
-    free(f);
-    return rc;
+    return folder_cached(t, folder, f_r);
 }
 
 int idx_msg_get_uid(struct idx_txn *txn, const char *folder, uint32_t uid, struct idx_msg *m_r)
@@ -1312,17 +1950,18 @@ int idx_msg_get_uid(struct idx_txn *txn, const char *folder, uint32_t uid, struc
     if (uid == 0) {
         return fail(txn->idx, -EINVAL, "index %s: UID 0 does not exist", txn->idx->env_path);
     }
-    uint32_t fid;
-    rc = msg_folder(txn, folder, &fid);
+    struct folder_rec *f;
+    rc = msg_folder(txn, folder, &f);
     if (rc != 0) {
         return rc;
     }
-    rc = msg_read_uid(txn, folder, fid, uid, m_r);
+    uint32_t fid = f->id, kw, last = 0;
+    rc = msg_read_uid(txn, folder, fid, uid, m_r, &kw);
     if (rc == -ENOENT) {
         return fail(txn->idx, -ENOENT, "index %s: no UID %" PRIu32 " in folder '%s'",
                     txn->idx->env_path, uid, folder);
     }
-    return rc;
+    return rc != 0 ? rc : msg_keywords(txn, folder, fid, kw, &last, m_r);
 }
 
 int idx_msg_get_lid(struct idx_txn *txn, const char *folder, const char *lid, struct idx_msg *m_r)
@@ -1336,35 +1975,42 @@ int idx_msg_get_lid(struct idx_txn *txn, const char *folder, const char *lid, st
     if (rc != 0) {
         return rc;
     }
-    uint32_t fid;
-    rc = msg_folder(txn, folder, &fid);
+    struct folder_rec *f;
+    rc = msg_folder(txn, folder, &f);
     if (rc != 0) {
         return rc;
     }
-    uint8_t key[4 + IDX_LID_MAX];
-    size_t klen = lid_key(key, fid, lid, len);
-    uint32_t uid;
-    rc = lid_read(txn, folder, key, klen, &uid);
-    if (rc == 0) {
-        rc = msg_read_uid(txn, folder, fid, uid, m_r);
-        if (rc == 0 && strcmp(m_r->lid, lid) != 0) {
-            rc = -ENOENT;
-        }
-        if (rc == -ENOENT) {
-            return fail(txn->idx, -EBADMSG,
-                        "index %s: '%s' in folder '%s' points to UID %" PRIu32
-                        " which is not its record",
-                        txn->idx->env_path, lid, folder, uid);
-        }
-        return rc;
-    }
-    if (rc != -ENOENT) {
-        return rc;
-    }
-    rc = pending_read(txn, folder, key, klen, m_r);
+    uint32_t fid = f->id, uid, kw, last = 0;
+    rc = lid_find(txn, folder, fid, lid, len, false, &uid, m_r, &kw);
     if (rc == -ENOENT) {
-        return fail(txn->idx, -ENOENT, "index %s: no message '%s' in folder '%s'",
-                    txn->idx->env_path, lid, folder);
+        uint8_t key[4 + IDX_LID_MAX];
+        size_t klen = lid_key(key, fid, lid, len);
+        rc = pending_read(txn, folder, key, klen, m_r, &kw);
+        if (rc == -ENOENT) {
+            return fail(txn->idx, -ENOENT, "index %s: no message '%s' in folder '%s'",
+                        txn->idx->env_path, lid, folder);
+        }
+    }
+    return rc != 0 ? rc : msg_keywords(txn, folder, fid, kw, &last, m_r);
+}
+
+/* Removes the record under uid, its identity entry (tag given, or 0 with
+ * no entry to remove) and its keyword reference, and counts it out. */
+static int msg_remove_uid(struct idx_txn *t, struct folder_rec *f, uint32_t uid, bool indexed,
+                          uint64_t tag, uint32_t kw)
+{
+    uint8_t ukey[8];
+    uid_key(ukey, f->id, uid);
+    int rc = db_del(t, DB_MESSAGES, ukey, sizeof(ukey));
+    if (rc == 0 && indexed) {
+        rc = lidx_del(t, f->id, tag, uid);
+    }
+    if (rc == 0) {
+        rc = kw_unref(t, f->id, kw);
+    }
+    if (rc == 0) {
+        f->count = count_less(f->count);
+        rc = folder_save(t, f);
     }
     return rc;
 }
@@ -1380,53 +2026,46 @@ int idx_msg_delete_lid(struct idx_txn *txn, const char *folder, const char *lid)
     if (rc != 0) {
         return rc;
     }
-    uint32_t fid;
-    rc = msg_folder(txn, folder, &fid);
+    struct folder_rec *f;
+    rc = msg_folder(txn, folder, &f);
     if (rc != 0) {
         return rc;
     }
+    struct idx_msg *m = xmalloc(sizeof(*m));
+    uint32_t uid = 0, kw = 0;
+    uint64_t tag = lid_tag(lid, len);
+    rc = lid_find(txn, folder, f->id, lid, len, true, &uid, m, &kw);
+    if (rc == 0 || rc == -EBADMSG) {
+        /* A corrupt record that this lid's entry leads to goes too, so that
+         * deleting is a way out of corruption. */
+        rc = msg_remove_uid(txn, f, uid, true, tag, rc == 0 ? kw : 0);
+        goto out;
+    }
+    if (rc != -ENOENT) {
+        goto out;
+    }
     uint8_t key[4 + IDX_LID_MAX];
-    size_t klen = lid_key(key, fid, lid, len);
-    uint32_t uid;
-    rc = lid_read(txn, folder, key, klen, &uid);
-    if (rc == 0) {
-        struct idx_msg *m = xmalloc(sizeof(*m));
-        rc = msg_read_uid(txn, folder, fid, uid, m);
-        /* Remove the UID record only when it is this lid's; a corrupt one
-         * goes too, so that deleting is a way out of corruption. */
-        if ((rc == 0 && strcmp(m->lid, lid) == 0) || rc == -EBADMSG) {
-            uint8_t ukey[8];
-            uid_key(ukey, fid, uid);
-            rc = db_del(txn, DB_MSG_UID, ukey, sizeof(ukey));
-        } else if (rc == 0 || rc == -ENOENT) {
-            rc = 0;
+    size_t klen = lid_key(key, f->id, lid, len);
+    rc = pending_read(txn, folder, key, klen, m, &kw);
+    if (rc == -ENOENT) {
+        rc = fail(txn->idx, -ENOENT, "index %s: no message '%s' in folder '%s'", txn->idx->env_path,
+                  lid, folder);
+        goto out;
+    }
+    if (rc == 0 || rc == -EBADMSG) {
+        int del = db_del(txn, DB_APPENDING, key, klen);
+        if (del == 0) {
+            del = kw_unref(txn, f->id, rc == 0 ? kw : 0);
         }
-        free(m);
-        if (rc == 0) {
-            rc = db_del(txn, DB_MSG_LID, key, klen);
+        if (del == 0) {
+            f->count = count_less(f->count);
+            del = folder_save(txn, f);
         }
-        return rc;
+        rc = del;
     }
-    if (rc != -ENOENT && rc != -EBADMSG) {
-        return rc;
-    }
-    bool lid_corrupt = rc == -EBADMSG;
-    if (lid_corrupt) {
-        rc = db_del(txn, DB_MSG_LID, key, klen);
-        if (rc != 0) {
-            return rc;
-        }
-    }
-    MDB_val v;
-    rc = db_get(txn, DB_MSG_PENDING, key, klen, &v);
-    if (rc == 0) {
-        return db_del(txn, DB_MSG_PENDING, key, klen);
-    }
-    if (rc == -ENOENT && !lid_corrupt) {
-        return fail(txn->idx, -ENOENT, "index %s: no message '%s' in folder '%s'",
-                    txn->idx->env_path, lid, folder);
-    }
-    return rc == -ENOENT ? 0 : rc;
+out:
+    free(m);
+    return rc;
 }
 
 int idx_msg_delete_uid(struct idx_txn *txn, const char *folder, uint32_t uid)
@@ -1438,43 +2077,49 @@ int idx_msg_delete_uid(struct idx_txn *txn, const char *folder, uint32_t uid)
     if (uid == 0) {
         return fail(txn->idx, -EINVAL, "index %s: UID 0 does not exist", txn->idx->env_path);
     }
-    uint32_t fid;
-    rc = msg_folder(txn, folder, &fid);
+    struct folder_rec *f;
+    rc = msg_folder(txn, folder, &f);
     if (rc != 0) {
         return rc;
     }
     struct idx_msg *m = xmalloc(sizeof(*m));
-    rc = msg_read_uid(txn, folder, fid, uid, m);
+    uint32_t kw = 0;
+    rc = msg_read_uid(txn, folder, f->id, uid, m, &kw);
     if (rc == -ENOENT) {
         rc = fail(txn->idx, -ENOENT, "index %s: no UID %" PRIu32 " in folder '%s'",
                   txn->idx->env_path, uid, folder);
-        goto out;
+    } else if (rc == 0) {
+        rc = msg_remove_uid(txn, f, uid, true, lid_tag(m->lid, strlen(m->lid)), kw);
+    } else if (rc == -EBADMSG) {
+        /* A corrupt record goes as well. Its lid is unknown, so its
+         * identity entry stays; lookups skip such an entry, and the next
+         * write that meets it removes it. */
+        rc = msg_remove_uid(txn, f, uid, false, 0, 0);
     }
-    if (rc == 0) {
-        /* Drop the lid key if it points here (not if it was since moved). */
-        uint8_t key[4 + IDX_LID_MAX];
-        size_t klen = lid_key(key, fid, m->lid, strlen(m->lid));
-        uint32_t luid;
-        rc = lid_read(txn, folder, key, klen, &luid);
-        if ((rc == 0 && luid == uid) || rc == -EBADMSG) {
-            rc = db_del(txn, DB_MSG_LID, key, klen);
-        } else if (rc == 0 || rc == -ENOENT) {
-            rc = 0;
-        }
-        if (rc != 0) {
-            goto out;
-        }
-    } else if (rc != -EBADMSG) {
-        goto out;
-    }
-    /* A corrupt record is removed as well; its lid key, if any, is left to
-     * idx_msg_delete_lid, which recognises it as stale. */
-    uint8_t ukey[8];
-    uid_key(ukey, fid, uid);
-    rc = db_del(txn, DB_MSG_UID, ukey, sizeof(ukey));
-out:
     free(m);
     return rc;
+}
+
+/* Decodes the record at a walk position: a synced one (8-byte key) or an
+ * APPENDING one (folder id + lid). */
+static int walk_decode(struct idx_txn *t, const char *folder, uint32_t fid, bool pending,
+                       const MDB_val *k, const MDB_val *v, uint32_t *last_kw, struct idx_msg *m)
+{
+    uint32_t kw;
+    if (!pending) {
+        uint32_t uid = k->mv_size == 8 ? rd_be32((const uint8_t *)k->mv_data + 4) : 0;
+        if (uid == 0 || !msg_decode(v, uid, NULL, 0, m, &kw)) {
+            return fail(t->idx, -EBADMSG,
+                        "index %s: corrupt message record for UID %" PRIu32 " in folder '%s'",
+                        t->idx->env_path, uid, folder);
+        }
+    } else if (k->mv_size <= 4 || k->mv_size > 4 + IDX_LID_MAX ||
+               !msg_decode(v, 0, (const char *)k->mv_data + 4, k->mv_size - 4, m, &kw)) {
+        return fail(t->idx, -EBADMSG, "index %s: corrupt pending record for '%.*s' in folder '%s'",
+                    t->idx->env_path, (int)(k->mv_size > 4 ? k->mv_size - 4 : 0),
+                    (const char *)k->mv_data + 4, folder);
+    }
+    return msg_keywords(t, folder, fid, kw, last_kw, m);
 }
 
 int idx_msg_foreach(struct idx_txn *txn, const char *folder,
@@ -1484,130 +2129,112 @@ int idx_msg_foreach(struct idx_txn *txn, const char *folder,
     if (rc != 0) {
         return rc;
     }
-    uint32_t fid;
-    rc = msg_folder(txn, folder, &fid);
+    struct folder_rec *f;
+    rc = msg_folder(txn, folder, &f);
     if (rc != 0) {
         return rc;
     }
+    uint32_t fid = f->id, last_kw = 0;
     struct idx_msg *m = xmalloc(sizeof(*m));
     uint8_t prefix[4];
     be32(prefix, fid);
 
-    /* Synced records in UID order. Each step seeks afresh from the last key
-     * so fn may write to the index, even to this folder. */
-    uint8_t ukey[8];
-    uid_key(ukey, fid, 0);
-    bool after = false;
-    for (;;) {
-        MDB_val k, v;
-        rc = db_seek(txn, DB_MSG_UID, ukey, sizeof(ukey), after, &k, &v);
-        if (rc == -ENOENT || (rc == 0 && !has_prefix(&k, prefix, 4))) {
-            rc = 0;
-            break;
-        }
-        if (rc != 0) {
-            goto out;
-        }
-        uint32_t uid = k.mv_size == 8 ? rd_be32((const uint8_t *)k.mv_data + 4) : 0;
-        if (!msg_decode(&v, m) || uid == 0 || m->uid != uid) {
-            rc = fail(txn->idx, -EBADMSG,
-                      "index %s: corrupt message record for UID %" PRIu32 " in folder '%s'",
-                      txn->idx->env_path, uid, folder);
-            goto out;
-        }
-        memcpy(ukey, k.mv_data, 8);
-        after = true;
-        rc = fn(m, arg);
-        if (rc != 0) {
-            goto out;
-        }
-        rc = txn_check(txn, false);
-        if (rc != 0) {
-            goto out;
-        }
-    }
-
-    /* Then records without a UID, in lid order. */
-    uint8_t lkey[4 + IDX_LID_MAX];
-    size_t lklen = 4;
-    memcpy(lkey, prefix, 4);
-    after = false;
-    for (;;) {
-        MDB_val k, v;
-        rc = db_seek(txn, DB_MSG_PENDING, lkey, lklen, after, &k, &v);
-        if (rc == -ENOENT || (rc == 0 && !has_prefix(&k, prefix, 4))) {
-            rc = 0;
-            break;
-        }
-        if (rc != 0) {
-            goto out;
-        }
-        if (k.mv_size <= 4 || k.mv_size > sizeof(lkey)) {
-            rc = fail(txn->idx, -EBADMSG, "index %s: corrupt pending key in folder '%s'",
-                      txn->idx->env_path, folder);
-            goto out;
-        }
-        lklen = k.mv_size;
-        memcpy(lkey, k.mv_data, lklen);
-        if (!msg_decode(&v, m) || m->uid != 0 || strlen(m->lid) != lklen - 4 ||
-            memcmp(m->lid, lkey + 4, lklen - 4) != 0) {
-            rc = fail(txn->idx, -EBADMSG,
-                      "index %s: corrupt pending record for '%.*s' in folder '%s'",
-                      txn->idx->env_path, (int)(lklen - 4), (const char *)lkey + 4, folder);
-            goto out;
-        }
-        after = true;
-        rc = fn(m, arg);
-        if (rc != 0) {
-            goto out;
-        }
-        rc = txn_check(txn, false);
-        if (rc != 0) {
-            goto out;
+    /* Synced records in UID order, then the others in lid order. Each step
+     * seeks afresh from the last key, so fn may write to the index, even to
+     * this folder; keyword-set ids are never reused, so the string
+     * remembered for last_kw stays right across its writes. */
+    static const enum idx_db dbs[] = {DB_MESSAGES, DB_APPENDING};
+    for (size_t d = 0; d < ARRAY_SIZE(dbs) && rc == 0; d++) {
+        uint8_t key[4 + IDX_LID_MAX];
+        size_t klen = 4;
+        memcpy(key, prefix, 4);
+        bool after = false;
+        for (;;) {
+            MDB_val k, v;
+            rc = db_seek(txn, dbs[d], key, klen, after, &k, &v);
+            if (rc == -ENOENT || (rc == 0 && !has_prefix(&k, prefix, 4))) {
+                rc = 0;
+                break;
+            }
+            if (rc == 0 && k.mv_size > sizeof(key)) {
+                rc = fail(txn->idx, -EBADMSG, "index %s: corrupt key in folder '%s'",
+                          txn->idx->env_path, folder);
+            }
+            if (rc == 0) {
+                rc = walk_decode(txn, folder, fid, dbs[d] == DB_APPENDING, &k, &v, &last_kw, m);
+            }
+            if (rc != 0) {
+                break;
+            }
+            klen = k.mv_size;
+            memcpy(key, k.mv_data, klen);
+            after = true;
+            rc = fn(m, arg);
+            if (rc == 0) {
+                rc = txn_check(txn, false);
+            }
+            if (rc != 0) {
+                break;
+            }
         }
     }
-out:
     free(m);
     return rc;
 }
 
-/* Counts the keys of db under the folder prefix. */
-static int count_prefix(struct idx_txn *t, enum idx_db db, const uint8_t prefix[4], size_t *n_r)
+int idx_msg_walk(struct idx_txn *txn, const char *folder,
+                 int (*fn)(const struct idx_msg *m, void *arg), void *arg)
 {
-    MDB_cursor *c;
-    int rc = mdb_cursor_open(t->txn, t->idx->dbi[db], &c);
+    int rc = txn_check(txn, false);
     if (rc != 0) {
-        return lmdb_fail(t->idx, rc, db_names[db]);
+        return rc;
     }
-    MDB_val k = {.mv_size = 4, .mv_data = (void *)prefix}, v;
-    size_t n = 0;
-    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-    while (rc == 0 && has_prefix(&k, prefix, 4)) {
-        n++;
-        rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+    struct folder_rec *f;
+    rc = msg_folder(txn, folder, &f);
+    if (rc != 0) {
+        return rc;
     }
-    mdb_cursor_close(c);
-    if (rc != 0 && rc != MDB_NOTFOUND) {
-        return lmdb_fail(t->idx, rc, db_names[db]);
+    uint32_t fid = f->id, last_kw = 0;
+    struct idx_msg *m = xmalloc(sizeof(*m));
+    uint8_t prefix[4];
+    be32(prefix, fid);
+    /* One cursor per database for the whole walk: that is only safe
+     * because fn does not write. */
+    static const enum idx_db dbs[] = {DB_MESSAGES, DB_APPENDING};
+    for (size_t d = 0; d < ARRAY_SIZE(dbs) && rc == 0; d++) {
+        MDB_cursor *c;
+        int mrc = mdb_cursor_open(txn->txn, txn->idx->dbi[dbs[d]], &c);
+        if (mrc != 0) {
+            rc = lmdb_fail(txn->idx, mrc, db_names[dbs[d]]);
+            break;
+        }
+        MDB_val k = {.mv_size = sizeof(prefix), .mv_data = prefix}, v;
+        for (mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); mrc == 0 && rc == 0;
+             mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+            if (!has_prefix(&k, prefix, 4)) {
+                break;
+            }
+            rc = walk_decode(txn, folder, fid, dbs[d] == DB_APPENDING, &k, &v, &last_kw, m);
+            if (rc == 0) {
+                rc = fn(m, arg);
+            }
+        }
+        mdb_cursor_close(c);
+        if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND) {
+            rc = lmdb_fail(txn->idx, mrc, db_names[dbs[d]]);
+        }
     }
-    *n_r += n;
-    return 0;
+    free(m);
+    return rc;
 }
 
 size_t idx_msg_count(struct idx_txn *txn, const char *folder)
 {
-    uint32_t fid;
-    if (txn_check(txn, false) != 0 || msg_folder(txn, folder, &fid) != 0) {
+    struct folder_rec *f;
+    if (txn_check(txn, false) != 0 || msg_folder(txn, folder, &f) != 0) {
         return 0;
     }
-    uint8_t prefix[4];
-    be32(prefix, fid);
-    size_t n = 0;
-    if (count_prefix(txn, DB_MSG_UID, prefix, &n) != 0 ||
-        count_prefix(txn, DB_MSG_PENDING, prefix, &n) != 0) {
-        return 0;
-    }
-    return n;
+    return f->count > SIZE_MAX ? SIZE_MAX : (size_t)f->count;
 }
 
 /* POP3 records */
@@ -1648,7 +2275,7 @@ static bool pop_decode(const MDB_val *k, const MDB_val *v, struct idx_pop *p)
     }
     memcpy(p->uidl, k->mv_data, k->mv_size);
     struct rd r = {.p = v->mv_data, .len = v->mv_size};
-    if (get_u8(&r) != REC_VERSION) {
+    if (get_u8(&r) != POP_REC_VERSION) {
         return false;
     }
     p->flags = get_u32(&r);
@@ -1681,7 +2308,7 @@ int idx_pop_put(struct idx_txn *txn, const struct idx_pop *p)
     }
     uint8_t buf[POP_REC_MAX];
     struct wr w = {.p = buf};
-    put_u8(&w, REC_VERSION);
+    put_u8(&w, POP_REC_VERSION);
     put_u32(&w, p->flags);
     put_u64(&w, (uint64_t)p->first_seen);
     put_u64(&w, p->size);
@@ -2045,11 +2672,12 @@ static int schema_check(struct idx *idx, const MDB_val *v, uint32_t *version_r)
 }
 
 /* Opens the named databases and checks or stamps the schema version; run
- * through idx_write so a full map is grown like anywhere else. */
+ * through idx_write so a full map is grown like anywhere else. *arg is set
+ * to the version found (that of a fresh index is the current one). */
 static int open_schema(struct idx_txn *t, void *arg)
 {
     struct idx *idx = t->idx;
-    (void)arg;
+    uint32_t *version_r = arg;
     int rc = mdb_dbi_open(t->txn, db_names[DB_META], MDB_CREATE, &idx->dbi[DB_META]);
     if (rc != 0) {
         return wr_result(t, rc, "cannot open the meta database");
@@ -2057,39 +2685,306 @@ static int open_schema(struct idx_txn *t, void *arg)
     MDB_val v;
     rc = db_get(t, DB_META, META_SCHEMA_VERSION, strlen(META_SCHEMA_VERSION), &v);
     bool fresh = rc == -ENOENT;
-    bool stamp = fresh;
     if (rc != 0 && !fresh) {
         return rc;
     }
+    uint32_t version = IDX_SCHEMA_VERSION;
     if (!fresh) {
-        uint32_t version = 0;
         rc = schema_check(idx, &v, &version);
         if (rc != 0) {
             return rc;
         }
-        /* Migrations go here: when IDX_SCHEMA_VERSION becomes 2, a version 1
-         * index is converted in this transaction (so that a crash leaves
-         * either the old or the new layout) and stamped with the new
-         * version below. Version 1 is the first, so there is nothing to
-         * convert yet. */
-        stamp = version < IDX_SCHEMA_VERSION;
     }
+    *version_r = version;
     for (int i = 0; i < DB_COUNT; i++) {
         if (i == DB_META) {
             continue;
         }
-        rc = mdb_dbi_open(t->txn, db_names[i], MDB_CREATE, &idx->dbi[i]);
+        rc = mdb_dbi_open(t->txn, db_names[i], db_flags[i] | MDB_CREATE, &idx->dbi[i]);
         if (rc != 0) {
             return wr_result(t, rc, db_names[i]);
         }
     }
-    if (stamp) {
+    if (version < IDX_SCHEMA_VERSION) {
+        /* Schema 1's message databases, for convert_v1; any of them may be
+         * gone already. */
+        for (int i = DB_V1_UID; i < DB_ALL; i++) {
+            rc = mdb_dbi_open(t->txn, db_names[i], 0, &idx->dbi[i]);
+            idx->has_v1[i - DB_V1_UID] = rc == 0;
+            if (rc != 0 && rc != MDB_NOTFOUND) {
+                return lmdb_fail(idx, rc, db_names[i]);
+            }
+        }
+    }
+    if (fresh) {
         uint8_t buf[4];
         struct wr w = {.p = buf};
         put_u32(&w, IDX_SCHEMA_VERSION);
         return db_put(t, DB_META, META_SCHEMA_VERSION, strlen(META_SCHEMA_VERSION), buf,
                       sizeof(buf));
     }
+    return 0;
+}
+
+/* Converting a schema 1 index.
+ *
+ * Each folder is converted in a transaction of its own, which writes the
+ * folder's records into the schema 2 databases and replaces its folder
+ * record by a schema 2 one (whose version byte is the folder's "done"
+ * mark); a last transaction drops the schema 1 databases and stamps the
+ * schema version. A crash therefore leaves every folder either untouched or
+ * wholly converted; the schema stays 1 until the end, so idx_open_readonly
+ * keeps refusing the index, and the next idx_open carries on with the
+ * folders still to do. No other write comes in between, since idx_open
+ * returns only once the conversion is complete. Schema 1 records of a
+ * converted folder are ignored until they are dropped. A transaction per
+ * folder, rather than one for everything, bounds the memory LMDB needs
+ * for its dirty pages by the largest folder rather than by the account. */
+
+struct v1_folder {
+    uint32_t id;
+    struct idx_folder st;
+    char name[FOLDER_NAME_MAX + 1];
+};
+
+static bool v1_folder_decode(const MDB_val *v, struct v1_folder *f)
+{
+    struct rd r = {.p = v->mv_data, .len = v->mv_size};
+    memset(f, 0, sizeof(*f));
+    if (get_u8(&r) != V1_REC_VERSION) {
+        return false;
+    }
+    f->id = get_u32(&r);
+    f->st.uidvalidity = get_u32(&r);
+    f->st.uidnext = get_u32(&r);
+    f->st.highestmodseq = get_u64(&r);
+    f->st.last_full_sync = (int64_t)get_u64(&r);
+    f->st.messages = get_u32(&r);
+    size_t n = get_u16(&r);
+    if (n == 0) {
+        return false;
+    }
+    get_str(&r, f->name, n, sizeof(f->name));
+    return rd_done(&r) && f->id != 0;
+}
+
+static bool v1_msg_decode(const MDB_val *v, struct idx_msg *m)
+{
+    struct rd r = {.p = v->mv_data, .len = v->mv_size};
+    memset(m, 0, sizeof(*m));
+    if (get_u8(&r) != V1_REC_VERSION) {
+        return false;
+    }
+    m->uid = get_u32(&r);
+    m->state = get_u8(&r);
+    m->flags = get_u8(&r);
+    m->size = get_u64(&r);
+    get_bytes(&r, m->msgid_hash, sizeof(m->msgid_hash));
+    size_t n = get_u8(&r);
+    if (n == 0) {
+        return false;
+    }
+    get_str(&r, m->lid, n, sizeof(m->lid));
+    n = get_u16(&r);
+    get_str(&r, m->keywords, n, sizeof(m->keywords));
+    if (!rd_done(&r) || m->state > IDX_MSG_APPENDING) {
+        return false;
+    }
+    return !(m->state == IDX_MSG_SYNCED && m->uid == 0);
+}
+
+struct convert {
+    unsigned folders;  /* converted and committed */
+    uint64_t messages; /* in those folders */
+    /* Set by one convert_folder round (which idx_write may redo): */
+    bool converted;
+    uint64_t step_messages;
+};
+
+static int convert_fail(struct idx_txn *t, const char *what, const char *folder)
+{
+    return fail(t->idx, -EBADMSG,
+                "index %s: cannot convert it from schema 1: corrupt %s in folder '%s'; move the "
+                "index away and sync again (the next sync matches the local files to the "
+                "server's messages)",
+                t->idx->env_path, what, folder);
+}
+
+/* Copies the schema 1 records of one folder (the UID records of db
+ * DB_V1_UID, or the APPENDING ones of DB_V1_PENDING) into schema 2 through
+ * idx_msg_put, which keeps the identity index, the keyword sets and the
+ * count. */
+static int convert_records(struct idx_txn *t, struct convert *c, const struct v1_folder *f,
+                           enum idx_db db)
+{
+    if (!t->idx->has_v1[db - DB_V1_UID]) {
+        return 0;
+    }
+    struct idx_msg *m = xmalloc(sizeof(*m));
+    uint8_t prefix[4], key[4 + IDX_LID_MAX];
+    be32(prefix, f->id);
+    memcpy(key, prefix, 4);
+    size_t klen = 4;
+    bool after = false;
+    int rc;
+    for (;;) {
+        MDB_val k, v;
+        /* A fresh cursor per record: the puts in between may abort the
+         * transaction, which frees the cursors of a write transaction. */
+        rc = db_seek(t, db, key, klen, after, &k, &v);
+        if (rc == -ENOENT || (rc == 0 && !has_prefix(&k, prefix, 4))) {
+            rc = 0;
+            break;
+        }
+        if (rc != 0) {
+            break;
+        }
+        if (k.mv_size > sizeof(key) || !v1_msg_decode(&v, m) ||
+            (db == DB_V1_UID ? k.mv_size != 8 || rd_be32((const uint8_t *)k.mv_data + 4) != m->uid
+                             : m->uid != 0 || strlen(m->lid) != k.mv_size - 4 ||
+                                   memcmp(m->lid, (const uint8_t *)k.mv_data + 4, k.mv_size - 4))) {
+            char what[80];
+            snprintf(what, sizeof(what),
+                     db == DB_V1_UID ? "message record for UID %" PRIu32 : "pending record",
+                     k.mv_size == 8 ? rd_be32((const uint8_t *)k.mv_data + 4) : 0);
+            rc = convert_fail(t, what, f->name);
+            break;
+        }
+        klen = k.mv_size;
+        memcpy(key, k.mv_data, klen);
+        after = true;
+        rc = idx_msg_put(t, f->name, m);
+        if (rc != 0) {
+            break;
+        }
+        c->step_messages++;
+    }
+    free(m);
+    return rc;
+}
+
+/* Converts the first folder whose record is still schema 1; c->converted
+ * says whether there was one. */
+static int convert_folder(struct idx_txn *t, void *arg)
+{
+    struct convert *c = arg;
+    c->converted = false;
+    c->step_messages = 0;
+    struct v1_folder *f = xmalloc(sizeof(*f));
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(t->txn, t->idx->dbi[DB_FOLDERS], &cur);
+    if (rc != 0) {
+        free(f);
+        return lmdb_fail(t->idx, rc, db_names[DB_FOLDERS]);
+    }
+    MDB_val k, v;
+    bool found = false, bad = false;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (v.mv_size > 0 && ((const uint8_t *)v.mv_data)[0] == FOLDER_REC_VERSION) {
+            continue;
+        }
+        found = true;
+        bad = !v1_folder_decode(&v, f);
+        if (bad) {
+            snprintf(f->name, sizeof(f->name), "%.*s", (int)(k.mv_size > 400 ? 400 : k.mv_size),
+                     (const char *)k.mv_data);
+        }
+        break;
+    }
+    mdb_cursor_close(cur);
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        free(f);
+        return lmdb_fail(t->idx, rc, db_names[DB_FOLDERS]);
+    }
+    rc = 0;
+    if (!found) {
+        goto out;
+    }
+    if (bad) {
+        rc = convert_fail(t, "folder record", f->name);
+        goto out;
+    }
+    if (t->cf == NULL) {
+        t->cf = xmalloc(sizeof(*t->cf));
+    }
+    struct folder_rec *nf = t->cf;
+    nf->id = f->id;
+    nf->count = 0;
+    nf->next_kw = 1;
+    nf->st = f->st;
+    nf->name_len = strlen(f->name);
+    memcpy(nf->name, f->name, nf->name_len + 1);
+    rc = folder_save(t, nf);
+    if (rc == 0) {
+        t->cf_valid = true;
+        rc = convert_records(t, c, f, DB_V1_UID);
+    }
+    if (rc == 0) {
+        rc = convert_records(t, c, f, DB_V1_PENDING);
+    }
+    if (rc == 0) {
+        c->converted = true;
+        if (idx_convert_test_point != NULL) {
+            idx_convert_test_point(c->folders, false);
+        }
+    }
+out:
+    free(f);
+    return rc;
+}
+
+static int convert_finish(struct idx_txn *t, void *arg)
+{
+    (void)arg;
+    for (int i = DB_V1_UID; i < DB_ALL; i++) {
+        /* Opened again by name: a dropped handle is closed at once, even
+         * when its transaction is then aborted and redone. */
+        MDB_dbi dbi;
+        int rc = mdb_dbi_open(t->txn, db_names[i], 0, &dbi);
+        if (rc == 0) {
+            rc = mdb_drop(t->txn, dbi, 1);
+        }
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return wr_result(t, rc, db_names[i]);
+        }
+    }
+    uint8_t buf[4];
+    struct wr w = {.p = buf};
+    put_u32(&w, IDX_SCHEMA_VERSION);
+    return db_put(t, DB_META, META_SCHEMA_VERSION, strlen(META_SCHEMA_VERSION), buf, sizeof(buf));
+}
+
+static int convert_v1(struct idx *idx, char **err_r)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct convert c = {.folders = 0};
+    int rc;
+    for (;;) {
+        rc = idx_write(idx, convert_folder, &c);
+        if (rc != 0 || !c.converted) {
+            break;
+        }
+        c.folders++;
+        c.messages += c.step_messages;
+        if (idx_convert_test_point != NULL) {
+            idx_convert_test_point(c.folders, true);
+        }
+    }
+    if (rc == 0) {
+        rc = idx_write(idx, convert_finish, NULL);
+    }
+    if (rc != 0) {
+        *err_r = xstrdup(idx->err);
+        return rc;
+    }
+    memset(idx->has_v1, 0, sizeof(idx->has_v1));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    log_info(
+        "index %s converted from schema 1 to %u (%u folder%s, %" PRIu64 " message records, %.1f s)",
+        idx->env_path, IDX_SCHEMA_VERSION, c.folders, c.folders == 1 ? "" : "s", c.messages, secs);
     return 0;
 }
 
@@ -2147,9 +3042,12 @@ static int open_env(struct idx *idx, char **err_r)
             goto out;
         }
     }
-    rc = idx_write(idx, open_schema, NULL);
+    uint32_t version = 0;
+    rc = idx_write(idx, open_schema, &version);
     if (rc != 0) {
         *err_r = xstrdup(idx->err);
+    } else if (version < IDX_SCHEMA_VERSION) {
+        rc = convert_v1(idx, err_r);
     }
 out:
     free(data);
@@ -2276,7 +3174,7 @@ static int ro_open_dbs(struct idx *idx, char **err_r)
         if (i == DB_META) {
             continue;
         }
-        rc = mdb_dbi_open(txn, db_names[i], 0, &idx->dbi[i]);
+        rc = mdb_dbi_open(txn, db_names[i], db_flags[i], &idx->dbi[i]);
         if (rc != 0) {
             *err_r = xasprintf("index %s: cannot open the %s database: %s", idx->env_path,
                                db_names[i], mdb_strerror(rc));
@@ -2377,6 +3275,9 @@ void idx_close(struct idx *idx)
         return;
     }
     idx_abort(&idx->wtxn);
+    /* A write transaction that ended on a full map keeps its folder cache
+     * for the next one; nothing else frees it then. */
+    free(idx->wtxn.cf);
     if (idx->env != NULL) {
         mdb_env_close(idx->env);
     }

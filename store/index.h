@@ -25,7 +25,7 @@
 #include <time.h>
 
 #define IDX_ERETRY (-EAGAIN)
-#define IDX_SCHEMA_VERSION 1u
+#define IDX_SCHEMA_VERSION 2u
 #define IDX_LID_MAX 255       /* longest local identity stored */
 #define IDX_KEYWORDS_MAX 1024 /* space-separated keyword names */
 #define IDX_UIDL_MAX 70       /* RFC 1939 */
@@ -38,7 +38,11 @@ struct idx_txn;
  * process holds it, returns -EWOULDBLOCK and *err_r says "account 'NAME' is
  * already being synced by another mailsync process (pid N)". A database
  * written by a newer schema version is refused with -EPROTO and a message
- * naming both versions. *err_r (caller frees) is set on every failure. */
+ * naming both versions. An index written by an older schema is converted
+ * on the spot (one transaction per folder, so a crash leaves every folder
+ * either converted or not, and the next idx_open carries on; the version is
+ * stamped only once all are), with one info line when it is done. *err_r
+ * (caller frees) is set on every failure. */
 int idx_open(const char *state_dir, const char *account, struct idx **idx_r, char **err_r);
 /* Opens an existing index for reading only, for `mailsync status` while a
  * sync of the account may be running in another process: it takes no
@@ -76,6 +80,14 @@ struct idx_folder {
     uint64_t highestmodseq; /* 0 = unknown / NOMODSEQ */
     int64_t last_full_sync; /* unix time of the last complete sync, 0 = never */
     uint32_t messages;      /* message count at last sync */
+    /* For the engine's "nothing changed here" shortcut: the change times of
+     * the folder's cur/ and new/ directories and the time of the scan that
+     * saw them, in nanoseconds since the epoch; 0 = unknown (a folder
+     * written before schema 2, or one never scanned). Callers that build a
+     * struct idx_folder from zero leave them unknown. */
+    int64_t cur_ctime_ns;
+    int64_t new_ctime_ns;
+    int64_t scan_time_ns;
 };
 
 int idx_folder_get(struct idx_txn *txn, const char *folder, struct idx_folder *st_r);
@@ -123,9 +135,19 @@ int idx_msg_get_lid(struct idx_txn *txn, const char *folder, const char *lid, st
 int idx_msg_delete_lid(struct idx_txn *txn, const char *folder, const char *lid);
 int idx_msg_delete_uid(struct idx_txn *txn, const char *folder, uint32_t uid);
 /* Every message of the folder: UID order for synced ones, then APPENDING
- * ones in lid order. */
+ * ones in lid order. fn may write to the index (each step looks its place
+ * up afresh). A non-zero return of fn stops the walk and is returned. */
 int idx_msg_foreach(struct idx_txn *txn, const char *folder,
                     int (*fn)(const struct idx_msg *m, void *arg), void *arg);
+/* The same records in the same order with one cursor, a step being a move
+ * to the next record rather than a lookup from the root: for reading a
+ * large folder. fn must not write to the index (use it in a read
+ * transaction). A non-zero return of fn stops the walk and is returned. */
+int idx_msg_walk(struct idx_txn *txn, const char *folder,
+                 int (*fn)(const struct idx_msg *m, void *arg), void *arg);
+/* The folder's message records (synced and APPENDING), read from a count
+ * kept in the folder's record: it costs one lookup, not a walk. 0 for an
+ * unknown folder or on error. */
 size_t idx_msg_count(struct idx_txn *txn, const char *folder);
 
 /* POP3 keep-on-server state, per account. */

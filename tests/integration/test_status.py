@@ -132,11 +132,26 @@ class RawIndex:
         self.lib.mdb_env_close(self.env)
 
     def add_folder(self, name, uidvalidity, uidnext, modseq, last_sync, messages):
-        """A folder record as idx_folder_put writes it (name <= 400 bytes)."""
+        """A folder record as idx_folder_put writes it (schema 2, name <= 400
+        bytes): version 2, then LEB128 varints (zigzag for signed ones) id,
+        UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, last sync, messages, record
+        count 0, next keyword-set id 1, three change times 0, the name's
+        length and the name."""
+        def varint(n):
+            out = b""
+            while n >= 0x80:
+                out += bytes([n & 0x7f | 0x80])
+                n >>= 7
+            return out + bytes([n])
+
+        def zigzag(n):
+            return varint(n << 1 if n >= 0 else (-n << 1) - 1)
+
         fid = struct.unpack("<I", self.get("meta", b"next_folder_id"))[0]
         self.put("meta", b"next_folder_id", struct.pack("<I", fid + 1))
-        rec = struct.pack("<BIIIQqIH", 1, fid, uidvalidity, uidnext, modseq, last_sync, messages,
-                          len(name)) + name
+        rec = (b"\x02" + varint(fid) + varint(uidvalidity) + varint(uidnext) + varint(modseq)
+               + zigzag(last_sync) + varint(messages) + varint(0) + varint(1) + zigzag(0) * 3
+               + varint(len(name)) + name)
         self.put("folders", name, rec)
 
     def put_skips(self, name, uidvalidity, entries):
@@ -587,7 +602,7 @@ class StatusTests(mstest.DovecotTestCase):
         finally:
             raw.close()
         msg = ("index %s was written by a newer mailsync (schema 99, this build understands up "
-               "to 1); upgrade mailsync or move the index away" % self.index("a"))
+               "to 2); upgrade mailsync or move the index away" % self.index("a"))
         p = self.status(cfg, "--json", ok=False)
         self.assertEqual(p.returncode, 1)
         self.assertIn("a: " + msg, p.stderr)

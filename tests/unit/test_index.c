@@ -1,4 +1,4 @@
-/* LINK: ms_store ms_core */
+/* LINK: ms_idx_v1 ms_store ms_core */
 /* Tests for the LMDB sync index: record round trips and replacement rules,
  * walks and counts, folder deletion, POP3 and meta records, persistence,
  * file modes, the per-account lock (also across fork), schema version
@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <lmdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 
 #include "core/util.h"
 #include "store/index.h"
+#include "tests/tools/idx_v1.h"
 
 #define INITIAL_MAP ((size_t)8 << 20)
 
@@ -57,7 +59,10 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (!getenv("KEEP"))
+        nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    else
+        fprintf(stderr, "kept %s\n", fx->dir);
     free(fx);
     return 0;
 }
@@ -69,6 +74,19 @@ static struct idx *open_ok(struct fx *fx, const char *account)
     int rc = idx_open(fx->dir, account, &idx, &err);
     if (rc != 0) {
         fail_msg("idx_open(%s): %d %s", account, rc, err ? err : "(no message)");
+    }
+    assert_null(err);
+    assert_non_null(idx);
+    return idx;
+}
+
+static struct idx *open_ro_ok(struct fx *fx, const char *account)
+{
+    struct idx *idx = NULL;
+    char *err = NULL;
+    int rc = idx_open_readonly(fx->dir, account, &idx, &err);
+    if (rc != 0) {
+        fail_msg("idx_open_readonly(%s): %d %s", account, rc, err ? err : "(no message)");
     }
     assert_null(err);
     assert_non_null(idx);
@@ -138,7 +156,7 @@ static void raw_open(struct fx *fx, const char *account, struct raw *r)
     char path[512];
     snprintf(path, sizeof(path), "%s/%s/index.mdb", fx->dir, account);
     assert_int_equal(mdb_env_create(&r->env), 0);
-    assert_int_equal(mdb_env_set_maxdbs(r->env, 8), 0);
+    assert_int_equal(mdb_env_set_maxdbs(r->env, 16), 0);
     assert_int_equal(mdb_env_open(r->env, path, 0, 0600), 0);
     assert_int_equal(mdb_txn_begin(r->env, NULL, 0, &r->txn), 0);
 }
@@ -216,36 +234,69 @@ static void test_empty_walk_and_two_readers(void **state)
     idx_close(idx);
 }
 
+static void assert_folder_equal(const struct idx_folder *a, const struct idx_folder *b)
+{
+    assert_int_equal(a->uidvalidity, b->uidvalidity);
+    assert_int_equal(a->uidnext, b->uidnext);
+    assert_true(a->highestmodseq == b->highestmodseq);
+    assert_true(a->last_full_sync == b->last_full_sync);
+    assert_int_equal(a->messages, b->messages);
+    assert_true(a->cur_ctime_ns == b->cur_ctime_ns);
+    assert_true(a->new_ctime_ns == b->new_ctime_ns);
+    assert_true(a->scan_time_ns == b->scan_time_ns);
+}
+
+/* Every field of a folder record round trips, extremes included, in the
+ * writing transaction and from the file after a reopen. */
 static void test_folder_roundtrip(void **state)
 {
-    struct idx *idx = open_ok(*state, "acct");
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
     struct idx_txn *t = begin(idx, true);
     struct idx_folder st = {.uidvalidity = 1700000001u,
                             .uidnext = 4242,
                             .highestmodseq = (1ull << 62) + 5,
                             .last_full_sync = -12345678901ll,
-                            .messages = 4000000000u};
+                            .messages = 4000000000u,
+                            .cur_ctime_ns = 1733500000123456789ll,
+                            .new_ctime_ns = -1,
+                            .scan_time_ns = INT64_MAX};
+    struct idx_folder top = {.uidvalidity = UINT32_MAX,
+                             .uidnext = UINT32_MAX,
+                             .highestmodseq = UINT64_MAX,
+                             .last_full_sync = INT64_MIN,
+                             .messages = UINT32_MAX,
+                             .cur_ctime_ns = INT64_MIN,
+                             .new_ctime_ns = INT64_MAX,
+                             .scan_time_ns = 0};
     assert_int_equal(idx_folder_put(t, "INBOX", &st), 0);
+    assert_int_equal(idx_folder_put(t, "Top", &top), 0);
     struct idx_folder got;
     memset(&got, 0xaa, sizeof(got));
     assert_int_equal(idx_folder_get(t, "INBOX", &got), 0);
-    assert_int_equal(got.uidvalidity, st.uidvalidity);
-    assert_int_equal(got.uidnext, st.uidnext);
-    assert_true(got.highestmodseq == st.highestmodseq);
-    assert_true(got.last_full_sync == st.last_full_sync);
-    assert_int_equal(got.messages, st.messages);
+    assert_folder_equal(&got, &st);
 
     /* Replacing keeps one entry with the new values. */
     st.uidnext = 5000;
     st.highestmodseq = 77;
+    st.new_ctime_ns = 5;
     assert_int_equal(idx_folder_put(t, "INBOX", &st), 0);
     assert_int_equal(idx_folder_get(t, "INBOX", &got), 0);
-    assert_int_equal(got.uidnext, 5000);
-    assert_true(got.highestmodseq == 77);
+    assert_folder_equal(&got, &st);
 
     assert_int_equal(idx_folder_get(t, "Nope", &got), -ENOENT);
     assert_non_null(strstr(idx_error(idx), "Nope"));
     commit(idx, t);
+    idx_close(idx);
+
+    idx = open_ok(fx, "acct");
+    t = begin(idx, false);
+    memset(&got, 0x55, sizeof(got));
+    assert_int_equal(idx_folder_get(t, "INBOX", &got), 0);
+    assert_folder_equal(&got, &st);
+    assert_int_equal(idx_folder_get(t, "Top", &got), 0);
+    assert_folder_equal(&got, &top);
+    idx_abort(t);
     idx_close(idx);
 }
 
@@ -406,8 +457,8 @@ static void test_msg_appending_to_synced(void **state)
 
     struct raw r;
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_pending"), 1);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 0);
+    assert_int_equal(raw_entries(&r, "messages_appending"), 1);
+    assert_int_equal(raw_entries(&r, "messages"), 0);
     raw_close(&r);
 
     /* APPENDUID arrived: same lid, now with a UID. */
@@ -424,9 +475,9 @@ static void test_msg_appending_to_synced(void **state)
     idx_close(idx);
 
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_pending"), 0);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 1);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 1);
+    assert_int_equal(raw_entries(&r, "messages_appending"), 0);
+    assert_int_equal(raw_entries(&r, "messages"), 1);
+    assert_int_equal(raw_entries(&r, "message_lids"), 1);
     raw_close(&r);
 
     /* And back (a message that must be appended again): the UID keys go. */
@@ -442,9 +493,9 @@ static void test_msg_appending_to_synced(void **state)
     idx_close(idx);
 
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_pending"), 1);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 0);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 0);
+    assert_int_equal(raw_entries(&r, "messages_appending"), 1);
+    assert_int_equal(raw_entries(&r, "messages"), 0);
+    assert_int_equal(raw_entries(&r, "message_lids"), 0);
     raw_close(&r);
 }
 
@@ -469,8 +520,8 @@ static void test_msg_lid_change(void **state)
 
     struct raw r;
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 1);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 1);
+    assert_int_equal(raw_entries(&r, "message_lids"), 1);
+    assert_int_equal(raw_entries(&r, "messages"), 1);
     raw_close(&r);
 }
 
@@ -503,8 +554,8 @@ static void test_msg_uid_change(void **state)
 
     struct raw r;
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 1);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 1);
+    assert_int_equal(raw_entries(&r, "message_lids"), 1);
+    assert_int_equal(raw_entries(&r, "messages"), 1);
     raw_close(&r);
 }
 
@@ -536,9 +587,9 @@ static void test_msg_delete(void **state)
 
     struct raw r;
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 0);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 0);
-    assert_int_equal(raw_entries(&r, "msg_pending"), 0);
+    assert_int_equal(raw_entries(&r, "message_lids"), 0);
+    assert_int_equal(raw_entries(&r, "messages"), 0);
+    assert_int_equal(raw_entries(&r, "messages_appending"), 0);
     raw_close(&r);
 }
 
@@ -706,9 +757,9 @@ static void test_folder_delete_only_that_folder(void **state)
 
     struct raw r;
     raw_open(fx, "acct", &r);
-    assert_int_equal(raw_entries(&r, "msg_uid"), 5000);
-    assert_int_equal(raw_entries(&r, "msg_lid"), 5000);
-    assert_int_equal(raw_entries(&r, "msg_pending"), 2);
+    assert_int_equal(raw_entries(&r, "messages"), 5000);
+    assert_int_equal(raw_entries(&r, "message_lids"), 5000);
+    assert_int_equal(raw_entries(&r, "messages_appending"), 2);
     raw_close(&r);
 }
 
@@ -919,7 +970,7 @@ static void test_meta(void **state)
     /* The schema version can be read, as 4 little-endian bytes. */
     assert_int_equal(idx_meta_get(t, "schema_version", buf, sizeof(buf), &len), 0);
     assert_int_equal(len, 4);
-    assert_memory_equal(buf, "\x01\0\0\0", 4);
+    assert_memory_equal(buf, "\x02\0\0\0", 4);
     /* Meta values are read-only in a read transaction. */
     assert_int_equal(idx_meta_delete(t, "bin"), -EROFS);
     idx_abort(t);
@@ -1472,45 +1523,51 @@ static void test_corrupt_records(void **state)
     idx_close(idx);
 
     /* Damage the records with raw LMDB: garbage, every truncation of a
-     * valid record, an unknown version, trailing bytes, a bad state, a NUL
-     * inside the lid. */
+     * valid record, an unknown version, trailing bytes, an unknown header
+     * bit, a NUL inside the lid, a keyword set that does not exist. */
     struct raw r;
     raw_open(fx, "acct", &r);
     uint8_t key[8], good[2048];
     MDB_val v;
     uid_key(key, 1, 6);
-    assert_int_equal(raw_get(&r, "msg_uid", key, 8, &v), 0);
+    assert_int_equal(raw_get(&r, "messages", key, 8, &v), 0);
     size_t good_len = v.mv_size;
     assert_true(good_len < sizeof(good));
     memcpy(good, v.mv_data, good_len);
+    /* header (version 2, has hash, has keywords), flags, size 6007 in two
+     * varint bytes, keyword set 2, the hash, lid length 3, "six". */
+    assert_int_equal(good_len, 1 + 1 + 2 + 1 + 16 + 1 + 3);
+    assert_int_equal(good[0], 0x26);
+    assert_int_equal(good[4], 2);
 
     uid_key(key, 1, 5);
-    raw_put(&r, "msg_uid", key, 8, "\x01garbage\xff", 9);
+    raw_put(&r, "messages", key, 8, "\x01garbage\xff", 9);
     for (size_t len = 0; len < good_len; len++) {
         uid_key(key, 1, (uint32_t)(1000 + len));
-        raw_put(&r, "msg_uid", key, 8, good, len);
+        raw_put(&r, "messages", key, 8, good, len);
     }
     uint8_t bad[2048];
     memcpy(bad, good, good_len);
-    bad[0] = 2; /* version */
+    bad[0] = 0x36; /* version 3 */
     uid_key(key, 1, 6);
-    raw_put(&r, "msg_uid", key, 8, bad, good_len);
+    raw_put(&r, "messages", key, 8, bad, good_len);
     memcpy(bad, good, good_len);
     bad[good_len] = 0;
     uid_key(key, 1, 2000);
-    raw_put(&r, "msg_uid", key, 8, bad, good_len + 1); /* trailing byte */
+    raw_put(&r, "messages", key, 8, bad, good_len + 1); /* trailing byte */
     memcpy(bad, good, good_len);
-    bad[5] = 9; /* state */
+    bad[0] |= 0x08; /* a header bit no version 2 record has */
     uid_key(key, 1, 2001);
-    raw_put(&r, "msg_uid", key, 8, bad, good_len);
+    raw_put(&r, "messages", key, 8, bad, good_len);
     memcpy(bad, good, good_len);
-    bad[1 + 4 + 1 + 1 + 8 + 16 + 1 + 1] = '\0'; /* NUL inside "six" */
+    bad[good_len - 2] = '\0'; /* NUL inside "six" */
     uid_key(key, 1, 2002);
-    raw_put(&r, "msg_uid", key, 8, bad, good_len);
-    /* A lid record of the wrong size. */
-    uint8_t lkey[4 + 5] = {0, 0, 0, 1, 's', 'e', 'v', 'e', 'n'};
-    raw_put(&r, "msg_lid", lkey, sizeof(lkey), "\x01\x07", 2);
-    raw_put(&r, "folders", "Bad", 3, "\x01\x02\x03", 3);
+    raw_put(&r, "messages", key, 8, bad, good_len);
+    memcpy(bad, good, good_len);
+    bad[4] = 99; /* keyword set 99 does not exist */
+    uid_key(key, 1, 2003);
+    raw_put(&r, "messages", key, 8, bad, good_len);
+    raw_put(&r, "folders", "Bad", 3, "\x02\x02\x03", 3);
     raw_put(&r, "pop", "U2", 2, "", 0);
     raw_close(&r);
 
@@ -1520,6 +1577,8 @@ static void test_corrupt_records(void **state)
     assert_int_equal(idx_msg_get_uid(t, "INBOX", 5, &got), -EBADMSG);
     assert_non_null(strstr(idx_error(idx), "corrupt message record for UID 5 in folder 'INBOX'"));
     assert_non_null(strstr(idx_error(idx), "index.mdb"));
+    /* The identity entry of "five" leads to the corrupt record, which may
+     * be its own: that is not "no such message". */
     assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), -EBADMSG);
     for (size_t len = 0; len < good_len; len++) {
         assert_int_equal(idx_msg_get_uid(t, "INBOX", (uint32_t)(1000 + len), &got), -EBADMSG);
@@ -1528,9 +1587,15 @@ static void test_corrupt_records(void **state)
     assert_int_equal(idx_msg_get_uid(t, "INBOX", 2000, &got), -EBADMSG);
     assert_int_equal(idx_msg_get_uid(t, "INBOX", 2001, &got), -EBADMSG);
     assert_int_equal(idx_msg_get_uid(t, "INBOX", 2002, &got), -EBADMSG);
-    assert_int_equal(idx_msg_get_lid(t, "INBOX", "seven", &got), -EBADMSG);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 2003, &got), -EBADMSG);
+    assert_non_null(strstr(idx_error(idx), "keyword set 99 of 'six' in folder 'INBOX' is missing"));
+    /* A record that is fine is still found. */
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "seven", &got), 0);
+    assert_int_equal(got.uid, 7);
     struct msg_list l = {.n = 0};
     assert_int_equal(idx_msg_foreach(t, "INBOX", collect_msg, &l), -EBADMSG);
+    assert_int_equal(l.n, 0);
+    assert_int_equal(idx_msg_walk(t, "INBOX", collect_msg, &l), -EBADMSG);
     assert_int_equal(l.n, 0);
     struct idx_folder fst;
     assert_int_equal(idx_folder_get(t, "Bad", &fst), -EBADMSG);
@@ -1545,17 +1610,857 @@ static void test_corrupt_records(void **state)
     make_msg(&m, 5, "five", IDX_MSG_SYNCED, "");
     assert_int_equal(idx_msg_put(t, "INBOX", &m), -EBADMSG);
 
-    /* Deleting is the way out: the corrupt UID record goes, then its now
-     * dangling identity key. */
+    /* Deleting is the way out: the corrupt UID record goes; its identity
+     * entry then leads nowhere and "five" is simply unknown, and a new
+     * record for it can be written (which drops the stale entry). */
     assert_int_equal(idx_msg_delete_uid(t, "INBOX", 5), 0);
-    assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), -EBADMSG);
-    assert_int_equal(idx_msg_delete_lid(t, "INBOX", "five"), 0);
     assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), -ENOENT);
+    assert_int_equal(idx_msg_delete_lid(t, "INBOX", "five"), -ENOENT);
     put_msg(idx, t, "INBOX", &m);
     assert_int_equal(idx_msg_get_lid(t, "INBOX", "five", &got), 0);
     assert_msg_equal(&got, &m);
+    /* Deleting by lid removes a corrupt record its entry leads to. */
+    assert_int_equal(idx_msg_delete_uid(t, "INBOX", 5), 0);
+    make_msg(&m, 6, "six", IDX_MSG_SYNCED, "");
+    assert_int_equal(idx_msg_delete_lid(t, "INBOX", "six"), 0);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 6, &got), -ENOENT);
+    put_msg(idx, t, "INBOX", &m);
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "six", &got), 0);
+    assert_msg_equal(&got, &m);
     commit(idx, t);
     idx_close(idx);
+
+    /* Of the identity entries only those of live records are left: five's
+     * stale one went with the put, six's with the delete. */
+    raw_open(fx, "acct", &r);
+    assert_int_equal(raw_entries(&r, "message_lids"), 2); /* seven and six */
+    raw_close(&r);
+}
+
+/* Keyword sets */
+
+/* The records of "keyword_sets": two per live set (the set, and its entry
+ * under the hash of its string). */
+static size_t kw_records(struct fx *fx, const char *account)
+{
+    struct raw r;
+    raw_open(fx, account, &r);
+    size_t n = raw_entries(&r, "keyword_sets");
+    raw_close(&r);
+    return n;
+}
+
+static void expect_keywords(struct idx *idx, const char *folder, uint32_t uid, const char *want)
+{
+    struct idx_txn *t = begin(idx, false);
+    struct idx_msg got;
+    int rc = idx_msg_get_uid(t, folder, uid, &got);
+    if (rc != 0) {
+        fail_msg("UID %u: %d %s", uid, rc, idx_error(idx));
+    }
+    assert_string_equal(got.keywords, want);
+    idx_abort(t);
+}
+
+/* A keyword string is stored once per folder however many messages carry
+ * it; changing a message's keywords moves it to another set, and a set
+ * goes when its last message leaves it, by a change, a deletion by UID or
+ * by lid, an APPENDING record replaced, or its folder's deletion. */
+static void test_keyword_sets_shared_and_cleaned(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_msg m;
+    char lid[32];
+    for (uint32_t uid = 1; uid <= 30; uid++) {
+        snprintf(lid, sizeof(lid), "m%u", uid);
+        make_msg(&m, uid, lid, IDX_MSG_SYNCED, uid <= 20 ? "$Junk NonJunk" : "work");
+        put_msg(idx, t, "INBOX", &m);
+    }
+    make_msg(&m, 0, "pending", IDX_MSG_APPENDING, "work");
+    put_msg(idx, t, "INBOX", &m);
+    /* The same string in another folder is that folder's own set. */
+    make_msg(&m, 1, "other", IDX_MSG_SYNCED, "work");
+    put_msg(idx, t, "Other", &m);
+    commit(idx, t);
+    assert_int_equal(kw_records(fx, "acct"), 2 * 3);
+    expect_keywords(idx, "INBOX", 7, "$Junk NonJunk");
+    expect_keywords(idx, "INBOX", 27, "work");
+
+    /* A flag change keeps the set; a keyword change moves the message. */
+    t = begin(idx, true);
+    make_msg(&m, 7, "m7", IDX_MSG_SYNCED, "$Junk NonJunk");
+    m.flags = 0x3f;
+    put_msg(idx, t, "INBOX", &m);
+    make_msg(&m, 8, "m8", IDX_MSG_SYNCED, "work");
+    put_msg(idx, t, "INBOX", &m);
+    make_msg(&m, 9, "m9", IDX_MSG_SYNCED, "brand new");
+    put_msg(idx, t, "INBOX", &m);
+    commit(idx, t);
+    assert_int_equal(kw_records(fx, "acct"), 2 * 4);
+    expect_keywords(idx, "INBOX", 7, "$Junk NonJunk");
+    expect_keywords(idx, "INBOX", 8, "work");
+    expect_keywords(idx, "INBOX", 9, "brand new");
+
+    /* The only message with "brand new" loses its keywords: the set goes. */
+    t = begin(idx, true);
+    make_msg(&m, 9, "m9", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    commit(idx, t);
+    assert_int_equal(kw_records(fx, "acct"), 2 * 3);
+    expect_keywords(idx, "INBOX", 9, "");
+
+    /* Every "$Junk NonJunk" message goes, by UID and by lid. */
+    t = begin(idx, true);
+    for (uint32_t uid = 1; uid <= 20; uid++) {
+        if (uid == 8 || uid == 9) {
+            continue;
+        }
+        snprintf(lid, sizeof(lid), "m%u", uid);
+        assert_int_equal(
+            uid % 2 ? idx_msg_delete_uid(t, "INBOX", uid) : idx_msg_delete_lid(t, "INBOX", lid), 0);
+    }
+    commit(idx, t);
+    assert_int_equal(kw_records(fx, "acct"), 2 * 2);
+
+    /* The APPENDING record gets its UID and then other keywords; the last
+     * "work" messages of INBOX go; "Other" keeps its own. */
+    t = begin(idx, true);
+    make_msg(&m, 500, "pending", IDX_MSG_SYNCED, "work");
+    put_msg(idx, t, "INBOX", &m);
+    make_msg(&m, 500, "pending", IDX_MSG_SYNCED, "later");
+    put_msg(idx, t, "INBOX", &m);
+    for (uint32_t uid = 21; uid <= 30; uid++) {
+        assert_int_equal(idx_msg_delete_uid(t, "INBOX", uid), 0);
+    }
+    assert_int_equal(idx_msg_delete_uid(t, "INBOX", 8), 0);
+    commit(idx, t);
+    assert_int_equal(kw_records(fx, "acct"), 2 * 2); /* INBOX "later", Other "work" */
+    expect_keywords(idx, "INBOX", 500, "later");
+    expect_keywords(idx, "Other", 1, "work");
+
+    /* A message that takes over another's UID takes its place in the sets
+     * too; then the folder goes with its sets. */
+    t = begin(idx, true);
+    make_msg(&m, 500, "thief", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "INBOX", &m);
+    commit(idx, t);
+    assert_int_equal(kw_records(fx, "acct"), 2 * 1);
+    t = begin(idx, true);
+    assert_int_equal(idx_folder_delete(t, "Other"), 0);
+    commit(idx, t);
+    assert_int_equal(kw_records(fx, "acct"), 0);
+    idx_close(idx);
+}
+
+/* Thousands of distinct keyword sets in one folder (every message its own,
+ * the longest allowed among them) each come back with their message, by
+ * UID, by lid and in both walks, and all go when the messages do. */
+static void test_keyword_sets_many(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    enum {
+        N = 3000
+    };
+    char kw[IDX_KEYWORDS_MAX + 1], lid[IDX_LID_MAX + 1];
+    struct idx_msg m;
+    struct idx_txn *t = begin(idx, true);
+    for (uint32_t i = 1; i <= N; i++) {
+        snprintf(lid, sizeof(lid), "1700000000.M%06uP1.host", i);
+        if (i == N) {
+            memset(kw, 'k', IDX_KEYWORDS_MAX);
+            kw[IDX_KEYWORDS_MAX] = '\0';
+        } else {
+            /* Half the messages share their set with a neighbour. */
+            snprintf(kw, sizeof(kw), "$label%u other", (i + 1) / 2);
+        }
+        make_msg(&m, i, lid, IDX_MSG_SYNCED, kw);
+        put_msg(idx, t, "INBOX", &m);
+    }
+    commit(idx, t);
+    assert_int_equal(kw_records(fx, "acct"), 2 * ((N - 1 + 1) / 2 + 1));
+
+    t = begin(idx, false);
+    struct idx_msg got;
+    for (uint32_t i = 1; i <= N; i++) {
+        snprintf(lid, sizeof(lid), "1700000000.M%06uP1.host", i);
+        assert_int_equal(idx_msg_get_lid(t, "INBOX", lid, &got), 0);
+        assert_int_equal(got.uid, i);
+        if (i == N) {
+            assert_int_equal(strlen(got.keywords), IDX_KEYWORDS_MAX);
+        } else {
+            snprintf(kw, sizeof(kw), "$label%u other", (i + 1) / 2);
+            assert_string_equal(got.keywords, kw);
+        }
+    }
+    idx_abort(t);
+
+    t = begin(idx, true);
+    for (uint32_t i = 1; i <= N; i++) {
+        assert_int_equal(idx_msg_delete_uid(t, "INBOX", i), 0);
+    }
+    assert_int_equal(idx_msg_count(t, "INBOX"), 0);
+    commit(idx, t);
+    assert_int_equal(kw_records(fx, "acct"), 0);
+    idx_close(idx);
+}
+
+/* Counts and walks against a model */
+
+struct model_msg {
+    bool live;
+    uint32_t uid;
+    uint8_t state;
+    uint8_t flags;
+    char lid[IDX_LID_MAX + 1];
+    const char *kw;
+};
+
+struct model {
+    struct model_msg v[512];
+    size_t n;
+};
+
+static struct model_msg *model_find_lid(struct model *md, const char *lid)
+{
+    for (size_t i = 0; i < md->n; i++) {
+        if (md->v[i].live && strcmp(md->v[i].lid, lid) == 0) {
+            return &md->v[i];
+        }
+    }
+    return NULL;
+}
+
+static struct model_msg *model_find_uid(struct model *md, uint32_t uid)
+{
+    for (size_t i = 0; i < md->n; i++) {
+        if (md->v[i].live && md->v[i].uid == uid) {
+            return &md->v[i];
+        }
+    }
+    return NULL;
+}
+
+static size_t model_count(const struct model *md, int which)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < md->n; i++) {
+        if (md->v[i].live && (which < 0 || (which == 0) == (md->v[i].uid != 0))) {
+            n++;
+        }
+    }
+    return n;
+}
+
+static int model_cmp(const void *a, const void *b)
+{
+    const struct model_msg *x = a, *y = b;
+    if ((x->uid == 0) != (y->uid == 0)) {
+        return x->uid == 0 ? 1 : -1;
+    }
+    if (x->uid != y->uid) {
+        return x->uid < y->uid ? -1 : 1;
+    }
+    return strcmp(x->lid, y->lid);
+}
+
+struct walk_check {
+    const struct model_msg *want; /* live records in walk order */
+    size_t n, seen;
+    bool ok;
+};
+
+static int walk_compare(const struct idx_msg *m, void *arg)
+{
+    struct walk_check *w = arg;
+    if (w->seen >= w->n) {
+        w->ok = false;
+        return 0;
+    }
+    const struct model_msg *e = &w->want[w->seen++];
+    if (m->uid != e->uid || m->state != e->state || m->flags != e->flags ||
+        strcmp(m->lid, e->lid) != 0 || strcmp(m->keywords, e->kw) != 0) {
+        w->ok = false;
+    }
+    return 0;
+}
+
+/* The index against a model of what it should hold, checked after every
+ * round: the count, both walks record by record (order, every field), and
+ * the raw number of records in each database (no stale identity entry, no
+ * keyword set without a message). */
+static void model_check(struct fx *fx, struct idx *idx, struct model *md, bool exists,
+                        size_t nsets_live)
+{
+    struct model_msg *sorted = xcalloc(md->n + 1, sizeof(*sorted));
+    size_t n = 0;
+    for (size_t i = 0; i < md->n; i++) {
+        if (md->v[i].live) {
+            sorted[n++] = md->v[i];
+        }
+    }
+    qsort(sorted, n, sizeof(*sorted), model_cmp);
+    struct idx_txn *t = begin(idx, false);
+    assert_int_equal(idx_msg_count(t, "INBOX"), n);
+    struct walk_check w = {.want = sorted, .n = n, .ok = true};
+    assert_int_equal(idx_msg_walk(t, "INBOX", walk_compare, &w), exists ? 0 : -ENOENT);
+    assert_true(w.ok);
+    assert_int_equal(w.seen, n);
+    struct walk_check w2 = {.want = sorted, .n = n, .ok = true};
+    assert_int_equal(idx_msg_foreach(t, "INBOX", walk_compare, &w2), exists ? 0 : -ENOENT);
+    assert_true(w2.ok);
+    assert_int_equal(w2.seen, n);
+    idx_abort(t);
+    free(sorted);
+
+    idx_close(idx);
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    assert_int_equal(raw_entries(&r, "messages"), model_count(md, 0));
+    assert_int_equal(raw_entries(&r, "message_lids"), model_count(md, 0));
+    assert_int_equal(raw_entries(&r, "messages_appending"), model_count(md, 1));
+    assert_int_equal(raw_entries(&r, "keyword_sets"), 2 * nsets_live);
+    raw_close(&r);
+}
+
+static uint32_t rnd(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(*s >> 33);
+}
+
+/* Random puts (new, replacing, moving a lid to another UID, taking a UID
+ * from another lid, APPENDING and back), deletions by UID and by lid, and
+ * a folder deletion, checked against the model after every round. The
+ * 300 lids share their time and microseconds, so that their identity
+ * entries collide often (12 bits of hash tell them apart). */
+static void test_msg_count_and_walk_model(void **state)
+{
+    struct fx *fx = *state;
+    static const char *const kws[] = {"", "", "", "a", "b c", "$Junk", "zz top"};
+    struct model *md = xcalloc(1, sizeof(*md));
+    uint64_t seed = 42;
+    bool exists = false;
+    for (int round = 0; round < 12; round++) {
+        struct idx *idx = open_ok(fx, "acct");
+        struct idx_txn *t = begin(idx, true);
+        for (int op = 0; op < 250; op++) {
+            uint32_t r = rnd(&seed) % 100;
+            char lid[48];
+            snprintf(lid, sizeof(lid), "1700000000.M000042P%u.host", rnd(&seed) % 300);
+            uint32_t uid = rnd(&seed) % 400 + 1;
+            if (r < 70) {
+                struct idx_msg m;
+                bool pending = rnd(&seed) % 8 == 0;
+                const char *kw = kws[rnd(&seed) % ARRAY_SIZE(kws)];
+                make_msg(&m, pending ? 0 : uid, lid, pending ? IDX_MSG_APPENDING : IDX_MSG_SYNCED,
+                         kw);
+                m.flags = (uint8_t)(rnd(&seed) & 0xff);
+                put_msg(idx, t, "INBOX", &m);
+                exists = true;
+                struct model_msg *old = model_find_lid(md, lid);
+                if (old != NULL) {
+                    old->live = false;
+                }
+                old = pending ? NULL : model_find_uid(md, uid);
+                if (old != NULL) {
+                    old->live = false;
+                }
+                size_t slot = md->n;
+                for (size_t i = 0; i < md->n; i++) {
+                    if (!md->v[i].live) {
+                        slot = i;
+                        break;
+                    }
+                }
+                assert_true(slot < ARRAY_SIZE(md->v));
+                md->n += slot == md->n;
+                md->v[slot] = (struct model_msg){
+                    .live = true, .uid = m.uid, .state = m.state, .flags = m.flags, .kw = kw};
+                snprintf(md->v[slot].lid, sizeof(md->v[slot].lid), "%s", lid);
+            } else if (r < 85) {
+                struct model_msg *old = model_find_uid(md, uid);
+                assert_int_equal(idx_msg_delete_uid(t, "INBOX", uid), old != NULL ? 0 : -ENOENT);
+                if (old != NULL) {
+                    old->live = false;
+                }
+            } else if (r < 99) {
+                struct model_msg *old = model_find_lid(md, lid);
+                assert_int_equal(idx_msg_delete_lid(t, "INBOX", lid), old != NULL ? 0 : -ENOENT);
+                if (old != NULL) {
+                    old->live = false;
+                }
+            } else if (round % 4 == 3) {
+                /* A folder exists from its first put until it is deleted. */
+                assert_int_equal(idx_folder_delete(t, "INBOX"), exists ? 0 : -ENOENT);
+                exists = false;
+                md->n = 0;
+            }
+            assert_int_equal(idx_msg_count(t, "INBOX"), model_count(md, -1));
+        }
+        commit(idx, t);
+        size_t nsets = 0;
+        for (size_t k = 3; k < ARRAY_SIZE(kws); k++) {
+            for (size_t i = 0; i < md->n; i++) {
+                if (md->v[i].live && strcmp(md->v[i].kw, kws[k]) == 0) {
+                    nsets++;
+                    break;
+                }
+            }
+        }
+        model_check(fx, idx, md, exists, nsets); /* closes idx */
+    }
+    free(md);
+}
+
+/* idx_msg_walk: the order of idx_msg_foreach, every field including the
+ * keywords, an early stop, an empty and an unknown folder. */
+static void test_msg_walk(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    struct idx_txn *t = begin(idx, true);
+    static const uint32_t uids[] = {256, 3, 70000, 1, 65536, 255, 4000000000u, 10};
+    static const char *const pending[] = {"p.b", "p.a", "p.c"};
+    struct idx_msg m;
+    char lid[32];
+    for (size_t i = 0; i < ARRAY_SIZE(uids); i++) {
+        snprintf(lid, sizeof(lid), "lid.%u", uids[i]);
+        make_msg(&m, uids[i], lid, IDX_MSG_SYNCED, i % 2 ? "odd one" : "");
+        put_msg(idx, t, "INBOX", &m);
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(pending); i++) {
+        make_msg(&m, 0, pending[i], IDX_MSG_APPENDING, "p");
+        put_msg(idx, t, "INBOX", &m);
+    }
+    make_msg(&m, 2, "other", IDX_MSG_SYNCED, "");
+    put_msg(idx, t, "Other", &m);
+    struct idx_folder st = {.uidvalidity = 1};
+    assert_int_equal(idx_folder_put(t, "Empty", &st), 0);
+    commit(idx, t);
+
+    t = begin(idx, false);
+    struct msg_list a = {.n = 0}, b = {.n = 0};
+    assert_int_equal(idx_msg_foreach(t, "INBOX", collect_msg, &a), 0);
+    assert_int_equal(idx_msg_walk(t, "INBOX", collect_msg, &b), 0);
+    assert_int_equal(b.n, 11);
+    assert_int_equal(a.n, b.n);
+    for (size_t i = 0; i < b.n; i++) {
+        assert_int_equal(a.uids[i], b.uids[i]);
+        assert_string_equal(a.lids[i], b.lids[i]);
+        assert_int_equal(a.states[i], b.states[i]);
+    }
+    assert_int_equal(b.uids[0], 1);
+    assert_int_equal(b.uids[7], 4000000000u);
+    assert_string_equal(b.lids[8], "p.a");
+    assert_string_equal(b.lids[10], "p.c");
+    /* Every field, keywords included, as idx_msg_get_uid gives them. */
+    struct walk_check w = {.ok = true};
+    struct model_msg want[11];
+    for (size_t i = 0; i < 11; i++) {
+        struct idx_msg got;
+        if (b.uids[i] != 0) {
+            assert_int_equal(idx_msg_get_uid(t, "INBOX", b.uids[i], &got), 0);
+        } else {
+            assert_int_equal(idx_msg_get_lid(t, "INBOX", b.lids[i], &got), 0);
+        }
+        want[i] = (struct model_msg){
+            .uid = got.uid, .state = got.state, .flags = got.flags, .kw = xstrdup(got.keywords)};
+        snprintf(want[i].lid, sizeof(want[i].lid), "%s", got.lid);
+    }
+    w.want = want;
+    w.n = 11;
+    assert_int_equal(idx_msg_walk(t, "INBOX", walk_compare, &w), 0);
+    assert_true(w.ok);
+    assert_int_equal(w.seen, 11);
+    for (size_t i = 0; i < 11; i++) {
+        free((char *)want[i].kw);
+    }
+
+    struct msg_list stop = {.stop_after = 9};
+    assert_int_equal(idx_msg_walk(t, "INBOX", collect_msg, &stop), 7);
+    assert_int_equal(stop.n, 9);
+    struct msg_list none = {.n = 0};
+    assert_int_equal(idx_msg_walk(t, "Empty", collect_msg, &none), 0);
+    assert_int_equal(none.n, 0);
+    assert_int_equal(idx_msg_walk(t, "Other", collect_msg, &none), 0);
+    assert_int_equal(none.n, 1);
+    assert_int_equal(idx_msg_walk(t, "Nope", collect_msg, &none), -ENOENT);
+    idx_abort(t);
+    idx_close(idx);
+}
+
+/* Conversion from schema 1 */
+
+/* Kill points for test_upgrade_killed (see idx_convert_test_point in
+ * store/index.c): -1 never. */
+static int kill_at_done = -1;
+static bool kill_at_committed;
+
+void idx_convert_test_point(unsigned done, bool committed);
+void idx_convert_test_point(unsigned done, bool committed)
+{
+    if ((int)done == kill_at_done && committed == kill_at_committed) {
+        raise(SIGKILL);
+    }
+}
+
+#define V1_FOLDERS 4
+
+/* A schema 1 account: INBOX with records of every kind (the longest lid and
+ * keywords, APPENDING with and without a UID, zero and non-zero hashes,
+ * shared keyword strings), a folder with a name over the 400-byte key
+ * limit, an empty folder and a folder of 2,000 messages; POP3 records and a
+ * meta value written by schema 2 beforehand, which the conversion keeps. */
+struct v1_fixture {
+    struct idx_msg inbox[6];
+    struct idx_msg *big;
+    struct idx_msg longf[1];
+    struct idx_v1_folder folders[V1_FOLDERS];
+    char long_name[600];
+    char max_lid[IDX_LID_MAX + 1];
+    char max_kw[IDX_KEYWORDS_MAX + 1];
+};
+
+#define V1_BIG 2000
+
+static struct v1_fixture *v1_fixture_write(struct fx *fx, const char *account)
+{
+    struct v1_fixture *v = xcalloc(1, sizeof(*v));
+    memset(v->long_name, 'N', sizeof(v->long_name) - 1);
+    memset(v->max_lid, 'l', IDX_LID_MAX);
+    memset(v->max_kw, 'k', IDX_KEYWORDS_MAX);
+    make_msg(&v->inbox[0], 5, "1733500000.M1P1.host,U=5", IDX_MSG_SYNCED, "$Junk work");
+    make_msg(&v->inbox[1], 6, "1733500001.M2P1.host,U=6", IDX_MSG_SYNCED, "$Junk work");
+    make_msg(&v->inbox[2], UINT32_MAX, v->max_lid, IDX_MSG_SYNCED, v->max_kw);
+    make_msg(&v->inbox[3], 9, "appending.with.uid", IDX_MSG_APPENDING, "");
+    make_msg(&v->inbox[4], 0, "appending.without", IDX_MSG_APPENDING, "later");
+    make_msg(&v->inbox[5], 11, "no.hash", IDX_MSG_SYNCED, "");
+    memset(v->inbox[5].msgid_hash, 0, sizeof(v->inbox[5].msgid_hash));
+    v->inbox[5].flags = IDX_FLAGS_UNSETTLED | 0x11;
+    v->big = xcalloc(V1_BIG, sizeof(*v->big));
+    for (uint32_t i = 0; i < V1_BIG; i++) {
+        char lid[64];
+        snprintf(lid, sizeof(lid), "%u.M%06uP9.host", 1733000000u + i, i);
+        make_msg(&v->big[i], 3 * i + 1, lid, IDX_MSG_SYNCED, i % 3 == 0 ? "$label1" : "");
+    }
+    make_msg(&v->longf[0], 1, "x", IDX_MSG_SYNCED, "");
+    v->folders[0] = (struct idx_v1_folder){.name = "INBOX",
+                                           .st = {.uidvalidity = 1700000001u,
+                                                  .uidnext = 4242,
+                                                  .highestmodseq = (1ull << 62) + 5,
+                                                  .last_full_sync = -12345678901ll,
+                                                  .messages = 4000000000u},
+                                           .msgs = v->inbox,
+                                           .nmsgs = ARRAY_SIZE(v->inbox)};
+    v->folders[1] = (struct idx_v1_folder){
+        .name = v->long_name, .st = {.uidvalidity = 3}, .msgs = v->longf, .nmsgs = 1};
+    v->folders[2] = (struct idx_v1_folder){.name = "Empty", .st = {.uidvalidity = 0}};
+    v->folders[3] = (struct idx_v1_folder){.name = "Archive/2024",
+                                           .st = {.uidvalidity = 9, .uidnext = 3 * V1_BIG},
+                                           .msgs = v->big,
+                                           .nmsgs = V1_BIG};
+
+    /* POP3 records and meta values live on through both formats. */
+    struct idx *idx = open_ok(fx, account);
+    struct idx_txn *t = begin(idx, true);
+    struct idx_pop p;
+    make_pop(&p, "U1", "pop.lid", IDX_POP_DELIVERED);
+    assert_int_equal(idx_pop_put(t, &p), 0);
+    assert_int_equal(idx_meta_put(t, "pop:last_run", "1700", 4), 0);
+    commit(idx, t);
+    idx_close(idx);
+
+    char *env = idx_path(fx->dir, account);
+    char *err = NULL;
+    if (idx_v1_write(env, v->folders, V1_FOLDERS, &err) != 0) {
+        fail_msg("idx_v1_write: %s", err);
+    }
+    free(env);
+    return v;
+}
+
+static void v1_fixture_free(struct v1_fixture *v)
+{
+    free(v->big);
+    free(v);
+}
+
+/* The converted index holds everything the schema 1 one did, and works. */
+static void v1_fixture_check(struct fx *fx, const char *account, const struct v1_fixture *v)
+{
+    struct idx *idx = open_ok(fx, account);
+    struct idx_txn *t = begin(idx, false);
+    for (size_t f = 0; f < V1_FOLDERS; f++) {
+        const struct idx_v1_folder *vf = &v->folders[f];
+        struct idx_folder st;
+        assert_int_equal(idx_folder_get(t, vf->name, &st), 0);
+        assert_folder_equal(&st, &vf->st); /* the change times are 0 */
+        assert_int_equal(idx_msg_count(t, vf->name), vf->nmsgs);
+        for (size_t i = 0; i < vf->nmsgs; i++) {
+            const struct idx_msg *want = &vf->msgs[i];
+            struct idx_msg got;
+            if (want->uid != 0) {
+                assert_int_equal(idx_msg_get_uid(t, vf->name, want->uid, &got), 0);
+                assert_msg_equal(&got, want);
+            }
+            assert_int_equal(idx_msg_get_lid(t, vf->name, want->lid, &got), 0);
+            assert_msg_equal(&got, want);
+        }
+        struct msg_list l = {.n = 0};
+        if (vf->nmsgs <= ARRAY_SIZE(l.uids)) {
+            assert_int_equal(idx_msg_walk(t, vf->name, collect_msg, &l), 0);
+            assert_int_equal(l.n, vf->nmsgs);
+        }
+    }
+    struct idx_pop p;
+    assert_int_equal(idx_pop_get(t, "U1", &p), 0);
+    assert_string_equal(p.lid, "pop.lid");
+    char buf[8];
+    size_t len = 0;
+    assert_int_equal(idx_meta_get(t, "pop:last_run", buf, sizeof(buf), &len), 0);
+    assert_int_equal(len, 4);
+    assert_memory_equal(buf, "1700", 4);
+    assert_int_equal(idx_meta_get(t, "schema_version", buf, sizeof(buf), &len), 0);
+    assert_memory_equal(buf, "\x02\0\0\0", 4);
+    idx_abort(t);
+
+    /* A new folder gets an id of its own: nothing of another shows up. */
+    t = begin(idx, true);
+    struct idx_msg m;
+    make_msg(&m, 1, "new.one", IDX_MSG_SYNCED, "$Junk work");
+    put_msg(idx, t, "New", &m);
+    assert_int_equal(idx_msg_count(t, "New"), 1);
+    struct msg_list l = {.n = 0};
+    assert_int_equal(idx_msg_walk(t, "New", collect_msg, &l), 0);
+    assert_int_equal(l.n, 1);
+    assert_int_equal(idx_folder_delete(t, "New"), 0);
+    commit(idx, t);
+    idx_close(idx);
+
+    /* Schema 1's databases are gone. */
+    struct raw r;
+    raw_open(fx, account, &r);
+    static const char *const v1_dbs[] = {"msg_uid", "msg_lid", "msg_pending"};
+    for (size_t i = 0; i < ARRAY_SIZE(v1_dbs); i++) {
+        MDB_dbi dbi;
+        assert_int_equal(mdb_dbi_open(r.txn, v1_dbs[i], 0, &dbi), MDB_NOTFOUND);
+    }
+    raw_close(&r);
+}
+
+static char *older_message(struct fx *fx, const char *account)
+{
+    return xasprintf("index %s/%s/index.mdb was written by an older mailsync (schema 1, this "
+                     "build uses %u); run 'mailsync sync' once to convert it",
+                     fx->dir, account, IDX_SCHEMA_VERSION);
+}
+
+/* A schema 1 index: idx_open_readonly refuses it and says how to convert
+ * it (it must not write); idx_open converts it, keeping every record. */
+static void test_upgrade_from_v1(void **state)
+{
+    struct fx *fx = *state;
+    struct v1_fixture *v = v1_fixture_write(fx, "acct");
+
+    struct idx *idx = (struct idx *)1;
+    char *err = NULL;
+    assert_int_equal(idx_open_readonly(fx->dir, "acct", &idx, &err), -EPROTO);
+    assert_null(idx);
+    char *want = older_message(fx, "acct");
+    assert_string_equal(err, want);
+    free(want);
+    free(err);
+
+    v1_fixture_check(fx, "acct", v);
+    /* Converted once: opening again changes nothing, and so does the
+     * read-only open now. */
+    v1_fixture_check(fx, "acct", v);
+    idx = open_ro_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, false);
+    assert_int_equal(idx_msg_count(t, "Archive/2024"), V1_BIG);
+    idx_abort(t);
+    idx_close(idx);
+    v1_fixture_free(v);
+}
+
+/* Raw view of a conversion in progress: folders whose record is already
+ * schema 2, and the schema version. */
+static void conversion_state(struct fx *fx, const char *account, size_t *converted_r,
+                             uint32_t *version_r)
+{
+    struct raw r;
+    raw_open(fx, account, &r);
+    MDB_cursor *c;
+    assert_int_equal(mdb_cursor_open(r.txn, raw_dbi(&r, "folders"), &c), 0);
+    MDB_val k, v;
+    size_t n = 0, all = 0;
+    while (mdb_cursor_get(c, &k, &v, MDB_NEXT) == 0) {
+        all++;
+        n += v.mv_size > 0 && ((const uint8_t *)v.mv_data)[0] == 2;
+    }
+    mdb_cursor_close(c);
+    assert_int_equal(all, V1_FOLDERS);
+    assert_int_equal(raw_get(&r, "meta", "schema_version", 14, &v), 0);
+    *version_r = ((const uint8_t *)v.mv_data)[0];
+    raw_close(&r);
+    *converted_r = n;
+}
+
+static void open_killed(struct fx *fx, const char *account, int done, bool committed)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        kill_at_done = done;
+        kill_at_committed = committed;
+        struct idx *idx = NULL;
+        char *err = NULL;
+        idx_open(fx->dir, account, &idx, &err);
+        _exit(3); /* not killed: the kill point was never reached */
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGKILL);
+}
+
+/* kill -9 in the middle of a conversion, inside a folder's transaction and
+ * between two: every folder is either untouched or wholly converted, the
+ * index stays schema 1 (the read-only open still refuses it, with the same
+ * words), and the next idx_open finishes the job with nothing lost. */
+static void test_upgrade_killed(void **state)
+{
+    struct fx *fx = *state;
+    struct v1_fixture *v = v1_fixture_write(fx, "acct");
+    size_t converted;
+    uint32_t version;
+
+    /* Killed while the first folder's records are written. */
+    open_killed(fx, "acct", 0, false);
+    conversion_state(fx, "acct", &converted, &version);
+    assert_int_equal(converted, 0);
+    assert_int_equal(version, 1);
+
+    /* Killed after two folders were committed. */
+    open_killed(fx, "acct", 2, true);
+    conversion_state(fx, "acct", &converted, &version);
+    assert_int_equal(converted, 2);
+    assert_int_equal(version, 1);
+    struct idx *idx = NULL;
+    char *err = NULL;
+    assert_int_equal(idx_open_readonly(fx->dir, "acct", &idx, &err), -EPROTO);
+    char *want = older_message(fx, "acct");
+    assert_string_equal(err, want);
+    free(want);
+    free(err);
+
+    /* Killed in the last folder's transaction (the second this run
+     * converts: the counts are this run's), after the earlier ones were done
+     * by the run before. */
+    open_killed(fx, "acct", 1, false);
+    conversion_state(fx, "acct", &converted, &version);
+    assert_int_equal(converted, 3);
+    assert_int_equal(version, 1);
+
+    /* Killed after every folder (this run has one left), before the
+     * version was stamped. */
+    open_killed(fx, "acct", 1, true);
+    conversion_state(fx, "acct", &converted, &version);
+    assert_int_equal(converted, V1_FOLDERS);
+    assert_int_equal(version, 1);
+
+    v1_fixture_check(fx, "acct", v);
+    v1_fixture_free(v);
+}
+
+/* Size */
+
+/* Bytes of data.mdb, and of a copy compacted as `mdb_copy -c` does. */
+static void index_size(struct fx *fx, const char *account, size_t *written_r, size_t *compact_r)
+{
+    char path[512], copy[512];
+    snprintf(path, sizeof(path), "%s/%s/index.mdb", fx->dir, account);
+    snprintf(copy, sizeof(copy), "%s/%s-compact", fx->dir, account);
+    struct stat st;
+    char data[600];
+    snprintf(data, sizeof(data), "%s/data.mdb", path);
+    assert_int_equal(stat(data, &st), 0);
+    *written_r = (size_t)st.st_size;
+    MDB_env *env;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+    assert_int_equal(mdb_env_open(env, path, MDB_RDONLY, 0600), 0);
+    assert_int_equal(mkdir(copy, 0700), 0);
+    assert_int_equal(mdb_env_copy2(env, copy, MDB_CP_COMPACT), 0);
+    mdb_env_close(env);
+    snprintf(data, sizeof(data), "%s/data.mdb", copy);
+    assert_int_equal(stat(data, &st), 0);
+    *compact_r = (size_t)st.st_size;
+}
+
+/* Messages as the first sync of a folder records them: names as Dovecot,
+ * mailsync and mbsync write them, in delivery order, committed in batches,
+ * a tenth with a keyword. */
+static size_t size_fill(struct idx *idx, uint32_t from, uint32_t to)
+{
+    size_t names = 0;
+    struct idx_msg m;
+    for (uint32_t start = from; start < to; start += 500) {
+        struct idx_txn *t = begin(idx, true);
+        for (uint32_t i = start; i < start + 500 && i < to; i++) {
+            char lid[64];
+            snprintf(lid, sizeof(lid), "%u.M%06uP4242.host,U=%u", 1733500000u + i / 7,
+                     (i % 7) * 140000u + i % 1000, i + 1);
+            make_msg(&m, i + 1, lid, IDX_MSG_SYNCED, i % 10 == 0 ? "$Junk" : "");
+            m.size = 1500 + (i * 37) % 40000;
+            put_msg(idx, t, "INBOX", &m);
+            names += strlen(lid);
+        }
+        commit(idx, t);
+    }
+    return names;
+}
+
+/* The issue-13 budget: at most 64 bytes a message besides its name, for
+ * the file compacted (everything counted) and as written (what each further
+ * message adds, from 10,000 to 20,000, so that the pages every index has
+ * whatever its size are not spread over the messages). */
+static void test_size_per_message(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "size");
+    size_t names = size_fill(idx, 0, 10000);
+    idx_close(idx);
+    size_t written, compact;
+    index_size(fx, "size", &written, &compact);
+    double name = (double)names / 10000;
+    double per_compact = (double)compact / 10000 - name;
+    print_message("10,000 messages, names of %.1f bytes: %zu bytes compacted (%.1f + name a "
+                  "message), %zu as written\n",
+                  name, compact, per_compact, written);
+    assert_true(per_compact <= 64);
+
+    idx = open_ok(fx, "size");
+    size_t names2 = size_fill(idx, 10000, 20000);
+    idx_close(idx);
+    size_t written2, compact2;
+    char path[512];
+    snprintf(path, sizeof(path), "%s/size-compact", fx->dir);
+    char data[600];
+    snprintf(data, sizeof(data), "%s/data.mdb", path);
+    assert_int_equal(unlink(data), 0);
+    snprintf(data, sizeof(data), "%s/lock.mdb", path);
+    unlink(data);
+    assert_int_equal(rmdir(path), 0);
+    index_size(fx, "size", &written2, &compact2);
+    double per_written = (double)(written2 - written) / 10000 - (double)names2 / 10000;
+    print_message("20,000 messages: %zu bytes as written, %.1f + name a message more\n", written2,
+                  per_written);
+    assert_true(per_written <= 64);
+    assert_true((double)compact2 / 20000 - (double)(names + names2) / 20000 <= 64);
 }
 
 /* Validation and transaction rules */
@@ -1633,19 +2538,6 @@ static void test_write_error(void **state)
 }
 
 /* Read-only opening (`mailsync status` beside a running sync) */
-
-static struct idx *open_ro_ok(struct fx *fx, const char *account)
-{
-    struct idx *idx = NULL;
-    char *err = NULL;
-    int rc = idx_open_readonly(fx->dir, account, &idx, &err);
-    if (rc != 0) {
-        fail_msg("idx_open_readonly(%s): %d %s", account, rc, err ? err : "(no message)");
-    }
-    assert_null(err);
-    assert_non_null(idx);
-    return idx;
-}
 
 static bool exists(const char *dir, const char *rel)
 {
@@ -1907,6 +2799,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_full_with_reader_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_grows_ahead, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keyword_sets_shared_and_cleaned, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keyword_sets_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_count_and_walk_model, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_from_v1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_killed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_size_per_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_no_index, setup, teardown),
