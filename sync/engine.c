@@ -1460,7 +1460,7 @@ static int folder_prepare(struct engine *e)
         if (n > 0) {
             xgrow(&f->base, &f->base_cap, n, sizeof(*f->base));
         }
-        r = idx_msg_foreach(txn, j->name, load_base, f);
+        r = idx_msg_walk(txn, j->name, load_base, f);
         skips_load(e, txn);
     }
     /* Kept apart from the folder state: a first run that failed still
@@ -4261,7 +4261,7 @@ static void local_folder_delete(struct engine *e, struct fjob *j)
         }
     }
     if (r == 0 && (r = idx_begin(e->idx, false, &txn)) == 0) {
-        r = idx_msg_foreach(txn, j->name, collect_synced_lids, &known);
+        r = idx_msg_walk(txn, j->name, collect_synced_lids, &known);
         idx_abort(txn);
     }
     if (r < 0) {
@@ -4491,7 +4491,7 @@ static int server_folder_delete(struct engine *e, struct fjob *j)
     if (r == 0) {
         r = idx_folder_get(txn, j->name, &d->st);
         if (r == 0) {
-            r = idx_msg_foreach(txn, j->name, collect_synced, &d->known);
+            r = idx_msg_walk(txn, j->name, collect_synced, &d->known);
         }
         idx_abort(txn);
     }
