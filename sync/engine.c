@@ -215,6 +215,7 @@ struct fstate {
     /* Downloads. */
     bool dl_flushed;            /* a batch of this folder was committed */
     struct flush_job *flushing; /* a batch on the thread pool (flush_work) */
+    bool reading;               /* local files read on the thread pool (rematch) */
     bool advance_after_flush;   /* folder_advance waits for it */
     size_t dl_next;
     struct dl **batch;
@@ -1018,7 +1019,7 @@ static void finish(struct engine *e)
         imap_free(e->im);
         e->im = NULL;
     }
-    if (e->f != NULL && e->f->flushing != NULL) {
+    if (e->f != NULL && (e->f->flushing != NULL || e->f->reading)) {
         /* The thread pool still writes the folder's batch: flush_done
          * records it and then ends the run. */
         e->teardown_pending = true;
@@ -2136,22 +2137,22 @@ static int strp_cmp(const void *a, const void *b)
 
 /* Reads the header of every local file (its wire size only where a server
  * message could match it) and pairs what the Message-ID and size decide. */
-static void rematch_prepare(struct engine *e)
+/* Reading the local files' header blocks for the re-match (a Maildir of
+ * thousands of messages is thousands of opens and reads) runs on the
+ * thread pool; the folder waits for it (fstate.reading). */
+struct read_job {
+    uv_work_t req;
+    struct engine *e;
+    const char **ids; /* the server's Message-IDs, sorted */
+    size_t nids;
+    bool srv_noid; /* a server message has none */
+};
+
+static void rematch_read_work(uv_work_t *req)
 {
-    struct fstate *f = e->f;
+    struct read_job *j = req->data;
+    struct fstate *f = j->e->f;
     size_t n = f->scan->count;
-    f->lf = xcalloc(n + 1, sizeof(*f->lf));
-    const char **ids = xcalloc(f->nsmsgs + 1, sizeof(*ids));
-    size_t nids = 0;
-    bool srv_noid = false;
-    for (size_t i = 0; i < f->nsmsgs; i++) {
-        if (f->smsgs[i].msgid != NULL) {
-            ids[nids++] = f->smsgs[i].msgid;
-        } else {
-            srv_noid = true;
-        }
-    }
-    qsort(ids, nids, sizeof(*ids), strp_cmp);
     for (size_t i = 0; i < n && f->md != NULL; i++) {
         struct lfact *lf = &f->lf[i];
         int fd = md_open_msg(f->md, &f->scan->msgs[i]);
@@ -2159,16 +2160,68 @@ static void rematch_prepare(struct engine *e)
             continue; /* gone meanwhile: it cannot match */
         }
         if (msgfacts_read_file(fd, &lf->msgid, lf->hh, &lf->have_hh, &lf->strip) == 0) {
-            bool maybe = lf->msgid != NULL
-                             ? bsearch(&lf->msgid, ids, nids, sizeof(*ids), strp_cmp) != NULL
-                             : srv_noid;
+            bool maybe = lf->msgid != NULL ? bsearch(&lf->msgid, j->ids, j->nids, sizeof(*j->ids),
+                                                     strp_cmp) != NULL
+                                           : j->srv_noid;
             if (maybe && wire_size(fd, &lf->wire) == 0) {
                 lf->have_wire = true;
             }
         }
         close(fd);
     }
-    free(ids);
+}
+
+static void rematch_match(struct engine *e);
+static void fetch_headers_send(struct engine *e);
+
+static void rematch_read_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct read_job *j = req->data;
+    struct engine *e = j->e;
+    e->f->reading = false;
+    free(j->ids);
+    free(j);
+    if (e->finished) {
+        if (e->teardown_pending) {
+            finish_teardown(e);
+        }
+        return;
+    }
+    rematch_match(e);
+    fetch_headers_send(e);
+}
+
+/* Reads every local file's Message-ID, header hash and wire size (on the
+ * thread pool), then matches them to the server's listing. */
+static void rematch_prepare(struct engine *e)
+{
+    struct fstate *f = e->f;
+    size_t n = f->scan->count;
+    f->lf = xcalloc(n + 1, sizeof(*f->lf));
+    struct read_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->ids = xcalloc(f->nsmsgs + 1, sizeof(*j->ids));
+    for (size_t i = 0; i < f->nsmsgs; i++) {
+        if (f->smsgs[i].msgid != NULL) {
+            j->ids[j->nids++] = f->smsgs[i].msgid;
+        } else {
+            j->srv_noid = true;
+        }
+    }
+    qsort(j->ids, j->nids, sizeof(*j->ids), strp_cmp);
+    f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, rematch_read_work, rematch_read_done) != 0) {
+        rematch_read_work(&j->req);
+        rematch_read_done(&j->req, 0);
+    }
+}
+
+static void rematch_match(struct engine *e)
+{
+    struct fstate *f = e->f;
+    size_t n = f->scan->count;
     f->rm_s = xcalloc(f->nsmsgs + 1, sizeof(*f->rm_s));
     for (size_t i = 0; i < f->nsmsgs; i++) {
         f->rm_s[i] = (struct plan_match){
@@ -2391,10 +2444,22 @@ static void fetch_headers(struct engine *e)
     f->phase = FP_HEADERS;
     f->pending = 1;
     dedupe_server(f);
+    if (f->rematch) {
+        rematch_prepare(e); /* goes on in fetch_headers_send */
+        return;
+    }
+    if (f->nintents > 0 && f->md != NULL) {
+        intents_prepare(e);
+    }
+    fetch_headers_send(e);
+}
+
+static void fetch_headers_send(struct engine *e)
+{
+    struct fstate *f = e->f;
     uint32_t *uids = NULL;
     size_t n = 0, cap = 0;
     if (f->rematch) {
-        rematch_prepare(e);
         for (size_t i = 0; i < f->rm_ns; i++) {
             if (f->rm_s[i].need_hh) {
                 xgrow(&uids, &cap, n + 1, sizeof(*uids));
@@ -2402,7 +2467,6 @@ static void fetch_headers(struct engine *e)
             }
         }
     } else if (f->nintents > 0 && f->md != NULL) {
-        intents_prepare(e);
         for (size_t i = 0; i < f->it_ns; i++) {
             if (f->it_s[i].need_hh) {
                 xgrow(&uids, &cap, n + 1, sizeof(*uids));
