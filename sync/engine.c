@@ -330,6 +330,7 @@ static void folder_end(struct engine *e);
 static void folder_advance(struct engine *e);
 static void finish(struct engine *e);
 static void finish_teardown(struct engine *e);
+static void job_ended_early(struct engine *e, struct fjob *j);
 static int flush_batch(struct engine *e);
 static void dedupe_server(struct fstate *f);
 static int wire_size(int fd, uint64_t *size_r);
@@ -1403,6 +1404,79 @@ static void drop_empty_uploads(struct engine *e)
 
 /* Opens the Maildir, scans it, reads the base and adopts downloads that
  * were renamed into place before a crash recorded them. */
+/* folder_prepare went on to scan the folder on the thread pool. */
+#define PREPARE_SCANNING 1
+
+/* The Maildir scan of a folder (and its tmp/ cleanup) on the thread
+ * pool: a folder of 100,000 messages is a large directory to read and
+ * sort. The folder waits for it (fstate.reading). */
+struct scan_job {
+    uv_work_t req;
+    struct engine *e;
+    struct md_scan *scan;
+    int r;
+    bool clean;
+    time_t now;
+};
+
+static void scan_work(uv_work_t *req)
+{
+    struct scan_job *j = req->data;
+    struct md_folder *md = j->e->f->md;
+    j->r = md_scan(md, &j->scan);
+    if (j->r == 0 && j->clean) {
+        md_clean_tmp(md, j->now);
+    }
+}
+
+static void start_folder_scanned(struct engine *e);
+
+static void scan_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct scan_job *j = req->data;
+    struct engine *e = j->e;
+    struct fstate *f = e->f;
+    f->reading = false;
+    f->scan = j->scan;
+    int r = j->r;
+    free(j);
+    if (e->finished) {
+        if (e->teardown_pending) {
+            finish_teardown(e);
+        }
+        return;
+    }
+    if (r < 0) {
+        folder_fail(e, "%s", md_folder_error(f->md));
+        struct fjob *job = f->job;
+        fstate_free(f);
+        e->f = NULL;
+        job_ended_early(e, job);
+        next_folder(e);
+        return;
+    }
+    start_folder_scanned(e);
+}
+
+static void scan_start(struct engine *e)
+{
+    struct scan_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->clean = !e->opts.dry_run;
+    j->now = e->now;
+    e->f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, scan_work, scan_done) != 0) {
+        scan_work(&j->req);
+        scan_done(&j->req, 0);
+    }
+}
+
+/* Opens the folder's Maildir directory (creating it for a real run) and
+ * reads it, on the thread pool unless there is nothing to read: returns
+ * 0 when done, PREPARE_SCANNING when scan_done goes on, or a negative
+ * errno after folder_fail. */
 static int folder_prepare(struct engine *e)
 {
     struct fstate *f = e->f;
@@ -1432,18 +1506,21 @@ static int folder_prepare(struct engine *e)
          * as if the scan had run a moment earlier). */
         f->scan = xcalloc(1, sizeof(*f->scan));
     } else if (f->md != NULL) {
-        r = md_scan(f->md, &f->scan);
-        if (r < 0) {
-            folder_fail(e, "%s", md_folder_error(f->md));
-            return r;
-        }
-        if (!e->opts.dry_run) {
-            md_clean_tmp(f->md, e->now);
-        }
+        scan_start(e);
+        return PREPARE_SCANNING;
     } else {
         f->scan = xcalloc(1, sizeof(*f->scan));
     }
+    return 0;
+}
 
+/* The index's side of a folder about to be synced: its state, base,
+ * intents and skip lists. */
+static int folder_prepare_index(struct engine *e)
+{
+    struct fstate *f = e->f;
+    struct fjob *j = f->job;
+    int r;
     struct idx_txn *txn;
     r = idx_begin(e->idx, false, &txn);
     if (r < 0) {
@@ -4170,7 +4247,26 @@ static void start_folder(struct engine *e, struct fjob *j)
     struct fstate *f = xcalloc(1, sizeof(*f));
     f->job = j;
     e->f = f;
-    if (folder_prepare(e) < 0) {
+    int r = folder_prepare(e);
+    if (r < 0) {
+        fstate_free(f);
+        e->f = NULL;
+        job_ended_early(e, j);
+        next_folder(e);
+        return;
+    }
+    if (r == PREPARE_SCANNING) {
+        return; /* scan_done goes on */
+    }
+    start_folder_scanned(e);
+}
+
+/* start_folder, once the folder's Maildir side is read. */
+static void start_folder_scanned(struct engine *e)
+{
+    struct fstate *f = e->f;
+    struct fjob *j = f->job;
+    if (folder_prepare_index(e) < 0) {
         fstate_free(f);
         e->f = NULL;
         job_ended_early(e, j);
