@@ -4691,6 +4691,13 @@ static void on_logout_timeout(uv_timer_t *t)
     finish(e);
 }
 
+static void phase(struct engine *e, enum engine_phase p)
+{
+    if (e->root == e && e->opts.on_phase != NULL && !e->finished) {
+        e->opts.on_phase(p, e->opts.session_arg);
+    }
+}
+
 /* A folder synced again on demand starts from a clean result, and always
  * SELECTs: the LIST-STATUS figures the run started with are old now. */
 static void demand_reset(struct fjob *j)
@@ -4738,6 +4745,7 @@ int engine_sync_folder(struct engine *e, const char *folder)
     }
     if (e->idle) {
         e->idle = false;
+        phase(e, ENGINE_PHASE_SYNCING);
         next_folder(e);
     }
     return 0;
@@ -4832,6 +4840,7 @@ static void next_folder(struct engine *e)
         }
         /* A session stays logged in for the next folder job. */
         e->idle = true;
+        phase(e, ENGINE_PHASE_IDLE);
         if (e->opts.on_idle != NULL) {
             e->opts.on_idle(e->opts.session_arg);
         }
@@ -4848,6 +4857,7 @@ static void next_folder(struct engine *e)
     /* All folders done: log out cleanly (the server sees a LOGOUT, not a
      * dropped connection), but do not wait long for its BYE. */
     if (e->im != NULL && !conn_lost(e) && !e->logged_out) {
+        phase(e, ENGINE_PHASE_LOGGING_OUT);
         e->logged_out = true;
         if (imap_logout(e->im, on_logout_done, e) == 0) {
             uv_timer_start(&e->timer, on_logout_timeout, LOGOUT_TIMEOUT_MS, 0);
@@ -5096,6 +5106,7 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         e->jobs[i].res = &e->fres[i];
         e->fres[i].name = e->jobs[i].name;
     }
+    phase(e, ENGINE_PHASE_SYNCING);
     start_lanes(e);
     next_folder(e);
 }
@@ -5109,6 +5120,7 @@ static void on_imap_ready(struct imap *im, void *arg)
         next_folder(e);
         return;
     }
+    phase(e, ENGINE_PHASE_LISTING);
     if (imap_list(im, on_list_folder, on_list_done, e) < 0) {
         set_error(e, SYNC_TRANSIENT, "cannot queue LIST");
         finish(e);

@@ -66,6 +66,15 @@ struct engine_result {
     bool dry_run;
 };
 
+/* The steps of a run (or a session) on its first connection. */
+enum engine_phase {
+    ENGINE_PHASE_CONNECTING = 0, /* password, connection, TLS, login */
+    ENGINE_PHASE_LISTING,        /* LIST, and the folders decided */
+    ENGINE_PHASE_SYNCING,        /* folder jobs */
+    ENGINE_PHASE_IDLE,           /* stay_open: logged in, nothing to do */
+    ENGINE_PHASE_LOGGING_OUT,
+};
+
 struct engine_opts {
     bool dry_run; /* compute and print the plans; change nothing anywhere */
     bool force;   /* override the mass-deletion and vanished-folder guards */
@@ -92,7 +101,10 @@ struct engine_opts {
      * (EXISTS, EXPUNGE, FETCH, VANISHED after its sync, or an unasked
      * STATUS): the owner syncs it again when it likes. */
     void (*on_dirty)(const char *folder, void *arg);
-    void *session_arg;
+    /* Where the run or session is, for its owner's state machine (see
+     * enum engine_phase); may be NULL. */
+    void (*on_phase)(enum engine_phase phase, void *arg);
+    void *session_arg; /* the argument of the five callbacks above */
 };
 
 typedef void (*engine_done_cb)(const struct engine_result *res, void *arg);

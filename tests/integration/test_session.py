@@ -83,7 +83,7 @@ def fields(line):
 
 class SessionScenarios(SyncFixture):
 
-    def open_sessions(self, want=None, count=None, timeout=10):
+    def open_sessions(self, want=None, count=None, timeout=30):
         """The imap process ids of the user's connections that logged in
         and have not disconnected, from Dovecot's log; with want (a set) or
         count, waits (the log process writes a little late, and the test's

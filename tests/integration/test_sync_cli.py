@@ -93,6 +93,43 @@ class SyncCommand(mstest.DovecotTestCase):
         self.assertEqual(r.returncode, 75, r.stdout + r.stderr)
         self.assertIn("connection refused", r.stderr)
 
+    def states(self, stderr, account):
+        """The supervisor's logged transitions of an account, in order."""
+        prefix = "%s: state " % account
+        return [line.split(prefix, 1)[1] for line in stderr.splitlines() if prefix in line]
+
+    def test_supervisor_states_run_once(self):
+        """With -v each account's supervisor logs every transition of the
+        run-once policy: an IMAP account goes connecting, listing,
+        syncing, logging out, disconnected; refused credentials end in
+        failed (auth); a refused connection in disconnected with the
+        reason; a POP3 account goes connecting, syncing, disconnected."""
+        cfg = self.write_config({
+            "imap": self.imap_account(os.path.join(self.tmp, "imap")),
+            "badpw": self.imap_account(os.path.join(self.tmp, "badpw"), password="wrong"),
+            "down": dict(self.imap_account(os.path.join(self.tmp, "down")), port=1),
+            "pop": self.accounts()["alice"],
+        })
+        r = self.mailsync(cfg, "-v", "sync")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertEqual(self.states(r.stderr, "imap"),
+                         ["disconnected -> connecting", "connecting -> listing",
+                          "listing -> syncing", "syncing -> logging out",
+                          "logging out -> disconnected: done"], r.stderr)
+        self.assertEqual(self.states(r.stderr, "badpw"),
+                         ["disconnected -> connecting",
+                          "connecting -> failed (auth): the server refused the credentials"])
+        self.assertEqual(self.states(r.stderr, "down"),
+                         ["disconnected -> connecting",
+                          "connecting -> disconnected: a temporary failure; the next run "
+                          "retries"])
+        self.assertEqual(self.states(r.stderr, "pop"),
+                         ["disconnected -> connecting", "connecting -> syncing",
+                          "syncing -> disconnected: done"])
+        r = self.mailsync(cfg, "sync", "imap")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertNotIn("state ", r.stderr)  # debug lines only with -v
+
     def test_unknown_option(self):
         cfg = self.write_config(self.accounts())
         r = self.mailsync(cfg, "sync", "--bogus")
