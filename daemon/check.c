@@ -146,7 +146,7 @@ static void add_fix(struct problem *pb, const char *fmt, ...)
     va_end(ap);
 }
 
-/* A provider hint with its placeholders filled in, as a fix. */
+/* A provider hint with its template fields filled in, as a fix. */
 static void add_hint(struct check *ck, struct problem *pb, const char *hint)
 {
     if (ck->prov == NULL || hint == NULL) {

@@ -364,20 +364,20 @@ static const yaml_node_t *map_get(struct ploader *ld, const yaml_node_t *n, cons
     return NULL;
 }
 
-/* Placeholders a text may hold (provider_expand). */
-static const char *const placeholders[] = {"{user}", "{host}", "{web}", "{org_host}"};
+/* The template fields a hint may hold, filled in by provider_expand. */
+static const char *const template_fields[] = {"{user}", "{host}", "{web}", "{org_host}"};
 
-static bool check_placeholders(struct ploader *ld, const yaml_node_t *at, const struct provider *p,
-                               const char *text)
+static bool check_template_fields(struct ploader *ld, const yaml_node_t *at,
+                                  const struct provider *p, const char *text)
 {
     for (const char *s = text != NULL ? strchr(text, '{') : NULL; s != NULL;
          s = strchr(s + 1, '{')) {
         bool known = false;
-        for (size_t i = 0; i < ARRAY_SIZE(placeholders); i++) {
-            known |= strncmp(s, placeholders[i], strlen(placeholders[i])) == 0;
+        for (size_t i = 0; i < ARRAY_SIZE(template_fields); i++) {
+            known |= strncmp(s, template_fields[i], strlen(template_fields[i])) == 0;
         }
         if (!known) {
-            return fail_at(ld, at, "provider '%s': unknown placeholder in '%.20s'", p->name, s);
+            return fail_at(ld, at, "provider '%s': unknown template field in '%.20s'", p->name, s);
         }
     }
     return true;
@@ -442,7 +442,7 @@ static bool check_entry(struct ploader *ld, const yaml_node_t *at, size_t idx)
     const char *const texts[] = {p->hints.enable_imap, p->hints.enable_pop3, p->hints.password,
                                  p->hints.login,       p->hints.connect,     p->hints.certificate};
     for (size_t i = 0; i < ARRAY_SIZE(texts); i++) {
-        if (!check_placeholders(ld, at, p, texts[i])) {
+        if (!check_template_fields(ld, at, p, texts[i])) {
             return false;
         }
     }
@@ -700,16 +700,16 @@ char *provider_expand(const struct provider *p, enum cfg_protocol proto, const c
     sbuf_adds(&sb, "");
     for (const char *c = text; *c != '\0'; c++) {
         size_t i = 0;
-        while (i < ARRAY_SIZE(placeholders) &&
-               strncmp(c, placeholders[i], strlen(placeholders[i])) != 0) {
+        while (i < ARRAY_SIZE(template_fields) &&
+               strncmp(c, template_fields[i], strlen(template_fields[i])) != 0) {
             i++;
         }
-        if (i == ARRAY_SIZE(placeholders)) {
+        if (i == ARRAY_SIZE(template_fields)) {
             sbuf_addc(&sb, *c);
             continue;
         }
         sbuf_adds(&sb, values[i] != NULL ? values[i] : "?");
-        c += strlen(placeholders[i]) - 1;
+        c += strlen(template_fields[i]) - 1;
     }
     return sbuf_detach(&sb);
 }

@@ -118,7 +118,7 @@ const struct provider_server *provider_server(const struct provider *p, enum cfg
 bool provider_supports_auth(const struct provider *p, enum cfg_auth auth);
 
 /* A hint (struct provider_hints) or other text of the table with its
- * placeholders filled in: {user} the account's user name, {host} its server,
+ * template fields filled in: {user} the account's user name, {host} its server,
  * {web} the provider's webmail, {org_host} the organisation server of the
  * protocol (each NULL or missing value reads as "?"). Caller frees. */
 char *provider_expand(const struct provider *p, enum cfg_protocol proto, const char *text,

@@ -325,7 +325,7 @@ static void test_parse_errors(void **state)
                        "    auth: [plain]\n",
                        "2:5: provider 'x' needs a title and the provider's help pages (docs)");
     expect_parse_error("providers:\n" ENTRY "    hints: {password: \"use {pasword}\"}\n",
-                       "2:5: provider 'x': unknown placeholder in '{pasword}'");
+                       "2:5: provider 'x': unknown template field in '{pasword}'");
     expect_parse_error("providers:\n" ENTRY "    hints: {pasword: x}\n",
                        "7:13: provider 'x': unknown hint 'pasword'");
     expect_parse_error("providers:\n" ENTRY "    folders: {spam: Spam}\n",
