@@ -51,6 +51,7 @@
 #include "sync/net.h"
 #include "sync/options.h"
 #include "sync/plan.h"
+#include "sync/remote.h"
 #include "sync/secret.h"
 #include "sync/skiplist.h"
 
@@ -263,7 +264,10 @@ struct engine {
 
     struct idx *idx; /* the first lane's; shared */
     struct secret_req *secret_req;
-    struct imap *im;
+    /* The connection, through the server interface (sync/remote.h): the
+     * IMAP client, or the unit tests' fake. */
+    const struct remote_ops *ro;
+    struct remote *im;
     bool conn_dead;
     bool logged_out;
     bool ready; /* logged in */
@@ -1017,7 +1021,7 @@ static void finish(struct engine *e)
         e->secret_req = NULL;
     }
     if (e->im != NULL) {
-        imap_free(e->im);
+        e->ro->free(e->im);
         e->im = NULL;
     }
     if (e->f != NULL && (e->f->flushing != NULL || e->f->reading)) {
@@ -1053,7 +1057,7 @@ static void finish_teardown(struct engine *e)
  * would look complete (invariant 9). */
 static bool conn_lost(const struct engine *e)
 {
-    return e->conn_dead || (e->im != NULL && imap_get_state(e->im) == IMAP_STATE_FAILED);
+    return e->conn_dead || (e->im != NULL && e->ro->state(e->im) == IMAP_STATE_FAILED);
 }
 
 /* How a connection failure is reported: a refused login needs the user, and
@@ -1666,7 +1670,7 @@ static enum plan_local_delete local_delete_mode(const struct engine *e)
         mode = PLAN_LOCAL_DELETE_EXPUNGE; /* deleted in the trash itself */
     }
     if (mode == PLAN_LOCAL_DELETE_EXPUNGE && e->im != NULL &&
-        !(imap_caps(e->im) & IMAP_CAP_UIDPLUS)) {
+        !(e->ro->caps(e->im) & IMAP_CAP_UIDPLUS)) {
         mode = PLAN_LOCAL_DELETE_FLAG;
     }
     return mode;
@@ -1801,7 +1805,7 @@ static bool refused_locally(const struct engine *e, const struct imap_result *re
     if (res->err >= 0 || e->im == NULL || conn_lost(e)) {
         return false;
     }
-    enum imap_state s = imap_get_state(e->im);
+    enum imap_state s = e->ro->state(e->im);
     return s != IMAP_STATE_FAILED && s != IMAP_STATE_CLOSED;
 }
 
@@ -1845,7 +1849,7 @@ static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *
 static void queue_failed(struct engine *e, int r, const char *what)
 {
     if (r == -ENOTCONN || conn_lost(e)) {
-        const char *why = e->im != NULL ? imap_error(e->im) : NULL;
+        const char *why = e->im != NULL ? e->ro->error(e->im) : NULL;
         folder_fail_transient(e, "%s not sent, the connection failed: %s", what,
                               why != NULL ? why : "not connected");
     } else {
@@ -1896,7 +1900,7 @@ static const struct imap_fetch_cb flags_cb = {.on_message = on_fetch_msg, .done 
 static void listing_fetch(struct engine *e, const char *set, unsigned items, uint64_t changedsince)
 {
     e->f->pending++;
-    int r = imap_uid_fetch(e->im, set, items, changedsince, false, &flags_cb, e);
+    int r = e->ro->uid_fetch(e->im, set, items, changedsince, false, &flags_cb, e);
     if (r < 0) {
         e->f->pending--;
         queue_failed(e, r, "UID FETCH");
@@ -1909,7 +1913,7 @@ static void issue_fetch(struct engine *e)
     f->phase = FP_FETCH;
     const struct imap_mailbox *mb = &f->mb;
     bool known = f->st.uidvalidity != 0 && f->st.uidvalidity == mb->uidvalidity;
-    f->condstore = imap_condstore_enabled(e->im) && !mb->nomodseq && mb->highestmodseq > 0;
+    f->condstore = e->ro->condstore_enabled(e->im) && !mb->nomodseq && mb->highestmodseq > 0;
     f->delta = known && f->condstore && f->st.highestmodseq > 0 && f->st.uidnext > 0;
     f->pending = 1; /* held until all are queued */
     unsigned items = IMAP_FETCH_FLAGS | IMAP_FETCH_SIZE | IMAP_FETCH_INTERNALDATE;
@@ -1934,7 +1938,7 @@ static void issue_fetch(struct engine *e)
             if (imap_uid_range_format(1, f->st.uidnext - 1, crit + 4, sizeof(crit) - 4) == 0) {
                 memcpy(crit, "UID ", 4);
                 f->pending++;
-                int r = imap_uid_search(e->im, crit, on_search_done, e);
+                int r = e->ro->uid_search(e->im, crit, on_search_done, e);
                 if (r < 0) {
                     f->pending--;
                     queue_failed(e, r, "UID SEARCH");
@@ -2037,16 +2041,16 @@ static void do_select(struct engine *e)
     e->selected = xstrdup(f->job->name);
     struct imap_select_opts so = {0};
     so.readonly = e->opts.dry_run;
-    if (imap_qresync_enabled(e->im) && f->st.uidvalidity != 0 && f->st.highestmodseq > 0 &&
+    if (e->ro->qresync_enabled(e->im) && f->st.uidvalidity != 0 && f->st.highestmodseq > 0 &&
         f->st.uidnext > 0) {
         so.qresync_uidvalidity = f->st.uidvalidity;
         so.qresync_modseq = f->st.highestmodseq;
         f->qresync = true;
-    } else if (imap_condstore_enabled(e->im)) {
+    } else if (e->ro->condstore_enabled(e->im)) {
         so.condstore = true;
     }
     f->phase = FP_SELECT;
-    int r = imap_select(e->im, f->job->name, &so, on_select, e);
+    int r = e->ro->select(e->im, f->job->name, &so, on_select, e);
     if (r < 0) {
         queue_failed(e, r, "SELECT");
         folder_advance(e);
@@ -2130,7 +2134,7 @@ static void recover_intents(struct engine *e)
         rc->e = e;
         rc->index = i;
         f->pending++;
-        int r = imap_uid_search(e->im, sb.buf, on_recover_search, rc);
+        int r = e->ro->uid_search(e->im, sb.buf, on_recover_search, rc);
         if (r < 0) {
             f->pending--;
             free(rc);
@@ -2556,7 +2560,7 @@ static void fetch_headers_send(struct engine *e)
         size_t nsets = imap_uidset_format(uids, n, 0, &sets);
         for (size_t k = 0; k < nsets; k++) {
             f->pending++;
-            int r = imap_uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &header_cb, e);
+            int r = e->ro->uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &header_cb, e);
             if (r < 0) {
                 f->pending--;
                 queue_failed(e, r, "UID FETCH");
@@ -2951,8 +2955,8 @@ static void apply_server(struct engine *e)
                                               pass == 0 ? nfirst : nagain, 0, &sets);
             for (size_t k = 0; k < nsets; k++) {
                 f->pending++;
-                int sr = imap_uid_store(e->im, sets[k], st->op, md_to_imap(st->flags), kw, nkw,
-                                        pass == 0 ? unchanged : 0, on_store_done, e);
+                int sr = e->ro->uid_store(e->im, sets[k], st->op, md_to_imap(st->flags), kw, nkw,
+                                          pass == 0 ? unchanged : 0, on_store_done, e);
                 if (sr < 0) {
                     /* Refused before it was sent: its flags did not go up,
                      * so the base must not advance as if they had. */
@@ -3019,20 +3023,20 @@ static void apply_server(struct engine *e)
                 dc = xmalloc(sizeof(*dc));
                 *dc = (struct del_ctx){e, last};
                 f->pending++;
-                queue_del(e, imap_uid_move(e->im, sets[k], e->trash, on_delete_done, dc), dc);
+                queue_del(e, e->ro->uid_move(e->im, sets[k], e->trash, on_delete_done, dc), dc);
             } else {
                 dc = xmalloc(sizeof(*dc));
                 *dc = (struct del_ctx){e, last && mode == PLAN_LOCAL_DELETE_FLAG};
                 f->pending++;
                 queue_del(e,
-                          imap_uid_store(e->im, sets[k], '+', IMAP_FLAG_DELETED, NULL, 0, 0,
-                                         on_delete_done, dc),
+                          e->ro->uid_store(e->im, sets[k], '+', IMAP_FLAG_DELETED, NULL, 0, 0,
+                                           on_delete_done, dc),
                           dc);
                 if (mode == PLAN_LOCAL_DELETE_EXPUNGE) {
                     dc = xmalloc(sizeof(*dc));
                     *dc = (struct del_ctx){e, last};
                     f->pending++;
-                    queue_del(e, imap_uid_expunge(e->im, sets[k], on_delete_done, dc), dc);
+                    queue_del(e, e->ro->uid_expunge(e->im, sets[k], on_delete_done, dc), dc);
                 }
             }
             free(sets[k]);
@@ -3393,7 +3397,7 @@ static void issue_downloads(struct engine *e)
             size_t nsets = imap_uidset_format(uids, n, 0, &sets);
             for (size_t k = 0; k < nsets; k++) {
                 f->pending++;
-                int r = imap_uid_fetch(e->im, sets[k], IMAP_FETCH_BODY, 0, false, &body_cb, e);
+                int r = e->ro->uid_fetch(e->im, sets[k], IMAP_FETCH_BODY, 0, false, &body_cb, e);
                 if (r < 0) {
                     f->pending--;
                     queue_failed(e, r, "UID FETCH BODY");
@@ -3439,7 +3443,7 @@ static void on_append_done(struct imap *im, const struct imap_result *res, void 
          * CAPABILITY, as for CONDSTORE: a server that hides it, like the
          * test Dovecot, may still send the code). */
         if (res->append_uid != 0 && res->append_uidvalidity == f->mb.uidvalidity &&
-            (imap_caps(e->im) & IMAP_CAP_UIDPLUS)) {
+            (e->ro->caps(e->im) & IMAP_CAP_UIDPLUS)) {
             u->rec.uid = res->append_uid;
             u->rec.state = IDX_MSG_SYNCED;
             xgrow(&f->ul_done, &f->ul_done_cap, f->nul_done + 1, sizeof(*f->ul_done));
@@ -3544,7 +3548,7 @@ static void issue_uploads(struct engine *e)
         };
         f->ul_inflight++;
         f->pending++;
-        int r = imap_append(e->im, &a, on_append_done, u);
+        int r = e->ro->append(e->im, &a, on_append_done, u);
         free(kw);
         if (r < 0) {
             f->ul_inflight--;
@@ -3700,8 +3704,8 @@ static void ul_resolve_fetch(struct engine *e)
     int r = imap_uid_range_format(first, IMAP_UID_STAR, set, sizeof(set));
     if (r == 0) {
         f->pending++;
-        r = imap_uid_fetch(e->im, set, IMAP_FETCH_SIZE | IMAP_FETCH_MESSAGE_ID, 0, false, &ulres_cb,
-                           e);
+        r = e->ro->uid_fetch(e->im, set, IMAP_FETCH_SIZE | IMAP_FETCH_MESSAGE_ID, 0, false,
+                             &ulres_cb, e);
         if (r < 0) {
             f->pending--;
         }
@@ -3750,7 +3754,7 @@ static void ul_resolve_headers(struct engine *e)
     size_t nsets = n > 0 ? imap_uidset_format(uids, n, 0, &sets) : 0;
     for (size_t k = 0; k < nsets; k++) {
         f->pending++;
-        int r = imap_uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &ulhdr_cb, e);
+        int r = e->ro->uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &ulhdr_cb, e);
         if (r < 0) {
             f->pending--;
             queue_failed(e, r, "UID FETCH");
@@ -4576,8 +4580,8 @@ static void sfdel_check_done(struct sfdel *d)
         return;
     }
     struct imap_select_opts so = {.readonly = true};
-    if (imap_select(e->im, "INBOX", &so, on_sfdel_leave, d) < 0 ||
-        imap_delete(e->im, d->j->name, on_sfdel_delete, d) < 0) {
+    if (e->ro->select(e->im, "INBOX", &so, on_sfdel_leave, d) < 0 ||
+        e->ro->delete (e->im, d->j->name, on_sfdel_delete, d) < 0) {
         sfdel_refuse(d, "the DELETE command could not be queued");
     }
 }
@@ -4634,7 +4638,7 @@ static void on_sfdel_examine(struct imap *im, const struct imap_result *res, voi
         sfdel_check_done(d);
         return;
     }
-    if (imap_uid_search(d->e->im, "ALL", on_sfdel_search, d) < 0) {
+    if (d->e->ro->uid_search(d->e->im, "ALL", on_sfdel_search, d) < 0) {
         sfdel_refuse(d, "the search could not be queued");
     }
 }
@@ -4665,7 +4669,7 @@ static int server_folder_delete(struct engine *e, struct fjob *j)
         qsort(d->known.v, d->known.n, sizeof(uint32_t), u32_cmp);
     }
     struct imap_select_opts so = {.readonly = true};
-    if (imap_select(e->im, j->name, &so, on_sfdel_examine, d) < 0) {
+    if (e->ro->select(e->im, j->name, &so, on_sfdel_examine, d) < 0) {
         j->res->error = xasprintf("folder '%s': cannot queue EXAMINE", j->name);
         free(d->known.v);
         free(d);
@@ -4804,7 +4808,7 @@ static void next_folder(struct engine *e)
             }
             j->on_server = true;
             e->creating = j;
-            if (imap_create(e->im, j->name, on_create_done, e) < 0) {
+            if (e->ro->create(e->im, j->name, on_create_done, e) < 0) {
                 j->res->error = xasprintf("folder '%s': cannot create it on the server", j->name);
                 e->creating = NULL;
                 continue;
@@ -4859,7 +4863,7 @@ static void next_folder(struct engine *e)
     if (e->im != NULL && !conn_lost(e) && !e->logged_out) {
         phase(e, ENGINE_PHASE_LOGGING_OUT);
         e->logged_out = true;
-        if (imap_logout(e->im, on_logout_done, e) == 0) {
+        if (e->ro->logout(e->im, on_logout_done, e) == 0) {
             uv_timer_start(&e->timer, on_logout_timeout, LOGOUT_TIMEOUT_MS, 0);
             return;
         }
@@ -4941,7 +4945,8 @@ static void start_lanes(struct engine *e)
         io.log_name = l->log_name;
         e->lanes[e->nlanes++] = l;
         e->lanes_running++;
-        if (imap_connect(e->loop, &io, &lane_cb, l, &l->im) < 0) {
+        l->ro = e->ro;
+        if (l->ro->connect(e->loop, &io, &lane_cb, l, e->opts.remote_arg, &l->im) < 0) {
             l->im = NULL;
             finish(l);
         }
@@ -5121,7 +5126,7 @@ static void on_imap_ready(struct imap *im, void *arg)
         return;
     }
     phase(e, ENGINE_PHASE_LISTING);
-    if (imap_list(im, on_list_folder, on_list_done, e) < 0) {
+    if (e->ro->list(e->im, on_list_folder, on_list_done, e) < 0) {
         set_error(e, SYNC_TRANSIENT, "cannot queue LIST");
         finish(e);
     }
@@ -5146,7 +5151,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
     }
     struct imap_opts io;
     sync_imap_opts(e->acct, secret, &io);
-    int r = imap_connect(e->loop, &io, &lane_cb, e, &e->im);
+    int r = e->ro->connect(e->loop, &io, &lane_cb, e, e->opts.remote_arg, &e->im);
     if (r < 0) {
         e->im = NULL;
         set_error(e, SYNC_PERMANENT, "%s:%u: cannot connect: %s", e->acct->host,
@@ -5166,6 +5171,7 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
     }
     struct engine *e = xcalloc(1, sizeof(*e));
     e->root = e;
+    e->ro = opts->remote != NULL ? opts->remote : &remote_imap;
     e->loop = loop;
     e->acct = acct;
     e->opts = *opts;

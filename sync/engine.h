@@ -27,6 +27,7 @@
 #include <uv.h>
 
 #include "sync/options.h"
+#include "sync/remote.h"
 #include "sync/result.h"
 
 struct engine_counts {
@@ -105,6 +106,10 @@ struct engine_opts {
      * enum engine_phase); may be NULL. */
     void (*on_phase)(enum engine_phase phase, void *arg);
     void *session_arg; /* the argument of the five callbacks above */
+    /* The server (sync/remote.h): NULL = the IMAP client; the unit tests
+     * pass their in-memory fake, with remote_arg its server state. */
+    const struct remote_ops *remote;
+    void *remote_arg;
 };
 
 typedef void (*engine_done_cb)(const struct engine_result *res, void *arg);
