@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "daemon/syncopts.h"
+#include "sync/account.h"
 #include "sync/engine.h"
 #include "sync/popsync.h"
 #include "sync/result.h"
@@ -50,6 +51,9 @@ static const char *const sup_names[SUP_COUNT] = {
 struct run {
     struct syncrun *sr;
     struct sync_account *acct; /* the sync layer's copy of the account */
+    /* The long-lived account (sync/account.h): owns acct; index, lock and
+     * secret for the IMAP engine. */
+    struct account *account;
     enum sup_state sup;
     enum run_state state;
     bool failed;
@@ -297,6 +301,7 @@ static void run_start(struct run *r)
         .progress_arg = r,
         .on_phase = on_engine_phase,
         .session_arg = r,
+        .account = r->account,
     };
     struct engine *e;
     int rc = engine_start(&sr->loop, r->acct, &eo, on_engine_done, r, &e);
@@ -350,7 +355,9 @@ int syncrun(const struct cfg *cfg, char *const *accounts, int count,
             wanted = strcmp(accounts[j], acct->name) == 0;
         }
         if (wanted) {
-            sr.runs[sr.nruns++] = (struct run){.sr = &sr, .acct = syncopts_account(cfg, acct)};
+            struct run *r = &sr.runs[sr.nruns++];
+            *r = (struct run){.sr = &sr, .acct = syncopts_account(cfg, acct)};
+            r->account = account_new(&sr.loop, r->acct, true);
         }
     }
     /* Every account runs at once: each has its own connections and index,
@@ -381,7 +388,7 @@ int syncrun(const struct cfg *cfg, char *const *accounts, int count,
         }
     }
     for (size_t i = 0; i < sr.nruns; i++) {
-        sync_account_free(sr.runs[i].acct);
+        account_free(sr.runs[i].account); /* and the index, and acct */
     }
     free(sr.runs);
     if (ret != 0 && all_transient) {

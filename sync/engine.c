@@ -45,6 +45,7 @@
 #include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
+#include "sync/account.h"
 #include "sync/folderplan.h"
 #include "sync/imap.h"
 #include "sync/msgfacts.h"
@@ -262,8 +263,13 @@ struct engine {
     time_t now;
     FILE *plan_out;
 
-    struct idx *idx; /* the first lane's; shared */
-    struct secret_req *secret_req;
+    /* The account (sync/account.h): the index handle and lock, the kept
+     * secret, what the server said. The owner's (opts.account), or one of
+     * this run's own. */
+    struct account *account;
+    bool own_account;
+    struct idx *idx; /* the account's; shared by the lanes */
+    struct account_wait *secret_wait;
     /* The connection, through the server interface (sync/remote.h): the
      * IMAP client, or the unit tests' fake. */
     const struct remote_ops *ro;
@@ -275,12 +281,11 @@ struct engine {
      * trash and the listed names belong to it; other lanes point at them. */
     struct engine *root;
     /* First lane only: the other lanes, and whether its own end waits for
-     * them. The secret is kept (and then wiped) until they are started. */
+     * them. */
     struct engine **lanes;
     size_t nlanes;
     unsigned lanes_running;
     bool done_pending;
-    char *secret;
     struct fjob *creating; /* CREATE in flight for this job */
     struct fjob *deleting; /* the checks and DELETE of a folder deleted locally, in flight */
     char *log_name;        /* extra lanes: "ACCOUNT#N" in log lines */
@@ -328,6 +333,7 @@ struct engine {
 };
 
 static void next_folder(struct engine *e);
+static void session_connect(struct engine *e);
 static struct fjob *find_job(struct engine *e, const char *name);
 static void listed_free(struct engine *e);
 static void folder_end(struct engine *e);
@@ -335,6 +341,7 @@ static void folder_advance(struct engine *e);
 static void finish(struct engine *e);
 static void finish_teardown(struct engine *e);
 static void job_ended_early(struct engine *e, struct fjob *j);
+static void job_totals(struct engine *e, const struct fjob *j);
 static int flush_batch(struct engine *e);
 static void dedupe_server(struct fstate *f);
 static int wire_size(int fd, uint64_t *size_r);
@@ -892,15 +899,6 @@ static void fstate_free(struct fstate *f)
     free(f);
 }
 
-static void secret_wipe(struct engine *e)
-{
-    if (e->secret != NULL) {
-        OPENSSL_cleanse(e->secret, strlen(e->secret));
-        free(e->secret);
-        e->secret = NULL;
-    }
-}
-
 static void on_timer_closed(uv_handle_t *h)
 {
     struct engine *e = h->data;
@@ -959,8 +957,11 @@ static void on_timer(uv_timer_t *t)
             set_error(e, tr ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s%s", idx_error(e->idx),
                       tr && fr == -EIO ? " (the file system holding it is full)" : "");
         }
-        idx_close(e->idx);
         e->idx = NULL;
+    }
+    if (e->own_account) {
+        account_free(e->account); /* closes the index */
+        e->account = NULL;
     }
     deferred_free(e);
     free(e->defer);
@@ -1016,9 +1017,9 @@ static void finish(struct engine *e)
         return;
     }
     e->finished = true;
-    if (e->secret_req != NULL) {
-        secret_cancel(e->secret_req);
-        e->secret_req = NULL;
+    if (e->secret_wait != NULL) {
+        account_secret_cancel(e->secret_wait);
+        e->secret_wait = NULL;
     }
     if (e->im != NULL) {
         e->ro->free(e->im);
@@ -1038,7 +1039,6 @@ static void finish_teardown(struct engine *e)
     e->teardown_pending = false;
     fstate_free(e->f);
     e->f = NULL;
-    secret_wipe(e);
     uv_timer_stop(&e->timer);
     if (e->root == e && e->lanes_running > 0) {
         /* The index and the folder results stay until the last lane ends. */
@@ -1089,6 +1089,9 @@ static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
         flush_batch(e);
     }
     const char *why = msg != NULL ? msg : "connection failed";
+    if (conn_error_kind(err) == SYNC_AUTH) {
+        account_secret_refused(e->account);
+    }
     set_error(e, conn_error_kind(err), "%s", why);
     /* A folder job this connection had taken (synced, created on the
      * server, or deleted there) is unfinished. */
@@ -1113,7 +1116,7 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
  * session hears which folder it concerns, to sync it again. */
 static void note_dirty(struct engine *e, const struct imap_event *ev, const char *current)
 {
-    if (e->opts.on_dirty == NULL || e->finished) {
+    if (e->finished) {
         return;
     }
     const char *name = NULL;
@@ -1124,7 +1127,10 @@ static void note_dirty(struct engine *e, const struct imap_event *ev, const char
         name = current;
     }
     if (name != NULL) {
-        e->opts.on_dirty(name, e->opts.session_arg);
+        account_mark_dirty(e->account, name);
+        if (e->opts.on_dirty != NULL) {
+            e->opts.on_dirty(name, e->opts.session_arg);
+        }
     }
 }
 
@@ -4134,6 +4140,7 @@ static void folder_end(struct engine *e)
     struct fjob *j = f->job;
     fstate_free(f);
     e->f = NULL;
+    job_totals(e, j);
     if (j->on_demand) {
         j->on_demand = false;
         if (e->opts.on_folder_done != NULL) {
@@ -4236,8 +4243,26 @@ static void folder_advance(struct engine *e)
 
 /* A folder job ended without folder_end (it failed to start, or had
  * nothing to do): an on-demand job's owner hears of it all the same. */
+/* A folder job ended: the account's counts since start. */
+static void job_totals(struct engine *e, const struct fjob *j)
+{
+    struct account_totals *t = account_totals(e->account);
+    const struct engine_counts *c = &j->res->counts;
+    t->runs++;
+    t->folder_fails += j->res->error != NULL;
+    t->new_down += c->new_down;
+    t->new_up += c->new_up;
+    t->flags_down += c->flags_down;
+    t->flags_up += c->flags_up;
+    t->deleted_down += c->deleted_down;
+    t->deleted_up += c->deleted_up;
+    t->bytes_down += c->bytes_down;
+    t->bytes_up += c->bytes_up;
+}
+
 static void job_ended_early(struct engine *e, struct fjob *j)
 {
+    job_totals(e, j);
     if (j->on_demand) {
         j->on_demand = false;
         if (e->opts.on_folder_done != NULL) {
@@ -4251,6 +4276,8 @@ static void start_folder(struct engine *e, struct fjob *j)
     struct fstate *f = xcalloc(1, sizeof(*f));
     f->job = j;
     e->f = f;
+    /* What changes from here on is seen by this sync or marked again. */
+    account_clear_dirty(e->account, j->name);
     int r = folder_prepare(e);
     if (r < 0) {
         fstate_free(f);
@@ -4917,7 +4944,7 @@ static void start_lanes(struct engine *e)
         }
     }
     unsigned want = e->acct->max_connections > 1 ? e->acct->max_connections - 1 : 0;
-    if (busy < 2 || est < LANE_MIN_MSGS || e->opts.dry_run || e->secret == NULL || e->cancelled) {
+    if (busy < 2 || est < LANE_MIN_MSGS || e->opts.dry_run || e->cancelled) {
         want = 0;
     } else if (want > busy - 1) {
         want = busy - 1;
@@ -4939,19 +4966,13 @@ static void start_lanes(struct engine *e)
         l->root = e;
         uv_timer_init(e->loop, &l->timer);
         l->timer.data = l;
-        struct imap_opts io;
-        sync_imap_opts(e->acct, e->secret, &io);
         l->log_name = xasprintf("%s#%zu", e->acct->name, e->nlanes + 2);
-        io.log_name = l->log_name;
         e->lanes[e->nlanes++] = l;
         e->lanes_running++;
         l->ro = e->ro;
-        if (l->ro->connect(e->loop, &io, &lane_cb, l, e->opts.remote_arg, &l->im) < 0) {
-            l->im = NULL;
-            finish(l);
-        }
+        l->account = e->account;
+        session_connect(l);
     }
-    secret_wipe(e);
 }
 
 /* Which folders the index knows (a lookup per folder rather than
@@ -4981,6 +5002,11 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         set_error(e, SYNC_TRANSIENT, "LIST failed: %s", res->text != NULL ? res->text : "");
         finish(e);
         return;
+    }
+    account_list_begin(e->account);
+    for (size_t i = 0; i < e->nlisted; i++) {
+        const struct listed *l = &e->listed[i];
+        account_list_add(e->account, l->name, l->attrs, l->has_status, &l->status);
     }
     char **names = NULL, **bad = NULL;
     size_t n = 0, nbad = 0;
@@ -5120,6 +5146,7 @@ static void on_imap_ready(struct imap *im, void *arg)
 {
     struct engine *e = arg;
     e->ready = true;
+    account_note_login(e->account, e->ro->caps(e->im));
     if (e->root != e) {
         /* An extra lane: the folders are listed already. */
         next_folder(e);
@@ -5135,7 +5162,7 @@ static void on_imap_ready(struct imap *im, void *arg)
 static void on_secret(int err, const char *secret, const char *msg, void *arg)
 {
     struct engine *e = arg;
-    e->secret_req = NULL;
+    e->secret_wait = NULL;
     if (err < 0) {
         set_error(e, SYNC_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
         finish(e);
@@ -5146,16 +5173,30 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
         finish(e);
         return;
     }
-    if (e->acct->max_connections > 1 && !e->opts.dry_run) {
-        e->secret = xstrdup(secret); /* for the extra lanes, wiped once they are started */
-    }
     struct imap_opts io;
     sync_imap_opts(e->acct, secret, &io);
+    if (e->log_name != NULL) {
+        io.log_name = e->log_name;
+    }
     int r = e->ro->connect(e->loop, &io, &lane_cb, e, e->opts.remote_arg, &e->im);
     if (r < 0) {
         e->im = NULL;
         set_error(e, SYNC_PERMANENT, "%s:%u: cannot connect: %s", e->acct->host,
                   (unsigned)e->acct->port, strerror(-r));
+        finish(e);
+    }
+}
+
+/* A connection of the account (the first or an extra one): the secret
+ * from the account (the password_command runs once per account, not per
+ * connection), then connect and log in. */
+static void session_connect(struct engine *e)
+{
+    int r = account_secret(e->account, on_secret, e, &e->secret_wait);
+    if (r < 0) {
+        e->secret_wait = NULL;
+        set_error(e, SYNC_PERMANENT, "account '%s': no password or password_command",
+                  e->acct->name);
         finish(e);
     }
 }
@@ -5183,8 +5224,14 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
     e->timer.data = e;
     *e_r = e;
 
+    if (opts->account != NULL) {
+        e->account = opts->account;
+    } else {
+        e->account = account_new(loop, (struct sync_account *)acct, false);
+        e->own_account = true;
+    }
     char *err = NULL;
-    int r = idx_open(acct->state_dir, acct->name, &e->idx, &err);
+    int r = account_index(e->account, &e->idx, &err);
     if (r < 0) {
         e->idx = NULL;
         set_error(e, r == -EWOULDBLOCK ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s",
@@ -5193,12 +5240,7 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
         finish(e);
         return 0;
     }
-    r = secret_get_account(loop, acct, 0, on_secret, e, &e->secret_req);
-    if (r < 0) {
-        e->secret_req = NULL;
-        set_error(e, SYNC_PERMANENT, "account '%s': no password or password_command", acct->name);
-        finish(e);
-    }
+    session_connect(e);
     return 0;
 }
 
@@ -5224,9 +5266,9 @@ void engine_cancel(struct engine *e)
         return;
     }
     e->cancelled = true;
-    if (e->secret_req != NULL) {
-        secret_cancel(e->secret_req);
-        e->secret_req = NULL;
+    if (e->secret_wait != NULL) {
+        account_secret_cancel(e->secret_wait);
+        e->secret_wait = NULL;
         set_error(e, SYNC_TRANSIENT, "cancelled");
         finish(e);
     }

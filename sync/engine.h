@@ -30,6 +30,8 @@
 #include "sync/remote.h"
 #include "sync/result.h"
 
+struct account;
+
 struct engine_counts {
     unsigned new_down, new_up;          /* messages copied server->local, local->server */
     unsigned flags_down, flags_up;      /* messages whose flags changed on that side */
@@ -110,6 +112,10 @@ struct engine_opts {
      * pass their in-memory fake, with remote_arg its server state. */
     const struct remote_ops *remote;
     void *remote_arg;
+    /* The long-lived account (sync/account.h) whose index, lock and kept
+     * secret the run uses; it must be made from the same sync_account and
+     * outlive the run. NULL: the run makes its own and frees it. */
+    struct account *account;
 };
 
 typedef void (*engine_done_cb)(const struct engine_result *res, void *arg);

@@ -149,6 +149,40 @@ class SessionScenarios(SyncFixture):
         finally:
             s.end()
 
+    def test_new_session_of_the_same_account_keeps_the_secret(self):
+        """The account outlives its sessions (sync/account.h): after a
+        session logs out, a new one of the same account logs in again
+        without running password_command again, and syncs as before."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(2, seed=56, max_size=2000))
+        acct = self.imap_account(user=self.user, layout=self.layout, folders=["INBOX"])
+        counter = os.path.join(self.tmp, "pw-runs")
+        acct["password_command"] = ["/bin/sh", "-c",
+                                    "echo run >> '%s'; echo '%s'" % (counter, acct["password"])]
+        del acct["password"]
+        cfg = self.write_config({"a": acct})
+        s = Session(cfg)
+        try:
+            s.expect("idle")
+            s.send("reconnect")
+            self.assertEqual(s.expect("done "), "done ok")
+            self.assertEqual(s.expect("logins "), "logins 1 secret_fetches 1")
+            s.expect("idle")
+            new = mailgen.generate(1, seed=57, max_size=2000)[0]
+            self.dovecot.save_many(self.user, "INBOX", [new])
+            s.send("sync INBOX")
+            got = fields(s.expect("folder INBOX "))
+            self.assertEqual((got["new_down"], got["error"]), ("1", "-"))
+            s.expect("idle")
+            self.assertEqual(len(self.local("INBOX")), 3)
+            self.assert_same("INBOX")
+            rc, summary = s.close()
+            self.assertEqual(rc, 0, summary)
+            self.assertEqual(s.expect("logins "), "logins 2 secret_fetches 1")
+            with open(counter) as f:
+                self.assertEqual(f.read(), "run\n")
+        finally:
+            s.end()
+
     def test_unknown_folder_refused(self):
         """A folder the run does not sync is refused by name; the session
         goes on and closes cleanly."""

@@ -102,6 +102,23 @@ class LaneScenarios:
         self.assertIn("a: \u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
                       r.stdout)
 
+    def test_password_command_runs_once_for_every_connection(self):
+        """The account keeps the secret (sync/account.h): a run that opens
+        three connections runs password_command once, not per connection."""
+        self.seed("lanespw")
+        acct = self.imap_account(user="lanespw", max_connections=3)
+        counter = os.path.join(self.tmp, "pw-runs")
+        del acct["password"]
+        acct["password_command"] = [
+            "/bin/sh", "-c", "echo run >> '%s'; echo pw-lanespw" % counter]
+        cfg = self.write_config({"a": acct})
+        r = self.mailsync(cfg, "-vv", "sync")
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertEqual(connections(r.stderr), lanes(3))
+        with open(counter) as f:
+            self.assertEqual(f.read(), "run\n")
+        self.check_local("lanespw")
+
     def test_one_connection_when_asked(self):
         self.seed("lanes1")
         cfg = self.write_config({"a": self.account("lanes1", max_connections=1)})

@@ -7,6 +7,9 @@
  * The first pass syncs every selected folder, as `mailsync sync` does;
  * then the session waits. Commands, one per line:
  *   sync FOLDER   sync that folder again on the same connection
+ *   reconnect     log out, then start a new session of the same account
+ *                 (sync/account.h: the index stays open and the secret is
+ *                 kept, so password_command does not run again)
  *   close         log out and end
  * End of input is close. Output lines (standard output, flushed each):
  *   idle                              every folder asked for is done
@@ -16,6 +19,7 @@
  *   refused NAME: TEXT                engine_sync_folder refused it
  *   done KIND                         the session ended (ok, transient,
  *                                     auth, permanent), then the summary
+ *   logins N secret_fetches N         after each done: the account's counts
  * Exit status: 0 ok, 75 transient, 1 otherwise. */
 #include <errno.h>
 #include <stdarg.h>
@@ -28,6 +32,7 @@
 #include "core/util.h"
 #include "daemon/config.h"
 #include "daemon/syncopts.h"
+#include "sync/account.h"
 #include "sync/engine.h"
 
 struct cli {
@@ -35,6 +40,9 @@ struct cli {
     uv_pipe_t in;
     struct sbuf line;
     struct engine *e;
+    struct account *account;
+    const struct sync_account *sa;
+    bool reconnect;
     bool done;
     int rc;
 };
@@ -71,6 +79,8 @@ static void on_dirty(const char *folder, void *arg)
     out("dirty %s\n", folder);
 }
 
+static int session_start(struct cli *c);
+
 static void on_done(const struct engine_result *res, void *arg)
 {
     struct cli *c = arg;
@@ -83,8 +93,16 @@ static void on_done(const struct engine_result *res, void *arg)
         fprintf(stderr, "synccli: %s\n", res->error);
     }
     c->rc = res->kind == SYNC_OK ? 0 : res->kind == SYNC_TRANSIENT ? 75 : 1;
-    c->done = true;
+    const struct account_totals *t = account_totals(c->account);
+    out("logins %u secret_fetches %u\n", t->logins, t->secret_fetches);
     c->e = NULL;
+    if (c->reconnect) {
+        c->reconnect = false;
+        if (session_start(c) == 0) {
+            return;
+        }
+    }
+    c->done = true;
     if (!uv_is_closing((uv_handle_t *)&c->in)) {
         uv_close((uv_handle_t *)&c->in, NULL);
     }
@@ -101,6 +119,9 @@ static void command(struct cli *c, const char *cmd)
             out("refused %s: %s\n", cmd + 5, strerror(-r));
         }
     } else if (strcmp(cmd, "close") == 0) {
+        engine_close(c->e);
+    } else if (strcmp(cmd, "reconnect") == 0) {
+        c->reconnect = true;
         engine_close(c->e);
     } else if (cmd[0] != '\0') {
         out("refused %s: unknown command\n", cmd);
@@ -137,6 +158,23 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     free(buf->base);
 }
 
+static int session_start(struct cli *c)
+{
+    struct engine_opts eo = {
+        .stay_open = true,
+        .on_idle = on_idle,
+        .on_folder_done = on_folder_done,
+        .on_dirty = on_dirty,
+        .session_arg = c,
+        .account = c->account,
+    };
+    if (engine_start(&c->loop, c->sa, &eo, on_done, c, &c->e) < 0) {
+        fprintf(stderr, "synccli: cannot start\n");
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int verbose = 0;
@@ -171,18 +209,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "synccli: standard input must be a pipe\n");
         return 1;
     }
-    struct engine_opts eo = {
-        .stay_open = true,
-        .on_idle = on_idle,
-        .on_folder_done = on_folder_done,
-        .on_dirty = on_dirty,
-        .session_arg = &c,
-    };
-    if (engine_start(&c.loop, sa, &eo, on_done, &c, &c.e) < 0) {
-        fprintf(stderr, "synccli: cannot start\n");
+    c.sa = sa;
+    c.account = account_new(&c.loop, sa, false);
+    if (session_start(&c) < 0) {
         return 1;
     }
     uv_run(&c.loop, UV_RUN_DEFAULT);
+    account_free(c.account);
     if (uv_loop_close(&c.loop) != 0) {
         fprintf(stderr, "synccli: loop did not close clean\n");
         c.rc = c.rc != 0 ? c.rc : 1;
