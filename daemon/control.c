@@ -57,6 +57,23 @@ static int sock_addr(const char *path, struct sockaddr_un *sa)
     return 0;
 }
 
+/* A non-blocking stream socket and the address of path, for connect or
+ * bind. Returns the descriptor, or a negative errno with a message. */
+static int stream_socket(const char *path, struct sockaddr_un *sa, char **err_r)
+{
+    if (sock_addr(path, sa) != 0) {
+        *err_r = xasprintf("control socket path %s is too long", path);
+        return -ENAMETOOLONG;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        int rc = -errno;
+        *err_r = xasprintf("cannot create a socket: %s", strerror(-rc));
+        return rc;
+    }
+    return fd;
+}
+
 /* ---- Words ---- */
 
 int ctl_split(const char *line, size_t len, char ***argv_r, int *argc_r, char **err_r)
@@ -617,21 +634,14 @@ static int clear_path(const char *path, char **err_r)
         *err_r = xasprintf("refusing to replace %s: it is not a socket", path);
         return -EEXIST;
     }
-    struct sockaddr_un sa;
-    int rc = sock_addr(path, &sa);
-    if (rc != 0) {
-        *err_r = xasprintf("control socket path %s is too long", path);
-        return rc;
-    }
     /* Non-blocking: a live daemon whose backlog is full answers EAGAIN,
      * which is as live as a connection. */
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    struct sockaddr_un sa;
+    int fd = stream_socket(path, &sa, err_r);
     if (fd < 0) {
-        rc = -errno;
-        *err_r = xasprintf("cannot create a socket: %s", strerror(-rc));
-        return rc;
+        return fd;
     }
-    rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : -errno;
+    int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : -errno;
     close(fd);
     if (rc == 0 || rc == -EAGAIN || rc == -EINPROGRESS) {
         *err_r = xasprintf("another mailsync daemon answers at %s", path);
@@ -655,17 +665,11 @@ static int clear_path(const char *path, char **err_r)
 static int bind_socket(const char *path, dev_t *dev_r, ino_t *ino_r, char **err_r)
 {
     struct sockaddr_un sa;
-    int rc = sock_addr(path, &sa);
-    if (rc != 0) {
-        *err_r = xasprintf("control socket path %s is too long", path);
-        return rc;
-    }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int fd = stream_socket(path, &sa, err_r);
     if (fd < 0) {
-        rc = -errno;
-        *err_r = xasprintf("cannot create a socket: %s", strerror(-rc));
-        return rc;
+        return fd;
     }
+    int rc;
     /* umask 077, not 177: the umask is the process's, and a threadpool job
      * creating a directory meanwhile must still be able to enter it. The
      * directory is 0700 anyway, so the moment before the chmod below
@@ -842,20 +846,14 @@ int ctl_request(const char *path, const char *line, int timeout_ms, char **reply
                            CTL_LINE_MAX);
         return -EINVAL;
     }
-    struct sockaddr_un sa;
-    if (sock_addr(path, &sa) != 0) {
-        *err_r = xasprintf("control socket path %s is too long", path);
-        return -ENAMETOOLONG;
-    }
     unsigned long long deadline = timeout_ms >= 0 ? now_ms() + (unsigned)timeout_ms : 0;
+    struct sockaddr_un sa;
+    int fd = stream_socket(path, &sa, err_r);
+    if (fd < 0) {
+        return fd;
+    }
     struct sbuf in = {0};
     int rc = 0;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-        rc = -errno;
-        *err_r = xasprintf("cannot create a socket: %s", strerror(-rc));
-        return rc;
-    }
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
         rc = -errno;
         if (rc == -ENOENT || rc == -ECONNREFUSED) {
