@@ -24,6 +24,21 @@ enum log_level log_get_level(void);
  * its own). */
 void log_set_timestamps(int on);
 
+/* Journal mode: every line starts with its syslog priority as "<N>" (3
+ * error, 4 warning, 6 info, 7 debug and trace), which journald reads from a
+ * service's stderr stream, and timestamps are left out (the journal records
+ * its own). It is switched on by itself before the first line is written
+ * when stderr is the journal stream systemd names in JOURNAL_STREAM;
+ * log_set_journal overrides that. */
+void log_set_journal(int on);
+int log_get_journal(void);
+/* Whether journal_stream (the value of JOURNAL_STREAM, "DEVICE:INODE" in
+ * decimal) names the file open on fd, as systemd.exec(5) says to check:
+ * stderr may have been redirected since systemd set the variable (by a
+ * shell, or in a child process), and then it is no journal stream. 0 for
+ * NULL, a malformed value, or a descriptor that cannot be examined. */
+int log_journal_stream_matches(const char *journal_stream, int fd);
+
 #define LOG_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
 void log_error(const char *fmt, ...) LOG_PRINTF(1, 2);
