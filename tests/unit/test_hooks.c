@@ -126,8 +126,6 @@ static char *read_file(const char *dir, const char *name)
         sbuf_add(&sb, buf, n);
     }
     fclose(f);
-    sbuf_addc(&sb, '\0');
-    sb.len--;
     return sbuf_detach(&sb);
 }
 
