@@ -25,6 +25,7 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +36,10 @@
 #define NET_DEFAULT_ATTEMPT_MS 10000u
 #define NET_DEFAULT_IDLE_MS 60000u
 #define NET_DEFAULT_MAX_WQ ((size_t)8 << 20)
-#define NET_KEEPALIVE_S 60u
+#define NET_DEFAULT_KEEPIDLE_S 60u
+#define NET_DEFAULT_KEEPINTVL_S 15u
+#define NET_DEFAULT_KEEPCNT 3u
+#define NET_DEFAULT_USER_TIMEOUT_MS 90000u
 #define NET_READ_BUF 65536
 #define NET_PLAIN_BUF 16384
 #define NET_Z_BUF 16384
@@ -72,6 +76,10 @@ struct net_conn {
     uint64_t connect_start; /* loop time net_connect started the clock */
     unsigned idle_ms;
     size_t max_wq;
+    unsigned ka_idle_s; /* keepalive options resolved, or NET_KEEPALIVE_OS */
+    unsigned ka_intvl_s;
+    unsigned ka_count;
+    unsigned user_timeout_ms;
 
     enum net_state state;
     bool closing; /* net_close was called */
@@ -812,6 +820,31 @@ static void on_attempt_timeout(uv_timer_t *h)
     try_next_address(c);
 }
 
+static void set_tcp_option(uv_os_fd_t fd, int level, int name, unsigned value)
+{
+    if (value == NET_KEEPALIVE_OS) {
+        return;
+    }
+    int v = value > INT_MAX ? INT_MAX : (int)value;
+    (void)setsockopt(fd, level, name, &v, sizeof(v));
+}
+
+/* Set once the socket is connected: Linux accepts every one of these on a
+ * connected socket, and TCP_USER_TIMEOUT set before connect would also cut
+ * short the SYN retries, which the attempt timer already bounds. */
+static void set_keepalive(struct net_conn *c, uv_tcp_t *tcp)
+{
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)tcp, &fd) < 0) {
+        return;
+    }
+    set_tcp_option(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
+    set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPIDLE, c->ka_idle_s);
+    set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPINTVL, c->ka_intvl_s);
+    set_tcp_option(fd, IPPROTO_TCP, TCP_KEEPCNT, c->ka_count);
+    set_tcp_option(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, c->user_timeout_ms);
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     uv_tcp_t *tcp = (uv_tcp_t *)req->handle;
@@ -830,7 +863,7 @@ static void on_connected(uv_connect_t *req, int status)
      * because every write here is a whole command that waits for an
      * answer. Neither failing is a reason to give up the connection. */
     uv_tcp_nodelay(tcp, 1);
-    uv_tcp_keepalive(tcp, 1, NET_KEEPALIVE_S);
+    set_keepalive(c, tcp);
     if (c->tls_mode == NET_TLS_IMPLICIT) {
         start_tls_engine(c);
         return;
@@ -1032,6 +1065,11 @@ int net_connect(uv_loop_t *loop, const struct net_opts *opts, const struct net_c
     c->connect_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : NET_DEFAULT_CONNECT_MS;
     c->idle_ms = opts->idle_timeout_ms ? opts->idle_timeout_ms : NET_DEFAULT_IDLE_MS;
     c->max_wq = opts->max_write_queue ? opts->max_write_queue : NET_DEFAULT_MAX_WQ;
+    c->ka_idle_s = opts->keepalive_idle_s ? opts->keepalive_idle_s : NET_DEFAULT_KEEPIDLE_S;
+    c->ka_intvl_s = opts->keepalive_intvl_s ? opts->keepalive_intvl_s : NET_DEFAULT_KEEPINTVL_S;
+    c->ka_count = opts->keepalive_count ? opts->keepalive_count : NET_DEFAULT_KEEPCNT;
+    c->user_timeout_ms =
+        opts->user_timeout_ms ? opts->user_timeout_ms : NET_DEFAULT_USER_TIMEOUT_MS;
     c->rbuf = xmalloc(NET_READ_BUF);
     c->pbuf = xmalloc(NET_PLAIN_BUF);
     c->state = NS_RESOLVING;

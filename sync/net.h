@@ -19,6 +19,7 @@
 #ifndef MAILSYNC_NET_H
 #define MAILSYNC_NET_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -76,7 +77,25 @@ struct net_opts {
      * naddrs = 0 resolves as usual. Copied by net_connect. */
     const struct sockaddr_storage *addrs;
     size_t naddrs;
+    /* TCP keepalive, set on every connection as soon as it is connected: a
+     * connection that sits in IDLE for many minutes sends nothing, so
+     * without probes a peer that vanished (a NAT box that dropped the flow,
+     * a laptop that moved to another network, a server that went away
+     * without a FIN) would never be noticed. SO_KEEPALIVE is always on.
+     * With the defaults a silent peer is given up after about 90 s:
+     * probes start after 60 s of silence, every 15 s, 3 unanswered ones
+     * end the connection, and TCP_USER_TIMEOUT ends it when data sent
+     * (a probe or a command) stays unacknowledged for 90 s. 0 takes the
+     * default given here; NET_KEEPALIVE_OS leaves that option as the
+     * operating system sets it (net.ipv4.tcp_keepalive_* sysctls). */
+    unsigned keepalive_idle_s;  /* TCP_KEEPIDLE; 0 = 60 s */
+    unsigned keepalive_intvl_s; /* TCP_KEEPINTVL; 0 = 15 s */
+    unsigned keepalive_count;   /* TCP_KEEPCNT; 0 = 3 */
+    unsigned user_timeout_ms;   /* TCP_USER_TIMEOUT; 0 = 90 s */
 };
+
+/* For the keepalive fields of struct net_opts: do not set this option. */
+#define NET_KEEPALIVE_OS UINT_MAX
 
 struct net_conn;
 

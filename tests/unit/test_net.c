@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1121,6 +1122,104 @@ static void test_close_right_away(void **state)
     harness_done();
 }
 
+/* ---- TCP keepalive ------------------------------------------------------ */
+
+struct sockopts {
+    int keepalive, idle, intvl, cnt, user_timeout;
+};
+
+static int getopt_int(int fd, int level, int name)
+{
+    int v = -1;
+    socklen_t len = sizeof(v);
+    assert_int_equal(getsockopt(fd, level, name, &v, &len), 0);
+    return v;
+}
+
+static void read_sockopts(int fd, struct sockopts *o)
+{
+    o->keepalive = getopt_int(fd, SOL_SOCKET, SO_KEEPALIVE);
+    o->idle = getopt_int(fd, IPPROTO_TCP, TCP_KEEPIDLE);
+    o->intvl = getopt_int(fd, IPPROTO_TCP, TCP_KEEPINTVL);
+    o->cnt = getopt_int(fd, IPPROTO_TCP, TCP_KEEPCNT);
+    o->user_timeout = getopt_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT);
+}
+
+/* net keeps its socket to itself, so the test finds it the way a sysadmin
+ * would: the one descriptor of this process connected to the server's
+ * port (the server's own sockets have the client's port as their peer). */
+static int client_fd(void)
+{
+    int found = -1;
+    for (int fd = 3; fd < 1024; fd++) {
+        struct sockaddr_in peer;
+        socklen_t len = sizeof(peer);
+        if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0 || peer.sin_family != AF_INET) {
+            continue;
+        }
+        if (ntohs(peer.sin_port) == H.srv.port) {
+            assert_int_equal(found, -1);
+            found = fd;
+        }
+    }
+    assert_int_not_equal(found, -1);
+    return found;
+}
+
+static struct sockopts ka_got;
+
+static void keepalive_connect(void)
+{
+    read_sockopts(client_fd(), &ka_got);
+    finish();
+}
+
+static void test_keepalive_defaults(void **state)
+{
+    (void)state;
+    /* A connection opened with no keepalive options set gets SO_KEEPALIVE,
+     * 60 s idle, 15 s interval, 3 probes and a 90 s user timeout. */
+    harness_init(SF_ECHO, NULL, NULL);
+    H.on_connect = keepalive_connect;
+    struct net_opts o = {0};
+    harness_connect(&o);
+    harness_run();
+    assert_int_equal(H.connects, 1);
+    assert_int_equal(ka_got.keepalive, 1);
+    assert_int_equal(ka_got.idle, 60);
+    assert_int_equal(ka_got.intvl, 15);
+    assert_int_equal(ka_got.cnt, 3);
+    assert_int_equal(ka_got.user_timeout, 90000);
+    harness_done();
+}
+
+static void test_keepalive_options(void **state)
+{
+    (void)state;
+    /* Values given are set as given; NET_KEEPALIVE_OS leaves the value a
+     * fresh socket of this system has. */
+    int fresh = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fresh >= 0);
+    struct sockopts os;
+    read_sockopts(fresh, &os);
+    close(fresh);
+
+    harness_init(SF_ECHO, NULL, NULL);
+    H.on_connect = keepalive_connect;
+    struct net_opts o = {.keepalive_idle_s = 7,
+                         .keepalive_intvl_s = NET_KEEPALIVE_OS,
+                         .keepalive_count = 5,
+                         .user_timeout_ms = NET_KEEPALIVE_OS};
+    harness_connect(&o);
+    harness_run();
+    assert_int_equal(ka_got.keepalive, 1);
+    assert_int_equal(ka_got.idle, 7);
+    assert_int_equal(ka_got.intvl, os.intvl);
+    assert_int_equal(ka_got.cnt, 5);
+    assert_int_equal(ka_got.user_timeout, os.user_timeout);
+    harness_done();
+}
+
 /* ---- timeouts and peer close ------------------------------------------- */
 
 static void idle_connect(void)
@@ -1628,6 +1727,8 @@ int main(void)
         cmocka_unit_test(test_connect_timeout_in_tls),
         cmocka_unit_test(test_bad_ca_file),
         cmocka_unit_test(test_close_right_away),
+        cmocka_unit_test(test_keepalive_defaults),
+        cmocka_unit_test(test_keepalive_options),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_idle_disarmed),
         cmocka_unit_test(test_pause_resume),
