@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -529,4 +530,57 @@ void sbuf_add_json(struct sbuf *sb, const char *s)
         i += len > 0 ? len : 1;
     }
     sbuf_addc(sb, '"');
+}
+
+/* ---- child processes --------------------------------------------------- */
+
+static const char *const child_scrubbed[] = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"};
+
+static bool same_env_name(const char *a, const char *b)
+{
+    size_t la = strcspn(a, "=");
+    size_t lb = strcspn(b, "=");
+    return la == lb && memcmp(a, b, la) == 0;
+}
+
+char **child_env(const char *const *extra)
+{
+    size_t n_env = 0;
+    size_t n_extra = 0;
+    while (environ != NULL && environ[n_env] != NULL) {
+        n_env++;
+    }
+    while (extra != NULL && extra[n_extra] != NULL) {
+        n_extra++;
+    }
+    char **env = xcalloc(n_env + n_extra + 1, sizeof(*env));
+    size_t n = 0;
+    for (size_t i = 0; i < n_env; i++) {
+        bool drop = false;
+        for (size_t j = 0; j < sizeof(child_scrubbed) / sizeof(child_scrubbed[0]) && !drop; j++) {
+            drop = same_env_name(environ[i], child_scrubbed[j]);
+        }
+        for (size_t j = 0; j < n_extra && !drop; j++) {
+            drop = same_env_name(environ[i], extra[j]);
+        }
+        if (!drop) {
+            env[n++] = xstrdup(environ[i]);
+        }
+    }
+    for (size_t j = 0; j < n_extra; j++) {
+        env[n++] = xstrdup(extra[j]);
+    }
+    env[n] = NULL;
+    return env;
+}
+
+void child_env_free(char **env)
+{
+    if (env == NULL) {
+        return;
+    }
+    for (char **e = env; *e != NULL; e++) {
+        free(*e);
+    }
+    free(env);
 }

@@ -100,4 +100,15 @@ void sbuf_add_json(struct sbuf *sb, const char *s);
  * become '?'. Returns the new length (never more than len). */
 size_t term_safe(char *buf, size_t len);
 
+/* The environment for any command mailsync starts (hooks,
+ * password_command): its own environment without NOTIFY_SOCKET,
+ * WATCHDOG_USEC and WATCHDOG_PID (a child that notified systemd would
+ * speak for the daemon, one that pinged the watchdog would hide a hung
+ * daemon), and without any variable that extra sets, followed by extra
+ * (NULL-terminated "NAME=value" strings, each name once; NULL adds
+ * nothing). A NULL-terminated array of new strings, for
+ * uv_process_options_t.env; free it with child_env_free. */
+char **child_env(const char *const *extra);
+void child_env_free(char **env);
+
 #endif

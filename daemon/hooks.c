@@ -23,8 +23,6 @@
 #define HOOK_DEFAULT_MAX_LINE 1000u
 #define HOOK_READ_BUF 4096
 
-extern char **environ;
-
 struct hook_run {
     struct hook *h;
     uv_process_t proc;
@@ -70,59 +68,6 @@ struct hook {
 };
 
 static void start_run(struct hook *h);
-
-/* ---- the environment ---------------------------------------------------- */
-
-static const char *const scrubbed[] = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"};
-
-static bool same_name(const char *a, const char *b)
-{
-    size_t la = strcspn(a, "=");
-    size_t lb = strcspn(b, "=");
-    return la == lb && memcmp(a, b, la) == 0;
-}
-
-char **hook_child_env(const char *const *extra)
-{
-    size_t n_env = 0;
-    size_t n_extra = 0;
-    while (environ != NULL && environ[n_env] != NULL) {
-        n_env++;
-    }
-    while (extra != NULL && extra[n_extra] != NULL) {
-        n_extra++;
-    }
-    char **env = xcalloc(n_env + n_extra + 1, sizeof(*env));
-    size_t n = 0;
-    for (size_t i = 0; i < n_env; i++) {
-        bool drop = false;
-        for (size_t j = 0; j < ARRAY_SIZE(scrubbed) && !drop; j++) {
-            drop = same_name(environ[i], scrubbed[j]);
-        }
-        for (size_t j = 0; j < n_extra && !drop; j++) {
-            drop = same_name(environ[i], extra[j]);
-        }
-        if (!drop) {
-            env[n++] = xstrdup(environ[i]);
-        }
-    }
-    for (size_t j = 0; j < n_extra; j++) {
-        env[n++] = xstrdup(extra[j]);
-    }
-    env[n] = NULL;
-    return env;
-}
-
-void hook_env_free(char **env)
-{
-    if (env == NULL) {
-        return;
-    }
-    for (char **e = env; *e != NULL; e++) {
-        free(*e);
-    }
-    free(env);
-}
 
 /* ---- closing ------------------------------------------------------------ */
 
@@ -413,7 +358,7 @@ static void start_run(struct hook *h)
     char *account_var = xasprintf("MAILSYNC_ACCOUNT=%s", h->account);
     char *new_var = xasprintf("MAILSYNC_NEW=%llu", (unsigned long long)run->result.n_new);
     const char *extra[] = {account_var, new_var, folders.buf, NULL};
-    char **env = hook_child_env(extra);
+    char **env = child_env(extra);
     free(account_var);
     free(new_var);
     sbuf_free(&folders);
@@ -459,7 +404,7 @@ static void start_run(struct hook *h)
             uv_close((uv_handle_t *)&run->proc, on_run_handle_closed);
         }
     }
-    hook_env_free(env);
+    child_env_free(env);
     if (r < 0) {
         struct hook_result result = run->result;
         result.spawn_err = r;

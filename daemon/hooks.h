@@ -88,14 +88,6 @@ bool hook_running(const struct hook *h);
  * reaped and the memory is gone. */
 void hook_close(struct hook *h, unsigned grace_ms, void (*on_closed)(void *arg), void *arg);
 
-/* The environment for any command the daemon starts (hooks and
- * password_command alike): the daemon's own environment without
- * NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID, and without any variable
- * that extra sets, followed by extra (NULL-terminated "NAME=value"
- * strings, each name once; extra == NULL adds nothing).
- * Returns a NULL-terminated array of strings, all newly allocated, for
- * uv_process_options_t.env; free it with hook_env_free. */
-char **hook_child_env(const char *const *extra);
-void hook_env_free(char **env);
+/* Hooks run with child_env (core/util.h): no NOTIFY_SOCKET or WATCHDOG_*. */
 
 #endif

@@ -168,37 +168,3 @@ void sdn_watchdog_stop(struct sdn_watchdog *wd)
     wd->timer.data = wd;
     uv_close((uv_handle_t *)&wd->timer, on_watchdog_closed);
 }
-
-/* Whether entry is NAME=... for one of the variables children must not
- * see. */
-static int is_notify_var(const char *entry)
-{
-    static const char *const names[] = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"};
-    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
-        size_t n = strlen(names[i]);
-        if (strncmp(entry, names[i], n) == 0 && entry[n] == '=') {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-char **sdn_child_env(char *const *envp)
-{
-    if (envp == NULL) {
-        envp = environ;
-    }
-    size_t count = 0;
-    while (envp[count] != NULL) {
-        count++;
-    }
-    char **out = xcalloc(count + 1, sizeof(*out));
-    size_t n = 0;
-    for (size_t i = 0; i < count; i++) {
-        if (!is_notify_var(envp[i])) {
-            out[n++] = envp[i];
-        }
-    }
-    out[n] = NULL;
-    return out;
-}

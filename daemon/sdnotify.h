@@ -19,7 +19,7 @@
  * Child processes (hooks, password commands) must not inherit
  * NOTIFY_SOCKET or WATCHDOG_*: a child that notified would speak for the
  * daemon, and one that pinged the watchdog would hide a hung daemon.
- * sdn_child_env builds their environment. */
+ * child_env (core/util.h) builds their environment. */
 #ifndef MAILSYNC_SDNOTIFY_H
 #define MAILSYNC_SDNOTIFY_H
 
@@ -64,12 +64,5 @@ int sdn_watchdog_start(uv_loop_t *loop, struct sdn_watchdog **wd_r);
 /* The ping interval in microseconds (half of WATCHDOG_USEC). */
 uint64_t sdn_watchdog_interval_usec(const struct sdn_watchdog *wd);
 void sdn_watchdog_stop(struct sdn_watchdog *wd);
-
-/* The environment for a child process: a new NULL-terminated array with
- * the entries of envp (environ when envp is NULL) except NOTIFY_SOCKET,
- * WATCHDOG_USEC and WATCHDOG_PID. The strings are envp's own, not copies:
- * free only the array, with free(), and keep envp alive while using it
- * (e.g. as uv_process_options_t.env). */
-char **sdn_child_env(char *const *envp);
 
 #endif

@@ -368,9 +368,14 @@ int secret_get(uv_loop_t *loop, const char *password, char *const *command, unsi
         req->own_group = true;
     }
 
+    /* Not NOTIFY_SOCKET or WATCHDOG_*: the command does not speak for the
+     * daemon to systemd. */
+    char **env = child_env(NULL);
+    po.env = env;
     req->proc.data = req;
     req->open_handles++;
     int r = uv_spawn(loop, &req->proc, &po);
+    child_env_free(env);
     if (r < 0) {
         /* uv_spawn initialised the handle, which still has to be closed;
          * report from the loop. */

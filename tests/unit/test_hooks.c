@@ -222,7 +222,7 @@ static void test_child_env(void **state)
     setenv("MAILSYNC_TEST_KEEP", "kept", 1);
     setenv("MAILSYNC_TEST_OVER", "old", 1);
     const char *extra[] = {"MAILSYNC_TEST_OVER=new", "MAILSYNC_TEST_ADDED=1", NULL};
-    char **env = hook_child_env(extra);
+    char **env = child_env(extra);
     int keep = 0, over = 0, added = 0, path = 0;
     for (char **e = env; *e != NULL; e++) {
         assert_true(strncmp(*e, "NOTIFY_SOCKET=", 14) != 0);
@@ -237,16 +237,16 @@ static void test_child_env(void **state)
     assert_int_equal(over, 1);
     assert_int_equal(added, 1);
     assert_int_equal(path, getenv("PATH") != NULL ? 1 : 0);
-    hook_env_free(env);
+    child_env_free(env);
     /* A variable whose name only starts like a scrubbed one stays. */
     setenv("NOTIFY_SOCKETS", "x", 1);
-    env = hook_child_env(NULL);
+    env = child_env(NULL);
     int found = 0;
     for (char **e = env; *e != NULL; e++) {
         found += strcmp(*e, "NOTIFY_SOCKETS=x") == 0;
     }
     assert_int_equal(found, 1);
-    hook_env_free(env);
+    child_env_free(env);
     unsetenv("NOTIFY_SOCKET");
     unsetenv("NOTIFY_SOCKETS");
     unsetenv("WATCHDOG_PID");

@@ -328,47 +328,6 @@ static void test_watchdog_pid(void **state)
     listener_close(&l);
 }
 
-/* Children get every variable but NOTIFY_SOCKET and WATCHDOG_*, in order;
- * names that only start alike stay. */
-static void test_child_env(void **state)
-{
-    (void)state;
-    char *env[] = {"A=1",
-                   "NOTIFY_SOCKET=/run/user/1/notify",
-                   "WATCHDOG_USEC=60000000",
-                   "WATCHDOG_PID=7",
-                   "NOTIFY_SOCKETS=keep",
-                   "WATCHDOG_PIDX=keep",
-                   "B=2",
-                   NULL};
-    char **out = sdn_child_env(env);
-    const char *want[] = {"A=1", "NOTIFY_SOCKETS=keep", "WATCHDOG_PIDX=keep", "B=2", NULL};
-    for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
-        if (want[i] == NULL) {
-            assert_null(out[i]);
-        } else {
-            assert_string_equal(out[i], want[i]);
-        }
-    }
-    free(out);
-
-    setenv("NOTIFY_SOCKET", "/run/x", 1);
-    setenv("WATCHDOG_USEC", "1", 1);
-    setenv("MS_SDN_TEST", "here", 1);
-    out = sdn_child_env(NULL);
-    int seen = 0;
-    for (char **p = out; *p != NULL; p++) {
-        assert_true(strncmp(*p, "NOTIFY_SOCKET=", 14) != 0);
-        assert_true(strncmp(*p, "WATCHDOG_USEC=", 14) != 0);
-        seen += strcmp(*p, "MS_SDN_TEST=here") == 0;
-    }
-    assert_int_equal(seen, 1);
-    free(out);
-    unsetenv("NOTIFY_SOCKET");
-    unsetenv("WATCHDOG_USEC");
-    unsetenv("MS_SDN_TEST");
-}
-
 static char *file_text(int fd)
 {
     char buf[1024] = {0};
@@ -501,11 +460,11 @@ int main(int argc, char **argv)
     }
     self_exe[n] = '\0';
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_messages_path),    cmocka_unit_test(test_messages_abstract),
-        cmocka_unit_test(test_unset_and_errors), cmocka_unit_test(test_watchdog_cadence),
-        cmocka_unit_test(test_watchdog_unref),   cmocka_unit_test(test_watchdog_pid),
-        cmocka_unit_test(test_child_env),        cmocka_unit_test(test_journal_stream_matches),
-        cmocka_unit_test(test_journal_prefixes), cmocka_unit_test(test_journal_auto),
+        cmocka_unit_test(test_messages_path),          cmocka_unit_test(test_messages_abstract),
+        cmocka_unit_test(test_unset_and_errors),       cmocka_unit_test(test_watchdog_cadence),
+        cmocka_unit_test(test_watchdog_unref),         cmocka_unit_test(test_watchdog_pid),
+        cmocka_unit_test(test_journal_stream_matches), cmocka_unit_test(test_journal_prefixes),
+        cmocka_unit_test(test_journal_auto),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

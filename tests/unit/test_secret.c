@@ -228,6 +228,26 @@ static void test_cancel(void **state)
     assert_int_equal(errno, ECHILD);
 }
 
+/* The command does not inherit systemd's notify socket or watchdog: it
+ * must not speak for the daemon. Other variables pass. */
+static void test_no_notify_socket(void **state)
+{
+    (void)state;
+    setenv("NOTIFY_SOCKET", "/run/user/0/systemd/notify", 1);
+    setenv("WATCHDOG_USEC", "60000000", 1);
+    setenv("MS_SECRET_TEST", "kept", 1);
+    char *argv[] = {"/bin/sh", "-c",
+                    "echo \"${NOTIFY_SOCKET:-none} ${WATCHDOG_USEC:-none} $MS_SECRET_TEST\"", NULL};
+    struct outcome o;
+    run(NULL, argv, 0, &o);
+    assert_int_equal(o.err, 0);
+    assert_string_equal(o.secret, "none none kept");
+    clear(&o);
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    unsetenv("MS_SECRET_TEST");
+}
+
 static void test_nothing_given(void **state)
 {
     uv_loop_t loop;
@@ -251,6 +271,7 @@ int main(void)
         cmocka_unit_test(test_missing_command),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_nothing_given),
+        cmocka_unit_test(test_no_notify_socket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
