@@ -13,19 +13,24 @@
  * folder's new state. Folders deleted on one side are handled between
  * folders (delete_folders), and the run ends with LOGOUT.
  *
- * An account uses up to max_connections connections ("lanes"). The first
- * lane logs in, lists the folders and builds the folder jobs; when two or
- * more folders changed on the server it opens more lanes, and every lane
- * takes the next job from the shared list, so several folders are synced
- * at once. Each folder is synced by exactly one lane from start to end, so
- * the per-folder steps and their crash safety are the same as with one
- * connection. The lanes share the index handle (one thread: writes never
- * overlap) and the folder results; the run ends when the last lane has
- * logged out.
+ * A run (struct engine) is one pass over an account; it owns the folder
+ * jobs, their results and the account-wide state, and works through them
+ * with up to max_connections sessions (struct session, one logged-in
+ * connection each), all alike. The first session lists the folders and
+ * builds the jobs; when two or more folders changed on the server the run
+ * opens more sessions, and every session takes the next job from the
+ * shared list, so several folders are synced at once. Each folder is
+ * synced by exactly one session from start to end, so the per-folder steps
+ * and their crash safety are the same as with one connection. The sessions
+ * share the account's index handle (one thread: writes never overlap);
+ * the run ends when the last session has ended. With stay_open the first
+ * session stays logged in and takes folder jobs asked for by name.
  *
- * Store calls (scan, LMDB commits) run on the loop thread; they are grouped
- * so that a batch of 64 downloads costs two index commits, one syncfs and
- * one directory fsync. */
+ * The server is reached through sync/remote.h (the IMAP client, or the
+ * unit tests' fake). Maildir scans, batch durability and reading local
+ * files run on the libuv thread pool; LMDB commits run on the loop thread,
+ * grouped so that a batch of 64 downloads costs two index commits, one
+ * syncfs and one directory fsync. */
 #include "sync/engine.h"
 
 #include <ctype.h>
@@ -111,7 +116,7 @@ struct lfact {
 
 /* A download in flight or waiting in the batch. */
 struct dl {
-    struct engine *e;
+    struct session *e;
     const struct plan_download *pd;
     struct md_writer *w;
     char lid[IDX_LID_MAX + 1];
@@ -124,7 +129,7 @@ struct dl {
 struct fjob {
     char *name;
     char *notice; /* engine_folder_result.notice */
-    /* What sync/folderplan.c decided (one of e->fplan's folders), and
+    /* What sync/folderplan.c decided (one of e->run->fplan's folders), and
      * whether the folder is on the server (listed, or created by this run). */
     const struct folderplan_folder *plan;
     bool on_server;
@@ -254,6 +259,10 @@ struct fstate {
     size_t it_ns, it_nl;
 };
 
+/* One pass over an account, from engine_start to the done callback (the
+ * public struct engine): the folder jobs and their results, the folder
+ * plan, account-wide progress and deferred index writes, and the sessions
+ * that work through the jobs. */
 struct engine {
     uv_loop_t *loop;
     const struct sync_account *acct;
@@ -262,47 +271,34 @@ struct engine {
     void *done_arg;
     time_t now;
     FILE *plan_out;
-
     /* The account (sync/account.h): the index handle and lock, the kept
      * secret, what the server said. The owner's (opts.account), or one of
      * this run's own. */
     struct account *account;
     bool own_account;
-    struct idx *idx; /* the account's; shared by the lanes */
-    struct account_wait *secret_wait;
-    /* The connection, through the server interface (sync/remote.h): the
-     * IMAP client, or the unit tests' fake. */
+    struct idx *idx; /* the account's; shared by the sessions */
     const struct remote_ops *ro;
-    struct remote *im;
-    bool conn_dead;
-    bool logged_out;
-    bool ready; /* logged in */
-    /* The first lane (itself for the first lane). Jobs, folder results,
-     * trash and the listed names belong to it; other lanes point at them. */
-    struct engine *root;
-    /* First lane only: the other lanes, and whether its own end waits for
-     * them. */
-    struct engine **lanes;
-    size_t nlanes;
-    unsigned lanes_running;
-    bool done_pending;
-    struct fjob *creating; /* CREATE in flight for this job */
-    struct fjob *deleting; /* the checks and DELETE of a folder deleted locally, in flight */
-    char *log_name;        /* extra lanes: "ACCOUNT#N" in log lines */
-    /* First lane only: account-wide progress over every lane (messages
-     * transferred either way, of those planned so far; bytes). */
+    /* The sessions (connections), all alike. Each takes the next job from
+     * jobs; the run ends when the last one has ended. The first one lists
+     * the folders (the lister); with stay_open it is also the one that
+     * stays logged in and takes the folder jobs asked for. */
+    struct session **sessions;
+    size_t nsessions, sessions_cap;
+    unsigned sessions_running;
+    struct session *lister;
+    /* Account-wide progress over every session (messages transferred
+     * either way, of those planned so far; bytes). */
     unsigned prog_done, prog_total;
     uint64_t prog_bytes;
     char *trash;       /* trash folder name, NULL when unknown */
-    bool trash_warned; /* first lane: the missing trash folder was reported */
-    /* First lane only: the LIST answer, kept until on_list_done hands it to
-     * the folder planner, and the plan (each job points at its decision). */
+    bool trash_warned; /* the missing trash folder was reported */
+    /* The LIST answer, kept until on_list_done hands it to the folder
+     * planner, and the plan (each job points at its decision). */
     struct listed *listed;
     size_t nlisted, listed_cap;
     struct folderplan *fplan;
-
-    /* First lane only: index writes that need not be durable at once,
-     * written with the next one that must be (see defer_apply). */
+    /* Index writes that need not be durable at once, written with the next
+     * one that must be (see idx_apply_later). */
     struct deferred_ops *defer;
     size_t ndefer, defer_cap, defer_rows;
     /* Directories to fsync before the deferred writes go in: new folders'
@@ -313,62 +309,110 @@ struct engine {
     size_t njobs, jobs_cap;
     struct strindex job_ix; /* local folder of a job -> position in jobs */
     size_t next_job;
-    struct fstate *f; /* current folder, NULL between folders */
     struct engine_folder_result *fres;
-
-    bool cancelled;
-    bool finished;
-    bool teardown_pending; /* finish waits for the folder's batch on the thread pool */
-    /* stay_open sessions: folder jobs asked for (indexes into jobs), the
-     * session waiting for them, and its end asked for. */
+    /* stay_open: folder jobs asked for (indexes into jobs), and the end
+     * asked for. */
     size_t *demand;
     size_t ndemand, demand_cap;
-    bool idle;
     bool closing;
-    char *selected; /* the folder this connection selected last */
+    bool cancelled;
     enum sync_kind kind;
-    char *error;
+    char *error; /* first account-level error */
     struct engine_result res;
     uv_timer_t timer;
 };
 
-static void next_folder(struct engine *e);
-static void session_connect(struct engine *e);
-static struct fjob *find_job(struct engine *e, const char *name);
-static void listed_free(struct engine *e);
-static void folder_end(struct engine *e);
-static void folder_advance(struct engine *e);
-static void finish(struct engine *e);
-static void finish_teardown(struct engine *e);
-static void job_ended_early(struct engine *e, struct fjob *j);
-static void job_totals(struct engine *e, const struct fjob *j);
-static int flush_batch(struct engine *e);
+/* One logged-in connection of a run, working through folder jobs (e in
+ * this file). The run's options are copied in for short access; nothing
+ * here belongs to one particular session of the run. */
+struct session {
+    struct engine *run;
+    uv_loop_t *loop;
+    const struct sync_account *acct;
+    struct engine_opts opts;
+    time_t now;
+    FILE *plan_out;
+    struct account *account;
+    struct idx *idx;
+    struct account_wait *secret_wait;
+    /* The connection, through the server interface (sync/remote.h): the
+     * IMAP client, or the unit tests' fake. */
+    const struct remote_ops *ro;
+    struct remote *im;
+    bool conn_dead;
+    bool logged_out;
+    bool ready;            /* logged in */
+    struct fjob *creating; /* CREATE in flight for this job */
+    struct fjob *deleting; /* the checks and DELETE of a folder deleted locally, in flight */
+    char *log_name;        /* "ACCOUNT#N" in log lines, for every session after the first */
+    struct fstate *f;      /* current folder, NULL between folders */
+    bool cancelled;
+    bool finished;
+    bool teardown_pending; /* finish waits for the folder's batch on the thread pool */
+    bool idle;             /* stay_open: waiting for a folder job */
+    bool errored;          /* its own trouble was logged (see set_error) */
+    char *selected;        /* the folder this connection selected last */
+    uv_timer_t timer;
+};
+
+static void next_folder(struct session *e);
+static void session_connect(struct session *e);
+static struct fjob *find_job(struct engine *r, const char *name);
+static void listed_free(struct engine *r);
+static void folder_end(struct session *e);
+static void folder_advance(struct session *e);
+static void finish(struct session *e);
+static void finish_teardown(struct session *e);
+static void job_ended_early(struct session *e, struct fjob *j);
+static void job_totals(struct session *e, const struct fjob *j);
+static int flush_batch(struct session *e);
 static void dedupe_server(struct fstate *f);
 static int wire_size(int fd, uint64_t *size_r);
 
 /* ---- errors and counts ---------------------------------------------------- */
 
-__attribute__((format(printf, 3, 4))) static void set_error(struct engine *e, enum sync_kind k,
-                                                            const char *fmt, ...)
+/* The run's first account-level error (the result's error and kind). */
+__attribute__((format(printf, 3, 0))) static void run_verror(struct engine *r, enum sync_kind k,
+                                                             const char *fmt, va_list ap)
 {
-    if (e->error != NULL) {
+    if (r->error != NULL) {
         return;
     }
+    r->error = xvasprintf(fmt, ap);
+    r->kind = k;
+}
+
+__attribute__((format(printf, 3, 4))) static void run_error(struct engine *r, enum sync_kind k,
+                                                            const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    e->error = xvasprintf(fmt, ap);
+    run_verror(r, k, fmt, ap);
     va_end(ap);
-    e->kind = k;
-    if (e->root != e) {
-        /* An extra lane's own trouble (it could not connect, say) is not
-         * the account's: its folder carries any error, and the other lanes
-         * do the remaining folders. */
-        log_debug("%s: extra connection: %s", e->acct->name, e->error);
+}
+
+/* A session's trouble. The lister's is the account's (it could not log
+ * in, LIST failed, the index failed); another session's own trouble (it
+ * could not connect, say) is not: the folder it held carries any error,
+ * and the other sessions do the remaining folders. */
+__attribute__((format(printf, 3, 4))) static void set_error(struct session *e, enum sync_kind k,
+                                                            const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (e == e->run->lister) {
+        run_verror(e->run, k, fmt, ap);
+    } else if (!e->errored) {
+        e->errored = true;
+        char *msg = xvasprintf(fmt, ap);
+        log_debug("%s: extra connection: %s", e->acct->name, msg);
+        free(msg);
     }
+    va_end(ap);
 }
 
 __attribute__((format(printf, 3, 0))) static void
-folder_vmsg(struct engine *e, bool fatal_for_folder, const char *fmt, va_list ap)
+folder_vmsg(struct session *e, bool fatal_for_folder, const char *fmt, va_list ap)
 {
     struct fstate *f = e->f;
     if (f == NULL) {
@@ -383,7 +427,7 @@ folder_vmsg(struct engine *e, bool fatal_for_folder, const char *fmt, va_list ap
 }
 
 /* The folder stops at the next phase boundary, with this error. */
-__attribute__((format(printf, 2, 3))) static void folder_fail(struct engine *e, const char *fmt,
+__attribute__((format(printf, 2, 3))) static void folder_fail(struct session *e, const char *fmt,
                                                               ...)
 {
     va_list ap;
@@ -393,7 +437,7 @@ __attribute__((format(printf, 2, 3))) static void folder_fail(struct engine *e, 
 }
 
 /* The folder reports this error but the rest of its plan still runs. */
-__attribute__((format(printf, 2, 3))) static void folder_note(struct engine *e, const char *fmt,
+__attribute__((format(printf, 2, 3))) static void folder_note(struct session *e, const char *fmt,
                                                               ...)
 {
     va_list ap;
@@ -408,7 +452,7 @@ __attribute__((format(printf, 2, 3))) static void folder_note(struct engine *e, 
 /* folder_fail for an error that clears up by itself when trying again
  * later (see engine_folder_result.transient). Only the first error of a
  * folder decides. */
-__attribute__((format(printf, 2, 3))) static void folder_fail_transient(struct engine *e,
+__attribute__((format(printf, 2, 3))) static void folder_fail_transient(struct session *e,
                                                                         const char *fmt, ...)
 {
     struct fstate *f = e->f;
@@ -424,7 +468,7 @@ __attribute__((format(printf, 2, 3))) static void folder_fail_transient(struct e
 
 /* A Maildir operation failed with r: a full disk or quota clears up by
  * itself, anything else needs the user. */
-static void folder_fail_md(struct engine *e, int r)
+static void folder_fail_md(struct session *e, int r)
 {
     if (r == -ENOSPC || r == -EDQUOT || r == -EAGAIN) {
         /* -EAGAIN: dovecot-keywords locked by another program. */
@@ -438,13 +482,13 @@ static void folder_fail_md(struct engine *e, int r)
  * not grow clears up by itself. LMDB reports a short write (what a full
  * disk gives it part-way through a commit) as EIO, so EIO counts as a
  * full disk when the state directory's file system has no room left. */
-static bool idx_err_transient(const struct engine *e, int r)
+static bool idx_err_transient(const struct sync_account *acct, int r)
 {
     if (r == -ENOSPC || r == -EDQUOT || r == IDX_ERETRY) {
         return true;
     }
     struct statvfs sv;
-    if (r == -EIO && statvfs(e->acct->state_dir, &sv) == 0) {
+    if (r == -EIO && statvfs(acct->state_dir, &sv) == 0) {
         /* Less than a megabyte free, or no inodes left, is full. */
         return (uint64_t)sv.f_bavail * sv.f_frsize < ((uint64_t)1 << 20) ||
                (sv.f_files > 0 && sv.f_favail == 0);
@@ -453,9 +497,9 @@ static bool idx_err_transient(const struct engine *e, int r)
 }
 
 /* An index operation failed with r: see idx_err_transient. */
-static void folder_fail_idx(struct engine *e, int r)
+static void folder_fail_idx(struct session *e, int r)
 {
-    if (idx_err_transient(e, r)) {
+    if (idx_err_transient(e->acct, r)) {
         folder_fail_transient(e, "index: %s%s", idx_error(e->idx),
                               r == -EIO ? " (the file system holding it is full)" : "");
     } else {
@@ -463,7 +507,7 @@ static void folder_fail_idx(struct engine *e, int r)
     }
 }
 
-static struct engine_counts *fcounts(struct engine *e)
+static struct engine_counts *fcounts(struct session *e)
 {
     return &e->f->job->res->counts;
 }
@@ -520,7 +564,7 @@ static const char **imap_keywords(unsigned flags, const struct plan_kw *kw, size
  * the folder's error set: the base would otherwise record a keyword that
  * the file does not carry, and the next run would take its absence for a
  * local removal. */
-static bool local_letters(struct engine *e, const struct plan_kw *kw, md_keywords *bits_r)
+static bool local_letters(struct session *e, const struct plan_kw *kw, md_keywords *bits_r)
 {
     md_keywords bits = 0;
     *bits_r = 0;
@@ -542,7 +586,7 @@ static bool local_letters(struct engine *e, const struct plan_kw *kw, md_keyword
 
 static bool kw_ok(const char *name, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     return md_keyword_index(e->f->md, name, false) >= 0 || e->f->free_letters > 0;
 }
 
@@ -664,7 +708,7 @@ static void deferred_free(struct engine *r)
 }
 
 struct apply_ctx {
-    const struct engine *root;
+    const struct engine *run;
     const struct idx_ops *o; /* NULL: the deferred writes alone */
 };
 
@@ -672,8 +716,8 @@ struct apply_ctx {
 static int apply_fn(struct idx_txn *txn, void *arg)
 {
     const struct apply_ctx *c = arg;
-    for (size_t i = 0; i < c->root->ndefer; i++) {
-        const struct deferred_ops *d = &c->root->defer[i];
+    for (size_t i = 0; i < c->run->ndefer; i++) {
+        const struct deferred_ops *d = &c->run->defer[i];
         struct idx_ops o = {.folder = d->folder,
                             .puts = d->puts,
                             .nputs = d->nputs,
@@ -692,73 +736,73 @@ static int apply_fn(struct idx_txn *txn, void *arg)
 }
 
 /* The directories the deferred writes depend on, made durable first
- * (invariant 4: the directory before the index records it). */
-static int dirsync_run(struct engine *e)
+ * (invariant 4: the directory before the index records it). e is the
+ * session whose folder fails with it, or NULL at the end of the run. */
+static int dirsync_run(struct engine *run, struct session *e)
 {
     char *err = NULL;
-    int r = md_dirsync_run(&e->root->dirsync, &err);
+    int r = md_dirsync_run(&run->dirsync, &err);
     if (r < 0) {
-        if (r == -ENOSPC || r == -EDQUOT) {
+        bool full = r == -ENOSPC || r == -EDQUOT;
+        if (e != NULL && full) {
             folder_fail_transient(e, "%s", err);
-        } else {
+        } else if (e != NULL) {
             folder_fail(e, "%s", err);
         }
-        set_error(e->root, r == -ENOSPC || r == -EDQUOT ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s",
-                  err);
+        run_error(run, full ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s", err);
     }
     free(err);
     return r;
 }
 
-static int idx_apply(struct engine *e, const struct idx_ops *o)
+static int idx_apply(struct session *e, const struct idx_ops *o)
 {
     if (e->opts.dry_run) {
         return 0;
     }
-    if (e->root->ndefer > 0) {
-        int dr = dirsync_run(e);
+    if (e->run->ndefer > 0) {
+        int dr = dirsync_run(e->run, e);
         if (dr < 0) {
             return dr;
         }
     }
-    struct apply_ctx c = {.root = e->root, .o = o};
+    struct apply_ctx c = {.run = e->run, .o = o};
     int r = idx_write(e->idx, apply_fn, &c);
     if (r < 0) {
         folder_fail_idx(e, r);
     } else {
-        deferred_free(e->root);
+        deferred_free(e->run);
     }
     return r;
 }
 
 /* Writes what was deferred. Returns 0 or the index error. */
-static int deferred_flush(struct engine *e)
+static int deferred_flush(struct engine *run, struct session *e)
 {
-    struct engine *root = e->root;
-    if (root->ndefer == 0 || e->idx == NULL) {
+    if (run->ndefer == 0 || run->idx == NULL) {
         return 0;
     }
-    int dr = dirsync_run(e);
+    int dr = dirsync_run(run, e);
     if (dr < 0) {
         return dr;
     }
-    struct apply_ctx c = {.root = root, .o = NULL};
-    int r = idx_write(e->idx, apply_fn, &c);
+    struct apply_ctx c = {.run = run, .o = NULL};
+    int r = idx_write(run->idx, apply_fn, &c);
     if (r == 0) {
-        deferred_free(root);
+        deferred_free(run);
     }
     return r;
 }
 
 /* idx_apply for a write that may wait (see above); o has no drop_lids. */
-static void idx_apply_later(struct engine *e, const struct idx_ops *o)
+static void idx_apply_later(struct session *e, const struct idx_ops *o)
 {
     if (e->opts.dry_run) {
         return;
     }
-    struct engine *root = e->root;
-    xgrow(&root->defer, &root->defer_cap, root->ndefer + 1, sizeof(*root->defer));
-    struct deferred_ops *d = &root->defer[root->ndefer++];
+    struct engine *run = e->run;
+    xgrow(&run->defer, &run->defer_cap, run->ndefer + 1, sizeof(*run->defer));
+    struct deferred_ops *d = &run->defer[run->ndefer++];
     memset(d, 0, sizeof(*d));
     d->folder = xstrdup(o->folder);
     if (o->nputs > 0) {
@@ -781,10 +825,10 @@ static void idx_apply_later(struct engine *e, const struct idx_ops *o)
         memcpy(d->meta_val, o->meta_val, o->meta_len);
         d->meta_len = o->meta_len;
     }
-    root->defer_rows += o->nputs + o->ndrops + 1;
-    if (root->defer_rows >= DEFER_MAX_ROWS || root->ndefer >= DEFER_MAX_FOLDERS) {
-        int r = deferred_flush(e);
-        if (r < 0 && root->dirsync.n == 0) {
+    run->defer_rows += o->nputs + o->ndrops + 1;
+    if (run->defer_rows >= DEFER_MAX_ROWS || run->ndefer >= DEFER_MAX_FOLDERS) {
+        int r = deferred_flush(run, e);
+        if (r < 0 && run->dirsync.n == 0) {
             folder_fail_idx(e, r); /* the directories went, the index write did not */
         }
     }
@@ -899,85 +943,65 @@ static void fstate_free(struct fstate *f)
     free(f);
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void on_run_closed(uv_handle_t *h)
 {
-    struct engine *e = h->data;
-    free(e->selected);
-    if (e->root != e) {
-        free(e->error);
-        free(e->log_name);
-        free(e);
-        return;
-    }
-    free(e->demand);
-    free(e->lanes);
-    for (size_t i = 0; i < e->njobs; i++) {
-        free(e->jobs[i].name);
-        free(e->jobs[i].notice);
-        if (e->jobs[i].res != NULL) {
+    struct engine *r = h->data;
+    free(r->demand);
+    free(r->sessions);
+    for (size_t i = 0; i < r->njobs; i++) {
+        free(r->jobs[i].name);
+        free(r->jobs[i].notice);
+        if (r->jobs[i].res != NULL) {
             /* res is NULL when LIST failed before the folders were set up. */
-            free((char *)e->jobs[i].res->error);
+            free((char *)r->jobs[i].res->error);
         }
     }
-    free(e->jobs);
-    free(e->fres);
-    free(e->trash);
-    listed_free(e);
-    folderplan_free(e->fplan);
-    strindex_free(&e->job_ix);
-    free(e->error);
-    free(e);
+    free(r->jobs);
+    free(r->fres);
+    free(r->trash);
+    listed_free(r);
+    folderplan_free(r->fplan);
+    strindex_free(&r->job_ix);
+    free(r->error);
+    free(r);
 }
 
-static void on_timer(uv_timer_t *t)
+/* The last session ended: the deferred index writes go in, the result is
+ * reported, and the run is freed. */
+static void on_run_timer(uv_timer_t *t)
 {
-    struct engine *e = t->data;
-    if (e->root != e) {
-        /* A lane ended: the first lane's end may have waited for it. */
-        struct engine *r = e->root;
-        for (size_t i = 0; i < r->nlanes; i++) {
-            if (r->lanes[i] == e) {
-                r->lanes[i] = NULL;
-            }
-        }
-        if (--r->lanes_running == 0 && r->done_pending) {
-            r->done_pending = false;
-            uv_timer_start(&r->timer, on_timer, 0, 0);
-        }
-        uv_close((uv_handle_t *)&e->timer, on_timer_closed);
-        return;
-    }
-    if (e->idx != NULL) {
-        int fr = deferred_flush(e);
-        if (fr < 0 && e->dirsync.n == 0) {
+    struct engine *r = t->data;
+    if (r->idx != NULL) {
+        int fr = deferred_flush(r, NULL);
+        if (fr < 0 && r->dirsync.n == 0) {
             /* The folders' last records are lost; the next run compares
              * them again (nothing is lost or copied twice), but this run
              * did not finish. */
-            bool tr = idx_err_transient(e, fr);
-            set_error(e, tr ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s%s", idx_error(e->idx),
+            bool tr = idx_err_transient(r->acct, fr);
+            run_error(r, tr ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s%s", idx_error(r->idx),
                       tr && fr == -EIO ? " (the file system holding it is full)" : "");
         }
-        e->idx = NULL;
+        r->idx = NULL;
     }
-    if (e->own_account) {
-        account_free(e->account); /* closes the index */
-        e->account = NULL;
+    if (r->own_account) {
+        account_free(r->account); /* closes the index */
+        r->account = NULL;
     }
-    deferred_free(e);
-    free(e->defer);
-    e->defer = NULL;
-    md_dirsync_free(&e->dirsync);
-    struct engine_result *res = &e->res;
-    res->account = e->acct->name;
-    res->kind = e->error != NULL ? e->kind : SYNC_OK;
-    res->error = e->error;
-    res->dry_run = e->opts.dry_run;
-    res->folders = e->fres;
-    res->nfolders = e->njobs;
+    deferred_free(r);
+    free(r->defer);
+    r->defer = NULL;
+    md_dirsync_free(&r->dirsync);
+    struct engine_result *res = &r->res;
+    res->account = r->acct->name;
+    res->kind = r->error != NULL ? r->kind : SYNC_OK;
+    res->error = r->error;
+    res->dry_run = r->opts.dry_run;
+    res->folders = r->fres;
+    res->nfolders = r->njobs;
     memset(&res->total, 0, sizeof(res->total));
     res->folder_errors = 0;
-    for (size_t i = 0; i < e->njobs; i++) {
-        const struct engine_counts *c = &e->fres[i].counts;
+    for (size_t i = 0; i < r->njobs; i++) {
+        const struct engine_counts *c = &r->fres[i].counts;
         struct engine_counts *t2 = &res->total;
         t2->new_down += c->new_down;
         t2->new_up += c->new_up;
@@ -991,13 +1015,13 @@ static void on_timer(uv_timer_t *t)
         t2->adopted += c->adopted;
         t2->bytes_down += c->bytes_down;
         t2->bytes_up += c->bytes_up;
-        if (e->fres[i].error != NULL) {
+        if (r->fres[i].error != NULL) {
             res->folder_errors++;
         }
     }
     res->folders_transient = true;
-    for (size_t i = 0; i < e->njobs; i++) {
-        if (e->fres[i].error != NULL && !e->fres[i].transient) {
+    for (size_t i = 0; i < r->njobs; i++) {
+        if (r->fres[i].error != NULL && !r->fres[i].transient) {
             res->folders_transient = false;
         }
     }
@@ -1007,11 +1031,40 @@ static void on_timer(uv_timer_t *t)
          * alone is a reason to try again later. */
         res->kind = res->folders_transient ? SYNC_TRANSIENT : SYNC_PERMANENT;
     }
-    e->done(res, e->done_arg);
-    uv_close((uv_handle_t *)&e->timer, on_timer_closed);
+    r->done(res, r->done_arg);
+    uv_close((uv_handle_t *)&r->timer, on_run_closed);
 }
 
-static void finish(struct engine *e)
+static void on_session_closed(uv_handle_t *h)
+{
+    struct session *e = h->data;
+    struct engine *r = e->run;
+    for (size_t i = 0; i < r->nsessions; i++) {
+        if (r->sessions[i] == e) {
+            r->sessions[i] = NULL;
+        }
+    }
+    if (r->lister == e) {
+        r->lister = NULL;
+    }
+    free(e->selected);
+    free(e->log_name);
+    free(e);
+    if (--r->sessions_running == 0) {
+        /* The index and the folder results stay until the last session
+         * ends. */
+        uv_timer_start(&r->timer, on_run_timer, 0, 0);
+    }
+}
+
+/* A session ended (from the loop, after finish). */
+static void on_timer(uv_timer_t *t)
+{
+    struct session *e = t->data;
+    uv_close((uv_handle_t *)&e->timer, on_session_closed);
+}
+
+static void finish(struct session *e)
 {
     if (e->finished) {
         return;
@@ -1034,17 +1087,12 @@ static void finish(struct engine *e)
     finish_teardown(e);
 }
 
-static void finish_teardown(struct engine *e)
+static void finish_teardown(struct session *e)
 {
     e->teardown_pending = false;
     fstate_free(e->f);
     e->f = NULL;
     uv_timer_stop(&e->timer);
-    if (e->root == e && e->lanes_running > 0) {
-        /* The index and the folder results stay until the last lane ends. */
-        e->done_pending = true;
-        return;
-    }
     uv_timer_start(&e->timer, on_timer, 0, 0);
 }
 
@@ -1055,7 +1103,7 @@ static void finish_teardown(struct engine *e)
  * inside those completions conn_dead is not set yet: the connection's own
  * state says it. Nothing may advance a folder then: a listing cut short
  * would look complete (invariant 9). */
-static bool conn_lost(const struct engine *e)
+static bool conn_lost(const struct session *e)
 {
     return e->conn_dead || (e->im != NULL && e->ro->state(e->im) == IMAP_STATE_FAILED);
 }
@@ -1077,7 +1125,7 @@ static enum sync_kind conn_error_kind(int err)
 
 static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     e->conn_dead = true;
     if (e->logged_out) {
         /* Every folder had finished and LOGOUT was on its way. */
@@ -1096,10 +1144,10 @@ static void on_imap_error(struct imap *im, int err, const char *msg, void *arg)
     /* A folder job this connection had taken (synced, created on the
      * server, or deleted there) is unfinished. */
     struct fjob *held = e->f != NULL ? e->f->job : e->creating != NULL ? e->creating : e->deleting;
-    if (e->root != e && held != NULL) {
-        /* An extra lane lost a folder half-way: the run is incomplete for
-         * a transient reason, like a first lane's dropped connection. */
-        set_error(e->root, SYNC_TRANSIENT, "%s", why);
+    if (held != NULL) {
+        /* A session lost a folder half-way: the run is incomplete for a
+         * transient reason. */
+        run_error(e->run, SYNC_TRANSIENT, "%s", why);
     }
     if (e->f != NULL) {
         folder_fail_transient(e, "%s", why);
@@ -1114,7 +1162,7 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
 
 /* Server data that the folder being listed does not take: the owner of a
  * session hears which folder it concerns, to sync it again. */
-static void note_dirty(struct engine *e, const struct imap_event *ev, const char *current)
+static void note_dirty(struct session *e, const struct imap_event *ev, const char *current)
 {
     if (e->finished) {
         return;
@@ -1136,7 +1184,7 @@ static void note_dirty(struct engine *e, const struct imap_event *ev, const char
 
 static void on_imap_event(struct imap *im, const struct imap_event *ev, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     struct fstate *f = e->f;
     if (f == NULL) {
         /* Between folder jobs: the last selected folder's. */
@@ -1203,7 +1251,7 @@ static void on_imap_event(struct imap *im, const struct imap_event *ev, void *ar
  * changed messages, keep skipping them (a flag change on one must not
  * download it) and report them on every run. */
 /* Reads the folder's skip list; a missing or malformed value is none. */
-static void skips_load(struct engine *e, struct idx_txn *txn)
+static void skips_load(struct session *e, struct idx_txn *txn)
 {
     struct fstate *f = e->f;
     f->nskips = skiplist_load(txn, f->job->name, &f->skips, &f->skip_uv);
@@ -1218,7 +1266,7 @@ static struct skip_ent *find_skip(const struct fstate *f, uint32_t uid)
 }
 
 /* Whether today's limits still skip this message. */
-static bool still_skipped(const struct engine *e, const struct skip_ent *s)
+static bool still_skipped(const struct session *e, const struct skip_ent *s)
 {
     const struct sync_account *a = e->acct;
     if (a->max_size > 0 && s->size > a->max_size) {
@@ -1230,7 +1278,7 @@ static bool still_skipped(const struct engine *e, const struct skip_ent *s)
 
 /* Whether a skipped message is no longer kept away by today's limits (the
  * folder must then be selected even when nothing else changed). */
-static bool skips_released(const struct engine *e)
+static bool skips_released(const struct session *e)
 {
     for (size_t i = 0; i < e->f->nskips; i++) {
         if (!still_skipped(e, &e->f->skips[i])) {
@@ -1240,7 +1288,7 @@ static bool skips_released(const struct engine *e)
     return false;
 }
 
-static void count_skips(struct engine *e, const struct skip_ent *v, size_t n)
+static void count_skips(struct session *e, const struct skip_ent *v, size_t n)
 {
     struct engine_counts *c = &e->f->job->res->counts;
     c->skipped_size = c->skipped_age = 0;
@@ -1295,7 +1343,7 @@ static bool local_file_empty(struct fstate *f, struct md_msg *m)
  * uploaded by this run). The planner gets the folder without the others:
  * a file left out once is neither tried nor reported as an error again,
  * only mentioned in the summary. */
-static void lskips_prune(struct engine *e)
+static void lskips_prune(struct session *e)
 {
     struct fstate *f = e->f;
     size_t out = 0;
@@ -1340,7 +1388,7 @@ static void lskips_prune(struct engine *e)
 
 /* Writes the list when it changed (with the next index write that must be
  * durable: lost in a crash, it is only made again). */
-static void lskips_save(struct engine *e)
+static void lskips_save(struct session *e)
 {
     struct fstate *f = e->f;
     if (!f->lskips_dirty || e->opts.dry_run) {
@@ -1362,7 +1410,7 @@ static void lskips_save(struct engine *e)
  * named once, as the folder's error, and left out of later runs (see
  * lskips_prune). A --dry-run says the same, so its plan stays the real
  * run's. */
-static void drop_empty_uploads(struct engine *e)
+static void drop_empty_uploads(struct session *e)
 {
     struct fstate *f = e->f;
     struct plan *p = f->plan;
@@ -1422,7 +1470,7 @@ static void drop_empty_uploads(struct engine *e)
  * sort. The folder waits for it (fstate.reading). */
 struct scan_job {
     uv_work_t req;
-    struct engine *e;
+    struct session *e;
     struct md_scan *scan;
     int r;
     bool clean;
@@ -1439,13 +1487,13 @@ static void scan_work(uv_work_t *req)
     }
 }
 
-static void start_folder_scanned(struct engine *e);
+static void start_folder_scanned(struct session *e);
 
 static void scan_done(uv_work_t *req, int status)
 {
     (void)status; /* never cancelled */
     struct scan_job *j = req->data;
-    struct engine *e = j->e;
+    struct session *e = j->e;
     struct fstate *f = e->f;
     f->reading = false;
     f->scan = j->scan;
@@ -1469,7 +1517,7 @@ static void scan_done(uv_work_t *req, int status)
     start_folder_scanned(e);
 }
 
-static void scan_start(struct engine *e)
+static void scan_start(struct session *e)
 {
     struct scan_job *j = xcalloc(1, sizeof(*j));
     j->req.data = j;
@@ -1487,7 +1535,7 @@ static void scan_start(struct engine *e)
  * reads it, on the thread pool unless there is nothing to read: returns
  * 0 when done, PREPARE_SCANNING when scan_done goes on, or a negative
  * errno after folder_fail. */
-static int folder_prepare(struct engine *e)
+static int folder_prepare(struct session *e)
 {
     struct fstate *f = e->f;
     struct fjob *j = f->job;
@@ -1499,7 +1547,7 @@ static int folder_prepare(struct engine *e)
     }
     bool sub = e->acct->layout == MD_LAYOUT_MAILDIRPP && strcasecmp(j->name, "INBOX") != 0;
     char *err = NULL;
-    r = md_folder_open_ds(path, !e->opts.dry_run, sub, e->opts.dry_run ? NULL : &e->root->dirsync,
+    r = md_folder_open_ds(path, !e->opts.dry_run, sub, e->opts.dry_run ? NULL : &e->run->dirsync,
                           &f->md, &err);
     free(path);
     if (r == -ENOENT && e->opts.dry_run) {
@@ -1526,7 +1574,7 @@ static int folder_prepare(struct engine *e)
 
 /* The index's side of a folder about to be synced: its state, base,
  * intents and skip lists. */
-static int folder_prepare_index(struct engine *e)
+static int folder_prepare_index(struct session *e)
 {
     struct fstate *f = e->f;
     struct fjob *j = f->job;
@@ -1666,13 +1714,14 @@ static int folder_prepare_index(struct engine *e)
  * a message left flagged keeps its record, marked \Deleted, and only the
  * flag mode knows such a record as handled. Planned as 'trash', it was
  * listed for deletion (and counted) again on every later run. */
-static enum plan_local_delete local_delete_mode(const struct engine *e)
+static enum plan_local_delete local_delete_mode(const struct session *e)
 {
     enum plan_local_delete mode = e->acct->on_local_delete;
-    if (mode == PLAN_LOCAL_DELETE_TRASH && e->trash == NULL) {
+    if (mode == PLAN_LOCAL_DELETE_TRASH && e->run->trash == NULL) {
         return PLAN_LOCAL_DELETE_FLAG;
     }
-    if (mode == PLAN_LOCAL_DELETE_TRASH && e->f != NULL && strcmp(e->trash, e->f->job->name) == 0) {
+    if (mode == PLAN_LOCAL_DELETE_TRASH && e->f != NULL &&
+        strcmp(e->run->trash, e->f->job->name) == 0) {
         mode = PLAN_LOCAL_DELETE_EXPUNGE; /* deleted in the trash itself */
     }
     if (mode == PLAN_LOCAL_DELETE_EXPUNGE && e->im != NULL &&
@@ -1682,7 +1731,7 @@ static enum plan_local_delete local_delete_mode(const struct engine *e)
     return mode;
 }
 
-static void fill_input(struct engine *e, struct plan_input *in, struct plan_server_msg **sm_r)
+static void fill_input(struct session *e, struct plan_input *in, struct plan_server_msg **sm_r)
 {
     struct fstate *f = e->f;
     memset(in, 0, sizeof(*in));
@@ -1740,7 +1789,7 @@ static bool local_same_as_base(const struct fstate *f)
     return true;
 }
 
-static bool local_unchanged(struct engine *e)
+static bool local_unchanged(struct session *e)
 {
     struct fstate *f = e->f;
     if (f->nintents > 0) {
@@ -1772,7 +1821,7 @@ static bool local_unchanged(struct engine *e)
 
 static void on_fetch_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     struct fstate *f = e->f;
     if (f == NULL || m->uid == 0 || !(m->have & IMAP_FETCH_FLAGS)) {
         return;
@@ -1806,7 +1855,7 @@ static void on_fetch_msg(struct imap *im, const struct imap_msg *m, void *sink, 
  * cannot be given to the server, a capability the server lacks) ends with
  * err < 0 while the connection stays up: that command failed, and nothing
  * else will report it. After a connection failure on_imap_error does. */
-static bool refused_locally(const struct engine *e, const struct imap_result *res)
+static bool refused_locally(const struct session *e, const struct imap_result *res)
 {
     if (res->err >= 0 || e->im == NULL || conn_lost(e)) {
         return false;
@@ -1815,7 +1864,7 @@ static bool refused_locally(const struct engine *e, const struct imap_result *re
     return s != IMAP_STATE_FAILED && s != IMAP_STATE_CLOSED;
 }
 
-static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *what)
+static bool cmd_ok(struct session *e, const struct imap_result *res, const char *what)
 {
     if (res->err < 0) {
         if (refused_locally(e, res)) {
@@ -1852,7 +1901,7 @@ static bool cmd_ok(struct engine *e, const struct imap_result *res, const char *
 /* A command of the current folder could not be queued (r < 0): its answer
  * will never come, so the folder fails instead of planning without it.
  * After a drop that is the connection's doing, and temporary. */
-static void queue_failed(struct engine *e, int r, const char *what)
+static void queue_failed(struct session *e, int r, const char *what)
 {
     if (r == -ENOTCONN || conn_lost(e)) {
         const char *why = e->im != NULL ? e->ro->error(e->im) : NULL;
@@ -1863,7 +1912,7 @@ static void queue_failed(struct engine *e, int r, const char *what)
     }
 }
 
-static void phase_cmd_done(struct engine *e)
+static void phase_cmd_done(struct session *e)
 {
     if (e->f != NULL && e->f->pending > 0) {
         e->f->pending--;
@@ -1875,7 +1924,7 @@ static void phase_cmd_done(struct engine *e)
 
 static void on_fetch_done(struct imap *im, const struct imap_result *res, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     if (e->finished) {
         return;
     }
@@ -1885,7 +1934,7 @@ static void on_fetch_done(struct imap *im, const struct imap_result *res, void *
 
 static void on_search_done(struct imap *im, const struct imap_result *res, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     if (e->finished) {
         return;
     }
@@ -1903,7 +1952,7 @@ static const struct imap_fetch_cb flags_cb = {.on_message = on_fetch_msg, .done 
 
 /* Queues one listing command of the FETCH phase; a command that cannot be
  * queued fails the folder (its part of the listing would be missing). */
-static void listing_fetch(struct engine *e, const char *set, unsigned items, uint64_t changedsince)
+static void listing_fetch(struct session *e, const char *set, unsigned items, uint64_t changedsince)
 {
     e->f->pending++;
     int r = e->ro->uid_fetch(e->im, set, items, changedsince, false, &flags_cb, e);
@@ -1913,7 +1962,7 @@ static void listing_fetch(struct engine *e, const char *set, unsigned items, uin
     }
 }
 
-static void issue_fetch(struct engine *e)
+static void issue_fetch(struct session *e)
 {
     struct fstate *f = e->f;
     f->phase = FP_FETCH;
@@ -1980,7 +2029,7 @@ static void issue_fetch(struct engine *e)
 
 static void on_select(struct imap *im, const struct imap_result *res, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     if (e->finished) {
         return;
     }
@@ -2040,7 +2089,7 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
     issue_fetch(e);
 }
 
-static void do_select(struct engine *e)
+static void do_select(struct session *e)
 {
     struct fstate *f = e->f;
     free(e->selected);
@@ -2066,7 +2115,7 @@ static void do_select(struct engine *e)
 /* ---- folder: upload intents left by a crash ------------------------------------------ */
 
 struct rec_ctx {
-    struct engine *e;
+    struct session *e;
     size_t index;
 };
 
@@ -2083,7 +2132,7 @@ static bool base_has_uid(const struct fstate *f, uint32_t uid)
 static void on_recover_search(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct rec_ctx *rc = arg;
-    struct engine *e = rc->e;
+    struct session *e = rc->e;
     size_t ix = rc->index;
     free(rc);
     if (e->finished) {
@@ -2123,7 +2172,7 @@ static void quote_into(struct sbuf *sb, const char *s)
  * did not resolve: search the server by Message-ID. A match becomes the
  * record; no match means the APPEND never happened and the message is
  * uploaded as new. */
-static void recover_intents(struct engine *e)
+static void recover_intents(struct session *e)
 {
     struct fstate *f = e->f;
     f->phase = FP_RECOVER;
@@ -2152,7 +2201,7 @@ static void recover_intents(struct engine *e)
 }
 
 /* Turns resolved intents into base records and drops the others. */
-static int settle_intents(struct engine *e)
+static int settle_intents(struct session *e)
 {
     struct fstate *f = e->f;
     if (f->nintents == 0) {
@@ -2203,7 +2252,7 @@ static struct smsg *find_smsg(struct fstate *f, uint32_t uid)
 
 static void on_header_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     struct fstate *f = e->f;
     if (f == NULL || m->uid == 0 || m->header == NULL) {
         return;
@@ -2229,7 +2278,7 @@ static int strp_cmp(const void *a, const void *b)
  * thread pool; the folder waits for it (fstate.reading). */
 struct read_job {
     uv_work_t req;
-    struct engine *e;
+    struct session *e;
     const char **ids; /* the server's Message-IDs, sorted */
     size_t nids;
     bool srv_noid; /* a server message has none */
@@ -2258,14 +2307,14 @@ static void rematch_read_work(uv_work_t *req)
     }
 }
 
-static void rematch_match(struct engine *e);
-static void fetch_headers_send(struct engine *e);
+static void rematch_match(struct session *e);
+static void fetch_headers_send(struct session *e);
 
 static void rematch_read_done(uv_work_t *req, int status)
 {
     (void)status; /* never cancelled */
     struct read_job *j = req->data;
-    struct engine *e = j->e;
+    struct session *e = j->e;
     e->f->reading = false;
     free(j->ids);
     free(j);
@@ -2281,7 +2330,7 @@ static void rematch_read_done(uv_work_t *req, int status)
 
 /* Reads every local file's Message-ID, header hash and wire size (on the
  * thread pool), then matches them to the server's listing. */
-static void rematch_prepare(struct engine *e)
+static void rematch_prepare(struct session *e)
 {
     struct fstate *f = e->f;
     size_t n = f->scan->count;
@@ -2305,7 +2354,7 @@ static void rematch_prepare(struct engine *e)
     }
 }
 
-static void rematch_match(struct engine *e)
+static void rematch_match(struct session *e)
 {
     struct fstate *f = e->f;
     size_t n = f->scan->count;
@@ -2371,7 +2420,7 @@ static int rematch_fn(struct idx_txn *txn, void *arg)
  * three-way merge keeps local changes and applies the server's. Messages
  * left unmatched are downloaded or uploaded by the plan as new ones, so
  * nothing is lost and nothing already here is fetched twice. */
-static int rematch_finish(struct engine *e)
+static int rematch_finish(struct session *e)
 {
     struct fstate *f = e->f;
     for (size_t i = 0; i < f->rm_ns; i++) {
@@ -2462,7 +2511,7 @@ static int rematch_finish(struct engine *e)
  * the wire size of those without a Message-ID), and lines those up with
  * the server messages of the same size that no record claims. Their header
  * hash decides (intents_finish); the others are searched by Message-ID. */
-static void intents_prepare(struct engine *e)
+static void intents_prepare(struct session *e)
 {
     struct fstate *f = e->f;
     f->itf = xcalloc(f->nintents + 1, sizeof(*f->itf));
@@ -2505,7 +2554,7 @@ static void intents_prepare(struct engine *e)
     plan_match_ids(f->it_s, f->it_ns, f->it_l, f->it_nl);
 }
 
-static void intents_finish(struct engine *e)
+static void intents_finish(struct session *e)
 {
     struct fstate *f = e->f;
     if (f->it_nl == 0) {
@@ -2525,7 +2574,7 @@ static void intents_finish(struct engine *e)
 
 /* Fetches the header block of the server messages that only a header hash
  * can tell apart, then goes on. */
-static void fetch_headers(struct engine *e)
+static void fetch_headers(struct session *e)
 {
     struct fstate *f = e->f;
     f->phase = FP_HEADERS;
@@ -2541,7 +2590,7 @@ static void fetch_headers(struct engine *e)
     fetch_headers_send(e);
 }
 
-static void fetch_headers_send(struct engine *e)
+static void fetch_headers_send(struct session *e)
 {
     struct fstate *f = e->f;
     uint32_t *uids = NULL;
@@ -2613,7 +2662,7 @@ static uint32_t *store_uids(const struct plan *p, size_t *n_r)
  * change made in between. stored false: the messages that needed no STORE
  * (once the local renames are durable); true: the rest (once the STOREs
  * answered, except [MODIFIED] ones). */
-static void record_updates(struct engine *e, bool stored)
+static void record_updates(struct session *e, bool stored)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
@@ -2646,7 +2695,7 @@ static void record_updates(struct engine *e, bool stored)
     free(su);
 }
 
-static void apply_local(struct engine *e)
+static void apply_local(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
@@ -2706,7 +2755,7 @@ static void apply_local(struct engine *e)
 
 static void on_store_done(struct imap *im, const struct imap_result *res, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     if (e->finished) {
         return;
     }
@@ -2727,14 +2776,14 @@ static void on_store_done(struct imap *im, const struct imap_result *res, void *
 }
 
 struct del_ctx {
-    struct engine *e;
+    struct session *e;
     bool last; /* the command whose success completes the deletions */
 };
 
 static void on_delete_done(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct del_ctx *dc = arg;
-    struct engine *e = dc->e;
+    struct session *e = dc->e;
     bool last = dc->last;
     free(dc);
     if (e->finished) {
@@ -2755,7 +2804,7 @@ static void on_delete_done(struct imap *im, const struct imap_result *res, void 
     phase_cmd_done(e);
 }
 
-static void queue_del(struct engine *e, int r, struct del_ctx *dc)
+static void queue_del(struct session *e, int r, struct del_ctx *dc)
 {
     if (r < 0) {
         free(dc);
@@ -2796,7 +2845,7 @@ static void unsettled_key(const char *folder, char *buf, size_t cap)
     }
 }
 
-static bool mark_unsettled(struct engine *e)
+static bool mark_unsettled(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
@@ -2849,7 +2898,7 @@ static bool mark_unsettled(struct engine *e)
  * reports it when it landed), else its recorded flags. The settled rows
  * are written at once: the folder state may move past that STORE in this
  * run, after which no delta would list the message again. */
-static void settle_base(struct engine *e)
+static void settle_base(struct session *e)
 {
     struct fstate *f = e->f;
     struct idx_msg *puts = NULL;
@@ -2916,7 +2965,7 @@ static void settle_base(struct engine *e)
     free(puts);
 }
 
-static void apply_server(struct engine *e)
+static void apply_server(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
@@ -2996,13 +3045,13 @@ static void apply_server(struct engine *e)
         char **sets;
         size_t nsets = imap_uidset_format(uids, p->nserver_deletes, 0, &sets);
         enum plan_local_delete mode = local_delete_mode(e);
-        if (e->acct->on_local_delete == PLAN_LOCAL_DELETE_TRASH && e->trash == NULL) {
+        if (e->acct->on_local_delete == PLAN_LOCAL_DELETE_TRASH && e->run->trash == NULL) {
             /* Said once per run, as a warning: the deletions are done (as
              * \Deleted flags, which the plan then knows as done), and only
              * the configuration can change this, so failing every run
              * would mend nothing. */
-            if (!e->root->trash_warned) {
-                e->root->trash_warned = true;
+            if (!e->run->trash_warned) {
+                e->run->trash_warned = true;
                 log_warnx("%s: on_local_delete is 'trash', but the server marks no folder as "
                           "\\Trash (SPECIAL-USE) and has no folder named Trash: messages "
                           "deleted locally are only flagged \\Deleted on the server. Set "
@@ -3015,7 +3064,7 @@ static void apply_server(struct engine *e)
                            "\\Deleted (expunge them with your mail client)");
         }
         f->sdel_flag_mode = mode == PLAN_LOCAL_DELETE_FLAG;
-        struct fjob *tj = mode == PLAN_LOCAL_DELETE_TRASH ? find_job(e->root, e->trash) : NULL;
+        struct fjob *tj = mode == PLAN_LOCAL_DELETE_TRASH ? find_job(e->run, e->run->trash) : NULL;
         if (tj != NULL) {
             /* Its LIST-STATUS counters predate the moves: were the trash
              * still to be synced in this run, they would say it did not
@@ -3029,7 +3078,8 @@ static void apply_server(struct engine *e)
                 dc = xmalloc(sizeof(*dc));
                 *dc = (struct del_ctx){e, last};
                 f->pending++;
-                queue_del(e, e->ro->uid_move(e->im, sets[k], e->trash, on_delete_done, dc), dc);
+                queue_del(e, e->ro->uid_move(e->im, sets[k], e->run->trash, on_delete_done, dc),
+                          dc);
             } else {
                 dc = xmalloc(sizeof(*dc));
                 *dc = (struct del_ctx){e, last && mode == PLAN_LOCAL_DELETE_FLAG};
@@ -3055,12 +3105,12 @@ static void apply_server(struct engine *e)
 
 /* ---- downloads -------------------------------------------------------------------------- */
 
-static void issue_downloads(struct engine *e);
+static void issue_downloads(struct session *e);
 
-/* Account-wide progress: every lane adds to the first lane's counters. */
-static void progress_add(struct engine *e, unsigned msgs, uint64_t bytes)
+/* Account-wide progress: every session adds to the run's counters. */
+static void progress_add(struct session *e, unsigned msgs, uint64_t bytes)
 {
-    struct engine *r = e->root;
+    struct engine *r = e->run;
     r->prog_done += msgs;
     r->prog_bytes += bytes;
     if (e->opts.progress != NULL && e->f != NULL) {
@@ -3076,7 +3126,7 @@ static void progress_add(struct engine *e, unsigned msgs, uint64_t bytes)
  * folder (see store/maildir.h, Threads). */
 struct flush_job {
     uv_work_t req;
-    struct engine *e;
+    struct session *e;
     struct md_folder *md;
     struct dl **batch;
     size_t n;
@@ -3145,7 +3195,7 @@ static void flush_done(uv_work_t *req, int status)
 {
     (void)status; /* never cancelled */
     struct flush_job *j = req->data;
-    struct engine *e = j->e;
+    struct session *e = j->e;
     struct fstate *f = e->f;
     f->flushing = NULL;
     f->kw_failed = f->kw_failed || j->kw_failed;
@@ -3172,7 +3222,7 @@ static void flush_done(uv_work_t *req, int status)
     if (ok > 0) {
         /* new/ and cur/ are fsynced (with other folders' directories)
          * before these records are written. */
-        md_folder_sync_later(f->md, &e->root->dirsync);
+        md_folder_sync_later(f->md, &e->run->dirsync);
         struct idx_ops o = {.folder = f->job->name, .puts = j->rows, .nputs = ok};
         idx_apply_later(e, &o);
     }
@@ -3206,7 +3256,7 @@ static void flush_done(uv_work_t *req, int status)
  * next index write, after the directories' fsync. One batch at a time per
  * folder: a call while one is in flight leaves the messages for the next
  * (flush_done starts it). */
-static int flush_batch(struct engine *e)
+static int flush_batch(struct session *e)
 {
     struct fstate *f = e->f;
     if (f->nbatch == 0 || f->flushing != NULL) {
@@ -3296,7 +3346,7 @@ static const struct plan_download *find_download(struct fstate *f, uint32_t uid)
 
 static void *dl_begin(struct imap *im, uint32_t seq, uint32_t uid, uint64_t size, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     struct fstate *f = e->f;
     if (f == NULL || f->md == NULL) {
         return NULL;
@@ -3338,7 +3388,7 @@ static void dl_end(struct imap *im, void *sink, bool complete, void *arg)
 
 static void dl_message(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     struct fstate *f = e->f;
     struct dl *d = sink;
     if (d == NULL) {
@@ -3370,7 +3420,7 @@ static void dl_message(struct imap *im, const struct imap_msg *m, void *sink, vo
 
 static void on_dl_done(struct imap *im, const struct imap_result *res, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     if (e->finished) {
         return;
     }
@@ -3386,7 +3436,7 @@ static const struct imap_fetch_cb body_cb = {
     .done = on_dl_done,
 };
 
-static void issue_downloads(struct engine *e)
+static void issue_downloads(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
@@ -3420,18 +3470,18 @@ static void issue_downloads(struct engine *e)
 /* ---- uploads ------------------------------------------------------------------------------ */
 
 struct ul {
-    struct engine *e;
+    struct session *e;
     size_t index;
     int fd;
     struct idx_msg rec;
 };
 
-static void issue_uploads(struct engine *e);
+static void issue_uploads(struct session *e);
 
 static void on_append_done(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct ul *u = arg;
-    struct engine *e = u->e;
+    struct session *e = u->e;
     if (u->fd >= 0) {
         close(u->fd);
     }
@@ -3501,7 +3551,7 @@ static int wire_size(int fd, uint64_t *size_r)
     return 0;
 }
 
-static void issue_uploads(struct engine *e)
+static void issue_uploads(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
@@ -3570,7 +3620,7 @@ static void issue_uploads(struct engine *e)
 }
 
 /* Records the intents (APPENDING rows) durably, then starts the APPENDs. */
-static void start_uploads(struct engine *e)
+static void start_uploads(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
@@ -3631,7 +3681,7 @@ static bool claimed_uid(const struct fstate *f, uint32_t uid)
 
 static void on_ulres_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     struct fstate *f = e->f;
     /* "UID n:*" also answers the last message below n: not ours. */
     if (f == NULL || m->uid < f->ul_first || !(m->have & IMAP_FETCH_SIZE) ||
@@ -3651,7 +3701,7 @@ static void on_ulres_msg(struct imap *im, const struct imap_msg *m, void *sink, 
  * message, so then none is resolved in this run. */
 static void on_ul_fetch_done(struct imap *im, const struct imap_result *res, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     if (e->finished) {
         return;
     }
@@ -3671,7 +3721,7 @@ static int smsg_uid_cmp(const void *a, const void *b)
 
 static void on_ulhdr_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     struct fstate *f = e->f;
     if (f == NULL || m->uid == 0 || m->header == NULL) {
         return;
@@ -3689,7 +3739,7 @@ static const struct imap_fetch_cb ulhdr_cb = {.on_message = on_ulhdr_msg, .done 
 /* Some APPENDs came back without APPENDUID (the server lacks UIDPLUS):
  * list the UIDs the APPENDs can have (from the UIDNEXT seen at SELECT on)
  * with Message-ID and size, in one command, to record them in this run. */
-static void ul_resolve_fetch(struct engine *e)
+static void ul_resolve_fetch(struct session *e)
 {
     struct fstate *f = e->f;
     f->phase = FP_UL_FETCH;
@@ -3724,7 +3774,7 @@ static void ul_resolve_fetch(struct engine *e)
 
 /* Pairs the answered APPENDs with the new UIDs by Message-ID and size, and
  * fetches the header blocks that must decide the rest. */
-static void ul_resolve_headers(struct engine *e)
+static void ul_resolve_headers(struct session *e)
 {
     struct fstate *f = e->f;
     f->phase = FP_UL_HEADERS;
@@ -3775,7 +3825,7 @@ static void ul_resolve_headers(struct engine *e)
 /* Records the APPENDs whose UID was found; the others keep their intent row
  * (the next run finds them) and hold the folder state back, so that the
  * next run lists their UIDs again. */
-static void ul_resolve_finish(struct engine *e)
+static void ul_resolve_finish(struct session *e)
 {
     struct fstate *f = e->f;
     for (size_t i = 0; i < f->ul_nms; i++) {
@@ -3854,7 +3904,7 @@ static struct skip_ent *next_skips(struct fstate *f, size_t *n_r)
  * the real run counts what it did (apply_local, folder_final, the
  * transfers), so that the summary of a dry run is the one the real run
  * then prints. */
-static void count_planned(struct engine *e)
+static void count_planned(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
@@ -3875,7 +3925,7 @@ static void count_planned(struct engine *e)
     free(sk);
 }
 
-static void folder_final(struct engine *e)
+static void folder_final(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
@@ -4008,7 +4058,7 @@ static void dedupe_server(struct fstate *f)
  * waited for) instead of one per message. Names that find no free letter
  * stay without one, and the plan then treats them as keywords the local
  * side cannot hold. */
-static int assign_letters(struct engine *e)
+static int assign_letters(struct session *e)
 {
     struct fstate *f = e->f;
     const char **names = NULL;
@@ -4038,7 +4088,7 @@ static int assign_letters(struct engine *e)
     return r;
 }
 
-static void plan_folder(struct engine *e)
+static void plan_folder(struct session *e)
 {
     struct fstate *f = e->f;
     struct plan_input in;
@@ -4095,7 +4145,7 @@ static void plan_folder(struct engine *e)
     free(sm);
     drop_empty_uploads(e);
     if (!e->opts.dry_run) {
-        e->root->prog_total += (unsigned)(f->plan->ndownloads + f->plan->nuploads);
+        e->run->prog_total += (unsigned)(f->plan->ndownloads + f->plan->nuploads);
     }
     if (f->plan->error != NULL) {
         folder_note(e, "%s", f->plan->error); /* the rest (no deletions) still runs */
@@ -4106,7 +4156,7 @@ static void plan_folder(struct engine *e)
     }
 }
 
-static void folder_end(struct engine *e)
+static void folder_end(struct session *e)
 {
     struct fstate *f = e->f;
     f->phase = FP_DONE;
@@ -4152,7 +4202,7 @@ static void folder_end(struct engine *e)
 
 /* Moves the current folder to its next phase when the previous one has
  * nothing in flight. */
-static void folder_advance(struct engine *e)
+static void folder_advance(struct session *e)
 {
     struct fstate *f = e->f;
     if (e->finished || conn_lost(e) || f == NULL) {
@@ -4244,7 +4294,7 @@ static void folder_advance(struct engine *e)
 /* A folder job ended without folder_end (it failed to start, or had
  * nothing to do): an on-demand job's owner hears of it all the same. */
 /* A folder job ended: the account's counts since start. */
-static void job_totals(struct engine *e, const struct fjob *j)
+static void job_totals(struct session *e, const struct fjob *j)
 {
     struct account_totals *t = account_totals(e->account);
     const struct engine_counts *c = &j->res->counts;
@@ -4260,7 +4310,7 @@ static void job_totals(struct engine *e, const struct fjob *j)
     t->bytes_up += c->bytes_up;
 }
 
-static void job_ended_early(struct engine *e, struct fjob *j)
+static void job_ended_early(struct session *e, struct fjob *j)
 {
     job_totals(e, j);
     if (j->on_demand) {
@@ -4271,7 +4321,7 @@ static void job_ended_early(struct engine *e, struct fjob *j)
     }
 }
 
-static void start_folder(struct engine *e, struct fjob *j)
+static void start_folder(struct session *e, struct fjob *j)
 {
     struct fstate *f = xcalloc(1, sizeof(*f));
     f->job = j;
@@ -4293,7 +4343,7 @@ static void start_folder(struct engine *e, struct fjob *j)
 }
 
 /* start_folder, once the folder's Maildir side is read. */
-static void start_folder_scanned(struct engine *e)
+static void start_folder_scanned(struct session *e)
 {
     struct fstate *f = e->f;
     struct fjob *j = f->job;
@@ -4339,41 +4389,41 @@ static void start_folder_scanned(struct engine *e)
 
 /* The job syncing a folder's local directory (INBOX in any case), through
  * a hash: an account may have 50,000 folders. */
-static struct fjob *find_job(struct engine *e, const char *name)
+static struct fjob *find_job(struct engine *r, const char *name)
 {
     uint64_t h = folderplan_local_hash(name);
     size_t it = 0, i;
-    while (strindex_next(&e->job_ix, h, &it, &i)) {
-        if (folderplan_same_local(e->jobs[i].name, name)) {
-            return &e->jobs[i];
+    while (strindex_next(&r->job_ix, h, &it, &i)) {
+        if (folderplan_same_local(r->jobs[i].name, name)) {
+            return &r->jobs[i];
         }
     }
     return NULL;
 }
 
-static void listed_free(struct engine *e)
+static void listed_free(struct engine *r)
 {
-    for (size_t i = 0; i < e->nlisted; i++) {
-        free(e->listed[i].name);
+    for (size_t i = 0; i < r->nlisted; i++) {
+        free(r->listed[i].name);
     }
-    free(e->listed);
-    e->listed = NULL;
-    e->nlisted = e->listed_cap = 0;
+    free(r->listed);
+    r->listed = NULL;
+    r->nlisted = r->listed_cap = 0;
 }
 
 /* Every folder is kept as listed; which of them are synced is the folder
  * planner's decision, once the whole list is in (on_list_done). */
 static void on_list_folder(struct imap *im, const struct imap_folder *fo, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     if (fo->name == NULL) {
         /* Said on every run, so the user knows why it never appears. */
         log_warnx("%s: folder %s is not synced: %s", e->acct->name, fo->raw_name,
                   fo->unsyncable != NULL ? fo->unsyncable : "unusable name");
         return;
     }
-    xgrow(&e->listed, &e->listed_cap, e->nlisted + 1, sizeof(*e->listed));
-    struct listed *l = &e->listed[e->nlisted++];
+    xgrow(&e->run->listed, &e->run->listed_cap, e->run->nlisted + 1, sizeof(*e->run->listed));
+    struct listed *l = &e->run->listed[e->run->nlisted++];
     l->name = xstrdup(fo->name);
     l->attrs = fo->attrs;
     l->has_status = fo->has_status;
@@ -4415,7 +4465,7 @@ static int collect_synced_lids(const struct idx_msg *m, void *arg)
     return 0;
 }
 
-static int forget_folder(struct engine *e, const char *name)
+static int forget_folder(struct session *e, const char *name)
 {
     struct idx_txn *txn;
     int r = idx_begin(e->idx, true, &txn);
@@ -4434,7 +4484,7 @@ static int forget_folder(struct engine *e, const char *name)
  * but only when every message in it is known to the index as synced (what
  * the server had, the user saw deleted with the folder). A message the
  * server never had keeps the folder, with a message saying why. */
-static void local_folder_delete(struct engine *e, struct fjob *j)
+static void local_folder_delete(struct session *e, struct fjob *j)
 {
     char *path = NULL, *err = NULL;
     struct md_folder *md = NULL;
@@ -4538,7 +4588,7 @@ out:
  * check that; the folder is then left for INBOX (a server may drop the
  * connection when the selected folder is deleted) and deleted. */
 struct sfdel {
-    struct engine *e;
+    struct session *e;
     struct fjob *j;
     struct idx_folder st;
     struct uid_list known;
@@ -4547,7 +4597,7 @@ struct sfdel {
 
 static void sfdel_end(struct sfdel *d)
 {
-    struct engine *e = d->e;
+    struct session *e = d->e;
     e->deleting = NULL;
     free(d->known.v);
     free(d);
@@ -4557,7 +4607,7 @@ static void sfdel_end(struct sfdel *d)
 static void on_sfdel_delete(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct sfdel *d = arg;
-    struct engine *e = d->e;
+    struct session *e = d->e;
     struct fjob *j = d->j;
     if (e->finished || (res->err < 0 && !refused_locally(e, res))) {
         /* on_imap_error reports the folder (e->deleting). */
@@ -4596,7 +4646,7 @@ static void sfdel_refuse(struct sfdel *d, const char *why)
 
 static void sfdel_check_done(struct sfdel *d)
 {
-    struct engine *e = d->e;
+    struct session *e = d->e;
     if (e->opts.dry_run) {
         fprintf(e->plan_out,
                 "%s: delete the folder and its %zu message(s) on the server (deleted "
@@ -4672,7 +4722,7 @@ static void on_sfdel_examine(struct imap *im, const struct imap_result *res, voi
 
 /* Starts the checks; returns 0 when the callbacks go on with next_folder,
  * or -1 when the folder is done (its error set). */
-static int server_folder_delete(struct engine *e, struct fjob *j)
+static int server_folder_delete(struct session *e, struct fjob *j)
 {
     struct sfdel *d = xcalloc(1, sizeof(*d));
     d->e = e;
@@ -4708,7 +4758,7 @@ static int server_folder_delete(struct engine *e, struct fjob *j)
 
 static void on_logout_done(struct imap *im, const struct imap_result *res, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     if (res->err < 0 && res->err != IMAP_EBYE) {
         log_debug("%s: LOGOUT: %s", e->acct->name, res->text != NULL ? res->text : "failed");
     }
@@ -4717,14 +4767,14 @@ static void on_logout_done(struct imap *im, const struct imap_result *res, void 
 
 static void on_logout_timeout(uv_timer_t *t)
 {
-    struct engine *e = t->data;
+    struct session *e = t->data;
     log_debug("%s: no answer to LOGOUT; closing the connection", e->acct->name);
     finish(e);
 }
 
-static void phase(struct engine *e, enum engine_phase p)
+static void phase(struct session *e, enum engine_phase p)
 {
-    if (e->root == e && e->opts.on_phase != NULL && !e->finished) {
+    if (e == e->run->lister && e->opts.on_phase != NULL && !e->finished) {
         e->opts.on_phase(p, e->opts.session_arg);
     }
 }
@@ -4745,15 +4795,33 @@ static void demand_reset(struct fjob *j)
     j->on_demand = true;
 }
 
-int engine_sync_folder(struct engine *e, const char *folder)
+/* A session waiting for folder jobs (stay_open) goes on: the next job
+ * asked for, or, when closing, LOGOUT. */
+static void wake_idle(struct engine *r)
 {
-    if (!e->opts.stay_open) {
+    for (size_t i = 0; i < r->nsessions; i++) {
+        struct session *e = r->sessions[i];
+        if (e != NULL && e->idle) {
+            e->idle = false;
+            if (!r->closing) {
+                phase(e, ENGINE_PHASE_SYNCING);
+            }
+            next_folder(e);
+            return;
+        }
+    }
+}
+
+int engine_sync_folder(struct engine *r, const char *folder)
+{
+    if (!r->opts.stay_open) {
         return -EINVAL;
     }
-    if (e->finished || e->closing || conn_lost(e)) {
+    struct session *e = r->lister;
+    if (r->closing || e == NULL || e->finished || conn_lost(e)) {
         return -ESHUTDOWN;
     }
-    struct fjob *j = find_job(e, folder);
+    struct fjob *j = find_job(r, folder);
     if (j == NULL || j->res == NULL) {
         return -ENOENT;
     }
@@ -4771,34 +4839,27 @@ int engine_sync_folder(struct engine *e, const char *folder)
     }
     if (!j->queued) {
         j->queued = true;
-        xgrow(&e->demand, &e->demand_cap, e->ndemand + 1, sizeof(*e->demand));
-        e->demand[e->ndemand++] = (size_t)(j - e->jobs);
+        xgrow(&r->demand, &r->demand_cap, r->ndemand + 1, sizeof(*r->demand));
+        r->demand[r->ndemand++] = (size_t)(j - r->jobs);
     }
-    if (e->idle) {
-        e->idle = false;
-        phase(e, ENGINE_PHASE_SYNCING);
-        next_folder(e);
-    }
+    wake_idle(r);
     return 0;
 }
 
-void engine_close(struct engine *e)
+void engine_close(struct engine *r)
 {
-    if (e == NULL || e->finished || e->closing) {
+    if (r == NULL || r->closing || r->lister == NULL || r->lister->finished) {
         return;
     }
-    e->closing = true;
-    for (size_t i = 0; i < e->ndemand; i++) {
-        e->jobs[e->demand[i]].queued = false;
+    r->closing = true;
+    for (size_t i = 0; i < r->ndemand; i++) {
+        r->jobs[r->demand[i]].queued = false;
     }
-    e->ndemand = 0;
-    if (e->idle) {
-        e->idle = false;
-        next_folder(e);
-    }
+    r->ndemand = 0;
+    wake_idle(r);
 }
 
-static void next_folder(struct engine *e)
+static void next_folder(struct session *e)
 {
     if (e->finished) {
         return;
@@ -4808,7 +4869,7 @@ static void next_folder(struct engine *e)
         finish(e);
         return;
     }
-    struct engine *r = e->root;
+    struct engine *r = e->run;
     while (r->next_job < r->njobs) {
         struct fjob *j = &r->jobs[r->next_job++];
         switch (j->plan->action) {
@@ -4860,10 +4921,10 @@ static void next_folder(struct engine *e)
             continue;
         }
     }
-    if (e == r && e->opts.stay_open && !e->closing && !conn_lost(e)) {
-        if (e->ndemand > 0) {
-            struct fjob *j = &e->jobs[e->demand[0]];
-            memmove(e->demand, e->demand + 1, --e->ndemand * sizeof(*e->demand));
+    if (e == r->lister && e->opts.stay_open && !r->closing && !conn_lost(e)) {
+        if (r->ndemand > 0) {
+            struct fjob *j = &r->jobs[r->demand[0]];
+            memmove(r->demand, r->demand + 1, --r->ndemand * sizeof(*r->demand));
             j->queued = false;
             demand_reset(j);
             start_folder(e, j);
@@ -4879,8 +4940,8 @@ static void next_folder(struct engine *e)
     }
     /* All folders are taken: a lane still logging in has nothing left to
      * do, so it is dropped rather than waited for. */
-    for (size_t i = 0; i < r->nlanes; i++) {
-        struct engine *l = r->lanes[i];
+    for (size_t i = 0; i < r->nsessions; i++) {
+        struct session *l = r->sessions[i];
         if (l != NULL && l != e && !l->ready && !l->finished) {
             finish(l);
         }
@@ -4900,7 +4961,7 @@ static void next_folder(struct engine *e)
 
 static void on_create_done(struct imap *im, const struct imap_result *res, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     struct fjob *j = e->creating;
     if (e->finished || j == NULL || (res->err < 0 && !refused_locally(e, res))) {
         /* After a drop e->creating stays, so that on_imap_error reports
@@ -4930,12 +4991,36 @@ static const struct imap_cb lane_cb = {
  * connection costs a TLS handshake and a login (tens of milliseconds), which
  * pays off for downloads, not for a few flag changes. Not for --dry-run,
  * whose plans print in folder order. */
-static void start_lanes(struct engine *e)
+/* A new session of the run, not connected yet. */
+static struct session *session_new(struct engine *r)
+{
+    struct session *e = xcalloc(1, sizeof(*e));
+    e->run = r;
+    e->loop = r->loop;
+    e->acct = r->acct;
+    e->opts = r->opts;
+    e->now = r->now;
+    e->plan_out = r->plan_out;
+    e->account = r->account;
+    e->idx = r->idx;
+    e->ro = r->ro;
+    uv_timer_init(r->loop, &e->timer);
+    e->timer.data = e;
+    if (r->nsessions > 0) {
+        e->log_name = xasprintf("%s#%zu", r->acct->name, r->nsessions + 1);
+    }
+    xgrow(&r->sessions, &r->sessions_cap, r->nsessions + 1, sizeof(*r->sessions));
+    r->sessions[r->nsessions++] = e;
+    r->sessions_running++;
+    return e;
+}
+
+static void start_sessions(struct session *e)
 {
     unsigned busy = 0;
     uint64_t est = 0;
-    for (size_t i = 0; i < e->njobs; i++) {
-        const struct fjob *j = &e->jobs[i];
+    for (size_t i = 0; i < e->run->njobs; i++) {
+        const struct fjob *j = &e->run->jobs[i];
         bool syncs =
             j->plan->action == FOLDERPLAN_SYNC || j->plan->action == FOLDERPLAN_CREATE_LOCAL;
         if (syncs && j->server_moved && j->est_new > 0) {
@@ -4949,29 +5034,8 @@ static void start_lanes(struct engine *e)
     } else if (want > busy - 1) {
         want = busy - 1;
     }
-    if (want > 0) {
-        e->lanes = xcalloc(want, sizeof(*e->lanes));
-    }
     for (unsigned i = 0; i < want; i++) {
-        struct engine *l = xcalloc(1, sizeof(*l));
-        l->loop = e->loop;
-        l->acct = e->acct;
-        l->opts = e->opts;
-        l->done = e->done;
-        l->done_arg = e->done_arg;
-        l->now = e->now;
-        l->plan_out = e->plan_out;
-        l->idx = e->idx;
-        l->trash = e->trash;
-        l->root = e;
-        uv_timer_init(e->loop, &l->timer);
-        l->timer.data = l;
-        l->log_name = xasprintf("%s#%zu", e->acct->name, e->nlanes + 2);
-        e->lanes[e->nlanes++] = l;
-        e->lanes_running++;
-        l->ro = e->ro;
-        l->account = e->account;
-        session_connect(l);
+        session_connect(session_new(e->run));
     }
 }
 
@@ -4994,7 +5058,7 @@ static int any_folder(const char *folder, const struct idx_folder *st, void *arg
 
 static void on_list_done(struct imap *im, const struct imap_result *res, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     if (e->finished || res->err < 0) {
         return;
     }
@@ -5004,8 +5068,8 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         return;
     }
     account_list_begin(e->account);
-    for (size_t i = 0; i < e->nlisted; i++) {
-        const struct listed *l = &e->listed[i];
+    for (size_t i = 0; i < e->run->nlisted; i++) {
+        const struct listed *l = &e->run->listed[i];
         account_list_add(e->account, l->name, l->attrs, l->has_status, &l->status);
     }
     char **names = NULL, **bad = NULL;
@@ -5016,7 +5080,7 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     if (ir != 0) {
         /* Without the index every folder would look new: nothing is
          * planned from that. */
-        set_error(e, idx_err_transient(e, ir) ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s",
+        set_error(e, idx_err_transient(e->acct, ir) ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s",
                   idx_error(e->idx));
         md_free_names(names, n);
         md_free_names(bad, nbad);
@@ -5049,10 +5113,10 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         finish(e);
         return;
     }
-    struct folderplan_server *srv = xcalloc(e->nlisted + 1, sizeof(*srv));
-    for (size_t i = 0; i < e->nlisted; i++) {
-        srv[i].name = e->listed[i].name;
-        srv[i].attrs = e->listed[i].attrs;
+    struct folderplan_server *srv = xcalloc(e->run->nlisted + 1, sizeof(*srv));
+    for (size_t i = 0; i < e->run->nlisted; i++) {
+        srv[i].name = e->run->listed[i].name;
+        srv[i].attrs = e->run->listed[i].attrs;
         srv[i].selected = sync_folder_selected(e->acct, srv[i].name);
     }
     struct folderplan_local *loc = xcalloc(n + 1, sizeof(*loc));
@@ -5062,7 +5126,7 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     }
     struct folderplan_input in = {
         .server = srv,
-        .nserver = e->nlisted,
+        .nserver = e->run->nlisted,
         .local = loc,
         .nlocal = n,
         .known = index_knows,
@@ -5074,11 +5138,11 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         .trash = e->acct->trash,
         .account = e->acct->name,
     };
-    e->fplan = folderplan_build(&in);
+    e->run->fplan = folderplan_build(&in);
     free(srv);
     free(loc);
-    const struct folderplan *fp = e->fplan;
-    e->trash = fp->trash != NULL ? xstrdup(fp->trash) : NULL;
+    const struct folderplan *fp = e->run->fplan;
+    e->run->trash = fp->trash != NULL ? xstrdup(fp->trash) : NULL;
     for (size_t i = 0; i < fp->nskips; i++) {
         if (fp->skips[i].warning != NULL) {
             log_warnx("%s: %s", e->acct->name, fp->skips[i].warning);
@@ -5092,27 +5156,27 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
     }
     md_free_names(names, n);
     md_free_names(bad, nbad);
-    e->jobs = xcalloc(fp->nfolders + 1, sizeof(*e->jobs));
-    e->jobs_cap = fp->nfolders + 1;
+    e->run->jobs = xcalloc(fp->nfolders + 1, sizeof(*e->run->jobs));
+    e->run->jobs_cap = fp->nfolders + 1;
     for (size_t i = 0; i < fp->nfolders; i++) {
         const struct folderplan_folder *pf = &fp->folders[i];
-        struct fjob *j = &e->jobs[e->njobs++];
+        struct fjob *j = &e->run->jobs[e->run->njobs++];
         j->name = xstrdup(pf->name);
         j->plan = pf;
         j->on_server = pf->on_server;
         if (pf->server >= 0) {
-            const struct listed *l = &e->listed[pf->server];
+            const struct listed *l = &e->run->listed[pf->server];
             j->attrs = l->attrs;
             j->has_status = l->has_status;
             j->status = l->status;
         }
-        strindex_add(&e->job_ix, folderplan_local_hash(j->name), i);
+        strindex_add(&e->run->job_ix, folderplan_local_hash(j->name), i);
     }
-    listed_free(e);
+    listed_free(e->run);
     /* Whether the server moved since the last sync, and how much new mail
-     * it holds, as LIST-STATUS tells: for the lanes. */
-    for (size_t i = 0; i < e->njobs; i++) {
-        struct fjob *j = &e->jobs[i];
+     * it holds, as LIST-STATUS tells: for more sessions. */
+    for (size_t i = 0; i < e->run->njobs; i++) {
+        struct fjob *j = &e->run->jobs[i];
         struct idx_folder st;
         const struct imap_status_info *si = &j->status;
         if (idx_folder_get(txn, j->name, &st) == 0) {
@@ -5132,22 +5196,22 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         }
     }
     idx_abort(txn);
-    e->fres = xcalloc(e->njobs + 1, sizeof(*e->fres));
-    for (size_t i = 0; i < e->njobs; i++) {
-        e->jobs[i].res = &e->fres[i];
-        e->fres[i].name = e->jobs[i].name;
+    e->run->fres = xcalloc(e->run->njobs + 1, sizeof(*e->run->fres));
+    for (size_t i = 0; i < e->run->njobs; i++) {
+        e->run->jobs[i].res = &e->run->fres[i];
+        e->run->fres[i].name = e->run->jobs[i].name;
     }
     phase(e, ENGINE_PHASE_SYNCING);
-    start_lanes(e);
+    start_sessions(e);
     next_folder(e);
 }
 
 static void on_imap_ready(struct imap *im, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     e->ready = true;
     account_note_login(e->account, e->ro->caps(e->im));
-    if (e->root != e) {
+    if (e != e->run->lister) {
         /* An extra lane: the folders are listed already. */
         next_folder(e);
         return;
@@ -5161,7 +5225,7 @@ static void on_imap_ready(struct imap *im, void *arg)
 
 static void on_secret(int err, const char *secret, const char *msg, void *arg)
 {
-    struct engine *e = arg;
+    struct session *e = arg;
     e->secret_wait = NULL;
     if (err < 0) {
         set_error(e, SYNC_PERMANENT, "%s", msg != NULL ? msg : "cannot get the password");
@@ -5190,7 +5254,7 @@ static void on_secret(int err, const char *secret, const char *msg, void *arg)
 /* A connection of the account (the first or an extra one): the secret
  * from the account (the password_command runs once per account, not per
  * connection), then connect and log in. */
-static void session_connect(struct engine *e)
+static void session_connect(struct session *e)
 {
     int r = account_secret(e->account, on_secret, e, &e->secret_wait);
     if (r < 0) {
@@ -5210,31 +5274,32 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
     if (acct->protocol != SYNC_PROTO_IMAP) {
         return -EINVAL;
     }
-    struct engine *e = xcalloc(1, sizeof(*e));
-    e->root = e;
-    e->ro = opts->remote != NULL ? opts->remote : &remote_imap;
-    e->loop = loop;
-    e->acct = acct;
-    e->opts = *opts;
-    e->done = done;
-    e->done_arg = arg;
-    e->now = opts->now != 0 ? opts->now : time(NULL);
-    e->plan_out = opts->plan_out != NULL ? opts->plan_out : stdout;
-    uv_timer_init(loop, &e->timer);
-    e->timer.data = e;
-    *e_r = e;
-
+    struct engine *r = xcalloc(1, sizeof(*r));
+    r->ro = opts->remote != NULL ? opts->remote : &remote_imap;
+    r->loop = loop;
+    r->acct = acct;
+    r->opts = *opts;
+    r->done = done;
+    r->done_arg = arg;
+    r->now = opts->now != 0 ? opts->now : time(NULL);
+    r->plan_out = opts->plan_out != NULL ? opts->plan_out : stdout;
+    uv_timer_init(loop, &r->timer);
+    r->timer.data = r;
     if (opts->account != NULL) {
-        e->account = opts->account;
+        r->account = opts->account;
     } else {
-        e->account = account_new(loop, (struct sync_account *)acct, false);
-        e->own_account = true;
+        r->account = account_new(loop, (struct sync_account *)acct, false);
+        r->own_account = true;
     }
+    *e_r = r;
+
     char *err = NULL;
-    int r = account_index(e->account, &e->idx, &err);
-    if (r < 0) {
-        e->idx = NULL;
-        set_error(e, r == -EWOULDBLOCK ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s",
+    int rc = account_index(r->account, &r->idx, &err);
+    struct session *e = session_new(r);
+    r->lister = e;
+    if (rc < 0) {
+        r->idx = e->idx = NULL;
+        set_error(e, rc == -EWOULDBLOCK ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s",
                   err != NULL ? err : "cannot open the index");
         free(err);
         finish(e);
@@ -5244,33 +5309,28 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
     return 0;
 }
 
-void engine_cancel(struct engine *e)
+void engine_cancel(struct engine *r)
 {
-    if (e == NULL) {
+    if (r == NULL) {
         return;
     }
-    /* The lanes first: the first lane may be done already and only be
-     * waiting for them. */
-    for (size_t i = 0; i < e->nlanes; i++) {
-        struct engine *l = e->lanes[i];
-        if (l == NULL || l->finished) {
+    r->cancelled = true;
+    for (size_t i = 0; i < r->nsessions; i++) {
+        struct session *e = r->sessions[i];
+        if (e == NULL || e->finished) {
             continue;
         }
-        l->cancelled = true;
-        if (!l->ready) {
-            /* Still connecting: nothing of its own to finish. */
-            finish(l);
+        e->cancelled = true;
+        if (e->secret_wait != NULL) {
+            account_secret_cancel(e->secret_wait);
+            e->secret_wait = NULL;
+            set_error(e, SYNC_TRANSIENT, "cancelled");
+            finish(e);
+        } else if (!e->ready && e != r->lister) {
+            /* Still connecting, and nothing of its own to finish; the
+             * lister stops at the next safe point once logged in. */
+            finish(e);
         }
-    }
-    if (e->finished) {
-        return;
-    }
-    e->cancelled = true;
-    if (e->secret_wait != NULL) {
-        account_secret_cancel(e->secret_wait);
-        e->secret_wait = NULL;
-        set_error(e, SYNC_TRANSIENT, "cancelled");
-        finish(e);
     }
 }
 
