@@ -607,6 +607,246 @@ static uint32_t server_uid(struct world *w, const char *box, const char *id)
     return uid;
 }
 
+/* ---- the fake itself: the contract the table relies on ---- */
+
+struct probe {
+    struct world *w;
+    struct remote *c;
+    unsigned ready, errors, dones;
+    int last_err;
+    enum imap_status last_status;
+    enum imap_state state_in_done; /* the connection's state in the last completion */
+    char *last_code;
+    unsigned events, vanished_earlier, fetch_events;
+    bool event_before_done; /* an event arrived before the first completion */
+    uint32_t uids[16];
+    size_t nuids;
+    uint32_t append_uid;
+    size_t nmodified;
+    unsigned bodies, bodies_cut;
+    const char *append_src;
+    size_t append_pos;
+};
+
+static void p_ready(struct imap *im, void *arg)
+{
+    (void)im;
+    ((struct probe *)arg)->ready++;
+}
+
+static void p_error(struct imap *im, int err, const char *msg, void *arg)
+{
+    (void)im;
+    (void)msg;
+    struct probe *p = arg;
+    p->errors++;
+    p->last_err = err;
+}
+
+static void p_event(struct imap *im, const struct imap_event *ev, void *arg)
+{
+    (void)im;
+    struct probe *p = arg;
+    p->events++;
+    if (p->dones == 0) {
+        p->event_before_done = true;
+    }
+    if (ev->type == IMAP_EV_VANISHED && ev->earlier) {
+        p->vanished_earlier++;
+    }
+    if (ev->type == IMAP_EV_FETCH) {
+        p->fetch_events++;
+    }
+}
+
+static void p_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    (void)im;
+    struct probe *p = arg;
+    p->dones++;
+    p->last_err = res->err;
+    p->last_status = res->status;
+    p->state_in_done = fake_remote_ops.state(p->c);
+    free(p->last_code);
+    p->last_code = res->code != NULL ? xstrdup(res->code) : NULL;
+    p->nuids = 0;
+    for (size_t i = 0; i < res->nuids && i < 16; i++) {
+        p->uids[p->nuids++] = res->uids[i];
+    }
+    p->append_uid = res->append_uid;
+    p->nmodified = res->nmodified;
+}
+
+static void p_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
+{
+    (void)im;
+    (void)sink;
+    struct probe *p = arg;
+    if (p->nuids < 16) {
+        p->uids[p->nuids++] = m->uid;
+    }
+}
+
+static void *p_body_begin(struct imap *im, uint32_t seq, uint32_t uid, uint64_t size, void *arg)
+{
+    (void)im;
+    (void)seq;
+    (void)uid;
+    (void)size;
+    return arg;
+}
+
+static int p_body_data(struct imap *im, void *sink, const char *d, size_t len, void *arg)
+{
+    (void)im;
+    (void)sink;
+    (void)d;
+    (void)len;
+    (void)arg;
+    return 0;
+}
+
+static void p_body_end(struct imap *im, void *sink, bool complete, void *arg)
+{
+    (void)im;
+    (void)sink;
+    struct probe *p = arg;
+    p->bodies++;
+    p->bodies_cut += !complete;
+}
+
+static void p_fetch_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct probe *p = arg;
+    size_t n = p->nuids;
+    uint32_t keep[16];
+    memcpy(keep, p->uids, sizeof(keep));
+    p_done(im, res, arg);
+    memcpy(p->uids, keep, sizeof(keep));
+    p->nuids = n;
+}
+
+static const struct imap_cb probe_cb = {p_ready, p_error, p_event};
+static const struct imap_fetch_cb probe_fetch = {p_body_begin, p_body_data, p_body_end, p_msg,
+                                                 p_fetch_done};
+
+static bool probe_dones(void *arg)
+{
+    struct probe *p = arg;
+    return p->dones >= 1 || p->errors > 0;
+}
+
+static bool probe_ready(void *arg)
+{
+    return ((struct probe *)arg)->ready > 0;
+}
+
+static void probe_open(struct probe *p, struct world *w)
+{
+    memset(p, 0, sizeof(*p));
+    p->w = w;
+    struct imap_opts io = {0};
+    assert_int_equal(fake_remote_ops.connect(&w->loop, &io, &probe_cb, p, w->srv, &p->c), 0);
+    assert_int_equal(p->ready, 0); /* never from inside the call */
+    assert_true(run_until(w, probe_ready, p));
+}
+
+/* Waits for the next completion. */
+static void probe_wait(struct probe *p)
+{
+    p->dones = 0;
+    assert_true(run_until(p->w, probe_dones, p));
+}
+
+static void probe_close(struct probe *p)
+{
+    fake_remote_ops.free(p->c);
+    free(p->last_code);
+}
+
+static void test_fake_contract(void **state)
+{
+    (void)state;
+    struct world *w = world_new(fake_profile_caps(FAKE_PROFILE_QRESYNC));
+    assert_int_equal(fake_mailbox_add(w->srv, "INBOX", 0), 0);
+    for (int i = 1; i <= 4; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "c%d@x", i);
+        server_add(w, "INBOX", id, 0);
+    }
+    uint64_t before = fake_mailbox_highestmodseq(w->srv, "INBOX");
+    assert_int_equal(fake_message_expunge(w->srv, "INBOX", 2), 0);
+    assert_int_equal(fake_message_flags(w->srv, "INBOX", 3, '+', IMAP_FLAG_SEEN, NULL, 0), 0);
+
+    struct probe p;
+    probe_open(&p, w);
+    /* SELECT with QRESYNC values: VANISHED (EARLIER) and FETCH events come
+     * before the completion. */
+    struct imap_select_opts so = {.qresync_uidvalidity = fake_mailbox_uidvalidity(w->srv, "INBOX"),
+                                  .qresync_modseq = before};
+    assert_int_equal(fake_remote_ops.select(p.c, "INBOX", &so, p_done, &p), 0);
+    assert_int_equal(p.dones, 0);
+    probe_wait(&p);
+    assert_true(p.event_before_done);
+    assert_int_equal(p.vanished_earlier, 1);
+    assert_int_equal(p.fetch_events, 1);
+
+    /* "UID 9:*" past the last UID answers the last message. */
+    p.nuids = 0;
+    assert_int_equal(
+        fake_remote_ops.uid_fetch(p.c, "9:*", IMAP_FETCH_FLAGS, 0, false, &probe_fetch, &p), 0);
+    probe_wait(&p);
+    assert_int_equal(p.nuids, 1);
+    assert_int_equal(p.uids[0], 4);
+
+    /* SEARCH HEADER Message-ID. */
+    assert_int_equal(fake_remote_ops.uid_search(p.c, "HEADER Message-ID \"c3@x\"", p_done, &p), 0);
+    probe_wait(&p);
+    assert_int_equal(p.nuids, 1);
+    assert_int_equal(p.uids[0], 3);
+
+    /* UNCHANGEDSINCE below a message's MODSEQ: [MODIFIED], not changed. */
+    assert_int_equal(
+        fake_remote_ops.uid_store(p.c, "3", '+', IMAP_FLAG_FLAGGED, NULL, 0, before, p_done, &p),
+        0);
+    probe_wait(&p);
+    assert_string_equal(p.last_code, "MODIFIED");
+    assert_int_equal(p.nmodified, 1);
+    assert_false(fake_message_find(w->srv, "INBOX", 3)->flags & IMAP_FLAG_FLAGGED);
+
+    /* A drop in the middle of a body: the body ends incomplete, the
+     * command completes with err < 0 while the state is FAILED, then
+     * on_error; later calls are refused. */
+    fake_fault_at(w->srv, FAKE_OP_FETCH, 1, FAKE_FAULT_DROP_MID_BODY);
+    assert_int_equal(
+        fake_remote_ops.uid_fetch(p.c, "1:*", IMAP_FETCH_BODY, 0, false, &probe_fetch, &p), 0);
+    assert_int_equal(fake_remote_ops.uid_search(p.c, "ALL", p_done, &p), 0);
+    p.dones = 0;
+    assert_true(run_until(w, probe_dones, &p));
+    assert_true(run_until(w, probe_dones, &p));
+    assert_int_equal(p.dones, 2); /* both pending commands */
+    assert_int_equal(p.errors, 1);
+    assert_int_equal(p.last_err, UV_ECONNRESET);
+    assert_int_equal(p.state_in_done, IMAP_STATE_FAILED);
+    assert_int_equal(p.bodies, 2); /* c1 whole, c3 cut */
+    assert_int_equal(p.bodies_cut, 1);
+    assert_int_equal(fake_remote_ops.uid_search(p.c, "ALL", p_done, &p), -ENOTCONN);
+    probe_close(&p);
+
+    /* A malformed answer is a fatal protocol error. */
+    probe_open(&p, w);
+    fake_fault_at(w->srv, FAKE_OP_ANY, 1, FAKE_FAULT_MALFORMED);
+    assert_int_equal(fake_remote_ops.select(p.c, "INBOX", NULL, p_done, &p), 0);
+    probe_wait(&p);
+    assert_true(p.last_err < 0);
+    assert_int_equal(p.errors, 1);
+    assert_true(run_until(w, probe_dones, &p));
+    probe_close(&p);
+    assert_int_equal(fake_connections(w->srv), 2);
+    assert_int_equal(fake_logins(w->srv), 2);
+    world_free(w);
+}
+
 /* ---- stay-open session ---- */
 
 struct session_wait {
@@ -1098,6 +1338,7 @@ int main(void)
 {
     log_set_level(LOG_LEVEL_WARN);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fake_contract),
         cmocka_unit_test(test_session_qresync),
         cmocka_unit_test(test_session_condstore),
         cmocka_unit_test(test_session_plain),
