@@ -631,7 +631,9 @@ struct probe {
 static void p_ready(struct imap *im, void *arg)
 {
     (void)im;
-    ((struct probe *)arg)->ready++;
+    struct probe *p = arg;
+    p->ready++;
+    uv_stop(&p->w->loop); /* see on_done */
 }
 
 static void p_error(struct imap *im, int err, const char *msg, void *arg)
@@ -641,6 +643,7 @@ static void p_error(struct imap *im, int err, const char *msg, void *arg)
     struct probe *p = arg;
     p->errors++;
     p->last_err = err;
+    uv_stop(&p->w->loop);
 }
 
 static void p_event(struct imap *im, const struct imap_event *ev, void *arg)
@@ -675,6 +678,7 @@ static void p_done(struct imap *im, const struct imap_result *res, void *arg)
     }
     p->append_uid = res->append_uid;
     p->nmodified = res->nmodified;
+    uv_stop(&p->w->loop);
 }
 
 static void p_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
@@ -724,6 +728,16 @@ static void p_fetch_done(struct imap *im, const struct imap_result *res, void *a
     p_done(im, res, arg);
     memcpy(p->uids, keep, sizeof(keep));
     p->nuids = n;
+}
+
+static ssize_t p_read(void *arg, char *buf, size_t len)
+{
+    struct probe *p = arg;
+    size_t left = strlen(p->append_src) - p->append_pos;
+    size_t k = left < len ? left : len;
+    memcpy(buf, p->append_src + p->append_pos, k);
+    p->append_pos += k;
+    return (ssize_t)k;
 }
 
 static const struct imap_cb probe_cb = {p_ready, p_error, p_event};
@@ -814,6 +828,24 @@ static void test_fake_contract(void **state)
     assert_int_equal(p.nmodified, 1);
     assert_false(fake_message_find(w->srv, "INBOX", 3)->flags & IMAP_FLAG_FLAGGED);
 
+    /* APPEND from read(), announced with its exact size: APPENDUID. */
+    p.append_src = "Message-ID: <c5@x>\r\n\r\nbody\r\n";
+    struct imap_append ap = {.folder = "INBOX",
+                             .flags = IMAP_FLAG_SEEN,
+                             .size = strlen(p.append_src),
+                             .fd = -1,
+                             .read = p_read,
+                             .read_arg = &p};
+    assert_int_equal(fake_remote_ops.append(p.c, &ap, p_done, &p), 0);
+    probe_wait(&p);
+    assert_int_equal(p.last_status, IMAP_STATUS_OK);
+    assert_int_equal(p.append_uid, 5);
+    const struct fake_msg *m5 = fake_message_find(w->srv, "INBOX", 5);
+    assert_non_null(m5);
+    assert_int_equal(m5->len, strlen(p.append_src));
+    assert_memory_equal(m5->body, p.append_src, m5->len);
+    assert_int_equal(m5->flags, IMAP_FLAG_SEEN);
+
     /* A drop in the middle of a body: the body ends incomplete, the
      * command completes with err < 0 while the state is FAILED, then
      * on_error; later calls are refused. */
@@ -828,7 +860,7 @@ static void test_fake_contract(void **state)
     assert_int_equal(p.errors, 1);
     assert_int_equal(p.last_err, UV_ECONNRESET);
     assert_int_equal(p.state_in_done, IMAP_STATE_FAILED);
-    assert_int_equal(p.bodies, 2); /* c1 whole, c3 cut */
+    assert_int_equal(p.bodies, 3); /* of UIDs 1, 3, 4, 5: two whole, the third cut */
     assert_int_equal(p.bodies_cut, 1);
     assert_int_equal(fake_remote_ops.uid_search(p.c, "ALL", p_done, &p), -ENOTCONN);
     probe_close(&p);
@@ -997,6 +1029,132 @@ static void test_session_plain(void **state)
 {
     (void)state;
     session_profile(FAKE_PROFILE_PLAIN);
+}
+
+/* A fault inside an on-demand folder job of a stay-open session: the job
+ * (or the session, when the connection is gone) reports the failure, the
+ * session never hangs, and a later run finishes the job. */
+static bool job_ended(void *arg)
+{
+    struct run *r = arg;
+    return r->done || (r->nfdone >= 1 && r->idles >= 2);
+}
+
+static struct world *job_start(enum fake_profile profile, struct run *r)
+{
+    struct world *w = world_new(fake_profile_caps(profile));
+    assert_int_equal(fake_mailbox_add(w->srv, "INBOX", 0), 0);
+    server_add(w, "INBOX", "j1@x", 0);
+    server_add(w, "INBOX", "j2@x", IMAP_FLAG_SEEN);
+    memset(r, 0, sizeof(*r));
+    struct engine_opts o = base_opts(w, r);
+    o.stay_open = true;
+    o.on_idle = on_idle;
+    o.on_folder_done = on_folder_done;
+    o.on_dirty = on_dirty;
+    assert_int_equal(engine_start(&w->loop, w->acct, &o, on_done, r, &r->e), 0);
+    struct session_wait first = {r, 0, 1};
+    assert_true(run_until(w, session_ready, &first));
+    assert_false(r->done);
+    server_add(w, "INBOX", "j3@x", 0);
+    assert_int_equal(fake_message_flags(w->srv, "INBOX", server_uid(w, "INBOX", "j1@x"), '+',
+                                        IMAP_FLAG_FLAGGED, NULL, 0),
+                     0);
+    deliver_local(w, "INBOX", "k1@x", "1700000004.k1.host");
+    set_local_flags(w, "INBOX", "j2@x", "RS");
+    return w;
+}
+
+static const struct want job_final[] = {
+    {"j1@x", "F", false}, {"j2@x", "RS", false}, {"j3@x", "", false}, {"k1@x", "", false}};
+
+static char *job_case(enum fake_profile profile, unsigned n, enum fake_fault fault)
+{
+    struct run r;
+    struct world *w = job_start(profile, &r);
+    struct sbuf why = {0};
+    fake_fault_at(w->srv, FAKE_OP_ANY, n, fault);
+    assert_int_equal(engine_sync_folder(r.e, "INBOX"), 0);
+    if (!run_until(w, job_ended, &r)) {
+        fail_msg("%s: job with %s at #%u hung", fake_profile_name(profile), fake_fault_name(fault),
+                 n);
+    }
+    bool failed = (r.nfdone > 0 && r.fdone[0].error != NULL) ||
+                  (r.done && (r.kind != SYNC_OK || r.folder_errors > 0));
+    if (!failed) {
+        sbuf_addf(&why, "the job reported success; ");
+    }
+    engine_close(r.e);
+    if (!run_until(w, run_done, &r)) {
+        fail_msg("%s: session did not end after %s at #%u", fake_profile_name(profile),
+                 fake_fault_name(fault), n);
+    }
+    run_clear(&r);
+    fake_ops_reset(w->srv);
+    if (!run_once(w, &r) || r.kind != SYNC_OK || r.folder_errors > 0) {
+        sbuf_addf(&why, "the next run failed: %s %s; ", r.error != NULL ? r.error : "",
+                  r.folder_text != NULL ? r.folder_text : "");
+    } else {
+        char *d = state_diff(w, "INBOX", job_final, ARRAY_SIZE(job_final));
+        if (d != NULL) {
+            sbuf_addf(&why, "after the next run: %s", d);
+            free(d);
+        }
+    }
+    run_clear(&r);
+    world_free(w);
+    return why.buf;
+}
+
+static void job_table(enum fake_profile profile)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    /* The clean job's operations. */
+    struct run r;
+    struct world *w = job_start(profile, &r);
+    fake_ops_reset(w->srv);
+    const struct fdone *fd = sync_folder(w, &r, "INBOX");
+    assert_int_equal(fd->counts.new_down, 1);
+    assert_int_equal(fd->counts.new_up, 1);
+    unsigned nops = fake_op_count(w->srv, FAKE_OP_ANY);
+    bool *body = xcalloc(nops + 1, sizeof(*body));
+    for (unsigned i = 1; i <= nops; i++) {
+        body[i - 1] = fake_op_is_body_fetch(w->srv, i);
+    }
+    engine_close(r.e);
+    assert_true(run_until(w, run_done, &r));
+    assert_int_equal(r.kind, SYNC_OK);
+    assert_state(w, "INBOX", job_final, ARRAY_SIZE(job_final));
+    run_clear(&r);
+    world_free(w);
+    unsigned unexpected = 0, cases = 0;
+    for (unsigned n = 1; n <= nops; n++) {
+        for (enum fake_fault f = FAKE_FAULT_DROP; f < FAKE_FAULT_COUNT_; f++) {
+            if (f == FAKE_FAULT_DROP_MID_BODY && !body[n - 1]) {
+                continue;
+            }
+            cases++;
+            char *why = job_case(profile, n, f);
+            if (why != NULL) {
+                unexpected++;
+                printf("[ FAILED      ] session job, %s, #%u %s: %s\n", fake_profile_name(profile),
+                       n, fake_fault_name(f), why);
+            }
+            free(why);
+        }
+    }
+    free(body);
+    printf("[ job faults  ] %s: %u operations, %u cases, %u failed\n", fake_profile_name(profile),
+           nops, cases, unexpected);
+    assert_int_equal(unexpected, 0);
+}
+
+static void test_job_faults(void **state)
+{
+    (void)state;
+    job_table(FAKE_PROFILE_QRESYNC);
+    job_table(FAKE_PROFILE_CONDSTORE);
+    job_table(FAKE_PROFILE_PLAIN);
 }
 
 /* ---- the fault table ---- */
@@ -1342,6 +1500,7 @@ int main(void)
         cmocka_unit_test(test_session_qresync),
         cmocka_unit_test(test_session_condstore),
         cmocka_unit_test(test_session_plain),
+        cmocka_unit_test(test_job_faults),
         cmocka_unit_test(test_faults_qresync),
         cmocka_unit_test(test_faults_condstore),
         cmocka_unit_test(test_faults_plain),
