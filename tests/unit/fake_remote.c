@@ -272,6 +272,22 @@ uint64_t fake_mailbox_highestmodseq(const struct fake_server *s, const char *nam
     return b != NULL ? b->modseq : 0;
 }
 
+int fake_mailbox_renumber(struct fake_server *s, const char *box)
+{
+    struct fbox *b = find_box(s, box);
+    if (b == NULL) {
+        return -ENOENT;
+    }
+    b->uidvalidity = s->next_uidvalidity++;
+    b->uidnext = 1;
+    for (size_t i = 0; i < b->n; i++) {
+        b->msgs[i].uid = b->uidnext++;
+        b->msgs[i].modseq = ++b->modseq;
+    }
+    b->ngone = 0;
+    return 0;
+}
+
 size_t fake_message_count(const struct fake_server *s, const char *box)
 {
     const struct fbox *b = find_box(s, box);

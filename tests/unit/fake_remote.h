@@ -103,6 +103,13 @@ int fake_message_expunge(struct fake_server *s, const char *box, uint32_t uid);
  * connections were told. */
 unsigned fake_notify_exists(struct fake_server *s, const char *box);
 
+/* Renumbers a mailbox as a server rebuilding its index does: a new
+ * UIDVALIDITY, the messages (same bytes, flags and order) get UIDs from 1,
+ * the record of expunged UIDs is forgotten. Connections that have it
+ * selected are not told (a real server would end their session). Returns 0
+ * or -ENOENT. */
+int fake_mailbox_renumber(struct fake_server *s, const char *box);
+
 size_t fake_message_count(const struct fake_server *s, const char *box);
 /* The i-th message (UID order) or NULL. */
 const struct fake_msg *fake_message_at(const struct fake_server *s, const char *box, size_t i);

@@ -1172,6 +1172,7 @@ struct variant {
     size_t ninbox;
     const struct want *trash_want;
     size_t ntrash;
+    bool renumber; /* the server renumbers INBOX (new UIDVALIDITY) after the changes */
 };
 
 /* The scenario's end state (see scenario_start). */
@@ -1188,24 +1189,39 @@ static const struct want final_inbox_flagged[] = {
     {"m7@x", "F", false}, {"n1@x", "", false},  {"n2@x", "S", false},  {"m4@x", "ST", true},
 };
 
+/* After a UIDVALIDITY change the UIDs the index knew mean nothing: a
+ * message one side deleted since the last sync cannot be told from one
+ * the other side never had, so both deletions are undone (copied back)
+ * rather than risk losing mail. */
+static const struct want final_inbox_renumbered[] = {
+    {"m1@x", "F", false}, {"m2@x", "S", false},  {"m3@x", "S", false},
+    {"m4@x", "S", false}, {"m5@x", "PR", false}, {"m6@x", "", false},
+    {"m7@x", "F", false}, {"n1@x", "", false},   {"n2@x", "S", false},
+};
+
 static const struct variant variants[] = {
     {"qresync", FAKE_PROFILE_QRESYNC, 0, PLAN_LOCAL_DELETE_EXPUNGE, false, final_inbox,
-     ARRAY_SIZE(final_inbox), NULL, 0},
+     ARRAY_SIZE(final_inbox), NULL, 0, false},
     {"condstore", FAKE_PROFILE_CONDSTORE, 0, PLAN_LOCAL_DELETE_EXPUNGE, false, final_inbox,
-     ARRAY_SIZE(final_inbox), NULL, 0},
+     ARRAY_SIZE(final_inbox), NULL, 0, false},
     {"plain", FAKE_PROFILE_PLAIN, 0, PLAN_LOCAL_DELETE_EXPUNGE, false, final_inbox,
-     ARRAY_SIZE(final_inbox), NULL, 0},
+     ARRAY_SIZE(final_inbox), NULL, 0, false},
     /* Local deletions moved to the trash with UID MOVE. */
     {"qresync-trash", FAKE_PROFILE_QRESYNC, 0, PLAN_LOCAL_DELETE_TRASH, true, final_inbox,
-     ARRAY_SIZE(final_inbox), final_trash, ARRAY_SIZE(final_trash)},
+     ARRAY_SIZE(final_inbox), final_trash, ARRAY_SIZE(final_trash), false},
     /* No MOVE: the client moves to the trash by COPY, STORE and UID
      * EXPUNGE. */
     {"plain-nomove-trash", FAKE_PROFILE_PLAIN, IMAP_CAP_MOVE, PLAN_LOCAL_DELETE_TRASH, true,
-     final_inbox, ARRAY_SIZE(final_inbox), final_trash, ARRAY_SIZE(final_trash)},
+     final_inbox, ARRAY_SIZE(final_inbox), final_trash, ARRAY_SIZE(final_trash), false},
+    /* A new UIDVALIDITY: the messages are matched by Message-ID and size,
+     * none is copied twice. */
+    {"qresync-renumbered", FAKE_PROFILE_QRESYNC, 0, PLAN_LOCAL_DELETE_EXPUNGE, false,
+     final_inbox_renumbered, ARRAY_SIZE(final_inbox_renumbered), NULL, 0, true},
     /* No UIDPLUS: no APPENDUID (the uploads' UIDs are found by Message-ID
      * and size) and no UID EXPUNGE (a local deletion only sets \\Deleted). */
     {"plain-nouidplus", FAKE_PROFILE_PLAIN, IMAP_CAP_UIDPLUS | IMAP_CAP_MOVE,
-     PLAN_LOCAL_DELETE_FLAG, false, final_inbox_flagged, ARRAY_SIZE(final_inbox_flagged), NULL, 0},
+     PLAN_LOCAL_DELETE_FLAG, false, final_inbox_flagged, ARRAY_SIZE(final_inbox_flagged), NULL, 0,
+     false},
 };
 
 /* A world after a first clean sync, then changed on both sides: new mail
@@ -1248,6 +1264,9 @@ static struct world *scenario_start(const struct variant *v)
     set_local_flags(w, "INBOX", "m3@x", "S");
     delete_local(w, "INBOX", "m4@x");
     deliver_local(w, "Local", "l1@x", "1700000002.l1.host");
+    if (v->renumber) {
+        assert_int_equal(fake_mailbox_renumber(w->srv, "INBOX"), 0);
+    }
     fake_ops_reset(w->srv);
     return w;
 }
@@ -1489,6 +1508,12 @@ static void test_faults_plain_nomove_trash(void **state)
 static void test_faults_plain_nouidplus(void **state)
 {
     (void)state;
+    fault_table(&variants[6]);
+}
+
+static void test_faults_qresync_renumbered(void **state)
+{
+    (void)state;
     fault_table(&variants[5]);
 }
 
@@ -1507,6 +1532,7 @@ int main(void)
         cmocka_unit_test(test_faults_qresync_trash),
         cmocka_unit_test(test_faults_plain_nomove_trash),
         cmocka_unit_test(test_faults_plain_nouidplus),
+        cmocka_unit_test(test_faults_qresync_renumbered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
