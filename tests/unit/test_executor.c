@@ -4,6 +4,10 @@
  * temporary directory.
  *
  * What is proven:
+ * - The fake keeps the client's contract where the table depends on it:
+ *   QRESYNC changes as events before SELECT completes, "UID n:*", the
+ *   Message-ID search, UNCHANGEDSINCE, APPEND, a drop inside a body and a
+ *   malformed answer failing every pending command before on_error.
  * - A stay-open session syncs folder after folder on demand on one
  *   connection (one login for the whole test): after a new message, a flag
  *   change and an expunge on the server, and after a new local file and a
@@ -19,8 +23,13 @@
  *   body). The faulted run must not report success (the failing folder is
  *   named with a reason), a clean run afterwards must reach exactly the
  *   expected state (every message once on each side, flags equal), and a
- *   third run must find nothing to do. Known engine bugs are listed in
- *   known_failures[] with the reason; they are reported and skipped. */
+ *   third run must find nothing to do. The profiles: QRESYNC, CONDSTORE,
+ *   neither, local deletions to the trash by MOVE and by COPY, no UIDPLUS,
+ *   and a new UIDVALIDITY. Known engine bugs are listed in known_failures[]
+ *   with their exact symptom; they are reported and skipped.
+ * - The same for every operation of an on-demand folder job of a
+ *   stay-open session: the job or the session reports the failure, nothing
+ *   hangs, and the next run finishes the job. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
