@@ -2849,8 +2849,24 @@ static bool mark_unsettled(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
-    if (p->nstores == 0 || e->opts.dry_run) {
+    /* Deletions by STORE +\Deleted (then UID EXPUNGE, or alone without
+     * UIDPLUS) are flag changes too: one that lands while the run dies
+     * before its end would otherwise read as the server's new \Deleted
+     * next time, and "deleted here, changed there" copies the message
+     * back. Unsettled, the next run takes the server's \Deleted as the
+     * base and deletes again. (A MOVE leaves the folder at once.) */
+    enum plan_local_delete mode = local_delete_mode(e);
+    bool del_stores = p->nserver_deletes > 0 && mode != PLAN_LOCAL_DELETE_TRASH;
+    if ((p->nstores == 0 && !del_stores) || e->opts.dry_run) {
         return true;
+    }
+    uint32_t *dels = NULL;
+    if (del_stores) {
+        dels = xcalloc(p->nserver_deletes, sizeof(*dels));
+        for (size_t i = 0; i < p->nserver_deletes; i++) {
+            dels[i] = p->server_deletes[i].uid;
+        }
+        qsort(dels, p->nserver_deletes, sizeof(*dels), u32_cmp);
     }
     bool ok = true;
     struct idx_msg *puts = xcalloc(f->nbase + 1, sizeof(*puts));
@@ -2868,6 +2884,10 @@ static bool mark_unsettled(struct session *e)
                     mask |= UNSETTLED_KW;
                 }
             }
+        }
+        if (dels != NULL &&
+            bsearch(&m->uid, dels, p->nserver_deletes, sizeof(*dels), u32_cmp) != NULL) {
+            mask |= MD_FLAG_TRASHED;
         }
         if (mask != 0 && m->state == IDX_MSG_SYNCED) {
             memcpy(masks + np * 5, &m->uid, 4);
@@ -2887,6 +2907,7 @@ static bool mark_unsettled(struct session *e)
                             .meta_len = np * 5};
         ok = idx_apply(e, &o) >= 0;
     }
+    free(dels);
     free(masks);
     free(puts);
     return ok;

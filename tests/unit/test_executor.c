@@ -1315,21 +1315,9 @@ struct known {
     const char *profile, *symptom, *why;
 };
 static const struct known known_failures[] = {
-    /* EXPUNGE mode: the STORE +\Deleted took effect and the UID EXPUNGE
-     * did not (NO, BAD, or the connection ended before or while it ran). */
-    {NULL,
-     "after the clean run: server INBOX: unexpected m4@x (flags 'ST'); local INBOX: unexpected "
-     "m4@x (flags 'ST'); ",
-     "engine bug: a local deletion whose STORE +\\Deleted reached the server but whose UID "
-     "EXPUNGE did not is undone: the next run takes the \\Deleted flag for a change made on "
-     "the server and downloads the message again (flags ST) instead of finishing the deletion"},
-    /* FLAG mode (no UIDPLUS): the STORE +\Deleted is the whole deletion;
-     * when the folder's sync then fails before it ends, the index still
-     * holds the message without T. */
-    {"plain-nouidplus", "after the clean run: local INBOX: unexpected m4@x (flags 'ST'); ",
-     "engine bug: without UIDPLUS a local deletion is a STORE +\\Deleted; when the folder then "
-     "fails before its end (drop, malformed reply) the next run takes that \\Deleted for a "
-     "change made on the server and downloads the deleted message again (flags ST)"},
+    /* None open. Fixed: a local deletion by STORE +\\Deleted that landed
+     * while the run failed before its end was undone next run (the rows
+     * are now marked unsettled first, see mark_unsettled). */
     {NULL, NULL, NULL},
 };
 
