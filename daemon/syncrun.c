@@ -8,6 +8,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "daemon/supervisor.h"
 #include "daemon/syncopts.h"
 #include "sync/account.h"
 #include "sync/engine.h"
@@ -20,41 +21,13 @@ enum run_state {
     RUN_DONE,
 };
 
-/* One account's supervisor: where its connection is. `mailsync sync`
- * drives it with the run-once policy (connect, list, sync every selected
- * folder, log out, and end in disconnected or failed); backing off (a
- * timer before the next attempt) is for the daemon's policy. Every change
- * goes through sup_set, which logs it. */
-enum sup_state {
-    SUP_DISCONNECTED = 0,
-    SUP_CONNECTING,
-    SUP_LISTING,
-    SUP_SYNCING,
-    SUP_IDLE,
-    SUP_LOGGING_OUT,
-    SUP_BACKING_OFF,
-    SUP_FAILED_AUTH,
-    SUP_COUNT,
-};
-
-static const char *const sup_names[SUP_COUNT] = {
-    [SUP_DISCONNECTED] = "disconnected",
-    [SUP_CONNECTING] = "connecting",
-    [SUP_LISTING] = "listing",
-    [SUP_SYNCING] = "syncing",
-    [SUP_IDLE] = "idle",
-    [SUP_LOGGING_OUT] = "logging out",
-    [SUP_BACKING_OFF] = "backing off",
-    [SUP_FAILED_AUTH] = "failed (auth)",
-};
-
 struct run {
     struct syncrun *sr;
     struct sync_account *acct; /* the sync layer's copy of the account */
     /* The long-lived account (sync/account.h): owns acct; index, lock and
      * secret for the IMAP engine. */
     struct account *account;
-    enum sup_state sup;
+    struct sup sup; /* the run-once policy: connect, list, sync, log out */
     enum run_state state;
     bool failed;
     bool transient;
@@ -142,36 +115,20 @@ static void progress_draw(struct syncrun *sr, bool force)
     sbuf_free(&sb);
 }
 
-static void sup_set(struct run *r, enum sup_state to, const char *why);
-
 static void on_pop_progress(unsigned done, unsigned total, uint64_t bytes, void *arg)
 {
     struct run *r = arg;
-    sup_set(r, SUP_SYNCING, NULL); /* logged in and listed: downloads go on */
+    sup_set(&r->sup, SUP_SYNCING, NULL); /* logged in and listed: downloads go on */
     r->done = done;
     r->total = total;
     r->bytes = bytes;
     progress_draw(r->sr, false);
 }
 
-static void sup_set(struct run *r, enum sup_state to, const char *why)
-{
-    if (to == r->sup) {
-        return;
-    }
-    log_debug("%s: state %s -> %s%s%s", r->acct->name, sup_names[r->sup], sup_names[to],
-              why != NULL ? ": " : "", why != NULL ? why : "");
-    r->sup = to;
-}
-
 static void on_engine_phase(enum engine_phase p, void *arg)
 {
-    static const enum sup_state map[] = {
-        [ENGINE_PHASE_CONNECTING] = SUP_CONNECTING,   [ENGINE_PHASE_LISTING] = SUP_LISTING,
-        [ENGINE_PHASE_SYNCING] = SUP_SYNCING,         [ENGINE_PHASE_IDLE] = SUP_IDLE,
-        [ENGINE_PHASE_LOGGING_OUT] = SUP_LOGGING_OUT,
-    };
-    sup_set(arg, map[p], NULL);
+    struct run *r = arg;
+    sup_set(&r->sup, sup_from_phase(p), NULL);
 }
 
 /* The run-once policy's last step: the account is left disconnected (or
@@ -181,16 +138,16 @@ static void sup_end(struct run *r, enum sync_kind kind)
 {
     switch (kind) {
     case SYNC_OK:
-        sup_set(r, SUP_DISCONNECTED, "done");
+        sup_set(&r->sup, SUP_DISCONNECTED, "done");
         break;
     case SYNC_AUTH:
-        sup_set(r, SUP_FAILED_AUTH, "the server refused the credentials");
+        sup_set(&r->sup, SUP_FAILED_AUTH, "the server refused the credentials");
         break;
     case SYNC_TRANSIENT:
-        sup_set(r, SUP_DISCONNECTED, "a temporary failure; the next run retries");
+        sup_set(&r->sup, SUP_DISCONNECTED, "a temporary failure; the next run retries");
         break;
     case SYNC_PERMANENT:
-        sup_set(r, SUP_DISCONNECTED, "failed");
+        sup_set(&r->sup, SUP_DISCONNECTED, "failed");
         break;
     }
 }
@@ -275,7 +232,7 @@ static void run_start(struct run *r)
     r->state = RUN_RUNNING;
     r->start_ms = now_ms();
     sr->running++;
-    sup_set(r, SUP_CONNECTING, NULL);
+    sup_set(&r->sup, SUP_CONNECTING, NULL);
     if (r->acct->protocol == SYNC_PROTO_POP3) {
         struct popsync_opts po = {
             .dry_run = sr->opts->dry_run,
@@ -358,6 +315,7 @@ int syncrun(const struct cfg *cfg, char *const *accounts, int count,
             struct run *r = &sr.runs[sr.nruns++];
             *r = (struct run){.sr = &sr, .acct = syncopts_account(cfg, acct)};
             r->account = account_new(&sr.loop, r->acct, true);
+            r->sup.account = r->acct->name;
         }
     }
     /* Every account runs at once: each has its own connections and index,
