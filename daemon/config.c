@@ -97,13 +97,18 @@ static const char *const account_keys[] = {"protocol",
                                            "max_age_days",
                                            "compress",
                                            "timeout",
+                                           "poll_interval",
+                                           "local_delay",
+                                           "idle_restart",
+                                           "on_new_mail",
                                            "pop"};
 static const char *const pop_keys[] = {"keep_on_server", "delete_after_days", "since",
                                        "delete_when_deleted_locally"};
 /* Keys that only make sense with IMAP's folders and two-way sync. */
 static const char *const imap_only_keys[] = {
-    "folders",          "subscribed_only", "on_local_delete", "trash",       "delete_folders",
-    "max_delete_ratio", "max_connections", "compress",        "max_age_days"};
+    "folders",        "subscribed_only",  "on_local_delete", "trash",
+    "delete_folders", "max_delete_ratio", "max_connections", "compress",
+    "max_age_days",   "local_delay",      "idle_restart"};
 
 static uint16_t default_port(enum cfg_protocol proto, enum cfg_tls tls)
 {
@@ -1298,6 +1303,8 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
     a->max_delete_ratio = 0.5;
     a->compress = CFG_COMPRESS_AUTO;
     a->timeout_seconds = 60;
+    a->local_delay = 1;
+    a->idle_restart = 600;
     a->pop.keep_on_server = true;
     a->pop.delete_after_days = -1;
     ld->scope = SCOPE_ACCOUNT;
@@ -1535,6 +1542,20 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
     }
     if ((kv = kv_get(&m, "timeout")) != NULL && get_int(ld, kv, 5, 3600, &v)) {
         a->timeout_seconds = (unsigned)v;
+    }
+    a->poll_interval = is_imap ? 300 : 900;
+    if ((kv = kv_get(&m, "poll_interval")) != NULL && get_int(ld, kv, 1, 86400, &v)) {
+        a->poll_interval = (unsigned)v;
+    }
+    if ((kv = kv_get(&m, "local_delay")) != NULL && get_int(ld, kv, 0, 3600, &v)) {
+        a->local_delay = (unsigned)v;
+    }
+    if ((kv = kv_get(&m, "idle_restart")) != NULL && get_int(ld, kv, 60, 1740, &v)) {
+        /* RFC 2177: a server may end IDLE after 30 minutes. */
+        a->idle_restart = (unsigned)v;
+    }
+    if ((kv = kv_get(&m, "on_new_mail")) != NULL) {
+        get_command(ld, kv, &a->on_new_mail);
     }
 
     if ((kv = kv_get(&m, "pop")) != NULL) {
@@ -1904,6 +1925,7 @@ void cfg_free(struct cfg *cfg)
             free(a->password);
         }
         argv_free(a->password_command);
+        argv_free(a->on_new_mail);
         free(a->maildir);
         for (size_t j = 0; j < a->nfolders; j++) {
             free(a->folders[j].glob);
@@ -1979,6 +2001,32 @@ static void print_str(FILE *fp, const char *s)
     fputc('"', fp);
 }
 
+/* A command as a YAML flow sequence of quoted words, or ~. */
+static void print_argv(FILE *fp, const char *key, char *const *argv)
+{
+    fprintf(fp, "    %s: ", key);
+    if (argv == NULL) {
+        fputs("~\n", fp);
+        return;
+    }
+    fputc('[', fp);
+    for (size_t i = 0; argv[i] != NULL; i++) {
+        fputs(i > 0 ? ", \"" : "\"", fp);
+        for (const char *p = argv[i]; *p != '\0'; p++) {
+            unsigned char c = (unsigned char)*p;
+            if (c == '"' || c == '\\') {
+                fprintf(fp, "\\%c", c);
+            } else if (c < 0x20 || c == 0x7f) {
+                fprintf(fp, "\\x%02x", c);
+            } else {
+                fputc(c, fp);
+            }
+        }
+        fputc('"', fp);
+    }
+    fputs("]\n", fp);
+}
+
 static void print_opt(FILE *fp, const char *key, const char *val, const char *unset_note)
 {
     fprintf(fp, "    %s: ", key);
@@ -2019,27 +2067,7 @@ static void print_account(FILE *fp, const struct cfg_account *a)
     print_opt(fp, "user", a->user, "not set");
     /* Never the password itself: this output goes to terminals and logs. */
     fprintf(fp, "    password: %s\n", a->password != NULL ? "<redacted>" : "~");
-    fprintf(fp, "    password_command: ");
-    if (a->password_command != NULL) {
-        fputc('[', fp);
-        for (size_t i = 0; a->password_command[i] != NULL; i++) {
-            fputs(i > 0 ? ", \"" : "\"", fp);
-            for (const char *p = a->password_command[i]; *p != '\0'; p++) {
-                unsigned char c = (unsigned char)*p;
-                if (c == '"' || c == '\\') {
-                    fprintf(fp, "\\%c", c);
-                } else if (c < 0x20 || c == 0x7f) {
-                    fprintf(fp, "\\x%02x", c);
-                } else {
-                    fputc(c, fp);
-                }
-            }
-            fputc('"', fp);
-        }
-        fputs("]\n", fp);
-    } else {
-        fputs("~\n", fp);
-    }
+    print_argv(fp, "password_command", a->password_command);
     fprintf(fp, "    auth: %s\n", cfg_auth_name(a->auth));
     print_opt(fp, "maildir", a->maildir, "not set");
     fprintf(fp, "    layout: %s\n", cfg_layout_name(a->layout));
@@ -2077,6 +2105,12 @@ static void print_account(FILE *fp, const struct cfg_account *a)
                     : yn(a->compress == CFG_COMPRESS_ALWAYS));
     }
     fprintf(fp, "    timeout: %u\n", a->timeout_seconds);
+    fprintf(fp, "    poll_interval: %u\n", a->poll_interval);
+    if (!pop) {
+        fprintf(fp, "    local_delay: %u\n", a->local_delay);
+        fprintf(fp, "    idle_restart: %u\n", a->idle_restart);
+    }
+    print_argv(fp, "on_new_mail", a->on_new_mail);
     if (pop) {
         fprintf(fp, "    pop:\n");
         fprintf(fp, "      keep_on_server: %s\n", yn(a->pop.keep_on_server));

@@ -103,6 +103,11 @@ struct cfg_account {
     unsigned max_age_days;                 /* 0 = no limit */
     enum cfg_compress compress;            /* default CFG_COMPRESS_AUTO */
     unsigned timeout_seconds;              /* network inactivity timeout, default 60 */
+    /* The daemon (mailsync daemon). */
+    unsigned poll_interval; /* seconds between sweeps of every folder; 300 (POP3: 900) */
+    unsigned local_delay;   /* seconds local changes are coalesced before a sync; 1 */
+    unsigned idle_restart;  /* seconds before IDLE is issued again; 600 */
+    char **on_new_mail;     /* NULL or argv run (no shell) after new mail is stored */
     struct cfg_pop pop;
 };
 

@@ -696,7 +696,9 @@ static void test_unknown_keys(void **state)
         "protocol, provider, region, host, port, tls, ca_file, tls_fingerprint, allow_plaintext, "
         "user, password, password_command, auth, maildir, layout, folders, "
         "subscribed_only, max_connections, on_local_delete, trash, delete_folders, "
-        "max_delete_ratio, max_size, max_age_days, compress, timeout, pop)");
+        "max_delete_ratio, max_size, max_age_days, compress, timeout, poll_interval, local_delay, "
+        "idle_restart, "
+        "on_new_mail, pop)");
     /* Keys at the wrong level say where they belong. */
     expect_err(MINIMAL_POP "    since: 2020-01-01\n    pop:\n      timeout: 30\n",
                "config.yaml:8:5: unknown key 'since' in account 'p' (it belongs under 'pop:')\n"
@@ -1255,6 +1257,10 @@ static void test_print(void **state)
                            "    max_age_days: 0  # no limit\n"
                            "    compress: auto  # not towards loopback or private addresses\n"
                            "    timeout: 60\n"
+                           "    poll_interval: 300\n"
+                           "    local_delay: 1\n"
+                           "    idle_restart: 600\n"
+                           "    on_new_mail: ~\n"
                            "  cmd:\n"
                            "    protocol: imap\n"
                            "    provider: ~  # none\n"
@@ -1281,6 +1287,10 @@ static void test_print(void **state)
                            "    max_age_days: 0  # no limit\n"
                            "    compress: auto  # not towards loopback or private addresses\n"
                            "    timeout: 60\n"
+                           "    poll_interval: 300\n"
+                           "    local_delay: 1\n"
+                           "    idle_restart: 600\n"
+                           "    on_new_mail: ~\n"
                            "  p:\n"
                            "    protocol: pop3\n"
                            "    provider: gmail  # Gmail\n"
@@ -1299,6 +1309,8 @@ static void test_print(void **state)
                            "    max_size: 10485760\n"
                            "    max_age_days: 0  # no limit\n"
                            "    timeout: 60\n"
+                           "    poll_interval: 900\n"
+                           "    on_new_mail: ~\n"
                            "    pop:\n"
                            "      keep_on_server: true\n"
                            "      delete_after_days: 7\n"
