@@ -584,3 +584,128 @@ void child_env_free(char **env)
     }
     free(env);
 }
+
+/* ---- reading JSON strings ---------------------------------------------- */
+
+static int hex4(const char *p, unsigned *v_r)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') {
+            v |= (unsigned)(c - '0');
+        } else if (c >= 'a' && c <= 'f') {
+            v |= (unsigned)(c - 'a' + 10);
+        } else if (c >= 'A' && c <= 'F') {
+            v |= (unsigned)(c - 'A' + 10);
+        } else {
+            return -1;
+        }
+    }
+    *v_r = v;
+    return 0;
+}
+
+static void add_utf8(struct sbuf *sb, unsigned cp)
+{
+    if (cp < 0x80) {
+        sbuf_addc(sb, (char)cp);
+    } else if (cp < 0x800) {
+        sbuf_addc(sb, (char)(0xc0 | (cp >> 6)));
+        sbuf_addc(sb, (char)(0x80 | (cp & 0x3f)));
+    } else if (cp < 0x10000) {
+        sbuf_addc(sb, (char)(0xe0 | (cp >> 12)));
+        sbuf_addc(sb, (char)(0x80 | ((cp >> 6) & 0x3f)));
+        sbuf_addc(sb, (char)(0x80 | (cp & 0x3f)));
+    } else {
+        sbuf_addc(sb, (char)(0xf0 | (cp >> 18)));
+        sbuf_addc(sb, (char)(0x80 | ((cp >> 12) & 0x3f)));
+        sbuf_addc(sb, (char)(0x80 | ((cp >> 6) & 0x3f)));
+        sbuf_addc(sb, (char)(0x80 | (cp & 0x3f)));
+    }
+}
+
+char *json_string_field(const char *json, const char *key)
+{
+    size_t klen = strlen(key);
+    for (const char *p = strchr(json, '"'); p != NULL; p = strchr(p + 1, '"')) {
+        if (strncmp(p + 1, key, klen) != 0 || p[1 + klen] != '"') {
+            continue;
+        }
+        const char *q = p + 2 + klen;
+        while (*q == ' ') {
+            q++;
+        }
+        if (*q != ':') {
+            continue;
+        }
+        q++;
+        while (*q == ' ') {
+            q++;
+        }
+        if (*q != '"') {
+            return NULL;
+        }
+        q++;
+        struct sbuf sb = {0};
+        sbuf_adds(&sb, "");
+        for (;;) {
+            char c = *q++;
+            if (c == '\0' || (unsigned char)c < 0x20) {
+                sbuf_free(&sb);
+                return NULL;
+            }
+            if (c == '"') {
+                return sbuf_detach(&sb);
+            }
+            if (c != '\\') {
+                sbuf_addc(&sb, c);
+                continue;
+            }
+            c = *q++;
+            unsigned cp, lo;
+            switch (c) {
+            case '"':
+            case '\\':
+            case '/':
+                sbuf_addc(&sb, c);
+                break;
+            case 'b':
+                sbuf_addc(&sb, '\b');
+                break;
+            case 'f':
+                sbuf_addc(&sb, '\f');
+                break;
+            case 'n':
+                sbuf_addc(&sb, '\n');
+                break;
+            case 'r':
+                sbuf_addc(&sb, '\r');
+                break;
+            case 't':
+                sbuf_addc(&sb, '\t');
+                break;
+            case 'u':
+                if (hex4(q, &cp) < 0) {
+                    sbuf_free(&sb);
+                    return NULL;
+                }
+                q += 4;
+                if (cp >= 0xd800 && cp < 0xdc00 && q[0] == '\\' && q[1] == 'u' &&
+                    hex4(q + 2, &lo) == 0 && lo >= 0xdc00 && lo < 0xe000) {
+                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                    q += 6;
+                } else if (cp >= 0xd800 && cp < 0xe000) {
+                    cp = 0xfffd; /* a lone surrogate */
+                }
+                add_utf8(&sb, cp);
+                break;
+            default:
+                sbuf_free(&sb);
+                return NULL;
+            }
+        }
+    }
+    return NULL;
+}

@@ -95,6 +95,11 @@ size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp_r);
  * control characters escaped, bytes that are not UTF-8 as U+FFFD (JSON
  * text is UTF-8), U+2028/U+2029 escaped (line breaks to JavaScript). */
 void sbuf_add_json(struct sbuf *sb, const char *s);
+/* The string value of "key" in a flat JSON object such as the daemon's
+ * replies (the first "key": followed by a string), decoded (escapes,
+ * \uXXXX with surrogate pairs, to UTF-8). NULL when absent, not a string
+ * or malformed. Caller frees. */
+char *json_string_field(const char *json, const char *key);
 /* Makes text safe to print on a terminal, in place: C0 controls except TAB,
  * DEL, C1 controls, Unicode bidi controls and bytes that are not UTF-8 each
  * become '?'. Returns the new length (never more than len). */

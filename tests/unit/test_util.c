@@ -239,13 +239,41 @@ static void test_sbuf_add_json(void **state)
     }
 }
 
+/* json_string_field reads back what sbuf_add_json writes, finds the key
+ * among others, and refuses what is not a well-formed string. */
+static void test_json_string_field(void **state)
+{
+    (void)state;
+    const char *ins[] = {
+        "plain", "a\"b\\c", "t\tn\nr\r\x01\x7f", "caf\xc3\xa9 \xe8\x8d\x89", "ls\xe2\x80\xa8", ""};
+    for (size_t i = 0; i < sizeof(ins) / sizeof(ins[0]); i++) {
+        struct sbuf sb = {0};
+        sbuf_adds(&sb, "{\"ok\":true,\"texts\":1,\"text\":");
+        sbuf_add_json(&sb, ins[i]);
+        sbuf_adds(&sb, ",\"after\":\"x\"}");
+        char *got = json_string_field(sb.buf, "text");
+        assert_non_null(got);
+        assert_string_equal(got, ins[i]);
+        free(got);
+        sbuf_free(&sb);
+    }
+    char *s = json_string_field("{\"k\" : \"\\ud83d\\ude00\\u00e9\\/\"}", "k");
+    assert_string_equal(s, "\xf0\x9f\x98\x80\xc3\xa9/");
+    free(s);
+    assert_null(json_string_field("{\"k\":1}", "k"));
+    assert_null(json_string_field("{\"other\":\"v\"}", "k"));
+    assert_null(json_string_field("{\"k\":\"unterminated", "k"));
+    assert_null(json_string_field("{\"k\":\"bad \\x escape\"}", "k"));
+    assert_null(json_string_field("{\"k\":\"bad \\u12 hex\"}", "k"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_path_expand), cmocka_unit_test(test_mkdir_p),
         cmocka_unit_test(test_sbuf),        cmocka_unit_test(test_log_sanitizes),
         cmocka_unit_test(test_term_safe),   cmocka_unit_test(test_sbuf_add_json),
-        cmocka_unit_test(test_strindex),
+        cmocka_unit_test(test_strindex),    cmocka_unit_test(test_json_string_field),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
