@@ -12,6 +12,8 @@
 #include "core/util.h"
 #include "daemon/check.h"
 #include "daemon/config.h"
+#include "daemon/control.h"
+#include "daemon/daemon.h"
 #include "daemon/init.h"
 #include "daemon/mailboxes.h"
 #include "daemon/status.h"
@@ -153,6 +155,37 @@ static int cmd_sync(const struct globals *g, int argc, char **argv)
     return ret;
 }
 
+/* The live state from a running daemon: its reply as is with --json, else
+ * one line per account. Returns the exit status, or -1 when no daemon
+ * answers (then the offline view is shown). */
+static int status_live(const struct cfg *cfg, bool json)
+{
+    char path[CTL_PATH_MAX];
+    if (ctl_socket_path(cfg->state_dir, path, sizeof(path)) < 0) {
+        return -1;
+    }
+    char *reply = NULL, *err = NULL;
+    int r = ctl_request(path, json ? "status" : "status text", 10000, &reply, &err);
+    if (r == CTL_ENODAEMON) {
+        free(err);
+        return -1;
+    }
+    if (r < 0) {
+        log_error("the daemon at %s did not answer: %s", path, err != NULL ? err : strerror(-r));
+        free(err);
+        return 1;
+    }
+    if (json) {
+        printf("%s\n", reply);
+    } else {
+        char *text = json_string_field(reply, "text");
+        fputs(text != NULL ? text : reply, stdout);
+        free(text);
+    }
+    free(reply);
+    return 0;
+}
+
 static int cmd_status(const struct globals *g, int argc, char **argv)
 {
     bool json = false;
@@ -172,6 +205,11 @@ static int cmd_status(const struct globals *g, int argc, char **argv)
     if (cfg == NULL) {
         return 1;
     }
+    int live = status_live(cfg, json);
+    if (live >= 0) {
+        cfg_free(cfg);
+        return live;
+    }
     int ret = status_run(cfg, argv + i, argc - i, json, stdout);
     cfg_free(cfg);
     return ret;
@@ -179,8 +217,18 @@ static int cmd_status(const struct globals *g, int argc, char **argv)
 
 static int cmd_daemon(const struct globals *g, int argc, char **argv)
 {
-    log_error("'daemon' is not available in this build yet; see README.md for what works today");
-    return 1;
+    if (argc > 1) {
+        log_error("daemon: unexpected argument '%s' (it runs every account of the configuration)",
+                  argv[1]);
+        return 2;
+    }
+    struct cfg *cfg = load_config(g);
+    if (cfg == NULL) {
+        return 1;
+    }
+    int ret = daemon_run(cfg);
+    cfg_free(cfg);
+    return ret;
 }
 
 static int cmd_version(const struct globals *g, int argc, char **argv)
@@ -348,9 +396,17 @@ static const struct command commands[] = {
      "Exit status: 0 every account synced, 75 every failure was temporary\n"
      "(try again later), 1 otherwise, 2 usage error.\n",
      cmd_sync},
-    {"daemon", "", "stay running, push changes both ways (not built yet)",
-     "Stays running and keeps every account in sync as changes happen.\n"
-     "Not available in this build yet: it says so and exits 1.\n",
+    {"daemon", "", "stay running and sync changes both ways as they happen",
+     "Syncs every account once, then stays running: IMAP changes on the server\n"
+     "(IDLE on INBOX, a sweep of every folder each poll_interval) and in the\n"
+     "Maildir (inotify, after local_delay) are synced within seconds; POP3\n"
+     "accounts are polled. Dropped connections are reopened with back-off; a\n"
+     "refused login stops that account until 'retry'. One daemon per\n"
+     "state_dir. While it runs, 'mailsync status' shows its live state.\n"
+     "Control socket requests (one line each, JSON replies): status,\n"
+     "sync [ACCOUNT [FOLDER]], pause ACCOUNT, resume ACCOUNT, retry ACCOUNT.\n"
+     "\n"
+     "Exit status: 0 after SIGTERM or SIGINT, 1 when it cannot start.\n",
      cmd_daemon},
     {"status", "[--json] [ACCOUNT...]", "show what the index knows (offline)",
      "Shows what mailsync knows of each account from its index alone: folders,\n"

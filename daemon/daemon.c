@@ -1,0 +1,1244 @@
+/* `mailsync daemon`: see daemon.h. */
+#include "daemon/daemon.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "daemon/control.h"
+#include "daemon/hooks.h"
+#include "daemon/pidlock.h"
+#include "daemon/sdnotify.h"
+#include "daemon/supervisor.h"
+#include "daemon/syncopts.h"
+#include "store/maildir.h"
+#include "sync/account.h"
+#include "sync/engine.h"
+#include "sync/imap.h"
+#include "sync/popsync.h"
+
+/* Back-off after a failed session: from 1 s, doubled each time, at most
+ * 5 min, each wait moved by up to a fifth either way so that accounts on
+ * one server do not come back in step. */
+#define BACKOFF_MIN_MS 1000u
+#define BACKOFF_MAX_MS (5u * 60 * 1000)
+/* How long SIGTERM waits for sessions to end at a safe point. */
+#define STOP_DEADLINE_MS 5000
+/* More folders than this are not watched one by one (each costs two
+ * inotify watches): the root is, and the poll sweep finds the rest. */
+#define MAX_WATCHED_FOLDERS 2000
+
+struct daemon;
+struct dacct;
+
+/* One inotify watch: a folder's new/ or cur/, or the Maildir root
+ * (folder NULL). */
+struct fswatch {
+    uv_fs_event_t h;
+    struct dacct *a;
+    char *folder;
+};
+
+/* A control request waiting for a sync: of one folder, or (folder NULL)
+ * of the account's next complete pass. */
+struct waiter {
+    struct ctl_req *req;
+    char *folder;
+};
+
+struct dacct {
+    struct daemon *d;
+    const struct cfg_account *ca;
+    struct sync_account *sa; /* owned by account */
+    struct account *account;
+    struct sup sup;
+    bool imap;
+    bool paused;
+
+    /* The sync session. */
+    struct engine *run;
+    bool run_idle;      /* its first pass is done */
+    bool restart_after; /* it was closed for a new pass: start again at once */
+    unsigned backoff_ms;
+    uv_timer_t retry_timer;
+    uv_timer_t poll_timer;
+    uv_timer_t local_timer;
+
+    /* The watcher: IDLE on INBOX. */
+    struct imap *watch;
+    struct account_wait *watch_wait;
+    char *watch_name;
+    uv_timer_t watch_timer; /* IDLE restart, or the reconnect after a failure */
+    unsigned watch_backoff_ms;
+    bool watch_idling;
+
+    struct fswatch **fsw;
+    size_t nfsw, fsw_cap;
+
+    struct popsync *pop;
+    struct hook *hook;
+
+    /* What status says. */
+    time_t last_ok;
+    char *last_error;
+    time_t last_error_at;
+    unsigned passes;
+
+    struct waiter *waiters;
+    size_t nwaiters, waiters_cap;
+    unsigned open_handles; /* timers still to close when stopping */
+};
+
+struct daemon {
+    uv_loop_t loop;
+    struct cfg *cfg;
+    struct pidlock *lock;
+    struct ctl_server *ctl;
+    struct sdn_watchdog *wd;
+    uv_signal_t sig_term, sig_int;
+    uv_timer_t stop_timer;
+    struct dacct **accts;
+    size_t naccts;
+    bool stopping;
+    int exit_code;
+};
+
+static void acct_start(struct dacct *a);
+static void acct_maybe_done(struct dacct *a);
+static void watch_start(struct dacct *a);
+static void watch_stop(struct dacct *a);
+static void fs_watch_all(struct dacct *a);
+static void fs_unwatch_all(struct dacct *a);
+static void daemon_maybe_done(struct daemon *d);
+
+/* ---- helpers ------------------------------------------------------------------------------- */
+
+static void set_last_error(struct dacct *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void set_last_error(struct dacct *a, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    free(a->last_error);
+    a->last_error = xvasprintf(fmt, ap);
+    va_end(ap);
+    a->last_error_at = time(NULL);
+}
+
+static unsigned jitter(unsigned ms)
+{
+    /* ±20 %: no need for a strong generator, only for accounts not to
+     * move in step. */
+    unsigned span = ms / 5;
+    return span == 0 ? ms : ms - span + (unsigned)(rand() % (int)(2 * span + 1));
+}
+
+static void status_line(struct daemon *d)
+{
+    unsigned idle = 0, busy = 0, down = 0;
+    for (size_t i = 0; i < d->naccts; i++) {
+        enum sup_state s = d->accts[i]->sup.state;
+        if (s == SUP_IDLE) {
+            idle++;
+        } else if (s == SUP_CONNECTING || s == SUP_LISTING || s == SUP_SYNCING) {
+            busy++;
+        } else {
+            down++;
+        }
+    }
+    sdn_status("%zu accounts: %u in sync, %u syncing, %u waiting or failed", d->naccts, idle, busy,
+               down);
+}
+
+static void acct_state(struct dacct *a, enum sup_state to, const char *why)
+{
+    if (a->sup.state == to) {
+        return;
+    }
+    sup_set(&a->sup, to, why);
+    status_line(a->d);
+}
+
+/* ---- control requests waiting for a sync --------------------------------------------------- */
+
+static void waiter_add(struct dacct *a, struct ctl_req *req, const char *folder)
+{
+    xgrow(&a->waiters, &a->waiters_cap, a->nwaiters + 1, sizeof(*a->waiters));
+    a->waiters[a->nwaiters++] = (struct waiter){req, folder != NULL ? xstrdup(folder) : NULL};
+}
+
+static void reply_result(struct ctl_req *req, const char *account, const char *folder,
+                         const char *error, const struct engine_counts *c)
+{
+    struct sbuf sb = {0};
+    sbuf_addf(&sb, "{\"ok\":%s,\"account\":", error == NULL ? "true" : "false");
+    sbuf_add_json(&sb, account);
+    if (folder != NULL) {
+        sbuf_adds(&sb, ",\"folder\":");
+        sbuf_add_json(&sb, folder);
+    }
+    if (error != NULL) {
+        sbuf_adds(&sb, ",\"error\":");
+        sbuf_add_json(&sb, error);
+    }
+    if (c != NULL) {
+        sbuf_addf(&sb,
+                  ",\"new_down\":%u,\"flags_down\":%u,\"deleted_down\":%u,\"new_up\":%u,"
+                  "\"flags_up\":%u,\"deleted_up\":%u",
+                  c->new_down, c->flags_down, c->deleted_down, c->new_up, c->flags_up,
+                  c->deleted_up);
+    }
+    sbuf_addc(&sb, '}');
+    ctl_reply(req, sb.buf);
+    sbuf_free(&sb);
+}
+
+/* Answers the waiters of folder (NULL: of a whole pass) with error (NULL:
+ * done) and counts. */
+static void waiters_answer(struct dacct *a, const char *folder, const char *error,
+                           const struct engine_counts *c)
+{
+    size_t out = 0;
+    for (size_t i = 0; i < a->nwaiters; i++) {
+        struct waiter *w = &a->waiters[i];
+        bool match = folder == NULL ? w->folder == NULL
+                                    : (w->folder != NULL && strcmp(w->folder, folder) == 0);
+        if (match) {
+            reply_result(w->req, a->ca->name, w->folder, error, c);
+            free(w->folder);
+        } else {
+            a->waiters[out++] = *w;
+        }
+    }
+    a->nwaiters = out;
+}
+
+static void waiters_fail_all(struct dacct *a, const char *error)
+{
+    for (size_t i = 0; i < a->nwaiters; i++) {
+        reply_result(a->waiters[i].req, a->ca->name, a->waiters[i].folder, error, NULL);
+        free(a->waiters[i].folder);
+    }
+    a->nwaiters = 0;
+}
+
+/* ---- syncing one folder, or a new pass ------------------------------------------------------ */
+
+/* A new pass: the session logs out after the folder in progress and a new
+ * one starts at once (LIST again: new folders on either side, and
+ * LIST-STATUS tells which folders changed). */
+static void acct_new_pass(struct dacct *a)
+{
+    if (a->d->stopping || a->paused) {
+        return;
+    }
+    if (a->run != NULL) {
+        a->restart_after = true;
+        engine_close(a->run);
+    } else if (a->sup.state == SUP_BACKING_OFF) {
+        /* Try now rather than at the end of the back-off. */
+        uv_timer_stop(&a->retry_timer);
+        acct_start(a);
+    }
+}
+
+/* Syncs folder on the open session as soon as it can. */
+static void acct_want(struct dacct *a, const char *folder)
+{
+    account_mark_dirty(a->account, folder);
+    if (a->run == NULL || a->restart_after) {
+        return; /* the next pass syncs every folder */
+    }
+    int r = engine_sync_folder(a->run, folder);
+    if (r == -ENOENT && a->run_idle) {
+        /* A folder this pass does not know: new on one side. */
+        log_debug("%s: %s is not known to this pass; starting a new one", a->ca->name, folder);
+        acct_new_pass(a);
+    }
+}
+
+/* ---- the sync session ----------------------------------------------------------------------- */
+
+static void on_run_phase(enum engine_phase p, void *arg)
+{
+    struct dacct *a = arg;
+    acct_state(a, sup_from_phase(p), NULL);
+}
+
+static void on_run_idle(void *arg)
+{
+    struct dacct *a = arg;
+    bool first = !a->run_idle;
+    a->run_idle = true;
+    a->backoff_ms = 0;
+    a->last_ok = time(NULL);
+    if (first) {
+        a->passes++;
+        log_info("%s: in sync; waiting for changes", a->ca->name);
+        waiters_answer(a, NULL, NULL, NULL);
+        fs_watch_all(a);
+        watch_start(a);
+    }
+    /* Folders marked while the pass ran and not synced since. */
+    size_t n;
+    const char *const *dirty = account_dirty(a->account, &n);
+    char **copy = xcalloc(n + 1, sizeof(*copy));
+    for (size_t i = 0; i < n; i++) {
+        copy[i] = xstrdup(dirty[i]);
+    }
+    for (size_t i = 0; i < n && a->run != NULL && !a->restart_after; i++) {
+        int r = engine_sync_folder(a->run, copy[i]);
+        if (r == -ENOENT) {
+            account_clear_dirty(a->account, copy[i]);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(copy[i]);
+    }
+    free(copy);
+}
+
+static void on_poll(uv_timer_t *t);
+
+static void on_run_folder(const struct engine_folder_result *res, void *arg)
+{
+    struct dacct *a = arg;
+    if (res->error != NULL) {
+        log_error("%s: %s", a->ca->name, res->error);
+        set_last_error(a, "%s", res->error);
+    } else {
+        a->last_ok = time(NULL);
+        const struct engine_counts *c = &res->counts;
+        if (c->new_down + c->new_up + c->flags_down + c->flags_up + c->deleted_down +
+                c->deleted_up >
+            0) {
+            log_info("%s: %s: \xe2\x86\x93 %u new, %u flags, %u deleted; \xe2\x86\x91 %u new, %u "
+                     "flags, %u deleted",
+                     a->ca->name, res->name, c->new_down, c->flags_down, c->deleted_down, c->new_up,
+                     c->flags_up, c->deleted_up);
+        }
+        if (a->hook != NULL && c->new_down > 0) {
+            hook_note(a->hook, res->name, c->new_down);
+        }
+    }
+    waiters_answer(a, res->name, res->error, &res->counts);
+}
+
+static void on_run_dirty(const char *folder, void *arg)
+{
+    acct_want(arg, folder);
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    acct_start(t->data);
+}
+
+static void on_run_done(const struct engine_result *res, void *arg)
+{
+    struct dacct *a = arg;
+    a->run = NULL;
+    bool was_idle = a->run_idle;
+    a->run_idle = false;
+    bool restart = a->restart_after;
+    a->restart_after = false;
+    for (size_t i = 0; i < res->nfolders; i++) {
+        if (res->folders[i].error != NULL && !was_idle) {
+            log_error("%s: %s", a->ca->name, res->folders[i].error);
+            set_last_error(a, "%s", res->folders[i].error);
+        }
+    }
+    if (!was_idle && res->kind == SYNC_OK && res->folder_errors == 0) {
+        /* A pass that ended without reaching idle (a new pass asked for
+         * during the first one) still counts. */
+        a->last_ok = time(NULL);
+    }
+    if (res->error != NULL) {
+        log_error("%s: %s", a->ca->name, res->error);
+        set_last_error(a, "%s", res->error);
+    }
+    if (a->d->stopping) {
+        waiters_fail_all(a, "the daemon is stopping");
+        acct_state(a, SUP_DISCONNECTED, "stopping");
+        acct_maybe_done(a);
+        return;
+    }
+    if (a->paused) {
+        waiters_fail_all(a, "paused");
+        acct_state(a, SUP_PAUSED, NULL);
+        return;
+    }
+    if (res->kind == SYNC_AUTH) {
+        waiters_fail_all(a, res->error != NULL ? res->error : "login refused");
+        watch_stop(a);
+        acct_state(a, SUP_FAILED_AUTH,
+                   "the server refused the credentials; 'mailsync' control command 'retry' "
+                   "tries again");
+        log_error("%s: not retrying: the server refused the login (fix the password, then "
+                  "send 'retry %s' on the control socket or restart the daemon)",
+                  a->ca->name, a->ca->name);
+        return;
+    }
+    if (restart && res->kind == SYNC_OK) {
+        acct_start(a);
+        return;
+    }
+    /* The session ended by itself: a dropped connection, a server that
+     * went away, a failure the next attempt may not have. */
+    if (res->kind != SYNC_OK || !restart) {
+        waiters_answer(a, NULL, res->error != NULL ? res->error : "the session ended", NULL);
+    }
+    a->backoff_ms = a->backoff_ms == 0 ? BACKOFF_MIN_MS : a->backoff_ms * 2;
+    if (a->backoff_ms > BACKOFF_MAX_MS) {
+        a->backoff_ms = BACKOFF_MAX_MS;
+    }
+    unsigned wait = jitter(a->backoff_ms);
+    char why[96];
+    snprintf(why, sizeof(why), "trying again in %.1f s", wait / 1000.0);
+    acct_state(a, SUP_BACKING_OFF, why);
+    uv_timer_start(&a->retry_timer, on_retry, wait, 0);
+}
+
+static void on_pop_done(const struct popsync_result *res, void *arg)
+{
+    struct dacct *a = arg;
+    a->pop = NULL;
+    if (res->kind == SYNC_OK) {
+        a->last_ok = time(NULL);
+        a->backoff_ms = 0;
+        if (res->downloaded > 0) {
+            log_info("%s: \xe2\x86\x93 %u new", a->ca->name, res->downloaded);
+            if (a->hook != NULL) {
+                hook_note(a->hook, "INBOX", res->downloaded);
+            }
+        }
+    } else {
+        log_error("%s: %s", a->ca->name, res->error != NULL ? res->error : "failed");
+        set_last_error(a, "%s", res->error != NULL ? res->error : "failed");
+    }
+    waiters_answer(a, NULL, res->kind == SYNC_OK ? NULL : (res->error ? res->error : "failed"),
+                   NULL);
+    if (a->d->stopping) {
+        acct_state(a, SUP_DISCONNECTED, "stopping");
+        acct_maybe_done(a);
+        return;
+    }
+    if (res->kind == SYNC_AUTH) {
+        acct_state(a, SUP_FAILED_AUTH, "the server refused the credentials");
+        return;
+    }
+    a->passes++;
+    acct_state(a, SUP_IDLE, NULL);
+    uv_timer_start(&a->poll_timer, on_poll, (uint64_t)a->ca->poll_interval * 1000, 0);
+}
+
+static void acct_start(struct dacct *a)
+{
+    if (a->d->stopping || a->paused || a->run != NULL || a->pop != NULL) {
+        return;
+    }
+    uv_timer_stop(&a->retry_timer);
+    acct_state(a, SUP_CONNECTING, NULL);
+    if (!a->imap) {
+        struct popsync_opts po = {0};
+        int r = popsync_start(&a->d->loop, a->sa, &po, on_pop_done, a, &a->pop);
+        if (r < 0) {
+            a->pop = NULL;
+            set_last_error(a, "cannot start: %s", strerror(-r));
+            acct_state(a, SUP_BACKING_OFF, NULL);
+            uv_timer_start(&a->retry_timer, on_retry, BACKOFF_MAX_MS, 0);
+        }
+        return;
+    }
+    struct engine_opts eo = {
+        .stay_open = true,
+        .on_idle = on_run_idle,
+        .on_folder_done = on_run_folder,
+        .on_dirty = on_run_dirty,
+        .on_phase = on_run_phase,
+        .session_arg = a,
+        .account = a->account,
+    };
+    int r = engine_start(&a->d->loop, a->sa, &eo, on_run_done, a, &a->run);
+    if (r < 0) {
+        a->run = NULL;
+        set_last_error(a, "cannot start: %s", strerror(-r));
+        acct_state(a, SUP_BACKING_OFF, NULL);
+        uv_timer_start(&a->retry_timer, on_retry, BACKOFF_MAX_MS, 0);
+        return;
+    }
+    uv_timer_start(&a->poll_timer, on_poll, (uint64_t)a->ca->poll_interval * 1000, 0);
+}
+
+static void on_poll(uv_timer_t *t)
+{
+    struct dacct *a = t->data;
+    if (a->imap) {
+        /* Re-armed by acct_start; a session in back-off keeps its timer. */
+        log_debug("%s: poll_interval: a new pass", a->ca->name);
+        acct_new_pass(a);
+        if (a->run == NULL) {
+            uv_timer_start(&a->poll_timer, on_poll, (uint64_t)a->ca->poll_interval * 1000, 0);
+        }
+    } else {
+        acct_start(a);
+    }
+}
+
+/* ---- local changes -------------------------------------------------------------------------- */
+
+static void on_local_timer(uv_timer_t *t)
+{
+    struct dacct *a = t->data;
+    size_t n;
+    const char *const *dirty = account_dirty(a->account, &n);
+    char **copy = xcalloc(n + 1, sizeof(*copy));
+    for (size_t i = 0; i < n; i++) {
+        copy[i] = xstrdup(dirty[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        acct_want(a, copy[i]);
+        free(copy[i]);
+    }
+    free(copy);
+}
+
+static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+    (void)events;
+    struct fswatch *w = h->data;
+    struct dacct *a = w->a;
+    if (status < 0 || a->d->stopping) {
+        return;
+    }
+    if (w->folder == NULL) {
+        /* The Maildir root: a folder created or removed locally. Files
+         * there (INBOX's own new/ and cur/ in the Maildir++ layout) are
+         * watched on their own. */
+        if (filename != NULL && (strcmp(filename, "new") == 0 || strcmp(filename, "cur") == 0 ||
+                                 strcmp(filename, "tmp") == 0)) {
+            return;
+        }
+        log_debug("%s: the Maildir root changed (%s); a new pass", a->ca->name,
+                  filename != NULL ? filename : "?");
+        acct_new_pass(a);
+        return;
+    }
+    account_mark_dirty(a->account, w->folder);
+    if (!uv_is_active((uv_handle_t *)&a->local_timer)) {
+        uv_timer_start(&a->local_timer, on_local_timer,
+                       a->ca->local_delay > 0 ? (uint64_t)a->ca->local_delay * 1000 : 50, 0);
+    }
+}
+
+static void on_fswatch_closed(uv_handle_t *h)
+{
+    struct fswatch *w = h->data;
+    struct dacct *a = w->a;
+    free(w->folder);
+    free(w);
+    a->open_handles--;
+    acct_maybe_done(a);
+}
+
+static void fs_watch(struct dacct *a, const char *path, const char *folder)
+{
+    struct fswatch *w = xcalloc(1, sizeof(*w));
+    w->a = a;
+    w->folder = folder != NULL ? xstrdup(folder) : NULL;
+    uv_fs_event_init(&a->d->loop, &w->h);
+    w->h.data = w;
+    a->open_handles++;
+    int r = uv_fs_event_start(&w->h, on_fs_event, path, 0);
+    if (r < 0) {
+        log_warnx("%s: cannot watch %s for changes (%s); the poll sweep every %u s finds them",
+                  a->ca->name, path, uv_strerror(r), a->ca->poll_interval);
+        uv_close((uv_handle_t *)&w->h, on_fswatch_closed);
+        return;
+    }
+    xgrow(&a->fsw, &a->fsw_cap, a->nfsw + 1, sizeof(*a->fsw));
+    a->fsw[a->nfsw++] = w;
+}
+
+static void fs_unwatch_all(struct dacct *a)
+{
+    for (size_t i = 0; i < a->nfsw; i++) {
+        uv_fs_event_stop(&a->fsw[i]->h);
+        uv_close((uv_handle_t *)&a->fsw[i]->h, on_fswatch_closed);
+    }
+    a->nfsw = 0;
+}
+
+/* Watches the Maildir root and every selected local folder's new/ and
+ * cur/ (again after each new pass: folders come and go). */
+static void fs_watch_all(struct dacct *a)
+{
+    fs_unwatch_all(a);
+    fs_watch(a, a->sa->maildir, NULL);
+    char **names = NULL;
+    size_t n = 0;
+    if (md_list_folders(a->sa->maildir, a->sa->layout, &names, &n) < 0) {
+        return;
+    }
+    size_t watched = 0;
+    for (size_t i = 0; i < n && watched < MAX_WATCHED_FOLDERS; i++) {
+        if (!sync_folder_selected(a->sa, names[i])) {
+            continue;
+        }
+        char *path = NULL;
+        if (md_folder_local_path(a->sa->maildir, a->sa->layout, names[i], &path) < 0) {
+            continue;
+        }
+        char *sub = xasprintf("%s/new", path);
+        fs_watch(a, sub, names[i]);
+        free(sub);
+        sub = xasprintf("%s/cur", path);
+        fs_watch(a, sub, names[i]);
+        free(sub);
+        free(path);
+        watched++;
+    }
+    if (watched == MAX_WATCHED_FOLDERS) {
+        log_info("%s: more than %d folders: local changes beyond them are found by the sweep "
+                 "every %u s",
+                 a->ca->name, MAX_WATCHED_FOLDERS, a->ca->poll_interval);
+    }
+    md_free_names(names, n);
+}
+
+/* ---- the watcher ---------------------------------------------------------------------------- */
+
+static void watch_retry_later(struct dacct *a)
+{
+    a->watch_backoff_ms = a->watch_backoff_ms == 0 ? BACKOFF_MIN_MS : a->watch_backoff_ms * 2;
+    if (a->watch_backoff_ms > BACKOFF_MAX_MS) {
+        a->watch_backoff_ms = BACKOFF_MAX_MS;
+    }
+}
+
+static void on_watch_timer(uv_timer_t *t);
+
+static void watch_drop(struct dacct *a, const char *why)
+{
+    if (a->watch != NULL) {
+        imap_free(a->watch);
+        a->watch = NULL;
+    }
+    a->watch_idling = false;
+    if (a->d->stopping || a->paused || a->sup.state == SUP_FAILED_AUTH) {
+        return;
+    }
+    watch_retry_later(a);
+    unsigned wait = jitter(a->watch_backoff_ms);
+    log_info("%s: watcher: %s; again in %.1f s (the poll sweep covers the gap)", a->ca->name, why,
+             wait / 1000.0);
+    uv_timer_start(&a->watch_timer, on_watch_timer, wait, 0);
+}
+
+static void on_watch_idle_done(struct imap *im, const struct imap_result *res, void *arg);
+
+static void watch_idle(struct dacct *a)
+{
+    if (imap_idle_start(a->watch, on_watch_idle_done, a) < 0) {
+        watch_drop(a, "cannot start IDLE");
+        return;
+    }
+    a->watch_idling = true;
+    a->watch_backoff_ms = 0;
+    uv_timer_start(&a->watch_timer, on_watch_timer, (uint64_t)a->ca->idle_restart * 1000, 0);
+}
+
+static void on_watch_idle_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    (void)im;
+    struct dacct *a = arg;
+    a->watch_idling = false;
+    if (res->err < 0 || a->watch == NULL) {
+        return; /* on_watch_error follows */
+    }
+    if (res->status != IMAP_STATUS_OK) {
+        watch_drop(a, "IDLE refused");
+        return;
+    }
+    if (!a->d->stopping) {
+        watch_idle(a); /* ended for the restart timer, or by the server */
+    }
+}
+
+static void on_watch_timer(uv_timer_t *t)
+{
+    struct dacct *a = t->data;
+    if (a->watch == NULL) {
+        watch_start(a);
+    } else if (a->watch_idling) {
+        /* NAT boxes drop silent flows; RFC 2177 servers end IDLE after
+         * 30 min: DONE and IDLE again. */
+        imap_idle_stop(a->watch);
+    }
+}
+
+static void on_watch_select(struct imap *im, const struct imap_result *res, void *arg)
+{
+    (void)im;
+    struct dacct *a = arg;
+    if (res->err < 0 || a->watch == NULL) {
+        return;
+    }
+    if (res->status != IMAP_STATUS_OK) {
+        watch_drop(a, "EXAMINE INBOX refused");
+        return;
+    }
+    watch_idle(a);
+}
+
+static void on_watch_ready(struct imap *im, void *arg)
+{
+    struct dacct *a = arg;
+    if (!(imap_caps(im) & IMAP_CAP_IDLE)) {
+        log_info("%s: the server has no IDLE: changes are found by the sweep every %u s",
+                 a->ca->name, a->ca->poll_interval);
+        imap_free(a->watch);
+        a->watch = NULL;
+        return;
+    }
+    struct imap_select_opts so = {.readonly = true};
+    if (imap_select(im, "INBOX", &so, on_watch_select, a) < 0) {
+        watch_drop(a, "cannot EXAMINE INBOX");
+    }
+}
+
+static void on_watch_error(struct imap *im, int err, const char *msg, void *arg)
+{
+    (void)im;
+    struct dacct *a = arg;
+    if (err == IMAP_EAUTH) {
+        account_secret_refused(a->account);
+    }
+    watch_drop(a, msg != NULL ? msg : "connection lost");
+}
+
+static void on_watch_event(struct imap *im, const struct imap_event *ev, void *arg)
+{
+    (void)im;
+    struct dacct *a = arg;
+    switch (ev->type) {
+    case IMAP_EV_EXISTS:
+    case IMAP_EV_EXPUNGE:
+    case IMAP_EV_VANISHED:
+    case IMAP_EV_FETCH:
+    case IMAP_EV_UIDVALIDITY:
+        log_debug("%s: watcher: INBOX changed", a->ca->name);
+        acct_want(a, "INBOX");
+        break;
+    default:
+        break;
+    }
+}
+
+static const struct imap_cb watch_cb = {
+    .on_ready = on_watch_ready,
+    .on_error = on_watch_error,
+    .on_event = on_watch_event,
+};
+
+static void on_watch_secret(int err, const char *secret, const char *msg, void *arg)
+{
+    struct dacct *a = arg;
+    a->watch_wait = NULL;
+    if (err < 0) {
+        watch_drop(a, msg != NULL ? msg : "no password");
+        return;
+    }
+    struct imap_opts io;
+    sync_imap_opts(a->sa, secret, &io);
+    io.log_name = a->watch_name;
+    if (imap_connect(&a->d->loop, &io, &watch_cb, a, &a->watch) < 0) {
+        a->watch = NULL;
+        watch_drop(a, "cannot connect");
+    }
+}
+
+static void watch_start(struct dacct *a)
+{
+    if (a->watch != NULL || a->watch_wait != NULL || a->d->stopping || a->paused) {
+        return;
+    }
+    if (a->sa->max_connections < 2) {
+        /* The budget is one connection: the session's. */
+        return;
+    }
+    uv_timer_stop(&a->watch_timer);
+    if (account_secret(a->account, on_watch_secret, a, &a->watch_wait) < 0) {
+        a->watch_wait = NULL;
+    }
+}
+
+static void watch_stop(struct dacct *a)
+{
+    uv_timer_stop(&a->watch_timer);
+    if (a->watch_wait != NULL) {
+        account_secret_cancel(a->watch_wait);
+        a->watch_wait = NULL;
+    }
+    if (a->watch != NULL) {
+        imap_free(a->watch);
+        a->watch = NULL;
+    }
+    a->watch_idling = false;
+}
+
+/* ---- control requests ----------------------------------------------------------------------- */
+
+static struct dacct *find_acct(struct daemon *d, const char *name)
+{
+    for (size_t i = 0; i < d->naccts; i++) {
+        if (strcmp(d->accts[i]->ca->name, name) == 0) {
+            return d->accts[i];
+        }
+    }
+    return NULL;
+}
+
+static void json_time(struct sbuf *sb, const char *key, time_t t)
+{
+    if (t == 0) {
+        sbuf_addf(sb, ",\"%s\":null", key);
+    } else {
+        sbuf_addf(sb, ",\"%s\":%lld", key, (long long)t);
+    }
+}
+
+static void fmt_when(char *buf, size_t cap, time_t t)
+{
+    if (t == 0) {
+        snprintf(buf, cap, "never");
+        return;
+    }
+    struct tm tm;
+    localtime_r(&t, &tm);
+    strftime(buf, cap, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+/* `status text`: the same as lines for a terminal, in {"ok":true,"text":...}. */
+static void ctl_status_text(struct daemon *d, struct ctl_req *req)
+{
+    struct sbuf t = {0};
+    sbuf_addf(&t, "daemon running (pid %d)\n", (int)getpid());
+    for (size_t i = 0; i < d->naccts; i++) {
+        struct dacct *a = d->accts[i];
+        const struct account_totals *tt = account_totals(a->account);
+        char when[32];
+        fmt_when(when, sizeof(when), a->last_ok);
+        sbuf_addf(&t,
+                  "%s: %s, %s, last sync %s; since start \xe2\x86\x93 %u new, \xe2\x86\x91 %u new",
+                  a->ca->name, sup_name(a->sup.state),
+                  !a->imap          ? "polling"
+                  : a->watch_idling ? "IDLE on INBOX"
+                                    : "polling",
+                  when, tt->new_down, tt->new_up);
+        if (account_ndirty(a->account) > 0) {
+            sbuf_addf(&t, "; %zu folders waiting", account_ndirty(a->account));
+        }
+        sbuf_addc(&t, '\n');
+        if (a->last_error != NULL) {
+            fmt_when(when, sizeof(when), a->last_error_at);
+            sbuf_addf(&t, "  last error (%s): %s\n", when, a->last_error);
+        }
+    }
+    struct sbuf sb = {0};
+    sbuf_adds(&sb, "{\"ok\":true,\"text\":");
+    sbuf_add_json(&sb, t.buf);
+    sbuf_addc(&sb, '}');
+    ctl_reply(req, sb.buf);
+    sbuf_free(&sb);
+    sbuf_free(&t);
+}
+
+static void ctl_status(struct daemon *d, struct ctl_req *req)
+{
+    struct sbuf sb = {0};
+    sbuf_addf(&sb, "{\"ok\":true,\"daemon\":true,\"pid\":%d,\"accounts\":[", (int)getpid());
+    for (size_t i = 0; i < d->naccts; i++) {
+        struct dacct *a = d->accts[i];
+        const struct account_totals *t = account_totals(a->account);
+        sbuf_adds(&sb, i > 0 ? ",{\"name\":" : "{\"name\":");
+        sbuf_add_json(&sb, a->ca->name);
+        sbuf_addf(&sb, ",\"protocol\":\"%s\",\"state\":", a->imap ? "imap" : "pop3");
+        sbuf_add_json(&sb, sup_name(a->sup.state));
+        const char *push = !a->imap ? "poll" : a->watch_idling ? "idle" : "poll";
+        sbuf_addf(&sb, ",\"push\":\"%s\",\"connections\":%u", push,
+                  (a->run != NULL || a->pop != NULL ? 1u : 0u) + (a->watch != NULL ? 1u : 0u));
+        json_time(&sb, "last_sync", a->last_ok);
+        sbuf_adds(&sb, ",\"last_error\":");
+        if (a->last_error != NULL) {
+            sbuf_add_json(&sb, a->last_error);
+        } else {
+            sbuf_adds(&sb, "null");
+        }
+        json_time(&sb, "last_error_at", a->last_error_at);
+        sbuf_addf(&sb,
+                  ",\"pending_local\":%zu,\"passes\":%u,\"folder_syncs\":%u,\"logins\":%u,"
+                  "\"new_down\":%u,\"new_up\":%u,\"flags_down\":%u,\"flags_up\":%u,"
+                  "\"deleted_down\":%u,\"deleted_up\":%u}",
+                  account_ndirty(a->account), a->passes, t->runs, t->logins, t->new_down, t->new_up,
+                  t->flags_down, t->flags_up, t->deleted_down, t->deleted_up);
+    }
+    sbuf_adds(&sb, "]}");
+    ctl_reply(req, sb.buf);
+    sbuf_free(&sb);
+}
+
+static void ctl_sync(struct daemon *d, struct ctl_req *req, int argc, char *const *argv)
+{
+    if (argc == 1) {
+        /* Every account: answered at once; the passes run. */
+        for (size_t i = 0; i < d->naccts; i++) {
+            acct_new_pass(d->accts[i]);
+            if (d->accts[i]->run == NULL && !d->accts[i]->imap) {
+                acct_start(d->accts[i]);
+            }
+        }
+        ctl_reply(req, "{\"ok\":true,\"started\":true}");
+        return;
+    }
+    struct dacct *a = find_acct(d, argv[1]);
+    if (a == NULL) {
+        ctl_reply_error(req, "no account named '%s'", argv[1]);
+        return;
+    }
+    if (a->paused || a->sup.state == SUP_FAILED_AUTH) {
+        ctl_reply_error(req, "account '%s' is %s", a->ca->name, sup_name(a->sup.state));
+        return;
+    }
+    if (argc >= 3 && a->imap) {
+        waiter_add(a, req, argv[2]);
+        if (a->run != NULL && a->run_idle) {
+            int r = engine_sync_folder(a->run, argv[2]);
+            if (r < 0) {
+                waiters_answer(a, argv[2], r == -ENOENT ? "no such folder is synced" : strerror(-r),
+                               NULL);
+            }
+        } else {
+            acct_want(a, argv[2]);
+        }
+        return;
+    }
+    waiter_add(a, req, NULL);
+    if (a->imap) {
+        acct_new_pass(a);
+    } else {
+        uv_timer_stop(&a->poll_timer);
+        acct_start(a);
+    }
+}
+
+static void on_ctl(struct ctl_req *req, void *arg)
+{
+    struct daemon *d = arg;
+    int argc = ctl_req_argc(req);
+    char *const *argv = ctl_req_argv(req);
+    if (d->stopping) {
+        ctl_reply_error(req, "the daemon is stopping");
+        return;
+    }
+    if (strcmp(argv[0], "status") == 0) {
+        if (argc >= 2 && strcmp(argv[1], "text") == 0) {
+            ctl_status_text(d, req);
+        } else {
+            ctl_status(d, req);
+        }
+        return;
+    }
+    if (strcmp(argv[0], "sync") == 0) {
+        ctl_sync(d, req, argc, argv);
+        return;
+    }
+    bool pause = strcmp(argv[0], "pause") == 0, resume = strcmp(argv[0], "resume") == 0,
+         retry = strcmp(argv[0], "retry") == 0;
+    if (!pause && !resume && !retry) {
+        ctl_reply_error(req, "unknown request '%s' (status, sync, pause, resume, retry)", argv[0]);
+        return;
+    }
+    if (argc != 2) {
+        ctl_reply_error(req, "usage: %s ACCOUNT", argv[0]);
+        return;
+    }
+    struct dacct *a = find_acct(d, argv[1]);
+    if (a == NULL) {
+        ctl_reply_error(req, "no account named '%s'", argv[1]);
+        return;
+    }
+    if (pause) {
+        a->paused = true;
+        watch_stop(a);
+        fs_unwatch_all(a);
+        uv_timer_stop(&a->poll_timer);
+        uv_timer_stop(&a->retry_timer);
+        if (a->run != NULL) {
+            engine_close(a->run);
+        } else if (a->pop == NULL) {
+            acct_state(a, SUP_PAUSED, NULL);
+        }
+    } else {
+        a->paused = false;
+        if (a->run == NULL && a->pop == NULL) {
+            a->backoff_ms = 0;
+            acct_start(a);
+        }
+    }
+    struct sbuf sb = {0};
+    sbuf_adds(&sb, "{\"ok\":true,\"account\":");
+    sbuf_add_json(&sb, a->ca->name);
+    sbuf_adds(&sb, ",\"state\":");
+    sbuf_add_json(&sb, sup_name(a->sup.state));
+    sbuf_addc(&sb, '}');
+    ctl_reply(req, sb.buf);
+    sbuf_free(&sb);
+}
+
+static void on_ctl_gone(struct ctl_req *req, void *arg)
+{
+    /* The client left: drop its waiter, answering it frees the request. */
+    struct daemon *d = arg;
+    for (size_t i = 0; i < d->naccts; i++) {
+        struct dacct *a = d->accts[i];
+        for (size_t k = 0; k < a->nwaiters; k++) {
+            if (a->waiters[k].req == req) {
+                ctl_reply(req, "{}");
+                free(a->waiters[k].folder);
+                memmove(&a->waiters[k], &a->waiters[k + 1],
+                        (a->nwaiters - k - 1) * sizeof(*a->waiters));
+                a->nwaiters--;
+                return;
+            }
+        }
+    }
+}
+
+/* ---- stopping ------------------------------------------------------------------------------- */
+
+static void on_acct_timer_closed(uv_handle_t *h)
+{
+    struct dacct *a = h->data;
+    a->open_handles--;
+    acct_maybe_done(a);
+}
+
+static void on_hook_closed(void *arg)
+{
+    struct dacct *a = arg;
+    a->open_handles--;
+    acct_maybe_done(a);
+}
+
+/* An account is done stopping when its session and handles are gone. */
+static void acct_maybe_done(struct dacct *a)
+{
+    struct daemon *d = a->d;
+    if (!d->stopping || a->run != NULL || a->pop != NULL || a->open_handles > 0) {
+        return;
+    }
+    daemon_maybe_done(d);
+}
+
+static void acct_stop(struct dacct *a)
+{
+    watch_stop(a);
+    fs_unwatch_all(a);
+    uv_timer_t *timers[] = {&a->retry_timer, &a->poll_timer, &a->local_timer, &a->watch_timer};
+    for (size_t i = 0; i < ARRAY_SIZE(timers); i++) {
+        uv_timer_stop(timers[i]);
+        a->open_handles++;
+        uv_close((uv_handle_t *)timers[i], on_acct_timer_closed);
+    }
+    if (a->hook != NULL) {
+        a->open_handles++;
+        hook_close(a->hook, 2000, on_hook_closed, a);
+        a->hook = NULL;
+    }
+    if (a->run != NULL) {
+        /* An idle session logs out; a busy one stops at the next safe
+         * point: what is written is kept and recorded, nothing half-done
+         * is left behind. */
+        engine_close(a->run);
+        engine_cancel(a->run);
+    }
+    if (a->pop != NULL) {
+        popsync_cancel(a->pop);
+    }
+    acct_maybe_done(a);
+}
+
+static bool all_done(struct daemon *d)
+{
+    for (size_t i = 0; i < d->naccts; i++) {
+        struct dacct *a = d->accts[i];
+        if (a->run != NULL || a->pop != NULL || a->open_handles > 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void daemon_maybe_done(struct daemon *d)
+{
+    if (!d->stopping || !all_done(d)) {
+        return;
+    }
+    uv_timer_stop(&d->stop_timer);
+    uv_close((uv_handle_t *)&d->stop_timer, NULL);
+    if (d->ctl != NULL) {
+        ctl_server_close(d->ctl);
+        d->ctl = NULL;
+    }
+    if (d->wd != NULL) {
+        sdn_watchdog_stop(d->wd);
+        d->wd = NULL;
+    }
+    if (!uv_is_closing((uv_handle_t *)&d->sig_term)) {
+        uv_close((uv_handle_t *)&d->sig_term, NULL);
+        uv_close((uv_handle_t *)&d->sig_int, NULL);
+    }
+    log_info("stopped");
+}
+
+static void on_stop_deadline(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    log_error("sessions did not end within %d s; exiting anyway (the index and the Maildir "
+              "are consistent at every step; the next start finishes)",
+              STOP_DEADLINE_MS / 1000);
+    d->exit_code = 1;
+    uv_stop(&d->loop);
+}
+
+static void daemon_stop(struct daemon *d, const char *why)
+{
+    if (d->stopping) {
+        return;
+    }
+    d->stopping = true;
+    log_info("stopping (%s)", why);
+    sdn_stopping();
+    uv_timer_start(&d->stop_timer, on_stop_deadline, STOP_DEADLINE_MS, 0);
+    for (size_t i = 0; i < d->naccts; i++) {
+        acct_stop(d->accts[i]);
+    }
+    daemon_maybe_done(d);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    daemon_stop(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* ---- start ---------------------------------------------------------------------------------- */
+
+static struct dacct *acct_new(struct daemon *d, const struct cfg_account *ca)
+{
+    struct dacct *a = xcalloc(1, sizeof(*a));
+    a->d = d;
+    a->ca = ca;
+    a->sa = syncopts_account(d->cfg, ca);
+    a->account = account_new(&d->loop, a->sa, true);
+    a->sup.account = ca->name;
+    a->imap = ca->protocol == CFG_PROTO_IMAP;
+    a->watch_name = xasprintf("%s/watch", ca->name);
+    uv_timer_t *timers[] = {&a->retry_timer, &a->poll_timer, &a->local_timer, &a->watch_timer};
+    for (size_t i = 0; i < ARRAY_SIZE(timers); i++) {
+        uv_timer_init(&d->loop, timers[i]);
+        timers[i]->data = a;
+    }
+    if (ca->on_new_mail != NULL) {
+        struct hook_opts ho = {.account = ca->name, .argv = (const char *const *)ca->on_new_mail};
+        if (hook_new(&d->loop, &ho, &a->hook) < 0) {
+            a->hook = NULL;
+        }
+    }
+    return a;
+}
+
+static void acct_free(struct dacct *a)
+{
+    waiters_fail_all(a, "the daemon stopped");
+    free(a->waiters);
+    free(a->fsw);
+    free(a->last_error);
+    free(a->watch_name);
+    account_free(a->account);
+    free(a);
+}
+
+int daemon_run(struct cfg *cfg)
+{
+    struct daemon d = {.cfg = cfg};
+    char *err = NULL;
+    pid_t holder = 0;
+    if (pidlock_take(cfg->state_dir, &d.lock, &holder, &err) < 0) {
+        log_error("%s", err != NULL ? err : "cannot take the daemon lock");
+        free(err);
+        return 1;
+    }
+    if (uv_loop_init(&d.loop) != 0) {
+        log_error("cannot initialise the event loop");
+        pidlock_release(d.lock);
+        return 1;
+    }
+    char path[CTL_PATH_MAX];
+    if (ctl_socket_path(cfg->state_dir, path, sizeof(path)) < 0) {
+        log_error("the control socket path under %s is too long for a socket", cfg->state_dir);
+        uv_loop_close(&d.loop);
+        pidlock_release(d.lock);
+        return 1;
+    }
+    struct ctl_opts co = {.on_gone = on_ctl_gone};
+    if (ctl_server_start(&d.loop, path, &co, on_ctl, &d, &d.ctl, &err) < 0) {
+        log_error("%s", err != NULL ? err : "cannot start the control socket");
+        free(err);
+        uv_run(&d.loop, UV_RUN_NOWAIT);
+        uv_loop_close(&d.loop);
+        pidlock_release(d.lock);
+        return 1;
+    }
+    srand((unsigned)(time(NULL) ^ getpid()));
+    uv_signal_init(&d.loop, &d.sig_term);
+    uv_signal_init(&d.loop, &d.sig_int);
+    d.sig_term.data = d.sig_int.data = &d;
+    uv_signal_start(&d.sig_term, on_signal, SIGTERM);
+    uv_signal_start(&d.sig_int, on_signal, SIGINT);
+    uv_timer_init(&d.loop, &d.stop_timer);
+    d.stop_timer.data = &d;
+    d.naccts = cfg->naccounts;
+    d.accts = xcalloc(d.naccts + 1, sizeof(*d.accts));
+    for (size_t i = 0; i < d.naccts; i++) {
+        d.accts[i] = acct_new(&d, &cfg->accounts[i]);
+    }
+    for (size_t i = 0; i < d.naccts; i++) {
+        acct_start(d.accts[i]);
+    }
+    log_info("running: %zu account%s, control socket %s", d.naccts, d.naccts == 1 ? "" : "s", path);
+    sdn_watchdog_start(&d.loop, &d.wd);
+    sdn_ready();
+    status_line(&d);
+    uv_run(&d.loop, UV_RUN_DEFAULT);
+    if (d.exit_code == 0) {
+        /* Close callbacks still pending after the last handle closed. */
+        uv_run(&d.loop, UV_RUN_NOWAIT);
+    }
+    for (size_t i = 0; i < d.naccts; i++) {
+        acct_free(d.accts[i]);
+    }
+    free(d.accts);
+    if (d.exit_code == 0 && uv_loop_close(&d.loop) != 0) {
+        log_warnx("event loop did not close cleanly");
+    }
+    pidlock_release(d.lock);
+    return d.exit_code;
+}

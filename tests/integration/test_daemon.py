@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""`mailsync daemon` against a real Dovecot under the three capability
+profiles (issue 14): after its first pass the daemon stays connected, and
+changes on either side reach the other within seconds, asserted on disk
+and on the server:
+- another client's APPEND to INBOX (IDLE on the watcher connection) and its
+  flag change come down; a message delivered into the Maildir and a flag
+  set by renaming (mutt) go up (inotify, local_delay);
+- a change in another folder comes down with the poll sweep;
+- the control socket answers status (also through `mailsync status`),
+  sync ACCOUNT FOLDER (with the folder's counts), pause and resume;
+- the server dropping every connection (doveadm kick) is survived: the
+  daemon reconnects and pushes again;
+- an account with a wrong password stops in "failed (auth)" while the good
+  one beside it keeps pushing;
+- a second daemon on the same state_dir is refused by pid;
+- SIGTERM ends it with status 0, and a following one-shot sync has nothing
+  left to do."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import mailgen
+import mstest
+from synctest import PROFILES, SyncFixture, letters
+
+# How long a pushed change may take here before the test calls it lost.
+# The targets (0.1 s p50) are measured by tests/bench, not asserted: on a
+# loaded CI machine a test only proves that the change arrives.
+PUSH_TIMEOUT = 20
+
+
+class Daemon:
+    """A running `mailsync -v daemon`, its standard error collected."""
+
+    def __init__(self, test, cfg, env):
+        self.test = test
+        binary = mstest.mailsync_bin()
+        self.p = subprocess.Popen([binary, "--config", cfg, "-v", "daemon"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env)
+        self.err = []
+        self.out = []
+        self.threads = [threading.Thread(target=self._pump, args=(self.p.stderr, self.err),
+                                         daemon=True),
+                        threading.Thread(target=self._pump, args=(self.p.stdout, self.out),
+                                         daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def _pump(stream, into):
+        for line in stream:
+            into.append(line)
+
+    def log(self):
+        return "".join(self.err)
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            raise AssertionError("the daemon did not stop within %d s:\n%s"
+                                 % (timeout, self.log()[-4000:]))
+
+
+class DaemonScenarios(SyncFixture):
+
+    def setUp(self):
+        super().setUp()
+        # The control socket goes under XDG_RUNTIME_DIR: one per test.
+        self.runtime = os.path.join(self.tmp, "run")
+        os.makedirs(self.runtime, mode=0o700)
+        self.env = dict(os.environ, XDG_RUNTIME_DIR=self.runtime)
+        self.daemons = []
+
+    def tearDown(self):
+        for d in self.daemons:
+            if d.p.poll() is None:
+                d.p.kill()
+                d.p.wait()
+            for t in d.threads:
+                t.join(timeout=10)
+            d.p.stdout.close()
+            d.p.stderr.close()
+        super().tearDown()
+
+    def start(self, cfg):
+        d = Daemon(self, cfg, self.env)
+        self.daemons.append(d)
+        return d
+
+    def ms(self, cfg, *args):
+        return self.mailsync(cfg, *args, env={"XDG_RUNTIME_DIR": self.runtime})
+
+    def status(self, cfg, name="a"):
+        """The daemon's live state of account name (None while no daemon
+        answers)."""
+        p = self.ms(cfg, "status", "--json")
+        if p.returncode != 0:
+            return None
+        try:
+            st = json.loads(p.stdout)
+        except ValueError:
+            return None
+        if not st.get("daemon"):
+            return None
+        for a in st["accounts"]:
+            if a["name"] == name:
+                return a
+        raise AssertionError("no account %s in %s" % (name, st))
+
+    def wait_for(self, what, check, d, timeout=PUSH_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if d.p.poll() is not None:
+                raise AssertionError("the daemon exited %s while waiting for %s:\n%s"
+                                     % (d.p.returncode, what, d.log()[-4000:]))
+            got = check()
+            if got:
+                return got
+            time.sleep(0.1)
+        raise AssertionError("timed out waiting for %s; daemon log:\n%s"
+                             % (what, d.log()[-5000:]))
+
+    def wait_state(self, cfg, d, state, name="a", timeout=PUSH_TIMEOUT):
+        def check():
+            st = self.status(cfg, name)
+            return st if st is not None and st["state"] == state else None
+        return self.wait_for("account %s in state %s" % (name, state), check, d, timeout)
+
+    def daemon_config(self, **extra):
+        extra.setdefault("poll_interval", 3)
+        extra.setdefault("local_delay", 0)
+        return self.config(**extra)
+
+    def test_push_both_ways(self):
+        """First pass, then every kind of change on either side arrives on
+        the other while the daemon runs; SIGTERM exits 0 and a one-shot
+        sync afterwards finds nothing to do."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(2, seed=61, max_size=3000))
+        self.dovecot.save_many(self.user, "Archive", mailgen.generate(1, seed=62, max_size=3000))
+        # No sweep during the test: what arrives was pushed (IDLE, inotify).
+        cfg = self.daemon_config(folders=["INBOX", "Archive"], poll_interval=3600)
+        d = self.start(cfg)
+        st = self.wait_state(cfg, d, "idle")
+        self.assertEqual(len(self.local("INBOX")), 2)
+        self.assertEqual(len(self.local("Archive")), 1)
+        self.assertEqual(st["protocol"], "imap")
+
+        # Server -> local: a new message in INBOX (announced by IDLE).
+        new = mailgen.generate(1, seed=63, max_size=3000)[0]
+        self.dovecot.save_many(self.user, "INBOX", [new])
+        self.wait_for("the new INBOX message on disk",
+                      lambda: mstest.crlf_to_lf(new) in [b for _u, _f, b in self.local("INBOX")], d)
+        # ... and a flag another client sets.
+        uid = self.server("INBOX")[0][0]
+        self.store("INBOX", uid, "+FLAGS", "\\Flagged")
+        self.wait_for("\\Flagged on disk",
+                      lambda: sum("F" in f for _u, f, _b in self.local("INBOX")) == 1, d)
+
+        # Local -> server: a message delivered into new/ ...
+        body = mailgen.generate(1, seed=64, max_size=3000)[0]
+        self.deliver_local("INBOX", mstest.crlf_to_lf(body), "1700000000.daemon1.host")
+        self.wait_for("the local message on the server",
+                      lambda: mstest.crlf_to_lf(body) in
+                      [mstest.crlf_to_lf(b) for _u, _f, b in self.server("INBOX")], d)
+        # ... and \Seen set by renaming, as mutt does.
+        unique = self.unique_of("INBOX", mstest.crlf_to_lf(new))
+        self.set_local_flags("INBOX", unique, "S")
+        self.wait_for("\\Seen on the server", lambda: any(
+            mstest.crlf_to_lf(b) == mstest.crlf_to_lf(new) and "\\Seen" in f
+            for _u, f, b in self.server("INBOX")), d)
+
+        # A local change in another folder (inotify on every folder).
+        body2 = mailgen.generate(1, seed=65, max_size=3000)[0]
+        self.deliver_local("Archive", mstest.crlf_to_lf(body2), "1700000000.daemon2.host")
+        self.wait_for("the local Archive message on the server",
+                      lambda: len(self.server("Archive")) == 2, d)
+
+        # The live status, for people.
+        p = self.ms(cfg, "status")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("daemon running (pid %d)" % d.p.pid, p.stdout)
+        self.assertRegex(p.stdout, r"a: (idle|syncing), ")
+        st = self.wait_state(cfg, d, "idle")
+        self.assertEqual(st["push"], "idle")
+        self.assertGreaterEqual(st["new_down"], 2)
+        self.assertGreaterEqual(st["new_up"], 2)
+
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assertIn("stopped", d.log())
+        self.assert_same("INBOX")
+        self.assert_same("Archive")
+        self.assert_no_duplicates("INBOX")
+        r = self.sync(cfg)
+        self.assertIn("a: \u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      r.stdout)
+
+    def test_poll_sweep_finds_other_folders(self):
+        """A change in a folder the watcher does not watch (not INBOX)
+        comes down with the sweep every poll_interval."""
+        self.dovecot.save_many(self.user, "Archive", mailgen.generate(1, seed=73, max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX", "Archive"], poll_interval=2)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        self.assertEqual(len(self.local("Archive")), 1)
+        other = mailgen.generate(1, seed=74, max_size=2000)[0]
+        self.dovecot.save_many(self.user, "Archive", [other])
+        self.wait_for("the new Archive message on disk",
+                      lambda: len(self.local("Archive")) == 2, d)
+        self.assertIn("poll_interval: a new pass", d.log())
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assert_same("Archive")
+
+    def test_control_requests(self):
+        """sync ACCOUNT FOLDER answers with that folder's counts; pause
+        logs the account out and resume brings it back; unknown accounts
+        and requests are named in the error."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=66, max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        sock = os.path.join(self.runtime, "mailsync", "control")
+        self.assertEqual(os.stat(sock).st_mode & 0o777, 0o600)
+
+        def ask(line):
+            import socket
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(30)
+            s.connect(sock)
+            s.sendall((line + "\n").encode())
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+            s.close()
+            return json.loads(buf)
+
+        # Another client's message, with the watcher's push raced by an
+        # explicit request: the request's answer counts what it brought
+        # down, or the push came first and there was nothing left.
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=67, max_size=2000))
+        r = ask("sync a INBOX")
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["folder"], "INBOX")
+        self.wait_for("the message on disk", lambda: len(self.local("INBOX")) == 2, d)
+        r = ask("sync nobody")
+        self.assertEqual(r, {"ok": False, "error": "no account named 'nobody'"})
+        r = ask("frobnicate")
+        self.assertFalse(r["ok"])
+        self.assertIn("unknown request 'frobnicate'", r["error"])
+
+        r = ask("pause a")
+        self.assertTrue(r["ok"], r)
+        self.wait_state(cfg, d, "paused")
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=68, max_size=2000))
+        time.sleep(1.5)
+        self.assertEqual(len(self.local("INBOX")), 2, "a paused account synced")
+        r = ask("resume a")
+        self.assertTrue(r["ok"], r)
+        self.wait_for("the message after resume", lambda: len(self.local("INBOX")) == 3, d)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
+    def test_reconnects_after_the_server_drops_it(self):
+        """doveadm kick ends every connection of the user: the daemon backs
+        off, reconnects, and pushes again."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=69, max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        self.dovecot.doveadm("kick", self.user)
+        self.wait_for("a reconnect", lambda: "backing off" in d.log(), d)
+        self.wait_state(cfg, d, "idle")
+        new = mailgen.generate(1, seed=70, max_size=2000)[0]
+        self.dovecot.save_many(self.user, "INBOX", [new])
+        self.wait_for("the message after the reconnect",
+                      lambda: len(self.local("INBOX")) == 2, d)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assert_same("INBOX")
+
+    def test_wrong_password_beside_a_good_account(self):
+        """The account whose login is refused stops in "failed (auth)" and
+        is not retried; the good one keeps pushing."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=71, max_size=2000))
+        good = self.imap_account(user=self.user, layout=self.layout, folders=["INBOX"],
+                                 poll_interval=3600, local_delay=0)
+        bad = self.imap_account(maildir=os.path.join(self.tmp, "Bad"), user=self.user,
+                                folders=["INBOX"], poll_interval=3600)
+        bad["password"] = "wrong"
+        cfg = self.write_config({"a": good, "b": bad})
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "failed (auth)", name="b")
+        self.wait_state(cfg, d, "idle")
+        logins = d.log().count("b: state connecting")
+        new = mailgen.generate(1, seed=72, max_size=2000)[0]
+        self.dovecot.save_many(self.user, "INBOX", [new])
+        self.wait_for("the good account's push", lambda: len(self.local("INBOX")) == 2, d)
+        st = self.status(cfg, "b")
+        self.assertEqual(st["state"], "failed (auth)")
+        self.assertIn("AUTHENTICATIONFAILED", st["last_error"] or "")
+        self.assertEqual(d.log().count("b: state connecting"), logins, "the refused login was retried")
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
+    def test_second_daemon_refused(self):
+        """One daemon per state_dir: the second says which pid holds it."""
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        p = self.ms(cfg, "daemon")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("another mailsync daemon (pid %d)" % d.p.pid, p.stderr)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
+
+for _name, _opts in PROFILES.items():
+    globals()["Daemon" + _name] = type("Daemon" + _name,
+                                       (DaemonScenarios, mstest.DovecotTestCase),
+                                       {"dovecot_options": _opts})
+
+
+if __name__ == "__main__":
+    mstest.main()
