@@ -211,6 +211,18 @@ struct popsync {
     struct secret_req *secret_req;
     struct pop3 *pop;
 
+    /* Matching while the UIDL listing arrives (live_match): a read
+     * transaction and a cursor on the index, open from the UIDL command to
+     * its end; the cursor's current row (its key points into the index's
+     * map); the key of the last line. */
+    struct idx_txn *live_txn;
+    struct idx_pop_cursor *live_cur;
+    struct idx_pop_brief live_row;
+    const char *live_key;
+    size_t live_klen;
+    bool live_have; /* live_row is a row not yet matched */
+    const char *live_last;
+    bool live_ok;
     /* The listed messages that have a key, in key order (then by number):
      * the index is walked against it in one pass. */
     struct smsg **order;
@@ -580,6 +592,9 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
 static void on_uidl_done(struct pop3 *p, const struct pop3_status *st, void *arg);
 static void on_list_line(struct pop3 *p, const char *line, size_t len, void *arg);
 static void on_list_done(struct pop3 *p, const struct pop3_status *st, void *arg);
+static void live_begin(struct popsync *ps);
+static void live_match(struct popsync *ps, struct smsg *m);
+static void live_end(struct popsync *ps, bool complete);
 
 static void on_pop_ready(struct pop3 *p, void *arg)
 {
@@ -588,6 +603,7 @@ static void on_pop_ready(struct pop3 *p, void *arg)
     /* Both go out together under PIPELINING: one round trip. */
     pop3_uidl(p, on_uidl_line, on_uidl_done, ps);
     pop3_list(p, on_list_line, on_list_done, ps);
+    live_begin(ps);
 }
 
 static void on_secret(int err, const char *secret, const char *msg, void *arg)
@@ -755,11 +771,15 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
         hex16(md, k + 1);
         m->uidl = k;
     }
+    if (ps->live_ok) {
+        live_match(ps, m);
+    }
 }
 
 static void on_uidl_done(struct pop3 *p, const struct pop3_status *st, void *arg)
 {
     struct popsync *ps = arg;
+    live_end(ps, st->err >= 0 && st->ok && !ps->failed);
     if (st->err < 0) {
         return;
     }
@@ -919,17 +939,144 @@ static int smsg_ptr_cmp(const void *a, const void *b)
     return c != 0 ? c : (x->msgno > y->msgno) - (x->msgno < y->msgno);
 }
 
-static void crec_from(const struct popsync *ps, const struct idx_pop *p, struct crec *c)
+static void crec_fill(const struct popsync *ps, struct crec *c, int64_t first_seen, uint64_t size,
+                      const uint8_t *header_hash, uint32_t flags, bool intent, const char *lid)
 {
-    c->first_seen = p->first_seen;
-    c->size = p->size;
-    memcpy(c->header_hash, p->header_hash, sizeof(c->header_hash));
-    c->flags = p->flags;
-    c->intent = idx_pop_is_intent(p);
+    c->first_seen = first_seen;
+    c->size = size;
+    memcpy(c->header_hash, header_hash, sizeof(c->header_hash));
+    c->flags = (uint8_t)flags;
+    c->intent = intent;
     /* Without a scan, a row's file is there unless the row says it was
      * deleted locally (see prep_work); an intent may have been left by a
      * crash, so it needs the scan. */
-    c->file_here = ps->scan_skipped ? p->lid[0] != '\0' : scan_has(ps, p->lid);
+    c->file_here = ps->scan_skipped ? lid[0] != '\0' : scan_has(ps, lid);
+}
+
+static void crec_from(const struct popsync *ps, const struct idx_pop *p, struct crec *c)
+{
+    crec_fill(ps, c, p->first_seen, p->size, p->header_hash, p->flags, idx_pop_is_intent(p),
+              p->lid);
+}
+
+/* The live match: the UIDL listing is merged with the index, in key order,
+ * while it arrives, so that the rows are read while the server is still
+ * sending, and the common resync (every row listed, in order) needs no
+ * pass over the index afterwards. Servers that number their UIDLs
+ * (Dovecot's default) list them in key order. The merge is given up, and
+ * match_work walks the index once the listing is complete as it always
+ * did, when the keys do not come in strictly ascending order (a key could
+ * then be listed twice), when a row is not listed (it is to be forgotten
+ * or matched under a new UIDL: match_work collects those), when a row is
+ * an intent while the Maildir scan was skipped (match_work scans then), or
+ * on an index error (which match_work then reports). A step reads the
+ * memory map and costs less than parsing the line. */
+static void live_stop(struct popsync *ps, const char *why)
+{
+    if (why != NULL) {
+        log_debug("%s: matching after the listing instead of during it: %s", ps->name, why);
+    }
+    ps->live_ok = false;
+    ps->live_have = false;
+    idx_pop_cursor_close(ps->live_cur);
+    ps->live_cur = NULL;
+    if (ps->live_txn != NULL) {
+        idx_abort(ps->live_txn);
+        ps->live_txn = NULL;
+    }
+}
+
+/* Moves the cursor to the next row. */
+static void live_step(struct popsync *ps)
+{
+    int r = idx_pop_cursor_next(ps->live_cur, &ps->live_key, &ps->live_klen, &ps->live_row);
+    ps->live_have = r == 0;
+    if (r < 0 && r != -ENOENT) {
+        live_stop(ps, idx_error(ps->idx));
+    }
+}
+
+static void live_begin(struct popsync *ps)
+{
+    /* The scan's identities must be known to tell whether a row's file is
+     * there: without them (the prepare job still running), no live match. */
+    if (!ps->prep_done || ps->failed || ps->cancelled) {
+        return;
+    }
+    if (idx_begin(ps->idx, false, &ps->live_txn) < 0) {
+        ps->live_txn = NULL;
+        return;
+    }
+    if (idx_pop_cursor_open(ps->live_txn, &ps->live_cur) < 0) {
+        ps->live_cur = NULL;
+        live_stop(ps, idx_error(ps->idx));
+        return;
+    }
+    ps->live_ok = true;
+    live_step(ps);
+}
+
+/* The order of LMDB keys: bytewise, a prefix first. */
+static int live_cmp(const struct popsync *ps, const char *key, size_t len)
+{
+    size_t n = ps->live_klen < len ? ps->live_klen : len;
+    int c = memcmp(ps->live_key, key, n);
+    if (c != 0) {
+        return c;
+    }
+    return (ps->live_klen > len) - (ps->live_klen < len);
+}
+
+static void live_match(struct popsync *ps, struct smsg *m)
+{
+    if (ps->live_last != NULL && strcmp(ps->live_last, m->uidl) >= 0) {
+        live_stop(ps, "the UIDL listing is not in key order");
+        return;
+    }
+    ps->live_last = m->uidl;
+    if (!ps->live_have) {
+        return; /* past the last row: a new message */
+    }
+    int c = live_cmp(ps, m->uidl, strlen(m->uidl));
+    if (c < 0) {
+        live_stop(ps, "a row of the index is not listed");
+        return;
+    }
+    if (c > 0) {
+        return; /* a new message */
+    }
+    bool intent = idx_pop_brief_is_intent(&ps->live_row);
+    if (ps->scan_skipped && intent) {
+        live_stop(ps, "an interrupted download is recorded");
+        return;
+    }
+    const struct idx_pop_brief *b = &ps->live_row;
+    crec_fill(ps, &m->rec, b->first_seen, b->size, b->header_hash, b->flags, intent, b->lid);
+    m->has_rec = true;
+    live_step(ps);
+}
+
+/* The end of the UIDL listing (complete: its terminating line came, and
+ * the run has not failed), or of the run. */
+static void live_end(struct popsync *ps, bool complete)
+{
+    if (!ps->live_ok) {
+        return;
+    }
+    if (!complete) {
+        live_stop(ps, "the UIDL listing did not complete");
+        return;
+    }
+    if (ps->live_have) {
+        live_stop(ps, "a row of the index is not listed");
+        return;
+    }
+    live_stop(ps, NULL);
+    /* Every row is listed, once: nothing to forget, nothing to rename. */
+    ps->match_done = true;
+    free(ps->ids.buf);
+    free(ps->ids.tab);
+    memset(&ps->ids, 0, sizeof(ps->ids));
 }
 
 /* One index row against the keyed listing; both come in key order, so
@@ -975,6 +1122,7 @@ static void match_work(struct popsync *ps)
     bool sorted = true;
     for (size_t i = 0; i < ps->nmsgs; i++) {
         struct smsg *m = msg_i(ps, i);
+        m->has_rec = false; /* from a live match that was given up */
         if (m->uidl[0] == '\0') {
             continue;
         }
@@ -2035,6 +2183,7 @@ static void advance(struct popsync *ps)
             ps->pop = NULL;
             drop_inflight(ps);
         }
+        live_end(ps, false);
         if (ps->secret_req != NULL) {
             secret_cancel(ps->secret_req);
             ps->secret_req = NULL;
@@ -2173,6 +2322,7 @@ static void free_ps(struct popsync *ps)
         free(bs[k]->v);
     }
     drop_inflight(ps);
+    live_end(ps, false);
     free(ps->ids.buf);
     free(ps->ids.tab);
     for (int set = 0; set < 2; set++) {
