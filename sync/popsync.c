@@ -248,6 +248,7 @@ struct popsync {
     size_t byno_cap;
     unsigned max_listing;
     bool prep_done;
+    bool pop_ready; /* the session is ready for commands */
     bool uidl_done, list_done;
     bool no_uidl;
     bool listing_complete;
@@ -294,6 +295,7 @@ struct popsync {
 
 static void advance(struct popsync *ps);
 static void finish(struct popsync *ps);
+static void start_listing(struct popsync *ps);
 
 static void set_phase(struct popsync *ps, enum ps_phase ph)
 {
@@ -567,6 +569,7 @@ static void prep_after(struct popsync *ps)
         set_error(ps, local_kind(ps->job_err), "%s", ps->job_errmsg);
     }
     ps->prep_done = true;
+    start_listing(ps);
     advance(ps);
 }
 
@@ -596,14 +599,27 @@ static void live_begin(struct popsync *ps);
 static void live_match(struct popsync *ps, struct smsg *m);
 static void live_end(struct popsync *ps, bool complete);
 
+/* The listing is asked for once the session is ready and the prepare job
+ * is done (it nearly always is by then), so that the live match has the
+ * scan to answer "is the file still there?" from the first line on. */
+static void start_listing(struct popsync *ps)
+{
+    if (!ps->pop_ready || !ps->prep_done || ps->phase != PS_CONNECT || ps->failed ||
+        ps->cancelled) {
+        return;
+    }
+    set_phase(ps, PS_LIST);
+    /* Both go out together under PIPELINING: one round trip. */
+    pop3_uidl(ps->pop, on_uidl_line, on_uidl_done, ps);
+    pop3_list(ps->pop, on_list_line, on_list_done, ps);
+    live_begin(ps);
+}
+
 static void on_pop_ready(struct pop3 *p, void *arg)
 {
     struct popsync *ps = arg;
-    set_phase(ps, PS_LIST);
-    /* Both go out together under PIPELINING: one round trip. */
-    pop3_uidl(p, on_uidl_line, on_uidl_done, ps);
-    pop3_list(p, on_list_line, on_list_done, ps);
-    live_begin(ps);
+    ps->pop_ready = true;
+    start_listing(ps);
 }
 
 static void on_secret(int err, const char *secret, const char *msg, void *arg)
