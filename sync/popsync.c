@@ -243,9 +243,14 @@ struct popsync {
     struct strpool strs;
     /* Message number -> 1 + index into msgs (0: empty slot), open
      * addressing, a power of two at most half full: a hostile or odd
-     * numbering costs no more than a dense one. */
+     * numbering costs no more than a dense one. Built only once the
+     * numbering is not dense (below). */
     uint32_t *byno;
     size_t byno_cap;
+    /* Every message so far was numbered one more than the one before,
+     * from 1 (as servers number them): message n is msg_i(n - 1), and no
+     * table is needed. The first message out of that order builds byno. */
+    bool dense;
     unsigned max_listing;
     bool prep_done;
     bool pop_ready; /* the session is ready for commands */
@@ -663,6 +668,9 @@ static size_t byno_slot(const struct popsync *ps, unsigned msgno)
 
 static struct smsg *msg_at(struct popsync *ps, unsigned msgno)
 {
+    if (ps->dense) {
+        return msgno >= 1 && msgno <= ps->nmsgs ? msg_i(ps, msgno - 1) : NULL;
+    }
     if (ps->byno_cap == 0) {
         return NULL;
     }
@@ -674,6 +682,9 @@ static void byno_grow(struct popsync *ps)
 {
     free(ps->byno);
     ps->byno_cap = ps->byno_cap == 0 ? 64 : ps->byno_cap * 2;
+    while (ps->byno_cap < (ps->nmsgs + 1) * 2) {
+        ps->byno_cap *= 2;
+    }
     ps->byno = xcalloc(ps->byno_cap, sizeof(*ps->byno));
     for (size_t i = 0; i < ps->nmsgs; i++) {
         ps->byno[byno_slot(ps, msg_i(ps, i)->msgno)] = (uint32_t)(i + 1);
@@ -695,7 +706,10 @@ static struct smsg *add_msg(struct popsync *ps, unsigned msgno)
                   ps->name, ps->max_listing);
         return NULL;
     }
-    if ((ps->nmsgs + 1) * 2 > ps->byno_cap) {
+    if (ps->dense && msgno != ps->nmsgs + 1) {
+        ps->dense = false;
+    }
+    if (!ps->dense && (ps->nmsgs + 1) * 2 > ps->byno_cap) {
         byno_grow(ps);
     }
     if (ps->nmsgs % MSG_CHUNK == 0) {
@@ -708,7 +722,9 @@ static struct smsg *add_msg(struct popsync *ps, unsigned msgno)
     m->msgno = msgno;
     m->uidl = "";
     m->ps = ps;
-    ps->byno[byno_slot(ps, msgno)] = (uint32_t)ps->nmsgs;
+    if (!ps->dense) {
+        ps->byno[byno_slot(ps, msgno)] = (uint32_t)ps->nmsgs;
+    }
     return m;
 }
 
@@ -2419,6 +2435,7 @@ int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct
     ps->now = ps->opts.now != 0 ? ps->opts.now : time(NULL);
     ps->max_listing = ps->opts.max_listing != 0 ? ps->opts.max_listing : POPSYNC_MAX_LISTING;
     ps->phase = PS_START;
+    ps->dense = true;
     *ps_r = ps;
 
     char *err = NULL;
