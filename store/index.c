@@ -2268,6 +2268,24 @@ static bool pop_is_intent(uint32_t flags, const char *lid)
            !(flags & (IDX_POP_DELIVERED | IDX_POP_SKIPPED | IDX_POP_DELETED_LOCALLY));
 }
 
+/* A POP record's value (everything but its key) into the given fields;
+ * lid gets a NUL-terminated copy. */
+static bool pop_decode_value(const MDB_val *v, uint32_t *flags, int64_t *first_seen, uint64_t *size,
+                             uint8_t *header_hash, char *lid, size_t lid_cap)
+{
+    struct rd r = {.p = v->mv_data, .len = v->mv_size};
+    if (get_u8(&r) != POP_REC_VERSION) {
+        return false;
+    }
+    *flags = get_u32(&r);
+    *first_seen = (int64_t)get_u64(&r);
+    *size = get_u64(&r);
+    get_bytes(&r, header_hash, 16);
+    size_t n = get_u8(&r);
+    get_str(&r, lid, n, lid_cap);
+    return rd_done(&r);
+}
+
 static bool pop_decode(const MDB_val *k, const MDB_val *v, struct idx_pop *p)
 {
     memset(p, 0, sizeof(*p));
@@ -2281,17 +2299,8 @@ static bool pop_decode(const MDB_val *k, const MDB_val *v, struct idx_pop *p)
         }
     }
     memcpy(p->uidl, k->mv_data, k->mv_size);
-    struct rd r = {.p = v->mv_data, .len = v->mv_size};
-    if (get_u8(&r) != POP_REC_VERSION) {
-        return false;
-    }
-    p->flags = get_u32(&r);
-    p->first_seen = (int64_t)get_u64(&r);
-    p->size = get_u64(&r);
-    get_bytes(&r, p->header_hash, sizeof(p->header_hash));
-    size_t n = get_u8(&r);
-    get_str(&r, p->lid, n, sizeof(p->lid));
-    return rd_done(&r);
+    return pop_decode_value(v, &p->flags, &p->first_seen, &p->size, p->header_hash, p->lid,
+                            sizeof(p->lid));
 }
 
 int idx_pop_put(struct idx_txn *txn, const struct idx_pop *p)
@@ -2456,17 +2465,8 @@ int idx_pop_walk(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void *a
  * and nothing is cleared beyond what the record fills. */
 static bool pop_decode_brief(const MDB_val *v, struct idx_pop_brief *b)
 {
-    struct rd r = {.p = v->mv_data, .len = v->mv_size};
-    if (get_u8(&r) != POP_REC_VERSION) {
-        return false;
-    }
-    b->flags = get_u32(&r);
-    b->first_seen = (int64_t)get_u64(&r);
-    b->size = get_u64(&r);
-    get_bytes(&r, b->header_hash, sizeof(b->header_hash));
-    size_t n = get_u8(&r);
-    get_str(&r, b->lid, n, sizeof(b->lid));
-    return rd_done(&r);
+    return pop_decode_value(v, &b->flags, &b->first_seen, &b->size, b->header_hash, b->lid,
+                            sizeof(b->lid));
 }
 
 struct idx_pop_cursor {
