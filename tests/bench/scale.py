@@ -225,6 +225,14 @@ def count_instructions(tool, use_perf):
     return int(m.group(1).replace(",", "")), "valgrind --tool=callgrind (all threads)"
 
 
+def problem(m):
+    """Why a run failed: the sanity check's text, with the run's error lines
+    (mailsync runs with -v, so its first line is a debug line)."""
+    errors = [line.strip() for line in m.stderr.splitlines() if line.startswith(("error:", "mbsync:", "mpop:"))]
+    text = m.problem or ("exit status %d" % m.rc)
+    return text + ("; " + " | ".join(errors[-3:]) if errors else "")
+
+
 class ScaleBench:
     """What bench.py's Tool classes expect of their bench (work directory,
     Dovecot, args.bin, server_log), plus the results."""
@@ -266,7 +274,7 @@ class ScaleBench:
     def record(self, key, title, peer, tool, m):
         sc = self.results.setdefault(key, {"title": title, "peer": peer, "runs": collections.OrderedDict()})
         sc["runs"].setdefault(tool.name, []).append(m)
-        status = "ok" if m.ok else "PROBLEM: " + (m.problem or m.first_error_line())
+        status = "ok" if m.ok else "PROBLEM: " + problem(m)
         log("  %-44s %-8s %8s  CPU %8s  peak RSS %9s  %s"
             % (title, tool.name, fmt_s(m.wall), fmt_s(m.cpu), fmt_mib(m.maxrss_kib / 1024.0), status))
 
@@ -406,7 +414,8 @@ class ScaleBench:
                     ("cpu_s", statistics.median(m.cpu for m in ok) if ok else None),
                     ("peak_rss_mib", max(m.maxrss_kib for m in ms) / 1024.0),
                     ("all_wall_s", [round(m.wall, 4) for m in ms]),
-                    ("problems", [m.problem or m.first_error_line() for m in ms if not m.ok]),
+                    ("problems", [problem(m) for m in ms if not m.ok]),
+                    ("failed_wall_s", [round(m.wall, 4) for m in ms if not m.ok]),
                 ])
             a, b = row.get("mailsync"), row.get(sc["peer"])
             if a and b and a["wall_s"] and b["wall_s"]:
@@ -426,8 +435,14 @@ class ScaleBench:
                  "| target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, row in summary.items():
             a, b = row.get("mailsync") or {}, row.get(row["peer"]) or {}
+            for t, v in (("mailsync", a), (row["peer"], b)):
+                if v.get("failed"):
+                    self.notes.append("%s, %s: %d of %d runs failed (wall %s): %s" % (
+                        row["title"], t, v["failed"], v["runs"], ", ".join("%.2f s" % w for w in v["failed_wall_s"]),
+                        "; ".join(v["problems"])))
             lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                row["title"], fmt_s(a.get("wall_s")), fmt_s(a.get("cpu_s")), fmt_mib(a.get("peak_rss_mib")),
+                row["title"] + (" (some runs failed: see the notes)" if a.get("failed") or b.get("failed") else ""),
+                fmt_s(a.get("wall_s")), fmt_s(a.get("cpu_s")), fmt_mib(a.get("peak_rss_mib")),
                 row["peer"], fmt_s(b.get("wall_s")), fmt_s(b.get("cpu_s")), fmt_mib(b.get("peak_rss_mib")),
                 r(row.get("wall_ratio")), r(row.get("cpu_ratio")),
                 "≤ %.1f×" % row["target"] if row.get("target") else "—"))
