@@ -37,6 +37,11 @@
 #define STAMP_KEY "pop:maildir_stamp"
 #define STAMP_SETTLE_SECS 2
 #define STAMP_MAX 160
+/* Listing lines handled in one loop iteration before the listing yields
+ * to the loop (pop3_pause, resumed from a timer): a whole listing sits in
+ * the socket buffer at once, and parsing and matching 40,000 lines in one
+ * go is a loop stall of tens of milliseconds. About 2 ms of work. */
+#define LINES_PER_SLICE 4096
 /* Header bytes kept from TOP for the Date header. */
 #define MAX_HEADER_KEEP (256u * 1024)
 /* Files of a batch are fsynced and renamed by this many threadpool jobs at
@@ -223,6 +228,10 @@ struct popsync {
     bool live_have; /* live_row is a row not yet matched */
     const char *live_last;
     bool live_ok;
+    /* Listing lines since the last yield, and the timer that resumes the
+     * connection after one (NULL when none is pending). */
+    unsigned slice_lines;
+    uv_timer_t *yield;
     /* The listed messages that have a key, in key order (then by number):
      * the index is walked against it in one pass. */
     struct smsg **order;
@@ -771,6 +780,36 @@ static void hex16(const uint8_t *h, char *out)
     }
 }
 
+static void on_yield_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void on_yield(uv_timer_t *t)
+{
+    struct popsync *ps = t->data;
+    ps->yield = NULL;
+    uv_close((uv_handle_t *)t, on_yield_closed);
+    if (ps->pop != NULL) {
+        pop3_resume(ps->pop);
+    }
+}
+
+/* Counts a listing line; after LINES_PER_SLICE of them, lets the loop run
+ * (other accounts' connections and timers) before the next ones. */
+static void listing_slice(struct popsync *ps)
+{
+    if (++ps->slice_lines < LINES_PER_SLICE || ps->yield != NULL || ps->pop == NULL) {
+        return;
+    }
+    ps->slice_lines = 0;
+    ps->yield = xcalloc(1, sizeof(*ps->yield));
+    ps->yield->data = ps;
+    uv_timer_init(ps->loop, ps->yield);
+    pop3_pause(ps->pop);
+    uv_timer_start(ps->yield, on_yield, 0, 0);
+}
+
 static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg)
 {
     struct popsync *ps = arg;
@@ -806,6 +845,7 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
     if (ps->live_ok) {
         live_match(ps, m);
     }
+    listing_slice(ps);
 }
 
 static void on_uidl_done(struct pop3 *p, const struct pop3_status *st, void *arg)
@@ -863,6 +903,7 @@ static void on_list_line(struct pop3 *p, const char *line, size_t len, void *arg
         m->size = sz;
         m->has_size = true;
     }
+    listing_slice(ps);
 }
 
 static void on_list_done(struct pop3 *p, const struct pop3_status *st, void *arg)
@@ -2410,6 +2451,10 @@ static void finish(struct popsync *ps)
     if (ps->pop != NULL) {
         pop3_free(ps->pop);
         ps->pop = NULL;
+    }
+    if (ps->yield != NULL) {
+        uv_close((uv_handle_t *)ps->yield, on_yield_closed);
+        ps->yield = NULL;
     }
     uv_idle_t *h = xcalloc(1, sizeof(*h));
     h->data = ps;
