@@ -15,6 +15,7 @@ import collections
 import os
 import unittest
 
+import mailgen
 import mstest
 from fakepop import FakePop
 from test_pop3 import FakePopFixture, local_bodies, popcli, wire_to_local
@@ -133,6 +134,25 @@ class LiveMatch(FakePopFixture, unittest.TestCase):
             self.assertNotIn(FALLBACK, p.stderr)
             self.assertEqual((p.stats["downloaded"], p.stats["known"]), (0, 6))
             self.assert_local(msgs)
+
+    def test_long_listing_in_slices(self):
+        """A listing longer than one slice (4,096 lines) is handled a slice
+        per loop iteration, the connection paused in between: every line
+        is still matched once, live, and a new message after the pauses is
+        found."""
+        msgs = mailgen.generate(5000, seed=18, max_size=400)
+        with FakePop(msgs, uidls=["m%05d" % i for i in range(1, 5001)]) as srv:
+            cfg = self.config(srv)
+            p = popcli(cfg, timeout=600)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(p.stats["downloaded"], 5000)
+            new = self.msgs(1, 19)[0]
+            srv.messages.append(new)
+            srv.uidls.append("m05001")
+            p = self.run_ok(cfg)
+            self.assertNotIn(FALLBACK, p.stderr)
+            self.assertEqual((p.stats["downloaded"], p.stats["known"], p.stats["listed"]), (1, 5000, 5001))
+            self.assert_local(msgs + [new])
 
 
 if __name__ == "__main__":
