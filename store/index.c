@@ -2261,6 +2261,31 @@ static int check_uidl(struct idx *idx, const char *uidl, size_t *len_r)
     return 0;
 }
 
+/* See idx_pop_is_intent. */
+static bool pop_is_intent(uint32_t flags, const char *lid)
+{
+    return lid[0] != '\0' &&
+           !(flags & (IDX_POP_DELIVERED | IDX_POP_SKIPPED | IDX_POP_DELETED_LOCALLY));
+}
+
+/* A POP record's value (everything but its key) into the given fields;
+ * lid gets a NUL-terminated copy. */
+static bool pop_decode_value(const MDB_val *v, uint32_t *flags, int64_t *first_seen, uint64_t *size,
+                             uint8_t *header_hash, char *lid, size_t lid_cap)
+{
+    struct rd r = {.p = v->mv_data, .len = v->mv_size};
+    if (get_u8(&r) != POP_REC_VERSION) {
+        return false;
+    }
+    *flags = get_u32(&r);
+    *first_seen = (int64_t)get_u64(&r);
+    *size = get_u64(&r);
+    get_bytes(&r, header_hash, 16);
+    size_t n = get_u8(&r);
+    get_str(&r, lid, n, lid_cap);
+    return rd_done(&r);
+}
+
 static bool pop_decode(const MDB_val *k, const MDB_val *v, struct idx_pop *p)
 {
     memset(p, 0, sizeof(*p));
@@ -2274,17 +2299,8 @@ static bool pop_decode(const MDB_val *k, const MDB_val *v, struct idx_pop *p)
         }
     }
     memcpy(p->uidl, k->mv_data, k->mv_size);
-    struct rd r = {.p = v->mv_data, .len = v->mv_size};
-    if (get_u8(&r) != POP_REC_VERSION) {
-        return false;
-    }
-    p->flags = get_u32(&r);
-    p->first_seen = (int64_t)get_u64(&r);
-    p->size = get_u64(&r);
-    get_bytes(&r, p->header_hash, sizeof(p->header_hash));
-    size_t n = get_u8(&r);
-    get_str(&r, p->lid, n, sizeof(p->lid));
-    return rd_done(&r);
+    return pop_decode_value(v, &p->flags, &p->first_seen, &p->size, p->header_hash, p->lid,
+                            sizeof(p->lid));
 }
 
 int idx_pop_put(struct idx_txn *txn, const struct idx_pop *p)
@@ -2442,6 +2458,74 @@ int idx_pop_walk(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void *a
         return lmdb_fail(txn->idx, rc, db_names[DB_POP]);
     }
     return 0;
+}
+
+/* The fields of a POP record that planning reads, decoded in place: the
+ * key is neither copied nor checked again (the caller looked it up by it),
+ * and nothing is cleared beyond what the record fills. */
+static bool pop_decode_brief(const MDB_val *v, struct idx_pop_brief *b)
+{
+    return pop_decode_value(v, &b->flags, &b->first_seen, &b->size, b->header_hash, b->lid,
+                            sizeof(b->lid));
+}
+
+struct idx_pop_cursor {
+    struct idx_txn *txn;
+    MDB_cursor *c;
+    bool started;
+};
+
+int idx_pop_cursor_open(struct idx_txn *txn, struct idx_pop_cursor **c_r)
+{
+    int rc = txn_check(txn, false);
+    if (rc != 0) {
+        return rc;
+    }
+    struct idx_pop_cursor *pc = xcalloc(1, sizeof(*pc));
+    pc->txn = txn;
+    rc = mdb_cursor_open(txn->txn, txn->idx->dbi[DB_POP], &pc->c);
+    if (rc != 0) {
+        free(pc);
+        return lmdb_fail(txn->idx, rc, db_names[DB_POP]);
+    }
+    *c_r = pc;
+    return 0;
+}
+
+int idx_pop_cursor_next(struct idx_pop_cursor *pc, const char **uidl_r, size_t *len_r,
+                        struct idx_pop_brief *b_r)
+{
+    MDB_val k, v;
+    int rc = mdb_cursor_get(pc->c, &k, &v, pc->started ? MDB_NEXT : MDB_FIRST);
+    pc->started = true;
+    if (rc == MDB_NOTFOUND) {
+        return -ENOENT;
+    }
+    if (rc != 0) {
+        return lmdb_fail(pc->txn->idx, rc, db_names[DB_POP]);
+    }
+    if (k.mv_size == 0 || k.mv_size > IDX_UIDL_MAX || !pop_decode_brief(&v, b_r)) {
+        return fail(pc->txn->idx, -EBADMSG, "index %s: corrupt POP record under key '%.*s'",
+                    pc->txn->idx->env_path, (int)(k.mv_size > 70 ? 70 : k.mv_size),
+                    (const char *)k.mv_data);
+    }
+    *uidl_r = k.mv_data;
+    *len_r = k.mv_size;
+    return 0;
+}
+
+void idx_pop_cursor_close(struct idx_pop_cursor *pc)
+{
+    if (pc == NULL) {
+        return;
+    }
+    mdb_cursor_close(pc->c);
+    free(pc);
+}
+
+bool idx_pop_brief_is_intent(const struct idx_pop_brief *b)
+{
+    return pop_is_intent(b->flags, b->lid);
 }
 
 /* Meta */
@@ -3307,6 +3391,5 @@ size_t idx_map_size(const struct idx *idx)
 
 bool idx_pop_is_intent(const struct idx_pop *p)
 {
-    return p->lid[0] != '\0' &&
-           !(p->flags & (IDX_POP_DELIVERED | IDX_POP_SKIPPED | IDX_POP_DELETED_LOCALLY));
+    return pop_is_intent(p->flags, p->lid);
 }

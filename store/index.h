@@ -181,6 +181,32 @@ int idx_pop_walk(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void *a
  * is renamed into place and confirmed afterwards. */
 bool idx_pop_is_intent(const struct idx_pop *p);
 
+/* What planning a POP3 run needs of a record: everything but the key,
+ * decoded without clearing or copying more than the record holds. */
+struct idx_pop_brief {
+    uint32_t flags; /* IDX_POP_* */
+    int64_t first_seen;
+    uint64_t size;
+    uint8_t header_hash[16];
+    char lid[IDX_LID_MAX + 1];
+};
+/* A cursor over the POP3 records in key order (bytewise, strcmp's order
+ * of UIDLs), stepped by the caller: for matching a listing that arrives
+ * in key order against the index while it arrives, a step at a time. It
+ * belongs to its transaction (a read transaction: it sees the index as it
+ * was when that began) and is closed before the transaction ends. */
+struct idx_pop_cursor;
+int idx_pop_cursor_open(struct idx_txn *txn, struct idx_pop_cursor **c_r);
+/* The next record (the first one on the first call): its key (*len_r
+ * bytes at *uidl_r, not NUL-terminated, valid until the transaction
+ * ends) and its brief. -ENOENT after the last record; -EBADMSG for a
+ * damaged one. */
+int idx_pop_cursor_next(struct idx_pop_cursor *c, const char **uidl_r, size_t *len_r,
+                        struct idx_pop_brief *b_r);
+void idx_pop_cursor_close(struct idx_pop_cursor *c);
+/* idx_pop_is_intent for a brief record. */
+bool idx_pop_brief_is_intent(const struct idx_pop_brief *b);
+
 /* Small free-form values (e.g. "pop:last_run"). */
 int idx_meta_put(struct idx_txn *txn, const char *key, const void *val, size_t len);
 /* Copies up to cap bytes into buf and sets *len_r to the stored length. */

@@ -1111,10 +1111,18 @@ bool pop3_parse_listing(const char *line, unsigned *msgno_r, const char **rest_r
     if (!isdigit((unsigned char)line[0])) {
         return false;
     }
-    char *end;
-    errno = 0;
-    unsigned long n = strtoul(line, &end, 10);
-    if (errno != 0 || n == 0 || n > UINT32_MAX || (*end != ' ' && *end != '\t')) {
+    /* Plain digits: strtoul's locale and base machinery cost more than
+     * the rest of a listing line, and a listing has one line per message. */
+    const char *end = line;
+    uint64_t n = 0;
+    while (*end >= '0' && *end <= '9') {
+        n = n * 10 + (uint64_t)(*end - '0');
+        if (n > UINT32_MAX) {
+            return false;
+        }
+        end++;
+    }
+    if (n == 0 || (*end != ' ' && *end != '\t')) {
         return false;
     }
     while (*end == ' ' || *end == '\t') {

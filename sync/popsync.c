@@ -37,6 +37,11 @@
 #define STAMP_KEY "pop:maildir_stamp"
 #define STAMP_SETTLE_SECS 2
 #define STAMP_MAX 160
+/* Listing lines handled in one loop iteration before the listing yields
+ * to the loop (pop3_pause, resumed from a timer): a whole listing sits in
+ * the socket buffer at once, and parsing and matching 40,000 lines in one
+ * go is a loop stall of tens of milliseconds. About 2 ms of work. */
+#define LINES_PER_SLICE 4096
 /* Header bytes kept from TOP for the Date header. */
 #define MAX_HEADER_KEEP (256u * 1024)
 /* Files of a batch are fsynced and renamed by this many threadpool jobs at
@@ -211,6 +216,22 @@ struct popsync {
     struct secret_req *secret_req;
     struct pop3 *pop;
 
+    /* Matching while the UIDL listing arrives (live_match): a read
+     * transaction and a cursor on the index, open from the UIDL command to
+     * its end; the cursor's current row (its key points into the index's
+     * map); the key of the last line. */
+    struct idx_txn *live_txn;
+    struct idx_pop_cursor *live_cur;
+    struct idx_pop_brief live_row;
+    const char *live_key;
+    size_t live_klen;
+    bool live_have; /* live_row is a row not yet matched */
+    const char *live_last;
+    bool live_ok;
+    /* Listing lines since the last yield, and the timer that resumes the
+     * connection after one (NULL when none is pending). */
+    unsigned slice_lines;
+    uv_timer_t *yield;
     /* The listed messages that have a key, in key order (then by number):
      * the index is walked against it in one pass. */
     struct smsg **order;
@@ -231,11 +252,17 @@ struct popsync {
     struct strpool strs;
     /* Message number -> 1 + index into msgs (0: empty slot), open
      * addressing, a power of two at most half full: a hostile or odd
-     * numbering costs no more than a dense one. */
+     * numbering costs no more than a dense one. Built only once the
+     * numbering is not dense (below). */
     uint32_t *byno;
     size_t byno_cap;
+    /* Every message so far was numbered one more than the one before,
+     * from 1 (as servers number them): message n is msg_i(n - 1), and no
+     * table is needed. The first message out of that order builds byno. */
+    bool dense;
     unsigned max_listing;
     bool prep_done;
+    bool pop_ready; /* the session is ready for commands */
     bool uidl_done, list_done;
     bool no_uidl;
     bool listing_complete;
@@ -282,6 +309,7 @@ struct popsync {
 
 static void advance(struct popsync *ps);
 static void finish(struct popsync *ps);
+static void start_listing(struct popsync *ps);
 
 static void set_phase(struct popsync *ps, enum ps_phase ph)
 {
@@ -555,6 +583,7 @@ static void prep_after(struct popsync *ps)
         set_error(ps, local_kind(ps->job_err), "%s", ps->job_errmsg);
     }
     ps->prep_done = true;
+    start_listing(ps);
     advance(ps);
 }
 
@@ -580,14 +609,31 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
 static void on_uidl_done(struct pop3 *p, const struct pop3_status *st, void *arg);
 static void on_list_line(struct pop3 *p, const char *line, size_t len, void *arg);
 static void on_list_done(struct pop3 *p, const struct pop3_status *st, void *arg);
+static void live_begin(struct popsync *ps);
+static void live_match(struct popsync *ps, struct smsg *m);
+static void live_end(struct popsync *ps, bool complete);
+
+/* The listing is asked for once the session is ready and the prepare job
+ * is done (it nearly always is by then), so that the live match has the
+ * scan to answer "is the file still there?" from the first line on. */
+static void start_listing(struct popsync *ps)
+{
+    if (!ps->pop_ready || !ps->prep_done || ps->phase != PS_CONNECT || ps->failed ||
+        ps->cancelled) {
+        return;
+    }
+    set_phase(ps, PS_LIST);
+    /* Both go out together under PIPELINING: one round trip. */
+    pop3_uidl(ps->pop, on_uidl_line, on_uidl_done, ps);
+    pop3_list(ps->pop, on_list_line, on_list_done, ps);
+    live_begin(ps);
+}
 
 static void on_pop_ready(struct pop3 *p, void *arg)
 {
     struct popsync *ps = arg;
-    set_phase(ps, PS_LIST);
-    /* Both go out together under PIPELINING: one round trip. */
-    pop3_uidl(p, on_uidl_line, on_uidl_done, ps);
-    pop3_list(p, on_list_line, on_list_done, ps);
+    ps->pop_ready = true;
+    start_listing(ps);
 }
 
 static void on_secret(int err, const char *secret, const char *msg, void *arg)
@@ -631,6 +677,9 @@ static size_t byno_slot(const struct popsync *ps, unsigned msgno)
 
 static struct smsg *msg_at(struct popsync *ps, unsigned msgno)
 {
+    if (ps->dense) {
+        return msgno >= 1 && msgno <= ps->nmsgs ? msg_i(ps, msgno - 1) : NULL;
+    }
     if (ps->byno_cap == 0) {
         return NULL;
     }
@@ -642,6 +691,9 @@ static void byno_grow(struct popsync *ps)
 {
     free(ps->byno);
     ps->byno_cap = ps->byno_cap == 0 ? 64 : ps->byno_cap * 2;
+    while (ps->byno_cap < (ps->nmsgs + 1) * 2) {
+        ps->byno_cap *= 2;
+    }
     ps->byno = xcalloc(ps->byno_cap, sizeof(*ps->byno));
     for (size_t i = 0; i < ps->nmsgs; i++) {
         ps->byno[byno_slot(ps, msg_i(ps, i)->msgno)] = (uint32_t)(i + 1);
@@ -663,7 +715,10 @@ static struct smsg *add_msg(struct popsync *ps, unsigned msgno)
                   ps->name, ps->max_listing);
         return NULL;
     }
-    if ((ps->nmsgs + 1) * 2 > ps->byno_cap) {
+    if (ps->dense && msgno != ps->nmsgs + 1) {
+        ps->dense = false;
+    }
+    if (!ps->dense && (ps->nmsgs + 1) * 2 > ps->byno_cap) {
         byno_grow(ps);
     }
     if (ps->nmsgs % MSG_CHUNK == 0) {
@@ -676,7 +731,9 @@ static struct smsg *add_msg(struct popsync *ps, unsigned msgno)
     m->msgno = msgno;
     m->uidl = "";
     m->ps = ps;
-    ps->byno[byno_slot(ps, msgno)] = (uint32_t)ps->nmsgs;
+    if (!ps->dense) {
+        ps->byno[byno_slot(ps, msgno)] = (uint32_t)ps->nmsgs;
+    }
     return m;
 }
 
@@ -723,6 +780,36 @@ static void hex16(const uint8_t *h, char *out)
     }
 }
 
+static void on_yield_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void on_yield(uv_timer_t *t)
+{
+    struct popsync *ps = t->data;
+    ps->yield = NULL;
+    uv_close((uv_handle_t *)t, on_yield_closed);
+    if (ps->pop != NULL) {
+        pop3_resume(ps->pop);
+    }
+}
+
+/* Counts a listing line; after LINES_PER_SLICE of them, lets the loop run
+ * (other accounts' connections and timers) before the next ones. */
+static void listing_slice(struct popsync *ps)
+{
+    if (++ps->slice_lines < LINES_PER_SLICE || ps->yield != NULL || ps->pop == NULL) {
+        return;
+    }
+    ps->slice_lines = 0;
+    ps->yield = xcalloc(1, sizeof(*ps->yield));
+    ps->yield->data = ps;
+    uv_timer_init(ps->loop, ps->yield);
+    pop3_pause(ps->pop);
+    uv_timer_start(ps->yield, on_yield, 0, 0);
+}
+
 static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg)
 {
     struct popsync *ps = arg;
@@ -755,11 +842,16 @@ static void on_uidl_line(struct pop3 *p, const char *line, size_t len, void *arg
         hex16(md, k + 1);
         m->uidl = k;
     }
+    if (ps->live_ok) {
+        live_match(ps, m);
+    }
+    listing_slice(ps);
 }
 
 static void on_uidl_done(struct pop3 *p, const struct pop3_status *st, void *arg)
 {
     struct popsync *ps = arg;
+    live_end(ps, st->err >= 0 && st->ok && !ps->failed);
     if (st->err < 0) {
         return;
     }
@@ -811,6 +903,7 @@ static void on_list_line(struct pop3 *p, const char *line, size_t len, void *arg
         m->size = sz;
         m->has_size = true;
     }
+    listing_slice(ps);
 }
 
 static void on_list_done(struct pop3 *p, const struct pop3_status *st, void *arg)
@@ -919,17 +1012,144 @@ static int smsg_ptr_cmp(const void *a, const void *b)
     return c != 0 ? c : (x->msgno > y->msgno) - (x->msgno < y->msgno);
 }
 
-static void crec_from(const struct popsync *ps, const struct idx_pop *p, struct crec *c)
+static void crec_fill(const struct popsync *ps, struct crec *c, int64_t first_seen, uint64_t size,
+                      const uint8_t *header_hash, uint32_t flags, bool intent, const char *lid)
 {
-    c->first_seen = p->first_seen;
-    c->size = p->size;
-    memcpy(c->header_hash, p->header_hash, sizeof(c->header_hash));
-    c->flags = p->flags;
-    c->intent = idx_pop_is_intent(p);
+    c->first_seen = first_seen;
+    c->size = size;
+    memcpy(c->header_hash, header_hash, sizeof(c->header_hash));
+    c->flags = (uint8_t)flags;
+    c->intent = intent;
     /* Without a scan, a row's file is there unless the row says it was
      * deleted locally (see prep_work); an intent may have been left by a
      * crash, so it needs the scan. */
-    c->file_here = ps->scan_skipped ? p->lid[0] != '\0' : scan_has(ps, p->lid);
+    c->file_here = ps->scan_skipped ? lid[0] != '\0' : scan_has(ps, lid);
+}
+
+static void crec_from(const struct popsync *ps, const struct idx_pop *p, struct crec *c)
+{
+    crec_fill(ps, c, p->first_seen, p->size, p->header_hash, p->flags, idx_pop_is_intent(p),
+              p->lid);
+}
+
+/* The live match: the UIDL listing is merged with the index, in key order,
+ * while it arrives, so that the rows are read while the server is still
+ * sending, and the common resync (every row listed, in order) needs no
+ * pass over the index afterwards. Servers that number their UIDLs
+ * (Dovecot's default) list them in key order. The merge is given up, and
+ * match_work walks the index once the listing is complete as it always
+ * did, when the keys do not come in strictly ascending order (a key could
+ * then be listed twice), when a row is not listed (it is to be forgotten
+ * or matched under a new UIDL: match_work collects those), when a row is
+ * an intent while the Maildir scan was skipped (match_work scans then), or
+ * on an index error (which match_work then reports). A step reads the
+ * memory map and costs less than parsing the line. */
+static void live_stop(struct popsync *ps, const char *why)
+{
+    if (why != NULL) {
+        log_debug("%s: matching after the listing instead of during it: %s", ps->name, why);
+    }
+    ps->live_ok = false;
+    ps->live_have = false;
+    idx_pop_cursor_close(ps->live_cur);
+    ps->live_cur = NULL;
+    if (ps->live_txn != NULL) {
+        idx_abort(ps->live_txn);
+        ps->live_txn = NULL;
+    }
+}
+
+/* Moves the cursor to the next row. */
+static void live_step(struct popsync *ps)
+{
+    int r = idx_pop_cursor_next(ps->live_cur, &ps->live_key, &ps->live_klen, &ps->live_row);
+    ps->live_have = r == 0;
+    if (r < 0 && r != -ENOENT) {
+        live_stop(ps, idx_error(ps->idx));
+    }
+}
+
+static void live_begin(struct popsync *ps)
+{
+    /* The scan's identities must be known to tell whether a row's file is
+     * there: without them (the prepare job still running), no live match. */
+    if (!ps->prep_done || ps->failed || ps->cancelled) {
+        return;
+    }
+    if (idx_begin(ps->idx, false, &ps->live_txn) < 0) {
+        ps->live_txn = NULL;
+        return;
+    }
+    if (idx_pop_cursor_open(ps->live_txn, &ps->live_cur) < 0) {
+        ps->live_cur = NULL;
+        live_stop(ps, idx_error(ps->idx));
+        return;
+    }
+    ps->live_ok = true;
+    live_step(ps);
+}
+
+/* The order of LMDB keys: bytewise, a prefix first. */
+static int live_cmp(const struct popsync *ps, const char *key, size_t len)
+{
+    size_t n = ps->live_klen < len ? ps->live_klen : len;
+    int c = memcmp(ps->live_key, key, n);
+    if (c != 0) {
+        return c;
+    }
+    return (ps->live_klen > len) - (ps->live_klen < len);
+}
+
+static void live_match(struct popsync *ps, struct smsg *m)
+{
+    if (ps->live_last != NULL && strcmp(ps->live_last, m->uidl) >= 0) {
+        live_stop(ps, "the UIDL listing is not in key order");
+        return;
+    }
+    ps->live_last = m->uidl;
+    if (!ps->live_have) {
+        return; /* past the last row: a new message */
+    }
+    int c = live_cmp(ps, m->uidl, strlen(m->uidl));
+    if (c < 0) {
+        live_stop(ps, "a row of the index is not listed");
+        return;
+    }
+    if (c > 0) {
+        return; /* a new message */
+    }
+    bool intent = idx_pop_brief_is_intent(&ps->live_row);
+    if (ps->scan_skipped && intent) {
+        live_stop(ps, "an interrupted download is recorded");
+        return;
+    }
+    const struct idx_pop_brief *b = &ps->live_row;
+    crec_fill(ps, &m->rec, b->first_seen, b->size, b->header_hash, b->flags, intent, b->lid);
+    m->has_rec = true;
+    live_step(ps);
+}
+
+/* The end of the UIDL listing (complete: its terminating line came, and
+ * the run has not failed), or of the run. */
+static void live_end(struct popsync *ps, bool complete)
+{
+    if (!ps->live_ok) {
+        return;
+    }
+    if (!complete) {
+        live_stop(ps, "the UIDL listing did not complete");
+        return;
+    }
+    if (ps->live_have) {
+        live_stop(ps, "a row of the index is not listed");
+        return;
+    }
+    live_stop(ps, NULL);
+    /* Every row is listed, once: nothing to forget, nothing to rename. */
+    ps->match_done = true;
+    free(ps->ids.buf);
+    free(ps->ids.tab);
+    memset(&ps->ids, 0, sizeof(ps->ids));
 }
 
 /* One index row against the keyed listing; both come in key order, so
@@ -975,6 +1195,7 @@ static void match_work(struct popsync *ps)
     bool sorted = true;
     for (size_t i = 0; i < ps->nmsgs; i++) {
         struct smsg *m = msg_i(ps, i);
+        m->has_rec = false; /* from a live match that was given up */
         if (m->uidl[0] == '\0') {
             continue;
         }
@@ -2035,6 +2256,7 @@ static void advance(struct popsync *ps)
             ps->pop = NULL;
             drop_inflight(ps);
         }
+        live_end(ps, false);
         if (ps->secret_req != NULL) {
             secret_cancel(ps->secret_req);
             ps->secret_req = NULL;
@@ -2173,6 +2395,7 @@ static void free_ps(struct popsync *ps)
         free(bs[k]->v);
     }
     drop_inflight(ps);
+    live_end(ps, false);
     free(ps->ids.buf);
     free(ps->ids.tab);
     for (int set = 0; set < 2; set++) {
@@ -2229,6 +2452,10 @@ static void finish(struct popsync *ps)
         pop3_free(ps->pop);
         ps->pop = NULL;
     }
+    if (ps->yield != NULL) {
+        uv_close((uv_handle_t *)ps->yield, on_yield_closed);
+        ps->yield = NULL;
+    }
     uv_idle_t *h = xcalloc(1, sizeof(*h));
     h->data = ps;
     uv_idle_init(ps->loop, h);
@@ -2253,6 +2480,7 @@ int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct
     ps->now = ps->opts.now != 0 ? ps->opts.now : time(NULL);
     ps->max_listing = ps->opts.max_listing != 0 ? ps->opts.max_listing : POPSYNC_MAX_LISTING;
     ps->phase = PS_START;
+    ps->dense = true;
     *ps_r = ps;
 
     char *err = NULL;

@@ -935,6 +935,114 @@ static void test_pop_walk(void **state)
     idx_close(idx);
 }
 
+/* idx_pop_cursor: what popsync merges a listing against while it arrives.
+ * It must give every row once, in the same order and with the same fields
+ * as idx_pop_walk, stop with -ENOENT, say whether a row is an intent, and
+ * see the index as it was when its transaction began. */
+static void test_pop_cursor(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, false);
+    struct idx_pop_cursor *c;
+    const char *key;
+    size_t klen;
+    struct idx_pop_brief b;
+    assert_int_equal(idx_pop_cursor_open(t, &c), 0);
+    assert_int_equal(idx_pop_cursor_next(c, &key, &klen, &b), -ENOENT);
+    idx_pop_cursor_close(c);
+    idx_abort(t);
+
+    /* The rows of test_pop_walk, plus an intent (a lid, no flag) and a
+     * key of the greatest length. */
+    t = begin(idx, true);
+    for (unsigned i = 0; i < 3000; i++) {
+        unsigned num = (i * 7919u) % 3000u;
+        char uidl[16], lid[20];
+        snprintf(uidl, sizeof(uidl), "u%u", num);
+        snprintf(lid, sizeof(lid), "L%s", uidl);
+        struct idx_pop p;
+        make_pop(&p, uidl, lid, num % 2 != 0 ? IDX_POP_DELIVERED : 0);
+        assert_int_equal(idx_pop_put(t, &p), 0);
+    }
+    char uidl70[IDX_UIDL_MAX + 1];
+    memset(uidl70, '~', IDX_UIDL_MAX);
+    uidl70[IDX_UIDL_MAX] = '\0';
+    struct idx_pop p;
+    make_pop(&p, uidl70, "", IDX_POP_SKIPPED);
+    assert_int_equal(idx_pop_put(t, &p), 0);
+    commit(idx, t);
+
+    t = begin(idx, false);
+    /* A row written after the reader began is not seen by it. */
+    struct idx_txn *w = begin(idx, true);
+    make_pop(&p, "zzz", "Lzzz", IDX_POP_DELIVERED);
+    assert_int_equal(idx_pop_put(w, &p), 0);
+    commit(idx, w);
+
+    struct pop_walk walk = {.in_order = true, .fields_ok = true};
+    assert_int_equal(idx_pop_cursor_open(t, &c), 0);
+    size_t n = 0, intents = 0;
+    int r;
+    while ((r = idx_pop_cursor_next(c, &key, &klen, &b)) == 0) {
+        assert_true(klen >= 1 && klen <= IDX_UIDL_MAX);
+        if (klen == IDX_UIDL_MAX) {
+            assert_memory_equal(key, uidl70, IDX_UIDL_MAX);
+            assert_string_equal(b.lid, "");
+            assert_int_equal(b.flags, IDX_POP_SKIPPED);
+            assert_false(idx_pop_brief_is_intent(&b));
+            n++;
+            continue;
+        }
+        /* The same checks as the walk's, on a record built from the brief. */
+        struct idx_pop full;
+        memset(&full, 0, sizeof(full));
+        memcpy(full.uidl, key, klen);
+        snprintf(full.lid, sizeof(full.lid), "%s", b.lid);
+        full.flags = b.flags;
+        full.first_seen = b.first_seen;
+        full.size = b.size;
+        memcpy(full.header_hash, b.header_hash, 16);
+        assert_true(full.first_seen == 1700000000 + (int64_t)klen);
+        assert_int_equal(walk_pop(&full, &walk), 0);
+        assert_true(idx_pop_brief_is_intent(&b) == (b.flags == 0));
+        intents += idx_pop_brief_is_intent(&b);
+        n++;
+    }
+    assert_int_equal(r, -ENOENT);
+    /* After the end it stays at the end. */
+    assert_int_equal(idx_pop_cursor_next(c, &key, &klen, &b), -ENOENT);
+    idx_pop_cursor_close(c);
+    assert_int_equal(n, 3001);
+    assert_int_equal(walk.n, 3000);
+    assert_int_equal(intents, 1500);
+    assert_true(walk.in_order);
+    assert_true(walk.fields_ok);
+    assert_string_equal(walk.last, "u999");
+    idx_abort(t);
+    idx_close(idx);
+
+    /* A corrupt row is -EBADMSG naming its key; the rows before it came. */
+    struct raw raw;
+    raw_open(fx, "acct", &raw);
+    raw_put(&raw, "pop", "u1000", 5, "\x01short", 6);
+    raw_close(&raw);
+    idx = open_ok(fx, "acct");
+    t = begin(idx, false);
+    assert_int_equal(idx_pop_cursor_open(t, &c), 0);
+    n = 0;
+    while ((r = idx_pop_cursor_next(c, &key, &klen, &b)) == 0) {
+        n++;
+    }
+    assert_int_equal(r, -EBADMSG);
+    assert_int_equal(n, 4); /* u0, u1, u10, u100 */
+    assert_non_null(strstr(idx_error(idx), "corrupt POP record under key 'u1000'"));
+    idx_pop_cursor_close(c);
+    idx_pop_cursor_close(NULL);
+    idx_abort(t);
+    idx_close(idx);
+}
+
 /* Meta */
 
 static void test_meta(void **state)
@@ -2786,6 +2894,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_folder_delete_only_that_folder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pop_roundtrip_and_foreach, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pop_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pop_cursor, setup, teardown),
         cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_modes, setup, teardown),

@@ -1,0 +1,539 @@
+#!/usr/bin/env python3
+"""mailsync at scale against mbsync and mpop (issue 13), on one throwaway
+Dovecot and one machine, in one run: a report, never a pass/fail test.
+
+    scale.py --bin BUILD/mailsync [--messages N] [--pop-messages N] [--runs R]
+             [--only imap|pop3] [--million [--million-messages N]]
+             [--no-callgrind] [--seed S] [--keep]
+
+IMAP: one INBOX of --messages (100,000) small messages (at most 2 KB),
+mailsync against mbsync: first download; resync with nothing changed;
+resync after 1% of the messages' flags were changed on the server;
+resync after 1% were changed locally (mutt-style renames in cur/, the
+same messages in both tools' Maildirs); all under Dovecot's own
+capabilities (QRESYNC), then resync with nothing changed with CONDSTORE
+and QRESYNC hidden (imap_capability). POP3: --pop-messages (20,000) small
+messages, mailsync against mpop: first download and nothing new.
+--million adds an account of --million-messages (1,000,000) in 50 folders:
+first download and nothing changed, both tools.
+
+Per run: wall time, CPU time (user + system), peak RSS (bench.measure);
+per tool: the sync state's size per message (mailsync's state directory,
+mbsync's .mbsyncstate/.uidvalidity files, mpop's UIDL file); and the
+instruction counts of the runs with nothing to do, under valgrind's
+callgrind (or perf stat, when the machine has the counters), which are
+steady on a loaded machine where times are not. The mail is written
+straight into Dovecot's Maildir before it starts (an APPEND of 100,000
+messages would take longer than the benchmark). See tests/bench/README.md.
+"""
+
+import argparse
+import collections
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "harness"))
+sys.path.insert(0, HERE)
+
+import bench  # noqa: E402
+import dovecot  # noqa: E402
+import mailgen  # noqa: E402
+from bench import (IMAP_PASSWORD, IMAP_USER, POP_PASSWORD, POP_USER, MailsyncImap, MailsyncPop, Mbsync,  # noqa: E402
+                   Mpop, check_imap, check_pop, fmt_mib, fmt_s, log, order, server_stats)
+
+MAX_SIZE = 2048  # "small (~2 KB) messages"
+FLAG_LETTERS = {"\\Seen": "S", "\\Flagged": "F", "\\Answered": "R"}
+MILLION_FOLDERS = 50
+
+# Issue 13's targets: wall-time ratio mailsync ÷ peer, and peak RSS in MiB.
+TARGETS = {
+    "imap_first": 0.3,
+    "imap_nochange": 0.1,
+    "imap_server1": 0.3,
+    "imap_local1": 0.3,
+    "imap_nochange_fallback": 0.7,
+    "pop3_nothing": 1.0,
+}
+RSS_TARGETS = {"imap": 32, "pop3": 16, "million": 64}
+
+
+# ---------------------------------------------------------------------------
+# Seeding: Maildir files written straight into a Dovecot user's Maildir++
+# before the server starts, with flags in their names.
+
+
+def seed_maildir(d, user, folders, seed, flags=True):
+    """folders: [(name, count)]; INBOX is the Maildir root, others .NAME.
+    Returns the total number of messages written."""
+    home = d.home(user)
+    root = os.path.join(home, "Maildir")
+    base = int(time.time()) - 10 * 86400
+    total = 0
+    for fi, (name, count) in enumerate(folders):
+        fdir = root if name == "INBOX" else os.path.join(root, "." + name)
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(fdir, sub), exist_ok=True)
+        fl = bench.realistic_flags(count, fi) if flags else [""] * count
+        g = mailgen._Gen(seed * 1000003 + fi)
+        for i in range(count):
+            msg = g.build(i, max_size=MAX_SIZE).replace(b"\r\n", b"\n")
+            letters = "".join(sorted(FLAG_LETTERS[f] for f in fl[i].split() if f in FLAG_LETTERS))
+            name_ = "%d.M%dP%d.scale:2,%s" % (base + i, i, fi, letters)
+            with open(os.path.join(fdir, "cur", name_), "wb") as f:
+                f.write(msg)
+        total += count
+    if d.is_root:
+        for dp, dn, fn in os.walk(home):
+            for x in dn + fn:
+                os.lchown(os.path.join(dp, x), dovecot.MAIL_UID, dovecot.MAIL_UID)
+        os.chown(home, dovecot.MAIL_UID, dovecot.MAIL_UID)
+    return total
+
+
+def warm_server(d, user, folders):
+    """Builds Dovecot's indexes and caches (every run is warm-cache, and the
+    first tool must not pay for the index the others then use)."""
+    for name, _count in folders:
+        d.doveadm("fetch", "-u", user, "uid flags size.virtual date.received", "mailbox", name, "all")
+
+
+# ---------------------------------------------------------------------------
+# Changes between runs
+
+
+def change_server_flags(d, rng, share):
+    """Toggles \\Seen or \\Flagged on share of INBOX's messages (UID STORE
+    in chunks). Returns how many."""
+    conn = d.imap(IMAP_USER)
+    try:
+        typ, data = conn.select("INBOX")
+        typ, data = conn.uid("SEARCH", "ALL")
+        uids = [int(u) for u in data[0].split()]
+        picks = sorted(rng.sample(uids, max(1, round(len(uids) * share))))
+        typ, data = conn.uid("SEARCH", "SEEN")
+        seen = set(int(u) for u in data[0].split())
+        typ, data = conn.uid("SEARCH", "FLAGGED")
+        flagged = set(int(u) for u in data[0].split())
+        ops = collections.defaultdict(list)
+        for i, uid in enumerate(picks):
+            flag, have = ("\\Seen", seen) if i % 2 == 0 else ("\\Flagged", flagged)
+            ops[("-FLAGS" if uid in have else "+FLAGS", flag)].append(uid)
+        for (op, flag), us in ops.items():
+            for k in range(0, len(us), 500):
+                typ, data = conn.uid("STORE", ",".join(map(str, us[k:k + 500])), op + ".SILENT", "(%s)" % flag)
+                if typ != "OK":
+                    raise dovecot.DovecotError("STORE: %s" % data)
+        conn.close()
+    finally:
+        conn.logout()
+    return len(picks)
+
+
+def message_ids(cur_dirs):
+    """{Message-ID: (dir, unique part)} of the files in the given cur/ and
+    new/ directories."""
+    out = {}
+    for d in cur_dirs:
+        for name in os.listdir(d):
+            with open(os.path.join(d, name), "rb") as f:
+                head = f.read(4096)
+            m = re.search(rb"^Message-ID:[ \t]*(\S+)", head, re.M | re.I)
+            if m:
+                out[m.group(1)] = (d, name.partition(":2,")[0])
+    return out
+
+
+def toggle_local(ids, picks):
+    """Renames the picked messages' files as mutt does when F is toggled:
+    new/ files move to cur/, the flag letters stay sorted. Returns how many
+    files were renamed."""
+    by_dir = collections.defaultdict(dict)
+    for mid in picks:
+        d, uniq = ids[mid]
+        by_dir[os.path.dirname(d)][uniq] = True
+    done = 0
+    for folder, uniqs in by_dir.items():
+        for sub in ("cur", "new"):
+            sd = os.path.join(folder, sub)
+            for name in os.listdir(sd):
+                uniq, _sep, info = name.partition(":2,")
+                if uniq not in uniqs:
+                    continue
+                letters = set(info)
+                letters ^= {"F"}
+                new = "%s:2,%s" % (uniq, "".join(sorted(letters)))
+                os.rename(os.path.join(sd, name), os.path.join(folder, "cur", new))
+                done += 1
+    return done
+
+
+# ---------------------------------------------------------------------------
+# Measuring
+
+
+def state_bytes(tool):
+    """Bytes of the tool's sync state (apparent sizes)."""
+    total = 0
+    if isinstance(tool, (MailsyncImap, MailsyncPop)):
+        for dp, _dn, fn in os.walk(os.path.join(tool.dir, "state")):
+            total += sum(os.path.getsize(os.path.join(dp, f)) for f in fn if f != "lock")
+    elif isinstance(tool, Mbsync):
+        for dp, _dn, fn in os.walk(tool.maildir):
+            total += sum(os.path.getsize(os.path.join(dp, f)) for f in fn
+                         if f.startswith((".mbsyncstate", ".uidvalidity", ".isyncuidmap")))
+    elif isinstance(tool, Mpop):
+        p = os.path.join(tool.dir, "uidls")
+        total = os.path.getsize(p) if os.path.exists(p) else 0
+    return total
+
+
+def perf_works():
+    try:
+        p = subprocess.run(["perf", "stat", "-x,", "-e", "instructions:u", "true"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0 and re.search(r"^\d+,", p.stderr, re.M) is not None
+
+
+def count_instructions(tool, use_perf):
+    """Instructions of one run of tool (which must have nothing to do):
+    (count, how), or (None, why not)."""
+    argv = tool.argv()
+    if use_perf:
+        p = subprocess.run(["perf", "stat", "-x,", "-e", "instructions:u"] + argv, cwd=tool.dir,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        m = re.search(r"^(\d+),", p.stderr, re.M)
+        return (int(m.group(1)), "perf stat -e instructions:u") if m and p.returncode == 0 else (None, "perf failed")
+    if not shutil.which("valgrind"):
+        return None, "valgrind not installed"
+    p = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + argv, cwd=tool.dir,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    m = re.search(r"Collected : (\d+)", p.stderr) or re.search(r"I\s+refs:\s+([\d,]+)", p.stderr)
+    if p.returncode != 0 or m is None:
+        return None, "exit %d under callgrind" % p.returncode
+    return int(m.group(1).replace(",", "")), "valgrind --tool=callgrind (all threads)"
+
+
+def problem(m):
+    """Why a run failed: the sanity check's text, with the run's error lines
+    (mailsync runs with -v, so its first line is a debug line)."""
+    errors = [line.strip() for line in m.stderr.splitlines() if line.startswith(("error:", "mbsync:", "mpop:"))]
+    text = m.problem or ("exit status %d" % m.rc)
+    return text + ("; " + " | ".join(errors[-3:]) if errors else "")
+
+
+class ScaleBench:
+    """What bench.py's Tool classes expect of their bench (work directory,
+    Dovecot, args.bin, server_log), plus the results."""
+
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="mailsync-scale-", dir="/tmp")
+        os.chmod(self.work, 0o755)
+        self.dovecot = None
+        self.server_log = None
+        self.results = collections.OrderedDict()  # key -> {title, peer, runs: {tool: [..]}}
+        self.state = collections.OrderedDict()  # part -> {tool: bytes per message}
+        self.instructions = collections.OrderedDict()
+        self.notes = []
+        self.facts = collections.OrderedDict()
+
+    def start_dovecot(self, imap_folders, pop_count):
+        d = dovecot.Dovecot(users={IMAP_USER: IMAP_PASSWORD, POP_USER: POP_PASSWORD})
+        t = time.monotonic()
+        n = seed_maildir(d, IMAP_USER, imap_folders, self.args.seed) if imap_folders else 0
+        if pop_count:
+            n += seed_maildir(d, POP_USER, [("INBOX", pop_count)], self.args.seed + 1, flags=False)
+        log("  wrote %d messages into Dovecot's Maildirs in %.1f s" % (n, time.monotonic() - t))
+        d.start()
+        self.dovecot = d
+        self.server_log = bench.ServerLog(d, IMAP_USER)
+        t = time.monotonic()
+        if imap_folders:
+            warm_server(d, IMAP_USER, imap_folders)
+        if pop_count:
+            warm_server(d, POP_USER, [("INBOX", pop_count)])
+        log("  Dovecot's indexes built in %.1f s" % (time.monotonic() - t))
+
+    def stop_dovecot(self):
+        if self.dovecot is not None:
+            self.dovecot.stop()
+            self.dovecot = None
+
+    def record(self, key, title, peer, tool, m):
+        sc = self.results.setdefault(key, {"title": title, "peer": peer, "runs": collections.OrderedDict()})
+        sc["runs"].setdefault(tool.name, []).append(m)
+        status = "ok" if m.ok else "PROBLEM: " + problem(m)
+        log("  %-44s %-8s %8s  CPU %8s  peak RSS %9s  %s"
+            % (title, tool.name, fmt_s(m.wall), fmt_s(m.cpu), fmt_mib(m.maxrss_kib / 1024.0), status))
+
+    def state_size(self, part, tools, messages):
+        self.state[part] = collections.OrderedDict(
+            (t.name, {"bytes": state_bytes(t), "per_message": state_bytes(t) / max(1, messages)}) for t in tools)
+
+    def instr(self, key, title, tools):
+        use_perf = perf_works()
+        for tool in tools:
+            n, how = count_instructions(tool, use_perf)
+            self.instructions.setdefault(key, {"title": title, "tools": collections.OrderedDict()})
+            self.instructions[key]["tools"][tool.name] = {"instructions": n, "how": how}
+            log("  %-44s %-8s %s instructions (%s)" % (title, tool.name, "{:,}".format(n) if n else "—", how))
+
+    # -- parts ------------------------------------------------------------
+
+    def part_imap(self):
+        n = self.args.messages
+        log("\nIMAP: one INBOX of %d messages, mailsync vs mbsync" % n)
+        ms, mb = MailsyncImap(self), Mbsync(self)
+        tools = [ms, mb]
+        runs = self.args.runs
+        expect = server_stats(self.dovecot, IMAP_USER)
+
+        def run(key, title, tool, expect):
+            m = tool.run()
+            check_imap(m, tool, expect)
+            self.record(key, title, "mbsync", tool, m)
+
+        for tool in tools:
+            tool.reset()
+            run("imap_first", "IMAP first download", tool, expect)
+        self.state_size("imap", tools, n)
+        for rep in range(runs):
+            for tool in order(tools, rep):
+                run("imap_nochange", "IMAP resync, nothing changed (QRESYNC)", tool, expect)
+        self.instr("imap_nochange", "IMAP resync, nothing changed (QRESYNC)", tools)
+        rng = random.Random(self.args.seed * 31 + 7)
+        for rep in range(runs):
+            k = change_server_flags(self.dovecot, rng, 0.01)
+            expect = server_stats(self.dovecot, IMAP_USER)
+            for tool in order(tools, rep):
+                run("imap_server1", "IMAP resync, 1% flags changed on the server", tool, expect)
+        self.notes.append("1%% on the server: \\Seen or \\Flagged toggled on %d messages before each round." % k)
+        ids = {t.name: message_ids([os.path.join(t.maildir, "INBOX", s) for s in ("cur", "new")]) for t in tools}
+        common = sorted(set(ids[ms.name]) & set(ids[mb.name]))
+        if len(common) != n:
+            # mailgen leaves the Message-ID out of a few messages on
+            # purpose; the picks come from those that have one.
+            self.notes.append("1%% locally: picked among the %d of %d messages with a Message-ID (what "
+                              "finds the same message in both Maildirs)" % (len(common), n))
+        for rep in range(runs):
+            picks = rng.sample(common, max(1, round(n * 0.01)))
+            renamed = {t.name: toggle_local(ids[t.name], picks) for t in tools}
+            for tool in order(tools, rep):
+                m = tool.run()
+                check_imap(m, tool, server_stats(self.dovecot, IMAP_USER))
+                self.record("imap_local1", "IMAP resync, 1% changed locally (renames)", "mbsync", tool, m)
+            # Each tool's rename was pushed by it and pulled by the other
+            # (the same flags, in the same direction): one more round of
+            # nothing-changed settles both before the next round.
+            for tool in tools:
+                tool.run()
+        self.notes.append("1%% locally: F toggled (mutt-style rename into cur/) on the same %d messages in "
+                          "both Maildirs before each round (files renamed: %s)." % (len(picks), renamed))
+        # Without CONDSTORE/QRESYNC.
+        caps = bench.server_capabilities(self.dovecot, IMAP_USER)
+        self.dovecot.imap_capability = " ".join(c for c in caps if c not in ("CONDSTORE", "QRESYNC"))
+        self.dovecot.reload()
+        try:
+            expect = server_stats(self.dovecot, IMAP_USER)
+            m = ms.run()  # forgets the modseqs: a warm-up, not measured
+            log("  warm-up: mailsync without CONDSTORE/QRESYNC %s (%s)" % (fmt_s(m.wall), "ok" if m.ok else
+                                                                         m.first_error_line()))
+            for rep in range(runs):
+                for tool in order(tools, rep):
+                    run("imap_nochange_fallback", "IMAP resync, nothing changed, no CONDSTORE/QRESYNC", tool, expect)
+            self.instr("imap_nochange_fallback", "IMAP resync, nothing changed, no CONDSTORE/QRESYNC", tools)
+        finally:
+            self.dovecot.imap_capability = None
+            self.dovecot.reload()
+
+    def part_pop3(self):
+        n = self.args.pop_messages
+        log("\nPOP3: %d messages, mailsync vs mpop" % n)
+        ms, mp = MailsyncPop(self), Mpop(self)
+        tools = [ms, mp] if shutil.which("mpop") else [ms]
+        for tool in tools:
+            tool.reset()
+            m = tool.run()
+            check_pop(m, tool, n, n)
+            self.record("pop3_first", "POP3 first download", "mpop", tool, m)
+        self.state_size("pop3", tools, n)
+        for rep in range(max(3, self.args.runs)):
+            for tool in order(tools, rep):
+                m = tool.run()
+                check_pop(m, tool, n, 0)
+                self.record("pop3_nothing", "POP3 nothing new", "mpop", tool, m)
+        self.instr("pop3_nothing", "POP3 nothing new", tools)
+
+    def part_million(self):
+        n = self.args.million_messages
+        per = n // MILLION_FOLDERS
+        log("\nIMAP: %d messages in %d folders, mailsync vs mbsync" % (per * MILLION_FOLDERS, MILLION_FOLDERS))
+        self.stop_dovecot()
+        folders = [("INBOX", per)] + [("f%02d" % i, per) for i in range(1, MILLION_FOLDERS)]
+        self.start_dovecot(folders, 0)
+        ms, mb = MailsyncImap(self), Mbsync(self)
+        ms.slug, mb.slug = "mailsync-million", "mbsync-million"
+        ms.dir, mb.dir = os.path.join(self.work, ms.slug), os.path.join(self.work, mb.slug)
+        tools = [ms, mb]
+        expect = server_stats(self.dovecot, IMAP_USER)
+        for tool in tools:
+            tool.reset()
+            m = tool.run()
+            check_imap(m, tool, expect)
+            self.record("million_first", "IMAP 1M in 50 folders: first download", "mbsync", tool, m)
+        self.state_size("million", tools, per * MILLION_FOLDERS)
+        for rep in range(self.args.runs):
+            for tool in order(tools, rep):
+                m = tool.run()
+                check_imap(m, tool, expect)
+                self.record("million_nochange", "IMAP 1M in 50 folders: nothing changed", "mbsync", tool, m)
+
+    # -- report -------------------------------------------------------------
+
+    def summary(self):
+        out = collections.OrderedDict()
+        for key, sc in self.results.items():
+            row = collections.OrderedDict([("title", sc["title"]), ("peer", sc["peer"])])
+            for tool, ms in sc["runs"].items():
+                ok = [m for m in ms if m.ok]
+                row[tool] = collections.OrderedDict([
+                    ("runs", len(ms)), ("failed", len(ms) - len(ok)),
+                    ("wall_s", statistics.median(m.wall for m in ok) if ok else None),
+                    ("cpu_s", statistics.median(m.cpu for m in ok) if ok else None),
+                    ("peak_rss_mib", max(m.maxrss_kib for m in ms) / 1024.0),
+                    ("all_wall_s", [round(m.wall, 4) for m in ms]),
+                    ("problems", [problem(m) for m in ms if not m.ok]),
+                    ("failed_wall_s", [round(m.wall, 4) for m in ms if not m.ok]),
+                ])
+            a, b = row.get("mailsync"), row.get(sc["peer"])
+            if a and b and a["wall_s"] and b["wall_s"]:
+                row["wall_ratio"] = a["wall_s"] / b["wall_s"]
+                row["cpu_ratio"] = a["cpu_s"] / b["cpu_s"] if b["cpu_s"] else None
+                row["rss_ratio"] = a["peak_rss_mib"] / b["peak_rss_mib"]
+            row["target"] = TARGETS.get(key)
+            out[key] = row
+        return out
+
+    def report(self, summary):
+        r = lambda v: "—" if v is None else "%.2f×" % v  # noqa: E731
+        lines = ["# mailsync at scale (issue 13)", "",
+                 "Ratios are mailsync ÷ peer (lower is better for mailsync); wall and CPU are medians, peak "
+                 "RSS the largest run. Warm caches; Dovecot shares the cores.", "",
+                 "| scenario | mailsync wall | CPU | peak RSS | peer | wall | CPU | peak RSS | wall ratio | CPU ratio "
+                 "| target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for key, row in summary.items():
+            a, b = row.get("mailsync") or {}, row.get(row["peer"]) or {}
+            for t, v in (("mailsync", a), (row["peer"], b)):
+                if v.get("failed"):
+                    self.notes.append("%s, %s: %d of %d runs failed (wall %s): %s" % (
+                        row["title"], t, v["failed"], v["runs"], ", ".join("%.2f s" % w for w in v["failed_wall_s"]),
+                        "; ".join(v["problems"])))
+            lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                row["title"] + (" (some runs failed: see the notes)" if a.get("failed") or b.get("failed") else ""),
+                fmt_s(a.get("wall_s")), fmt_s(a.get("cpu_s")), fmt_mib(a.get("peak_rss_mib")),
+                row["peer"], fmt_s(b.get("wall_s")), fmt_s(b.get("cpu_s")), fmt_mib(b.get("peak_rss_mib")),
+                r(row.get("wall_ratio")), r(row.get("cpu_ratio")),
+                "≤ %.1f×" % row["target"] if row.get("target") else "—"))
+        lines += ["", "## Peak RSS against the targets", ""]
+        for part, target in RSS_TARGETS.items():
+            rows = [row["mailsync"]["peak_rss_mib"] for k, row in summary.items()
+                    if k.startswith(part) and "mailsync" in row]
+            if rows:
+                lines.append("- %s: mailsync's largest %.1f MiB (target ≤ %d MiB)" % (part, max(rows), target))
+        lines += ["", "## Sync state per message", "", "| part | tool | bytes | bytes per message |",
+                  "|---|---|---|---|"]
+        for part, tools in self.state.items():
+            for tool, s in tools.items():
+                lines.append("| %s | %s | %d | %.1f |" % (part, tool, s["bytes"], s["per_message"]))
+        lines += ["", "## Instructions of the runs with nothing to do", "",
+                  "| scenario | tool | instructions | ratio | counted with |", "|---|---|---|---|---|"]
+        for _key, sc in self.instructions.items():
+            tools = sc["tools"]
+            base = [v["instructions"] for k, v in tools.items() if k != "mailsync" and v["instructions"]]
+            for tool, v in tools.items():
+                ratio = ("%.2f×" % (tools["mailsync"]["instructions"] / base[0])
+                         if tool == "mailsync" and base and tools["mailsync"]["instructions"] else "")
+                lines.append("| %s | %s | %s | %s | %s |" % (sc["title"], tool, "{:,}".format(v["instructions"])
+                                                            if v["instructions"] else "—", ratio, v["how"]))
+        lines += ["", "## Facts", ""] + ["- %s: %s" % kv for kv in self.facts.items()]
+        if self.notes:
+            lines += ["", "## Notes", ""] + ["- " + n for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="mailsync at scale against mbsync and mpop (issue 13).")
+    ap.add_argument("--bin", required=True, help="the mailsync binary (a Release build)")
+    ap.add_argument("--scale", action="store_true", help=argparse.SUPPRESS)  # tests/bench/run's switch
+    ap.add_argument("--messages", type=int, default=100000, help="IMAP INBOX size (default 100000)")
+    ap.add_argument("--pop-messages", type=int, default=20000, help="POP3 mailbox size (default 20000)")
+    ap.add_argument("--runs", type=int, default=1, help="measured runs of each resync per tool (default 1; "
+                                                        "POP3 nothing new: at least 3)")
+    ap.add_argument("--only", choices=("imap", "pop3"), help="run one part only")
+    ap.add_argument("--million", action="store_true", help="add the 1,000,000-message account of 50 folders")
+    ap.add_argument("--million-messages", type=int, default=1000000, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "scale.md"))
+    args = ap.parse_args(argv)
+    if args.messages < 100 or args.pop_messages < 100 or args.runs < 1:
+        ap.error("--messages and --pop-messages must be at least 100, --runs at least 1")
+    args.bin = os.path.abspath(args.bin)
+    bench.RUN_TIMEOUT = 4 * 3600  # a million-message first download is long
+    t0 = time.monotonic()
+    b = ScaleBench(args)
+    f = b.facts
+    f["date"] = time.strftime("%Y-%m-%d %H:%M %Z")
+    f["nproc"] = str(len(os.sched_getaffinity(0)))
+    f["load average at start"] = "%.2f %.2f %.2f" % os.getloadavg()
+    f["work directory filesystem"] = bench.fs_type(b.work)
+    f["mailsync"] = bench.first_line([args.bin, "--version"])
+    f["mbsync"] = bench.first_line(["mbsync", "-v"]) if shutil.which("mbsync") else "not installed"
+    f["mpop"] = bench.first_line(["mpop", "--version"]) if shutil.which("mpop") else "not installed"
+    f["dovecot"] = bench.first_line(["dovecot", "--version"])
+    try:
+        log("Seeding Dovecot ...")
+        b.start_dovecot([("INBOX", args.messages)] if args.only in (None, "imap") else [],
+                        args.pop_messages if args.only in (None, "pop3") else 0)
+        if args.only in (None, "pop3"):
+            b.part_pop3()
+        if args.only in (None, "imap"):
+            b.part_imap()
+            if args.million:
+                b.part_million()
+    finally:
+        b.stop_dovecot()
+        if args.keep:
+            log("keeping %s" % b.work)
+        else:
+            shutil.rmtree(b.work, ignore_errors=True)
+    f["load average at end"] = "%.2f %.2f %.2f" % os.getloadavg()
+    f["benchmark duration"] = "%.0f s" % (time.monotonic() - t0)
+    summary = b.summary()
+    text = b.report(summary)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fp:
+        fp.write(text)
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as fp:
+        json.dump({"facts": b.facts, "args": {k: v for k, v in vars(args).items() if k != "bin"},
+                   "scenarios": summary, "state": b.state, "instructions": b.instructions, "notes": b.notes},
+                  fp, indent=1)
+    print("\n" + text)
+    print("(written to %s)" % args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
