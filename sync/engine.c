@@ -77,12 +77,9 @@ static struct fjob *find_job(struct engine *r, const char *name);
 static void listed_free(struct engine *r);
 static void folder_end(struct session *e);
 static void folder_advance(struct session *e);
-static void finish_teardown(struct session *e);
 static void job_ended_early(struct session *e, struct fjob *j);
 static void job_totals(struct session *e, const struct fjob *j);
 static int flush_batch(struct session *e);
-static void dedupe_server(struct fstate *f);
-static int wire_size(int fd, uint64_t *size_r);
 
 /* ---- errors and counts ---------------------------------------------------- */
 
@@ -212,7 +209,7 @@ static bool idx_err_transient(const struct sync_account *acct, int r)
 }
 
 /* An index operation failed with r: see idx_err_transient. */
-static void folder_fail_idx(struct session *e, int r)
+void folder_fail_idx(struct session *e, int r)
 {
     if (idx_err_transient(e->acct, r)) {
         folder_fail_transient(e, "index: %s%s", idx_error(e->idx),
@@ -782,7 +779,7 @@ static void finish(struct session *e)
     finish_teardown(e);
 }
 
-static void finish_teardown(struct session *e)
+void finish_teardown(struct session *e)
 {
     e->teardown_pending = false;
     fstate_free(e->f);
@@ -1594,7 +1591,7 @@ static bool cmd_ok(struct session *e, const struct imap_result *res, const char 
 /* A command of the current folder could not be queued (r < 0): its answer
  * will never come, so the folder fails instead of planning without it.
  * After a drop that is the connection's doing, and temporary. */
-static void queue_failed(struct session *e, int r, const char *what)
+void queue_failed(struct session *e, int r, const char *what)
 {
     if (r == -ENOTCONN || conn_lost(e)) {
         const char *why = e->im != NULL ? e->ro->error(e->im) : NULL;
@@ -1605,7 +1602,7 @@ static void queue_failed(struct session *e, int r, const char *what)
     }
 }
 
-static void phase_cmd_done(struct session *e)
+void phase_cmd_done(struct session *e)
 {
     if (e->f != NULL && e->f->pending > 0) {
         e->f->pending--;
@@ -1615,7 +1612,7 @@ static void phase_cmd_done(struct session *e)
     }
 }
 
-static void on_fetch_done(struct imap *im, const struct imap_result *res, void *arg)
+void on_fetch_done(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct session *e = arg;
     if (e->finished) {
@@ -1924,9 +1921,7 @@ static int settle_intents(struct session *e)
     return r;
 }
 
-/* ---- folder: header hashes and the UIDVALIDITY re-match ------------------------------------ */
-
-static struct smsg *find_smsg(struct fstate *f, uint32_t uid)
+struct smsg *find_smsg(struct fstate *f, uint32_t uid)
 {
     size_t lo = 0, hi = f->nsmsgs;
     while (lo < hi) {
@@ -1943,263 +1938,11 @@ static struct smsg *find_smsg(struct fstate *f, uint32_t uid)
     return NULL;
 }
 
-static void on_header_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
-{
-    struct session *e = arg;
-    struct fstate *f = e->f;
-    if (f == NULL || m->uid == 0 || m->header == NULL) {
-        return;
-    }
-    struct smsg *s = find_smsg(f, m->uid);
-    if (s != NULL) {
-        msgfacts_header_hash(m->header, m->header_len, s->hh, &s->hstrip);
-        s->have_hh = true;
-    }
-}
-
-static const struct imap_fetch_cb header_cb = {.on_message = on_header_msg, .done = on_fetch_done};
-
-/* Reads the header of every local file (its wire size only where a server
- * message could match it) and pairs what the Message-ID and size decide. */
-/* Reading the local files' header blocks for the re-match (a Maildir of
- * thousands of messages is thousands of opens and reads) runs on the
- * thread pool; the folder waits for it (fstate.reading). */
-struct read_job {
-    uv_work_t req;
-    struct session *e;
-    const char **ids; /* the server's Message-IDs, sorted */
-    size_t nids;
-    bool srv_noid; /* a server message has none */
-};
-
-static void rematch_read_work(uv_work_t *req)
-{
-    struct read_job *j = req->data;
-    struct fstate *f = j->e->f;
-    size_t n = f->scan->count;
-    for (size_t i = 0; i < n && f->md != NULL; i++) {
-        struct lfact *lf = &f->lf[i];
-        int fd = md_open_msg(f->md, &f->scan->msgs[i]);
-        if (fd < 0) {
-            continue; /* gone meanwhile: it cannot match */
-        }
-        if (msgfacts_read_file(fd, &lf->msgid, lf->hh, &lf->have_hh, &lf->strip) == 0) {
-            bool maybe = lf->msgid != NULL ? bsearch(&lf->msgid, j->ids, j->nids, sizeof(*j->ids),
-                                                     strp_cmp) != NULL
-                                           : j->srv_noid;
-            if (maybe && wire_size(fd, &lf->wire) == 0) {
-                lf->have_wire = true;
-            }
-        }
-        close(fd);
-    }
-}
-
-static void rematch_match(struct session *e);
-static void fetch_headers_send(struct session *e);
-
-static void rematch_read_done(uv_work_t *req, int status)
-{
-    (void)status; /* never cancelled */
-    struct read_job *j = req->data;
-    struct session *e = j->e;
-    e->f->reading = false;
-    free(j->ids);
-    free(j);
-    if (e->finished) {
-        if (e->teardown_pending) {
-            finish_teardown(e);
-        }
-        return;
-    }
-    rematch_match(e);
-    fetch_headers_send(e);
-}
-
-/* Reads every local file's Message-ID, header hash and wire size (on the
- * thread pool), then matches them to the server's listing. */
-static void rematch_prepare(struct session *e)
-{
-    struct fstate *f = e->f;
-    size_t n = f->scan->count;
-    f->lf = xcalloc(n + 1, sizeof(*f->lf));
-    struct read_job *j = xcalloc(1, sizeof(*j));
-    j->req.data = j;
-    j->e = e;
-    j->ids = xcalloc(f->nsmsgs + 1, sizeof(*j->ids));
-    for (size_t i = 0; i < f->nsmsgs; i++) {
-        if (f->smsgs[i].msgid != NULL) {
-            j->ids[j->nids++] = f->smsgs[i].msgid;
-        } else {
-            j->srv_noid = true;
-        }
-    }
-    qsort(j->ids, j->nids, sizeof(*j->ids), strp_cmp);
-    f->reading = true;
-    if (uv_queue_work(e->loop, &j->req, rematch_read_work, rematch_read_done) != 0) {
-        rematch_read_work(&j->req);
-        rematch_read_done(&j->req, 0);
-    }
-}
-
-static void rematch_match(struct session *e)
-{
-    struct fstate *f = e->f;
-    size_t n = f->scan->count;
-    f->rm_s = xcalloc(f->nsmsgs + 1, sizeof(*f->rm_s));
-    for (size_t i = 0; i < f->nsmsgs; i++) {
-        f->rm_s[i] = (struct plan_match){
-            .msgid = f->smsgs[i].msgid, .size = f->smsgs[i].size, .ix = i, .pair = -1};
-    }
-    f->rm_ns = f->nsmsgs;
-    f->rm_l = xcalloc(n + 1, sizeof(*f->rm_l));
-    f->rm_nl = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct lfact *lf = &f->lf[i];
-        /* Compared without the lines another tool added (mbsync's X-TUID):
-         * the server's copy usually lacks them. When it has them too, the
-         * sizes differ and the header blocks decide (plan_match_loose). */
-        if (lf->have_wire && lf->strip <= lf->wire) {
-            f->rm_l[f->rm_nl++] = (struct plan_match){.msgid = lf->msgid,
-                                                      .size = lf->wire - lf->strip,
-                                                      .hh = lf->have_hh ? lf->hh : NULL,
-                                                      .ix = i,
-                                                      .pair = -1};
-        }
-    }
-    plan_match_ids(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
-    plan_match_loose(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
-}
-
-static int idx_lid_cmp(const void *a, const void *b)
-{
-    return strcmp(((const struct idx_msg *)a)->lid, ((const struct idx_msg *)b)->lid);
-}
-
-struct rematch_write {
-    const char *folder;
-    const struct idx_msg *recs;
-    size_t n;
-    const struct idx_folder *st;
-};
-
-/* Replaces every record of the folder (old UIDs, intents) with the matches
- * and the new UIDVALIDITY, in one transaction: a crash leaves either the old
- * state (and the next run matches again) or the new one. */
-static int rematch_fn(struct idx_txn *txn, void *arg)
-{
-    const struct rematch_write *w = arg;
-    int r = idx_folder_delete(txn, w->folder);
-    if (r < 0 && r != -ENOENT) {
-        return r;
-    }
-    for (size_t i = 0; i < w->n; i++) {
-        r = idx_msg_put(txn, w->folder, &w->recs[i]);
-        if (r < 0) {
-            return r;
-        }
-    }
-    return idx_folder_put(txn, w->folder, w->st);
-}
-
-/* Pairs what the header hashes decide, then makes the matches the new base.
- * A match keeps the flags of its old record when the local file had one
- * (what both sides last agreed on), else the local flags: either way the
- * three-way merge keeps local changes and applies the server's. Messages
- * left unmatched are downloaded or uploaded by the plan as new ones, so
- * nothing is lost and nothing already here is fetched twice. */
-static int rematch_finish(struct session *e)
-{
-    struct fstate *f = e->f;
-    for (size_t i = 0; i < f->rm_ns; i++) {
-        struct smsg *sm = &f->smsgs[f->rm_s[i].ix];
-        f->rm_s[i].hh = sm->have_hh ? sm->hh : NULL;
-        if (sm->have_hh && sm->hstrip <= sm->size) {
-            f->rm_s[i].size = sm->size - sm->hstrip; /* as the local side counts it */
-        }
-    }
-    plan_match_headers(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
-
-    if (f->nbase > 1) {
-        qsort(f->base, f->nbase, sizeof(*f->base), idx_lid_cmp);
-    }
-    struct idx_msg *recs = xcalloc(f->rm_ns + 1, sizeof(*recs));
-    size_t n = 0;
-    for (size_t i = 0; i < f->rm_ns; i++) {
-        if (f->rm_s[i].pair < 0) {
-            continue;
-        }
-        const struct smsg *sm = &f->smsgs[f->rm_s[i].ix];
-        size_t li = (size_t)f->rm_s[i].pair;
-        struct idx_msg *r = &recs[n++];
-        r->uid = sm->uid;
-        r->state = IDX_MSG_SYNCED;
-        r->size = sm->size;
-        snprintf(r->lid, sizeof(r->lid), "%s", f->scan->msgs[li].id);
-        const struct idx_msg *old =
-            f->nbase > 0 ? bsearch(r, f->base, f->nbase, sizeof(*f->base), idx_lid_cmp) : NULL;
-        if (old != NULL) {
-            r->flags = old->flags & (uint8_t)~IDX_FLAGS_UNSETTLED;
-            memcpy(r->keywords, old->keywords, sizeof(r->keywords));
-        } else {
-            /* Nothing tells which side changed what since they last
-             * agreed: the base is what both sides hold, so the merge keeps
-             * every flag and keyword either side has set and takes none
-             * away. */
-            r->flags = (uint8_t)(f->lmsgs[li].flags & sm->flags & MD_FLAGS_ALL);
-            const char **both = xcalloc(f->lmsgs[li].nkw + 1, sizeof(*both));
-            size_t nboth = 0;
-            for (size_t k = 0; k < f->lmsgs[li].nkw; k++) {
-                for (size_t q = 0; q < sm->nkw; q++) {
-                    if (strcmp(f->lmsgs[li].kw[k], sm->kw[q]) == 0) {
-                        both[nboth++] = f->lmsgs[li].kw[k];
-                        break;
-                    }
-                }
-            }
-            struct plan_kw kw;
-            plan_kw_from(both, nboth, &kw);
-            plan_kw_format(&kw, r->keywords, sizeof(r->keywords));
-            plan_kw_free(&kw);
-            free(both);
-        }
-        if (sm->msgid != NULL) {
-            msgfacts_msgid_hash(sm->msgid, r->msgid_hash);
-        } else if (f->lf[li].have_hh) {
-            memcpy(r->msgid_hash, f->lf[li].hh, sizeof(r->msgid_hash));
-        }
-    }
-    struct idx_folder st = f->st;
-    st.uidvalidity = f->mb.uidvalidity;
-    st.uidnext = 0;
-    st.highestmodseq = 0;
-    st.messages = 0;
-    int r = 0;
-    if (!e->opts.dry_run) {
-        struct rematch_write w = {.folder = f->job->name, .recs = recs, .n = n, .st = &st};
-        r = idx_write(e->idx, rematch_fn, &w);
-        if (r < 0) {
-            folder_fail_idx(e, r);
-            free(recs);
-            return r;
-        }
-    }
-    free(f->base);
-    f->base = recs;
-    f->nbase = n;
-    f->base_cap = f->rm_ns + 1;
-    f->nintents = 0; /* their records are gone; their files took part */
-    f->st = st;
-    f->rm_matched = (unsigned)n;
-    f->rm_done = true;
-    return 0;
-}
-
 /* Upload intents left by an interrupted run: reads each file's header (and
  * the wire size of those without a Message-ID), and lines those up with
  * the server messages of the same size that no record claims. Their header
  * hash decides (intents_finish); the others are searched by Message-ID. */
-static void intents_prepare(struct session *e)
+void intents_prepare(struct session *e)
 {
     struct fstate *f = e->f;
     f->itf = xcalloc(f->nintents + 1, sizeof(*f->itf));
@@ -2258,62 +2001,6 @@ static void intents_finish(struct session *e)
             f->intents[f->it_l[k].ix].uid = f->smsgs[f->it_l[k].pair].uid;
         }
     }
-}
-
-/* Fetches the header block of the server messages that only a header hash
- * can tell apart, then goes on. */
-static void fetch_headers(struct session *e)
-{
-    struct fstate *f = e->f;
-    f->phase = FP_HEADERS;
-    f->pending = 1;
-    dedupe_server(f);
-    if (f->rematch) {
-        rematch_prepare(e); /* goes on in fetch_headers_send */
-        return;
-    }
-    if (f->nintents > 0 && f->md != NULL) {
-        intents_prepare(e);
-    }
-    fetch_headers_send(e);
-}
-
-static void fetch_headers_send(struct session *e)
-{
-    struct fstate *f = e->f;
-    uint32_t *uids = NULL;
-    size_t n = 0, cap = 0;
-    if (f->rematch) {
-        for (size_t i = 0; i < f->rm_ns; i++) {
-            if (f->rm_s[i].need_hh) {
-                xgrow(&uids, &cap, n + 1, sizeof(*uids));
-                uids[n++] = f->smsgs[f->rm_s[i].ix].uid;
-            }
-        }
-    } else if (f->nintents > 0 && f->md != NULL) {
-        for (size_t i = 0; i < f->it_ns; i++) {
-            if (f->it_s[i].need_hh) {
-                xgrow(&uids, &cap, n + 1, sizeof(*uids));
-                uids[n++] = f->smsgs[f->it_s[i].ix].uid;
-            }
-        }
-    }
-    if (n > 0) {
-        char **sets;
-        size_t nsets = imap_uidset_format(uids, n, 0, &sets);
-        for (size_t k = 0; k < nsets; k++) {
-            f->pending++;
-            int r = e->ro->uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &header_cb, e);
-            if (r < 0) {
-                f->pending--;
-                queue_failed(e, r, "UID FETCH");
-            }
-            free(sets[k]);
-        }
-        free(sets);
-    }
-    free(uids);
-    phase_cmd_done(e);
 }
 
 /* ---- folder: apply locally and on the server -------------------------------------------- */
@@ -3228,7 +2915,7 @@ static void on_append_done(struct imap *im, const struct imap_result *res, void 
 }
 
 /* Wire size of an LF file: its size plus one CR per LF not preceded by CR. */
-static int wire_size(int fd, uint64_t *size_r)
+int wire_size(int fd, uint64_t *size_r)
 {
     char buf[65536];
     uint64_t n = 0;
@@ -3743,7 +3430,7 @@ static void smsg_clear(struct smsg *s)
 
 /* QRESYNC/CHANGEDSINCE report new messages too, and the new-mail FETCH
  * lists them again: keep one entry per UID, the later (fuller) one. */
-static void dedupe_server(struct fstate *f)
+void dedupe_server(struct fstate *f)
 {
     if (f->nsmsgs < 2) {
         return;

@@ -10,6 +10,7 @@
  *
  * Which file holds what:
  * - sync/engine.c: everything not named below.
+ * - sync/rematch.c: the UIDVALIDITY re-match and adopt.
  */
 #ifndef MAILSYNC_SYNC_ENGINE_INT_H
 #define MAILSYNC_SYNC_ENGINE_INT_H
@@ -339,5 +340,20 @@ static inline int strp_cmp(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
+
+/* sync/engine.c: errors, index writes, connection, the job order. */
+void folder_fail_idx(struct session *e, int r);
+void finish_teardown(struct session *e);
+void queue_failed(struct session *e, int r, const char *what);
+void phase_cmd_done(struct session *e);
+void on_fetch_done(struct imap *im, const struct imap_result *res, void *arg);
+struct smsg *find_smsg(struct fstate *f, uint32_t uid);
+void intents_prepare(struct session *e);
+int wire_size(int fd, uint64_t *size_r);
+void dedupe_server(struct fstate *f);
+
+/* sync/rematch.c: the re-match and the header phase. */
+int rematch_finish(struct session *e);
+void fetch_headers(struct session *e);
 
 #endif
