@@ -11,6 +11,7 @@
  * Which file holds what:
  * - sync/engine.c: everything not named below.
  * - sync/rematch.c: the UIDVALIDITY re-match and adopt.
+ * - sync/upload.c: uploads without a known UID.
  */
 #ifndef MAILSYNC_SYNC_ENGINE_INT_H
 #define MAILSYNC_SYNC_ENGINE_INT_H
@@ -343,17 +344,28 @@ static inline int strp_cmp(const void *a, const void *b)
 
 /* sync/engine.c: errors, index writes, connection, the job order. */
 void folder_fail_idx(struct session *e, int r);
+struct engine_counts *fcounts(struct session *e);
+int idx_apply(struct session *e, const struct idx_ops *o);
 void finish_teardown(struct session *e);
+bool cmd_ok(struct session *e, const struct imap_result *res, const char *what);
 void queue_failed(struct session *e, int r, const char *what);
 void phase_cmd_done(struct session *e);
 void on_fetch_done(struct imap *im, const struct imap_result *res, void *arg);
 struct smsg *find_smsg(struct fstate *f, uint32_t uid);
-void intents_prepare(struct session *e);
 int wire_size(int fd, uint64_t *size_r);
 void dedupe_server(struct fstate *f);
 
 /* sync/rematch.c: the re-match and the header phase. */
 int rematch_finish(struct session *e);
 void fetch_headers(struct session *e);
+
+/* sync/upload.c: uploads without a known UID. */
+void recover_intents(struct session *e);
+int settle_intents(struct session *e);
+void intents_prepare(struct session *e);
+void intents_finish(struct session *e);
+void ul_resolve_fetch(struct session *e);
+void ul_resolve_headers(struct session *e);
+void ul_resolve_finish(struct session *e);
 
 #endif
