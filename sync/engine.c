@@ -71,7 +71,6 @@
 /* APPENDs in flight at once (each holds an open file). */
 #define UL_WINDOW 8
 
-static void next_folder(struct session *e);
 static void session_connect(struct session *e);
 static struct fjob *find_job(struct engine *r, const char *name);
 static void listed_free(struct engine *r);
@@ -302,32 +301,7 @@ static bool kw_ok(const char *name, void *arg)
     return md_keyword_index(e->f->md, name, false) >= 0 || e->f->free_letters > 0;
 }
 
-/* ---- index helpers ------------------------------------------------------------ */
-
-static void unsettled_key(const char *folder, char *buf, size_t cap);
-
-/* Forgets a folder in the index: its state, its message rows and the meta
- * values kept beside them (skip list, unsettled masks). Returns what
- * idx_folder_delete returns (-ENOENT for a folder it does not know). */
-static int forget_folder_records(struct idx_txn *txn, const char *folder)
-{
-    int r = idx_folder_delete(txn, folder);
-    if (r < 0 && r != -ENOENT) {
-        return r;
-    }
-    char key[512];
-    skiplist_key(folder, key, sizeof(key));
-    int m = idx_meta_delete(txn, key);
-    if (m == 0) {
-        unsettled_key(folder, key, sizeof(key));
-        m = idx_meta_delete(txn, key);
-    }
-    if (m == 0) {
-        skiplist_local_key(folder, key, sizeof(key));
-        m = idx_meta_delete(txn, key);
-    }
-    return m < 0 ? m : r;
-}
+/* ---- index writes ------------------------------------------------------------------------ */
 
 static int ops_fn(struct idx_txn *txn, void *arg)
 {
@@ -1545,7 +1519,7 @@ static void on_fetch_msg(struct imap *im, const struct imap_msg *m, void *sink, 
  * cannot be given to the server, a capability the server lacks) ends with
  * err < 0 while the connection stays up: that command failed, and nothing
  * else will report it. After a connection failure on_imap_error does. */
-static bool refused_locally(const struct session *e, const struct imap_result *res)
+bool refused_locally(const struct session *e, const struct imap_result *res)
 {
     if (res->err >= 0 || e->im == NULL || conn_lost(e)) {
         return false;
@@ -2022,7 +1996,7 @@ static void queue_del(struct session *e, int r, struct del_ctx *dc)
  * The next run then takes the server's flags as the base for them (see
  * settle_base), so neither a change this run made nor one the user makes
  * afterwards on either side is mistaken for the other and undone. */
-static void unsettled_key(const char *folder, char *buf, size_t cap)
+void unsettled_key(const char *folder, char *buf, size_t cap)
 {
     if (strlen(folder) < 400) {
         snprintf(buf, cap, "unsettled:%s", folder);
@@ -3345,7 +3319,7 @@ static void job_ended_early(struct session *e, struct fjob *j)
     }
 }
 
-static void start_folder(struct session *e, struct fjob *j)
+void start_folder(struct session *e, struct fjob *j)
 {
     struct fstate *f = xcalloc(1, sizeof(*f));
     f->job = j;
@@ -3455,330 +3429,7 @@ static void on_list_folder(struct imap *im, const struct imap_folder *fo, void *
     l->status.folder = NULL;
 }
 
-static void on_create_done(struct imap *im, const struct imap_result *res, void *arg);
-
-/* ---- folders deleted on one side (delete_folders) ------------------------------------------- */
-
-struct uid_list {
-    uint32_t *v;
-    size_t n, cap;
-};
-
-static int collect_synced(const struct idx_msg *m, void *arg)
-{
-    struct uid_list *l = arg;
-    if (m->state == IDX_MSG_SYNCED && m->uid != 0) {
-        xgrow(&l->v, &l->cap, l->n + 1, sizeof(*l->v));
-        l->v[l->n++] = m->uid;
-    }
-    return 0;
-}
-
-struct lid_list {
-    char **v;
-    size_t n, cap;
-};
-
-static int collect_synced_lids(const struct idx_msg *m, void *arg)
-{
-    struct lid_list *l = arg;
-    if (m->state == IDX_MSG_SYNCED) {
-        xgrow(&l->v, &l->cap, l->n + 1, sizeof(*l->v));
-        l->v[l->n++] = xstrdup(m->lid);
-    }
-    return 0;
-}
-
-static int forget_folder(struct session *e, const char *name)
-{
-    struct idx_txn *txn;
-    int r = idx_begin(e->idx, true, &txn);
-    if (r == 0) {
-        r = forget_folder_records(txn, name);
-        if (r < 0 && r != -ENOENT) {
-            idx_abort(txn);
-        } else {
-            r = idx_commit(txn);
-        }
-    }
-    return r;
-}
-
-/* The server deleted a folder that is still here: remove the local copy,
- * but only when every message in it is known to the index as synced (what
- * the server had, the user saw deleted with the folder). A message the
- * server never had keeps the folder, with a message saying why. */
-static void local_folder_delete(struct session *e, struct fjob *j)
-{
-    char *path = NULL, *err = NULL;
-    struct md_folder *md = NULL;
-    struct md_scan *scan = NULL;
-    struct lid_list known = {0};
-    struct idx_txn *txn = NULL;
-    int r = md_folder_local_path(e->acct->maildir, e->acct->layout, j->name, &path);
-    if (r == 0) {
-        r = md_folder_open(path, false, false, &md, &err);
-    }
-    if (r == 0) {
-        r = md_scan(md, &scan);
-        if (r < 0) {
-            err = xstrdup(md_folder_error(md));
-        }
-    }
-    if (r == 0 && (r = idx_begin(e->idx, false, &txn)) == 0) {
-        r = idx_msg_walk(txn, j->name, collect_synced_lids, &known);
-        idx_abort(txn);
-    }
-    if (r < 0) {
-        j->res->error = xasprintf("folder '%s' was deleted on the server; cannot read the local "
-                                  "copy: %s",
-                                  j->name, err != NULL ? err : strerror(-r));
-        goto out;
-    }
-    qsort(known.v, known.n, sizeof(*known.v), strp_cmp);
-    size_t unknown = 0;
-    for (size_t i = 0; i < scan->count; i++) {
-        const char *id = scan->msgs[i].id;
-        if (known.n == 0 || bsearch(&id, known.v, known.n, sizeof(*known.v), strp_cmp) == NULL) {
-            unknown++;
-        }
-    }
-    if (unknown > 0) {
-        j->res->error = xasprintf("folder '%s' was deleted on the server; the local copy holds %zu "
-                                  "message(s) that were never synced, so it is kept (move them to "
-                                  "another folder to upload them)",
-                                  j->name, unknown);
-        goto out;
-    }
-    if (e->opts.dry_run) {
-        fprintf(e->plan_out,
-                "%s: delete the local folder and its %zu message(s) (deleted on the "
-                "server)\n",
-                j->name, scan->count);
-        j->res->counts.deleted_down += (unsigned)scan->count;
-        goto out;
-    }
-    for (size_t i = 0; i < scan->count; i++) {
-        r = md_remove(md, &scan->msgs[i]);
-        if (r < 0) {
-            /* -ESTALE: the user changed it meanwhile; decide again next run. */
-            j->res->error = xasprintf("folder '%s' was deleted on the server; removing the local "
-                                      "copy stopped: %s",
-                                      j->name, md_folder_error(md));
-            md_folder_sync(md);
-            goto out;
-        }
-        j->res->counts.deleted_down++;
-    }
-    r = md_folder_sync(md);
-    md_folder_close(md);
-    md = NULL;
-    if (r == 0) {
-        r = md_folder_remove(path);
-    }
-    if (r < 0) {
-        /* New mail arrived meanwhile, or the directory cannot go: the
-         * records stay and the next run decides again. */
-        j->res->error = xasprintf("folder '%s' was deleted on the server; the local copy could not "
-                                  "be removed: %s",
-                                  j->name, strerror(-r));
-        goto out;
-    }
-    if (forget_folder(e, j->name) < 0) {
-        j->res->error = xasprintf("folder '%s': index: %s", j->name, idx_error(e->idx));
-        goto out;
-    }
-    j->notice = xasprintf("folder %s was deleted on the server: deleted here too (%u messages)",
-                          j->name, j->res->counts.deleted_down);
-    j->res->notice = j->notice;
-out:
-    for (size_t i = 0; i < known.n; i++) {
-        free(known.v[i]);
-    }
-    free(known.v);
-    if (scan != NULL) {
-        md_scan_free(scan);
-    }
-    if (md != NULL) {
-        md_folder_close(md);
-    }
-    free(err);
-    free(path);
-}
-
-/* The local copy of a synced folder is gone: delete the folder on the
- * server, but only when it holds nothing the index does not know (same
- * UIDVALIDITY, every UID recorded as synced). EXAMINE + UID SEARCH ALL
- * check that; the folder is then left for INBOX (a server may drop the
- * connection when the selected folder is deleted) and deleted. */
-struct sfdel {
-    struct session *e;
-    struct fjob *j;
-    struct idx_folder st;
-    struct uid_list known;
-    size_t nsrv;
-};
-
-static void sfdel_end(struct sfdel *d)
-{
-    struct session *e = d->e;
-    e->deleting = NULL;
-    free(d->known.v);
-    free(d);
-    next_folder(e);
-}
-
-static void on_sfdel_delete(struct imap *im, const struct imap_result *res, void *arg)
-{
-    struct sfdel *d = arg;
-    struct session *e = d->e;
-    struct fjob *j = d->j;
-    if (e->finished || (res->err < 0 && !refused_locally(e, res))) {
-        /* on_imap_error reports the folder (e->deleting). */
-        free(d->known.v);
-        free(d);
-        return;
-    }
-    if (res->err < 0 || res->status != IMAP_STATUS_OK) {
-        j->res->error = xasprintf("folder '%s': DELETE on the server failed: %s", j->name,
-                                  res->text != NULL ? res->text : "");
-    } else if (forget_folder(e, j->name) < 0) {
-        j->res->error = xasprintf("folder '%s': index: %s", j->name, idx_error(e->idx));
-    } else {
-        j->res->counts.deleted_up += (unsigned)d->nsrv;
-        j->notice = xasprintf("folder %s was deleted locally: deleted on the server too (%zu "
-                              "messages)",
-                              j->name, d->nsrv);
-        j->res->notice = j->notice;
-    }
-    sfdel_end(d);
-}
-
-static void on_sfdel_leave(struct imap *im, const struct imap_result *res, void *arg)
-{
-    /* EXAMINE INBOX only moves away from the folder; its result does not
-     * matter (the DELETE after it reports). */
-}
-
-static void sfdel_refuse(struct sfdel *d, const char *why)
-{
-    d->j->res->error = xasprintf("folder '%s' was deleted locally; %s, so it is not deleted on the "
-                                 "server (run 'mailsync sync --force %s' to download it again)",
-                                 d->j->name, why, d->e->acct->name);
-    sfdel_end(d);
-}
-
-static void sfdel_check_done(struct sfdel *d)
-{
-    struct session *e = d->e;
-    if (e->opts.dry_run) {
-        fprintf(e->plan_out,
-                "%s: delete the folder and its %zu message(s) on the server (deleted "
-                "locally)\n",
-                d->j->name, d->nsrv);
-        d->j->res->counts.deleted_up += (unsigned)d->nsrv;
-        sfdel_end(d);
-        return;
-    }
-    struct imap_select_opts so = {.readonly = true};
-    if (e->ro->select(e->im, "INBOX", &so, on_sfdel_leave, d) < 0 ||
-        e->ro->delete (e->im, d->j->name, on_sfdel_delete, d) < 0) {
-        sfdel_refuse(d, "the DELETE command could not be queued");
-    }
-}
-
-static void on_sfdel_search(struct imap *im, const struct imap_result *res, void *arg)
-{
-    struct sfdel *d = arg;
-    if (d->e->finished || (res->err < 0 && !refused_locally(d->e, res))) {
-        free(d->known.v);
-        free(d);
-        return;
-    }
-    if (res->err < 0 || res->status != IMAP_STATUS_OK) {
-        sfdel_refuse(d, "its messages could not be listed");
-        return;
-    }
-    size_t unknown = 0;
-    for (size_t i = 0; i < res->nuids; i++) {
-        if (d->known.n == 0 ||
-            bsearch(&res->uids[i], d->known.v, d->known.n, sizeof(uint32_t), u32_cmp) == NULL) {
-            unknown++;
-        }
-    }
-    d->nsrv = res->nuids;
-    if (unknown > 0) {
-        char why[128];
-        snprintf(why, sizeof(why), "the server copy holds %zu message(s) that were never synced",
-                 unknown);
-        sfdel_refuse(d, why);
-        return;
-    }
-    sfdel_check_done(d);
-}
-
-static void on_sfdel_examine(struct imap *im, const struct imap_result *res, void *arg)
-{
-    struct sfdel *d = arg;
-    if (d->e->finished || (res->err < 0 && !refused_locally(d->e, res))) {
-        free(d->known.v);
-        free(d);
-        return;
-    }
-    if (res->err < 0 || res->status != IMAP_STATUS_OK || res->mailbox == NULL) {
-        sfdel_refuse(d, "the server copy could not be examined");
-        return;
-    }
-    if (res->mailbox->uidvalidity != d->st.uidvalidity) {
-        sfdel_refuse(d, "the server renumbered the folder since the last sync (UIDVALIDITY "
-                        "changed)");
-        return;
-    }
-    if (res->mailbox->exists == 0) {
-        d->nsrv = 0;
-        sfdel_check_done(d);
-        return;
-    }
-    if (d->e->ro->uid_search(d->e->im, "ALL", on_sfdel_search, d) < 0) {
-        sfdel_refuse(d, "the search could not be queued");
-    }
-}
-
-/* Starts the checks; returns 0 when the callbacks go on with next_folder,
- * or -1 when the folder is done (its error set). */
-static int server_folder_delete(struct session *e, struct fjob *j)
-{
-    struct sfdel *d = xcalloc(1, sizeof(*d));
-    d->e = e;
-    d->j = j;
-    struct idx_txn *txn;
-    int r = idx_begin(e->idx, false, &txn);
-    if (r == 0) {
-        r = idx_folder_get(txn, j->name, &d->st);
-        if (r == 0) {
-            r = idx_msg_walk(txn, j->name, collect_synced, &d->known);
-        }
-        idx_abort(txn);
-    }
-    if (r < 0) {
-        j->res->error = xasprintf("folder '%s': index: %s", j->name, idx_error(e->idx));
-        free(d->known.v);
-        free(d);
-        return -1;
-    }
-    if (d->known.n > 1) {
-        qsort(d->known.v, d->known.n, sizeof(uint32_t), u32_cmp);
-    }
-    struct imap_select_opts so = {.readonly = true};
-    if (e->ro->select(e->im, j->name, &so, on_sfdel_examine, d) < 0) {
-        j->res->error = xasprintf("folder '%s': cannot queue EXAMINE", j->name);
-        free(d->known.v);
-        free(d);
-        return -1;
-    }
-    e->deleting = j;
-    return 0;
-}
+/* ---- sessions: the job order, logging in and out ----------------------------------------- */
 
 static void on_logout_done(struct imap *im, const struct imap_result *res, void *arg)
 {
@@ -3883,7 +3534,7 @@ void engine_close(struct engine *r)
     wake_idle(r);
 }
 
-static void next_folder(struct session *e)
+void next_folder(struct session *e)
 {
     if (e->finished) {
         return;
@@ -3981,25 +3632,6 @@ static void next_folder(struct session *e)
         }
     }
     finish(e);
-}
-
-static void on_create_done(struct imap *im, const struct imap_result *res, void *arg)
-{
-    struct session *e = arg;
-    struct fjob *j = e->creating;
-    if (e->finished || j == NULL || (res->err < 0 && !refused_locally(e, res))) {
-        /* After a drop e->creating stays, so that on_imap_error reports
-         * the folder. */
-        return;
-    }
-    e->creating = NULL;
-    if (res->err < 0 || res->status != IMAP_STATUS_OK) {
-        j->res->error = xasprintf("folder '%s': CREATE on the server failed: %s", j->name,
-                                  res->text != NULL ? res->text : "");
-        next_folder(e);
-        return;
-    }
-    start_folder(e, j);
 }
 
 static void on_imap_ready(struct imap *im, void *arg);

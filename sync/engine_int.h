@@ -12,6 +12,7 @@
  * - sync/engine.c: everything not named below.
  * - sync/rematch.c: the UIDVALIDITY re-match and adopt.
  * - sync/upload.c: uploads without a known UID.
+ * - sync/folderops.c: whole folders between jobs.
  */
 #ifndef MAILSYNC_SYNC_ENGINE_INT_H
 #define MAILSYNC_SYNC_ENGINE_INT_H
@@ -347,13 +348,17 @@ void folder_fail_idx(struct session *e, int r);
 struct engine_counts *fcounts(struct session *e);
 int idx_apply(struct session *e, const struct idx_ops *o);
 void finish_teardown(struct session *e);
+bool refused_locally(const struct session *e, const struct imap_result *res);
 bool cmd_ok(struct session *e, const struct imap_result *res, const char *what);
 void queue_failed(struct session *e, int r, const char *what);
 void phase_cmd_done(struct session *e);
 void on_fetch_done(struct imap *im, const struct imap_result *res, void *arg);
 struct smsg *find_smsg(struct fstate *f, uint32_t uid);
+void unsettled_key(const char *folder, char *buf, size_t cap);
 int wire_size(int fd, uint64_t *size_r);
 void dedupe_server(struct fstate *f);
+void start_folder(struct session *e, struct fjob *j);
+void next_folder(struct session *e);
 
 /* sync/rematch.c: the re-match and the header phase. */
 int rematch_finish(struct session *e);
@@ -367,5 +372,12 @@ void intents_finish(struct session *e);
 void ul_resolve_fetch(struct session *e);
 void ul_resolve_headers(struct session *e);
 void ul_resolve_finish(struct session *e);
+
+/* sync/folderops.c: whole folders between jobs. */
+int forget_folder_records(struct idx_txn *txn, const char *folder);
+int forget_folder(struct session *e, const char *name);
+void local_folder_delete(struct session *e, struct fjob *j);
+int server_folder_delete(struct session *e, struct fjob *j);
+void on_create_done(struct imap *im, const struct imap_result *res, void *arg);
 
 #endif
