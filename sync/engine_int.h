@@ -9,10 +9,23 @@
  * syncing is its struct fstate (e->f).
  *
  * Which file holds what:
- * - sync/engine.c: everything not named below.
- * - sync/rematch.c: the UIDVALIDITY re-match and adopt.
- * - sync/upload.c: uploads without a known UID.
- * - sync/folderops.c: whole folders between jobs.
+ * - sync/engine.c: the run and its sessions: the public API, connecting
+ *   (the account's secret), LIST and the folder plan, the job order
+ *   (next_folder), more sessions, the end of a session and of the run
+ *   with its result; the errors of a run, session and folder; the index
+ *   writes, at once or deferred (idx_apply, idx_apply_later).
+ * - sync/folder.c: the folder executor: prepare (scan, base), SELECT, the
+ *   server's listing, plan, apply locally and on the server, downloads
+ *   (batches made durable on the thread pool), uploads, the final record;
+ *   folder_advance drives the phases.
+ * - sync/rematch.c: a new UIDVALIDITY, or a folder the index does not
+ *   know (adopt): server messages matched to local files; the header
+ *   phase (fetch_headers).
+ * - sync/upload.c: uploads without a known UID: APPENDs answered without
+ *   APPENDUID (ul_resolve_*), upload intents left by a crash (intents_*,
+ *   recover_intents, settle_intents).
+ * - sync/folderops.c: whole folders between jobs: deleted on one side,
+ *   created on the server, forgotten in the index.
  */
 #ifndef MAILSYNC_SYNC_ENGINE_INT_H
 #define MAILSYNC_SYNC_ENGINE_INT_H
@@ -344,10 +357,24 @@ static inline int strp_cmp(const void *a, const void *b)
 }
 
 /* sync/engine.c: errors, index writes, connection, the job order. */
+__attribute__((format(printf, 2, 3))) void folder_fail(struct session *e, const char *fmt, ...);
+__attribute__((format(printf, 2, 3))) void folder_note(struct session *e, const char *fmt, ...);
+__attribute__((format(printf, 2, 3))) void folder_fail_transient(struct session *e, const char *fmt,
+                                                                 ...);
+void folder_fail_md(struct session *e, int r);
 void folder_fail_idx(struct session *e, int r);
 struct engine_counts *fcounts(struct session *e);
 int idx_apply(struct session *e, const struct idx_ops *o);
+void idx_apply_later(struct session *e, const struct idx_ops *o);
 void finish_teardown(struct session *e);
+bool conn_lost(const struct session *e);
+struct fjob *find_job(struct engine *r, const char *name);
+void next_folder(struct session *e);
+
+/* sync/folder.c: the folder executor. */
+bool is_forwarded(const char *k);
+unsigned imap_to_md(unsigned f);
+void fstate_free(struct fstate *f);
 bool refused_locally(const struct session *e, const struct imap_result *res);
 bool cmd_ok(struct session *e, const struct imap_result *res, const char *what);
 void queue_failed(struct session *e, int r, const char *what);
@@ -355,10 +382,10 @@ void phase_cmd_done(struct session *e);
 void on_fetch_done(struct imap *im, const struct imap_result *res, void *arg);
 struct smsg *find_smsg(struct fstate *f, uint32_t uid);
 void unsettled_key(const char *folder, char *buf, size_t cap);
+int flush_batch(struct session *e);
 int wire_size(int fd, uint64_t *size_r);
 void dedupe_server(struct fstate *f);
 void start_folder(struct session *e, struct fjob *j);
-void next_folder(struct session *e);
 
 /* sync/rematch.c: the re-match and the header phase. */
 int rematch_finish(struct session *e);
