@@ -1,0 +1,410 @@
+/* The IMAP two-way engine's private types, and the functions its files
+ * share. sync/engine.h is its public interface; nothing outside the
+ * engine's files includes this header.
+ *
+ * A run (struct engine) is one pass over an account: the folder jobs
+ * (struct fjob), their results, account-wide state and deferred index
+ * writes. A session (struct session, "e" in the code) is one logged-in
+ * connection of a run, working through folder jobs; the folder it is
+ * syncing is its struct fstate (e->f).
+ *
+ * Which file holds what:
+ * - sync/engine.c: the run and its sessions: the public API, connecting
+ *   (the account's secret), LIST and the folder plan, the job order
+ *   (next_folder), more sessions, the end of a session and of the run
+ *   with its result; the errors of a run, session and folder; the index
+ *   writes, at once or deferred (idx_apply, idx_apply_later).
+ * - sync/folder.c: the folder executor: prepare (scan, base), SELECT, the
+ *   server's listing, plan, apply locally and on the server, downloads
+ *   (batches made durable on the thread pool), uploads, the final record;
+ *   folder_advance drives the phases.
+ * - sync/rematch.c: a new UIDVALIDITY, or a folder the index does not
+ *   know (adopt): server messages matched to local files; the header
+ *   phase (fetch_headers).
+ * - sync/upload.c: uploads without a known UID: APPENDs answered without
+ *   APPENDUID (ul_resolve_*), upload intents left by a crash (intents_*,
+ *   recover_intents, settle_intents).
+ * - sync/folderops.c: whole folders between jobs: deleted on one side,
+ *   created on the server, forgotten in the index.
+ */
+#ifndef MAILSYNC_SYNC_ENGINE_INT_H
+#define MAILSYNC_SYNC_ENGINE_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "core/util.h"
+#include "store/index.h"
+#include "store/maildir.h"
+#include "sync/engine.h"
+#include "sync/imap.h"
+#include "sync/plan.h"
+#include "sync/remote.h"
+#include "sync/skiplist.h"
+
+enum fphase {
+    FP_SELECT = 0,
+    FP_FETCH,
+    FP_HEADERS, /* BODY.PEEK[HEADER] of messages a Message-ID cannot tell apart */
+    FP_RECOVER,
+    FP_APPLY_SERVER,
+    FP_DOWNLOAD,
+    FP_UPLOAD,
+    FP_UL_FETCH,   /* without APPENDUID: the new UIDs with their Message-ID and size */
+    FP_UL_HEADERS, /* ... and header blocks where the Message-ID cannot decide */
+    FP_DONE,
+};
+
+struct engine;
+
+/* One server message as listed by FETCH. */
+struct smsg {
+    uint32_t uid;
+    unsigned flags; /* MD_FLAG_* */
+    char **kw;
+    size_t nkw;
+    uint64_t size;
+    time_t internaldate;
+    char *msgid;    /* IMAP_FETCH_MESSAGE_ID (re-match only), NULL when absent */
+    uint8_t hh[16]; /* hash of the header block, when have_hh */
+    bool have_hh;
+    uint64_t hstrip; /* wire bytes of the header lines the hash leaves out */
+};
+
+/* What the re-match knows of a local file (parallel to the scan). */
+struct lfact {
+    char *msgid;
+    uint8_t hh[16];
+    bool have_hh;
+    uint64_t strip; /* wire bytes of the header lines the hash leaves out */
+    uint64_t wire;  /* size on the wire, when have_wire */
+    bool have_wire;
+};
+
+/* A download in flight or waiting in the batch. */
+struct dl {
+    struct session *e;
+    const struct plan_download *pd;
+    struct md_writer *w;
+    char lid[IDX_LID_MAX + 1];
+    uint64_t wire_size;
+    bool complete;
+    int err;
+};
+
+/* One folder to sync. */
+struct fjob {
+    char *name;
+    char *notice; /* engine_folder_result.notice */
+    /* What sync/folderplan.c decided (one of e->run->fplan's folders), and
+     * whether the folder is on the server (listed, or created by this run). */
+    const struct folderplan_folder *plan;
+    bool on_server;
+    bool reset; /* --force on a vanished local folder: forget the base */
+    unsigned attrs;
+    bool has_status;
+    bool server_moved; /* STATUS differs from the index: it will be selected */
+    uint32_t est_new;  /* messages the server has that the index does not, as STATUS tells */
+    struct imap_status_info status;
+    struct engine_folder_result *res;
+    bool on_demand; /* queued by engine_sync_folder: on_folder_done follows */
+    bool queued;    /* in demand[] */
+};
+
+/* One folder of the LIST answer, until the folder planner has it. */
+struct listed {
+    char *name;
+    unsigned attrs;
+    bool has_status;
+    struct imap_status_info status;
+};
+
+/* The state of the folder being synced. */
+struct fstate {
+    struct fjob *job;
+    enum fphase phase;
+    unsigned pending; /* commands in flight for this phase */
+    bool failed;
+    bool noted; /* an error was reported but the plan went on */
+    struct md_folder *md;
+    struct md_scan *scan;
+    struct idx_folder st; /* index state at the start */
+    struct idx_msg *base;
+    size_t nbase, base_cap;
+    struct idx_msg *intents; /* APPENDING rows with uid 0 */
+    size_t nintents, intents_cap;
+    /* Local view. */
+    struct plan_local_msg *lmsgs;
+    char ***lkw; /* per local message: keyword names */
+    int free_letters;
+    /* Server view. */
+    struct imap_mailbox mb;
+    bool selected;
+    bool delta;
+    bool qresync;
+    bool condstore;
+    struct smsg *smsgs;
+    size_t nsmsgs, smsgs_cap;
+    uint32_t *vanished;
+    size_t nvanished, vanished_cap;
+    uint32_t *search; /* CONDSTORE without QRESYNC: UIDs still there */
+    size_t nsearch;
+    bool have_search;
+    struct plan *plan;
+    /* Messages skipped for max_size / max_age_days (what the index holds
+     * for them under "skip:FOLDER"; see sync/skiplist.h), sorted by UID. */
+    struct skip_ent *skips;
+    size_t nskips, skips_cap;
+    uint32_t skip_uv;
+    uint32_t *unskip; /* skipped before, but not under today's limits */
+    size_t nunskip, unskip_cap;
+    /* Local files left out of uploads (empty files; "lskip:FOLDER", see
+     * sync/skiplist.h), and whether the list changed in this run. */
+    struct skip_local *lskips;
+    size_t nlskips, lskips_cap;
+    bool lskips_dirty;
+    /* The local view the planner gets: lmsgs without the files of lskips
+     * (lmsgs itself stays parallel to the scan). */
+    struct plan_local_msg *lview;
+    size_t nlview;
+    /* UIDVALIDITY changed, or the index knows nothing of a folder that
+     * holds mail locally (adopt): the server listing is matched to local
+     * files. */
+    bool rematch;
+    bool adopt;
+    bool rm_done; /* the matches are the new base */
+    unsigned rm_matched;
+    struct lfact *lf;
+    struct plan_match *rm_s, *rm_l;
+    size_t rm_ns, rm_nl;
+    /* Apply. */
+    struct imap_uid_range *modified; /* [MODIFIED] UIDs: base not advanced */
+    size_t nmodified, modified_cap;
+    bool *sdel_ok;      /* per server delete: done (NULL until apply_server) */
+    bool kw_failed;     /* a keyword letter could not be assigned */
+    bool stores_sent;   /* the plan's STOREs went out */
+    bool stores_failed; /* one of them was not answered OK */
+    bool sdel_failed;
+    bool updates_recorded; /* record_updates(e, true) ran */
+    /* Downloads. */
+    bool dl_flushed;            /* a batch of this folder was committed */
+    struct flush_job *flushing; /* a batch on the thread pool (flush_work) */
+    bool reading;               /* local files read on the thread pool (rematch) */
+    bool advance_after_flush;   /* folder_advance waits for it */
+    size_t dl_next;
+    struct dl **batch;
+    size_t nbatch, batch_cap;
+    uint64_t batch_bytes;
+    struct dl *cur;
+    struct idx_msg *recs; /* records to write with the batch */
+    size_t nrecs, recs_cap;
+    /* Uploads. */
+    size_t ul_next;
+    unsigned ul_inflight;
+    struct idx_msg *ul_done; /* SYNCED rows from APPENDUID */
+    size_t nul_done, ul_done_cap;
+    struct lfact *ulf; /* per upload: Message-ID, header hash, wire size */
+    size_t nulf;
+    /* APPENDs answered without APPENDUID, found again by a FETCH of the new
+     * UIDs before the run ends. */
+    struct idx_msg *ul_pend;
+    size_t *ul_pend_ix; /* index into plan->uploads */
+    size_t nul_pend, ul_pend_cap, ul_pend_ix_cap;
+    uint32_t ul_first; /* the lowest UID an APPEND of this run can have */
+    struct smsg *ul_srv;
+    size_t nul_srv, ul_srv_cap;
+    struct plan_match *ul_ms, *ul_ml;
+    size_t ul_nms, ul_nml;
+    unsigned ul_unresolved; /* still without a UID: the folder state waits */
+    bool ul_lookup_failed;  /* a FETCH that finds them did not end OK */
+    bool sdel_flag_mode;    /* server deletions only set \Deleted */
+    /* Upload intents left by an interrupted run: header facts per intent,
+     * used to find those without a Message-ID by size and header hash. */
+    struct lfact *itf;
+    size_t nitf;
+    struct plan_match *it_s, *it_l;
+    size_t it_ns, it_nl;
+};
+
+/* One pass over an account, from engine_start to the done callback (the
+ * public struct engine): the folder jobs and their results, the folder
+ * plan, account-wide progress and deferred index writes, and the sessions
+ * that work through the jobs. */
+struct engine {
+    uv_loop_t *loop;
+    const struct sync_account *acct;
+    struct engine_opts opts;
+    engine_done_cb done;
+    void *done_arg;
+    time_t now;
+    FILE *plan_out;
+    /* The account (sync/account.h): the index handle and lock, the kept
+     * secret, what the server said. The owner's (opts.account), or one of
+     * this run's own. */
+    struct account *account;
+    bool own_account;
+    struct idx *idx; /* the account's; shared by the sessions */
+    const struct remote_ops *ro;
+    /* The sessions (connections), all alike. Each takes the next job from
+     * jobs; the run ends when the last one has ended. The first one lists
+     * the folders (the lister); with stay_open it is also the one that
+     * stays logged in and takes the folder jobs asked for. */
+    struct session **sessions;
+    size_t nsessions, sessions_cap;
+    unsigned sessions_running;
+    struct session *lister;
+    /* Account-wide progress over every session (messages transferred
+     * either way, of those planned so far; bytes). */
+    unsigned prog_done, prog_total;
+    uint64_t prog_bytes;
+    char *trash;       /* trash folder name, NULL when unknown */
+    bool trash_warned; /* the missing trash folder was reported */
+    /* The LIST answer, kept until on_list_done hands it to the folder
+     * planner, and the plan (each job points at its decision). */
+    struct listed *listed;
+    size_t nlisted, listed_cap;
+    struct folderplan *fplan;
+    /* Index writes that need not be durable at once, written with the next
+     * one that must be (see idx_apply_later). */
+    struct deferred_ops *defer;
+    size_t ndefer, defer_cap, defer_rows;
+    /* Directories to fsync before the deferred writes go in: new folders'
+     * entries and their new/ and cur/ after downloads. */
+    struct md_dirsync dirsync;
+
+    struct fjob *jobs;
+    size_t njobs, jobs_cap;
+    struct strindex job_ix; /* local folder of a job -> position in jobs */
+    size_t next_job;
+    struct engine_folder_result *fres;
+    /* stay_open: folder jobs asked for (indexes into jobs), and the end
+     * asked for. */
+    size_t *demand;
+    size_t ndemand, demand_cap;
+    bool closing;
+    bool cancelled;
+    enum sync_kind kind;
+    char *error; /* first account-level error */
+    struct engine_result res;
+    uv_timer_t timer;
+};
+
+/* One logged-in connection of a run, working through folder jobs (e in
+ * this file). The run's options are copied in for short access; nothing
+ * here belongs to one particular session of the run. */
+struct session {
+    struct engine *run;
+    uv_loop_t *loop;
+    const struct sync_account *acct;
+    struct engine_opts opts;
+    time_t now;
+    FILE *plan_out;
+    struct account *account;
+    struct idx *idx;
+    struct account_wait *secret_wait;
+    /* The connection, through the server interface (sync/remote.h): the
+     * IMAP client, or the unit tests' fake. */
+    const struct remote_ops *ro;
+    struct remote *im;
+    bool conn_dead;
+    bool logged_out;
+    bool ready;            /* logged in */
+    struct fjob *creating; /* CREATE in flight for this job */
+    struct fjob *deleting; /* the checks and DELETE of a folder deleted locally, in flight */
+    char *log_name;        /* "ACCOUNT#N" in log lines, for every session after the first */
+    struct fstate *f;      /* current folder, NULL between folders */
+    bool cancelled;
+    bool finished;
+    bool teardown_pending; /* finish waits for the folder's batch on the thread pool */
+    bool idle;             /* stay_open: waiting for a folder job */
+    bool errored;          /* its own trouble was logged (see set_error) */
+    char *selected;        /* the folder this connection selected last */
+    uv_timer_t timer;
+};
+
+/* Index writes for one folder, applied in one transaction (idx_apply,
+ * idx_apply_later): rows to put, rows to drop by UID or local id, the
+ * folder state, and one meta value. */
+struct idx_ops {
+    const char *folder;
+    const struct idx_msg *puts;
+    size_t nputs;
+    const uint32_t *drops;
+    size_t ndrops;
+    const char *const *drop_lids;
+    size_t ndrop_lids;
+    const struct idx_folder *st;
+    const char *meta_key; /* with meta_val/meta_len: one meta value to store */
+    const void *meta_val;
+    size_t meta_len;
+};
+
+/* qsort and bsearch comparators: uint32_t, and char * by strcmp. */
+static inline int u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static inline int strp_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* sync/engine.c: errors, index writes, connection, the job order. */
+__attribute__((format(printf, 2, 3))) void folder_fail(struct session *e, const char *fmt, ...);
+__attribute__((format(printf, 2, 3))) void folder_note(struct session *e, const char *fmt, ...);
+__attribute__((format(printf, 2, 3))) void folder_fail_transient(struct session *e, const char *fmt,
+                                                                 ...);
+void folder_fail_md(struct session *e, int r);
+void folder_fail_idx(struct session *e, int r);
+struct engine_counts *fcounts(struct session *e);
+int idx_apply(struct session *e, const struct idx_ops *o);
+void idx_apply_later(struct session *e, const struct idx_ops *o);
+void finish_teardown(struct session *e);
+bool conn_lost(const struct session *e);
+struct fjob *find_job(struct engine *r, const char *name);
+void next_folder(struct session *e);
+
+/* sync/folder.c: the folder executor. */
+bool is_forwarded(const char *k);
+unsigned imap_to_md(unsigned f);
+void fstate_free(struct fstate *f);
+bool refused_locally(const struct session *e, const struct imap_result *res);
+bool cmd_ok(struct session *e, const struct imap_result *res, const char *what);
+void queue_failed(struct session *e, int r, const char *what);
+void phase_cmd_done(struct session *e);
+void on_fetch_done(struct imap *im, const struct imap_result *res, void *arg);
+struct smsg *find_smsg(struct fstate *f, uint32_t uid);
+void unsettled_key(const char *folder, char *buf, size_t cap);
+int flush_batch(struct session *e);
+int wire_size(int fd, uint64_t *size_r);
+void dedupe_server(struct fstate *f);
+void start_folder(struct session *e, struct fjob *j);
+
+/* sync/rematch.c: the re-match and the header phase. */
+int rematch_finish(struct session *e);
+void fetch_headers(struct session *e);
+
+/* sync/upload.c: uploads without a known UID. */
+void recover_intents(struct session *e);
+int settle_intents(struct session *e);
+void intents_prepare(struct session *e);
+void intents_finish(struct session *e);
+void ul_resolve_fetch(struct session *e);
+void ul_resolve_headers(struct session *e);
+void ul_resolve_finish(struct session *e);
+
+/* sync/folderops.c: whole folders between jobs. */
+int forget_folder_records(struct idx_txn *txn, const char *folder);
+int forget_folder(struct session *e, const char *name);
+void local_folder_delete(struct session *e, struct fjob *j);
+int server_folder_delete(struct session *e, struct fjob *j);
+void on_create_done(struct imap *im, const struct imap_result *res, void *arg);
+
+#endif

@@ -1,0 +1,2711 @@
+/* The folder executor: one folder job on one session, from its Maildir
+ * scan to its final index record. It is separate from the run
+ * (sync/engine.c) because it knows one folder only: which folder comes
+ * next, and on which connection, is not its business.
+ *
+ * Per folder the phases are: prepare (Maildir scan, index base, skip list,
+ * adopt download intents), SELECT, server state (QRESYNC delta, CONDSTORE
+ * delta, or a full FLAGS listing; with Message-IDs when UIDVALIDITY
+ * changed), header blocks where only a header hash can match a message
+ * (sync/rematch.c; upload intents without a Message-ID, sync/upload.c),
+ * resolve upload intents left by a crash (sync/upload.c), plan, then
+ * apply: local flag changes and deletions, server flag changes and
+ * deletions, downloads (batched: intent rows, commit + rename, one
+ * directory fsync, records), uploads (intent rows, APPEND, records; without
+ * APPENDUID one FETCH of the new UIDs finds them, sync/upload.c), and the
+ * folder's new state. folder_advance moves a folder from one phase to the
+ * next.
+ *
+ * The server is reached through sync/remote.h (the IMAP client, or the
+ * unit tests' fake). Maildir scans, batch durability and reading local
+ * files run on the libuv thread pool; LMDB commits run on the loop thread,
+ * grouped so that a batch of 64 downloads costs two index commits, one
+ * syncfs and one directory fsync. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "store/index.h"
+#include "store/maildir.h"
+#include "sync/account.h"
+#include "sync/engine_int.h"
+#include "sync/imap.h"
+#include "sync/msgfacts.h"
+#include "sync/plan.h"
+#include "sync/skiplist.h"
+
+/* Downloads: UIDs per UID FETCH command, and a batch is committed (intent
+ * rows, fsync + rename, directory fsync, records) at this many messages or
+ * bytes. */
+#define DL_UIDS_PER_CMD 50
+#define DL_BATCH_MSGS 64
+#define DL_BATCH_BYTES (16u * 1024 * 1024)
+/* APPENDs in flight at once (each holds an open file). */
+#define UL_WINDOW 8
+
+static void folder_end(struct session *e);
+static void folder_advance(struct session *e);
+static void job_ended_early(struct session *e, struct fjob *j);
+static void job_totals(struct session *e, const struct fjob *j);
+
+/* ---- flag mapping ------------------------------------------------------------ */
+
+bool is_forwarded(const char *k)
+{
+    return strcasecmp(k, "$Forwarded") == 0;
+}
+
+unsigned imap_to_md(unsigned f)
+{
+    unsigned m = 0;
+    m |= (f & IMAP_FLAG_SEEN) ? MD_FLAG_SEEN : 0;
+    m |= (f & IMAP_FLAG_ANSWERED) ? MD_FLAG_REPLIED : 0;
+    m |= (f & IMAP_FLAG_FLAGGED) ? MD_FLAG_FLAGGED : 0;
+    m |= (f & IMAP_FLAG_DELETED) ? MD_FLAG_TRASHED : 0;
+    m |= (f & IMAP_FLAG_DRAFT) ? MD_FLAG_DRAFT : 0;
+    return m;
+}
+
+static unsigned md_to_imap(unsigned m)
+{
+    unsigned f = 0;
+    f |= (m & MD_FLAG_SEEN) ? IMAP_FLAG_SEEN : 0;
+    f |= (m & MD_FLAG_REPLIED) ? IMAP_FLAG_ANSWERED : 0;
+    f |= (m & MD_FLAG_FLAGGED) ? IMAP_FLAG_FLAGGED : 0;
+    f |= (m & MD_FLAG_TRASHED) ? IMAP_FLAG_DELETED : 0;
+    f |= (m & MD_FLAG_DRAFT) ? IMAP_FLAG_DRAFT : 0;
+    return f;
+}
+
+/* IMAP keywords for a plan's flags and keywords: $Forwarded for P plus the
+ * names. The array points into kw; caller frees the array only. */
+static const char **imap_keywords(unsigned flags, const struct plan_kw *kw, size_t *n_r)
+{
+    const char **v = xmalloc((kw->n + 1) * sizeof(*v));
+    size_t n = 0;
+    if (flags & MD_FLAG_PASSED) {
+        v[n++] = "$Forwarded";
+    }
+    for (size_t i = 0; i < kw->n; i++) {
+        v[n++] = kw->names[i];
+    }
+    *n_r = n;
+    return v;
+}
+
+/* Local keyword letters for names, assigning letters as needed (not in a
+ * dry run). Names without a letter are left out when all letters are taken
+ * (the plan treats such names as ones the local side cannot hold). Any
+ * other failure (dovecot-keywords locked or not writable) returns false with
+ * the folder's error set: the base would otherwise record a keyword that
+ * the file does not carry, and the next run would take its absence for a
+ * local removal. */
+static bool local_letters(struct session *e, const struct plan_kw *kw, md_keywords *bits_r)
+{
+    md_keywords bits = 0;
+    *bits_r = 0;
+    for (size_t i = 0; i < kw->n; i++) {
+        /* assign_letters gave the folder's names their letters already;
+         * after one failure here the lock is not waited for again. */
+        int ix =
+            e->f->kw_failed ? -EAGAIN : md_keyword_index(e->f->md, kw->names[i], !e->opts.dry_run);
+        if (ix >= 0 && ix < 26) {
+            bits |= (md_keywords)1u << ix;
+        } else if (ix != MD_EKWFULL && ix != -ENOENT && ix != -EINVAL) {
+            e->f->kw_failed = true;
+            return false;
+        }
+    }
+    *bits_r = bits;
+    return true;
+}
+
+static bool kw_ok(const char *name, void *arg)
+{
+    struct session *e = arg;
+    return md_keyword_index(e->f->md, name, false) >= 0 || e->f->free_letters > 0;
+}
+
+/* Membership in a short unsorted list. */
+static bool u32_in(const uint32_t *v, size_t n, uint32_t x)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == x) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* ---- a folder's state, freed ------------------------------------------------------------- */
+
+void fstate_free(struct fstate *f)
+{
+    if (f == NULL) {
+        return;
+    }
+    if (f->cur != NULL) {
+        if (f->cur->w != NULL) {
+            md_writer_abort(f->cur->w);
+        }
+        free(f->cur);
+    }
+    for (size_t i = 0; i < f->nbatch; i++) {
+        if (f->batch[i]->w != NULL) {
+            md_writer_abort(f->batch[i]->w);
+        }
+        free(f->batch[i]);
+    }
+    free(f->batch);
+    if (f->lf != NULL) {
+        for (size_t i = 0; i < f->scan->count; i++) {
+            free(f->lf[i].msgid);
+        }
+        free(f->lf);
+    }
+    if (f->scan != NULL) {
+        for (size_t i = 0; i < f->scan->count; i++) {
+            if (f->lkw != NULL && f->lkw[i] != NULL) {
+                for (size_t j = 0; j < f->lmsgs[i].nkw; j++) {
+                    free(f->lkw[i][j]);
+                }
+                free(f->lkw[i]);
+            }
+        }
+        md_scan_free(f->scan);
+    }
+    free(f->lkw);
+    free(f->lmsgs);
+    for (size_t i = 0; i < f->nsmsgs; i++) {
+        for (size_t j = 0; j < f->smsgs[i].nkw; j++) {
+            free(f->smsgs[i].kw[j]);
+        }
+        free(f->smsgs[i].kw);
+        free(f->smsgs[i].msgid);
+    }
+    free(f->smsgs);
+    free(f->rm_s);
+    free(f->rm_l);
+    free(f->skips);
+    free(f->unskip);
+    skiplist_local_free(f->lskips, f->nlskips);
+    if (f->lview != f->lmsgs) {
+        free(f->lview);
+    }
+    if (f->ulf != NULL) {
+        for (size_t i = 0; i < f->nulf; i++) {
+            free(f->ulf[i].msgid);
+        }
+        free(f->ulf);
+    }
+    free(f->ul_pend);
+    free(f->ul_pend_ix);
+    for (size_t i = 0; i < f->nul_srv; i++) {
+        free(f->ul_srv[i].msgid);
+    }
+    free(f->ul_srv);
+    free(f->ul_ms);
+    free(f->ul_ml);
+    if (f->itf != NULL) {
+        for (size_t i = 0; i < f->nitf; i++) {
+            free(f->itf[i].msgid);
+        }
+        free(f->itf);
+    }
+    free(f->it_s);
+    free(f->it_l);
+    free(f->vanished);
+    free(f->search);
+    free(f->base);
+    free(f->intents);
+    free(f->modified);
+    free(f->sdel_ok);
+    free(f->recs);
+    free(f->ul_done);
+    plan_free(f->plan);
+    if (f->md != NULL) {
+        md_folder_close(f->md);
+    }
+    free(f);
+}
+
+/* ---- skipped messages ------------------------------------------------------------------ */
+
+/* The skip list of a folder lives in the index as the meta value
+ * "skip:FOLDER" ("skip#" and a hash for very long names): the UIDVALIDITY
+ * it belongs to, a count, then per message UID, reason, size and date.
+ * It is what lets a CONDSTORE/QRESYNC resync, which only hears about
+ * changed messages, keep skipping them (a flag change on one must not
+ * download it) and report them on every run. */
+/* Reads the folder's skip list; a missing or malformed value is none. */
+static void skips_load(struct session *e, struct idx_txn *txn)
+{
+    struct fstate *f = e->f;
+    f->nskips = skiplist_load(txn, f->job->name, &f->skips, &f->skip_uv);
+    f->skips_cap = f->nskips;
+}
+
+static struct skip_ent *find_skip(const struct fstate *f, uint32_t uid)
+{
+    struct skip_ent key = {.uid = uid};
+    return f->nskips > 0 ? bsearch(&key, f->skips, f->nskips, sizeof(*f->skips), skiplist_cmp)
+                         : NULL;
+}
+
+/* Whether today's limits still skip this message. */
+static bool still_skipped(const struct session *e, const struct skip_ent *s)
+{
+    const struct sync_account *a = e->acct;
+    if (a->max_size > 0 && s->size > a->max_size) {
+        return true;
+    }
+    return s->too_old && a->max_age_days > 0 && s->date > 0 &&
+           s->date < (int64_t)e->now - (int64_t)a->max_age_days * 86400;
+}
+
+/* Whether a skipped message is no longer kept away by today's limits (the
+ * folder must then be selected even when nothing else changed). */
+static bool skips_released(const struct session *e)
+{
+    for (size_t i = 0; i < e->f->nskips; i++) {
+        if (!still_skipped(e, &e->f->skips[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void count_skips(struct session *e, const struct skip_ent *v, size_t n)
+{
+    struct engine_counts *c = &e->f->job->res->counts;
+    c->skipped_size = c->skipped_age = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].too_old) {
+            c->skipped_age++;
+        } else {
+            c->skipped_size++;
+        }
+    }
+    c->skipped = c->skipped_size + c->skipped_age;
+}
+
+/* ---- folder: prepare ---------------------------------------------------------------- */
+
+static int load_base(const struct idx_msg *m, void *arg)
+{
+    struct fstate *f = arg;
+    if (m->state == IDX_MSG_APPENDING && m->uid == 0) {
+        xgrow(&f->intents, &f->intents_cap, f->nintents + 1, sizeof(*f->intents));
+        f->intents[f->nintents++] = *m;
+    } else {
+        xgrow(&f->base, &f->base_cap, f->nbase + 1, sizeof(*f->base));
+        f->base[f->nbase++] = *m;
+    }
+    return 0;
+}
+
+static bool scan_has(const struct fstate *f, const char *lid)
+{
+    return md_scan_find(f->scan, lid) != NULL;
+}
+
+/* ---- local files no server can store (empty files) -------------------------------- */
+
+/* Whether a local file is empty (zero bytes). A file that cannot be opened
+ * is not: it is left to the upload, which reports it. */
+static bool local_file_empty(struct fstate *f, struct md_msg *m)
+{
+    int fd = md_open_msg(f->md, m);
+    if (fd < 0) {
+        return false;
+    }
+    struct stat sb;
+    bool empty = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0;
+    close(fd);
+    return empty;
+}
+
+/* The list of files left out, as the folder holds them now: a file
+ * deleted since, or given content, leaves the list (the second is
+ * uploaded by this run). The planner gets the folder without the others:
+ * a file left out once is neither tried nor reported as an error again,
+ * only mentioned in the summary. */
+static void lskips_prune(struct session *e)
+{
+    struct fstate *f = e->f;
+    size_t out = 0;
+    for (size_t i = 0; i < f->nlskips; i++) {
+        struct skip_local *s = &f->lskips[i];
+        struct md_msg *m = f->md != NULL ? md_scan_find(f->scan, s->lid) : NULL;
+        bool in_base = false;
+        for (size_t k = 0; k < f->nbase && m != NULL; k++) {
+            in_base = in_base || strcmp(f->base[k].lid, s->lid) == 0;
+        }
+        if (m == NULL || in_base || !local_file_empty(f, m)) {
+            free(s->lid);
+            free(s->path);
+            f->lskips_dirty = true;
+            continue;
+        }
+        f->lskips[out++] = *s;
+    }
+    f->nlskips = out;
+    f->lview = f->lmsgs;
+    f->nlview = f->scan->count;
+    if (f->nlskips == 0) {
+        return;
+    }
+    f->lview = xcalloc(f->scan->count + 1, sizeof(*f->lview));
+    f->nlview = 0;
+    for (size_t i = 0; i < f->scan->count; i++) {
+        bool left_out = false;
+        for (size_t k = 0; k < f->nlskips && !left_out; k++) {
+            left_out = strcmp(f->lskips[k].lid, f->lmsgs[i].lid) == 0;
+        }
+        if (!left_out) {
+            f->lview[f->nlview++] = f->lmsgs[i];
+        }
+    }
+    struct fjob *j = f->job;
+    free(j->notice);
+    j->notice = xasprintf("%s: %zu empty file%s not uploaded (see 'mailsync status')", j->name,
+                          f->nlskips, f->nlskips == 1 ? "" : "s");
+    j->res->notice = j->notice;
+}
+
+/* Writes the list when it changed (with the next index write that must be
+ * durable: lost in a crash, it is only made again). */
+static void lskips_save(struct session *e)
+{
+    struct fstate *f = e->f;
+    if (!f->lskips_dirty || e->opts.dry_run) {
+        return;
+    }
+    char key[512];
+    skiplist_local_key(f->job->name, key, sizeof(key));
+    struct idx_ops o = {.folder = f->job->name, .meta_key = key};
+    unsigned char *packed = skiplist_local_pack(f->lskips, f->nlskips, &o.meta_len);
+    o.meta_val = packed;
+    idx_apply_later(e, &o);
+    free(packed);
+    f->lskips_dirty = false;
+}
+
+/* Takes the planned uploads of empty files out of the plan: an IMAP
+ * server refuses to store an empty message (Dovecot answers NO), which
+ * failed the folder on every run without saying which file it was. Each is
+ * named once, as the folder's error, and left out of later runs (see
+ * lskips_prune). A --dry-run says the same, so its plan stays the real
+ * run's. */
+static void drop_empty_uploads(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct plan *p = f->plan;
+    if (f->md == NULL || p->nuploads == 0) {
+        return;
+    }
+    bool *empty = xcalloc(p->nuploads, sizeof(*empty));
+    size_t nempty = 0;
+    char *first = NULL;
+    for (size_t i = 0; i < p->nuploads; i++) {
+        struct md_msg *m = md_scan_find(f->scan, p->uploads[i].lid);
+        if (m == NULL || !local_file_empty(f, m)) {
+            continue;
+        }
+        empty[i] = true;
+        nempty++;
+        char *path =
+            xasprintf("%s/%s/%s", md_folder_path(f->md), m->in_new ? "new" : "cur", m->name);
+        if (e->opts.dry_run) {
+            fprintf(e->plan_out, "%s: leave out %s: an empty file (0 bytes)\n", f->job->name, path);
+        }
+        xgrow(&f->lskips, &f->lskips_cap, f->nlskips + 1, sizeof(*f->lskips));
+        f->lskips[f->nlskips++] =
+            (struct skip_local){.lid = xstrdup(m->id), .path = path, .reason = SKIP_LOCAL_EMPTY};
+        f->lskips_dirty = true;
+        if (first == NULL) {
+            first = path;
+        }
+    }
+    if (nempty > 0) {
+        /* Not temporary: waiting mends nothing, the user must act. */
+        char more[64] = "";
+        if (nempty > 1) {
+            snprintf(more, sizeof(more), " (and %zu more empty files)", nempty - 1);
+        }
+        folder_note(e,
+                    "%s%s: an empty file (0 bytes), which an IMAP server cannot store, so it is "
+                    "not uploaded, in this run or later ones ('mailsync status' lists it); "
+                    "delete it, or it is uploaded once it has content",
+                    first, more);
+        for (size_t i = p->nuploads; i-- > 0;) {
+            if (empty[i]) {
+                plan_drop_upload(p, i);
+            }
+        }
+    }
+    free(empty);
+}
+
+/* Opens the Maildir, scans it, reads the base and adopts downloads that
+ * were renamed into place before a crash recorded them. */
+/* folder_prepare went on to scan the folder on the thread pool. */
+#define PREPARE_SCANNING 1
+
+/* The Maildir scan of a folder (and its tmp/ cleanup) on the thread
+ * pool: a folder of 100,000 messages is a large directory to read and
+ * sort. The folder waits for it (fstate.reading). */
+struct scan_job {
+    uv_work_t req;
+    struct session *e;
+    struct md_scan *scan;
+    int r;
+    bool clean;
+    time_t now;
+};
+
+static void scan_work(uv_work_t *req)
+{
+    struct scan_job *j = req->data;
+    struct md_folder *md = j->e->f->md;
+    j->r = md_scan(md, &j->scan);
+    if (j->r == 0 && j->clean) {
+        md_clean_tmp(md, j->now);
+    }
+}
+
+static void start_folder_scanned(struct session *e);
+
+static void scan_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct scan_job *j = req->data;
+    struct session *e = j->e;
+    struct fstate *f = e->f;
+    f->reading = false;
+    f->scan = j->scan;
+    int r = j->r;
+    free(j);
+    if (e->finished) {
+        if (e->teardown_pending) {
+            finish_teardown(e);
+        }
+        return;
+    }
+    if (r < 0) {
+        folder_fail(e, "%s", md_folder_error(f->md));
+        struct fjob *job = f->job;
+        fstate_free(f);
+        e->f = NULL;
+        job_ended_early(e, job);
+        next_folder(e);
+        return;
+    }
+    start_folder_scanned(e);
+}
+
+static void scan_start(struct session *e)
+{
+    struct scan_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->clean = !e->opts.dry_run;
+    j->now = e->now;
+    e->f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, scan_work, scan_done) != 0) {
+        scan_work(&j->req);
+        scan_done(&j->req, 0);
+    }
+}
+
+/* Opens the folder's Maildir directory (creating it for a real run) and
+ * reads it, on the thread pool unless there is nothing to read: returns
+ * 0 when done, PREPARE_SCANNING when scan_done goes on, or a negative
+ * errno after folder_fail. */
+static int folder_prepare(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct fjob *j = f->job;
+    char *path = NULL;
+    int r = md_folder_local_path(e->acct->maildir, e->acct->layout, j->name, &path);
+    if (r < 0) {
+        folder_fail(e, "cannot map the folder name to a directory: %s", strerror(-r));
+        return r;
+    }
+    bool sub = e->acct->layout == MD_LAYOUT_MAILDIRPP && strcasecmp(j->name, "INBOX") != 0;
+    char *err = NULL;
+    r = md_folder_open_ds(path, !e->opts.dry_run, sub, e->opts.dry_run ? NULL : &e->run->dirsync,
+                          &f->md, &err);
+    free(path);
+    if (r == -ENOENT && e->opts.dry_run) {
+        free(err);
+        f->md = NULL;
+    } else if (r < 0) {
+        folder_fail(e, "%s", err != NULL ? err : strerror(-r));
+        free(err);
+        return r;
+    }
+    if (f->md != NULL && md_folder_created(f->md)) {
+        /* Created an instant ago by this open: three empty directories,
+         * nothing to read (a delivery racing in is seen by the next sync,
+         * as if the scan had run a moment earlier). */
+        f->scan = xcalloc(1, sizeof(*f->scan));
+    } else if (f->md != NULL) {
+        scan_start(e);
+        return PREPARE_SCANNING;
+    } else {
+        f->scan = xcalloc(1, sizeof(*f->scan));
+    }
+    return 0;
+}
+
+/* The index's side of a folder about to be synced: its state, base,
+ * intents and skip lists. */
+static int folder_prepare_index(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct fjob *j = f->job;
+    int r;
+    struct idx_txn *txn;
+    r = idx_begin(e->idx, false, &txn);
+    if (r < 0) {
+        folder_fail_idx(e, r);
+        return r;
+    }
+    r = idx_folder_get(txn, j->name, &f->st);
+    if (r == -ENOENT) {
+        /* Never synced: no records either (idx_msg_put creates the folder). */
+        memset(&f->st, 0, sizeof(f->st));
+        r = 0;
+    } else if (r == 0) {
+        /* One allocation for the whole base instead of repeated growth. */
+        size_t n = idx_msg_count(txn, j->name);
+        if (n > 0) {
+            xgrow(&f->base, &f->base_cap, n, sizeof(*f->base));
+        }
+        r = idx_msg_walk(txn, j->name, load_base, f);
+        skips_load(e, txn);
+    }
+    /* Kept apart from the folder state: a first run that failed still
+     * remembers the files it left out. */
+    f->nlskips = skiplist_local_load(txn, j->name, &f->lskips);
+    f->lskips_cap = f->nlskips;
+    idx_abort(txn);
+    if (r < 0) {
+        folder_fail_idx(e, r);
+        return r;
+    }
+    if (j->reset) {
+        /* The local folder vanished and --force says to fetch it again:
+         * forget what was in sync, or every message would look deleted
+         * locally and be deleted on the server. */
+        f->nbase = 0;
+        f->nintents = 0;
+        f->nskips = 0;
+        skiplist_local_free(f->lskips, f->nlskips);
+        f->lskips = NULL;
+        f->nlskips = f->lskips_cap = 0;
+        memset(&f->st, 0, sizeof(f->st));
+        if (!e->opts.dry_run) {
+            struct idx_txn *w;
+            if (idx_begin(e->idx, true, &w) == 0) {
+                int fr = forget_folder_records(w, j->name);
+                if (fr < 0 && fr != -ENOENT) {
+                    idx_abort(w);
+                } else {
+                    idx_commit(w);
+                }
+            }
+        }
+    }
+
+    /* Download intents (APPENDING with a UID): the file made it into the
+     * Maildir -> adopt it; else forget the intent and download again. */
+    struct idx_msg *adopt = NULL;
+    size_t nadopt = 0, adopt_cap = 0;
+    char **fl = NULL;
+    size_t nforget = 0, forget_cap = 0;
+    size_t out = 0;
+    for (size_t i = 0; i < f->nbase; i++) {
+        struct idx_msg *m = &f->base[i];
+        if (m->state == IDX_MSG_APPENDING) {
+            if (scan_has(f, m->lid)) {
+                m->state = IDX_MSG_SYNCED;
+                xgrow(&adopt, &adopt_cap, nadopt + 1, sizeof(*adopt));
+                adopt[nadopt++] = *m;
+                f->job->res->counts.adopted++;
+            } else {
+                /* A copy of the name, taken now: the compaction below
+                 * overwrites this entry with the next record's, and
+                 * dropping that name would forget a synced message. */
+                xgrow(&fl, &forget_cap, nforget + 1, sizeof(*fl));
+                fl[nforget++] = xstrdup(m->lid);
+                continue;
+            }
+        }
+        f->base[out++] = *m;
+    }
+    f->nbase = out;
+    if (nadopt > 0 || nforget > 0) {
+        struct idx_ops o = {.folder = j->name,
+                            .puts = adopt,
+                            .nputs = nadopt,
+                            .drop_lids = (const char *const *)fl,
+                            .ndrop_lids = nforget};
+        r = idx_apply(e, &o);
+    }
+    for (size_t i = 0; i < nforget; i++) {
+        free(fl[i]);
+    }
+    free(fl);
+    free(adopt);
+    if (r < 0) {
+        return r;
+    }
+
+    /* Reported on every run, also when the folder turns out unchanged. */
+    count_skips(e, f->skips, f->nskips);
+
+    /* The local view, keyword letters turned into names. */
+    size_t n = f->scan->count;
+    f->lmsgs = xcalloc(n + 1, sizeof(*f->lmsgs));
+    f->lkw = xcalloc(n + 1, sizeof(*f->lkw));
+    const char *letters[26] = {0};
+    f->free_letters = f->md != NULL ? md_keyword_table(f->md, letters) : 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct md_msg *m = &f->scan->msgs[i];
+        f->lmsgs[i].lid = m->id;
+        f->lmsgs[i].flags = m->flags;
+        f->lkw[i] = xcalloc(27, sizeof(char *));
+        size_t k = 0;
+        for (int b = 0; b < 26 && m->keywords != 0; b++) {
+            /* A name in dovecot-keywords that is no IMAP keyword (another
+             * program wrote "bogus line") cannot go to the server: it is
+             * left out, as a letter without a name is. */
+            if ((m->keywords & ((md_keywords)1u << b)) && letters[b] != NULL &&
+                imap_is_atom(letters[b], strlen(letters[b])) && letters[b][0] != '\\') {
+                f->lkw[i][k++] = xstrdup(letters[b]);
+            }
+        }
+        f->lmsgs[i].kw = (const char *const *)f->lkw[i];
+        f->lmsgs[i].nkw = k;
+    }
+    lskips_prune(e);
+    return 0;
+}
+
+/* What a local deletion does on the server in this run: on_local_delete,
+ * unless the server cannot do that here (no trash folder known, or no UID
+ * EXPUNGE without UIDPLUS), in which case the message is only flagged
+ * \Deleted. The planner is given this mode rather than the configured one:
+ * a message left flagged keeps its record, marked \Deleted, and only the
+ * flag mode knows such a record as handled. Planned as 'trash', it was
+ * listed for deletion (and counted) again on every later run. */
+static enum plan_local_delete local_delete_mode(const struct session *e)
+{
+    enum plan_local_delete mode = e->acct->on_local_delete;
+    if (mode == PLAN_LOCAL_DELETE_TRASH && e->run->trash == NULL) {
+        return PLAN_LOCAL_DELETE_FLAG;
+    }
+    if (mode == PLAN_LOCAL_DELETE_TRASH && e->f != NULL &&
+        strcmp(e->run->trash, e->f->job->name) == 0) {
+        mode = PLAN_LOCAL_DELETE_EXPUNGE; /* deleted in the trash itself */
+    }
+    if (mode == PLAN_LOCAL_DELETE_EXPUNGE && e->im != NULL &&
+        !(e->ro->caps(e->im) & IMAP_CAP_UIDPLUS)) {
+        mode = PLAN_LOCAL_DELETE_FLAG;
+    }
+    return mode;
+}
+
+static void fill_input(struct session *e, struct plan_input *in, struct plan_server_msg **sm_r)
+{
+    struct fstate *f = e->f;
+    memset(in, 0, sizeof(*in));
+    struct plan_server_msg *sm = xcalloc(f->nsmsgs + 1, sizeof(*sm));
+    for (size_t i = 0; i < f->nsmsgs; i++) {
+        sm[i].uid = f->smsgs[i].uid;
+        sm[i].flags = f->smsgs[i].flags;
+        sm[i].kw = (const char *const *)f->smsgs[i].kw;
+        sm[i].nkw = f->smsgs[i].nkw;
+        sm[i].size = f->smsgs[i].size;
+        sm[i].internaldate = f->smsgs[i].internaldate;
+    }
+    *sm_r = sm;
+    in->server.complete = !f->delta;
+    in->server.msgs = sm;
+    in->server.nmsgs = f->nsmsgs;
+    in->server.vanished = f->vanished;
+    in->server.nvanished = f->nvanished;
+    in->local.msgs = f->lview;
+    in->local.nmsgs = f->nlview;
+    in->local.kw_ok = f->md != NULL ? kw_ok : NULL;
+    in->local.kw_arg = e;
+    in->base = f->base;
+    in->nbase = f->nbase;
+    in->on_local_delete = local_delete_mode(e);
+    in->max_delete_ratio = e->acct->max_delete_ratio;
+    in->max_size = e->acct->max_size;
+    in->max_age_days = e->acct->max_age_days;
+    in->now = e->now;
+    in->force = e->opts.force;
+    in->folder = f->job->name;
+    in->account = e->acct->name;
+}
+
+/* Whether the local side changed since the base (a plan against a server
+ * delta that reports nothing is empty). */
+/* The common case of local_unchanged, without building a plan: the folder
+ * holds exactly the messages of the base, each with the flags last synced
+ * and no keywords on either side. */
+static bool local_same_as_base(const struct fstate *f)
+{
+    if (f->scan == NULL || f->scan->count != f->nbase) {
+        return false;
+    }
+    for (size_t i = 0; i < f->nbase; i++) {
+        const struct idx_msg *m = &f->base[i];
+        if (m->state != IDX_MSG_SYNCED || m->lid[0] == '\0' || m->keywords[0] != '\0') {
+            return false;
+        }
+        const struct md_msg *l = md_scan_find(f->scan, m->lid);
+        if (l == NULL || l->keywords != 0 || l->flags != m->flags) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool local_unchanged(struct session *e)
+{
+    struct fstate *f = e->f;
+    if (f->nintents > 0) {
+        return false;
+    }
+    if (local_same_as_base(f)) {
+        return true;
+    }
+    struct plan_input in;
+    struct plan_server_msg *sm;
+    bool saved = f->delta;
+    size_t saved_n = f->nsmsgs, saved_v = f->nvanished;
+    f->delta = true;
+    f->nsmsgs = 0;
+    f->nvanished = 0;
+    fill_input(e, &in, &sm);
+    in.force = true;
+    struct plan *p = plan_build(&in);
+    bool empty = plan_empty(p);
+    plan_free(p);
+    free(sm);
+    f->delta = saved;
+    f->nsmsgs = saved_n;
+    f->nvanished = saved_v;
+    return empty;
+}
+
+/* ---- folder: server state --------------------------------------------------------- */
+
+static void on_fetch_msg(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
+{
+    struct session *e = arg;
+    struct fstate *f = e->f;
+    if (f == NULL || m->uid == 0 || !(m->have & IMAP_FETCH_FLAGS)) {
+        return;
+    }
+    /* UID n:* returns the last message even below n: keep only what the
+     * command asked for (the new range starts at the old UIDNEXT, and
+     * skipped messages listed again lie below it). */
+    if ((m->have & IMAP_FETCH_SIZE) && f->delta && m->uid < f->st.uidnext &&
+        !u32_in(f->unskip, f->nunskip, m->uid)) {
+        return;
+    }
+    xgrow(&f->smsgs, &f->smsgs_cap, f->nsmsgs + 1, sizeof(*f->smsgs));
+    struct smsg *s = &f->smsgs[f->nsmsgs++];
+    memset(s, 0, sizeof(*s));
+    s->uid = m->uid;
+    s->flags = imap_to_md(m->flags);
+    s->size = m->size;
+    s->internaldate = m->internaldate;
+    s->msgid = m->message_id != NULL ? xstrdup(m->message_id) : NULL;
+    s->kw = xcalloc(m->nkeywords + 1, sizeof(char *));
+    for (size_t i = 0; i < m->nkeywords; i++) {
+        if (is_forwarded(m->keywords[i])) {
+            s->flags |= MD_FLAG_PASSED;
+        } else if (m->keywords[i][0] != '\\') {
+            s->kw[s->nkw++] = xstrdup(m->keywords[i]);
+        }
+    }
+}
+
+/* A command the client refused before sending it (a folder name that
+ * cannot be given to the server, a capability the server lacks) ends with
+ * err < 0 while the connection stays up: that command failed, and nothing
+ * else will report it. After a connection failure on_imap_error does. */
+bool refused_locally(const struct session *e, const struct imap_result *res)
+{
+    if (res->err >= 0 || e->im == NULL || conn_lost(e)) {
+        return false;
+    }
+    enum imap_state s = e->ro->state(e->im);
+    return s != IMAP_STATE_FAILED && s != IMAP_STATE_CLOSED;
+}
+
+bool cmd_ok(struct session *e, const struct imap_result *res, const char *what)
+{
+    if (res->err < 0) {
+        if (refused_locally(e, res)) {
+            folder_fail(e, "%s: %s", what, res->text != NULL ? res->text : "refused");
+        } else {
+            /* The connection broke before the tagged answer: whatever the
+             * command listed so far is not the whole answer. The folder
+             * fails at once, so nothing is planned from it; on_imap_error
+             * follows for the account. */
+            folder_fail_transient(e, "%s cut short: %s", what,
+                                  res->text != NULL ? res->text : "connection failed");
+        }
+        return false;
+    }
+    if (res->status != IMAP_STATUS_OK) {
+        /* The response code says why in a word ([OVERQUOTA], [TOOBIG],
+         * [NOPERM], [LIMIT]...): keep it with the text. */
+        if (res->code != NULL &&
+            (strcasecmp(res->code, "UNAVAILABLE") == 0 || strcasecmp(res->code, "INUSE") == 0)) {
+            /* RFC 5530: the server cannot do it now, but will later. */
+            folder_fail_transient(e, "%s: [%s] %s", what, res->code,
+                                  res->text != NULL ? res->text : "failed");
+        } else if (res->code != NULL) {
+            folder_fail(e, "%s: [%s] %s", what, res->code,
+                        res->text != NULL ? res->text : "failed");
+        } else {
+            folder_fail(e, "%s: %s", what, res->text != NULL ? res->text : "failed");
+        }
+        return false;
+    }
+    return true;
+}
+
+/* A command of the current folder could not be queued (r < 0): its answer
+ * will never come, so the folder fails instead of planning without it.
+ * After a drop that is the connection's doing, and temporary. */
+void queue_failed(struct session *e, int r, const char *what)
+{
+    if (r == -ENOTCONN || conn_lost(e)) {
+        const char *why = e->im != NULL ? e->ro->error(e->im) : NULL;
+        folder_fail_transient(e, "%s not sent, the connection failed: %s", what,
+                              why != NULL ? why : "not connected");
+    } else {
+        folder_fail(e, "cannot queue %s: %s", what, strerror(-r));
+    }
+}
+
+void phase_cmd_done(struct session *e)
+{
+    if (e->f != NULL && e->f->pending > 0) {
+        e->f->pending--;
+    }
+    if (e->f != NULL && e->f->pending == 0 && !conn_lost(e)) {
+        folder_advance(e);
+    }
+}
+
+void on_fetch_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct session *e = arg;
+    if (e->finished) {
+        return;
+    }
+    cmd_ok(e, res, "UID FETCH");
+    phase_cmd_done(e);
+}
+
+static void on_search_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct session *e = arg;
+    if (e->finished) {
+        return;
+    }
+    if (cmd_ok(e, res, "UID SEARCH")) {
+        struct fstate *f = e->f;
+        f->search = xmalloc((res->nuids + 1) * sizeof(uint32_t));
+        memcpy(f->search, res->uids, res->nuids * sizeof(uint32_t));
+        f->nsearch = res->nuids;
+        f->have_search = true;
+    }
+    phase_cmd_done(e);
+}
+
+static const struct imap_fetch_cb flags_cb = {.on_message = on_fetch_msg, .done = on_fetch_done};
+
+/* Queues one listing command of the FETCH phase; a command that cannot be
+ * queued fails the folder (its part of the listing would be missing). */
+static void listing_fetch(struct session *e, const char *set, unsigned items, uint64_t changedsince)
+{
+    e->f->pending++;
+    int r = e->ro->uid_fetch(e->im, set, items, changedsince, false, &flags_cb, e);
+    if (r < 0) {
+        e->f->pending--;
+        queue_failed(e, r, "UID FETCH");
+    }
+}
+
+static void issue_fetch(struct session *e)
+{
+    struct fstate *f = e->f;
+    f->phase = FP_FETCH;
+    const struct imap_mailbox *mb = &f->mb;
+    bool known = f->st.uidvalidity != 0 && f->st.uidvalidity == mb->uidvalidity;
+    f->condstore = e->ro->condstore_enabled(e->im) && !mb->nomodseq && mb->highestmodseq > 0;
+    f->delta = known && f->condstore && f->st.highestmodseq > 0 && f->st.uidnext > 0;
+    f->pending = 1; /* held until all are queued */
+    unsigned items = IMAP_FETCH_FLAGS | IMAP_FETCH_SIZE | IMAP_FETCH_INTERNALDATE;
+    if (f->rematch) {
+        items |= IMAP_FETCH_MESSAGE_ID;
+    }
+    if (mb->exists == 0) {
+        /* Nothing there: every known message is gone. */
+        f->delta = false;
+    } else if (!f->delta) {
+        listing_fetch(e, "1:*", items, 0);
+    } else {
+        if (!f->qresync) {
+            /* Flags changed since the stored HIGHESTMODSEQ. */
+            if (mb->highestmodseq != f->st.highestmodseq) {
+                listing_fetch(e, "1:*", IMAP_FETCH_FLAGS, f->st.highestmodseq);
+            }
+            /* Expunges: what is still there of the known range. A folder
+             * that never held a message (UIDNEXT 1 when last synced) has
+             * no known range, and "UID 1:0" is no valid set. */
+            char crit[64];
+            if (imap_uid_range_format(1, f->st.uidnext - 1, crit + 4, sizeof(crit) - 4) == 0) {
+                memcpy(crit, "UID ", 4);
+                f->pending++;
+                int r = e->ro->uid_search(e->im, crit, on_search_done, e);
+                if (r < 0) {
+                    f->pending--;
+                    queue_failed(e, r, "UID SEARCH");
+                }
+            } else {
+                f->have_search = true;
+                f->nsearch = 0;
+            }
+        }
+        char set[32];
+        if ((mb->uidnext == 0 || mb->uidnext > f->st.uidnext) &&
+            imap_uid_range_format(f->st.uidnext, IMAP_UID_STAR, set, sizeof(set)) == 0) {
+            listing_fetch(e, set, items, 0);
+        }
+        /* Skipped before but not under today's limits (max_size raised,
+         * max_age_days changed): list them again so they are downloaded. */
+        for (size_t i = 0; i < f->nskips; i++) {
+            if (!still_skipped(e, &f->skips[i])) {
+                xgrow(&f->unskip, &f->unskip_cap, f->nunskip + 1, sizeof(*f->unskip));
+                f->unskip[f->nunskip++] = f->skips[i].uid;
+            }
+        }
+        char **sets = NULL;
+        size_t nsets = f->nunskip > 0 ? imap_uidset_format(f->unskip, f->nunskip, 0, &sets) : 0;
+        for (size_t k = 0; k < nsets; k++) {
+            listing_fetch(e, sets[k], items, 0);
+            free(sets[k]);
+        }
+        free(sets);
+    }
+    phase_cmd_done(e);
+}
+
+static void on_select(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct session *e = arg;
+    if (e->finished) {
+        return;
+    }
+    struct fstate *f = e->f;
+    if (res->err < 0 && !refused_locally(e, res)) {
+        return;
+    }
+    if (res->err < 0 || res->status != IMAP_STATUS_OK || res->mailbox == NULL) {
+        folder_fail(e, "SELECT: %s", res->text != NULL ? res->text : "failed");
+        folder_advance(e);
+        return;
+    }
+    f->mb = *res->mailbox;
+    f->selected = true;
+    if (f->qresync && f->mb.closed_unsure) {
+        /* The server sent no [CLOSED]: what it reported with the SELECT
+         * cannot be told from the previous folder's and was dropped. The
+         * changes are listed the CONDSTORE way instead (CHANGEDSINCE and a
+         * search for expunges), which needs nothing from the SELECT. */
+        log_debug("%s: %s: no [CLOSED] from the server; listing changes without QRESYNC",
+                  e->acct->name, f->job->name);
+        f->qresync = false;
+    }
+    if (f->st.uidvalidity != 0 && f->mb.uidvalidity != f->st.uidvalidity &&
+        (f->nbase > 0 || f->nintents > 0)) {
+        /* The server renumbered the folder (RFC 7162 section 6: forget its
+         * UIDs and HIGHESTMODSEQ). The messages are matched to the local
+         * files by Message-ID and size instead of being downloaded again. */
+        f->rematch = true;
+        log_info("%s: UIDVALIDITY of %s changed (%u -> %u): matching messages again", e->acct->name,
+                 f->job->name, (unsigned)f->st.uidvalidity, (unsigned)f->mb.uidvalidity);
+    } else if (f->nbase == 0 && f->nintents == 0 && f->scan->count > 0 && f->mb.exists > 0) {
+        /* The index knows nothing of a folder that holds mail on both
+         * sides: a lost index, or a Maildir that mbsync or OfflineIMAP
+         * kept. The local files are matched to the server's messages
+         * first, over a full listing, so that only what one side alone
+         * holds is copied. */
+        f->rematch = true;
+        f->adopt = true;
+        f->st.highestmodseq = 0;
+        f->st.uidnext = 0;
+        f->nvanished = 0;
+        log_info("%s: %s: %zu local messages the index does not know: matching them with the "
+                 "server",
+                 e->acct->name, f->job->name, f->scan->count);
+    }
+    if (f->skip_uv != f->mb.uidvalidity) {
+        f->nskips = 0; /* UIDs of another numbering */
+    }
+    if (f->st.uidvalidity != f->mb.uidvalidity) {
+        /* A new folder, or a changed UIDVALIDITY with nothing known:
+         * forget the old state. */
+        f->st.highestmodseq = 0;
+        f->st.uidnext = 0;
+        f->nvanished = 0;
+    }
+    issue_fetch(e);
+}
+
+static void do_select(struct session *e)
+{
+    struct fstate *f = e->f;
+    free(e->selected);
+    e->selected = xstrdup(f->job->name);
+    struct imap_select_opts so = {0};
+    so.readonly = e->opts.dry_run;
+    if (e->ro->qresync_enabled(e->im) && f->st.uidvalidity != 0 && f->st.highestmodseq > 0 &&
+        f->st.uidnext > 0) {
+        so.qresync_uidvalidity = f->st.uidvalidity;
+        so.qresync_modseq = f->st.highestmodseq;
+        f->qresync = true;
+    } else if (e->ro->condstore_enabled(e->im)) {
+        so.condstore = true;
+    }
+    f->phase = FP_SELECT;
+    int r = e->ro->select(e->im, f->job->name, &so, on_select, e);
+    if (r < 0) {
+        queue_failed(e, r, "SELECT");
+        folder_advance(e);
+    }
+}
+
+struct smsg *find_smsg(struct fstate *f, uint32_t uid)
+{
+    size_t lo = 0, hi = f->nsmsgs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (f->smsgs[mid].uid == uid) {
+            return &f->smsgs[mid];
+        }
+        if (f->smsgs[mid].uid < uid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return NULL;
+}
+
+/* ---- folder: apply locally and on the server -------------------------------------------- */
+
+static bool is_modified(const struct fstate *f, uint32_t uid)
+{
+    return imap_uidset_contains(f->modified, f->nmodified, uid);
+}
+
+/* Local flag changes and deletions, then one directory fsync. */
+/* Every UID the plan's STOREs name, sorted, duplicates kept (caller frees). */
+static uint32_t *store_uids(const struct plan *p, size_t *n_r)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < p->nstores; i++) {
+        n += p->stores[i].nuids;
+    }
+    uint32_t *su = xcalloc(n + 1, sizeof(*su));
+    n = 0;
+    for (size_t i = 0; i < p->nstores; i++) {
+        for (size_t k = 0; k < p->stores[i].nuids; k++) {
+            su[n++] = p->stores[i].uids[k];
+        }
+    }
+    qsort(su, n, sizeof(*su), u32_cmp);
+    *n_r = n;
+    return su;
+}
+
+/* Records the new base of messages whose merged flags are now on both
+ * sides as soon as that is so, not at the end of the folder: after a kill
+ * later in the folder the old base would make the next run take this run's
+ * own renames and STOREs for changes made on the other side, and undo a
+ * change made in between. stored false: the messages that needed no STORE
+ * (once the local renames are durable); true: the rest (once the STOREs
+ * answered, except [MODIFIED] ones). */
+static void record_updates(struct session *e, bool stored)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    if (p->nupdates == 0 || e->opts.dry_run) {
+        return;
+    }
+    size_t nsu;
+    uint32_t *su = store_uids(p, &nsu);
+    struct idx_msg *puts = xcalloc(p->nupdates, sizeof(*puts));
+    size_t np = 0;
+    for (size_t i = 0; i < p->nupdates; i++) {
+        uint32_t uid = p->updates[i].uid;
+        bool in_store = nsu > 0 && bsearch(&uid, su, nsu, sizeof(*su), u32_cmp) != NULL;
+        if (in_store != stored) {
+            continue;
+        }
+        if (stored && (f->failed || f->stores_failed || is_modified(f, uid))) {
+            continue;
+        }
+        puts[np++] = p->updates[i];
+    }
+    if (np > 0) {
+        struct idx_ops o = {.folder = f->job->name, .puts = puts, .nputs = np};
+        idx_apply(e, &o);
+    }
+    if (stored) {
+        f->updates_recorded = true;
+    }
+    free(puts);
+    free(su);
+}
+
+static void apply_local(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    bool touched = false;
+    for (size_t i = 0; i < p->nlocal_flags; i++) {
+        const struct plan_local_flags *lf = &p->local_flags[i];
+        struct md_msg *m = md_scan_find(f->scan, lf->lid);
+        if (m == NULL) {
+            continue;
+        }
+        md_keywords kw;
+        if (!local_letters(e, &lf->kw, &kw)) {
+            folder_fail(e, "%s", md_folder_error(f->md));
+            return;
+        }
+        int r = md_set_flags(f->md, m, lf->flags, kw, lf->flags != 0 || kw != 0 || !m->in_new);
+        if (r < 0) {
+            folder_fail_md(e, r);
+            return;
+        }
+        touched = true;
+        fcounts(e)->flags_down++;
+    }
+    for (size_t i = 0; i < p->nlocal_deletes; i++) {
+        struct md_msg *m = md_scan_find(f->scan, p->local_deletes[i].lid);
+        if (m == NULL) {
+            continue;
+        }
+        int r = md_remove(f->md, m);
+        if (r < 0) {
+            folder_fail_md(e, r);
+            return;
+        }
+        touched = true;
+        fcounts(e)->deleted_down++;
+    }
+    if (touched) {
+        int r = md_folder_sync(f->md);
+        if (r < 0) {
+            folder_fail_md(e, r);
+            return;
+        }
+    }
+    /* Local deletions are durable: forget them. */
+    if (p->nlocal_deletes > 0) {
+        uint32_t *d = xcalloc(p->nlocal_deletes, sizeof(*d));
+        for (size_t i = 0; i < p->nlocal_deletes; i++) {
+            d[i] = p->local_deletes[i].uid;
+        }
+        struct idx_ops o = {.folder = f->job->name, .drops = d, .ndrops = p->nlocal_deletes};
+        idx_apply(e, &o);
+        free(d);
+    }
+    /* Local renames are durable: their new base goes in now. */
+    record_updates(e, false);
+}
+
+static void on_store_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct session *e = arg;
+    if (e->finished) {
+        return;
+    }
+    struct fstate *f = e->f;
+    bool ok = cmd_ok(e, res, "UID STORE");
+    if (!ok) {
+        f->stores_failed = true;
+    }
+    if (ok && res->nmodified > 0) {
+        /* Changed meanwhile by someone else: leave the base alone so the
+         * next run merges again. */
+        for (size_t i = 0; i < res->nmodified; i++) {
+            xgrow(&f->modified, &f->modified_cap, f->nmodified + 1, sizeof(*f->modified));
+            f->modified[f->nmodified++] = res->modified[i];
+        }
+    }
+    phase_cmd_done(e);
+}
+
+struct del_ctx {
+    struct session *e;
+    bool last; /* the command whose success completes the deletions */
+};
+
+static void on_delete_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct del_ctx *dc = arg;
+    struct session *e = dc->e;
+    bool last = dc->last;
+    free(dc);
+    if (e->finished) {
+        return;
+    }
+    struct fstate *f = e->f;
+    if (res->err >= 0 && res->status == IMAP_STATUS_OK) {
+        if (last && !f->sdel_failed) {
+            for (size_t i = 0; i < f->plan->nserver_deletes; i++) {
+                f->sdel_ok[i] = true;
+            }
+        }
+    } else if (res->err >= 0 || refused_locally(e, res)) {
+        /* Retried next run (the records stay); the rest goes on. */
+        f->sdel_failed = true;
+        folder_note(e, "deleting on the server: %s", res->text != NULL ? res->text : "failed");
+    }
+    phase_cmd_done(e);
+}
+
+static void queue_del(struct session *e, int r, struct del_ctx *dc)
+{
+    if (r < 0) {
+        free(dc);
+        e->f->pending--;
+        e->f->sdel_failed = true;
+        if (r == -ENOTCONN || conn_lost(e)) {
+            queue_failed(e, r, "deleting on the server");
+        } else {
+            folder_note(e, "deleting on the server: cannot be sent (%s)", strerror(-r));
+        }
+    }
+}
+
+/* Which flags a STORE of this run changes on a message (MD_FLAG_* bits, and
+ * UNSETTLED_KW for keywords) is kept per folder in the meta value
+ * "unsettled:FOLDER" as (UID, mask) pairs beside the marked rows: settle_base
+ * takes the server's value only for what the STORE touched and keeps the
+ * base for the rest, so a flag another client set meanwhile stays a change
+ * on the server. */
+#define UNSETTLED_KW 0x40
+
+/* Before the STOREs go out, their messages' base rows are marked unsettled:
+ * a STORE can reach the server and the run die before its answer is read.
+ * The next run then takes the server's flags as the base for them (see
+ * settle_base), so neither a change this run made nor one the user makes
+ * afterwards on either side is mistaken for the other and undone. */
+void unsettled_key(const char *folder, char *buf, size_t cap)
+{
+    if (strlen(folder) < 400) {
+        snprintf(buf, cap, "unsettled:%s", folder);
+        return;
+    }
+    uint8_t h[16];
+    msgfacts_msgid_hash(folder, h);
+    size_t n = (size_t)snprintf(buf, cap, "unsettled#");
+    for (size_t i = 0; i < sizeof(h) && n + 2 < cap; i++) {
+        n += (size_t)snprintf(buf + n, cap - n, "%02x", h[i]);
+    }
+}
+
+static bool mark_unsettled(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    /* Deletions by STORE +\Deleted (then UID EXPUNGE, or alone without
+     * UIDPLUS) are flag changes too: one that lands while the run dies
+     * before its end would otherwise read as the server's new \Deleted
+     * next time, and "deleted here, changed there" copies the message
+     * back. Unsettled, the next run takes the server's \Deleted as the
+     * base and deletes again. (A MOVE leaves the folder at once.) */
+    enum plan_local_delete mode = local_delete_mode(e);
+    bool del_stores = p->nserver_deletes > 0 && mode != PLAN_LOCAL_DELETE_TRASH;
+    if ((p->nstores == 0 && !del_stores) || e->opts.dry_run) {
+        return true;
+    }
+    uint32_t *dels = NULL;
+    if (del_stores) {
+        dels = xcalloc(p->nserver_deletes, sizeof(*dels));
+        for (size_t i = 0; i < p->nserver_deletes; i++) {
+            dels[i] = p->server_deletes[i].uid;
+        }
+        qsort(dels, p->nserver_deletes, sizeof(*dels), u32_cmp);
+    }
+    bool ok = true;
+    struct idx_msg *puts = xcalloc(f->nbase + 1, sizeof(*puts));
+    unsigned char *masks = xcalloc(f->nbase + 1, 5);
+    size_t np = 0;
+    for (size_t i = 0; i < f->nbase; i++) {
+        const struct idx_msg *m = &f->base[i];
+        uint8_t mask = 0;
+        for (size_t k = 0; k < p->nstores; k++) {
+            const struct plan_store *st = &p->stores[k];
+            if (st->nuids > 0 &&
+                bsearch(&m->uid, st->uids, st->nuids, sizeof(uint32_t), u32_cmp) != NULL) {
+                mask |= (uint8_t)(st->flags & MD_FLAGS_ALL);
+                if (st->kw.n > 0) {
+                    mask |= UNSETTLED_KW;
+                }
+            }
+        }
+        if (dels != NULL &&
+            bsearch(&m->uid, dels, p->nserver_deletes, sizeof(*dels), u32_cmp) != NULL) {
+            mask |= MD_FLAG_TRASHED;
+        }
+        if (mask != 0 && m->state == IDX_MSG_SYNCED) {
+            memcpy(masks + np * 5, &m->uid, 4);
+            masks[np * 5 + 4] = mask;
+            puts[np] = *m;
+            puts[np++].flags |= IDX_FLAGS_UNSETTLED;
+        }
+    }
+    if (np > 0) {
+        char key[512];
+        unsettled_key(f->job->name, key, sizeof(key));
+        struct idx_ops o = {.folder = f->job->name,
+                            .puts = puts,
+                            .nputs = np,
+                            .meta_key = key,
+                            .meta_val = masks,
+                            .meta_len = np * 5};
+        ok = idx_apply(e, &o) >= 0;
+    }
+    free(dels);
+    free(masks);
+    free(puts);
+    return ok;
+}
+
+/* The other half of mark_unsettled: a base row whose STORE may or may not
+ * have landed takes the server's flags when the server listed the message
+ * (a full listing, or a delta since the state before that STORE, which
+ * reports it when it landed), else its recorded flags. The settled rows
+ * are written at once: the folder state may move past that STORE in this
+ * run, after which no delta would list the message again. */
+static void settle_base(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct idx_msg *puts = NULL;
+    size_t np = 0, cap = 0;
+    unsigned char *masks = NULL;
+    size_t nmasks = 0;
+    for (size_t i = 0; i < f->nbase; i++) {
+        struct idx_msg *m = &f->base[i];
+        if (!(m->flags & IDX_FLAGS_UNSETTLED)) {
+            continue;
+        }
+        if (masks == NULL) {
+            /* Read once, on the first unsettled row. */
+            char key[512];
+            unsettled_key(f->job->name, key, sizeof(key));
+            struct idx_txn *txn;
+            size_t len = 0;
+            if (idx_begin(e->idx, false, &txn) == 0) {
+                unsigned char probe[1];
+                if (idx_meta_get(txn, key, probe, sizeof(probe), &len) == 0 && len >= 5) {
+                    masks = xmalloc(len);
+                    if (idx_meta_get(txn, key, masks, len, &len) < 0) {
+                        len = 0;
+                    }
+                }
+                idx_abort(txn);
+            }
+            if (masks == NULL) {
+                masks = xmalloc(1);
+                len = 0;
+            }
+            nmasks = len / 5;
+        }
+        uint8_t mask = 0;
+        for (size_t k = 0; k < nmasks; k++) {
+            uint32_t uid;
+            memcpy(&uid, masks + k * 5, 4);
+            if (uid == m->uid) {
+                mask = masks[k * 5 + 4];
+                break;
+            }
+        }
+        m->flags &= (uint8_t)~IDX_FLAGS_UNSETTLED;
+        const struct smsg *sm = find_smsg(f, m->uid);
+        if (sm != NULL) {
+            /* Only what the STORE touched takes the server's value. */
+            unsigned fm = mask & MD_FLAGS_ALL;
+            m->flags = (uint8_t)((m->flags & ~fm) | (sm->flags & fm));
+            if (mask & UNSETTLED_KW) {
+                struct plan_kw kw;
+                plan_kw_from((const char *const *)sm->kw, sm->nkw, &kw);
+                plan_kw_format(&kw, m->keywords, sizeof(m->keywords));
+                plan_kw_free(&kw);
+            }
+        }
+        xgrow(&puts, &cap, np + 1, sizeof(*puts));
+        puts[np++] = *m;
+    }
+    free(masks);
+    if (np > 0 && !e->opts.dry_run) {
+        struct idx_ops o = {.folder = f->job->name, .puts = puts, .nputs = np};
+        idx_apply(e, &o);
+    }
+    free(puts);
+}
+
+static void apply_server(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    f->phase = FP_APPLY_SERVER;
+    f->pending = 1;
+    /* Without the marks a STORE whose answer a crash loses could be taken
+     * for the user's change next time: no STORE then (the folder failed;
+     * the next run plans them again). */
+    if (!mark_unsettled(e)) {
+        /* Nothing has gone out yet: end the folder here rather than
+         * send deletions and fetch bodies the index could not record. */
+        f->pending = 0;
+        folder_end(e);
+        return;
+    }
+    f->stores_sent = p->nstores > 0;
+    uint64_t unchanged = f->condstore ? f->mb.highestmodseq : 0;
+    /* UIDs already in an earlier STORE of this run: our own first STORE
+     * raised their MODSEQ, so UNCHANGEDSINCE would refuse the second one
+     * ([MODIFIED]) although nobody else touched them. The first STORE
+     * carries the conflict check for them. */
+    uint32_t *touched = xcalloc(1, sizeof(*touched));
+    size_t ntouched = 0;
+    for (size_t i = 0; i < p->nstores; i++) {
+        const struct plan_store *st = &p->stores[i];
+        size_t nkw;
+        const char **kw = imap_keywords(st->flags, &st->kw, &nkw);
+        uint32_t *first = xcalloc(st->nuids + 1, sizeof(*first));
+        uint32_t *again = xcalloc(st->nuids + 1, sizeof(*again));
+        size_t nfirst = 0, nagain = 0;
+        for (size_t k = 0; k < st->nuids; k++) {
+            if (ntouched > 0 &&
+                bsearch(&st->uids[k], touched, ntouched, sizeof(*touched), u32_cmp) != NULL) {
+                again[nagain++] = st->uids[k];
+            } else {
+                first[nfirst++] = st->uids[k];
+            }
+        }
+        for (int pass = 0; pass < 2; pass++) {
+            char **sets;
+            size_t nsets = imap_uidset_format(pass == 0 ? first : again,
+                                              pass == 0 ? nfirst : nagain, 0, &sets);
+            for (size_t k = 0; k < nsets; k++) {
+                f->pending++;
+                int sr = e->ro->uid_store(e->im, sets[k], st->op, md_to_imap(st->flags), kw, nkw,
+                                          pass == 0 ? unchanged : 0, on_store_done, e);
+                if (sr < 0) {
+                    /* Refused before it was sent: its flags did not go up,
+                     * so the base must not advance as if they had. */
+                    f->pending--;
+                    f->stores_failed = true;
+                    if (sr != -ENOTCONN) {
+                        folder_fail(e, "UID STORE %s: cannot be sent (%s)", sets[k], strerror(-sr));
+                    } else {
+                        queue_failed(e, sr, "UID STORE");
+                    }
+                }
+                free(sets[k]);
+            }
+            free(sets);
+        }
+        touched = xrealloc(touched, (ntouched + nfirst + 1) * sizeof(*touched));
+        memcpy(touched + ntouched, first, nfirst * sizeof(*first));
+        ntouched += nfirst;
+        qsort(touched, ntouched, sizeof(*touched), u32_cmp);
+        free(first);
+        free(again);
+        free(kw);
+    }
+    free(touched);
+    f->sdel_ok = xcalloc(p->nserver_deletes + 1, sizeof(bool));
+    if (p->nserver_deletes > 0) {
+        uint32_t *uids = xcalloc(p->nserver_deletes, sizeof(*uids));
+        for (size_t i = 0; i < p->nserver_deletes; i++) {
+            uids[i] = p->server_deletes[i].uid;
+        }
+        char **sets;
+        size_t nsets = imap_uidset_format(uids, p->nserver_deletes, 0, &sets);
+        enum plan_local_delete mode = local_delete_mode(e);
+        if (e->acct->on_local_delete == PLAN_LOCAL_DELETE_TRASH && e->run->trash == NULL) {
+            /* Said once per run, as a warning: the deletions are done (as
+             * \Deleted flags, which the plan then knows as done), and only
+             * the configuration can change this, so failing every run
+             * would mend nothing. */
+            if (!e->run->trash_warned) {
+                e->run->trash_warned = true;
+                log_warnx("%s: on_local_delete is 'trash', but the server marks no folder as "
+                          "\\Trash (SPECIAL-USE) and has no folder named Trash: messages "
+                          "deleted locally are only flagged \\Deleted on the server. Set "
+                          "'trash: FOLDER' in account '%s' to move them to that folder",
+                          e->acct->name, e->acct->name);
+            }
+        } else if (mode == PLAN_LOCAL_DELETE_FLAG &&
+                   e->acct->on_local_delete != PLAN_LOCAL_DELETE_FLAG) {
+            folder_note(e, "the server lacks UIDPLUS: deleted messages were only flagged "
+                           "\\Deleted (expunge them with your mail client)");
+        }
+        f->sdel_flag_mode = mode == PLAN_LOCAL_DELETE_FLAG;
+        struct fjob *tj = mode == PLAN_LOCAL_DELETE_TRASH ? find_job(e->run, e->run->trash) : NULL;
+        if (tj != NULL) {
+            /* Its LIST-STATUS counters predate the moves: were the trash
+             * still to be synced in this run, they would say it did not
+             * change, and the moved messages would wait for the next run. */
+            tj->has_status = false;
+        }
+        for (size_t k = 0; k < nsets; k++) {
+            bool last = k + 1 == nsets;
+            struct del_ctx *dc;
+            if (mode == PLAN_LOCAL_DELETE_TRASH) {
+                dc = xmalloc(sizeof(*dc));
+                *dc = (struct del_ctx){e, last};
+                f->pending++;
+                queue_del(e, e->ro->uid_move(e->im, sets[k], e->run->trash, on_delete_done, dc),
+                          dc);
+            } else {
+                dc = xmalloc(sizeof(*dc));
+                *dc = (struct del_ctx){e, last && mode == PLAN_LOCAL_DELETE_FLAG};
+                f->pending++;
+                queue_del(e,
+                          e->ro->uid_store(e->im, sets[k], '+', IMAP_FLAG_DELETED, NULL, 0, 0,
+                                           on_delete_done, dc),
+                          dc);
+                if (mode == PLAN_LOCAL_DELETE_EXPUNGE) {
+                    dc = xmalloc(sizeof(*dc));
+                    *dc = (struct del_ctx){e, last};
+                    f->pending++;
+                    queue_del(e, e->ro->uid_expunge(e->im, sets[k], on_delete_done, dc), dc);
+                }
+            }
+            free(sets[k]);
+        }
+        free(sets);
+        free(uids);
+    }
+    phase_cmd_done(e);
+}
+
+/* ---- downloads -------------------------------------------------------------------------- */
+
+/* Account-wide progress: every session adds to the run's counters. */
+static void progress_add(struct session *e, unsigned msgs, uint64_t bytes)
+{
+    struct engine *r = e->run;
+    r->prog_done += msgs;
+    r->prog_bytes += bytes;
+    if (e->opts.progress != NULL && e->f != NULL) {
+        e->opts.progress(e->f->job->name, r->prog_done, r->prog_total, r->prog_bytes,
+                         e->opts.progress_arg);
+    }
+}
+
+/* A batch of downloads made durable and renamed into place on the thread
+ * pool (fsync or syncfs, keyword letters with dovecot-keywords' lock,
+ * renames), so that the loop goes on serving the connections meanwhile.
+ * The loop thread keeps filling the next batch's writers of the same
+ * folder (see store/maildir.h, Threads). */
+struct flush_job {
+    uv_work_t req;
+    struct session *e;
+    struct md_folder *md;
+    struct dl **batch;
+    size_t n;
+    struct idx_msg *rows; /* per message: the record, SYNCED once done */
+    int *res;             /* per message: 0 done, FLUSH_NO_LETTERS, or -errno */
+    int sync_r;           /* md_writers_sync */
+    bool dry_run;
+    bool kw_failed; /* in: a letter could not be had before; out: now */
+};
+
+#define FLUSH_NO_LETTERS 1
+
+static bool batch_full(const struct fstate *f)
+{
+    return f->nbatch >= DL_BATCH_MSGS || f->batch_bytes >= DL_BATCH_BYTES;
+}
+
+static void flush_work(uv_work_t *req)
+{
+    struct flush_job *j = req->data;
+    struct md_writer **ws = xcalloc(j->n, sizeof(*ws));
+    for (size_t i = 0; i < j->n; i++) {
+        ws[i] = j->batch[i]->w;
+        /* The received date goes with the bytes; a failure stays on the
+         * writer and its commit reports it. */
+        md_writer_finish(ws[i], j->batch[i]->pd->internaldate);
+    }
+    j->sync_r = md_writers_sync(j->md, ws, j->n);
+    free(ws);
+    for (size_t i = 0; i < j->n; i++) {
+        struct dl *d = j->batch[i];
+        if (j->sync_r < 0) {
+            md_writer_abort(d->w);
+            j->res[i] = j->sync_r;
+            d->w = NULL;
+            continue;
+        }
+        md_keywords kw = 0;
+        bool letters = true;
+        for (size_t k = 0; k < d->pd->kw.n && letters; k++) {
+            /* assign_letters gave the folder's names their letters already;
+             * after one failure here the lock is not waited for again. */
+            int ix =
+                j->kw_failed ? -EAGAIN : md_keyword_index(j->md, d->pd->kw.names[k], !j->dry_run);
+            if (ix >= 0 && ix < 26) {
+                kw |= (md_keywords)1u << ix;
+            } else if (ix != MD_EKWFULL && ix != -ENOENT && ix != -EINVAL) {
+                j->kw_failed = true;
+                letters = false;
+            }
+        }
+        if (!letters) {
+            /* Nothing recorded: the next run downloads it again. */
+            md_writer_abort(d->w);
+            j->res[i] = FLUSH_NO_LETTERS;
+        } else {
+            bool to_cur = d->pd->flags != 0 || kw != 0;
+            j->res[i] =
+                md_writer_commit(d->w, to_cur, d->pd->flags, kw, d->pd->internaldate, true, NULL);
+        }
+        d->w = NULL;
+    }
+}
+
+static void flush_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct flush_job *j = req->data;
+    struct session *e = j->e;
+    struct fstate *f = e->f;
+    f->flushing = NULL;
+    f->kw_failed = f->kw_failed || j->kw_failed;
+    if (j->sync_r < 0) {
+        folder_fail_md(e, j->sync_r);
+    }
+    size_t ok = 0;
+    uint64_t ok_bytes = 0;
+    for (size_t i = 0; i < j->n; i++) {
+        struct dl *d = j->batch[i];
+        if (j->res[i] == FLUSH_NO_LETTERS) {
+            folder_fail(e, "%s", md_folder_error(f->md));
+        } else if (j->res[i] < 0 && j->sync_r >= 0) {
+            folder_fail_md(e, j->res[i]); /* the intent stays: the next run forgets it */
+        } else if (j->res[i] == 0) {
+            j->rows[i].state = IDX_MSG_SYNCED;
+            j->rows[ok++] = j->rows[i];
+            fcounts(e)->new_down++;
+            fcounts(e)->bytes_down += d->wire_size;
+            ok_bytes += d->wire_size;
+        }
+        free(d);
+    }
+    if (ok > 0) {
+        /* new/ and cur/ are fsynced (with other folders' directories)
+         * before these records are written. */
+        md_folder_sync_later(f->md, &e->run->dirsync);
+        struct idx_ops o = {.folder = f->job->name, .puts = j->rows, .nputs = ok};
+        idx_apply_later(e, &o);
+    }
+    progress_add(e, (unsigned)ok, ok_bytes);
+    free(j->batch);
+    free(j->rows);
+    free(j->res);
+    free(j);
+    /* What came in meanwhile: the next batch when it is full, or all of it
+     * when the folder's downloads ended (or the connection did). */
+    if (f->nbatch > 0 && (e->finished || f->advance_after_flush || batch_full(f))) {
+        flush_batch(e);
+        if (f->flushing != NULL) {
+            return;
+        }
+    }
+    if (e->finished) {
+        if (e->teardown_pending) {
+            finish_teardown(e);
+        }
+        return;
+    }
+    if (f->advance_after_flush) {
+        f->advance_after_flush = false;
+        folder_advance(e);
+    }
+}
+
+/* Commits the batch: intent rows (see below), then on the thread pool the
+ * fsync + rename of every file (flush_work), then the records with the
+ * next index write, after the directories' fsync. One batch at a time per
+ * folder: a call while one is in flight leaves the messages for the next
+ * (flush_done starts it). */
+int flush_batch(struct session *e)
+{
+    struct fstate *f = e->f;
+    if (f->nbatch == 0 || f->flushing != NULL) {
+        return 0;
+    }
+    struct idx_msg *rows = xcalloc(f->nbatch, sizeof(*rows));
+    for (size_t i = 0; i < f->nbatch; i++) {
+        struct dl *d = f->batch[i];
+        struct idx_msg *m = &rows[i];
+        m->uid = d->pd->uid;
+        m->state = IDX_MSG_APPENDING; /* a download intent (uid set) */
+        m->flags = (uint8_t)d->pd->flags;
+        m->size = d->wire_size;
+        snprintf(m->lid, sizeof(m->lid), "%s", d->lid);
+        plan_kw_format(&d->pd->kw, m->keywords, sizeof(m->keywords));
+    }
+    struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = f->nbatch};
+    /* The intents keep a crash between the renames below and the records
+     * from leaving files the index does not know beside records it does
+     * (which the next run would upload as new). The first batch of a
+     * folder the index knows nothing of needs none: its records are
+     * written in one transaction, and until then a crash leaves a folder
+     * the index has no trace of, with mail on both sides, which the next
+     * run matches file to message (the adopt path of on_select), copying
+     * nothing. That saves a durable index commit per folder on a first
+     * sync of many small folders. */
+    bool intents = f->dl_flushed || f->st.uidvalidity != 0 || f->nbase != 0 || f->nintents != 0 ||
+                   f->adopt || f->rematch;
+    f->dl_flushed = true;
+    int r = intents ? idx_apply(e, &o) : 0;
+    if (r < 0) {
+        for (size_t i = 0; i < f->nbatch; i++) {
+            md_writer_abort(f->batch[i]->w);
+            free(f->batch[i]);
+        }
+        f->nbatch = 0;
+        f->batch_bytes = 0;
+        free(rows);
+        return r;
+    }
+    struct flush_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->md = f->md;
+    j->batch = f->batch;
+    j->n = f->nbatch;
+    j->rows = rows;
+    j->res = xcalloc(j->n, sizeof(*j->res));
+    j->dry_run = e->opts.dry_run;
+    j->kw_failed = f->kw_failed;
+    f->batch = NULL;
+    f->nbatch = f->batch_cap = 0;
+    f->batch_bytes = 0;
+    f->flushing = j;
+    if (uv_queue_work(e->loop, &j->req, flush_work, flush_done) != 0) {
+        /* Cannot happen with a valid loop; do it here then. */
+        flush_work(&j->req);
+        flush_done(&j->req, 0);
+    }
+    return 0;
+}
+
+static const struct plan_download *find_download(struct fstate *f, uint32_t uid)
+{
+    const struct plan *p = f->plan;
+    size_t lo = 0, hi = p->ndownloads;
+    /* Downloads are in ascending UID order (plan_build sorts the server
+     * listing). */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (p->downloads[mid].uid == uid) {
+            return &p->downloads[mid];
+        }
+        if (p->downloads[mid].uid < uid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    for (size_t i = 0; i < p->ndownloads; i++) {
+        if (p->downloads[i].uid == uid) {
+            return &p->downloads[i];
+        }
+    }
+    return NULL;
+}
+
+static void *dl_begin(struct imap *im, uint32_t seq, uint32_t uid, uint64_t size, void *arg)
+{
+    struct session *e = arg;
+    struct fstate *f = e->f;
+    if (f == NULL || f->md == NULL) {
+        return NULL;
+    }
+    struct dl *d = xcalloc(1, sizeof(*d));
+    d->e = e;
+    d->wire_size = size;
+    int r = md_writer_open(f->md, true, &d->w);
+    if (r < 0) {
+        d->err = r;
+        d->w = NULL;
+    } else {
+        snprintf(d->lid, sizeof(d->lid), "%s", md_writer_id(d->w));
+    }
+    f->cur = d;
+    return d;
+}
+
+static int dl_data(struct imap *im, void *sink, const char *data, size_t len, void *arg)
+{
+    struct dl *d = sink;
+    if (d == NULL || d->w == NULL || d->err < 0) {
+        return 0;
+    }
+    int r = md_writer_write(d->w, data, len);
+    if (r < 0) {
+        d->err = r;
+    }
+    return 0;
+}
+
+static void dl_end(struct imap *im, void *sink, bool complete, void *arg)
+{
+    struct dl *d = sink;
+    if (d != NULL) {
+        d->complete = complete;
+    }
+}
+
+static void dl_message(struct imap *im, const struct imap_msg *m, void *sink, void *arg)
+{
+    struct session *e = arg;
+    struct fstate *f = e->f;
+    struct dl *d = sink;
+    if (d == NULL) {
+        return;
+    }
+    if (f->cur == d) {
+        f->cur = NULL;
+    }
+    d->pd = m->uid != 0 ? find_download(f, m->uid) : NULL;
+    if (d->pd == NULL || !d->complete || d->err < 0 || d->w == NULL) {
+        if (d->err == -ENOSPC || d->err == -EDQUOT) {
+            folder_fail_transient(e, "writing a message: %s", strerror(-d->err));
+        } else if (d->err < 0) {
+            folder_fail(e, "writing a message: %s", strerror(-d->err));
+        }
+        if (d->w != NULL) {
+            md_writer_abort(d->w);
+        }
+        free(d);
+        return;
+    }
+    xgrow(&f->batch, &f->batch_cap, f->nbatch + 1, sizeof(*f->batch));
+    f->batch[f->nbatch++] = d;
+    f->batch_bytes += d->wire_size;
+    if (batch_full(f)) {
+        flush_batch(e);
+    }
+}
+
+static void on_dl_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct session *e = arg;
+    if (e->finished) {
+        return;
+    }
+    cmd_ok(e, res, "UID FETCH BODY");
+    phase_cmd_done(e);
+}
+
+static const struct imap_fetch_cb body_cb = {
+    .body_begin = dl_begin,
+    .body_data = dl_data,
+    .body_end = dl_end,
+    .on_message = dl_message,
+    .done = on_dl_done,
+};
+
+static void issue_downloads(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    f->phase = FP_DOWNLOAD;
+    f->pending = 1;
+    if (f->md != NULL) {
+        for (size_t i = 0; i < p->ndownloads; i += DL_UIDS_PER_CMD) {
+            size_t n = p->ndownloads - i < DL_UIDS_PER_CMD ? p->ndownloads - i : DL_UIDS_PER_CMD;
+            uint32_t *uids = xcalloc(n, sizeof(*uids));
+            for (size_t k = 0; k < n; k++) {
+                uids[k] = p->downloads[i + k].uid;
+            }
+            char **sets;
+            size_t nsets = imap_uidset_format(uids, n, 0, &sets);
+            for (size_t k = 0; k < nsets; k++) {
+                f->pending++;
+                int r = e->ro->uid_fetch(e->im, sets[k], IMAP_FETCH_BODY, 0, false, &body_cb, e);
+                if (r < 0) {
+                    f->pending--;
+                    queue_failed(e, r, "UID FETCH BODY");
+                }
+                free(sets[k]);
+            }
+            free(sets);
+            free(uids);
+        }
+    }
+    phase_cmd_done(e);
+}
+
+/* ---- uploads ------------------------------------------------------------------------------ */
+
+struct ul {
+    struct session *e;
+    size_t index;
+    int fd;
+    struct idx_msg rec;
+};
+
+static void issue_uploads(struct session *e);
+
+static void on_append_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct ul *u = arg;
+    struct session *e = u->e;
+    if (u->fd >= 0) {
+        close(u->fd);
+    }
+    if (e->finished) {
+        free(u);
+        return;
+    }
+    struct fstate *f = e->f;
+    f->ul_inflight--;
+    if (cmd_ok(e, res, "APPEND")) {
+        fcounts(e)->new_up++;
+        fcounts(e)->bytes_up += u->rec.size;
+        progress_add(e, 1, u->rec.size);
+        /* APPENDUID counts only where UIDPLUS is announced (decide from
+         * CAPABILITY, as for CONDSTORE: a server that hides it, like the
+         * test Dovecot, may still send the code). */
+        if (res->append_uid != 0 && res->append_uidvalidity == f->mb.uidvalidity &&
+            (e->ro->caps(e->im) & IMAP_CAP_UIDPLUS)) {
+            u->rec.uid = res->append_uid;
+            u->rec.state = IDX_MSG_SYNCED;
+            xgrow(&f->ul_done, &f->ul_done_cap, f->nul_done + 1, sizeof(*f->ul_done));
+            f->ul_done[f->nul_done++] = u->rec;
+        } else {
+            /* No APPENDUID (no UIDPLUS): the intent row stays until the
+             * UID is found among the new ones after the last APPEND. */
+            xgrow(&f->ul_pend, &f->ul_pend_cap, f->nul_pend + 1, sizeof(*f->ul_pend));
+            xgrow(&f->ul_pend_ix, &f->ul_pend_ix_cap, f->nul_pend + 1, sizeof(*f->ul_pend_ix));
+            f->ul_pend[f->nul_pend] = u->rec;
+            f->ul_pend_ix[f->nul_pend++] = u->index;
+        }
+    }
+    free(u);
+    if (!conn_lost(e)) {
+        issue_uploads(e);
+    }
+    phase_cmd_done(e);
+}
+
+/* Wire size of an LF file: its size plus one CR per LF not preceded by CR. */
+int wire_size(int fd, uint64_t *size_r)
+{
+    char buf[65536];
+    uint64_t n = 0;
+    char prev = 0;
+    off_t off = 0;
+    for (;;) {
+        ssize_t r = pread(fd, buf, sizeof(buf), off);
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (r == 0) {
+            break;
+        }
+        for (ssize_t i = 0; i < r; i++) {
+            if (buf[i] == '\n' && prev != '\r') {
+                n++;
+            }
+            prev = buf[i];
+        }
+        n += (uint64_t)r;
+        off += r;
+    }
+    *size_r = n;
+    return 0;
+}
+
+static void issue_uploads(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    while (f->ul_next < p->nuploads && f->ul_inflight < UL_WINDOW && !f->failed) {
+        size_t i = f->ul_next++;
+        const struct plan_upload *pu = &p->uploads[i];
+        struct md_msg *m = md_scan_find(f->scan, pu->lid);
+        if (m == NULL) {
+            continue;
+        }
+        const struct lfact *lf = &f->ulf[i];
+        if (!lf->have_wire) {
+            continue; /* unreadable when the intents were written */
+        }
+        int fd = md_open_msg(f->md, m);
+        if (fd < 0) {
+            continue; /* gone meanwhile: the next run sees it deleted */
+        }
+        struct ul *u = xcalloc(1, sizeof(*u));
+        u->e = e;
+        u->index = i;
+        u->fd = fd;
+        struct stat stbuf;
+        uint64_t size = lf->wire;
+        if (fstat(fd, &stbuf) < 0) {
+            close(fd);
+            free(u);
+            continue;
+        }
+        snprintf(u->rec.lid, sizeof(u->rec.lid), "%s", pu->lid);
+        u->rec.flags = (uint8_t)pu->flags;
+        u->rec.size = size;
+        plan_kw_format(&pu->kw, u->rec.keywords, sizeof(u->rec.keywords));
+        if (lf->msgid != NULL) {
+            msgfacts_msgid_hash(lf->msgid, u->rec.msgid_hash);
+        } else if (lf->have_hh) {
+            memcpy(u->rec.msgid_hash, lf->hh, sizeof(u->rec.msgid_hash));
+        }
+        size_t nkw;
+        const char **kw = imap_keywords(pu->flags, &pu->kw, &nkw);
+        struct imap_append a = {
+            .folder = f->job->name,
+            .flags = md_to_imap(pu->flags),
+            .keywords = kw,
+            .nkeywords = nkw,
+            .internaldate = stbuf.st_mtime,
+            .size = size,
+            .fd = fd,
+            .lf_to_crlf = true,
+        };
+        f->ul_inflight++;
+        f->pending++;
+        int r = e->ro->append(e->im, &a, on_append_done, u);
+        free(kw);
+        if (r < 0) {
+            f->ul_inflight--;
+            f->pending--;
+            close(fd);
+            free(u);
+            queue_failed(e, r, "APPEND");
+            if (conn_lost(e)) {
+                break;
+            }
+        }
+    }
+}
+
+/* Records the intents (APPENDING rows) durably, then starts the APPENDs. */
+static void start_uploads(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    f->phase = FP_UPLOAD;
+    f->pending = 1;
+    if (p->nuploads > 0 && f->md != NULL) {
+        f->ulf = xcalloc(p->nuploads, sizeof(*f->ulf));
+        f->nulf = p->nuploads;
+        struct idx_msg *rows = xcalloc(p->nuploads, sizeof(*rows));
+        for (size_t i = 0; i < p->nuploads; i++) {
+            const struct plan_upload *pu = &p->uploads[i];
+            struct idx_msg *m = &rows[i];
+            m->state = IDX_MSG_APPENDING;
+            m->flags = (uint8_t)pu->flags;
+            snprintf(m->lid, sizeof(m->lid), "%s", pu->lid);
+            plan_kw_format(&pu->kw, m->keywords, sizeof(m->keywords));
+            /* What finds the message on the server again without APPENDUID
+             * or after a crash: Message-ID, header hash and wire size. */
+            struct lfact *lf = &f->ulf[i];
+            struct md_msg *lm = md_scan_find(f->scan, pu->lid);
+            int fd = lm != NULL ? md_open_msg(f->md, lm) : -ENOENT;
+            if (fd >= 0) {
+                if (msgfacts_read_file(fd, &lf->msgid, lf->hh, &lf->have_hh, NULL) == 0 &&
+                    wire_size(fd, &lf->wire) == 0) {
+                    lf->have_wire = true;
+                }
+                close(fd);
+            }
+            m->size = lf->wire;
+            if (lf->msgid != NULL) {
+                msgfacts_msgid_hash(lf->msgid, m->msgid_hash);
+            } else if (lf->have_hh) {
+                memcpy(m->msgid_hash, lf->hh, sizeof(m->msgid_hash));
+            }
+        }
+        struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = p->nuploads};
+        int r = idx_apply(e, &o);
+        free(rows);
+        if (r == 0) {
+            issue_uploads(e);
+        }
+    }
+    phase_cmd_done(e);
+}
+
+/* ---- folder: final record ------------------------------------------------------------------ */
+
+/* Messages whose flags the plan's STOREs change on the server. Messages,
+ * not commands: one that gained one flag and lost another is in two stores
+ * but counts once; one left alone by UNCHANGEDSINCE ([MODIFIED]) does not
+ * count. */
+static unsigned flags_up_count(const struct fstate *f)
+{
+    size_t nsu;
+    uint32_t *su = store_uids(f->plan, &nsu);
+    unsigned n = 0;
+    for (size_t i = 0; i < nsu; i++) {
+        if ((i == 0 || su[i] != su[i - 1]) && !is_modified(f, su[i])) {
+            n++;
+        }
+    }
+    free(su);
+    return n;
+}
+
+/* The folder's skip list after its plan: the plan's, plus (for a delta)
+ * the old entries the delta did not mention and that were not expunged.
+ * Caller frees. */
+static struct skip_ent *next_skips(struct fstate *f, size_t *n_r)
+{
+    const struct plan *p = f->plan;
+    struct skip_ent *sk = xcalloc(f->nskips + p->nskips + 1, sizeof(*sk));
+    size_t nsk = 0;
+    for (size_t i = 0; i < f->nskips && f->delta; i++) {
+        uint32_t uid = f->skips[i].uid;
+        bool gone = u32_in(f->vanished, f->nvanished, uid) || find_smsg(f, uid) != NULL ||
+                    (f->have_search &&
+                     bsearch(&uid, f->search, f->nsearch, sizeof(uint32_t), u32_cmp) == NULL);
+        if (!gone) {
+            sk[nsk++] = f->skips[i];
+        }
+    }
+    for (size_t i = 0; i < p->nskips; i++) {
+        const struct smsg *sm = find_smsg(f, p->skips[i].uid);
+        sk[nsk++] = (struct skip_ent){.uid = p->skips[i].uid,
+                                      .too_old = p->skips[i].too_old,
+                                      .size = p->skips[i].size,
+                                      .date = sm != NULL ? (int64_t)sm->internaldate : 0};
+    }
+    *n_r = nsk;
+    return sk;
+}
+
+/* --dry-run: the folder's counts are what the plan would do, counted as
+ * the real run counts what it did (apply_local, folder_final, the
+ * transfers), so that the summary of a dry run is the one the real run
+ * then prints. */
+static void count_planned(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    struct engine_counts *c = fcounts(e);
+    c->new_down = (unsigned)p->ndownloads;
+    c->bytes_down = 0;
+    for (size_t i = 0; i < p->ndownloads; i++) {
+        c->bytes_down += p->downloads[i].size;
+    }
+    c->new_up = (unsigned)p->nuploads;
+    c->flags_down = (unsigned)p->nlocal_flags;
+    c->flags_up = flags_up_count(f);
+    c->deleted_down = (unsigned)p->nlocal_deletes;
+    c->deleted_up = (unsigned)p->nserver_deletes;
+    size_t nsk;
+    struct skip_ent *sk = next_skips(f, &nsk);
+    count_skips(e, sk, nsk);
+    free(sk);
+}
+
+static void folder_final(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    struct idx_msg *puts = NULL;
+    size_t np = 0, cap = 0;
+    uint32_t *drops = NULL;
+    size_t nd = 0, dcap = 0;
+    bool stores_ok = !f->failed && !f->updates_recorded;
+    for (size_t i = 0; i < p->nupdates; i++) {
+        /* Base advances only where both sides now hold the merged state. */
+        if (!stores_ok || is_modified(f, p->updates[i].uid)) {
+            continue;
+        }
+        xgrow(&puts, &cap, np + 1, sizeof(*puts));
+        puts[np++] = p->updates[i];
+    }
+    for (size_t i = 0; i < f->nul_done; i++) {
+        xgrow(&puts, &cap, np + 1, sizeof(*puts));
+        puts[np++] = f->ul_done[i];
+    }
+    for (size_t i = 0; i < p->ndrops; i++) {
+        xgrow(&drops, &dcap, nd + 1, sizeof(*drops));
+        drops[nd++] = p->drops[i];
+    }
+    for (size_t i = 0; i < p->nserver_deletes; i++) {
+        /* A folder that ended before apply_server sent no deletion. */
+        if (f->sdel_ok == NULL || !f->sdel_ok[i]) {
+            continue;
+        }
+        uint32_t uid = p->server_deletes[i].uid;
+        if (f->sdel_flag_mode) {
+            /* Flag mode: keep the record, marked \Deleted, so the message
+             * left on the server is not fetched again. */
+            for (size_t k = 0; k < f->nbase; k++) {
+                if (f->base[k].uid == uid) {
+                    xgrow(&puts, &cap, np + 1, sizeof(*puts));
+                    puts[np] = f->base[k];
+                    puts[np++].flags |= MD_FLAG_TRASHED;
+                    break;
+                }
+            }
+        } else {
+            xgrow(&drops, &dcap, nd + 1, sizeof(*drops));
+            drops[nd++] = uid;
+        }
+        fcounts(e)->deleted_up++;
+    }
+    /* STOREs that never went out, or were refused, changed nothing. */
+    fcounts(e)->flags_up = f->stores_sent && !f->stores_failed ? flags_up_count(f) : 0;
+    size_t nsk;
+    struct skip_ent *sk = next_skips(f, &nsk);
+    count_skips(e, sk, nsk);
+
+    /* The folder's state: only when everything it covers is done, so a
+     * failed step is retried from the same HIGHESTMODSEQ. */
+    struct idx_folder st = f->st;
+    bool complete = !f->failed && p->error == NULL && f->ul_next >= p->nuploads &&
+                    f->ul_unresolved == 0 && fcounts(e)->new_down == p->ndownloads;
+    struct idx_folder *stp = NULL;
+    if (complete && f->selected) {
+        st.uidvalidity = f->mb.uidvalidity;
+        st.uidnext = f->mb.uidnext;
+        st.highestmodseq = f->condstore ? f->mb.highestmodseq : 0;
+        st.messages = f->mb.exists;
+        st.last_full_sync = (int64_t)e->now;
+        stp = &st;
+    }
+    struct idx_ops o = {
+        .folder = f->job->name, .puts = puts, .nputs = np, .drops = drops, .ndrops = nd, .st = stp};
+    char key[512];
+    unsigned char *packed = NULL;
+    if (stp != NULL && (nsk > 0 || f->nskips > 0)) {
+        /* Stored with the folder state it belongs to. */
+        skiplist_key(f->job->name, key, sizeof(key));
+        packed = skiplist_pack(sk, nsk, st.uidvalidity, &o.meta_len);
+        o.meta_key = key;
+        o.meta_val = packed;
+    }
+    if (np > 0 || nd > 0 || stp != NULL) {
+        idx_apply_later(e, &o);
+    }
+    free(packed);
+    free(sk);
+    free(puts);
+    free(drops);
+}
+
+/* ---- folder driver ------------------------------------------------------------------------- */
+
+static int smsg_cmp(const void *a, const void *b)
+{
+    const struct smsg *x = a, *y = b;
+    if (x->uid != y->uid) {
+        return x->uid < y->uid ? -1 : 1;
+    }
+    /* Entries with a size (from the new-mail FETCH) sort last. */
+    return (x->size != 0) - (y->size != 0);
+}
+
+static void smsg_clear(struct smsg *s)
+{
+    for (size_t j = 0; j < s->nkw; j++) {
+        free(s->kw[j]);
+    }
+    free(s->kw);
+    free(s->msgid);
+}
+
+/* QRESYNC/CHANGEDSINCE report new messages too, and the new-mail FETCH
+ * lists them again: keep one entry per UID, the later (fuller) one. */
+void dedupe_server(struct fstate *f)
+{
+    if (f->nsmsgs < 2) {
+        return;
+    }
+    qsort(f->smsgs, f->nsmsgs, sizeof(*f->smsgs), smsg_cmp);
+    size_t out = 0;
+    for (size_t i = 0; i < f->nsmsgs; i++) {
+        if (i + 1 < f->nsmsgs && f->smsgs[i + 1].uid == f->smsgs[i].uid) {
+            smsg_clear(&f->smsgs[i]);
+            continue;
+        }
+        f->smsgs[out++] = f->smsgs[i];
+    }
+    f->nsmsgs = out;
+}
+
+/* Gives every keyword the server has in this folder a letter before the
+ * plan is made, in one take of dovecot-uidlist.lock (which may have to be
+ * waited for) instead of one per message. Names that find no free letter
+ * stay without one, and the plan then treats them as keywords the local
+ * side cannot hold. */
+static int assign_letters(struct session *e)
+{
+    struct fstate *f = e->f;
+    const char **names = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < f->nsmsgs; i++) {
+        for (size_t k = 0; k < f->smsgs[i].nkw; k++) {
+            xgrow(&names, &cap, n + 1, sizeof(*names));
+            names[n++] = f->smsgs[i].kw[k];
+        }
+    }
+    int r = 0;
+    if (n > 0) {
+        qsort(names, n, sizeof(*names), strp_cmp);
+        size_t u = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (u == 0 || strcmp(names[u - 1], names[i]) != 0) {
+                names[u++] = names[i];
+            }
+        }
+        r = md_keywords_assign(f->md, names, u);
+        if (r >= 0) {
+            const char *table[26];
+            f->free_letters = md_keyword_table(f->md, table);
+        }
+    }
+    free(names);
+    return r;
+}
+
+static void plan_folder(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct plan_input in;
+    struct plan_server_msg *sm;
+    if (!f->delta && f->mb.exists == 0) {
+        f->nsmsgs = 0;
+    }
+    if (f->have_search) {
+        /* CONDSTORE without QRESYNC: known UIDs missing from the search
+         * were expunged. */
+        for (size_t i = 0; i < f->nbase; i++) {
+            uint32_t uid = f->base[i].uid;
+            bool found = false;
+            size_t lo = 0, hi = f->nsearch;
+            while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                if (f->search[mid] == uid) {
+                    found = true;
+                    break;
+                }
+                if (f->search[mid] < uid) {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            if (!found) {
+                xgrow(&f->vanished, &f->vanished_cap, f->nvanished + 1, sizeof(*f->vanished));
+                f->vanished[f->nvanished++] = uid;
+            }
+        }
+    }
+    dedupe_server(f);
+    /* A skipped message reported by a delta (a flag change) comes without
+     * size and date: give it the ones it was skipped for, so the planner
+     * skips it again instead of downloading it. */
+    for (size_t i = 0; i < f->nsmsgs && f->nskips > 0; i++) {
+        struct smsg *s = &f->smsgs[i];
+        const struct skip_ent *sk = s->size == 0 ? find_skip(f, s->uid) : NULL;
+        if (sk != NULL) {
+            s->size = sk->size;
+            s->internaldate = (time_t)sk->date;
+        }
+    }
+    settle_base(e);
+    int ar;
+    if (!e->opts.dry_run && f->md != NULL && (ar = assign_letters(e)) < 0) {
+        /* Nothing planned, nothing changed: the next run tries again. */
+        folder_fail_md(e, ar);
+        return;
+    }
+    fill_input(e, &in, &sm);
+    f->plan = plan_build(&in);
+    free(sm);
+    drop_empty_uploads(e);
+    if (!e->opts.dry_run) {
+        e->run->prog_total += (unsigned)(f->plan->ndownloads + f->plan->nuploads);
+    }
+    if (f->plan->error != NULL) {
+        folder_note(e, "%s", f->plan->error); /* the rest (no deletions) still runs */
+    }
+    if (e->opts.dry_run) {
+        plan_print(f->plan, f->job->name, e->plan_out);
+        count_planned(e);
+    }
+}
+
+static void folder_end(struct session *e)
+{
+    struct fstate *f = e->f;
+    f->phase = FP_DONE;
+    lskips_save(e);
+    if (f->plan != NULL && !e->opts.dry_run && f->md != NULL) {
+        folder_final(e);
+    }
+    if (f->rm_done) {
+        struct fjob *j = f->job;
+        char *what =
+            f->adopt ? xasprintf("%s: %u matched with the server", j->name, f->rm_matched)
+                     : xasprintf("UIDVALIDITY of %s changed: %u matched", j->name, f->rm_matched);
+        char *old = j->notice; /* the empty files left out, if any */
+        if (e->opts.dry_run) {
+            j->notice = xasprintf("%s, %zu to download, %zu to upload", what,
+                                  f->plan != NULL ? f->plan->ndownloads : 0,
+                                  f->plan != NULL ? f->plan->nuploads : 0);
+        } else {
+            j->notice = xasprintf("%s, %u downloaded, %u uploaded", what, fcounts(e)->new_down,
+                                  fcounts(e)->new_up);
+        }
+        if (old != NULL) {
+            char *both = xasprintf("%s; %s", j->notice, old);
+            free(j->notice);
+            j->notice = both;
+            free(old);
+        }
+        free(what);
+        j->res->notice = j->notice;
+    }
+    struct fjob *j = f->job;
+    fstate_free(f);
+    e->f = NULL;
+    job_totals(e, j);
+    if (j->on_demand) {
+        j->on_demand = false;
+        if (e->opts.on_folder_done != NULL) {
+            e->opts.on_folder_done(j->res, e->opts.session_arg);
+        }
+    }
+    next_folder(e);
+}
+
+/* Moves the current folder to its next phase when the previous one has
+ * nothing in flight. */
+static void folder_advance(struct session *e)
+{
+    struct fstate *f = e->f;
+    if (e->finished || conn_lost(e) || f == NULL) {
+        return;
+    }
+    if (e->cancelled) {
+        folder_fail_transient(e, "cancelled");
+    }
+    if (f->failed && f->phase < FP_APPLY_SERVER) {
+        folder_end(e);
+        return;
+    }
+    switch (f->phase) {
+    case FP_SELECT:
+        folder_end(e);
+        return;
+    case FP_FETCH:
+        fetch_headers(e);
+        return;
+    case FP_HEADERS:
+        if (f->rematch && rematch_finish(e) < 0) {
+            folder_end(e);
+            return;
+        }
+        intents_finish(e);
+        recover_intents(e);
+        return;
+    case FP_RECOVER:
+        if (settle_intents(e) < 0) {
+            folder_end(e);
+            return;
+        }
+        plan_folder(e);
+        /* An index that cannot take the settled rows (settle_base) cannot
+         * take this run's changes either. */
+        if (e->opts.dry_run || f->md == NULL || f->failed) {
+            folder_end(e);
+            return;
+        }
+        apply_local(e);
+        if (f->failed) {
+            folder_end(e);
+            return;
+        }
+        apply_server(e);
+        return;
+    case FP_APPLY_SERVER:
+        /* The STOREs answered: their new base goes in before the downloads. */
+        record_updates(e, true);
+        issue_downloads(e);
+        return;
+    case FP_DOWNLOAD:
+        flush_batch(e);
+        if (f->flushing != NULL) {
+            /* Uploads start once every download is in place. */
+            f->advance_after_flush = true;
+            return;
+        }
+        start_uploads(e);
+        return;
+    case FP_UPLOAD:
+        if (f->nul_pend > 0) {
+            ul_resolve_fetch(e);
+            return;
+        }
+        folder_end(e);
+        return;
+    case FP_UL_FETCH:
+    case FP_UL_HEADERS:
+        if (f->ul_lookup_failed) {
+            /* Their intent rows stay; the next run finds them. */
+            f->ul_unresolved = (unsigned)f->nul_pend;
+            folder_end(e);
+            return;
+        }
+        if (f->phase == FP_UL_FETCH) {
+            ul_resolve_headers(e);
+            return;
+        }
+        ul_resolve_finish(e);
+        folder_end(e);
+        return;
+    case FP_DONE:
+        folder_end(e);
+        return;
+    }
+}
+
+/* A folder job ended without folder_end (it failed to start, or had
+ * nothing to do): an on-demand job's owner hears of it all the same. */
+/* A folder job ended: the account's counts since start. */
+static void job_totals(struct session *e, const struct fjob *j)
+{
+    struct account_totals *t = account_totals(e->account);
+    const struct engine_counts *c = &j->res->counts;
+    t->runs++;
+    t->folder_fails += j->res->error != NULL;
+    t->new_down += c->new_down;
+    t->new_up += c->new_up;
+    t->flags_down += c->flags_down;
+    t->flags_up += c->flags_up;
+    t->deleted_down += c->deleted_down;
+    t->deleted_up += c->deleted_up;
+    t->bytes_down += c->bytes_down;
+    t->bytes_up += c->bytes_up;
+}
+
+static void job_ended_early(struct session *e, struct fjob *j)
+{
+    job_totals(e, j);
+    if (j->on_demand) {
+        j->on_demand = false;
+        if (e->opts.on_folder_done != NULL) {
+            e->opts.on_folder_done(j->res, e->opts.session_arg);
+        }
+    }
+}
+
+void start_folder(struct session *e, struct fjob *j)
+{
+    struct fstate *f = xcalloc(1, sizeof(*f));
+    f->job = j;
+    e->f = f;
+    /* What changes from here on is seen by this sync or marked again. */
+    account_clear_dirty(e->account, j->name);
+    int r = folder_prepare(e);
+    if (r < 0) {
+        fstate_free(f);
+        e->f = NULL;
+        job_ended_early(e, j);
+        next_folder(e);
+        return;
+    }
+    if (r == PREPARE_SCANNING) {
+        return; /* scan_done goes on */
+    }
+    start_folder_scanned(e);
+}
+
+/* start_folder, once the folder's Maildir side is read. */
+static void start_folder_scanned(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct fjob *j = f->job;
+    if (folder_prepare_index(e) < 0) {
+        fstate_free(f);
+        e->f = NULL;
+        job_ended_early(e, j);
+        next_folder(e);
+        return;
+    }
+    if (e->opts.dry_run && f->md == NULL) {
+        fprintf(e->plan_out, "%s: create the folder locally\n", j->name);
+    }
+    if (!j->on_server) {
+        /* --dry-run of a folder created locally (a real run creates it on
+         * the server first): there is nothing to SELECT, and the folder
+         * the real run creates is empty, so the plan is made against an
+         * empty server listing. */
+        plan_folder(e);
+        folder_end(e);
+        return;
+    }
+    /* Skip the SELECT when nothing moved on either side. */
+    const struct imap_status_info *s = &j->status;
+    if (j->has_status && f->st.uidvalidity != 0 && (s->have & IMAP_STATUS_UIDVALIDITY) &&
+        s->uidvalidity == f->st.uidvalidity && (s->have & IMAP_STATUS_UIDNEXT) &&
+        s->uidnext == f->st.uidnext && (s->have & IMAP_STATUS_MESSAGES) &&
+        s->messages == f->st.messages && (s->have & IMAP_STATUS_HIGHESTMODSEQ) &&
+        f->st.highestmodseq != 0 && s->highestmodseq == f->st.highestmodseq && local_unchanged(e) &&
+        !skips_released(e)) {
+        lskips_save(e);
+        fstate_free(f);
+        e->f = NULL;
+        job_ended_early(e, j);
+        next_folder(e);
+        return;
+    }
+    do_select(e);
+}
