@@ -626,7 +626,8 @@ static void add_utf8(struct sbuf *sb, unsigned cp)
     }
 }
 
-char *json_string_field(const char *json, const char *key)
+/* Where the value of "key" starts (after the colon and spaces), or NULL. */
+static const char *json_value_of(const char *json, const char *key)
 {
     size_t klen = strlen(key);
     for (const char *p = strchr(json, '"'); p != NULL; p = strchr(p + 1, '"')) {
@@ -644,68 +645,97 @@ char *json_string_field(const char *json, const char *key)
         while (*q == ' ') {
             q++;
         }
-        if (*q != '"') {
-            return NULL;
-        }
-        q++;
-        struct sbuf sb = {0};
-        sbuf_adds(&sb, "");
-        for (;;) {
-            char c = *q++;
-            if (c == '\0' || (unsigned char)c < 0x20) {
-                sbuf_free(&sb);
-                return NULL;
-            }
-            if (c == '"') {
-                return sbuf_detach(&sb);
-            }
-            if (c != '\\') {
-                sbuf_addc(&sb, c);
-                continue;
-            }
-            c = *q++;
-            unsigned cp, lo;
-            switch (c) {
-            case '"':
-            case '\\':
-            case '/':
-                sbuf_addc(&sb, c);
-                break;
-            case 'b':
-                sbuf_addc(&sb, '\b');
-                break;
-            case 'f':
-                sbuf_addc(&sb, '\f');
-                break;
-            case 'n':
-                sbuf_addc(&sb, '\n');
-                break;
-            case 'r':
-                sbuf_addc(&sb, '\r');
-                break;
-            case 't':
-                sbuf_addc(&sb, '\t');
-                break;
-            case 'u':
-                if (hex4(q, &cp) < 0) {
-                    sbuf_free(&sb);
-                    return NULL;
-                }
-                q += 4;
-                if (cp >= 0xd800 && cp < 0xdc00 && q[0] == '\\' && q[1] == 'u' &&
-                    hex4(q + 2, &lo) == 0 && lo >= 0xdc00 && lo < 0xe000) {
-                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                    q += 6;
-                } else if (cp >= 0xd800 && cp < 0xe000) {
-                    cp = 0xfffd; /* a lone surrogate */
-                }
-                add_utf8(&sb, cp);
-                break;
-            default:
-                sbuf_free(&sb);
-                return NULL;
-            }
-        }
+        return q;
     }
     return NULL;
+}
+
+int json_uint_field(const char *json, const char *key, unsigned long long *v_r)
+{
+    const char *q = json_value_of(json, key);
+    if (q == NULL) {
+        return -1;
+    }
+    if (strncmp(q, "true", 4) == 0 || strncmp(q, "false", 5) == 0) {
+        *v_r = q[0] == 't';
+        return 0;
+    }
+    if (*q < '0' || *q > '9') {
+        return -1;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(q, &end, 10);
+    if (errno != 0 || *end == '.' || *end == 'e' || *end == 'E') {
+        return -1;
+    }
+    *v_r = v;
+    return 0;
+}
+
+char *json_string_field(const char *json, const char *key)
+{
+    const char *q = json_value_of(json, key);
+    if (q == NULL || *q != '"') {
+        return NULL;
+    }
+    q++;
+    struct sbuf sb = {0};
+    sbuf_adds(&sb, "");
+    for (;;) {
+        char c = *q++;
+        if (c == '\0' || (unsigned char)c < 0x20) {
+            sbuf_free(&sb);
+            return NULL;
+        }
+        if (c == '"') {
+            return sbuf_detach(&sb);
+        }
+        if (c != '\\') {
+            sbuf_addc(&sb, c);
+            continue;
+        }
+        c = *q++;
+        unsigned cp, lo;
+        switch (c) {
+        case '"':
+        case '\\':
+        case '/':
+            sbuf_addc(&sb, c);
+            break;
+        case 'b':
+            sbuf_addc(&sb, '\b');
+            break;
+        case 'f':
+            sbuf_addc(&sb, '\f');
+            break;
+        case 'n':
+            sbuf_addc(&sb, '\n');
+            break;
+        case 'r':
+            sbuf_addc(&sb, '\r');
+            break;
+        case 't':
+            sbuf_addc(&sb, '\t');
+            break;
+        case 'u':
+            if (hex4(q, &cp) < 0) {
+                sbuf_free(&sb);
+                return NULL;
+            }
+            q += 4;
+            if (cp >= 0xd800 && cp < 0xdc00 && q[0] == '\\' && q[1] == 'u' &&
+                hex4(q + 2, &lo) == 0 && lo >= 0xdc00 && lo < 0xe000) {
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                q += 6;
+            } else if (cp >= 0xd800 && cp < 0xe000) {
+                cp = 0xfffd; /* a lone surrogate */
+            }
+            add_utf8(&sb, cp);
+            break;
+        default:
+            sbuf_free(&sb);
+            return NULL;
+        }
+    }
 }

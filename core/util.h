@@ -100,6 +100,9 @@ void sbuf_add_json(struct sbuf *sb, const char *s);
  * \uXXXX with surrogate pairs, to UTF-8). NULL when absent, not a string
  * or malformed. Caller frees. */
 char *json_string_field(const char *json, const char *key);
+/* The same for a non-negative integer or a boolean (true 1, false 0).
+ * Returns 0 and *v_r, or -1 when absent or of another type. */
+int json_uint_field(const char *json, const char *key, unsigned long long *v_r);
 /* Makes text safe to print on a terminal, in place: C0 controls except TAB,
  * DEL, C1 controls, Unicode bidi controls and bytes that are not UTF-8 each
  * become '?'. Returns the new length (never more than len). */

@@ -18,6 +18,7 @@
 #include "daemon/sdnotify.h"
 #include "daemon/supervisor.h"
 #include "daemon/syncopts.h"
+#include "daemon/wake.h"
 #include "store/maildir.h"
 #include "sync/account.h"
 #include "sync/engine.h"
@@ -51,6 +52,7 @@ struct fswatch {
 struct waiter {
     struct ctl_req *req;
     char *folder;
+    struct account_totals before; /* the account's counts when it came */
 };
 
 struct dacct {
@@ -102,6 +104,7 @@ struct daemon {
     struct pidlock *lock;
     struct ctl_server *ctl;
     struct sdn_watchdog *wd;
+    struct wake *wake;
     uv_signal_t sig_term, sig_int;
     uv_timer_t stop_timer;
     struct dacct **accts;
@@ -117,6 +120,7 @@ static void watch_stop(struct dacct *a);
 static void fs_watch_all(struct dacct *a);
 static void fs_unwatch_all(struct dacct *a);
 static void daemon_maybe_done(struct daemon *d);
+static void all_accounts_recheck(struct daemon *d, const char *why);
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
@@ -171,39 +175,40 @@ static void acct_state(struct dacct *a, enum sup_state to, const char *why)
 static void waiter_add(struct dacct *a, struct ctl_req *req, const char *folder)
 {
     xgrow(&a->waiters, &a->waiters_cap, a->nwaiters + 1, sizeof(*a->waiters));
-    a->waiters[a->nwaiters++] = (struct waiter){req, folder != NULL ? xstrdup(folder) : NULL};
+    a->waiters[a->nwaiters++] =
+        (struct waiter){req, folder != NULL ? xstrdup(folder) : NULL, *account_totals(a->account)};
 }
 
-static void reply_result(struct ctl_req *req, const char *account, const char *folder,
-                         const char *error, const struct engine_counts *c)
+/* {"ok":..,"account":..,["folder":..,]["error":..,"temporary":..,]counts}:
+ * the counts of what was synced while the request waited. */
+static void reply_result(struct dacct *a, const struct waiter *w, const char *error, bool temporary)
 {
+    const struct account_totals *now = account_totals(a->account), *was = &w->before;
     struct sbuf sb = {0};
     sbuf_addf(&sb, "{\"ok\":%s,\"account\":", error == NULL ? "true" : "false");
-    sbuf_add_json(&sb, account);
-    if (folder != NULL) {
+    sbuf_add_json(&sb, a->ca->name);
+    if (w->folder != NULL) {
         sbuf_adds(&sb, ",\"folder\":");
-        sbuf_add_json(&sb, folder);
+        sbuf_add_json(&sb, w->folder);
     }
     if (error != NULL) {
         sbuf_adds(&sb, ",\"error\":");
         sbuf_add_json(&sb, error);
+        sbuf_addf(&sb, ",\"temporary\":%s", temporary ? "true" : "false");
     }
-    if (c != NULL) {
-        sbuf_addf(&sb,
-                  ",\"new_down\":%u,\"flags_down\":%u,\"deleted_down\":%u,\"new_up\":%u,"
-                  "\"flags_up\":%u,\"deleted_up\":%u",
-                  c->new_down, c->flags_down, c->deleted_down, c->new_up, c->flags_up,
-                  c->deleted_up);
-    }
-    sbuf_addc(&sb, '}');
-    ctl_reply(req, sb.buf);
+    sbuf_addf(&sb,
+              ",\"new_down\":%u,\"flags_down\":%u,\"deleted_down\":%u,\"new_up\":%u,"
+              "\"flags_up\":%u,\"deleted_up\":%u}",
+              now->new_down - was->new_down, now->flags_down - was->flags_down,
+              now->deleted_down - was->deleted_down, now->new_up - was->new_up,
+              now->flags_up - was->flags_up, now->deleted_up - was->deleted_up);
+    ctl_reply(w->req, sb.buf);
     sbuf_free(&sb);
 }
 
 /* Answers the waiters of folder (NULL: of a whole pass) with error (NULL:
- * done) and counts. */
-static void waiters_answer(struct dacct *a, const char *folder, const char *error,
-                           const struct engine_counts *c)
+ * done). */
+static void waiters_answer(struct dacct *a, const char *folder, const char *error, bool temporary)
 {
     size_t out = 0;
     for (size_t i = 0; i < a->nwaiters; i++) {
@@ -211,7 +216,7 @@ static void waiters_answer(struct dacct *a, const char *folder, const char *erro
         bool match = folder == NULL ? w->folder == NULL
                                     : (w->folder != NULL && strcmp(w->folder, folder) == 0);
         if (match) {
-            reply_result(w->req, a->ca->name, w->folder, error, c);
+            reply_result(a, w, error, temporary);
             free(w->folder);
         } else {
             a->waiters[out++] = *w;
@@ -220,10 +225,10 @@ static void waiters_answer(struct dacct *a, const char *folder, const char *erro
     a->nwaiters = out;
 }
 
-static void waiters_fail_all(struct dacct *a, const char *error)
+static void waiters_fail_all(struct dacct *a, const char *error, bool temporary)
 {
     for (size_t i = 0; i < a->nwaiters; i++) {
-        reply_result(a->waiters[i].req, a->ca->name, a->waiters[i].folder, error, NULL);
+        reply_result(a, &a->waiters[i], error, temporary);
         free(a->waiters[i].folder);
     }
     a->nwaiters = 0;
@@ -282,7 +287,7 @@ static void on_run_idle(void *arg)
     if (first) {
         a->passes++;
         log_info("%s: in sync; waiting for changes", a->ca->name);
-        waiters_answer(a, NULL, NULL, NULL);
+        waiters_answer(a, NULL, NULL, false);
         fs_watch_all(a);
         watch_start(a);
     }
@@ -328,7 +333,7 @@ static void on_run_folder(const struct engine_folder_result *res, void *arg)
             hook_note(a->hook, res->name, c->new_down);
         }
     }
-    waiters_answer(a, res->name, res->error, &res->counts);
+    waiters_answer(a, res->name, res->error, res->transient);
 }
 
 static void on_run_dirty(const char *folder, void *arg)
@@ -349,12 +354,7 @@ static void on_run_done(const struct engine_result *res, void *arg)
     a->run_idle = false;
     bool restart = a->restart_after;
     a->restart_after = false;
-    for (size_t i = 0; i < res->nfolders; i++) {
-        if (res->folders[i].error != NULL && !was_idle) {
-            log_error("%s: %s", a->ca->name, res->folders[i].error);
-            set_last_error(a, "%s", res->folders[i].error);
-        }
-    }
+    /* Folder errors were logged as each folder ended (on_run_folder). */
     if (!was_idle && res->kind == SYNC_OK && res->folder_errors == 0) {
         /* A pass that ended without reaching idle (a new pass asked for
          * during the first one) still counts. */
@@ -365,18 +365,18 @@ static void on_run_done(const struct engine_result *res, void *arg)
         set_last_error(a, "%s", res->error);
     }
     if (a->d->stopping) {
-        waiters_fail_all(a, "the daemon is stopping");
+        waiters_fail_all(a, "the daemon is stopping", true);
         acct_state(a, SUP_DISCONNECTED, "stopping");
         acct_maybe_done(a);
         return;
     }
     if (a->paused) {
-        waiters_fail_all(a, "paused");
+        waiters_fail_all(a, "paused", false);
         acct_state(a, SUP_PAUSED, NULL);
         return;
     }
     if (res->kind == SYNC_AUTH) {
-        waiters_fail_all(a, res->error != NULL ? res->error : "login refused");
+        waiters_fail_all(a, res->error != NULL ? res->error : "login refused", false);
         watch_stop(a);
         acct_state(a, SUP_FAILED_AUTH,
                    "the server refused the credentials; 'mailsync' control command 'retry' "
@@ -393,7 +393,8 @@ static void on_run_done(const struct engine_result *res, void *arg)
     /* The session ended by itself: a dropped connection, a server that
      * went away, a failure the next attempt may not have. */
     if (res->kind != SYNC_OK || !restart) {
-        waiters_answer(a, NULL, res->error != NULL ? res->error : "the session ended", NULL);
+        waiters_answer(a, NULL, res->error != NULL ? res->error : "the session ended",
+                       res->kind == SYNC_TRANSIENT || res->kind == SYNC_OK);
     }
     a->backoff_ms = a->backoff_ms == 0 ? BACKOFF_MIN_MS : a->backoff_ms * 2;
     if (a->backoff_ms > BACKOFF_MAX_MS) {
@@ -424,7 +425,7 @@ static void on_pop_done(const struct popsync_result *res, void *arg)
         set_last_error(a, "%s", res->error != NULL ? res->error : "failed");
     }
     waiters_answer(a, NULL, res->kind == SYNC_OK ? NULL : (res->error ? res->error : "failed"),
-                   NULL);
+                   res->kind == SYNC_TRANSIENT);
     if (a->d->stopping) {
         acct_state(a, SUP_DISCONNECTED, "stopping");
         acct_maybe_done(a);
@@ -461,6 +462,7 @@ static void acct_start(struct dacct *a)
         .stay_open = true,
         .on_idle = on_run_idle,
         .on_folder_done = on_run_folder,
+        .report_every_folder = true, /* new mail of the first pass runs the hook too */
         .on_dirty = on_run_dirty,
         .on_phase = on_run_phase,
         .session_arg = a,
@@ -960,10 +962,18 @@ static void on_ctl(struct ctl_req *req, void *arg)
         ctl_sync(d, req, argc, argv);
         return;
     }
+    if (strcmp(argv[0], "recheck") == 0) {
+        /* What a suspend or a network change does, on request (after
+         * fixing a VPN, say). */
+        all_accounts_recheck(d, "asked on the control socket");
+        ctl_reply(req, "{\"ok\":true}");
+        return;
+    }
     bool pause = strcmp(argv[0], "pause") == 0, resume = strcmp(argv[0], "resume") == 0,
          retry = strcmp(argv[0], "retry") == 0;
     if (!pause && !resume && !retry) {
-        ctl_reply_error(req, "unknown request '%s' (status, sync, pause, resume, retry)", argv[0]);
+        ctl_reply_error(req, "unknown request '%s' (status, sync, pause, resume, retry, recheck)",
+                        argv[0]);
         return;
     }
     if (argc != 2) {
@@ -1127,11 +1137,60 @@ static void daemon_stop(struct daemon *d, const char *why)
     d->stopping = true;
     log_info("stopping (%s)", why);
     sdn_stopping();
+    if (d->wake != NULL) {
+        wake_close(d->wake);
+        d->wake = NULL;
+    }
     uv_timer_start(&d->stop_timer, on_stop_deadline, STOP_DEADLINE_MS, 0);
     for (size_t i = 0; i < d->naccts; i++) {
         acct_stop(d->accts[i]);
     }
     daemon_maybe_done(d);
+}
+
+/* After a suspend or a network change every connection may be dead
+ * without knowing it yet (no RST reached us): the watcher is reopened at
+ * once, every session starts a new pass (one stuck on a dead connection
+ * gives up after the LOGOUT deadline), and a back-off is cut short. */
+static void all_accounts_recheck(struct daemon *d, const char *why)
+{
+    if (d->stopping) {
+        return;
+    }
+    log_info("%s: checking every account", why);
+    for (size_t i = 0; i < d->naccts; i++) {
+        struct dacct *a = d->accts[i];
+        if (a->paused || a->sup.state == SUP_FAILED_AUTH) {
+            continue;
+        }
+        if (a->imap) {
+            bool had_watch = a->watch != NULL || a->watch_wait != NULL ||
+                             uv_is_active((uv_handle_t *)&a->watch_timer);
+            watch_stop(a);
+            a->watch_backoff_ms = 0;
+            if (had_watch && a->run_idle) {
+                watch_start(a);
+            }
+            acct_new_pass(a);
+        } else if (a->pop == NULL) {
+            uv_timer_stop(&a->poll_timer);
+            acct_start(a);
+        }
+    }
+}
+
+static void on_sleep(struct wake *w, uint64_t slept_ms, void *arg)
+{
+    (void)w;
+    char why[64];
+    snprintf(why, sizeof(why), "the machine slept for %.0f s", (double)slept_ms / 1000.0);
+    all_accounts_recheck(arg, why);
+}
+
+static void on_net_change(struct wake *w, void *arg)
+{
+    (void)w;
+    all_accounts_recheck(arg, "the network changed");
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -1167,7 +1226,7 @@ static struct dacct *acct_new(struct daemon *d, const struct cfg_account *ca)
 
 static void acct_free(struct dacct *a)
 {
-    waiters_fail_all(a, "the daemon stopped");
+    waiters_fail_all(a, "the daemon stopped", true);
     free(a->waiters);
     free(a->fsw);
     free(a->last_error);
@@ -1224,6 +1283,16 @@ int daemon_run(struct cfg *cfg)
         acct_start(d.accts[i]);
     }
     log_info("running: %zu account%s, control socket %s", d.naccts, d.naccts == 1 ? "" : "s", path);
+    struct wake_opts wo = {.net = WAKE_NET_NETLINK};
+    struct wake_cb wc = {.on_sleep = on_sleep, .on_net_change = on_net_change};
+    if (wake_start(&d.loop, &wo, &wc, &d, &d.wake) < 0) {
+        /* Netlink refused (some sandboxes): sleep detection alone. */
+        log_debug("network changes cannot be watched here; sleep detection only");
+        wo.net = WAKE_NET_NONE;
+        if (wake_start(&d.loop, &wo, &wc, &d, &d.wake) < 0) {
+            d.wake = NULL;
+        }
+    }
     sdn_watchdog_start(&d.loop, &d.wd);
     sdn_ready();
     status_line(&d);

@@ -23,8 +23,13 @@
  *   `retry` (no retries that could lock the account).
  * POP3 accounts are polled every poll_interval (default 15 min).
  *
+ * After a suspend (CLOCK_BOOTTIME gaining on CLOCK_MONOTONIC) or a network
+ * change (netlink), every account is checked again: the watcher reopened,
+ * a new pass started, a back-off cut short (daemon/wake.h).
+ *
  * The control socket (daemon/control.h) answers `status`, `sync [ACCOUNT
- * [FOLDER]]`, `pause ACCOUNT`, `resume ACCOUNT` and `retry ACCOUNT`. Under
+ * [FOLDER]]`, `pause ACCOUNT`, `resume ACCOUNT`, `retry ACCOUNT` and
+ * `recheck` (what a network change does). Under
  * systemd (Type=notify) it sends READY=1 once the accounts are started,
  * STATUS= lines, WATCHDOG=1 from the loop and STOPPING=1. One daemon per
  * state_dir (daemon/pidlock.h). */

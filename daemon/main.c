@@ -18,6 +18,7 @@
 #include "daemon/mailboxes.h"
 #include "daemon/status.h"
 #include "daemon/syncrun.h"
+#include "sync/result.h"
 
 struct globals {
     const char *config_path;
@@ -127,6 +128,78 @@ static int cmd_check(const struct globals *g, int argc, char **argv)
     return ret;
 }
 
+/* `mailsync sync` while a daemon runs: the daemon holds the accounts'
+ * index locks, so it is asked to do the pass (one `sync ACCOUNT` request
+ * per account, each answered when that account's pass is done) and the
+ * summary is printed as a one-shot run would. Returns the exit status, or
+ * -1 when no daemon answers. */
+static int sync_by_daemon(const struct cfg *cfg, char *const *names, int count,
+                          const struct syncrun_opts *opts)
+{
+    char path[CTL_PATH_MAX];
+    if (ctl_socket_path(cfg->state_dir, path, sizeof(path)) < 0) {
+        return -1;
+    }
+    char *reply = NULL, *err = NULL;
+    int r = ctl_request(path, "status", 10000, &reply, &err);
+    free(reply);
+    if (r == CTL_ENODAEMON) {
+        free(err);
+        return -1;
+    }
+    if (r < 0) {
+        log_error("a daemon holds %s but did not answer: %s", path,
+                  err != NULL ? err : strerror(-r));
+        free(err);
+        return SYNC_EXIT_TEMPFAIL;
+    }
+    if (opts->dry_run || opts->force) {
+        log_error("a mailsync daemon is running and holds the index: --dry-run and --force need "
+                  "it stopped (systemctl --user stop mailsync)");
+        return 1;
+    }
+    bool failed = false, all_temporary = true;
+    size_t n = count > 0 ? (size_t)count : cfg->naccounts;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = count > 0 ? names[i] : cfg->accounts[i].name;
+        struct sbuf line = {0};
+        sbuf_adds(&line, "sync ");
+        ctl_quote(&line, name);
+        sbuf_addc(&line, '\0');
+        r = ctl_request(path, line.buf, -1, &reply, &err);
+        sbuf_free(&line);
+        if (r < 0) {
+            log_error("%s: the daemon did not answer: %s", name, err != NULL ? err : strerror(-r));
+            free(err);
+            failed = true;
+            continue;
+        }
+        unsigned long long ok = 0, temporary = 0, c[6] = {0};
+        static const char *const keys[] = {"new_down", "flags_down", "deleted_down",
+                                           "new_up",   "flags_up",   "deleted_up"};
+        json_uint_field(reply, "ok", &ok);
+        json_uint_field(reply, "temporary", &temporary);
+        for (size_t k = 0; k < 6; k++) {
+            json_uint_field(reply, keys[k], &c[k]);
+        }
+        if (!ok) {
+            char *e = json_string_field(reply, "error");
+            log_error("%s: %s", name, e != NULL ? e : reply);
+            free(e);
+            failed = true;
+            all_temporary = all_temporary && temporary;
+        }
+        if (!opts->quiet || !ok) {
+            printf("%s: \xe2\x86\x93 %llu new, %llu flags, %llu deleted; \xe2\x86\x91 %llu new, "
+                   "%llu flags, %llu deleted (by the daemon)\n",
+                   name, c[0], c[1], c[2], c[3], c[4], c[5]);
+        }
+        free(reply);
+    }
+    fflush(stdout);
+    return !failed ? 0 : all_temporary ? SYNC_EXIT_TEMPFAIL : 1;
+}
+
 static int cmd_sync(const struct globals *g, int argc, char **argv)
 {
     struct syncrun_opts opts = {0};
@@ -150,7 +223,10 @@ static int cmd_sync(const struct globals *g, int argc, char **argv)
     }
     opts.quiet = g->verbosity < 0;
     opts.progress = !opts.quiet && isatty(STDERR_FILENO);
-    int ret = syncrun(cfg, argv + i, argc - i, &opts);
+    int ret = sync_by_daemon(cfg, argv + i, argc - i, &opts);
+    if (ret < 0) {
+        ret = syncrun(cfg, argv + i, argc - i, &opts);
+    }
     cfg_free(cfg);
     return ret;
 }
@@ -229,6 +305,53 @@ static int cmd_daemon(const struct globals *g, int argc, char **argv)
     int ret = daemon_run(cfg);
     cfg_free(cfg);
     return ret;
+}
+
+/* `mailsync ctl REQUEST [ARGS]`: one request on the running daemon's
+ * control socket, its JSON reply printed. */
+static int cmd_ctl(const struct globals *g, int argc, char **argv)
+{
+    if (argc < 2) {
+        log_error("ctl: name a request (status, sync, pause, resume, retry, recheck)");
+        return 2;
+    }
+    struct cfg *cfg = load_config(g);
+    if (cfg == NULL) {
+        return 1;
+    }
+    char path[CTL_PATH_MAX];
+    if (ctl_socket_path(cfg->state_dir, path, sizeof(path)) < 0) {
+        log_error("the control socket path under %s is too long", cfg->state_dir);
+        cfg_free(cfg);
+        return 1;
+    }
+    cfg_free(cfg);
+    struct sbuf line = {0};
+    for (int i = 1; i < argc; i++) {
+        if (i > 1) {
+            sbuf_addc(&line, ' ');
+        }
+        ctl_quote(&line, argv[i]);
+    }
+    sbuf_addc(&line, '\0');
+    char *reply = NULL, *err = NULL;
+    int r = ctl_request(path, line.buf, -1, &reply, &err);
+    sbuf_free(&line);
+    if (r == CTL_ENODAEMON) {
+        log_error("no mailsync daemon is running (nothing answers at %s)", path);
+        free(err);
+        return 1;
+    }
+    if (r < 0) {
+        log_error("%s", err != NULL ? err : strerror(-r));
+        free(err);
+        return 1;
+    }
+    printf("%s\n", reply);
+    unsigned long long ok = 0;
+    json_uint_field(reply, "ok", &ok);
+    free(reply);
+    return ok ? 0 : 1;
 }
 
 static int cmd_version(const struct globals *g, int argc, char **argv)
@@ -404,14 +527,25 @@ static const struct command commands[] = {
      "refused login stops that account until 'retry'. One daemon per\n"
      "state_dir. While it runs, 'mailsync status' shows its live state.\n"
      "Control socket requests (one line each, JSON replies): status,\n"
-     "sync [ACCOUNT [FOLDER]], pause ACCOUNT, resume ACCOUNT, retry ACCOUNT.\n"
+     "sync [ACCOUNT [FOLDER]], pause ACCOUNT, resume ACCOUNT, retry ACCOUNT,\n"
+     "recheck (reconnect everything, as after a network change).\n"
      "\n"
      "Exit status: 0 after SIGTERM or SIGINT, 1 when it cannot start.\n",
      cmd_daemon},
-    {"status", "[--json] [ACCOUNT...]", "show what the index knows (offline)",
-     "Shows what mailsync knows of each account from its index alone: folders,\n"
-     "messages, last complete sync, messages skipped. Never connects, and is\n"
-     "safe to run while a sync runs.\n"
+    {"ctl", "REQUEST [ARGS...]", "send a request to the running daemon",
+     "Sends one request to the running daemon's control socket and prints its\n"
+     "JSON reply. Requests: status [text], sync [ACCOUNT [FOLDER]] (waits for\n"
+     "the sync), pause ACCOUNT, resume ACCOUNT, retry ACCOUNT (after a refused\n"
+     "login), recheck (reconnect everything, as after a network change).\n"
+     "\n"
+     "Exit status: 0 when the reply says ok, 1 otherwise or without a daemon.\n",
+     cmd_ctl},
+    {"status", "[--json] [ACCOUNT...]", "show the daemon's live state, or what the index knows",
+     "While a daemon runs: its live state per account (connected, idle,\n"
+     "syncing, backing off, failed), last sync, last error, counts since it\n"
+     "started. Otherwise what mailsync knows of each account from its index\n"
+     "alone: folders, messages, last complete sync, messages skipped. Never\n"
+     "connects, and is safe to run while a sync runs.\n"
      "\n"
      "Options:\n"
      "  --json  one JSON object (schema at the top of daemon/status.c)\n"

@@ -97,9 +97,11 @@ struct engine_opts {
      * run's extra connections still end after the first pass. */
     bool stay_open;
     void (*on_idle)(void *arg);
-    /* A folder job queued by engine_sync_folder ended; res is valid during
-     * the call. */
+    /* A folder job queued by engine_sync_folder ended (with
+     * report_every_folder: any folder job of the run, the first pass's
+     * too); res is valid during the call. */
     void (*on_folder_done)(const struct engine_folder_result *res, void *arg);
+    bool report_every_folder;
     /* Server data outside a folder's listing said that folder changed
      * (EXISTS, EXPUNGE, FETCH, VANISHED after its sync, or an unasked
      * STATUS): the owner syncs it again when it likes. */

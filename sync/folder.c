@@ -2517,7 +2517,7 @@ static void folder_end(struct session *e)
     fstate_free(f);
     e->f = NULL;
     job_totals(e, j);
-    if (j->on_demand) {
+    if (j->on_demand || e->opts.report_every_folder) {
         j->on_demand = false;
         if (e->opts.on_folder_done != NULL) {
             e->opts.on_folder_done(j->res, e->opts.session_arg);
@@ -2639,7 +2639,7 @@ static void job_totals(struct session *e, const struct fjob *j)
 static void job_ended_early(struct session *e, struct fjob *j)
 {
     job_totals(e, j);
-    if (j->on_demand) {
+    if (j->on_demand || e->opts.report_every_folder) {
         j->on_demand = false;
         if (e->opts.on_folder_done != NULL) {
             e->opts.on_folder_done(j->res, e->opts.session_arg);

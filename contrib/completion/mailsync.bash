@@ -33,7 +33,7 @@ _mailsync()
     local cur=${COMP_WORDS[COMP_CWORD]} prev=
     [ "$COMP_CWORD" -gt 0 ] && prev=${COMP_WORDS[COMP_CWORD-1]}
     local config= cmd= i w
-    local commands="init sync daemon status check mailboxes version help"
+    local commands="init sync daemon ctl status check mailboxes version help"
     local global_opts="--config --verbose --quiet --help --version -c -v -q -h"
 
     # Find the --config value and the subcommand among the words so far.
@@ -88,6 +88,10 @@ _mailsync()
         ;;
     sync) opts="--dry-run --force --help" ;;
     status) opts="--json --help" ;;
+    ctl)
+        COMPREPLY=($(compgen -W "status sync pause resume retry recheck" -- "$cur"))
+        return 0
+        ;;
     check) opts="--connect --json --help" ;;
     mailboxes) opts="--named --help" ;;
     help)

@@ -20,6 +20,7 @@ and on the server:
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -270,6 +271,18 @@ class DaemonScenarios(SyncFixture):
         r = ask("resume a")
         self.assertTrue(r["ok"], r)
         self.wait_for("the message after resume", lambda: len(self.local("INBOX")) == 3, d)
+
+        # `mailsync sync` asks the running daemon (which holds the index)
+        # and prints the usual summary.
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=79, max_size=2000))
+        p = self.ms(cfg, "sync")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"^a: \u2193 \d+ new, \d+ flags, \d+ deleted; \u2191 0 new, "
+                         r"0 flags, 0 deleted \(by the daemon\)\n$")
+        self.assertEqual(len(self.local("INBOX")), 4)
+        p = self.ms(cfg, "sync", "--dry-run")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("a mailsync daemon is running and holds the index", p.stderr)
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
     def test_reconnects_after_the_server_drops_it(self):
@@ -310,6 +323,87 @@ class DaemonScenarios(SyncFixture):
         self.assertEqual(st["state"], "failed (auth)")
         self.assertIn("AUTHENTICATIONFAILED", st["last_error"] or "")
         self.assertEqual(d.log().count("b: state connecting"), logins, "the refused login was retried")
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
+    def ask(self, line):
+        """One request on the control socket; the decoded reply."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(os.path.join(self.runtime, "mailsync", "control"))
+        s.sendall((line + "\n").encode())
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+        s.close()
+        return json.loads(buf)
+
+    def test_systemd_notify_and_hook(self):
+        """Under systemd (NOTIFY_SOCKET, WATCHDOG_USEC): READY=1 and STATUS=
+        after start, WATCHDOG=1 at half the interval, STOPPING=1 on SIGTERM.
+        on_new_mail runs without a shell after new mail arrived, with the
+        account, the count and the folders, and without NOTIFY_SOCKET."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=75, max_size=2000))
+        out = os.path.join(self.tmp, "hook.out")
+        hook = ["/bin/sh", "-c", 'echo "$MAILSYNC_ACCOUNT $MAILSYNC_NEW $MAILSYNC_FOLDERS '
+                '${NOTIFY_SOCKET:-none}" >> "$0"', out]
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600, on_new_mail=hook)
+        path = os.path.join(self.tmp, "notify")
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(path)
+        ns.settimeout(0.2)
+        self.addCleanup(ns.close)
+        self.env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")
+        self.env.pop("WATCHDOG_PID", None)
+        d = self.start(cfg)
+        got = []
+
+        def drain():
+            try:
+                while True:
+                    got.append(ns.recv(4096).decode())
+            except socket.timeout:
+                pass
+            return got
+
+        self.wait_for("READY=1", lambda: "READY=1" in drain(), d)
+        self.assertTrue(any(m.startswith("STATUS=") for m in got), got)
+        self.wait_state(cfg, d, "idle")
+        # The first pass brought one message: the hook ran once for it.
+        self.wait_for("the first hook run", lambda: os.path.exists(out), d)
+        new = mailgen.generate(2, seed=76, max_size=2000)
+        self.dovecot.save_many(self.user, "INBOX", new)
+        self.wait_for("the hook after the push", lambda: sum(
+            int(line.split()[1]) for line in open(out)) == 3, d)
+        for line in open(out):
+            account, _n, folders, notify = line.split()
+            self.assertEqual((account, folders, notify), ("a", "INBOX", "none"))
+        t0 = time.monotonic()
+        before = drain().count("WATCHDOG=1")
+        time.sleep(1.6)
+        pings = drain().count("WATCHDOG=1") - before
+        self.assertGreaterEqual(pings, 2, "WATCHDOG=1 every 0.5 s expected, got %d in %.1f s"
+                                % (pings, time.monotonic() - t0))
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assertIn("STOPPING=1", drain())
+
+    def test_recheck_reopens_everything(self):
+        """`recheck` (what a suspend or a network change does): the watcher
+        and the session are opened again, and pushes go on."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=77, max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        logins = self.status(cfg)["logins"]
+        self.assertEqual(self.ask("recheck"), {"ok": True})
+        self.wait_for("a new session", lambda: self.status(cfg)["logins"] > logins, d)
+        self.wait_state(cfg, d, "idle")
+        self.wait_for("the watcher back", lambda: self.status(cfg)["push"] == "idle", d)
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=78, max_size=2000))
+        self.wait_for("the push after recheck", lambda: len(self.local("INBOX")) == 2, d)
+        self.assertIn("asked on the control socket: checking every account", d.log())
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
     def test_second_daemon_refused(self):

@@ -54,8 +54,8 @@ class Help(TmpTestCase):
         r = run("--help")
         self.assertEqual(r.returncode, 0)
         self.assertTrue(r.stdout.startswith("usage: mailsync [--config FILE] [-v|-q] COMMAND"))
-        self.assertEqual(commands(), ["init", "sync", "daemon", "status", "check", "mailboxes",
-                                      "version", "help"])
+        self.assertEqual(commands(), ["init", "sync", "daemon", "ctl", "status", "check",
+                                      "mailboxes", "version", "help"])
         self.assertEqual(run("-h").stdout, r.stdout)
         self.assertEqual(run("help").stdout, r.stdout)
         for line in r.stdout.splitlines():

@@ -1,5 +1,5 @@
 /* LINK: ms_sync ms_store ms_core */
-/* The folder executor (sync/engine.c) against the in-memory server of
+/* The folder executor (sync/folder.c) against the in-memory server of
  * fake_remote.h, on a real libuv loop with a real Maildir and index in a
  * temporary directory.
  *

@@ -265,6 +265,19 @@ static void test_json_string_field(void **state)
     assert_null(json_string_field("{\"k\":\"unterminated", "k"));
     assert_null(json_string_field("{\"k\":\"bad \\x escape\"}", "k"));
     assert_null(json_string_field("{\"k\":\"bad \\u12 hex\"}", "k"));
+
+    unsigned long long v = 9;
+    const char *j = "{\"ok\":true,\"no\":false,\"n\": 42,\"neg\":-1,\"f\":1.5,\"s\":\"3\"}";
+    assert_int_equal(json_uint_field(j, "ok", &v), 0);
+    assert_int_equal(v, 1);
+    assert_int_equal(json_uint_field(j, "no", &v), 0);
+    assert_int_equal(v, 0);
+    assert_int_equal(json_uint_field(j, "n", &v), 0);
+    assert_int_equal(v, 42);
+    assert_int_equal(json_uint_field(j, "neg", &v), -1);
+    assert_int_equal(json_uint_field(j, "f", &v), -1);
+    assert_int_equal(json_uint_field(j, "s", &v), -1);
+    assert_int_equal(json_uint_field(j, "absent", &v), -1);
 }
 
 int main(void)
