@@ -196,6 +196,7 @@ struct fstate {
     struct flush_job *flushing; /* a batch on the thread pool (flush_work) */
     bool reading;               /* local files read on the thread pool (rematch) */
     bool advance_after_flush;   /* folder_advance waits for it */
+    bool dl_paused;             /* reading stopped until the batch in flight is durable */
     size_t dl_next;
     struct dl **batch;
     size_t nbatch, batch_cap;

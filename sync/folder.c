@@ -45,6 +45,13 @@
 #define DL_UIDS_PER_CMD 50
 #define DL_BATCH_MSGS 64
 #define DL_BATCH_BYTES (16u * 1024 * 1024)
+/* While a batch is made durable on the thread pool, downloads go on into
+ * the next one, up to this many batches' worth in all (in flight and
+ * waiting); then the connection stops reading until the batch in flight is
+ * done. Without the bound a fast
+ * server and a slow disk pile up open files in tmp/ (each download holds
+ * one) until the process runs out of descriptors, and memory with them. */
+#define DL_BACKLOG_BATCHES 2
 /* APPENDs in flight at once (each holds an open file). */
 #define UL_WINDOW 8
 
@@ -1747,9 +1754,14 @@ static void flush_done(uv_work_t *req, int status)
      * when the folder's downloads ended (or the connection did). */
     if (f->nbatch > 0 && (e->finished || f->advance_after_flush || batch_full(f))) {
         flush_batch(e);
-        if (f->flushing != NULL) {
-            return;
-        }
+    }
+    if (f->dl_paused && !e->finished && e->im != NULL) {
+        /* The backlog went to the thread pool: read on. */
+        f->dl_paused = false;
+        e->ro->resume(e->im);
+    }
+    if (f->flushing != NULL) {
+        return;
     }
     if (e->finished) {
         if (e->teardown_pending) {
@@ -1880,12 +1892,22 @@ static void *dl_begin(struct imap *im, uint32_t seq, uint32_t uid, uint64_t size
 static int dl_data(struct imap *im, void *sink, const char *data, size_t len, void *arg)
 {
     struct dl *d = sink;
+    struct session *e = arg;
+    struct fstate *f = e->f;
     if (d == NULL || d->w == NULL || d->err < 0) {
         return 0;
     }
     int r = md_writer_write(d->w, data, len);
     if (r < 0) {
         d->err = r;
+    }
+    /* Counted with the batch in flight (which may hold more than one
+     * batch's worth: what waited when it started). */
+    if (f != NULL && f->flushing != NULL && e->ro->resume != NULL &&
+        (f->nbatch + f->flushing->n >= DL_BATCH_MSGS * DL_BACKLOG_BATCHES ||
+         f->batch_bytes >= (uint64_t)DL_BATCH_BYTES * DL_BACKLOG_BATCHES)) {
+        f->dl_paused = true;
+        return IMAP_SINK_PAUSE;
     }
     return 0;
 }

@@ -68,6 +68,10 @@ struct remote_ops {
     int (*create)(struct remote *r, const char *folder, imap_done_cb done, void *arg);
     int (*delete)(struct remote *r, const char *folder, imap_done_cb done, void *arg);
     int (*logout)(struct remote *r, imap_done_cb done, void *arg);
+    /* Reading on after a body sink returned IMAP_SINK_PAUSE (imap_resume).
+     * NULL when the server never pauses (the fake delivers bodies whole):
+     * the engine then never asks for a pause. */
+    void (*resume)(struct remote *r);
 };
 
 /* The IMAP client (sync/imap.h). */

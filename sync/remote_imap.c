@@ -108,6 +108,11 @@ static int r_logout(struct remote *r, imap_done_cb done, void *arg)
     return imap_logout(IM(r), done, arg);
 }
 
+static void r_resume(struct remote *r)
+{
+    imap_resume(IM(r));
+}
+
 const struct remote_ops remote_imap = {
     .name = "imap",
     .connect = r_connect,
@@ -128,4 +133,5 @@ const struct remote_ops remote_imap = {
     .create = r_create,
     .delete = r_delete,
     .logout = r_logout,
+    .resume = r_resume,
 };
