@@ -2043,7 +2043,7 @@ static const char *yn(bool b)
     return b ? "true" : "false";
 }
 
-static void print_account(FILE *fp, const struct cfg_account *a)
+void cfg_print_account(FILE *fp, const struct cfg_account *a)
 {
     bool pop = a->protocol == CFG_PROTO_POP3;
     fprintf(fp, "  ");
@@ -2139,6 +2139,6 @@ void cfg_print(FILE *fp, const struct cfg *cfg)
     print_str(fp, cfg->state_dir != NULL ? cfg->state_dir : "");
     fprintf(fp, "\naccounts:\n");
     for (size_t i = 0; i < cfg->naccounts; i++) {
-        print_account(fp, &cfg->accounts[i]);
+        cfg_print_account(fp, &cfg->accounts[i]);
     }
 }

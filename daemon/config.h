@@ -149,6 +149,8 @@ bool cfg_folder_selected(const struct cfg_account *acct, const char *folder);
 /* Prints every account fully resolved (defaults and presets applied) in
  * YAML, with passwords shown as "<redacted>". */
 void cfg_print(FILE *fp, const struct cfg *cfg);
+/* One account as cfg_print shows it (defaults applied, password redacted). */
+void cfg_print_account(FILE *fp, const struct cfg_account *a);
 
 const char *cfg_protocol_name(enum cfg_protocol p);
 const char *cfg_tls_name(enum cfg_tls t);

@@ -63,6 +63,12 @@ struct dacct {
     struct sup sup;
     bool imap;
     bool paused;
+    /* Reload: removed or changed, stopping; freed once stopped, and then
+     * its successor (the changed account) starts: both would take the
+     * same index lock. */
+    bool retiring;
+    struct dacct *successor;
+    bool start_pending; /* waits for its predecessor to stop */
 
     /* The sync session. */
     struct engine *run;
@@ -109,6 +115,11 @@ struct daemon {
     uv_timer_t stop_timer;
     struct dacct **accts;
     size_t naccts;
+    struct dacct **retired; /* stopping after a reload */
+    size_t nretired, retired_cap;
+    struct cfg **old_cfgs; /* configurations replaced by a reload, still referenced */
+    size_t nold_cfgs;
+    uv_signal_t sig_hup;
     bool stopping;
     int exit_code;
 };
@@ -123,6 +134,13 @@ static void daemon_maybe_done(struct daemon *d);
 static void all_accounts_recheck(struct daemon *d, const char *why);
 
 /* ---- helpers ------------------------------------------------------------------------------- */
+
+/* The account is being stopped: the daemon stops, or a reload removed or
+ * changed it. */
+static bool acct_ending(const struct dacct *a)
+{
+    return a->d->stopping || a->retiring;
+}
 
 static void set_last_error(struct dacct *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -148,6 +166,9 @@ static void status_line(struct daemon *d)
 {
     unsigned idle = 0, busy = 0, down = 0;
     for (size_t i = 0; i < d->naccts; i++) {
+        if (d->accts[i] == NULL) {
+            continue; /* a reload is building the new list */
+        }
         enum sup_state s = d->accts[i]->sup.state;
         if (s == SUP_IDLE) {
             idle++;
@@ -241,7 +262,7 @@ static void waiters_fail_all(struct dacct *a, const char *error, bool temporary)
  * LIST-STATUS tells which folders changed). */
 static void acct_new_pass(struct dacct *a)
 {
-    if (a->d->stopping || a->paused) {
+    if (acct_ending(a) || a->paused) {
         return;
     }
     if (a->run != NULL) {
@@ -364,8 +385,9 @@ static void on_run_done(const struct engine_result *res, void *arg)
         log_error("%s: %s", a->ca->name, res->error);
         set_last_error(a, "%s", res->error);
     }
-    if (a->d->stopping) {
-        waiters_fail_all(a, "the daemon is stopping", true);
+    if (acct_ending(a)) {
+        waiters_fail_all(a, a->retiring ? "the account was reconfigured" : "the daemon is stopping",
+                         true);
         acct_state(a, SUP_DISCONNECTED, "stopping");
         acct_maybe_done(a);
         return;
@@ -426,7 +448,7 @@ static void on_pop_done(const struct popsync_result *res, void *arg)
     }
     waiters_answer(a, NULL, res->kind == SYNC_OK ? NULL : (res->error ? res->error : "failed"),
                    res->kind == SYNC_TRANSIENT);
-    if (a->d->stopping) {
+    if (acct_ending(a)) {
         acct_state(a, SUP_DISCONNECTED, "stopping");
         acct_maybe_done(a);
         return;
@@ -442,7 +464,7 @@ static void on_pop_done(const struct popsync_result *res, void *arg)
 
 static void acct_start(struct dacct *a)
 {
-    if (a->d->stopping || a->paused || a->run != NULL || a->pop != NULL) {
+    if (acct_ending(a) || a->paused || a->run != NULL || a->pop != NULL) {
         return;
     }
     uv_timer_stop(&a->retry_timer);
@@ -517,7 +539,7 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
     (void)events;
     struct fswatch *w = h->data;
     struct dacct *a = w->a;
-    if (status < 0 || a->d->stopping) {
+    if (status < 0 || acct_ending(a)) {
         return;
     }
     if (w->folder == NULL) {
@@ -634,7 +656,7 @@ static void watch_drop(struct dacct *a, const char *why)
         a->watch = NULL;
     }
     a->watch_idling = false;
-    if (a->d->stopping || a->paused || a->sup.state == SUP_FAILED_AUTH) {
+    if (acct_ending(a) || a->paused || a->sup.state == SUP_FAILED_AUTH) {
         return;
     }
     watch_retry_later(a);
@@ -669,7 +691,7 @@ static void on_watch_idle_done(struct imap *im, const struct imap_result *res, v
         watch_drop(a, "IDLE refused");
         return;
     }
-    if (!a->d->stopping) {
+    if (!acct_ending(a)) {
         watch_idle(a); /* ended for the restart timer, or by the server */
     }
 }
@@ -769,7 +791,7 @@ static void on_watch_secret(int err, const char *secret, const char *msg, void *
 
 static void watch_start(struct dacct *a)
 {
-    if (a->watch != NULL || a->watch_wait != NULL || a->d->stopping || a->paused) {
+    if (a->watch != NULL || a->watch_wait != NULL || acct_ending(a) || a->paused) {
         return;
     }
     if (a->sa->max_connections < 2) {
@@ -1048,11 +1070,37 @@ static void on_hook_closed(void *arg)
     acct_maybe_done(a);
 }
 
+static void acct_free(struct dacct *a);
+
+/* A retired account has stopped: it goes, and its successor starts. */
+static void retire_done(struct dacct *a)
+{
+    struct daemon *d = a->d;
+    for (size_t i = 0; i < d->nretired; i++) {
+        if (d->retired[i] == a) {
+            d->retired[i] = d->retired[--d->nretired];
+            break;
+        }
+    }
+    struct dacct *next = a->successor;
+    log_info("%s: stopped (reload)", a->ca->name);
+    acct_free(a);
+    if (next != NULL && next->start_pending && !d->stopping) {
+        next->start_pending = false;
+        acct_start(next);
+    }
+    daemon_maybe_done(d);
+}
+
 /* An account is done stopping when its session and handles are gone. */
 static void acct_maybe_done(struct dacct *a)
 {
     struct daemon *d = a->d;
-    if (!d->stopping || a->run != NULL || a->pop != NULL || a->open_handles > 0) {
+    if (!acct_ending(a) || a->run != NULL || a->pop != NULL || a->open_handles > 0) {
+        return;
+    }
+    if (a->retiring) {
+        retire_done(a);
         return;
     }
     daemon_maybe_done(d);
@@ -1088,6 +1136,9 @@ static void acct_stop(struct dacct *a)
 
 static bool all_done(struct daemon *d)
 {
+    if (d->nretired > 0) {
+        return false;
+    }
     for (size_t i = 0; i < d->naccts; i++) {
         struct dacct *a = d->accts[i];
         if (a->run != NULL || a->pop != NULL || a->open_handles > 0) {
@@ -1115,6 +1166,7 @@ static void daemon_maybe_done(struct daemon *d)
     if (!uv_is_closing((uv_handle_t *)&d->sig_term)) {
         uv_close((uv_handle_t *)&d->sig_term, NULL);
         uv_close((uv_handle_t *)&d->sig_int, NULL);
+        uv_close((uv_handle_t *)&d->sig_hup, NULL);
     }
     log_info("stopped");
 }
@@ -1191,6 +1243,132 @@ static void on_net_change(struct wake *w, void *arg)
 {
     (void)w;
     all_accounts_recheck(arg, "the network changed");
+}
+
+static struct dacct *acct_new(struct daemon *d, const struct cfg_account *ca);
+
+/* What a reload compares: the account as `check` shows it, plus the
+ * password it redacts. */
+static char *acct_fingerprint(const struct cfg_account *ca)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *fp = open_memstream(&buf, &len);
+    if (fp == NULL) {
+        return xstrdup("");
+    }
+    cfg_print_account(fp, ca);
+    fprintf(fp, "password=%s\n", ca->password != NULL ? ca->password : "");
+    fclose(fp);
+    return buf;
+}
+
+static bool acct_same(const struct cfg_account *a, const struct cfg_account *b)
+{
+    char *fa = acct_fingerprint(a), *fb = acct_fingerprint(b);
+    bool same = strcmp(fa, fb) == 0;
+    explicit_bzero(fa, strlen(fa));
+    explicit_bzero(fb, strlen(fb));
+    free(fa);
+    free(fb);
+    return same;
+}
+
+static void acct_retire(struct dacct *a, struct dacct *successor)
+{
+    struct daemon *d = a->d;
+    a->retiring = true;
+    a->successor = successor;
+    xgrow(&d->retired, &d->retired_cap, d->nretired + 1, sizeof(*d->retired));
+    d->retired[d->nretired++] = a;
+    acct_stop(a);
+}
+
+/* SIGHUP: the configuration is read again. Accounts added start, removed
+ * ones stop cleanly, changed ones restart; unchanged ones keep their
+ * connections. A configuration that does not load changes nothing. */
+static void daemon_reload(struct daemon *d)
+{
+    if (d->stopping) {
+        return;
+    }
+    sdn_reloading();
+    struct cfg *n = NULL;
+    char *err = NULL;
+    if (cfg_load(d->cfg->path, &n, &err) < 0) {
+        log_error("reload: %s; the running configuration stays", err != NULL ? err : "failed");
+        free(err);
+        sdn_ready();
+        return;
+    }
+    if (strcmp(n->state_dir, d->cfg->state_dir) != 0) {
+        log_error("reload: state_dir changed (%s -> %s): restart the daemon for that; the "
+                  "running configuration stays",
+                  d->cfg->state_dir, n->state_dir);
+        cfg_free(n);
+        sdn_ready();
+        return;
+    }
+    struct dacct **next = xcalloc(n->naccounts + 1, sizeof(*next));
+    unsigned added = 0, changed = 0, kept = 0, removed = 0;
+    for (size_t i = 0; i < n->naccounts; i++) {
+        const struct cfg_account *ca = &n->accounts[i];
+        struct dacct *old = NULL;
+        for (size_t k = 0; k < d->naccts; k++) {
+            if (d->accts[k] != NULL && strcmp(d->accts[k]->ca->name, ca->name) == 0) {
+                old = d->accts[k];
+                d->accts[k] = NULL;
+                break;
+            }
+        }
+        if (old != NULL && acct_same(old->ca, ca)) {
+            old->ca = ca; /* the same values, in the new configuration */
+            old->sup.account = ca->name;
+            next[i] = old;
+            kept++;
+            continue;
+        }
+        struct cfg *keep = d->cfg;
+        d->cfg = n; /* acct_new reads the new configuration */
+        next[i] = acct_new(d, ca);
+        d->cfg = keep;
+        if (old != NULL) {
+            next[i]->start_pending = true;
+            acct_retire(old, next[i]);
+            changed++;
+        } else {
+            added++;
+        }
+    }
+    for (size_t k = 0; k < d->naccts; k++) {
+        if (d->accts[k] != NULL) {
+            acct_retire(d->accts[k], NULL);
+            removed++;
+        }
+    }
+    free(d->accts);
+    d->accts = next;
+    d->naccts = n->naccounts;
+    d->old_cfgs = xrealloc(d->old_cfgs, (d->nold_cfgs + 1) * sizeof(*d->old_cfgs));
+    d->old_cfgs[d->nold_cfgs++] = d->cfg;
+    d->cfg = n;
+    log_info("reloaded %s: %u added, %u changed, %u removed, %u unchanged", n->path, added, changed,
+             removed, kept);
+    for (size_t i = 0; i < d->naccts; i++) {
+        struct dacct *a = d->accts[i];
+        if (!a->start_pending && a->run == NULL && a->pop == NULL &&
+            a->sup.state == SUP_DISCONNECTED) {
+            acct_start(a);
+        }
+    }
+    sdn_ready();
+    status_line(d);
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    daemon_reload(h->data);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -1272,6 +1450,9 @@ int daemon_run(struct cfg *cfg)
     d.sig_term.data = d.sig_int.data = &d;
     uv_signal_start(&d.sig_term, on_signal, SIGTERM);
     uv_signal_start(&d.sig_int, on_signal, SIGINT);
+    uv_signal_init(&d.loop, &d.sig_hup);
+    d.sig_hup.data = &d;
+    uv_signal_start(&d.sig_hup, on_sighup, SIGHUP);
     uv_timer_init(&d.loop, &d.stop_timer);
     d.stop_timer.data = &d;
     d.naccts = cfg->naccounts;
@@ -1305,6 +1486,21 @@ int daemon_run(struct cfg *cfg)
         acct_free(d.accts[i]);
     }
     free(d.accts);
+    for (size_t i = 0; i < d.nretired; i++) {
+        acct_free(d.retired[i]); /* only after a forced exit */
+    }
+    free(d.retired);
+    /* The caller's configuration is the caller's to free; those read by
+     * reloads are ours. */
+    for (size_t i = 0; i < d.nold_cfgs; i++) {
+        if (d.old_cfgs[i] != cfg) {
+            cfg_free(d.old_cfgs[i]);
+        }
+    }
+    free(d.old_cfgs);
+    if (d.cfg != cfg) {
+        cfg_free(d.cfg);
+    }
     if (d.exit_code == 0 && uv_loop_close(&d.loop) != 0) {
         log_warnx("event loop did not close cleanly");
     }

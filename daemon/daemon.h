@@ -38,8 +38,12 @@
 
 #include "daemon/config.h"
 
-/* Runs until stopped. Returns the exit status: 0 after SIGTERM/SIGINT,
- * 1 when it cannot start (another daemon, the control socket). */
+/* Runs until stopped. SIGHUP reads cfg->path again: accounts added start,
+ * removed ones stop cleanly, changed ones restart, unchanged ones keep
+ * their connections; a file that does not load changes nothing (the error
+ * is logged). cfg stays the caller's. Returns the exit status: 0 after
+ * SIGTERM/SIGINT, 1 when it cannot start (another daemon, the control
+ * socket). */
 int daemon_run(struct cfg *cfg);
 
 #endif

@@ -912,6 +912,17 @@ void next_folder(struct session *e)
         }
     }
     if (e == r->lister && e->opts.stay_open && !r->closing && !conn_lost(e)) {
+        /* A run that stays open does not end, and its deferred records
+         * would wait for that: they go in now, before a folder job reads
+         * its base again (else it would match its own downloads as files
+         * it does not know) and before the session waits. */
+        if (r->ndefer > 0 && !e->opts.dry_run) {
+            int fr = deferred_flush(r, NULL);
+            if (fr < 0 && r->dirsync.n == 0) {
+                log_error("%s: index: %s (the next sync of those folders matches them again)",
+                          e->acct->name, idx_error(r->idx));
+            }
+        }
         if (r->ndemand > 0) {
             struct fjob *j = &r->jobs[r->demand[0]];
             memmove(r->demand, r->demand + 1, --r->ndemand * sizeof(*r->demand));

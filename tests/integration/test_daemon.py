@@ -199,6 +199,10 @@ class DaemonScenarios(SyncFixture):
 
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
         self.assertIn("stopped", d.log())
+        # Each folder job found the records of the one before (the open
+        # session writes them before it waits), never its own downloads
+        # as files it does not know.
+        self.assertNotIn("the index does not know", d.log())
         self.assert_same("INBOX")
         self.assert_same("Archive")
         self.assert_no_duplicates("INBOX")
@@ -404,6 +408,54 @@ class DaemonScenarios(SyncFixture):
         self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=78, max_size=2000))
         self.wait_for("the push after recheck", lambda: len(self.local("INBOX")) == 2, d)
         self.assertIn("asked on the control socket: checking every account", d.log())
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
+    def test_sighup_reload(self):
+        """SIGHUP: an added account starts, a removed one stops (and leaves
+        the status), a changed one restarts, an unchanged one keeps its
+        connection and goes on pushing; a file that does not load changes
+        nothing."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=80, max_size=2000))
+
+        def acct(name, **extra):
+            a = self.imap_account(maildir=os.path.join(self.tmp, name), user=self.user,
+                                  folders=["INBOX"], poll_interval=3600, local_delay=0)
+            a.update(extra)
+            return a
+
+        cfg = self.write_config({"keep": acct("keep"), "change": acct("change"),
+                                 "gone": acct("gone")})
+        d = self.start(cfg)
+        for name in ("keep", "change", "gone"):
+            self.wait_state(cfg, d, "idle", name=name)
+        keep_logins = self.status(cfg, "keep")["logins"]
+
+        self.write_config({"keep": acct("keep"), "change": acct("change", poll_interval=1800),
+                           "new": acct("new")})
+        d.p.send_signal(signal.SIGHUP)
+        self.wait_for("the reload", lambda: "reloaded" in d.log(), d)
+        self.assertIn("1 added, 1 changed, 1 removed, 1 unchanged", d.log())
+        self.wait_state(cfg, d, "idle", name="new")
+        self.wait_state(cfg, d, "idle", name="change")
+        st = json.loads(self.ms(cfg, "status", "--json").stdout)
+        self.assertEqual(sorted(a["name"] for a in st["accounts"]), ["change", "keep", "new"])
+        self.assertEqual(self.status(cfg, "keep")["logins"], keep_logins,
+                         "the unchanged account logged in again")
+        self.assertIn("gone: stopped (reload)", d.log())
+        self.assertEqual(len(mstest.maildir_messages(os.path.join(self.tmp, "new", "INBOX"))), 1)
+        # The unchanged account still pushes.
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=81, max_size=2000))
+        self.wait_for("the push after the reload", lambda: len(
+            mstest.maildir_messages(os.path.join(self.tmp, "keep", "INBOX"))) == 2, d)
+
+        with open(cfg, "a") as f:
+            f.write("  broken: [\n")
+        d.p.send_signal(signal.SIGHUP)
+        self.wait_for("the refused reload", lambda: "the running configuration stays" in d.log(),
+                      d)
+        # (The CLI cannot read the broken file: ask the socket itself.)
+        st = self.ask("status")
+        self.assertEqual(sorted(a["name"] for a in st["accounts"]), ["change", "keep", "new"])
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
     def test_second_daemon_refused(self):
