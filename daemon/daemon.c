@@ -86,6 +86,10 @@ struct dacct {
     uv_timer_t watch_timer; /* IDLE restart, or the reconnect after a failure */
     unsigned watch_backoff_ms;
     bool watch_idling;
+    /* NOTIFY (RFC 5465) took: the watcher hears of every folder, not only
+     * INBOX; notify_try counts the event sets tried. */
+    bool watch_notify;
+    unsigned notify_try;
 
     struct fswatch **fsw;
     size_t nfsw, fsw_cap;
@@ -656,6 +660,7 @@ static void watch_drop(struct dacct *a, const char *why)
         a->watch = NULL;
     }
     a->watch_idling = false;
+    a->watch_notify = false;
     if (acct_ending(a) || a->paused || a->sup.state == SUP_FAILED_AUTH) {
         return;
     }
@@ -722,6 +727,55 @@ static void on_watch_select(struct imap *im, const struct imap_result *res, void
     watch_idle(a);
 }
 
+static void watch_examine(struct dacct *a)
+{
+    struct imap_select_opts so = {.readonly = true};
+    if (imap_select(a->watch, "INBOX", &so, on_watch_select, a) < 0) {
+        watch_drop(a, "cannot EXAMINE INBOX");
+    }
+}
+
+/* The NOTIFY event sets, tried in order: a server may refuse FlagChange
+ * outside the selected folder ([BADEVENT]), or MailboxName. */
+static const char *const notify_specs[] = {
+    "SET (SELECTED (MessageNew MessageExpunge FlagChange)) (PERSONAL (MessageNew MessageExpunge "
+    "FlagChange MailboxName))",
+    "SET (SELECTED (MessageNew MessageExpunge FlagChange)) (PERSONAL (MessageNew "
+    "MessageExpunge))",
+};
+
+static void watch_notify(struct dacct *a);
+
+static void on_watch_notify(struct imap *im, const struct imap_result *res, void *arg)
+{
+    (void)im;
+    struct dacct *a = arg;
+    if (res->err < 0 || a->watch == NULL) {
+        return;
+    }
+    if (res->status == IMAP_STATUS_OK) {
+        a->watch_notify = true;
+        log_debug("%s: watcher: NOTIFY set: every folder is announced", a->ca->name);
+        watch_examine(a);
+        return;
+    }
+    a->notify_try++;
+    if (a->notify_try < ARRAY_SIZE(notify_specs)) {
+        watch_notify(a);
+        return;
+    }
+    log_info("%s: the server refused NOTIFY (%s): IDLE on INBOX, other folders every %u s",
+             a->ca->name, res->text != NULL ? res->text : "", a->ca->poll_interval);
+    watch_examine(a);
+}
+
+static void watch_notify(struct dacct *a)
+{
+    if (imap_notify(a->watch, notify_specs[a->notify_try], on_watch_notify, a) < 0) {
+        watch_examine(a);
+    }
+}
+
 static void on_watch_ready(struct imap *im, void *arg)
 {
     struct dacct *a = arg;
@@ -732,10 +786,13 @@ static void on_watch_ready(struct imap *im, void *arg)
         a->watch = NULL;
         return;
     }
-    struct imap_select_opts so = {.readonly = true};
-    if (imap_select(im, "INBOX", &so, on_watch_select, a) < 0) {
-        watch_drop(a, "cannot EXAMINE INBOX");
+    a->watch_notify = false;
+    if (imap_caps(im) & IMAP_CAP_NOTIFY) {
+        a->notify_try = 0;
+        watch_notify(a);
+        return;
     }
+    watch_examine(a);
 }
 
 static void on_watch_error(struct imap *im, int err, const char *msg, void *arg)
@@ -760,6 +817,19 @@ static void on_watch_event(struct imap *im, const struct imap_event *ev, void *a
     case IMAP_EV_UIDVALIDITY:
         log_debug("%s: watcher: INBOX changed", a->ca->name);
         acct_want(a, "INBOX");
+        break;
+    case IMAP_EV_STATUS:
+        /* NOTIFY: another folder changed. */
+        if (ev->status != NULL && ev->status->folder != NULL) {
+            log_debug("%s: watcher: %s changed", a->ca->name, ev->status->folder);
+            acct_want(a, ev->status->folder);
+        }
+        break;
+    case IMAP_EV_MAILBOX:
+        /* NOTIFY: a folder was created, renamed or deleted. */
+        log_debug("%s: watcher: folder %s created, renamed or deleted; a new pass", a->ca->name,
+                  ev->text);
+        acct_new_pass(a);
         break;
     default:
         break;
@@ -863,9 +933,10 @@ static void ctl_status_text(struct daemon *d, struct ctl_req *req)
         sbuf_addf(&t,
                   "%s: %s, %s, last sync %s; since start \xe2\x86\x93 %u new, \xe2\x86\x91 %u new",
                   a->ca->name, sup_name(a->sup.state),
-                  !a->imap          ? "polling"
-                  : a->watch_idling ? "IDLE on INBOX"
-                                    : "polling",
+                  !a->imap                             ? "polling"
+                  : a->watch_idling && a->watch_notify ? "NOTIFY on every folder"
+                  : a->watch_idling                    ? "IDLE on INBOX"
+                                                       : "polling",
                   when, tt->new_down, tt->new_up);
         if (account_ndirty(a->account) > 0) {
             sbuf_addf(&t, "; %zu folders waiting", account_ndirty(a->account));
@@ -896,7 +967,10 @@ static void ctl_status(struct daemon *d, struct ctl_req *req)
         sbuf_add_json(&sb, a->ca->name);
         sbuf_addf(&sb, ",\"protocol\":\"%s\",\"state\":", a->imap ? "imap" : "pop3");
         sbuf_add_json(&sb, sup_name(a->sup.state));
-        const char *push = !a->imap ? "poll" : a->watch_idling ? "idle" : "poll";
+        const char *push = !a->imap           ? "poll"
+                           : !a->watch_idling ? "poll"
+                           : a->watch_notify  ? "notify"
+                                              : "idle";
         sbuf_addf(&sb, ",\"push\":\"%s\",\"connections\":%u", push,
                   (a->run != NULL || a->pop != NULL ? 1u : 0u) + (a->watch != NULL ? 1u : 0u));
         json_time(&sb, "last_sync", a->last_ok);

@@ -258,6 +258,7 @@ enum imap_event_type {
     IMAP_EV_NOTICE,      /* text: untagged NO/BAD (server warning) */
     IMAP_EV_BYE,         /* text: BYE text; on_error follows unless logging out */
     IMAP_EV_UIDVALIDITY, /* n = new UIDVALIDITY announced while selected */
+    IMAP_EV_MAILBOX,     /* text: raw name of an unasked LIST (NOTIFY MailboxName) */
 };
 
 struct imap_event {
@@ -448,6 +449,14 @@ int imap_delete(struct imap *im, const char *folder, imap_done_cb done, void *ar
  * as for imap_uid_expunge. The owner re-issues IDLE before 29 minutes. */
 int imap_idle_start(struct imap *im, imap_done_cb done, void *arg);
 void imap_idle_stop(struct imap *im);
+
+/* NOTIFY (RFC 5465): spec is the rest of the command, e.g. "SET
+ * (SELECTED-DELAYED (MessageNew MessageExpunge FlagChange)) (PERSONAL
+ * (MessageNew MessageExpunge))" or "NONE". What the server then announces
+ * arrives as events: untagged STATUS (IMAP_EV_STATUS) for other folders,
+ * EXISTS/EXPUNGE/FETCH for the selected one. Without NOTIFY: IMAP_ENOTSUP
+ * as for imap_uid_expunge. */
+int imap_notify(struct imap *im, const char *spec, imap_done_cb done, void *arg);
 
 /* LOGOUT: done is called after the server's BYE and tagged OK; no
  * on_error follows for the BYE. */

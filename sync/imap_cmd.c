@@ -43,6 +43,7 @@ static const char *const kind_names[] = {
     [IMAP_CMD_CREATE] = "CREATE",
     [IMAP_CMD_DELETE] = "DELETE",
     [IMAP_CMD_IDLE] = "IDLE",
+    [IMAP_CMD_NOTIFY] = "NOTIFY",
     [IMAP_CMD_LOGOUT] = "LOGOUT",
 };
 
@@ -680,6 +681,14 @@ static int cmd_build(struct imap *im, struct imap_cmd *c)
         }
         b_text(c, "IDLE\r\n");
         break;
+    case IMAP_CMD_NOTIFY:
+        if (cmd_need(im, c, IMAP_CAP_NOTIFY, "NOTIFY") < 0) {
+            return -1;
+        }
+        b_text(c, "NOTIFY ");
+        b_text(c, c->folder);
+        b_text(c, "\r\n");
+        break;
     case IMAP_CMD_LOGOUT:
         b_text(c, "LOGOUT\r\n");
         break;
@@ -1064,6 +1073,10 @@ static void handle_list(struct imap *im, const struct imap_response *r, bool lsu
         }
     }
     if (c == NULL) {
+        /* Unasked: NOTIFY's MailboxName (a folder created, renamed or
+         * deleted). The raw name goes to the owner, who lists again. */
+        const char *raw = imap_arg_str(&r->args[3]);
+        imap_emit_text(im, IMAP_EV_MAILBOX, raw != NULL ? raw : "");
         return;
     }
     if (c->kind == IMAP_CMD_DELIM) {
@@ -1836,6 +1849,22 @@ static int copy_keywords(struct imap_cmd *c, const char *const *kw, size_t n)
         c->keywords[i] = xstrdup(kw[i]);
     }
     c->nkeywords = n;
+    return 0;
+}
+
+int imap_notify(struct imap *im, const char *spec, imap_done_cb done, void *arg)
+{
+    if (!usable(im)) {
+        return -ENOTCONN;
+    }
+    /* The spec is ours (a constant of the caller), never a server's
+     * string: it must hold no line break. */
+    if (spec == NULL || strpbrk(spec, "\r\n") != NULL) {
+        return -EINVAL;
+    }
+    struct imap_cmd *c = cmd_new(IMAP_CMD_NOTIFY, done, arg);
+    c->folder = xstrdup(spec);
+    enqueue(im, c);
     return 0;
 }
 

@@ -35,6 +35,7 @@ enum imap_cmd_kind {
     IMAP_CMD_CREATE,
     IMAP_CMD_DELETE,
     IMAP_CMD_IDLE,
+    IMAP_CMD_NOTIFY,
     IMAP_CMD_LOGOUT,
 };
 

@@ -250,6 +250,9 @@ static void on_event(struct imap *im, const struct imap_event *ev, void *arg)
     case IMAP_EV_UIDVALIDITY:
         out("EVENT UIDVALIDITY %u", ev->n);
         break;
+    case IMAP_EV_MAILBOX:
+        out("EVENT MAILBOX %s", ev->text);
+        break;
     }
     sbuf_free(&sb);
 }
