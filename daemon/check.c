@@ -1052,7 +1052,7 @@ static void diagnose(struct check *ck)
         add_fix(pb, "use tls: implicit or tls: starttls");
         add_fix(pb, "only for a server on a trusted network (this computer), set "
                     "allow_plaintext: true");
-    } else if (err == IMAP_EUNAVAIL ||
+    } else if (err == IMAP_EUNAVAIL || err == IMAP_ELIMIT ||
                (pop && err == -EACCES && ck->popkind == POP3_ERRKIND_TRANSIENT)) {
         diagnose_busy(ck, msg);
     } else if ((err == IMAP_EAUTH || (pop && err == -EPROTO)) &&

@@ -86,6 +86,10 @@ struct dacct {
     uv_timer_t watch_timer; /* IDLE restart, or the reconnect after a failure */
     unsigned watch_backoff_ms;
     bool watch_idling;
+    /* The server refused the watcher's connection for its limit: the
+     * account's connection budget is lower than max_connections; no
+     * watcher until a recheck or a reload. */
+    bool watch_over_budget;
     /* NOTIFY (RFC 5465) took: the watcher hears of every folder, not only
      * INBOX; notify_try counts the event sets tried. */
     bool watch_notify;
@@ -802,6 +806,19 @@ static void on_watch_error(struct imap *im, int err, const char *msg, void *arg)
     if (err == IMAP_EAUTH) {
         account_secret_refused(a->account);
     }
+    if (err == IMAP_ELIMIT) {
+        /* Retrying would only take a connection the user's other clients
+         * (or the sync session) need. */
+        a->watch_over_budget = true;
+        imap_free(a->watch);
+        a->watch = NULL;
+        a->watch_idling = false;
+        a->watch_notify = false;
+        log_warnx("%s: %s: no watcher connection; changes on the server are found by the sweep "
+                  "every %u s (raise the server's limit, or set max_connections: 1 to say so)",
+                  a->ca->name, msg != NULL ? msg : "connection refused", a->ca->poll_interval);
+        return;
+    }
     watch_drop(a, msg != NULL ? msg : "connection lost");
 }
 
@@ -864,7 +881,7 @@ static void watch_start(struct dacct *a)
     if (a->watch != NULL || a->watch_wait != NULL || acct_ending(a) || a->paused) {
         return;
     }
-    if (a->sa->max_connections < 2) {
+    if (a->sa->max_connections < 2 || a->watch_over_budget) {
         /* The budget is one connection: the session's. */
         return;
     }
@@ -1294,6 +1311,8 @@ static void all_accounts_recheck(struct daemon *d, const char *why)
                              uv_is_active((uv_handle_t *)&a->watch_timer);
             watch_stop(a);
             a->watch_backoff_ms = 0;
+            had_watch = had_watch || a->watch_over_budget;
+            a->watch_over_budget = false; /* the limit may have changed */
             if (had_watch && a->run_idle) {
                 watch_start(a);
             }

@@ -580,6 +580,12 @@ static void login_failed(struct imap *im, const struct imap_response *resp)
                   im->opts.net.host, code, text);
         return;
     }
+    if (code != NULL && strcmp(code, "LIMIT") == 0) {
+        imap_fail(im, IMAP_ELIMIT,
+                  "%s refused another connection ([LIMIT] %s); the password was not checked",
+                  im->opts.net.host, text);
+        return;
+    }
     const char *hint = "";
     if (code != NULL && strcmp(code, "EXPIRED") == 0) {
         hint = "; the password has expired: renew it with the provider";

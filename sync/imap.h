@@ -294,6 +294,10 @@ enum {
     /* Login refused for now ([UNAVAILABLE], [INUSE]; RFC 5530): the
      * credentials were not judged, try again later. */
     IMAP_EUNAVAIL = -21007,
+    /* Login refused for a limit ([LIMIT], RFC 5530), usually too many
+     * connections for the user (Dovecot's mail_max_userip_connections, a
+     * phone holding the rest): not a judgement of the credentials. */
+    IMAP_ELIMIT = -21008,
 };
 
 /* Completion of one command. Pointers are valid only during the callback. */

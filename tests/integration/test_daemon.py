@@ -73,7 +73,9 @@ class Daemon:
                                  % (timeout, self.log()[-4000:]))
 
 
-class DaemonScenarios(SyncFixture):
+class DaemonFixture(SyncFixture):
+    """A daemon per test, its control socket under a private
+    XDG_RUNTIME_DIR, and ways to wait for what it does."""
 
     def setUp(self):
         super().setUp()
@@ -142,6 +144,10 @@ class DaemonScenarios(SyncFixture):
         extra.setdefault("poll_interval", 3)
         extra.setdefault("local_delay", 0)
         return self.config(**extra)
+
+
+
+class DaemonScenarios(DaemonFixture):
 
     def test_push_both_ways(self):
         """First pass, then every kind of change on either side arrives on
@@ -503,6 +509,36 @@ class DaemonScenarios(SyncFixture):
         self.assertEqual(p.returncode, 1)
         self.assertIn("another mailsync daemon (pid %d)" % d.p.pid, p.stderr)
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
+
+class DaemonConnectionLimit(DaemonFixture, mstest.DovecotTestCase):
+    """A server that allows one connection per user and address (Dovecot's
+    mail_max_userip_connections = 1): the watcher's login is refused with
+    [LIMIT]; the daemon keeps its sync session, says once why there is no
+    watcher, does not retry it, and local changes still go up."""
+
+    dovecot_options = {"extra_conf": "protocol imap {\n  mail_max_userip_connections = 1\n}\n"}
+
+    def test_watcher_over_the_connection_limit(self):
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=85, max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        self.wait_for("the refused watcher", lambda: "no watcher connection" in d.log(), d)
+        self.assertIn("[LIMIT]", d.log())
+        time.sleep(2.5)
+        self.assertEqual(d.log().count("a/watch: connecting to"), 1, "the watcher was retried")
+        st = self.wait_state(cfg, d, "idle")
+        self.assertEqual(st["push"], "poll")
+        self.assertEqual(st["state"], "idle")
+        body = mailgen.generate(1, seed=86, max_size=2000)[0]
+        self.deliver_local("INBOX", mstest.crlf_to_lf(body), "1700000000.limit.host")
+        # (The test's own IMAP connection would be over the limit while the
+        # daemon runs: the daemon's count first, the server afterwards.)
+        self.wait_for("the upload", lambda: self.status(cfg)["new_up"] == 1, d)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assertEqual(len(self.server("INBOX")), 2)
+        self.assert_same("INBOX")
 
 
 for _name, _opts in PROFILES.items():

@@ -52,6 +52,14 @@ class LoginCodes(unittest.TestCase):
         self.assertEqual(p.returncode, 75, p.stderr)
         self.assertIn("refused the login for now ([INUSE] Another session is active)", p.stderr)
 
+    def test_limit_is_temporary(self):
+        """[LIMIT] (too many connections for the user) did not judge the
+        password: exit 75, and the message says so."""
+        p = self.run_sync("NO [LIMIT] Maximum number of connections from user+IP exceeded")
+        self.assertEqual(p.returncode, 75, p.stderr)
+        self.assertIn("127.0.0.1 refused another connection ([LIMIT] Maximum number of "
+                      "connections from user+IP exceeded); the password was not checked", p.stderr)
+
     def test_authenticationfailed_is_a_credential_failure(self):
         p = self.run_sync("NO [AUTHENTICATIONFAILED] Authentication failed.")
         self.assertEqual(p.returncode, 1, p.stderr)
