@@ -1981,12 +1981,9 @@ static bool plain_ok(const char *s)
     return !numeric && strchr("-.@", s[0]) == NULL;
 }
 
-static void print_str(FILE *fp, const char *s)
+/* s in double quotes, with quotes, backslashes and controls escaped. */
+static void print_quoted(FILE *fp, const char *s)
 {
-    if (plain_ok(s)) {
-        fputs(s, fp);
-        return;
-    }
     fputc('"', fp);
     for (const char *p = s; *p != '\0'; p++) {
         unsigned char c = (unsigned char)*p;
@@ -2001,6 +1998,15 @@ static void print_str(FILE *fp, const char *s)
     fputc('"', fp);
 }
 
+static void print_str(FILE *fp, const char *s)
+{
+    if (plain_ok(s)) {
+        fputs(s, fp);
+        return;
+    }
+    print_quoted(fp, s);
+}
+
 /* A command as a YAML flow sequence of quoted words, or ~. */
 static void print_argv(FILE *fp, const char *key, char *const *argv)
 {
@@ -2011,18 +2017,10 @@ static void print_argv(FILE *fp, const char *key, char *const *argv)
     }
     fputc('[', fp);
     for (size_t i = 0; argv[i] != NULL; i++) {
-        fputs(i > 0 ? ", \"" : "\"", fp);
-        for (const char *p = argv[i]; *p != '\0'; p++) {
-            unsigned char c = (unsigned char)*p;
-            if (c == '"' || c == '\\') {
-                fprintf(fp, "\\%c", c);
-            } else if (c < 0x20 || c == 0x7f) {
-                fprintf(fp, "\\x%02x", c);
-            } else {
-                fputc(c, fp);
-            }
+        if (i > 0) {
+            fputs(", ", fp);
         }
-        fputc('"', fp);
+        print_quoted(fp, argv[i]);
     }
     fputs("]\n", fp);
 }

@@ -274,20 +274,7 @@ class DaemonScenarios(DaemonFixture):
         sock = os.path.join(self.runtime, "mailsync", "control")
         self.assertEqual(os.stat(sock).st_mode & 0o777, 0o600)
 
-        def ask(line):
-            import socket
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(30)
-            s.connect(sock)
-            s.sendall((line + "\n").encode())
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                buf += chunk
-            s.close()
-            return json.loads(buf)
+        ask = self.ask
 
         # Another client's message, with the watcher's push raced by an
         # explicit request: the request's answer counts what it brought
