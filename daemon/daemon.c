@@ -417,15 +417,14 @@ static void on_run_done(const struct engine_result *res, void *arg)
         return;
     }
     if (restart && res->kind == SYNC_OK) {
-        acct_start(a);
+        acct_start(a); /* its first pass answers the waiters */
         return;
     }
     /* The session ended by itself: a dropped connection, a server that
-     * went away, a failure the next attempt may not have. */
-    if (res->kind != SYNC_OK || !restart) {
-        waiters_answer(a, NULL, res->error != NULL ? res->error : "the session ended",
-                       res->kind == SYNC_TRANSIENT || res->kind == SYNC_OK);
-    }
+     * went away, a failure the next attempt may not have. Every request
+     * waiting for it hears so now, not when the network comes back. */
+    waiters_fail_all(a, res->error != NULL ? res->error : "the session ended",
+                     res->kind == SYNC_TRANSIENT || res->kind == SYNC_OK);
     a->backoff_ms = a->backoff_ms == 0 ? BACKOFF_MIN_MS : a->backoff_ms * 2;
     if (a->backoff_ms > BACKOFF_MAX_MS) {
         a->backoff_ms = BACKOFF_MAX_MS;
@@ -1571,10 +1570,15 @@ int daemon_run(struct cfg *cfg)
     sdn_ready();
     status_line(&d);
     uv_run(&d.loop, UV_RUN_DEFAULT);
-    if (d.exit_code == 0) {
-        /* Close callbacks still pending after the last handle closed. */
-        uv_run(&d.loop, UV_RUN_NOWAIT);
+    if (d.exit_code != 0) {
+        /* The stop deadline passed with handles still open: nothing is
+         * freed under them (the index and the Maildir are consistent at
+         * every step; the operating system closes the rest). */
+        pidlock_release(d.lock);
+        return d.exit_code;
     }
+    /* Close callbacks still pending after the last handle closed. */
+    uv_run(&d.loop, UV_RUN_NOWAIT);
     for (size_t i = 0; i < d.naccts; i++) {
         acct_free(d.accts[i]);
     }
@@ -1594,7 +1598,7 @@ int daemon_run(struct cfg *cfg)
     if (d.cfg != cfg) {
         cfg_free(d.cfg);
     }
-    if (d.exit_code == 0 && uv_loop_close(&d.loop) != 0) {
+    if (uv_loop_close(&d.loop) != 0) {
         log_warnx("event loop did not close cleanly");
     }
     pidlock_release(d.lock);

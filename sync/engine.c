@@ -1308,6 +1308,19 @@ void engine_cancel(struct engine *r)
             e->secret_wait = NULL;
             set_error(e, SYNC_TRANSIENT, "cancelled");
             finish(e);
+        } else if (e->ready && e->f != NULL && !e->logged_out) {
+            /* In the middle of a folder (a large download, say): stop
+             * now, as a dropped connection would: messages received whole
+             * are kept and recorded, the one in transfer is dropped, and
+             * every step left is safe to redo (invariant 9); the next run
+             * finishes the folder. Waiting for the folder's end could take
+             * minutes. */
+            if (e->f->nbatch > 0 && !e->opts.dry_run) {
+                flush_batch(e);
+            }
+            set_error(e, SYNC_TRANSIENT, "cancelled");
+            folder_fail_transient(e, "cancelled");
+            finish(e);
         } else if (!e->ready && e != r->lister) {
             /* Still connecting, and nothing of its own to finish; the
              * lister stops at the next safe point once logged in. */

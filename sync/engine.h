@@ -126,6 +126,9 @@ struct engine;
 
 int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct engine_opts *opts,
                  engine_done_cb done, void *arg, struct engine **e_r);
+/* Stops soon: a session in the middle of a folder stops at once (what
+ * arrived whole is kept and recorded; the rest is redone by the next run),
+ * one between folders at the next one; done still follows. */
 void engine_cancel(struct engine *e);
 /* stay_open sessions: queue one folder (a name the run listed) to be
  * synced again on the session's connection, after the folder in progress.
