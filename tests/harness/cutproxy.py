@@ -33,6 +33,19 @@ protocol bytes and Run keeps both streams as a trace of the run
 MAILSYNC_CUT_VERBOSE=1 makes assert_outcome print one line per run: the
 offset, whether it was cut, and the client's last command before the cut.
 
+For the daemon's fault tests (tests/integration/test_daemon_faults.py)
+the proxy also acts on connections already open, whatever the run:
+
+    proxy.reset_all()                    # RST every open connection now
+    proxy.blackhole()                    # stop forwarding, close nothing
+    proxy.restore()                      # forward again (held bytes flow)
+
+A black hole holds both directions: nothing is read from either side, so
+what was sent waits in the socket buffers, as it waits in a real network's
+retransmissions, and flows on restore() unless a side gave up and closed
+meanwhile. Connections accepted during a black hole are held the same way
+(the client's connect succeeds but no greeting comes).
+
 Bounded: threads are daemon threads, every socket is closed by close()
 (registered with addCleanup by for_test), and the listener stops by itself
 after `lifetime` seconds in any case."""
@@ -147,6 +160,8 @@ class CutProxy:
         self.armed = False
         self.closed = threading.Event()
         self.socks = set()
+        self.holding = threading.Event()  # black hole: forward nothing
+        self.resets = 0  # bumped by reset_all(); a pump started before it resets
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -184,6 +199,20 @@ class CutProxy:
         with self.lock:
             run, self.run, self.armed = self.run, Run(None, "first"), False
         return run
+
+    def reset_all(self):
+        """Resets (RST) every connection open now, on both sides, within
+        the pumps' half-second select; later connections pass."""
+        with self.lock:
+            self.resets += 1
+
+    def blackhole(self):
+        """Stops forwarding in both directions without closing anything."""
+        self.holding.set()
+
+    def restore(self):
+        """Ends a black hole: held bytes and new ones are forwarded again."""
+        self.holding.clear()
 
     def close(self):
         self.closed.set()
@@ -224,7 +253,8 @@ class CutProxy:
                 run.c2s.append(bytearray())
                 run.marks.append([])
                 self.socks.update((client, server))
-            threading.Thread(target=self._pump, args=(run, idx, client, server),
+                resets = self.resets
+            threading.Thread(target=self._pump, args=(run, idx, client, server, resets),
                              name="cutproxy-conn", daemon=True).start()
         try:
             self.listener.close()
@@ -240,7 +270,7 @@ class CutProxy:
             return None
         return run.cut_at - run.counted
 
-    def _pump(self, run, idx, client, server):
+    def _pump(self, run, idx, client, server, resets):
         sel = selectors.DefaultSelector()
         sel.register(client, selectors.EVENT_READ, "c")
         sel.register(server, selectors.EVENT_READ, "s")
@@ -250,6 +280,12 @@ class CutProxy:
         open_dirs = 2
         try:
             while open_dirs and not self.closed.is_set() and time.monotonic() < self.deadline:
+                if self.resets != resets:
+                    cut = True
+                    return
+                if self.holding.is_set():
+                    time.sleep(0.05)
+                    continue
                 for key, _mask in sel.select(timeout=0.5):
                     src = key.fileobj
                     dst = server if src is client else client
