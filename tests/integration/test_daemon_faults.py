@@ -124,9 +124,11 @@ class FaultFixture(DaemonScenarios):
         return self.wait_for(what, check, d, timeout)
 
     def wait_pushing(self, cfg, d, name="a"):
-        """Idle, with the IDLE watcher up: a new message will be pushed."""
+        """Idle, with the watcher up (NOTIFY or IDLE): a new message will be
+        pushed."""
         return self.wait_status("account %s idle with its watcher" % name, cfg, d,
-                                lambda st: st["state"] == "idle" and st["push"] == "idle", name)
+                                lambda st: st["state"] == "idle" and st["push"] in ("idle", "notify"),
+                                name)
 
     def proxy(self):
         return CutProxy.for_test(self, self.dovecot.port_imaps)
@@ -354,14 +356,9 @@ class FaultScenariosOnce(FaultFixture, mstest.DovecotTestCase):
         self.assertEqual([a["state"] for a in r["accounts"]], ["idle"])
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
-    # Daemon bug: daemon.c on_run_done answers only the waiters of a whole
-    # pass (waiters_answer(a, NULL, ...) matches folder == NULL) when a
-    # session ends by itself; a `sync ACCOUNT FOLDER` request stays
-    # unanswered until a later session syncs that folder, i.e. for as long
-    # as the outage lasts (here: until the proxy forwards again, 25 s and
-    # more after the session had already failed with "timed out after 5 s
-    # waiting for the server"). `sync ACCOUNT` gets the error at once.
-    @unittest.expectedFailure
+    # Was a daemon bug (fixed): a session that ended by itself answered only
+    # the requests for a whole pass; `sync ACCOUNT FOLDER` hung until the
+    # network came back.
     def test_black_hole_folder_request_answered(self):
         """`sync a INBOX` sent while the session is stuck in a black hole
         is answered when that session gives up (a temporary error naming
@@ -389,14 +386,8 @@ class FaultScenariosOnce(FaultFixture, mstest.DovecotTestCase):
         self.assertRegex(r["error"], r"timed out", r)
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
-    # Daemon bug: SIGTERM does not stop a first download at the next
-    # message. Sent at the first file in tmp/, the 3,000 messages are all
-    # downloaded and the daemon exits 2 s later ("error: a: cancelled",
-    # then "stopped"); with 30,000 messages it was still downloading when
-    # the 5 s deadline fired ("sessions did not end within 5 s; exiting
-    # anyway", 19,862 stored) and the process then died of SIGABRT (exit
-    # -6), not the documented exit 1.
-    @unittest.expectedFailure
+    # Was a daemon bug (fixed: engine_cancel stops a session in the middle of
+    # a folder at once): SIGTERM let the whole first download finish.
     def test_sigterm_stops_the_download_at_the_next_message(self):
         """SIGTERM during a first download of 3,000 messages stops it at
         the next message: the daemon exits within a second, not after
