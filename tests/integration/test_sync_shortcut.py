@@ -143,11 +143,15 @@ class ShortcutScenarios(SyncFixture):
         cfg = self.settled()
         self.vsync(cfg)
         uids = [u for u, _f, _b in self.server()]
+        seen = [u for u, f, _b in self.server() if "\\Seen" in f]
         self.store("INBOX", uids[0], "+FLAGS", "\\Flagged")
+        self.store("INBOX", seen[-1], "-FLAGS", "\\Seen")
+        self.store("INBOX", seen[-1], "+FLAGS", "\\Answered")
         out, err = self.vsync(cfg)
         self.assertIn(LAZY, err)
-        self.assertIn("\u2193 0 new, 1 flags", out)
+        self.assertIn("\u2193 0 new, 2 flags", out)
         self.assert_same()
+        self.assertEqual({u: letters(f) for u, f, _b in self.server()}[seen[-1]], "R")
         time.sleep(SETTLE)
         self.vsync(cfg)
         self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=99, max_size=2000))
