@@ -94,6 +94,20 @@ struct dacct {
      * INBOX; notify_try counts the event sets tried. */
     bool watch_notify;
     unsigned notify_try;
+    /* Whether NOTIFY really reports (some servers accept it and then stay
+     * silent): the folders the watcher announced since the pass began; a
+     * sweep pass that brings down new mail from a folder it never
+     * announced, while NOTIFY was up all along, is a miss; two sweeps in
+     * a row with misses and NOTIFY is not used again (notify_off). */
+    char **announced;
+    size_t nannounced, announced_cap;
+    bool sweep_pass;   /* the current pass was started by poll_interval */
+    bool sweep_missed; /* ... and found new mail NOTIFY did not announce */
+    unsigned notify_misses;
+    bool notify_off;
+    time_t notify_since;    /* when NOTIFY last took */
+    time_t prev_pass_start; /* when the pass before this one started */
+    time_t pass_start;
 
     struct fswatch **fsw;
     size_t nfsw, fsw_cap;
@@ -313,6 +327,19 @@ static void on_run_idle(void *arg)
     a->run_idle = true;
     a->backoff_ms = 0;
     a->last_ok = time(NULL);
+    if (first && a->sweep_pass) {
+        a->notify_misses = a->sweep_missed ? a->notify_misses + 1 : 0;
+        if (a->notify_misses >= 2 && !a->notify_off) {
+            log_warnx("%s: the server accepted NOTIFY but did not announce new mail, twice: "
+                      "IDLE on INBOX from now on, other folders every %u s",
+                      a->ca->name, a->ca->poll_interval);
+            a->notify_off = true;
+            watch_stop(a);
+            watch_start(a);
+        }
+    }
+    a->sweep_pass = false;
+    a->sweep_missed = false;
     if (first) {
         a->passes++;
         log_info("%s: in sync; waiting for changes", a->ca->name);
@@ -341,9 +368,43 @@ static void on_run_idle(void *arg)
 
 static void on_poll(uv_timer_t *t);
 
+static bool was_announced(const struct dacct *a, const char *folder)
+{
+    for (size_t i = 0; i < a->nannounced; i++) {
+        if (strcmp(a->announced[i], folder) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void note_announced(struct dacct *a, const char *folder)
+{
+    if (!a->watch_notify || was_announced(a, folder)) {
+        return;
+    }
+    xgrow(&a->announced, &a->announced_cap, a->nannounced + 1, sizeof(*a->announced));
+    a->announced[a->nannounced++] = xstrdup(folder);
+}
+
+static void announced_clear(struct dacct *a)
+{
+    for (size_t i = 0; i < a->nannounced; i++) {
+        free(a->announced[i]);
+    }
+    a->nannounced = 0;
+}
+
 static void on_run_folder(const struct engine_folder_result *res, void *arg)
 {
     struct dacct *a = arg;
+    if (a->sweep_pass && !a->run_idle && a->watch_notify && res->error == NULL &&
+        res->counts.new_down > 0 && a->notify_since != 0 && a->notify_since <= a->prev_pass_start &&
+        !was_announced(a, res->name)) {
+        log_info("%s: %s: %u new message(s) NOTIFY did not announce", a->ca->name, res->name,
+                 res->counts.new_down);
+        a->sweep_missed = true;
+    }
     if (res->error != NULL) {
         log_error("%s: %s", a->ca->name, res->error);
         set_last_error(a, "%s", res->error);
@@ -476,6 +537,9 @@ static void acct_start(struct dacct *a)
     }
     uv_timer_stop(&a->retry_timer);
     acct_state(a, SUP_CONNECTING, NULL);
+    a->prev_pass_start = a->pass_start;
+    a->pass_start = time(NULL);
+    announced_clear(a);
     if (!a->imap) {
         struct popsync_opts po = {0};
         int r = popsync_start(&a->d->loop, a->sa, &po, on_pop_done, a, &a->pop);
@@ -514,6 +578,7 @@ static void on_poll(uv_timer_t *t)
     if (a->imap) {
         /* Re-armed by acct_start; a session in back-off keeps its timer. */
         log_debug("%s: poll_interval: a new pass", a->ca->name);
+        a->sweep_pass = a->run != NULL;
         acct_new_pass(a);
         if (a->run == NULL) {
             uv_timer_start(&a->poll_timer, on_poll, (uint64_t)a->ca->poll_interval * 1000, 0);
@@ -758,6 +823,7 @@ static void on_watch_notify(struct imap *im, const struct imap_result *res, void
     }
     if (res->status == IMAP_STATUS_OK) {
         a->watch_notify = true;
+        a->notify_since = time(NULL);
         log_debug("%s: watcher: NOTIFY set: every folder is announced", a->ca->name);
         watch_examine(a);
         return;
@@ -790,7 +856,7 @@ static void on_watch_ready(struct imap *im, void *arg)
         return;
     }
     a->watch_notify = false;
-    if (imap_caps(im) & IMAP_CAP_NOTIFY) {
+    if ((imap_caps(im) & IMAP_CAP_NOTIFY) && !a->notify_off) {
         a->notify_try = 0;
         watch_notify(a);
         return;
@@ -832,12 +898,14 @@ static void on_watch_event(struct imap *im, const struct imap_event *ev, void *a
     case IMAP_EV_FETCH:
     case IMAP_EV_UIDVALIDITY:
         log_debug("%s: watcher: INBOX changed", a->ca->name);
+        note_announced(a, "INBOX");
         acct_want(a, "INBOX");
         break;
     case IMAP_EV_STATUS:
         /* NOTIFY: another folder changed. */
         if (ev->status != NULL && ev->status->folder != NULL) {
             log_debug("%s: watcher: %s changed", a->ca->name, ev->status->folder);
+            note_announced(a, ev->status->folder);
             acct_want(a, ev->status->folder);
         }
         break;
@@ -1499,6 +1567,8 @@ static void acct_free(struct dacct *a)
     waiters_fail_all(a, "the daemon stopped", true);
     free(a->waiters);
     free(a->fsw);
+    announced_clear(a);
+    free(a->announced);
     free(a->last_error);
     free(a->watch_name);
     account_free(a->account);

@@ -320,7 +320,9 @@ class CommandProxy:
     on_command(proxy, n, line) sees every line the client sends (str, CRLF
     stripped; n counts the connections from 1 since the last arm()) before
     it is forwarded, and returns "reset" to reset that connection instead
-    (both sides get a RST; the line never reaches the server) or None.
+    (both sides get a RST; the line never reaches the server), ("rewrite",
+    LINE) to send LINE in its place (a server that accepts a command it
+    never carries out), or None.
     hold(n) stops forwarding what the server sends on connection n until
     release(n) (or HOLD_LIMIT seconds, so that a test fails rather than
     hangs): a test makes one connection wait for another. resets lists the
@@ -416,12 +418,15 @@ class CommandProxy:
                 if not data:
                     server.shutdown(socket.SHUT_WR)
                     return
+                sent = len(buf)  # the start of an unfinished line, forwarded before
                 buf += data
                 *lines, buf = buf.split(b"\r\n")
                 hook = self.on_command
-                for line in lines:
+                out = data
+                for i, line in enumerate(lines):
                     text = line.decode("utf-8", "replace")
-                    if hook is not None and hook(self, n, text) == "reset":
+                    verdict = hook(self, n, text) if hook is not None else None
+                    if verdict == "reset":
                         with self.lock:
                             self.resets.append((n, text))
                         for sk in (client, server):
@@ -429,6 +434,16 @@ class CommandProxy:
                                           struct.pack("ii", 1, 0))
                             sk.close()
                         return
+                    if isinstance(verdict, tuple) and verdict[0] == "rewrite":
+                        lines[i] = verdict[1].encode()
+                        out = None
+                if out is None:
+                    # Rewritten: this chunk's part of the lines as they now
+                    # read (a line begun in an earlier chunk keeps its
+                    # forwarded start), then the start of the next one.
+                    out = b"".join(line + b"\r\n" for line in lines) + buf
+                    server.sendall(out[sent:])
+                    continue
                 server.sendall(data)
         except OSError:
             pass

@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 
+import fakeimap
 import mailgen
 import mstest
 from synctest import PROFILES, SyncFixture, letters
@@ -244,6 +245,45 @@ class DaemonScenarios(DaemonFixture):
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
         self.assert_same("Archive")
         self.assert_same("Projects")
+
+    def test_silent_notify_falls_back_to_idle(self):
+        """A server that accepts NOTIFY and then announces nothing (a proxy
+        turns the watcher's NOTIFY SET into a NOOP): the sweeps find new
+        mail NOTIFY never announced; after two such sweeps the watcher goes
+        back to IDLE on INBOX, and every message still arrives."""
+        if not self.has_notify():
+            self.skipTest("this profile hides NOTIFY")
+        proxy = fakeimap.CommandProxy.for_test(self, self.dovecot.port_imap)
+
+        def silence_notify(_proxy, _n, line):
+            tag, _, rest = line.partition(" ")
+            if rest.upper().startswith("NOTIFY SET"):
+                return ("rewrite", tag + " NOOP")
+            return None
+
+        proxy.arm(silence_notify)
+        self.dovecot.save_many(self.user, "Archive", mailgen.generate(1, seed=87, max_size=2000))
+        acct = self.imap_account(user=self.user, layout=self.layout, host="127.0.0.1",
+                                 port=proxy.port, tls="none", allow_plaintext=True,
+                                 poll_interval=2, local_delay=0)
+        cfg = self.write_config({"a": acct})
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        self.wait_for("NOTIFY believed", lambda: self.status(cfg)["push"] == "notify", d)
+        want = 1
+        for seed in range(88, 96):
+            self.dovecot.save_many(self.user, "Archive",
+                                   mailgen.generate(1, seed=seed, max_size=2000))
+            want += 1
+            self.wait_for("message %d in Archive" % want,
+                          lambda: len(self.local("Archive")) == want, d)
+            if "did not announce new mail, twice" in d.log():
+                break
+        self.assertIn("NOTIFY did not announce", d.log())
+        self.assertIn("did not announce new mail, twice: IDLE on INBOX from now on", d.log())
+        self.wait_for("the IDLE watcher", lambda: self.status(cfg)["push"] == "idle", d)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assert_same("Archive")
 
     def test_poll_sweep_finds_other_folders(self):
         """A change in a folder the watcher does not watch (not INBOX)
