@@ -521,11 +521,13 @@ static const struct command commands[] = {
      cmd_sync},
     {"daemon", "", "stay running and sync changes both ways as they happen",
      "Syncs every account once, then stays running: IMAP changes on the server\n"
-     "(IDLE on INBOX, a sweep of every folder each poll_interval) and in the\n"
-     "Maildir (inotify, after local_delay) are synced within seconds; POP3\n"
-     "accounts are polled. Dropped connections are reopened with back-off; a\n"
+     "(NOTIFY on every folder, or IDLE on INBOX, and a sweep of every folder\n"
+     "each poll_interval) and in the Maildir (inotify, after local_delay)\n"
+     "are synced within seconds; POP3 accounts are polled. Dropped connections are reopened with "
+     "back-off; a\n"
      "refused login stops that account until 'retry'. One daemon per\n"
-     "state_dir. While it runs, 'mailsync status' shows its live state.\n"
+     "state_dir. While it runs, 'mailsync status' shows its live state and\n"
+     "'mailsync sync' asks it to sync. SIGHUP reads the configuration again.\n"
      "Control socket requests (one line each, JSON replies): status,\n"
      "sync [ACCOUNT [FOLDER]], pause ACCOUNT, resume ACCOUNT, retry ACCOUNT,\n"
      "recheck (reconnect everything, as after a network change).\n"
