@@ -38,7 +38,8 @@
  *            "file": string,         its path when it was left out
  *            "reason": "empty"}]}],  zero bytes: no server stores it
  *      "totals": {"folders": int, "messages": int, "skipped": int,
- *                 "skipped_max_size": int, "skipped_max_age_days": int},
+ *                 "skipped_max_size": int, "skipped_max_age_days": int,
+ *                 "local_skipped": int},     local files not uploaded
  *      POP3 accounts:
  *      "pop3": {
  *         "known": int,              messages known by UIDL
@@ -603,9 +604,9 @@ static void json_account(struct sbuf *sb, const struct st_account *a)
     }
     sbuf_addf(sb,
               "],\"totals\":{\"folders\":%zu,\"messages\":%zu,\"skipped\":%zu,"
-              "\"skipped_max_size\":%zu,\"skipped_max_age_days\":%zu}}",
+              "\"skipped_max_size\":%zu,\"skipped_max_age_days\":%zu,\"local_skipped\":%zu}}",
               a->nfolders, a->messages, a->skipped_size + a->skipped_age, a->skipped_size,
-              a->skipped_age);
+              a->skipped_age, a->local_skipped);
 }
 
 /* ---- entry point ------------------------------------------------------------ */

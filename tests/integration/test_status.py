@@ -230,7 +230,7 @@ class StatusTests(mstest.DovecotTestCase):
             "state_dir": os.path.join(self.state, "fresh"), "index": self.index("fresh"),
             "max_size": 0, "max_age_days": 0, "synced": False, "error": None, "folders": [],
             "totals": {"folders": 0, "messages": 0, "skipped": 0, "skipped_max_size": 0,
-                       "skipped_max_age_days": 0}})
+                       "skipped_max_age_days": 0, "local_skipped": 0}})
         self.assertEqual(pop["protocol"], "pop3")
         self.assertFalse(pop["synced"])
         self.assertEqual(pop["pop3"], {"known": 0, "delivered": 0, "deleted_locally": 0,
@@ -295,7 +295,7 @@ class StatusTests(mstest.DovecotTestCase):
         self.assertEqual(arch["messages"], 0)
         self.assertEqual(acct["totals"], {"folders": len(acct["folders"]), "messages": 3,
                                           "skipped": 4, "skipped_max_size": 3,
-                                          "skipped_max_age_days": 1})
+                                          "skipped_max_age_days": 1, "local_skipped": 0})
 
         # The same on the terminal, in aligned columns.
         out = self.status(cfg).stdout

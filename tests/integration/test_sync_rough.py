@@ -224,6 +224,7 @@ class RoughScenarios(SyncFixture):
         data = json.loads(self.mailsync(cfg, "status", "--json", "a").stdout)
         inbox = next(f for f in data["accounts"][0]["folders"] if f["name"] == "INBOX")
         self.assertEqual(inbox["local_skipped"], [{"file": empty, "reason": "empty"}])
+        self.assertEqual(data["accounts"][0]["totals"]["local_skipped"], 1)
 
         # Given content, it is an ordinary new message.
         body = mstest.crlf_to_lf(msg(14, 0))
