@@ -123,6 +123,10 @@ struct dacct {
 
     struct waiter *waiters;
     size_t nwaiters, waiters_cap;
+    /* The first folder error of the pass in progress: a `sync ACCOUNT`
+     * waiting for the pass hears it (never "ok" over a failed folder). */
+    char *pass_error;
+    bool pass_error_temporary;
     unsigned open_handles; /* timers still to close when stopping */
 };
 
@@ -343,7 +347,9 @@ static void on_run_idle(void *arg)
     if (first) {
         a->passes++;
         log_info("%s: in sync; waiting for changes", a->ca->name);
-        waiters_answer(a, NULL, NULL, false);
+        waiters_answer(a, NULL, a->pass_error, a->pass_error_temporary);
+        free(a->pass_error);
+        a->pass_error = NULL;
         fs_watch_all(a);
         watch_start(a);
     }
@@ -408,6 +414,10 @@ static void on_run_folder(const struct engine_folder_result *res, void *arg)
     if (res->error != NULL) {
         log_error("%s: %s", a->ca->name, res->error);
         set_last_error(a, "%s", res->error);
+        if (!a->run_idle && a->pass_error == NULL) {
+            a->pass_error = xasprintf("%s", res->error);
+            a->pass_error_temporary = res->transient;
+        }
     } else {
         a->last_ok = time(NULL);
         const struct engine_counts *c = &res->counts;
@@ -539,6 +549,8 @@ static void acct_start(struct dacct *a)
     acct_state(a, SUP_CONNECTING, NULL);
     a->prev_pass_start = a->pass_start;
     a->pass_start = time(NULL);
+    free(a->pass_error);
+    a->pass_error = NULL;
     announced_clear(a);
     if (!a->imap) {
         struct popsync_opts po = {0};
@@ -1569,6 +1581,7 @@ static void acct_free(struct dacct *a)
     free(a->fsw);
     announced_clear(a);
     free(a->announced);
+    free(a->pass_error);
     free(a->last_error);
     free(a->watch_name);
     account_free(a->account);

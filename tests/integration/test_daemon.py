@@ -527,6 +527,24 @@ class DaemonScenarios(DaemonFixture):
         self.assertEqual(sorted(a["name"] for a in st["accounts"]), ["change", "keep", "new"])
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
+    def test_sync_by_the_daemon_reports_a_failed_folder(self):
+        """`mailsync sync` answered by the daemon never exits 0 over a folder
+        that failed in its pass: an empty file in the Maildir (no server
+        stores one) fails INBOX on the pass that finds it, and the exit
+        status is 1 with the reason, as a one-shot run would say."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=97, max_size=2000))
+        # Neither inotify nor the sweep may find the file first.
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600, local_delay=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        empty = os.path.join(self.folder_dir("INBOX"), "new", "1700000000.empty.host")
+        open(empty, "wb").close()
+        p = self.ms(cfg, "sync")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("an empty file (0 bytes)", p.stderr)
+        self.assertIn("(by the daemon)", p.stdout)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
     def test_second_daemon_refused(self):
         """One daemon per state_dir: the second says which pid holds it."""
         cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
