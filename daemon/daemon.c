@@ -1133,6 +1133,8 @@ static void ctl_sync(struct daemon *d, struct ctl_req *req, int argc, char *cons
     }
 }
 
+static void ctl_reload(struct daemon *d, struct ctl_req *req);
+
 static void on_ctl(struct ctl_req *req, void *arg)
 {
     struct daemon *d = arg;
@@ -1154,6 +1156,10 @@ static void on_ctl(struct ctl_req *req, void *arg)
         ctl_sync(d, req, argc, argv);
         return;
     }
+    if (strcmp(argv[0], "reload") == 0) {
+        ctl_reload(d, req);
+        return;
+    }
     if (strcmp(argv[0], "recheck") == 0) {
         /* What a suspend or a network change does, on request (after
          * fixing a VPN, say). */
@@ -1164,8 +1170,9 @@ static void on_ctl(struct ctl_req *req, void *arg)
     bool pause = strcmp(argv[0], "pause") == 0, resume = strcmp(argv[0], "resume") == 0,
          retry = strcmp(argv[0], "retry") == 0;
     if (!pause && !resume && !retry) {
-        ctl_reply_error(req, "unknown request '%s' (status, sync, pause, resume, retry, recheck)",
-                        argv[0]);
+        ctl_reply_error(
+            req, "unknown request '%s' (status, sync, pause, resume, retry, recheck, reload)",
+            argv[0]);
         return;
     }
     if (argc != 2) {
@@ -1459,27 +1466,40 @@ static void acct_retire(struct dacct *a, struct dacct *successor)
 /* SIGHUP: the configuration is read again. Accounts added start, removed
  * ones stop cleanly, changed ones restart; unchanged ones keep their
  * connections. A configuration that does not load changes nothing. */
-static void daemon_reload(struct daemon *d)
+/* What a reload did, for the control socket's answer. */
+struct reload_counts {
+    unsigned added, changed, removed, kept;
+};
+
+/* Reads the configuration file again and applies it (SIGHUP, or `reload` on
+ * the control socket). On failure the running configuration stays, the
+ * reason is logged and returned in *err_r (allocated) and -1 returned. */
+static int daemon_reload(struct daemon *d, struct reload_counts *rc_r, char **err_r)
 {
+    *err_r = NULL;
     if (d->stopping) {
-        return;
+        *err_r = xstrdup("the daemon is stopping");
+        return -1;
     }
     sdn_reloading();
     struct cfg *n = NULL;
     char *err = NULL;
     if (cfg_load(d->cfg->path, &n, &err) < 0) {
-        log_error("reload: %s; the running configuration stays", err != NULL ? err : "failed");
+        *err_r = xasprintf("%s; the running configuration stays",
+                           err != NULL ? err : "the configuration could not be read");
+        log_error("reload: %s", *err_r);
         free(err);
         sdn_ready();
-        return;
+        return -1;
     }
     if (strcmp(n->state_dir, d->cfg->state_dir) != 0) {
-        log_error("reload: state_dir changed (%s -> %s): restart the daemon for that; the "
-                  "running configuration stays",
-                  d->cfg->state_dir, n->state_dir);
+        *err_r = xasprintf("state_dir changed (%s -> %s): restart the daemon for that; the "
+                           "running configuration stays",
+                           d->cfg->state_dir, n->state_dir);
+        log_error("reload: %s", *err_r);
         cfg_free(n);
         sdn_ready();
-        return;
+        return -1;
     }
     struct dacct **next = xcalloc(n->naccounts + 1, sizeof(*next));
     unsigned added = 0, changed = 0, kept = 0, removed = 0;
@@ -1535,12 +1555,36 @@ static void daemon_reload(struct daemon *d)
     }
     sdn_ready();
     status_line(d);
+    if (rc_r != NULL) {
+        *rc_r = (struct reload_counts){added, changed, removed, kept};
+    }
+    return 0;
+}
+
+/* `reload`: what SIGHUP does, answered with what changed or why nothing
+ * did (a broken file names its line), so `mailsync ctl reload` can exit 1. */
+static void ctl_reload(struct daemon *d, struct ctl_req *req)
+{
+    struct reload_counts rc = {0};
+    char *err = NULL;
+    if (daemon_reload(d, &rc, &err) < 0) {
+        ctl_reply_error(req, "reload: %s", err);
+        free(err);
+        return;
+    }
+    char buf[160];
+    snprintf(buf, sizeof(buf),
+             "{\"ok\":true,\"added\":%u,\"changed\":%u,\"removed\":%u,\"unchanged\":%u}", rc.added,
+             rc.changed, rc.removed, rc.kept);
+    ctl_reply(req, buf);
 }
 
 static void on_sighup(uv_signal_t *h, int signum)
 {
     (void)signum;
-    daemon_reload(h->data);
+    char *err = NULL;
+    (void)daemon_reload(h->data, NULL, &err); /* logged there */
+    free(err);
 }
 
 static void on_signal(uv_signal_t *h, int signum)

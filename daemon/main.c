@@ -312,7 +312,7 @@ static int cmd_daemon(const struct globals *g, int argc, char **argv)
 static int cmd_ctl(const struct globals *g, int argc, char **argv)
 {
     if (argc < 2) {
-        log_error("ctl: name a request (status, sync, pause, resume, retry, recheck)");
+        log_error("ctl: name a request (status, sync, pause, resume, retry, recheck, reload)");
         return 2;
     }
     struct cfg *cfg = load_config(g);
@@ -530,7 +530,8 @@ static const struct command commands[] = {
      "'mailsync sync' asks it to sync. SIGHUP reads the configuration again.\n"
      "Control socket requests (one line each, JSON replies): status,\n"
      "sync [ACCOUNT [FOLDER]], pause ACCOUNT, resume ACCOUNT, retry ACCOUNT,\n"
-     "recheck (reconnect everything, as after a network change).\n"
+     "recheck (reconnect everything, as after a network change), reload\n"
+     "(read the configuration again, as SIGHUP).\n"
      "\n"
      "Exit status: 0 after SIGTERM or SIGINT, 1 when it cannot start.\n",
      cmd_daemon},
@@ -538,7 +539,9 @@ static const struct command commands[] = {
      "Sends one request to the running daemon's control socket and prints its\n"
      "JSON reply. Requests: status [text], sync [ACCOUNT [FOLDER]] (waits for\n"
      "the sync), pause ACCOUNT, resume ACCOUNT, retry ACCOUNT (after a refused\n"
-     "login), recheck (reconnect everything, as after a network change).\n"
+     "login), recheck (reconnect everything, as after a network change),\n"
+     "reload (read the configuration again; a broken file is refused with\n"
+     "its line and the running configuration stays).\n"
      "\n"
      "Exit status: 0 when the reply says ok, 1 otherwise or without a daemon.\n",
      cmd_ctl},

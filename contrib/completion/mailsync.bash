@@ -89,7 +89,7 @@ _mailsync()
     sync) opts="--dry-run --force --help" ;;
     status) opts="--json --help" ;;
     ctl)
-        COMPREPLY=($(compgen -W "status sync pause resume retry recheck" -- "$cur"))
+        COMPREPLY=($(compgen -W "status sync pause resume retry recheck reload" -- "$cur"))
         return 0
         ;;
     check) opts="--connect --json --help" ;;

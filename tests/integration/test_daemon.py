@@ -525,6 +525,20 @@ class DaemonScenarios(DaemonFixture):
         # (The CLI cannot read the broken file: ask the socket itself.)
         st = self.ask("status")
         self.assertEqual(sorted(a["name"] for a in st["accounts"]), ["change", "keep", "new"])
+        # `reload` on the socket: the same refusal, answered with the file
+        # and line; then, with the file mended, what changed.
+        r = self.ask("reload")
+        self.assertFalse(r["ok"], r)
+        self.assertIn(cfg, r["error"])
+        self.assertIn("line", r["error"])
+        self.assertIn("the running configuration stays", r["error"])
+        self.write_config({"keep": acct("keep"), "change": acct("change", poll_interval=1800)})
+        r = self.ask("reload")
+        self.assertEqual(r, {"ok": True, "added": 0, "changed": 0, "removed": 1,
+                             "unchanged": 2})
+        st = self.ask("status")
+        self.assertEqual(sorted(a["name"] for a in st["accounts"]), ["change", "keep"])
+        self.assertEqual(self.status(cfg, "keep")["logins"], keep_logins)
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
     def test_sync_by_the_daemon_reports_a_failed_folder(self):
