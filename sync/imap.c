@@ -382,8 +382,26 @@ static void update_expect(struct imap *im)
     /* The login sequence always waits for the server; later only while a
      * command is outstanding, and never during IDLE or while the owner
      * holds reading paused. */
-    bool expecting = im->state < IMAP_STATE_READY || (im->inflight != NULL && !im->idling);
-    net_expect(im->net, expecting && !im->paused);
+    bool done_sent = im->idling && im->idle_stop_requested;
+    bool expecting =
+        im->state < IMAP_STATE_READY || (im->inflight != NULL && (!im->idling || done_sent));
+    /* DONE and NOOP are answered at once by a live server: a connection
+     * that leaves them unanswered for IMAP_QUICK_REPLY_MS is dead (a NAT
+     * box dropped the flow, a half-open TCP link), found well before the
+     * general timeout. Anything else in flight keeps the full timeout. */
+    bool quick = done_sent;
+    if (!quick && im->inflight != NULL) {
+        quick = true;
+        for (const struct imap_cmd *c = im->inflight; c != NULL; c = c->next) {
+            if (c->kind != IMAP_CMD_NOOP) {
+                quick = false;
+                break;
+            }
+        }
+    }
+    net_expect_within(
+        im->net, expecting && !im->paused,
+        quick ? (im->opts.quick_reply_ms ? im->opts.quick_reply_ms : IMAP_QUICK_REPLY_MS) : 0);
 }
 
 /* Sends queued commands while the pipeline has room. */
@@ -435,6 +453,9 @@ void imap_send_raw(struct imap *im, const char *s, const char *trace)
     sbuf_adds(&im->out, s);
     log_trace("imap %s: C: %s", im->name, trace);
     flush_out(im);
+    if (!imap_dead(im)) {
+        update_expect(im); /* a DONE waits for its answer */
+    }
 }
 
 /* ---- Login sequence ---- */

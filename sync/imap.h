@@ -92,10 +92,11 @@ struct imap_opts {
      * configuration layer decides (allow_plaintext); without it the client
      * refuses to authenticate in the clear. */
     bool allow_plaintext;
-    bool compress;                           /* use COMPRESS=DEFLATE when offered */
-    bool compress_local;                     /* ... also towards loopback and private addresses */
-    bool no_id;                              /* do not send ID */
-    unsigned pipeline_depth;                 /* commands in flight at once; 0 = 64 */
+    bool compress;           /* use COMPRESS=DEFLATE when offered */
+    bool compress_local;     /* ... also towards loopback and private addresses */
+    bool no_id;              /* do not send ID */
+    unsigned pipeline_depth; /* commands in flight at once; 0 = 64 */
+    unsigned quick_reply_ms; /* deadline for DONE and NOOP; 0 = IMAP_QUICK_REPLY_MS */
     const struct imap_parser_limits *limits; /* NULL = parser defaults */
     /* Name used in log lines ("imap ACCOUNT: ..."); NULL = host. */
     const char *log_name;
@@ -373,6 +374,11 @@ const struct imap_mailbox *imap_selected(const struct imap *im);
 void imap_resume(struct imap *im);
 
 /* Commands. uidset is an IMAP sequence set of UIDs ("1:5,7,9:*"). */
+/* NOOP and DONE (imap_idle_stop) must be answered within this long (or the
+ * account's timeout if shorter; imap_opts.quick_reply_ms overrides it), else
+ * the connection is failed with NET_ETIMEOUT: a live server answers them at
+ * once. */
+#define IMAP_QUICK_REPLY_MS 30000u
 int imap_noop(struct imap *im, imap_done_cb done, void *arg);
 /* LIST "" "*" with RETURN (SPECIAL-USE SUBSCRIBED STATUS (...)) when
  * offered, else LIST plus LSUB. on_folder is called once per folder, in

@@ -2096,10 +2096,11 @@ void imap_idle_stop(struct imap *im)
     }
     struct imap_cmd *c = imap_cmd_inflight_kind(im, IMAP_CMD_IDLE);
     if (c != NULL) {
-        if (im->idling && !im->idle_stop_requested) {
-            imap_send_raw(im, "DONE\r\n", "DONE");
-        }
+        bool send = im->idling && !im->idle_stop_requested;
         im->idle_stop_requested = true;
+        if (send) {
+            imap_send_raw(im, "DONE\r\n", "DONE"); /* arms the quick deadline */
+        }
         return;
     }
     /* Not sent yet: it simply never starts. */

@@ -74,7 +74,8 @@ struct net_conn {
     bool insecure;
     unsigned connect_ms;
     uint64_t connect_start; /* loop time net_connect started the clock */
-    unsigned idle_ms;
+    unsigned idle_ms;       /* the deadline in force (idle_conf_ms or shorter) */
+    unsigned idle_conf_ms;  /* the configured one */
     size_t max_wq;
     unsigned ka_idle_s; /* keepalive options resolved, or NET_KEEPALIVE_OS */
     unsigned ka_intvl_s;
@@ -1064,6 +1065,7 @@ int net_connect(uv_loop_t *loop, const struct net_opts *opts, const struct net_c
     c->insecure = opts->insecure_skip_verify;
     c->connect_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : NET_DEFAULT_CONNECT_MS;
     c->idle_ms = opts->idle_timeout_ms ? opts->idle_timeout_ms : NET_DEFAULT_IDLE_MS;
+    c->idle_conf_ms = c->idle_ms;
     c->max_wq = opts->max_write_queue ? opts->max_write_queue : NET_DEFAULT_MAX_WQ;
     c->ka_idle_s = opts->keepalive_idle_s ? opts->keepalive_idle_s : NET_DEFAULT_KEEPIDLE_S;
     c->ka_intvl_s = opts->keepalive_intvl_s ? opts->keepalive_intvl_s : NET_DEFAULT_KEEPINTVL_S;
@@ -1221,11 +1223,23 @@ void net_resume(struct net_conn *c)
 
 void net_expect(struct net_conn *c, bool expecting)
 {
+    net_expect_within(c, expecting, 0);
+}
+
+void net_expect_within(struct net_conn *c, bool expecting, unsigned ms)
+{
     if (c == NULL || c->closing) {
         return;
     }
     if (expecting && !c->expecting) {
         c->last_rx = uv_now(c->loop);
+    }
+    unsigned want = ms != 0 && ms < c->idle_conf_ms ? ms : c->idle_conf_ms;
+    if (want != c->idle_ms) {
+        /* The running timer was set for the old deadline: re-arm it (from
+         * the last byte received, as always). */
+        c->idle_ms = want;
+        uv_timer_stop(&c->idle_timer);
     }
     c->expecting = expecting;
     update_idle_timer(c);

@@ -132,6 +132,11 @@ void net_resume(struct net_conn *c);
 /* Arms (true) or disarms (false) the inactivity timeout: armed while a reply
  * is awaited, disarmed while idle by design (IDLE, waiting between syncs). */
 void net_expect(struct net_conn *c, bool expecting);
+/* The same with a shorter inactivity deadline for this wait: ms (if below
+ * the configured timeout), 0 = the configured timeout. For answers that
+ * must come quickly on a healthy link (DONE, NOOP), so a dead connection
+ * is found well before the general timeout. */
+void net_expect_within(struct net_conn *c, bool expecting, unsigned ms);
 void net_close(struct net_conn *c);
 
 /* Facts about the established connection, for `check --connect`. */

@@ -334,6 +334,7 @@ struct fake {
     struct sbuf appended; /* the last APPEND's literal */
     bool idle_seen;
     char idle_tag[16];
+    bool deaf; /* DONE and NOOP are logged, never answered (a dead flow) */
     /* UID FETCH ... BODY.PEEK[]: a body of big_body bytes (body_byte()),
      * written with uv_try_write so that the server sees when the client's
      * socket stops taking data. */
@@ -424,6 +425,9 @@ static void fake_line(struct fake *f, char *line, const char *lit, size_t litlen
     char *sp = strchr(line, ' ');
     if (strcmp(line, "DONE") == 0) {
         sbuf_adds(&f->log, "DONE\n");
+        if (f->deaf) {
+            return;
+        }
         char resp[64];
         snprintf(resp, sizeof(resp), "%s OK IDLE terminated\r\n", f->idle_tag);
         fake_send(f, resp);
@@ -437,6 +441,8 @@ static void fake_line(struct fake *f, char *line, const char *lit, size_t litlen
     if (strcmp(cmd, "LIST \"\" \"\"") == 0) {
         snprintf(resp, sizeof(resp), "* LIST (\\Noselect) \"/\" \"\"\r\n%s OK listed\r\n", tag);
         fake_send(f, resp);
+    } else if (strcmp(cmd, "NOOP") == 0 && f->deaf) {
+        /* Never answered. */
     } else if (strcmp(cmd, "NOOP") == 0) {
         /* Hold answers for a moment so that the client's pipeline fills. */
         snprintf(f->pending[f->npending++], sizeof(f->pending[0]), "%s", tag);
@@ -722,7 +728,7 @@ static void on_done(struct imap *im, const struct imap_result *res, void *arg)
 static const struct imap_cb fake_cb = {
     .on_ready = on_ready, .on_error = on_error, .on_event = on_event};
 
-static void connect_client(struct fake *f, int port, unsigned depth)
+static void connect_client_quick(struct fake *f, int port, unsigned depth, unsigned quick_ms)
 {
     struct imap_opts o = {
         .net = {.host = "127.0.0.1", .port = (uint16_t)port, .tls = NET_TLS_NONE},
@@ -730,10 +736,16 @@ static void connect_client(struct fake *f, int port, unsigned depth)
         .secret = "pw",
         .allow_plaintext = true,
         .pipeline_depth = depth,
+        .quick_reply_ms = quick_ms,
     };
     f->in_api = true;
     assert_int_equal(imap_connect(&f->loop, &o, &fake_cb, f, &f->im), 0);
     f->in_api = false;
+}
+
+static void connect_client(struct fake *f, int port, unsigned depth)
+{
+    connect_client_quick(f, port, depth, 0);
 }
 
 static void run_until(struct fake *f, bool *flag, int *count, int want)
@@ -786,6 +798,61 @@ static void test_idle_ends_when_a_command_is_queued(void **state)
     assert_string_equal(f.log.buf, "LIST \"\" \"\"\nIDLE\nDONE\nNOOP\n");
     imap_free(f.im);
     fake_close_all(&f);
+}
+
+/* A DONE or a NOOP left unanswered (a NAT box dropped the flow while the
+ * watcher idled) fails the connection after the quick deadline, not after
+ * the account's whole timeout (60 s here) and not never: before, a DONE
+ * was not even awaited, so an IDLE restart on a dead link hung for good. */
+static void quick_deadline_case(bool idle)
+{
+    struct fake f;
+    int port = fake_start(&f);
+    connect_client_quick(&f, port, 0, 300);
+    run_until(&f, &f.ready, NULL, 0);
+    f.deaf = true;
+    f.in_api = true;
+    if (idle) {
+        assert_int_equal(imap_idle_start(f.im, on_done, &f), 0);
+    } else {
+        assert_int_equal(imap_noop(f.im, on_done, &f), 0);
+    }
+    f.in_api = false;
+    if (idle) {
+        while (imap_get_state(f.im) != IMAP_STATE_IDLE) {
+            uv_run(&f.loop, UV_RUN_ONCE);
+        }
+        /* Idling itself awaits nothing: no deadline runs out. */
+        uint64_t until = uv_hrtime() + 600000000ull;
+        while (uv_hrtime() < until) {
+            uv_run(&f.loop, UV_RUN_NOWAIT);
+        }
+        assert_false(f.errored);
+        imap_idle_stop(f.im);
+    }
+    uint64_t t0 = uv_hrtime();
+    run_until(&f, &f.errored, NULL, 0);
+    uint64_t took_ms = (uv_hrtime() - t0) / 1000000u;
+    assert_true(f.errored);
+    assert_int_equal(f.error_code, NET_ETIMEOUT);
+    assert_non_null(strstr(f.error, "timed out after"));
+    assert_true(took_ms < 5000);       /* the quick deadline, far below 60 s */
+    assert_int_equal(f.done_count, 1); /* the command failed with the link */
+    assert_int_equal(f.ok_count, 0);
+    assert_string_equal(f.log.buf,
+                        idle ? "LIST \"\" \"\"\nIDLE\nDONE\n" : "LIST \"\" \"\"\nNOOP\n");
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
+static void test_unanswered_done_times_out_quickly(void **state)
+{
+    quick_deadline_case(true);
+}
+
+static void test_unanswered_noop_times_out_quickly(void **state)
+{
+    quick_deadline_case(false);
 }
 
 static void test_command_queued_behind_idle(void **state)
@@ -1612,6 +1679,8 @@ int main(void)
         cmocka_unit_test(test_pipeline_depth_and_held_commands),
         cmocka_unit_test(test_idle_ends_when_a_command_is_queued),
         cmocka_unit_test(test_command_queued_behind_idle),
+        cmocka_unit_test(test_unanswered_done_times_out_quickly),
+        cmocka_unit_test(test_unanswered_noop_times_out_quickly),
         cmocka_unit_test(test_free_inside_callback),
         cmocka_unit_test(test_fetch_message_id_and_header),
         cmocka_unit_test(test_pipelined_searches_keep_their_results),
