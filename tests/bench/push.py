@@ -3,7 +3,7 @@
 throwaway Dovecot: a report, never a pass/fail test.
 
     push.py --bin BUILD/mailsync [--events N] [--idle-minutes M]
-            [--rss-messages N] [--no-peer] [--keep]
+            [--rss-messages N] [--no-peer] [--keep] [--only events,peer,idle,rss]
 
 Each event is timed from the action to the observed result, by polling the
 Maildir (directory listings, every POLL_S) or the server (UID FETCH FLAGS on
@@ -148,7 +148,8 @@ class Daemon:
             if self.p.poll() is not None:
                 raise RuntimeError("the daemon exited %d:\n%s" % (self.p.returncode, self.log()))
             st = self.status()
-            if st and all(a["state"] == "idle" and a["push"] == "idle" for a in st["accounts"]):
+            if st and all(a["state"] == "idle" and a["push"] in ("idle", "notify")
+                          for a in st["accounts"]):
                 return st
             time.sleep(0.1)
         raise RuntimeError("the daemon did not settle:\n%s" % self.log()[-3000:])
@@ -416,6 +417,25 @@ class Push:
         mail = os.path.join(self.work, "Mail")
         inbox = os.path.join(mail, "INBOX")
 
+        if self.want("events"):
+            self.run_events(n, mail, inbox)
+        if self.want("peer"):
+            log("server floor: APPEND until a plain IDLE client reads EXISTS")
+            self.record("server_idle_floor", *self.idle_floor(n),
+                        note="Dovecot's own IDLE announcement")
+            if not a.no_peer and shutil.which("mbsync"):
+                log("peer: IDLE watcher + mbsync per change")
+                self.record("peer_inbox_append", *self.peer(n),
+                            note="IDLE + `mbsync bench` per EXISTS")
+        if self.want("idle"):
+            self.run_idle()
+        if self.want("rss"):
+            self.run_rss()
+
+    def want(self, part):
+        return self.args.only is None or part in self.args.only.split(",")
+
+    def run_events(self, n, mail, inbox):
         log("events: INBOX appends, \\Seen down, local renames up (local_delay 0)")
         dm = self.daemon({"a": (IMAP_USER, mail, {"folders": ["INBOX", "Archive"],
                                                   "poll_interval": 3600, "local_delay": 0})})
@@ -442,12 +462,9 @@ class Push:
                         note="poll_interval 1: found by the sweep, not pushed")
         finally:
             dm.stop()
-        log("server floor: APPEND until a plain IDLE client reads EXISTS")
-        self.record("server_idle_floor", *self.idle_floor(n), note="Dovecot's own IDLE announcement")
-        if not a.no_peer and shutil.which("mbsync"):
-            log("peer: IDLE watcher + mbsync per change")
-            self.record("peer_inbox_append", *self.peer(n), note="IDLE + `mbsync bench` per EXISTS")
 
+    def run_idle(self):
+        a = self.args
         log("idle cost: %d accounts, %.1f min" % (IDLE_ACCOUNTS, a.idle_minutes))
         accts = {"i%d" % i: ("u%d" % i, os.path.join(self.work, "Idle%d" % i),
                              {"folders": ["INBOX"]}) for i in range(IDLE_ACCOUNTS)}
@@ -469,6 +486,8 @@ class Push:
         finally:
             dm.stop()
 
+    def run_rss(self):
+        a = self.args
         log("RSS after 10 and %d pushed messages" % a.rss_messages)
         rss_dir = os.path.join(self.work, "Rss")
         dm = self.daemon({"r": ("u0", rss_dir, {"folders": ["INBOX"], "poll_interval": 3600})})
@@ -546,6 +565,7 @@ def main(argv=None):
     ap.add_argument("--rss-messages", type=int, default=1000)
     ap.add_argument("--no-peer", action="store_true", help="skip the IDLE + mbsync peer")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--only", help="comma-separated parts: events, peer, idle, rss (default all)")
     ap.add_argument("--push", action="store_true", help=argparse.SUPPRESS)  # from tests/bench/run
     ap.add_argument("--out", default=os.path.join(HERE, "results", "push.md"))
     args = ap.parse_args(argv)
