@@ -101,6 +101,7 @@ static const char *const account_keys[] = {"protocol",
                                            "local_delay",
                                            "idle_restart",
                                            "on_new_mail",
+                                           "idle",
                                            "pop"};
 static const char *const pop_keys[] = {"keep_on_server", "delete_after_days", "since",
                                        "delete_when_deleted_locally"};
@@ -108,7 +109,7 @@ static const char *const pop_keys[] = {"keep_on_server", "delete_after_days", "s
 static const char *const imap_only_keys[] = {
     "folders",        "subscribed_only",  "on_local_delete", "trash",
     "delete_folders", "max_delete_ratio", "max_connections", "compress",
-    "max_age_days",   "local_delay",      "idle_restart"};
+    "max_age_days",   "local_delay",      "idle_restart",    "idle"};
 
 static uint16_t default_port(enum cfg_protocol proto, enum cfg_tls tls)
 {
@@ -1077,6 +1078,68 @@ static bool get_command(struct loader *ld, const struct kv *kv, char ***out)
     return true;
 }
 
+/* The most folders `idle:` may name: each takes a connection, and servers
+ * allow few per user (Dovecot 10, Gmail 15 shared with the user's phone). */
+#define CFG_IDLE_MAX 8
+
+/* idle: a folder name or a list of them (names, not patterns), each one of
+ * the folders the account syncs. */
+static bool get_idle(struct loader *ld, const struct kv *kv, const struct cfg_account *a,
+                     char ***out)
+{
+    yaml_node_t *single = kv->v->type == YAML_SCALAR_NODE ? kv->v : NULL;
+    size_t n = 1;
+    if (kv->v->type == YAML_SEQUENCE_NODE) {
+        n = (size_t)(kv->v->data.sequence.items.top - kv->v->data.sequence.items.start);
+        if (n == 0) {
+            key_err(ld, kv, "must not be an empty list (leave it out for INBOX)");
+            return false;
+        }
+    } else if (kv->v->type != YAML_SCALAR_NODE || node_is_null(kv->v)) {
+        key_err_got(ld, kv, "a folder name or a list of them");
+        return false;
+    }
+    if (n > CFG_IDLE_MAX) {
+        key_err(ld, kv,
+                "names %zu folders; at most %d (each takes a connection of its own: servers allow "
+                "few per user)",
+                n, CFG_IDLE_MAX);
+        return false;
+    }
+    char **names = xcalloc(n + 1, sizeof(*names));
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item =
+            single != NULL ? single : node_at(ld, kv->v->data.sequence.items.start[i]);
+        const char *s = node_str(item);
+        const char *why = NULL;
+        if (s == NULL || strlen(s) != item->data.scalar.length || s[0] == '\0') {
+            why = "not a folder name";
+        } else if (strpbrk(s, "*%?[") != NULL || s[0] == '!') {
+            why = "a pattern: idle names folders";
+        }
+        char *name = why == NULL ? sync_inbox_canon(s) : NULL;
+        if (why == NULL && !cfg_folder_selected(a, name)) {
+            why = "not one of the folders this account syncs (see folders)";
+        }
+        for (size_t k = 0; why == NULL && k < i; k++) {
+            if (strcmp(names[k], name) == 0) {
+                why = "named twice";
+            }
+        }
+        if (why != NULL) {
+            char *d = s != NULL ? xasprintf("'%s'", s) : node_desc(item);
+            key_err(ld, kv, "item %zu (%s) is %s", i + 1, d, why);
+            free(d);
+            free(name);
+            argv_free(names);
+            return false;
+        }
+        names[i] = name;
+    }
+    *out = names;
+    return true;
+}
+
 /* ---- Folder patterns ---- */
 
 /* True when s starts with a first hierarchy level spelled "inbox" in any
@@ -1299,7 +1362,7 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
      * free and to check against the others. */
     a->name = xstrdup((const char *)knode->data.scalar.value);
     a->line = (int)knode->start_mark.line + 1;
-    a->max_connections = 2;
+    a->max_connections = 3;
     a->max_delete_ratio = 0.5;
     a->compress = CFG_COMPRESS_AUTO;
     a->timeout_seconds = 60;
@@ -1556,6 +1619,9 @@ static void load_account(struct loader *ld, yaml_node_t *knode, yaml_node_t *vno
     }
     if ((kv = kv_get(&m, "on_new_mail")) != NULL) {
         get_command(ld, kv, &a->on_new_mail);
+    }
+    if (!is_pop && (kv = kv_get(&m, "idle")) != NULL) {
+        get_idle(ld, kv, a, &a->idle); /* after folders: checked against them */
     }
 
     if ((kv = kv_get(&m, "pop")) != NULL) {
@@ -1926,6 +1992,7 @@ void cfg_free(struct cfg *cfg)
         }
         argv_free(a->password_command);
         argv_free(a->on_new_mail);
+        argv_free(a->idle);
         free(a->maildir);
         for (size_t j = 0; j < a->nfolders; j++) {
             free(a->folders[j].glob);
@@ -2107,6 +2174,16 @@ void cfg_print_account(FILE *fp, const struct cfg_account *a)
     if (!pop) {
         fprintf(fp, "    local_delay: %u\n", a->local_delay);
         fprintf(fp, "    idle_restart: %u\n", a->idle_restart);
+        if (a->idle == NULL) {
+            fputs("    idle: [INBOX]  # when the server has no NOTIFY\n", fp);
+        } else {
+            fputs("    idle: [", fp);
+            for (size_t i = 0; a->idle[i] != NULL; i++) {
+                fputs(i > 0 ? ", " : "", fp);
+                print_quoted(fp, a->idle[i]);
+            }
+            fputs("]\n", fp);
+        }
     }
     print_argv(fp, "on_new_mail", a->on_new_mail);
     if (pop) {

@@ -94,7 +94,7 @@ struct cfg_account {
     struct cfg_pattern *folders; /* default: one pattern "*" */
     size_t nfolders;
     bool subscribed_only;
-    unsigned max_connections;              /* default 2 */
+    unsigned max_connections;              /* default 3: a sync session and a watcher, and a lane */
     enum cfg_local_delete on_local_delete; /* default expunge */
     char *trash;                           /* NULL: found by SPECIAL-USE \Trash */
     bool delete_folders;                   /* default false */
@@ -108,6 +108,10 @@ struct cfg_account {
     unsigned local_delay;   /* seconds local changes are coalesced before a sync; 1 */
     unsigned idle_restart;  /* seconds before IDLE is issued again; 600 */
     char **on_new_mail;     /* NULL or argv run (no shell) after new mail is stored */
+    /* Folders the daemon IDLEs on when the server has no NOTIFY, one
+     * connection each within max_connections (NULL-terminated, INBOX
+     * spelled "INBOX"); NULL = INBOX alone. */
+    char **idle;
     struct cfg_pop pop;
 };
 

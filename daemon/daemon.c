@@ -39,6 +39,24 @@
 struct daemon;
 struct dacct;
 
+/* The most watcher connections of one account (the configuration allows
+ * as many idle folders). */
+#define WATCH_MAX 8
+
+/* One watcher connection: IDLE on one folder, or (the primary, slot 0)
+ * NOTIFY on every folder. */
+struct watcher {
+    struct dacct *a;
+    unsigned slot;
+    char *folder; /* EXAMINEd and IDLEd on */
+    char *name;   /* in log lines: ACCOUNT/watch, ACCOUNT/watch2, ... */
+    struct imap *im;
+    struct account_wait *wait;
+    uv_timer_t timer; /* IDLE restart, or the reconnect after a failure */
+    unsigned backoff_ms;
+    bool idling;
+};
+
 /* One inotify watch: a folder's new/ or cur/, or the Maildir root
  * (folder NULL). */
 struct fswatch {
@@ -79,19 +97,16 @@ struct dacct {
     uv_timer_t poll_timer;
     uv_timer_t local_timer;
 
-    /* The watcher: IDLE on INBOX. */
-    struct imap *watch;
-    struct account_wait *watch_wait;
-    char *watch_name;
-    uv_timer_t watch_timer; /* IDLE restart, or the reconnect after a failure */
-    unsigned watch_backoff_ms;
-    bool watch_idling;
-    /* The server refused the watcher's connection for its limit: the
-     * account's connection budget is lower than max_connections; no
-     * watcher until a recheck or a reload. */
-    bool watch_over_budget;
-    /* NOTIFY (RFC 5465) took: the watcher hears of every folder, not only
-     * INBOX; notify_try counts the event sets tried. */
+    /* The watchers: one per `idle:` folder (INBOX by default). */
+    struct watcher *w[WATCH_MAX];
+    unsigned nw;
+    /* How many watcher connections the server allows: unlimited until it
+     * refuses one for its limit ([LIMIT]), then what was open; back to
+     * unlimited on a recheck or a reload. */
+    unsigned watch_budget;
+    bool watch_budget_noted; /* the idle folders beyond the budget were logged */
+    /* NOTIFY (RFC 5465) took on the primary watcher: it hears of every
+     * folder; notify_try counts the event sets tried. */
     bool watch_notify;
     unsigned notify_try;
     /* Whether NOTIFY really reports (some servers accept it and then stay
@@ -335,8 +350,9 @@ static void on_run_idle(void *arg)
         a->notify_misses = a->sweep_missed ? a->notify_misses + 1 : 0;
         if (a->notify_misses >= 2 && !a->notify_off) {
             log_warnx("%s: the server accepted NOTIFY but did not announce new mail, twice: "
-                      "IDLE on INBOX from now on, other folders every %u s",
-                      a->ca->name, a->ca->poll_interval);
+                      "IDLE on %s%s from now on, other folders every %u s",
+                      a->ca->name, a->nw > 0 ? a->w[0]->folder : "INBOX",
+                      a->nw > 1 ? " and the other idle folders" : "", a->ca->poll_interval);
             a->notify_off = true;
             watch_stop(a);
             watch_start(a);
@@ -721,97 +737,160 @@ static void fs_watch_all(struct dacct *a)
     md_free_names(names, n);
 }
 
-/* ---- the watcher ---------------------------------------------------------------------------- */
+/* ---- the watchers --------------------------------------------------------------------------- */
 
-static void watch_retry_later(struct dacct *a)
+/* Watcher slot 0 is the primary: NOTIFY when the server offers it (then it
+ * alone hears every folder), else IDLE on the first `idle:` folder. Slots 1
+ * and up IDLE on the other `idle:` folders, only while NOTIFY is not in use
+ * and only within the account's budget (max_connections less the sync
+ * session, lowered when the server refuses a connection for its limit). */
+
+static void watch_retry_later(struct watcher *w)
 {
-    a->watch_backoff_ms = a->watch_backoff_ms == 0 ? BACKOFF_MIN_MS : a->watch_backoff_ms * 2;
-    if (a->watch_backoff_ms > BACKOFF_MAX_MS) {
-        a->watch_backoff_ms = BACKOFF_MAX_MS;
+    w->backoff_ms = w->backoff_ms == 0 ? BACKOFF_MIN_MS : w->backoff_ms * 2;
+    if (w->backoff_ms > BACKOFF_MAX_MS) {
+        w->backoff_ms = BACKOFF_MAX_MS;
     }
 }
 
 static void on_watch_timer(uv_timer_t *t);
+static void w_start(struct watcher *w);
+static void w_stop(struct watcher *w);
 
-static void watch_drop(struct dacct *a, const char *why)
+/* How many watchers the account may run now. */
+static unsigned watch_allowed(const struct dacct *a)
 {
-    if (a->watch != NULL) {
-        imap_free(a->watch);
-        a->watch = NULL;
+    unsigned n = a->sa->max_connections > 1 ? a->sa->max_connections - 1 : 0;
+    if (n > a->watch_budget) {
+        n = a->watch_budget;
     }
-    a->watch_idling = false;
+    if (a->watch_notify || a->nw == 0 || !a->w[0]->idling) {
+        /* NOTIFY on the primary hears every folder; until the primary is
+         * up it is not known whether the others are needed. */
+        n = n > 1 ? 1 : n;
+    }
+    return n < a->nw ? n : a->nw;
+}
+
+static void watch_start(struct dacct *a)
+{
+    if (acct_ending(a) || a->paused) {
+        return;
+    }
+    unsigned allowed = watch_allowed(a);
+    for (unsigned i = 0; i < a->nw; i++) {
+        if (i < allowed) {
+            w_start(a->w[i]);
+        } else if (i > 0) {
+            w_stop(a->w[i]);
+        }
+    }
+    if (!a->watch_budget_noted && !a->watch_notify && allowed < a->nw && allowed > 0 && a->nw > 1) {
+        a->watch_budget_noted = true;
+        log_info(
+            "%s: idle names %u folders but %u connection%s left for watchers "
+            "(max_connections %u, less the sync session): %s and the rest are swept every %u s",
+            a->ca->name, a->nw, allowed, allowed == 1 ? " is" : "s are", a->sa->max_connections,
+            a->w[allowed]->folder, a->ca->poll_interval);
+    }
+}
+
+static void watch_stop(struct dacct *a)
+{
+    for (unsigned i = 0; i < a->nw; i++) {
+        w_stop(a->w[i]);
+    }
     a->watch_notify = false;
+}
+
+static void w_drop(struct watcher *w, const char *why)
+{
+    struct dacct *a = w->a;
+    if (w->im != NULL) {
+        imap_free(w->im);
+        w->im = NULL;
+    }
+    w->idling = false;
+    if (w->slot == 0) {
+        a->watch_notify = false; /* asked again on the next connection */
+    }
     if (acct_ending(a) || a->paused || a->sup.state == SUP_FAILED_AUTH) {
         return;
     }
-    watch_retry_later(a);
-    unsigned wait = jitter(a->watch_backoff_ms);
-    log_info("%s: watcher: %s; again in %.1f s (the poll sweep covers the gap)", a->ca->name, why,
+    watch_retry_later(w);
+    unsigned wait = jitter(w->backoff_ms);
+    log_info("%s: %s; again in %.1f s (the poll sweep covers the gap)", w->name, why,
              wait / 1000.0);
-    uv_timer_start(&a->watch_timer, on_watch_timer, wait, 0);
+    uv_timer_start(&w->timer, on_watch_timer, wait, 0);
 }
 
 static void on_watch_idle_done(struct imap *im, const struct imap_result *res, void *arg);
 
-static void watch_idle(struct dacct *a)
+static void w_idle(struct watcher *w)
 {
-    if (imap_idle_start(a->watch, on_watch_idle_done, a) < 0) {
-        watch_drop(a, "cannot start IDLE");
+    if (imap_idle_start(w->im, on_watch_idle_done, w) < 0) {
+        w_drop(w, "cannot start IDLE");
         return;
     }
-    a->watch_idling = true;
-    a->watch_backoff_ms = 0;
-    uv_timer_start(&a->watch_timer, on_watch_timer, (uint64_t)a->ca->idle_restart * 1000, 0);
+    w->idling = true;
+    w->backoff_ms = 0;
+    uv_timer_start(&w->timer, on_watch_timer, (uint64_t)w->a->ca->idle_restart * 1000, 0);
 }
 
 static void on_watch_idle_done(struct imap *im, const struct imap_result *res, void *arg)
 {
     (void)im;
-    struct dacct *a = arg;
-    a->watch_idling = false;
-    if (res->err < 0 || a->watch == NULL) {
+    struct watcher *w = arg;
+    w->idling = false;
+    if (res->err < 0 || w->im == NULL) {
         return; /* on_watch_error follows */
     }
     if (res->status != IMAP_STATUS_OK) {
-        watch_drop(a, "IDLE refused");
+        w_drop(w, "IDLE refused");
         return;
     }
-    if (!acct_ending(a)) {
-        watch_idle(a); /* ended for the restart timer, or by the server */
+    if (!acct_ending(w->a)) {
+        w_idle(w); /* ended for the restart timer, or by the server */
     }
 }
 
 static void on_watch_timer(uv_timer_t *t)
 {
-    struct dacct *a = t->data;
-    if (a->watch == NULL) {
-        watch_start(a);
-    } else if (a->watch_idling) {
+    struct watcher *w = t->data;
+    if (w->im == NULL) {
+        w_start(w);
+    } else if (w->idling) {
         /* NAT boxes drop silent flows; RFC 2177 servers end IDLE after
-         * 30 min: DONE and IDLE again. */
-        imap_idle_stop(a->watch);
+         * 30 min: DONE (answered within IMAP_QUICK_REPLY_MS, or the
+         * connection is reopened) and IDLE again. */
+        imap_idle_stop(w->im);
     }
 }
 
 static void on_watch_select(struct imap *im, const struct imap_result *res, void *arg)
 {
     (void)im;
-    struct dacct *a = arg;
-    if (res->err < 0 || a->watch == NULL) {
+    struct watcher *w = arg;
+    if (res->err < 0 || w->im == NULL) {
         return;
     }
     if (res->status != IMAP_STATUS_OK) {
-        watch_drop(a, "EXAMINE INBOX refused");
+        char why[128];
+        snprintf(why, sizeof(why), "EXAMINE %s refused", w->folder);
+        w_drop(w, why);
         return;
     }
-    watch_idle(a);
+    w_idle(w);
+    if (w->slot == 0 && !w->a->watch_notify) {
+        watch_start(w->a); /* no NOTIFY: the other idle folders get theirs */
+    }
 }
 
-static void watch_examine(struct dacct *a)
+static void w_examine(struct watcher *w)
 {
     struct imap_select_opts so = {.readonly = true};
-    if (imap_select(a->watch, "INBOX", &so, on_watch_select, a) < 0) {
-        watch_drop(a, "cannot EXAMINE INBOX");
+    if (imap_select(w->im, w->folder, &so, on_watch_select, w) < 0) {
+        w_drop(w, "cannot EXAMINE its folder");
     }
 }
 
@@ -824,107 +903,121 @@ static const char *const notify_specs[] = {
     "MessageExpunge))",
 };
 
-static void watch_notify(struct dacct *a);
+static void w_notify(struct watcher *w);
 
 static void on_watch_notify(struct imap *im, const struct imap_result *res, void *arg)
 {
     (void)im;
-    struct dacct *a = arg;
-    if (res->err < 0 || a->watch == NULL) {
+    struct watcher *w = arg;
+    struct dacct *a = w->a;
+    if (res->err < 0 || w->im == NULL) {
         return;
     }
     if (res->status == IMAP_STATUS_OK) {
         a->watch_notify = true;
         a->notify_since = time(NULL);
-        log_debug("%s: watcher: NOTIFY set: every folder is announced", a->ca->name);
-        watch_examine(a);
+        log_debug("%s: NOTIFY set: every folder is announced", w->name);
+        watch_start(a); /* the IDLE-only watchers are not needed */
+        w_examine(w);
         return;
     }
     a->notify_try++;
     if (a->notify_try < ARRAY_SIZE(notify_specs)) {
-        watch_notify(a);
+        w_notify(w);
         return;
     }
-    log_info("%s: the server refused NOTIFY (%s): IDLE on INBOX, other folders every %u s",
-             a->ca->name, res->text != NULL ? res->text : "", a->ca->poll_interval);
-    watch_examine(a);
+    log_info("%s: the server refused NOTIFY (%s): IDLE on %s%s, other folders every %u s",
+             a->ca->name, res->text != NULL ? res->text : "", w->folder,
+             a->nw > 1 ? " and the other idle folders" : "", a->ca->poll_interval);
+    w_examine(w);
 }
 
-static void watch_notify(struct dacct *a)
+static void w_notify(struct watcher *w)
 {
-    if (imap_notify(a->watch, notify_specs[a->notify_try], on_watch_notify, a) < 0) {
-        watch_examine(a);
+    if (imap_notify(w->im, notify_specs[w->a->notify_try], on_watch_notify, w) < 0) {
+        w_examine(w);
     }
 }
 
 static void on_watch_ready(struct imap *im, void *arg)
 {
-    struct dacct *a = arg;
+    struct watcher *w = arg;
+    struct dacct *a = w->a;
     if (!(imap_caps(im) & IMAP_CAP_IDLE)) {
-        log_info("%s: the server has no IDLE: changes are found by the sweep every %u s",
-                 a->ca->name, a->ca->poll_interval);
-        imap_free(a->watch);
-        a->watch = NULL;
+        if (w->slot == 0) {
+            log_info("%s: the server has no IDLE: changes are found by the sweep every %u s",
+                     a->ca->name, a->ca->poll_interval);
+        }
+        imap_free(w->im);
+        w->im = NULL;
         return;
     }
-    a->watch_notify = false;
-    if ((imap_caps(im) & IMAP_CAP_NOTIFY) && !a->notify_off) {
+    if (w->slot == 0 && (imap_caps(im) & IMAP_CAP_NOTIFY) && !a->notify_off) {
         a->notify_try = 0;
-        watch_notify(a);
+        w_notify(w);
         return;
     }
-    watch_examine(a);
+    w_examine(w);
 }
 
 static void on_watch_error(struct imap *im, int err, const char *msg, void *arg)
 {
     (void)im;
-    struct dacct *a = arg;
+    struct watcher *w = arg;
+    struct dacct *a = w->a;
     if (err == IMAP_EAUTH) {
         account_secret_refused(a->account);
     }
     if (err == IMAP_ELIMIT) {
         /* Retrying would only take a connection the user's other clients
-         * (or the sync session) need. */
-        a->watch_over_budget = true;
-        imap_free(a->watch);
-        a->watch = NULL;
-        a->watch_idling = false;
-        a->watch_notify = false;
-        log_warnx("%s: %s: no watcher connection; changes on the server are found by the sweep "
-                  "every %u s (raise the server's limit, or set max_connections: 1 to say so)",
-                  a->ca->name, msg != NULL ? msg : "connection refused", a->ca->poll_interval);
+         * (or the sync session) need: the budget is what is open now. */
+        a->watch_budget = w->slot;
+        imap_free(w->im);
+        w->im = NULL;
+        w->idling = false;
+        if (w->slot == 0) {
+            a->watch_notify = false;
+            log_warnx("%s: %s: no watcher connection; changes on the server are found by the "
+                      "sweep every %u s (raise the server's limit, or set max_connections: 1 to "
+                      "say so)",
+                      a->ca->name, msg != NULL ? msg : "connection refused", a->ca->poll_interval);
+        } else {
+            log_warnx("%s: %s: the server allows %u watcher connection%s: %s is swept every %u s",
+                      w->name, msg != NULL ? msg : "connection refused", a->watch_budget,
+                      a->watch_budget == 1 ? "" : "s", w->folder, a->ca->poll_interval);
+        }
+        watch_start(a); /* stops the slots above the budget */
         return;
     }
-    watch_drop(a, msg != NULL ? msg : "connection lost");
+    w_drop(w, msg != NULL ? msg : "connection lost");
 }
 
 static void on_watch_event(struct imap *im, const struct imap_event *ev, void *arg)
 {
     (void)im;
-    struct dacct *a = arg;
+    struct watcher *w = arg;
+    struct dacct *a = w->a;
     switch (ev->type) {
     case IMAP_EV_EXISTS:
     case IMAP_EV_EXPUNGE:
     case IMAP_EV_VANISHED:
     case IMAP_EV_FETCH:
     case IMAP_EV_UIDVALIDITY:
-        log_debug("%s: watcher: INBOX changed", a->ca->name);
-        note_announced(a, "INBOX");
-        acct_want(a, "INBOX");
+        log_debug("%s: %s changed", w->name, w->folder);
+        note_announced(a, w->folder);
+        acct_want(a, w->folder);
         break;
     case IMAP_EV_STATUS:
         /* NOTIFY: another folder changed. */
         if (ev->status != NULL && ev->status->folder != NULL) {
-            log_debug("%s: watcher: %s changed", a->ca->name, ev->status->folder);
+            log_debug("%s: %s changed", w->name, ev->status->folder);
             note_announced(a, ev->status->folder);
             acct_want(a, ev->status->folder);
         }
         break;
     case IMAP_EV_MAILBOX:
         /* NOTIFY: a folder was created, renamed or deleted. */
-        log_debug("%s: watcher: folder %s created, renamed or deleted; a new pass", a->ca->name,
-                  ev->text);
+        log_debug("%s: folder %s created, renamed or deleted; a new pass", w->name, ev->text);
         acct_new_pass(a);
         break;
     default:
@@ -940,48 +1033,89 @@ static const struct imap_cb watch_cb = {
 
 static void on_watch_secret(int err, const char *secret, const char *msg, void *arg)
 {
-    struct dacct *a = arg;
-    a->watch_wait = NULL;
+    struct watcher *w = arg;
+    w->wait = NULL;
     if (err < 0) {
-        watch_drop(a, msg != NULL ? msg : "no password");
+        w_drop(w, msg != NULL ? msg : "no password");
         return;
     }
     struct imap_opts io;
-    sync_imap_opts(a->sa, secret, &io);
-    io.log_name = a->watch_name;
-    if (imap_connect(&a->d->loop, &io, &watch_cb, a, &a->watch) < 0) {
-        a->watch = NULL;
-        watch_drop(a, "cannot connect");
+    sync_imap_opts(w->a->sa, secret, &io);
+    io.log_name = w->name;
+    if (imap_connect(&w->a->d->loop, &io, &watch_cb, w, &w->im) < 0) {
+        w->im = NULL;
+        w_drop(w, "cannot connect");
     }
 }
 
-static void watch_start(struct dacct *a)
+static void w_start(struct watcher *w)
 {
-    if (a->watch != NULL || a->watch_wait != NULL || acct_ending(a) || a->paused) {
+    struct dacct *a = w->a;
+    if (w->im != NULL || w->wait != NULL || acct_ending(a) || a->paused) {
         return;
     }
-    if (a->sa->max_connections < 2 || a->watch_over_budget) {
-        /* The budget is one connection: the session's. */
-        return;
-    }
-    uv_timer_stop(&a->watch_timer);
-    if (account_secret(a->account, on_watch_secret, a, &a->watch_wait) < 0) {
-        a->watch_wait = NULL;
+    uv_timer_stop(&w->timer);
+    if (account_secret(a->account, on_watch_secret, w, &w->wait) < 0) {
+        w->wait = NULL;
     }
 }
 
-static void watch_stop(struct dacct *a)
+static void w_stop(struct watcher *w)
 {
-    uv_timer_stop(&a->watch_timer);
-    if (a->watch_wait != NULL) {
-        account_secret_cancel(a->watch_wait);
-        a->watch_wait = NULL;
+    uv_timer_stop(&w->timer);
+    if (w->wait != NULL) {
+        account_secret_cancel(w->wait);
+        w->wait = NULL;
     }
-    if (a->watch != NULL) {
-        imap_free(a->watch);
-        a->watch = NULL;
+    if (w->im != NULL) {
+        imap_free(w->im);
+        w->im = NULL;
     }
-    a->watch_idling = false;
+    w->idling = false;
+}
+
+/* Whether any watcher is set up or waiting to be (for a recheck). */
+static bool watch_any(const struct dacct *a)
+{
+    for (unsigned i = 0; i < a->nw; i++) {
+        const struct watcher *w = a->w[i];
+        if (w->im != NULL || w->wait != NULL || uv_is_active((const uv_handle_t *)&w->timer)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* What status says of push: "notify", "idle" or "poll", and (text) the
+ * folders IDLEd on. */
+static const char *watch_push(const struct dacct *a, struct sbuf *folders)
+{
+    if (!a->imap) {
+        return "poll";
+    }
+    if (a->nw > 0 && a->w[0]->idling && a->watch_notify) {
+        return "notify";
+    }
+    const char *push = "poll";
+    for (unsigned i = 0; i < a->nw; i++) {
+        if (a->w[i]->idling) {
+            if (folders != NULL) {
+                sbuf_adds(folders, push[0] == 'i' ? ", " : "");
+                sbuf_adds(folders, a->w[i]->folder);
+            }
+            push = "idle";
+        }
+    }
+    return push;
+}
+
+static unsigned watch_connections(const struct dacct *a)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < a->nw; i++) {
+        n += a->w[i]->im != NULL;
+    }
+    return n;
 }
 
 /* ---- control requests ----------------------------------------------------------------------- */
@@ -1026,14 +1160,16 @@ static void ctl_status_text(struct daemon *d, struct ctl_req *req)
         const struct account_totals *tt = account_totals(a->account);
         char when[32];
         fmt_when(when, sizeof(when), a->last_ok);
-        sbuf_addf(&t,
-                  "%s: %s, %s, last sync %s; since start \xe2\x86\x93 %u new, \xe2\x86\x91 %u new",
-                  a->ca->name, sup_name(a->sup.state),
-                  !a->imap                             ? "polling"
-                  : a->watch_idling && a->watch_notify ? "NOTIFY on every folder"
-                  : a->watch_idling                    ? "IDLE on INBOX"
-                                                       : "polling",
-                  when, tt->new_down, tt->new_up);
+        struct sbuf idled = {0};
+        const char *push = watch_push(a, &idled);
+        sbuf_addf(
+            &t, "%s: %s, %s%s, last sync %s; since start \xe2\x86\x93 %u new, \xe2\x86\x91 %u new",
+            a->ca->name, sup_name(a->sup.state),
+            push[0] == 'n'   ? "NOTIFY on every folder"
+            : push[0] == 'i' ? "IDLE on "
+                             : "polling",
+            push[0] == 'i' ? idled.buf : "", when, tt->new_down, tt->new_up);
+        sbuf_free(&idled);
         if (account_ndirty(a->account) > 0) {
             sbuf_addf(&t, "; %zu folders waiting", account_ndirty(a->account));
         }
@@ -1063,12 +1199,8 @@ static void ctl_status(struct daemon *d, struct ctl_req *req)
         sbuf_add_json(&sb, a->ca->name);
         sbuf_addf(&sb, ",\"protocol\":\"%s\",\"state\":", a->imap ? "imap" : "pop3");
         sbuf_add_json(&sb, sup_name(a->sup.state));
-        const char *push = !a->imap           ? "poll"
-                           : !a->watch_idling ? "poll"
-                           : a->watch_notify  ? "notify"
-                                              : "idle";
-        sbuf_addf(&sb, ",\"push\":\"%s\",\"connections\":%u", push,
-                  (a->run != NULL || a->pop != NULL ? 1u : 0u) + (a->watch != NULL ? 1u : 0u));
+        sbuf_addf(&sb, ",\"push\":\"%s\",\"connections\":%u", watch_push(a, NULL),
+                  (a->run != NULL || a->pop != NULL ? 1u : 0u) + watch_connections(a));
         json_time(&sb, "last_sync", a->last_ok);
         sbuf_adds(&sb, ",\"last_error\":");
         if (a->last_error != NULL) {
@@ -1287,8 +1419,13 @@ static void acct_stop(struct dacct *a)
 {
     watch_stop(a);
     fs_unwatch_all(a);
-    uv_timer_t *timers[] = {&a->retry_timer, &a->poll_timer, &a->local_timer, &a->watch_timer};
-    for (size_t i = 0; i < ARRAY_SIZE(timers); i++) {
+    uv_timer_t *timers[3 + WATCH_MAX] = {&a->retry_timer, &a->poll_timer, &a->local_timer};
+    size_t ntimers = 3;
+    for (unsigned i = 0; i < a->nw; i++) {
+        a->w[i]->timer.data = a; /* stopped: on_acct_timer_closed reads it */
+        timers[ntimers++] = &a->w[i]->timer;
+    }
+    for (size_t i = 0; i < ntimers; i++) {
         uv_timer_stop(timers[i]);
         a->open_handles++;
         uv_close((uv_handle_t *)timers[i], on_acct_timer_closed);
@@ -1393,12 +1530,13 @@ static void all_accounts_recheck(struct daemon *d, const char *why)
             continue;
         }
         if (a->imap) {
-            bool had_watch = a->watch != NULL || a->watch_wait != NULL ||
-                             uv_is_active((uv_handle_t *)&a->watch_timer);
+            bool had_watch = watch_any(a) || a->watch_budget < WATCH_MAX;
             watch_stop(a);
-            a->watch_backoff_ms = 0;
-            had_watch = had_watch || a->watch_over_budget;
-            a->watch_over_budget = false; /* the limit may have changed */
+            for (unsigned k = 0; k < a->nw; k++) {
+                a->w[k]->backoff_ms = 0;
+            }
+            a->watch_budget = WATCH_MAX; /* the limit may have changed */
+            a->watch_budget_noted = false;
             if (had_watch && a->run_idle) {
                 watch_start(a);
             }
@@ -1463,17 +1601,15 @@ static void acct_retire(struct dacct *a, struct dacct *successor)
     acct_stop(a);
 }
 
-/* SIGHUP: the configuration is read again. Accounts added start, removed
- * ones stop cleanly, changed ones restart; unchanged ones keep their
- * connections. A configuration that does not load changes nothing. */
 /* What a reload did, for the control socket's answer. */
 struct reload_counts {
     unsigned added, changed, removed, kept;
 };
 
 /* Reads the configuration file again and applies it (SIGHUP, or `reload` on
- * the control socket). On failure the running configuration stays, the
- * reason is logged and returned in *err_r (allocated) and -1 returned. */
+ * the control socket): accounts added start, removed ones stop cleanly,
+ * changed ones restart, unchanged ones keep their connections. On failure the running configuration
+ * stays, the reason is logged and returned in *err_r (allocated) and -1 returned. */
 static int daemon_reload(struct daemon *d, struct reload_counts *rc_r, char **err_r)
 {
     *err_r = NULL;
@@ -1603,11 +1739,24 @@ static struct dacct *acct_new(struct daemon *d, const struct cfg_account *ca)
     a->account = account_new(&d->loop, a->sa, true);
     a->sup.account = ca->name;
     a->imap = ca->protocol == CFG_PROTO_IMAP;
-    a->watch_name = xasprintf("%s/watch", ca->name);
-    uv_timer_t *timers[] = {&a->retry_timer, &a->poll_timer, &a->local_timer, &a->watch_timer};
+    uv_timer_t *timers[] = {&a->retry_timer, &a->poll_timer, &a->local_timer};
     for (size_t i = 0; i < ARRAY_SIZE(timers); i++) {
         uv_timer_init(&d->loop, timers[i]);
         timers[i]->data = a;
+    }
+    a->watch_budget = WATCH_MAX;
+    static const char *const inbox_only[] = {"INBOX", NULL};
+    const char *const *idle = ca->idle != NULL ? (const char *const *)ca->idle : inbox_only;
+    for (unsigned i = 0; a->imap && idle[i] != NULL && i < WATCH_MAX; i++) {
+        struct watcher *w = xcalloc(1, sizeof(*w));
+        w->a = a;
+        w->slot = i;
+        w->folder = xstrdup(idle[i]);
+        w->name =
+            i == 0 ? xasprintf("%s/watch", ca->name) : xasprintf("%s/watch%u", ca->name, i + 1);
+        uv_timer_init(&d->loop, &w->timer);
+        w->timer.data = w;
+        a->w[a->nw++] = w;
     }
     if (ca->on_new_mail != NULL) {
         struct hook_opts ho = {.account = ca->name, .argv = (const char *const *)ca->on_new_mail};
@@ -1627,7 +1776,11 @@ static void acct_free(struct dacct *a)
     free(a->announced);
     free(a->pass_error);
     free(a->last_error);
-    free(a->watch_name);
+    for (unsigned i = 0; i < a->nw; i++) {
+        free(a->w[i]->folder);
+        free(a->w[i]->name);
+        free(a->w[i]);
+    }
     account_free(a->account);
     free(a);
 }

@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 
+import dovecot
 import fakeimap
 import mailgen
 import mstest
@@ -559,6 +560,56 @@ class DaemonScenarios(DaemonFixture):
         self.assertIn("(by the daemon)", p.stdout)
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
+    def test_idle_folders(self):
+        """`idle:` names the folders IDLEd on when the server has no NOTIFY,
+        one connection each: another client's APPEND to Archive comes down
+        without a sweep (poll_interval is an hour), and status counts the
+        session plus one watcher per folder. With NOTIFY the primary
+        watcher hears every folder and no other connection is opened."""
+        self.dovecot.save_many(self.user, "Archive", mailgen.generate(1, seed=87, max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX", "Archive"], poll_interval=3600,
+                                 idle=["INBOX", "Archive"], max_connections=3)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        if self.has_notify():
+            st = self.wait_for("NOTIFY in use",
+                               lambda: (lambda s: s if s["push"] == "notify" else None)(
+                                   self.status(cfg)), d)
+            self.assertEqual(st["connections"], 2)
+            self.assertNotIn("a/watch2", d.log())
+        else:
+            st = self.wait_for("both watchers", lambda: (
+                lambda s: s if s["connections"] == 3 and s["push"] == "idle" else None)(
+                    self.status(cfg)), d)
+            p = self.ms(cfg, "status")
+            self.assertIn("IDLE on INBOX, Archive", p.stdout)
+        other = mailgen.generate(1, seed=88, max_size=2000)[0]
+        self.dovecot.save_many(self.user, "Archive", [other])
+        self.wait_for("the Archive message pushed", lambda: len(self.local("Archive")) == 2, d)
+        inbox = mailgen.generate(1, seed=89, max_size=2000)[0]
+        self.dovecot.save_many(self.user, "INBOX", [inbox])
+        self.wait_for("the INBOX message pushed", lambda: len(self.local("INBOX")) == 1, d)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assert_same("Archive")
+
+    def test_idle_folders_beyond_max_connections(self):
+        """max_connections 2 leaves one watcher beside the session: IDLE on
+        the first `idle:` folder only, the others named once in the log as
+        swept, and never a third connection."""
+        if self.has_notify():
+            self.skipTest("NOTIFY needs no more than one watcher")
+        cfg = self.daemon_config(folders=["INBOX", "Archive"], poll_interval=3600,
+                                 idle=["INBOX", "Archive"], max_connections=2)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        self.wait_for("the note on the budget", lambda: "idle names 2 folders but 1 connection "
+                      "is left" in d.log(), d)
+        self.assertIn("Archive and the rest are swept every 3600 s", d.log())
+        st = self.status(cfg)
+        self.assertEqual((st["push"], st["connections"]), ("idle", 2))
+        self.assertNotIn("a/watch2", d.log())
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
     def test_second_daemon_refused(self):
         """One daemon per state_dir: the second says which pid holds it."""
         cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
@@ -598,6 +649,38 @@ class DaemonConnectionLimit(DaemonFixture, mstest.DovecotTestCase):
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
         self.assertEqual(len(self.server("INBOX")), 2)
         self.assert_same("INBOX")
+
+
+class DaemonIdleLimit(DaemonFixture, mstest.DovecotTestCase):
+    """No NOTIFY and a server allowing two connections per user and
+    address: the session and the INBOX watcher fit, the Archive watcher's
+    login is refused with [LIMIT]. The account's budget drops to what is
+    open (said once, with the folder now swept), the refused watcher is
+    not retried, and INBOX still pushes."""
+
+    dovecot_options = dict(PROFILES["Fallback"], extra_conf=(
+        "protocol imap {\n  mail_max_userip_connections = 2\n}\n"))
+
+    def test_second_watcher_over_the_connection_limit(self):
+        cfg = self.daemon_config(folders=["INBOX", "Archive"], poll_interval=3600,
+                                 idle=["INBOX", "Archive"], max_connections=3)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        self.wait_for("the refused watcher", lambda: "the server allows 1 watcher connection: "
+                      "Archive is swept every 3600 s" in d.log(), d)
+        self.assertIn("[LIMIT]", d.log())
+        time.sleep(2.5)
+        self.assertEqual(d.log().count("a/watch2: connecting to"), 1, "the watcher was retried")
+        st = self.status(cfg)
+        self.assertEqual((st["push"], st["connections"]), ("idle", 2))
+        # (Delivered by doveadm, not over IMAP: the limit leaves no
+        # connection for the test.)
+        msg = mailgen.generate(1, seed=90, max_size=2000)[0]
+        subprocess.run([dovecot.DOVEADM, "-c", self.dovecot.conf_path, "save", "-u", self.user, "-m",
+                        "INBOX"], input=msg, check=True, capture_output=True)
+        self.wait_for("the INBOX push", lambda: self.status(cfg)["new_down"] == 1, d)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assertEqual(len(self.local("INBOX")), 1)
 
 
 for _name, _opts in PROFILES.items():

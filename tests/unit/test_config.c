@@ -277,7 +277,7 @@ static void test_defaults(void **state)
     assert_string_equal(a->folders[0].glob, "*");
     assert_false(a->folders[0].exclude);
     assert_false(a->subscribed_only);
-    assert_int_equal(a->max_connections, 2);
+    assert_int_equal(a->max_connections, 3);
     assert_int_equal(a->on_local_delete, CFG_LOCAL_DELETE_EXPUNGE);
     assert_null(a->trash);
     assert_false(a->delete_folders);
@@ -698,7 +698,7 @@ static void test_unknown_keys(void **state)
         "subscribed_only, max_connections, on_local_delete, trash, delete_folders, "
         "max_delete_ratio, max_size, max_age_days, compress, timeout, poll_interval, local_delay, "
         "idle_restart, "
-        "on_new_mail, pop)");
+        "on_new_mail, idle, pop)");
     /* Keys at the wrong level say where they belong. */
     expect_err(MINIMAL_POP "    since: 2020-01-01\n    pop:\n      timeout: 30\n",
                "config.yaml:8:5: unknown key 'since' in account 'p' (it belongs under 'pop:')\n"
@@ -1248,7 +1248,7 @@ static void test_print(void **state)
                            "    layout: verbatim\n"
                            "    folders: [\"*\", \"!Junk \\\"x\\\"\"]\n"
                            "    subscribed_only: false\n"
-                           "    max_connections: 2\n"
+                           "    max_connections: 3\n"
                            "    on_local_delete: expunge\n"
                            "    trash: ~  # the server's \\Trash folder (SPECIAL-USE)\n"
                            "    delete_folders: false\n"
@@ -1260,6 +1260,7 @@ static void test_print(void **state)
                            "    poll_interval: 300\n"
                            "    local_delay: 1\n"
                            "    idle_restart: 600\n"
+                           "    idle: [INBOX]  # when the server has no NOTIFY\n"
                            "    on_new_mail: ~\n"
                            "  cmd:\n"
                            "    protocol: imap\n"
@@ -1278,7 +1279,7 @@ static void test_print(void **state)
                            "    layout: verbatim\n"
                            "    folders: [\"*\"]\n"
                            "    subscribed_only: false\n"
-                           "    max_connections: 2\n"
+                           "    max_connections: 3\n"
                            "    on_local_delete: expunge\n"
                            "    trash: ~  # the server's \\Trash folder (SPECIAL-USE)\n"
                            "    delete_folders: false\n"
@@ -1290,6 +1291,7 @@ static void test_print(void **state)
                            "    poll_interval: 300\n"
                            "    local_delay: 1\n"
                            "    idle_restart: 600\n"
+                           "    idle: [INBOX]  # when the server has no NOTIFY\n"
                            "    on_new_mail: ~\n"
                            "  p:\n"
                            "    protocol: pop3\n"
@@ -1506,6 +1508,52 @@ static void test_default_path(void **state)
     assert_string_equal(cfg_local_delete_name(CFG_LOCAL_DELETE_FLAG), "flag");
 }
 
+/* idle: folder names (not patterns) among the account's folders, at most
+ * CFG_IDLE_MAX, IMAP only; printed back as a list. */
+static void test_idle_folders(void **state)
+{
+    (void)state;
+    struct cfg *cfg = load_ok(MINIMAL "    folders: [INBOX, \"Lists/*\", Archive]\n"
+                                      "    idle: [inbox, Lists/dev, \"Archive\"]\n");
+    const struct cfg_account *a = &cfg->accounts[0];
+    assert_non_null(a->idle);
+    assert_string_equal(a->idle[0], "INBOX");
+    assert_string_equal(a->idle[1], "Lists/dev");
+    assert_string_equal(a->idle[2], "Archive");
+    assert_null(a->idle[3]);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *fp = open_memstream(&buf, &len);
+    cfg_print_account(fp, a);
+    fclose(fp);
+    assert_non_null(strstr(buf, "    idle: [\"INBOX\", \"Lists/dev\", \"Archive\"]\n"));
+    free(buf);
+    cfg_free(cfg);
+
+    cfg = load_ok(MINIMAL "    idle: Archive\n");
+    assert_string_equal(cfg->accounts[0].idle[0], "Archive");
+    assert_null(cfg->accounts[0].idle[1]);
+    cfg_free(cfg);
+
+    expect_err(MINIMAL "    idle: \"Lists/*\"\n",
+               "config.yaml:7:11: account 'work': key 'idle' item 1 ('Lists/*') is a pattern: "
+               "idle names folders");
+    expect_err(MINIMAL "    folders: [INBOX]\n    idle: [INBOX, Archive]\n",
+               "config.yaml:8:11: account 'work': key 'idle' item 2 ('Archive') is not one of "
+               "the folders this account syncs (see folders)");
+    expect_err(MINIMAL "    idle: [INBOX, inbox]\n",
+               "config.yaml:7:11: account 'work': key 'idle' item 2 ('inbox') is named twice");
+    expect_err(MINIMAL "    idle: []\n",
+               "config.yaml:7:11: account 'work': key 'idle' must not be an empty list (leave it "
+               "out for INBOX)");
+    expect_err(MINIMAL "    idle: [a, b, c, d, e, f, g, h, i]\n",
+               "config.yaml:7:11: account 'work': key 'idle' names 9 folders; at most 8 (each "
+               "takes a connection of its own: servers allow few per user)");
+    expect_err(MINIMAL_POP "    idle: INBOX\n",
+               "config.yaml:8:5: account 'p': key 'idle' applies only to IMAP accounts (this one "
+               "has protocol: pop3)");
+}
+
 static void test_example_config(void **state)
 {
     /* The shipped example must stay valid; it names ~ paths and programs
@@ -1565,6 +1613,7 @@ int main(void)
         cmocka_unit_test(test_aliases),
         cmocka_unit_test(test_default_path),
         cmocka_unit_test(test_example_config),
+        cmocka_unit_test(test_idle_folders),
     };
     return cmocka_run_group_tests(tests, setup_home, teardown_home);
 }
