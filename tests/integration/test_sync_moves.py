@@ -229,6 +229,85 @@ class MoveScenarios(MoveFixture):
             self.assert_same(f)
 
 
+def run_killed(binary, cfg, anchor, delay, timeout=60):
+    """Runs `mailsync -vv sync a` and kills it (SIGKILL) delay seconds
+    after the first trace line matching anchor; returns (killed, trace)."""
+    rx = re.compile(anchor)
+    p = subprocess.Popen([binary, "-vv", "--config", cfg, "sync", "a"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    killed = False
+    t_end = time.monotonic() + timeout
+    for line in p.stdout:
+        lines.append(line.decode("utf-8", "replace"))
+        if not killed and rx.search(lines[-1]):
+            if delay > 0:
+                time.sleep(delay)
+            if p.poll() is None:
+                p.kill()
+                killed = True
+        if time.monotonic() > t_end:
+            p.kill()
+            raise AssertionError("mailsync sync hung")
+    p.wait(timeout)
+    p.stdout.close()
+    return killed, "".join(lines)
+
+
+# Where a move run is killed: the source SELECTed, the UID MOVE sent (and
+# a little later, when the server has done it and the answer may or may
+# not have been read), the COPYUID answer read (its records may or may not
+# be written).
+KILL_POINTS = [
+    ("select", r"C: \S+ SELECT \S+ \(CONDSTORE\)|C: \S+ SELECT [^(]*$", 0.0),
+    ("move", r"C: \S+ UID (MOVE|COPY) ", 0.0),
+    ("move_late", r"C: \S+ UID (MOVE|COPY) ", 0.02),
+    ("copyuid", r"S: .*COPYUID", 0.0),
+]
+
+
+class MoveCrashScenarios(MoveFixture):
+    """A move run killed at each point, then a clean run: every message
+    once on each side, the moved ones in the destination with the flags
+    they were given, and a third run that changes nothing."""
+
+    def check_killed(self, dst, anchor, delay):
+        cfg = self.seed({"INBOX": [(i, "\\Seen" if i % 2 else "") for i in range(8)],
+                         dst: [(100, "")]})
+        moved = [0, 1, 2, 3, 4]
+        for i, u in zip(moved, self.uniques("INBOX", moved)):
+            self.move_local("INBOX", dst, u, "F" if i < 2 else None)
+        killed, trace = run_killed(mstest.mailsync_bin(), cfg, anchor, delay)
+        self.assertTrue(killed, "the run ended before the kill point:\n" + trace[-3000:])
+        p = self.sync(cfg)
+        for f in ("INBOX", dst):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(sorted(self.server_flags("INBOX")), [5, 6, 7])
+        want = {0: "F", 1: "F", 2: "", 3: "S", 4: "", 100: ""}
+        self.assertEqual(self.server_flags(dst), want, trace[-3000:] + p.stdout)
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+
+
+def _crash_test(dst, anchor, delay):
+    def test(self):
+        self.check_killed(dst, anchor, delay)
+    return test
+
+
+for _label, _anchor, _delay in KILL_POINTS:
+    for _dst, _order in (("Work", "source_first"), ("Archive", "destination_first")):
+        setattr(MoveCrashScenarios, "test_kill_at_%s_%s" % (_label, _order),
+                _crash_test(_dst, _anchor, _delay))
+
+
+for _name, _opts in PROFILES.items():
+    globals()["MoveCrash" + _name] = type("MoveCrash" + _name,
+                                          (MoveCrashScenarios, mstest.DovecotTestCase),
+                                          {"dovecot_options": _opts})
+
 for _name, _opts in PROFILES.items():
     globals()["Moves" + _name] = type("Moves" + _name, (MoveScenarios, mstest.DovecotTestCase),
                                       {"dovecot_options": _opts})
