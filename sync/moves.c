@@ -813,6 +813,20 @@ void moves_start(struct session *e, void (*cont)(struct session *e))
         cont(e);
         return;
     }
+    struct engine *r = e->run;
+    bool alone = true;
+    for (size_t i = 0; i < r->nsessions && alone; i++) {
+        alone = r->sessions[i] == NULL || r->sessions[i] == e || r->sessions[i]->f == NULL;
+    }
+    if (alone && !e->opts.dry_run) {
+        /* No other job is in the middle of its folder: every move claimed
+         * so far is recorded in the index (or was given up), which tells
+         * every later job what it needs. A session that stays open (the
+         * daemon's) would otherwise keep a message claimed for good, and
+         * never move it again. A dry run records nothing: its claims are
+         * what keeps a move from being listed by both folders. */
+        moves_claims_free(r);
+    }
     struct moves *mv = xcalloc(1, sizeof(*mv));
     f->mv = mv;
     mv->cont = cont;
