@@ -113,6 +113,13 @@ enum idx_msg_state {
  * may or may not have landed; the sync engine takes the server's flags as
  * the base the next time it lists the message. */
 #define IDX_FLAGS_UNSETTLED 0x80
+/* In idx_msg.flags of an APPENDING row without UID: the row is the intent
+ * of a UID MOVE from another folder of the account (sync/moves.c), not of
+ * an APPEND. Until the move is recorded, the source folder's record of the
+ * message stays, so a move cut short by a crash is found and done again
+ * (a MOVE of a UID that is gone moves nothing), while an APPEND's intent
+ * is never taken for a move, which could store the message twice. */
+#define IDX_FLAGS_MOVING 0x40
 
 struct idx_msg {
     uint32_t uid; /* 0 while APPENDING */

@@ -15,6 +15,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -889,6 +890,59 @@ struct md_msg *md_scan_find(const struct md_scan *scan, const char *id)
         return NULL;
     }
     return bsearch(id, scan->msgs, scan->count, sizeof(*scan->msgs), msg_id_cmp);
+}
+
+/* ---- Finding messages in another folder ---------------------------------- */
+
+static int strp_cmp_ids(const void *a, const void *b)
+{
+    return strcmp((const char *)a, *(const char *const *)b);
+}
+
+int md_find_ids(const char *path, const char *const *ids, size_t n, bool *found_r,
+                unsigned *flags_r)
+{
+    int found = 0;
+    for (int sub = 0; sub < 2 && n > 0; sub++) {
+        char *dir = xasprintf("%s/%s", path, sub == 0 ? "new" : "cur");
+        DIR *d = opendir(dir);
+        free(dir);
+        if (d == NULL) {
+            if (errno == ENOENT || errno == ENOTDIR) {
+                continue;
+            }
+            return -errno;
+        }
+        struct dirent *de;
+        char key[NAME_MAX + 1];
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_name[0] == '.') {
+                continue;
+            }
+            size_t len = id_len(de->d_name);
+            if (len == 0 || len >= sizeof(key)) {
+                continue;
+            }
+            memcpy(key, de->d_name, len);
+            key[len] = '\0';
+            const char *const *hit = bsearch(key, ids, n, sizeof(*ids), strp_cmp_ids);
+            if (hit == NULL) {
+                continue;
+            }
+            size_t i = (size_t)(hit - ids);
+            if (!found_r[i]) {
+                found++;
+            }
+            found_r[i] = true;
+            if (flags_r != NULL) {
+                struct md_msg m;
+                flags_r[i] = md_parse_name(de->d_name, sub == 0, &m) ? m.flags : 0;
+                md_msg_clear(&m);
+            }
+        }
+        closedir(d);
+    }
+    return found;
 }
 
 /* ---- Finding a renamed message again ---------------------------------- */

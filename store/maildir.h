@@ -252,6 +252,16 @@ int md_list_folders(const char *root, enum md_layout layout, char ***names_r, si
 int md_list_folders_unusable(const char *root, enum md_layout layout, char ***names_r,
                              size_t *count_r, char ***bad_r, size_t *nbad_r);
 void md_free_names(char **names, size_t count);
+/* Which of the identities ids[0..n) (unique names, sorted with strcmp) the
+ * Maildir folder at path holds in new/ or cur/: found_r[i] is set for each
+ * one present (and left alone for the others); with flags_r, the flag
+ * letters of its name there (MD_FLAG_* bits). One readdir of each
+ * directory and no stat, so that looking for a few messages in many
+ * folders (a message moved between folders) costs a directory listing per
+ * folder. A folder or directory that does not exist holds nothing. Returns
+ * the number found or a negative errno. */
+int md_find_ids(const char *path, const char *const *ids, size_t n, bool *found_r,
+                unsigned *flags_r);
 /* Removes a folder's directory when it holds no messages (cur/ new/ empty);
  * -ENOTEMPTY otherwise. Subfolders (verbatim layout) are left alone. */
 int md_folder_remove(const char *path);

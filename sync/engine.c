@@ -274,6 +274,7 @@ static void deferred_free(struct engine *r)
 struct apply_ctx {
     const struct engine *run;
     const struct idx_ops *o; /* NULL: the deferred writes alone */
+    size_t no;
 };
 
 /* The deferred writes first (they are older), then the new one. */
@@ -296,7 +297,13 @@ static int apply_fn(struct idx_txn *txn, void *arg)
             return r;
         }
     }
-    return c->o != NULL ? ops_fn(txn, (void *)c->o) : 0;
+    for (size_t i = 0; c->o != NULL && i < c->no; i++) {
+        int r = ops_fn(txn, (void *)&c->o[i]);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return 0;
 }
 
 /* The directories the deferred writes depend on, made durable first
@@ -321,6 +328,11 @@ static int dirsync_run(struct engine *run, struct session *e)
 
 int idx_apply(struct session *e, const struct idx_ops *o)
 {
+    return idx_apply_many(e, o, 1);
+}
+
+int idx_apply_many(struct session *e, const struct idx_ops *o, size_t n)
+{
     if (e->opts.dry_run) {
         return 0;
     }
@@ -330,7 +342,7 @@ int idx_apply(struct session *e, const struct idx_ops *o)
             return dr;
         }
     }
-    struct apply_ctx c = {.run = e->run, .o = o};
+    struct apply_ctx c = {.run = e->run, .o = o, .no = n};
     int r = idx_write(e->idx, apply_fn, &c);
     if (r < 0) {
         folder_fail_idx(e, r);
@@ -419,6 +431,7 @@ static void on_run_closed(uv_handle_t *h)
     listed_free(r);
     folderplan_free(r->fplan);
     strindex_free(&r->job_ix);
+    moves_claims_free(r);
     free(r->error);
     free(r);
 }
@@ -470,6 +483,7 @@ static void on_run_timer(uv_timer_t *t)
         t2->skipped_size += c->skipped_size;
         t2->skipped_age += c->skipped_age;
         t2->adopted += c->adopted;
+        t2->moved += c->moved;
         t2->bytes_down += c->bytes_down;
         t2->bytes_up += c->bytes_up;
         if (r->fres[i].error != NULL) {
@@ -1341,6 +1355,9 @@ char *engine_summary(const struct engine_result *res)
     }
     if (c->skipped_age > 0) {
         sbuf_addf(&sb, "; %u skipped older than max_age_days", c->skipped_age);
+    }
+    if (c->moved > 0) {
+        sbuf_addf(&sb, "; %u moved between folders", c->moved);
     }
     if (c->adopted > 0) {
         sbuf_addf(&sb, "; %u adopted after an interruption", c->adopted);

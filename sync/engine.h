@@ -41,6 +41,10 @@ struct engine_counts {
                                            message the server holds and the limits keep
                                            away, counted on every run */
     unsigned adopted;                   /* found already present after a crash, not copied again */
+    unsigned moved;                     /* messages moved from one folder to another on the
+                                           other side (a local move made a UID MOVE on the
+                                           server), counted in the folder that received them;
+                                           not in new_* or deleted_* */
     uint64_t bytes_down, bytes_up;
 };
 

@@ -26,6 +26,8 @@
  *   recover_intents, settle_intents).
  * - sync/folderops.c: whole folders between jobs: deleted on one side,
  *   created on the server, forgotten in the index.
+ * - sync/moves.c: messages moved locally from one folder to another,
+ *   carried out on the server with UID MOVE (see sync/moves.h).
  */
 #ifndef MAILSYNC_SYNC_ENGINE_INT_H
 #define MAILSYNC_SYNC_ENGINE_INT_H
@@ -43,6 +45,7 @@
 #include "store/maildir.h"
 #include "sync/engine.h"
 #include "sync/imap.h"
+#include "sync/moves.h"
 #include "sync/plan.h"
 #include "sync/remote.h"
 #include "sync/skiplist.h"
@@ -138,6 +141,8 @@ struct fstate {
     size_t nbase, base_cap;
     struct idx_msg *intents; /* APPENDING rows with uid 0 */
     size_t nintents, intents_cap;
+    /* Messages moved between this folder and another (sync/moves.c). */
+    struct moves *mv;
     /* Local view. */
     struct plan_local_msg *lmsgs;
     char ***lkw; /* per local message: keyword names */
@@ -278,6 +283,14 @@ struct engine {
      * entries and their new/ and cur/ after downloads. */
     struct md_dirsync dirsync;
 
+    /* Messages a folder job of this run moves (or leaves for the job that
+     * moves them) between folders, by Maildir unique name (sync/moves.c):
+     * two sessions never both act on one, and a job that meets one another
+     * job took neither uploads nor deletes it. */
+    char **claims;
+    size_t nclaims, claims_cap;
+    struct strindex claim_ix;
+
     struct fjob *jobs;
     size_t njobs, jobs_cap;
     struct strindex job_ix; /* local folder of a job -> position in jobs */
@@ -366,6 +379,9 @@ void folder_fail_md(struct session *e, int r);
 void folder_fail_idx(struct session *e, int r);
 struct engine_counts *fcounts(struct session *e);
 int idx_apply(struct session *e, const struct idx_ops *o);
+/* Several folders' writes in one transaction (a move: a record leaves one
+ * folder and arrives in another, or neither happens). */
+int idx_apply_many(struct session *e, const struct idx_ops *o, size_t n);
 void idx_apply_later(struct session *e, const struct idx_ops *o);
 void finish_teardown(struct session *e);
 bool conn_lost(const struct session *e);

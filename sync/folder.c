@@ -230,6 +230,7 @@ void fstate_free(struct fstate *f)
     free(f->search);
     free(f->base);
     free(f->intents);
+    moves_free(f->mv);
     free(f->modified);
     free(f->sdel_ok);
     free(f->recs);
@@ -2492,6 +2493,7 @@ static void plan_folder(struct session *e)
     f->plan = plan_build(&in);
     free(sm);
     drop_empty_uploads(e);
+    moves_filter_plan(e);
     if (!e->opts.dry_run) {
         e->run->prog_total += (unsigned)(f->plan->ndownloads + f->plan->nuploads);
     }
@@ -2729,5 +2731,8 @@ static void start_folder_scanned(struct session *e)
         next_folder(e);
         return;
     }
-    do_select(e);
+    /* Messages moved here from another folder, or from here to another,
+     * go first (UID MOVE), so that the listing already has them where
+     * they are now. */
+    moves_start(e, do_select);
 }

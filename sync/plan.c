@@ -875,6 +875,17 @@ void plan_drop_upload(struct plan *p, size_t i)
     p->nuploads--;
 }
 
+void plan_drop_server_delete(struct plan *p, size_t i)
+{
+    if (i >= p->nserver_deletes) {
+        return;
+    }
+    free(p->server_deletes[i].lid);
+    memmove(&p->server_deletes[i], &p->server_deletes[i + 1],
+            (p->nserver_deletes - i - 1) * sizeof(*p->server_deletes));
+    p->nserver_deletes--;
+}
+
 bool plan_empty(const struct plan *p)
 {
     return p->ndownloads == 0 && p->nuploads == 0 && p->nlocal_flags == 0 && p->nstores == 0 &&

@@ -190,6 +190,9 @@ void plan_free(struct plan *p);
 /* Takes upload i out of the plan (a file the executor finds it cannot
  * upload), keeping the order of the others. */
 void plan_drop_upload(struct plan *p, size_t i);
+/* Takes server deletion i out of the plan (a message moved to another
+ * folder: the move takes it off this folder), keeping the order. */
+void plan_drop_server_delete(struct plan *p, size_t i);
 
 /* True when the plan changes nothing anywhere (no index writes either). */
 bool plan_empty(const struct plan *p);

@@ -128,6 +128,7 @@ int settle_intents(struct session *e)
         struct idx_msg *m = &f->intents[i];
         if (m->uid != 0) {
             m->state = IDX_MSG_SYNCED;
+            m->flags &= (uint8_t)~IDX_FLAGS_MOVING; /* a move's intent, found */
             puts[np++] = *m;
             xgrow(&f->base, &f->base_cap, f->nbase + 1, sizeof(*f->base));
             f->base[f->nbase++] = *m;

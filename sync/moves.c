@@ -1,0 +1,877 @@
+/* Messages moved locally between folders, carried out on the server with
+ * UID MOVE (see sync/moves.h for the design and its crash safety).
+ *
+ * Per folder job, before its SELECT: find the candidates (loop thread: the
+ * base, the scan and index key lookups), check the Maildirs (thread pool:
+ * directory listings), keep the moves (loop thread: the index and the
+ * run's claims), then one group per (source, destination): intent rows in
+ * the destination, SELECT source, UID MOVE, one index transaction. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "store/index.h"
+#include "store/maildir.h"
+#include "sync/engine_int.h"
+#include "sync/folderplan.h"
+#include "sync/imap.h"
+#include "sync/moves.h"
+#include "sync/plan.h"
+
+/* A move: the message rec.lid of folder src (UID rec.uid there) now lives
+ * in dst's Maildir. */
+struct mv_item {
+    char *src, *dst;
+    struct idx_msg rec; /* the source folder's record */
+    uint32_t new_uid;   /* from COPYUID */
+    bool out;           /* src is the job's folder (found from its base) */
+    bool drop;          /* not a move after all */
+};
+
+struct moves {
+    struct mv_item *items;
+    size_t n, cap;
+    /* Left out of this job's plan: uploads (by unique name) and server
+     * deletions (by UID) of messages that are moves. */
+    char **skip_lids;
+    size_t nskip, skip_cap;
+    uint32_t *keep_uids;
+    size_t nkeep, keep_cap;
+    void (*cont)(struct session *e);
+    /* The group being carried out: items[g0, g1). */
+    size_t g0, g1;
+    unsigned pending;
+    bool group_failed;
+    uint32_t src_uidvalidity; /* the source's, as the index knows it; 0 unknown */
+    uint32_t dst_uidvalidity;
+};
+
+void moves_free(struct moves *mv)
+{
+    if (mv == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < mv->n; i++) {
+        free(mv->items[i].src);
+        free(mv->items[i].dst);
+    }
+    free(mv->items);
+    for (size_t i = 0; i < mv->nskip; i++) {
+        free(mv->skip_lids[i]);
+    }
+    free(mv->skip_lids);
+    free(mv->keep_uids);
+    free(mv);
+}
+
+/* ---- the run's claims ------------------------------------------------------------------ */
+
+static bool claimed(const struct engine *r, const char *lid)
+{
+    uint64_t h = str_hash(lid, strlen(lid));
+    size_t it = 0, i;
+    while (strindex_next(&r->claim_ix, h, &it, &i)) {
+        if (strcmp(r->claims[i], lid) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void claim(struct engine *r, const char *lid)
+{
+    xgrow(&r->claims, &r->claims_cap, r->nclaims + 1, sizeof(*r->claims));
+    r->claims[r->nclaims] = xstrdup(lid);
+    strindex_add(&r->claim_ix, str_hash(lid, strlen(lid)), r->nclaims);
+    r->nclaims++;
+}
+
+/* A move not carried out: later jobs of the run treat the message as they
+ * would have without it (upload it, or move it themselves). */
+static void unclaim(struct engine *r, const char *lid)
+{
+    uint64_t h = str_hash(lid, strlen(lid));
+    size_t it = 0, i;
+    while (strindex_next(&r->claim_ix, h, &it, &i)) {
+        if (strcmp(r->claims[i], lid) == 0) {
+            r->claims[i][0] = '\0'; /* the index has no removal: the entry matches nothing */
+        }
+    }
+}
+
+void moves_claims_free(struct engine *r)
+{
+    for (size_t i = 0; i < r->nclaims; i++) {
+        free(r->claims[i]);
+    }
+    free(r->claims);
+    r->claims = NULL;
+    r->nclaims = r->claims_cap = 0;
+    strindex_free(&r->claim_ix);
+}
+
+/* ---- candidates ---------------------------------------------------------------------- */
+
+static void skip_lid(struct moves *mv, const char *lid)
+{
+    xgrow(&mv->skip_lids, &mv->skip_cap, mv->nskip + 1, sizeof(*mv->skip_lids));
+    mv->skip_lids[mv->nskip++] = xstrdup(lid);
+}
+
+static void keep_uid(struct moves *mv, uint32_t uid)
+{
+    xgrow(&mv->keep_uids, &mv->keep_cap, mv->nkeep + 1, sizeof(*mv->keep_uids));
+    mv->keep_uids[mv->nkeep++] = uid;
+}
+
+static struct mv_item *add_item(struct moves *mv)
+{
+    xgrow(&mv->items, &mv->cap, mv->n + 1, sizeof(*mv->items));
+    struct mv_item *it = &mv->items[mv->n++];
+    memset(it, 0, sizeof(*it));
+    return it;
+}
+
+struct names {
+    char **v;
+    size_t n, cap;
+    const char *self;
+};
+
+static int collect_folder(const char *folder, const struct idx_folder *st, void *arg)
+{
+    (void)st;
+    struct names *nm = arg;
+    if (strcmp(folder, nm->self) != 0) {
+        xgrow(&nm->v, &nm->cap, nm->n + 1, sizeof(*nm->v));
+        nm->v[nm->n++] = xstrdup(folder);
+    }
+    return 0;
+}
+
+/* Whether another job of the run can take part in a move: the folder is
+ * synced by this run and exists on the server. */
+static bool folder_usable(struct engine *r, const char *name)
+{
+    struct fjob *j = find_job(r, name);
+    return j != NULL && j->on_server;
+}
+
+/* The base's unique names, for telling the scan's unknown files. */
+static int lid_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Moves into the job's folder: local files the base does not know (or
+ * that only a move's intent names) that another folder's index records.
+ * Returns the number of candidates added. */
+static size_t find_incoming(struct session *e, struct moves *mv)
+{
+    struct fstate *f = e->f;
+    struct fjob *j = f->job;
+    if (f->scan == NULL || f->scan->count == 0) {
+        return 0;
+    }
+    if (f->nbase == 0 && f->nintents == 0 && j->has_status &&
+        (j->status.have & IMAP_STATUS_MESSAGES) && j->status.messages > 0) {
+        /* A folder the index knows nothing of, with mail on both sides:
+         * its files are matched with the server first (the adopt path of
+         * on_select), which records that would come from moves would
+         * prevent. */
+        return 0;
+    }
+    const char **known = xcalloc(f->nbase + 1, sizeof(*known));
+    for (size_t i = 0; i < f->nbase; i++) {
+        known[i] = f->base[i].lid;
+    }
+    qsort(known, f->nbase, sizeof(*known), lid_cmp);
+    const char **cand = NULL;
+    size_t ncand = 0, cap = 0;
+    for (size_t i = 0; i < f->scan->count; i++) {
+        const char *lid = f->scan->msgs[i].id;
+        if (f->nbase > 0 && bsearch(&lid, known, f->nbase, sizeof(*known), lid_cmp) != NULL) {
+            continue;
+        }
+        bool plain_intent = false;
+        for (size_t k = 0; k < f->nintents; k++) {
+            if (strcmp(f->intents[k].lid, lid) == 0) {
+                /* An APPEND's intent may have stored the message here
+                 * already: only a move's intent is a move again. */
+                plain_intent = !(f->intents[k].flags & IDX_FLAGS_MOVING);
+                break;
+            }
+        }
+        if (!plain_intent) {
+            xgrow(&cand, &cap, ncand + 1, sizeof(*cand));
+            cand[ncand++] = lid;
+        }
+    }
+    free(known);
+    size_t added = 0;
+    if (ncand == 0) {
+        free(cand);
+        return 0;
+    }
+    struct idx_txn *txn;
+    if (idx_begin(e->idx, false, &txn) < 0) {
+        free(cand);
+        return 0; /* uploaded as new: today's behaviour */
+    }
+    struct names nm = {.self = j->name};
+    idx_folder_foreach(txn, collect_folder, &nm);
+    for (size_t i = 0; i < ncand && nm.n > 0; i++) {
+        for (size_t k = 0; k < nm.n; k++) {
+            struct idx_msg rec;
+            if (idx_msg_get_lid(txn, nm.v[k], cand[i], &rec) != 0 || rec.state != IDX_MSG_SYNCED ||
+                rec.uid == 0) {
+                continue;
+            }
+            if (!folder_usable(e->run, nm.v[k])) {
+                break;
+            }
+            struct mv_item *it = add_item(mv);
+            it->src = xstrdup(nm.v[k]);
+            it->dst = xstrdup(j->name);
+            it->rec = rec;
+            added++;
+            break;
+        }
+    }
+    idx_abort(txn);
+    for (size_t k = 0; k < nm.n; k++) {
+        free(nm.v[k]);
+    }
+    free(nm.v);
+    free(cand);
+    return added;
+}
+
+/* Moves out of the job's folder: synced records whose file is gone from
+ * the Maildir (their destination is looked for on the thread pool). */
+static size_t find_outgoing(struct session *e, struct moves *mv)
+{
+    struct fstate *f = e->f;
+    size_t added = 0;
+    for (size_t i = 0; i < f->nbase; i++) {
+        const struct idx_msg *m = &f->base[i];
+        if (m->state != IDX_MSG_SYNCED || m->uid == 0 || m->lid[0] == '\0' ||
+            md_scan_find(f->scan, m->lid) != NULL) {
+            continue;
+        }
+        struct mv_item *it = add_item(mv);
+        it->src = xstrdup(f->job->name);
+        it->rec = *m;
+        it->out = true;
+        added++;
+    }
+    return added;
+}
+
+/* ---- the Maildirs, on the thread pool --------------------------------------------------- */
+
+struct look_job {
+    uv_work_t req;
+    struct session *e;
+    char *root;
+    enum md_layout layout;
+    char *self;
+    struct mv_item *items; /* e->f->mv's, untouched by the loop meanwhile */
+    size_t n;
+};
+
+struct lid_ref {
+    const char *lid;
+    size_t ix; /* into look_job.items */
+};
+
+static int lid_ref_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct lid_ref *)a)->lid, ((const struct lid_ref *)b)->lid);
+}
+
+/* Looks for the messages refs[0..n) in the folder at path: found[k] for
+ * refs[k] (refs are sorted here). */
+static void look_in(const char *path, struct lid_ref *refs, size_t n, bool *found)
+{
+    qsort(refs, n, sizeof(*refs), lid_ref_cmp);
+    const char **ids = xcalloc(n + 1, sizeof(*ids));
+    for (size_t k = 0; k < n; k++) {
+        ids[k] = refs[k].lid;
+        found[k] = false;
+    }
+    (void)md_find_ids(path, ids, n, found, NULL);
+    free(ids);
+}
+
+static void look_work(uv_work_t *req)
+{
+    struct look_job *lj = req->data;
+    struct lid_ref *refs = xcalloc(lj->n + 1, sizeof(*refs));
+    bool *found = xcalloc(lj->n + 1, sizeof(*found));
+    bool *done = xcalloc(lj->n + 1, sizeof(*done));
+    /* Into the folder: the source's Maildir must no longer hold the file
+     * (else it is a copy, uploaded as new). One listing per source. */
+    for (size_t i = 0; i < lj->n; i++) {
+        const struct mv_item *it = &lj->items[i];
+        if (it->out || done[i]) {
+            continue;
+        }
+        size_t n = 0;
+        for (size_t k = i; k < lj->n; k++) {
+            const struct mv_item *o = &lj->items[k];
+            if (!o->out && !done[k] && strcmp(o->src, it->src) == 0) {
+                refs[n++] = (struct lid_ref){o->rec.lid, k};
+                done[k] = true;
+            }
+        }
+        char *path = NULL;
+        if (md_folder_local_path(lj->root, lj->layout, it->src, &path) < 0) {
+            for (size_t k = 0; k < n; k++) {
+                lj->items[refs[k].ix].drop = true;
+            }
+            continue;
+        }
+        look_in(path, refs, n, found);
+        free(path);
+        for (size_t k = 0; k < n; k++) {
+            lj->items[refs[k].ix].drop = found[k];
+        }
+    }
+    /* Out of the folder: where the file went, if anywhere. One listing per
+     * local folder, while some are still unaccounted for. */
+    size_t nout = 0;
+    for (size_t i = 0; i < lj->n; i++) {
+        nout += lj->items[i].out;
+    }
+    char **names = NULL;
+    size_t nnames = 0;
+    if (nout > 0 && md_list_folders(lj->root, lj->layout, &names, &nnames) == 0) {
+        for (size_t fi = 0; fi < nnames; fi++) {
+            if (folderplan_same_local(names[fi], lj->self)) {
+                continue;
+            }
+            size_t n = 0;
+            for (size_t i = 0; i < lj->n; i++) {
+                if (lj->items[i].out && lj->items[i].dst == NULL) {
+                    refs[n++] = (struct lid_ref){lj->items[i].rec.lid, i};
+                }
+            }
+            if (n == 0) {
+                break;
+            }
+            char *path = NULL;
+            if (md_folder_local_path(lj->root, lj->layout, names[fi], &path) == 0) {
+                look_in(path, refs, n, found);
+                for (size_t k = 0; k < n; k++) {
+                    if (found[k]) {
+                        lj->items[refs[k].ix].dst = xstrdup(names[fi]);
+                    }
+                }
+            }
+            free(path);
+        }
+        md_free_names(names, nnames);
+    }
+    for (size_t i = 0; i < lj->n; i++) {
+        if (lj->items[i].out && lj->items[i].dst == NULL) {
+            lj->items[i].drop = true; /* deleted, not moved */
+        }
+    }
+    free(refs);
+    free(found);
+    free(done);
+}
+
+/* ---- keeping the moves ------------------------------------------------------------------ */
+
+static int item_cmp(const void *a, const void *b)
+{
+    const struct mv_item *x = a, *y = b;
+    if (x->drop != y->drop) {
+        return x->drop ? 1 : -1;
+    }
+    int c = x->drop ? 0 : strcmp(x->src, y->src);
+    if (c == 0 && !x->drop) {
+        c = strcmp(x->dst, y->dst);
+    }
+    if (c == 0) {
+        c = x->rec.uid < y->rec.uid ? -1 : x->rec.uid > y->rec.uid;
+    }
+    return c;
+}
+
+/* Decides, on the loop thread, which candidates are moves this job carries
+ * out; the others are uploaded or deleted as before, or left alone. */
+static void keep_moves(struct session *e, struct moves *mv)
+{
+    struct engine *r = e->run;
+    struct idx_txn *txn = NULL;
+    if (idx_begin(e->idx, false, &txn) < 0) {
+        txn = NULL;
+    }
+    for (size_t i = 0; i < mv->n; i++) {
+        struct mv_item *it = &mv->items[i];
+        if (it->drop) {
+            continue;
+        }
+        if (claimed(r, it->rec.lid)) {
+            /* Another job of this run has it: it neither goes up from
+             * here nor is deleted from here in this run. */
+            if (it->out) {
+                keep_uid(mv, it->rec.uid);
+            } else {
+                skip_lid(mv, it->rec.lid);
+            }
+            it->drop = true;
+            continue;
+        }
+        if (it->out) {
+            struct idx_msg there;
+            if (txn != NULL && idx_msg_get_lid(txn, it->dst, it->rec.lid, &there) == 0 &&
+                there.state == IDX_MSG_SYNCED) {
+                /* The destination knows it already (an earlier run uploaded
+                 * the copy): deleting the original is right. */
+                it->drop = true;
+                continue;
+            }
+            if (!folder_usable(r, it->dst)) {
+                /* Not on the server yet (a folder created locally, whose
+                 * job creates it): that job moves it; nothing is deleted
+                 * here meanwhile. */
+                keep_uid(mv, it->rec.uid);
+                it->drop = true;
+                continue;
+            }
+        }
+        claim(r, it->rec.lid);
+        if (e->opts.dry_run) {
+            /* Listed as a move, not as an upload and a deletion. (A real
+             * run's moves leave the plan by themselves: the moved record
+             * is in the destination's base and no longer in the source's.) */
+            if (it->out) {
+                keep_uid(mv, it->rec.uid);
+            } else {
+                skip_lid(mv, it->rec.lid);
+            }
+        }
+    }
+    if (txn != NULL) {
+        idx_abort(txn);
+    }
+    qsort(mv->items, mv->n, sizeof(*mv->items), item_cmp);
+    while (mv->n > 0 && mv->items[mv->n - 1].drop) {
+        mv->n--;
+        free(mv->items[mv->n].src);
+        free(mv->items[mv->n].dst);
+    }
+}
+
+/* ---- carrying them out ------------------------------------------------------------------ */
+
+static void next_group(struct session *e);
+
+static void done_all(struct session *e)
+{
+    struct moves *mv = e->f->mv;
+    void (*cont)(struct session *) = mv->cont;
+    mv->cont = NULL;
+    cont(e);
+}
+
+/* Expands an IMAP set ("3:5,9") in its order, at most max UIDs. */
+static size_t expand_set(const char *s, uint32_t *out, size_t max)
+{
+    size_t n = 0;
+    while (s != NULL && *s != '\0' && n < max) {
+        char *end;
+        unsigned long a = strtoul(s, &end, 10), b = a;
+        if (end == s) {
+            break;
+        }
+        if (*end == ':') {
+            const char *p = end + 1;
+            b = strtoul(p, &end, 10);
+            if (end == p) {
+                break;
+            }
+        }
+        unsigned long lo = a < b ? a : b, hi = a < b ? b : a;
+        for (unsigned long u = lo; u <= hi && n < max; u++) {
+            out[n++] = (uint32_t)u;
+        }
+        s = *end == ',' ? end + 1 : end;
+        if (*end != ',') {
+            break;
+        }
+    }
+    return n;
+}
+
+/* Records the messages of the group that arrived (one transaction: the
+ * source's records go, the destination's come), and keeps the rest out of
+ * the plan until a later run knows more. */
+static void record_group(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct moves *mv = f->mv;
+    struct mv_item *g = &mv->items[mv->g0];
+    size_t n = mv->g1 - mv->g0;
+    uint32_t *drops = xcalloc(n + 1, sizeof(*drops));
+    struct idx_msg *puts = xcalloc(n + 1, sizeof(*puts));
+    size_t np = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (g[i].new_uid == 0) {
+            continue;
+        }
+        drops[np] = g[i].rec.uid;
+        puts[np] = g[i].rec;
+        puts[np].uid = g[i].new_uid;
+        puts[np].state = IDX_MSG_SYNCED;
+        puts[np].flags &= (uint8_t)(MD_FLAGS_ALL);
+        np++;
+    }
+    int r = 0;
+    if (np > 0) {
+        struct idx_ops o[2] = {
+            {.folder = g[0].src, .drops = drops, .ndrops = np},
+            {.folder = g[0].dst, .puts = puts, .nputs = np},
+        };
+        r = idx_apply_many(e, o, 2);
+    }
+    if (r == 0 && np > 0) {
+        bool into = strcmp(g[0].dst, f->job->name) == 0;
+        for (size_t i = 0; i < np; i++) {
+            if (into) {
+                /* The new record is this folder's base; its intent goes. */
+                for (size_t k = 0; k < f->nintents; k++) {
+                    if (strcmp(f->intents[k].lid, puts[i].lid) == 0) {
+                        memmove(&f->intents[k], &f->intents[k + 1],
+                                (f->nintents - k - 1) * sizeof(*f->intents));
+                        f->nintents--;
+                        break;
+                    }
+                }
+                xgrow(&f->base, &f->base_cap, f->nbase + 1, sizeof(*f->base));
+                f->base[f->nbase++] = puts[i];
+            } else {
+                for (size_t k = 0; k < f->nbase; k++) {
+                    if (f->base[k].uid == drops[i]) {
+                        memmove(&f->base[k], &f->base[k + 1],
+                                (f->nbase - k - 1) * sizeof(*f->base));
+                        f->nbase--;
+                        break;
+                    }
+                }
+            }
+        }
+        fcounts(e)->moved += (unsigned)np;
+        log_info("%s: moved %zu message%s from %s to %s on the server (moved locally)",
+                 e->acct->name, np, np == 1 ? "" : "s", g[0].src, g[0].dst);
+        struct fjob *dj = find_job(e->run, g[0].dst);
+        if (dj != NULL && dj != f->job) {
+            /* Its LIST-STATUS counters predate the move: were it still to
+             * be synced in this run, they would say it did not change, and
+             * the moved messages' flags would merge only next run. */
+            dj->has_status = false;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (g[i].new_uid != 0 && r == 0) {
+            continue;
+        }
+        unclaim(e->run, g[i].rec.lid);
+        if (g[i].out) {
+            /* Not deleted here in this run either: the destination's intent
+             * row stands for the message until its job finds it there or
+             * uploads it, and the next run then deletes the original. */
+            keep_uid(mv, g[i].rec.uid);
+        }
+    }
+    if (np < n) {
+        log_info("%s: %zu message%s moved locally from %s to %s not moved on the server (%s): "
+                 "found there or uploaded by its sync",
+                 e->acct->name, n - np, n - np == 1 ? "" : "s", g[0].src, g[0].dst,
+                 mv->group_failed ? "the MOVE failed" : "no longer in the source folder");
+    }
+    free(drops);
+    free(puts);
+}
+
+static void on_move_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    (void)im;
+    struct session *e = arg;
+    if (e->finished || (res->err < 0 && !refused_locally(e, res))) {
+        return; /* the connection failed: on_imap_error ends the folder */
+    }
+    struct fstate *f = e->f;
+    struct moves *mv = f->mv;
+    if (res->err < 0 || res->status != IMAP_STATUS_OK) {
+        mv->group_failed = true;
+        folder_note(e, "moving messages from %s to %s: %s", mv->items[mv->g0].src,
+                    mv->items[mv->g0].dst, res->text != NULL ? res->text : "failed");
+    } else if (res->copy_src != NULL && res->copy_dst != NULL &&
+               (mv->dst_uidvalidity == 0 || res->copy_uidvalidity == mv->dst_uidvalidity)) {
+        size_t n = mv->g1 - mv->g0;
+        uint32_t *src = xcalloc(n + 1, sizeof(*src)), *dst = xcalloc(n + 1, sizeof(*dst));
+        size_t ns = expand_set(res->copy_src, src, n), nd = expand_set(res->copy_dst, dst, n);
+        for (size_t k = 0; k < ns && k < nd; k++) {
+            for (size_t i = mv->g0; i < mv->g1; i++) {
+                if (mv->items[i].rec.uid == src[k]) {
+                    mv->items[i].new_uid = dst[k];
+                    break;
+                }
+            }
+        }
+        free(src);
+        free(dst);
+    }
+    if (--mv->pending == 0) {
+        record_group(e);
+        mv->g0 = mv->g1;
+        next_group(e);
+    }
+}
+
+static void on_source_selected(struct imap *im, const struct imap_result *res, void *arg)
+{
+    (void)im;
+    struct session *e = arg;
+    if (e->finished || (res->err < 0 && !refused_locally(e, res))) {
+        return;
+    }
+    struct fstate *f = e->f;
+    struct moves *mv = f->mv;
+    struct mv_item *g = &mv->items[mv->g0];
+    if (res->err < 0 || res->status != IMAP_STATUS_OK || res->mailbox == NULL ||
+        (mv->src_uidvalidity != 0 && res->mailbox->uidvalidity != mv->src_uidvalidity)) {
+        /* A source that cannot be selected, or that the server renumbered
+         * (the records' UIDs name other messages now): no move. */
+        mv->group_failed = true;
+        record_group(e);
+        mv->g0 = mv->g1;
+        next_group(e);
+        return;
+    }
+    size_t n = mv->g1 - mv->g0;
+    uint32_t *uids = xcalloc(n + 1, sizeof(*uids));
+    for (size_t i = 0; i < n; i++) {
+        uids[i] = g[i].rec.uid;
+    }
+    qsort(uids, n, sizeof(*uids), u32_cmp);
+    char **sets;
+    size_t nsets = imap_uidset_format(uids, n, 0, &sets);
+    free(uids);
+    mv->pending = 1;
+    for (size_t k = 0; k < nsets; k++) {
+        mv->pending++;
+        int r = e->ro->uid_move(e->im, sets[k], g[0].dst, on_move_done, e);
+        if (r < 0) {
+            mv->pending--;
+            mv->group_failed = true;
+            if (r == -ENOTCONN || conn_lost(e)) {
+                queue_failed(e, r, "UID MOVE");
+            }
+        }
+        free(sets[k]);
+    }
+    free(sets);
+    if (conn_lost(e)) {
+        return;
+    }
+    if (--mv->pending == 0) {
+        record_group(e);
+        mv->g0 = mv->g1;
+        next_group(e);
+    }
+}
+
+/* Starts the next group: items of one source and one destination. */
+static void next_group(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct moves *mv = f->mv;
+    if (mv->g0 >= mv->n || f->failed || conn_lost(e)) {
+        if (!conn_lost(e)) {
+            done_all(e);
+        }
+        return;
+    }
+    struct mv_item *g = &mv->items[mv->g0];
+    mv->g1 = mv->g0 + 1;
+    while (mv->g1 < mv->n && strcmp(mv->items[mv->g1].src, g->src) == 0 &&
+           strcmp(mv->items[mv->g1].dst, g->dst) == 0) {
+        mv->g1++;
+    }
+    mv->group_failed = false;
+    size_t n = mv->g1 - mv->g0;
+    /* The intents, durable before the MOVE goes out. */
+    struct idx_msg *rows = xcalloc(n + 1, sizeof(*rows));
+    for (size_t i = 0; i < n; i++) {
+        rows[i] = g[i].rec;
+        rows[i].uid = 0;
+        rows[i].state = IDX_MSG_APPENDING;
+        rows[i].flags = (uint8_t)((g[i].rec.flags & MD_FLAGS_ALL) | IDX_FLAGS_MOVING);
+    }
+    struct idx_ops o = {.folder = g->dst, .puts = rows, .nputs = n};
+    int r = idx_apply(e, &o);
+    if (r == 0 && strcmp(g->dst, f->job->name) == 0) {
+        for (size_t i = 0; i < n; i++) {
+            bool have = false;
+            for (size_t k = 0; k < f->nintents && !have; k++) {
+                have = strcmp(f->intents[k].lid, rows[i].lid) == 0;
+            }
+            if (!have) {
+                xgrow(&f->intents, &f->intents_cap, f->nintents + 1, sizeof(*f->intents));
+                f->intents[f->nintents++] = rows[i];
+            }
+        }
+    }
+    free(rows);
+    if (r < 0) {
+        return; /* folder_fail_idx said why; nothing went out */
+    }
+    mv->src_uidvalidity = mv->dst_uidvalidity = 0;
+    struct idx_txn *txn;
+    if (idx_begin(e->idx, false, &txn) == 0) {
+        struct idx_folder st;
+        if (idx_folder_get(txn, g->src, &st) == 0) {
+            mv->src_uidvalidity = st.uidvalidity;
+        }
+        if (idx_folder_get(txn, g->dst, &st) == 0) {
+            mv->dst_uidvalidity = st.uidvalidity;
+        }
+        idx_abort(txn);
+    }
+    free(e->selected);
+    e->selected = xstrdup(g->src);
+    struct imap_select_opts so = {0};
+    if (e->ro->condstore_enabled(e->im)) {
+        so.condstore = true;
+    }
+    r = e->ro->select(e->im, g->src, &so, on_source_selected, e);
+    if (r < 0) {
+        queue_failed(e, r, "SELECT");
+        if (!conn_lost(e)) {
+            mv->group_failed = true;
+            record_group(e);
+            mv->g0 = mv->g1;
+            next_group(e);
+        }
+    }
+}
+
+/* ---- the entry points -------------------------------------------------------------------- */
+
+static void look_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct look_job *lj = req->data;
+    struct session *e = lj->e;
+    free(lj->root);
+    free(lj->self);
+    free(lj);
+    struct fstate *f = e->f;
+    f->reading = false;
+    if (e->finished) {
+        if (e->teardown_pending) {
+            finish_teardown(e);
+        }
+        return;
+    }
+    struct moves *mv = f->mv;
+    keep_moves(e, mv);
+    if (mv->n == 0) {
+        done_all(e);
+        return;
+    }
+    if (e->opts.dry_run) {
+        for (size_t i = 0; i < mv->n; i++) {
+            const struct mv_item *it = &mv->items[i];
+            fprintf(e->plan_out, "%s: move uid %u to %s (%s moved locally)\n", it->src,
+                    (unsigned)it->rec.uid, it->dst, it->rec.lid);
+        }
+        fcounts(e)->moved += (unsigned)mv->n;
+        done_all(e);
+        return;
+    }
+    mv->g0 = 0;
+    next_group(e);
+}
+
+void moves_start(struct session *e, void (*cont)(struct session *e))
+{
+    struct fstate *f = e->f;
+    if (f->md == NULL || !f->job->on_server || f->mv != NULL || e->im == NULL ||
+        !(e->ro->caps(e->im) & IMAP_CAP_UIDPLUS)) {
+        /* Without UIDPLUS no COPYUID tells the new UIDs: copied and
+         * deleted as before. */
+        cont(e);
+        return;
+    }
+    struct engine *r = e->run;
+    bool alone = true;
+    for (size_t i = 0; i < r->nsessions && alone; i++) {
+        alone = r->sessions[i] == NULL || r->sessions[i] == e || r->sessions[i]->f == NULL;
+    }
+    if (alone && !e->opts.dry_run) {
+        /* No other job is in the middle of its folder: every move claimed
+         * so far is recorded in the index (or was given up), which tells
+         * every later job what it needs. A session that stays open (the
+         * daemon's) would otherwise keep a message claimed for good, and
+         * never move it again. A dry run records nothing: its claims are
+         * what keeps a move from being listed by both folders. */
+        moves_claims_free(r);
+    }
+    struct moves *mv = xcalloc(1, sizeof(*mv));
+    f->mv = mv;
+    mv->cont = cont;
+    size_t n = find_incoming(e, mv) + find_outgoing(e, mv);
+    if (n == 0) {
+        done_all(e);
+        return;
+    }
+    struct look_job *lj = xcalloc(1, sizeof(*lj));
+    lj->req.data = lj;
+    lj->e = e;
+    lj->root = xstrdup(e->acct->maildir);
+    lj->layout = e->acct->layout;
+    lj->self = xstrdup(f->job->name);
+    lj->items = mv->items;
+    lj->n = mv->n;
+    f->reading = true;
+    if (uv_queue_work(e->loop, &lj->req, look_work, look_done) != 0) {
+        look_work(&lj->req);
+        look_done(&lj->req, 0);
+    }
+}
+
+void moves_filter_plan(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct moves *mv = f->mv;
+    struct plan *p = f->plan;
+    if (mv == NULL || p == NULL) {
+        return;
+    }
+    for (size_t i = p->nuploads; i-- > 0;) {
+        for (size_t k = 0; k < mv->nskip; k++) {
+            if (strcmp(p->uploads[i].lid, mv->skip_lids[k]) == 0) {
+                plan_drop_upload(p, i);
+                break;
+            }
+        }
+    }
+    for (size_t i = p->nserver_deletes; i-- > 0;) {
+        for (size_t k = 0; k < mv->nkeep; k++) {
+            if (p->server_deletes[i].uid == mv->keep_uids[k]) {
+                plan_drop_server_delete(p, i);
+                break;
+            }
+        }
+    }
+}

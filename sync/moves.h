@@ -1,0 +1,60 @@
+/* Messages moved between folders of one account (issue 12): a message a
+ * mail client moved locally (mutt's save: the file leaves folder A's
+ * Maildir and appears in folder B's under the same unique name) is moved
+ * on the server with UID MOVE (the IMAP client falls back to UID COPY +
+ * STORE \Deleted + UID EXPUNGE without MOVE) instead of being appended to
+ * B and deleted from A: no message body travels.
+ *
+ * A folder job looks for moves before it selects its own folder, whichever
+ * of the two folders is synced first:
+ * - into the folder (B first): a local file the folder's index base does
+ *   not know, whose unique name another folder's index records (one key
+ *   lookup per folder) while that folder's Maildir no longer holds it;
+ * - out of the folder (A first): a base record whose file is gone from the
+ *   folder's Maildir, found in another folder's Maildir (one directory
+ *   listing per local folder, on the thread pool) where no synced record
+ *   knows it.
+ * A found move is carried out from this job: SELECT A, one UID MOVE per
+ * destination, the new UIDs from COPYUID. B's record takes A's record's
+ * flags as its base, so B's sync then merges the file's flags (changed on
+ * the way) and the server's (another client's change of the original)
+ * three-way, as for any message.
+ *
+ * Crash safety: before the MOVE an intent row is written in B (APPENDING,
+ * no UID, IDX_FLAGS_MOVING); after COPYUID one transaction drops A's record
+ * and makes B's record. Killed in between, the next run moves again (a
+ * MOVE of a UID already gone moves nothing) and B's intent is resolved as
+ * an upload intent is: the message is searched in B by Message-ID (or
+ * header hash and size) and recorded, or uploaded when it is not there (a
+ * move that lost the race with another client's expunge). Nothing is
+ * deleted on the server for a move, so no kill can lose the message.
+ *
+ * Without UIDPLUS (no COPYUID) nothing is paired: the message is uploaded
+ * and deleted, as before. A run's jobs claim the unique names they move
+ * (struct engine claims), so two connections of a run never both act on
+ * one message, and a job that meets a message another job of the run
+ * claimed neither uploads nor deletes it in this run.
+ *
+ * --dry-run prints each move ("A: move uid 7 to B (NAME moved locally)")
+ * instead of an upload and a deletion, and counts it as moved. */
+#ifndef MAILSYNC_SYNC_MOVES_H
+#define MAILSYNC_SYNC_MOVES_H
+
+struct session;
+struct engine;
+struct moves;
+
+/* Looks for moves into and out of the job's folder (e->f, scanned and its
+ * base read), carries them out, then calls cont(e) (which SELECTs the
+ * folder). cont is called from the loop, possibly before moves_start
+ * returns; when the session ends meanwhile it is not called. */
+void moves_start(struct session *e, void (*cont)(struct session *e));
+/* After plan_build: takes out of the plan the uploads and server deletions
+ * of messages that are moves (listed as moves by --dry-run) or that another
+ * job of the run is moving. */
+void moves_filter_plan(struct session *e);
+void moves_free(struct moves *mv);
+/* The run's claims (struct engine), at its end. */
+void moves_claims_free(struct engine *r);
+
+#endif

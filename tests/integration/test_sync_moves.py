@@ -1,0 +1,359 @@
+#!/usr/bin/env python3
+"""Messages moved between folders of one account (issue 12), against a real
+Dovecot under the three capability profiles of synctest.PROFILES.
+
+A message moved locally (as mutt saves it: the file leaves one folder's
+Maildir and appears in another's with the same unique name, flags maybe
+changed on the way) is moved on the server with one UID MOVE per
+destination: no APPEND, no body sent, the index follows, and flags merge
+three-way with changes another client made to the original meanwhile. A
+move racing another client's expunge of the original loses nothing. A run
+killed (SIGKILL) around its MOVE, then a clean run: nothing lost, nothing
+twice on either side. --dry-run lists moves as moves.
+
+Without MOVE the client's COPY + STORE \\Deleted + UID EXPUNGE does the
+same; without UIDPLUS (no COPYUID) the message is uploaded and deleted as
+before. Both run once: the capability set is their own."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import unittest
+
+import mstest
+from synctest import PROFILES, SyncFixture
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+NO_MOVE_CAPS = "IMAP4rev1 ID ENABLE IDLE UIDPLUS LITERAL+ SPECIAL-USE CONDSTORE"
+NO_UIDPLUS_CAPS = "IMAP4rev1 ID ENABLE IDLE LITERAL+ MOVE SPECIAL-USE"
+
+
+def msg(i, size=0):
+    """A CRLF message with a unique Message-ID (size: body bytes to add)."""
+    body = b"body of message %d\r\n" % i + b"x" * size + b"\r\n"
+    return (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: move %d\r\n"
+            b"Date: Mon, 2 Jan 2023 10:%02d:00 +0000\r\nMessage-ID: <move-%d@example.org>\r\n"
+            b"\r\n" % (i, i % 60, i)) + body
+
+
+def commands(stderr, verb):
+    """The client's commands of a -vv trace with this verb ("UID MOVE")."""
+    return re.findall(r"C: \S+ (" + verb + r"\b[^\r\n]*)", stderr)
+
+
+class MoveFixture(SyncFixture):
+
+    def seed(self, folders):
+        """folders: {name: [(i, flags)]}; saves them, syncs, returns cfg."""
+        for name, items in folders.items():
+            self.dovecot.save_many(self.user, name, [msg(i) for i, _ in items],
+                                   [fl for _, fl in items])
+        cfg = self.config()
+        self.sync(cfg)
+        for name in folders:
+            self.assert_same(name)
+        return cfg
+
+    def move_local(self, src, dst, unique, flags=None):
+        """Moves a message's file as mutt does: same unique name, into
+        dst's cur/ (flags: the new letters, None keeps them)."""
+        path = self.local_file(src, unique)
+        name = os.path.basename(path)
+        if flags is not None:
+            name = unique + ":2," + flags
+        elif ":2," not in name:
+            name = unique + ":2,"
+        d = self.folder_dir(dst)
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(d, sub), exist_ok=True)
+        os.rename(path, os.path.join(d, "cur", name))
+
+    def uniques(self, folder, numbers):
+        return [self.unique_of(folder, mstest.crlf_to_lf(msg(i))) for i in numbers]
+
+    def server_flags(self, folder):
+        """{message number: flags letters} on the server."""
+        from synctest import letters
+        out = {}
+        for _u, fl, body in self.server(folder):
+            m = re.search(rb"Subject: move (\d+)", body)
+            out[int(m.group(1))] = letters(fl)
+        return out
+
+    def local_numbers(self, folder):
+        out = {}
+        for u, fl, body in self.local(folder):
+            m = re.search(rb"Subject: move (\d+)", body)
+            out[int(m.group(1))] = (u, fl)
+        return out
+
+
+class MoveScenarios(MoveFixture):
+
+    def check_local_move(self, src, dst):
+        """Ten messages moved src -> dst, three with flags changed on the
+        way: one UID MOVE, no APPEND, no body fetched, both sides equal,
+        unique names kept, and a second run changes nothing."""
+        cfg = self.seed({src: [(i, "\\Seen" if i % 2 else "") for i in range(12)],
+                         dst: [(100, "")]})
+        moved = list(range(10))
+        uniq = self.uniques(src, moved)
+        for i, u in zip(moved, uniq):
+            if i == 0:
+                self.move_local(src, dst, u, "FS")   # flagged on the way
+            elif i == 1:
+                self.move_local(src, dst, u, "")     # \Seen taken away
+            elif i == 2:
+                self.move_local(src, dst, u, "RS")   # replied on the way
+            else:
+                self.move_local(src, dst, u)
+        p = self.sync(cfg, trace=True)
+        self.assertEqual(len(commands(p.stderr, "UID MOVE")), 1, p.stderr[-3000:])
+        self.assertEqual(commands(p.stderr, "APPEND"), [])
+        self.assertNotRegex(p.stderr, r"C: \S+ UID FETCH \S+ \([^)]*BODY\.PEEK\[\]")
+        self.assertIn("10 moved between folders", p.stdout)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 3 flags, 0 deleted",
+                      p.stdout)
+        for f in (src, dst):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        srv = self.server_flags(dst)
+        self.assertEqual(sorted(srv), sorted(moved + [100]))
+        self.assertEqual(srv[0], "FS")
+        self.assertEqual(srv[1], "")
+        self.assertEqual(srv[2], "RS")
+        self.assertEqual(srv[3], "S")
+        self.assertEqual(sorted(self.server_flags(src)), [10, 11])
+        loc = self.local_numbers(dst)
+        self.assertEqual([loc[i][0] for i in moved], uniq)  # the files kept their names
+        p = self.sync(cfg, trace=True)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+        self.assertEqual(commands(p.stderr, "UID MOVE"), [])
+        for f in (src, dst):
+            self.assert_same(f)
+
+    def test_local_move_into_later_folder(self):
+        # INBOX is synced before Work: the move is found from INBOX's side.
+        self.check_local_move("INBOX", "Work")
+
+    def test_local_move_into_earlier_folder(self):
+        # Archive is synced before INBOX: the move is found from Archive's side.
+        self.check_local_move("INBOX", "Archive")
+
+    def test_move_into_new_local_folder(self):
+        """mutt's save to a folder that does not exist yet: the folder is
+        created on the server and the messages moved into it."""
+        cfg = self.seed({"INBOX": [(i, "") for i in range(5)]})
+        uniq = self.uniques("INBOX", range(3))
+        for u in uniq:
+            self.move_local("INBOX", "Saved/2023", u)
+        p = self.sync(cfg, trace=True)
+        self.assertEqual(len(commands(p.stderr, "UID MOVE")), 1, p.stderr[-3000:])
+        self.assertEqual(commands(p.stderr, "APPEND"), [])
+        for f in ("INBOX", "Saved/2023"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(sorted(self.server_flags("Saved/2023")), [0, 1, 2])
+
+    def test_copy_is_not_a_move(self):
+        """A file copied (still in the source) is a new message: uploaded."""
+        cfg = self.seed({"INBOX": [(1, "")], "Work": []})
+        u = self.uniques("INBOX", [1])[0]
+        src = self.local_file("INBOX", u)
+        d = self.folder_dir("Work")
+        with open(src, "rb") as fi, open(os.path.join(d, "new", u), "wb") as fo:
+            fo.write(fi.read())
+        p = self.sync(cfg, trace=True)
+        self.assertEqual(commands(p.stderr, "UID MOVE"), [])
+        self.assertEqual(len(commands(p.stderr, "APPEND")), 1)
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+        self.assertEqual(sorted(self.server_flags("INBOX")), [1])
+        self.assertEqual(sorted(self.server_flags("Work")), [1])
+
+    def test_move_races_flag_change_on_original(self):
+        """Moved locally (and flagged \\Flagged on the way) while another
+        client marks the original \\Answered: one message, in the new
+        folder, on both sides, with both changes."""
+        cfg = self.seed({"INBOX": [(1, "\\Seen"), (2, "")], "Work": [(50, "")]})
+        u = self.uniques("INBOX", [1])[0]
+        self.move_local("INBOX", "Work", u, "FS")
+        uid = [x for x, _f, b in self.server("INBOX") if b"move 1\r\n" in b][0]
+        self.store("INBOX", uid, "+FLAGS", "\\Answered")
+        self.sync(cfg)
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(self.server_flags("Work")[1], "FRS")
+        self.assertNotIn(1, self.server_flags("INBOX"))
+
+    def test_move_races_expunge_of_original(self):
+        """Moved locally while another client expunged the original: the
+        message survives in the new folder on both sides (uploaded)."""
+        cfg = self.seed({"INBOX": [(1, ""), (2, "")], "Work": [(50, "")]})
+        u = self.uniques("INBOX", [1])[0]
+        self.move_local("INBOX", "Work", u, "S")
+        uid = [x for x, _f, b in self.server("INBOX") if b"move 1\r\n" in b][0]
+        self.expunge("INBOX", [uid])
+        self.sync(cfg)
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(self.server_flags("Work"), {1: "S", 50: ""})
+        self.assertEqual(sorted(self.server_flags("INBOX")), [2])
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+
+    def test_dry_run_lists_moves(self):
+        """--dry-run says "move" for each message and neither an upload nor
+        a deletion; its counts are the real run's."""
+        cfg = self.seed({"INBOX": [(i, "") for i in range(4)], "Work": []})
+        uniq = self.uniques("INBOX", [0, 1])
+        for u in uniq:
+            self.move_local("INBOX", "Work", u)
+        p = self.sync(cfg, "--dry-run")
+        moves = re.findall(r"^INBOX: move uid \d+ to Work \((\S+) moved locally\)$", p.stdout,
+                           re.M)
+        self.assertEqual(sorted(moves), sorted(uniq))
+        self.assertNotIn("upload", p.stdout)
+        self.assertNotIn("delete on the server", p.stdout)
+        self.assertIn("2 moved between folders", p.stdout)
+        p2 = self.sync(cfg)
+        self.assertIn("2 moved between folders", p2.stdout)
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+
+
+def run_killed(binary, cfg, anchor, delay, timeout=60):
+    """Runs `mailsync -vv sync a` and kills it (SIGKILL) delay seconds
+    after the first trace line matching anchor; returns (killed, trace)."""
+    rx = re.compile(anchor)
+    p = subprocess.Popen([binary, "-vv", "--config", cfg, "sync", "a"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    killed = False
+    t_end = time.monotonic() + timeout
+    for line in p.stdout:
+        lines.append(line.decode("utf-8", "replace"))
+        if not killed and rx.search(lines[-1]):
+            if delay > 0:
+                time.sleep(delay)
+            if p.poll() is None:
+                p.kill()
+                killed = True
+        if time.monotonic() > t_end:
+            p.kill()
+            raise AssertionError("mailsync sync hung")
+    p.wait(timeout)
+    p.stdout.close()
+    return killed, "".join(lines)
+
+
+# Where a move run is killed: the source SELECTed, the UID MOVE sent (and
+# a little later, when the server has done it and the answer may or may
+# not have been read), the COPYUID answer read (its records may or may not
+# be written).
+KILL_POINTS = [
+    ("select", r"C: \S+ SELECT \S+ \(CONDSTORE\)|C: \S+ SELECT [^(]*$", 0.0),
+    ("move", r"C: \S+ UID (MOVE|COPY) ", 0.0),
+    ("move_late", r"C: \S+ UID (MOVE|COPY) ", 0.02),
+    ("copyuid", r"S: .*COPYUID", 0.0),
+]
+
+
+class MoveCrashScenarios(MoveFixture):
+    """A move run killed at each point, then a clean run: every message
+    once on each side, the moved ones in the destination with the flags
+    they were given, and a third run that changes nothing."""
+
+    def check_killed(self, dst, anchor, delay):
+        cfg = self.seed({"INBOX": [(i, "\\Seen" if i % 2 else "") for i in range(8)],
+                         dst: [(100, "")]})
+        moved = [0, 1, 2, 3, 4]
+        for i, u in zip(moved, self.uniques("INBOX", moved)):
+            self.move_local("INBOX", dst, u, "F" if i < 2 else None)
+        killed, trace = run_killed(mstest.mailsync_bin(), cfg, anchor, delay)
+        self.assertTrue(killed, "the run ended before the kill point:\n" + trace[-3000:])
+        p = self.sync(cfg)
+        for f in ("INBOX", dst):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(sorted(self.server_flags("INBOX")), [5, 6, 7])
+        want = {0: "F", 1: "F", 2: "", 3: "S", 4: "", 100: ""}
+        self.assertEqual(self.server_flags(dst), want, trace[-3000:] + p.stdout)
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+
+
+def _crash_test(dst, anchor, delay):
+    def test(self):
+        self.check_killed(dst, anchor, delay)
+    return test
+
+
+for _label, _anchor, _delay in KILL_POINTS:
+    for _dst, _order in (("Work", "source_first"), ("Archive", "destination_first")):
+        setattr(MoveCrashScenarios, "test_kill_at_%s_%s" % (_label, _order),
+                _crash_test(_dst, _anchor, _delay))
+
+
+for _name, _opts in PROFILES.items():
+    globals()["MoveCrash" + _name] = type("MoveCrash" + _name,
+                                          (MoveCrashScenarios, mstest.DovecotTestCase),
+                                          {"dovecot_options": _opts})
+
+for _name, _opts in PROFILES.items():
+    globals()["Moves" + _name] = type("Moves" + _name, (MoveScenarios, mstest.DovecotTestCase),
+                                      {"dovecot_options": _opts})
+
+
+class MovesWithoutMove(MoveFixture, mstest.DovecotTestCase):
+    """No MOVE: the client's UID COPY + UID STORE + UID EXPUNGE moves it."""
+    dovecot_options = {"imap_capability": NO_MOVE_CAPS}
+
+    def test_copy_store_expunge(self):
+        cfg = self.seed({"INBOX": [(i, "") for i in range(4)], "Work": []})
+        for u in self.uniques("INBOX", [0, 1, 2]):
+            self.move_local("INBOX", "Work", u, "S")
+        p = self.sync(cfg, trace=True)
+        self.assertEqual(commands(p.stderr, "UID MOVE"), [])
+        self.assertEqual(len(commands(p.stderr, "UID COPY")), 1)
+        self.assertEqual(commands(p.stderr, "APPEND"), [])
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(self.server_flags("Work"), {0: "S", 1: "S", 2: "S"})
+
+
+class MovesWithoutUidplus(MoveFixture, mstest.DovecotTestCase):
+    """No UIDPLUS (no COPYUID to learn the new UIDs from): uploaded and
+    deleted, as before."""
+    dovecot_options = {"imap_capability": NO_UIDPLUS_CAPS}
+
+    def test_upload_and_delete(self):
+        cfg = self.seed({"INBOX": [(i, "") for i in range(4)], "Work": []})
+        for u in self.uniques("INBOX", [0, 1]):
+            self.move_local("INBOX", "Work", u)
+        # Without UIDPLUS the originals are only flagged \Deleted (no UID
+        # EXPUNGE), which the run reports as it always did.
+        p = self.sync(cfg, trace=True, ok=False)
+        self.assertEqual(p.returncode, 1, p.stderr[-2000:])
+        self.assertIn("the server lacks UIDPLUS: deleted messages were only flagged", p.stderr)
+        self.assertEqual(commands(p.stderr, "UID MOVE"), [])
+        self.assertEqual(len(commands(p.stderr, "APPEND")), 2)
+        self.assertEqual(sorted(self.server_flags("INBOX")), [0, 1, 2, 3])
+        self.assertEqual({n: f for n, f in self.server_flags("INBOX").items() if "T" in f},
+                         {0: "T", 1: "T"})
+        self.assertEqual(sorted(self.server_flags("Work")), [0, 1])
+        self.assertEqual(len(self.local("Work")), 2)
+        self.assert_no_duplicates("Work")
+
+
+if __name__ == "__main__":
+    mstest.main()
