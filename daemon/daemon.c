@@ -260,10 +260,11 @@ static void reply_result(struct dacct *a, const struct waiter *w, const char *er
     }
     sbuf_addf(&sb,
               ",\"new_down\":%u,\"flags_down\":%u,\"deleted_down\":%u,\"new_up\":%u,"
-              "\"flags_up\":%u,\"deleted_up\":%u}",
+              "\"flags_up\":%u,\"deleted_up\":%u,\"moved\":%u}",
               now->new_down - was->new_down, now->flags_down - was->flags_down,
               now->deleted_down - was->deleted_down, now->new_up - was->new_up,
-              now->flags_up - was->flags_up, now->deleted_up - was->deleted_up);
+              now->flags_up - was->flags_up, now->deleted_up - was->deleted_up,
+              now->moved - was->moved);
     ctl_reply(w->req, sb.buf);
     sbuf_free(&sb);
 }
@@ -438,12 +439,16 @@ static void on_run_folder(const struct engine_folder_result *res, void *arg)
         a->last_ok = time(NULL);
         const struct engine_counts *c = &res->counts;
         if (c->new_down + c->new_up + c->flags_down + c->flags_up + c->deleted_down +
-                c->deleted_up >
+                c->deleted_up + c->moved >
             0) {
+            char moved[48] = "";
+            if (c->moved > 0) {
+                snprintf(moved, sizeof(moved), "; %u moved between folders", c->moved);
+            }
             log_info("%s: %s: \xe2\x86\x93 %u new, %u flags, %u deleted; \xe2\x86\x91 %u new, %u "
-                     "flags, %u deleted",
+                     "flags, %u deleted%s",
                      a->ca->name, res->name, c->new_down, c->flags_down, c->deleted_down, c->new_up,
-                     c->flags_up, c->deleted_up);
+                     c->flags_up, c->deleted_up, moved);
         }
         if (a->hook != NULL && c->new_down > 0) {
             hook_note(a->hook, res->name, c->new_down);
@@ -1212,9 +1217,9 @@ static void ctl_status(struct daemon *d, struct ctl_req *req)
         sbuf_addf(&sb,
                   ",\"pending_local\":%zu,\"passes\":%u,\"folder_syncs\":%u,\"logins\":%u,"
                   "\"new_down\":%u,\"new_up\":%u,\"flags_down\":%u,\"flags_up\":%u,"
-                  "\"deleted_down\":%u,\"deleted_up\":%u}",
+                  "\"deleted_down\":%u,\"deleted_up\":%u,\"moved\":%u}",
                   account_ndirty(a->account), a->passes, t->runs, t->logins, t->new_down, t->new_up,
-                  t->flags_down, t->flags_up, t->deleted_down, t->deleted_up);
+                  t->flags_down, t->flags_up, t->deleted_down, t->deleted_up, t->moved);
     }
     sbuf_adds(&sb, "]}");
     ctl_reply(req, sb.buf);

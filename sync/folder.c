@@ -2656,6 +2656,7 @@ static void job_totals(struct session *e, const struct fjob *j)
     t->flags_up += c->flags_up;
     t->deleted_down += c->deleted_down;
     t->deleted_up += c->deleted_up;
+    t->moved += c->moved;
     t->bytes_down += c->bytes_down;
     t->bytes_up += c->bytes_up;
 }

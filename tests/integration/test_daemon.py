@@ -610,6 +610,36 @@ class DaemonScenarios(DaemonFixture):
         self.assertNotIn("a/watch2", d.log())
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
+    def test_local_move_is_a_server_move(self):
+        """mutt's save to another folder while the daemon runs (the file
+        renamed from INBOX's cur/ into Archive's): the server gets one UID
+        MOVE, no APPEND; both sides agree; status counts it as moved."""
+        msgs = mailgen.generate(2, seed=91, max_size=2000)
+        self.dovecot.save_many(self.user, "INBOX", msgs)
+        self.dovecot.save_many(self.user, "Archive", mailgen.generate(1, seed=92, max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX", "Archive"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        unique = self.unique_of("INBOX", mstest.crlf_to_lf(msgs[0]))
+        sub, src = [(sub, n) for sub in ("new", "cur")
+                    for n in os.listdir(os.path.join(self.folder_dir("INBOX"), sub))
+                    if n.startswith(unique)][0]
+        os.rename(os.path.join(self.folder_dir("INBOX"), sub, src),
+                  os.path.join(self.folder_dir("Archive"), sub, src))
+        self.wait_for("the move on the server", lambda: len(self.server("Archive")) == 2 and
+                      len(self.server("INBOX")) == 1, d)
+        st = self.wait_for("the move counted", lambda: (
+            lambda s: s if s["moved"] == 1 else None)(self.status(cfg)), d)
+        self.assertEqual(st["new_up"], 0)
+        self.assertEqual(st["deleted_up"], 0)
+        self.wait_state(cfg, d, "idle")
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assertIn("1 moved between folders", d.log())
+        self.assert_same("INBOX")
+        self.assert_same("Archive")
+        self.assertIn(mstest.crlf_to_lf(msgs[0]),
+                      [mstest.crlf_to_lf(b) for _u, _f, b in self.server("Archive")])
+
     def test_second_daemon_refused(self):
         """One daemon per state_dir: the second says which pid holds it."""
         cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
