@@ -33,6 +33,7 @@ import time
 
 import mailgen
 import mstest
+import test_sync_rough
 from synctest import PROFILES, SyncFixture
 
 SUMMARY = re.compile(r"^a: \u2193 (\d+) new, (\d+) flags, (\d+) deleted; "
@@ -46,6 +47,18 @@ def summary(p):
     if m is None:
         raise AssertionError("no summary line in:\n" + p.stdout + p.stderr)
     return dict(zip(KEYS, map(int, m.groups())))
+
+
+def plan_counts(out):
+    """test_sync_rough.plan_counts, plus whole folders deleted on either
+    side ("delete the folder and its N message(s) on the server", "delete
+    the local folder and its N message(s)")."""
+    c = test_sync_rough.plan_counts(out)
+    for n in re.findall(r"^[^\n]*: delete the folder and its (\d+) message", out, re.M):
+        c["deleted_up"] += int(n)
+    for n in re.findall(r"^[^\n]*: delete the local folder and its (\d+) message", out, re.M):
+        c["deleted_down"] += int(n)
+    return c
 
 
 def msg(seed, i, size=1500):
@@ -266,6 +279,82 @@ class RenameScenarios(SyncFixture):
         self.assertEqual(len(every), len(set(every)))
         self.assertEqual(len(every), 7)
         self.assert_quiet(cfg)
+
+    # ---- --dry-run ------------------------------------------------------------------------
+
+    def test_dry_run_plan_equals_the_real_run(self):
+        """With delete_folders: a table of folders created and deleted on
+        each side, renamed on each side, and message changes in INBOX. The
+        dry run changes nothing, prints each rename, each folder to create
+        or delete and each message to move, and its counts (summed from the
+        printed plan, and in its summary line) are the table's, which the
+        real run then reports; both sides end equal, with no duplicate, and
+        the plan after that is empty."""
+        self.seed("INBOX", 6, 20)
+        self.seed("GoneHere", 3, 21)
+        self.seed("GoneThere", 4, 22)
+        self.seed("MovedHere", 5, 23)
+        self.seed("MovedThere", 2, 24)
+        cfg = self.config(delete_folders=True)
+        self.sync(cfg)
+        srv = {u: b for u, _f, b in self.server()}
+        uids = sorted(srv)
+        # INBOX: 2 new on the server, one flag there, one expunge there;
+        # 1 new here, one flag here, one deletion here.
+        self.dovecot.save_many(self.user, "INBOX", [msg(25, 0), msg(25, 1)])
+        self.store("INBOX", uids[0], "+FLAGS", "\\Flagged")
+        self.expunge("INBOX", [uids[1]])
+        self.deliver_local("INBOX", mstest.crlf_to_lf(msg(26, 0)), "1700000001.M1P1.mutt")
+        self.set_local_flags("INBOX", self.unique_of("INBOX", mstest.crlf_to_lf(srv[uids[2]])),
+                             "S")
+        os.unlink(self.local_file("INBOX", self.unique_of("INBOX",
+                                                          mstest.crlf_to_lf(srv[uids[3]]))))
+        # Folders: created here (2) and there (3), deleted here (3) and
+        # there (4), renamed here and there.
+        self.deliver_local("NewHere", mstest.crlf_to_lf(msg(27, 0)), "1700000002.M1P1.mutt")
+        self.deliver_local("NewHere", mstest.crlf_to_lf(msg(27, 1)), "1700000003.M1P1.mutt")
+        self.seed("NewThere", 3, 28)
+        shutil.rmtree(self.folder_dir("GoneHere"))
+        c = self.imap()
+        c.delete("GoneThere")
+        c.logout()
+        self.rename_local("MovedHere", "MovedHere2")
+        self.server_rename("MovedThere", "MovedThere2")
+        want = {"new_down": 2 + 3, "flags_down": 1, "deleted_down": 1 + 4,
+                "new_up": 1 + 2, "flags_up": 1, "deleted_up": 1 + 3}
+        folders = ["INBOX", "NewHere", "NewThere", "MovedHere2", "MovedThere2"]
+
+        local_before = {f: self.local(f) for f in folders + ["MovedHere", "MovedThere",
+                                                             "GoneThere"]
+                        if os.path.isdir(self.folder_dir(f))}
+        server_before = sorted(self.dovecot.folders(self.user))
+        dry = self.sync(cfg, "--dry-run")
+        self.assertEqual({f: self.local(f) for f in local_before}, local_before)
+        self.assertEqual(sorted(self.dovecot.folders(self.user)), server_before)
+        out = dry.stdout
+        self.assertIn("MovedHere2: rename the server folder MovedHere to MovedHere2 "
+                      "(renamed here)\n", out)
+        self.assertIn("MovedThere2: rename the local folder MovedThere to MovedThere2 "
+                      "(renamed on the server)\n", out)
+        self.assertIn("NewHere: create the folder on the server\n", out)
+        self.assertIn("NewThere: create the folder locally\n", out)
+        self.assertIn("GoneHere: delete the folder and its 3 message(s) on the server", out)
+        self.assertIn("GoneThere: delete the local folder and its 4 message(s)", out)
+        self.assertEqual(plan_counts(out), want, out)
+        self.assertEqual(summary(dry), want, out)
+
+        real = self.sync(cfg)
+        self.assertEqual(summary(real), want, real.stdout)
+        for f in folders:
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        gone = set(self.dovecot.folders(self.user))
+        for f in ("GoneHere", "GoneThere", "MovedHere", "MovedThere"):
+            self.assertNotIn(f, gone)
+            self.assertFalse(os.path.exists(self.folder_dir(f)), f)
+        dry = self.sync(cfg, "--dry-run")
+        self.assertEqual(summary(dry), ZERO, dry.stdout)
+        self.assertEqual(plan_counts(dry.stdout), ZERO, dry.stdout)
 
     # ---- kill -9 ------------------------------------------------------------------------
 
