@@ -3393,3 +3393,43 @@ bool idx_pop_is_intent(const struct idx_pop *p)
 {
     return pop_is_intent(p->flags, p->lid);
 }
+
+/* A folder renamed on one side (issue 12): the records stay where they
+ * are, keyed by the folder's id; only the name record moves, so the whole
+ * folder follows in one step of the caller's transaction. */
+int idx_folder_rename(struct idx_txn *txn, const char *from, const char *to)
+{
+    int rc = txn_check(txn, true);
+    if (rc != 0) {
+        return rc;
+    }
+    size_t to_len = 0;
+    rc = check_folder_name(txn->idx, to, &to_len);
+    if (rc != 0) {
+        return rc;
+    }
+    struct folder_rec *f;
+    rc = folder_cached(txn, to, &f);
+    if (rc == 0) {
+        return fail(txn->idx, -EEXIST, "index %s: folder '%s' is known already", txn->idx->env_path,
+                    to);
+    }
+    if (rc != -ENOENT) {
+        return rc;
+    }
+    rc = folder_cached(txn, from, &f);
+    if (rc != 0) {
+        return rc;
+    }
+    struct folder_rec moved = *f;
+    txn_forget_folder(txn);
+    uint8_t key[FOLDER_KEY_MAX];
+    size_t klen = folder_key(key, from, strlen(from));
+    rc = db_del(txn, DB_FOLDERS, key, klen);
+    if (rc != 0) {
+        return rc;
+    }
+    moved.name_len = to_len;
+    memcpy(moved.name, to, to_len + 1);
+    return folder_save(txn, &moved);
+}

@@ -95,6 +95,10 @@ int idx_folder_get(struct idx_txn *txn, const char *folder, struct idx_folder *s
 int idx_folder_put(struct idx_txn *txn, const char *folder, const struct idx_folder *st);
 /* Removes the folder's state and all of its message records. */
 int idx_folder_delete(struct idx_txn *txn, const char *folder);
+/* Moves the folder's state and every record of it (messages, intents,
+ * keyword sets) from one name to another, as one change of txn. -ENOENT
+ * when from is not known, -EEXIST when to is. */
+int idx_folder_rename(struct idx_txn *txn, const char *from, const char *to);
 /* Calls fn for each known folder in name order; a non-zero return stops the
  * walk and is returned. */
 int idx_folder_foreach(struct idx_txn *txn,

@@ -2159,3 +2159,39 @@ int md_clean_tmp(struct md_folder *f, time_t now)
     closedir(d);
     return ret < 0 ? ret : removed;
 }
+
+/* A folder renamed on the server (issue 12) is renamed here in one
+ * rename(2), its messages and (verbatim layout) subfolders with it, so no
+ * file is copied and a crash leaves it under one name or the other. */
+int md_folder_rename(const char *from, const char *to)
+{
+    struct stat st;
+    if (lstat(to, &st) == 0) {
+        return -EEXIST;
+    }
+    char *parent = xstrdup(to);
+    char *slash = strrchr(parent, '/');
+    int r = 0;
+    if (slash != NULL && slash != parent) {
+        *slash = '\0';
+        r = mkdir_p_durable(parent, 0700, true);
+    }
+    if (r == 0 && rename(from, to) < 0) {
+        r = -errno;
+    }
+    if (r == 0 && slash != NULL && slash != parent) {
+        /* Both directory entries: the new one and the one that went. */
+        r = fsync_dir(parent);
+        char *old_parent = xstrdup(from);
+        char *os = strrchr(old_parent, '/');
+        if (r == 0 && os != NULL && os != old_parent) {
+            *os = '\0';
+            if (strcmp(old_parent, parent) != 0) {
+                r = fsync_dir(old_parent);
+            }
+        }
+        free(old_parent);
+    }
+    free(parent);
+    return r;
+}

@@ -265,5 +265,9 @@ int md_find_ids(const char *path, const char *const *ids, size_t n, bool *found_
 /* Removes a folder's directory when it holds no messages (cur/ new/ empty);
  * -ENOTEMPTY otherwise. Subfolders (verbatim layout) are left alone. */
 int md_folder_remove(const char *path);
+/* Renames a folder's directory (with what it holds) from one path to
+ * another, creating the new one's parents, and makes both directory
+ * entries durable. -EEXIST when to exists. */
+int md_folder_rename(const char *from, const char *to);
 
 #endif

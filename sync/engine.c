@@ -429,6 +429,11 @@ static void on_run_closed(uv_handle_t *h)
     free(r->fres);
     free(r->trash);
     listed_free(r);
+    free(r->plan_srv);
+    free(r->plan_loc);
+    md_free_names(r->plan_names, r->plan_nloc);
+    md_free_names(r->plan_bad, r->plan_nbad);
+    renames_free(r);
     folderplan_free(r->fplan);
     strindex_free(&r->job_ix);
     moves_claims_free(r);
@@ -834,6 +839,8 @@ int engine_sync_folder(struct engine *r, const char *folder)
     case FOLDERPLAN_CREATE_LOCAL:
     case FOLDERPLAN_CREATE_SERVER:
     case FOLDERPLAN_RESYNC:
+    case FOLDERPLAN_RENAME_SERVER:
+    case FOLDERPLAN_RENAME_LOCAL:
         break;
     default:
         return -ENOENT; /* not a folder this account syncs */
@@ -882,7 +889,24 @@ void next_folder(struct session *e)
             start_folder(e, j);
             return;
         case FOLDERPLAN_RESYNC:
-            j->reset = true;
+            /* Messages of it that live in other local folders now keep
+             * their records (and are deleted on the server); the rest is
+             * downloaded again. */
+            if (j->plan->moved_msgs == 0) {
+                j->reset = true;
+            } else if (resync_moved(e, j) < 0) {
+                continue;
+            }
+            start_folder(e, j);
+            return;
+        case FOLDERPLAN_RENAME_SERVER:
+        case FOLDERPLAN_RENAME_LOCAL:
+            /* renames_apply carried the rename out before the jobs began
+             * (or set the folder's error); a dry run printed it, and the
+             * sync of the renamed folder is planned by the real run. */
+            if (e->opts.dry_run || j->res->error != NULL) {
+                continue;
+            }
             start_folder(e, j);
             return;
         case FOLDERPLAN_DELETE_SERVER:
@@ -1109,22 +1133,59 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         finish(e);
         return;
     }
-    struct folderplan_server *srv = xcalloc(e->run->nlisted + 1, sizeof(*srv));
-    for (size_t i = 0; i < e->run->nlisted; i++) {
-        srv[i].name = e->run->listed[i].name;
-        srv[i].attrs = e->run->listed[i].attrs;
-        srv[i].selected = sync_folder_selected(e->acct, srv[i].name);
+    idx_abort(txn);
+    struct engine *r = e->run;
+    r->plan_srv = xcalloc(r->nlisted + 1, sizeof(*r->plan_srv));
+    for (size_t i = 0; i < r->nlisted; i++) {
+        struct folderplan_server *s = &r->plan_srv[i];
+        const struct listed *l = &r->listed[i];
+        s->name = l->name;
+        s->attrs = l->attrs;
+        s->selected = sync_folder_selected(e->acct, s->name);
+        /* For renames: what LIST-STATUS said. */
+        s->has_status = l->has_status && (l->status.have & IMAP_STATUS_UIDVALIDITY) &&
+                        (l->status.have & IMAP_STATUS_UIDNEXT);
+        s->uidvalidity = l->status.uidvalidity;
+        s->uidnext = l->status.uidnext;
+        s->messages = l->status.messages;
     }
-    struct folderplan_local *loc = xcalloc(n + 1, sizeof(*loc));
+    r->plan_loc = xcalloc(n + 1, sizeof(*r->plan_loc));
     for (size_t i = 0; i < n; i++) {
-        loc[i].name = names[i];
-        loc[i].selected = sync_folder_selected(e->acct, names[i]);
+        r->plan_loc[i].name = names[i];
+        r->plan_loc[i].selected = sync_folder_selected(e->acct, names[i]);
+    }
+    r->plan_names = names;
+    r->plan_nloc = n;
+    r->plan_bad = bad;
+    r->plan_nbad = nbad;
+    /* Renames a killed run left half done are finished (or dropped) first:
+     * the plan then sees the folders where they are. */
+    renames_recover(e);
+    plan_folders(e);
+}
+
+/* Plans the folders from the listing kept in the run (again after renames
+ * were checked on the server), and goes on: to those checks, or to the
+ * folder jobs. */
+void plan_folders(struct session *e)
+{
+    struct engine *r = e->run;
+    if (e->finished) {
+        return;
+    }
+    struct idx_txn *txn;
+    int ir = idx_begin(e->idx, false, &txn);
+    if (ir != 0) {
+        set_error(e, idx_err_transient(e->acct, ir) ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s",
+                  idx_error(e->idx));
+        finish(e);
+        return;
     }
     struct folderplan_input in = {
-        .server = srv,
-        .nserver = e->run->nlisted,
-        .local = loc,
-        .nlocal = n,
+        .server = r->plan_srv,
+        .nserver = r->nlisted,
+        .local = r->plan_loc,
+        .nlocal = r->plan_nloc,
         .known = index_knows,
         .known_arg = txn,
         .delete_folders = e->acct->delete_folders,
@@ -1134,48 +1195,59 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         .trash = e->acct->trash,
         .account = e->acct->name,
     };
-    e->run->fplan = folderplan_build(&in);
-    free(srv);
-    free(loc);
-    const struct folderplan *fp = e->run->fplan;
-    e->run->trash = fp->trash != NULL ? xstrdup(fp->trash) : NULL;
+    renames_facts(r, txn, &in);
+    folderplan_free(r->fplan);
+    r->fplan = folderplan_build(&in);
+    idx_abort(txn);
+    if (r->fplan->nverify > 0) {
+        renames_verify(e); /* plans again when the server has answered */
+        return;
+    }
+    const struct folderplan *fp = r->fplan;
+    free(r->trash);
+    r->trash = fp->trash != NULL ? xstrdup(fp->trash) : NULL;
     for (size_t i = 0; i < fp->nskips; i++) {
         if (fp->skips[i].warning != NULL) {
             log_warnx("%s: %s", e->acct->name, fp->skips[i].warning);
         }
     }
-    for (size_t i = 0; i < nbad; i++) {
+    for (size_t i = 0; i < r->plan_nbad; i++) {
         /* Said on every run: its mail goes nowhere until it is renamed. */
         log_warnx("%s: local directory %s is not synced: its name maps to no folder name "
                   "(rename it to sync its messages)",
-                  e->acct->name, bad[i]);
+                  e->acct->name, r->plan_bad[i]);
     }
-    md_free_names(names, n);
-    md_free_names(bad, nbad);
-    e->run->jobs = xcalloc(fp->nfolders + 1, sizeof(*e->run->jobs));
-    e->run->jobs_cap = fp->nfolders + 1;
+    r->jobs = xcalloc(fp->nfolders + 1, sizeof(*r->jobs));
+    r->jobs_cap = fp->nfolders + 1;
     for (size_t i = 0; i < fp->nfolders; i++) {
         const struct folderplan_folder *pf = &fp->folders[i];
-        struct fjob *j = &e->run->jobs[e->run->njobs++];
+        struct fjob *j = &r->jobs[r->njobs++];
         j->name = xstrdup(pf->name);
         j->plan = pf;
         j->on_server = pf->on_server;
         if (pf->server >= 0) {
-            const struct listed *l = &e->run->listed[pf->server];
+            const struct listed *l = &r->listed[pf->server];
             j->attrs = l->attrs;
             j->has_status = l->has_status;
             j->status = l->status;
         }
-        strindex_add(&e->run->job_ix, folderplan_local_hash(j->name), i);
+        strindex_add(&r->job_ix, folderplan_local_hash(j->name), i);
     }
-    listed_free(e->run);
+    free(r->plan_srv);
+    r->plan_srv = NULL;
+    free(r->plan_loc);
+    r->plan_loc = NULL;
+    md_free_names(r->plan_names, r->plan_nloc);
+    md_free_names(r->plan_bad, r->plan_nbad);
+    r->plan_names = r->plan_bad = NULL;
     /* Whether the server moved since the last sync, and how much new mail
      * it holds, as LIST-STATUS tells: for more sessions. */
-    for (size_t i = 0; i < e->run->njobs; i++) {
-        struct fjob *j = &e->run->jobs[i];
+    ir = idx_begin(e->idx, false, &txn);
+    for (size_t i = 0; i < r->njobs; i++) {
+        struct fjob *j = &r->jobs[i];
         struct idx_folder st;
         const struct imap_status_info *si = &j->status;
-        if (idx_folder_get(txn, j->name, &st) == 0) {
+        if (ir == 0 && idx_folder_get(txn, j->name, &st) == 0) {
             j->server_moved = !j->has_status || si->uidvalidity != st.uidvalidity ||
                               si->uidnext != st.uidnext || si->messages != st.messages ||
                               si->highestmodseq != st.highestmodseq;
@@ -1191,11 +1263,27 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
             j->est_new = j->has_status ? si->messages : LANE_MIN_MSGS;
         }
     }
-    idx_abort(txn);
-    e->run->fres = xcalloc(e->run->njobs + 1, sizeof(*e->run->fres));
-    for (size_t i = 0; i < e->run->njobs; i++) {
-        e->run->jobs[i].res = &e->run->fres[i];
-        e->run->fres[i].name = e->run->jobs[i].name;
+    if (ir == 0) {
+        idx_abort(txn);
+    }
+    r->fres = xcalloc(r->njobs + 1, sizeof(*r->fres));
+    for (size_t i = 0; i < r->njobs; i++) {
+        r->jobs[i].res = &r->fres[i];
+        r->fres[i].name = r->jobs[i].name;
+    }
+    if (fp->nrenames > 0) {
+        renames_apply(e); /* jobs_go when they are done; it needs the listing */
+        return;
+    }
+    jobs_go(e);
+}
+
+/* The folder jobs start, on this session and on more connections. */
+void jobs_go(struct session *e)
+{
+    listed_free(e->run);
+    if (e->finished) {
+        return;
     }
     phase(e, ENGINE_PHASE_SYNCING);
     start_sessions(e);

@@ -451,6 +451,9 @@ int imap_uid_copy(struct imap *im, const char *uidset, const char *folder, imap_
                   void *arg);
 int imap_create(struct imap *im, const char *folder, imap_done_cb done, void *arg);
 int imap_delete(struct imap *im, const char *folder, imap_done_cb done, void *arg);
+/* RENAME from to (RFC 3501 section 6.3.5): the server renames the folder's
+ * children with it. */
+int imap_rename(struct imap *im, const char *from, const char *to, imap_done_cb done, void *arg);
 
 /* IDLE: done is called when the IDLE command ends (after imap_idle_stop,
  * or when the server ends it). Events arrive meanwhile; the state is

@@ -45,6 +45,7 @@ static const char *const kind_names[] = {
     [IMAP_CMD_IDLE] = "IDLE",
     [IMAP_CMD_NOTIFY] = "NOTIFY",
     [IMAP_CMD_LOGOUT] = "LOGOUT",
+    [IMAP_CMD_RENAME] = "RENAME",
 };
 
 const char *imap_cmd_kind_name(enum imap_cmd_kind k)
@@ -675,6 +676,25 @@ static int cmd_build(struct imap *im, struct imap_cmd *c)
         b_mailbox(im, c, c->folder2);
         b_text(c, "\r\n");
         break;
+    case IMAP_CMD_RENAME: {
+        /* RENAME old new: the new name rides in criteria. */
+        if (cmd_server_name(im, c, c->criteria) < 0) {
+            return -1;
+        }
+        char *to = c->folder2;
+        c->folder2 = NULL;
+        if (cmd_server_name(im, c, c->folder) < 0) {
+            free(to);
+            return -1;
+        }
+        b_text(c, "RENAME ");
+        b_mailbox(im, c, c->folder2);
+        b_text(c, " ");
+        b_mailbox(im, c, to);
+        b_text(c, "\r\n");
+        free(to);
+        break;
+    }
     case IMAP_CMD_IDLE:
         if (cmd_need(im, c, IMAP_CAP_IDLE, "IDLE") < 0) {
             return -1;
@@ -2072,6 +2092,21 @@ int imap_create(struct imap *im, const char *folder, imap_done_cb done, void *ar
 int imap_delete(struct imap *im, const char *folder, imap_done_cb done, void *arg)
 {
     return folder_cmd(im, IMAP_CMD_DELETE, folder, done, arg);
+}
+
+int imap_rename(struct imap *im, const char *from, const char *to, imap_done_cb done, void *arg)
+{
+    if (!usable(im)) {
+        return -ENOTCONN;
+    }
+    if (from == NULL || to == NULL) {
+        return -EINVAL;
+    }
+    struct imap_cmd *c = cmd_new(IMAP_CMD_RENAME, done, arg);
+    c->folder = xstrdup(from);
+    c->criteria = xstrdup(to);
+    enqueue(im, c);
+    return 0;
 }
 
 int imap_idle_start(struct imap *im, imap_done_cb done, void *arg)
