@@ -461,8 +461,104 @@ static void drop_empty_uploads(struct session *e)
 
 /* Opens the Maildir, scans it, reads the base and adopts downloads that
  * were renamed into place before a crash recorded them. */
-/* folder_prepare went on to scan the folder on the thread pool. */
+/* folder_prepare went on to scan the folder on the thread pool, or put
+ * the scan and the base off (local_quiet). */
 #define PREPARE_SCANNING 1
+#define PREPARE_LAZY 2
+
+/* ---- the change-time shortcut ------------------------------------------------------ */
+
+/* The stamp the folder's record holds (store/maildir.h, md_stamp). */
+static struct md_stamp recorded_stamp(const struct idx_folder *st)
+{
+    return (struct md_stamp){
+        .cur_ns = st->cur_ctime_ns, .new_ns = st->new_ctime_ns, .taken_ns = st->scan_time_ns};
+}
+
+static void record_stamp(struct idx_folder *st, const struct md_stamp *s)
+{
+    st->cur_ctime_ns = s->cur_ns;
+    st->new_ctime_ns = s->new_ns;
+    st->scan_time_ns = s->taken_ns;
+}
+
+/* Whether LIST-STATUS (or STATUS) says the server holds the folder as the
+ * record says the last complete sync left it. Only with HIGHESTMODSEQ:
+ * without CONDSTORE a flag changed on the server moves none of these
+ * figures, and only a FLAGS listing shows it. */
+static bool status_unchanged(const struct idx_folder *st, const struct imap_status_info *s)
+{
+    return st->uidvalidity != 0 && (s->have & IMAP_STATUS_UIDVALIDITY) &&
+           s->uidvalidity == st->uidvalidity && (s->have & IMAP_STATUS_UIDNEXT) &&
+           s->uidnext == st->uidnext && (s->have & IMAP_STATUS_MESSAGES) &&
+           s->messages == st->messages && (s->have & IMAP_STATUS_HIGHESTMODSEQ) &&
+           st->highestmodseq != 0 && s->highestmodseq == st->highestmodseq;
+}
+
+/* The same question asked of the SELECT answer: CONDSTORE in use for the
+ * folder, and a QRESYNC SELECT that reported no change either. */
+static bool mailbox_unchanged(struct session *e)
+{
+    const struct fstate *f = e->f;
+    const struct imap_mailbox *mb = &f->mb;
+    return f->st.uidvalidity != 0 && mb->uidvalidity == f->st.uidvalidity && mb->uidnext != 0 &&
+           mb->uidnext == f->st.uidnext && mb->exists == f->st.messages &&
+           e->ro->condstore_enabled(e->im) && !mb->nomodseq && f->st.highestmodseq != 0 &&
+           mb->highestmodseq == f->st.highestmodseq && f->nsmsgs == 0 && f->nvanished == 0;
+}
+
+/* Whether the folder's Maildir is as the last complete sync left it: cur/
+ * and new/ carry the change times recorded with the folder's state (see
+ * md_unchanged_since for when that is believed). Then the scan that sync
+ * made is still the truth, that sync handled all of it, and so a sync now
+ * has nothing to do locally: the Maildir and the base need not be read
+ * unless the server moved. Reads the folder's record and skip list only
+ * (one read transaction, no message rows), into f->st and f->skips.
+ *
+ * Why the recorded stamp vouches for that: it is taken before the scan of
+ * the sync that records it (folder_prepare), so whatever changed after it
+ * moved a change time, including this engine's own downloads and renames,
+ * which therefore make the next sync scan once more; and it is recorded
+ * only with a folder state that says the sync completed (folder_final) or
+ * that it found nothing to do (start_folder_scanned). A sync that failed
+ * half-way records nothing, and what it changed moved a change time or
+ * the server's figures (which never come back to a recorded value). Not
+ * covered: a file's bytes rewritten in place (Maildir files are
+ * immutable), and dovecot-keywords rewritten with other letters for the
+ * same names without any file being renamed. */
+static bool local_quiet(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct fjob *j = f->job;
+    if (j->reset || !j->on_server || f->stamp.taken_ns == 0) {
+        return false;
+    }
+    struct idx_txn *txn;
+    if (idx_begin(e->idx, false, &txn) < 0) {
+        return false; /* the full path reads the index again and reports it */
+    }
+    struct idx_folder st;
+    struct md_stamp rec;
+    bool quiet = idx_folder_get(txn, j->name, &st) == 0 && st.uidvalidity != 0 &&
+                 (rec = recorded_stamp(&st), md_unchanged_since(&rec, &f->stamp));
+    if (quiet) {
+        f->st = st;
+        skips_load(e, txn);
+    }
+    idx_abort(txn);
+    return quiet;
+}
+
+/* A folder that nothing changed on either side: no scan, no base, no
+ * index write. */
+static void quiet_done(struct session *e)
+{
+    struct fstate *f = e->f;
+    log_debug("%s: %s: unchanged on both sides, not scanned", e->acct->name, f->job->name);
+    /* Reported on every run, as the full path does. */
+    count_skips(e, f->skips, f->nskips);
+    folder_end(e);
+}
 
 /* The Maildir scan of a folder (and its tmp/ cleanup) on the thread
  * pool: a folder of 100,000 messages is a large directory to read and
@@ -563,6 +659,15 @@ static int folder_prepare(struct session *e)
          * as if the scan had run a moment earlier). */
         f->scan = xcalloc(1, sizeof(*f->scan));
     } else if (f->md != NULL) {
+        /* Before the scan: a change made while it runs moves a time past
+         * this stamp, and the sync that records it scans again. */
+        if (md_folder_stamp(f->md, &f->stamp) < 0) {
+            memset(&f->stamp, 0, sizeof(f->stamp));
+        }
+        if (local_quiet(e)) {
+            f->lazy = true;
+            return PREPARE_LAZY;
+        }
         scan_start(e);
         return PREPARE_SCANNING;
     } else {
@@ -1026,6 +1131,8 @@ static void issue_fetch(struct session *e)
     phase_cmd_done(e);
 }
 
+static void select_continue(struct session *e);
+
 static void on_select(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct session *e = arg;
@@ -1052,6 +1159,30 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
                   e->acct->name, f->job->name);
         f->qresync = false;
     }
+    if (f->lazy) {
+        if (mailbox_unchanged(e) && !skips_released(e)) {
+            quiet_done(e);
+            return;
+        }
+        /* The server moved: the folder is synced the whole way, from a
+         * scan and the base read now (start_folder_scanned goes on with
+         * select_continue). What the SELECT reported is kept. */
+        log_debug("%s: %s: unchanged locally, changed on the server: scanning", e->acct->name,
+                  f->job->name);
+        f->lazy = false;
+        free(f->skips);
+        f->skips = NULL;
+        f->nskips = f->skips_cap = 0;
+        scan_start(e);
+        return;
+    }
+    select_continue(e);
+}
+
+/* on_select, once the folder's local side and base are read. */
+static void select_continue(struct session *e)
+{
+    struct fstate *f = e->f;
     if (f->st.uidvalidity != 0 && f->mb.uidvalidity != f->st.uidvalidity &&
         (f->nbase > 0 || f->nintents > 0)) {
         /* The server renumbered the folder (RFC 7162 section 6: forget its
@@ -2339,6 +2470,9 @@ static void folder_final(struct session *e)
         st.highestmodseq = f->condstore ? f->mb.highestmodseq : 0;
         st.messages = f->mb.exists;
         st.last_full_sync = (int64_t)e->now;
+        /* Everything the scan after this stamp saw is handled (unknown when
+         * no stamp was taken: the next sync scans). */
+        record_stamp(&st, &f->stamp);
         stp = &st;
     }
     struct idx_ops o = {
@@ -2687,6 +2821,16 @@ void start_folder(struct session *e, struct fjob *j)
     if (r == PREPARE_SCANNING) {
         return; /* scan_done goes on */
     }
+    if (r == PREPARE_LAZY) {
+        /* The Maildir is as the last complete sync left it: the server
+         * decides whether anything is to be done. */
+        if (j->has_status && status_unchanged(&f->st, &j->status) && !skips_released(e)) {
+            quiet_done(e);
+            return;
+        }
+        do_select(e);
+        return;
+    }
     start_folder_scanned(e);
 }
 
@@ -2702,6 +2846,11 @@ static void start_folder_scanned(struct session *e)
         next_folder(e);
         return;
     }
+    if (f->selected) {
+        /* A lazy folder (local_quiet) the server turned out to change. */
+        select_continue(e);
+        return;
+    }
     if (e->opts.dry_run && f->md == NULL) {
         fprintf(e->plan_out, "%s: create the folder locally\n", j->name);
     }
@@ -2715,14 +2864,19 @@ static void start_folder_scanned(struct session *e)
         return;
     }
     /* Skip the SELECT when nothing moved on either side. */
-    const struct imap_status_info *s = &j->status;
-    if (j->has_status && f->st.uidvalidity != 0 && (s->have & IMAP_STATUS_UIDVALIDITY) &&
-        s->uidvalidity == f->st.uidvalidity && (s->have & IMAP_STATUS_UIDNEXT) &&
-        s->uidnext == f->st.uidnext && (s->have & IMAP_STATUS_MESSAGES) &&
-        s->messages == f->st.messages && (s->have & IMAP_STATUS_HIGHESTMODSEQ) &&
-        f->st.highestmodseq != 0 && s->highestmodseq == f->st.highestmodseq && local_unchanged(e) &&
+    if (j->has_status && status_unchanged(&f->st, &j->status) && local_unchanged(e) &&
         !skips_released(e)) {
         lskips_save(e);
+        /* This scan found nothing to do either: its stamp spares the next
+         * sync the scan, unless the record's does already (or this one is
+         * too fresh to be believed, and would only be written again). */
+        struct md_stamp rec = recorded_stamp(&f->st);
+        if (!e->opts.dry_run && md_unchanged_since(&f->stamp, &f->stamp) &&
+            !md_unchanged_since(&rec, &f->stamp)) {
+            struct idx_folder st = f->st;
+            record_stamp(&st, &f->stamp);
+            idx_apply_later(e, &(struct idx_ops){.folder = j->name, .st = &st});
+        }
         fstate_free(f);
         e->f = NULL;
         job_ended_early(e, j);
