@@ -12,10 +12,17 @@ What is proven: the shortcut is taken when nothing changed (the -v line
 "unchanged on both sides, not scanned"), and never hides a change: a
 rename made at once after a sync (same second), a rename whose directory
 times another program set back, a local delivery, a local deletion, and a
-flag changed on the server all reach the other side."""
+flag changed on the server all reach the other side. And the kill -9
+failure that had the shortcut taken out (test_sync_crash, seed 4242): a
+run killed between a local rename and the record of its new base must not
+make the next run push the older flags back over a later server change."""
 
 import os
+import shutil
+import signal
+import subprocess
 import time
+import unittest
 
 import mailgen
 import mstest
@@ -161,6 +168,55 @@ class ShortcutScenarios(SyncFixture):
         self.assertIn("\u2193 1 new, 0 flags, 1 deleted", out)
         self.assert_same()
         self.assert_no_duplicates()
+
+    def test_kill_between_rename_and_its_record(self):
+        """A run applies a flag changed on the server to the local file and
+        is killed after the rename, before the new base is recorded (the
+        directory fsync between them is held up with strace). Then the
+        server changes the flag back. The next run must bring that change
+        down, not take the renamed file for a local change and push the
+        old flags back up (both sides ended with the older flags: the
+        test_sync_crash failure, seed 4242, Archive/2023)."""
+        if shutil.which("strace") is None:
+            raise unittest.SkipTest("no strace to hold up the fsync")
+        msgs = mailgen.generate(6, seed=17, max_size=3000)
+        self.dovecot.save_many(self.user, "INBOX", msgs, ["\\Flagged"] * 6)
+        cfg = self.config()
+        self.sync(cfg)
+        uid = sorted(u for u, _f, _b in self.server())[2]
+        self.store("INBOX", uid, "FLAGS.SILENT", "\\Answered \\Seen")
+        cur = os.path.join(self.folder_dir("INBOX"), "cur")
+        before = set(os.listdir(cur))
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
+             "-e", "inject=fsync:delay_enter=2000000", mstest.mailsync_bin(),
+             "--config", cfg, "sync", "a"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        renamed = False
+        deadline = time.monotonic() + 60
+        while tracer.poll() is None and time.monotonic() < deadline and not renamed:
+            renamed = any(n.endswith(":2,RS") for n in set(os.listdir(cur)) - before)
+            if not renamed:
+                time.sleep(0.001)
+        if renamed:
+            # The tracee, not strace: a tracer that dies lets it go on.
+            kids = subprocess.run(["pgrep", "-P", str(tracer.pid)], capture_output=True,
+                                  text=True).stdout.split()
+            for pid in kids:
+                os.kill(int(pid), signal.SIGKILL)
+        tracer.wait(60)
+        if not renamed:
+            raise unittest.SkipTest("strace could not hold up the run (fault injection "
+                                    "unsupported?): the rename was not seen")
+        self.assertNotIn(uid, [u for u, f, _b in self.server() if "\\Flagged" in f],
+                         "setting up: the server change is not in place")
+        self.store("INBOX", uid, "FLAGS.SILENT", "\\Flagged")
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 1 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+        self.assertEqual({u: letters(f) for u, f, _b in self.server()}[uid], "F")
+        self.assert_same()
+        self.assertIn(NOTHING, self.sync(cfg).stdout)
 
 
 class ShortcutQresync(ShortcutScenarios, mstest.DovecotTestCase):
