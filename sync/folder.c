@@ -1592,22 +1592,16 @@ static size_t rename_marks(const struct fstate *f, unsigned char **v_r)
     return n;
 }
 
-/* The base row of uid (the synced rows are in UID order), or NULL. */
-static struct idx_msg *base_find(const struct fstate *f, uint32_t uid)
+static int base_uid_cmp(const void *key, const void *elem)
 {
-    size_t lo = 0, hi = f->nbase;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (f->base[mid].uid == uid) {
-            return &f->base[mid];
-        }
-        if (f->base[mid].uid < uid) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    return NULL;
+    uint32_t uid = *(const uint32_t *)key, other = ((const struct idx_msg *)elem)->uid;
+    return uid < other ? -1 : uid > other;
+}
+
+/* The base row of uid (the synced rows are in UID order), or NULL. */
+static const struct idx_msg *base_find(const struct fstate *f, uint32_t uid)
+{
+    return f->nbase > 0 ? bsearch(&uid, f->base, f->nbase, sizeof(*f->base), base_uid_cmp) : NULL;
 }
 
 /* Before the local renames, their messages' base rows are marked
