@@ -138,6 +138,13 @@ struct fstate {
     bool noted; /* an error was reported but the plan went on */
     struct md_folder *md;
     struct md_scan *scan;
+    /* cur/ and new/ as read before the scan (taken_ns 0: unknown), recorded
+     * with the folder's state when the sync completes. lazy: they are as
+     * the last complete sync recorded them, so the scan and the base are
+     * put off until the server turns out to have moved (see local_quiet in
+     * sync/folder.c). */
+    struct md_stamp stamp;
+    bool lazy;
     struct idx_folder st; /* index state at the start */
     struct idx_msg *base;
     size_t nbase, base_cap;
