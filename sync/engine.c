@@ -1189,6 +1189,7 @@ void plan_folders(struct session *e)
         .known = index_knows,
         .known_arg = txn,
         .delete_folders = e->acct->delete_folders,
+        .moves = (e->ro->caps(e->im) & IMAP_CAP_UIDPLUS) != 0,
         .force = e->opts.force,
         .dry_run = e->opts.dry_run,
         .subscribed_only = e->acct->subscribed_only,

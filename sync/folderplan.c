@@ -470,6 +470,14 @@ static void count_moved(const struct build *b, struct folderplan_folder *f)
     free(found);
 }
 
+/* Whether the index records no message for the folder (asked, not
+ * assumed: without the callback nothing is known). */
+static bool index_empty(const struct folderplan_input *in, const char *name)
+{
+    struct folderplan_ids ids;
+    return in->index_ids != NULL && in->index_ids(name, &ids, in->facts_arg) && ids.n == 0;
+}
+
 static void decide_vanished(const struct build *b, struct folderplan_folder *f)
 {
     const struct folderplan_input *in = b->in;
@@ -482,6 +490,12 @@ static void decide_vanished(const struct build *b, struct folderplan_folder *f)
         f->action = FOLDERPLAN_DELETE_SERVER;
         f->reason = "deleted here after its messages were moved to other folders, and "
                     "delete_folders is set";
+    } else if (in->moves && all_moved && !in->force) {
+        /* The folders they moved to move them on the server in this run:
+         * nothing is left to guard. The next run finds it empty. */
+        f->action = FOLDERPLAN_NONE;
+        f->reason = "the local folder vanished after its messages were moved to other folders; "
+                    "they are moved on the server too";
     } else if (in->force && f->moved_msgs > 0) {
         /* Downloading it again would make a second copy here of every
          * message that lives in another folder now. */
@@ -497,6 +511,17 @@ static void decide_vanished(const struct build *b, struct folderplan_folder *f)
     } else if (may_delete) {
         f->action = FOLDERPLAN_DELETE_SERVER;
         f->reason = "deleted here, and delete_folders is set";
+    } else if (f->moved_msgs > 0 && in->moves) {
+        f->action = FOLDERPLAN_REFUSE;
+        f->reason = "the local folder vanished; some of its messages moved to other folders";
+        f->error = xasprintf("folder '%s': the local folder vanished; %zu of its %zu messages are "
+                             "in other local folders now and are moved there on the server, the "
+                             "other %zu are not deleted on the server. To download those again, "
+                             "run 'mailsync sync --force %s' (or set delete_folders: true to "
+                             "delete the folder on the server)",
+                             f->name, f->moved_msgs, f->known_msgs, f->known_msgs - f->moved_msgs,
+                             in->account);
+        f->user_fix = true;
     } else if (f->moved_msgs > 0) {
         f->action = FOLDERPLAN_REFUSE;
         f->reason = "the local folder vanished; its messages moved to other folders";
@@ -517,6 +542,15 @@ static void decide_vanished(const struct build *b, struct folderplan_folder *f)
                                  f->known_msgs - f->moved_msgs, f->moved_msgs, in->account);
         }
         f->user_fix = true;
+    } else if (index_empty(in, f->name)) {
+        /* Nothing synced of it was here (its messages moved away, or it
+         * never had any): syncing it again can neither duplicate nor bring
+         * back anything, and the guard (which keeps the server's copy of
+         * what vanished) has nothing to keep. Folders are deleted on the
+         * server only with delete_folders (above). */
+        f->action = FOLDERPLAN_CREATE_LOCAL;
+        f->reason = "the local folder vanished while the index recorded no message in it: made "
+                    "again (delete_folders: true deletes such a folder on the server)";
     } else {
         f->action = FOLDERPLAN_REFUSE;
         f->reason = "the local folder vanished";

@@ -54,6 +54,15 @@
  *     folders, was emptied by moves, not lost: --force deletes those
  *     messages on the server and downloads only the others again
  *     (lost_ids), and delete_folders deletes it there when all moved.
+ *     When the run carries out moves (input moves), the syncs of the
+ *     folders they moved to move them on the server, so a folder all of
+ *     whose messages moved needs nothing (no guard), and one with some left
+ *     is refused for those only.
+ *   - A folder that vanished here while the index records no message in
+ *     it (all moved away, or none ever synced) loses nothing either way:
+ *     delete_folders deletes it on the server, else it is made again here
+ *     and synced, as a folder new on the server (mail that arrived there
+ *     meanwhile comes down; nothing it had is duplicated).
  * Deletions are decisions to try: the executor still checks that the side
  * it deletes holds nothing the index does not know, and reports the folder
  * otherwise.
@@ -142,6 +151,10 @@ struct folderplan_input {
     const char *const *indexed;
     size_t nindexed;
     bool delete_folders;
+    /* The run carries out local moves on the server (UIDPLUS: sync/moves.c):
+     * messages of a vanished folder found in other local folders are moved
+     * there on the server by those folders' syncs, which empties it. */
+    bool moves;
     bool force; /* mailsync sync --force */
     bool dry_run;
     bool subscribed_only;

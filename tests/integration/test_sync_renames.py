@@ -246,9 +246,11 @@ class RenameScenarios(SyncFixture):
     def test_vanished_folder_whose_messages_moved_is_not_downloaded_again(self):
         """All 5 messages of Lists/old are moved (mv, as mutt's save keeps
         the unique name) into INBOX and Keep, then Lists/old is removed:
-        the guard says they are in other folders now and suggests --force;
-        --force deletes them on the server instead of downloading them
-        again, so both sides hold each message once."""
+        the syncs of INBOX and Keep move them on the server (UID MOVE, no
+        upload), no guard trips, nothing is downloaded again; the folder,
+        now empty on both sides, is made again here on the next run
+        (delete_folders is not set, so no folder is deleted on the
+        server); both sides hold each message once."""
         self.seed("INBOX", 1, 13)
         self.seed("Keep", 1, 14)
         self.seed("Lists/old", 5, 15)
@@ -260,24 +262,54 @@ class RenameScenarios(SyncFixture):
             src = self.local_file("Lists/old", unique)
             os.rename(src, os.path.join(dest, "cur", os.path.basename(src)))
         shutil.rmtree(old)
-        p = self.sync(cfg, ok=False)
-        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
-        self.assertIn("folder 'Lists/old': the local folder vanished and all its 5 messages are "
-                      "in other local folders now; not deleting them on the server. To delete "
-                      "them there (the folder stays, empty), run 'mailsync sync --force a'",
-                      p.stdout + p.stderr)
-        # The folders they moved to synced all the same: uploaded there.
-        self.assertEqual(summary(p)["new_up"], 5, p.stdout)
-        self.assertEqual(len(self.server("Lists/old")), 5)
-        p = self.sync(cfg, "--force")
+        p = self.sync(cfg)
         c = summary(p)
-        self.assertEqual((c["new_down"], c["deleted_up"], c["new_up"]), (0, 5, 0), p.stdout)
+        self.assertEqual((c["new_down"], c["new_up"], c["deleted_up"]), (0, 0, 0), p.stdout)
+        self.assertIn("5 moved between folders", p.stdout)
+        self.assertEqual(len(self.server("Lists/old")), 0)
+        self.assertFalse(os.path.isdir(old))
+        p = self.sync(cfg)
+        c = summary(p)
+        self.assertEqual((c["new_down"], c["new_up"], c["deleted_up"]), (0, 0, 0), p.stdout)
+        self.assertTrue(os.path.isdir(os.path.join(old, "cur")), "the empty folder not made again")
         self.assertEqual(self.local("Lists/old"), [])
         for f in ("INBOX", "Keep", "Lists/old"):
             self.assert_same(f)
         every = [b for f in ("INBOX", "Keep", "Lists/old") for b in self.server_bodies(f)]
         self.assertEqual(len(every), len(set(every)))
         self.assertEqual(len(every), 7)
+        self.assert_quiet(cfg)
+
+    def test_vanished_folder_with_some_messages_moved(self):
+        """Two of Lists/part's 4 messages are moved to INBOX, then the
+        folder is removed: the two are moved on the server; the guard
+        refuses the folder for the other two only, saying so; --force then
+        downloads those two again, and nothing is duplicated."""
+        self.seed("INBOX", 1, 16)
+        self.seed("Lists/part", 4, 17)
+        cfg = self.config()
+        self.sync(cfg)
+        part = self.folder_dir("Lists/part")
+        for unique, _fl, _b in self.local("Lists/part")[:2]:
+            src = self.local_file("Lists/part", unique)
+            os.rename(src, os.path.join(self.folder_dir("INBOX"), "cur", os.path.basename(src)))
+        shutil.rmtree(part)
+        p = self.sync(cfg, ok=False)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("folder 'Lists/part': the local folder vanished; 2 of its 4 messages are in "
+                      "other local folders now and are moved there on the server, the other 2 are "
+                      "not deleted on the server", p.stdout + p.stderr)
+        self.assertIn("2 moved between folders", p.stdout)
+        self.assertEqual(len(self.server("Lists/part")), 2)
+        self.assertEqual(len(self.server("INBOX")), 3)
+        p = self.sync(cfg, "--force")
+        c = summary(p)
+        self.assertEqual((c["new_down"], c["new_up"], c["deleted_up"]), (2, 0, 0), p.stdout)
+        for f in ("INBOX", "Lists/part"):
+            self.assert_same(f)
+        every = [b for f in ("INBOX", "Lists/part") for b in self.server_bodies(f)]
+        self.assertEqual(len(every), len(set(every)))
+        self.assertEqual(len(every), 5)
         self.assert_quiet(cfg)
 
     # ---- --dry-run ------------------------------------------------------------------------

@@ -138,11 +138,12 @@ static bool known(const char *name, void *arg)
 }
 
 enum {
-    DEL = 1,   /* delete_folders */
-    FORCE = 2, /* --force */
-    DRY = 4,   /* --dry-run */
-    SUBS = 8,  /* subscribed_only */
-    IDXO = 16, /* the index's folders are passed as indexed (neither side) */
+    DEL = 1,    /* delete_folders */
+    FORCE = 2,  /* --force */
+    DRY = 4,    /* --dry-run */
+    SUBS = 8,   /* subscribed_only */
+    IDXO = 16,  /* the index's folders are passed as indexed (neither side) */
+    MOVES = 32, /* the run carries out local moves (UIDPLUS) */
 };
 
 static struct folderplan *build(struct views *v, unsigned opts, const char *trash)
@@ -732,7 +733,15 @@ static const struct rename_row rename_rows[] = {
      "i Old=" TEN ";l New=" TEN " x", "New=rename-server Old=none", "New", "Old", false, false,
      "renamed here", NULL, ""},
     {"empty on both sides: nothing tells, not a rename", "Old", "New", "Old", 0, "",
-     "New=create-server Old=refuse", "New", NULL, false, false, "new here", NULL, ""},
+     "New=create-server Old=create-local", "New", NULL, false, false, "new here", NULL, ""},
+    {"vanished here, the index records no message in it: made again", "Old", "", "Old", 0, "",
+     "Old=create-local", "Old", NULL, false, false,
+     "the local folder vanished while the index recorded no message in it: made again "
+     "(delete_folders: true deletes such a folder on the server)",
+     NULL, ""},
+    {"... with delete_folders: deleted on the server", "Old", "", "Old", DEL, "",
+     "Old=delete-server", "Old", NULL, false, false, "deleted here, and delete_folders is set",
+     NULL, ""},
     {"INBOX is never renamed", "INBOX", "New", "INBOX", 0, "i INBOX=a b c;l New=a b c",
      "INBOX=refuse New=create-server", "New", NULL, false, false, "new here", NULL, ""},
     {"a name the server lists (filtered out) is not a rename's target", "Old,New:-", "New", "Old",
@@ -803,6 +812,24 @@ static const struct rename_row rename_rows[] = {
      "X", NULL, false, false,
      "deleted here after its messages were moved to other folders, and delete_folders is set", NULL,
      ""},
+    {"all moved, the run moves them: no guard, nothing to do here", "X", "A,B", "X", MOVES,
+     "i X=a b c;l A=a;l B=b c", "A=create-server B=create-server X=none", "X", NULL, false, false,
+     "the local folder vanished after its messages were moved to other folders; they are moved "
+     "on the server too",
+     NULL, ""},
+    {"all moved, the run moves them, --force: as without moves", "X", "A,B", "X", MOVES | FORCE,
+     "i X=a b c;l A=a;l B=b c", "A=create-server B=create-server X=resync", "X", NULL, false, false,
+     "the local folder vanished and its messages are in other local folders; --force deletes "
+     "them on the server",
+     NULL, ""},
+    {"some moved, the run moves them: refused for the others only", "X", "A", "X", MOVES,
+     "i X=a b c;l A=a", "A=create-server X=refuse", "X", NULL, false, false,
+     "the local folder vanished; some of its messages moved to other folders",
+     "folder 'X': the local folder vanished; 1 of its 3 messages are in other local folders now "
+     "and are moved there on the server, the other 2 are not deleted on the server. To download "
+     "those again, run 'mailsync sync --force acct' (or set delete_folders: true to delete the "
+     "folder on the server)",
+     "b c"},
     {"some moved: the guard says how many", "X", "A", "X", 0, "i X=a b c;l A=a",
      "A=create-server X=refuse", "X", NULL, false, false,
      "the local folder vanished; its messages moved to other folders",
@@ -851,6 +878,7 @@ static void check_rename_row(const struct rename_row *r)
         .delete_folders = (r->opts & DEL) != 0,
         .force = (r->opts & FORCE) != 0,
         .dry_run = (r->opts & DRY) != 0,
+        .moves = (r->opts & MOVES) != 0,
         .account = "acct",
         .local_ids = f_local_ids,
         .index_ids = f_index_ids,
