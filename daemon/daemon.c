@@ -176,7 +176,7 @@ static void watch_stop(struct dacct *a);
 static void fs_watch_all(struct dacct *a);
 static void fs_unwatch_all(struct dacct *a);
 static void daemon_maybe_done(struct daemon *d);
-static void all_accounts_recheck(struct daemon *d, const char *why);
+static void all_accounts_recheck(struct daemon *d, const char *why, bool reopen);
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
@@ -1248,6 +1248,17 @@ static void ctl_status(struct daemon *d, struct ctl_req *req)
     sbuf_free(&sb);
 }
 
+/* Starts an account that is stopped (a refused login, or backing off) at
+ * once; one that runs is left alone. */
+static void acct_retry(struct dacct *a)
+{
+    if (a->run == NULL && a->pop == NULL && !acct_ending(a) && !a->paused) {
+        a->backoff_ms = 0;
+        uv_timer_stop(&a->retry_timer);
+        acct_start(a);
+    }
+}
+
 static void ctl_sync(struct daemon *d, struct ctl_req *req, int argc, char *const *argv)
 {
     if (argc == 1) {
@@ -1266,8 +1277,16 @@ static void ctl_sync(struct daemon *d, struct ctl_req *req, int argc, char *cons
         ctl_reply_error(req, "no account named '%s'", argv[1]);
         return;
     }
-    if (a->paused || a->sup.state == SUP_FAILED_AUTH) {
+    if (a->paused) {
         ctl_reply_error(req, "account '%s' is %s", a->ca->name, sup_name(a->sup.state));
+        return;
+    }
+    if (a->sup.state == SUP_FAILED_AUTH) {
+        /* `mailsync sync ACCOUNT` after fixing the password: try again,
+         * answered when the new pass is done (or refused again). */
+        log_info("%s: asked to sync after a refused login: trying again", a->ca->name);
+        waiter_add(a, req, argc >= 3 && a->imap ? argv[2] : NULL);
+        acct_retry(a);
         return;
     }
     if (argc >= 3 && a->imap) {
@@ -1322,7 +1341,7 @@ static void on_ctl(struct ctl_req *req, void *arg)
     if (strcmp(argv[0], "recheck") == 0) {
         /* What a suspend or a network change does, on request (after
          * fixing a VPN, say). */
-        all_accounts_recheck(d, "asked on the control socket");
+        all_accounts_recheck(d, "asked on the control socket", false);
         ctl_reply(req, "{\"ok\":true}");
         return;
     }
@@ -1356,10 +1375,7 @@ static void on_ctl(struct ctl_req *req, void *arg)
         }
     } else {
         a->paused = false;
-        if (a->run == NULL && a->pop == NULL) {
-            a->backoff_ms = 0;
-            acct_start(a);
-        }
+        acct_retry(a);
     }
     struct sbuf sb = {0};
     sbuf_adds(&sb, "{\"ok\":true,\"account\":");
@@ -1547,12 +1563,35 @@ static void daemon_stop(struct daemon *d, const char *why)
  * without knowing it yet (no RST reached us): the watcher is reopened at
  * once, every session starts a new pass (one stuck on a dead connection
  * gives up after the LOGOUT deadline), and a back-off is cut short. */
-static void all_accounts_recheck(struct daemon *d, const char *why)
+/* A watcher that idles is probed: DONE, answered within
+ * IMAP_QUICK_REPLY_MS by a live server (then IDLE again), or the
+ * connection is failed and reopened. One that does not idle (connecting,
+ * backing off) is started at once. */
+static void watch_probe(struct dacct *a)
+{
+    for (unsigned k = 0; k < a->nw; k++) {
+        struct watcher *w = a->w[k];
+        w->backoff_ms = 0;
+        if (w->im != NULL && w->idling) {
+            imap_idle_stop(w->im);
+        } else if (w->im == NULL && w->wait == NULL && uv_is_active((uv_handle_t *)&w->timer)) {
+            w_start(w);
+        }
+    }
+}
+
+/* After a suspend (reopen: connections that slept through a server's
+ * timeouts are presumed dead) or a network change, `recheck` on the
+ * control socket (probe: the live ones are kept): every account's
+ * watchers reopened or probed, and a new pass, which logs the sync session
+ * in again and looks at every folder. */
+static void all_accounts_recheck(struct daemon *d, const char *why, bool reopen)
 {
     if (d->stopping) {
         return;
     }
-    log_info("%s: checking every account", why);
+    log_info("%s: checking every account (%s)", why,
+             reopen ? "every connection reopened" : "watchers probed");
     for (size_t i = 0; i < d->naccts; i++) {
         struct dacct *a = d->accts[i];
         if (a->paused || a->sup.state == SUP_FAILED_AUTH) {
@@ -1560,14 +1599,22 @@ static void all_accounts_recheck(struct daemon *d, const char *why)
         }
         if (a->imap) {
             bool had_watch = watch_any(a) || a->watch_budget < WATCH_MAX;
-            watch_stop(a);
-            for (unsigned k = 0; k < a->nw; k++) {
-                a->w[k]->backoff_ms = 0;
-            }
+            bool over_budget = a->watch_budget < WATCH_MAX;
             a->watch_budget = WATCH_MAX; /* the limit may have changed */
             a->watch_budget_noted = false;
-            if (had_watch && a->run_idle) {
-                watch_start(a);
+            if (reopen) {
+                watch_stop(a);
+                for (unsigned k = 0; k < a->nw; k++) {
+                    a->w[k]->backoff_ms = 0;
+                }
+                if (had_watch && a->run_idle) {
+                    watch_start(a);
+                }
+            } else {
+                watch_probe(a);
+                if (over_budget && a->run_idle) {
+                    watch_start(a); /* the watchers the limit kept out, again */
+                }
             }
             acct_new_pass(a);
         } else if (a->pop == NULL) {
@@ -1582,13 +1629,13 @@ static void on_sleep(struct wake *w, uint64_t slept_ms, void *arg)
     (void)w;
     char why[64];
     snprintf(why, sizeof(why), "the machine slept for %.0f s", (double)slept_ms / 1000.0);
-    all_accounts_recheck(arg, why);
+    all_accounts_recheck(arg, why, true);
 }
 
 static void on_net_change(struct wake *w, void *arg)
 {
     (void)w;
-    all_accounts_recheck(arg, "the network changed");
+    all_accounts_recheck(arg, "the network changed", false);
 }
 
 static struct dacct *acct_new(struct daemon *d, const struct cfg_account *ca);
@@ -1683,6 +1730,11 @@ static int daemon_reload(struct daemon *d, struct reload_counts *rc_r, char **er
             old->sup.account = ca->name;
             next[i] = old;
             kept++;
+            if (old->sup.state == SUP_FAILED_AUTH) {
+                /* The password may have changed outside the file (a
+                 * password manager): a reload is a reason to try again. */
+                acct_retry(old);
+            }
             continue;
         }
         struct cfg *keep = d->cfg;
@@ -1816,6 +1868,11 @@ static void acct_free(struct dacct *a)
 
 int daemon_run(struct cfg *cfg)
 {
+    /* One malloc arena for every thread: the pool threads' own arenas
+     * (four, of up to a megabyte each after a day of pushes) are memory the
+     * trim cannot give back, and the threads allocate too little for the
+     * shared arena's lock to matter. */
+    mallopt(M_ARENA_MAX, 1);
     struct daemon d = {.cfg = cfg};
     char *err = NULL;
     pid_t holder = 0;

@@ -394,6 +394,44 @@ class DaemonScenarios(DaemonFixture):
         self.assertEqual(d.log().count("b: state connecting"), logins, "the refused login was retried")
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
+    def test_sync_after_a_refused_login_tries_again(self):
+        """After a refused login the account waits for the user: once the
+        password (here from password_command) is fixed, `mailsync sync b`
+        (answered by the daemon) tries again, fetches the password anew,
+        and exits 0 when the pass is done; the account pushes from then on.
+        A SIGHUP reload of an unchanged file tries again too."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=73, max_size=2000))
+        pwfile = os.path.join(self.tmp, "pw")
+        with open(pwfile, "w") as f:
+            f.write("wrong\n")
+        bad = self.imap_account(maildir=os.path.join(self.tmp, "B"), user=self.user,
+                                folders=["INBOX"], poll_interval=3600, local_delay=0)
+        bad.pop("password", None)
+        bad["password_command"] = ["cat", pwfile]
+        cfg = self.write_config({"b": bad})
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "failed (auth)", name="b")
+        # A reload of the same file tries again (and is refused again).
+        refusals = d.log().count("refused the login")
+        d.p.send_signal(signal.SIGHUP)
+        self.wait_for("the retry after the reload",
+                      lambda: d.log().count("refused the login") > refusals, d)
+        self.wait_state(cfg, d, "failed (auth)", name="b")
+        with open(pwfile, "w") as f:
+            f.write(self.dovecot.password(self.user) + "\n")
+        p = self.ms(cfg, "sync", "b")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr + d.log()[-3000:])
+        self.assertIn("(by the daemon)", p.stdout)
+        self.assertIn("b: asked to sync after a refused login: trying again", d.log())
+        self.wait_state(cfg, d, "idle", name="b")
+        inbox = os.path.join(self.tmp, "B", "INBOX") if self.layout == "verbatim" \
+            else os.path.join(self.tmp, "B")
+        self.assertEqual(len(mstest.maildir_messages(inbox)), 1)
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=74, max_size=2000))
+        self.wait_for("the push once logged in",
+                      lambda: len(mstest.maildir_messages(inbox)) == 2, d)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
     def ask(self, line):
         """One request on the control socket; the decoded reply."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -462,22 +500,28 @@ class DaemonScenarios(DaemonFixture):
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
         self.assertIn("STOPPING=1", drain())
 
-    def test_recheck_reopens_everything(self):
-        """`recheck` (what a suspend or a network change does): the watcher
-        and the session are opened again, and pushes go on."""
+    def test_recheck_probes_the_watcher_and_logs_in_again(self):
+        """`recheck` (what a network change does): the live watcher is
+        probed (DONE, IDLE again) rather than reopened, the sync session
+        logs in again for a new pass, and pushes go on."""
         self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=77, max_size=2000))
         cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
         d = self.start(cfg)
         self.wait_state(cfg, d, "idle")
+        push = "notify" if self.has_notify() else "idle"
+        self.wait_for("the watcher up", lambda: self.status(cfg)["push"] == push, d)
         logins = self.status(cfg)["logins"]
+        watch_logins = d.log().count("a/watch: connecting to")
         self.assertEqual(self.ask("recheck"), {"ok": True})
         self.wait_for("a new session", lambda: self.status(cfg)["logins"] > logins, d)
         self.wait_state(cfg, d, "idle")
-        push = "notify" if self.has_notify() else "idle"
         self.wait_for("the watcher back", lambda: self.status(cfg)["push"] == push, d)
         self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=78, max_size=2000))
         self.wait_for("the push after recheck", lambda: len(self.local("INBOX")) == 2, d)
-        self.assertIn("asked on the control socket: checking every account", d.log())
+        self.assertIn("asked on the control socket: checking every account (watchers probed)",
+                      d.log())
+        self.assertEqual(d.log().count("a/watch: connecting to"), watch_logins,
+                         "the live watcher was reopened, not probed")
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
     def test_sighup_reload(self):
