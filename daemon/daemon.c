@@ -90,6 +90,11 @@ struct dacct {
     bool retiring;
     struct dacct *successor;
     bool start_pending; /* waits for its predecessor to stop */
+    /* A login of this account succeeded since the daemon started (its
+     * credentials worked); a refusal after that was answered with one
+     * retry with a fresh secret (reset by the next success). */
+    bool logged_in_once;
+    bool auth_refetched;
 
     /* The sync session. */
     struct engine *run;
@@ -359,6 +364,8 @@ static void on_run_idle(void *arg)
 {
     struct dacct *a = arg;
     bool first = !a->run_idle;
+    a->logged_in_once = true;
+    a->auth_refetched = false;
     a->run_idle = true;
     a->backoff_ms = 0;
     a->last_ok = time(NULL);
@@ -514,6 +521,20 @@ static void on_run_done(const struct engine_result *res, void *arg)
     if (a->paused) {
         waiters_fail_all(a, "paused", false);
         acct_state(a, SUP_PAUSED, NULL);
+        return;
+    }
+    if (res->kind == SYNC_AUTH && a->sa->password_command != NULL && a->logged_in_once &&
+        !a->auth_refetched) {
+        /* Credentials that worked before, from a command: an OAuth2 access
+         * token expires within the hour, a password manager's entry may
+         * have changed. The refused secret is forgotten (the engine said
+         * so to the account): one new attempt with a fresh one, at once;
+         * refused again, the account waits for the user. */
+        a->auth_refetched = true;
+        log_info("%s: the server refused credentials that worked before; running "
+                 "password_command again and retrying once",
+                 a->ca->name);
+        acct_start(a);
         return;
     }
     if (res->kind == SYNC_AUTH) {

@@ -394,6 +394,45 @@ class DaemonScenarios(DaemonFixture):
         self.assertEqual(d.log().count("b: state connecting"), logins, "the refused login was retried")
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
+    def test_changed_secret_is_fetched_again_once(self):
+        """Credentials from password_command that worked are refused later
+        (an OAuth2 token expired; here the password changed on the server
+        and in the password store): the daemon runs the command again and
+        retries once, without waiting for the user; the account stays in
+        service. With a secret that is still wrong after that, it stops in
+        "failed (auth)" after exactly one retry."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=93, max_size=2000))
+        pwfile = os.path.join(self.tmp, "pw")
+        with open(pwfile, "w") as f:
+            f.write(self.dovecot.password(self.user) + "\n")
+        acct = self.imap_account(user=self.user, layout=self.layout, folders=["INBOX"],
+                                 poll_interval=3600, local_delay=0)
+        acct.pop("password", None)
+        acct["password_command"] = ["cat", pwfile]
+        cfg = self.write_config({"a": acct})
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        new_pw = "changed-" + self.dovecot.password(self.user)
+        self.dovecot.add_user(self.user, new_pw)
+        with open(pwfile, "w") as f:
+            f.write(new_pw + "\n")
+        p = self.ms(cfg, "sync", "a")  # a new pass: logs in with the old secret first
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr + d.log()[-3000:])
+        self.assertIn("a: the server refused credentials that worked before; running "
+                      "password_command again and retrying once", d.log())
+        self.wait_state(cfg, d, "idle")
+        self.assertEqual(d.log().count("not retrying: the server refused the login"), 0)
+        # Wrong in the store too: one retry, then it waits for the user.
+        self.dovecot.add_user(self.user, "changed-again")
+        p = self.ms(cfg, "sync", "a")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.wait_state(cfg, d, "failed (auth)")
+        self.assertEqual(d.log().count("running password_command again and retrying once"), 2,
+                         d.log()[-3000:])
+        time.sleep(2)
+        self.assertEqual(self.status(cfg)["state"], "failed (auth)")
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
     def test_sync_after_a_refused_login_tries_again(self):
         """After a refused login the account waits for the user: once the
         password (here from password_command) is fixed, `mailsync sync b`
