@@ -175,6 +175,7 @@ struct daemon {
 };
 
 static void acct_start(struct dacct *a);
+static unsigned watch_reserved(const struct dacct *a);
 static void acct_maybe_done(struct dacct *a);
 static void watch_start(struct dacct *a);
 static void watch_stop(struct dacct *a);
@@ -629,6 +630,8 @@ static void acct_start(struct dacct *a)
     }
     struct engine_opts eo = {
         .stay_open = true,
+        /* Watchers stay up across passes: lanes fit in what they leave. */
+        .reserved_connections = watch_reserved(a),
         .on_idle = on_run_idle,
         .on_folder_done = on_run_folder,
         .report_every_folder = true, /* new mail of the first pass runs the hook too */
@@ -1155,6 +1158,18 @@ static const char *watch_push(const struct dacct *a, struct sbuf *folders)
         }
     }
     return push;
+}
+
+/* Watcher connections open, opening or waiting to reopen: what a new
+ * pass's lanes must leave of max_connections. */
+static unsigned watch_reserved(const struct dacct *a)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < a->nw; i++) {
+        const struct watcher *w = a->w[i];
+        n += w->im != NULL || w->wait != NULL || uv_is_active((const uv_handle_t *)&w->timer);
+    }
+    return n;
 }
 
 static unsigned watch_connections(const struct dacct *a)

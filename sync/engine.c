@@ -1048,7 +1048,8 @@ static void start_sessions(struct session *e)
             est += j->est_new;
         }
     }
-    unsigned want = e->acct->max_connections > 1 ? e->acct->max_connections - 1 : 0;
+    unsigned held = 1 + e->opts.reserved_connections; /* this session, the owner's */
+    unsigned want = e->acct->max_connections > held ? e->acct->max_connections - held : 0;
     if (busy < 2 || est < LANE_MIN_MSGS || e->opts.dry_run || e->cancelled) {
         want = 0;
     } else if (want > busy - 1) {

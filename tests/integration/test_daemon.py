@@ -18,6 +18,7 @@ and on the server:
   left to do."""
 
 import json
+import re
 import os
 import signal
 import socket
@@ -794,6 +795,36 @@ class DaemonIdleLimit(DaemonFixture, mstest.DovecotTestCase):
         self.wait_for("the INBOX push", lambda: self.status(cfg)["new_down"] == 1, d)
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
         self.assertEqual(len(self.local("INBOX")), 1)
+
+
+class DaemonPassWithinBudget(DaemonFixture, mstest.DovecotTestCase):
+    """max_connections counts the watcher: without LIST-STATUS every sweep
+    pass takes each folder as changed and would open max_connections - 1
+    extra connections beside the session; with the watcher up, a server
+    allowing exactly max_connections (3) per user and address must never
+    see a fourth, over several passes."""
+
+    dovecot_options = dict(PROFILES["Fallback"], extra_conf=(
+        "protocol imap {\n  mail_max_userip_connections = 3\n}\n"))
+
+    def test_sweep_passes_leave_room_for_the_watcher(self):
+        for folder, seed in (("INBOX", 94), ("Archive", 95), ("Work", 96)):
+            self.dovecot.save_many(self.user, folder, mailgen.generate(1, seed=seed,
+                                                                      max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX", "Archive", "Work"], poll_interval=2,
+                                 max_connections=3)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        self.wait_for("the watcher", lambda: self.status(cfg)["push"] == "idle", d)
+        passes = self.status(cfg)["passes"]
+        self.wait_for("three sweep passes", lambda: self.status(cfg)["passes"] >= passes + 3, d,
+                      timeout=60)
+        self.assertNotIn("[LIMIT]", d.log())
+        self.assertNotIn("Maximum number of connections", self.dovecot.log())
+        self.assertGreaterEqual(len(re.findall(r"imap a#2: connecting to", d.log())), 1,
+                                "no pass used a second connection: the test proves nothing")
+        self.assertNotIn("imap a#3: connecting to", d.log().split("in sync; waiting")[1])
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
 
 for _name, _opts in PROFILES.items():
