@@ -1120,24 +1120,34 @@ static void mailboxid_key(uint8_t key[MAILBOXID_KEY_LEN], uint32_t id)
     be32(key + 10, id);
 }
 
-int idx_folder_mailboxid_put(struct idx_txn *txn, const char *folder, const char *id)
+/* The key of a known folder's MAILBOXID, in a transaction fit for it. */
+static int mailboxid_key_of(struct idx_txn *txn, const char *folder, bool write,
+                            uint8_t key[MAILBOXID_KEY_LEN])
 {
-    int rc = txn_check(txn, true);
+    int rc = txn_check(txn, write);
     if (rc != 0) {
         return rc;
-    }
-    size_t len = id != NULL ? strnlen(id, IDX_MAILBOXID_MAX + 1) : 0;
-    if (len > IDX_MAILBOXID_MAX) {
-        return fail(txn->idx, -EINVAL, "index %s: MAILBOXID of folder '%s' longer than %d bytes",
-                    txn->idx->env_path, folder, IDX_MAILBOXID_MAX);
     }
     struct folder_rec *f;
     rc = folder_cached(txn, folder, &f);
+    if (rc == 0) {
+        mailboxid_key(key, f->id);
+    }
+    return rc;
+}
+
+int idx_folder_mailboxid_put(struct idx_txn *txn, const char *folder, const char *id)
+{
+    size_t len = id != NULL ? strnlen(id, IDX_MAILBOXID_MAX + 1) : 0;
+    if (txn != NULL && len > IDX_MAILBOXID_MAX) {
+        return fail(txn->idx, -EINVAL, "index %s: MAILBOXID of folder '%s' longer than %d bytes",
+                    txn->idx->env_path, folder, IDX_MAILBOXID_MAX);
+    }
+    uint8_t key[MAILBOXID_KEY_LEN];
+    int rc = mailboxid_key_of(txn, folder, true, key);
     if (rc != 0) {
         return rc;
     }
-    uint8_t key[MAILBOXID_KEY_LEN];
-    mailboxid_key(key, f->id);
     if (len == 0) {
         return db_del(txn, DB_META, key, sizeof(key));
     }
@@ -1148,17 +1158,11 @@ int idx_folder_mailboxid_get(struct idx_txn *txn, const char *folder,
                              char id_r[IDX_MAILBOXID_MAX + 1])
 {
     id_r[0] = '\0';
-    int rc = txn_check(txn, false);
-    if (rc != 0) {
-        return rc;
-    }
-    struct folder_rec *f;
-    rc = folder_cached(txn, folder, &f);
-    if (rc != 0) {
-        return rc;
-    }
     uint8_t key[MAILBOXID_KEY_LEN];
-    mailboxid_key(key, f->id);
+    int rc = mailboxid_key_of(txn, folder, false, key);
+    if (rc != 0) {
+        return rc;
+    }
     MDB_val v;
     rc = db_get(txn, DB_META, key, sizeof(key), &v);
     if (rc == -ENOENT) {
