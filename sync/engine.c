@@ -1215,13 +1215,6 @@ static const char *recorded_mailboxid(const char *name, void *arg)
     return ri->v[ri->n++];
 }
 
-/* A folder synced before this version recorded MAILBOXIDs, or whose SELECT
- * is skipped because nothing changed, gets the one LIST-STATUS gives when
- * its UIDVALIDITY says it is the folder the index knows. One whose
- * MAILBOXID changed under the same name was deleted and created again on
- * the server: that is said here, and the folder sync handles it as the
- * UIDVALIDITY change a server must make then (RFC 3501 section 2.3.1.1),
- * recording the new id afterwards. */
 struct adopt {
     char **names;
     const char **ids;
@@ -1240,6 +1233,13 @@ static int adopt_fn(struct idx_txn *txn, void *arg)
     return 0;
 }
 
+/* A folder synced before this version recorded MAILBOXIDs, or whose SELECT
+ * is skipped because nothing changed, gets the one LIST-STATUS gives when
+ * its UIDVALIDITY says it is the folder the index knows. One whose
+ * MAILBOXID changed under the same name was deleted and created again on
+ * the server: that is said here, and the folder sync handles it as the
+ * UIDVALIDITY change a server must make then (RFC 3501 section 2.3.1.1),
+ * recording the new id afterwards. */
 static void mailboxids_adopt(struct session *e)
 {
     struct engine *r = e->run;
