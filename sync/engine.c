@@ -255,6 +255,7 @@ struct deferred_ops {
     char *meta_key;
     void *meta_val;
     size_t meta_len;
+    char *mailboxid; /* the server's MAILBOXID of the folder, with st; NULL: none said */
 };
 
 static void deferred_free(struct engine *r)
@@ -262,6 +263,7 @@ static void deferred_free(struct engine *r)
     for (size_t i = 0; i < r->ndefer; i++) {
         struct deferred_ops *d = &r->defer[i];
         free(d->folder);
+        free(d->mailboxid);
         free(d->puts);
         free(d->drops);
         free(d->meta_key);
@@ -293,6 +295,11 @@ static int apply_fn(struct idx_txn *txn, void *arg)
                             .meta_val = d->meta_val,
                             .meta_len = d->meta_len};
         int r = ops_fn(txn, &o);
+        if (r == 0 && d->mailboxid != NULL) {
+            /* With the state it was read with: a rename found by it next
+             * time is one of the folder the index describes. */
+            r = idx_folder_mailboxid_put(txn, d->folder, d->mailboxid);
+        }
         if (r < 0) {
             return r;
         }
@@ -370,6 +377,25 @@ static int deferred_flush(struct engine *run, struct session *e)
     return r;
 }
 
+/* The MAILBOXID (RFC 8474) the server gave for the folder e is syncing,
+ * when o writes that folder's state: the SELECT's, else LIST-STATUS's;
+ * NULL when it gave none (the index keeps what it had). */
+static const char *synced_mailboxid(const struct session *e, const struct idx_ops *o)
+{
+    const struct fstate *f = e->f;
+    if (o->st == NULL || f == NULL || f->job == NULL || strcmp(f->job->name, o->folder) != 0) {
+        return NULL;
+    }
+    if (f->selected && f->mb.mailboxid[0] != '\0') {
+        return f->mb.mailboxid;
+    }
+    const struct fjob *j = f->job;
+    if (j->has_status && (j->status.have & IMAP_STATUS_MAILBOXID)) {
+        return j->status.mailboxid;
+    }
+    return NULL;
+}
+
 /* idx_apply for a write that may wait (see above); o has no drop_lids. */
 void idx_apply_later(struct session *e, const struct idx_ops *o)
 {
@@ -394,6 +420,8 @@ void idx_apply_later(struct session *e, const struct idx_ops *o)
     if (o->st != NULL) {
         d->has_st = true;
         d->st = *o->st;
+        const char *id = synced_mailboxid(e, o);
+        d->mailboxid = id != NULL ? xstrdup(id) : NULL;
     }
     if (o->meta_key != NULL) {
         d->meta_key = xstrdup(o->meta_key);
@@ -1149,6 +1177,9 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         s->uidvalidity = l->status.uidvalidity;
         s->uidnext = l->status.uidnext;
         s->messages = l->status.messages;
+        s->mailboxid = (l->has_status && (l->status.have & IMAP_STATUS_MAILBOXID))
+                           ? l->status.mailboxid
+                           : NULL;
     }
     r->plan_loc = xcalloc(n + 1, sizeof(*r->plan_loc));
     for (size_t i = 0; i < n; i++) {
@@ -1163,6 +1194,99 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
      * the plan then sees the folders where they are. */
     renames_recover(e);
     plan_folders(e);
+}
+
+/* The MAILBOXIDs the index records, for the folder planner: each answer
+ * is kept until the plan is built. */
+struct recorded_ids {
+    struct idx_txn *txn;
+    char **v;
+    size_t n, cap;
+};
+
+static const char *recorded_mailboxid(const char *name, void *arg)
+{
+    struct recorded_ids *ri = arg;
+    char id[IDX_MAILBOXID_MAX + 1];
+    if (idx_folder_mailboxid_get(ri->txn, name, id) < 0 || id[0] == '\0') {
+        return NULL;
+    }
+    xgrow(&ri->v, &ri->cap, ri->n + 1, sizeof(*ri->v));
+    ri->v[ri->n] = xstrdup(id);
+    return ri->v[ri->n++];
+}
+
+struct adopt {
+    char **names;
+    const char **ids;
+    size_t n;
+};
+
+static int adopt_fn(struct idx_txn *txn, void *arg)
+{
+    const struct adopt *a = arg;
+    for (size_t i = 0; i < a->n; i++) {
+        int r = idx_folder_mailboxid_put(txn, a->names[i], a->ids[i]);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* A folder synced before this version recorded MAILBOXIDs, or whose SELECT
+ * is skipped because nothing changed, gets the one LIST-STATUS gives when
+ * its UIDVALIDITY says it is the folder the index knows. One whose
+ * MAILBOXID changed under the same name was deleted and created again on
+ * the server: that is said here, and the folder sync handles it as the
+ * UIDVALIDITY change a server must make then (RFC 3501 section 2.3.1.1),
+ * recording the new id afterwards. */
+static void mailboxids_adopt(struct session *e)
+{
+    struct engine *r = e->run;
+    if (e->opts.dry_run) {
+        return;
+    }
+    struct idx_txn *txn;
+    if (idx_begin(e->idx, false, &txn) != 0) {
+        return; /* the planner's own read reports index failures */
+    }
+    char **names = NULL;
+    const char **ids = NULL;
+    size_t n = 0, cap = 0, icap = 0;
+    for (size_t i = 0; i < r->njobs; i++) {
+        const struct fjob *j = &r->jobs[i];
+        if (j->plan->action != FOLDERPLAN_SYNC || !j->has_status ||
+            !(j->status.have & IMAP_STATUS_MAILBOXID)) {
+            continue;
+        }
+        struct idx_folder st;
+        char known[IDX_MAILBOXID_MAX + 1];
+        if (idx_folder_get(txn, j->name, &st) < 0 ||
+            idx_folder_mailboxid_get(txn, j->name, known) < 0) {
+            continue;
+        }
+        if (known[0] != '\0' && strcmp(known, j->status.mailboxid) != 0) {
+            log_info("%s: folder %s has another MAILBOXID (%s, was %s): it was deleted and "
+                     "created again on the server",
+                     e->acct->name, j->name, j->status.mailboxid, known);
+        } else if (known[0] == '\0' && st.uidvalidity != 0 &&
+                   (j->status.have & IMAP_STATUS_UIDVALIDITY) &&
+                   j->status.uidvalidity == st.uidvalidity) {
+            xgrow(&names, &cap, n + 1, sizeof(*names));
+            xgrow(&ids, &icap, n + 1, sizeof(*ids));
+            names[n] = j->name;
+            ids[n++] = j->status.mailboxid;
+        }
+    }
+    idx_abort(txn);
+    struct adopt a = {.names = names, .ids = ids, .n = n};
+    if (n > 0 && idx_write(e->idx, adopt_fn, &a) < 0) {
+        /* Only a shortcut is lost: the folder's next sync records it. */
+        log_debug("%s: index: %s", e->acct->name, idx_error(e->idx));
+    }
+    free(names);
+    free(ids);
 }
 
 /* Plans the folders from the listing kept in the run (again after renames
@@ -1198,9 +1322,16 @@ void plan_folders(struct session *e)
         .account = e->acct->name,
     };
     renames_facts(r, txn, &in);
+    struct recorded_ids ri = {.txn = txn};
+    in.index_mailboxid = recorded_mailboxid;
+    in.mailboxid_arg = &ri;
     folderplan_free(r->fplan);
     r->fplan = folderplan_build(&in);
     idx_abort(txn);
+    for (size_t i = 0; i < ri.n; i++) {
+        free(ri.v[i]);
+    }
+    free(ri.v);
     if (r->fplan->nverify > 0) {
         renames_verify(e); /* plans again when the server has answered */
         return;
@@ -1268,6 +1399,7 @@ void plan_folders(struct session *e)
     if (ir == 0) {
         idx_abort(txn);
     }
+    mailboxids_adopt(e);
     r->fres = xcalloc(r->njobs + 1, sizeof(*r->fres));
     for (size_t i = 0; i < r->njobs; i++) {
         r->jobs[i].res = &r->fres[i];

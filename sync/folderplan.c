@@ -329,10 +329,14 @@ static int server_match(const struct build *b, const struct folderplan_folder *f
     if (!in->index_state(from->name, &st, in->facts_arg)) {
         return 0;
     }
-    if (st.mailboxid != NULL && s->mailboxid != NULL) {
+    const char *known = st.mailboxid;
+    if (known == NULL && in->index_mailboxid != NULL) {
+        known = in->index_mailboxid(from->name, in->mailboxid_arg);
+    }
+    if (known != NULL && known[0] != '\0' && s->mailboxid != NULL && s->mailboxid[0] != '\0') {
         /* RFC 8474: a MAILBOXID is never reused for another folder, and a
          * RENAME keeps it. */
-        return strcmp(st.mailboxid, s->mailboxid) == 0 ? 2 : 0;
+        return strcmp(known, s->mailboxid) == 0 ? 2 : 0;
     }
     int v = in->verdict != NULL ? in->verdict(from->name, to->name, in->facts_arg)
                                 : FOLDERPLAN_UNCHECKED;

@@ -171,6 +171,12 @@ struct folderplan_input {
      * above). */
     int (*verdict)(const char *from, const char *to, void *arg);
     void *facts_arg;
+    /* The MAILBOXID the index records for a folder, asked when index_state
+     * gave none (the engine keeps it apart from the rest of the folder's
+     * state); NULL, or an answer of NULL or "": none known. The answer must
+     * stay valid until folderplan_build returns. */
+    const char *(*index_mailboxid)(const char *name, void *arg);
+    void *mailboxid_arg;
 };
 
 /* A folder the run handles, in sync order (INBOX first, then byte order). */

@@ -585,6 +585,7 @@ static void test_many_folders(void **state)
  *   i  the identities the index records for the folder,
  *   s  the index's state "uidvalidity/uidnext/messages[/mailboxid]",
  *   S  the server's STATUS of a listed folder, same form,
+ *   m  the MAILBOXID the index keeps apart from the state (index_mailboxid),
  *   v  a verdict "FROM>TO" = 1 (renamed) or 0 (not). */
 #define MAXF 12
 
@@ -677,6 +678,12 @@ static bool f_index_state(const char *name, struct folderplan_istate *st_r, void
     memset(st_r, 0, sizeof(*st_r));
     state_of(f->value, &st_r->uidvalidity, &st_r->uidnext, &st_r->messages, &st_r->mailboxid);
     return true;
+}
+
+static const char *f_index_mailboxid(const char *name, void *arg)
+{
+    const struct fact *f = fact(arg, 'm', name);
+    return f != NULL ? f->value : NULL;
 }
 
 static int f_verdict(const char *from, const char *to, void *arg)
@@ -785,6 +792,19 @@ static const struct rename_row rename_rows[] = {
     {"another MAILBOXID: not a rename, whatever UIDVALIDITY says", "New", "Old", "Old", 0,
      "s Old=7/11/10/M1;S New=7/11/10/M2", "New=create-local Old=refuse", "New", NULL, false, false,
      "new on the server", NULL, ""},
+    {"the MAILBOXID kept apart from the state: certain", "New", "Old", "Old", 0,
+     "s Old=7/11/10;m Old=M1;S New=7/11/10/M1", "New=rename-local Old=none", "New", "Old", false,
+     false, "renamed on the server", NULL, ""},
+    {"another MAILBOXID kept apart: not a rename", "New", "Old", "Old", 0,
+     "s Old=7/11/10;m Old=M1;S New=7/11/10/M2;v Old>New=1", "New=create-local Old=refuse", "New",
+     NULL, false, false, "new on the server", NULL, ""},
+    {"two new folders with its UIDVALIDITY: the MAILBOXID picks one, unchecked", "A,New", "Old",
+     "Old", 0, "s Old=7/11/10;m Old=M1;S A=7/11/10/M2;S New=7/11/10/M1",
+     "A=create-local New=rename-local Old=none", "New", "Old", false, false,
+     "renamed on the server", NULL, ""},
+    {"no MAILBOXID listed (OBJECTID gone): UIDVALIDITY, to be confirmed", "New", "Old", "Old", 0,
+     "s Old=7/11/10;m Old=M1;S New=7/11/10", "New=rename-local Old=none", "New", "Old", true, false,
+     "renamed on the server", NULL, ""},
     {"a folder never synced (UIDVALIDITY 0) cannot be found again", "New", "Old", "Old", 0,
      "s Old=0/0/0", "New=create-local Old=refuse", "New", NULL, false, false, "new on the server",
      NULL, ""},
@@ -885,6 +905,8 @@ static void check_rename_row(const struct rename_row *r)
         .index_state = f_index_state,
         .verdict = f_verdict,
         .facts_arg = &fs,
+        .index_mailboxid = f_index_mailboxid,
+        .mailboxid_arg = &fs,
     };
     struct folderplan *p = folderplan_build(&in);
     char got[512];
