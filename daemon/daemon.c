@@ -35,6 +35,8 @@
 #define STOP_DEADLINE_MS 5000
 /* How long after the last folder job the heap is trimmed. */
 #define TRIM_DELAY_MS 1000
+/* A sweep that finds the session busy tries again after this long. */
+#define SWEEP_BUSY_RETRY_MS 5000
 /* More folders than this are not watched one by one (each costs two
  * inotify watches): the root is, and the poll sweep finds the rest. */
 #define MAX_WATCHED_FOLDERS 2000
@@ -124,7 +126,12 @@ struct dacct {
      * a row with misses and NOTIFY is not used again (notify_off). */
     char **announced;
     size_t nannounced, announced_cap;
-    bool sweep_pass;   /* the current pass was started by poll_interval */
+    bool sweep_pass; /* the current pass or sweep was started by poll_interval */
+    /* A sweep on the open session (engine_sweep) runs: its LIST is out
+     * (sweeping), or its folders are queued (sweep_listed). */
+    bool sweeping;
+    bool sweep_listed;
+    bool fs_partial;   /* more folders than inotify watches: sweeps are full passes */
     bool sweep_missed; /* ... and found new mail NOTIFY did not announce */
     unsigned notify_misses;
     bool notify_off;
@@ -361,6 +368,34 @@ static void on_trim(uv_timer_t *t)
     malloc_trim(0);
 }
 
+/* After a sweep (a pass started by poll_interval, or a sweep on the open
+ * session): NOTIFY missed new mail in two sweeps in a row -> IDLE. */
+static void sweep_verdict(struct dacct *a)
+{
+    a->notify_misses = a->sweep_missed ? a->notify_misses + 1 : 0;
+    if (a->notify_misses >= 2 && !a->notify_off) {
+        log_warnx("%s: the server accepted NOTIFY but did not announce new mail, twice: "
+                  "IDLE on %s%s from now on, other folders every %u s",
+                  a->ca->name, a->nw > 0 ? a->w[0]->folder : "INBOX",
+                  a->nw > 1 ? " and the other idle folders" : "", a->ca->poll_interval);
+        a->notify_off = true;
+        watch_stop(a);
+        watch_start(a);
+    }
+    a->sweep_pass = false;
+    a->sweep_missed = false;
+}
+
+static void sweep_end(struct dacct *a)
+{
+    a->sweeping = false;
+    a->sweep_listed = false;
+    a->passes++;
+    a->last_ok = time(NULL);
+    sweep_verdict(a);
+    log_debug("%s: sweep done", a->ca->name);
+}
+
 static void on_run_idle(void *arg)
 {
     struct dacct *a = arg;
@@ -371,20 +406,14 @@ static void on_run_idle(void *arg)
     a->backoff_ms = 0;
     a->last_ok = time(NULL);
     if (first && a->sweep_pass) {
-        a->notify_misses = a->sweep_missed ? a->notify_misses + 1 : 0;
-        if (a->notify_misses >= 2 && !a->notify_off) {
-            log_warnx("%s: the server accepted NOTIFY but did not announce new mail, twice: "
-                      "IDLE on %s%s from now on, other folders every %u s",
-                      a->ca->name, a->nw > 0 ? a->w[0]->folder : "INBOX",
-                      a->nw > 1 ? " and the other idle folders" : "", a->ca->poll_interval);
-            a->notify_off = true;
-            watch_stop(a);
-            watch_start(a);
-        }
+        sweep_verdict(a);
     }
-    a->sweep_pass = false;
-    a->sweep_missed = false;
+    if (a->sweeping && a->sweep_listed) {
+        sweep_end(a); /* the folders the sweep queued are done */
+    }
     if (first) {
+        a->sweep_pass = false;
+        a->sweep_missed = false;
         a->passes++;
         log_info("%s: in sync; waiting for changes", a->ca->name);
         waiters_answer(a, NULL, a->pass_error, a->pass_error_temporary);
@@ -448,7 +477,7 @@ static void announced_clear(struct dacct *a)
 static void on_run_folder(const struct engine_folder_result *res, void *arg)
 {
     struct dacct *a = arg;
-    if (a->sweep_pass && !a->run_idle && a->watch_notify && res->error == NULL &&
+    if (a->sweep_pass && (!a->run_idle || a->sweeping) && a->watch_notify && res->error == NULL &&
         res->counts.new_down > 0 && a->notify_since != 0 && a->notify_since <= a->prev_pass_start &&
         !was_announced(a, res->name)) {
         log_info("%s: %s: %u new message(s) NOTIFY did not announce", a->ca->name, res->name,
@@ -500,6 +529,8 @@ static void on_run_done(const struct engine_result *res, void *arg)
     a->run = NULL;
     bool was_idle = a->run_idle;
     a->run_idle = false;
+    a->sweeping = false; /* a sweep ends with its session */
+    a->sweep_listed = false;
     bool restart = a->restart_after;
     a->restart_after = false;
     /* Folder errors were logged as each folder ended (on_run_folder). */
@@ -651,9 +682,46 @@ static void acct_start(struct dacct *a)
     uv_timer_start(&a->poll_timer, on_poll, (uint64_t)a->ca->poll_interval * 1000, 0);
 }
 
+static void on_sweep(enum engine_sweep_result res, unsigned n, void *arg)
+{
+    struct dacct *a = arg;
+    if (res == ENGINE_SWEEP_NEW_PASS) {
+        a->sweeping = false;
+        log_debug("%s: poll_interval: the folder list changed; a new pass", a->ca->name);
+        acct_new_pass(a); /* sweep_pass stays: the pass is the sweep */
+        return;
+    }
+    if (n == 0 || (a->run != NULL && engine_is_idle(a->run))) {
+        sweep_end(a); /* nothing queued, or all of it done already */
+    } else {
+        a->sweep_listed = true; /* ends when the session is idle again */
+    }
+}
+
 static void on_poll(uv_timer_t *t)
 {
     struct dacct *a = t->data;
+    if (a->imap && a->run != NULL && a->run_idle && !a->restart_after && !a->fs_partial &&
+        !a->sweeping) {
+        /* On the open session: LIST-STATUS tells which folders moved. */
+        uv_timer_start(&a->poll_timer, on_poll, (uint64_t)a->ca->poll_interval * 1000, 0);
+        int r = engine_sweep(a->run, on_sweep, a);
+        if (r == 0) {
+            log_debug("%s: poll_interval: a sweep on the open session", a->ca->name);
+            a->sweeping = true;
+            a->sweep_pass = true;
+            a->sweep_missed = false;
+            a->prev_pass_start = a->pass_start;
+            a->pass_start = time(NULL);
+            announced_clear(a);
+            return;
+        }
+        if (r == -EBUSY) {
+            /* Folders are being synced: sweep once they are done. */
+            uv_timer_start(&a->poll_timer, on_poll, SWEEP_BUSY_RETRY_MS, 0);
+            return;
+        }
+    }
     if (a->imap) {
         /* Re-armed by acct_start; a session in back-off keeps its timer. */
         log_debug("%s: poll_interval: a new pass", a->ca->name);
@@ -780,7 +848,8 @@ static void fs_watch_all(struct dacct *a)
         free(path);
         watched++;
     }
-    if (watched == MAX_WATCHED_FOLDERS) {
+    a->fs_partial = watched == MAX_WATCHED_FOLDERS;
+    if (a->fs_partial) {
         log_info("%s: more than %d folders: local changes beyond them are found by the sweep "
                  "every %u s",
                  a->ca->name, MAX_WATCHED_FOLDERS, a->ca->poll_interval);

@@ -828,7 +828,10 @@ static void demand_reset(struct fjob *j)
     j->notice = NULL;
     res->transient = false;
     memset(&res->counts, 0, sizeof(res->counts));
-    j->has_status = false;
+    /* The pass's LIST-STATUS is old news; a sweep's is not (see
+     * fresh_status). */
+    j->has_status = j->fresh_status;
+    j->fresh_status = false;
     j->on_demand = true;
 }
 
@@ -876,12 +879,162 @@ int engine_sync_folder(struct engine *r, const char *folder)
     if (!j->on_server) {
         return -ENOENT; /* its CREATE failed */
     }
-    if (!j->queued) {
+    if (j->queued) {
+        /* Asked for again after a sweep listed it: the server may have
+         * moved since that listing. */
+        j->fresh_status = false;
+    } else {
         j->queued = true;
         xgrow(&r->demand, &r->demand_cap, r->ndemand + 1, sizeof(*r->demand));
         r->demand[r->ndemand++] = (size_t)(j - r->jobs);
     }
     wake_idle(r);
+    return 0;
+}
+
+/* ---- sweeps on the open connection --------------------------------------------------------- */
+
+struct sweep {
+    struct engine *r;
+    struct session *e;
+    struct listed *v;
+    size_t n, cap;
+    engine_sweep_cb cb;
+    void *arg;
+};
+
+static void sweep_free(struct sweep *sw)
+{
+    for (size_t i = 0; i < sw->n; i++) {
+        free(sw->v[i].name);
+    }
+    free(sw->v);
+    free(sw);
+}
+
+static void on_sweep_folder(struct imap *im, const struct imap_folder *fo, void *arg)
+{
+    (void)im;
+    struct sweep *sw = arg;
+    if (fo->name == NULL) {
+        return; /* said by the pass's own listing */
+    }
+    xgrow(&sw->v, &sw->cap, sw->n + 1, sizeof(*sw->v));
+    struct listed *l = &sw->v[sw->n++];
+    l->name = xstrdup(fo->name);
+    l->attrs = fo->attrs;
+    l->has_status = fo->has_status;
+    l->status = fo->status;
+    l->status.folder = NULL;
+}
+
+static const struct listed *sweep_find(const struct listed *v, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(v[i].name, name) == 0) {
+            return &v[i];
+        }
+    }
+    return NULL;
+}
+
+/* Whether the server lists the same folders, with the same attributes, as
+ * when the pass began (the folder plan holds for them). */
+static bool sweep_same_folders(const struct engine *r, const struct sweep *sw)
+{
+    if (sw->n != r->nlisted) {
+        return false;
+    }
+    for (size_t i = 0; i < sw->n; i++) {
+        const struct listed *was = sweep_find(r->listed, r->nlisted, sw->v[i].name);
+        /* \Marked, \Unmarked and \HasChildren come and go with the mail
+         * and the children; what the folder plan decided on does not. */
+        unsigned keep = ~(unsigned)(IMAP_LIST_MARKED | IMAP_LIST_UNMARKED | IMAP_LIST_HASCHILDREN |
+                                    IMAP_LIST_HASNOCHILDREN);
+        if (was == NULL || (was->attrs & keep) != (sw->v[i].attrs & keep)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void on_sweep_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    (void)im;
+    struct sweep *sw = arg;
+    struct session *e = sw->e;
+    struct engine *r = sw->r;
+    r->sweeping = false;
+    if (res->err < 0 || e->finished || r->closing) {
+        sweep_free(sw); /* the session ends: its done callback follows */
+        return;
+    }
+    if (res->status != IMAP_STATUS_OK || !sweep_same_folders(r, sw)) {
+        log_debug("%s: sweep: %s; a new pass", e->acct->name,
+                  res->status != IMAP_STATUS_OK ? "LIST refused" : "the folder list changed");
+        engine_sweep_cb cb = sw->cb;
+        void *cb_arg = sw->arg;
+        sweep_free(sw);
+        cb(ENGINE_SWEEP_NEW_PASS, 0, cb_arg);
+        return;
+    }
+    /* Every folder is queued, with the status just listed: one that moved
+     * on neither side ends without a SELECT or a directory read (the
+     * change-time shortcut), the others sync as usual. */
+    unsigned queued = 0;
+    for (size_t i = 0; i < r->njobs; i++) {
+        struct fjob *j = &r->jobs[i];
+        const struct listed *l = sweep_find(sw->v, sw->n, j->name);
+        if (l == NULL || j->res == NULL || j->queued) {
+            continue;
+        }
+        /* Set first: the job may start inside engine_sync_folder. The
+         * folder this connection has selected is not trusted: a server
+         * answers STATUS for it from the session's own view, which has
+         * not seen new mail yet (Dovecot does), so it is selected again. */
+        j->status = l->status;
+        j->fresh_status =
+            l->has_status && (e->selected == NULL || strcmp(e->selected, j->name) != 0);
+        if (engine_sync_folder(r, j->name) == 0) {
+            queued++;
+        } else {
+            j->fresh_status = false;
+        }
+    }
+    log_debug("%s: sweep: %u folder%s queued", e->acct->name, queued, queued == 1 ? "" : "s");
+    engine_sweep_cb cb = sw->cb;
+    void *cb_arg = sw->arg;
+    sweep_free(sw);
+    cb(ENGINE_SWEEP_QUEUED, queued, cb_arg);
+}
+
+bool engine_is_idle(const struct engine *r)
+{
+    return r->lister != NULL && r->lister->idle && r->ndemand == 0;
+}
+
+int engine_sweep(struct engine *r, engine_sweep_cb cb, void *arg)
+{
+    if (!r->opts.stay_open) {
+        return -EINVAL;
+    }
+    struct session *e = r->lister;
+    if (r->closing || e == NULL || e->finished || conn_lost(e)) {
+        return -ESHUTDOWN;
+    }
+    if (!e->idle || r->sweeping || r->ndemand > 0) {
+        return -EBUSY;
+    }
+    struct sweep *sw = xcalloc(1, sizeof(*sw));
+    sw->r = r;
+    sw->e = e;
+    sw->cb = cb;
+    sw->arg = arg;
+    if (e->ro->list(e->im, on_sweep_folder, on_sweep_done, sw) < 0) {
+        sweep_free(sw);
+        return -ESHUTDOWN;
+    }
+    r->sweeping = true;
     return 0;
 }
 
@@ -1415,7 +1568,9 @@ void plan_folders(struct session *e)
 /* The folder jobs start, on this session and on more connections. */
 void jobs_go(struct session *e)
 {
-    listed_free(e->run);
+    if (!e->opts.stay_open) {
+        listed_free(e->run); /* a stay-open run's sweeps compare with it */
+    }
     if (e->finished) {
         return;
     }

@@ -147,6 +147,25 @@ int engine_sync_folder(struct engine *e, const char *folder);
  * done; queued folders are dropped; done follows. */
 void engine_close(struct engine *e);
 
+/* What a sweep found (engine_sweep). */
+enum engine_sweep_result {
+    ENGINE_SWEEP_QUEUED,   /* the folders that moved are queued (n of them, maybe 0) */
+    ENGINE_SWEEP_NEW_PASS, /* the server's folder list changed: a new pass is needed */
+};
+typedef void (*engine_sweep_cb)(enum engine_sweep_result res, unsigned n, void *arg);
+/* stay_open sessions, while idle: LIST (with LIST-STATUS where offered)
+ * on the open connection; every folder whose status differs from what the
+ * index recorded at its last sync (or every folder, without LIST-STATUS)
+ * is queued as by engine_sync_folder. cb follows from the loop, unless the
+ * session ends first (done then follows as usual). Returns 0, -EBUSY
+ * while the session works or a sweep runs, -ESHUTDOWN when it is ending,
+ * -EINVAL without stay_open. */
+int engine_sweep(struct engine *e, engine_sweep_cb cb, void *arg);
+/* stay_open sessions: whether the session waits for folder jobs with none
+ * queued (folders that needed nothing can finish inside engine_sweep's
+ * callback chain, before cb). */
+bool engine_is_idle(const struct engine *e);
+
 /* One summary line: "work: ↓ 12 new, 3 flags, 1 deleted; ↑ 2 new ...". Caller frees. */
 char *engine_summary(const struct engine_result *res);
 

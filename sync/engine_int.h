@@ -119,6 +119,10 @@ struct fjob {
     struct engine_folder_result *res;
     bool on_demand; /* queued by engine_sync_folder: on_folder_done follows */
     bool queued;    /* in demand[] */
+    /* status was listed by a sweep after the job's last sync and nothing
+     * asked for the folder since: the job may trust it (a quiet folder
+     * then needs no SELECT). */
+    bool fresh_status;
 };
 
 /* One folder of the LIST answer, until the folder planner has it. */
@@ -318,6 +322,7 @@ struct engine {
     size_t *demand;
     size_t ndemand, demand_cap;
     bool closing;
+    bool sweeping; /* engine_sweep's LIST is in flight */
     bool cancelled;
     enum sync_kind kind;
     char *error; /* first account-level error */
