@@ -762,6 +762,7 @@ static void fill_input(struct session *e, struct plan_input *in, struct plan_ser
     in->max_age_days = e->acct->max_age_days;
     in->now = e->now;
     in->force = e->opts.force;
+    in->nmoved = moves_moved_uids(e, &in->moved);
     in->folder = f->job->name;
     in->account = e->acct->name;
 }

@@ -850,6 +850,13 @@ void moves_start(struct session *e, void (*cont)(struct session *e))
     }
 }
 
+size_t moves_moved_uids(const struct session *e, const uint32_t **uids_r)
+{
+    const struct moves *mv = e->f != NULL ? e->f->mv : NULL;
+    *uids_r = mv != NULL ? mv->keep_uids : NULL;
+    return mv != NULL ? mv->nkeep : 0;
+}
+
 void moves_filter_plan(struct session *e)
 {
     struct fstate *f = e->f;
@@ -862,14 +869,6 @@ void moves_filter_plan(struct session *e)
         for (size_t k = 0; k < mv->nskip; k++) {
             if (strcmp(p->uploads[i].lid, mv->skip_lids[k]) == 0) {
                 plan_drop_upload(p, i);
-                break;
-            }
-        }
-    }
-    for (size_t i = p->nserver_deletes; i-- > 0;) {
-        for (size_t k = 0; k < mv->nkeep; k++) {
-            if (p->server_deletes[i].uid == mv->keep_uids[k]) {
-                plan_drop_server_delete(p, i);
                 break;
             }
         }

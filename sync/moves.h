@@ -40,6 +40,9 @@
 #ifndef MAILSYNC_SYNC_MOVES_H
 #define MAILSYNC_SYNC_MOVES_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 struct session;
 struct engine;
 struct moves;
@@ -49,9 +52,14 @@ struct moves;
  * folder). cont is called from the loop, possibly before moves_start
  * returns; when the session ends meanwhile it is not called. */
 void moves_start(struct session *e, void (*cont)(struct session *e));
-/* After plan_build: takes out of the plan the uploads and server deletions
- * of messages that are moves (listed as moves by --dry-run) or that another
- * job of the run is moving. */
+/* The UIDs of the job's folder whose messages are moves out of it that
+ * this job does not carry out (another job of the run does, or its
+ * destination's job later): plan_input.moved, so that they are neither
+ * deleted on the server from here nor counted by the deletion guard. */
+size_t moves_moved_uids(const struct session *e, const uint32_t **uids_r);
+/* After plan_build: takes out of the plan the uploads of messages that are
+ * moves into the folder (listed as moves by --dry-run) or that another job
+ * of the run is moving. */
 void moves_filter_plan(struct session *e);
 void moves_free(struct moves *mv);
 /* The run's claims (struct engine), at its end. */

@@ -268,7 +268,7 @@ static void merge(const struct plan_input *in, const struct fstate *l, const str
 
 struct builder {
     struct plan *p;
-    size_t cap_dl, cap_ul, cap_lf, cap_st, cap_ld, cap_sd, cap_dr, cap_up, cap_sk;
+    size_t cap_dl, cap_ul, cap_lf, cap_st, cap_ld, cap_sd, cap_dr, cap_up, cap_sk, cap_or;
 };
 
 /* Adds uid to the store group with exactly this change, creating it. */
@@ -454,12 +454,53 @@ struct plan *plan_build(const struct plan_input *in)
     size_t nldel = 0, nsdel = 0, cap_ldel = 0, cap_sdel = 0;
     size_t nsynced = 0;
 
+    uint32_t *moved = xmalloc((in->nmoved + 1) * sizeof(*moved));
+    if (in->nmoved > 0) {
+        memcpy(moved, in->moved, in->nmoved * sizeof(*moved));
+        qsort(moved, in->nmoved, sizeof(*moved), u32_cmp);
+    }
+    static const uint8_t no_hash[sizeof(in->base->msgid_hash)];
+
     for (size_t i = 0; i < in->nbase; i++) {
         const struct idx_msg *base = &in->base[i];
+        if (base->state == IDX_MSG_ORPHAN && base->uid != 0) {
+            /* Parked in an earlier run or job: still waiting while its file
+             * stays; forgotten once the user deleted the file. */
+            struct loc_ent *le = find_loc(lv, in->local.nmsgs, base->lid);
+            if (le == NULL) {
+                *PUSH(p->drops, p->ndrops, b.cap_dr) = base->uid;
+                continue;
+            }
+            le->used = true;
+            struct fstate bs = {.flags = base->flags & MD_FLAGS_ALL}, ls;
+            plan_kw_parse(base->keywords, &bs.kw);
+            fs_from_local(le->m, &ls);
+            struct plan_orphan *o = PUSH(p->orphans, p->norphans, b.cap_or);
+            *o = (struct plan_orphan){.lid = xstrdup(base->lid),
+                                      .uid = base->uid,
+                                      .changed = local_changed(in, &ls, &bs),
+                                      .parked = true};
+            fs_free(&bs);
+            fs_free(&ls);
+            continue;
+        }
         if (base->state != IDX_MSG_SYNCED || base->uid == 0) {
             continue;
         }
         nsynced++;
+        if (in->nmoved > 0 && bsearch(&base->uid, moved, in->nmoved, sizeof(*moved), u32_cmp)) {
+            /* Another folder's job moves it (or takes it over): nothing
+             * happens to it from here. */
+            struct srv_ent *se = find_srv(sv, in->server.nmsgs, base->uid);
+            if (se != NULL) {
+                se->used = true;
+            }
+            struct loc_ent *le = find_loc(lv, in->local.nmsgs, base->lid);
+            if (le != NULL) {
+                le->used = true;
+            }
+            continue;
+        }
         struct fstate bs = {.flags = base->flags & MD_FLAGS_ALL};
         plan_kw_parse(base->keywords, &bs.kw);
 
@@ -488,6 +529,14 @@ struct plan *plan_build(const struct plan_input *in)
 
         if (on_server && le != NULL) {
             plan_both(&b, in, base, &bs, &ls, &ss);
+        } else if (!on_server && le != NULL && in->park_orphans &&
+                   memcmp(base->msgid_hash, no_hash, sizeof(no_hash)) != 0) {
+            /* Maybe moved by another client: parked, not deleted (and not
+             * copied back when edited here: a pair merges the edit). */
+            struct plan_orphan *o = PUSH(p->orphans, p->norphans, b.cap_or);
+            *o = (struct plan_orphan){.lid = xstrdup(base->lid),
+                                      .uid = base->uid,
+                                      .changed = local_changed(in, &ls, &bs)};
         } else if (!on_server && le != NULL) {
             if (local_changed(in, &ls, &bs)) {
                 /* Edited here while expunged there: copy it back. */
@@ -585,6 +634,7 @@ struct plan *plan_build(const struct plan_input *in)
     free(sv);
     free(lv);
     free(van);
+    free(moved);
     return p;
 }
 
@@ -860,6 +910,10 @@ void plan_free(struct plan *p)
     free(p->drops);
     free(p->updates);
     free(p->skips);
+    for (size_t i = 0; i < p->norphans; i++) {
+        free(p->orphans[i].lid);
+    }
+    free(p->orphans);
     free(p->error);
     free(p);
 }
@@ -889,7 +943,8 @@ void plan_drop_server_delete(struct plan *p, size_t i)
 bool plan_empty(const struct plan *p)
 {
     return p->ndownloads == 0 && p->nuploads == 0 && p->nlocal_flags == 0 && p->nstores == 0 &&
-           p->nlocal_deletes == 0 && p->nserver_deletes == 0 && p->ndrops == 0 && p->nupdates == 0;
+           p->nlocal_deletes == 0 && p->nserver_deletes == 0 && p->ndrops == 0 &&
+           p->nupdates == 0 && p->norphans == 0;
 }
 
 static void print_kw(FILE *fp, const struct plan_kw *kw)
@@ -942,6 +997,12 @@ void plan_print(const struct plan *p, const char *folder, FILE *fp)
     for (size_t i = 0; i < p->nlocal_deletes; i++) {
         fprintf(fp, "%s: delete local %s (uid %u gone from the server)\n", folder,
                 p->local_deletes[i].lid, (unsigned)p->local_deletes[i].uid);
+    }
+    for (size_t i = 0; i < p->norphans; i++) {
+        fprintf(fp,
+                "%s: keep local %s until the run ends (uid %u gone from the server: moved to "
+                "another folder, or else deleted)\n",
+                folder, p->orphans[i].lid, (unsigned)p->orphans[i].uid);
     }
     for (size_t i = 0; i < p->nserver_deletes; i++) {
         fprintf(fp, "%s: delete on the server uid %u (%s deleted locally)\n", folder,

@@ -209,6 +209,28 @@ class MoveScenarios(MoveFixture):
         self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
                       p.stdout)
 
+    def test_large_move_is_not_a_mass_deletion(self):
+        """26 of 30 messages moved out of INBOX (synced first) into a new
+        local folder and into Work: far over max_delete_ratio, but moves,
+        not deletions: neither --dry-run nor the real run trips the guard,
+        and nothing is deleted or uploaded."""
+        cfg = self.seed({"INBOX": [(i, "") for i in range(30)], "Work": [(100, "")]})
+        uniq = self.uniques("INBOX", range(26))
+        for n, u in enumerate(uniq):
+            self.move_local("INBOX", "Work" if n < 13 else "Saved", u)
+        p = self.sync(cfg, "--dry-run")
+        self.assertNotIn("refusing", p.stdout + p.stderr)
+        self.assertNotIn("delete on the server", p.stdout)
+        p = self.sync(cfg, trace=True)
+        self.assertNotIn("refusing", p.stdout + p.stderr)
+        self.assertEqual(commands(p.stderr, "APPEND"), [])
+        self.assertIn("26 moved between folders", p.stdout)
+        for f in ("INBOX", "Work", "Saved"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(sorted(self.server_flags("INBOX")), [26, 27, 28, 29])
+        self.assertEqual(sorted(self.server_flags("Saved")), list(range(13, 26)))
+
     def test_dry_run_lists_moves(self):
         """--dry-run says "move" for each message and neither an upload nor
         a deletion; its counts are the real run's."""
