@@ -432,6 +432,7 @@ static void on_run_closed(uv_handle_t *h)
     folderplan_free(r->fplan);
     strindex_free(&r->job_ix);
     moves_claims_free(r);
+    moves_orphans_free(r);
     free(r->error);
     free(r);
 }
@@ -924,6 +925,16 @@ void next_folder(struct session *e)
         case FOLDERPLAN_NONE:
             continue;
         }
+    }
+    bool others_busy = false;
+    for (size_t i = 0; i < r->nsessions; i++) {
+        others_busy = others_busy ||
+                      (r->sessions[i] != NULL && r->sessions[i] != e && r->sessions[i]->f != NULL);
+    }
+    if (!others_busy && r->norphans > 0 && (r->ndemand == 0 || !e->opts.stay_open)) {
+        /* The pass is over: orphans no folder paired are deletions after
+         * all (a run that stays open gives them a grace first). */
+        moves_orphans_expire(e, !e->opts.stay_open || r->closing);
     }
     if (e == r->lister && e->opts.stay_open && !r->closing && !conn_lost(e)) {
         /* A run that stays open does not end, and its deferred records

@@ -40,6 +40,7 @@
 #ifndef MAILSYNC_SYNC_MOVES_H
 #define MAILSYNC_SYNC_MOVES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,6 +63,34 @@ size_t moves_moved_uids(const struct session *e, const uint32_t **uids_r);
  * of the run is moving. */
 void moves_filter_plan(struct session *e);
 void moves_free(struct moves *mv);
+
+/* Messages moved on the server by another client (A -> B): A's sync finds
+ * x gone while the file stays and parks the record as an orphan
+ * (IDX_MSG_ORPHAN: it survives a kill -9, the file stays in place); a
+ * later job that lists new messages while the run knows orphans fetches
+ * their Message-ID with the listing and pairs a new message with an orphan
+ * by (msgid_hash, RFC822.SIZE), never on a zero hash, only within the
+ * account: the file is moved into B's Maildir (no body downloaded) under a
+ * download intent, then one transaction drops A's orphan and records B's
+ * message. Flags merge three-way (the file's change since the base, else
+ * the server's). Orphans not paired by the end of a one-shot run's pass
+ * (the daemon: after a two-minute grace) are deleted locally as before; an
+ * orphan edited locally meanwhile keeps its file, uploaded again as a new
+ * message (an edit racing an expunge loses nothing).
+ *
+ * Whether plan_input.park_orphans applies (the account has other folders
+ * a message can have gone to). */
+bool moves_park_orphans_wanted(const struct session *e);
+/* After the plan: parks its new orphans and registers every orphan of the
+ * folder with the run. */
+void moves_park_orphans(struct session *e);
+/* Before the plan: pairs the folder's new server messages with the run's
+ * orphans of other folders, moving the files in. */
+void moves_pair_server(struct session *e);
+/* At the end of a pass: deletes the orphans left (all, or those past their
+ * grace). e->f may be NULL. */
+void moves_orphans_expire(struct session *e, bool all);
+void moves_orphans_free(struct engine *r);
 /* The run's claims (struct engine), at its end. */
 void moves_claims_free(struct engine *r);
 
