@@ -577,16 +577,22 @@ struct plan *plan_build(const struct plan_input *in)
 
     /* The guard: deletions against the folder's size at the base. */
     bool tripped = false;
+    /* Orphans parked now count: until a pair shows they were moved, a
+     * mass expunge on the server looks the same and must stay guarded. */
+    size_t nnew_orphans = 0;
+    for (size_t i = 0; i < p->norphans; i++) {
+        nnew_orphans += !p->orphans[i].parked;
+    }
     if (!in->force && nsynced > PLAN_GUARD_MIN) {
         double limit = in->max_delete_ratio * (double)nsynced;
-        if ((double)nldel > limit || (double)nsdel > limit) {
+        if ((double)(nldel + nnew_orphans) > limit || (double)nsdel > limit) {
             tripped = true;
-            p->guard_local = (unsigned)nldel;
+            p->guard_local = (unsigned)(nldel + nnew_orphans);
             p->guard_server = (unsigned)nsdel;
             p->error = xasprintf(
                 "folder '%s': refusing to delete %zu of %zu messages locally and %zu on the "
                 "server (more than %.0f%%); if that is intended, run 'mailsync sync --force %s'",
-                in->folder != NULL ? in->folder : "?", nldel, nsynced, nsdel,
+                in->folder != NULL ? in->folder : "?", nldel + nnew_orphans, nsynced, nsdel,
                 in->max_delete_ratio * 100.0, in->account != NULL ? in->account : "ACCOUNT");
         }
     }
@@ -599,6 +605,15 @@ struct plan *plan_build(const struct plan_input *in)
         }
         free(ldel);
         free(sdel);
+        size_t out = 0;
+        for (size_t i = 0; i < p->norphans; i++) {
+            if (p->orphans[i].parked) {
+                p->orphans[out++] = p->orphans[i];
+            } else {
+                free(p->orphans[i].lid);
+            }
+        }
+        p->norphans = out;
     } else {
         p->local_deletes = ldel;
         p->nlocal_deletes = nldel;
