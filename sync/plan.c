@@ -488,10 +488,16 @@ struct plan *plan_build(const struct plan_input *in)
             continue;
         }
         nsynced++;
-        if (in->nmoved > 0 && bsearch(&base->uid, moved, in->nmoved, sizeof(*moved), u32_cmp)) {
+        struct srv_ent *se = find_srv(sv, in->server.nmsgs, base->uid);
+        bool on_server = se != NULL || (!in->server.complete && !is_vanished(in, van, base->uid));
+        if (on_server && in->nmoved > 0 &&
+            bsearch(&base->uid, moved, in->nmoved, sizeof(*moved), u32_cmp)) {
             /* Another folder's job moves it (or takes it over): nothing
-             * happens to it from here. */
-            struct srv_ent *se = find_srv(sv, in->server.nmsgs, base->uid);
+             * happens to it from here. Once gone from the server (moved by
+             * a run killed before its record, or expunged by another
+             * client), it is dropped below like any message gone from both
+             * sides: kept, it would be deleted on the server by the next
+             * run, once no longer listed here as moved. */
             if (se != NULL) {
                 se->used = true;
             }
@@ -504,19 +510,14 @@ struct plan *plan_build(const struct plan_input *in)
         struct fstate bs = {.flags = base->flags & MD_FLAGS_ALL};
         plan_kw_parse(base->keywords, &bs.kw);
 
-        struct srv_ent *se = find_srv(sv, in->server.nmsgs, base->uid);
-        bool on_server;
         struct fstate ss;
         if (se != NULL) {
             se->used = true;
-            on_server = true;
             fs_from_server(se->m, &ss);
-        } else if (!in->server.complete && !is_vanished(in, van, base->uid)) {
-            on_server = true;
+        } else if (on_server) {
             ss.flags = bs.flags;
             kw_copy(&bs.kw, &ss.kw);
         } else {
-            on_server = false;
             memset(&ss, 0, sizeof(ss));
         }
 

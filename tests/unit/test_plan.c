@@ -676,6 +676,43 @@ static void test_guard_ignores_moves(void **state)
     }
 }
 
+/* A record listed in moved (another job moves the message) while the
+ * server still has its UID: nothing happens to it, even with the server's
+ * flags changed. Gone from the server too (a move run killed after its
+ * MOVE, or another client expunged the original): dropped, as any message
+ * gone from both sides, never left for a later run to delete on the
+ * server. Complete listing and delta (VANISHED) alike. */
+static void test_moved_gone_from_server(void **state)
+{
+    (void)state;
+    for (int delta = 0; delta <= 1; delta++) {
+        struct fx f;
+        fx_init(&f);
+        f.in.server.complete = !delta;
+        synced(&f, 1, "S");
+        base(&f, "2:l2:"); /* moved, still on the server, flagged there */
+        srv(&f, "2:F");
+        base(&f, "3:l3:S"); /* moved, gone from the server */
+        if (delta) {
+            f.van[f.nvan++] = 3;
+        }
+        base(&f, "4:l4:"); /* moved, not in the delta: still there */
+        if (!delta) {
+            srv(&f, "4:");
+        }
+        static const uint32_t moved[] = {2, 3, 4};
+        f.in.moved = moved;
+        f.in.nmoved = 3;
+        struct plan *p = build(&f);
+        assert_int_equal(p->ndrops, 1);
+        assert_int_equal(p->drops[0], 3);
+        assert_int_equal(p->nserver_deletes + p->nlocal_deletes, 0);
+        assert_int_equal(p->ndownloads + p->nuploads + p->nstores + p->nlocal_flags, 0);
+        assert_null(p->error);
+        plan_free(p);
+    }
+}
+
 /* Orphans: a record without a Message-ID hash is deleted as before; one
  * edited locally is parked with changed set (not copied back); a parked
  * record (IDX_MSG_ORPHAN) is listed again while its file stays and
@@ -1055,6 +1092,7 @@ int main(void)
         cmocka_unit_test(test_delete_edit_race),
         cmocka_unit_test(test_guard),
         cmocka_unit_test(test_guard_ignores_moves),
+        cmocka_unit_test(test_moved_gone_from_server),
         cmocka_unit_test(test_orphans),
         cmocka_unit_test(test_skips),
         cmocka_unit_test(test_store_grouping),
