@@ -926,15 +926,10 @@ void next_folder(struct session *e)
             continue;
         }
     }
-    bool others_busy = false;
-    for (size_t i = 0; i < r->nsessions; i++) {
-        others_busy = others_busy ||
-                      (r->sessions[i] != NULL && r->sessions[i] != e && r->sessions[i]->f != NULL);
-    }
-    if (!others_busy && r->norphans > 0 && (r->ndemand == 0 || !e->opts.stay_open)) {
-        /* The pass is over: orphans no folder paired are deletions after
-         * all (a run that stays open gives them a grace first). */
-        moves_orphans_expire(e, !e->opts.stay_open || r->closing);
+    if (r->norphans > 0 && !moves_pairing_pending(e)) {
+        /* The pass (or the burst of jobs on demand) is over: orphans no
+         * folder paired are deletions after all. */
+        moves_orphans_expire(e);
     }
     if (e == r->lister && e->opts.stay_open && !r->closing && !conn_lost(e)) {
         /* A run that stays open does not end, and its deferred records

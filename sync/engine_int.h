@@ -113,9 +113,8 @@ struct dl {
 struct orphan {
     char *folder;
     struct idx_msg rec;
-    bool changed;   /* its file's flags changed since the base */
-    bool gone;      /* paired or dealt with */
-    uint64_t since; /* uv_now when parked */
+    bool changed; /* its file's flags changed since the base */
+    bool gone;    /* paired or dealt with */
 };
 
 /* One folder to sync. */

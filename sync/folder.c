@@ -767,7 +767,7 @@ static void fill_input(struct session *e, struct plan_input *in, struct plan_ser
     in->now = e->now;
     in->force = e->opts.force;
     in->nmoved = moves_moved_uids(e, &in->moved);
-    in->park_orphans = moves_park_orphans_wanted(e);
+    in->park_orphans = moves_pairing_pending(e);
     in->folder = f->job->name;
     in->account = e->acct->name;
 }

@@ -15,6 +15,7 @@
 #include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
+#include "sync/account.h"
 #include "sync/engine_int.h"
 #include "sync/folderplan.h"
 #include "sync/imap.h"
@@ -878,10 +879,6 @@ void moves_filter_plan(struct session *e)
 
 /* ---- messages moved on the server by another client ----------------------------------- */
 
-/* Orphans wait this long in a run that stays open (the daemon) before
- * they are deleted; a one-shot run deletes them at the end of its pass. */
-#define ORPHAN_GRACE_MS (120u * 1000)
-
 static struct orphan *find_orphan(struct engine *r, const char *folder, uint32_t uid)
 {
     for (size_t i = 0; i < r->norphans; i++) {
@@ -892,9 +889,33 @@ static struct orphan *find_orphan(struct engine *r, const char *folder, uint32_t
     return NULL;
 }
 
-bool moves_park_orphans_wanted(const struct session *e)
+bool moves_pairing_pending(const struct session *e)
 {
-    return e->run->njobs > 1;
+    const struct engine *r = e->run;
+    if (r->closing) {
+        return false;
+    }
+    if (r->next_job < r->njobs || r->ndemand > 0) {
+        return true;
+    }
+    for (size_t i = 0; i < r->nsessions; i++) {
+        if (r->sessions[i] != NULL && r->sessions[i] != e && r->sessions[i]->f != NULL) {
+            return true;
+        }
+    }
+    /* A run that stays open syncs the folders the server (NOTIFY, IDLE,
+     * STATUS) or the watcher marked dirty next: a move by another client
+     * announces its destination's new mail with the source's expunge. A
+     * mark for a folder the run does not sync brings no job. */
+    size_t n = 0;
+    const char *const *dirty =
+        e->opts.stay_open && e->account != NULL ? account_dirty(e->account, &n) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (find_job((struct engine *)r, dirty[i]) != NULL) {
+            return true;
+        }
+    }
+    return false;
 }
 
 void moves_park_orphans(struct session *e)
@@ -929,7 +950,6 @@ void moves_park_orphans(struct session *e)
             o = &r->orphans[r->norphans++];
             memset(o, 0, sizeof(*o));
             o->folder = xstrdup(f->job->name);
-            o->since = uv_now(e->loop);
         }
         o->rec = *b;
         o->rec.state = IDX_MSG_ORPHAN;
@@ -1092,17 +1112,11 @@ static int drop_orphan_fn(struct idx_txn *txn, void *arg)
     return r == -ENOENT ? 0 : r;
 }
 
-void moves_orphans_expire(struct session *e, bool all)
+void moves_orphans_expire(struct session *e)
 {
     struct engine *r = e->run;
-    uint64_t now = uv_now(e->loop);
-    size_t out = 0;
     for (size_t i = 0; i < r->norphans; i++) {
         struct orphan *o = &r->orphans[i];
-        if (!o->gone && !all && now - o->since < ORPHAN_GRACE_MS) {
-            r->orphans[out++] = *o;
-            continue;
-        }
         if (!o->gone && !e->opts.dry_run) {
             char *path = NULL;
             struct fjob *j = find_job(r, o->folder);
@@ -1126,7 +1140,7 @@ void moves_orphans_expire(struct session *e, bool all)
         }
         free(o->folder);
     }
-    r->norphans = out;
+    r->norphans = 0;
 }
 
 void moves_orphans_free(struct engine *r)

@@ -73,23 +73,31 @@ void moves_free(struct moves *mv);
  * account: the file is moved into B's Maildir (no body downloaded) under a
  * download intent, then one transaction drops A's orphan and records B's
  * message. Flags merge three-way (the file's change since the base, else
- * the server's). Orphans not paired by the end of a one-shot run's pass
- * (the daemon: after a two-minute grace) are deleted locally as before; an
- * orphan edited locally meanwhile keeps its file, uploaded again as a new
- * message (an edit racing an expunge loses nothing).
+ * the server's). A message is parked only while a job that could pair it
+ * can still come (moves_pairing_pending), and orphans not paired when the
+ * pass, or a run that stays open's burst of jobs, is over are deleted
+ * locally as before: the daemon never keeps a deleted message on disk
+ * waiting for a pair nothing will bring. An orphan edited locally
+ * meanwhile keeps its file, uploaded again as a new message (an edit
+ * racing an expunge loses nothing). When the destination is synced before
+ * the source, its message is downloaded (no orphan yet) and the orphan
+ * deleted.
  *
- * Whether plan_input.park_orphans applies (the account has other folders
- * a message can have gone to). */
-bool moves_park_orphans_wanted(const struct session *e);
+ * Whether another folder job of the run can still come after e's: one of
+ * the pass not started, one running on another connection, one queued on
+ * demand, or (a run that stays open) a folder of the run marked dirty. It
+ * decides plan_input.park_orphans and, false at the end of a job, the
+ * deletion of the orphans left. */
+bool moves_pairing_pending(const struct session *e);
 /* After the plan: parks its new orphans and registers every orphan of the
  * folder with the run. */
 void moves_park_orphans(struct session *e);
 /* Before the plan: pairs the folder's new server messages with the run's
  * orphans of other folders, moving the files in. */
 void moves_pair_server(struct session *e);
-/* At the end of a pass: deletes the orphans left (all, or those past their
- * grace). e->f may be NULL. */
-void moves_orphans_expire(struct session *e, bool all);
+/* At the end of a pass or burst: deletes the orphans left. e->f may be
+ * NULL. */
+void moves_orphans_expire(struct session *e);
 void moves_orphans_free(struct engine *r);
 /* The run's claims (struct engine), at its end. */
 void moves_claims_free(struct engine *r);
