@@ -899,19 +899,32 @@ static int strp_cmp_ids(const void *a, const void *b)
     return strcmp((const char *)a, *(const char *const *)b);
 }
 
+/* Opens path's subdirectory sub ("new" or "cur"): 0 with *d_r NULL when
+ * it does not exist (a folder another program left half made). */
+static int open_sub(const char *path, const char *sub, DIR **d_r)
+{
+    char *dir = xasprintf("%s/%s", path, sub);
+    *d_r = opendir(dir);
+    int err = errno;
+    free(dir);
+    if (*d_r == NULL && err != ENOENT && err != ENOTDIR) {
+        return -err;
+    }
+    return 0;
+}
+
 int md_find_ids(const char *path, const char *const *ids, size_t n, bool *found_r,
                 unsigned *flags_r)
 {
     int found = 0;
     for (int sub = 0; sub < 2 && n > 0; sub++) {
-        char *dir = xasprintf("%s/%s", path, sub == 0 ? "new" : "cur");
-        DIR *d = opendir(dir);
-        free(dir);
+        DIR *d;
+        int r = open_sub(path, sub == 0 ? "new" : "cur", &d);
+        if (r < 0) {
+            return r;
+        }
         if (d == NULL) {
-            if (errno == ENOENT || errno == ENOTDIR) {
-                continue;
-            }
-            return -errno;
+            continue;
         }
         struct dirent *de;
         char key[NAME_MAX + 1];
@@ -2169,14 +2182,13 @@ static int find_by_id(const char *path, const char *id, const char **sub_r, char
     size_t idlen = strlen(id);
     for (int sub = 0; sub < 2; sub++) {
         const char *sname = sub == 0 ? "cur" : "new";
-        char *dir = xasprintf("%s/%s", path, sname);
-        DIR *d = opendir(dir);
-        free(dir);
+        DIR *d;
+        int r = open_sub(path, sname, &d);
+        if (r < 0) {
+            return r;
+        }
         if (d == NULL) {
-            if (errno == ENOENT || errno == ENOTDIR) {
-                continue;
-            }
-            return -errno;
+            continue;
         }
         struct dirent *de;
         while ((de = readdir(d)) != NULL) {
