@@ -2,6 +2,7 @@
 #include "daemon/daemon.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,8 @@
 #define BACKOFF_MAX_MS (5u * 60 * 1000)
 /* How long SIGTERM waits for sessions to end at a safe point. */
 #define STOP_DEADLINE_MS 5000
+/* How long after the last folder job the heap is trimmed. */
+#define TRIM_DELAY_MS 1000
 /* More folders than this are not watched one by one (each costs two
  * inotify watches): the root is, and the poll sweep finds the rest. */
 #define MAX_WATCHED_FOLDERS 2000
@@ -87,6 +90,11 @@ struct dacct {
     bool retiring;
     struct dacct *successor;
     bool start_pending; /* waits for its predecessor to stop */
+    /* A login of this account succeeded since the daemon started (its
+     * credentials worked); a refusal after that was answered with one
+     * retry with a fresh secret (reset by the next success). */
+    bool logged_in_once;
+    bool auth_refetched;
 
     /* The sync session. */
     struct engine *run;
@@ -154,6 +162,7 @@ struct daemon {
     struct wake *wake;
     uv_signal_t sig_term, sig_int;
     uv_timer_t stop_timer;
+    uv_timer_t trim_timer; /* malloc_trim once the accounts are quiet */
     struct dacct **accts;
     size_t naccts;
     struct dacct **retired; /* stopping after a reload */
@@ -166,13 +175,14 @@ struct daemon {
 };
 
 static void acct_start(struct dacct *a);
+static unsigned watch_reserved(const struct dacct *a);
 static void acct_maybe_done(struct dacct *a);
 static void watch_start(struct dacct *a);
 static void watch_stop(struct dacct *a);
 static void fs_watch_all(struct dacct *a);
 static void fs_unwatch_all(struct dacct *a);
 static void daemon_maybe_done(struct daemon *d);
-static void all_accounts_recheck(struct daemon *d, const char *why);
+static void all_accounts_recheck(struct daemon *d, const char *why, bool reopen);
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
@@ -260,10 +270,11 @@ static void reply_result(struct dacct *a, const struct waiter *w, const char *er
     }
     sbuf_addf(&sb,
               ",\"new_down\":%u,\"flags_down\":%u,\"deleted_down\":%u,\"new_up\":%u,"
-              "\"flags_up\":%u,\"deleted_up\":%u}",
+              "\"flags_up\":%u,\"deleted_up\":%u,\"moved\":%u}",
               now->new_down - was->new_down, now->flags_down - was->flags_down,
               now->deleted_down - was->deleted_down, now->new_up - was->new_up,
-              now->flags_up - was->flags_up, now->deleted_up - was->deleted_up);
+              now->flags_up - was->flags_up, now->deleted_up - was->deleted_up,
+              now->moved - was->moved);
     ctl_reply(w->req, sb.buf);
     sbuf_free(&sb);
 }
@@ -339,10 +350,23 @@ static void on_run_phase(enum engine_phase p, void *arg)
     acct_state(a, sup_from_phase(p), NULL);
 }
 
+/* glibc keeps memory freed by a job (a folder's base and scan, buffers of
+ * the pool threads' own arenas) for reuse; in a process that lives for
+ * months and does short bursts of work, that reads as growth (measured:
+ * private RSS +2.2 MiB after 1,000 pushed messages, +0.8 MiB with the
+ * trim). Trimming once the bursts settle costs well under a millisecond. */
+static void on_trim(uv_timer_t *t)
+{
+    (void)t;
+    malloc_trim(0);
+}
+
 static void on_run_idle(void *arg)
 {
     struct dacct *a = arg;
     bool first = !a->run_idle;
+    a->logged_in_once = true;
+    a->auth_refetched = false;
     a->run_idle = true;
     a->backoff_ms = 0;
     a->last_ok = time(NULL);
@@ -385,7 +409,11 @@ static void on_run_idle(void *arg)
     for (size_t i = 0; i < n; i++) {
         free(copy[i]);
     }
-    free(copy);
+    free(copy); /* Memory freed by the jobs goes back to the system once things are
+                 * quiet (see on_trim). */
+    if (!a->d->stopping) {
+        uv_timer_start(&a->d->trim_timer, on_trim, TRIM_DELAY_MS, 0);
+    }
 }
 
 static void on_poll(uv_timer_t *t);
@@ -438,12 +466,16 @@ static void on_run_folder(const struct engine_folder_result *res, void *arg)
         a->last_ok = time(NULL);
         const struct engine_counts *c = &res->counts;
         if (c->new_down + c->new_up + c->flags_down + c->flags_up + c->deleted_down +
-                c->deleted_up >
+                c->deleted_up + c->moved >
             0) {
+            char moved[48] = "";
+            if (c->moved > 0) {
+                snprintf(moved, sizeof(moved), "; %u moved between folders", c->moved);
+            }
             log_info("%s: %s: \xe2\x86\x93 %u new, %u flags, %u deleted; \xe2\x86\x91 %u new, %u "
-                     "flags, %u deleted",
+                     "flags, %u deleted%s",
                      a->ca->name, res->name, c->new_down, c->flags_down, c->deleted_down, c->new_up,
-                     c->flags_up, c->deleted_up);
+                     c->flags_up, c->deleted_up, moved);
         }
         if (a->hook != NULL && c->new_down > 0) {
             hook_note(a->hook, res->name, c->new_down);
@@ -492,6 +524,20 @@ static void on_run_done(const struct engine_result *res, void *arg)
         acct_state(a, SUP_PAUSED, NULL);
         return;
     }
+    if (res->kind == SYNC_AUTH && a->sa->password_command != NULL && a->logged_in_once &&
+        !a->auth_refetched) {
+        /* Credentials that worked before, from a command: an OAuth2 access
+         * token expires within the hour, a password manager's entry may
+         * have changed. The refused secret is forgotten (the engine said
+         * so to the account): one new attempt with a fresh one, at once;
+         * refused again, the account waits for the user. */
+        a->auth_refetched = true;
+        log_info("%s: the server refused credentials that worked before; running "
+                 "password_command again and retrying once",
+                 a->ca->name);
+        acct_start(a);
+        return;
+    }
     if (res->kind == SYNC_AUTH) {
         waiters_fail_all(a, res->error != NULL ? res->error : "login refused", false);
         watch_stop(a);
@@ -527,6 +573,9 @@ static void on_pop_done(const struct popsync_result *res, void *arg)
 {
     struct dacct *a = arg;
     a->pop = NULL;
+    if (!a->d->stopping) {
+        uv_timer_start(&a->d->trim_timer, on_trim, TRIM_DELAY_MS, 0);
+    }
     if (res->kind == SYNC_OK) {
         a->last_ok = time(NULL);
         a->backoff_ms = 0;
@@ -581,6 +630,8 @@ static void acct_start(struct dacct *a)
     }
     struct engine_opts eo = {
         .stay_open = true,
+        /* Watchers stay up across passes: lanes fit in what they leave. */
+        .reserved_connections = watch_reserved(a),
         .on_idle = on_run_idle,
         .on_folder_done = on_run_folder,
         .report_every_folder = true, /* new mail of the first pass runs the hook too */
@@ -1109,6 +1160,18 @@ static const char *watch_push(const struct dacct *a, struct sbuf *folders)
     return push;
 }
 
+/* Watcher connections open, opening or waiting to reopen: what a new
+ * pass's lanes must leave of max_connections. */
+static unsigned watch_reserved(const struct dacct *a)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < a->nw; i++) {
+        const struct watcher *w = a->w[i];
+        n += w->im != NULL || w->wait != NULL || uv_is_active((const uv_handle_t *)&w->timer);
+    }
+    return n;
+}
+
 static unsigned watch_connections(const struct dacct *a)
 {
     unsigned n = 0;
@@ -1212,13 +1275,24 @@ static void ctl_status(struct daemon *d, struct ctl_req *req)
         sbuf_addf(&sb,
                   ",\"pending_local\":%zu,\"passes\":%u,\"folder_syncs\":%u,\"logins\":%u,"
                   "\"new_down\":%u,\"new_up\":%u,\"flags_down\":%u,\"flags_up\":%u,"
-                  "\"deleted_down\":%u,\"deleted_up\":%u}",
+                  "\"deleted_down\":%u,\"deleted_up\":%u,\"moved\":%u}",
                   account_ndirty(a->account), a->passes, t->runs, t->logins, t->new_down, t->new_up,
-                  t->flags_down, t->flags_up, t->deleted_down, t->deleted_up);
+                  t->flags_down, t->flags_up, t->deleted_down, t->deleted_up, t->moved);
     }
     sbuf_adds(&sb, "]}");
     ctl_reply(req, sb.buf);
     sbuf_free(&sb);
+}
+
+/* Starts an account that is stopped (a refused login, or backing off) at
+ * once; one that runs is left alone. */
+static void acct_retry(struct dacct *a)
+{
+    if (a->run == NULL && a->pop == NULL && !acct_ending(a) && !a->paused) {
+        a->backoff_ms = 0;
+        uv_timer_stop(&a->retry_timer);
+        acct_start(a);
+    }
 }
 
 static void ctl_sync(struct daemon *d, struct ctl_req *req, int argc, char *const *argv)
@@ -1239,8 +1313,16 @@ static void ctl_sync(struct daemon *d, struct ctl_req *req, int argc, char *cons
         ctl_reply_error(req, "no account named '%s'", argv[1]);
         return;
     }
-    if (a->paused || a->sup.state == SUP_FAILED_AUTH) {
+    if (a->paused) {
         ctl_reply_error(req, "account '%s' is %s", a->ca->name, sup_name(a->sup.state));
+        return;
+    }
+    if (a->sup.state == SUP_FAILED_AUTH) {
+        /* `mailsync sync ACCOUNT` after fixing the password: try again,
+         * answered when the new pass is done (or refused again). */
+        log_info("%s: asked to sync after a refused login: trying again", a->ca->name);
+        waiter_add(a, req, argc >= 3 && a->imap ? argv[2] : NULL);
+        acct_retry(a);
         return;
     }
     if (argc >= 3 && a->imap) {
@@ -1295,7 +1377,7 @@ static void on_ctl(struct ctl_req *req, void *arg)
     if (strcmp(argv[0], "recheck") == 0) {
         /* What a suspend or a network change does, on request (after
          * fixing a VPN, say). */
-        all_accounts_recheck(d, "asked on the control socket");
+        all_accounts_recheck(d, "asked on the control socket", false);
         ctl_reply(req, "{\"ok\":true}");
         return;
     }
@@ -1329,10 +1411,7 @@ static void on_ctl(struct ctl_req *req, void *arg)
         }
     } else {
         a->paused = false;
-        if (a->run == NULL && a->pop == NULL) {
-            a->backoff_ms = 0;
-            acct_start(a);
-        }
+        acct_retry(a);
     }
     struct sbuf sb = {0};
     sbuf_adds(&sb, "{\"ok\":true,\"account\":");
@@ -1469,6 +1548,8 @@ static void daemon_maybe_done(struct daemon *d)
     }
     uv_timer_stop(&d->stop_timer);
     uv_close((uv_handle_t *)&d->stop_timer, NULL);
+    uv_timer_stop(&d->trim_timer);
+    uv_close((uv_handle_t *)&d->trim_timer, NULL);
     if (d->ctl != NULL) {
         ctl_server_close(d->ctl);
         d->ctl = NULL;
@@ -1518,12 +1599,35 @@ static void daemon_stop(struct daemon *d, const char *why)
  * without knowing it yet (no RST reached us): the watcher is reopened at
  * once, every session starts a new pass (one stuck on a dead connection
  * gives up after the LOGOUT deadline), and a back-off is cut short. */
-static void all_accounts_recheck(struct daemon *d, const char *why)
+/* A watcher that idles is probed: DONE, answered within
+ * IMAP_QUICK_REPLY_MS by a live server (then IDLE again), or the
+ * connection is failed and reopened. One that does not idle (connecting,
+ * backing off) is started at once. */
+static void watch_probe(struct dacct *a)
+{
+    for (unsigned k = 0; k < a->nw; k++) {
+        struct watcher *w = a->w[k];
+        w->backoff_ms = 0;
+        if (w->im != NULL && w->idling) {
+            imap_idle_stop(w->im);
+        } else if (w->im == NULL && w->wait == NULL && uv_is_active((uv_handle_t *)&w->timer)) {
+            w_start(w);
+        }
+    }
+}
+
+/* After a suspend (reopen: connections that slept through a server's
+ * timeouts are presumed dead) or a network change, `recheck` on the
+ * control socket (probe: the live ones are kept): every account's
+ * watchers reopened or probed, and a new pass, which logs the sync session
+ * in again and looks at every folder. */
+static void all_accounts_recheck(struct daemon *d, const char *why, bool reopen)
 {
     if (d->stopping) {
         return;
     }
-    log_info("%s: checking every account", why);
+    log_info("%s: checking every account (%s)", why,
+             reopen ? "every connection reopened" : "watchers probed");
     for (size_t i = 0; i < d->naccts; i++) {
         struct dacct *a = d->accts[i];
         if (a->paused || a->sup.state == SUP_FAILED_AUTH) {
@@ -1531,14 +1635,22 @@ static void all_accounts_recheck(struct daemon *d, const char *why)
         }
         if (a->imap) {
             bool had_watch = watch_any(a) || a->watch_budget < WATCH_MAX;
-            watch_stop(a);
-            for (unsigned k = 0; k < a->nw; k++) {
-                a->w[k]->backoff_ms = 0;
-            }
+            bool over_budget = a->watch_budget < WATCH_MAX;
             a->watch_budget = WATCH_MAX; /* the limit may have changed */
             a->watch_budget_noted = false;
-            if (had_watch && a->run_idle) {
-                watch_start(a);
+            if (reopen) {
+                watch_stop(a);
+                for (unsigned k = 0; k < a->nw; k++) {
+                    a->w[k]->backoff_ms = 0;
+                }
+                if (had_watch && a->run_idle) {
+                    watch_start(a);
+                }
+            } else {
+                watch_probe(a);
+                if (over_budget && a->run_idle) {
+                    watch_start(a); /* the watchers the limit kept out, again */
+                }
             }
             acct_new_pass(a);
         } else if (a->pop == NULL) {
@@ -1553,13 +1665,13 @@ static void on_sleep(struct wake *w, uint64_t slept_ms, void *arg)
     (void)w;
     char why[64];
     snprintf(why, sizeof(why), "the machine slept for %.0f s", (double)slept_ms / 1000.0);
-    all_accounts_recheck(arg, why);
+    all_accounts_recheck(arg, why, true);
 }
 
 static void on_net_change(struct wake *w, void *arg)
 {
     (void)w;
-    all_accounts_recheck(arg, "the network changed");
+    all_accounts_recheck(arg, "the network changed", false);
 }
 
 static struct dacct *acct_new(struct daemon *d, const struct cfg_account *ca);
@@ -1654,6 +1766,11 @@ static int daemon_reload(struct daemon *d, struct reload_counts *rc_r, char **er
             old->sup.account = ca->name;
             next[i] = old;
             kept++;
+            if (old->sup.state == SUP_FAILED_AUTH) {
+                /* The password may have changed outside the file (a
+                 * password manager): a reload is a reason to try again. */
+                acct_retry(old);
+            }
             continue;
         }
         struct cfg *keep = d->cfg;
@@ -1787,6 +1904,11 @@ static void acct_free(struct dacct *a)
 
 int daemon_run(struct cfg *cfg)
 {
+    /* One malloc arena for every thread: the pool threads' own arenas
+     * (four, of up to a megabyte each after a day of pushes) are memory the
+     * trim cannot give back, and the threads allocate too little for the
+     * shared arena's lock to matter. */
+    mallopt(M_ARENA_MAX, 1);
     struct daemon d = {.cfg = cfg};
     char *err = NULL;
     pid_t holder = 0;
@@ -1827,6 +1949,7 @@ int daemon_run(struct cfg *cfg)
     uv_signal_start(&d.sig_hup, on_sighup, SIGHUP);
     uv_timer_init(&d.loop, &d.stop_timer);
     d.stop_timer.data = &d;
+    uv_timer_init(&d.loop, &d.trim_timer);
     d.naccts = cfg->naccounts;
     d.accts = xcalloc(d.naccts + 1, sizeof(*d.accts));
     for (size_t i = 0; i < d.naccts; i++) {

@@ -174,12 +174,12 @@ static int sync_by_daemon(const struct cfg *cfg, char *const *names, int count,
             failed = true;
             continue;
         }
-        unsigned long long ok = 0, temporary = 0, c[6] = {0};
-        static const char *const keys[] = {"new_down", "flags_down", "deleted_down",
-                                           "new_up",   "flags_up",   "deleted_up"};
+        unsigned long long ok = 0, temporary = 0, c[7] = {0};
+        static const char *const keys[] = {"new_down", "flags_down", "deleted_down", "new_up",
+                                           "flags_up", "deleted_up", "moved"};
         json_uint_field(reply, "ok", &ok);
         json_uint_field(reply, "temporary", &temporary);
-        for (size_t k = 0; k < 6; k++) {
+        for (size_t k = 0; k < ARRAY_SIZE(keys); k++) {
             json_uint_field(reply, keys[k], &c[k]);
         }
         if (!ok) {
@@ -190,9 +190,13 @@ static int sync_by_daemon(const struct cfg *cfg, char *const *names, int count,
             all_temporary = all_temporary && temporary;
         }
         if (!opts->quiet || !ok) {
+            char moved[48] = "";
+            if (c[6] > 0) {
+                snprintf(moved, sizeof(moved), "; %llu moved between folders", c[6]);
+            }
             printf("%s: \xe2\x86\x93 %llu new, %llu flags, %llu deleted; \xe2\x86\x91 %llu new, "
-                   "%llu flags, %llu deleted (by the daemon)\n",
-                   name, c[0], c[1], c[2], c[3], c[4], c[5]);
+                   "%llu flags, %llu deleted%s (by the daemon)\n",
+                   name, c[0], c[1], c[2], c[3], c[4], c[5], moved);
         }
         free(reply);
     }

@@ -13,7 +13,12 @@
  * LMDB's byte order is numeric order; in values they are little-endian
  * fixed-size fields or LEB128 varints (zigzag for signed ones):
  *   meta           "schema_version" -> u32; "next_folder_id" -> u32; plus the
- *                  caller's free-form keys from idx_meta_put.
+ *                  caller's free-form keys from idx_meta_put; and per
+ *                  folder, NUL "mailboxid" + folder id (big-endian u32) ->
+ *                  the folder's RFC 8474 MAILBOXID (no NUL). A caller's key
+ *                  is a non-empty C string, so it never starts with NUL and
+ *                  cannot collide; schema 2 indexes written before it
+ *                  simply lack these keys.
  *   folders        folder key -> folder record. The key is the folder name
  *                  when it is at most 400 bytes; a longer name (keys are
  *                  limited to 511 bytes) is keyed by its first 400 bytes, a
@@ -1107,6 +1112,75 @@ static int delete_prefix(struct idx_txn *t, enum idx_db db, const uint8_t prefix
     }
 }
 
+/* The meta key of a folder's MAILBOXID: see the layout above. */
+#define MAILBOXID_KEY_LEN (1 + 9 + 4)
+static void mailboxid_key(uint8_t key[MAILBOXID_KEY_LEN], uint32_t id)
+{
+    key[0] = '\0';
+    memcpy(key + 1, "mailboxid", 9);
+    be32(key + 10, id);
+}
+
+/* The key of a known folder's MAILBOXID, in a transaction fit for it. */
+static int mailboxid_key_of(struct idx_txn *txn, const char *folder, bool write,
+                            uint8_t key[MAILBOXID_KEY_LEN])
+{
+    int rc = txn_check(txn, write);
+    if (rc != 0) {
+        return rc;
+    }
+    struct folder_rec *f;
+    rc = folder_cached(txn, folder, &f);
+    if (rc == 0) {
+        mailboxid_key(key, f->id);
+    }
+    return rc;
+}
+
+int idx_folder_mailboxid_put(struct idx_txn *txn, const char *folder, const char *id)
+{
+    size_t len = id != NULL ? strnlen(id, IDX_MAILBOXID_MAX + 1) : 0;
+    if (txn != NULL && len > IDX_MAILBOXID_MAX) {
+        return fail(txn->idx, -EINVAL, "index %s: MAILBOXID of folder '%s' longer than %d bytes",
+                    txn->idx->env_path, folder, IDX_MAILBOXID_MAX);
+    }
+    uint8_t key[MAILBOXID_KEY_LEN];
+    int rc = mailboxid_key_of(txn, folder, true, key);
+    if (rc != 0) {
+        return rc;
+    }
+    if (len == 0) {
+        return db_del(txn, DB_META, key, sizeof(key));
+    }
+    return db_put(txn, DB_META, key, sizeof(key), id, len);
+}
+
+int idx_folder_mailboxid_get(struct idx_txn *txn, const char *folder,
+                             char id_r[IDX_MAILBOXID_MAX + 1])
+{
+    id_r[0] = '\0';
+    uint8_t key[MAILBOXID_KEY_LEN];
+    int rc = mailboxid_key_of(txn, folder, false, key);
+    if (rc != 0) {
+        return rc;
+    }
+    MDB_val v;
+    rc = db_get(txn, DB_META, key, sizeof(key), &v);
+    if (rc == -ENOENT) {
+        return 0;
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    if (v.mv_size == 0 || v.mv_size > IDX_MAILBOXID_MAX || memchr(v.mv_data, '\0', v.mv_size)) {
+        return fail(txn->idx, -EBADMSG, "index %s: corrupt MAILBOXID of folder '%s'",
+                    txn->idx->env_path, folder);
+    }
+    memcpy(id_r, v.mv_data, v.mv_size);
+    id_r[v.mv_size] = '\0';
+    return 0;
+}
+
 int idx_folder_delete(struct idx_txn *txn, const char *folder)
 {
     int rc = txn_check(txn, true);
@@ -1128,6 +1202,11 @@ int idx_folder_delete(struct idx_txn *txn, const char *folder)
     if (rc == 0) {
         /* One key holds all of the folder's identity entries. */
         rc = db_del(txn, DB_LIDS, prefix, sizeof(prefix));
+    }
+    if (rc == 0) {
+        uint8_t mkey[MAILBOXID_KEY_LEN];
+        mailboxid_key(mkey, f->id);
+        rc = db_del(txn, DB_META, mkey, sizeof(mkey));
     }
     if (rc == 0) {
         uint8_t key[FOLDER_KEY_MAX];
@@ -3399,4 +3478,44 @@ size_t idx_map_size(const struct idx *idx)
 bool idx_pop_is_intent(const struct idx_pop *p)
 {
     return pop_is_intent(p->flags, p->lid);
+}
+
+/* A folder renamed on one side (issue 12): the records stay where they
+ * are, keyed by the folder's id; only the name record moves, so the whole
+ * folder follows in one step of the caller's transaction. */
+int idx_folder_rename(struct idx_txn *txn, const char *from, const char *to)
+{
+    int rc = txn_check(txn, true);
+    if (rc != 0) {
+        return rc;
+    }
+    size_t to_len = 0;
+    rc = check_folder_name(txn->idx, to, &to_len);
+    if (rc != 0) {
+        return rc;
+    }
+    struct folder_rec *f;
+    rc = folder_cached(txn, to, &f);
+    if (rc == 0) {
+        return fail(txn->idx, -EEXIST, "index %s: folder '%s' is known already", txn->idx->env_path,
+                    to);
+    }
+    if (rc != -ENOENT) {
+        return rc;
+    }
+    rc = folder_cached(txn, from, &f);
+    if (rc != 0) {
+        return rc;
+    }
+    struct folder_rec moved = *f;
+    txn_forget_folder(txn);
+    uint8_t key[FOLDER_KEY_MAX];
+    size_t klen = folder_key(key, from, strlen(from));
+    rc = db_del(txn, DB_FOLDERS, key, klen);
+    if (rc != 0) {
+        return rc;
+    }
+    moved.name_len = to_len;
+    memcpy(moved.name, to, to_len + 1);
+    return folder_save(txn, &moved);
 }

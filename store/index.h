@@ -29,6 +29,7 @@
 #define IDX_LID_MAX 255       /* longest local identity stored */
 #define IDX_KEYWORDS_MAX 1024 /* space-separated keyword names */
 #define IDX_UIDL_MAX 70       /* RFC 1939 */
+#define IDX_MAILBOXID_MAX 255 /* RFC 8474 objectid */
 
 struct idx;
 struct idx_txn;
@@ -95,6 +96,24 @@ int idx_folder_get(struct idx_txn *txn, const char *folder, struct idx_folder *s
 int idx_folder_put(struct idx_txn *txn, const char *folder, const struct idx_folder *st);
 /* Removes the folder's state and all of its message records. */
 int idx_folder_delete(struct idx_txn *txn, const char *folder);
+/* Moves the folder's state and every record of it (messages, intents,
+ * keyword sets) from one name to another, as one change of txn. -ENOENT
+ * when from is not known, -EEXIST when to is. */
+int idx_folder_rename(struct idx_txn *txn, const char *from, const char *to);
+/* The folder's MAILBOXID (RFC 8474) as the server last said it: the
+ * identity that survives a RENAME on the server. It is kept beside the
+ * folder's state rather than in struct idx_folder, so idx_folder_put
+ * leaves it as it is; idx_folder_rename moves it and idx_folder_delete
+ * removes it. It lives in the meta database under a key made of the
+ * folder's id, which an index written before it lacks (that folder then
+ * has none) and older versions of mailsync never read.
+ * _put: id NULL or "" forgets it; an id longer than IDX_MAILBOXID_MAX is
+ * -EINVAL; an unknown folder is -ENOENT (the id is set after the folder's
+ * state). _get: 0 with id_r "" when none is recorded; -ENOENT for an
+ * unknown folder. */
+int idx_folder_mailboxid_put(struct idx_txn *txn, const char *folder, const char *id);
+int idx_folder_mailboxid_get(struct idx_txn *txn, const char *folder,
+                             char id_r[IDX_MAILBOXID_MAX + 1]);
 /* Calls fn for each known folder in name order; a non-zero return stops the
  * walk and is returned. */
 int idx_folder_foreach(struct idx_txn *txn,

@@ -771,6 +771,60 @@ static bool dir_stamps_recent(const struct dir_stamp *ds)
     return false;
 }
 
+static int64_t ts_ns(struct timespec t)
+{
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+int md_folder_stamp(const struct md_folder *f, struct md_stamp *s_r)
+{
+    memset(s_r, 0, sizeof(*s_r));
+    if (!f->syncfs_ok) {
+        return -EOPNOTSUPP;
+    }
+    struct stat st;
+    if (stat(f->path_cur, &st) != 0) {
+        return -errno;
+    }
+    s_r->cur_ns = ts_ns(st.st_ctim);
+    if (stat(f->path_new, &st) != 0) {
+        return -errno;
+    }
+    s_r->new_ns = ts_ns(st.st_ctim);
+    /* After the stats: a change made after them then has a change time no
+     * earlier than about taken_ns (see MD_STAMP_SETTLE_NS for the slack). */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    s_r->taken_ns = ts_ns(now);
+    return 0;
+}
+
+bool md_unchanged_since(const struct md_stamp *rec, const struct md_stamp *now)
+{
+    if (rec->cur_ns <= 0 || rec->new_ns <= 0 || rec->taken_ns <= 0 || now->taken_ns <= 0) {
+        return false;
+    }
+    if (now->cur_ns != rec->cur_ns || now->new_ns != rec->new_ns) {
+        return false;
+    }
+    /* Whole seconds on both: a file system without sub-second times (or one
+     * that drops them), where equal times say little. */
+    if (rec->cur_ns % 1000000000LL == 0 && rec->new_ns % 1000000000LL == 0) {
+        return false;
+    }
+    int64_t newest = rec->cur_ns > rec->new_ns ? rec->cur_ns : rec->new_ns;
+    /* Checked as a difference of non-negative values: no overflow. */
+    if (rec->taken_ns - newest < MD_STAMP_SETTLE_NS) {
+        return false; /* also a change time ahead of the clock that read it */
+    }
+    /* The clock stepped back since rec was taken: a change made since may
+     * carry a time the folder had before. */
+    if (now->taken_ns < rec->taken_ns) {
+        return false;
+    }
+    return true;
+}
+
 /* How many passes a scan makes at most while clients keep changing the
  * folder under it. */
 #define MD_SCAN_MAX_PASSES 4
@@ -2171,6 +2225,42 @@ int md_clean_tmp(struct md_folder *f, time_t now)
     }
     closedir(d);
     return ret < 0 ? ret : removed;
+}
+
+/* A folder renamed on the server (issue 12) is renamed here in one
+ * rename(2), its messages and (verbatim layout) subfolders with it, so no
+ * file is copied and a crash leaves it under one name or the other. */
+int md_folder_rename(const char *from, const char *to)
+{
+    struct stat st;
+    if (lstat(to, &st) == 0) {
+        return -EEXIST;
+    }
+    char *parent = xstrdup(to);
+    char *slash = strrchr(parent, '/');
+    int r = 0;
+    if (slash != NULL && slash != parent) {
+        *slash = '\0';
+        r = mkdir_p_durable(parent, 0700, true);
+    }
+    if (r == 0 && rename(from, to) < 0) {
+        r = -errno;
+    }
+    if (r == 0 && slash != NULL && slash != parent) {
+        /* Both directory entries: the new one and the one that went. */
+        r = fsync_dir(parent);
+        char *old_parent = xstrdup(from);
+        char *os = strrchr(old_parent, '/');
+        if (r == 0 && os != NULL && os != old_parent) {
+            *os = '\0';
+            if (strcmp(old_parent, parent) != 0) {
+                r = fsync_dir(old_parent);
+            }
+        }
+        free(old_parent);
+    }
+    free(parent);
+    return r;
 }
 
 /* ---- Messages between folders (sync/moves.c) --------------------------- */

@@ -111,6 +111,42 @@ void md_scan_free(struct md_scan *scan);
 /* Binary search of a scan by identity; NULL when absent. */
 struct md_msg *md_scan_find(const struct md_scan *scan, const char *id);
 
+/* A folder's change stamp: the change times (st_ctim) of its cur/ and new/
+ * directories, and the wall-clock time they were read at, in nanoseconds
+ * since the epoch (0 = unknown). Adding, removing or renaming an entry in
+ * a directory moves its change time, and so does every flag change a
+ * client makes (a rename in cur/) or a delivery (new/). The change time,
+ * not the modification time: no program can set a change time back
+ * (utimensat, "touch -d", rsync -t and tar all set mtime, and moving it
+ * moves ctime to now), so a directory restored or touched by another
+ * program never looks as it was. */
+struct md_stamp {
+    int64_t cur_ns;
+    int64_t new_ns;
+    int64_t taken_ns;
+};
+/* How old a change time must be at the time a stamp is taken for the stamp
+ * to vouch for it: a file system stores change times from a coarse clock
+ * (ticks of milliseconds, or whole seconds), so a second change within the
+ * same tick as the first one leaves the time as it was. Dovecot's Maildir
+ * code uses the same two seconds. */
+#define MD_STAMP_SETTLE_NS (2 * 1000000000LL)
+/* Reads the stamp of f: two stats, then the clock. -EOPNOTSUPP on a file
+ * system where a stat may answer from a cache another host does not
+ * invalidate (anything but ext2/3/4, xfs, btrfs, f2fs and tmpfs: NFS keeps
+ * a directory's attributes for up to a minute), where only a scan tells. */
+int md_folder_stamp(const struct md_folder *f, struct md_stamp *s_r);
+/* Whether the folder is certainly as it was when rec was taken, given the
+ * stamp now taken just now; pure, for table tests. False, meaning "read
+ * it", unless: both stamps are known; cur/ and new/ have the change times
+ * rec recorded; rec was taken at least MD_STAMP_SETTLE_NS after both
+ * (else a later change in the same clock tick could have left them as they
+ * were); the times carry nanoseconds (a file system with whole-second
+ * times always reads); and no time lies ahead of the clock that read it
+ * or behind rec (the wall clock stepped back: nothing can be told from
+ * times then). md_unchanged_since(s, s) says whether s is worth recording. */
+bool md_unchanged_since(const struct md_stamp *rec, const struct md_stamp *now);
+
 /* Parses a file name into identity, flags and keywords. Returns false for
  * names that are not Maildir messages (dotfiles, empty, containing '/').
  * On success the strings in *msg_r are malloc'd; free with md_msg_clear. */
@@ -278,5 +314,9 @@ int md_remove_id(const char *path, const char *id, int only_flags);
 /* Removes a folder's directory when it holds no messages (cur/ new/ empty);
  * -ENOTEMPTY otherwise. Subfolders (verbatim layout) are left alone. */
 int md_folder_remove(const char *path);
+/* Renames a folder's directory (with what it holds) from one path to
+ * another, creating the new one's parents, and makes both directory
+ * entries durable. -EEXIST when to exists. */
+int md_folder_rename(const char *from, const char *to);
 
 #endif

@@ -39,6 +39,7 @@ struct account_totals {
     unsigned runs;         /* folder syncs finished */
     unsigned folder_fails; /* ... of them with an error */
     unsigned new_down, new_up, flags_down, flags_up, deleted_down, deleted_up;
+    unsigned moved; /* messages moved between folders (carried out as moves) */
     uint64_t bytes_down, bytes_up;
     unsigned logins;         /* connections that logged in */
     unsigned secret_fetches; /* times the password / password_command was asked */

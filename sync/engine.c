@@ -255,6 +255,7 @@ struct deferred_ops {
     char *meta_key;
     void *meta_val;
     size_t meta_len;
+    char *mailboxid; /* the server's MAILBOXID of the folder, with st; NULL: none said */
 };
 
 static void deferred_free(struct engine *r)
@@ -262,6 +263,7 @@ static void deferred_free(struct engine *r)
     for (size_t i = 0; i < r->ndefer; i++) {
         struct deferred_ops *d = &r->defer[i];
         free(d->folder);
+        free(d->mailboxid);
         free(d->puts);
         free(d->drops);
         free(d->meta_key);
@@ -293,6 +295,11 @@ static int apply_fn(struct idx_txn *txn, void *arg)
                             .meta_val = d->meta_val,
                             .meta_len = d->meta_len};
         int r = ops_fn(txn, &o);
+        if (r == 0 && d->mailboxid != NULL) {
+            /* With the state it was read with: a rename found by it next
+             * time is one of the folder the index describes. */
+            r = idx_folder_mailboxid_put(txn, d->folder, d->mailboxid);
+        }
         if (r < 0) {
             return r;
         }
@@ -370,6 +377,25 @@ static int deferred_flush(struct engine *run, struct session *e)
     return r;
 }
 
+/* The MAILBOXID (RFC 8474) the server gave for the folder e is syncing,
+ * when o writes that folder's state: the SELECT's, else LIST-STATUS's;
+ * NULL when it gave none (the index keeps what it had). */
+static const char *synced_mailboxid(const struct session *e, const struct idx_ops *o)
+{
+    const struct fstate *f = e->f;
+    if (o->st == NULL || f == NULL || f->job == NULL || strcmp(f->job->name, o->folder) != 0) {
+        return NULL;
+    }
+    if (f->selected && f->mb.mailboxid[0] != '\0') {
+        return f->mb.mailboxid;
+    }
+    const struct fjob *j = f->job;
+    if (j->has_status && (j->status.have & IMAP_STATUS_MAILBOXID)) {
+        return j->status.mailboxid;
+    }
+    return NULL;
+}
+
 /* idx_apply for a write that may wait (see above); o has no drop_lids. */
 void idx_apply_later(struct session *e, const struct idx_ops *o)
 {
@@ -394,6 +420,8 @@ void idx_apply_later(struct session *e, const struct idx_ops *o)
     if (o->st != NULL) {
         d->has_st = true;
         d->st = *o->st;
+        const char *id = synced_mailboxid(e, o);
+        d->mailboxid = id != NULL ? xstrdup(id) : NULL;
     }
     if (o->meta_key != NULL) {
         d->meta_key = xstrdup(o->meta_key);
@@ -429,6 +457,11 @@ static void on_run_closed(uv_handle_t *h)
     free(r->fres);
     free(r->trash);
     listed_free(r);
+    free(r->plan_srv);
+    free(r->plan_loc);
+    md_free_names(r->plan_names, r->plan_nloc);
+    md_free_names(r->plan_bad, r->plan_nbad);
+    renames_free(r);
     folderplan_free(r->fplan);
     strindex_free(&r->job_ix);
     moves_claims_free(r);
@@ -835,6 +868,8 @@ int engine_sync_folder(struct engine *r, const char *folder)
     case FOLDERPLAN_CREATE_LOCAL:
     case FOLDERPLAN_CREATE_SERVER:
     case FOLDERPLAN_RESYNC:
+    case FOLDERPLAN_RENAME_SERVER:
+    case FOLDERPLAN_RENAME_LOCAL:
         break;
     default:
         return -ENOENT; /* not a folder this account syncs */
@@ -883,7 +918,24 @@ void next_folder(struct session *e)
             start_folder(e, j);
             return;
         case FOLDERPLAN_RESYNC:
-            j->reset = true;
+            /* Messages of it that live in other local folders now keep
+             * their records (and are deleted on the server); the rest is
+             * downloaded again. */
+            if (j->plan->moved_msgs == 0) {
+                j->reset = true;
+            } else if (resync_moved(e, j) < 0) {
+                continue;
+            }
+            start_folder(e, j);
+            return;
+        case FOLDERPLAN_RENAME_SERVER:
+        case FOLDERPLAN_RENAME_LOCAL:
+            /* renames_apply carried the rename out before the jobs began
+             * (or set the folder's error); a dry run printed it, and the
+             * sync of the renamed folder is planned by the real run. */
+            if (e->opts.dry_run || j->res->error != NULL) {
+                continue;
+            }
             start_folder(e, j);
             return;
         case FOLDERPLAN_DELETE_SERVER:
@@ -1030,7 +1082,8 @@ static void start_sessions(struct session *e)
             est += j->est_new;
         }
     }
-    unsigned want = e->acct->max_connections > 1 ? e->acct->max_connections - 1 : 0;
+    unsigned held = 1 + e->opts.reserved_connections; /* this session, the owner's */
+    unsigned want = e->acct->max_connections > held ? e->acct->max_connections - held : 0;
     if (busy < 2 || est < LANE_MIN_MSGS || e->opts.dry_run || e->cancelled) {
         want = 0;
     } else if (want > busy - 1) {
@@ -1115,73 +1168,225 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         finish(e);
         return;
     }
-    struct folderplan_server *srv = xcalloc(e->run->nlisted + 1, sizeof(*srv));
-    for (size_t i = 0; i < e->run->nlisted; i++) {
-        srv[i].name = e->run->listed[i].name;
-        srv[i].attrs = e->run->listed[i].attrs;
-        srv[i].selected = sync_folder_selected(e->acct, srv[i].name);
+    idx_abort(txn);
+    struct engine *r = e->run;
+    r->plan_srv = xcalloc(r->nlisted + 1, sizeof(*r->plan_srv));
+    for (size_t i = 0; i < r->nlisted; i++) {
+        struct folderplan_server *s = &r->plan_srv[i];
+        const struct listed *l = &r->listed[i];
+        s->name = l->name;
+        s->attrs = l->attrs;
+        s->selected = sync_folder_selected(e->acct, s->name);
+        /* For renames: what LIST-STATUS said. */
+        s->has_status = l->has_status && (l->status.have & IMAP_STATUS_UIDVALIDITY) &&
+                        (l->status.have & IMAP_STATUS_UIDNEXT);
+        s->uidvalidity = l->status.uidvalidity;
+        s->uidnext = l->status.uidnext;
+        s->messages = l->status.messages;
+        s->mailboxid = (l->has_status && (l->status.have & IMAP_STATUS_MAILBOXID))
+                           ? l->status.mailboxid
+                           : NULL;
     }
-    struct folderplan_local *loc = xcalloc(n + 1, sizeof(*loc));
+    r->plan_loc = xcalloc(n + 1, sizeof(*r->plan_loc));
     for (size_t i = 0; i < n; i++) {
-        loc[i].name = names[i];
-        loc[i].selected = sync_folder_selected(e->acct, names[i]);
+        r->plan_loc[i].name = names[i];
+        r->plan_loc[i].selected = sync_folder_selected(e->acct, names[i]);
+    }
+    r->plan_names = names;
+    r->plan_nloc = n;
+    r->plan_bad = bad;
+    r->plan_nbad = nbad;
+    /* Renames a killed run left half done are finished (or dropped) first:
+     * the plan then sees the folders where they are. */
+    renames_recover(e);
+    plan_folders(e);
+}
+
+/* The MAILBOXIDs the index records, for the folder planner: each answer
+ * is kept until the plan is built. */
+struct recorded_ids {
+    struct idx_txn *txn;
+    char **v;
+    size_t n, cap;
+};
+
+static const char *recorded_mailboxid(const char *name, void *arg)
+{
+    struct recorded_ids *ri = arg;
+    char id[IDX_MAILBOXID_MAX + 1];
+    if (idx_folder_mailboxid_get(ri->txn, name, id) < 0 || id[0] == '\0') {
+        return NULL;
+    }
+    xgrow(&ri->v, &ri->cap, ri->n + 1, sizeof(*ri->v));
+    ri->v[ri->n] = xstrdup(id);
+    return ri->v[ri->n++];
+}
+
+struct adopt {
+    char **names;
+    const char **ids;
+    size_t n;
+};
+
+static int adopt_fn(struct idx_txn *txn, void *arg)
+{
+    const struct adopt *a = arg;
+    for (size_t i = 0; i < a->n; i++) {
+        int r = idx_folder_mailboxid_put(txn, a->names[i], a->ids[i]);
+        if (r < 0) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* A folder synced before this version recorded MAILBOXIDs, or whose SELECT
+ * is skipped because nothing changed, gets the one LIST-STATUS gives when
+ * its UIDVALIDITY says it is the folder the index knows. One whose
+ * MAILBOXID changed under the same name was deleted and created again on
+ * the server: that is said here, and the folder sync handles it as the
+ * UIDVALIDITY change a server must make then (RFC 3501 section 2.3.1.1),
+ * recording the new id afterwards. */
+static void mailboxids_adopt(struct session *e)
+{
+    struct engine *r = e->run;
+    if (e->opts.dry_run) {
+        return;
+    }
+    struct idx_txn *txn;
+    if (idx_begin(e->idx, false, &txn) != 0) {
+        return; /* the planner's own read reports index failures */
+    }
+    char **names = NULL;
+    const char **ids = NULL;
+    size_t n = 0, cap = 0, icap = 0;
+    for (size_t i = 0; i < r->njobs; i++) {
+        const struct fjob *j = &r->jobs[i];
+        if (j->plan->action != FOLDERPLAN_SYNC || !j->has_status ||
+            !(j->status.have & IMAP_STATUS_MAILBOXID)) {
+            continue;
+        }
+        struct idx_folder st;
+        char known[IDX_MAILBOXID_MAX + 1];
+        if (idx_folder_get(txn, j->name, &st) < 0 ||
+            idx_folder_mailboxid_get(txn, j->name, known) < 0) {
+            continue;
+        }
+        if (known[0] != '\0' && strcmp(known, j->status.mailboxid) != 0) {
+            log_info("%s: folder %s has another MAILBOXID (%s, was %s): it was deleted and "
+                     "created again on the server",
+                     e->acct->name, j->name, j->status.mailboxid, known);
+        } else if (known[0] == '\0' && st.uidvalidity != 0 &&
+                   (j->status.have & IMAP_STATUS_UIDVALIDITY) &&
+                   j->status.uidvalidity == st.uidvalidity) {
+            xgrow(&names, &cap, n + 1, sizeof(*names));
+            xgrow(&ids, &icap, n + 1, sizeof(*ids));
+            names[n] = j->name;
+            ids[n++] = j->status.mailboxid;
+        }
+    }
+    idx_abort(txn);
+    struct adopt a = {.names = names, .ids = ids, .n = n};
+    if (n > 0 && idx_write(e->idx, adopt_fn, &a) < 0) {
+        /* Only a shortcut is lost: the folder's next sync records it. */
+        log_debug("%s: index: %s", e->acct->name, idx_error(e->idx));
+    }
+    free(names);
+    free(ids);
+}
+
+/* Plans the folders from the listing kept in the run (again after renames
+ * were checked on the server), and goes on: to those checks, or to the
+ * folder jobs. */
+void plan_folders(struct session *e)
+{
+    struct engine *r = e->run;
+    if (e->finished) {
+        return;
+    }
+    struct idx_txn *txn;
+    int ir = idx_begin(e->idx, false, &txn);
+    if (ir != 0) {
+        set_error(e, idx_err_transient(e->acct, ir) ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s",
+                  idx_error(e->idx));
+        finish(e);
+        return;
     }
     struct folderplan_input in = {
-        .server = srv,
-        .nserver = e->run->nlisted,
-        .local = loc,
-        .nlocal = n,
+        .server = r->plan_srv,
+        .nserver = r->nlisted,
+        .local = r->plan_loc,
+        .nlocal = r->plan_nloc,
         .known = index_knows,
         .known_arg = txn,
         .delete_folders = e->acct->delete_folders,
+        .moves = (e->ro->caps(e->im) & IMAP_CAP_UIDPLUS) != 0,
         .force = e->opts.force,
         .dry_run = e->opts.dry_run,
         .subscribed_only = e->acct->subscribed_only,
         .trash = e->acct->trash,
         .account = e->acct->name,
     };
-    e->run->fplan = folderplan_build(&in);
-    free(srv);
-    free(loc);
-    const struct folderplan *fp = e->run->fplan;
-    e->run->trash = fp->trash != NULL ? xstrdup(fp->trash) : NULL;
+    renames_facts(r, txn, &in);
+    struct recorded_ids ri = {.txn = txn};
+    in.index_mailboxid = recorded_mailboxid;
+    in.mailboxid_arg = &ri;
+    folderplan_free(r->fplan);
+    r->fplan = folderplan_build(&in);
+    idx_abort(txn);
+    for (size_t i = 0; i < ri.n; i++) {
+        free(ri.v[i]);
+    }
+    free(ri.v);
+    if (r->fplan->nverify > 0) {
+        renames_verify(e); /* plans again when the server has answered */
+        return;
+    }
+    const struct folderplan *fp = r->fplan;
+    free(r->trash);
+    r->trash = fp->trash != NULL ? xstrdup(fp->trash) : NULL;
     for (size_t i = 0; i < fp->nskips; i++) {
         if (fp->skips[i].warning != NULL) {
             log_warnx("%s: %s", e->acct->name, fp->skips[i].warning);
         }
     }
-    for (size_t i = 0; i < nbad; i++) {
+    for (size_t i = 0; i < r->plan_nbad; i++) {
         /* Said on every run: its mail goes nowhere until it is renamed. */
         log_warnx("%s: local directory %s is not synced: its name maps to no folder name "
                   "(rename it to sync its messages)",
-                  e->acct->name, bad[i]);
+                  e->acct->name, r->plan_bad[i]);
     }
-    md_free_names(names, n);
-    md_free_names(bad, nbad);
-    e->run->jobs = xcalloc(fp->nfolders + 1, sizeof(*e->run->jobs));
-    e->run->jobs_cap = fp->nfolders + 1;
+    r->jobs = xcalloc(fp->nfolders + 1, sizeof(*r->jobs));
+    r->jobs_cap = fp->nfolders + 1;
     for (size_t i = 0; i < fp->nfolders; i++) {
         const struct folderplan_folder *pf = &fp->folders[i];
-        struct fjob *j = &e->run->jobs[e->run->njobs++];
+        struct fjob *j = &r->jobs[r->njobs++];
         j->name = xstrdup(pf->name);
         j->plan = pf;
         j->on_server = pf->on_server;
         if (pf->server >= 0) {
-            const struct listed *l = &e->run->listed[pf->server];
+            const struct listed *l = &r->listed[pf->server];
             j->attrs = l->attrs;
             j->has_status = l->has_status;
             j->status = l->status;
         }
-        strindex_add(&e->run->job_ix, folderplan_local_hash(j->name), i);
+        strindex_add(&r->job_ix, folderplan_local_hash(j->name), i);
     }
-    listed_free(e->run);
+    free(r->plan_srv);
+    r->plan_srv = NULL;
+    free(r->plan_loc);
+    r->plan_loc = NULL;
+    md_free_names(r->plan_names, r->plan_nloc);
+    md_free_names(r->plan_bad, r->plan_nbad);
+    r->plan_names = r->plan_bad = NULL;
     /* Whether the server moved since the last sync, and how much new mail
      * it holds, as LIST-STATUS tells: for more sessions. */
-    for (size_t i = 0; i < e->run->njobs; i++) {
-        struct fjob *j = &e->run->jobs[i];
+    ir = idx_begin(e->idx, false, &txn);
+    for (size_t i = 0; i < r->njobs; i++) {
+        struct fjob *j = &r->jobs[i];
         struct idx_folder st;
         const struct imap_status_info *si = &j->status;
-        if (idx_folder_get(txn, j->name, &st) == 0) {
+        if (ir == 0 && idx_folder_get(txn, j->name, &st) == 0) {
             j->server_moved = !j->has_status || si->uidvalidity != st.uidvalidity ||
                               si->uidnext != st.uidnext || si->messages != st.messages ||
                               si->highestmodseq != st.highestmodseq;
@@ -1197,11 +1402,28 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
             j->est_new = j->has_status ? si->messages : LANE_MIN_MSGS;
         }
     }
-    idx_abort(txn);
-    e->run->fres = xcalloc(e->run->njobs + 1, sizeof(*e->run->fres));
-    for (size_t i = 0; i < e->run->njobs; i++) {
-        e->run->jobs[i].res = &e->run->fres[i];
-        e->run->fres[i].name = e->run->jobs[i].name;
+    if (ir == 0) {
+        idx_abort(txn);
+    }
+    mailboxids_adopt(e);
+    r->fres = xcalloc(r->njobs + 1, sizeof(*r->fres));
+    for (size_t i = 0; i < r->njobs; i++) {
+        r->jobs[i].res = &r->fres[i];
+        r->fres[i].name = r->jobs[i].name;
+    }
+    if (fp->nrenames > 0) {
+        renames_apply(e); /* jobs_go when they are done; it needs the listing */
+        return;
+    }
+    jobs_go(e);
+}
+
+/* The folder jobs start, on this session and on more connections. */
+void jobs_go(struct session *e)
+{
+    listed_free(e->run);
+    if (e->finished) {
+        return;
     }
     phase(e, ENGINE_PHASE_SYNCING);
     start_sessions(e);

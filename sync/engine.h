@@ -100,6 +100,10 @@ struct engine_opts {
      * connection, and engine_close ends the session (done follows). The
      * run's extra connections still end after the first pass. */
     bool stay_open;
+    /* Connections the owner holds to the same account besides the run's
+     * (the daemon's watchers): the run's extra connections stay within
+     * max_connections counting these. */
+    unsigned reserved_connections;
     void (*on_idle)(void *arg);
     /* A folder job queued by engine_sync_folder ended (with
      * report_every_folder: any folder job of the run, the first pass's

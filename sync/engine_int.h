@@ -25,7 +25,9 @@
  *   APPENDUID (ul_resolve_*), upload intents left by a crash (intents_*,
  *   recover_intents, settle_intents).
  * - sync/folderops.c: whole folders between jobs: deleted on one side,
- *   created on the server, forgotten in the index.
+ *   created on the server, forgotten in the index, renamed on one side
+ *   (checked, carried out and recovered after a crash before the jobs
+ *   start).
  * - sync/moves.c: messages moved locally from one folder to another,
  *   carried out on the server with UID MOVE (see sync/moves.h).
  */
@@ -153,6 +155,13 @@ struct fstate {
     bool noted; /* an error was reported but the plan went on */
     struct md_folder *md;
     struct md_scan *scan;
+    /* cur/ and new/ as read before the scan (taken_ns 0: unknown), recorded
+     * with the folder's state when the sync completes. lazy: they are as
+     * the last complete sync recorded them, so the scan and the base are
+     * put off until the server turns out to have moved (see local_quiet in
+     * sync/folder.c). */
+    struct md_stamp stamp;
+    bool lazy;
     struct idx_folder st; /* index state at the start */
     struct idx_msg *base;
     size_t nbase, base_cap;
@@ -292,6 +301,14 @@ struct engine {
     struct listed *listed;
     size_t nlisted, listed_cap;
     struct folderplan *fplan;
+    /* The plan's other inputs, kept while renames are checked on the
+     * server and carried out (sync/folderops.c), which plan again; and
+     * what those steps know (struct renames, folderops.c). */
+    struct folderplan_server *plan_srv;
+    struct folderplan_local *plan_loc;
+    char **plan_names, **plan_bad;
+    size_t plan_nloc, plan_nbad;
+    struct renames *renames;
     /* Index writes that need not be durable at once, written with the next
      * one that must be (see idx_apply_later). */
     struct deferred_ops *defer;
@@ -407,6 +424,8 @@ void finish_teardown(struct session *e);
 bool conn_lost(const struct session *e);
 struct fjob *find_job(struct engine *r, const char *name);
 void next_folder(struct session *e);
+void plan_folders(struct session *e);
+void jobs_go(struct session *e);
 
 /* sync/folder.c: the folder executor. */
 bool is_forwarded(const char *k);
@@ -443,5 +462,12 @@ int forget_folder(struct session *e, const char *name);
 void local_folder_delete(struct session *e, struct fjob *j);
 int server_folder_delete(struct session *e, struct fjob *j);
 void on_create_done(struct imap *im, const struct imap_result *res, void *arg);
+struct folderplan_input;
+void renames_facts(struct engine *r, struct idx_txn *txn, struct folderplan_input *in);
+void renames_recover(struct session *e);
+void renames_verify(struct session *e);
+void renames_apply(struct session *e);
+void renames_free(struct engine *r);
+int resync_moved(struct session *e, struct fjob *j);
 
 #endif

@@ -466,8 +466,115 @@ static void drop_empty_uploads(struct session *e)
 
 /* Opens the Maildir, scans it, reads the base and adopts downloads that
  * were renamed into place before a crash recorded them. */
-/* folder_prepare went on to scan the folder on the thread pool. */
+/* folder_prepare went on to scan the folder on the thread pool, or put
+ * the scan and the base off (local_quiet). */
 #define PREPARE_SCANNING 1
+#define PREPARE_LAZY 2
+
+static unsigned char *unsettled_read(struct session *e, struct idx_txn *txn, size_t *len_r);
+
+/* ---- the change-time shortcut ------------------------------------------------------ */
+
+/* The stamp the folder's record holds (store/maildir.h, md_stamp). */
+static struct md_stamp recorded_stamp(const struct idx_folder *st)
+{
+    return (struct md_stamp){
+        .cur_ns = st->cur_ctime_ns, .new_ns = st->new_ctime_ns, .taken_ns = st->scan_time_ns};
+}
+
+static void record_stamp(struct idx_folder *st, const struct md_stamp *s)
+{
+    st->cur_ctime_ns = s->cur_ns;
+    st->new_ctime_ns = s->new_ns;
+    st->scan_time_ns = s->taken_ns;
+}
+
+/* Whether LIST-STATUS (or STATUS) says the server holds the folder as the
+ * record says the last complete sync left it. Only with HIGHESTMODSEQ:
+ * without CONDSTORE a flag changed on the server moves none of these
+ * figures, and only a FLAGS listing shows it. */
+static bool status_unchanged(const struct idx_folder *st, const struct imap_status_info *s)
+{
+    return st->uidvalidity != 0 && (s->have & IMAP_STATUS_UIDVALIDITY) &&
+           s->uidvalidity == st->uidvalidity && (s->have & IMAP_STATUS_UIDNEXT) &&
+           s->uidnext == st->uidnext && (s->have & IMAP_STATUS_MESSAGES) &&
+           s->messages == st->messages && (s->have & IMAP_STATUS_HIGHESTMODSEQ) &&
+           st->highestmodseq != 0 && s->highestmodseq == st->highestmodseq;
+}
+
+/* The same question asked of the SELECT answer: CONDSTORE in use for the
+ * folder, and a QRESYNC SELECT that reported no change either. */
+static bool mailbox_unchanged(struct session *e)
+{
+    const struct fstate *f = e->f;
+    const struct imap_mailbox *mb = &f->mb;
+    return f->st.uidvalidity != 0 && mb->uidvalidity == f->st.uidvalidity && mb->uidnext != 0 &&
+           mb->uidnext == f->st.uidnext && mb->exists == f->st.messages &&
+           e->ro->condstore_enabled(e->im) && !mb->nomodseq && f->st.highestmodseq != 0 &&
+           mb->highestmodseq == f->st.highestmodseq && f->nsmsgs == 0 && f->nvanished == 0;
+}
+
+/* Whether the folder's Maildir is as the last complete sync left it: cur/
+ * and new/ carry the change times recorded with the folder's state (see
+ * md_unchanged_since for when that is believed). Then the scan that sync
+ * made is still the truth, that sync handled all of it, and so a sync now
+ * has nothing to do locally: the Maildir and the base need not be read
+ * unless the server moved. Reads the folder's record and skip list only
+ * (one read transaction, no message rows), into f->st and f->skips.
+ *
+ * Why the recorded stamp vouches for that: it is taken before the scan of
+ * the sync that records it (folder_prepare), so whatever changed after it
+ * moved a change time, including this engine's own downloads and renames,
+ * which therefore make the next sync scan once more; and it is recorded
+ * only with a folder state that says the sync completed (folder_final) or
+ * that it found nothing to do (start_folder_scanned). A sync that failed
+ * half-way records nothing, and what it changed moved a change time or
+ * the server's figures (which never come back to a recorded value). Not
+ * covered: a file's bytes rewritten in place (Maildir files are
+ * immutable), and dovecot-keywords rewritten with other letters for the
+ * same names without any file being renamed. */
+static bool local_quiet(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct fjob *j = f->job;
+    if (j->reset || !j->on_server || f->stamp.taken_ns == 0) {
+        return false;
+    }
+    struct idx_txn *txn;
+    if (idx_begin(e->idx, false, &txn) < 0) {
+        return false; /* the full path reads the index again and reports it */
+    }
+    struct idx_folder st;
+    struct md_stamp rec;
+    bool quiet = idx_folder_get(txn, j->name, &st) == 0 && st.uidvalidity != 0 &&
+                 (rec = recorded_stamp(&st), md_unchanged_since(&rec, &f->stamp));
+    if (quiet) {
+        /* Rows marked unsettled by a run that was stopped (a STORE or a
+         * rename that may or may not have happened) are settled against
+         * this run's listing and scan: skipped now, a later change on the
+         * server would be taken for the STORE's outcome (settle_base). */
+        size_t len;
+        free(unsettled_read(e, txn, &len));
+        quiet = len == 0;
+    }
+    if (quiet) {
+        f->st = st;
+        skips_load(e, txn);
+    }
+    idx_abort(txn);
+    return quiet;
+}
+
+/* A folder that nothing changed on either side: no scan, no base, no
+ * index write. */
+static void quiet_done(struct session *e)
+{
+    struct fstate *f = e->f;
+    log_debug("%s: %s: unchanged on both sides, not scanned", e->acct->name, f->job->name);
+    /* Reported on every run, as the full path does. */
+    count_skips(e, f->skips, f->nskips);
+    folder_end(e);
+}
 
 /* The Maildir scan of a folder (and its tmp/ cleanup) on the thread
  * pool: a folder of 100,000 messages is a large directory to read and
@@ -568,6 +675,15 @@ static int folder_prepare(struct session *e)
          * as if the scan had run a moment earlier). */
         f->scan = xcalloc(1, sizeof(*f->scan));
     } else if (f->md != NULL) {
+        /* Before the scan: a change made while it runs moves a time past
+         * this stamp, and the sync that records it scans again. */
+        if (md_folder_stamp(f->md, &f->stamp) < 0) {
+            memset(&f->stamp, 0, sizeof(f->stamp));
+        }
+        if (local_quiet(e)) {
+            f->lazy = true;
+            return PREPARE_LAZY;
+        }
         scan_start(e);
         return PREPARE_SCANNING;
     } else {
@@ -800,6 +916,11 @@ static bool local_unchanged(struct session *e)
     struct fstate *f = e->f;
     if (f->nintents > 0) {
         return false;
+    }
+    for (size_t i = 0; i < f->nbase; i++) {
+        if (f->base[i].flags & IDX_FLAGS_UNSETTLED) {
+            return false; /* settled from a listing (settle_base) */
+        }
     }
     if (local_same_as_base(f)) {
         return true;
@@ -1042,6 +1163,8 @@ static void issue_fetch(struct session *e)
     phase_cmd_done(e);
 }
 
+static void select_continue(struct session *e);
+
 static void on_select(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct session *e = arg;
@@ -1068,6 +1191,30 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
                   e->acct->name, f->job->name);
         f->qresync = false;
     }
+    if (f->lazy) {
+        if (mailbox_unchanged(e) && !skips_released(e)) {
+            quiet_done(e);
+            return;
+        }
+        /* The server moved: the folder is synced the whole way, from a
+         * scan and the base read now (start_folder_scanned goes on with
+         * select_continue). What the SELECT reported is kept. */
+        log_debug("%s: %s: unchanged locally, changed on the server: scanning", e->acct->name,
+                  f->job->name);
+        f->lazy = false;
+        free(f->skips);
+        f->skips = NULL;
+        f->nskips = f->skips_cap = 0;
+        scan_start(e);
+        return;
+    }
+    select_continue(e);
+}
+
+/* on_select, once the folder's local side and base are read. */
+static void select_continue(struct session *e)
+{
+    struct fstate *f = e->f;
     if (f->st.uidvalidity != 0 && f->mb.uidvalidity != f->st.uidvalidity &&
         (f->nbase > 0 || f->nintents > 0)) {
         /* The server renumbered the folder (RFC 7162 section 6: forget its
@@ -1211,11 +1358,19 @@ static void record_updates(struct session *e, bool stored)
     free(su);
 }
 
+static bool mark_renames(struct session *e);
+
 static void apply_local(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
     bool touched = false;
+    /* Without the marks a kill between a rename and the record of its new
+     * base could have the next run take the server's change, already on
+     * the file, for the user's: nothing is renamed then. */
+    if (!mark_renames(e)) {
+        return;
+    }
     moves_park_orphans(e);
     for (size_t i = 0; i < p->nlocal_flags; i++) {
         const struct plan_local_flags *lf = &p->local_flags[i];
@@ -1342,6 +1497,9 @@ static void queue_del(struct session *e, int r, struct del_ctx *dc)
  * base for the rest, so a flag another client set meanwhile stays a change
  * on the server. */
 #define UNSETTLED_KW 0x40
+/* In an entry's mask: the entry is for a local rename (mark_renames), not
+ * for a STORE; settle_base takes the local file's value for its bits. */
+#define UNSETTLED_LOCAL 0x80
 
 /* Before the STOREs go out, their messages' base rows are marked unsettled:
  * a STORE can reach the server and the run die before its answer is read.
@@ -1360,6 +1518,151 @@ void unsettled_key(const char *folder, char *buf, size_t cap)
     for (size_t i = 0; i < sizeof(h) && n + 2 < cap; i++) {
         n += (size_t)snprintf(buf + n, cap - n, "%02x", h[i]);
     }
+}
+
+/* The folder's (UID, mask) entries, 5 bytes each, read in txn (or in a
+ * read transaction of its own when txn is NULL): NULL with *len_r 0 when
+ * there are none. An empty value is none: settle_base empties it once
+ * every marked row is settled, and a folder whose value is not empty may
+ * hold rows whose flags no side has vouched for yet (local_quiet). */
+static unsigned char *unsettled_read(struct session *e, struct idx_txn *txn, size_t *len_r)
+{
+    char key[512];
+    unsettled_key(e->f->job->name, key, sizeof(key));
+    *len_r = 0;
+    struct idx_txn *own = NULL;
+    if (txn == NULL) {
+        if (idx_begin(e->idx, false, &own) < 0) {
+            return NULL;
+        }
+        txn = own;
+    }
+    unsigned char *v = NULL;
+    size_t len = 0;
+    unsigned char probe[1];
+    if (idx_meta_get(txn, key, probe, sizeof(probe), &len) == 0 && len >= 5) {
+        v = xmalloc(len);
+        if (idx_meta_get(txn, key, v, len, &len) < 0) {
+            free(v);
+            v = NULL;
+            len = 0;
+        }
+    }
+    if (own != NULL) {
+        idx_abort(own);
+    }
+    *len_r = v != NULL ? len - len % 5 : 0;
+    return v;
+}
+
+static bool kw_same(const char *const *a, size_t na, const struct plan_kw *b)
+{
+    struct plan_kw ka;
+    plan_kw_from(a, na, &ka);
+    bool same = ka.n == b->n;
+    for (size_t i = 0; same && i < ka.n; i++) {
+        same = strcmp(ka.names[i], b->names[i]) == 0;
+    }
+    plan_kw_free(&ka);
+    return same;
+}
+
+/* (UID, mask) entries by UID: the UID is unaligned in them. */
+static int mark_cmp(const void *a, const void *b)
+{
+    uint32_t x, y;
+    memcpy(&x, a, 4);
+    memcpy(&y, b, 4);
+    return x < y ? -1 : x > y;
+}
+
+/* The entries for this run's local renames (UNSETTLED_LOCAL set): per
+ * message the flag bits the rename changes on the file, and UNSETTLED_KW
+ * when it changes the keywords. Bits the user changed locally are not
+ * among them (the merge keeps the file's value there), so settling never
+ * takes a local change for the base. Returns the count; *v_r (5 bytes an
+ * entry, sorted by UID) is the caller's. */
+static size_t rename_marks(const struct fstate *f, unsigned char **v_r)
+{
+    const struct plan *p = f->plan;
+    unsigned char *v = xcalloc(p->nlocal_flags + 1, 5);
+    size_t n = 0;
+    for (size_t i = 0; i < p->nlocal_flags; i++) {
+        const struct plan_local_flags *lf = &p->local_flags[i];
+        const struct md_msg *m = md_scan_find(f->scan, lf->lid);
+        if (m == NULL || lf->uid == 0) {
+            continue;
+        }
+        const struct plan_local_msg *lm = &f->lmsgs[m - f->scan->msgs];
+        unsigned mask = (lf->flags ^ m->flags) & MD_FLAGS_ALL;
+        if (!kw_same(lm->kw, lm->nkw, &lf->kw)) {
+            mask |= UNSETTLED_KW;
+        }
+        if (mask != 0) {
+            memcpy(v + n * 5, &lf->uid, 4);
+            v[n * 5 + 4] = (unsigned char)(mask | UNSETTLED_LOCAL);
+            n++;
+        }
+    }
+    qsort(v, n, 5, mark_cmp);
+    *v_r = v;
+    return n;
+}
+
+static int base_uid_cmp(const void *key, const void *elem)
+{
+    uint32_t uid = *(const uint32_t *)key, other = ((const struct idx_msg *)elem)->uid;
+    return uid < other ? -1 : uid > other;
+}
+
+/* The base row of uid (the synced rows are in UID order), or NULL. */
+static const struct idx_msg *base_find(const struct fstate *f, uint32_t uid)
+{
+    return f->nbase > 0 ? bsearch(&uid, f->base, f->nbase, sizeof(*f->base), base_uid_cmp) : NULL;
+}
+
+/* Before the local renames, their messages' base rows are marked
+ * unsettled, as mark_unsettled does before the STOREs: a kill after a
+ * rename and before its new base is recorded left a file that already
+ * carries the server's change over the old base, and the next run took
+ * that for the user's change and sent the old flags back up, undoing a
+ * change made on the server meanwhile (test_sync_crash lost one so). The
+ * next run takes the file's flags as the base for the bits the rename
+ * changes (settle_base): renamed or not, the file then says which. */
+static bool mark_renames(struct session *e)
+{
+    struct fstate *f = e->f;
+    if (e->opts.dry_run || f->plan->nlocal_flags == 0) {
+        return true;
+    }
+    unsigned char *marks;
+    size_t n = rename_marks(f, &marks);
+    struct idx_msg *puts = xcalloc(n + 1, sizeof(*puts));
+    size_t np = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t uid;
+        memcpy(&uid, marks + i * 5, 4);
+        const struct idx_msg *m = base_find(f, uid);
+        if (m != NULL && m->state == IDX_MSG_SYNCED) {
+            puts[np] = *m;
+            puts[np++].flags |= IDX_FLAGS_UNSETTLED;
+        }
+    }
+    bool ok = true;
+    if (np > 0) {
+        char key[512];
+        unsettled_key(f->job->name, key, sizeof(key));
+        struct idx_ops o = {.folder = f->job->name,
+                            .puts = puts,
+                            .nputs = np,
+                            .meta_key = key,
+                            .meta_val = marks,
+                            .meta_len = n * 5};
+        ok = idx_apply(e, &o) >= 0;
+    }
+    free(puts);
+    free(marks);
+    return ok;
 }
 
 static bool mark_unsettled(struct session *e)
@@ -1414,6 +1717,13 @@ static bool mark_unsettled(struct session *e)
         }
     }
     if (np > 0) {
+        /* The value replaces the one mark_renames wrote: its entries go
+         * along, for the rows a STORE keeps unsettled after their rename. */
+        unsigned char *rm;
+        size_t nrm = rename_marks(f, &rm);
+        masks = xrealloc(masks, (np + nrm + 1) * 5);
+        memcpy(masks + np * 5, rm, nrm * 5);
+        free(rm);
         char key[512];
         unsettled_key(f->job->name, key, sizeof(key));
         struct idx_ops o = {.folder = f->job->name,
@@ -1421,7 +1731,7 @@ static bool mark_unsettled(struct session *e)
                             .nputs = np,
                             .meta_key = key,
                             .meta_val = masks,
-                            .meta_len = np * 5};
+                            .meta_len = (np + nrm) * 5};
         ok = idx_apply(e, &o) >= 0;
     }
     free(dels);
@@ -1430,62 +1740,65 @@ static bool mark_unsettled(struct session *e)
     return ok;
 }
 
-/* The other half of mark_unsettled: a base row whose STORE may or may not
- * have landed takes the server's flags when the server listed the message
- * (a full listing, or a delta since the state before that STORE, which
- * reports it when it landed), else its recorded flags. The settled rows
- * are written at once: the folder state may move past that STORE in this
- * run, after which no delta would list the message again. */
+/* The other half of mark_unsettled and mark_renames. A base row whose
+ * STORE may or may not have landed takes the server's flags for the bits
+ * the STORE changes when the server listed the message (a full listing, or
+ * a delta since the state before that STORE, which reports it when it
+ * landed), else keeps its recorded flags; a row whose rename may or may not
+ * have happened takes the file's flags for the bits the rename changes
+ * (the file is renamed or not, and says which; a user who changed those
+ * very bits back in between is taken at the file's word). The settled rows
+ * are written at once, with the value emptied: the folder state may move
+ * past that STORE in this run, after which no delta would list the message
+ * again. */
 static void settle_base(struct session *e)
 {
     struct fstate *f = e->f;
     struct idx_msg *puts = NULL;
     size_t np = 0, cap = 0;
-    unsigned char *masks = NULL;
-    size_t nmasks = 0;
+    size_t len;
+    unsigned char *masks = unsettled_read(e, NULL, &len);
+    size_t nmasks = len / 5;
     for (size_t i = 0; i < f->nbase; i++) {
         struct idx_msg *m = &f->base[i];
         if (!(m->flags & IDX_FLAGS_UNSETTLED)) {
             continue;
         }
-        if (masks == NULL) {
-            /* Read once, on the first unsettled row. */
-            char key[512];
-            unsettled_key(f->job->name, key, sizeof(key));
-            struct idx_txn *txn;
-            size_t len = 0;
-            if (idx_begin(e->idx, false, &txn) == 0) {
-                unsigned char probe[1];
-                if (idx_meta_get(txn, key, probe, sizeof(probe), &len) == 0 && len >= 5) {
-                    masks = xmalloc(len);
-                    if (idx_meta_get(txn, key, masks, len, &len) < 0) {
-                        len = 0;
-                    }
-                }
-                idx_abort(txn);
-            }
-            if (masks == NULL) {
-                masks = xmalloc(1);
-                len = 0;
-            }
-            nmasks = len / 5;
-        }
-        uint8_t mask = 0;
+        /* A row may have a rename entry and a STORE entry (a merge of
+         * changes from both sides): their bits never overlap. */
+        unsigned smask = 0, lmask = 0;
         for (size_t k = 0; k < nmasks; k++) {
             uint32_t uid;
             memcpy(&uid, masks + k * 5, 4);
             if (uid == m->uid) {
-                mask = masks[k * 5 + 4];
-                break;
+                unsigned mk = masks[k * 5 + 4];
+                if (mk & UNSETTLED_LOCAL) {
+                    lmask |= mk & ~(unsigned)UNSETTLED_LOCAL;
+                } else {
+                    smask |= mk;
+                }
             }
         }
         m->flags &= (uint8_t)~IDX_FLAGS_UNSETTLED;
+        const struct md_msg *lm =
+            lmask != 0 && f->md != NULL ? md_scan_find(f->scan, m->lid) : NULL;
+        if (lm != NULL) {
+            unsigned fm = lmask & MD_FLAGS_ALL;
+            m->flags = (uint8_t)((m->flags & ~fm) | (lm->flags & fm));
+            if (lmask & UNSETTLED_KW) {
+                const struct plan_local_msg *l = &f->lmsgs[lm - f->scan->msgs];
+                struct plan_kw kw;
+                plan_kw_from(l->kw, l->nkw, &kw);
+                plan_kw_format(&kw, m->keywords, sizeof(m->keywords));
+                plan_kw_free(&kw);
+            }
+        }
         const struct smsg *sm = find_smsg(f, m->uid);
         if (sm != NULL) {
             /* Only what the STORE touched takes the server's value. */
-            unsigned fm = mask & MD_FLAGS_ALL;
+            unsigned fm = smask & MD_FLAGS_ALL;
             m->flags = (uint8_t)((m->flags & ~fm) | (sm->flags & fm));
-            if (mask & UNSETTLED_KW) {
+            if (smask & UNSETTLED_KW) {
                 struct plan_kw kw;
                 plan_kw_from((const char *const *)sm->kw, sm->nkw, &kw);
                 plan_kw_format(&kw, m->keywords, sizeof(m->keywords));
@@ -1496,9 +1809,19 @@ static void settle_base(struct session *e)
         puts[np++] = *m;
     }
     free(masks);
-    if (np > 0 && !e->opts.dry_run) {
-        struct idx_ops o = {.folder = f->job->name, .puts = puts, .nputs = np};
-        idx_apply(e, &o);
+    if ((np > 0 || nmasks > 0) && !e->opts.dry_run) {
+        char key[512];
+        unsettled_key(f->job->name, key, sizeof(key));
+        /* An empty value (never a NULL one: it is copied). */
+        struct idx_ops o = {
+            .folder = f->job->name, .puts = puts, .nputs = np, .meta_key = key, .meta_val = ""};
+        if (np > 0) {
+            idx_apply(e, &o);
+        } else {
+            /* Only the value is left from rows settled before: emptied
+             * with the next write, it lets the folder be skipped again. */
+            idx_apply_later(e, &o);
+        }
     }
     free(puts);
 }
@@ -2378,6 +2701,9 @@ static void folder_final(struct session *e)
         st.highestmodseq = f->condstore ? f->mb.highestmodseq : 0;
         st.messages = f->mb.exists;
         st.last_full_sync = (int64_t)e->now;
+        /* Everything the scan after this stamp saw is handled (unknown when
+         * no stamp was taken: the next sync scans). */
+        record_stamp(&st, &f->stamp);
         stp = &st;
     }
     struct idx_ops o = {
@@ -2699,6 +3025,7 @@ static void job_totals(struct session *e, const struct fjob *j)
     t->flags_up += c->flags_up;
     t->deleted_down += c->deleted_down;
     t->deleted_up += c->deleted_up;
+    t->moved += c->moved;
     t->bytes_down += c->bytes_down;
     t->bytes_up += c->bytes_up;
 }
@@ -2732,6 +3059,16 @@ void start_folder(struct session *e, struct fjob *j)
     if (r == PREPARE_SCANNING) {
         return; /* scan_done goes on */
     }
+    if (r == PREPARE_LAZY) {
+        /* The Maildir is as the last complete sync left it: the server
+         * decides whether anything is to be done. */
+        if (j->has_status && status_unchanged(&f->st, &j->status) && !skips_released(e)) {
+            quiet_done(e);
+            return;
+        }
+        do_select(e);
+        return;
+    }
     start_folder_scanned(e);
 }
 
@@ -2747,6 +3084,11 @@ static void start_folder_scanned(struct session *e)
         next_folder(e);
         return;
     }
+    if (f->selected) {
+        /* A lazy folder (local_quiet) the server turned out to change. */
+        select_continue(e);
+        return;
+    }
     if (e->opts.dry_run && f->md == NULL) {
         fprintf(e->plan_out, "%s: create the folder locally\n", j->name);
     }
@@ -2760,14 +3102,31 @@ static void start_folder_scanned(struct session *e)
         return;
     }
     /* Skip the SELECT when nothing moved on either side. */
-    const struct imap_status_info *s = &j->status;
-    if (j->has_status && f->st.uidvalidity != 0 && (s->have & IMAP_STATUS_UIDVALIDITY) &&
-        s->uidvalidity == f->st.uidvalidity && (s->have & IMAP_STATUS_UIDNEXT) &&
-        s->uidnext == f->st.uidnext && (s->have & IMAP_STATUS_MESSAGES) &&
-        s->messages == f->st.messages && (s->have & IMAP_STATUS_HIGHESTMODSEQ) &&
-        f->st.highestmodseq != 0 && s->highestmodseq == f->st.highestmodseq && local_unchanged(e) &&
+    if (j->has_status && status_unchanged(&f->st, &j->status) && local_unchanged(e) &&
         !skips_released(e)) {
         lskips_save(e);
+        /* This scan found nothing to do either: its stamp spares the next
+         * sync the scan, unless the record's does already (or this one is
+         * too fresh to be believed, and would only be written again). */
+        struct md_stamp rec = recorded_stamp(&f->st);
+        bool stamp =
+            md_unchanged_since(&f->stamp, &f->stamp) && !md_unchanged_since(&rec, &f->stamp);
+        /* No row is unsettled (local_unchanged): what is left of the
+         * marks' value goes, or local_quiet would never believe a stamp. */
+        size_t len = 0;
+        if (!e->opts.dry_run) {
+            free(unsettled_read(e, NULL, &len));
+        }
+        if (!e->opts.dry_run && (stamp || len > 0)) {
+            struct idx_folder st = f->st;
+            record_stamp(&st, &f->stamp);
+            char key[512];
+            unsettled_key(j->name, key, sizeof(key));
+            idx_apply_later(e, &(struct idx_ops){.folder = j->name,
+                                                 .st = stamp ? &st : NULL,
+                                                 .meta_key = len > 0 ? key : NULL,
+                                                 .meta_val = ""});
+        }
         fstate_free(f);
         e->f = NULL;
         job_ended_early(e, j);

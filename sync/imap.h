@@ -146,6 +146,11 @@ struct imap_uid_range {
     uint32_t lo, hi;
 };
 
+/* RFC 8474 section 4: objectid = 1*255(ALPHA / DIGIT / "_" / "-"). A
+ * MAILBOXID that breaks this grammar is a protocol error naming the
+ * folder, since an identity that cannot be trusted would decide renames. */
+#define IMAP_MAILBOXID_MAX 255
+
 /* Mailbox facts from SELECT/EXAMINE. */
 struct imap_mailbox {
     uint32_t uidvalidity;
@@ -161,6 +166,9 @@ struct imap_mailbox {
      * dropped, so the changes the SELECT reported may be incomplete and
      * the owner lists them another way. */
     bool closed_unsure;
+    /* RFC 8474's MAILBOXID from the [MAILBOXID (id)] response code, "" when
+     * the server sent none. */
+    char mailboxid[IMAP_MAILBOXID_MAX + 1];
 };
 
 enum {
@@ -170,6 +178,8 @@ enum {
     IMAP_STATUS_UNSEEN = 1u << 3,
     IMAP_STATUS_HIGHESTMODSEQ = 1u << 4,
     IMAP_STATUS_RECENT = 1u << 5,
+    /* RFC 8474: asked for only when the server offers OBJECTID. */
+    IMAP_STATUS_MAILBOXID = 1u << 6,
 };
 
 /* One STATUS answer; have says which fields were present. */
@@ -178,6 +188,10 @@ struct imap_status_info {
     unsigned have;      /* IMAP_STATUS_* */
     uint32_t messages, uidnext, uidvalidity, unseen, recent;
     uint64_t highestmodseq;
+    /* RFC 8474's MAILBOXID (IMAP_STATUS_MAILBOXID): the folder's identity,
+     * which a RENAME keeps; "" when absent. Held here rather than pointed
+     * to, so that the struct can be copied and kept like the numbers. */
+    char mailboxid[IMAP_MAILBOXID_MAX + 1];
 };
 
 /* LIST attributes, as a bitmask. */
@@ -451,6 +465,9 @@ int imap_uid_copy(struct imap *im, const char *uidset, const char *folder, imap_
                   void *arg);
 int imap_create(struct imap *im, const char *folder, imap_done_cb done, void *arg);
 int imap_delete(struct imap *im, const char *folder, imap_done_cb done, void *arg);
+/* RENAME from to (RFC 3501 section 6.3.5): the server renames the folder's
+ * children with it. */
+int imap_rename(struct imap *im, const char *from, const char *to, imap_done_cb done, void *arg);
 
 /* IDLE: done is called when the IDLE command ends (after imap_idle_stop,
  * or when the server ends it). Events arrive meanwhile; the state is

@@ -45,6 +45,7 @@ static const char *const kind_names[] = {
     [IMAP_CMD_IDLE] = "IDLE",
     [IMAP_CMD_NOTIFY] = "NOTIFY",
     [IMAP_CMD_LOGOUT] = "LOGOUT",
+    [IMAP_CMD_RENAME] = "RENAME",
 };
 
 const char *imap_cmd_kind_name(enum imap_cmd_kind k)
@@ -422,6 +423,10 @@ static void build_list(struct imap *im, struct imap_cmd *c)
         if (im->caps & IMAP_CAP_CONDSTORE) {
             b_text(c, " HIGHESTMODSEQ");
         }
+        if (im->caps & IMAP_CAP_OBJECTID) {
+            /* The folder planner's surest sign of a rename (RFC 8474). */
+            b_text(c, " MAILBOXID");
+        }
         b_text(c, ")");
     }
     b_text(c, ")\r\n");
@@ -436,9 +441,13 @@ static void build_status_items(struct imap *im, struct imap_cmd *c, unsigned ite
         {IMAP_STATUS_MESSAGES, "MESSAGES"},           {IMAP_STATUS_UIDNEXT, "UIDNEXT"},
         {IMAP_STATUS_UIDVALIDITY, "UIDVALIDITY"},     {IMAP_STATUS_UNSEEN, "UNSEEN"},
         {IMAP_STATUS_HIGHESTMODSEQ, "HIGHESTMODSEQ"}, {IMAP_STATUS_RECENT, "RECENT"},
+        {IMAP_STATUS_MAILBOXID, "MAILBOXID"},
     };
     if (!(im->caps & IMAP_CAP_CONDSTORE)) {
         items &= ~(unsigned)IMAP_STATUS_HIGHESTMODSEQ;
+    }
+    if (!(im->caps & IMAP_CAP_OBJECTID)) {
+        items &= ~(unsigned)IMAP_STATUS_MAILBOXID;
     }
     if (items == 0) {
         items = IMAP_STATUS_MESSAGES;
@@ -675,6 +684,25 @@ static int cmd_build(struct imap *im, struct imap_cmd *c)
         b_mailbox(im, c, c->folder2);
         b_text(c, "\r\n");
         break;
+    case IMAP_CMD_RENAME: {
+        /* RENAME old new: the new name rides in criteria. */
+        if (cmd_server_name(im, c, c->criteria) < 0) {
+            return -1;
+        }
+        char *to = c->folder2;
+        c->folder2 = NULL;
+        if (cmd_server_name(im, c, c->folder) < 0) {
+            free(to);
+            return -1;
+        }
+        b_text(c, "RENAME ");
+        b_mailbox(im, c, c->folder2);
+        b_text(c, " ");
+        b_mailbox(im, c, to);
+        b_text(c, "\r\n");
+        free(to);
+        break;
+    }
     case IMAP_CMD_IDLE:
         if (cmd_need(im, c, IMAP_CAP_IDLE, "IDLE") < 0) {
             return -1;
@@ -1114,12 +1142,48 @@ static void handle_list(struct imap *im, const struct imap_response *r, bool lsu
     }
 }
 
-static void parse_status_items(const struct imap_arg *list, struct imap_status_info *st)
+/* An RFC 8474 objectid in parentheses, "(F2212ea87-6097)", into out:
+ * 1 to IMAP_MAILBOXID_MAX letters, digits, '-' and '_'. */
+static bool parse_objectid(const struct imap_arg *a, char out[IMAP_MAILBOXID_MAX + 1])
+{
+    size_t n;
+    const struct imap_arg *it = list_items(a, &n);
+    if (n != 1 || it[0].type != IMAP_ARG_ATOM) {
+        return false;
+    }
+    const char *s = it[0].u.str.s;
+    size_t len = it[0].u.str.len;
+    if (len == 0 || len > IMAP_MAILBOXID_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        bool ok = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                  (ch >= '0' && ch <= '9') || ch == '-' || ch == '_';
+        if (!ok) {
+            return false;
+        }
+    }
+    memcpy(out, s, len);
+    out[len] = '\0';
+    return true;
+}
+
+/* Returns false when an item the owner relies on is malformed (MAILBOXID);
+ * other items it cannot read are left out of st->have. */
+static bool parse_status_items(const struct imap_arg *list, struct imap_status_info *st)
 {
     size_t n;
     const struct imap_arg *it = list_items(list, &n);
     for (size_t i = 0; i + 1 < n; i += 2) {
         uint64_t v;
+        if (imap_arg_is_atom(&it[i], "MAILBOXID")) {
+            if (!parse_objectid(&it[i + 1], st->mailboxid)) {
+                return false;
+            }
+            st->have |= IMAP_STATUS_MAILBOXID;
+            continue;
+        }
         if (!imap_arg_number(&it[i + 1], &v)) {
             continue;
         }
@@ -1144,6 +1208,7 @@ static void parse_status_items(const struct imap_arg *list, struct imap_status_i
             st->have |= IMAP_STATUS_HIGHESTMODSEQ;
         }
     }
+    return true;
 }
 
 static bool same_mailbox(const char *a, const char *b)
@@ -1166,10 +1231,16 @@ static void handle_status(struct imap *im, const struct imap_response *r)
         return;
     }
     struct imap_status_info st = {0};
-    parse_status_items(&r->args[2], &st);
+    bool items_ok = parse_status_items(&r->args[2], &st);
     char *name = NULL;
     const char *why;
     imap_name_from_server(raw, r->args[1].u.str.len, im->delim, im->utf8, &name, &why);
+    if (!items_ok) {
+        imap_fail(im, IMAP_EPROTO, "%s: malformed MAILBOXID in the STATUS of folder '%s'",
+                  im->hostport, name != NULL ? name : raw);
+        free(name);
+        return;
+    }
     st.folder = name;
     for (struct imap_cmd *c = im->inflight; c != NULL; c = c->next) {
         if (c->kind == IMAP_CMD_STATUS && c->folder2 != NULL && same_mailbox(c->folder2, raw)) {
@@ -1391,10 +1462,15 @@ static void add_copyuid(struct imap_cmd *c, const struct imap_response *r)
     sbuf_adds(&c->copy_dst, dst);
 }
 
-static void select_code(struct imap_mailbox *mb, const struct imap_response *r)
+/* Returns false for a malformed MAILBOXID; other codes it cannot read are
+ * ignored. */
+static bool select_code(struct imap_mailbox *mb, const struct imap_response *r)
 {
     uint64_t v;
     const char *code = r->code;
+    if (strcmp(code, "MAILBOXID") == 0) {
+        return r->ncode_args == 1 && parse_objectid(&r->code_args[0], mb->mailboxid);
+    }
     if (strcmp(code, "UIDVALIDITY") == 0 && r->ncode_args == 1 &&
         imap_arg_number(&r->code_args[0], &v)) {
         mb->uidvalidity = (uint32_t)v;
@@ -1425,6 +1501,7 @@ static void select_code(struct imap_mailbox *mb, const struct imap_response *r)
             }
         }
     }
+    return true;
 }
 
 void imap_cmd_untagged_ok(struct imap *im, const struct imap_response *r)
@@ -1449,12 +1526,15 @@ void imap_cmd_untagged_ok(struct imap *im, const struct imap_response *r)
         return;
     }
     if (sc != NULL) {
-        select_code(&sc->mb, r);
+        if (!select_code(&sc->mb, r)) {
+            imap_fail(im, IMAP_EPROTO, "%s: malformed MAILBOXID in the SELECT of folder '%s'",
+                      im->hostport, sc->folder != NULL ? sc->folder : "?");
+        }
         return;
     }
     if (im->selected && strcmp(r->code, "UIDVALIDITY") == 0) {
         uint32_t old = im->sel.uidvalidity;
-        select_code(&im->sel, r);
+        (void)select_code(&im->sel, r);
         if (im->sel.uidvalidity != old) {
             struct imap_event ev = {.type = IMAP_EV_UIDVALIDITY, .n = im->sel.uidvalidity};
             if (im->cb.on_event != NULL) {
@@ -1462,7 +1542,9 @@ void imap_cmd_untagged_ok(struct imap *im, const struct imap_response *r)
             }
         }
     } else if (im->selected) {
-        select_code(&im->sel, r);
+        /* A MAILBOXID said while selected does not change what the SELECT
+         * reported: a malformed one is ignored here. */
+        (void)select_code(&im->sel, r);
     }
 }
 
@@ -2072,6 +2154,21 @@ int imap_create(struct imap *im, const char *folder, imap_done_cb done, void *ar
 int imap_delete(struct imap *im, const char *folder, imap_done_cb done, void *arg)
 {
     return folder_cmd(im, IMAP_CMD_DELETE, folder, done, arg);
+}
+
+int imap_rename(struct imap *im, const char *from, const char *to, imap_done_cb done, void *arg)
+{
+    if (!usable(im)) {
+        return -ENOTCONN;
+    }
+    if (from == NULL || to == NULL) {
+        return -EINVAL;
+    }
+    struct imap_cmd *c = cmd_new(IMAP_CMD_RENAME, done, arg);
+    c->folder = xstrdup(from);
+    c->criteria = xstrdup(to);
+    enqueue(im, c);
+    return 0;
 }
 
 int imap_idle_start(struct imap *im, imap_done_cb done, void *arg)

@@ -37,6 +37,7 @@ enum imap_cmd_kind {
     IMAP_CMD_IDLE,
     IMAP_CMD_NOTIFY,
     IMAP_CMD_LOGOUT,
+    IMAP_CMD_RENAME,
 };
 
 enum imap_part_type {

@@ -68,6 +68,10 @@ struct remote_ops {
     int (*create)(struct remote *r, const char *folder, imap_done_cb done, void *arg);
     int (*delete)(struct remote *r, const char *folder, imap_done_cb done, void *arg);
     int (*logout)(struct remote *r, imap_done_cb done, void *arg);
+    /* RENAME (children move with the folder). NULL for a server interface
+     * that has none: folders renamed on one side are then not carried out
+     * as renames. */
+    int (*rename)(struct remote *r, const char *from, const char *to, imap_done_cb done, void *arg);
     /* Reading on after a body sink returned IMAP_SINK_PAUSE (imap_resume).
      * NULL when the server never pauses (the fake delivers bodies whole):
      * the engine then never asks for a pause. */

@@ -103,6 +103,12 @@ static int r_delete(struct remote *r, const char *folder, imap_done_cb done, voi
     return imap_delete(IM(r), folder, done, arg);
 }
 
+static int r_rename(struct remote *r, const char *from, const char *to, imap_done_cb done,
+                    void *arg)
+{
+    return imap_rename(IM(r), from, to, done, arg);
+}
+
 static int r_logout(struct remote *r, imap_done_cb done, void *arg)
 {
     return imap_logout(IM(r), done, arg);
@@ -134,4 +140,5 @@ const struct remote_ops remote_imap = {
     .delete = r_delete,
     .logout = r_logout,
     .resume = r_resume,
+    .rename = r_rename,
 };

@@ -283,6 +283,8 @@ class ScaleBench:
             (t.name, {"bytes": state_bytes(t), "per_message": state_bytes(t) / max(1, messages)}) for t in tools)
 
     def instr(self, key, title, tools):
+        if self.args.no_callgrind:
+            return
         use_perf = perf_works()
         for tool in tools:
             n, how = count_instructions(tool, use_perf)
@@ -484,6 +486,8 @@ def main(argv=None):
     ap.add_argument("--only", choices=("imap", "pop3"), help="run one part only")
     ap.add_argument("--million", action="store_true", help="add the 1,000,000-message account of 50 folders")
     ap.add_argument("--million-messages", type=int, default=1000000, help=argparse.SUPPRESS)
+    ap.add_argument("--no-callgrind", action="store_true",
+                    help="skip the instruction counts (valgrind takes minutes at 100,000 messages)")
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "scale.md"))

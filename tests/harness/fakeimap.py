@@ -486,8 +486,11 @@ class Mailbox:
     clean one (mailbox_script). Every change raises HIGHESTMODSEQ, as
     CONDSTORE requires."""
 
-    def __init__(self, uidvalidity=7):
+    def __init__(self, uidvalidity=7, mailboxid=None):
         self.uidvalidity = uidvalidity
+        # RFC 8474's MAILBOXID: said in STATUS and SELECT when set (serve
+        # it with OBJECTID among the caps); a RENAME keeps it.
+        self.mailboxid = mailboxid
         self.messages = []  # in UID order
         self.uidnext = 1
         self.modseq = 1
@@ -654,23 +657,35 @@ def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
         c.qresync = c.qresync or "QRESYNC" in words
         c.default(tag, "ENABLE", rest, raw)
 
-    def on_list(c, tag, rest, raw):
-        if rest.startswith('"" ""'):
-            c.send('* LIST (\\Noselect) "/" ""\r\n')
-        else:
-            for name in boxes:
-                c.send('* %s (\\HasNoChildren) "/" %s\r\n' % (verb_of(raw), _atom_or_quoted(name)))
-        c.ok(tag)
-
-    def on_status(c, tag, rest, raw):
-        name, rest = _mailbox_arg(rest)
+    def status_line(name, asked):
+        """The untagged STATUS of folder name for the items asked (a list
+        of item names); MAILBOXID only for a box that has one."""
         box = boxes[name]
         values = {"MESSAGES": len(box.messages), "UIDNEXT": box.uidnext,
                   "UIDVALIDITY": box.uidvalidity, "HIGHESTMODSEQ": box.modseq,
                   "RECENT": 0, "UNSEEN": len([m for m in box.messages if "\\Seen" not in m.flags])}
+        items = ["%s %d" % (k, values[k]) for k in asked if k in values]
+        if "MAILBOXID" in asked and box.mailboxid is not None:
+            items.append("MAILBOXID (%s)" % box.mailboxid)
+        return "* STATUS %s (%s)\r\n" % (_atom_or_quoted(name), " ".join(items))
+
+    def on_list(c, tag, rest, raw):
+        if rest.startswith('"" ""'):
+            c.send('* LIST (\\Noselect) "/" ""\r\n')
+        else:
+            # LIST-STATUS (RFC 5819): RETURN (... STATUS (items)) adds each
+            # folder's STATUS after its LIST line.
+            st = re.search(r"\bSTATUS \(([^)]*)\)", rest, re.I)
+            for name in boxes:
+                c.send('* %s (\\HasNoChildren) "/" %s\r\n' % (verb_of(raw), _atom_or_quoted(name)))
+                if st and verb_of(raw) == "LIST":
+                    c.send(status_line(name, st.group(1).upper().split()))
+        c.ok(tag)
+
+    def on_status(c, tag, rest, raw):
+        name, rest = _mailbox_arg(rest)
         asked = re.search(r"\(([^)]*)\)", rest).group(1).upper().split()
-        c.send("* STATUS %s (%s)\r\n"
-               % (_atom_or_quoted(name), " ".join("%s %d" % (k, values[k]) for k in asked)))
+        c.send(status_line(name, asked))
         c.ok(tag)
 
     def on_select(c, tag, rest, raw):
@@ -695,6 +710,8 @@ def mailbox_script(box, caps=QRESYNC_CAPS, hook=None):
                % (len(box.messages), box.uidvalidity, box.uidnext))
         if c.condstore:
             c.send("* OK [HIGHESTMODSEQ %d] ok\r\n" % box.modseq)
+        if box.mailboxid is not None:
+            c.send("* OK [MAILBOXID (%s)] ok\r\n" % box.mailboxid)
         responses = []
         q = re.search(r"\(QRESYNC \((\d+) (\d+)", upper)
         if q and c.qresync and int(q.group(1)) == box.uidvalidity:

@@ -18,6 +18,7 @@ and on the server:
   left to do."""
 
 import json
+import re
 import os
 import signal
 import socket
@@ -394,6 +395,83 @@ class DaemonScenarios(DaemonFixture):
         self.assertEqual(d.log().count("b: state connecting"), logins, "the refused login was retried")
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
+    def test_changed_secret_is_fetched_again_once(self):
+        """Credentials from password_command that worked are refused later
+        (an OAuth2 token expired; here the password changed on the server
+        and in the password store): the daemon runs the command again and
+        retries once, without waiting for the user; the account stays in
+        service. With a secret that is still wrong after that, it stops in
+        "failed (auth)" after exactly one retry."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=93, max_size=2000))
+        pwfile = os.path.join(self.tmp, "pw")
+        with open(pwfile, "w") as f:
+            f.write(self.dovecot.password(self.user) + "\n")
+        acct = self.imap_account(user=self.user, layout=self.layout, folders=["INBOX"],
+                                 poll_interval=3600, local_delay=0)
+        acct.pop("password", None)
+        acct["password_command"] = ["cat", pwfile]
+        cfg = self.write_config({"a": acct})
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        new_pw = "changed-" + self.dovecot.password(self.user)
+        self.dovecot.add_user(self.user, new_pw)
+        with open(pwfile, "w") as f:
+            f.write(new_pw + "\n")
+        p = self.ms(cfg, "sync", "a")  # a new pass: logs in with the old secret first
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr + d.log()[-3000:])
+        self.assertIn("a: the server refused credentials that worked before; running "
+                      "password_command again and retrying once", d.log())
+        self.wait_state(cfg, d, "idle")
+        self.assertEqual(d.log().count("not retrying: the server refused the login"), 0)
+        # Wrong in the store too: one retry, then it waits for the user.
+        self.dovecot.add_user(self.user, "changed-again")
+        p = self.ms(cfg, "sync", "a")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.wait_state(cfg, d, "failed (auth)")
+        self.assertEqual(d.log().count("running password_command again and retrying once"), 2,
+                         d.log()[-3000:])
+        time.sleep(2)
+        self.assertEqual(self.status(cfg)["state"], "failed (auth)")
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
+    def test_sync_after_a_refused_login_tries_again(self):
+        """After a refused login the account waits for the user: once the
+        password (here from password_command) is fixed, `mailsync sync b`
+        (answered by the daemon) tries again, fetches the password anew,
+        and exits 0 when the pass is done; the account pushes from then on.
+        A SIGHUP reload of an unchanged file tries again too."""
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=73, max_size=2000))
+        pwfile = os.path.join(self.tmp, "pw")
+        with open(pwfile, "w") as f:
+            f.write("wrong\n")
+        bad = self.imap_account(maildir=os.path.join(self.tmp, "B"), user=self.user,
+                                folders=["INBOX"], poll_interval=3600, local_delay=0)
+        bad.pop("password", None)
+        bad["password_command"] = ["cat", pwfile]
+        cfg = self.write_config({"b": bad})
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "failed (auth)", name="b")
+        # A reload of the same file tries again (and is refused again).
+        refusals = d.log().count("refused the login")
+        d.p.send_signal(signal.SIGHUP)
+        self.wait_for("the retry after the reload",
+                      lambda: d.log().count("refused the login") > refusals, d)
+        self.wait_state(cfg, d, "failed (auth)", name="b")
+        with open(pwfile, "w") as f:
+            f.write(self.dovecot.password(self.user) + "\n")
+        p = self.ms(cfg, "sync", "b")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr + d.log()[-3000:])
+        self.assertIn("(by the daemon)", p.stdout)
+        self.assertIn("b: asked to sync after a refused login: trying again", d.log())
+        self.wait_state(cfg, d, "idle", name="b")
+        inbox = os.path.join(self.tmp, "B", "INBOX") if self.layout == "verbatim" \
+            else os.path.join(self.tmp, "B")
+        self.assertEqual(len(mstest.maildir_messages(inbox)), 1)
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=74, max_size=2000))
+        self.wait_for("the push once logged in",
+                      lambda: len(mstest.maildir_messages(inbox)) == 2, d)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
     def ask(self, line):
         """One request on the control socket; the decoded reply."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -462,22 +540,28 @@ class DaemonScenarios(DaemonFixture):
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
         self.assertIn("STOPPING=1", drain())
 
-    def test_recheck_reopens_everything(self):
-        """`recheck` (what a suspend or a network change does): the watcher
-        and the session are opened again, and pushes go on."""
+    def test_recheck_probes_the_watcher_and_logs_in_again(self):
+        """`recheck` (what a network change does): the live watcher is
+        probed (DONE, IDLE again) rather than reopened, the sync session
+        logs in again for a new pass, and pushes go on."""
         self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=77, max_size=2000))
         cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
         d = self.start(cfg)
         self.wait_state(cfg, d, "idle")
+        push = "notify" if self.has_notify() else "idle"
+        self.wait_for("the watcher up", lambda: self.status(cfg)["push"] == push, d)
         logins = self.status(cfg)["logins"]
+        watch_logins = d.log().count("a/watch: connecting to")
         self.assertEqual(self.ask("recheck"), {"ok": True})
         self.wait_for("a new session", lambda: self.status(cfg)["logins"] > logins, d)
         self.wait_state(cfg, d, "idle")
-        push = "notify" if self.has_notify() else "idle"
         self.wait_for("the watcher back", lambda: self.status(cfg)["push"] == push, d)
         self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=78, max_size=2000))
         self.wait_for("the push after recheck", lambda: len(self.local("INBOX")) == 2, d)
-        self.assertIn("asked on the control socket: checking every account", d.log())
+        self.assertIn("asked on the control socket: checking every account (watchers probed)",
+                      d.log())
+        self.assertEqual(d.log().count("a/watch: connecting to"), watch_logins,
+                         "the live watcher was reopened, not probed")
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
     def test_sighup_reload(self):
@@ -610,6 +694,36 @@ class DaemonScenarios(DaemonFixture):
         self.assertNotIn("a/watch2", d.log())
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
+    def test_local_move_is_a_server_move(self):
+        """mutt's save to another folder while the daemon runs (the file
+        renamed from INBOX's cur/ into Archive's): the server gets one UID
+        MOVE, no APPEND; both sides agree; status counts it as moved."""
+        msgs = mailgen.generate(2, seed=91, max_size=2000)
+        self.dovecot.save_many(self.user, "INBOX", msgs)
+        self.dovecot.save_many(self.user, "Archive", mailgen.generate(1, seed=92, max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX", "Archive"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        unique = self.unique_of("INBOX", mstest.crlf_to_lf(msgs[0]))
+        sub, src = [(sub, n) for sub in ("new", "cur")
+                    for n in os.listdir(os.path.join(self.folder_dir("INBOX"), sub))
+                    if n.startswith(unique)][0]
+        os.rename(os.path.join(self.folder_dir("INBOX"), sub, src),
+                  os.path.join(self.folder_dir("Archive"), sub, src))
+        self.wait_for("the move on the server", lambda: len(self.server("Archive")) == 2 and
+                      len(self.server("INBOX")) == 1, d)
+        st = self.wait_for("the move counted", lambda: (
+            lambda s: s if s["moved"] == 1 else None)(self.status(cfg)), d)
+        self.assertEqual(st["new_up"], 0)
+        self.assertEqual(st["deleted_up"], 0)
+        self.wait_state(cfg, d, "idle")
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assertIn("1 moved between folders", d.log())
+        self.assert_same("INBOX")
+        self.assert_same("Archive")
+        self.assertIn(mstest.crlf_to_lf(msgs[0]),
+                      [mstest.crlf_to_lf(b) for _u, _f, b in self.server("Archive")])
+
     def test_second_daemon_refused(self):
         """One daemon per state_dir: the second says which pid holds it."""
         cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
@@ -681,6 +795,36 @@ class DaemonIdleLimit(DaemonFixture, mstest.DovecotTestCase):
         self.wait_for("the INBOX push", lambda: self.status(cfg)["new_down"] == 1, d)
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
         self.assertEqual(len(self.local("INBOX")), 1)
+
+
+class DaemonPassWithinBudget(DaemonFixture, mstest.DovecotTestCase):
+    """max_connections counts the watcher: without LIST-STATUS every sweep
+    pass takes each folder as changed and would open max_connections - 1
+    extra connections beside the session; with the watcher up, a server
+    allowing exactly max_connections (3) per user and address must never
+    see a fourth, over several passes."""
+
+    dovecot_options = dict(PROFILES["Fallback"], extra_conf=(
+        "protocol imap {\n  mail_max_userip_connections = 3\n}\n"))
+
+    def test_sweep_passes_leave_room_for_the_watcher(self):
+        for folder, seed in (("INBOX", 94), ("Archive", 95), ("Work", 96)):
+            self.dovecot.save_many(self.user, folder, mailgen.generate(1, seed=seed,
+                                                                      max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX", "Archive", "Work"], poll_interval=2,
+                                 max_connections=3)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        self.wait_for("the watcher", lambda: self.status(cfg)["push"] == "idle", d)
+        passes = self.status(cfg)["passes"]
+        self.wait_for("three sweep passes", lambda: self.status(cfg)["passes"] >= passes + 3, d,
+                      timeout=60)
+        self.assertNotIn("[LIMIT]", d.log())
+        self.assertNotIn("Maximum number of connections", self.dovecot.log())
+        self.assertGreaterEqual(len(re.findall(r"imap a#2: connecting to", d.log())), 1,
+                                "no pass used a second connection: the test proves nothing")
+        self.assertNotIn("imap a#3: connecting to", d.log().split("in sync; waiting")[1])
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
 
 for _name, _opts in PROFILES.items():

@@ -335,6 +335,10 @@ struct fake {
     bool idle_seen;
     char idle_tag[16];
     bool deaf; /* DONE and NOOP are logged, never answered (a dead flow) */
+    /* RFC 8474: the MAILBOXID item said for Sub in STATUS answers (those of
+     * LIST-STATUS too, when the LIST asks for STATUS) and the response
+     * code of every SELECT, e.g. "(F-1_a)"; NULL: the older answers. */
+    const char *mailboxid;
     /* UID FETCH ... BODY.PEEK[]: a body of big_body bytes (body_byte()),
      * written with uv_try_write so that the server sees when the client's
      * socket stops taking data. */
@@ -420,6 +424,33 @@ static void push_body(uv_timer_t *t)
     fake_send(f, resp);
 }
 
+/* LIST, STATUS and SELECT answers that carry f->mailboxid. */
+static bool mailboxid_answer(struct fake *f, const char *tag, const char *cmd)
+{
+    struct sbuf r = {0};
+    if (strncmp(cmd, "LIST ", 5) == 0 && strcmp(cmd, "LIST \"\" \"\"") != 0) {
+        sbuf_adds(&r, "* LIST () \"/\" INBOX\r\n* LIST (\\HasNoChildren) \"/\" Sub\r\n");
+        if (strstr(cmd, " STATUS (") != NULL) {
+            sbuf_addf(&r, "* STATUS Sub (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 7 MAILBOXID %s)\r\n",
+                      f->mailboxid);
+        }
+        sbuf_addf(&r, "%s OK listed\r\n", tag);
+    } else if (strncmp(cmd, "STATUS ", 7) == 0) {
+        sbuf_addf(&r, "* STATUS Sub (MESSAGES 3 MAILBOXID %s)\r\n%s OK status\r\n", f->mailboxid,
+                  tag);
+    } else if (strncmp(cmd, "SELECT ", 7) == 0 || strncmp(cmd, "EXAMINE ", 8) == 0) {
+        sbuf_addf(&r,
+                  "* 3 EXISTS\r\n* OK [UIDVALIDITY 7] v\r\n* OK [MAILBOXID %s] m\r\n%s OK "
+                  "[READ-WRITE] selected\r\n",
+                  f->mailboxid, tag);
+    } else {
+        return false;
+    }
+    fake_send(f, r.buf);
+    sbuf_free(&r);
+    return true;
+}
+
 static void fake_line(struct fake *f, char *line, const char *lit, size_t litlen)
 {
     char *sp = strchr(line, ' ');
@@ -438,6 +469,9 @@ static void fake_line(struct fake *f, char *line, const char *lit, size_t litlen
     const char *tag = line, *cmd = sp + 1;
     sbuf_addf(&f->log, "%s\n", cmd);
     char resp[256];
+    if (f->mailboxid != NULL && mailboxid_answer(f, tag, cmd)) {
+        return;
+    }
     if (strcmp(cmd, "LIST \"\" \"\"") == 0) {
         snprintf(resp, sizeof(resp), "* LIST (\\Noselect) \"/\" \"\"\r\n%s OK listed\r\n", tag);
         fake_send(f, resp);
@@ -1666,6 +1700,173 @@ static void test_tcp_keepalive_on_client_socket(void **state)
     fake_close_all(&f);
 }
 
+/* What the client kept of the MAILBOXIDs it was told. */
+struct objid_seen {
+    struct fake *f;
+    int nfolders, nstatus;
+    bool sub_has_status;
+    unsigned sub_have, status_have;
+    char sub_id[IMAP_MAILBOXID_MAX + 1], status_id[IMAP_MAILBOXID_MAX + 1];
+    char select_id[IMAP_MAILBOXID_MAX + 1];
+};
+
+static void on_objid_folder(struct imap *im, const struct imap_folder *fo, void *arg)
+{
+    struct objid_seen *o = arg;
+    o->nfolders++;
+    if (fo->name != NULL && strcmp(fo->name, "Sub") == 0) {
+        o->sub_has_status = fo->has_status;
+        o->sub_have = fo->status.have;
+        snprintf(o->sub_id, sizeof(o->sub_id), "%s", fo->status.mailboxid);
+    }
+}
+
+static void on_objid_status(struct imap *im, const struct imap_status_info *st, void *arg)
+{
+    struct objid_seen *o = arg;
+    o->nstatus++;
+    o->status_have = st->have;
+    snprintf(o->status_id, sizeof(o->status_id), "%s", st->mailboxid);
+}
+
+static void on_objid_select(struct imap *im, const struct imap_result *res, void *arg)
+{
+    struct objid_seen *o = arg;
+    if (res->err == 0 && res->mailbox != NULL) {
+        snprintf(o->select_id, sizeof(o->select_id), "%s", res->mailbox->mailboxid);
+    }
+    on_done(im, res, o->f);
+}
+
+static void on_objid_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    on_done(im, res, ((struct objid_seen *)arg)->f);
+}
+
+enum {
+    OBJID_LIST = 1,
+    OBJID_STATUS = 2,
+    OBJID_SELECT = 4,
+    OBJID_ALL = 7,
+};
+
+/* LIST (with LIST-STATUS), STATUS and SELECT (those of which) against a
+ * server that says mailboxid, until each has completed. */
+static void objid_run(struct fake *f, const char *caps, const char *mailboxid, unsigned which,
+                      struct objid_seen *o)
+{
+    int port = fake_start(f);
+    f->caps = caps;
+    f->mailboxid = mailboxid;
+    memset(o, 0, sizeof(*o));
+    o->f = f;
+    connect_client(f, port, 0);
+    struct imap_select_opts so = {0};
+    int n = 0;
+    if (which & OBJID_LIST) {
+        assert_int_equal(imap_list(f->im, on_objid_folder, on_objid_done, o), 0);
+        n++;
+    }
+    if (which & OBJID_STATUS) {
+        assert_int_equal(imap_status(f->im, "Sub", IMAP_STATUS_MESSAGES | IMAP_STATUS_MAILBOXID,
+                                     on_objid_status, on_objid_done, o),
+                         0);
+        n++;
+    }
+    if (which & OBJID_SELECT) {
+        assert_int_equal(imap_select(f->im, "Sub", &so, on_objid_select, o), 0);
+        n++;
+    }
+    run_until(f, NULL, &f->done_count, n);
+}
+
+#define OBJID_CAPS "IMAP4rev1 IDLE LIST-EXTENDED LIST-STATUS OBJECTID"
+
+/* RFC 8474: with OBJECTID, LIST-STATUS and STATUS ask for MAILBOXID, and
+ * the id of the STATUS answers and of the SELECT's response code reaches
+ * the owner; without OBJECTID nothing asks for it (a server that sends it
+ * anyway is still understood). */
+static void test_mailboxid_asked_and_parsed(void **state)
+{
+    struct fake f;
+    struct objid_seen o;
+    objid_run(&f, OBJID_CAPS, "(F2212ea87-6097_x)", OBJID_ALL, &o);
+    assert_int_equal(f.ok_count, 3);
+    assert_false(f.errored);
+    assert_non_null(strstr(f.log.buf, "LIST \"\" \"*\" RETURN (SUBSCRIBED STATUS (MESSAGES UIDNEXT "
+                                      "UIDVALIDITY MAILBOXID))\n"));
+    assert_non_null(strstr(f.log.buf, "STATUS Sub (MESSAGES MAILBOXID)\n"));
+    assert_int_equal(o.nfolders, 2);
+    assert_true(o.sub_has_status);
+    assert_true(o.sub_have & IMAP_STATUS_MAILBOXID);
+    assert_string_equal(o.sub_id, "F2212ea87-6097_x");
+    assert_int_equal(o.nstatus, 1);
+    assert_true(o.status_have & IMAP_STATUS_MAILBOXID);
+    assert_string_equal(o.status_id, "F2212ea87-6097_x");
+    assert_string_equal(o.select_id, "F2212ea87-6097_x");
+    imap_free(f.im);
+    fake_close_all(&f);
+
+    objid_run(&f, "IMAP4rev1 IDLE LIST-EXTENDED LIST-STATUS", "(abc)", OBJID_ALL, &o);
+    assert_int_equal(f.ok_count, 3);
+    assert_null(strstr(f.log.buf, "MAILBOXID"));
+    assert_non_null(strstr(f.log.buf, "STATUS Sub (MESSAGES)\n"));
+    assert_string_equal(o.select_id, "abc");
+    imap_free(f.im);
+    fake_close_all(&f);
+
+    /* The longest id the grammar allows. */
+    char id[IMAP_MAILBOXID_MAX + 3];
+    id[0] = '(';
+    memset(id + 1, 'z', IMAP_MAILBOXID_MAX);
+    snprintf(id + 1 + IMAP_MAILBOXID_MAX, 2, ")");
+    objid_run(&f, OBJID_CAPS, id, OBJID_ALL, &o);
+    assert_int_equal(f.ok_count, 3);
+    assert_false(f.errored);
+    assert_int_equal(strlen(o.select_id), IMAP_MAILBOXID_MAX);
+    assert_int_equal(strlen(o.status_id), IMAP_MAILBOXID_MAX);
+    imap_free(f.im);
+    fake_close_all(&f);
+}
+
+/* A MAILBOXID outside RFC 8474's grammar (a character it does not allow,
+ * more than 255 characters, empty, not one atom in parentheses) is a
+ * protocol error that names the folder: an identity the planner cannot
+ * trust must not decide a rename. */
+static void test_mailboxid_malformed(void **state)
+{
+    char big[IMAP_MAILBOXID_MAX + 4];
+    big[0] = '(';
+    memset(big + 1, 'a', IMAP_MAILBOXID_MAX + 1);
+    snprintf(big + 2 + IMAP_MAILBOXID_MAX, 2, ")");
+    const char *bad[] = {"(a.b)", big, "()", "(a b)", "abc", "(\"abc\")", "((abc))"};
+    static const struct {
+        unsigned which;
+        const char *where;
+    } cmds[] = {{OBJID_LIST, "in the STATUS of folder 'Sub'"},
+                {OBJID_STATUS, "in the STATUS of folder 'Sub'"},
+                {OBJID_SELECT, "in the SELECT of folder 'Sub'"}};
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        for (size_t k = 0; k < ARRAY_SIZE(cmds); k++) {
+            struct fake f;
+            struct objid_seen o;
+            objid_run(&f, OBJID_CAPS, bad[i], cmds[k].which, &o);
+            run_until(&f, &f.errored, NULL, 0);
+            if (!f.errored || f.error_code != IMAP_EPROTO || f.error == NULL ||
+                strstr(f.error, "malformed MAILBOXID") == NULL ||
+                strstr(f.error, cmds[k].where) == NULL) {
+                fail_msg("%s, %u: errored %d code %d error '%s'", bad[i], cmds[k].which, f.errored,
+                         f.error_code, f.error != NULL ? f.error : "");
+            }
+            assert_string_equal(o.sub_id, "");
+            assert_string_equal(o.status_id, "");
+            assert_string_equal(o.select_id, "");
+            imap_free(f.im);
+            fake_close_all(&f);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1692,6 +1893,8 @@ int main(void)
         cmocka_unit_test(test_connection_refused_completes_every_command),
         cmocka_unit_test(test_paused_sink_stops_reading_the_socket),
         cmocka_unit_test(test_tcp_keepalive_on_client_socket),
+        cmocka_unit_test(test_mailboxid_asked_and_parsed),
+        cmocka_unit_test(test_mailboxid_malformed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -300,6 +300,88 @@ static void test_folder_roundtrip(void **state)
     idx_close(idx);
 }
 
+static void assert_mailboxid(struct idx_txn *t, const char *folder, const char *want)
+{
+    char id[IDX_MAILBOXID_MAX + 1];
+    memset(id, 'x', sizeof(id));
+    assert_int_equal(idx_folder_mailboxid_get(t, folder, id), 0);
+    assert_string_equal(id, want);
+}
+
+/* A folder's MAILBOXID (RFC 8474): set, replaced and forgotten; left alone
+ * by idx_folder_put; moved by idx_folder_rename (the old name, created
+ * again, has none); removed with the folder (so the same name created
+ * again has none); kept across a reopen; and absent, not an error, for a
+ * folder written without one, as every folder of an older index is. */
+static void test_folder_mailboxid(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    struct idx_txn *t = begin(idx, true);
+    struct idx_folder st = {.uidvalidity = 7, .uidnext = 3, .messages = 2};
+    assert_int_equal(idx_folder_put(t, "Old", &st), 0);
+    assert_int_equal(idx_folder_put(t, "Other", &st), 0);
+    assert_mailboxid(t, "Old", "");
+    assert_int_equal(idx_folder_mailboxid_put(t, "Old", "F-first_1"), 0);
+    assert_mailboxid(t, "Old", "F-first_1");
+    assert_int_equal(idx_folder_mailboxid_put(t, "Old", "F-second"), 0);
+    assert_mailboxid(t, "Old", "F-second");
+    assert_mailboxid(t, "Other", "");
+    char big[IDX_MAILBOXID_MAX + 2];
+    memset(big, 'b', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    assert_int_equal(idx_folder_mailboxid_put(t, "Other", big), -EINVAL);
+    big[IDX_MAILBOXID_MAX] = '\0';
+    assert_int_equal(idx_folder_mailboxid_put(t, "Other", big), 0);
+    assert_mailboxid(t, "Other", big);
+    assert_int_equal(idx_folder_mailboxid_put(t, "Other", ""), 0);
+    assert_mailboxid(t, "Other", "");
+    assert_int_equal(idx_folder_mailboxid_put(t, "Nope", "F1"), -ENOENT);
+    char id[IDX_MAILBOXID_MAX + 1];
+    assert_int_equal(idx_folder_mailboxid_get(t, "Nope", id), -ENOENT);
+    /* The folder's state replaced: the id stays. */
+    st.uidnext = 9;
+    assert_int_equal(idx_folder_put(t, "Old", &st), 0);
+    assert_mailboxid(t, "Old", "F-second");
+    /* Caller meta keys live beside it untouched. */
+    assert_int_equal(idx_meta_put(t, "mailboxid", "v", 1), 0);
+    commit(idx, t);
+
+    t = begin(idx, true);
+    assert_int_equal(idx_folder_rename(t, "Old", "New"), 0);
+    assert_mailboxid(t, "New", "F-second");
+    assert_int_equal(idx_folder_put(t, "Old", &st), 0);
+    assert_mailboxid(t, "Old", "");
+    assert_int_equal(idx_folder_mailboxid_put(t, "Other", "F-other"), 0);
+    commit(idx, t);
+    idx_close(idx);
+
+    idx = open_ok(fx, "acct");
+    t = begin(idx, false);
+    assert_mailboxid(t, "New", "F-second");
+    assert_mailboxid(t, "Other", "F-other");
+    assert_mailboxid(t, "Old", "");
+    size_t len = 0;
+    char v[4];
+    assert_int_equal(idx_meta_get(t, "mailboxid", v, sizeof(v), &len), 0);
+    assert_int_equal(len, 1);
+    idx_abort(t);
+
+    /* Deleted with its folder: nothing is left in the meta database. */
+    t = begin(idx, true);
+    assert_int_equal(idx_folder_delete(t, "Other"), 0);
+    assert_int_equal(idx_folder_delete(t, "New"), 0);
+    assert_int_equal(idx_folder_put(t, "Other", &st), 0);
+    assert_mailboxid(t, "Other", "");
+    commit(idx, t);
+    idx_close(idx);
+    struct raw r;
+    raw_open(fx, "acct", &r);
+    /* schema_version, next_folder_id and the caller's key. */
+    assert_int_equal(raw_entries(&r, "meta"), 3);
+    raw_close(&r);
+}
+
 struct name_list {
     char *names[16];
     struct idx_folder st[16];
@@ -2899,6 +2981,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_empty_walk_and_two_readers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_folder_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_folder_mailboxid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_folder_long_names_and_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_msg_synced_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_msg_appending_to_synced, setup, teardown),

@@ -1330,6 +1330,122 @@ static void test_rename_never_replaces(void **state)
     md_msg_clear(&m);
 }
 
+/* md_unchanged_since, table-driven with injected times: equal settled
+ * nanosecond times are believed; anything else (a change, a change time
+ * within two seconds of the recorded scan as on a file system with
+ * whole-second times touched by another program in the same second,
+ * whole-second times, times ahead of the clock, a clock stepped back,
+ * unknown values) means "read the folder". */
+static void test_unchanged_since_table(void **state)
+{
+    (void)state;
+    const int64_t S = 1000000000LL;
+    const int64_t T = 1733500000LL * S; /* a recent wall-clock time */
+    struct {
+        const char *what;
+        struct md_stamp rec, now;
+        bool unchanged;
+    } cases[] = {
+        {"settled and equal", {T + 123, T + 456, T + 10 * S}, {T + 123, T + 456, T + 20 * S}, true},
+        {"settled exactly two seconds",
+         {T + 1, T + 2, T + 2 + 2 * S},
+         {T + 1, T + 2, T + 5 * S},
+         true},
+        {"the same instant read twice", {T + 1, T + 2, T + 9 * S}, {T + 1, T + 2, T + 9 * S}, true},
+        {"cur/ changed", {T + 123, T + 456, T + 10 * S}, {T + 124, T + 456, T + 20 * S}, false},
+        {"new/ changed", {T + 123, T + 456, T + 10 * S}, {T + 123, T + 457, T + 20 * S}, false},
+        {"recorded scan within two seconds of cur/",
+         {T + 5 * S + 1, T + 2, T + 6 * S},
+         {T + 5 * S + 1, T + 2, T + 60 * S},
+         false},
+        {"recorded scan within two seconds of new/",
+         {T + 1, T + 5 * S + 7, T + 7 * S},
+         {T + 1, T + 5 * S + 7, T + 60 * S},
+         false},
+        {"whole-second file system, same second as the scan",
+         {T + 5 * S, T + 5 * S, T + 5 * S + 400000000LL},
+         {T + 5 * S, T + 5 * S, T + 60 * S},
+         false},
+        {"whole-second file system, settled",
+         {T, T + S, T + 30 * S},
+         {T, T + S, T + 60 * S},
+         false},
+        {"one directory with whole seconds is fine",
+         {T, T + 9, T + 30 * S},
+         {T, T + 9, T + 60 * S},
+         true},
+        {"change time ahead of the recording clock",
+         {T + 50 * S + 3, T + 1, T + 10 * S},
+         {T + 50 * S + 3, T + 1, T + 60 * S},
+         false},
+        {"clock stepped back since the record",
+         {T + 3, T + 4, T + 10 * S},
+         {T + 3, T + 4, T + 9 * S},
+         false},
+        {"clock stepped back before the epoch of the record",
+         {T + 3, T + 4, T + 10 * S},
+         {T + 3, T + 4, 5 * S},
+         false},
+        {"nothing recorded", {0, 0, 0}, {T + 3, T + 4, T + 9 * S}, false},
+        {"no scan time recorded", {T + 3, T + 4, 0}, {T + 3, T + 4, T + 9 * S}, false},
+        {"no stamp now", {T + 3, T + 4, T + 9 * S}, {0, 0, 0}, false},
+        {"negative times", {-5, -4, T}, {-5, -4, T + S}, false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (md_unchanged_since(&cases[i].rec, &cases[i].now) != cases[i].unchanged) {
+            fail_msg("case '%s': expected %s", cases[i].what,
+                     cases[i].unchanged ? "unchanged" : "read it");
+        }
+    }
+}
+
+/* md_folder_stamp reads the change times of cur/ and new/ and the clock:
+ * a rename inside cur/ (a flag change), a delivery into new/ and a
+ * removal each move the stamp, even when made at once (same second) after
+ * the previous stamp; a stamp read again without a change is equal, and a
+ * fresh one is never believed by itself (it is not two seconds old). */
+static void test_folder_stamp(void **state)
+{
+    struct fixture *fx = *state;
+    struct md_stamp a, b;
+    int r = md_folder_stamp(fx->f, &a);
+    if (r == -EOPNOTSUPP) {
+        skip(); /* TMPDIR on a file system whose stat may be cached */
+    }
+    assert_int_equal(r, 0);
+    assert_true(a.cur_ns > 0 && a.new_ns > 0 && a.taken_ns >= a.cur_ns && a.taken_ns >= a.new_ns);
+    assert_int_equal(md_folder_stamp(fx->f, &b), 0);
+    assert_true(b.cur_ns == a.cur_ns && b.new_ns == a.new_ns && b.taken_ns >= a.taken_ns);
+    /* Just made: too fresh to vouch for the folder. */
+    assert_false(md_unchanged_since(&a, &b));
+    struct md_stamp settled = a;
+    settled.taken_ns = a.taken_ns + MD_STAMP_SETTLE_NS;
+    struct md_stamp later = b;
+    later.taken_ns = settled.taken_ns + 1;
+    assert_true(md_unchanged_since(&settled, &later));
+
+    touch(fx, "cur", "1700000001.M1P1.host:2,", "x");
+    assert_int_equal(md_folder_stamp(fx->f, &b), 0);
+    assert_true(b.cur_ns != a.cur_ns);
+    assert_true(b.new_ns == a.new_ns);
+    a = b;
+    char *from = sub(fx, "cur", "1700000001.M1P1.host:2,");
+    char *to = sub(fx, "cur", "1700000001.M1P1.host:2,S");
+    assert_int_equal(rename(from, to), 0);
+    assert_int_equal(md_folder_stamp(fx->f, &b), 0);
+    assert_true(b.cur_ns != a.cur_ns);
+    a = b;
+    touch(fx, "new", "1700000002.M2P2.host", "y");
+    assert_int_equal(md_folder_stamp(fx->f, &b), 0);
+    assert_true(b.new_ns != a.new_ns && b.cur_ns == a.cur_ns);
+    a = b;
+    assert_int_equal(unlink(to), 0);
+    assert_int_equal(md_folder_stamp(fx->f, &b), 0);
+    assert_true(b.cur_ns != a.cur_ns);
+    free(from);
+    free(to);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1357,6 +1473,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_keywords_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keywords_write_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clean_tmp, setup, teardown),
+        cmocka_unit_test(test_unchanged_since_table),
+        cmocka_unit_test_setup_teardown(test_folder_stamp, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
