@@ -162,6 +162,11 @@ struct fstate {
      * sync/folder.c). */
     struct md_stamp stamp;
     bool lazy;
+    /* The job parked orphans (sync/moves.c): the stamp is not recorded, so
+     * that the next sync reads the folder and its orphan rows whatever the
+     * end of this run does with them (a file kept to be uploaded again is
+     * no change to the Maildir). */
+    bool parked;
     struct idx_folder st; /* index state at the start */
     struct idx_msg *base;
     size_t nbase, base_cap;

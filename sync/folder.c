@@ -921,6 +921,9 @@ static bool local_unchanged(struct session *e)
         if (f->base[i].flags & IDX_FLAGS_UNSETTLED) {
             return false; /* settled from a listing (settle_base) */
         }
+        if (f->base[i].state == IDX_MSG_ORPHAN) {
+            return false; /* left by a run stopped before its pass ended */
+        }
     }
     if (local_same_as_base(f)) {
         return true;
@@ -2702,8 +2705,8 @@ static void folder_final(struct session *e)
         st.messages = f->mb.exists;
         st.last_full_sync = (int64_t)e->now;
         /* Everything the scan after this stamp saw is handled (unknown when
-         * no stamp was taken: the next sync scans). */
-        record_stamp(&st, &f->stamp);
+         * no stamp was taken, or orphans wait: the next sync scans). */
+        record_stamp(&st, f->parked ? &(struct md_stamp){0} : &f->stamp);
         stp = &st;
     }
     struct idx_ops o = {

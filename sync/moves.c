@@ -926,6 +926,7 @@ void moves_park_orphans(struct session *e)
     if (p == NULL || p->norphans == 0 || e->opts.dry_run) {
         return;
     }
+    f->parked = true;
     struct idx_msg *rows = xcalloc(p->norphans, sizeof(*rows));
     size_t n = 0;
     for (size_t i = 0; i < p->norphans; i++) {

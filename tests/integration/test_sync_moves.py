@@ -329,6 +329,28 @@ class ServerMoveScenarios(MoveFixture):
             self.assert_same(f)
         self.assertEqual(sorted(self.local_numbers("INBOX")), [2])
 
+    def test_expunged_while_edited_is_uploaded_next_run(self):
+        """Expunged by another client while flagged here, with Work still to
+        sync: parked, paired with nothing, so its record goes and the file
+        stays; the next run uploads it even though neither side of INBOX
+        changed since (the change-time shortcut must not skip a folder
+        whose orphans were dealt with at the end of the run)."""
+        cfg = self.seed({"INBOX": [(1, ""), (2, "")], "Work": [(100, "")]})
+        u = self.uniques("INBOX", [1])[0]
+        self.set_local_flags("INBOX", u, "F")
+        time.sleep(2.2)  # the next scan's change-time stamp is believed
+        uid = [x for x, _f, b in self.server("INBOX") if b"move 1\r\n" in b][0]
+        self.expunge("INBOX", [uid])
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted", p.stdout)
+        self.assertEqual(sorted(self.local_numbers("INBOX")), [1, 2])
+        p = self.sync(cfg)
+        self.assertIn("\u2191 1 new", p.stdout)
+        self.assertEqual(self.server_flags("INBOX"), {1: "F", 2: ""})
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+
 
 def run_killed(binary, cfg, anchor, delay, timeout=60):
     """Runs `mailsync -vv sync a` and kills it (SIGKILL) delay seconds
