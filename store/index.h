@@ -128,7 +128,7 @@ enum idx_msg_state {
     /* Gone from the server under this UID while the local file stays: a
      * message another client may have moved to another folder of the
      * account, parked until a new server message there pairs with it (by
-     * msgid_hash and size; sync/moves.c) or its grace ends. Keyed by its
+     * msgid_hash and size; sync/moves.c) or the pass ends. Keyed by its
      * old UID like a synced record; the file is left in place. */
     IDX_MSG_ORPHAN = 2,
 };

@@ -883,7 +883,9 @@ static void fill_input(struct session *e, struct plan_input *in, struct plan_ser
     in->now = e->now;
     in->force = e->opts.force;
     in->nmoved = moves_moved_uids(e, &in->moved);
-    in->park_orphans = moves_pairing_pending(e);
+    /* A dry run pairs nothing (it lists no Message-ID of new mail): it
+     * plans what the real run does when no pair turns up. */
+    in->park_orphans = !e->opts.dry_run && moves_pairing_pending(e);
     in->folder = f->job->name;
     in->account = e->acct->name;
 }
@@ -2631,6 +2633,11 @@ static void count_planned(struct session *e)
     c->flags_down = (unsigned)p->nlocal_flags;
     c->flags_up = flags_up_count(f);
     c->deleted_down = (unsigned)p->nlocal_deletes;
+    for (size_t i = 0; i < p->norphans; i++) {
+        /* Parked by an earlier run: deleted at the end of this one, as
+         * moves_orphans_expire counts it, unless edited here. */
+        c->deleted_down += !p->orphans[i].changed;
+    }
     c->deleted_up = (unsigned)p->nserver_deletes;
     size_t nsk;
     struct skip_ent *sk = next_skips(f, &nsk);

@@ -1015,10 +1015,18 @@ void plan_print(const struct plan *p, const char *folder, FILE *fp)
                 p->local_deletes[i].lid, (unsigned)p->local_deletes[i].uid);
     }
     for (size_t i = 0; i < p->norphans; i++) {
-        fprintf(fp,
-                "%s: keep local %s until the run ends (uid %u gone from the server: moved to "
-                "another folder, or else deleted)\n",
-                folder, p->orphans[i].lid, (unsigned)p->orphans[i].uid);
+        const struct plan_orphan *o = &p->orphans[i];
+        if (o->changed) {
+            fprintf(fp,
+                    "%s: keep local %s (uid %u gone from the server, changed here): uploaded "
+                    "again by the next run unless another folder's new message pairs with it\n",
+                    folder, o->lid, (unsigned)o->uid);
+        } else {
+            fprintf(fp,
+                    "%s: delete local %s (uid %u gone from the server) at the end of the run "
+                    "unless another folder's new message pairs with it\n",
+                    folder, o->lid, (unsigned)o->uid);
+        }
     }
     for (size_t i = 0; i < p->nserver_deletes; i++) {
         fprintf(fp, "%s: delete on the server uid %u (%s deleted locally)\n", folder,

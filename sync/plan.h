@@ -162,9 +162,10 @@ struct plan_delete {
 
 /* A message gone from the server under uid whose local file lid stays:
  * parked (its record becomes IDX_MSG_ORPHAN) until a new server message of
- * another folder pairs with it or its grace ends. changed: the local file's
- * flags differ from the base (at the end of the grace it is then uploaded
- * again, as an edit racing an expunge is, rather than deleted). parked: the
+ * another folder pairs with it or the run's pass ends. changed: the local
+ * file's flags differ from the base (at the end of the pass it is then
+ * uploaded again, as an edit racing an expunge is, rather than deleted).
+ * parked: the
  * base record is an orphan already. */
 struct plan_orphan {
     char *lid;
