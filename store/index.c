@@ -118,7 +118,8 @@
 #define MSG_APPENDING 0x01
 #define MSG_HAS_HASH 0x02
 #define MSG_HAS_KW 0x04
-#define MSG_BITS_KNOWN (MSG_APPENDING | MSG_HAS_HASH | MSG_HAS_KW)
+#define MSG_ORPHAN 0x08 /* IDX_MSG_ORPHAN (a UID, kept in DB_MESSAGES) */
+#define MSG_BITS_KNOWN (MSG_APPENDING | MSG_HAS_HASH | MSG_HAS_KW | MSG_ORPHAN)
 #define MSG_REC_MAX (2 + VARINT_MAX + 5 + 16 + 1 + IDX_LID_MAX)
 #define LIDX_ITEM_LEN 12
 #define KW_ID_KEY_LEN 9
@@ -1537,7 +1538,8 @@ static size_t msg_encode(uint8_t *buf, const struct idx_msg *m, uint32_t kw, siz
     struct wr w = {.p = buf};
     put_u8(&w,
            (uint8_t)(MSG_REC_VERSION << 4 | (m->state == IDX_MSG_APPENDING ? MSG_APPENDING : 0) |
-                     (hash ? MSG_HAS_HASH : 0) | (kw != 0 ? MSG_HAS_KW : 0)));
+                     (m->state == IDX_MSG_ORPHAN ? MSG_ORPHAN : 0) | (hash ? MSG_HAS_HASH : 0) |
+                     (kw != 0 ? MSG_HAS_KW : 0)));
     put_u8(&w, m->flags);
     put_varint(&w, m->size);
     if (kw != 0) {
@@ -1563,7 +1565,12 @@ static bool msg_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size
         return false;
     }
     m->uid = uid;
-    m->state = hdr & MSG_APPENDING ? IDX_MSG_APPENDING : IDX_MSG_SYNCED;
+    if ((hdr & MSG_APPENDING) && (hdr & MSG_ORPHAN)) {
+        return false;
+    }
+    m->state = hdr & MSG_APPENDING ? IDX_MSG_APPENDING
+               : hdr & MSG_ORPHAN  ? IDX_MSG_ORPHAN
+                                   : IDX_MSG_SYNCED;
     m->flags = get_u8(&r);
     m->size = get_varint(&r);
     *kw_r = 0;
@@ -1596,7 +1603,7 @@ static bool msg_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size
     if (!rd_done(&r)) {
         return false;
     }
-    return !(m->state == IDX_MSG_SYNCED && m->uid == 0);
+    return !((m->state == IDX_MSG_SYNCED || m->state == IDX_MSG_ORPHAN) && m->uid == 0);
 }
 
 /* Fills in m->keywords from set kw. *last is the set whose string
@@ -1827,11 +1834,11 @@ static int check_msg(struct idx *idx, const struct idx_msg *m, size_t *lid_len_r
                     m->lid, IDX_KEYWORDS_MAX);
     }
     *kw_len_r = kw;
-    if (m->state != IDX_MSG_SYNCED && m->state != IDX_MSG_APPENDING) {
+    if (m->state != IDX_MSG_SYNCED && m->state != IDX_MSG_APPENDING && m->state != IDX_MSG_ORPHAN) {
         return fail(idx, -EINVAL, "index %s: invalid state %u for '%s'", idx->env_path, m->state,
                     m->lid);
     }
-    if (m->state == IDX_MSG_SYNCED && m->uid == 0) {
+    if ((m->state == IDX_MSG_SYNCED || m->state == IDX_MSG_ORPHAN) && m->uid == 0) {
         return fail(idx, -EINVAL, "index %s: synced message '%s' without a UID", idx->env_path,
                     m->lid);
     }

@@ -125,6 +125,12 @@ enum idx_msg_state {
     IDX_MSG_SYNCED = 0,    /* on both sides with this UID and these flags */
     IDX_MSG_APPENDING = 1, /* local message being appended: uid is 0 until
                               APPENDUID (or a search) gives it */
+    /* Gone from the server under this UID while the local file stays: a
+     * message another client may have moved to another folder of the
+     * account, parked until a new server message there pairs with it (by
+     * msgid_hash and size; sync/moves.c) or the pass ends. Keyed by its
+     * old UID like a synced record; the file is left in place. */
+    IDX_MSG_ORPHAN = 2,
 };
 
 /* In idx_msg.flags, beside the MD_FLAG_* bits: a flag change was being

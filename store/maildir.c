@@ -953,19 +953,32 @@ static int strp_cmp_ids(const void *a, const void *b)
     return strcmp((const char *)a, *(const char *const *)b);
 }
 
+/* Opens path's subdirectory sub ("new" or "cur"): 0 with *d_r NULL when
+ * it does not exist (a folder another program left half made). */
+static int open_sub(const char *path, const char *sub, DIR **d_r)
+{
+    char *dir = xasprintf("%s/%s", path, sub);
+    *d_r = opendir(dir);
+    int err = errno;
+    free(dir);
+    if (*d_r == NULL && err != ENOENT && err != ENOTDIR) {
+        return -err;
+    }
+    return 0;
+}
+
 int md_find_ids(const char *path, const char *const *ids, size_t n, bool *found_r,
                 unsigned *flags_r)
 {
     int found = 0;
     for (int sub = 0; sub < 2 && n > 0; sub++) {
-        char *dir = xasprintf("%s/%s", path, sub == 0 ? "new" : "cur");
-        DIR *d = opendir(dir);
-        free(dir);
+        DIR *d;
+        int r = open_sub(path, sub == 0 ? "new" : "cur", &d);
+        if (r < 0) {
+            return r;
+        }
         if (d == NULL) {
-            if (errno == ENOENT || errno == ENOTDIR) {
-                continue;
-            }
-            return -errno;
+            continue;
         }
         struct dirent *de;
         char key[NAME_MAX + 1];
@@ -2247,5 +2260,162 @@ int md_folder_rename(const char *from, const char *to)
         free(old_parent);
     }
     free(parent);
+    return r;
+}
+
+/* ---- Messages between folders (sync/moves.c) --------------------------- */
+
+/* The current file name of identity id in path's new/ or cur/: *sub_r is
+ * "new" or "cur", *name_r malloc'd. -ENOENT when absent. */
+static int find_by_id(const char *path, const char *id, const char **sub_r, char **name_r)
+{
+    size_t idlen = strlen(id);
+    for (int sub = 0; sub < 2; sub++) {
+        const char *sname = sub == 0 ? "cur" : "new";
+        DIR *d;
+        int r = open_sub(path, sname, &d);
+        if (r < 0) {
+            return r;
+        }
+        if (d == NULL) {
+            continue;
+        }
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_name[0] != '.' && name_has_id(de->d_name, id, idlen)) {
+                *sub_r = sname;
+                *name_r = xstrdup(de->d_name);
+                closedir(d);
+                return 0;
+            }
+        }
+        closedir(d);
+    }
+    return -ENOENT;
+}
+
+static int copy_file(const char *from, const char *to)
+{
+    int in = open(from, O_RDONLY | O_CLOEXEC);
+    if (in < 0) {
+        return -errno;
+    }
+    int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (out < 0) {
+        int r = -errno;
+        close(in);
+        return r;
+    }
+    char buf[65536];
+    ssize_t n;
+    int r = 0;
+    while ((n = read(in, buf, sizeof(buf))) > 0) {
+        if (write(out, buf, (size_t)n) != n) {
+            r = errno != 0 ? -errno : -EIO;
+            break;
+        }
+    }
+    if (n < 0) {
+        r = -errno;
+    }
+    if (r == 0 && fsync(out) < 0) {
+        r = -errno;
+    }
+    close(in);
+    close(out);
+    if (r < 0) {
+        unlink(to);
+    }
+    return r;
+}
+
+int md_move_between(const char *src, const char *dst, const char *id, unsigned flags,
+                    md_keywords kw, bool link_only, unsigned *flags_r)
+{
+    const char *sub;
+    char *name = NULL;
+    int r = find_by_id(src, id, &sub, &name);
+    if (r < 0) {
+        return r;
+    }
+    const char *dsub;
+    char *dname = NULL;
+    if (find_by_id(dst, id, &dsub, &dname) == 0) {
+        free(dname);
+        free(name);
+        return -EEXIST;
+    }
+    if (flags_r != NULL) {
+        struct md_msg m;
+        *flags_r = md_parse_name(name, strcmp(sub, "new") == 0, &m) ? m.flags : 0;
+        md_msg_clear(&m);
+    }
+    char *suffix = md_info_suffix(flags, kw, NULL);
+    char *from = xasprintf("%s/%s/%s", src, sub, name);
+    char *to = xasprintf("%s/cur/%s%s", dst, id, suffix);
+    char *to_dir = xasprintf("%s/cur", dst);
+    char *from_dir = xasprintf("%s/%s", src, sub);
+    if (link_only) {
+        if (link(from, to) < 0) {
+            r = errno == EXDEV || errno == EPERM || errno == EMLINK ? copy_file(from, to) : -errno;
+        }
+    } else if (link(from, to) == 0) {
+        /* link + unlink, not rename: rename would replace a file of that
+         * name that appeared meanwhile. */
+        if (unlink(from) < 0 && errno != ENOENT) {
+            r = -errno;
+        }
+    } else if (errno == EXDEV || errno == EPERM || errno == EMLINK) {
+        r = copy_file(from, to);
+        if (r == 0 && unlink(from) < 0 && errno != ENOENT) {
+            r = -errno;
+        }
+    } else {
+        r = -errno;
+    }
+    if (r == 0) {
+        r = fsync_dir(to_dir);
+    }
+    if (r == 0 && !link_only) {
+        r = fsync_dir(from_dir);
+    }
+    free(suffix);
+    free(from);
+    free(to);
+    free(to_dir);
+    free(from_dir);
+    free(name);
+    return r;
+}
+
+int md_remove_id(const char *path, const char *id, int only_flags)
+{
+    const char *sub;
+    char *name = NULL;
+    int r = find_by_id(path, id, &sub, &name);
+    if (r == -ENOENT) {
+        return 0;
+    }
+    if (r < 0) {
+        return r;
+    }
+    if (only_flags >= 0) {
+        struct md_msg m;
+        unsigned fl = md_parse_name(name, strcmp(sub, "new") == 0, &m) ? m.flags : 0;
+        md_msg_clear(&m);
+        if (fl != (unsigned)only_flags) {
+            free(name);
+            return -ESTALE;
+        }
+    }
+    char *file = xasprintf("%s/%s/%s", path, sub, name);
+    char *dir = xasprintf("%s/%s", path, sub);
+    r = unlink(file) < 0 && errno != ENOENT ? -errno : 0;
+    if (r == 0) {
+        r = fsync_dir(dir);
+    }
+    free(file);
+    free(dir);
+    free(name);
     return r;
 }

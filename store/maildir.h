@@ -298,6 +298,19 @@ void md_free_names(char **names, size_t count);
  * the number found or a negative errno. */
 int md_find_ids(const char *path, const char *const *ids, size_t n, bool *found_r,
                 unsigned *flags_r);
+/* Moves the message with identity id from the Maildir folder at src into
+ * the one at dst (its cur/, same unique name, flags and kw as the new info
+ * suffix), or with link_only hard-links it there and leaves the source
+ * (copying it when the two are on different file systems), then fsyncs the
+ * directories changed. *flags_r (may be NULL) gets the flags the file had.
+ * -ENOENT when src holds no such message, -EEXIST when dst holds one. */
+int md_move_between(const char *src, const char *dst, const char *id, unsigned flags,
+                    md_keywords kw, bool link_only, unsigned *flags_r);
+/* Removes the message with identity id from the Maildir folder at path and
+ * fsyncs its directory. Already gone is 0. With only_flags non-negative,
+ * a file whose flags differ from it (the user changed it since) is left
+ * alone: -ESTALE. */
+int md_remove_id(const char *path, const char *id, int only_flags);
 /* Removes a folder's directory when it holds no messages (cur/ new/ empty);
  * -ENOTEMPTY otherwise. Subfolders (verbatim layout) are left alone. */
 int md_folder_remove(const char *path);

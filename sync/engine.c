@@ -465,6 +465,7 @@ static void on_run_closed(uv_handle_t *h)
     folderplan_free(r->fplan);
     strindex_free(&r->job_ix);
     moves_claims_free(r);
+    moves_orphans_free(r);
     free(r->error);
     free(r);
 }
@@ -1129,6 +1130,11 @@ void next_folder(struct session *e)
         case FOLDERPLAN_NONE:
             continue;
         }
+    }
+    if (r->norphans > 0 && !moves_pairing_pending(e)) {
+        /* The pass (or the burst of jobs on demand) is over: orphans no
+         * folder paired are deletions after all. */
+        moves_orphans_expire(e);
     }
     if (e == r->lister && e->opts.stay_open && !r->closing && !conn_lost(e)) {
         /* A run that stays open does not end, and its deferred records

@@ -100,6 +100,23 @@ struct dl {
     uint64_t wire_size;
     bool complete;
     int err;
+    /* The header block as it streams in (at most DL_HEADER_MAX bytes), for
+     * the record's msgid_hash: a message another client moves to another
+     * folder later is paired by it instead of downloaded again. */
+    char *hdr;
+    size_t hlen;
+    bool hdone;
+    uint8_t msgid_hash[16];
+};
+
+/* A server message gone from its folder while its local file stays
+ * (IDX_MSG_ORPHAN), waiting for a new message of another folder to pair
+ * with (sync/moves.c). */
+struct orphan {
+    char *folder;
+    struct idx_msg rec;
+    bool changed; /* its file's flags changed since the base */
+    bool gone;    /* paired or dealt with */
 };
 
 /* One folder to sync. */
@@ -149,6 +166,11 @@ struct fstate {
      * sync/folder.c). */
     struct md_stamp stamp;
     bool lazy;
+    /* The job parked orphans (sync/moves.c): the stamp is not recorded, so
+     * that the next sync reads the folder and its orphan rows whatever the
+     * end of this run does with them (a file kept to be uploaded again is
+     * no change to the Maildir). */
+    bool parked;
     struct idx_folder st; /* index state at the start */
     struct idx_msg *base;
     size_t nbase, base_cap;
@@ -311,6 +333,9 @@ struct engine {
     char **claims;
     size_t nclaims, claims_cap;
     struct strindex claim_ix;
+    /* Orphans the run's jobs parked or found (sync/moves.c). */
+    struct orphan *orphans;
+    size_t norphans, orphans_cap;
 
     struct fjob *jobs;
     size_t njobs, jobs_cap;

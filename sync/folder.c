@@ -44,6 +44,8 @@
  * bytes. */
 #define DL_UIDS_PER_CMD 50
 #define DL_BATCH_MSGS 64
+/* Header bytes of a download kept for its Message-ID at most. */
+#define DL_HEADER_MAX (64u * 1024)
 #define DL_BATCH_BYTES (16u * 1024 * 1024)
 /* While a batch is made durable on the thread pool, downloads go on into
  * the next one, up to this many batches' worth in all (in flight and
@@ -160,12 +162,14 @@ void fstate_free(struct fstate *f)
         if (f->cur->w != NULL) {
             md_writer_abort(f->cur->w);
         }
+        free(f->cur->hdr);
         free(f->cur);
     }
     for (size_t i = 0; i < f->nbatch; i++) {
         if (f->batch[i]->w != NULL) {
             md_writer_abort(f->batch[i]->w);
         }
+        free(f->batch[i]->hdr);
         free(f->batch[i]);
     }
     free(f->batch);
@@ -878,6 +882,10 @@ static void fill_input(struct session *e, struct plan_input *in, struct plan_ser
     in->max_age_days = e->acct->max_age_days;
     in->now = e->now;
     in->force = e->opts.force;
+    in->nmoved = moves_moved_uids(e, &in->moved);
+    /* A dry run pairs nothing (it lists no Message-ID of new mail): it
+     * plans what the real run does when no pair turns up. */
+    in->park_orphans = !e->opts.dry_run && moves_pairing_pending(e);
     in->folder = f->job->name;
     in->account = e->acct->name;
 }
@@ -914,6 +922,9 @@ static bool local_unchanged(struct session *e)
     for (size_t i = 0; i < f->nbase; i++) {
         if (f->base[i].flags & IDX_FLAGS_UNSETTLED) {
             return false; /* settled from a listing (settle_base) */
+        }
+        if (f->base[i].state == IDX_MSG_ORPHAN) {
+            return false; /* left by a run stopped before its pass ended */
         }
     }
     if (local_same_as_base(f)) {
@@ -1096,11 +1107,20 @@ static void issue_fetch(struct session *e)
     if (f->rematch) {
         items |= IMAP_FETCH_MESSAGE_ID;
     }
+    /* Orphans wait for a pair (sync/moves.c): the new messages' Message-ID
+     * comes with their listing (in the full listing's case, a listing of
+     * the new UIDs of its own). */
+    bool pair = e->run->norphans > 0 && !e->opts.dry_run;
     if (mb->exists == 0) {
         /* Nothing there: every known message is gone. */
         f->delta = false;
     } else if (!f->delta) {
         listing_fetch(e, "1:*", items, 0);
+        char set[32];
+        if (pair && known && f->st.uidnext > 0 && mb->uidnext > f->st.uidnext &&
+            imap_uid_range_format(f->st.uidnext, IMAP_UID_STAR, set, sizeof(set)) == 0) {
+            listing_fetch(e, set, items | IMAP_FETCH_MESSAGE_ID, 0);
+        }
     } else {
         if (!f->qresync) {
             /* Flags changed since the stored HIGHESTMODSEQ. */
@@ -1127,7 +1147,7 @@ static void issue_fetch(struct session *e)
         char set[32];
         if ((mb->uidnext == 0 || mb->uidnext > f->st.uidnext) &&
             imap_uid_range_format(f->st.uidnext, IMAP_UID_STAR, set, sizeof(set)) == 0) {
-            listing_fetch(e, set, items, 0);
+            listing_fetch(e, set, pair ? items | IMAP_FETCH_MESSAGE_ID : items, 0);
         }
         /* Skipped before but not under today's limits (max_size raised,
          * max_age_days changed): list them again so they are downloaded. */
@@ -1356,6 +1376,7 @@ static void apply_local(struct session *e)
     if (!mark_renames(e)) {
         return;
     }
+    moves_park_orphans(e);
     for (size_t i = 0; i < p->nlocal_flags; i++) {
         const struct plan_local_flags *lf = &p->local_flags[i];
         struct md_msg *m = md_scan_find(f->scan, lf->lid);
@@ -2060,6 +2081,7 @@ static void flush_done(uv_work_t *req, int status)
             fcounts(e)->bytes_down += d->wire_size;
             ok_bytes += d->wire_size;
         }
+        free(d->hdr);
         free(d);
     }
     if (ok > 0) {
@@ -2118,6 +2140,7 @@ int flush_batch(struct session *e)
         m->state = IDX_MSG_APPENDING; /* a download intent (uid set) */
         m->flags = (uint8_t)d->pd->flags;
         m->size = d->wire_size;
+        memcpy(m->msgid_hash, d->msgid_hash, sizeof(m->msgid_hash));
         snprintf(m->lid, sizeof(m->lid), "%s", d->lid);
         plan_kw_format(&d->pd->kw, m->keywords, sizeof(m->keywords));
     }
@@ -2138,6 +2161,7 @@ int flush_batch(struct session *e)
     if (r < 0) {
         for (size_t i = 0; i < f->nbatch; i++) {
             md_writer_abort(f->batch[i]->w);
+            free(f->batch[i]->hdr);
             free(f->batch[i]);
         }
         f->nbatch = 0;
@@ -2225,6 +2249,24 @@ static int dl_data(struct imap *im, void *sink, const char *data, size_t len, vo
     if (r < 0) {
         d->err = r;
     }
+    if (!d->hdone) {
+        size_t take = len < DL_HEADER_MAX - d->hlen ? len : DL_HEADER_MAX - d->hlen;
+        d->hdr = xrealloc(d->hdr, d->hlen + take + 1);
+        memcpy(d->hdr + d->hlen, data, take);
+        size_t from = d->hlen > 2 ? d->hlen - 2 : 0;
+        d->hlen += take;
+        size_t end = msgfacts_header_end(d->hdr, d->hlen, from);
+        if (end > 0 || d->hlen >= DL_HEADER_MAX) {
+            char *id = imap_header_message_id(d->hdr, end > 0 ? end : d->hlen);
+            if (id != NULL) {
+                msgfacts_msgid_hash(id, d->msgid_hash);
+            }
+            free(id);
+            free(d->hdr);
+            d->hdr = NULL;
+            d->hdone = true;
+        }
+    }
     /* Counted with the batch in flight (which may hold more than one
      * batch's worth: what waited when it started). */
     if (f != NULL && f->flushing != NULL && e->ro->resume != NULL &&
@@ -2265,6 +2307,7 @@ static void dl_message(struct imap *im, const struct imap_msg *m, void *sink, vo
         if (d->w != NULL) {
             md_writer_abort(d->w);
         }
+        free(d->hdr);
         free(d);
         return;
     }
@@ -2590,6 +2633,11 @@ static void count_planned(struct session *e)
     c->flags_down = (unsigned)p->nlocal_flags;
     c->flags_up = flags_up_count(f);
     c->deleted_down = (unsigned)p->nlocal_deletes;
+    for (size_t i = 0; i < p->norphans; i++) {
+        /* Parked by an earlier run: deleted at the end of this one, as
+         * moves_orphans_expire counts it, unless edited here. */
+        c->deleted_down += !p->orphans[i].changed;
+    }
     c->deleted_up = (unsigned)p->nserver_deletes;
     size_t nsk;
     struct skip_ent *sk = next_skips(f, &nsk);
@@ -2664,8 +2712,8 @@ static void folder_final(struct session *e)
         st.messages = f->mb.exists;
         st.last_full_sync = (int64_t)e->now;
         /* Everything the scan after this stamp saw is handled (unknown when
-         * no stamp was taken: the next sync scans). */
-        record_stamp(&st, &f->stamp);
+         * no stamp was taken, or orphans wait: the next sync scans). */
+        record_stamp(&st, f->parked ? &(struct md_stamp){0} : &f->stamp);
         stp = &st;
     }
     struct idx_ops o = {
@@ -2696,8 +2744,12 @@ static int smsg_cmp(const void *a, const void *b)
     if (x->uid != y->uid) {
         return x->uid < y->uid ? -1 : 1;
     }
-    /* Entries with a size (from the new-mail FETCH) sort last. */
-    return (x->size != 0) - (y->size != 0);
+    /* Entries with a size (from the new-mail FETCH) sort last, and of
+     * those the ones with a Message-ID (the orphans' listing). */
+    if ((x->size != 0) != (y->size != 0)) {
+        return (x->size != 0) - (y->size != 0);
+    }
+    return (x->msgid != NULL) - (y->msgid != NULL);
 }
 
 static void smsg_clear(struct smsg *s)
@@ -2815,6 +2867,7 @@ static void plan_folder(struct session *e)
         folder_fail_md(e, ar);
         return;
     }
+    moves_pair_server(e);
     fill_input(e, &in, &sm);
     f->plan = plan_build(&in);
     free(sm);

@@ -15,10 +15,12 @@
 #include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
+#include "sync/account.h"
 #include "sync/engine_int.h"
 #include "sync/folderplan.h"
 #include "sync/imap.h"
 #include "sync/moves.h"
+#include "sync/msgfacts.h"
 #include "sync/plan.h"
 
 /* A move: the message rec.lid of folder src (UID rec.uid there) now lives
@@ -850,6 +852,13 @@ void moves_start(struct session *e, void (*cont)(struct session *e))
     }
 }
 
+size_t moves_moved_uids(const struct session *e, const uint32_t **uids_r)
+{
+    const struct moves *mv = e->f != NULL ? e->f->mv : NULL;
+    *uids_r = mv != NULL ? mv->keep_uids : NULL;
+    return mv != NULL ? mv->nkeep : 0;
+}
+
 void moves_filter_plan(struct session *e)
 {
     struct fstate *f = e->f;
@@ -866,12 +875,281 @@ void moves_filter_plan(struct session *e)
             }
         }
     }
-    for (size_t i = p->nserver_deletes; i-- > 0;) {
-        for (size_t k = 0; k < mv->nkeep; k++) {
-            if (p->server_deletes[i].uid == mv->keep_uids[k]) {
-                plan_drop_server_delete(p, i);
-                break;
-            }
+}
+
+/* ---- messages moved on the server by another client ----------------------------------- */
+
+static struct orphan *find_orphan(struct engine *r, const char *folder, uint32_t uid)
+{
+    for (size_t i = 0; i < r->norphans; i++) {
+        if (r->orphans[i].rec.uid == uid && strcmp(r->orphans[i].folder, folder) == 0) {
+            return &r->orphans[i];
         }
     }
+    return NULL;
+}
+
+bool moves_pairing_pending(const struct session *e)
+{
+    const struct engine *r = e->run;
+    if (r->closing) {
+        return false;
+    }
+    if (r->next_job < r->njobs || r->ndemand > 0) {
+        return true;
+    }
+    for (size_t i = 0; i < r->nsessions; i++) {
+        if (r->sessions[i] != NULL && r->sessions[i] != e && r->sessions[i]->f != NULL) {
+            return true;
+        }
+    }
+    /* A run that stays open syncs the folders the server (NOTIFY, IDLE,
+     * STATUS) or the watcher marked dirty next: a move by another client
+     * announces its destination's new mail with the source's expunge. A
+     * mark for a folder the run does not sync brings no job. */
+    size_t n = 0;
+    const char *const *dirty =
+        e->opts.stay_open && e->account != NULL ? account_dirty(e->account, &n) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (find_job((struct engine *)r, dirty[i]) != NULL) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void moves_park_orphans(struct session *e)
+{
+    struct fstate *f = e->f;
+    const struct plan *p = f->plan;
+    struct engine *r = e->run;
+    if (p == NULL || p->norphans == 0 || e->opts.dry_run) {
+        return;
+    }
+    f->parked = true;
+    struct idx_msg *rows = xcalloc(p->norphans, sizeof(*rows));
+    size_t n = 0;
+    for (size_t i = 0; i < p->norphans; i++) {
+        const struct plan_orphan *po = &p->orphans[i];
+        const struct idx_msg *b = NULL;
+        for (size_t k = 0; k < f->nbase && b == NULL; k++) {
+            if (f->base[k].uid == po->uid) {
+                b = &f->base[k];
+            }
+        }
+        if (b == NULL) {
+            continue;
+        }
+        if (!po->parked) {
+            rows[n] = *b;
+            rows[n].state = IDX_MSG_ORPHAN;
+            n++;
+        }
+        struct orphan *o = find_orphan(r, f->job->name, po->uid);
+        if (o == NULL) {
+            xgrow(&r->orphans, &r->orphans_cap, r->norphans + 1, sizeof(*r->orphans));
+            o = &r->orphans[r->norphans++];
+            memset(o, 0, sizeof(*o));
+            o->folder = xstrdup(f->job->name);
+        }
+        o->rec = *b;
+        o->rec.state = IDX_MSG_ORPHAN;
+        o->changed = po->changed;
+        o->gone = false;
+    }
+    if (n > 0) {
+        struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = n};
+        if (idx_apply(e, &o) == 0) {
+            log_info("%s: %s: %zu message%s gone from the server kept locally for now: moved to "
+                     "another folder, or else deleted at the end of the run",
+                     e->acct->name, f->job->name, n, n == 1 ? "" : "s");
+        }
+    }
+    free(rows);
+}
+
+static int u32_bsearch_cmp(const void *a, const void *b)
+{
+    return u32_cmp(a, b);
+}
+
+void moves_pair_server(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct engine *r = e->run;
+    if (r->norphans == 0 || f->md == NULL || e->opts.dry_run) {
+        return;
+    }
+    uint32_t *known = xcalloc(f->nbase + 1, sizeof(*known));
+    for (size_t i = 0; i < f->nbase; i++) {
+        known[i] = f->base[i].uid;
+    }
+    qsort(known, f->nbase, sizeof(*known), u32_cmp);
+    size_t nbase0 = f->nbase;
+    char *dst = NULL;
+    md_folder_local_path(e->acct->maildir, e->acct->layout, f->job->name, &dst);
+    struct plan_local_msg *extra = NULL;
+    size_t nextra = 0, extra_cap = 0;
+    for (size_t i = 0; i < f->nsmsgs && dst != NULL; i++) {
+        struct smsg *s = &f->smsgs[i];
+        if (s->msgid == NULL || s->size == 0 ||
+            bsearch(&s->uid, known, nbase0, sizeof(*known), u32_bsearch_cmp) != NULL) {
+            continue;
+        }
+        uint8_t h[16];
+        msgfacts_msgid_hash(s->msgid, h);
+        static const uint8_t zero[16];
+        if (memcmp(h, zero, sizeof(h)) == 0) {
+            continue;
+        }
+        struct orphan *o = NULL;
+        for (size_t k = 0; k < r->norphans && o == NULL; k++) {
+            struct orphan *c = &r->orphans[k];
+            if (!c->gone && c->rec.size == s->size && strcmp(c->folder, f->job->name) != 0 &&
+                memcmp(c->rec.msgid_hash, h, sizeof(h)) == 0) {
+                o = c;
+            }
+        }
+        if (o == NULL) {
+            continue;
+        }
+        /* The server's keywords need letters here, or the file would lose
+         * them; without one the message is downloaded as before. */
+        md_keywords kw = 0;
+        bool letters = true;
+        for (size_t k = 0; k < s->nkw && letters; k++) {
+            int ix = md_keyword_index(f->md, s->kw[k], false);
+            letters = ix >= 0 && ix < 26;
+            if (letters) {
+                kw |= (md_keywords)1u << ix;
+            }
+        }
+        char *src = NULL;
+        if (!letters ||
+            md_folder_local_path(e->acct->maildir, e->acct->layout, o->folder, &src) < 0) {
+            free(src);
+            continue;
+        }
+        /* The record B gets: the server's flags and keywords as the base,
+         * so that a change made to the file meanwhile goes up. */
+        struct idx_msg rec = o->rec;
+        rec.uid = s->uid;
+        rec.state = IDX_MSG_APPENDING; /* a download intent: adopted if the file gets here */
+        rec.flags = (uint8_t)(s->flags & MD_FLAGS_ALL);
+        struct plan_kw pk;
+        plan_kw_from((const char *const *)s->kw, s->nkw, &pk);
+        plan_kw_format(&pk, rec.keywords, sizeof(rec.keywords));
+        plan_kw_free(&pk);
+        struct idx_ops io = {.folder = f->job->name, .puts = &rec, .nputs = 1};
+        if (idx_apply(e, &io) < 0) {
+            free(src);
+            break;
+        }
+        /* Three-way per flag: what the file changed since the base wins,
+         * else the server's. The file's flags are read as it is moved. */
+        unsigned lflags = 0, base = o->rec.flags & MD_FLAGS_ALL;
+        unsigned merged = s->flags & MD_FLAGS_ALL;
+        if (o->changed) {
+            unsigned cur = 0;
+            (void)md_find_ids(src, (const char *const[]){o->rec.lid}, 1, (bool[]){false}, &cur);
+            merged = (cur & (cur ^ base)) | (merged & ~(cur ^ base));
+        }
+        int mr = md_move_between(src, dst, o->rec.lid, merged, kw, false, &lflags);
+        free(src);
+        if (mr < 0) {
+            /* Not moved: the intent is forgotten by the next run (no file
+             * here) and the message downloaded. */
+            log_debug("%s: %s: pairing %s failed: %s", e->acct->name, f->job->name, o->rec.lid,
+                      strerror(-mr));
+            if (mr == -ENOENT) {
+                o->gone = true;
+            }
+            continue;
+        }
+        rec.state = IDX_MSG_SYNCED;
+        uint32_t drop = o->rec.uid;
+        struct idx_ops ops[2] = {
+            {.folder = o->folder, .drops = &drop, .ndrops = 1},
+            {.folder = f->job->name, .puts = &rec, .nputs = 1},
+        };
+        o->gone = true;
+        if (idx_apply_many(e, ops, 2) < 0) {
+            break;
+        }
+        log_info("%s: %s moved from %s to %s on the server: file moved, not downloaded",
+                 e->acct->name, o->rec.lid, o->folder, f->job->name);
+        fcounts(e)->moved++;
+        xgrow(&f->base, &f->base_cap, f->nbase + 1, sizeof(*f->base));
+        f->base[f->nbase++] = rec;
+        xgrow(&extra, &extra_cap, nextra + 1, sizeof(*extra));
+        extra[nextra++] = (struct plan_local_msg){
+            .lid = NULL, .flags = merged, .kw = (const char *const *)s->kw, .nkw = s->nkw};
+    }
+    free(dst);
+    free(known);
+    if (nextra > 0) {
+        /* The moved files, in the planner's local view (the scan predates
+         * them): with the base above, the plan sends up what the file
+         * changed and changes nothing locally. */
+        struct plan_local_msg *v = xcalloc(f->nlview + nextra + 1, sizeof(*v));
+        memcpy(v, f->lview, f->nlview * sizeof(*v));
+        for (size_t k = 0; k < nextra; k++) {
+            extra[k].lid = f->base[nbase0 + k].lid;
+            v[f->nlview + k] = extra[k];
+        }
+        if (f->lview != f->lmsgs) {
+            free(f->lview);
+        }
+        f->lview = v;
+        f->nlview += nextra;
+    }
+    free(extra);
+}
+
+static int drop_orphan_fn(struct idx_txn *txn, void *arg)
+{
+    const struct orphan *o = arg;
+    int r = idx_msg_delete_uid(txn, o->folder, o->rec.uid);
+    return r == -ENOENT ? 0 : r;
+}
+
+void moves_orphans_expire(struct session *e)
+{
+    struct engine *r = e->run;
+    for (size_t i = 0; i < r->norphans; i++) {
+        struct orphan *o = &r->orphans[i];
+        if (!o->gone && !e->opts.dry_run) {
+            char *path = NULL;
+            struct fjob *j = find_job(r, o->folder);
+            int rr = md_folder_local_path(e->acct->maildir, e->acct->layout, o->folder, &path);
+            /* Edited here meanwhile: the record goes and the file stays,
+             * to be uploaded again as a new message (an edit racing an
+             * expunge loses nothing). Else the file goes, then the record. */
+            if (rr == 0 && !o->changed) {
+                rr = md_remove_id(path, o->rec.lid, o->rec.flags & MD_FLAGS_ALL);
+            }
+            if (rr == 0 || rr == -ESTALE) {
+                if (idx_write(e->idx, drop_orphan_fn, o) == 0 && rr == 0 && !o->changed &&
+                    j != NULL) {
+                    j->res->counts.deleted_down++;
+                }
+            }
+            log_info("%s: %s: %s gone from the server and found in no other folder: %s",
+                     e->acct->name, o->folder, o->rec.lid,
+                     rr == 0 && !o->changed ? "deleted" : "kept, to be uploaded again");
+            free(path);
+        }
+        free(o->folder);
+    }
+    r->norphans = 0;
+}
+
+void moves_orphans_free(struct engine *r)
+{
+    for (size_t i = 0; i < r->norphans; i++) {
+        free(r->orphans[i].folder);
+    }
+    free(r->orphans);
+    r->orphans = NULL;
+    r->norphans = r->orphans_cap = 0;
 }

@@ -40,6 +40,10 @@
 #ifndef MAILSYNC_SYNC_MOVES_H
 #define MAILSYNC_SYNC_MOVES_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
 struct session;
 struct engine;
 struct moves;
@@ -49,11 +53,52 @@ struct moves;
  * folder). cont is called from the loop, possibly before moves_start
  * returns; when the session ends meanwhile it is not called. */
 void moves_start(struct session *e, void (*cont)(struct session *e));
-/* After plan_build: takes out of the plan the uploads and server deletions
- * of messages that are moves (listed as moves by --dry-run) or that another
- * job of the run is moving. */
+/* The UIDs of the job's folder whose messages are moves out of it that
+ * this job does not carry out (another job of the run does, or its
+ * destination's job later): plan_input.moved, so that they are neither
+ * deleted on the server from here nor counted by the deletion guard. */
+size_t moves_moved_uids(const struct session *e, const uint32_t **uids_r);
+/* After plan_build: takes out of the plan the uploads of messages that are
+ * moves into the folder (listed as moves by --dry-run) or that another job
+ * of the run is moving. */
 void moves_filter_plan(struct session *e);
 void moves_free(struct moves *mv);
+
+/* Messages moved on the server by another client (A -> B): A's sync finds
+ * x gone while the file stays and parks the record as an orphan
+ * (IDX_MSG_ORPHAN: it survives a kill -9, the file stays in place); a
+ * later job that lists new messages while the run knows orphans fetches
+ * their Message-ID with the listing and pairs a new message with an orphan
+ * by (msgid_hash, RFC822.SIZE), never on a zero hash, only within the
+ * account: the file is moved into B's Maildir (no body downloaded) under a
+ * download intent, then one transaction drops A's orphan and records B's
+ * message. Flags merge three-way (the file's change since the base, else
+ * the server's). A message is parked only while a job that could pair it
+ * can still come (moves_pairing_pending), and orphans not paired when the
+ * pass, or a run that stays open's burst of jobs, is over are deleted
+ * locally as before: the daemon never keeps a deleted message on disk
+ * waiting for a pair nothing will bring. An orphan edited locally
+ * meanwhile keeps its file, uploaded again as a new message (an edit
+ * racing an expunge loses nothing). When the destination is synced before
+ * the source, its message is downloaded (no orphan yet) and the orphan
+ * deleted.
+ *
+ * Whether another folder job of the run can still come after e's: one of
+ * the pass not started, one running on another connection, one queued on
+ * demand, or (a run that stays open) a folder of the run marked dirty. It
+ * decides plan_input.park_orphans and, false at the end of a job, the
+ * deletion of the orphans left. */
+bool moves_pairing_pending(const struct session *e);
+/* After the plan: parks its new orphans and registers every orphan of the
+ * folder with the run. */
+void moves_park_orphans(struct session *e);
+/* Before the plan: pairs the folder's new server messages with the run's
+ * orphans of other folders, moving the files in. */
+void moves_pair_server(struct session *e);
+/* At the end of a pass or burst: deletes the orphans left. e->f may be
+ * NULL. */
+void moves_orphans_expire(struct session *e);
+void moves_orphans_free(struct engine *r);
 /* The run's claims (struct engine), at its end. */
 void moves_claims_free(struct engine *r);
 

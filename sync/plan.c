@@ -268,7 +268,7 @@ static void merge(const struct plan_input *in, const struct fstate *l, const str
 
 struct builder {
     struct plan *p;
-    size_t cap_dl, cap_ul, cap_lf, cap_st, cap_ld, cap_sd, cap_dr, cap_up, cap_sk;
+    size_t cap_dl, cap_ul, cap_lf, cap_st, cap_ld, cap_sd, cap_dr, cap_up, cap_sk, cap_or;
 };
 
 /* Adds uid to the store group with exactly this change, creating it. */
@@ -454,28 +454,70 @@ struct plan *plan_build(const struct plan_input *in)
     size_t nldel = 0, nsdel = 0, cap_ldel = 0, cap_sdel = 0;
     size_t nsynced = 0;
 
+    uint32_t *moved = xmalloc((in->nmoved + 1) * sizeof(*moved));
+    if (in->nmoved > 0) {
+        memcpy(moved, in->moved, in->nmoved * sizeof(*moved));
+        qsort(moved, in->nmoved, sizeof(*moved), u32_cmp);
+    }
+    static const uint8_t no_hash[sizeof(in->base->msgid_hash)];
+
     for (size_t i = 0; i < in->nbase; i++) {
         const struct idx_msg *base = &in->base[i];
+        if (base->state == IDX_MSG_ORPHAN && base->uid != 0) {
+            /* Parked in an earlier run or job: still waiting while its file
+             * stays; forgotten once the user deleted the file. */
+            struct loc_ent *le = find_loc(lv, in->local.nmsgs, base->lid);
+            if (le == NULL) {
+                *PUSH(p->drops, p->ndrops, b.cap_dr) = base->uid;
+                continue;
+            }
+            le->used = true;
+            struct fstate bs = {.flags = base->flags & MD_FLAGS_ALL}, ls;
+            plan_kw_parse(base->keywords, &bs.kw);
+            fs_from_local(le->m, &ls);
+            struct plan_orphan *o = PUSH(p->orphans, p->norphans, b.cap_or);
+            *o = (struct plan_orphan){.lid = xstrdup(base->lid),
+                                      .uid = base->uid,
+                                      .changed = local_changed(in, &ls, &bs),
+                                      .parked = true};
+            fs_free(&bs);
+            fs_free(&ls);
+            continue;
+        }
         if (base->state != IDX_MSG_SYNCED || base->uid == 0) {
             continue;
         }
         nsynced++;
+        struct srv_ent *se = find_srv(sv, in->server.nmsgs, base->uid);
+        bool on_server = se != NULL || (!in->server.complete && !is_vanished(in, van, base->uid));
+        if (on_server && in->nmoved > 0 &&
+            bsearch(&base->uid, moved, in->nmoved, sizeof(*moved), u32_cmp)) {
+            /* Another folder's job moves it (or takes it over): nothing
+             * happens to it from here. Once gone from the server (moved by
+             * a run killed before its record, or expunged by another
+             * client), it is dropped below like any message gone from both
+             * sides: kept, it would be deleted on the server by the next
+             * run, once no longer listed here as moved. */
+            if (se != NULL) {
+                se->used = true;
+            }
+            struct loc_ent *le = find_loc(lv, in->local.nmsgs, base->lid);
+            if (le != NULL) {
+                le->used = true;
+            }
+            continue;
+        }
         struct fstate bs = {.flags = base->flags & MD_FLAGS_ALL};
         plan_kw_parse(base->keywords, &bs.kw);
 
-        struct srv_ent *se = find_srv(sv, in->server.nmsgs, base->uid);
-        bool on_server;
         struct fstate ss;
         if (se != NULL) {
             se->used = true;
-            on_server = true;
             fs_from_server(se->m, &ss);
-        } else if (!in->server.complete && !is_vanished(in, van, base->uid)) {
-            on_server = true;
+        } else if (on_server) {
             ss.flags = bs.flags;
             kw_copy(&bs.kw, &ss.kw);
         } else {
-            on_server = false;
             memset(&ss, 0, sizeof(ss));
         }
 
@@ -488,6 +530,14 @@ struct plan *plan_build(const struct plan_input *in)
 
         if (on_server && le != NULL) {
             plan_both(&b, in, base, &bs, &ls, &ss);
+        } else if (!on_server && le != NULL && in->park_orphans &&
+                   memcmp(base->msgid_hash, no_hash, sizeof(no_hash)) != 0) {
+            /* Maybe moved by another client: parked, not deleted (and not
+             * copied back when edited here: a pair merges the edit). */
+            struct plan_orphan *o = PUSH(p->orphans, p->norphans, b.cap_or);
+            *o = (struct plan_orphan){.lid = xstrdup(base->lid),
+                                      .uid = base->uid,
+                                      .changed = local_changed(in, &ls, &bs)};
         } else if (!on_server && le != NULL) {
             if (local_changed(in, &ls, &bs)) {
                 /* Edited here while expunged there: copy it back. */
@@ -528,16 +578,22 @@ struct plan *plan_build(const struct plan_input *in)
 
     /* The guard: deletions against the folder's size at the base. */
     bool tripped = false;
+    /* Orphans parked now count: until a pair shows they were moved, a
+     * mass expunge on the server looks the same and must stay guarded. */
+    size_t nnew_orphans = 0;
+    for (size_t i = 0; i < p->norphans; i++) {
+        nnew_orphans += !p->orphans[i].parked;
+    }
     if (!in->force && nsynced > PLAN_GUARD_MIN) {
         double limit = in->max_delete_ratio * (double)nsynced;
-        if ((double)nldel > limit || (double)nsdel > limit) {
+        if ((double)(nldel + nnew_orphans) > limit || (double)nsdel > limit) {
             tripped = true;
-            p->guard_local = (unsigned)nldel;
+            p->guard_local = (unsigned)(nldel + nnew_orphans);
             p->guard_server = (unsigned)nsdel;
             p->error = xasprintf(
                 "folder '%s': refusing to delete %zu of %zu messages locally and %zu on the "
                 "server (more than %.0f%%); if that is intended, run 'mailsync sync --force %s'",
-                in->folder != NULL ? in->folder : "?", nldel, nsynced, nsdel,
+                in->folder != NULL ? in->folder : "?", nldel + nnew_orphans, nsynced, nsdel,
                 in->max_delete_ratio * 100.0, in->account != NULL ? in->account : "ACCOUNT");
         }
     }
@@ -550,6 +606,15 @@ struct plan *plan_build(const struct plan_input *in)
         }
         free(ldel);
         free(sdel);
+        size_t out = 0;
+        for (size_t i = 0; i < p->norphans; i++) {
+            if (p->orphans[i].parked) {
+                p->orphans[out++] = p->orphans[i];
+            } else {
+                free(p->orphans[i].lid);
+            }
+        }
+        p->norphans = out;
     } else {
         p->local_deletes = ldel;
         p->nlocal_deletes = nldel;
@@ -585,6 +650,7 @@ struct plan *plan_build(const struct plan_input *in)
     free(sv);
     free(lv);
     free(van);
+    free(moved);
     return p;
 }
 
@@ -860,6 +926,10 @@ void plan_free(struct plan *p)
     free(p->drops);
     free(p->updates);
     free(p->skips);
+    for (size_t i = 0; i < p->norphans; i++) {
+        free(p->orphans[i].lid);
+    }
+    free(p->orphans);
     free(p->error);
     free(p);
 }
@@ -889,7 +959,8 @@ void plan_drop_server_delete(struct plan *p, size_t i)
 bool plan_empty(const struct plan *p)
 {
     return p->ndownloads == 0 && p->nuploads == 0 && p->nlocal_flags == 0 && p->nstores == 0 &&
-           p->nlocal_deletes == 0 && p->nserver_deletes == 0 && p->ndrops == 0 && p->nupdates == 0;
+           p->nlocal_deletes == 0 && p->nserver_deletes == 0 && p->ndrops == 0 &&
+           p->nupdates == 0 && p->norphans == 0;
 }
 
 static void print_kw(FILE *fp, const struct plan_kw *kw)
@@ -942,6 +1013,20 @@ void plan_print(const struct plan *p, const char *folder, FILE *fp)
     for (size_t i = 0; i < p->nlocal_deletes; i++) {
         fprintf(fp, "%s: delete local %s (uid %u gone from the server)\n", folder,
                 p->local_deletes[i].lid, (unsigned)p->local_deletes[i].uid);
+    }
+    for (size_t i = 0; i < p->norphans; i++) {
+        const struct plan_orphan *o = &p->orphans[i];
+        if (o->changed) {
+            fprintf(fp,
+                    "%s: keep local %s (uid %u gone from the server, changed here): uploaded "
+                    "again by the next run unless another folder's new message pairs with it\n",
+                    folder, o->lid, (unsigned)o->uid);
+        } else {
+            fprintf(fp,
+                    "%s: delete local %s (uid %u gone from the server) at the end of the run "
+                    "unless another folder's new message pairs with it\n",
+                    folder, o->lid, (unsigned)o->uid);
+        }
     }
     for (size_t i = 0; i < p->nserver_deletes; i++) {
         fprintf(fp, "%s: delete on the server uid %u (%s deleted locally)\n", folder,

@@ -19,7 +19,9 @@
  * copied back to the side that lost it (nothing is lost to a race between a
  * deletion and an edit). Deletions beyond max_delete_ratio of a folder with
  * more than PLAN_GUARD_MIN messages, on either side, trip the guard unless
- * force is set: the plan then carries an error and no deletion.
+ * force is set: the plan then carries an error and no deletion. Messages
+ * moved to another folder (plan_input.moved, and parked orphans) are not
+ * deletions: a folder emptied into another one does not trip the guard.
  *
  * No I/O, no clock, no allocation failure paths (xmalloc aborts): the unit
  * tests drive it with tables. Ownership: plan_build returns a struct plan
@@ -99,8 +101,20 @@ struct plan_input {
     unsigned max_age_days; /* 0 = no limit; applies to downloads with a known date */
     time_t now;            /* for max_age_days */
     bool force;            /* ignore the deletion guard */
-    const char *folder;    /* for messages */
-    const char *account;   /* for the guard's message */
+    /* UIDs of base records whose message is being moved to another folder
+     * of the account (sync/moves.c: moved locally, the move carried out by
+     * another job or later): never deleted on the server from here, never
+     * downloaded or uploaded, and not deletions for the guard. Any order. */
+    const uint32_t *moved;
+    size_t nmoved;
+    /* Messages gone from the server whose local file stays, with a non-zero
+     * msgid_hash, are parked as orphans (plan.orphans: maybe moved by
+     * another client to another folder) instead of being deleted locally or
+     * copied back; not deletions for the guard. Records already parked
+     * (IDX_MSG_ORPHAN) are listed again as long as their file stays. */
+    bool park_orphans;
+    const char *folder;  /* for messages */
+    const char *account; /* for the guard's message */
 };
 
 /* New on the server (or to be copied back): download uid, give it flags. */
@@ -146,6 +160,20 @@ struct plan_delete {
     uint32_t uid;
 };
 
+/* A message gone from the server under uid whose local file lid stays:
+ * parked (its record becomes IDX_MSG_ORPHAN) until a new server message of
+ * another folder pairs with it or the run's pass ends. changed: the local
+ * file's flags differ from the base (at the end of the pass it is then
+ * uploaded again, as an edit racing an expunge is, rather than deleted).
+ * parked: the
+ * base record is an orphan already. */
+struct plan_orphan {
+    char *lid;
+    uint32_t uid;
+    bool changed;
+    bool parked;
+};
+
 struct plan_skip {
     uint32_t uid;
     uint64_t size;
@@ -177,6 +205,8 @@ struct plan {
     size_t nupdates;
     struct plan_skip *skips;
     size_t nskips;
+    struct plan_orphan *orphans;
+    size_t norphans;
     /* Set when the guard tripped: no deletion is planned on either side. */
     char *error;
     unsigned guard_local, guard_server; /* deletions that tripped it */

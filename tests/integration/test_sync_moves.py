@@ -22,6 +22,7 @@ import sys
 import time
 import unittest
 
+import dovecot
 import mstest
 from synctest import PROFILES, SyncFixture
 
@@ -209,6 +210,28 @@ class MoveScenarios(MoveFixture):
         self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
                       p.stdout)
 
+    def test_large_move_is_not_a_mass_deletion(self):
+        """26 of 30 messages moved out of INBOX (synced first) into a new
+        local folder and into Work: far over max_delete_ratio, but moves,
+        not deletions: neither --dry-run nor the real run trips the guard,
+        and nothing is deleted or uploaded."""
+        cfg = self.seed({"INBOX": [(i, "") for i in range(30)], "Work": [(100, "")]})
+        uniq = self.uniques("INBOX", range(26))
+        for n, u in enumerate(uniq):
+            self.move_local("INBOX", "Work" if n < 13 else "Saved", u)
+        p = self.sync(cfg, "--dry-run")
+        self.assertNotIn("refusing", p.stdout + p.stderr)
+        self.assertNotIn("delete on the server", p.stdout)
+        p = self.sync(cfg, trace=True)
+        self.assertNotIn("refusing", p.stdout + p.stderr)
+        self.assertEqual(commands(p.stderr, "APPEND"), [])
+        self.assertIn("26 moved between folders", p.stdout)
+        for f in ("INBOX", "Work", "Saved"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(sorted(self.server_flags("INBOX")), [26, 27, 28, 29])
+        self.assertEqual(sorted(self.server_flags("Saved")), list(range(13, 26)))
+
     def test_dry_run_lists_moves(self):
         """--dry-run says "move" for each message and neither an upload nor
         a deletion; its counts are the real run's."""
@@ -227,6 +250,106 @@ class MoveScenarios(MoveFixture):
         self.assertIn("2 moved between folders", p2.stdout)
         for f in ("INBOX", "Work"):
             self.assert_same(f)
+
+
+class ServerMoveScenarios(MoveFixture):
+    """Messages another client moves on the server (UID MOVE A -> B)."""
+
+    def server_move(self, src, dst, numbers):
+        """Moves the messages with these numbers as another client does."""
+        uids = [u for u, _f, b in self.server(src)
+                if int(re.search(rb"Subject: move (\d+)", b).group(1)) in numbers]
+        c = self.imap()
+        try:
+            c.select(dovecot.imap_mailbox(src))
+            typ, _ = c.uid("MOVE", ",".join(map(str, uids)), dovecot.imap_mailbox(dst))
+            self.assertEqual(typ, "OK")
+        finally:
+            c.logout()
+
+    def test_server_move_source_first(self):
+        """Ten messages moved INBOX -> Work by another client (INBOX is
+        synced first), two of them flagged there on the way and one
+        changed locally meanwhile: no body downloaded, the files moved into
+        Work's Maildir with their unique names, flags merged, counted as
+        moved (not new + deleted), and a second run changes nothing."""
+        cfg = self.seed({"INBOX": [(i, "\\Seen" if i % 2 else "") for i in range(12)],
+                         "Work": [(100, "")]})
+        moved = list(range(10))
+        uniq = self.uniques("INBOX", moved)
+        self.set_local_flags("INBOX", uniq[4], "F")  # changed here meanwhile
+        self.server_move("INBOX", "Work", moved)
+        wuids = {int(re.search(rb"Subject: move (\d+)", b).group(1)): u
+                 for u, _f, b in self.server("Work")}
+        self.store("Work", wuids[0], "+FLAGS", "\\Answered")
+        self.store("Work", wuids[4], "+FLAGS", "\\Answered")
+        p = self.sync(cfg, trace=True)
+        self.assertNotRegex(p.stderr, r"C: \S+ UID FETCH \S+ \([^)]*BODY\.PEEK\[\]")
+        self.assertIn("10 moved between folders", p.stdout)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted", p.stdout)
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        loc = self.local_numbers("Work")
+        self.assertEqual(sorted(loc), sorted(moved + [100]))
+        self.assertEqual([loc[i][0] for i in moved], uniq)
+        self.assertEqual(sorted(self.local_numbers("INBOX")), [10, 11])
+        srv = self.server_flags("Work")
+        self.assertEqual(srv[0], "R")
+        self.assertEqual(srv[1], "S")
+        self.assertEqual(srv[4], "FR")  # both changes
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+
+    def test_server_move_then_local_delete(self):
+        """Moved on the server while the user deleted the file locally: the
+        message stays in the destination on both sides (the move is newer
+        than the deletion the index knew of), no duplicate, nothing lost."""
+        cfg = self.seed({"INBOX": [(1, ""), (2, "")], "Work": [(100, "")]})
+        u = self.uniques("INBOX", [1])[0]
+        os.unlink(self.local_file("INBOX", u))
+        self.server_move("INBOX", "Work", [1])
+        self.sync(cfg)
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(sorted(self.server_flags("Work")), [1, 100])
+        self.assertEqual(sorted(self.server_flags("INBOX")), [2])
+
+    def test_server_expunge_still_deletes(self):
+        """Expunged (not moved) by another client: the local file is deleted
+        by the end of the run, counted as a deletion."""
+        cfg = self.seed({"INBOX": [(1, ""), (2, "")], "Work": [(100, "")]})
+        uid = [x for x, _f, b in self.server("INBOX") if b"move 1\r\n" in b][0]
+        self.expunge("INBOX", [uid])
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 1 deleted", p.stdout)
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+        self.assertEqual(sorted(self.local_numbers("INBOX")), [2])
+
+    def test_expunged_while_edited_is_uploaded_next_run(self):
+        """Expunged by another client while flagged here, with Work still to
+        sync: parked, paired with nothing, so its record goes and the file
+        stays; the next run uploads it even though neither side of INBOX
+        changed since (the change-time shortcut must not skip a folder
+        whose orphans were dealt with at the end of the run)."""
+        cfg = self.seed({"INBOX": [(1, ""), (2, "")], "Work": [(100, "")]})
+        u = self.uniques("INBOX", [1])[0]
+        self.set_local_flags("INBOX", u, "F")
+        time.sleep(2.2)  # the next scan's change-time stamp is believed
+        uid = [x for x, _f, b in self.server("INBOX") if b"move 1\r\n" in b][0]
+        self.expunge("INBOX", [uid])
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted", p.stdout)
+        self.assertEqual(sorted(self.local_numbers("INBOX")), [1, 2])
+        p = self.sync(cfg)
+        self.assertIn("\u2191 1 new", p.stdout)
+        self.assertEqual(self.server_flags("INBOX"), {1: "F", 2: ""})
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
 
 
 def run_killed(binary, cfg, anchor, delay, timeout=60):
@@ -307,6 +430,11 @@ for _name, _opts in PROFILES.items():
     globals()["MoveCrash" + _name] = type("MoveCrash" + _name,
                                           (MoveCrashScenarios, mstest.DovecotTestCase),
                                           {"dovecot_options": _opts})
+
+for _name, _opts in PROFILES.items():
+    globals()["ServerMoves" + _name] = type("ServerMoves" + _name,
+                                            (ServerMoveScenarios, mstest.DovecotTestCase),
+                                            {"dovecot_options": _opts})
 
 for _name, _opts in PROFILES.items():
     globals()["Moves" + _name] = type("Moves" + _name, (MoveScenarios, mstest.DovecotTestCase),

@@ -1010,6 +1010,33 @@ static void session_profile(enum fake_profile profile)
     assert_state(w, "INBOX", inbox6, 3);
     assert_state(w, "Archive", arch2, 2);
 
+    /* Another client moves i3 to Archive: the source's expunge and the
+     * destination's new mail come as one burst of jobs. INBOX, synced
+     * first, parks the message (a job that can pair it is queued), and
+     * Archive's job pairs it: the file moves, nothing is downloaded or
+     * deleted. (The expunge above, with no job queued, was deleted at
+     * once: nothing could have paired it.) */
+    server_add(w, "Archive", "i3@x", 0);
+    assert_int_equal(fake_message_expunge(w->srv, "INBOX", server_uid(w, "INBOX", "i3@x")), 0);
+    struct session_wait burst = {&r, r.nfdone + 2, r.idles + 1};
+    assert_int_equal(engine_sync_folder(r.e, "INBOX"), 0);
+    assert_int_equal(engine_sync_folder(r.e, "Archive"), 0);
+    assert_true(run_until(w, session_ready, &burst));
+    assert_false(r.done);
+    const struct fdone *fi = &r.fdone[r.nfdone - 2];
+    fd = &r.fdone[r.nfdone - 1];
+    assert_string_equal(fi->name, "INBOX");
+    assert_string_equal(fd->name, "Archive");
+    assert_null(fi->error);
+    assert_null(fd->error);
+    assert_int_equal(fi->counts.deleted_down + fi->counts.new_down, 0);
+    assert_int_equal(fd->counts.moved, 1);
+    assert_int_equal(fd->counts.new_down + fd->counts.deleted_down + fd->counts.new_up, 0);
+    const struct want inbox7[] = {{"i1@x", "FS", false}, {"l1@x", "", false}};
+    assert_state(w, "INBOX", inbox7, 2);
+    const struct want arch3[] = {{"a1@x", "S", false}, {"a2@x", "", false}, {"i3@x", "", false}};
+    assert_state(w, "Archive", arch3, 3);
+
     engine_close(r.e);
     assert_true(run_until(w, run_done, &r));
     assert_int_equal(r.kind, SYNC_OK);

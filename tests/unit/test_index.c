@@ -1746,7 +1746,7 @@ static void test_corrupt_records(void **state)
     uid_key(key, 1, 2000);
     raw_put(&r, "messages", key, 8, bad, good_len + 1); /* trailing byte */
     memcpy(bad, good, good_len);
-    bad[0] |= 0x08; /* a header bit no version 2 record has */
+    bad[0] |= 0x09; /* orphan and appending at once: no record is both */
     uid_key(key, 1, 2001);
     raw_put(&r, "messages", key, 8, bad, good_len);
     memcpy(bad, good, good_len);
@@ -2670,8 +2670,24 @@ static void test_validation(void **state)
     make_msg(&m, 1, "x", IDX_MSG_SYNCED, "");
     memset(m.keywords, 'k', sizeof(m.keywords));
     assert_int_equal(idx_msg_put(t, "INBOX", &m), -EINVAL);
-    make_msg(&m, 1, "x", 2, "");
+    make_msg(&m, 1, "x", 3, "");
     assert_int_equal(idx_msg_put(t, "INBOX", &m), -EINVAL);
+    make_msg(&m, 0, "x", IDX_MSG_ORPHAN, ""); /* an orphan keeps its old UID */
+    assert_int_equal(idx_msg_put(t, "INBOX", &m), -EINVAL);
+    /* An orphan round-trips with its state, hash and keywords, and is
+     * found by UID and by lid like a synced record. */
+    make_msg(&m, 7, "orph", IDX_MSG_ORPHAN, "$Work");
+    m.msgid_hash[5] = 0x5a;
+    m.size = 4242;
+    assert_int_equal(idx_msg_put(t, "INBOX", &m), 0);
+    assert_int_equal(idx_msg_get_uid(t, "INBOX", 7, &got), 0);
+    assert_int_equal(got.state, IDX_MSG_ORPHAN);
+    assert_int_equal(got.msgid_hash[5], 0x5a);
+    assert_int_equal(got.size, 4242);
+    assert_string_equal(got.keywords, "$Work");
+    assert_int_equal(idx_msg_get_lid(t, "INBOX", "orph", &got), 0);
+    assert_int_equal(got.state, IDX_MSG_ORPHAN);
+    assert_int_equal(idx_msg_delete_uid(t, "INBOX", 7), 0);
     make_msg(&m, 0, "x", IDX_MSG_SYNCED, "");
     assert_int_equal(idx_msg_put(t, "INBOX", &m), -EINVAL);
     make_msg(&m, 1, "x", IDX_MSG_SYNCED, "");

@@ -617,6 +617,152 @@ static void test_guard(void **state)
     plan_free(p);
 }
 
+/* Moves do not trip the guard (table): 30 messages in sync, 20 of them
+ * moved to another folder. Locally moved (gone locally, still on the
+ * server, listed in moved): no server deletion at all, no error. Moved on
+ * the server by another client (gone there, file still here, with a
+ * Message-ID hash): they cannot be told from a mass expunge until paired,
+ * so the guard counts them and nothing is parked. The same 20 as plain
+ * deletions trip it too. */
+static void test_guard_ignores_moves(void **state)
+{
+    (void)state;
+    static const struct {
+        bool local_side; /* the 20 are gone locally (else: gone on the server) */
+        bool as_moves;   /* listed in moved / parked */
+        size_t want_ldel, want_sdel, want_orphans;
+        bool want_error;
+    } rows[] = {
+        {true, true, 0, 0, 0, false},
+        {true, false, 0, 0, 0, true},
+        {false, true, 0, 0, 0, true}, /* a mass expunge looks the same: guarded */
+        {false, false, 0, 0, 0, true},
+    };
+    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+        struct fx f;
+        fx_init(&f);
+        uint32_t moved[32];
+        size_t nmoved = 0;
+        for (uint32_t u = 1; u <= 30; u++) {
+            char s[64];
+            snprintf(s, sizeof(s), "%u:l%u:S", (unsigned)u, (unsigned)u);
+            base(&f, s);
+            f.base[f.nbase - 1].msgid_hash[0] = (uint8_t)u;
+            bool gone = u <= 20;
+            if (!gone || !rows[r].local_side) {
+                snprintf(s, sizeof(s), "l%u:S", (unsigned)u);
+                loc(&f, s);
+            }
+            if (!gone || rows[r].local_side) {
+                snprintf(s, sizeof(s), "%u:S", (unsigned)u);
+                srv(&f, s);
+            }
+            if (gone) {
+                moved[nmoved++] = u;
+            }
+        }
+        if (rows[r].as_moves && rows[r].local_side) {
+            f.in.moved = moved;
+            f.in.nmoved = nmoved;
+        }
+        f.in.park_orphans = rows[r].as_moves && !rows[r].local_side;
+        struct plan *p = build(&f);
+        assert_int_equal(p->error != NULL, rows[r].want_error);
+        assert_int_equal(p->nlocal_deletes, rows[r].want_ldel);
+        assert_int_equal(p->nserver_deletes, rows[r].want_sdel);
+        assert_int_equal(p->norphans, rows[r].want_orphans);
+        assert_int_equal(p->nuploads + p->ndownloads, 0);
+        plan_free(p);
+    }
+}
+
+/* A record listed in moved (another job moves the message) while the
+ * server still has its UID: nothing happens to it, even with the server's
+ * flags changed. Gone from the server too (a move run killed after its
+ * MOVE, or another client expunged the original): dropped, as any message
+ * gone from both sides, never left for a later run to delete on the
+ * server. Complete listing and delta (VANISHED) alike. */
+static void test_moved_gone_from_server(void **state)
+{
+    (void)state;
+    for (int delta = 0; delta <= 1; delta++) {
+        struct fx f;
+        fx_init(&f);
+        f.in.server.complete = !delta;
+        synced(&f, 1, "S");
+        base(&f, "2:l2:"); /* moved, still on the server, flagged there */
+        srv(&f, "2:F");
+        base(&f, "3:l3:S"); /* moved, gone from the server */
+        if (delta) {
+            f.van[f.nvan++] = 3;
+        }
+        base(&f, "4:l4:"); /* moved, not in the delta: still there */
+        if (!delta) {
+            srv(&f, "4:");
+        }
+        static const uint32_t moved[] = {2, 3, 4};
+        f.in.moved = moved;
+        f.in.nmoved = 3;
+        struct plan *p = build(&f);
+        assert_int_equal(p->ndrops, 1);
+        assert_int_equal(p->drops[0], 3);
+        assert_int_equal(p->nserver_deletes + p->nlocal_deletes, 0);
+        assert_int_equal(p->ndownloads + p->nuploads + p->nstores + p->nlocal_flags, 0);
+        assert_null(p->error);
+        plan_free(p);
+    }
+}
+
+/* Orphans: a record without a Message-ID hash is deleted as before; one
+ * edited locally is parked with changed set (not copied back); a parked
+ * record (IDX_MSG_ORPHAN) is listed again while its file stays and
+ * dropped once it is gone; and its file is never taken for a new upload. */
+static void test_orphans(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_init(&f);
+    f.in.park_orphans = true;
+    base(&f, "1:a:S");
+    loc(&f, "a:S"); /* no hash: deleted locally */
+    base(&f, "2:b:S");
+    f.base[1].msgid_hash[3] = 7;
+    loc(&f, "b:FS"); /* flagged here since */
+    base(&f, "3:c:");
+    f.base[2].msgid_hash[3] = 8;
+    f.base[2].state = IDX_MSG_ORPHAN;
+    loc(&f, "c:");
+    base(&f, "4:d:");
+    f.base[3].msgid_hash[3] = 9;
+    f.base[3].state = IDX_MSG_ORPHAN; /* its file is gone */
+    struct plan *p = build(&f);
+    assert_null(p->error);
+    assert_int_equal(p->nlocal_deletes, 1);
+    assert_string_equal(p->local_deletes[0].lid, "a");
+    assert_int_equal(p->norphans, 2);
+    assert_string_equal(p->orphans[0].lid, "b");
+    assert_true(p->orphans[0].changed);
+    assert_false(p->orphans[0].parked);
+    assert_string_equal(p->orphans[1].lid, "c");
+    assert_false(p->orphans[1].changed);
+    assert_true(p->orphans[1].parked);
+    assert_int_equal(p->ndrops, 1);
+    assert_int_equal(p->drops[0], 4);
+    assert_int_equal(p->nuploads, 0);
+    assert_false(plan_empty(p));
+    plan_free(p);
+
+    /* Without park_orphans (a one-folder account): as before. */
+    f.in.park_orphans = false;
+    f.base[2].state = IDX_MSG_SYNCED;
+    f.base[3].state = IDX_MSG_SYNCED;
+    p = build(&f);
+    assert_int_equal(p->norphans, 0);
+    assert_int_equal(p->nlocal_deletes, 2); /* a, c */
+    assert_int_equal(p->nuploads, 1);       /* b, edited: copied back */
+    plan_free(p);
+}
+
 static void test_skips(void **state)
 {
     struct fx f;
@@ -945,6 +1091,9 @@ int main(void)
         cmocka_unit_test(test_deleted_both_sides),
         cmocka_unit_test(test_delete_edit_race),
         cmocka_unit_test(test_guard),
+        cmocka_unit_test(test_guard_ignores_moves),
+        cmocka_unit_test(test_moved_gone_from_server),
+        cmocka_unit_test(test_orphans),
         cmocka_unit_test(test_skips),
         cmocka_unit_test(test_store_grouping),
         cmocka_unit_test(test_kw_helpers),
