@@ -337,6 +337,12 @@ static void acct_new_pass(struct dacct *a)
 /* Syncs folder on the open session as soon as it can. */
 static void acct_want(struct dacct *a, const char *folder)
 {
+    if (!sync_folder_selected(a->sa, folder)) {
+        /* NOTIFY reports every personal folder; one this account does not
+         * sync is none of its business (it must not start a new pass). */
+        log_debug("%s: %s changed; not a folder this account syncs", a->ca->name, folder);
+        return;
+    }
     account_mark_dirty(a->account, folder);
     if (a->run == NULL || a->restart_after) {
         return; /* the next pass syncs every folder */

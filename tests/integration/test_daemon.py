@@ -610,7 +610,7 @@ class DaemonScenarios(DaemonFixture):
         st = json.loads(self.ms(cfg, "status", "--json").stdout)
         self.assertEqual(sorted(a["name"] for a in st["accounts"]), ["change", "keep", "new"])
         self.assertEqual(self.status(cfg, "keep")["logins"], keep_logins,
-                         "the unchanged account logged in again")
+                         "the unchanged account logged in again:\n" + d.log()[-8000:])
         self.assertIn("gone: stopped (reload)", d.log())
         self.assertEqual(len(mstest.maildir_messages(os.path.join(self.tmp, "new", "INBOX"))), 1)
         # The unchanged account still pushes.
@@ -639,7 +639,8 @@ class DaemonScenarios(DaemonFixture):
                              "unchanged": 2})
         st = self.ask("status")
         self.assertEqual(sorted(a["name"] for a in st["accounts"]), ["change", "keep"])
-        self.assertEqual(self.status(cfg, "keep")["logins"], keep_logins)
+        self.assertEqual(self.status(cfg, "keep")["logins"], keep_logins,
+                         "the unchanged account logged in again:\n" + d.log()[-8000:])
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
 
     def test_sync_by_the_daemon_reports_a_failed_folder(self):
