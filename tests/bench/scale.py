@@ -7,7 +7,9 @@ Dovecot and one machine, in one run: a report, never a pass/fail test.
              [--no-callgrind] [--seed S] [--keep]
 
 IMAP: one INBOX of --messages (100,000) small messages (at most 2 KB),
-mailsync against mbsync: first download; resync with nothing changed;
+mailsync against mbsync: first download; the first resync after it (which
+mailsync spends reading the directory its download changed, and recording
+its change times); resync with nothing changed (the steady state);
 resync after 1% of the messages' flags were changed on the server;
 resync after 1% were changed locally (mutt-style renames in cur/, the
 same messages in both tools' Maildirs); all under Dovecot's own
@@ -18,8 +20,11 @@ messages, mailsync against mpop: first download and nothing new.
 first download and nothing changed, both tools.
 
 Per run: wall time, CPU time (user + system), peak RSS (bench.measure);
-per tool: the sync state's size per message (mailsync's state directory,
-mbsync's .mbsyncstate/.uidvalidity files, mpop's UIDL file); and the
+for mailsync, whether it read INBOX's directory (its -v log says when the
+change-time shortcut spared it); every run starts at least 2 s after the
+same tool's previous one (SETTLE_S). Per tool: the sync state's size per
+message (mailsync's state directory, mbsync's .mbsyncstate/.uidvalidity
+files, mpop's UIDL file); and the
 instruction counts of the runs with nothing to do, under valgrind's
 callgrind (or perf stat, when the machine has the counters), which are
 steady on a loaded machine where times are not. The mail is written
@@ -52,6 +57,15 @@ from bench import (IMAP_PASSWORD, IMAP_USER, POP_PASSWORD, POP_USER, MailsyncIma
                    Mpop, check_imap, check_pop, fmt_mib, fmt_s, log, order, server_stats)
 
 MAX_SIZE = 2048  # "small (~2 KB) messages"
+# mailsync believes a folder's recorded cur/ and new/ change times only when
+# they were read at least 2 s after the last change (store/maildir.h,
+# MD_STAMP_SETTLE_NS; Dovecot's Maildir code waits as long). Syncs a user
+# sees are minutes apart, so every run here starts at least this long after
+# the same tool's previous run ended (the margin covers the clock reads).
+SETTLE_S = 2.1
+# What mailsync -v logs when the change-time shortcut spares a folder both
+# its directory read and its base (sync/folder.c, quiet_done).
+SHORTCUT_RE = re.compile(r"^debug: [^:]+: INBOX: unchanged on both sides, not scanned$", re.M)
 FLAG_LETTERS = {"\\Seen": "S", "\\Flagged": "F", "\\Answered": "R"}
 MILLION_FOLDERS = 50
 
@@ -98,6 +112,28 @@ def seed_maildir(d, user, folders, seed, flags=True):
                 os.lchown(os.path.join(dp, x), dovecot.MAIL_UID, dovecot.MAIL_UID)
         os.chown(home, dovecot.MAIL_UID, dovecot.MAIL_UID)
     return total
+
+
+def settled_run(tool):
+    """tool.run() (which itself waits for the next second, for mbsync),
+    started at least SETTLE_S after the tool's previous run ended; for
+    mailsync, m.inbox_scanned says whether that run read INBOX's directory
+    (False: the change-time shortcut was taken)."""
+    if tool.last_end is not None:
+        wait = tool.last_end + SETTLE_S - time.time()
+        if wait > 0:
+            time.sleep(wait)
+    m = tool.run()
+    m.inbox_scanned = None
+    if isinstance(tool, MailsyncImap):
+        m.inbox_scanned = SHORTCUT_RE.search(m.stderr) is None
+    return m
+
+
+def scanned_text(flags):
+    """"2 of 3" runs that read INBOX's directory, or "—" for a peer."""
+    known = [f for f in flags if f is not None]
+    return "%d of %d" % (sum(known), len(known)) if known else "—"
 
 
 def warm_server(d, user, folders):
@@ -208,21 +244,23 @@ def perf_works():
 
 def count_instructions(tool, use_perf):
     """Instructions of one run of tool (which must have nothing to do):
-    (count, how), or (None, why not)."""
+    (count, how, stderr), or (None, why not, stderr)."""
     argv = tool.argv()
     if use_perf:
         p = subprocess.run(["perf", "stat", "-x,", "-e", "instructions:u"] + argv, cwd=tool.dir,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         m = re.search(r"^(\d+),", p.stderr, re.M)
-        return (int(m.group(1)), "perf stat -e instructions:u") if m and p.returncode == 0 else (None, "perf failed")
+        if m and p.returncode == 0:
+            return int(m.group(1)), "perf stat -e instructions:u", p.stderr
+        return None, "perf failed", p.stderr
     if not shutil.which("valgrind"):
-        return None, "valgrind not installed"
+        return None, "valgrind not installed", ""
     p = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + argv, cwd=tool.dir,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     m = re.search(r"Collected : (\d+)", p.stderr) or re.search(r"I\s+refs:\s+([\d,]+)", p.stderr)
     if p.returncode != 0 or m is None:
-        return None, "exit %d under callgrind" % p.returncode
-    return int(m.group(1).replace(",", "")), "valgrind --tool=callgrind (all threads)"
+        return None, "exit %d under callgrind" % p.returncode, p.stderr
+    return int(m.group(1).replace(",", "")), "valgrind --tool=callgrind (all threads)", p.stderr
 
 
 def problem(m):
@@ -275,6 +313,9 @@ class ScaleBench:
         sc = self.results.setdefault(key, {"title": title, "peer": peer, "runs": collections.OrderedDict()})
         sc["runs"].setdefault(tool.name, []).append(m)
         status = "ok" if m.ok else "PROBLEM: " + problem(m)
+        scanned = getattr(m, "inbox_scanned", None)
+        if scanned is not None:
+            status += ", INBOX scanned" if scanned else ", INBOX not scanned (shortcut)"
         log("  %-44s %-8s %8s  CPU %8s  peak RSS %9s  %s"
             % (title, tool.name, fmt_s(m.wall), fmt_s(m.cpu), fmt_mib(m.maxrss_kib / 1024.0), status))
 
@@ -287,10 +328,17 @@ class ScaleBench:
             return
         use_perf = perf_works()
         for tool in tools:
-            n, how = count_instructions(tool, use_perf)
+            # Spaced as settled_run spaces the measured runs.
+            if tool.last_end is not None:
+                time.sleep(max(0.0, tool.last_end + SETTLE_S - time.time()))
+            n, how, err = count_instructions(tool, use_perf)
+            tool.last_end = time.time()
+            scanned = SHORTCUT_RE.search(err) is None if isinstance(tool, MailsyncImap) else None
             self.instructions.setdefault(key, {"title": title, "tools": collections.OrderedDict()})
-            self.instructions[key]["tools"][tool.name] = {"instructions": n, "how": how}
-            log("  %-44s %-8s %s instructions (%s)" % (title, tool.name, "{:,}".format(n) if n else "—", how))
+            self.instructions[key]["tools"][tool.name] = {"instructions": n, "how": how, "inbox_scanned": scanned}
+            log("  %-44s %-8s %s instructions (%s)%s" % (title, tool.name, "{:,}".format(n) if n else "—", how,
+                                                       "" if scanned is None else
+                                                       ", INBOX scanned" if scanned else ", INBOX not scanned"))
 
     # -- parts ------------------------------------------------------------
 
@@ -303,7 +351,7 @@ class ScaleBench:
         expect = server_stats(self.dovecot, IMAP_USER)
 
         def run(key, title, tool, expect):
-            m = tool.run()
+            m = settled_run(tool)
             check_imap(m, tool, expect)
             self.record(key, title, "mbsync", tool, m)
 
@@ -311,6 +359,14 @@ class ScaleBench:
             tool.reset()
             run("imap_first", "IMAP first download", tool, expect)
         self.state_size("imap", tools, n)
+        # mailsync's first resync after its download reads the directory
+        # whatever the timing: the download changed cur/ after the change
+        # times the index holds (a folder the download created holds none),
+        # and so does every sync after one that changed the Maildir. That
+        # run records the change times; the steady state a user sees, the
+        # next rows, then reads neither the directory nor the base.
+        for tool in tools:
+            run("imap_after_first", "IMAP first resync after the download", tool, expect)
         for rep in range(runs):
             for tool in order(tools, rep):
                 run("imap_nochange", "IMAP resync, nothing changed (QRESYNC)", tool, expect)
@@ -333,14 +389,14 @@ class ScaleBench:
             picks = rng.sample(common, max(1, round(n * 0.01)))
             renamed = {t.name: toggle_local(ids[t.name], picks) for t in tools}
             for tool in order(tools, rep):
-                m = tool.run()
+                m = settled_run(tool)
                 check_imap(m, tool, server_stats(self.dovecot, IMAP_USER))
                 self.record("imap_local1", "IMAP resync, 1% changed locally (renames)", "mbsync", tool, m)
             # Each tool's rename was pushed by it and pulled by the other
             # (the same flags, in the same direction): one more round of
             # nothing-changed settles both before the next round.
             for tool in tools:
-                tool.run()
+                settled_run(tool)
         self.notes.append("1%% locally: F toggled (mutt-style rename into cur/) on the same %d messages in "
                           "both Maildirs before each round (files renamed: %s)." % (len(picks), renamed))
         # Without CONDSTORE/QRESYNC.
@@ -349,7 +405,7 @@ class ScaleBench:
         self.dovecot.reload()
         try:
             expect = server_stats(self.dovecot, IMAP_USER)
-            m = ms.run()  # forgets the modseqs: a warm-up, not measured
+            m = settled_run(ms)  # forgets the modseqs: a warm-up, not measured
             log("  warm-up: mailsync without CONDSTORE/QRESYNC %s (%s)" % (fmt_s(m.wall), "ok" if m.ok else
                                                                          m.first_error_line()))
             for rep in range(runs):
@@ -367,13 +423,13 @@ class ScaleBench:
         tools = [ms, mp] if shutil.which("mpop") else [ms]
         for tool in tools:
             tool.reset()
-            m = tool.run()
+            m = settled_run(tool)
             check_pop(m, tool, n, n)
             self.record("pop3_first", "POP3 first download", "mpop", tool, m)
         self.state_size("pop3", tools, n)
         for rep in range(max(3, self.args.runs)):
             for tool in order(tools, rep):
-                m = tool.run()
+                m = settled_run(tool)
                 check_pop(m, tool, n, 0)
                 self.record("pop3_nothing", "POP3 nothing new", "mpop", tool, m)
         self.instr("pop3_nothing", "POP3 nothing new", tools)
@@ -392,13 +448,18 @@ class ScaleBench:
         expect = server_stats(self.dovecot, IMAP_USER)
         for tool in tools:
             tool.reset()
-            m = tool.run()
+            m = settled_run(tool)
             check_imap(m, tool, expect)
             self.record("million_first", "IMAP 1M in 50 folders: first download", "mbsync", tool, m)
         self.state_size("million", tools, per * MILLION_FOLDERS)
+        for tool in tools:  # as in part_imap: the one resync that scans after a download
+            m = settled_run(tool)
+            check_imap(m, tool, expect)
+            self.record("million_after_first", "IMAP 1M in 50 folders: first resync after the download", "mbsync",
+                        tool, m)
         for rep in range(self.args.runs):
             for tool in order(tools, rep):
-                m = tool.run()
+                m = settled_run(tool)
                 check_imap(m, tool, expect)
                 self.record("million_nochange", "IMAP 1M in 50 folders: nothing changed", "mbsync", tool, m)
 
@@ -418,6 +479,7 @@ class ScaleBench:
                     ("all_wall_s", [round(m.wall, 4) for m in ms]),
                     ("problems", [problem(m) for m in ms if not m.ok]),
                     ("failed_wall_s", [round(m.wall, 4) for m in ms if not m.ok]),
+                    ("inbox_scanned", [getattr(m, "inbox_scanned", None) for m in ms]),
                 ])
             a, b = row.get("mailsync"), row.get(sc["peer"])
             if a and b and a["wall_s"] and b["wall_s"]:
@@ -433,8 +495,10 @@ class ScaleBench:
         lines = ["# mailsync at scale (issue 13)", "",
                  "Ratios are mailsync ÷ peer (lower is better for mailsync); wall and CPU are medians, peak "
                  "RSS the largest run. Warm caches; Dovecot shares the cores.", "",
-                 "| scenario | mailsync wall | CPU | peak RSS | peer | wall | CPU | peak RSS | wall ratio | CPU ratio "
-                 "| target |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "\"INBOX scanned\": in how many of mailsync's runs it read INBOX's directory and base (the "
+                 "others took the change-time shortcut).", "",
+                 "| scenario | mailsync wall | CPU | peak RSS | INBOX scanned | peer | wall | CPU | peak RSS "
+                 "| wall ratio | CPU ratio | target |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, row in summary.items():
             a, b = row.get("mailsync") or {}, row.get(row["peer"]) or {}
             for t, v in (("mailsync", a), (row["peer"], b)):
@@ -442,9 +506,10 @@ class ScaleBench:
                     self.notes.append("%s, %s: %d of %d runs failed (wall %s): %s" % (
                         row["title"], t, v["failed"], v["runs"], ", ".join("%.2f s" % w for w in v["failed_wall_s"]),
                         "; ".join(v["problems"])))
-            lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 row["title"] + (" (some runs failed: see the notes)" if a.get("failed") or b.get("failed") else ""),
                 fmt_s(a.get("wall_s")), fmt_s(a.get("cpu_s")), fmt_mib(a.get("peak_rss_mib")),
+                scanned_text(a.get("inbox_scanned", [])),
                 row["peer"], fmt_s(b.get("wall_s")), fmt_s(b.get("cpu_s")), fmt_mib(b.get("peak_rss_mib")),
                 r(row.get("wall_ratio")), r(row.get("cpu_ratio")),
                 "≤ %.1f×" % row["target"] if row.get("target") else "—"))
@@ -460,15 +525,18 @@ class ScaleBench:
             for tool, s in tools.items():
                 lines.append("| %s | %s | %d | %.1f |" % (part, tool, s["bytes"], s["per_message"]))
         lines += ["", "## Instructions of the runs with nothing to do", "",
-                  "| scenario | tool | instructions | ratio | counted with |", "|---|---|---|---|---|"]
+                  "| scenario | tool | instructions | ratio | INBOX scanned | counted with |",
+                  "|---|---|---|---|---|---|"]
         for _key, sc in self.instructions.items():
             tools = sc["tools"]
             base = [v["instructions"] for k, v in tools.items() if k != "mailsync" and v["instructions"]]
             for tool, v in tools.items():
                 ratio = ("%.2f×" % (tools["mailsync"]["instructions"] / base[0])
                          if tool == "mailsync" and base and tools["mailsync"]["instructions"] else "")
-                lines.append("| %s | %s | %s | %s | %s |" % (sc["title"], tool, "{:,}".format(v["instructions"])
-                                                            if v["instructions"] else "—", ratio, v["how"]))
+                scanned = v.get("inbox_scanned")
+                lines.append("| %s | %s | %s | %s | %s | %s |" % (
+                    sc["title"], tool, "{:,}".format(v["instructions"]) if v["instructions"] else "—", ratio,
+                    "—" if scanned is None else "yes" if scanned else "no", v["how"]))
         lines += ["", "## Facts", ""] + ["- %s: %s" % kv for kv in self.facts.items()]
         if self.notes:
             lines += ["", "## Notes", ""] + ["- " + n for n in self.notes]
