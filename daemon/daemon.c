@@ -1131,6 +1131,9 @@ static void on_watch_event(struct imap *im, const struct imap_event *ev, void *a
     case IMAP_EV_UIDVALIDITY:
         log_debug("%s: %s changed", w->name, w->folder);
         note_announced(a, w->folder);
+        if (a->run != NULL && (ev->type == IMAP_EV_EXPUNGE || ev->type == IMAP_EV_VANISHED)) {
+            engine_note_server(a->run, w->folder, NULL, true);
+        }
         acct_want(a, w->folder);
         break;
     case IMAP_EV_STATUS:
@@ -1138,6 +1141,9 @@ static void on_watch_event(struct imap *im, const struct imap_event *ev, void *a
         if (ev->status != NULL && ev->status->folder != NULL) {
             log_debug("%s: %s changed", w->name, ev->status->folder);
             note_announced(a, ev->status->folder);
+            if (a->run != NULL) {
+                engine_note_server(a->run, ev->status->folder, ev->status, false);
+            }
             acct_want(a, ev->status->folder);
         }
         break;

@@ -454,6 +454,7 @@ static void on_run_closed(uv_handle_t *h)
         }
     }
     free(r->jobs);
+    free(r->order);
     free(r->fres);
     free(r->trash);
     listed_free(r);
@@ -468,6 +469,12 @@ static void on_run_closed(uv_handle_t *h)
     moves_orphans_free(r);
     free(r->error);
     free(r);
+}
+
+static void on_wake_closed(uv_handle_t *h)
+{
+    struct engine *r = h->data;
+    uv_close((uv_handle_t *)&r->timer, on_run_closed);
 }
 
 /* The last session ended: the deferred index writes go in, the result is
@@ -537,7 +544,7 @@ static void on_run_timer(uv_timer_t *t)
         res->kind = res->folders_transient ? SYNC_TRANSIENT : SYNC_PERMANENT;
     }
     r->done(res, r->done_arg);
-    uv_close((uv_handle_t *)&r->timer, on_run_closed);
+    uv_close((uv_handle_t *)&r->wake, on_wake_closed);
 }
 
 static void on_session_closed(uv_handle_t *h)
@@ -833,7 +840,16 @@ static void demand_reset(struct fjob *j)
      * fresh_status). */
     j->has_status = j->fresh_status;
     j->fresh_status = false;
+    j->server_lost = false; /* it goes now: the next note is news */
     j->on_demand = true;
+}
+
+static void wake_idle(struct engine *r);
+static bool status_lost(const struct idx_folder *was, const struct imap_status_info *now);
+
+static void on_wake(uv_timer_t *t)
+{
+    wake_idle(t->data);
 }
 
 /* A session waiting for folder jobs (stay_open) goes on: the next job
@@ -889,8 +905,141 @@ int engine_sync_folder(struct engine *r, const char *folder)
         xgrow(&r->demand, &r->demand_cap, r->ndemand + 1, sizeof(*r->demand));
         r->demand[r->ndemand++] = (size_t)(j - r->jobs);
     }
-    wake_idle(r);
+    if (!uv_is_active((uv_handle_t *)&r->wake)) {
+        uv_timer_start(&r->wake, on_wake, 0, 0);
+    }
     return 0;
+}
+
+void engine_note_server(struct engine *r, const char *folder, const struct imap_status_info *st,
+                        bool expunged)
+{
+    struct fjob *j = find_job(r, folder);
+    if (j == NULL || j->server_lost || r->idx == NULL) {
+        return;
+    }
+    if (expunged) {
+        j->server_lost = true;
+        return;
+    }
+    const unsigned need = IMAP_STATUS_MESSAGES | IMAP_STATUS_UIDNEXT | IMAP_STATUS_UIDVALIDITY;
+    if (st == NULL || (st->have & need) != need) {
+        return;
+    }
+    struct idx_txn *txn;
+    struct idx_folder was;
+    if (idx_begin(r->idx, false, &txn) != 0) {
+        return;
+    }
+    if (idx_folder_get(txn, j->name, &was) == 0) {
+        j->server_lost = status_lost(&was, st);
+    }
+    idx_abort(txn);
+}
+
+/* ---- STATUS where LIST-STATUS is not offered ----------------------------------------------- */
+
+/* A server without LIST-STATUS (RFC 5819) is asked STATUS of each folder
+ * the account syncs, all pipelined: one round trip for the lot. What it
+ * tells is what LIST-STATUS would have told: the order of the pass
+ * (folders that lost messages first, see struct engine's order), the
+ * folders to skip without a SELECT (with HIGHESTMODSEQ), whether more
+ * connections pay off, and renames by UIDVALIDITY. */
+struct statfill {
+    struct session *e;
+    struct listed *v;
+    size_t pending;
+    bool failed; /* the connection went: the caller's own check ends it */
+    void (*cont)(struct session *e, bool failed, void *arg);
+    void *arg;
+};
+
+struct statask {
+    struct statfill *sf;
+    size_t i;
+};
+
+static void on_fill_status(struct imap *im, const struct imap_status_info *st, void *arg)
+{
+    (void)im;
+    struct statask *q = arg;
+    struct listed *l = &q->sf->v[q->i];
+    l->status = *st;
+    l->status.folder = NULL;
+    l->has_status = (st->have & IMAP_STATUS_UIDVALIDITY) && (st->have & IMAP_STATUS_UIDNEXT) &&
+                    (st->have & IMAP_STATUS_MESSAGES);
+}
+
+static void fill_release(struct statfill *sf)
+{
+    if (--sf->pending == 0) {
+        struct session *e = sf->e;
+        bool failed = sf->failed;
+        void (*cont)(struct session *, bool, void *) = sf->cont;
+        void *cont_arg = sf->arg;
+        free(sf);
+        cont(e, failed, cont_arg);
+    }
+}
+
+static void on_fill_done(struct imap *im, const struct imap_result *res, void *arg)
+{
+    (void)im;
+    struct statask *q = arg;
+    struct statfill *sf = q->sf;
+    free(q);
+    /* A NO (the folder deleted since the LIST) leaves it without figures:
+     * its job finds out, as without STATUS. */
+    sf->failed |= res->err < 0;
+    fill_release(sf);
+}
+
+/* Asks STATUS of the folders of v (n listed) that the account syncs when
+ * the server listed them without one. Returns true when it did: cont
+ * follows once every answer is in (failed if the connection went); false
+ * when there is nothing to ask, and cont is not called. */
+static bool statuses_ask(struct session *e, struct listed *v, size_t n,
+                         void (*cont)(struct session *e, bool failed, void *arg), void *arg)
+{
+    unsigned caps = e->ro->caps(e->im);
+    if (e->ro->status == NULL || (caps & IMAP_CAP_LIST_STATUS)) {
+        return false;
+    }
+    unsigned items = IMAP_STATUS_MESSAGES | IMAP_STATUS_UIDNEXT | IMAP_STATUS_UIDVALIDITY;
+    if (caps & IMAP_CAP_CONDSTORE) {
+        items |= IMAP_STATUS_HIGHESTMODSEQ;
+    }
+    if (caps & IMAP_CAP_OBJECTID) {
+        items |= IMAP_STATUS_MAILBOXID;
+    }
+    struct statfill *sf = xcalloc(1, sizeof(*sf));
+    sf->e = e;
+    sf->v = v;
+    sf->cont = cont;
+    sf->arg = arg;
+    sf->pending = 1; /* held until every command is queued */
+    for (size_t i = 0; i < n; i++) {
+        struct listed *l = &v[i];
+        if (l->has_status || (l->attrs & (IMAP_LIST_NOSELECT | IMAP_LIST_NONEXISTENT)) ||
+            !sync_folder_selected(e->acct, l->name)) {
+            continue;
+        }
+        struct statask *q = xcalloc(1, sizeof(*q));
+        q->sf = sf;
+        q->i = i;
+        if (e->ro->status(e->im, l->name, items, on_fill_status, on_fill_done, q) < 0) {
+            free(q);
+            sf->failed = true;
+            break;
+        }
+        sf->pending++;
+    }
+    if (sf->pending == 1 && !sf->failed) {
+        free(sf);
+        return false;
+    }
+    fill_release(sf); /* cont follows the last answer (or now, if queueing failed) */
+    return true;
 }
 
 /* ---- sweeps on the open connection --------------------------------------------------------- */
@@ -959,6 +1108,8 @@ static bool sweep_same_folders(const struct engine *r, const struct sweep *sw)
     return true;
 }
 
+static void sweep_queue(struct session *e, bool failed, void *arg);
+
 static void on_sweep_done(struct imap *im, const struct imap_result *res, void *arg)
 {
     (void)im;
@@ -979,6 +1130,22 @@ static void on_sweep_done(struct imap *im, const struct imap_result *res, void *
         cb(ENGINE_SWEEP_NEW_PASS, 0, cb_arg);
         return;
     }
+    r->sweeping = true;
+    if (!statuses_ask(e, sw->v, sw->n, sweep_queue, sw)) {
+        sweep_queue(e, false, sw);
+    }
+}
+
+/* The sweep, once every folder's figures are in. */
+static void sweep_queue(struct session *e, bool failed, void *arg)
+{
+    struct sweep *sw = arg;
+    struct engine *r = sw->r;
+    r->sweeping = false;
+    if (failed || e->finished || r->closing) {
+        sweep_free(sw);
+        return;
+    }
     /* Every folder is queued, with the status just listed: one that moved
      * on neither side ends without a SELECT or a directory read (the
      * change-time shortcut), the others sync as usual. */
@@ -996,6 +1163,9 @@ static void on_sweep_done(struct imap *im, const struct imap_result *res, void *
         j->status = l->status;
         j->fresh_status =
             l->has_status && (e->selected == NULL || strcmp(e->selected, j->name) != 0);
+        if (j->fresh_status) {
+            engine_note_server(r, j->name, &l->status, false);
+        }
         if (engine_sync_folder(r, j->name) == 0) {
             queued++;
         } else {
@@ -1064,7 +1234,8 @@ void next_folder(struct session *e)
     }
     struct engine *r = e->run;
     while (r->next_job < r->njobs) {
-        struct fjob *j = &r->jobs[r->next_job++];
+        struct fjob *j = &r->jobs[r->order[r->next_job++]];
+        j->server_lost = false; /* its turn came */
         switch (j->plan->action) {
         case FOLDERPLAN_SYNC:
         case FOLDERPLAN_CREATE_LOCAL:
@@ -1149,8 +1320,16 @@ void next_folder(struct session *e)
             }
         }
         if (r->ndemand > 0) {
-            struct fjob *j = &r->jobs[r->demand[0]];
-            memmove(r->demand, r->demand + 1, --r->ndemand * sizeof(*r->demand));
+            /* A folder the server lost messages from first: a message
+             * another client moved is parked there before its new folder
+             * lists it (struct engine's order). */
+            size_t k = 0;
+            while (k < r->ndemand && !r->jobs[r->demand[k]].server_lost) {
+                k++;
+            }
+            k = k < r->ndemand ? k : 0;
+            struct fjob *j = &r->jobs[r->demand[k]];
+            memmove(r->demand + k, r->demand + k + 1, (--r->ndemand - k) * sizeof(*r->demand));
             j->queued = false;
             demand_reset(j);
             start_folder(e, j);
@@ -1264,6 +1443,8 @@ static int any_folder(const char *folder, const struct idx_folder *st, void *arg
     return 1; /* one is enough */
 }
 
+static void list_continue(struct session *e, bool failed, void *arg);
+
 static void on_list_done(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct session *e = arg;
@@ -1274,6 +1455,18 @@ static void on_list_done(struct imap *im, const struct imap_result *res, void *a
         set_error(e, SYNC_TRANSIENT, "LIST failed: %s", res->text != NULL ? res->text : "");
         finish(e);
         return;
+    }
+    if (!statuses_ask(e, e->run->listed, e->run->nlisted, list_continue, NULL)) {
+        list_continue(e, false, NULL);
+    }
+}
+
+/* on_list_done, once every folder's figures are in. */
+static void list_continue(struct session *e, bool failed, void *arg)
+{
+    (void)arg;
+    if (failed || e->finished) {
+        return; /* on_imap_error ends the session */
     }
     account_list_begin(e->account);
     for (size_t i = 0; i < e->run->nlisted; i++) {
@@ -1448,6 +1641,15 @@ static void mailboxids_adopt(struct session *e)
     free(ids);
 }
 
+/* Whether STATUS says the server lost messages the index knows of the
+ * folder: fewer than it had plus every UID given since (expunged, or moved
+ * away by another client). */
+static bool status_lost(const struct idx_folder *was, const struct imap_status_info *now)
+{
+    return was->uidvalidity != 0 && now->uidvalidity == was->uidvalidity &&
+           (uint64_t)now->messages + was->uidnext < (uint64_t)was->messages + now->uidnext;
+}
+
 /* Plans the folders from the listing kept in the run (again after renames
  * were checked on the server), and goes on: to those checks, or to the
  * folder jobs. */
@@ -1543,6 +1745,9 @@ void plan_folders(struct session *e)
             j->server_moved = !j->has_status || si->uidvalidity != st.uidvalidity ||
                               si->uidnext != st.uidnext || si->messages != st.messages ||
                               si->highestmodseq != st.highestmodseq;
+            /* Fewer messages than the index knew plus every UID given
+             * since: some were expunged (or moved away). */
+            j->server_lost = j->has_status && status_lost(&st, si);
             if (!j->has_status) {
                 j->est_new = LANE_MIN_MSGS; /* unknown: assume worth a connection */
             } else if (si->uidvalidity == st.uidvalidity && si->uidnext >= st.uidnext) {
@@ -1557,6 +1762,17 @@ void plan_folders(struct session *e)
     }
     if (ir == 0) {
         idx_abort(txn);
+    }
+    /* Sources of moves first (struct engine's order); otherwise the
+     * planner's order (INBOX, then by name). */
+    r->order = xcalloc(r->njobs + 1, sizeof(*r->order));
+    size_t no = 0;
+    for (int lost = 1; lost >= 0; lost--) {
+        for (size_t i = 0; i < r->njobs; i++) {
+            if (r->jobs[i].server_lost == (lost == 1)) {
+                r->order[no++] = i;
+            }
+        }
     }
     mailboxids_adopt(e);
     r->fres = xcalloc(r->njobs + 1, sizeof(*r->fres));
@@ -1664,6 +1880,8 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
     r->plan_out = opts->plan_out != NULL ? opts->plan_out : stdout;
     uv_timer_init(loop, &r->timer);
     r->timer.data = r;
+    uv_timer_init(loop, &r->wake);
+    r->wake.data = r;
     if (opts->account != NULL) {
         r->account = opts->account;
     } else {

@@ -143,6 +143,12 @@ void engine_cancel(struct engine *e);
  * Returns 0, -ENOENT for a folder the run does not know, -ESHUTDOWN when
  * the session is ending or ended, -EINVAL without stay_open. */
 int engine_sync_folder(struct engine *e, const char *folder);
+/* stay_open sessions: what the server said of a folder between jobs (a
+ * NOTIFY STATUS, or an EXPUNGE or VANISHED on a watcher): a folder that
+ * lost messages is synced before the others queued with it, so that a
+ * message another client moved is found as a move (no download). */
+void engine_note_server(struct engine *e, const char *folder, const struct imap_status_info *st,
+                        bool expunged);
 /* stay_open sessions: log out once the folder in progress (if any) is
  * done; queued folders are dropped; done follows. */
 void engine_close(struct engine *e);

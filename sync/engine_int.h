@@ -131,6 +131,7 @@ struct fjob {
     unsigned attrs;
     bool has_status;
     bool server_moved; /* STATUS differs from the index: it will be selected */
+    bool server_lost;  /* STATUS says messages the index knows were expunged */
     uint32_t est_new;  /* messages the server has that the index does not, as STATUS tells */
     struct imap_status_info status;
     struct engine_folder_result *res;
@@ -340,7 +341,16 @@ struct engine {
     struct fjob *jobs;
     size_t njobs, jobs_cap;
     struct strindex job_ix; /* local folder of a job -> position in jobs */
-    size_t next_job;
+    /* The order the pass takes the jobs in (indexes into jobs): folders
+     * the server lost messages from first, so that a message another
+     * client moved out of one is parked as an orphan before the job of the
+     * folder it went to lists it (sync/moves.c), whatever the names. */
+    size_t *order;
+    /* engine_sync_folder starts an idle session on the next loop turn, so
+     * that the changes one server reply announced are all queued first
+     * and the folders that lost messages go before the others. */
+    uv_timer_t wake;
+    size_t next_job; /* into order */
     struct engine_folder_result *fres;
     /* stay_open: folder jobs asked for (indexes into jobs), and the end
      * asked for. */

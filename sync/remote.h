@@ -72,6 +72,12 @@ struct remote_ops {
      * that has none: folders renamed on one side are then not carried out
      * as renames. */
     int (*rename)(struct remote *r, const char *from, const char *to, imap_done_cb done, void *arg);
+    /* STATUS of one folder (on_status once, then done). NULL for a server
+     * interface without it: the engine then knows no folder's figures
+     * before it selects it, as with a server without LIST-STATUS. */
+    int (*status)(struct remote *r, const char *folder, unsigned items,
+                  void (*on_status)(struct imap *, const struct imap_status_info *, void *),
+                  imap_done_cb done, void *arg);
     /* Reading on after a body sink returned IMAP_SINK_PAUSE (imap_resume).
      * NULL when the server never pauses (the fake delivers bodies whole):
      * the engine then never asks for a pause. */

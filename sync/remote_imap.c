@@ -53,6 +53,13 @@ static int r_list(struct remote *r,
     return imap_list(IM(r), on_folder, done, arg);
 }
 
+static int r_status(struct remote *r, const char *folder, unsigned items,
+                    void (*on_status)(struct imap *, const struct imap_status_info *, void *),
+                    imap_done_cb done, void *arg)
+{
+    return imap_status(IM(r), folder, items, on_status, done, arg);
+}
+
 static int r_select(struct remote *r, const char *folder, const struct imap_select_opts *opts,
                     imap_done_cb done, void *arg)
 {
@@ -129,6 +136,7 @@ const struct remote_ops remote_imap = {
     .qresync_enabled = r_qresync,
     .error = r_error,
     .list = r_list,
+    .status = r_status,
     .select = r_select,
     .uid_fetch = r_uid_fetch,
     .uid_search = r_uid_search,

@@ -741,6 +741,36 @@ class DaemonScenarios(DaemonFixture):
         self.assertIn(mstest.crlf_to_lf(msgs[0]),
                       [mstest.crlf_to_lf(b) for _u, _f, b in self.server("Archive")])
 
+    def test_server_move_is_a_local_move(self):
+        """Another client moves three messages Work -> Archive on the
+        server while the daemon runs (announced by NOTIFY, else found by
+        the sweep): Work, which lost them, is synced before Archive, so the
+        files are moved into Archive's Maildir under their unique names,
+        nothing is downloaded or deleted, and status counts three moves."""
+        msgs = mailgen.generate(4, seed=97, max_size=2000)
+        self.dovecot.save_many(self.user, "Work", msgs)
+        self.dovecot.save_many(self.user, "Archive", mailgen.generate(1, seed=98, max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX", "Archive", "Work"], poll_interval=2)
+        d = self.start(cfg)
+        st0 = self.wait_state(cfg, d, "idle")
+        uniq = sorted(self.unique_of("Work", mstest.crlf_to_lf(m)) for m in msgs[:3])
+        c = self.imap()
+        try:
+            c.select("Work")
+            typ, _ = c.uid("MOVE", "1:3", "Archive")
+            self.assertEqual(typ, "OK")
+        finally:
+            c.logout()
+        st = self.wait_for("the moves", lambda: (
+            lambda s: s if s["moved"] == 3 else None)(self.status(cfg)), d)
+        self.assertEqual((st["new_down"], st["deleted_down"]),
+                         (st0["new_down"], st0["deleted_down"]), d.log()[-3000:])
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assertEqual(sorted(u for u, _f, _b in self.local("Archive") if u in uniq), uniq)
+        self.assertEqual(len(self.local("Work")), 1)
+        self.assert_same("Work")
+        self.assert_same("Archive")
+
     def test_second_daemon_refused(self):
         """One daemon per state_dir: the second says which pid holds it."""
         cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
@@ -815,11 +845,11 @@ class DaemonIdleLimit(DaemonFixture, mstest.DovecotTestCase):
 
 
 class DaemonPassWithinBudget(DaemonFixture, mstest.DovecotTestCase):
-    """max_connections counts the watcher: without LIST-STATUS every sweep
-    pass takes each folder as changed and would open max_connections - 1
-    extra connections beside the session; with the watcher up, a server
-    allowing exactly max_connections (3) per user and address must never
-    see a fourth, over several passes."""
+    """max_connections counts the watcher: a pass that finds enough new
+    mail in two folders (here 40 each, before every pass) would open
+    max_connections - 1 extra connections beside the session; with the
+    watcher up, a server allowing exactly max_connections (3) per user and
+    address must never see a fourth, over several passes."""
 
     dovecot_options = dict(PROFILES["Fallback"], extra_conf=(
         "protocol imap {\n  mail_max_userip_connections = 3\n}\n"))
@@ -835,7 +865,10 @@ class DaemonPassWithinBudget(DaemonFixture, mstest.DovecotTestCase):
         self.wait_for("the watcher", lambda: self.status(cfg)["push"] == "idle", d)
         # Passes started by hand (sweeps run on the open session and open
         # no extra connection).
-        for _ in range(3):
+        for i in range(3):
+            for k, folder in enumerate(("Archive", "Work")):
+                self.dovecot.save_many(self.user, folder, mailgen.generate(
+                    40, seed=200 + 2 * i + k, max_size=1500))
             p = self.ms(cfg, "sync", "a")
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         self.assertNotIn("[LIMIT]", d.log())

@@ -219,6 +219,9 @@ class QresyncClosed(unittest.TestCase):
         p, _ = self.sync()
         self.assertEqual(p.returncode, 0, p.stderr[-3000:])
         self.boxes["B"].set_flags(4, ["\\Answered"])
+        # A's HIGHESTMODSEQ moves too (nothing else): STATUS then says it
+        # changed, so A is selected before B, as the test needs.
+        self.boxes["A"].modseq += 1
         fired = []
 
         def hook(c, tag, kind, responses):
