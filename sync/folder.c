@@ -883,9 +883,9 @@ static void fill_input(struct session *e, struct plan_input *in, struct plan_ser
     in->now = e->now;
     in->force = e->opts.force;
     in->nmoved = moves_moved_uids(e, &in->moved);
-    /* A dry run pairs nothing (it lists no Message-ID of new mail): it
-     * plans what the real run does when no pair turns up. */
-    in->park_orphans = !e->opts.dry_run && moves_pairing_pending(e);
+    /* A dry run parks them in memory only (sync/moves.c), and pairs
+     * them as the real run does. */
+    in->park_orphans = moves_pairing_pending(e);
     in->folder = f->job->name;
     in->account = e->acct->name;
 }
@@ -1110,7 +1110,7 @@ static void issue_fetch(struct session *e)
     /* Orphans wait for a pair (sync/moves.c): the new messages' Message-ID
      * comes with their listing (in the full listing's case, a listing of
      * the new UIDs of its own). */
-    bool pair = e->run->norphans > 0 && !e->opts.dry_run;
+    bool pair = moves_want_msgids(e);
     if (mb->exists == 0) {
         /* Nothing there: every known message is gone. */
         f->delta = false;
@@ -2632,12 +2632,9 @@ static void count_planned(struct session *e)
     c->new_up = (unsigned)p->nuploads;
     c->flags_down = (unsigned)p->nlocal_flags;
     c->flags_up = flags_up_count(f);
+    /* Orphans are counted where the real run counts them: as moves when
+     * paired, as deletions when the pass ends (sync/moves.c). */
     c->deleted_down = (unsigned)p->nlocal_deletes;
-    for (size_t i = 0; i < p->norphans; i++) {
-        /* Parked by an earlier run: deleted at the end of this one, as
-         * moves_orphans_expire counts it, unless edited here. */
-        c->deleted_down += !p->orphans[i].changed;
-    }
     c->deleted_up = (unsigned)p->nserver_deletes;
     size_t nsk;
     struct skip_ent *sk = next_skips(f, &nsk);
@@ -2882,6 +2879,7 @@ static void plan_folder(struct session *e)
     if (e->opts.dry_run) {
         plan_print(f->plan, f->job->name, e->plan_out);
         count_planned(e);
+        moves_park_orphans(e); /* in memory: the folders after it pair them */
     }
 }
 

@@ -923,7 +923,7 @@ void moves_park_orphans(struct session *e)
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
     struct engine *r = e->run;
-    if (p == NULL || p->norphans == 0 || e->opts.dry_run) {
+    if (p == NULL || p->norphans == 0) {
         return;
     }
     f->parked = true;
@@ -957,7 +957,7 @@ void moves_park_orphans(struct session *e)
         o->changed = po->changed;
         o->gone = false;
     }
-    if (n > 0) {
+    if (n > 0 && !e->opts.dry_run) {
         struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = n};
         if (idx_apply(e, &o) == 0) {
             log_info("%s: %s: %zu message%s gone from the server kept locally for now: moved to "
@@ -973,11 +973,62 @@ static int u32_bsearch_cmp(const void *a, const void *b)
     return u32_cmp(a, b);
 }
 
+bool moves_want_msgids(const struct session *e)
+{
+    const struct fstate *f = e->f;
+    if (e->run->norphans > 0) {
+        return true;
+    }
+    /* A message of the base gone from the server may be back under a new
+     * UID (moved out and back by another client, or parked by a run that
+     * was killed): with QRESYNC the SELECT said what vanished; without, the
+     * expunges are known with the listing, so any known message counts. */
+    for (size_t i = 0; i < f->nbase; i++) {
+        if (f->base[i].uid != 0 &&
+            (f->base[i].state == IDX_MSG_ORPHAN || !f->delta || !f->qresync)) {
+            return true;
+        }
+    }
+    return f->nvanished > 0;
+}
+
+/* The records of the folder whose UID the server lost while the file stays
+ * (indexes into f->base, the first nbase of them): they may be back under
+ * a new UID. Computed once per folder sync, when a new message with a
+ * Message-ID is listed. */
+static size_t *lost_rows(struct fstate *f, size_t nbase, size_t *n_r)
+{
+    size_t nref = f->delta ? f->nvanished : f->nsmsgs;
+    uint32_t *ref = xcalloc(nref + 1, sizeof(*ref));
+    for (size_t i = 0; i < nref; i++) {
+        ref[i] = f->delta ? f->vanished[i] : f->smsgs[i].uid;
+    }
+    qsort(ref, nref, sizeof(*ref), u32_cmp);
+    static const uint8_t zero[16];
+    size_t *v = NULL, n = 0, cap = 0;
+    for (size_t k = 0; k < nbase; k++) {
+        const struct idx_msg *b = &f->base[k];
+        if (b->uid == 0 || (b->state != IDX_MSG_SYNCED && b->state != IDX_MSG_ORPHAN) ||
+            memcmp(b->msgid_hash, zero, sizeof(zero)) == 0 || f->scan == NULL ||
+            md_scan_find(f->scan, b->lid) == NULL) {
+            continue;
+        }
+        bool listed = bsearch(&b->uid, ref, nref, sizeof(*ref), u32_bsearch_cmp) != NULL;
+        if (listed == f->delta) { /* in VANISHED, or missing from the full listing */
+            xgrow(&v, &cap, n + 1, sizeof(*v));
+            v[n++] = k;
+        }
+    }
+    free(ref);
+    *n_r = n;
+    return v;
+}
+
 void moves_pair_server(struct session *e)
 {
     struct fstate *f = e->f;
     struct engine *r = e->run;
-    if (r->norphans == 0 || f->md == NULL || e->opts.dry_run) {
+    if (f->md == NULL || !moves_want_msgids(e)) {
         return;
     }
     uint32_t *known = xcalloc(f->nbase + 1, sizeof(*known));
@@ -990,6 +1041,7 @@ void moves_pair_server(struct session *e)
     md_folder_local_path(e->acct->maildir, e->acct->layout, f->job->name, &dst);
     struct plan_local_msg *extra = NULL;
     size_t nextra = 0, extra_cap = 0;
+    size_t *lost = NULL, nlost = 0;
     for (size_t i = 0; i < f->nsmsgs && dst != NULL; i++) {
         struct smsg *s = &f->smsgs[i];
         if (s->msgid == NULL || s->size == 0 ||
@@ -1000,6 +1052,43 @@ void moves_pair_server(struct session *e)
         msgfacts_msgid_hash(s->msgid, h);
         static const uint8_t zero[16];
         if (memcmp(h, zero, sizeof(h)) == 0) {
+            continue;
+        }
+        /* Back in this folder: the record is keyed anew with the base it
+         * had, so the planner merges both sides' flag changes three-way;
+         * nothing moves, nothing is downloaded, nothing deleted. */
+        if (lost == NULL) {
+            lost = lost_rows(f, nbase0, &nlost);
+            lost = lost != NULL ? lost : xcalloc(1, sizeof(*lost));
+        }
+        struct idx_msg *own = NULL;
+        for (size_t k = 0; k < nlost && own == NULL; k++) {
+            struct idx_msg *b = &f->base[lost[k]];
+            if (b->size == s->size && memcmp(b->msgid_hash, h, sizeof(h)) == 0) {
+                own = b;
+                lost[k] = lost[--nlost]; /* one new UID each */
+            }
+        }
+        if (own != NULL) {
+            struct orphan *mine = find_orphan(r, f->job->name, own->uid);
+            if (mine != NULL) {
+                mine->gone = true; /* registered by an earlier job: not to expire */
+            }
+            struct idx_msg rec = *own;
+            rec.uid = s->uid;
+            rec.state = IDX_MSG_SYNCED;
+            struct idx_ops io = {.folder = f->job->name, .puts = &rec, .nputs = 1};
+            if (e->opts.dry_run) {
+                fprintf(e->plan_out,
+                        "%s: keep local %s (back on the server under uid %u: not downloaded)\n",
+                        f->job->name, rec.lid, (unsigned)rec.uid);
+            } else if (idx_apply(e, &io) < 0) {
+                break;
+            } else {
+                log_info("%s: %s: %s back on the server under UID %u: file kept, not downloaded",
+                         e->acct->name, f->job->name, rec.lid, (unsigned)rec.uid);
+            }
+            *own = rec;
             continue;
         }
         struct orphan *o = NULL;
@@ -1041,7 +1130,7 @@ void moves_pair_server(struct session *e)
         plan_kw_format(&pk, rec.keywords, sizeof(rec.keywords));
         plan_kw_free(&pk);
         struct idx_ops io = {.folder = f->job->name, .puts = &rec, .nputs = 1};
-        if (idx_apply(e, &io) < 0) {
+        if (!e->opts.dry_run && idx_apply(e, &io) < 0) {
             free(src);
             break;
         }
@@ -1054,7 +1143,16 @@ void moves_pair_server(struct session *e)
             (void)md_find_ids(src, (const char *const[]){o->rec.lid}, 1, (bool[]){false}, &cur);
             merged = (cur & (cur ^ base)) | (merged & ~(cur ^ base));
         }
-        int mr = md_move_between(src, dst, o->rec.lid, merged, kw, false, &lflags);
+        int mr = 0;
+        if (e->opts.dry_run) {
+            /* What the real run does, said and counted, nothing done. */
+            fprintf(e->plan_out,
+                    "%s: move local %s here from %s (moved on the server by another client: "
+                    "not downloaded)\n",
+                    f->job->name, o->rec.lid, o->folder);
+        } else {
+            mr = md_move_between(src, dst, o->rec.lid, merged, kw, false, &lflags);
+        }
         free(src);
         if (mr < 0) {
             /* Not moved: the intent is forgotten by the next run (no file
@@ -1073,11 +1171,13 @@ void moves_pair_server(struct session *e)
             {.folder = f->job->name, .puts = &rec, .nputs = 1},
         };
         o->gone = true;
-        if (idx_apply_many(e, ops, 2) < 0) {
-            break;
+        if (!e->opts.dry_run) {
+            if (idx_apply_many(e, ops, 2) < 0) {
+                break;
+            }
+            log_info("%s: %s moved from %s to %s on the server: file moved, not downloaded",
+                     e->acct->name, o->rec.lid, o->folder, f->job->name);
         }
-        log_info("%s: %s moved from %s to %s on the server: file moved, not downloaded",
-                 e->acct->name, o->rec.lid, o->folder, f->job->name);
         fcounts(e)->moved++;
         xgrow(&f->base, &f->base_cap, f->nbase + 1, sizeof(*f->base));
         f->base[f->nbase++] = rec;
@@ -1087,6 +1187,7 @@ void moves_pair_server(struct session *e)
     }
     free(dst);
     free(known);
+    free(lost);
     if (nextra > 0) {
         /* The moved files, in the planner's local view (the scan predates
          * them): with the base above, the plan sends up what the file
@@ -1118,7 +1219,23 @@ void moves_orphans_expire(struct session *e)
     struct engine *r = e->run;
     for (size_t i = 0; i < r->norphans; i++) {
         struct orphan *o = &r->orphans[i];
-        if (!o->gone && !e->opts.dry_run) {
+        if (!o->gone && e->opts.dry_run) {
+            /* Said and counted as the real run does it below. */
+            struct fjob *j = find_job(r, o->folder);
+            if (o->changed) {
+                fprintf(e->plan_out,
+                        "%s: keep local %s (uid %u gone from the server, in no other folder, "
+                        "changed here): uploaded again by the next run\n",
+                        o->folder, o->rec.lid, (unsigned)o->rec.uid);
+            } else {
+                fprintf(e->plan_out,
+                        "%s: delete local %s (uid %u gone from the server, in no other folder)\n",
+                        o->folder, o->rec.lid, (unsigned)o->rec.uid);
+            }
+            if (!o->changed && j != NULL) {
+                j->res->counts.deleted_down++;
+            }
+        } else if (!o->gone) {
             char *path = NULL;
             struct fjob *j = find_job(r, o->folder);
             int rr = md_folder_local_path(e->acct->maildir, e->acct->layout, o->folder, &path);
@@ -1131,7 +1248,10 @@ void moves_orphans_expire(struct session *e)
             if (rr == 0 || rr == -ESTALE) {
                 if (idx_write(e->idx, drop_orphan_fn, o) == 0 && rr == 0 && !o->changed &&
                     j != NULL) {
+                    /* The job's result, and the account's counts (its job
+                     * ended before this). */
                     j->res->counts.deleted_down++;
+                    account_totals(e->account)->deleted_down++;
                 }
             }
             log_info("%s: %s: %s gone from the server and found in no other folder: %s",

@@ -93,8 +93,13 @@ bool moves_pairing_pending(const struct session *e);
  * folder with the run. */
 void moves_park_orphans(struct session *e);
 /* Before the plan: pairs the folder's new server messages with the run's
- * orphans of other folders, moving the files in. */
+ * orphans of other folders, moving the files in, and with the folder's
+ * own records whose UID the server lost (a message moved out and back:
+ * the record takes the new UID, the file stays). */
 void moves_pair_server(struct session *e);
+/* Whether the listing of the folder's new messages fetches their
+ * Message-ID for moves_pair_server (after SELECT, before the listing). */
+bool moves_want_msgids(const struct session *e);
 /* At the end of a pass or burst: deletes the orphans left. e->f may be
  * NULL. */
 void moves_orphans_expire(struct session *e);

@@ -1022,9 +1022,11 @@ void plan_print(const struct plan *p, const char *folder, FILE *fp)
                     "again by the next run unless another folder's new message pairs with it\n",
                     folder, o->lid, (unsigned)o->uid);
         } else {
+            /* Not "delete local": whether it is deleted is said when the
+             * run knows (sync/moves.c: a move, or the deletion). */
             fprintf(fp,
-                    "%s: delete local %s (uid %u gone from the server) at the end of the run "
-                    "unless another folder's new message pairs with it\n",
+                    "%s: park local %s (uid %u gone from the server): deleted at the end of the "
+                    "run unless another folder's new message pairs with it\n",
                     folder, o->lid, (unsigned)o->uid);
         }
     }

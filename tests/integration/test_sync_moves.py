@@ -302,6 +302,89 @@ class ServerMoveScenarios(MoveFixture):
         self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
                       p.stdout)
 
+    def test_server_move_destination_first(self):
+        """Moved Work -> Archive by another client: Archive comes before
+        Work by name, yet Work (which lost messages, as STATUS tells) is
+        synced first, so its messages are parked and Archive's job pairs
+        them: no body downloaded, nothing deleted, a second run quiet."""
+        cfg = self.seed({"INBOX": [(50, "")], "Archive": [(100, "")],
+                         "Work": [(i, "\\Seen" if i % 2 else "") for i in range(6)]})
+        moved = [0, 1, 2, 3]
+        uniq = self.uniques("Work", moved)
+        self.server_move("Work", "Archive", moved)
+        p = self.sync(cfg, trace=True)
+        self.assertNotRegex(p.stderr, r"C: \S+ UID FETCH \S+ \([^)]*BODY\.PEEK\[\]")
+        self.assertIn("4 moved between folders", p.stdout)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted", p.stdout)
+        for f in ("Work", "Archive"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        loc = self.local_numbers("Archive")
+        self.assertEqual(sorted(loc), moved + [100])
+        self.assertEqual([loc[i][0] for i in moved], uniq)
+        self.assertEqual(self.server_flags("Archive"), {0: "", 1: "S", 2: "", 3: "S", 100: ""})
+        self.assertEqual(sorted(self.local_numbers("Work")), [4, 5])
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+
+    def test_dry_run_lists_server_moves(self):
+        """--dry-run of messages another client moved (three INBOX -> Work,
+        one expunged): it says "move local ... here from INBOX" for each
+        moved message and "delete" for the expunged one, counts them as
+        the real run then does, and changes nothing (a second dry run says
+        the same, the files are still in INBOX)."""
+        cfg = self.seed({"INBOX": [(i, "") for i in range(6)], "Work": [(100, "")]})
+        uniq = self.uniques("INBOX", [0, 1, 2])
+        gone = self.uniques("INBOX", [5])[0]
+        self.server_move("INBOX", "Work", [0, 1, 2])
+        uid = [x for x, _f, b in self.server("INBOX") if b"move 5\r\n" in b][0]
+        self.expunge("INBOX", [uid])
+        before = sorted(self.local_numbers("INBOX"))
+        dry = [self.sync(cfg, "--dry-run") for _ in range(2)]
+        self.assertEqual(dry[0].stdout, dry[1].stdout)
+        moves = re.findall(r"^Work: move local (\S+) here from INBOX ", dry[0].stdout, re.M)
+        self.assertEqual(sorted(moves), sorted(uniq))
+        self.assertRegex(dry[0].stdout, r"(?m)^INBOX: delete local %s \(uid \d+ gone from the "
+                         r"server, in no other folder\)$" % re.escape(gone))
+        self.assertNotIn("download uid", dry[0].stdout)
+        self.assertEqual(sorted(self.local_numbers("INBOX")), before)
+        summary = re.search(r"(?m)^(a: .*?)(?: \(dry run: nothing changed\))?$",
+                            dry[0].stdout).group(1)
+        self.assertIn("\u2193 0 new, 0 flags, 1 deleted", summary)
+        self.assertIn("3 moved between folders", summary)
+        p = self.sync(cfg)
+        self.assertEqual(re.search(r"(?m)^a: .*$", p.stdout).group(0), summary)
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+
+    def test_moved_out_and_back_while_flagged_here(self):
+        """Another client moves a message out of INBOX and back (a new
+        UID) and answers it, while the user flagged it here: the record
+        takes the new UID, the file stays (no body downloaded, nothing
+        uploaded or deleted), and both flag changes are on both sides,
+        once."""
+        cfg = self.seed({"INBOX": [(1, ""), (2, "")], "Work": [(100, "")]})
+        u = self.uniques("INBOX", [1])[0]
+        self.set_local_flags("INBOX", u, "F")
+        self.server_move("INBOX", "Work", [1])
+        self.server_move("Work", "INBOX", [1])
+        uid = [x for x, _f, b in self.server("INBOX") if b"move 1\r\n" in b][0]
+        self.store("INBOX", uid, "+FLAGS", "\\Answered")
+        p = self.sync(cfg, trace=True)
+        self.assertNotRegex(p.stderr, r"C: \S+ UID FETCH \S+ \([^)]*BODY\.PEEK\[\]")
+        self.assertIn("\u2193 0 new, 1 flags, 0 deleted; \u2191 0 new, 1 flags, 0 deleted",
+                      p.stdout)
+        for f in ("INBOX", "Work"):
+            self.assert_same(f)
+            self.assert_no_duplicates(f)
+        self.assertEqual(self.server_flags("INBOX"), {1: "FR", 2: ""})
+        self.assertEqual(self.local_numbers("INBOX")[1][0], u)
+        p = self.sync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+
     def test_server_move_then_local_delete(self):
         """Moved on the server while the user deleted the file locally: the
         message stays in the destination on both sides (the move is newer
