@@ -248,6 +248,29 @@ class DaemonScenarios(DaemonFixture):
         self.assert_same("Archive")
         self.assert_same("Projects")
 
+    def test_notify_of_a_folder_not_synced_is_ignored(self):
+        """NOTIFY reports every personal folder; a change in one the
+        account does not sync (Archive, with folders: [INBOX]) starts no
+        pass and no login (it once started a new pass each time), and
+        nothing of it comes down; INBOX still pushes."""
+        if not self.has_notify():
+            self.skipTest("this profile hides NOTIFY")
+        self.dovecot.save_many(self.user, "Archive", mailgen.generate(1, seed=85, max_size=2000))
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        self.wait_for("NOTIFY in use", lambda: self.status(cfg)["push"] == "notify", d)
+        st0 = self.status(cfg)
+        self.dovecot.save_many(self.user, "Archive", mailgen.generate(2, seed=86, max_size=2000))
+        time.sleep(1.5)  # past Dovecot's NOTIFY delay: the Archive STATUS has come
+        self.dovecot.save_many(self.user, "INBOX", mailgen.generate(1, seed=87, max_size=2000))
+        self.wait_for("the INBOX push", lambda: len(self.local("INBOX")) == 1, d)
+        st = self.wait_state(cfg, d, "idle")
+        self.assertEqual((st["passes"], st["logins"]), (st0["passes"], st0["logins"]),
+                         d.log()[-3000:])
+        self.assertFalse(os.path.exists(self.folder_dir("Archive")))
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+
     def test_silent_notify_falls_back_to_idle(self):
         """A server that accepts NOTIFY and then announces nothing (a proxy
         turns the watcher's NOTIFY SET into a NOOP): the sweeps find new
