@@ -38,6 +38,7 @@ def lanes(n):
 
 
 class LaneScenarios:
+    condstore = True
     def quiet(self, n):
         """The connections of a run that has at most a few new messages,
         whatever max_connections (n) allows: one (LIST-STATUS, or STATUS
@@ -247,8 +248,16 @@ class LaneScenarios:
         # a#2's first folder is Work, the job after Archive/2023's: a
         # connection passes folders it does not sync on its way to the next
         # one, so a#2 is the one that met Archive/2023.
-        self.assertEqual([line.split(" ")[2] for n, line in seen
-                          if n == 2 and re.match(r"\S+ SELECT ", line)][:1], ["Work"], out)
+        # Without CONDSTORE quiet folders are selected too (Drafts, Junk...
+        # come between): a#2's first SELECT is then not Work, but it still
+        # came after Archive/2023 in the job order.
+        firsts = [line.split(" ")[2] for n, line in seen
+                  if n == 2 and re.match(r"\S+ SELECT ", line)][:1]
+        self.assertEqual(len(firsts), 1, out)
+        if self.condstore:
+            self.assertEqual(firsts, ["Work"], out)
+        else:
+            self.assertGreater(firsts[0], "Archive/2023", out)
         self.assertNotIn("SELECT " + self.UNSUBSCRIBED, " ".join(line for _n, line in seen))
         self.assertNotIn("deleted on the server", r.stdout + r.stderr)
         self.assertEqual(self.dovecot.fetch_all(user, self.UNSUBSCRIBED), before)
@@ -298,6 +307,7 @@ class LanesCondstore(LaneScenarios, mstest.DovecotTestCase):
 
 class LanesFallback(LaneScenarios, mstest.DovecotTestCase):
     dovecot_options = {"imap_capability": FALLBACK_CAPS}
+    condstore = False
 
 
 class RefusedExtraConnection(mstest.DovecotTestCase):
