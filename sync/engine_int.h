@@ -236,8 +236,12 @@ struct fstate {
     bool dl_flushed;            /* a batch of this folder was committed */
     struct flush_job *flushing; /* a batch on the thread pool (flush_work) */
     bool reading;               /* local files read on the thread pool (rematch) */
-    bool advance_after_flush;   /* folder_advance waits for it */
-    bool dl_paused;             /* reading stopped until the batch in flight is durable */
+    /* The index side (st, base, intents, skip lists) was read on the
+     * thread pool with the scan; base_rc is that read's result. */
+    bool base_read;
+    int base_rc;
+    bool advance_after_flush; /* folder_advance waits for it */
+    bool dl_paused;           /* reading stopped until the batch in flight is durable */
     size_t dl_next;
     struct dl **batch;
     size_t nbatch, batch_cap;

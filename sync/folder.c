@@ -255,9 +255,8 @@ void fstate_free(struct fstate *f)
  * changed messages, keep skipping them (a flag change on one must not
  * download it) and report them on every run. */
 /* Reads the folder's skip list; a missing or malformed value is none. */
-static void skips_load(struct session *e, struct idx_txn *txn)
+static void skips_load(struct fstate *f, struct idx_txn *txn)
 {
-    struct fstate *f = e->f;
     f->nskips = skiplist_load(txn, f->job->name, &f->skips, &f->skip_uv);
     f->skips_cap = f->nskips;
 }
@@ -559,7 +558,7 @@ static bool local_quiet(struct session *e)
     }
     if (quiet) {
         f->st = st;
-        skips_load(e, txn);
+        skips_load(f, txn);
     }
     idx_abort(txn);
     return quiet;
@@ -582,19 +581,28 @@ static void quiet_done(struct session *e)
 struct scan_job {
     uv_work_t req;
     struct session *e;
+    struct fstate *f;
+    struct idx *idx;
     struct md_scan *scan;
     int r;
     bool clean;
     time_t now;
 };
 
+static int base_read(struct idx *idx, struct fstate *f);
+
 static void scan_work(uv_work_t *req)
 {
     struct scan_job *j = req->data;
-    struct md_folder *md = j->e->f->md;
+    struct md_folder *md = j->f->md;
     j->r = md_scan(md, &j->scan);
     if (j->r == 0 && j->clean) {
         md_clean_tmp(md, j->now);
+    }
+    if (j->r == 0 && j->idx != NULL) {
+        /* The loop leaves f alone while it is read (fstate.reading). */
+        j->f->base_rc = base_read(j->idx, j->f);
+        j->f->base_read = true;
     }
 }
 
@@ -633,6 +641,10 @@ static void scan_start(struct session *e)
     struct scan_job *j = xcalloc(1, sizeof(*j));
     j->req.data = j;
     j->e = e;
+    j->f = e->f;
+    /* A lazy folder's state is read already (local_quiet): its scan
+     * comes after the SELECT, and start_folder_scanned reads the rest. */
+    j->idx = e->f->selected ? NULL : e->idx;
     j->clean = !e->opts.dry_run;
     j->now = e->now;
     e->f->reading = true;
@@ -694,15 +706,17 @@ static int folder_prepare(struct session *e)
 
 /* The index's side of a folder about to be synced: its state, base,
  * intents and skip lists. */
-static int folder_prepare_index(struct session *e)
+/* Reads the folder's state, base and skip lists from the index into f.
+ * Touches nothing but f and the index: it runs on the thread pool after
+ * the scan (a base of 100,000 records is too long a read for the loop
+ * thread), or on the loop when there was no scan. */
+static int base_read(struct idx *idx, struct fstate *f)
 {
-    struct fstate *f = e->f;
     struct fjob *j = f->job;
     int r;
     struct idx_txn *txn;
-    r = idx_begin(e->idx, false, &txn);
+    r = idx_begin(idx, false, &txn);
     if (r < 0) {
-        folder_fail_idx(e, r);
         return r;
     }
     r = idx_folder_get(txn, j->name, &f->st);
@@ -717,13 +731,22 @@ static int folder_prepare_index(struct session *e)
             xgrow(&f->base, &f->base_cap, n, sizeof(*f->base));
         }
         r = idx_msg_walk(txn, j->name, load_base, f);
-        skips_load(e, txn);
+        skips_load(f, txn);
     }
     /* Kept apart from the folder state: a first run that failed still
      * remembers the files it left out. */
     f->nlskips = skiplist_local_load(txn, j->name, &f->lskips);
     f->lskips_cap = f->nlskips;
     idx_abort(txn);
+    return r;
+}
+
+static int folder_prepare_index(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct fjob *j = f->job;
+    int r = f->base_read ? f->base_rc : base_read(e->idx, f);
+    f->base_read = false; /* a lazy folder's later scan reads it afresh */
     if (r < 0) {
         folder_fail_idx(e, r);
         return r;
