@@ -2835,11 +2835,12 @@ static int assign_letters(struct session *e)
     return r;
 }
 
-static void plan_folder(struct session *e)
+/* Everything before plan_build: the server side completed, the base
+ * settled, keyword letters assigned, server moves paired, the planner's
+ * input filled. False when the folder failed (nothing to plan). */
+static bool plan_prepare(struct session *e, struct plan_input *in, struct plan_server_msg **sm)
 {
     struct fstate *f = e->f;
-    struct plan_input in;
-    struct plan_server_msg *sm;
     if (!f->delta && f->mb.exists == 0) {
         f->nsmsgs = 0;
     }
@@ -2885,12 +2886,17 @@ static void plan_folder(struct session *e)
     if (!e->opts.dry_run && f->md != NULL && (ar = assign_letters(e)) < 0) {
         /* Nothing planned, nothing changed: the next run tries again. */
         folder_fail_md(e, ar);
-        return;
+        return false;
     }
     moves_pair_server(e);
-    fill_input(e, &in, &sm);
-    f->plan = plan_build(&in);
-    free(sm);
+    fill_input(e, in, sm);
+    return true;
+}
+
+/* Everything after plan_build. */
+static void plan_finish(struct session *e)
+{
+    struct fstate *f = e->f;
     drop_empty_uploads(e);
     moves_filter_plan(e);
     if (!e->opts.dry_run) {
@@ -2904,6 +2910,100 @@ static void plan_folder(struct session *e)
         count_planned(e);
         moves_park_orphans(e); /* in memory: the folders after it pair them */
     }
+}
+
+static void plan_folder(struct session *e)
+{
+    struct plan_input in;
+    struct plan_server_msg *sm;
+    if (plan_prepare(e, &in, &sm)) {
+        e->f->plan = plan_build(&in);
+        free(sm);
+        plan_finish(e);
+    }
+}
+
+/* plan_build runs on the thread pool: at 100,000 messages it takes a few
+ * hundred milliseconds the loop thread (every other account's connections
+ * and timers) must not wait for. Small folders go the same way (the
+ * hand-off costs tens of microseconds), so that one path is the tested
+ * one. */
+struct plan_job {
+    uv_work_t req;
+    struct session *e;
+    struct plan_input in;
+    struct plan_server_msg *sm;
+    struct plan *plan;
+    void (*cont)(struct session *e);
+};
+
+static void plan_work(uv_work_t *req)
+{
+    struct plan_job *j = req->data;
+    /* plan_build reads the listing, base and local view, which the loop
+     * leaves alone while the folder waits (fstate.reading; the listing is
+     * complete, so server data goes to note_dirty), and calls kw_ok,
+     * which only reads the folder's keyword table. */
+    j->plan = plan_build(&j->in);
+}
+
+static void plan_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct plan_job *j = req->data;
+    struct session *e = j->e;
+    struct fstate *f = e->f;
+    void (*cont)(struct session *) = j->cont;
+    f->reading = false;
+    f->plan = j->plan;
+    free(j->sm);
+    free(j);
+    if (e->finished) {
+        if (e->teardown_pending) {
+            finish_teardown(e);
+        }
+        return;
+    }
+    plan_finish(e);
+    cont(e);
+}
+
+/* plan_folder, then cont (also when the folder failed before a plan). */
+static void plan_folder_then(struct session *e, void (*cont)(struct session *e))
+{
+    struct plan_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->cont = cont;
+    if (!plan_prepare(e, &j->in, &j->sm)) {
+        free(j);
+        cont(e);
+        return;
+    }
+    e->f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, plan_work, plan_done) == 0) {
+        return;
+    }
+    plan_work(&j->req);
+    plan_done(&j->req, 0);
+}
+
+/* The folder's changes carried out, once planned. */
+static void after_plan(struct session *e)
+{
+    struct fstate *f = e->f;
+    /* An index that cannot take the settled rows (settle_base) cannot
+     * take this run's changes either. */
+    if (e->opts.dry_run || f->md == NULL || f->failed) {
+        folder_end(e);
+        return;
+    }
+    apply_local(e);
+    if (f->failed) {
+        folder_end(e);
+        return;
+    }
+    apply_server(e);
 }
 
 static void folder_end(struct session *e)
@@ -2985,19 +3085,7 @@ static void folder_advance(struct session *e)
             folder_end(e);
             return;
         }
-        plan_folder(e);
-        /* An index that cannot take the settled rows (settle_base) cannot
-         * take this run's changes either. */
-        if (e->opts.dry_run || f->md == NULL || f->failed) {
-            folder_end(e);
-            return;
-        }
-        apply_local(e);
-        if (f->failed) {
-            folder_end(e);
-            return;
-        }
-        apply_server(e);
+        plan_folder_then(e, after_plan);
         return;
     case FP_APPLY_SERVER:
         /* The STOREs answered: their new base goes in before the downloads. */
