@@ -988,9 +988,11 @@ static void on_fill_done(struct imap *im, const struct imap_result *res, void *a
     struct statask *q = arg;
     struct statfill *sf = q->sf;
     free(q);
-    /* A NO (the folder deleted since the LIST) leaves it without figures:
-     * its job finds out, as without STATUS. */
-    sf->failed |= res->err < 0;
+    /* A NO (the folder deleted since the LIST), or a STATUS the client
+     * refused to send (a name it cannot give this server), leaves it
+     * without figures: its job finds out, as without STATUS. Only a dead
+     * connection fails the lot (on_imap_error ends the session). */
+    sf->failed |= res->err < 0 && !refused_locally(sf->e, res);
     fill_release(sf);
 }
 
@@ -1324,10 +1326,13 @@ void next_folder(struct session *e)
              * another client moved is parked there before its new folder
              * lists it (struct engine's order). */
             size_t k = 0;
-            while (k < r->ndemand && !r->jobs[r->demand[k]].server_lost) {
+            while (!r->jumped && k < r->ndemand && !r->jobs[r->demand[k]].server_lost) {
                 k++;
             }
-            k = k < r->ndemand ? k : 0;
+            k = k < r->ndemand && !r->jumped ? k : 0;
+            /* One that jumped the queue lets the head go next: a folder
+             * that loses mail during each of its syncs starves no other. */
+            r->jumped = k > 0;
             struct fjob *j = &r->jobs[r->demand[k]];
             memmove(r->demand + k, r->demand + k + 1, (--r->ndemand - k) * sizeof(*r->demand));
             j->queued = false;

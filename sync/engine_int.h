@@ -354,6 +354,7 @@ struct engine {
      * that the changes one server reply announced are all queued first
      * and the folders that lost messages go before the others. */
     uv_timer_t wake;
+    bool jumped;     /* the last demand job taken jumped the queue (server_lost) */
     size_t next_job; /* into order */
     struct engine_folder_result *fres;
     /* stay_open: folder jobs asked for (indexes into jobs), and the end

@@ -1004,6 +1004,15 @@ static size_t *lost_rows(struct fstate *f, size_t nbase, size_t *n_r)
         ref[i] = f->delta ? f->vanished[i] : f->smsgs[i].uid;
     }
     qsort(ref, nref, sizeof(*ref), u32_cmp);
+    /* A delta's listed UIDs: a record may be in VANISHED (a CONDSTORE
+     * search of the recorded range misses records written past the
+     * recorded UIDNEXT by a killed run) while the listing has it. */
+    size_t nnow = f->delta ? f->nsmsgs : 0;
+    uint32_t *now = xcalloc(nnow + 1, sizeof(*now));
+    for (size_t i = 0; i < nnow; i++) {
+        now[i] = f->smsgs[i].uid;
+    }
+    qsort(now, nnow, sizeof(*now), u32_cmp);
     static const uint8_t zero[16];
     size_t *v = NULL, n = 0, cap = 0;
     for (size_t k = 0; k < nbase; k++) {
@@ -1014,12 +1023,21 @@ static size_t *lost_rows(struct fstate *f, size_t nbase, size_t *n_r)
             continue;
         }
         bool listed = bsearch(&b->uid, ref, nref, sizeof(*ref), u32_bsearch_cmp) != NULL;
-        if (listed == f->delta) { /* in VANISHED, or missing from the full listing */
+        if (bsearch(&b->uid, now, nnow, sizeof(*now), u32_bsearch_cmp) != NULL) {
+            continue; /* on the server */
+        }
+        /* In VANISHED, or missing from the full listing. An orphan's UID
+         * is gone for good (UIDs are not reused) even when QRESYNC's
+         * VANISHED no longer names it: it vanished before the recorded
+         * HIGHESTMODSEQ (a run killed after the folder's state went in,
+         * or an earlier job of a run that stays open). */
+        if (b->state == IDX_MSG_ORPHAN || listed == f->delta) {
             xgrow(&v, &cap, n + 1, sizeof(*v));
             v[n++] = k;
         }
     }
     free(ref);
+    free(now);
     *n_r = n;
     return v;
 }
@@ -1042,6 +1060,14 @@ void moves_pair_server(struct session *e)
     struct plan_local_msg *extra = NULL;
     size_t nextra = 0, extra_cap = 0;
     size_t *lost = NULL, nlost = 0;
+    /* A dry run gives keywords no letters (assign_letters): a name
+     * without one gets one in the real run while the folder has a free
+     * letter, and the dry run pairs as that run does. */
+    int dry_free = 0;
+    if (e->opts.dry_run) {
+        const char *table[26];
+        dry_free = md_keyword_table(f->md, table);
+    }
     for (size_t i = 0; i < f->nsmsgs && dst != NULL; i++) {
         struct smsg *s = &f->smsgs[i];
         if (s->msgid == NULL || s->size == 0 ||
@@ -1108,6 +1134,9 @@ void moves_pair_server(struct session *e)
         bool letters = true;
         for (size_t k = 0; k < s->nkw && letters; k++) {
             int ix = md_keyword_index(f->md, s->kw[k], false);
+            if (ix == -ENOENT && dry_free > 0) {
+                continue; /* nothing is written: its bit is not needed */
+            }
             letters = ix >= 0 && ix < 26;
             if (letters) {
                 kw |= (md_keywords)1u << ix;
