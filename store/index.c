@@ -33,8 +33,10 @@
  *                  (version 2 in the high nibble; APPENDING, has-hash and
  *                  has-keywords bits), the flags byte, varint size, [varint
  *                  keyword-set id], [16-byte msgid_hash] (left out when
- *                  zero), the lid's length (u8) and the lid. Nothing is
- *                  stored twice: UID and folder are the key.
+ *                  zero), the lid's length (u8) and the lid; version 3
+ *                  (a record with an EMAILID) adds the 8-byte
+ *                  emailid_hash after the lid. Nothing is stored twice:
+ *                  UID and folder are the key.
  *   message_lids   folder id (4 bytes) -> sorted duplicates
  *                  (MDB_DUPSORT | MDB_DUPFIXED) of 12 bytes each: the lid's
  *                  tag (see lid_tag: its leading time and a hash) and the
@@ -120,7 +122,10 @@
 #define MSG_HAS_KW 0x04
 #define MSG_ORPHAN 0x08 /* IDX_MSG_ORPHAN (a UID, kept in DB_MESSAGES) */
 #define MSG_BITS_KNOWN (MSG_APPENDING | MSG_HAS_HASH | MSG_HAS_KW | MSG_ORPHAN)
-#define MSG_REC_MAX (2 + VARINT_MAX + 5 + 16 + 1 + IDX_LID_MAX)
+/* Version 3: a version 2 record followed by the 8-byte emailid_hash (a
+ * record without one stays version 2, as older mailsync wrote it). */
+#define MSG_REC_V3 3
+#define MSG_REC_MAX (2 + VARINT_MAX + 5 + 16 + 1 + IDX_LID_MAX + 8)
 #define LIDX_ITEM_LEN 12
 #define KW_ID_KEY_LEN 9
 #define KW_HASH_KEY_LEN 13
@@ -1535,11 +1540,12 @@ static size_t msg_encode(uint8_t *buf, const struct idx_msg *m, uint32_t kw, siz
 {
     static const uint8_t zero[sizeof(m->msgid_hash)];
     bool hash = memcmp(m->msgid_hash, zero, sizeof(zero)) != 0;
+    bool eid = memcmp(m->emailid_hash, zero, sizeof(m->emailid_hash)) != 0;
     struct wr w = {.p = buf};
-    put_u8(&w,
-           (uint8_t)(MSG_REC_VERSION << 4 | (m->state == IDX_MSG_APPENDING ? MSG_APPENDING : 0) |
-                     (m->state == IDX_MSG_ORPHAN ? MSG_ORPHAN : 0) | (hash ? MSG_HAS_HASH : 0) |
-                     (kw != 0 ? MSG_HAS_KW : 0)));
+    put_u8(&w, (uint8_t)((eid ? MSG_REC_V3 : MSG_REC_VERSION) << 4 |
+                         (m->state == IDX_MSG_APPENDING ? MSG_APPENDING : 0) |
+                         (m->state == IDX_MSG_ORPHAN ? MSG_ORPHAN : 0) | (hash ? MSG_HAS_HASH : 0) |
+                         (kw != 0 ? MSG_HAS_KW : 0)));
     put_u8(&w, m->flags);
     put_varint(&w, m->size);
     if (kw != 0) {
@@ -1550,6 +1556,9 @@ static size_t msg_encode(uint8_t *buf, const struct idx_msg *m, uint32_t kw, siz
     }
     put_u8(&w, (uint8_t)lid_len);
     put_bytes(&w, m->lid, lid_len);
+    if (eid) {
+        put_bytes(&w, m->emailid_hash, sizeof(m->emailid_hash));
+    }
     return w.len;
 }
 
@@ -1561,7 +1570,8 @@ static bool msg_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size
 {
     struct rd r = {.p = v->mv_data, .len = v->mv_size};
     uint8_t hdr = get_u8(&r);
-    if (r.bad || hdr >> 4 != MSG_REC_VERSION || (hdr & 0x0f & ~MSG_BITS_KNOWN) != 0) {
+    if (r.bad || (hdr >> 4 != MSG_REC_VERSION && hdr >> 4 != MSG_REC_V3) ||
+        (hdr & 0x0f & ~MSG_BITS_KNOWN) != 0) {
         return false;
     }
     m->uid = uid;
@@ -1599,6 +1609,11 @@ static bool msg_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size
     } else {
         memcpy(m->lid, key_lid, key_lid_len);
         m->lid[key_lid_len] = '\0';
+    }
+    if (hdr >> 4 == MSG_REC_V3) {
+        get_bytes(&r, m->emailid_hash, sizeof(m->emailid_hash));
+    } else {
+        memset(m->emailid_hash, 0, sizeof(m->emailid_hash));
     }
     if (!rd_done(&r)) {
         return false;

@@ -154,6 +154,9 @@ struct idx_msg {
     char lid[IDX_LID_MAX + 1];           /* local identity (Maildir unique name) */
     char keywords[IDX_KEYWORDS_MAX + 1]; /* sorted, space-separated, "" for none */
     uint8_t msgid_hash[16]; /* truncated SHA-256 of Message-ID (or header block); zero if unknown */
+    /* Truncated SHA-256 of the server's EMAILID (RFC 8474), which stays
+     * with the message across a MOVE; zero if unknown. */
+    uint8_t emailid_hash[8];
 };
 
 /* Stores or replaces a message record, keyed both by UID (when non-zero) and

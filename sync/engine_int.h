@@ -75,7 +75,10 @@ struct smsg {
     size_t nkw;
     uint64_t size;
     time_t internaldate;
-    char *msgid;    /* IMAP_FETCH_MESSAGE_ID (re-match only), NULL when absent */
+    char *msgid; /* IMAP_FETCH_MESSAGE_ID (re-match only), NULL when absent */
+    /* EMAILID (OBJECTID servers), hashed as idx_msg.emailid_hash; all
+     * zero when not listed. */
+    uint8_t eid[8];
     uint8_t hh[16]; /* hash of the header block, when have_hh */
     bool have_hh;
     uint64_t hstrip; /* wire bytes of the header lines the hash leaves out */

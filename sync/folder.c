@@ -1004,6 +1004,9 @@ static void on_fetch_msg(struct imap *im, const struct imap_msg *m, void *sink, 
     s->size = m->size;
     s->internaldate = m->internaldate;
     s->msgid = m->message_id != NULL ? xstrdup(m->message_id) : NULL;
+    if (m->emailid != NULL) {
+        msgfacts_emailid_hash(m->emailid, s->eid);
+    }
     s->kw = xcalloc(m->nkeywords + 1, sizeof(char *));
     for (size_t i = 0; i < m->nkeywords; i++) {
         if (is_forwarded(m->keywords[i])) {
@@ -1137,6 +1140,13 @@ static void issue_fetch(struct session *e)
     unsigned items = IMAP_FETCH_FLAGS | IMAP_FETCH_SIZE | IMAP_FETCH_INTERNALDATE;
     if (f->rematch) {
         items |= IMAP_FETCH_MESSAGE_ID;
+    }
+    /* Where the server offers OBJECTID, every listed message's EMAILID:
+     * recorded with a download, it pairs a move by another client surer
+     * than a Message-ID (messages without one included). Only new
+     * messages are listed with it, except without CONDSTORE. */
+    if (e->ro->caps(e->im) & IMAP_CAP_OBJECTID) {
+        items |= IMAP_FETCH_EMAILID;
     }
     /* Orphans wait for a pair (sync/moves.c): the new messages' Message-ID
      * comes with their listing (in the full listing's case, a listing of
@@ -2172,6 +2182,11 @@ int flush_batch(struct session *e)
         m->flags = (uint8_t)d->pd->flags;
         m->size = d->wire_size;
         memcpy(m->msgid_hash, d->msgid_hash, sizeof(m->msgid_hash));
+        const struct smsg *sm = find_smsg(f, m->uid);
+        if (sm != NULL) {
+            /* A move by another client is paired by it later. */
+            memcpy(m->emailid_hash, sm->eid, sizeof(m->emailid_hash));
+        }
         snprintf(m->lid, sizeof(m->lid), "%s", d->lid);
         plan_kw_format(&d->pd->kw, m->keywords, sizeof(m->keywords));
     }

@@ -244,6 +244,9 @@ enum {
      * line that ends it) in imap_msg.header. Only blocks up to the parser's
      * inline_literal_max are delivered; a larger one leaves header NULL. */
     IMAP_FETCH_HEADER = 1u << 6,
+    /* EMAILID (RFC 8474), sent only where the server offers OBJECTID: in
+     * imap_msg.emailid. */
+    IMAP_FETCH_EMAILID = 1u << 7,
 };
 
 /* One message from FETCH; have says which items were present. */
@@ -261,6 +264,7 @@ struct imap_msg {
     const char *message_id; /* IMAP_FETCH_MESSAGE_ID; NULL when absent */
     const char *header;     /* IMAP_FETCH_HEADER; NULL when absent or too large */
     size_t header_len;
+    const char *emailid; /* IMAP_FETCH_EMAILID; NULL when absent */
 };
 
 enum imap_event_type {

@@ -605,6 +605,9 @@ static int cmd_build(struct imap *im, struct imap_cmd *c)
         if (c->items & IMAP_FETCH_HEADER) {
             b_text(c, " BODY.PEEK[HEADER]");
         }
+        if ((c->items & IMAP_FETCH_EMAILID) && (im->caps & IMAP_CAP_OBJECTID)) {
+            b_text(c, " EMAILID");
+        }
         if (c->items & IMAP_FETCH_BODY) {
             b_text(c, " BODY.PEEK[]");
         }
@@ -930,6 +933,22 @@ static int parse_fetch(struct imap *im, uint32_t seq, const struct imap_arg *lis
         } else if (imap_arg_is_atom(k, "BODY[HEADER]") || imap_arg_is_atom(k, "RFC822.HEADER")) {
             fp->msg.header = section_bytes(v, &fp->msg.header_len);
             fp->msg.have |= IMAP_FETCH_HEADER;
+        } else if (imap_arg_is_atom(k, "EMAILID")) {
+            /* RFC 8474: "(" objectid ")", objectid 1*255 of ALPHA, DIGIT,
+             * "_" and "-"; anything else is no id (left out, not fatal:
+             * only a move's pairing uses it). */
+            size_t ne;
+            const struct imap_arg *e = list_items(v, &ne);
+            const char *id = ne == 1 ? imap_arg_str(&e[0]) : NULL;
+            size_t len = id != NULL ? strlen(id) : 0;
+            bool ok = len >= 1 && len <= 255;
+            for (size_t j = 0; ok && j < len; j++) {
+                char ch = id[j];
+                ok = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                     (ch >= '0' && ch <= '9') || ch == '_' || ch == '-';
+            }
+            fp->msg.emailid = ok ? id : NULL;
+            fp->msg.have |= IMAP_FETCH_EMAILID;
         }
     }
     (void)im;

@@ -992,6 +992,21 @@ bool moves_want_msgids(const struct session *e)
     return f->nvanished > 0;
 }
 
+/* Whether record b and new server message s (whose Message-ID hashes to
+ * h) are the same message: by EMAILID when both are known (RFC 8474: it
+ * names the message's content, and stays across a MOVE), else by
+ * Message-ID and RFC822.SIZE, never on a zero hash. */
+static bool same_message(const struct idx_msg *b, const struct smsg *s, const uint8_t h[16])
+{
+    static const uint8_t zero[16];
+    if (memcmp(b->emailid_hash, zero, sizeof(b->emailid_hash)) != 0 &&
+        memcmp(s->eid, zero, sizeof(s->eid)) != 0) {
+        return memcmp(b->emailid_hash, s->eid, sizeof(s->eid)) == 0;
+    }
+    return s->size != 0 && b->size == s->size && memcmp(h, zero, 16) != 0 &&
+           memcmp(b->msgid_hash, h, 16) == 0;
+}
+
 /* The records of the folder whose UID the server lost while the file stays
  * (indexes into f->base, the first nbase of them): they may be back under
  * a new UID. Computed once per folder sync, when a new message with a
@@ -1018,8 +1033,9 @@ static size_t *lost_rows(struct fstate *f, size_t nbase, size_t *n_r)
     for (size_t k = 0; k < nbase; k++) {
         const struct idx_msg *b = &f->base[k];
         if (b->uid == 0 || (b->state != IDX_MSG_SYNCED && b->state != IDX_MSG_ORPHAN) ||
-            memcmp(b->msgid_hash, zero, sizeof(zero)) == 0 || f->scan == NULL ||
-            md_scan_find(f->scan, b->lid) == NULL) {
+            (memcmp(b->msgid_hash, zero, sizeof(zero)) == 0 &&
+             memcmp(b->emailid_hash, zero, sizeof(b->emailid_hash)) == 0) ||
+            f->scan == NULL || md_scan_find(f->scan, b->lid) == NULL) {
             continue;
         }
         bool listed = bsearch(&b->uid, ref, nref, sizeof(*ref), u32_bsearch_cmp) != NULL;
@@ -1070,15 +1086,15 @@ void moves_pair_server(struct session *e)
     }
     for (size_t i = 0; i < f->nsmsgs && dst != NULL; i++) {
         struct smsg *s = &f->smsgs[i];
-        if (s->msgid == NULL || s->size == 0 ||
-            bsearch(&s->uid, known, nbase0, sizeof(*known), u32_bsearch_cmp) != NULL) {
+        if (bsearch(&s->uid, known, nbase0, sizeof(*known), u32_bsearch_cmp) != NULL) {
             continue;
         }
         uint8_t h[16];
         msgfacts_msgid_hash(s->msgid, h);
         static const uint8_t zero[16];
-        if (memcmp(h, zero, sizeof(h)) == 0) {
-            continue;
+        if (memcmp(s->eid, zero, sizeof(s->eid)) == 0 &&
+            (s->size == 0 || memcmp(h, zero, sizeof(h)) == 0)) {
+            continue; /* nothing to know it by */
         }
         /* Back in this folder: the record is keyed anew with the base it
          * had, so the planner merges both sides' flag changes three-way;
@@ -1090,7 +1106,7 @@ void moves_pair_server(struct session *e)
         struct idx_msg *own = NULL;
         for (size_t k = 0; k < nlost && own == NULL; k++) {
             struct idx_msg *b = &f->base[lost[k]];
-            if (b->size == s->size && memcmp(b->msgid_hash, h, sizeof(h)) == 0) {
+            if (same_message(b, s, h)) {
                 own = b;
                 lost[k] = lost[--nlost]; /* one new UID each */
             }
@@ -1120,8 +1136,7 @@ void moves_pair_server(struct session *e)
         struct orphan *o = NULL;
         for (size_t k = 0; k < r->norphans && o == NULL; k++) {
             struct orphan *c = &r->orphans[k];
-            if (!c->gone && c->rec.size == s->size && strcmp(c->folder, f->job->name) != 0 &&
-                memcmp(c->rec.msgid_hash, h, sizeof(h)) == 0) {
+            if (!c->gone && strcmp(c->folder, f->job->name) != 0 && same_message(&c->rec, s, h)) {
                 o = c;
             }
         }

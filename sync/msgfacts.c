@@ -42,6 +42,17 @@ void msgfacts_msgid_hash(const char *id, uint8_t out[MSGFACTS_HASH_LEN])
     msgfacts_digest(id, strlen(id), out);
 }
 
+void msgfacts_emailid_hash(const char *id, uint8_t out[8])
+{
+    uint8_t h[MSGFACTS_HASH_LEN];
+    msgfacts_digest(id, strlen(id), h);
+    memcpy(out, h, 8);
+    static const uint8_t zero[8];
+    if (memcmp(out, zero, sizeof(zero)) == 0) {
+        out[0] = 1;
+    }
+}
+
 size_t msgfacts_header_end(const char *buf, size_t len, size_t from)
 {
     if (from == 0 && len >= 1 && buf[0] == '\n') {

@@ -53,6 +53,9 @@ void msgfacts_header_hash(const char *h, size_t len, uint8_t out[MSGFACTS_HASH_L
 /* The hash of a Message-ID (as imap_header_message_id extracts it, or any
  * other string, e.g. a long folder name); all zero for NULL. */
 void msgfacts_msgid_hash(const char *id, uint8_t out[MSGFACTS_HASH_LEN]);
+/* The 8-byte hash of an EMAILID (RFC 8474) kept in idx_msg.emailid_hash:
+ * the first bytes of its SHA-256, never all zero (zero means unknown). */
+void msgfacts_emailid_hash(const char *id, uint8_t out[8]);
 
 /* Reads the header block of a local file (up to and including the first
  * empty line, or the whole file when it has none): its Message-ID (or

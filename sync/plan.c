@@ -531,7 +531,8 @@ struct plan *plan_build(const struct plan_input *in)
         if (on_server && le != NULL) {
             plan_both(&b, in, base, &bs, &ls, &ss);
         } else if (!on_server && le != NULL && in->park_orphans &&
-                   memcmp(base->msgid_hash, no_hash, sizeof(no_hash)) != 0) {
+                   (memcmp(base->msgid_hash, no_hash, sizeof(no_hash)) != 0 ||
+                    memcmp(base->emailid_hash, no_hash, sizeof(base->emailid_hash)) != 0)) {
             /* Maybe moved by another client: parked, not deleted (and not
              * copied back when edited here: a pair merges the edit). */
             struct plan_orphan *o = PUSH(p->orphans, p->norphans, b.cap_or);

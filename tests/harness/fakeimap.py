@@ -472,12 +472,15 @@ SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 class Message:
-    def __init__(self, uid, body, flags, modseq, date):
+    def __init__(self, uid, body, flags, modseq, date, emailid=None):
         self.uid = uid
         self.body = body  # CRLF bytes, as on the wire
         self.flags = list(flags)
         self.modseq = modseq
         self.date = date  # INTERNALDATE text
+        # RFC 8474's EMAILID, answered to FETCH EMAILID when set (serve it
+        # with OBJECTID among the caps); a move keeps it.
+        self.emailid = emailid
 
 
 class Mailbox:
@@ -500,10 +503,10 @@ class Mailbox:
         self.modseq += 1
         return self.modseq
 
-    def add(self, body, flags=(), date="02-Jan-2023 10:00:00 +0000"):
+    def add(self, body, flags=(), date="02-Jan-2023 10:00:00 +0000", emailid=None):
         """Adds body (LF or CRLF bytes) as a new message; returns its UID."""
         body = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        m = Message(self.uidnext, body, flags, self.bump(), date)
+        m = Message(self.uidnext, body, flags, self.bump(), date, emailid)
         self.messages.append(m)
         self.uidnext += 1
         return m.uid
@@ -562,6 +565,8 @@ def fetch_response(box, m, items, modseq=False):
         head += ' INTERNALDATE "%s"' % m.date
     if modseq or "MODSEQ" in items.upper():
         head += " MODSEQ (%d)" % m.modseq
+    if re.search(r"\bEMAILID\b", items.upper()) and m.emailid is not None:
+        head += " EMAILID (%s)" % m.emailid
     out = head.encode()
     header = m.body.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
     if "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]" in items.upper():

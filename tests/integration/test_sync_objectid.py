@@ -153,5 +153,77 @@ class ObjectIdRenames(unittest.TestCase):
         self.assertEqual(sorted(self.local("Archive2023").values()), sorted(before.values()))
 
 
+def no_msgid_message(i):
+    """A message without a Message-ID header (Message-ID pairing cannot
+    find it; EMAILID can)."""
+    return (b"From: a@example.org\nTo: b@example.org\nSubject: no id %d\n"
+            b"Date: Mon, 2 Jan 2023 10:00:00 +0000\n\nbody %d\n" % (i, i))
+
+
+class ObjectIdMoves(unittest.TestCase):
+    """Messages moved on the server by another client, paired by RFC 8474's
+    EMAILID where the server offers OBJECTID: it names the message and
+    stays across a MOVE, so a message without a Message-ID is paired too,
+    and it decides over a matching Message-ID and size."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="mailsync-objectid-moves-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        inbox = Mailbox(uidvalidity=100, mailboxid="M-inbox")
+        self.bodies = [no_msgid_message(0), no_msgid_message(1),
+                       mailgen.message(seed=3, index=2, size=900),
+                       mailgen.message(seed=3, index=3, size=900)]
+        for i, b in enumerate(self.bodies):
+            inbox.add(b, flags=["\\Seen"] if i % 2 else [], emailid="E%d" % i)
+        self.boxes = {"INBOX": inbox, "Work": Mailbox(uidvalidity=300, mailboxid="M-work")}
+
+    sync = ObjectIdRenames.sync
+    local = ObjectIdRenames.local
+    bodies_fetched = staticmethod(ObjectIdRenames.bodies_fetched)
+
+    def move(self, index, emailid=None):
+        """Another client's UID MOVE INBOX -> Work of message index (its
+        EMAILID kept, or replaced by emailid: then it is another message
+        as far as the server is concerned)."""
+        inbox = self.boxes["INBOX"]
+        m = [x for x in inbox.messages if x.emailid == "E%d" % index][0]
+        inbox.expunge([m])
+        self.boxes["Work"].add(m.body, flags=m.flags, emailid=emailid or m.emailid)
+
+    def test_moves_paired_by_emailid(self):
+        """Messages 0 (no Message-ID) and 2 moved INBOX -> Work: the files
+        move into Work's Maildir under their unique names, no body is
+        fetched, nothing is counted as new or deleted, and every listing
+        of new mail asked for EMAILID. Message 3 moved too but came out
+        with another EMAILID (a copy as far as the server says): EMAILID
+        decides, so it is downloaded and its old file deleted, although
+        its Message-ID and size match."""
+        p, cmds = self.sync()
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        before = self.local("INBOX")
+        names = {body: name for name, body in before.items()}
+        self.move(0)
+        self.move(2)
+        self.move(3, emailid="E3-copy")
+        p, cmds = self.sync()
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        fetched = self.bodies_fetched(cmds)
+        self.assertEqual(len(fetched), 1, cmds)
+        self.assertIn("2 moved between folders", p.stdout)
+        self.assertIn("\u2193 1 new, 0 flags, 1 deleted", p.stdout)
+        work = self.local("Work")
+        def lf(b):
+            return b.replace(b"\r\n", b"\n")
+        for i in (0, 2):
+            self.assertEqual(work[names[lf(self.bodies[i])]], lf(self.bodies[i]))
+        self.assertEqual(sorted(work.values()), bodies_of(self.boxes["Work"]))
+        self.assertEqual(sorted(self.local("INBOX").values()), bodies_of(self.boxes["INBOX"]))
+        self.assertTrue(all("EMAILID" in c for c in cmds if " UID FETCH " in c and
+                            "RFC822.SIZE" in c), cmds)
+        p, cmds = self.sync()
+        self.assertIn("\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      p.stdout)
+
+
 if __name__ == "__main__":
     mstest.main()

@@ -124,6 +124,11 @@ static void make_msg(struct idx_msg *m, uint32_t uid, const char *lid, uint8_t s
     for (int i = 0; i < 16; i++) {
         m->msgid_hash[i] = (uint8_t)(uid * 31 + (uint32_t)i);
     }
+    /* Odd UIDs carry an EMAILID hash (a version 3 record), even ones do
+     * not (version 2, as older indexes hold): both round-trip. */
+    for (int i = 0; i < 8 && (uid & 1); i++) {
+        m->emailid_hash[i] = (uint8_t)(uid * 7 + (uint32_t)i + 1);
+    }
 }
 
 static void assert_msg_equal(const struct idx_msg *a, const struct idx_msg *b)
@@ -135,6 +140,7 @@ static void assert_msg_equal(const struct idx_msg *a, const struct idx_msg *b)
     assert_string_equal(a->lid, b->lid);
     assert_string_equal(a->keywords, b->keywords);
     assert_memory_equal(a->msgid_hash, b->msgid_hash, 16);
+    assert_memory_equal(a->emailid_hash, b->emailid_hash, 8);
 }
 
 static void put_msg(struct idx *idx, struct idx_txn *t, const char *folder, const struct idx_msg *m)
@@ -2336,6 +2342,14 @@ static struct v1_fixture *v1_fixture_write(struct fx *fx, const char *account)
         make_msg(&v->big[i], 3 * i + 1, lid, IDX_MSG_SYNCED, i % 3 == 0 ? "$label1" : "");
     }
     make_msg(&v->longf[0], 1, "x", IDX_MSG_SYNCED, "");
+    /* Schema 1 has no EMAILID: the converted records carry none. */
+    for (size_t i = 0; i < ARRAY_SIZE(v->inbox); i++) {
+        memset(v->inbox[i].emailid_hash, 0, sizeof(v->inbox[i].emailid_hash));
+    }
+    for (uint32_t i = 0; i < V1_BIG; i++) {
+        memset(v->big[i].emailid_hash, 0, sizeof(v->big[i].emailid_hash));
+    }
+    memset(v->longf[0].emailid_hash, 0, sizeof(v->longf[0].emailid_hash));
     v->folders[0] = (struct idx_v1_folder){.name = "INBOX",
                                            .st = {.uidvalidity = 1700000001u,
                                                   .uidnext = 4242,
