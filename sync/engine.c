@@ -599,6 +599,17 @@ static void finish(struct session *e)
     finish_teardown(e);
 }
 
+bool pool_job_back(struct session *e)
+{
+    if (!e->finished) {
+        return true;
+    }
+    if (e->teardown_pending) {
+        finish_teardown(e);
+    }
+    return false;
+}
+
 void finish_teardown(struct session *e)
 {
     e->teardown_pending = false;

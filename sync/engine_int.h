@@ -449,6 +449,10 @@ int idx_apply(struct session *e, const struct idx_ops *o);
 int idx_apply_many(struct session *e, const struct idx_ops *o, size_t n);
 void idx_apply_later(struct session *e, const struct idx_ops *o);
 void finish_teardown(struct session *e);
+/* In the completion of a thread-pool job of e's folder (scan, plan,
+ * batch, matching reads): true to go on; false when the session ended
+ * while the job ran, its teardown (held for the job) then done here. */
+bool pool_job_back(struct session *e);
 bool conn_lost(const struct session *e);
 struct fjob *find_job(struct engine *r, const char *name);
 void next_folder(struct session *e);

@@ -618,10 +618,7 @@ static void scan_done(uv_work_t *req, int status)
     f->scan = j->scan;
     int r = j->r;
     free(j);
-    if (e->finished) {
-        if (e->teardown_pending) {
-            finish_teardown(e);
-        }
+    if (!pool_job_back(e)) {
         return;
     }
     if (r < 0) {
@@ -2150,10 +2147,7 @@ static void flush_done(uv_work_t *req, int status)
     if (f->flushing != NULL) {
         return;
     }
-    if (e->finished) {
-        if (e->teardown_pending) {
-            finish_teardown(e);
-        }
+    if (!pool_job_back(e)) {
         return;
     }
     if (f->advance_after_flush) {
@@ -2981,10 +2975,7 @@ static void plan_done(uv_work_t *req, int status)
     f->plan = j->plan;
     free(j->sm);
     free(j);
-    if (e->finished) {
-        if (e->teardown_pending) {
-            finish_teardown(e);
-        }
+    if (!pool_job_back(e)) {
         return;
     }
     plan_finish(e);

@@ -779,10 +779,7 @@ static void look_done(uv_work_t *req, int status)
     free(lj);
     struct fstate *f = e->f;
     f->reading = false;
-    if (e->finished) {
-        if (e->teardown_pending) {
-            finish_teardown(e);
-        }
+    if (!pool_job_back(e)) {
         return;
     }
     struct moves *mv = f->mv;
@@ -1013,21 +1010,13 @@ static bool same_message(const struct idx_msg *b, const struct smsg *s, const ui
  * Message-ID is listed. */
 static size_t *lost_rows(struct fstate *f, size_t nbase, size_t *n_r)
 {
-    size_t nref = f->delta ? f->nvanished : f->nsmsgs;
-    uint32_t *ref = xcalloc(nref + 1, sizeof(*ref));
-    for (size_t i = 0; i < nref; i++) {
-        ref[i] = f->delta ? f->vanished[i] : f->smsgs[i].uid;
+    /* The listing is sorted by UID (dedupe_server, before the pairing):
+     * find_smsg looks a record up in it. */
+    uint32_t *van = xcalloc(f->nvanished + 1, sizeof(*van));
+    if (f->nvanished > 0) {
+        memcpy(van, f->vanished, f->nvanished * sizeof(*van));
     }
-    qsort(ref, nref, sizeof(*ref), u32_cmp);
-    /* A delta's listed UIDs: a record may be in VANISHED (a CONDSTORE
-     * search of the recorded range misses records written past the
-     * recorded UIDNEXT by a killed run) while the listing has it. */
-    size_t nnow = f->delta ? f->nsmsgs : 0;
-    uint32_t *now = xcalloc(nnow + 1, sizeof(*now));
-    for (size_t i = 0; i < nnow; i++) {
-        now[i] = f->smsgs[i].uid;
-    }
-    qsort(now, nnow, sizeof(*now), u32_cmp);
+    qsort(van, f->nvanished, sizeof(*van), u32_cmp);
     static const uint8_t zero[16];
     size_t *v = NULL, n = 0, cap = 0;
     for (size_t k = 0; k < nbase; k++) {
@@ -1038,22 +1027,24 @@ static size_t *lost_rows(struct fstate *f, size_t nbase, size_t *n_r)
             f->scan == NULL || md_scan_find(f->scan, b->lid) == NULL) {
             continue;
         }
-        bool listed = bsearch(&b->uid, ref, nref, sizeof(*ref), u32_bsearch_cmp) != NULL;
-        if (bsearch(&b->uid, now, nnow, sizeof(*now), u32_bsearch_cmp) != NULL) {
-            continue; /* on the server */
+        /* Listed: on the server (a delta's VANISHED may name it too: a
+         * CONDSTORE search of the recorded range misses records written
+         * past the recorded UIDNEXT by a killed run). */
+        if (find_smsg(f, b->uid) != NULL) {
+            continue;
         }
-        /* In VANISHED, or missing from the full listing. An orphan's UID
-         * is gone for good (UIDs are not reused) even when QRESYNC's
+        /* Missing from a full listing, or in VANISHED. An orphan's UID is
+         * gone for good (UIDs are not reused) even when QRESYNC's
          * VANISHED no longer names it: it vanished before the recorded
          * HIGHESTMODSEQ (a run killed after the folder's state went in,
          * or an earlier job of a run that stays open). */
-        if (b->state == IDX_MSG_ORPHAN || listed == f->delta) {
+        if (!f->delta || b->state == IDX_MSG_ORPHAN ||
+            bsearch(&b->uid, van, f->nvanished, sizeof(*van), u32_bsearch_cmp) != NULL) {
             xgrow(&v, &cap, n + 1, sizeof(*v));
             v[n++] = k;
         }
     }
-    free(ref);
-    free(now);
+    free(van);
     *n_r = n;
     return v;
 }

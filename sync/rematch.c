@@ -90,10 +90,7 @@ static void rematch_read_done(uv_work_t *req, int status)
     e->f->reading = false;
     free(j->ids);
     free(j);
-    if (e->finished) {
-        if (e->teardown_pending) {
-            finish_teardown(e);
-        }
+    if (!pool_job_back(e)) {
         return;
     }
     rematch_match(e);
