@@ -43,6 +43,14 @@
 #define NET_READ_BUF 65536
 #define NET_PLAIN_BUF 16384
 #define NET_Z_BUF 16384
+/* Input is delivered to the owner in slices: once one loop iteration has
+ * worked this long, reading stops and what is buffered (in OpenSSL, in the
+ * inflate input, or read in plain text) is delivered from the next
+ * iteration. A download of many small messages (a file opened per message)
+ * would otherwise hold the loop for the whole 64 KiB read and the up to 32
+ * reads libuv makes in a row: tens of milliseconds in which no other
+ * connection, timer or account of the loop runs (issue 11). */
+#define NET_SLICE_MS 4
 
 enum net_state {
     NS_RESOLVING = 0,
@@ -91,14 +99,18 @@ struct net_conn {
     bool expecting;
     bool reading;
     bool want_drain;
-    bool need_pump;   /* resume: deliver what is buffered, from the loop */
-    bool starttls;    /* the TLS handshake was started by net_start_tls */
-    uint64_t last_rx; /* loop time of the last byte, or of net_expect(true) */
+    bool need_pump;    /* resume: deliver what is buffered, from the loop */
+    bool yielded;      /* the iteration's slice is spent: not reading, see yield() */
+    bool yield_polled; /* a poll for I/O came since the yield: deliver at the next check */
+    bool in_read;      /* inside on_read (the loop's poll phase) */
+    bool starttls;     /* the TLS handshake was started by net_start_tls */
+    uint64_t last_rx;  /* loop time of the last byte, or of net_expect(true) */
 
     unsigned refs;
     uv_timer_t connect_timer;
     uv_timer_t idle_timer;
     uv_idle_t defer;
+    uv_check_t slice; /* delivers what a yield held, after the next poll */
     uv_getaddrinfo_t gai;
     bool gai_active;
     /* The addresses to try, in order (resolver order, or net_opts.addrs). */
@@ -126,7 +138,8 @@ struct net_conn {
     z_stream zout;
     struct sbuf zpend; /* compressed input not yet inflated (paused) */
     size_t zpend_off;
-    bool zin_more; /* inflate may hold output that did not fit last time */
+    struct sbuf rpend; /* plain input not yet delivered (paused or yielded) */
+    bool zin_more;     /* inflate may hold output that did not fit last time */
 
     struct sbuf pending_out; /* stage-2 bytes waiting until the link is up */
     size_t inflight;         /* bytes inside uv_write requests */
@@ -142,6 +155,7 @@ struct net_conn {
 static void pump_input(struct net_conn *c);
 static void flush_pending(struct net_conn *c);
 static void on_defer(uv_idle_t *h);
+static void update_reading(struct net_conn *c);
 
 static void format_seconds(char *buf, size_t len, unsigned ms)
 {
@@ -159,6 +173,7 @@ static void conn_free(struct net_conn *c)
         deflateEnd(&c->zout);
     }
     sbuf_free(&c->zpend);
+    sbuf_free(&c->rpend);
     sbuf_free(&c->pending_out);
     sbuf_free(&c->attempt_log);
     free(c->last_connect_text);
@@ -325,7 +340,9 @@ static void fail_tls(struct net_conn *c, int r)
 static void on_defer(uv_idle_t *h)
 {
     struct net_conn *c = h->data;
-    uv_idle_stop(h);
+    if (!c->yielded || c->closing || c->state == NS_FAILED) {
+        uv_idle_stop(h);
+    }
     if (c->closing) {
         return;
     }
@@ -336,7 +353,8 @@ static void on_defer(uv_idle_t *h)
         }
         return;
     }
-    if (c->need_pump) {
+    if (c->need_pump && !c->yielded) {
+        /* (While yielded, on_slice delivers.) */
         c->need_pump = false;
         pump_input(c);
     }
@@ -569,6 +587,51 @@ int net_write(struct net_conn *c, const void *data, size_t len)
 
 /* ---- reading ----------------------------------------------------------- */
 
+/* True once this loop iteration has worked NET_SLICE_MS since it woke up
+ * (the loop's time is taken when it wakes from polling). */
+static bool slice_spent(const struct net_conn *c)
+{
+    return uv_hrtime() / 1000000u >= uv_now(c->loop) + NET_SLICE_MS;
+}
+
+static void on_slice(uv_check_t *h);
+
+/* Stops reading; what is buffered is delivered in the check phase that
+ * follows the loop's next poll for I/O, so that every other connection and
+ * timer of the loop gets its turn in between. The idle handle keeps that
+ * poll from blocking. */
+static void yield(struct net_conn *c)
+{
+    c->yielded = true;
+    /* In the poll phase, the next check is this same iteration's. */
+    c->yield_polled = !c->in_read;
+    update_reading(c);
+    uv_check_start(&c->slice, on_slice);
+    uv_idle_start(&c->defer, on_defer);
+}
+
+static void on_slice(uv_check_t *h)
+{
+    struct net_conn *c = h->data;
+    if (c->closing) {
+        uv_check_stop(h);
+        return;
+    }
+    if (!c->yield_polled) {
+        c->yield_polled = true;
+        return;
+    }
+    uv_check_stop(h);
+    c->yielded = false;
+    if (c->state == NS_FAILED) {
+        return; /* on_defer reports it */
+    }
+    pump_input(c);
+    if (!c->yielded && !c->closing && c->state != NS_FAILED) {
+        update_reading(c); /* all delivered: read on */
+    }
+}
+
 static void inflate_pending(struct net_conn *c)
 {
     while (c->state == NS_OPEN && !c->closing && !c->paused &&
@@ -602,6 +665,11 @@ static void inflate_pending(struct net_conn *c)
         }
         if (produced > 0) {
             c->cb.on_data(c, c->zibuf, produced, c->arg);
+            if (c->state == NS_OPEN && !c->closing && !c->paused &&
+                (c->zpend_off < c->zpend.len || c->zin_more) && slice_spent(c)) {
+                yield(c);
+                break;
+            }
         } else if (used == 0) {
             c->zin_more = false;
             break;
@@ -620,11 +688,51 @@ static void inflate_pending(struct net_conn *c)
     }
 }
 
+/* Delivers plain input in NET_PLAIN_BUF pieces until the owner pauses or
+ * the iteration's slice is spent; the rest waits in rpend. At least one
+ * piece goes, so that every iteration makes progress. */
+static void deliver_plain(struct net_conn *c, const char *data, size_t len)
+{
+    size_t off = 0;
+    while (off < len && c->state == NS_OPEN && !c->closing) {
+        if (off > 0 && (c->paused || slice_spent(c))) {
+            break;
+        }
+        size_t n = len - off > NET_PLAIN_BUF ? NET_PLAIN_BUF : len - off;
+        c->cb.on_data(c, data + off, n, c->arg);
+        off += n;
+    }
+    if (off < len && c->state == NS_OPEN && !c->closing) {
+        sbuf_add(&c->rpend, data + off, len - off);
+        if (!c->paused) {
+            yield(c);
+        }
+    }
+}
+
+/* Plain input that waited in rpend, delivered (or kept) as it arrived. */
+static void deliver_rpend(struct net_conn *c)
+{
+    if (c->rpend.len == 0) {
+        return;
+    }
+    struct sbuf held = c->rpend;
+    memset(&c->rpend, 0, sizeof(c->rpend));
+    deliver_plain(c, held.buf, held.len);
+    sbuf_free(&held);
+}
+
 /* Plaintext from the peer (out of TLS when TLS is on). */
 static void deliver(struct net_conn *c, const char *data, size_t len)
 {
     if (!c->compress) {
-        c->cb.on_data(c, data, len, c->arg);
+        if (c->rpend.len > 0) {
+            /* Behind what waits: keep the order. */
+            sbuf_add(&c->rpend, data, len);
+            deliver_rpend(c);
+            return;
+        }
+        deliver_plain(c, data, len);
         return;
     }
     sbuf_add(&c->zpend, data, len);
@@ -647,7 +755,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void update_reading(struct net_conn *c)
 {
     bool want = c->tcp != NULL && !c->closing &&
-                (c->state == NS_HANDSHAKE || (c->state == NS_OPEN && !c->paused));
+                (c->state == NS_HANDSHAKE || (c->state == NS_OPEN && !c->paused && !c->yielded));
     if (want && !c->reading) {
         int r = uv_read_start((uv_stream_t *)c->tcp, on_alloc, on_read);
         if (r < 0) {
@@ -700,13 +808,19 @@ static void pump_tls(struct net_conn *c)
         }
         handshake_done(c);
     }
-    while (c->state == NS_OPEN && !c->closing && !c->paused) {
+    bool first = true;
+    while (c->state == NS_OPEN && !c->closing && !c->paused && !c->yielded) {
         if (c->compress && (c->zpend_off < c->zpend.len || c->zin_more)) {
             inflate_pending(c);
-            if (c->state != NS_OPEN || c->closing || c->paused) {
+            if (c->state != NS_OPEN || c->closing || c->paused || c->yielded) {
                 break;
             }
         }
+        if (!first && slice_spent(c)) {
+            yield(c);
+            break;
+        }
+        first = false;
         ssize_t n = tls_conn_read(c->tls, c->pbuf, NET_PLAIN_BUF);
         flush_tls(c);
         if (n < 0) {
@@ -733,6 +847,8 @@ static void pump_input(struct net_conn *c)
         pump_tls(c);
     } else if (c->compress && c->state == NS_OPEN) {
         inflate_pending(c);
+    } else if (c->state == NS_OPEN) {
+        deliver_rpend(c);
     }
 }
 
@@ -759,16 +875,18 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     c->bytes_in += (uint64_t)nread;
     c->last_rx = uv_now(c->loop);
+    c->in_read = true;
     if (c->tls != NULL) {
         int r = tls_conn_feed(c->tls, buf->base, (size_t)nread);
         if (r < 0) {
             fail_tls(c, r);
-            return;
+        } else {
+            pump_tls(c);
         }
-        pump_tls(c);
     } else {
         deliver(c, buf->base, (size_t)nread);
     }
+    c->in_read = false;
 }
 
 /* ---- connecting -------------------------------------------------------- */
@@ -1086,7 +1204,9 @@ int net_connect(uv_loop_t *loop, const struct net_opts *opts, const struct net_c
     c->attempt_timer.data = c;
     c->idle_timer.data = c;
     c->defer.data = c;
-    c->refs = 4;
+    uv_check_init(loop, &c->slice);
+    c->slice.data = c;
+    c->refs = 5;
     *c_r = c;
 
     if (c->tls_mode != NET_TLS_NONE) {
@@ -1147,7 +1267,7 @@ int net_start_tls(struct net_conn *c, bool buffered_plaintext)
     if (c->state != NS_OPEN) {
         return c->state == NS_FAILED ? -EPIPE : -ENOTCONN;
     }
-    if (buffered_plaintext) {
+    if (buffered_plaintext || c->rpend.len > 0) {
         /* Whatever followed the server's OK in the same packet was sent
          * before TLS and could have been injected by anyone on the path
          * (CVE-2011-0411 and its many relatives): never trust it. The error
@@ -1191,6 +1311,13 @@ int net_start_compress(struct net_conn *c)
     c->zibuf = xmalloc(NET_Z_BUF);
     c->zobuf = xmalloc(NET_Z_BUF);
     c->compress = true;
+    if (c->rpend.len > 0) {
+        /* Read after the server's OK, not delivered yet: compressed. */
+        sbuf_add(&c->zpend, c->rpend.buf, c->rpend.len);
+        sbuf_reset(&c->rpend);
+        c->need_pump = true;
+        schedule(c);
+    }
     return 0;
 }
 
@@ -1213,9 +1340,9 @@ void net_resume(struct net_conn *c)
         return;
     }
     update_reading(c);
-    /* TLS or inflate may hold plaintext that arrived before the pause;
-     * deliver it from the loop, never from inside this call. */
-    if (c->tls != NULL || c->compress) {
+    /* TLS, inflate or rpend may hold plaintext that arrived before the
+     * pause; deliver it from the loop, never from inside this call. */
+    if (c->tls != NULL || c->compress || c->rpend.len > 0) {
         c->need_pump = true;
         schedule(c);
     }
@@ -1262,6 +1389,7 @@ void net_close(struct net_conn *c)
     uv_close((uv_handle_t *)&c->attempt_timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->idle_timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->defer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->slice, on_handle_closed);
 }
 
 /* ---- facts ------------------------------------------------------------- */

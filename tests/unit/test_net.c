@@ -1343,6 +1343,117 @@ static void test_pause_resume(void **state)
     harness_done();
 }
 
+/* ---- input slices --------------------------------------------------------- */
+
+/* The owner's work on input delivered in one loop iteration is bounded
+ * (sync/net.c NET_SLICE_MS): a burst of input at once, with 1.5 ms of work
+ * per piece, never goes to the owner in more than a few pieces per
+ * iteration, arrives whole and in order, and a pause in the middle holds. */
+#define SLICE_TOTAL ((size_t)1 << 21)
+#define SLICE_PIECE 16384
+
+static struct {
+    uv_prepare_t prep;
+    uint64_t iter, last_iter;
+    size_t iter_bytes, max_iter_bytes, iters_with_data;
+    char *sent;
+    bool pause_once, paused_done;
+} SL;
+
+static void slice_prepare(uv_prepare_t *h)
+{
+    (void)h;
+    SL.iter++;
+}
+
+static void slice_connect(void)
+{
+    assert_int_equal(net_write(H.c, SL.sent, SLICE_TOTAL), 0);
+    net_expect(H.c, true);
+}
+
+static void slice_resume(uv_timer_t *t)
+{
+    (void)t;
+    H.paused = false;
+    net_resume(H.c);
+}
+
+static void slice_data(const char *data, size_t len)
+{
+    (void)data;
+    if (SL.iter != SL.last_iter || SL.iters_with_data == 0) {
+        SL.last_iter = SL.iter;
+        SL.iter_bytes = 0;
+        SL.iters_with_data++;
+    }
+    SL.iter_bytes += len;
+    if (SL.iter_bytes > SL.max_iter_bytes) {
+        SL.max_iter_bytes = SL.iter_bytes;
+    }
+    usleep(1500); /* work per piece, as a file opened per small message */
+    if (SL.pause_once && !SL.paused_done && H.got.len > SLICE_TOTAL / 2) {
+        SL.paused_done = true;
+        H.paused = true; /* cb_data asserts that nothing arrives meanwhile */
+        net_pause(H.c);
+        uv_timer_start(&H.aux, slice_resume, 30, 0);
+    }
+    if (H.got.len >= SLICE_TOTAL) {
+        finish();
+    }
+}
+
+static void run_slices(unsigned flags, bool pause)
+{
+    memset(&SL, 0, sizeof(SL));
+    SL.pause_once = pause;
+    SL.sent = xmalloc(SLICE_TOTAL);
+    for (size_t i = 0; i < SLICE_TOTAL; i++) {
+        SL.sent[i] = (char)('a' + (i * 7 + i / 4093) % 26);
+    }
+    harness_init(flags | SF_ECHO, NULL, NULL);
+    uv_prepare_init(&H.loop, &SL.prep);
+    uv_prepare_start(&SL.prep, slice_prepare);
+    uv_unref((uv_handle_t *)&SL.prep);
+    H.on_connect = slice_connect;
+    H.on_data = slice_data;
+    struct net_opts o = {.tls = NET_TLS_NONE};
+    if (flags & SF_TLS) {
+        o.host = "localhost";
+        o.tls = NET_TLS_IMPLICIT;
+        o.ca_file = tc.ca;
+    }
+    harness_connect(&o);
+    assert_int_equal(uv_run(&H.loop, UV_RUN_DEFAULT), 0);
+    uv_close((uv_handle_t *)&SL.prep, NULL);
+    harness_run();
+    assert_int_equal(H.errors, 0);
+    assert_int_equal(H.got.len, SLICE_TOTAL);
+    assert_memory_equal(H.got.buf, SL.sent, SLICE_TOTAL);
+    /* 4 ms per iteration: the third piece of 1.5 ms spends it. */
+    assert_true(SL.max_iter_bytes <= 3 * SLICE_PIECE);
+    assert_true(SL.iters_with_data >= SLICE_TOTAL / (3 * SLICE_PIECE));
+    if (pause) {
+        assert_true(SL.paused_done);
+    }
+    free(SL.sent);
+    harness_done();
+}
+
+static void test_input_slices_plain(void **state)
+{
+    (void)state;
+    run_slices(0, false);
+    run_slices(0, true);
+}
+
+static void test_input_slices_tls(void **state)
+{
+    (void)state;
+    run_slices(SF_TLS, false);
+    run_slices(SF_TLS, true);
+}
+
 static void test_peer_close(void **state)
 {
     (void)state;
@@ -1744,6 +1855,8 @@ int main(void)
         cmocka_unit_test(test_tls_hangup_is_not_plaintext),
         cmocka_unit_test(test_err_permanent),
         cmocka_unit_test(test_silent_server_hint),
+        cmocka_unit_test(test_input_slices_plain),
+        cmocka_unit_test(test_input_slices_tls),
     };
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
 }
