@@ -85,6 +85,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -95,6 +96,9 @@
  * used, so that MDB_MAP_FULL (and redoing a transaction) stays rare. */
 #define IDX_GROW_PERCENT 70
 #define IDX_WRITE_ATTEMPTS 20
+/* How long a write waits for other threads' read transactions to end when
+ * the map must grow first, before it gives up with -EBUSY. */
+#define IDX_GROW_WAIT_MS 5000
 #define IDX_MAXDBS 12
 
 #define FOLDER_NAME_MAX 4096
@@ -215,6 +219,11 @@ struct idx {
     pthread_mutex_t mu;
     unsigned readers; /* open read transactions */
     struct idx_txn wtxn;
+    /* The thread whose write transaction wtxn is (while wtxn.active): a
+     * write begun by another thread waits for it on wcond, which is also
+     * signalled when the last reader ends (a map growth waits for that). */
+    pthread_t wowner;
+    pthread_cond_t wcond;
     bool grow_pending; /* MDB_MAP_FULL seen while readers were open */
     size_t map_size;
     char err[2048];
@@ -349,6 +358,19 @@ static int grow_if_needed_locked(struct idx *idx)
 
 /* Transactions */
 
+/* Read transactions this thread has open (any index): a write that must
+ * wait for every reader to end cannot wait for its own thread's. */
+static __thread unsigned tl_readers;
+
+/* mu held. */
+static void reader_ended_locked(struct idx *idx)
+{
+    idx->readers--;
+    if (tl_readers > 0) {
+        tl_readers--;
+    }
+}
+
 static int txn_begin_raw(struct idx *idx, unsigned flags, MDB_txn **txn_r, bool *resized)
 {
     int rc = mdb_txn_begin(idx->env, NULL, flags, txn_r);
@@ -364,30 +386,54 @@ int idx_begin(struct idx *idx, bool write, struct idx_txn **txn_r)
     }
     pthread_mutex_lock(&idx->mu);
     if (write) {
-        if (idx->wtxn.active) {
-            pthread_mutex_unlock(&idx->mu);
-            /* A second write transaction from the same thread would deadlock
-             * on LMDB's writer mutex; from another thread it is a misuse of
-             * the one-writer design. Either way, say so. */
-            return fail(idx, -EBUSY, "index %s: a write transaction is already open",
-                        idx->env_path);
-        }
-        if (idx->readers == 0) {
-            int rc = grow_if_needed_locked(idx);
-            if (rc != 0) {
-                pthread_mutex_unlock(&idx->mu);
-                return rc;
+        struct timespec deadline = {0};
+        bool timed = false;
+        for (;;) {
+            if (idx->wtxn.active) {
+                if (pthread_equal(idx->wowner, pthread_self())) {
+                    pthread_mutex_unlock(&idx->mu);
+                    /* A second write transaction from the same thread would
+                     * deadlock on LMDB's writer mutex. */
+                    return fail(idx, -EBUSY, "index %s: a write transaction is already open",
+                                idx->env_path);
+                }
+                /* Another thread's (a flush on the thread pool, or the loop):
+                 * one writer at a time, as LMDB has it. */
+                pthread_cond_wait(&idx->wcond, &idx->mu);
+                continue;
             }
-        } else if (idx->grow_pending) {
-            pthread_mutex_unlock(&idx->mu);
-            return fail(idx, -EBUSY,
-                        "index %s: the map is full and cannot grow while %u read "
-                        "transaction(s) are open; end them and retry",
-                        idx->env_path, idx->readers);
+            if (idx->readers == 0) {
+                int rc = grow_if_needed_locked(idx);
+                if (rc != 0) {
+                    pthread_mutex_unlock(&idx->mu);
+                    return rc;
+                }
+                break;
+            }
+            if (!idx->grow_pending) {
+                break;
+            }
+            /* The map must grow, which needs every read transaction ended.
+             * Readers on other threads end soon; one of this thread's own
+             * never would while it waits here. */
+            if (!timed) {
+                clock_gettime(CLOCK_MONOTONIC, &deadline);
+                deadline.tv_sec += IDX_GROW_WAIT_MS / 1000;
+                timed = true;
+            }
+            if (tl_readers > 0 || pthread_cond_timedwait(&idx->wcond, &idx->mu, &deadline) != 0) {
+                pthread_mutex_unlock(&idx->mu);
+                return fail(idx, -EBUSY,
+                            "index %s: the map is full and cannot grow while %u read "
+                            "transaction(s) are open; end them and retry",
+                            idx->env_path, idx->readers);
+            }
         }
         idx->wtxn.active = true;
+        idx->wowner = pthread_self();
     } else {
         idx->readers++;
+        tl_readers++;
     }
     pthread_mutex_unlock(&idx->mu);
 
@@ -411,8 +457,9 @@ int idx_begin(struct idx *idx, bool write, struct idx_txn **txn_r)
         if (write) {
             idx->wtxn.active = false;
         } else {
-            idx->readers--;
+            reader_ended_locked(idx);
         }
+        pthread_cond_broadcast(&idx->wcond);
         pthread_mutex_unlock(&idx->mu);
         return lmdb_fail(idx, rc,
                          write ? "cannot begin a write transaction"
@@ -452,7 +499,10 @@ static void txn_release(struct idx_txn *t)
     t->txn = NULL;
     t->active = false;
     if (!t->write) {
-        idx->readers--;
+        reader_ended_locked(idx);
+    }
+    if (t->write || idx->readers == 0) {
+        pthread_cond_broadcast(&idx->wcond);
     }
     pthread_mutex_unlock(&idx->mu);
     if (!t->write) {
@@ -474,6 +524,7 @@ static int map_full(struct idx_txn *t, bool txn_alive)
     txn_forget_folder(t);
     pthread_mutex_lock(&idx->mu);
     t->active = false;
+    pthread_cond_broadcast(&idx->wcond);
     size_t old = idx->map_size;
     idx->grow_pending = true;
     int rc = 0;
@@ -3258,6 +3309,11 @@ static struct idx *idx_new(const char *state_dir, const char *account)
 {
     struct idx *idx = xcalloc(1, sizeof(*idx));
     pthread_mutex_init(&idx->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&idx->wcond, &ca);
+    pthread_condattr_destroy(&ca);
     idx->lock_fd = -1;
     idx->account = xstrdup(account);
     idx->dir = path_join(state_dir, account);
@@ -3471,6 +3527,7 @@ void idx_close(struct idx *idx)
         close(idx->lock_fd);
     }
     pthread_mutex_destroy(&idx->mu);
+    pthread_cond_destroy(&idx->wcond);
     free(idx->account);
     free(idx->dir);
     free(idx->env_path);

@@ -253,6 +253,20 @@ void md_dirsync_free(struct md_dirsync *ds)
     memset(ds, 0, sizeof(*ds));
 }
 
+void md_dirsync_take(struct md_dirsync *dst, struct md_dirsync *src)
+{
+    if (dst->n == 0) {
+        md_dirsync_free(dst);
+        *dst = *src;
+        memset(src, 0, sizeof(*src));
+        return;
+    }
+    for (size_t i = 0; i < src->n; i++) {
+        md_dirsync_add(dst, src->paths[i]);
+    }
+    md_dirsync_free(src);
+}
+
 void md_folder_sync_later(struct md_folder *f, struct md_dirsync *ds)
 {
     if (f->dirty_new) {

@@ -86,6 +86,8 @@ void md_dirsync_add(struct md_dirsync *ds, const char *path);
  * frees) naming the directory; the set is kept then. */
 int md_dirsync_run(struct md_dirsync *ds, char **err_r);
 void md_dirsync_free(struct md_dirsync *ds);
+/* Moves every directory of src into dst (src is left empty). */
+void md_dirsync_take(struct md_dirsync *dst, struct md_dirsync *src);
 /* True when this open created the folder's new/, cur/ and tmp/ (all three
  * were missing): the folder was empty an instant ago, so a caller about to
  * scan it may take it as empty. */

@@ -258,10 +258,13 @@ struct deferred_ops {
     char *mailboxid; /* the server's MAILBOXID of the folder, with st; NULL: none said */
 };
 
-static void deferred_free(struct engine *r)
+/* Frees the first n deferred writes (dmu held, or no other thread). */
+static void deferred_drop(struct engine *r, size_t n)
 {
-    for (size_t i = 0; i < r->ndefer; i++) {
+    size_t rows = 0;
+    for (size_t i = 0; i < n; i++) {
         struct deferred_ops *d = &r->defer[i];
+        rows += d->nputs + d->ndrops + 1;
         free(d->folder);
         free(d->mailboxid);
         free(d->puts);
@@ -269,12 +272,24 @@ static void deferred_free(struct engine *r)
         free(d->meta_key);
         free(d->meta_val);
     }
+    if (n == 0) {
+        return;
+    }
+    memmove(r->defer, r->defer + n, (r->ndefer - n) * sizeof(*r->defer));
+    r->ndefer -= n;
+    r->defer_rows = rows < r->defer_rows ? r->defer_rows - rows : 0;
+}
+
+static void deferred_free(struct engine *r)
+{
+    deferred_drop(r, r->ndefer);
     r->ndefer = 0;
     r->defer_rows = 0;
 }
 
 struct apply_ctx {
-    const struct engine *run;
+    const struct deferred_ops *defer; /* a copy of the first ndefer of run->defer */
+    size_t ndefer;
     const struct idx_ops *o; /* NULL: the deferred writes alone */
     size_t no;
 };
@@ -283,8 +298,8 @@ struct apply_ctx {
 static int apply_fn(struct idx_txn *txn, void *arg)
 {
     const struct apply_ctx *c = arg;
-    for (size_t i = 0; i < c->run->ndefer; i++) {
-        const struct deferred_ops *d = &c->run->defer[i];
+    for (size_t i = 0; i < c->ndefer; i++) {
+        const struct deferred_ops *d = &c->defer[i];
         struct idx_ops o = {.folder = d->folder,
                             .puts = d->puts,
                             .nputs = d->nputs,
@@ -313,24 +328,78 @@ static int apply_fn(struct idx_txn *txn, void *arg)
     return 0;
 }
 
-/* The directories the deferred writes depend on, made durable first
- * (invariant 4: the directory before the index records it). e is the
- * session whose folder fails with it, or NULL at the end of the run. */
-static int dirsync_run(struct engine *run, struct session *e)
+void engine_dirsync_add(struct engine *run, struct md_dirsync *ds)
 {
-    char *err = NULL;
-    int r = md_dirsync_run(&run->dirsync, &err);
-    if (r < 0) {
+    pthread_mutex_lock(&run->dmu);
+    md_dirsync_take(&run->dirsync, ds);
+    pthread_mutex_unlock(&run->dmu);
+}
+
+int engine_write(struct engine *run, const struct idx_ops *o, size_t n, char **dserr_r)
+{
+    *dserr_r = NULL;
+    /* One engine write at a time (the loop's, or a flush job's on the
+     * thread pool), so that the deferred writes go in in their order and
+     * before anything written after them. */
+    pthread_mutex_lock(&run->wmu);
+    pthread_mutex_lock(&run->dmu);
+    size_t nd = run->ndefer;
+    struct deferred_ops *snap = NULL;
+    struct md_dirsync ds = {0};
+    if (nd > 0) {
+        /* The entries' buffers stay put until deferred_drop below (only a
+         * writer drops them, under wmu); the loop may append meanwhile. */
+        snap = xmalloc(nd * sizeof(*snap));
+        memcpy(snap, run->defer, nd * sizeof(*snap));
+        md_dirsync_take(&ds, &run->dirsync);
+    }
+    pthread_mutex_unlock(&run->dmu);
+    int r = 0;
+    if (ds.n > 0) {
+        /* The directories the deferred writes depend on, made durable
+         * first (invariant 4: the directory before the index records it). */
+        r = md_dirsync_run(&ds, dserr_r);
+        if (r < 0) {
+            pthread_mutex_lock(&run->dmu);
+            md_dirsync_take(&run->dirsync, &ds);
+            pthread_mutex_unlock(&run->dmu);
+        }
+    }
+    md_dirsync_free(&ds);
+    if (r == 0 && (nd > 0 || n > 0)) {
+        struct apply_ctx c = {.defer = snap, .ndefer = nd, .o = o, .no = n};
+        r = idx_write(run->idx, apply_fn, &c);
+        if (r == 0 && nd > 0) {
+            pthread_mutex_lock(&run->dmu);
+            deferred_drop(run, nd);
+            pthread_mutex_unlock(&run->dmu);
+        }
+    }
+    free(snap);
+    pthread_mutex_unlock(&run->wmu);
+    return r;
+}
+
+/* Reports engine_write's failure for e's folder (NULL: none) and the run. */
+static void write_failed(struct engine *run, struct session *e, int r, const char *dserr)
+{
+    if (dserr != NULL) {
         bool full = r == -ENOSPC || r == -EDQUOT;
         if (e != NULL && full) {
-            folder_fail_transient(e, "%s", err);
+            folder_fail_transient(e, "%s", dserr);
         } else if (e != NULL) {
-            folder_fail(e, "%s", err);
+            folder_fail(e, "%s", dserr);
         }
-        run_error(run, full ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s", err);
+        run_error(run, full ? SYNC_TRANSIENT : SYNC_PERMANENT, "%s", dserr);
+    } else if (e != NULL) {
+        folder_fail_idx(e, r);
     }
-    free(err);
-    return r;
+}
+
+void engine_write_failed(struct session *e, int r, char *dserr)
+{
+    write_failed(e->run, e, r, dserr);
+    free(dserr);
 }
 
 int idx_apply(struct session *e, const struct idx_ops *o)
@@ -343,37 +412,31 @@ int idx_apply_many(struct session *e, const struct idx_ops *o, size_t n)
     if (e->opts.dry_run) {
         return 0;
     }
-    if (e->run->ndefer > 0) {
-        int dr = dirsync_run(e->run, e);
-        if (dr < 0) {
-            return dr;
-        }
-    }
-    struct apply_ctx c = {.run = e->run, .o = o, .no = n};
-    int r = idx_write(e->idx, apply_fn, &c);
+    char *dserr;
+    int r = engine_write(e->run, o, n, &dserr);
     if (r < 0) {
-        folder_fail_idx(e, r);
-    } else {
-        deferred_free(e->run);
+        engine_write_failed(e, r, dserr);
     }
     return r;
 }
 
-/* Writes what was deferred. Returns 0 or the index error. */
-static int deferred_flush(struct engine *run, struct session *e)
+/* Writes what was deferred. Returns 0 or the error: the directories' (said
+ * for e's folder and the run, *idx_failed false) or the index's (*idx_failed
+ * true, reported by the caller). */
+static int deferred_flush(struct engine *run, struct session *e, bool *idx_failed)
 {
+    *idx_failed = false;
     if (run->ndefer == 0 || run->idx == NULL) {
         return 0;
     }
-    int dr = dirsync_run(run, e);
-    if (dr < 0) {
-        return dr;
+    char *dserr;
+    int r = engine_write(run, NULL, 0, &dserr);
+    if (r < 0 && dserr != NULL) {
+        write_failed(run, e, r, dserr);
+    } else if (r < 0) {
+        *idx_failed = true;
     }
-    struct apply_ctx c = {.run = run, .o = NULL};
-    int r = idx_write(run->idx, apply_fn, &c);
-    if (r == 0) {
-        deferred_free(run);
-    }
+    free(dserr);
     return r;
 }
 
@@ -403,9 +466,7 @@ void idx_apply_later(struct session *e, const struct idx_ops *o)
         return;
     }
     struct engine *run = e->run;
-    xgrow(&run->defer, &run->defer_cap, run->ndefer + 1, sizeof(*run->defer));
-    struct deferred_ops *d = &run->defer[run->ndefer++];
-    memset(d, 0, sizeof(*d));
+    struct deferred_ops dd = {0}, *d = &dd;
     d->folder = xstrdup(o->folder);
     if (o->nputs > 0) {
         d->puts = xmalloc(o->nputs * sizeof(*d->puts));
@@ -429,10 +490,16 @@ void idx_apply_later(struct session *e, const struct idx_ops *o)
         memcpy(d->meta_val, o->meta_val, o->meta_len);
         d->meta_len = o->meta_len;
     }
+    pthread_mutex_lock(&run->dmu);
+    xgrow(&run->defer, &run->defer_cap, run->ndefer + 1, sizeof(*run->defer));
+    run->defer[run->ndefer++] = dd;
     run->defer_rows += o->nputs + o->ndrops + 1;
-    if (run->defer_rows >= DEFER_MAX_ROWS || run->ndefer >= DEFER_MAX_FOLDERS) {
-        int r = deferred_flush(run, e);
-        if (r < 0 && run->dirsync.n == 0) {
+    bool full = run->defer_rows >= DEFER_MAX_ROWS || run->ndefer >= DEFER_MAX_FOLDERS;
+    pthread_mutex_unlock(&run->dmu);
+    if (full) {
+        bool idx_failed;
+        int r = deferred_flush(run, e, &idx_failed);
+        if (r < 0 && idx_failed) {
             folder_fail_idx(e, r); /* the directories went, the index write did not */
         }
     }
@@ -468,6 +535,8 @@ static void on_run_closed(uv_handle_t *h)
     moves_claims_free(r);
     moves_orphans_free(r);
     free(r->error);
+    pthread_mutex_destroy(&r->wmu);
+    pthread_mutex_destroy(&r->dmu);
     free(r);
 }
 
@@ -483,8 +552,9 @@ static void on_run_timer(uv_timer_t *t)
 {
     struct engine *r = t->data;
     if (r->idx != NULL) {
-        int fr = deferred_flush(r, NULL);
-        if (fr < 0 && r->dirsync.n == 0) {
+        bool idx_failed;
+        int fr = deferred_flush(r, NULL, &idx_failed);
+        if (fr < 0 && idx_failed) {
             /* The folders' last records are lost; the next run compares
              * them again (nothing is lost or copied twice), but this run
              * did not finish. */
@@ -1326,8 +1396,9 @@ void next_folder(struct session *e)
          * its base again (else it would match its own downloads as files
          * it does not know) and before the session waits. */
         if (r->ndefer > 0 && !e->opts.dry_run) {
-            int fr = deferred_flush(r, NULL);
-            if (fr < 0 && r->dirsync.n == 0) {
+            bool idx_failed;
+            int fr = deferred_flush(r, NULL, &idx_failed);
+            if (fr < 0 && idx_failed) {
                 log_error("%s: index: %s (the next sync of those folders matches them again)",
                           e->acct->name, idx_error(r->idx));
             }
@@ -1886,6 +1957,8 @@ int engine_start(uv_loop_t *loop, const struct sync_account *acct, const struct 
         return -EINVAL;
     }
     struct engine *r = xcalloc(1, sizeof(*r));
+    pthread_mutex_init(&r->wmu, NULL);
+    pthread_mutex_init(&r->dmu, NULL);
     r->ro = opts->remote != NULL ? opts->remote : &remote_imap;
     r->loop = loop;
     r->acct = acct;

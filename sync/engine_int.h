@@ -34,6 +34,7 @@
 #ifndef MAILSYNC_SYNC_ENGINE_INT_H
 #define MAILSYNC_SYNC_ENGINE_INT_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -327,7 +328,10 @@ struct engine {
     size_t plan_nloc, plan_nbad;
     struct renames *renames;
     /* Index writes that need not be durable at once, written with the next
-     * one that must be (see idx_apply_later). */
+     * one that must be (see idx_apply_later). The loop adds to them while a
+     * download batch's write on the thread pool may take and drop them:
+     * dmu guards defer and dirsync; wmu makes engine_write one at a time. */
+    pthread_mutex_t wmu, dmu;
     struct deferred_ops *defer;
     size_t ndefer, defer_cap, defer_rows;
     /* Directories to fsync before the deferred writes go in: new folders'
@@ -448,6 +452,17 @@ int idx_apply(struct session *e, const struct idx_ops *o);
  * folder and arrives in another, or neither happens). */
 int idx_apply_many(struct session *e, const struct idx_ops *o, size_t n);
 void idx_apply_later(struct session *e, const struct idx_ops *o);
+/* The deferred writes (after the directories they need are fsynced), then
+ * o[0..n), in one transaction. Safe on the thread pool: it touches only
+ * the run's deferred writes and the index. Returns 0, or a negative errno
+ * with *dserr_r (to free) when the directories' fsync failed, NULL when
+ * the index write did (idx_error says why). */
+int engine_write(struct engine *run, const struct idx_ops *o, size_t n, char **dserr_r);
+/* Reports engine_write's failure for e's folder (and the run); frees dserr. */
+void engine_write_failed(struct session *e, int r, char *dserr);
+/* Directories to fsync before the next deferred write goes in (ds is
+ * emptied into the run's set). */
+void engine_dirsync_add(struct engine *run, struct md_dirsync *ds);
 void finish_teardown(struct session *e);
 /* In the completion of a thread-pool job of e's folder (scan, plan,
  * batch, matching reads): true to go on; false when the session ended

@@ -667,9 +667,10 @@ static int folder_prepare(struct session *e)
     }
     bool sub = e->acct->layout == MD_LAYOUT_MAILDIRPP && strcasecmp(j->name, "INBOX") != 0;
     char *err = NULL;
-    r = md_folder_open_ds(path, !e->opts.dry_run, sub, e->opts.dry_run ? NULL : &e->run->dirsync,
-                          &f->md, &err);
+    struct md_dirsync ds = {0};
+    r = md_folder_open_ds(path, !e->opts.dry_run, sub, e->opts.dry_run ? NULL : &ds, &f->md, &err);
     free(path);
+    engine_dirsync_add(e->run, &ds);
     if (r == -ENOENT && e->opts.dry_run) {
         free(err);
         f->md = NULL;
@@ -2029,6 +2030,11 @@ static void progress_add(struct session *e, unsigned msgs, uint64_t bytes)
 struct flush_job {
     uv_work_t req;
     struct session *e;
+    struct engine *run;
+    char *folder; /* the folder's name */
+    bool intents; /* write rows as download intents first */
+    int idx_r;    /* engine_write's result */
+    char *dserr;  /* and its directory error */
     struct md_folder *md;
     struct dl **batch;
     size_t n;
@@ -2040,6 +2046,7 @@ struct flush_job {
 };
 
 #define FLUSH_NO_LETTERS 1
+#define FLUSH_NO_INTENT 2
 
 static bool batch_full(const struct fstate *f)
 {
@@ -2049,6 +2056,20 @@ static bool batch_full(const struct fstate *f)
 static void flush_work(uv_work_t *req)
 {
     struct flush_job *j = req->data;
+    if (j->intents && !j->dry_run) {
+        /* The intents (and what was deferred) go in first: on this thread,
+         * since a durable index commit is milliseconds of the loop's time. */
+        struct idx_ops o = {.folder = j->folder, .puts = j->rows, .nputs = j->n};
+        j->idx_r = engine_write(j->run, &o, 1, &j->dserr);
+        if (j->idx_r < 0) {
+            for (size_t i = 0; i < j->n; i++) {
+                md_writer_abort(j->batch[i]->w);
+                j->batch[i]->w = NULL;
+                j->res[i] = FLUSH_NO_INTENT;
+            }
+            return;
+        }
+    }
     struct md_writer **ws = xcalloc(j->n, sizeof(*ws));
     for (size_t i = 0; i < j->n; i++) {
         ws[i] = j->batch[i]->w;
@@ -2101,7 +2122,10 @@ static void flush_done(uv_work_t *req, int status)
     struct fstate *f = e->f;
     f->flushing = NULL;
     f->kw_failed = f->kw_failed || j->kw_failed;
-    if (j->sync_r < 0) {
+    if (j->idx_r < 0) {
+        engine_write_failed(e, j->idx_r, j->dserr);
+        j->dserr = NULL;
+    } else if (j->sync_r < 0) {
         folder_fail_md(e, j->sync_r);
     }
     size_t ok = 0;
@@ -2110,6 +2134,8 @@ static void flush_done(uv_work_t *req, int status)
         struct dl *d = j->batch[i];
         if (j->res[i] == FLUSH_NO_LETTERS) {
             folder_fail(e, "%s", md_folder_error(f->md));
+        } else if (j->res[i] == FLUSH_NO_INTENT) {
+            /* Not written: downloaded again next time. */
         } else if (j->res[i] < 0 && j->sync_r >= 0) {
             folder_fail_md(e, j->res[i]); /* the intent stays: the next run forgets it */
         } else if (j->res[i] == 0) {
@@ -2125,11 +2151,14 @@ static void flush_done(uv_work_t *req, int status)
     if (ok > 0) {
         /* new/ and cur/ are fsynced (with other folders' directories)
          * before these records are written. */
-        md_folder_sync_later(f->md, &e->run->dirsync);
+        struct md_dirsync ds = {0};
+        md_folder_sync_later(f->md, &ds);
+        engine_dirsync_add(e->run, &ds);
         struct idx_ops o = {.folder = f->job->name, .puts = j->rows, .nputs = ok};
         idx_apply_later(e, &o);
     }
     progress_add(e, (unsigned)ok, ok_bytes);
+    free(j->folder);
     free(j->batch);
     free(j->rows);
     free(j->res);
@@ -2184,7 +2213,6 @@ int flush_batch(struct session *e)
         snprintf(m->lid, sizeof(m->lid), "%s", d->lid);
         plan_kw_format(&d->pd->kw, m->keywords, sizeof(m->keywords));
     }
-    struct idx_ops o = {.folder = f->job->name, .puts = rows, .nputs = f->nbatch};
     /* The intents keep a crash between the renames below and the records
      * from leaving files the index does not know beside records it does
      * (which the next run would upload as new). The first batch of a
@@ -2197,21 +2225,12 @@ int flush_batch(struct session *e)
     bool intents = f->dl_flushed || f->st.uidvalidity != 0 || f->nbase != 0 || f->nintents != 0 ||
                    f->adopt || f->rematch;
     f->dl_flushed = true;
-    int r = intents ? idx_apply(e, &o) : 0;
-    if (r < 0) {
-        for (size_t i = 0; i < f->nbatch; i++) {
-            md_writer_abort(f->batch[i]->w);
-            free(f->batch[i]->hdr);
-            free(f->batch[i]);
-        }
-        f->nbatch = 0;
-        f->batch_bytes = 0;
-        free(rows);
-        return r;
-    }
     struct flush_job *j = xcalloc(1, sizeof(*j));
     j->req.data = j;
     j->e = e;
+    j->run = e->run;
+    j->folder = xstrdup(f->job->name);
+    j->intents = intents;
     j->md = f->md;
     j->batch = f->batch;
     j->n = f->nbatch;
