@@ -607,6 +607,7 @@ static void scan_work(uv_work_t *req)
 }
 
 static void start_folder_scanned(struct session *e);
+static void scanned_decide(struct session *e, bool unchanged);
 
 static void scan_done(uv_work_t *req, int status)
 {
@@ -942,9 +943,11 @@ static bool local_same_as_base(const struct fstate *f)
     return true;
 }
 
-static bool local_unchanged(struct session *e)
+/* The cheap half of local_unchanged: a row a killed run left unsettled or
+ * parked, or an intent, means the folder must be synced whatever the
+ * files say. */
+static bool local_rows_settled(const struct fstate *f)
 {
-    struct fstate *f = e->f;
     if (f->nintents > 0) {
         return false;
     }
@@ -956,26 +959,84 @@ static bool local_unchanged(struct session *e)
             return false; /* left by a run stopped before its pass ended */
         }
     }
-    if (local_same_as_base(f)) {
-        return true;
-    }
+    return true;
+}
+
+/* The rest of local_unchanged runs on the thread pool: at 100,000
+ * messages the comparison of every file with its base row, and the plan
+ * against an empty server delta when they differ, take the loop thread
+ * hundreds of milliseconds. The folder waits meanwhile (fstate.reading). */
+struct unchanged_job {
+    uv_work_t req;
+    struct session *e;
     struct plan_input in;
     struct plan_server_msg *sm;
-    bool saved = f->delta;
-    size_t saved_n = f->nsmsgs, saved_v = f->nvanished;
+    bool saved_delta;
+    size_t saved_n, saved_v;
+    bool unchanged;
+    void (*cont)(struct session *e, bool unchanged);
+};
+
+static void unchanged_work(uv_work_t *req)
+{
+    struct unchanged_job *j = req->data;
+    const struct fstate *f = j->e->f;
+    if (local_same_as_base(f)) {
+        j->unchanged = true;
+        return;
+    }
+    struct plan *p = plan_build(&j->in);
+    j->unchanged = plan_empty(p);
+    plan_free(p);
+}
+
+static void unchanged_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct unchanged_job *j = req->data;
+    struct session *e = j->e;
+    struct fstate *f = e->f;
+    void (*cont)(struct session *, bool) = j->cont;
+    bool unchanged = j->unchanged;
+    f->reading = false;
+    f->delta = j->saved_delta;
+    f->nsmsgs = j->saved_n;
+    f->nvanished = j->saved_v;
+    free(j->sm);
+    free(j);
+    if (!pool_job_back(e)) {
+        return;
+    }
+    cont(e, unchanged);
+}
+
+/* Whether the local side changed since the base (a plan against a server
+ * delta that reports nothing is empty): cont is called with the answer,
+ * from a later loop turn unless the rows alone say no. */
+static void local_unchanged_then(struct session *e, void (*cont)(struct session *e, bool unchanged))
+{
+    struct fstate *f = e->f;
+    if (!local_rows_settled(f)) {
+        cont(e, false);
+        return;
+    }
+    struct unchanged_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->cont = cont;
+    j->saved_delta = f->delta;
+    j->saved_n = f->nsmsgs;
+    j->saved_v = f->nvanished;
     f->delta = true;
     f->nsmsgs = 0;
     f->nvanished = 0;
-    fill_input(e, &in, &sm);
-    in.force = true;
-    struct plan *p = plan_build(&in);
-    bool empty = plan_empty(p);
-    plan_free(p);
-    free(sm);
-    f->delta = saved;
-    f->nsmsgs = saved_n;
-    f->nvanished = saved_v;
-    return empty;
+    fill_input(e, &j->in, &j->sm);
+    j->in.force = true;
+    f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, unchanged_work, unchanged_done) != 0) {
+        unchanged_work(&j->req);
+        unchanged_done(&j->req, 0);
+    }
 }
 
 /* ---- folder: server state --------------------------------------------------------- */
@@ -3254,8 +3315,23 @@ static void start_folder_scanned(struct session *e)
         return;
     }
     /* Skip the SELECT when nothing moved on either side. */
-    if (j->has_status && status_unchanged(&f->st, &j->status) && local_unchanged(e) &&
-        !skips_released(e)) {
+    if (j->has_status && status_unchanged(&f->st, &j->status)) {
+        local_unchanged_then(e, scanned_decide);
+        return;
+    }
+    /* Messages moved here from another folder, or from here to another,
+     * go first (UID MOVE), so that the listing already has them where
+     * they are now. */
+    moves_start(e, do_select);
+}
+
+/* start_folder_scanned, once the server said nothing changed: whether the
+ * local side did. */
+static void scanned_decide(struct session *e, bool unchanged)
+{
+    struct fstate *f = e->f;
+    struct fjob *j = f->job;
+    if (unchanged && !skips_released(e)) {
         lskips_save(e);
         /* This scan found nothing to do either: its stamp spares the next
          * sync the scan, unless the record's does already (or this one is
@@ -3263,7 +3339,7 @@ static void start_folder_scanned(struct session *e)
         struct md_stamp rec = recorded_stamp(&f->st);
         bool stamp =
             md_unchanged_since(&f->stamp, &f->stamp) && !md_unchanged_since(&rec, &f->stamp);
-        /* No row is unsettled (local_unchanged): what is left of the
+        /* No row is unsettled (local_rows_settled): what is left of the
          * marks' value goes, or local_quiet would never believe a stamp. */
         size_t len = 0;
         if (!e->opts.dry_run) {
