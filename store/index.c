@@ -1613,11 +1613,23 @@ static size_t msg_encode(uint8_t *buf, const struct idx_msg *m, uint32_t kw, siz
     return w.len;
 }
 
+/* A record as stored, its lid not copied: lid points into the value, or
+ * into the key of an APPENDING record (valid while the transaction is). */
+struct msg_view {
+    uint32_t uid;
+    uint8_t state, flags;
+    uint64_t size;
+    uint32_t kw; /* the keyword set's id, 0 for none */
+    uint8_t msgid_hash[16];
+    uint8_t emailid_hash[8];
+    const char *lid;
+    size_t lid_len;
+};
+
 /* Decodes a record stored under uid. The lid is the rest of the record, or,
- * when key_lid is given, the lid from an APPENDING record's key. The
- * keywords are not filled in: *kw_r is the set's id (0 for none). */
-static bool msg_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size_t key_lid_len,
-                       struct idx_msg *m, uint32_t *kw_r)
+ * when key_lid is given, the lid from an APPENDING record's key. */
+static bool msg_view_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size_t key_lid_len,
+                            struct msg_view *m)
 {
     struct rd r = {.p = v->mv_data, .len = v->mv_size};
     uint8_t hdr = get_u8(&r);
@@ -1634,10 +1646,10 @@ static bool msg_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size
                                    : IDX_MSG_SYNCED;
     m->flags = get_u8(&r);
     m->size = get_varint(&r);
-    *kw_r = 0;
+    m->kw = 0;
     if (hdr & MSG_HAS_KW) {
-        *kw_r = get_varint32(&r);
-        if (*kw_r == 0) {
+        m->kw = get_varint32(&r);
+        if (m->kw == 0) {
             return false;
         }
     }
@@ -1648,18 +1660,20 @@ static bool msg_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size
     }
     size_t n = get_u8(&r);
     if (key_lid == NULL) {
-        if (n == 0) {
+        if (n == 0 || n > IDX_LID_MAX || !rd_need(&r, n) || memchr(r.p + r.pos, '\0', n) != NULL) {
             return false;
         }
-        get_str(&r, m->lid, n, sizeof(m->lid));
+        m->lid = (const char *)r.p + r.pos;
+        m->lid_len = n;
+        r.pos += n;
     } else if (n != 0) {
         return false;
     } else if (key_lid_len == 0 || key_lid_len > IDX_LID_MAX ||
                memchr(key_lid, '\0', key_lid_len) != NULL) {
         return false;
     } else {
-        memcpy(m->lid, key_lid, key_lid_len);
-        m->lid[key_lid_len] = '\0';
+        m->lid = key_lid;
+        m->lid_len = key_lid_len;
     }
     if (hdr >> 4 == MSG_REC_V3) {
         get_bytes(&r, m->emailid_hash, sizeof(m->emailid_hash));
@@ -1670,6 +1684,49 @@ static bool msg_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size
         return false;
     }
     return !((m->state == IDX_MSG_SYNCED || m->state == IDX_MSG_ORPHAN) && m->uid == 0);
+}
+
+static void view_to_msg(const struct msg_view *mv, struct idx_msg *m)
+{
+    m->uid = mv->uid;
+    m->state = mv->state;
+    m->flags = mv->flags;
+    m->size = mv->size;
+    memcpy(m->msgid_hash, mv->msgid_hash, sizeof(m->msgid_hash));
+    memcpy(m->emailid_hash, mv->emailid_hash, sizeof(m->emailid_hash));
+    memcpy(m->lid, mv->lid, mv->lid_len);
+    m->lid[mv->lid_len] = '\0';
+}
+
+/* msg_view_decode into a struct idx_msg. The keywords are not filled in:
+ * *kw_r is the set's id (0 for none). */
+static bool msg_decode(const MDB_val *v, uint32_t uid, const char *key_lid, size_t key_lid_len,
+                       struct idx_msg *m, uint32_t *kw_r)
+{
+    struct msg_view mv;
+    if (!msg_view_decode(v, uid, key_lid, key_lid_len, &mv)) {
+        return false;
+    }
+    view_to_msg(&mv, m);
+    *kw_r = mv.kw;
+    return true;
+}
+
+/* The text of keyword set kw into names (IDX_KEYWORDS_MAX + 1 bytes), for
+ * the record of lid (lid_len bytes, for the message when the set is
+ * missing or corrupt). */
+static int kw_text(struct idx_txn *t, const char *folder, uint32_t fid, uint32_t kw,
+                   const char *lid, size_t lid_len, char *names)
+{
+    uint64_t refs;
+    int rc = kw_read(t, fid, kw, &refs, names);
+    if (rc == -ENOENT || rc == -EBADMSG) {
+        names[0] = '\0';
+        return fail(
+            t->idx, -EBADMSG, "index %s: keyword set %" PRIu32 " of '%.*s' in folder '%s' is %s",
+            t->idx->env_path, kw, (int)lid_len, lid, folder, rc == -ENOENT ? "missing" : "corrupt");
+    }
+    return rc;
 }
 
 /* Fills in m->keywords from set kw. *last is the set whose string
@@ -1686,15 +1743,8 @@ static int msg_keywords(struct idx_txn *t, const char *folder, uint32_t fid, uin
     if (kw == *last) {
         return 0;
     }
-    uint64_t refs;
     *last = 0;
-    int rc = kw_read(t, fid, kw, &refs, m->keywords);
-    if (rc == -ENOENT || rc == -EBADMSG) {
-        m->keywords[0] = '\0';
-        return fail(t->idx, -EBADMSG,
-                    "index %s: keyword set %" PRIu32 " of '%s' in folder '%s' is %s",
-                    t->idx->env_path, kw, m->lid, folder, rc == -ENOENT ? "missing" : "corrupt");
-    }
+    int rc = kw_text(t, folder, fid, kw, m->lid, strlen(m->lid), m->keywords);
     if (rc == 0) {
         *last = kw;
     }
@@ -2252,26 +2302,38 @@ int idx_msg_delete_uid(struct idx_txn *txn, const char *folder, uint32_t uid)
     return rc;
 }
 
-/* Decodes the record at a walk position: a synced one (8-byte key) or an
- * APPENDING one (folder id + lid). */
-static int walk_decode(struct idx_txn *t, const char *folder, uint32_t fid, bool pending,
-                       const MDB_val *k, const MDB_val *v, uint32_t *last_kw, struct idx_msg *m)
+/* Decodes the record at a walk position, lid not copied: a synced one
+ * (8-byte key) or an APPENDING one (folder id + lid). */
+static int walk_view(struct idx_txn *t, const char *folder, bool pending, const MDB_val *k,
+                     const MDB_val *v, struct msg_view *mv)
 {
-    uint32_t kw;
     if (!pending) {
         uint32_t uid = k->mv_size == 8 ? rd_be32((const uint8_t *)k->mv_data + 4) : 0;
-        if (uid == 0 || !msg_decode(v, uid, NULL, 0, m, &kw)) {
+        if (uid == 0 || !msg_view_decode(v, uid, NULL, 0, mv)) {
             return fail(t->idx, -EBADMSG,
                         "index %s: corrupt message record for UID %" PRIu32 " in folder '%s'",
                         t->idx->env_path, uid, folder);
         }
     } else if (k->mv_size <= 4 || k->mv_size > 4 + IDX_LID_MAX ||
-               !msg_decode(v, 0, (const char *)k->mv_data + 4, k->mv_size - 4, m, &kw)) {
+               !msg_view_decode(v, 0, (const char *)k->mv_data + 4, k->mv_size - 4, mv)) {
         return fail(t->idx, -EBADMSG, "index %s: corrupt pending record for '%.*s' in folder '%s'",
                     t->idx->env_path, (int)(k->mv_size > 4 ? k->mv_size - 4 : 0),
                     (const char *)k->mv_data + 4, folder);
     }
-    return msg_keywords(t, folder, fid, kw, last_kw, m);
+    return 0;
+}
+
+/* walk_view into a complete struct idx_msg. */
+static int walk_decode(struct idx_txn *t, const char *folder, uint32_t fid, bool pending,
+                       const MDB_val *k, const MDB_val *v, uint32_t *last_kw, struct idx_msg *m)
+{
+    struct msg_view mv;
+    int rc = walk_view(t, folder, pending, k, v, &mv);
+    if (rc != 0) {
+        return rc;
+    }
+    view_to_msg(&mv, m);
+    return msg_keywords(t, folder, fid, mv.kw, last_kw, m);
 }
 
 int idx_msg_foreach(struct idx_txn *txn, const char *folder,
@@ -2334,8 +2396,13 @@ int idx_msg_foreach(struct idx_txn *txn, const char *folder,
     return rc;
 }
 
-int idx_msg_walk(struct idx_txn *txn, const char *folder,
-                 int (*fn)(const struct idx_msg *m, void *arg), void *arg)
+/* One step of walk_cursor: the record at k, v of folder fid. */
+typedef int (*walk_step_fn)(struct idx_txn *t, const char *folder, uint32_t fid, bool pending,
+                            const MDB_val *k, const MDB_val *v, void *ctx);
+
+/* The folder's records in idx_msg_walk's order, one cursor per database
+ * for the whole walk: that is only safe because step does not write. */
+static int walk_cursor(struct idx_txn *txn, const char *folder, walk_step_fn step, void *ctx)
 {
     int rc = txn_check(txn, false);
     if (rc != 0) {
@@ -2346,12 +2413,9 @@ int idx_msg_walk(struct idx_txn *txn, const char *folder,
     if (rc != 0) {
         return rc;
     }
-    uint32_t fid = f->id, last_kw = 0;
-    struct idx_msg *m = xmalloc(sizeof(*m));
+    uint32_t fid = f->id;
     uint8_t prefix[4];
     be32(prefix, fid);
-    /* One cursor per database for the whole walk: that is only safe
-     * because fn does not write. */
     static const enum idx_db dbs[] = {DB_MESSAGES, DB_APPENDING};
     for (size_t d = 0; d < ARRAY_SIZE(dbs) && rc == 0; d++) {
         MDB_cursor *c;
@@ -2366,17 +2430,271 @@ int idx_msg_walk(struct idx_txn *txn, const char *folder,
             if (!has_prefix(&k, prefix, 4)) {
                 break;
             }
-            rc = walk_decode(txn, folder, fid, dbs[d] == DB_APPENDING, &k, &v, &last_kw, m);
-            if (rc == 0) {
-                rc = fn(m, arg);
-            }
+            rc = step(txn, folder, fid, dbs[d] == DB_APPENDING, &k, &v, ctx);
         }
         mdb_cursor_close(c);
         if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND) {
             rc = lmdb_fail(txn->idx, mrc, db_names[dbs[d]]);
         }
     }
-    free(m);
+    return rc;
+}
+
+struct msg_walk {
+    int (*fn)(const struct idx_msg *m, void *arg);
+    void *arg;
+    uint32_t last_kw;
+    struct idx_msg *m;
+};
+
+static int msg_walk_step(struct idx_txn *t, const char *folder, uint32_t fid, bool pending,
+                         const MDB_val *k, const MDB_val *v, void *ctx)
+{
+    struct msg_walk *w = ctx;
+    int rc = walk_decode(t, folder, fid, pending, k, v, &w->last_kw, w->m);
+    return rc != 0 ? rc : w->fn(w->m, w->arg);
+}
+
+int idx_msg_walk(struct idx_txn *txn, const char *folder,
+                 int (*fn)(const struct idx_msg *m, void *arg), void *arg)
+{
+    struct msg_walk w = {.fn = fn, .arg = arg, .m = xmalloc(sizeof(*w.m))};
+    int rc = walk_cursor(txn, folder, msg_walk_step, &w);
+    free(w.m);
+    return rc;
+}
+
+/* Compact rows */
+
+/* Keyword set ids of the index -> the rows' set index, for one walk (open
+ * addressing; id 0 marks a free slot, as no set has it). */
+struct kw_map {
+    uint32_t *ids, *ix;
+    size_t cap, n;
+};
+
+static size_t kw_map_slot(const struct kw_map *km, uint32_t id)
+{
+    size_t i = (size_t)(id * 2654435761u) & (km->cap - 1);
+    while (km->ids[i] != 0 && km->ids[i] != id) {
+        i = (i + 1) & (km->cap - 1);
+    }
+    return i;
+}
+
+static void kw_map_put(struct kw_map *km, uint32_t id, uint32_t ix)
+{
+    if ((km->n + 1) * 2 > km->cap) {
+        struct kw_map old = *km;
+        km->cap = old.cap != 0 ? old.cap * 2 : 16;
+        km->ids = xcalloc(km->cap, sizeof(*km->ids));
+        km->ix = xcalloc(km->cap, sizeof(*km->ix));
+        km->n = 0;
+        for (size_t i = 0; i < old.cap; i++) {
+            if (old.ids[i] != 0) {
+                kw_map_put(km, old.ids[i], old.ix[i]);
+            }
+        }
+        free(old.ids);
+        free(old.ix);
+    }
+    size_t i = kw_map_slot(km, id);
+    km->ids[i] = id;
+    km->ix[i] = ix;
+    km->n++;
+}
+
+/* The lid copied into the rows' blocks; returns its offset. A lid never
+ * straddles two blocks. */
+static uint32_t rows_lid(struct idx_rows *r, const char *lid, size_t len)
+{
+    const size_t block = (size_t)1 << IDX_ROWS_BLOCK_BITS;
+    if (r->nblocks == 0 || r->block_used + len + 1 > block) {
+        /* Offsets are 32 bits: 65,536 blocks of 64 KiB, far beyond any
+         * folder the index can describe. */
+        if (r->nblocks >= ((size_t)1 << (32 - IDX_ROWS_BLOCK_BITS))) {
+            abort();
+        }
+        xgrow(&r->lids, &r->blocks_cap, r->nblocks + 1, sizeof(*r->lids));
+        r->lids[r->nblocks++] = xmalloc(block);
+        r->block_used = 0;
+    }
+    char *p = r->lids[r->nblocks - 1] + r->block_used;
+    memcpy(p, lid, len);
+    p[len] = '\0';
+    uint32_t off = (uint32_t)((r->nblocks - 1) << IDX_ROWS_BLOCK_BITS | r->block_used);
+    r->block_used += len + 1;
+    return off;
+}
+
+/* Appends a keyword text (len bytes) as a new set; returns its index. */
+static uint32_t rows_kwset_new(struct idx_rows *r, const char *text, size_t len)
+{
+    xgrow(&r->kwsets, &r->kwsets_cap, r->nkwsets + 1, sizeof(*r->kwsets));
+    char *t = xmalloc(len + 1);
+    memcpy(t, text, len);
+    t[len] = '\0';
+    r->kwsets[r->nkwsets] = t;
+    return (uint32_t)r->nkwsets++;
+}
+
+static void rows_init(struct idx_rows *r)
+{
+    if (r->nkwsets == 0) {
+        rows_kwset_new(r, "", 0);
+    }
+}
+
+/* The index of a keyword text, added when new. A folder has few distinct
+ * sets, and rows are added one by one only for what a run writes. */
+static uint32_t rows_kwset(struct idx_rows *r, const char *text)
+{
+    size_t len = strnlen(text, IDX_KEYWORDS_MAX + 1);
+    rows_init(r);
+    for (size_t i = 0; i < r->nkwsets; i++) {
+        if (strncmp(r->kwsets[i], text, len) == 0 && r->kwsets[i][len] == '\0') {
+            return (uint32_t)i;
+        }
+    }
+    return rows_kwset_new(r, text, len);
+}
+
+/* Fills row from mv, its keywords being set kwix; keep_lid leaves the
+ * row's lid as it is (the same name: not copied into the arena again). */
+static void row_fill(struct idx_rows *r, struct idx_row *row, const struct msg_view *mv,
+                     uint32_t kwix, bool keep_lid)
+{
+    row->uid = mv->uid;
+    row->state = mv->state;
+    row->flags = mv->flags;
+    row->size = mv->size;
+    memcpy(row->msgid_hash, mv->msgid_hash, sizeof(row->msgid_hash));
+    memcpy(row->emailid_hash, mv->emailid_hash, sizeof(row->emailid_hash));
+    if (!keep_lid) {
+        row->lid_off = rows_lid(r, mv->lid, mv->lid_len);
+        row->lid_len = (uint16_t)mv->lid_len;
+    }
+    row->kwset = kwix;
+}
+
+static void row_from_msg(struct idx_rows *r, struct idx_row *row, const struct idx_msg *m,
+                         bool keep_lid)
+{
+    struct msg_view mv = {.uid = m->uid,
+                          .state = m->state,
+                          .flags = m->flags,
+                          .size = m->size,
+                          .lid = m->lid,
+                          .lid_len = strnlen(m->lid, sizeof(m->lid) - 1)};
+    memcpy(mv.msgid_hash, m->msgid_hash, sizeof(mv.msgid_hash));
+    memcpy(mv.emailid_hash, m->emailid_hash, sizeof(mv.emailid_hash));
+    row_fill(r, row, &mv, rows_kwset(r, m->keywords), keep_lid);
+}
+
+void idx_rows_reserve(struct idx_rows *rows, size_t n)
+{
+    if (n > rows->cap) {
+        rows->v = xrealloc(rows->v, n * sizeof(*rows->v));
+        rows->cap = n;
+    }
+}
+
+void idx_rows_add(struct idx_rows *rows, const struct idx_msg *m)
+{
+    xgrow(&rows->v, &rows->cap, rows->n + 1, sizeof(*rows->v));
+    row_from_msg(rows, &rows->v[rows->n], m, false);
+    rows->n++;
+}
+
+void idx_rows_set(struct idx_rows *rows, size_t i, const struct idx_msg *m)
+{
+    /* A row changed in place (flags settled, a state) mostly keeps its
+     * name: it is not copied into the arena again. */
+    struct idx_row *row = &rows->v[i];
+    row_from_msg(rows, row, m, strcmp(idx_rows_lid(rows, i), m->lid) == 0);
+}
+
+void idx_rows_get(const struct idx_rows *rows, size_t i, struct idx_msg *m_r)
+{
+    const struct idx_row *row = &rows->v[i];
+    m_r->uid = row->uid;
+    m_r->state = row->state;
+    m_r->flags = row->flags;
+    m_r->size = row->size;
+    memcpy(m_r->msgid_hash, row->msgid_hash, sizeof(m_r->msgid_hash));
+    memcpy(m_r->emailid_hash, row->emailid_hash, sizeof(m_r->emailid_hash));
+    memcpy(m_r->lid, idx_rows_lid(rows, i), row->lid_len);
+    m_r->lid[row->lid_len] = '\0';
+    snprintf(m_r->keywords, sizeof(m_r->keywords), "%s", rows->kwsets[row->kwset]);
+}
+
+void idx_rows_remove(struct idx_rows *rows, size_t i)
+{
+    memmove(&rows->v[i], &rows->v[i + 1], (rows->n - i - 1) * sizeof(*rows->v));
+    rows->n--;
+}
+
+void idx_rows_free(struct idx_rows *rows)
+{
+    for (size_t i = 0; i < rows->nkwsets; i++) {
+        free(rows->kwsets[i]);
+    }
+    free(rows->kwsets);
+    for (size_t i = 0; i < rows->nblocks; i++) {
+        free(rows->lids[i]);
+    }
+    free(rows->lids);
+    free(rows->v);
+    memset(rows, 0, sizeof(*rows));
+}
+
+struct rows_walk {
+    struct idx_rows *rows;
+    struct kw_map sets;
+    uint32_t last_kw, last_ix; /* the set of the previous row */
+};
+
+static int rows_walk_step(struct idx_txn *t, const char *folder, uint32_t fid, bool pending,
+                          const MDB_val *k, const MDB_val *v, void *ctx)
+{
+    struct rows_walk *w = ctx;
+    struct msg_view mv;
+    int rc = walk_view(t, folder, pending, k, v, &mv);
+    if (rc != 0) {
+        return rc;
+    }
+    struct idx_rows *r = w->rows;
+    uint32_t ix = 0;
+    if (mv.kw != 0 && mv.kw == w->last_kw) {
+        ix = w->last_ix;
+    } else if (mv.kw != 0) {
+        size_t slot = w->sets.cap != 0 ? kw_map_slot(&w->sets, mv.kw) : 0;
+        if (w->sets.cap != 0 && w->sets.ids[slot] == mv.kw) {
+            ix = w->sets.ix[slot];
+        } else {
+            char names[IDX_KEYWORDS_MAX + 1];
+            rc = kw_text(t, folder, fid, mv.kw, mv.lid, mv.lid_len, names);
+            if (rc != 0) {
+                return rc;
+            }
+            ix = rows_kwset_new(r, names, strlen(names));
+            kw_map_put(&w->sets, mv.kw, ix);
+        }
+        w->last_kw = mv.kw;
+        w->last_ix = ix;
+    }
+    xgrow(&r->v, &r->cap, r->n + 1, sizeof(*r->v));
+    row_fill(r, &r->v[r->n++], &mv, ix, false);
+    return 0;
+}
+
+int idx_msg_walk_rows(struct idx_txn *txn, const char *folder, struct idx_rows *rows)
+{
+    rows_init(rows);
+    struct rows_walk w = {.rows = rows};
+    int rc = walk_cursor(txn, folder, rows_walk_step, &w);
+    free(w.sets.ids);
+    free(w.sets.ix);
     return rc;
 }
 

@@ -180,6 +180,68 @@ int idx_msg_foreach(struct idx_txn *txn, const char *folder,
  * transaction). A non-zero return of fn stops the walk and is returned. */
 int idx_msg_walk(struct idx_txn *txn, const char *folder,
                  int (*fn)(const struct idx_msg *m, void *arg), void *arg);
+/* A folder's records held compactly in memory, for a large folder read
+ * whole (the sync's base): a struct idx_row is 48 bytes where a struct
+ * idx_msg is 1,320, because the lid is kept once in a string arena and
+ * the keywords as a reference to the folder's keyword sets, each held once
+ * as text (the index stores them once per folder too). */
+struct idx_row {
+    uint32_t uid; /* 0 while APPENDING */
+    uint8_t state;
+    uint8_t flags;    /* as struct idx_msg */
+    uint16_t lid_len; /* strlen of the lid */
+    uint32_t lid_off; /* the lid, NUL-terminated: see idx_rows_lid */
+    uint32_t kwset;   /* the keywords: idx_rows.kwsets[kwset]; 0 is "" */
+    uint64_t size;
+    uint8_t msgid_hash[16];
+    uint8_t emailid_hash[8];
+};
+
+/* Rows v[0..n) with their strings. Rows may be reordered, overwritten or
+ * dropped in place (their strings stay where they are); a row added with
+ * idx_rows_add or changed with idx_rows_set gets its strings interned.
+ * The lids live in blocks that never move, so a lid's pointer stays valid
+ * until idx_rows_free, whatever is added meanwhile (the engine's local
+ * view points at some). Zero-initialised is empty; idx_rows_free frees it
+ * all. */
+#define IDX_ROWS_BLOCK_BITS 16 /* 64 KiB blocks of lids */
+struct idx_rows {
+    struct idx_row *v;
+    size_t n, cap;
+    char **lids; /* blocks; a lid_off is block << IDX_ROWS_BLOCK_BITS | offset */
+    size_t nblocks, blocks_cap, block_used;
+    char **kwsets; /* distinct keyword texts; [0] is "" once any row exists */
+    size_t nkwsets, kwsets_cap;
+};
+
+/* Appends every record of the folder to rows, in idx_msg_walk's order,
+ * with one cursor and without building a struct idx_msg per record; each
+ * keyword set is read once. Same rules as idx_msg_walk (a read
+ * transaction is enough). On failure rows holds the records read so far. */
+int idx_msg_walk_rows(struct idx_txn *txn, const char *folder, struct idx_rows *rows);
+/* Room for n rows in all, so a walk of a known count grows nothing. */
+void idx_rows_reserve(struct idx_rows *rows, size_t n);
+/* Appends m (its lid and keywords copied). */
+void idx_rows_add(struct idx_rows *rows, const struct idx_msg *m);
+/* Replaces row i by m. */
+void idx_rows_set(struct idx_rows *rows, size_t i, const struct idx_msg *m);
+/* The complete record of row i, as idx_msg_get_uid would give it. */
+void idx_rows_get(const struct idx_rows *rows, size_t i, struct idx_msg *m_r);
+/* Removes row i, keeping the order of the others. */
+void idx_rows_remove(struct idx_rows *rows, size_t i);
+void idx_rows_free(struct idx_rows *rows);
+
+static inline const char *idx_rows_lid(const struct idx_rows *rows, size_t i)
+{
+    uint32_t off = rows->v[i].lid_off;
+    return rows->lids[off >> IDX_ROWS_BLOCK_BITS] + (off & ((1u << IDX_ROWS_BLOCK_BITS) - 1));
+}
+
+static inline const char *idx_rows_keywords(const struct idx_rows *rows, size_t i)
+{
+    return rows->kwsets[rows->v[i].kwset];
+}
+
 /* The folder's message records (synced and APPENDING), read from a count
  * kept in the folder's record: it costs one lookup, not a walk. 0 for an
  * unknown folder or on error. */

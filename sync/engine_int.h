@@ -176,9 +176,8 @@ struct fstate {
      * end of this run does with them (a file kept to be uploaded again is
      * no change to the Maildir). */
     bool parked;
-    struct idx_folder st; /* index state at the start */
-    struct idx_msg *base;
-    size_t nbase, base_cap;
+    struct idx_folder st;    /* index state at the start */
+    struct idx_rows base;    /* compact: 48 bytes a record, names apart */
     struct idx_msg *intents; /* APPENDING rows with uid 0 */
     size_t nintents, intents_cap;
     /* Messages moved between this folder and another (sync/moves.c). */

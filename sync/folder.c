@@ -232,7 +232,7 @@ void fstate_free(struct fstate *f)
     free(f->it_l);
     free(f->vanished);
     free(f->search);
-    free(f->base);
+    idx_rows_free(&f->base);
     free(f->intents);
     moves_free(f->mv);
     free(f->modified);
@@ -307,17 +307,21 @@ static void count_skips(struct session *e, const struct skip_ent *v, size_t n)
 
 /* ---- folder: prepare ---------------------------------------------------------------- */
 
-static int load_base(const struct idx_msg *m, void *arg)
+/* Takes the intents (APPENDING rows without UID, few) out of the rows
+ * just read, as complete records; the base keeps the others compact. */
+static void load_base(struct fstate *f, size_t from)
 {
-    struct fstate *f = arg;
-    if (m->state == IDX_MSG_APPENDING && m->uid == 0) {
-        xgrow(&f->intents, &f->intents_cap, f->nintents + 1, sizeof(*f->intents));
-        f->intents[f->nintents++] = *m;
-    } else {
-        xgrow(&f->base, &f->base_cap, f->nbase + 1, sizeof(*f->base));
-        f->base[f->nbase++] = *m;
+    size_t out = from;
+    for (size_t i = from; i < f->base.n; i++) {
+        const struct idx_row *m = &f->base.v[i];
+        if (m->state == IDX_MSG_APPENDING && m->uid == 0) {
+            xgrow(&f->intents, &f->intents_cap, f->nintents + 1, sizeof(*f->intents));
+            idx_rows_get(&f->base, i, &f->intents[f->nintents++]);
+        } else {
+            f->base.v[out++] = *m;
+        }
     }
-    return 0;
+    f->base.n = out;
 }
 
 static bool scan_has(const struct fstate *f, const char *lid)
@@ -354,8 +358,8 @@ static void lskips_prune(struct session *e)
         struct skip_local *s = &f->lskips[i];
         struct md_msg *m = f->md != NULL ? md_scan_find(f->scan, s->lid) : NULL;
         bool in_base = false;
-        for (size_t k = 0; k < f->nbase && m != NULL; k++) {
-            in_base = in_base || strcmp(f->base[k].lid, s->lid) == 0;
+        for (size_t k = 0; k < f->base.n && m != NULL; k++) {
+            in_base = in_base || strcmp(idx_rows_lid(&f->base, k), s->lid) == 0;
         }
         if (m == NULL || in_base || !local_file_empty(f, m)) {
             free(s->lid);
@@ -725,11 +729,10 @@ static int base_read(struct idx *idx, struct fstate *f)
         r = 0;
     } else if (r == 0) {
         /* One allocation for the whole base instead of repeated growth. */
-        size_t n = idx_msg_count(txn, j->name);
-        if (n > 0) {
-            xgrow(&f->base, &f->base_cap, n, sizeof(*f->base));
-        }
-        r = idx_msg_walk(txn, j->name, load_base, f);
+        size_t from = f->base.n;
+        idx_rows_reserve(&f->base, from + idx_msg_count(txn, j->name));
+        r = idx_msg_walk_rows(txn, j->name, &f->base);
+        load_base(f, from);
         skips_load(f, txn);
     }
     /* Kept apart from the folder state: a first run that failed still
@@ -754,7 +757,7 @@ static int folder_prepare_index(struct session *e)
         /* The local folder vanished and --force says to fetch it again:
          * forget what was in sync, or every message would look deleted
          * locally and be deleted on the server. */
-        f->nbase = 0;
+        f->base.n = 0;
         f->nintents = 0;
         f->nskips = 0;
         skiplist_local_free(f->lskips, f->nlskips);
@@ -781,26 +784,27 @@ static int folder_prepare_index(struct session *e)
     char **fl = NULL;
     size_t nforget = 0, forget_cap = 0;
     size_t out = 0;
-    for (size_t i = 0; i < f->nbase; i++) {
-        struct idx_msg *m = &f->base[i];
+    for (size_t i = 0; i < f->base.n; i++) {
+        struct idx_row *m = &f->base.v[i];
+        const char *lid = idx_rows_lid(&f->base, i);
         if (m->state == IDX_MSG_APPENDING) {
-            if (scan_has(f, m->lid)) {
+            if (scan_has(f, lid)) {
                 m->state = IDX_MSG_SYNCED;
                 xgrow(&adopt, &adopt_cap, nadopt + 1, sizeof(*adopt));
-                adopt[nadopt++] = *m;
+                idx_rows_get(&f->base, i, &adopt[nadopt++]);
                 f->job->res->counts.adopted++;
             } else {
-                /* A copy of the name, taken now: the compaction below
-                 * overwrites this entry with the next record's, and
-                 * dropping that name would forget a synced message. */
+                /* A copy of the name, taken now: the list outlives the
+                 * compaction below, and a wrong name dropped would forget
+                 * a synced message. */
                 xgrow(&fl, &forget_cap, nforget + 1, sizeof(*fl));
-                fl[nforget++] = xstrdup(m->lid);
+                fl[nforget++] = xstrdup(lid);
                 continue;
             }
         }
-        f->base[out++] = *m;
+        f->base.v[out++] = *m;
     }
-    f->nbase = out;
+    f->base.n = out;
     if (nadopt > 0 || nforget > 0) {
         struct idx_ops o = {.folder = j->name,
                             .puts = adopt,
@@ -904,8 +908,7 @@ static void fill_input(struct session *e, struct plan_input *in, struct plan_ser
     in->local.nmsgs = f->nlview;
     in->local.kw_ok = f->md != NULL ? kw_ok : NULL;
     in->local.kw_arg = e;
-    in->base = f->base;
-    in->nbase = f->nbase;
+    in->base = &f->base;
     in->on_local_delete = local_delete_mode(e);
     in->max_delete_ratio = e->acct->max_delete_ratio;
     in->max_size = e->acct->max_size;
@@ -927,15 +930,16 @@ static void fill_input(struct session *e, struct plan_input *in, struct plan_ser
  * and no keywords on either side. */
 static bool local_same_as_base(const struct fstate *f)
 {
-    if (f->scan == NULL || f->scan->count != f->nbase) {
+    if (f->scan == NULL || f->scan->count != f->base.n) {
         return false;
     }
-    for (size_t i = 0; i < f->nbase; i++) {
-        const struct idx_msg *m = &f->base[i];
-        if (m->state != IDX_MSG_SYNCED || m->lid[0] == '\0' || m->keywords[0] != '\0') {
+    for (size_t i = 0; i < f->base.n; i++) {
+        const struct idx_row *m = &f->base.v[i];
+        if (m->state != IDX_MSG_SYNCED || m->lid_len == 0 ||
+            idx_rows_keywords(&f->base, i)[0] != '\0') {
             return false;
         }
-        const struct md_msg *l = md_scan_find(f->scan, m->lid);
+        const struct md_msg *l = md_scan_find(f->scan, idx_rows_lid(&f->base, i));
         if (l == NULL || l->keywords != 0 || l->flags != m->flags) {
             return false;
         }
@@ -951,11 +955,11 @@ static bool local_rows_settled(const struct fstate *f)
     if (f->nintents > 0) {
         return false;
     }
-    for (size_t i = 0; i < f->nbase; i++) {
-        if (f->base[i].flags & IDX_FLAGS_UNSETTLED) {
+    for (size_t i = 0; i < f->base.n; i++) {
+        if (f->base.v[i].flags & IDX_FLAGS_UNSETTLED) {
             return false; /* settled from a listing (settle_base) */
         }
-        if (f->base[i].state == IDX_MSG_ORPHAN) {
+        if (f->base.v[i].state == IDX_MSG_ORPHAN) {
             return false; /* left by a run stopped before its pass ended */
         }
     }
@@ -1321,14 +1325,14 @@ static void select_continue(struct session *e)
 {
     struct fstate *f = e->f;
     if (f->st.uidvalidity != 0 && f->mb.uidvalidity != f->st.uidvalidity &&
-        (f->nbase > 0 || f->nintents > 0)) {
+        (f->base.n > 0 || f->nintents > 0)) {
         /* The server renumbered the folder (RFC 7162 section 6: forget its
          * UIDs and HIGHESTMODSEQ). The messages are matched to the local
          * files by Message-ID and size instead of being downloaded again. */
         f->rematch = true;
         log_info("%s: UIDVALIDITY of %s changed (%u -> %u): matching messages again", e->acct->name,
                  f->job->name, (unsigned)f->st.uidvalidity, (unsigned)f->mb.uidvalidity);
-    } else if (f->nbase == 0 && f->nintents == 0 && f->scan->count > 0 && f->mb.exists > 0) {
+    } else if (f->base.n == 0 && f->nintents == 0 && f->scan->count > 0 && f->mb.exists > 0) {
         /* The index knows nothing of a folder that holds mail on both
          * sides: a lost index, or a Maildir that mbsync or OfflineIMAP
          * kept. The local files are matched to the server's messages
@@ -1716,14 +1720,15 @@ static size_t rename_marks(const struct fstate *f, unsigned char **v_r)
 
 static int base_uid_cmp(const void *key, const void *elem)
 {
-    uint32_t uid = *(const uint32_t *)key, other = ((const struct idx_msg *)elem)->uid;
+    uint32_t uid = *(const uint32_t *)key, other = ((const struct idx_row *)elem)->uid;
     return uid < other ? -1 : uid > other;
 }
 
 /* The base row of uid (the synced rows are in UID order), or NULL. */
-static const struct idx_msg *base_find(const struct fstate *f, uint32_t uid)
+static const struct idx_row *base_find(const struct fstate *f, uint32_t uid)
 {
-    return f->nbase > 0 ? bsearch(&uid, f->base, f->nbase, sizeof(*f->base), base_uid_cmp) : NULL;
+    return f->base.n > 0 ? bsearch(&uid, f->base.v, f->base.n, sizeof(*f->base.v), base_uid_cmp)
+                         : NULL;
 }
 
 /* Before the local renames, their messages' base rows are marked
@@ -1747,9 +1752,9 @@ static bool mark_renames(struct session *e)
     for (size_t i = 0; i < n; i++) {
         uint32_t uid;
         memcpy(&uid, marks + i * 5, 4);
-        const struct idx_msg *m = base_find(f, uid);
+        const struct idx_row *m = base_find(f, uid);
         if (m != NULL && m->state == IDX_MSG_SYNCED) {
-            puts[np] = *m;
+            idx_rows_get(&f->base, (size_t)(m - f->base.v), &puts[np]);
             puts[np++].flags |= IDX_FLAGS_UNSETTLED;
         }
     }
@@ -1794,11 +1799,13 @@ static bool mark_unsettled(struct session *e)
         qsort(dels, p->nserver_deletes, sizeof(*dels), u32_cmp);
     }
     bool ok = true;
-    struct idx_msg *puts = xcalloc(f->nbase + 1, sizeof(*puts));
-    unsigned char *masks = xcalloc(f->nbase + 1, 5);
-    size_t np = 0;
-    for (size_t i = 0; i < f->nbase; i++) {
-        const struct idx_msg *m = &f->base[i];
+    /* Grown as rows are found: sized by the base, they took 1,320 bytes
+     * a message of address space for the few rows a run usually marks. */
+    struct idx_msg *puts = NULL;
+    unsigned char *masks = NULL;
+    size_t np = 0, cap = 0, mcap = 0;
+    for (size_t i = 0; i < f->base.n; i++) {
+        const struct idx_row *m = &f->base.v[i];
         uint8_t mask = 0;
         for (size_t k = 0; k < p->nstores; k++) {
             const struct plan_store *st = &p->stores[k];
@@ -1815,9 +1822,11 @@ static bool mark_unsettled(struct session *e)
             mask |= MD_FLAG_TRASHED;
         }
         if (mask != 0 && m->state == IDX_MSG_SYNCED) {
+            xgrow(&puts, &cap, np + 1, sizeof(*puts));
+            xgrow(&masks, &mcap, (np + 1) * 5, 1);
             memcpy(masks + np * 5, &m->uid, 4);
             masks[np * 5 + 4] = mask;
-            puts[np] = *m;
+            idx_rows_get(&f->base, i, &puts[np]);
             puts[np++].flags |= IDX_FLAGS_UNSETTLED;
         }
     }
@@ -1864,11 +1873,14 @@ static void settle_base(struct session *e)
     size_t len;
     unsigned char *masks = unsettled_read(e, NULL, &len);
     size_t nmasks = len / 5;
-    for (size_t i = 0; i < f->nbase; i++) {
-        struct idx_msg *m = &f->base[i];
-        if (!(m->flags & IDX_FLAGS_UNSETTLED)) {
+    for (size_t i = 0; i < f->base.n; i++) {
+        if (!(f->base.v[i].flags & IDX_FLAGS_UNSETTLED)) {
             continue;
         }
+        /* Few rows: each is settled as a complete record, then put back. */
+        xgrow(&puts, &cap, np + 1, sizeof(*puts));
+        struct idx_msg *m = &puts[np++];
+        idx_rows_get(&f->base, i, m);
         /* A row may have a rename entry and a STORE entry (a merge of
          * changes from both sides): their bits never overlap. */
         unsigned smask = 0, lmask = 0;
@@ -1910,8 +1922,7 @@ static void settle_base(struct session *e)
                 plan_kw_free(&kw);
             }
         }
-        xgrow(&puts, &cap, np + 1, sizeof(*puts));
-        puts[np++] = *m;
+        idx_rows_set(&f->base, i, m);
     }
     free(masks);
     if ((np > 0 || nmasks > 0) && !e->opts.dry_run) {
@@ -2283,7 +2294,7 @@ int flush_batch(struct session *e)
      * run matches file to message (the adopt path of on_select), copying
      * nothing. That saves a durable index commit per folder on a first
      * sync of many small folders. */
-    bool intents = f->dl_flushed || f->st.uidvalidity != 0 || f->nbase != 0 || f->nintents != 0 ||
+    bool intents = f->dl_flushed || f->st.uidvalidity != 0 || f->base.n != 0 || f->nintents != 0 ||
                    f->adopt || f->rematch;
     f->dl_flushed = true;
     struct flush_job *j = xcalloc(1, sizeof(*j));
@@ -2796,10 +2807,10 @@ static void folder_final(struct session *e)
         if (f->sdel_flag_mode) {
             /* Flag mode: keep the record, marked \Deleted, so the message
              * left on the server is not fetched again. */
-            for (size_t k = 0; k < f->nbase; k++) {
-                if (f->base[k].uid == uid) {
+            for (size_t k = 0; k < f->base.n; k++) {
+                if (f->base.v[k].uid == uid) {
                     xgrow(&puts, &cap, np + 1, sizeof(*puts));
-                    puts[np] = f->base[k];
+                    idx_rows_get(&f->base, k, &puts[np]);
                     puts[np++].flags |= MD_FLAG_TRASHED;
                     break;
                 }
@@ -2944,8 +2955,8 @@ static bool plan_prepare(struct session *e, struct plan_input *in, struct plan_s
     if (f->have_search) {
         /* CONDSTORE without QRESYNC: known UIDs missing from the search
          * were expunged. */
-        for (size_t i = 0; i < f->nbase; i++) {
-            uint32_t uid = f->base[i].uid;
+        for (size_t i = 0; i < f->base.n; i++) {
+            uint32_t uid = f->base.v[i].uid;
             bool found = false;
             size_t lo = 0, hi = f->nsearch;
             while (lo < hi) {

@@ -169,13 +169,13 @@ static bool folder_usable(struct engine *r, const char *name)
 static void match_scan(const struct fstate *f, bool **has_file_r, bool **known_r)
 {
     size_t nscan = f->scan != NULL ? f->scan->count : 0;
-    bool *has_file = xcalloc(f->nbase + 1, sizeof(*has_file));
+    bool *has_file = xcalloc(f->base.n + 1, sizeof(*has_file));
     bool *known = xcalloc(nscan + 1, sizeof(*known));
-    for (size_t i = 0; i < f->nbase && nscan > 0; i++) {
-        if (f->base[i].lid[0] == '\0') {
+    for (size_t i = 0; i < f->base.n && nscan > 0; i++) {
+        if (f->base.v[i].lid_len == 0) {
             continue;
         }
-        const struct md_msg *m = md_scan_find(f->scan, f->base[i].lid);
+        const struct md_msg *m = md_scan_find(f->scan, idx_rows_lid(&f->base, i));
         if (m != NULL) {
             has_file[i] = true;
             known[m - f->scan->msgs] = true;
@@ -195,7 +195,7 @@ static size_t find_incoming(struct session *e, struct moves *mv, const bool *kno
     if (f->scan == NULL || f->scan->count == 0) {
         return 0;
     }
-    if (f->nbase == 0 && f->nintents == 0 && j->has_status &&
+    if (f->base.n == 0 && f->nintents == 0 && j->has_status &&
         (j->status.have & IMAP_STATUS_MESSAGES) && j->status.messages > 0) {
         /* A folder the index knows nothing of, with mail on both sides:
          * its files are matched with the server first (the adopt path of
@@ -269,14 +269,14 @@ static size_t find_outgoing(struct session *e, struct moves *mv, const bool *has
 {
     struct fstate *f = e->f;
     size_t added = 0;
-    for (size_t i = 0; i < f->nbase; i++) {
-        const struct idx_msg *m = &f->base[i];
-        if (m->state != IDX_MSG_SYNCED || m->uid == 0 || m->lid[0] == '\0' || has_file[i]) {
+    for (size_t i = 0; i < f->base.n; i++) {
+        const struct idx_row *m = &f->base.v[i];
+        if (m->state != IDX_MSG_SYNCED || m->uid == 0 || m->lid_len == 0 || has_file[i]) {
             continue;
         }
         struct mv_item *it = add_item(mv);
         it->src = xstrdup(f->job->name);
-        it->rec = *m;
+        idx_rows_get(&f->base, i, &it->rec);
         it->out = true;
         added++;
     }
@@ -567,14 +567,11 @@ static void record_group(struct session *e)
                         break;
                     }
                 }
-                xgrow(&f->base, &f->base_cap, f->nbase + 1, sizeof(*f->base));
-                f->base[f->nbase++] = puts[i];
+                idx_rows_add(&f->base, &puts[i]);
             } else {
-                for (size_t k = 0; k < f->nbase; k++) {
-                    if (f->base[k].uid == drops[i]) {
-                        memmove(&f->base[k], &f->base[k + 1],
-                                (f->nbase - k - 1) * sizeof(*f->base));
-                        f->nbase--;
+                for (size_t k = 0; k < f->base.n; k++) {
+                    if (f->base.v[k].uid == drops[i]) {
+                        idx_rows_remove(&f->base, k);
                         break;
                     }
                 }
@@ -942,17 +939,17 @@ void moves_park_orphans(struct session *e)
     size_t n = 0;
     for (size_t i = 0; i < p->norphans; i++) {
         const struct plan_orphan *po = &p->orphans[i];
-        const struct idx_msg *b = NULL;
-        for (size_t k = 0; k < f->nbase && b == NULL; k++) {
-            if (f->base[k].uid == po->uid) {
-                b = &f->base[k];
+        size_t b = f->base.n;
+        for (size_t k = 0; k < f->base.n && b == f->base.n; k++) {
+            if (f->base.v[k].uid == po->uid) {
+                b = k;
             }
         }
-        if (b == NULL) {
+        if (b == f->base.n) {
             continue;
         }
         if (!po->parked) {
-            rows[n] = *b;
+            idx_rows_get(&f->base, b, &rows[n]);
             rows[n].state = IDX_MSG_ORPHAN;
             n++;
         }
@@ -963,7 +960,7 @@ void moves_park_orphans(struct session *e)
             memset(o, 0, sizeof(*o));
             o->folder = xstrdup(f->job->name);
         }
-        o->rec = *b;
+        idx_rows_get(&f->base, b, &o->rec);
         o->rec.state = IDX_MSG_ORPHAN;
         o->changed = po->changed;
         o->gone = false;
@@ -994,28 +991,28 @@ bool moves_want_msgids(const struct session *e)
      * UID (moved out and back by another client, or parked by a run that
      * was killed): with QRESYNC the SELECT said what vanished; without, the
      * expunges are known with the listing, so any known message counts. */
-    for (size_t i = 0; i < f->nbase; i++) {
-        if (f->base[i].uid != 0 &&
-            (f->base[i].state == IDX_MSG_ORPHAN || !f->delta || !f->qresync)) {
+    for (size_t i = 0; i < f->base.n; i++) {
+        if (f->base.v[i].uid != 0 &&
+            (f->base.v[i].state == IDX_MSG_ORPHAN || !f->delta || !f->qresync)) {
             return true;
         }
     }
     return f->nvanished > 0;
 }
 
-/* Whether record b and new server message s (whose Message-ID hashes to
- * h) are the same message: by EMAILID when both are known (RFC 8474: it
- * names the message's content, and stays across a MOVE), else by
- * Message-ID and RFC822.SIZE, never on a zero hash. */
-static bool same_message(const struct idx_msg *b, const struct smsg *s, const uint8_t h[16])
+/* Whether a record (its EMAILID hash eid, size and Message-ID hash mh)
+ * and new server message s (whose Message-ID hashes to h) are the same
+ * message: by EMAILID when both are known (RFC 8474: it names the
+ * message's content, and stays across a MOVE), else by Message-ID and
+ * RFC822.SIZE, never on a zero hash. */
+static bool same_message(const uint8_t eid[8], uint64_t size, const uint8_t mh[16],
+                         const struct smsg *s, const uint8_t h[16])
 {
     static const uint8_t zero[16];
-    if (memcmp(b->emailid_hash, zero, sizeof(b->emailid_hash)) != 0 &&
-        memcmp(s->eid, zero, sizeof(s->eid)) != 0) {
-        return memcmp(b->emailid_hash, s->eid, sizeof(s->eid)) == 0;
+    if (memcmp(eid, zero, 8) != 0 && memcmp(s->eid, zero, sizeof(s->eid)) != 0) {
+        return memcmp(eid, s->eid, sizeof(s->eid)) == 0;
     }
-    return s->size != 0 && b->size == s->size && memcmp(h, zero, 16) != 0 &&
-           memcmp(b->msgid_hash, h, 16) == 0;
+    return s->size != 0 && size == s->size && memcmp(h, zero, 16) != 0 && memcmp(mh, h, 16) == 0;
 }
 
 /* The records of the folder whose UID the server lost while the file stays
@@ -1034,11 +1031,11 @@ static size_t *lost_rows(struct fstate *f, size_t nbase, size_t *n_r)
     static const uint8_t zero[16];
     size_t *v = NULL, n = 0, cap = 0;
     for (size_t k = 0; k < nbase; k++) {
-        const struct idx_msg *b = &f->base[k];
+        const struct idx_row *b = &f->base.v[k];
         if (b->uid == 0 || (b->state != IDX_MSG_SYNCED && b->state != IDX_MSG_ORPHAN) ||
             (memcmp(b->msgid_hash, zero, sizeof(zero)) == 0 &&
              memcmp(b->emailid_hash, zero, sizeof(b->emailid_hash)) == 0) ||
-            f->scan == NULL || md_scan_find(f->scan, b->lid) == NULL) {
+            f->scan == NULL || md_scan_find(f->scan, idx_rows_lid(&f->base, k)) == NULL) {
             continue;
         }
         /* Listed: on the server (a delta's VANISHED may name it too: a
@@ -1070,12 +1067,12 @@ void moves_pair_server(struct session *e)
     if (f->md == NULL || !moves_want_msgids(e)) {
         return;
     }
-    uint32_t *known = xcalloc(f->nbase + 1, sizeof(*known));
-    for (size_t i = 0; i < f->nbase; i++) {
-        known[i] = f->base[i].uid;
+    uint32_t *known = xcalloc(f->base.n + 1, sizeof(*known));
+    for (size_t i = 0; i < f->base.n; i++) {
+        known[i] = f->base.v[i].uid;
     }
-    qsort(known, f->nbase, sizeof(*known), u32_cmp);
-    size_t nbase0 = f->nbase;
+    qsort(known, f->base.n, sizeof(*known), u32_cmp);
+    size_t nbase0 = f->base.n;
     char *dst = NULL;
     md_folder_local_path(e->acct->maildir, e->acct->layout, f->job->name, &dst);
     struct plan_local_msg *extra = NULL;
@@ -1108,20 +1105,21 @@ void moves_pair_server(struct session *e)
             lost = lost_rows(f, nbase0, &nlost);
             lost = lost != NULL ? lost : xcalloc(1, sizeof(*lost));
         }
-        struct idx_msg *own = NULL;
-        for (size_t k = 0; k < nlost && own == NULL; k++) {
-            struct idx_msg *b = &f->base[lost[k]];
-            if (same_message(b, s, h)) {
-                own = b;
+        size_t own = f->base.n;
+        for (size_t k = 0; k < nlost && own == f->base.n; k++) {
+            const struct idx_row *b = &f->base.v[lost[k]];
+            if (same_message(b->emailid_hash, b->size, b->msgid_hash, s, h)) {
+                own = lost[k];
                 lost[k] = lost[--nlost]; /* one new UID each */
             }
         }
-        if (own != NULL) {
-            struct orphan *mine = find_orphan(r, f->job->name, own->uid);
+        if (own != f->base.n) {
+            struct orphan *mine = find_orphan(r, f->job->name, f->base.v[own].uid);
             if (mine != NULL) {
                 mine->gone = true; /* registered by an earlier job: not to expire */
             }
-            struct idx_msg rec = *own;
+            struct idx_msg rec;
+            idx_rows_get(&f->base, own, &rec);
             rec.uid = s->uid;
             rec.state = IDX_MSG_SYNCED;
             struct idx_ops io = {.folder = f->job->name, .puts = &rec, .nputs = 1};
@@ -1135,13 +1133,14 @@ void moves_pair_server(struct session *e)
                 log_info("%s: %s: %s back on the server under UID %u: file kept, not downloaded",
                          e->acct->name, f->job->name, rec.lid, (unsigned)rec.uid);
             }
-            *own = rec;
+            idx_rows_set(&f->base, own, &rec);
             continue;
         }
         struct orphan *o = NULL;
         for (size_t k = 0; k < r->norphans && o == NULL; k++) {
             struct orphan *c = &r->orphans[k];
-            if (!c->gone && strcmp(c->folder, f->job->name) != 0 && same_message(&c->rec, s, h)) {
+            if (!c->gone && strcmp(c->folder, f->job->name) != 0 &&
+                same_message(c->rec.emailid_hash, c->rec.size, c->rec.msgid_hash, s, h)) {
                 o = c;
             }
         }
@@ -1228,8 +1227,7 @@ void moves_pair_server(struct session *e)
                      e->acct->name, o->rec.lid, o->folder, f->job->name);
         }
         fcounts(e)->moved++;
-        xgrow(&f->base, &f->base_cap, f->nbase + 1, sizeof(*f->base));
-        f->base[f->nbase++] = rec;
+        idx_rows_add(&f->base, &rec);
         xgrow(&extra, &extra_cap, nextra + 1, sizeof(*extra));
         extra[nextra++] = (struct plan_local_msg){
             .lid = NULL, .flags = merged, .kw = (const char *const *)s->kw, .nkw = s->nkw};
@@ -1244,7 +1242,7 @@ void moves_pair_server(struct session *e)
         struct plan_local_msg *v = xcalloc(f->nlview + nextra + 1, sizeof(*v));
         memcpy(v, f->lview, f->nlview * sizeof(*v));
         for (size_t k = 0; k < nextra; k++) {
-            extra[k].lid = f->base[nbase0 + k].lid;
+            extra[k].lid = idx_rows_lid(&f->base, nbase0 + k);
             v[f->nlview + k] = extra[k];
         }
         if (f->lview != f->lmsgs) {

@@ -357,29 +357,32 @@ static void add_delete(struct plan_delete **arr, size_t *n, size_t *cap, const c
     d->uid = uid;
 }
 
-static void add_update(struct builder *b, const struct idx_msg *base, const struct fstate *st)
+/* The new record of base row bi: the row with flags and keywords st. */
+static void add_update(struct builder *b, const struct idx_rows *base, size_t bi,
+                       const struct fstate *st)
 {
     struct plan *p = b->p;
     struct idx_msg *u = PUSH(p->updates, p->nupdates, b->cap_up);
-    *u = *base;
+    idx_rows_get(base, bi, u);
     u->flags = (uint8_t)st->flags;
     if (!plan_kw_format(&st->kw, u->keywords, sizeof(u->keywords))) {
         /* More keyword text than a record holds: keep the old text, so the
          * next run sees the difference again rather than losing keywords. */
-        memcpy(u->keywords, base->keywords, sizeof(u->keywords));
+        snprintf(u->keywords, sizeof(u->keywords), "%s", idx_rows_keywords(base, bi));
     }
 }
 
-/* Both sides have it: merge and plan the changes on each side. */
-static void plan_both(struct builder *b, const struct plan_input *in, const struct idx_msg *base,
+/* Both sides have base row bi: merge and plan the changes on each side. */
+static void plan_both(struct builder *b, const struct plan_input *in, size_t bi,
                       const struct fstate *bs, const struct fstate *ls, const struct fstate *ss)
 {
+    const struct idx_row *base = &in->base->v[bi];
     struct fstate mg;
     merge(in, ls, ss, bs, &mg);
     struct plan *p = b->p;
     if (!fs_equal(&mg, ls)) {
         struct plan_local_flags *lf = PUSH(p->local_flags, p->nlocal_flags, b->cap_lf);
-        lf->lid = xstrdup(base->lid);
+        lf->lid = xstrdup(idx_rows_lid(in->base, bi));
         lf->uid = base->uid;
         lf->flags = mg.flags;
         kw_copy(&mg.kw, &lf->kw);
@@ -394,7 +397,7 @@ static void plan_both(struct builder *b, const struct plan_input *in, const stru
         plan_kw_free(&del);
     }
     if (!fs_equal(&mg, bs)) {
-        add_update(b, base, &mg);
+        add_update(b, in->base, bi, &mg);
     }
     fs_free(&mg);
 }
@@ -459,28 +462,36 @@ struct plan *plan_build(const struct plan_input *in)
         memcpy(moved, in->moved, in->nmoved * sizeof(*moved));
         qsort(moved, in->nmoved, sizeof(*moved), u32_cmp);
     }
-    static const uint8_t no_hash[sizeof(in->base->msgid_hash)];
+    static const uint8_t no_hash[sizeof(((struct idx_row *)NULL)->msgid_hash)];
 
-    for (size_t i = 0; i < in->nbase; i++) {
-        const struct idx_msg *base = &in->base[i];
+    /* Each keyword set of the base parsed once, not once a row: the rows'
+     * base states borrow these (never freed with the row's state). */
+    size_t nbase = in->base != NULL ? in->base->n : 0;
+    size_t nsets = nbase > 0 ? in->base->nkwsets : 0;
+    struct plan_kw *sets = xcalloc(nsets + 1, sizeof(*sets));
+    for (size_t k = 0; k < nsets; k++) {
+        plan_kw_parse(in->base->kwsets[k], &sets[k]);
+    }
+
+    for (size_t i = 0; i < nbase; i++) {
+        const struct idx_row *base = &in->base->v[i];
+        const char *lid = idx_rows_lid(in->base, i);
         if (base->state == IDX_MSG_ORPHAN && base->uid != 0) {
             /* Parked in an earlier run or job: still waiting while its file
              * stays; forgotten once the user deleted the file. */
-            struct loc_ent *le = find_loc(lv, in->local.nmsgs, base->lid);
+            struct loc_ent *le = find_loc(lv, in->local.nmsgs, lid);
             if (le == NULL) {
                 *PUSH(p->drops, p->ndrops, b.cap_dr) = base->uid;
                 continue;
             }
             le->used = true;
-            struct fstate bs = {.flags = base->flags & MD_FLAGS_ALL}, ls;
-            plan_kw_parse(base->keywords, &bs.kw);
+            struct fstate bs = {.flags = base->flags & MD_FLAGS_ALL, .kw = sets[base->kwset]}, ls;
             fs_from_local(le->m, &ls);
             struct plan_orphan *o = PUSH(p->orphans, p->norphans, b.cap_or);
-            *o = (struct plan_orphan){.lid = xstrdup(base->lid),
+            *o = (struct plan_orphan){.lid = xstrdup(lid),
                                       .uid = base->uid,
                                       .changed = local_changed(in, &ls, &bs),
                                       .parked = true};
-            fs_free(&bs);
             fs_free(&ls);
             continue;
         }
@@ -501,14 +512,13 @@ struct plan *plan_build(const struct plan_input *in)
             if (se != NULL) {
                 se->used = true;
             }
-            struct loc_ent *le = find_loc(lv, in->local.nmsgs, base->lid);
+            struct loc_ent *le = find_loc(lv, in->local.nmsgs, lid);
             if (le != NULL) {
                 le->used = true;
             }
             continue;
         }
-        struct fstate bs = {.flags = base->flags & MD_FLAGS_ALL};
-        plan_kw_parse(base->keywords, &bs.kw);
+        struct fstate bs = {.flags = base->flags & MD_FLAGS_ALL, .kw = sets[base->kwset]};
 
         struct fstate ss;
         if (se != NULL) {
@@ -521,7 +531,7 @@ struct plan *plan_build(const struct plan_input *in)
             memset(&ss, 0, sizeof(ss));
         }
 
-        struct loc_ent *le = find_loc(lv, in->local.nmsgs, base->lid);
+        struct loc_ent *le = find_loc(lv, in->local.nmsgs, lid);
         struct fstate ls = {0};
         if (le != NULL) {
             le->used = true;
@@ -529,25 +539,24 @@ struct plan *plan_build(const struct plan_input *in)
         }
 
         if (on_server && le != NULL) {
-            plan_both(&b, in, base, &bs, &ls, &ss);
+            plan_both(&b, in, i, &bs, &ls, &ss);
         } else if (!on_server && le != NULL && in->park_orphans &&
                    (memcmp(base->msgid_hash, no_hash, sizeof(no_hash)) != 0 ||
                     memcmp(base->emailid_hash, no_hash, sizeof(base->emailid_hash)) != 0)) {
             /* Maybe moved by another client: parked, not deleted (and not
              * copied back when edited here: a pair merges the edit). */
             struct plan_orphan *o = PUSH(p->orphans, p->norphans, b.cap_or);
-            *o = (struct plan_orphan){.lid = xstrdup(base->lid),
-                                      .uid = base->uid,
-                                      .changed = local_changed(in, &ls, &bs)};
+            *o = (struct plan_orphan){
+                .lid = xstrdup(lid), .uid = base->uid, .changed = local_changed(in, &ls, &bs)};
         } else if (!on_server && le != NULL) {
             if (local_changed(in, &ls, &bs)) {
                 /* Edited here while expunged there: copy it back. */
                 struct fstate up;
                 merge(in, &ls, &bs, &bs, &up);
-                add_upload(&b, base->lid, &up, base->uid);
+                add_upload(&b, lid, &up, base->uid);
                 fs_free(&up);
             } else {
-                add_delete(&ldel, &nldel, &cap_ldel, base->lid, base->uid);
+                add_delete(&ldel, &nldel, &cap_ldel, lid, base->uid);
             }
         } else if (on_server && le == NULL) {
             if (!fs_equal(&ss, &bs)) {
@@ -557,22 +566,21 @@ struct plan *plan_build(const struct plan_input *in)
                     add_download(&b, in, se->m, &ss, true);
                 } else {
                     /* Cannot happen: an unlisted delta UID is unchanged. */
-                    add_delete(&sdel, &nsdel, &cap_sdel, base->lid, base->uid);
+                    add_delete(&sdel, &nsdel, &cap_sdel, lid, base->uid);
                 }
             } else if (in->on_local_delete == PLAN_LOCAL_DELETE_FLAG) {
                 if (!(ss.flags & MD_FLAG_TRASHED)) {
-                    add_delete(&sdel, &nsdel, &cap_sdel, base->lid, base->uid);
+                    add_delete(&sdel, &nsdel, &cap_sdel, lid, base->uid);
                 }
                 /* Already flagged: the record stays so that the message is
                  * not downloaded again; nothing to do. */
             } else {
-                add_delete(&sdel, &nsdel, &cap_sdel, base->lid, base->uid);
+                add_delete(&sdel, &nsdel, &cap_sdel, lid, base->uid);
             }
         } else {
             uint32_t *d = PUSH(p->drops, p->ndrops, b.cap_dr);
             *d = base->uid;
         }
-        fs_free(&bs);
         fs_free(&ss);
         fs_free(&ls);
     }
@@ -652,6 +660,10 @@ struct plan *plan_build(const struct plan_input *in)
     free(lv);
     free(van);
     free(moved);
+    for (size_t k = 0; k < nsets; k++) {
+        plan_kw_free(&sets[k]);
+    }
+    free(sets);
     return p;
 }
 

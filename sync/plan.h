@@ -93,8 +93,9 @@ struct plan_local {
 struct plan_input {
     struct plan_server server;
     struct plan_local local;
-    const struct idx_msg *base; /* SYNCED records (APPENDING ones are ignored) */
-    size_t nbase;
+    /* SYNCED records (APPENDING ones are ignored), compact; NULL = none.
+     * Each keyword set is parsed once, whatever the rows sharing it. */
+    const struct idx_rows *base;
     enum plan_local_delete on_local_delete;
     double max_delete_ratio;
     uint64_t max_size;     /* 0 = no limit */

@@ -152,15 +152,20 @@ static void rematch_match(struct session *e)
     plan_match_loose(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
 }
 
-static int idx_lid_cmp(const void *a, const void *b)
+/* A base row by its lid, for finding a match's old record. */
+struct lid_ix {
+    const char *lid;
+    size_t ix;
+};
+
+static int lid_ix_cmp(const void *a, const void *b)
 {
-    return strcmp(((const struct idx_msg *)a)->lid, ((const struct idx_msg *)b)->lid);
+    return strcmp(((const struct lid_ix *)a)->lid, ((const struct lid_ix *)b)->lid);
 }
 
 struct rematch_write {
     const char *folder;
-    const struct idx_msg *recs;
-    size_t n;
+    const struct idx_rows *recs;
     const struct idx_folder *st;
 };
 
@@ -174,13 +179,14 @@ static int rematch_fn(struct idx_txn *txn, void *arg)
     if (r < 0 && r != -ENOENT) {
         return r;
     }
-    for (size_t i = 0; i < w->n; i++) {
-        r = idx_msg_put(txn, w->folder, &w->recs[i]);
-        if (r < 0) {
-            return r;
-        }
+    r = 0;
+    struct idx_msg *m = xmalloc(sizeof(*m));
+    for (size_t i = 0; i < w->recs->n && r >= 0; i++) {
+        idx_rows_get(w->recs, i, m);
+        r = idx_msg_put(txn, w->folder, m);
     }
-    return idx_folder_put(txn, w->folder, w->st);
+    free(m);
+    return r < 0 ? r : idx_folder_put(txn, w->folder, w->st);
 }
 
 /* Pairs what the header hashes decide, then makes the matches the new base.
@@ -201,27 +207,31 @@ int rematch_finish(struct session *e)
     }
     plan_match_headers(f->rm_s, f->rm_ns, f->rm_l, f->rm_nl);
 
-    if (f->nbase > 1) {
-        qsort(f->base, f->nbase, sizeof(*f->base), idx_lid_cmp);
+    struct lid_ix *old_v = xcalloc(f->base.n + 1, sizeof(*old_v));
+    for (size_t i = 0; i < f->base.n; i++) {
+        old_v[i] = (struct lid_ix){.lid = idx_rows_lid(&f->base, i), .ix = i};
     }
-    struct idx_msg *recs = xcalloc(f->rm_ns + 1, sizeof(*recs));
-    size_t n = 0;
+    qsort(old_v, f->base.n, sizeof(*old_v), lid_ix_cmp);
+    /* The new base built compact, one complete record at a time. */
+    struct idx_rows recs = {0};
+    struct idx_msg *r = xmalloc(sizeof(*r));
     for (size_t i = 0; i < f->rm_ns; i++) {
         if (f->rm_s[i].pair < 0) {
             continue;
         }
         const struct smsg *sm = &f->smsgs[f->rm_s[i].ix];
         size_t li = (size_t)f->rm_s[i].pair;
-        struct idx_msg *r = &recs[n++];
+        memset(r, 0, sizeof(*r));
         r->uid = sm->uid;
         r->state = IDX_MSG_SYNCED;
         r->size = sm->size;
         snprintf(r->lid, sizeof(r->lid), "%s", f->scan->msgs[li].id);
-        const struct idx_msg *old =
-            f->nbase > 0 ? bsearch(r, f->base, f->nbase, sizeof(*f->base), idx_lid_cmp) : NULL;
+        struct lid_ix key = {.lid = r->lid};
+        const struct lid_ix *old =
+            f->base.n > 0 ? bsearch(&key, old_v, f->base.n, sizeof(*old_v), lid_ix_cmp) : NULL;
         if (old != NULL) {
-            r->flags = old->flags & (uint8_t)~IDX_FLAGS_UNSETTLED;
-            memcpy(r->keywords, old->keywords, sizeof(r->keywords));
+            r->flags = f->base.v[old->ix].flags & (uint8_t)~IDX_FLAGS_UNSETTLED;
+            snprintf(r->keywords, sizeof(r->keywords), "%s", idx_rows_keywords(&f->base, old->ix));
         } else {
             /* Nothing tells which side changed what since they last
              * agreed: the base is what both sides hold, so the merge keeps
@@ -249,29 +259,29 @@ int rematch_finish(struct session *e)
         } else if (f->lf[li].have_hh) {
             memcpy(r->msgid_hash, f->lf[li].hh, sizeof(r->msgid_hash));
         }
+        idx_rows_add(&recs, r);
     }
+    free(r);
+    free(old_v);
     struct idx_folder st = f->st;
     st.uidvalidity = f->mb.uidvalidity;
     st.uidnext = 0;
     st.highestmodseq = 0;
     st.messages = 0;
-    int r = 0;
     if (!e->opts.dry_run) {
-        struct rematch_write w = {.folder = f->job->name, .recs = recs, .n = n, .st = &st};
-        r = idx_write(e->idx, rematch_fn, &w);
-        if (r < 0) {
-            folder_fail_idx(e, r);
-            free(recs);
-            return r;
+        struct rematch_write w = {.folder = f->job->name, .recs = &recs, .st = &st};
+        int rc = idx_write(e->idx, rematch_fn, &w);
+        if (rc < 0) {
+            folder_fail_idx(e, rc);
+            idx_rows_free(&recs);
+            return rc;
         }
     }
-    free(f->base);
+    idx_rows_free(&f->base);
     f->base = recs;
-    f->nbase = n;
-    f->base_cap = f->rm_ns + 1;
     f->nintents = 0; /* their records are gone; their files took part */
     f->st = st;
-    f->rm_matched = (unsigned)n;
+    f->rm_matched = (unsigned)recs.n;
     f->rm_done = true;
     return 0;
 }

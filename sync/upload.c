@@ -35,8 +35,8 @@ struct rec_ctx {
 
 static bool base_has_uid(const struct fstate *f, uint32_t uid)
 {
-    for (size_t i = 0; i < f->nbase; i++) {
-        if (f->base[i].uid == uid) {
+    for (size_t i = 0; i < f->base.n; i++) {
+        if (f->base.v[i].uid == uid) {
             return true;
         }
     }
@@ -130,8 +130,7 @@ int settle_intents(struct session *e)
             m->state = IDX_MSG_SYNCED;
             m->flags &= (uint8_t)~IDX_FLAGS_MOVING; /* a move's intent, found */
             puts[np++] = *m;
-            xgrow(&f->base, &f->base_cap, f->nbase + 1, sizeof(*f->base));
-            f->base[f->nbase++] = *m;
+            idx_rows_add(&f->base, m);
             fcounts(e)->adopted++;
         } else {
             drops[nd++] = m->lid;
@@ -175,16 +174,16 @@ void intents_prepare(struct session *e)
     if (f->it_nl == 0) {
         return;
     }
-    uint32_t *known = xcalloc(f->nbase + 1, sizeof(*known));
-    for (size_t i = 0; i < f->nbase; i++) {
-        known[i] = f->base[i].uid;
+    uint32_t *known = xcalloc(f->base.n + 1, sizeof(*known));
+    for (size_t i = 0; i < f->base.n; i++) {
+        known[i] = f->base.v[i].uid;
     }
-    qsort(known, f->nbase, sizeof(*known), u32_cmp);
+    qsort(known, f->base.n, sizeof(*known), u32_cmp);
     f->it_s = xcalloc(f->nsmsgs + 1, sizeof(*f->it_s));
     f->it_ns = 0;
     for (size_t i = 0; i < f->nsmsgs; i++) {
         const struct smsg *sm = &f->smsgs[i];
-        if (sm->size == 0 || bsearch(&sm->uid, known, f->nbase, sizeof(*known), u32_cmp) != NULL) {
+        if (sm->size == 0 || bsearch(&sm->uid, known, f->base.n, sizeof(*known), u32_cmp) != NULL) {
             continue;
         }
         f->it_s[f->it_ns++] = (struct plan_match){.size = sm->size, .ix = i, .pair = -1};
@@ -293,8 +292,8 @@ void ul_resolve_fetch(struct session *e)
     if (first == 0) {
         /* No UIDNEXT from SELECT: everything after the UIDs known here. */
         first = 1;
-        for (size_t i = 0; i < f->nbase; i++) {
-            first = f->base[i].uid >= first ? f->base[i].uid + 1 : first;
+        for (size_t i = 0; i < f->base.n; i++) {
+            first = f->base.v[i].uid >= first ? f->base.v[i].uid + 1 : first;
         }
         for (size_t i = 0; i < f->nsmsgs; i++) {
             first = f->smsgs[i].uid >= first ? f->smsgs[i].uid + 1 : first;

@@ -2083,6 +2083,52 @@ static int walk_compare(const struct idx_msg *m, void *arg)
     return 0;
 }
 
+/* Whether two records hold the same values (not the bytes past a NUL). */
+static bool same_msg(const struct idx_msg *a, const struct idx_msg *b)
+{
+    return a->uid == b->uid && a->state == b->state && a->flags == b->flags && a->size == b->size &&
+           strcmp(a->lid, b->lid) == 0 && strcmp(a->keywords, b->keywords) == 0 &&
+           memcmp(a->msgid_hash, b->msgid_hash, sizeof(a->msgid_hash)) == 0 &&
+           memcmp(a->emailid_hash, b->emailid_hash, sizeof(a->emailid_hash)) == 0;
+}
+
+struct rows_check {
+    const struct idx_rows *rows;
+    size_t seen;
+    bool ok;
+};
+
+static int rows_compare(const struct idx_msg *m, void *arg)
+{
+    struct rows_check *c = arg;
+    struct idx_msg got;
+    if (c->seen >= c->rows->n) {
+        c->ok = false;
+        return 0;
+    }
+    idx_rows_get(c->rows, c->seen, &got);
+    c->ok = c->ok && same_msg(m, &got) && strcmp(idx_rows_lid(c->rows, c->seen), m->lid) == 0 &&
+            strcmp(idx_rows_keywords(c->rows, c->seen), m->keywords) == 0;
+    c->seen++;
+    return 0;
+}
+
+/* idx_msg_walk_rows gives what idx_msg_walk does, record by record and
+ * field by field; returns the walk's result. */
+static int rows_check_walk(struct idx_txn *t, const char *folder)
+{
+    struct idx_rows rows = {0};
+    int rc = idx_msg_walk_rows(t, folder, &rows);
+    if (rc == 0) {
+        struct rows_check c = {.rows = &rows, .ok = true};
+        assert_int_equal(idx_msg_walk(t, folder, rows_compare, &c), 0);
+        assert_true(c.ok);
+        assert_int_equal(c.seen, rows.n);
+    }
+    idx_rows_free(&rows);
+    return rc;
+}
+
 /* The index against a model of what it should hold, checked after every
  * round: the count, both walks record by record (order, every field), and
  * the raw number of records in each database (no stale identity entry, no
@@ -2108,6 +2154,7 @@ static void model_check(struct fx *fx, struct idx *idx, struct model *md, bool e
     assert_int_equal(idx_msg_foreach(t, "INBOX", walk_compare, &w2), exists ? 0 : -ENOENT);
     assert_true(w2.ok);
     assert_int_equal(w2.seen, n);
+    assert_int_equal(rows_check_walk(t, "INBOX"), exists ? 0 : -ENOENT);
     idx_abort(t);
     free(sorted);
 
@@ -2284,6 +2331,93 @@ static void test_msg_walk(void **state)
     assert_int_equal(none.n, 1);
     assert_int_equal(idx_msg_walk(t, "Nope", collect_msg, &none), -ENOENT);
     idx_abort(t);
+    idx_close(idx);
+}
+
+/* idx_msg_walk_rows: every record as idx_msg_walk gives it (orphans,
+ * intents, both hashes, a keyword set of the full IDX_KEYWORDS_MAX bytes),
+ * more lids than one 64 KiB block holds, each set held once; rows added,
+ * changed and removed afterwards; lid pointers that stay put while rows
+ * are added. */
+static void test_msg_walk_rows(void **state)
+{
+    struct idx *idx = open_ok(*state, "acct");
+    struct idx_txn *t = begin(idx, true);
+    char longkw[IDX_KEYWORDS_MAX + 1];
+    for (size_t i = 0; i < IDX_KEYWORDS_MAX; i++) {
+        longkw[i] = i % 9 == 8 ? ' ' : (char)('a' + i % 26);
+    }
+    longkw[IDX_KEYWORDS_MAX] = '\0';
+    const char *kws[] = {"", "$Junk", longkw, "a b"};
+    struct idx_msg m;
+    char lid[IDX_LID_MAX + 1];
+    const size_t n = 700; /* 700 lids of 200 bytes: three blocks */
+    for (size_t i = 1; i <= n; i++) {
+        snprintf(lid, sizeof(lid), "%0199zu", i);
+        make_msg(&m, (uint32_t)i, lid, i % 50 == 0 ? IDX_MSG_ORPHAN : IDX_MSG_SYNCED,
+                 kws[i % ARRAY_SIZE(kws)]);
+        put_msg(idx, t, "INBOX", &m);
+    }
+    make_msg(&m, 0, "pending.lid", IDX_MSG_APPENDING, "a b");
+    put_msg(idx, t, "INBOX", &m);
+    make_msg(&m, 1, "other", IDX_MSG_SYNCED, "x");
+    put_msg(idx, t, "Other", &m);
+    commit(idx, t);
+
+    t = begin(idx, false);
+    assert_int_equal(rows_check_walk(t, "INBOX"), 0);
+    assert_int_equal(rows_check_walk(t, "Other"), 0);
+    struct idx_rows rows = {0};
+    assert_int_equal(idx_msg_walk_rows(t, "Nope", &rows), -ENOENT);
+    assert_int_equal(rows.n, 0);
+    idx_rows_reserve(&rows, n + 1);
+    assert_int_equal(idx_msg_walk_rows(t, "INBOX", &rows), 0);
+    idx_abort(t);
+    assert_int_equal(rows.n, n + 1);
+    assert_int_equal(rows.cap, n + 1); /* reserved: nothing grown */
+    assert_true(sizeof(struct idx_row) <= 48);
+    assert_true(rows.nblocks >= 3);
+    assert_int_equal(rows.nkwsets, ARRAY_SIZE(kws));          /* "" and each set once */
+    assert_string_equal(idx_rows_keywords(&rows, 0), kws[1]); /* UID 1 */
+    assert_string_equal(idx_rows_keywords(&rows, 1), longkw);
+    assert_int_equal(rows.v[49].state, IDX_MSG_ORPHAN);
+    assert_int_equal(rows.v[n].state, IDX_MSG_APPENDING);
+    assert_string_equal(idx_rows_lid(&rows, n), "pending.lid");
+
+    /* Added rows: their strings interned, earlier lids where they were. */
+    const char *first = idx_rows_lid(&rows, 0);
+    for (uint32_t u = 1; u <= 400; u++) {
+        snprintf(lid, sizeof(lid), "new.%0190u", u);
+        make_msg(&m, 10000 + u, lid, IDX_MSG_SYNCED, u % 2 ? longkw : "fresh");
+        idx_rows_add(&rows, &m);
+    }
+    assert_ptr_equal(idx_rows_lid(&rows, 0), first);
+    assert_int_equal(rows.nkwsets, ARRAY_SIZE(kws) + 1);
+    struct idx_msg got;
+    idx_rows_get(&rows, n + 400, &got);
+    assert_true(same_msg(&got, &m));
+
+    /* Changed in place: the lid kept (not copied again), keywords moved. */
+    idx_rows_get(&rows, 2, &got);
+    uint32_t off = rows.v[2].lid_off;
+    got.flags ^= 0x81;
+    snprintf(got.keywords, sizeof(got.keywords), "%s", "a b");
+    idx_rows_set(&rows, 2, &got);
+    assert_int_equal(rows.v[2].lid_off, off);
+    struct idx_msg back;
+    idx_rows_get(&rows, 2, &back);
+    assert_true(same_msg(&back, &got));
+    snprintf(got.lid, sizeof(got.lid), "%s", "renamed");
+    idx_rows_set(&rows, 2, &got);
+    assert_string_equal(idx_rows_lid(&rows, 2), "renamed");
+
+    /* Removed: the order of the others kept. */
+    uint32_t next = rows.v[3].uid;
+    idx_rows_remove(&rows, 2);
+    assert_int_equal(rows.n, n + 400);
+    assert_int_equal(rows.v[2].uid, next);
+    idx_rows_free(&rows);
+    assert_int_equal(rows.n, 0);
     idx_close(idx);
 }
 
@@ -3025,6 +3159,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_keyword_sets_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_msg_count_and_walk_model, setup, teardown),
         cmocka_unit_test_setup_teardown(test_msg_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_msg_walk_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_from_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_killed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_size_per_message, setup, teardown),

@@ -180,9 +180,17 @@ static struct plan *build(struct fx *f)
     f->in.server.nvanished = f->nvan;
     f->in.local.msgs = f->loc;
     f->in.local.nmsgs = f->nloc;
-    f->in.base = f->base;
-    f->in.nbase = f->nbase;
-    return plan_build(&f->in);
+    /* The base as the engine holds it: compact rows, built from the
+     * table's records (the plan copies what it keeps). */
+    struct idx_rows rows = {0};
+    for (size_t i = 0; i < f->nbase; i++) {
+        idx_rows_add(&rows, &f->base[i]);
+    }
+    f->in.base = &rows;
+    struct plan *p = plan_build(&f->in);
+    f->in.base = NULL;
+    idx_rows_free(&rows);
+    return p;
 }
 
 static const char *kwstr(const struct plan_kw *kw)
