@@ -246,6 +246,37 @@ void fstate_free(struct fstate *f)
     free(f);
 }
 
+/* A large folder's state is freed on the thread pool: at 100,000 messages
+ * its scan alone is 200,000 small blocks, tens of milliseconds of the loop
+ * thread. Nothing else refers to it once its folder ended. */
+#define FREE_LATER_MIN 4096
+
+static void free_work(uv_work_t *req)
+{
+    fstate_free(req->data);
+}
+
+static void free_done(uv_work_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+static void fstate_free_later(uv_loop_t *loop, struct fstate *f)
+{
+    size_t n = f->scan != NULL ? f->scan->count : 0;
+    if (n < FREE_LATER_MIN && f->base.n < FREE_LATER_MIN && f->nsmsgs < FREE_LATER_MIN) {
+        fstate_free(f);
+        return;
+    }
+    uv_work_t *req = xcalloc(1, sizeof(*req));
+    req->data = f;
+    if (uv_queue_work(loop, req, free_work, free_done) != 0) {
+        fstate_free(f);
+        free(req);
+    }
+}
+
 /* ---- skipped messages ------------------------------------------------------------------ */
 
 /* The skip list of a folder lives in the index as the meta value
@@ -1434,12 +1465,15 @@ static uint32_t *store_uids(const struct plan *p, size_t *n_r)
  * change made in between. stored false: the messages that needed no STORE
  * (once the local renames are durable); true: the rest (once the STOREs
  * answered, except [MODIFIED] ones). */
-static void record_updates(struct session *e, bool stored)
+/* The plan's updates for the messages a STORE of this run changed
+ * (stored) or the others; NULL when there are none to write. */
+static struct idx_msg *updates_rows(struct session *e, bool stored, size_t *np_r)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
+    *np_r = 0;
     if (p->nupdates == 0 || e->opts.dry_run) {
-        return;
+        return NULL;
     }
     size_t nsu;
     uint32_t *su = store_uids(p, &nsu);
@@ -1456,30 +1490,105 @@ static void record_updates(struct session *e, bool stored)
         }
         puts[np++] = p->updates[i];
     }
+    free(su);
+    if (np == 0) {
+        free(puts);
+        return NULL;
+    }
+    *np_r = np;
+    return puts;
+}
+
+static void record_updates(struct session *e, bool stored)
+{
+    size_t np;
+    struct idx_msg *puts = updates_rows(e, stored, &np);
     if (np > 0) {
-        struct idx_ops o = {.folder = f->job->name, .puts = puts, .nputs = np};
+        struct idx_ops o = {.folder = e->f->job->name, .puts = puts, .nputs = np};
         idx_apply(e, &o);
     }
     if (stored) {
-        f->updates_recorded = true;
+        e->f->updates_recorded = true;
     }
     free(puts);
-    free(su);
 }
 
-static bool mark_renames(struct session *e);
+/* record_updates(e, true) with the write on the thread pool (a durable
+ * commit of up to a whole folder's rows), then cont. */
+struct rec_job {
+    uv_work_t req;
+    struct session *e;
+    struct engine *run;
+    char *folder;
+    struct idx_msg *puts;
+    size_t np;
+    int r;
+    char *dserr;
+    void (*cont)(struct session *e);
+};
 
+static void rec_work(uv_work_t *req)
+{
+    struct rec_job *j = req->data;
+    struct idx_ops o = {.folder = j->folder, .puts = j->puts, .nputs = j->np};
+    j->r = engine_write(j->run, &o, 1, &j->dserr);
+}
+
+static void rec_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct rec_job *j = req->data;
+    struct session *e = j->e;
+    void (*cont)(struct session *) = j->cont;
+    int r = j->r;
+    char *dserr = j->dserr;
+    free(j->folder);
+    free(j->puts);
+    free(j);
+    e->f->reading = false;
+    if (!pool_job_back(e)) {
+        free(dserr);
+        return;
+    }
+    if (r < 0) {
+        engine_write_failed(e, r, dserr);
+    } else {
+        free(dserr);
+    }
+    cont(e);
+}
+
+static void record_stored_then(struct session *e, void (*cont)(struct session *e))
+{
+    struct fstate *f = e->f;
+    size_t np;
+    struct idx_msg *puts = updates_rows(e, true, &np);
+    f->updates_recorded = true;
+    if (np == 0) {
+        cont(e);
+        return;
+    }
+    struct rec_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->run = e->run;
+    j->folder = xstrdup(f->job->name);
+    j->puts = puts;
+    j->np = np;
+    j->cont = cont;
+    f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, rec_work, rec_done) != 0) {
+        rec_work(&j->req);
+        rec_done(&j->req, 0);
+    }
+}
+
+/* The local side of the plan, once renames_marks' marks are written. */
 static void apply_local(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
     bool touched = false;
-    /* Without the marks a kill between a rename and the record of its new
-     * base could have the next run take the server's change, already on
-     * the file, for the user's: nothing is renamed then. */
-    if (!mark_renames(e)) {
-        return;
-    }
     moves_park_orphans(e);
     for (size_t i = 0; i < p->nlocal_flags; i++) {
         const struct plan_local_flags *lf = &p->local_flags[i];
@@ -1606,7 +1715,7 @@ static void queue_del(struct session *e, int r, struct del_ctx *dc)
  * base for the rest, so a flag another client set meanwhile stays a change
  * on the server. */
 #define UNSETTLED_KW 0x40
-/* In an entry's mask: the entry is for a local rename (mark_renames), not
+/* In an entry's mask: the entry is for a local rename (renames_marks), not
  * for a STORE; settle_base takes the local file's value for its bits. */
 #define UNSETTLED_LOCAL 0x80
 
@@ -1731,65 +1840,52 @@ static const struct idx_row *base_find(const struct fstate *f, uint32_t uid)
                          : NULL;
 }
 
-/* Before the local renames, their messages' base rows are marked
- * unsettled, as mark_unsettled does before the STOREs: a kill after a
- * rename and before its new base is recorded left a file that already
- * carries the server's change over the old base, and the next run took
- * that for the user's change and sent the old flags back up, undoing a
- * change made on the server meanwhile (test_sync_crash lost one so). The
- * next run takes the file's flags as the base for the bits the rename
- * changes (settle_base): renamed or not, the file then says which. */
-static bool mark_renames(struct session *e)
+/* What renames_marked and unsettled_marked wait for: the marked base rows and the
+ * folder's value of marks. Built from the folder's plan and base alone, on
+ * the thread pool. */
+struct marks {
+    struct idx_msg *puts;
+    size_t np;
+    unsigned char *val;
+    size_t vlen;
+};
+
+static void renames_marks(const struct fstate *f, enum plan_local_delete mode, struct marks *o)
 {
-    struct fstate *f = e->f;
-    if (e->opts.dry_run || f->plan->nlocal_flags == 0) {
-        return true;
-    }
+    (void)mode;
     unsigned char *marks;
     size_t n = rename_marks(f, &marks);
-    struct idx_msg *puts = xcalloc(n + 1, sizeof(*puts));
-    size_t np = 0;
+    o->puts = xcalloc(n + 1, sizeof(*o->puts));
     for (size_t i = 0; i < n; i++) {
         uint32_t uid;
         memcpy(&uid, marks + i * 5, 4);
         const struct idx_row *m = base_find(f, uid);
         if (m != NULL && m->state == IDX_MSG_SYNCED) {
-            idx_rows_get(&f->base, (size_t)(m - f->base.v), &puts[np]);
-            puts[np++].flags |= IDX_FLAGS_UNSETTLED;
+            idx_rows_get(&f->base, (size_t)(m - f->base.v), &o->puts[o->np]);
+            o->puts[o->np++].flags |= IDX_FLAGS_UNSETTLED;
         }
     }
-    bool ok = true;
-    if (np > 0) {
-        char key[512];
-        unsettled_key(f->job->name, key, sizeof(key));
-        struct idx_ops o = {.folder = f->job->name,
-                            .puts = puts,
-                            .nputs = np,
-                            .meta_key = key,
-                            .meta_val = marks,
-                            .meta_len = n * 5};
-        ok = idx_apply(e, &o) >= 0;
-    }
-    free(puts);
-    free(marks);
-    return ok;
+    o->val = marks;
+    o->vlen = n * 5;
 }
 
-static bool mark_unsettled(struct session *e)
+/* Deletions by STORE +\Deleted (then UID EXPUNGE, or alone without
+ * UIDPLUS) are flag changes too: one that lands while the run dies before
+ * its end would otherwise read as the server's new \Deleted next time,
+ * and "deleted here, changed there" copies the message back. Unsettled,
+ * the next run takes the server's \Deleted as the base and deletes again.
+ * (A MOVE leaves the folder at once.) */
+static bool unsettled_needed(const struct plan *p, enum plan_local_delete mode, bool *del_stores)
 {
-    struct fstate *f = e->f;
+    *del_stores = p->nserver_deletes > 0 && mode != PLAN_LOCAL_DELETE_TRASH;
+    return p->nstores > 0 || *del_stores;
+}
+
+static void unsettled_marks(const struct fstate *f, enum plan_local_delete mode, struct marks *o)
+{
     const struct plan *p = f->plan;
-    /* Deletions by STORE +\Deleted (then UID EXPUNGE, or alone without
-     * UIDPLUS) are flag changes too: one that lands while the run dies
-     * before its end would otherwise read as the server's new \Deleted
-     * next time, and "deleted here, changed there" copies the message
-     * back. Unsettled, the next run takes the server's \Deleted as the
-     * base and deletes again. (A MOVE leaves the folder at once.) */
-    enum plan_local_delete mode = local_delete_mode(e);
-    bool del_stores = p->nserver_deletes > 0 && mode != PLAN_LOCAL_DELETE_TRASH;
-    if ((p->nstores == 0 && !del_stores) || e->opts.dry_run) {
-        return true;
-    }
+    bool del_stores;
+    unsettled_needed(p, mode, &del_stores);
     uint32_t *dels = NULL;
     if (del_stores) {
         dels = xcalloc(p->nserver_deletes, sizeof(*dels));
@@ -1798,7 +1894,6 @@ static bool mark_unsettled(struct session *e)
         }
         qsort(dels, p->nserver_deletes, sizeof(*dels), u32_cmp);
     }
-    bool ok = true;
     /* Grown as rows are found: sized by the base, they took 1,320 bytes
      * a message of address space for the few rows a run usually marks. */
     struct idx_msg *puts = NULL;
@@ -1830,31 +1925,106 @@ static bool mark_unsettled(struct session *e)
             puts[np++].flags |= IDX_FLAGS_UNSETTLED;
         }
     }
+    free(dels);
+    o->puts = puts;
+    o->np = np;
     if (np > 0) {
-        /* The value replaces the one mark_renames wrote: its entries go
+        /* The value replaces the one renames_marks wrote: its entries go
          * along, for the rows a STORE keeps unsettled after their rename. */
         unsigned char *rm;
         size_t nrm = rename_marks(f, &rm);
         masks = xrealloc(masks, (np + nrm + 1) * 5);
         memcpy(masks + np * 5, rm, nrm * 5);
         free(rm);
-        char key[512];
-        unsettled_key(f->job->name, key, sizeof(key));
-        struct idx_ops o = {.folder = f->job->name,
-                            .puts = puts,
-                            .nputs = np,
-                            .meta_key = key,
-                            .meta_val = masks,
-                            .meta_len = (np + nrm) * 5};
-        ok = idx_apply(e, &o) >= 0;
+        o->vlen = (np + nrm) * 5;
     }
-    free(dels);
-    free(masks);
-    free(puts);
-    return ok;
+    o->val = masks;
 }
 
-/* The other half of mark_unsettled and mark_renames. A base row whose
+/* The marks are written on the thread pool, rows and all: at 100,000
+ * messages finding them in the base and the durable commit held the loop
+ * thread for tens of milliseconds. The folder waits (fstate.reading); the
+ * loop leaves its base and plan alone meanwhile. */
+struct marks_job {
+    uv_work_t req;
+    struct session *e;
+    struct engine *run;
+    const struct fstate *f;
+    char *folder;
+    enum plan_local_delete mode;
+    void (*build)(const struct fstate *f, enum plan_local_delete mode, struct marks *o);
+    int r;
+    char *dserr;
+    void (*cont)(struct session *e, bool ok);
+};
+
+static void marks_work(uv_work_t *req)
+{
+    struct marks_job *j = req->data;
+    struct marks m = {0};
+    j->build(j->f, j->mode, &m);
+    if (m.np > 0) {
+        char key[512];
+        unsettled_key(j->folder, key, sizeof(key));
+        struct idx_ops o = {.folder = j->folder,
+                            .puts = m.puts,
+                            .nputs = m.np,
+                            .meta_key = key,
+                            .meta_val = m.val,
+                            .meta_len = m.vlen};
+        j->r = engine_write(j->run, &o, 1, &j->dserr);
+    }
+    free(m.puts);
+    free(m.val);
+}
+
+static void marks_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct marks_job *j = req->data;
+    struct session *e = j->e;
+    void (*cont)(struct session *, bool) = j->cont;
+    int r = j->r;
+    char *dserr = j->dserr;
+    free(j->folder);
+    free(j);
+    e->f->reading = false;
+    if (!pool_job_back(e)) {
+        free(dserr);
+        return;
+    }
+    if (r < 0) {
+        engine_write_failed(e, r, dserr);
+    } else {
+        free(dserr);
+    }
+    cont(e, r >= 0);
+}
+
+/* Writes the marks build makes, then cont(e, written) on a later turn of
+ * the loop. */
+static void marks_then(struct session *e,
+                       void (*build)(const struct fstate *f, enum plan_local_delete mode,
+                                     struct marks *o),
+                       void (*cont)(struct session *e, bool ok))
+{
+    struct marks_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->run = e->run;
+    j->f = e->f;
+    j->folder = xstrdup(e->f->job->name);
+    j->mode = local_delete_mode(e);
+    j->build = build;
+    j->cont = cont;
+    e->f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, marks_work, marks_done) != 0) {
+        marks_work(&j->req);
+        marks_done(&j->req, 0);
+    }
+}
+
+/* The other half of unsettled_marks and renames_marks. A base row whose
  * STORE may or may not have landed takes the server's flags for the bits
  * the STORE changes when the server listed the message (a full listing, or
  * a delta since the state before that STORE, which reports it when it
@@ -1942,22 +2112,13 @@ static void settle_base(struct session *e)
     free(puts);
 }
 
+/* The server side of the plan, once unsettled_marks' marks are written. */
 static void apply_server(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
     f->phase = FP_APPLY_SERVER;
     f->pending = 1;
-    /* Without the marks a STORE whose answer a crash loses could be taken
-     * for the user's change next time: no STORE then (the folder failed;
-     * the next run plans them again). */
-    if (!mark_unsettled(e)) {
-        /* Nothing has gone out yet: end the folder here rather than
-         * send deletions and fetch bodies the index could not record. */
-        f->pending = 0;
-        folder_end(e);
-        return;
-    }
     f->stores_sent = p->nstores > 0;
     uint64_t unchanged = f->condstore ? f->mb.highestmodseq : 0;
     /* UIDs already in an earlier STORE of this run: our own first STORE
@@ -3094,6 +3255,9 @@ static void plan_folder_then(struct session *e, void (*cont)(struct session *e))
 }
 
 /* The folder's changes carried out, once planned. */
+static void renames_marked(struct session *e, bool ok);
+static void unsettled_marked(struct session *e, bool ok);
+
 static void after_plan(struct session *e)
 {
     struct fstate *f = e->f;
@@ -3103,8 +3267,50 @@ static void after_plan(struct session *e)
         folder_end(e);
         return;
     }
-    apply_local(e);
+    /* Without the marks a kill between a rename and the record of its new
+     * base could have the next run take the server's change, already on
+     * the file, for the user's: nothing is renamed then. */
+    if (f->plan->nlocal_flags > 0) {
+        marks_then(e, renames_marks, renames_marked);
+        return;
+    }
+    renames_marked(e, true);
+}
+
+/* Before the local renames, their messages' base rows are marked
+ * unsettled, as unsettled_marks does before the STOREs: a kill after a
+ * rename and before its new base is recorded left a file that already
+ * carries the server's change over the old base, and the next run took
+ * that for the user's change and sent the old flags back up, undoing a
+ * change made on the server meanwhile (test_sync_crash lost one so). The
+ * next run takes the file's flags as the base for the bits the rename
+ * changes (settle_base): renamed or not, the file then says which. */
+static void renames_marked(struct session *e, bool ok)
+{
+    struct fstate *f = e->f;
+    if (ok) {
+        apply_local(e);
+    }
     if (f->failed) {
+        folder_end(e);
+        return;
+    }
+    /* Without the marks a STORE whose answer a crash loses could be taken
+     * for the user's change next time: no STORE then (the folder failed;
+     * the next run plans them again). */
+    bool del_stores;
+    if (unsettled_needed(f->plan, local_delete_mode(e), &del_stores)) {
+        marks_then(e, unsettled_marks, unsettled_marked);
+        return;
+    }
+    apply_server(e);
+}
+
+static void unsettled_marked(struct session *e, bool ok)
+{
+    if (!ok) {
+        /* Nothing has gone out yet: end the folder here rather than
+         * send deletions and fetch bodies the index could not record. */
         folder_end(e);
         return;
     }
@@ -3143,7 +3349,7 @@ static void folder_end(struct session *e)
         j->res->notice = j->notice;
     }
     struct fjob *j = f->job;
-    fstate_free(f);
+    fstate_free_later(e->loop, f);
     e->f = NULL;
     job_totals(e, j);
     if (j->on_demand || e->opts.report_every_folder) {
@@ -3194,8 +3400,7 @@ static void folder_advance(struct session *e)
         return;
     case FP_APPLY_SERVER:
         /* The STOREs answered: their new base goes in before the downloads. */
-        record_updates(e, true);
-        issue_downloads(e);
+        record_stored_then(e, issue_downloads);
         return;
     case FP_DOWNLOAD:
         flush_batch(e);

@@ -1344,7 +1344,7 @@ struct known {
 static const struct known known_failures[] = {
     /* None open. Fixed: a local deletion by STORE +\\Deleted that landed
      * while the run failed before its end was undone next run (the rows
-     * are now marked unsettled first, see mark_unsettled). */
+     * are now marked unsettled first, see unsettled_marks). */
     {NULL, NULL, NULL},
 };
 
