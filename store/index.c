@@ -87,6 +87,10 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#include <sys/sysmacros.h>
+#endif
 
 #include "core/log.h"
 #include "core/util.h"
@@ -100,6 +104,12 @@
  * the map must grow first, before it gives up with -EBUSY. */
 #define IDX_GROW_WAIT_MS 5000
 #define IDX_MAXDBS 12
+/* How often the data file's mapped pages are dropped (map_drop): every so
+ * many records of a bulk walk, and every so many idx_msg_put of a write
+ * transaction. A put's lookups are random, and the kernel maps 16
+ * neighbouring pages per fault, so a few hundred puts map the whole file. */
+#define IDX_DROP_WALK 2048
+#define IDX_DROP_PUTS 128
 
 #define FOLDER_NAME_MAX 4096
 #define FOLDER_KEY_PLAIN_MAX 400
@@ -199,6 +209,7 @@ struct idx_txn {
      * it. cf is allocated on first use and kept until the transaction ends. */
     struct folder_rec *cf;
     bool cf_valid;
+    unsigned puts; /* idx_msg_put calls, for map_drop */
 };
 
 struct idx {
@@ -226,6 +237,12 @@ struct idx {
     pthread_cond_t wcond;
     bool grow_pending; /* MDB_MAP_FULL seen while readers were open */
     size_t map_size;
+    /* LMDB's mapping of data.mdb as found by map_locate (map_len 0: not
+     * found, and nothing is dropped), and how often map_drop dropped it.
+     * Guarded by mu, like the remapping that moves it. */
+    uintptr_t map_start;
+    size_t map_len;
+    uint64_t map_drops;
     char err[2048];
 };
 
@@ -305,12 +322,153 @@ static int lmdb_fail(struct idx *idx, int rc, const char *what)
     return fail(idx, mdb_to_errno(rc), "index %s: %s: %s", idx->env_path, what, mdb_strerror(rc));
 }
 
+/* Dropping the map's pages
+ *
+ * LMDB reads through a read-only MAP_SHARED mapping of data.mdb, and those
+ * file-backed pages count in the process's RSS (ru_maxrss) like the heap
+ * does: a walk of a 100,000-message folder maps every page of its records
+ * and keeps them mapped to the end of the run (about 20 MiB; a million
+ * messages would be about 200). map_drop gives them back with
+ * madvise(MADV_DONTNEED) at the end of a write transaction, every
+ * IDX_DROP_WALK records of a bulk walk and every IDX_DROP_PUTS puts.
+ *
+ * Why this is safe:
+ * - The environment is never opened with MDB_WRITEMAP (open_env,
+ *   idx_open_readonly): LMDB writes with pwrite() from its own heap pages
+ *   and maps the file PROT_READ, so the mapping never holds data that is
+ *   not in the file's page cache. madvise(2), MADV_DONTNEED, for a shared
+ *   file mapping: later accesses "will succeed, but will result in ...
+ *   repopulating the memory contents from the up-to-date contents of the
+ *   underlying mapped file" (and "the resident set size (RSS) of the
+ *   calling process will be immediately reduced"). A dropped page refaults
+ *   as the same page cache page (a minor fault, no I/O while it stays
+ *   cached), so pointers LMDB or a caller holds into the map stay valid and
+ *   read the same bytes. With MDB_WRITEMAP a write transaction's pages
+ *   would live in the map until written back: map_locate accepts only a
+ *   read-only mapping ("r--s"), so such a change turns dropping off rather
+ *   than losing data.
+ * - Other threads (the loop and thread-pool jobs, MDB_NOTLS read
+ *   transactions, a write transaction on a pool thread while the loop reads)
+ *   may be reading those very pages while they are dropped: their next
+ *   access simply refaults the same file page (the page tables are what is
+ *   dropped; the page cache is not touched). Nothing here is locked memory
+ *   (MADV_DONTNEED refuses locked pages; it would only fail).
+ * - The range must be LMDB's mapping and nothing else: dropping anonymous
+ *   memory (the heap) would zero live data. LMDB 0.9 does not expose its
+ *   map address (me_mapaddr is NULL without MDB_FIXEDMAP), so map_locate
+ *   reads /proc/self/maps for the mapping whose device and inode are the
+ *   data file's (fstat of LMDB's own descriptor), at offset 0, read-only
+ *   and shared, and exactly as long as LMDB's map size; anything else,
+ *   including two such mappings (the same file opened twice in this
+ *   process, where the other one can move under its own lock), leaves
+ *   map_len 0 and nothing is ever dropped.
+ * - mdb_env_set_mapsize unmaps the file and maps it again elsewhere, after
+ *   which the old range may hold anything. It is only called with mu held
+ *   (set_map_locked) or before the idx is shared (ro_open_dbs, then
+ *   map_locate), the range is forgotten before and found again after it,
+ *   and map_drop reads the range and calls madvise with mu held.
+ * A filesystem whose stat() device differs from the one /proc/self/maps
+ * shows (btrfs subvolumes, older overlayfs) finds nothing: then the pages
+ * simply stay mapped, as before. Other systems do nothing. */
+
+/* Finds the data file's mapping; mu held or the idx not yet shared. */
+static void map_locate_locked(struct idx *idx)
+{
+    idx->map_start = 0;
+    idx->map_len = 0;
+#ifdef __linux__
+    mdb_filehandle_t fd;
+    struct stat st;
+    MDB_envinfo info;
+    if (idx->env == NULL || mdb_env_get_fd(idx->env, &fd) != 0 || fstat(fd, &st) != 0 ||
+        mdb_env_info(idx->env, &info) != 0) {
+        return;
+    }
+    long page = sysconf(_SC_PAGESIZE);
+    size_t want = info.me_mapsize;
+    if (page > 0 && want % (size_t)page != 0) {
+        want += (size_t)page - want % (size_t)page;
+    }
+    FILE *maps = fopen("/proc/self/maps", "re");
+    if (maps == NULL) {
+        return;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    unsigned found = 0;
+    bool usable = true;
+    unsigned long start = 0, end = 0;
+    while (getline(&line, &cap, maps) > 0) {
+        unsigned long s, e;
+        unsigned long long off, ino;
+        unsigned maj, min;
+        char perms[5];
+        int nf = sscanf(line, "%lx-%lx %4s %llx %x:%x %llu", &s, &e, perms, &off, &maj, &min, &ino);
+        if (nf != 7 || ino != (unsigned long long)st.st_ino || maj != major(st.st_dev) ||
+            min != minor(st.st_dev)) {
+            continue;
+        }
+        found++;
+        start = s;
+        end = e;
+        usable = usable && off == 0 && strcmp(perms, "r--s") == 0;
+    }
+    free(line);
+    fclose(maps);
+    if (found == 1 && usable && end > start && end - start == want) {
+        idx->map_start = start;
+        idx->map_len = want;
+    }
+#endif
+}
+
+static void map_locate(struct idx *idx)
+{
+    pthread_mutex_lock(&idx->mu);
+    map_locate_locked(idx);
+    pthread_mutex_unlock(&idx->mu);
+}
+
+/* Drops the data file's mapped pages (see above); mu held. */
+static void map_drop_locked(struct idx *idx)
+{
+#ifdef __linux__
+    if (idx->map_len != 0 && madvise((void *)idx->map_start, idx->map_len, MADV_DONTNEED) == 0) {
+        idx->map_drops++;
+    }
+#else
+    (void)idx;
+#endif
+}
+
+static void map_drop(struct idx *idx)
+{
+    pthread_mutex_lock(&idx->mu);
+    map_drop_locked(idx);
+    pthread_mutex_unlock(&idx->mu);
+}
+
+bool idx_map_range(struct idx *idx, const void **start_r, size_t *len_r, uint64_t *drops_r)
+{
+    pthread_mutex_lock(&idx->mu);
+    *start_r = (const void *)idx->map_start;
+    *len_r = idx->map_len;
+    *drops_r = idx->map_drops;
+    pthread_mutex_unlock(&idx->mu);
+    return *len_r != 0;
+}
+
 /* Map growth */
 
 /* Sets the map size; mu held, no transaction open in this process. */
 static int set_map_locked(struct idx *idx, size_t size)
 {
+    /* The file is unmapped and mapped again, most likely elsewhere: forget
+     * the old range first, and find the new one whatever the outcome. */
+    idx->map_start = 0;
+    idx->map_len = 0;
     int rc = mdb_env_set_mapsize(idx->env, size);
+    map_locate_locked(idx);
     if (rc != 0) {
         snprintf(idx->err, sizeof(idx->err), "index %s: cannot grow the map to %zu bytes: %s",
                  idx->env_path, size, mdb_strerror(rc));
@@ -430,6 +588,7 @@ int idx_begin(struct idx *idx, bool write, struct idx_txn **txn_r)
             }
         }
         idx->wtxn.active = true;
+        idx->wtxn.puts = 0;
         idx->wowner = pthread_self();
     } else {
         idx->readers++;
@@ -503,6 +662,11 @@ static void txn_release(struct idx_txn *t)
     }
     if (t->write || idx->readers == 0) {
         pthread_cond_broadcast(&idx->wcond);
+    }
+    if (t->write) {
+        /* The end of idx_commit / idx_abort of a write transaction: what its
+         * lookups mapped goes. */
+        map_drop_locked(idx);
     }
     pthread_mutex_unlock(&idx->mu);
     if (!t->write) {
@@ -2132,6 +2296,11 @@ int idx_msg_put(struct idx_txn *txn, const char *folder, const struct idx_msg *m
     }
     if (rc != 0) {
         txn_forget_folder(txn);
+    } else if (++txn->puts % IDX_DROP_PUTS == 0) {
+        /* Each put's lookups (the lid index, the old record) fault in
+         * random pages of the whole file; a transaction of 1,000 puts would
+         * map all of it. */
+        map_drop(txn->idx);
     }
     return rc;
 }
@@ -2416,6 +2585,7 @@ static int walk_cursor(struct idx_txn *txn, const char *folder, walk_step_fn ste
     uint32_t fid = f->id;
     uint8_t prefix[4];
     be32(prefix, fid);
+    size_t seen = 0;
     static const enum idx_db dbs[] = {DB_MESSAGES, DB_APPENDING};
     for (size_t d = 0; d < ARRAY_SIZE(dbs) && rc == 0; d++) {
         MDB_cursor *c;
@@ -2431,12 +2601,17 @@ static int walk_cursor(struct idx_txn *txn, const char *folder, walk_step_fn ste
                 break;
             }
             rc = step(txn, folder, fid, dbs[d] == DB_APPENDING, &k, &v, ctx);
+            if (++seen % IDX_DROP_WALK == 0) {
+                /* The cursor's pages stay valid: they refault when read. */
+                map_drop(txn->idx);
+            }
         }
         mdb_cursor_close(c);
         if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND) {
             rc = lmdb_fail(txn->idx, mrc, db_names[dbs[d]]);
         }
     }
+    map_drop(txn->idx);
     return rc;
 }
 
@@ -2909,8 +3084,12 @@ int idx_pop_walk(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void *a
     }
     struct idx_pop p;
     MDB_val k, v;
+    size_t seen = 0;
     for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+        if (++seen % IDX_DROP_WALK == 0) {
+            map_drop(txn->idx);
+        }
         if (!pop_decode(&k, &v, &p)) {
             mdb_cursor_close(c);
             return fail(txn->idx, -EBADMSG, "index %s: corrupt POP record under key '%.*s'",
@@ -2924,6 +3103,7 @@ int idx_pop_walk(struct idx_txn *txn, int (*fn)(const struct idx_pop *p, void *a
         }
     }
     mdb_cursor_close(c);
+    map_drop(txn->idx);
     if (rc != MDB_NOTFOUND) {
         return lmdb_fail(txn->idx, rc, db_names[DB_POP]);
     }
@@ -2941,8 +3121,10 @@ static bool pop_decode_brief(const MDB_val *v, struct idx_pop_brief *b)
 
 struct idx_pop_cursor {
     struct idx_txn *txn;
+    struct idx *idx; /* for idx_pop_cursor_close, which may come after txn ended */
     MDB_cursor *c;
     bool started;
+    size_t seen; /* records returned, for map_drop */
 };
 
 int idx_pop_cursor_open(struct idx_txn *txn, struct idx_pop_cursor **c_r)
@@ -2953,6 +3135,7 @@ int idx_pop_cursor_open(struct idx_txn *txn, struct idx_pop_cursor **c_r)
     }
     struct idx_pop_cursor *pc = xcalloc(1, sizeof(*pc));
     pc->txn = txn;
+    pc->idx = txn->idx;
     rc = mdb_cursor_open(txn->txn, txn->idx->dbi[DB_POP], &pc->c);
     if (rc != 0) {
         free(pc);
@@ -2966,6 +3149,11 @@ int idx_pop_cursor_next(struct idx_pop_cursor *pc, const char **uidl_r, size_t *
                         struct idx_pop_brief *b_r)
 {
     MDB_val k, v;
+    if (++pc->seen % IDX_DROP_WALK == 0) {
+        /* The key the caller was given last points into the map and stays
+         * valid: a dropped page refaults with the same bytes. */
+        map_drop(pc->idx);
+    }
     int rc = mdb_cursor_get(pc->c, &k, &v, pc->started ? MDB_NEXT : MDB_FIRST);
     pc->started = true;
     if (rc == MDB_NOTFOUND) {
@@ -2990,6 +3178,7 @@ void idx_pop_cursor_close(struct idx_pop_cursor *pc)
         return;
     }
     mdb_cursor_close(pc->c);
+    map_drop(pc->idx);
     free(pc);
 }
 
@@ -3565,6 +3754,8 @@ static int open_env(struct idx *idx, char **err_r)
         /* MDB_NOTLS: read transactions belong to their txn object, not to
          * the thread, so threadpool jobs and nested reads work. */
         rc = mdb_env_open(idx->env, idx->env_path, MDB_NOTLS, 0600);
+        /* Never MDB_WRITEMAP: map_drop relies on LMDB writing nothing
+         * through the map (see "Dropping the map's pages"). */
     }
     if (rc != 0) {
         *err_r = xasprintf("cannot open index %s: %s", idx->env_path, mdb_strerror(rc));
@@ -3587,6 +3778,7 @@ static int open_env(struct idx *idx, char **err_r)
     mdb_env_info(idx->env, &info);
     idx->psize = ms.ms_psize;
     idx->map_size = info.me_mapsize;
+    map_locate(idx);
     if (idx->map_size < IDX_INITIAL_MAP) {
         pthread_mutex_lock(&idx->mu);
         rc = set_map_locked(idx, IDX_INITIAL_MAP);
@@ -3810,6 +4002,8 @@ int idx_open_readonly(const char *state_dir, const char *account, struct idx **i
     idx->psize = ms.ms_psize;
     idx->map_size = info.me_mapsize;
     rc = ro_open_dbs(idx, err_r);
+    /* After ro_open_dbs, which may have mapped the file again. */
+    map_locate(idx);
 out:
     free(data);
     if (rc != 0) {

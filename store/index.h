@@ -64,6 +64,13 @@ void idx_close(struct idx *idx);
 const char *idx_error(const struct idx *idx);
 /* Current LMDB map size in bytes (it grows on demand). */
 size_t idx_map_size(const struct idx *idx);
+/* For tests and diagnostics: the range of LMDB's mapping of data.mdb whose
+ * pages the index drops from this process's memory as it reads (at the end
+ * of a write transaction, every few thousand records of a walk, every 128
+ * idx_msg_put), and how many times it did. False, *len_r 0, when it was not
+ * found (not Linux, or not certain which mapping it is): then nothing is
+ * dropped. */
+bool idx_map_range(struct idx *idx, const void **start_r, size_t *len_r, uint64_t *drops_r);
 
 int idx_begin(struct idx *idx, bool write, struct idx_txn **txn_r);
 int idx_commit(struct idx_txn *txn);

@@ -1695,6 +1695,200 @@ static void test_map_grows_ahead(void **state)
     idx_close(idx);
 }
 
+/* Dropping the map's pages */
+
+#define DROP_COUNT 6000
+
+/* The Rss (kB) of this process's mapping that starts at start, from
+ * /proc/self/smaps; -1 when there is none. */
+static long mapping_rss_kb(const void *start)
+{
+    FILE *f = fopen("/proc/self/smaps", "re");
+    assert_non_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    bool in = false;
+    long rss = -1;
+    while (rss < 0 && getline(&line, &cap, f) > 0) {
+        unsigned long s, e;
+        if (sscanf(line, "%lx-%lx ", &s, &e) == 2) {
+            in = s == (unsigned long)(uintptr_t)start;
+        } else if (in && strncmp(line, "Rss:", 4) == 0) {
+            assert_int_equal(sscanf(line, "Rss: %ld kB", &rss), 1);
+        }
+    }
+    free(line);
+    fclose(f);
+    return rss;
+}
+
+/* The key idx_pop_cursor_next gives in a read transaction points into
+ * LMDB's map: it must lie in the range the index found. */
+static void assert_key_in_range(struct idx *idx, const void *start, size_t len)
+{
+    struct idx_txn *t = begin(idx, false);
+    struct idx_pop_cursor *c;
+    const char *key;
+    size_t klen;
+    struct idx_pop_brief b;
+    assert_int_equal(idx_pop_cursor_open(t, &c), 0);
+    assert_int_equal(idx_pop_cursor_next(c, &key, &klen, &b), 0);
+    assert_int_equal(klen, strlen("drop-uidl"));
+    assert_memory_equal(key, "drop-uidl", klen);
+    assert_true((uintptr_t)key >= (uintptr_t)start);
+    assert_true((uintptr_t)key + klen <= (uintptr_t)start + len);
+    idx_pop_cursor_close(c);
+    idx_abort(t);
+}
+
+static bool msg_same(const struct idx_msg *a, const struct idx_msg *b)
+{
+    return a->uid == b->uid && a->state == b->state && a->flags == b->flags && a->size == b->size &&
+           strcmp(a->lid, b->lid) == 0 && strcmp(a->keywords, b->keywords) == 0 &&
+           memcmp(a->msgid_hash, b->msgid_hash, 16) == 0 &&
+           memcmp(a->emailid_hash, b->emailid_hash, 8) == 0;
+}
+
+/* bulk_fn's record i. */
+static void bulk_want(struct idx_msg *m, uint32_t i)
+{
+    char lid[80], kw[400];
+    bulk_lid(lid, sizeof(lid), i);
+    bulk_keywords(kw, sizeof(kw), i);
+    make_msg(m, i + 1, lid, IDX_MSG_SYNCED, kw);
+}
+
+struct drop_walk {
+    const void *start;
+    uint32_t n, bad;
+    long rss_before, rss_after; /* the mapping's around the first drop */
+};
+
+static int drop_walk_fn(const struct idx_msg *m, void *arg)
+{
+    struct drop_walk *w = arg;
+    struct idx_msg want;
+    bulk_want(&want, w->n);
+    w->bad += !msg_same(m, &want);
+    w->n++;
+    if (w->n == 2048) {
+        w->rss_before = mapping_rss_kb(w->start);
+    } else if (w->n == 2049) {
+        w->rss_after = mapping_rss_kb(w->start);
+    }
+    return 0;
+}
+
+/* Every record of bulk_fn's [0, n) by idx_msg_walk and idx_msg_walk_rows,
+ * while the walks drop the map's pages; the walk that crosses record 2,048
+ * shows the drop in the mapping's Rss, and after each walk nothing of the
+ * map is resident. */
+static void drop_walks(struct idx *idx, const void *start, uint32_t n)
+{
+    const void *s;
+    size_t len;
+    uint64_t drops0, drops;
+    assert_true(idx_map_range(idx, &s, &len, &drops0));
+    struct idx_txn *t = begin(idx, false);
+    struct drop_walk w = {.start = start};
+    assert_int_equal(idx_msg_walk(t, "INBOX", drop_walk_fn, &w), 0);
+    assert_int_equal(w.n, n);
+    assert_int_equal(w.bad, 0);
+    assert_true(w.rss_before > 0);
+    assert_true(w.rss_after < w.rss_before);
+    assert_int_equal(mapping_rss_kb(start), 0);
+    assert_true(idx_map_range(idx, &s, &len, &drops));
+    assert_true(drops >= drops0 + n / 2048 + 1);
+
+    struct idx_rows rows = {0};
+    assert_int_equal(idx_msg_walk_rows(t, "INBOX", &rows), 0);
+    assert_int_equal(rows.n, n);
+    uint32_t bad = 0;
+    struct idx_msg *got = xmalloc(sizeof(*got)), *want = xmalloc(sizeof(*want));
+    for (uint32_t i = 0; i < n; i++) {
+        idx_rows_get(&rows, i, got);
+        bulk_want(want, i);
+        bad += !msg_same(got, want);
+    }
+    free(got);
+    free(want);
+    idx_rows_free(&rows);
+    assert_int_equal(bad, 0);
+    assert_int_equal(mapping_rss_kb(start), 0);
+    idx_abort(t);
+}
+
+/* The index finds LMDB's mapping of data.mdb (as long as the map size LMDB
+ * reports, holding the very keys LMDB hands out) and drops its pages while
+ * writing and walking; records read back after many drops, and after the
+ * map grew and moved, are intact; a second mapping of the same file in the
+ * process makes the read-only handle find nothing rather than guess. */
+static void test_map_drop(void **state)
+{
+    struct fx *fx = *state;
+    struct idx *idx = open_ok(fx, "acct");
+    const void *start;
+    size_t len;
+    uint64_t drops0, drops;
+#ifndef __linux__
+    assert_false(idx_map_range(idx, &start, &len, &drops0));
+    idx_close(idx);
+    return;
+#endif
+    assert_true(idx_map_range(idx, &start, &len, &drops0));
+    assert_int_equal(len, idx_map_size(idx));
+    assert_int_equal(len, INITIAL_MAP);
+
+    struct idx_txn *t = begin(idx, true);
+    struct idx_pop p;
+    make_pop(&p, "drop-uidl", "Ldrop", IDX_POP_DELIVERED);
+    assert_int_equal(idx_pop_put(t, &p), 0);
+    commit(idx, t);
+    assert_true(idx_map_range(idx, &start, &len, &drops));
+    assert_int_equal(drops, drops0 + 1); /* the commit */
+    assert_key_in_range(idx, start, len);
+
+    /* One transaction of puts drops every 128 puts and at its commit. */
+    assert_true(idx_map_range(idx, &start, &len, &drops0));
+    struct bulk b = {.idx = idx, .start = 0, .end = DROP_COUNT};
+    assert_int_equal(idx_write(idx, bulk_fn, &b), 0);
+    assert_int_equal(b.calls, 1);
+    assert_true(idx_map_range(idx, &start, &len, &drops));
+    assert_int_equal(drops, drops0 + DROP_COUNT / 128 + 1);
+    assert_int_equal(mapping_rss_kb(start), 0);
+    drop_walks(idx, start, DROP_COUNT);
+    bulk_check(idx, 0, DROP_COUNT, 1);
+
+    /* The same file opened again in this process: two mappings of it, so
+     * the second handle cannot tell which is its own and drops nothing;
+     * the first keeps its range. */
+    struct idx *ro = open_ro_ok(fx, "acct");
+    const void *ro_start;
+    size_t ro_len;
+    assert_false(idx_map_range(ro, &ro_start, &ro_len, &drops));
+    assert_int_equal(ro_len, 0);
+    idx_close(ro);
+    const void *again;
+    assert_true(idx_map_range(idx, &again, &len, &drops));
+    assert_ptr_equal(again, start);
+
+    /* Grow the map: LMDB maps the file again, elsewhere, and the index
+     * follows it. */
+    uint32_t n = DROP_COUNT;
+    while (idx_map_size(idx) == INITIAL_MAP && n < 100000) {
+        b = (struct bulk){.idx = idx, .start = n, .end = n + 2000};
+        assert_int_equal(idx_write(idx, bulk_fn, &b), 0);
+        n += 2000;
+    }
+    assert_true(idx_map_size(idx) > INITIAL_MAP);
+    assert_true(idx_map_range(idx, &start, &len, &drops));
+    assert_int_equal(len, idx_map_size(idx));
+    assert_key_in_range(idx, start, len);
+    drop_walks(idx, start, n);
+    bulk_check(idx, 0, n, 1);
+    idx_close(idx);
+}
+
 /* Corruption */
 
 static void test_corrupt_records(void **state)
@@ -3154,6 +3348,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_full_midway, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_full_with_reader_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_grows_ahead, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_drop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_records, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keyword_sets_shared_and_cleaned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keyword_sets_many, setup, teardown),
