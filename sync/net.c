@@ -138,8 +138,9 @@ struct net_conn {
     z_stream zout;
     struct sbuf zpend; /* compressed input not yet inflated (paused) */
     size_t zpend_off;
-    struct sbuf rpend; /* plain input not yet delivered (paused or yielded) */
-    bool zin_more;     /* inflate may hold output that did not fit last time */
+    struct sbuf rpend; /* plain input not yet delivered, from rpend_off on */
+    size_t rpend_off;
+    bool zin_more; /* inflate may hold output that did not fit last time */
 
     struct sbuf pending_out; /* stage-2 bytes waiting until the link is up */
     size_t inflight;         /* bytes inside uv_write requests */
@@ -688,51 +689,51 @@ static void inflate_pending(struct net_conn *c)
     }
 }
 
-/* Delivers plain input in NET_PLAIN_BUF pieces until the owner pauses or
- * the iteration's slice is spent; the rest waits in rpend. At least one
- * piece goes, so that every iteration makes progress. */
-static void deliver_plain(struct net_conn *c, const char *data, size_t len)
+/* Delivers what waits in rpend in NET_PLAIN_BUF pieces until the owner
+ * pauses or the iteration's slice is spent (at least one piece goes, so
+ * that every iteration makes progress). A piece is taken off rpend before
+ * it goes, so that while the owner handles it rpend holds exactly what
+ * came after it: net_start_tls refuses that as injected, and
+ * net_start_compress takes it as compressed. */
+static void pump_rpend(struct net_conn *c)
 {
-    size_t off = 0;
-    while (off < len && c->state == NS_OPEN && !c->closing) {
-        if (off > 0 && (c->paused || slice_spent(c))) {
+    bool first = true;
+    while (c->rpend_off < c->rpend.len && c->state == NS_OPEN && !c->closing && !c->paused &&
+           !c->compress) {
+        if (!first && slice_spent(c)) {
+            yield(c);
             break;
         }
-        size_t n = len - off > NET_PLAIN_BUF ? NET_PLAIN_BUF : len - off;
-        c->cb.on_data(c, data + off, n, c->arg);
-        off += n;
-    }
-    if (off < len && c->state == NS_OPEN && !c->closing) {
-        sbuf_add(&c->rpend, data + off, len - off);
-        if (!c->paused) {
-            yield(c);
+        first = false;
+        size_t n = c->rpend.len - c->rpend_off;
+        if (n > NET_PLAIN_BUF) {
+            n = NET_PLAIN_BUF;
         }
+        /* The buffer is not reallocated or compacted until this returns. */
+        const char *piece = c->rpend.buf + c->rpend_off;
+        c->rpend_off += n;
+        c->cb.on_data(c, piece, n, c->arg);
     }
-}
-
-/* Plain input that waited in rpend, delivered (or kept) as it arrived. */
-static void deliver_rpend(struct net_conn *c)
-{
-    if (c->rpend.len == 0) {
+    if (c->closing) {
         return;
     }
-    struct sbuf held = c->rpend;
-    memset(&c->rpend, 0, sizeof(c->rpend));
-    deliver_plain(c, held.buf, held.len);
-    sbuf_free(&held);
+    if (c->rpend_off >= c->rpend.len) {
+        sbuf_reset(&c->rpend);
+        c->rpend_off = 0;
+    } else if (c->rpend_off > NET_READ_BUF) {
+        memmove(c->rpend.buf, c->rpend.buf + c->rpend_off, c->rpend.len - c->rpend_off);
+        c->rpend.len -= c->rpend_off;
+        c->rpend_off = 0;
+    }
 }
 
 /* Plaintext from the peer (out of TLS when TLS is on). */
 static void deliver(struct net_conn *c, const char *data, size_t len)
 {
     if (!c->compress) {
-        if (c->rpend.len > 0) {
-            /* Behind what waits: keep the order. */
-            sbuf_add(&c->rpend, data, len);
-            deliver_rpend(c);
-            return;
-        }
-        deliver_plain(c, data, len);
+        /* Behind whatever waits: the order is kept. */
+        sbuf_add(&c->rpend, data, len);
+        pump_rpend(c);
         return;
     }
     sbuf_add(&c->zpend, data, len);
@@ -816,6 +817,14 @@ static void pump_tls(struct net_conn *c)
                 break;
             }
         }
+        if (!c->compress && c->rpend_off < c->rpend.len) {
+            /* What a pause or a yield held back goes first. */
+            pump_rpend(c);
+            if (c->state != NS_OPEN || c->closing || c->paused || c->yielded ||
+                c->rpend_off < c->rpend.len) {
+                break;
+            }
+        }
         if (!first && slice_spent(c)) {
             yield(c);
             break;
@@ -848,7 +857,7 @@ static void pump_input(struct net_conn *c)
     } else if (c->compress && c->state == NS_OPEN) {
         inflate_pending(c);
     } else if (c->state == NS_OPEN) {
-        deliver_rpend(c);
+        pump_rpend(c);
     }
 }
 
@@ -1267,7 +1276,7 @@ int net_start_tls(struct net_conn *c, bool buffered_plaintext)
     if (c->state != NS_OPEN) {
         return c->state == NS_FAILED ? -EPIPE : -ENOTCONN;
     }
-    if (buffered_plaintext || c->rpend.len > 0) {
+    if (buffered_plaintext || c->rpend.len > c->rpend_off) {
         /* Whatever followed the server's OK in the same packet was sent
          * before TLS and could have been injected by anyone on the path
          * (CVE-2011-0411 and its many relatives): never trust it. The error
@@ -1311,10 +1320,12 @@ int net_start_compress(struct net_conn *c)
     c->zibuf = xmalloc(NET_Z_BUF);
     c->zobuf = xmalloc(NET_Z_BUF);
     c->compress = true;
-    if (c->rpend.len > 0) {
-        /* Read after the server's OK, not delivered yet: compressed. */
-        sbuf_add(&c->zpend, c->rpend.buf, c->rpend.len);
-        sbuf_reset(&c->rpend);
+    if (c->rpend.len > c->rpend_off) {
+        /* Read after the server's OK, not delivered yet: compressed. It is
+         * marked taken rather than freed, since the owner may be handling
+         * the piece before it, which lives in the same buffer. */
+        sbuf_add(&c->zpend, c->rpend.buf + c->rpend_off, c->rpend.len - c->rpend_off);
+        c->rpend_off = c->rpend.len;
         c->need_pump = true;
         schedule(c);
     }
@@ -1342,7 +1353,7 @@ void net_resume(struct net_conn *c)
     update_reading(c);
     /* TLS, inflate or rpend may hold plaintext that arrived before the
      * pause; deliver it from the loop, never from inside this call. */
-    if (c->tls != NULL || c->compress || c->rpend.len > 0) {
+    if (c->tls != NULL || c->compress || c->rpend.len > c->rpend_off) {
         c->need_pump = true;
         schedule(c);
     }

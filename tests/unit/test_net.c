@@ -1454,6 +1454,98 @@ static void test_input_slices_tls(void **state)
     run_slices(SF_TLS, true);
 }
 
+/* Bytes after the server's answer to STARTTLS in the same read are refused
+ * as injected, also when the answer ends exactly where a piece of input
+ * handed to the owner ends (the rest of the read not delivered yet). */
+static int inj2_rc = 1;
+static char inj2_greet[16384 + 16];
+
+static void inj2_data(const char *data, size_t len)
+{
+    (void)data;
+    (void)len;
+    if (H.got.len >= 4 && memcmp(H.got.buf + H.got.len - 4, "OK\r\n", 4) == 0 && inj2_rc == 1) {
+        /* The owner's parser holds nothing past the OK. */
+        inj2_rc = net_start_tls(H.c, false);
+    }
+}
+
+static void inj2_up(void)
+{
+    finish();
+}
+
+static void test_starttls_injection_at_piece_end(void **state)
+{
+    (void)state;
+    inj2_rc = 1;
+    memset(inj2_greet, 'x', 16378);
+    memcpy(inj2_greet + 16378, "\r\nOK\r\nEVIL\r\n", 12);
+    inj2_greet[16390] = 0;
+    harness_init(SF_STARTTLS | SF_ECHO, NULL, NULL);
+    H.srv.greeting = inj2_greet;
+    H.on_data = inj2_data;
+    H.on_tls = inj2_up;
+    struct net_opts o = {.host = "localhost", .tls = NET_TLS_LATER, .ca_file = tc.ca};
+    harness_connect(&o);
+    harness_run();
+    assert_int_equal(inj2_rc, NET_EINJECT);
+    assert_int_equal(H.tls_ups, 0);
+    assert_int_equal(H.errors, 1);
+    harness_done();
+}
+
+/* Compressed bytes that follow the answer to COMPRESS in the same read go
+ * through inflate, also past the end of the piece that held the answer. */
+static char cz_greet[16384 + 256];
+static int cz_state;
+
+static void cz_data(const char *data, size_t len)
+{
+    (void)data;
+    (void)len;
+    if (cz_state == 0 && H.got.len == 16384) {
+        assert_int_equal(net_start_compress(H.c), 0);
+        cz_state = 1;
+        sbuf_reset(&H.got);
+        return;
+    }
+    if (cz_state == 1) {
+        cz_state = 2;
+        finish();
+    }
+}
+
+static void test_compress_after_piece_end(void **state)
+{
+    (void)state;
+    cz_state = 0;
+    memset(cz_greet, 'x', 16378);
+    memcpy(cz_greet + 16378, "\r\nOK\r\n", 6);
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    assert_int_equal(
+        deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    z.next_in = (Bytef *)"HELLO\r\n";
+    z.avail_in = 7;
+    z.next_out = (Bytef *)cz_greet + 16384;
+    z.avail_out = 200;
+    deflate(&z, Z_SYNC_FLUSH);
+    size_t len = 16384 + (200 - z.avail_out);
+    deflateEnd(&z);
+    harness_init(SF_ECHO, NULL, NULL);
+    H.srv.greeting = cz_greet;
+    H.srv.greeting_len = len;
+    H.on_data = cz_data;
+    struct net_opts o = {.tls = NET_TLS_NONE};
+    harness_connect(&o);
+    harness_run();
+    assert_int_equal(cz_state, 2);
+    assert_int_equal(H.got.len, 7);
+    assert_memory_equal(H.got.buf, "HELLO\r\n", 7);
+    harness_done();
+}
+
 static void test_peer_close(void **state)
 {
     (void)state;
@@ -1857,6 +1949,8 @@ int main(void)
         cmocka_unit_test(test_silent_server_hint),
         cmocka_unit_test(test_input_slices_plain),
         cmocka_unit_test(test_input_slices_tls),
+        cmocka_unit_test(test_starttls_injection_at_piece_end),
+        cmocka_unit_test(test_compress_after_piece_end),
     };
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
 }
