@@ -402,6 +402,17 @@ void engine_write_failed(struct session *e, int r, char *dserr)
     free(dserr);
 }
 
+void engine_write_lost(struct engine *run, int r, char *dserr)
+{
+    if (dserr != NULL) {
+        write_failed(run, NULL, r, dserr);
+    } else {
+        bool tr = idx_err_transient(run->acct, r);
+        run_error(run, tr ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s", idx_error(run->idx));
+    }
+    free(dserr);
+}
+
 int idx_apply(struct session *e, const struct idx_ops *o)
 {
     return idx_apply_many(e, o, 1);
@@ -426,7 +437,10 @@ int idx_apply_many(struct session *e, const struct idx_ops *o, size_t n)
 static int deferred_flush(struct engine *run, struct session *e, bool *idx_failed)
 {
     *idx_failed = false;
-    if (run->ndefer == 0 || run->idx == NULL) {
+    pthread_mutex_lock(&run->dmu);
+    size_t nd = run->ndefer;
+    pthread_mutex_unlock(&run->dmu);
+    if (nd == 0 || run->idx == NULL) {
         return 0;
     }
     char *dserr;

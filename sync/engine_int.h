@@ -243,6 +243,7 @@ struct fstate {
      * thread pool with the scan; base_rc is that read's result. */
     bool base_read;
     int base_rc;
+    bool lview_ready;         /* lmsgs and lkw built from the scan already */
     bool advance_after_flush; /* folder_advance waits for it */
     bool dl_paused;           /* reading stopped until the batch in flight is durable */
     size_t dl_next;
@@ -459,6 +460,8 @@ void idx_apply_later(struct session *e, const struct idx_ops *o);
 int engine_write(struct engine *run, const struct idx_ops *o, size_t n, char **dserr_r);
 /* Reports engine_write's failure for e's folder (and the run); frees dserr. */
 void engine_write_failed(struct session *e, int r, char *dserr);
+/* The same when the session ended meanwhile: reported for the run. */
+void engine_write_lost(struct engine *run, int r, char *dserr);
 /* Directories to fsync before the next deferred write goes in (ds is
  * emptied into the run's set). */
 void engine_dirsync_add(struct engine *run, struct md_dirsync *ds);

@@ -107,33 +107,6 @@ static const char **imap_keywords(unsigned flags, const struct plan_kw *kw, size
     return v;
 }
 
-/* Local keyword letters for names, assigning letters as needed (not in a
- * dry run). Names without a letter are left out when all letters are taken
- * (the plan treats such names as ones the local side cannot hold). Any
- * other failure (dovecot-keywords locked or not writable) returns false with
- * the folder's error set: the base would otherwise record a keyword that
- * the file does not carry, and the next run would take its absence for a
- * local removal. */
-static bool local_letters(struct session *e, const struct plan_kw *kw, md_keywords *bits_r)
-{
-    md_keywords bits = 0;
-    *bits_r = 0;
-    for (size_t i = 0; i < kw->n; i++) {
-        /* assign_letters gave the folder's names their letters already;
-         * after one failure here the lock is not waited for again. */
-        int ix =
-            e->f->kw_failed ? -EAGAIN : md_keyword_index(e->f->md, kw->names[i], !e->opts.dry_run);
-        if (ix >= 0 && ix < 26) {
-            bits |= (md_keywords)1u << ix;
-        } else if (ix != MD_EKWFULL && ix != -ENOENT && ix != -EINVAL) {
-            e->f->kw_failed = true;
-            return false;
-        }
-    }
-    *bits_r = bits;
-    return true;
-}
-
 static bool kw_ok(const char *name, void *arg)
 {
     struct session *e = arg;
@@ -626,6 +599,45 @@ struct scan_job {
 
 static int base_read(struct idx *idx, struct fstate *f);
 
+/* The local view, keyword letters turned into names: built on the thread
+ * pool with the scan (100,000 files are tens of milliseconds), or by
+ * folder_prepare_index when there was no scan job. Touches only f. */
+static void local_view_build(struct fstate *f, const struct md_scan *scan)
+{
+    size_t n = scan->count;
+    f->lmsgs = xcalloc(n + 1, sizeof(*f->lmsgs));
+    f->lkw = xcalloc(n + 1, sizeof(*f->lkw));
+    const char *letters[26] = {0};
+    f->free_letters = f->md != NULL ? md_keyword_table(f->md, letters) : 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct md_msg *m = &scan->msgs[i];
+        f->lmsgs[i].lid = m->id;
+        f->lmsgs[i].flags = m->flags;
+        if (m->keywords == 0) {
+            /* Most files carry no keyword letter: no array of their own
+             * (27 pointers each, 21 MiB at 100,000 messages). */
+            static const char *const no_kw[1] = {NULL};
+            f->lmsgs[i].kw = no_kw;
+            f->lmsgs[i].nkw = 0;
+            continue;
+        }
+        f->lkw[i] = xcalloc(27, sizeof(char *));
+        size_t k = 0;
+        for (int b = 0; b < 26 && m->keywords != 0; b++) {
+            /* A name in dovecot-keywords that is no IMAP keyword (another
+             * program wrote "bogus line") cannot go to the server: it is
+             * left out, as a letter without a name is. */
+            if ((m->keywords & ((md_keywords)1u << b)) && letters[b] != NULL &&
+                imap_is_atom(letters[b], strlen(letters[b])) && letters[b][0] != '\\') {
+                f->lkw[i][k++] = xstrdup(letters[b]);
+            }
+        }
+        f->lmsgs[i].kw = (const char *const *)f->lkw[i];
+        f->lmsgs[i].nkw = k;
+    }
+    f->lview_ready = true;
+}
+
 static void scan_work(uv_work_t *req)
 {
     struct scan_job *j = req->data;
@@ -638,6 +650,9 @@ static void scan_work(uv_work_t *req)
         /* The loop leaves f alone while it is read (fstate.reading). */
         j->f->base_rc = base_read(j->idx, j->f);
         j->f->base_read = true;
+    }
+    if (j->r == 0) {
+        local_view_build(j->f, j->scan);
     }
 }
 
@@ -856,38 +871,10 @@ static int folder_prepare_index(struct session *e)
     /* Reported on every run, also when the folder turns out unchanged. */
     count_skips(e, f->skips, f->nskips);
 
-    /* The local view, keyword letters turned into names. */
-    size_t n = f->scan->count;
-    f->lmsgs = xcalloc(n + 1, sizeof(*f->lmsgs));
-    f->lkw = xcalloc(n + 1, sizeof(*f->lkw));
-    const char *letters[26] = {0};
-    f->free_letters = f->md != NULL ? md_keyword_table(f->md, letters) : 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct md_msg *m = &f->scan->msgs[i];
-        f->lmsgs[i].lid = m->id;
-        f->lmsgs[i].flags = m->flags;
-        if (m->keywords == 0) {
-            /* Most files carry no keyword letter: no array of their own
-             * (27 pointers each, 21 MiB at 100,000 messages). */
-            static const char *const no_kw[1] = {NULL};
-            f->lmsgs[i].kw = no_kw;
-            f->lmsgs[i].nkw = 0;
-            continue;
-        }
-        f->lkw[i] = xcalloc(27, sizeof(char *));
-        size_t k = 0;
-        for (int b = 0; b < 26 && m->keywords != 0; b++) {
-            /* A name in dovecot-keywords that is no IMAP keyword (another
-             * program wrote "bogus line") cannot go to the server: it is
-             * left out, as a letter without a name is. */
-            if ((m->keywords & ((md_keywords)1u << b)) && letters[b] != NULL &&
-                imap_is_atom(letters[b], strlen(letters[b])) && letters[b][0] != '\\') {
-                f->lkw[i][k++] = xstrdup(letters[b]);
-            }
-        }
-        f->lmsgs[i].kw = (const char *const *)f->lkw[i];
-        f->lmsgs[i].nkw = k;
+    if (!f->lview_ready) {
+        local_view_build(f, f->scan);
     }
+    f->lview_ready = false;
     lskips_prune(e);
     return 0;
 }
@@ -1467,12 +1454,11 @@ static uint32_t *store_uids(const struct plan *p, size_t *n_r)
  * answered, except [MODIFIED] ones). */
 /* The plan's updates for the messages a STORE of this run changed
  * (stored) or the others; NULL when there are none to write. */
-static struct idx_msg *updates_rows(struct session *e, bool stored, size_t *np_r)
+static struct idx_msg *updates_rows(const struct fstate *f, bool dry_run, bool stored, size_t *np_r)
 {
-    struct fstate *f = e->f;
     const struct plan *p = f->plan;
     *np_r = 0;
-    if (p->nupdates == 0 || e->opts.dry_run) {
+    if (p->nupdates == 0 || dry_run) {
         return NULL;
     }
     size_t nsu;
@@ -1499,21 +1485,7 @@ static struct idx_msg *updates_rows(struct session *e, bool stored, size_t *np_r
     return puts;
 }
 
-static void record_updates(struct session *e, bool stored)
-{
-    size_t np;
-    struct idx_msg *puts = updates_rows(e, stored, &np);
-    if (np > 0) {
-        struct idx_ops o = {.folder = e->f->job->name, .puts = puts, .nputs = np};
-        idx_apply(e, &o);
-    }
-    if (stored) {
-        e->f->updates_recorded = true;
-    }
-    free(puts);
-}
-
-/* record_updates(e, true) with the write on the thread pool (a durable
+/* The updates of the messages STOREd, with the write on the thread pool (a durable
  * commit of up to a whole folder's rows), then cont. */
 struct rec_job {
     uv_work_t req;
@@ -1542,12 +1514,15 @@ static void rec_done(uv_work_t *req, int status)
     void (*cont)(struct session *) = j->cont;
     int r = j->r;
     char *dserr = j->dserr;
+    struct engine *run = j->run;
     free(j->folder);
     free(j->puts);
     free(j);
     e->f->reading = false;
     if (!pool_job_back(e)) {
-        free(dserr);
+        if (r < 0) {
+            engine_write_lost(run, r, dserr);
+        }
         return;
     }
     if (r < 0) {
@@ -1562,7 +1537,7 @@ static void record_stored_then(struct session *e, void (*cont)(struct session *e
 {
     struct fstate *f = e->f;
     size_t np;
-    struct idx_msg *puts = updates_rows(e, true, &np);
+    struct idx_msg *puts = updates_rows(f, e->opts.dry_run, true, &np);
     f->updates_recorded = true;
     if (np == 0) {
         cont(e);
@@ -1583,31 +1558,59 @@ static void record_stored_then(struct session *e, void (*cont)(struct session *e
     }
 }
 
-/* The local side of the plan, once renames_marks' marks are written. */
-static void apply_local(struct session *e)
+/* The local side of the plan, once renames_marks' marks are written: the
+ * renames, the deletions, the directories' fsync, then the index write
+ * that forgets the deleted and records the renamed, all on the thread pool
+ * (at 1% of 100,000 messages, a thousand renames held the loop thread for
+ * tens of milliseconds). Only the folder's own files and state are
+ * touched; the loop leaves them alone meanwhile (fstate.reading). */
+struct local_job {
+    uv_work_t req;
+    struct session *e;
+    struct engine *run;
+    struct fstate *f;
+    char *folder;
+    bool dry_run;
+    void (*cont)(struct session *e);
+    unsigned flags_down, deleted_down;
+    bool no_letters; /* a keyword letter could not be had */
+    int md_r;        /* a rename, deletion or fsync failed */
+    int idx_r;       /* engine_write */
+    char *dserr;
+};
+
+static void local_work(uv_work_t *req)
 {
-    struct fstate *f = e->f;
+    struct local_job *j = req->data;
+    struct fstate *f = j->f;
     const struct plan *p = f->plan;
     bool touched = false;
-    moves_park_orphans(e);
     for (size_t i = 0; i < p->nlocal_flags; i++) {
         const struct plan_local_flags *lf = &p->local_flags[i];
         struct md_msg *m = md_scan_find(f->scan, lf->lid);
         if (m == NULL) {
             continue;
         }
-        md_keywords kw;
-        if (!local_letters(e, &lf->kw, &kw)) {
-            folder_fail(e, "%s", md_folder_error(f->md));
-            return;
+        md_keywords kw = 0;
+        for (size_t k = 0; k < lf->kw.n; k++) {
+            /* assign_letters gave the folder's names their letters already;
+             * after one failure here the lock is not waited for again. */
+            int ix = f->kw_failed ? -EAGAIN : md_keyword_index(f->md, lf->kw.names[k], !j->dry_run);
+            if (ix >= 0 && ix < 26) {
+                kw |= (md_keywords)1u << ix;
+            } else if (ix != MD_EKWFULL && ix != -ENOENT && ix != -EINVAL) {
+                f->kw_failed = true;
+                j->no_letters = true;
+                return;
+            }
         }
         int r = md_set_flags(f->md, m, lf->flags, kw, lf->flags != 0 || kw != 0 || !m->in_new);
         if (r < 0) {
-            folder_fail_md(e, r);
+            j->md_r = r;
             return;
         }
         touched = true;
-        fcounts(e)->flags_down++;
+        j->flags_down++;
     }
     for (size_t i = 0; i < p->nlocal_deletes; i++) {
         struct md_msg *m = md_scan_find(f->scan, p->local_deletes[i].lid);
@@ -1616,31 +1619,100 @@ static void apply_local(struct session *e)
         }
         int r = md_remove(f->md, m);
         if (r < 0) {
-            folder_fail_md(e, r);
+            j->md_r = r;
             return;
         }
         touched = true;
-        fcounts(e)->deleted_down++;
+        j->deleted_down++;
     }
     if (touched) {
         int r = md_folder_sync(f->md);
         if (r < 0) {
-            folder_fail_md(e, r);
+            j->md_r = r;
             return;
         }
     }
-    /* Local deletions are durable: forget them. */
+    if (j->dry_run) {
+        return;
+    }
+    /* Local deletions are durable: forget them. Local renames are durable:
+     * their new base goes in now. One transaction. */
+    struct idx_ops o[2];
+    size_t no = 0;
+    uint32_t *d = NULL;
     if (p->nlocal_deletes > 0) {
-        uint32_t *d = xcalloc(p->nlocal_deletes, sizeof(*d));
+        d = xcalloc(p->nlocal_deletes, sizeof(*d));
         for (size_t i = 0; i < p->nlocal_deletes; i++) {
             d[i] = p->local_deletes[i].uid;
         }
-        struct idx_ops o = {.folder = f->job->name, .drops = d, .ndrops = p->nlocal_deletes};
-        idx_apply(e, &o);
-        free(d);
+        o[no++] = (struct idx_ops){.folder = j->folder, .drops = d, .ndrops = p->nlocal_deletes};
     }
-    /* Local renames are durable: their new base goes in now. */
-    record_updates(e, false);
+    size_t np;
+    struct idx_msg *puts = updates_rows(f, j->dry_run, false, &np);
+    if (np > 0) {
+        o[no++] = (struct idx_ops){.folder = j->folder, .puts = puts, .nputs = np};
+    }
+    if (no > 0) {
+        j->idx_r = engine_write(j->run, o, no, &j->dserr);
+    }
+    free(d);
+    free(puts);
+}
+
+static void local_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct local_job *j = req->data;
+    struct session *e = j->e;
+    struct fstate *f = e->f;
+    void (*cont)(struct session *) = j->cont;
+    f->reading = false;
+    bool back = pool_job_back(e);
+    if (back) {
+        fcounts(e)->flags_down += j->flags_down;
+        fcounts(e)->deleted_down += j->deleted_down;
+        if (j->no_letters) {
+            folder_fail(e, "%s", md_folder_error(f->md));
+        } else if (j->md_r < 0) {
+            folder_fail_md(e, j->md_r);
+        } else if (j->idx_r < 0) {
+            engine_write_failed(e, j->idx_r, j->dserr);
+            j->dserr = NULL;
+        }
+    } else if (j->idx_r < 0) {
+        engine_write_lost(j->run, j->idx_r, j->dserr);
+        j->dserr = NULL;
+    }
+    free(j->dserr);
+    free(j->folder);
+    free(j);
+    if (back) {
+        cont(e);
+    }
+}
+
+static void apply_local_then(struct session *e, void (*cont)(struct session *e))
+{
+    struct fstate *f = e->f;
+    moves_park_orphans(e);
+    const struct plan *p = f->plan;
+    if (p->nlocal_flags == 0 && p->nlocal_deletes == 0 && p->nupdates == 0) {
+        cont(e);
+        return;
+    }
+    struct local_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->run = e->run;
+    j->f = f;
+    j->folder = xstrdup(f->job->name);
+    j->dry_run = e->opts.dry_run;
+    j->cont = cont;
+    f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, local_work, local_done) != 0) {
+        local_work(&j->req);
+        local_done(&j->req, 0);
+    }
 }
 
 static void on_store_done(struct imap *im, const struct imap_result *res, void *arg)
@@ -1986,11 +2058,14 @@ static void marks_done(uv_work_t *req, int status)
     void (*cont)(struct session *, bool) = j->cont;
     int r = j->r;
     char *dserr = j->dserr;
+    struct engine *run = j->run;
     free(j->folder);
     free(j);
     e->f->reading = false;
     if (!pool_job_back(e)) {
-        free(dserr);
+        if (r < 0) {
+            engine_write_lost(run, r, dserr);
+        }
         return;
     }
     if (r < 0) {
@@ -3285,12 +3360,20 @@ static void after_plan(struct session *e)
  * change made on the server meanwhile (test_sync_crash lost one so). The
  * next run takes the file's flags as the base for the bits the rename
  * changes (settle_base): renamed or not, the file then says which. */
+static void locals_applied(struct session *e);
+
 static void renames_marked(struct session *e, bool ok)
 {
-    struct fstate *f = e->f;
-    if (ok) {
-        apply_local(e);
+    if (!ok) {
+        folder_end(e);
+        return;
     }
+    apply_local_then(e, locals_applied);
+}
+
+static void locals_applied(struct session *e)
+{
+    struct fstate *f = e->f;
     if (f->failed) {
         folder_end(e);
         return;
@@ -3571,7 +3654,7 @@ static void scanned_decide(struct session *e, bool unchanged)
                                                  .meta_key = len > 0 ? key : NULL,
                                                  .meta_val = ""});
         }
-        fstate_free(f);
+        fstate_free_later(e->loop, f);
         e->f = NULL;
         job_ended_early(e, j);
         next_folder(e);
