@@ -1506,6 +1506,29 @@ static void rec_work(uv_work_t *req)
     j->r = engine_write(j->run, &o, 1, &j->dserr);
 }
 
+/* In the completion of a thread-pool job of e's folder that wrote with
+ * engine_write (result r, dserr): reports a failure for the folder, or
+ * for the run when the session ended meanwhile, and frees dserr. True to
+ * go on (pool_job_back). */
+static bool write_job_back(struct session *e, struct engine *run, int r, char *dserr)
+{
+    e->f->reading = false;
+    if (!pool_job_back(e)) {
+        if (r < 0) {
+            engine_write_lost(run, r, dserr);
+        } else {
+            free(dserr);
+        }
+        return false;
+    }
+    if (r < 0) {
+        engine_write_failed(e, r, dserr);
+    } else {
+        free(dserr);
+    }
+    return true;
+}
+
 static void rec_done(uv_work_t *req, int status)
 {
     (void)status; /* never cancelled */
@@ -1518,19 +1541,9 @@ static void rec_done(uv_work_t *req, int status)
     free(j->folder);
     free(j->puts);
     free(j);
-    e->f->reading = false;
-    if (!pool_job_back(e)) {
-        if (r < 0) {
-            engine_write_lost(run, r, dserr);
-        }
-        return;
+    if (write_job_back(e, run, r, dserr)) {
+        cont(e);
     }
-    if (r < 0) {
-        engine_write_failed(e, r, dserr);
-    } else {
-        free(dserr);
-    }
-    cont(e);
 }
 
 static void record_stored_then(struct session *e, void (*cont)(struct session *e))
@@ -2061,19 +2074,9 @@ static void marks_done(uv_work_t *req, int status)
     struct engine *run = j->run;
     free(j->folder);
     free(j);
-    e->f->reading = false;
-    if (!pool_job_back(e)) {
-        if (r < 0) {
-            engine_write_lost(run, r, dserr);
-        }
-        return;
+    if (write_job_back(e, run, r, dserr)) {
+        cont(e, r >= 0);
     }
-    if (r < 0) {
-        engine_write_failed(e, r, dserr);
-    } else {
-        free(dserr);
-    }
-    cont(e, r >= 0);
 }
 
 /* Writes the marks build makes, then cont(e, written) on a later turn of
