@@ -70,6 +70,10 @@ STALL_RE = re.compile(r"loop: longest stall ([0-9.]+) ms")
 # 2026-12-07): without the time the thread waited for a core, which a
 # loaded machine adds to the figure above.
 STALL_CPU_RE = re.compile(r"loop: longest stall [0-9.]+ ms \(([0-9.]+) ms of CPU\)")
+# Then (since 2026-12-08) the longest iteration's own split from the kernel's
+# schedstat: CPU, waiting for a core, blocked in a system call.
+STALL_SPLIT_RE = re.compile(r"in it ([0-9.]+) ms of CPU, ([0-9.]+) ms waiting for a core, "
+                            r"([0-9.]+) ms blocked")
 
 
 def log(msg):
@@ -96,6 +100,7 @@ class Measurement:
         self.floor = None  # the floor client's figures (FloorClient.run)
         self.stall_ms = None  # mailsync's "loop: longest stall" (MailsyncTool.run)
         self.stall_cpu_ms = None  # and its CPU-time figure
+        self.stall_split = None  # the longest iteration's (CPU, waiting for a core, blocked) in ms
         self.server_io = None  # what Dovecot logged for the run's IMAP connections (ServerLog)
 
     @property
@@ -385,6 +390,9 @@ class MailsyncTool(Tool):
         got = STALL_CPU_RE.findall(m.stderr)
         if got:
             m.stall_cpu_ms = float(got[-1])
+        got = STALL_SPLIT_RE.findall(m.stderr)
+        if got:
+            m.stall_split = tuple(float(v) for v in got[-1])
         return m
 
 
@@ -1098,11 +1106,15 @@ class Bench:
                      "%.0f ms during the initial download and during a resync, is read against the largest "
                      "of the runs (each run is one download or resync); the median shows whether that is one "
                      "run or all. Time the process was preempted on this shared machine counts as working; "
-                     "the CPU column is the largest of the runs in the loop thread's CPU time, without it."
+                     "the CPU column is the largest of the runs in the loop thread's CPU time, without it. "
+                     "\"Split\" is where the largest run's longest iteration went, from the kernel's "
+                     "schedstat for the loop thread: its own CPU time, time runnable but waiting for a core "
+                     "(other processes and the thread pool on this machine's cores), and the rest, blocked "
+                     "in a system call."
                      % STALL_TARGET_MS)
         lines.append("")
-        lines.append("| Scenario | median | per run | largest | CPU | target | met |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| Scenario | median | per run | largest | CPU | split: CPU / waiting / blocked | target | met |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for sc in self.scenarios:
             if not sc.runs.get("mailsync"):
                 continue
@@ -1112,15 +1124,18 @@ class Bench:
             if stalls:
                 top = max(stalls)
                 met = "—" if not has_target else ("yes" if top <= STALL_TARGET_MS else "**no**")
-                lines.append("| %s | %.1f ms | %s | %.1f ms | %s | %s | %s |" % (
+                worst = max((m for m in sc.ok_runs("mailsync") if m.stall_ms is not None),
+                            key=lambda m: m.stall_ms)
+                split = ("%.1f / %.1f / %.1f ms" % worst.stall_split) if worst.stall_split else "—"
+                lines.append("| %s | %.1f ms | %s | %.1f ms | %s | %s | %s | %s |" % (
                     sc.title, statistics.median(stalls), ", ".join("%.1f" % v for v in stalls), top,
-                    "%.1f ms" % max(cpu) if cpu else "—",
+                    "%.1f ms" % max(cpu) if cpu else "—", split,
                     "≤ %.0f ms" % STALL_TARGET_MS if has_target else "—", met))
             else:
                 # A build without the probe prints no line; a failed run is
                 # not counted.
-                lines.append("| %s | — | — | — | — | %s | — |" % (sc.title, "≤ %.0f ms" % STALL_TARGET_MS
-                                                                    if has_target else "—"))
+                lines.append("| %s | — | — | — | — | — | %s | — |" % (sc.title, "≤ %.0f ms" % STALL_TARGET_MS
+                                                                        if has_target else "—"))
         return lines
 
     def report_match(self):
@@ -1199,7 +1214,7 @@ class Bench:
                 sc.key: {
                     tool: [dict({"wall": m.wall, "maxrss_kib": m.maxrss_kib, "cpu": m.cpu, "rc": m.rc,
                                  "problem": m.problem}, **({"floor": m.floor} if m.floor else {}),
-                                **({"stall_ms": m.stall_ms, "stall_cpu_ms": m.stall_cpu_ms,
+                                **({"stall_ms": m.stall_ms, "stall_cpu_ms": m.stall_cpu_ms, "stall_split_ms": m.stall_split,
                                     "stderr_lines": len(m.stderr.splitlines())}
                                    if m.stall_ms is not None else {}),
                                 **({"server_io": m.server_io} if m.server_io else {}))
