@@ -82,6 +82,7 @@ struct md_writer {
     bool held_cr;  /* a CR ended the last chunk; the next one decides */
     bool finished; /* md_writer_finish: no more data */
     bool synced;   /* md_writers_sync: the bytes are durable */
+    bool created;  /* the temp file exists (md_writer_new creates it late) */
     int err;       /* sticky negative errno after a failed write */
     uint64_t size;
     size_t blen;
@@ -1374,41 +1375,71 @@ static char *unique_name(void)
     return sbuf_detach(&sb);
 }
 
+static struct md_writer *writer_alloc(struct md_folder *f, bool crlf_to_lf)
+{
+    struct md_writer *w = xmalloc(sizeof(*w));
+    w->f = f;
+    w->fd = -1;
+    w->uname = unique_name();
+    w->tmp_path = path_join(f->path_tmp, w->uname);
+    w->crlf_to_lf = crlf_to_lf;
+    w->held_cr = false;
+    w->finished = false;
+    w->synced = false;
+    w->created = false;
+    w->err = 0;
+    w->size = 0;
+    w->blen = 0;
+    return w;
+}
+
+/* Creates the temp file of a writer made by md_writer_new. Not a retry on
+ * EEXIST here: the name was handed out already (md_writer_id), and it
+ * cannot collide (see md_writer_open). */
+static int writer_create(struct md_writer *w)
+{
+    if (w->fd >= 0 || w->err < 0) {
+        return w->err;
+    }
+    int fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0600);
+    if (fd < 0) {
+        int e = errno;
+        fail(w->f, e, w->tmp_path, "cannot create");
+        /* Not ours to remove: nothing was created, or another file has
+         * the name. */
+        free(w->tmp_path);
+        w->tmp_path = NULL;
+        w->err = -e;
+        return -e;
+    }
+    w->fd = fd;
+    w->created = true;
+    return 0;
+}
+
+int md_writer_new(struct md_folder *f, bool crlf_to_lf, struct md_writer **w_r)
+{
+    *w_r = writer_alloc(f, crlf_to_lf);
+    return 0;
+}
+
 int md_writer_open(struct md_folder *f, bool crlf_to_lf, struct md_writer **w_r)
 {
     *w_r = NULL;
     /* The name cannot collide; the retry only guards against a clock that
      * jumped back together with a reused pid and an unlucky random part. */
     for (int tries = 0;; tries++) {
-        char *uname = unique_name();
-        char *path = path_join(f->path_tmp, uname);
-        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0600);
-        if (fd < 0) {
-            int e = errno;
-            if (e == EEXIST && tries < 3) {
-                free(uname);
-                free(path);
-                continue;
-            }
-            int ret = fail(f, e, path, "cannot create");
-            free(uname);
-            free(path);
+        struct md_writer *w = writer_alloc(f, crlf_to_lf);
+        int ret = writer_create(w);
+        if (ret == 0) {
+            *w_r = w;
+            return 0;
+        }
+        free(w->uname);
+        free(w);
+        if (ret != -EEXIST || tries >= 3) {
             return ret;
         }
-        struct md_writer *w = xmalloc(sizeof(*w));
-        w->f = f;
-        w->fd = fd;
-        w->uname = uname;
-        w->tmp_path = path;
-        w->crlf_to_lf = crlf_to_lf;
-        w->held_cr = false;
-        w->finished = false;
-        w->synced = false;
-        w->err = 0;
-        w->size = 0;
-        w->blen = 0;
-        *w_r = w;
-        return 0;
     }
 }
 
@@ -1421,7 +1452,9 @@ static void writer_discard(struct md_writer *w)
         w->fd = -1;
     }
     if (w->tmp_path != NULL) {
-        unlink(w->tmp_path);
+        if (w->created) {
+            unlink(w->tmp_path);
+        }
         free(w->tmp_path);
         w->tmp_path = NULL;
     }
@@ -1459,7 +1492,11 @@ static int writer_flush(struct md_writer *w)
     if (w->blen == 0) {
         return 0;
     }
-    int ret = write_all(w->fd, w->buf, w->blen);
+    int ret = writer_create(w);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = write_all(w->fd, w->buf, w->blen);
     w->blen = 0;
     if (ret < 0) {
         return writer_fail(w, -ret, "write failed");
@@ -1472,7 +1509,11 @@ static int writer_put(struct md_writer *w, const char *p, size_t n)
     w->size += n;
     /* Large pieces bypass the buffer once it is empty. */
     if (w->blen == 0 && n >= MD_WBUF_SIZE) {
-        int ret = write_all(w->fd, p, n);
+        int ret = writer_create(w);
+        if (ret < 0) {
+            return ret;
+        }
+        ret = write_all(w->fd, p, n);
         return ret < 0 ? writer_fail(w, -ret, "write failed") : 0;
     }
     while (n > 0) {
@@ -1572,7 +1613,7 @@ int md_writer_finish(struct md_writer *w, time_t mtime)
             return ret;
         }
     }
-    if ((ret = writer_flush(w)) < 0) {
+    if ((ret = writer_flush(w)) < 0 || (ret = writer_create(w)) < 0) {
         return ret;
     }
     if (mtime != 0) {

@@ -163,6 +163,13 @@ char *md_info_suffix(unsigned flags, md_keywords kw, const char *unknown);
  * written as LF (a CR split from its LF across two chunks is handled). */
 struct md_writer;
 int md_writer_open(struct md_folder *f, bool crlf_to_lf, struct md_writer **w_r);
+/* The same, but the temp file is created by the first write (or by
+ * md_writer_finish), on whichever thread that runs: the caller can hand
+ * the writer to another thread without having touched the file system.
+ * md_writer_id is known at once; a failure to create the file is the
+ * writer's error from then on (md_folder_error names the path). Never
+ * fails (returns 0). */
+int md_writer_new(struct md_folder *f, bool crlf_to_lf, struct md_writer **w_r);
 int md_writer_write(struct md_writer *w, const void *data, size_t len);
 /* Bytes written to the file so far (after conversion). */
 uint64_t md_writer_size(const struct md_writer *w);

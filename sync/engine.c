@@ -36,6 +36,7 @@
 #include "store/index.h"
 #include "store/maildir.h"
 #include "sync/account.h"
+#include "sync/diskq.h"
 #include "sync/engine_int.h"
 #include "sync/folderplan.h"
 #include "sync/imap.h"
@@ -660,6 +661,14 @@ static void on_timer(uv_timer_t *t)
     uv_close((uv_handle_t *)&e->timer, on_session_closed);
 }
 
+/* A job of the folder that the teardown waits for is on the thread pool:
+ * a batch being made durable, local files read, or the downloads' writes
+ * (each job calls pool_job_back when it is back). */
+static bool folder_on_pool(const struct fstate *f)
+{
+    return f != NULL && (f->flushing != NULL || f->reading || diskq_busy(f->dq));
+}
+
 static void finish(struct session *e)
 {
     if (e->finished) {
@@ -674,7 +683,7 @@ static void finish(struct session *e)
         e->ro->free(e->im);
         e->im = NULL;
     }
-    if (e->f != NULL && (e->f->flushing != NULL || e->f->reading)) {
+    if (folder_on_pool(e->f)) {
         /* The thread pool still writes the folder's batch: flush_done
          * records it and then ends the run. */
         e->teardown_pending = true;
@@ -688,7 +697,7 @@ bool pool_job_back(struct session *e)
     if (!e->finished) {
         return true;
     }
-    if (e->teardown_pending) {
+    if (e->teardown_pending && !folder_on_pool(e->f)) {
         finish_teardown(e);
     }
     return false;

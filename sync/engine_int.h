@@ -102,6 +102,7 @@ struct dl {
     struct md_writer *w;
     char lid[IDX_LID_MAX + 1];
     uint64_t wire_size;
+    uint64_t got; /* bytes of it received so far */
     bool complete;
     int err;
     /* The header block as it streams in (at most DL_HEADER_MAX bytes), for
@@ -238,6 +239,7 @@ struct fstate {
     /* Downloads. */
     bool dl_flushed;            /* a batch of this folder was committed */
     struct flush_job *flushing; /* a batch on the thread pool (flush_work) */
+    struct diskq *dq;           /* the downloads' writes, on the thread pool (sync/diskq.h) */
     bool reading;               /* local files read on the thread pool (rematch) */
     /* The index side (st, base, intents, skip lists) was read on the
      * thread pool with the scan; base_rc is that read's result. */

@@ -33,6 +33,7 @@
 #include "store/index.h"
 #include "store/maildir.h"
 #include "sync/account.h"
+#include "sync/diskq.h"
 #include "sync/engine_int.h"
 #include "sync/imap.h"
 #include "sync/msgfacts.h"
@@ -54,6 +55,9 @@
  * server and a slow disk pile up open files in tmp/ (each download holds
  * one) until the process runs out of descriptors, and memory with them. */
 #define DL_BACKLOG_BATCHES 2
+/* Message bytes queued for the thread pool's writes (sync/diskq.h) at most
+ * before the connection stops reading until they are written. */
+#define DL_DISK_BACKLOG (8u * 1024 * 1024)
 /* APPENDs in flight at once (each holds an open file). */
 #define UL_WINDOW 8
 
@@ -131,6 +135,10 @@ void fstate_free(struct fstate *f)
     if (f == NULL) {
         return;
     }
+    /* Not busy (the session's teardown and the folder's end wait for its
+     * jobs): queued writes are dropped, queued aborts carried out, and the
+     * writers below are no longer in any queue. */
+    diskq_free(f->dq);
     if (f->cur != NULL) {
         if (f->cur->w != NULL) {
             md_writer_abort(f->cur->w);
@@ -2347,6 +2355,7 @@ struct flush_job {
     int idx_r;    /* engine_write's result */
     char *dserr;  /* and its directory error */
     struct md_folder *md;
+    struct diskq *dq; /* the writes of the folder's downloads */
     struct dl **batch;
     size_t n;
     struct idx_msg *rows; /* per message: the record, SYNCED once done */
@@ -2364,9 +2373,52 @@ static bool batch_full(const struct fstate *f)
     return f->nbatch >= DL_BATCH_MSGS || f->batch_bytes >= DL_BATCH_BYTES;
 }
 
+/* Too many bytes wait for the thread pool's writes. */
+static bool disk_backlog(const struct fstate *f)
+{
+    return f->dq != NULL && diskq_bytes(f->dq) >= DL_DISK_BACKLOG;
+}
+
+/* Too many messages wait to be made durable. */
+static bool batch_backlog(const struct fstate *f)
+{
+    return f->flushing != NULL &&
+           (f->nbatch + f->flushing->n >= DL_BATCH_MSGS * DL_BACKLOG_BATCHES ||
+            f->batch_bytes >= (uint64_t)DL_BATCH_BYTES * DL_BACKLOG_BATCHES);
+}
+
+/* The downloads ended while their last batch or writes were on the thread
+ * pool: the folder goes on once both are back. */
+static void dl_advance_when_done(struct session *e)
+{
+    struct fstate *f = e->f;
+    if (f->advance_after_flush && f->flushing == NULL && !diskq_busy(f->dq)) {
+        f->advance_after_flush = false;
+        folder_advance(e);
+    }
+}
+
+/* A job of the folder's write queue ended (sync/diskq.h). */
+static void dl_drained(void *arg)
+{
+    struct session *e = arg;
+    if (!pool_job_back(e)) {
+        return;
+    }
+    struct fstate *f = e->f;
+    if (f->dl_paused && e->im != NULL && !disk_backlog(f) && !batch_backlog(f)) {
+        f->dl_paused = false;
+        e->ro->resume(e->im);
+    }
+    dl_advance_when_done(e);
+}
+
 static void flush_work(uv_work_t *req)
 {
     struct flush_job *j = req->data;
+    /* Every byte queued for the batch's writers (and for later ones) is
+     * written first: they are finished or aborted below. */
+    diskq_run(j->dq);
     if (j->intents && !j->dry_run) {
         /* The intents (and what was deferred) go in first: on this thread,
          * since a durable index commit is milliseconds of the loop's time. */
@@ -2479,7 +2531,7 @@ static void flush_done(uv_work_t *req, int status)
     if (f->nbatch > 0 && (e->finished || f->advance_after_flush || batch_full(f))) {
         flush_batch(e);
     }
-    if (f->dl_paused && !e->finished && e->im != NULL) {
+    if (f->dl_paused && !e->finished && e->im != NULL && !disk_backlog(f)) {
         /* The backlog went to the thread pool: read on. */
         f->dl_paused = false;
         e->ro->resume(e->im);
@@ -2490,10 +2542,7 @@ static void flush_done(uv_work_t *req, int status)
     if (!pool_job_back(e)) {
         return;
     }
-    if (f->advance_after_flush) {
-        f->advance_after_flush = false;
-        folder_advance(e);
-    }
+    dl_advance_when_done(e);
 }
 
 /* Commits the batch: intent rows (see below), then on the thread pool the
@@ -2543,6 +2592,7 @@ int flush_batch(struct session *e)
     j->folder = xstrdup(f->job->name);
     j->intents = intents;
     j->md = f->md;
+    j->dq = f->dq;
     j->batch = f->batch;
     j->n = f->nbatch;
     j->rows = rows;
@@ -2596,13 +2646,12 @@ static void *dl_begin(struct imap *im, uint32_t seq, uint32_t uid, uint64_t size
     struct dl *d = xcalloc(1, sizeof(*d));
     d->e = e;
     d->wire_size = size;
-    int r = md_writer_open(f->md, true, &d->w);
-    if (r < 0) {
-        d->err = r;
-        d->w = NULL;
-    } else {
-        snprintf(d->lid, sizeof(d->lid), "%s", md_writer_id(d->w));
+    if (f->dq == NULL) {
+        f->dq = diskq_new(e->loop, dl_drained, e);
     }
+    /* The file is created by the thread pool's first write to it. */
+    md_writer_new(f->md, true, &d->w);
+    snprintf(d->lid, sizeof(d->lid), "%s", md_writer_id(d->w));
     f->cur = d;
     return d;
 }
@@ -2615,10 +2664,8 @@ static int dl_data(struct imap *im, void *sink, const char *data, size_t len, vo
     if (d == NULL || d->w == NULL || d->err < 0) {
         return 0;
     }
-    int r = md_writer_write(d->w, data, len);
-    if (r < 0) {
-        d->err = r;
-    }
+    d->got += len;
+    diskq_write(f->dq, d->w, data, len, d->got < d->wire_size ? d->wire_size - d->got : 0);
     if (!d->hdone) {
         size_t take = len < DL_HEADER_MAX - d->hlen ? len : DL_HEADER_MAX - d->hlen;
         d->hdr = xrealloc(d->hdr, d->hlen + take + 1);
@@ -2639,9 +2686,7 @@ static int dl_data(struct imap *im, void *sink, const char *data, size_t len, vo
     }
     /* Counted with the batch in flight (which may hold more than one
      * batch's worth: what waited when it started). */
-    if (f != NULL && f->flushing != NULL && e->ro->resume != NULL &&
-        (f->nbatch + f->flushing->n >= DL_BATCH_MSGS * DL_BACKLOG_BATCHES ||
-         f->batch_bytes >= (uint64_t)DL_BATCH_BYTES * DL_BACKLOG_BATCHES)) {
+    if (f != NULL && e->ro->resume != NULL && (batch_backlog(f) || disk_backlog(f))) {
         f->dl_paused = true;
         return IMAP_SINK_PAUSE;
     }
@@ -2675,12 +2720,15 @@ static void dl_message(struct imap *im, const struct imap_msg *m, void *sink, vo
             folder_fail(e, "writing a message: %s", strerror(-d->err));
         }
         if (d->w != NULL) {
-            md_writer_abort(d->w);
+            /* After its queued writes, on the thread pool. */
+            diskq_abort(f->dq, d->w);
         }
         free(d->hdr);
         free(d);
         return;
     }
+    /* Its last bytes go to the thread pool now. */
+    diskq_kick(f->dq);
     xgrow(&f->batch, &f->batch_cap, f->nbatch + 1, sizeof(*f->batch));
     f->batch[f->nbatch++] = d;
     f->batch_bytes += d->wire_size;
@@ -3490,7 +3538,7 @@ static void folder_advance(struct session *e)
         return;
     case FP_DOWNLOAD:
         flush_batch(e);
-        if (f->flushing != NULL) {
+        if (f->flushing != NULL || diskq_busy(f->dq)) {
             /* Uploads start once every download is in place. */
             f->advance_after_flush = true;
             return;
