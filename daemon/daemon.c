@@ -483,6 +483,12 @@ static void announced_clear(struct dacct *a)
 static void on_run_folder(const struct engine_folder_result *res, void *arg)
 {
     struct dacct *a = arg;
+    if (res->started_ns != 0) {
+        /* The client's time for the folder, from its job's start on the
+         * session to here (tests/bench/push.py reads it). */
+        log_debug("%s: %s: folder job took %.1f ms", a->ca->name, res->name,
+                  (double)(uv_hrtime() - res->started_ns) / 1e6);
+    }
     if (a->sweep_pass && (!a->run_idle || a->sweeping) && a->watch_notify && res->error == NULL &&
         res->counts.new_down > 0 && a->notify_since != 0 && a->notify_since <= a->prev_pass_start &&
         !was_announced(a, res->name)) {

@@ -948,6 +948,13 @@ static void demand_reset(struct fjob *j)
     j->on_demand = true;
 }
 
+/* Starts a folder job, noting when (engine_folder_result.started_ns). */
+static void job_start(struct session *e, struct fjob *j)
+{
+    j->res->started_ns = uv_hrtime();
+    start_folder(e, j);
+}
+
 static void wake_idle(struct engine *r);
 static bool status_lost(const struct idx_folder *was, const struct imap_status_info *now);
 
@@ -1345,7 +1352,7 @@ void next_folder(struct session *e)
         switch (j->plan->action) {
         case FOLDERPLAN_SYNC:
         case FOLDERPLAN_CREATE_LOCAL:
-            start_folder(e, j);
+            job_start(e, j);
             return;
         case FOLDERPLAN_RESYNC:
             /* Messages of it that live in other local folders now keep
@@ -1356,7 +1363,7 @@ void next_folder(struct session *e)
             } else if (resync_moved(e, j) < 0) {
                 continue;
             }
-            start_folder(e, j);
+            job_start(e, j);
             return;
         case FOLDERPLAN_RENAME_SERVER:
         case FOLDERPLAN_RENAME_LOCAL:
@@ -1366,7 +1373,7 @@ void next_folder(struct session *e)
             if (e->opts.dry_run || j->res->error != NULL) {
                 continue;
             }
-            start_folder(e, j);
+            job_start(e, j);
             return;
         case FOLDERPLAN_DELETE_SERVER:
             if (server_folder_delete(e, j) == 0) {
@@ -1378,7 +1385,7 @@ void next_folder(struct session *e)
                 /* The real run creates it (empty) and then uploads what it
                  * holds: the plan says both. */
                 fprintf(e->plan_out, "%s: create the folder on the server\n", j->name);
-                start_folder(e, j);
+                job_start(e, j);
                 return;
             }
             j->on_server = true;
@@ -1442,7 +1449,7 @@ void next_folder(struct session *e)
             memmove(r->demand + k, r->demand + k + 1, (--r->ndemand - k) * sizeof(*r->demand));
             j->queued = false;
             demand_reset(j);
-            start_folder(e, j);
+            job_start(e, j);
             return;
         }
         /* A session stays logged in for the next folder job. */

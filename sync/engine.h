@@ -59,6 +59,9 @@ struct engine_folder_result {
     /* The error clears up by itself (connection lost, disk full): trying
      * again later is all it takes. */
     bool transient;
+    /* uv_hrtime() when the folder's job started on its session (0 when not
+     * known): the owner times the job from it when it is reported. */
+    uint64_t started_ns;
 };
 
 struct engine_result {
