@@ -15,6 +15,7 @@
 #include "core/util.h"
 #include "store/index.h"
 #include "store/maildir.h"
+#include "sync/diskq.h"
 #include "sync/msgfacts.h"
 #include "sync/pop3.h"
 #include "sync/rfc5322.h"
@@ -28,6 +29,9 @@
 /* RETRs kept in flight with PIPELINING (answers stream one after another,
  * so only one message is being written at a time). */
 #define RETR_WINDOW 16
+/* Message bytes queued for the thread pool's writes (sync/diskq.h) at most
+ * before the connection stops reading until they are written. */
+#define DISK_BACKLOG (8u * 1024 * 1024)
 /* Messages per chunk of the listing, and bytes per chunk of its keys. */
 #define MSG_CHUNK 1024
 #define STR_CHUNK 65536
@@ -281,6 +285,11 @@ struct popsync {
     struct batch commit;  /* the batch the running job commits */
     bool committing;
     bool paused; /* the connection is paused until the commit finishes */
+    /* The downloads' writes, on the thread pool (sync/diskq.h); reading
+     * stops while too much waits there. */
+    struct diskq *dq;
+    bool disk_paused;
+    bool pop_paused; /* what flow() last told the connection */
     unsigned dl_done;
 
     /* DELE / QUIT. */
@@ -1630,7 +1639,12 @@ static void dl_free(struct dl *d)
         d->ps->streaming = NULL;
     }
     if (d->w != NULL) {
-        md_writer_abort(d->w);
+        if (d->ps->dq != NULL) {
+            /* After its queued writes, on the thread pool. */
+            diskq_abort(d->ps->dq, d->w);
+        } else {
+            md_writer_abort(d->w); /* the run's end: no job is left */
+        }
         d->w = NULL;
     }
     msgfacts_rawhash_free(&d->hh);
@@ -1642,15 +1656,41 @@ static int dl_open(struct popsync *ps, struct dl *d)
     d->shard = ps->next_shard;
     ps->next_shard = (ps->next_shard + 1) % NSHARD;
     struct md_folder *f = ps->folders[ps->wf][d->shard];
-    int r = md_writer_open(f, false, &d->w);
-    if (r < 0) {
-        d->w = NULL;
-        d->err = r;
-        set_error(ps, local_kind(r), "%s", md_folder_error(f));
-        return r;
-    }
+    /* The file is created by the thread pool's first write to it; a
+     * failure to write is reported by the batch's commit. */
+    md_writer_new(f, false, &d->w);
     ps->streaming = d;
     return 0;
+}
+
+/* Pauses or resumes the connection for the two reasons a download waits:
+ * a batch being committed while the next is full, or too many bytes
+ * waiting for the thread pool's writes. */
+static void flow(struct popsync *ps)
+{
+    if (ps->pop == NULL) {
+        return;
+    }
+    bool want = ps->paused || ps->disk_paused;
+    if (want != ps->pop_paused) {
+        ps->pop_paused = want;
+        if (want) {
+            pop3_pause(ps->pop);
+        } else {
+            pop3_resume(ps->pop);
+        }
+    }
+}
+
+/* A job of the write queue ended. */
+static void on_drained(void *arg)
+{
+    struct popsync *ps = arg;
+    if (ps->disk_paused && diskq_bytes(ps->dq) < DISK_BACKLOG) {
+        ps->disk_paused = false;
+        flow(ps);
+    }
+    advance(ps);
 }
 
 static void on_retr_data(struct pop3 *p, const char *data, size_t len, void *arg)
@@ -1664,10 +1704,11 @@ static void on_retr_data(struct pop3 *p, const char *data, size_t len, void *arg
         return;
     }
     msgfacts_rawhash_feed(&d->hh, data, len);
-    int r = md_writer_write(d->w, data, len);
-    if (r < 0) {
-        d->err = r;
-        set_error(ps, local_kind(r), "%s", md_folder_error(ps->folders[ps->wf][d->shard]));
+    d->bytes += len;
+    diskq_write(ps->dq, d->w, data, len, d->m->size > d->bytes ? d->m->size - d->bytes : 0);
+    if (!ps->disk_paused && diskq_bytes(ps->dq) >= DISK_BACKLOG) {
+        ps->disk_paused = true;
+        flow(ps);
     }
 }
 
@@ -1678,7 +1719,7 @@ static void batch_add(struct batch *b, struct dl *d)
         b->started = now_ms();
     }
     b->v[b->n++] = d;
-    b->bytes += md_writer_size(d->w);
+    b->bytes += d->bytes; /* stored as received (no line-end conversion) */
     d->in_batch = true;
 }
 
@@ -1718,6 +1759,7 @@ static void on_retr_done(struct pop3 *p, const struct pop3_status *st, void *arg
     ps->streaming = NULL;
     msgfacts_rawhash_final(&d->hh);
     snprintf(d->lid, sizeof(d->lid), "%s", md_writer_id(d->w));
+    diskq_kick(ps->dq); /* its last bytes */
     batch_add(&ps->fill, d);
     advance(ps);
 }
@@ -1782,6 +1824,8 @@ static int put_delivered(struct idx_txn *txn, void *arg)
 
 static void commit_intents_work(struct popsync *ps)
 {
+    /* Every byte queued for the batch's writers is written first. */
+    diskq_run(ps->dq);
     int r = idx_write(ps->idx, put_intents, ps);
     if (r < 0) {
         job_fail(ps, r, "%s", idx_error(ps->idx));
@@ -1930,9 +1974,7 @@ static void commit_after(struct popsync *ps)
     }
     if (ps->paused) {
         ps->paused = false;
-        if (ps->pop != NULL) {
-            pop3_resume(ps->pop);
-        }
+        flow(ps);
     }
     advance(ps);
 }
@@ -1949,10 +1991,6 @@ static void commit_batch(struct popsync *ps)
     ps->commit_set = ps->wf;
     ps->wf ^= 1;
     ps->committing = true;
-    for (size_t i = 0; i < ps->commit.n; i++) {
-        /* The real size of what was stored, for the summary. */
-        ps->commit.v[i]->bytes = md_writer_size(ps->commit.v[i]->w);
-    }
     run_job(ps, commit_intents_work, commit_intents_after);
 }
 
@@ -2271,6 +2309,9 @@ static void advance(struct popsync *ps)
         if (!ps->prep_done) {
             return; /* the prepare job is still running */
         }
+        if (diskq_busy(ps->dq)) {
+            return; /* the writes' job is still running: on_drained comes */
+        }
         if (ps->idx != NULL && !ps->opts.dry_run &&
             (ps->listing_complete || ps->nputs > 0 || ps->quit_ok)) {
             set_phase(ps, PS_FINISH);
@@ -2335,13 +2376,13 @@ static void advance(struct popsync *ps)
             /* Bound memory and open files: wait for the commit. */
             if (!ps->paused && ps->pop != NULL) {
                 ps->paused = true;
-                pop3_pause(ps->pop);
+                flow(ps);
             }
             return;
         }
         issue_retrs(ps);
         if (ps->todo_next < ps->ntodo || ps->retr_inflight > 0 || ps->fill.n > 0 ||
-            ps->committing) {
+            ps->committing || diskq_busy(ps->dq)) {
             return;
         }
         if (!ps->early_commit_done && !ps->opts.dry_run && ps->res.adopted > 0) {
@@ -2386,6 +2427,10 @@ static void advance(struct popsync *ps)
 
 static void free_ps(struct popsync *ps)
 {
+    /* No job of it is in flight (advance waits for it before the end):
+     * queued writes are dropped, and the writers below aborted here. */
+    diskq_free(ps->dq);
+    ps->dq = NULL;
     struct batch *bs[2] = {&ps->fill, &ps->commit};
     for (int k = 0; k < 2; k++) {
         for (size_t i = 0; i < bs[k]->n; i++) {
@@ -2470,6 +2515,7 @@ int popsync_start(uv_loop_t *loop, const struct sync_account *acct, const struct
     }
     struct popsync *ps = xcalloc(1, sizeof(*ps));
     ps->loop = loop;
+    ps->dq = diskq_new(loop, on_drained, ps);
     ps->acct = acct;
     if (opts != NULL) {
         ps->opts = *opts;
