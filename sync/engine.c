@@ -669,6 +669,13 @@ static bool folder_on_pool(const struct fstate *f)
     return f != NULL && (f->flushing != NULL || f->reading || diskq_busy(f->dq));
 }
 
+/* The same for the session: its folder's jobs, or the run's deferred
+ * writes it started (dflush_start). */
+static bool session_on_pool(const struct session *e)
+{
+    return e->dflushing || folder_on_pool(e->f);
+}
+
 static void finish(struct session *e)
 {
     if (e->finished) {
@@ -683,7 +690,7 @@ static void finish(struct session *e)
         e->ro->free(e->im);
         e->im = NULL;
     }
-    if (folder_on_pool(e->f)) {
+    if (session_on_pool(e)) {
         /* The thread pool still writes the folder's batch: flush_done
          * records it and then ends the run. */
         e->teardown_pending = true;
@@ -697,7 +704,7 @@ bool pool_job_back(struct session *e)
     if (!e->finished) {
         return true;
     }
-    if (e->teardown_pending && !folder_on_pool(e->f)) {
+    if (e->teardown_pending && !session_on_pool(e)) {
         finish_teardown(e);
     }
     return false;
@@ -952,6 +959,7 @@ static void demand_reset(struct fjob *j)
 static void job_start(struct session *e, struct fjob *j)
 {
     j->res->started_ns = uv_hrtime();
+    e->dflush_failed = false;
     start_folder(e, j);
 }
 
@@ -1335,6 +1343,63 @@ void engine_close(struct engine *r)
     wake_idle(r);
 }
 
+/* The run's deferred writes, on the thread pool for a session that stays
+ * open: a durable index commit (and the directories' fsync before it)
+ * takes milliseconds, more while other writes fill the disk, and the loop
+ * serves every account meanwhile. The session goes on (next_folder) when
+ * it is back. */
+struct dflush_job {
+    uv_work_t req;
+    struct session *e;
+    struct engine *run;
+    int r;
+    char *dserr;
+};
+
+static void dflush_work(uv_work_t *req)
+{
+    struct dflush_job *j = req->data;
+    j->r = engine_write(j->run, NULL, 0, &j->dserr);
+}
+
+static void dflush_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct dflush_job *j = req->data;
+    struct session *e = j->e;
+    struct engine *run = j->run;
+    e->dflushing = false;
+    /* The records stay deferred (engine_write keeps them): the next try
+     * is after the next folder job, not at once. */
+    e->dflush_failed = j->r < 0;
+    if (j->r < 0 && j->dserr != NULL) {
+        write_failed(run, NULL, j->r, j->dserr);
+    } else if (j->r < 0) {
+        log_error("%s: index: %s (the next sync of those folders matches them again)",
+                  e->acct->name, idx_error(run->idx));
+    }
+    free(j->dserr);
+    free(j);
+    if (!pool_job_back(e)) {
+        return;
+    }
+    next_folder(e);
+}
+
+static void dflush_start(struct session *e)
+{
+    struct dflush_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->run = e->run;
+    e->dflushing = true;
+    if (uv_queue_work(e->loop, &j->req, dflush_work, dflush_done) != 0) {
+        /* Cannot happen with a valid loop; do it here then. */
+        dflush_work(&j->req);
+        dflush_done(&j->req, 0);
+    }
+}
+
 void next_folder(struct session *e)
 {
     if (e->finished) {
@@ -1425,13 +1490,12 @@ void next_folder(struct session *e)
          * would wait for that: they go in now, before a folder job reads
          * its base again (else it would match its own downloads as files
          * it does not know) and before the session waits. */
-        if (r->ndefer > 0 && !e->opts.dry_run) {
-            bool idx_failed;
-            int fr = deferred_flush(r, NULL, &idx_failed);
-            if (fr < 0 && idx_failed) {
-                log_error("%s: index: %s (the next sync of those folders matches them again)",
-                          e->acct->name, idx_error(r->idx));
-            }
+        pthread_mutex_lock(&r->dmu);
+        size_t nd = r->ndefer;
+        pthread_mutex_unlock(&r->dmu);
+        if (nd > 0 && !e->opts.dry_run && r->idx != NULL && !e->dflush_failed) {
+            dflush_start(e); /* next_folder again when it is back */
+            return;
         }
         if (r->ndemand > 0) {
             /* A folder the server lost messages from first: a message

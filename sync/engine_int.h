@@ -406,6 +406,8 @@ struct session {
     bool cancelled;
     bool finished;
     bool teardown_pending; /* finish waits for the folder's batch on the thread pool */
+    bool dflushing;        /* the run's deferred writes on the thread pool, for this session */
+    bool dflush_failed;    /* and they failed: not again before the next folder job */
     bool idle;             /* stay_open: waiting for a folder job */
     bool errored;          /* its own trouble was logged (see set_error) */
     char *selected;        /* the folder this connection selected last */
