@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -47,6 +48,13 @@ struct md_folder {
     char *path_cur;
     char *path_tmp;
     _Atomic(char *) err; /* see set_err */
+    /* Texts err held before: kept until the folder is closed, since a
+     * thread may still read one (md_folder_error) while another sets the
+     * next (a download's write failing on the thread pool while the loop
+     * reports the batch before it). */
+    pthread_mutex_t retired_mu;
+    char **retired;
+    size_t nretired, retired_cap;
     /* new/ or cur/ had an entry renamed in or out, or removed, through
      * this handle since the last md_folder_sync: only those need the
      * directory fsync. */
@@ -104,8 +112,15 @@ static void set_err(struct md_folder *f, const char *fmt, ...)
     char *msg = xvasprintf(fmt, ap);
     va_end(ap);
     /* Swapped atomically: a batch made durable on the thread pool can
-     * fail while the loop thread opens the next writer of the folder. */
-    free(atomic_exchange(&f->err, msg));
+     * fail while another thread reports the error before it, whose text
+     * stays valid (retired, freed with the folder). */
+    char *old = atomic_exchange(&f->err, msg);
+    if (old != NULL) {
+        pthread_mutex_lock(&f->retired_mu);
+        xgrow(&f->retired, &f->retired_cap, f->nretired + 1, sizeof(*f->retired));
+        f->retired[f->nretired++] = old;
+        pthread_mutex_unlock(&f->retired_mu);
+    }
 }
 
 /* Records "PATH: WHAT: strerror" and returns the negative errno. */
@@ -304,6 +319,7 @@ int md_folder_open_ds(const char *path, bool create, bool maildirpp_sub, struct 
         return -EINVAL;
     }
     struct md_folder *f = xcalloc(1, sizeof(*f));
+    pthread_mutex_init(&f->retired_mu, NULL);
     f->sync_fd = -1;
     f->path = xstrndup(path, len);
     f->path_new = path_join(f->path, "new");
@@ -412,6 +428,11 @@ void md_folder_close(struct md_folder *f)
     free(f->path_cur);
     free(f->path_tmp);
     free(f->err);
+    for (size_t i = 0; i < f->nretired; i++) {
+        free(f->retired[i]);
+    }
+    free(f->retired);
+    pthread_mutex_destroy(&f->retired_mu);
     free(f);
 }
 
