@@ -7,7 +7,10 @@
 - every delivery follows DESIGN.md invariant 4: the file is created in tmp/
   with O_CREAT|O_EXCL, made durable (fsync of the file, or one syncfs after
   its last write), renamed into new/ or cur/, and that directory is fsynced
-  before the index (LMDB data.mdb) is written again.
+  before the index (LMDB data.mdb) is written again;
+- the loop thread (the process's first thread, which serves every
+  connection) never creates, writes, syncs or renames a message file: a
+  file system waits for its journal there (sync/diskq.h).
 
 strace must be installed (tests/run installs it); without it the tests
 fail rather than skip."""
@@ -50,8 +53,9 @@ class Call:
     """One traced system call: its position in the trace, name, argument
     text and return text (with -y, fds print as N</path>)."""
 
-    def __init__(self, pos, name, args, ret):
+    def __init__(self, pos, name, args, ret, pid=None):
         self.pos, self.name, self.args, self.ret = pos, name, args, ret
+        self.pid = pid  # the thread that made it
 
     def fd_path(self):
         """The -y path of the first argument when it is a file descriptor."""
@@ -96,7 +100,7 @@ def parse_strace(path):
                     continue
             c = CALL.match(text)
             if c:
-                slots[pos] = (c.group(1), c.group(2), c.group(3))
+                slots[pos] = (c.group(1), c.group(2), c.group(3), int(pid))
     return [Call(i, *s) for i, s in enumerate(slots) if s is not None]
 
 
@@ -317,6 +321,36 @@ class StoreSyscalls(mstest.DovecotTestCase):
             self.assertEqual(sorted(b for _u, _f, b in local),
                              sorted(mstest.crlf_to_lf(m) for m in msgs))
         self.assertEqual(problems, [], "invariant 4 broken:\n" + "\n".join(problems))
+
+    def test_loop_thread_never_writes_message_files(self):
+        """A first download of messages small and large (several chunks
+        each) over IMAP: every call on a file under tmp/, new/ or cur/ is
+        made by a thread-pool thread, none by the loop thread."""
+        msgs = mailgen.generate(150, seed=31, max_size=300000)
+        self.dovecot.save_many(self.user, "INBOX", msgs, ["\\Seen" if i % 2 else ""
+                                                          for i in range(len(msgs))])
+        cfg = self.config()
+        trace = os.path.join(self.tmp, "loop.strace")
+        p = self.sync(cfg, trace, WRITE_TRACE)
+        self.assertIn("150 new", p.stdout)
+        calls = parse_strace(trace)
+        self.assertTrue(calls, "empty strace output")
+        # strace -f names the traced process's first thread by the pid
+        # it printed first: the loop thread.
+        loop_tid = calls[0].pid
+        inside = re.compile(r"^%s/(?:.+/)?(?:tmp|cur|new)/[^/]+$" % re.escape(self.maildir))
+        touched = [c for c in calls if any(inside.match(x) for x in call_paths(c, self.tmp))]
+        # The test cannot pass by tracing nothing: the files were created,
+        # written and renamed, by other threads.
+        self.assertTrue(any(c.name in OPENS and "O_CREAT" in c.args for c in touched), touched[:5])
+        self.assertTrue(any(c.name in RENAMES for c in touched))
+        self.assertTrue(any(c.name in FILE_WRITES for c in touched))
+        on_loop = [c for c in touched if c.pid == loop_tid]
+        self.assertEqual(on_loop, [], "the loop thread touched message files:\n%s"
+                         % "\n".join(map(repr, on_loop[:20])))
+        local = mstest.maildir_messages(self.folder_dir("INBOX"))
+        self.assertEqual(sorted(b for _u, _f, b in local),
+                         sorted(mstest.crlf_to_lf(m) for m in msgs))
 
     def test_many_new_folders_write_order(self):
         """A first sync of many one-message folders: the new folders'
