@@ -1682,14 +1682,23 @@ static void flow(struct popsync *ps)
     }
 }
 
-/* A job of the write queue ended. */
-static void on_drained(void *arg)
+/* Reading resumes once the writes' backlog is below DISK_BACKLOG. Checked
+ * after each job of the queue and after a commit job: its diskq_run may
+ * take the queue from under the last queue job, whose on_drained then saw
+ * the bytes still being written, with no job left to call back. */
+static void disk_flow(struct popsync *ps)
 {
-    struct popsync *ps = arg;
     if (ps->disk_paused && diskq_bytes(ps->dq) < DISK_BACKLOG) {
         ps->disk_paused = false;
         flow(ps);
     }
+}
+
+/* A job of the write queue ended. */
+static void on_drained(void *arg)
+{
+    struct popsync *ps = arg;
+    disk_flow(ps);
     advance(ps);
 }
 
@@ -1923,6 +1932,8 @@ static void shard_after(uv_work_t *w, int status)
 
 static void commit_intents_after(struct popsync *ps)
 {
+    /* Its diskq_run wrote what was queued when it started. */
+    disk_flow(ps);
     if (ps->job_errmsg != NULL) {
         /* No intent, no rename: commit_after aborts the writers. */
         commit_after(ps);
