@@ -447,7 +447,7 @@ static void drop_empty_uploads(struct session *e)
         empty[i] = true;
         nempty++;
         char *path =
-            xasprintf("%s/%s/%s", md_folder_path(f->md), m->in_new ? "new" : "cur", m->name);
+            xasprintf("%s/%s/%s", md_folder_path(f->md), m->in_new ? "new" : "cur", md_msg_name(m));
         if (e->opts.dry_run) {
             fprintf(e->plan_out, "%s: leave out %s: an empty file (0 bytes)\n", f->job->name, path);
         }

@@ -722,7 +722,7 @@ static void test_scan(void **state)
     struct md_msg *m = md_scan_find(scan, "100.a.host");
     assert_non_null(m);
     assert_true(m->in_new);
-    assert_string_equal(m->name, "100.a.host");
+    assert_string_equal(md_msg_name(m), "100.a.host");
     assert_int_equal(m->flags, 0);
 
     m = md_scan_find(scan, "200.b.host");
@@ -769,11 +769,11 @@ static void test_scan_duplicate_prefers_cur(void **state)
     struct md_msg *m = md_scan_find(scan, "700.x.host");
     assert_non_null(m);
     assert_false(m->in_new);
-    assert_string_equal(m->name, "700.x.host:2,S");
+    assert_string_equal(md_msg_name(m), "700.x.host:2,S");
     m = md_scan_find(scan, "800.y.host");
     assert_non_null(m);
     assert_false(m->in_new);
-    assert_string_equal(m->name, "800.y.host:2,RS");
+    assert_string_equal(md_msg_name(m), "800.y.host:2,RS");
     m = md_scan_find(scan, "900.w.host");
     assert_non_null(m);
     assert_true(m->in_new);
@@ -810,7 +810,7 @@ static void test_scan_many(void **state)
     m = md_scan_find(scan, "1700000000.M19997P4242Q19997.host");
     assert_non_null(m);
     assert_int_equal(m->flags, MD_FLAG_SEEN);
-    assert_string_equal(m->name, "1700000000.M19997P4242Q19997.host:2,S");
+    assert_string_equal(md_msg_name(m), "1700000000.M19997P4242Q19997.host:2,S");
     assert_null(md_scan_find(scan, "1700000000.M20000P4242Q20000.host"));
     md_scan_free(scan);
 }
@@ -825,6 +825,81 @@ static void rename_behind(struct fixture *fx, const char *fdir, const char *fnam
     assert_int_equal(rename(a, b), 0);
     free(a);
     free(b);
+}
+
+/* A scan keeps a file's name only when it is not the one its facts give
+ * (store/maildir.h, struct md_msg); every name still comes out as it is
+ * on disk, and the operations act on the file under it. */
+static void test_scan_names(void **state)
+{
+    struct fixture *fx = *state;
+    static const struct {
+        const char *dir, *name, *id;
+        bool kept; /* not canonical: the scan holds the name itself */
+    } files[] = {
+        {"new", "1.a.host", "1.a.host", false},
+        {"new", "2.b.host:2,", "2.b.host", true},   /* new/ with an empty info */
+        {"new", "3.c.host:2,S", "3.c.host", false}, /* letters in new/, in order */
+        {"cur", "4.d.host", "4.d.host", true},      /* cur/ without an info */
+        {"cur", "5.e.host:2,", "5.e.host", false},
+        {"cur", "6.f.host:2,FRSab", "6.f.host", false},
+        {"cur", "7.g.host:2,SF", "7.g.host", true},   /* out of order */
+        {"cur", "8.h.host:2,SS", "8.h.host", true},   /* a letter twice */
+        {"cur", "9.i.host:2,19S", "9.i.host", false}, /* unknown letters, in order */
+        {"cur", "10.j.host:2,S91", "10.j.host", true},
+        {"cur", "11.k.host:1,foo", "11.k.host:1,foo", true}, /* no ":2," in cur/ */
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+        touch(fx, files[i].dir, files[i].name, files[i].id);
+    }
+    struct md_scan *scan = NULL;
+    assert_int_equal(md_scan(fx->f, &scan), 0);
+    assert_int_equal(scan->count, ARRAY_SIZE(files));
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+        struct md_msg *m = md_scan_find(scan, files[i].id);
+        assert_non_null(m);
+        assert_true(m->id_borrowed);
+        assert_int_equal(m->in_new, strcmp(files[i].dir, "new") == 0);
+        assert_int_equal(m->name != NULL, files[i].kept);
+        assert_string_equal(md_msg_name(m), files[i].name);
+        /* The file under that name is the one opened. */
+        int fd = md_open_msg(fx->f, md_scan_find(scan, files[i].id));
+        assert_true(fd >= 0);
+        char buf[64] = {0};
+        assert_true(read(fd, buf, sizeof(buf) - 1) > 0);
+        close(fd);
+        assert_string_equal(buf, files[i].id);
+    }
+    md_scan_free(scan);
+
+    /* Entries without a name of their own, renamed and removed. */
+    assert_int_equal(md_scan(fx->f, &scan), 0);
+    struct md_msg *m = md_scan_find(scan, "6.f.host");
+    assert_null(m->name);
+    assert_int_equal(md_set_flags(fx->f, m, MD_FLAG_SEEN, 0, false), 0);
+    assert_true(exists(fx, "cur", "6.f.host:2,S"));
+    assert_false(exists(fx, "cur", "6.f.host:2,FRSab"));
+    assert_string_equal(m->name, "6.f.host:2,S");
+    m = md_scan_find(scan, "1.a.host");
+    assert_null(m->name);
+    assert_int_equal(md_set_flags(fx->f, m, MD_FLAG_FLAGGED, 1, false), 0);
+    assert_true(exists(fx, "cur", "1.a.host:2,Fa"));
+    assert_false(exists(fx, "new", "1.a.host"));
+    m = md_scan_find(scan, "9.i.host");
+    assert_null(m->name);
+    assert_int_equal(md_set_flags(fx->f, m, MD_FLAG_SEEN | MD_FLAG_REPLIED, 0, false), 0);
+    assert_true(exists(fx, "cur", "9.i.host:2,19RS"));
+    m = md_scan_find(scan, "5.e.host");
+    assert_null(m->name);
+    assert_int_equal(md_remove(fx->f, m), 0);
+    assert_false(exists(fx, "cur", "5.e.host:2,"));
+    /* Renamed by a client after the scan: found again by identity. */
+    m = md_scan_find(scan, "3.c.host");
+    assert_null(m->name);
+    rename_behind(fx, "new", "3.c.host:2,S", "cur", "3.c.host:2,RS");
+    assert_int_equal(md_set_flags(fx->f, m, MD_FLAG_SEEN | MD_FLAG_FLAGGED, 0, false), 0);
+    assert_true(exists(fx, "cur", "3.c.host:2,FRS"));
+    md_scan_free(scan);
 }
 
 static void test_set_flags(void **state)
@@ -1464,6 +1539,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_duplicate_prefers_cur, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_set_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rename_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_while_client_renames, setup, teardown),
