@@ -1057,6 +1057,36 @@ void md_scan_free(struct md_scan *scan)
     free(scan);
 }
 
+void md_scan_share_ids(struct md_scan *scan, size_t n, const char *(*id_at)(size_t i, void *arg),
+                       void *arg)
+{
+    if (scan == NULL || scan->ids == NULL || scan->count == 0) {
+        return;
+    }
+    bool *shared = xcalloc(scan->count, sizeof(*shared));
+    for (size_t k = 0; k < n; k++) {
+        const char *s = id_at(k, arg);
+        struct md_msg *m = md_scan_find(scan, s);
+        if (m != NULL && !shared[m - scan->msgs]) {
+            /* Never written through: an entry's id is only read (a
+             * rename keeps it, md_msg_clear leaves a borrowed one). */
+            m->id = (char *)s;
+            shared[m - scan->msgs] = true;
+        }
+    }
+    /* The others move to blocks of their own; the old blocks go. */
+    struct md_scan_ids *ids = xcalloc(1, sizeof(*ids));
+    for (size_t i = 0; i < scan->count; i++) {
+        if (!shared[i]) {
+            struct md_msg *m = &scan->msgs[i];
+            m->id = ids_add(ids, m->id, strlen(m->id));
+        }
+    }
+    free(shared);
+    ids_free(scan->ids);
+    scan->ids = ids;
+}
+
 static int msg_id_cmp(const void *key, const void *elem)
 {
     const struct md_msg *m = elem;

@@ -118,6 +118,13 @@ const char *md_folder_error(const struct md_folder *f);
  * appears in both directories it is reported with its cur/ name). */
 int md_scan(struct md_folder *f, struct md_scan **scan_r);
 void md_scan_free(struct md_scan *scan);
+/* Points the identity of every entry equal to one of the n strings id_at
+ * yields (in any order) at that string, and frees the scan's own copies
+ * of them: a caller holding the same names already (the sync's base) then
+ * does not pay for them twice. The strings must stay where they are until
+ * md_scan_free. */
+void md_scan_share_ids(struct md_scan *scan, size_t n, const char *(*id_at)(size_t i, void *arg),
+                       void *arg);
 /* Binary search of a scan by identity; NULL when absent. */
 struct md_msg *md_scan_find(const struct md_scan *scan, const char *id);
 

@@ -902,6 +902,68 @@ static void test_scan_names(void **state)
     md_scan_free(scan);
 }
 
+static const char *share_at(size_t i, void *arg)
+{
+    return ((const char *const *)arg)[i];
+}
+
+/* md_scan_share_ids: entries named by the caller's strings point at them,
+ * the others keep equal copies of their own (the old blocks are freed:
+ * under ASan a stale pointer into them would be caught), and the scan
+ * still finds, renames and removes every entry. */
+static void test_scan_share_ids(void **state)
+{
+    struct fixture *fx = *state;
+    touch(fx, "new", "1.a.host", "");
+    touch(fx, "cur", "2.b.host:2,S", "");
+    touch(fx, "cur", "3.c.host:2,SF", "");
+    touch(fx, "cur", "4.d.host:2,RS", "");
+    struct md_scan *scan = NULL;
+    assert_int_equal(md_scan(fx->f, &scan), 0);
+    assert_int_equal(scan->count, 4);
+    /* In any order, with a name the scan does not hold and one twice. */
+    char *mine[] = {xstrdup("4.d.host"), xstrdup("9.z.host"), xstrdup("2.b.host"),
+                    xstrdup("4.d.host")};
+    md_scan_share_ids(scan, ARRAY_SIZE(mine), share_at, mine);
+    struct md_msg *m4 = md_scan_find(scan, "4.d.host");
+    struct md_msg *m2 = md_scan_find(scan, "2.b.host");
+    assert_true(m4->id == mine[0] || m4->id == mine[3]);
+    assert_ptr_equal(m2->id, mine[2]);
+    assert_null(md_scan_find(scan, "9.z.host"));
+    for (size_t i = 1; i < scan->count; i++) {
+        assert_true(strcmp(scan->msgs[i - 1].id, scan->msgs[i].id) < 0);
+    }
+    struct md_msg *m1 = md_scan_find(scan, "1.a.host");
+    struct md_msg *m3 = md_scan_find(scan, "3.c.host");
+    assert_non_null(m1);
+    assert_non_null(m3);
+    for (size_t k = 0; k < ARRAY_SIZE(mine); k++) {
+        assert_ptr_not_equal(m1->id, mine[k]);
+        assert_ptr_not_equal(m3->id, mine[k]);
+    }
+    assert_string_equal(md_msg_name(m3), "3.c.host:2,SF");
+    assert_int_equal(md_set_flags(fx->f, m3, MD_FLAG_SEEN, 0, false), 0);
+    assert_true(exists(fx, "cur", "3.c.host:2,S"));
+    assert_int_equal(md_set_flags(fx->f, m4, MD_FLAG_SEEN | MD_FLAG_FLAGGED, 0, false), 0);
+    assert_true(exists(fx, "cur", "4.d.host:2,FS"));
+    assert_int_equal(md_remove(fx->f, m1), 0);
+    assert_false(exists(fx, "new", "1.a.host"));
+    /* Sharing again (the strings of a later read): what it does not name
+     * gets a copy of its own again. */
+    char *again = xstrdup("3.c.host");
+    md_scan_share_ids(scan, 1, share_at, &again);
+    assert_ptr_equal(md_scan_find(scan, "3.c.host")->id, again);
+    assert_ptr_not_equal(md_scan_find(scan, "2.b.host")->id, mine[2]);
+    assert_string_equal(md_scan_find(scan, "2.b.host")->id, "2.b.host");
+    md_scan_free(scan);
+    /* The caller's strings are left to the caller. */
+    assert_string_equal(mine[2], "2.b.host");
+    for (size_t k = 0; k < ARRAY_SIZE(mine); k++) {
+        free(mine[k]);
+    }
+    free(again);
+}
+
 static void test_set_flags(void **state)
 {
     struct fixture *fx = *state;
@@ -1540,6 +1602,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scan_duplicate_prefers_cur, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan_share_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_set_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rename_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_while_client_renames, setup, teardown),
