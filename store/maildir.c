@@ -541,7 +541,9 @@ bool md_parse_name(const char *name, bool in_new, struct md_msg *msg_r)
     if (!name_ok(name, &idlen)) {
         return false;
     }
-    parse_info(name, idlen, &msg_r->flags, &msg_r->keywords, &msg_r->unknown_flags);
+    unsigned flags;
+    parse_info(name, idlen, &flags, &msg_r->keywords, &msg_r->unknown_flags);
+    msg_r->flags = (uint8_t)flags;
     msg_r->id = xstrndup(name, idlen);
     msg_r->name = xstrdup(name);
     msg_r->in_new = in_new;
@@ -705,7 +707,9 @@ static void scan_entry(const struct md_dirent64 *de, bool in_new, struct msgvec 
     xgrow(&mv->v, &mv->cap, mv->n + 1, sizeof(*mv->v));
     struct md_msg *m = &mv->v[mv->n++];
     memset(m, 0, sizeof(*m));
-    parse_info(de->d_name, idlen, &m->flags, &m->keywords, &m->unknown_flags);
+    unsigned flags;
+    parse_info(de->d_name, idlen, &flags, &m->keywords, &m->unknown_flags);
+    m->flags = (uint8_t)flags;
     m->in_new = in_new;
     m->id = ids_add(mv->ids, de->d_name, idlen);
     m->id_borrowed = true;

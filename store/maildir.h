@@ -57,14 +57,14 @@ struct md_folder;
  * each otherwise, 13 MiB): there id is the scan's (id_borrowed), and
  * name is NULL when the file's name is what the facts say it is
  * (md_msg_name). Every function here takes either form. */
-struct md_msg {
+struct md_msg {           /* 32 bytes: a scan holds one per file */
     char *id;             /* identity: the file name up to ":2," (or the whole name) */
     char *name;           /* current file name, in new/ or cur/; see md_msg_name */
+    char *unknown_flags;  /* NULL or letters we do not interpret (kept on rename) */
+    md_keywords keywords; /* a-z letters present */
+    uint8_t flags;        /* MD_FLAG_* */
     bool in_new;          /* true when in new/ */
     bool id_borrowed;     /* id belongs to the scan: md_msg_clear leaves it */
-    unsigned flags;       /* MD_FLAG_* */
-    md_keywords keywords; /* a-z letters present */
-    char *unknown_flags;  /* NULL or letters we do not interpret (kept on rename) */
 };
 
 struct md_scan_ids;
