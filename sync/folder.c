@@ -1716,6 +1716,7 @@ static void local_work(uv_work_t *req)
     }
     free(d);
     free(puts);
+    pool_trim_if(f->base.n);
 }
 
 static void local_done(uv_work_t *req, int status)
@@ -2107,6 +2108,7 @@ static void marks_work(uv_work_t *req)
     }
     free(m.puts);
     free(m.val);
+    pool_trim_if(j->f->base.n);
 }
 
 static void marks_done(uv_work_t *req, int status)
