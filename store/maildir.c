@@ -33,6 +33,11 @@
  * costs few write() calls, small enough that many concurrent deliveries stay
  * cheap. The message itself is never held whole in memory. */
 #define MD_WBUF_SIZE (64 * 1024)
+/* A writer's buffer starts this small and doubles up to MD_WBUF_SIZE as a
+ * message needs it: a download keeps two batches of writers open (128),
+ * and 64 KiB each was 8 MiB of a first download's peak for messages of a
+ * few KB. */
+#define MD_WBUF_MIN (4 * 1024)
 /* tmp/ files older than this are debris of interrupted deliveries. */
 #define MD_TMP_MAX_AGE (36 * 60 * 60)
 #define MD_KW_COUNT 26
@@ -86,7 +91,8 @@ struct md_writer {
     int err;       /* sticky negative errno after a failed write */
     uint64_t size;
     size_t blen;
-    char buf[MD_WBUF_SIZE];
+    size_t bcap; /* of buf: 0, or MD_WBUF_MIN doubled up to MD_WBUF_SIZE */
+    char *buf;
 };
 
 /* Process-wide delivery counter: with the pid and the microseconds it keeps
@@ -1542,6 +1548,8 @@ static struct md_writer *writer_alloc(struct md_folder *f, bool crlf_to_lf)
     w->err = 0;
     w->size = 0;
     w->blen = 0;
+    w->bcap = 0;
+    w->buf = NULL;
     return w;
 }
 
@@ -1669,13 +1677,21 @@ static int writer_put(struct md_writer *w, const char *p, size_t n)
         return ret < 0 ? writer_fail(w, -ret, "write failed") : 0;
     }
     while (n > 0) {
-        if (w->blen == MD_WBUF_SIZE) {
+        if (w->bcap < MD_WBUF_SIZE && w->blen + n > w->bcap) {
+            size_t cap = w->bcap != 0 ? w->bcap : MD_WBUF_MIN;
+            while (cap < w->blen + n && cap < MD_WBUF_SIZE) {
+                cap *= 2;
+            }
+            w->bcap = cap < MD_WBUF_SIZE ? cap : MD_WBUF_SIZE;
+            w->buf = xrealloc(w->buf, w->bcap);
+        }
+        if (w->blen == w->bcap) {
             int ret = writer_flush(w);
             if (ret < 0) {
                 return ret;
             }
         }
-        size_t k = MD_WBUF_SIZE - w->blen;
+        size_t k = w->bcap - w->blen;
         if (k > n) {
             k = n;
         }
@@ -1746,6 +1762,7 @@ void md_writer_abort(struct md_writer *w)
     }
     writer_discard(w);
     free(w->uname);
+    free(w->buf);
     free(w);
 }
 
@@ -1768,6 +1785,11 @@ int md_writer_finish(struct md_writer *w, time_t mtime)
     if ((ret = writer_flush(w)) < 0 || (ret = writer_create(w)) < 0) {
         return ret;
     }
+    /* No more data: a finished writer waiting for its batch's sync holds
+     * no buffer. */
+    free(w->buf);
+    w->buf = NULL;
+    w->bcap = 0;
     if (mtime != 0) {
         /* Set before the data is made durable so that the received date is
          * as durable as the bytes. */

@@ -522,6 +522,84 @@ static void test_crlf_edges(void **state)
     assert_int_equal(md_folder_sync(fx->f), 0);
 }
 
+/* The writer's buffer starts small and grows with the message (store/
+ * maildir.c, MD_WBUF_MIN): pieces that fill it exactly, cross each size it
+ * doubles through, go straight past it or arrive after a large one all
+ * land in order, with and without the CRLF conversion, and a message
+ * written in one call per byte too. */
+static void test_writer_buffer_growth(void **state)
+{
+    struct fixture *fx = *state;
+    static const size_t pieces[][10] = {
+        {1, 4095, 1, 5000, 70000, 3, 65536, 20000, 0},
+        {4096, 4096, 8192, 16384, 32768, 65536, 1, 0},
+        {100000, 1, 2, 131072, 7, 0},
+        {65535, 1, 65536, 65537, 0},
+        {4097, 0},
+    };
+    for (int crlf = 0; crlf < 2; crlf++) {
+        for (size_t c = 0; c < ARRAY_SIZE(pieces); c++) {
+            struct sbuf in = {0};
+            struct sbuf want = {0};
+            struct md_writer *w = NULL;
+            assert_int_equal(md_writer_open(fx->f, crlf != 0, &w), 0);
+            unsigned x = (unsigned)(c * 7919 + (size_t)crlf);
+            for (int k = 0; pieces[c][k] != 0; k++) {
+                size_t n = pieces[c][k];
+                char *piece = xmalloc(n);
+                for (size_t i = 0; i < n; i++) {
+                    x = x * 1103515245u + 12345u;
+                    /* Lines of varying length, CRLF-terminated, some lone CRs. */
+                    unsigned r = (x >> 16) % 61;
+                    piece[i] = r == 0 ? '\r' : r == 1 ? '\n' : (char)('a' + r % 26);
+                }
+                sbuf_add(&in, piece, n);
+                assert_int_equal(md_writer_write(w, piece, n), 0);
+                free(piece);
+            }
+            for (size_t i = 0; i < in.len; i++) {
+                /* What the conversion keeps: every byte but a CR before LF. */
+                if (!(crlf && in.buf[i] == '\r' && i + 1 < in.len && in.buf[i + 1] == '\n')) {
+                    sbuf_addc(&want, in.buf[i]);
+                }
+            }
+            assert_int_equal(md_writer_size(w), want.len);
+            struct md_msg m;
+            assert_int_equal(md_writer_commit(w, false, 0, 0, 0, true, &m), 0);
+            char *p = sub(fx, "new", m.name);
+            size_t len;
+            char *data = read_all(p, &len);
+            assert_int_equal(len, want.len);
+            assert_memory_equal(data, want.buf, len);
+            free(data);
+            free(p);
+            md_msg_clear(&m);
+            sbuf_free(&in);
+            sbuf_free(&want);
+        }
+    }
+    /* One byte a call, past two doublings. */
+    struct md_writer *w = NULL;
+    assert_int_equal(md_writer_open(fx->f, false, &w), 0);
+    for (size_t i = 0; i < 10000; i++) {
+        char ch = (char)('a' + i % 26);
+        assert_int_equal(md_writer_write(w, &ch, 1), 0);
+    }
+    struct md_msg m;
+    assert_int_equal(md_writer_commit(w, false, 0, 0, 0, true, &m), 0);
+    char *p = sub(fx, "new", m.name);
+    size_t len;
+    char *data = read_all(p, &len);
+    assert_int_equal(len, 10000);
+    for (size_t i = 0; i < len; i++) {
+        assert_int_equal(data[i], (char)('a' + i % 26));
+    }
+    free(data);
+    free(p);
+    md_msg_clear(&m);
+    assert_int_equal(md_folder_sync(fx->f), 0);
+}
+
 static void test_abort_removes_temp(void **state)
 {
     struct fixture *fx = *state;
@@ -1593,6 +1671,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deliver_large_streamed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deliver_100mb_bounded_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crlf_edges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writer_buffer_growth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_removes_temp, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unique_names, setup, teardown),
