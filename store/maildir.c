@@ -34,6 +34,11 @@
  * costs few write() calls, small enough that many concurrent deliveries stay
  * cheap. The message itself is never held whole in memory. */
 #define MD_WBUF_SIZE (64 * 1024)
+/* A writer's buffer starts this small and doubles up to MD_WBUF_SIZE as a
+ * message needs it: a download keeps two batches of writers open (128),
+ * and 64 KiB each was 8 MiB of a first download's peak for messages of a
+ * few KB. */
+#define MD_WBUF_MIN (4 * 1024)
 /* tmp/ files older than this are debris of interrupted deliveries. */
 #define MD_TMP_MAX_AGE (36 * 60 * 60)
 #define MD_KW_COUNT 26
@@ -94,7 +99,8 @@ struct md_writer {
     int err;       /* sticky negative errno after a failed write */
     uint64_t size;
     size_t blen;
-    char buf[MD_WBUF_SIZE];
+    size_t bcap; /* of buf: 0, or MD_WBUF_MIN doubled up to MD_WBUF_SIZE */
+    char *buf;
 };
 
 /* Process-wide delivery counter: with the pid and the microseconds it keeps
@@ -504,16 +510,12 @@ static size_t id_len(const char *name)
     return info != NULL ? (size_t)(info - name) : strlen(name);
 }
 
-bool md_parse_name(const char *name, bool in_new, struct md_msg *msg_r)
+/* The letters of name's info part (idlen is where ":2," starts, or the
+ * whole length) as flags, keywords and the unknown ones, those malloc'd
+ * in ASCII order without duplicates (NULL when none). */
+static void parse_info(const char *name, size_t idlen, unsigned *flags_r, md_keywords *kw_r,
+                       char **unknown_r)
 {
-    memset(msg_r, 0, sizeof(*msg_r));
-    if (name == NULL || name[0] == '\0' || name[0] == '.' || strchr(name, '/') != NULL) {
-        return false;
-    }
-    size_t idlen = id_len(name);
-    if (idlen == 0) {
-        return false;
-    }
     unsigned flags = 0;
     md_keywords kw = 0;
     /* Unknown letters are collected as a set so that they come out in ASCII
@@ -533,11 +535,9 @@ bool md_parse_name(const char *name, bool in_new, struct md_msg *msg_r)
             }
         }
     }
-    msg_r->id = xstrndup(name, idlen);
-    msg_r->name = xstrdup(name);
-    msg_r->in_new = in_new;
-    msg_r->flags = flags;
-    msg_r->keywords = kw;
+    *flags_r = flags;
+    *kw_r = kw;
+    *unknown_r = NULL;
     if (nunknown > 0) {
         char *u = xmalloc(nunknown + 1);
         size_t n = 0;
@@ -547,8 +547,33 @@ bool md_parse_name(const char *name, bool in_new, struct md_msg *msg_r)
             }
         }
         u[n] = '\0';
-        msg_r->unknown_flags = u;
+        *unknown_r = u;
     }
+}
+
+/* Whether name can be a Maildir message's; its identity's length then. */
+static bool name_ok(const char *name, size_t *idlen_r)
+{
+    if (name == NULL || name[0] == '\0' || name[0] == '.' || strchr(name, '/') != NULL) {
+        return false;
+    }
+    *idlen_r = id_len(name);
+    return *idlen_r > 0;
+}
+
+bool md_parse_name(const char *name, bool in_new, struct md_msg *msg_r)
+{
+    memset(msg_r, 0, sizeof(*msg_r));
+    size_t idlen;
+    if (!name_ok(name, &idlen)) {
+        return false;
+    }
+    unsigned flags;
+    parse_info(name, idlen, &flags, &msg_r->keywords, &msg_r->unknown_flags);
+    msg_r->flags = (uint8_t)flags;
+    msg_r->id = xstrndup(name, idlen);
+    msg_r->name = xstrdup(name);
+    msg_r->in_new = in_new;
     return true;
 }
 
@@ -557,13 +582,18 @@ void md_msg_clear(struct md_msg *msg)
     if (msg == NULL) {
         return;
     }
-    free(msg->id);
+    if (!msg->id_borrowed) {
+        free(msg->id);
+    }
     free(msg->name);
     free(msg->unknown_flags);
     memset(msg, 0, sizeof(*msg));
 }
 
-char *md_info_suffix(unsigned flags, md_keywords kw, const char *unknown)
+/* The ":2,<letters>" suffix into buf (MD_SUFFIX_MAX bytes), NUL-terminated;
+ * returns its length. */
+#define MD_SUFFIX_MAX (3 + 256)
+static size_t info_suffix(unsigned flags, md_keywords kw, const char *unknown, char *buf)
 {
     /* Every letter goes into one set and comes out in ASCII order: that is
      * the order Maildir requires (uppercase flags, then keywords), and
@@ -588,7 +618,6 @@ char *md_info_suffix(unsigned flags, md_keywords kw, const char *unknown)
             }
         }
     }
-    char buf[3 + 256];
     size_t n = 0;
     buf[n++] = ':';
     buf[n++] = '2';
@@ -598,15 +627,82 @@ char *md_info_suffix(unsigned flags, md_keywords kw, const char *unknown)
             buf[n++] = (char)c;
         }
     }
+    buf[n] = '\0';
+    return n;
+}
+
+char *md_info_suffix(unsigned flags, md_keywords kw, const char *unknown)
+{
+    char buf[MD_SUFFIX_MAX];
+    size_t n = info_suffix(flags, kw, unknown, buf);
     return xstrndup(buf, n);
 }
 
+/* The name a message with these facts has when nothing but this code
+ * named it: the bare identity for a message in new/ without letters (as
+ * delivered), else the identity and the suffix of its letters in order.
+ * A scan keeps no name of its own for a file named so (see struct
+ * md_msg); the suffix goes to buf (MD_SUFFIX_MAX bytes). */
+static const char *canonical_suffix(const struct md_msg *m, char *buf)
+{
+    if (m->in_new && m->flags == 0 && m->keywords == 0 && m->unknown_flags == NULL) {
+        return "";
+    }
+    info_suffix(m->flags, m->keywords, m->unknown_flags, buf);
+    return buf;
+}
+
+const char *md_msg_name(struct md_msg *msg)
+{
+    if (msg->name == NULL && msg->id != NULL) {
+        char buf[MD_SUFFIX_MAX];
+        msg->name = xasprintf("%s%s", msg->id, canonical_suffix(msg, buf));
+    }
+    return msg->name;
+}
+
 /* ---- Scan ------------------------------------------------------------- */
+
+/* A scan's identities, in blocks of 64 KiB that never move (an entry's id
+ * points into them): no allocation and no malloc header per file. */
+#define MD_IDS_BLOCK ((size_t)64 << 10)
+struct md_scan_ids {
+    char **blocks;
+    size_t n, cap, used;
+};
+
+static char *ids_add(struct md_scan_ids *ids, const char *s, size_t len)
+{
+    if (ids->n == 0 || ids->used + len + 1 > MD_IDS_BLOCK) {
+        xgrow(&ids->blocks, &ids->cap, ids->n + 1, sizeof(*ids->blocks));
+        /* A directory entry's name is at most 255 bytes: it always fits. */
+        ids->blocks[ids->n++] = xmalloc(MD_IDS_BLOCK);
+        ids->used = 0;
+    }
+    char *p = ids->blocks[ids->n - 1] + ids->used;
+    memcpy(p, s, len);
+    p[len] = '\0';
+    ids->used += len + 1;
+    return p;
+}
+
+static void ids_free(struct md_scan_ids *ids)
+{
+    if (ids == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < ids->n; i++) {
+        free(ids->blocks[i]);
+    }
+    free(ids->blocks);
+    free(ids);
+}
 
 struct msgvec {
     struct md_msg *v;
     size_t n;
     size_t cap;
+    struct md_scan_ids *ids;
 };
 
 /* The kernel's dirent64 record, as getdents64 returns it. */
@@ -631,9 +727,24 @@ static void scan_entry(const struct md_dirent64 *de, bool in_new, struct msgvec 
     if (de->d_type != DT_UNKNOWN && de->d_type != DT_REG) {
         return;
     }
+    size_t idlen;
+    if (!name_ok(de->d_name, &idlen)) {
+        return;
+    }
     xgrow(&mv->v, &mv->cap, mv->n + 1, sizeof(*mv->v));
-    if (md_parse_name(de->d_name, in_new, &mv->v[mv->n])) {
-        mv->n++;
+    struct md_msg *m = &mv->v[mv->n++];
+    memset(m, 0, sizeof(*m));
+    unsigned flags;
+    parse_info(de->d_name, idlen, &flags, &m->keywords, &m->unknown_flags);
+    m->flags = (uint8_t)flags;
+    m->in_new = in_new;
+    m->id = ids_add(mv->ids, de->d_name, idlen);
+    m->id_borrowed = true;
+    /* Most names are canonical (this code and every mail client write
+     * them so): only the others are kept. */
+    char buf[MD_SUFFIX_MAX];
+    if (strcmp(de->d_name + idlen, canonical_suffix(m, buf)) != 0) {
+        m->name = xstrdup(de->d_name);
     }
 }
 
@@ -733,12 +844,18 @@ static int msg_cmp(const void *a, const void *b)
     if (x->in_new != y->in_new) {
         return x->in_new ? 1 : -1;
     }
-    return strcmp(x->name, y->name);
+    /* The same identity starts both names. */
+    char bx[MD_SUFFIX_MAX], by[MD_SUFFIX_MAX];
+    size_t idlen = strlen(x->id);
+    return strcmp(x->name != NULL ? x->name + idlen : canonical_suffix(x, bx),
+                  y->name != NULL ? y->name + idlen : canonical_suffix(y, by));
 }
+
+static char *msg_path(const struct md_folder *f, const struct md_msg *msg);
 
 static bool msg_exists(struct md_folder *f, const struct md_msg *m)
 {
-    char *path = path_join(m->in_new ? f->path_new : f->path_cur, m->name);
+    char *path = msg_path(f, m);
     struct stat st;
     bool ok = lstat(path, &st) == 0;
     free(path);
@@ -867,7 +984,7 @@ bool md_unchanged_since(const struct md_stamp *rec, const struct md_stamp *now)
 
 int md_scan(struct md_folder *f, struct md_scan **scan_r)
 {
-    struct msgvec mv = {0};
+    struct msgvec mv = {.ids = xcalloc(1, sizeof(*mv.ids))};
     int ret = 0;
     /* A rename inside one directory while readdir runs can hide the message
      * under both names (hashed directory order puts the new name behind the
@@ -917,6 +1034,7 @@ int md_scan(struct md_folder *f, struct md_scan **scan_r)
             md_msg_clear(&mv.v[i]);
         }
         free(mv.v);
+        ids_free(mv.ids);
         return ret;
     }
     if (mv.n > 1) {
@@ -952,6 +1070,7 @@ int md_scan(struct md_folder *f, struct md_scan **scan_r)
     struct md_scan *scan = xmalloc(sizeof(*scan));
     scan->msgs = mv.v;
     scan->count = out;
+    scan->ids = mv.ids;
     *scan_r = scan;
     return 0;
 }
@@ -965,7 +1084,38 @@ void md_scan_free(struct md_scan *scan)
         md_msg_clear(&scan->msgs[i]);
     }
     free(scan->msgs);
+    ids_free(scan->ids);
     free(scan);
+}
+
+void md_scan_share_ids(struct md_scan *scan, size_t n, const char *(*id_at)(size_t i, void *arg),
+                       void *arg)
+{
+    if (scan == NULL || scan->ids == NULL || scan->count == 0) {
+        return;
+    }
+    bool *shared = xcalloc(scan->count, sizeof(*shared));
+    for (size_t k = 0; k < n; k++) {
+        const char *s = id_at(k, arg);
+        struct md_msg *m = md_scan_find(scan, s);
+        if (m != NULL && !shared[m - scan->msgs]) {
+            /* Never written through: an entry's id is only read (a
+             * rename keeps it, md_msg_clear leaves a borrowed one). */
+            m->id = (char *)s;
+            shared[m - scan->msgs] = true;
+        }
+    }
+    /* The others move to blocks of their own; the old blocks go. */
+    struct md_scan_ids *ids = xcalloc(1, sizeof(*ids));
+    for (size_t i = 0; i < scan->count; i++) {
+        if (!shared[i]) {
+            struct md_msg *m = &scan->msgs[i];
+            m->id = ids_add(ids, m->id, strlen(m->id));
+        }
+    }
+    free(shared);
+    ids_free(scan->ids);
+    scan->ids = ids;
 }
 
 static int msg_id_cmp(const void *key, const void *elem)
@@ -1128,7 +1278,12 @@ static int refind(struct md_folder *f, struct md_msg *msg)
 
 static char *msg_path(const struct md_folder *f, const struct md_msg *msg)
 {
-    return path_join(msg->in_new ? f->path_new : f->path_cur, msg->name);
+    const char *dir = msg->in_new ? f->path_new : f->path_cur;
+    if (msg->name != NULL) {
+        return path_join(dir, msg->name);
+    }
+    char buf[MD_SUFFIX_MAX];
+    return xasprintf("%s/%s%s", dir, msg->id, canonical_suffix(msg, buf));
 }
 
 /* The identity and name come from our own scans or from the index; still,
@@ -1228,6 +1383,7 @@ static int set_flags_once(struct md_folder *f, struct md_msg *msg, unsigned flag
 int md_set_flags(struct md_folder *f, struct md_msg *msg, unsigned flags, md_keywords kw,
                  bool move_to_cur)
 {
+    md_msg_name(msg);
     int checked = check_msg(f, msg);
     if (checked < 0) {
         return checked;
@@ -1264,6 +1420,7 @@ int md_set_flags(struct md_folder *f, struct md_msg *msg, unsigned flags, md_key
 
 int md_remove(struct md_folder *f, struct md_msg *msg)
 {
+    md_msg_name(msg);
     int checked = check_msg(f, msg);
     if (checked < 0) {
         return checked;
@@ -1308,6 +1465,7 @@ int md_remove(struct md_folder *f, struct md_msg *msg)
 
 int md_open_msg(struct md_folder *f, struct md_msg *msg)
 {
+    md_msg_name(msg);
     int checked = check_msg(f, msg);
     if (checked < 0) {
         return checked;
@@ -1411,6 +1569,8 @@ static struct md_writer *writer_alloc(struct md_folder *f, bool crlf_to_lf)
     w->err = 0;
     w->size = 0;
     w->blen = 0;
+    w->bcap = 0;
+    w->buf = NULL;
     return w;
 }
 
@@ -1538,13 +1698,21 @@ static int writer_put(struct md_writer *w, const char *p, size_t n)
         return ret < 0 ? writer_fail(w, -ret, "write failed") : 0;
     }
     while (n > 0) {
-        if (w->blen == MD_WBUF_SIZE) {
+        if (w->bcap < MD_WBUF_SIZE && w->blen + n > w->bcap) {
+            size_t cap = w->bcap != 0 ? w->bcap : MD_WBUF_MIN;
+            while (cap < w->blen + n && cap < MD_WBUF_SIZE) {
+                cap *= 2;
+            }
+            w->bcap = cap < MD_WBUF_SIZE ? cap : MD_WBUF_SIZE;
+            w->buf = xrealloc(w->buf, w->bcap);
+        }
+        if (w->blen == w->bcap) {
             int ret = writer_flush(w);
             if (ret < 0) {
                 return ret;
             }
         }
-        size_t k = MD_WBUF_SIZE - w->blen;
+        size_t k = w->bcap - w->blen;
         if (k > n) {
             k = n;
         }
@@ -1615,6 +1783,7 @@ void md_writer_abort(struct md_writer *w)
     }
     writer_discard(w);
     free(w->uname);
+    free(w->buf);
     free(w);
 }
 
@@ -1637,6 +1806,11 @@ int md_writer_finish(struct md_writer *w, time_t mtime)
     if ((ret = writer_flush(w)) < 0 || (ret = writer_create(w)) < 0) {
         return ret;
     }
+    /* No more data: a finished writer waiting for its batch's sync holds
+     * no buffer. */
+    free(w->buf);
+    w->buf = NULL;
+    w->bcap = 0;
     if (mtime != 0) {
         /* Set before the data is made durable so that the received date is
          * as durable as the bytes. */
@@ -1767,6 +1941,7 @@ int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywor
     free(dst);
     if (msg_r != NULL) {
         msg_r->id = w->uname;
+        msg_r->id_borrowed = false;
         w->uname = NULL;
         msg_r->name = name;
         msg_r->in_new = in_new;

@@ -52,18 +52,26 @@ typedef uint32_t md_keywords;
 
 struct md_folder;
 
-struct md_msg {
+/* A message file. Strings are malloc'd and owned by the struct, except
+ * in a scan's entries, which hold less (100,000 files are two strings
+ * each otherwise, 13 MiB): there id is the scan's (id_borrowed), and
+ * name is NULL when the file's name is what the facts say it is
+ * (md_msg_name). Every function here takes either form. */
+struct md_msg {           /* 32 bytes: a scan holds one per file */
     char *id;             /* identity: the file name up to ":2," (or the whole name) */
-    char *name;           /* current file name, in new/ or cur/ */
-    bool in_new;          /* true when in new/ */
-    unsigned flags;       /* MD_FLAG_* */
-    md_keywords keywords; /* a-z letters present */
+    char *name;           /* current file name, in new/ or cur/; see md_msg_name */
     char *unknown_flags;  /* NULL or letters we do not interpret (kept on rename) */
+    md_keywords keywords; /* a-z letters present */
+    uint8_t flags;        /* MD_FLAG_* */
+    bool in_new;          /* true when in new/ */
+    bool id_borrowed;     /* id belongs to the scan: md_msg_clear leaves it */
 };
 
+struct md_scan_ids;
 struct md_scan {
     struct md_msg *msgs; /* sorted by id */
     size_t count;
+    struct md_scan_ids *ids; /* where the entries' identities are kept */
 };
 
 /* Opens the Maildir folder at path. With create, creates path (and parents)
@@ -110,6 +118,13 @@ const char *md_folder_error(const struct md_folder *f);
  * appears in both directories it is reported with its cur/ name). */
 int md_scan(struct md_folder *f, struct md_scan **scan_r);
 void md_scan_free(struct md_scan *scan);
+/* Points the identity of every entry equal to one of the n strings id_at
+ * yields (in any order) at that string, and frees the scan's own copies
+ * of them: a caller holding the same names already (the sync's base) then
+ * does not pay for them twice. The strings must stay where they are until
+ * md_scan_free. */
+void md_scan_share_ids(struct md_scan *scan, size_t n, const char *(*id_at)(size_t i, void *arg),
+                       void *arg);
 /* Binary search of a scan by identity; NULL when absent. */
 struct md_msg *md_scan_find(const struct md_scan *scan, const char *id);
 
@@ -149,6 +164,12 @@ int md_folder_stamp(const struct md_folder *f, struct md_stamp *s_r);
  * times then). md_unchanged_since(s, s) says whether s is worth recording. */
 bool md_unchanged_since(const struct md_stamp *rec, const struct md_stamp *now);
 
+/* The message's current file name. A scan entry holds none when the name
+ * is the canonical one: the identity alone for a message in new/ without
+ * letters, else the identity and ":2," with its flags, keywords and
+ * unknown letters in ASCII order (md_info_suffix); it is made (and kept
+ * in msg, owned) on the first call. */
+const char *md_msg_name(struct md_msg *msg);
 /* Parses a file name into identity, flags and keywords. Returns false for
  * names that are not Maildir messages (dotfiles, empty, containing '/').
  * On success the strings in *msg_r are malloc'd; free with md_msg_clear. */

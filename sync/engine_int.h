@@ -177,15 +177,20 @@ struct fstate {
      * end of this run does with them (a file kept to be uploaded again is
      * no change to the Maildir). */
     bool parked;
-    struct idx_folder st;    /* index state at the start */
-    struct idx_rows base;    /* compact: 48 bytes a record, names apart */
+    struct idx_folder st; /* index state at the start */
+    struct idx_rows base; /* compact: 48 bytes a record, names apart */
+    /* The lids of a base rematch_finish replaced: the scan's identities
+     * point into them (md_scan_share_ids), so they go with the scan. */
+    struct idx_rows base_old;
     struct idx_msg *intents; /* APPENDING rows with uid 0 */
     size_t nintents, intents_cap;
     /* Messages moved between this folder and another (sync/moves.c). */
     struct moves *mv;
     /* Local view. */
+    /* Parallel to the scan; each file's kw array and names are its own
+     * (fstate_free), except a file without keyword letters, whose kw is
+     * one array shared by all of them. */
     struct plan_local_msg *lmsgs;
-    char ***lkw; /* per local message: keyword names */
     int free_letters;
     /* Server view. */
     struct imap_mailbox mb;
@@ -245,7 +250,7 @@ struct fstate {
      * thread pool with the scan; base_rc is that read's result. */
     bool base_read;
     int base_rc;
-    bool lview_ready;         /* lmsgs and lkw built from the scan already */
+    bool lview_ready;         /* lmsgs built from the scan already */
     bool advance_after_flush; /* folder_advance waits for it */
     bool dl_paused;           /* reading stopped until the batch in flight is durable */
     size_t dl_next;

@@ -72,11 +72,12 @@ struct plan_server {
     size_t nvanished;
 };
 
+/* 24 bytes: a folder's local view holds one per file. */
 struct plan_local_msg {
     const char *lid; /* identity (unique name) */
-    unsigned flags;  /* MD_FLAG_* */
     const char *const *kw;
-    size_t nkw;
+    unsigned flags; /* MD_FLAG_* */
+    uint32_t nkw;
 };
 
 struct plan_local {

@@ -277,7 +277,13 @@ int rematch_finish(struct session *e)
             return rc;
         }
     }
-    idx_rows_free(&f->base);
+    /* The scan's identities may point at the old rows' lids: those stay
+     * until the folder's state is freed; the rows themselves go. */
+    idx_rows_free(&f->base_old);
+    f->base_old = f->base;
+    free(f->base_old.v);
+    f->base_old.v = NULL;
+    f->base_old.n = f->base_old.cap = 0;
     f->base = recs;
     f->nintents = 0; /* their records are gone; their files took part */
     f->st = st;

@@ -1848,13 +1848,13 @@ static void test_map_drop(void **state)
     assert_int_equal(drops, drops0 + 1); /* the commit */
     assert_key_in_range(idx, start, len);
 
-    /* One transaction of puts drops every 128 puts and at its commit. */
+    /* One transaction of puts drops every 32 puts (IDX_DROP_PUTS) and at its commit. */
     assert_true(idx_map_range(idx, &start, &len, &drops0));
     struct bulk b = {.idx = idx, .start = 0, .end = DROP_COUNT};
     assert_int_equal(idx_write(idx, bulk_fn, &b), 0);
     assert_int_equal(b.calls, 1);
     assert_true(idx_map_range(idx, &start, &len, &drops));
-    assert_int_equal(drops, drops0 + DROP_COUNT / 128 + 1);
+    assert_int_equal(drops, drops0 + DROP_COUNT / 32 + 1);
     assert_int_equal(mapping_rss_kb(start), 0);
     drop_walks(idx, start, DROP_COUNT);
     bulk_check(idx, 0, DROP_COUNT, 1);

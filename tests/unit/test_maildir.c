@@ -522,6 +522,84 @@ static void test_crlf_edges(void **state)
     assert_int_equal(md_folder_sync(fx->f), 0);
 }
 
+/* The writer's buffer starts small and grows with the message (store/
+ * maildir.c, MD_WBUF_MIN): pieces that fill it exactly, cross each size it
+ * doubles through, go straight past it or arrive after a large one all
+ * land in order, with and without the CRLF conversion, and a message
+ * written in one call per byte too. */
+static void test_writer_buffer_growth(void **state)
+{
+    struct fixture *fx = *state;
+    static const size_t pieces[][10] = {
+        {1, 4095, 1, 5000, 70000, 3, 65536, 20000, 0},
+        {4096, 4096, 8192, 16384, 32768, 65536, 1, 0},
+        {100000, 1, 2, 131072, 7, 0},
+        {65535, 1, 65536, 65537, 0},
+        {4097, 0},
+    };
+    for (int crlf = 0; crlf < 2; crlf++) {
+        for (size_t c = 0; c < ARRAY_SIZE(pieces); c++) {
+            struct sbuf in = {0};
+            struct sbuf want = {0};
+            struct md_writer *w = NULL;
+            assert_int_equal(md_writer_open(fx->f, crlf != 0, &w), 0);
+            unsigned x = (unsigned)(c * 7919 + (size_t)crlf);
+            for (int k = 0; pieces[c][k] != 0; k++) {
+                size_t n = pieces[c][k];
+                char *piece = xmalloc(n);
+                for (size_t i = 0; i < n; i++) {
+                    x = x * 1103515245u + 12345u;
+                    /* Lines of varying length, CRLF-terminated, some lone CRs. */
+                    unsigned r = (x >> 16) % 61;
+                    piece[i] = r == 0 ? '\r' : r == 1 ? '\n' : (char)('a' + r % 26);
+                }
+                sbuf_add(&in, piece, n);
+                assert_int_equal(md_writer_write(w, piece, n), 0);
+                free(piece);
+            }
+            for (size_t i = 0; i < in.len; i++) {
+                /* What the conversion keeps: every byte but a CR before LF. */
+                if (!(crlf && in.buf[i] == '\r' && i + 1 < in.len && in.buf[i + 1] == '\n')) {
+                    sbuf_addc(&want, in.buf[i]);
+                }
+            }
+            assert_int_equal(md_writer_size(w), want.len);
+            struct md_msg m;
+            assert_int_equal(md_writer_commit(w, false, 0, 0, 0, true, &m), 0);
+            char *p = sub(fx, "new", m.name);
+            size_t len;
+            char *data = read_all(p, &len);
+            assert_int_equal(len, want.len);
+            assert_memory_equal(data, want.buf, len);
+            free(data);
+            free(p);
+            md_msg_clear(&m);
+            sbuf_free(&in);
+            sbuf_free(&want);
+        }
+    }
+    /* One byte a call, past two doublings. */
+    struct md_writer *w = NULL;
+    assert_int_equal(md_writer_open(fx->f, false, &w), 0);
+    for (size_t i = 0; i < 10000; i++) {
+        char ch = (char)('a' + i % 26);
+        assert_int_equal(md_writer_write(w, &ch, 1), 0);
+    }
+    struct md_msg m;
+    assert_int_equal(md_writer_commit(w, false, 0, 0, 0, true, &m), 0);
+    char *p = sub(fx, "new", m.name);
+    size_t len;
+    char *data = read_all(p, &len);
+    assert_int_equal(len, 10000);
+    for (size_t i = 0; i < len; i++) {
+        assert_int_equal(data[i], (char)('a' + i % 26));
+    }
+    free(data);
+    free(p);
+    md_msg_clear(&m);
+    assert_int_equal(md_folder_sync(fx->f), 0);
+}
+
 static void test_abort_removes_temp(void **state)
 {
     struct fixture *fx = *state;
@@ -722,7 +800,7 @@ static void test_scan(void **state)
     struct md_msg *m = md_scan_find(scan, "100.a.host");
     assert_non_null(m);
     assert_true(m->in_new);
-    assert_string_equal(m->name, "100.a.host");
+    assert_string_equal(md_msg_name(m), "100.a.host");
     assert_int_equal(m->flags, 0);
 
     m = md_scan_find(scan, "200.b.host");
@@ -769,11 +847,11 @@ static void test_scan_duplicate_prefers_cur(void **state)
     struct md_msg *m = md_scan_find(scan, "700.x.host");
     assert_non_null(m);
     assert_false(m->in_new);
-    assert_string_equal(m->name, "700.x.host:2,S");
+    assert_string_equal(md_msg_name(m), "700.x.host:2,S");
     m = md_scan_find(scan, "800.y.host");
     assert_non_null(m);
     assert_false(m->in_new);
-    assert_string_equal(m->name, "800.y.host:2,RS");
+    assert_string_equal(md_msg_name(m), "800.y.host:2,RS");
     m = md_scan_find(scan, "900.w.host");
     assert_non_null(m);
     assert_true(m->in_new);
@@ -810,7 +888,7 @@ static void test_scan_many(void **state)
     m = md_scan_find(scan, "1700000000.M19997P4242Q19997.host");
     assert_non_null(m);
     assert_int_equal(m->flags, MD_FLAG_SEEN);
-    assert_string_equal(m->name, "1700000000.M19997P4242Q19997.host:2,S");
+    assert_string_equal(md_msg_name(m), "1700000000.M19997P4242Q19997.host:2,S");
     assert_null(md_scan_find(scan, "1700000000.M20000P4242Q20000.host"));
     md_scan_free(scan);
 }
@@ -825,6 +903,143 @@ static void rename_behind(struct fixture *fx, const char *fdir, const char *fnam
     assert_int_equal(rename(a, b), 0);
     free(a);
     free(b);
+}
+
+/* A scan keeps a file's name only when it is not the one its facts give
+ * (store/maildir.h, struct md_msg); every name still comes out as it is
+ * on disk, and the operations act on the file under it. */
+static void test_scan_names(void **state)
+{
+    struct fixture *fx = *state;
+    static const struct {
+        const char *dir, *name, *id;
+        bool kept; /* not canonical: the scan holds the name itself */
+    } files[] = {
+        {"new", "1.a.host", "1.a.host", false},
+        {"new", "2.b.host:2,", "2.b.host", true},   /* new/ with an empty info */
+        {"new", "3.c.host:2,S", "3.c.host", false}, /* letters in new/, in order */
+        {"cur", "4.d.host", "4.d.host", true},      /* cur/ without an info */
+        {"cur", "5.e.host:2,", "5.e.host", false},
+        {"cur", "6.f.host:2,FRSab", "6.f.host", false},
+        {"cur", "7.g.host:2,SF", "7.g.host", true},   /* out of order */
+        {"cur", "8.h.host:2,SS", "8.h.host", true},   /* a letter twice */
+        {"cur", "9.i.host:2,19S", "9.i.host", false}, /* unknown letters, in order */
+        {"cur", "10.j.host:2,S91", "10.j.host", true},
+        {"cur", "11.k.host:1,foo", "11.k.host:1,foo", true}, /* no ":2," in cur/ */
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+        touch(fx, files[i].dir, files[i].name, files[i].id);
+    }
+    struct md_scan *scan = NULL;
+    assert_int_equal(md_scan(fx->f, &scan), 0);
+    assert_int_equal(scan->count, ARRAY_SIZE(files));
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+        struct md_msg *m = md_scan_find(scan, files[i].id);
+        assert_non_null(m);
+        assert_true(m->id_borrowed);
+        assert_int_equal(m->in_new, strcmp(files[i].dir, "new") == 0);
+        assert_int_equal(m->name != NULL, files[i].kept);
+        assert_string_equal(md_msg_name(m), files[i].name);
+        /* The file under that name is the one opened. */
+        int fd = md_open_msg(fx->f, md_scan_find(scan, files[i].id));
+        assert_true(fd >= 0);
+        char buf[64] = {0};
+        assert_true(read(fd, buf, sizeof(buf) - 1) > 0);
+        close(fd);
+        assert_string_equal(buf, files[i].id);
+    }
+    md_scan_free(scan);
+
+    /* Entries without a name of their own, renamed and removed. */
+    assert_int_equal(md_scan(fx->f, &scan), 0);
+    struct md_msg *m = md_scan_find(scan, "6.f.host");
+    assert_null(m->name);
+    assert_int_equal(md_set_flags(fx->f, m, MD_FLAG_SEEN, 0, false), 0);
+    assert_true(exists(fx, "cur", "6.f.host:2,S"));
+    assert_false(exists(fx, "cur", "6.f.host:2,FRSab"));
+    assert_string_equal(m->name, "6.f.host:2,S");
+    m = md_scan_find(scan, "1.a.host");
+    assert_null(m->name);
+    assert_int_equal(md_set_flags(fx->f, m, MD_FLAG_FLAGGED, 1, false), 0);
+    assert_true(exists(fx, "cur", "1.a.host:2,Fa"));
+    assert_false(exists(fx, "new", "1.a.host"));
+    m = md_scan_find(scan, "9.i.host");
+    assert_null(m->name);
+    assert_int_equal(md_set_flags(fx->f, m, MD_FLAG_SEEN | MD_FLAG_REPLIED, 0, false), 0);
+    assert_true(exists(fx, "cur", "9.i.host:2,19RS"));
+    m = md_scan_find(scan, "5.e.host");
+    assert_null(m->name);
+    assert_int_equal(md_remove(fx->f, m), 0);
+    assert_false(exists(fx, "cur", "5.e.host:2,"));
+    /* Renamed by a client after the scan: found again by identity. */
+    m = md_scan_find(scan, "3.c.host");
+    assert_null(m->name);
+    rename_behind(fx, "new", "3.c.host:2,S", "cur", "3.c.host:2,RS");
+    assert_int_equal(md_set_flags(fx->f, m, MD_FLAG_SEEN | MD_FLAG_FLAGGED, 0, false), 0);
+    assert_true(exists(fx, "cur", "3.c.host:2,FRS"));
+    md_scan_free(scan);
+}
+
+static const char *share_at(size_t i, void *arg)
+{
+    return ((const char *const *)arg)[i];
+}
+
+/* md_scan_share_ids: entries named by the caller's strings point at them,
+ * the others keep equal copies of their own (the old blocks are freed:
+ * under ASan a stale pointer into them would be caught), and the scan
+ * still finds, renames and removes every entry. */
+static void test_scan_share_ids(void **state)
+{
+    struct fixture *fx = *state;
+    touch(fx, "new", "1.a.host", "");
+    touch(fx, "cur", "2.b.host:2,S", "");
+    touch(fx, "cur", "3.c.host:2,SF", "");
+    touch(fx, "cur", "4.d.host:2,RS", "");
+    struct md_scan *scan = NULL;
+    assert_int_equal(md_scan(fx->f, &scan), 0);
+    assert_int_equal(scan->count, 4);
+    /* In any order, with a name the scan does not hold and one twice. */
+    char *mine[] = {xstrdup("4.d.host"), xstrdup("9.z.host"), xstrdup("2.b.host"),
+                    xstrdup("4.d.host")};
+    md_scan_share_ids(scan, ARRAY_SIZE(mine), share_at, mine);
+    struct md_msg *m4 = md_scan_find(scan, "4.d.host");
+    struct md_msg *m2 = md_scan_find(scan, "2.b.host");
+    assert_true(m4->id == mine[0] || m4->id == mine[3]);
+    assert_ptr_equal(m2->id, mine[2]);
+    assert_null(md_scan_find(scan, "9.z.host"));
+    for (size_t i = 1; i < scan->count; i++) {
+        assert_true(strcmp(scan->msgs[i - 1].id, scan->msgs[i].id) < 0);
+    }
+    struct md_msg *m1 = md_scan_find(scan, "1.a.host");
+    struct md_msg *m3 = md_scan_find(scan, "3.c.host");
+    assert_non_null(m1);
+    assert_non_null(m3);
+    for (size_t k = 0; k < ARRAY_SIZE(mine); k++) {
+        assert_ptr_not_equal(m1->id, mine[k]);
+        assert_ptr_not_equal(m3->id, mine[k]);
+    }
+    assert_string_equal(md_msg_name(m3), "3.c.host:2,SF");
+    assert_int_equal(md_set_flags(fx->f, m3, MD_FLAG_SEEN, 0, false), 0);
+    assert_true(exists(fx, "cur", "3.c.host:2,S"));
+    assert_int_equal(md_set_flags(fx->f, m4, MD_FLAG_SEEN | MD_FLAG_FLAGGED, 0, false), 0);
+    assert_true(exists(fx, "cur", "4.d.host:2,FS"));
+    assert_int_equal(md_remove(fx->f, m1), 0);
+    assert_false(exists(fx, "new", "1.a.host"));
+    /* Sharing again (the strings of a later read): what it does not name
+     * gets a copy of its own again. */
+    char *again = xstrdup("3.c.host");
+    md_scan_share_ids(scan, 1, share_at, &again);
+    assert_ptr_equal(md_scan_find(scan, "3.c.host")->id, again);
+    assert_ptr_not_equal(md_scan_find(scan, "2.b.host")->id, mine[2]);
+    assert_string_equal(md_scan_find(scan, "2.b.host")->id, "2.b.host");
+    md_scan_free(scan);
+    /* The caller's strings are left to the caller. */
+    assert_string_equal(mine[2], "2.b.host");
+    for (size_t k = 0; k < ARRAY_SIZE(mine); k++) {
+        free(mine[k]);
+    }
+    free(again);
 }
 
 static void test_set_flags(void **state)
@@ -1456,6 +1671,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deliver_large_streamed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deliver_100mb_bounded_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crlf_edges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_writer_buffer_growth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_removes_temp, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unique_names, setup, teardown),
@@ -1464,6 +1680,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_duplicate_prefers_cur, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scan_share_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_set_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rename_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scan_while_client_renames, setup, teardown),
