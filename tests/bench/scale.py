@@ -3,8 +3,8 @@
 Dovecot and one machine, in one run: a report, never a pass/fail test.
 
     scale.py --bin BUILD/mailsync [--messages N] [--pop-messages N] [--runs R]
-             [--only imap|pop3] [--million [--million-messages N]]
-             [--no-callgrind] [--seed S] [--keep]
+             [--only imap|pop3|million] [--million [--million-messages N]
+             [--million-no-peer]] [--no-callgrind] [--seed S] [--keep] [--out FILE]
 
 IMAP: one INBOX of --messages (100,000) small messages (at most 2 KB),
 mailsync against mbsync: first download; the first resync after it (which
@@ -17,7 +17,10 @@ capabilities (QRESYNC), then resync with nothing changed with CONDSTORE
 and QRESYNC hidden (imap_capability). POP3: --pop-messages (20,000) small
 messages, mailsync against mpop: first download and nothing new.
 --million adds an account of --million-messages (1,000,000) in 50 folders:
-first download and nothing changed, both tools.
+first download, the first resync after it and nothing changed, both tools
+(--million-no-peer: mailsync alone; --only million: this part alone), with
+mailsync's memory sampled over each run (MemTrace). The first download
+always runs: the resyncs need each tool's own state of the account.
 
 Per run: wall time, CPU time (user + system), peak RSS (bench.measure);
 for mailsync, whether it read INBOX's directory (its -v log says when the
