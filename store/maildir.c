@@ -52,14 +52,11 @@ struct md_folder {
     char *path_new;
     char *path_cur;
     char *path_tmp;
-    _Atomic(char *) err; /* see set_err */
-    /* Texts err held before: kept until the folder is closed, since a
-     * thread may still read one (md_folder_error) while another sets the
-     * next (a download's write failing on the thread pool while the loop
-     * reports the batch before it). */
-    pthread_mutex_t retired_mu;
-    char **retired;
-    size_t nretired, retired_cap;
+    /* The last error's text, replaced under err_mu by any thread: a write
+     * on the thread pool can fail while another thread reports the batch
+     * before it (md_folder_error copies it out under the lock). */
+    pthread_mutex_t err_mu;
+    char *err;
     /* new/ or cur/ had an entry renamed in or out, or removed, through
      * this handle since the last md_folder_sync: only those need the
      * directory fsync. */
@@ -117,16 +114,10 @@ static void set_err(struct md_folder *f, const char *fmt, ...)
     va_start(ap, fmt);
     char *msg = xvasprintf(fmt, ap);
     va_end(ap);
-    /* Swapped atomically: a batch made durable on the thread pool can
-     * fail while another thread reports the error before it, whose text
-     * stays valid (retired, freed with the folder). */
-    char *old = atomic_exchange(&f->err, msg);
-    if (old != NULL) {
-        pthread_mutex_lock(&f->retired_mu);
-        xgrow(&f->retired, &f->retired_cap, f->nretired + 1, sizeof(*f->retired));
-        f->retired[f->nretired++] = old;
-        pthread_mutex_unlock(&f->retired_mu);
-    }
+    pthread_mutex_lock(&f->err_mu);
+    free(f->err);
+    f->err = msg;
+    pthread_mutex_unlock(&f->err_mu);
 }
 
 /* Records "PATH: WHAT: strerror" and returns the negative errno. */
@@ -325,7 +316,7 @@ int md_folder_open_ds(const char *path, bool create, bool maildirpp_sub, struct 
         return -EINVAL;
     }
     struct md_folder *f = xcalloc(1, sizeof(*f));
-    pthread_mutex_init(&f->retired_mu, NULL);
+    pthread_mutex_init(&f->err_mu, NULL);
     f->sync_fd = -1;
     f->path = xstrndup(path, len);
     f->path_new = path_join(f->path, "new");
@@ -434,11 +425,7 @@ void md_folder_close(struct md_folder *f)
     free(f->path_cur);
     free(f->path_tmp);
     free(f->err);
-    for (size_t i = 0; i < f->nretired; i++) {
-        free(f->retired[i]);
-    }
-    free(f->retired);
-    pthread_mutex_destroy(&f->retired_mu);
+    pthread_mutex_destroy(&f->err_mu);
     free(f);
 }
 
@@ -449,8 +436,15 @@ const char *md_folder_path(const struct md_folder *f)
 
 const char *md_folder_error(const struct md_folder *f)
 {
-    const char *e = atomic_load(&f->err);
-    return e != NULL ? e : "";
+    /* A copy per thread: the folder's text may be replaced by another
+     * thread at any time. Long enough for the longest message, which
+     * names two paths. */
+    static _Thread_local char copy[3 * PATH_MAX];
+    struct md_folder *m = (struct md_folder *)f;
+    pthread_mutex_lock(&m->err_mu);
+    snprintf(copy, sizeof(copy), "%s", m->err != NULL ? m->err : "");
+    pthread_mutex_unlock(&m->err_mu);
+    return copy;
 }
 
 int md_folder_sync(struct md_folder *f)

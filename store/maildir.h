@@ -8,15 +8,17 @@
  *
  * Errors: functions return 0 or a negative errno. Where the failure needs a
  * fuller explanation, md_folder_error(f) returns the last message for that
- * folder (valid until the next call on it); it always names the path.
+ * folder (a copy, valid until the calling thread's next call); it always
+ * names the path.
  *
  * Threads: a struct md_folder is used by one thread at a time, with one
  * exception: while one thread makes a batch of writers durable and commits
  * them (md_writer_finish, md_writers_sync, md_keyword_index,
  * md_writer_commit), another may open and fill new writers of the same
- * folder (md_writer_open, md_writer_write). md_folder_error is read only
- * when no other thread works on the folder. Nothing here touches the
- * event loop, so the sync engine runs these calls in threadpool jobs. */
+ * folder (md_writer_open, md_writer_write, and a writer made by
+ * md_writer_new). md_folder_error may be called on any thread at any time.
+ * Nothing here touches the event loop, so the sync engine runs these calls
+ * in threadpool jobs. */
 #ifndef MAILSYNC_MAILDIR_H
 #define MAILSYNC_MAILDIR_H
 
