@@ -214,6 +214,23 @@ def delivery_order_problems(calls, maildir, state_dir, cwd):
     return found, problems
 
 
+def message_file_touches(calls, maildir):
+    """The calls that name a file under a tmp/, cur/ or new/ directory of
+    maildir, by a -y fd path or an absolute path argument (mailsync names
+    message files by absolute path). Cheaper than call_paths, whose split
+    of the arguments is slow on written data full of quotes."""
+    inside = re.compile(r"^%s/(?:.+/)?(?:tmp|cur|new)/[^/]+$" % re.escape(maildir))
+    out = []
+    for c in calls:
+        if maildir not in c.args and maildir not in c.ret:
+            continue
+        paths = set(FD_ANY.findall(c.args)) | set(FD_ANY.findall(c.ret))
+        paths |= {os.path.normpath(q) for q in QUOTED.findall(c.args) if q.startswith("/")}
+        if any(inside.match(x) for x in paths):
+            out.append(c)
+    return out
+
+
 class StoreSyscalls(mstest.DovecotTestCase):
 
     def setUp(self):
@@ -338,8 +355,7 @@ class StoreSyscalls(mstest.DovecotTestCase):
         # strace -f names the traced process's first thread by the pid
         # it printed first: the loop thread.
         loop_tid = calls[0].pid
-        inside = re.compile(r"^%s/(?:.+/)?(?:tmp|cur|new)/[^/]+$" % re.escape(self.maildir))
-        touched = [c for c in calls if any(inside.match(x) for x in call_paths(c, self.tmp))]
+        touched = message_file_touches(calls, self.maildir)
         # The test cannot pass by tracing nothing: the files were created,
         # written and renamed, by other threads.
         self.assertTrue(any(c.name in OPENS and "O_CREAT" in c.args for c in touched), touched[:5])
@@ -349,8 +365,33 @@ class StoreSyscalls(mstest.DovecotTestCase):
         self.assertEqual(on_loop, [], "the loop thread touched message files:\n%s"
                          % "\n".join(map(repr, on_loop[:20])))
         local = mstest.maildir_messages(self.folder_dir("INBOX"))
-        self.assertEqual(sorted(b for _u, _f, b in local),
-                         sorted(mstest.crlf_to_lf(m) for m in msgs))
+        self.assertEqual(sorted(hash(b) for _u, _f, b in local),
+                         sorted(hash(mstest.crlf_to_lf(m)) for m in msgs))
+
+    def test_pop3_loop_thread_never_writes_message_files(self):
+        """The same for the POP3 engine's downloads."""
+        msgs = mailgen.generate(120, seed=33, max_size=300000)
+        self.dovecot.save_many(self.user, "INBOX", msgs, [""] * len(msgs))
+        acct = self.pop3_account(self.maildir, user=self.user)
+        cfg = self.write_config({"a": acct})
+        trace = os.path.join(self.tmp, "pop3.strace")
+        p = self.sync(cfg, trace, WRITE_TRACE)
+        self.assertIn("120 new", p.stdout)
+        calls = parse_strace(trace)
+        self.assertTrue(calls, "empty strace output")
+        loop_tid = calls[0].pid
+        touched = message_file_touches(calls, self.maildir)
+        self.assertTrue(any(c.name in OPENS and "O_CREAT" in c.args for c in touched), touched[:5])
+        self.assertTrue(any(c.name in RENAMES for c in touched))
+        self.assertTrue(any(c.name in FILE_WRITES for c in touched))
+        on_loop = [c for c in touched if c.pid == loop_tid]
+        self.assertEqual(on_loop, [], "the loop thread touched message files:\n%s"
+                         % "\n".join(map(repr, on_loop[:20])))
+        # Compared as hashes: a difference in bodies this large would make
+        # unittest's diff of the lists run for minutes.
+        local = mstest.maildir_messages(self.folder_dir("INBOX"))
+        self.assertEqual(sorted(hash(b) for _u, _f, b in local),
+                         sorted(hash(mstest.crlf_to_lf(m)) for m in msgs))
 
     def test_many_new_folders_write_order(self):
         """A first sync of many one-message folders: the new folders'
