@@ -31,15 +31,14 @@ struct diskq;
  * the queue has ended (the queue may hold more by then: it started the next
  * job already, and diskq_busy says so). */
 struct diskq *diskq_new(uv_loop_t *loop, void (*on_drained)(void *arg), void *arg);
-/* Queues len bytes for w (copied). more is how many bytes w still expects
- * after these, a hint for the chunk's size. A job starts once a chunk's
- * worth is queued, or at diskq_kick. */
-void diskq_write(struct diskq *q, struct md_writer *w, const void *data, size_t len, uint64_t more);
+/* Queues len bytes for w (copied). A job starts once enough is queued, or
+ * at diskq_kick; a batch's commit job carries out the rest (diskq_run). */
+void diskq_write(struct diskq *q, struct md_writer *w, const void *data, size_t len);
 /* Queues the end of w: md_writer_abort after its queued writes. The caller
  * lets go of w. */
 void diskq_abort(struct diskq *q, struct md_writer *w);
-/* Starts a job for what is queued (at the end of a message) unless one is
- * in flight already; that one takes it, or starts the next when it ends. */
+/* Starts a job for what is queued unless one is in flight already; that
+ * one takes it, or starts the next when it ends. */
 void diskq_kick(struct diskq *q);
 /* Carries out everything queued so far, on the calling thread, after any
  * job in flight has carried out its part. */

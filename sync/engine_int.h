@@ -102,7 +102,6 @@ struct dl {
     struct md_writer *w;
     char lid[IDX_LID_MAX + 1];
     uint64_t wire_size;
-    uint64_t got; /* bytes of it received so far */
     bool complete;
     int err;
     /* The header block as it streams in (at most DL_HEADER_MAX bytes), for

@@ -2704,8 +2704,7 @@ static int dl_data(struct imap *im, void *sink, const char *data, size_t len, vo
     if (d == NULL || d->w == NULL || d->err < 0) {
         return 0;
     }
-    d->got += len;
-    diskq_write(f->dq, d->w, data, len, d->got < d->wire_size ? d->wire_size - d->got : 0);
+    diskq_write(f->dq, d->w, data, len);
     if (!d->hdone) {
         size_t take = len < DL_HEADER_MAX - d->hlen ? len : DL_HEADER_MAX - d->hlen;
         d->hdr = xrealloc(d->hdr, d->hlen + take + 1);
@@ -2767,8 +2766,8 @@ static void dl_message(struct imap *im, const struct imap_msg *m, void *sink, vo
         free(d);
         return;
     }
-    /* Its last bytes go to the thread pool now. */
-    diskq_kick(f->dq);
+    /* Its last bytes are written by the next queue job, or by the batch's
+     * commit job (flush_work), whichever comes first. */
     xgrow(&f->batch, &f->batch_cap, f->nbatch + 1, sizeof(*f->batch));
     f->batch[f->nbatch++] = d;
     f->batch_bytes += d->wire_size;

@@ -1714,7 +1714,7 @@ static void on_retr_data(struct pop3 *p, const char *data, size_t len, void *arg
     }
     msgfacts_rawhash_feed(&d->hh, data, len);
     d->bytes += len;
-    diskq_write(ps->dq, d->w, data, len, d->m->size > d->bytes ? d->m->size - d->bytes : 0);
+    diskq_write(ps->dq, d->w, data, len);
     if (!ps->disk_paused && diskq_bytes(ps->dq) >= DISK_BACKLOG) {
         ps->disk_paused = true;
         flow(ps);
@@ -1768,7 +1768,8 @@ static void on_retr_done(struct pop3 *p, const struct pop3_status *st, void *arg
     ps->streaming = NULL;
     msgfacts_rawhash_final(&d->hh);
     snprintf(d->lid, sizeof(d->lid), "%s", md_writer_id(d->w));
-    diskq_kick(ps->dq); /* its last bytes */
+    /* Its last bytes are written by the next queue job or the batch's
+     * commit job (commit_intents_work). */
     batch_add(&ps->fill, d);
     advance(ps);
 }

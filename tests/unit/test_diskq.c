@@ -255,7 +255,7 @@ static void test_queue_order_and_aborts(void **state)
             if (k > sizes[i] - sent[i]) {
                 k = sizes[i] - sent[i];
             }
-            diskq_write(q, ws[i], msgs[i] + sent[i], k, sizes[i] - sent[i] - k);
+            diskq_write(q, ws[i], msgs[i] + sent[i], k);
             sent[i] += k;
             left = true;
         }
@@ -305,7 +305,7 @@ static void test_run_beside_a_job(void **state)
     struct fixture *fx = *state;
     struct diskq *q = diskq_new(&fx->loop, on_drained, fx);
     enum {
-        N = 40,
+        N = 50,
         SIZE = 50000
     };
     struct md_writer *ws[N];
@@ -318,14 +318,14 @@ static void test_run_beside_a_job(void **state)
      * (jobs start as chunks fill), then another thread carries out what
      * is queued, as a batch's commit job does, while the rest is queued. */
     for (unsigned i = 0; i < N; i++) {
-        diskq_write(q, ws[i], msgs[i], SIZE / 2, SIZE - SIZE / 2);
+        diskq_write(q, ws[i], msgs[i], SIZE / 2);
     }
     assert_true(diskq_busy(q));
     assert_true(diskq_bytes(q) > 0);
     struct runner r = {.q = q};
     assert_int_equal(uv_thread_create(&r.t, run_thread, &r), 0);
     for (unsigned i = 0; i < N; i++) {
-        diskq_write(q, ws[i], msgs[i] + SIZE / 2, SIZE - SIZE / 2, 0);
+        diskq_write(q, ws[i], msgs[i] + SIZE / 2, SIZE - SIZE / 2);
     }
     diskq_kick(q);
     assert_int_equal(uv_thread_join(&r.t), 0);
@@ -347,7 +347,7 @@ static void test_free_drops_queued(void **state)
     struct md_writer *w = NULL;
     assert_int_equal(md_writer_new(fx->f, false, &w), 0);
     /* Below a chunk and not kicked: still queued, no job. */
-    diskq_write(q, w, "abc", 3, 100);
+    diskq_write(q, w, "abc", 3);
     assert_false(diskq_busy(q));
     assert_int_equal(diskq_bytes(q), 3);
     /* A folder torn down: the queue is freed, the write dropped (it never
