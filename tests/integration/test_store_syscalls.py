@@ -339,6 +339,24 @@ class StoreSyscalls(mstest.DovecotTestCase):
                              sorted(mstest.crlf_to_lf(m) for m in msgs))
         self.assertEqual(problems, [], "invariant 4 broken:\n" + "\n".join(problems))
 
+    def assert_loop_thread_untouched(self, trace):
+        """Every call of the trace on a file under tmp/, cur/ or new/ was
+        made by a thread other than the loop thread, and there were such
+        calls (creating, writing and renaming files)."""
+        calls = parse_strace(trace)
+        self.assertTrue(calls, "empty strace output")
+        # strace -f names the traced process's first thread by the pid it
+        # printed first: the loop thread.
+        loop_tid = calls[0].pid
+        touched = message_file_touches(calls, self.maildir)
+        # The test cannot pass by tracing nothing.
+        self.assertTrue(any(c.name in OPENS and "O_CREAT" in c.args for c in touched), touched[:5])
+        self.assertTrue(any(c.name in RENAMES for c in touched))
+        self.assertTrue(any(c.name in FILE_WRITES for c in touched))
+        on_loop = [c for c in touched if c.pid == loop_tid]
+        self.assertEqual(on_loop, [], "the loop thread touched message files:\n%s"
+                         % "\n".join(map(repr, on_loop[:20])))
+
     def test_loop_thread_never_writes_message_files(self):
         """A first download of messages small and large (several chunks
         each) over IMAP: every call on a file under tmp/, new/ or cur/ is
@@ -350,20 +368,7 @@ class StoreSyscalls(mstest.DovecotTestCase):
         trace = os.path.join(self.tmp, "loop.strace")
         p = self.sync(cfg, trace, WRITE_TRACE)
         self.assertIn("150 new", p.stdout)
-        calls = parse_strace(trace)
-        self.assertTrue(calls, "empty strace output")
-        # strace -f names the traced process's first thread by the pid
-        # it printed first: the loop thread.
-        loop_tid = calls[0].pid
-        touched = message_file_touches(calls, self.maildir)
-        # The test cannot pass by tracing nothing: the files were created,
-        # written and renamed, by other threads.
-        self.assertTrue(any(c.name in OPENS and "O_CREAT" in c.args for c in touched), touched[:5])
-        self.assertTrue(any(c.name in RENAMES for c in touched))
-        self.assertTrue(any(c.name in FILE_WRITES for c in touched))
-        on_loop = [c for c in touched if c.pid == loop_tid]
-        self.assertEqual(on_loop, [], "the loop thread touched message files:\n%s"
-                         % "\n".join(map(repr, on_loop[:20])))
+        self.assert_loop_thread_untouched(trace)
         local = mstest.maildir_messages(self.folder_dir("INBOX"))
         self.assertEqual(sorted(hash(b) for _u, _f, b in local),
                          sorted(hash(mstest.crlf_to_lf(m)) for m in msgs))
@@ -377,16 +382,7 @@ class StoreSyscalls(mstest.DovecotTestCase):
         trace = os.path.join(self.tmp, "pop3.strace")
         p = self.sync(cfg, trace, WRITE_TRACE)
         self.assertIn("120 new", p.stdout)
-        calls = parse_strace(trace)
-        self.assertTrue(calls, "empty strace output")
-        loop_tid = calls[0].pid
-        touched = message_file_touches(calls, self.maildir)
-        self.assertTrue(any(c.name in OPENS and "O_CREAT" in c.args for c in touched), touched[:5])
-        self.assertTrue(any(c.name in RENAMES for c in touched))
-        self.assertTrue(any(c.name in FILE_WRITES for c in touched))
-        on_loop = [c for c in touched if c.pid == loop_tid]
-        self.assertEqual(on_loop, [], "the loop thread touched message files:\n%s"
-                         % "\n".join(map(repr, on_loop[:20])))
+        self.assert_loop_thread_untouched(trace)
         # Compared as hashes: a difference in bodies this large would make
         # unittest's diff of the lists run for minutes.
         local = mstest.maildir_messages(self.folder_dir("INBOX"))
