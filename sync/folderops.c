@@ -389,6 +389,7 @@ void on_create_done(struct imap *im, const struct imap_result *res, void *arg)
         next_folder(e);
         return;
     }
+    j->res->started_ns = uv_hrtime(); /* as job_start does for the others */
     start_folder(e, j);
 }
 
