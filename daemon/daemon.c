@@ -20,6 +20,7 @@
 #include "daemon/supervisor.h"
 #include "daemon/syncopts.h"
 #include "daemon/wake.h"
+#include "store/echo.h"
 #include "store/maildir.h"
 #include "sync/account.h"
 #include "sync/engine.h"
@@ -68,6 +69,7 @@ struct fswatch {
     uv_fs_event_t h;
     struct dacct *a;
     char *folder;
+    char *path; /* the directory watched */
 };
 
 /* A control request waiting for a sync: of one folder, or (folder NULL)
@@ -767,7 +769,6 @@ static void on_local_timer(uv_timer_t *t)
 
 static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status)
 {
-    (void)events;
     struct fswatch *w = h->data;
     struct dacct *a = w->a;
     if (status < 0 || acct_ending(a)) {
@@ -786,6 +787,11 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
         acct_new_pass(a);
         return;
     }
+    /* A file this daemon's own folder job created, renamed or removed
+     * (store/echo.h): the job that did it has the folder as it is. */
+    if (md_echo_take(w->path, filename, (events & UV_RENAME) != 0)) {
+        return;
+    }
     account_mark_dirty(a->account, w->folder);
     if (!uv_is_active((uv_handle_t *)&a->local_timer)) {
         uv_timer_start(&a->local_timer, on_local_timer,
@@ -798,6 +804,7 @@ static void on_fswatch_closed(uv_handle_t *h)
     struct fswatch *w = h->data;
     struct dacct *a = w->a;
     free(w->folder);
+    free(w->path);
     free(w);
     a->open_handles--;
     acct_maybe_done(a);
@@ -808,6 +815,7 @@ static void fs_watch(struct dacct *a, const char *path, const char *folder)
     struct fswatch *w = xcalloc(1, sizeof(*w));
     w->a = a;
     w->folder = folder != NULL ? xstrdup(folder) : NULL;
+    w->path = xstrdup(path);
     uv_fs_event_init(&a->d->loop, &w->h);
     w->h.data = w;
     a->open_handles++;
@@ -851,10 +859,11 @@ static void fs_watch_all(struct dacct *a)
         if (md_folder_local_path(a->sa->maildir, a->sa->layout, names[i], &path) < 0) {
             continue;
         }
-        char *sub = xasprintf("%s/new", path);
+        /* Joined as the store joins them (store/echo.h compares paths). */
+        char *sub = path_join(path, "new");
         fs_watch(a, sub, names[i]);
         free(sub);
-        sub = xasprintf("%s/cur", path);
+        sub = path_join(path, "cur");
         fs_watch(a, sub, names[i]);
         free(sub);
         free(path);
@@ -1996,6 +2005,9 @@ int daemon_run(struct cfg *cfg)
      * trim cannot give back, and the threads allocate too little for the
      * shared arena's lock to matter. */
     mallopt(M_ARENA_MAX, 1);
+    /* The folder jobs' own changes to new/ and cur/ are told apart from
+     * other programs' (on_fs_event). */
+    md_echo_enable(true);
     struct daemon d = {.cfg = cfg};
     char *err = NULL;
     pid_t holder = 0;

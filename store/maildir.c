@@ -11,6 +11,7 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "store/echo.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -1334,8 +1335,13 @@ static int set_flags_once(struct md_folder *f, struct md_msg *msg, unsigned flag
         f->dirty_new = f->dirty_new || msg->in_new;
         /* Never replace an existing file: a copy with the same identity is
          * a different message (PROTOCOLS.md) and must survive. */
+        /* Before the rename: its events may be read before it returns. */
+        md_echo_note(src);
+        md_echo_note(dst);
         if (renameat2(AT_FDCWD, src, AT_FDCWD, dst, RENAME_NOREPLACE) != 0) {
             e = errno;
+            md_echo_forget(src);
+            md_echo_forget(dst);
             if (e == EEXIST) {
                 set_err(f, "%s: cannot rename to %s: another message already has that name", src,
                         dst);
@@ -1426,7 +1432,11 @@ int md_remove(struct md_folder *f, struct md_msg *msg)
         /* Wherever it is found again, its directory changes. */
         f->dirty_new = f->dirty_new || msg->in_new;
         f->dirty_cur = f->dirty_cur || !msg->in_new;
+        md_echo_note(path);
         int e = unlink(path) == 0 ? 0 : errno;
+        if (e != 0) {
+            md_echo_forget(path);
+        }
         if (e != 0 && e != ENOENT) {
             fail(f, e, path, "cannot remove");
         }
@@ -1901,8 +1911,10 @@ int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywor
     }
     char *dst = path_join(in_new ? f->path_new : f->path_cur, name);
     /* rename() is enough: the unique name cannot exist in new/ or cur/. */
+    md_echo_note(dst);
     if (rename(w->tmp_path, dst) != 0) {
         int e = errno;
+        md_echo_forget(dst);
         set_err(f, "%s: cannot rename to %s: %s", w->tmp_path, dst, strerror(e));
         w->err = -e;
         writer_discard(w);
@@ -1926,7 +1938,10 @@ int md_writer_commit(struct md_writer *w, bool to_cur, unsigned flags, md_keywor
              * as delivered: remove it, and the caller delivers it again
              * later. Leaving it would risk a duplicate on that retry. */
             set_err(f, "%s: fsync failed: %s", in_new ? f->path_new : f->path_cur, strerror(-ret));
-            unlink(dst);
+            md_echo_note(dst);
+            if (unlink(dst) != 0) {
+                md_echo_forget(dst);
+            }
             free(name);
             free(dst);
             goto out;
@@ -2600,6 +2615,10 @@ int md_move_between(const char *src, const char *dst, const char *id, unsigned f
     char *to = xasprintf("%s/cur/%s%s", dst, id, suffix);
     char *to_dir = xasprintf("%s/cur", dst);
     char *from_dir = xasprintf("%s/%s", src, sub);
+    md_echo_note(to);
+    if (!link_only) {
+        md_echo_note(from);
+    }
     if (link_only) {
         if (link(from, to) < 0) {
             r = errno == EXDEV || errno == EPERM || errno == EMLINK ? copy_file(from, to) : -errno;
@@ -2617,6 +2636,15 @@ int md_move_between(const char *src, const char *dst, const char *id, unsigned f
         }
     } else {
         r = -errno;
+    }
+    if (r < 0) {
+        /* Withdraw the notes of the paths that did not change. */
+        if (access(to, F_OK) != 0) {
+            md_echo_forget(to);
+        }
+        if (!link_only && access(from, F_OK) == 0) {
+            md_echo_forget(from);
+        }
     }
     if (r == 0) {
         r = fsync_dir(to_dir);
@@ -2655,7 +2683,11 @@ int md_remove_id(const char *path, const char *id, int only_flags)
     }
     char *file = xasprintf("%s/%s/%s", path, sub, name);
     char *dir = xasprintf("%s/%s", path, sub);
-    r = unlink(file) < 0 && errno != ENOENT ? -errno : 0;
+    md_echo_note(file);
+    if (unlink(file) < 0) {
+        r = errno != ENOENT ? -errno : 0;
+        md_echo_forget(file);
+    }
     if (r == 0) {
         r = fsync_dir(dir);
     }

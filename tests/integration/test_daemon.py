@@ -794,6 +794,76 @@ class DaemonScenarios(DaemonFixture):
         self.assert_same("Work")
         self.assert_same("Archive")
 
+    def jobs(self, d, folder, since):
+        """Folder jobs of `folder` logged after log offset `since`."""
+        return len(re.findall(r"a: %s: folder job took" % re.escape(folder), d.log()[since:]))
+
+    def job_done(self, d, folder, counts, since):
+        """Waits for the job of `folder` whose summary has `counts` (after
+        log offset `since`); returns the log offset after it."""
+        pat = re.compile(r"a: %s: %s[^\n]*\n" % (re.escape(folder), re.escape(counts)))
+        m = self.wait_for("the job with %s" % counts, lambda: pat.search(d.log(), since), d)
+        return m.end()
+
+    def test_own_changes_start_no_sync(self):
+        """The files a folder job writes, renames and removes wake inotify
+        on that folder; the daemon knows them for its own (store/echo.h)
+        and starts no sync of the folder for them (it did: one more, empty
+        job after every change). Another program's rename right after
+        still starts a sync."""
+        msgs = mailgen.generate(2, seed=101, max_size=2000)
+        self.dovecot.save_many(self.user, "INBOX", msgs)
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        # inotify reports within milliseconds and local_delay is 0 here:
+        # an echo job would start within this on a loaded machine. (Jobs
+        # before the one that did the change are the server's own
+        # announcements, which Dovecot may send twice.)
+        quiet = 2.0
+
+        # A flag from the server: the job renames the file locally.
+        since = len(d.log())
+        uid = self.server("INBOX")[0][0]
+        self.store("INBOX", uid, "+FLAGS", "\\Flagged")
+        after = self.job_done(d, "INBOX", "\u2193 0 new, 1 flags, 0 deleted", since)
+        self.assertEqual(sum("F" in f for _u, f, _b in self.local("INBOX")), 1)
+        time.sleep(quiet)
+        self.assertEqual(self.jobs(d, "INBOX", after), 0, d.log()[since:])
+
+        # A new message from the server: the job writes it into new/.
+        since = len(d.log())
+        new = mailgen.generate(1, seed=102, max_size=2000)[0]
+        self.dovecot.save_many(self.user, "INBOX", [new])
+        after = self.job_done(d, "INBOX", "\u2193 1 new, 0 flags, 0 deleted", since)
+        self.assertEqual(len(self.local("INBOX")), 3)
+        time.sleep(quiet)
+        self.assertEqual(self.jobs(d, "INBOX", after), 0, d.log()[since:])
+
+        # An expunge on the server: the job removes the file.
+        since = len(d.log())
+        c = self.imap()
+        try:
+            c.select("INBOX")
+            c.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")
+            c.expunge()
+        finally:
+            c.logout()
+        after = self.job_done(d, "INBOX", "\u2193 0 new, 0 flags, 1 deleted", since)
+        self.assertEqual(len(self.local("INBOX")), 2)
+        time.sleep(quiet)
+        self.assertEqual(self.jobs(d, "INBOX", after), 0, d.log()[since:])
+
+        # Another program's rename (mutt's \Seen) is not the daemon's: it
+        # is synced up.
+        unique = self.unique_of("INBOX", mstest.crlf_to_lf(new))
+        self.set_local_flags("INBOX", unique, "S")
+        self.wait_for("\\Seen on the server", lambda: any(
+            mstest.crlf_to_lf(b) == mstest.crlf_to_lf(new) and "\\Seen" in f
+            for _u, f, b in self.server("INBOX")), d)
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assert_same("INBOX")
+
     def test_second_daemon_refused(self):
         """One daemon per state_dir: the second says which pid holds it."""
         cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
