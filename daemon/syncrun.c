@@ -1,6 +1,7 @@
 #include "daemon/syncrun.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -347,6 +348,10 @@ int syncrun(const struct cfg *cfg, char *const *accounts, int count,
             const struct syncrun_opts *opts)
 {
     struct syncrun sr = {.cfg = cfg, .opts = opts};
+    /* One malloc arena for every thread, as daemon_run: the pool threads'
+     * own arenas keep the pages of a large scan or plan resident after it
+     * is freed (about 1.5 MiB of a 100,000-message run's peak). */
+    mallopt(M_ARENA_MAX, 1);
     if (uv_loop_init(&sr.loop) != 0) {
         log_error("cannot initialise the event loop");
         return 1;
