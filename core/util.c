@@ -330,6 +330,13 @@ unsigned long long now_ms(void)
     return (unsigned long long)ts.tv_sec * 1000ULL + (unsigned long long)ts.tv_nsec / 1000000ULL;
 }
 
+int64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp_r)
 {
     unsigned char c = s[0];

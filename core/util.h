@@ -87,6 +87,8 @@ char *path_join(const char *a, const char *b);
 
 /* Monotonic time in milliseconds, for timeouts and rates. */
 unsigned long long now_ms(void);
+/* CLOCK_REALTIME in nanoseconds (the clock of file change times). */
+int64_t realtime_ns(void);
 /* Decodes one UTF-8 sequence at s (n bytes available): returns its length
  * with the code point in *cp_r, or 0 when the bytes there are not UTF-8
  * (overlong forms, surrogates and code points above U+10FFFF included). */

@@ -70,6 +70,10 @@ struct fswatch {
     struct dacct *a;
     char *folder;
     char *path; /* the directory watched */
+    /* CLOCK_REALTIME ns: since when it watches, and when it last reported
+     * a change that was not the store's own (local_quiet_since). */
+    int64_t since_ns;
+    int64_t foreign_ns;
 };
 
 /* A control request waiting for a sync: of one folder, or (folder NULL)
@@ -337,6 +341,8 @@ static void acct_new_pass(struct dacct *a)
 }
 
 /* Syncs folder on the open session as soon as it can. */
+static int64_t local_quiet_since(const char *folder, void *arg);
+
 static void acct_want(struct dacct *a, const char *folder)
 {
     if (!sync_folder_selected(a->sa, folder)) {
@@ -682,6 +688,7 @@ static void acct_start(struct dacct *a)
         .report_every_folder = true, /* new mail of the first pass runs the hook too */
         .on_dirty = on_run_dirty,
         .on_phase = on_run_phase,
+        .local_quiet_since = local_quiet_since,
         .session_arg = a,
         .account = a->account,
     };
@@ -792,6 +799,7 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
     if (md_echo_take(w->path, filename, (events & UV_RENAME) != 0)) {
         return;
     }
+    w->foreign_ns = realtime_ns();
     account_mark_dirty(a->account, w->folder);
     if (!uv_is_active((uv_handle_t *)&a->local_timer)) {
         uv_timer_start(&a->local_timer, on_local_timer,
@@ -820,6 +828,7 @@ static void fs_watch(struct dacct *a, const char *path, const char *folder)
     w->h.data = w;
     a->open_handles++;
     int r = uv_fs_event_start(&w->h, on_fs_event, path, 0);
+    w->since_ns = realtime_ns();
     if (r < 0) {
         log_warnx("%s: cannot watch %s for changes (%s); the poll sweep every %u s finds them",
                   a->ca->name, path, uv_strerror(r), a->ca->poll_interval);
@@ -837,6 +846,33 @@ static void fs_unwatch_all(struct dacct *a)
         uv_close((uv_handle_t *)&a->fsw[i]->h, on_fswatch_closed);
     }
     a->nfsw = 0;
+}
+
+/* engine_opts.local_quiet_since: the folder's new/ and cur/ have been
+ * watched since, and no other program changed them after, the time
+ * returned. Never further back than the poll interval (a minute at
+ * least): inotify drops events when its queue overflows, without a word
+ * through libuv, so a change it lost is found by a scan within that
+ * time. */
+static int64_t local_quiet_since(const char *folder, void *arg)
+{
+    struct dacct *a = arg;
+    int64_t since = 0;
+    unsigned found = 0;
+    for (size_t i = 0; i < a->nfsw; i++) {
+        const struct fswatch *w = a->fsw[i];
+        if (w->folder != NULL && strcmp(w->folder, folder) == 0) {
+            found++;
+            since = w->since_ns > since ? w->since_ns : since;
+            since = w->foreign_ns > since ? w->foreign_ns : since;
+        }
+    }
+    if (found != 2) {
+        return 0; /* new/ or cur/ not watched */
+    }
+    unsigned window = a->ca->poll_interval > 60 ? a->ca->poll_interval : 60;
+    int64_t oldest = realtime_ns() - (int64_t)window * 1000000000LL;
+    return since > oldest ? since : oldest;
 }
 
 /* Watches the Maildir root and every selected local folder's new/ and

@@ -959,6 +959,9 @@ static void demand_reset(struct fjob *j)
 static void job_start(struct session *e, struct fjob *j)
 {
     j->res->started_ns = uv_hrtime();
+    j->quiet_since_ns = e->opts.local_quiet_since != NULL
+                            ? e->opts.local_quiet_since(j->name, e->opts.session_arg)
+                            : 0;
     e->dflush_failed = false;
     start_folder(e, j);
 }

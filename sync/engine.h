@@ -120,7 +120,15 @@ struct engine_opts {
     /* Where the run or session is, for its owner's state machine (see
      * enum engine_phase); may be NULL. */
     void (*on_phase)(enum engine_phase phase, void *arg);
-    void *session_arg; /* the argument of the five callbacks above */
+    /* The owner's word that nothing but this process changed the folder's
+     * new/ and cur/ since the time returned (CLOCK_REALTIME, ns; 0: no such
+     * word): the daemon's inotify watches, which tell its own changes from
+     * other programs' (store/echo.h). A folder whose last complete sync
+     * scanned after that time needs no scan and no base read, whatever
+     * its change times say (its own renames moved them). Asked as each
+     * folder job starts; may be NULL. */
+    int64_t (*local_quiet_since)(const char *folder, void *arg);
+    void *session_arg; /* the argument of the six callbacks above */
     /* The server (sync/remote.h): NULL = the IMAP client; the unit tests
      * pass their in-memory fake, with remote_arg its server state. */
     const struct remote_ops *remote;

@@ -145,6 +145,8 @@ struct fjob {
      * asked for the folder since: the job may trust it (a quiet folder
      * then needs no SELECT). */
     bool fresh_status;
+    /* engine_opts.local_quiet_since, asked when the job started. */
+    int64_t quiet_since_ns;
 };
 
 /* One folder of the LIST answer, until the folder planner has it. */

@@ -537,6 +537,31 @@ static bool mailbox_unchanged(struct session *e)
            mb->highestmodseq == f->st.highestmodseq && f->nsmsgs == 0 && f->nvanished == 0;
 }
 
+/* Whether every row the folder's marks name (see unsettled_key) is
+ * settled: put again without IDX_FLAGS_UNSETTLED, as the final record of
+ * the run that marked it does once its renames and STOREs are done. The
+ * marks' value itself is emptied only by the next sync that reads the
+ * whole base (settle_base), so a completed run leaves it behind; a run
+ * stopped before its record leaves a row marked. Key lookups: as many as
+ * the last run changed. */
+static bool marks_settled(struct idx_txn *txn, const char *folder, const unsigned char *masks,
+                          size_t len)
+{
+    for (size_t k = 0; k + 5 <= len; k += 5) {
+        uint32_t uid;
+        memcpy(&uid, masks + k, 4);
+        struct idx_msg m;
+        int r = idx_msg_get_uid(txn, folder, uid, &m);
+        if (r == -ENOENT) {
+            continue; /* gone from the base: nothing to settle */
+        }
+        if (r < 0 || (m.flags & IDX_FLAGS_UNSETTLED)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Whether the folder's Maildir is as the last complete sync left it: cur/
  * and new/ carry the change times recorded with the folder's state (see
  * md_unchanged_since for when that is believed). Then the scan that sync
@@ -568,21 +593,40 @@ static bool local_quiet(struct session *e)
         return false; /* the full path reads the index again and reports it */
     }
     struct idx_folder st;
-    struct md_stamp rec;
-    bool quiet = idx_folder_get(txn, j->name, &st) == 0 && st.uidvalidity != 0 &&
-                 (rec = recorded_stamp(&st), md_unchanged_since(&rec, &f->stamp));
+    struct md_stamp rec = {0};
+    bool vouched = false;
+    bool quiet = idx_folder_get(txn, j->name, &st) == 0 && st.uidvalidity != 0;
+    if (quiet) {
+        rec = recorded_stamp(&st);
+        /* The owner's word (engine_opts.local_quiet_since): nothing but
+         * this process changed new/ and cur/ since before the recorded
+         * scan, and what this process changed is in the base. */
+        vouched = j->quiet_since_ns > 0 && rec.taken_ns > j->quiet_since_ns && rec.cur_ns > 0 &&
+                  rec.new_ns > 0 && !md_unchanged_since(&rec, &f->stamp);
+        quiet = vouched || md_unchanged_since(&rec, &f->stamp);
+    }
     if (quiet) {
         /* Rows marked unsettled by a run that was stopped (a STORE or a
          * rename that may or may not have happened) are settled against
          * this run's listing and scan: skipped now, a later change on the
          * server would be taken for the STORE's outcome (settle_base). */
         size_t len;
-        free(unsettled_read(e, txn, &len));
-        quiet = len == 0;
+        unsigned char *masks = unsettled_read(e, txn, &len);
+        quiet = marks_settled(txn, j->name, masks, len);
+        free(masks);
     }
     if (quiet) {
         f->st = st;
         skips_load(f, txn);
+        if (vouched) {
+            /* This run scans nothing, so it vouches for nothing newer: the
+             * state it records keeps the recorded scan's stamp, and once
+             * the owner's word no longer covers it, a sync scans. */
+            f->stamp = rec;
+            log_debug("%s: %s: only this process changed the Maildir since its last scan "
+                      "(the owner's inotify watches say)",
+                      e->acct->name, j->name);
+        }
     }
     idx_abort(txn);
     return quiet;

@@ -390,6 +390,7 @@ void on_create_done(struct imap *im, const struct imap_result *res, void *arg)
         return;
     }
     j->res->started_ns = uv_hrtime(); /* as job_start does for the others */
+    j->quiet_since_ns = 0;            /* a folder new on the server: its sync scans */
     start_folder(e, j);
 }
 

@@ -801,7 +801,7 @@ class DaemonScenarios(DaemonFixture):
     def job_done(self, d, folder, counts, since):
         """Waits for the job of `folder` whose summary has `counts` (after
         log offset `since`); returns the log offset after it."""
-        pat = re.compile(r"a: %s: %s[^\n]*\n" % (re.escape(folder), re.escape(counts)))
+        pat = re.compile(r"a: %s: [^\n]*%s[^\n]*\n" % (re.escape(folder), re.escape(counts)))
         m = self.wait_for("the job with %s" % counts, lambda: pat.search(d.log(), since), d)
         return m.end()
 
@@ -863,6 +863,54 @@ class DaemonScenarios(DaemonFixture):
             for _u, f, b in self.server("INBOX")), d)
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
         self.assert_same("INBOX")
+
+    def test_own_changes_need_no_scan_others_do(self):
+        """A folder that only the daemon itself changed since its last scan
+        (its watches saw nothing else) is not scanned again when the
+        server changes it, though its own renames moved the change times;
+        a rename by another program, even between two server changes and
+        right after one, is still found and pushed up; both sides agree at
+        the end."""
+        msgs = mailgen.generate(4, seed=111, max_size=2000)
+        self.dovecot.save_many(self.user, "INBOX", msgs)
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        uids = [u for u, _f, _b in self.server("INBOX")]
+        vouched = "INBOX: only this process changed the Maildir since its last scan"
+
+        # Two flags from the server, one after the other: the second job
+        # finds the Maildir changed only by the first one's rename.
+        self.store("INBOX", uids[0], "+FLAGS", "\\Flagged")
+        since = self.job_done(d, "INBOX", "\u2193 0 new, 1 flags, 0 deleted", len(d.log()))
+        self.store("INBOX", uids[1], "+FLAGS", "\\Flagged")
+        after = self.job_done(d, "INBOX", "\u2193 0 new, 1 flags, 0 deleted", since)
+        self.assertIn(vouched, d.log()[since:after])
+        self.assertEqual(sum("F" in f for _u, f, _b in self.local("INBOX")), 2)
+
+        # Another program's rename: its job scans, and \Seen goes up.
+        unique = self.unique_of("INBOX", mstest.crlf_to_lf(msgs[2]))
+        since = len(d.log())
+        self.set_local_flags("INBOX", unique, "S")
+        after = self.job_done(d, "INBOX", "\u2191 0 new, 1 flags, 0 deleted", since)
+        self.assertNotIn(vouched, d.log()[since:after])
+        self.assertIn("\\Seen", [f for u, f, _b in self.server("INBOX") if u == uids[2]][0])
+
+        # A server change and, right behind it, another program's rename of
+        # a different message: neither is lost.
+        unique3 = self.unique_of("INBOX", mstest.crlf_to_lf(msgs[3]))
+        self.store("INBOX", uids[0], "-FLAGS", "\\Flagged")
+        self.set_local_flags("INBOX", unique3, "R")
+        self.wait_for("\\Answered on the server", lambda: "\\Answered" in [
+            f for u, f, _b in self.server("INBOX") if u == uids[3]][0], d)
+        self.wait_for("\\Flagged removed locally",
+                      lambda: sum("F" in f for _u, f, _b in self.local("INBOX")) == 1, d)
+        self.wait_state(cfg, d, "idle")
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assert_same("INBOX")
+        r = self.sync(cfg)
+        self.assertIn("a: \u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      r.stdout)
 
     def test_second_daemon_refused(self):
         """One daemon per state_dir: the second says which pid holds it."""
