@@ -254,6 +254,13 @@ static inline const char *idx_rows_keywords(const struct idx_rows *rows, size_t 
  * unknown folder or on error. */
 size_t idx_msg_count(struct idx_txn *txn, const char *folder);
 
+/* The highest UID the folder holds a record under (0 when none), and
+ * whether it holds a record without UID (an APPENDING intent): two cursor
+ * seeks, no record read. A sync that looks single rows up by UID (the
+ * server's delta) asks it to know that no record lies past the UIDs it
+ * was told of and no intent waits. An unknown folder is -ENOENT. */
+int idx_msg_uid_last(struct idx_txn *txn, const char *folder, uint32_t *uid_r, bool *pending_r);
+
 /* POP3 keep-on-server state, per account. */
 enum {
     IDX_POP_DELIVERED = 1 << 0,         /* stored in the Maildir */
