@@ -235,25 +235,37 @@ class DeltaScenarios(SyncFixture):
         self.assertEqual(self.names()[u2[uid]], "cur/%s:2,FR" % u2[uid])
         self.assert_same()
 
-    def test_guard_trips_on_a_mass_expunge(self):
-        """The server expunges 40 of 60 messages: more than the folder's
-        max_delete_ratio (half) of the whole folder, though the delta's rows
-        are all the planner sees. Nothing is deleted locally, the run says
-        why and fails; --force then deletes exactly those 40 files."""
+    def test_guard_measures_the_whole_folder(self):
+        """The guard counts the whole folder, not the delta's rows. The
+        server expunges 25 of 60 messages (under the folder's
+        max_delete_ratio, half): all 25 files go, though every row the
+        planner sees is a deletion. Then it expunges 30 of the 35 left:
+        nothing is deleted locally, the run says why and fails; --force
+        then deletes exactly those 30 files."""
         cfg = self.settled(60)
         before = self.names()
         u2 = self.uid_of()
-        gone = sorted(u2)[10:50]
+        first = sorted(u2)[5:30]
+        self.expunge("INBOX", first)
+        p = self.vsync(cfg)
+        self.assertIn("\u2193 0 new, 0 flags, 25 deleted", p.stdout)
+        self.delta(p, looked=25, found=25, total=60)
+        before = {u: n for u, n in before.items() if u not in {u2[g] for g in first}}
+        self.assertEqual(self.names(), before)
+        # The deletions changed cur/ and new/: one full sync records them.
+        time.sleep(SETTLE)
+        self.assertIn(NOTHING, self.vsync(cfg).stdout)
+        gone = [u for u in sorted(u2) if u not in first][:30]
         self.expunge("INBOX", gone)
         p = self.vsync(cfg, ok=False)
         self.assertNotEqual(p.returncode, 0)
         out = p.stdout + p.stderr
-        self.assertIn("refusing to delete 40 of 60 messages locally", out)
+        self.assertIn("refusing to delete 30 of 35 messages locally", out)
         self.assertIn("mailsync sync --force a", out)
-        self.delta(p, looked=40, found=40, total=60)
+        self.delta(p, looked=30, found=30, total=35)
         self.assertEqual(self.names(), before)
         p = self.vsync(cfg, "--force")
-        self.assertIn("40 deleted", p.stdout)
+        self.assertIn("30 deleted", p.stdout)
         self.assertEqual(self.names(), {u: n for u, n in before.items()
                                         if u not in {u2[g] for g in gone}})
         self.assert_same()
@@ -287,8 +299,8 @@ class DeltaScenarios(SyncFixture):
                    and (inbox in c.args or self.folder_dir("INBOX") in c.args)]
         self.assertEqual(len(renames), 1, renames)
         if self.qresync:
-            self.delta(p, looked=1, found=1, by_name=1, total=300)
             self.assertEqual(reads, [], "the delta path read a directory")
+            self.delta(p, looked=1, found=1, by_name=1, total=300)
         else:
             self.assertTrue(reads, "the full path read no directory")
         self.assertTrue(self.names()[u2[uid]].endswith(":2,F") or
