@@ -452,6 +452,11 @@ static void map_drop(struct idx *idx)
     pthread_mutex_unlock(&idx->mu);
 }
 
+void idx_map_drop(struct idx *idx)
+{
+    map_drop(idx);
+}
+
 bool idx_map_range(struct idx *idx, const void **start_r, size_t *len_r, uint64_t *drops_r)
 {
     pthread_mutex_lock(&idx->mu);

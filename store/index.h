@@ -260,6 +260,11 @@ size_t idx_msg_count(struct idx_txn *txn, const char *folder);
  * server's delta) asks it to know that no record lies past the UIDs it
  * was told of and no intent waits. An unknown folder is -ENOENT. */
 int idx_msg_uid_last(struct idx_txn *txn, const char *folder, uint32_t *uid_r, bool *pending_r);
+/* Gives back the data file's pages mapped so far (as the walks and puts
+ * do on their own): for a caller that made many single lookups, whose
+ * pages are otherwise kept until the next write transaction ends. Safe at
+ * any time (the map is read-only: a later access reads the page again). */
+void idx_map_drop(struct idx *idx);
 
 /* POP3 keep-on-server state, per account. */
 enum {

@@ -1415,6 +1415,9 @@ static void delta_rows(struct delta_job *j)
     }
     free(m);
     idx_abort(txn);
+    /* A thousand lookups spread over the folder map a few MiB of the
+     * data file that no walk or write would give back before the end. */
+    idx_map_drop(j->idx);
 }
 
 /* The keyword letters the row's names have in the folder's table; names
