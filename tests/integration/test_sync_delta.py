@@ -114,7 +114,9 @@ class DeltaScenarios(SyncFixture):
     def test_server_flags_rename_only_those_files(self):
         """Three flag changes on the server: exactly those three files are
         renamed (with their new letters, keyword included), every other
-        name stays, and the server keeps what was set there."""
+        name stays, and the server keeps what was set there. Then a change
+        to the message with the keyword: its file is found by the name
+        with the keyword's letter."""
         cfg = self.settled(30)
         before = self.names()
         uids = sorted(self.uid_of())
@@ -150,6 +152,16 @@ class DeltaScenarios(SyncFixture):
         self.vsync(cfg)
         self.assertIn(NOTHING, self.vsync(cfg).stdout)
         self.assertEqual(self.names(), after)
+        # A row with a keyword: its file is found under the name with the
+        # keyword's letter, and keeps it.
+        self.store("INBOX", unseen[2], "+FLAGS", "\\Flagged")
+        p = self.vsync(cfg)
+        self.assertIn("\u2193 0 new, 1 flags, 0 deleted", p.stdout)
+        self.delta(p, looked=1, found=1, by_name=1, by_id=0)
+        self.assertTrue(re.fullmatch(r"cur/%s:2,FR[a-z]" % re.escape(u2[unseen[2]]),
+                                     self.names()[u2[unseen[2]]]), self.names()[u2[unseen[2]]])
+        self.assertIn("$Label1", {u: f for u, f, _b in self.server()}[unseen[2]])
+        self.assert_same()
 
     def test_vanished_remove_only_those_files(self):
         """Three messages expunged on the server: exactly their files go."""
