@@ -452,6 +452,11 @@ static void map_drop(struct idx *idx)
     pthread_mutex_unlock(&idx->mu);
 }
 
+void idx_map_drop(struct idx *idx)
+{
+    map_drop(idx);
+}
+
 bool idx_map_range(struct idx *idx, const void **start_r, size_t *len_r, uint64_t *drops_r)
 {
     pthread_mutex_lock(&idx->mu);
@@ -2884,6 +2889,54 @@ size_t idx_msg_count(struct idx_txn *txn, const char *folder)
         return 0;
     }
     return f->count > SIZE_MAX ? SIZE_MAX : (size_t)f->count;
+}
+
+int idx_msg_uid_last(struct idx_txn *txn, const char *folder, uint32_t *uid_r, bool *pending_r)
+{
+    *uid_r = 0;
+    *pending_r = false;
+    int rc = txn_check(txn, false);
+    if (rc != 0) {
+        return rc;
+    }
+    struct folder_rec *f;
+    rc = msg_folder(txn, folder, &f);
+    if (rc != 0) {
+        return rc;
+    }
+    /* The folder's UID keys are (fid, uid) big-endian, so its highest is
+     * the last key before (fid, UINT32_MAX] ends: one seek and one step
+     * back, without reading any record between. */
+    uint8_t key[8];
+    uid_key(key, f->id, UINT32_MAX);
+    MDB_cursor *c;
+    int mrc = mdb_cursor_open(txn->txn, txn->idx->dbi[DB_MESSAGES], &c);
+    if (mrc != 0) {
+        return lmdb_fail(txn->idx, mrc, db_names[DB_MESSAGES]);
+    }
+    MDB_val k = {.mv_size = sizeof(key), .mv_data = key}, v;
+    mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    if (mrc == 0 && !(k.mv_size == sizeof(key) && memcmp(k.mv_data, key, sizeof(key)) == 0)) {
+        mrc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+    } else if (mrc == MDB_NOTFOUND) {
+        mrc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    }
+    if (mrc == 0 && k.mv_size == sizeof(key) && has_prefix(&k, key, 4)) {
+        const uint8_t *p = k.mv_data;
+        *uid_r = (uint32_t)p[4] << 24 | (uint32_t)p[5] << 16 | (uint32_t)p[6] << 8 | p[7];
+    }
+    mdb_cursor_close(c);
+    if (mrc != 0 && mrc != MDB_NOTFOUND) {
+        return lmdb_fail(txn->idx, mrc, db_names[DB_MESSAGES]);
+    }
+    /* Records without a UID are keyed (fid, lid) in their own table. */
+    rc = db_seek(txn, DB_APPENDING, key, 4, false, &k, &v);
+    if (rc == 0) {
+        *pending_r = has_prefix(&k, key, 4);
+    } else if (rc != -ENOENT) {
+        return rc;
+    }
+    return 0;
 }
 
 /* POP3 records */

@@ -254,6 +254,18 @@ static inline const char *idx_rows_keywords(const struct idx_rows *rows, size_t 
  * unknown folder or on error. */
 size_t idx_msg_count(struct idx_txn *txn, const char *folder);
 
+/* The highest UID the folder holds a record under (0 when none), and
+ * whether it holds a record without UID (an APPENDING intent): two cursor
+ * seeks, no record read. A sync that looks single rows up by UID (the
+ * server's delta) asks it to know that no record lies past the UIDs it
+ * was told of and no intent waits. An unknown folder is -ENOENT. */
+int idx_msg_uid_last(struct idx_txn *txn, const char *folder, uint32_t *uid_r, bool *pending_r);
+/* Gives back the data file's pages mapped so far (as the walks and puts
+ * do on their own): for a caller that made many single lookups, whose
+ * pages are otherwise kept until the next write transaction ends. Safe at
+ * any time (the map is read-only: a later access reads the page again). */
+void idx_map_drop(struct idx *idx);
+
 /* POP3 keep-on-server state, per account. */
 enum {
     IDX_POP_DELIVERED = 1 << 0,         /* stored in the Maildir */

@@ -1017,6 +1017,11 @@ static void fill_input(struct session *e, struct plan_input *in, struct plan_ser
     in->local.kw_ok = f->md != NULL ? kw_ok : NULL;
     in->local.kw_arg = e;
     in->base = &f->base;
+    if (f->lazy && f->selected) {
+        /* Only the rows the delta named (delta_done): the guard counts
+         * the folder's records. */
+        in->nbase_total = f->st.messages;
+    }
     in->on_local_delete = local_delete_mode(e);
     in->max_delete_ratio = e->acct->max_delete_ratio;
     in->max_size = e->acct->max_size;
@@ -1382,6 +1387,298 @@ static void issue_fetch(struct session *e)
 
 static void select_continue(struct session *e);
 
+/* ---- a quiet Maildir and a server delta ------------------------------------------- */
+
+/* A lazy folder (local_quiet) whose server sent a QRESYNC delta: the
+ * delta names the UIDs that changed or vanished, and the Maildir is as
+ * the last complete sync left it, so only those UIDs' rows and files
+ * matter. They are looked up by key, their files found by the names the
+ * rows imply, and the plan is made from them alone, without reading the
+ * whole base or the whole directory (at 100,000 messages tens of MiB and
+ * a tenth of a second). Anything that would need more than the rows and
+ * files named (a row not plainly synced, an intent, a record past the
+ * recorded UIDNEXT, a file not found as its row says) takes the full path,
+ * scan and base, as before. */
+struct delta_job {
+    uv_work_t req;
+    struct session *e;
+    struct fstate *f;
+    struct idx *idx;
+    char *folder;
+    uint32_t uidnext; /* as recorded: a record at or past it is unexpected */
+    uint32_t *uids;   /* the delta's changed and vanished UIDs */
+    size_t nuids;
+    struct idx_rows base;
+    struct md_scan *scan;
+    size_t total; /* the folder's records */
+    size_t nby_name, nby_id;
+    const char *why; /* NULL, or why the full path is taken */
+};
+
+static int md_msg_id_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct md_msg *)a)->id, ((const struct md_msg *)b)->id);
+}
+
+/* The rows of the delta's UIDs, read in one read transaction. */
+static void delta_rows(struct delta_job *j)
+{
+    struct idx_txn *txn;
+    if (idx_begin(j->idx, false, &txn) < 0) {
+        j->why = "index not readable";
+        return;
+    }
+    uint32_t last = 0;
+    bool pending = false;
+    if (idx_msg_uid_last(txn, j->folder, &last, &pending) < 0) {
+        j->why = "index not readable";
+    } else if (pending) {
+        j->why = "an upload intent waits";
+    } else if (last >= j->uidnext) {
+        /* Written by a run stopped before its folder state: the new
+         * mail's listing would not know it. */
+        j->why = "a record past the recorded UIDNEXT";
+    }
+    j->total = idx_msg_count(txn, j->folder);
+    struct idx_msg *m = xmalloc(sizeof(*m));
+    for (size_t i = 0; i < j->nuids && j->why == NULL; i++) {
+        int r = idx_msg_get_uid(txn, j->folder, j->uids[i], m);
+        if (r == -ENOENT) {
+            continue; /* new on the server, or never known here */
+        }
+        if (r < 0) {
+            j->why = "index not readable";
+        } else if (m->state != IDX_MSG_SYNCED || (m->flags & IDX_FLAGS_UNSETTLED) ||
+                   m->lid[0] == '\0') {
+            /* Intents, orphans and unsettled rows are settled against
+             * the whole folder (settle_base, moves, intents). */
+            j->why = "a row not plainly synced";
+        } else {
+            idx_rows_add(&j->base, m);
+        }
+    }
+    free(m);
+    idx_abort(txn);
+    /* A thousand lookups spread over the folder map a few MiB of the
+     * data file that no walk or write would give back before the end. */
+    idx_map_drop(j->idx);
+}
+
+/* The keyword letters the row's names have in the folder's table; names
+ * without one are not on the file (a scan would not see them either). */
+static md_keywords delta_kw_bits(const char *text, const char *const table[26])
+{
+    md_keywords kw = 0;
+    while (*text != '\0') {
+        const char *end = strchr(text, ' ');
+        size_t len = end != NULL ? (size_t)(end - text) : strlen(text);
+        for (int b = 0; b < 26; b++) {
+            if (table[b] != NULL && strlen(table[b]) == len && memcmp(table[b], text, len) == 0) {
+                kw |= (md_keywords)1u << b;
+                break;
+            }
+        }
+        text += len;
+        while (*text == ' ') {
+            text++;
+        }
+    }
+    return kw;
+}
+
+static bool is_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Each row's file, by the name its row implies (the quiet stamp vouches
+ * that no client renamed it since the scan the row was recorded from):
+ * cur/<lid>:2,<flags and keyword letters>, or new/<lid> for a row without
+ * any. A file not there (a name another client wrote in another form) is
+ * looked for by identity, once for all of them; found with other flags,
+ * or not found at all, the full path decides. */
+static void delta_files(struct delta_job *j)
+{
+    struct md_folder *md = j->f->md;
+    const char *path = md_folder_path(md);
+    const char *table[26] = {0};
+    md_keyword_table(md, table);
+    size_t n = j->base.n;
+    struct md_scan *scan = xcalloc(1, sizeof(*scan));
+    scan->msgs = xcalloc(n + 1, sizeof(*scan->msgs));
+    const char **missing = xcalloc(n + 1, sizeof(*missing));
+    size_t nmissing = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *lid = idx_rows_lid(&j->base, i);
+        unsigned flags = j->base.v[i].flags & MD_FLAGS_ALL;
+        md_keywords kw = delta_kw_bits(idx_rows_keywords(&j->base, i), table);
+        char *suffix = md_info_suffix(flags, kw, NULL);
+        char *name = xasprintf("%s/cur/%s%s", path, lid, suffix);
+        bool in_new = false, found = is_file(name);
+        free(name);
+        free(suffix);
+        if (!found && flags == 0 && kw == 0) {
+            name = xasprintf("%s/new/%s", path, lid);
+            found = in_new = is_file(name);
+            free(name);
+        }
+        if (found) {
+            j->nby_name++;
+        } else {
+            missing[nmissing++] = lid;
+        }
+        struct md_msg *m = &scan->msgs[scan->count++];
+        m->id = xstrdup(lid);
+        m->flags = (uint8_t)flags;
+        m->keywords = kw;
+        m->in_new = in_new;
+    }
+    qsort(scan->msgs, scan->count, sizeof(*scan->msgs), md_msg_id_cmp);
+    if (nmissing > 0) {
+        /* One read of the directory for all of them. Their names are left
+         * to be made (md_msg_name): a rename or removal finds a file by
+         * identity when it is not under that name. */
+        qsort(missing, nmissing, sizeof(*missing), strp_cmp);
+        bool *found = xcalloc(nmissing, sizeof(*found));
+        unsigned *fl = xcalloc(nmissing, sizeof(*fl));
+        int r = md_find_ids(path, missing, nmissing, found, fl);
+        for (size_t k = 0; k < nmissing && j->why == NULL; k++) {
+            const struct md_msg *m = md_scan_find(scan, missing[k]);
+            if (r < 0 || !found[k] || m == NULL || fl[k] != m->flags) {
+                j->why = "a file not where its row says";
+            }
+        }
+        j->nby_id = nmissing;
+        free(found);
+        free(fl);
+    }
+    free(missing);
+    j->scan = scan;
+}
+
+static void delta_work(uv_work_t *req)
+{
+    struct delta_job *j = req->data;
+    qsort(j->uids, j->nuids, sizeof(*j->uids), u32_cmp);
+    size_t out = 0;
+    for (size_t i = 0; i < j->nuids; i++) {
+        if (out == 0 || j->uids[out - 1] != j->uids[i]) {
+            j->uids[out++] = j->uids[i];
+        }
+    }
+    j->nuids = out;
+    /* Looked up in UID order, the rows come out in the base's order
+     * (base_find searches them). */
+    delta_rows(j);
+    if (j->why == NULL) {
+        delta_files(j);
+    }
+    if (j->why == NULL) {
+        /* The loop leaves f alone while it is read (fstate.reading). */
+        local_view_build(j->f, j->scan);
+    }
+}
+
+static void delta_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct delta_job *j = req->data;
+    struct session *e = j->e;
+    struct fstate *f = j->f;
+    f->reading = false;
+    if (j->why == NULL) {
+        f->base = j->base;
+        f->scan = j->scan;
+    } else {
+        idx_rows_free(&j->base);
+        md_scan_free(j->scan);
+    }
+    bool back = pool_job_back(e);
+    if (back && j->why != NULL) {
+        log_debug("%s: %s: unchanged locally, changed on the server: scanning (%s)", e->acct->name,
+                  f->job->name, j->why);
+    } else if (back) {
+        log_debug("%s: %s: unchanged locally, changed on the server: scanning only what the "
+                  "delta names: delta: %zu rows looked up, %zu found (%zu files by name, %zu by "
+                  "identity) of %zu",
+                  e->acct->name, f->job->name, j->nuids, f->base.n, j->nby_name, j->nby_id,
+                  j->total);
+    }
+    const char *why = j->why;
+    size_t total = j->total;
+    free(j->uids);
+    free(j->folder);
+    free(j);
+    if (!back) {
+        return;
+    }
+    if (why != NULL) {
+        f->lazy = false;
+        free(f->skips);
+        f->skips = NULL;
+        f->nskips = f->skips_cap = 0;
+        scan_start(e);
+        return;
+    }
+    /* f->lazy stays set: the planner is told the base is partial, and
+     * how large the folder is (fill_input). f->st.messages, the server's
+     * count the last complete sync recorded, is not read again before
+     * folder_final sets it: it carries the folder's record count to the
+     * planner's guard meanwhile. */
+    f->st.messages = total > UINT32_MAX ? UINT32_MAX : (uint32_t)total;
+    f->lview = f->lmsgs;
+    f->nlview = f->scan->count;
+    f->lview_ready = false;
+    /* Reported on every run, as folder_prepare_index does. */
+    count_skips(e, f->skips, f->nskips);
+    select_continue(e);
+}
+
+/* Whether the delta alone can be planned: a QRESYNC SELECT of the same
+ * UIDVALIDITY that issue_fetch will complete as a delta, nothing that
+ * needs the whole folder (released skips, other folders' orphans waiting
+ * to pair, a dry run's printed plan). */
+static bool delta_possible(struct session *e)
+{
+    const struct fstate *f = e->f;
+    const struct imap_mailbox *mb = &f->mb;
+    return f->md != NULL && !e->opts.dry_run && f->qresync && f->st.uidvalidity != 0 &&
+           mb->uidvalidity == f->st.uidvalidity && e->ro->condstore_enabled(e->im) &&
+           !mb->nomodseq && mb->highestmodseq > 0 && f->st.highestmodseq > 0 && f->st.uidnext > 0 &&
+           mb->exists > 0 && e->run->norphans == 0 && !skips_released(e);
+}
+
+/* Starts the lookups of a delta on the thread pool; false when the full
+ * path must be taken. */
+static bool delta_start(struct session *e)
+{
+    struct fstate *f = e->f;
+    if (!delta_possible(e)) {
+        return false;
+    }
+    struct delta_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->f = f;
+    j->idx = e->idx;
+    j->folder = xstrdup(f->job->name);
+    j->uidnext = f->st.uidnext;
+    j->uids = xcalloc(f->nsmsgs + f->nvanished + 1, sizeof(*j->uids));
+    for (size_t i = 0; i < f->nsmsgs; i++) {
+        j->uids[j->nuids++] = f->smsgs[i].uid;
+    }
+    for (size_t i = 0; i < f->nvanished; i++) {
+        j->uids[j->nuids++] = f->vanished[i];
+    }
+    f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, delta_work, delta_done) != 0) {
+        delta_work(&j->req);
+        delta_done(&j->req, 0);
+    }
+    return true;
+}
+
 static void on_select(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct session *e = arg;
@@ -1413,7 +1710,12 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
             quiet_done(e);
             return;
         }
-        /* The server moved: the folder is synced the whole way, from a
+        /* The server moved and said how (QRESYNC): only the rows and
+         * files it names are read (delta_start). */
+        if (delta_start(e)) {
+            return;
+        }
+        /* Otherwise the folder is synced the whole way, from a
          * scan and the base read now (start_folder_scanned goes on with
          * select_continue). What the SELECT reported is kept. */
         log_debug("%s: %s: unchanged locally, changed on the server: scanning", e->acct->name,

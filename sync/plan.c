@@ -593,6 +593,12 @@ struct plan *plan_build(const struct plan_input *in)
     for (size_t i = 0; i < p->norphans; i++) {
         nnew_orphans += !p->orphans[i].parked;
     }
+    /* A partial base (only the rows a delta names) is measured against
+     * the whole folder, or a mass expunge of a large folder would look
+     * like the loss of most of a small one, or slip past as a few. */
+    if (in->nbase_total > nsynced) {
+        nsynced = in->nbase_total;
+    }
     if (!in->force && nsynced > PLAN_GUARD_MIN) {
         double limit = in->max_delete_ratio * (double)nsynced;
         if ((double)(nldel + nnew_orphans) > limit || (double)nsdel > limit) {

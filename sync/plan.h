@@ -97,6 +97,11 @@ struct plan_input {
     /* SYNCED records (APPENDING ones are ignored), compact; NULL = none.
      * Each keyword set is parsed once, whatever the rows sharing it. */
     const struct idx_rows *base;
+    /* The folder's synced records in all, when base holds only some of
+     * them (the rows a server delta names, for a Maildir nobody touched
+     * since the last sync): the guard measures deletions against the
+     * larger of this and the synced rows of base. 0 = base is whole. */
+    size_t nbase_total;
     enum plan_local_delete on_local_delete;
     double max_delete_ratio;
     uint64_t max_size;     /* 0 = no limit */

@@ -625,6 +625,47 @@ static void test_guard(void **state)
     plan_free(p);
 }
 
+/* A partial base (the rows a QRESYNC delta names, for a quiet Maildir):
+ * the guard measures against the folder's total (nbase_total), not the
+ * rows handed in. 25 rows named, all vanished: of a folder of 1,000 that
+ * is 2.5% and goes through; of a folder of 40 it is 62.5% and trips, as it
+ * would with the whole base; without the total, 25 of 25 trips too. */
+static void test_guard_partial_base(void **state)
+{
+    (void)state;
+    static const struct {
+        size_t total;
+        bool tripped;
+    } rows[] = {{1000, false}, {40, true}, {0, true}, {10, true}};
+    for (size_t r = 0; r < sizeof(rows) / sizeof(rows[0]); r++) {
+        struct fx f;
+        fx_init(&f);
+        f.in.server.complete = false;
+        for (uint32_t u = 1; u <= 25; u++) {
+            char s[64];
+            snprintf(s, sizeof(s), "%u:l%u:S", (unsigned)u, (unsigned)u);
+            base(&f, s);
+            snprintf(s, sizeof(s), "l%u:S", (unsigned)u);
+            loc(&f, s);
+            f.van[f.nvan++] = u;
+        }
+        f.in.nbase_total = rows[r].total;
+        struct plan *p = build(&f);
+        if (rows[r].tripped) {
+            assert_non_null(p->error);
+            assert_int_equal(p->guard_local, 25);
+            assert_int_equal(p->nlocal_deletes, 0);
+            char of[64];
+            snprintf(of, sizeof(of), "25 of %zu messages", rows[r].total > 25 ? rows[r].total : 25);
+            assert_non_null(strstr(p->error, of));
+        } else {
+            assert_null(p->error);
+            assert_int_equal(p->nlocal_deletes, 25);
+        }
+        plan_free(p);
+    }
+}
+
 /* Moves do not trip the guard (table): 30 messages in sync, 20 of them
  * moved to another folder. Locally moved (gone locally, still on the
  * server, listed in moved): no server deletion at all, no error. Moved on
@@ -1099,6 +1140,7 @@ int main(void)
         cmocka_unit_test(test_deleted_both_sides),
         cmocka_unit_test(test_delete_edit_race),
         cmocka_unit_test(test_guard),
+        cmocka_unit_test(test_guard_partial_base),
         cmocka_unit_test(test_guard_ignores_moves),
         cmocka_unit_test(test_moved_gone_from_server),
         cmocka_unit_test(test_orphans),
