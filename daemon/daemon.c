@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -74,6 +75,12 @@ struct fswatch {
      * a change that was not the store's own (local_quiet_since). */
     int64_t since_ns;
     int64_t foreign_ns;
+    /* The directory the watch follows (inotify follows the inode, not the
+     * path), and whether it may have missed events (an error): then it
+     * vouches for nothing. */
+    dev_t dev;
+    ino_t ino;
+    bool blind;
 };
 
 /* A control request waiting for a sync: of one folder, or (folder NULL)
@@ -342,6 +349,32 @@ static void acct_new_pass(struct dacct *a)
 
 /* Syncs folder on the open session as soon as it can. */
 static int64_t local_quiet_since(const char *folder, void *arg);
+
+/* CLOCK_REALTIME stepped back (the monotonic clock moved further than it
+ * since the last call, t being the real time now): the times recorded
+ * before the step, a scan's stamp among them, lie ahead of the clock, so a
+ * time taken from then on counts as no earlier than what the clock would
+ * have read without the step. Returns that floor (0: no step seen). */
+static int64_t clock_floor(int64_t t)
+{
+    static int64_t last_real, last_mono, floor;
+    int64_t mono = (int64_t)uv_hrtime();
+    if (last_mono != 0 && t - last_real < mono - last_mono - 1000000000LL) {
+        int64_t was = last_real + (mono - last_mono);
+        floor = was > floor ? was : floor;
+    }
+    last_real = t;
+    last_mono = mono;
+    return floor;
+}
+
+/* The real time now, raised to clock_floor. */
+static int64_t stepless_now(void)
+{
+    int64_t t = realtime_ns();
+    int64_t floor = clock_floor(t);
+    return t > floor ? t : floor;
+}
 
 static void acct_want(struct dacct *a, const char *folder)
 {
@@ -778,6 +811,9 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
 {
     struct fswatch *w = h->data;
     struct dacct *a = w->a;
+    if (status < 0) {
+        w->blind = true; /* events may be missing from now on */
+    }
     if (status < 0 || acct_ending(a)) {
         return;
     }
@@ -799,7 +835,7 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
     if (md_echo_take(w->path, filename, (events & UV_RENAME) != 0)) {
         return;
     }
-    w->foreign_ns = realtime_ns();
+    w->foreign_ns = stepless_now();
     account_mark_dirty(a->account, w->folder);
     if (!uv_is_active((uv_handle_t *)&a->local_timer)) {
         uv_timer_start(&a->local_timer, on_local_timer,
@@ -827,8 +863,16 @@ static void fs_watch(struct dacct *a, const char *path, const char *folder)
     uv_fs_event_init(&a->d->loop, &w->h);
     w->h.data = w;
     a->open_handles++;
+    struct stat before, after;
+    bool known = stat(path, &before) == 0;
     int r = uv_fs_event_start(&w->h, on_fs_event, path, 0);
-    w->since_ns = realtime_ns();
+    w->since_ns = stepless_now();
+    /* The directory watched is the one the path names before and after
+     * the watch began, or the watch vouches for nothing. */
+    w->blind = !known || stat(path, &after) != 0 || after.st_dev != before.st_dev ||
+               after.st_ino != before.st_ino;
+    w->dev = before.st_dev;
+    w->ino = before.st_ino;
     if (r < 0) {
         log_warnx("%s: cannot watch %s for changes (%s); the poll sweep every %u s finds them",
                   a->ca->name, path, uv_strerror(r), a->ca->poll_interval);
@@ -859,20 +903,36 @@ static int64_t local_quiet_since(const char *folder, void *arg)
     struct dacct *a = arg;
     int64_t since = 0;
     unsigned found = 0;
+    bool stale = false;
     for (size_t i = 0; i < a->nfsw; i++) {
         const struct fswatch *w = a->fsw[i];
         if (w->folder != NULL && strcmp(w->folder, folder) == 0) {
+            struct stat st;
+            if (w->blind || stat(w->path, &st) != 0 || st.st_dev != w->dev || st.st_ino != w->ino) {
+                /* The directory was replaced (another program's mv or
+                 * restore): the watch follows the old one. */
+                stale = !w->blind;
+                found = 0;
+                break;
+            }
             found++;
             since = w->since_ns > since ? w->since_ns : since;
             since = w->foreign_ns > since ? w->foreign_ns : since;
         }
     }
+    if (stale) {
+        log_debug("%s: %s: a watched directory was replaced; watching again", a->ca->name, folder);
+        fs_watch_all(a);
+    }
     if (found != 2) {
-        return 0; /* new/ or cur/ not watched */
+        return 0; /* new/ or cur/ not watched, or not as it is now */
     }
     unsigned window = a->ca->poll_interval > 60 ? a->ca->poll_interval : 60;
-    int64_t oldest = realtime_ns() - (int64_t)window * 1000000000LL;
-    return since > oldest ? since : oldest;
+    int64_t now = realtime_ns();
+    int64_t oldest = now - (int64_t)window * 1000000000LL;
+    since = since > oldest ? since : oldest;
+    int64_t floor = clock_floor(now);
+    return since > floor ? since : floor;
 }
 
 /* Watches the Maildir root and every selected local folder's new/ and

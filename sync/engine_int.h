@@ -173,6 +173,9 @@ struct fstate {
      * sync/folder.c). */
     struct md_stamp stamp;
     bool lazy;
+    /* lazy and synced from a delta's rows alone: the folder's record count,
+     * which the planner's guard measures deletions against (fill_input). */
+    size_t nbase_total;
     /* The job parked orphans (sync/moves.c): the stamp is not recorded, so
      * that the next sync reads the folder and its orphan rows whatever the
      * end of this run does with them (a file kept to be uploaded again is

@@ -600,9 +600,11 @@ static bool local_quiet(struct session *e)
         rec = recorded_stamp(&st);
         /* The owner's word (engine_opts.local_quiet_since): nothing but
          * this process changed new/ and cur/ since before the recorded
-         * scan, and what this process changed is in the base. */
+         * scan, and what this process changed is in the base. Not while
+         * the clock reads earlier than that scan (stepped back). */
         vouched = j->quiet_since_ns > 0 && rec.taken_ns > j->quiet_since_ns && rec.cur_ns > 0 &&
-                  rec.new_ns > 0 && !md_unchanged_since(&rec, &f->stamp);
+                  rec.new_ns > 0 && f->stamp.taken_ns >= rec.taken_ns &&
+                  !md_unchanged_since(&rec, &f->stamp);
         quiet = vouched || md_unchanged_since(&rec, &f->stamp);
     }
     if (quiet) {
@@ -1020,7 +1022,7 @@ static void fill_input(struct session *e, struct plan_input *in, struct plan_ser
     if (f->lazy && f->selected) {
         /* Only the rows the delta named (delta_done): the guard counts
          * the folder's records. */
-        in->nbase_total = f->st.messages;
+        in->nbase_total = f->nbase_total;
     }
     in->on_local_delete = local_delete_mode(e);
     in->max_delete_ratio = e->acct->max_delete_ratio;
@@ -1622,11 +1624,8 @@ static void delta_done(uv_work_t *req, int status)
         return;
     }
     /* f->lazy stays set: the planner is told the base is partial, and
-     * how large the folder is (fill_input). f->st.messages, the server's
-     * count the last complete sync recorded, is not read again before
-     * folder_final sets it: it carries the folder's record count to the
-     * planner's guard meanwhile. */
-    f->st.messages = total > UINT32_MAX ? UINT32_MAX : (uint32_t)total;
+     * how large the folder is (fill_input). */
+    f->nbase_total = total;
     f->lview = f->lmsgs;
     f->nlview = f->scan->count;
     f->lview_ready = false;

@@ -912,6 +912,45 @@ class DaemonScenarios(DaemonFixture):
         self.assertIn("a: \u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
                       r.stdout)
 
+    def test_replaced_cur_is_not_vouched_for(self):
+        """Another program replaces cur/ (mv away, mkdir, files moved back):
+        the watch follows the old directory, so the daemon must not take its
+        silence for a quiet folder; a flag set in the new cur/ by another
+        program goes up with the next job a server change starts, and the
+        directory is watched again."""
+        msgs = mailgen.generate(4, seed=113, max_size=2000)
+        self.dovecot.save_many(self.user, "INBOX", msgs)
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        uids = [u for u, _f, _b in self.server("INBOX")]
+        cur = os.path.join(self.folder_dir("INBOX"), "cur")
+        os.rename(cur, cur + ".old")
+        os.mkdir(cur)
+        for n in os.listdir(cur + ".old"):
+            os.rename(os.path.join(cur + ".old", n), os.path.join(cur, n))
+        os.rmdir(cur + ".old")
+        time.sleep(1.5)
+        since = len(d.log())
+        # A server change: its job scans (the replacement was seen), and
+        # records a stamp.
+        self.store("INBOX", uids[0], "+FLAGS", "\\Flagged")
+        since = self.job_done(d, "INBOX", "\u2193 0 new, 1 flags, 0 deleted", since)
+        self.wait_state(cfg, d, "idle")
+        # Unseen by the old watch: mutt's \Seen in the new cur/.
+        unique = self.unique_of("INBOX", mstest.crlf_to_lf(msgs[2]))
+        self.set_local_flags("INBOX", unique, "S")
+        time.sleep(1)
+        self.store("INBOX", uids[1], "+FLAGS", "\\Flagged")
+        self.wait_for("\\Seen on the server", lambda: "\\Seen" in [
+            f for u, f, _b in self.server("INBOX") if u == uids[2]][0], d)
+        self.wait_for("both \\Flagged on disk",
+                      lambda: sum("F" in f for _u, f, _b in self.local("INBOX")) == 2, d)
+        self.assertIn("a watched directory was replaced; watching again", d.log())
+        self.wait_state(cfg, d, "idle")
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assert_same("INBOX")
+
     def test_second_daemon_refused(self):
         """One daemon per state_dir: the second says which pid holds it."""
         cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600)
