@@ -163,6 +163,32 @@ class DeltaScenarios(SyncFixture):
         self.assertIn("$Label1", {u: f for u, f, _b in self.server()}[unseen[2]])
         self.assert_same()
 
+    def test_flags_pushed_up_leave_nothing_to_settle(self):
+        """A run that pushed flags up marks those rows before its STOREs
+        (a kill before their answers must not undo a change); once it
+        completes, its record settles them, so the next server change on
+        the still quiet Maildir is synced from the delta alone, and both
+        sides keep both changes."""
+        cfg = self.settled(20, flags=[""] * 20)
+        u2 = self.uid_of()
+        uids = sorted(u2)
+        # mutt sets \Flagged on one message; once the change time is old
+        # enough to be believed, a run pushes it up and records a stamp.
+        self.set_local_flags("INBOX", u2[uids[3]], "F")
+        time.sleep(SETTLE)
+        p = self.vsync(cfg)
+        self.assertIn("\u2191 0 new, 1 flags, 0 deleted", p.stdout)
+        self.store("INBOX", uids[9], "+FLAGS", "\\Seen")
+        p = self.vsync(cfg)
+        self.assertIn("\u2193 0 new, 1 flags, 0 deleted", p.stdout)
+        # The delta names the message of the run's own STORE too (its
+        # MODSEQ is past the recorded HIGHESTMODSEQ): two rows, no change.
+        self.delta(p, looked=2, found=2, by_name=2, by_id=0, total=20)
+        srv = {u: letters(f) for u, f, _b in self.server()}
+        self.assertEqual((srv[uids[3]], srv[uids[9]]), ("F", "S"))
+        self.assertEqual(self.names()[u2[uids[9]]], "cur/%s:2,S" % u2[uids[9]])
+        self.assert_same()
+
     def test_vanished_remove_only_those_files(self):
         """Three messages expunged on the server: exactly their files go."""
         cfg = self.settled(30)
