@@ -144,9 +144,10 @@ class ShortcutScenarios(SyncFixture):
         self.assert_same()
 
     def test_server_change_with_quiet_maildir(self):
-        """Only the server changed: the Maildir is read after all (the -v
-        line says why), and a flag change, a new message and an expunge on
-        the server all come down."""
+        """Only the server changed: the Maildir is read after all, whole or
+        (QRESYNC) only what the server's delta names (the -v line says
+        which), and a flag change, a new message and an expunge on the
+        server all come down."""
         cfg = self.settled()
         self.vsync(cfg)
         uids = [u for u, _f, _b in self.server()]
