@@ -940,6 +940,10 @@ static int64_t local_quiet_since(const char *folder, void *arg)
 static void fs_watch_all(struct dacct *a)
 {
     fs_unwatch_all(a);
+    /* The store's notes of its changes so far: their events went to no
+     * watch (the first pass ran before any), and must not take another
+     * program's change to the same path for its own. */
+    md_echo_drop(a->sa->maildir);
     fs_watch(a, a->sa->maildir, NULL);
     char **names = NULL;
     size_t n = 0;

@@ -175,6 +175,27 @@ void md_echo_forget(const char *path)
     pthread_mutex_unlock(&echo.mu);
 }
 
+void md_echo_drop(const char *dir)
+{
+    if (!atomic_load(&echo.on) || dir == NULL) {
+        return;
+    }
+    size_t ld = strlen(dir);
+    while (ld > 1 && dir[ld - 1] == '/') {
+        ld--;
+    }
+    pthread_mutex_lock(&echo.mu);
+    struct echo_note *n = echo.oldest;
+    while (n != NULL) {
+        struct echo_note *next = n->younger;
+        if (strncmp(n->path, dir, ld) == 0 && n->path[ld] == '/') {
+            unlink_note(n);
+        }
+        n = next;
+    }
+    pthread_mutex_unlock(&echo.mu);
+}
+
 bool md_echo_take(const char *dir, const char *name, bool moved)
 {
     if (!atomic_load(&echo.on) || dir == NULL || name == NULL) {

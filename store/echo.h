@@ -29,6 +29,12 @@ void md_echo_note(const char *path);
  * nothing to report). */
 void md_echo_forget(const char *path);
 
+/* Drops every note of a path under `dir` (a watcher that starts watching
+ * there now would never see the events of the earlier ones, and a later
+ * change by another program to the same path must not be taken for
+ * them). */
+void md_echo_drop(const char *dir);
+
 /* Whether an event on `name` in directory `dir` is the store's own:
  * `moved` for a create, move or removal (which uses up a note), false for
  * an attribute or content change. */

@@ -297,6 +297,41 @@ static void test_counted_and_bounded(void **state)
     assert_false(md_echo_take("/y/new", "0.host", true));
 }
 
+/* A delivery made before any watch (the daemon's first pass) leaves its
+ * note; once the watch starts, the notes under that Maildir are dropped,
+ * so another program's move of the same file is foreign. Notes under
+ * another Maildir (another account) stay. */
+static void test_dropped_when_watching_starts(void **state)
+{
+    struct fixture *fx = *state;
+    assert_int_equal(inotify_rm_watch(fx->ino, fx->wd[0]), 0); /* a/new, not watched yet */
+    (void)foreign_events(fx, NULL);
+    struct md_folder *fa = NULL;
+    char *err = NULL;
+    assert_int_equal(md_folder_open(fx->a, false, false, &fa, &err), 0);
+    struct md_msg m = {0};
+    deliver(fx, fa, false, 0, &m);
+    md_echo_note("/elsewhere/Mail/INBOX/new/1.x");
+    char *rootslash = xasprintf("%s/", fx->root);
+    md_echo_drop(rootslash);
+    free(rootslash);
+    fx->wd[0] = inotify_add_watch(fx->ino, fx->dirs[0],
+                                  IN_ATTRIB | IN_CREATE | IN_MODIFY | IN_DELETE | IN_DELETE_SELF |
+                                      IN_MOVE_SELF | IN_MOVED_FROM | IN_MOVED_TO);
+    assert_true(fx->wd[0] >= 0);
+    char *from = xasprintf("%s/new/%s", fx->a, m.id);
+    char *to = xasprintf("%s/cur/%s:2,S", fx->a, m.id);
+    assert_int_equal(rename(from, to), 0);
+    int total = 0;
+    assert_int_equal(foreign_events(fx, &total), 2);
+    assert_int_equal(total, 2);
+    assert_true(md_echo_take("/elsewhere/Mail/INBOX/new", "1.x", true));
+    free(from);
+    free(to);
+    md_msg_clear(&m);
+    md_folder_close(fa);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -305,6 +340,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_operation_leaves_no_note, setup, teardown),
         cmocka_unit_test_setup_teardown(test_journal_off_takes_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_counted_and_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dropped_when_watching_starts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
