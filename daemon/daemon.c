@@ -42,6 +42,9 @@
 /* More folders than this are not watched one by one (each costs two
  * inotify watches): the root is, and the poll sweep finds the rest. */
 #define MAX_WATCHED_FOLDERS 2000
+/* Other programs' changed file names a watch keeps (note_foreign): a
+ * mutt session's flag changes between two syncs, one rename two names. */
+#define LOCAL_NAMES_MAX 128
 
 struct daemon;
 struct dacct;
@@ -70,11 +73,17 @@ struct fswatch {
     uv_fs_event_t h;
     struct dacct *a;
     char *folder;
-    char *path; /* the directory watched */
-    /* CLOCK_REALTIME ns: since when it watches, and when it last reported
-     * a change that was not the store's own (local_quiet_since). */
+    char *path;      /* the directory watched */
+    const char *sub; /* "new" or "cur"; NULL for the root */
+    /* CLOCK_REALTIME ns: since when it watches, and when it last lost
+     * track of which files another program changed (an event without a
+     * name, or more names than it keeps). local_quiet_since */
     int64_t since_ns;
     int64_t foreign_ns;
+    /* The names other programs created, renamed or removed since, at
+     * most LOCAL_NAMES_MAX, none older than the window (local_window). */
+    struct local_change *names;
+    size_t nnames, names_cap;
     /* The directory the watch follows (inotify follows the inode, not the
      * path), and whether it may have missed events (an error): then it
      * vouches for nothing. */
@@ -348,7 +357,8 @@ static void acct_new_pass(struct dacct *a)
 }
 
 /* Syncs folder on the open session as soon as it can. */
-static int64_t local_quiet_since(const char *folder, void *arg);
+static int64_t local_quiet_since(const char *folder, void *arg, struct local_change **changes_r,
+                                 size_t *nchanges_r);
 
 /* CLOCK_REALTIME stepped back (the monotonic clock moved further than it
  * since the last call, t being the real time now): the times recorded
@@ -807,6 +817,47 @@ static void on_local_timer(uv_timer_t *t)
     free(copy);
 }
 
+/* How far back the watches vouch for a folder (local_quiet_since): the
+ * poll interval, a minute at least. inotify drops events when its queue
+ * overflows, without a word through libuv, so a change it lost is found
+ * by a scan within that time. */
+static int64_t local_window_ns(const struct dacct *a)
+{
+    unsigned window = a->ca->poll_interval > 60 ? a->ca->poll_interval : 60;
+    return (int64_t)window * 1000000000LL;
+}
+
+/* Another program changed the file name in w's directory: kept for
+ * local_quiet_since, which names it to the folder job so that only that
+ * file is looked at. Names older than the window go; past
+ * LOCAL_NAMES_MAX, or without a name, the watch vouches only for the time
+ * after this change (foreign_ns) and the job scans. */
+static void note_foreign(struct fswatch *w, const char *filename)
+{
+    int64_t now = stepless_now();
+    int64_t oldest = now - local_window_ns(w->a);
+    size_t keep = 0;
+    for (size_t i = 0; i < w->nnames; i++) {
+        if (w->names[i].at_ns >= oldest) {
+            w->names[keep++] = w->names[i];
+        } else {
+            free(w->names[i].name);
+        }
+    }
+    w->nnames = keep;
+    if (filename == NULL || *filename == '\0' || w->nnames >= LOCAL_NAMES_MAX) {
+        w->foreign_ns = now;
+        local_changes_free(w->names, w->nnames);
+        w->names = NULL;
+        w->nnames = w->names_cap = 0;
+        return;
+    }
+    xgrow(&w->names, &w->names_cap, w->nnames + 1, sizeof(*w->names));
+    w->names[w->nnames].at_ns = now;
+    w->names[w->nnames].name = xasprintf("%s/%s", w->sub, filename);
+    w->nnames++;
+}
+
 static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status)
 {
     struct fswatch *w = h->data;
@@ -835,7 +886,7 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
     if (md_echo_take(w->path, filename, (events & UV_RENAME) != 0)) {
         return;
     }
-    w->foreign_ns = stepless_now();
+    note_foreign(w, filename);
     account_mark_dirty(a->account, w->folder);
     if (!uv_is_active((uv_handle_t *)&a->local_timer)) {
         uv_timer_start(&a->local_timer, on_local_timer,
@@ -849,15 +900,17 @@ static void on_fswatch_closed(uv_handle_t *h)
     struct dacct *a = w->a;
     free(w->folder);
     free(w->path);
+    local_changes_free(w->names, w->nnames);
     free(w);
     a->open_handles--;
     acct_maybe_done(a);
 }
 
-static void fs_watch(struct dacct *a, const char *path, const char *folder)
+static void fs_watch(struct dacct *a, const char *path, const char *folder, const char *sub)
 {
     struct fswatch *w = xcalloc(1, sizeof(*w));
     w->a = a;
+    w->sub = sub;
     w->folder = folder != NULL ? xstrdup(folder) : NULL;
     w->path = xstrdup(path);
     uv_fs_event_init(&a->d->loop, &w->h);
@@ -894,16 +947,17 @@ static void fs_unwatch_all(struct dacct *a)
 
 /* engine_opts.local_quiet_since: the folder's new/ and cur/ have been
  * watched since, and no other program changed them after, the time
- * returned. Never further back than the poll interval (a minute at
- * least): inotify drops events when its queue overflows, without a word
- * through libuv, so a change it lost is found by a scan within that
- * time. */
-static int64_t local_quiet_since(const char *folder, void *arg)
+ * returned, except the files named in *changes_r. Never further back than
+ * the poll interval, a minute at least (local_window_ns). */
+static int64_t local_quiet_since(const char *folder, void *arg, struct local_change **changes_r,
+                                 size_t *nchanges_r)
 {
     struct dacct *a = arg;
     int64_t since = 0;
     unsigned found = 0;
     bool stale = false;
+    *changes_r = NULL;
+    *nchanges_r = 0;
     for (size_t i = 0; i < a->nfsw; i++) {
         const struct fswatch *w = a->fsw[i];
         if (w->folder != NULL && strcmp(w->folder, folder) == 0) {
@@ -927,12 +981,30 @@ static int64_t local_quiet_since(const char *folder, void *arg)
     if (found != 2) {
         return 0; /* new/ or cur/ not watched, or not as it is now */
     }
-    unsigned window = a->ca->poll_interval > 60 ? a->ca->poll_interval : 60;
     int64_t now = realtime_ns();
-    int64_t oldest = now - (int64_t)window * 1000000000LL;
+    int64_t oldest = now - local_window_ns(a);
     since = since > oldest ? since : oldest;
     int64_t floor = clock_floor(now);
-    return since > floor ? since : floor;
+    since = since > floor ? since : floor;
+    struct local_change *c = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < a->nfsw; i++) {
+        const struct fswatch *w = a->fsw[i];
+        if (w->folder == NULL || strcmp(w->folder, folder) != 0) {
+            continue;
+        }
+        for (size_t k = 0; k < w->nnames; k++) {
+            if (w->names[k].at_ns >= since) {
+                xgrow(&c, &cap, n + 1, sizeof(*c));
+                c[n].at_ns = w->names[k].at_ns;
+                c[n].name = xstrdup(w->names[k].name);
+                n++;
+            }
+        }
+    }
+    *changes_r = c;
+    *nchanges_r = n;
+    return since;
 }
 
 /* Watches the Maildir root and every selected local folder's new/ and
@@ -944,7 +1016,7 @@ static void fs_watch_all(struct dacct *a)
      * watch (the first pass ran before any), and must not take another
      * program's change to the same path for its own. */
     md_echo_drop(a->sa->maildir);
-    fs_watch(a, a->sa->maildir, NULL);
+    fs_watch(a, a->sa->maildir, NULL, NULL);
     char **names = NULL;
     size_t n = 0;
     if (md_list_folders(a->sa->maildir, a->sa->layout, &names, &n) < 0) {
@@ -961,10 +1033,10 @@ static void fs_watch_all(struct dacct *a)
         }
         /* Joined as the store joins them (store/echo.h compares paths). */
         char *sub = path_join(path, "new");
-        fs_watch(a, sub, names[i]);
+        fs_watch(a, sub, names[i], "new");
         free(sub);
         sub = path_join(path, "cur");
-        fs_watch(a, sub, names[i]);
+        fs_watch(a, sub, names[i], "cur");
         free(sub);
         free(path);
         watched++;

@@ -530,6 +530,7 @@ static void on_run_closed(uv_handle_t *h)
     for (size_t i = 0; i < r->njobs; i++) {
         free(r->jobs[i].name);
         free(r->jobs[i].notice);
+        local_changes_free(r->jobs[i].lchanges, r->jobs[i].nlchanges);
         if (r->jobs[i].res != NULL) {
             /* res is NULL when LIST failed before the folders were set up. */
             free((char *)r->jobs[i].res->error);
@@ -955,13 +956,25 @@ static void demand_reset(struct fjob *j)
     j->on_demand = true;
 }
 
+void local_changes_free(struct local_change *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(c[i].name);
+    }
+    free(c);
+}
+
 /* Starts a folder job, noting when (engine_folder_result.started_ns). */
 static void job_start(struct session *e, struct fjob *j)
 {
     j->res->started_ns = uv_hrtime();
-    j->quiet_since_ns = e->opts.local_quiet_since != NULL
-                            ? e->opts.local_quiet_since(j->name, e->opts.session_arg)
-                            : 0;
+    local_changes_free(j->lchanges, j->nlchanges);
+    j->lchanges = NULL;
+    j->nlchanges = 0;
+    j->quiet_since_ns =
+        e->opts.local_quiet_since != NULL
+            ? e->opts.local_quiet_since(j->name, e->opts.session_arg, &j->lchanges, &j->nlchanges)
+            : 0;
     e->dflush_failed = false;
     start_folder(e, j);
 }

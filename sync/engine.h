@@ -85,6 +85,14 @@ enum engine_phase {
     ENGINE_PHASE_LOGGING_OUT,
 };
 
+/* A name in a folder's new/ or cur/ that another program created, renamed
+ * or removed (engine_opts.local_quiet_since). */
+struct local_change {
+    int64_t at_ns; /* CLOCK_REALTIME ns, when the owner learned of it */
+    char *name;    /* "new/NAME" or "cur/NAME" */
+};
+void local_changes_free(struct local_change *c, size_t n);
+
 struct engine_opts {
     bool dry_run; /* compute and print the plans; change nothing anywhere */
     bool force;   /* override the mass-deletion and vanished-folder guards */
@@ -122,12 +130,16 @@ struct engine_opts {
     void (*on_phase)(enum engine_phase phase, void *arg);
     /* The owner's word that nothing but this process changed the folder's
      * new/ and cur/ since the time returned (CLOCK_REALTIME, ns; 0: no such
-     * word): the daemon's inotify watches, which tell its own changes from
-     * other programs' (store/echo.h). A folder whose last complete sync
-     * scanned after that time needs no scan and no base read, whatever
-     * its change times say (its own renames moved them). Asked as each
-     * folder job starts; may be NULL. */
-    int64_t (*local_quiet_since)(const char *folder, void *arg);
+     * word), except the files it names in *changes_r (malloc'd, with their
+     * names; the engine frees them): the daemon's inotify watches, which
+     * tell its own changes from other programs' (store/echo.h). A folder
+     * whose last complete sync scanned after that time needs no scan and no
+     * base read, whatever its change times say (its own renames moved
+     * them); the files named are looked at alone, by their identities
+     * (sync/folder.c, local_quiet). Asked as each folder job starts; may
+     * be NULL. */
+    int64_t (*local_quiet_since)(const char *folder, void *arg, struct local_change **changes_r,
+                                 size_t *nchanges_r);
     void *session_arg; /* the argument of the six callbacks above */
     /* The server (sync/remote.h): NULL = the IMAP client; the unit tests
      * pass their in-memory fake, with remote_arg its server state. */

@@ -145,8 +145,11 @@ struct fjob {
      * asked for the folder since: the job may trust it (a quiet folder
      * then needs no SELECT). */
     bool fresh_status;
-    /* engine_opts.local_quiet_since, asked when the job started. */
+    /* engine_opts.local_quiet_since, asked when the job started, and the
+     * other programs' changes it named. */
     int64_t quiet_since_ns;
+    struct local_change *lchanges;
+    size_t nlchanges;
 };
 
 /* One folder of the LIST answer, until the folder planner has it. */
@@ -172,10 +175,16 @@ struct fstate {
      * put off until the server turns out to have moved (see local_quiet in
      * sync/folder.c). */
     struct md_stamp stamp;
+    struct md_stamp stamp_fresh; /* the stamp taken, where a vouched run kept an older one */
     bool lazy;
     /* lazy and synced from a delta's rows alone: the folder's record count,
      * which the planner's guard measures deletions against (fill_input). */
     size_t nbase_total;
+    /* lazy, but for the files another program changed since the recorded
+     * scan (local_quiet: the owner's word): "new/NAME" or "cur/NAME",
+     * looked at by identity with the server's delta (delta_start). */
+    char **lnames;
+    size_t nlnames;
     /* The job parked orphans (sync/moves.c): the stamp is not recorded, so
      * that the next sync reads the folder and its orphan rows whatever the
      * end of this run does with them (a file kept to be uploaded again is

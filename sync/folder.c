@@ -193,6 +193,10 @@ void fstate_free(struct fstate *f)
     free(f->rm_l);
     free(f->skips);
     free(f->unskip);
+    for (size_t i = 0; i < f->nlnames; i++) {
+        free(f->lnames[i]);
+    }
+    free(f->lnames);
     skiplist_local_free(f->lskips, f->nlskips);
     if (f->lview != f->lmsgs) {
         free(f->lview);
@@ -562,6 +566,22 @@ static bool marks_settled(struct idx_txn *txn, const char *folder, const unsigne
     return true;
 }
 
+/* The other programs' changes the owner named (engine_opts.
+ * local_quiet_since) that came after the recorded scan began: an event
+ * is taken after the change it reports (on a clock never behind
+ * CLOCK_REALTIME), so one taken before that scan reports a change the
+ * scan saw. */
+static void local_names_take(struct fstate *f, int64_t taken_ns)
+{
+    const struct fjob *j = f->job;
+    f->lnames = xcalloc(j->nlchanges + 1, sizeof(*f->lnames));
+    for (size_t i = 0; i < j->nlchanges; i++) {
+        if (j->lchanges[i].at_ns >= taken_ns) {
+            f->lnames[f->nlnames++] = xstrdup(j->lchanges[i].name);
+        }
+    }
+}
+
 /* Whether the folder's Maildir is as the last complete sync left it: cur/
  * and new/ carry the change times recorded with the folder's state (see
  * md_unchanged_since for when that is believed). Then the scan that sync
@@ -624,10 +644,19 @@ static bool local_quiet(struct session *e)
             /* This run scans nothing, so it vouches for nothing newer: the
              * state it records keeps the recorded scan's stamp, and once
              * the owner's word no longer covers it, a sync scans. */
+            f->stamp_fresh = f->stamp;
             f->stamp = rec;
-            log_debug("%s: %s: only this process changed the Maildir since its last scan "
-                      "(the owner's inotify watches say)",
-                      e->acct->name, j->name);
+            local_names_take(f, rec.taken_ns);
+            if (f->nlnames > 0) {
+                log_debug("%s: %s: only this process and another program's changes to %zu "
+                          "file name%s changed the Maildir since its last scan (the owner's "
+                          "inotify watches say)",
+                          e->acct->name, j->name, f->nlnames, f->nlnames == 1 ? "" : "s");
+            } else {
+                log_debug("%s: %s: only this process changed the Maildir since its last scan "
+                          "(the owner's inotify watches say)",
+                          e->acct->name, j->name);
+            }
         }
     }
     idx_abort(txn);
@@ -1414,8 +1443,170 @@ struct delta_job {
     struct md_scan *scan;
     size_t total; /* the folder's records */
     size_t nby_name, nby_id;
+    /* The files another program changed (fstate.lnames), by identity
+     * (sorted), and how many of their rows were found. */
+    struct lname *lnames;
+    size_t nlnames;
+    size_t nlocal;
     const char *why; /* NULL, or why the full path is taken */
 };
+
+static bool is_file(const char *path);
+
+/* One of fstate.lnames: the identity of the file it names. */
+struct lname {
+    char *id;
+    const char *rel; /* "new/NAME" or "cur/NAME", in fstate.lnames */
+};
+
+static int lname_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct lname *)a)->id, ((const struct lname *)b)->id);
+}
+
+/* The rows of the files another program changed, found by identity, go
+ * into the delta's UIDs; a file whose identity has no row (new here:
+ * delivered, or moved from another folder, which sync/moves.c pairs
+ * against the whole folder), or a row not plainly synced, takes the full
+ * path. Names that are no Maildir message (dotfiles) are left out, as a
+ * scan leaves them. */
+static void delta_local(struct delta_job *j)
+{
+    const struct fstate *f = j->f;
+    j->lnames = xcalloc(f->nlnames + 1, sizeof(*j->lnames));
+    for (size_t i = 0; i < f->nlnames; i++) {
+        const char *rel = f->lnames[i];
+        bool in_new = strncmp(rel, "new/", 4) == 0;
+        struct md_msg m;
+        if ((!in_new && strncmp(rel, "cur/", 4) != 0) || !md_parse_name(rel + 4, in_new, &m)) {
+            continue;
+        }
+        j->lnames[j->nlnames].id = m.id;
+        j->lnames[j->nlnames].rel = rel;
+        j->nlnames++;
+        m.id = NULL;
+        md_msg_clear(&m);
+    }
+    qsort(j->lnames, j->nlnames, sizeof(*j->lnames), lname_cmp);
+    if (j->nlnames == 0) {
+        return;
+    }
+    struct idx_txn *txn;
+    if (idx_begin(j->idx, false, &txn) < 0) {
+        j->why = "index not readable";
+        return;
+    }
+    struct idx_msg *m = xmalloc(sizeof(*m));
+    for (size_t i = 0; i < j->nlnames && j->why == NULL; i++) {
+        if (i > 0 && strcmp(j->lnames[i - 1].id, j->lnames[i].id) == 0) {
+            continue;
+        }
+        int r = idx_msg_get_lid(txn, j->folder, j->lnames[i].id, m);
+        if (r == -ENOENT) {
+            j->why = "a file new to the folder";
+        } else if (r < 0) {
+            j->why = "index not readable";
+        } else if (m->uid == 0) {
+            j->why = "a row not plainly synced";
+        } else {
+            j->uids[j->nuids++] = m->uid;
+            j->nlocal++;
+        }
+    }
+    free(m);
+    idx_abort(txn);
+}
+
+/* The names another program gave the identity lid (delta_local), or
+ * NULL; *n_r of them from the one returned on. */
+static const struct lname *lnames_of(const struct delta_job *j, const char *lid, size_t *n_r)
+{
+    struct lname key = {.id = (char *)lid};
+    const struct lname *hit = bsearch(&key, j->lnames, j->nlnames, sizeof(*j->lnames), lname_cmp);
+    *n_r = 0;
+    if (hit == NULL) {
+        return NULL;
+    }
+    while (hit > j->lnames && strcmp(hit[-1].id, lid) == 0) {
+        hit--;
+    }
+    while (hit + *n_r < j->lnames + j->nlnames && strcmp(hit[*n_r].id, lid) == 0) {
+        (*n_r)++;
+    }
+    return hit;
+}
+
+/* A file another program changed: of the names its row implies and the
+ * names the owner saw it take, exactly one must be a file, which is then
+ * the truth for the plan (its flags and keywords as they are now). None
+ * (removed, or moved to another folder) or two (a copy) take the full
+ * path: deletions and moves are decided against the whole folder. */
+static bool delta_local_file(struct delta_job *j, const char *path, const char *row_cur,
+                             const char *row_new, const struct lname *ln, size_t nln,
+                             struct md_msg *m_r)
+{
+    const char *cands[2 + 64];
+    size_t nc = 0;
+    cands[nc++] = row_cur;
+    if (row_new != NULL) {
+        cands[nc++] = row_new;
+    }
+    for (size_t k = 0; k < nln && nc < sizeof(cands) / sizeof(*cands); k++) {
+        cands[nc++] = ln[k].rel;
+    }
+    if (nln > 64) {
+        return false;
+    }
+    const char *found = NULL;
+    for (size_t c = 0; c < nc; c++) {
+        bool seen = false;
+        for (size_t d = 0; d < c && !seen; d++) {
+            seen = strcmp(cands[d], cands[c]) == 0;
+        }
+        if (seen) {
+            continue;
+        }
+        char *full = path_join(path, cands[c]);
+        bool there = is_file(full);
+        free(full);
+        if (there && found != NULL) {
+            return false;
+        }
+        if (there) {
+            found = cands[c];
+        }
+    }
+    bool in_new = found != NULL && strncmp(found, "new/", 4) == 0;
+    return found != NULL && md_parse_name(found + 4, in_new, m_r);
+}
+
+/* A lazy folder after all scanned and read whole: the skip list is read
+ * again with the base, and the stamp recorded is the one taken before
+ * this scan, not the one a vouched run kept (local_quiet), so that
+ * the changes this scan sees are behind the next run. */
+static void lazy_scan(struct session *e)
+{
+    struct fstate *f = e->f;
+    f->lazy = false;
+    if (f->stamp_fresh.taken_ns != 0) {
+        f->stamp = f->stamp_fresh;
+    }
+    free(f->skips);
+    f->skips = NULL;
+    f->nskips = f->skips_cap = 0;
+    scan_start(e);
+}
+
+/* What moved, for a lazy folder's log lines. */
+static const char *delta_what(struct session *e)
+{
+    struct fstate *f = e->f;
+    if (f->nlnames == 0) {
+        return "unchanged locally, changed on the server";
+    }
+    return mailbox_unchanged(e) ? "unchanged on the server, files changed by another program"
+                                : "changed on the server, and files by another program";
+}
 
 static int md_msg_id_cmp(const void *a, const void *b)
 {
@@ -1511,33 +1702,52 @@ static void delta_files(struct delta_job *j)
     scan->msgs = xcalloc(n + 1, sizeof(*scan->msgs));
     const char **missing = xcalloc(n + 1, sizeof(*missing));
     size_t nmissing = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && j->why == NULL; i++) {
         const char *lid = idx_rows_lid(&j->base, i);
         unsigned flags = j->base.v[i].flags & MD_FLAGS_ALL;
         md_keywords kw = delta_kw_bits(idx_rows_keywords(&j->base, i), table);
         char *suffix = md_info_suffix(flags, kw, NULL);
-        char *name = xasprintf("%s/cur/%s%s", path, lid, suffix);
+        char *row_cur = xasprintf("cur/%s%s", lid, suffix);
+        char *row_new = flags == 0 && kw == 0 ? xasprintf("new/%s", lid) : NULL;
+        free(suffix);
+        struct md_msg *m = &scan->msgs[scan->count];
+        size_t nln;
+        const struct lname *ln = lnames_of(j, lid, &nln);
+        if (ln != NULL) {
+            /* Changed by another program: as the file is now. */
+            if (delta_local_file(j, path, row_cur, row_new, ln, nln, m)) {
+                scan->count++;
+                j->nby_name++;
+            } else {
+                j->why = "a file another program changed is gone or doubled";
+            }
+            free(row_cur);
+            free(row_new);
+            continue;
+        }
+        char *name = path_join(path, row_cur);
         bool in_new = false, found = is_file(name);
         free(name);
-        free(suffix);
-        if (!found && flags == 0 && kw == 0) {
-            name = xasprintf("%s/new/%s", path, lid);
+        if (!found && row_new != NULL) {
+            name = path_join(path, row_new);
             found = in_new = is_file(name);
             free(name);
         }
+        free(row_cur);
+        free(row_new);
         if (found) {
             j->nby_name++;
         } else {
             missing[nmissing++] = lid;
         }
-        struct md_msg *m = &scan->msgs[scan->count++];
+        scan->count++;
         m->id = xstrdup(lid);
         m->flags = (uint8_t)flags;
         m->keywords = kw;
         m->in_new = in_new;
     }
     qsort(scan->msgs, scan->count, sizeof(*scan->msgs), md_msg_id_cmp);
-    if (nmissing > 0) {
+    if (nmissing > 0 && j->why == NULL) {
         /* One read of the directory for all of them. Their names are left
          * to be made (md_msg_name): a rename or removal finds a file by
          * identity when it is not under that name. */
@@ -1562,6 +1772,7 @@ static void delta_files(struct delta_job *j)
 static void delta_work(uv_work_t *req)
 {
     struct delta_job *j = req->data;
+    delta_local(j);
     qsort(j->uids, j->nuids, sizeof(*j->uids), u32_cmp);
     size_t out = 0;
     for (size_t i = 0; i < j->nuids; i++) {
@@ -1572,7 +1783,9 @@ static void delta_work(uv_work_t *req)
     j->nuids = out;
     /* Looked up in UID order, the rows come out in the base's order
      * (base_find searches them). */
-    delta_rows(j);
+    if (j->why == NULL) {
+        delta_rows(j);
+    }
     if (j->why == NULL) {
         delta_files(j);
     }
@@ -1598,17 +1811,20 @@ static void delta_done(uv_work_t *req, int status)
     }
     bool back = pool_job_back(e);
     if (back && j->why != NULL) {
-        log_debug("%s: %s: unchanged locally, changed on the server: scanning (%s)", e->acct->name,
-                  f->job->name, j->why);
+        log_debug("%s: %s: %s: scanning (%s)", e->acct->name, f->job->name, delta_what(e), j->why);
     } else if (back) {
-        log_debug("%s: %s: unchanged locally, changed on the server: scanning only what the "
-                  "delta names: delta: %zu rows looked up, %zu found (%zu files by name, %zu by "
+        log_debug("%s: %s: %s: scanning only what the delta names: delta: %zu rows looked up "
+                  "(%zu for files another program changed), %zu found (%zu files by name, %zu by "
                   "identity) of %zu",
-                  e->acct->name, f->job->name, j->nuids, f->base.n, j->nby_name, j->nby_id,
-                  j->total);
+                  e->acct->name, f->job->name, delta_what(e), j->nuids, j->nlocal, f->base.n,
+                  j->nby_name, j->nby_id, j->total);
     }
     const char *why = j->why;
     size_t total = j->total;
+    for (size_t i = 0; i < j->nlnames; i++) {
+        free(j->lnames[i].id);
+    }
+    free(j->lnames);
     free(j->uids);
     free(j->folder);
     free(j);
@@ -1616,11 +1832,7 @@ static void delta_done(uv_work_t *req, int status)
         return;
     }
     if (why != NULL) {
-        f->lazy = false;
-        free(f->skips);
-        f->skips = NULL;
-        f->nskips = f->skips_cap = 0;
-        scan_start(e);
+        lazy_scan(e);
         return;
     }
     /* f->lazy stays set: the planner is told the base is partial, and
@@ -1663,7 +1875,7 @@ static bool delta_start(struct session *e)
     j->idx = e->idx;
     j->folder = xstrdup(f->job->name);
     j->uidnext = f->st.uidnext;
-    j->uids = xcalloc(f->nsmsgs + f->nvanished + 1, sizeof(*j->uids));
+    j->uids = xcalloc(f->nsmsgs + f->nvanished + f->nlnames + 1, sizeof(*j->uids));
     for (size_t i = 0; i < f->nsmsgs; i++) {
         j->uids[j->nuids++] = f->smsgs[i].uid;
     }
@@ -1705,25 +1917,21 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
         f->qresync = false;
     }
     if (f->lazy) {
-        if (mailbox_unchanged(e) && !skips_released(e)) {
+        if (mailbox_unchanged(e) && !skips_released(e) && f->nlnames == 0) {
             quiet_done(e);
             return;
         }
-        /* The server moved and said how (QRESYNC): only the rows and
-         * files it names are read (delta_start). */
+        /* The server moved and said how (QRESYNC), or another program
+         * changed files the owner named: only the rows and files named
+         * are read (delta_start). */
         if (delta_start(e)) {
             return;
         }
         /* Otherwise the folder is synced the whole way, from a
          * scan and the base read now (start_folder_scanned goes on with
          * select_continue). What the SELECT reported is kept. */
-        log_debug("%s: %s: unchanged locally, changed on the server: scanning", e->acct->name,
-                  f->job->name);
-        f->lazy = false;
-        free(f->skips);
-        f->skips = NULL;
-        f->nskips = f->skips_cap = 0;
-        scan_start(e);
+        log_debug("%s: %s: %s: scanning", e->acct->name, f->job->name, delta_what(e));
+        lazy_scan(e);
         return;
     }
     select_continue(e);
@@ -4010,7 +4218,8 @@ void start_folder(struct session *e, struct fjob *j)
     if (r == PREPARE_LAZY) {
         /* The Maildir is as the last complete sync left it: the server
          * decides whether anything is to be done. */
-        if (j->has_status && status_unchanged(&f->st, &j->status) && !skips_released(e)) {
+        if (j->has_status && status_unchanged(&f->st, &j->status) && !skips_released(e) &&
+            f->nlnames == 0) {
             quiet_done(e);
             return;
         }

@@ -391,6 +391,9 @@ void on_create_done(struct imap *im, const struct imap_result *res, void *arg)
     }
     j->res->started_ns = uv_hrtime(); /* as job_start does for the others */
     j->quiet_since_ns = 0;            /* a folder new on the server: its sync scans */
+    local_changes_free(j->lchanges, j->nlchanges);
+    j->lchanges = NULL;
+    j->nlchanges = 0;
     start_folder(e, j);
 }
 

@@ -888,12 +888,20 @@ class DaemonScenarios(DaemonFixture):
         self.assertIn(vouched, d.log()[since:after])
         self.assertEqual(sum("F" in f for _u, f, _b in self.local("INBOX")), 2)
 
-        # Another program's rename: its job scans, and \Seen goes up.
+        # Another program's rename: its job looks at that file alone (with
+        # QRESYNC; else it scans), and \Seen goes up.
         unique = self.unique_of("INBOX", mstest.crlf_to_lf(msgs[2]))
         since = len(d.log())
         self.set_local_flags("INBOX", unique, "S")
         after = self.job_done(d, "INBOX", "\u2191 0 new, 1 flags, 0 deleted", since)
         self.assertNotIn(vouched, d.log()[since:after])
+        self.assertIn("INBOX: only this process and another program's changes to 2 file names",
+                      d.log()[since:after])
+        alone = "files changed by another program: scanning only what the delta names"
+        if self.qresync():
+            self.assertIn(alone, d.log()[since:after])
+        else:
+            self.assertNotIn(alone, d.log()[since:after])
         self.assertIn("\\Seen", [f for u, f, _b in self.server("INBOX") if u == uids[2]][0])
 
         # A server change and, right behind it, another program's rename of
@@ -908,6 +916,100 @@ class DaemonScenarios(DaemonFixture):
         self.wait_state(cfg, d, "idle")
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
         self.assert_same("INBOX")
+        r = self.sync(cfg)
+        self.assertIn("a: \u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
+                      r.stdout)
+
+    def qresync(self):
+        return "imap_capability" not in self.dovecot_options
+
+    def test_other_programs_changes_are_looked_at_alone(self):
+        """The daemon's watches name the files another program changed
+        since the folder's last scan; with QRESYNC the job looks at those
+        files alone (key lookups of their rows, a stat of each name), and
+        goes the whole way, scan and base, whenever a file is gone, new or
+        doubled. Every change reaches the server, both sides agree, and a
+        one-shot sync afterwards finds nothing to do."""
+        msgs = mailgen.generate(8, seed=117, max_size=2000)
+        self.dovecot.save_many(self.user, "INBOX", msgs)
+        cfg = self.daemon_config(folders=["INBOX"], poll_interval=3600, local_delay=0)
+        d = self.start(cfg)
+        self.wait_state(cfg, d, "idle")
+        uids = [u for u, _f, _b in self.server("INBOX")]
+        uniq = [self.unique_of("INBOX", mstest.crlf_to_lf(m)) for m in msgs]
+        alone = "files changed by another program: scanning only what the delta names"
+        # A server change first: its job scans after the watches began, so
+        # later jobs can be vouched for.
+        self.store("INBOX", uids[7], "+FLAGS", "\\Flagged")
+        since = self.job_done(d, "INBOX", "\u2193 0 new, 1 flags, 0 deleted", len(d.log()))
+        self.wait_state(cfg, d, "idle")
+
+        def server_flags(uid):
+            return [f for u, f, _b in self.server("INBOX") if u == uid][0]
+
+        # mutt: \Seen, then \Answered on the same message, and \Flagged on
+        # another, in one burst.
+        self.set_local_flags("INBOX", uniq[0], "S")
+        self.set_local_flags("INBOX", uniq[0], "RS")
+        self.set_local_flags("INBOX", uniq[1], "F")
+        self.wait_for("the flags on the server", lambda: (
+            "\\Answered" in server_flags(uids[0]) and "\\Seen" in server_flags(uids[0]) and
+            "\\Flagged" in server_flags(uids[1])), d)
+        self.wait_state(cfg, d, "idle")
+        log = d.log()[since:]
+        if self.qresync():
+            self.assertIn(alone, log)
+            self.assertRegex(log, r"\(\d for files another program changed\)")
+        else:
+            self.assertNotIn(alone, log)
+        since = len(d.log())
+
+        # A server flag on a message whose file another program renames at
+        # the same time: both flags end up on both sides.
+        self.store("INBOX", uids[2], "+FLAGS", "\\Flagged")
+        self.set_local_flags("INBOX", uniq[2], "S")
+        self.wait_for("both flags on the server", lambda: (
+            "\\Seen" in server_flags(uids[2]) and "\\Flagged" in server_flags(uids[2])), d)
+        self.wait_for("both flags on disk", lambda: [
+            f for u, f, _b in self.local("INBOX") if u == uniq[2]] == ["FS"], d)
+        self.wait_state(cfg, d, "idle")
+        since = len(d.log())
+
+        # Removed by another program: the job goes the whole way (a removal
+        # may be half of a move), and the server expunges it.
+        os.unlink(self.local_file("INBOX", uniq[3]))
+        self.wait_for("the message gone from the server",
+                      lambda: uids[3] not in [u for u, _f, _b in self.server("INBOX")], d)
+        self.wait_state(cfg, d, "idle")
+        if self.qresync():
+            self.assertIn("scanning (a file another program changed is gone or doubled)",
+                          d.log()[since:])
+        since = len(d.log())
+
+        # Delivered by another program: the whole way too, and uploaded.
+        new = mailgen.generate(1, seed=118, max_size=2000)[0]
+        self.deliver_local("INBOX", mstest.crlf_to_lf(new), "1765000000.M1P1.otherprog")
+        self.wait_for("the delivery on the server", lambda: len(self.server("INBOX")) == 8, d)
+        self.wait_state(cfg, d, "idle")
+        if self.qresync():
+            self.assertIn("scanning (a file new to the folder)", d.log()[since:])
+        since = len(d.log())
+
+        # More names than a watch keeps: it vouches only for the time after
+        # them, so the job scans, and every flag still goes up.
+        for i in range(70):
+            self.set_local_flags("INBOX", uniq[4], "S" if i % 2 == 0 else "")
+            self.set_local_flags("INBOX", uniq[5], "D" if i % 2 == 0 else "")
+        self.set_local_flags("INBOX", uniq[6], "F")
+        self.wait_for("\\Flagged on the server", lambda: "\\Flagged" in server_flags(uids[6]), d)
+        self.wait_state(cfg, d, "idle")
+        self.assertEqual(d.stop(), 0, d.log()[-3000:])
+        self.assert_same("INBOX")
+        self.assert_no_duplicates("INBOX")
+        got = {u: f for u, f, _b in self.local("INBOX")}
+        self.assertEqual((got[uniq[0]], got[uniq[1]], got[uniq[4]], got[uniq[5]], got[uniq[6]]),
+                         ("RS", "F", "", "", "F"))
+        self.assertNotIn(uniq[3], got)
         r = self.sync(cfg)
         self.assertIn("a: \u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted",
                       r.stdout)

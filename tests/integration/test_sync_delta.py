@@ -34,7 +34,8 @@ from test_store_syscalls import STRACE, parse_strace
 
 QUIET = "INBOX: unchanged on both sides, not scanned"
 DELTA = re.compile(r"INBOX: unchanged locally, changed on the server: scanning only what the "
-                   r"delta names: delta: (\d+) rows looked up, (\d+) found \((\d+) files by "
+                   r"delta names: delta: (\d+) rows looked up \(0 for files another program "
+                   r"changed\), (\d+) found \((\d+) files by "
                    r"name, (\d+) by identity\) of (\d+)")
 FULL = "INBOX: unchanged locally, changed on the server: scanning"
 NOTHING = "\u2193 0 new, 0 flags, 0 deleted; \u2191 0 new, 0 flags, 0 deleted"
