@@ -583,13 +583,15 @@ def fetch_response(box, m, items, modseq=False):
 def fetch_kind(rest):
     """What a UID FETCH (rest: the line after "UID FETCH") is for:
     "body" (BODY.PEEK[]), "changedsince" (a CONDSTORE flag listing),
-    "listing" (the full 1:* flag scan), "fetch" (anything else)."""
+    "listing" (the full flag scan: 1:*, or 1:N of the messages the last
+    complete sync knew, which are listed without size and date),
+    "fetch" (anything else)."""
     r = rest.upper()
     if "BODY.PEEK[]" in r:
         return "body"
     if "CHANGEDSINCE" in r:
         return "changedsince"
-    if r.startswith("1:* ") and "FLAGS" in r:
+    if re.match(r"1:(\*|\d+) ", r) and "FLAGS" in r:
         return "listing"
     return "fetch"
 

@@ -153,7 +153,11 @@ class UploadLookupRefused(unittest.TestCase):
         fired = []
 
         def hook(c, tag, kind, responses):
-            if kind == "fetch" and "MESSAGE-ID" in c.commands[-1].upper() and not fired:
+            # The lookup after the uploads (the listing of new mail before
+            # them may ask for Message-IDs too, to pair moves).
+            appended = any(" APPEND " in x.upper() for x in c.commands[:-1])
+            if kind == "fetch" and "MESSAGE-ID" in c.commands[-1].upper() and appended and \
+                    not fired:
                 fired.append(len(responses))
                 c.send(responses[0])
                 c.send("%s NO [SERVERBUG] lookup failed half-way\r\n" % tag)
