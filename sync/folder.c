@@ -582,6 +582,70 @@ static void local_names_take(struct fstate *f, int64_t taken_ns)
     }
 }
 
+static bool is_file(const char *path);
+
+static void local_names_drop(struct fstate *f)
+{
+    for (size_t i = 0; i < f->nlnames; i++) {
+        free(f->lnames[i]);
+    }
+    free(f->lnames);
+    f->lnames = NULL;
+    f->nlnames = 0;
+}
+
+/* Whether each file another program changed (fstate.lnames) is plainly a
+ * file of the folder renamed: its identity has a row, and exactly one of
+ * the names it was seen under is a file now. A few stat calls on the
+ * loop, as many as the names (at most the owner's bound). */
+static bool local_names_plain(struct session *e, struct idx_txn *txn)
+{
+    struct fstate *f = e->f;
+    const char *path = md_folder_path(f->md);
+    bool plain = true;
+    struct idx_msg *m = xmalloc(sizeof(*m));
+    char **ids = xcalloc(f->nlnames + 1, sizeof(*ids));
+    for (size_t i = 0; i < f->nlnames; i++) {
+        const char *rel = f->lnames[i];
+        bool in_new = strncmp(rel, "new/", 4) == 0;
+        struct md_msg msg;
+        if ((in_new || strncmp(rel, "cur/", 4) == 0) && md_parse_name(rel + 4, in_new, &msg)) {
+            ids[i] = msg.id;
+            msg.id = NULL;
+            md_msg_clear(&msg);
+        }
+    }
+    for (size_t i = 0; i < f->nlnames && plain; i++) {
+        bool first = ids[i] != NULL;
+        for (size_t k = 0; k < i && first; k++) {
+            first = ids[k] == NULL || strcmp(ids[k], ids[i]) != 0;
+        }
+        if (!first) {
+            continue; /* not a message, or its identity was checked */
+        }
+        int r = idx_msg_get_lid(txn, f->job->name, ids[i], m);
+        unsigned there = 0;
+        for (size_t k = i; k < f->nlnames && r == 0; k++) {
+            bool dup = false;
+            for (size_t d = i; d < k && !dup; d++) {
+                dup = strcmp(f->lnames[d], f->lnames[k]) == 0;
+            }
+            if (!dup && ids[k] != NULL && strcmp(ids[k], ids[i]) == 0) {
+                char *full = path_join(path, f->lnames[k]);
+                there += is_file(full);
+                free(full);
+            }
+        }
+        plain = r == 0 && m->uid != 0 && there == 1;
+    }
+    for (size_t i = 0; i < f->nlnames; i++) {
+        free(ids[i]);
+    }
+    free(ids);
+    free(m);
+    return plain;
+}
+
 /* Whether the folder's Maildir is as the last complete sync left it: cur/
  * and new/ carry the change times recorded with the folder's state (see
  * md_unchanged_since for when that is believed). Then the scan that sync
@@ -637,6 +701,18 @@ static bool local_quiet(struct session *e)
         quiet = marks_settled(txn, j->name, masks, len);
         free(masks);
     }
+    if (quiet && vouched) {
+        local_names_take(f, rec.taken_ns);
+        if (!local_names_plain(e, txn)) {
+            /* A file removed, new here or copied: it may be half of a move
+             * between folders, which the full path pairs (moves_start)
+             * before it selects. */
+            log_debug("%s: %s: another program removed, added or copied a file: scanning",
+                      e->acct->name, j->name);
+            local_names_drop(f);
+            quiet = false;
+        }
+    }
     if (quiet) {
         f->st = st;
         skips_load(f, txn);
@@ -646,7 +722,6 @@ static bool local_quiet(struct session *e)
              * the owner's word no longer covers it, a sync scans. */
             f->stamp_fresh = f->stamp;
             f->stamp = rec;
-            local_names_take(f, rec.taken_ns);
             if (f->nlnames > 0) {
                 log_debug("%s: %s: only this process and another program's changes to %zu "
                           "file name%s changed the Maildir since its last scan (the owner's "
@@ -1465,8 +1540,6 @@ struct delta_job {
     size_t nlocal;
     const char *why; /* NULL, or why the full path is taken */
 };
-
-static bool is_file(const char *path);
 
 /* One of fstate.lnames: the identity of the file it names. */
 struct lname {
