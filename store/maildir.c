@@ -919,6 +919,20 @@ static bool dir_stamps_recent(const struct dir_stamp *ds)
     return false;
 }
 
+/* Whether new/ changed since st was taken, or within the last 50 ms
+ * (dir_stamps_recent). */
+static bool new_changed(const struct md_folder *f, const struct stat *st)
+{
+    struct stat now;
+    if (stat(f->path_new, &now) != 0) {
+        return true;
+    }
+    struct dir_stamp ds = {
+        .ok = true, .mtime = {now.st_mtim, now.st_mtim}, .ctime = {now.st_ctim, now.st_ctim}};
+    return !ts_eq(now.st_mtim, st->st_mtim) || !ts_eq(now.st_ctim, st->st_ctim) ||
+           dir_stamps_recent(&ds);
+}
+
 static int64_t ts_ns(struct timespec t)
 {
     return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
@@ -1004,6 +1018,8 @@ int md_scan(struct md_folder *f, struct md_scan **scan_r)
         }
         bool whole_new = false;
         bool whole_cur = false;
+        struct stat new_before;
+        bool new_known = stat(f->path_new, &new_before) == 0;
         /* new/ is read before cur/: a client moving a message from new/ to
          * cur/ while we read can then only make us see it twice. */
         ret = scan_dir(f, f->path_new, true, &mv, &whole_new);
@@ -1014,6 +1030,14 @@ int md_scan(struct md_folder *f, struct md_scan **scan_r)
             break;
         }
         if (f->syncfs_ok && whole_new && whole_cur) {
+            /* A message moved back from cur/ to new/ between the two reads
+             * (a client marking it unread) was in neither, and would read
+             * as a deletion: new/ is read once more when it changed since
+             * its read began, or so recently that its times cannot tell. */
+            if (!new_known || new_changed(f, &new_before)) {
+                bool whole = false;
+                ret = scan_dir(f, f->path_new, true, &mv, &whole);
+            }
             break;
         }
         if (!stamped) {
