@@ -185,6 +185,13 @@ struct fstate {
      * looked at by identity with the server's delta (delta_start). */
     char **lnames;
     size_t nlnames;
+    /* lazy on a server without CONDSTORE: the base read whole while the
+     * full listing comes, to be compared with it (ldiff_start); listed:
+     * that listing stands while the folder is scanned after all. */
+    struct idx_rows lbase;
+    size_t lbase_total;
+    bool lbase_set;
+    bool listed;
     /* The job parked orphans (sync/moves.c): the stamp is not recorded, so
      * that the next sync reads the folder and its orphan rows whatever the
      * end of this run does with them (a file kept to be uploaded again is

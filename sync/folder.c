@@ -197,6 +197,7 @@ void fstate_free(struct fstate *f)
         free(f->lnames[i]);
     }
     free(f->lnames);
+    idx_rows_free(&f->lbase);
     skiplist_local_free(f->lskips, f->nlskips);
     if (f->lview != f->lmsgs) {
         free(f->lview);
@@ -1978,6 +1979,295 @@ static bool delta_start(struct session *e)
     return true;
 }
 
+static void smsg_clear(struct smsg *s);
+
+/* ---- a quiet Maildir and a full listing ----------------------------------------- */
+
+/* A lazy folder (local_quiet) on a server without CONDSTORE: every
+ * message is listed with its flags (issue_fetch), and what the server
+ * changed is what differs from the base. The base is read whole on the
+ * thread pool while the listing comes (48 bytes a row, the lids apart),
+ * compared with the listing (ldiff_work), and the folder is then synced
+ * from the rows that differ or vanished, as from a QRESYNC delta: their
+ * files found by the names the rows imply (delta_files), without reading
+ * the directory. Anything the delta path would refuse takes the full
+ * path, scan and base, as before. */
+struct lbase_job {
+    uv_work_t req;
+    struct session *e;
+    struct fstate *f;
+    struct idx *idx;
+    char *folder;
+    uint32_t uidnext;
+    struct idx_rows rows;
+    size_t total;
+    const char *why;
+};
+
+static bool lbase_possible(struct session *e)
+{
+    const struct fstate *f = e->f;
+    const struct imap_mailbox *mb = &f->mb;
+    bool condstore = e->ro->condstore_enabled(e->im) && !mb->nomodseq && mb->highestmodseq > 0;
+    return f->md != NULL && !e->opts.dry_run && !condstore && f->nlnames == 0 &&
+           f->st.uidvalidity != 0 && mb->uidvalidity == f->st.uidvalidity && f->st.uidnext > 1 &&
+           mb->exists > 0 && e->run->norphans == 0 && !skips_released(e);
+}
+
+static void lbase_work(uv_work_t *req)
+{
+    struct lbase_job *j = req->data;
+    struct idx_txn *txn;
+    if (idx_begin(j->idx, false, &txn) < 0) {
+        j->why = "index not readable";
+        return;
+    }
+    uint32_t last = 0;
+    bool pending = false;
+    if (idx_msg_uid_last(txn, j->folder, &last, &pending) < 0) {
+        j->why = "index not readable";
+    } else if (pending) {
+        j->why = "an upload intent waits";
+    } else if (last >= j->uidnext) {
+        j->why = "a record past the recorded UIDNEXT";
+    }
+    if (j->why == NULL) {
+        j->total = idx_msg_count(txn, j->folder);
+        idx_rows_reserve(&j->rows, j->total);
+        if (idx_msg_walk_rows(txn, j->folder, &j->rows) < 0) {
+            j->why = "index not readable";
+        }
+    }
+    idx_abort(txn);
+    idx_map_drop(j->idx);
+    for (size_t i = 0; i < j->rows.n && j->why == NULL; i++) {
+        const struct idx_row *r = &j->rows.v[i];
+        if (r->uid == 0 || r->state != IDX_MSG_SYNCED || (r->flags & IDX_FLAGS_UNSETTLED) ||
+            r->lid_len == 0 || (i > 0 && r->uid <= j->rows.v[i - 1].uid)) {
+            /* Intents, orphans and unsettled rows are settled against the
+             * whole folder (settle_base, moves, intents). */
+            j->why = "a row not plainly synced";
+        }
+    }
+}
+
+static void lbase_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct lbase_job *j = req->data;
+    struct session *e = j->e;
+    struct fstate *f = j->f;
+    f->reading = false;
+    const char *why = j->why;
+    if (why == NULL) {
+        f->lbase = j->rows;
+        f->lbase_total = j->total;
+        f->lbase_set = true;
+    } else {
+        idx_rows_free(&j->rows);
+    }
+    free(j->folder);
+    free(j);
+    if (!pool_job_back(e)) {
+        return;
+    }
+    if (why != NULL) {
+        log_debug("%s: %s: unchanged locally, changed on the server: scanning (%s)", e->acct->name,
+                  f->job->name, why);
+        lazy_scan(e);
+        return;
+    }
+    select_continue(e);
+}
+
+/* Starts reading the base whole for a full listing to be compared with;
+ * false when the full path must be taken. */
+static bool lbase_start(struct session *e)
+{
+    struct fstate *f = e->f;
+    if (!lbase_possible(e)) {
+        return false;
+    }
+    struct lbase_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->e = e;
+    j->f = f;
+    j->idx = e->idx;
+    j->folder = xstrdup(f->job->name);
+    j->uidnext = f->st.uidnext;
+    f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, lbase_work, lbase_done) != 0) {
+        lbase_work(&j->req);
+        lbase_done(&j->req, 0);
+    }
+    return true;
+}
+
+/* Whether the server's flags and keywords of a message are its row's. */
+static bool smsg_same_as_row(const struct smsg *s, const struct idx_rows *rows, size_t k)
+{
+    if ((s->flags & MD_FLAGS_ALL) != (rows->v[k].flags & MD_FLAGS_ALL)) {
+        return false;
+    }
+    const char *text = idx_rows_keywords(rows, k);
+    size_t nrow = 0;
+    for (const char *p = text; *p != '\0';) {
+        while (*p == ' ') {
+            p++;
+        }
+        if (*p == '\0') {
+            break;
+        }
+        const char *end = strchr(p, ' ');
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        bool found = false;
+        for (size_t i = 0; i < s->nkw && !found; i++) {
+            found = strlen(s->kw[i]) == len && memcmp(s->kw[i], p, len) == 0;
+        }
+        if (!found) {
+            return false;
+        }
+        nrow++;
+        p += len;
+    }
+    /* Every row keyword is listed; the listing has no other (duplicates
+     * in either are counted once). */
+    for (size_t i = 0; i < s->nkw; i++) {
+        bool dup = false;
+        for (size_t d = 0; d < i && !dup; d++) {
+            dup = strcmp(s->kw[d], s->kw[i]) == 0;
+        }
+        if (!dup && nrow-- == 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+struct ldiff_job {
+    uv_work_t req;
+    struct delta_job dj; /* the rows that differ, their files (delta_files) */
+    size_t *keep;        /* indices of f->smsgs that differ from the base */
+    size_t nkeep;
+    uint32_t *vanished;
+    size_t nvanished;
+};
+
+static void ldiff_work(uv_work_t *req)
+{
+    struct ldiff_job *j = req->data;
+    struct delta_job *dj = &j->dj;
+    struct fstate *f = dj->f;
+    dedupe_server(f);
+    const struct idx_rows *lb = &f->lbase;
+    j->keep = xcalloc(f->nsmsgs + 1, sizeof(*j->keep));
+    j->vanished = xcalloc(lb->n + 1, sizeof(*j->vanished));
+    struct idx_msg *m = xmalloc(sizeof(*m));
+    size_t i = 0, k = 0;
+    while (i < f->nsmsgs || k < lb->n) {
+        if (k < lb->n && (i == f->nsmsgs || lb->v[k].uid < f->smsgs[i].uid)) {
+            /* Not listed: expunged. Its row and file go to the plan. */
+            j->vanished[j->nvanished++] = lb->v[k].uid;
+            idx_rows_get(lb, k, m);
+            idx_rows_add(&dj->base, m);
+            k++;
+        } else if (k == lb->n || f->smsgs[i].uid < lb->v[k].uid) {
+            j->keep[j->nkeep++] = i++; /* new, or skipped: no row */
+        } else {
+            if (!smsg_same_as_row(&f->smsgs[i], lb, k)) {
+                j->keep[j->nkeep++] = i;
+                idx_rows_get(lb, k, m);
+                idx_rows_add(&dj->base, m);
+            }
+            i++;
+            k++;
+        }
+    }
+    free(m);
+    dj->total = f->lbase_total;
+    delta_files(dj);
+    if (dj->why == NULL) {
+        local_view_build(f, dj->scan);
+    }
+}
+
+static void ldiff_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct ldiff_job *j = req->data;
+    struct delta_job *dj = &j->dj;
+    struct session *e = dj->e;
+    struct fstate *f = dj->f;
+    f->reading = false;
+    idx_rows_free(&f->lbase);
+    f->lbase_set = false;
+    const char *why = dj->why;
+    if (why == NULL) {
+        /* The listing keeps what differs from the base; the rest is as
+         * the base says, which a delta means. */
+        size_t out = 0;
+        for (size_t i = 0, k = 0; i < f->nsmsgs; i++) {
+            if (k < j->nkeep && j->keep[k] == i) {
+                f->smsgs[out++] = f->smsgs[i];
+                k++;
+            } else {
+                smsg_clear(&f->smsgs[i]);
+            }
+        }
+        f->nsmsgs = out;
+        free(f->vanished);
+        f->vanished = j->vanished;
+        f->nvanished = f->vanished_cap = j->nvanished;
+        j->vanished = NULL;
+        f->delta = true;
+        f->base = dj->base;
+        f->scan = dj->scan;
+        f->nbase_total = dj->total;
+        f->lview = f->lmsgs;
+        f->nlview = f->scan->count;
+        f->lview_ready = false;
+    } else {
+        idx_rows_free(&dj->base);
+        md_scan_free(dj->scan);
+    }
+    size_t nrows = f->base.n, total = dj->total, nkeep = j->nkeep, nvan = f->nvanished;
+    free(j->keep);
+    free(j->vanished);
+    free(j);
+    if (!pool_job_back(e)) {
+        return;
+    }
+    if (why != NULL) {
+        log_debug("%s: %s: unchanged locally, changed on the server: scanning (%s)", e->acct->name,
+                  f->job->name, why);
+        /* The listing stands; the scan and the base go on to it
+         * (start_folder_scanned). */
+        f->listed = true;
+        lazy_scan(e);
+        return;
+    }
+    log_debug("%s: %s: unchanged locally, changed on the server: scanning only what the listing "
+              "changed: %zu listed messages differ from the base, %zu vanished, %zu rows of %zu",
+              e->acct->name, f->job->name, nkeep, nvan, nrows, total);
+    count_skips(e, f->skips, f->nskips);
+    fetch_headers(e);
+}
+
+static void ldiff_start(struct session *e)
+{
+    struct fstate *f = e->f;
+    struct ldiff_job *j = xcalloc(1, sizeof(*j));
+    j->req.data = j;
+    j->dj.e = e;
+    j->dj.f = f;
+    j->dj.idx = e->idx;
+    f->reading = true;
+    if (uv_queue_work(e->loop, &j->req, ldiff_work, ldiff_done) != 0) {
+        ldiff_work(&j->req);
+        ldiff_done(&j->req, 0);
+    }
+}
+
 static void on_select(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct session *e = arg;
@@ -2012,7 +2302,7 @@ static void on_select(struct imap *im, const struct imap_result *res, void *arg)
         /* The server moved and said how (QRESYNC), or another program
          * changed files the owner named: only the rows and files named
          * are read (delta_start). */
-        if (delta_start(e)) {
+        if (delta_start(e) || lbase_start(e)) {
             return;
         }
         /* Otherwise the folder is synced the whole way, from a
@@ -2037,7 +2327,8 @@ static void select_continue(struct session *e)
         f->rematch = true;
         log_info("%s: UIDVALIDITY of %s changed (%u -> %u): matching messages again", e->acct->name,
                  f->job->name, (unsigned)f->st.uidvalidity, (unsigned)f->mb.uidvalidity);
-    } else if (f->base.n == 0 && f->nintents == 0 && f->scan->count > 0 && f->mb.exists > 0) {
+    } else if (f->base.n == 0 && f->nintents == 0 && f->scan != NULL && f->scan->count > 0 &&
+               f->mb.exists > 0) {
         /* The index knows nothing of a folder that holds mail on both
          * sides: a lost index, or a Maildir that mbsync or OfflineIMAP
          * kept. The local files are matched to the server's messages
@@ -4196,6 +4487,10 @@ static void folder_advance(struct session *e)
         folder_end(e);
         return;
     case FP_FETCH:
+        if (f->lbase_set) {
+            ldiff_start(e); /* fetch_headers follows */
+            return;
+        }
         fetch_headers(e);
         return;
     case FP_HEADERS:
@@ -4327,6 +4622,13 @@ static void start_folder_scanned(struct session *e)
         e->f = NULL;
         job_ended_early(e, j);
         next_folder(e);
+        return;
+    }
+    if (f->listed) {
+        /* A lazy folder whose full listing differed from the base in a
+         * way only the whole folder settles (ldiff_done): the listing
+         * stands. */
+        fetch_headers(e);
         return;
     }
     if (f->selected) {

@@ -1030,7 +1030,9 @@ static int u32_bsearch_cmp(const void *a, const void *b)
 bool moves_want_msgids(const struct session *e)
 {
     const struct fstate *f = e->f;
-    if (e->run->norphans > 0) {
+    if (e->run->norphans > 0 || f->lbase.n > 0) {
+        /* (lbase: the base of a full listing, read apart: see ldiff_start
+         * in sync/folder.c.) */
         return true;
     }
     /* A message of the base gone from the server may be back under a new

@@ -75,7 +75,7 @@ SHORTCUT_RE = re.compile(r"^debug: [^:]+: INBOX: unchanged on both sides, not sc
 # A run that read only the rows and files a QRESYNC delta named (issue 13,
 # step 6 of docs/notes/memory-100k.md): not the directory, not the base.
 DELTA_RE = re.compile(r"^debug: [^:]+: INBOX: unchanged locally, changed on the server: scanning "
-                      r"only what the delta names", re.M)
+                      r"only what the (delta names|listing changed)", re.M)
 ANY_SHORTCUT_RE = re.compile(r"^debug: [^:]+: .+: unchanged on both sides, not scanned$", re.M)
 FLAG_LETTERS = {"\\Seen": "S", "\\Flagged": "F", "\\Answered": "R"}
 MILLION_FOLDERS = 50
