@@ -827,6 +827,18 @@ static int64_t local_window_ns(const struct dacct *a)
     return (int64_t)window * 1000000000LL;
 }
 
+static bool names_have(const struct fswatch *w, const char *filename)
+{
+    size_t ls = strlen(w->sub);
+    for (size_t i = 0; i < w->nnames; i++) {
+        const char *n = w->names[i].name;
+        if (strncmp(n, w->sub, ls) == 0 && n[ls] == '/' && strcmp(n + ls + 1, filename) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Another program changed the file name in w's directory: kept for
  * local_quiet_since, which names it to the folder job so that only that
  * file is looked at. Names older than the window go; past
@@ -845,16 +857,31 @@ static void note_foreign(struct fswatch *w, const char *filename)
         }
     }
     w->nnames = keep;
-    if (filename == NULL || *filename == '\0' || w->nnames >= LOCAL_NAMES_MAX) {
+    if (filename == NULL || *filename == '\0' ||
+        (w->nnames >= LOCAL_NAMES_MAX && !names_have(w, filename))) {
+        if (w->nnames > 0) {
+            log_debug("%s: %s: more files in %s/ changed by another program than a watch keeps the "
+                      "names of (%d): the next sync reads the folder",
+                      w->a->ca->name, w->folder, w->sub, LOCAL_NAMES_MAX);
+        }
         w->foreign_ns = now;
         local_changes_free(w->names, w->nnames);
         w->names = NULL;
         w->nnames = w->names_cap = 0;
         return;
     }
+    char *name = xasprintf("%s/%s", w->sub, filename);
+    for (size_t i = 0; i < w->nnames; i++) {
+        if (strcmp(w->names[i].name, name) == 0) {
+            /* Named again (mutt toggling a flag): once, at its latest. */
+            w->names[i].at_ns = now;
+            free(name);
+            return;
+        }
+    }
     xgrow(&w->names, &w->names_cap, w->nnames + 1, sizeof(*w->names));
     w->names[w->nnames].at_ns = now;
-    w->names[w->nnames].name = xasprintf("%s/%s", w->sub, filename);
+    w->names[w->nnames].name = name;
     w->nnames++;
 }
 

@@ -626,7 +626,7 @@ static bool local_names_plain(struct session *e, struct idx_txn *txn)
         }
         int r = idx_msg_get_lid(txn, f->job->name, ids[i], m);
         unsigned there = 0;
-        for (size_t k = i; k < f->nlnames && r == 0; k++) {
+        for (size_t k = i; k < f->nlnames && (r == 0 || r == -ENOENT); k++) {
             bool dup = false;
             for (size_t d = i; d < k && !dup; d++) {
                 dup = strcmp(f->lnames[d], f->lnames[k]) == 0;
@@ -636,6 +636,13 @@ static bool local_names_plain(struct session *e, struct idx_txn *txn)
                 there += is_file(full);
                 free(full);
             }
+        }
+        if (r == -ENOENT && there == 0) {
+            /* No row, and none of its names a file: delivered and removed
+             * again, or removed with its row by this process (the server
+             * expunged it) after another program renamed it. Nothing of it
+             * is here to sync; a file that turns up later is named too. */
+            continue;
         }
         plain = r == 0 && m->uid != 0 && there == 1;
     }
@@ -1553,6 +1560,21 @@ static int lname_cmp(const void *a, const void *b)
     return strcmp(((const struct lname *)a)->id, ((const struct lname *)b)->id);
 }
 
+/* Whether any of the names of j->lnames[i]'s identity is a file. */
+static bool lname_any_file(const struct delta_job *j, size_t i)
+{
+    const char *path = md_folder_path(j->f->md);
+    for (size_t k = i; k < j->nlnames && strcmp(j->lnames[k].id, j->lnames[i].id) == 0; k++) {
+        char *full = path_join(path, j->lnames[k].rel);
+        bool there = is_file(full);
+        free(full);
+        if (there) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* The rows of the files another program changed, found by identity, go
  * into the delta's UIDs; a file whose identity has no row (new here:
  * delivered, or moved from another folder, which sync/moves.c pairs
@@ -1592,7 +1614,10 @@ static void delta_local(struct delta_job *j)
         }
         int r = idx_msg_get_lid(txn, j->folder, j->lnames[i].id, m);
         if (r == -ENOENT) {
-            j->why = "a file new to the folder";
+            /* Gone with its row (local_names_plain), or new here. */
+            if (lname_any_file(j, i)) {
+                j->why = "a file new to the folder";
+            }
         } else if (r < 0) {
             j->why = "index not readable";
         } else if (m->uid == 0) {

@@ -996,12 +996,18 @@ class DaemonScenarios(DaemonFixture):
                       d.log()[since:])
         since = len(d.log())
 
-        # More names than a watch keeps: it vouches only for the time after
-        # them, so the job scans, and every flag still goes up.
-        for i in range(70):
-            self.set_local_flags("INBOX", uniq[4], "S" if i % 2 == 0 else "")
-            self.set_local_flags("INBOX", uniq[5], "D" if i % 2 == 0 else "")
-        self.set_local_flags("INBOX", uniq[6], "F")
+        # More names than a watch keeps (a name seen again is kept once, so
+        # every combination of five flags on four files): it vouches only
+        # for the time after them, so the job scans, and every flag still
+        # goes up.
+        combos = ["".join(c for k, c in enumerate("DFPRS") if i >> k & 1) for i in range(1, 32)]
+        for n, last in ((4, ""), (5, ""), (6, "F"), (7, "F")):
+            for fl in combos + [last]:
+                self.set_local_flags("INBOX", uniq[n], fl)
+        self.wait_for("no letter but F on the server", lambda: [
+            letters(server_flags(uids[n])) for n in (4, 5, 6, 7)] == ["", "", "F", "F"], d)
+        self.assertIn("a: INBOX: more files in cur/ changed by another program than a watch keeps "
+                      "the names of (128): the next sync reads the folder", d.log()[since:])
         self.wait_for("\\Flagged on the server", lambda: "\\Flagged" in server_flags(uids[6]), d)
         self.wait_state(cfg, d, "idle")
         self.assertEqual(d.stop(), 0, d.log()[-3000:])
