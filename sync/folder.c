@@ -1636,8 +1636,11 @@ static void delta_local(struct delta_job *j)
 static const struct lname *lnames_of(const struct delta_job *j, const char *lid, size_t *n_r)
 {
     struct lname key = {.id = (char *)lid};
-    const struct lname *hit = bsearch(&key, j->lnames, j->nlnames, sizeof(*j->lnames), lname_cmp);
     *n_r = 0;
+    if (j->nlnames == 0) {
+        return NULL; /* (the full listing's rows: ldiff_work) */
+    }
+    const struct lname *hit = bsearch(&key, j->lnames, j->nlnames, sizeof(*j->lnames), lname_cmp);
     if (hit == NULL) {
         return NULL;
     }
