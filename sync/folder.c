@@ -1433,8 +1433,8 @@ static void issue_fetch(struct session *e)
     }
     /* Where the server offers OBJECTID, every listed message's EMAILID:
      * recorded with a download, it pairs a move by another client surer
-     * than a Message-ID (messages without one included). Only new
-     * messages are listed with it, except without CONDSTORE. */
+     * than a Message-ID (messages without one included). Only the
+     * messages new since the last complete sync are listed with it. */
     if (e->ro->caps(e->im) & IMAP_CAP_OBJECTID) {
         items |= IMAP_FETCH_EMAILID;
     }
@@ -1730,6 +1730,30 @@ static int md_msg_id_cmp(const void *a, const void *b)
     return strcmp(((const struct md_msg *)a)->id, ((const struct md_msg *)b)->id);
 }
 
+/* Why the folder's records cannot be synced from some rows alone (NULL:
+ * they can): an upload intent waiting, or a record at or past the
+ * recorded UIDNEXT, written by a run stopped before its folder state (the
+ * new mail's listing would not know it). */
+static const char *rows_tail_why(struct idx_txn *txn, const char *folder, uint32_t uidnext)
+{
+    uint32_t last = 0;
+    bool pending = false;
+    if (idx_msg_uid_last(txn, folder, &last, &pending) < 0) {
+        return "index not readable";
+    }
+    if (pending) {
+        return "an upload intent waits";
+    }
+    return last >= uidnext ? "a record past the recorded UIDNEXT" : NULL;
+}
+
+/* Whether a row is plainly synced: intents, orphans and unsettled rows
+ * are settled against the whole folder (settle_base, moves, intents). */
+static bool row_plain(uint32_t uid, unsigned state, unsigned flags, bool has_lid)
+{
+    return uid != 0 && state == IDX_MSG_SYNCED && !(flags & IDX_FLAGS_UNSETTLED) && has_lid;
+}
+
 /* The rows of the delta's UIDs, read in one read transaction. */
 static void delta_rows(struct delta_job *j)
 {
@@ -1738,17 +1762,7 @@ static void delta_rows(struct delta_job *j)
         j->why = "index not readable";
         return;
     }
-    uint32_t last = 0;
-    bool pending = false;
-    if (idx_msg_uid_last(txn, j->folder, &last, &pending) < 0) {
-        j->why = "index not readable";
-    } else if (pending) {
-        j->why = "an upload intent waits";
-    } else if (last >= j->uidnext) {
-        /* Written by a run stopped before its folder state: the new
-         * mail's listing would not know it. */
-        j->why = "a record past the recorded UIDNEXT";
-    }
+    j->why = rows_tail_why(txn, j->folder, j->uidnext);
     j->total = idx_msg_count(txn, j->folder);
     struct idx_msg *m = xmalloc(sizeof(*m));
     for (size_t i = 0; i < j->nuids && j->why == NULL; i++) {
@@ -1758,10 +1772,7 @@ static void delta_rows(struct delta_job *j)
         }
         if (r < 0) {
             j->why = "index not readable";
-        } else if (m->state != IDX_MSG_SYNCED || (m->flags & IDX_FLAGS_UNSETTLED) ||
-                   m->lid[0] == '\0') {
-            /* Intents, orphans and unsettled rows are settled against
-             * the whole folder (settle_base, moves, intents). */
+        } else if (!row_plain(m->uid, m->state, m->flags, m->lid[0] != '\0')) {
             j->why = "a row not plainly synced";
         } else {
             idx_rows_add(&j->base, m);
@@ -1886,6 +1897,19 @@ static void delta_files(struct delta_job *j)
     j->scan = scan;
 }
 
+/* The rows and files a delta named become the folder's base and scan.
+ * f->lazy stays set: the planner is told the base is partial, and how
+ * large the folder is (fill_input). */
+static void delta_take(struct fstate *f, struct idx_rows *base, struct md_scan *scan, size_t total)
+{
+    f->base = *base;
+    f->scan = scan;
+    f->nbase_total = total;
+    f->lview = f->lmsgs;
+    f->nlview = scan->count;
+    f->lview_ready = false;
+}
+
 static void delta_work(uv_work_t *req)
 {
     struct delta_job *j = req->data;
@@ -1920,8 +1944,7 @@ static void delta_done(uv_work_t *req, int status)
     struct fstate *f = j->f;
     f->reading = false;
     if (j->why == NULL) {
-        f->base = j->base;
-        f->scan = j->scan;
+        delta_take(f, &j->base, j->scan, j->total);
     } else {
         idx_rows_free(&j->base);
         md_scan_free(j->scan);
@@ -1937,7 +1960,6 @@ static void delta_done(uv_work_t *req, int status)
                   j->nby_name, j->nby_id, j->total);
     }
     const char *why = j->why;
-    size_t total = j->total;
     for (size_t i = 0; i < j->nlnames; i++) {
         free(j->lnames[i].id);
     }
@@ -1952,12 +1974,6 @@ static void delta_done(uv_work_t *req, int status)
         lazy_scan(e);
         return;
     }
-    /* f->lazy stays set: the planner is told the base is partial, and
-     * how large the folder is (fill_input). */
-    f->nbase_total = total;
-    f->lview = f->lmsgs;
-    f->nlview = f->scan->count;
-    f->lview_ready = false;
     /* Reported on every run, as folder_prepare_index does. */
     count_skips(e, f->skips, f->nskips);
     select_continue(e);
@@ -2050,15 +2066,7 @@ static void lbase_work(uv_work_t *req)
         j->why = "index not readable";
         return;
     }
-    uint32_t last = 0;
-    bool pending = false;
-    if (idx_msg_uid_last(txn, j->folder, &last, &pending) < 0) {
-        j->why = "index not readable";
-    } else if (pending) {
-        j->why = "an upload intent waits";
-    } else if (last >= j->uidnext) {
-        j->why = "a record past the recorded UIDNEXT";
-    }
+    j->why = rows_tail_why(txn, j->folder, j->uidnext);
     if (j->why == NULL) {
         j->total = idx_msg_count(txn, j->folder);
         idx_rows_reserve(&j->rows, j->total);
@@ -2070,10 +2078,8 @@ static void lbase_work(uv_work_t *req)
     idx_map_drop(j->idx);
     for (size_t i = 0; i < j->rows.n && j->why == NULL; i++) {
         const struct idx_row *r = &j->rows.v[i];
-        if (r->uid == 0 || r->state != IDX_MSG_SYNCED || (r->flags & IDX_FLAGS_UNSETTLED) ||
-            r->lid_len == 0 || (i > 0 && r->uid <= j->rows.v[i - 1].uid)) {
-            /* Intents, orphans and unsettled rows are settled against the
-             * whole folder (settle_base, moves, intents). */
+        if (!row_plain(r->uid, r->state, r->flags, r->lid_len > 0) ||
+            (i > 0 && r->uid <= j->rows.v[i - 1].uid)) {
             j->why = "a row not plainly synced";
         }
     }
@@ -2248,12 +2254,7 @@ static void ldiff_done(uv_work_t *req, int status)
         f->nvanished = f->vanished_cap = j->nvanished;
         j->vanished = NULL;
         f->delta = true;
-        f->base = dj->base;
-        f->scan = dj->scan;
-        f->nbase_total = dj->total;
-        f->lview = f->lmsgs;
-        f->nlview = f->scan->count;
-        f->lview_ready = false;
+        delta_take(f, &dj->base, dj->scan, dj->total);
     } else {
         idx_rows_free(&dj->base);
         md_scan_free(dj->scan);
