@@ -72,6 +72,19 @@ MINIMAL_IMAP_CAPABILITY = "IMAP4rev1 ID ENABLE IDLE UIDPLUS LITERAL+ MOVE SPECIA
 MAIL_UID = 65534  # nobody/nogroup: the owner of mail files when run as root
 
 
+class _IMAP4SSLFrom(imaplib.IMAP4_SSL):
+    """IMAP4_SSL connecting from a given local address."""
+
+    def __init__(self, source, *args, **kw):
+        self._source = source
+        super().__init__(*args, **kw)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self._source, 0))
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
 class DovecotError(RuntimeError):
     pass
 
@@ -835,14 +848,21 @@ protocol pop3 {{
                                                                 p.stdout, p.stderr))
         return p
 
-    def imap(self, user=DEFAULT_USER, password=None, starttls=False, login=True, timeout=30):
+    def imap(self, user=DEFAULT_USER, password=None, starttls=False, login=True, timeout=30,
+             source=None):
         """An imaplib connection, TLS verified against the test CA with host
         name 'localhost': implicit TLS on port_imaps, or STARTTLS on
-        port_imap. Logged in unless login=False."""
+        port_imap. Logged in unless login=False. source: the local address
+        to connect from (e.g. "127.0.0.2", so that the test's own
+        connection does not count against mail_max_userip_connections,
+        which counts per user and remote address)."""
         ctx = self.ssl_context()
         if starttls:
             conn = imaplib.IMAP4(self.host, self.port_imap, timeout=timeout)
             conn.starttls(ssl_context=ctx)
+        elif source is not None:
+            conn = _IMAP4SSLFrom(source, self.host, self.port_imaps, ssl_context=ctx,
+                                 timeout=timeout)
         else:
             conn = imaplib.IMAP4_SSL(self.host, self.port_imaps, ssl_context=ctx, timeout=timeout)
         if login:
