@@ -45,8 +45,13 @@
 
 /* Downloads: UIDs per UID FETCH command, and a batch is committed (intent
  * rows, fsync + rename, directory fsync, records) at this many messages or
- * bytes. */
-#define DL_UIDS_PER_CMD 50
+ * bytes. The commands go one at a time (issue_downloads): Dovecot runs
+ * pipelined FETCH commands side by side and interleaves their answers, and
+ * records that arrive out of UID order half-fill the index's pages (each
+ * run inserted before keys already on a page splits that page in half).
+ * 500 UIDs always format as one set (at most 11 bytes each, the limit is
+ * 8,000), and cost one round trip per 500 messages. */
+#define DL_UIDS_PER_CMD 500
 #define DL_BATCH_MSGS 64
 /* Header bytes of a download kept for its Message-ID at most. */
 #define DL_HEADER_MAX (64u * 1024)
@@ -3737,13 +3742,17 @@ static void dl_message(struct imap *im, const struct imap_msg *m, void *sink, vo
     }
 }
 
+static void issue_download_cmd(struct session *e);
+
 static void on_dl_done(struct imap *im, const struct imap_result *res, void *arg)
 {
     struct session *e = arg;
     if (e->finished) {
         return;
     }
-    cmd_ok(e, res, "UID FETCH BODY");
+    if (cmd_ok(e, res, "UID FETCH BODY") && !conn_lost(e)) {
+        issue_download_cmd(e);
+    }
     phase_cmd_done(e);
 }
 
@@ -3755,33 +3764,44 @@ static const struct imap_fetch_cb body_cb = {
     .done = on_dl_done,
 };
 
-static void issue_downloads(struct session *e)
+/* The next DL_UIDS_PER_CMD downloads of the plan, from f->dl_next on. */
+static void issue_download_cmd(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
+    if (f->failed || f->dl_next >= p->ndownloads) {
+        return;
+    }
+    size_t i = f->dl_next;
+    size_t n = p->ndownloads - i < DL_UIDS_PER_CMD ? p->ndownloads - i : DL_UIDS_PER_CMD;
+    f->dl_next += n;
+    uint32_t *uids = xcalloc(n, sizeof(*uids));
+    for (size_t k = 0; k < n; k++) {
+        uids[k] = p->downloads[i + k].uid;
+    }
+    char **sets;
+    size_t nsets = imap_uidset_format(uids, n, 0, &sets);
+    for (size_t k = 0; k < nsets; k++) {
+        f->pending++;
+        int r = e->ro->uid_fetch(e->im, sets[k], IMAP_FETCH_BODY, 0, false, &body_cb, e);
+        if (r < 0) {
+            f->pending--;
+            queue_failed(e, r, "UID FETCH BODY");
+        }
+        free(sets[k]);
+    }
+    free(sets);
+    free(uids);
+}
+
+static void issue_downloads(struct session *e)
+{
+    struct fstate *f = e->f;
     f->phase = FP_DOWNLOAD;
     f->pending = 1;
+    f->dl_next = 0;
     if (f->md != NULL) {
-        for (size_t i = 0; i < p->ndownloads; i += DL_UIDS_PER_CMD) {
-            size_t n = p->ndownloads - i < DL_UIDS_PER_CMD ? p->ndownloads - i : DL_UIDS_PER_CMD;
-            uint32_t *uids = xcalloc(n, sizeof(*uids));
-            for (size_t k = 0; k < n; k++) {
-                uids[k] = p->downloads[i + k].uid;
-            }
-            char **sets;
-            size_t nsets = imap_uidset_format(uids, n, 0, &sets);
-            for (size_t k = 0; k < nsets; k++) {
-                f->pending++;
-                int r = e->ro->uid_fetch(e->im, sets[k], IMAP_FETCH_BODY, 0, false, &body_cb, e);
-                if (r < 0) {
-                    f->pending--;
-                    queue_failed(e, r, "UID FETCH BODY");
-                }
-                free(sets[k]);
-            }
-            free(sets);
-            free(uids);
-        }
+        issue_download_cmd(e);
     }
     phase_cmd_done(e);
 }
