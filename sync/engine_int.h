@@ -512,6 +512,11 @@ void fstate_free(struct fstate *f);
 bool refused_locally(const struct session *e, const struct imap_result *res);
 bool cmd_ok(struct session *e, const struct imap_result *res, const char *what);
 void queue_failed(struct session *e, int r, const char *what);
+/* Queues UID FETCH items of uids (n of them, any order; none: nothing) as
+ * one command per UID set, each counted in the phase's pending commands; a
+ * command that cannot be queued fails the folder (queue_failed, what). */
+void fetch_uids(struct session *e, const uint32_t *uids, size_t n, unsigned items,
+                const struct imap_fetch_cb *cb, const char *what);
 void phase_cmd_done(struct session *e);
 void on_fetch_done(struct imap *im, const struct imap_result *res, void *arg);
 struct smsg *find_smsg(struct fstate *f, uint32_t uid);

@@ -1411,6 +1411,23 @@ static void on_search_done(struct imap *im, const struct imap_result *res, void 
 
 static const struct imap_fetch_cb flags_cb = {.on_message = on_fetch_msg, .done = on_fetch_done};
 
+void fetch_uids(struct session *e, const uint32_t *uids, size_t n, unsigned items,
+                const struct imap_fetch_cb *cb, const char *what)
+{
+    char **sets = NULL;
+    size_t nsets = n > 0 ? imap_uidset_format(uids, n, 0, &sets) : 0;
+    for (size_t k = 0; k < nsets; k++) {
+        e->f->pending++;
+        int r = e->ro->uid_fetch(e->im, sets[k], items, 0, false, cb, e);
+        if (r < 0) {
+            e->f->pending--;
+            queue_failed(e, r, what);
+        }
+        free(sets[k]);
+    }
+    free(sets);
+}
+
 /* Queues one listing command of the FETCH phase; a command that cannot be
  * queued fails the folder (its part of the listing would be missing). */
 static void listing_fetch(struct session *e, const char *set, unsigned items, uint64_t changedsince)
@@ -3779,18 +3796,7 @@ static void issue_download_cmd(struct session *e)
     for (size_t k = 0; k < n; k++) {
         uids[k] = p->downloads[i + k].uid;
     }
-    char **sets;
-    size_t nsets = imap_uidset_format(uids, n, 0, &sets);
-    for (size_t k = 0; k < nsets; k++) {
-        f->pending++;
-        int r = e->ro->uid_fetch(e->im, sets[k], IMAP_FETCH_BODY, 0, false, &body_cb, e);
-        if (r < 0) {
-            f->pending--;
-            queue_failed(e, r, "UID FETCH BODY");
-        }
-        free(sets[k]);
-    }
-    free(sets);
+    fetch_uids(e, uids, n, IMAP_FETCH_BODY, &body_cb, "UID FETCH BODY");
     free(uids);
 }
 

@@ -330,20 +330,7 @@ static void fetch_headers_send(struct session *e)
             }
         }
     }
-    if (n > 0) {
-        char **sets;
-        size_t nsets = imap_uidset_format(uids, n, 0, &sets);
-        for (size_t k = 0; k < nsets; k++) {
-            f->pending++;
-            int r = e->ro->uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &header_cb, e);
-            if (r < 0) {
-                f->pending--;
-                queue_failed(e, r, "UID FETCH");
-            }
-            free(sets[k]);
-        }
-        free(sets);
-    }
+    fetch_uids(e, uids, n, IMAP_FETCH_HEADER, &header_cb, "UID FETCH");
     free(uids);
     phase_cmd_done(e);
 }

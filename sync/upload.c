@@ -350,18 +350,7 @@ void ul_resolve_headers(struct session *e)
             uids[n++] = f->ul_srv[f->ul_ms[i].ix].uid;
         }
     }
-    char **sets = NULL;
-    size_t nsets = n > 0 ? imap_uidset_format(uids, n, 0, &sets) : 0;
-    for (size_t k = 0; k < nsets; k++) {
-        f->pending++;
-        int r = e->ro->uid_fetch(e->im, sets[k], IMAP_FETCH_HEADER, 0, false, &ulhdr_cb, e);
-        if (r < 0) {
-            f->pending--;
-            queue_failed(e, r, "UID FETCH");
-        }
-        free(sets[k]);
-    }
-    free(sets);
+    fetch_uids(e, uids, n, IMAP_FETCH_HEADER, &ulhdr_cb, "UID FETCH");
     free(uids);
     phase_cmd_done(e);
 }
