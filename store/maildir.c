@@ -593,6 +593,26 @@ static size_t info_suffix(unsigned flags, md_keywords kw, const char *unknown, c
     /* Every letter goes into one set and comes out in ASCII order: that is
      * the order Maildir requires (uppercase flags, then keywords), and
      * unknown letters fall into their places. */
+    if (unknown == NULL) {
+        /* The common case, without the set: the flag letters are in ASCII
+         * order already, and every one sorts before the keyword letters. */
+        size_t n = 0;
+        buf[n++] = ':';
+        buf[n++] = '2';
+        buf[n++] = ',';
+        for (int i = 0; md_flag_letters[i] != '\0'; i++) {
+            if (flags & (unsigned)flag_bit((unsigned char)md_flag_letters[i])) {
+                buf[n++] = md_flag_letters[i];
+            }
+        }
+        for (int i = 0; kw != 0 && i < MD_KW_COUNT; i++) {
+            if (kw & ((md_keywords)1 << i)) {
+                buf[n++] = (char)('a' + i);
+            }
+        }
+        buf[n] = '\0';
+        return n;
+    }
     uint8_t set[256] = {0};
     for (int i = 0; md_flag_letters[i] != '\0'; i++) {
         if (flags & (unsigned)flag_bit((unsigned char)md_flag_letters[i])) {

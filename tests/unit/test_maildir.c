@@ -768,6 +768,10 @@ static void test_info_suffix(void **state)
     s = md_info_suffix(MD_FLAG_TRASHED | MD_FLAG_DRAFT, (1u << 25) | (1u << 3), "ZE1");
     assert_string_equal(s, ":2,1DETZdz");
     free(s);
+    /* Without unknown letters (the path that builds no set). */
+    s = md_info_suffix(MD_FLAG_TRASHED | MD_FLAG_FLAGGED | MD_FLAG_REPLIED, (1u << 25) | 1u, NULL);
+    assert_string_equal(s, ":2,FRTaz");
+    free(s);
     /* Known letters and '/' in "unknown" cannot sneak in. */
     s = md_info_suffix(MD_FLAG_SEEN, 0, "Fa/X");
     assert_string_equal(s, ":2,SX");
