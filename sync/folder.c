@@ -528,11 +528,20 @@ static void record_stamp(struct idx_folder *st, const struct md_stamp *s)
  * figures, and only a FLAGS listing shows it. */
 static bool status_unchanged(const struct idx_folder *st, const struct imap_status_info *s)
 {
-    return st->uidvalidity != 0 && (s->have & IMAP_STATUS_UIDVALIDITY) &&
-           s->uidvalidity == st->uidvalidity && (s->have & IMAP_STATUS_UIDNEXT) &&
-           s->uidnext == st->uidnext && (s->have & IMAP_STATUS_MESSAGES) &&
-           s->messages == st->messages && (s->have & IMAP_STATUS_HIGHESTMODSEQ) &&
-           st->highestmodseq != 0 && s->highestmodseq == st->highestmodseq;
+    if (st->uidvalidity == 0 || !(s->have & IMAP_STATUS_UIDVALIDITY) ||
+        s->uidvalidity != st->uidvalidity || !(s->have & IMAP_STATUS_UIDNEXT) ||
+        s->uidnext != st->uidnext || !(s->have & IMAP_STATUS_MESSAGES) ||
+        s->messages != st->messages) {
+        return false;
+    }
+    /* A folder that was empty and still is, with the same UIDNEXT, has no
+     * flag that could have changed: no HIGHESTMODSEQ needed (a server
+     * without CONDSTORE is not asked to list nothing). */
+    if (s->messages == 0) {
+        return true;
+    }
+    return (s->have & IMAP_STATUS_HIGHESTMODSEQ) && st->highestmodseq != 0 &&
+           s->highestmodseq == st->highestmodseq;
 }
 
 /* The same question asked of the SELECT answer: CONDSTORE in use for the

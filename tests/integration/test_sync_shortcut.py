@@ -80,6 +80,34 @@ class ShortcutScenarios(SyncFixture):
             self.assertEqual(self.local(), before)
             self.assert_same()
 
+    def test_empty_folder_not_selected(self):
+        """A folder empty on the server and quiet locally is done from its
+        STATUS alone under every profile: without CONDSTORE there are no
+        flags to list. A message that arrives, and its expunge (MESSAGES
+        back to 0, UIDNEXT moved on), still reach the Maildir."""
+        self.dovecot.create_folder(self.user, "Empty")
+        cfg = self.settled()
+        quiet = "Empty: unchanged on both sides, not scanned"
+        p = self.sync(cfg, trace=True)
+        self.assertIn(NOTHING, p.stdout)
+        self.assertIn(quiet, p.stderr)
+        self.assertNotIn("SELECT Empty", p.stderr)
+        uid = self.dovecot.save(self.user, "Empty", mailgen.generate(1, seed=41, max_size=2000)[0])
+        out, err = self.vsync(cfg)
+        self.assertNotIn(quiet, err)
+        self.assertEqual(len(self.local("Empty")), 1)
+        self.expunge("Empty", [uid])
+        out, err = self.vsync(cfg)
+        self.assertNotIn(quiet, err)
+        self.assertEqual(self.local("Empty"), [])
+        self.assertEqual(self.server("Empty"), [])
+        time.sleep(SETTLE)
+        self.vsync(cfg)
+        p = self.sync(cfg, trace=True)
+        self.assertIn(quiet, p.stderr)
+        self.assertNotIn("SELECT Empty", p.stderr)
+        self.assertIn(NOTHING, p.stdout)
+
     def test_rename_right_after_sync(self):
         """A flag set by a rename in the same second as the last sync
         (quiet or not) goes up."""
