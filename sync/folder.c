@@ -3776,7 +3776,10 @@ static void on_dl_done(struct imap *im, const struct imap_result *res, void *arg
     if (e->finished) {
         return;
     }
-    if (cmd_ok(e, res, "UID FETCH BODY") && !conn_lost(e)) {
+    /* A NO fails the folder, but the other messages still come down, as
+     * they did when every command was sent at once. */
+    cmd_ok(e, res, "UID FETCH BODY");
+    if (!conn_lost(e)) {
         issue_download_cmd(e);
     }
     phase_cmd_done(e);
@@ -3795,7 +3798,7 @@ static void issue_download_cmd(struct session *e)
 {
     struct fstate *f = e->f;
     const struct plan *p = f->plan;
-    if (f->failed || f->dl_next >= p->ndownloads) {
+    if (f->dl_next >= p->ndownloads) {
         return;
     }
     size_t i = f->dl_next;
