@@ -273,6 +273,7 @@ struct fstate {
     bool lview_ready;         /* lmsgs built from the scan already */
     bool advance_after_flush; /* folder_advance waits for it */
     bool dl_paused;           /* reading stopped until the batch in flight is durable */
+    bool dl_refused;          /* the folder failed because a body FETCH was refused */
     size_t dl_next;
     struct dl **batch;
     size_t nbatch, batch_cap;

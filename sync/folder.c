@@ -523,9 +523,10 @@ static void record_stamp(struct idx_folder *st, const struct md_stamp *s)
 }
 
 /* Whether LIST-STATUS (or STATUS) says the server holds the folder as the
- * record says the last complete sync left it. Only with HIGHESTMODSEQ:
- * without CONDSTORE a flag changed on the server moves none of these
- * figures, and only a FLAGS listing shows it. */
+ * record says the last complete sync left it. Only with HIGHESTMODSEQ
+ * (without CONDSTORE a flag changed on the server moves none of these
+ * figures, and only a FLAGS listing shows it), unless the folder was empty
+ * and still is. */
 static bool status_unchanged(const struct idx_folder *st, const struct imap_status_info *s)
 {
     if (st->uidvalidity == 0 || !(s->have & IMAP_STATUS_UIDVALIDITY) ||
@@ -1353,8 +1354,11 @@ bool cmd_ok(struct session *e, const struct imap_result *res, const char *what)
         /* The response code says why in a word ([OVERQUOTA], [TOOBIG],
          * [NOPERM], [LIMIT]...): keep it with the text. */
         if (res->code != NULL &&
-            (strcasecmp(res->code, "UNAVAILABLE") == 0 || strcasecmp(res->code, "INUSE") == 0)) {
-            /* RFC 5530: the server cannot do it now, but will later. */
+            (strcasecmp(res->code, "UNAVAILABLE") == 0 || strcasecmp(res->code, "INUSE") == 0 ||
+             strcasecmp(res->code, "EXPUNGEISSUED") == 0)) {
+            /* RFC 5530: the server cannot do it now, but will later; or
+             * another client expunged messages meanwhile, which the next
+             * sync sees. */
             folder_fail_transient(e, "%s: [%s] %s", what, res->code,
                                   res->text != NULL ? res->text : "failed");
         } else if (res->code != NULL) {
@@ -3777,9 +3781,13 @@ static void on_dl_done(struct imap *im, const struct imap_result *res, void *arg
         return;
     }
     /* A NO fails the folder, but the other messages still come down, as
-     * they did when every command was sent at once. */
-    cmd_ok(e, res, "UID FETCH BODY");
-    if (!conn_lost(e)) {
+     * they did when every command was sent at once; after a failure of
+     * this side (a full disk, the index) nothing more is asked for. */
+    bool local_failure = e->f->failed && !e->f->dl_refused;
+    if (!cmd_ok(e, res, "UID FETCH BODY") && !local_failure) {
+        e->f->dl_refused = true;
+    }
+    if (!conn_lost(e) && !(e->f->failed && !e->f->dl_refused)) {
         issue_download_cmd(e);
     }
     phase_cmd_done(e);

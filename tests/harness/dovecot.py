@@ -857,6 +857,8 @@ protocol pop3 {{
         connection does not count against mail_max_userip_connections,
         which counts per user and remote address)."""
         ctx = self.ssl_context()
+        if starttls and source is not None:
+            raise ValueError("imap(): source is for implicit TLS only")
         if starttls:
             conn = imaplib.IMAP4(self.host, self.port_imap, timeout=timeout)
             conn.starttls(ssl_context=ctx)

@@ -6,7 +6,8 @@ recorded, is done without reading the Maildir or the base. Run under the
 three capability profiles of synctest.PROFILES: with QRESYNC the figures
 come from LIST-STATUS, with CONDSTORE only from the SELECT answer, and
 without CONDSTORE the shortcut never skips the FLAGS listing (a flag changed
-on the server moves none of those figures).
+on the server moves none of those figures) unless the folder was empty and
+still is.
 
 What is proven: the shortcut is taken when nothing changed (the -v line
 "unchanged on both sides, not scanned"), and never hides a change: a
