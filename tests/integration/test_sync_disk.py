@@ -9,6 +9,7 @@ allowed."""
 
 import collections
 import os
+import re
 import shutil
 import subprocess
 
@@ -47,6 +48,35 @@ class DiskFull(mstest.DovecotTestCase):
         both under the home directory): whichever write fails first, the
         Maildir's or the index's, the run is one to try again later."""
         self.run_disk_full(state_on_small_disk=True)
+
+    def test_disk_full_stops_the_download(self):
+        """Once the disk is full, no further body FETCH is sent (the
+        bodies are asked for 500 at a time): of 1,100 messages the run asks
+        for the first 500 only, and the next run with room gets exactly
+        the rest."""
+        msgs = mailgen.generate(1100, seed=33, max_size=1500)
+        self.dovecot.save_many(self.user, "INBOX", msgs)
+        mnt = mstest.small_disk(self, "400k")
+        maildir = os.path.join(mnt, "Mail")
+        cfg = os.path.join(self.tmp, "config.yaml")
+        dovecot.write_mailsync_config(
+            cfg, {"a": self.imap_account(maildir=maildir, user=self.user, folders=["INBOX"])},
+            state_dir=os.path.join(self.tmp, "state"))
+        p = mstest.run_mailsync(cfg, "-vv", "sync", "a", timeout=120)
+        self.assertEqual(p.returncode, 75, p.stdout + p.stderr[-3000:])
+        self.assertIn("No space left on device", p.stderr)
+        bodies = [line for line in p.stderr.splitlines()
+                  if re.search(r"C: \S+ UID FETCH \S+ \(UID BODY\.PEEK\[\]", line)]
+        self.assertEqual(len(bodies), 1, "body FETCHes after the disk filled:\n" + "\n".join(bodies))
+        have = self.local_bodies(maildir)
+        self.assertGreater(sum(have.values()), 0)
+        self.assertTrue(all(n == 1 for n in have.values()))
+        subprocess.run(["mount", "-o", "remount,size=16m", mnt], check=True)
+        p = mstest.run_mailsync(cfg, "sync", "a", timeout=120)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr[-3000:])
+        self.assertEqual(self.local_bodies(maildir),
+                         collections.Counter(mstest.crlf_to_lf(b) for b in msgs))
+        self.assertEqual(self.in_flight_files(maildir), [])
 
     def run_disk_full(self, state_on_small_disk):
         msgs = {"INBOX": [mailgen.message(seed=31, index=i, size=100000) for i in range(8)],
