@@ -562,24 +562,69 @@ static void on_wake_closed(uv_handle_t *h)
     uv_close((uv_handle_t *)&r->timer, on_run_closed);
 }
 
-/* The last session ended: the deferred index writes go in, the result is
- * reported, and the run is freed. */
+/* The run's last deferred writes, once every session ended: on the thread
+ * pool, like a session's (dflush_job), so that the directories' fsync and
+ * the durable commit do not hold up the loop and every other account on
+ * it (the longest stall of a first download was this write). */
+struct final_job {
+    uv_work_t req;
+    struct engine *r;
+    int rc;
+    char *dserr;
+};
+
+static void run_report(struct engine *r);
+
+static void final_work(uv_work_t *req)
+{
+    struct final_job *j = req->data;
+    j->rc = engine_write(j->r, NULL, 0, &j->dserr);
+}
+
+static void final_done(uv_work_t *req, int status)
+{
+    (void)status; /* never cancelled */
+    struct final_job *j = req->data;
+    struct engine *r = j->r;
+    if (j->rc < 0 && j->dserr != NULL) {
+        write_failed(r, NULL, j->rc, j->dserr);
+    } else if (j->rc < 0) {
+        /* The folders' last records are lost; the next run compares them
+         * again (nothing is lost or copied twice), but this run did not
+         * finish. */
+        bool tr = idx_err_transient(r->acct, j->rc);
+        run_error(r, tr ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s%s", idx_error(r->idx),
+                  tr && j->rc == -EIO ? " (the file system holding it is full)" : "");
+    }
+    free(j->dserr);
+    free(j);
+    run_report(r);
+}
+
+/* The last session ended: the deferred index writes go in (final_work),
+ * the result is reported, and the run is freed. */
 static void on_run_timer(uv_timer_t *t)
 {
     struct engine *r = t->data;
-    if (r->idx != NULL) {
-        bool idx_failed;
-        int fr = deferred_flush(r, NULL, &idx_failed);
-        if (fr < 0 && idx_failed) {
-            /* The folders' last records are lost; the next run compares
-             * them again (nothing is lost or copied twice), but this run
-             * did not finish. */
-            bool tr = idx_err_transient(r->acct, fr);
-            run_error(r, tr ? SYNC_TRANSIENT : SYNC_PERMANENT, "index: %s%s", idx_error(r->idx),
-                      tr && fr == -EIO ? " (the file system holding it is full)" : "");
+    pthread_mutex_lock(&r->dmu);
+    size_t nd = r->ndefer;
+    pthread_mutex_unlock(&r->dmu);
+    if (r->idx != NULL && nd > 0) {
+        struct final_job *j = xcalloc(1, sizeof(*j));
+        j->req.data = j;
+        j->r = r;
+        if (uv_queue_work(r->loop, &j->req, final_work, final_done) != 0) {
+            final_work(&j->req); /* cannot happen with a valid loop */
+            final_done(&j->req, 0);
         }
-        r->idx = NULL;
+        return;
     }
+    run_report(r);
+}
+
+static void run_report(struct engine *r)
+{
+    r->idx = NULL;
     if (r->own_account) {
         account_free(r->account); /* closes the index */
         r->account = NULL;
