@@ -10,7 +10,8 @@
   before the index (LMDB data.mdb) is written again;
 - the loop thread (the process's first thread, which serves every
   connection) never creates, writes, syncs or renames a message file: a
-  file system waits for its journal there (sync/diskq.h).
+  file system waits for its journal there (sync/diskq.h); in a download
+  into an existing index it calls no fsync, fdatasync or syncfs at all.
 
 strace must be installed (tests/run installs it); without it the tests
 fail rather than skip."""
@@ -361,14 +362,26 @@ class StoreSyscalls(mstest.DovecotTestCase):
         """A first download of messages small and large (several chunks
         each) over IMAP: every call on a file under tmp/, new/ or cur/ is
         made by a thread-pool thread, none by the loop thread."""
+        # A first run with nothing to download creates the index (its
+        # schema is written as it is opened, on the loop thread, once).
+        cfg = self.config()
+        self.assertEqual(mstest.run_mailsync(cfg, "sync", "a").returncode, 0)
         msgs = mailgen.generate(150, seed=31, max_size=300000)
         self.dovecot.save_many(self.user, "INBOX", msgs, ["\\Seen" if i % 2 else ""
                                                           for i in range(len(msgs))])
-        cfg = self.config()
         trace = os.path.join(self.tmp, "loop.strace")
         p = self.sync(cfg, trace, WRITE_TRACE)
         self.assertIn("150 new", p.stdout)
         self.assert_loop_thread_untouched(trace)
+        # Nor does it wait for a disk anywhere else in the download: the
+        # index commits (the run's last one included) and the directories'
+        # fsyncs are made on the thread pool too.
+        calls = parse_strace(trace)
+        syncs = [c for c in calls if c.name in ("fsync", "fdatasync", "syncfs", "msync")]
+        self.assertTrue(syncs, "no fsync traced at all")
+        on_loop = [c for c in syncs if c.pid == calls[0].pid]
+        self.assertEqual(on_loop, [], "the loop thread waited for the disk:\n%s"
+                         % "\n".join(map(repr, on_loop[:20])))
         local = mstest.maildir_messages(self.folder_dir("INBOX"))
         self.assertEqual(sorted(hash(b) for _u, _f, b in local),
                          sorted(hash(mstest.crlf_to_lf(m)) for m in msgs))
