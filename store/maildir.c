@@ -1134,9 +1134,10 @@ void md_scan_share_ids(struct md_scan *scan, size_t n, const char *(*id_at)(size
         return;
     }
     bool *shared = xcalloc(scan->count, sizeof(*shared));
+    size_t hint = 0;
     for (size_t k = 0; k < n; k++) {
         const char *s = id_at(k, arg);
-        struct md_msg *m = md_scan_find(scan, s);
+        struct md_msg *m = md_scan_find_near(scan, s, &hint);
         if (m != NULL && !shared[m - scan->msgs]) {
             /* Never written through: an entry's id is only read (a
              * rename keeps it, md_msg_clear leaves a borrowed one). */
@@ -1169,6 +1170,21 @@ struct md_msg *md_scan_find(const struct md_scan *scan, const char *id)
         return NULL;
     }
     return bsearch(id, scan->msgs, scan->count, sizeof(*scan->msgs), msg_id_cmp);
+}
+
+struct md_msg *md_scan_find_near(const struct md_scan *scan, const char *id, size_t *hint)
+{
+    if (scan == NULL || scan->count == 0) {
+        return NULL;
+    }
+    if (*hint < scan->count && strcmp(scan->msgs[*hint].id, id) == 0) {
+        return &scan->msgs[(*hint)++];
+    }
+    struct md_msg *m = bsearch(id, scan->msgs, scan->count, sizeof(*scan->msgs), msg_id_cmp);
+    if (m != NULL) {
+        *hint = (size_t)(m - scan->msgs) + 1;
+    }
+    return m;
 }
 
 /* ---- Finding messages in another folder ---------------------------------- */

@@ -129,6 +129,12 @@ void md_scan_share_ids(struct md_scan *scan, size_t n, const char *(*id_at)(size
                        void *arg);
 /* Binary search of a scan by identity; NULL when absent. */
 struct md_msg *md_scan_find(const struct md_scan *scan, const char *id);
+/* md_scan_find for a caller that looks identities up in roughly the scan's
+ * order (a folder's base by UID, whose names mostly sort the same way):
+ * *hint (0 to start) is where the next one is tried first, with the
+ * binary search only when that entry is not it. The same answer as
+ * md_scan_find (identities in a scan are unique). */
+struct md_msg *md_scan_find_near(const struct md_scan *scan, const char *id, size_t *hint);
 
 /* A folder's change stamp: the change times (st_ctim) of its cur/ and new/
  * directories, and the wall-clock time they were read at, in nanoseconds

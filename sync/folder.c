@@ -1175,13 +1175,14 @@ static bool local_same_as_base(const struct fstate *f)
     if (f->scan == NULL || f->scan->count != f->base.n) {
         return false;
     }
+    size_t hint = 0;
     for (size_t i = 0; i < f->base.n; i++) {
         const struct idx_row *m = &f->base.v[i];
         if (m->state != IDX_MSG_SYNCED || m->lid_len == 0 ||
             idx_rows_keywords(&f->base, i)[0] != '\0') {
             return false;
         }
-        const struct md_msg *l = md_scan_find(f->scan, idx_rows_lid(&f->base, i));
+        const struct md_msg *l = md_scan_find_near(f->scan, idx_rows_lid(&f->base, i), &hint);
         if (l == NULL || l->keywords != 0 || l->flags != m->flags) {
             return false;
         }

@@ -171,11 +171,12 @@ static void match_scan(const struct fstate *f, bool **has_file_r, bool **known_r
     size_t nscan = f->scan != NULL ? f->scan->count : 0;
     bool *has_file = xcalloc(f->base.n + 1, sizeof(*has_file));
     bool *known = xcalloc(nscan + 1, sizeof(*known));
+    size_t hint = 0;
     for (size_t i = 0; i < f->base.n && nscan > 0; i++) {
         if (f->base.v[i].lid_len == 0) {
             continue;
         }
-        const struct md_msg *m = md_scan_find(f->scan, idx_rows_lid(&f->base, i));
+        const struct md_msg *m = md_scan_find_near(f->scan, idx_rows_lid(&f->base, i), &hint);
         if (m != NULL) {
             has_file[i] = true;
             known[m - f->scan->msgs] = true;

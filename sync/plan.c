@@ -198,6 +198,25 @@ static struct loc_ent *find_loc(struct loc_ent *v, size_t n, const char *lid)
     return NULL;
 }
 
+/* find_loc for the base's rows in order, whose names mostly sort as the
+ * base does: the entry after the last one found (*hint) is tried first.
+ * Taken only when it is the one lid of its kind, so the answer is the
+ * binary search's. */
+static struct loc_ent *find_loc_near(struct loc_ent *v, size_t n, const char *lid, size_t *hint)
+{
+    size_t h = *hint;
+    if (h < n && strcmp(v[h].m->lid, lid) == 0 && (h == 0 || strcmp(v[h - 1].m->lid, lid) != 0) &&
+        (h + 1 == n || strcmp(v[h + 1].m->lid, lid) != 0)) {
+        *hint = h + 1;
+        return &v[h];
+    }
+    struct loc_ent *le = find_loc(v, n, lid);
+    if (le != NULL) {
+        *hint = (size_t)(le - v) + 1;
+    }
+    return le;
+}
+
 static bool is_vanished(const struct plan_input *in, const uint32_t *sorted, uint32_t uid)
 {
     return in->server.nvanished > 0 &&
@@ -473,13 +492,14 @@ struct plan *plan_build(const struct plan_input *in)
         plan_kw_parse(in->base->kwsets[k], &sets[k]);
     }
 
+    size_t lhint = 0;
     for (size_t i = 0; i < nbase; i++) {
         const struct idx_row *base = &in->base->v[i];
         const char *lid = idx_rows_lid(in->base, i);
         if (base->state == IDX_MSG_ORPHAN && base->uid != 0) {
             /* Parked in an earlier run or job: still waiting while its file
              * stays; forgotten once the user deleted the file. */
-            struct loc_ent *le = find_loc(lv, in->local.nmsgs, lid);
+            struct loc_ent *le = find_loc_near(lv, in->local.nmsgs, lid, &lhint);
             if (le == NULL) {
                 *PUSH(p->drops, p->ndrops, b.cap_dr) = base->uid;
                 continue;
@@ -512,7 +532,7 @@ struct plan *plan_build(const struct plan_input *in)
             if (se != NULL) {
                 se->used = true;
             }
-            struct loc_ent *le = find_loc(lv, in->local.nmsgs, lid);
+            struct loc_ent *le = find_loc_near(lv, in->local.nmsgs, lid, &lhint);
             if (le != NULL) {
                 le->used = true;
             }
@@ -531,7 +551,7 @@ struct plan *plan_build(const struct plan_input *in)
             memset(&ss, 0, sizeof(ss));
         }
 
-        struct loc_ent *le = find_loc(lv, in->local.nmsgs, lid);
+        struct loc_ent *le = find_loc_near(lv, in->local.nmsgs, lid, &lhint);
         struct fstate ls = {0};
         if (le != NULL) {
             le->used = true;

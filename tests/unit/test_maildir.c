@@ -830,7 +830,26 @@ static void test_scan(void **state)
     assert_null(md_scan_find(scan, "600.f.host"));
     assert_null(md_scan_find(scan, "200.b"));
     assert_null(md_scan_find(scan, "zzz"));
+
+    /* md_scan_find_near gives md_scan_find's answer whatever the hint: in
+     * order (each found where the hint points), out of order, and for
+     * identities that are not there. */
+    const char *const ids[] = {
+        "100.a.host", "200.b.host", "300.c.host", "400.d.host", "500.e.host:1,foo", "200.b.host",
+        "zzz",        "100.a.host", "400.d.host", "200.b",      "500.e.host:1,foo", ".hidden"};
+    size_t hint = 0;
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        assert_ptr_equal(md_scan_find_near(scan, ids[i], &hint), md_scan_find(scan, ids[i]));
+        if (i < 5) {
+            assert_int_equal(hint, i + 1);
+        }
+    }
+    hint = 99;
+    assert_ptr_equal(md_scan_find_near(scan, "300.c.host", &hint), &scan->msgs[2]);
+    assert_int_equal(hint, 3);
     md_scan_free(scan);
+    hint = 0;
+    assert_null(md_scan_find_near(NULL, "100.a.host", &hint));
 }
 
 static void test_scan_duplicate_prefers_cur(void **state)
