@@ -134,9 +134,10 @@ struct fjob {
     bool reset; /* --force on a vanished local folder: forget the base */
     unsigned attrs;
     bool has_status;
-    bool server_moved; /* STATUS differs from the index: it will be selected */
-    bool server_lost;  /* STATUS says messages the index knows were expunged */
-    uint32_t est_new;  /* messages the server has that the index does not, as STATUS tells */
+    bool status_skipped; /* not asked STATUS (struct listed) */
+    bool server_moved;   /* STATUS differs from the index: it will be selected */
+    bool server_lost;    /* STATUS says messages the index knows were expunged */
+    uint32_t est_new;    /* messages the server has that the index does not, as STATUS tells */
     struct imap_status_info status;
     struct engine_folder_result *res;
     bool on_demand; /* queued by engine_sync_folder: on_folder_done follows */
@@ -157,6 +158,9 @@ struct listed {
     char *name;
     unsigned attrs;
     bool has_status;
+    /* Not asked STATUS: without CONDSTORE, a large folder that held
+     * messages at its last sync is selected anyway (statuses_ask). */
+    bool status_skipped;
     struct imap_status_info status;
 };
 
