@@ -1228,7 +1228,7 @@ static bool statuses_ask(struct session *e, struct listed *v, size_t n,
             l->status_skipped = true;
             log_debug("%s: %s: no STATUS asked (no CONDSTORE, %u messages at the last sync): "
                       "its SELECT tells",
-                      e->acct->name, l->name, was.messages);
+                      e->log_name != NULL ? e->log_name : e->acct->name, l->name, was.messages);
             continue;
         }
         struct statask *q = xcalloc(1, sizeof(*q));
@@ -1359,12 +1359,14 @@ static void sweep_queue(struct session *e, bool failed, void *arg)
     }
     /* Every folder is queued, with the status just listed: one that moved
      * on neither side ends without a SELECT or a directory read (the
-     * change-time shortcut), the others sync as usual. */
+     * change-time shortcut), the others sync as usual. Those not asked
+     * STATUS (statuses_ask) are queued first: they may have lost messages,
+     * and only the folders STATUS says lost some jump the queue. */
     unsigned queued = 0;
-    for (size_t i = 0; i < r->njobs; i++) {
-        struct fjob *j = &r->jobs[i];
+    for (size_t k = 0; k < 2 * r->njobs; k++) {
+        struct fjob *j = &r->jobs[k % r->njobs];
         const struct listed *l = sweep_find(sw->v, sw->n, j->name);
-        if (l == NULL || j->res == NULL || j->queued) {
+        if (l == NULL || j->res == NULL || j->queued || l->status_skipped != (k < r->njobs)) {
             continue;
         }
         /* Set first: the job may start inside engine_sync_folder. The
@@ -2049,7 +2051,8 @@ void plan_folders(struct session *e)
     for (int tier = 0; tier < 3; tier++) {
         for (size_t i = 0; i < r->njobs; i++) {
             const struct fjob *j = &r->jobs[i];
-            int t = j->server_lost ? 0 : j->status_skipped ? 1 : 2;
+            bool skipped = j->status_skipped && j->plan->action == FOLDERPLAN_SYNC;
+            int t = j->server_lost ? 0 : skipped ? 1 : 2;
             if (t == tier) {
                 r->order[no++] = i;
             }

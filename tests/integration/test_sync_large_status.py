@@ -50,8 +50,12 @@ class LargeStatusScenarios(SyncFixture):
         over IMAP first), every third one \\Seen; Dovecot gives them UIDs
         when the folder is next opened."""
         self.dovecot.create_folder(self.user, folder)
-        d = os.path.join(self.dovecot.home(self.user), "Maildir", "." + folder, "cur")
-        os.makedirs(d, exist_ok=True)
+        fdir = os.path.join(self.dovecot.home(self.user), "Maildir", "." + folder)
+        d = os.path.join(fdir, "cur")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(fdir, sub), exist_ok=True)
+            if self.dovecot.is_root:
+                os.lchown(os.path.join(fdir, sub), dovecot.MAIL_UID, dovecot.MAIL_UID)
         for i in range(n):
             path = os.path.join(d, "%d.M%dP7.seed:2,%s" % (1700000000 + i, i, "S" if i % 3 == 0 else ""))
             with open(path, "wb") as f:
